@@ -1,0 +1,359 @@
+/* The cpu backend: the reference every other backend is checked against.
+ *
+ * gemm goes through cblas (OpenBLAS, one thread by default so a copy thread
+ * can have the other core); everything else is plain C.  "Device" memory is
+ * ordinary host memory obtained through this backend; the copy stream is
+ * synchronous in this version (a copy completes before copy_h2d_async
+ * returns and its event is signalled then), which is correct for every
+ * caller, only not overlapped. */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe/backend.h"
+
+struct moe_backend {
+  int threads;
+  float *scratch; /* f32 conversion / attention scores; grown on demand */
+  size_t scratch_cap;
+  char desc[96];
+};
+
+struct moe_event {
+  int signalled;
+};
+
+#define CPU_ALIGN 64
+#define CPU_CONVERT_ROWS 64 /* rows of a f16/bf16 weight converted per gemm */
+
+static moe_status scratch_reserve(moe_backend *be, size_t n, moe_error *err) {
+  if (n <= be->scratch_cap) return MOE_OK;
+  float *p = realloc(be->scratch, n * sizeof(float));
+  if (p == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: scratch of %zu floats failed", n);
+  be->scratch = p;
+  be->scratch_cap = n;
+  return MOE_OK;
+}
+
+static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, moe_error *err) {
+  moe_backend *be = calloc(1, sizeof *be);
+  if (be == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: out of host memory");
+  be->threads = opt && opt->threads > 0 ? opt->threads : 1;
+  openblas_set_num_threads(be->threads);
+  snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s)", be->threads,
+           be->threads == 1 ? "" : "s");
+  *out = be;
+  return MOE_OK;
+}
+
+static void cpu_destroy(moe_backend *be) {
+  if (be == NULL) return;
+  free(be->scratch);
+  free(be);
+}
+
+static const char *cpu_describe(moe_backend *be) { return be->desc; }
+
+static moe_status cpu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err) {
+  size_t rounded = (bytes + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN;
+  if (rounded < bytes) return MOE_FAIL(err, MOE_ERR_OOM, "allocation of %zu bytes overflows", bytes);
+  *ptr = aligned_alloc(CPU_ALIGN, rounded ? rounded : CPU_ALIGN);
+  if (*ptr == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: allocation of %zu bytes failed", bytes);
+  return MOE_OK;
+}
+
+static void cpu_free(moe_backend *be, void *ptr) { free(ptr); }
+
+static moe_status cpu_event_create(moe_backend *be, moe_event **ev, moe_error *err) {
+  *ev = calloc(1, sizeof **ev);
+  if (*ev == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: out of host memory");
+  return MOE_OK;
+}
+
+static void cpu_event_destroy(moe_backend *be, moe_event *ev) { free(ev); }
+
+static moe_status cpu_copy_h2d_async(moe_backend *be, void *dst, const void *src, size_t bytes,
+                                     moe_event *ev, moe_error *err) {
+  if (bytes) memcpy(dst, src, bytes);
+  if (ev) ev->signalled = 1;
+  return MOE_OK;
+}
+
+static moe_status cpu_compute_wait(moe_backend *be, moe_event *ev, moe_error *err) {
+  if (ev && !ev->signalled)
+    return MOE_FAIL(err, MOE_ERR_INTERNAL, "cpu backend: wait on an event no copy will signal");
+  return MOE_OK;
+}
+
+static moe_status cpu_copy(moe_backend *be, void *dst, const void *src, size_t bytes, moe_error *err) {
+  if (bytes) memcpy(dst, src, bytes);
+  return MOE_OK;
+}
+
+static moe_status cpu_sync(moe_backend *be, moe_error *err) { return MOE_OK; }
+
+/* ------------------------------------------------------------------ math */
+
+static moe_status cpu_matmul(moe_backend *be, float *y, const float *x, size_t m,
+                             const moe_weight *w, const moe_weight *bias, moe_error *err) {
+  const int n = (int)w->rows, k = (int)w->cols;
+  if (w->dtype == MOE_F32) {
+    if (m == 1)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w->data, k, x, 1, 0.0f, y, 1);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, n, k, 1.0f, x, k, w->data, k,
+                  0.0f, y, n);
+  } else {
+    /* Convert a band of rows to f32, multiply, move on: bounded scratch and
+     * the band stays in cache while it is used. */
+    moe_status st = scratch_reserve(be, (size_t)CPU_CONVERT_ROWS * (size_t)k, err);
+    if (st != MOE_OK) return st;
+    const size_t esz = moe_dtype_size(w->dtype);
+    for (int r0 = 0; r0 < n; r0 += CPU_CONVERT_ROWS) {
+      int rows = n - r0 < CPU_CONVERT_ROWS ? n - r0 : CPU_CONVERT_ROWS;
+      moe_convert_to_f32(be->scratch, (const char *)w->data + (size_t)r0 * (size_t)k * esz,
+                         w->dtype, (size_t)rows * (size_t)k);
+      if (m == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, k, 1.0f, be->scratch, k, x, 1, 0.0f,
+                    y + r0, 1);
+      else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, rows, k, 1.0f, x, k,
+                    be->scratch, k, 0.0f, y + r0, n);
+    }
+  }
+  if (bias && bias->data) {
+    float tmp[256];
+    for (int c0 = 0; c0 < n; c0 += 256) {
+      int c = n - c0 < 256 ? n - c0 : 256;
+      moe_convert_to_f32(tmp, (const char *)bias->data + (size_t)c0 * moe_dtype_size(bias->dtype),
+                         bias->dtype, (size_t)c);
+      for (size_t i = 0; i < m; i++) {
+        float *row = y + i * (size_t)n + c0;
+        for (int j = 0; j < c; j++) row[j] += tmp[j];
+      }
+    }
+  }
+  return MOE_OK;
+}
+
+static moe_status cpu_rmsnorm(moe_backend *be, float *y, const float *x, size_t m,
+                              const moe_weight *g, float eps, moe_error *err) {
+  const size_t n = g->cols;
+  moe_status st = scratch_reserve(be, n, err);
+  if (st != MOE_OK) return st;
+  moe_convert_to_f32(be->scratch, g->data, g->dtype, n);
+  for (size_t i = 0; i < m; i++) {
+    const float *xr = x + i * n;
+    float *yr = y + i * n;
+    float ss = 0.0f;
+    for (size_t j = 0; j < n; j++) ss += xr[j] * xr[j];
+    float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (size_t j = 0; j < n; j++) yr[j] = be->scratch[j] * (xr[j] * inv);
+  }
+  return MOE_OK;
+}
+
+static moe_status cpu_rope(moe_backend *be, float *x, size_t m, const int32_t *pos, int n_heads,
+                           int head_dim, float theta, moe_error *err) {
+  const int half = head_dim / 2;
+  moe_status st = scratch_reserve(be, (size_t)head_dim, err);
+  if (st != MOE_OK) return st;
+  float *inv_freq = be->scratch;
+  for (int i = 0; i < half; i++)
+    inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+  for (size_t t = 0; t < m; t++) {
+    for (int i = 0; i < half; i++) {
+      float ang = (float)pos[t] * inv_freq[i];
+      float c = cosf(ang), s = sinf(ang);
+      for (int h = 0; h < n_heads; h++) {
+        float *v = x + (t * (size_t)n_heads + (size_t)h) * (size_t)head_dim;
+        float a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+      }
+    }
+  }
+  return MOE_OK;
+}
+
+static size_t cache_index(const moe_attn_shape *s, int seq, int kvh, int pos) {
+  return (((size_t)seq * (size_t)s->n_kv_heads + (size_t)kvh) * (size_t)s->max_seq + (size_t)pos) *
+         (size_t)s->head_dim;
+}
+
+static moe_status cpu_kv_store(moe_backend *be, float *kc, float *vc, const float *k,
+                               const float *v, const moe_attn_shape *s, moe_error *err) {
+  const size_t hd = (size_t)s->head_dim, row = (size_t)s->n_kv_heads * hd;
+  for (int b = 0; b < s->n_seq; b++)
+    for (int t = 0; t < s->n_new; t++) {
+      size_t src = ((size_t)b * (size_t)s->n_new + (size_t)t) * row;
+      for (int h = 0; h < s->n_kv_heads; h++) {
+        size_t dst = cache_index(s, b, h, s->pos0 + t);
+        memcpy(kc + dst, k + src + (size_t)h * hd, hd * sizeof(float));
+        memcpy(vc + dst, v + src + (size_t)h * hd, hd * sizeof(float));
+      }
+    }
+  return MOE_OK;
+}
+
+static moe_status cpu_attention(moe_backend *be, float *out, const float *q, const float *kc,
+                                const float *vc, const moe_attn_shape *s, moe_error *err) {
+  const int hd = s->head_dim, group = s->n_heads / s->n_kv_heads;
+  const float scale = 1.0f / sqrtf((float)hd);
+  moe_status st = scratch_reserve(be, (size_t)s->max_seq, err);
+  if (st != MOE_OK) return st;
+  float *sc = be->scratch;
+  for (int b = 0; b < s->n_seq; b++)
+    for (int t = 0; t < s->n_new; t++) {
+      const int p = s->pos0 + t;
+      const size_t row = ((size_t)b * (size_t)s->n_new + (size_t)t) * (size_t)s->n_heads * (size_t)hd;
+      for (int h = 0; h < s->n_heads; h++) {
+        const float *qh = q + row + (size_t)h * (size_t)hd;
+        float *oh = out + row + (size_t)h * (size_t)hd;
+        const float *kb = kc + cache_index(s, b, h / group, 0);
+        const float *vb = vc + cache_index(s, b, h / group, 0);
+        float mx = -INFINITY;
+        for (int j = 0; j <= p; j++) {
+          float d = 0.0f;
+          const float *kj = kb + (size_t)j * (size_t)hd;
+          for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
+          sc[j] = d * scale;
+          if (sc[j] > mx) mx = sc[j];
+        }
+        float sum = 0.0f;
+        for (int j = 0; j <= p; j++) {
+          sc[j] = expf(sc[j] - mx);
+          sum += sc[j];
+        }
+        float inv = 1.0f / sum;
+        memset(oh, 0, (size_t)hd * sizeof(float));
+        for (int j = 0; j <= p; j++) {
+          const float wgt = sc[j] * inv;
+          const float *vj = vb + (size_t)j * (size_t)hd;
+          for (int i = 0; i < hd; i++) oh[i] += wgt * vj[i];
+        }
+      }
+    }
+  return MOE_OK;
+}
+
+static moe_status cpu_router_topk(moe_backend *be, int32_t *idx, float *wts, const float *logits,
+                                  size_t m, int n, int k, bool renorm, const moe_weight *bias,
+                                  moe_error *err) {
+  moe_status st = scratch_reserve(be, 2 * (size_t)n, err);
+  if (st != MOE_OK) return st;
+  float *p = be->scratch, *b = be->scratch + n;
+  if (bias && bias->data)
+    moe_convert_to_f32(b, bias->data, bias->dtype, (size_t)n);
+  else
+    memset(b, 0, (size_t)n * sizeof(float));
+  for (size_t t = 0; t < m; t++) {
+    const float *l = logits + t * (size_t)n;
+    float mx = -INFINITY;
+    for (int e = 0; e < n; e++) {
+      p[e] = l[e] + b[e];
+      if (p[e] > mx) mx = p[e];
+    }
+    float sum = 0.0f;
+    for (int e = 0; e < n; e++) {
+      p[e] = expf(p[e] - mx);
+      sum += p[e];
+    }
+    for (int e = 0; e < n; e++) p[e] /= sum;
+    int32_t *ti = idx + t * (size_t)k;
+    float *tw = wts + t * (size_t)k, tsum = 0.0f;
+    for (int j = 0; j < k; j++) {
+      int best = -1;
+      for (int e = 0; e < n; e++) {
+        bool taken = false;
+        for (int q = 0; q < j; q++) taken |= ti[q] == e;
+        if (!taken && (best < 0 || p[e] > p[best])) best = e;
+      }
+      ti[j] = best;
+      tw[j] = p[best];
+      tsum += p[best];
+    }
+    if (renorm)
+      for (int j = 0; j < k; j++) tw[j] /= tsum;
+  }
+  return MOE_OK;
+}
+
+static moe_status cpu_swiglu(moe_backend *be, float *y, const float *g, const float *u, size_t n,
+                             moe_error *err) {
+  for (size_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  return MOE_OK;
+}
+
+static moe_status cpu_add(moe_backend *be, float *y, const float *x, size_t n, moe_error *err) {
+  for (size_t i = 0; i < n; i++) y[i] += x[i];
+  return MOE_OK;
+}
+
+static moe_status cpu_embed(moe_backend *be, float *y, const moe_weight *table, const int32_t *ids,
+                            size_t m, moe_error *err) {
+  const size_t dim = table->cols, esz = moe_dtype_size(table->dtype);
+  for (size_t i = 0; i < m; i++) {
+    if (ids[i] < 0 || (size_t)ids[i] >= table->rows)
+      return MOE_FAIL(err, MOE_ERR_INVALID, "token id %d is outside the vocabulary (%zu)",
+                      (int)ids[i], table->rows);
+    moe_convert_to_f32(y + i * dim, (const char *)table->data + (size_t)ids[i] * dim * esz,
+                       table->dtype, dim);
+  }
+  return MOE_OK;
+}
+
+static moe_status cpu_gather_rows(moe_backend *be, float *dst, const float *src,
+                                  const int32_t *rows, size_t n, size_t dim, moe_error *err) {
+  for (size_t i = 0; i < n; i++) memcpy(dst + i * dim, src + (size_t)rows[i] * dim, dim * sizeof(float));
+  return MOE_OK;
+}
+
+static moe_status cpu_scatter_add_rows(moe_backend *be, float *dst, const float *src,
+                                       const int32_t *rows, const float *scale,
+                                       size_t scale_stride, bool scale_sigmoid, size_t n,
+                                       size_t dim, moe_error *err) {
+  for (size_t i = 0; i < n; i++) {
+    float s = scale[i * scale_stride];
+    if (scale_sigmoid) s = 1.0f / (1.0f + expf(-s));
+    float *d = dst + (size_t)rows[i] * dim;
+    const float *x = src + i * dim;
+    for (size_t j = 0; j < dim; j++) d[j] += s * x[j];
+  }
+  return MOE_OK;
+}
+
+const moe_backend_ops moe_cpu_backend = {
+    .abi_version = MOE_BACKEND_ABI,
+    .struct_size = sizeof(moe_backend_ops),
+    .name = "cpu",
+    .summary = "reference backend: OpenBLAS gemm, plain C ops, host memory as device memory",
+    .create = cpu_create,
+    .destroy = cpu_destroy,
+    .describe = cpu_describe,
+    .device_alloc = cpu_alloc,
+    .device_free = cpu_free,
+    .host_alloc = cpu_alloc,
+    .host_free = cpu_free,
+    .event_create = cpu_event_create,
+    .event_destroy = cpu_event_destroy,
+    .copy_h2d_async = cpu_copy_h2d_async,
+    .compute_wait = cpu_compute_wait,
+    .event_sync = cpu_compute_wait,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .synchronize = cpu_sync,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .router_topk = cpu_router_topk,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .embed = cpu_embed,
+    .gather_rows = cpu_gather_rows,
+    .scatter_add_rows = cpu_scatter_add_rows,
+};

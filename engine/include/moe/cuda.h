@@ -1,0 +1,30 @@
+/* What the CUDA part of the build can tell without running a model.
+ *
+ * The CUDA backend's math ops are not written yet; this probe is the part
+ * that exists: it reports whether the build has CUDA and, if so, whether a
+ * device is reachable, through checked runtime calls. */
+#ifndef MOE_CUDA_H
+#define MOE_CUDA_H
+
+#include <stddef.h>
+
+#include "moe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* 1 when this build compiled the CUDA sources. */
+int moe_cuda_compiled(void);
+
+/* Fills desc with the first device's name, memory and compute capability.
+ * MOE_ERR_NO_DEVICE (message "no CUDA device; use --backend cpu" plus the
+ * runtime's reason) when there is no driver or no device;
+ * MOE_ERR_UNSUPPORTED when the build has no CUDA. */
+moe_status moe_cuda_probe(char *desc, size_t cap, moe_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,104 @@
+/* Models (weights in host memory) and engines (a model placed on a device).
+ *
+ * A moe_model owns the configuration and every weight in its storage dtype,
+ * in two host slabs: dense weights, and experts laid out
+ * [moe_layer][expert][gate | up | down] so that one expert is one contiguous
+ * block of moe_config_expert_bytes() bytes (one copy moves it).
+ *
+ * A moe_engine puts a model on a backend: dense weights in device memory,
+ * experts reached through the expert store, a KV cache, activation buffers.
+ * It runs prefill and greedy decode. */
+#ifndef MOE_MODEL_H
+#define MOE_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "moe/backend.h"
+#include "moe/config.h"
+#include "moe/dtype.h"
+#include "moe/status.h"
+
+typedef struct moe_model moe_model;
+
+typedef struct moe_synth_options {
+  moe_dtype dtype;     /* storage dtype */
+  uint64_t seed;
+  double routing_skew; /* 0: none; s > 0: per-layer router bias -s*ln(rank),
+                          i.e. a Zipf(s) prior on expert popularity */
+} moe_synth_options;
+
+/* Builds a model from a configuration and a seed alone.  Same inputs give
+ * bit-identical weights on every run and platform.  Weights are uniform with
+ * the variance of a scaled normal init (1/fan_in; residual-branch outputs
+ * further scaled by 1/sqrt(2 * layers)) so activations stay O(1) through
+ * many layers. */
+moe_status moe_model_synthetic(moe_model **out, const moe_config *cfg,
+                               const moe_synth_options *opt, moe_error *err);
+
+/* Loads DIR/config.json and DIR's checkpoint (model.safetensors or a sharded
+ * index).  dtype: the storage dtype to convert to, or NULL to keep the
+ * checkpoint's (that of the embedding table).  A missing or mis-shaped tensor
+ * is MOE_ERR_FORMAT naming it. */
+moe_status moe_model_load(moe_model **out, const char *dir, const moe_dtype *dtype,
+                          moe_error *err);
+
+/* Loads weights for an already parsed config from a checkpoint directory. */
+moe_status moe_model_load_weights(moe_model **out, const moe_config *cfg, const char *ckpt_dir,
+                                  const moe_dtype *dtype, moe_error *err);
+
+/* Writes the weights as DIR/model.safetensors (Hugging Face tensor names)
+ * and the configuration as DIR/config.json.  DIR must exist. */
+moe_status moe_model_save(const moe_model *m, const char *dir, moe_error *err);
+
+void moe_model_free(moe_model *m);
+const moe_config *moe_model_config(const moe_model *m);
+moe_dtype moe_model_dtype(const moe_model *m);
+size_t moe_model_dense_bytes(const moe_model *m);  /* non-expert weights */
+size_t moe_model_expert_bytes(const moe_model *m); /* one expert */
+size_t moe_model_total_bytes(const moe_model *m);
+
+/* Writes a Hugging Face style config.json for cfg (temporary file + rename). */
+moe_status moe_config_save(const moe_config *cfg, const char *path, moe_error *err);
+
+/* ---------------------------------------------------------------- engine */
+
+typedef struct moe_engine moe_engine;
+
+typedef struct moe_engine_options {
+  int max_batch;   /* sequences per forward */
+  int max_seq;     /* prompt + generated tokens per sequence */
+  int max_prefill; /* tokens per sequence in one forward call (default max_seq) */
+  bool all_logits; /* keep logits of every position (tests), not only the last */
+} moe_engine_options;
+
+typedef struct moe_gen_stats {
+  double prefill_s;     /* wall time of the prefill forward, incl. first token */
+  double decode_s;      /* wall time of all decode steps */
+  double total_s;
+  int generated;        /* tokens per sequence */
+  double *step_s;       /* per decode step wall time (caller-owned, may be NULL) */
+} moe_gen_stats;
+
+moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev,
+                             const moe_engine_options *opt, moe_error *err);
+void moe_engine_free(moe_engine *e);
+
+/* Runs n_seq sequences of n_new tokens each (tokens[n_seq * n_new]) at
+ * positions pos0.. through the model, filling the KV cache.  logits (host)
+ * receives [n_seq, vocab] for each sequence's last token, or
+ * [n_seq * n_new, vocab] when the engine keeps all logits. */
+moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, int n_new, int pos0,
+                              float *logits, moe_error *err);
+
+/* Prefill of n_seq prompts of equal length, then greedy decode.  out receives
+ * [n_seq, max_new] tokens; prefill_logits (may be NULL) the prefill logits as
+ * forward() returns them. */
+moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq, int prompt_len,
+                               int max_new, int32_t *out, float *prefill_logits,
+                               moe_gen_stats *stats, moe_error *err);
+
+/* Index of the largest value; ties to the lowest index. */
+int moe_argmax(const float *x, int n);
+
+#endif

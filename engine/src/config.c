@@ -1,0 +1,242 @@
+/* config.json parsing for the Mixtral and Qwen2-MoE families. */
+#include "moe/config.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <string.h>
+
+typedef struct field_ctx {
+  json_t *obj;
+  const char *origin;
+  moe_error *err;
+} field_ctx;
+
+/* Reads an integer field.  required: missing is an error; otherwise *out
+ * keeps its default.  A JSON null counts as missing. */
+static moe_status get_int(const field_ctx *c, const char *key, bool required, int *out) {
+  json_t *v = json_object_get(c->obj, key);
+  if (v == NULL || json_is_null(v)) {
+    if (required)
+      return MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s: required field '%s' is missing", c->origin, key);
+    return MOE_OK;
+  }
+  if (!json_is_integer(v))
+    return MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s: field '%s' must be an integer", c->origin, key);
+  json_int_t x = json_integer_value(v);
+  if (x < 0 || x > 1 << 30)
+    return MOE_FAIL(c->err, MOE_ERR_INVALID, "%s: field '%s' = %lld is out of range", c->origin,
+                    key, (long long)x);
+  *out = (int)x;
+  return MOE_OK;
+}
+
+static moe_status get_num(const field_ctx *c, json_t *obj, const char *key, bool required,
+                          float *out) {
+  json_t *v = json_object_get(obj, key);
+  if (v == NULL || json_is_null(v)) {
+    if (required)
+      return MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s: required field '%s' is missing", c->origin, key);
+    return MOE_OK;
+  }
+  if (!json_is_number(v))
+    return MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s: field '%s' must be a number", c->origin, key);
+  *out = (float)json_number_value(v);
+  return MOE_OK;
+}
+
+static moe_status get_bool(const field_ctx *c, const char *key, bool *out) {
+  json_t *v = json_object_get(c->obj, key);
+  if (v == NULL || json_is_null(v)) return MOE_OK;
+  if (!json_is_boolean(v))
+    return MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s: field '%s' must be true or false", c->origin, key);
+  *out = json_is_true(v);
+  return MOE_OK;
+}
+
+moe_status moe_config_validate(const moe_config *cfg, const char *origin, moe_error *err) {
+  const struct {
+    const char *name;
+    int value;
+  } positive[] = {{"hidden_size", cfg->hidden},
+                  {"num_hidden_layers", cfg->n_layers},
+                  {"num_attention_heads", cfg->n_heads},
+                  {"num_key_value_heads", cfg->n_kv_heads},
+                  {"vocab_size", cfg->vocab},
+                  {"max_position_embeddings", cfg->max_pos},
+                  {"head_dim", cfg->head_dim}};
+  for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
+    if (positive[i].value <= 0)
+      return MOE_FAIL(err, MOE_ERR_INVALID, "%s: field '%s' must be positive (got %d)", origin,
+                      positive[i].name, positive[i].value);
+  if (cfg->n_layers > MOE_MAX_LAYERS)
+    return MOE_FAIL(err, MOE_ERR_UNSUPPORTED, "%s: num_hidden_layers = %d exceeds the limit %d",
+                    origin, cfg->n_layers, MOE_MAX_LAYERS);
+  if (cfg->n_heads % cfg->n_kv_heads != 0)
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
+                    origin, cfg->n_heads, cfg->n_kv_heads);
+  if (cfg->head_dim % 2 != 0)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "%s: head_dim (%d) must be even for RoPE", origin,
+                    cfg->head_dim);
+  int n_moe = moe_config_n_moe_layers(cfg);
+  if (n_moe > 0) {
+    if (cfg->n_experts <= 0 || cfg->n_experts > MOE_MAX_EXPERTS)
+      return MOE_FAIL(err, MOE_ERR_INVALID, "%s: number of experts %d must be in 1..%d", origin,
+                      cfg->n_experts, MOE_MAX_EXPERTS);
+    if (cfg->top_k <= 0 || cfg->top_k > cfg->n_experts || cfg->top_k > MOE_MAX_TOPK)
+      return MOE_FAIL(err, MOE_ERR_INVALID,
+                      "%s: num_experts_per_tok (%d) must be in 1..min(experts=%d, %d)", origin,
+                      cfg->top_k, cfg->n_experts, MOE_MAX_TOPK);
+    if (cfg->expert_ffn <= 0)
+      return MOE_FAIL(err, MOE_ERR_INVALID, "%s: expert intermediate size must be positive",
+                      origin);
+  }
+  if (n_moe < cfg->n_layers && cfg->dense_ffn <= 0)
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "%s: field 'intermediate_size' must be positive for the dense layers", origin);
+  if (!(cfg->rms_eps > 0.0f) || !(cfg->rope_theta > 0.0f) || !isfinite(cfg->rope_theta))
+    return MOE_FAIL(err, MOE_ERR_INVALID, "%s: rms_norm_eps and rope_theta must be positive",
+                    origin);
+  return MOE_OK;
+}
+
+moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const char *origin,
+                                moe_error *err) {
+  json_t *root = (json_t *)json_obj;
+  moe_status st = MOE_OK;
+  memset(cfg, 0, sizeof *cfg);
+  if (!json_is_object(root))
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: top level must be a JSON object", origin);
+  field_ctx c = {root, origin, err};
+
+  json_t *mt = json_object_get(root, "model_type");
+  if (!json_is_string(mt))
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: required field 'model_type' is missing", origin);
+  const char *type = json_string_value(mt);
+  if (strcmp(type, "mixtral") == 0) {
+    cfg->arch = MOE_ARCH_MIXTRAL;
+  } else if (strcmp(type, "qwen2_moe") == 0) {
+    cfg->arch = MOE_ARCH_QWEN2_MOE;
+  } else {
+    return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
+                    "%s: model_type '%s' is not supported (expected mixtral or qwen2_moe)", origin,
+                    type);
+  }
+
+  MOE_TRY(get_int(&c, "hidden_size", true, &cfg->hidden));
+  MOE_TRY(get_int(&c, "num_hidden_layers", true, &cfg->n_layers));
+  MOE_TRY(get_int(&c, "num_attention_heads", true, &cfg->n_heads));
+  cfg->n_kv_heads = cfg->n_heads;
+  MOE_TRY(get_int(&c, "num_key_value_heads", false, &cfg->n_kv_heads));
+  MOE_TRY(get_int(&c, "vocab_size", true, &cfg->vocab));
+  MOE_TRY(get_int(&c, "max_position_embeddings", true, &cfg->max_pos));
+  MOE_TRY(get_int(&c, "num_experts_per_tok", true, &cfg->top_k));
+  cfg->rms_eps = 1e-6f;
+  MOE_TRY(get_num(&c, root, "rms_norm_eps", false, &cfg->rms_eps));
+  /* rope_theta sits at the top level in older configs and under
+   * rope_parameters in newer ones; the two must agree when both exist. */
+  float theta_top = 0.0f, theta_nested = 0.0f;
+  MOE_TRY(get_num(&c, root, "rope_theta", false, &theta_top));
+  json_t *rp = json_object_get(root, "rope_parameters");
+  if (json_is_object(rp)) {
+    json_t *rt = json_object_get(rp, "rope_type");
+    if (json_is_string(rt) && strcmp(json_string_value(rt), "default") != 0)
+      MOE_CHECK(0, err, MOE_ERR_UNSUPPORTED, "%s: rope_parameters.rope_type '%s' is not supported",
+                origin, json_string_value(rt));
+    MOE_TRY(get_num(&c, rp, "rope_theta", false, &theta_nested));
+  }
+  MOE_CHECK(!(theta_top > 0 && theta_nested > 0 && theta_top != theta_nested), err,
+            MOE_ERR_INVALID, "%s: rope_theta (%g) contradicts rope_parameters.rope_theta (%g)",
+            origin, theta_top, theta_nested);
+  cfg->rope_theta = theta_top > 0 ? theta_top : theta_nested > 0 ? theta_nested : 10000.0f;
+  MOE_TRY(get_bool(&c, "tie_word_embeddings", &cfg->tie_embeddings));
+  MOE_CHECK(cfg->hidden > 0 && cfg->n_heads > 0, err, MOE_ERR_INVALID,
+            "%s: hidden_size and num_attention_heads must be positive", origin);
+  cfg->head_dim = cfg->hidden / cfg->n_heads;
+  MOE_TRY(get_int(&c, "head_dim", false, &cfg->head_dim));
+  MOE_CHECK(json_object_get(root, "head_dim") != NULL ||
+                cfg->hidden % cfg->n_heads == 0,
+            err, MOE_ERR_INVALID, "%s: hidden_size (%d) is not a multiple of num_attention_heads (%d)",
+            origin, cfg->hidden, cfg->n_heads);
+  json_t *hact = json_object_get(root, "hidden_act");
+  MOE_CHECK(hact == NULL || (json_is_string(hact) && strcmp(json_string_value(hact), "silu") == 0),
+            err, MOE_ERR_UNSUPPORTED, "%s: field 'hidden_act' must be \"silu\"", origin);
+
+  if (cfg->arch == MOE_ARCH_MIXTRAL) {
+    MOE_TRY(get_int(&c, "num_local_experts", true, &cfg->n_experts));
+    MOE_TRY(get_int(&c, "intermediate_size", true, &cfg->expert_ffn));
+    cfg->dense_ffn = 0;
+    cfg->shared_ffn = 0;
+    cfg->norm_topk = true; /* Mixtral always renormalises the top-k weights */
+    cfg->qkv_bias = false;
+    MOE_TRY(get_int(&c, "sliding_window", false, &cfg->sliding_window));
+    for (int i = 0; i < cfg->n_layers && i < MOE_MAX_LAYERS; i++) cfg->is_moe[i] = true;
+  } else {
+    MOE_TRY(get_int(&c, "num_experts", true, &cfg->n_experts));
+    MOE_TRY(get_int(&c, "moe_intermediate_size", true, &cfg->expert_ffn));
+    MOE_TRY(get_int(&c, "intermediate_size", true, &cfg->dense_ffn));
+    MOE_TRY(get_int(&c, "shared_expert_intermediate_size", false, &cfg->shared_ffn));
+    cfg->norm_topk = false;
+    MOE_TRY(get_bool(&c, "norm_topk_prob", &cfg->norm_topk));
+    cfg->qkv_bias = true;
+    MOE_TRY(get_bool(&c, "qkv_bias", &cfg->qkv_bias));
+    bool sliding = false;
+    MOE_TRY(get_bool(&c, "use_sliding_window", &sliding));
+    if (sliding) MOE_TRY(get_int(&c, "sliding_window", false, &cfg->sliding_window));
+    int step = 1;
+    MOE_TRY(get_int(&c, "decoder_sparse_step", false, &step));
+    MOE_CHECK(step >= 1, err, MOE_ERR_INVALID, "%s: field 'decoder_sparse_step' must be >= 1",
+              origin);
+    MOE_CHECK(cfg->n_layers <= MOE_MAX_LAYERS, err, MOE_ERR_UNSUPPORTED,
+              "%s: num_hidden_layers = %d exceeds the limit %d", origin, cfg->n_layers,
+              MOE_MAX_LAYERS);
+    for (int i = 0; i < cfg->n_layers; i++)
+      cfg->is_moe[i] = cfg->n_experts > 0 && (i + 1) % step == 0;
+    json_t *only = json_object_get(root, "mlp_only_layers");
+    if (only != NULL && !json_is_null(only)) {
+      MOE_CHECK(json_is_array(only), err, MOE_ERR_FORMAT,
+                "%s: field 'mlp_only_layers' must be an array of layer indices", origin);
+      size_t i;
+      json_t *v;
+      json_array_foreach(only, i, v) {
+        MOE_CHECK(json_is_integer(v) && json_integer_value(v) >= 0 &&
+                      json_integer_value(v) < cfg->n_layers,
+                  err, MOE_ERR_INVALID,
+                  "%s: field 'mlp_only_layers' entry %zu is not a layer index in 0..%d", origin, i,
+                  cfg->n_layers - 1);
+        cfg->is_moe[json_integer_value(v)] = false;
+      }
+    }
+  }
+  MOE_CHECK(cfg->sliding_window == 0 || cfg->sliding_window >= cfg->max_pos, err,
+            MOE_ERR_UNSUPPORTED,
+            "%s: sliding_window (%d) shorter than max_position_embeddings (%d) is not supported",
+            origin, cfg->sliding_window, cfg->max_pos);
+  MOE_TRY(moe_config_validate(cfg, origin, err));
+cleanup:
+  return st;
+}
+
+moe_status moe_config_load(moe_config *cfg, const char *path, moe_error *err) {
+  json_error_t jerr;
+  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+  if (root == NULL) {
+    if (jerr.line < 0 || strstr(jerr.text, "unable to open") != NULL)
+      return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot read: %s", path, jerr.text);
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path, jerr.line,
+                    jerr.column, jerr.text);
+  }
+  moe_status st = moe_config_from_json(cfg, root, path, err);
+  json_decref(root);
+  return st;
+}
+
+int moe_config_n_moe_layers(const moe_config *cfg) {
+  int n = 0;
+  for (int i = 0; i < cfg->n_layers && i < MOE_MAX_LAYERS; i++) n += cfg->is_moe[i];
+  return n;
+}
+
+size_t moe_config_expert_bytes(const moe_config *cfg, size_t elem_size) {
+  return 3u * (size_t)cfg->expert_ffn * (size_t)cfg->hidden * elem_size;
+}

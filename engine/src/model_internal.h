@@ -1,0 +1,52 @@
+/* Private layout of moe_model, shared by weights.c, expert_store.c, model.c. */
+#ifndef MOE_MODEL_INTERNAL_H
+#define MOE_MODEL_INTERNAL_H
+
+#include "moe/model.h"
+
+typedef enum moe_role {
+  ROLE_EMBED, ROLE_FINAL_NORM, ROLE_LM_HEAD,
+  ROLE_ATTN_NORM, ROLE_WQ, ROLE_WK, ROLE_WV, ROLE_WO, ROLE_BQ, ROLE_BK, ROLE_BV,
+  ROLE_FFN_NORM,
+  ROLE_ROUTER, ROLE_ROUTER_BIAS,
+  ROLE_SH_GATE, ROLE_SH_UP, ROLE_SH_DOWN, ROLE_SH_EXPERT_GATE,
+  ROLE_D_GATE, ROLE_D_UP, ROLE_D_DOWN,
+  ROLE_E_GATE, ROLE_E_UP, ROLE_E_DOWN,
+  ROLE_COUNT
+} moe_role;
+
+typedef struct moe_tensor_spec {
+  char name[128];  /* Hugging Face tensor name */
+  moe_role role;
+  int layer;       /* -1 for model-level tensors */
+  int expert;      /* -1 unless a routed expert's */
+  size_t rows, cols;
+  bool vector;     /* stored as 1-d [cols] in checkpoints */
+  bool optional;   /* may be absent from a checkpoint */
+  bool present;
+  bool is_expert;
+  size_t offset;   /* bytes into its slab (dense or experts) */
+} moe_tensor_spec;
+
+struct moe_model {
+  moe_config cfg;
+  moe_dtype dtype;
+  moe_tensor_spec *specs;
+  size_t n_specs;
+  int dense_index[MOE_MAX_LAYERS + 1][ROLE_COUNT]; /* spec index or -1; [n_layers] = model-level */
+  int moe_index[MOE_MAX_LAYERS];                   /* layer -> MoE layer index, or -1 */
+  int n_moe;
+  uint8_t *dense;       /* dense slab, host */
+  size_t dense_bytes;
+  uint8_t *experts;     /* expert slab, host: [n_moe][n_experts][gate|up|down] */
+  size_t expert_bytes;  /* one expert */
+  size_t experts_total;
+};
+
+/* The spec of a dense tensor (layer -1: model level); NULL when absent. */
+const moe_tensor_spec *moe_model_spec(const moe_model *m, int layer, moe_role role);
+
+/* Host pointer to expert e of layer `layer` (whole block, gate first). */
+const void *moe_model_expert_host(const moe_model *m, int layer, int expert);
+
+#endif

@@ -1,0 +1,437 @@
+/* Model weights in host memory: the tensor table (Hugging Face names for
+ * both families), synthetic initialisation, checkpoint loading and saving. */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_internal.h"
+#include "moe/safetensors.h"
+#include "moe/rng.h"
+
+/* ------------------------------------------------------------ tensor table */
+
+typedef struct spec_builder {
+  moe_model *m;
+  size_t cap;
+  moe_error *err;
+} spec_builder;
+
+static moe_status add_spec(spec_builder *b, moe_role role, int layer, int expert, size_t rows,
+                           size_t cols, bool vector, bool optional, const char *fmt, ...)
+    __attribute__((format(printf, 9, 10)));
+
+static moe_status add_spec(spec_builder *b, moe_role role, int layer, int expert, size_t rows,
+                           size_t cols, bool vector, bool optional, const char *fmt, ...) {
+  moe_model *m = b->m;
+  if (m->n_specs == b->cap) {
+    size_t cap = b->cap ? 2 * b->cap : 64;
+    moe_tensor_spec *p = realloc(m->specs, cap * sizeof *p);
+    if (p == NULL) return MOE_FAIL(b->err, MOE_ERR_OOM, "out of host memory (tensor table)");
+    m->specs = p;
+    b->cap = cap;
+  }
+  moe_tensor_spec *s = &m->specs[m->n_specs];
+  memset(s, 0, sizeof *s);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(s->name, sizeof s->name, fmt, ap);
+  va_end(ap);
+  s->role = role;
+  s->layer = layer;
+  s->expert = expert;
+  s->rows = rows;
+  s->cols = cols;
+  s->vector = vector;
+  s->optional = optional;
+  s->is_expert = expert >= 0;
+  if (!s->is_expert) m->dense_index[layer < 0 ? m->cfg.n_layers : layer][role] = (int)m->n_specs;
+  m->n_specs++;
+  return MOE_OK;
+}
+
+#define ADD(...)                                  \
+  do {                                            \
+    if ((st = add_spec(&b, __VA_ARGS__)) != MOE_OK) \
+      return st;                                  \
+  } while (0)
+
+/* Fills m->specs for m->cfg and lays out both slabs (offsets, sizes). */
+static moe_status build_specs(moe_model *m, bool router_bias, moe_error *err) {
+  const moe_config *c = &m->cfg;
+  spec_builder b = {m, 0, err};
+  moe_status st;
+  const size_t H = (size_t)c->hidden, V = (size_t)c->vocab, hd = (size_t)c->head_dim;
+  const size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
+  const size_t E = (size_t)c->n_experts, F = (size_t)c->expert_ffn;
+  const bool mixtral = c->arch == MOE_ARCH_MIXTRAL;
+  const char *moe = mixtral ? "block_sparse_moe" : "mlp";
+  for (int i = 0; i <= MOE_MAX_LAYERS; i++)
+    for (int r = 0; r < ROLE_COUNT; r++) m->dense_index[i][r] = -1;
+
+  ADD(ROLE_EMBED, -1, -1, V, H, false, false, "model.embed_tokens.weight");
+  ADD(ROLE_FINAL_NORM, -1, -1, 1, H, true, false, "model.norm.weight");
+  if (!c->tie_embeddings) ADD(ROLE_LM_HEAD, -1, -1, V, H, false, false, "lm_head.weight");
+  m->n_moe = 0;
+  for (int l = 0; l < c->n_layers; l++) {
+    const char *p = "model.layers";
+    ADD(ROLE_ATTN_NORM, l, -1, 1, H, true, false, "%s.%d.input_layernorm.weight", p, l);
+    ADD(ROLE_WQ, l, -1, qd, H, false, false, "%s.%d.self_attn.q_proj.weight", p, l);
+    ADD(ROLE_WK, l, -1, kvd, H, false, false, "%s.%d.self_attn.k_proj.weight", p, l);
+    ADD(ROLE_WV, l, -1, kvd, H, false, false, "%s.%d.self_attn.v_proj.weight", p, l);
+    ADD(ROLE_WO, l, -1, H, qd, false, false, "%s.%d.self_attn.o_proj.weight", p, l);
+    if (c->qkv_bias) {
+      ADD(ROLE_BQ, l, -1, 1, qd, true, false, "%s.%d.self_attn.q_proj.bias", p, l);
+      ADD(ROLE_BK, l, -1, 1, kvd, true, false, "%s.%d.self_attn.k_proj.bias", p, l);
+      ADD(ROLE_BV, l, -1, 1, kvd, true, false, "%s.%d.self_attn.v_proj.bias", p, l);
+    }
+    ADD(ROLE_FFN_NORM, l, -1, 1, H, true, false, "%s.%d.post_attention_layernorm.weight", p, l);
+    if (c->is_moe[l]) {
+      m->moe_index[l] = m->n_moe++;
+      ADD(ROLE_ROUTER, l, -1, E, H, false, false, "%s.%d.%s.gate.weight", p, l, moe);
+      /* Not a Hugging Face tensor: our routing-skew bias, loaded when present. */
+      ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, !router_bias, "%s.%d.%s.gate.bias", p, l, moe);
+      if (c->shared_ffn > 0) {
+        const size_t S = (size_t)c->shared_ffn;
+        ADD(ROLE_SH_GATE, l, -1, S, H, false, false, "%s.%d.mlp.shared_expert.gate_proj.weight", p, l);
+        ADD(ROLE_SH_UP, l, -1, S, H, false, false, "%s.%d.mlp.shared_expert.up_proj.weight", p, l);
+        ADD(ROLE_SH_DOWN, l, -1, H, S, false, false, "%s.%d.mlp.shared_expert.down_proj.weight", p, l);
+        ADD(ROLE_SH_EXPERT_GATE, l, -1, 1, H, false, false, "%s.%d.mlp.shared_expert_gate.weight", p, l);
+      }
+      for (int e = 0; e < c->n_experts; e++) {
+        if (mixtral) {
+          ADD(ROLE_E_GATE, l, e, F, H, false, false, "%s.%d.%s.experts.%d.w1.weight", p, l, moe, e);
+          ADD(ROLE_E_UP, l, e, F, H, false, false, "%s.%d.%s.experts.%d.w3.weight", p, l, moe, e);
+          ADD(ROLE_E_DOWN, l, e, H, F, false, false, "%s.%d.%s.experts.%d.w2.weight", p, l, moe, e);
+        } else {
+          ADD(ROLE_E_GATE, l, e, F, H, false, false, "%s.%d.mlp.experts.%d.gate_proj.weight", p, l, e);
+          ADD(ROLE_E_UP, l, e, F, H, false, false, "%s.%d.mlp.experts.%d.up_proj.weight", p, l, e);
+          ADD(ROLE_E_DOWN, l, e, H, F, false, false, "%s.%d.mlp.experts.%d.down_proj.weight", p, l, e);
+        }
+      }
+    } else {
+      m->moe_index[l] = -1;
+      const size_t D = (size_t)c->dense_ffn;
+      ADD(ROLE_D_GATE, l, -1, D, H, false, false, "%s.%d.mlp.gate_proj.weight", p, l);
+      ADD(ROLE_D_UP, l, -1, D, H, false, false, "%s.%d.mlp.up_proj.weight", p, l);
+      ADD(ROLE_D_DOWN, l, -1, H, D, false, false, "%s.%d.mlp.down_proj.weight", p, l);
+    }
+  }
+  /* Layout.  Dense tensors are packed with 64-byte alignment; each expert is
+   * gate, up, down back to back, experts back to back. */
+  const size_t es = moe_dtype_size(m->dtype);
+  m->expert_bytes = moe_config_expert_bytes(c, es);
+  size_t off = 0;
+  for (size_t i = 0; i < m->n_specs; i++) {
+    moe_tensor_spec *s = &m->specs[i];
+    size_t nb = s->rows * s->cols * es;
+    if (s->is_expert) {
+      size_t base = ((size_t)m->moe_index[s->layer] * E + (size_t)s->expert) * m->expert_bytes;
+      size_t part = s->role == ROLE_E_GATE ? 0 : s->role == ROLE_E_UP ? 1 : 2;
+      s->offset = base + part * F * H * es;
+    } else {
+      s->offset = off;
+      off += (nb + 63) & ~(size_t)63;
+    }
+  }
+  m->dense_bytes = off;
+  m->experts_total = (size_t)m->n_moe * E * m->expert_bytes;
+  return MOE_OK;
+}
+
+#undef ADD
+
+/* Allocates an empty model with its table and slabs for cfg. */
+static moe_status model_alloc(moe_model **out, const moe_config *cfg, moe_dtype dtype,
+                              bool router_bias, moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_model *m = calloc(1, sizeof *m);
+  MOE_CHECK_ALLOC(m, err, sizeof *m);
+  m->cfg = *cfg;
+  m->dtype = dtype;
+  MOE_TRY(moe_config_validate(cfg, "model config", err));
+  MOE_TRY(build_specs(m, router_bias, err));
+  m->dense = aligned_alloc(64, m->dense_bytes ? m->dense_bytes : 64);
+  MOE_CHECK_ALLOC(m->dense, err, m->dense_bytes);
+  if (m->experts_total) {
+    m->experts = aligned_alloc(64, (m->experts_total + 63) & ~(size_t)63);
+    MOE_CHECK_ALLOC(m->experts, err, m->experts_total);
+  }
+  *out = m;
+  return MOE_OK;
+cleanup:
+  moe_model_free(m);
+  return st;
+}
+
+void moe_model_free(moe_model *m) {
+  if (m == NULL) return;
+  free(m->specs);
+  free(m->dense);
+  free(m->experts);
+  free(m);
+}
+
+static uint8_t *spec_ptr(const moe_model *m, const moe_tensor_spec *s) {
+  return (s->is_expert ? m->experts : m->dense) + s->offset;
+}
+
+const moe_tensor_spec *moe_model_spec(const moe_model *m, int layer, moe_role role) {
+  int i = m->dense_index[layer < 0 ? m->cfg.n_layers : layer][role];
+  return i < 0 || !m->specs[i].present ? NULL : &m->specs[i];
+}
+
+const void *moe_model_expert_host(const moe_model *m, int layer, int expert) {
+  return m->experts +
+         ((size_t)m->moe_index[layer] * (size_t)m->cfg.n_experts + (size_t)expert) * m->expert_bytes;
+}
+
+const moe_config *moe_model_config(const moe_model *m) { return &m->cfg; }
+moe_dtype moe_model_dtype(const moe_model *m) { return m->dtype; }
+size_t moe_model_dense_bytes(const moe_model *m) { return m->dense_bytes; }
+size_t moe_model_expert_bytes(const moe_model *m) { return m->expert_bytes; }
+size_t moe_model_total_bytes(const moe_model *m) { return m->dense_bytes + m->experts_total; }
+
+/* ------------------------------------------------------------ synthetic */
+
+/* Standard deviation of a tensor's init, or a negative code: -1 ones,
+ * -2 small bias, -3 routing-skew bias. */
+static double init_std(const moe_config *c, const moe_tensor_spec *s) {
+  const double branch = 1.0 / sqrt(2.0 * c->n_layers);
+  switch (s->role) {
+    case ROLE_EMBED: return 1.0;
+    case ROLE_FINAL_NORM: case ROLE_ATTN_NORM: case ROLE_FFN_NORM: return -1;
+    case ROLE_BQ: case ROLE_BK: case ROLE_BV: return -2;
+    case ROLE_ROUTER_BIAS: return -3;
+    case ROLE_WO: case ROLE_SH_DOWN: case ROLE_D_DOWN: case ROLE_E_DOWN:
+      return branch / sqrt((double)s->cols);
+    default: return 1.0 / sqrt((double)s->cols);
+  }
+}
+
+static void fill_tensor(moe_model *m, moe_tensor_spec *s, size_t stream, uint64_t seed,
+                        double skew, float *buf, size_t buf_n) {
+  const size_t n = s->rows * s->cols, es = moe_dtype_size(m->dtype);
+  uint8_t *dst = spec_ptr(m, s);
+  moe_rng r;
+  moe_rng_seed(&r, seed, stream);
+  double sd = init_std(&m->cfg, s);
+  if (sd == -3) {
+    /* Zipf prior: a random permutation gives each expert a rank. */
+    int rank[MOE_MAX_EXPERTS];
+    for (size_t i = 0; i < n; i++) rank[i] = (int)i;
+    for (size_t i = n; i > 1; i--) {
+      size_t j = (size_t)(moe_rng_next(&r) % i);
+      int t = rank[i - 1];
+      rank[i - 1] = rank[j];
+      rank[j] = t;
+    }
+    for (size_t i = 0; i < n; i++) buf[i] = (float)(-skew * log((double)rank[i] + 1.0));
+    moe_convert_from_f32(dst, m->dtype, buf, n);
+    return;
+  }
+  const double half_width = sd > 0 ? sqrt(3.0) * sd : 0.0; /* uniform with std sd */
+  for (size_t done = 0; done < n; done += buf_n) {
+    size_t c = n - done < buf_n ? n - done : buf_n;
+    for (size_t i = 0; i < c; i++) {
+      if (sd == -1)
+        buf[i] = 1.0f;
+      else if (sd == -2)
+        buf[i] = (float)(0.02 * (2.0 * moe_rng_uniform(&r) - 1.0));
+      else
+        buf[i] = (float)(half_width * (2.0 * moe_rng_uniform(&r) - 1.0));
+    }
+    moe_convert_from_f32(dst + done * es, m->dtype, buf, c);
+  }
+}
+
+moe_status moe_model_synthetic(moe_model **out, const moe_config *cfg,
+                               const moe_synth_options *opt, moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_model *m = NULL;
+  *out = NULL;
+  MOE_CHECK(opt->routing_skew >= 0.0 && isfinite(opt->routing_skew), err, MOE_ERR_INVALID,
+            "routing skew must be a finite number >= 0 (got %g)", opt->routing_skew);
+  MOE_TRY(model_alloc(&m, cfg, opt->dtype, opt->routing_skew > 0.0, err));
+  enum { BUF_N = 1 << 16 };
+  float *buf = malloc(BUF_N * sizeof *buf > (size_t)cfg->n_experts * sizeof(float)
+                          ? BUF_N * sizeof *buf
+                          : (size_t)cfg->n_experts * sizeof(float));
+  MOE_CHECK_ALLOC(buf, err, BUF_N * sizeof *buf);
+  for (size_t i = 0; i < m->n_specs; i++) {
+    moe_tensor_spec *s = &m->specs[i];
+    if (s->role == ROLE_ROUTER_BIAS && opt->routing_skew <= 0.0) continue;
+    fill_tensor(m, s, i, opt->seed, opt->routing_skew, buf, BUF_N);
+    s->present = true;
+  }
+  free(buf);
+  *out = m;
+  return MOE_OK;
+cleanup:
+  moe_model_free(m);
+  return st;
+}
+
+/* ------------------------------------------------------------ checkpoints */
+
+static moe_status load_tensor(moe_model *m, moe_tensor_spec *s, const moe_st_tensor *t,
+                              const char *file, moe_error *err) {
+  if (!t->has_dtype)
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: tensor '%s' has dtype %s; expected F32, F16 or BF16",
+                    file, s->name, t->dtype);
+  bool ok = s->vector ? (t->ndim == 1 && (size_t)t->shape[0] == s->cols)
+                      : (t->ndim == 2 && (size_t)t->shape[0] == s->rows && (size_t)t->shape[1] == s->cols);
+  if (!ok) {
+    char got[64] = "";
+    for (int d = 0; d < t->ndim && strlen(got) < 48; d++)
+      snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "",
+               (long long)t->shape[d]);
+    if (s->vector)
+      return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected [%zu]", file,
+                      s->name, got, s->cols);
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected [%zu, %zu]",
+                    file, s->name, got, s->rows, s->cols);
+  }
+  uint8_t *dst = spec_ptr(m, s);
+  const size_t n = s->rows * s->cols;
+  if (t->mdtype == m->dtype) {
+    memcpy(dst, t->data, t->nbytes);
+    return MOE_OK;
+  }
+  /* Convert through an aligned f32 buffer: the mapped data is not aligned. */
+  enum { CHUNK = 4096 };
+  float f[CHUNK];
+  uint8_t raw[CHUNK * 4];
+  const size_t ses = moe_dtype_size(t->mdtype), des = moe_dtype_size(m->dtype);
+  for (size_t i = 0; i < n; i += CHUNK) {
+    size_t c = n - i < CHUNK ? n - i : CHUNK;
+    memcpy(raw, (const uint8_t *)t->data + i * ses, c * ses);
+    moe_convert_to_f32(f, raw, t->mdtype, c);
+    moe_convert_from_f32(dst + i * des, m->dtype, f, c);
+  }
+  return MOE_OK;
+}
+
+moe_status moe_model_load_weights(moe_model **out, const moe_config *cfg, const char *ckpt_dir,
+                                  const moe_dtype *dtype, moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_checkpoint *ck = NULL;
+  moe_model *m = NULL;
+  *out = NULL;
+  MOE_TRY(moe_checkpoint_open(&ck, ckpt_dir, err));
+  const char *file = NULL;
+  const moe_st_tensor *emb = moe_checkpoint_find(ck, "model.embed_tokens.weight", &file);
+  MOE_CHECK(emb != NULL, err, MOE_ERR_FORMAT, "%s: tensor 'model.embed_tokens.weight' is missing",
+            ckpt_dir);
+  MOE_CHECK(emb->has_dtype, err, MOE_ERR_FORMAT,
+            "%s: tensor 'model.embed_tokens.weight' has dtype %s; expected F32, F16 or BF16", file,
+            emb->dtype);
+  MOE_TRY(model_alloc(&m, cfg, dtype ? *dtype : emb->mdtype, true, err));
+  for (size_t i = 0; i < m->n_specs; i++) {
+    moe_tensor_spec *s = &m->specs[i];
+    const moe_st_tensor *t = moe_checkpoint_find(ck, s->name, &file);
+    if (t == NULL) {
+      MOE_CHECK(s->optional, err, MOE_ERR_FORMAT, "%s: tensor '%s' is missing", ckpt_dir, s->name);
+      continue;
+    }
+    MOE_TRY(load_tensor(m, s, t, file, err));
+    s->present = true;
+  }
+  *out = m;
+  m = NULL;
+cleanup:
+  moe_model_free(m);
+  moe_checkpoint_close(ck);
+  return st;
+}
+
+moe_status moe_model_load(moe_model **out, const char *dir, const moe_dtype *dtype, moe_error *err) {
+  moe_config cfg;
+  size_t n = strlen(dir) + 16;
+  char *path = malloc(n);
+  if (path == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory");
+  snprintf(path, n, "%s/config.json", dir);
+  moe_status st = moe_config_load(&cfg, path, err);
+  free(path);
+  if (st != MOE_OK) return st;
+  return moe_model_load_weights(out, &cfg, dir, dtype, err);
+}
+
+moe_status moe_model_save(const moe_model *m, const char *dir, moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_st_entry *ents = calloc(m->n_specs ? m->n_specs : 1, sizeof *ents);
+  size_t n = strlen(dir) + 32;
+  char *path = malloc(n);
+  MOE_CHECK_ALLOC(ents, err, m->n_specs * sizeof *ents);
+  MOE_CHECK_ALLOC(path, err, n);
+  size_t k = 0;
+  for (size_t i = 0; i < m->n_specs; i++) {
+    const moe_tensor_spec *s = &m->specs[i];
+    if (!s->present) continue;
+    ents[k].name = s->name;
+    ents[k].dtype = m->dtype;
+    ents[k].ndim = s->vector ? 1 : 2;
+    ents[k].shape[0] = s->vector ? (int64_t)s->cols : (int64_t)s->rows;
+    ents[k].shape[1] = (int64_t)s->cols;
+    ents[k].data = spec_ptr(m, s);
+    k++;
+  }
+  snprintf(path, n, "%s/model.safetensors", dir);
+  MOE_TRY(moe_st_write(path, ents, k, err));
+  snprintf(path, n, "%s/config.json", dir);
+  MOE_TRY(moe_config_save(&m->cfg, path, err));
+cleanup:
+  free(ents);
+  free(path);
+  return st;
+}
+
+moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err) {
+  moe_status st = MOE_OK;
+  json_t *o = json_object();
+  char *tmp = NULL;
+  MOE_CHECK_ALLOC(o, err, 64);
+  const bool mix = c->arch == MOE_ARCH_MIXTRAL;
+  json_object_set_new(o, "model_type", json_string(mix ? "mixtral" : "qwen2_moe"));
+  json_object_set_new(o, "hidden_size", json_integer(c->hidden));
+  json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layers));
+  json_object_set_new(o, "num_attention_heads", json_integer(c->n_heads));
+  json_object_set_new(o, "num_key_value_heads", json_integer(c->n_kv_heads));
+  json_object_set_new(o, "head_dim", json_integer(c->head_dim));
+  json_object_set_new(o, "vocab_size", json_integer(c->vocab));
+  json_object_set_new(o, "max_position_embeddings", json_integer(c->max_pos));
+  json_object_set_new(o, "num_experts_per_tok", json_integer(c->top_k));
+  json_object_set_new(o, "rms_norm_eps", json_real(c->rms_eps));
+  json_object_set_new(o, "rope_theta", json_real(c->rope_theta));
+  json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
+  json_object_set_new(o, "hidden_act", json_string("silu"));
+  if (mix) {
+    json_object_set_new(o, "num_local_experts", json_integer(c->n_experts));
+    json_object_set_new(o, "intermediate_size", json_integer(c->expert_ffn));
+  } else {
+    json_object_set_new(o, "num_experts", json_integer(c->n_experts));
+    json_object_set_new(o, "moe_intermediate_size", json_integer(c->expert_ffn));
+    json_object_set_new(o, "intermediate_size", json_integer(c->dense_ffn));
+    json_object_set_new(o, "shared_expert_intermediate_size", json_integer(c->shared_ffn));
+    json_object_set_new(o, "norm_topk_prob", json_boolean(c->norm_topk));
+    json_object_set_new(o, "qkv_bias", json_boolean(c->qkv_bias));
+    json_object_set_new(o, "decoder_sparse_step", json_integer(1));
+    json_t *only = json_array();
+    for (int l = 0; l < c->n_layers; l++)
+      if (!c->is_moe[l]) json_array_append_new(only, json_integer(l));
+    json_object_set_new(o, "mlp_only_layers", only);
+  }
+  tmp = malloc(strlen(path) + 5);
+  MOE_CHECK_ALLOC(tmp, err, strlen(path) + 5);
+  sprintf(tmp, "%s.tmp", path);
+  MOE_CHECK(json_dump_file(o, tmp, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0, err, MOE_ERR_IO,
+            "%s: cannot write", tmp);
+  MOE_CHECK(rename(tmp, path) == 0, err, MOE_ERR_IO, "%s: rename failed: %s", path,
+            strerror(errno));
+cleanup:
+  free(tmp);
+  json_decref(o);
+  return st;
+}

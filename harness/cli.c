@@ -1,0 +1,139 @@
+/* Helpers shared by the moebench subcommands. */
+#include "cli.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void cli_error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("moebench: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+int cli_fail(const moe_error *err) {
+  char buf[700];
+  fprintf(stderr, "moebench: %s\n", moe_error_text(err, buf, sizeof buf));
+  return 1;
+}
+
+bool cli_parse_int(const char *s, long lo, long hi, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || end == s || *end != '\0' || v < lo || v > hi) return false;
+  *out = v;
+  return true;
+}
+
+bool cli_parse_u64(const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  if (*s == '-') return false;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || end == s || *end != '\0') return false;
+  *out = (uint64_t)v;
+  return true;
+}
+
+bool cli_parse_double(const char *s, double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || end == s || *end != '\0' || !isfinite(v)) return false;
+  *out = v;
+  return true;
+}
+
+const char *cli_models_dir(void) {
+  const char *env = getenv("MOE_MODELS_DIR");
+  return env && *env ? env : MOE_SOURCE_DIR "/workloads/models";
+}
+
+moe_status cli_preset_load(cli_preset *p, const char *name, moe_error *err) {
+  char path[4096];
+  moe_status st = MOE_OK;
+  memset(p, 0, sizeof *p);
+  if (strchr(name, '/') || strstr(name, ".json"))
+    snprintf(path, sizeof path, "%s", name);
+  else
+    snprintf(path, sizeof path, "%s/%s.json", cli_models_dir(), name);
+  json_error_t jerr;
+  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+  if (root == NULL) {
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+      return MOE_FAIL(err, MOE_ERR_IO, "%s: no such model preset (see 'moebench list models')",
+                      path);
+    fclose(f);
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path, jerr.line,
+                    jerr.column, jerr.text);
+  }
+  json_t *v;
+  MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", path);
+  v = json_object_get(root, "name");
+  MOE_CHECK(json_is_string(v), err, MOE_ERR_FORMAT, "%s: field 'name' must be a string", path);
+  snprintf(p->name, sizeof p->name, "%s", json_string_value(v));
+  v = json_object_get(root, "description");
+  if (json_is_string(v)) snprintf(p->description, sizeof p->description, "%s", json_string_value(v));
+  v = json_object_get(root, "dtype");
+  MOE_CHECK(json_is_string(v) && moe_dtype_parse(json_string_value(v), &p->dtype) == 0, err,
+            MOE_ERR_FORMAT, "%s: field 'dtype' must be one of f32, f16, bf16", path);
+  v = json_object_get(root, "seed");
+  MOE_CHECK(v == NULL || (json_is_integer(v) && json_integer_value(v) >= 0), err, MOE_ERR_FORMAT,
+            "%s: field 'seed' must be a non-negative integer", path);
+  p->seed = v ? (uint64_t)json_integer_value(v) : 0;
+  v = json_object_get(root, "routing_skew");
+  MOE_CHECK(v == NULL || (json_is_number(v) && json_number_value(v) >= 0), err, MOE_ERR_FORMAT,
+            "%s: field 'routing_skew' must be a number >= 0", path);
+  p->routing_skew = v ? json_number_value(v) : 0.0;
+  v = json_object_get(root, "config");
+  MOE_CHECK(json_is_object(v), err, MOE_ERR_FORMAT, "%s: field 'config' must be an object", path);
+  char origin[4200];
+  snprintf(origin, sizeof origin, "%s: config", path);
+  MOE_TRY(moe_config_from_json(&p->cfg, v, origin, err));
+cleanup:
+  json_decref(root);
+  return st;
+}
+
+int cli_parse_ids(const char *s, int32_t **ids) {
+  size_t cap = 16, n = 0;
+  int32_t *a = malloc(cap * sizeof *a);
+  if (a == NULL) return -1;
+  const char *p = s;
+  while (*p) {
+    while (*p && (isspace((unsigned char)*p) || *p == ',')) p++;
+    if (!*p) break;
+    char *end;
+    errno = 0;
+    long v = strtol(p, &end, 10);
+    if (end == p || errno || v < 0 || v > INT32_MAX ||
+        (*end && !isspace((unsigned char)*end) && *end != ',')) {
+      free(a);
+      return -1;
+    }
+    if (n == cap) {
+      int32_t *b = realloc(a, 2 * cap * sizeof *a);
+      if (b == NULL) {
+        free(a);
+        return -1;
+      }
+      a = b;
+      cap *= 2;
+    }
+    a[n++] = (int32_t)v;
+    p = end;
+  }
+  *ids = a;
+  return (int)n;
+}

@@ -1,0 +1,236 @@
+/* moebench generate: load or synthesise a model, prefill prompts, decode
+ * greedily, print the generated ids and throughput. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe/rng.h"
+#include "cli.h"
+#include "moe/backend.h"
+#include "moe/model.h"
+
+static void generate_usage(FILE *f) {
+  fprintf(f,
+          "usage: moebench generate (--model-dir DIR | --preset NAME) [options]\n"
+          "\n"
+          "model:\n"
+          "  --model-dir DIR       Hugging Face style directory: config.json + model.safetensors\n"
+          "                        (or model.safetensors.index.json with shards)\n"
+          "  --preset NAME         synthetic model from workloads/models/NAME.json\n"
+          "  --seed N              weight seed for --preset (default: the preset's)\n"
+          "  --dtype T             storage dtype f32|f16|bf16 (default: checkpoint's / preset's)\n"
+          "  --routing-skew S      Zipf exponent of expert popularity for --preset (default: preset's)\n"
+          "  --save DIR            write the model (safetensors + config.json) to DIR and go on\n"
+          "prompts (all prompts must have the same length):\n"
+          "  --prompt-ids LIST     one prompt, ids separated by commas or spaces\n"
+          "  --prompt-file FILE    one prompt per line\n"
+          "  --prompt-len N        N seeded random ids per prompt (default 16)\n"
+          "  --prompt-seed N       seed for random prompts (default 1)\n"
+          "  --batch B             number of sequences (default: number of prompts, or 1);\n"
+          "                        prompts are repeated cyclically to fill the batch\n"
+          "run:\n"
+          "  --max-new-tokens N    tokens to generate per sequence (default 16)\n"
+          "  --backend NAME        cpu (default)\n"
+          "  --threads N           math threads (default 1)\n"
+          "  --quiet               print only the summary line\n"
+          "  -h, --help            this text\n");
+}
+
+static int read_prompt_file(const char *path, int32_t **out, int *n_prompts, int *len) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    cli_error("%s: cannot open prompt file", path);
+    return -1;
+  }
+  char *line = NULL;
+  size_t cap = 0;
+  int32_t *all = NULL;
+  int count = 0, plen = -1, lineno = 0, rc = 0;
+  while (getline(&line, &cap, f) >= 0) {
+    lineno++;
+    int32_t *ids;
+    int n = cli_parse_ids(line, &ids);
+    if (n < 0) {
+      cli_error("%s:%d: not a list of non-negative token ids", path, lineno);
+      rc = -1;
+      break;
+    }
+    if (n == 0) {
+      free(ids);
+      continue;
+    }
+    if (plen >= 0 && n != plen) {
+      cli_error("%s:%d: prompt has %d ids but earlier prompts have %d (equal lengths required)",
+                path, lineno, n, plen);
+      free(ids);
+      rc = -1;
+      break;
+    }
+    plen = n;
+    int32_t *grown = realloc(all, (size_t)(count + 1) * (size_t)n * sizeof *all);
+    if (grown == NULL) {
+      free(ids);
+      rc = -1;
+      break;
+    }
+    all = grown;
+    memcpy(all + (size_t)count * (size_t)n, ids, (size_t)n * sizeof *ids);
+    free(ids);
+    count++;
+  }
+  free(line);
+  fclose(f);
+  if (rc == 0 && count == 0) {
+    cli_error("%s: no prompts in file", path);
+    rc = -1;
+  }
+  if (rc != 0) {
+    free(all);
+    return -1;
+  }
+  *out = all;
+  *n_prompts = count;
+  *len = plen;
+  return 0;
+}
+
+int cmd_generate(int argc, char **argv) {
+  enum { O_MODEL = 256, O_PRESET, O_SEED, O_DTYPE, O_SKEW, O_SAVE, O_IDS, O_PFILE, O_PLEN, O_PSEED,
+         O_BATCH, O_MAXNEW, O_BACKEND, O_THREADS, O_QUIET };
+  static const struct option opts[] = {
+      {"model-dir", required_argument, 0, O_MODEL},   {"preset", required_argument, 0, O_PRESET},
+      {"seed", required_argument, 0, O_SEED},         {"dtype", required_argument, 0, O_DTYPE},
+      {"routing-skew", required_argument, 0, O_SKEW}, {"save", required_argument, 0, O_SAVE},
+      {"prompt-ids", required_argument, 0, O_IDS},    {"prompt-file", required_argument, 0, O_PFILE},
+      {"prompt-len", required_argument, 0, O_PLEN},   {"prompt-seed", required_argument, 0, O_PSEED},
+      {"batch", required_argument, 0, O_BATCH},       {"max-new-tokens", required_argument, 0, O_MAXNEW},
+      {"backend", required_argument, 0, O_BACKEND},   {"threads", required_argument, 0, O_THREADS},
+      {"quiet", no_argument, 0, O_QUIET},             {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  const char *model_dir = NULL, *preset = NULL, *save = NULL, *ids_arg = NULL, *pfile = NULL;
+  const char *backend = "cpu";
+  bool have_seed = false, have_dtype = false, have_skew = false, quiet = false;
+  uint64_t seed = 0, prompt_seed = 1;
+  moe_dtype dtype = MOE_F32;
+  double skew = 0.0;
+  long plen = 16, batch = 0, max_new = 16, threads = 1;
+  optind = 1;
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    bool ok = true;
+    switch (c) {
+      case O_MODEL: model_dir = optarg; break;
+      case O_PRESET: preset = optarg; break;
+      case O_SEED: ok = cli_parse_u64(optarg, &seed); have_seed = true; break;
+      case O_DTYPE: ok = moe_dtype_parse(optarg, &dtype) == 0; have_dtype = true; break;
+      case O_SKEW: ok = cli_parse_double(optarg, &skew) && skew >= 0; have_skew = true; break;
+      case O_SAVE: save = optarg; break;
+      case O_IDS: ids_arg = optarg; break;
+      case O_PFILE: pfile = optarg; break;
+      case O_PLEN: ok = cli_parse_int(optarg, 1, 1 << 20, &plen); break;
+      case O_PSEED: ok = cli_parse_u64(optarg, &prompt_seed); break;
+      case O_BATCH: ok = cli_parse_int(optarg, 1, 1 << 16, &batch); break;
+      case O_MAXNEW: ok = cli_parse_int(optarg, 1, 1 << 20, &max_new); break;
+      case O_BACKEND: backend = optarg; break;
+      case O_THREADS: ok = cli_parse_int(optarg, 1, 1024, &threads); break;
+      case O_QUIET: quiet = true; break;
+      case 'h': generate_usage(stdout); return 0;
+      default:
+        cli_error("generate: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
+        return 2;
+    }
+    if (!ok) {
+      cli_error("generate: invalid value '%s' for --%s", optarg, opts[c - O_MODEL].name);
+      return 2;
+    }
+  }
+  if (optind < argc) {
+    cli_error("generate: unexpected argument '%s'", argv[optind]);
+    return 2;
+  }
+  if ((model_dir == NULL) == (preset == NULL)) {
+    cli_error("generate: give exactly one of --model-dir or --preset");
+    return 2;
+  }
+  if (ids_arg && pfile) {
+    cli_error("generate: give at most one of --prompt-ids and --prompt-file");
+    return 2;
+  }
+
+  int rc = 1;
+  moe_error err = {0};
+  moe_model *model = NULL;
+  moe_device dev = {0};
+  moe_engine *eng = NULL;
+  int32_t *prompts = NULL, *batch_prompts = NULL, *out = NULL;
+  int n_prompts = 1, len = (int)plen;
+
+  if (preset) {
+    cli_preset p;
+    if (cli_preset_load(&p, preset, &err) != MOE_OK) goto done;
+    moe_synth_options so = {have_dtype ? dtype : p.dtype, have_seed ? seed : p.seed,
+                            have_skew ? skew : p.routing_skew};
+    if (moe_model_synthetic(&model, &p.cfg, &so, &err) != MOE_OK) goto done;
+  } else {
+    if (moe_model_load(&model, model_dir, have_dtype ? &dtype : NULL, &err) != MOE_OK) goto done;
+  }
+  if (save && moe_model_save(model, save, &err) != MOE_OK) goto done;
+  const moe_config *cfg = moe_model_config(model);
+
+  if (ids_arg) {
+    len = cli_parse_ids(ids_arg, &prompts);
+    if (len <= 0) {
+      cli_error("generate: --prompt-ids must be a non-empty list of non-negative ids");
+      rc = 2;
+      goto done;
+    }
+  } else if (pfile) {
+    if (read_prompt_file(pfile, &prompts, &n_prompts, &len) != 0) goto done;
+  } else {
+    n_prompts = batch > 0 ? (int)batch : 1;
+    prompts = malloc((size_t)n_prompts * (size_t)len * sizeof *prompts);
+    if (prompts == NULL) goto done;
+    moe_rng r;
+    moe_rng_seed(&r, prompt_seed, 0);
+    for (size_t i = 0; i < (size_t)n_prompts * (size_t)len; i++)
+      prompts[i] = (int32_t)(moe_rng_next(&r) % (uint64_t)cfg->vocab);
+  }
+  int B = batch > 0 ? (int)batch : n_prompts;
+  batch_prompts = malloc((size_t)B * (size_t)len * sizeof *batch_prompts);
+  out = malloc((size_t)B * (size_t)max_new * sizeof *out);
+  if (batch_prompts == NULL || out == NULL) goto done;
+  for (int b = 0; b < B; b++)
+    memcpy(batch_prompts + (size_t)b * (size_t)len, prompts + (size_t)(b % n_prompts) * (size_t)len,
+           (size_t)len * sizeof *prompts);
+
+  moe_backend_options bo = {.threads = (int)threads};
+  if (moe_device_open(&dev, backend, &bo, &err) != MOE_OK) goto done;
+  moe_engine_options eo = {.max_batch = B, .max_seq = len + (int)max_new};
+  if (moe_engine_create(&eng, model, &dev, &eo, &err) != MOE_OK) goto done;
+  moe_gen_stats gs = {0};
+  if (moe_engine_generate(eng, batch_prompts, B, len, (int)max_new, out, NULL, &gs, &err) != MOE_OK)
+    goto done;
+  if (!quiet)
+    for (int b = 0; b < B; b++) {
+      printf("seq %d:", b);
+      for (long t = 0; t < max_new; t++) printf(" %d", out[(size_t)b * (size_t)max_new + (size_t)t]);
+      printf("\n");
+    }
+  double gen_tps = (double)B * (double)max_new / gs.total_s;
+  printf("# %s on %s: batch %d, prompt %d, generated %ld per sequence; "
+         "prefill %.3f s, decode %.3f s; %.2f generated tokens/s (measured, wall clock)\n",
+         preset ? preset : model_dir, dev.ops->describe(dev.be), B, len, max_new, gs.prefill_s,
+         gs.decode_s, gen_tps);
+  rc = 0;
+done:
+  if (rc != 0 && err.status != MOE_OK) cli_fail(&err);
+  moe_engine_free(eng);
+  moe_device_close(&dev);
+  moe_model_free(model);
+  free(prompts);
+  free(batch_prompts);
+  free(out);
+  return rc;
+}

@@ -1,0 +1,110 @@
+/* moebench: the command-line front of the engine.
+ *
+ *   moebench generate ...   run a model: prefill + greedy decode
+ *   moebench bench-ops ...  gemm overhead and decode bandwidth benchmarks
+ *   moebench list WHAT      backends, models
+ *
+ * Every subcommand takes --help.  Exit codes: 0 ok, 1 a run failed, 2 bad
+ * usage. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "moe/backend.h"
+#include "moe/cuda.h"
+#include "moe/version.h"
+
+#include <dirent.h>
+#include <stdlib.h>
+
+int cmd_generate(int argc, char **argv);
+int cmd_bench_ops(int argc, char **argv);
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: moebench [--help] [--version] COMMAND [ARGS]\n"
+          "\n"
+          "Run Mixture-of-Experts models under expert-offload policies and measure them.\n"
+          "\n"
+          "commands:\n"
+          "  generate    prefill prompts and greedy-decode (model dir or preset)\n"
+          "  bench-ops   benchmark: gemm path overhead, batch-1 decode bandwidth\n"
+          "  list        list backends or model presets\n"
+          "\n"
+          "Run 'moebench COMMAND --help' for a command's options.\n");
+}
+
+static int cmd_list(int argc, char **argv) {
+  const char *what = argc > 1 ? argv[1] : "";
+  if (strcmp(what, "--help") == 0 || strcmp(what, "-h") == 0 || argc != 2) {
+    fprintf(argc == 2 ? stdout : stderr,
+            "usage: moebench list backends|models\n\n"
+            "  backends  compiled-in backends and whether their device is present\n"
+            "  models    model presets in the presets directory ($MOE_MODELS_DIR)\n");
+    return argc == 2 ? 0 : 2;
+  }
+  if (strcmp(what, "backends") == 0) {
+    for (size_t i = 0; i < moe_backend_count(); i++) {
+      const moe_backend_ops *o = moe_backend_at(i);
+      printf("%-8s %s\n", o->name, o->summary);
+    }
+    char desc[256];
+    moe_error err = {0};
+    if (moe_cuda_probe(desc, sizeof desc, &err) == MOE_OK)
+      printf("%-8s compiled; device: %s; model execution not implemented yet\n", "cuda", desc);
+    else
+      printf("%-8s %s\n", "cuda", err.msg);
+    return 0;
+  }
+  if (strcmp(what, "models") == 0) {
+    const char *dir = cli_models_dir();
+    struct dirent **names = NULL;
+    int n = scandir(dir, &names, NULL, alphasort);
+    if (n < 0) {
+      cli_error("%s: cannot list model presets", dir);
+      return 1;
+    }
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+      const char *nm = names[i]->d_name;
+      size_t len = strlen(nm);
+      if (len > 5 && strcmp(nm + len - 5, ".json") == 0) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, nm);
+        cli_preset p;
+        moe_error err = {0};
+        if (cli_preset_load(&p, path, &err) == MOE_OK)
+          printf("%-24s %-5s %s\n", p.name, moe_dtype_name(p.dtype), p.description);
+        else
+          rc = cli_fail(&err);
+      }
+      free(names[i]);
+    }
+    free(names);
+    return rc;
+  }
+  cli_error("list: unknown category '%s' (expected backends or models)", what);
+  return 2;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+    printf("moebench %s (cuda backend %s)\n", moe_version(),
+           moe_cuda_compiled() ? "compiled" : "not compiled");
+    return 0;
+  }
+  if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
+  if (strcmp(cmd, "bench-ops") == 0) return cmd_bench_ops(argc - 1, argv + 1);
+  if (strcmp(cmd, "list") == 0) return cmd_list(argc - 1, argv + 1);
+  cli_error("unknown command '%s' (run 'moebench --help' for the list)", cmd);
+  return 2;
+}
