@@ -59,7 +59,7 @@ static moe_status add_spec(spec_builder *b, moe_role role, int layer, int expert
   } while (0)
 
 /* Fills m->specs for m->cfg and lays out both slabs (offsets, sizes). */
-static moe_status build_specs(moe_model *m, bool router_bias, moe_error *err) {
+static moe_status build_specs(moe_model *m, moe_error *err) {
   const moe_config *c = &m->cfg;
   spec_builder b = {m, 0, err};
   moe_status st;
@@ -92,7 +92,7 @@ static moe_status build_specs(moe_model *m, bool router_bias, moe_error *err) {
       m->moe_index[l] = m->n_moe++;
       ADD(ROLE_ROUTER, l, -1, E, H, false, false, "%s.%d.%s.gate.weight", p, l, moe);
       /* Not a Hugging Face tensor: our routing-skew bias, loaded when present. */
-      ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, !router_bias, "%s.%d.%s.gate.bias", p, l, moe);
+      ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, true, "%s.%d.%s.gate.bias", p, l, moe);
       if (c->shared_ffn > 0) {
         const size_t S = (size_t)c->shared_ffn;
         ADD(ROLE_SH_GATE, l, -1, S, H, false, false, "%s.%d.mlp.shared_expert.gate_proj.weight", p, l);
@@ -145,14 +145,14 @@ static moe_status build_specs(moe_model *m, bool router_bias, moe_error *err) {
 
 /* Allocates an empty model with its table and slabs for cfg. */
 static moe_status model_alloc(moe_model **out, const moe_config *cfg, moe_dtype dtype,
-                              bool router_bias, moe_error *err) {
+                              moe_error *err) {
   moe_status st = MOE_OK;
   moe_model *m = calloc(1, sizeof *m);
   MOE_CHECK_ALLOC(m, err, sizeof *m);
   m->cfg = *cfg;
   m->dtype = dtype;
   MOE_TRY(moe_config_validate(cfg, "model config", err));
-  MOE_TRY(build_specs(m, router_bias, err));
+  MOE_TRY(build_specs(m, err));
   m->dense = aligned_alloc(64, m->dense_bytes ? m->dense_bytes : 64);
   MOE_CHECK_ALLOC(m->dense, err, m->dense_bytes);
   if (m->experts_total) {
@@ -254,7 +254,7 @@ moe_status moe_model_synthetic(moe_model **out, const moe_config *cfg,
   *out = NULL;
   MOE_CHECK(opt->routing_skew >= 0.0 && isfinite(opt->routing_skew), err, MOE_ERR_INVALID,
             "routing skew must be a finite number >= 0 (got %g)", opt->routing_skew);
-  MOE_TRY(model_alloc(&m, cfg, opt->dtype, opt->routing_skew > 0.0, err));
+  MOE_TRY(model_alloc(&m, cfg, opt->dtype, err));
   enum { BUF_N = 1 << 16 };
   float *buf = malloc(BUF_N * sizeof *buf > (size_t)cfg->n_experts * sizeof(float)
                           ? BUF_N * sizeof *buf
@@ -328,7 +328,7 @@ moe_status moe_model_load_weights(moe_model **out, const moe_config *cfg, const 
   MOE_CHECK(emb->has_dtype, err, MOE_ERR_FORMAT,
             "%s: tensor 'model.embed_tokens.weight' has dtype %s; expected F32, F16 or BF16", file,
             emb->dtype);
-  MOE_TRY(model_alloc(&m, cfg, dtype ? *dtype : emb->mdtype, true, err));
+  MOE_TRY(model_alloc(&m, cfg, dtype ? *dtype : emb->mdtype, err));
   for (size_t i = 0; i < m->n_specs; i++) {
     moe_tensor_spec *s = &m->specs[i];
     const moe_st_tensor *t = moe_checkpoint_find(ck, s->name, &file);
