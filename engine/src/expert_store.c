@@ -12,6 +12,7 @@ struct moe_expert_store {
   uint8_t *slab;       /* device: [n_moe][n_experts][gate|up|down] */
   moe_event **events;  /* one per (moe layer, expert) */
   size_t n_events;
+  unsigned long long *uses; /* per (moe layer, expert) */
   moe_expert_stats stats;
 };
 
@@ -21,6 +22,7 @@ void moe_expert_store_free(moe_expert_store *s) {
   for (size_t i = 0; i < s->n_events; i++)
     if (s->events[i]) o->event_destroy(s->dev->be, s->events[i]);
   free(s->events);
+  free(s->uses);
   if (s->slab) o->device_free(s->dev->be, s->slab);
   free(s);
 }
@@ -38,6 +40,8 @@ moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *m,
   if (n > 0) {
     s->events = calloc(n, sizeof *s->events);
     MOE_CHECK_ALLOC(s->events, err, n * sizeof *s->events);
+    s->uses = calloc(n, sizeof *s->uses);
+    MOE_CHECK_ALLOC(s->uses, err, n * sizeof *s->uses);
     MOE_TRY(o->device_alloc(dev->be, m->experts_total, (void **)&s->slab, err));
     for (size_t i = 0; i < n; i++) {
       MOE_TRY(o->event_create(dev->be, &s->events[i], err));
@@ -68,6 +72,7 @@ moe_status moe_expert_store_get(moe_expert_store *s, int layer, int expert,
   moe_status st = s->dev->ops->compute_wait(s->dev->be, s->events[i], err);
   if (st != MOE_OK) return st;
   s->stats.gets++;
+  s->uses[i]++;
   const uint8_t *base = s->slab + i * m->expert_bytes;
   const size_t F = (size_t)m->cfg.expert_ffn, H = (size_t)m->cfg.hidden;
   const size_t part = F * H * moe_dtype_size(m->dtype);
@@ -79,3 +84,11 @@ moe_status moe_expert_store_get(moe_expert_store *s, int layer, int expert,
 
 const moe_expert_stats *moe_expert_store_stats(const moe_expert_store *s) { return &s->stats; }
 size_t moe_expert_store_device_bytes(const moe_expert_store *s) { return s->model->experts_total; }
+
+unsigned long long moe_expert_store_uses(const moe_expert_store *s, int layer, int expert) {
+  const moe_model *m = s->model;
+  if (layer < 0 || layer >= m->cfg.n_layers || m->moe_index[layer] < 0 || expert < 0 ||
+      expert >= m->cfg.n_experts)
+    return 0;
+  return s->uses[(size_t)m->moe_index[layer] * (size_t)m->cfg.n_experts + (size_t)expert];
+}

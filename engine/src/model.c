@@ -5,6 +5,7 @@
  * grouped so each expert's weights are read once per block per step, shared
  * expert with a sigmoid gate where configured) or a dense SwiGLU FFN;
  * residual.  Final norm and lm_head.  All math goes through the backend. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -24,6 +25,7 @@ struct moe_engine {
   float *x, *h, *q, *k, *v, *att, *tmp, *router, *rw, *xe, *ge, *ue, *ye, *sg, *logits;
   int32_t *ids, *pos, *rows, *iota, *ridx;
   size_t max_tokens;
+  size_t last_rows;          /* rows of the last forward call */
   /* host scratch */
   int32_t *h_ids, *h_pos, *h_idx, *h_rows;
   float *h_wts, *h_scale;
@@ -218,6 +220,7 @@ moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, i
             "positions %d..%d exceed the sequence limit %d", pos0, pos0 + n_new - 1,
             e->opt.max_seq);
   const size_t T = (size_t)n_seq * (size_t)n_new, H = (size_t)c->hidden;
+  e->last_rows = T;
   for (size_t i = 0; i < T; i++) {
     MOE_CHECK(tokens[i] >= 0 && tokens[i] < c->vocab, err, MOE_ERR_INVALID,
               "token id %d at index %zu is outside the vocabulary (0..%d)", (int)tokens[i], i,
@@ -314,5 +317,21 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
 cleanup:
   free(logits);
   free(next);
+  return st;
+}
+
+struct moe_expert_store *moe_engine_store(moe_engine *e) { return e->store; }
+
+moe_status moe_engine_residual_rms(moe_engine *e, double *rms, moe_error *err) {
+  const size_t n = e->last_rows * (size_t)e->model->cfg.hidden;
+  *rms = 0.0;
+  if (n == 0) return MOE_OK;
+  float *h = malloc(n * sizeof *h);
+  if (h == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory");
+  moe_status st = e->dev->ops->download(e->dev->be, h, e->x, n * sizeof *h, err);
+  double ss = 0.0;
+  for (size_t i = 0; i < n && st == MOE_OK; i++) ss += (double)h[i] * h[i];
+  free(h);
+  *rms = sqrt(ss / (double)n);
   return st;
 }

@@ -37,6 +37,10 @@ moe_status moe_expert_store_get(moe_expert_store *s, int layer, int expert,
                                 moe_expert_weights *out, moe_error *err);
 
 const moe_expert_stats *moe_expert_store_stats(const moe_expert_store *s);
+
+/* How many times expert `expert` of layer `layer` was asked for (once per
+ * MoE block execution in which it had tokens); 0 for a non-MoE layer. */
+unsigned long long moe_expert_store_uses(const moe_expert_store *s, int layer, int expert);
 size_t moe_expert_store_device_bytes(const moe_expert_store *s);
 
 #endif

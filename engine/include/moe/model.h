@@ -98,6 +98,13 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
                                int max_new, int32_t *out, float *prefill_logits,
                                moe_gen_stats *stats, moe_error *err);
 
+/* The engine's expert store (for its statistics). */
+struct moe_expert_store *moe_engine_store(moe_engine *e);
+
+/* Diagnostic: root mean square of the residual stream (before the final
+ * norm) over the rows of the last forward call.  Downloads it. */
+moe_status moe_engine_residual_rms(moe_engine *e, double *rms, moe_error *err);
+
 /* Index of the largest value; ties to the lowest index. */
 int moe_argmax(const float *x, int n);
 
