@@ -73,6 +73,8 @@ START_TEST(matmul_all_dtypes) {
     check_matmul(dts[d], 1, 64, 33, true);
     check_matmul(dts[d], 7, 200, 64, true);   /* gemm path */
     check_matmul(dts[d], 32, 64, 256, false);
+    check_matmul(dts[d], 2, 70, 40, true);    /* two gemv passes */
+    check_matmul(dts[d], 80, 130, 48, true);  /* plain sgemm, banded when converted */
   }
 }
 END_TEST

@@ -18,6 +18,8 @@ struct moe_backend {
   int threads;
   float *scratch; /* f32 conversion / attention scores; grown on demand */
   size_t scratch_cap;
+  float *tbuf;    /* transposed small-m gemm output */
+  size_t tbuf_cap;
   char desc[96];
 };
 
@@ -27,6 +29,7 @@ struct moe_event {
 
 #define CPU_ALIGN 64
 #define CPU_CONVERT_ROWS 64 /* rows of a f16/bf16 weight converted per gemm */
+#define CPU_SMALL_M 64      /* up to this many rows of x, use the W . x^T form */
 
 static moe_status scratch_reserve(moe_backend *be, size_t n, moe_error *err) {
   if (n <= be->scratch_cap) return MOE_OK;
@@ -51,6 +54,7 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
 static void cpu_destroy(moe_backend *be) {
   if (be == NULL) return;
   free(be->scratch);
+  free(be->tbuf);
   free(be);
 }
 
@@ -96,31 +100,59 @@ static moe_status cpu_sync(moe_backend *be, moe_error *err) { return MOE_OK; }
 
 /* ------------------------------------------------------------------ math */
 
+/* y[m, rows] (row stride ldy) = x[m, k] . w[rows, k]^T, all f32.
+ *
+ * OpenBLAS's sgemm is slow when the x side is thin (it packs the whole
+ * weight for a handful of rows), and MoE experts see thin inputs: a decode
+ * step gives each expert a few tokens.  So: one or two rows go through
+ * sgemv (one weight pass each); up to CPU_SMALL_M rows through the
+ * transposed product w . x^T, whose thin side is the packed one, then a
+ * transpose; larger inputs through plain sgemm.  The choice depends only on
+ * m, so the same inputs always take the same path (same bits). */
+static moe_status gemm_f32(moe_backend *be, float *y, size_t ldy, const float *x, size_t m,
+                           const float *w, int rows, int k, moe_error *err) {
+  if (m <= 2) {
+    for (size_t i = 0; i < m; i++)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, k, 1.0f, w, k, x + i * (size_t)k, 1, 0.0f,
+                  y + i * ldy, 1);
+  } else if (m <= CPU_SMALL_M) {
+    size_t need = (size_t)rows * m;
+    if (need > be->tbuf_cap) {
+      float *p = realloc(be->tbuf, need * sizeof(float));
+      if (p == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: gemm buffer of %zu floats", need);
+      be->tbuf = p;
+      be->tbuf_cap = need;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, (int)m, k, 1.0f, w, k, x, k, 0.0f,
+                be->tbuf, (int)m);
+    for (size_t i = 0; i < m; i++)
+      for (int r = 0; r < rows; r++) y[i * ldy + (size_t)r] = be->tbuf[(size_t)r * m + i];
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, rows, k, 1.0f, x, k, w, k, 0.0f,
+                y, (int)ldy);
+  }
+  return MOE_OK;
+}
+
 static moe_status cpu_matmul(moe_backend *be, float *y, const float *x, size_t m,
                              const moe_weight *w, const moe_weight *bias, moe_error *err) {
   const int n = (int)w->rows, k = (int)w->cols;
+  moe_status st = MOE_OK;
   if (w->dtype == MOE_F32) {
-    if (m == 1)
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w->data, k, x, 1, 0.0f, y, 1);
-    else
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, n, k, 1.0f, x, k, w->data, k,
-                  0.0f, y, n);
+    st = gemm_f32(be, y, (size_t)n, x, m, w->data, n, k, err);
+    if (st != MOE_OK) return st;
   } else {
     /* Convert a band of rows to f32, multiply, move on: bounded scratch and
      * the band stays in cache while it is used. */
-    moe_status st = scratch_reserve(be, (size_t)CPU_CONVERT_ROWS * (size_t)k, err);
+    st = scratch_reserve(be, (size_t)CPU_CONVERT_ROWS * (size_t)k, err);
     if (st != MOE_OK) return st;
     const size_t esz = moe_dtype_size(w->dtype);
     for (int r0 = 0; r0 < n; r0 += CPU_CONVERT_ROWS) {
       int rows = n - r0 < CPU_CONVERT_ROWS ? n - r0 : CPU_CONVERT_ROWS;
       moe_convert_to_f32(be->scratch, (const char *)w->data + (size_t)r0 * (size_t)k * esz,
                          w->dtype, (size_t)rows * (size_t)k);
-      if (m == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, k, 1.0f, be->scratch, k, x, 1, 0.0f,
-                    y + r0, 1);
-      else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, rows, k, 1.0f, x, k,
-                    be->scratch, k, 0.0f, y + r0, n);
+      st = gemm_f32(be, y + r0, (size_t)n, x, m, be->scratch, rows, k, err);
+      if (st != MOE_OK) return st;
     }
   }
   if (bias && bias->data) {
