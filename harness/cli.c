@@ -96,6 +96,10 @@ moe_status cli_preset_load(cli_preset *p, const char *name, moe_error *err) {
   MOE_CHECK(v == NULL || (json_is_number(v) && json_number_value(v) >= 0), err, MOE_ERR_FORMAT,
             "%s: field 'routing_skew' must be a number >= 0", path);
   p->routing_skew = v ? json_number_value(v) : 0.0;
+  v = json_object_get(root, "pregate");
+  MOE_CHECK(v == NULL || json_is_boolean(v), err, MOE_ERR_FORMAT,
+            "%s: field 'pregate' must be true or false", path);
+  p->pregate = v ? json_is_true(v) : false;
   v = json_object_get(root, "config");
   MOE_CHECK(json_is_object(v), err, MOE_ERR_FORMAT, "%s: field 'config' must be an object", path);
   char origin[4200];
@@ -136,4 +140,31 @@ int cli_parse_ids(const char *s, int32_t **ids) {
   }
   *ids = a;
   return (int)n;
+}
+
+moe_synth_options cli_preset_synth(const cli_preset *p) {
+  moe_synth_options o = {p->dtype, p->seed, p->routing_skew, p->pregate};
+  return o;
+}
+
+bool cli_parse_bytes(const char *s, size_t *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || end == s || !(v >= 0) || !isfinite(v)) return false;
+  static const struct {
+    const char *suffix;
+    double mult;
+  } units[] = {{"", 1},          {"B", 1},           {"KiB", 1024.0},   {"MiB", 1048576.0},
+               {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}, {"KB", 1e3}, {"MB", 1e6},
+               {"GB", 1e9},      {"TB", 1e12},       {"K", 1024.0},     {"M", 1048576.0},
+               {"G", 1073741824.0}};
+  for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+    if (strcmp(end, units[i].suffix) == 0) {
+      double b = v * units[i].mult;
+      if (b >= 1.8e19) return false;
+      *out = (size_t)b;
+      return true;
+    }
+  return false;
 }

@@ -30,11 +30,19 @@ typedef struct cli_preset {
   moe_dtype dtype;
   uint64_t seed;
   double routing_skew;
+  bool pregate;       /* synthetic weights include a pre-gate */
 } cli_preset;
+
+/* Synthetic-model options of a preset. */
+moe_synth_options cli_preset_synth(const cli_preset *p);
 
 /* Reads preset NAME (or a path to a preset file).  Errors name the file and
  * field. */
 moe_status cli_preset_load(cli_preset *p, const char *name_or_path, moe_error *err);
+
+/* Parses a byte size: "123", "64KiB", "512MiB", "24GiB", "1.5GB", "2TB".
+ * Binary suffixes are powers of 1024, decimal ones of 1000. */
+bool cli_parse_bytes(const char *s, size_t *out);
 
 /* Parses "1,2,3" or "1 2 3" into ids (malloc'd); returns count or -1. */
 int cli_parse_ids(const char *s, int32_t **ids);

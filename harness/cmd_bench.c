@@ -115,7 +115,7 @@ static int bench_decode(moe_device *dev, const char *preset, int steps, double c
   int32_t *out = NULL;
   double *step_s = NULL;
   if (cli_preset_load(&p, preset, &err) != MOE_OK) goto done;
-  moe_synth_options so = {p.dtype, p.seed, p.routing_skew};
+  moe_synth_options so = cli_preset_synth(&p);
   double t0 = now_s();
   if (moe_model_synthetic(&m, &p.cfg, &so, &err) != MOE_OK) goto done;
   double t_init = now_s() - t0;

@@ -9,6 +9,7 @@
 #include "cli.h"
 #include "moe/backend.h"
 #include "moe/model.h"
+#include "moe/policy.h"
 
 static void generate_usage(FILE *f) {
   fprintf(f,
@@ -31,6 +32,13 @@ static void generate_usage(FILE *f) {
           "                        prompts are repeated cyclically to fill the batch\n"
           "run:\n"
           "  --max-new-tokens N    tokens to generate per sequence (default 16)\n"
+          "  --policy NAME         offload policy: gpu-only (default), ondemand, prefetch-all,\n"
+          "                        pregated (see 'moebench list policies')\n"
+          "  --policy-plugin PATH  load the policy from a shared object instead\n"
+          "  --routing MODE        conventional or pregated (default: pregated for the\n"
+          "                        pregated policy, else conventional)\n"
+          "  --device-mem SIZE     device-memory budget, e.g. 24GiB (default: device capacity)\n"
+          "  --link-gbps X         cpu backend: cap host-to-device copies at X GB/s\n"
           "  --backend NAME        cpu (default)\n"
           "  --threads N           math threads (default 1)\n"
           "  --quiet               print only the summary line\n"
@@ -97,7 +105,8 @@ static int read_prompt_file(const char *path, int32_t **out, int *n_prompts, int
 
 int cmd_generate(int argc, char **argv) {
   enum { O_MODEL = 256, O_PRESET, O_SEED, O_DTYPE, O_SKEW, O_SAVE, O_IDS, O_PFILE, O_PLEN, O_PSEED,
-         O_BATCH, O_MAXNEW, O_BACKEND, O_THREADS, O_QUIET };
+         O_BATCH, O_MAXNEW, O_BACKEND, O_THREADS, O_QUIET, O_POLICY, O_PLUGIN, O_ROUTING,
+         O_DEVMEM, O_LINK };
   static const struct option opts[] = {
       {"model-dir", required_argument, 0, O_MODEL},   {"preset", required_argument, 0, O_PRESET},
       {"seed", required_argument, 0, O_SEED},         {"dtype", required_argument, 0, O_DTYPE},
@@ -106,10 +115,16 @@ int cmd_generate(int argc, char **argv) {
       {"prompt-len", required_argument, 0, O_PLEN},   {"prompt-seed", required_argument, 0, O_PSEED},
       {"batch", required_argument, 0, O_BATCH},       {"max-new-tokens", required_argument, 0, O_MAXNEW},
       {"backend", required_argument, 0, O_BACKEND},   {"threads", required_argument, 0, O_THREADS},
-      {"quiet", no_argument, 0, O_QUIET},             {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
+      {"quiet", no_argument, 0, O_QUIET},             {"policy", required_argument, 0, O_POLICY},
+      {"policy-plugin", required_argument, 0, O_PLUGIN}, {"routing", required_argument, 0, O_ROUTING},
+      {"device-mem", required_argument, 0, O_DEVMEM}, {"link-gbps", required_argument, 0, O_LINK},
+      {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
   const char *model_dir = NULL, *preset = NULL, *save = NULL, *ids_arg = NULL, *pfile = NULL;
-  const char *backend = "cpu";
+  const char *backend = "cpu", *policy_name = NULL, *plugin_path = NULL;
+  bool have_routing = false;
+  moe_routing routing = MOE_ROUTING_CONVENTIONAL;
+  size_t device_mem = 0;
+  double link_gbps = 0.0;
   bool have_seed = false, have_dtype = false, have_skew = false, quiet = false;
   uint64_t seed = 0, prompt_seed = 1;
   moe_dtype dtype = MOE_F32;
@@ -136,6 +151,11 @@ int cmd_generate(int argc, char **argv) {
       case O_BACKEND: backend = optarg; break;
       case O_THREADS: ok = cli_parse_int(optarg, 1, 1024, &threads); break;
       case O_QUIET: quiet = true; break;
+      case O_POLICY: policy_name = optarg; break;
+      case O_PLUGIN: plugin_path = optarg; break;
+      case O_ROUTING: ok = moe_routing_parse(optarg, &routing) == 0; have_routing = true; break;
+      case O_DEVMEM: ok = cli_parse_bytes(optarg, &device_mem) && device_mem > 0; break;
+      case O_LINK: ok = cli_parse_double(optarg, &link_gbps) && link_gbps >= 0; break;
       case 'h': generate_usage(stdout); return 0;
       default:
         cli_error("generate: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
@@ -158,20 +178,38 @@ int cmd_generate(int argc, char **argv) {
     cli_error("generate: give at most one of --prompt-ids and --prompt-file");
     return 2;
   }
+  if (policy_name && plugin_path) {
+    cli_error("generate: give at most one of --policy and --policy-plugin");
+    return 2;
+  }
+  const moe_policy *policy = moe_policy_find(policy_name ? policy_name : "gpu-only");
+  if (policy == NULL) {
+    cli_error("generate: unknown policy '%s' (see 'moebench list policies')", policy_name);
+    return 2;
+  }
 
   int rc = 1;
   moe_error err = {0};
+  moe_policy_library plugin = {0};
   moe_model *model = NULL;
   moe_device dev = {0};
   moe_engine *eng = NULL;
   int32_t *prompts = NULL, *batch_prompts = NULL, *out = NULL;
   int n_prompts = 1, len = (int)plen;
 
+  if (plugin_path) {
+    if (moe_policy_plugin_load(&plugin, plugin_path, &err) != MOE_OK) goto done;
+    policy = plugin.policy;
+  }
+  if (!have_routing)
+    routing = strcmp(policy->name, "pregated") == 0 ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL;
   if (preset) {
     cli_preset p;
     if (cli_preset_load(&p, preset, &err) != MOE_OK) goto done;
-    moe_synth_options so = {have_dtype ? dtype : p.dtype, have_seed ? seed : p.seed,
-                            have_skew ? skew : p.routing_skew};
+    moe_synth_options so = cli_preset_synth(&p);
+    if (have_dtype) so.dtype = dtype;
+    if (have_seed) so.seed = seed;
+    if (have_skew) so.routing_skew = skew;
     if (moe_model_synthetic(&model, &p.cfg, &so, &err) != MOE_OK) goto done;
   } else {
     if (moe_model_load(&model, model_dir, have_dtype ? &dtype : NULL, &err) != MOE_OK) goto done;
@@ -205,9 +243,11 @@ int cmd_generate(int argc, char **argv) {
     memcpy(batch_prompts + (size_t)b * (size_t)len, prompts + (size_t)(b % n_prompts) * (size_t)len,
            (size_t)len * sizeof *prompts);
 
-  moe_backend_options bo = {.threads = (int)threads};
+  moe_backend_options bo = {.threads = (int)threads, .link_gbps = link_gbps,
+                            .device_budget = device_mem};
   if (moe_device_open(&dev, backend, &bo, &err) != MOE_OK) goto done;
-  moe_engine_options eo = {.max_batch = B, .max_seq = len + (int)max_new};
+  moe_engine_options eo = {.max_batch = B, .max_seq = len + (int)max_new, .policy = policy,
+                           .routing = routing};
   if (moe_engine_create(&eng, model, &dev, &eo, &err) != MOE_OK) goto done;
   moe_gen_stats gs = {0};
   if (moe_engine_generate(eng, batch_prompts, B, len, (int)max_new, out, NULL, &gs, &err) != MOE_OK)
@@ -219,16 +259,26 @@ int cmd_generate(int argc, char **argv) {
       printf("\n");
     }
   double gen_tps = (double)B * (double)max_new / gs.total_s;
-  printf("# %s on %s: batch %d, prompt %d, generated %ld per sequence; "
+  moe_run_stats rs;
+  moe_engine_stats(eng, &rs);
+  printf("# %s on %s: policy %s, routing %s; batch %d, prompt %d, generated %ld per sequence; "
          "prefill %.3f s, decode %.3f s; %.2f generated tokens/s (measured, wall clock)\n",
-         preset ? preset : model_dir, dev.ops->describe(dev.be), B, len, max_new, gs.prefill_s,
-         gs.decode_s, gen_tps);
+         preset ? preset : model_dir, dev.ops->describe(dev.be), policy->name,
+         moe_routing_name(routing), B, len, max_new, gs.prefill_s, gs.decode_s, gen_tps);
+  printf("# peak device bytes %zu (measured by the allocator; expert slots %d: %zu bytes); "
+         "copied host-to-device %llu bytes in %llu fetches, %llu misses, stall %.3f s (measured)",
+         dev.mem.peak_total, rs.slots, dev.mem.at_peak[MOE_MEM_EXPERTS], rs.bytes_h2d, rs.fetches,
+         rs.misses, rs.stall_s);
+  if (rs.pregate_total)
+    printf("; pre-gate hit rate %.3f", (double)rs.pregate_hits / (double)rs.pregate_total);
+  printf("\n");
   rc = 0;
 done:
   if (rc != 0 && err.status != MOE_OK) cli_fail(&err);
   moe_engine_free(eng);
   moe_device_close(&dev);
   moe_model_free(model);
+  moe_policy_plugin_close(&plugin);
   free(prompts);
   free(batch_prompts);
   free(out);

@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "moe/backend.h"
 #include "moe/cuda.h"
+#include "moe/policy.h"
 #include "moe/version.h"
 
 #include <dirent.h>
@@ -29,7 +30,7 @@ static void usage(FILE *f) {
           "commands:\n"
           "  generate    prefill prompts and greedy-decode (model dir or preset)\n"
           "  bench-ops   benchmark: gemm path overhead, batch-1 decode bandwidth\n"
-          "  list        list backends or model presets\n"
+          "  list        list backends, model presets or policies\n"
           "\n"
           "Run 'moebench COMMAND --help' for a command's options.\n");
 }
@@ -38,8 +39,9 @@ static int cmd_list(int argc, char **argv) {
   const char *what = argc > 1 ? argv[1] : "";
   if (strcmp(what, "--help") == 0 || strcmp(what, "-h") == 0 || argc != 2) {
     fprintf(argc == 2 ? stdout : stderr,
-            "usage: moebench list backends|models\n\n"
+            "usage: moebench list backends|models|policies\n\n"
             "  backends  compiled-in backends and whether their device is present\n"
+            "  policies  built-in offload policies\n"
             "  models    model presets in the presets directory ($MOE_MODELS_DIR)\n");
     return argc == 2 ? 0 : 2;
   }
@@ -54,6 +56,13 @@ static int cmd_list(int argc, char **argv) {
       printf("%-8s compiled; device: %s; model execution not implemented yet\n", "cuda", desc);
     else
       printf("%-8s %s\n", "cuda", err.msg);
+    return 0;
+  }
+  if (strcmp(what, "policies") == 0) {
+    moe_error err = {0};
+    if (moe_policy_registry_check(&err) != MOE_OK) return cli_fail(&err);
+    for (size_t i = 0; i < moe_policy_count(); i++)
+      printf("%-14s %s\n", moe_policy_at(i)->name, moe_policy_at(i)->summary);
     return 0;
   }
   if (strcmp(what, "models") == 0) {
@@ -83,7 +92,7 @@ static int cmd_list(int argc, char **argv) {
     free(names);
     return rc;
   }
-  cli_error("list: unknown category '%s' (expected backends or models)", what);
+  cli_error("list: unknown category '%s' (expected backends, models or policies)", what);
   return 2;
 }
 

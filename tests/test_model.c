@@ -44,7 +44,7 @@ static moe_config tiny(moe_arch arch) {
 static moe_model *synth(const moe_config *c, moe_dtype dt, uint64_t seed, double skew) {
   moe_model *m = NULL;
   moe_error err = {0};
-  moe_synth_options o = {dt, seed, skew};
+  moe_synth_options o = {dt, seed, skew, false};
   ck_assert_msg(moe_model_synthetic(&m, c, &o, &err) == MOE_OK, "%s", err.msg);
   return m;
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "moe/backend.h"
 #include "testutil.h"
@@ -273,20 +274,91 @@ END_TEST
 START_TEST(copies_and_events) {
   moe_error err = {0};
   void *d = NULL;
-  moe_event *ev = NULL;
+  moe_event *ev = NULL, *ev2 = NULL;
   ck_assert(OPS->device_alloc(BE, 1000, &d, &err) == MOE_OK);
   ck_assert(OPS->event_create(BE, &ev, &err) == MOE_OK);
-  /* waiting on an event no copy has been issued for is a bug, reported */
-  ck_assert_int_eq(OPS->compute_wait(BE, ev, &err), MOE_ERR_INTERNAL);
-  moe_error_clear(&err);
-  char src[1000], back[1000];
-  for (int i = 0; i < 1000; i++) src[i] = (char)(i * 7);
+  ck_assert(OPS->event_create(BE, &ev2, &err) == MOE_OK);
+  ck_assert(OPS->event_done(BE, ev)); /* never used: complete */
+  char src[1000], src2[1000], back[1000];
+  for (int i = 0; i < 1000; i++) src[i] = (char)(i * 7), src2[i] = (char)(i * 3 + 1);
+  /* two copies into the same place run in order: the second one's bytes win */
   ck_assert(OPS->copy_h2d_async(BE, d, src, 1000, ev, &err) == MOE_OK);
-  ck_assert(OPS->compute_wait(BE, ev, &err) == MOE_OK);
+  ck_assert(OPS->copy_wait(BE, ev2, &err) == MOE_OK);
+  ck_assert(OPS->copy_h2d_async(BE, d, src2, 1000, ev2, &err) == MOE_OK);
+  ck_assert(OPS->compute_wait(BE, ev2, &err) == MOE_OK);
+  ck_assert(OPS->event_done(BE, ev));
   ck_assert(OPS->download(BE, back, d, 1000, &err) == MOE_OK);
-  ck_assert_int_eq(memcmp(src, back, 1000), 0);
+  ck_assert_int_eq(memcmp(src2, back, 1000), 0);
+  ck_assert(OPS->synchronize(BE, &err) == MOE_OK);
   OPS->event_destroy(BE, ev);
+  OPS->event_destroy(BE, ev2);
   OPS->device_free(BE, d);
+}
+END_TEST
+
+/* A capped link paces copies: 16 MiB at 0.5 GB/s takes >= 33 ms, measured
+ * from issue to the event; the copy runs on its own thread, so issuing it
+ * returns at once. */
+START_TEST(link_cap_paces_copies) {
+  moe_device dev;
+  moe_error err = {0};
+  moe_backend_options bo = {.link_gbps = 0.5};
+  ck_assert(moe_device_open(&dev, "cpu", &bo, &err) == MOE_OK);
+  const size_t n = (size_t)16 << 20;
+  char *src = malloc(n);
+  memset(src, 5, n);
+  void *d = NULL;
+  moe_event *ev = NULL;
+  ck_assert(dev.ops->device_alloc(dev.be, n, &d, &err) == MOE_OK);
+  ck_assert(dev.ops->event_create(dev.be, &ev, &err) == MOE_OK);
+  struct timespec t0, t1, t2;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  ck_assert(dev.ops->copy_h2d_async(dev.be, d, src, n, ev, &err) == MOE_OK);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  ck_assert(!dev.ops->event_done(dev.be, ev));
+  ck_assert(dev.ops->compute_wait(dev.be, ev, &err) == MOE_OK);
+  clock_gettime(CLOCK_MONOTONIC, &t2);
+  double issue = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+  double total = (t2.tv_sec - t0.tv_sec) + 1e-9 * (t2.tv_nsec - t0.tv_nsec);
+  ck_assert_msg(total >= (double)n / 0.5e9 * 0.98, "16 MiB at 0.5 GB/s took %.4f s", total);
+  ck_assert_msg(issue < 0.5 * total, "issuing took %.4f s of %.4f", issue, total);
+  ck_assert_int_eq(((char *)d)[n - 1], 5);
+  dev.ops->event_destroy(dev.be, ev);
+  dev.ops->device_free(dev.be, d);
+  free(src);
+  moe_device_close(&dev);
+}
+END_TEST
+
+/* The allocator front counts by category, tracks peaks and refuses past the
+ * budget with needed, in-use and budget in the message. */
+START_TEST(device_budget_and_accounting) {
+  moe_device dev;
+  moe_error err = {0};
+  moe_backend_options bo = {.device_budget = 10000};
+  ck_assert(moe_device_open(&dev, "cpu", &bo, &err) == MOE_OK);
+  ck_assert_uint_eq(dev.mem.budget, 10000);
+  void *a = NULL, *b = NULL, *c = NULL;
+  ck_assert(moe_device_alloc(&dev, MOE_MEM_KV, 4000, "a", &a, &err) == MOE_OK);
+  ck_assert(moe_device_alloc(&dev, MOE_MEM_EXPERTS, 5000, "b", &b, &err) == MOE_OK);
+  ck_assert_int_eq(moe_device_alloc(&dev, MOE_MEM_DENSE, 1001, "the big one", &c, &err), MOE_ERR_OOM);
+  ck_assert_ptr_null(c);
+  ck_assert_msg(strstr(err.msg, "the big one") && strstr(err.msg, "need 1001 bytes") &&
+                    strstr(err.msg, "9000 bytes") && strstr(err.msg, "budget 10000 bytes"),
+                "%s", err.msg);
+  ck_assert_uint_eq(dev.mem.current_total, 9000);
+  ck_assert_uint_eq(dev.mem.peak_total, 9000);
+  moe_device_free(&dev, a);
+  ck_assert_uint_eq(dev.mem.current_total, 5000);
+  ck_assert_uint_eq(dev.mem.current[MOE_MEM_KV], 0);
+  ck_assert_uint_eq(dev.mem.peak[MOE_MEM_KV], 4000);
+  ck_assert_uint_eq(dev.mem.at_peak[MOE_MEM_EXPERTS], 5000);
+  moe_error_clear(&err);
+  ck_assert(moe_device_alloc(&dev, MOE_MEM_DENSE, 5000, "c", &c, &err) == MOE_OK);
+  ck_assert_uint_eq(dev.mem.peak_total, 10000);
+  ck_assert_uint_eq(dev.mem.at_peak[MOE_MEM_DENSE], 5000);
+  ck_assert_uint_eq(dev.mem.at_peak[MOE_MEM_KV], 0);
+  moe_device_close(&dev); /* frees b and c */
 }
 END_TEST
 
@@ -319,6 +391,8 @@ int main(void) {
   tcase_add_test(tc, router_topk_matches);
   tcase_add_test(tc, elementwise_and_rows);
   tcase_add_test(tc, copies_and_events);
+  tcase_add_test(tc, link_cap_paces_copies);
+  tcase_add_test(tc, device_budget_and_accounting);
   tcase_add_test(tc, registry_refuses_bad_tables);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);

@@ -1,6 +1,8 @@
 /* The registry of built-in backends and the checks every table must pass. */
 #include "moe/backend.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 extern const moe_backend_ops moe_cpu_backend;
@@ -48,6 +50,10 @@ moe_status moe_backend_validate(const moe_backend_ops *o, moe_error *err) {
       {"upload", o->upload != NULL},
       {"download", o->download != NULL},
       {"synchronize", o->synchronize != NULL},
+      {"compute_record", o->compute_record != NULL},
+      {"copy_wait", o->copy_wait != NULL},
+      {"event_done", o->event_done != NULL},
+      {"device_capacity", o->device_capacity != NULL},
       {"matmul", o->matmul != NULL},
       {"rmsnorm", o->rmsnorm != NULL},
       {"rope", o->rope != NULL},
@@ -67,6 +73,17 @@ moe_status moe_backend_validate(const moe_backend_ops *o, moe_error *err) {
   return MOE_OK;
 }
 
+struct moe_dev_alloc {
+  void *ptr;
+  size_t bytes;
+  moe_mem_category cat;
+};
+
+const char *moe_mem_category_name(moe_mem_category c) {
+  static const char *names[] = {"dense", "expert_slots", "kv_cache", "activations", "workspace"};
+  return (unsigned)c < MOE_MEM_CATEGORIES ? names[c] : "?";
+}
+
 moe_status moe_device_open(moe_device *dev, const char *name, const moe_backend_options *opt,
                            moe_error *err) {
   memset(dev, 0, sizeof *dev);
@@ -82,14 +99,81 @@ moe_status moe_device_open(moe_device *dev, const char *name, const moe_backend_
   moe_status st = moe_backend_validate(o, err);
   if (st != MOE_OK) return st;
   moe_backend_options defaults = {0};
-  st = o->create(opt ? opt : &defaults, &dev->be, err);
+  if (opt == NULL) opt = &defaults;
+  st = o->create(opt, &dev->be, err);
   if (st != MOE_OK) return st;
   dev->ops = o;
+  size_t cap = o->device_capacity(dev->be);
+  dev->mem.budget = opt->device_budget ? opt->device_budget : cap;
   return MOE_OK;
 }
 
 void moe_device_close(moe_device *dev) {
-  if (dev->ops && dev->be) dev->ops->destroy(dev->be);
-  dev->ops = NULL;
-  dev->be = NULL;
+  if (dev->ops && dev->be) {
+    for (size_t i = 0; i < dev->n_allocs; i++) dev->ops->device_free(dev->be, dev->allocs[i].ptr);
+    dev->ops->destroy(dev->be);
+  }
+  free(dev->allocs);
+  memset(dev, 0, sizeof *dev);
+}
+
+static void format_bytes(char *buf, size_t cap, size_t b) {
+  if (b >= ((size_t)1 << 30))
+    snprintf(buf, cap, "%zu bytes (%.2f GiB)", b, (double)b / (double)((size_t)1 << 30));
+  else
+    snprintf(buf, cap, "%zu bytes (%.2f MiB)", b, (double)b / (double)((size_t)1 << 20));
+}
+
+moe_status moe_device_alloc(moe_device *dev, moe_mem_category cat, size_t bytes, const char *what,
+                            void **ptr, moe_error *err) {
+  moe_mem_stats *m = &dev->mem;
+  *ptr = NULL;
+  if (bytes > m->budget || m->current_total > m->budget - bytes) {
+    char need[64], used[64], budget[64];
+    format_bytes(need, sizeof need, bytes);
+    format_bytes(used, sizeof used, m->current_total);
+    format_bytes(budget, sizeof budget, m->budget);
+    return MOE_FAIL(err, MOE_ERR_OOM,
+                    "device memory budget exceeded allocating %s: need %s, %s in use, budget %s",
+                    what, need, used, budget);
+  }
+  if (dev->n_allocs == dev->cap_allocs) {
+    size_t cap = dev->cap_allocs ? 2 * dev->cap_allocs : 32;
+    struct moe_dev_alloc *a = realloc(dev->allocs, cap * sizeof *a);
+    if (a == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory (allocation table)");
+    dev->allocs = a;
+    dev->cap_allocs = cap;
+  }
+  /* zero-byte buffers still get a distinct pointer; they count 0 bytes */
+  moe_status st = dev->ops->device_alloc(dev->be, bytes ? bytes : 1, ptr, err);
+  if (st != MOE_OK) return st;
+  dev->allocs[dev->n_allocs++] = (struct moe_dev_alloc){*ptr, bytes, cat};
+  m->current[cat] += bytes;
+  m->current_total += bytes;
+  m->allocations++;
+  if (m->current[cat] > m->peak[cat]) m->peak[cat] = m->current[cat];
+  if (m->current_total > m->peak_total) {
+    m->peak_total = m->current_total;
+    memcpy(m->at_peak, m->current, sizeof m->at_peak);
+  }
+  return MOE_OK;
+}
+
+void moe_device_free(moe_device *dev, void *ptr) {
+  if (ptr == NULL) return;
+  for (size_t i = 0; i < dev->n_allocs; i++) {
+    if (dev->allocs[i].ptr != ptr) continue;
+    dev->mem.current[dev->allocs[i].cat] -= dev->allocs[i].bytes;
+    dev->mem.current_total -= dev->allocs[i].bytes;
+    dev->allocs[i] = dev->allocs[--dev->n_allocs];
+    dev->ops->device_free(dev->be, ptr);
+    return;
+  }
+}
+
+void moe_device_reset_peak(moe_device *dev) {
+  moe_mem_stats *m = &dev->mem;
+  memcpy(m->peak, m->current, sizeof m->peak);
+  memcpy(m->at_peak, m->current, sizeof m->at_peak);
+  m->peak_total = m->current_total;
 }

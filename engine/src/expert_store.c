@@ -1,57 +1,82 @@
-/* Expert store, all-resident version: one device slab holding every expert,
- * filled by one async copy per expert, each with its own completion event. */
+/* Expert store: device slots, residency map, async fetch, eviction. */
 #include "moe/expert_store.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "model_internal.h"
 
+typedef struct slot {
+  int layer, expert;       /* owner, -1 when free */
+  moe_event *ready;        /* signalled when the owner's bytes have landed */
+  moe_event *free_ev;      /* recorded when compute last finished with it */
+  unsigned long long tick; /* last touch, for LRU */
+  bool hold;               /* needed by the current block, or a prefetch of this round */
+  bool in_use;             /* between acquire and release */
+} slot;
+
 struct moe_expert_store {
   const moe_model *model;
-  const moe_device *dev;
-  uint8_t *slab;       /* device: [n_moe][n_experts][gate|up|down] */
-  moe_event **events;  /* one per (moe layer, expert) */
-  size_t n_events;
-  unsigned long long *uses; /* per (moe layer, expert) */
+  moe_device *dev;
+  uint8_t *slab;           /* device: n_slots x expert_bytes */
+  slot *slots;
+  int n_slots;
+  int *slot_of;            /* [n_moe * n_experts] -> slot or -1 */
+  unsigned long long *uses;
+  unsigned long long tick;
   moe_expert_stats stats;
 };
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 void moe_expert_store_free(moe_expert_store *s) {
   if (s == NULL) return;
   const moe_backend_ops *o = s->dev->ops;
-  for (size_t i = 0; i < s->n_events; i++)
-    if (s->events[i]) o->event_destroy(s->dev->be, s->events[i]);
-  free(s->events);
+  for (int i = 0; s->slots && i < s->n_slots; i++) {
+    if (s->slots[i].ready) o->event_destroy(s->dev->be, s->slots[i].ready);
+    if (s->slots[i].free_ev) o->event_destroy(s->dev->be, s->slots[i].free_ev);
+  }
+  free(s->slots);
+  free(s->slot_of);
   free(s->uses);
-  if (s->slab) o->device_free(s->dev->be, s->slab);
+  moe_device_free(s->dev, s->slab);
   free(s);
 }
 
-moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *m,
-                                   const moe_device *dev, moe_error *err) {
+moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *m, moe_device *dev,
+                                   int slots, moe_error *err) {
   moe_status st = MOE_OK;
   const moe_backend_ops *o = dev->ops;
   *out = NULL;
+  const size_t n = (size_t)m->n_moe * (size_t)m->cfg.n_experts;
   moe_expert_store *s = calloc(1, sizeof *s);
   MOE_CHECK_ALLOC(s, err, sizeof *s);
   s->model = m;
   s->dev = dev;
-  size_t n = (size_t)m->n_moe * (size_t)m->cfg.n_experts;
-  if (n > 0) {
-    s->events = calloc(n, sizeof *s->events);
-    MOE_CHECK_ALLOC(s->events, err, n * sizeof *s->events);
-    s->uses = calloc(n, sizeof *s->uses);
-    MOE_CHECK_ALLOC(s->uses, err, n * sizeof *s->uses);
-    MOE_TRY(o->device_alloc(dev->be, m->experts_total, (void **)&s->slab, err));
-    for (size_t i = 0; i < n; i++) {
-      MOE_TRY(o->event_create(dev->be, &s->events[i], err));
-      s->n_events++;
-      MOE_TRY(o->copy_h2d_async(dev->be, s->slab + i * m->expert_bytes,
-                                m->experts + i * m->expert_bytes, m->expert_bytes, s->events[i],
-                                err));
-      s->stats.fetches++;
-      s->stats.bytes_h2d += m->expert_bytes;
-    }
+  if (n == 0) {
+    *out = s;
+    return MOE_OK;
+  }
+  MOE_CHECK(slots >= 1 && (size_t)slots <= n, err, MOE_ERR_INVALID,
+            "expert slots must be in 1..%zu (MoE layers x experts), got %d", n, slots);
+  s->n_slots = slots;
+  s->slots = calloc((size_t)slots, sizeof *s->slots);
+  s->slot_of = malloc(n * sizeof *s->slot_of);
+  s->uses = calloc(n, sizeof *s->uses);
+  MOE_CHECK(s->slots && s->slot_of && s->uses, err, MOE_ERR_OOM, "out of host memory (expert store)");
+  for (size_t i = 0; i < n; i++) s->slot_of[i] = -1;
+  MOE_TRY(moe_device_alloc(dev, MOE_MEM_EXPERTS, (size_t)slots * m->expert_bytes, "expert slots",
+                           (void **)&s->slab, err));
+  for (int i = 0; i < slots; i++) {
+    s->slots[i].layer = s->slots[i].expert = -1;
+    MOE_TRY(o->event_create(dev->be, &s->slots[i].ready, err));
+    MOE_TRY(o->event_create(dev->be, &s->slots[i].free_ev, err));
   }
   *out = s;
   return MOE_OK;
@@ -60,20 +85,123 @@ cleanup:
   return st;
 }
 
-moe_status moe_expert_store_get(moe_expert_store *s, int layer, int expert,
-                                moe_expert_weights *w, moe_error *err) {
+int moe_expert_store_slots(const moe_expert_store *s) { return s->n_slots; }
+
+/* Index into the residency map, or -1 for a bad (layer, expert). */
+static long key_of(const moe_expert_store *s, int layer, int expert) {
   const moe_model *m = s->model;
-  if (layer < 0 || layer >= m->cfg.n_layers || m->moe_index[layer] < 0)
-    return MOE_FAIL(err, MOE_ERR_INVALID, "layer %d has no MoE block", layer);
-  if (expert < 0 || expert >= m->cfg.n_experts)
+  if (layer < 0 || layer >= m->cfg.n_layers || m->moe_index[layer] < 0 || expert < 0 ||
+      expert >= m->cfg.n_experts)
+    return -1;
+  return (long)m->moe_index[layer] * m->cfg.n_experts + expert;
+}
+
+/* Picks a slot to load into: a free one, else the least recently used one
+ * that is neither held nor in use; when forced (a demand fetch), else the
+ * least recently used one not in use.  -1 when none. */
+static int pick_victim(const moe_expert_store *s, bool forced) {
+  int best = -1;
+  for (int pass = 0; pass < (forced ? 3 : 2) && best < 0; pass++)
+    for (int i = 0; i < s->n_slots; i++) {
+      const slot *sl = &s->slots[i];
+      bool ok = pass == 0   ? sl->layer < 0
+                : pass == 1 ? !sl->hold && !sl->in_use
+                            : !sl->in_use;
+      if (ok && (best < 0 || sl->tick < s->slots[best].tick)) best = i;
+    }
+  return best;
+}
+
+static void drop(moe_expert_store *s, int i) {
+  slot *sl = &s->slots[i];
+  if (sl->layer >= 0) {
+    s->slot_of[key_of(s, sl->layer, sl->expert)] = -1;
+    s->stats.evictions++;
+  }
+  sl->layer = sl->expert = -1;
+  sl->hold = false;
+}
+
+int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool prefetch,
+                           moe_error *err) {
+  long k = key_of(s, layer, expert);
+  if (k < 0) {
+    MOE_FAIL(err, MOE_ERR_INVALID, "fetch of layer %d expert %d: no such MoE expert", layer, expert);
+    return -1;
+  }
+  s->tick++;
+  if (s->slot_of[k] >= 0) {
+    slot *sl = &s->slots[s->slot_of[k]];
+    sl->tick = s->tick;
+    if (prefetch) sl->hold = true;
+    return 1;
+  }
+  int v = pick_victim(s, !prefetch);
+  if (v < 0) {
+    s->stats.refused++;
+    return 0;
+  }
+  if (s->slots[v].layer >= 0) drop(s, v);
+  const moe_model *m = s->model;
+  const moe_backend_ops *o = s->dev->ops;
+  slot *sl = &s->slots[v];
+  /* The copy stream must not overwrite the slot before compute is done with
+   * its previous contents. */
+  moe_status st = o->copy_wait(s->dev->be, sl->free_ev, err);
+  if (st == MOE_OK)
+    st = o->copy_h2d_async(s->dev->be, s->slab + (size_t)v * m->expert_bytes,
+                           moe_model_expert_host(m, layer, expert), m->expert_bytes, sl->ready, err);
+  if (st != MOE_OK) return -1;
+  sl->layer = layer;
+  sl->expert = expert;
+  sl->tick = s->tick;
+  sl->hold = prefetch;
+  s->slot_of[k] = v;
+  s->stats.fetches++;
+  s->stats.bytes_h2d += m->expert_bytes;
+  return 1;
+}
+
+void moe_expert_store_begin_block(moe_expert_store *s, int layer, const int *experts, int n) {
+  for (int i = 0; i < s->n_slots; i++) s->slots[i].hold = false;
+  for (int j = 0; j < n; j++) {
+    long k = key_of(s, layer, experts[j]);
+    if (k >= 0 && s->slot_of[k] >= 0) s->slots[s->slot_of[k]].hold = true;
+  }
+}
+
+moe_status moe_expert_store_acquire(moe_expert_store *s, int layer, int expert,
+                                    moe_expert_weights *w, moe_error *err) {
+  const moe_model *m = s->model;
+  long k = key_of(s, layer, expert);
+  if (k < 0) {
+    if (layer < 0 || layer >= m->cfg.n_layers || m->moe_index[layer] < 0)
+      return MOE_FAIL(err, MOE_ERR_INVALID, "layer %d has no MoE block", layer);
     return MOE_FAIL(err, MOE_ERR_INVALID, "expert %d is out of range (0..%d)", expert,
                     m->cfg.n_experts - 1);
-  size_t i = (size_t)m->moe_index[layer] * (size_t)m->cfg.n_experts + (size_t)expert;
-  moe_status st = s->dev->ops->compute_wait(s->dev->be, s->events[i], err);
-  if (st != MOE_OK) return st;
+  }
+  if (s->slot_of[k] < 0) {
+    int r = moe_expert_store_fetch(s, layer, expert, false, err);
+    if (r < 0) return err ? err->status : MOE_ERR_INTERNAL;
+    if (r == 0)
+      return MOE_FAIL(err, MOE_ERR_INTERNAL, "no expert slot can be freed (all %d in use)",
+                      s->n_slots);
+    s->stats.misses++;
+  }
+  int v = s->slot_of[k];
+  slot *sl = &s->slots[v];
+  const moe_backend_ops *o = s->dev->ops;
+  if (!o->event_done(s->dev->be, sl->ready)) {
+    double t0 = now_s();
+    moe_status st = o->compute_wait(s->dev->be, sl->ready, err);
+    s->stats.stall_s += now_s() - t0;
+    if (st != MOE_OK) return st;
+  }
+  sl->in_use = true;
+  sl->tick = ++s->tick;
   s->stats.gets++;
-  s->uses[i]++;
-  const uint8_t *base = s->slab + i * m->expert_bytes;
+  s->uses[k]++;
+  const uint8_t *base = s->slab + (size_t)v * m->expert_bytes;
   const size_t F = (size_t)m->cfg.expert_ffn, H = (size_t)m->cfg.hidden;
   const size_t part = F * H * moe_dtype_size(m->dtype);
   w->gate = (moe_weight){base, m->dtype, F, H};
@@ -82,13 +210,72 @@ moe_status moe_expert_store_get(moe_expert_store *s, int layer, int expert,
   return MOE_OK;
 }
 
+moe_status moe_expert_store_release(moe_expert_store *s, int layer, int expert, moe_error *err) {
+  long k = key_of(s, layer, expert);
+  if (k < 0 || s->slot_of[k] < 0 || !s->slots[s->slot_of[k]].in_use)
+    return MOE_FAIL(err, MOE_ERR_INTERNAL, "release of layer %d expert %d, which is not acquired",
+                    layer, expert);
+  slot *sl = &s->slots[s->slot_of[k]];
+  sl->in_use = false;
+  sl->hold = false; /* done for this block: the next block's prefetch may take it */
+  return s->dev->ops->compute_record(s->dev->be, sl->free_ev, err);
+}
+
+int moe_expert_store_evict(moe_expert_store *s, int layer, int expert) {
+  long k = key_of(s, layer, expert);
+  if (k < 0 || s->slot_of[k] < 0) return 0;
+  int v = s->slot_of[k];
+  if (s->slots[v].hold || s->slots[v].in_use) return 0;
+  drop(s, v);
+  return 1;
+}
+
+int moe_expert_store_resident(const moe_expert_store *s, int layer, int expert) {
+  long k = key_of(s, layer, expert);
+  return k >= 0 && s->slot_of[k] >= 0;
+}
+
+moe_status moe_expert_store_check(const moe_expert_store *s, moe_error *err) {
+  const moe_model *m = s->model;
+  const long n = (long)m->n_moe * m->cfg.n_experts;
+  long mapped = 0;
+  for (long k = 0; k < n; k++) {
+    int v = s->slot_of[k];
+    if (v < 0) continue;
+    mapped++;
+    if (v >= s->n_slots)
+      return MOE_FAIL(err, MOE_ERR_INTERNAL, "map entry %ld points at slot %d of %d", k, v, s->n_slots);
+    const slot *sl = &s->slots[v];
+    if (sl->layer < 0 || key_of(s, sl->layer, sl->expert) != k)
+      return MOE_FAIL(err, MOE_ERR_INTERNAL, "map entry %ld -> slot %d, owned by layer %d expert %d",
+                      k, v, sl->layer, sl->expert);
+  }
+  long owned = 0;
+  for (int i = 0; i < s->n_slots; i++) {
+    const slot *sl = &s->slots[i];
+    if (sl->layer < 0) {
+      if (sl->in_use || sl->hold)
+        return MOE_FAIL(err, MOE_ERR_INTERNAL, "free slot %d is marked held or in use", i);
+      continue;
+    }
+    owned++;
+    long k = key_of(s, sl->layer, sl->expert);
+    if (k < 0 || s->slot_of[k] != i)
+      return MOE_FAIL(err, MOE_ERR_INTERNAL, "slot %d (layer %d expert %d) is not in the map", i,
+                      sl->layer, sl->expert);
+    if (sl->in_use)
+      return MOE_FAIL(err, MOE_ERR_INTERNAL, "slot %d still in use between blocks", i);
+  }
+  if (owned != mapped)
+    return MOE_FAIL(err, MOE_ERR_INTERNAL, "%ld slots owned but %ld map entries", owned, mapped);
+  return MOE_OK;
+}
+
 const moe_expert_stats *moe_expert_store_stats(const moe_expert_store *s) { return &s->stats; }
-size_t moe_expert_store_device_bytes(const moe_expert_store *s) { return s->model->experts_total; }
+
+void moe_expert_store_reset_stats(moe_expert_store *s) { memset(&s->stats, 0, sizeof s->stats); }
 
 unsigned long long moe_expert_store_uses(const moe_expert_store *s, int layer, int expert) {
-  const moe_model *m = s->model;
-  if (layer < 0 || layer >= m->cfg.n_layers || m->moe_index[layer] < 0 || expert < 0 ||
-      expert >= m->cfg.n_experts)
-    return 0;
-  return s->uses[(size_t)m->moe_index[layer] * (size_t)m->cfg.n_experts + (size_t)expert];
+  long k = key_of(s, layer, expert);
+  return k < 0 ? 0 : s->uses[k];
 }

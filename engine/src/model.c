@@ -1,10 +1,17 @@
-/* The engine: a model placed on a backend, forward pass and greedy decode.
+/* The engine: a model placed on a backend, forward pass and greedy decode,
+ * with the offload policy called at fixed points.
  *
  * Per layer: RMSNorm, grouped-query attention with RoPE and a KV cache,
- * residual; RMSNorm, then an MoE block (router, softmax, top-k, experts
- * grouped so each expert's weights are read once per block per step, shared
- * expert with a sigmoid gate where configured) or a dense SwiGLU FFN;
- * residual.  Final norm and lm_head.  All math goes through the backend. */
+ * residual; RMSNorm, then an MoE block or a dense SwiGLU FFN; residual.
+ * Final norm and lm_head.  All math goes through the backend; every device
+ * buffer comes from one size table (engine_buffers), so the memory plan and
+ * the allocations cannot disagree.
+ *
+ * MoE block: router (or the previous block's pre-gate, in pregated
+ * routing), top-k, tokens grouped by expert with a stable counting sort so
+ * each expert's weights are read once per block per step; experts run in
+ * index order (the same bits whatever the policy), each acquired from the
+ * expert store, which waits for its copy or fetches it as a miss. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,24 +19,33 @@
 
 #include "model_internal.h"
 #include "moe/expert_store.h"
+#include "moe/policy.h"
 
 struct moe_engine {
   moe_model *model;
   moe_device *dev;
   moe_engine_options opt;
+  const moe_policy *policy;
+  void *policy_state;
+  moe_policy_ctx ctx;
+  moe_error *cb_err;         /* where policy callbacks report backend errors */
   moe_expert_store *store;
+  int slots;
   uint8_t *dense_dev;        /* device copy of the dense slab */
   float *k_cache, *v_cache;  /* [layers][max_batch][kv_heads][max_seq][head_dim] */
   size_t cache_layer_floats;
   /* activations, device */
-  float *x, *h, *q, *k, *v, *att, *tmp, *router, *rw, *xe, *ge, *ue, *ye, *sg, *logits;
-  int32_t *ids, *pos, *rows, *iota, *ridx;
+  float *x, *h, *q, *k, *v, *att, *tmp, *router, *rw, *pw, *xe, *ge, *ue, *ye, *sg, *logits;
+  /* index buffers, device */
+  int32_t *ids, *pos, *rows, *iota, *ridx, *pidx;
   size_t max_tokens;
   size_t last_rows;          /* rows of the last forward call */
   /* host scratch */
-  int32_t *h_ids, *h_pos, *h_idx, *h_rows;
-  float *h_wts, *h_scale;
-  int *h_count;
+  int32_t *h_ids, *h_pos, *h_idx, *h_rows, *h_pidx;
+  float *h_wts, *h_scale, *h_pw;
+  int *h_count, *h_needed, *h_pmark, *h_pneeded;
+  int pred_layer;            /* MoE layer h_pidx/h_pw predict, or -1 */
+  unsigned long long pregate_hits, pregate_total, warm_bytes;
 };
 
 int moe_argmax(const float *x, int n) {
@@ -37,6 +53,17 @@ int moe_argmax(const float *x, int n) {
   for (int i = 1; i < n; i++)
     if (x[i] > x[best]) best = i;
   return best;
+}
+
+const char *moe_routing_name(moe_routing r) {
+  return r == MOE_ROUTING_PREGATED ? "pregated" : "conventional";
+}
+
+int moe_routing_parse(const char *s, moe_routing *out) {
+  if (strcmp(s, "conventional") == 0) *out = MOE_ROUTING_CONVENTIONAL;
+  else if (strcmp(s, "pregated") == 0) *out = MOE_ROUTING_PREGATED;
+  else return -1;
+  return 0;
 }
 
 static double now_s(void) {
@@ -52,30 +79,152 @@ static moe_weight dw(const moe_engine *e, int layer, moe_role role) {
   return (moe_weight){e->dense_dev + s->offset, e->model->dtype, s->rows, s->cols};
 }
 
+static int next_moe(const moe_model *m, int layer) {
+  for (int l = layer + 1; l < m->cfg.n_layers; l++)
+    if (m->cfg.is_moe[l]) return l;
+  return -1;
+}
+
+/* ---------------------------------------------------------------- sizes */
+
+typedef struct buf_spec {
+  void *pp; /* address of the engine field that receives the pointer */
+  moe_mem_category cat;
+  size_t bytes;
+  const char *name;
+} buf_spec;
+
+enum { MAX_BUFS = 32 };
+
+static moe_engine_options normalized(const moe_engine_options *opt) {
+  moe_engine_options o = *opt;
+  if (o.max_prefill <= 0 || o.max_prefill > o.max_seq) o.max_prefill = o.max_seq;
+  return o;
+}
+
+/* The engine's device buffers, in allocation order.  The one size table. */
+static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_engine_options *o,
+                             buf_spec *out) {
+  const moe_config *c = &m->cfg;
+  const size_t B = (size_t)o->max_batch, T = B * (size_t)o->max_prefill;
+  const size_t H = (size_t)c->hidden, hd = (size_t)c->head_dim;
+  const size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
+  size_t ffn = (size_t)c->expert_ffn;
+  if ((size_t)c->dense_ffn > ffn) ffn = (size_t)c->dense_ffn;
+  if ((size_t)c->shared_ffn > ffn) ffn = (size_t)c->shared_ffn;
+  const size_t E = (size_t)(c->n_experts > 0 ? c->n_experts : 1);
+  const size_t K = (size_t)(c->top_k > 0 ? c->top_k : 1);
+  const size_t kv = (size_t)c->n_layers * B * (size_t)c->n_kv_heads * (size_t)o->max_seq * hd * 4;
+  const size_t f = sizeof(float), i32 = sizeof(int32_t);
+  const buf_spec t[] = {
+      {&e->dense_dev, MOE_MEM_DENSE, m->dense_bytes, "dense weights"},
+      {&e->k_cache, MOE_MEM_KV, kv, "K cache"},
+      {&e->v_cache, MOE_MEM_KV, kv, "V cache"},
+      {&e->x, MOE_MEM_ACTIVATIONS, T * H * f, "residual stream"},
+      {&e->h, MOE_MEM_ACTIVATIONS, T * H * f, "normed activations"},
+      {&e->q, MOE_MEM_ACTIVATIONS, T * qd * f, "queries"},
+      {&e->k, MOE_MEM_ACTIVATIONS, T * kvd * f, "keys"},
+      {&e->v, MOE_MEM_ACTIVATIONS, T * kvd * f, "values"},
+      {&e->att, MOE_MEM_ACTIVATIONS, T * qd * f, "attention output"},
+      {&e->tmp, MOE_MEM_ACTIVATIONS, T * H * f, "block output"},
+      {&e->router, MOE_MEM_ACTIVATIONS, T * E * f, "router logits"},
+      {&e->rw, MOE_MEM_ACTIVATIONS, T * K * f, "routing weights"},
+      {&e->pw, MOE_MEM_ACTIVATIONS, T * K * f, "pre-gate weights"},
+      {&e->xe, MOE_MEM_ACTIVATIONS, T * H * f, "expert input"},
+      {&e->ge, MOE_MEM_ACTIVATIONS, T * ffn * f, "expert gate"},
+      {&e->ue, MOE_MEM_ACTIVATIONS, T * ffn * f, "expert up"},
+      {&e->ye, MOE_MEM_ACTIVATIONS, T * H * f, "expert output"},
+      {&e->sg, MOE_MEM_ACTIVATIONS, T * f, "shared-expert gate"},
+      {&e->logits, MOE_MEM_ACTIVATIONS, (o->all_logits ? T : B) * (size_t)c->vocab * f, "logits"},
+      {&e->ids, MOE_MEM_WORKSPACE, T * i32, "token ids"},
+      {&e->pos, MOE_MEM_WORKSPACE, T * i32, "positions"},
+      {&e->rows, MOE_MEM_WORKSPACE, T * K * i32, "expert rows"},
+      {&e->iota, MOE_MEM_WORKSPACE, T * i32, "row indices"},
+      {&e->ridx, MOE_MEM_WORKSPACE, T * K * i32, "routing indices"},
+      {&e->pidx, MOE_MEM_WORKSPACE, T * K * i32, "pre-gate indices"},
+  };
+  size_t n = sizeof t / sizeof t[0];
+  memcpy(out, t, sizeof t);
+  return n;
+}
+
+void moe_engine_plan_memory(const moe_model *model, const moe_engine_options *opt, int slots,
+                            size_t bytes[MOE_MEM_CATEGORIES], size_t *total) {
+  moe_engine dummy;
+  buf_spec t[MAX_BUFS];
+  moe_engine_options o = normalized(opt);
+  size_t n = engine_buffers(&dummy, model, &o, t);
+  memset(bytes, 0, MOE_MEM_CATEGORIES * sizeof bytes[0]);
+  for (size_t i = 0; i < n; i++) bytes[t[i].cat] += t[i].bytes;
+  if (model->n_moe > 0) bytes[MOE_MEM_EXPERTS] += (size_t)slots * model->expert_bytes;
+  *total = 0;
+  for (int c = 0; c < MOE_MEM_CATEGORIES; c++) *total += bytes[c];
+}
+
+/* ---------------------------------------------------------------- policy ctx */
+
+static int ctx_fetch(moe_policy_ctx *ctx, int layer, int expert) {
+  moe_engine *e = ctx->engine;
+  int r = moe_expert_store_fetch(e->store, layer, expert, true, e->cb_err);
+  return r > 0;
+}
+
+static int ctx_resident(moe_policy_ctx *ctx, int layer, int expert) {
+  moe_engine *e = ctx->engine;
+  return moe_expert_store_resident(e->store, layer, expert);
+}
+
+static void ctx_evict(moe_policy_ctx *ctx, int layer, int expert) {
+  moe_engine *e = ctx->engine;
+  moe_expert_store_evict(e->store, layer, expert);
+}
+
+static int ctx_next_moe_layer(moe_policy_ctx *ctx, int layer) {
+  moe_engine *e = ctx->engine;
+  return next_moe(e->model, layer);
+}
+
+static int ctx_n_experts(moe_policy_ctx *ctx) {
+  moe_engine *e = ctx->engine;
+  return e->model->cfg.n_experts;
+}
+
+/* Calls an optional policy method; a backend failure inside a callback
+ * (recorded in cb_err) fails the call too. */
+#define POLICY_CALL(e, method, ...)                                                      \
+  do {                                                                                   \
+    if ((e)->policy->method != NULL) {                                                   \
+      MOE_TRY((e)->policy->method((e)->policy_state, &(e)->ctx, __VA_ARGS__, err));      \
+      MOE_CHECK(err == NULL || err->status == MOE_OK, err, err ? err->status : MOE_OK,   \
+                "policy callback failed");                                               \
+    }                                                                                    \
+  } while (0)
+
+/* ---------------------------------------------------------------- lifecycle */
+
 void moe_engine_free(moe_engine *e) {
   if (e == NULL) return;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  void *dev_bufs[] = {e->dense_dev, e->k_cache, e->v_cache, e->x,   e->h,   e->q,    e->k,
-                      e->v,         e->att,     e->tmp,     e->router, e->rw, e->xe, e->ge,
-                      e->ue,        e->ye,      e->sg,      e->logits, e->ids, e->pos, e->rows,
-                      e->iota,      e->ridx};
-  for (size_t i = 0; i < sizeof dev_bufs / sizeof dev_bufs[0]; i++)
-    if (dev_bufs[i]) o->device_free(be, dev_bufs[i]);
+  if (e->policy && e->policy->destroy) e->policy->destroy(e->policy_state);
   moe_expert_store_free(e->store);
+  buf_spec t[MAX_BUFS];
+  size_t n = engine_buffers(e, e->model, &e->opt, t);
+  for (size_t i = 0; i < n; i++) moe_device_free(e->dev, *(void **)t[i].pp);
   free(e->h_ids);
   free(e->h_pos);
   free(e->h_idx);
   free(e->h_rows);
+  free(e->h_pidx);
   free(e->h_wts);
   free(e->h_scale);
+  free(e->h_pw);
   free(e->h_count);
+  free(e->h_needed);
+  free(e->h_pmark);
+  free(e->h_pneeded);
   free(e);
 }
 
-static moe_status dalloc(moe_engine *e, void *pptr, size_t bytes, moe_error *err) {
-  return e->dev->ops->device_alloc(e->dev->be, bytes ? bytes : 4, (void **)pptr, err);
-}
+extern const moe_policy moe_policy_gpu_only;
 
 moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev,
                              const moe_engine_options *opt, moe_error *err) {
@@ -86,56 +235,129 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   MOE_CHECK_ALLOC(e, err, sizeof *e);
   e->model = model;
   e->dev = dev;
-  e->opt = *opt;
-  if (e->opt.max_prefill <= 0 || e->opt.max_prefill > e->opt.max_seq) e->opt.max_prefill = e->opt.max_seq;
+  e->opt = normalized(opt);
+  e->policy = opt->policy ? opt->policy : &moe_policy_gpu_only;
+  e->pred_layer = -1;
+  e->ctx = (moe_policy_ctx){e, ctx_fetch, ctx_resident, ctx_evict, ctx_next_moe_layer, ctx_n_experts};
+  MOE_TRY(moe_policy_validate(e->policy, err));
   MOE_CHECK(opt->max_batch > 0 && opt->max_seq > 0, err, MOE_ERR_INVALID,
             "batch (%d) and sequence length (%d) must be positive", opt->max_batch, opt->max_seq);
   MOE_CHECK(opt->max_seq <= c->max_pos, err, MOE_ERR_INVALID,
             "sequence length %d exceeds max_position_embeddings %d", opt->max_seq, c->max_pos);
-  const size_t B = (size_t)opt->max_batch, T = B * (size_t)e->opt.max_prefill;
-  const size_t H = (size_t)c->hidden, hd = (size_t)c->head_dim;
-  const size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
-  size_t ffn = (size_t)c->expert_ffn;
-  if ((size_t)c->dense_ffn > ffn) ffn = (size_t)c->dense_ffn;
-  if ((size_t)c->shared_ffn > ffn) ffn = (size_t)c->shared_ffn;
+  const size_t T = (size_t)opt->max_batch * (size_t)e->opt.max_prefill;
   const size_t E = (size_t)(c->n_experts > 0 ? c->n_experts : 1), K = (size_t)(c->top_k > 0 ? c->top_k : 1);
   e->max_tokens = T;
+  e->cache_layer_floats = (size_t)opt->max_batch * (size_t)c->n_kv_heads * (size_t)opt->max_seq *
+                          (size_t)c->head_dim;
 
-  MOE_TRY(dalloc(e, &e->dense_dev, model->dense_bytes, err));
+  /* Plan: the policy sizes its slots against what the budget leaves. */
+  size_t plan[MOE_MEM_CATEGORIES], fixed;
+  moe_engine_plan_memory(model, &e->opt, 0, plan, &fixed);
+  moe_policy_env env = {c->n_layers,         model->n_moe, c->n_experts, c->top_k,
+                        opt->max_batch,      model->expert_bytes,
+                        dev->mem.budget > dev->mem.current_total + fixed
+                            ? dev->mem.budget - dev->mem.current_total - fixed
+                            : 0};
+  if (model->n_moe > 0) {
+    moe_policy_plan pp = {0};
+    MOE_TRY(e->policy->plan(&env, &pp, err));
+    const int max_slots = model->n_moe * c->n_experts;
+    MOE_CHECK(pp.slots >= 1, err, MOE_ERR_INVALID, "policy '%s' planned %d expert slots (need >= 1)",
+              e->policy->name, pp.slots);
+    e->slots = pp.slots < max_slots ? pp.slots : max_slots;
+  }
+
+  buf_spec t[MAX_BUFS];
+  size_t nb = engine_buffers(e, model, &e->opt, t);
+  for (size_t i = 0; i < nb; i++)
+    MOE_TRY(moe_device_alloc(dev, t[i].cat, t[i].bytes, t[i].name, (void **)t[i].pp, err));
+  MOE_TRY(moe_expert_store_create(&e->store, model, dev, e->slots, err));
   MOE_TRY(dev->ops->upload(dev->be, e->dense_dev, model->dense, model->dense_bytes, err));
-  MOE_TRY(moe_expert_store_create(&e->store, model, dev, err));
-  e->cache_layer_floats = B * (size_t)c->n_kv_heads * (size_t)opt->max_seq * hd;
-  MOE_TRY(dalloc(e, &e->k_cache, (size_t)c->n_layers * e->cache_layer_floats * sizeof(float), err));
-  MOE_TRY(dalloc(e, &e->v_cache, (size_t)c->n_layers * e->cache_layer_floats * sizeof(float), err));
-  const struct {
-    void *pp;
-    size_t n;
-  } bufs[] = {
-      {&e->x, T * H},   {&e->h, T * H},    {&e->q, T * qd},  {&e->k, T * kvd},
-      {&e->v, T * kvd}, {&e->att, T * qd}, {&e->tmp, T * H}, {&e->router, T * E},
-      {&e->rw, T * K},  {&e->xe, T * H},   {&e->ge, T * ffn}, {&e->ue, T * ffn},
-      {&e->ye, T * H},  {&e->sg, T},
-      {&e->logits, (opt->all_logits ? T : B) * (size_t)c->vocab},
-      {&e->ids, T},     {&e->pos, T},      {&e->rows, T * K}, {&e->iota, T},
-      {&e->ridx, T * K},
-  };
-  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-    MOE_TRY(dalloc(e, bufs[i].pp, bufs[i].n * 4, err));
   e->h_ids = malloc(T * sizeof(int32_t));
   e->h_pos = malloc(T * sizeof(int32_t));
   e->h_idx = malloc(T * K * sizeof(int32_t));
   e->h_rows = malloc(T * K * sizeof(int32_t));
+  e->h_pidx = malloc(T * K * sizeof(int32_t));
   e->h_wts = malloc(T * K * sizeof(float));
   e->h_scale = malloc(T * K * sizeof(float));
+  e->h_pw = malloc(T * K * sizeof(float));
   e->h_count = malloc((E + 1) * sizeof(int));
-  MOE_CHECK(e->h_ids && e->h_pos && e->h_idx && e->h_rows && e->h_wts && e->h_scale && e->h_count,
+  e->h_needed = malloc(E * sizeof(int));
+  e->h_pmark = malloc(E * sizeof(int));
+  e->h_pneeded = malloc(E * sizeof(int));
+  MOE_CHECK(e->h_ids && e->h_pos && e->h_idx && e->h_rows && e->h_pidx && e->h_wts && e->h_scale &&
+                e->h_pw && e->h_count && e->h_needed && e->h_pmark && e->h_pneeded,
             err, MOE_ERR_OOM, "out of host memory for engine scratch");
   for (size_t i = 0; i < T; i++) e->h_ids[i] = (int32_t)i;
   MOE_TRY(dev->ops->upload(dev->be, e->iota, e->h_ids, T * sizeof(int32_t), err));
+
+  if (e->policy->create) MOE_TRY(e->policy->create(&env, &e->policy_state, err));
+  e->cb_err = err;
+  if (e->policy->warm && model->n_moe > 0) {
+    MOE_TRY(e->policy->warm(e->policy_state, &e->ctx, err));
+    MOE_CHECK(err == NULL || err->status == MOE_OK, err, err ? err->status : MOE_OK,
+              "policy warm-up failed");
+  }
+  MOE_TRY(dev->ops->synchronize(dev->be, err));
+  e->warm_bytes = e->store ? moe_expert_store_stats(e->store)->bytes_h2d : 0;
+  moe_engine_reset_stats(e);
   *out = e;
   return MOE_OK;
 cleanup:
   moe_engine_free(e);
+  return st;
+}
+
+/* ---------------------------------------------------------------- blocks */
+
+/* Runs the top-k selection on logits already in e->router (plus bias, which
+ * may be absent) and downloads indices and weights. */
+static moe_status topk_download(moe_engine *e, size_t T, const moe_weight *bias, int32_t *d_idx,
+                                float *d_w, int32_t *h_idx, float *h_w, moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_config *c = &e->model->cfg;
+  const moe_backend_ops *o = e->dev->ops;
+  const size_t K = (size_t)c->top_k;
+  MOE_TRY(o->router_topk(e->dev->be, d_idx, d_w, e->router, T, c->n_experts, c->top_k,
+                         c->norm_topk, bias, err));
+  MOE_TRY(o->download(e->dev->be, h_idx, d_idx, T * K * sizeof(int32_t), err));
+  MOE_TRY(o->download(e->dev->be, h_w, d_w, T * K * sizeof(float), err));
+cleanup:
+  return st;
+}
+
+/* Predicts the experts of MoE layer `next` for the current tokens and tells
+ * the policy.  from_input: the checkpoint pre-gate applied to this block's
+ * MoE input (e->h); otherwise next's norm and router applied to the
+ * residual stream after this block. */
+static moe_status pregate(moe_engine *e, int layer, int next, size_t T, bool from_input,
+                          moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_backend_ops *o = e->dev->ops;
+  moe_backend *be = e->dev->be;
+  const moe_config *c = &e->model->cfg;
+  if (from_input) {
+    const moe_weight pg = dw(e, layer, ROLE_PREGATE);
+    MOE_TRY(o->matmul(be, e->router, e->h, T, &pg, NULL, err));
+  } else {
+    const moe_weight fn = dw(e, next, ROLE_FFN_NORM), router = dw(e, next, ROLE_ROUTER);
+    MOE_TRY(o->rmsnorm(be, e->tmp, e->x, T, &fn, c->rms_eps, err));
+    MOE_TRY(o->matmul(be, e->router, e->tmp, T, &router, NULL, err));
+  }
+  const moe_weight no_bias = {NULL, e->model->dtype, 0, 0};
+  const moe_weight next_bias = dw(e, next, ROLE_ROUTER_BIAS);
+  MOE_TRY(topk_download(e, T, from_input ? &no_bias : &next_bias, e->pidx, e->pw, e->h_pidx,
+                        e->h_pw, err));
+  e->pred_layer = next;
+  /* the distinct predicted experts, ascending */
+  const size_t K = (size_t)c->top_k;
+  memset(e->h_pmark, 0, (size_t)c->n_experts * sizeof(int));
+  for (size_t i = 0; i < T * K; i++) e->h_pmark[e->h_pidx[i]] = 1;
+  int n = 0;
+  for (int x = 0; x < c->n_experts; x++)
+    if (e->h_pmark[x]) e->h_pneeded[n++] = x;
+  POLICY_CALL(e, experts_predicted, next, e->h_pneeded, n);
+cleanup:
   return st;
 }
 
@@ -146,15 +368,36 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
   const moe_backend_ops *o = e->dev->ops;
   moe_backend *be = e->dev->be;
   const size_t H = (size_t)c->hidden, K = (size_t)c->top_k, E = (size_t)c->n_experts;
-  const moe_weight router = dw(e, l, ROLE_ROUTER), rbias = dw(e, l, ROLE_ROUTER_BIAS);
+  const int next = next_moe(e->model, l);
+  const bool want_pred = next >= 0 && (e->opt.routing == MOE_ROUTING_PREGATED ||
+                                       e->policy->experts_predicted != NULL);
+  const bool pred_from_input = moe_model_spec(e->model, l, ROLE_PREGATE) != NULL;
+
+  /* The block's own router: the routing in conventional mode, the yardstick
+   * of the prediction otherwise. */
+  const moe_weight router = dw(e, l, ROLE_ROUTER);
   MOE_TRY(o->matmul(be, e->router, e->h, T, &router, NULL, err));
-  MOE_TRY(o->router_topk(be, e->ridx, e->rw, e->router, T, c->n_experts, c->top_k, c->norm_topk,
-                         &rbias, err));
-  MOE_TRY(o->download(be, e->h_idx, e->ridx, T * K * sizeof(int32_t), err));
-  MOE_TRY(o->download(be, e->h_wts, e->rw, T * K * sizeof(float), err));
+  const moe_weight rbias = dw(e, l, ROLE_ROUTER_BIAS);
+  MOE_TRY(topk_download(e, T, &rbias, e->ridx, e->rw, e->h_idx, e->h_wts, err));
+  if (e->pred_layer == l) {
+    for (size_t t = 0; t < T; t++)
+      for (size_t a = 0; a < K; a++) {
+        for (size_t b = 0; b < K; b++) e->pregate_hits += e->h_pidx[t * K + a] == e->h_idx[t * K + b];
+        e->pregate_total++;
+      }
+    if (e->opt.routing == MOE_ROUTING_PREGATED) {
+      memcpy(e->h_idx, e->h_pidx, T * K * sizeof(int32_t));
+      memcpy(e->h_wts, e->h_pw, T * K * sizeof(float));
+    }
+  }
+  e->pred_layer = -1;
+
   /* Group (token, weight) pairs by expert: counting sort, stable in token order. */
   memset(e->h_count, 0, (E + 1) * sizeof(int));
   for (size_t i = 0; i < T * K; i++) e->h_count[e->h_idx[i] + 1]++;
+  int n_needed = 0;
+  for (size_t x = 0; x < E; x++)
+    if (e->h_count[x + 1] > 0) e->h_needed[n_needed++] = (int)x;
   for (size_t x = 0; x < E; x++) e->h_count[x + 1] += e->h_count[x];
   for (size_t i = 0; i < T * K; i++) {
     int slot = e->h_count[e->h_idx[i]]++;
@@ -162,13 +405,17 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
     e->h_scale[slot] = e->h_wts[i];
   }
   /* h_count[x] is now the end of expert x's run; its start is h_count[x-1]. */
+  moe_expert_store_begin_block(e->store, l, e->h_needed, n_needed);
+  POLICY_CALL(e, experts_needed, l, e->h_needed, n_needed);
+  if (want_pred && pred_from_input) MOE_TRY(pregate(e, l, next, T, true, err));
+
   MOE_TRY(o->upload(be, e->rows, e->h_rows, T * K * sizeof(int32_t), err));
   MOE_TRY(o->upload(be, e->rw, e->h_scale, T * K * sizeof(float), err));
   for (size_t x = 0; x < E; x++) {
     size_t begin = x ? (size_t)e->h_count[x - 1] : 0, n = (size_t)e->h_count[x] - begin;
     if (n == 0) continue;
     moe_expert_weights w;
-    MOE_TRY(moe_expert_store_get(e->store, l, (int)x, &w, err));
+    MOE_TRY(moe_expert_store_acquire(e->store, l, (int)x, &w, err));
     const size_t F = w.gate.rows;
     MOE_TRY(o->gather_rows(be, e->xe, e->h, e->rows + begin, n, H, err));
     MOE_TRY(o->matmul(be, e->ge, e->xe, n, &w.gate, NULL, err));
@@ -177,6 +424,7 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
     MOE_TRY(o->matmul(be, e->ye, e->ge, n, &w.down, NULL, err));
     MOE_TRY(o->scatter_add_rows(be, e->x, e->ye, e->rows + begin, e->rw + begin, 1, false, n, H,
                                 err));
+    MOE_TRY(moe_expert_store_release(e->store, l, (int)x, err));
   }
   if (c->shared_ffn > 0) {
     const moe_weight g = dw(e, l, ROLE_SH_GATE), u = dw(e, l, ROLE_SH_UP),
@@ -188,6 +436,7 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
     MOE_TRY(o->matmul(be, e->sg, e->h, T, &sg, NULL, err));
     MOE_TRY(o->scatter_add_rows(be, e->x, e->ye, e->iota, e->sg, 1, true, T, H, err));
   }
+  if (want_pred && !pred_from_input) MOE_TRY(pregate(e, l, next, T, false, err));
 cleanup:
   return st;
 }
@@ -212,6 +461,7 @@ moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, i
   const moe_config *c = &e->model->cfg;
   const moe_backend_ops *o = e->dev->ops;
   moe_backend *be = e->dev->be;
+  e->cb_err = err;
   MOE_CHECK(n_seq > 0 && n_seq <= e->opt.max_batch, err, MOE_ERR_INVALID,
             "batch %d is outside 1..%d", n_seq, e->opt.max_batch);
   MOE_CHECK(n_new > 0 && n_new <= e->opt.max_prefill, err, MOE_ERR_INVALID,
@@ -221,6 +471,7 @@ moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, i
             e->opt.max_seq);
   const size_t T = (size_t)n_seq * (size_t)n_new, H = (size_t)c->hidden;
   e->last_rows = T;
+  e->pred_layer = -1;
   for (size_t i = 0; i < T; i++) {
     MOE_CHECK(tokens[i] >= 0 && tokens[i] < c->vocab, err, MOE_ERR_INVALID,
               "token id %d at index %zu is outside the vocabulary (0..%d)", (int)tokens[i], i,
@@ -234,6 +485,7 @@ moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, i
   const moe_attn_shape shape = {n_seq, n_new, pos0, e->opt.max_seq, c->n_heads, c->n_kv_heads,
                                 c->head_dim};
   for (int l = 0; l < c->n_layers; l++) {
+    POLICY_CALL(e, layer_begin, l);
     const moe_weight an = dw(e, l, ROLE_ATTN_NORM), fn = dw(e, l, ROLE_FFN_NORM);
     const moe_weight wq = dw(e, l, ROLE_WQ), wk = dw(e, l, ROLE_WK), wv = dw(e, l, ROLE_WV),
                      wo = dw(e, l, ROLE_WO), bq = dw(e, l, ROLE_BQ), bk = dw(e, l, ROLE_BK),
@@ -255,6 +507,7 @@ moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, i
       MOE_TRY(moe_block(e, l, T, err));
     else
       MOE_TRY(dense_ffn(e, l, T, err));
+    POLICY_CALL(e, layer_end, l);
   }
   const moe_weight fnorm = dw(e, -1, ROLE_FINAL_NORM);
   const moe_weight head = c->tie_embeddings ? emb : dw(e, -1, ROLE_LM_HEAD);
@@ -318,6 +571,27 @@ cleanup:
   free(logits);
   free(next);
   return st;
+}
+
+void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
+  memset(out, 0, sizeof *out);
+  out->slots = e->slots;
+  if (e->store) {
+    const moe_expert_stats *s = moe_expert_store_stats(e->store);
+    out->fetches = s->fetches;
+    out->bytes_h2d = s->bytes_h2d;
+    out->misses = s->misses;
+    out->refused = s->refused;
+    out->stall_s = s->stall_s;
+  }
+  out->pregate_hits = e->pregate_hits;
+  out->pregate_total = e->pregate_total;
+  out->warm_bytes = e->warm_bytes;
+}
+
+void moe_engine_reset_stats(moe_engine *e) {
+  if (e->store) moe_expert_store_reset_stats(e->store);
+  e->pregate_hits = e->pregate_total = 0;
 }
 
 struct moe_expert_store *moe_engine_store(moe_engine *e) { return e->store; }

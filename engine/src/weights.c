@@ -93,6 +93,12 @@ static moe_status build_specs(moe_model *m, moe_error *err) {
       ADD(ROLE_ROUTER, l, -1, E, H, false, false, "%s.%d.%s.gate.weight", p, l, moe);
       /* Not a Hugging Face tensor: our routing-skew bias, loaded when present. */
       ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, true, "%s.%d.%s.gate.bias", p, l, moe);
+      /* Pre-gate of a model fine-tuned for pre-gating: predicts the next
+       * MoE block's experts from this block's MoE input.  Optional. */
+      bool has_next = false;
+      for (int n = l + 1; n < c->n_layers; n++) has_next |= c->is_moe[n];
+      if (has_next)
+        ADD(ROLE_PREGATE, l, -1, E, H, false, true, "%s.%d.%s.pregate.weight", p, l, moe);
       if (c->shared_ffn > 0) {
         const size_t S = (size_t)c->shared_ffn;
         ADD(ROLE_SH_GATE, l, -1, S, H, false, false, "%s.%d.mlp.shared_expert.gate_proj.weight", p, l);
@@ -263,6 +269,7 @@ moe_status moe_model_synthetic(moe_model **out, const moe_config *cfg,
   for (size_t i = 0; i < m->n_specs; i++) {
     moe_tensor_spec *s = &m->specs[i];
     if (s->role == ROLE_ROUTER_BIAS && opt->routing_skew <= 0.0) continue;
+    if (s->role == ROLE_PREGATE && !opt->pregate) continue;
     fill_tensor(m, s, i, opt->seed, opt->routing_skew, buf, BUF_N);
     s->present = true;
   }

@@ -1,21 +1,50 @@
-/* The cpu backend: the reference every other backend is checked against.
+/* The cpu backend: the reference every other backend is checked against,
+ * and an honest emulation of an offloading device.
  *
- * gemm goes through cblas (OpenBLAS, one thread by default so a copy thread
- * can have the other core); everything else is plain C.  "Device" memory is
- * ordinary host memory obtained through this backend; the copy stream is
- * synchronous in this version (a copy completes before copy_h2d_async
- * returns and its event is signalled then), which is correct for every
- * caller, only not overlapped. */
+ * Math: gemm through cblas (OpenBLAS, one thread by default so the copy
+ * thread can have the other core); everything else plain C, issued on the
+ * calling thread (the compute stream is synchronous).
+ * Memory: "device" memory is a separate arena of host allocations, counted
+ * against the budget by the engine's allocator front; expert weights stay in
+ * the model's host slab.
+ * Copies: host-to-device copies are real memcpys done in order by one copy
+ * thread, which signals each copy's event when its last byte has landed.
+ * With a link cap (link_gbps) the thread paces itself so the copy rate never
+ * exceeds the cap, emulating PCIe.  compute_wait blocks the compute thread
+ * until the event is signalled, so copy/compute overlap is real wall-clock
+ * overlap. */
 #include <cblas.h>
+#include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "moe/backend.h"
 
+typedef struct copy_req {
+  void *dst;
+  const void *src;
+  size_t bytes;
+  moe_event *ev;      /* signalled when done (may be NULL) */
+  moe_event *wait_ev; /* a copy_wait marker: wait for this event, copy nothing */
+  unsigned long wait_target; /* ... until its completed count reaches this */
+} copy_req;
+
 struct moe_backend {
   int threads;
+  double link_bps;    /* 0: uncapped */
+  pthread_t copier;
+  int copier_started;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;  /* queue changes and event completions */
+  copy_req *queue;    /* ring buffer */
+  size_t q_cap, q_head, q_len;
+  int busy;           /* the copier is working on a popped request */
+  int stop;
   float *scratch; /* f32 conversion / attention scores; grown on demand */
   size_t scratch_cap;
   float *tbuf;    /* transposed small-m gemm output */
@@ -23,8 +52,12 @@ struct moe_backend {
   char desc[96];
 };
 
+/* Copies tagged with an event are counted when queued and when done; a wait
+ * is for the copies queued before it (like a CUDA event's latest record).
+ * Guarded by be->mu. */
 struct moe_event {
-  int signalled;
+  unsigned long issued;
+  unsigned long completed;
 };
 
 #define CPU_ALIGN 64
@@ -40,19 +73,93 @@ static moe_status scratch_reserve(moe_backend *be, size_t n, moe_error *err) {
   return MOE_OK;
 }
 
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void sleep_until(double t) {
+  double d = t - now_s();
+  if (d <= 0) return;
+  struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+#define COPY_CHUNK ((size_t)1 << 20) /* pacing granularity of a capped link */
+
+static void *copier_main(void *arg) {
+  moe_backend *be = arg;
+  pthread_mutex_lock(&be->mu);
+  for (;;) {
+    while (be->q_len == 0 && !be->stop) pthread_cond_wait(&be->cv, &be->mu);
+    if (be->q_len == 0 && be->stop) break;
+    copy_req r = be->queue[be->q_head];
+    be->q_head = (be->q_head + 1) % be->q_cap;
+    be->q_len--;
+    be->busy = 1;
+    if (r.wait_ev) {
+      while (r.wait_ev->completed < r.wait_target) pthread_cond_wait(&be->cv, &be->mu);
+    } else {
+      pthread_mutex_unlock(&be->mu);
+      double start = now_s();
+      for (size_t off = 0; off < r.bytes; off += COPY_CHUNK) {
+        size_t c = r.bytes - off < COPY_CHUNK ? r.bytes - off : COPY_CHUNK;
+        memcpy((char *)r.dst + off, (const char *)r.src + off, c);
+        if (be->link_bps > 0) sleep_until(start + (double)(off + c) / be->link_bps);
+      }
+      pthread_mutex_lock(&be->mu);
+    }
+    if (r.ev) r.ev->completed++;
+    be->busy = 0;
+    pthread_cond_broadcast(&be->cv);
+  }
+  pthread_mutex_unlock(&be->mu);
+  return NULL;
+}
+
+static void cpu_destroy(moe_backend *be);
+
 static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, moe_error *err) {
   moe_backend *be = calloc(1, sizeof *be);
   if (be == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: out of host memory");
   be->threads = opt && opt->threads > 0 ? opt->threads : 1;
+  if (opt && opt->link_gbps < 0)
+    return free(be), MOE_FAIL(err, MOE_ERR_INVALID, "link bandwidth must be >= 0 GB/s");
+  be->link_bps = opt ? opt->link_gbps * 1e9 : 0.0;
   openblas_set_num_threads(be->threads);
-  snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s)", be->threads,
-           be->threads == 1 ? "" : "s");
+  pthread_mutex_init(&be->mu, NULL);
+  pthread_cond_init(&be->cv, NULL);
+  be->q_cap = 64;
+  be->queue = malloc(be->q_cap * sizeof *be->queue);
+  if (be->queue == NULL || pthread_create(&be->copier, NULL, copier_main, be) != 0) {
+    cpu_destroy(be);
+    return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: cannot start the copy thread");
+  }
+  be->copier_started = 1;
+  if (be->link_bps > 0)
+    snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s; copy link capped at %.2f GB/s)",
+             be->threads, be->threads == 1 ? "" : "s", be->link_bps * 1e-9);
+  else
+    snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s; copy link uncapped)",
+             be->threads, be->threads == 1 ? "" : "s");
   *out = be;
   return MOE_OK;
 }
 
 static void cpu_destroy(moe_backend *be) {
   if (be == NULL) return;
+  if (be->copier_started) {
+    pthread_mutex_lock(&be->mu);
+    be->stop = 1;
+    pthread_cond_broadcast(&be->cv);
+    pthread_mutex_unlock(&be->mu);
+    pthread_join(be->copier, NULL);
+  }
+  pthread_mutex_destroy(&be->mu);
+  pthread_cond_destroy(&be->cv);
+  free(be->queue);
   free(be->scratch);
   free(be->tbuf);
   free(be);
@@ -70,24 +177,78 @@ static moe_status cpu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error
 
 static void cpu_free(moe_backend *be, void *ptr) { free(ptr); }
 
+static size_t cpu_capacity(moe_backend *be) {
+  long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+  return pages > 0 && psz > 0 ? (size_t)pages * (size_t)psz : (size_t)1 << 34;
+}
+
 static moe_status cpu_event_create(moe_backend *be, moe_event **ev, moe_error *err) {
   *ev = calloc(1, sizeof **ev);
   if (*ev == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: out of host memory");
   return MOE_OK;
 }
 
-static void cpu_event_destroy(moe_backend *be, moe_event *ev) { free(ev); }
+static void cpu_event_destroy(moe_backend *be, moe_event *ev) {
+  if (ev == NULL) return;
+  /* a queued copy still refers to ev: let it finish first */
+  pthread_mutex_lock(&be->mu);
+  while (ev->completed < ev->issued) pthread_cond_wait(&be->cv, &be->mu);
+  pthread_mutex_unlock(&be->mu);
+  free(ev);
+}
 
-static moe_status cpu_copy_h2d_async(moe_backend *be, void *dst, const void *src, size_t bytes,
-                                     moe_event *ev, moe_error *err) {
-  if (bytes) memcpy(dst, src, bytes);
-  if (ev) ev->signalled = 1;
+static moe_status enqueue(moe_backend *be, copy_req r, moe_error *err) {
+  pthread_mutex_lock(&be->mu);
+  if (be->q_len == be->q_cap) {
+    copy_req *q = malloc(2 * be->q_cap * sizeof *q);
+    if (q == NULL) {
+      pthread_mutex_unlock(&be->mu);
+      return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: copy queue full and cannot grow");
+    }
+    for (size_t i = 0; i < be->q_len; i++) q[i] = be->queue[(be->q_head + i) % be->q_cap];
+    free(be->queue);
+    be->queue = q;
+    be->q_head = 0;
+    be->q_cap *= 2;
+  }
+  if (r.wait_ev) r.wait_target = r.wait_ev->issued;
+  be->queue[(be->q_head + be->q_len) % be->q_cap] = r;
+  be->q_len++;
+  if (r.ev) r.ev->issued++;
+  pthread_cond_broadcast(&be->cv);
+  pthread_mutex_unlock(&be->mu);
   return MOE_OK;
 }
 
+static moe_status cpu_copy_h2d_async(moe_backend *be, void *dst, const void *src, size_t bytes,
+                                     moe_event *ev, moe_error *err) {
+  return enqueue(be, (copy_req){dst, src, bytes, ev, NULL, 0}, err);
+}
+
+static moe_status cpu_copy_wait(moe_backend *be, moe_event *ev, moe_error *err) {
+  if (ev == NULL) return MOE_OK;
+  return enqueue(be, (copy_req){NULL, NULL, 0, NULL, ev, 0}, err);
+}
+
 static moe_status cpu_compute_wait(moe_backend *be, moe_event *ev, moe_error *err) {
-  if (ev && !ev->signalled)
-    return MOE_FAIL(err, MOE_ERR_INTERNAL, "cpu backend: wait on an event no copy will signal");
+  if (ev == NULL) return MOE_OK;
+  pthread_mutex_lock(&be->mu);
+  const unsigned long target = ev->issued;
+  while (ev->completed < target) pthread_cond_wait(&be->cv, &be->mu);
+  pthread_mutex_unlock(&be->mu);
+  return MOE_OK;
+}
+
+static int cpu_event_done(moe_backend *be, moe_event *ev) {
+  pthread_mutex_lock(&be->mu);
+  int done = ev == NULL || ev->completed >= ev->issued;
+  pthread_mutex_unlock(&be->mu);
+  return done;
+}
+
+/* Compute is synchronous here: everything issued has finished, so a
+ * recorded event is complete at once. */
+static moe_status cpu_compute_record(moe_backend *be, moe_event *ev, moe_error *err) {
   return MOE_OK;
 }
 
@@ -96,7 +257,12 @@ static moe_status cpu_copy(moe_backend *be, void *dst, const void *src, size_t b
   return MOE_OK;
 }
 
-static moe_status cpu_sync(moe_backend *be, moe_error *err) { return MOE_OK; }
+static moe_status cpu_sync(moe_backend *be, moe_error *err) {
+  pthread_mutex_lock(&be->mu);
+  while (be->q_len > 0 || be->busy) pthread_cond_wait(&be->cv, &be->mu);
+  pthread_mutex_unlock(&be->mu);
+  return MOE_OK;
+}
 
 /* ------------------------------------------------------------------ math */
 
@@ -361,7 +527,7 @@ const moe_backend_ops moe_cpu_backend = {
     .abi_version = MOE_BACKEND_ABI,
     .struct_size = sizeof(moe_backend_ops),
     .name = "cpu",
-    .summary = "reference backend: OpenBLAS gemm, plain C ops, host memory as device memory",
+    .summary = "reference backend: OpenBLAS gemm, plain C ops, emulated device (arena, copy thread, link cap)",
     .create = cpu_create,
     .destroy = cpu_destroy,
     .describe = cpu_describe,
@@ -374,6 +540,10 @@ const moe_backend_ops moe_cpu_backend = {
     .copy_h2d_async = cpu_copy_h2d_async,
     .compute_wait = cpu_compute_wait,
     .event_sync = cpu_compute_wait,
+    .compute_record = cpu_compute_record,
+    .copy_wait = cpu_copy_wait,
+    .event_done = cpu_event_done,
+    .device_capacity = cpu_capacity,
     .upload = cpu_copy,
     .download = cpu_copy,
     .synchronize = cpu_sync,

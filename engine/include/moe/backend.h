@@ -40,7 +40,9 @@ typedef struct moe_weight {
 typedef struct moe_backend_options {
   int threads;           /* math threads (cpu: OpenBLAS threads); 0 = default */
   int device_index;      /* cuda: which GPU */
-  double link_gbps;      /* cpu: cap on the emulated host-to-device link, 0 = none */
+  double link_gbps;      /* cpu: cap on the emulated host-to-device link in GB/s
+                            (1e9 bytes/s), 0 = none */
+  size_t device_budget;  /* device-memory budget in bytes, 0 = the device's capacity */
 } moe_backend_options;
 
 /* Attention over a KV cache.  n_seq sequences each bring n_new tokens at
@@ -84,6 +86,15 @@ typedef struct moe_backend_ops {
   /* Device-to-host copy after all prior compute; returns when done. */
   moe_status (*download)(moe_backend *be, void *dst, const void *src, size_t bytes, moe_error *err);
   moe_status (*synchronize)(moe_backend *be, moe_error *err);
+  /* Records ev on the compute stream: signalled once all compute issued so
+   * far has finished (the store uses it before a slot is overwritten). */
+  moe_status (*compute_record)(moe_backend *be, moe_event *ev, moe_error *err);
+  /* Later copies on the copy stream start after ev has been signalled. */
+  moe_status (*copy_wait)(moe_backend *be, moe_event *ev, moe_error *err);
+  /* Non-blocking: 1 when ev has been signalled (or never used), else 0. */
+  int (*event_done)(moe_backend *be, moe_event *ev);
+  /* Device memory capacity in bytes (the default budget). */
+  size_t (*device_capacity)(moe_backend *be);
 
   /* ---- math on the compute stream (all pointers device memory) */
   /* y[m, w.rows] = x[m, w.cols] . w^T (+ bias[w.rows] when bias.data). */
@@ -136,15 +147,54 @@ const moe_backend_ops *moe_backend_find(const char *name);
 /* Checks a table: ABI version, struct size, required methods present. */
 moe_status moe_backend_validate(const moe_backend_ops *ops, moe_error *err);
 
-/* A created backend: its table and instance, as the engine passes it around. */
+/* Categories of device memory, for accounting. */
+typedef enum moe_mem_category {
+  MOE_MEM_DENSE = 0,   /* non-expert weights */
+  MOE_MEM_EXPERTS,     /* expert slots */
+  MOE_MEM_KV,          /* KV cache */
+  MOE_MEM_ACTIVATIONS, /* activation buffers */
+  MOE_MEM_WORKSPACE,   /* index and scratch buffers */
+  MOE_MEM_CATEGORIES
+} moe_mem_category;
+
+/* "dense", "expert_slots", "kv_cache", "activations", "workspace". */
+const char *moe_mem_category_name(moe_mem_category c);
+
+typedef struct moe_mem_stats {
+  size_t budget;                          /* hard limit, bytes */
+  size_t current[MOE_MEM_CATEGORIES];
+  size_t peak[MOE_MEM_CATEGORIES];        /* each category's own peak */
+  size_t current_total;
+  size_t peak_total;                      /* peak of the sum */
+  size_t at_peak[MOE_MEM_CATEGORIES];     /* breakdown when peak_total was reached */
+  unsigned long allocations;
+} moe_mem_stats;
+
+/* A created backend: its table, instance and device-memory accounting.
+ * Every device allocation of the engine goes through moe_device_alloc. */
 typedef struct moe_device {
   const moe_backend_ops *ops;
   moe_backend *be;
+  moe_mem_stats mem;
+  struct moe_dev_alloc *allocs; /* live allocations (pointer, size, category) */
+  size_t n_allocs, cap_allocs;
 } moe_device;
 
-/* Validates ops and creates an instance. */
+/* Validates ops and creates an instance; the budget is opt->device_budget
+ * or, when 0, the device's capacity. */
 moe_status moe_device_open(moe_device *dev, const char *name, const moe_backend_options *opt,
                            moe_error *err);
+/* Frees any allocation still live, then the instance. */
 void moe_device_close(moe_device *dev);
+
+/* Allocates device memory under the budget.  Past the budget: MOE_ERR_OOM
+ * with bytes needed, bytes in use and the budget in the message; `what`
+ * names the buffer. */
+moe_status moe_device_alloc(moe_device *dev, moe_mem_category cat, size_t bytes, const char *what,
+                            void **ptr, moe_error *err);
+/* Frees ptr (NULL is a no-op). */
+void moe_device_free(moe_device *dev, void *ptr);
+/* Restarts the peak counters from the current usage. */
+void moe_device_reset_peak(moe_device *dev);
 
 #endif

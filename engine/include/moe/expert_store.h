@@ -1,12 +1,19 @@
-/* The expert store: where the engine gets an expert's weights.
+/* The expert store: device slots for experts, and the only way the MoE
+ * block reaches an expert's weights.
  *
- * The MoE block asks for expert e of layer l through moe_expert_store_get
- * and nothing else, so the residency policy can change without touching the
- * forward pass.  This version keeps every expert resident in device memory
- * (one slab, uploaded once at creation); device slots, fetch/evict and
- * policies build on the same call. */
+ * A fixed number of slots, each the size of one expert in its storage dtype,
+ * in one device allocation (category "expert_slots").  A residency map sends
+ * (layer, expert) to a slot.  Fetches are asynchronous copies on the
+ * backend's copy stream, each slot with a completion event.
+ *
+ * Correctness belongs here, not to the policy: moe_expert_store_acquire
+ * makes the expert resident if it is not (a demand fetch, counted as a
+ * miss), waits for its copy (time blocked is counted as stall), and keeps
+ * the slot from being overwritten until moe_expert_store_release. */
 #ifndef MOE_EXPERT_STORE_H
 #define MOE_EXPERT_STORE_H
+
+#include <stdbool.h>
 
 #include "moe/backend.h"
 #include "moe/model.h"
@@ -20,27 +27,55 @@ typedef struct moe_expert_weights {
 } moe_expert_weights;
 
 typedef struct moe_expert_stats {
-  unsigned long long fetches;     /* host-to-device expert copies */
-  unsigned long long bytes_h2d;   /* bytes those copies moved */
-  unsigned long long gets;        /* moe_expert_store_get calls */
+  unsigned long long fetches;   /* host-to-device expert copies issued */
+  unsigned long long bytes_h2d; /* bytes those copies moved */
+  unsigned long long misses;    /* fetches the engine had to make itself */
+  unsigned long long refused;   /* prefetches refused for want of a free slot */
+  unsigned long long evictions; /* residents dropped to make room */
+  unsigned long long gets;      /* acquire calls */
+  double stall_s;               /* compute time spent waiting on copies */
 } moe_expert_stats;
 
-/* Creates the store for model on dev and uploads every expert. */
+/* Creates a store with `slots` slots for model on dev (slots in 1 ..
+ * MoE layers x experts). */
 moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *model,
-                                   const moe_device *dev, moe_error *err);
+                                   moe_device *dev, int slots, moe_error *err);
 void moe_expert_store_free(moe_expert_store *s);
 
-/* Device views of expert `expert` of layer `layer` (an MoE layer).  Orders
- * later compute after the expert's copy.  MOE_ERR_INVALID for a layer that
- * has no MoE block or an expert out of range. */
-moe_status moe_expert_store_get(moe_expert_store *s, int layer, int expert,
-                                moe_expert_weights *out, moe_error *err);
+int moe_expert_store_slots(const moe_expert_store *s);
+
+/* Starts fetching (layer, expert) unless resident.  prefetch: may only
+ * evict experts the current block does not hold; returns 0 when no slot can
+ * be had.  Returns 1 when resident or on its way, -1 on a backend error
+ * (recorded in err). */
+int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool prefetch,
+                           moe_error *err);
+
+/* Marks the experts the block of `layer` needs: they are protected from
+ * prefetch eviction until released.  Clears every earlier hold. */
+void moe_expert_store_begin_block(moe_expert_store *s, int layer, const int *experts, int n);
+
+/* Device views of (layer, expert), resident and loaded, in use until
+ * release.  MOE_ERR_INVALID for a layer without an MoE block or an expert
+ * out of range. */
+moe_status moe_expert_store_acquire(moe_expert_store *s, int layer, int expert,
+                                    moe_expert_weights *out, moe_error *err);
+moe_status moe_expert_store_release(moe_expert_store *s, int layer, int expert, moe_error *err);
+
+/* Drops (layer, expert) unless held or in use.  Returns 1 when dropped. */
+int moe_expert_store_evict(moe_expert_store *s, int layer, int expert);
+int moe_expert_store_resident(const moe_expert_store *s, int layer, int expert);
+
+/* Checks the residency invariants (map and slots agree, no expert in two
+ * slots, counts consistent).  MOE_ERR_INTERNAL describing the first
+ * violation. */
+moe_status moe_expert_store_check(const moe_expert_store *s, moe_error *err);
 
 const moe_expert_stats *moe_expert_store_stats(const moe_expert_store *s);
+void moe_expert_store_reset_stats(moe_expert_store *s);
 
-/* How many times expert `expert` of layer `layer` was asked for (once per
- * MoE block execution in which it had tokens); 0 for a non-MoE layer. */
+/* How many times expert `expert` of layer `layer` was acquired; 0 for a
+ * layer without an MoE block. */
 unsigned long long moe_expert_store_uses(const moe_expert_store *s, int layer, int expert);
-size_t moe_expert_store_device_bytes(const moe_expert_store *s);
 
 #endif

@@ -26,6 +26,8 @@ typedef struct moe_synth_options {
   uint64_t seed;
   double routing_skew; /* 0: none; s > 0: per-layer router bias -s*ln(rank),
                           i.e. a Zipf(s) prior on expert popularity */
+  bool pregate;        /* also draw pre-gate weights, as a model fine-tuned
+                          for pre-gating would carry */
 } moe_synth_options;
 
 /* Builds a model from a configuration and a seed alone.  Same inputs give
@@ -64,13 +66,37 @@ moe_status moe_config_save(const moe_config *cfg, const char *path, moe_error *e
 /* ---------------------------------------------------------------- engine */
 
 typedef struct moe_engine moe_engine;
+struct moe_policy;
+
+/* How MoE blocks pick their experts.
+ * conventional: each block's router routes its own tokens.
+ * pregated: the pre-gate of MoE block N picks block N+1's experts and their
+ *   weights, and block N+1 uses exactly those (the paper's algorithm).  The
+ *   first MoE block routes itself.  The pre-gate is the checkpoint's
+ *   "<block>.pregate.weight" applied to block N's MoE input when present;
+ *   otherwise it is derived: block N+1's norm and router applied to block
+ *   N's output hidden state (an approximation for checkpoints that were
+ *   not fine-tuned for pre-gating). */
+typedef enum moe_routing { MOE_ROUTING_CONVENTIONAL = 0, MOE_ROUTING_PREGATED = 1 } moe_routing;
+
+/* "conventional" / "pregated"; parse returns -1 for an unknown name. */
+const char *moe_routing_name(moe_routing r);
+int moe_routing_parse(const char *s, moe_routing *out);
 
 typedef struct moe_engine_options {
   int max_batch;   /* sequences per forward */
   int max_seq;     /* prompt + generated tokens per sequence */
   int max_prefill; /* tokens per sequence in one forward call (default max_seq) */
   bool all_logits; /* keep logits of every position (tests), not only the last */
+  const struct moe_policy *policy; /* NULL: gpu-only */
+  moe_routing routing;
 } moe_engine_options;
+
+/* Device bytes the engine will allocate, by category, for model, options
+ * and a number of expert slots: the plan that measured peaks are checked
+ * against.  Computed from the same size table the engine allocates from. */
+void moe_engine_plan_memory(const moe_model *model, const moe_engine_options *opt, int slots,
+                            size_t bytes[MOE_MEM_CATEGORIES], size_t *total);
 
 typedef struct moe_gen_stats {
   double prefill_s;     /* wall time of the prefill forward, incl. first token */
@@ -80,6 +106,24 @@ typedef struct moe_gen_stats {
   double *step_s;       /* per decode step wall time (caller-owned, may be NULL) */
 } moe_gen_stats;
 
+/* Counters of the offload machinery since the last reset (engine creation
+ * or moe_engine_reset_stats); warm-up copies of the policy are excluded. */
+typedef struct moe_run_stats {
+  int slots;                         /* expert slots the policy planned */
+  unsigned long long fetches;        /* expert copies host-to-device */
+  unsigned long long bytes_h2d;      /* bytes they moved */
+  unsigned long long misses;         /* copies the engine made itself */
+  unsigned long long refused;        /* prefetches refused for want of a slot */
+  double stall_s;                    /* compute waiting on copies */
+  unsigned long long pregate_hits;   /* predicted (token, expert) pairs that the
+                                        block's own router also chose */
+  unsigned long long pregate_total;  /* (token, expert) pairs predicted */
+  unsigned long long warm_bytes;     /* bytes the policy's warm() moved */
+} moe_run_stats;
+
+/* Builds the engine: plans slots with the policy under the device budget,
+ * allocates every device buffer (MOE_ERR_OOM with the allocator's message
+ * when it does not fit), uploads dense weights, runs the policy's warm(). */
 moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev,
                              const moe_engine_options *opt, moe_error *err);
 void moe_engine_free(moe_engine *e);
@@ -98,7 +142,10 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
                                int max_new, int32_t *out, float *prefill_logits,
                                moe_gen_stats *stats, moe_error *err);
 
-/* The engine's expert store (for its statistics). */
+void moe_engine_stats(const moe_engine *e, moe_run_stats *out);
+void moe_engine_reset_stats(moe_engine *e);
+
+/* The engine's expert store (for its statistics and invariants). */
 struct moe_expert_store *moe_engine_store(moe_engine *e);
 
 /* Diagnostic: root mean square of the residual stream (before the final

@@ -1,0 +1,40 @@
+/* pregated: the pre-gate of block N names the experts block N+1 will use;
+ * they are copied in while block N computes (Pre-gated MoE, Hwang et al.,
+ * ISCA 2024).  Device slots: the current block's activated experts plus the
+ * next block's, 2 x min(E, batch x top_k).
+ *
+ * The first MoE block has no pre-gate before it: its experts are fetched
+ * when its router picks them.  With conventional routing a wrong prediction
+ * is fetched by the engine when needed (a miss); with pregated routing the
+ * prediction is the routing, so there are no misses. */
+#include "moe/policy.h"
+
+static moe_status pregated_plan(const moe_policy_env *env, moe_policy_plan *plan, moe_error *err) {
+  int active = env->max_batch * env->top_k;
+  if (active > env->n_experts) active = env->n_experts;
+  plan->slots = (env->n_moe_layers > 1 ? 2 : 1) * active;
+  return MOE_OK;
+}
+
+static moe_status pregated_needed(void *state, moe_policy_ctx *ctx, int layer, const int *experts,
+                                  int n, moe_error *err) {
+  if (ctx->next_moe_layer(ctx, -1) != layer) return MOE_OK; /* predicted earlier */
+  for (int i = 0; i < n; i++) ctx->fetch(ctx, layer, experts[i]);
+  return MOE_OK;
+}
+
+static moe_status pregated_predicted(void *state, moe_policy_ctx *ctx, int next_layer,
+                                     const int *experts, int n, moe_error *err) {
+  for (int i = 0; i < n; i++) ctx->fetch(ctx, next_layer, experts[i]);
+  return MOE_OK;
+}
+
+const moe_policy moe_policy_pregated = {
+    .abi_version = MOE_POLICY_ABI,
+    .struct_size = sizeof(moe_policy),
+    .name = "pregated",
+    .summary = "copy the experts block N's pre-gate picked for block N+1 while block N computes",
+    .plan = pregated_plan,
+    .experts_needed = pregated_needed,
+    .experts_predicted = pregated_predicted,
+};

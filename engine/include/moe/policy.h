@@ -1,0 +1,126 @@
+/* Offload policies: when experts move between host and device.
+ *
+ * A policy is a versioned const table of callbacks (moe_policy).  The engine
+ * calls it at fixed points of each forward pass; the policy answers by
+ * asking the engine, through the moe_policy_ctx it is handed, to fetch or
+ * evict experts.  Correctness never depends on a policy: before an expert's
+ * matmul the engine waits for its copy, and fetches it itself (a "miss")
+ * when the policy did not.  A policy can make a run slow, never wrong.
+ *
+ * Built-in policies live in baselines/, one file each, listed in one
+ * registry table.  Out-of-tree policies are shared objects exporting
+ *
+ *     const moe_policy *moe_policy_plugin(void);
+ *
+ * loaded with --policy-plugin PATH.  See docs/PLUGINS.md.
+ *
+ * Fields are only ever appended.  Callers check abi_version / struct_size
+ * before touching a field added later, and NULL before calling an optional
+ * method. */
+#ifndef MOE_POLICY_H
+#define MOE_POLICY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moe/status.h"
+
+#define MOE_POLICY_ABI 1
+#define MOE_POLICY_PLUGIN_SYMBOL "moe_policy_plugin"
+
+/* What a policy may know about the run when it plans. */
+typedef struct moe_policy_env {
+  int n_layers;          /* all decoder layers */
+  int n_moe_layers;      /* layers with an MoE block */
+  int n_experts;         /* experts per MoE block */
+  int top_k;             /* experts per token */
+  int max_batch;         /* sequences per decode step */
+  size_t expert_bytes;   /* one expert in its storage dtype */
+  size_t slot_budget;    /* device bytes left for expert slots after every
+                            other engine buffer; a plan may exceed it, the
+                            run then ends as OOM */
+} moe_policy_env;
+
+typedef struct moe_policy_plan {
+  int slots;             /* device expert slots, >= 1 */
+} moe_policy_plan;
+
+/* The engine's side, handed to every callback.  Function pointers, so a
+ * plugin needs only this header. */
+typedef struct moe_policy_ctx moe_policy_ctx;
+struct moe_policy_ctx {
+  void *engine; /* opaque */
+  /* Starts an asynchronous copy of (layer, expert) into a device slot
+   * unless it is resident or on its way.  Returns 1 when the expert is or
+   * will be resident, 0 when no slot could be freed for it (a prefetch never
+   * evicts an expert the current block still needs). */
+  int (*fetch)(moe_policy_ctx *ctx, int layer, int expert);
+  /* 1 when (layer, expert) holds a slot (loaded or loading). */
+  int (*resident)(moe_policy_ctx *ctx, int layer, int expert);
+  /* Drops (layer, expert) from its slot unless the current block needs it. */
+  void (*evict)(moe_policy_ctx *ctx, int layer, int expert);
+  /* The next layer with an MoE block after `layer`, or -1. */
+  int (*next_moe_layer)(moe_policy_ctx *ctx, int layer);
+  /* Experts per MoE block. */
+  int (*n_experts)(moe_policy_ctx *ctx);
+};
+
+typedef struct moe_policy {
+  uint32_t abi_version; /* MOE_POLICY_ABI when the table was built */
+  uint32_t struct_size; /* sizeof(moe_policy) when the table was built */
+  const char *name;     /* unique, [a-z0-9-] */
+  const char *summary;  /* one line */
+
+  /* Required: how many device slots this policy needs. */
+  moe_status (*plan)(const moe_policy_env *env, moe_policy_plan *plan, moe_error *err);
+
+  /* Optional: per-run state.  *state may stay NULL. */
+  moe_status (*create)(const moe_policy_env *env, void **state, moe_error *err);
+  void (*destroy)(void *state);
+
+  /* Optional: after the engine is built, before the first forward (e.g.
+   * load everything that should stay resident).  Copies made here are setup,
+   * not counted as run traffic. */
+  moe_status (*warm)(void *state, moe_policy_ctx *ctx, moe_error *err);
+
+  /* Optional: at the start of every layer (before attention). */
+  moe_status (*layer_begin)(void *state, moe_policy_ctx *ctx, int layer, moe_error *err);
+
+  /* Optional: the router of MoE layer `layer` has chosen these experts (each
+   * once, ascending); their matmuls follow. */
+  moe_status (*experts_needed)(void *state, moe_policy_ctx *ctx, int layer, const int *experts,
+                               int n, moe_error *err);
+
+  /* Optional: the pre-gate of the current MoE block predicts these experts
+   * for MoE layer `next_layer`. */
+  moe_status (*experts_predicted)(void *state, moe_policy_ctx *ctx, int next_layer,
+                                  const int *experts, int n, moe_error *err);
+
+  /* Optional: at the end of every layer. */
+  moe_status (*layer_end)(void *state, moe_policy_ctx *ctx, int layer, moe_error *err);
+} moe_policy;
+
+/* The built-in policies. */
+size_t moe_policy_count(void);
+const moe_policy *moe_policy_at(size_t i);
+const moe_policy *moe_policy_find(const char *name);
+
+/* Checks a table: version, size, name, required methods.  A wrong ABI
+ * version is refused with both numbers in the message. */
+moe_status moe_policy_validate(const moe_policy *p, moe_error *err);
+
+/* Validates the built-in registry (versions, methods, unique names). */
+moe_status moe_policy_registry_check(moe_error *err);
+
+/* A policy loaded from a shared object; keeps the library open. */
+typedef struct moe_policy_library {
+  void *handle;
+  const moe_policy *policy;
+} moe_policy_library;
+
+/* dlopen()s path, resolves moe_policy_plugin(), validates the table.
+ * Errors name the file. */
+moe_status moe_policy_plugin_load(moe_policy_library *pl, const char *path, moe_error *err);
+void moe_policy_plugin_close(moe_policy_library *pl);
+
+#endif

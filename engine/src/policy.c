@@ -1,0 +1,99 @@
+/* The registry of built-in policies, table validation and plugin loading. */
+#include "moe/policy.h"
+
+#include <ctype.h>
+#include <dlfcn.h>
+#include <string.h>
+
+extern const moe_policy moe_policy_gpu_only;
+extern const moe_policy moe_policy_ondemand;
+extern const moe_policy moe_policy_prefetch_all;
+extern const moe_policy moe_policy_pregated;
+
+static const moe_policy *const k_policies[] = {
+    &moe_policy_gpu_only,
+    &moe_policy_ondemand,
+    &moe_policy_prefetch_all,
+    &moe_policy_pregated,
+};
+
+size_t moe_policy_count(void) { return sizeof k_policies / sizeof k_policies[0]; }
+
+const moe_policy *moe_policy_at(size_t i) { return i < moe_policy_count() ? k_policies[i] : NULL; }
+
+const moe_policy *moe_policy_find(const char *name) {
+  for (size_t i = 0; i < moe_policy_count(); i++)
+    if (strcmp(k_policies[i]->name, name) == 0) return k_policies[i];
+  return NULL;
+}
+
+moe_status moe_policy_validate(const moe_policy *p, moe_error *err) {
+  if (p == NULL) return MOE_FAIL(err, MOE_ERR_INVALID, "policy table is NULL");
+  const char *name = p->name ? p->name : "?";
+  if (p->abi_version != MOE_POLICY_ABI)
+    return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
+                    "policy '%s' was built for policy ABI version %u; this engine speaks version %u",
+                    name, p->abi_version, MOE_POLICY_ABI);
+  if (p->struct_size < sizeof(moe_policy))
+    return MOE_FAIL(err, MOE_ERR_UNSUPPORTED, "policy '%s' table is %u bytes, expected %zu", name,
+                    p->struct_size, sizeof(moe_policy));
+  if (p->name == NULL || p->name[0] == '\0')
+    return MOE_FAIL(err, MOE_ERR_INVALID, "policy table has no name");
+  for (const char *c = p->name; *c; c++)
+    if (!(islower((unsigned char)*c) || isdigit((unsigned char)*c) || *c == '-'))
+      return MOE_FAIL(err, MOE_ERR_INVALID, "policy name '%s' may only use a-z, 0-9 and '-'", name);
+  if (p->summary == NULL)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s' has no summary", name);
+  if (p->plan == NULL)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s' lacks the required method 'plan'", name);
+  if (p->create != NULL && p->destroy == NULL)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s' has 'create' but no 'destroy'", name);
+  return MOE_OK;
+}
+
+moe_status moe_policy_registry_check(moe_error *err) {
+  for (size_t i = 0; i < moe_policy_count(); i++) {
+    moe_status st = moe_policy_validate(k_policies[i], err);
+    if (st != MOE_OK) return st;
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(k_policies[i]->name, k_policies[j]->name) == 0)
+        return MOE_FAIL(err, MOE_ERR_INTERNAL, "two built-in policies are named '%s'",
+                        k_policies[i]->name);
+  }
+  return MOE_OK;
+}
+
+moe_status moe_policy_plugin_load(moe_policy_library *pl, const char *path, moe_error *err) {
+  memset(pl, 0, sizeof *pl);
+  void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (h == NULL) return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot load policy plugin: %s", path, dlerror());
+  typedef const moe_policy *(*entry_fn)(void);
+  entry_fn entry;
+  void *sym = dlsym(h, MOE_POLICY_PLUGIN_SYMBOL);
+  if (sym == NULL) {
+    dlclose(h);
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: policy plugin does not export '%s'", path,
+                    MOE_POLICY_PLUGIN_SYMBOL);
+  }
+  memcpy(&entry, &sym, sizeof entry); /* object pointer to function pointer, POSIX-style */
+  const moe_policy *p = entry();
+  moe_error inner = {0};
+  moe_status st = moe_policy_validate(p, &inner);
+  if (st != MOE_OK) {
+    dlclose(h);
+    return MOE_FAIL(err, st, "%s: %s", path, inner.msg);
+  }
+  if (moe_policy_find(p->name) != NULL) {
+    dlclose(h);
+    return MOE_FAIL(err, MOE_ERR_INVALID, "%s: policy name '%s' is taken by a built-in policy", path,
+                    p->name);
+  }
+  pl->handle = h;
+  pl->policy = p;
+  return MOE_OK;
+}
+
+void moe_policy_plugin_close(moe_policy_library *pl) {
+  if (pl->handle) dlclose(pl->handle);
+  memset(pl, 0, sizeof *pl);
+}

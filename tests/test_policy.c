@@ -1,0 +1,324 @@
+/* Offload policies and the expert store: registry, plan vs measured peak
+ * bytes, bit-identical outputs across policies, residency invariants, OOM,
+ * plugins (loading, ABI refusal), and correctness under a useless policy. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe/expert_store.h"
+#include "moe/model.h"
+#include "moe/policy.h"
+#include "moe/rng.h"
+#include "testutil.h"
+
+/* 4 layers, MoE in 0, 1, 3; 8 experts, top-2: more experts than most
+ * policies' slots, so slots are reused within and across blocks. */
+static moe_config cfg(void) {
+  moe_config c;
+  memset(&c, 0, sizeof c);
+  c.arch = MOE_ARCH_QWEN2_MOE;
+  c.hidden = 32;
+  c.n_layers = 4;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 8;
+  c.vocab = 40;
+  c.max_pos = 64;
+  c.n_experts = 8;
+  c.top_k = 2;
+  c.expert_ffn = 24;
+  c.dense_ffn = 40;
+  c.shared_ffn = 16;
+  c.qkv_bias = true;
+  c.rms_eps = 1e-6f;
+  c.rope_theta = 10000.0f;
+  c.is_moe[0] = c.is_moe[1] = c.is_moe[3] = true;
+  return c;
+}
+
+static moe_model *g_model, *g_model_pg;
+static moe_device g_dev;
+
+static void setup(void) {
+  moe_config c = cfg();
+  moe_error err = {0};
+  moe_synth_options o = {MOE_F32, 77, 0.5, false};
+  ck_assert_msg(moe_model_synthetic(&g_model, &c, &o, &err) == MOE_OK, "%s", err.msg);
+  o.pregate = true;
+  ck_assert_msg(moe_model_synthetic(&g_model_pg, &c, &o, &err) == MOE_OK, "%s", err.msg);
+  ck_assert(moe_device_open(&g_dev, "cpu", NULL, &err) == MOE_OK);
+}
+
+static void teardown(void) {
+  moe_device_close(&g_dev);
+  moe_model_free(g_model);
+  moe_model_free(g_model_pg);
+}
+
+enum { B = 2, P = 7, N = 9 };
+
+typedef struct run_out {
+  float logits[B * P * 40];
+  int32_t tokens[B * N];
+  moe_run_stats stats;
+  size_t peak, planned;
+  int slots;
+} run_out;
+
+/* Generates on a fresh device so peaks are the run's own. */
+static moe_status run(moe_model *m, const moe_policy *pol, moe_routing routing, size_t budget,
+                      run_out *out, moe_error *err) {
+  moe_device dev;
+  moe_backend_options bo = {.device_budget = budget};
+  moe_status st = moe_device_open(&dev, "cpu", &bo, err);
+  if (st != MOE_OK) return st;
+  moe_engine *e = NULL;
+  moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .all_logits = true, .policy = pol,
+                           .routing = routing};
+  st = moe_engine_create(&e, m, &dev, &eo, err);
+  if (st == MOE_OK) {
+    int32_t ids[B * P];
+    moe_rng r;
+    moe_rng_seed(&r, 5, 0);
+    for (int i = 0; i < B * P; i++) ids[i] = (int32_t)(moe_rng_next(&r) % 40);
+    st = moe_engine_generate(e, ids, B, P, N, out->tokens, out->logits, NULL, err);
+    moe_engine_stats(e, &out->stats);
+    out->slots = out->stats.slots;
+    size_t by_cat[MOE_MEM_CATEGORIES];
+    moe_engine_plan_memory(m, &eo, out->slots, by_cat, &out->planned);
+    out->peak = dev.mem.peak_total;
+    if (st == MOE_OK) st = moe_expert_store_check(moe_engine_store(e), err);
+  }
+  moe_engine_free(e);
+  moe_device_close(&dev);
+  return st;
+}
+
+START_TEST(registry_is_valid) {
+  moe_error err = {0};
+  ck_assert_msg(moe_policy_registry_check(&err) == MOE_OK, "%s", err.msg);
+  ck_assert_uint_eq(moe_policy_count(), 4);
+  const char *names[] = {"gpu-only", "ondemand", "prefetch-all", "pregated"};
+  for (int i = 0; i < 4; i++) ck_assert_ptr_nonnull(moe_policy_find(names[i]));
+  ck_assert_ptr_null(moe_policy_find("lru-cache"));
+  moe_policy bad = *moe_policy_find("ondemand");
+  bad.plan = NULL;
+  ck_assert_int_eq(moe_policy_validate(&bad, &err), MOE_ERR_INVALID);
+  ck_assert_ptr_nonnull(strstr(err.msg, "plan"));
+}
+END_TEST
+
+/* Every policy's slots follow its definition, and the allocator's measured
+ * peak equals the plan computed for those slots, byte for byte. */
+START_TEST(plan_equals_measured_peak) {
+  const int E = 8, n_moe = 3, active = B * 2; /* batch x top_k */
+  const struct {
+    const char *name;
+    int slots;
+  } want[] = {{"gpu-only", n_moe * E}, {"ondemand", active}, {"prefetch-all", 2 * E},
+              {"pregated", 2 * active}};
+  for (int i = 0; i < 4; i++) {
+    run_out *o = calloc(1, sizeof *o);
+    moe_error err = {0};
+    ck_assert_msg(run(g_model, moe_policy_find(want[i].name), MOE_ROUTING_CONVENTIONAL, 0, o, &err) ==
+                      MOE_OK, "%s: %s", want[i].name, err.msg);
+    ck_assert_int_eq(o->slots, want[i].slots);
+    ck_assert_msg(o->peak == o->planned, "%s: measured peak %zu, plan %zu", want[i].name, o->peak,
+                  o->planned);
+    free(o);
+  }
+}
+END_TEST
+
+/* Same backend, same inputs: ondemand, prefetch-all and pregated (with
+ * conventional routing) give bit-identical logits and tokens to gpu-only. */
+START_TEST(policies_are_bit_identical) {
+  run_out *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o);
+  moe_error err = {0};
+  ck_assert(run(g_model, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, 0, ref, &err) == MOE_OK);
+  ck_assert_uint_eq(ref->stats.fetches, 0); /* everything was loaded in warm-up */
+  ck_assert_uint_gt(ref->stats.warm_bytes, 0);
+  const char *names[] = {"ondemand", "prefetch-all", "pregated"};
+  for (int i = 0; i < 3; i++) {
+    ck_assert_msg(run(g_model, moe_policy_find(names[i]), MOE_ROUTING_CONVENTIONAL, 0, o, &err) ==
+                      MOE_OK, "%s: %s", names[i], err.msg);
+    ck_assert_msg(memcmp(o->logits, ref->logits, sizeof o->logits) == 0, "%s: logits differ", names[i]);
+    ck_assert_msg(memcmp(o->tokens, ref->tokens, sizeof o->tokens) == 0, "%s: tokens differ", names[i]);
+    ck_assert_uint_gt(o->stats.fetches, 0);
+    ck_assert_uint_eq(o->stats.bytes_h2d, o->stats.fetches * moe_model_expert_bytes(g_model));
+  }
+  /* prefetch-all moves more bytes than ondemand */
+  run_out *od = calloc(1, sizeof *od);
+  ck_assert(run(g_model, moe_policy_find("ondemand"), MOE_ROUTING_CONVENTIONAL, 0, od, &err) == MOE_OK);
+  ck_assert(run(g_model, moe_policy_find("prefetch-all"), MOE_ROUTING_CONVENTIONAL, 0, o, &err) == MOE_OK);
+  ck_assert_uint_gt(o->stats.bytes_h2d, od->stats.bytes_h2d);
+  free(od);
+  free(ref);
+  free(o);
+}
+END_TEST
+
+/* Pregated routing: the pre-gate's choice is the routing, so with enough
+ * slots nothing is fetched late; the hit rate against each block's own
+ * router is measured, never assumed to be 1. */
+START_TEST(pregated_routing) {
+  moe_model *models[] = {g_model, g_model_pg}; /* derived pre-gate, checkpoint pre-gate */
+  for (int i = 0; i < 2; i++) {
+    run_out *o = calloc(1, sizeof *o), *o2 = calloc(1, sizeof *o2);
+    moe_error err = {0};
+    ck_assert_msg(run(models[i], moe_policy_find("pregated"), MOE_ROUTING_PREGATED, 0, o, &err) ==
+                      MOE_OK, "%s", err.msg);
+    ck_assert_uint_gt(o->stats.pregate_total, 0);
+    ck_assert_uint_le(o->stats.pregate_hits, o->stats.pregate_total);
+    /* same routing under another policy: same bits */
+    ck_assert(run(models[i], moe_policy_find("ondemand"), MOE_ROUTING_PREGATED, 0, o2, &err) == MOE_OK);
+    ck_assert_int_eq(memcmp(o->logits, o2->logits, sizeof o->logits), 0);
+    ck_assert_int_eq(memcmp(o->tokens, o2->tokens, sizeof o->tokens), 0);
+    free(o);
+    free(o2);
+  }
+  /* a random pre-gate is a poor predictor of the routers: the hit rate shows it */
+  run_out *o = calloc(1, sizeof *o);
+  moe_error err = {0};
+  ck_assert(run(g_model_pg, moe_policy_find("pregated"), MOE_ROUTING_CONVENTIONAL, 0, o, &err) == MOE_OK);
+  ck_assert_uint_lt(o->stats.pregate_hits, o->stats.pregate_total);
+  ck_assert_uint_gt(o->stats.misses, 0); /* its wrong guesses were fetched late */
+  free(o);
+}
+END_TEST
+
+START_TEST(oom_is_a_clear_result) {
+  run_out *o = calloc(1, sizeof *o);
+  moe_error err = {0};
+  size_t by_cat[MOE_MEM_CATEGORIES], gpu_only_total, pregated_total;
+  moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .all_logits = true};
+  moe_engine_plan_memory(g_model, &eo, 24, by_cat, &gpu_only_total);
+  moe_engine_plan_memory(g_model, &eo, 8, by_cat, &pregated_total);
+  size_t budget = (gpu_only_total + pregated_total) / 2;
+  ck_assert_int_eq(run(g_model, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, budget, o, &err),
+                   MOE_ERR_OOM);
+  ck_assert_msg(strstr(err.msg, "expert slots") && strstr(err.msg, "need") &&
+                    strstr(err.msg, "in use") && strstr(err.msg, "budget"),
+                "%s", err.msg);
+  moe_error_clear(&err);
+  ck_assert_msg(run(g_model, moe_policy_find("pregated"), MOE_ROUTING_CONVENTIONAL, budget, o, &err) ==
+                    MOE_OK, "%s", err.msg);
+  ck_assert_uint_le(o->peak, budget);
+  free(o);
+}
+END_TEST
+
+START_TEST(plugins_load_and_refuse) {
+  moe_policy_library pl;
+  moe_error err = {0};
+  ck_assert_msg(moe_policy_plugin_load(&pl, PLUGIN_LRU, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_str_eq(pl.policy->name, "lru-cache");
+  run_out *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o), *od = calloc(1, sizeof *od);
+  ck_assert(run(g_model, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, 0, ref, &err) == MOE_OK);
+  ck_assert(run(g_model, moe_policy_find("ondemand"), MOE_ROUTING_CONVENTIONAL, 0, od, &err) == MOE_OK);
+  /* a budget with room for 12 of the 24 experts */
+  size_t by_cat[MOE_MEM_CATEGORIES], total;
+  moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .all_logits = true};
+  moe_engine_plan_memory(g_model, &eo, 12, by_cat, &total);
+  ck_assert_msg(run(g_model, pl.policy, MOE_ROUTING_CONVENTIONAL, total, o, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(o->slots, 12);
+  ck_assert_int_eq(memcmp(o->logits, ref->logits, sizeof o->logits), 0);
+  ck_assert_int_eq(memcmp(o->tokens, ref->tokens, sizeof o->tokens), 0);
+  ck_assert_uint_lt(o->stats.fetches, od->stats.fetches); /* the cache hits */
+  moe_policy_plugin_close(&pl);
+
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_policy_plugin_load(&pl, PLUGIN_BAD_ABI, &err), MOE_ERR_UNSUPPORTED);
+  ck_assert_msg(strstr(err.msg, "999") && strstr(err.msg, "version 1"), "%s", err.msg);
+  ck_assert_ptr_null(pl.handle);
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_policy_plugin_load(&pl, PLUGIN_NO_SYMBOL, &err), MOE_ERR_FORMAT);
+  ck_assert_ptr_nonnull(strstr(err.msg, MOE_POLICY_PLUGIN_SYMBOL));
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_policy_plugin_load(&pl, "/nonexistent/policy.so", &err), MOE_ERR_IO);
+  ck_assert_ptr_nonnull(strstr(err.msg, "/nonexistent/policy.so"));
+  free(ref);
+  free(o);
+  free(od);
+}
+END_TEST
+
+/* A useless policy (one slot, wrong prefetches) makes the run slow, never
+ * wrong: outputs match gpu-only bit for bit, every expert use is a miss. */
+START_TEST(useless_policy_is_still_correct) {
+  moe_policy_library pl;
+  moe_error err = {0};
+  ck_assert_msg(moe_policy_plugin_load(&pl, PLUGIN_USELESS, &err) == MOE_OK, "%s", err.msg);
+  run_out *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o);
+  ck_assert(run(g_model, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, 0, ref, &err) == MOE_OK);
+  ck_assert_msg(run(g_model, pl.policy, MOE_ROUTING_CONVENTIONAL, 0, o, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(o->slots, 1);
+  ck_assert_int_eq(memcmp(o->logits, ref->logits, sizeof o->logits), 0);
+  ck_assert_int_eq(memcmp(o->tokens, ref->tokens, sizeof o->tokens), 0);
+  ck_assert_uint_gt(o->stats.misses, 0);
+  ck_assert_uint_eq(o->peak, o->planned);
+  free(ref);
+  free(o);
+  moe_policy_plugin_close(&pl);
+}
+END_TEST
+
+/* The store's own contract, driven directly. */
+START_TEST(store_residency) {
+  moe_expert_store *s = NULL;
+  moe_error err = {0};
+  ck_assert(moe_expert_store_create(&s, g_model, &g_dev, 3, &err) == MOE_OK);
+  ck_assert_int_eq(moe_expert_store_fetch(s, 0, 1, true, &err), 1);
+  ck_assert_int_eq(moe_expert_store_fetch(s, 0, 2, true, &err), 1);
+  ck_assert_int_eq(moe_expert_store_fetch(s, 1, 5, true, &err), 1);
+  ck_assert(moe_expert_store_check(s, &err) == MOE_OK);
+  /* all three held by this round of prefetches: a fourth is refused */
+  ck_assert_int_eq(moe_expert_store_fetch(s, 3, 0, true, &err), 0);
+  /* a new block needing (0, 2) frees the others for prefetch */
+  int need[1] = {2};
+  moe_expert_store_begin_block(s, 0, need, 1);
+  ck_assert_int_eq(moe_expert_store_fetch(s, 3, 0, true, &err), 1);
+  ck_assert(moe_expert_store_resident(s, 0, 2));
+  ck_assert(moe_expert_store_resident(s, 3, 0));
+  /* held experts are not evicted on request; others are */
+  ck_assert_int_eq(moe_expert_store_evict(s, 0, 2), 0);
+  moe_expert_weights w;
+  ck_assert(moe_expert_store_acquire(s, 0, 2, &w, &err) == MOE_OK);
+  ck_assert_uint_eq(w.gate.rows, 24);
+  ck_assert_uint_eq(w.down.rows, 32);
+  ck_assert(moe_expert_store_release(s, 0, 2, &err) == MOE_OK);
+  ck_assert_int_eq(moe_expert_store_evict(s, 0, 2), 1);
+  ck_assert(!moe_expert_store_resident(s, 0, 2));
+  /* a miss: acquire of a non-resident expert fetches it */
+  unsigned long long misses = moe_expert_store_stats(s)->misses;
+  ck_assert(moe_expert_store_acquire(s, 1, 7, &w, &err) == MOE_OK);
+  ck_assert_uint_eq(moe_expert_store_stats(s)->misses, misses + 1);
+  ck_assert(moe_expert_store_release(s, 1, 7, &err) == MOE_OK);
+  ck_assert(moe_expert_store_check(s, &err) == MOE_OK);
+  /* bad requests */
+  ck_assert_int_eq(moe_expert_store_acquire(s, 2, 0, &w, &err), MOE_ERR_INVALID); /* dense layer */
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_expert_store_release(s, 0, 1, &err), MOE_ERR_INTERNAL);
+  moe_expert_store_free(s);
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_expert_store_create(&s, g_model, &g_dev, 0, &err), MOE_ERR_INVALID);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("policy");
+  TCase *tc = tcase_create("offload");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, registry_is_valid);
+  tcase_add_test(tc, plan_equals_measured_peak);
+  tcase_add_test(tc, policies_are_bit_identical);
+  tcase_add_test(tc, pregated_routing);
+  tcase_add_test(tc, oom_is_a_clear_result);
+  tcase_add_test(tc, plugins_load_and_refuse);
+  tcase_add_test(tc, useless_policy_is_still_correct);
+  tcase_add_test(tc, store_residency);
+  suite_add_tcase(s, tc);
+  return tu_run_suite(s);
+}
