@@ -20,6 +20,7 @@
 
 int cmd_generate(int argc, char **argv);
 int cmd_bench_ops(int argc, char **argv);
+int cmd_bench_policies(int argc, char **argv);
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -30,6 +31,7 @@ static void usage(FILE *f) {
           "commands:\n"
           "  generate    prefill prompts and greedy-decode (model dir or preset)\n"
           "  bench-ops   benchmark: gemm path overhead, batch-1 decode bandwidth\n"
+          "  bench-policies  benchmark: offload policies side by side on one model\n"
           "  list        list backends, model presets or policies\n"
           "\n"
           "Run 'moebench COMMAND --help' for a command's options.\n");
@@ -113,6 +115,7 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
   if (strcmp(cmd, "bench-ops") == 0) return cmd_bench_ops(argc - 1, argv + 1);
+  if (strcmp(cmd, "bench-policies") == 0) return cmd_bench_policies(argc - 1, argv + 1);
   if (strcmp(cmd, "list") == 0) return cmd_list(argc - 1, argv + 1);
   cli_error("unknown command '%s' (run 'moebench --help' for the list)", cmd);
   return 2;

@@ -178,7 +178,8 @@ START_TEST(pregated_routing) {
     free(o);
     free(o2);
   }
-  /* a random pre-gate is a poor predictor of the routers: the hit rate shows it */
+  /* the synthetic pre-gate is a perturbed copy of the next router: a good but
+   * imperfect predictor, and the hit rate shows it */
   run_out *o = calloc(1, sizeof *o);
   moe_error err = {0};
   ck_assert(run(g_model_pg, moe_policy_find("pregated"), MOE_ROUTING_CONVENTIONAL, 0, o, &err) == MOE_OK);

@@ -545,12 +545,18 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
   double t0 = now_s();
   MOE_TRY(moe_engine_forward(e, prompts, n_seq, prompt_len, 0, logits, err));
   if (prefill_logits) memcpy(prefill_logits, logits, rows * (size_t)V * sizeof(float));
+  float *keep = stats ? stats->step_logits : NULL;
   for (int b = 0; b < n_seq; b++) {
     size_t r = e->opt.all_logits ? (size_t)b * (size_t)prompt_len + (size_t)prompt_len - 1 : (size_t)b;
     next[b] = moe_argmax(logits + r * (size_t)V, V);
     out[(size_t)b * (size_t)max_new] = next[b];
+    if (keep) memcpy(keep + (size_t)b * (size_t)V, logits + r * (size_t)V, (size_t)V * sizeof(float));
   }
   double t1 = now_s();
+  if (stats && e->store) {
+    stats->prefill_bytes_h2d = moe_expert_store_stats(e->store)->bytes_h2d;
+    stats->prefill_stall_s = moe_expert_store_stats(e->store)->stall_s;
+  }
   for (int step = 1; step < max_new; step++) {
     double ts = now_s();
     MOE_TRY(moe_engine_forward(e, next, n_seq, 1, prompt_len + step - 1, logits, err));
@@ -558,6 +564,9 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
       next[b] = moe_argmax(logits + (size_t)b * (size_t)V, V);
       out[(size_t)b * (size_t)max_new + (size_t)step] = next[b];
     }
+    if (keep)
+      memcpy(keep + (size_t)step * (size_t)n_seq * (size_t)V, logits,
+             (size_t)n_seq * (size_t)V * sizeof(float));
     if (stats && stats->step_s) stats->step_s[step - 1] = now_s() - ts;
   }
   double t2 = now_s();

@@ -274,6 +274,26 @@ moe_status moe_model_synthetic(moe_model **out, const moe_config *cfg,
     s->present = true;
   }
   free(buf);
+  /* A synthetic pre-gate stands for one fine-tuned to predict the next
+   * block's routing: it starts as the next MoE block's router (applied one
+   * block early), plus the seeded perturbation drawn above at 1/4 scale, so
+   * predictions are good but not perfect. */
+  for (size_t i = 0; opt->pregate && i < m->n_specs; i++) {
+    moe_tensor_spec *s = &m->specs[i];
+    if (s->role != ROLE_PREGATE || !s->present) continue;
+    int next = s->layer + 1;
+    while (next < cfg->n_layers && !cfg->is_moe[next]) next++;
+    const moe_tensor_spec *r = moe_model_spec(m, next, ROLE_ROUTER);
+    MOE_CHECK(r != NULL, err, MOE_ERR_INTERNAL, "no router for the pre-gate of layer %d", s->layer);
+    const size_t n = s->rows * s->cols;
+    float a, b;
+    for (size_t j = 0; j < n; j++) {
+      moe_convert_to_f32(&a, spec_ptr(m, s) + j * moe_dtype_size(m->dtype), m->dtype, 1);
+      moe_convert_to_f32(&b, spec_ptr(m, r) + j * moe_dtype_size(m->dtype), m->dtype, 1);
+      a = b + 0.25f * a;
+      moe_convert_from_f32(spec_ptr(m, s) + j * moe_dtype_size(m->dtype), m->dtype, &a, 1);
+    }
+  }
   *out = m;
   return MOE_OK;
 cleanup:

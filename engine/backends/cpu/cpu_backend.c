@@ -17,11 +17,15 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "moe/backend.h"
 
@@ -89,6 +93,34 @@ static void sleep_until(double t) {
 
 #define COPY_CHUNK ((size_t)1 << 20) /* pacing granularity of a capped link */
 
+/* The emulated link writes "device" memory with streaming stores where the
+ * CPU has them: a DMA engine does not pull the destination into the cache,
+ * and an ordinary memcpy would (reading every destination line before
+ * writing it), stealing a third more memory bandwidth from compute than a
+ * real copy engine does. */
+static void link_copy(void *dst, const void *src, size_t n) {
+#if defined(__SSE2__)
+  if ((((uintptr_t)dst | (uintptr_t)src) & 15) == 0) {
+    __m128i *d = dst;
+    const __m128i *s = src;
+    size_t blocks = n / 64;
+    for (size_t i = 0; i < blocks; i++, d += 4, s += 4) {
+      __m128i a = _mm_load_si128(s), b = _mm_load_si128(s + 1), c = _mm_load_si128(s + 2),
+              e = _mm_load_si128(s + 3);
+      _mm_stream_si128(d, a);
+      _mm_stream_si128(d + 1, b);
+      _mm_stream_si128(d + 2, c);
+      _mm_stream_si128(d + 3, e);
+    }
+    _mm_sfence();
+    size_t done = blocks * 64;
+    if (done < n) memcpy((char *)dst + done, (const char *)src + done, n - done);
+    return;
+  }
+#endif
+  memcpy(dst, src, n);
+}
+
 static void *copier_main(void *arg) {
   moe_backend *be = arg;
   pthread_mutex_lock(&be->mu);
@@ -106,7 +138,7 @@ static void *copier_main(void *arg) {
       double start = now_s();
       for (size_t off = 0; off < r.bytes; off += COPY_CHUNK) {
         size_t c = r.bytes - off < COPY_CHUNK ? r.bytes - off : COPY_CHUNK;
-        memcpy((char *)r.dst + off, (const char *)r.src + off, c);
+        link_copy((char *)r.dst + off, (const char *)r.src + off, c);
         if (be->link_bps > 0) sleep_until(start + (double)(off + c) / be->link_bps);
       }
       pthread_mutex_lock(&be->mu);

@@ -104,6 +104,10 @@ typedef struct moe_gen_stats {
   double total_s;
   int generated;        /* tokens per sequence */
   double *step_s;       /* per decode step wall time (caller-owned, may be NULL) */
+  float *step_logits;   /* caller-owned, may be NULL: [max_new][n_seq][vocab], the
+                           logits each generated token was chosen from */
+  unsigned long long prefill_bytes_h2d; /* expert bytes copied during prefill */
+  double prefill_stall_s;               /* stall during prefill */
 } moe_gen_stats;
 
 /* Counters of the offload machinery since the last reset (engine creation

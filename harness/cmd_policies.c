@@ -1,0 +1,230 @@
+/* moebench bench-policies: the offload policies side by side on one model,
+ * repetitions interleaved (policy A, B, C, D, then again), medians. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "runner.h"
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Measured time of one expert copy over the backend's (capped) link. */
+static double measure_expert_copy(const char *backend, double link_gbps, size_t bytes) {
+  moe_device dev;
+  moe_error err = {0};
+  moe_backend_options bo = {.link_gbps = link_gbps};
+  if (moe_device_open(&dev, backend, &bo, &err) != MOE_OK) return NAN;
+  void *src = NULL, *dst = NULL;
+  moe_event *ev = NULL;
+  double t[5] = {NAN, NAN, NAN, NAN, NAN};
+  if (dev.ops->host_alloc(dev.be, bytes, &src, &err) == MOE_OK &&
+      dev.ops->device_alloc(dev.be, bytes, &dst, &err) == MOE_OK &&
+      dev.ops->event_create(dev.be, &ev, &err) == MOE_OK) {
+    memset(src, 1, bytes);
+    for (int i = 0; i < 5; i++) {
+      double t0 = now_s();
+      dev.ops->copy_h2d_async(dev.be, dst, src, bytes, ev, &err);
+      dev.ops->event_sync(dev.be, ev, &err);
+      t[i] = now_s() - t0;
+    }
+  }
+  if (ev) dev.ops->event_destroy(dev.be, ev);
+  if (dst) dev.ops->device_free(dev.be, dst);
+  if (src) dev.ops->host_free(dev.be, src);
+  moe_device_close(&dev);
+  return runner_median(t, 5);
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: moebench bench-policies --preset NAME [options]\n\n"
+          "Runs the offload policies side by side on one synthetic model (repetitions\n"
+          "interleaved, medians) and prints throughput, decode time per token, peak\n"
+          "device bytes, copies, stalls and parity against gpu-only, then the ratios the\n"
+          "paper reports.  All times are measured wall clock on this machine.\n\n"
+          "  --preset NAME        model preset (workloads/models)\n"
+          "  --policies LIST      comma-separated (default gpu-only,ondemand,prefetch-all,pregated)\n"
+          "  --batch B            sequences (default 1)\n"
+          "  --prompt-len N       prompt tokens (default 64)\n"
+          "  --gen-len N          generated tokens (default 64)\n"
+          "  --reps N             measured repetitions per policy (default 3)\n"
+          "  --link-gbps X        cap on the host-to-device link (cpu backend; default none)\n"
+          "  --device-mem SIZE    device-memory budget (default: capacity)\n"
+          "  --threads N          math threads (default 1)\n"
+          "  -h, --help           this text\n");
+}
+
+int cmd_bench_policies(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"preset", required_argument, 0, 'p'},   {"policies", required_argument, 0, 'P'},
+      {"batch", required_argument, 0, 'b'},    {"prompt-len", required_argument, 0, 'l'},
+      {"gen-len", required_argument, 0, 'g'},  {"reps", required_argument, 0, 'r'},
+      {"link-gbps", required_argument, 0, 'L'}, {"device-mem", required_argument, 0, 'm'},
+      {"threads", required_argument, 0, 't'},  {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  const char *preset = NULL, *plist = "gpu-only,ondemand,prefetch-all,pregated";
+  long batch = 1, plen = 64, glen = 64, reps = 3, threads = 1;
+  double link = 0;
+  size_t devmem = 0;
+  optind = 1;
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    bool ok = true;
+    switch (c) {
+      case 'p': preset = optarg; break;
+      case 'P': plist = optarg; break;
+      case 'b': ok = cli_parse_int(optarg, 1, 4096, &batch); break;
+      case 'l': ok = cli_parse_int(optarg, 1, 1 << 16, &plen); break;
+      case 'g': ok = cli_parse_int(optarg, 2, 1 << 16, &glen); break;
+      case 'r': ok = cli_parse_int(optarg, 1, 100, &reps); break;
+      case 'L': ok = cli_parse_double(optarg, &link) && link >= 0; break;
+      case 'm': ok = cli_parse_bytes(optarg, &devmem) && devmem > 0; break;
+      case 't': ok = cli_parse_int(optarg, 1, 1024, &threads); break;
+      case 'h': usage(stdout); return 0;
+      default:
+        cli_error("bench-policies: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
+        return 2;
+    }
+    if (!ok) {
+      cli_error("bench-policies: invalid value '%s'", optarg);
+      return 2;
+    }
+  }
+  if (preset == NULL || optind < argc) {
+    cli_error("bench-policies: --preset is required and takes no positional arguments");
+    return 2;
+  }
+  const moe_policy *pol[8];
+  int np = 0;
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s", plist);
+  for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+    if (np == 8 || (pol[np] = moe_policy_find(tok)) == NULL) {
+      cli_error("bench-policies: unknown policy '%s' (see 'moebench list policies')", tok);
+      return 2;
+    }
+    np++;
+  }
+  cli_preset p;
+  moe_error err = {0};
+  moe_model *m = NULL;
+  if (cli_preset_load(&p, preset, &err) != MOE_OK) return cli_fail(&err);
+  moe_synth_options so = cli_preset_synth(&p);
+  if (moe_model_synthetic(&m, &p.cfg, &so, &err) != MOE_OK) return cli_fail(&err);
+  const moe_config *cfg = moe_model_config(m);
+
+  run_result *res = calloc((size_t)np * (size_t)reps, sizeof *res);
+  for (int r = 0; r < reps; r++)
+    for (int i = 0; i < np; i++) {
+      run_spec sp = {m, pol[i],
+                     strcmp(pol[i]->name, "pregated") == 0 ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL,
+                     "cpu", (int)threads, link, devmem, (int)batch, (int)plen, (int)glen, 1,
+                     r == reps - 1};
+      run_result *o = &res[r * np + i];
+      runner_run(&sp, o);
+      fprintf(stderr, "rep %d/%ld %-13s %s\n", r + 1, reps, pol[i]->name,
+              o->status == MOE_OK ? "ok" : o->error);
+    }
+  /* medians per policy */
+  double tps[8], tpt[8], total[8];
+  const run_result *last[8];
+  for (int i = 0; i < np; i++) {
+    double a[100], b[100], t[100];
+    for (int r = 0; r < reps; r++) {
+      a[r] = res[r * np + i].tokens_per_s;
+      b[r] = res[r * np + i].decode_s / (double)(glen - 1);
+      t[r] = res[r * np + i].total_s;
+    }
+    tps[i] = runner_median(a, (int)reps);
+    tpt[i] = runner_median(b, (int)reps);
+    total[i] = runner_median(t, (int)reps);
+    last[i] = &res[(reps - 1) * np + i];
+  }
+  int ref = -1;
+  for (int i = 0; i < np; i++)
+    if (strcmp(pol[i]->name, "gpu-only") == 0) ref = i;
+  printf("## %s: batch %ld, prompt %ld, generated %ld, %s, link %s\n", preset, batch, plen, glen,
+         moe_dtype_name(moe_model_dtype(m)), link > 0 ? "capped" : "uncapped");
+  printf("device: %s; medians of %ld interleaved repetitions (measured, wall clock)\n\n",
+         last[0]->device, reps);
+  printf("| policy | routing | tokens/s | total s | decode ms/token | peak device MB | expert slots "
+         "| copied MB (decode) | fetches | misses | stall s (decode) | pre-gate hit | token match | max logit diff |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (int i = 0; i < np; i++) {
+    const run_result *o = last[i];
+    if (o->status != MOE_OK) {
+      printf("| %s | - | %s | | | | | | | | | | | |\n", pol[i]->name,
+             o->status == MOE_ERR_OOM ? "OOM" : "error");
+      continue;
+    }
+    double match = NAN, diff = NAN;
+    if (ref >= 0)
+      runner_parity(last[ref], o, (int)batch, (int)glen, cfg->vocab, &match, &diff);
+    char hit[32] = "-";
+    if (o->stats.pregate_total)
+      snprintf(hit, sizeof hit, "%.3f", (double)o->stats.pregate_hits / (double)o->stats.pregate_total);
+    printf("| %s | %s | %.2f | %.3f | %.2f | %.1f | %d | %.1f | %llu | %llu | %.3f | %s | %.3f | %.3g |\n",
+           pol[i]->name, strcmp(pol[i]->name, "pregated") == 0 ? "pregated" : "conventional",
+           tps[i], total[i], tpt[i] * 1e3, (double)o->peak_bytes / 1e6, o->stats.slots,
+           (double)(o->stats.bytes_h2d - o->prefill_bytes_h2d) / 1e6, o->stats.fetches,
+           o->stats.misses, o->stats.stall_s - o->prefill_stall_s, hit, match, diff);
+  }
+  /* the paper's comparisons and this machine's regime */
+  int go = -1, od = -1, pf = -1, pg = -1;
+  for (int i = 0; i < np; i++) {
+    const char *n = pol[i]->name;
+    if (last[i]->status != MOE_OK) continue;
+    if (!strcmp(n, "gpu-only")) go = i;
+    if (!strcmp(n, "ondemand")) od = i;
+    if (!strcmp(n, "prefetch-all")) pf = i;
+    if (!strcmp(n, "pregated")) pg = i;
+  }
+  printf("\n");
+  size_t eb = moe_model_expert_bytes(m);
+  double copy_s = measure_expert_copy("cpu", link, eb);
+  printf("one expert: %.1f MB, copy over this link %.2f ms (measured)\n", (double)eb / 1e6, copy_s * 1e3);
+  if (go >= 0) {
+    int n_moe = moe_config_n_moe_layers(cfg);
+    printf("gpu-only decode: %.2f ms/token = %.2f ms per MoE block and the layers up to the next "
+           "(measured); copy/compute ratio per block %.2f\n",
+           tpt[go] * 1e3, tpt[go] * 1e3 / n_moe, copy_s / (tpt[go] / n_moe));
+  }
+  if (go >= 0 && od >= 0 && pg >= 0) {
+    double hidden = (tpt[od] - tpt[pg]) / (tpt[od] - tpt[go]);
+    printf("copy time hidden by pregated, (T_ondemand - T_pregated) / (T_ondemand - T_gpu_only), "
+           "decode per token: %.2f\n", hidden);
+    printf("pregated vs ondemand: %.2fx tokens/s, %.2fx decode speed; paper: 1.5x avg\n",
+           tps[pg] / tps[od], tpt[od] / tpt[pg]);
+    printf("pregated vs gpu-only: %.0f%% of tokens/s, %.0f%% of peak device memory; paper: 81%%, 23%%\n",
+           100 * tps[pg] / tps[go], 100.0 * (double)last[pg]->peak_bytes / (double)last[go]->peak_bytes);
+  }
+  if (pf >= 0 && pg >= 0) {
+    bool slowest = true;
+    for (int i = 0; i < np; i++)
+      if (i != pf && last[i]->status == MOE_OK && tps[i] < tps[pf]) slowest = false;
+    printf("pregated vs prefetch-all: %.1fx tokens/s; paper: 27x avg (prefetch-all %s)\n",
+           tps[pg] / tps[pf], slowest ? "slowest" : "not slowest");
+  }
+  if (go >= 0 && pg >= 0 && link > 0) {
+    double copy_per_token = (double)(last[pg]->stats.bytes_h2d - last[pg]->prefill_bytes_h2d) /
+                            (double)(glen - 1) / (link * 1e9);
+    double floor = fmax(tpt[go], copy_per_token);
+    printf("pregated floor max(T_gpu_only %.2f ms, T_copy %.2f ms at the link cap) = %.2f ms; "
+           "pregated %.2f ms = %.2fx the floor (%s-bound regime)\n",
+           tpt[go] * 1e3, copy_per_token * 1e3, floor * 1e3, tpt[pg] * 1e3, tpt[pg] / floor,
+           copy_per_token > tpt[go] ? "copy" : "compute");
+  }
+  for (int i = 0; i < np * reps; i++) run_result_free(&res[i]);
+  free(res);
+  moe_model_free(m);
+  return 0;
+}

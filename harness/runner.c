@@ -1,0 +1,118 @@
+/* One measured generation run. */
+#include "runner.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe/rng.h"
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+double runner_percentile(double *v, int n, double p) {
+  if (n <= 0) return NAN;
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  /* nearest-rank on the sorted samples */
+  int k = (int)ceil(p / 100.0 * n);
+  if (k < 1) k = 1;
+  if (k > n) k = n;
+  return v[k - 1];
+}
+
+double runner_median(double *v, int n) {
+  if (n <= 0) return NAN;
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void run_result_free(run_result *r) {
+  free(r->tokens);
+  free(r->step_logits);
+  r->tokens = NULL;
+  r->step_logits = NULL;
+}
+
+void runner_run(const run_spec *sp, run_result *out) {
+  memset(out, 0, sizeof *out);
+  moe_error err = {0};
+  moe_device dev = {0};
+  moe_engine *e = NULL;
+  int32_t *prompts = NULL;
+  double *steps = NULL;
+  const moe_config *c = moe_model_config(sp->model);
+  const size_t B = (size_t)sp->batch, G = (size_t)sp->gen_len;
+  moe_backend_options bo = {.threads = sp->threads, .link_gbps = sp->link_gbps,
+                            .device_budget = sp->device_mem};
+  if (moe_device_open(&dev, sp->backend, &bo, &err) != MOE_OK) goto done;
+  snprintf(out->device, sizeof out->device, "%s", dev.ops->describe(dev.be));
+  moe_engine_options eo = {.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
+                           .policy = sp->policy, .routing = sp->routing};
+  if (moe_engine_create(&e, sp->model, &dev, &eo, &err) != MOE_OK) goto done;
+  moe_run_stats rs;
+  moe_engine_stats(e, &rs);
+  size_t by_cat[MOE_MEM_CATEGORIES];
+  moe_engine_plan_memory(sp->model, &eo, rs.slots, by_cat, &out->planned_bytes);
+  prompts = malloc(B * (size_t)sp->prompt_len * sizeof *prompts);
+  out->tokens = malloc(B * G * sizeof *out->tokens);
+  steps = calloc(G > 1 ? G - 1 : 1, sizeof *steps);
+  if (sp->keep_logits) out->step_logits = malloc(G * B * (size_t)c->vocab * sizeof(float));
+  if (!prompts || !out->tokens || !steps || (sp->keep_logits && !out->step_logits)) {
+    MOE_FAIL(&err, MOE_ERR_OOM, "out of host memory for the run's buffers");
+    goto done;
+  }
+  /* seeded random prompt ids, as the paper's workloads */
+  moe_rng r;
+  moe_rng_seed(&r, sp->prompt_seed, 0);
+  for (size_t i = 0; i < B * (size_t)sp->prompt_len; i++)
+    prompts[i] = (int32_t)(moe_rng_next(&r) % (uint64_t)c->vocab);
+  moe_gen_stats gs = {.step_s = steps, .step_logits = out->step_logits};
+  if (moe_engine_generate(e, prompts, sp->batch, sp->prompt_len, sp->gen_len, out->tokens, NULL,
+                          &gs, &err) != MOE_OK)
+    goto done;
+  moe_engine_stats(e, &out->stats);
+  out->total_s = gs.total_s;
+  out->prefill_s = gs.prefill_s;
+  out->decode_s = gs.decode_s;
+  out->prefill_bytes_h2d = gs.prefill_bytes_h2d;
+  out->prefill_stall_s = gs.prefill_stall_s;
+  out->tokens_per_s = (double)(B * G) / gs.total_s;
+  int n = (int)G - 1;
+  if (n > 0) {
+    out->step_p50_s = runner_percentile(steps, n, 50);
+    out->step_p90_s = runner_percentile(steps, n, 90);
+    out->step_p99_s = runner_percentile(steps, n, 99);
+  }
+  out->peak_bytes = dev.mem.peak_total;
+  memcpy(out->peak_by_cat, dev.mem.at_peak, sizeof out->peak_by_cat);
+done:
+  out->status = err.status;
+  if (err.status != MOE_OK) {
+    moe_error_text(&err, out->error, sizeof out->error);
+    out->peak_bytes = dev.mem.peak_total;
+  }
+  moe_engine_free(e);
+  moe_device_close(&dev);
+  free(prompts);
+  free(steps);
+}
+
+void runner_parity(const run_result *ref, const run_result *r, int batch, int gen_len, int vocab,
+                   double *token_match, double *max_logit_diff) {
+  *token_match = NAN;
+  *max_logit_diff = NAN;
+  if (ref->status != MOE_OK || r->status != MOE_OK || !ref->tokens || !r->tokens) return;
+  size_t n = (size_t)batch * (size_t)gen_len, same = 0;
+  for (size_t i = 0; i < n; i++) same += ref->tokens[i] == r->tokens[i];
+  *token_match = (double)same / (double)n;
+  if (!ref->step_logits || !r->step_logits) return;
+  double d = 0;
+  for (size_t i = 0; i < n * (size_t)vocab; i++) {
+    double x = fabs((double)ref->step_logits[i] - (double)r->step_logits[i]);
+    if (x > d || isnan(x)) d = x;
+  }
+  *max_logit_diff = d;
+}

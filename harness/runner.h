@@ -1,0 +1,58 @@
+/* One measured generation run: the unit every benchmark of the harness is
+ * built from.  A run opens its own device (so peaks are its own), builds an
+ * engine for one policy, generates from seeded random prompts and collects
+ * measured figures; failures (OOM included) are results, not crashes. */
+#ifndef MOEBENCH_RUNNER_H
+#define MOEBENCH_RUNNER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "moe/model.h"
+#include "moe/policy.h"
+
+typedef struct run_spec {
+  moe_model *model;             /* built once, shared by runs */
+  const moe_policy *policy;
+  moe_routing routing;
+  const char *backend;
+  int threads;
+  double link_gbps;
+  size_t device_mem;            /* 0: device capacity */
+  int batch, prompt_len, gen_len;
+  uint64_t prompt_seed;
+  bool keep_logits;             /* keep every step's logits, for parity */
+} run_spec;
+
+typedef struct run_result {
+  moe_status status;            /* MOE_OK, MOE_ERR_OOM, ... */
+  char error[640];              /* one line when status != MOE_OK */
+  double total_s, prefill_s, decode_s;
+  double tokens_per_s;          /* generated tokens (all sequences) / total_s */
+  unsigned long long prefill_bytes_h2d;
+  double prefill_stall_s;
+  double step_p50_s, step_p90_s, step_p99_s;
+  size_t peak_bytes;
+  size_t peak_by_cat[MOE_MEM_CATEGORIES]; /* breakdown at the peak */
+  size_t planned_bytes;
+  moe_run_stats stats;
+  int32_t *tokens;              /* [batch][gen_len] */
+  float *step_logits;           /* [gen_len][batch][vocab] when keep_logits */
+  char device[128];
+} run_result;
+
+/* Runs spec once; returns MOE_OK when the run could be attempted (the
+ * run's own outcome is in out->status). */
+void runner_run(const run_spec *spec, run_result *out);
+void run_result_free(run_result *r);
+
+/* Parity of r against ref (same inputs): share of generated tokens equal
+ * position by position, and the largest |logit difference| over all steps
+ * (NAN when either lacks logits). */
+void runner_parity(const run_result *ref, const run_result *r, int batch, int gen_len, int vocab,
+                   double *token_match, double *max_logit_diff);
+
+double runner_median(double *v, int n);
+double runner_percentile(double *v, int n, double p);
+
+#endif
