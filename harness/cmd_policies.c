@@ -125,10 +125,20 @@ int cmd_bench_policies(int argc, char **argv) {
   run_result *res = calloc((size_t)np * (size_t)reps, sizeof *res);
   for (int r = 0; r < reps; r++)
     for (int i = 0; i < np; i++) {
-      run_spec sp = {m, pol[i],
-                     strcmp(pol[i]->name, "pregated") == 0 ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL,
-                     "cpu", (int)threads, link, devmem, (int)batch, (int)plen, (int)glen, 1,
-                     r == reps - 1};
+      run_spec sp = {.model = m,
+                     .policy = pol[i],
+                     .routing = strcmp(pol[i]->name, "pregated") == 0 ? MOE_ROUTING_PREGATED
+                                                                      : MOE_ROUTING_CONVENTIONAL,
+                     .backend = "cpu",
+                     .threads = (int)threads,
+                     .link_gbps = link,
+                     .device_mem = devmem,
+                     .batch = (int)batch,
+                     .prompt_len = (int)plen,
+                     .gen_len = (int)glen,
+                     .prompt_seed = 1,
+                     .requests = 1,
+                     .keep_logits = r == reps - 1};
       run_result *o = &res[r * np + i];
       runner_run(&sp, o);
       fprintf(stderr, "rep %d/%ld %-13s %s\n", r + 1, reps, pol[i]->name,

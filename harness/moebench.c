@@ -14,6 +14,7 @@
 #include "moe/cuda.h"
 #include "moe/policy.h"
 #include "moe/version.h"
+#include "suite.h"
 
 #include <dirent.h>
 #include <stdlib.h>
@@ -21,6 +22,10 @@
 int cmd_generate(int argc, char **argv);
 int cmd_bench_ops(int argc, char **argv);
 int cmd_bench_policies(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_sweep(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -29,10 +34,14 @@ static void usage(FILE *f) {
           "Run Mixture-of-Experts models under expert-offload policies and measure them.\n"
           "\n"
           "commands:\n"
+          "  run         measure one configuration (model preset, policy, workload flags)\n"
+          "  sweep       run every configuration of a suite; CSV + JSON results\n"
+          "  compare     compare two result files; exit 1 on a regression\n"
+          "  report      markdown table (and plots) of a result file\n"
           "  generate    prefill prompts and greedy-decode (model dir or preset)\n"
           "  bench-ops   benchmark: gemm path overhead, batch-1 decode bandwidth\n"
           "  bench-policies  benchmark: offload policies side by side on one model\n"
-          "  list        list backends, model presets or policies\n"
+          "  list        list backends, models, policies, suites or workloads\n"
           "\n"
           "Run 'moebench COMMAND --help' for a command's options.\n");
 }
@@ -41,10 +50,12 @@ static int cmd_list(int argc, char **argv) {
   const char *what = argc > 1 ? argv[1] : "";
   if (strcmp(what, "--help") == 0 || strcmp(what, "-h") == 0 || argc != 2) {
     fprintf(argc == 2 ? stdout : stderr,
-            "usage: moebench list backends|models|policies\n\n"
+            "usage: moebench list backends|models|policies|suites|workloads\n\n"
             "  backends  compiled-in backends and whether their device is present\n"
             "  policies  built-in offload policies\n"
-            "  models    model presets in the presets directory ($MOE_MODELS_DIR)\n");
+            "  models    model presets in the presets directory ($MOE_MODELS_DIR)\n"
+            "  suites    benchmark suites ($MOE_SUITES_DIR)\n"
+            "  workloads workload profiles ($MOE_PROFILES_DIR)\n");
     return argc == 2 ? 0 : 2;
   }
   if (strcmp(what, "backends") == 0) {
@@ -94,7 +105,44 @@ static int cmd_list(int argc, char **argv) {
     free(names);
     return rc;
   }
-  cli_error("list: unknown category '%s' (expected backends, models or policies)", what);
+  if (strcmp(what, "suites") == 0 || strcmp(what, "workloads") == 0) {
+    bool suites = what[0] == 's';
+    const char *dir = suites ? suite_dir() : suite_profiles_dir();
+    struct dirent **names = NULL;
+    int n = scandir(dir, &names, NULL, alphasort);
+    if (n < 0) {
+      cli_error("%s: cannot list", dir);
+      return 1;
+    }
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+      const char *nm = names[i]->d_name;
+      size_t len = strlen(nm);
+      if (len > 5 && strcmp(nm + len - 5, ".json") == 0) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, nm);
+        moe_error err = {0};
+        if (suites) {
+          suite *s = calloc(1, sizeof *s);
+          if (s && suite_load(s, path, &err) == MOE_OK)
+            printf("%-16s %s\n", s->name, s->description);
+          else
+            rc = cli_fail(&err);
+          free(s);
+        } else {
+          workload w;
+          if (workload_load(&w, path, &err) == MOE_OK)
+            printf("%-20s %s\n", w.name, w.description);
+          else
+            rc = cli_fail(&err);
+        }
+      }
+      free(names[i]);
+    }
+    free(names);
+    return rc;
+  }
+  cli_error("list: unknown category '%s' (expected backends, models, policies, suites or workloads)", what);
   return 2;
 }
 
@@ -116,6 +164,10 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
   if (strcmp(cmd, "bench-ops") == 0) return cmd_bench_ops(argc - 1, argv + 1);
   if (strcmp(cmd, "bench-policies") == 0) return cmd_bench_policies(argc - 1, argv + 1);
+  if (strcmp(cmd, "run") == 0) return cmd_run(argc - 1, argv + 1);
+  if (strcmp(cmd, "sweep") == 0) return cmd_sweep(argc - 1, argv + 1);
+  if (strcmp(cmd, "compare") == 0) return cmd_compare(argc - 1, argv + 1);
+  if (strcmp(cmd, "report") == 0) return cmd_report(argc - 1, argv + 1);
   if (strcmp(cmd, "list") == 0) return cmd_list(argc - 1, argv + 1);
   cli_error("unknown command '%s' (run 'moebench --help' for the list)", cmd);
   return 2;

@@ -56,31 +56,51 @@ void runner_run(const run_spec *sp, run_result *out) {
   moe_engine_stats(e, &rs);
   size_t by_cat[MOE_MEM_CATEGORIES];
   moe_engine_plan_memory(sp->model, &eo, rs.slots, by_cat, &out->planned_bytes);
+  const int R = sp->requests > 0 ? sp->requests : 1;
   prompts = malloc(B * (size_t)sp->prompt_len * sizeof *prompts);
   out->tokens = malloc(B * G * sizeof *out->tokens);
-  steps = calloc(G > 1 ? G - 1 : 1, sizeof *steps);
+  int32_t *scratch_tokens = malloc(B * G * sizeof *scratch_tokens);
+  const size_t n_steps = (size_t)R * (G > 1 ? G - 1 : 1);
+  steps = calloc(n_steps, sizeof *steps);
   if (sp->keep_logits) out->step_logits = malloc(G * B * (size_t)c->vocab * sizeof(float));
-  if (!prompts || !out->tokens || !steps || (sp->keep_logits && !out->step_logits)) {
+  if (!prompts || !out->tokens || !scratch_tokens || !steps ||
+      (sp->keep_logits && !out->step_logits)) {
+    free(scratch_tokens);
     MOE_FAIL(&err, MOE_ERR_OOM, "out of host memory for the run's buffers");
     goto done;
   }
-  /* seeded random prompt ids, as the paper's workloads */
-  moe_rng r;
-  moe_rng_seed(&r, sp->prompt_seed, 0);
-  for (size_t i = 0; i < B * (size_t)sp->prompt_len; i++)
-    prompts[i] = (int32_t)(moe_rng_next(&r) % (uint64_t)c->vocab);
-  moe_gen_stats gs = {.step_s = steps, .step_logits = out->step_logits};
-  if (moe_engine_generate(e, prompts, sp->batch, sp->prompt_len, sp->gen_len, out->tokens, NULL,
-                          &gs, &err) != MOE_OK)
-    goto done;
+  for (int q = 0; q < R; q++) {
+    if (sp->prompts && sp->n_prompts > 0) {
+      for (size_t b = 0; b < B; b++)
+        memcpy(prompts + b * (size_t)sp->prompt_len,
+               sp->prompts + ((size_t)q * B + b) % (size_t)sp->n_prompts * (size_t)sp->prompt_len,
+               (size_t)sp->prompt_len * sizeof *prompts);
+    } else {
+      /* seeded random prompt ids, as the paper's workloads */
+      moe_rng r;
+      moe_rng_seed(&r, sp->prompt_seed + (uint64_t)q, 0);
+      for (size_t i = 0; i < B * (size_t)sp->prompt_len; i++)
+        prompts[i] = (int32_t)(moe_rng_next(&r) % (uint64_t)c->vocab);
+    }
+    moe_gen_stats gs = {.step_s = steps + (size_t)q * (G > 1 ? G - 1 : 1),
+                        .step_logits = q == 0 ? out->step_logits : NULL};
+    if (moe_engine_generate(e, prompts, sp->batch, sp->prompt_len, sp->gen_len,
+                            q == 0 ? out->tokens : scratch_tokens, NULL, &gs, &err) != MOE_OK) {
+      free(scratch_tokens);
+      goto done;
+    }
+    out->total_s += gs.total_s;
+    out->decode_s += gs.decode_s;
+    if (q == 0) {
+      out->prefill_s = gs.prefill_s;
+      out->prefill_bytes_h2d = gs.prefill_bytes_h2d;
+      out->prefill_stall_s = gs.prefill_stall_s;
+    }
+  }
+  free(scratch_tokens);
   moe_engine_stats(e, &out->stats);
-  out->total_s = gs.total_s;
-  out->prefill_s = gs.prefill_s;
-  out->decode_s = gs.decode_s;
-  out->prefill_bytes_h2d = gs.prefill_bytes_h2d;
-  out->prefill_stall_s = gs.prefill_stall_s;
-  out->tokens_per_s = (double)(B * G) / gs.total_s;
-  int n = (int)G - 1;
+  out->tokens_per_s = (double)(B * G * (size_t)R) / out->total_s;
+  int n = (int)(G > 1 ? n_steps : 0);
   if (n > 0) {
     out->step_p50_s = runner_percentile(steps, n, 50);
     out->step_p90_s = runner_percentile(steps, n, 90);

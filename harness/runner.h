@@ -20,15 +20,19 @@ typedef struct run_spec {
   double link_gbps;
   size_t device_mem;            /* 0: device capacity */
   int batch, prompt_len, gen_len;
-  uint64_t prompt_seed;
-  bool keep_logits;             /* keep every step's logits, for parity */
+  uint64_t prompt_seed;         /* random prompts: request r uses seed + r */
+  const int32_t *prompts;       /* or ids from a file: n_prompts x prompt_len, cycled */
+  int n_prompts;
+  int requests;                 /* generate calls, each a new batch of prompts (>= 1) */
+  bool keep_logits;             /* keep every step's logits (first request), for parity */
 } run_spec;
 
 typedef struct run_result {
   moe_status status;            /* MOE_OK, MOE_ERR_OOM, ... */
   char error[640];              /* one line when status != MOE_OK */
-  double total_s, prefill_s, decode_s;
-  double tokens_per_s;          /* generated tokens (all sequences) / total_s */
+  double total_s, prefill_s, decode_s; /* summed over requests; prefill_s is the
+                                          first request's (time to first token) */
+  double tokens_per_s;          /* generated tokens (all sequences, requests) / total_s */
   unsigned long long prefill_bytes_h2d;
   double prefill_stall_s;
   double step_p50_s, step_p90_s, step_p99_s;
@@ -36,8 +40,8 @@ typedef struct run_result {
   size_t peak_by_cat[MOE_MEM_CATEGORIES]; /* breakdown at the peak */
   size_t planned_bytes;
   moe_run_stats stats;
-  int32_t *tokens;              /* [batch][gen_len] */
-  float *step_logits;           /* [gen_len][batch][vocab] when keep_logits */
+  int32_t *tokens;              /* [batch][gen_len], first request */
+  float *step_logits;           /* [gen_len][batch][vocab] when keep_logits, first request */
   char device[128];
 } run_result;
 

@@ -1,0 +1,319 @@
+/* Result tables: CSV with libcsv, JSON with jansson, atomic writes. */
+#include "results.h"
+
+#include <csv.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const res_column res_columns[] = {
+    {"schema_version", RES_TEXT, 0, false, "result schema, major.minor"},
+    {"model", RES_KEY, 0, false, "model preset name"},
+    {"workload", RES_KEY, 0, false, "workload name"},
+    {"policy", RES_KEY, 0, false, "offload policy"},
+    {"routing", RES_KEY, 0, false, "conventional or pregated"},
+    {"backend", RES_KEY, 0, false, "cpu or cuda"},
+    {"device_mem_budget_bytes", RES_KEY, 0, true, "device-memory budget; 0 = device capacity"},
+    {"batch", RES_KEY, 0, true, "sequences per step"},
+    {"prompt_len", RES_TEXT, 0, true, "prompt tokens per sequence"},
+    {"gen_len", RES_TEXT, 0, true, "generated tokens per sequence"},
+    {"requests", RES_TEXT, 0, true, "generate calls per repetition"},
+    {"link_gbps", RES_TEXT, 0, false, "host-to-device link cap, GB/s (0 = none)"},
+    {"repetitions", RES_TEXT, 0, true, "measured repetitions (warm-up excluded)"},
+    {"status", RES_DETERMINISTIC, 0, false, "ok, OOM or error"},
+    {"error", RES_TEXT, 0, false, "one-line error when status is not ok"},
+    {"tokens_per_s", RES_MEASURED, +1, false, "generated tokens / end-to-end time, median"},
+    {"tokens_per_s_min", RES_MEASURED, +1, false, "minimum over repetitions"},
+    {"tokens_per_s_max", RES_MEASURED, +1, false, "maximum over repetitions"},
+    {"ttft_s", RES_MEASURED, -1, false, "time to first token (prefill + first token), median"},
+    {"token_latency_p50_s", RES_MEASURED, -1, false, "per-token decode latency, 50th percentile"},
+    {"token_latency_p90_s", RES_MEASURED, -1, false, "per-token decode latency, 90th percentile"},
+    {"token_latency_p99_s", RES_MEASURED, -1, false, "per-token decode latency, 99th percentile"},
+    {"e2e_s", RES_MEASURED, -1, false, "end-to-end time of all requests, median"},
+    {"stall_s", RES_MEASURED, -1, false, "compute time waiting on expert copies, median"},
+    {"peak_device_bytes", RES_DETERMINISTIC, -1, true, "peak device bytes (allocator)"},
+    {"peak_dense_bytes", RES_DETERMINISTIC, -1, true, "at the peak: dense weights"},
+    {"peak_expert_slots_bytes", RES_DETERMINISTIC, -1, true, "at the peak: expert slots"},
+    {"peak_kv_cache_bytes", RES_DETERMINISTIC, -1, true, "at the peak: KV cache"},
+    {"peak_activations_bytes", RES_DETERMINISTIC, -1, true, "at the peak: activations"},
+    {"peak_workspace_bytes", RES_DETERMINISTIC, -1, true, "at the peak: workspace"},
+    {"planned_device_bytes", RES_DETERMINISTIC, -1, true, "the engine's plan for the policy's slots"},
+    {"expert_slots", RES_DETERMINISTIC, 0, true, "device expert slots the policy planned"},
+    {"h2d_bytes", RES_DETERMINISTIC, -1, true, "expert bytes copied host-to-device per repetition"},
+    {"expert_fetches", RES_DETERMINISTIC, -1, true, "expert copies per repetition"},
+    {"expert_misses", RES_DETERMINISTIC, -1, true, "copies the engine made itself per repetition"},
+    {"pregate_hit_rate", RES_DETERMINISTIC, +1, false, "predicted (token, expert) pairs the block's router also chose"},
+    {"token_match_rate", RES_DETERMINISTIC, +1, false, "generated tokens equal to gpu-only's, same inputs"},
+    {"max_logit_diff", RES_DETERMINISTIC, -1, false, "max |logit - gpu-only logit| over all steps"},
+};
+const size_t res_ncols = sizeof res_columns / sizeof res_columns[0];
+
+int res_col(const char *name) {
+  for (size_t i = 0; i < res_ncols; i++)
+    if (strcmp(res_columns[i].name, name) == 0) return (int)i;
+  return -1;
+}
+
+void res_table_init(res_table *t) { memset(t, 0, sizeof *t); }
+
+void res_table_free(res_table *t) {
+  for (size_t i = 0; i < t->n; i++) {
+    for (size_t c = 0; c < res_ncols; c++) free(t->rows[i].v[c]);
+    free(t->rows[i].v);
+  }
+  free(t->rows);
+  memset(t, 0, sizeof *t);
+}
+
+res_row *res_table_add(res_table *t) {
+  if (t->n == t->cap) {
+    size_t cap = t->cap ? 2 * t->cap : 16;
+    res_row *r = realloc(t->rows, cap * sizeof *r);
+    if (r == NULL) return NULL;
+    t->rows = r;
+    t->cap = cap;
+  }
+  res_row *r = &t->rows[t->n];
+  r->v = calloc(res_ncols, sizeof *r->v);
+  if (r->v == NULL) return NULL;
+  for (size_t c = 0; c < res_ncols; c++) r->v[c] = strdup("");
+  t->n++;
+  res_set(r, "schema_version", RES_SCHEMA_VERSION);
+  return r;
+}
+
+void res_set(res_row *r, const char *col, const char *value) {
+  int c = res_col(col);
+  if (c < 0) return;
+  char *d = strdup(value ? value : "");
+  if (d == NULL) return;
+  free(r->v[c]);
+  r->v[c] = d;
+}
+
+void res_setf(res_row *r, const char *col, const char *fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  res_set(r, col, buf);
+}
+
+const char *res_get(const res_row *r, const char *col) {
+  int c = res_col(col);
+  return c < 0 ? "" : r->v[c];
+}
+
+void res_key(const res_row *r, char *buf, size_t cap) {
+  size_t n = 0;
+  buf[0] = '\0';
+  for (size_t c = 0; c < res_ncols; c++) {
+    if (res_columns[c].kind != RES_KEY) continue;
+    int w = snprintf(buf + n, n < cap ? cap - n : 0, "%s%s", n ? "|" : "", r->v[c]);
+    if (w > 0) n += (size_t)w;
+  }
+}
+
+long res_find(const res_table *t, const res_row *like) {
+  char a[1024], b[1024];
+  res_key(like, a, sizeof a);
+  for (size_t i = 0; i < t->n; i++) {
+    res_key(&t->rows[i], b, sizeof b);
+    if (strcmp(a, b) == 0) return (long)i;
+  }
+  return -1;
+}
+
+/* ------------------------------------------------------------ CSV */
+
+typedef struct csv_ctx {
+  res_table *t;
+  const char *path;
+  moe_error *err;
+  moe_status st;
+  int map[128];       /* file column -> our column, -1 unknown */
+  size_t ncol_file;
+  size_t field;
+  long line;
+  bool header_done;
+  char *fields[128];
+} csv_ctx;
+
+static void on_field(void *data, size_t len, void *ctx_) {
+  csv_ctx *c = ctx_;
+  if (c->st != MOE_OK) return;
+  if (c->field >= 128) {
+    c->st = MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s:%ld: too many fields", c->path, c->line);
+    return;
+  }
+  char *s = malloc(len + 1);
+  if (s == NULL) {
+    c->st = MOE_FAIL(c->err, MOE_ERR_OOM, "out of host memory reading %s", c->path);
+    return;
+  }
+  if (len) memcpy(s, data, len);
+  s[len] = '\0';
+  c->fields[c->field++] = s;
+}
+
+static void on_row(int term, void *ctx_) {
+  csv_ctx *c = ctx_;
+  c->line++;
+  if (c->st == MOE_OK) {
+    if (!c->header_done) {
+      c->ncol_file = c->field;
+      for (size_t i = 0; i < c->field; i++) c->map[i] = res_col(c->fields[i]);
+      int sv = res_col("schema_version");
+      if (c->field == 0 || c->map[0] != sv)
+        c->st = MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s:1: not a moebench results file (first column must be schema_version)",
+                         c->path);
+      for (size_t k = 0; c->st == MOE_OK && k < res_ncols; k++) {
+        if (res_columns[k].kind != RES_KEY) continue;
+        bool found = false;
+        for (size_t i = 0; i < c->field; i++) found |= c->map[i] == (int)k;
+        if (!found)
+          c->st = MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s:1: key column '%s' is missing", c->path,
+                           res_columns[k].name);
+      }
+      c->header_done = true;
+    } else if (c->field != c->ncol_file) {
+      c->st = MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s:%ld: %zu fields, the header has %zu", c->path,
+                       c->line, c->field, c->ncol_file);
+    } else {
+      res_row *r = res_table_add(c->t);
+      if (r == NULL) {
+        c->st = MOE_FAIL(c->err, MOE_ERR_OOM, "out of host memory reading %s", c->path);
+      } else {
+        for (size_t i = 0; i < c->field; i++)
+          if (c->map[i] >= 0) res_set(r, res_columns[c->map[i]].name, c->fields[i]);
+        const char *sv = res_get(r, "schema_version");
+        if (atoi(sv) != RES_SCHEMA_MAJOR)
+          c->st = MOE_FAIL(c->err, MOE_ERR_FORMAT,
+                           "%s:%ld: schema version %s, this moebench reads major version %d", c->path,
+                           c->line, sv, RES_SCHEMA_MAJOR);
+      }
+    }
+  }
+  for (size_t i = 0; i < c->field; i++) free(c->fields[i]);
+  c->field = 0;
+}
+
+moe_status res_read_csv(const char *path, res_table *t, moe_error *err) {
+  res_table_init(t);
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+  struct csv_parser p;
+  if (csv_init(&p, CSV_APPEND_NULL) != 0) {
+    fclose(f);
+    return MOE_FAIL(err, MOE_ERR_OOM, "csv_init failed");
+  }
+  csv_ctx c = {.t = t, .path = path, .err = err, .st = MOE_OK};
+  char buf[65536];
+  size_t n;
+  while (c.st == MOE_OK && (n = fread(buf, 1, sizeof buf, f)) > 0)
+    if (csv_parse(&p, buf, n, on_field, on_row, &c) != n)
+      c.st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: malformed CSV: %s", path, csv_strerror(csv_error(&p)));
+  if (c.st == MOE_OK) csv_fini(&p, on_field, on_row, &c);
+  for (size_t i = 0; i < c.field; i++) free(c.fields[i]);
+  csv_free(&p);
+  fclose(f);
+  if (c.st == MOE_OK && !c.header_done)
+    c.st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: empty file (no header)", path);
+  if (c.st != MOE_OK) res_table_free(t);
+  return c.st;
+}
+
+static moe_status atomic_begin(const char *path, char **tmp, FILE **f, moe_error *err) {
+  *tmp = malloc(strlen(path) + 5);
+  if (*tmp == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory");
+  sprintf(*tmp, "%s.tmp", path);
+  *f = fopen(*tmp, "wb");
+  if (*f == NULL) {
+    moe_status st = MOE_FAIL(err, MOE_ERR_IO, "%s: cannot create: %s", *tmp, strerror(errno));
+    free(*tmp);
+    *tmp = NULL;
+    return st;
+  }
+  return MOE_OK;
+}
+
+static moe_status atomic_end(const char *path, char *tmp, FILE *f, bool ok, moe_error *err) {
+  moe_status st = MOE_OK;
+  if (f && fclose(f) != 0) ok = false;
+  if (!ok) st = MOE_FAIL(err, MOE_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
+  if (st == MOE_OK && rename(tmp, path) != 0)
+    st = MOE_FAIL(err, MOE_ERR_IO, "%s: rename failed: %s", path, strerror(errno));
+  if (st != MOE_OK) remove(tmp);
+  free(tmp);
+  return st;
+}
+
+moe_status res_write_csv(const char *path, const res_table *t, moe_error *err) {
+  char *tmp;
+  FILE *f;
+  moe_status st = atomic_begin(path, &tmp, &f, err);
+  if (st != MOE_OK) return st;
+  bool ok = true;
+  for (size_t c = 0; c < res_ncols; c++) {
+    if (c) ok &= fputc(',', f) != EOF;
+    ok &= csv_fwrite(f, res_columns[c].name, strlen(res_columns[c].name)) == 0;
+  }
+  ok &= fputc('\n', f) != EOF;
+  for (size_t i = 0; i < t->n; i++) {
+    for (size_t c = 0; c < res_ncols; c++) {
+      if (c) ok &= fputc(',', f) != EOF;
+      const char *v = t->rows[i].v[c];
+      ok &= csv_fwrite(f, v, strlen(v)) == 0;
+    }
+    ok &= fputc('\n', f) != EOF;
+  }
+  return atomic_end(path, tmp, f, ok, err);
+}
+
+static json_t *json_value_of(const res_column *col, const char *v) {
+  if (v[0] == '\0') return json_null();
+  if (col->integer) {
+    char *end;
+    long long x = strtoll(v, &end, 10);
+    if (*end == '\0') return json_integer(x);
+  }
+  if (col->kind == RES_MEASURED || (col->kind == RES_DETERMINISTIC && col->better != 0)) {
+    char *end;
+    double x = strtod(v, &end);
+    if (*end == '\0') return json_real(x);
+  }
+  return json_string(v);
+}
+
+moe_status res_write_json(const char *path, const res_table *t, void *meta, moe_error *err) {
+  json_t *root = json_object();
+  json_object_set_new(root, "schema_version", json_string(RES_SCHEMA_VERSION));
+  json_object_set_new(root, "metadata", meta ? (json_t *)meta : json_object());
+  json_t *cols = json_array(), *rows = json_array();
+  static const char *kinds[] = {"key", "text", "measured", "deterministic"};
+  for (size_t c = 0; c < res_ncols; c++)
+    json_array_append_new(cols, json_pack("{s:s, s:s, s:s}", "name", res_columns[c].name, "kind",
+                                          kinds[res_columns[c].kind], "doc", res_columns[c].doc));
+  for (size_t i = 0; i < t->n; i++) {
+    json_t *o = json_object();
+    for (size_t c = 0; c < res_ncols; c++)
+      json_object_set_new(o, res_columns[c].name, json_value_of(&res_columns[c], t->rows[i].v[c]));
+    json_array_append_new(rows, o);
+  }
+  json_object_set_new(root, "columns", cols);
+  json_object_set_new(root, "rows", rows);
+  char *tmp;
+  FILE *f;
+  moe_status st = atomic_begin(path, &tmp, &f, err);
+  if (st == MOE_OK) {
+    bool ok = json_dumpf(root, f, JSON_INDENT(1) | JSON_PRESERVE_ORDER) == 0;
+    ok &= fputc('\n', f) != EOF;
+    st = atomic_end(path, tmp, f, ok, err);
+  }
+  json_decref(root);
+  return st;
+}

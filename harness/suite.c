@@ -1,0 +1,234 @@
+/* Suite and workload parsing. */
+#include "suite.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+const char *suite_profiles_dir(void) {
+  const char *e = getenv("MOE_PROFILES_DIR");
+  return e && *e ? e : MOE_SOURCE_DIR "/workloads/profiles";
+}
+
+const char *suite_dir(void) {
+  const char *e = getenv("MOE_SUITES_DIR");
+  return e && *e ? e : MOE_SOURCE_DIR "/workloads/suites";
+}
+
+static void resolve(char *out, size_t cap, const char *dir, const char *name) {
+  if (strchr(name, '/') || strstr(name, ".json"))
+    snprintf(out, cap, "%s", name);
+  else
+    snprintf(out, cap, "%s/%s.json", dir, name);
+}
+
+static json_t *load_json(const char *path, const char *what, moe_error *err) {
+  json_error_t je;
+  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+  if (root == NULL) {
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+      MOE_FAIL(err, MOE_ERR_IO, "%s: no such %s", path, what);
+      return NULL;
+    }
+    fclose(f);
+    MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path, je.line, je.column, je.text);
+    return NULL;
+  }
+  if (!json_is_object(root)) {
+    json_decref(root);
+    MOE_FAIL(err, MOE_ERR_FORMAT, "%s: top level must be an object", path);
+    return NULL;
+  }
+  return root;
+}
+
+static moe_status get_posint(json_t *o, const char *key, int def, int *out, const char *origin,
+                             moe_error *err) {
+  json_t *v = json_object_get(o, key);
+  if (v == NULL) {
+    if (def < 0) return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s' is missing", origin, key);
+    *out = def;
+    return MOE_OK;
+  }
+  if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > (1 << 20))
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s' must be an integer in 1..%d", origin, key,
+                    1 << 20);
+  *out = (int)json_integer_value(v);
+  return MOE_OK;
+}
+
+static moe_status get_str(json_t *o, const char *key, bool required, char *out, size_t cap,
+                          const char *origin, moe_error *err) {
+  json_t *v = json_object_get(o, key);
+  if (v == NULL) {
+    if (required) return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s' is missing", origin, key);
+    return MOE_OK;
+  }
+  if (!json_is_string(v) || json_string_length(v) >= cap)
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s' must be a string of under %zu characters",
+                    origin, key, cap);
+  snprintf(out, cap, "%s", json_string_value(v));
+  return MOE_OK;
+}
+
+moe_status workload_from_json(workload *w, const void *json, const char *origin, moe_error *err) {
+  moe_status st = MOE_OK;
+  json_t *o = (json_t *)json;
+  memset(w, 0, sizeof *w);
+  MOE_CHECK(json_is_object(o), err, MOE_ERR_FORMAT, "%s: a workload must be an object", origin);
+  MOE_TRY(get_str(o, "name", true, w->name, sizeof w->name, origin, err));
+  MOE_TRY(get_str(o, "description", false, w->description, sizeof w->description, origin, err));
+  json_t *b = json_object_get(o, "batch");
+  if (json_is_array(b)) {
+    MOE_CHECK(json_array_size(b) >= 1 && json_array_size(b) <= SUITE_MAX, err, MOE_ERR_FORMAT,
+              "%s: field 'batch' must list 1..%d batch sizes", origin, SUITE_MAX);
+    size_t i;
+    json_t *x;
+    json_array_foreach(b, i, x) {
+      MOE_CHECK(json_is_integer(x) && json_integer_value(x) >= 1 && json_integer_value(x) <= 4096,
+                err, MOE_ERR_FORMAT, "%s: field 'batch' entry %zu must be an integer in 1..4096",
+                origin, i);
+      w->batches[w->n_batches++] = (int)json_integer_value(x);
+    }
+  } else {
+    MOE_TRY(get_posint(o, "batch", 1, &w->batches[0], origin, err));
+    w->n_batches = 1;
+  }
+  MOE_TRY(get_posint(o, "prompt_len", -1, &w->prompt_len, origin, err));
+  MOE_TRY(get_posint(o, "gen_len", -1, &w->gen_len, origin, err));
+  MOE_CHECK(w->gen_len >= 2, err, MOE_ERR_FORMAT, "%s: field 'gen_len' must be >= 2", origin);
+  MOE_TRY(get_posint(o, "requests", 1, &w->requests, origin, err));
+  w->seed = 1;
+  json_t *t = json_object_get(o, "tokens");
+  if (t != NULL) {
+    MOE_CHECK(json_is_object(t), err, MOE_ERR_FORMAT, "%s: field 'tokens' must be an object", origin);
+    char src[16] = "";
+    char sub[600];
+    snprintf(sub, sizeof sub, "%s: tokens", origin);
+    MOE_TRY(get_str(t, "source", true, src, sizeof src, sub, err));
+    if (strcmp(src, "random") == 0) {
+      json_t *sd = json_object_get(t, "seed");
+      MOE_CHECK(sd == NULL || (json_is_integer(sd) && json_integer_value(sd) >= 0), err,
+                MOE_ERR_FORMAT, "%s: field 'seed' must be a non-negative integer", sub);
+      if (sd) w->seed = (uint64_t)json_integer_value(sd);
+    } else if (strcmp(src, "file") == 0) {
+      char rel[512] = "";
+      MOE_TRY(get_str(t, "path", true, rel, sizeof rel, sub, err));
+      if (rel[0] == '/')
+        snprintf(w->token_file, sizeof w->token_file, "%s", rel);
+      else
+        snprintf(w->token_file, sizeof w->token_file, "%s/%s", MOE_SOURCE_DIR, rel);
+    } else {
+      MOE_CHECK(0, err, MOE_ERR_FORMAT, "%s: field 'source' must be \"random\" or \"file\", not '%s'",
+                sub, src);
+    }
+  }
+cleanup:
+  return st;
+}
+
+moe_status workload_load(workload *w, const char *name, moe_error *err) {
+  char path[1024];
+  resolve(path, sizeof path, suite_profiles_dir(), name);
+  json_t *root = load_json(path, "workload profile", err);
+  if (root == NULL) return err ? err->status : MOE_ERR_IO;
+  moe_status st = workload_from_json(w, root, path, err);
+  json_decref(root);
+  return st;
+}
+
+/* Reads a list of strings (or one string) into out. */
+static moe_status get_list(json_t *o, const char *key, char (*out)[64], int *n, const char *origin,
+                           moe_error *err) {
+  json_t *v = json_object_get(o, key);
+  *n = 0;
+  if (json_is_string(v)) v = json_pack("[O]", v);
+  else json_incref(v);
+  moe_status st = MOE_OK;
+  MOE_CHECK(json_is_array(v) && json_array_size(v) >= 1 && json_array_size(v) <= SUITE_MAX, err,
+            MOE_ERR_FORMAT, "%s: field '%s' must list 1..%d names", origin, key, SUITE_MAX);
+  size_t i;
+  json_t *x;
+  json_array_foreach(v, i, x) {
+    MOE_CHECK(json_is_string(x) && json_string_length(x) < 64, err, MOE_ERR_FORMAT,
+              "%s: field '%s' entry %zu must be a name", origin, key, i);
+    snprintf(out[(*n)++], 64, "%s", json_string_value(x));
+  }
+cleanup:
+  json_decref(v);
+  return st;
+}
+
+moe_status suite_load(suite *s, const char *name, moe_error *err) {
+  moe_status st = MOE_OK;
+  memset(s, 0, sizeof *s);
+  resolve(s->path, sizeof s->path, suite_dir(), name);
+  const char *origin = s->path;
+  json_t *root = load_json(s->path, "suite", err);
+  if (root == NULL) return err ? err->status : MOE_ERR_IO;
+  MOE_TRY(get_str(root, "name", true, s->name, sizeof s->name, origin, err));
+  MOE_TRY(get_str(root, "description", false, s->description, sizeof s->description, origin, err));
+  MOE_TRY(get_list(root, "models", s->models, &s->n_models, origin, err));
+  MOE_TRY(get_list(root, "policies", s->policies, &s->n_policies, origin, err));
+  json_t *wl = json_object_get(root, "workloads");
+  MOE_CHECK(json_is_array(wl) && json_array_size(wl) >= 1 && json_array_size(wl) <= SUITE_MAX, err,
+            MOE_ERR_FORMAT, "%s: field 'workloads' must list 1..%d workloads (names or objects)",
+            origin, SUITE_MAX);
+  size_t i;
+  json_t *x;
+  json_array_foreach(wl, i, x) {
+    char sub[700];
+    snprintf(sub, sizeof sub, "%s: workloads[%zu]", origin, i);
+    if (json_is_string(x))
+      MOE_TRY(workload_load(&s->workloads[s->n_workloads], json_string_value(x), err));
+    else
+      MOE_TRY(workload_from_json(&s->workloads[s->n_workloads], x, sub, err));
+    s->n_workloads++;
+  }
+  snprintf(s->backend, sizeof s->backend, "cpu");
+  MOE_TRY(get_str(root, "backend", false, s->backend, sizeof s->backend, origin, err));
+  MOE_CHECK(!strcmp(s->backend, "cpu") || !strcmp(s->backend, "cuda") || !strcmp(s->backend, "auto"),
+            err, MOE_ERR_FORMAT, "%s: field 'backend' must be cpu, cuda or auto, not '%s'", origin,
+            s->backend);
+  snprintf(s->routing, sizeof s->routing, "default");
+  MOE_TRY(get_str(root, "routing", false, s->routing, sizeof s->routing, origin, err));
+  MOE_CHECK(!strcmp(s->routing, "default") || !strcmp(s->routing, "conventional") ||
+                !strcmp(s->routing, "pregated"),
+            err, MOE_ERR_FORMAT, "%s: field 'routing' must be default, conventional or pregated",
+            origin);
+  json_t *dm = json_object_get(root, "device_mem");
+  if (dm == NULL) {
+    s->n_budgets = 1;
+  } else {
+    char names[SUITE_MAX][64];
+    int n = 0;
+    MOE_TRY(get_list(root, "device_mem", names, &n, origin, err));
+    for (int k = 0; k < n; k++) {
+      if (strcmp(names[k], "capacity") == 0) {
+        s->budgets[k] = 0;
+      } else {
+        MOE_CHECK(cli_parse_bytes(names[k], &s->budgets[k]) && s->budgets[k] > 0, err,
+                  MOE_ERR_FORMAT, "%s: field 'device_mem' entry '%s' is not a size like 24GiB",
+                  origin, names[k]);
+      }
+    }
+    s->n_budgets = n;
+  }
+  json_t *lk = json_object_get(root, "link_gbps");
+  MOE_CHECK(lk == NULL || (json_is_number(lk) && json_number_value(lk) >= 0), err, MOE_ERR_FORMAT,
+            "%s: field 'link_gbps' must be a number >= 0", origin);
+  s->link_gbps = lk ? json_number_value(lk) : 0.0;
+  MOE_TRY(get_posint(root, "threads", 1, &s->threads, origin, err));
+  MOE_TRY(get_posint(root, "repetitions", 1, &s->repetitions, origin, err));
+  json_t *wu = json_object_get(root, "warmup");
+  MOE_CHECK(wu == NULL || (json_is_integer(wu) && json_integer_value(wu) >= 0 && json_integer_value(wu) <= 100),
+            err, MOE_ERR_FORMAT, "%s: field 'warmup' must be an integer in 0..100", origin);
+  s->warmup = wu ? (int)json_integer_value(wu) : 0;
+cleanup:
+  json_decref(root);
+  return st;
+}

@@ -1,0 +1,56 @@
+/* Suites and workloads as data (JSON files under workloads/suites and
+ * workloads/profiles), parsed with jansson; every error names the
+ * file and the field. */
+#ifndef MOEBENCH_SUITE_H
+#define MOEBENCH_SUITE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moe/status.h"
+
+#define SUITE_MAX 16
+
+typedef struct workload {
+  char name[64];
+  char description[160];
+  int batches[SUITE_MAX];   /* one run per entry */
+  int n_batches;
+  int prompt_len, gen_len, requests;
+  uint64_t seed;            /* random token ids */
+  char token_file[512];     /* or ids from this file ("" = random) */
+} workload;
+
+typedef struct suite {
+  char name[64];
+  char description[200];
+  char path[512];
+  char models[SUITE_MAX][64];
+  int n_models;
+  workload workloads[SUITE_MAX];
+  int n_workloads;
+  char policies[SUITE_MAX][64];
+  int n_policies;
+  char backend[16];         /* "cpu", "cuda" or "auto" */
+  size_t budgets[SUITE_MAX];/* 0 = device capacity */
+  int n_budgets;
+  double link_gbps;
+  int threads;
+  int repetitions, warmup;
+  char routing[16];         /* "default", "conventional", "pregated" */
+} suite;
+
+/* Directory of workload profiles: $MOE_PROFILES_DIR, else the source tree's
+ * workloads/profiles. */
+const char *suite_profiles_dir(void);
+/* Directory of suites: $MOE_SUITES_DIR, else workloads/suites. */
+const char *suite_dir(void);
+
+/* Loads a workload profile by name (profiles dir) or path. */
+moe_status workload_load(workload *w, const char *name_or_path, moe_error *err);
+/* Parses a workload object; origin names it in messages. */
+moe_status workload_from_json(workload *w, const void *json, const char *origin, moe_error *err);
+/* Loads a suite by name (suites dir) or path. */
+moe_status suite_load(suite *s, const char *name_or_path, moe_error *err);
+
+#endif
