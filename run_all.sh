@@ -12,9 +12,9 @@ usage() {
 usage: ./run_all.sh [COMMAND] [options]
 
 commands:
-  (none)     build, then run the main job: an end-to-end generation on the
-             cpu backend and the cpu benchmarks (moebench bench-ops), with
-             the figures printed and saved under results/runs/
+  (none)     build, then run the main job: the headline study (the four
+             offload policies on workloads/suites/headline.json), writing
+             results/headline.csv, .json and .md and printing the table
   test       build, then run every test through ctest --output-on-failure
 
 options:
@@ -80,21 +80,23 @@ if [ "$cmd" = test ]; then
   exec ctest --output-on-failure -j "$jobs"
 fi
 
-# Main job.  At this stage of the project: one end-to-end generation on the
-# cpu backend and the cpu benchmarks.  Everything printed is measured here,
-# on this machine, and says so.
+# Main job: the headline study.  The four policies on the headline suite
+# (workloads/suites/headline.json) on the best backend available (cuda when
+# a GPU backend can run, else the cpu backend with its emulated device),
+# then the table with the paper's ratios beside ours.  Every figure is
+# measured on this machine unless labelled otherwise.
 mkdir -p results/runs
-stamp="$(date -u +%Y%m%dT%H%M%SZ)"
-log="results/runs/run_all-$stamp.txt"
+start=$(date +%s)
+"$build_dir/harness/moebench" sweep headline -o results/headline
 {
-  echo "# run_all.sh main job, $stamp, $(uname -m), $(nproc) cores"
+  echo "# Headline results"
   echo
-  echo "## end-to-end generation (tiny-qwen2moe preset, cpu backend)"
-  "$build_dir/harness/moebench" generate --preset tiny-qwen2moe --prompt-len 32 \
-    --max-new-tokens 32 --batch 4
+  echo "Produced by \`./run_all.sh\` on $(uname -m), $(nproc) cores,"
+  echo "$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//'),"
+  echo "$(date -u +%Y-%m-%d). Source: results/headline.csv and results/headline.json."
   echo
-  "$build_dir/harness/moebench" bench-ops
-} | tee "$log.tmp"
-mv "$log.tmp" "$log"
-echo
-echo "saved: $log"
+  "$build_dir/harness/moebench" report results/headline.csv --paper
+} > results/headline.md.tmp
+mv results/headline.md.tmp results/headline.md
+cat results/headline.md
+echo "run_all.sh: headline done in $(( $(date +%s) - start )) s; wrote results/headline.{csv,json,md}"

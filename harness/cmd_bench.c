@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "commands.h"
 #include "moe/backend.h"
 #include "moe/model.h"
 #include "moe/rng.h"

@@ -7,6 +7,7 @@
 
 #include "moe/rng.h"
 #include "cli.h"
+#include "commands.h"
 #include "moe/backend.h"
 #include "moe/model.h"
 #include "moe/policy.h"

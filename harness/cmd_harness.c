@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "commands.h"
 #include "moe/cuda.h"
 #include "moe/version.h"
 #include "results.h"

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "commands.h"
 #include "runner.h"
 
 static double now_s(void) {

@@ -19,13 +19,7 @@
 #include <dirent.h>
 #include <stdlib.h>
 
-int cmd_generate(int argc, char **argv);
-int cmd_bench_ops(int argc, char **argv);
-int cmd_bench_policies(int argc, char **argv);
-int cmd_run(int argc, char **argv);
-int cmd_sweep(int argc, char **argv);
-int cmd_compare(int argc, char **argv);
-int cmd_report(int argc, char **argv);
+#include "commands.h"
 
 static void usage(FILE *f) {
   fprintf(f,

@@ -1,0 +1,15 @@
+/* The moebench subcommands: each takes (argc, argv) with argv[0] the
+ * subcommand's name and returns the process exit code (0 ok, 1 failure or
+ * regression, 2 bad usage or input). */
+#ifndef MOEBENCH_COMMANDS_H
+#define MOEBENCH_COMMANDS_H
+
+int cmd_generate(int argc, char **argv);
+int cmd_bench_ops(int argc, char **argv);
+int cmd_bench_policies(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_sweep(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_report(int argc, char **argv);
+
+#endif

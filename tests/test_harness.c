@@ -1,0 +1,328 @@
+/* The harness: suite and workload parsing errors, CSV/JSON round trips read
+ * back with libcsv and jansson, compare's verdicts and exit codes, sweep
+ * resume, report. */
+#include <check.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "results.h"
+#include "suite.h"
+#include "testutil.h"
+
+static char g_dir[512];
+static void setup(void) { ck_assert_ptr_nonnull(tu_tempdir(g_dir, sizeof g_dir)); }
+static void teardown(void) { tu_rmtree(g_dir); }
+
+static const char *tmp_path(const char *name) {
+  static char p[4][1024];
+  static int k;
+  k = (k + 1) % 4;
+  snprintf(p[k], sizeof p[k], "%s/%s", g_dir, name);
+  return p[k];
+}
+
+static void write_file(const char *name, const char *text) {
+  FILE *f = fopen(tmp_path(name), "w");
+  ck_assert_ptr_nonnull(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+/* Runs a subcommand in-process with a NULL-terminated argument list. */
+static int call(int (*cmd)(int, char **), ...) {
+  char *argv[32];
+  int argc = 0;
+  va_list ap;
+  va_start(ap, cmd);
+  const char *a;
+  while ((a = va_arg(ap, const char *)) != NULL && argc < 31) argv[argc++] = (char *)a;
+  va_end(ap);
+  argv[argc] = NULL;
+  fflush(stdout);
+  return cmd(argc, argv);
+}
+
+START_TEST(shipped_suites_and_workloads_parse) {
+  const char *suites[] = {"ci", "headline", "paper", "batch"};
+  for (size_t i = 0; i < 4; i++) {
+    suite *s = calloc(1, sizeof *s);
+    moe_error err = {0};
+    ck_assert_msg(suite_load(s, suites[i], &err) == MOE_OK, "%s", err.msg);
+    ck_assert_int_gt(s->n_models, 0);
+    ck_assert_int_gt(s->n_policies, 0);
+    free(s);
+  }
+  workload w;
+  moe_error err = {0};
+  ck_assert(workload_load(&w, "paper", &err) == MOE_OK);
+  ck_assert_int_eq(w.prompt_len, 256);
+  ck_assert_int_eq(w.gen_len, 256);
+  ck_assert_int_eq(w.batches[0], 1);
+  ck_assert(workload_load(&w, "batch-sweep", &err) == MOE_OK);
+  ck_assert_int_eq(w.n_batches, 4);
+  ck_assert_int_eq(w.batches[3], 64);
+  ck_assert(workload_load(&w, "file-prompts", &err) == MOE_OK);
+  ck_assert_ptr_nonnull(strstr(w.token_file, "prompts-example.txt"));
+}
+END_TEST
+
+START_TEST(suite_errors_name_file_and_field) {
+  static const struct {
+    const char *text, *needle;
+    moe_status code;
+  } cases[] = {
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"]", "malformed JSON", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"]}", "'models'", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": []}",
+       "'workloads'", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"], "
+       "\"device_mem\": [\"lots\"]}", "device_mem", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"], "
+       "\"backend\": \"tpu\"}", "'backend'", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": "
+       "[{\"name\": \"w\", \"batch\": 0, \"prompt_len\": 4, \"gen_len\": 4}]}", "'batch'", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": "
+       "[{\"name\": \"w\", \"prompt_len\": 4}]}", "'gen_len'", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": "
+       "[{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 4, \"tokens\": {\"source\": \"web\"}}]}",
+       "'source'", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": [\"nope\"]}",
+       "nope.json", MOE_ERR_IO},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"], "
+       "\"repetitions\": -1}", "'repetitions'", MOE_ERR_FORMAT},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "suite%zu.json", i);
+    write_file(name, cases[i].text);
+    suite *s = calloc(1, sizeof *s);
+    moe_error err = {0};
+    moe_status st = suite_load(s, tmp_path(name), &err);
+    ck_assert_msg(st == cases[i].code, "case %zu: %s (%s)", i, moe_status_name(st), err.msg);
+    ck_assert_msg(strstr(err.msg, cases[i].needle) != NULL, "case %zu: '%s' lacks '%s'", i, err.msg,
+                  cases[i].needle);
+    if (cases[i].code == MOE_ERR_FORMAT)
+      ck_assert_msg(strstr(err.msg, name) != NULL, "case %zu: '%s' lacks the file name", i, err.msg);
+    free(s);
+  }
+  /* an unknown policy is refused by sweep before any run */
+  write_file("badpol.json", "{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"lifo\"], "
+                            "\"workloads\": [\"ci\"]}");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("badpol.json"), "-o", tmp_path("never"), NULL), 1);
+  ck_assert_int_ne(access(tmp_path("never.csv"), F_OK), 0);
+}
+END_TEST
+
+START_TEST(csv_and_json_round_trip) {
+  res_table t;
+  res_table_init(&t);
+  res_row *r = res_table_add(&t);
+  res_set(r, "model", "m,1");           /* a comma: must be quoted */
+  res_set(r, "workload", "w \"q\"");    /* quotes: must be escaped */
+  res_set(r, "policy", "ondemand");
+  res_set(r, "status", "ok");
+  res_set(r, "peak_device_bytes", "123456789012");
+  res_set(r, "tokens_per_s", "12.5");
+  r = res_table_add(&t);
+  res_set(r, "model", "m2");
+  res_set(r, "status", "OOM");
+  res_set(r, "error", "line one, with comma");
+  moe_error err = {0};
+  ck_assert(res_write_csv(tmp_path("rt.csv"), &t, &err) == MOE_OK);
+  ck_assert(res_write_json(tmp_path("rt.json"), &t, NULL, &err) == MOE_OK);
+  ck_assert_int_ne(access(tmp_path("rt.csv.tmp"), F_OK), 0);
+  res_table back;
+  ck_assert_msg(res_read_csv(tmp_path("rt.csv"), &back, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_uint_eq(back.n, 2);
+  for (size_t i = 0; i < 2; i++)
+    for (size_t c = 0; c < res_ncols; c++) ck_assert_str_eq(back.rows[i].v[c], t.rows[i].v[c]);
+  json_error_t je;
+  json_t *j = json_load_file(tmp_path("rt.json"), 0, &je);
+  ck_assert_ptr_nonnull(j);
+  ck_assert_str_eq(json_string_value(json_object_get(j, "schema_version")), RES_SCHEMA_VERSION);
+  json_t *rows = json_object_get(j, "rows");
+  ck_assert_uint_eq(json_array_size(rows), 2);
+  json_t *r0 = json_array_get(rows, 0);
+  ck_assert(json_is_integer(json_object_get(r0, "peak_device_bytes")));
+  ck_assert_int_eq(json_integer_value(json_object_get(r0, "peak_device_bytes")), 123456789012LL);
+  ck_assert(json_is_real(json_object_get(r0, "tokens_per_s")));
+  ck_assert(json_is_null(json_object_get(r0, "ttft_s")));
+  ck_assert_str_eq(json_string_value(json_object_get(r0, "model")), "m,1");
+  json_decref(j);
+  res_table_free(&back);
+  res_table_free(&t);
+  /* malformed files are refused with file and line */
+  write_file("ragged.csv", "\"schema_version\",\"model\",\"workload\",\"policy\",\"routing\",\"backend\","
+                           "\"device_mem_budget_bytes\",\"batch\"\n\"1.0\",\"a\"\n");
+  moe_error_clear(&err);
+  ck_assert_int_eq(res_read_csv(tmp_path("ragged.csv"), &back, &err), MOE_ERR_FORMAT);
+  ck_assert_ptr_nonnull(strstr(err.msg, "ragged.csv:2"));
+  write_file("other.csv", "a,b\n1,2\n");
+  moe_error_clear(&err);
+  ck_assert_int_eq(res_read_csv(tmp_path("other.csv"), &back, &err), MOE_ERR_FORMAT);
+}
+END_TEST
+
+/* Builds a small results file with given values for two rows. */
+static void results_file(const char *name, const char *schema, const char *bytes_a,
+                         const char *tps_a, bool with_b, const char *status_a) {
+  res_table t;
+  res_table_init(&t);
+  const char *pols[2] = {"ondemand", "pregated"};
+  for (int i = 0; i < (with_b ? 2 : 1); i++) {
+    res_row *r = res_table_add(&t);
+    res_set(r, "schema_version", schema);
+    res_set(r, "model", "m");
+    res_set(r, "workload", "w");
+    res_set(r, "policy", pols[i]);
+    res_set(r, "routing", "conventional");
+    res_set(r, "backend", "cpu");
+    res_set(r, "device_mem_budget_bytes", "0");
+    res_set(r, "batch", "1");
+    res_set(r, "status", i == 0 ? status_a : "ok");
+    res_set(r, "h2d_bytes", i == 0 ? bytes_a : "500");
+    res_set(r, "tokens_per_s", i == 0 ? tps_a : "10");
+  }
+  moe_error err = {0};
+  ck_assert(res_write_csv(tmp_path(name), &t, &err) == MOE_OK);
+  res_table_free(&t);
+}
+
+START_TEST(compare_verdicts) {
+  results_file("base.csv", "1.0", "1000", "10", true, "ok");
+  /* identical: 0 */
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("base.csv"), NULL), 0);
+  /* deterministic figure worse by one byte: regression, 1 */
+  results_file("worse.csv", "1.0", "1001", "10", true, "ok");
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("worse.csv"), NULL), 1);
+  /* better: improvement passes */
+  results_file("better.csv", "1.0", "900", "30", true, "ok");
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("better.csv"), NULL), 0);
+  /* wall clock 20% slower: inside the default 25%, outside an explicit 10% */
+  results_file("slower.csv", "1.0", "1000", "8", true, "ok");
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("slower.csv"), NULL), 0);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("slower.csv"),
+                        "--tolerance", "tokens_per_s=10%", NULL), 1);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("slower.csv"),
+                        "--tolerance", "measured=10%", "--deterministic-only", NULL), 0);
+  /* a byte count may be given a tolerance too */
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("worse.csv"),
+                        "--tolerance", "h2d_bytes=1%", NULL), 0);
+  /* ok -> OOM is a regression */
+  results_file("oom.csv", "1.0", "1000", "10", true, "OOM");
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("oom.csv"), NULL), 1);
+  /* a row missing from NEW fails unless allowed; a new row does not */
+  results_file("fewer.csv", "1.0", "1000", "10", false, "ok");
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("fewer.csv"), NULL), 1);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("fewer.csv"),
+                        "--allow-missing", NULL), 0);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("fewer.csv"), tmp_path("base.csv"), NULL), 0);
+  /* schema major mismatch: an error (2), not a verdict */
+  results_file("v2.csv", "2.0", "1000", "10", true, "ok");
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("v2.csv"), NULL), 2);
+  /* bad usage */
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), NULL), 2);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("base.csv"),
+                        "--tolerance", "peak=x", NULL), 2);
+}
+END_TEST
+
+static const char *k_tiny_suite =
+    "{\"name\": \"tiny\", \"models\": [\"ci-small\"], \"policies\": [\"gpu-only\", \"ondemand\", "
+    "\"pregated\"], \"workloads\": [{\"name\": \"w\", \"batch\": [1, 2], \"prompt_len\": 4, "
+    "\"gen_len\": 4}], \"device_mem\": [\"capacity\", \"2MiB\"], \"repetitions\": 2, \"warmup\": 1}";
+
+START_TEST(sweep_resume_and_report) {
+  write_file("tiny.json", k_tiny_suite);
+  const char *prefix = tmp_path("out/tiny");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("tiny.json"), "-o", prefix, "--quiet", NULL), 0);
+  char csv[1100], json[1100];
+  snprintf(csv, sizeof csv, "%s.csv", prefix);
+  snprintf(json, sizeof json, "%s.json", prefix);
+  res_table t;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(csv, &t, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_uint_eq(t.n, 12); /* 2 batches x 2 budgets x 3 policies */
+  int oom = 0;
+  for (size_t i = 0; i < t.n; i++) {
+    const res_row *r = &t.rows[i];
+    if (!strcmp(res_get(r, "status"), "OOM")) {
+      oom++;
+      ck_assert_ptr_nonnull(strstr(res_get(r, "error"), "budget"));
+      continue;
+    }
+    ck_assert_str_eq(res_get(r, "status"), "ok");
+    /* measured peak equals the plan, for every policy and budget */
+    ck_assert_str_eq(res_get(r, "peak_device_bytes"), res_get(r, "planned_device_bytes"));
+    ck_assert_str_eq(res_get(r, "repetitions"), "2");
+    if (strcmp(res_get(r, "policy"), "gpu-only") && !strcmp(res_get(r, "device_mem_budget_bytes"), "0"))
+      ck_assert(res_get(r, "token_match_rate")[0] != '\0'); /* parity measured against gpu-only */
+  }
+  ck_assert_int_eq(oom, 2); /* gpu-only under 2 MiB, for both batches */
+  json_error_t je;
+  json_t *j = json_load_file(json, 0, &je);
+  ck_assert_ptr_nonnull(j);
+  json_t *meta = json_object_get(j, "metadata");
+  ck_assert(json_is_string(json_object_get(meta, "start_time")));
+  ck_assert(json_is_string(json_object_get(meta, "end_time")));
+  ck_assert(json_is_array(json_object_get(meta, "argv")));
+  ck_assert_uint_eq(json_array_size(json_object_get(j, "rows")), 12);
+  json_decref(j);
+
+  /* resume: mark one kept row, drop another; the kept row survives, the
+   * dropped one is run again, nothing is duplicated */
+  res_set(&t.rows[1], "error", "KEPT-BY-RESUME");
+  char dropped_key[1024];
+  res_key(&t.rows[5], dropped_key, sizeof dropped_key);
+  for (size_t c = 0; c < res_ncols; c++) free(t.rows[5].v[c]);
+  free(t.rows[5].v);
+  memmove(&t.rows[5], &t.rows[6], (t.n - 6) * sizeof t.rows[0]);
+  t.n--;
+  ck_assert(res_write_csv(csv, &t, &err) == MOE_OK);
+  res_table_free(&t);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("tiny.json"), "-o", prefix, "--resume", "--quiet", NULL), 0);
+  ck_assert(res_read_csv(csv, &t, &err) == MOE_OK);
+  ck_assert_uint_eq(t.n, 12);
+  ck_assert_str_eq(res_get(&t.rows[1], "error"), "KEPT-BY-RESUME");
+  bool found = false;
+  for (size_t i = 0; i < t.n; i++) {
+    char k[1024];
+    res_key(&t.rows[i], k, sizeof k);
+    found |= strcmp(k, dropped_key) == 0;
+  }
+  ck_assert(found);
+  res_table_free(&t);
+
+  /* report: markdown with the paper's ratios */
+  const char *md = tmp_path("report.md");
+  ck_assert_int_eq(call(cmd_report, "report", csv, "--paper", "-o", md, NULL), 0);
+  FILE *f = fopen(md, "r");
+  ck_assert_ptr_nonnull(f);
+  char buf[16384];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+  ck_assert_ptr_nonnull(strstr(buf, "| pregated | pregated | ok |"));
+  ck_assert_ptr_nonnull(strstr(buf, "| gpu-only | conventional | OOM |"));
+  ck_assert_ptr_nonnull(strstr(buf, "pregated peak device memory vs gpu-only"));
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("harness");
+  TCase *tc = tcase_create("harness");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, shipped_suites_and_workloads_parse);
+  tcase_add_test(tc, suite_errors_name_file_and_field);
+  tcase_add_test(tc, csv_and_json_round_trip);
+  tcase_add_test(tc, compare_verdicts);
+  tcase_add_test(tc, sweep_resume_and_report);
+  suite_add_tcase(s, tc);
+  return tu_run_suite(s);
+}
