@@ -157,8 +157,16 @@ static json_t *capture(const char *cmd) {
   return st == 0 ? json_string(buf) : json_null();
 }
 
-static json_t *metadata(int argc, char **argv, const char *suite_name, const char *backend,
-                        double link, const char *start) {
+/* argv as given, before getopt reorders it. */
+static json_t *argv_json(int argc, char **argv) {
+  json_t *av = json_array();
+  json_array_append_new(av, json_string("moebench"));
+  for (int i = 0; i < argc; i++) json_array_append_new(av, json_string(argv[i]));
+  return av;
+}
+
+static json_t *metadata(json_t *av, const char *suite_name, const char *backend, double link,
+                        const char *start) {
   json_t *m = json_object();
   json_object_set_new(m, "schema_version", json_string(RES_SCHEMA_VERSION));
   json_object_set_new(m, "moebench_version", json_string(moe_version()));
@@ -166,8 +174,6 @@ static json_t *metadata(int argc, char **argv, const char *suite_name, const cha
   json_t *dirty = capture("git -C '" MOE_SOURCE_DIR "' status --porcelain --untracked-files=no 2>/dev/null | head -c 1");
   json_object_set_new(m, "git_dirty", json_is_string(dirty) ? json_boolean(json_string_length(dirty) > 0) : json_null());
   json_decref(dirty);
-  json_t *av = json_array();
-  for (int i = 0; i < argc; i++) json_array_append_new(av, json_string(argv[i]));
   json_object_set_new(m, "argv", av);
   json_object_set_new(m, "suite", suite_name ? json_string(suite_name) : json_null());
   json_object_set_new(m, "host_cpu", capture("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'"));
@@ -297,6 +303,9 @@ int cmd_sweep(int argc, char **argv) {
   const char *out = NULL;
   bool resume = false, quiet = false;
   long reps = 0;
+  char *orig[128]; /* getopt permutes argv; keep it as given for the metadata */
+  const int n_orig = argc < 128 ? argc : 128;
+  memcpy(orig, argv, (size_t)n_orig * sizeof *orig);
   optind = 1;
   opterr = 0;
   int c;
@@ -365,7 +374,7 @@ int cmd_sweep(int argc, char **argv) {
   }
   char start[32];
   iso_now(start, sizeof start);
-  json_t *meta = metadata(argc, argv, s->name, backend, s->link_gbps, start);
+  json_t *meta = metadata(argv_json(n_orig, orig), s->name, backend, s->link_gbps, start);
   json_t *seeds = json_object();
   for (int i = 0; i < s->n_models; i++) json_object_set_new(seeds, presets[i].name, json_integer((json_int_t)presets[i].seed));
   json_object_set_new(meta, "model_seeds", seeds);
@@ -492,6 +501,9 @@ int cmd_run(int argc, char **argv) {
       {"out", required_argument, 0, 'o'},      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *preset = NULL, *policy = "gpu-only", *backend = "cpu", *out = NULL;
+  char *orig[128]; /* getopt permutes argv; keep it as given for the metadata */
+  const int n_orig = argc < 128 ? argc : 128;
+  memcpy(orig, argv, (size_t)n_orig * sizeof *orig);
   long batch = 1, plen = 32, glen = 32, requests = 1, reps = 1, warmup = 0, threads = 1;
   uint64_t seed = 1;
   double link = 0;
@@ -591,7 +603,7 @@ int cmd_run(int argc, char **argv) {
     mkdir_parent(out);
     char start[32];
     iso_now(start, sizeof start);
-    json_t *meta = metadata(argc, argv, NULL, backend, link, start);
+    json_t *meta = metadata(argv_json(n_orig, orig), NULL, backend, link, start);
     if (write_outputs(out, &t, meta, &err) != MOE_OK) rc_exit = cli_fail(&err);
     json_decref(meta);
   }
