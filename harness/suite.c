@@ -118,10 +118,11 @@ moe_status workload_from_json(workload *w, const void *json, const char *origin,
     } else if (strcmp(src, "file") == 0) {
       char rel[512] = "";
       MOE_TRY(get_str(t, "path", true, rel, sizeof rel, sub, err));
-      if (rel[0] == '/')
-        snprintf(w->token_file, sizeof w->token_file, "%s", rel);
-      else
-        snprintf(w->token_file, sizeof w->token_file, "%s/%s", MOE_SOURCE_DIR, rel);
+      int len = rel[0] == '/'
+                    ? snprintf(w->token_file, sizeof w->token_file, "%s", rel)
+                    : snprintf(w->token_file, sizeof w->token_file, "%s/%s", MOE_SOURCE_DIR, rel);
+      MOE_CHECK(len > 0 && (size_t)len < sizeof w->token_file, err, MOE_ERR_FORMAT,
+                "%s: field 'path' is too long", sub);
     } else {
       MOE_CHECK(0, err, MOE_ERR_FORMAT, "%s: field 'source' must be \"random\" or \"file\", not '%s'",
                 sub, src);
