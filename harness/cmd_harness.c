@@ -357,6 +357,8 @@ int cmd_sweep(int argc, char **argv) {
     moe_error e2 = {0};
     backend = moe_cuda_probe(d, sizeof d, &e2) == MOE_OK && moe_backend_find("cuda") ? "cuda" : "cpu";
   }
+  /* a GPU copies over its real link: the emulated cap is for the cpu backend */
+  if (strcmp(backend, "cuda") == 0) s->link_gbps = 0.0;
   char prefix[1024];
   if (out)
     snprintf(prefix, sizeof prefix, "%s", out);

@@ -60,6 +60,7 @@ static void usage(FILE *f) {
           "  --link-gbps X        cap on the host-to-device link (cpu backend; default none)\n"
           "  --device-mem SIZE    device-memory budget (default: capacity)\n"
           "  --threads N          math threads (default 1)\n"
+          "  --backend NAME       cpu (default) or cuda\n"
           "  -h, --help           this text\n");
 }
 
@@ -69,9 +70,9 @@ int cmd_bench_policies(int argc, char **argv) {
       {"batch", required_argument, 0, 'b'},    {"prompt-len", required_argument, 0, 'l'},
       {"gen-len", required_argument, 0, 'g'},  {"reps", required_argument, 0, 'r'},
       {"link-gbps", required_argument, 0, 'L'}, {"device-mem", required_argument, 0, 'm'},
-      {"threads", required_argument, 0, 't'},  {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
-  const char *preset = NULL, *plist = "gpu-only,ondemand,prefetch-all,pregated";
+      {"threads", required_argument, 0, 't'},  {"backend", required_argument, 0, 'B'},
+      {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+  const char *preset = NULL, *plist = "gpu-only,ondemand,prefetch-all,pregated", *backend = "cpu";
   long batch = 1, plen = 64, glen = 64, reps = 3, threads = 1;
   double link = 0;
   size_t devmem = 0;
@@ -90,6 +91,7 @@ int cmd_bench_policies(int argc, char **argv) {
       case 'L': ok = cli_parse_double(optarg, &link) && link >= 0; break;
       case 'm': ok = cli_parse_bytes(optarg, &devmem) && devmem > 0; break;
       case 't': ok = cli_parse_int(optarg, 1, 1024, &threads); break;
+      case 'B': backend = optarg; break;
       case 'h': usage(stdout); return 0;
       default:
         cli_error("bench-policies: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
@@ -130,7 +132,7 @@ int cmd_bench_policies(int argc, char **argv) {
                      .policy = pol[i],
                      .routing = strcmp(pol[i]->name, "pregated") == 0 ? MOE_ROUTING_PREGATED
                                                                       : MOE_ROUTING_CONVENTIONAL,
-                     .backend = "cpu",
+                     .backend = backend,
                      .threads = (int)threads,
                      .link_gbps = link,
                      .device_mem = devmem,
@@ -201,8 +203,9 @@ int cmd_bench_policies(int argc, char **argv) {
   }
   printf("\n");
   size_t eb = moe_model_expert_bytes(m);
-  double copy_s = measure_expert_copy("cpu", link, eb);
-  printf("one expert: %.1f MB, copy over this link %.2f ms (measured)\n", (double)eb / 1e6, copy_s * 1e3);
+  double copy_s = measure_expert_copy(backend, link, eb);
+  printf("one expert: %.1f MB, copy over this link %.2f ms (measured) = %.2f GB/s host-to-device\n",
+         (double)eb / 1e6, copy_s * 1e3, (double)eb / copy_s * 1e-9);
   if (go >= 0) {
     int n_moe = moe_config_n_moe_layers(cfg);
     printf("gpu-only decode: %.2f ms/token = %.2f ms per MoE block and the layers up to the next "

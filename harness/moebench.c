@@ -60,9 +60,9 @@ static int cmd_list(int argc, char **argv) {
     char desc[256];
     moe_error err = {0};
     if (moe_cuda_probe(desc, sizeof desc, &err) == MOE_OK)
-      printf("%-8s compiled; device: %s; model execution not implemented yet\n", "cuda", desc);
+      printf("cuda device: %s\n", desc);
     else
-      printf("%-8s %s\n", "cuda", err.msg);
+      printf("cuda device: none (%s)\n", err.msg);
     return 0;
   }
   if (strcmp(what, "policies") == 0) {

@@ -55,7 +55,7 @@ void runner_run(const run_spec *sp, run_result *out) {
   moe_run_stats rs;
   moe_engine_stats(e, &rs);
   size_t by_cat[MOE_MEM_CATEGORIES];
-  moe_engine_plan_memory(sp->model, &eo, rs.slots, by_cat, &out->planned_bytes);
+  moe_engine_plan_memory(sp->model, &dev, &eo, rs.slots, by_cat, &out->planned_bytes);
   const int R = sp->requests > 0 ? sp->requests : 1;
   prompts = malloc(B * (size_t)sp->prompt_len * sizeof *prompts);
   out->tokens = malloc(B * G * sizeof *out->tokens);

@@ -86,7 +86,7 @@ static moe_status run(moe_model *m, const moe_policy *pol, moe_routing routing, 
     moe_engine_stats(e, &out->stats);
     out->slots = out->stats.slots;
     size_t by_cat[MOE_MEM_CATEGORIES];
-    moe_engine_plan_memory(m, &eo, out->slots, by_cat, &out->planned);
+    moe_engine_plan_memory(m, &dev, &eo, out->slots, by_cat, &out->planned);
     out->peak = dev.mem.peak_total;
     if (st == MOE_OK) st = moe_expert_store_check(moe_engine_store(e), err);
   }
@@ -194,8 +194,8 @@ START_TEST(oom_is_a_clear_result) {
   moe_error err = {0};
   size_t by_cat[MOE_MEM_CATEGORIES], gpu_only_total, pregated_total;
   moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .all_logits = true};
-  moe_engine_plan_memory(g_model, &eo, 24, by_cat, &gpu_only_total);
-  moe_engine_plan_memory(g_model, &eo, 8, by_cat, &pregated_total);
+  moe_engine_plan_memory(g_model, NULL, &eo, 24, by_cat, &gpu_only_total);
+  moe_engine_plan_memory(g_model, NULL, &eo, 8, by_cat, &pregated_total);
   size_t budget = (gpu_only_total + pregated_total) / 2;
   ck_assert_int_eq(run(g_model, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, budget, o, &err),
                    MOE_ERR_OOM);
@@ -221,7 +221,7 @@ START_TEST(plugins_load_and_refuse) {
   /* a budget with room for 12 of the 24 experts */
   size_t by_cat[MOE_MEM_CATEGORIES], total;
   moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .all_logits = true};
-  moe_engine_plan_memory(g_model, &eo, 12, by_cat, &total);
+  moe_engine_plan_memory(g_model, NULL, &eo, 12, by_cat, &total);
   ck_assert_msg(run(g_model, pl.policy, MOE_ROUTING_CONVENTIONAL, total, o, &err) == MOE_OK, "%s", err.msg);
   ck_assert_int_eq(o->slots, 12);
   ck_assert_int_eq(memcmp(o->logits, ref->logits, sizeof o->logits), 0);

@@ -6,8 +6,16 @@
 #include <string.h>
 
 extern const moe_backend_ops moe_cpu_backend;
+#ifdef MOE_HAVE_CUDA
+extern const moe_backend_ops moe_cuda_backend;
+#endif
 
-static const moe_backend_ops *const k_backends[] = {&moe_cpu_backend};
+static const moe_backend_ops *const k_backends[] = {
+    &moe_cpu_backend,
+#ifdef MOE_HAVE_CUDA
+    &moe_cuda_backend,
+#endif
+};
 
 size_t moe_backend_count(void) { return sizeof k_backends / sizeof k_backends[0]; }
 
@@ -91,7 +99,7 @@ moe_status moe_device_open(moe_device *dev, const char *name, const moe_backend_
   if (o == NULL) {
     if (strcmp(name, "cuda") == 0)
       return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
-                      "backend 'cuda' cannot run models yet (its math ops are not implemented); "
+                      "this build has no CUDA backend (configure with -DMOE_WITH_CUDA=ON); "
                       "use --backend cpu");
     return MOE_FAIL(err, MOE_ERR_INVALID, "unknown backend '%s' (see 'moebench list backends')",
                     name);

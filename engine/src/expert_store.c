@@ -26,6 +26,7 @@ struct moe_expert_store {
   int *slot_of;            /* [n_moe * n_experts] -> slot or -1 */
   unsigned long long *uses;
   unsigned long long tick;
+  bool registered;         /* the model's expert slab is pinned for async copies */
   moe_expert_stats stats;
 };
 
@@ -45,6 +46,7 @@ void moe_expert_store_free(moe_expert_store *s) {
   free(s->slots);
   free(s->slot_of);
   free(s->uses);
+  if (s->registered) o->host_unregister(s->dev->be, s->model->experts);
   moe_device_free(s->dev, s->slab);
   free(s);
 }
@@ -73,6 +75,10 @@ moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *m, m
   for (size_t i = 0; i < n; i++) s->slot_of[i] = -1;
   MOE_TRY(moe_device_alloc(dev, MOE_MEM_EXPERTS, (size_t)slots * m->expert_bytes, "expert slots",
                            (void **)&s->slab, err));
+  if (o->host_register && o->host_unregister) {
+    MOE_TRY(o->host_register(dev->be, m->experts, m->experts_total, err));
+    s->registered = true;
+  }
   for (int i = 0; i < slots; i++) {
     s->slots[i].layer = s->slots[i].expert = -1;
     MOE_TRY(o->event_create(dev->be, &s->slots[i].ready, err));

@@ -38,6 +38,7 @@ struct moe_engine {
   float *x, *h, *q, *k, *v, *att, *tmp, *router, *rw, *pw, *xe, *ge, *ue, *ye, *sg, *logits;
   /* index buffers, device */
   int32_t *ids, *pos, *rows, *iota, *ridx, *pidx;
+  void *gemm_ws;             /* the backend's matmul workspace (may be 0 bytes) */
   size_t max_tokens;
   size_t last_rows;          /* rows of the last forward call */
   /* host scratch */
@@ -103,8 +104,8 @@ static moe_engine_options normalized(const moe_engine_options *opt) {
 }
 
 /* The engine's device buffers, in allocation order.  The one size table. */
-static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_engine_options *o,
-                             buf_spec *out) {
+static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device *dev,
+                             const moe_engine_options *o, buf_spec *out) {
   const moe_config *c = &m->cfg;
   const size_t B = (size_t)o->max_batch, T = B * (size_t)o->max_prefill;
   const size_t H = (size_t)c->hidden, hd = (size_t)c->head_dim;
@@ -116,6 +117,9 @@ static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_engine
   const size_t K = (size_t)(c->top_k > 0 ? c->top_k : 1);
   const size_t kv = (size_t)c->n_layers * B * (size_t)c->n_kv_heads * (size_t)o->max_seq * hd * 4;
   const size_t f = sizeof(float), i32 = sizeof(int32_t);
+  size_t max_cols = H > ffn ? H : ffn;
+  if (qd > max_cols) max_cols = qd;
+  const size_t ws = dev && dev->ops->workspace_bytes ? dev->ops->workspace_bytes(dev->be, T, max_cols) : 0;
   const buf_spec t[] = {
       {&e->dense_dev, MOE_MEM_DENSE, m->dense_bytes, "dense weights"},
       {&e->k_cache, MOE_MEM_KV, kv, "K cache"},
@@ -142,18 +146,20 @@ static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_engine
       {&e->iota, MOE_MEM_WORKSPACE, T * i32, "row indices"},
       {&e->ridx, MOE_MEM_WORKSPACE, T * K * i32, "routing indices"},
       {&e->pidx, MOE_MEM_WORKSPACE, T * K * i32, "pre-gate indices"},
+      {&e->gemm_ws, MOE_MEM_WORKSPACE, ws, "matmul workspace"},
   };
   size_t n = sizeof t / sizeof t[0];
   memcpy(out, t, sizeof t);
   return n;
 }
 
-void moe_engine_plan_memory(const moe_model *model, const moe_engine_options *opt, int slots,
+void moe_engine_plan_memory(const moe_model *model, const moe_device *dev,
+                            const moe_engine_options *opt, int slots,
                             size_t bytes[MOE_MEM_CATEGORIES], size_t *total) {
   moe_engine dummy;
   buf_spec t[MAX_BUFS];
   moe_engine_options o = normalized(opt);
-  size_t n = engine_buffers(&dummy, model, &o, t);
+  size_t n = engine_buffers(&dummy, model, dev, &o, t);
   memset(bytes, 0, MOE_MEM_CATEGORIES * sizeof bytes[0]);
   for (size_t i = 0; i < n; i++) bytes[t[i].cat] += t[i].bytes;
   if (model->n_moe > 0) bytes[MOE_MEM_EXPERTS] += (size_t)slots * model->expert_bytes;
@@ -207,7 +213,8 @@ void moe_engine_free(moe_engine *e) {
   if (e->policy && e->policy->destroy) e->policy->destroy(e->policy_state);
   moe_expert_store_free(e->store);
   buf_spec t[MAX_BUFS];
-  size_t n = engine_buffers(e, e->model, &e->opt, t);
+  size_t n = engine_buffers(e, e->model, e->dev, &e->opt, t);
+  if (e->gemm_ws && e->dev->ops->set_workspace) e->dev->ops->set_workspace(e->dev->be, NULL, 0);
   for (size_t i = 0; i < n; i++) moe_device_free(e->dev, *(void **)t[i].pp);
   free(e->h_ids);
   free(e->h_pos);
@@ -252,7 +259,7 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
 
   /* Plan: the policy sizes its slots against what the budget leaves. */
   size_t plan[MOE_MEM_CATEGORIES], fixed;
-  moe_engine_plan_memory(model, &e->opt, 0, plan, &fixed);
+  moe_engine_plan_memory(model, dev, &e->opt, 0, plan, &fixed);
   moe_policy_env env = {c->n_layers,         model->n_moe, c->n_experts, c->top_k,
                         opt->max_batch,      model->expert_bytes,
                         dev->mem.budget > dev->mem.current_total + fixed
@@ -268,9 +275,12 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   }
 
   buf_spec t[MAX_BUFS];
-  size_t nb = engine_buffers(e, model, &e->opt, t);
-  for (size_t i = 0; i < nb; i++)
+  size_t nb = engine_buffers(e, model, dev, &e->opt, t);
+  for (size_t i = 0; i < nb; i++) {
     MOE_TRY(moe_device_alloc(dev, t[i].cat, t[i].bytes, t[i].name, (void **)t[i].pp, err));
+    if (t[i].pp == (void *)&e->gemm_ws && dev->ops->set_workspace)
+      dev->ops->set_workspace(dev->be, e->gemm_ws, t[i].bytes);
+  }
   MOE_TRY(moe_expert_store_create(&e->store, model, dev, e->slots, err));
   MOE_TRY(dev->ops->upload(dev->be, e->dense_dev, model->dense, model->dense_bytes, err));
   e->h_ids = malloc(T * sizeof(int32_t));

@@ -24,6 +24,10 @@
 #include "moe/dtype.h"
 #include "moe/status.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define MOE_BACKEND_ABI 1
 
 typedef struct moe_backend moe_backend; /* a backend instance */
@@ -135,6 +139,19 @@ typedef struct moe_backend_ops {
   moe_status (*scatter_add_rows)(moe_backend *be, float *dst, const float *src,
                                  const int32_t *rows, const float *scale, size_t scale_stride,
                                  bool scale_sigmoid, size_t n, size_t dim, moe_error *err);
+
+  /* ---- optional (may be NULL) */
+  /* Device scratch the backend needs for matmuls of up to max_rows x
+   * max_cols activations; the engine allocates it through its accounting
+   * front and hands it over with set_workspace. */
+  size_t (*workspace_bytes)(moe_backend *be, size_t max_rows, size_t max_cols);
+  void (*set_workspace)(moe_backend *be, void *ptr, size_t bytes);
+  /* Pins an existing host range for asynchronous copies (and unpins it). */
+  moe_status (*host_register)(moe_backend *be, void *ptr, size_t bytes, moe_error *err);
+  void (*host_unregister)(moe_backend *be, void *ptr);
+  /* Device bytes in use as the driver sees them (cross-check of the
+   * engine's accounting), or 0 when unknown. */
+  size_t (*device_used)(moe_backend *be);
 } moe_backend_ops;
 
 /* ---- registry of built-in backends */
@@ -196,5 +213,9 @@ moe_status moe_device_alloc(moe_device *dev, moe_mem_category cat, size_t bytes,
 void moe_device_free(moe_device *dev, void *ptr);
 /* Restarts the peak counters from the current usage. */
 void moe_device_reset_peak(moe_device *dev);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

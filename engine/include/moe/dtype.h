@@ -8,6 +8,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum moe_dtype { MOE_F32 = 0, MOE_F16 = 1, MOE_BF16 = 2 } moe_dtype;
 
 /* Bytes per element: 4, 2, 2. */
@@ -33,5 +37,9 @@ void moe_convert_to_f32(float *dst, const void *src, moe_dtype dt, size_t n);
 
 /* Converts n f32 elements to dtype dt. */
 void moe_convert_from_f32(void *dst, moe_dtype dt, const float *src, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

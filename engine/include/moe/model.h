@@ -93,9 +93,11 @@ typedef struct moe_engine_options {
 } moe_engine_options;
 
 /* Device bytes the engine will allocate, by category, for model, options
- * and a number of expert slots: the plan that measured peaks are checked
+ * and a number of expert slots on dev (NULL: a backend that needs no matmul
+ * workspace, as the cpu backend): the plan that measured peaks are checked
  * against.  Computed from the same size table the engine allocates from. */
-void moe_engine_plan_memory(const moe_model *model, const moe_engine_options *opt, int slots,
+void moe_engine_plan_memory(const moe_model *model, const moe_device *dev,
+                            const moe_engine_options *opt, int slots,
                             size_t bytes[MOE_MEM_CATEGORIES], size_t *total);
 
 typedef struct moe_gen_stats {

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# gpu_check.sh: the checks that need a GPU, as one script for a lent GPU
+# machine.  Builds with CUDA, runs the gpu-labelled tests (cuda vs cpu op by
+# op, whole models, policies bit-identical, peak = plan), runs the headline
+# suite with the cuda backend and the paper-scale suite, measures the
+# host-to-device copy bandwidth, and writes CSV, JSON and a short table to
+# $OUT (default: results/runs/gpu-check).  Budget: 8 minutes.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-results/runs/gpu-check}"
+mkdir -p "$OUT"
+log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/summary.txt"; }
+start=$(date +%s)
+
+log "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.current,pcie.link.width.current \
+  --format=csv 2>&1 | tee -a "$OUT/summary.txt"
+
+log "build (MOE_WITH_CUDA=ON, sm_90)"
+./run_all.sh --help >/dev/null
+if ! { cmake -S . -B build-gpu -DMOE_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/cmake.log" 2>&1 &&
+       cmake --build build-gpu -j "$(nproc)" >"$OUT/build.log" 2>&1; }; then
+  log "BUILD FAILED (see build.log)"; tail -30 "$OUT/build.log"; exit 1
+fi
+bin=build-gpu/harness/moebench
+$bin list backends | tee -a "$OUT/summary.txt"
+
+log "gpu tests"
+(cd build-gpu && timeout 240 ctest -L gpu --output-on-failure) >"$OUT/gpu-tests.log" 2>&1
+gpu_rc=$?
+tail -15 "$OUT/gpu-tests.log" | tee -a "$OUT/summary.txt"
+
+log "host-to-device bandwidth and the four policies (switch-base-like, cuda, 3 reps)"
+timeout 180 $bin bench-policies --preset switch-base-like --backend cuda --reps 3 \
+  >"$OUT/bench-policies.md" 2>"$OUT/bench-policies.err"
+tail -12 "$OUT/bench-policies.md" | tee -a "$OUT/summary.txt"
+
+log "headline suite on cuda"
+sed -e 's/"backend": "auto"/"backend": "cuda"/' -e 's/"link_gbps": 6/"link_gbps": 0/' workloads/suites/headline.json >"$OUT/headline-suite.json"
+timeout 150 $bin sweep "$OUT/headline-suite.json" -o "$OUT/headline-cuda" --quiet
+$bin report "$OUT/headline-cuda.csv" --paper >"$OUT/headline-cuda.md" && cat "$OUT/headline-cuda.md" | tee -a "$OUT/summary.txt"
+
+log "paper scale (switch-base-128-like, f32, 256 prompt + 32 tokens)"
+timeout 200 $bin sweep gpu-paper -o "$OUT/paper-cuda" --quiet
+$bin report "$OUT/paper-cuda.csv" --paper >"$OUT/paper-cuda.md" && cat "$OUT/paper-cuda.md" | tee -a "$OUT/summary.txt"
+
+log "done in $(( $(date +%s) - start )) s; gpu tests rc=$gpu_rc"
+exit $gpu_rc
