@@ -273,6 +273,10 @@ int cmd_generate(int argc, char **argv) {
   if (rs.pregate_total)
     printf("; pre-gate hit rate %.3f", (double)rs.pregate_hits / (double)rs.pregate_total);
   printf("\n");
+  if (dev.ops->device_used)
+    printf("# device memory: %zu bytes accounted by the engine, %zu bytes in use as the driver "
+           "reports it (cudaMemGetInfo; includes the CUDA context and cuBLAS)\n",
+           dev.mem.current_total, dev.ops->device_used(dev.be));
   rc = 0;
 done:
   if (rc != 0 && err.status != MOE_OK) cli_fail(&err);
