@@ -301,6 +301,21 @@ START_TEST(store_residency) {
   ck_assert_int_eq(moe_expert_store_acquire(s, 2, 0, &w, &err), MOE_ERR_INVALID); /* dense layer */
   moe_error_clear(&err);
   ck_assert_int_eq(moe_expert_store_release(s, 0, 1, &err), MOE_ERR_INTERNAL);
+  /* pins: never evicted, even by demand fetches; one slot stays free of pins */
+  moe_expert_store_begin_block(s, 1, NULL, 0);
+  ck_assert_int_eq(moe_expert_store_pin(s, 0, 3, &err), 1);
+  ck_assert_int_eq(moe_expert_store_pin(s, 0, 4, &err), 1);
+  ck_assert_int_eq(moe_expert_store_pin(s, 0, 5, &err), 0); /* would pin the last slot */
+  ck_assert_int_eq(moe_expert_store_evict(s, 0, 3), 0);
+  for (int x = 0; x < 8; x++) { /* demand fetches cycle through the one unpinned slot */
+    ck_assert(moe_expert_store_acquire(s, 3, x, &w, &err) == MOE_OK);
+    ck_assert(moe_expert_store_release(s, 3, x, &err) == MOE_OK);
+  }
+  ck_assert(moe_expert_store_resident(s, 0, 3) && moe_expert_store_resident(s, 0, 4));
+  ck_assert(moe_expert_store_check(s, &err) == MOE_OK);
+  moe_expert_store_unpin(s, 0, 3);
+  ck_assert_int_eq(moe_expert_store_evict(s, 0, 3), 1);
+  ck_assert(moe_expert_store_check(s, &err) == MOE_OK);
   moe_expert_store_free(s);
   moe_error_clear(&err);
   ck_assert_int_eq(moe_expert_store_create(&s, g_model, &g_dev, 0, &err), MOE_ERR_INVALID);

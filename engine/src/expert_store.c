@@ -15,6 +15,7 @@ typedef struct slot {
   unsigned long long tick; /* last touch, for LRU */
   bool hold;               /* needed by the current block, or a prefetch of this round */
   bool in_use;             /* between acquire and release */
+  bool pinned;             /* a policy's pin: never a victim */
 } slot;
 
 struct moe_expert_store {
@@ -24,6 +25,7 @@ struct moe_expert_store {
   slot *slots;
   int n_slots;
   int *slot_of;            /* [n_moe * n_experts] -> slot or -1 */
+  int n_pinned;
   unsigned long long *uses;
   unsigned long long tick;
   bool registered;         /* the model's expert slab is pinned for async copies */
@@ -111,8 +113,8 @@ static int pick_victim(const moe_expert_store *s, bool forced) {
     for (int i = 0; i < s->n_slots; i++) {
       const slot *sl = &s->slots[i];
       bool ok = pass == 0   ? sl->layer < 0
-                : pass == 1 ? !sl->hold && !sl->in_use
-                            : !sl->in_use;
+                : pass == 1 ? !sl->hold && !sl->in_use && !sl->pinned
+                            : !sl->in_use && !sl->pinned;
       if (ok && (best < 0 || sl->tick < s->slots[best].tick)) best = i;
     }
   return best;
@@ -126,6 +128,7 @@ static void drop(moe_expert_store *s, int i) {
   }
   sl->layer = sl->expert = -1;
   sl->hold = false;
+  sl->pinned = false;
 }
 
 int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool prefetch,
@@ -227,11 +230,34 @@ moe_status moe_expert_store_release(moe_expert_store *s, int layer, int expert, 
   return s->dev->ops->compute_record(s->dev->be, sl->free_ev, err);
 }
 
+int moe_expert_store_pin(moe_expert_store *s, int layer, int expert, moe_error *err) {
+  long k = key_of(s, layer, expert);
+  if (k < 0) {
+    MOE_FAIL(err, MOE_ERR_INVALID, "pin of layer %d expert %d: no such MoE expert", layer, expert);
+    return -1;
+  }
+  if (s->slot_of[k] >= 0 && s->slots[s->slot_of[k]].pinned) return 1;
+  if (s->n_pinned + 1 >= s->n_slots) return 0; /* keep one slot for demand fetches */
+  int r = moe_expert_store_fetch(s, layer, expert, true, err);
+  if (r != 1) return r;
+  s->slots[s->slot_of[k]].pinned = true;
+  s->slots[s->slot_of[k]].hold = false; /* the pin protects it; no hold left behind */
+  s->n_pinned++;
+  return 1;
+}
+
+void moe_expert_store_unpin(moe_expert_store *s, int layer, int expert) {
+  long k = key_of(s, layer, expert);
+  if (k < 0 || s->slot_of[k] < 0 || !s->slots[s->slot_of[k]].pinned) return;
+  s->slots[s->slot_of[k]].pinned = false;
+  s->n_pinned--;
+}
+
 int moe_expert_store_evict(moe_expert_store *s, int layer, int expert) {
   long k = key_of(s, layer, expert);
   if (k < 0 || s->slot_of[k] < 0) return 0;
   int v = s->slot_of[k];
-  if (s->slots[v].hold || s->slots[v].in_use) return 0;
+  if (s->slots[v].hold || s->slots[v].in_use || s->slots[v].pinned) return 0;
   drop(s, v);
   return 1;
 }
@@ -257,10 +283,12 @@ moe_status moe_expert_store_check(const moe_expert_store *s, moe_error *err) {
                       k, v, sl->layer, sl->expert);
   }
   long owned = 0;
+  int pinned = 0;
   for (int i = 0; i < s->n_slots; i++) {
     const slot *sl = &s->slots[i];
+    pinned += sl->pinned;
     if (sl->layer < 0) {
-      if (sl->in_use || sl->hold)
+      if (sl->in_use || sl->hold || sl->pinned)
         return MOE_FAIL(err, MOE_ERR_INTERNAL, "free slot %d is marked held or in use", i);
       continue;
     }
@@ -274,6 +302,9 @@ moe_status moe_expert_store_check(const moe_expert_store *s, moe_error *err) {
   }
   if (owned != mapped)
     return MOE_FAIL(err, MOE_ERR_INTERNAL, "%ld slots owned but %ld map entries", owned, mapped);
+  if (pinned != s->n_pinned || (s->n_slots > 0 && pinned >= s->n_slots))
+    return MOE_FAIL(err, MOE_ERR_INTERNAL, "%d slots pinned, %d counted, of %d", pinned,
+                    s->n_pinned, s->n_slots);
   return MOE_OK;
 }
 

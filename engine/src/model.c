@@ -190,6 +190,16 @@ static int ctx_next_moe_layer(moe_policy_ctx *ctx, int layer) {
   return next_moe(e->model, layer);
 }
 
+static int ctx_pin(moe_policy_ctx *ctx, int layer, int expert) {
+  moe_engine *e = ctx->engine;
+  return moe_expert_store_pin(e->store, layer, expert, e->cb_err) > 0;
+}
+
+static void ctx_unpin(moe_policy_ctx *ctx, int layer, int expert) {
+  moe_engine *e = ctx->engine;
+  moe_expert_store_unpin(e->store, layer, expert);
+}
+
 static int ctx_n_experts(moe_policy_ctx *ctx) {
   moe_engine *e = ctx->engine;
   return e->model->cfg.n_experts;
@@ -245,7 +255,8 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   e->opt = normalized(opt);
   e->policy = opt->policy ? opt->policy : &moe_policy_gpu_only;
   e->pred_layer = -1;
-  e->ctx = (moe_policy_ctx){e, ctx_fetch, ctx_resident, ctx_evict, ctx_next_moe_layer, ctx_n_experts};
+  e->ctx = (moe_policy_ctx){e,         ctx_fetch,     ctx_resident, ctx_evict, ctx_next_moe_layer,
+                            ctx_n_experts, ctx_pin, ctx_unpin};
   MOE_TRY(moe_policy_validate(e->policy, err));
   MOE_CHECK(opt->max_batch > 0 && opt->max_seq > 0, err, MOE_ERR_INVALID,
             "batch (%d) and sequence length (%d) must be positive", opt->max_batch, opt->max_seq);

@@ -62,7 +62,14 @@ moe_status moe_expert_store_acquire(moe_expert_store *s, int layer, int expert,
                                     moe_expert_weights *out, moe_error *err);
 moe_status moe_expert_store_release(moe_expert_store *s, int layer, int expert, moe_error *err);
 
-/* Drops (layer, expert) unless held or in use.  Returns 1 when dropped. */
+/* Fetches (layer, expert) as a prefetch would and pins it: no eviction
+ * (not even a demand fetch's) takes a pinned slot until it is unpinned.
+ * Returns 1 when pinned, 0 when no slot could be had, -1 on error.  At
+ * least one slot always stays unpinned, so demand fetches can proceed. */
+int moe_expert_store_pin(moe_expert_store *s, int layer, int expert, moe_error *err);
+void moe_expert_store_unpin(moe_expert_store *s, int layer, int expert);
+
+/* Drops (layer, expert) unless held, pinned or in use.  Returns 1 when dropped. */
 int moe_expert_store_evict(moe_expert_store *s, int layer, int expert);
 int moe_expert_store_resident(const moe_expert_store *s, int layer, int expert);
 

@@ -63,6 +63,11 @@ struct moe_policy_ctx {
   int (*next_moe_layer)(moe_policy_ctx *ctx, int layer);
   /* Experts per MoE block. */
   int (*n_experts)(moe_policy_ctx *ctx);
+  /* Fetches (layer, expert) if needed and pins it: never evicted until
+   * unpinned.  Returns 0 when no slot could be had.  Pinned slots still
+   * count against the policy's planned slots. */
+  int (*pin)(moe_policy_ctx *ctx, int layer, int expert);
+  void (*unpin)(moe_policy_ctx *ctx, int layer, int expert);
 };
 
 typedef struct moe_policy {
