@@ -202,29 +202,32 @@ static void on_row(int term, void *ctx_) {
   c->field = 0;
 }
 
-moe_status res_read_csv(const char *path, res_table *t, moe_error *err) {
+moe_status res_read_csv_stream(FILE *f, const char *path, res_table *t, moe_error *err) {
   res_table_init(t);
-  FILE *f = fopen(path, "rb");
-  if (f == NULL) return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
   struct csv_parser p;
-  if (csv_init(&p, CSV_APPEND_NULL) != 0) {
-    fclose(f);
-    return MOE_FAIL(err, MOE_ERR_OOM, "csv_init failed");
-  }
+  if (csv_init(&p, CSV_APPEND_NULL) != 0) return MOE_FAIL(err, MOE_ERR_OOM, "csv_init failed");
   csv_ctx c = {.t = t, .path = path, .err = err, .st = MOE_OK};
   char buf[65536];
   size_t n;
   while (c.st == MOE_OK && (n = fread(buf, 1, sizeof buf, f)) > 0)
-    if (csv_parse(&p, buf, n, on_field, on_row, &c) != n)
+    if (csv_parse(&p, buf, n, on_field, on_row, &c) != n && c.st == MOE_OK)
       c.st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: malformed CSV: %s", path, csv_strerror(csv_error(&p)));
   if (c.st == MOE_OK) csv_fini(&p, on_field, on_row, &c);
   for (size_t i = 0; i < c.field; i++) free(c.fields[i]);
   csv_free(&p);
-  fclose(f);
   if (c.st == MOE_OK && !c.header_done)
     c.st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: empty file (no header)", path);
   if (c.st != MOE_OK) res_table_free(t);
   return c.st;
+}
+
+moe_status res_read_csv(const char *path, res_table *t, moe_error *err) {
+  res_table_init(t);
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+  moe_status st = res_read_csv_stream(f, path, t, err);
+  fclose(f);
+  return st;
 }
 
 static moe_status atomic_begin(const char *path, char **tmp, FILE **f, moe_error *err) {

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "moe/status.h"
 
@@ -62,6 +63,8 @@ long res_find(const res_table *t, const res_row *like);
  * line for a bad header, a ragged row or a schema major version other than
  * this build's. */
 moe_status res_read_csv(const char *path, res_table *t, moe_error *err);
+/* Same, from an open stream; origin names it in messages (the fuzzer's entry). */
+moe_status res_read_csv_stream(FILE *f, const char *origin, res_table *t, moe_error *err);
 moe_status res_write_csv(const char *path, const res_table *t, moe_error *err);
 /* JSON: {"schema_version", "metadata": meta (stolen reference, may be NULL),
  * "columns": [{name, kind, unit docs}], "rows": [{col: value}]}; integers

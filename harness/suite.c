@@ -165,12 +165,22 @@ cleanup:
 }
 
 moe_status suite_load(suite *s, const char *name, moe_error *err) {
+  char path[512];
+  resolve(path, sizeof path, suite_dir(), name);
+  json_t *root = load_json(path, "suite", err);
+  if (root == NULL) return err ? err->status : MOE_ERR_IO;
+  moe_status st = suite_from_json(s, root, path, err);
+  json_decref(root);
+  return st;
+}
+
+moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_error *err) {
   moe_status st = MOE_OK;
   memset(s, 0, sizeof *s);
-  resolve(s->path, sizeof s->path, suite_dir(), name);
+  snprintf(s->path, sizeof s->path, "%s", origin_);
   const char *origin = s->path;
-  json_t *root = load_json(s->path, "suite", err);
-  if (root == NULL) return err ? err->status : MOE_ERR_IO;
+  json_t *root = (json_t *)json;
+  MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", origin);
   MOE_TRY(get_str(root, "name", true, s->name, sizeof s->name, origin, err));
   MOE_TRY(get_str(root, "description", false, s->description, sizeof s->description, origin, err));
   MOE_TRY(get_list(root, "models", s->models, &s->n_models, origin, err));
@@ -230,6 +240,5 @@ moe_status suite_load(suite *s, const char *name, moe_error *err) {
             err, MOE_ERR_FORMAT, "%s: field 'warmup' must be an integer in 0..100", origin);
   s->warmup = wu ? (int)json_integer_value(wu) : 0;
 cleanup:
-  json_decref(root);
   return st;
 }

@@ -52,5 +52,8 @@ moe_status workload_load(workload *w, const char *name_or_path, moe_error *err);
 moe_status workload_from_json(workload *w, const void *json, const char *origin, moe_error *err);
 /* Loads a suite by name (suites dir) or path. */
 moe_status suite_load(suite *s, const char *name_or_path, moe_error *err);
+/* Parses a suite object (a json_t *); origin names it in messages.  Named
+ * workloads are read from the profiles directory. */
+moe_status suite_from_json(suite *s, const void *json, const char *origin, moe_error *err);
 
 #endif
