@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -167,4 +168,33 @@ bool cli_parse_bytes(const char *s, size_t *out) {
       return true;
     }
   return false;
+}
+
+moe_status cli_preset_model(const char *name, cli_preset *p, moe_model **out, moe_error *err) {
+  cli_preset local;
+  if (p == NULL) p = &local;
+  *out = NULL;
+  moe_status st = cli_preset_load(p, name, err);
+  if (st != MOE_OK) return st;
+  moe_synth_options so = cli_preset_synth(p);
+  return moe_model_synthetic(out, &p->cfg, &so, err);
+}
+
+int cli_for_each_json(const char *dir, int (*fn)(const char *path, void *ctx), void *ctx) {
+  struct dirent **names = NULL;
+  int n = scandir(dir, &names, NULL, alphasort);
+  if (n < 0) return -1;
+  int rc = 0;
+  for (int i = 0; i < n; i++) {
+    const char *nm = names[i]->d_name;
+    size_t len = strlen(nm);
+    if (rc == 0 && len > 5 && strcmp(nm + len - 5, ".json") == 0) {
+      char path[4096];
+      snprintf(path, sizeof path, "%s/%s", dir, nm);
+      rc = fn(path, ctx);
+    }
+    free(names[i]);
+  }
+  free(names);
+  return rc;
 }

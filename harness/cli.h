@@ -36,6 +36,13 @@ typedef struct cli_preset {
 /* Synthetic-model options of a preset. */
 moe_synth_options cli_preset_synth(const cli_preset *p);
 
+/* Loads preset NAME (into *p when non-NULL) and builds its synthetic model. */
+moe_status cli_preset_model(const char *name, cli_preset *p, moe_model **out, moe_error *err);
+
+/* Calls fn(path, ctx) for every *.json file of dir in name order; returns
+ * the first non-zero fn result, 0, or -1 when dir cannot be read. */
+int cli_for_each_json(const char *dir, int (*fn)(const char *path, void *ctx), void *ctx);
+
 /* Reads preset NAME (or a path to a preset file).  Errors name the file and
  * field. */
 moe_status cli_preset_load(cli_preset *p, const char *name_or_path, moe_error *err);

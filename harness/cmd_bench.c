@@ -115,10 +115,8 @@ static int bench_decode(moe_device *dev, const char *preset, int steps, double c
   int rc = 1;
   int32_t *out = NULL;
   double *step_s = NULL;
-  if (cli_preset_load(&p, preset, &err) != MOE_OK) goto done;
-  moe_synth_options so = cli_preset_synth(&p);
   double t0 = now_s();
-  if (moe_model_synthetic(&m, &p.cfg, &so, &err) != MOE_OK) goto done;
+  if (cli_preset_model(preset, &p, &m, &err) != MOE_OK) goto done;
   double t_init = now_s() - t0;
   const moe_config *c = moe_model_config(m);
   const int prompt = 8;

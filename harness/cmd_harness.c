@@ -577,9 +577,7 @@ int cmd_run(int argc, char **argv) {
   cli_preset p;
   moe_error err = {0};
   moe_model *m = NULL;
-  if (cli_preset_load(&p, preset, &err) != MOE_OK) return cli_fail(&err);
-  moe_synth_options so = cli_preset_synth(&p);
-  if (moe_model_synthetic(&m, &p.cfg, &so, &err) != MOE_OK) return cli_fail(&err);
+  if (cli_preset_model(preset, &p, &m, &err) != MOE_OK) return cli_fail(&err);
   workload wl = {.n_batches = 1, .prompt_len = (int)plen, .gen_len = (int)glen,
                  .requests = (int)requests, .seed = seed};
   snprintf(wl.name, sizeof wl.name, "p%ld-g%ld", plen, glen);

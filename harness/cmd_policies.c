@@ -117,12 +117,9 @@ int cmd_bench_policies(int argc, char **argv) {
     }
     np++;
   }
-  cli_preset p;
   moe_error err = {0};
   moe_model *m = NULL;
-  if (cli_preset_load(&p, preset, &err) != MOE_OK) return cli_fail(&err);
-  moe_synth_options so = cli_preset_synth(&p);
-  if (moe_model_synthetic(&m, &p.cfg, &so, &err) != MOE_OK) return cli_fail(&err);
+  if (cli_preset_model(preset, NULL, &m, &err) != MOE_OK) return cli_fail(&err);
   const moe_config *cfg = moe_model_config(m);
 
   run_result *res = calloc((size_t)np * (size_t)reps, sizeof *res);

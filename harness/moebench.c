@@ -16,7 +16,6 @@
 #include "moe/version.h"
 #include "suite.h"
 
-#include <dirent.h>
 #include <stdlib.h>
 
 #include "commands.h"
@@ -38,6 +37,46 @@ static void usage(FILE *f) {
           "  list        list backends, models, policies, suites or workloads\n"
           "\n"
           "Run 'moebench COMMAND --help' for a command's options.\n");
+}
+
+/* One line per JSON file of a presets/suites/profiles directory; a file
+ * that does not parse is reported and makes the listing fail. */
+static int print_model(const char *path, void *ctx) {
+  cli_preset p;
+  moe_error err = {0};
+  if (cli_preset_load(&p, path, &err) != MOE_OK) return *(int *)ctx = cli_fail(&err), 0;
+  printf("%-24s %-5s %s\n", p.name, moe_dtype_name(p.dtype), p.description);
+  return 0;
+}
+
+static int print_suite(const char *path, void *ctx) {
+  moe_error err = {0};
+  suite *s = calloc(1, sizeof *s);
+  if (s && suite_load(s, path, &err) == MOE_OK)
+    printf("%-16s %s\n", s->name, s->description);
+  else
+    *(int *)ctx = cli_fail(&err);
+  free(s);
+  return 0;
+}
+
+static int print_workload(const char *path, void *ctx) {
+  workload w;
+  moe_error err = {0};
+  if (workload_load(&w, path, &err) == MOE_OK)
+    printf("%-22s %s\n", w.name, w.description);
+  else
+    *(int *)ctx = cli_fail(&err);
+  return 0;
+}
+
+static int list_dir(const char *dir, int (*fn)(const char *, void *)) {
+  int rc = 0;
+  if (cli_for_each_json(dir, fn, &rc) < 0) {
+    cli_error("%s: cannot list", dir);
+    return 1;
+  }
+  return rc;
 }
 
 static int cmd_list(int argc, char **argv) {
@@ -72,70 +111,9 @@ static int cmd_list(int argc, char **argv) {
       printf("%-14s %s\n", moe_policy_at(i)->name, moe_policy_at(i)->summary);
     return 0;
   }
-  if (strcmp(what, "models") == 0) {
-    const char *dir = cli_models_dir();
-    struct dirent **names = NULL;
-    int n = scandir(dir, &names, NULL, alphasort);
-    if (n < 0) {
-      cli_error("%s: cannot list model presets", dir);
-      return 1;
-    }
-    int rc = 0;
-    for (int i = 0; i < n; i++) {
-      const char *nm = names[i]->d_name;
-      size_t len = strlen(nm);
-      if (len > 5 && strcmp(nm + len - 5, ".json") == 0) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, nm);
-        cli_preset p;
-        moe_error err = {0};
-        if (cli_preset_load(&p, path, &err) == MOE_OK)
-          printf("%-24s %-5s %s\n", p.name, moe_dtype_name(p.dtype), p.description);
-        else
-          rc = cli_fail(&err);
-      }
-      free(names[i]);
-    }
-    free(names);
-    return rc;
-  }
-  if (strcmp(what, "suites") == 0 || strcmp(what, "workloads") == 0) {
-    bool suites = what[0] == 's';
-    const char *dir = suites ? suite_dir() : suite_profiles_dir();
-    struct dirent **names = NULL;
-    int n = scandir(dir, &names, NULL, alphasort);
-    if (n < 0) {
-      cli_error("%s: cannot list", dir);
-      return 1;
-    }
-    int rc = 0;
-    for (int i = 0; i < n; i++) {
-      const char *nm = names[i]->d_name;
-      size_t len = strlen(nm);
-      if (len > 5 && strcmp(nm + len - 5, ".json") == 0) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, nm);
-        moe_error err = {0};
-        if (suites) {
-          suite *s = calloc(1, sizeof *s);
-          if (s && suite_load(s, path, &err) == MOE_OK)
-            printf("%-16s %s\n", s->name, s->description);
-          else
-            rc = cli_fail(&err);
-          free(s);
-        } else {
-          workload w;
-          if (workload_load(&w, path, &err) == MOE_OK)
-            printf("%-20s %s\n", w.name, w.description);
-          else
-            rc = cli_fail(&err);
-        }
-      }
-      free(names[i]);
-    }
-    free(names);
-    return rc;
-  }
+  if (strcmp(what, "models") == 0) return list_dir(cli_models_dir(), print_model);
+  if (strcmp(what, "suites") == 0) return list_dir(suite_dir(), print_suite);
+  if (strcmp(what, "workloads") == 0) return list_dir(suite_profiles_dir(), print_workload);
   cli_error("list: unknown category '%s' (expected backends, models, policies, suites or workloads)", what);
   return 2;
 }
