@@ -2,6 +2,7 @@
  * --version with exit 0, refuses unknown commands with exit 2 and a clear
  * message. */
 #include <check.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "moe/backend.h"
@@ -27,6 +28,13 @@ START_TEST(cli_help_and_version) {
   ck_assert_ptr_nonnull(strstr(out, "--max-new-tokens"));
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " bench-ops --help", out, sizeof out), 0);
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " list --help", out, sizeof out), 0);
+  const char *cmds[] = {"run", "sweep", "compare", "report", "bench-policies"};
+  for (int i = 0; i < 5; i++) {
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, MOEBENCH_PATH " %s --help", cmds[i]);
+    ck_assert_msg(tu_run(cmd, out, sizeof out) == 0, "%s --help", cmds[i]);
+    ck_assert_msg(strstr(out, "usage: moebench") != NULL, "%s --help: %s", cmds[i], out);
+  }
 }
 END_TEST
 
@@ -55,6 +63,25 @@ START_TEST(cli_lists_and_generates) {
   /* a missing preset is a one-line error naming the file, exit 1 */
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset no-such-model", out, sizeof out), 1);
   ck_assert_ptr_nonnull(strstr(out, "no-such-model.json"));
+  /* no usable GPU here (or no CUDA in the build): one clear line, exit 1 */
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --backend cuda", out, sizeof out), 1);
+  ck_assert_msg(strstr(out, "use --backend cpu") != NULL, "%s", out);
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --backend tpu", out, sizeof out), 1);
+  ck_assert_ptr_nonnull(strstr(out, "unknown backend 'tpu'"));
+  /* run prints a result row; list knows suites, workloads and policies */
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " run --preset ci-small --policy pregated --gen-len 4 --prompt-len 4",
+                          out, sizeof out), 0);
+  ck_assert_ptr_nonnull(strstr(out, "| ci-small | p4-g4 | pregated | pregated | ok |"));
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " run --preset ci-small --policy gpu-only --device-mem 1MiB", out, sizeof out), 1);
+  ck_assert_ptr_nonnull(strstr(out, "OOM"));
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " list suites", out, sizeof out), 0);
+  ck_assert_ptr_nonnull(strstr(out, "headline"));
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " list workloads", out, sizeof out), 0);
+  ck_assert_ptr_nonnull(strstr(out, "batch-sweep"));
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " list policies", out, sizeof out), 0);
+  ck_assert_ptr_nonnull(strstr(out, "prefetch-all"));
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --policy lifo", out, sizeof out), 2);
+  ck_assert_ptr_nonnull(strstr(out, "unknown policy 'lifo'"));
   /* an out-of-vocabulary prompt id is refused */
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --prompt-ids 1,999", out, sizeof out), 1);
   ck_assert_ptr_nonnull(strstr(out, "vocabulary"));
