@@ -401,10 +401,13 @@ int cmd_sweep(int argc, char **argv) {
         rc = 1;
         break;
       }
-      for (int bi = 0; bi < wl->n_batches && rc == 0; bi++)
+      for (int bi = 0; bi < wl->n_batches && rc == 0; bi++) {
+        /* The parity reference: gpu-only on the same model and inputs.  The
+         * budget does not change the math, so a gpu-only run that fitted an
+         * earlier budget also serves the budgets where gpu-only is OOM. */
+        run_result ref = {0};
+        bool have_ref = false;
         for (int bu = 0; bu < s->n_budgets && rc == 0; bu++) {
-          run_result ref = {0};
-          bool have_ref = false;
           /* gpu-only first: it is the parity reference of the others */
           int order[SUITE_MAX], no = 0;
           for (int p = 0; p < s->n_policies; p++)
@@ -420,7 +423,6 @@ int cmd_sweep(int argc, char **argv) {
             char what[256];
             snprintf(what, sizeof what, "%s/%s/b%d/%s", presets[mi].name, wl->name, wl->batches[bi],
                      pol->name);
-            res_row probe_row = {0};
             res_table probe;
             res_table_init(&probe);
             res_row *pr_row = res_table_add(&probe);
@@ -431,10 +433,10 @@ int cmd_sweep(int argc, char **argv) {
             res_set(pr_row, "backend", backend);
             res_setf(pr_row, "device_mem_budget_bytes", "%zu", s->budgets[bu]);
             res_setf(pr_row, "batch", "%d", wl->batches[bi]);
-            (void)probe_row;
             bool done_before = resume && res_find(&t, pr_row) >= 0;
             res_table_free(&probe);
-            if (done_before && strcmp(pol->name, "gpu-only") != 0) {
+            const bool is_ref = !strcmp(pol->name, "gpu-only");
+            if (done_before && (!is_ref || have_ref)) {
               pr.done++;
               skipped++;
               progress_show(&pr, what);
@@ -453,25 +455,29 @@ int cmd_sweep(int argc, char **argv) {
             const moe_config *mc = moe_model_config(model);
             bool want_logits = (double)wl->batches[bi] * wl->gen_len * mc->vocab <= 64e6;
             progress_show(&pr, what);
-            if (done_before) {
-              /* gpu-only is rerun (not re-recorded) only to be the parity reference */
-              res_table scratch;
-              res_table_init(&scratch);
-              run_row(&rcfg, res_table_add(&scratch), NULL, &ref, want_logits);
+            run_result cur = {0};
+            res_table scratch;
+            res_table_init(&scratch);
+            /* a finished gpu-only row is rerun, not re-recorded, only to be the reference */
+            res_row *row = done_before ? res_table_add(&scratch) : res_table_add(&t);
+            run_row(&rcfg, row, have_ref ? &ref : NULL, is_ref ? &cur : NULL, want_logits);
+            res_table_free(&scratch);
+            if (is_ref && cur.status == MOE_OK) {
+              run_result_free(&ref);
+              ref = cur;
               have_ref = true;
-              res_table_free(&scratch);
-            } else {
-              res_row *row = res_table_add(&t);
-              bool is_ref = !strcmp(pol->name, "gpu-only");
-              run_row(&rcfg, row, have_ref ? &ref : NULL, is_ref ? &ref : NULL, want_logits);
-              if (is_ref) have_ref = true;
+            } else if (is_ref) {
+              run_result_free(&cur);
+            }
+            if (!done_before) {
               ran++;
               if (write_outputs(prefix, &t, meta, &err) != MOE_OK) rc = cli_fail(&err);
             }
             pr.done++;
           }
-          run_result_free(&ref);
         }
+        run_result_free(&ref);
+      }
       free(file_ids);
     }
     moe_model_free(model);
