@@ -13,17 +13,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "moe/clock.h"
 #include "cli.h"
 #include "commands.h"
 #include "moe/backend.h"
 #include "moe/model.h"
 #include "moe/rng.h"
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -58,12 +53,12 @@ static int bench_gemm(moe_device *dev, int reps) {
     /* enough inner iterations for ~10 ms per sample */
     int inner = (int)(2e8 / (2.0 * M * N * K)) + 1;
     for (int r = 0; r < reps; r++) {
-      double t0 = now_s();
+      double t0 = moe_clock_s();
       for (int i = 0; i < inner; i++) dev->ops->matmul(dev->be, y, x, (size_t)M, &wt, NULL, &err);
-      double t1 = now_s();
+      double t1 = moe_clock_s();
       for (int i = 0; i < inner; i++)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N);
-      double t2 = now_s();
+      double t2 = moe_clock_s();
       te[r] = (t1 - t0) / inner;
       tc[r] = (t2 - t1) / inner;
     }
@@ -88,15 +83,15 @@ static void bench_memory(int reps, double *copy_bps, double *read_bps) {
   memset(b, 2, n);
   volatile float sink = 0;
   for (int r = 0; r < reps; r++) {
-    double t0 = now_s();
+    double t0 = moe_clock_s();
     memcpy(b, a, n);
-    double t1 = now_s();
+    double t1 = moe_clock_s();
     float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     for (size_t i = 0; i < n / 4; i += 4) {
       s0 += a[i]; s1 += a[i + 1]; s2 += a[i + 2]; s3 += a[i + 3];
     }
     sink = s0 + s1 + s2 + s3;
-    double t2 = now_s();
+    double t2 = moe_clock_s();
     tc[r] = t1 - t0;
     tr[r] = t2 - t1;
   }
@@ -115,9 +110,9 @@ static int bench_decode(moe_device *dev, const char *preset, int steps, double c
   int rc = 1;
   int32_t *out = NULL;
   double *step_s = NULL;
-  double t0 = now_s();
+  double t0 = moe_clock_s();
   if (cli_preset_model(preset, &p, &m, &err) != MOE_OK) goto done;
-  double t_init = now_s() - t0;
+  double t_init = moe_clock_s() - t0;
   const moe_config *c = moe_model_config(m);
   const int prompt = 8;
   moe_engine_options eo = {.max_batch = 1, .max_seq = prompt + steps + 1};

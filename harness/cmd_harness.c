@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "moe/clock.h"
 #include "cli.h"
 #include "commands.h"
 #include "moe/cuda.h"
@@ -22,12 +23,6 @@
 #include "results.h"
 #include "runner.h"
 #include "suite.h"
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void iso_now(char *buf, size_t cap) {
   time_t t = time(NULL);
@@ -281,7 +276,7 @@ typedef struct progress {
 
 static void progress_show(progress *p, const char *what) {
   if (p->quiet) return;
-  double el = now_s() - p->start;
+  double el = moe_clock_s() - p->start;
   double eta = p->done > 0 ? el / p->done * (p->total - p->done) : 0;
   if (p->tty) {
     int width = 24, fill = p->total ? width * p->done / p->total : 0;
@@ -387,7 +382,7 @@ int cmd_sweep(int argc, char **argv) {
                                                       : json_integer((json_int_t)s->workloads[i].seed));
   json_object_set_new(meta, "prompt_seeds", wseeds);
 
-  progress pr = {0, 0, now_s(), isatty(2) != 0, quiet};
+  progress pr = {0, 0, moe_clock_s(), isatty(2) != 0, quiet};
   for (int w = 0; w < s->n_workloads; w++) pr.total += s->workloads[w].n_batches;
   pr.total *= s->n_models * s->n_budgets * s->n_policies;
   int rc = 0, ran = 0, skipped = 0;
@@ -485,7 +480,7 @@ int cmd_sweep(int argc, char **argv) {
   if (!quiet) {
     if (pr.tty) fprintf(stderr, "\n");
     fprintf(stderr, "sweep %s: %d runs, %d skipped (--resume), %.0f s; wrote %s.csv and %s.json\n",
-            s->name, ran, skipped, now_s() - pr.start, prefix, prefix);
+            s->name, ran, skipped, moe_clock_s() - pr.start, prefix, prefix);
   }
   if (rc == 0 && ran == 0 && write_outputs(prefix, &t, meta, &err) != MOE_OK) rc = cli_fail(&err);
   json_decref(meta);

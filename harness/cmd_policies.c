@@ -7,15 +7,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "moe/clock.h"
 #include "cli.h"
 #include "commands.h"
 #include "runner.h"
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Measured time of one expert copy over the backend's (capped) link. */
 static double measure_expert_copy(const char *backend, double link_gbps, size_t bytes) {
@@ -31,10 +26,10 @@ static double measure_expert_copy(const char *backend, double link_gbps, size_t 
       dev.ops->event_create(dev.be, &ev, &err) == MOE_OK) {
     memset(src, 1, bytes);
     for (int i = 0; i < 5; i++) {
-      double t0 = now_s();
+      double t0 = moe_clock_s();
       dev.ops->copy_h2d_async(dev.be, dst, src, bytes, ev, &err);
       dev.ops->event_sync(dev.be, ev, &err);
-      t[i] = now_s() - t0;
+      t[i] = moe_clock_s() - t0;
     }
   }
   if (ev) dev.ops->event_destroy(dev.be, ev);

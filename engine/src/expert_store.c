@@ -1,4 +1,5 @@
 /* Expert store: device slots, residency map, async fetch, eviction. */
+#include "moe/clock.h"
 #include "moe/expert_store.h"
 
 #include <stdio.h>
@@ -31,12 +32,6 @@ struct moe_expert_store {
   bool registered;         /* the model's expert slab is pinned for async copies */
   moe_expert_stats stats;
 };
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 void moe_expert_store_free(moe_expert_store *s) {
   if (s == NULL) return;
@@ -92,8 +87,6 @@ cleanup:
   moe_expert_store_free(s);
   return st;
 }
-
-int moe_expert_store_slots(const moe_expert_store *s) { return s->n_slots; }
 
 /* Index into the residency map, or -1 for a bad (layer, expert). */
 static long key_of(const moe_expert_store *s, int layer, int expert) {
@@ -201,9 +194,9 @@ moe_status moe_expert_store_acquire(moe_expert_store *s, int layer, int expert,
   slot *sl = &s->slots[v];
   const moe_backend_ops *o = s->dev->ops;
   if (!o->event_done(s->dev->be, sl->ready)) {
-    double t0 = now_s();
+    double t0 = moe_clock_s();
     moe_status st = o->compute_wait(s->dev->be, sl->ready, err);
-    s->stats.stall_s += now_s() - t0;
+    s->stats.stall_s += moe_clock_s() - t0;
     if (st != MOE_OK) return st;
   }
   sl->in_use = true;

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "moe/clock.h"
 #include "model_internal.h"
 #include "moe/expert_store.h"
 #include "moe/policy.h"
@@ -39,7 +40,6 @@ struct moe_engine {
   /* index buffers, device */
   int32_t *ids, *pos, *rows, *iota, *ridx, *pidx;
   void *gemm_ws;             /* the backend's matmul workspace (may be 0 bytes) */
-  size_t max_tokens;
   size_t last_rows;          /* rows of the last forward call */
   /* host scratch */
   int32_t *h_ids, *h_pos, *h_idx, *h_rows, *h_pidx;
@@ -65,12 +65,6 @@ int moe_routing_parse(const char *s, moe_routing *out) {
   else if (strcmp(s, "pregated") == 0) *out = MOE_ROUTING_PREGATED;
   else return -1;
   return 0;
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* Device view of a dense tensor; an absent tensor gives data == NULL. */
@@ -264,7 +258,6 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
             "sequence length %d exceeds max_position_embeddings %d", opt->max_seq, c->max_pos);
   const size_t T = (size_t)opt->max_batch * (size_t)e->opt.max_prefill;
   const size_t E = (size_t)(c->n_experts > 0 ? c->n_experts : 1), K = (size_t)(c->top_k > 0 ? c->top_k : 1);
-  e->max_tokens = T;
   e->cache_layer_floats = (size_t)opt->max_batch * (size_t)c->n_kv_heads * (size_t)opt->max_seq *
                           (size_t)c->head_dim;
 
@@ -563,7 +556,7 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
   MOE_CHECK(prompt_len + max_new - 1 <= e->opt.max_seq, err, MOE_ERR_INVALID,
             "prompt (%d) + new tokens (%d) exceed the engine's sequence limit %d", prompt_len,
             max_new, e->opt.max_seq);
-  double t0 = now_s();
+  double t0 = moe_clock_s();
   MOE_TRY(moe_engine_forward(e, prompts, n_seq, prompt_len, 0, logits, err));
   if (prefill_logits) memcpy(prefill_logits, logits, rows * (size_t)V * sizeof(float));
   float *keep = stats ? stats->step_logits : NULL;
@@ -573,13 +566,13 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
     out[(size_t)b * (size_t)max_new] = next[b];
     if (keep) memcpy(keep + (size_t)b * (size_t)V, logits + r * (size_t)V, (size_t)V * sizeof(float));
   }
-  double t1 = now_s();
+  double t1 = moe_clock_s();
   if (stats && e->store) {
     stats->prefill_bytes_h2d = moe_expert_store_stats(e->store)->bytes_h2d;
     stats->prefill_stall_s = moe_expert_store_stats(e->store)->stall_s;
   }
   for (int step = 1; step < max_new; step++) {
-    double ts = now_s();
+    double ts = moe_clock_s();
     MOE_TRY(moe_engine_forward(e, next, n_seq, 1, prompt_len + step - 1, logits, err));
     for (int b = 0; b < n_seq; b++) {
       next[b] = moe_argmax(logits + (size_t)b * (size_t)V, V);
@@ -588,9 +581,9 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
     if (keep)
       memcpy(keep + (size_t)step * (size_t)n_seq * (size_t)V, logits,
              (size_t)n_seq * (size_t)V * sizeof(float));
-    if (stats && stats->step_s) stats->step_s[step - 1] = now_s() - ts;
+    if (stats && stats->step_s) stats->step_s[step - 1] = moe_clock_s() - ts;
   }
-  double t2 = now_s();
+  double t2 = moe_clock_s();
   if (stats) {
     stats->prefill_s = t1 - t0;
     stats->decode_s = t2 - t1;

@@ -240,7 +240,6 @@ const moe_st_tensor *moe_st_find(const moe_st_file *f, const char *name) {
 /* ------------------------------------------------------------ checkpoints */
 
 struct moe_checkpoint {
-  char *dir;
   moe_st_file **files;
   size_t n_files;
 };
@@ -249,7 +248,6 @@ void moe_checkpoint_close(moe_checkpoint *ck) {
   if (ck == NULL) return;
   for (size_t i = 0; i < ck->n_files; i++) moe_st_close(ck->files[i]);
   free(ck->files);
-  free(ck->dir);
   free(ck);
 }
 
@@ -267,8 +265,6 @@ moe_status moe_checkpoint_open(moe_checkpoint **out, const char *dir, moe_error 
   char *path = NULL;
   moe_checkpoint *ck = calloc(1, sizeof *ck);
   MOE_CHECK_ALLOC(ck, err, sizeof *ck);
-  ck->dir = strdup(dir);
-  MOE_CHECK_ALLOC(ck->dir, err, strlen(dir));
   path = path_join(dir, "model.safetensors.index.json");
   MOE_CHECK_ALLOC(path, err, strlen(dir));
   if (access(path, F_OK) == 0) {
@@ -344,8 +340,6 @@ const moe_st_tensor *moe_checkpoint_find(const moe_checkpoint *ck, const char *n
   }
   return NULL;
 }
-
-const char *moe_checkpoint_dir(const moe_checkpoint *ck) { return ck->dir; }
 
 /* ------------------------------------------------------------ writer */
 

@@ -27,6 +27,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "moe/clock.h"
 #include "moe/backend.h"
 
 typedef struct copy_req {
@@ -77,14 +78,8 @@ static moe_status scratch_reserve(moe_backend *be, size_t n, moe_error *err) {
   return MOE_OK;
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void sleep_until(double t) {
-  double d = t - now_s();
+  double d = t - moe_clock_s();
   if (d <= 0) return;
   struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
@@ -135,7 +130,7 @@ static void *copier_main(void *arg) {
       while (r.wait_ev->completed < r.wait_target) pthread_cond_wait(&be->cv, &be->mu);
     } else {
       pthread_mutex_unlock(&be->mu);
-      double start = now_s();
+      double start = moe_clock_s();
       for (size_t off = 0; off < r.bytes; off += COPY_CHUNK) {
         size_t c = r.bytes - off < COPY_CHUNK ? r.bytes - off : COPY_CHUNK;
         link_copy((char *)r.dst + off, (const char *)r.src + off, c);

@@ -42,7 +42,6 @@ moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *mode
                                    moe_device *dev, int slots, moe_error *err);
 void moe_expert_store_free(moe_expert_store *s);
 
-int moe_expert_store_slots(const moe_expert_store *s);
 
 /* Starts fetching (layer, expert) unless resident.  prefetch: may only
  * evict experts the current block does not hold; returns 0 when no slot can

@@ -1,5 +1,5 @@
-/* Deterministic random numbers (splitmix64 + Box-Muller), the same bits on
- * every platform, for synthetic weights and random prompts. */
+/* Deterministic random numbers (splitmix64), the same bits on every
+ * platform, for synthetic weights and random prompts. */
 #ifndef MOE_RNG_H
 #define MOE_RNG_H
 
@@ -7,8 +7,6 @@
 
 typedef struct moe_rng {
   uint64_t state;
-  int has_spare;
-  double spare;
 } moe_rng;
 
 /* Seeds a stream from a base seed and a stream id (e.g. a tensor index), so
@@ -17,7 +15,5 @@ void moe_rng_seed(moe_rng *r, uint64_t seed, uint64_t stream);
 uint64_t moe_rng_next(moe_rng *r);
 /* Uniform in [0, 1). */
 double moe_rng_uniform(moe_rng *r);
-/* Standard normal. */
-double moe_rng_normal(moe_rng *r);
 
 #endif

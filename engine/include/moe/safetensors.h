@@ -57,7 +57,6 @@ void moe_checkpoint_close(moe_checkpoint *ck);
  * NULL) receives the path of the shard holding it. */
 const moe_st_tensor *moe_checkpoint_find(const moe_checkpoint *ck, const char *name,
                                          const char **file_out);
-const char *moe_checkpoint_dir(const moe_checkpoint *ck);
 
 /* One tensor to write.  data holds n_elements of dtype, densely packed. */
 typedef struct moe_st_entry {
