@@ -267,9 +267,10 @@ int cmd_generate(int argc, char **argv) {
          preset ? preset : model_dir, dev.ops->describe(dev.be), policy->name,
          moe_routing_name(routing), B, len, max_new, gs.prefill_s, gs.decode_s, gen_tps);
   printf("# peak device bytes %zu (measured by the allocator; expert slots %d: %zu bytes); "
-         "copied host-to-device %llu bytes in %llu fetches, %llu misses, stall %.3f s (measured)",
+         "copied host-to-device %llu bytes in %llu fetches, %llu misses, %llu re-copies, "
+         "stall %.3f s (measured)",
          dev.mem.peak_total, rs.slots, dev.mem.at_peak[MOE_MEM_EXPERTS], rs.bytes_h2d, rs.fetches,
-         rs.misses, rs.stall_s);
+         rs.misses, rs.recopies, rs.stall_s);
   if (rs.pregate_total)
     printf("; pre-gate hit rate %.3f", (double)rs.pregate_hits / (double)rs.pregate_total);
   printf("\n");

@@ -121,6 +121,7 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
     res_setf(row, "h2d_bytes", "%llu", r.stats.bytes_h2d);
     res_setf(row, "expert_fetches", "%llu", r.stats.fetches);
     res_setf(row, "expert_misses", "%llu", r.stats.misses);
+    res_setf(row, "expert_recopies", "%llu", r.stats.recopies);
     if (r.stats.pregate_total)
       res_setf(row, "pregate_hit_rate", "%.6f",
                (double)r.stats.pregate_hits / (double)r.stats.pregate_total);

@@ -28,7 +28,15 @@ struct moe_expert_store {
   int *slot_of;            /* [n_moe * n_experts] -> slot or -1 */
   int n_pinned;
   unsigned long long *uses;
+  unsigned long long *copied_in; /* [key]: 1 + the run of its block it was last copied for, 0 never */
+  unsigned long long *block_runs; /* [MoE layer]: runs of the block finished so far */
   unsigned long long tick;
+  bool round_open;         /* between round_begin and round_end */
+  struct queued {
+    int layer, expert;
+    long key;
+  } *queued;               /* a round's absent targets, in request order */
+  int n_queued;
   bool registered;         /* the model's expert slab is pinned for async copies */
   moe_expert_stats stats;
 };
@@ -43,6 +51,9 @@ void moe_expert_store_free(moe_expert_store *s) {
   free(s->slots);
   free(s->slot_of);
   free(s->uses);
+  free(s->copied_in);
+  free(s->block_runs);
+  free(s->queued);
   if (s->registered) o->host_unregister(s->dev->be, s->model->experts);
   moe_device_free(s->dev, s->slab);
   free(s);
@@ -68,7 +79,10 @@ moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *m, m
   s->slots = calloc((size_t)slots, sizeof *s->slots);
   s->slot_of = malloc(n * sizeof *s->slot_of);
   s->uses = calloc(n, sizeof *s->uses);
-  MOE_CHECK(s->slots && s->slot_of && s->uses, err, MOE_ERR_OOM, "out of host memory (expert store)");
+  s->copied_in = calloc(n, sizeof *s->copied_in);
+  s->block_runs = calloc((size_t)m->n_moe, sizeof *s->block_runs);
+  s->queued = malloc(n * sizeof *s->queued);
+  MOE_CHECK(s->slots && s->slot_of && s->uses && s->copied_in && s->block_runs && s->queued, err, MOE_ERR_OOM, "out of host memory (expert store)");
   for (size_t i = 0; i < n; i++) s->slot_of[i] = -1;
   MOE_TRY(moe_device_alloc(dev, MOE_MEM_EXPERTS, (size_t)slots * m->expert_bytes, "expert slots",
                            (void **)&s->slab, err));
@@ -124,20 +138,21 @@ static void drop(moe_expert_store *s, int i) {
   sl->pinned = false;
 }
 
-int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool prefetch,
-                           moe_error *err) {
-  long k = key_of(s, layer, expert);
-  if (k < 0) {
-    MOE_FAIL(err, MOE_ERR_INVALID, "fetch of layer %d expert %d: no such MoE expert", layer, expert);
-    return -1;
+/* Candidates a prefetch may take: free slots, and residents neither held,
+ * in use nor pinned. */
+static int prefetch_candidates(const moe_expert_store *s) {
+  int n = 0;
+  for (int i = 0; i < s->n_slots; i++) {
+    const slot *sl = &s->slots[i];
+    n += sl->layer < 0 || (!sl->hold && !sl->in_use && !sl->pinned);
   }
-  s->tick++;
-  if (s->slot_of[k] >= 0) {
-    slot *sl = &s->slots[s->slot_of[k]];
-    sl->tick = s->tick;
-    if (prefetch) sl->hold = true;
-    return 1;
-  }
+  return n;
+}
+
+/* Copies (layer, expert), key k, not resident, into a victim slot.  1 when
+ * placed, 0 when no slot can be had (counted as refused), -1 on error. */
+static int place(moe_expert_store *s, int layer, int expert, long k, bool prefetch,
+                 moe_error *err) {
   int v = pick_victim(s, !prefetch);
   if (v < 0) {
     s->stats.refused++;
@@ -159,13 +174,66 @@ int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool pref
   sl->tick = s->tick;
   sl->hold = prefetch;
   s->slot_of[k] = v;
+  /* Copied before for this same run of its block: the earlier copy was
+   * evicted unused, and these bytes move twice. */
+  const unsigned long long run = s->block_runs[m->moe_index[layer]] + 1;
+  if (s->copied_in[k] == run) s->stats.recopies++;
+  s->copied_in[k] = run;
   s->stats.fetches++;
   s->stats.bytes_h2d += m->expert_bytes;
   return 1;
 }
 
+int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool prefetch,
+                           moe_error *err) {
+  long k = key_of(s, layer, expert);
+  if (k < 0) {
+    MOE_FAIL(err, MOE_ERR_INVALID, "fetch of layer %d expert %d: no such MoE expert", layer, expert);
+    return -1;
+  }
+  s->tick++;
+  if (s->slot_of[k] >= 0) {
+    slot *sl = &s->slots[s->slot_of[k]];
+    sl->tick = s->tick;
+    if (prefetch) sl->hold = true;
+    return 1;
+  }
+  if (prefetch && s->round_open) {
+    for (int i = 0; i < s->n_queued; i++)
+      if (s->queued[i].key == k) return 1;
+    if (prefetch_candidates(s) <= s->n_queued) {
+      s->stats.refused++;
+      return 0;
+    }
+    s->queued[s->n_queued++] = (struct queued){layer, expert, k};
+    return 1;
+  }
+  return place(s, layer, expert, k, prefetch, err);
+}
+
+void moe_expert_store_round_begin(moe_expert_store *s) {
+  s->round_open = s->n_slots > 0;
+  s->n_queued = 0;
+}
+
+int moe_expert_store_round_end(moe_expert_store *s, moe_error *err) {
+  int rc = 0;
+  s->round_open = false;
+  for (int i = 0; i < s->n_queued && rc == 0; i++) {
+    const struct queued *q = &s->queued[i];
+    if (s->slot_of[q->key] >= 0) continue; /* placed meanwhile (a pin) */
+    s->tick++;
+    if (place(s, q->layer, q->expert, q->key, true, err) < 0) rc = -1;
+  }
+  s->n_queued = 0;
+  return rc;
+}
+
 void moe_expert_store_begin_block(moe_expert_store *s, int layer, const int *experts, int n) {
-  for (int i = 0; i < s->n_slots; i++) s->slots[i].hold = false;
+  /* Holds for this block or earlier ones end here; a prefetch round for a
+   * later block keeps its holds until that block begins. */
+  for (int i = 0; i < s->n_slots; i++)
+    if (s->slots[i].layer <= layer) s->slots[i].hold = false;
   for (int j = 0; j < n; j++) {
     long k = key_of(s, layer, experts[j]);
     if (k >= 0 && s->slot_of[k] >= 0) s->slots[s->slot_of[k]].hold = true;
@@ -231,8 +299,13 @@ int moe_expert_store_pin(moe_expert_store *s, int layer, int expert, moe_error *
   }
   if (s->slot_of[k] >= 0 && s->slots[s->slot_of[k]].pinned) return 1;
   if (s->n_pinned + 1 >= s->n_slots) return 0; /* keep one slot for demand fetches */
-  int r = moe_expert_store_fetch(s, layer, expert, true, err);
-  if (r != 1) return r;
+  s->tick++;
+  if (s->slot_of[k] >= 0) {
+    s->slots[s->slot_of[k]].tick = s->tick;
+  } else {
+    int r = place(s, layer, expert, k, true, err); /* at once, even inside a round */
+    if (r != 1) return r;
+  }
   s->slots[s->slot_of[k]].pinned = true;
   s->slots[s->slot_of[k]].hold = false; /* the pin protects it; no hold left behind */
   s->n_pinned++;
@@ -308,4 +381,10 @@ void moe_expert_store_reset_stats(moe_expert_store *s) { memset(&s->stats, 0, si
 unsigned long long moe_expert_store_uses(const moe_expert_store *s, int layer, int expert) {
   long k = key_of(s, layer, expert);
   return k < 0 ? 0 : s->uses[k];
+}
+
+void moe_expert_store_end_block(moe_expert_store *s, int layer) {
+  if (s->block_runs == NULL || layer < 0 || layer >= s->model->cfg.n_layers) return;
+  const int mi = s->model->moe_index[layer];
+  if (mi >= 0) s->block_runs[mi]++;
 }

@@ -199,14 +199,19 @@ static int ctx_n_experts(moe_policy_ctx *ctx) {
   return e->model->cfg.n_experts;
 }
 
-/* Calls an optional policy method; a backend failure inside a callback
- * (recorded in cb_err) fails the call too. */
+/* Calls an optional policy method inside one round of prefetches (the
+ * store places them once the callback has named them all); a backend
+ * failure inside a callback (recorded in cb_err) fails the call too. */
 #define POLICY_CALL(e, method, ...)                                                      \
   do {                                                                                   \
     if ((e)->policy->method != NULL) {                                                   \
-      MOE_TRY((e)->policy->method((e)->policy_state, &(e)->ctx, __VA_ARGS__, err));      \
-      MOE_CHECK(err == NULL || err->status == MOE_OK, err, err ? err->status : MOE_OK,   \
-                "policy callback failed");                                               \
+      moe_expert_store_round_begin((e)->store);                                          \
+      moe_status pst_ = (e)->policy->method((e)->policy_state, &(e)->ctx, __VA_ARGS__, err); \
+      int prc_ = moe_expert_store_round_end((e)->store, err);                            \
+      MOE_TRY(pst_);                                                                     \
+      MOE_CHECK(prc_ == 0 && (err == NULL || err->status == MOE_OK), err,                \
+                err && err->status != MOE_OK ? err->status : MOE_ERR_DEVICE,             \
+                "policy '%s': %s failed", (e)->policy->name, #method);                   \
     }                                                                                    \
   } while (0)
 
@@ -308,9 +313,13 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   if (e->policy->create) MOE_TRY(e->policy->create(&env, &e->policy_state, err));
   e->cb_err = err;
   if (e->policy->warm && model->n_moe > 0) {
-    MOE_TRY(e->policy->warm(e->policy_state, &e->ctx, err));
-    MOE_CHECK(err == NULL || err->status == MOE_OK, err, err ? err->status : MOE_OK,
-              "policy warm-up failed");
+    moe_expert_store_round_begin(e->store);
+    moe_status pst = e->policy->warm(e->policy_state, &e->ctx, err);
+    int prc = moe_expert_store_round_end(e->store, err);
+    MOE_TRY(pst);
+    MOE_CHECK(prc == 0 && (err == NULL || err->status == MOE_OK), err,
+              err && err->status != MOE_OK ? err->status : MOE_ERR_DEVICE,
+              "policy '%s': warm failed", e->policy->name);
   }
   MOE_TRY(dev->ops->synchronize(dev->be, err));
   e->warm_bytes = e->store ? moe_expert_store_stats(e->store)->bytes_h2d : 0;
@@ -440,6 +449,7 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
                                 err));
     MOE_TRY(moe_expert_store_release(e->store, l, (int)x, err));
   }
+  moe_expert_store_end_block(e->store, l);
   if (c->shared_ffn > 0) {
     const moe_weight g = dw(e, l, ROLE_SH_GATE), u = dw(e, l, ROLE_SH_UP),
                      d = dw(e, l, ROLE_SH_DOWN), sg = dw(e, l, ROLE_SH_EXPERT_GATE);
@@ -605,6 +615,7 @@ void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
     out->bytes_h2d = s->bytes_h2d;
     out->misses = s->misses;
     out->refused = s->refused;
+    out->recopies = s->recopies;
     out->stall_s = s->stall_s;
   }
   out->pregate_hits = e->pregate_hits;

@@ -32,6 +32,9 @@ typedef struct moe_expert_stats {
   unsigned long long misses;    /* fetches the engine had to make itself */
   unsigned long long refused;   /* prefetches refused for want of a free slot */
   unsigned long long evictions; /* residents dropped to make room */
+  unsigned long long recopies;  /* fetches of an expert already copied for the same
+                                   run of its block (its first copy was evicted
+                                   before use): bytes moved twice */
   unsigned long long gets;      /* acquire calls */
   double stall_s;               /* compute time spent waiting on copies */
 } moe_expert_stats;
@@ -50,9 +53,23 @@ void moe_expert_store_free(moe_expert_store *s);
 int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool prefetch,
                            moe_error *err);
 
+/* A round of prefetches: between round_begin and round_end, a prefetch
+ * (moe_expert_store_fetch with prefetch) of a resident expert marks it held
+ * at once, and one of an absent expert is queued; round_end places the
+ * queued ones, so victims are chosen only after every target of the round
+ * is marked, and no target evicts a sibling.  round_end returns 0, or -1 on
+ * a backend error (recorded in err); a queued fetch that finds no slot
+ * then is counted as refused. */
+void moe_expert_store_round_begin(moe_expert_store *s);
+int moe_expert_store_round_end(moe_expert_store *s, moe_error *err);
+
 /* Marks the experts the block of `layer` needs: they are protected from
  * prefetch eviction until released.  Clears every earlier hold. */
 void moe_expert_store_begin_block(moe_expert_store *s, int layer, const int *experts, int n);
+
+/* The block of `layer` is done (its experts released): later copies of its
+ * experts are for its next run, not re-copies. */
+void moe_expert_store_end_block(moe_expert_store *s, int layer);
 
 /* Device views of (layer, expert), resident and loaded, in use until
  * release.  MOE_ERR_INVALID for a layer without an MoE block or an expert
