@@ -37,4 +37,5 @@ const moe_policy moe_policy_pregated = {
     .plan = pregated_plan,
     .experts_needed = pregated_needed,
     .experts_predicted = pregated_predicted,
+    .default_routing = MOE_POLICY_ROUTING_PREGATED,
 };

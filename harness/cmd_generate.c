@@ -203,7 +203,7 @@ int cmd_generate(int argc, char **argv) {
     policy = plugin.policy;
   }
   if (!have_routing)
-    routing = strcmp(policy->name, "pregated") == 0 ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL;
+    routing = policy->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL;
   if (preset) {
     cli_preset p;
     if (cli_preset_load(&p, preset, &err) != MOE_OK) goto done;

@@ -415,7 +415,8 @@ int cmd_sweep(int argc, char **argv) {
             moe_routing routing =
                 !strcmp(s->routing, "pregated") ? MOE_ROUTING_PREGATED
                 : !strcmp(s->routing, "conventional") ? MOE_ROUTING_CONVENTIONAL
-                : !strcmp(pol->name, "pregated") ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL;
+                : pol->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED
+                                                                : MOE_ROUTING_CONVENTIONAL;
             char what[256];
             snprintf(what, sizeof what, "%s/%s/b%d/%s", presets[mi].name, wl->name, wl->batches[bi],
                      pol->name);
@@ -575,7 +576,7 @@ int cmd_run(int argc, char **argv) {
     return 2;
   }
   if (!have_routing)
-    routing = !strcmp(pol->name, "pregated") ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL;
+    routing = pol->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL;
   cli_preset p;
   moe_error err = {0};
   moe_model *m = NULL;

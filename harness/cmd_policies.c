@@ -122,8 +122,9 @@ int cmd_bench_policies(int argc, char **argv) {
     for (int i = 0; i < np; i++) {
       run_spec sp = {.model = m,
                      .policy = pol[i],
-                     .routing = strcmp(pol[i]->name, "pregated") == 0 ? MOE_ROUTING_PREGATED
-                                                                      : MOE_ROUTING_CONVENTIONAL,
+                     .routing = pol[i]->default_routing == MOE_POLICY_ROUTING_PREGATED
+                                    ? MOE_ROUTING_PREGATED
+                                    : MOE_ROUTING_CONVENTIONAL,
                      .backend = backend,
                      .threads = (int)threads,
                      .link_gbps = link,

@@ -391,6 +391,44 @@ START_TEST(prefetch_round_keeps_its_targets) {
 }
 END_TEST
 
+/* ABI promise: a table built against an older (smaller) version-1 header
+ * is accepted and its missing fields read as absent; a newer major version
+ * and a table too small for any version are refused. */
+START_TEST(older_tables_are_accepted) {
+  moe_policy_library pl;
+  moe_error err = {0};
+  ck_assert_msg(moe_policy_plugin_load(&pl, PLUGIN_OLD_ABI, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_str_eq(pl.policy->name, "old-abi");
+  ck_assert_uint_eq(pl.policy->struct_size, sizeof(moe_policy));
+  ck_assert_uint_eq(pl.policy->default_routing, MOE_POLICY_ROUTING_CONVENTIONAL);
+  run_out *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o);
+  ck_assert(run(g_model, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, 0, ref, &err) == MOE_OK);
+  ck_assert_msg(run(g_model, pl.policy, MOE_ROUTING_CONVENTIONAL, 0, o, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(memcmp(o->tokens, ref->tokens, sizeof o->tokens), 0);
+  moe_policy_plugin_close(&pl);
+  /* a 1.0-sized table handed to the engine directly is copied, not read past */
+  moe_policy small = *moe_policy_find("ondemand");
+  small.struct_size = (uint32_t)MOE_POLICY_SIZE_1_0;
+  small.default_routing = 7; /* past the table's end: must be ignored */
+  ck_assert_msg(moe_policy_validate(&small, &err) == MOE_OK, "%s", err.msg);
+  moe_policy norm;
+  moe_policy_normalize(&small, &norm);
+  ck_assert_uint_eq(norm.default_routing, 0);
+  small.struct_size = (uint32_t)MOE_POLICY_SIZE_1_0 - 1;
+  ck_assert_int_eq(moe_policy_validate(&small, &err), MOE_ERR_UNSUPPORTED);
+  moe_error_clear(&err);
+  /* a newer table (larger) of the same major version is accepted */
+  small.struct_size = (uint32_t)sizeof(moe_policy) + 64;
+  small.default_routing = 0;
+  ck_assert_msg(moe_policy_validate(&small, &err) == MOE_OK, "%s", err.msg);
+  /* the built-in pregated policy asks for pregated routing; the others not */
+  ck_assert_uint_eq(moe_policy_find("pregated")->default_routing, MOE_POLICY_ROUTING_PREGATED);
+  ck_assert_uint_eq(moe_policy_find("ondemand")->default_routing, MOE_POLICY_ROUTING_CONVENTIONAL);
+  free(ref);
+  free(o);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("policy");
   TCase *tc = tcase_create("offload");
@@ -406,6 +444,7 @@ int main(void) {
   tcase_add_test(tc, store_residency);
   tcase_add_test(tc, no_recopies_when_slots_suffice);
   tcase_add_test(tc, prefetch_round_keeps_its_targets);
+  tcase_add_test(tc, older_tables_are_accepted);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -35,14 +35,16 @@ moe_status moe_backend_validate(const moe_backend_ops *o, moe_error *err) {
     return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
                     "backend '%s' has ABI version %u, this engine speaks version %u",
                     o->name ? o->name : "?", o->abi_version, MOE_BACKEND_ABI);
-  if (o->struct_size < sizeof(moe_backend_ops))
-    return MOE_FAIL(err, MOE_ERR_UNSUPPORTED, "backend '%s' table is %u bytes, expected %zu",
-                    o->name ? o->name : "?", o->struct_size, sizeof(moe_backend_ops));
+  if (o->struct_size < MOE_BACKEND_SIZE_1_0)
+    return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
+                    "backend '%s' table is %u bytes, smaller than any version-%u table (%zu)",
+                    o->name ? o->name : "?", o->struct_size, MOE_BACKEND_ABI,
+                    (size_t)MOE_BACKEND_SIZE_1_0);
   const struct {
     const char *name;
     int present;
   } req[] = {
-      {"name", o->name != NULL},
+      {"name", o->name != NULL && o->name[0] != '\0'},
       {"create", o->create != NULL},
       {"destroy", o->destroy != NULL},
       {"describe", o->describe != NULL},
@@ -81,6 +83,29 @@ moe_status moe_backend_validate(const moe_backend_ops *o, moe_error *err) {
   return MOE_OK;
 }
 
+void moe_backend_normalize(const moe_backend_ops *o, moe_backend_ops *out) {
+  size_t n = o->struct_size < sizeof *out ? o->struct_size : sizeof *out;
+  memset(out, 0, sizeof *out);
+  memcpy(out, o, n);
+  out->struct_size = sizeof *out;
+}
+
+const moe_backend_ops *moe_backend_auto(void) {
+  for (size_t i = 0; i < moe_backend_count(); i++) {
+    const moe_backend_ops *o = k_backends[i];
+    if (!(o->caps & MOE_BACKEND_CAP_PREFERRED)) continue;
+    char desc[256];
+    moe_error err = {0};
+    if (o->probe == NULL || o->probe(desc, sizeof desc, &err) == MOE_OK) return o;
+  }
+  return moe_backend_find("cpu");
+}
+
+const char *moe_backend_device_name(const moe_backend_ops *o, moe_backend *be) {
+  const char *n = o->device_name ? o->device_name(be) : NULL;
+  return n && n[0] ? n : o->name;
+}
+
 struct moe_dev_alloc {
   void *ptr;
   size_t bytes;
@@ -95,7 +120,7 @@ const char *moe_mem_category_name(moe_mem_category c) {
 moe_status moe_device_open(moe_device *dev, const char *name, const moe_backend_options *opt,
                            moe_error *err) {
   memset(dev, 0, sizeof *dev);
-  const moe_backend_ops *o = moe_backend_find(name);
+  const moe_backend_ops *o = strcmp(name, "auto") == 0 ? moe_backend_auto() : moe_backend_find(name);
   if (o == NULL) {
     if (strcmp(name, "cuda") == 0)
       return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
@@ -104,14 +129,34 @@ moe_status moe_device_open(moe_device *dev, const char *name, const moe_backend_
     return MOE_FAIL(err, MOE_ERR_INVALID, "unknown backend '%s' (see 'moebench list backends')",
                     name);
   }
+  return moe_device_open_ops(dev, o, opt, err);
+}
+
+moe_status moe_device_open_ops(moe_device *dev, const moe_backend_ops *o,
+                               const moe_backend_options *opt, moe_error *err) {
+  memset(dev, 0, sizeof *dev);
   moe_status st = moe_backend_validate(o, err);
   if (st != MOE_OK) return st;
+  moe_backend_ops *copy = malloc(sizeof *copy);
+  if (copy == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory (backend table)");
+  moe_backend_normalize(o, copy);
   moe_backend_options defaults = {0};
   if (opt == NULL) opt = &defaults;
-  st = o->create(opt, &dev->be, err);
-  if (st != MOE_OK) return st;
-  dev->ops = o;
-  size_t cap = o->device_capacity(dev->be);
+  if (opt->link_gbps != 0 && !(copy->caps & MOE_BACKEND_CAP_LINK_CAP)) {
+    free(copy);
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "the %s backend copies over the real host link; a link cap (--link-gbps) "
+                    "is emulated by backends that have one (the cpu backend)",
+                    o->name);
+  }
+  st = copy->create(opt, &dev->be, err);
+  if (st != MOE_OK) {
+    free(copy);
+    dev->be = NULL;
+    return st;
+  }
+  dev->ops = copy;
+  size_t cap = copy->device_capacity(dev->be);
   dev->mem.budget = opt->device_budget ? opt->device_budget : cap;
   return MOE_OK;
 }
@@ -121,6 +166,7 @@ void moe_device_close(moe_device *dev) {
     for (size_t i = 0; i < dev->n_allocs; i++) dev->ops->device_free(dev->be, dev->allocs[i].ptr);
     dev->ops->destroy(dev->be);
   }
+  free((void *)dev->ops);
   free(dev->allocs);
   memset(dev, 0, sizeof *dev);
 }

@@ -26,7 +26,8 @@ struct moe_engine {
   moe_model *model;
   moe_device *dev;
   moe_engine_options opt;
-  const moe_policy *policy;
+  const moe_policy *policy;  /* &policy_table */
+  moe_policy policy_table;   /* normalized copy of the caller's table */
   void *policy_state;
   moe_policy_ctx ctx;
   moe_error *cb_err;         /* where policy callbacks report backend errors */
@@ -46,6 +47,7 @@ struct moe_engine {
   float *h_wts, *h_scale, *h_pw;
   int *h_count, *h_needed, *h_pmark, *h_pneeded;
   int pred_layer;            /* MoE layer h_pidx/h_pw predict, or -1 */
+  double stall_base;         /* backend-measured stall at the last reset */
   unsigned long long pregate_hits, pregate_total, warm_bytes;
 };
 
@@ -252,11 +254,15 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   e->model = model;
   e->dev = dev;
   e->opt = normalized(opt);
-  e->policy = opt->policy ? opt->policy : &moe_policy_gpu_only;
   e->pred_layer = -1;
   e->ctx = (moe_policy_ctx){e,         ctx_fetch,     ctx_resident, ctx_evict, ctx_next_moe_layer,
                             ctx_n_experts, ctx_pin, ctx_unpin};
-  MOE_TRY(moe_policy_validate(e->policy, err));
+  {
+    const moe_policy *given = opt->policy ? opt->policy : &moe_policy_gpu_only;
+    MOE_TRY(moe_policy_validate(given, err));
+    moe_policy_normalize(given, &e->policy_table);
+    e->policy = &e->policy_table;
+  }
   MOE_CHECK(opt->max_batch > 0 && opt->max_seq > 0, err, MOE_ERR_INVALID,
             "batch (%d) and sequence length (%d) must be positive", opt->max_batch, opt->max_seq);
   MOE_CHECK(opt->max_seq <= c->max_pos, err, MOE_ERR_INVALID,
@@ -552,6 +558,13 @@ cleanup:
   return st;
 }
 
+/* Stall since the last reset: measured by the device where the backend can
+ * (stall_seconds), else by the store with the host clock. */
+static double engine_stall(const moe_engine *e) {
+  if (e->dev->ops->stall_seconds) return e->dev->ops->stall_seconds(e->dev->be) - e->stall_base;
+  return e->store ? moe_expert_store_stats(e->store)->stall_s : 0.0;
+}
+
 moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq, int prompt_len,
                                int max_new, int32_t *out, float *prefill_logits,
                                moe_gen_stats *stats, moe_error *err) {
@@ -579,7 +592,7 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
   double t1 = moe_clock_s();
   if (stats && e->store) {
     stats->prefill_bytes_h2d = moe_expert_store_stats(e->store)->bytes_h2d;
-    stats->prefill_stall_s = moe_expert_store_stats(e->store)->stall_s;
+    stats->prefill_stall_s = engine_stall(e);
   }
   for (int step = 1; step < max_new; step++) {
     double ts = moe_clock_s();
@@ -616,8 +629,8 @@ void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
     out->misses = s->misses;
     out->refused = s->refused;
     out->recopies = s->recopies;
-    out->stall_s = s->stall_s;
   }
+  out->stall_s = engine_stall(e);
   out->pregate_hits = e->pregate_hits;
   out->pregate_total = e->pregate_total;
   out->warm_bytes = e->warm_bytes;
@@ -625,6 +638,7 @@ void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
 
 void moe_engine_reset_stats(moe_engine *e) {
   if (e->store) moe_expert_store_reset_stats(e->store);
+  if (e->dev->ops->stall_seconds) e->stall_base = e->dev->ops->stall_seconds(e->dev->be);
   e->pregate_hits = e->pregate_total = 0;
 }
 

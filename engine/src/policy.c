@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <dlfcn.h>
+#include <stdlib.h>
 #include <string.h>
 
 extern const moe_policy moe_policy_gpu_only;
@@ -34,9 +35,10 @@ moe_status moe_policy_validate(const moe_policy *p, moe_error *err) {
     return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
                     "policy '%s' was built for policy ABI version %u; this engine speaks version %u",
                     name, p->abi_version, MOE_POLICY_ABI);
-  if (p->struct_size < sizeof(moe_policy))
-    return MOE_FAIL(err, MOE_ERR_UNSUPPORTED, "policy '%s' table is %u bytes, expected %zu", name,
-                    p->struct_size, sizeof(moe_policy));
+  if (p->struct_size < MOE_POLICY_SIZE_1_0)
+    return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
+                    "policy '%s' table is %u bytes, smaller than any version-%u table (%zu)", name,
+                    p->struct_size, MOE_POLICY_ABI, (size_t)MOE_POLICY_SIZE_1_0);
   if (p->name == NULL || p->name[0] == '\0')
     return MOE_FAIL(err, MOE_ERR_INVALID, "policy table has no name");
   for (const char *c = p->name; *c; c++)
@@ -48,7 +50,18 @@ moe_status moe_policy_validate(const moe_policy *p, moe_error *err) {
     return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s' lacks the required method 'plan'", name);
   if (p->create != NULL && p->destroy == NULL)
     return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s' has 'create' but no 'destroy'", name);
+  if (p->struct_size >= offsetof(moe_policy, default_routing) + sizeof p->default_routing &&
+      p->default_routing > MOE_POLICY_ROUTING_PREGATED)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s' has an unknown default_routing %u", name,
+                    p->default_routing);
   return MOE_OK;
+}
+
+void moe_policy_normalize(const moe_policy *p, moe_policy *out) {
+  size_t n = p->struct_size < sizeof *out ? p->struct_size : sizeof *out;
+  memset(out, 0, sizeof *out);
+  memcpy(out, p, n);
+  out->struct_size = sizeof *out;
 }
 
 moe_status moe_policy_registry_check(moe_error *err) {
@@ -88,12 +101,19 @@ moe_status moe_policy_plugin_load(moe_policy_library *pl, const char *path, moe_
     return MOE_FAIL(err, MOE_ERR_INVALID, "%s: policy name '%s' is taken by a built-in policy", path,
                     p->name);
   }
+  moe_policy *copy = malloc(sizeof *copy);
+  if (copy == NULL) {
+    dlclose(h);
+    return MOE_FAIL(err, MOE_ERR_OOM, "%s: out of host memory", path);
+  }
+  moe_policy_normalize(p, copy);
   pl->handle = h;
-  pl->policy = p;
+  pl->policy = copy;
   return MOE_OK;
 }
 
 void moe_policy_plugin_close(moe_policy_library *pl) {
+  free((void *)pl->policy);
   if (pl->handle) dlclose(pl->handle);
   memset(pl, 0, sizeof *pl);
 }

@@ -55,15 +55,26 @@ struct moe_backend {
   float *tbuf;    /* transposed small-m gemm output */
   size_t tbuf_cap;
   char desc[96];
+  char device[160]; /* "cpu: <model name>" */
 };
 
 /* Copies tagged with an event are counted when queued and when done; a wait
  * is for the copies queued before it (like a CUDA event's latest record).
+ * refs counts queued requests that name the event; a destroyed event with
+ * refs left is freed by the copy thread when the last one is done.
  * Guarded by be->mu. */
 struct moe_event {
   unsigned long issued;
   unsigned long completed;
+  unsigned long refs;
+  int destroyed;
 };
+
+/* Drops one queued request's reference; frees a destroyed event with none
+ * left.  Called with be->mu held. */
+static void event_unref(moe_event *ev) {
+  if (ev && --ev->refs == 0 && ev->destroyed) free(ev);
+}
 
 #define CPU_ALIGN 64
 #define CPU_CONVERT_ROWS 64 /* rows of a f16/bf16 weight converted per gemm */
@@ -139,6 +150,8 @@ static void *copier_main(void *arg) {
       pthread_mutex_lock(&be->mu);
     }
     if (r.ev) r.ev->completed++;
+    event_unref(r.ev);
+    event_unref(r.wait_ev);
     be->busy = 0;
     pthread_cond_broadcast(&be->cv);
   }
@@ -147,6 +160,26 @@ static void *copier_main(void *arg) {
 }
 
 static void cpu_destroy(moe_backend *be);
+
+/* "cpu: " and the processor's model name from /proc/cpuinfo (or the
+ * machine type), for result rows. */
+static void cpu_model_name(char *buf, size_t cap) {
+  snprintf(buf, cap, "cpu");
+  FILE *f = fopen("/proc/cpuinfo", "r");
+  if (f == NULL) return;
+  char line[256];
+  while (fgets(line, sizeof line, f)) {
+    if (strncmp(line, "model name", 10) != 0) continue;
+    const char *v = strchr(line, ':');
+    if (v == NULL) break;
+    v++;
+    while (*v == ' ' || *v == '\t') v++;
+    size_t n = strcspn(v, "\n");
+    snprintf(buf, cap, "cpu: %.*s", (int)n, v);
+    break;
+  }
+  fclose(f);
+}
 
 static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, moe_error *err) {
   moe_backend *be = calloc(1, sizeof *be);
@@ -165,6 +198,7 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
     return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: cannot start the copy thread");
   }
   be->copier_started = 1;
+  cpu_model_name(be->device, sizeof be->device);
   if (be->link_bps > 0)
     snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s; copy link capped at %.2f GB/s)",
              be->threads, be->threads == 1 ? "" : "s", be->link_bps * 1e-9);
@@ -194,6 +228,8 @@ static void cpu_destroy(moe_backend *be) {
 
 static const char *cpu_describe(moe_backend *be) { return be->desc; }
 
+static const char *cpu_device_name(moe_backend *be) { return be->device; }
+
 static moe_status cpu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err) {
   size_t rounded = (bytes + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN;
   if (rounded < bytes) return MOE_FAIL(err, MOE_ERR_OOM, "allocation of %zu bytes overflows", bytes);
@@ -217,11 +253,12 @@ static moe_status cpu_event_create(moe_backend *be, moe_event **ev, moe_error *e
 
 static void cpu_event_destroy(moe_backend *be, moe_event *ev) {
   if (ev == NULL) return;
-  /* a queued copy still refers to ev: let it finish first */
+  /* queued requests still name ev: the copy thread frees it after them */
   pthread_mutex_lock(&be->mu);
-  while (ev->completed < ev->issued) pthread_cond_wait(&be->cv, &be->mu);
+  ev->destroyed = 1;
+  const int now = ev->refs == 0;
   pthread_mutex_unlock(&be->mu);
-  free(ev);
+  if (now) free(ev);
 }
 
 static moe_status enqueue(moe_backend *be, copy_req r, moe_error *err) {
@@ -238,10 +275,16 @@ static moe_status enqueue(moe_backend *be, copy_req r, moe_error *err) {
     be->q_head = 0;
     be->q_cap *= 2;
   }
-  if (r.wait_ev) r.wait_target = r.wait_ev->issued;
+  if (r.wait_ev) {
+    r.wait_target = r.wait_ev->issued;
+    r.wait_ev->refs++;
+  }
   be->queue[(be->q_head + be->q_len) % be->q_cap] = r;
   be->q_len++;
-  if (r.ev) r.ev->issued++;
+  if (r.ev) {
+    r.ev->issued++;
+    r.ev->refs++;
+  }
   pthread_cond_broadcast(&be->cv);
   pthread_mutex_unlock(&be->mu);
   return MOE_OK;
@@ -469,7 +512,7 @@ static moe_status cpu_router_topk(moe_backend *be, int32_t *idx, float *wts, con
                                   moe_error *err) {
   moe_status st = scratch_reserve(be, 2 * (size_t)n, err);
   if (st != MOE_OK) return st;
-  float *p = be->scratch, *b = be->scratch + n;
+  float *z = be->scratch, *b = be->scratch + n;
   if (bias && bias->data)
     moe_convert_to_f32(b, bias->data, bias->dtype, (size_t)n);
   else
@@ -478,15 +521,12 @@ static moe_status cpu_router_topk(moe_backend *be, int32_t *idx, float *wts, con
     const float *l = logits + t * (size_t)n;
     float mx = -INFINITY;
     for (int e = 0; e < n; e++) {
-      p[e] = l[e] + b[e];
-      if (p[e] > mx) mx = p[e];
+      z[e] = l[e] + b[e];
+      if (z[e] > mx) mx = z[e];
     }
     float sum = 0.0f;
-    for (int e = 0; e < n; e++) {
-      p[e] = expf(p[e] - mx);
-      sum += p[e];
-    }
-    for (int e = 0; e < n; e++) p[e] /= sum;
+    for (int e = 0; e < n; e++) sum += expf(z[e] - mx);
+    /* ranked on the biased logits, ties to the lower index */
     int32_t *ti = idx + t * (size_t)k;
     float *tw = wts + t * (size_t)k, tsum = 0.0f;
     for (int j = 0; j < k; j++) {
@@ -494,11 +534,11 @@ static moe_status cpu_router_topk(moe_backend *be, int32_t *idx, float *wts, con
       for (int e = 0; e < n; e++) {
         bool taken = false;
         for (int q = 0; q < j; q++) taken |= ti[q] == e;
-        if (!taken && (best < 0 || p[e] > p[best])) best = e;
+        if (!taken && (best < 0 || z[e] > z[best])) best = e;
       }
       ti[j] = best;
-      tw[j] = p[best];
-      tsum += p[best];
+      tw[j] = expf(z[best] - mx) / sum;
+      tsum += tw[j];
     }
     if (renorm)
       for (int j = 0; j < k; j++) tw[j] /= tsum;
@@ -585,4 +625,6 @@ const moe_backend_ops moe_cpu_backend = {
     .embed = cpu_embed,
     .gather_rows = cpu_gather_rows,
     .scatter_add_rows = cpu_scatter_add_rows,
+    .caps = MOE_BACKEND_CAP_LINK_CAP,
+    .device_name = cpu_device_name,
 };

@@ -10,8 +10,20 @@
  * Math: cuBLAS for every matmul (f32 weights: SGEMM; f16/bf16 weights: the
  * activations are converted to the weight dtype in the engine-provided
  * workspace and multiplied with cublasGemmEx, f32 accumulation and
- * output); small CUDA C kernels for the rest, all f32.  Results follow the
- * cpu backend's definitions op by op (tests/cuda compares them).
+ * output; backend.h states the resulting tolerance against the cpu
+ * backend's f32 activations); small CUDA C kernels for the rest, all f32.
+ * Results follow the backend contract op by op
+ * (tests/test_backend_conformance.c and tests/cuda check them).
+ *
+ * Host synchronisation: upload copies through a pinned staging ring and
+ * returns without waiting for the GPU; download waits (the host needs the
+ * routing decisions to drive the policy).  Stalls are measured on the GPU:
+ * every compute_wait is bracketed by two timing events on the compute
+ * stream, and stall_seconds sums their elapsed times.
+ *
+ * Pinned memory: host_register keeps a process-wide, reference-counted
+ * table of registered ranges, so two engines on one model share one
+ * registration (cudaHostRegister of a registered range fails). 
  *
  * Errors: every runtime and cuBLAS call is checked (CUDA_TRY, CUBLAS_TRY,
  * built on MOE_TRY_GEN); after each kernel launch cudaGetLastError is
@@ -22,6 +34,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +61,15 @@
 /* After a kernel launch: configuration errors surface here. */
 #define KERNEL_CHECK(err) CUDA_TRY(cudaGetLastError(), err)
 
+#define STAGE_BYTES ((size_t)4 << 20) /* pinned staging ring for uploads */
+#define STAGE_SLOTS 8                   /* in-flight uploads it tracks */
+#define STALL_PAIRS 64                  /* timing-event pairs in flight */
+
+typedef struct stall_pair {
+  cudaEvent_t before, after;
+  int pending;
+} stall_pair;
+
 struct moe_backend {
   int device;
   cudaStream_t compute, copy;
@@ -55,7 +77,19 @@ struct moe_backend {
   void *ws; /* matmul workspace from the engine */
   size_t ws_bytes;
   size_t capacity;
+  /* upload staging: a ring of pinned bytes; each upload's end offset and
+   * the event its copy recorded, reused once the event is done */
+  unsigned char *stage;
+  size_t stage_head;
+  cudaEvent_t stage_ev[STAGE_SLOTS];
+  size_t stage_start[STAGE_SLOTS], stage_end[STAGE_SLOTS];
+  int stage_next;
+  /* GPU-side stall timing */
+  stall_pair pairs[STALL_PAIRS];
+  int pair_next;
+  double stall_s;
   char desc[400];
+  char name[256];
 };
 
 struct moe_event {
@@ -63,6 +97,10 @@ struct moe_event {
 };
 
 static const int kThreads = 256;
+static const int kAttnThreads = 128;
+/* The block reductions halve the active threads each round. */
+static_assert((kThreads & (kThreads - 1)) == 0, "kThreads must be a power of two");
+static_assert((kAttnThreads & (kAttnThreads - 1)) == 0, "kAttnThreads must be a power of two");
 
 static unsigned blocks_for(size_t n) { return (unsigned)((n + kThreads - 1) / kThreads); }
 
@@ -118,11 +156,14 @@ __global__ void k_kv_store(float *kc, float *vc, const float *k, const float *v,
   vc[dst] = v[idx];
 }
 
-/* One block per (sequence, new token, head); scores in shared memory. */
+/* One block per (sequence, new token, head).  Keys are read in tiles of
+ * blockDim; a running maximum and sum (online softmax) rescale the output
+ * accumulated so far, so shared memory is a tile, not the context: any
+ * context length runs.  blockDim must be kAttnThreads. */
 __global__ void k_attention(float *out, const float *q, const float *kc, const float *vc,
                             moe_attn_shape s) {
-  extern __shared__ float sc[]; /* [max_seq] then [blockDim] reduction space */
-  float *red = sc + s.max_seq;
+  extern __shared__ float sm[]; /* [kAttnThreads] scores, [kAttnThreads] reduction, [head_dim] acc */
+  float *sc = sm, *red = sm + kAttnThreads, *acc = sm + 2 * kAttnThreads;
   const int h = blockIdx.x % s.n_heads;
   const int t = (blockIdx.x / s.n_heads) % s.n_new;
   const int b = blockIdx.x / (s.n_heads * s.n_new);
@@ -131,44 +172,53 @@ __global__ void k_attention(float *out, const float *q, const float *kc, const f
   const float *qh = q + row + (size_t)h * hd;
   const size_t base = (((size_t)b * s.n_kv_heads + h / group) * s.max_seq) * hd;
   const float scale = 1.0f / sqrtf((float)hd);
-  float mx = -INFINITY;
-  for (int j = threadIdx.x; j <= p; j += blockDim.x) {
-    const float *kj = kc + base + (size_t)j * hd;
-    float d = 0.0f;
-    for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
-    sc[j] = d * scale;
-    mx = fmaxf(mx, sc[j]);
-  }
-  red[threadIdx.x] = mx;
-  __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w /= 2) {
-    if ((int)threadIdx.x < w) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + w]);
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) acc[i] = 0.0f;
+  float m_run = -INFINITY, l_run = 0.0f; /* the same in every thread */
+  for (int j0 = 0; j0 <= p; j0 += kAttnThreads) {
+    const int j = j0 + (int)threadIdx.x;
+    float d = -INFINITY;
+    if (j <= p) {
+      const float *kj = kc + base + (size_t)j * hd;
+      d = 0.0f;
+      for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
+      d *= scale;
+    }
+    sc[threadIdx.x] = d;
+    red[threadIdx.x] = d;
+    __syncthreads();
+    for (int w = kAttnThreads / 2; w > 0; w /= 2) {
+      if ((int)threadIdx.x < w) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + w]);
+      __syncthreads();
+    }
+    const float m_new = fmaxf(m_run, red[0]);
+    __syncthreads();
+    const float e = j <= p ? expf(d - m_new) : 0.0f;
+    sc[threadIdx.x] = e;
+    red[threadIdx.x] = e;
+    __syncthreads();
+    for (int w = kAttnThreads / 2; w > 0; w /= 2) {
+      if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+      __syncthreads();
+    }
+    const float corr = expf(m_run - m_new); /* 0 on the first tile */
+    l_run = l_run * corr + red[0];
+    m_run = m_new;
+    const int n_tile = p - j0 + 1 < kAttnThreads ? p - j0 + 1 : kAttnThreads;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+      float o = acc[i] * corr;
+      for (int jj = 0; jj < n_tile; jj++) o += sc[jj] * vc[base + (size_t)(j0 + jj) * hd + i];
+      acc[i] = o;
+    }
     __syncthreads();
   }
-  mx = red[0];
-  __syncthreads();
-  float sum = 0.0f;
-  for (int j = threadIdx.x; j <= p; j += blockDim.x) {
-    sc[j] = expf(sc[j] - mx);
-    sum += sc[j];
-  }
-  red[threadIdx.x] = sum;
-  __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w /= 2) {
-    if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
-    __syncthreads();
-  }
-  const float inv = 1.0f / red[0];
   float *oh = out + row + (size_t)h * hd;
-  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-    float o = 0.0f;
-    for (int j = 0; j <= p; j++) o += sc[j] * inv * vc[base + (size_t)j * hd + i];
-    oh[i] = o;
-  }
+  const float inv = 1.0f / l_run;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) oh[i] = acc[i] * inv;
 }
 
-/* One thread per row: softmax (bias added first), top-k with ties to the
- * lower index, optional renormalisation. */
+/* One thread per row: top-k ranked on logit + bias, ties to the lower
+ * index; weights are the softmax probabilities of the chosen experts,
+ * optionally renormalised.  The same definition as the cpu backend. */
 __global__ void k_router_topk(int32_t *idx, float *wts, const float *logits, size_t m, int n,
                               int k, bool renorm, const void *bias, int bdt) {
   size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -182,17 +232,17 @@ __global__ void k_router_topk(int32_t *idx, float *wts, const float *logits, siz
   float *tw = wts + t * k, tsum = 0.0f;
   for (int j = 0; j < k; j++) {
     int best = -1;
-    float bp = 0.0f;
+    float bz = 0.0f;
     for (int e = 0; e < n; e++) {
       bool taken = false;
       for (int q = 0; q < j; q++) taken |= ti[q] == e;
       if (taken) continue;
-      float pe = expf(l[e] + (bias ? load_w(bias, bdt, e) : 0.0f) - mx) / sum;
-      if (best < 0 || pe > bp) best = e, bp = pe;
+      const float z = l[e] + (bias ? load_w(bias, bdt, e) : 0.0f);
+      if (best < 0 || z > bz) best = e, bz = z;
     }
     ti[j] = best;
-    tw[j] = bp;
-    tsum += bp;
+    tw[j] = expf(bz - mx) / sum;
+    tsum += tw[j];
   }
   if (renorm)
     for (int j = 0; j < k; j++) tw[j] /= tsum;
@@ -250,9 +300,21 @@ __global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {
 
 static void cu_destroy(moe_backend *be) {
   if (be == NULL) return;
+  /* copies or kernels may still be in flight: let them finish before their
+   * streams, events and staging memory go */
+  if (be->copy) (void)cudaStreamSynchronize(be->copy);
+  if (be->compute) (void)cudaStreamSynchronize(be->compute);
+  for (int i = 0; i < STAGE_SLOTS; i++)
+    if (be->stage_ev[i]) cudaEventDestroy(be->stage_ev[i]);
+  for (int i = 0; i < STALL_PAIRS; i++) {
+    if (be->pairs[i].before) cudaEventDestroy(be->pairs[i].before);
+    if (be->pairs[i].after) cudaEventDestroy(be->pairs[i].after);
+  }
+  if (be->stage) cudaFreeHost(be->stage);
   if (be->blas) cublasDestroy(be->blas);
   if (be->compute) cudaStreamDestroy(be->compute);
   if (be->copy) cudaStreamDestroy(be->copy);
+  (void)cudaGetLastError();
   free(be);
 }
 
@@ -266,7 +328,7 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
     return MOE_FAIL(err, MOE_ERR_NO_DEVICE, "no CUDA device; use --backend cpu (%s)",
                     e != cudaSuccess ? cudaGetErrorString(e) : "device count is 0");
   }
-  if (opt && opt->link_gbps > 0)
+  if (opt && opt->link_gbps != 0)
     return MOE_FAIL(err, MOE_ERR_INVALID,
                     "the cuda backend copies over the real host link; --link-gbps emulates one on "
                     "the cpu backend only");
@@ -276,6 +338,7 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
   MOE_CHECK(be->device >= 0 && be->device < count, err, MOE_ERR_INVALID,
             "CUDA device %d does not exist (%d present)", be->device, count);
   cudaDeviceProp prop;
+  size_t free_b, total_b;
   CUDA_TRY(cudaSetDevice(be->device), err);
   CUDA_TRY(cudaGetDeviceProperties(&prop, be->device), err);
   CUDA_TRY(cudaStreamCreateWithFlags(&be->compute, cudaStreamNonBlocking), err);
@@ -284,9 +347,21 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
   CUBLAS_TRY(cublasSetStream(be->blas, be->compute), err);
   CUBLAS_TRY(cublasSetAtomicsMode(be->blas, CUBLAS_ATOMICS_NOT_ALLOWED), err);
   CUBLAS_TRY(cublasSetMathMode(be->blas, CUBLAS_PEDANTIC_MATH), err); /* f32 stays f32 (no TF32) */
-  be->capacity = prop.totalGlobalMem;
-  snprintf(be->desc, sizeof be->desc, "cuda (%s, %.1f GiB, sm_%d%d)", prop.name,
-           (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), prop.major, prop.minor);
+  CUDA_TRY(cudaHostAlloc((void **)&be->stage, STAGE_BYTES, cudaHostAllocDefault), err);
+  for (int i = 0; i < STAGE_SLOTS; i++)
+    CUDA_TRY(cudaEventCreateWithFlags(&be->stage_ev[i], cudaEventDisableTiming), err);
+  for (int i = 0; i < STALL_PAIRS; i++) {
+    CUDA_TRY(cudaEventCreate(&be->pairs[i].before), err);
+    CUDA_TRY(cudaEventCreate(&be->pairs[i].after), err);
+  }
+  /* the default budget is what is free now (other processes, the context
+   * and cuBLAS already hold some), not the card's total */
+  CUDA_TRY(cudaMemGetInfo(&free_b, &total_b), err);
+  be->capacity = free_b;
+  snprintf(be->name, sizeof be->name, "%s", prop.name);
+  snprintf(be->desc, sizeof be->desc, "cuda (%s, %.1f GiB, %.1f GiB free, sm_%d%d)", prop.name,
+           (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
+           (double)free_b / (1024.0 * 1024.0 * 1024.0), prop.major, prop.minor);
   *out = be;
   return MOE_OK;
 cleanup:
@@ -295,6 +370,8 @@ cleanup:
 }
 
 static const char *cu_describe(moe_backend *be) { return be->desc; }
+
+static const char *cu_device_name(moe_backend *be) { return be->name; }
 
 static size_t cu_capacity(moe_backend *be) { return be->capacity; }
 
@@ -326,15 +403,68 @@ cleanup:
 
 static void cu_host_free(moe_backend *be, void *ptr) { cudaFreeHost(ptr); }
 
+/* Registered host ranges, process-wide (registration belongs to the
+ * process, not to a backend instance), with a count of users each. */
+typedef struct pin_entry {
+  void *ptr;
+  size_t bytes;
+  int users;
+} pin_entry;
+static pthread_mutex_t g_pin_mu = PTHREAD_MUTEX_INITIALIZER;
+static pin_entry *g_pins;
+static size_t g_n_pins, g_cap_pins;
+
 static moe_status cu_host_register(moe_backend *be, void *ptr, size_t bytes, moe_error *err) {
   moe_status st = MOE_OK;
-  if (bytes == 0) return MOE_OK;
-  CUDA_TRY(cudaHostRegister(ptr, bytes, cudaHostRegisterDefault), err);
-cleanup:
+  if (bytes == 0 || ptr == NULL) return MOE_OK;
+  pthread_mutex_lock(&g_pin_mu);
+  for (size_t i = 0; i < g_n_pins; i++)
+    if (g_pins[i].ptr == ptr) {
+      if (g_pins[i].bytes < bytes) {
+        pthread_mutex_unlock(&g_pin_mu);
+        return MOE_FAIL(err, MOE_ERR_INVALID,
+                        "host range at %p is pinned for %zu bytes, not the %zu asked for", ptr,
+                        g_pins[i].bytes, bytes);
+      }
+      g_pins[i].users++;
+      pthread_mutex_unlock(&g_pin_mu);
+      return MOE_OK;
+    }
+  if (g_n_pins == g_cap_pins) {
+    size_t cap = g_cap_pins ? 2 * g_cap_pins : 8;
+    pin_entry *p = (pin_entry *)realloc(g_pins, cap * sizeof *p);
+    if (p == NULL) {
+      pthread_mutex_unlock(&g_pin_mu);
+      return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory (pinned-range table)");
+    }
+    g_pins = p;
+    g_cap_pins = cap;
+  }
+  cudaError_t e = cudaHostRegister(ptr, bytes, cudaHostRegisterDefault);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    pthread_mutex_unlock(&g_pin_mu);
+    return MOE_FAIL(err, MOE_ERR_DEVICE, "cudaHostRegister of %zu bytes failed: %s", bytes,
+                    cudaGetErrorString(e));
+  }
+  g_pins[g_n_pins++] = (pin_entry){ptr, bytes, 1};
+  pthread_mutex_unlock(&g_pin_mu);
   return st;
 }
 
-static void cu_host_unregister(moe_backend *be, void *ptr) { cudaHostUnregister(ptr); }
+static void cu_host_unregister(moe_backend *be, void *ptr) {
+  pthread_mutex_lock(&g_pin_mu);
+  for (size_t i = 0; i < g_n_pins; i++)
+    if (g_pins[i].ptr == ptr) {
+      if (--g_pins[i].users == 0) {
+        (void)cudaHostUnregister(ptr);
+        (void)cudaGetLastError();
+        g_pins[i] = g_pins[--g_n_pins];
+      }
+      break;
+    }
+  pthread_mutex_unlock(&g_pin_mu);
+}
 
 static moe_status cu_event_create(moe_backend *be, moe_event **ev, moe_error *err) {
   moe_status st = MOE_OK;
@@ -348,6 +478,8 @@ cleanup:
   return st;
 }
 
+/* cudaEventDestroy does not block: with work still to record the event,
+ * the runtime releases it once that work completes (the contract). */
 static void cu_event_destroy(moe_backend *be, moe_event *ev) {
   if (ev == NULL) return;
   cudaEventDestroy(ev->ev);
@@ -363,11 +495,47 @@ cleanup:
   return st;
 }
 
+/* Adds the elapsed time of completed timing pairs to stall_s; with wait,
+ * waits for every pending pair first. */
+static void harvest_stalls(moe_backend *be, bool wait) {
+  for (int i = 0; i < STALL_PAIRS; i++) {
+    stall_pair *p = &be->pairs[i];
+    if (!p->pending) continue;
+    cudaError_t e = wait ? cudaEventSynchronize(p->after) : cudaEventQuery(p->after);
+    if (e == cudaErrorNotReady) continue;
+    float ms = 0.0f;
+    if (e == cudaSuccess && cudaEventElapsedTime(&ms, p->before, p->after) == cudaSuccess)
+      be->stall_s += (double)ms * 1e-3;
+    else
+      (void)cudaGetLastError(); /* timing lost; the stream's own error surfaces on its next call */
+    p->pending = 0;
+  }
+}
+
+/* cudaStreamWaitEvent orders the compute stream after the copy without
+ * blocking the host.  Two timing events bracket the wait: the time between
+ * them is how long the compute stream stood still for the copy. */
 static moe_status cu_compute_wait(moe_backend *be, moe_event *ev, moe_error *err) {
   moe_status st = MOE_OK;
-  if (ev) CUDA_TRY(cudaStreamWaitEvent(be->compute, ev->ev, 0), err);
+  if (ev == NULL) return MOE_OK;
+  stall_pair *p = &be->pairs[be->pair_next];
+  if (p->pending) harvest_stalls(be, false);
+  if (p->pending) {
+    CUDA_TRY(cudaEventSynchronize(p->after), err);
+    harvest_stalls(be, false);
+  }
+  be->pair_next = (be->pair_next + 1) % STALL_PAIRS;
+  CUDA_TRY(cudaEventRecord(p->before, be->compute), err);
+  CUDA_TRY(cudaStreamWaitEvent(be->compute, ev->ev, 0), err);
+  CUDA_TRY(cudaEventRecord(p->after, be->compute), err);
+  p->pending = 1;
 cleanup:
   return st;
+}
+
+static double cu_stall_seconds(moe_backend *be) {
+  harvest_stalls(be, true);
+  return be->stall_s;
 }
 
 static moe_status cu_event_sync(moe_backend *be, moe_event *ev, moe_error *err) {
@@ -379,6 +547,7 @@ cleanup:
 
 static moe_status cu_compute_record(moe_backend *be, moe_event *ev, moe_error *err) {
   moe_status st = MOE_OK;
+  if (ev == NULL) return MOE_OK;
   CUDA_TRY(cudaEventRecord(ev->ev, be->compute), err);
 cleanup:
   return st;
@@ -391,21 +560,45 @@ cleanup:
   return st;
 }
 
+/* A hint only.  An error is not cleared here: the answer is "not done",
+ * and the caller's next checked call (its compute_wait) reports it. */
 static int cu_event_done(moe_backend *be, moe_event *ev) {
   if (ev == NULL) return 1;
-  cudaError_t e = cudaEventQuery(ev->ev);
-  if (e == cudaErrorNotReady) return 0;
-  if (e != cudaSuccess) (void)cudaGetLastError(); /* reported by the next checked call */
-  return 1;
+  return cudaEventQuery(ev->ev) == cudaSuccess;
 }
 
-/* Small host inputs: ordered on the compute stream; returns once the host
- * buffer may be reused. */
+/* Small host inputs: staged through the pinned ring and copied on the
+ * compute stream, so the call returns without waiting for the GPU; the
+ * ring space is reused once the copy that read it has completed.  Inputs
+ * larger than the ring are copied synchronously. */
 static moe_status cu_upload(moe_backend *be, void *dst, const void *src, size_t bytes, moe_error *err) {
   moe_status st = MOE_OK;
   if (bytes == 0) return MOE_OK;
-  CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, be->compute), err);
-  CUDA_TRY(cudaStreamSynchronize(be->compute), err);
+  if (bytes > STAGE_BYTES / 2) {
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, be->compute), err);
+    CUDA_TRY(cudaStreamSynchronize(be->compute), err);
+    return MOE_OK;
+  }
+  {
+    size_t off = (be->stage_head + 255) / 256 * 256;
+    if (off + bytes > STAGE_BYTES) off = 0;
+    /* the slot's previous upload (and every older one) must have been read */
+    const int slot = be->stage_next;
+    CUDA_TRY(cudaEventSynchronize(be->stage_ev[slot]), err);
+    /* and no upload still in flight may use [off, off + bytes) */
+    for (int i = 0; i < STAGE_SLOTS; i++) {
+      if (i == slot || be->stage_end[i] <= off || be->stage_start[i] >= off + bytes) continue;
+      CUDA_TRY(cudaEventSynchronize(be->stage_ev[i]), err);
+      be->stage_start[i] = be->stage_end[i] = 0;
+    }
+    memcpy(be->stage + off, src, bytes);
+    CUDA_TRY(cudaMemcpyAsync(dst, be->stage + off, bytes, cudaMemcpyHostToDevice, be->compute), err);
+    CUDA_TRY(cudaEventRecord(be->stage_ev[slot], be->compute), err);
+    be->stage_start[slot] = off;
+    be->stage_end[slot] = off + bytes;
+    be->stage_head = off + bytes;
+    be->stage_next = (slot + 1) % STAGE_SLOTS;
+  }
 cleanup:
   return st;
 }
@@ -443,7 +636,7 @@ static moe_status cu_matmul(moe_backend *be, float *y, const float *x, size_t m,
   moe_status st = MOE_OK;
   const int n = (int)w->rows, k = (int)w->cols;
   const float one = 1.0f, zero = 0.0f;
-  if (m == 0) return MOE_OK;
+  if (m == 0 || n == 0) return MOE_OK;
   /* Row-major y[m,n] = x[m,k] . W[n,k]^T is column-major y^T = W^T' ... :
    * C(n x m) = op(A = W as col-major k x n, transposed) . B (x as col-major k x m). */
   if (w->dtype == MOE_F32) {
@@ -481,7 +674,7 @@ cleanup:
 static moe_status cu_rmsnorm(moe_backend *be, float *y, const float *x, size_t m,
                              const moe_weight *g, float eps, moe_error *err) {
   moe_status st = MOE_OK;
-  if (m == 0) return MOE_OK;
+  if (m == 0 || g->cols == 0) return MOE_OK;
   k_rmsnorm<<<(unsigned)m, kThreads, 0, be->compute>>>(y, x, g->data, (int)g->dtype, (int)g->cols, eps);
   KERNEL_CHECK(err);
 cleanup:
@@ -503,6 +696,7 @@ static moe_status cu_kv_store(moe_backend *be, float *kc, float *vc, const float
                               const moe_attn_shape *s, moe_error *err) {
   moe_status st = MOE_OK;
   const size_t n = (size_t)s->n_seq * s->n_new * s->n_kv_heads * s->head_dim;
+  if (n == 0) return MOE_OK;
   k_kv_store<<<blocks_for(n), kThreads, 0, be->compute>>>(kc, vc, k, v, *s);
   KERNEL_CHECK(err);
 cleanup:
@@ -512,13 +706,14 @@ cleanup:
 static moe_status cu_attention(moe_backend *be, float *out, const float *q, const float *kc,
                                const float *vc, const moe_attn_shape *s, moe_error *err) {
   moe_status st = MOE_OK;
-  const int threads = 128;
-  const size_t smem = ((size_t)s->max_seq + threads) * sizeof(float);
-  MOE_CHECK(smem <= 48 * 1024, err, MOE_ERR_UNSUPPORTED,
-            "cuda attention: a context of %d tokens exceeds this kernel's shared-memory limit",
-            s->max_seq);
-  k_attention<<<(unsigned)(s->n_seq * s->n_new * s->n_heads), threads, smem, be->compute>>>(
-      out, q, kc, vc, *s);
+  const size_t blocks = (size_t)s->n_seq * (size_t)s->n_new * (size_t)s->n_heads;
+  if (blocks == 0) return MOE_OK;
+  /* shared memory is two tiles and one head's accumulator, whatever the context */
+  const size_t smem = (2 * (size_t)kAttnThreads + (size_t)s->head_dim) * sizeof(float);
+  MOE_CHECK(smem <= 48 * 1024 && blocks <= 0x7fffffffu, err, MOE_ERR_UNSUPPORTED,
+            "cuda attention: head_dim %d or %zu (sequence, token, head) blocks exceed this kernel",
+            s->head_dim, blocks);
+  k_attention<<<(unsigned)blocks, kAttnThreads, smem, be->compute>>>(out, q, kc, vc, *s);
   KERNEL_CHECK(err);
 cleanup:
   return st;
@@ -559,7 +754,7 @@ cleanup:
 static moe_status cu_embed(moe_backend *be, float *y, const moe_weight *t, const int32_t *ids,
                            size_t m, moe_error *err) {
   moe_status st = MOE_OK;
-  if (m == 0) return MOE_OK;
+  if (m == 0 || t->cols == 0) return MOE_OK;
   k_embed<<<blocks_for(m * t->cols), kThreads, 0, be->compute>>>(y, t->data, (int)t->dtype, ids, m,
                                                                   t->cols);
   KERNEL_CHECK(err);
@@ -570,7 +765,7 @@ cleanup:
 static moe_status cu_gather(moe_backend *be, float *dst, const float *src, const int32_t *rows,
                             size_t n, size_t dim, moe_error *err) {
   moe_status st = MOE_OK;
-  if (n == 0) return MOE_OK;
+  if (n == 0 || dim == 0) return MOE_OK;
   k_gather<<<blocks_for(n * dim), kThreads, 0, be->compute>>>(dst, src, rows, n, dim);
   KERNEL_CHECK(err);
 cleanup:
@@ -581,13 +776,15 @@ static moe_status cu_scatter_add(moe_backend *be, float *dst, const float *src, 
                                  const float *scale, size_t stride, bool sig, size_t n, size_t dim,
                                  moe_error *err) {
   moe_status st = MOE_OK;
-  if (n == 0) return MOE_OK;
+  if (n == 0 || dim == 0) return MOE_OK;
   k_scatter_add<<<blocks_for(n * dim), kThreads, 0, be->compute>>>(dst, src, rows, scale, stride,
                                                                     sig, n, dim);
   KERNEL_CHECK(err);
 cleanup:
   return st;
 }
+
+extern "C" moe_status moe_cuda_probe(char *desc, size_t cap, moe_error *err);
 
 static moe_backend_ops make_ops(void) {
   moe_backend_ops o;
@@ -631,6 +828,10 @@ static moe_backend_ops make_ops(void) {
   o.host_register = cu_host_register;
   o.host_unregister = cu_host_unregister;
   o.device_used = cu_device_used;
+  o.caps = MOE_BACKEND_CAP_PREFERRED;
+  o.probe = moe_cuda_probe;
+  o.device_name = cu_device_name;
+  o.stall_seconds = cu_stall_seconds;
   return o;
 }
 

@@ -1,19 +1,55 @@
 /* The backend interface: where memory lives, how bytes move, how math runs.
  *
  * A backend is a versioned const table of function pointers (moe_backend_ops)
- * plus an opaque instance (moe_backend).  It is shaped for asynchronous
- * devices from the start:
- *   - device memory vs host memory (host memory may be pinned);
- *   - a compute stream, on which every math op is issued in order;
- *   - a copy stream, on which host-to-device copies run in order, each
- *     signalling a moe_event when its bytes have landed;
- *   - compute_wait(ev) orders later compute after a copy, without blocking
- *     the host where the device can do that itself.
- * Activations are f32.  Weights are moe_weight views in their storage dtype
- * (f32, f16, bf16); backends convert to f32 (or accumulate in f32).
+ * plus an opaque instance (moe_backend).  This header is its contract: every
+ * backend (cpu, cuda, and any later one) must behave as written here, and
+ * tests/test_backend_conformance.c holds each compiled-in backend to it.
  *
- * Fields are only ever appended; callers check abi_version and struct_size
- * before using a field added after version 1. */
+ * The model.  A backend has device memory (device_alloc) and host memory
+ * (host_alloc, or host ranges pinned with host_register), and two streams:
+ *   - the compute stream runs every math op, upload and download, in the
+ *     order they were issued;
+ *   - the copy stream runs copy_h2d_async copies (and copy_wait markers) in
+ *     the order they were issued.
+ * Nothing orders one stream against the other except events: a copy
+ * signals its event when its last byte has landed (copy_h2d_async), compute
+ * records an event when all compute issued so far has finished
+ * (compute_record), and either stream can be told to wait for an event
+ * (compute_wait, copy_wait).  A wait is for the event's most recent record
+ * (or signalling copy) issued before the wait; later records do not count.
+ * An event never recorded is complete.  This is CUDA's stream/event model;
+ * a synchronous backend (cpu) may satisfy it by blocking, since only the
+ * order of effects is promised, never that a call returns early.
+ *
+ * What blocks the host: download (until the bytes are in host memory, after
+ * all earlier compute), upload (until the host buffer may be reused),
+ * event_sync (until the event is complete), synchronize (until both
+ * streams are idle), and event_destroy never (see there).  Math calls and
+ * copy_h2d_async may return before their work is done.
+ *
+ * Errors: a method that returns moe_status records the first failure in
+ * err (with file:line, see status.h) and returns its code; no method exits
+ * or prints.  Methods returning void or a value cannot fail.
+ *
+ * Data: activations are f32.  Weights are moe_weight views in their storage
+ * dtype (f32, f16, bf16).  All pointers handed to math ops are device
+ * memory, already allocated by the caller with room for what the op
+ * writes.  Any m or n of 0 is valid and does nothing.
+ *
+ * Numerics: f32 weights give f32 results matching a plain f32
+ * implementation to within accumulation order (relative 1e-5 of the row's
+ * magnitude).  For f16/bf16 weights a backend may round the activations to
+ * the weight's dtype before the product (cuda does, cublasGemmEx takes one
+ * input type); the result then differs from the f32-activation reference
+ * (cpu) by up to 2^-11 (f16) or 2^-8 (bf16) of sum |x_i| |w_i| per output.
+ * Each backend is deterministic: the same inputs give the same bits.
+ *
+ * Versions: abi_version is the major version; a table of another major
+ * version is refused.  Fields are only ever appended: a table whose
+ * struct_size is smaller than this header's (built against an older
+ * header, at least MOE_BACKEND_SIZE_1_0) is accepted and the fields it
+ * lacks read as absent; moe_device_open copies every table into a
+ * full-size one, so nothing reads past an older table's end. */
 #ifndef MOE_BACKEND_H
 #define MOE_BACKEND_H
 
@@ -31,7 +67,7 @@ extern "C" {
 #define MOE_BACKEND_ABI 1
 
 typedef struct moe_backend moe_backend; /* a backend instance */
-typedef struct moe_event moe_event;     /* completion of a copy */
+typedef struct moe_event moe_event;     /* completion of a copy or of compute */
 
 /* A weight matrix in device memory: rows x cols, row-major, in dtype.  A
  * vector is a 1 x n matrix.  data NULL means "absent" (e.g. no bias). */
@@ -44,9 +80,10 @@ typedef struct moe_weight {
 typedef struct moe_backend_options {
   int threads;           /* math threads (cpu: OpenBLAS threads); 0 = default */
   int device_index;      /* cuda: which GPU */
-  double link_gbps;      /* cpu: cap on the emulated host-to-device link in GB/s
-                            (1e9 bytes/s), 0 = none */
-  size_t device_budget;  /* device-memory budget in bytes, 0 = the device's capacity */
+  double link_gbps;      /* cap on an emulated host-to-device link in GB/s (1e9
+                            bytes/s), 0 = none; only backends with
+                            MOE_BACKEND_CAP_LINK_CAP accept a nonzero cap */
+  size_t device_budget;  /* device-memory budget in bytes, 0 = device_capacity */
 } moe_backend_options;
 
 /* Attention over a KV cache.  n_seq sequences each bring n_new tokens at
@@ -57,69 +94,108 @@ typedef struct moe_attn_shape {
   int n_heads, n_kv_heads, head_dim;
 } moe_attn_shape;
 
+/* Capabilities (moe_backend_ops.caps, since ABI 1.1). */
+#define MOE_BACKEND_CAP_LINK_CAP 1u  /* honours moe_backend_options.link_gbps */
+#define MOE_BACKEND_CAP_PREFERRED 2u /* "auto" picks it when its probe finds a device */
+
 typedef struct moe_backend_ops {
   uint32_t abi_version; /* MOE_BACKEND_ABI at the time the table was built */
   uint32_t struct_size; /* sizeof(moe_backend_ops) of that build */
-  const char *name;
-  const char *summary;
+  const char *name;     /* unique, [a-z0-9-] */
+  const char *summary;  /* one line */
 
+  /* Creates an instance with its two streams.  opt may be NULL (defaults).
+   * MOE_ERR_NO_DEVICE when the device is absent, MOE_ERR_INVALID for an
+   * option the backend cannot honour (e.g. a link cap without
+   * MOE_BACKEND_CAP_LINK_CAP). */
   moe_status (*create)(const moe_backend_options *opt, moe_backend **out, moe_error *err);
+  /* Waits for both streams, then frees the instance.  Device memory and
+   * events still live are the caller's bug, but must not crash. */
   void (*destroy)(moe_backend *be);
-  /* A one-line description of the device (e.g. "cpu: 2 threads"). */
+  /* A one-line description of the instance (e.g. "cpu (OpenBLAS, 2 threads; ...)"),
+   * valid until destroy. */
   const char *(*describe)(moe_backend *be);
 
   /* ---- memory */
+  /* bytes > 0.  Device memory, aligned to at least 64 bytes, contents
+   * undefined.  MOE_ERR_OOM when the device has no room. */
   moe_status (*device_alloc)(moe_backend *be, size_t bytes, void **ptr, moe_error *err);
+  /* Frees after all work issued so far on either stream that uses ptr. */
   void (*device_free)(moe_backend *be, void *ptr);
-  moe_status (*host_alloc)(moe_backend *be, size_t bytes, void **ptr, moe_error *err); /* pinned */
+  /* Host memory usable as the source of asynchronous copies (pinned). */
+  moe_status (*host_alloc)(moe_backend *be, size_t bytes, void **ptr, moe_error *err);
   void (*host_free)(moe_backend *be, void *ptr);
 
   /* ---- copies and ordering */
   moe_status (*event_create)(moe_backend *be, moe_event **ev, moe_error *err);
+  /* May be called while copies that signal ev are still queued: it does
+   * not block, and the backend keeps what those copies need until they
+   * complete.  ev must not be used again. */
   void (*event_destroy)(moe_backend *be, moe_event *ev);
-  /* Enqueue a host-to-device copy on the copy stream; ev (may be NULL) is
-   * signalled when it completes.  src must stay valid until then. */
+  /* Enqueues a host-to-device copy on the copy stream; ev (may be NULL) is
+   * signalled when its last byte has landed.  src must stay valid and
+   * unchanged until then.  Returns at once. */
   moe_status (*copy_h2d_async)(moe_backend *be, void *dst, const void *src, size_t bytes,
                                moe_event *ev, moe_error *err);
-  /* Later compute-stream work runs after ev has been signalled. */
+  /* Compute issued after this call runs after ev's most recent signalling
+   * copy or record issued before this call.  May block the host (cpu) or
+   * not (cuda).  ev NULL: no-op. */
   moe_status (*compute_wait)(moe_backend *be, moe_event *ev, moe_error *err);
-  /* Host blocks until ev is signalled. */
+  /* Host blocks until ev's most recent signalling copy or record is done. */
   moe_status (*event_sync)(moe_backend *be, moe_event *ev, moe_error *err);
-  /* Host-to-device copy ordered on the compute stream (small inputs). */
+  /* Host-to-device copy ordered on the compute stream (small inputs):
+   * compute issued later sees the bytes; returns once src may be reused. */
   moe_status (*upload)(moe_backend *be, void *dst, const void *src, size_t bytes, moe_error *err);
-  /* Device-to-host copy after all prior compute; returns when done. */
+  /* Device-to-host copy after all earlier compute; returns when the bytes
+   * are in dst. */
   moe_status (*download)(moe_backend *be, void *dst, const void *src, size_t bytes, moe_error *err);
+  /* Host blocks until both streams are idle; reports a pending device
+   * error. */
   moe_status (*synchronize)(moe_backend *be, moe_error *err);
-  /* Records ev on the compute stream: signalled once all compute issued so
-   * far has finished (the store uses it before a slot is overwritten). */
+  /* Records ev on the compute stream: complete once all compute issued so
+   * far has finished (the store records one before a slot may be
+   * overwritten). */
   moe_status (*compute_record)(moe_backend *be, moe_event *ev, moe_error *err);
-  /* Later copies on the copy stream start after ev has been signalled. */
+  /* Copies issued after this call start after ev's most recent record or
+   * signalling copy issued before it.  ev NULL: no-op. */
   moe_status (*copy_wait)(moe_backend *be, moe_event *ev, moe_error *err);
-  /* Non-blocking: 1 when ev has been signalled (or never used), else 0. */
+  /* Non-blocking: 1 when ev's most recent record or signalling copy is
+   * done (or ev was never used), else 0.  A hint only: the engine always
+   * orders compute after a copy with compute_wait, never by this answer. */
   int (*event_done)(moe_backend *be, moe_event *ev);
-  /* Device memory capacity in bytes (the default budget). */
+  /* Device memory available to this instance in bytes (the default
+   * budget): physical memory on cpu, free memory at create on cuda. */
   size_t (*device_capacity)(moe_backend *be);
 
   /* ---- math on the compute stream (all pointers device memory) */
-  /* y[m, w.rows] = x[m, w.cols] . w^T (+ bias[w.rows] when bias.data). */
+  /* y[m, w.rows] = x[m, w.cols] . w^T (+ bias[w.rows] when bias.data).
+   * y must not alias x. */
   moe_status (*matmul)(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *w,
                        const moe_weight *bias, moe_error *err);
-  /* y[m, n] = x / rms(x) * g, row-wise; g is 1 x n. */
+  /* y[m, n] = x / sqrt(mean(x^2) + eps) * g, row-wise; g is 1 x n (n = g.cols).
+   * y may alias x. */
   moe_status (*rmsnorm)(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *g,
                         float eps, moe_error *err);
   /* Rotary embedding in place on x[m, n_heads * head_dim], rotate-half pairing
-   * (i, i + head_dim/2); pos[m] are device int32 positions. */
+   * (i, i + head_dim/2), angle pos * theta^(-2i/head_dim); pos[m] are
+   * device int32 positions; head_dim even. */
   moe_status (*rope)(moe_backend *be, float *x, size_t m, const int32_t *pos, int n_heads,
                      int head_dim, float theta, moe_error *err);
-  /* Writes k, v rows ([n_seq * n_new, n_kv_heads * head_dim]) into the caches. */
+  /* Writes k, v rows ([n_seq * n_new, n_kv_heads * head_dim]) into the
+   * caches at positions pos0 .. pos0 + n_new - 1. */
   moe_status (*kv_store)(moe_backend *be, float *k_cache, float *v_cache, const float *k,
                          const float *v, const moe_attn_shape *s, moe_error *err);
-  /* out[n_seq * n_new, n_heads * head_dim] = softmax(q k^T / sqrt(d)) v, causal. */
+  /* out[n_seq * n_new, n_heads * head_dim] = softmax(q k^T / sqrt(head_dim)) v,
+   * causal over cache positions 0 .. pos; query head h reads kv head
+   * h / (n_heads / n_kv_heads).  Any max_seq the caches were sized for is
+   * supported (MOE_ERR_UNSUPPORTED names the limit where one exists). */
   moe_status (*attention)(moe_backend *be, float *out, const float *q, const float *k_cache,
                           const float *v_cache, const moe_attn_shape *s, moe_error *err);
-  /* Per row of logits[m, n]: softmax, top-k (ties to the lower index), weights
-   * renormalised to sum 1 when renorm.  idx[m, k] int32, wts[m, k] f32.
-   * bias (1 x n, may be absent) is added to the logits first. */
+  /* Per row of logits[m, n], with bias (1 x n, may be absent) added: top-k
+   * ranked on logit + bias, ties to the lower index (never on rounded
+   * probabilities, so every backend picks the same experts); weights are
+   * the softmax probabilities of the chosen ones, renormalised to sum 1
+   * when renorm.  idx[m, k] int32 (k distinct experts per row), wts[m, k]. */
   moe_status (*router_topk)(moe_backend *be, int32_t *idx, float *wts, const float *logits,
                             size_t m, int n, int k, bool renorm, const moe_weight *bias,
                             moe_error *err);
@@ -128,14 +204,17 @@ typedef struct moe_backend_ops {
                        moe_error *err);
   /* y[i] += x[i] for n elements. */
   moe_status (*add)(moe_backend *be, float *y, const float *x, size_t n, moe_error *err);
-  /* y[m, dim] = table[ids[i], :] converted to f32; ids are device int32. */
+  /* y[m, dim] = table[ids[i], :] converted to f32; ids are device int32 in
+   * 0 .. table.rows - 1 (the engine checks them on the host). */
   moe_status (*embed)(moe_backend *be, float *y, const moe_weight *table, const int32_t *ids,
                       size_t m, moe_error *err);
-  /* dst[i, :] = src[rows[i], :] for i < n (rows on device). */
+  /* dst[i, :] = src[rows[i], :] for i < n (rows on device; may repeat). */
   moe_status (*gather_rows)(moe_backend *be, float *dst, const float *src, const int32_t *rows,
                             size_t n, size_t dim, moe_error *err);
   /* dst[rows[i], :] += scale[i * scale_stride] * src[i, :]; scale_sigmoid
-   * applies a logistic to the scale first (the shared-expert gate). */
+   * applies a logistic to the scale first (the shared-expert gate).  The
+   * rows of one call must be distinct (a token picks an expert once); the
+   * result is then deterministic. */
   moe_status (*scatter_add_rows)(moe_backend *be, float *dst, const float *src,
                                  const int32_t *rows, const float *scale, size_t scale_stride,
                                  bool scale_sigmoid, size_t n, size_t dim, moe_error *err);
@@ -143,16 +222,38 @@ typedef struct moe_backend_ops {
   /* ---- optional (may be NULL) */
   /* Device scratch the backend needs for matmuls of up to max_rows x
    * max_cols activations; the engine allocates it through its accounting
-   * front and hands it over with set_workspace. */
+   * front and hands it over with set_workspace (NULL, 0 takes it back). */
   size_t (*workspace_bytes)(moe_backend *be, size_t max_rows, size_t max_cols);
   void (*set_workspace)(moe_backend *be, void *ptr, size_t bytes);
-  /* Pins an existing host range for asynchronous copies (and unpins it). */
+  /* Pins an existing host range for asynchronous copies (and unpins it).
+   * Pinning a range that is already pinned is MOE_OK (shared: pins are
+   * counted, the last unregister unpins).  A failure to pin is reported,
+   * and the caller may go on with pageable memory. */
   moe_status (*host_register)(moe_backend *be, void *ptr, size_t bytes, moe_error *err);
   void (*host_unregister)(moe_backend *be, void *ptr);
   /* Device bytes in use as the driver sees them (cross-check of the
    * engine's accounting), or 0 when unknown. */
   size_t (*device_used)(moe_backend *be);
+
+  /* ---- since ABI 1.1 (absent in older tables) */
+  uint32_t caps; /* MOE_BACKEND_CAP_* */
+  /* Without an instance: MOE_OK and a one-line description of the device
+   * in desc when one can be used, MOE_ERR_NO_DEVICE (with the reason)
+   * when not.  NULL: the device is always there. */
+  moe_status (*probe)(char *desc, size_t cap, moe_error *err);
+  /* A short, stable name of the device for result rows and keys (e.g.
+   * "NVIDIA H200", "cpu: AMD EPYC 7B13").  NULL: the backend's name. */
+  const char *(*device_name)(moe_backend *be);
+  /* Seconds the compute stream has stood waiting on events since create,
+   * as the device measured it; waits to finish the timings it needs.
+   * NULL: compute_wait blocks the host for the stall, and the engine times
+   * it with the host clock. */
+  double (*stall_seconds)(moe_backend *be);
 } moe_backend_ops;
+
+/* The size of a table built against the first header of major version 1:
+ * everything up to and including device_used. */
+#define MOE_BACKEND_SIZE_1_0 (offsetof(moe_backend_ops, device_used) + sizeof(void (*)(void)))
 
 /* ---- registry of built-in backends */
 
@@ -163,6 +264,14 @@ const moe_backend_ops *moe_backend_at(size_t i);
 const moe_backend_ops *moe_backend_find(const char *name);
 /* Checks a table: ABI version, struct size, required methods present. */
 moe_status moe_backend_validate(const moe_backend_ops *ops, moe_error *err);
+/* Copies a validated table into *out at this header's full size: fields
+ * past ops->struct_size are zero (absent). */
+void moe_backend_normalize(const moe_backend_ops *ops, moe_backend_ops *out);
+/* The backend "auto" means: the first compiled-in backend with
+ * MOE_BACKEND_CAP_PREFERRED whose probe finds a device, else "cpu". */
+const moe_backend_ops *moe_backend_auto(void);
+/* The device name for result rows: ops->device_name or the backend name. */
+const char *moe_backend_device_name(const moe_backend_ops *ops, moe_backend *be);
 
 /* Categories of device memory, for accounting. */
 typedef enum moe_mem_category {
@@ -190,7 +299,7 @@ typedef struct moe_mem_stats {
 /* A created backend: its table, instance and device-memory accounting.
  * Every device allocation of the engine goes through moe_device_alloc. */
 typedef struct moe_device {
-  const moe_backend_ops *ops;
+  const moe_backend_ops *ops; /* normalized copy of the backend's table, owned */
   moe_backend *be;
   moe_mem_stats mem;
   struct moe_dev_alloc *allocs; /* live allocations (pointer, size, category) */
@@ -198,9 +307,13 @@ typedef struct moe_device {
 } moe_device;
 
 /* Validates ops and creates an instance; the budget is opt->device_budget
- * or, when 0, the device's capacity. */
+ * or, when 0, the device's capacity.  name "auto": moe_backend_auto(). */
 moe_status moe_device_open(moe_device *dev, const char *name, const moe_backend_options *opt,
                            moe_error *err);
+/* Same with a table that need not be registered (tests, out-of-tree
+ * backends). */
+moe_status moe_device_open_ops(moe_device *dev, const moe_backend_ops *ops,
+                               const moe_backend_options *opt, moe_error *err);
 /* Frees any allocation still live, then the instance. */
 void moe_device_close(moe_device *dev);
 

@@ -14,9 +14,15 @@
  *
  * loaded with --policy-plugin PATH.  See docs/PLUGINS.md.
  *
- * Fields are only ever appended.  Callers check abi_version / struct_size
- * before touching a field added later, and NULL before calling an optional
- * method. */
+ * Versions.  abi_version is the major version: a table built for another
+ * one is refused.  Within a major version fields are only ever appended,
+ * and struct_size says how much of the table its builder knew: a table
+ * built against an older header (smaller struct_size, down to
+ * MOE_POLICY_SIZE_1_0) is accepted, and the fields it lacks read as absent
+ * (NULL, 0); a table from a newer header is accepted too, and the fields
+ * this engine does not know are ignored.  The engine copies every table it
+ * is given into a full-size one (moe_policy_normalize) and reads only the
+ * copy, so it never reads past the end of an older plugin's table. */
 #ifndef MOE_POLICY_H
 #define MOE_POLICY_H
 
@@ -103,7 +109,20 @@ typedef struct moe_policy {
 
   /* Optional: at the end of every layer. */
   moe_status (*layer_end)(void *state, moe_policy_ctx *ctx, int layer, moe_error *err);
+
+  /* ---- since ABI 1.1 */
+  /* The routing the policy is meant for when the user names none:
+   * MOE_POLICY_ROUTING_CONVENTIONAL (0, also what an older table gets) or
+   * MOE_POLICY_ROUTING_PREGATED (the pre-gate's choice is the routing). */
+  uint32_t default_routing;
 } moe_policy;
+
+#define MOE_POLICY_ROUTING_CONVENTIONAL 0u
+#define MOE_POLICY_ROUTING_PREGATED 1u
+
+/* The size of a table built against the first header of major version 1:
+ * everything up to and including layer_end. */
+#define MOE_POLICY_SIZE_1_0 (offsetof(moe_policy, layer_end) + sizeof(void (*)(void)))
 
 /* The built-in policies. */
 size_t moe_policy_count(void);
@@ -111,13 +130,19 @@ const moe_policy *moe_policy_at(size_t i);
 const moe_policy *moe_policy_find(const char *name);
 
 /* Checks a table: version, size, name, required methods.  A wrong ABI
- * version is refused with both numbers in the message. */
+ * version is refused with both numbers in the message; so is a table
+ * smaller than MOE_POLICY_SIZE_1_0. */
 moe_status moe_policy_validate(const moe_policy *p, moe_error *err);
+
+/* Copies a validated table into *out at this header's full size: fields
+ * past p->struct_size are zero (absent); out->struct_size is sizeof. */
+void moe_policy_normalize(const moe_policy *p, moe_policy *out);
 
 /* Validates the built-in registry (versions, methods, unique names). */
 moe_status moe_policy_registry_check(moe_error *err);
 
-/* A policy loaded from a shared object; keeps the library open. */
+/* A policy loaded from a shared object; keeps the library open.  policy
+ * points to a normalized copy of the plugin's table, owned here. */
 typedef struct moe_policy_library {
   void *handle;
   const moe_policy *policy;
