@@ -163,6 +163,8 @@ moe_status moe_device_open_ops(moe_device *dev, const moe_backend_ops *o,
 
 void moe_device_close(moe_device *dev) {
   if (dev->ops && dev->be) {
+    moe_error ignored = {0};
+    (void)dev->ops->synchronize(dev->be, &ignored); /* nothing in flight into freed memory */
     for (size_t i = 0; i < dev->n_allocs; i++) dev->ops->device_free(dev->be, dev->allocs[i].ptr);
     dev->ops->destroy(dev->be);
   }

@@ -238,7 +238,15 @@ static moe_status cpu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error
   return MOE_OK;
 }
 
-static void cpu_free(moe_backend *be, void *ptr) { free(ptr); }
+static moe_status cpu_sync(moe_backend *be, moe_error *err);
+
+/* The copy thread may still be writing into ptr: drain it first (as
+ * cudaFree waits for the device). */
+static void cpu_free(moe_backend *be, void *ptr) {
+  if (ptr == NULL) return;
+  cpu_sync(be, NULL);
+  free(ptr);
+}
 
 static size_t cpu_capacity(moe_backend *be) {
   long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);

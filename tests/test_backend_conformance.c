@@ -1,0 +1,574 @@
+/* The backend contract (engine/include/moe/backend.h), held against every
+ * compiled-in backend whose device is present: cpu always, cpu again with a
+ * capped link (slow copies, so ordering is exercised), cuda when a GPU is
+ * there.  Each math op is checked against a plain double-precision
+ * reference written here, not against another backend; ordering is checked
+ * by data (what compute sees after a wait), never by time. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe/backend.h"
+#include "moe/dtype.h"
+#include "testutil.h"
+
+static const char *g_backend = "cpu";
+static double g_link = 0.0;
+static moe_device g_dev;
+
+static void setup(void) {
+  moe_error err = {0};
+  moe_backend_options o = {.link_gbps = g_link};
+  ck_assert_msg(moe_device_open(&g_dev, g_backend, &o, &err) == MOE_OK, "%s", err.msg);
+}
+
+static void teardown(void) { moe_device_close(&g_dev); }
+
+#define OPS (g_dev.ops)
+#define BE (g_dev.be)
+#define OK(call)                                                                   \
+  do {                                                                             \
+    moe_error e_ = {0};                                                            \
+    moe_status s_ = (call);                                                        \
+    ck_assert_msg(s_ == MOE_OK, "%s: %s (%s)", #call, moe_status_name(s_), e_.msg); \
+  } while (0)
+
+/* Device buffer holding host data (n floats or bytes). */
+static void *dev_bytes(const void *host, size_t bytes) {
+  void *p = NULL;
+  moe_error err = {0};
+  ck_assert_msg(OPS->device_alloc(BE, bytes ? bytes : 1, &p, &err) == MOE_OK, "%s", err.msg);
+  if (host && bytes) ck_assert(OPS->upload(BE, p, host, bytes, &err) == MOE_OK);
+  return p;
+}
+static float *dev_f(const float *host, size_t n) { return dev_bytes(host, n * sizeof(float)); }
+
+static void down(void *host, const void *dev, size_t bytes) {
+  moe_error err = {0};
+  ck_assert_msg(OPS->download(BE, host, dev, bytes, &err) == MOE_OK, "%s", err.msg);
+}
+
+/* A weight in dtype dt from f32 values; *exact receives the values the
+ * weight really holds (rounded to dt). */
+static moe_weight dev_weight(const float *v, size_t rows, size_t cols, moe_dtype dt, float *exact) {
+  size_t n = rows * cols;
+  void *h = malloc(n * moe_dtype_size(dt));
+  moe_convert_from_f32(h, dt, v, n);
+  if (exact) moe_convert_to_f32(exact, h, dt, n);
+  moe_weight w = {dev_bytes(h, n * moe_dtype_size(dt)), dt, rows, cols};
+  free(h);
+  return w;
+}
+
+START_TEST(identity_and_memory) {
+  ck_assert_ptr_nonnull(OPS->describe(BE));
+  ck_assert_uint_gt(strlen(OPS->describe(BE)), 0);
+  ck_assert_uint_gt(strlen(moe_backend_device_name(OPS, BE)), 0);
+  ck_assert_uint_gt(OPS->device_capacity(BE), 0);
+  unsigned char src[1000], back[1000];
+  for (int i = 0; i < 1000; i++) src[i] = (unsigned char)(i * 7 + 3);
+  void *d = dev_bytes(src, sizeof src);
+  ck_assert_uint_eq((uintptr_t)d % 64, 0);
+  down(back, d, sizeof back);
+  ck_assert_int_eq(memcmp(src, back, sizeof src), 0);
+  moe_error err = {0};
+  ck_assert(OPS->upload(BE, d, src, 0, &err) == MOE_OK); /* zero bytes: no-op */
+  ck_assert(OPS->download(BE, back, d, 0, &err) == MOE_OK);
+  OPS->device_free(BE, d);
+}
+END_TEST
+
+enum { BIG = 4 << 20 }; /* bytes: several ms on a capped link */
+
+START_TEST(copies_and_events) {
+  moe_error err = {0};
+  unsigned char *a = NULL, *b = NULL, *back = malloc(BIG);
+  ck_assert(OPS->host_alloc(BE, BIG, (void **)&a, &err) == MOE_OK);
+  ck_assert(OPS->host_alloc(BE, BIG, (void **)&b, &err) == MOE_OK);
+  for (size_t i = 0; i < BIG; i++) a[i] = (unsigned char)i, b[i] = (unsigned char)(i * 31 + 1);
+  void *d = dev_bytes(NULL, BIG);
+  moe_event *ev = NULL, *never = NULL;
+  ck_assert(OPS->event_create(BE, &ev, &err) == MOE_OK);
+  ck_assert(OPS->event_create(BE, &never, &err) == MOE_OK);
+  /* an event never used is complete */
+  ck_assert_int_eq(OPS->event_done(BE, never), 1);
+  ck_assert(OPS->event_sync(BE, never, &err) == MOE_OK);
+  ck_assert(OPS->compute_wait(BE, never, &err) == MOE_OK);
+  ck_assert(OPS->copy_wait(BE, never, &err) == MOE_OK);
+  /* copies on the copy stream run in order: the second one wins */
+  ck_assert(OPS->copy_h2d_async(BE, d, a, BIG, NULL, &err) == MOE_OK);
+  ck_assert(OPS->copy_h2d_async(BE, d, b, BIG, ev, &err) == MOE_OK);
+  ck_assert(OPS->event_sync(BE, ev, &err) == MOE_OK);
+  ck_assert_int_eq(OPS->event_done(BE, ev), 1);
+  down(back, d, BIG);
+  ck_assert_int_eq(memcmp(back, b, BIG), 0);
+  /* a wait is for the most recent signalling copy issued before it */
+  ck_assert(OPS->copy_h2d_async(BE, d, a, BIG, ev, &err) == MOE_OK);
+  ck_assert(OPS->event_sync(BE, ev, &err) == MOE_OK);
+  down(back, d, BIG);
+  ck_assert_int_eq(memcmp(back, a, BIG), 0);
+  ck_assert(OPS->synchronize(BE, &err) == MOE_OK);
+  OPS->event_destroy(BE, ev);
+  OPS->event_destroy(BE, never);
+  OPS->device_free(BE, d);
+  OPS->host_free(BE, a);
+  OPS->host_free(BE, b);
+  free(back);
+}
+END_TEST
+
+/* compute_wait: compute issued after it sees the copy's bytes. */
+START_TEST(compute_waits_for_copies) {
+  moe_error err = {0};
+  const size_t n = BIG / sizeof(float);
+  float *src = NULL, *back = malloc(BIG), *zeros = calloc(n, sizeof(float));
+  ck_assert(OPS->host_alloc(BE, BIG, (void **)&src, &err) == MOE_OK);
+  tu_fill(src, n, 5);
+  float *d = dev_f(NULL, n), *y = dev_f(zeros, n);
+  moe_event *ev = NULL;
+  ck_assert(OPS->event_create(BE, &ev, &err) == MOE_OK);
+  for (int round = 0; round < 3; round++) {
+    ck_assert(OPS->upload(BE, y, zeros, BIG, &err) == MOE_OK);
+    ck_assert(OPS->copy_h2d_async(BE, d, src, BIG, ev, &err) == MOE_OK);
+    ck_assert(OPS->compute_wait(BE, ev, &err) == MOE_OK);
+    ck_assert(OPS->add(BE, y, d, n, &err) == MOE_OK); /* y = 0 + copied bytes */
+    down(back, y, BIG);
+    ck_assert_int_eq(memcmp(back, src, BIG), 0);
+    for (size_t i = 0; i < n; i++) src[i] += 1.0f; /* next round copies new bytes */
+    ck_assert(OPS->synchronize(BE, &err) == MOE_OK);
+  }
+  OPS->event_destroy(BE, ev);
+  OPS->device_free(BE, d);
+  OPS->device_free(BE, y);
+  OPS->host_free(BE, src);
+  free(back);
+  free(zeros);
+}
+END_TEST
+
+/* copy_wait: a copy issued after it lands after the recorded compute, so
+ * it overwrites what compute wrote. */
+START_TEST(copies_wait_for_compute) {
+  moe_error err = {0};
+  const size_t n = 1 << 16;
+  float *ones = malloc(n * sizeof(float)), *src = NULL, *back = malloc(n * sizeof(float));
+  for (size_t i = 0; i < n; i++) ones[i] = 1.0f;
+  ck_assert(OPS->host_alloc(BE, n * sizeof(float), (void **)&src, &err) == MOE_OK);
+  tu_fill(src, n, 9);
+  float *x = dev_f(ones, n), *inc = dev_f(ones, n);
+  moe_event *done = NULL, *landed = NULL;
+  ck_assert(OPS->event_create(BE, &done, &err) == MOE_OK);
+  ck_assert(OPS->event_create(BE, &landed, &err) == MOE_OK);
+  for (int i = 0; i < 8; i++) ck_assert(OPS->add(BE, x, inc, n, &err) == MOE_OK);
+  ck_assert(OPS->compute_record(BE, done, &err) == MOE_OK);
+  ck_assert(OPS->copy_wait(BE, done, &err) == MOE_OK);
+  ck_assert(OPS->copy_h2d_async(BE, x, src, n * sizeof(float), landed, &err) == MOE_OK);
+  ck_assert(OPS->event_sync(BE, landed, &err) == MOE_OK);
+  ck_assert(OPS->synchronize(BE, &err) == MOE_OK);
+  down(back, x, n * sizeof(float));
+  ck_assert_int_eq(memcmp(back, src, n * sizeof(float)), 0);
+  OPS->event_destroy(BE, done);
+  OPS->event_destroy(BE, landed);
+  OPS->device_free(BE, x);
+  OPS->device_free(BE, inc);
+  OPS->host_free(BE, src);
+  free(ones);
+  free(back);
+}
+END_TEST
+
+/* event_destroy with its copies still queued, and a backend destroyed with
+ * copies in flight: neither blocks forever nor touches freed memory
+ * (ASan/TSan builds run this). */
+START_TEST(teardown_with_copies_in_flight) {
+  moe_error err = {0};
+  unsigned char *src = NULL;
+  ck_assert(OPS->host_alloc(BE, BIG, (void **)&src, &err) == MOE_OK);
+  memset(src, 0x5a, BIG);
+  void *d = dev_bytes(NULL, BIG);
+  moe_event *ev = NULL;
+  ck_assert(OPS->event_create(BE, &ev, &err) == MOE_OK);
+  for (int i = 0; i < 4; i++) ck_assert(OPS->copy_h2d_async(BE, d, src, BIG, ev, &err) == MOE_OK);
+  ck_assert(OPS->copy_wait(BE, ev, &err) == MOE_OK);
+  OPS->event_destroy(BE, ev); /* copies and a wait still name it */
+  ck_assert(OPS->synchronize(BE, &err) == MOE_OK);
+  unsigned char *back = malloc(BIG);
+  down(back, d, BIG);
+  ck_assert_int_eq(back[0], 0x5a);
+  ck_assert_int_eq(back[BIG - 1], 0x5a);
+  free(back);
+  /* now a whole instance goes while its copies run */
+  moe_device other;
+  moe_backend_options o = {.link_gbps = g_link};
+  ck_assert(moe_device_open(&other, g_backend, &o, &err) == MOE_OK);
+  void *d2 = NULL;
+  ck_assert(moe_device_alloc(&other, MOE_MEM_EXPERTS, BIG, "slots", &d2, &err) == MOE_OK);
+  moe_event *ev2 = NULL;
+  ck_assert(other.ops->event_create(other.be, &ev2, &err) == MOE_OK);
+  for (int i = 0; i < 4; i++)
+    ck_assert(other.ops->copy_h2d_async(other.be, d2, src, BIG, ev2, &err) == MOE_OK);
+  other.ops->event_destroy(other.be, ev2);
+  moe_device_close(&other); /* waits for the copies, then frees */
+  OPS->device_free(BE, d);
+  OPS->host_free(BE, src); /* safe only because the copies are done */
+}
+END_TEST
+
+/* ---------------------------------------------------------------- math */
+
+static void ref_matmul(double *y, const float *x, size_t m, const float *w, const float *b,
+                       size_t n, size_t k, double *mag) {
+  for (size_t i = 0; i < m; i++)
+    for (size_t r = 0; r < n; r++) {
+      double s = 0, a = 0;
+      for (size_t j = 0; j < k; j++) {
+        s += (double)x[i * k + j] * w[r * k + j];
+        a += fabs((double)x[i * k + j] * w[r * k + j]);
+      }
+      y[i * n + r] = s + (b ? b[r] : 0.0);
+      mag[i * n + r] = a;
+    }
+}
+
+START_TEST(matmul_all_dtypes_and_shapes) {
+  const size_t n = 37, k = 70;
+  const size_t ms[] = {1, 2, 5, 64, 70};
+  const moe_dtype dts[] = {MOE_F32, MOE_F16, MOE_BF16};
+  float *wv = malloc(n * k * sizeof(float)), *wex = malloc(n * k * sizeof(float));
+  float bv[37], bex[37];
+  tu_fill(wv, n * k, 1);
+  tu_fill(bv, n, 2);
+  for (int d = 0; d < 3; d++) {
+    moe_weight w = dev_weight(wv, n, k, dts[d], wex);
+    moe_weight b = dev_weight(bv, 1, n, dts[d], bex);
+    /* the tolerance the contract states for this dtype */
+    const double rel = dts[d] == MOE_F32 ? 1e-5 : dts[d] == MOE_F16 ? 2.0 / 2048 : 2.0 / 256;
+    for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+      const size_t m = ms[mi];
+      float *x = malloc(m * k * sizeof(float)), *y = malloc(m * n * sizeof(float));
+      double *ref = malloc(m * n * sizeof(double)), *mag = malloc(m * n * sizeof(double));
+      tu_fill(x, m * k, 10 + m);
+      float *dx = dev_f(x, m * k), *dy = dev_f(NULL, m * n);
+      for (int with_bias = 0; with_bias < 2; with_bias++) {
+        moe_error err = {0};
+        ck_assert_msg(OPS->matmul(BE, dy, dx, m, &w, with_bias ? &b : NULL, &err) == MOE_OK, "%s",
+                      err.msg);
+        down(y, dy, m * n * sizeof(float));
+        ref_matmul(ref, x, m, wex, with_bias ? bex : NULL, n, k, mag);
+        for (size_t i = 0; i < m * n; i++)
+          ck_assert_msg(fabs(y[i] - ref[i]) <= rel * mag[i] + 1e-6,
+                        "%s m=%zu bias=%d [%zu]: %g vs %g", moe_dtype_name(dts[d]), m, with_bias,
+                        i, (double)y[i], ref[i]);
+      }
+      OPS->device_free(BE, dx);
+      OPS->device_free(BE, dy);
+      free(x);
+      free(y);
+      free(ref);
+      free(mag);
+    }
+    OPS->device_free(BE, (void *)w.data);
+    OPS->device_free(BE, (void *)b.data);
+  }
+  free(wv);
+  free(wex);
+}
+END_TEST
+
+START_TEST(norm_rope_elementwise) {
+  moe_error err = {0};
+  const size_t m = 3, n = 48;
+  float x[3 * 48], g[48], y[3 * 48];
+  tu_fill(x, m * n, 3);
+  tu_fill(g, n, 4);
+  for (size_t i = 0; i < n; i++) g[i] += 1.5f; /* a norm weight that is not all ones */
+  float gex[48];
+  moe_weight gw = dev_weight(g, 1, n, MOE_BF16, gex);
+  float *dx = dev_f(x, m * n), *dy = dev_f(NULL, m * n);
+  ck_assert(OPS->rmsnorm(BE, dy, dx, m, &gw, 1e-5f, &err) == MOE_OK);
+  down(y, dy, sizeof y);
+  for (size_t i = 0; i < m; i++) {
+    double ss = 0;
+    for (size_t j = 0; j < n; j++) ss += (double)x[i * n + j] * x[i * n + j];
+    double inv = 1.0 / sqrt(ss / n + 1e-5);
+    for (size_t j = 0; j < n; j++)
+      ck_assert_double_eq_tol(y[i * n + j], gex[j] * x[i * n + j] * inv, 1e-5);
+  }
+  /* rope: 2 tokens at positions 3 and 700, 2 heads of 8 */
+  const int heads = 2, hd = 8;
+  float q[2 * 16], qr[2 * 16];
+  tu_fill(q, 32, 6);
+  int32_t pos[2] = {3, 700};
+  int32_t *dpos = dev_bytes(pos, sizeof pos);
+  float *dq = dev_f(q, 32);
+  ck_assert(OPS->rope(BE, dq, 2, dpos, heads, hd, 10000.0f, &err) == MOE_OK);
+  down(qr, dq, sizeof qr);
+  for (int t = 0; t < 2; t++)
+    for (int h = 0; h < heads; h++)
+      for (int i = 0; i < hd / 2; i++) {
+        double ang = pos[t] * pow(10000.0, -2.0 * i / hd);
+        const float *v = q + (t * heads + h) * hd;
+        double a = v[i] * cos(ang) - v[i + hd / 2] * sin(ang);
+        double b = v[i + hd / 2] * cos(ang) + v[i] * sin(ang);
+        ck_assert_double_eq_tol(qr[(t * heads + h) * hd + i], a, 2e-4);
+        ck_assert_double_eq_tol(qr[(t * heads + h) * hd + i + hd / 2], b, 2e-4);
+      }
+  /* swiglu (aliased output) and add */
+  float gate[40], up[40], out[40];
+  tu_fill(gate, 40, 7);
+  tu_fill(up, 40, 8);
+  float *dg = dev_f(gate, 40), *du = dev_f(up, 40);
+  ck_assert(OPS->swiglu(BE, dg, dg, du, 40, &err) == MOE_OK);
+  down(out, dg, sizeof out);
+  for (int i = 0; i < 40; i++)
+    ck_assert_double_eq_tol(out[i], gate[i] / (1.0 + exp(-gate[i])) * up[i], 1e-6);
+  ck_assert(OPS->add(BE, dg, du, 40, &err) == MOE_OK);
+  float sum[40];
+  down(sum, dg, sizeof sum);
+  for (int i = 0; i < 40; i++) ck_assert_float_eq(sum[i], out[i] + up[i]);
+  void *bufs[] = {dx, dy, dpos, dq, dg, du, (void *)gw.data};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) OPS->device_free(BE, bufs[i]);
+}
+END_TEST
+
+/* Attention over a context longer than any one tile a kernel might use,
+ * grouped-query heads, a prefill chunk at pos0 > 0. */
+START_TEST(kv_store_and_attention) {
+  moe_error err = {0};
+  const int S = 2, max_seq = 700, KVH = 2, NH = 4, HD = 16;
+  const int ctx = 650, n_new = 3; /* tokens 0..ctx-1 stored first, then 3 more */
+  const size_t cache = (size_t)S * KVH * max_seq * HD;
+  float *kc = dev_f(NULL, cache), *vc = dev_f(NULL, cache);
+  float *kh = malloc((size_t)S * (ctx + n_new) * KVH * HD * sizeof(float));
+  float *vh = malloc((size_t)S * (ctx + n_new) * KVH * HD * sizeof(float));
+  tu_fill(kh, (size_t)S * (ctx + n_new) * KVH * HD, 11);
+  tu_fill(vh, (size_t)S * (ctx + n_new) * KVH * HD, 12);
+  /* store positions 0..ctx-1 and then ctx..ctx+2, sequence-major rows */
+  for (int phase = 0; phase < 2; phase++) {
+    const int p0 = phase ? ctx : 0, nn = phase ? n_new : ctx;
+    const size_t row = (size_t)KVH * HD;
+    float *k = malloc((size_t)S * nn * row * sizeof(float)), *v = malloc((size_t)S * nn * row * sizeof(float));
+    for (int b = 0; b < S; b++)
+      for (int t = 0; t < nn; t++) {
+        memcpy(k + ((size_t)b * nn + t) * row, kh + ((size_t)b * (ctx + n_new) + p0 + t) * row, row * sizeof(float));
+        memcpy(v + ((size_t)b * nn + t) * row, vh + ((size_t)b * (ctx + n_new) + p0 + t) * row, row * sizeof(float));
+      }
+    float *dk = dev_f(k, (size_t)S * nn * row), *dv = dev_f(v, (size_t)S * nn * row);
+    moe_attn_shape sh = {S, nn, p0, max_seq, NH, KVH, HD};
+    ck_assert(OPS->kv_store(BE, kc, vc, dk, dv, &sh, &err) == MOE_OK);
+    OPS->device_free(BE, dk);
+    OPS->device_free(BE, dv);
+    free(k);
+    free(v);
+  }
+  const size_t qn = (size_t)S * n_new * NH * HD;
+  float *q = malloc(qn * sizeof(float)), *o = malloc(qn * sizeof(float));
+  tu_fill(q, qn, 13);
+  float *dq = dev_f(q, qn), *dout = dev_f(NULL, qn);
+  moe_attn_shape sh = {S, n_new, ctx, max_seq, NH, KVH, HD};
+  ck_assert_msg(OPS->attention(BE, dout, dq, kc, vc, &sh, &err) == MOE_OK, "%s", err.msg);
+  down(o, dout, qn * sizeof(float));
+  double *sc = malloc((size_t)(ctx + n_new) * sizeof(double));
+  for (int b = 0; b < S; b++)
+    for (int t = 0; t < n_new; t++)
+      for (int h = 0; h < NH; h++) {
+        const int p = ctx + t, kvh = h / (NH / KVH);
+        const float *qh = q + (((size_t)b * n_new + t) * NH + h) * HD;
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j <= p; j++) {
+          const float *kj = kh + (((size_t)b * (ctx + n_new) + j) * KVH + kvh) * HD;
+          double d = 0;
+          for (int i = 0; i < HD; i++) d += (double)qh[i] * kj[i];
+          sc[j] = d / sqrt((double)HD);
+          if (sc[j] > mx) mx = sc[j];
+        }
+        for (int j = 0; j <= p; j++) sum += sc[j] = exp(sc[j] - mx);
+        for (int i = 0; i < HD; i++) {
+          double acc = 0;
+          for (int j = 0; j <= p; j++)
+            acc += sc[j] / sum * vh[(((size_t)b * (ctx + n_new) + j) * KVH + kvh) * HD + i];
+          ck_assert_double_eq_tol(o[(((size_t)b * n_new + t) * NH + h) * HD + i], acc, 1e-5);
+        }
+      }
+  free(sc);
+  free(q);
+  free(o);
+  free(kh);
+  free(vh);
+  void *bufs[] = {kc, vc, dq, dout};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) OPS->device_free(BE, bufs[i]);
+}
+END_TEST
+
+/* Top-k ranks on logit + bias with ties to the lower index; weights are
+ * softmax probabilities of the chosen, renormalised on request. */
+START_TEST(router_topk_definition) {
+  moe_error err = {0};
+  const int n = 6, k = 3;
+  const size_t m = 3;
+  float logits[3 * 6] = {
+      0.5f, 2.0f, 2.0f, -1.0f, 2.0f, 0.0f,    /* a three-way tie: 1, 2, 4 */
+      1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f,     /* all equal: 0, 1, 2 */
+      3.0f, -2.0f, 0.25f, 0.5f, 0.0f, 1.0f,   /* with the bias below: 0, 1, 5 */
+  };
+  float bias[6] = {0.0f, 4.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  const int want[3][2][3] = {{{1, 2, 4}, {1, 2, 4}}, {{0, 1, 2}, {1, 0, 2}}, {{0, 5, 3}, {0, 1, 5}}};
+  float *dl = dev_f(logits, m * n);
+  int32_t *di = dev_bytes(NULL, m * k * sizeof(int32_t));
+  float *dw = dev_f(NULL, m * k);
+  moe_weight bw = dev_weight(bias, 1, n, MOE_F32, NULL);
+  for (int with_bias = 0; with_bias < 2; with_bias++)
+    for (int renorm = 0; renorm < 2; renorm++) {
+      ck_assert(OPS->router_topk(BE, di, dw, dl, m, n, k, renorm, with_bias ? &bw : NULL, &err) ==
+                MOE_OK);
+      int32_t idx[9];
+      float w[9];
+      down(idx, di, sizeof idx);
+      down(w, dw, sizeof w);
+      for (size_t t = 0; t < m; t++) {
+        double z[6], mx = -INFINITY, sum = 0, tsum = 0;
+        for (int e = 0; e < n; e++) {
+          z[e] = logits[t * n + e] + (with_bias ? bias[e] : 0.0f);
+          if (z[e] > mx) mx = z[e];
+        }
+        for (int e = 0; e < n; e++) sum += exp(z[e] - mx);
+        for (int j = 0; j < k; j++) {
+          ck_assert_msg(idx[t * k + j] == want[t][with_bias][j], "row %zu bias %d: slot %d is %d",
+                        t, with_bias, j, idx[t * k + j]);
+          tsum += exp(z[idx[t * k + j]] - mx) / sum;
+        }
+        for (int j = 0; j < k; j++) {
+          double p = exp(z[idx[t * k + j]] - mx) / sum;
+          ck_assert_double_eq_tol(w[t * k + j], renorm ? p / tsum : p, 1e-6);
+        }
+      }
+    }
+  void *bufs[] = {dl, di, dw, (void *)bw.data};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) OPS->device_free(BE, bufs[i]);
+}
+END_TEST
+
+START_TEST(embed_gather_scatter) {
+  moe_error err = {0};
+  const size_t V = 10, D = 12;
+  float table[10 * 12], tex[10 * 12];
+  tu_fill(table, V * D, 21);
+  moe_weight tw = dev_weight(table, V, D, MOE_F16, tex);
+  int32_t ids[4] = {9, 0, 9, 3};
+  int32_t *dids = dev_bytes(ids, sizeof ids);
+  float *dy = dev_f(NULL, 4 * D), y[4 * 12];
+  ck_assert(OPS->embed(BE, dy, &tw, dids, 4, &err) == MOE_OK);
+  down(y, dy, sizeof y);
+  for (int i = 0; i < 4; i++)
+    for (size_t j = 0; j < D; j++) ck_assert_float_eq(y[i * D + j], tex[ids[i] * D + j]);
+  /* gather: rows may repeat */
+  float src[5 * 12], g[4 * 12];
+  tu_fill(src, 5 * D, 22);
+  int32_t rows[4] = {4, 4, 0, 2};
+  float *dsrc = dev_f(src, 5 * D), *dg = dev_f(NULL, 4 * D);
+  int32_t *drows = dev_bytes(rows, sizeof rows);
+  ck_assert(OPS->gather_rows(BE, dg, dsrc, drows, 4, D, &err) == MOE_OK);
+  down(g, dg, sizeof g);
+  for (int i = 0; i < 4; i++) ck_assert_int_eq(memcmp(g + i * D, src + rows[i] * D, D * sizeof(float)), 0);
+  /* scatter-add: distinct rows, strided scale, with and without sigmoid */
+  float base[5 * 12], part[3 * 12], scale[6] = {0.5f, 99.0f, -2.0f, 99.0f, 1.25f, 99.0f};
+  tu_fill(base, 5 * D, 23);
+  tu_fill(part, 3 * D, 24);
+  int32_t srows[3] = {3, 0, 4};
+  int32_t *dsrows = dev_bytes(srows, sizeof srows);
+  float *dscale = dev_f(scale, 6), *dpart = dev_f(part, 3 * D);
+  for (int sig = 0; sig < 2; sig++) {
+    float *ddst = dev_f(base, 5 * D), out[5 * 12];
+    ck_assert(OPS->scatter_add_rows(BE, ddst, dpart, dsrows, dscale, 2, sig, 3, D, &err) == MOE_OK);
+    down(out, ddst, sizeof out);
+    for (int r = 0; r < 5; r++)
+      for (size_t j = 0; j < D; j++) {
+        double want = base[r * D + j];
+        for (int i = 0; i < 3; i++)
+          if (srows[i] == r) {
+            double s = scale[2 * i];
+            if (sig) s = 1.0 / (1.0 + exp(-s));
+            want += s * part[i * D + j];
+          }
+        ck_assert_double_eq_tol(out[r * D + j], want, 1e-6);
+      }
+    OPS->device_free(BE, ddst);
+  }
+  void *bufs[] = {(void *)tw.data, dids, dy, dsrc, dg, drows, dsrows, dscale, dpart};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) OPS->device_free(BE, bufs[i]);
+}
+END_TEST
+
+/* Every op accepts an empty input and does nothing (no launch of an empty
+ * grid, no read). */
+START_TEST(empty_inputs_are_no_ops) {
+  moe_error err = {0};
+  float one = 1.0f;
+  float *d = dev_f(&one, 1);
+  int32_t *di = dev_bytes(NULL, sizeof(int32_t));
+  moe_weight w = dev_weight(&one, 1, 1, MOE_F32, NULL);
+  moe_attn_shape sh = {0, 1, 0, 4, 2, 1, 4};
+  OK(OPS->matmul(BE, d, d, 0, &w, NULL, &e_));
+  OK(OPS->rmsnorm(BE, d, d, 0, &w, 1e-5f, &e_));
+  OK(OPS->rope(BE, d, 0, di, 2, 4, 10000.0f, &e_));
+  OK(OPS->kv_store(BE, d, d, d, d, &sh, &e_));
+  OK(OPS->attention(BE, d, d, d, d, &sh, &e_));
+  OK(OPS->router_topk(BE, di, d, d, 0, 1, 1, true, NULL, &e_));
+  OK(OPS->swiglu(BE, d, d, d, 0, &e_));
+  OK(OPS->add(BE, d, d, 0, &e_));
+  OK(OPS->embed(BE, d, &w, di, 0, &e_));
+  OK(OPS->gather_rows(BE, d, d, di, 0, 4, &e_));
+  OK(OPS->scatter_add_rows(BE, d, d, di, d, 1, false, 0, 4, &e_));
+  ck_assert(OPS->synchronize(BE, &err) == MOE_OK);
+  float back;
+  down(&back, d, sizeof back);
+  ck_assert_float_eq(back, 1.0f);
+  OPS->device_free(BE, d);
+  OPS->device_free(BE, di);
+  OPS->device_free(BE, (void *)w.data);
+}
+END_TEST
+
+static int run_for(const char *backend, double link) {
+  g_backend = backend;
+  g_link = link;
+  char name[96];
+  snprintf(name, sizeof name, "%s%s", backend, link > 0 ? " (capped link)" : "");
+  Suite *s = suite_create("backend conformance");
+  TCase *tc = tcase_create(name);
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, identity_and_memory);
+  tcase_add_test(tc, copies_and_events);
+  tcase_add_test(tc, compute_waits_for_copies);
+  tcase_add_test(tc, copies_wait_for_compute);
+  tcase_add_test(tc, teardown_with_copies_in_flight);
+  tcase_add_test(tc, matmul_all_dtypes_and_shapes);
+  tcase_add_test(tc, norm_rope_elementwise);
+  tcase_add_test(tc, kv_store_and_attention);
+  tcase_add_test(tc, router_topk_definition);
+  tcase_add_test(tc, embed_gather_scatter);
+  tcase_add_test(tc, empty_inputs_are_no_ops);
+  suite_add_tcase(s, tc);
+  printf("== %s\n", name);
+  return tu_run_suite(s);
+}
+
+int main(void) {
+  int failed = 0;
+  for (size_t i = 0; i < moe_backend_count(); i++) {
+    const moe_backend_ops *o = moe_backend_at(i);
+    char desc[256];
+    moe_error err = {0};
+    if (o->probe &&
+        o->probe(desc, sizeof desc, &err) != MOE_OK) {
+      printf("== %s: skipped (%s)\n", o->name, err.msg);
+      continue;
+    }
+    failed |= run_for(o->name, 0.0);
+    if (o->caps & MOE_BACKEND_CAP_LINK_CAP) failed |= run_for(o->name, 0.5);
+  }
+  return failed;
+}
