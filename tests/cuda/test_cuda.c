@@ -76,7 +76,9 @@ START_TEST(matmul_matches_cpu) {
       moe_error err = {0};
       ck_assert(g_cpu.ops->matmul(g_cpu.be, yc, x, m, &W, &B, &err) == MOE_OK);
       void *dw = up(w, rows * cols * moe_dtype_size(dts[d])), *db = up(b, rows * moe_dtype_size(dts[d]));
-      float *dx = up(x, m * cols * 4), *dy = up(yc, m * rows * 4);
+      /* the output starts as NaN: a GEMM that writes nothing fails */
+      for (size_t i = 0; i < m * rows; i++) yg[i] = NAN;
+      float *dx = up(x, m * cols * 4), *dy = up(yg, m * rows * 4);
       void *ws = up(x, m * cols * 2 + 16);
       if (g_gpu.ops->set_workspace) g_gpu.ops->set_workspace(g_gpu.be, ws, m * cols * 2 + 16);
       moe_weight DW = {dw, dts[d], rows, cols}, DB = {db, dts[d], 1, rows};
@@ -133,8 +135,9 @@ START_TEST(pointwise_ops_match_cpu) {
   tu_fill(lg, M * E, 7);
   tu_fill(bias, E, 8);
   moe_weight BI = {bias, MOE_F32, 1, E};
-  float *dlg = up(lg, sizeof lg), *dbias = up(bias, sizeof bias), *dw = up(wc, sizeof wc);
-  int32_t *di = up(ic, sizeof ic);
+  for (int i = 0; i < M * K; i++) wg[i] = NAN, ig[i] = -1; /* outputs start as garbage */
+  float *dlg = up(lg, sizeof lg), *dbias = up(bias, sizeof bias), *dw = up(wg, sizeof wg);
+  int32_t *di = up(ig, sizeof ig);
   moe_weight DBI = {dbias, MOE_F32, 1, E};
   ck_assert(g_cpu.ops->router_topk(g_cpu.be, ic, wc, lg, M, E, K, true, &BI, &err) == MOE_OK);
   ck_assert(g_gpu.ops->router_topk(g_gpu.be, di, dw, dlg, M, E, K, true, &DBI, &err) == MOE_OK);
