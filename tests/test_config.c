@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "moe/backend.h"
 #include "moe/config.h"
+#include "moe/model.h"
 #include "testutil.h"
 
 static char g_dir[512];
@@ -52,13 +54,14 @@ START_TEST(qwen_sparse_step) {
   const char *p = write_cfg("q.json",
       "{\"model_type\": \"qwen2_moe\", \"hidden_size\": 32, \"intermediate_size\": 64, "
       "\"moe_intermediate_size\": 16, \"num_hidden_layers\": 6, \"num_attention_heads\": 4, "
+      "\"num_key_value_heads\": null, \"shared_expert_intermediate_size\": 0, "
       "\"num_experts\": 4, \"num_experts_per_tok\": 1, \"vocab_size\": 10, "
       "\"max_position_embeddings\": 32, \"decoder_sparse_step\": 2, \"mlp_only_layers\": [3]}");
   ck_assert_msg(moe_config_load(&c, p, &err) == MOE_OK, "%s", err.msg);
   /* layers 1, 3, 5 are sparse by the step; 3 is forced dense */
   bool want[6] = {false, true, false, false, false, true};
   for (int i = 0; i < 6; i++) ck_assert_int_eq(c.is_moe[i], want[i]);
-  ck_assert_int_eq(c.n_kv_heads, 4); /* defaults to num_attention_heads */
+  ck_assert_int_eq(c.n_kv_heads, 4); /* an explicit null: as many as the query heads */
   ck_assert_int_eq(c.shared_ffn, 0);
 }
 END_TEST
@@ -75,7 +78,6 @@ START_TEST(broken_configs) {
       {"[1, 2]", MOE_ERR_FORMAT, "object"},
       {"{" MIXTRAL_FIELDS "}", MOE_ERR_FORMAT, "model_type"},
       {"{\"model_type\": \"llama\", " MIXTRAL_FIELDS "}", MOE_ERR_UNSUPPORTED, "llama"},
-      {"{\"model_type\": \"mixtral\", \"hidden_size\": 64}", MOE_ERR_FORMAT, "num_hidden_layers"},
       {"{\"model_type\": \"mixtral\", \"hidden_size\": \"64\", \"num_hidden_layers\": 1}",
        MOE_ERR_FORMAT, "'hidden_size' must be an integer"},
       {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_theta\": 1e4, "
@@ -87,23 +89,31 @@ START_TEST(broken_configs) {
        "\"num_local_experts\": 4, \"num_experts_per_tok\": 2, \"vocab_size\": 96, "
        "\"max_position_embeddings\": 128}", MOE_ERR_INVALID, "num_key_value_heads"},
       {"{\"model_type\": \"mixtral\", \"hidden_size\": 64, \"intermediate_size\": 96, "
-       "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"num_local_experts\": 4, "
-       "\"num_experts_per_tok\": 5, \"vocab_size\": 96, \"max_position_embeddings\": 128}",
+       "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, "
+       "\"num_local_experts\": 4, \"num_experts_per_tok\": 5, \"vocab_size\": 96, \"max_position_embeddings\": 128}",
        MOE_ERR_INVALID, "num_experts_per_tok"},
       {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"hidden_act\": \"gelu\"}",
        MOE_ERR_UNSUPPORTED, "hidden_act"},
-      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"sliding_window\": 16}",
-       MOE_ERR_UNSUPPORTED, "sliding_window"},
+      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 2.0}}",
+       MOE_ERR_UNSUPPORTED, "rope_scaling.rope_type 'linear'"},
+      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 2.0}}",
+       MOE_ERR_UNSUPPORTED, "'dynamic'"},
+      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_parameters\": {\"rope_type\": \"llama3\", "
+       "\"factor\": 8.0, \"rope_theta\": 5e5}}", MOE_ERR_UNSUPPORTED, "'llama3'"},
+      {"{\"model_type\": \"qwen2_moe\", \"rope_scaling\": {\"rope_type\": \"longrope\", \"short_factor\": [1.0]}}",
+       MOE_ERR_UNSUPPORTED, "'longrope'"},
+      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_parameters\": {\"full_attention\": "
+       "{\"rope_type\": \"yarn\", \"factor\": 4.0}}}", MOE_ERR_UNSUPPORTED, "rope_parameters.full_attention"},
+      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_scaling\": {\"factor\": 4.0}}",
+       MOE_ERR_UNSUPPORTED, "no rope_type"},
+      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"sliding_window\": -4}",
+       MOE_ERR_INVALID, "sliding_window"},
       {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"hidden_size\": 64}", MOE_ERR_FORMAT,
        "malformed JSON"}, /* duplicate key */
       {"{\"model_type\": \"qwen2_moe\", \"hidden_size\": 32, \"intermediate_size\": 64, "
        "\"moe_intermediate_size\": 16, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
        "\"num_experts\": 4, \"num_experts_per_tok\": 1, \"vocab_size\": 10, "
        "\"max_position_embeddings\": 32, \"mlp_only_layers\": [2]}", MOE_ERR_INVALID, "mlp_only_layers"},
-      {"{\"model_type\": \"qwen2_moe\", \"hidden_size\": 32, \"intermediate_size\": 64, "
-       "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
-       "\"num_experts\": 4, \"num_experts_per_tok\": 1, \"vocab_size\": 10, "
-       "\"max_position_embeddings\": 32}", MOE_ERR_FORMAT, "moe_intermediate_size"},
       {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"tie_word_embeddings\": 1}",
        MOE_ERR_FORMAT, "tie_word_embeddings"},
   };
@@ -124,6 +134,90 @@ START_TEST(broken_configs) {
 }
 END_TEST
 
+/* An absent field takes transformers' default for the family (values of
+ * transformers 5.24 MixtralConfig() / Qwen2MoeConfig()); the families
+ * differ, e.g. in rms_norm_eps and rope_theta. */
+START_TEST(absent_fields_take_family_defaults) {
+  moe_config c;
+  moe_error err = {0};
+  const char *p = write_cfg("m.json", "{\"model_type\": \"mixtral\"}");
+  ck_assert_msg(moe_config_load(&c, p, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.hidden, 4096);
+  ck_assert_int_eq(c.expert_ffn, 14336);
+  ck_assert_int_eq(c.n_layers, 32);
+  ck_assert_int_eq(c.n_heads, 32);
+  ck_assert_int_eq(c.n_kv_heads, 8);
+  ck_assert_int_eq(c.head_dim, 128);
+  ck_assert_int_eq(c.vocab, 32000);
+  ck_assert_int_eq(c.max_pos, 131072);
+  ck_assert_int_eq(c.n_experts, 8);
+  ck_assert_int_eq(c.top_k, 2);
+  ck_assert(c.rms_eps == 1e-5f);
+  ck_assert(c.rope_theta == 1e6f);
+  ck_assert(c.norm_topk && !c.qkv_bias && !c.tie_embeddings);
+  ck_assert_int_eq(c.sliding_window, 0);
+  p = write_cfg("q.json", "{\"model_type\": \"qwen2_moe\"}");
+  ck_assert_msg(moe_config_load(&c, p, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.hidden, 2048);
+  ck_assert_int_eq(c.dense_ffn, 5632);
+  ck_assert_int_eq(c.expert_ffn, 1408);
+  ck_assert_int_eq(c.shared_ffn, 5632);
+  ck_assert_int_eq(c.n_layers, 24);
+  ck_assert_int_eq(c.n_heads, 16);
+  ck_assert_int_eq(c.n_kv_heads, 16);
+  ck_assert_int_eq(c.vocab, 151936);
+  ck_assert_int_eq(c.max_pos, 32768);
+  ck_assert_int_eq(c.n_experts, 60);
+  ck_assert_int_eq(c.top_k, 4);
+  ck_assert(c.rms_eps == 1e-6f);
+  ck_assert(c.rope_theta == 10000.0f);
+  ck_assert(!c.norm_topk && c.qkv_bias);
+  ck_assert_int_eq(moe_config_n_moe_layers(&c), 24);
+  ck_assert_int_eq(c.sliding_window, 0);
+  /* qwen2_moe: a window only when use_sliding_window, and only on the
+   * layers layer_types names */
+  p = write_cfg("w.json", "{\"model_type\": \"qwen2_moe\", \"sliding_window\": 64}");
+  ck_assert(moe_config_load(&c, p, &err) == MOE_OK);
+  ck_assert_int_eq(c.sliding_window, 0);
+  p = write_cfg("w2.json", "{\"model_type\": \"qwen2_moe\", \"use_sliding_window\": true, "
+                           "\"sliding_window\": 64, \"num_hidden_layers\": 2, "
+                           "\"layer_types\": [\"full_attention\", \"full_attention\"]}");
+  ck_assert(moe_config_load(&c, p, &err) == MOE_OK);
+  ck_assert_int_eq(c.sliding_window, 0);
+  p = write_cfg("w3.json", "{\"model_type\": \"qwen2_moe\", \"use_sliding_window\": true, "
+                           "\"sliding_window\": 64}");
+  ck_assert(moe_config_load(&c, p, &err) == MOE_OK);
+  ck_assert_int_eq(c.sliding_window, 64);
+}
+END_TEST
+
+/* A sliding window never refuses the model: a run inside the window is
+ * exact (the mask changes nothing there); a run past it is refused when the
+ * engine is built, with the reason. */
+START_TEST(sliding_window_is_checked_per_run) {
+  moe_config c;
+  moe_error err = {0};
+  const char *p = write_cfg("s.json", "{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS
+                                      ", \"sliding_window\": 16}");
+  ck_assert_msg(moe_config_load(&c, p, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.sliding_window, 16);
+  moe_model *m = NULL;
+  moe_synth_options so = {MOE_F32, 1, 0.0, false};
+  ck_assert(moe_model_synthetic(&m, &c, &so, &err) == MOE_OK);
+  moe_device dev;
+  ck_assert(moe_device_open(&dev, "cpu", NULL, &err) == MOE_OK);
+  moe_engine *e = NULL;
+  moe_engine_options eo = {.max_batch = 1, .max_seq = 16};
+  ck_assert_msg(moe_engine_create(&e, m, &dev, &eo, &err) == MOE_OK, "%s", err.msg);
+  moe_engine_free(e);
+  eo.max_seq = 17;
+  ck_assert_int_eq(moe_engine_create(&e, m, &dev, &eo, &err), MOE_ERR_UNSUPPORTED);
+  ck_assert_msg(strstr(err.msg, "sliding_window 16") != NULL, "%s", err.msg);
+  moe_device_close(&dev);
+  moe_model_free(m);
+}
+END_TEST
+
 START_TEST(missing_file_is_io) {
   moe_config c;
   moe_error err = {0};
@@ -140,6 +234,8 @@ int main(void) {
   tcase_add_test(tc, qwen_sparse_step);
   tcase_add_test(tc, broken_configs);
   tcase_add_test(tc, missing_file_is_io);
+  tcase_add_test(tc, absent_fields_take_family_defaults);
+  tcase_add_test(tc, sliding_window_is_checked_per_run);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

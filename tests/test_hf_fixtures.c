@@ -74,6 +74,15 @@ END_TEST
 START_TEST(qwen2moe_matches_transformers) { check_fixture("qwen2moe-tiny"); }
 END_TEST
 
+/* config.json without the fields whose family defaults differ (kv heads,
+ * rms_norm_eps, rope_theta, qkv_bias, ...): the loader must supply the same
+ * defaults transformers did. */
+START_TEST(mixtral_defaults_match_transformers) { check_fixture("mixtral-defaults"); }
+END_TEST
+
+START_TEST(qwen2moe_defaults_match_transformers) { check_fixture("qwen2moe-defaults"); }
+END_TEST
+
 /* The same checkpoint stored as bf16 must load (conversion on load) and
  * stay close: a check of the dtype path on real data, not of parity. */
 START_TEST(mixtral_loads_as_bf16) {
@@ -97,6 +106,8 @@ int main(void) {
   tcase_add_test(tc, mixtral_matches_transformers);
   tcase_add_test(tc, qwen2moe_matches_transformers);
   tcase_add_test(tc, mixtral_loads_as_bf16);
+  tcase_add_test(tc, mixtral_defaults_match_transformers);
+  tcase_add_test(tc, qwen2moe_defaults_match_transformers);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

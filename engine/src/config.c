@@ -94,10 +94,91 @@ moe_status moe_config_validate(const moe_config *cfg, const char *origin, moe_er
   if (n_moe < cfg->n_layers && cfg->dense_ffn <= 0)
     return MOE_FAIL(err, MOE_ERR_INVALID,
                     "%s: field 'intermediate_size' must be positive for the dense layers", origin);
+  if (cfg->sliding_window < 0)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "%s: sliding_window must be >= 0", origin);
   if (!(cfg->rms_eps > 0.0f) || !(cfg->rope_theta > 0.0f) || !isfinite(cfg->rope_theta))
     return MOE_FAIL(err, MOE_ERR_INVALID, "%s: rms_norm_eps and rope_theta must be positive",
                     origin);
   return MOE_OK;
+}
+
+/* Refuses any RoPE variant other than the default one: a scaled RoPE that
+ * were read as plain RoPE would compute wrong positions silently.  obj is
+ * rope_scaling (legacy) or rope_parameters (transformers 5), which may also
+ * hold one such object per attention type. */
+static moe_status check_rope_type(const field_ctx *c, json_t *obj, const char *field, float *theta,
+                                  int depth) {
+  if (obj == NULL || json_is_null(obj)) return MOE_OK;
+  if (!json_is_object(obj))
+    return MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s: field '%s' must be an object", c->origin, field);
+  json_t *rt = json_object_get(obj, "rope_type");
+  if (rt == NULL) rt = json_object_get(obj, "type"); /* the oldest spelling */
+  if (rt != NULL && !json_is_null(rt)) {
+    if (!json_is_string(rt))
+      return MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s: %s.rope_type must be a string", c->origin,
+                      field);
+    if (strcmp(json_string_value(rt), "default") != 0)
+      return MOE_FAIL(c->err, MOE_ERR_UNSUPPORTED,
+                      "%s: %s.rope_type '%s' is not supported (only the default RoPE is "
+                      "implemented; linear, dynamic, yarn, llama3, longrope are refused rather "
+                      "than run with wrong positions)",
+                      c->origin, field, json_string_value(rt));
+  } else if (json_object_get(obj, "factor") != NULL && depth == 0) {
+    return MOE_FAIL(c->err, MOE_ERR_UNSUPPORTED,
+                    "%s: %s has a scaling factor but no rope_type; only the default RoPE is "
+                    "implemented", c->origin, field);
+  }
+  moe_status st = get_num(c, obj, "rope_theta", false, theta);
+  if (st != MOE_OK) return st;
+  /* per-attention-type parameters: {"full_attention": {...}, ...} */
+  const char *key;
+  json_t *v;
+  if (depth == 0)
+    json_object_foreach(obj, key, v) {
+      if (!json_is_object(v)) continue;
+      char sub[160];
+      snprintf(sub, sizeof sub, "%s.%s", field, key);
+      st = check_rope_type(c, v, sub, theta, depth + 1);
+      if (st != MOE_OK) return st;
+    }
+  return MOE_OK;
+}
+
+/* The defaults transformers gives each family's config fields (checked
+ * against transformers 5.24 MixtralConfig() and Qwen2MoeConfig(); the
+ * peer fixtures mixtral-defaults and qwen2moe-defaults omit them).  A field
+ * absent from config.json takes these values. */
+static void family_defaults(moe_config *cfg) {
+  if (cfg->arch == MOE_ARCH_MIXTRAL) {
+    cfg->vocab = 32000;
+    cfg->hidden = 4096;
+    cfg->expert_ffn = 14336;
+    cfg->n_layers = 32;
+    cfg->n_heads = 32;
+    cfg->n_kv_heads = 8;
+    cfg->max_pos = 4096 * 32;
+    cfg->rms_eps = 1e-5f;
+    cfg->rope_theta = 1e6f;
+    cfg->top_k = 2;
+    cfg->n_experts = 8;
+    cfg->norm_topk = true; /* Mixtral always renormalises the top-k weights */
+  } else {
+    cfg->vocab = 151936;
+    cfg->hidden = 2048;
+    cfg->dense_ffn = 5632;
+    cfg->n_layers = 24;
+    cfg->n_heads = 16;
+    cfg->n_kv_heads = 16;
+    cfg->max_pos = 32768;
+    cfg->rms_eps = 1e-6f;
+    cfg->rope_theta = 10000.0f;
+    cfg->expert_ffn = 1408;
+    cfg->shared_ffn = 5632;
+    cfg->top_k = 4;
+    cfg->n_experts = 60;
+    cfg->norm_topk = false;
+    cfg->qkv_bias = true;
+  }
 }
 
 moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const char *origin,
@@ -122,40 +203,39 @@ moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const cha
                     "%s: model_type '%s' is not supported (expected mixtral or qwen2_moe)", origin,
                     type);
   }
+  family_defaults(cfg);
 
-  MOE_TRY(get_int(&c, "hidden_size", true, &cfg->hidden));
-  MOE_TRY(get_int(&c, "num_hidden_layers", true, &cfg->n_layers));
-  MOE_TRY(get_int(&c, "num_attention_heads", true, &cfg->n_heads));
-  cfg->n_kv_heads = cfg->n_heads;
+  MOE_TRY(get_int(&c, "hidden_size", false, &cfg->hidden));
+  MOE_TRY(get_int(&c, "num_hidden_layers", false, &cfg->n_layers));
+  MOE_TRY(get_int(&c, "num_attention_heads", false, &cfg->n_heads));
+  /* an explicit null means "as many as the query heads" (transformers 4) */
+  json_t *kvh = json_object_get(root, "num_key_value_heads");
+  if (kvh != NULL && json_is_null(kvh)) cfg->n_kv_heads = cfg->n_heads;
   MOE_TRY(get_int(&c, "num_key_value_heads", false, &cfg->n_kv_heads));
-  MOE_TRY(get_int(&c, "vocab_size", true, &cfg->vocab));
-  MOE_TRY(get_int(&c, "max_position_embeddings", true, &cfg->max_pos));
-  MOE_TRY(get_int(&c, "num_experts_per_tok", true, &cfg->top_k));
-  cfg->rms_eps = 1e-6f;
+  MOE_TRY(get_int(&c, "vocab_size", false, &cfg->vocab));
+  MOE_TRY(get_int(&c, "max_position_embeddings", false, &cfg->max_pos));
+  MOE_TRY(get_int(&c, "num_experts_per_tok", false, &cfg->top_k));
   MOE_TRY(get_num(&c, root, "rms_norm_eps", false, &cfg->rms_eps));
   /* rope_theta sits at the top level in older configs and under
-   * rope_parameters in newer ones; the two must agree when both exist. */
-  float theta_top = 0.0f, theta_nested = 0.0f;
+   * rope_parameters in newer ones; the two must agree when both exist.
+   * Any scaled RoPE is refused. */
+  float theta_top = 0.0f, theta_nested = 0.0f, theta_legacy = 0.0f;
   MOE_TRY(get_num(&c, root, "rope_theta", false, &theta_top));
-  json_t *rp = json_object_get(root, "rope_parameters");
-  if (json_is_object(rp)) {
-    json_t *rt = json_object_get(rp, "rope_type");
-    if (json_is_string(rt) && strcmp(json_string_value(rt), "default") != 0)
-      MOE_CHECK(0, err, MOE_ERR_UNSUPPORTED, "%s: rope_parameters.rope_type '%s' is not supported",
-                origin, json_string_value(rt));
-    MOE_TRY(get_num(&c, rp, "rope_theta", false, &theta_nested));
-  }
+  MOE_TRY(check_rope_type(&c, json_object_get(root, "rope_parameters"), "rope_parameters",
+                          &theta_nested, 0));
+  MOE_TRY(check_rope_type(&c, json_object_get(root, "rope_scaling"), "rope_scaling",
+                          &theta_legacy, 0));
   MOE_CHECK(!(theta_top > 0 && theta_nested > 0 && theta_top != theta_nested), err,
             MOE_ERR_INVALID, "%s: rope_theta (%g) contradicts rope_parameters.rope_theta (%g)",
             origin, theta_top, theta_nested);
-  cfg->rope_theta = theta_top > 0 ? theta_top : theta_nested > 0 ? theta_nested : 10000.0f;
+  if (theta_top > 0) cfg->rope_theta = theta_top;
+  else if (theta_nested > 0) cfg->rope_theta = theta_nested;
   MOE_TRY(get_bool(&c, "tie_word_embeddings", &cfg->tie_embeddings));
   MOE_CHECK(cfg->hidden > 0 && cfg->n_heads > 0, err, MOE_ERR_INVALID,
             "%s: hidden_size and num_attention_heads must be positive", origin);
   cfg->head_dim = cfg->hidden / cfg->n_heads;
   MOE_TRY(get_int(&c, "head_dim", false, &cfg->head_dim));
-  MOE_CHECK(json_object_get(root, "head_dim") != NULL ||
-                cfg->hidden % cfg->n_heads == 0,
+  MOE_CHECK(json_is_integer(json_object_get(root, "head_dim")) || cfg->hidden % cfg->n_heads == 0,
             err, MOE_ERR_INVALID, "%s: hidden_size (%d) is not a multiple of num_attention_heads (%d)",
             origin, cfg->hidden, cfg->n_heads);
   json_t *hact = json_object_get(root, "hidden_act");
@@ -163,26 +243,23 @@ moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const cha
             err, MOE_ERR_UNSUPPORTED, "%s: field 'hidden_act' must be \"silu\"", origin);
 
   if (cfg->arch == MOE_ARCH_MIXTRAL) {
-    MOE_TRY(get_int(&c, "num_local_experts", true, &cfg->n_experts));
-    MOE_TRY(get_int(&c, "intermediate_size", true, &cfg->expert_ffn));
-    cfg->dense_ffn = 0;
-    cfg->shared_ffn = 0;
-    cfg->norm_topk = true; /* Mixtral always renormalises the top-k weights */
-    cfg->qkv_bias = false;
+    MOE_TRY(get_int(&c, "num_local_experts", false, &cfg->n_experts));
+    MOE_TRY(get_int(&c, "intermediate_size", false, &cfg->expert_ffn));
     MOE_TRY(get_int(&c, "sliding_window", false, &cfg->sliding_window));
     for (int i = 0; i < cfg->n_layers && i < MOE_MAX_LAYERS; i++) cfg->is_moe[i] = true;
   } else {
-    MOE_TRY(get_int(&c, "num_experts", true, &cfg->n_experts));
-    MOE_TRY(get_int(&c, "moe_intermediate_size", true, &cfg->expert_ffn));
-    MOE_TRY(get_int(&c, "intermediate_size", true, &cfg->dense_ffn));
+    MOE_TRY(get_int(&c, "num_experts", false, &cfg->n_experts));
+    MOE_TRY(get_int(&c, "moe_intermediate_size", false, &cfg->expert_ffn));
+    MOE_TRY(get_int(&c, "intermediate_size", false, &cfg->dense_ffn));
     MOE_TRY(get_int(&c, "shared_expert_intermediate_size", false, &cfg->shared_ffn));
-    cfg->norm_topk = false;
     MOE_TRY(get_bool(&c, "norm_topk_prob", &cfg->norm_topk));
-    cfg->qkv_bias = true;
     MOE_TRY(get_bool(&c, "qkv_bias", &cfg->qkv_bias));
     bool sliding = false;
     MOE_TRY(get_bool(&c, "use_sliding_window", &sliding));
-    if (sliding) MOE_TRY(get_int(&c, "sliding_window", false, &cfg->sliding_window));
+    if (sliding) {
+      cfg->sliding_window = 4096;
+      MOE_TRY(get_int(&c, "sliding_window", false, &cfg->sliding_window));
+    }
     int step = 1;
     MOE_TRY(get_int(&c, "decoder_sparse_step", false, &step));
     MOE_CHECK(step >= 1, err, MOE_ERR_INVALID, "%s: field 'decoder_sparse_step' must be >= 1",
@@ -208,10 +285,17 @@ moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const cha
       }
     }
   }
-  MOE_CHECK(cfg->sliding_window == 0 || cfg->sliding_window >= cfg->max_pos, err,
-            MOE_ERR_UNSUPPORTED,
-            "%s: sliding_window (%d) shorter than max_position_embeddings (%d) is not supported",
-            origin, cfg->sliding_window, cfg->max_pos);
+  /* Which layers slide: layer_types when given; otherwise every layer once
+   * a window is set (conservative: a run that stays inside the window is
+   * unaffected either way). */
+  json_t *lt = json_object_get(root, "layer_types");
+  if (cfg->sliding_window > 0 && json_is_array(lt)) {
+    bool any = false;
+    size_t i;
+    json_t *v;
+    json_array_foreach(lt, i, v) any |= json_is_string(v) && strcmp(json_string_value(v), "sliding_attention") == 0;
+    if (!any) cfg->sliding_window = 0;
+  }
   MOE_TRY(moe_config_validate(cfg, origin, err));
 cleanup:
   return st;

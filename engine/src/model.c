@@ -267,6 +267,10 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
             "batch (%d) and sequence length (%d) must be positive", opt->max_batch, opt->max_seq);
   MOE_CHECK(opt->max_seq <= c->max_pos, err, MOE_ERR_INVALID,
             "sequence length %d exceeds max_position_embeddings %d", opt->max_seq, c->max_pos);
+  MOE_CHECK(c->sliding_window == 0 || opt->max_seq <= c->sliding_window, err, MOE_ERR_UNSUPPORTED,
+            "sequence length %d exceeds the model's sliding_window %d: sliding-window attention "
+            "is not implemented (runs of up to %d tokens are exact)",
+            opt->max_seq, c->sliding_window, c->sliding_window);
   const size_t T = (size_t)opt->max_batch * (size_t)e->opt.max_prefill;
   const size_t E = (size_t)(c->n_experts > 0 ? c->n_experts : 1), K = (size_t)(c->top_k > 0 ? c->top_k : 1);
   e->cache_layer_floats = (size_t)opt->max_batch * (size_t)c->n_kv_heads * (size_t)opt->max_seq *

@@ -37,14 +37,21 @@ typedef struct moe_config {
   bool tie_embeddings;
   float rms_eps;
   float rope_theta;
-  int sliding_window; /* 0: none */
+  int sliding_window; /* 0: none; else a query at position i attends to keys
+                         j > i - sliding_window (as transformers masks): only
+                         runs longer than the window differ from full
+                         attention, and the engine refuses those */
   bool is_moe[MOE_MAX_LAYERS]; /* layer i has an MoE block (else dense FFN) */
 } moe_config;
 
-/* Parses a config.json file.  Errors name the file and the field:
- * MOE_ERR_IO when unreadable, MOE_ERR_FORMAT for bad JSON or a missing or
- * mistyped field, MOE_ERR_INVALID for contradictory values,
- * MOE_ERR_UNSUPPORTED for an unknown model_type. */
+/* Parses a config.json file.  A field that is absent takes the value
+ * transformers gives it for that family (MixtralConfig, Qwen2MoeConfig).
+ * Errors name the file and the field: MOE_ERR_IO when unreadable,
+ * MOE_ERR_FORMAT for bad JSON or a mistyped field, MOE_ERR_INVALID for
+ * contradictory values, MOE_ERR_UNSUPPORTED for an unknown model_type or a
+ * RoPE variant other than the default one (rope_scaling or
+ * rope_parameters with rope_type linear, dynamic, yarn, llama3, longrope,
+ * ...). */
 moe_status moe_config_load(moe_config *cfg, const char *path, moe_error *err);
 
 /* Same, from an already parsed JSON object (a json_t *); `origin` names it
