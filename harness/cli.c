@@ -10,7 +10,10 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 void cli_error(const char *fmt, ...) {
   va_list ap;
@@ -197,4 +200,87 @@ int cli_for_each_json(const char *dir, int (*fn)(const char *path, void *ctx), v
   }
   free(names);
   return rc;
+}
+
+FILE *cli_open_input(const char *path, const char *what) {
+  /* non-blocking, so a FIFO or a device cannot hang the open; then only a
+   * regular file is read */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    cli_error("%s: cannot open %s: %s", path, what, strerror(errno));
+    return NULL;
+  }
+  struct stat sb;
+  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    cli_error("%s: %s is not a regular file", path, what);
+    close(fd);
+    return NULL;
+  }
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  FILE *f = fdopen(fd, "r");
+  if (f == NULL) {
+    cli_error("%s: cannot open %s: %s", path, what, strerror(errno));
+    close(fd);
+  }
+  return f;
+}
+
+int cli_read_token_file(const char *path, int want_len, int32_t **out, int *n_prompts, int *len) {
+  FILE *f = cli_open_input(path, "token file");
+  if (f == NULL) return -1;
+  char *line = NULL;
+  size_t cap = 0;
+  int32_t *all = NULL;
+  int count = 0, plen = want_len, lineno = 0, rc = 0;
+  while (getline(&line, &cap, f) >= 0) {
+    lineno++;
+    int32_t *ids;
+    int n = cli_parse_ids(line, &ids);
+    if (n < 0) {
+      cli_error("%s:%d: not a list of non-negative token ids", path, lineno);
+      rc = -1;
+      break;
+    }
+    if (n == 0) {
+      free(ids);
+      continue;
+    }
+    if (plen >= 0 && n != plen) {
+      if (want_len >= 0)
+        cli_error("%s:%d: %d ids per prompt are wanted, the line has %d", path, lineno, want_len, n);
+      else
+        cli_error("%s:%d: prompt has %d ids but earlier prompts have %d (equal lengths required)",
+                  path, lineno, n, plen);
+      free(ids);
+      rc = -1;
+      break;
+    }
+    plen = n;
+    int32_t *grown = count < INT_MAX ? realloc(all, ((size_t)count + 1) * (size_t)n * sizeof *all) : NULL;
+    if (grown == NULL) {
+      cli_error("%s:%d: out of memory reading prompts", path, lineno);
+      free(ids);
+      rc = -1;
+      break;
+    }
+    all = grown;
+    memcpy(all + (size_t)count * (size_t)n, ids, (size_t)n * sizeof *ids);
+    free(ids);
+    count++;
+  }
+  free(line);
+  fclose(f);
+  if (rc == 0 && count == 0) {
+    cli_error("%s: no prompts in file", path);
+    rc = -1;
+  }
+  if (rc != 0) {
+    free(all);
+    return -1;
+  }
+  *out = all;
+  *n_prompts = count;
+  *len = plen;
+  return 0;
 }

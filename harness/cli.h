@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "moe/model.h"
 
@@ -53,5 +54,17 @@ bool cli_parse_bytes(const char *s, size_t *out);
 
 /* Parses "1,2,3" or "1 2 3" into ids (malloc'd); returns count or -1. */
 int cli_parse_ids(const char *s, int32_t **ids);
+
+/* Opens an input file for reading: refuses anything but a regular file
+ * (a FIFO or device would block or never end) with one line naming the
+ * file and `what`; NULL then. */
+FILE *cli_open_input(const char *path, const char *what);
+
+/* The one reader of token files: one prompt per line, ids separated by
+ * commas or spaces, blank lines skipped, all prompts of one length
+ * (want_len, or the first prompt's when want_len < 0).  Returns 0 with
+ * *out (malloc'd, n_prompts x len), or -1 after printing one line naming
+ * the file and line. */
+int cli_read_token_file(const char *path, int want_len, int32_t **out, int *n_prompts, int *len);
 
 #endif

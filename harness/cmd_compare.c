@@ -13,31 +13,42 @@
 /* ------------------------------------------------------------ compare */
 
 typedef struct tolerance {
-  double measured;       /* relative, for wall-clock metrics */
-  double deterministic;  /* relative, for counted/computed metrics */
-  double per_col[128];   /* < 0: use the class default */
+  double measured;              /* relative, for wall-clock metrics */
+  double deterministic;         /* relative, for counted/computed metrics */
+  double per_col[RES_MAX_COLS]; /* < 0: use the class default */
 } tolerance;
 
-/* SPEC: comma-separated NAME=VALUE, VALUE a fraction or a percentage;
- * NAME a column, "measured" or "deterministic". */
+/* A tolerance value: a fraction ("0.1") or a percentage ("10%"); finite and
+ * >= 0.  Returns -1 otherwise. */
+static double parse_tol_value(const char *v) {
+  char *end;
+  errno = 0;
+  double x = strtod(v, &end);
+  if (errno || end == v || !isfinite(x) || x < 0) return -1;
+  if (*end == '%') x /= 100.0, end++;
+  return *end == '\0' ? x : -1;
+}
+
+/* SPEC: comma-separated NAME=VALUE; NAME a metric column, "measured" or
+ * "deterministic". */
 static int parse_tolerance(const char *spec, tolerance *t) {
   char buf[1024];
+  if (spec[0] == '\0' || strlen(spec) >= sizeof buf) return -1;
   snprintf(buf, sizeof buf, "%s", spec);
-  for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+  char *save = NULL;
+  for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
     char *eq = strchr(tok, '=');
     if (eq == NULL) return -1;
     *eq = '\0';
-    char *v = eq + 1, *end;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (errno || end == v || x < 0) return -1;
-    if (*end == '%') x /= 100.0, end++;
-    if (*end != '\0') return -1;
+    double x = parse_tol_value(eq + 1);
+    if (x < 0) return -1;
     if (strcmp(tok, "measured") == 0) t->measured = x;
     else if (strcmp(tok, "deterministic") == 0) t->deterministic = x;
     else {
       int c = res_col(tok);
-      if (c < 0 || res_columns[c].kind == RES_KEY || res_columns[c].kind == RES_TEXT) return -1;
+      if (c < 0 || res_columns[c].kind == RES_KEY || res_columns[c].kind == RES_TEXT ||
+          res_columns[c].better == 0)
+        return -1;
       t->per_col[c] = x;
     }
   }
@@ -47,40 +58,210 @@ static int parse_tolerance(const char *spec, tolerance *t) {
 static void compare_usage(FILE *f) {
   fprintf(f,
           "usage: moebench compare BASE.csv NEW.csv [options]\n\n"
-          "Matches rows by key (model, workload, policy, routing, backend, budget, batch) and\n"
-          "prints every metric that changed.  Exit status: 0 no regression, 1 a metric\n"
-          "regressed past its tolerance or a BASE row is missing from NEW, 2 bad input\n"
-          "(unreadable file, schema major-version mismatch).  Improvements never fail.\n\n"
-          "  --tolerance SPEC      e.g. 'measured=25%%,tokens_per_s=10%%,deterministic=0'\n"
-          "                        defaults: deterministic figures exact, measured 25%%\n"
+          "Pairs rows by key (every input that changes a figure: model and its seed, dtype,\n"
+          "workload, prompt and generated lengths, requests, prompt seed, policy, routing,\n"
+          "backend, threads, link cap, budget, batch, repetitions) and prints every metric\n"
+          "that changed.  'change' is always the relative change (NEW - BASE) / |BASE|.\n"
+          "Rows measured on different devices are refused unless --allow-device-change.\n\n"
+          "Verdicts: a deterministic figure (bytes, counts) is a REGRESSION when worse by more\n"
+          "than its tolerance (default 0: exact).  A measured figure (wall clock) is a\n"
+          "REGRESSION only when worse by more than its tolerance and by more than the noise\n"
+          "of the two rows (the sum of their rel_spread columns: (max - min) / median of\n"
+          "tokens/s over the repetitions); between the two it is 'noise'.\n\n"
+          "Exit status: 0 no regression; 1 a regression, or a BASE row missing from NEW;\n"
+          "2 bad input: an unreadable, truncated or malformed file, a schema major-version\n"
+          "mismatch, a duplicate key, a metric column or value BASE has and NEW lacks, a\n"
+          "value that is not a finite number >= 0, rows from different devices.\n\n"
+          "  --tolerance SPEC      NAME=VALUE,... with NAME a metric column, 'measured' or\n"
+          "                        'deterministic'; VALUE a fraction (0.1) or a percentage\n"
+          "                        (10%%), finite and >= 0.  Defaults: deterministic=0,\n"
+          "                        measured=0.25\n"
           "  --deterministic-only  compare only counted/computed figures (CI gating)\n"
           "  --allow-missing       rows missing from NEW are reported, not failed\n"
+          "  --allow-device-change compare rows measured on different devices\n"
           "  -h, --help            this text\n");
+}
+
+/* Strict number: the whole field, finite, >= 0.  -1 when not. */
+static double strict_num(const char *v) {
+  char *end;
+  errno = 0;
+  double x = strtod(v, &end);
+  if (v[0] == '\0' || errno == ERANGE || *end != '\0' || !isfinite(x) || x < 0) return -1;
+  return x;
+}
+
+typedef struct compare_opts {
+  tolerance tol;
+  bool det_only, allow_missing, allow_device;
+} compare_opts;
+
+typedef struct compare_count {
+  int regressions, improvements, noise, changed, missing, added;
+} compare_count;
+
+/* Checks that NEW has every metric column BASE has, and neither file
+ * repeats a key.  Prints the problem and returns 2, else 0. */
+static int compare_inputs(const char *bp, const res_table *base, const char *np,
+                          const res_table *neu, res_index **bix, res_index **nix) {
+  for (size_t k = 0; k < res_ncols; k++)
+    if (res_columns[k].kind != RES_KEY && res_columns[k].kind != RES_TEXT && base->has[k] &&
+        !neu->has[k]) {
+      cli_error("%s: column '%s' is missing (%s has it)", np, res_columns[k].name, bp);
+      return 2;
+    }
+  long dup = -1;
+  *bix = res_index_build(base, "device", &dup);
+  if (*bix == NULL || dup >= 0) {
+    if (dup >= 0) cli_error("%s: row %ld repeats the key of another row", bp, dup + 2);
+    return 2;
+  }
+  *nix = res_index_build(neu, "device", &dup);
+  if (*nix == NULL || dup >= 0) {
+    if (dup >= 0) cli_error("%s: row %ld repeats the key of another row", np, dup + 2);
+    return 2;
+  }
+  return 0;
+}
+
+/* Compares one metric of a row pair; prints a line when it changed.
+ * Returns 2 for a bad value, else 0. */
+static int compare_metric(const compare_opts *o, size_t k, const char *key, const res_row *b,
+                          const res_row *n, const char *bp, const char *np, long bi, long ni,
+                          compare_count *cnt) {
+  const res_column *col = &res_columns[k];
+  const char *bv = b->v[k], *nv = n->v[k];
+  if (strcmp(bv, nv) == 0) return 0;
+  const char *verdict = "changed";
+  double change = NAN;
+  if (strcmp(col->name, "status") == 0) {
+    verdict = strcmp(bv, "ok") == 0 ? "REGRESSION" : strcmp(nv, "ok") == 0 ? "improved" : "changed";
+  } else if (strcmp(res_get(b, "status"), "ok") != 0 || strcmp(res_get(n, "status"), "ok") != 0) {
+    verdict = "changed"; /* figures of a failed run are not compared */
+  } else {
+    double x = bv[0] ? strict_num(bv) : 0, y = nv[0] ? strict_num(nv) : 0;
+    if (x < 0) {
+      cli_error("%s: row %ld, column '%s': '%s' is not a finite number >= 0", bp, bi + 2, col->name, bv);
+      return 2;
+    }
+    if (y < 0) {
+      cli_error("%s: row %ld, column '%s': '%s' is not a finite number >= 0", np, ni + 2, col->name, nv);
+      return 2;
+    }
+    if (bv[0] && !nv[0]) {
+      cli_error("%s: row %ld, column '%s': no value, where %s has %s", np, ni + 2, col->name, bp, bv);
+      return 2;
+    }
+    if (!bv[0]) {
+      verdict = "new value";
+    } else {
+      double t = o->tol.per_col[k] >= 0 ? o->tol.per_col[k]
+                 : col->kind == RES_MEASURED ? o->tol.measured : o->tol.deterministic;
+      change = x != 0 ? (y - x) / fabs(x) : (y > 0 ? INFINITY : 0.0);
+      if (col->better == 0) {
+        verdict = fabs(change) > t ? "REGRESSION" : "ok";
+      } else {
+        double worse = col->better > 0 ? -change : change;
+        double noise = 0;
+        if (col->kind == RES_MEASURED) {
+          double sb = strict_num(res_get(b, "rel_spread")), sn = strict_num(res_get(n, "rel_spread"));
+          noise = (sb > 0 ? sb : 0) + (sn > 0 ? sn : 0);
+        }
+        verdict = worse > t && worse > noise ? "REGRESSION"
+                  : worse > t                ? "noise"
+                  : worse < 0                ? "improved"
+                                             : "ok";
+      }
+    }
+  }
+  if (!strcmp(verdict, "REGRESSION")) cnt->regressions++;
+  else if (!strcmp(verdict, "improved")) cnt->improvements++;
+  else if (!strcmp(verdict, "noise")) cnt->noise++;
+  else cnt->changed++;
+  if (isnan(change))
+    printf("| %s | %s | %s | %s | | %s |\n", key, col->name, bv, nv, verdict);
+  else if (isinf(change))
+    printf("| %s | %s | %s | %s | from 0 | %s |\n", key, col->name, bv, nv, verdict);
+  else
+    printf("| %s | %s | %s | %s | %+.2f%% | %s |\n", key, col->name, bv, nv, 100 * change, verdict);
+  return 0;
+}
+
+static int compare_tables(const compare_opts *o, const char *bp, const res_table *base,
+                          const char *np, const res_table *neu) {
+  res_index *bix = NULL, *nix = NULL;
+  int rc = compare_inputs(bp, base, np, neu, &bix, &nix);
+  compare_count cnt = {0};
+  char key[RES_KEY_MAX];
+  /* different devices make every measured figure mean something else */
+  for (size_t i = 0; i < base->n && rc == 0 && !o->allow_device; i++) {
+    res_key_except(&base->rows[i], "device", key, sizeof key);
+    long j = res_index_find(nix, key);
+    if (j >= 0 && strcmp(res_get(&base->rows[i], "device"), res_get(&neu->rows[j], "device")) != 0) {
+      cli_error("%s and %s were measured on different devices ('%s' and '%s'); "
+                "use --allow-device-change to compare them anyway",
+                bp, np, res_get(&base->rows[i], "device"), res_get(&neu->rows[j], "device"));
+      rc = 2;
+    }
+  }
+  if (rc == 0) printf("| row | metric | base | new | change | verdict |\n|---|---|---|---|---|---|\n");
+  for (size_t i = 0; i < base->n && rc == 0; i++) {
+    res_key_except(&base->rows[i], "device", key, sizeof key);
+    long j = res_index_find(nix, key);
+    if (j < 0) {
+      printf("| %s | (row) | present | missing | | %s |\n", key, o->allow_missing ? "missing" : "MISSING");
+      cnt.missing++;
+      continue;
+    }
+    for (size_t k = 0; k < res_ncols && rc == 0; k++) {
+      const res_column *col = &res_columns[k];
+      if (col->kind == RES_KEY || col->kind == RES_TEXT) continue;
+      if (o->det_only && col->kind == RES_MEASURED) continue;
+      rc = compare_metric(o, k, key, &base->rows[i], &neu->rows[j], bp, np, (long)i, j, &cnt);
+    }
+  }
+  for (size_t j = 0; j < neu->n && rc == 0; j++) {
+    res_key_except(&neu->rows[j], "device", key, sizeof key);
+    if (res_index_find(bix, key) < 0) {
+      printf("| %s | (row) | missing | present | | new |\n", key);
+      cnt.added++;
+    }
+  }
+  res_index_free(bix);
+  res_index_free(nix);
+  if (rc != 0) return rc;
+  printf("\n%d regression%s, %d improvement%s, %d within noise, %d other change%s within tolerance; "
+         "%d row%s missing from NEW, %d new\n",
+         cnt.regressions, cnt.regressions == 1 ? "" : "s", cnt.improvements,
+         cnt.improvements == 1 ? "" : "s", cnt.noise, cnt.changed, cnt.changed == 1 ? "" : "s",
+         cnt.missing, cnt.missing == 1 ? "" : "s", cnt.added);
+  return cnt.regressions > 0 || (cnt.missing > 0 && !o->allow_missing) ? 1 : 0;
 }
 
 int cmd_compare(int argc, char **argv) {
   static const struct option opts[] = {{"tolerance", required_argument, 0, 't'},
                                        {"deterministic-only", no_argument, 0, 'd'},
                                        {"allow-missing", no_argument, 0, 'a'},
+                                       {"allow-device-change", no_argument, 0, 'D'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  tolerance tol = {.measured = 0.25, .deterministic = 0.0};
-  for (int i = 0; i < 128; i++) tol.per_col[i] = -1;
-  bool det_only = false, allow_missing = false;
+  compare_opts o = {.tol = {.measured = 0.25, .deterministic = 0.0}};
+  for (int i = 0; i < RES_MAX_COLS; i++) o.tol.per_col[i] = -1;
   optind = 1;
   opterr = 0;
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
       case 't':
-        if (parse_tolerance(optarg, &tol) != 0) {
+        if (parse_tolerance(optarg, &o.tol) != 0) {
           cli_error("compare: bad --tolerance '%s' (NAME=VALUE[%%],... with NAME a metric column, "
-                    "measured or deterministic)", optarg);
+                    "measured or deterministic, VALUE finite and >= 0)", optarg);
           return 2;
         }
         break;
-      case 'd': det_only = true; break;
-      case 'a': allow_missing = true; break;
+      case 'd': o.det_only = true; break;
+      case 'a': o.allow_missing = true; break;
+      case 'D': o.allow_device = true; break;
       case 'h': compare_usage(stdout); return 0;
       default:
         cli_error("compare: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
@@ -102,66 +283,10 @@ int cmd_compare(int argc, char **argv) {
     res_table_free(&base);
     return 2;
   }
-  int regressions = 0, improvements = 0, changed = 0, missing = 0, added = 0;
-  printf("| row | metric | base | new | change | verdict |\n|---|---|---|---|---|---|\n");
-  for (size_t i = 0; i < base.n; i++) {
-    char key[1024];
-    res_key(&base.rows[i], key, sizeof key);
-    long j = res_find(&neu, &base.rows[i]);
-    if (j < 0) {
-      printf("| %s | (row) | present | missing | | %s |\n", key, allow_missing ? "missing" : "MISSING");
-      missing++;
-      continue;
-    }
-    const res_row *b = &base.rows[i], *n = &neu.rows[j];
-    for (size_t k = 0; k < res_ncols; k++) {
-      const res_column *col = &res_columns[k];
-      if (col->kind == RES_KEY || col->kind == RES_TEXT) continue;
-      if (det_only && col->kind == RES_MEASURED) continue;
-      const char *bv = b->v[k], *nv = n->v[k];
-      if (strcmp(bv, nv) == 0) continue;
-      const char *verdict = "changed";
-      double change = NAN;
-      if (strcmp(col->name, "status") == 0) {
-        verdict = strcmp(bv, "ok") == 0 ? "REGRESSION" : strcmp(nv, "ok") == 0 ? "improved" : "changed";
-      } else if (bv[0] == '\0' || nv[0] == '\0') {
-        verdict = "changed";
-      } else {
-        double x = atof(bv), y = atof(nv);
-        double t = tol.per_col[k] >= 0 ? tol.per_col[k]
-                   : col->kind == RES_MEASURED ? tol.measured : tol.deterministic;
-        double denom = fmax(fabs(x), col->kind == RES_MEASURED ? 1e-3 : 1e-12);
-        change = (y - x) / denom;
-        if (col->better == 0) {
-          verdict = fabs(change) > t ? "REGRESSION" : "ok";
-        } else {
-          double worse = col->better > 0 ? -change : change;
-          verdict = worse > t ? "REGRESSION" : worse < 0 ? "improved" : "ok";
-        }
-      }
-      if (!strcmp(verdict, "REGRESSION")) regressions++;
-      else if (!strcmp(verdict, "improved")) improvements++;
-      else changed++;
-      if (isnan(change))
-        printf("| %s | %s | %s | %s | | %s |\n", key, col->name, bv, nv, verdict);
-      else
-        printf("| %s | %s | %s | %s | %+.2f%% | %s |\n", key, col->name, bv, nv, 100 * change, verdict);
-    }
-  }
-  for (size_t j = 0; j < neu.n; j++)
-    if (res_find(&base, &neu.rows[j]) < 0) {
-      char key[1024];
-      res_key(&neu.rows[j], key, sizeof key);
-      printf("| %s | (row) | missing | present | | new |\n", key);
-      added++;
-    }
-  printf("\n%d regression%s, %d improvement%s, %d other change%s within tolerance; %d row%s missing "
-         "from NEW, %d new\n",
-         regressions, regressions == 1 ? "" : "s", improvements, improvements == 1 ? "" : "s",
-         changed, changed == 1 ? "" : "s", missing, missing == 1 ? "" : "s", added);
+  int rc = compare_tables(&o, argv[optind], &base, argv[optind + 1], &neu);
   res_table_free(&base);
   res_table_free(&neu);
-  return regressions > 0 || (missing > 0 && !allow_missing) ? 1 : 0;
+  return rc;
 }
 
 /* ------------------------------------------------------------ report */

@@ -32,76 +32,19 @@ static void generate_usage(FILE *f) {
           "  --batch B             number of sequences (default: number of prompts, or 1);\n"
           "                        prompts are repeated cyclically to fill the batch\n"
           "run:\n"
-          "  --max-new-tokens N    tokens to generate per sequence (default 16)\n"
+          "  --gen-len N           tokens to generate per sequence (default 16)\n"
           "  --policy NAME         offload policy: gpu-only (default), ondemand, prefetch-all,\n"
           "                        pregated (see 'moebench list policies')\n"
           "  --policy-plugin PATH  load the policy from a shared object instead\n"
-          "  --routing MODE        conventional or pregated (default: pregated for the\n"
-          "                        pregated policy, else conventional)\n"
+          "  --routing MODE        conventional or pregated (default: the policy's own:\n"
+          "                        pregated for the pregated policy, conventional for the\n"
+          "                        others; the summary line says which routing ran)\n"
           "  --device-mem SIZE     device-memory budget, e.g. 24GiB (default: device capacity)\n"
           "  --link-gbps X         cpu backend: cap host-to-device copies at X GB/s\n"
           "  --backend NAME        cpu (default)\n"
           "  --threads N           math threads (default 1)\n"
           "  --quiet               print only the summary line\n"
           "  -h, --help            this text\n");
-}
-
-static int read_prompt_file(const char *path, int32_t **out, int *n_prompts, int *len) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL) {
-    cli_error("%s: cannot open prompt file", path);
-    return -1;
-  }
-  char *line = NULL;
-  size_t cap = 0;
-  int32_t *all = NULL;
-  int count = 0, plen = -1, lineno = 0, rc = 0;
-  while (getline(&line, &cap, f) >= 0) {
-    lineno++;
-    int32_t *ids;
-    int n = cli_parse_ids(line, &ids);
-    if (n < 0) {
-      cli_error("%s:%d: not a list of non-negative token ids", path, lineno);
-      rc = -1;
-      break;
-    }
-    if (n == 0) {
-      free(ids);
-      continue;
-    }
-    if (plen >= 0 && n != plen) {
-      cli_error("%s:%d: prompt has %d ids but earlier prompts have %d (equal lengths required)",
-                path, lineno, n, plen);
-      free(ids);
-      rc = -1;
-      break;
-    }
-    plen = n;
-    int32_t *grown = realloc(all, (size_t)(count + 1) * (size_t)n * sizeof *all);
-    if (grown == NULL) {
-      free(ids);
-      rc = -1;
-      break;
-    }
-    all = grown;
-    memcpy(all + (size_t)count * (size_t)n, ids, (size_t)n * sizeof *ids);
-    free(ids);
-    count++;
-  }
-  free(line);
-  fclose(f);
-  if (rc == 0 && count == 0) {
-    cli_error("%s: no prompts in file", path);
-    rc = -1;
-  }
-  if (rc != 0) {
-    free(all);
-    return -1;
-  }
-  *out = all;
-  *n_prompts = count;
-  *len = plen;
-  return 0;
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -114,7 +57,7 @@ int cmd_generate(int argc, char **argv) {
       {"routing-skew", required_argument, 0, O_SKEW}, {"save", required_argument, 0, O_SAVE},
       {"prompt-ids", required_argument, 0, O_IDS},    {"prompt-file", required_argument, 0, O_PFILE},
       {"prompt-len", required_argument, 0, O_PLEN},   {"prompt-seed", required_argument, 0, O_PSEED},
-      {"batch", required_argument, 0, O_BATCH},       {"max-new-tokens", required_argument, 0, O_MAXNEW},
+      {"batch", required_argument, 0, O_BATCH},       {"gen-len", required_argument, 0, O_MAXNEW},
       {"backend", required_argument, 0, O_BACKEND},   {"threads", required_argument, 0, O_THREADS},
       {"quiet", no_argument, 0, O_QUIET},             {"policy", required_argument, 0, O_POLICY},
       {"policy-plugin", required_argument, 0, O_PLUGIN}, {"routing", required_argument, 0, O_ROUTING},
@@ -226,7 +169,7 @@ int cmd_generate(int argc, char **argv) {
       goto done;
     }
   } else if (pfile) {
-    if (read_prompt_file(pfile, &prompts, &n_prompts, &len) != 0) goto done;
+    if (cli_read_token_file(pfile, -1, &prompts, &n_prompts, &len) != 0) goto done;
   } else {
     n_prompts = batch > 0 ? (int)batch : 1;
     prompts = malloc((size_t)n_prompts * (size_t)len * sizeof *prompts);

@@ -11,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,7 +21,6 @@
 #include "moe/clock.h"
 #include "cli.h"
 #include "commands.h"
-#include "moe/cuda.h"
 #include "moe/version.h"
 #include "results.h"
 #include "runner.h"
@@ -35,12 +37,15 @@ static void iso_now(char *buf, size_t cap) {
 
 typedef struct row_config {
   const char *model_name;
+  uint64_t model_seed;
   moe_model *model;
+  moe_dtype dtype;
   const workload *wl;
   int batch;
   const moe_policy *policy;
   moe_routing routing;
   const char *backend;
+  const char *device;           /* the backend's device name */
   size_t budget;
   double link_gbps;
   int threads, reps, warmup;
@@ -52,23 +57,70 @@ static const char *status_word(moe_status st) {
   return st == MOE_OK ? "ok" : st == MOE_ERR_OOM ? "OOM" : "error";
 }
 
-/* Runs warm-up and measured repetitions of one configuration and fills a
- * result row.  ref (may be NULL) is gpu-only's result on the same inputs,
- * for parity; *keep receives this run's last result when keep is non-NULL. */
-static void run_row(const row_config *rc, res_row *row, const run_result *ref, run_result *keep,
-                    bool want_logits) {
+/* The key columns of a row: every input that changes a figure. */
+static void row_key_columns(const row_config *rc, res_row *row) {
   res_set(row, "model", rc->model_name);
+  res_setf(row, "model_seed", "%llu", (unsigned long long)rc->model_seed);
+  res_set(row, "dtype", moe_dtype_name(rc->dtype));
   res_set(row, "workload", rc->wl->name);
   res_set(row, "policy", rc->policy->name);
   res_set(row, "routing", moe_routing_name(rc->routing));
   res_set(row, "backend", rc->backend);
+  res_set(row, "device", rc->device);
+  res_setf(row, "threads", "%d", rc->threads);
+  res_setf(row, "link_gbps", "%g", rc->link_gbps);
   res_setf(row, "device_mem_budget_bytes", "%zu", rc->budget);
   res_setf(row, "batch", "%d", rc->batch);
   res_setf(row, "prompt_len", "%d", rc->wl->prompt_len);
   res_setf(row, "gen_len", "%d", rc->wl->gen_len);
   res_setf(row, "requests", "%d", rc->wl->requests);
-  res_setf(row, "link_gbps", "%g", rc->link_gbps);
+  if (rc->wl->token_file[0])
+    res_set(row, "prompt_seed", "");
+  else
+    res_setf(row, "prompt_seed", "%llu", (unsigned long long)rc->wl->seed);
   res_setf(row, "repetitions", "%d", rc->reps);
+}
+
+enum { MAX_REPS = 100 }; /* the most repetitions a row may ask for */
+
+/* Fills the measured and counted columns of row from n repetitions. */
+static void row_figures(res_row *row, const run_result *r, double *tps, double *ttft, double *e2e,
+                        double *stall, double *p50, double *p90, double *p99, int n) {
+  double mn = tps[0], mx = tps[0];
+  for (int i = 1; i < n; i++) mn = fmin(mn, tps[i]), mx = fmax(mx, tps[i]);
+  const double med = runner_median(tps, n);
+  res_setf(row, "tokens_per_s", "%.6g", med);
+  res_setf(row, "tokens_per_s_min", "%.6g", mn);
+  res_setf(row, "tokens_per_s_max", "%.6g", mx);
+  res_setf(row, "rel_spread", "%.4g", med > 0 ? (mx - mn) / med : 0.0);
+  res_setf(row, "ttft_s", "%.6g", runner_median(ttft, n));
+  res_setf(row, "token_latency_p50_s", "%.6g", runner_median(p50, n));
+  res_setf(row, "token_latency_p90_s", "%.6g", runner_median(p90, n));
+  res_setf(row, "token_latency_p99_s", "%.6g", runner_median(p99, n));
+  res_setf(row, "e2e_s", "%.6g", runner_median(e2e, n));
+  res_setf(row, "stall_s", "%.6g", runner_median(stall, n));
+  res_setf(row, "peak_device_bytes", "%zu", r->peak_bytes);
+  static const char *cat_cols[MOE_MEM_CATEGORIES] = {
+      "peak_dense_bytes", "peak_expert_slots_bytes", "peak_kv_cache_bytes",
+      "peak_activations_bytes", "peak_workspace_bytes"};
+  for (int c = 0; c < MOE_MEM_CATEGORIES; c++) res_setf(row, cat_cols[c], "%zu", r->peak_by_cat[c]);
+  res_setf(row, "planned_device_bytes", "%zu", r->planned_bytes);
+  res_setf(row, "expert_slots", "%d", r->stats.slots);
+  res_setf(row, "h2d_bytes", "%llu", r->stats.bytes_h2d);
+  res_setf(row, "expert_fetches", "%llu", r->stats.fetches);
+  res_setf(row, "expert_misses", "%llu", r->stats.misses);
+  res_setf(row, "expert_recopies", "%llu", r->stats.recopies);
+  if (r->stats.pregate_total)
+    res_setf(row, "pregate_hit_rate", "%.6f",
+             (double)r->stats.pregate_hits / (double)r->stats.pregate_total);
+}
+
+/* Runs warm-up and measured repetitions of one configuration and fills a
+ * result row.  ref (may be NULL) is gpu-only's result on the same inputs,
+ * for parity; *keep receives this run's last result when keep is non-NULL. */
+static void run_row(const row_config *rc, res_row *row, const run_result *ref, run_result *keep,
+                    bool want_logits) {
+  row_key_columns(rc, row);
   run_spec sp = {.model = rc->model, .policy = rc->policy, .routing = rc->routing,
                  .backend = rc->backend, .threads = rc->threads, .link_gbps = rc->link_gbps,
                  .device_mem = rc->budget, .batch = rc->batch, .prompt_len = rc->wl->prompt_len,
@@ -80,9 +132,10 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
     run_result_free(&r);
     if (r.status != MOE_OK) break;
   }
-  double tps[128], ttft[128], e2e[128], stall[128], p50[128], p90[128], p99[128];
+  double tps[MAX_REPS], ttft[MAX_REPS], e2e[MAX_REPS], stall[MAX_REPS], p50[MAX_REPS],
+      p90[MAX_REPS], p99[MAX_REPS];
   int n = 0;
-  for (int i = 0; i < rc->reps && i < 128; i++) {
+  for (int i = 0; i < rc->reps && i < MAX_REPS; i++) {
     sp.keep_logits = want_logits && i == rc->reps - 1;
     if (i > 0) run_result_free(&r);
     runner_run(&sp, &r);
@@ -100,31 +153,7 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
   if (r.status != MOE_OK) {
     res_set(row, "error", r.error);
   } else {
-    double mn = tps[0], mx = tps[0];
-    for (int i = 1; i < n; i++) mn = fmin(mn, tps[i]), mx = fmax(mx, tps[i]);
-    res_setf(row, "tokens_per_s", "%.6g", runner_median(tps, n));
-    res_setf(row, "tokens_per_s_min", "%.6g", mn);
-    res_setf(row, "tokens_per_s_max", "%.6g", mx);
-    res_setf(row, "ttft_s", "%.6g", runner_median(ttft, n));
-    res_setf(row, "token_latency_p50_s", "%.6g", runner_median(p50, n));
-    res_setf(row, "token_latency_p90_s", "%.6g", runner_median(p90, n));
-    res_setf(row, "token_latency_p99_s", "%.6g", runner_median(p99, n));
-    res_setf(row, "e2e_s", "%.6g", runner_median(e2e, n));
-    res_setf(row, "stall_s", "%.6g", runner_median(stall, n));
-    res_setf(row, "peak_device_bytes", "%zu", r.peak_bytes);
-    static const char *cat_cols[MOE_MEM_CATEGORIES] = {
-        "peak_dense_bytes", "peak_expert_slots_bytes", "peak_kv_cache_bytes",
-        "peak_activations_bytes", "peak_workspace_bytes"};
-    for (int c = 0; c < MOE_MEM_CATEGORIES; c++) res_setf(row, cat_cols[c], "%zu", r.peak_by_cat[c]);
-    res_setf(row, "planned_device_bytes", "%zu", r.planned_bytes);
-    res_setf(row, "expert_slots", "%d", r.stats.slots);
-    res_setf(row, "h2d_bytes", "%llu", r.stats.bytes_h2d);
-    res_setf(row, "expert_fetches", "%llu", r.stats.fetches);
-    res_setf(row, "expert_misses", "%llu", r.stats.misses);
-    res_setf(row, "expert_recopies", "%llu", r.stats.recopies);
-    if (r.stats.pregate_total)
-      res_setf(row, "pregate_hit_rate", "%.6f",
-               (double)r.stats.pregate_hits / (double)r.stats.pregate_total);
+    row_figures(row, &r, tps, ttft, e2e, stall, p50, p90, p99, n);
     if (ref && ref->status == MOE_OK) {
       double match, diff;
       runner_parity(ref, &r, rc->batch, rc->wl->gen_len, moe_model_config(rc->model)->vocab,
@@ -138,6 +167,38 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
   } else {
     run_result_free(&r);
   }
+}
+
+/* ------------------------------------------------------------ backends */
+
+/* Resolves a backend name ("auto": moe_backend_auto) and learns its device
+ * name by opening it once.  A link cap on a backend that cannot emulate one
+ * is dropped (*link = 0) with a note, since its copies use the real link.
+ * Returns the table, or NULL after printing why. */
+static const moe_backend_ops *resolve_backend(const char *name, int threads, double *link,
+                                              char *device, size_t cap) {
+  const moe_backend_ops *o = strcmp(name, "auto") == 0 ? moe_backend_auto() : moe_backend_find(name);
+  moe_error err = {0};
+  if (o == NULL) {
+    moe_device probe;
+    (void)moe_device_open(&probe, name, NULL, &err); /* the registry's own message */
+    cli_fail(&err);
+    return NULL;
+  }
+  if (*link != 0 && !(o->caps & MOE_BACKEND_CAP_LINK_CAP)) {
+    fprintf(stderr, "moebench: note: the %s backend copies over its real link; link cap %g GB/s "
+                    "ignored (rows record 0)\n", o->name, *link);
+    *link = 0;
+  }
+  moe_device dev;
+  moe_backend_options bo = {.threads = threads, .link_gbps = *link};
+  if (moe_device_open_ops(&dev, o, &bo, &err) != MOE_OK) {
+    cli_fail(&err);
+    return NULL;
+  }
+  snprintf(device, cap, "%s", moe_backend_device_name(dev.ops, dev.be));
+  moe_device_close(&dev);
+  return o;
 }
 
 /* ------------------------------------------------------------ metadata */
@@ -177,10 +238,16 @@ static json_t *metadata(json_t *av, const char *suite_name, const char *backend,
   json_object_set_new(m, "host_memory_bytes",
                       json_integer((json_int_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE)));
   json_object_set_new(m, "backend", json_string(backend));
-  char cuda[256];
-  moe_error err = {0};
-  json_object_set_new(m, "cuda_device", moe_cuda_probe(cuda, sizeof cuda, &err) == MOE_OK
-                                            ? json_string(cuda) : json_string(err.msg));
+  /* what each compiled-in backend finds on this machine */
+  json_t *devs = json_object();
+  for (size_t i = 0; i < moe_backend_count(); i++) {
+    const moe_backend_ops *o = moe_backend_at(i);
+    char desc[256] = "present";
+    moe_error err = {0};
+    const bool absent = o->probe && o->probe(desc, sizeof desc, &err) != MOE_OK;
+    json_object_set_new(devs, o->name, json_string(absent ? err.msg : desc));
+  }
+  json_object_set_new(m, "devices", devs);
   json_object_set_new(m, "link_gbps", json_real(link));
   json_object_set_new(m, "hardware_profile", json_string("none: every figure is measured on this machine (no cost model yet)"));
   json_object_set_new(m, "start_time", json_string(start));
@@ -211,49 +278,6 @@ static void mkdir_parent(const char *prefix) {
     }
 }
 
-static int read_token_file(const workload *w, int32_t **ids, int *n) {
-  FILE *f = fopen(w->token_file, "r");
-  if (f == NULL) {
-    cli_error("%s: workload '%s': cannot open token file", w->token_file, w->name);
-    return -1;
-  }
-  char *line = NULL;
-  size_t cap = 0;
-  int count = 0, lineno = 0;
-  int32_t *all = NULL;
-  while (getline(&line, &cap, f) >= 0) {
-    lineno++;
-    int32_t *x;
-    int k = cli_parse_ids(line, &x);
-    if (k == 0) {
-      free(x);
-      continue;
-    }
-    if (k != w->prompt_len) {
-      cli_error("%s:%d: workload '%s' wants %d ids per prompt, the line has %d", w->token_file,
-                lineno, w->name, w->prompt_len, k < 0 ? 0 : k);
-      if (k > 0) free(x);
-      free(all);
-      free(line);
-      fclose(f);
-      return -1;
-    }
-    all = realloc(all, (size_t)(count + 1) * (size_t)k * sizeof *all);
-    memcpy(all + (size_t)count * (size_t)k, x, (size_t)k * sizeof *x);
-    free(x);
-    count++;
-  }
-  free(line);
-  fclose(f);
-  if (count == 0) {
-    cli_error("%s: no prompts in token file", w->token_file);
-    return -1;
-  }
-  *ids = all;
-  *n = count;
-  return 0;
-}
-
 /* ------------------------------------------------------------ sweep */
 
 static void sweep_usage(FILE *f) {
@@ -261,12 +285,15 @@ static void sweep_usage(FILE *f) {
           "usage: moebench sweep SUITE [options]\n\n"
           "Runs every configuration of a suite (workloads/suites/SUITE.json or a path):\n"
           "models x workloads (x batch sizes) x device budgets x policies.  Rows are written\n"
-          "to PREFIX.csv and PREFIX.json after each run (temporary file + rename).\n\n"
+          "to PREFIX.csv and PREFIX.json after each run (temporary file + rename); a lock\n"
+          "file PREFIX.lock keeps a second sweep from writing the same files.\n\n"
           "  -o, --out PREFIX   output prefix (default results/runs/SUITE)\n"
-          "  --resume           keep rows already in PREFIX.csv and skip their runs\n"
-          "  --reps N           override the suite's repetitions\n"
+          "  --resume           keep rows already in PREFIX.csv whose key (every input that\n"
+          "                     changes a figure) matches, and skip their runs\n"
+          "  --reps N           override the suite's repetitions (1..%d)\n"
           "  --quiet            no progress output\n"
-          "  -h, --help         this text\n");
+          "  -h, --help         this text\n",
+          MAX_REPS);
 }
 
 typedef struct progress {
@@ -289,30 +316,205 @@ static void progress_show(progress *p, const char *what) {
   fflush(stderr);
 }
 
-int cmd_sweep(int argc, char **argv) {
+/* One sweep's state, shared by its loops. */
+typedef struct sweep_ctx {
+  suite *s;
+  cli_preset *presets;
+  const char *backend;
+  char device[256];
+  char prefix[1024];
+  bool resume;
+  res_table t;
+  json_t *meta;
+  progress pr;
+  int ran, skipped;
+} sweep_ctx;
+
+/* The routing a suite row runs: the suite's, else the policy's own. */
+static moe_routing suite_routing(const suite *s, const moe_policy *pol) {
+  if (!strcmp(s->routing, "pregated")) return MOE_ROUTING_PREGATED;
+  if (!strcmp(s->routing, "conventional")) return MOE_ROUTING_CONVENTIONAL;
+  return pol->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED
+                                                            : MOE_ROUTING_CONVENTIONAL;
+}
+
+/* A finished row with rc's key is in the resumed table. */
+static bool row_done(const sweep_ctx *x, const row_config *rc) {
+  if (!x->resume) return false;
+  res_table probe;
+  res_table_init(&probe);
+  res_row *r = res_table_add(&probe);
+  bool done = false;
+  if (r) {
+    row_key_columns(rc, r);
+    done = res_find(&x->t, r) >= 0;
+  }
+  res_table_free(&probe);
+  return done;
+}
+
+/* The policies of one (model, workload, batch) across the budgets, gpu-only
+ * first: it is the parity reference of the others.  The budget does not
+ * change the math, so a gpu-only run that fitted an earlier budget also
+ * serves the budgets where gpu-only is OOM. */
+static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *wl, int batch,
+                       const int32_t *ids, int n_ids) {
+  const suite *s = x->s;
+  const cli_preset *ps = &x->presets[mi];
+  moe_error err = {0};
+  int rc = 0;
+  run_result ref = {0};
+  bool have_ref = false;
+  int order[SUITE_MAX], no = 0;
+  for (int p = 0; p < s->n_policies; p++)
+    if (!strcmp(s->policies[p], "gpu-only")) order[no++] = p;
+  for (int p = 0; p < s->n_policies; p++)
+    if (strcmp(s->policies[p], "gpu-only")) order[no++] = p;
+  for (int bu = 0; bu < s->n_budgets && rc == 0; bu++)
+    for (int k = 0; k < no && rc == 0; k++) {
+      const moe_policy *pol = moe_policy_find(s->policies[order[k]]);
+      row_config rcfg = {ps->name,      ps->seed,          *model,     ps->dtype,   wl,
+                         batch,         pol,               suite_routing(s, pol),  x->backend,
+                         x->device,     s->budgets[bu],    s->link_gbps, s->threads,
+                         s->repetitions, s->warmup,        ids,        n_ids};
+      char what[256];
+      snprintf(what, sizeof what, "%s/%s/b%d/%s", ps->name, wl->name, batch, pol->name);
+      const bool done_before = row_done(x, &rcfg);
+      const bool is_ref = !strcmp(pol->name, "gpu-only");
+      if (done_before && (!is_ref || have_ref)) {
+        x->pr.done++;
+        x->skipped++;
+        progress_show(&x->pr, what);
+        continue;
+      }
+      if (*model == NULL) {
+        moe_synth_options so = cli_preset_synth(ps);
+        if (moe_model_synthetic(model, &ps->cfg, &so, &err) != MOE_OK) {
+          rc = cli_fail(&err);
+          break;
+        }
+      }
+      rcfg.model = *model;
+      const moe_config *mc = moe_model_config(*model);
+      bool want_logits = (double)batch * wl->gen_len * mc->vocab <= 64e6;
+      progress_show(&x->pr, what);
+      run_result cur = {0};
+      res_table scratch;
+      res_table_init(&scratch);
+      /* a finished gpu-only row is rerun, not re-recorded, only to be the reference */
+      res_row *row = done_before ? res_table_add(&scratch) : res_table_add(&x->t);
+      if (row == NULL) {
+        cli_error("out of host memory for result rows");
+        res_table_free(&scratch);
+        rc = 1;
+        break;
+      }
+      run_row(&rcfg, row, have_ref ? &ref : NULL, is_ref ? &cur : NULL, want_logits);
+      res_table_free(&scratch);
+      if (is_ref && cur.status == MOE_OK) {
+        run_result_free(&ref);
+        ref = cur;
+        have_ref = true;
+      } else if (is_ref) {
+        run_result_free(&cur);
+      }
+      if (!done_before) {
+        x->ran++;
+        if (write_outputs(x->prefix, &x->t, x->meta, &err) != MOE_OK) rc = cli_fail(&err);
+      }
+      x->pr.done++;
+    }
+  run_result_free(&ref);
+  return rc;
+}
+
+/* Every workload and batch of model mi; the model is built on first need. */
+static int sweep_model(sweep_ctx *x, int mi) {
+  moe_model *model = NULL;
+  int rc = 0;
+  for (int w = 0; w < x->s->n_workloads && rc == 0; w++) {
+    const workload *wl = &x->s->workloads[w];
+    int32_t *ids = NULL;
+    int n_ids = 0, len = 0;
+    if (wl->token_file[0] &&
+        cli_read_token_file(wl->token_file, wl->prompt_len, &ids, &n_ids, &len) != 0) {
+      rc = 1;
+      break;
+    }
+    for (int bi = 0; bi < wl->n_batches && rc == 0; bi++)
+      rc = sweep_batch(x, mi, &model, wl, wl->batches[bi], ids, n_ids);
+    free(ids);
+  }
+  moe_model_free(model);
+  return rc;
+}
+
+/* Metadata for the sweep's JSON: run facts plus the seeds of every model
+ * and workload. */
+static json_t *sweep_metadata(const sweep_ctx *x, int argc, char **argv) {
+  char start[32];
+  iso_now(start, sizeof start);
+  json_t *meta = metadata(argv_json(argc, argv), x->s->name, x->backend, x->s->link_gbps, start);
+  json_object_set_new(meta, "device", json_string(x->device));
+  json_t *seeds = json_object();
+  for (int i = 0; i < x->s->n_models; i++)
+    json_object_set_new(seeds, x->presets[i].name, json_integer((json_int_t)x->presets[i].seed));
+  json_object_set_new(meta, "model_seeds", seeds);
+  json_t *wseeds = json_object();
+  for (int i = 0; i < x->s->n_workloads; i++) {
+    const workload *w = &x->s->workloads[i];
+    json_object_set_new(wseeds, w->name,
+                        w->token_file[0] ? json_string(w->token_file) : json_integer((json_int_t)w->seed));
+  }
+  json_object_set_new(meta, "prompt_seeds", wseeds);
+  return meta;
+}
+
+/* Takes PREFIX.lock (advisory, released at exit): two sweeps must not write
+ * the same files.  Returns the descriptor, or -1 after printing why. */
+static int lock_output(const char *prefix) {
+  char path[1100];
+  snprintf(path, sizeof path, "%s.lock", prefix);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  if (fd < 0) {
+    cli_error("%s: cannot create the lock file: %s", path, strerror(errno));
+    return -1;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    cli_error("%s: another sweep is writing %s.csv and .json; refusing a second writer", path,
+              prefix);
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* Options of sweep; returns -1 to go on, else the exit code. */
+static int sweep_args(int argc, char **argv, const char **suite_arg, const char **out, bool *resume,
+                      bool *quiet, long *reps) {
   static const struct option opts[] = {{"out", required_argument, 0, 'o'},
                                        {"resume", no_argument, 0, 'R'},
                                        {"reps", required_argument, 0, 'r'},
                                        {"quiet", no_argument, 0, 'q'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  const char *out = NULL;
-  bool resume = false, quiet = false;
-  long reps = 0;
-  char *orig[128]; /* getopt permutes argv; keep it as given for the metadata */
-  const int n_orig = argc < 128 ? argc : 128;
-  memcpy(orig, argv, (size_t)n_orig * sizeof *orig);
   optind = 1;
   opterr = 0;
   int c;
   while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
     switch (c) {
-      case 'o': out = optarg; break;
-      case 'R': resume = true; break;
-      case 'q': quiet = true; break;
+      case 'o':
+        if (optarg[0] == '\0') {
+          cli_error("sweep: --out needs a non-empty prefix");
+          return 2;
+        }
+        *out = optarg;
+        break;
+      case 'R': *resume = true; break;
+      case 'q': *quiet = true; break;
       case 'r':
-        if (!cli_parse_int(optarg, 1, 100, &reps)) {
-          cli_error("sweep: invalid value '%s' for --reps", optarg);
+        if (!cli_parse_int(optarg, 1, MAX_REPS, reps)) {
+          cli_error("sweep: invalid value '%s' for --reps (1..%d)", optarg, MAX_REPS);
           return 2;
         }
         break;
@@ -326,169 +528,87 @@ int cmd_sweep(int argc, char **argv) {
     cli_error("sweep: give exactly one suite (see 'moebench list suites')");
     return 2;
   }
-  suite *s = calloc(1, sizeof *s);
-  moe_error err = {0};
-  if (suite_load(s, argv[optind], &err) != MOE_OK) {
-    free(s);
-    return cli_fail(&err);
-  }
-  if (reps) s->repetitions = (int)reps;
-  /* validate names before spending time */
-  for (int i = 0; i < s->n_policies; i++)
-    if (moe_policy_find(s->policies[i]) == NULL) {
-      cli_error("%s: unknown policy '%s' in field 'policies'", s->path, s->policies[i]);
-      free(s);
-      return 1;
-    }
-  cli_preset *presets = calloc((size_t)s->n_models, sizeof *presets);
-  for (int i = 0; i < s->n_models; i++)
-    if (cli_preset_load(&presets[i], s->models[i], &err) != MOE_OK) {
-      free(presets);
-      free(s);
-      return cli_fail(&err);
-    }
-  const char *backend = s->backend;
-  if (strcmp(backend, "auto") == 0) {
-    char d[128];
-    moe_error e2 = {0};
-    backend = moe_cuda_probe(d, sizeof d, &e2) == MOE_OK && moe_backend_find("cuda") ? "cuda" : "cpu";
-  }
-  /* a GPU copies over its real link: the emulated cap is for the cpu backend */
-  if (strcmp(backend, "cuda") == 0) s->link_gbps = 0.0;
-  char prefix[1024];
-  if (out)
-    snprintf(prefix, sizeof prefix, "%s", out);
-  else
-    snprintf(prefix, sizeof prefix, "results/runs/%s", s->name);
-  mkdir_parent(prefix);
-  res_table t;
-  res_table_init(&t);
-  char path[1100];
-  snprintf(path, sizeof path, "%s.csv", prefix);
-  if (resume && access(path, F_OK) == 0 && res_read_csv(path, &t, &err) != MOE_OK) {
-    free(presets);
-    free(s);
-    return cli_fail(&err);
-  }
-  char start[32];
-  iso_now(start, sizeof start);
-  json_t *meta = metadata(argv_json(n_orig, orig), s->name, backend, s->link_gbps, start);
-  json_t *seeds = json_object();
-  for (int i = 0; i < s->n_models; i++) json_object_set_new(seeds, presets[i].name, json_integer((json_int_t)presets[i].seed));
-  json_object_set_new(meta, "model_seeds", seeds);
-  json_t *wseeds = json_object();
-  for (int i = 0; i < s->n_workloads; i++)
-    json_object_set_new(wseeds, s->workloads[i].name,
-                        s->workloads[i].token_file[0] ? json_string(s->workloads[i].token_file)
-                                                      : json_integer((json_int_t)s->workloads[i].seed));
-  json_object_set_new(meta, "prompt_seeds", wseeds);
+  *suite_arg = argv[optind];
+  return -1;
+}
 
-  progress pr = {0, 0, moe_clock_s(), isatty(2) != 0, quiet};
-  for (int w = 0; w < s->n_workloads; w++) pr.total += s->workloads[w].n_batches;
-  pr.total *= s->n_models * s->n_budgets * s->n_policies;
-  int rc = 0, ran = 0, skipped = 0;
-  for (int mi = 0; mi < s->n_models && rc == 0; mi++) {
-    moe_model *model = NULL;
-    for (int w = 0; w < s->n_workloads && rc == 0; w++) {
-      const workload *wl = &s->workloads[w];
-      int32_t *file_ids = NULL;
-      int n_file = 0;
-      if (wl->token_file[0] && read_token_file(wl, &file_ids, &n_file) != 0) {
-        rc = 1;
-        break;
-      }
-      for (int bi = 0; bi < wl->n_batches && rc == 0; bi++) {
-        /* The parity reference: gpu-only on the same model and inputs.  The
-         * budget does not change the math, so a gpu-only run that fitted an
-         * earlier budget also serves the budgets where gpu-only is OOM. */
-        run_result ref = {0};
-        bool have_ref = false;
-        for (int bu = 0; bu < s->n_budgets && rc == 0; bu++) {
-          /* gpu-only first: it is the parity reference of the others */
-          int order[SUITE_MAX], no = 0;
-          for (int p = 0; p < s->n_policies; p++)
-            if (!strcmp(s->policies[p], "gpu-only")) order[no++] = p;
-          for (int p = 0; p < s->n_policies; p++)
-            if (strcmp(s->policies[p], "gpu-only")) order[no++] = p;
-          for (int k = 0; k < no && rc == 0; k++) {
-            const moe_policy *pol = moe_policy_find(s->policies[order[k]]);
-            moe_routing routing =
-                !strcmp(s->routing, "pregated") ? MOE_ROUTING_PREGATED
-                : !strcmp(s->routing, "conventional") ? MOE_ROUTING_CONVENTIONAL
-                : pol->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED
-                                                                : MOE_ROUTING_CONVENTIONAL;
-            char what[256];
-            snprintf(what, sizeof what, "%s/%s/b%d/%s", presets[mi].name, wl->name, wl->batches[bi],
-                     pol->name);
-            res_table probe;
-            res_table_init(&probe);
-            res_row *pr_row = res_table_add(&probe);
-            res_set(pr_row, "model", presets[mi].name);
-            res_set(pr_row, "workload", wl->name);
-            res_set(pr_row, "policy", pol->name);
-            res_set(pr_row, "routing", moe_routing_name(routing));
-            res_set(pr_row, "backend", backend);
-            res_setf(pr_row, "device_mem_budget_bytes", "%zu", s->budgets[bu]);
-            res_setf(pr_row, "batch", "%d", wl->batches[bi]);
-            bool done_before = resume && res_find(&t, pr_row) >= 0;
-            res_table_free(&probe);
-            const bool is_ref = !strcmp(pol->name, "gpu-only");
-            if (done_before && (!is_ref || have_ref)) {
-              pr.done++;
-              skipped++;
-              progress_show(&pr, what);
-              continue;
-            }
-            if (model == NULL) {
-              moe_synth_options so = cli_preset_synth(&presets[mi]);
-              if (moe_model_synthetic(&model, &presets[mi].cfg, &so, &err) != MOE_OK) {
-                rc = cli_fail(&err);
-                break;
-              }
-            }
-            row_config rcfg = {presets[mi].name, model, wl, wl->batches[bi], pol, routing, backend,
-                               s->budgets[bu], s->link_gbps, s->threads, s->repetitions, s->warmup,
-                               file_ids, n_file};
-            const moe_config *mc = moe_model_config(model);
-            bool want_logits = (double)wl->batches[bi] * wl->gen_len * mc->vocab <= 64e6;
-            progress_show(&pr, what);
-            run_result cur = {0};
-            res_table scratch;
-            res_table_init(&scratch);
-            /* a finished gpu-only row is rerun, not re-recorded, only to be the reference */
-            res_row *row = done_before ? res_table_add(&scratch) : res_table_add(&t);
-            run_row(&rcfg, row, have_ref ? &ref : NULL, is_ref ? &cur : NULL, want_logits);
-            res_table_free(&scratch);
-            if (is_ref && cur.status == MOE_OK) {
-              run_result_free(&ref);
-              ref = cur;
-              have_ref = true;
-            } else if (is_ref) {
-              run_result_free(&cur);
-            }
-            if (!done_before) {
-              ran++;
-              if (write_outputs(prefix, &t, meta, &err) != MOE_OK) rc = cli_fail(&err);
-            }
-            pr.done++;
-          }
-        }
-        run_result_free(&ref);
-      }
-      free(file_ids);
+int cmd_sweep(int argc, char **argv) {
+  char *orig[128]; /* getopt permutes argv; keep it as given for the metadata */
+  const int n_orig = argc < 128 ? argc : 128;
+  memcpy(orig, argv, (size_t)n_orig * sizeof *orig);
+  const char *suite_arg = NULL, *out = NULL;
+  bool resume = false, quiet = false;
+  long reps = 0;
+  int rc = sweep_args(argc, argv, &suite_arg, &out, &resume, &quiet, &reps);
+  if (rc >= 0) return rc;
+  sweep_ctx x = {.resume = resume};
+  res_table_init(&x.t);
+  x.s = calloc(1, sizeof *x.s);
+  moe_error err = {0};
+  int lock_fd = -1;
+  rc = 1;
+  if (x.s == NULL || suite_load(x.s, suite_arg, &err) != MOE_OK) {
+    if (x.s) cli_fail(&err);
+    goto done;
+  }
+  if (reps) x.s->repetitions = (int)reps;
+  for (int i = 0; i < x.s->n_policies; i++)
+    if (moe_policy_find(x.s->policies[i]) == NULL) {
+      cli_error("%s: unknown policy '%s' in field 'policies'", x.s->path, x.s->policies[i]);
+      goto done;
     }
-    moe_model_free(model);
+  x.presets = calloc((size_t)x.s->n_models, sizeof *x.presets);
+  for (int i = 0; i < x.s->n_models; i++)
+    if (cli_preset_load(&x.presets[i], x.s->models[i], &err) != MOE_OK) {
+      cli_fail(&err);
+      goto done;
+    }
+  const moe_backend_ops *bo =
+      resolve_backend(x.s->backend, x.s->threads, &x.s->link_gbps, x.device, sizeof x.device);
+  if (bo == NULL) goto done;
+  x.backend = bo->name;
+  if (out)
+    snprintf(x.prefix, sizeof x.prefix, "%s", out);
+  else
+    snprintf(x.prefix, sizeof x.prefix, "results/runs/%s", x.s->name);
+  mkdir_parent(x.prefix);
+  if ((lock_fd = lock_output(x.prefix)) < 0) goto done;
+  char path[1100];
+  snprintf(path, sizeof path, "%s.csv", x.prefix);
+  if (resume && access(path, F_OK) == 0 && res_read_csv(path, &x.t, &err) != MOE_OK) {
+    cli_fail(&err);
+    goto done;
   }
+  if (resume) {
+    long dup = -1;
+    res_index *ix = res_index_build(&x.t, NULL, &dup);
+    res_index_free(ix);
+    if (dup >= 0) {
+      cli_error("%s: row %ld repeats the key of an earlier row; refusing to resume from it", path,
+                dup + 1);
+      goto done;
+    }
+  }
+  x.meta = sweep_metadata(&x, n_orig, orig);
+  x.pr = (progress){0, 0, moe_clock_s(), isatty(2) != 0, quiet};
+  for (int w = 0; w < x.s->n_workloads; w++) x.pr.total += x.s->workloads[w].n_batches;
+  x.pr.total *= x.s->n_models * x.s->n_budgets * x.s->n_policies;
+  rc = 0;
+  for (int mi = 0; mi < x.s->n_models && rc == 0; mi++) rc = sweep_model(&x, mi);
   if (!quiet) {
-    if (pr.tty) fprintf(stderr, "\n");
+    if (x.pr.tty) fprintf(stderr, "\n");
     fprintf(stderr, "sweep %s: %d runs, %d skipped (--resume), %.0f s; wrote %s.csv and %s.json\n",
-            s->name, ran, skipped, moe_clock_s() - pr.start, prefix, prefix);
+            x.s->name, x.ran, x.skipped, moe_clock_s() - x.pr.start, x.prefix, x.prefix);
   }
-  if (rc == 0 && ran == 0 && write_outputs(prefix, &t, meta, &err) != MOE_OK) rc = cli_fail(&err);
-  json_decref(meta);
-  res_table_free(&t);
-  free(presets);
-  free(s);
+  /* also when nothing ran: a resumed CSV and JSON are published together */
+  if (rc == 0 && x.ran == 0 && write_outputs(x.prefix, &x.t, x.meta, &err) != MOE_OK)
+    rc = cli_fail(&err);
+done:
+  if (lock_fd >= 0) close(lock_fd);
+  json_decref(x.meta);
+  res_table_free(&x.t);
+  free(x.presets);
+  free(x.s);
   return rc;
 }
 
@@ -503,6 +623,7 @@ int cmd_run(int argc, char **argv) {
       {"warmup", required_argument, 0, 'w'},   {"link-gbps", required_argument, 0, 'L'},
       {"device-mem", required_argument, 0, 'm'}, {"backend", required_argument, 0, 'B'},
       {"threads", required_argument, 0, 't'},  {"seed", required_argument, 0, 's'},
+      {"prompt-seed", required_argument, 0, 'S'},
       {"out", required_argument, 0, 'o'},      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *preset = NULL, *policy = "gpu-only", *backend = "cpu", *out = NULL;
@@ -510,7 +631,8 @@ int cmd_run(int argc, char **argv) {
   const int n_orig = argc < 128 ? argc : 128;
   memcpy(orig, argv, (size_t)n_orig * sizeof *orig);
   long batch = 1, plen = 32, glen = 32, requests = 1, reps = 1, warmup = 0, threads = 1;
-  uint64_t seed = 1;
+  uint64_t seed = 0, prompt_seed = 1;
+  bool have_seed = false;
   double link = 0;
   size_t devmem = 0;
   bool have_routing = false;
@@ -528,31 +650,34 @@ int cmd_run(int argc, char **argv) {
       case 'l': ok = cli_parse_int(optarg, 1, 1 << 16, &plen); break;
       case 'g': ok = cli_parse_int(optarg, 2, 1 << 16, &glen); break;
       case 'q': ok = cli_parse_int(optarg, 1, 1 << 16, &requests); break;
-      case 'r': ok = cli_parse_int(optarg, 1, 100, &reps); break;
+      case 'r': ok = cli_parse_int(optarg, 1, MAX_REPS, &reps); break;
       case 'w': ok = cli_parse_int(optarg, 0, 100, &warmup); break;
       case 'L': ok = cli_parse_double(optarg, &link) && link >= 0; break;
       case 'm': ok = cli_parse_bytes(optarg, &devmem) && devmem > 0; break;
       case 'B': backend = optarg; break;
       case 't': ok = cli_parse_int(optarg, 1, 1024, &threads); break;
-      case 's': ok = cli_parse_u64(optarg, &seed); break;
-      case 'o': out = optarg; break;
+      case 's': ok = cli_parse_u64(optarg, &seed); have_seed = true; break;
+      case 'S': ok = cli_parse_u64(optarg, &prompt_seed); break;
+      case 'o': ok = optarg[0] != '\0'; out = optarg; break;
       case 'h':
         printf("usage: moebench run --preset NAME [options]\n\n"
                "Measures one configuration and prints its result row (markdown); with --out,\n"
                "also writes PREFIX.csv and PREFIX.json.\n\n"
                "  --preset NAME       model preset\n"
                "  --policy NAME       gpu-only (default), ondemand, prefetch-all, pregated\n"
-               "  --routing MODE      conventional or pregated (default: by policy)\n"
+               "  --routing MODE      conventional or pregated (default: the policy's own,\n"
+               "                      pregated for pregated; the row's routing column says)\n"
                "  --batch B           sequences (default 1)\n"
                "  --prompt-len N      prompt tokens (default 32)\n"
                "  --gen-len N         generated tokens (default 32)\n"
                "  --requests N        generate calls per repetition (default 1)\n"
                "  --reps N            measured repetitions (default 1)\n"
                "  --warmup N          unmeasured warm-up runs (default 0)\n"
-               "  --seed N            prompt seed (default 1)\n"
+               "  --seed N            weight seed of the preset's model (default: the preset's)\n"
+               "  --prompt-seed N     seed of the random prompts (default 1)\n"
                "  --link-gbps X       cpu backend: host-to-device link cap\n"
                "  --device-mem SIZE   device-memory budget (default capacity)\n"
-               "  --backend NAME      cpu (default)\n"
+               "  --backend NAME      cpu (default), cuda, auto (see 'moebench list backends')\n"
                "  --threads N         math threads (default 1)\n"
                "  -o, --out PREFIX    write PREFIX.csv and PREFIX.json\n"
                "  -h, --help          this text\n");
@@ -580,13 +705,24 @@ int cmd_run(int argc, char **argv) {
   cli_preset p;
   moe_error err = {0};
   moe_model *m = NULL;
-  if (cli_preset_model(preset, &p, &m, &err) != MOE_OK) return cli_fail(&err);
+  if (cli_preset_load(&p, preset, &err) != MOE_OK) return cli_fail(&err);
+  if (have_seed) p.seed = seed;
+  moe_synth_options so = cli_preset_synth(&p);
+  if (moe_model_synthetic(&m, &p.cfg, &so, &err) != MOE_OK) return cli_fail(&err);
+  char device[256];
+  const moe_backend_ops *bops = resolve_backend(backend, (int)threads, &link, device, sizeof device);
+  if (bops == NULL) {
+    moe_model_free(m);
+    return 1;
+  }
+  backend = bops->name;
   workload wl = {.n_batches = 1, .prompt_len = (int)plen, .gen_len = (int)glen,
-                 .requests = (int)requests, .seed = seed};
+                 .requests = (int)requests, .seed = prompt_seed};
   snprintf(wl.name, sizeof wl.name, "p%ld-g%ld", plen, glen);
   wl.batches[0] = (int)batch;
-  row_config rc = {p.name, m, &wl, (int)batch, pol, routing, backend, devmem, link, (int)threads,
-                   (int)reps, (int)warmup, NULL, 0};
+  row_config rc = {p.name,     p.seed, m,      p.dtype,      &wl,          (int)batch,
+                   pol,        routing, backend, device,     devmem,       link,
+                   (int)threads, (int)reps, (int)warmup, NULL,        0};
   res_table t;
   res_table_init(&t);
   res_row *row = res_table_add(&t);

@@ -3,31 +3,40 @@
 
 #include <csv.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 const res_column res_columns[] = {
     {"schema_version", RES_TEXT, 0, false, "result schema, major.minor"},
     {"model", RES_KEY, 0, false, "model preset name"},
+    {"model_seed", RES_KEY, 0, true, "seed the synthetic model's weights were drawn from"},
+    {"dtype", RES_KEY, 0, false, "weight storage dtype: f32, f16 or bf16"},
     {"workload", RES_KEY, 0, false, "workload name"},
     {"policy", RES_KEY, 0, false, "offload policy"},
-    {"routing", RES_KEY, 0, false, "conventional or pregated"},
-    {"backend", RES_KEY, 0, false, "cpu or cuda"},
+    {"routing", RES_KEY, 0, false, "conventional or pregated: the routing that ran"},
+    {"backend", RES_KEY, 0, false, "backend name (cpu, cuda, ...)"},
+    {"device", RES_KEY, 0, false, "the device the row ran on, as the backend names it"},
+    {"threads", RES_KEY, 0, true, "math threads"},
+    {"link_gbps", RES_KEY, 0, false, "host-to-device link cap, GB/s (0 = none)"},
     {"device_mem_budget_bytes", RES_KEY, 0, true, "device-memory budget; 0 = device capacity"},
     {"batch", RES_KEY, 0, true, "sequences per step"},
-    {"prompt_len", RES_TEXT, 0, true, "prompt tokens per sequence"},
-    {"gen_len", RES_TEXT, 0, true, "generated tokens per sequence"},
-    {"requests", RES_TEXT, 0, true, "generate calls per repetition"},
-    {"link_gbps", RES_TEXT, 0, false, "host-to-device link cap, GB/s (0 = none)"},
-    {"repetitions", RES_TEXT, 0, true, "measured repetitions (warm-up excluded)"},
+    {"prompt_len", RES_KEY, 0, true, "prompt tokens per sequence"},
+    {"gen_len", RES_KEY, 0, true, "generated tokens per sequence"},
+    {"requests", RES_KEY, 0, true, "generate calls per repetition"},
+    {"prompt_seed", RES_KEY, 0, false, "seed of the random prompts (empty: prompts from a token file)"},
+    {"repetitions", RES_KEY, 0, true, "measured repetitions (warm-up excluded)"},
     {"status", RES_DETERMINISTIC, 0, false, "ok, OOM or error"},
     {"error", RES_TEXT, 0, false, "one-line error when status is not ok"},
     {"tokens_per_s", RES_MEASURED, +1, false, "generated tokens / end-to-end time, median"},
     {"tokens_per_s_min", RES_MEASURED, +1, false, "minimum over repetitions"},
     {"tokens_per_s_max", RES_MEASURED, +1, false, "maximum over repetitions"},
+    {"rel_spread", RES_TEXT, 0, false, "(max - min) / median of tokens_per_s over the repetitions: the row's noise"},
     {"ttft_s", RES_MEASURED, -1, false, "time to first token (prefill + first token), median"},
     {"token_latency_p50_s", RES_MEASURED, -1, false, "per-token decode latency, 50th percentile"},
     {"token_latency_p90_s", RES_MEASURED, -1, false, "per-token decode latency, 90th percentile"},
@@ -109,24 +118,98 @@ const char *res_get(const res_row *r, const char *col) {
   return c < 0 ? "" : r->v[c];
 }
 
-void res_key(const res_row *r, char *buf, size_t cap) {
+/* Appends v to buf (at *n), escaping '|' and '\\' so keys cannot collide. */
+static void key_append(char *buf, size_t cap, size_t *n, const char *v) {
+  for (const char *c = v; *c; c++) {
+    if (*c == '|' || *c == '\\') {
+      if (*n + 1 < cap) buf[(*n)++] = '\\';
+    }
+    if (*n + 1 < cap) buf[(*n)++] = *c;
+  }
+  buf[*n < cap ? *n : cap - 1] = '\0';
+}
+
+void res_key_except(const res_row *r, const char *skip, char *buf, size_t cap) {
   size_t n = 0;
+  bool first = true;
   buf[0] = '\0';
   for (size_t c = 0; c < res_ncols; c++) {
     if (res_columns[c].kind != RES_KEY) continue;
-    int w = snprintf(buf + n, n < cap ? cap - n : 0, "%s%s", n ? "|" : "", r->v[c]);
-    if (w > 0) n += (size_t)w;
+    if (skip && strcmp(res_columns[c].name, skip) == 0) continue;
+    if (!first && n + 1 < cap) buf[n++] = '|', buf[n] = '\0';
+    key_append(buf, cap, &n, r->v[c]);
+    first = false;
   }
 }
 
+void res_key(const res_row *r, char *buf, size_t cap) { res_key_except(r, NULL, buf, cap); }
+
 long res_find(const res_table *t, const res_row *like) {
-  char a[1024], b[1024];
+  char a[RES_KEY_MAX], b[RES_KEY_MAX];
   res_key(like, a, sizeof a);
   for (size_t i = 0; i < t->n; i++) {
     res_key(&t->rows[i], b, sizeof b);
     if (strcmp(a, b) == 0) return (long)i;
   }
   return -1;
+}
+
+/* ------------------------------------------------------------ index */
+
+typedef struct idx_ent {
+  char *key;
+  size_t row;
+} idx_ent;
+
+struct res_index {
+  idx_ent *e;
+  size_t n;
+};
+
+static int cmp_ent(const void *a, const void *b) {
+  const idx_ent *x = a, *y = b;
+  int c = strcmp(x->key, y->key);
+  return c ? c : (x->row > y->row) - (x->row < y->row);
+}
+
+void res_index_free(res_index *ix) {
+  if (ix == NULL) return;
+  for (size_t i = 0; i < ix->n; i++) free(ix->e[i].key);
+  free(ix->e);
+  free(ix);
+}
+
+res_index *res_index_build(const res_table *t, const char *skip, long *dup) {
+  res_index *ix = calloc(1, sizeof *ix);
+  if (ix == NULL) return NULL;
+  ix->e = calloc(t->n ? t->n : 1, sizeof *ix->e);
+  if (ix->e == NULL) return free(ix), NULL;
+  char k[RES_KEY_MAX];
+  for (size_t i = 0; i < t->n; i++) {
+    res_key_except(&t->rows[i], skip, k, sizeof k);
+    ix->e[i].key = strdup(k);
+    ix->e[i].row = i;
+    ix->n++;
+    if (ix->e[i].key == NULL) return res_index_free(ix), NULL;
+  }
+  qsort(ix->e, ix->n, sizeof *ix->e, cmp_ent);
+  if (dup) {
+    *dup = -1;
+    for (size_t i = 1; i < ix->n && *dup < 0; i++)
+      if (strcmp(ix->e[i].key, ix->e[i - 1].key) == 0) *dup = (long)ix->e[i].row;
+  }
+  return ix;
+}
+
+long res_index_find(const res_index *ix, const char *key) {
+  size_t lo = 0, hi = ix->n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    int c = strcmp(ix->e[mid].key, key);
+    if (c < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < ix->n && strcmp(ix->e[lo].key, key) == 0 ? (long)ix->e[lo].row : -1;
 }
 
 /* ------------------------------------------------------------ CSV */
@@ -167,7 +250,17 @@ static void on_row(int term, void *ctx_) {
   if (c->st == MOE_OK) {
     if (!c->header_done) {
       c->ncol_file = c->field;
-      for (size_t i = 0; i < c->field; i++) c->map[i] = res_col(c->fields[i]);
+      c->t->from_file = true;
+      for (size_t i = 0; i < c->field; i++) {
+        c->map[i] = res_col(c->fields[i]);
+        for (size_t j = 0; j < i && c->map[i] >= 0; j++)
+          if (c->map[j] == c->map[i]) {
+            c->st = MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s:1: column '%s' appears twice", c->path,
+                             c->fields[i]);
+            break;
+          }
+        if (c->map[i] >= 0) c->t->has[c->map[i]] = true;
+      }
       int sv = res_col("schema_version");
       if (c->field == 0 || c->map[0] != sv)
         c->st = MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s:1: not a moebench results file (first column must be schema_version)",
@@ -210,9 +303,16 @@ moe_status res_read_csv_stream(FILE *f, const char *path, res_table *t, moe_erro
   csv_ctx c = {.t = t, .path = path, .err = err, .st = MOE_OK};
   char buf[65536];
   size_t n;
-  while (c.st == MOE_OK && (n = fread(buf, 1, sizeof buf, f)) > 0)
+  int last = -1; /* the file's last byte: a complete file ends its last record */
+  while (c.st == MOE_OK && (n = fread(buf, 1, sizeof buf, f)) > 0) {
+    last = (unsigned char)buf[n - 1];
     if (csv_parse(&p, buf, n, on_field, on_row, &c) != n && c.st == MOE_OK)
       c.st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: malformed CSV: %s", path, csv_strerror(csv_error(&p)));
+  }
+  if (c.st == MOE_OK && last >= 0 && last != '\n')
+    c.st = MOE_FAIL(err, MOE_ERR_FORMAT,
+                    "%s: truncated: the last record does not end with a newline (a cut file?)",
+                    path);
   if (c.st == MOE_OK) csv_fini(&p, on_field, on_row, &c);
   for (size_t i = 0; i < c.field; i++) free(c.fields[i]);
   csv_free(&p);
@@ -224,24 +324,46 @@ moe_status res_read_csv_stream(FILE *f, const char *path, res_table *t, moe_erro
 
 moe_status res_read_csv(const char *path, res_table *t, moe_error *err) {
   res_table_init(t);
-  FILE *f = fopen(path, "rb");
-  if (f == NULL) return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+  /* non-blocking, so a FIFO or device cannot hang the open; only a regular
+   * file is read */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+  struct stat sb;
+  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    close(fd);
+    return MOE_FAIL(err, MOE_ERR_IO, "%s: not a regular file", path);
+  }
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  FILE *f = fdopen(fd, "rb");
+  if (f == NULL) {
+    close(fd);
+    return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+  }
   moe_status st = res_read_csv_stream(f, path, t, err);
   fclose(f);
   return st;
 }
 
+/* A temporary file beside path, unique to this writer (mkstemp), so two
+ * writers never share one. */
 static moe_status atomic_begin(const char *path, char **tmp, FILE **f, moe_error *err) {
-  *tmp = malloc(strlen(path) + 5);
+  *tmp = malloc(strlen(path) + 16);
   if (*tmp == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory");
-  sprintf(*tmp, "%s.tmp", path);
-  *f = fopen(*tmp, "wb");
+  sprintf(*tmp, "%s.tmp.XXXXXX", path);
+  int fd = mkstemp(*tmp);
+  *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
   if (*f == NULL) {
     moe_status st = MOE_FAIL(err, MOE_ERR_IO, "%s: cannot create: %s", *tmp, strerror(errno));
+    if (fd >= 0) {
+      close(fd);
+      remove(*tmp);
+    }
     free(*tmp);
     *tmp = NULL;
     return st;
   }
+  (void)fchmod(fd, 0644);
   return MOE_OK;
 }
 

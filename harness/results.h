@@ -12,9 +12,10 @@
 
 #include "moe/status.h"
 
-#define RES_SCHEMA_MAJOR 1
+#define RES_SCHEMA_MAJOR 2
 #define RES_SCHEMA_MINOR 0
-#define RES_SCHEMA_VERSION "1.0"
+#define RES_SCHEMA_VERSION "2.0"
+#define RES_KEY_MAX 2048 /* bytes of a row key, escaped */
 
 typedef enum res_kind {
   RES_KEY,           /* identifies the row */
@@ -41,9 +42,13 @@ typedef struct res_row {
   char **v; /* res_ncols strings, "" when empty */
 } res_row;
 
+#define RES_MAX_COLS 128
+
 typedef struct res_table {
   res_row *rows;
   size_t n, cap;
+  bool from_file;             /* read by res_read_csv: `has` says which columns it had */
+  bool has[RES_MAX_COLS];     /* column c was in the file's header */
 } res_table;
 
 void res_table_init(res_table *t);
@@ -54,10 +59,22 @@ res_row *res_table_add(res_table *t);
 void res_set(res_row *r, const char *col, const char *value);
 void res_setf(res_row *r, const char *col, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 const char *res_get(const res_row *r, const char *col);
-/* The row key: key columns joined with '|'. */
+/* The row key: key columns joined with '|' ('|' and '\\' in values
+ * escaped with '\\').  The key holds every input that changes a figure. */
 void res_key(const res_row *r, char *buf, size_t cap);
-/* Index of the row with the same key, or -1. */
+/* The same without one key column (skip NULL: none), e.g. "device" to pair
+ * rows measured on two machines. */
+void res_key_except(const res_row *r, const char *skip, char *buf, size_t cap);
+/* Index of the row with the same key, or -1 (a linear scan). */
 long res_find(const res_table *t, const res_row *like);
+
+/* Sorted index of a table's keys (res_key_except with skip): lookups in
+ * O(log n).  *dup (when non-NULL) receives the index of a row whose key
+ * another row also has, or -1. */
+typedef struct res_index res_index;
+res_index *res_index_build(const res_table *t, const char *skip, long *dup);
+long res_index_find(const res_index *ix, const char *key);
+void res_index_free(res_index *ix);
 
 /* Reads a CSV written by res_write_csv.  MOE_ERR_FORMAT naming the file and
  * line for a bad header, a ragged row or a schema major version other than

@@ -157,8 +157,13 @@ START_TEST(csv_and_json_round_trip) {
   res_table_free(&back);
   res_table_free(&t);
   /* malformed files are refused with file and line */
-  write_file("ragged.csv", "\"schema_version\",\"model\",\"workload\",\"policy\",\"routing\",\"backend\","
-                           "\"device_mem_budget_bytes\",\"batch\"\n\"1.0\",\"a\"\n");
+  char ragged[4096] = "";
+  for (size_t c = 0; c < res_ncols; c++) {
+    if (c) strcat(ragged, ",");
+    strcat(ragged, res_columns[c].name);
+  }
+  strcat(ragged, "\n\"" RES_SCHEMA_VERSION "\",\"a\"\n");
+  write_file("ragged.csv", ragged);
   moe_error_clear(&err);
   ck_assert_int_eq(res_read_csv(tmp_path("ragged.csv"), &back, &err), MOE_ERR_FORMAT);
   ck_assert_ptr_nonnull(strstr(err.msg, "ragged.csv:2"));
@@ -169,8 +174,9 @@ START_TEST(csv_and_json_round_trip) {
 END_TEST
 
 /* Builds a small results file with given values for two rows. */
-static void results_file(const char *name, const char *schema, const char *bytes_a,
-                         const char *tps_a, bool with_b, const char *status_a) {
+static void results_file_dev(const char *name, const char *schema, const char *bytes_a,
+                             const char *tps_a, bool with_b, const char *status_a,
+                             const char *device, const char *spread) {
   res_table t;
   res_table_init(&t);
   const char *pols[2] = {"ondemand", "pregated"};
@@ -178,13 +184,24 @@ static void results_file(const char *name, const char *schema, const char *bytes
     res_row *r = res_table_add(&t);
     res_set(r, "schema_version", schema);
     res_set(r, "model", "m");
+    res_set(r, "model_seed", "1");
+    res_set(r, "dtype", "f32");
     res_set(r, "workload", "w");
     res_set(r, "policy", pols[i]);
     res_set(r, "routing", "conventional");
     res_set(r, "backend", "cpu");
+    res_set(r, "device", device);
+    res_set(r, "threads", "1");
+    res_set(r, "link_gbps", "0");
     res_set(r, "device_mem_budget_bytes", "0");
     res_set(r, "batch", "1");
+    res_set(r, "prompt_len", "4");
+    res_set(r, "gen_len", "4");
+    res_set(r, "requests", "1");
+    res_set(r, "prompt_seed", "1");
+    res_set(r, "repetitions", "3");
     res_set(r, "status", i == 0 ? status_a : "ok");
+    res_set(r, "rel_spread", spread);
     res_set(r, "h2d_bytes", i == 0 ? bytes_a : "500");
     res_set(r, "tokens_per_s", i == 0 ? tps_a : "10");
   }
@@ -193,42 +210,112 @@ static void results_file(const char *name, const char *schema, const char *bytes
   res_table_free(&t);
 }
 
+static void results_file(const char *name, const char *schema, const char *bytes_a,
+                         const char *tps_a, bool with_b, const char *status_a) {
+  results_file_dev(name, schema, bytes_a, tps_a, with_b, status_a, "cpu: test", "0");
+}
+
 START_TEST(compare_verdicts) {
-  results_file("base.csv", "1.0", "1000", "10", true, "ok");
+  results_file("base.csv", RES_SCHEMA_VERSION, "1000", "10", true, "ok");
   /* identical: 0 */
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("base.csv"), NULL), 0);
   /* deterministic figure worse by one byte: regression, 1 */
-  results_file("worse.csv", "1.0", "1001", "10", true, "ok");
+  results_file("worse.csv", RES_SCHEMA_VERSION, "1001", "10", true, "ok");
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("worse.csv"), NULL), 1);
   /* better: improvement passes */
-  results_file("better.csv", "1.0", "900", "30", true, "ok");
+  results_file("better.csv", RES_SCHEMA_VERSION, "900", "30", true, "ok");
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("better.csv"), NULL), 0);
   /* wall clock 20% slower: inside the default 25%, outside an explicit 10% */
-  results_file("slower.csv", "1.0", "1000", "8", true, "ok");
+  results_file("slower.csv", RES_SCHEMA_VERSION, "1000", "8", true, "ok");
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("slower.csv"), NULL), 0);
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("slower.csv"),
                         "--tolerance", "tokens_per_s=10%", NULL), 1);
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("slower.csv"),
+                        "--tolerance", "tokens_per_s=0.1", NULL), 1); /* a fraction, the same rule */
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("slower.csv"),
                         "--tolerance", "measured=10%", "--deterministic-only", NULL), 0);
+  /* noise-aware: the same 20% slowdown from noisy rows (spread 0.15 each) is noise */
+  results_file_dev("noisy-base.csv", RES_SCHEMA_VERSION, "1000", "10", true, "ok", "cpu: test", "0.15");
+  results_file_dev("noisy-slow.csv", RES_SCHEMA_VERSION, "1000", "8", true, "ok", "cpu: test", "0.15");
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("noisy-base.csv"), tmp_path("noisy-slow.csv"),
+                        "--tolerance", "tokens_per_s=10%", NULL), 0);
   /* a byte count may be given a tolerance too */
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("worse.csv"),
                         "--tolerance", "h2d_bytes=1%", NULL), 0);
   /* ok -> OOM is a regression */
-  results_file("oom.csv", "1.0", "1000", "10", true, "OOM");
+  results_file("oom.csv", RES_SCHEMA_VERSION, "1000", "10", true, "OOM");
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("oom.csv"), NULL), 1);
   /* a row missing from NEW fails unless allowed; a new row does not */
-  results_file("fewer.csv", "1.0", "1000", "10", false, "ok");
+  results_file("fewer.csv", RES_SCHEMA_VERSION, "1000", "10", false, "ok");
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("fewer.csv"), NULL), 1);
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("fewer.csv"),
                         "--allow-missing", NULL), 0);
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("fewer.csv"), tmp_path("base.csv"), NULL), 0);
   /* schema major mismatch: an error (2), not a verdict */
-  results_file("v2.csv", "2.0", "1000", "10", true, "ok");
-  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("v2.csv"), NULL), 2);
+  results_file("v1.csv", "1.0", "1000", "10", true, "ok");
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("v1.csv"), NULL), 2);
+  /* another device: refused unless allowed */
+  results_file_dev("gpu.csv", RES_SCHEMA_VERSION, "1000", "10", true, "ok", "NVIDIA H200", "0");
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("gpu.csv"), NULL), 2);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("gpu.csv"),
+                        "--allow-device-change", NULL), 0);
   /* bad usage */
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), NULL), 2);
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("base.csv"),
                         "--tolerance", "peak=x", NULL), 2);
+  const char *bad_tols[] = {"measured=nan", "measured=inf", "measured=-1", "tokens_per_s=", "", "x=1"};
+  for (size_t i = 0; i < sizeof bad_tols / sizeof bad_tols[0]; i++)
+    ck_assert_msg(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("base.csv"),
+                       "--tolerance", bad_tols[i], NULL) == 2, "tolerance '%s' accepted", bad_tols[i]);
+}
+END_TEST
+
+/* The CI gate fails closed: garbage in NEW is an error (2), never a pass. */
+START_TEST(compare_fails_closed) {
+  results_file("base.csv", RES_SCHEMA_VERSION, "1000", "10", true, "ok");
+  const char *bad_values[] = {"nan", "-5", "12abc", "inf", "1e999", " "};
+  for (size_t i = 0; i < sizeof bad_values / sizeof bad_values[0]; i++) {
+    results_file("bad.csv", RES_SCHEMA_VERSION, bad_values[i], "10", true, "ok");
+    ck_assert_msg(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("bad.csv"), NULL) == 2,
+                  "value '%s' passed", bad_values[i]);
+  }
+  /* an empty value where BASE has one */
+  results_file("empty.csv", RES_SCHEMA_VERSION, "", "10", true, "ok");
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("empty.csv"), NULL), 2);
+  /* a duplicate row hiding a regression */
+  FILE *f;
+  results_file("worse.csv", RES_SCHEMA_VERSION, "2000", "10", true, "ok");
+  char both[65536];
+  FILE *a = fopen(tmp_path("base.csv"), "r"), *b = fopen(tmp_path("worse.csv"), "r");
+  size_t na = fread(both, 1, sizeof both / 2, a);
+  char line[32768];
+  ck_assert_ptr_nonnull(fgets(line, sizeof line, b)); /* skip the header */
+  size_t nb = fread(both + na, 1, sizeof both / 2 - 1, b);
+  fclose(a);
+  fclose(b);
+  f = fopen(tmp_path("dup.csv"), "w");
+  fwrite(both, 1, na + nb, f);
+  fclose(f);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("dup.csv"), NULL), 2);
+  /* a file cut inside its last record */
+  f = fopen(tmp_path("cut.csv"), "w");
+  fwrite(both, 1, na - 3, f);
+  fclose(f);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("cut.csv"), NULL), 2);
+  /* a metric column BASE has and NEW lacks */
+  char hdr[8192];
+  a = fopen(tmp_path("base.csv"), "r");
+  ck_assert_ptr_nonnull(fgets(hdr, sizeof hdr, a));
+  fclose(a);
+  char *col = strstr(hdr, "\"h2d_bytes\"");
+  ck_assert_ptr_nonnull(col);
+  memcpy(col, "\"xxx_bytes\"", 11);
+  f = fopen(tmp_path("nocol.csv"), "w");
+  fputs(hdr, f);
+  fclose(f);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("nocol.csv"), NULL), 2);
+  /* not a regular file */
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), "/dev/null", NULL), 2);
 }
 END_TEST
 
@@ -328,6 +415,7 @@ int main(void) {
   tcase_add_test(tc, suite_errors_name_file_and_field);
   tcase_add_test(tc, csv_and_json_round_trip);
   tcase_add_test(tc, compare_verdicts);
+  tcase_add_test(tc, compare_fails_closed);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);

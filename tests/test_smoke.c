@@ -26,7 +26,7 @@ START_TEST(cli_help_and_version) {
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " --version", out, sizeof out), 0);
   ck_assert_ptr_nonnull(strstr(out, moe_version()));
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --help", out, sizeof out), 0);
-  ck_assert_ptr_nonnull(strstr(out, "--max-new-tokens"));
+  ck_assert_ptr_nonnull(strstr(out, "--gen-len"));
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " bench-ops --help", out, sizeof out), 0);
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " list --help", out, sizeof out), 0);
   const char *cmds[] = {"run", "sweep", "compare", "report", "bench-policies"};
@@ -46,7 +46,7 @@ START_TEST(cli_rejects_bad_usage) {
   ck_assert_int_eq(tu_run(MOEBENCH_PATH, out, sizeof out), 2);
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --no-such-flag", out, sizeof out), 2);
   ck_assert_ptr_nonnull(strstr(out, "--no-such-flag"));
-  ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --max-new-tokens x", out, sizeof out), 2);
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --gen-len x", out, sizeof out), 2);
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " list nothing", out, sizeof out), 2);
 }
 END_TEST
@@ -58,7 +58,7 @@ START_TEST(cli_lists_and_generates) {
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " list models", out, sizeof out), 0);
   ck_assert_ptr_nonnull(strstr(out, "tiny-mixtral"));
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --prompt-ids 1,2,3 "
-                          "--max-new-tokens 5 --batch 2", out, sizeof out), 0);
+                          "--gen-len 5 --batch 2", out, sizeof out), 0);
   ck_assert_ptr_nonnull(strstr(out, "seq 1:"));
   ck_assert_ptr_nonnull(strstr(out, "generated tokens/s"));
   /* a missing preset is a one-line error naming the file, exit 1 */
@@ -70,7 +70,7 @@ START_TEST(cli_lists_and_generates) {
   char desc[256];
   moe_error perr = {0};
   const bool gpu = cuda && (!cuda->probe || cuda->probe(desc, sizeof desc, &perr) == MOE_OK);
-  int rc = tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --backend cuda --max-new-tokens 3",
+  int rc = tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --backend cuda --gen-len 3",
                   out, sizeof out);
   if (gpu) {
     ck_assert_msg(rc == 0, "%s", out);
