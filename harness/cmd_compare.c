@@ -62,7 +62,9 @@ static void compare_usage(FILE *f) {
           "workload, prompt and generated lengths, requests, prompt seed, policy, routing,\n"
           "backend, threads, link cap, budget, batch, repetitions) and prints every metric\n"
           "that changed.  'change' is always the relative change (NEW - BASE) / |BASE|.\n"
-          "Rows measured on different devices are refused unless --allow-device-change.\n\n"
+          "Rows measured on different devices are refused unless --allow-device-change\n"
+          "(with --deterministic-only they are compared: counts and bytes do not depend on\n"
+          "the device model, and the backend is part of the key).\n\n"
           "Verdicts: a deterministic figure (bytes, counts) is a REGRESSION when worse by more\n"
           "than its tolerance (default 0: exact).  A measured figure (wall clock) is a\n"
           "REGRESSION only when worse by more than its tolerance and by more than the noise\n"
@@ -193,8 +195,10 @@ static int compare_tables(const compare_opts *o, const char *bp, const res_table
   int rc = compare_inputs(bp, base, np, neu, &bix, &nix);
   compare_count cnt = {0};
   char key[RES_KEY_MAX];
-  /* different devices make every measured figure mean something else */
-  for (size_t i = 0; i < base->n && rc == 0 && !o->allow_device; i++) {
+  /* different devices make every measured figure mean something else;
+   * counted figures (--deterministic-only) do not depend on the device
+   * model, only on the backend, which is part of the key */
+  for (size_t i = 0; i < base->n && rc == 0 && !o->allow_device && !o->det_only; i++) {
     res_key_except(&base->rows[i], "device", key, sizeof key);
     long j = res_index_find(nix, key);
     if (j >= 0 && strcmp(res_get(&base->rows[i], "device"), res_get(&neu->rows[j], "device")) != 0) {

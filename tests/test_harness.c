@@ -259,6 +259,8 @@ START_TEST(compare_verdicts) {
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("gpu.csv"), NULL), 2);
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("gpu.csv"),
                         "--allow-device-change", NULL), 0);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("gpu.csv"),
+                        "--deterministic-only", NULL), 0);
   /* bad usage */
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), NULL), 2);
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("base.csv"),
