@@ -1,8 +1,13 @@
-/* moebench: the command-line front of the engine.
+/* moebench: the command-line front of the engine and harness.
  *
- *   moebench generate ...   run a model: prefill + greedy decode
- *   moebench bench-ops ...  gemm overhead and decode bandwidth benchmarks
- *   moebench list WHAT      backends, models
+ *   moebench run ...             measure one configuration
+ *   moebench sweep SUITE ...     every configuration of a suite, CSV + JSON
+ *   moebench compare BASE NEW    the CI gate: regressions past tolerance
+ *   moebench report RESULTS ...  markdown tables (and plots)
+ *   moebench generate ...        run a model: prefill + greedy decode
+ *   moebench bench-ops ...       gemm overhead and decode bandwidth
+ *   moebench bench-policies ...  the offload policies side by side
+ *   moebench list WHAT           backends, models, policies, suites, workloads
  *
  * Every subcommand takes --help.  Exit codes: 0 ok, 1 a run failed, 2 bad
  * usage. */

@@ -48,7 +48,7 @@ void runner_run(const run_spec *sp, run_result *out) {
   moe_backend_options bo = {.threads = sp->threads, .link_gbps = sp->link_gbps,
                             .device_budget = sp->device_mem};
   if (moe_device_open(&dev, sp->backend, &bo, &err) != MOE_OK) goto done;
-  snprintf(out->device, sizeof out->device, "%s", dev.ops->describe(dev.be));
+  snprintf(out->device, sizeof out->device, "%s", moe_backend_device_name(dev.ops, dev.be));
   moe_engine_options eo = {.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
                            .policy = sp->policy, .routing = sp->routing};
   if (moe_engine_create(&e, sp->model, &dev, &eo, &err) != MOE_OK) goto done;

@@ -42,11 +42,12 @@ typedef struct run_result {
   moe_run_stats stats;
   int32_t *tokens;              /* [batch][gen_len], first request */
   float *step_logits;           /* [gen_len][batch][vocab] when keep_logits, first request */
-  char device[128];
+  char device[256];              /* the backend's device name */
 } run_result;
 
-/* Runs spec once; returns MOE_OK when the run could be attempted (the
- * run's own outcome is in out->status). */
+/* Runs spec once.  Never fails as a call: the run's outcome (MOE_OK,
+ * MOE_ERR_OOM, ...) and its one-line message are in out->status and
+ * out->error. */
 void runner_run(const run_spec *spec, run_result *out);
 void run_result_free(run_result *r);
 

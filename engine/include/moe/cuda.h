@@ -1,8 +1,8 @@
-/* What the CUDA part of the build can tell without running a model.
- *
- * The CUDA backend's math ops are not written yet; this probe is the part
- * that exists: it reports whether the build has CUDA and, if so, whether a
- * device is reachable, through checked runtime calls. */
+/* What the CUDA part of the build can tell without creating a backend
+ * instance: whether the build has CUDA and, if so, whether a device is
+ * reachable, through checked runtime calls.  The cuda backend itself
+ * (engine/backends/cuda) is reached through the backend table; its probe
+ * method is moe_cuda_probe. */
 #ifndef MOE_CUDA_H
 #define MOE_CUDA_H
 
