@@ -328,6 +328,8 @@ typedef struct sweep_ctx {
   json_t *meta;
   progress pr;
   int ran, skipped;
+  moe_device holder;     /* keeps the current model pinned across rows */
+  bool holder_open, pinned;
 } sweep_ctx;
 
 /* The routing a suite row runs: the suite's, else the policy's own. */
@@ -351,6 +353,27 @@ static bool row_done(const sweep_ctx *x, const row_config *rc) {
   }
   res_table_free(&probe);
   return done;
+}
+
+/* Pins a newly built model once for the whole sweep (a backend that pins
+ * host memory would otherwise pin gigabytes again for every row); rows'
+ * own registrations then share it.  Failure is only slower copies. */
+static void sweep_pin(sweep_ctx *x, moe_model *m) {
+  moe_error err = {0};
+  const moe_backend_ops *o = moe_backend_find(x->backend);
+  if (o == NULL || o->host_register == NULL) return; /* this backend does not pin */
+  if (!x->holder_open) {
+    moe_backend_options bo = {.threads = 1};
+    if (moe_device_open(&x->holder, x->backend, &bo, &err) != MOE_OK) return;
+    x->holder_open = true;
+  }
+  x->pinned = moe_model_pin(m, &x->holder, &err) == MOE_OK;
+  if (!x->pinned) fprintf(stderr, "moebench: note: %s; rows pin the model themselves\n", err.msg);
+}
+
+static void sweep_unpin(sweep_ctx *x, moe_model *m) {
+  if (x->pinned && m) moe_model_unpin(m, &x->holder);
+  x->pinned = false;
 }
 
 /* The policies of one (model, workload, batch) across the budgets, gpu-only
@@ -393,6 +416,7 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
           rc = cli_fail(&err);
           break;
         }
+        sweep_pin(x, *model);
       }
       rcfg.model = *model;
       const moe_config *mc = moe_model_config(*model);
@@ -445,6 +469,7 @@ static int sweep_model(sweep_ctx *x, int mi) {
       rc = sweep_batch(x, mi, &model, wl, wl->batches[bi], ids, n_ids);
     free(ids);
   }
+  sweep_unpin(x, model);
   moe_model_free(model);
   return rc;
 }
@@ -604,6 +629,7 @@ int cmd_sweep(int argc, char **argv) {
   if (rc == 0 && x.ran == 0 && write_outputs(x.prefix, &x.t, x.meta, &err) != MOE_OK)
     rc = cli_fail(&err);
 done:
+  if (x.holder_open) moe_device_close(&x.holder);
   if (lock_fd >= 0) close(lock_fd);
   json_decref(x.meta);
   res_table_free(&x.t);

@@ -198,6 +198,16 @@ const moe_config *moe_model_config(const moe_model *m) { return &m->cfg; }
 moe_dtype moe_model_dtype(const moe_model *m) { return m->dtype; }
 size_t moe_model_dense_bytes(const moe_model *m) { return m->dense_bytes; }
 size_t moe_model_expert_bytes(const moe_model *m) { return m->expert_bytes; }
+
+moe_status moe_model_pin(moe_model *m, moe_device *dev, moe_error *err) {
+  if (!dev->ops->host_register || !dev->ops->host_unregister || m->experts_total == 0) return MOE_OK;
+  return dev->ops->host_register(dev->be, m->experts, m->experts_total, err);
+}
+
+void moe_model_unpin(moe_model *m, moe_device *dev) {
+  if (dev->ops->host_register && dev->ops->host_unregister && m->experts_total > 0)
+    dev->ops->host_unregister(dev->be, m->experts);
+}
 size_t moe_model_total_bytes(const moe_model *m) { return m->dense_bytes + m->experts_total; }
 
 /* ------------------------------------------------------------ synthetic */

@@ -58,6 +58,14 @@ const moe_config *moe_model_config(const moe_model *m);
 moe_dtype moe_model_dtype(const moe_model *m);
 size_t moe_model_dense_bytes(const moe_model *m);  /* non-expert weights */
 size_t moe_model_expert_bytes(const moe_model *m); /* one expert */
+
+/* Pins the model's expert weights for asynchronous copies on dev's backend
+ * (when it pins at all: host_register) and keeps them pinned until
+ * moe_model_unpin, so engines built on the model later (a sweep's rows)
+ * share the registration instead of pinning gigabytes each time.  MOE_OK
+ * when pinned or when the backend does not pin. */
+moe_status moe_model_pin(moe_model *m, moe_device *dev, moe_error *err);
+void moe_model_unpin(moe_model *m, moe_device *dev);
 size_t moe_model_total_bytes(const moe_model *m);
 
 /* Writes a Hugging Face style config.json for cfg (temporary file + rename). */
