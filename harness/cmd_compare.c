@@ -1,10 +1,14 @@
 /* moebench compare BASE NEW and moebench report RESULTS. */
+#include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "commands.h"
@@ -320,35 +324,99 @@ static void fmt(char *b, size_t cap, double x, const char *f) {
   else snprintf(b, cap, f, x);
 }
 
+/* A file-name part from a CSV field: [A-Za-z0-9._-] kept, anything else
+ * '_', never empty, never starting with '.', at most 48 characters. */
+static void safe_name(char *out, size_t cap, const char *v) {
+  size_t n = 0;
+  for (const char *c = v; *c && n + 1 < cap && n < 48; c++) {
+    const bool keep = isalnum((unsigned char)*c) || *c == '-' || *c == '_' || (*c == '.' && n > 0);
+    out[n++] = keep ? *c : '_';
+  }
+  if (n == 0) out[n++] = '_';
+  out[n] = '\0';
+}
+
+/* A gnuplot double-quoted string's contents: '"' and '\' escaped, control
+ * characters (newlines) replaced, so a field can never end the string. */
+static void gp_string(FILE *f, const char *v) {
+  fputc('"', f);
+  for (const char *c = v; *c; c++) {
+    if (*c == '"' || *c == '\\') fputc('\\', f), fputc(*c, f);
+    else if ((unsigned char)*c < 0x20 || *c == 0x7f) fputc(' ', f);
+    else fputc(*c, f);
+  }
+  fputc('"', f);
+}
+
+/* Runs gnuplot on script without a shell (fork + execvp, argument vector);
+ * returns its exit status, or -1. */
+static int run_gnuplot(const char *script) {
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    int devnull = open("/dev/null", O_WRONLY);
+    if (devnull >= 0) dup2(devnull, 2), dup2(devnull, 1);
+    char *const argv[] = {(char *)"gnuplot", (char *)script, NULL};
+    execvp("gnuplot", argv);
+    _exit(127);
+  }
+  int st;
+  while (waitpid(pid, &st, 0) < 0)
+    if (errno != EINTR) return -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 static void plot_group(const res_table *t, size_t first, const char *dir, FILE *md) {
   const res_row *g = &t->rows[first];
-  char base[768], dat[900], gp[900];
-  snprintf(base, sizeof base, "%s/%s-%s-b%s-%s", dir, res_get(g, "model"), res_get(g, "workload"),
-           res_get(g, "batch"), res_get(g, "device_mem_budget_bytes"));
+  char m[64], w[64], b[64], bu[64], base[1024], dat[1100], gp[1100];
+  safe_name(m, sizeof m, res_get(g, "model"));
+  safe_name(w, sizeof w, res_get(g, "workload"));
+  safe_name(b, sizeof b, res_get(g, "batch"));
+  safe_name(bu, sizeof bu, res_get(g, "device_mem_budget_bytes"));
+  snprintf(base, sizeof base, "%s/%s-%s-b%s-%s", dir, m, w, b, bu);
   snprintf(dat, sizeof dat, "%s.dat", base);
   snprintf(gp, sizeof gp, "%s.gp", base);
   FILE *f = fopen(dat, "w");
   if (f == NULL) return;
   for (size_t i = first; i < t->n && same_group(&t->rows[i], g); i++)
-    if (!strcmp(res_get(&t->rows[i], "status"), "ok"))
-      fprintf(f, "\"%s\" %s %.3f\n", res_get(&t->rows[i], "policy"), res_get(&t->rows[i], "tokens_per_s"),
+    if (!strcmp(res_get(&t->rows[i], "status"), "ok")) {
+      gp_string(f, res_get(&t->rows[i], "policy"));
+      fprintf(f, " %.6g %.3f\n", num(&t->rows[i], "tokens_per_s"),
               num(&t->rows[i], "peak_device_bytes") / 1e6);
+    }
   fclose(f);
   f = fopen(gp, "w");
   if (f == NULL) return;
-  fprintf(f,
-          "set terminal png size 800,480\nset style fill solid 0.6\nset boxwidth 0.6\nset grid y\n"
-          "set yrange [0:*]\nset xtics rotate by -20\n"
-          "set output '%s-throughput.png'\nset title 'generated tokens/s (measured)'\n"
-          "plot '%s' using 0:2:xtic(1) with boxes notitle\n"
-          "set output '%s-memory.png'\nset title 'peak device MB (allocator)'\n"
-          "plot '%s' using 0:3:xtic(1) with boxes notitle\n",
-          base, dat, base, dat);
+  /* every string in the script is quoted with gp_string: paths too */
+  fprintf(f, "set terminal png size 800,480\nset style fill solid 0.6\nset boxwidth 0.6\n"
+             "set grid y\nset yrange [0:*]\nset xtics rotate by -20\n");
+  char png[1100];
+  snprintf(png, sizeof png, "%s-throughput.png", base);
+  fputs("set output ", f), gp_string(f, png), fputs("\n", f);
+  fputs("set title \"generated tokens/s (measured)\"\nplot ", f), gp_string(f, dat);
+  fputs(" using 0:2:xtic(1) with boxes notitle\n", f);
+  snprintf(png, sizeof png, "%s-memory.png", base);
+  fputs("set output ", f), gp_string(f, png), fputs("\n", f);
+  fputs("set title \"peak device MB (allocator)\"\nplot ", f), gp_string(f, dat);
+  fputs(" using 0:3:xtic(1) with boxes notitle\n", f);
   fclose(f);
-  char cmd[2000];
-  snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>/dev/null", gp);
-  if (system(cmd) == 0)
+  if (run_gnuplot(gp) == 0)
     fprintf(md, "\nPlots: `%s-throughput.png`, `%s-memory.png`\n", base, base);
+}
+
+/* gnuplot on PATH, found without a shell. */
+static bool have_gnuplot(void) {
+  const char *path = getenv("PATH");
+  if (path == NULL) return false;
+  char buf[4096];
+  snprintf(buf, sizeof buf, "%s", path);
+  char *save = NULL;
+  for (char *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/gnuplot", d[0] ? d : ".");
+    if (access(p, X_OK) == 0) return true;
+  }
+  return false;
 }
 
 int cmd_report(int argc, char **argv) {
@@ -401,8 +469,8 @@ int cmd_report(int argc, char **argv) {
       return 1;
     }
   }
-  bool have_gnuplot = plots && system("command -v gnuplot >/dev/null 2>&1") == 0;
-  if (plots && !have_gnuplot) fprintf(stderr, "moebench: report: gnuplot is not installed; no plots\n");
+  const bool gnuplot = plots && have_gnuplot();
+  if (plots && !gnuplot) fprintf(stderr, "moebench: report: gnuplot is not installed; no plots\n");
   for (size_t i = 0; i < t.n; i++) {
     bool first = true;
     for (size_t k = 0; k < i; k++) first &= !same_group(&t.rows[k], &t.rows[i]);
@@ -466,7 +534,7 @@ int cmd_report(int argc, char **argv) {
                   "this machine's figures come from the engine named above. Compare ratios, not "
                   "absolute numbers.\n");
     }
-    if (have_gnuplot) plot_group(&t, i, plots, md);
+    if (gnuplot) plot_group(&t, i, plots, md);
     fprintf(md, "\n");
   }
   int rc = 0;

@@ -2,6 +2,8 @@
  * back with libcsv and jansson, compare's verdicts and exit codes, sweep
  * resume, report. */
 #include <check.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -135,7 +137,12 @@ START_TEST(csv_and_json_round_trip) {
   moe_error err = {0};
   ck_assert(res_write_csv(tmp_path("rt.csv"), &t, &err) == MOE_OK);
   ck_assert(res_write_json(tmp_path("rt.json"), &t, NULL, &err) == MOE_OK);
-  ck_assert_int_ne(access(tmp_path("rt.csv.tmp"), F_OK), 0);
+  /* no temporary file is left behind */
+  DIR *dd = opendir(g_dir);
+  ck_assert_ptr_nonnull(dd);
+  for (struct dirent *de; (de = readdir(dd)) != NULL;)
+    ck_assert_msg(strstr(de->d_name, ".tmp") == NULL, "left behind: %s", de->d_name);
+  closedir(dd);
   res_table back;
   ck_assert_msg(res_read_csv(tmp_path("rt.csv"), &back, &err) == MOE_OK, "%s", err.msg);
   ck_assert_uint_eq(back.n, 2);
@@ -408,6 +415,90 @@ START_TEST(sweep_resume_and_report) {
 }
 END_TEST
 
+/* report --plots with hostile names in the CSV: nothing reaches a shell,
+ * gnuplot gets one argument (the script), every string in the script stays
+ * a string.  A stand-in gnuplot on PATH records how it was called. */
+START_TEST(report_plots_never_run_a_shell) {
+  char bin[1100], fake[1200], log[1100], pwned[1100], pwned2[1100];
+  snprintf(bin, sizeof bin, "%s/bin", g_dir);
+  ck_assert_int_eq(mkdir(bin, 0755), 0);
+  snprintf(fake, sizeof fake, "%s/gnuplot", bin);
+  snprintf(log, sizeof log, "%s/gnuplot.log", g_dir);
+  snprintf(pwned, sizeof pwned, "%s/PWNED", g_dir);
+  snprintf(pwned2, sizeof pwned2, "%s/PWNED2", g_dir);
+  FILE *f = fopen(fake, "w");
+  ck_assert_ptr_nonnull(f);
+  fprintf(f, "#!/bin/sh\necho \"$#\" >> '%s'\nexit 0\n", log);
+  fclose(f);
+  ck_assert_int_eq(chmod(fake, 0755), 0);
+  res_table t;
+  res_table_init(&t);
+  char model[4000], policy[1500];
+  /* relative names (no '/'), run from g_dir: an injected command would
+   * create g_dir/PWNED */
+  snprintf(model, sizeof model, "x'; touch PWNED; echo '\"$(touch PWNED)`touch PWNED`");
+  snprintf(policy, sizeof policy, "p\"\nsystem \"touch PWNED2\"\n\"");
+  for (int i = 0; i < 2; i++) {
+    res_row *r = res_table_add(&t);
+    res_set(r, "model", model);
+    res_set(r, "workload", "w");
+    res_set(r, "policy", i ? "gpu-only" : policy);
+    res_set(r, "routing", "conventional");
+    res_set(r, "backend", "cpu");
+    res_set(r, "device_mem_budget_bytes", "0");
+    res_set(r, "batch", "1");
+    res_set(r, "status", "ok");
+    res_set(r, "tokens_per_s", "10");
+    res_set(r, "peak_device_bytes", "1000");
+  }
+  moe_error err = {0};
+  ck_assert(res_write_csv(tmp_path("hostile.csv"), &t, &err) == MOE_OK);
+  res_table_free(&t);
+  char plots[1100];
+  snprintf(plots, sizeof plots, "%s/plots", g_dir);
+  ck_assert_int_eq(mkdir(plots, 0755), 0);
+  const char *old_path = getenv("PATH");
+  char path[8192];
+  snprintf(path, sizeof path, "%s:%s", bin, old_path ? old_path : "/usr/bin:/bin");
+  setenv("PATH", path, 1);
+  char cwd[4096];
+  ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
+  ck_assert_int_eq(chdir(g_dir), 0);
+  int rc = call(cmd_report, "report", "hostile.csv", "--plots", "plots", "-o", "hostile.md", NULL);
+  ck_assert_int_eq(chdir(cwd), 0);
+  setenv("PATH", old_path ? old_path : "/usr/bin:/bin", 1);
+  ck_assert_int_eq(rc, 0);
+  ck_assert_msg(access(pwned, F_OK) != 0, "a shell ran a command from a model name");
+  ck_assert_msg(access(pwned2, F_OK) != 0, "a command ran from a policy name");
+  /* gnuplot was called, once, with exactly one argument */
+  f = fopen(log, "r");
+  ck_assert_ptr_nonnull(f);
+  char line[64];
+  ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
+  ck_assert_str_eq(line, "1\n");
+  fclose(f);
+  /* the script and data stayed inside the plots directory, and every line
+   * of the script is a command of its own (no string broke out) */
+  DIR *d = opendir(plots);
+  ck_assert_ptr_nonnull(d);
+  int n_gp = 0;
+  for (struct dirent *de; (de = readdir(d)) != NULL;) {
+    if (!strstr(de->d_name, ".gp")) continue;
+    n_gp++;
+    char gp[2400];
+    snprintf(gp, sizeof gp, "%s/%s", plots, de->d_name);
+    f = fopen(gp, "r");
+    ck_assert_ptr_nonnull(f);
+    char l[4096];
+    while (fgets(l, sizeof l, f))
+      ck_assert_msg(!strncmp(l, "set ", 4) || !strncmp(l, "plot ", 5), "script line: %s", l);
+    fclose(f);
+  }
+  closedir(d);
+  ck_assert_int_eq(n_gp, 1);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness");
   TCase *tc = tcase_create("harness");
@@ -418,6 +509,7 @@ int main(void) {
   tcase_add_test(tc, csv_and_json_round_trip);
   tcase_add_test(tc, compare_verdicts);
   tcase_add_test(tc, compare_fails_closed);
+  tcase_add_test(tc, report_plots_never_run_a_shell);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
