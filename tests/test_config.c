@@ -218,6 +218,68 @@ START_TEST(sliding_window_is_checked_per_run) {
 }
 END_TEST
 
+/* Dimensions each in range whose products or sums overflow size_t are
+ * refused with a message, in the config check, the layout and the engine's
+ * buffer plan; never a wrapped-around small allocation. */
+START_TEST(oversized_models_are_refused) {
+  moe_config c;
+  moe_error err = {0};
+  /* heads x head_dim x hidden x 4 overflows */
+  const char *p = write_cfg("big1.json", "{\"model_type\": \"mixtral\", \"hidden_size\": 1073741824, "
+                                        "\"vocab_size\": 16, \"num_attention_heads\": 1048576, "
+                                        "\"head_dim\": 1048576, "
+                                        "\"num_key_value_heads\": 1048576, \"intermediate_size\": 16}");
+  ck_assert_int_eq(moe_config_load(&c, p, &err), MOE_ERR_INVALID);
+  ck_assert_msg(strstr(err.msg, "overflows") && strstr(err.msg, "big1.json"), "%s", err.msg);
+  /* experts x expert size overflows while one expert fits */
+  moe_error_clear(&err);
+  p = write_cfg("big2.json", "{\"model_type\": \"mixtral\", \"hidden_size\": 1048576, "
+                             "\"intermediate_size\": 8388608, \"num_local_experts\": 1024, "
+                             "\"num_hidden_layers\": 256, \"num_attention_heads\": 8, "
+                             "\"num_key_value_heads\": 8, \"vocab_size\": 16}");
+  ck_assert_int_eq(moe_config_load(&c, p, &err), MOE_ERR_INVALID);
+  ck_assert_msg(strstr(err.msg, "experts x expert size"), "%s", err.msg);
+  /* a config built in code that passes the field checks: the layout still
+   * refuses a dense slab that overflows in its sum */
+  memset(&c, 0, sizeof c);
+  c.arch = MOE_ARCH_QWEN2_MOE;
+  c.hidden = 1 << 30; /* each projection 2^62 bytes: fits; 4 x 256 of them do not */
+  c.n_layers = 256;
+  c.n_heads = 1;
+  c.n_kv_heads = 1;
+  c.head_dim = 1 << 30;
+  c.vocab = 16;
+  c.max_pos = 64;
+  c.dense_ffn = 16;
+  c.rms_eps = 1e-6f;
+  c.rope_theta = 1e4f;
+  size_t dense = 0, experts = 0;
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_model_plan_layout(&c, MOE_F32, &dense, &experts, &err), MOE_ERR_INVALID);
+  ck_assert_msg(strstr(err.msg, "too large"), "%s", err.msg);
+  moe_model *m = NULL;
+  moe_synth_options so = {MOE_F32, 1, 0.0, false};
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_model_synthetic(&m, &c, &so, &err), MOE_ERR_INVALID);
+  ck_assert_ptr_null(m);
+  /* the engine's buffers: batch x sequence that overflows */
+  p = write_cfg("small.json", "{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS "}");
+  ck_assert(moe_config_load(&c, p, &err) == MOE_OK);
+  c.max_pos = 1 << 30;
+  ck_assert(moe_model_synthetic(&m, &c, &so, &err) == MOE_OK);
+  moe_device dev;
+  ck_assert(moe_device_open(&dev, "cpu", NULL, &err) == MOE_OK);
+  moe_engine *e = NULL;
+  moe_engine_options eo = {.max_batch = 1 << 30, .max_seq = 1 << 30, .max_prefill = 1 << 30};
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_engine_create(&e, m, &dev, &eo, &err), MOE_ERR_INVALID);
+  ck_assert_msg(strstr(err.msg, "overflows"), "%s", err.msg);
+  ck_assert_uint_eq(dev.mem.current_total, 0);
+  moe_device_close(&dev);
+  moe_model_free(m);
+}
+END_TEST
+
 START_TEST(missing_file_is_io) {
   moe_config c;
   moe_error err = {0};
@@ -236,6 +298,7 @@ int main(void) {
   tcase_add_test(tc, missing_file_is_io);
   tcase_add_test(tc, absent_fields_take_family_defaults);
   tcase_add_test(tc, sliding_window_is_checked_per_run);
+  tcase_add_test(tc, oversized_models_are_refused);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

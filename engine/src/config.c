@@ -1,8 +1,11 @@
 /* config.json parsing for the Mixtral and Qwen2-MoE families. */
 #include "moe/config.h"
 
+#include "checked.h"
+
 #include <jansson.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 typedef struct field_ctx {
@@ -94,6 +97,27 @@ moe_status moe_config_validate(const moe_config *cfg, const char *origin, moe_er
   if (n_moe < cfg->n_layers && cfg->dense_ffn <= 0)
     return MOE_FAIL(err, MOE_ERR_INVALID,
                     "%s: field 'intermediate_size' must be positive for the dense layers", origin);
+  /* sizes the layout will multiply out: each must fit (f32, the widest) */
+  const size_t hd = (size_t)cfg->head_dim;
+  const struct {
+    const char *what;
+    size_t bytes;
+  } sizes[] = {
+      {"vocab_size x hidden_size", moe_prod((size_t)cfg->vocab, (size_t)cfg->hidden, 4, 1)},
+      {"num_attention_heads x head_dim x hidden_size",
+       moe_prod((size_t)cfg->n_heads, hd, (size_t)cfg->hidden, 4)},
+      {"3 x expert intermediate size x hidden_size", moe_config_expert_bytes(cfg, 4)},
+      {"experts x expert size",
+       moe_prod((size_t)(n_moe > 0 ? cfg->n_experts : 0), moe_config_expert_bytes(cfg, 4),
+                (size_t)n_moe, 1)},
+      {"intermediate_size x hidden_size", moe_prod((size_t)cfg->dense_ffn, (size_t)cfg->hidden, 12, 1)},
+      {"shared_expert_intermediate_size x hidden_size",
+       moe_prod((size_t)cfg->shared_ffn, (size_t)cfg->hidden, 12, 1)},
+  };
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+    if (sizes[i].bytes == SIZE_MAX)
+      return MOE_FAIL(err, MOE_ERR_INVALID, "%s: %s overflows the address space (model too large)",
+                      origin, sizes[i].what);
   if (cfg->sliding_window < 0)
     return MOE_FAIL(err, MOE_ERR_INVALID, "%s: sliding_window must be >= 0", origin);
   if (!(cfg->rms_eps > 0.0f) || !(cfg->rope_theta > 0.0f) || !isfinite(cfg->rope_theta))
@@ -322,5 +346,5 @@ int moe_config_n_moe_layers(const moe_config *cfg) {
 }
 
 size_t moe_config_expert_bytes(const moe_config *cfg, size_t elem_size) {
-  return 3u * (size_t)cfg->expert_ffn * (size_t)cfg->hidden * elem_size;
+  return moe_prod(3u * (size_t)cfg->expert_ffn, (size_t)cfg->hidden, elem_size, 1);
 }

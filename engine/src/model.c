@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "checked.h"
 #include "moe/clock.h"
 #include "model_internal.h"
 #include "moe/expert_store.h"
@@ -99,11 +100,12 @@ static moe_engine_options normalized(const moe_engine_options *opt) {
   return o;
 }
 
-/* The engine's device buffers, in allocation order.  The one size table. */
+/* The engine's device buffers, in allocation order.  The one size table.
+ * Sizes are overflow-checked: SIZE_MAX marks one that does not fit. */
 static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device *dev,
                              const moe_engine_options *o, buf_spec *out) {
   const moe_config *c = &m->cfg;
-  const size_t B = (size_t)o->max_batch, T = B * (size_t)o->max_prefill;
+  const size_t B = (size_t)o->max_batch, T = moe_prod(B, (size_t)o->max_prefill, 1, 1);
   const size_t H = (size_t)c->hidden, hd = (size_t)c->head_dim;
   const size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
   size_t ffn = (size_t)c->expert_ffn;
@@ -111,38 +113,40 @@ static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device
   if ((size_t)c->shared_ffn > ffn) ffn = (size_t)c->shared_ffn;
   const size_t E = (size_t)(c->n_experts > 0 ? c->n_experts : 1);
   const size_t K = (size_t)(c->top_k > 0 ? c->top_k : 1);
-  const size_t kv = (size_t)c->n_layers * B * (size_t)c->n_kv_heads * (size_t)o->max_seq * hd * 4;
+  const size_t kv = moe_prod(moe_prod((size_t)c->n_layers, B, (size_t)c->n_kv_heads, 1),
+                             (size_t)o->max_seq, hd, 4);
   const size_t f = sizeof(float), i32 = sizeof(int32_t);
   size_t max_cols = H > ffn ? H : ffn;
   if (qd > max_cols) max_cols = qd;
-  const size_t ws = dev && dev->ops->workspace_bytes ? dev->ops->workspace_bytes(dev->be, T, max_cols) : 0;
+  const size_t ws = dev && dev->ops->workspace_bytes && T != SIZE_MAX
+                        ? dev->ops->workspace_bytes(dev->be, T, max_cols) : 0;
   const buf_spec t[] = {
       {&e->dense_dev, MOE_MEM_DENSE, m->dense_bytes, "dense weights"},
       {&e->k_cache, MOE_MEM_KV, kv, "K cache"},
       {&e->v_cache, MOE_MEM_KV, kv, "V cache"},
-      {&e->x, MOE_MEM_ACTIVATIONS, T * H * f, "residual stream"},
-      {&e->h, MOE_MEM_ACTIVATIONS, T * H * f, "normed activations"},
-      {&e->q, MOE_MEM_ACTIVATIONS, T * qd * f, "queries"},
-      {&e->k, MOE_MEM_ACTIVATIONS, T * kvd * f, "keys"},
-      {&e->v, MOE_MEM_ACTIVATIONS, T * kvd * f, "values"},
-      {&e->att, MOE_MEM_ACTIVATIONS, T * qd * f, "attention output"},
-      {&e->tmp, MOE_MEM_ACTIVATIONS, T * H * f, "block output"},
-      {&e->router, MOE_MEM_ACTIVATIONS, T * E * f, "router logits"},
-      {&e->rw, MOE_MEM_ACTIVATIONS, T * K * f, "routing weights"},
-      {&e->pw, MOE_MEM_ACTIVATIONS, T * K * f, "pre-gate weights"},
-      {&e->xe, MOE_MEM_ACTIVATIONS, T * H * f, "expert input"},
-      {&e->ge, MOE_MEM_ACTIVATIONS, T * ffn * f, "expert gate"},
-      {&e->ue, MOE_MEM_ACTIVATIONS, T * ffn * f, "expert up"},
-      {&e->ye, MOE_MEM_ACTIVATIONS, T * H * f, "expert output"},
-      {&e->sg, MOE_MEM_ACTIVATIONS, T * f, "shared-expert gate"},
-      {&e->logits, MOE_MEM_ACTIVATIONS, (o->all_logits ? T : B) * (size_t)c->vocab * f, "logits"},
-      {&e->ids, MOE_MEM_WORKSPACE, T * i32, "token ids"},
-      {&e->pos, MOE_MEM_WORKSPACE, T * i32, "positions"},
-      {&e->rows, MOE_MEM_WORKSPACE, T * K * i32, "expert rows"},
-      {&e->iota, MOE_MEM_WORKSPACE, T * i32, "row indices"},
-      {&e->ridx, MOE_MEM_WORKSPACE, T * K * i32, "routing indices"},
-      {&e->pidx, MOE_MEM_WORKSPACE, T * K * i32, "pre-gate indices"},
-      {&e->gemm_ws, MOE_MEM_WORKSPACE, ws, "matmul workspace"},
+      {&e->x, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "residual stream"},
+      {&e->h, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "normed activations"},
+      {&e->q, MOE_MEM_ACTIVATIONS, moe_prod(T, qd, f, 1), "queries"},
+      {&e->k, MOE_MEM_ACTIVATIONS, moe_prod(T, kvd, f, 1), "keys"},
+      {&e->v, MOE_MEM_ACTIVATIONS, moe_prod(T, kvd, f, 1), "values"},
+      {&e->att, MOE_MEM_ACTIVATIONS, moe_prod(T, qd, f, 1), "attention output"},
+      {&e->tmp, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "block output"},
+      {&e->router, MOE_MEM_ACTIVATIONS, moe_prod(T, E, f, 1), "router logits"},
+      {&e->rw, MOE_MEM_ACTIVATIONS, moe_prod(T, K, f, 1), "routing weights"},
+      {&e->pw, MOE_MEM_ACTIVATIONS, moe_prod(T, K, f, 1), "pre-gate weights"},
+      {&e->xe, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "expert input"},
+      {&e->ge, MOE_MEM_ACTIVATIONS, moe_prod(T, ffn, f, 1), "expert gate"},
+      {&e->ue, MOE_MEM_ACTIVATIONS, moe_prod(T, ffn, f, 1), "expert up"},
+      {&e->ye, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "expert output"},
+      {&e->sg, MOE_MEM_ACTIVATIONS, moe_prod(T, f, 1, 1), "shared-expert gate"},
+      {&e->logits, MOE_MEM_ACTIVATIONS, moe_prod(o->all_logits ? T : B, (size_t)c->vocab, f, 1), "logits"},
+      {&e->ids, MOE_MEM_WORKSPACE, moe_prod(T, i32, 1, 1), "token ids"},
+      {&e->pos, MOE_MEM_WORKSPACE, moe_prod(T, i32, 1, 1), "positions"},
+      {&e->rows, MOE_MEM_WORKSPACE, moe_prod(T, K, i32, 1), "expert rows"},
+      {&e->iota, MOE_MEM_WORKSPACE, moe_prod(T, i32, 1, 1), "row indices"},
+      {&e->ridx, MOE_MEM_WORKSPACE, moe_prod(T, K, i32, 1), "routing indices"},
+      {&e->pidx, MOE_MEM_WORKSPACE, moe_prod(T, K, i32, 1), "pre-gate indices"},
+      {&e->gemm_ws, MOE_MEM_WORKSPACE, T == SIZE_MAX ? SIZE_MAX : ws, "matmul workspace"},
   };
   size_t n = sizeof t / sizeof t[0];
   memcpy(out, t, sizeof t);
@@ -157,10 +161,10 @@ void moe_engine_plan_memory(const moe_model *model, const moe_device *dev,
   moe_engine_options o = normalized(opt);
   size_t n = engine_buffers(&dummy, model, dev, &o, t);
   memset(bytes, 0, MOE_MEM_CATEGORIES * sizeof bytes[0]);
-  for (size_t i = 0; i < n; i++) bytes[t[i].cat] += t[i].bytes;
-  if (model->n_moe > 0) bytes[MOE_MEM_EXPERTS] += (size_t)slots * model->expert_bytes;
+  for (size_t i = 0; i < n; i++) moe_add_ok(&bytes[t[i].cat], t[i].bytes);
+  if (model->n_moe > 0) moe_add_ok(&bytes[MOE_MEM_EXPERTS], moe_prod((size_t)slots, model->expert_bytes, 1, 1));
   *total = 0;
-  for (int c = 0; c < MOE_MEM_CATEGORIES; c++) *total += bytes[c];
+  for (int c = 0; c < MOE_MEM_CATEGORIES; c++) moe_add_ok(total, bytes[c]);
 }
 
 /* ---------------------------------------------------------------- policy ctx */
@@ -271,7 +275,7 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
             "sequence length %d exceeds the model's sliding_window %d: sliding-window attention "
             "is not implemented (runs of up to %d tokens are exact)",
             opt->max_seq, c->sliding_window, c->sliding_window);
-  const size_t T = (size_t)opt->max_batch * (size_t)e->opt.max_prefill;
+  const size_t T = moe_prod((size_t)opt->max_batch, (size_t)e->opt.max_prefill, 1, 1);
   const size_t E = (size_t)(c->n_experts > 0 ? c->n_experts : 1), K = (size_t)(c->top_k > 0 ? c->top_k : 1);
   e->cache_layer_floats = (size_t)opt->max_batch * (size_t)c->n_kv_heads * (size_t)opt->max_seq *
                           (size_t)c->head_dim;
@@ -279,11 +283,11 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   /* Plan: the policy sizes its slots against what the budget leaves. */
   size_t plan[MOE_MEM_CATEGORIES], fixed;
   moe_engine_plan_memory(model, dev, &e->opt, 0, plan, &fixed);
-  moe_policy_env env = {c->n_layers,         model->n_moe, c->n_experts, c->top_k,
-                        opt->max_batch,      model->expert_bytes,
-                        dev->mem.budget > dev->mem.current_total + fixed
-                            ? dev->mem.budget - dev->mem.current_total - fixed
-                            : 0};
+  size_t used = dev->mem.current_total;
+  moe_add_ok(&used, fixed);
+  moe_policy_env env = {c->n_layers,    model->n_moe,        c->n_experts, c->top_k,
+                        opt->max_batch, model->expert_bytes,
+                        dev->mem.budget > used ? dev->mem.budget - used : 0};
   if (model->n_moe > 0) {
     moe_policy_plan pp = {0};
     MOE_TRY(e->policy->plan(&env, &pp, err));
@@ -295,6 +299,12 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
 
   buf_spec t[MAX_BUFS];
   size_t nb = engine_buffers(e, model, dev, &e->opt, t);
+  for (size_t i = 0; i < nb; i++)
+    MOE_CHECK(t[i].bytes != SIZE_MAX, err, MOE_ERR_INVALID,
+              "the %s of batch %d x sequence %d overflows the address space", t[i].name,
+              opt->max_batch, opt->max_seq);
+  MOE_CHECK(model->n_moe == 0 || moe_prod((size_t)e->slots, model->expert_bytes, 1, 1) != SIZE_MAX,
+            err, MOE_ERR_INVALID, "%d expert slots overflow the address space", e->slots);
   for (size_t i = 0; i < nb; i++) {
     MOE_TRY(moe_device_alloc(dev, t[i].cat, t[i].bytes, t[i].name, (void **)t[i].pp, err));
     if (t[i].pp == (void *)&e->gemm_ws && dev->ops->set_workspace)

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "model_internal.h"
 #include "moe/safetensors.h"
 #include "moe/rng.h"
@@ -126,28 +127,57 @@ static moe_status build_specs(moe_model *m, moe_error *err) {
     }
   }
   /* Layout.  Dense tensors are packed with 64-byte alignment; each expert is
-   * gate, up, down back to back, experts back to back. */
+   * gate, up, down back to back, experts back to back.  Every size is
+   * overflow-checked: a config whose dimensions are each in range can still
+   * describe tensors larger than memory can address. */
   const size_t es = moe_dtype_size(m->dtype);
-  m->expert_bytes = moe_config_expert_bytes(c, es);
+  m->expert_bytes = moe_prod(3, F, H, es);
+  size_t total = moe_prod((size_t)m->n_moe, E, m->expert_bytes, 1);
+  if (m->expert_bytes == SIZE_MAX || total == SIZE_MAX)
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "model too large: %d MoE layers x %zu experts x 3 x %zu x %zu x %zu bytes "
+                    "overflows the address space", m->n_moe, E, F, H, es);
   size_t off = 0;
   for (size_t i = 0; i < m->n_specs; i++) {
     moe_tensor_spec *s = &m->specs[i];
-    size_t nb = s->rows * s->cols * es;
+    size_t nb = moe_prod(s->rows, s->cols, es, 1);
     if (s->is_expert) {
       size_t base = ((size_t)m->moe_index[s->layer] * E + (size_t)s->expert) * m->expert_bytes;
       size_t part = s->role == ROLE_E_GATE ? 0 : s->role == ROLE_E_UP ? 1 : 2;
-      s->offset = base + part * F * H * es;
+      s->offset = base + part * F * H * es; /* < total, which did not overflow */
     } else {
       s->offset = off;
-      off += (nb + 63) & ~(size_t)63;
+      size_t padded = nb;
+      if (!moe_add_ok(&padded, 63) || !moe_add_ok(&off, padded & ~(size_t)63))
+        return MOE_FAIL(err, MOE_ERR_INVALID,
+                        "model too large: tensor %s (%zu x %zu) overflows the dense layout",
+                        s->name, s->rows, s->cols);
     }
   }
   m->dense_bytes = off;
-  m->experts_total = (size_t)m->n_moe * E * m->expert_bytes;
+  m->experts_total = total;
+  if (!moe_add_ok(&total, off) || !moe_add_ok(&total, 128))
+    return MOE_FAIL(err, MOE_ERR_INVALID, "model too large: its weights overflow the address space");
   return MOE_OK;
 }
 
 #undef ADD
+
+moe_status moe_model_plan_layout(const moe_config *cfg, moe_dtype dtype, size_t *dense_bytes,
+                                 size_t *experts_bytes, moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_model *m = calloc(1, sizeof *m);
+  MOE_CHECK_ALLOC(m, err, sizeof *m);
+  m->cfg = *cfg;
+  m->dtype = dtype;
+  MOE_TRY(moe_config_validate(cfg, "model config", err));
+  MOE_TRY(build_specs(m, err));
+  *dense_bytes = m->dense_bytes;
+  *experts_bytes = m->experts_total;
+cleanup:
+  moe_model_free(m);
+  return st;
+}
 
 /* Allocates an empty model with its table and slabs for cfg. */
 static moe_status model_alloc(moe_model **out, const moe_config *cfg, moe_dtype dtype,

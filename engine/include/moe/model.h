@@ -38,6 +38,13 @@ typedef struct moe_synth_options {
 moe_status moe_model_synthetic(moe_model **out, const moe_config *cfg,
                                const moe_synth_options *opt, moe_error *err);
 
+/* The layout a model of cfg would have, without allocating its weights:
+ * bytes of the dense slab and of all experts.  MOE_ERR_INVALID when a
+ * tensor size or their sum overflows (a config whose dimensions are each
+ * in range can still describe more bytes than memory can address). */
+moe_status moe_model_plan_layout(const moe_config *cfg, moe_dtype dtype, size_t *dense_bytes,
+                                 size_t *experts_bytes, moe_error *err);
+
 /* Loads DIR/config.json and DIR's checkpoint (model.safetensors or a sharded
  * index).  dtype: the storage dtype to convert to, or NULL to keep the
  * checkpoint's (that of the embedding table).  A missing or mis-shaped tensor
