@@ -58,6 +58,14 @@ bool cli_parse_double(const char *s, double *out) {
   return true;
 }
 
+bool cli_parse_link(const char *s, double *out) {
+  double v;
+  if (!cli_parse_double(s, &v)) return false;
+  if (v != 0 && !(v >= MOE_LINK_GBPS_MIN && v <= MOE_LINK_GBPS_MAX)) return false;
+  *out = v;
+  return true;
+}
+
 const char *cli_models_dir(void) {
   const char *env = getenv("MOE_MODELS_DIR");
   return env && *env ? env : MOE_SOURCE_DIR "/workloads/models";

@@ -18,6 +18,9 @@ int cli_fail(const moe_error *err);
 bool cli_parse_int(const char *s, long lo, long hi, long *out);
 bool cli_parse_u64(const char *s, uint64_t *out);
 bool cli_parse_double(const char *s, double *out);
+/* A link cap in GB/s: 0 (uncapped) or MOE_LINK_GBPS_MIN..MOE_LINK_GBPS_MAX;
+ * a cap too small to emulate is refused, never read as "uncapped". */
+bool cli_parse_link(const char *s, double *out);
 
 /* Directory holding model presets: $MOE_MODELS_DIR, else the source tree's
  * workloads/models. */

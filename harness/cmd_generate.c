@@ -99,7 +99,7 @@ int cmd_generate(int argc, char **argv) {
       case O_PLUGIN: plugin_path = optarg; break;
       case O_ROUTING: ok = moe_routing_parse(optarg, &routing) == 0; have_routing = true; break;
       case O_DEVMEM: ok = cli_parse_bytes(optarg, &device_mem) && device_mem > 0; break;
-      case O_LINK: ok = cli_parse_double(optarg, &link_gbps) && link_gbps >= 0; break;
+      case O_LINK: ok = cli_parse_link(optarg, &link_gbps); break;
       case 'h': generate_usage(stdout); return 0;
       default:
         cli_error("generate: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);

@@ -678,7 +678,7 @@ int cmd_run(int argc, char **argv) {
       case 'q': ok = cli_parse_int(optarg, 1, 1 << 16, &requests); break;
       case 'r': ok = cli_parse_int(optarg, 1, MAX_REPS, &reps); break;
       case 'w': ok = cli_parse_int(optarg, 0, 100, &warmup); break;
-      case 'L': ok = cli_parse_double(optarg, &link) && link >= 0; break;
+      case 'L': ok = cli_parse_link(optarg, &link); break;
       case 'm': ok = cli_parse_bytes(optarg, &devmem) && devmem > 0; break;
       case 'B': backend = optarg; break;
       case 't': ok = cli_parse_int(optarg, 1, 1024, &threads); break;

@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "runner.h"
+#include "suite.h"
 
 /* Measured time of one expert copy over the backend's (capped) link. */
 static double measure_expert_copy(const char *backend, double link_gbps, size_t bytes) {
@@ -82,8 +83,8 @@ int cmd_bench_policies(int argc, char **argv) {
       case 'b': ok = cli_parse_int(optarg, 1, 4096, &batch); break;
       case 'l': ok = cli_parse_int(optarg, 1, 1 << 16, &plen); break;
       case 'g': ok = cli_parse_int(optarg, 2, 1 << 16, &glen); break;
-      case 'r': ok = cli_parse_int(optarg, 1, 100, &reps); break;
-      case 'L': ok = cli_parse_double(optarg, &link) && link >= 0; break;
+      case 'r': ok = cli_parse_int(optarg, 1, SUITE_MAX_REPS, &reps); break;
+      case 'L': ok = cli_parse_link(optarg, &link); break;
       case 'm': ok = cli_parse_bytes(optarg, &devmem) && devmem > 0; break;
       case 't': ok = cli_parse_int(optarg, 1, 1024, &threads); break;
       case 'B': backend = optarg; break;
@@ -104,12 +105,28 @@ int cmd_bench_policies(int argc, char **argv) {
   const moe_policy *pol[8];
   int np = 0;
   char buf[256];
+  if (strlen(plist) >= sizeof buf) {
+    cli_error("bench-policies: --policies is too long");
+    return 2;
+  }
   snprintf(buf, sizeof buf, "%s", plist);
-  for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+  /* every comma-separated entry must name a policy: no empty entries */
+  for (char *tok = buf, *next; tok; tok = next) {
+    next = strchr(tok, ',');
+    if (next) *next++ = '\0';
+    if (tok[0] == '\0') {
+      cli_error("bench-policies: --policies '%s' has an empty entry", plist);
+      return 2;
+    }
     if (np == 8 || (pol[np] = moe_policy_find(tok)) == NULL) {
       cli_error("bench-policies: unknown policy '%s' (see 'moebench list policies')", tok);
       return 2;
     }
+    for (int k = 0; k < np; k++)
+      if (pol[k] == pol[np]) {
+        cli_error("bench-policies: --policies lists '%s' twice", tok);
+        return 2;
+      }
     np++;
   }
   moe_error err = {0};

@@ -46,17 +46,19 @@ static json_t *load_json(const char *path, const char *what, moe_error *err) {
   return root;
 }
 
-static moe_status get_posint(json_t *o, const char *key, int def, int *out, const char *origin,
-                             moe_error *err) {
+/* An integer field in lo..hi; absent: def, or an error when def < 0.  The
+ * same bounds as the command-line flags of the same name. */
+static moe_status get_int_in(json_t *o, const char *key, int def, int lo, int hi, int *out,
+                             const char *origin, moe_error *err) {
   json_t *v = json_object_get(o, key);
   if (v == NULL) {
     if (def < 0) return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s' is missing", origin, key);
     *out = def;
     return MOE_OK;
   }
-  if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > (1 << 20))
-    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s' must be an integer in 1..%d", origin, key,
-                    1 << 20);
+  if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s' must be an integer in %d..%d", origin, key,
+                    lo, hi);
   *out = (int)json_integer_value(v);
   return MOE_OK;
 }
@@ -89,19 +91,23 @@ moe_status workload_from_json(workload *w, const void *json, const char *origin,
     size_t i;
     json_t *x;
     json_array_foreach(b, i, x) {
-      MOE_CHECK(json_is_integer(x) && json_integer_value(x) >= 1 && json_integer_value(x) <= 4096,
-                err, MOE_ERR_FORMAT, "%s: field 'batch' entry %zu must be an integer in 1..4096",
-                origin, i);
+      MOE_CHECK(json_is_integer(x) && json_integer_value(x) >= 1 &&
+                    json_integer_value(x) <= SUITE_MAX_BATCH,
+                err, MOE_ERR_FORMAT, "%s: field 'batch' entry %zu must be an integer in 1..%d",
+                origin, i, SUITE_MAX_BATCH);
       w->batches[w->n_batches++] = (int)json_integer_value(x);
     }
   } else {
-    MOE_TRY(get_posint(o, "batch", 1, &w->batches[0], origin, err));
+    MOE_TRY(get_int_in(o, "batch", 1, 1, SUITE_MAX_BATCH, &w->batches[0], origin, err));
     w->n_batches = 1;
   }
-  MOE_TRY(get_posint(o, "prompt_len", -1, &w->prompt_len, origin, err));
-  MOE_TRY(get_posint(o, "gen_len", -1, &w->gen_len, origin, err));
-  MOE_CHECK(w->gen_len >= 2, err, MOE_ERR_FORMAT, "%s: field 'gen_len' must be >= 2", origin);
-  MOE_TRY(get_posint(o, "requests", 1, &w->requests, origin, err));
+  for (int a = 0; a < w->n_batches; a++)
+    for (int c = 0; c < a; c++)
+      MOE_CHECK(w->batches[a] != w->batches[c], err, MOE_ERR_FORMAT,
+                "%s: field 'batch' lists %d twice", origin, w->batches[a]);
+  MOE_TRY(get_int_in(o, "prompt_len", -1, 1, SUITE_MAX_LEN, &w->prompt_len, origin, err));
+  MOE_TRY(get_int_in(o, "gen_len", -1, 2, SUITE_MAX_LEN, &w->gen_len, origin, err));
+  MOE_TRY(get_int_in(o, "requests", 1, 1, SUITE_MAX_LEN, &w->requests, origin, err));
   w->seed = 1;
   json_t *t = json_object_get(o, "tokens");
   if (t != NULL) {
@@ -155,8 +161,11 @@ static moe_status get_list(json_t *o, const char *key, char (*out)[64], int *n, 
   size_t i;
   json_t *x;
   json_array_foreach(v, i, x) {
-    MOE_CHECK(json_is_string(x) && json_string_length(x) < 64, err, MOE_ERR_FORMAT,
-              "%s: field '%s' entry %zu must be a name", origin, key, i);
+    MOE_CHECK(json_is_string(x) && json_string_length(x) > 0 && json_string_length(x) < 64, err,
+              MOE_ERR_FORMAT, "%s: field '%s' entry %zu must be a name", origin, key, i);
+    for (int k = 0; k < *n; k++)
+      MOE_CHECK(strcmp(out[k], json_string_value(x)) != 0, err, MOE_ERR_FORMAT,
+                "%s: field '%s' lists '%s' twice", origin, key, json_string_value(x));
     snprintf(out[(*n)++], 64, "%s", json_string_value(x));
   }
 cleanup:
@@ -198,13 +207,19 @@ moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_
       MOE_TRY(workload_load(&s->workloads[s->n_workloads], json_string_value(x), err));
     else
       MOE_TRY(workload_from_json(&s->workloads[s->n_workloads], x, sub, err));
+    for (int k = 0; k < s->n_workloads; k++)
+      MOE_CHECK(strcmp(s->workloads[k].name, s->workloads[s->n_workloads].name) != 0, err,
+                MOE_ERR_FORMAT, "%s: two workloads are named '%s'", origin,
+                s->workloads[k].name);
     s->n_workloads++;
   }
   snprintf(s->backend, sizeof s->backend, "cpu");
   MOE_TRY(get_str(root, "backend", false, s->backend, sizeof s->backend, origin, err));
-  MOE_CHECK(!strcmp(s->backend, "cpu") || !strcmp(s->backend, "cuda") || !strcmp(s->backend, "auto"),
-            err, MOE_ERR_FORMAT, "%s: field 'backend' must be cpu, cuda or auto, not '%s'", origin,
-            s->backend);
+  /* any backend name; the sweep asks the registry (moebench list backends) */
+  MOE_CHECK(s->backend[0] != '\0' && strspn(s->backend, "abcdefghijklmnopqrstuvwxyz0123456789-") ==
+                                          strlen(s->backend),
+            err, MOE_ERR_FORMAT, "%s: field 'backend' must be a backend name (a-z, 0-9, '-') or auto",
+            origin);
   snprintf(s->routing, sizeof s->routing, "default");
   MOE_TRY(get_str(root, "routing", false, s->routing, sizeof s->routing, origin, err));
   MOE_CHECK(!strcmp(s->routing, "default") || !strcmp(s->routing, "conventional") ||
@@ -228,16 +243,26 @@ moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_
       }
     }
     s->n_budgets = n;
+    for (int a = 0; a < n; a++)
+      for (int c = 0; c < a; c++)
+        MOE_CHECK(s->budgets[a] != s->budgets[c], err, MOE_ERR_FORMAT,
+                  "%s: field 'device_mem' lists the same budget twice ('%s' and '%s')", origin,
+                  names[c], names[a]);
   }
   json_t *lk = json_object_get(root, "link_gbps");
-  MOE_CHECK(lk == NULL || (json_is_number(lk) && json_number_value(lk) >= 0), err, MOE_ERR_FORMAT,
-            "%s: field 'link_gbps' must be a number >= 0", origin);
+  MOE_CHECK(lk == NULL || (json_is_number(lk) && (json_number_value(lk) == 0 ||
+                                                   (json_number_value(lk) >= MOE_LINK_GBPS_MIN &&
+                                                    json_number_value(lk) <= MOE_LINK_GBPS_MAX))),
+            err, MOE_ERR_FORMAT, "%s: field 'link_gbps' must be 0 (uncapped) or in %g..%g GB/s",
+            origin, MOE_LINK_GBPS_MIN, MOE_LINK_GBPS_MAX);
   s->link_gbps = lk ? json_number_value(lk) : 0.0;
-  MOE_TRY(get_posint(root, "threads", 1, &s->threads, origin, err));
-  MOE_TRY(get_posint(root, "repetitions", 1, &s->repetitions, origin, err));
+  MOE_TRY(get_int_in(root, "threads", 1, 1, SUITE_MAX_THREADS, &s->threads, origin, err));
+  MOE_TRY(get_int_in(root, "repetitions", 1, 1, SUITE_MAX_REPS, &s->repetitions, origin, err));
   json_t *wu = json_object_get(root, "warmup");
-  MOE_CHECK(wu == NULL || (json_is_integer(wu) && json_integer_value(wu) >= 0 && json_integer_value(wu) <= 100),
-            err, MOE_ERR_FORMAT, "%s: field 'warmup' must be an integer in 0..100", origin);
+  MOE_CHECK(wu == NULL || (json_is_integer(wu) && json_integer_value(wu) >= 0 &&
+                           json_integer_value(wu) <= SUITE_MAX_REPS),
+            err, MOE_ERR_FORMAT, "%s: field 'warmup' must be an integer in 0..%d", origin,
+            SUITE_MAX_REPS);
   s->warmup = wu ? (int)json_integer_value(wu) : 0;
 cleanup:
   return st;

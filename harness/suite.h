@@ -10,6 +10,11 @@
 #include "moe/status.h"
 
 #define SUITE_MAX 16
+/* Bounds shared by suites and the command-line flags of the same name. */
+#define SUITE_MAX_BATCH 4096
+#define SUITE_MAX_LEN (1 << 16)   /* prompt_len, gen_len, requests */
+#define SUITE_MAX_REPS 100        /* repetitions, warmup */
+#define SUITE_MAX_THREADS 1024
 
 typedef struct workload {
   char name[64];
@@ -31,7 +36,7 @@ typedef struct suite {
   int n_workloads;
   char policies[SUITE_MAX][64];
   int n_policies;
-  char backend[16];         /* "cpu", "cuda" or "auto" */
+  char backend[16];         /* a backend name, or "auto" */
   size_t budgets[SUITE_MAX];/* 0 = device capacity */
   int n_budgets;
   double link_gbps;

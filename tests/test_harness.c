@@ -85,7 +85,27 @@ START_TEST(suite_errors_name_file_and_field) {
       {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"], "
        "\"device_mem\": [\"lots\"]}", "device_mem", MOE_ERR_FORMAT},
       {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"], "
-       "\"backend\": \"tpu\"}", "'backend'", MOE_ERR_FORMAT},
+       "\"backend\": \"t p u\"}", "'backend'", MOE_ERR_FORMAT},
+      /* duplicate names would make two rows share one key */
+      {"{\"name\": \"x\", \"models\": [\"ci-small\", \"ci-small\"], \"policies\": [\"ondemand\"], "
+       "\"workloads\": [\"ci\"]}", "'ci-small' twice", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\", \"ondemand\"], "
+       "\"workloads\": [\"ci\"]}", "'ondemand' twice", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], "
+       "\"workloads\": [\"ci\", \"ci\"]}", "two workloads are named 'ci'", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"], "
+       "\"device_mem\": [\"1MiB\", \"1048576\"]}", "same budget twice", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": "
+       "[{\"name\": \"w\", \"batch\": [2, 2], \"prompt_len\": 4, \"gen_len\": 4}]}", "2 twice", MOE_ERR_FORMAT},
+      /* caps are the same in every form: a scalar batch too, and the CLI's */
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": "
+       "[{\"name\": \"w\", \"batch\": 5000, \"prompt_len\": 4, \"gen_len\": 4}]}", "1..4096", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"], "
+       "\"repetitions\": 101}", "1..100", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"], "
+       "\"link_gbps\": 1e-9}", "'link_gbps'", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"\"], \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"]}",
+       "must be a name", MOE_ERR_FORMAT},
       {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": "
        "[{\"name\": \"w\", \"batch\": 0, \"prompt_len\": 4, \"gen_len\": 4}]}", "'batch'", MOE_ERR_FORMAT},
       {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": "
@@ -116,6 +136,11 @@ START_TEST(suite_errors_name_file_and_field) {
   write_file("badpol.json", "{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"lifo\"], "
                             "\"workloads\": [\"ci\"]}");
   ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("badpol.json"), "-o", tmp_path("never"), NULL), 1);
+  ck_assert_int_ne(access(tmp_path("never.csv"), F_OK), 0);
+  /* so is a backend this build does not have */
+  write_file("badbe.json", "{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], "
+                           "\"workloads\": [\"ci\"], \"backend\": \"tpu\"}");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("badbe.json"), "-o", tmp_path("never"), NULL), 1);
   ck_assert_int_ne(access(tmp_path("never.csv"), F_OK), 0);
 }
 END_TEST

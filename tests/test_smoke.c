@@ -48,6 +48,24 @@ START_TEST(cli_rejects_bad_usage) {
   ck_assert_ptr_nonnull(strstr(out, "--no-such-flag"));
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --gen-len x", out, sizeof out), 2);
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " list nothing", out, sizeof out), 2);
+  /* empty values and lists are usage errors, never undefined behaviour */
+  static const char *bad[] = {
+      " bench-policies --preset ci-small --policies ''",
+      " bench-policies --preset ci-small --policies ,ondemand",
+      " bench-policies --preset ci-small --policies gpu-only,gpu-only",
+      " bench-policies --preset ci-small --batch ''",
+      " run --preset ci-small --link-gbps 1e-9",   /* too small to emulate, not "uncapped" */
+      " run --preset ci-small --link-gbps 1e-400",
+      " run --preset ci-small --reps 101",
+      " run --preset ci-small --out ''",
+      " sweep ci --out ''",
+      " generate --preset tiny-mixtral --gen-len ''",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s%s", MOEBENCH_PATH, bad[i]);
+    ck_assert_msg(tu_run(cmd, out, sizeof out) == 2, "%s: %s", bad[i], out);
+  }
 }
 END_TEST
 

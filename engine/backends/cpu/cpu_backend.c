@@ -185,8 +185,11 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
   moe_backend *be = calloc(1, sizeof *be);
   if (be == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: out of host memory");
   be->threads = opt && opt->threads > 0 ? opt->threads : 1;
-  if (opt && opt->link_gbps < 0)
-    return free(be), MOE_FAIL(err, MOE_ERR_INVALID, "link bandwidth must be >= 0 GB/s");
+  if (opt && opt->link_gbps != 0 &&
+      !(opt->link_gbps >= MOE_LINK_GBPS_MIN && opt->link_gbps <= MOE_LINK_GBPS_MAX))
+    return free(be), MOE_FAIL(err, MOE_ERR_INVALID,
+                              "link cap %g GB/s cannot be emulated: give 0 (uncapped) or %g..%g GB/s",
+                              opt->link_gbps, MOE_LINK_GBPS_MIN, MOE_LINK_GBPS_MAX);
   be->link_bps = opt ? opt->link_gbps * 1e9 : 0.0;
   openblas_set_num_threads(be->threads);
   pthread_mutex_init(&be->mu, NULL);

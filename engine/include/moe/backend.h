@@ -94,6 +94,10 @@ typedef struct moe_attn_shape {
   int n_heads, n_kv_heads, head_dim;
 } moe_attn_shape;
 
+/* The link caps an emulating backend accepts (GB/s); 0 means uncapped. */
+#define MOE_LINK_GBPS_MIN 0.001
+#define MOE_LINK_GBPS_MAX 1e6
+
 /* Capabilities (moe_backend_ops.caps, since ABI 1.1). */
 #define MOE_BACKEND_CAP_LINK_CAP 1u  /* honours moe_backend_options.link_gbps */
 #define MOE_BACKEND_CAP_PREFERRED 2u /* "auto" picks it when its probe finds a device */
