@@ -216,6 +216,8 @@ int cmd_generate(int argc, char **argv) {
          rs.misses, rs.recopies, rs.stall_s);
   if (rs.pregate_total)
     printf("; pre-gate hit rate %.3f", (double)rs.pregate_hits / (double)rs.pregate_total);
+  if (rs.invalid_requests)
+    printf("; %llu policy requests refused (layer or expert out of range)", rs.invalid_requests);
   printf("\n");
   if (dev.ops->device_used)
     printf("# device memory: %zu bytes accounted by the engine, %zu bytes in use as the driver "

@@ -445,6 +445,37 @@ START_TEST(policies_bit_identical_in_half_precision) {
 }
 END_TEST
 
+/* Plugins: slow, never wrong, for real.  A hostile plugin's requests with
+ * arguments out of range are refused and counted and the run is correct;
+ * a callback failing without a message gets one naming the policy and the
+ * callback; a plugin taking a built-in's name is refused by name. */
+START_TEST(hostile_plugins) {
+  moe_policy_library pl;
+  moe_error err = {0};
+  ck_assert_msg(moe_policy_plugin_load(&pl, PLUGIN_HOSTILE, &err) == MOE_OK, "%s", err.msg);
+  run_out *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o);
+  ck_assert(run(g_model, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, 0, ref, &err) == MOE_OK);
+  ck_assert_msg(run(g_model, pl.policy, MOE_ROUTING_CONVENTIONAL, 0, o, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(memcmp(o->tokens, ref->tokens, sizeof o->tokens), 0);
+  ck_assert_int_eq(memcmp(o->logits, ref->logits, sizeof o->logits), 0);
+  ck_assert_uint_gt(o->stats.invalid_requests, 0);
+  moe_policy_plugin_close(&pl);
+
+  ck_assert_msg(moe_policy_plugin_load(&pl, PLUGIN_SILENT, &err) == MOE_OK, "%s", err.msg);
+  moe_error_clear(&err);
+  ck_assert_int_eq(run(g_model, pl.policy, MOE_ROUTING_CONVENTIONAL, 0, o, &err), MOE_ERR_INTERNAL);
+  ck_assert_msg(strstr(err.msg, "'silent'") && strstr(err.msg, "experts_needed"), "%s", err.msg);
+  moe_policy_plugin_close(&pl);
+
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_policy_plugin_load(&pl, PLUGIN_CLASH, &err), MOE_ERR_INVALID);
+  ck_assert_msg(strstr(err.msg, "'ondemand'") && strstr(err.msg, "built-in"), "%s", err.msg);
+  ck_assert_ptr_null(pl.handle);
+  free(ref);
+  free(o);
+}
+END_TEST
+
 /* The store's own contract, driven directly. */
 START_TEST(store_residency) {
   moe_expert_store *s = NULL;
@@ -634,6 +665,7 @@ int main(void) {
   tcase_add_test(tc, two_engines_share_a_model);
   tcase_add_test(tc, engine_teardown_with_copies_in_flight);
   tcase_add_test(tc, policies_bit_identical_in_half_precision);
+  tcase_add_test(tc, hostile_plugins);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

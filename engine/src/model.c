@@ -50,6 +50,7 @@ struct moe_engine {
   int pred_layer;            /* MoE layer h_pidx/h_pw predict, or -1 */
   double stall_base;         /* backend-measured stall at the last reset */
   unsigned long long pregate_hits, pregate_total, warm_bytes;
+  unsigned long long invalid_requests; /* policy requests refused for bad arguments */
 };
 
 int moe_argmax(const float *x, int n) {
@@ -78,7 +79,8 @@ static moe_weight dw(const moe_engine *e, int layer, moe_role role) {
 }
 
 static int next_moe(const moe_model *m, int layer) {
-  for (int l = layer + 1; l < m->cfg.n_layers; l++)
+  if (layer >= m->cfg.n_layers) return -1;
+  for (int l = layer < 0 ? 0 : layer + 1; l < m->cfg.n_layers; l++)
     if (m->cfg.is_moe[l]) return l;
   return -1;
 }
@@ -169,8 +171,22 @@ void moe_engine_plan_memory(const moe_model *model, const moe_device *dev,
 
 /* ---------------------------------------------------------------- policy ctx */
 
+/* The policy context validates every argument: a request for a layer
+ * without an MoE block or an expert out of range is refused (0) and
+ * counted, and the run goes on; a plugin cannot make the engine read out of
+ * bounds or fail a run by asking for nonsense. */
+static bool ctx_valid(moe_engine *e, int layer, int expert) {
+  const moe_model *m = e->model;
+  if (layer >= 0 && layer < m->cfg.n_layers && m->moe_index[layer] >= 0 && expert >= 0 &&
+      expert < m->cfg.n_experts)
+    return true;
+  e->invalid_requests++;
+  return false;
+}
+
 static int ctx_fetch(moe_policy_ctx *ctx, int layer, int expert) {
   moe_engine *e = ctx->engine;
+  if (!ctx_valid(e, layer, expert)) return 0;
   int r = moe_expert_store_fetch(e->store, layer, expert, true, e->cb_err);
   return r > 0;
 }
@@ -182,7 +198,7 @@ static int ctx_resident(moe_policy_ctx *ctx, int layer, int expert) {
 
 static void ctx_evict(moe_policy_ctx *ctx, int layer, int expert) {
   moe_engine *e = ctx->engine;
-  moe_expert_store_evict(e->store, layer, expert);
+  if (ctx_valid(e, layer, expert)) moe_expert_store_evict(e->store, layer, expert);
 }
 
 static int ctx_next_moe_layer(moe_policy_ctx *ctx, int layer) {
@@ -192,12 +208,13 @@ static int ctx_next_moe_layer(moe_policy_ctx *ctx, int layer) {
 
 static int ctx_pin(moe_policy_ctx *ctx, int layer, int expert) {
   moe_engine *e = ctx->engine;
+  if (!ctx_valid(e, layer, expert)) return 0;
   return moe_expert_store_pin(e->store, layer, expert, e->cb_err) > 0;
 }
 
 static void ctx_unpin(moe_policy_ctx *ctx, int layer, int expert) {
   moe_engine *e = ctx->engine;
-  moe_expert_store_unpin(e->store, layer, expert);
+  if (ctx_valid(e, layer, expert)) moe_expert_store_unpin(e->store, layer, expert);
 }
 
 static int ctx_n_experts(moe_policy_ctx *ctx) {
@@ -214,12 +231,23 @@ static int ctx_n_experts(moe_policy_ctx *ctx) {
       moe_expert_store_round_begin((e)->store);                                          \
       moe_status pst_ = (e)->policy->method((e)->policy_state, &(e)->ctx, __VA_ARGS__, err); \
       int prc_ = moe_expert_store_round_end((e)->store, err);                            \
-      MOE_TRY(pst_);                                                                     \
+      MOE_TRY(policy_result((e), pst_, #method, err));                                   \
       MOE_CHECK(prc_ == 0 && (err == NULL || err->status == MOE_OK), err,                \
                 err && err->status != MOE_OK ? err->status : MOE_ERR_DEVICE,             \
                 "policy '%s': %s failed", (e)->policy->name, #method);                   \
     }                                                                                    \
   } while (0)
+
+/* A policy method's status: a failure it reported without a message gets
+ * one naming the policy and the method. */
+static moe_status policy_result(const moe_engine *e, moe_status st, const char *method,
+                                moe_error *err) {
+  if (st == MOE_OK) return MOE_OK;
+  if (err && err->status == MOE_OK)
+    MOE_FAIL(err, st, "policy '%s': %s failed (%s) without saying why", e->policy->name, method,
+             moe_status_name(st));
+  return st;
+}
 
 /* ---------------------------------------------------------------- lifecycle */
 
@@ -290,7 +318,7 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
                         dev->mem.budget > used ? dev->mem.budget - used : 0};
   if (model->n_moe > 0) {
     moe_policy_plan pp = {0};
-    MOE_TRY(e->policy->plan(&env, &pp, err));
+    MOE_TRY(policy_result(e, e->policy->plan(&env, &pp, err), "plan", err));
     const int max_slots = model->n_moe * c->n_experts;
     MOE_CHECK(pp.slots >= 1, err, MOE_ERR_INVALID, "policy '%s' planned %d expert slots (need >= 1)",
               e->policy->name, pp.slots);
@@ -330,13 +358,14 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   for (size_t i = 0; i < T; i++) e->h_ids[i] = (int32_t)i;
   MOE_TRY(dev->ops->upload(dev->be, e->iota, e->h_ids, T * sizeof(int32_t), err));
 
-  if (e->policy->create) MOE_TRY(e->policy->create(&env, &e->policy_state, err));
+  if (e->policy->create)
+    MOE_TRY(policy_result(e, e->policy->create(&env, &e->policy_state, err), "create", err));
   e->cb_err = err;
   if (e->policy->warm && model->n_moe > 0) {
     moe_expert_store_round_begin(e->store);
     moe_status pst = e->policy->warm(e->policy_state, &e->ctx, err);
     int prc = moe_expert_store_round_end(e->store, err);
-    MOE_TRY(pst);
+    MOE_TRY(policy_result(e, pst, "warm", err));
     MOE_CHECK(prc == 0 && (err == NULL || err->status == MOE_OK), err,
               err && err->status != MOE_OK ? err->status : MOE_ERR_DEVICE,
               "policy '%s': warm failed", e->policy->name);
@@ -645,6 +674,7 @@ void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
     out->recopies = s->recopies;
   }
   out->stall_s = engine_stall(e);
+  out->invalid_requests = e->invalid_requests;
   out->pregate_hits = e->pregate_hits;
   out->pregate_total = e->pregate_total;
   out->warm_bytes = e->warm_bytes;
@@ -654,6 +684,7 @@ void moe_engine_reset_stats(moe_engine *e) {
   if (e->store) moe_expert_store_reset_stats(e->store);
   if (e->dev->ops->stall_seconds) e->stall_base = e->dev->ops->stall_seconds(e->dev->be);
   e->pregate_hits = e->pregate_total = 0;
+  e->invalid_requests = 0;
 }
 
 struct moe_expert_store *moe_engine_store(moe_engine *e) { return e->store; }

@@ -97,9 +97,11 @@ moe_status moe_policy_plugin_load(moe_policy_library *pl, const char *path, moe_
     return MOE_FAIL(err, st, "%s: %s", path, inner.msg);
   }
   if (moe_policy_find(p->name) != NULL) {
+    /* the message is made before dlclose: p->name lives in the library */
+    st = MOE_FAIL(err, MOE_ERR_INVALID, "%s: policy name '%s' is taken by a built-in policy", path,
+                  p->name);
     dlclose(h);
-    return MOE_FAIL(err, MOE_ERR_INVALID, "%s: policy name '%s' is taken by a built-in policy", path,
-                    p->name);
+    return st;
   }
   moe_policy *copy = malloc(sizeof *copy);
   if (copy == NULL) {

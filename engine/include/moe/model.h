@@ -142,6 +142,9 @@ typedef struct moe_run_stats {
                                         block's own router also chose */
   unsigned long long pregate_total;  /* (token, expert) pairs predicted */
   unsigned long long warm_bytes;     /* bytes the policy's warm() moved */
+  unsigned long long invalid_requests; /* policy requests refused for arguments out of
+                                          range (a layer without an MoE block, an
+                                          expert id past the last) */
 } moe_run_stats;
 
 /* Builds the engine: plans slots with the policy under the device budget,
