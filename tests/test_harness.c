@@ -524,6 +524,43 @@ START_TEST(report_plots_never_run_a_shell) {
 }
 END_TEST
 
+/* Fault injection: the Nth device allocation, copy or event of each run
+ * fails.  Every row ends as an error row naming the fault, the sweep goes
+ * on, and the CSV and JSON are complete (ASan/LSan in CI: nothing leaks). */
+START_TEST(injected_faults_end_as_error_rows) {
+  write_file("tiny.json", k_tiny_suite);
+  const char *faults[] = {"alloc:3", "alloc:12", "copy:1", "copy:7", "event:1", "event:5"};
+  for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) {
+    char prefix[1100];
+    snprintf(prefix, sizeof prefix, "%s/fault%zu", g_dir, i);
+    setenv("MOE_CPU_FAULT", faults[i], 1);
+    int rc = call(cmd_sweep, "sweep", tmp_path("tiny.json"), "-o", prefix, "--quiet", NULL);
+    unsetenv("MOE_CPU_FAULT");
+    ck_assert_int_eq(rc, 0);
+    char csv[1200], json[1200];
+    snprintf(csv, sizeof csv, "%s.csv", prefix);
+    snprintf(json, sizeof json, "%s.json", prefix);
+    res_table t;
+    moe_error err = {0};
+    ck_assert_msg(res_read_csv(csv, &t, &err) == MOE_OK, "%s: %s", faults[i], err.msg);
+    ck_assert_uint_eq(t.n, 12);
+    int errors = 0;
+    for (size_t r = 0; r < t.n; r++)
+      if (!strcmp(res_get(&t.rows[r], "status"), "error")) {
+        errors++;
+        ck_assert_ptr_nonnull(strstr(res_get(&t.rows[r], "error"), "injected fault"));
+      }
+    ck_assert_msg(errors > 0, "%s: no row failed", faults[i]);
+    res_table_free(&t);
+    json_error_t je;
+    json_t *j = json_load_file(json, 0, &je);
+    ck_assert_msg(j != NULL, "%s: %s", json, je.text);
+    ck_assert_uint_eq(json_array_size(json_object_get(j, "rows")), 12);
+    json_decref(j);
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness");
   TCase *tc = tcase_create("harness");
@@ -535,6 +572,7 @@ int main(void) {
   tcase_add_test(tc, compare_verdicts);
   tcase_add_test(tc, compare_fails_closed);
   tcase_add_test(tc, report_plots_never_run_a_shell);
+  tcase_add_test(tc, injected_faults_end_as_error_rows);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);

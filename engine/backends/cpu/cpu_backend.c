@@ -56,7 +56,36 @@ struct moe_backend {
   size_t tbuf_cap;
   char desc[96];
   char device[160]; /* "cpu: <model name>" */
+  /* fault injection (MOE_CPU_FAULT=KIND:N): the Nth call of that kind on
+   * this instance fails as a device error would */
+  int fault_kind;   /* 0 none, 1 device_alloc, 2 copy_h2d_async, 3 event_create */
+  unsigned long fault_n, calls[4];
 };
+
+/* Counts a call of kind k; true when it is the one to fail. */
+static bool fault_now(moe_backend *be, int k) {
+  return be->fault_kind == k && ++be->calls[k] == be->fault_n;
+}
+
+/* MOE_CPU_FAULT=alloc:N | copy:N | event:N (tests: every failure path ends
+ * in an error result, with nothing leaked and no file left half written). */
+static moe_status parse_fault(moe_backend *be, moe_error *err) {
+  const char *f = getenv("MOE_CPU_FAULT");
+  if (f == NULL || *f == '\0') return MOE_OK;
+  static const char *kinds[] = {"", "alloc:", "copy:", "event:"};
+  for (int k = 1; k < 4; k++) {
+    size_t n = strlen(kinds[k]);
+    if (strncmp(f, kinds[k], n) != 0) continue;
+    char *end;
+    unsigned long v = strtoul(f + n, &end, 10);
+    if (*end != '\0' || v == 0) break;
+    be->fault_kind = k;
+    be->fault_n = v;
+    return MOE_OK;
+  }
+  return MOE_FAIL(err, MOE_ERR_INVALID,
+                  "MOE_CPU_FAULT='%s': expected alloc:N, copy:N or event:N with N >= 1", f);
+}
 
 /* Copies tagged with an event are counted when queued and when done; a wait
  * is for the copies queued before it (like a CUDA event's latest record).
@@ -185,6 +214,7 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
   moe_backend *be = calloc(1, sizeof *be);
   if (be == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: out of host memory");
   be->threads = opt && opt->threads > 0 ? opt->threads : 1;
+  if (parse_fault(be, err) != MOE_OK) return free(be), MOE_ERR_INVALID;
   if (opt && opt->link_gbps != 0 &&
       !(opt->link_gbps >= MOE_LINK_GBPS_MIN && opt->link_gbps <= MOE_LINK_GBPS_MAX))
     return free(be), MOE_FAIL(err, MOE_ERR_INVALID,
@@ -233,6 +263,17 @@ static const char *cpu_describe(moe_backend *be) { return be->desc; }
 
 static const char *cpu_device_name(moe_backend *be) { return be->device; }
 
+static moe_status cpu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err);
+
+static moe_status cpu_device_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err) {
+  if (fault_now(be, 1)) {
+    *ptr = NULL;
+    return MOE_FAIL(err, MOE_ERR_DEVICE, "cpu backend: injected fault: device allocation %lu fails",
+                    be->fault_n);
+  }
+  return cpu_alloc(be, bytes, ptr, err);
+}
+
 static moe_status cpu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err) {
   size_t rounded = (bytes + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN;
   if (rounded < bytes) return MOE_FAIL(err, MOE_ERR_OOM, "allocation of %zu bytes overflows", bytes);
@@ -257,6 +298,10 @@ static size_t cpu_capacity(moe_backend *be) {
 }
 
 static moe_status cpu_event_create(moe_backend *be, moe_event **ev, moe_error *err) {
+  if (fault_now(be, 3)) {
+    *ev = NULL;
+    return MOE_FAIL(err, MOE_ERR_DEVICE, "cpu backend: injected fault: event %lu fails", be->fault_n);
+  }
   *ev = calloc(1, sizeof **ev);
   if (*ev == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: out of host memory");
   return MOE_OK;
@@ -303,6 +348,8 @@ static moe_status enqueue(moe_backend *be, copy_req r, moe_error *err) {
 
 static moe_status cpu_copy_h2d_async(moe_backend *be, void *dst, const void *src, size_t bytes,
                                      moe_event *ev, moe_error *err) {
+  if (fault_now(be, 2))
+    return MOE_FAIL(err, MOE_ERR_DEVICE, "cpu backend: injected fault: copy %lu fails", be->fault_n);
   return enqueue(be, (copy_req){dst, src, bytes, ev, NULL, 0}, err);
 }
 
@@ -609,7 +656,7 @@ const moe_backend_ops moe_cpu_backend = {
     .create = cpu_create,
     .destroy = cpu_destroy,
     .describe = cpu_describe,
-    .device_alloc = cpu_alloc,
+    .device_alloc = cpu_device_alloc,
     .device_free = cpu_free,
     .host_alloc = cpu_alloc,
     .host_free = cpu_free,
