@@ -1,6 +1,8 @@
 /* Helpers shared by the moebench subcommands. */
 #include "cli.h"
 
+#include "moe/jsonfile.h"
+
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -79,16 +81,13 @@ moe_status cli_preset_load(cli_preset *p, const char *name, moe_error *err) {
     snprintf(path, sizeof path, "%s", name);
   else
     snprintf(path, sizeof path, "%s/%s.json", cli_models_dir(), name);
-  json_error_t jerr;
-  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+  moe_error lerr = {0};
+  json_t *root = moe_json_load_file(path, &lerr);
   if (root == NULL) {
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
+    if (lerr.status == MOE_ERR_IO && access(path, F_OK) != 0)
       return MOE_FAIL(err, MOE_ERR_IO, "%s: no such model preset (see 'moebench list models')",
                       path);
-    fclose(f);
-    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path, jerr.line,
-                    jerr.column, jerr.text);
+    return MOE_FAIL(err, lerr.status, "%s", lerr.msg);
   }
   json_t *v;
   MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", path);

@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
+#include "moe/jsonfile.h"
 
 const char *suite_profiles_dir(void) {
   const char *e = getenv("MOE_PROFILES_DIR");
@@ -26,16 +28,13 @@ static void resolve(char *out, size_t cap, const char *dir, const char *name) {
 }
 
 static json_t *load_json(const char *path, const char *what, moe_error *err) {
-  json_error_t je;
-  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+  moe_error lerr = {0};
+  json_t *root = moe_json_load_file(path, &lerr);
   if (root == NULL) {
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
+    if (lerr.status == MOE_ERR_IO && access(path, F_OK) != 0)
       MOE_FAIL(err, MOE_ERR_IO, "%s: no such %s", path, what);
-      return NULL;
-    }
-    fclose(f);
-    MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path, je.line, je.column, je.text);
+    else
+      MOE_FAIL(err, lerr.status, "%s", lerr.msg);
     return NULL;
   }
   if (!json_is_object(root)) {

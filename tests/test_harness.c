@@ -11,7 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "commands.h"
+#include "moe/config.h"
 #include "results.h"
 #include "suite.h"
 #include "testutil.h"
@@ -561,6 +563,35 @@ START_TEST(injected_faults_end_as_error_rows) {
 }
 END_TEST
 
+/* Inputs that are not regular files (a FIFO nobody writes, a device) are
+ * refused at once with one line, never read or waited on. */
+START_TEST(inputs_must_be_regular_files) {
+  char fifo[1100];
+  snprintf(fifo, sizeof fifo, "%s/fifo.json", g_dir);
+  ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+  moe_error err = {0};
+  moe_config c;
+  ck_assert_int_eq(moe_config_load(&c, fifo, &err), MOE_ERR_IO);
+  ck_assert_ptr_nonnull(strstr(err.msg, "not a regular file"));
+  suite *s = calloc(1, sizeof *s);
+  moe_error_clear(&err);
+  ck_assert_int_eq(suite_load(s, fifo, &err), MOE_ERR_IO);
+  ck_assert_ptr_nonnull(strstr(err.msg, "not a regular file"));
+  free(s);
+  cli_preset p;
+  moe_error_clear(&err);
+  ck_assert_int_eq(cli_preset_load(&p, fifo, &err), MOE_ERR_IO);
+  res_table t;
+  moe_error_clear(&err);
+  ck_assert_int_eq(res_read_csv(fifo, &t, &err), MOE_ERR_IO);
+  int32_t *ids = NULL;
+  int n = 0, len = 0;
+  ck_assert_int_eq(cli_read_token_file(fifo, -1, &ids, &n, &len), -1);
+  ck_assert_int_eq(cli_read_token_file("/dev/zero", -1, &ids, &n, &len), -1);
+  ck_assert_int_eq(call(cmd_compare, "compare", fifo, fifo, NULL), 2);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness");
   TCase *tc = tcase_create("harness");
@@ -573,6 +604,7 @@ int main(void) {
   tcase_add_test(tc, compare_fails_closed);
   tcase_add_test(tc, report_plots_never_run_a_shell);
   tcase_add_test(tc, injected_faults_end_as_error_rows);
+  tcase_add_test(tc, inputs_must_be_regular_files);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);

@@ -2,6 +2,7 @@
 #include "moe/config.h"
 
 #include "checked.h"
+#include "moe/jsonfile.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -326,14 +327,8 @@ cleanup:
 }
 
 moe_status moe_config_load(moe_config *cfg, const char *path, moe_error *err) {
-  json_error_t jerr;
-  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-  if (root == NULL) {
-    if (jerr.line < 0 || strstr(jerr.text, "unable to open") != NULL)
-      return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot read: %s", path, jerr.text);
-    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path, jerr.line,
-                    jerr.column, jerr.text);
-  }
+  json_t *root = moe_json_load_file(path, err);
+  if (root == NULL) return err ? err->status : MOE_ERR_IO;
   moe_status st = moe_config_from_json(cfg, root, path, err);
   json_decref(root);
   return st;

@@ -1,6 +1,8 @@
 /* safetensors reader (validating, memory-mapped) and writer. */
 #include "moe/safetensors.h"
 
+#include "moe/jsonfile.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -191,7 +193,7 @@ moe_status moe_st_open_memory(moe_st_file **out, const void *buf, size_t len, co
 
 moe_status moe_st_open(moe_st_file **out, const char *path, moe_error *err) {
   *out = NULL;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO must not block */
   if (fd < 0) return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
   struct stat sb;
   if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
@@ -268,9 +270,11 @@ moe_status moe_checkpoint_open(moe_checkpoint **out, const char *dir, moe_error 
   path = path_join(dir, "model.safetensors.index.json");
   MOE_CHECK_ALLOC(path, err, strlen(dir));
   if (access(path, F_OK) == 0) {
-    json_error_t jerr;
-    index = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    MOE_CHECK(index != NULL, err, MOE_ERR_FORMAT, "%s: malformed JSON: %s", path, jerr.text);
+    index = moe_json_load_file(path, err);
+    if (index == NULL) {
+      st = err ? err->status : MOE_ERR_FORMAT;
+      goto cleanup;
+    }
     json_t *wm = json_object_get(index, "weight_map");
     MOE_CHECK(json_is_object(wm), err, MOE_ERR_FORMAT, "%s: field 'weight_map' is missing", path);
     /* Distinct shard names, in first-seen order. */
