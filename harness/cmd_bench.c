@@ -161,7 +161,7 @@ done:
 int cmd_bench_ops(int argc, char **argv) {
   static const struct option opts[] = {{"preset", required_argument, 0, 'p'},
                                        {"reps", required_argument, 0, 'r'},
-                                       {"steps", required_argument, 0, 's'},
+                                       {"gen-len", required_argument, 0, 's'},
                                        {"threads", required_argument, 0, 't'},
                                        {"skip-decode", no_argument, 0, 'D'},
                                        {"help", no_argument, 0, 'h'},
@@ -177,7 +177,10 @@ int cmd_bench_ops(int argc, char **argv) {
     switch (c) {
       case 'p': preset = optarg; break;
       case 'r': ok = cli_parse_int(optarg, 1, 1000, &reps); break;
-      case 's': ok = cli_parse_int(optarg, 2, 100000, &steps); break;
+      case 's': /* generated tokens; the first comes from the prefill */
+        ok = cli_parse_int(optarg, 2, 100001, &steps);
+        steps--;
+        break;
       case 't': ok = cli_parse_int(optarg, 1, 1024, &threads); break;
       case 'D': skip_decode = true; break;
       case 'h':
@@ -187,7 +190,7 @@ int cmd_bench_ops(int argc, char **argv) {
                "read-only bandwidth; batch-1 decode as achieved weight-read bandwidth.\n\n"
                "  --preset NAME   model for the decode benchmark (default bench-decode)\n"
                "  --reps N        repetitions per gemm/memory figure (default 9)\n"
-               "  --steps N       decode steps (default 16)\n"
+               "  --gen-len N     generated tokens, N - 1 of them timed decode steps (default 17)\n"
                "  --threads N     OpenBLAS threads (default 1)\n"
                "  --skip-decode   only the gemm and memory parts\n"
                "  -h, --help      this text\n");
