@@ -101,12 +101,19 @@ static int cmd_list(int argc, char **argv) {
       const moe_backend_ops *o = moe_backend_at(i);
       printf("%-8s %s\n", o->name, o->summary);
     }
-    char desc[256];
-    moe_error err = {0};
-    if (moe_cuda_probe(desc, sizeof desc, &err) == MOE_OK)
-      printf("cuda device: %s\n", desc);
-    else
-      printf("cuda device: none (%s)\n", err.msg);
+    /* what each backend's probe finds, by table (no backend named here) */
+    for (size_t i = 0; i < moe_backend_count(); i++) {
+      const moe_backend_ops *o = moe_backend_at(i);
+      if (o->probe == NULL) continue;
+      char desc[256];
+      moe_error err = {0};
+      if (o->probe(desc, sizeof desc, &err) == MOE_OK)
+        printf("%s device: %s\n", o->name, desc);
+      else
+        printf("%s device: none (%s)\n", o->name, err.msg);
+    }
+    printf("auto: %s\n", moe_backend_auto()->name);
+    if (!moe_cuda_compiled()) printf("cuda: not compiled in this build (-DMOE_WITH_CUDA=ON)\n");
     return 0;
   }
   if (strcmp(what, "policies") == 0) {
