@@ -7,6 +7,7 @@
 
 #include "moe/rng.h"
 #include "cli.h"
+#include "suite.h"
 #include "commands.h"
 #include "moe/backend.h"
 #include "moe/model.h"
@@ -47,7 +48,20 @@ static void generate_usage(FILE *f) {
           "  -h, --help            this text\n");
 }
 
-int cmd_generate(int argc, char **argv) {
+/* Everything generate's flags set. */
+typedef struct gen_opts {
+  const char *model_dir, *preset, *save, *ids_arg, *pfile, *backend, *policy_name, *plugin_path;
+  bool have_routing, have_seed, have_dtype, have_skew, quiet;
+  moe_routing routing;
+  size_t device_mem;
+  double link_gbps, skew;
+  uint64_t seed, prompt_seed;
+  moe_dtype dtype;
+  long plen, batch, max_new, threads;
+} gen_opts;
+
+/* Parses the flags; returns -1 to go on, else the exit code. */
+static int gen_parse(int argc, char **argv, gen_opts *o) {
   enum { O_MODEL = 256, O_PRESET, O_SEED, O_DTYPE, O_SKEW, O_SAVE, O_IDS, O_PFILE, O_PLEN, O_PSEED,
          O_BATCH, O_MAXNEW, O_BACKEND, O_THREADS, O_QUIET, O_POLICY, O_PLUGIN, O_ROUTING,
          O_DEVMEM, O_LINK };
@@ -63,43 +77,34 @@ int cmd_generate(int argc, char **argv) {
       {"policy-plugin", required_argument, 0, O_PLUGIN}, {"routing", required_argument, 0, O_ROUTING},
       {"device-mem", required_argument, 0, O_DEVMEM}, {"link-gbps", required_argument, 0, O_LINK},
       {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
-  const char *model_dir = NULL, *preset = NULL, *save = NULL, *ids_arg = NULL, *pfile = NULL;
-  const char *backend = "cpu", *policy_name = NULL, *plugin_path = NULL;
-  bool have_routing = false;
-  moe_routing routing = MOE_ROUTING_CONVENTIONAL;
-  size_t device_mem = 0;
-  double link_gbps = 0.0;
-  bool have_seed = false, have_dtype = false, have_skew = false, quiet = false;
-  uint64_t seed = 0, prompt_seed = 1;
-  moe_dtype dtype = MOE_F32;
-  double skew = 0.0;
-  long plen = 16, batch = 0, max_new = 16, threads = 1;
+  *o = (gen_opts){.backend = "cpu", .routing = MOE_ROUTING_CONVENTIONAL, .prompt_seed = 1,
+                  .dtype = MOE_F32, .plen = 16, .max_new = 16, .threads = 1};
   optind = 1;
   opterr = 0;
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     bool ok = true;
     switch (c) {
-      case O_MODEL: model_dir = optarg; break;
-      case O_PRESET: preset = optarg; break;
-      case O_SEED: ok = cli_parse_u64(optarg, &seed); have_seed = true; break;
-      case O_DTYPE: ok = moe_dtype_parse(optarg, &dtype) == 0; have_dtype = true; break;
-      case O_SKEW: ok = cli_parse_double(optarg, &skew) && skew >= 0; have_skew = true; break;
-      case O_SAVE: save = optarg; break;
-      case O_IDS: ids_arg = optarg; break;
-      case O_PFILE: pfile = optarg; break;
-      case O_PLEN: ok = cli_parse_int(optarg, 1, 1 << 20, &plen); break;
-      case O_PSEED: ok = cli_parse_u64(optarg, &prompt_seed); break;
-      case O_BATCH: ok = cli_parse_int(optarg, 1, 1 << 16, &batch); break;
-      case O_MAXNEW: ok = cli_parse_int(optarg, 1, 1 << 20, &max_new); break;
-      case O_BACKEND: backend = optarg; break;
-      case O_THREADS: ok = cli_parse_int(optarg, 1, 1024, &threads); break;
-      case O_QUIET: quiet = true; break;
-      case O_POLICY: policy_name = optarg; break;
-      case O_PLUGIN: plugin_path = optarg; break;
-      case O_ROUTING: ok = moe_routing_parse(optarg, &routing) == 0; have_routing = true; break;
-      case O_DEVMEM: ok = cli_parse_bytes(optarg, &device_mem) && device_mem > 0; break;
-      case O_LINK: ok = cli_parse_link(optarg, &link_gbps); break;
+      case O_MODEL: o->model_dir = optarg; break;
+      case O_PRESET: o->preset = optarg; break;
+      case O_SEED: ok = cli_parse_u64(optarg, &o->seed); o->have_seed = true; break;
+      case O_DTYPE: ok = moe_dtype_parse(optarg, &o->dtype) == 0; o->have_dtype = true; break;
+      case O_SKEW: ok = cli_parse_double(optarg, &o->skew) && o->skew >= 0; o->have_skew = true; break;
+      case O_SAVE: ok = optarg[0] != '\0'; o->save = optarg; break;
+      case O_IDS: o->ids_arg = optarg; break;
+      case O_PFILE: ok = optarg[0] != '\0'; o->pfile = optarg; break;
+      case O_PLEN: ok = cli_parse_int(optarg, 1, SUITE_MAX_LEN, &o->plen); break;
+      case O_PSEED: ok = cli_parse_u64(optarg, &o->prompt_seed); break;
+      case O_BATCH: ok = cli_parse_int(optarg, 1, SUITE_MAX_BATCH, &o->batch); break;
+      case O_MAXNEW: ok = cli_parse_int(optarg, 1, SUITE_MAX_LEN, &o->max_new); break;
+      case O_BACKEND: ok = optarg[0] != '\0'; o->backend = optarg; break;
+      case O_THREADS: ok = cli_parse_int(optarg, 1, SUITE_MAX_THREADS, &o->threads); break;
+      case O_QUIET: o->quiet = true; break;
+      case O_POLICY: ok = optarg[0] != '\0'; o->policy_name = optarg; break;
+      case O_PLUGIN: ok = optarg[0] != '\0'; o->plugin_path = optarg; break;
+      case O_ROUTING: ok = moe_routing_parse(optarg, &o->routing) == 0; o->have_routing = true; break;
+      case O_DEVMEM: ok = cli_parse_bytes(optarg, &o->device_mem) && o->device_mem > 0; break;
+      case O_LINK: ok = cli_parse_link(optarg, &o->link_gbps); break;
       case 'h': generate_usage(stdout); return 0;
       default:
         cli_error("generate: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
@@ -114,115 +119,163 @@ int cmd_generate(int argc, char **argv) {
     cli_error("generate: unexpected argument '%s'", argv[optind]);
     return 2;
   }
-  if ((model_dir == NULL) == (preset == NULL)) {
+  if ((o->model_dir == NULL) == (o->preset == NULL)) {
     cli_error("generate: give exactly one of --model-dir or --preset");
     return 2;
   }
-  if (ids_arg && pfile) {
+  if (o->ids_arg && o->pfile) {
     cli_error("generate: give at most one of --prompt-ids and --prompt-file");
     return 2;
   }
-  if (policy_name && plugin_path) {
+  if (o->policy_name && o->plugin_path) {
     cli_error("generate: give at most one of --policy and --policy-plugin");
     return 2;
   }
-  const moe_policy *policy = moe_policy_find(policy_name ? policy_name : "gpu-only");
-  if (policy == NULL) {
-    cli_error("generate: unknown policy '%s' (see 'moebench list policies')", policy_name);
-    return 2;
-  }
+  return -1;
+}
 
-  int rc = 1;
-  moe_error err = {0};
-  moe_policy_library plugin = {0};
-  moe_model *model = NULL;
-  moe_device dev = {0};
-  moe_engine *eng = NULL;
-  int32_t *prompts = NULL, *batch_prompts = NULL, *out = NULL;
-  int n_prompts = 1, len = (int)plen;
-
-  if (plugin_path) {
-    if (moe_policy_plugin_load(&plugin, plugin_path, &err) != MOE_OK) goto done;
-    policy = plugin.policy;
-  }
-  if (!have_routing)
-    routing = policy->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL;
-  if (preset) {
+/* The model: a preset's synthetic one (flags override its dtype, seed and
+ * skew) or a checkpoint directory; saved when asked. */
+static moe_status gen_model(const gen_opts *o, moe_model **model, moe_error *err) {
+  if (o->preset) {
     cli_preset p;
-    if (cli_preset_load(&p, preset, &err) != MOE_OK) goto done;
+    moe_status st = cli_preset_load(&p, o->preset, err);
+    if (st != MOE_OK) return st;
     moe_synth_options so = cli_preset_synth(&p);
-    if (have_dtype) so.dtype = dtype;
-    if (have_seed) so.seed = seed;
-    if (have_skew) so.routing_skew = skew;
-    if (moe_model_synthetic(&model, &p.cfg, &so, &err) != MOE_OK) goto done;
+    if (o->have_dtype) so.dtype = o->dtype;
+    if (o->have_seed) so.seed = o->seed;
+    if (o->have_skew) so.routing_skew = o->skew;
+    st = moe_model_synthetic(model, &p.cfg, &so, err);
+    if (st != MOE_OK) return st;
   } else {
-    if (moe_model_load(&model, model_dir, have_dtype ? &dtype : NULL, &err) != MOE_OK) goto done;
+    moe_status st = moe_model_load(model, o->model_dir, o->have_dtype ? &o->dtype : NULL, err);
+    if (st != MOE_OK) return st;
   }
-  if (save && moe_model_save(model, save, &err) != MOE_OK) goto done;
-  const moe_config *cfg = moe_model_config(model);
+  return o->save ? moe_model_save(*model, o->save, err) : MOE_OK;
+}
 
-  if (ids_arg) {
-    len = cli_parse_ids(ids_arg, &prompts);
-    if (len <= 0) {
+/* The batch's prompts: ids, a token file or seeded random ids, repeated
+ * cyclically to fill the batch.  Returns 0, 1 (printed) or 2 (usage). */
+static int gen_prompts(const gen_opts *o, const moe_config *cfg, int32_t **batch_prompts, int *B,
+                       int *len) {
+  int32_t *prompts = NULL;
+  int n_prompts = 1;
+  *len = (int)o->plen;
+  if (o->ids_arg) {
+    *len = cli_parse_ids(o->ids_arg, &prompts);
+    if (*len <= 0) {
+      if (*len == 0) free(prompts);
       cli_error("generate: --prompt-ids must be a non-empty list of non-negative ids");
-      rc = 2;
-      goto done;
+      return 2;
     }
-  } else if (pfile) {
-    if (cli_read_token_file(pfile, -1, &prompts, &n_prompts, &len) != 0) goto done;
+  } else if (o->pfile) {
+    if (cli_read_token_file(o->pfile, -1, &prompts, &n_prompts, len) != 0) return 1;
   } else {
-    n_prompts = batch > 0 ? (int)batch : 1;
-    prompts = malloc((size_t)n_prompts * (size_t)len * sizeof *prompts);
-    if (prompts == NULL) goto done;
+    n_prompts = o->batch > 0 ? (int)o->batch : 1;
+    prompts = malloc((size_t)n_prompts * (size_t)*len * sizeof *prompts);
+    if (prompts == NULL) {
+      cli_error("generate: out of host memory for prompts");
+      return 1;
+    }
     moe_rng r;
-    moe_rng_seed(&r, prompt_seed, 0);
-    for (size_t i = 0; i < (size_t)n_prompts * (size_t)len; i++)
+    moe_rng_seed(&r, o->prompt_seed, 0);
+    for (size_t i = 0; i < (size_t)n_prompts * (size_t)*len; i++)
       prompts[i] = (int32_t)(moe_rng_next(&r) % (uint64_t)cfg->vocab);
   }
-  int B = batch > 0 ? (int)batch : n_prompts;
-  batch_prompts = malloc((size_t)B * (size_t)len * sizeof *batch_prompts);
-  out = malloc((size_t)B * (size_t)max_new * sizeof *out);
-  if (batch_prompts == NULL || out == NULL) goto done;
-  for (int b = 0; b < B; b++)
-    memcpy(batch_prompts + (size_t)b * (size_t)len, prompts + (size_t)(b % n_prompts) * (size_t)len,
-           (size_t)len * sizeof *prompts);
+  *B = o->batch > 0 ? (int)o->batch : n_prompts;
+  *batch_prompts = malloc((size_t)*B * (size_t)*len * sizeof **batch_prompts);
+  if (*batch_prompts == NULL) {
+    free(prompts);
+    cli_error("generate: out of host memory for prompts");
+    return 1;
+  }
+  for (int b = 0; b < *B; b++)
+    memcpy(*batch_prompts + (size_t)b * (size_t)*len,
+           prompts + (size_t)(b % n_prompts) * (size_t)*len, (size_t)*len * sizeof *prompts);
+  free(prompts);
+  return 0;
+}
 
-  moe_backend_options bo = {.threads = (int)threads, .link_gbps = link_gbps,
-                            .device_budget = device_mem};
-  if (moe_device_open(&dev, backend, &bo, &err) != MOE_OK) goto done;
-  moe_engine_options eo = {.max_batch = B, .max_seq = len + (int)max_new, .policy = policy,
-                           .routing = routing};
-  if (moe_engine_create(&eng, model, &dev, &eo, &err) != MOE_OK) goto done;
-  moe_gen_stats gs = {0};
-  if (moe_engine_generate(eng, batch_prompts, B, len, (int)max_new, out, NULL, &gs, &err) != MOE_OK)
-    goto done;
-  if (!quiet)
+/* The tokens (unless quiet) and the summary lines, every figure labelled. */
+static void gen_print(const gen_opts *o, moe_device *dev, moe_engine *eng, const moe_policy *policy,
+                      moe_routing routing, const int32_t *out, int B, int len,
+                      const moe_gen_stats *gs) {
+  const long max_new = o->max_new;
+  if (!o->quiet)
     for (int b = 0; b < B; b++) {
       printf("seq %d:", b);
       for (long t = 0; t < max_new; t++) printf(" %d", out[(size_t)b * (size_t)max_new + (size_t)t]);
       printf("\n");
     }
-  double gen_tps = (double)B * (double)max_new / gs.total_s;
+  double gen_tps = (double)B * (double)max_new / gs->total_s;
   moe_run_stats rs;
   moe_engine_stats(eng, &rs);
   printf("# %s on %s: policy %s, routing %s; batch %d, prompt %d, generated %ld per sequence; "
          "prefill %.3f s, decode %.3f s; %.2f generated tokens/s (measured, wall clock)\n",
-         preset ? preset : model_dir, dev.ops->describe(dev.be), policy->name,
-         moe_routing_name(routing), B, len, max_new, gs.prefill_s, gs.decode_s, gen_tps);
+         o->preset ? o->preset : o->model_dir, dev->ops->describe(dev->be), policy->name,
+         moe_routing_name(routing), B, len, max_new, gs->prefill_s, gs->decode_s, gen_tps);
   printf("# peak device bytes %zu (measured by the allocator; expert slots %d: %zu bytes); "
          "copied host-to-device %llu bytes in %llu fetches, %llu misses, %llu re-copies, "
          "stall %.3f s (measured)",
-         dev.mem.peak_total, rs.slots, dev.mem.at_peak[MOE_MEM_EXPERTS], rs.bytes_h2d, rs.fetches,
-         rs.misses, rs.recopies, rs.stall_s);
+         dev->mem.peak_total, rs.slots, dev->mem.at_peak[MOE_MEM_EXPERTS], rs.bytes_h2d,
+         rs.fetches, rs.misses, rs.recopies, rs.stall_s);
   if (rs.pregate_total)
     printf("; pre-gate hit rate %.3f", (double)rs.pregate_hits / (double)rs.pregate_total);
   if (rs.invalid_requests)
     printf("; %llu policy requests refused (layer or expert out of range)", rs.invalid_requests);
   printf("\n");
-  if (dev.ops->device_used)
+  if (dev->ops->device_used)
     printf("# device memory: %zu bytes accounted by the engine, %zu bytes in use as the driver "
            "reports it (cudaMemGetInfo; includes the CUDA context and cuBLAS)\n",
-           dev.mem.current_total, dev.ops->device_used(dev.be));
+           dev->mem.current_total, dev->ops->device_used(dev->be));
+}
+
+int cmd_generate(int argc, char **argv) {
+  gen_opts o;
+  int rc = gen_parse(argc, argv, &o);
+  if (rc >= 0) return rc;
+  const moe_policy *policy = moe_policy_find(o.policy_name ? o.policy_name : "gpu-only");
+  if (policy == NULL) {
+    cli_error("generate: unknown policy '%s' (see 'moebench list policies')", o.policy_name);
+    return 2;
+  }
+  rc = 1;
+  moe_error err = {0};
+  moe_policy_library plugin = {0};
+  moe_model *model = NULL;
+  moe_device dev = {0};
+  moe_engine *eng = NULL;
+  int32_t *batch_prompts = NULL, *out = NULL;
+  int B = 0, len = 0;
+  if (o.plugin_path) {
+    if (moe_policy_plugin_load(&plugin, o.plugin_path, &err) != MOE_OK) goto done;
+    policy = plugin.policy;
+  }
+  moe_routing routing = o.routing;
+  if (!o.have_routing)
+    routing = policy->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED
+                                                                     : MOE_ROUTING_CONVENTIONAL;
+  if (gen_model(&o, &model, &err) != MOE_OK) goto done;
+  int prc = gen_prompts(&o, moe_model_config(model), &batch_prompts, &B, &len);
+  if (prc != 0) {
+    rc = prc;
+    goto done;
+  }
+  out = malloc((size_t)B * (size_t)o.max_new * sizeof *out);
+  if (out == NULL) {
+    MOE_FAIL(&err, MOE_ERR_OOM, "out of host memory for the generated tokens");
+    goto done;
+  }
+  moe_backend_options bo = {.threads = (int)o.threads, .link_gbps = o.link_gbps,
+                            .device_budget = o.device_mem};
+  if (moe_device_open(&dev, o.backend, &bo, &err) != MOE_OK) goto done;
+  moe_engine_options eo = {.max_batch = B, .max_seq = len + (int)o.max_new, .policy = policy,
+                           .routing = routing};
+  if (moe_engine_create(&eng, model, &dev, &eo, &err) != MOE_OK) goto done;
+  moe_gen_stats gs = {0};
+  if (moe_engine_generate(eng, batch_prompts, B, len, (int)o.max_new, out, NULL, &gs, &err) != MOE_OK)
+    goto done;
+  gen_print(&o, &dev, eng, policy, routing, out, B, len, &gs);
   rc = 0;
 done:
   if (rc != 0 && err.status != MOE_OK) cli_fail(&err);
@@ -230,7 +283,6 @@ done:
   moe_device_close(&dev);
   moe_model_free(model);
   moe_policy_plugin_close(&plugin);
-  free(prompts);
   free(batch_prompts);
   free(out);
   return rc;
