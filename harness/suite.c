@@ -182,17 +182,9 @@ moe_status suite_load(suite *s, const char *name, moe_error *err) {
   return st;
 }
 
-moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_error *err) {
+/* "workloads": names of profiles or inline objects, distinct names. */
+static moe_status get_workloads(suite *s, json_t *root, const char *origin, moe_error *err) {
   moe_status st = MOE_OK;
-  memset(s, 0, sizeof *s);
-  snprintf(s->path, sizeof s->path, "%s", origin_);
-  const char *origin = s->path;
-  json_t *root = (json_t *)json;
-  MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", origin);
-  MOE_TRY(get_str(root, "name", true, s->name, sizeof s->name, origin, err));
-  MOE_TRY(get_str(root, "description", false, s->description, sizeof s->description, origin, err));
-  MOE_TRY(get_list(root, "models", s->models, &s->n_models, origin, err));
-  MOE_TRY(get_list(root, "policies", s->policies, &s->n_policies, origin, err));
   json_t *wl = json_object_get(root, "workloads");
   MOE_CHECK(json_is_array(wl) && json_array_size(wl) >= 1 && json_array_size(wl) <= SUITE_MAX, err,
             MOE_ERR_FORMAT, "%s: field 'workloads' must list 1..%d workloads (names or objects)",
@@ -212,11 +204,47 @@ moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_
                 s->workloads[k].name);
     s->n_workloads++;
   }
+cleanup:
+  return st;
+}
+
+/* "device_mem": sizes or "capacity" (0), distinct; absent: capacity. */
+static moe_status get_budgets(suite *s, json_t *root, const char *origin, moe_error *err) {
+  moe_status st = MOE_OK;
+  if (json_object_get(root, "device_mem") == NULL) {
+    s->n_budgets = 1;
+    return MOE_OK;
+  }
+  char names[SUITE_MAX][64];
+  int n = 0;
+  MOE_TRY(get_list(root, "device_mem", names, &n, origin, err));
+  for (int k = 0; k < n; k++) {
+    if (strcmp(names[k], "capacity") == 0) {
+      s->budgets[k] = 0;
+    } else {
+      MOE_CHECK(cli_parse_bytes(names[k], &s->budgets[k]) && s->budgets[k] > 0, err,
+                MOE_ERR_FORMAT, "%s: field 'device_mem' entry '%s' is not a size like 24GiB",
+                origin, names[k]);
+    }
+  }
+  s->n_budgets = n;
+  for (int a = 0; a < n; a++)
+    for (int c = 0; c < a; c++)
+      MOE_CHECK(s->budgets[a] != s->budgets[c], err, MOE_ERR_FORMAT,
+                "%s: field 'device_mem' lists the same budget twice ('%s' and '%s')", origin,
+                names[c], names[a]);
+cleanup:
+  return st;
+}
+
+/* backend, routing, link cap, threads, repetitions, warm-up. */
+static moe_status get_run_settings(suite *s, json_t *root, const char *origin, moe_error *err) {
+  moe_status st = MOE_OK;
   snprintf(s->backend, sizeof s->backend, "cpu");
   MOE_TRY(get_str(root, "backend", false, s->backend, sizeof s->backend, origin, err));
   /* any backend name; the sweep asks the registry (moebench list backends) */
   MOE_CHECK(s->backend[0] != '\0' && strspn(s->backend, "abcdefghijklmnopqrstuvwxyz0123456789-") ==
-                                          strlen(s->backend),
+                                         strlen(s->backend),
             err, MOE_ERR_FORMAT, "%s: field 'backend' must be a backend name (a-z, 0-9, '-') or auto",
             origin);
   snprintf(s->routing, sizeof s->routing, "default");
@@ -225,29 +253,6 @@ moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_
                 !strcmp(s->routing, "pregated"),
             err, MOE_ERR_FORMAT, "%s: field 'routing' must be default, conventional or pregated",
             origin);
-  json_t *dm = json_object_get(root, "device_mem");
-  if (dm == NULL) {
-    s->n_budgets = 1;
-  } else {
-    char names[SUITE_MAX][64];
-    int n = 0;
-    MOE_TRY(get_list(root, "device_mem", names, &n, origin, err));
-    for (int k = 0; k < n; k++) {
-      if (strcmp(names[k], "capacity") == 0) {
-        s->budgets[k] = 0;
-      } else {
-        MOE_CHECK(cli_parse_bytes(names[k], &s->budgets[k]) && s->budgets[k] > 0, err,
-                  MOE_ERR_FORMAT, "%s: field 'device_mem' entry '%s' is not a size like 24GiB",
-                  origin, names[k]);
-      }
-    }
-    s->n_budgets = n;
-    for (int a = 0; a < n; a++)
-      for (int c = 0; c < a; c++)
-        MOE_CHECK(s->budgets[a] != s->budgets[c], err, MOE_ERR_FORMAT,
-                  "%s: field 'device_mem' lists the same budget twice ('%s' and '%s')", origin,
-                  names[c], names[a]);
-  }
   json_t *lk = json_object_get(root, "link_gbps");
   MOE_CHECK(lk == NULL || (json_is_number(lk) && (json_number_value(lk) == 0 ||
                                                    (json_number_value(lk) >= MOE_LINK_GBPS_MIN &&
@@ -263,6 +268,24 @@ moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_
             err, MOE_ERR_FORMAT, "%s: field 'warmup' must be an integer in 0..%d", origin,
             SUITE_MAX_REPS);
   s->warmup = wu ? (int)json_integer_value(wu) : 0;
+cleanup:
+  return st;
+}
+
+moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_error *err) {
+  moe_status st = MOE_OK;
+  memset(s, 0, sizeof *s);
+  snprintf(s->path, sizeof s->path, "%s", origin_);
+  const char *origin = s->path;
+  json_t *root = (json_t *)json;
+  MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", origin);
+  MOE_TRY(get_str(root, "name", true, s->name, sizeof s->name, origin, err));
+  MOE_TRY(get_str(root, "description", false, s->description, sizeof s->description, origin, err));
+  MOE_TRY(get_list(root, "models", s->models, &s->n_models, origin, err));
+  MOE_TRY(get_list(root, "policies", s->policies, &s->n_policies, origin, err));
+  MOE_TRY(get_workloads(s, root, origin, err));
+  MOE_TRY(get_budgets(s, root, origin, err));
+  MOE_TRY(get_run_settings(s, root, origin, err));
 cleanup:
   return st;
 }
