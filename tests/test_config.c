@@ -280,6 +280,27 @@ START_TEST(oversized_models_are_refused) {
 }
 END_TEST
 
+/* config.json files as transformers writes them with every scaled RoPE
+ * variant (tests/fixtures/rope-configs, made by make_hf_fixtures.py): each
+ * is refused with its type named, never run as plain RoPE. */
+START_TEST(transformers_rope_configs_are_refused) {
+  static const char *files[] = {"mixtral-linear", "mixtral-dynamic", "mixtral-yarn", "mixtral-llama3",
+                                "qwen2moe-linear", "qwen2moe-dynamic", "qwen2moe-yarn",
+                                "qwen2moe-llama3", "qwen2moe-longrope"};
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/fixtures/rope-configs/%s.json", MOE_SOURCE_DIR, files[i]);
+    moe_config c;
+    moe_error err = {0};
+    ck_assert_msg(moe_config_load(&c, path, &err) == MOE_ERR_UNSUPPORTED, "%s: accepted", files[i]);
+    const char *type = strchr(files[i], '-') + 1;
+    char want[64];
+    snprintf(want, sizeof want, "'%s'", type);
+    ck_assert_msg(strstr(err.msg, want) != NULL, "%s: '%s' lacks %s", files[i], err.msg, want);
+  }
+}
+END_TEST
+
 START_TEST(missing_file_is_io) {
   moe_config c;
   moe_error err = {0};
@@ -299,6 +320,7 @@ int main(void) {
   tcase_add_test(tc, absent_fields_take_family_defaults);
   tcase_add_test(tc, sliding_window_is_checked_per_run);
   tcase_add_test(tc, oversized_models_are_refused);
+  tcase_add_test(tc, transformers_rope_configs_are_refused);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
