@@ -29,6 +29,7 @@
 
 #include "moe/clock.h"
 #include "moe/backend.h"
+#include "cpu_half.h"
 
 typedef struct copy_req {
   void *dst;
@@ -39,8 +40,24 @@ typedef struct copy_req {
   unsigned long wait_target; /* ... until its completed count reaches this */
 } copy_req;
 
+/* A pool of math threads (threads - 1 workers and the caller): one job at
+ * a time, split into tasks taken in turn.  The copy thread is separate. */
+typedef struct pool {
+  pthread_t *tid;
+  int n_workers, started;
+  pthread_mutex_t mu;
+  pthread_cond_t go, done;
+  unsigned long gen;
+  int stop;
+  void (*fn)(void *ctx, int task);
+  void *ctx;
+  int tasks, next, busy;
+} pool;
+
 struct moe_backend {
   int threads;
+  pool pool;
+  moe_cpu_half_path half; /* f16/bf16 product path */
   double link_bps;    /* 0: uncapped */
   pthread_t copier;
   int copier_started;
@@ -54,7 +71,7 @@ struct moe_backend {
   size_t scratch_cap;
   float *tbuf;    /* transposed small-m gemm output */
   size_t tbuf_cap;
-  char desc[96];
+  char desc[160];
   char device[160]; /* "cpu: <model name>" */
   /* fault injection (MOE_CPU_FAULT=KIND:N): the Nth call of that kind on
    * this instance fails as a device error would */
@@ -188,6 +205,78 @@ static void *copier_main(void *arg) {
   return NULL;
 }
 
+static void *pool_main(void *arg) {
+  pool *p = arg;
+  unsigned long seen = 0;
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    while (p->gen == seen && !p->stop) pthread_cond_wait(&p->go, &p->mu);
+    if (p->stop) break;
+    seen = p->gen;
+    while (p->next < p->tasks) {
+      int t = p->next++;
+      pthread_mutex_unlock(&p->mu);
+      p->fn(p->ctx, t);
+      pthread_mutex_lock(&p->mu);
+    }
+    if (--p->busy == 0) pthread_cond_broadcast(&p->done);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+static int pool_start(pool *p, int workers) {
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->go, NULL);
+  pthread_cond_init(&p->done, NULL);
+  if (workers <= 0) return 0;
+  p->tid = calloc((size_t)workers, sizeof *p->tid);
+  if (p->tid == NULL) return -1;
+  for (int i = 0; i < workers; i++) {
+    if (pthread_create(&p->tid[i], NULL, pool_main, p) != 0) return -1;
+    p->started++;
+  }
+  p->n_workers = workers;
+  return 0;
+}
+
+static void pool_stop(pool *p) {
+  pthread_mutex_lock(&p->mu);
+  p->stop = 1;
+  pthread_cond_broadcast(&p->go);
+  pthread_mutex_unlock(&p->mu);
+  for (int i = 0; i < p->started; i++) pthread_join(p->tid[i], NULL);
+  free(p->tid);
+  pthread_mutex_destroy(&p->mu);
+  pthread_cond_destroy(&p->go);
+  pthread_cond_destroy(&p->done);
+}
+
+/* Runs fn(ctx, 0 .. tasks - 1) on the pool and the calling thread; returns
+ * when all are done. */
+static void pool_run(pool *p, void (*fn)(void *, int), void *ctx, int tasks) {
+  if (p->n_workers == 0 || tasks <= 1) {
+    for (int t = 0; t < tasks; t++) fn(ctx, t);
+    return;
+  }
+  pthread_mutex_lock(&p->mu);
+  p->fn = fn;
+  p->ctx = ctx;
+  p->tasks = tasks;
+  p->next = 0;
+  p->busy = p->n_workers;
+  p->gen++;
+  pthread_cond_broadcast(&p->go);
+  while (p->next < p->tasks) {
+    int t = p->next++;
+    pthread_mutex_unlock(&p->mu);
+    fn(ctx, t);
+    pthread_mutex_lock(&p->mu);
+  }
+  while (p->busy > 0) pthread_cond_wait(&p->done, &p->mu);
+  pthread_mutex_unlock(&p->mu);
+}
+
 static void cpu_destroy(moe_backend *be);
 
 /* "cpu: " and the processor's model name from /proc/cpuinfo (or the
@@ -215,6 +304,22 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
   if (be == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: out of host memory");
   be->threads = opt && opt->threads > 0 ? opt->threads : 1;
   if (parse_fault(be, err) != MOE_OK) return free(be), MOE_ERR_INVALID;
+  /* MOE_CPU_HALF=portable|avx2 forces a product path (tests, benchmarks) */
+  be->half = moe_cpu_half_best();
+  const char *hp = getenv("MOE_CPU_HALF");
+  if (hp && *hp) {
+    moe_cpu_half_path want = strcmp(hp, "portable") == 0 ? MOE_CPU_HALF_PORTABLE
+                             : strcmp(hp, "avx2") == 0   ? MOE_CPU_HALF_AVX2
+                                                         : (moe_cpu_half_path)-1;
+    if ((int)want < 0 || !moe_cpu_half_supported(want)) {
+      moe_status bad = MOE_FAIL(err, MOE_ERR_INVALID,
+                                "MOE_CPU_HALF='%s': expected portable or avx2 (this CPU: best %s)",
+                                hp, moe_cpu_half_path_name(be->half));
+      free(be);
+      return bad;
+    }
+    be->half = want;
+  }
   if (opt && opt->link_gbps != 0 &&
       !(opt->link_gbps >= MOE_LINK_GBPS_MIN && opt->link_gbps <= MOE_LINK_GBPS_MAX))
     return free(be), MOE_FAIL(err, MOE_ERR_INVALID,
@@ -226,6 +331,10 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
   pthread_cond_init(&be->cv, NULL);
   be->q_cap = 64;
   be->queue = malloc(be->q_cap * sizeof *be->queue);
+  if (pool_start(&be->pool, be->threads - 1) != 0) {
+    cpu_destroy(be);
+    return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: cannot start %d math threads", be->threads);
+  }
   if (be->queue == NULL || pthread_create(&be->copier, NULL, copier_main, be) != 0) {
     cpu_destroy(be);
     return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: cannot start the copy thread");
@@ -233,11 +342,12 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
   be->copier_started = 1;
   cpu_model_name(be->device, sizeof be->device);
   if (be->link_bps > 0)
-    snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s; copy link capped at %.2f GB/s)",
-             be->threads, be->threads == 1 ? "" : "s", be->link_bps * 1e-9);
+    snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s, 16-bit %s; copy link capped at %.2f GB/s)",
+             be->threads, be->threads == 1 ? "" : "s", moe_cpu_half_path_name(be->half),
+             be->link_bps * 1e-9);
   else
-    snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s; copy link uncapped)",
-             be->threads, be->threads == 1 ? "" : "s");
+    snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s, 16-bit %s; copy link uncapped)",
+             be->threads, be->threads == 1 ? "" : "s", moe_cpu_half_path_name(be->half));
   *out = be;
   return MOE_OK;
 }
@@ -251,6 +361,7 @@ static void cpu_destroy(moe_backend *be) {
     pthread_mutex_unlock(&be->mu);
     pthread_join(be->copier, NULL);
   }
+  pool_stop(&be->pool);
   pthread_mutex_destroy(&be->mu);
   pthread_cond_destroy(&be->cv);
   free(be->queue);
@@ -428,6 +539,47 @@ static moe_status gemm_f32(moe_backend *be, float *y, size_t ldy, const float *x
   return MOE_OK;
 }
 
+/* ---- 16-bit weights: jobs for the pool */
+
+#define CPU_FUSED_M 8 /* up to this many input rows, the fused product */
+
+typedef struct half_job {
+  moe_backend *be;
+  float *y;
+  const float *x;
+  size_t m;
+  const moe_weight *w;
+  size_t n, k;
+} half_job;
+
+/* Tasks for n rows of k: one per thread when the product is big enough to
+ * pay for the hand-off, else one. */
+static int row_tasks(const moe_backend *be, size_t n, size_t k) {
+  return n * k >= ((size_t)1 << 16) && n >= (size_t)be->threads ? be->threads : 1;
+}
+
+static void half_rows_task(void *ctx, int t) {
+  const half_job *j = ctx;
+  const size_t T = (size_t)row_tasks(j->be, j->n, j->k);
+  const size_t r0 = j->n * (size_t)t / T, r1 = j->n * ((size_t)t + 1) / T;
+  moe_cpu_half_rows(j->be->half, j->y, j->n, j->x, j->m, j->w->data, j->w->dtype, r0, r1, j->k);
+}
+
+typedef struct convert_job {
+  moe_backend *be;
+  const char *src; /* first row of the band */
+  moe_dtype dt;
+  size_t rows, k;
+} convert_job;
+
+static void convert_task(void *ctx, int t) {
+  const convert_job *j = ctx;
+  const size_t r0 = (size_t)t * CPU_CONVERT_ROWS;
+  const size_t rows = j->rows - r0 < CPU_CONVERT_ROWS ? j->rows - r0 : CPU_CONVERT_ROWS;
+  moe_cpu_half_convert(j->be->half, j->be->scratch + r0 * j->k,
+                       j->src + r0 * j->k * moe_dtype_size(j->dt), j->dt, rows * j->k);
+}
+
 static moe_status cpu_matmul(moe_backend *be, float *y, const float *x, size_t m,
                              const moe_weight *w, const moe_weight *bias, moe_error *err) {
   const int n = (int)w->rows, k = (int)w->cols;
@@ -435,17 +587,23 @@ static moe_status cpu_matmul(moe_backend *be, float *y, const float *x, size_t m
   if (w->dtype == MOE_F32) {
     st = gemm_f32(be, y, (size_t)n, x, m, w->data, n, k, err);
     if (st != MOE_OK) return st;
+  } else if (m <= CPU_FUSED_M && be->half != MOE_CPU_HALF_PORTABLE) {
+    /* thin input (decode): products straight from the 16-bit weights,
+     * rows split across the math threads */
+    half_job j = {be, y, x, m, w, (size_t)n, (size_t)k};
+    pool_run(&be->pool, half_rows_task, &j, row_tasks(be, (size_t)n, (size_t)k));
   } else {
-    /* Convert a band of rows to f32, multiply, move on: bounded scratch and
-     * the band stays in cache while it is used. */
-    st = scratch_reserve(be, (size_t)CPU_CONVERT_ROWS * (size_t)k, err);
+    /* Convert a band of rows to f32 (in parallel), multiply, move on:
+     * bounded scratch, and the band stays in cache while it is used. */
+    const size_t band = (size_t)CPU_CONVERT_ROWS * (size_t)be->threads;
+    st = scratch_reserve(be, band * (size_t)k, err);
     if (st != MOE_OK) return st;
     const size_t esz = moe_dtype_size(w->dtype);
-    for (int r0 = 0; r0 < n; r0 += CPU_CONVERT_ROWS) {
-      int rows = n - r0 < CPU_CONVERT_ROWS ? n - r0 : CPU_CONVERT_ROWS;
-      moe_convert_to_f32(be->scratch, (const char *)w->data + (size_t)r0 * (size_t)k * esz,
-                         w->dtype, (size_t)rows * (size_t)k);
-      st = gemm_f32(be, y + r0, (size_t)n, x, m, be->scratch, rows, k, err);
+    for (size_t r0 = 0; r0 < (size_t)n; r0 += band) {
+      size_t rows = (size_t)n - r0 < band ? (size_t)n - r0 : band;
+      convert_job cj = {be, (const char *)w->data + r0 * (size_t)k * esz, w->dtype, rows, (size_t)k};
+      pool_run(&be->pool, convert_task, &cj, (int)((rows + CPU_CONVERT_ROWS - 1) / CPU_CONVERT_ROWS));
+      st = gemm_f32(be, y + r0, (size_t)n, x, m, be->scratch, (int)rows, k, err);
       if (st != MOE_OK) return st;
     }
   }

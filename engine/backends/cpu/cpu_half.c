@@ -1,0 +1,185 @@
+/* Products with f16 and bf16 weights on the cpu backend: the conversion is
+ * fused into the product, so a weight is read once, as 16 bits, and never
+ * stored as f32 (batch-1 decode is bound by the bytes of weights read).
+ *
+ * Paths, chosen at run time (cpu_backend.c):
+ *   - portable (the reference): a band of rows converted to f32 in portable
+ *     C, then the f32 product (OpenBLAS);
+ *   - AVX2 + FMA + F16C when the CPU has them: for thin inputs (decode),
+ *     the product is computed straight from the 16-bit weights, eight lanes,
+ *     two accumulators per input row, a fixed reduction order; for wide
+ *     inputs (prefill) bands are converted with F16C / shifts and multiplied
+ *     by OpenBLAS.
+ * Results may differ between paths in the last bits (summation order); each
+ * path is deterministic, and independent of the thread count (threads split
+ * rows, never a row's sum). */
+#include "cpu_half.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_HALF_X86 1
+#endif
+
+#include "moe/dtype.h"
+
+static inline float half_at(const uint16_t *w, moe_dtype dt, size_t j) {
+  return dt == MOE_F16 ? moe_f16_to_f32(w[j]) : moe_bf16_to_f32(w[j]);
+}
+
+/* ---------------------------------------------------------------- AVX2 */
+
+#ifdef CPU_HALF_X86
+#define TGT __attribute__((target("avx2,fma,f16c")))
+
+TGT static inline __m256 load8_f16(const uint16_t *p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+}
+
+TGT static inline __m256 load8_bf16(const uint16_t *p) {
+  __m128i h = _mm_loadu_si128((const __m128i *)(const void *)p);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+TGT static inline __m256 load8(const uint16_t *p, moe_dtype dt) {
+  return dt == MOE_F16 ? load8_f16(p) : load8_bf16(p);
+}
+
+TGT static inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  __m128 s = _mm_add_ps(lo, hi);
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+/* The kernels, instantiated per weight dtype (LOAD) so the inner loops
+ * carry no dtype test.  One input row: four accumulators over 32 weights a
+ * step, so the FMA latency is hidden and the loop runs at load speed.  G
+ * input rows (2..4) share each weight load; G is a constant in each
+ * instance, so the accumulators stay in registers. */
+#define ROWS_1(SFX, LOAD, DT)                                                                 \
+  TGT static void rows1_##SFX(float *y, const float *x, const uint16_t *w, size_t r0,          \
+                              size_t r1, size_t k) {                                          \
+    const size_t k32 = k / 32 * 32;                                                           \
+    for (size_t r = r0; r < r1; r++) {                                                        \
+      const uint16_t *wr = w + r * k;                                                         \
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                             \
+      for (size_t j = 0; j < k32; j += 32) {                                                  \
+        a0 = _mm256_fmadd_ps(LOAD(wr + j), _mm256_loadu_ps(x + j), a0);                       \
+        a1 = _mm256_fmadd_ps(LOAD(wr + j + 8), _mm256_loadu_ps(x + j + 8), a1);               \
+        a2 = _mm256_fmadd_ps(LOAD(wr + j + 16), _mm256_loadu_ps(x + j + 16), a2);             \
+        a3 = _mm256_fmadd_ps(LOAD(wr + j + 24), _mm256_loadu_ps(x + j + 24), a3);             \
+      }                                                                                       \
+      float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));            \
+      for (size_t j = k32; j < k; j++) s += x[j] * half_at(wr, DT, j);                        \
+      y[r] = s;                                                                               \
+    }                                                                                         \
+  }
+
+#define ROWS_G(G, SFX, LOAD, DT)                                                              \
+  TGT static void rows##G##_##SFX(float *y, size_t ldy, const float *x, const uint16_t *w,    \
+                                  size_t r0, size_t r1, size_t k) {                           \
+    const size_t k16 = k / 16 * 16;                                                           \
+    for (size_t r = r0; r < r1; r++) {                                                        \
+      const uint16_t *wr = w + r * k;                                                         \
+      __m256 a0[G], a1[G];                                                                    \
+      for (int i = 0; i < G; i++) a0[i] = a1[i] = _mm256_setzero_ps();                        \
+      for (size_t j = 0; j < k16; j += 16) {                                                  \
+        const __m256 w0 = LOAD(wr + j), w1 = LOAD(wr + j + 8);                                \
+        for (int i = 0; i < G; i++) {                                                         \
+          a0[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (size_t)i * k + j), a0[i]);          \
+          a1[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + (size_t)i * k + j + 8), a1[i]);      \
+        }                                                                                     \
+      }                                                                                       \
+      for (int i = 0; i < G; i++) {                                                           \
+        const float *xi = x + (size_t)i * k;                                                  \
+        float s = hsum(_mm256_add_ps(a0[i], a1[i]));                                          \
+        for (size_t j = k16; j < k; j++) s += xi[j] * half_at(wr, DT, j);                     \
+        y[(size_t)i * ldy + r] = s;                                                           \
+      }                                                                                       \
+    }                                                                                         \
+  }
+
+#define KERNELS(SFX, LOAD, DT)                                                                \
+  ROWS_1(SFX, LOAD, DT)                                                                       \
+  ROWS_G(2, SFX, LOAD, DT)                                                                    \
+  ROWS_G(3, SFX, LOAD, DT)                                                                    \
+  ROWS_G(4, SFX, LOAD, DT)                                                                    \
+  TGT static void rows_##SFX(float *y, size_t ldy, const float *x, size_t m, const uint16_t *w,\
+                             size_t r0, size_t r1, size_t k) {                                \
+    for (size_t i0 = 0; i0 < m; i0 += 4) {                                                    \
+      const size_t g = m - i0 < 4 ? m - i0 : 4;                                               \
+      float *yi = y + i0 * ldy;                                                               \
+      const float *xi = x + i0 * k;                                                           \
+      if (g == 1) rows1_##SFX(yi, xi, w, r0, r1, k);                                          \
+      else if (g == 2) rows2_##SFX(yi, ldy, xi, w, r0, r1, k);                                \
+      else if (g == 3) rows3_##SFX(yi, ldy, xi, w, r0, r1, k);                                \
+      else rows4_##SFX(yi, ldy, xi, w, r0, r1, k);                                            \
+    }                                                                                         \
+  }
+
+KERNELS(f16, load8_f16, MOE_F16)
+KERNELS(bf16, load8_bf16, MOE_BF16)
+#undef KERNELS
+#undef ROWS_G
+#undef ROWS_1
+
+/* Input rows in groups of up to four; each group streams the weights once. */
+TGT static void rows_avx2(float *y, size_t ldy, const float *x, size_t m, const uint16_t *w,
+                          moe_dtype dt, size_t r0, size_t r1, size_t k) {
+  if (dt == MOE_F16) rows_f16(y, ldy, x, m, w, r0, r1, k);
+  else rows_bf16(y, ldy, x, m, w, r0, r1, k);
+}
+
+TGT static void convert_avx2(float *dst, const uint16_t *src, moe_dtype dt, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8(src + i, dt));
+  for (; i < n; i++) dst[i] = half_at(src, dt, i);
+}
+#endif
+
+/* ---------------------------------------------------------------- dispatch */
+
+const char *moe_cpu_half_path_name(moe_cpu_half_path p) {
+  return p == MOE_CPU_HALF_AVX2 ? "avx2+fma+f16c" : "portable";
+}
+
+moe_cpu_half_path moe_cpu_half_best(void) {
+#ifdef CPU_HALF_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    return MOE_CPU_HALF_AVX2;
+#endif
+  return MOE_CPU_HALF_PORTABLE;
+}
+
+bool moe_cpu_half_supported(moe_cpu_half_path p) {
+  return p == MOE_CPU_HALF_PORTABLE || moe_cpu_half_best() == MOE_CPU_HALF_AVX2;
+}
+
+bool moe_cpu_half_rows(moe_cpu_half_path p, float *y, size_t ldy, const float *x, size_t m,
+                       const void *w, moe_dtype dt, size_t r0, size_t r1, size_t k) {
+#ifdef CPU_HALF_X86
+  if (p == MOE_CPU_HALF_AVX2) {
+    rows_avx2(y, ldy, x, m, w, dt, r0, r1, k);
+    return true;
+  }
+#endif
+  (void)p, (void)y, (void)ldy, (void)x, (void)m, (void)w, (void)dt, (void)r0, (void)r1, (void)k;
+  return false;
+}
+
+void moe_cpu_half_convert(moe_cpu_half_path p, float *dst, const void *src, moe_dtype dt,
+                          size_t n) {
+#ifdef CPU_HALF_X86
+  if (p == MOE_CPU_HALF_AVX2) {
+    convert_avx2(dst, src, dt, n);
+    return;
+  }
+#endif
+  moe_convert_to_f32(dst, src, dt, n);
+}
