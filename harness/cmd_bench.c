@@ -2,12 +2,15 @@
  *
  * 1. gemm: the engine's matmul path vs a direct cblas_sgemm call on the same
  *    operands, interleaved repetitions, medians.
- * 2. memory: single-thread memcpy and read-only streaming bandwidth.
- * 3. decode: batch-1 greedy decode of a model whose weights exceed the CPU
- *    caches; bytes read per token (weights touched + KV cache) over the
- *    median step time gives the achieved weight-read bandwidth. */
+ * 2. memory: memcpy, and read-only streaming bandwidth with vector loads at
+ *    1 and N threads: the floor of a memory-bound decode.
+ * 3. models: the preset in f32, f16 and bf16 at 1 and N threads: batch-1
+ *    greedy decode (bytes read per token over the median step time, against
+ *    the read floor) and prefills of 64 and 256 tokens (GFLOP/s against
+ *    OpenBLAS sgemm). */
 #include <cblas.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,92 +73,293 @@ static int bench_gemm(moe_device *dev, int reps) {
   return 0;
 }
 
-/* Returns memcpy bytes/s and read-only bytes/s over a 256 MiB buffer. */
-static void bench_memory(int reps, double *copy_bps, double *read_bps) {
-  const size_t n = (size_t)256 << 20;
-  float *a = malloc(n), *b = malloc(n);
-  double *tc = malloc((size_t)reps * sizeof(double)), *tr = malloc((size_t)reps * sizeof(double));
-  if (!a || !b || !tc || !tr) {
-    *copy_bps = *read_bps = 0;
-    return;
-  }
-  memset(a, 1, n);
-  memset(b, 2, n);
-  volatile float sink = 0;
-  for (int r = 0; r < reps; r++) {
-    double t0 = moe_clock_s();
-    memcpy(b, a, n);
-    double t1 = moe_clock_s();
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    for (size_t i = 0; i < n / 4; i += 4) {
-      s0 += a[i]; s1 += a[i + 1]; s2 += a[i + 2]; s3 += a[i + 3];
+/* ---------------------------------------------------------------- memory */
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* Sums floats with vector loads from four streams at once (four quarters
+ * of the slice): the loads, not the adds, set the pace, and four streams
+ * keep more memory requests in flight than one (a scalar or one-stream loop
+ * measures the adder or the latency, not the bandwidth). */
+__attribute__((target("avx2"), noinline)) static float read_avx2(const float *a, size_t n) {
+  __m256 s[8];
+  for (int i = 0; i < 8; i++) s[i] = _mm256_setzero_ps();
+  const size_t q = n / 4 / 16 * 16;
+  for (size_t i = 0; i < q; i += 16)
+    for (int u = 0; u < 4; u++) {
+      const float *p = a + (size_t)u * q + i;
+      s[2 * u] = _mm256_add_ps(s[2 * u], _mm256_loadu_ps(p));
+      s[2 * u + 1] = _mm256_add_ps(s[2 * u + 1], _mm256_loadu_ps(p + 8));
     }
-    sink = s0 + s1 + s2 + s3;
-    double t2 = moe_clock_s();
-    tc[r] = t1 - t0;
-    tr[r] = t2 - t1;
+  for (int i = 1; i < 8; i++) s[0] = _mm256_add_ps(s[0], s[i]);
+  float out[8];
+  _mm256_storeu_ps(out, s[0]);
+  return out[0] + out[7];
+}
+#endif
+
+__attribute__((noinline)) static float read_scalar(const float *a, size_t n) {
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    s0 += a[i], s1 += a[i + 1], s2 += a[i + 2], s3 += a[i + 3];
+    s4 += a[i + 4], s5 += a[i + 5], s6 += a[i + 6], s7 += a[i + 7];
   }
-  (void)sink;
-  *copy_bps = (double)n / median(tc, reps);
-  *read_bps = (double)n / median(tr, reps);
-  free(a); free(b); free(tc); free(tr);
+  return s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
 }
 
-static int bench_decode(moe_device *dev, const char *preset, int steps, double copy_bps,
-                        double read_bps) {
-  cli_preset p;
-  moe_error err = {0};
-  moe_model *m = NULL;
-  moe_engine *e = NULL;
-  int rc = 1;
-  int32_t *out = NULL;
-  double *step_s = NULL;
-  double t0 = moe_clock_s();
-  if (cli_preset_model(preset, &p, &m, &err) != MOE_OK) goto done;
-  double t_init = moe_clock_s() - t0;
+typedef struct read_arg {
+  const float *a;
+  size_t n;
+  float sum;
+} read_arg;
+
+static void *read_thread(void *p) {
+  read_arg *r = p;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) {
+    r->sum = read_avx2(r->a, r->n);
+    return NULL;
+  }
+#endif
+  r->sum = read_scalar(r->a, r->n);
+  return NULL;
+}
+
+/* Read-only stream bandwidth (bytes/s) with `threads` threads, each over
+ * its slice of a 512 MiB buffer; median of reps. */
+static double bench_read(int threads, int reps) {
+  const size_t n = ((size_t)512 << 20) / sizeof(float);
+  float *a = malloc(n * sizeof *a);
+  double *t = malloc((size_t)reps * sizeof *t);
+  if (!a || !t) {
+    free(a);
+    free(t);
+    return 0;
+  }
+  /* non-zero bytes, and a barrier: the compiler must not know what the
+   * buffer holds (it would drop the loads of memory it knows is zero) */
+  memset(a, 0x3c, n * sizeof *a);
+  __asm__ volatile("" : : "r"(a) : "memory");
+  volatile float sink = 0;
+  for (int r = 0; r < reps; r++) {
+    pthread_t tid[64];
+    read_arg args[64];
+    const int T = threads < 64 ? threads : 64;
+    double t0 = moe_clock_s();
+    for (int i = 0; i < T; i++) {
+      args[i] = (read_arg){a + n / (size_t)T * (size_t)i, n / (size_t)T, 0};
+      if (i > 0) pthread_create(&tid[i], NULL, read_thread, &args[i]);
+    }
+    read_thread(&args[0]);
+    for (int i = 1; i < T; i++) pthread_join(tid[i], NULL);
+    t[r] = moe_clock_s() - t0;
+    for (int i = 0; i < T; i++) sink += args[i].sum;
+  }
+  (void)sink;
+  double bps = (double)(n * sizeof *a) / median(t, reps);
+  free(a);
+  free(t);
+  return bps;
+}
+
+/* memcpy bytes/s over 256 MiB buffers. */
+static double bench_copy(int reps) {
+  const size_t n = (size_t)256 << 20;
+  char *a = malloc(n), *b = malloc(n);
+  double *t = malloc((size_t)reps * sizeof *t);
+  double bps = 0;
+  if (a && b && t) {
+    memset(a, 1, n);
+    memset(b, 2, n);
+    for (int r = 0; r < reps; r++) {
+      double t0 = moe_clock_s();
+      memcpy(b, a, n);
+      t[r] = moe_clock_s() - t0;
+    }
+    bps = (double)n / median(t, reps);
+  }
+  free(a);
+  free(b);
+  free(t);
+  return bps;
+}
+
+/* ---------------------------------------------------------------- model runs */
+
+/* Bytes of weights (and KV) read per decode step at batch 1: every dense
+ * weight but the embedding table (one row is read; tied, it is the lm_head
+ * too and read whole), top_k experts per MoE layer, the KV cache at the
+ * middle position. */
+static double decode_bytes(const moe_model *m, double mid_pos) {
   const moe_config *c = moe_model_config(m);
-  const int prompt = 8;
-  moe_engine_options eo = {.max_batch = 1, .max_seq = prompt + steps + 1};
-  if (moe_engine_create(&e, m, dev, &eo, &err) != MOE_OK) goto done;
-  int32_t ids[8];
-  for (int i = 0; i < prompt; i++) ids[i] = (int32_t)((i * 7919) % c->vocab);
-  out = malloc((size_t)(steps + 1) * sizeof *out);
-  step_s = calloc((size_t)steps, sizeof *step_s);
-  if (!out || !step_s) goto done;
-  moe_gen_stats gs = {.step_s = step_s};
-  if (moe_engine_generate(e, ids, 1, prompt, steps + 1, out, NULL, &gs, &err) != MOE_OK) goto done;
-  double med = median(step_s, steps);
-  /* Bytes read per decode step at batch 1: every dense weight except the
-   * embedding table (one row is read; when tied it is also the lm_head and
-   * read whole), top_k experts in each MoE layer, and the KV cache. */
   const size_t es = moe_dtype_size(moe_model_dtype(m));
   size_t emb = (size_t)c->vocab * (size_t)c->hidden * es;
   size_t dense = moe_model_dense_bytes(m) - (c->tie_embeddings ? 0 : emb);
   size_t experts = (size_t)moe_config_n_moe_layers(c) * (size_t)c->top_k * moe_model_expert_bytes(m);
-  double mid_pos = prompt + steps / 2.0;
   double kv = 2.0 * c->n_layers * c->n_kv_heads * c->head_dim * 4.0 * mid_pos;
-  double bytes = (double)dense + (double)experts + kv;
-  double bw = bytes / med;
-  printf("\n## decode: preset %s (%s, %.2f GB of weights, synthetic init %.1f s)\n", preset,
-         moe_dtype_name(p.dtype), (double)moe_model_total_bytes(m) * 1e-9, t_init);
-  printf("batch 1, prompt %d, %d decode steps on %s\n", prompt, steps, dev->ops->describe(dev->be));
-  printf("bytes read per step (computed from the model shape): %.1f MB "
-         "(dense %.1f MB, experts %.1f MB, KV %.2f MB)\n",
-         bytes * 1e-6, (double)dense * 1e-6, (double)experts * 1e-6, kv * 1e-6);
-  printf("median step time (measured): %.2f ms  -> %.2f tokens/s\n", med * 1e3, 1.0 / med);
-  printf("achieved weight-read bandwidth: %.2f GB/s\n", bw * 1e-9);
-  printf("memcpy bandwidth (measured, bytes copied/s): %.2f GB/s -> decode reaches %.0f%%\n",
-         copy_bps * 1e-9, 100.0 * bw / copy_bps);
-  printf("read-only stream bandwidth (measured): %.2f GB/s -> decode reaches %.0f%%\n",
-         read_bps * 1e-9, 100.0 * bw / read_bps);
-  rc = 0;
-done:
-  if (rc != 0 && err.status != MOE_OK) cli_fail(&err);
+  return (double)dense + (double)experts + kv;
+}
+
+/* FLOPs of a prefill of T tokens (batch 1): 2 per weight touched per token
+ * (dense weights but the embedding, lm_head once for the last token, top_k
+ * experts per MoE layer) plus causal attention. */
+static double prefill_flops(const moe_model *m, int T) {
+  const moe_config *c = moe_model_config(m);
+  const double es = (double)moe_dtype_size(moe_model_dtype(m));
+  const double head = (double)c->vocab * c->hidden;
+  const double dense = (double)moe_model_dense_bytes(m) / es - head * (c->tie_embeddings ? 1 : 2);
+  const double expert = (double)moe_model_expert_bytes(m) / es;
+  const double per_token = dense + (double)moe_config_n_moe_layers(c) * c->top_k * expert;
+  const double attn = 2.0 * c->n_layers * (double)c->n_heads * c->head_dim * (double)T * (T + 1);
+  return 2.0 * per_token * T + 2.0 * head + attn;
+}
+
+typedef struct model_times {
+  double step_s;                /* median decode step */
+  double prefill_s[2];          /* prefill of 64 and 256 tokens, median */
+} model_times;
+
+static const int k_prefill[2] = {64, 256};
+
+/* Decode steps (median) and prefills of 64 and 256 tokens on a fresh
+ * engine with `threads` math threads. */
+static moe_status time_model(moe_model *m, int threads, int steps, int reps, model_times *out,
+                             moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_device dev = {0};
+  moe_engine *e = NULL;
+  int32_t *ids = NULL, *toks = NULL;
+  double *step_s = NULL, *t = NULL;
+  float *logits = NULL;
+  const moe_config *c = moe_model_config(m);
+  moe_backend_options bo = {.threads = threads};
+  MOE_TRY(moe_device_open(&dev, "cpu", &bo, err));
+  const int prompt = 8, max_pre = k_prefill[1];
+  moe_engine_options eo = {.max_batch = 1, .max_seq = max_pre + steps + 1};
+  MOE_TRY(moe_engine_create(&e, m, &dev, &eo, err));
+  ids = malloc((size_t)max_pre * sizeof *ids);
+  toks = malloc((size_t)(steps + 1) * sizeof *toks);
+  step_s = calloc((size_t)steps, sizeof *step_s);
+  t = calloc((size_t)reps, sizeof *t);
+  logits = malloc((size_t)c->vocab * sizeof *logits);
+  MOE_CHECK(ids && toks && step_s && t && logits, err, MOE_ERR_OOM, "out of host memory");
+  for (int i = 0; i < max_pre; i++) ids[i] = (int32_t)((i * 7919) % c->vocab);
+  moe_gen_stats gs = {.step_s = step_s};
+  MOE_TRY(moe_engine_generate(e, ids, 1, prompt, steps + 1, toks, NULL, &gs, err));
+  out->step_s = median(step_s, steps);
+  for (int p = 0; p < 2; p++) {
+    for (int r = 0; r < reps; r++) {
+      double t0 = moe_clock_s();
+      MOE_TRY(moe_engine_forward(e, ids, 1, k_prefill[p], 0, logits, err));
+      t[r] = moe_clock_s() - t0;
+    }
+    out->prefill_s[p] = median(t, reps);
+  }
+cleanup:
   moe_engine_free(e);
-  moe_model_free(m);
-  free(out);
+  moe_device_close(&dev);
+  free(ids);
+  free(toks);
   free(step_s);
-  return rc;
+  free(t);
+  free(logits);
+  return st;
+}
+
+/* f32 sgemm GFLOP/s for T x 2048 x 1024 with `threads` OpenBLAS threads:
+ * what a prefill's matmuls could reach. */
+static double sgemm_gflops(int T, int threads, int reps) {
+  moe_device dev;
+  moe_error err = {0};
+  moe_backend_options bo = {.threads = threads};
+  if (moe_device_open(&dev, "cpu", &bo, &err) != MOE_OK) return 0; /* sets OpenBLAS threads */
+  const int N = 2048, K = 1024;
+  float *x = malloc((size_t)T * K * 4), *w = malloc((size_t)N * K * 4), *y = malloc((size_t)T * N * 4);
+  double *tt = malloc((size_t)reps * sizeof *tt), g = 0;
+  if (x && w && y && tt) {
+    fill(x, (size_t)T * K, 3);
+    fill(w, (size_t)N * K, 4);
+    for (int r = 0; r < reps; r++) {
+      double t0 = moe_clock_s();
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, w, K, 0.0f, y, N);
+      tt[r] = moe_clock_s() - t0;
+    }
+    g = 2.0 * T * N * K / median(tt, reps) * 1e-9;
+  }
+  free(x);
+  free(w);
+  free(y);
+  free(tt);
+  moe_device_close(&dev);
+  return g;
+}
+
+/* The decode and prefill table: the preset in f32, f16 and bf16 at each
+ * thread count, side by side in one run. */
+static int bench_models(const char *preset, int max_threads, int steps, int reps,
+                        const double *read_bps) {
+  cli_preset p;
+  moe_error err = {0};
+  if (cli_preset_load(&p, preset, &err) != MOE_OK) return cli_fail(&err);
+  const moe_dtype dts[] = {MOE_F32, MOE_F16, MOE_BF16};
+  model_times tm[3][2];
+  double bytes[3], flops[3][2];
+  int nt = max_threads >= 2 ? 2 : 1;
+  const int thr[2] = {1, max_threads >= 2 ? max_threads : 1};
+  char desc[200] = "";
+  for (int d = 0; d < 3; d++) {
+    moe_synth_options so = cli_preset_synth(&p);
+    so.dtype = dts[d];
+    moe_model *m = NULL;
+    if (moe_model_synthetic(&m, &p.cfg, &so, &err) != MOE_OK) return cli_fail(&err);
+    bytes[d] = decode_bytes(m, 8 + steps / 2.0);
+    for (int q = 0; q < 2; q++) flops[d][q] = prefill_flops(m, k_prefill[q]);
+    for (int ti = 0; ti < nt; ti++) {
+      fprintf(stderr, "bench-ops: %s %s, %d thread%s\n", preset, moe_dtype_name(dts[d]), thr[ti],
+              thr[ti] == 1 ? "" : "s");
+      if (time_model(m, thr[ti], steps, reps, &tm[d][ti], &err) != MOE_OK) {
+        moe_model_free(m);
+        return cli_fail(&err);
+      }
+    }
+    moe_model_free(m);
+  }
+  {
+    moe_device dev;
+    moe_backend_options bo = {.threads = 1};
+    if (moe_device_open(&dev, "cpu", &bo, &err) == MOE_OK) {
+      snprintf(desc, sizeof desc, "%s", dev.ops->describe(dev.be));
+      moe_device_close(&dev);
+    }
+  }
+  printf("\n## decode and prefill: preset %s (%s), batch 1 (measured, medians)\n", preset, desc);
+  printf("decode: %d steps after an 8-token prompt; bytes read per step computed from the model "
+         "shape; floor = bytes / read-only stream bandwidth at the same thread count\n", steps);
+  printf("prefill: one forward of 64 and 256 tokens; GFLOP/s from the model's FLOPs; sgemm = "
+         "OpenBLAS f32 T x 2048 x 1024 at the same thread count\n\n");
+  printf("| dtype | threads | MB/step | ms/token | tokens/s | GB/s | %% of read floor | "
+         "prefill 64 GFLOP/s | prefill 256 GFLOP/s | sgemm 64 / 256 GFLOP/s |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  for (int d = 0; d < 3; d++)
+    for (int ti = 0; ti < nt; ti++) {
+      const model_times *x = &tm[d][ti];
+      const double bw = bytes[d] / x->step_s;
+      printf("| %s | %d | %.1f | %.2f | %.2f | %.2f | %.0f%% | %.2f | %.2f | %.1f / %.1f |\n",
+             moe_dtype_name(dts[d]), thr[ti], bytes[d] * 1e-6, x->step_s * 1e3, 1.0 / x->step_s,
+             bw * 1e-9, 100.0 * bw / read_bps[ti], flops[d][0] / x->prefill_s[0] * 1e-9,
+             flops[d][1] / x->prefill_s[1] * 1e-9, sgemm_gflops(64, thr[ti], reps),
+             sgemm_gflops(256, thr[ti], reps));
+    }
+  printf("\ndecode speed-up of 16-bit weights over f32 (tokens/s), 1 thread: f16 %.2fx, bf16 %.2fx\n",
+         tm[0][0].step_s / tm[1][0].step_s, tm[0][0].step_s / tm[2][0].step_s);
+  if (nt == 2)
+    for (int d = 0; d < 3; d++)
+      printf("%s, %d threads vs 1: decode %.2fx, prefill 64 %.2fx, prefill 256 %.2fx\n",
+             moe_dtype_name(dts[d]), thr[1], tm[d][0].step_s / tm[d][1].step_s,
+             tm[d][0].prefill_s[0] / tm[d][1].prefill_s[0],
+             tm[d][0].prefill_s[1] / tm[d][1].prefill_s[1]);
+  return 0;
 }
 
 int cmd_bench_ops(int argc, char **argv) {
@@ -167,7 +371,7 @@ int cmd_bench_ops(int argc, char **argv) {
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   const char *preset = "bench-decode";
-  long reps = 9, steps = 16, threads = 1;
+  long reps = 9, steps = 16, threads = 2;
   bool skip_decode = false;
   optind = 1;
   opterr = 0;
@@ -187,11 +391,13 @@ int cmd_bench_ops(int argc, char **argv) {
         printf("usage: moebench bench-ops [options]\n\n"
                "Benchmarks of the cpu backend, measured side by side in one run:\n"
                "gemm overhead of the engine's matmul path vs direct cblas_sgemm; memcpy and\n"
-               "read-only bandwidth; batch-1 decode as achieved weight-read bandwidth.\n\n"
+               "read-only stream bandwidth at 1 and N threads; then the preset in f32, f16 and\n"
+               "bf16 at 1 and N threads: batch-1 decode as achieved weight-read bandwidth\n"
+               "against the read floor, prefill of 64 and 256 tokens as GFLOP/s against sgemm.\n\n"
                "  --preset NAME   model for the decode benchmark (default bench-decode)\n"
                "  --reps N        repetitions per gemm/memory figure (default 9)\n"
                "  --gen-len N     generated tokens, N - 1 of them timed decode steps (default 17)\n"
-               "  --threads N     OpenBLAS threads (default 1)\n"
+               "  --threads N     the second thread count of the table (default 2)\n"
                "  --skip-decode   only the gemm and memory parts\n"
                "  -h, --help      this text\n");
         return 0;
@@ -206,15 +412,19 @@ int cmd_bench_ops(int argc, char **argv) {
   }
   moe_error err = {0};
   moe_device dev;
-  moe_backend_options bo = {.threads = (int)threads};
+  moe_backend_options bo = {.threads = 1};
   if (moe_device_open(&dev, "cpu", &bo, &err) != MOE_OK) return cli_fail(&err);
   int rc = bench_gemm(&dev, (int)reps);
-  double copy_bps = 0, read_bps = 0;
-  bench_memory((int)reps, &copy_bps, &read_bps);
-  printf("\n## memory (measured, 256 MiB buffers, median of %ld)\n", reps);
-  printf("memcpy: %.2f GB/s copied; read-only stream: %.2f GB/s\n", copy_bps * 1e-9,
-         read_bps * 1e-9);
-  if (rc == 0 && !skip_decode) rc = bench_decode(&dev, preset, (int)steps, copy_bps, read_bps);
   moe_device_close(&dev);
+  const int nt = threads >= 2 ? 2 : 1;
+  const int thr[2] = {1, (int)threads};
+  double read_bps[2] = {0, 0};
+  for (int i = 0; i < nt; i++) read_bps[i] = bench_read(thr[i], (int)reps);
+  printf("\n## memory (measured, median of %ld)\n", reps);
+  printf("memcpy (256 MiB, 1 thread): %.2f GB/s copied\n", bench_copy((int)reps) * 1e-9);
+  for (int i = 0; i < nt; i++)
+    printf("read-only stream (512 MiB, %d thread%s, vector loads, 4 streams a thread): %.2f GB/s\n", thr[i],
+           thr[i] == 1 ? "" : "s", read_bps[i] * 1e-9);
+  if (rc == 0 && !skip_decode) rc = bench_models(preset, (int)threads, (int)steps, 3, read_bps);
   return rc;
 }

@@ -16,11 +16,12 @@
 
 static const char *g_backend = "cpu";
 static double g_link = 0.0;
+static int g_threads = 1;
 static moe_device g_dev;
 
 static void setup(void) {
   moe_error err = {0};
-  moe_backend_options o = {.link_gbps = g_link};
+  moe_backend_options o = {.link_gbps = g_link, .threads = g_threads};
   ck_assert_msg(moe_device_open(&g_dev, g_backend, &o, &err) == MOE_OK, "%s", err.msg);
 }
 
@@ -233,11 +234,13 @@ static void ref_matmul(double *y, const float *x, size_t m, const float *w, cons
 }
 
 START_TEST(matmul_all_dtypes_and_shapes) {
-  const size_t n = 37, k = 70;
-  const size_t ms[] = {1, 2, 5, 64, 70};
+  /* ragged on purpose: rows not a multiple of 4, columns not of 16, and
+   * enough of both (n x k >= 2^16) that the math threads split the rows */
+  const size_t n = 37 + (_i ? 1000 : 0), k = 70 + (_i ? 31 : 0);
+  const size_t ms[] = {1, 2, 3, 4, 5, 8, 9, 64, 70};
   const moe_dtype dts[] = {MOE_F32, MOE_F16, MOE_BF16};
   float *wv = malloc(n * k * sizeof(float)), *wex = malloc(n * k * sizeof(float));
-  float bv[37], bex[37];
+  float *bv = malloc(n * sizeof(float)), *bex = malloc(n * sizeof(float));
   tu_fill(wv, n * k, 1);
   tu_fill(bv, n, 2);
   for (int d = 0; d < 3; d++) {
@@ -274,6 +277,56 @@ START_TEST(matmul_all_dtypes_and_shapes) {
   }
   free(wv);
   free(wex);
+  free(bv);
+  free(bex);
+}
+END_TEST
+
+/* Weights with subnormals, the largest finite value, infinities and NaN:
+ * a NaN weight makes its row NaN, an infinity makes it infinite (x > 0
+ * everywhere, one infinity per row), subnormals count at their value. */
+START_TEST(matmul_special_weight_values) {
+  const size_t n = 9, k = 40, m = 3;
+  const moe_dtype dts[] = {MOE_F16, MOE_BF16};
+  for (int d = 0; d < 2; d++) {
+    const bool f16 = dts[d] == MOE_F16;
+    uint16_t *h = calloc(n * k, sizeof *h);
+    const uint16_t one = f16 ? 0x3c00 : 0x3f80, sub = 0x0001, big = f16 ? 0x7bff : 0x7e80, /* f16 max; a large bf16 whose products fit f32 */
+                   inf = f16 ? 0x7c00 : 0x7f80, ninf = f16 ? 0xfc00 : 0xff80,
+                   nan = f16 ? 0x7e00 : 0x7fc0;
+    for (size_t r = 0; r < n; r++)
+      for (size_t j = 0; j < k; j++) h[r * k + j] = one;
+    const size_t col = 37; /* in the scalar tail of a 16-wide loop */
+    h[0 * k + 3] = nan;
+    h[1 * k + col] = nan;
+    h[2 * k + 5] = inf;
+    h[3 * k + col] = ninf;
+    for (size_t j = 0; j < k; j++) h[4 * k + j] = sub;
+    h[5 * k + 8] = big;
+    float x[3 * 40];
+    for (size_t i = 0; i < m * k; i++) x[i] = 0.5f + (float)(i % 7) * 0.25f;
+    moe_weight w = {dev_bytes(h, n * k * 2), dts[d], n, k};
+    float *dx = dev_f(x, m * k), *dy = dev_f(NULL, m * n), y[3 * 9];
+    moe_error err = {0};
+    ck_assert(OPS->matmul(BE, dy, dx, m, &w, NULL, &err) == MOE_OK);
+    down(y, dy, sizeof y);
+    float wf[9 * 40];
+    moe_convert_to_f32(wf, h, dts[d], n * k);
+    for (size_t i = 0; i < m; i++)
+      for (size_t r = 0; r < n; r++) {
+        double ref = 0;
+        for (size_t j = 0; j < k; j++) ref += (double)x[i * k + j] * wf[r * k + j];
+        const float got = y[i * n + r];
+        if (isnan(ref)) ck_assert_msg(isnan(got), "%s row %zu: %g, want NaN", moe_dtype_name(dts[d]), r, got);
+        else if (isinf(ref)) ck_assert_msg(got == (float)ref, "%s row %zu: %g, want %g", moe_dtype_name(dts[d]), r, got, ref);
+        else ck_assert_msg(fabs(got - ref) <= 1e-5 * fabs(ref) + 1e-30, "%s row %zu: %g vs %g",
+                           moe_dtype_name(dts[d]), r, got, ref);
+      }
+    OPS->device_free(BE, (void *)w.data);
+    OPS->device_free(BE, dx);
+    OPS->device_free(BE, dy);
+    free(h);
+  }
 }
 END_TEST
 
@@ -531,11 +584,13 @@ START_TEST(empty_inputs_are_no_ops) {
 }
 END_TEST
 
-static int run_for(const char *backend, double link) {
+static int run_for(const char *backend, double link, int threads, const char *variant) {
   g_backend = backend;
   g_link = link;
-  char name[96];
-  snprintf(name, sizeof name, "%s%s", backend, link > 0 ? " (capped link)" : "");
+  g_threads = threads;
+  char name[160];
+  snprintf(name, sizeof name, "%s%s, %d thread%s%s%s", backend, link > 0 ? " (capped link)" : "",
+           threads, threads == 1 ? "" : "s", variant ? ", " : "", variant ? variant : "");
   Suite *s = suite_create("backend conformance");
   TCase *tc = tcase_create(name);
   tcase_add_checked_fixture(tc, setup, teardown);
@@ -545,7 +600,8 @@ static int run_for(const char *backend, double link) {
   tcase_add_test(tc, compute_waits_for_copies);
   tcase_add_test(tc, copies_wait_for_compute);
   tcase_add_test(tc, teardown_with_copies_in_flight);
-  tcase_add_test(tc, matmul_all_dtypes_and_shapes);
+  tcase_add_loop_test(tc, matmul_all_dtypes_and_shapes, 0, 2);
+  tcase_add_test(tc, matmul_special_weight_values);
   tcase_add_test(tc, norm_rope_elementwise);
   tcase_add_test(tc, kv_store_and_attention);
   tcase_add_test(tc, router_topk_definition);
@@ -567,8 +623,15 @@ int main(void) {
       printf("== %s: skipped (%s)\n", o->name, err.msg);
       continue;
     }
-    failed |= run_for(o->name, 0.0);
-    if (o->caps & MOE_BACKEND_CAP_LINK_CAP) failed |= run_for(o->name, 0.5);
+    failed |= run_for(o->name, 0.0, 1, NULL);
+    failed |= run_for(o->name, 0.0, 2, NULL);
+    if (o->caps & MOE_BACKEND_CAP_LINK_CAP) failed |= run_for(o->name, 0.5, 1, NULL);
+    if (strcmp(o->name, "cpu") == 0) {
+      /* the cpu backend's reference path for 16-bit weights, forced */
+      setenv("MOE_CPU_HALF", "portable", 1);
+      failed |= run_for(o->name, 0.0, 2, "portable 16-bit path");
+      unsetenv("MOE_CPU_HALF");
+    }
   }
   return failed;
 }

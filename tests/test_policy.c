@@ -418,6 +418,50 @@ START_TEST(engine_teardown_with_copies_in_flight) {
 }
 END_TEST
 
+/* The backend's own math threads split rows, never a row's sum: 1 and 2
+ * threads give the same bits for the fused 16-bit products (thin inputs:
+ * this test's batch and prompt).  f32 and wide products go through
+ * OpenBLAS, whose bits may depend on its thread count (docs/PERFORMANCE.md). */
+START_TEST(thread_count_does_not_change_bits) {
+  const moe_dtype dts[] = {MOE_F16, MOE_BF16};
+  for (int d = 0; d < 2; d++) {
+    moe_config c = cfg();
+    c.hidden = 256; /* rows x cols past the size where the threads split the work */
+    c.expert_ffn = 512;
+    c.dense_ffn = 512;
+    c.shared_ffn = 256;
+    c.n_heads = 8;
+    c.n_kv_heads = 4;
+    c.head_dim = 32;
+    moe_model *m = NULL;
+    moe_error err = {0};
+    moe_synth_options o = {dts[d], 79, 0.5, false};
+    ck_assert(moe_model_synthetic(&m, &c, &o, &err) == MOE_OK);
+    float logits[2][B * 40];
+    bool fused = true;
+    for (int t = 0; t < 2; t++) {
+      moe_device dev;
+      moe_backend_options bo = {.threads = t + 1};
+      ck_assert(moe_device_open(&dev, "cpu", &bo, &err) == MOE_OK);
+      /* the portable path is OpenBLAS too: no promise there */
+      fused &= strstr(dev.ops->describe(dev.be), "portable") == NULL;
+      moe_engine *e = NULL;
+      moe_engine_options eo = {.max_batch = B, .max_seq = 16};
+      ck_assert_msg(moe_engine_create(&e, m, &dev, &eo, &err) == MOE_OK, "%s", err.msg);
+      int32_t ids[B * 4] = {1, 2, 3, 4, 5, 6, 7, 8}, out[B * 6];
+      ck_assert(moe_engine_generate(e, ids, B, 4, 6, out, NULL, NULL, &err) == MOE_OK);
+      ck_assert(moe_engine_forward(e, ids, B, 1, 9, logits[t], &err) == MOE_OK);
+      moe_engine_free(e);
+      moe_device_close(&dev);
+    }
+    if (fused)
+      ck_assert_msg(memcmp(logits[0], logits[1], sizeof logits[0]) == 0,
+                    "%s: 1 and 2 threads differ", moe_dtype_name(dts[d]));
+    moe_model_free(m);
+  }
+}
+END_TEST
+
 /* Every policy gives gpu-only's bits in f16 and bf16 storage too. */
 START_TEST(policies_bit_identical_in_half_precision) {
   const moe_dtype dts[] = {MOE_F16, MOE_BF16};
@@ -666,6 +710,7 @@ int main(void) {
   tcase_add_test(tc, engine_teardown_with_copies_in_flight);
   tcase_add_test(tc, policies_bit_identical_in_half_precision);
   tcase_add_test(tc, hostile_plugins);
+  tcase_add_test(tc, thread_count_does_not_change_bits);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -595,7 +595,11 @@ static moe_status cpu_matmul(moe_backend *be, float *y, const float *x, size_t m
   } else {
     /* Convert a band of rows to f32 (in parallel), multiply, move on:
      * bounded scratch, and the band stays in cache while it is used. */
-    const size_t band = (size_t)CPU_CONVERT_ROWS * (size_t)be->threads;
+    /* bands of about 4 MiB of f32: big enough that the product's threads
+     * have work to share, small enough to stay in the last-level cache */
+    size_t band = ((size_t)1 << 20) / (size_t)k / CPU_CONVERT_ROWS * CPU_CONVERT_ROWS;
+    if (band < (size_t)CPU_CONVERT_ROWS * (size_t)be->threads)
+      band = (size_t)CPU_CONVERT_ROWS * (size_t)be->threads;
     st = scratch_reserve(be, band * (size_t)k, err);
     if (st != MOE_OK) return st;
     const size_t esz = moe_dtype_size(w->dtype);
