@@ -48,6 +48,11 @@ START_TEST(cli_rejects_bad_usage) {
   ck_assert_ptr_nonnull(strstr(out, "--no-such-flag"));
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --gen-len x", out, sizeof out), 2);
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " list nothing", out, sizeof out), 2);
+  /* a plugin that uses MOE_FAIL links against the executable and its
+   * message reaches the user */
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --policy-plugin " PLUGIN_FAILING,
+                          out, sizeof out), 1);
+  ck_assert_msg(strstr(out, "failing-policy says no") != NULL, "%s", out);
   /* empty values and lists are usage errors, never undefined behaviour */
   static const char *bad[] = {
       " bench-policies --preset ci-small --policies ''",
