@@ -91,6 +91,9 @@ moe_status cli_preset_load(cli_preset *p, const char *name, moe_error *err) {
   }
   json_t *v;
   MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", path);
+  static const char *const known[] = {"name",         "description", "dtype",  "seed",
+                                      "routing_skew", "pregate",     "config", NULL};
+  MOE_TRY(cli_check_keys(root, known, path, err));
   v = json_object_get(root, "name");
   MOE_CHECK(json_is_string(v), err, MOE_ERR_FORMAT, "%s: field 'name' must be a string", path);
   snprintf(p->name, sizeof p->name, "%s", json_string_value(v));
@@ -290,4 +293,44 @@ int cli_read_token_file(const char *path, int want_len, int32_t **out, int *n_pr
   *n_prompts = count;
   *len = plen;
   return 0;
+}
+
+/* Edit distance (insertions, deletions, substitutions), capped inputs. */
+static size_t edit_distance(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  if (la > 63 || lb > 63) return 99;
+  size_t prev[64], cur[64];
+  for (size_t j = 0; j <= lb; j++) prev[j] = j;
+  for (size_t i = 1; i <= la; i++) {
+    cur[0] = i;
+    for (size_t j = 1; j <= lb; j++) {
+      size_t sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+      size_t del = prev[j] + 1, ins = cur[j - 1] + 1;
+      cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+    }
+    memcpy(prev, cur, (lb + 1) * sizeof *prev);
+  }
+  return prev[lb];
+}
+
+moe_status cli_check_keys(const void *obj, const char *const *known, const char *origin,
+                          moe_error *err) {
+  const char *key;
+  json_t *v;
+  json_object_foreach((json_t *)obj, key, v) {
+    bool ok = false;
+    for (size_t i = 0; known[i] && !ok; i++) ok = strcmp(key, known[i]) == 0;
+    if (ok) continue;
+    const char *best = NULL;
+    size_t bd = 99;
+    for (size_t i = 0; known[i]; i++) {
+      size_t d = edit_distance(key, known[i]);
+      if (d < bd) bd = d, best = known[i];
+    }
+    if (best && bd <= 2)
+      return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: unknown field '%s' (did you mean '%s'?)", origin,
+                      key, best);
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: unknown field '%s'", origin, key);
+  }
+  return MOE_OK;
 }

@@ -58,6 +58,13 @@ bool cli_parse_bytes(const char *s, size_t *out);
 /* Parses "1,2,3" or "1 2 3" into ids (malloc'd); returns count or -1. */
 int cli_parse_ids(const char *s, int32_t **ids);
 
+/* Every key of a JSON object (a json_t *) must be one of known (NULL-ended):
+ * MOE_ERR_FORMAT "ORIGIN: unknown field 'repetitons' (did you mean
+ * 'repetitions'?)" otherwise.  A typo must never silently fall back to a
+ * default. */
+moe_status cli_check_keys(const void *obj, const char *const *known, const char *origin,
+                          moe_error *err);
+
 /* Opens an input file for reading: refuses anything but a regular file
  * (a FIFO or device would block or never end) with one line naming the
  * file and `what`; NULL then. */

@@ -81,6 +81,9 @@ moe_status workload_from_json(workload *w, const void *json, const char *origin,
   json_t *o = (json_t *)json;
   memset(w, 0, sizeof *w);
   MOE_CHECK(json_is_object(o), err, MOE_ERR_FORMAT, "%s: a workload must be an object", origin);
+  static const char *const known[] = {"name",    "description", "batch", "prompt_len",
+                                      "gen_len", "requests",    "tokens", NULL};
+  MOE_TRY(cli_check_keys(o, known, origin, err));
   MOE_TRY(get_str(o, "name", true, w->name, sizeof w->name, origin, err));
   MOE_TRY(get_str(o, "description", false, w->description, sizeof w->description, origin, err));
   json_t *b = json_object_get(o, "batch");
@@ -114,6 +117,8 @@ moe_status workload_from_json(workload *w, const void *json, const char *origin,
     char src[16] = "";
     char sub[600];
     snprintf(sub, sizeof sub, "%s: tokens", origin);
+    static const char *const tknown[] = {"source", "seed", "path", NULL};
+    MOE_TRY(cli_check_keys(t, tknown, sub, err));
     MOE_TRY(get_str(t, "source", true, src, sizeof src, sub, err));
     if (strcmp(src, "random") == 0) {
       json_t *sd = json_object_get(t, "seed");
@@ -279,6 +284,11 @@ moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_
   const char *origin = s->path;
   json_t *root = (json_t *)json;
   MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", origin);
+  static const char *const known[] = {"name",       "description", "models",  "workloads",
+                                      "policies",   "backend",     "routing", "device_mem",
+                                      "link_gbps",  "threads",     "repetitions", "warmup",
+                                      NULL};
+  MOE_TRY(cli_check_keys(root, known, origin, err));
   MOE_TRY(get_str(root, "name", true, s->name, sizeof s->name, origin, err));
   MOE_TRY(get_str(root, "description", false, s->description, sizeof s->description, origin, err));
   MOE_TRY(get_list(root, "models", s->models, &s->n_models, origin, err));

@@ -108,6 +108,16 @@ START_TEST(suite_errors_name_file_and_field) {
        "\"link_gbps\": 1e-9}", "'link_gbps'", MOE_ERR_FORMAT},
       {"{\"name\": \"x\", \"models\": [\"\"], \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"]}",
        "must be a name", MOE_ERR_FORMAT},
+      /* a typo is an error with a suggestion, never a silent default */
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"], "
+       "\"repetitons\": 5}", "unknown field 'repetitons' (did you mean 'repetitions'?)", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": "
+       "[{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 4, \"btach\": 2}]}", "did you mean 'batch'", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": "
+       "[{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 4, \"tokens\": {\"source\": \"random\", \"sed\": 3}}]}",
+       "did you mean 'seed'", MOE_ERR_FORMAT},
+      {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": [\"ci\"], "
+       "\"colour\": 1}", "unknown field 'colour'", MOE_ERR_FORMAT},
       {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": "
        "[{\"name\": \"w\", \"batch\": 0, \"prompt_len\": 4, \"gen_len\": 4}]}", "'batch'", MOE_ERR_FORMAT},
       {"{\"name\": \"x\", \"models\": [\"ci-small\"], \"policies\": [\"ondemand\"], \"workloads\": "
