@@ -376,7 +376,8 @@ int cmd_bench_ops(int argc, char **argv) {
   optind = 1;
   opterr = 0;
   int c;
-  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+  int idx = -1;
+  while ((idx = -1, c = getopt_long(argc, argv, "h", opts, &idx)) != -1) {
     bool ok = true;
     switch (c) {
       case 'p': preset = optarg; break;
@@ -406,7 +407,7 @@ int cmd_bench_ops(int argc, char **argv) {
         return 2;
     }
     if (!ok) {
-      cli_error("bench-ops: invalid value '%s'", optarg);
+      cli_error("bench-ops: invalid value '%s' for --%s", optarg, idx >= 0 ? opts[idx].name : "?");
       return 2;
     }
   }

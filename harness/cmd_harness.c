@@ -674,7 +674,8 @@ int cmd_run(int argc, char **argv) {
   optind = 1;
   opterr = 0;
   int c;
-  while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+  int idx = -1;
+  while ((idx = -1, c = getopt_long(argc, argv, "ho:", opts, &idx)) != -1) {
     bool ok = true;
     switch (c) {
       case 'p': preset = optarg; break;
@@ -721,7 +722,7 @@ int cmd_run(int argc, char **argv) {
         return 2;
     }
     if (!ok) {
-      cli_error("run: invalid value '%s'", optarg);
+      cli_error("run: invalid value '%s' for --%s", optarg, idx >= 0 ? opts[idx].name : "?");
       return 2;
     }
   }
