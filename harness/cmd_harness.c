@@ -722,7 +722,10 @@ int cmd_run(int argc, char **argv) {
         return 2;
     }
     if (!ok) {
-      cli_error("run: invalid value '%s' for --%s", optarg, idx >= 0 ? opts[idx].name : "?");
+      if (idx >= 0)
+        cli_error("run: invalid value '%s' for --%s", optarg, opts[idx].name);
+      else
+        cli_error("run: invalid value '%s' for -%c", optarg, c);
       return 2;
     }
   }
