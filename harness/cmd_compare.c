@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -377,28 +378,56 @@ static void plot_group(const res_table *t, size_t first, const char *dir, FILE *
   snprintf(dat, sizeof dat, "%s.dat", base);
   snprintf(gp, sizeof gp, "%s.gp", base);
   FILE *f = fopen(dat, "w");
-  if (f == NULL) return;
-  for (size_t i = first; i < t->n && same_group(&t->rows[i], g); i++)
-    if (!strcmp(res_get(&t->rows[i], "status"), "ok")) {
-      gp_string(f, res_get(&t->rows[i], "policy"));
-      fprintf(f, " %.6g %.3f\n", num(&t->rows[i], "tokens_per_s"),
-              num(&t->rows[i], "peak_device_bytes") / 1e6);
+  if (f == NULL) {
+    fprintf(stderr, "moebench: report: %s: cannot create: %s\n", dat, strerror(errno));
+    return;
+  }
+  /* name, tokens/s median, min, max, peak MB; a row that did not run (OOM,
+   * error) stays in the plot at 0, labelled with its status */
+  for (size_t i = first; i < t->n; i++) {
+    const res_row *r = &t->rows[i];
+    if (!same_group(r, g)) continue;
+    const bool ok = !strcmp(res_get(r, "status"), "ok");
+    char label[160];
+    snprintf(label, sizeof label, "%s%s%s%s", res_get(r, "policy"), ok ? "" : " (",
+             ok ? "" : res_get(r, "status"), ok ? "" : ")");
+    gp_string(f, label);
+    if (ok) {
+      const double med = num(r, "tokens_per_s"), lo = num(r, "tokens_per_s_min"),
+                   hi = num(r, "tokens_per_s_max");
+      fprintf(f, " %.6g %.6g %.6g %.3f\n", med, isnan(lo) ? med : lo, isnan(hi) ? med : hi,
+              num(r, "peak_device_bytes") / 1e6);
+    } else {
+      fprintf(f, " 0 0 0 0\n");
     }
+  }
   fclose(f);
   f = fopen(gp, "w");
-  if (f == NULL) return;
-  /* every string in the script is quoted with gp_string: paths too */
-  fprintf(f, "set terminal png size 800,480\nset style fill solid 0.6\nset boxwidth 0.6\n"
+  if (f == NULL) {
+    fprintf(stderr, "moebench: report: %s: cannot create: %s\n", gp, strerror(errno));
+    return;
+  }
+  /* every string in the script is quoted with gp_string: paths and titles */
+  char what[600], title[800], png[1100];
+  snprintf(what, sizeof what, "%s, %s, batch %s, budget %s", res_get(g, "model"),
+           res_get(g, "workload"), res_get(g, "batch"),
+           strcmp(res_get(g, "device_mem_budget_bytes"), "0") ? res_get(g, "device_mem_budget_bytes")
+                                                              : "capacity");
+  fprintf(f, "set terminal png size 900,520\nset style fill solid 0.6\nset boxwidth 0.6\n"
              "set grid y\nset yrange [0:*]\nset xtics rotate by -20\n");
-  char png[1100];
   snprintf(png, sizeof png, "%s-throughput.png", base);
   fputs("set output ", f), gp_string(f, png), fputs("\n", f);
-  fputs("set title \"generated tokens/s (measured)\"\nplot ", f), gp_string(f, dat);
-  fputs(" using 0:2:xtic(1) with boxes notitle\n", f);
+  snprintf(title, sizeof title, "%s: generated tokens/s (measured; median, bars min..max)", what);
+  fputs("set title ", f), gp_string(f, title), fputs("\n", f);
+  fputs("plot ", f), gp_string(f, dat);
+  fputs(" using 0:2:xtic(1) with boxes notitle, ", f), gp_string(f, dat);
+  fputs(" using 0:2:3:4 with yerrorbars notitle\n", f);
   snprintf(png, sizeof png, "%s-memory.png", base);
   fputs("set output ", f), gp_string(f, png), fputs("\n", f);
-  fputs("set title \"peak device MB (allocator)\"\nplot ", f), gp_string(f, dat);
-  fputs(" using 0:3:xtic(1) with boxes notitle\n", f);
+  snprintf(title, sizeof title, "%s: peak device MB (allocator)", what);
+  fputs("set title ", f), gp_string(f, title), fputs("\n", f);
+  fputs("plot ", f), gp_string(f, dat);
+  fputs(" using 0:5:xtic(1) with boxes notitle\n", f);
   fclose(f);
   if (run_gnuplot(gp) == 0)
     fprintf(md, "\nPlots: `%s-throughput.png`, `%s-memory.png`\n", base, base);
@@ -456,6 +485,13 @@ int cmd_report(int argc, char **argv) {
   res_table t;
   moe_error err = {0};
   if (res_read_csv(argv[optind], &t, &err) != MOE_OK) return cli_fail(&err);
+  const bool gnuplot = plots && have_gnuplot();
+  if (plots && !gnuplot) fprintf(stderr, "moebench: report: gnuplot is not installed; no plots\n");
+  if (gnuplot && mkdir(plots, 0777) != 0 && errno != EEXIST) {
+    cli_error("report: cannot create the plots directory %s: %s", plots, strerror(errno));
+    res_table_free(&t);
+    return 1;
+  }
   char *tmp = NULL;
   FILE *md = stdout;
   if (out) {
@@ -469,8 +505,6 @@ int cmd_report(int argc, char **argv) {
       return 1;
     }
   }
-  const bool gnuplot = plots && have_gnuplot();
-  if (plots && !gnuplot) fprintf(stderr, "moebench: report: gnuplot is not installed; no plots\n");
   for (size_t i = 0; i < t.n; i++) {
     bool first = true;
     for (size_t k = 0; k < i; k++) first &= !same_group(&t.rows[k], &t.rows[i]);
