@@ -329,6 +329,8 @@ typedef struct sweep_ctx {
   progress pr;
   int ran, skipped;
   res_index *done_ix;    /* keys of the rows --resume kept (read once) */
+  const moe_policy *pol[SUITE_MAX];        /* the suite's policies, resolved */
+  moe_policy_library libs[SUITE_MAX];      /* plugins among them, open for the sweep */
   moe_device holder;     /* keeps the current model pinned across rows */
   bool holder_open, pinned;
 } sweep_ctx;
@@ -394,12 +396,12 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
   bool have_ref = false;
   int order[SUITE_MAX], no = 0;
   for (int p = 0; p < s->n_policies; p++)
-    if (!strcmp(s->policies[p], "gpu-only")) order[no++] = p;
+    if (!strcmp(x->pol[p]->name, "gpu-only")) order[no++] = p;
   for (int p = 0; p < s->n_policies; p++)
-    if (strcmp(s->policies[p], "gpu-only")) order[no++] = p;
+    if (strcmp(x->pol[p]->name, "gpu-only")) order[no++] = p;
   for (int bu = 0; bu < s->n_budgets && rc == 0; bu++)
     for (int k = 0; k < no && rc == 0; k++) {
-      const moe_policy *pol = moe_policy_find(s->policies[order[k]]);
+      const moe_policy *pol = x->pol[order[k]];
       row_config rcfg = {ps->name,      ps->seed,          *model,     ps->dtype,   wl,
                          batch,         pol,               suite_routing(s, pol),  x->backend,
                          x->device,     s->budgets[bu],    s->link_gbps, s->threads,
@@ -518,6 +520,39 @@ static int lock_output(const char *prefix) {
   return fd;
 }
 
+/* A suite's policy entry: a built-in name, or the path of a plugin (it has
+ * a '/' or ends in .so), relative to the suite file.  Returns 0, or 1
+ * after printing why. */
+static int resolve_policy(const suite *s, const char *entry, const moe_policy **pol,
+                          moe_policy_library *lib) {
+  memset(lib, 0, sizeof *lib);
+  const size_t n = strlen(entry);
+  if (strchr(entry, '/') == NULL && !(n > 3 && strcmp(entry + n - 3, ".so") == 0)) {
+    *pol = moe_policy_find(entry);
+    if (*pol == NULL) {
+      cli_error("%s: unknown policy '%s' in field 'policies' (a built-in name, or a plugin's path)",
+                s->path, entry);
+      return 1;
+    }
+    return 0;
+  }
+  char path[1200];
+  if (entry[0] == '/') {
+    snprintf(path, sizeof path, "%s", entry);
+  } else {
+    const char *slash = strrchr(s->path, '/');
+    int dl = slash ? (int)(slash - s->path) : 1;
+    snprintf(path, sizeof path, "%.*s/%s", dl, slash ? s->path : ".", entry);
+  }
+  moe_error err = {0};
+  if (moe_policy_plugin_load(lib, path, &err) != MOE_OK) {
+    cli_fail(&err);
+    return 1;
+  }
+  *pol = lib->policy;
+  return 0;
+}
+
 /* Options of sweep; returns -1 to go on, else the exit code. */
 static int sweep_args(int argc, char **argv, const char **suite_arg, const char **out, bool *resume,
                       bool *quiet, long *reps) {
@@ -582,10 +617,14 @@ int cmd_sweep(int argc, char **argv) {
   }
   if (reps) x.s->repetitions = (int)reps;
   for (int i = 0; i < x.s->n_policies; i++)
-    if (moe_policy_find(x.s->policies[i]) == NULL) {
-      cli_error("%s: unknown policy '%s' in field 'policies'", x.s->path, x.s->policies[i]);
-      goto done;
-    }
+    if (resolve_policy(x.s, x.s->policies[i], &x.pol[i], &x.libs[i]) != 0) goto done;
+  for (int i = 0; i < x.s->n_policies; i++)
+    for (int j = 0; j < i; j++)
+      if (x.pol[i] == x.pol[j] || strcmp(x.pol[i]->name, x.pol[j]->name) == 0) {
+        cli_error("%s: policies '%s' and '%s' are both named '%s'", x.s->path, x.s->policies[j],
+                  x.s->policies[i], x.pol[i]->name);
+        goto done;
+      }
   x.presets = calloc((size_t)x.s->n_models, sizeof *x.presets);
   for (int i = 0; i < x.s->n_models; i++)
     if (cli_preset_load(&x.presets[i], x.s->models[i], &err) != MOE_OK) {
@@ -636,6 +675,7 @@ int cmd_sweep(int argc, char **argv) {
   if (rc == 0 && x.ran == 0 && write_outputs(x.prefix, &x.t, x.meta, &err) != MOE_OK)
     rc = cli_fail(&err);
 done:
+  for (int i = 0; i < SUITE_MAX; i++) moe_policy_plugin_close(&x.libs[i]);
   res_index_free(x.done_ix);
   if (x.holder_open) moe_device_close(&x.holder);
   if (lock_fd >= 0) close(lock_fd);
@@ -648,6 +688,12 @@ done:
 
 /* ------------------------------------------------------------ run */
 
+static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing,
+                   const char *preset, bool have_seed, uint64_t seed, const char *backend,
+                   int threads, double link, size_t devmem, int batch, int plen, int glen,
+                   int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
+                   int n_orig, char **orig);
+
 int cmd_run(int argc, char **argv) {
   static const struct option opts[] = {
       {"preset", required_argument, 0, 'p'},   {"policy", required_argument, 0, 'P'},
@@ -658,9 +704,10 @@ int cmd_run(int argc, char **argv) {
       {"device-mem", required_argument, 0, 'm'}, {"backend", required_argument, 0, 'B'},
       {"threads", required_argument, 0, 't'},  {"seed", required_argument, 0, 's'},
       {"prompt-seed", required_argument, 0, 'S'},
+      {"policy-plugin", required_argument, 0, 'X'},
       {"out", required_argument, 0, 'o'},      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
-  const char *preset = NULL, *policy = "gpu-only", *backend = "cpu", *out = NULL;
+  const char *preset = NULL, *policy = NULL, *plugin = NULL, *backend = "cpu", *out = NULL;
   char *orig[128]; /* getopt permutes argv; keep it as given for the metadata */
   const int n_orig = argc < 128 ? argc : 128;
   memcpy(orig, argv, (size_t)n_orig * sizeof *orig);
@@ -679,7 +726,8 @@ int cmd_run(int argc, char **argv) {
     bool ok = true;
     switch (c) {
       case 'p': preset = optarg; break;
-      case 'P': policy = optarg; break;
+      case 'P': ok = optarg[0] != '\0'; policy = optarg; break;
+      case 'X': ok = optarg[0] != '\0'; plugin = optarg; break;
       case 'R': ok = moe_routing_parse(optarg, &routing) == 0; have_routing = true; break;
       case 'b': ok = cli_parse_int(optarg, 1, 4096, &batch); break;
       case 'l': ok = cli_parse_int(optarg, 1, 1 << 16, &plen); break;
@@ -700,6 +748,7 @@ int cmd_run(int argc, char **argv) {
                "also writes PREFIX.csv and PREFIX.json.\n\n"
                "  --preset NAME       model preset\n"
                "  --policy NAME       gpu-only (default), ondemand, prefetch-all, pregated\n"
+               "  --policy-plugin SO  a policy from a shared object (docs/PLUGINS.md)\n"
                "  --routing MODE      conventional or pregated (default: the policy's own,\n"
                "                      pregated for pregated; the row's routing column says)\n"
                "  --batch B           sequences (default 1)\n"
@@ -733,11 +782,34 @@ int cmd_run(int argc, char **argv) {
     cli_error("run: --preset is required; no positional arguments");
     return 2;
   }
-  const moe_policy *pol = moe_policy_find(policy);
+  if (policy && plugin) {
+    cli_error("run: give at most one of --policy and --policy-plugin");
+    return 2;
+  }
+  moe_policy_library lib = {0};
+  const moe_policy *pol = moe_policy_find(policy ? policy : "gpu-only");
+  if (plugin) {
+    moe_error perr = {0};
+    if (moe_policy_plugin_load(&lib, plugin, &perr) != MOE_OK) return cli_fail(&perr);
+    pol = lib.policy;
+  }
   if (pol == NULL) {
     cli_error("run: unknown policy '%s' (see 'moebench list policies')", policy);
     return 2;
   }
+  int rc_exit = run_one(pol, have_routing, routing, preset, have_seed, seed, backend,
+                        (int)threads, link, devmem, (int)batch, (int)plen, (int)glen,
+                        (int)requests, prompt_seed, (int)reps, (int)warmup, out, n_orig, orig);
+  moe_policy_plugin_close(&lib);
+  return rc_exit;
+}
+
+/* The part of run after its flags: one row, printed (and written). */
+static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing,
+                   const char *preset, bool have_seed, uint64_t seed, const char *backend,
+                   int threads, double link, size_t devmem, int batch, int plen, int glen,
+                   int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
+                   int n_orig, char **orig) {
   if (!have_routing)
     routing = pol->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL;
   cli_preset p;
@@ -748,19 +820,18 @@ int cmd_run(int argc, char **argv) {
   moe_synth_options so = cli_preset_synth(&p);
   if (moe_model_synthetic(&m, &p.cfg, &so, &err) != MOE_OK) return cli_fail(&err);
   char device[256];
-  const moe_backend_ops *bops = resolve_backend(backend, (int)threads, &link, device, sizeof device);
+  const moe_backend_ops *bops = resolve_backend(backend, threads, &link, device, sizeof device);
   if (bops == NULL) {
     moe_model_free(m);
     return 1;
   }
   backend = bops->name;
-  workload wl = {.n_batches = 1, .prompt_len = (int)plen, .gen_len = (int)glen,
-                 .requests = (int)requests, .seed = prompt_seed};
-  snprintf(wl.name, sizeof wl.name, "p%ld-g%ld", plen, glen);
-  wl.batches[0] = (int)batch;
-  row_config rc = {p.name,     p.seed, m,      p.dtype,      &wl,          (int)batch,
-                   pol,        routing, backend, device,     devmem,       link,
-                   (int)threads, (int)reps, (int)warmup, NULL,        0};
+  workload wl = {.n_batches = 1, .prompt_len = plen, .gen_len = glen, .requests = requests,
+                 .seed = prompt_seed};
+  snprintf(wl.name, sizeof wl.name, "p%d-g%d", plen, glen);
+  wl.batches[0] = batch;
+  row_config rc = {p.name, p.seed,  m,       p.dtype, &wl,    batch, pol,    routing, backend,
+                   device, devmem,  link,    threads, reps,   warmup, NULL,  0};
   res_table t;
   res_table_init(&t);
   res_row *row = res_table_add(&t);

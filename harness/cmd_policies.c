@@ -57,6 +57,7 @@ static void usage(FILE *f) {
           "  --device-mem SIZE    device-memory budget (default: capacity)\n"
           "  --threads N          math threads (default 1)\n"
           "  --backend NAME       cpu (default) or cuda\n"
+          "  --policy-plugin SO   also run a policy from a shared object (up to 4 times)\n"
           "  -h, --help           this text\n");
 }
 
@@ -67,8 +68,11 @@ int cmd_bench_policies(int argc, char **argv) {
       {"gen-len", required_argument, 0, 'g'},  {"reps", required_argument, 0, 'r'},
       {"link-gbps", required_argument, 0, 'L'}, {"device-mem", required_argument, 0, 'm'},
       {"threads", required_argument, 0, 't'},  {"backend", required_argument, 0, 'B'},
+      {"policy-plugin", required_argument, 0, 'X'},
       {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
   const char *preset = NULL, *plist = "gpu-only,ondemand,prefetch-all,pregated", *backend = "cpu";
+  const char *plugins[4];
+  int n_plugins = 0;
   long batch = 1, plen = 64, glen = 64, reps = 3, threads = 1;
   double link = 0;
   size_t devmem = 0;
@@ -88,7 +92,11 @@ int cmd_bench_policies(int argc, char **argv) {
       case 'L': ok = cli_parse_link(optarg, &link); break;
       case 'm': ok = cli_parse_bytes(optarg, &devmem) && devmem > 0; break;
       case 't': ok = cli_parse_int(optarg, 1, 1024, &threads); break;
-      case 'B': backend = optarg; break;
+      case 'B': ok = optarg[0] != '\0'; backend = optarg; break;
+      case 'X':
+        ok = optarg[0] != '\0' && n_plugins < 4;
+        if (ok) plugins[n_plugins++] = optarg;
+        break;
       case 'h': usage(stdout); return 0;
       default:
         cli_error("bench-policies: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
@@ -131,8 +139,21 @@ int cmd_bench_policies(int argc, char **argv) {
     np++;
   }
   moe_error err = {0};
+  moe_policy_library libs[4] = {{0}};
+  for (int i = 0; i < n_plugins; i++) {
+    if (np == 8 || moe_policy_plugin_load(&libs[i], plugins[i], &err) != MOE_OK) {
+      if (np == 8) cli_error("bench-policies: at most 8 policies");
+      else cli_fail(&err);
+      for (int j = 0; j < i; j++) moe_policy_plugin_close(&libs[j]);
+      return np == 8 ? 2 : 1;
+    }
+    pol[np++] = libs[i].policy;
+  }
   moe_model *m = NULL;
-  if (cli_preset_model(preset, NULL, &m, &err) != MOE_OK) return cli_fail(&err);
+  if (cli_preset_model(preset, NULL, &m, &err) != MOE_OK) {
+    for (int j = 0; j < n_plugins; j++) moe_policy_plugin_close(&libs[j]);
+    return cli_fail(&err);
+  }
   const moe_config *cfg = moe_model_config(m);
 
   run_result *res = calloc((size_t)np * (size_t)reps, sizeof *res);
@@ -193,14 +214,17 @@ int cmd_bench_policies(int argc, char **argv) {
     double match = NAN, diff = NAN;
     if (ref >= 0)
       runner_parity(last[ref], o, (int)batch, (int)glen, cfg->vocab, &match, &diff);
-    char hit[32] = "-";
+    char hit[32] = "-", match_s[32] = "n/a", diff_s[32] = "n/a";
+    if (!isnan(match)) snprintf(match_s, sizeof match_s, "%.3f", match);
+    if (!isnan(diff)) snprintf(diff_s, sizeof diff_s, "%.3g", diff);
     if (o->stats.pregate_total)
       snprintf(hit, sizeof hit, "%.3f", (double)o->stats.pregate_hits / (double)o->stats.pregate_total);
-    printf("| %s | %s | %.2f | %.3f | %.2f | %.1f | %d | %.1f | %llu | %llu | %.3f | %s | %.3f | %.3g |\n",
-           pol[i]->name, strcmp(pol[i]->name, "pregated") == 0 ? "pregated" : "conventional",
+    printf("| %s | %s | %.2f | %.3f | %.2f | %.1f | %d | %.1f | %llu | %llu | %.3f | %s | %s | %s |\n",
+           pol[i]->name,
+           pol[i]->default_routing == MOE_POLICY_ROUTING_PREGATED ? "pregated" : "conventional",
            tps[i], total[i], tpt[i] * 1e3, (double)o->peak_bytes / 1e6, o->stats.slots,
            (double)(o->stats.bytes_h2d - o->prefill_bytes_h2d) / 1e6, o->stats.fetches,
-           o->stats.misses, o->stats.stall_s - o->prefill_stall_s, hit, match, diff);
+           o->stats.misses, o->stats.stall_s - o->prefill_stall_s, hit, match_s, diff_s);
   }
   /* the paper's comparisons and this machine's regime */
   int go = -1, od = -1, pf = -1, pg = -1;
@@ -251,5 +275,6 @@ int cmd_bench_policies(int argc, char **argv) {
   for (int i = 0; i < np * reps; i++) run_result_free(&res[i]);
   free(res);
   moe_model_free(m);
+  for (int j = 0; j < n_plugins; j++) moe_policy_plugin_close(&libs[j]);
   return 0;
 }

@@ -620,6 +620,65 @@ START_TEST(inputs_must_be_regular_files) {
 }
 END_TEST
 
+/* A plugin runs everywhere a built-in does: built as docs/PLUGINS.md says,
+ * named by its path (relative to the suite file) in a suite, it gets rows
+ * with parity columns, and shows up in compare and report; run and
+ * bench-policies take it with --policy-plugin. */
+START_TEST(plugins_through_the_harness) {
+  char dir[1100], cmd[4096], out[16384];
+  snprintf(dir, sizeof dir, "%s/plugins", g_dir);
+  ck_assert_int_eq(mkdir(dir, 0755), 0);
+  snprintf(cmd, sizeof cmd,
+           "cc -std=c11 -O2 -fPIC -shared -I %s/engine/include %s/baselines/plugins/lru_cache.c "
+           "-o %s/lru.so",
+           MOE_SOURCE_DIR, MOE_SOURCE_DIR, dir);
+  ck_assert_msg(tu_run(cmd, out, sizeof out) == 0, "%s", out);
+  write_file("plugsuite.json",
+             "{\"name\": \"plug\", \"models\": [\"ci-small\"], \"policies\": [\"gpu-only\", "
+             "\"plugins/lru.so\"], \"workloads\": [{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 4}], "
+             "\"device_mem\": [\"capacity\", \"4MiB\"]}");
+  const char *prefix = tmp_path("plugout");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("plugsuite.json"), "-o", prefix, "--quiet", NULL), 0);
+  char csv[1200];
+  snprintf(csv, sizeof csv, "%s.csv", prefix);
+  res_table t;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(csv, &t, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_uint_eq(t.n, 4);
+  int plugin_rows = 0;
+  for (size_t i = 0; i < t.n; i++)
+    if (!strcmp(res_get(&t.rows[i], "policy"), "lru-cache")) {
+      plugin_rows++;
+      ck_assert_str_eq(res_get(&t.rows[i], "status"), "ok");
+      ck_assert_str_eq(res_get(&t.rows[i], "token_match_rate"), "1.000000");
+      ck_assert_str_eq(res_get(&t.rows[i], "max_logit_diff"), "0");
+    }
+  ck_assert_int_eq(plugin_rows, 2);
+  res_table_free(&t);
+  ck_assert_int_eq(call(cmd_compare, "compare", csv, csv, NULL), 0);
+  ck_assert_int_eq(call(cmd_report, "report", csv, "-o", tmp_path("plug.md"), NULL), 0);
+  FILE *f = fopen(tmp_path("plug.md"), "r");
+  ck_assert_ptr_nonnull(f);
+  size_t n = fread(out, 1, sizeof out - 1, f);
+  out[n] = '\0';
+  fclose(f);
+  ck_assert_ptr_nonnull(strstr(out, "| lru-cache |"));
+  /* run and bench-policies */
+  snprintf(cmd, sizeof cmd, "%s/lru.so", dir);
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--policy-plugin", cmd, "--gen-len", "4",
+                        "--prompt-len", "4", NULL), 0);
+  ck_assert_int_eq(call(cmd_bench_policies, "bench-policies", "--preset", "ci-small", "--policies",
+                        "gpu-only", "--policy-plugin", cmd, "--gen-len", "4", "--prompt-len", "4",
+                        "--reps", "1", NULL), 0);
+  /* a plugin path that does not load is one line, before any run */
+  write_file("badplug.json",
+             "{\"name\": \"plug\", \"models\": [\"ci-small\"], \"policies\": [\"plugins/none.so\"], "
+             "\"workloads\": [\"ci\"]}");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("badplug.json"), "-o", tmp_path("never2"), NULL), 1);
+  ck_assert_int_ne(access(tmp_path("never2.csv"), F_OK), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness");
   TCase *tc = tcase_create("harness");
@@ -633,6 +692,7 @@ int main(void) {
   tcase_add_test(tc, report_plots_never_run_a_shell);
   tcase_add_test(tc, injected_faults_end_as_error_rows);
   tcase_add_test(tc, inputs_must_be_regular_files);
+  tcase_add_test(tc, plugins_through_the_harness);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
