@@ -26,9 +26,20 @@ void cli_error(const char *fmt, ...) {
   va_end(ap);
 }
 
+bool cli_verbose(void) {
+  const char *v = getenv("MOE_VERBOSE");
+  return v && *v && strcmp(v, "0") != 0;
+}
+
+const char *cli_error_text(const moe_error *err, char *buf, size_t cap) {
+  if (cli_verbose()) return moe_error_text(err, buf, cap);
+  snprintf(buf, cap, "%s", err->msg[0] ? err->msg : moe_status_name(err->status));
+  return buf;
+}
+
 int cli_fail(const moe_error *err) {
   char buf[700];
-  fprintf(stderr, "moebench: %s\n", moe_error_text(err, buf, sizeof buf));
+  fprintf(stderr, "moebench: %s\n", cli_error_text(err, buf, sizeof buf));
   return 1;
 }
 

@@ -11,8 +11,13 @@
 
 /* Prints "moebench: <msg>" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Prints the engine error as one line and returns 1 (the exit code). */
+/* Prints the engine error as one line and returns 1 (the exit code).  The
+ * source file:line of the failure is added only when verbose. */
 int cli_fail(const moe_error *err);
+/* The one-line text of an error, with file:line only when verbose. */
+const char *cli_error_text(const moe_error *err, char *buf, size_t cap);
+/* moebench --verbose (or MOE_VERBOSE=1): errors name the source file:line. */
+bool cli_verbose(void);
 
 /* Strict integer / number parsing: the whole string, in range. */
 bool cli_parse_int(const char *s, long lo, long hi, long *out);

@@ -27,7 +27,7 @@
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: moebench [--help] [--version] COMMAND [ARGS]\n"
+          "usage: moebench [--help] [--version] [--verbose] COMMAND [ARGS]\n"
           "\n"
           "Run Mixture-of-Experts models under expert-offload policies and measure them.\n"
           "\n"
@@ -41,7 +41,14 @@ static void usage(FILE *f) {
           "  bench-policies  benchmark: offload policies side by side on one model\n"
           "  list        list backends, models, policies, suites or workloads\n"
           "\n"
-          "Run 'moebench COMMAND --help' for a command's options.\n");
+          "Run 'moebench COMMAND --help' for a command's options.  --verbose (or\n"
+          "MOE_VERBOSE=1) adds the source file:line to error messages.\n\n"
+          "Exit status, every command: 0 success; 2 bad usage, found before anything is\n"
+          "read (an unknown command, flag or built-in policy name, a bad flag value, a\n"
+          "missing argument); 1 anything found later (a file that is missing or bad, a\n"
+          "preset, backend or device that is not there, a run that failed, a regression\n"
+          "found by compare).  compare alone uses 2 for bad input files too, so that a CI\n"
+          "gate can tell a broken comparison from a regression.\n");
 }
 
 /* One line per JSON file of a presets/suites/profiles directory; a file
@@ -131,6 +138,11 @@ static int cmd_list(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  if (argc >= 2 && (strcmp(argv[1], "--verbose") == 0 || strcmp(argv[1], "-v") == 0)) {
+    setenv("MOE_VERBOSE", "1", 1); /* errors carry their source file:line */
+    argc--, argv++;
+    argv[0] = "moebench";
+  }
   if (argc < 2) {
     usage(stderr);
     return 2;

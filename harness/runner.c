@@ -1,6 +1,8 @@
 /* One measured generation run. */
 #include "runner.h"
 
+#include "cli.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,7 +113,7 @@ void runner_run(const run_spec *sp, run_result *out) {
 done:
   out->status = err.status;
   if (err.status != MOE_OK) {
-    moe_error_text(&err, out->error, sizeof out->error);
+    cli_error_text(&err, out->error, sizeof out->error);
     out->peak_bytes = dev.mem.peak_total;
   }
   moe_engine_free(e);
