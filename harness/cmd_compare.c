@@ -194,6 +194,55 @@ static int compare_metric(const compare_opts *o, size_t k, const char *key, cons
   return 0;
 }
 
+/* Distinct values of column c in t, comma-joined (at most 6 listed). */
+static void distinct_values(const res_table *t, size_t c, char *out, size_t cap) {
+  const char *seen[6];
+  int n = 0;
+  bool more = false;
+  out[0] = '\0';
+  for (size_t i = 0; i < t->n; i++) {
+    const char *v = t->rows[i].v[c];
+    bool dup = false;
+    for (int k = 0; k < n && !dup; k++) dup = strcmp(seen[k], v) == 0;
+    if (dup) continue;
+    if (n == 6) {
+      more = true;
+      continue;
+    }
+    seen[n++] = v;
+  }
+  /* sorted, so two files with the same values print the same */
+  for (int a = 1; a < n; a++)
+    for (int b = a; b > 0 && strcmp(seen[b - 1], seen[b]) > 0; b--) {
+      const char *x = seen[b];
+      seen[b] = seen[b - 1];
+      seen[b - 1] = x;
+    }
+  size_t len = 0;
+  for (int k = 0; k < n; k++) {
+    int w = snprintf(out + len, len < cap ? cap - len : 0, "%s'%s'", k ? ", " : "", seen[k]);
+    if (w > 0) len += (size_t)w;
+  }
+  if (more && len < cap) snprintf(out + len, cap - len, ", ...");
+}
+
+/* The inputs (key columns) whose values differ between the files: rows
+ * with other inputs never pair, so say which inputs those are. */
+static void print_input_differences(const res_table *base, const res_table *neu) {
+  bool any = false;
+  for (size_t c = 0; c < res_ncols; c++) {
+    if (res_columns[c].kind != RES_KEY) continue;
+    char a[512], b[512];
+    distinct_values(base, c, a, sizeof a);
+    distinct_values(neu, c, b, sizeof b);
+    if (strcmp(a, b) == 0) continue;
+    if (!any) printf("inputs that differ between the files (rows with other inputs do not pair):\n");
+    any = true;
+    printf("  %s: base %s; new %s\n", res_columns[c].name, a, b);
+  }
+  if (any) printf("\n");
+}
+
 static int compare_tables(const compare_opts *o, const char *bp, const res_table *base,
                           const char *np, const res_table *neu) {
   res_index *bix = NULL, *nix = NULL;
@@ -213,6 +262,7 @@ static int compare_tables(const compare_opts *o, const char *bp, const res_table
       rc = 2;
     }
   }
+  if (rc == 0) print_input_differences(base, neu);
   if (rc == 0) printf("| row | metric | base | new | change | verdict |\n|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < base->n && rc == 0; i++) {
     res_key_except(&base->rows[i], "device", key, sizeof key);

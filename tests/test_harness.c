@@ -305,6 +305,18 @@ START_TEST(compare_verdicts) {
                         "--allow-device-change", NULL), 0);
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("gpu.csv"),
                         "--deterministic-only", NULL), 0);
+  /* inputs that differ are named: the rows do not pair */
+  res_table lt;
+  moe_error lerr = {0};
+  ck_assert(res_read_csv(tmp_path("base.csv"), &lt, &lerr) == MOE_OK);
+  for (size_t i = 0; i < lt.n; i++) res_set(&lt.rows[i], "link_gbps", "6");
+  ck_assert(res_write_csv(tmp_path("link6.csv"), &lt, &lerr) == MOE_OK);
+  res_table_free(&lt);
+  char cmdline[4096], outbuf[16384];
+  snprintf(cmdline, sizeof cmdline, "%s compare %s %s", MOEBENCH_PATH, tmp_path("base.csv"),
+           tmp_path("link6.csv"));
+  ck_assert_int_eq(tu_run(cmdline, outbuf, sizeof outbuf), 1); /* base rows missing */
+  ck_assert_msg(strstr(outbuf, "link_gbps: base '0'; new '6'") != NULL, "%s", outbuf);
   /* bad usage */
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), NULL), 2);
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("base.csv"),
