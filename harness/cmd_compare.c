@@ -565,7 +565,7 @@ int cmd_report(int argc, char **argv) {
             res_get(g, "model"), res_get(g, "workload"), res_get(g, "batch"), res_get(g, "backend"),
             budget == 0 ? "= capacity" : res_get(g, "device_mem_budget_bytes"), res_get(g, "link_gbps"));
     fprintf(md, "| policy | routing | status | tokens/s | TTFT s | p50 ms/token | p99 ms/token | peak device MB "
-                "| expert slots | copied MB | fetches | misses | stall s | pre-gate hit | token match | max logit diff |\n");
+                "| expert slots | copied MB (whole run) | fetches | misses | stall s | pre-gate hit | token match | max logit diff |\n");
     fprintf(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (size_t k = i; k < t.n; k++) {
       const res_row *r = &t.rows[k];

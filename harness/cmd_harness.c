@@ -327,7 +327,7 @@ typedef struct sweep_ctx {
   res_table t;
   json_t *meta;
   progress pr;
-  int ran, skipped;
+  int ran, skipped, reruns; /* rows run, rows kept by --resume, kept rows rerun as references */
   res_index *done_ix;    /* keys of the rows --resume kept (read once) */
   const moe_policy *pol[SUITE_MAX];        /* the suite's policies, resolved */
   moe_policy_library libs[SUITE_MAX];      /* plugins among them, open for the sweep */
@@ -407,7 +407,10 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
                          x->device,     s->budgets[bu],    s->link_gbps, s->threads,
                          s->repetitions, s->warmup,        ids,        n_ids};
       char what[256];
-      snprintf(what, sizeof what, "%s/%s/b%d/%s", ps->name, wl->name, batch, pol->name);
+      char budget[32] = "capacity";
+      if (s->budgets[bu]) snprintf(budget, sizeof budget, "%zuB", s->budgets[bu]);
+      snprintf(what, sizeof what, "%s/%s/b%d/%s/%s", ps->name, wl->name, batch, budget,
+               pol->name);
       const bool done_before = row_done(x, &rcfg);
       const bool is_ref = !strcmp(pol->name, "gpu-only");
       if (done_before && (!is_ref || have_ref)) {
@@ -448,7 +451,10 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
       } else if (is_ref) {
         run_result_free(&cur);
       }
-      if (!done_before) {
+      if (done_before) {
+        x->skipped++; /* kept; its run was only the parity reference */
+        x->reruns++;
+      } else {
         x->ran++;
         if (write_outputs(x->prefix, &x->t, x->meta, &err) != MOE_OK) rc = cli_fail(&err);
       }
@@ -668,8 +674,11 @@ int cmd_sweep(int argc, char **argv) {
   for (int mi = 0; mi < x.s->n_models && rc == 0; mi++) rc = sweep_model(&x, mi);
   if (!quiet) {
     if (x.pr.tty) fprintf(stderr, "\n");
-    fprintf(stderr, "sweep %s: %d runs, %d skipped (--resume), %.0f s; wrote %s.csv and %s.json\n",
-            x.s->name, x.ran, x.skipped, moe_clock_s() - x.pr.start, x.prefix, x.prefix);
+    fprintf(stderr,
+            "sweep %s: %d rows: %d run, %d kept from the earlier file (--resume; %d of them run "
+            "again only as the parity reference), %.0f s; wrote %s.csv and %s.json\n",
+            x.s->name, x.pr.total, x.ran, x.skipped, x.reruns, moe_clock_s() - x.pr.start,
+            x.prefix, x.prefix);
   }
   /* also when nothing ran: a resumed CSV and JSON are published together */
   if (rc == 0 && x.ran == 0 && write_outputs(x.prefix, &x.t, x.meta, &err) != MOE_OK)
