@@ -144,9 +144,11 @@ What was measured, and what the figures mean:
   differ from gpu-only's, and the token match says how often they agree by
   chance, not the quality of a pre-gated model. Conventional routing (the
   other policies) matches gpu-only bit for bit.
-- The paper's figures: shared/PAPER.md "Headline results" (its A100, batch
-  1, Switch Transformers): throughput 81% of GPU-only and 23% of its peak
-  memory; 1.5x avg (1.6x max) OnDemand; 27x avg (55x max) Prefetch.
+- The paper's figures: the headline comparison of the Pre-gated MoE paper
+  (Hwang et al., ISCA 2024; A100 over PCIe Gen4, batch 1, Switch
+  Transformers Base): throughput 81% of GPU-only at 23% of its peak
+  memory; 1.5x OnDemand on average (1.6x max); 27x Prefetch on average
+  (55x max).
 
 ABOUT
   "$bin" report "$out.csv" --paper
