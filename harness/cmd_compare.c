@@ -564,14 +564,20 @@ int cmd_report(int argc, char **argv) {
     fprintf(md, "### %s, workload %s, batch %s, %s backend, device budget %s (link %s GB/s)\n\n",
             res_get(g, "model"), res_get(g, "workload"), res_get(g, "batch"), res_get(g, "backend"),
             budget == 0 ? "= capacity" : res_get(g, "device_mem_budget_bytes"), res_get(g, "link_gbps"));
-    fprintf(md, "| policy | routing | status | tokens/s | TTFT s | p50 ms/token | p99 ms/token | peak device MB "
+    fprintf(md, "| policy | routing | status | tokens/s (± spread) | TTFT s | p50 ms/token | p99 ms/token | peak device MB "
                 "| expert slots | copied MB (whole run) | fetches | misses | stall s | pre-gate hit | token match | max logit diff |\n");
     fprintf(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (size_t k = i; k < t.n; k++) {
       const res_row *r = &t.rows[k];
       if (!same_group(r, g)) continue;
-      char a[32], b[32], cc[32], d[32], e[32], f2[32], h[32], s2[32];
+      char a[48], b[32], cc[32], d[32], e[32], f2[32], h[32], s2[32];
       fmt(a, sizeof a, num(r, "tokens_per_s"), "%.2f");
+      /* the spread over the repetitions, next to the median */
+      const double sp = num(r, "rel_spread");
+      if (!isnan(sp) && !isnan(num(r, "tokens_per_s"))) {
+        size_t al = strlen(a);
+        snprintf(a + al, sizeof a - al, " (±%.0f%%)", 100.0 * sp);
+      }
       fmt(b, sizeof b, num(r, "ttft_s"), "%.3f");
       fmt(cc, sizeof cc, num(r, "token_latency_p50_s") * 1e3, "%.2f");
       fmt(d, sizeof d, num(r, "token_latency_p99_s") * 1e3, "%.2f");
@@ -587,7 +593,8 @@ int cmd_report(int argc, char **argv) {
               res_get(r, "token_match_rate")[0] ? res_get(r, "token_match_rate") : "-",
               res_get(r, "max_logit_diff")[0] ? res_get(r, "max_logit_diff") : "-");
     }
-    fprintf(md, "\nAll times are wall clock measured on this machine (medians of %s repetitions); "
+    fprintf(md, "\nAll times are wall clock measured on this machine (medians of %s repetitions; "
+                "the spread is (max - min) / median of tokens/s over them); "
                 "bytes, slots, fetches and misses are counted by the engine.\n",
             res_get(g, "repetitions"));
     if (paper) {
