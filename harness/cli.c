@@ -345,3 +345,21 @@ moe_status cli_check_keys(const void *obj, const char *const *known, const char 
   }
   return MOE_OK;
 }
+
+int cli_check_names(const char *cmd, const char *preset, const char *backend) {
+  if (preset && !strchr(preset, '/') && !strstr(preset, ".json")) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/%s.json", cli_models_dir(), preset);
+    if (access(path, F_OK) != 0) {
+      cli_error("%s: unknown model preset '%s' (no %s; see 'moebench list models')", cmd, preset,
+                path);
+      return 2;
+    }
+  }
+  if (backend && strcmp(backend, "auto") != 0 && moe_backend_find(backend) == NULL &&
+      strcmp(backend, "cuda") != 0) {
+    cli_error("%s: unknown backend '%s' (see 'moebench list backends')", cmd, backend);
+    return 2;
+  }
+  return 0;
+}

@@ -70,6 +70,12 @@ int cli_parse_ids(const char *s, int32_t **ids);
 moe_status cli_check_keys(const void *obj, const char *const *known, const char *origin,
                           moe_error *err);
 
+/* Usage check of names given on the command line: a preset name with no
+ * preset file, or a backend name no build knows ("cuda" is known even
+ * where it is not compiled: that is a runtime failure), is bad usage.
+ * Prints one line and returns 2, else 0. */
+int cli_check_names(const char *cmd, const char *preset, const char *backend);
+
 /* Opens an input file for reading: refuses anything but a regular file
  * (a FIFO or device would block or never end) with one line naming the
  * file and `what`; NULL then. */

@@ -131,6 +131,7 @@ static int gen_parse(int argc, char **argv, gen_opts *o) {
     cli_error("generate: give at most one of --policy and --policy-plugin");
     return 2;
   }
+  if (cli_check_names("generate", o->preset, o->backend) != 0) return 2;
   return -1;
 }
 

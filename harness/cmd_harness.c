@@ -795,6 +795,7 @@ int cmd_run(int argc, char **argv) {
     cli_error("run: give at most one of --policy and --policy-plugin");
     return 2;
   }
+  if (cli_check_names("run", preset, backend) != 0) return 2;
   moe_policy_library lib = {0};
   const moe_policy *pol = moe_policy_find(policy ? policy : "gpu-only");
   if (plugin) {

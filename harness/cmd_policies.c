@@ -111,6 +111,7 @@ int cmd_bench_policies(int argc, char **argv) {
     cli_error("bench-policies: --preset is required and takes no positional arguments");
     return 2;
   }
+  if (cli_check_names("bench-policies", preset, backend) != 0) return 2;
   const moe_policy *pol[8];
   int np = 0;
   char buf[256];

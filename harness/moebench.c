@@ -43,12 +43,12 @@ static void usage(FILE *f) {
           "\n"
           "Run 'moebench COMMAND --help' for a command's options.  --verbose (or\n"
           "MOE_VERBOSE=1) adds the source file:line to error messages.\n\n"
-          "Exit status, every command: 0 success; 2 bad usage, found before anything is\n"
-          "read (an unknown command, flag or built-in policy name, a bad flag value, a\n"
-          "missing argument); 1 anything found later (a file that is missing or bad, a\n"
-          "preset, backend or device that is not there, a run that failed, a regression\n"
-          "found by compare).  compare alone uses 2 for bad input files too, so that a CI\n"
-          "gate can tell a broken comparison from a regression.\n");
+          "Exit status, every command: 0 success; 2 bad usage (an unknown command, flag,\n"
+          "policy, preset or backend name, a bad flag value, a missing argument); 1 a\n"
+          "failure at run time (a file given by path that is missing or bad, a device\n"
+          "that is not there, a run that failed, a regression found by compare).\n"
+          "compare also uses 2 for bad input files, so that a CI gate can tell a broken\n"
+          "comparison from a regression.\n");
 }
 
 /* One line per JSON file of a presets/suites/profiles directory; a file

@@ -84,8 +84,8 @@ START_TEST(cli_lists_and_generates) {
                           "--gen-len 5 --batch 2", out, sizeof out), 0);
   ck_assert_ptr_nonnull(strstr(out, "seq 1:"));
   ck_assert_ptr_nonnull(strstr(out, "generated tokens/s"));
-  /* a missing preset is a one-line error naming the file, exit 1 */
-  ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset no-such-model", out, sizeof out), 1);
+  /* an unknown preset name is bad usage: one line naming the file, exit 2 */
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset no-such-model", out, sizeof out), 2);
   ck_assert_ptr_nonnull(strstr(out, "no-such-model.json"));
   /* --backend cuda: runs where a GPU is usable; elsewhere (no device, or no
    * CUDA in the build) one clear line and exit 1 */
@@ -102,7 +102,9 @@ START_TEST(cli_lists_and_generates) {
     ck_assert_int_eq(rc, 1);
     ck_assert_msg(strstr(out, "use --backend cpu") != NULL, "%s", out);
   }
-  ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --backend tpu", out, sizeof out), 1);
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " generate --preset tiny-mixtral --backend tpu", out, sizeof out), 2);
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " run --preset nope --backend cpu", out, sizeof out), 2);
+  ck_assert_int_eq(tu_run(MOEBENCH_PATH " bench-policies --preset ci-small --backend tpu", out, sizeof out), 2);
   ck_assert_ptr_nonnull(strstr(out, "unknown backend 'tpu'"));
   /* run prints a result row; list knows suites, workloads and policies */
   ck_assert_int_eq(tu_run(MOEBENCH_PATH " run --preset ci-small --policy pregated --gen-len 4 --prompt-len 4",
