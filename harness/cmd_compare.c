@@ -111,6 +111,10 @@ typedef struct compare_count {
  * repeats a key.  Prints the problem and returns 2, else 0. */
 static int compare_inputs(const char *bp, const res_table *base, const char *np,
                           const res_table *neu, res_index **bix, res_index **nix) {
+  if (base->n == 0) { /* a gate with nothing to compare must not pass */
+    cli_error("%s: no result rows: nothing to compare against", bp);
+    return 2;
+  }
   for (size_t k = 0; k < res_ncols; k++)
     if (res_columns[k].kind != RES_KEY && res_columns[k].kind != RES_TEXT && base->has[k] &&
         !neu->has[k]) {

@@ -374,6 +374,11 @@ START_TEST(compare_fails_closed) {
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), tmp_path("nocol.csv"), NULL), 2);
   /* not a regular file */
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("base.csv"), "/dev/null", NULL), 2);
+  /* a baseline with a header and no rows gates nothing: refused */
+  f = fopen(tmp_path("header-only.csv"), "w");
+  fputs(hdr, f);
+  fclose(f);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("header-only.csv"), tmp_path("base.csv"), NULL), 2);
 }
 END_TEST
 
