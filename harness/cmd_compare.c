@@ -89,14 +89,6 @@ static void compare_usage(FILE *f) {
           "  -h, --help            this text\n");
 }
 
-/* Strict number: the whole field, finite, >= 0.  -1 when not. */
-static double strict_num(const char *v) {
-  char *end;
-  errno = 0;
-  double x = strtod(v, &end);
-  if (v[0] == '\0' || errno == ERANGE || *end != '\0' || !isfinite(x) || x < 0) return -1;
-  return x;
-}
 
 typedef struct compare_opts {
   tolerance tol;
@@ -150,7 +142,7 @@ static int compare_metric(const compare_opts *o, size_t k, const char *key, cons
   } else if (strcmp(res_get(b, "status"), "ok") != 0 || strcmp(res_get(n, "status"), "ok") != 0) {
     verdict = "changed"; /* figures of a failed run are not compared */
   } else {
-    double x = bv[0] ? strict_num(bv) : 0, y = nv[0] ? strict_num(nv) : 0;
+    double x = bv[0] ? res_strict_number(bv) : 0, y = nv[0] ? res_strict_number(nv) : 0;
     if (x < 0) {
       cli_error("%s: row %ld, column '%s': '%s' is not a finite number >= 0", bp, bi + 2, col->name, bv);
       return 2;
@@ -175,7 +167,7 @@ static int compare_metric(const compare_opts *o, size_t k, const char *key, cons
         double worse = col->better > 0 ? -change : change;
         double noise = 0;
         if (col->kind == RES_MEASURED) {
-          double sb = strict_num(res_get(b, "rel_spread")), sn = strict_num(res_get(n, "rel_spread"));
+          double sb = res_strict_number(res_get(b, "rel_spread")), sn = res_strict_number(res_get(n, "rel_spread"));
           noise = (sb > 0 ? sb : 0) + (sn > 0 ? sn : 0);
         }
         verdict = worse > t && worse > noise ? "REGRESSION"

@@ -649,7 +649,8 @@ int cmd_sweep(int argc, char **argv) {
   if ((lock_fd = lock_output(x.prefix)) < 0) goto done;
   char path[1100];
   snprintf(path, sizeof path, "%s.csv", x.prefix);
-  if (resume && access(path, F_OK) == 0 && res_read_csv(path, &x.t, &err) != MOE_OK) {
+  if (resume && access(path, F_OK) == 0 &&
+      (res_read_csv(path, &x.t, &err) != MOE_OK || res_check_values(&x.t, path, &err) != MOE_OK)) {
     cli_fail(&err);
     goto done;
   }

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -442,4 +443,32 @@ moe_status res_write_json(const char *path, const res_table *t, void *meta, moe_
   }
   json_decref(root);
   return st;
+}
+
+double res_strict_number(const char *v) {
+  char *end;
+  errno = 0;
+  double x = strtod(v, &end);
+  if (v[0] == '\0' || errno == ERANGE || *end != '\0' || !isfinite(x) || x < 0) return -1;
+  return x;
+}
+
+moe_status res_check_values(const res_table *t, const char *path, moe_error *err) {
+  for (size_t i = 0; i < t->n; i++) {
+    const char *status = res_get(&t->rows[i], "status");
+    if (strcmp(status, "ok") && strcmp(status, "OOM") && strcmp(status, "error"))
+      return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: row %zu: status '%s' is not ok, OOM or error", path,
+                      i + 2, status);
+    for (size_t c = 0; c < res_ncols; c++) {
+      const res_column *col = &res_columns[c];
+      if (col->kind != RES_MEASURED && col->kind != RES_DETERMINISTIC) continue;
+      if (strcmp(col->name, "status") == 0) continue;
+      const char *v = t->rows[i].v[c];
+      if (v[0] != '\0' && res_strict_number(v) < 0)
+        return MOE_FAIL(err, MOE_ERR_FORMAT,
+                        "%s: row %zu, column '%s': '%s' is not a finite number >= 0", path, i + 2,
+                        col->name, v);
+    }
+  }
+  return MOE_OK;
 }

@@ -83,6 +83,12 @@ moe_status res_read_csv(const char *path, res_table *t, moe_error *err);
 /* Same, from an open stream; origin names it in messages (the fuzzer's entry). */
 moe_status res_read_csv_stream(FILE *f, const char *origin, res_table *t, moe_error *err);
 moe_status res_write_csv(const char *path, const res_table *t, moe_error *err);
+/* A metric value: the whole string a finite number >= 0; -1 otherwise. */
+double res_strict_number(const char *v);
+/* Every row's status is ok, OOM or error and every metric is empty or a
+ * strict number: MOE_ERR_FORMAT naming file, row and column otherwise (what
+ * --resume keeps must be as sound as what compare accepts). */
+moe_status res_check_values(const res_table *t, const char *path, moe_error *err);
 /* JSON: {"schema_version", "metadata": meta (stolen reference, may be NULL),
  * "columns": [{name, kind, unit docs}], "rows": [{col: value}]}; integers
  * stay integers, reals reals, empty fields null. */

@@ -454,6 +454,16 @@ START_TEST(sweep_resume_and_report) {
   ck_assert(found);
   res_table_free(&t);
 
+  /* resume is as strict as compare: a kept row with a garbage figure is refused */
+  ck_assert(res_read_csv(csv, &t, &err) == MOE_OK);
+  res_set(&t.rows[2], "h2d_bytes", "nan");
+  char bad_prefix[1100], bad_csv[1200];
+  snprintf(bad_prefix, sizeof bad_prefix, "%s-bad", prefix);
+  snprintf(bad_csv, sizeof bad_csv, "%s.csv", bad_prefix);
+  ck_assert(res_write_csv(bad_csv, &t, &err) == MOE_OK);
+  res_table_free(&t);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("tiny.json"), "-o", bad_prefix, "--resume", "--quiet", NULL), 1);
+
   /* report: markdown with the paper's ratios */
   const char *md = tmp_path("report.md");
   ck_assert_int_eq(call(cmd_report, "report", csv, "--paper", "-o", md, NULL), 0);
