@@ -329,6 +329,8 @@ typedef struct sweep_ctx {
   progress pr;
   int ran, skipped, reruns; /* rows run, rows kept by --resume, kept rows rerun as references */
   res_index *done_ix;    /* keys of the rows --resume kept (read once) */
+  bool *kept;            /* [rows read by --resume]: the suite still has this row */
+  size_t n_read;         /* rows read by --resume */
   const moe_policy *pol[SUITE_MAX];        /* the suite's policies, resolved */
   moe_policy_library libs[SUITE_MAX];      /* plugins among them, open for the sweep */
   moe_device holder;     /* keeps the current model pinned across rows */
@@ -344,8 +346,8 @@ static moe_routing suite_routing(const suite *s, const moe_policy *pol) {
 }
 
 /* A finished row with rc's key is in the resumed table (an index lookup:
- * resuming a sweep of thousands of rows stays fast). */
-static bool row_done(const sweep_ctx *x, const row_config *rc) {
+ * resuming a sweep of thousands of rows stays fast); it is marked kept. */
+static bool row_done(sweep_ctx *x, const row_config *rc) {
   if (!x->resume || x->done_ix == NULL) return false;
   res_table probe;
   res_table_init(&probe);
@@ -355,7 +357,9 @@ static bool row_done(const sweep_ctx *x, const row_config *rc) {
     row_key_columns(rc, r);
     char key[RES_KEY_MAX];
     res_key(r, key, sizeof key);
-    done = res_index_find(x->done_ix, key) >= 0;
+    long at = res_index_find(x->done_ix, key);
+    done = at >= 0;
+    if (done) x->kept[at] = true;
   }
   res_table_free(&probe);
   return done;
@@ -505,6 +509,24 @@ static json_t *sweep_metadata(const sweep_ctx *x, int argc, char **argv) {
   }
   json_object_set_new(meta, "prompt_seeds", wseeds);
   return meta;
+}
+
+/* Removes the rows read by --resume that the suite did not visit (its
+ * inputs changed, or the suite no longer lists them); returns how many. */
+static int drop_stale_rows(sweep_ctx *x) {
+  size_t w = 0;
+  int dropped = 0;
+  for (size_t i = 0; i < x->t.n; i++) {
+    if (i < x->n_read && !x->kept[i]) {
+      for (size_t c = 0; c < res_ncols; c++) free(x->t.rows[i].v[c]);
+      free(x->t.rows[i].v);
+      dropped++;
+      continue;
+    }
+    x->t.rows[w++] = x->t.rows[i];
+  }
+  x->t.n = w;
+  return dropped;
 }
 
 /* Takes PREFIX.lock (advisory, released at exit): two sweeps must not write
@@ -657,7 +679,9 @@ int cmd_sweep(int argc, char **argv) {
   if (resume) {
     long dup = -1;
     x.done_ix = res_index_build(&x.t, NULL, &dup);
-    if (x.done_ix == NULL) {
+    x.n_read = x.t.n;
+    x.kept = calloc(x.t.n ? x.t.n : 1, sizeof *x.kept);
+    if (x.done_ix == NULL || x.kept == NULL) {
       cli_error("out of host memory indexing %s", path);
       goto done;
     }
@@ -681,12 +705,20 @@ int cmd_sweep(int argc, char **argv) {
             x.s->name, x.pr.total, x.ran, x.skipped, x.reruns, moe_clock_s() - x.pr.start,
             x.prefix, x.prefix);
   }
-  /* also when nothing ran: a resumed CSV and JSON are published together */
-  if (rc == 0 && x.ran == 0 && write_outputs(x.prefix, &x.t, x.meta, &err) != MOE_OK)
+  /* rows of an earlier file that this suite no longer has are dropped, so
+   * the output is exactly this suite's rows; and, also when nothing ran, a
+   * resumed CSV and JSON are published together */
+  int dropped = 0;
+  if (rc == 0 && x.resume) dropped = drop_stale_rows(&x);
+  if (rc == 0 && (x.ran == 0 || dropped > 0) && write_outputs(x.prefix, &x.t, x.meta, &err) != MOE_OK)
     rc = cli_fail(&err);
+  if (rc == 0 && dropped > 0 && !quiet)
+    fprintf(stderr, "sweep %s: dropped %d row%s of the earlier file that this suite no longer has\n",
+            x.s->name, dropped, dropped == 1 ? "" : "s");
 done:
   for (int i = 0; i < SUITE_MAX; i++) moe_policy_plugin_close(&x.libs[i]);
   res_index_free(x.done_ix);
+  free(x.kept);
   if (x.holder_open) moe_device_close(&x.holder);
   if (lock_fd >= 0) close(lock_fd);
   json_decref(x.meta);

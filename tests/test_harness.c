@@ -389,7 +389,8 @@ static const char *k_tiny_suite =
 
 START_TEST(sweep_resume_and_report) {
   write_file("tiny.json", k_tiny_suite);
-  const char *prefix = tmp_path("out/tiny");
+  char prefix[1024]; /* tmp_path reuses its buffers: keep a copy */
+  snprintf(prefix, sizeof prefix, "%s", tmp_path("out/tiny"));
   ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("tiny.json"), "-o", prefix, "--quiet", NULL), 0);
   char csv[1100], json[1100];
   snprintf(csv, sizeof csv, "%s.csv", prefix);
@@ -453,6 +454,21 @@ START_TEST(sweep_resume_and_report) {
   }
   ck_assert(found);
   res_table_free(&t);
+
+  /* a changed suite: every row's inputs changed (gen_len), so every row runs
+   * again and the old rows are dropped: the file holds this suite's rows */
+  char changed[2048];
+  snprintf(changed, sizeof changed, "%s", k_tiny_suite);
+  char *g = strstr(changed, "\"gen_len\": 4");
+  ck_assert_ptr_nonnull(g);
+  g[11] = '5';
+  write_file("tiny5.json", changed);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("tiny5.json"), "-o", prefix, "--resume", "--quiet", NULL), 0);
+  ck_assert(res_read_csv(csv, &t, &err) == MOE_OK);
+  ck_assert_uint_eq(t.n, 12);
+  for (size_t i = 0; i < t.n; i++) ck_assert_str_eq(res_get(&t.rows[i], "gen_len"), "5");
+  res_table_free(&t);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("tiny.json"), "-o", prefix, "--resume", "--quiet", NULL), 0);
 
   /* resume is as strict as compare: a kept row with a garbage figure is refused */
   ck_assert(res_read_csv(csv, &t, &err) == MOE_OK);
