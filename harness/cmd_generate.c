@@ -7,6 +7,7 @@
 
 #include "moe/rng.h"
 #include "cli.h"
+#include "moe/trace.h"
 #include "suite.h"
 #include "commands.h"
 #include "moe/backend.h"
@@ -44,6 +45,8 @@ static void generate_usage(FILE *f) {
           "  --link-gbps X         cpu backend: cap host-to-device copies at X GB/s\n"
           "  --backend NAME        cpu (default)\n"
           "  --threads N           math threads (default 1)\n"
+          "  --trace FILE          write every backend operation to FILE as Chrome trace-event\n"
+          "                        JSON (Perfetto, chrome://tracing): compute and copy tracks\n"
           "  --quiet               print only the summary line\n"
           "  -h, --help            this text\n");
 }
@@ -51,6 +54,7 @@ static void generate_usage(FILE *f) {
 /* Everything generate's flags set. */
 typedef struct gen_opts {
   const char *model_dir, *preset, *save, *ids_arg, *pfile, *backend, *policy_name, *plugin_path;
+  const char *trace;
   bool have_routing, have_seed, have_dtype, have_skew, quiet;
   moe_routing routing;
   size_t device_mem;
@@ -64,7 +68,7 @@ typedef struct gen_opts {
 static int gen_parse(int argc, char **argv, gen_opts *o) {
   enum { O_MODEL = 256, O_PRESET, O_SEED, O_DTYPE, O_SKEW, O_SAVE, O_IDS, O_PFILE, O_PLEN, O_PSEED,
          O_BATCH, O_MAXNEW, O_BACKEND, O_THREADS, O_QUIET, O_POLICY, O_PLUGIN, O_ROUTING,
-         O_DEVMEM, O_LINK };
+         O_DEVMEM, O_LINK, O_TRACE };
   static const struct option opts[] = {
       {"model-dir", required_argument, 0, O_MODEL},   {"preset", required_argument, 0, O_PRESET},
       {"seed", required_argument, 0, O_SEED},         {"dtype", required_argument, 0, O_DTYPE},
@@ -76,6 +80,7 @@ static int gen_parse(int argc, char **argv, gen_opts *o) {
       {"quiet", no_argument, 0, O_QUIET},             {"policy", required_argument, 0, O_POLICY},
       {"policy-plugin", required_argument, 0, O_PLUGIN}, {"routing", required_argument, 0, O_ROUTING},
       {"device-mem", required_argument, 0, O_DEVMEM}, {"link-gbps", required_argument, 0, O_LINK},
+      {"trace", required_argument, 0, O_TRACE},
       {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
   *o = (gen_opts){.backend = "cpu", .routing = MOE_ROUTING_CONVENTIONAL, .prompt_seed = 1,
                   .dtype = MOE_F32, .plen = 16, .max_new = 16, .threads = 1};
@@ -105,6 +110,7 @@ static int gen_parse(int argc, char **argv, gen_opts *o) {
       case O_ROUTING: ok = moe_routing_parse(optarg, &o->routing) == 0; o->have_routing = true; break;
       case O_DEVMEM: ok = cli_parse_bytes(optarg, &o->device_mem) && o->device_mem > 0; break;
       case O_LINK: ok = cli_parse_link(optarg, &o->link_gbps); break;
+      case O_TRACE: ok = optarg[0] != '\0'; o->trace = optarg; break;
       case 'h': generate_usage(stdout); return 0;
       default:
         cli_error("generate: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
@@ -246,6 +252,7 @@ int cmd_generate(int argc, char **argv) {
   moe_model *model = NULL;
   moe_device dev = {0};
   moe_engine *eng = NULL;
+  moe_trace *trace = NULL;
   int32_t *batch_prompts = NULL, *out = NULL;
   int B = 0, len = 0;
   if (o.plugin_path) {
@@ -270,6 +277,9 @@ int cmd_generate(int argc, char **argv) {
   moe_backend_options bo = {.threads = (int)o.threads, .link_gbps = o.link_gbps,
                             .device_budget = o.device_mem};
   if (moe_device_open(&dev, o.backend, &bo, &err) != MOE_OK) goto done;
+  if (o.trace && (moe_trace_open(&trace, o.trace, &err) != MOE_OK ||
+                  moe_device_trace(&dev, trace, &err) != MOE_OK))
+    goto done;
   moe_engine_options eo = {.max_batch = B, .max_seq = len + (int)o.max_new, .policy = policy,
                            .routing = routing};
   if (moe_engine_create(&eng, model, &dev, &eo, &err) != MOE_OK) goto done;
@@ -281,7 +291,12 @@ int cmd_generate(int argc, char **argv) {
 done:
   if (rc != 0 && err.status != MOE_OK) cli_fail(&err);
   moe_engine_free(eng);
-  moe_device_close(&dev);
+  moe_device_close(&dev); /* the copies are done: the trace is complete */
+  if (trace) {
+    moe_error terr = {0};
+    if (moe_trace_close(trace, &terr) != MOE_OK) rc = cli_fail(&terr);
+    else if (rc == 0) printf("# trace: %s (Chrome trace-event JSON; open in Perfetto)\n", o.trace);
+  }
   moe_model_free(model);
   moe_policy_plugin_close(&plugin);
   free(batch_prompts);

@@ -51,6 +51,7 @@ typedef struct row_config {
   int threads, reps, warmup;
   const int32_t *prompts;
   int n_prompts;
+  const char *trace_path;       /* run: --trace (the last repetition's) */
 } row_config;
 
 static const char *status_word(moe_status st) {
@@ -127,6 +128,7 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
                  .gen_len = rc->wl->gen_len, .prompt_seed = rc->wl->seed, .prompts = rc->prompts,
                  .n_prompts = rc->n_prompts, .requests = rc->wl->requests};
   run_result r = {0};
+  /* the trace is of the last measured repetition (each run rewrites it) */
   for (int i = 0; i < rc->warmup; i++) {
     runner_run(&sp, &r);
     run_result_free(&r);
@@ -137,6 +139,7 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
   int n = 0;
   for (int i = 0; i < rc->reps && i < MAX_REPS; i++) {
     sp.keep_logits = want_logits && i == rc->reps - 1;
+    sp.trace_path = i == rc->reps - 1 ? rc->trace_path : NULL;
     if (i > 0) run_result_free(&r);
     runner_run(&sp, &r);
     if (r.status != MOE_OK) break;
@@ -409,7 +412,7 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
       row_config rcfg = {ps->name,      ps->seed,          *model,     ps->dtype,   wl,
                          batch,         pol,               suite_routing(s, pol),  x->backend,
                          x->device,     s->budgets[bu],    s->link_gbps, s->threads,
-                         s->repetitions, s->warmup,        ids,        n_ids};
+                         s->repetitions, s->warmup,        ids,        n_ids,       NULL};
       char what[256];
       char budget[32] = "capacity";
       if (s->budgets[bu]) snprintf(budget, sizeof budget, "%zuB", s->budgets[bu]);
@@ -734,7 +737,7 @@ static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing
                    const char *preset, bool have_seed, uint64_t seed, const char *backend,
                    int threads, double link, size_t devmem, int batch, int plen, int glen,
                    int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
-                   int n_orig, char **orig);
+                   const char *trace_path, int n_orig, char **orig);
 
 int cmd_run(int argc, char **argv) {
   static const struct option opts[] = {
@@ -747,9 +750,11 @@ int cmd_run(int argc, char **argv) {
       {"threads", required_argument, 0, 't'},  {"seed", required_argument, 0, 's'},
       {"prompt-seed", required_argument, 0, 'S'},
       {"policy-plugin", required_argument, 0, 'X'},
+      {"trace", required_argument, 0, 'T'},
       {"out", required_argument, 0, 'o'},      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *preset = NULL, *policy = NULL, *plugin = NULL, *backend = "cpu", *out = NULL;
+  const char *trace_path = NULL;
   char *orig[128]; /* getopt permutes argv; keep it as given for the metadata */
   const int n_orig = argc < 128 ? argc : 128;
   memcpy(orig, argv, (size_t)n_orig * sizeof *orig);
@@ -770,6 +775,7 @@ int cmd_run(int argc, char **argv) {
       case 'p': preset = optarg; break;
       case 'P': ok = optarg[0] != '\0'; policy = optarg; break;
       case 'X': ok = optarg[0] != '\0'; plugin = optarg; break;
+      case 'T': ok = optarg[0] != '\0'; trace_path = optarg; break;
       case 'R': ok = moe_routing_parse(optarg, &routing) == 0; have_routing = true; break;
       case 'b': ok = cli_parse_int(optarg, 1, 4096, &batch); break;
       case 'l': ok = cli_parse_int(optarg, 1, 1 << 16, &plen); break;
@@ -806,6 +812,8 @@ int cmd_run(int argc, char **argv) {
                "  --backend NAME      cpu (default), cuda, auto (see 'moebench list backends')\n"
                "  --threads N         math threads (default 1)\n"
                "  -o, --out PREFIX    write PREFIX.csv and PREFIX.json\n"
+               "  --trace FILE        the last repetition's backend operations as Chrome\n"
+               "                      trace-event JSON (Perfetto): compute and copy tracks\n"
                "  -h, --help          this text\n");
         return 0;
       default:
@@ -842,7 +850,8 @@ int cmd_run(int argc, char **argv) {
   }
   int rc_exit = run_one(pol, have_routing, routing, preset, have_seed, seed, backend,
                         (int)threads, link, devmem, (int)batch, (int)plen, (int)glen,
-                        (int)requests, prompt_seed, (int)reps, (int)warmup, out, n_orig, orig);
+                        (int)requests, prompt_seed, (int)reps, (int)warmup, out, trace_path,
+                        n_orig, orig);
   moe_policy_plugin_close(&lib);
   return rc_exit;
 }
@@ -852,7 +861,7 @@ static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing
                    const char *preset, bool have_seed, uint64_t seed, const char *backend,
                    int threads, double link, size_t devmem, int batch, int plen, int glen,
                    int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
-                   int n_orig, char **orig) {
+                   const char *trace_path, int n_orig, char **orig) {
   if (!have_routing)
     routing = pol->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL;
   cli_preset p;
@@ -874,7 +883,7 @@ static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing
   snprintf(wl.name, sizeof wl.name, "p%d-g%d", plen, glen);
   wl.batches[0] = batch;
   row_config rc = {p.name, p.seed,  m,       p.dtype, &wl,    batch, pol,    routing, backend,
-                   device, devmem,  link,    threads, reps,   warmup, NULL,  0};
+                   device, devmem,  link,    threads, reps,   warmup, NULL,  0, trace_path};
   res_table t;
   res_table_init(&t);
   res_row *row = res_table_add(&t);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "moe/rng.h"
+#include "moe/trace.h"
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -43,6 +44,7 @@ void runner_run(const run_spec *sp, run_result *out) {
   moe_error err = {0};
   moe_device dev = {0};
   moe_engine *e = NULL;
+  moe_trace *trace = NULL;
   int32_t *prompts = NULL;
   double *steps = NULL;
   const moe_config *c = moe_model_config(sp->model);
@@ -50,6 +52,9 @@ void runner_run(const run_spec *sp, run_result *out) {
   moe_backend_options bo = {.threads = sp->threads, .link_gbps = sp->link_gbps,
                             .device_budget = sp->device_mem};
   if (moe_device_open(&dev, sp->backend, &bo, &err) != MOE_OK) goto done;
+  if (sp->trace_path && (moe_trace_open(&trace, sp->trace_path, &err) != MOE_OK ||
+                         moe_device_trace(&dev, trace, &err) != MOE_OK))
+    goto done;
   snprintf(out->device, sizeof out->device, "%s", moe_backend_device_name(dev.ops, dev.be));
   moe_engine_options eo = {.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
                            .policy = sp->policy, .routing = sp->routing};
@@ -117,7 +122,14 @@ done:
     out->peak_bytes = dev.mem.peak_total;
   }
   moe_engine_free(e);
-  moe_device_close(&dev);
+  moe_device_close(&dev); /* copies done: the trace is complete */
+  if (trace) {
+    moe_error terr = {0};
+    if (moe_trace_close(trace, &terr) != MOE_OK && out->status == MOE_OK) {
+      out->status = terr.status;
+      cli_error_text(&terr, out->error, sizeof out->error);
+    }
+  }
   free(prompts);
   free(steps);
 }

@@ -25,6 +25,7 @@ typedef struct run_spec {
   int n_prompts;
   int requests;                 /* generate calls, each a new batch of prompts (>= 1) */
   bool keep_logits;             /* keep every step's logits (first request), for parity */
+  const char *trace_path;       /* write the run's op trace here (NULL: none) */
 } run_spec;
 
 typedef struct run_result {

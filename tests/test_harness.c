@@ -722,6 +722,59 @@ START_TEST(plugins_through_the_harness) {
 }
 END_TEST
 
+/* run --trace writes Chrome trace-event JSON: it parses back, names a
+ * compute and a copy track, every event has a time span, and the copy
+ * track holds exactly the row's expert copies. */
+START_TEST(trace_is_chrome_trace_json) {
+  char trace[1100], prefix[1100], csv[1200];
+  snprintf(trace, sizeof trace, "%s/run.trace.json", g_dir);
+  snprintf(prefix, sizeof prefix, "%s/traced", g_dir);
+  snprintf(csv, sizeof csv, "%s.csv", prefix);
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--policy", "prefetch-all",
+                        "--link-gbps", "1", "--gen-len", "6", "--prompt-len", "4", "--trace", trace,
+                        "-o", prefix, NULL), 0);
+  json_error_t je;
+  json_t *j = json_load_file(trace, JSON_REJECT_DUPLICATES, &je);
+  ck_assert_msg(j != NULL, "%s:%d: %s", trace, je.line, je.text);
+  json_t *ev = json_object_get(j, "traceEvents");
+  ck_assert(json_is_array(ev));
+  size_t i;
+  json_t *e;
+  int compute = 0, copy = 0, waits = 0, named = 0;
+  json_array_foreach(ev, i, e) {
+    const char *ph = json_string_value(json_object_get(e, "ph"));
+    ck_assert_ptr_nonnull(ph);
+    if (!strcmp(ph, "M")) {
+      named++;
+      continue;
+    }
+    ck_assert_str_eq(ph, "X");
+    ck_assert(json_is_number(json_object_get(e, "ts")));
+    ck_assert(json_number_value(json_object_get(e, "dur")) >= 0);
+    json_t *args = json_object_get(e, "args");
+    ck_assert(json_is_integer(json_object_get(args, "layer")));
+    ck_assert(json_is_integer(json_object_get(args, "expert")));
+    const json_int_t tid = json_integer_value(json_object_get(e, "tid"));
+    if (tid == 1) compute++;
+    else if (tid == 2) copy++;
+    else ck_abort_msg("event on track %lld", (long long)tid);
+    waits += !strcmp(json_string_value(json_object_get(e, "name")), "wait for copy");
+  }
+  ck_assert_int_eq(named, 3); /* the process and its two tracks */
+  ck_assert_int_gt(compute, 0);
+  ck_assert_int_gt(waits, 0);
+  res_table t;
+  moe_error err = {0};
+  ck_assert(res_read_csv(csv, &t, &err) == MOE_OK);
+  ck_assert_int_eq(copy, atoi(res_get(&t.rows[0], "expert_fetches")));
+  res_table_free(&t);
+  json_decref(j);
+  /* a trace that cannot be written is one line and a failed run */
+  ck_assert_int_ne(call(cmd_run, "run", "--preset", "ci-small", "--gen-len", "4", "--prompt-len", "4",
+                        "--trace", "/nonexistent-dir/t.json", NULL), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness");
   TCase *tc = tcase_create("harness");
@@ -736,6 +789,7 @@ int main(void) {
   tcase_add_test(tc, injected_faults_end_as_error_rows);
   tcase_add_test(tc, inputs_must_be_regular_files);
   tcase_add_test(tc, plugins_through_the_harness);
+  tcase_add_test(tc, trace_is_chrome_trace_json);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);

@@ -22,6 +22,7 @@
 #include "model_internal.h"
 #include "moe/expert_store.h"
 #include "moe/policy.h"
+#include "moe/trace.h"
 
 struct moe_engine {
   moe_model *model;
@@ -487,6 +488,7 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
     size_t begin = x ? (size_t)e->h_count[x - 1] : 0, n = (size_t)e->h_count[x] - begin;
     if (n == 0) continue;
     moe_expert_weights w;
+    moe_trace_context(e->dev->trace, l, (int)x);
     MOE_TRY(moe_expert_store_acquire(e->store, l, (int)x, &w, err));
     const size_t F = w.gate.rows;
     MOE_TRY(o->gather_rows(be, e->xe, e->h, e->rows + begin, n, H, err));
@@ -499,6 +501,7 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
     MOE_TRY(moe_expert_store_release(e->store, l, (int)x, err));
   }
   moe_expert_store_end_block(e->store, l);
+  moe_trace_context(e->dev->trace, l, -1);
   if (c->shared_ffn > 0) {
     const moe_weight g = dw(e, l, ROLE_SH_GATE), u = dw(e, l, ROLE_SH_UP),
                      d = dw(e, l, ROLE_SH_DOWN), sg = dw(e, l, ROLE_SH_EXPERT_GATE);
@@ -558,6 +561,7 @@ moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, i
   const moe_attn_shape shape = {n_seq, n_new, pos0, e->opt.max_seq, c->n_heads, c->n_kv_heads,
                                 c->head_dim};
   for (int l = 0; l < c->n_layers; l++) {
+    moe_trace_context(e->dev->trace, l, -1);
     POLICY_CALL(e, layer_begin, l);
     const moe_weight an = dw(e, l, ROLE_ATTN_NORM), fn = dw(e, l, ROLE_FFN_NORM);
     const moe_weight wq = dw(e, l, ROLE_WQ), wk = dw(e, l, ROLE_WK), wv = dw(e, l, ROLE_WV),
@@ -582,6 +586,7 @@ moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, i
       MOE_TRY(dense_ffn(e, l, T, err));
     POLICY_CALL(e, layer_end, l);
   }
+  moe_trace_context(e->dev->trace, -1, -1);
   const moe_weight fnorm = dw(e, -1, ROLE_FINAL_NORM);
   const moe_weight head = c->tie_embeddings ? emb : dw(e, -1, ROLE_LM_HEAD);
   size_t rows = T;

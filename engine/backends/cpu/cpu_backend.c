@@ -71,6 +71,8 @@ struct moe_backend {
   size_t scratch_cap;
   float *tbuf;    /* transposed small-m gemm output */
   size_t tbuf_cap;
+  void (*observer)(void *ctx, size_t bytes, double t0, double t1); /* copy observer */
+  void *observer_ctx;
   char desc[160];
   char device[160]; /* "cpu: <model name>" */
   /* fault injection (MOE_CPU_FAULT=KIND:N): the Nth call of that kind on
@@ -186,6 +188,8 @@ static void *copier_main(void *arg) {
     if (r.wait_ev) {
       while (r.wait_ev->completed < r.wait_target) pthread_cond_wait(&be->cv, &be->mu);
     } else {
+      void (*obs)(void *, size_t, double, double) = be->observer;
+      void *obs_ctx = be->observer_ctx;
       pthread_mutex_unlock(&be->mu);
       double start = moe_clock_s();
       for (size_t off = 0; off < r.bytes; off += COPY_CHUNK) {
@@ -193,6 +197,7 @@ static void *copier_main(void *arg) {
         link_copy((char *)r.dst + off, (const char *)r.src + off, c);
         if (be->link_bps > 0) sleep_until(start + (double)(off + c) / be->link_bps);
       }
+      if (obs) obs(obs_ctx, r.bytes, start, moe_clock_s());
       pthread_mutex_lock(&be->mu);
     }
     if (r.ev) r.ev->completed++;
@@ -373,6 +378,15 @@ static void cpu_destroy(moe_backend *be) {
 static const char *cpu_describe(moe_backend *be) { return be->desc; }
 
 static const char *cpu_device_name(moe_backend *be) { return be->device; }
+
+static void cpu_set_copy_observer(moe_backend *be,
+                                  void (*fn)(void *ctx, size_t bytes, double t0, double t1),
+                                  void *ctx) {
+  pthread_mutex_lock(&be->mu);
+  be->observer = fn;
+  be->observer_ctx = ctx;
+  pthread_mutex_unlock(&be->mu);
+}
 
 static moe_status cpu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err);
 
@@ -847,4 +861,5 @@ const moe_backend_ops moe_cpu_backend = {
     .scatter_add_rows = cpu_scatter_add_rows,
     .caps = MOE_BACKEND_CAP_LINK_CAP,
     .device_name = cpu_device_name,
+    .set_copy_observer = cpu_set_copy_observer,
 };

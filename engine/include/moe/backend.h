@@ -253,6 +253,13 @@ typedef struct moe_backend_ops {
    * NULL: compute_wait blocks the host for the stall, and the engine times
    * it with the host clock. */
   double (*stall_seconds)(moe_backend *be);
+  /* Calls fn(ctx, bytes, t0, t1) for every host-to-device copy once its
+   * last byte has landed, with the host-clock (moe_clock_s) times it
+   * started and ended, in copy-stream order, from any thread; fn NULL
+   * removes the observer.  NULL: copies cannot be observed (op traces
+   * then show when copies were issued only). */
+  void (*set_copy_observer)(moe_backend *be, void (*fn)(void *ctx, size_t bytes, double t0, double t1),
+                            void *ctx);
 } moe_backend_ops;
 
 /* The size of a table built against the first header of major version 1:
@@ -308,6 +315,7 @@ typedef struct moe_device {
   moe_mem_stats mem;
   struct moe_dev_alloc *allocs; /* live allocations (pointer, size, category) */
   size_t n_allocs, cap_allocs;
+  struct moe_trace *trace;      /* op trace attached with moe_device_trace, or NULL */
 } moe_device;
 
 /* Validates ops and creates an instance; the budget is opt->device_budget

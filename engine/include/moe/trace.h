@@ -1,0 +1,45 @@
+/* Op trace: every backend operation of a device, written as it happens to a
+ * Chrome trace-event JSON file (opens in Perfetto or chrome://tracing).
+ *
+ * Tracks (threads of one process): "compute" (every math op, upload,
+ * download, and the time compute stood waiting for a copy), and "copy"
+ * (each host-to-device copy from when the copy stream started it until its
+ * last byte landed, where the backend reports that: set_copy_observer).
+ * Times are the host clock (moe_clock_s): on the cpu backend, whose
+ * compute is synchronous, a compute op's span is its execution; on an
+ * asynchronous backend it is the time the host spent issuing it.
+ *
+ * Events are written as they complete (streaming, no buffer that grows
+ * with the run), to NAME.tmp.XXXXXX, renamed to NAME when the trace is
+ * closed. */
+#ifndef MOE_TRACE_H
+#define MOE_TRACE_H
+
+#include <stddef.h>
+
+#include "moe/backend.h"
+#include "moe/status.h"
+
+typedef struct moe_trace moe_trace;
+
+enum { MOE_TRACE_COMPUTE = 1, MOE_TRACE_COPY = 2 };
+
+moe_status moe_trace_open(moe_trace **out, const char *path, moe_error *err);
+/* Writes the closing brackets and publishes the file (rename); frees t.
+ * NULL is a no-op. */
+moe_status moe_trace_close(moe_trace *t, moe_error *err);
+
+/* The decoder layer and expert (-1: none) the next ops belong to. */
+void moe_trace_context(moe_trace *t, int layer, int expert);
+
+/* One complete event on a track; thread-safe. */
+void moe_trace_op(moe_trace *t, int track, const char *name, double t0, double t1, double flops,
+                  double bytes);
+
+/* Wraps dev's backend so that every operation is recorded in t; the device
+ * keeps working as before.  Call right after moe_device_open, before any
+ * allocation; moe_device_close unwraps.  Copies get their real spans when
+ * the backend has set_copy_observer. */
+moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err);
+
+#endif

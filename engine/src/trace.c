@@ -1,0 +1,308 @@
+/* Op trace: a streaming Chrome trace-event writer, and a backend decorator
+ * that records every operation of a device in it. */
+#include "moe/trace.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "moe/clock.h"
+
+struct moe_trace {
+  FILE *f;
+  char *path, *tmp;
+  pthread_mutex_t mu;
+  double t_origin;   /* host clock at open: trace time 0 */
+  int layer, expert; /* context of the next ops */
+  unsigned long n;   /* events written */
+  int io_failed;
+};
+
+moe_status moe_trace_open(moe_trace **out, const char *path, moe_error *err) {
+  *out = NULL;
+  moe_trace *t = calloc(1, sizeof *t);
+  if (t == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory (trace)");
+  t->path = strdup(path);
+  t->tmp = malloc(strlen(path) + 16);
+  if (t->path == NULL || t->tmp == NULL) {
+    free(t->path);
+    free(t->tmp);
+    free(t);
+    return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory (trace)");
+  }
+  sprintf(t->tmp, "%s.tmp.XXXXXX", path);
+  int fd = mkstemp(t->tmp);
+  t->f = fd >= 0 ? fdopen(fd, "w") : NULL;
+  if (t->f == NULL) {
+    moe_status st = MOE_FAIL(err, MOE_ERR_IO, "%s: cannot create the trace: %s", path, strerror(errno));
+    if (fd >= 0) close(fd), remove(t->tmp);
+    free(t->path);
+    free(t->tmp);
+    free(t);
+    return st;
+  }
+  (void)fchmod(fd, 0644);
+  pthread_mutex_init(&t->mu, NULL);
+  t->t_origin = moe_clock_s();
+  t->layer = t->expert = -1;
+  fputs("{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n", t->f);
+  /* name the process and the two tracks */
+  fputs("{\"ph\": \"M\", \"pid\": 1, \"name\": \"process_name\", \"args\": {\"name\": \"moe engine\"}},\n"
+        "{\"ph\": \"M\", \"pid\": 1, \"tid\": 1, \"name\": \"thread_name\", \"args\": {\"name\": \"compute\"}},\n"
+        "{\"ph\": \"M\", \"pid\": 1, \"tid\": 2, \"name\": \"thread_name\", \"args\": {\"name\": \"copy\"}}",
+        t->f);
+  *out = t;
+  return MOE_OK;
+}
+
+moe_status moe_trace_close(moe_trace *t, moe_error *err) {
+  if (t == NULL) return MOE_OK;
+  moe_status st = MOE_OK;
+  pthread_mutex_lock(&t->mu);
+  fputs("\n]}\n", t->f);
+  int bad = t->io_failed || ferror(t->f);
+  pthread_mutex_unlock(&t->mu);
+  if (fclose(t->f) != 0) bad = 1;
+  if (bad)
+    st = MOE_FAIL(err, MOE_ERR_IO, "%s: writing the trace failed", t->tmp);
+  else if (rename(t->tmp, t->path) != 0)
+    st = MOE_FAIL(err, MOE_ERR_IO, "%s: rename failed: %s", t->path, strerror(errno));
+  if (st != MOE_OK) remove(t->tmp);
+  pthread_mutex_destroy(&t->mu);
+  free(t->path);
+  free(t->tmp);
+  free(t);
+  return st;
+}
+
+void moe_trace_context(moe_trace *t, int layer, int expert) {
+  if (t == NULL) return;
+  pthread_mutex_lock(&t->mu);
+  t->layer = layer;
+  t->expert = expert;
+  pthread_mutex_unlock(&t->mu);
+}
+
+void moe_trace_op(moe_trace *t, int track, const char *name, double t0, double t1, double flops,
+                  double bytes) {
+  if (t == NULL) return;
+  pthread_mutex_lock(&t->mu);
+  const double ts = (t0 - t->t_origin) * 1e6, dur = (t1 - t0) * 1e6;
+  int w = fprintf(t->f,
+                  ",\n{\"ph\": \"X\", \"pid\": 1, \"tid\": %d, \"name\": \"%s\", \"ts\": %.3f, "
+                  "\"dur\": %.3f, \"args\": {\"layer\": %d, \"expert\": %d, \"flops\": %.0f, "
+                  "\"bytes\": %.0f}}",
+                  track, name, ts, dur < 0 ? 0.0 : dur, track == MOE_TRACE_COPY ? -1 : t->layer,
+                  track == MOE_TRACE_COPY ? -1 : t->expert, flops, bytes);
+  if (w < 0) t->io_failed = 1;
+  t->n++;
+  pthread_mutex_unlock(&t->mu);
+}
+
+/* ---------------------------------------------------------------- decorator */
+
+/* The wrapped instance: what the device's table now receives as `be`. */
+typedef struct traced {
+  moe_backend *be;          /* the real instance */
+  moe_backend_ops *ops;     /* the real (normalized) table, owned */
+  moe_trace *t;
+} traced;
+
+#define T(be) ((traced *)(void *)(be))
+#define REAL(be) T(be)->ops
+#define INNER(be) T(be)->be
+
+static void on_copy(void *ctx, size_t bytes, double t0, double t1) {
+  moe_trace_op(ctx, MOE_TRACE_COPY, "copy h2d", t0, t1, 0, (double)bytes);
+}
+
+/* Times a compute-stream call and records it. */
+#define TIMED(be, name, flops, bytes, call)                                  \
+  do {                                                                       \
+    const double t0_ = moe_clock_s();                                        \
+    moe_status st_ = (call);                                                 \
+    moe_trace_op(T(be)->t, MOE_TRACE_COMPUTE, name, t0_, moe_clock_s(), (flops), (bytes)); \
+    return st_;                                                              \
+  } while (0)
+
+static void tr_destroy(moe_backend *be) {
+  traced *w = T(be);
+  if (w->ops->set_copy_observer) {
+    moe_error ignored = {0};
+    w->ops->set_copy_observer(w->be, NULL, NULL);
+    (void)w->ops->synchronize(w->be, &ignored); /* no observer call left in flight */
+  }
+  w->ops->destroy(w->be);
+  free(w->ops);
+  free(w);
+}
+
+static const char *tr_describe(moe_backend *be) { return REAL(be)->describe(INNER(be)); }
+static size_t tr_capacity(moe_backend *be) { return REAL(be)->device_capacity(INNER(be)); }
+static moe_status tr_alloc(moe_backend *be, size_t n, void **p, moe_error *e) {
+  return REAL(be)->device_alloc(INNER(be), n, p, e);
+}
+static void tr_free(moe_backend *be, void *p) { REAL(be)->device_free(INNER(be), p); }
+static moe_status tr_halloc(moe_backend *be, size_t n, void **p, moe_error *e) {
+  return REAL(be)->host_alloc(INNER(be), n, p, e);
+}
+static void tr_hfree(moe_backend *be, void *p) { REAL(be)->host_free(INNER(be), p); }
+static moe_status tr_ev_create(moe_backend *be, moe_event **ev, moe_error *e) {
+  return REAL(be)->event_create(INNER(be), ev, e);
+}
+static void tr_ev_destroy(moe_backend *be, moe_event *ev) { REAL(be)->event_destroy(INNER(be), ev); }
+static moe_status tr_copy(moe_backend *be, void *d, const void *s, size_t n, moe_event *ev, moe_error *e) {
+  return REAL(be)->copy_h2d_async(INNER(be), d, s, n, ev, e);
+}
+static moe_status tr_cwait(moe_backend *be, moe_event *ev, moe_error *e) {
+  TIMED(be, "wait for copy", 0, 0, REAL(be)->compute_wait(INNER(be), ev, e));
+}
+static moe_status tr_esync(moe_backend *be, moe_event *ev, moe_error *e) {
+  return REAL(be)->event_sync(INNER(be), ev, e);
+}
+static moe_status tr_upload(moe_backend *be, void *d, const void *s, size_t n, moe_error *e) {
+  TIMED(be, "upload", 0, (double)n, REAL(be)->upload(INNER(be), d, s, n, e));
+}
+static moe_status tr_download(moe_backend *be, void *d, const void *s, size_t n, moe_error *e) {
+  TIMED(be, "download", 0, (double)n, REAL(be)->download(INNER(be), d, s, n, e));
+}
+static moe_status tr_sync(moe_backend *be, moe_error *e) { return REAL(be)->synchronize(INNER(be), e); }
+static moe_status tr_crecord(moe_backend *be, moe_event *ev, moe_error *e) {
+  return REAL(be)->compute_record(INNER(be), ev, e);
+}
+static moe_status tr_copy_wait(moe_backend *be, moe_event *ev, moe_error *e) {
+  return REAL(be)->copy_wait(INNER(be), ev, e);
+}
+static int tr_done(moe_backend *be, moe_event *ev) { return REAL(be)->event_done(INNER(be), ev); }
+
+static moe_status tr_matmul(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *w,
+                            const moe_weight *b, moe_error *e) {
+  const double wbytes = (double)w->rows * (double)w->cols * (double)moe_dtype_size(w->dtype);
+  TIMED(be, "matmul", 2.0 * (double)m * (double)w->rows * (double)w->cols,
+        wbytes + 4.0 * (double)m * (double)(w->rows + w->cols),
+        REAL(be)->matmul(INNER(be), y, x, m, w, b, e));
+}
+static moe_status tr_rmsnorm(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *g,
+                             float eps, moe_error *e) {
+  TIMED(be, "rmsnorm", 4.0 * (double)m * (double)g->cols, 8.0 * (double)m * (double)g->cols,
+        REAL(be)->rmsnorm(INNER(be), y, x, m, g, eps, e));
+}
+static moe_status tr_rope(moe_backend *be, float *x, size_t m, const int32_t *pos, int nh, int hd,
+                          float theta, moe_error *e) {
+  TIMED(be, "rope", 6.0 * (double)m * nh * hd, 8.0 * (double)m * nh * hd,
+        REAL(be)->rope(INNER(be), x, m, pos, nh, hd, theta, e));
+}
+static moe_status tr_kv(moe_backend *be, float *kc, float *vc, const float *k, const float *v,
+                        const moe_attn_shape *s, moe_error *e) {
+  TIMED(be, "kv store", 0, 16.0 * s->n_seq * s->n_new * s->n_kv_heads * s->head_dim,
+        REAL(be)->kv_store(INNER(be), kc, vc, k, v, s, e));
+}
+static moe_status tr_attn(moe_backend *be, float *o, const float *q, const float *kc, const float *vc,
+                          const moe_attn_shape *s, moe_error *e) {
+  const double ctx = (double)s->pos0 + s->n_new;
+  TIMED(be, "attention", 4.0 * s->n_seq * s->n_new * s->n_heads * s->head_dim * ctx,
+        8.0 * s->n_seq * s->n_kv_heads * s->head_dim * ctx,
+        REAL(be)->attention(INNER(be), o, q, kc, vc, s, e));
+}
+static moe_status tr_topk(moe_backend *be, int32_t *idx, float *w, const float *l, size_t m, int n,
+                          int k, bool renorm, const moe_weight *b, moe_error *e) {
+  TIMED(be, "router top-k", 4.0 * (double)m * n, 4.0 * (double)m * n,
+        REAL(be)->router_topk(INNER(be), idx, w, l, m, n, k, renorm, b, e));
+}
+static moe_status tr_swiglu(moe_backend *be, float *y, const float *g, const float *u, size_t n,
+                            moe_error *e) {
+  TIMED(be, "swiglu", 6.0 * (double)n, 12.0 * (double)n, REAL(be)->swiglu(INNER(be), y, g, u, n, e));
+}
+static moe_status tr_add(moe_backend *be, float *y, const float *x, size_t n, moe_error *e) {
+  TIMED(be, "add", (double)n, 12.0 * (double)n, REAL(be)->add(INNER(be), y, x, n, e));
+}
+static moe_status tr_embed(moe_backend *be, float *y, const moe_weight *t, const int32_t *ids, size_t m,
+                           moe_error *e) {
+  TIMED(be, "embed", 0, (double)m * (double)t->cols * 8.0, REAL(be)->embed(INNER(be), y, t, ids, m, e));
+}
+static moe_status tr_gather(moe_backend *be, float *d, const float *s, const int32_t *r, size_t n,
+                            size_t dim, moe_error *e) {
+  TIMED(be, "gather rows", 0, 8.0 * (double)n * (double)dim,
+        REAL(be)->gather_rows(INNER(be), d, s, r, n, dim, e));
+}
+static moe_status tr_scatter(moe_backend *be, float *d, const float *s, const int32_t *r,
+                             const float *sc, size_t st, bool sig, size_t n, size_t dim, moe_error *e) {
+  TIMED(be, "scatter-add rows", 2.0 * (double)n * (double)dim, 12.0 * (double)n * (double)dim,
+        REAL(be)->scatter_add_rows(INNER(be), d, s, r, sc, st, sig, n, dim, e));
+}
+static size_t tr_ws_bytes(moe_backend *be, size_t r, size_t c) {
+  return REAL(be)->workspace_bytes(INNER(be), r, c);
+}
+static void tr_set_ws(moe_backend *be, void *p, size_t n) { REAL(be)->set_workspace(INNER(be), p, n); }
+static moe_status tr_hreg(moe_backend *be, void *p, size_t n, moe_error *e) {
+  return REAL(be)->host_register(INNER(be), p, n, e);
+}
+static void tr_hunreg(moe_backend *be, void *p) { REAL(be)->host_unregister(INNER(be), p); }
+static size_t tr_used(moe_backend *be) { return REAL(be)->device_used(INNER(be)); }
+static const char *tr_name(moe_backend *be) { return moe_backend_device_name(REAL(be), INNER(be)); }
+static double tr_stall(moe_backend *be) { return REAL(be)->stall_seconds(INNER(be)); }
+
+moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {
+  if (dev->ops == NULL || dev->be == NULL)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "trace: the device is not open");
+  if (dev->n_allocs > 0)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "trace: attach it before the first allocation");
+  traced *w = calloc(1, sizeof *w);
+  moe_backend_ops *o = malloc(sizeof *o);
+  if (w == NULL || o == NULL) {
+    free(w);
+    free(o);
+    return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory (trace)");
+  }
+  const moe_backend_ops *r = dev->ops;
+  w->be = dev->be;
+  w->ops = (moe_backend_ops *)r; /* the device's own copy; freed by tr_destroy */
+  w->t = t;
+  *o = *r;
+  o->destroy = tr_destroy;
+  o->describe = tr_describe;
+  o->device_capacity = tr_capacity;
+  o->device_alloc = tr_alloc;
+  o->device_free = tr_free;
+  o->host_alloc = tr_halloc;
+  o->host_free = tr_hfree;
+  o->event_create = tr_ev_create;
+  o->event_destroy = tr_ev_destroy;
+  o->copy_h2d_async = tr_copy;
+  o->compute_wait = tr_cwait;
+  o->event_sync = tr_esync;
+  o->upload = tr_upload;
+  o->download = tr_download;
+  o->synchronize = tr_sync;
+  o->compute_record = tr_crecord;
+  o->copy_wait = tr_copy_wait;
+  o->event_done = tr_done;
+  o->matmul = tr_matmul;
+  o->rmsnorm = tr_rmsnorm;
+  o->rope = tr_rope;
+  o->kv_store = tr_kv;
+  o->attention = tr_attn;
+  o->router_topk = tr_topk;
+  o->swiglu = tr_swiglu;
+  o->add = tr_add;
+  o->embed = tr_embed;
+  o->gather_rows = tr_gather;
+  o->scatter_add_rows = tr_scatter;
+  o->workspace_bytes = r->workspace_bytes ? tr_ws_bytes : NULL;
+  o->set_workspace = r->set_workspace ? tr_set_ws : NULL;
+  o->host_register = r->host_register ? tr_hreg : NULL;
+  o->host_unregister = r->host_unregister ? tr_hunreg : NULL;
+  o->device_used = r->device_used ? tr_used : NULL;
+  o->device_name = tr_name;
+  o->stall_seconds = r->stall_seconds ? tr_stall : NULL;
+  o->set_copy_observer = NULL; /* the trace owns the real one */
+  if (r->set_copy_observer) r->set_copy_observer(w->be, on_copy, t);
+  dev->ops = o;
+  dev->be = (moe_backend *)(void *)w;
+  dev->trace = t;
+  return MOE_OK;
+}
