@@ -1,4 +1,6 @@
-/* pregated: the pre-gate of block N names the experts block N+1 will use;
+/* pregated and pregated-spec.
+ *
+ * pregated: the pre-gate of block N names the experts block N+1 will use;
  * they are copied in while block N computes (Pre-gated MoE, Hwang et al.,
  * ISCA 2024).  Device slots: the current block's activated experts plus the
  * next block's, 2 x min(E, batch x top_k).
@@ -6,7 +8,14 @@
  * The first MoE block has no pre-gate before it: its experts are fetched
  * when its router picks them.  With conventional routing a wrong prediction
  * is fetched by the engine when needed (a miss); with pregated routing the
- * prediction is the routing, so there are no misses. */
+ * prediction is the routing, so there are no misses.
+ *
+ * pregated-spec: the same copies, but the routing stays conventional by
+ * default: the pre-gate's choice is only a speculation about what block
+ * N+1's own router will pick.  Outputs are gpu-only's bit for bit, whatever
+ * the pre-gate; a right guess hides its copy, a wrong one costs a miss (the
+ * engine fetches the routed expert) and a wasted copy (counted in
+ * expert_wasted_copies when evicted unused). */
 #include "moe/policy.h"
 
 static moe_status pregated_plan(const moe_policy_env *env, moe_policy_plan *plan, moe_error *err) {
@@ -28,6 +37,18 @@ static moe_status pregated_predicted(void *state, moe_policy_ctx *ctx, int next_
   for (int i = 0; i < n; i++) ctx->fetch(ctx, next_layer, experts[i]);
   return MOE_OK;
 }
+
+const moe_policy moe_policy_pregated_spec = {
+    .abi_version = MOE_POLICY_ABI,
+    .struct_size = sizeof(moe_policy),
+    .name = "pregated-spec",
+    .summary = "speculative pre-gating: prefetch block N+1's predicted experts, route conventionally "
+               "(gpu-only's outputs, misses for wrong guesses)",
+    .plan = pregated_plan,
+    .experts_needed = pregated_needed,
+    .experts_predicted = pregated_predicted,
+    .default_routing = MOE_POLICY_ROUTING_CONVENTIONAL,
+};
 
 const moe_policy moe_policy_pregated = {
     .abi_version = MOE_POLICY_ABI,

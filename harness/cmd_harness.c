@@ -111,6 +111,7 @@ static void row_figures(res_row *row, const run_result *r, double *tps, double *
   res_setf(row, "expert_fetches", "%llu", r->stats.fetches);
   res_setf(row, "expert_misses", "%llu", r->stats.misses);
   res_setf(row, "expert_recopies", "%llu", r->stats.recopies);
+  res_setf(row, "expert_wasted_copies", "%llu", r->stats.wasted);
   if (r->stats.pregate_total)
     res_setf(row, "pregate_hit_rate", "%.6f",
              (double)r->stats.pregate_hits / (double)r->stats.pregate_total);

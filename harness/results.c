@@ -56,6 +56,7 @@ const res_column res_columns[] = {
     {"expert_fetches", RES_DETERMINISTIC, -1, true, "expert copies per repetition"},
     {"expert_misses", RES_DETERMINISTIC, -1, true, "copies the engine made itself per repetition"},
     {"expert_recopies", RES_DETERMINISTIC, -1, true, "copies of an expert already copied for the same run of its block, per repetition"},
+    {"expert_wasted_copies", RES_DETERMINISTIC, -1, true, "copies evicted before any use (a wrong speculation, or a prefetch the slots could not keep), per repetition"},
     {"pregate_hit_rate", RES_DETERMINISTIC, +1, false, "predicted (token, expert) pairs the block's router also chose"},
     {"token_match_rate", RES_DETERMINISTIC, +1, false, "generated tokens equal to gpu-only's, same inputs"},
     {"max_logit_diff", RES_DETERMINISTIC, -1, false, "max |logit - gpu-only logit| over all steps"},

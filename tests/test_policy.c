@@ -100,9 +100,9 @@ static moe_status run(moe_model *m, const moe_policy *pol, moe_routing routing, 
 START_TEST(registry_is_valid) {
   moe_error err = {0};
   ck_assert_msg(moe_policy_registry_check(&err) == MOE_OK, "%s", err.msg);
-  ck_assert_uint_eq(moe_policy_count(), 4);
-  const char *names[] = {"gpu-only", "ondemand", "prefetch-all", "pregated"};
-  for (int i = 0; i < 4; i++) ck_assert_ptr_nonnull(moe_policy_find(names[i]));
+  ck_assert_uint_eq(moe_policy_count(), 5);
+  const char *names[] = {"gpu-only", "ondemand", "prefetch-all", "pregated", "pregated-spec"};
+  for (int i = 0; i < 5; i++) ck_assert_ptr_nonnull(moe_policy_find(names[i]));
   ck_assert_ptr_null(moe_policy_find("lru-cache"));
   moe_policy bad = *moe_policy_find("ondemand");
   bad.plan = NULL;
@@ -151,6 +151,36 @@ START_TEST(policies_are_bit_identical) {
   }
   free(ref);
   free(o);
+}
+END_TEST
+
+/* pregated-spec: pregated's copies under conventional routing.  Outputs
+ * are gpu-only's bit for bit whatever the pre-gate; its hit rate is
+ * measured; wrong guesses are misses, and their copies, evicted unused,
+ * are counted as wasted.  Policies that copy only what they use waste
+ * nothing. */
+START_TEST(speculative_pregating_is_exact) {
+  const moe_policy *spec = moe_policy_find("pregated-spec");
+  ck_assert_ptr_nonnull(spec);
+  ck_assert_uint_eq(spec->default_routing, MOE_POLICY_ROUTING_CONVENTIONAL);
+  run_out *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o), *od = calloc(1, sizeof *od);
+  moe_error err = {0};
+  ck_assert(run(g_model_pg, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, 0, ref, &err) == MOE_OK);
+  ck_assert_msg(run(g_model_pg, spec, MOE_ROUTING_CONVENTIONAL, 0, o, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(memcmp(o->logits, ref->logits, sizeof o->logits), 0);
+  ck_assert_int_eq(memcmp(o->tokens, ref->tokens, sizeof o->tokens), 0);
+  ck_assert_uint_gt(o->stats.pregate_total, 0);
+  ck_assert_uint_lt(o->stats.pregate_hits, o->stats.pregate_total); /* an imperfect pre-gate */
+  ck_assert_uint_gt(o->stats.misses, 0);
+  ck_assert_uint_gt(o->stats.wasted, 0);
+  ck_assert_uint_le(o->stats.wasted, o->stats.fetches);
+  ck_assert_uint_eq(ref->stats.wasted, 0);
+  ck_assert(run(g_model_pg, moe_policy_find("ondemand"), MOE_ROUTING_CONVENTIONAL, 0, od, &err) == MOE_OK);
+  /* speculation can only add copies to what the routed experts need */
+  ck_assert_uint_ge(o->stats.fetches + o->stats.wasted, od->stats.fetches - od->stats.wasted);
+  free(ref);
+  free(o);
+  free(od);
 }
 END_TEST
 
@@ -697,6 +727,7 @@ int main(void) {
   tcase_add_test(tc, plan_equals_measured_peak);
   tcase_add_test(tc, policies_are_bit_identical);
   tcase_add_test(tc, pregated_routing);
+  tcase_add_test(tc, speculative_pregating_is_exact);
   tcase_add_test(tc, oom_is_a_clear_result);
   tcase_add_test(tc, plugins_load_and_refuse);
   tcase_add_test(tc, useless_policy_is_still_correct);

@@ -17,6 +17,8 @@ typedef struct slot {
   bool hold;               /* needed by the current block, or a prefetch of this round */
   bool in_use;             /* between acquire and release */
   bool pinned;             /* a policy's pin: never a victim */
+  bool used;               /* acquired since its copy */
+  bool copied;             /* holds a copy made since the last stats reset */
 } slot;
 
 struct moe_expert_store {
@@ -146,6 +148,7 @@ static void drop(moe_expert_store *s, int i) {
   if (sl->layer >= 0) {
     s->slot_of[key_of(s, sl->layer, sl->expert)] = -1;
     s->stats.evictions++;
+    if (!sl->used && sl->copied) s->stats.wasted++; /* copied, never used */
   }
   sl->layer = sl->expert = -1;
   sl->hold = false;
@@ -187,6 +190,8 @@ static int place(moe_expert_store *s, int layer, int expert, long k, bool prefet
   sl->expert = expert;
   sl->tick = s->tick;
   sl->hold = prefetch;
+  sl->used = false;
+  sl->copied = true;
   s->slot_of[k] = v;
   /* Copied before for this same run of its block: the earlier copy was
    * evicted unused, and these bytes move twice. */
@@ -283,6 +288,7 @@ moe_status moe_expert_store_acquire(moe_expert_store *s, int layer, int expert,
   if (o->stall_seconds == NULL) s->stats.stall_s += moe_clock_s() - t0;
   if (st != MOE_OK) return st;
   sl->in_use = true;
+  sl->used = true;
   sl->tick = ++s->tick;
   s->stats.gets++;
   s->uses[k]++;
@@ -391,7 +397,11 @@ moe_status moe_expert_store_check(const moe_expert_store *s, moe_error *err) {
 
 const moe_expert_stats *moe_expert_store_stats(const moe_expert_store *s) { return &s->stats; }
 
-void moe_expert_store_reset_stats(moe_expert_store *s) { memset(&s->stats, 0, sizeof s->stats); }
+void moe_expert_store_reset_stats(moe_expert_store *s) {
+  memset(&s->stats, 0, sizeof s->stats);
+  /* copies made before (warm-up) are not this run's to waste */
+  for (int i = 0; i < s->n_slots; i++) s->slots[i].copied = false;
+}
 
 unsigned long long moe_expert_store_uses(const moe_expert_store *s, int layer, int expert) {
   long k = key_of(s, layer, expert);

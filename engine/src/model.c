@@ -677,6 +677,7 @@ void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
     out->misses = s->misses;
     out->refused = s->refused;
     out->recopies = s->recopies;
+    out->wasted = s->wasted;
   }
   out->stall_s = engine_stall(e);
   out->invalid_requests = e->invalid_requests;

@@ -10,12 +10,14 @@ extern const moe_policy moe_policy_gpu_only;
 extern const moe_policy moe_policy_ondemand;
 extern const moe_policy moe_policy_prefetch_all;
 extern const moe_policy moe_policy_pregated;
+extern const moe_policy moe_policy_pregated_spec;
 
 static const moe_policy *const k_policies[] = {
     &moe_policy_gpu_only,
     &moe_policy_ondemand,
     &moe_policy_prefetch_all,
     &moe_policy_pregated,
+    &moe_policy_pregated_spec,
 };
 
 size_t moe_policy_count(void) { return sizeof k_policies / sizeof k_policies[0]; }

@@ -32,6 +32,8 @@ typedef struct moe_expert_stats {
   unsigned long long misses;    /* fetches the engine had to make itself */
   unsigned long long refused;   /* prefetches refused for want of a free slot */
   unsigned long long evictions; /* residents dropped to make room */
+  unsigned long long wasted;    /* copies evicted before any use: speculation that
+                                   missed, or a prefetch the slots could not keep */
   unsigned long long recopies;  /* fetches of an expert already copied for the same
                                    run of its block (its first copy was evicted
                                    before use): bytes moved twice */

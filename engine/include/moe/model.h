@@ -135,6 +135,8 @@ typedef struct moe_run_stats {
   unsigned long long bytes_h2d;      /* bytes they moved */
   unsigned long long misses;         /* copies the engine made itself */
   unsigned long long refused;        /* prefetches refused for want of a slot */
+  unsigned long long wasted;         /* copies evicted before any use (bytes moved
+                                        for nothing) */
   unsigned long long recopies;       /* copies of an expert already copied for the
                                         same run of its block (bytes moved twice) */
   double stall_s;                    /* compute waiting on copies */
