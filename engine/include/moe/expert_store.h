@@ -49,9 +49,11 @@ void moe_expert_store_free(moe_expert_store *s);
 
 
 /* Starts fetching (layer, expert) unless resident.  prefetch: may only
- * evict experts the current block does not hold; returns 0 when no slot can
- * be had.  Returns 1 when resident or on its way, -1 on a backend error
- * (recorded in err). */
+ * evict experts that are neither held, in use nor pinned, and marks the
+ * expert held; returns 0 when no slot can be had (counted as refused).
+ * Inside a round (round_begin .. round_end) a prefetch of an absent expert
+ * is queued and placed at round_end.  Returns 1 when resident, on its way
+ * or queued, -1 on a backend error (recorded in err). */
 int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool prefetch,
                            moe_error *err);
 
@@ -66,7 +68,8 @@ void moe_expert_store_round_begin(moe_expert_store *s);
 int moe_expert_store_round_end(moe_expert_store *s, moe_error *err);
 
 /* Marks the experts the block of `layer` needs: they are protected from
- * prefetch eviction until released.  Clears every earlier hold. */
+ * prefetch eviction until released.  Ends the holds of blocks up to
+ * `layer`; holds of later blocks (a prefetch round for them) stay. */
 void moe_expert_store_begin_block(moe_expert_store *s, int layer, const int *experts, int n);
 
 /* The block of `layer` is done (its experts released): later copies of its
