@@ -15,7 +15,9 @@
  * N+1's own router will pick.  Outputs are gpu-only's bit for bit, whatever
  * the pre-gate; a right guess hides its copy, a wrong one costs a miss (the
  * engine fetches the routed expert) and a wasted copy (counted in
- * expert_wasted_copies when evicted unused). */
+ * expert_wasted_copies when evicted unused).  It also asks the engine to
+ * predict the first MoE block from its layer input (predict_first_block),
+ * so that block's copies overlap its attention instead of being exposed. */
 #include "moe/policy.h"
 
 static moe_status pregated_plan(const moe_policy_env *env, moe_policy_plan *plan, moe_error *err) {
@@ -27,7 +29,9 @@ static moe_status pregated_plan(const moe_policy_env *env, moe_policy_plan *plan
 
 static moe_status pregated_needed(void *state, moe_policy_ctx *ctx, int layer, const int *experts,
                                   int n, moe_error *err) {
-  if (ctx->next_moe_layer(ctx, -1) != layer) return MOE_OK; /* predicted earlier */
+  /* predicted earlier: blocks after the first; the first one too when the
+   * engine predicted it (those already on their way are no-ops) */
+  if (ctx->next_moe_layer(ctx, -1) != layer) return MOE_OK;
   for (int i = 0; i < n; i++) ctx->fetch(ctx, layer, experts[i]);
   return MOE_OK;
 }
@@ -48,6 +52,7 @@ const moe_policy moe_policy_pregated_spec = {
     .experts_needed = pregated_needed,
     .experts_predicted = pregated_predicted,
     .default_routing = MOE_POLICY_ROUTING_CONVENTIONAL,
+    .predict_first_block = 1,
 };
 
 const moe_policy moe_policy_pregated = {

@@ -228,6 +228,9 @@ static void gen_print(const gen_opts *o, moe_device *dev, moe_engine *eng, const
          rs.fetches, rs.misses, rs.recopies, rs.stall_s);
   if (rs.pregate_total)
     printf("; pre-gate hit rate %.3f", (double)rs.pregate_hits / (double)rs.pregate_total);
+  if (rs.first_block_total)
+    printf("; first-block prediction hit rate %.3f",
+           (double)rs.first_block_hits / (double)rs.first_block_total);
   if (rs.invalid_requests)
     printf("; %llu policy requests refused (layer or expert out of range)", rs.invalid_requests);
   printf("\n");

@@ -174,6 +174,10 @@ START_TEST(speculative_pregating_is_exact) {
   ck_assert_uint_gt(o->stats.misses, 0);
   ck_assert_uint_gt(o->stats.wasted, 0);
   ck_assert_uint_le(o->stats.wasted, o->stats.fetches);
+  /* the first block was predicted from its layer input, and measured */
+  ck_assert_uint_gt(o->stats.first_block_total, 0);
+  ck_assert_uint_le(o->stats.first_block_hits, o->stats.first_block_total);
+  ck_assert_uint_eq(ref->stats.first_block_total, 0);
   ck_assert_uint_eq(ref->stats.wasted, 0);
   ck_assert(run(g_model_pg, moe_policy_find("ondemand"), MOE_ROUTING_CONVENTIONAL, 0, od, &err) == MOE_OK);
   /* speculation can only add copies to what the routed experts need */

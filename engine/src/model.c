@@ -49,6 +49,9 @@ struct moe_engine {
   float *h_wts, *h_scale, *h_pw;
   int *h_count, *h_needed, *h_pmark, *h_pneeded;
   int pred_layer;            /* MoE layer h_pidx/h_pw predict, or -1 */
+  bool pred_first;           /* that prediction is the first block's, made from
+                                its layer input (never the routing) */
+  unsigned long long first_hits, first_total;
   double stall_base;         /* backend-measured stall at the last reset */
   unsigned long long pregate_hits, pregate_total, warm_bytes;
   unsigned long long invalid_requests; /* policy requests refused for bad arguments */
@@ -453,17 +456,21 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
   const moe_weight rbias = dw(e, l, ROLE_ROUTER_BIAS);
   MOE_TRY(topk_download(e, T, &rbias, e->ridx, e->rw, e->h_idx, e->h_wts, err));
   if (e->pred_layer == l) {
+    unsigned long long *hits = e->pred_first ? &e->first_hits : &e->pregate_hits;
+    unsigned long long *total = e->pred_first ? &e->first_total : &e->pregate_total;
     for (size_t t = 0; t < T; t++)
       for (size_t a = 0; a < K; a++) {
-        for (size_t b = 0; b < K; b++) e->pregate_hits += e->h_pidx[t * K + a] == e->h_idx[t * K + b];
-        e->pregate_total++;
+        for (size_t b = 0; b < K; b++) *hits += e->h_pidx[t * K + a] == e->h_idx[t * K + b];
+        (*total)++;
       }
-    if (e->opt.routing == MOE_ROUTING_PREGATED) {
+    /* the first block is routed by its own router, as the paper does */
+    if (e->opt.routing == MOE_ROUTING_PREGATED && !e->pred_first) {
       memcpy(e->h_idx, e->h_pidx, T * K * sizeof(int32_t));
       memcpy(e->h_wts, e->h_pw, T * K * sizeof(float));
     }
   }
   e->pred_layer = -1;
+  e->pred_first = false;
 
   /* Group (token, weight) pairs by expert: counting sort, stable in token order. */
   memset(e->h_count, 0, (E + 1) * sizeof(int));
@@ -560,9 +567,17 @@ moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, i
   MOE_TRY(o->embed(be, e->x, &emb, e->ids, T, err));
   const moe_attn_shape shape = {n_seq, n_new, pos0, e->opt.max_seq, c->n_heads, c->n_kv_heads,
                                 c->head_dim};
+  const int first_moe = next_moe(e->model, -1);
   for (int l = 0; l < c->n_layers; l++) {
     moe_trace_context(e->dev->trace, l, -1);
     POLICY_CALL(e, layer_begin, l);
+    /* the first MoE block has no block before it to predict it: a policy
+     * that asks gets its router applied to the layer input, before
+     * attention, so the copies overlap this layer's attention */
+    if (l == first_moe && e->policy->predict_first_block && e->policy->experts_predicted) {
+      MOE_TRY(pregate(e, l, l, T, false, err));
+      e->pred_first = true;
+    }
     const moe_weight an = dw(e, l, ROLE_ATTN_NORM), fn = dw(e, l, ROLE_FFN_NORM);
     const moe_weight wq = dw(e, l, ROLE_WQ), wk = dw(e, l, ROLE_WK), wv = dw(e, l, ROLE_WV),
                      wo = dw(e, l, ROLE_WO), bq = dw(e, l, ROLE_BQ), bk = dw(e, l, ROLE_BK),
@@ -681,6 +696,8 @@ void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
   }
   out->stall_s = engine_stall(e);
   out->invalid_requests = e->invalid_requests;
+  out->first_block_hits = e->first_hits;
+  out->first_block_total = e->first_total;
   out->pregate_hits = e->pregate_hits;
   out->pregate_total = e->pregate_total;
   out->warm_bytes = e->warm_bytes;
@@ -691,6 +708,7 @@ void moe_engine_reset_stats(moe_engine *e) {
   if (e->dev->ops->stall_seconds) e->stall_base = e->dev->ops->stall_seconds(e->dev->be);
   e->pregate_hits = e->pregate_total = 0;
   e->invalid_requests = 0;
+  e->first_hits = e->first_total = 0;
 }
 
 struct moe_expert_store *moe_engine_store(moe_engine *e) { return e->store; }

@@ -56,6 +56,9 @@ moe_status moe_policy_validate(const moe_policy *p, moe_error *err) {
       p->default_routing > MOE_POLICY_ROUTING_PREGATED)
     return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s' has an unknown default_routing %u", name,
                     p->default_routing);
+  if (p->struct_size >= offsetof(moe_policy, predict_first_block) + sizeof p->predict_first_block &&
+      p->predict_first_block > 1)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s': predict_first_block must be 0 or 1", name);
   return MOE_OK;
 }
 

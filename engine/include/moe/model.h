@@ -144,6 +144,9 @@ typedef struct moe_run_stats {
                                         block's own router also chose */
   unsigned long long pregate_total;  /* (token, expert) pairs predicted */
   unsigned long long warm_bytes;     /* bytes the policy's warm() moved */
+  unsigned long long first_block_hits;  /* the first MoE block predicted from its layer
+                                          input (policies with predict_first_block): */
+  unsigned long long first_block_total; /* (token, expert) pairs right, and predicted */
   unsigned long long invalid_requests; /* policy requests refused for arguments out of
                                           range (a layer without an MoE block, an
                                           expert id past the last) */

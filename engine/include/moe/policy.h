@@ -115,6 +115,12 @@ typedef struct moe_policy {
    * MOE_POLICY_ROUTING_CONVENTIONAL (0, also what an older table gets) or
    * MOE_POLICY_ROUTING_PREGATED (the pre-gate's choice is the routing). */
   uint32_t default_routing;
+  /* 1: before the first MoE block's attention, the engine applies that
+   * block's router to the layer input and calls experts_predicted for it,
+   * so its copies can overlap the attention (no block precedes it to
+   * predict it).  The block is still routed by its own router.  0 (also
+   * an older table): the first block is fetched when its router picks. */
+  uint32_t predict_first_block;
 } moe_policy;
 
 #define MOE_POLICY_ROUTING_CONVENTIONAL 0u
