@@ -248,6 +248,13 @@ int cmd_bench_policies(int argc, char **argv) {
            "(measured); copy/compute ratio per block %.2f\n",
            tpt[go] * 1e3, tpt[go] * 1e3 / n_moe, copy_s / (tpt[go] / n_moe));
   }
+  /* every other policy's share of the copy time it hides, on the same scale */
+  if (go >= 0 && od >= 0)
+    for (int i = 0; i < np; i++) {
+      if (i == go || i == od || i == pg || last[i]->status != MOE_OK) continue;
+      printf("copy time hidden by %s, (T_ondemand - T_%s) / (T_ondemand - T_gpu_only), decode per "
+             "token: %.2f\n", pol[i]->name, pol[i]->name, (tpt[od] - tpt[i]) / (tpt[od] - tpt[go]));
+    }
   if (go >= 0 && od >= 0 && pg >= 0) {
     double hidden = (tpt[od] - tpt[pg]) / (tpt[od] - tpt[go]);
     printf("copy time hidden by pregated, (T_ondemand - T_pregated) / (T_ondemand - T_gpu_only), "
