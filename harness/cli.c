@@ -12,7 +12,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -224,26 +223,9 @@ int cli_for_each_json(const char *dir, int (*fn)(const char *path, void *ctx), v
 }
 
 FILE *cli_open_input(const char *path, const char *what) {
-  /* non-blocking, so a FIFO or a device cannot hang the open; then only a
-   * regular file is read */
-  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) {
-    cli_error("%s: cannot open %s: %s", path, what, strerror(errno));
-    return NULL;
-  }
-  struct stat sb;
-  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-    cli_error("%s: %s is not a regular file", path, what);
-    close(fd);
-    return NULL;
-  }
-  int fl = fcntl(fd, F_GETFL);
-  if (fl >= 0) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-  FILE *f = fdopen(fd, "r");
-  if (f == NULL) {
-    cli_error("%s: cannot open %s: %s", path, what, strerror(errno));
-    close(fd);
-  }
+  moe_error err = {0};
+  FILE *f = moe_fopen_regular(path, &err);
+  if (f == NULL) cli_error("%s (%s)", err.msg, what);
   return f;
 }
 

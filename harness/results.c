@@ -1,9 +1,10 @@
 /* Result tables: CSV with libcsv, JSON with jansson, atomic writes. */
 #include "results.h"
 
+#include "moe/jsonfile.h"
+
 #include <csv.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -326,22 +327,8 @@ moe_status res_read_csv_stream(FILE *f, const char *path, res_table *t, moe_erro
 
 moe_status res_read_csv(const char *path, res_table *t, moe_error *err) {
   res_table_init(t);
-  /* non-blocking, so a FIFO or device cannot hang the open; only a regular
-   * file is read */
-  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-  struct stat sb;
-  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-    close(fd);
-    return MOE_FAIL(err, MOE_ERR_IO, "%s: not a regular file", path);
-  }
-  int fl = fcntl(fd, F_GETFL);
-  if (fl >= 0) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-  FILE *f = fdopen(fd, "rb");
-  if (f == NULL) {
-    close(fd);
-    return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-  }
+  FILE *f = moe_fopen_regular(path, err);
+  if (f == NULL) return err ? err->status : MOE_ERR_IO;
   moe_status st = res_read_csv_stream(f, path, t, err);
   fclose(f);
   return st;

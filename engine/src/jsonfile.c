@@ -1,4 +1,4 @@
-/* JSON files through a non-blocking, regular-file-only open. */
+/* Input files through a non-blocking, regular-file-only open; JSON on top. */
 #include "moe/jsonfile.h"
 
 #include <errno.h>
@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-void *moe_json_load_file(const char *path, moe_error *err) {
+FILE *moe_fopen_regular(const char *path, moe_error *err) {
   int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -27,8 +27,13 @@ void *moe_json_load_file(const char *path, moe_error *err) {
   if (f == NULL) {
     close(fd);
     MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    return NULL;
   }
+  return f;
+}
+
+void *moe_json_load_file(const char *path, moe_error *err) {
+  FILE *f = moe_fopen_regular(path, err);
+  if (f == NULL) return NULL;
   json_error_t je;
   json_t *root = json_loadf(f, JSON_REJECT_DUPLICATES, &je);
   fclose(f);

@@ -163,32 +163,41 @@ static moe_status build_specs(moe_model *m, moe_error *err) {
 
 #undef ADD
 
-moe_status moe_model_plan_layout(const moe_config *cfg, moe_dtype dtype, size_t *dense_bytes,
-                                 size_t *experts_bytes, moe_error *err) {
+/* A model with its tensor table and layout for cfg, no weight slabs. */
+static moe_status model_table(moe_model **out, const moe_config *cfg, moe_dtype dtype,
+                              moe_error *err) {
   moe_status st = MOE_OK;
+  *out = NULL;
   moe_model *m = calloc(1, sizeof *m);
   MOE_CHECK_ALLOC(m, err, sizeof *m);
   m->cfg = *cfg;
   m->dtype = dtype;
   MOE_TRY(moe_config_validate(cfg, "model config", err));
   MOE_TRY(build_specs(m, err));
-  *dense_bytes = m->dense_bytes;
-  *experts_bytes = m->experts_total;
+  *out = m;
+  return MOE_OK;
 cleanup:
   moe_model_free(m);
   return st;
+}
+
+moe_status moe_model_plan_layout(const moe_config *cfg, moe_dtype dtype, size_t *dense_bytes,
+                                 size_t *experts_bytes, moe_error *err) {
+  moe_model *m = NULL;
+  moe_status st = model_table(&m, cfg, dtype, err);
+  if (st != MOE_OK) return st;
+  *dense_bytes = m->dense_bytes;
+  *experts_bytes = m->experts_total;
+  moe_model_free(m);
+  return MOE_OK;
 }
 
 /* Allocates an empty model with its table and slabs for cfg. */
 static moe_status model_alloc(moe_model **out, const moe_config *cfg, moe_dtype dtype,
                               moe_error *err) {
   moe_status st = MOE_OK;
-  moe_model *m = calloc(1, sizeof *m);
-  MOE_CHECK_ALLOC(m, err, sizeof *m);
-  m->cfg = *cfg;
-  m->dtype = dtype;
-  MOE_TRY(moe_config_validate(cfg, "model config", err));
-  MOE_TRY(build_specs(m, err));
+  moe_model *m = NULL;
+  MOE_TRY(model_table(&m, cfg, dtype, err));
   m->dense = aligned_alloc(64, m->dense_bytes ? m->dense_bytes : 64);
   MOE_CHECK_ALLOC(m->dense, err, m->dense_bytes);
   if (m->experts_total) {
