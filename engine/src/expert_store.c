@@ -39,6 +39,8 @@ struct moe_expert_store {
     long key;
   } *queued;               /* a round's absent targets, in request order */
   int n_queued;
+  bool *queued_mark;       /* [key]: in the queue */
+  int round_free;          /* slots a round may still take (-1: not counted yet) */
   bool registered;         /* the model's expert slab is pinned for async copies */
   moe_expert_stats stats;
 };
@@ -60,6 +62,7 @@ void moe_expert_store_free(moe_expert_store *s) {
   free(s->copied_in);
   free(s->block_runs);
   free(s->queued);
+  free(s->queued_mark);
   if (s->registered) o->host_unregister(s->dev->be, s->model->experts);
   moe_device_free(s->dev, s->slab);
   free(s);
@@ -88,7 +91,8 @@ moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *m, m
   s->copied_in = calloc(n, sizeof *s->copied_in);
   s->block_runs = calloc((size_t)m->n_moe, sizeof *s->block_runs);
   s->queued = malloc(n * sizeof *s->queued);
-  MOE_CHECK(s->slots && s->slot_of && s->uses && s->copied_in && s->block_runs && s->queued, err, MOE_ERR_OOM, "out of host memory (expert store)");
+  s->queued_mark = calloc(n, sizeof *s->queued_mark);
+  MOE_CHECK(s->slots && s->slot_of && s->uses && s->copied_in && s->block_runs && s->queued && s->queued_mark, err, MOE_ERR_OOM, "out of host memory (expert store)");
   for (size_t i = 0; i < n; i++) s->slot_of[i] = -1;
   MOE_TRY(moe_device_alloc(dev, MOE_MEM_EXPERTS, (size_t)slots * m->expert_bytes, "expert slots",
                            (void **)&s->slab, err));
@@ -214,16 +218,20 @@ int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool pref
   if (s->slot_of[k] >= 0) {
     slot *sl = &s->slots[s->slot_of[k]];
     sl->tick = s->tick;
+    /* a candidate of this round just became one of its targets */
+    if (prefetch && s->round_open && s->round_free > 0 && !sl->hold && !sl->in_use && !sl->pinned)
+      s->round_free--;
     if (prefetch) sl->hold = true;
     return 1;
   }
   if (prefetch && s->round_open) {
-    for (int i = 0; i < s->n_queued; i++)
-      if (s->queued[i].key == k) return 1;
-    if (prefetch_candidates(s) <= s->n_queued) {
+    if (s->queued_mark[k]) return 1;
+    if (s->round_free < 0) s->round_free = prefetch_candidates(s); /* once a round */
+    if (s->round_free <= s->n_queued) {
       s->stats.refused++;
       return 0;
     }
+    s->queued_mark[k] = true;
     s->queued[s->n_queued++] = (struct queued){layer, expert, k};
     return 1;
   }
@@ -233,11 +241,13 @@ int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool pref
 void moe_expert_store_round_begin(moe_expert_store *s) {
   s->round_open = s->n_slots > 0;
   s->n_queued = 0;
+  s->round_free = -1;
 }
 
 int moe_expert_store_round_end(moe_expert_store *s, moe_error *err) {
   int rc = 0;
   s->round_open = false;
+  for (int i = 0; i < s->n_queued; i++) s->queued_mark[s->queued[i].key] = false;
   for (int i = 0; i < s->n_queued && rc == 0; i++) {
     const struct queued *q = &s->queued[i];
     if (s->slot_of[q->key] >= 0) continue; /* placed meanwhile (a pin) */
@@ -321,6 +331,7 @@ int moe_expert_store_pin(moe_expert_store *s, int layer, int expert, moe_error *
   if (s->slot_of[k] >= 0 && s->slots[s->slot_of[k]].pinned) return 1;
   if (s->n_pinned + 1 >= s->n_slots) return 0; /* keep one slot for demand fetches */
   s->tick++;
+  s->round_free = -1; /* the pin takes a slot from the round: recount when next needed */
   if (s->slot_of[k] >= 0) {
     s->slots[s->slot_of[k]].tick = s->tick;
   } else {
