@@ -68,6 +68,103 @@ static void check_fixture(const char *name) {
   moe_st_close(exp);
 }
 
+/* A Switch (encoder-decoder) fixture: encoder output, the first decoder
+ * step's logits (the prefill) and 16 greedy tokens from
+ * decoder_start_token_id, with the same tolerance as the decoder-only
+ * fixtures; and the relative-position buckets over -300 .. 300. */
+static void check_switch(const char *name) {
+  char dir[1024], path[1100];
+  snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", MOE_SOURCE_DIR, name);
+  snprintf(path, sizeof path, "%s/expected.safetensors", dir);
+  moe_error err = {0};
+  moe_st_file *exp = NULL;
+  ck_assert_msg(moe_st_open(&exp, path, &err) == MOE_OK, "%s", err.msg);
+  const moe_st_tensor *ids = moe_st_find(exp, "prompt_ids"), *lg = moe_st_find(exp, "logits"),
+                      *tok = moe_st_find(exp, "tokens"), *enc = moe_st_find(exp, "encoder_out"),
+                      *bb = moe_st_find(exp, "buckets_bidirectional"),
+                      *bc = moe_st_find(exp, "buckets_causal");
+  ck_assert(ids && lg && tok && enc && bb && bc);
+  const int B = (int)ids->shape[0], P = (int)ids->shape[1], N = (int)tok->shape[1];
+  const int V = (int)lg->shape[2];
+  ck_assert_int_eq((int)lg->shape[1], 1);
+  int32_t *prompts = malloc(ids->nbytes), *want_tokens = malloc(tok->nbytes);
+  float *want_logits = malloc(lg->nbytes), *want_enc = malloc(enc->nbytes);
+  memcpy(prompts, ids->data, ids->nbytes);
+  memcpy(want_tokens, tok->data, tok->nbytes);
+  memcpy(want_logits, lg->data, lg->nbytes);
+  memcpy(want_enc, enc->data, enc->nbytes);
+
+  moe_model *m = NULL;
+  ck_assert_msg(moe_model_load(&m, dir, NULL, &err) == MOE_OK, "%s", err.msg);
+  const moe_config *c = moe_model_config(m);
+  ck_assert_int_eq(c->vocab, V);
+  /* buckets */
+  const int R = (int)(bb->shape[0] / 2);
+  for (int r = -R; r <= R; r++) {
+    int32_t wb, wc;
+    memcpy(&wb, (const char *)bb->data + (size_t)(r + R) * 4, 4);
+    memcpy(&wc, (const char *)bc->data + (size_t)(r + R) * 4, 4);
+    ck_assert_msg(moe_rel_bucket(r, true, c->rel_buckets, c->rel_max_distance) == wb,
+                  "%s: bidirectional bucket of %d: got %d, want %d", name, r,
+                  moe_rel_bucket(r, true, c->rel_buckets, c->rel_max_distance), wb);
+    ck_assert_msg(moe_rel_bucket(r, false, c->rel_buckets, c->rel_max_distance) == wc,
+                  "%s: causal bucket of %d: got %d, want %d", name, r,
+                  moe_rel_bucket(r, false, c->rel_buckets, c->rel_max_distance), wc);
+  }
+  moe_device dev;
+  ck_assert_msg(moe_device_open(&dev, "cpu", NULL, &err) == MOE_OK, "%s", err.msg);
+  moe_engine *e = NULL;
+  moe_engine_options eo = {.max_batch = B, .max_seq = P + N};
+  ck_assert_msg(moe_engine_create(&e, m, &dev, &eo, &err) == MOE_OK, "%s", err.msg);
+  /* the encoder alone */
+  const size_t ne = (size_t)B * P * (size_t)c->hidden;
+  float *got_enc = malloc(ne * sizeof(float));
+  ck_assert_msg(moe_engine_encode(e, prompts, B, P, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_msg(moe_engine_encoder_output(e, got_enc, &err) == MOE_OK, "%s", err.msg);
+  float emax = 0, ediff = 0;
+  for (size_t i = 0; i < ne; i++) {
+    emax = fmaxf(emax, fabsf(want_enc[i]));
+    ediff = fmaxf(ediff, fabsf(want_enc[i] - got_enc[i]));
+  }
+  printf("%s: encoder max |h| %.4f, max |diff| %.3g\n", name, emax, ediff);
+  ck_assert_msg(ediff <= 1e-4f * emax, "%s: encoder output differs by %g (max %g)", name, ediff,
+                emax);
+  float *logits = malloc((size_t)B * V * sizeof(float));
+  int32_t *out = malloc((size_t)B * N * sizeof(int32_t));
+  ck_assert_msg(moe_engine_generate(e, prompts, B, P, N, out, logits, NULL, &err) == MOE_OK, "%s",
+                err.msg);
+  float max_abs = 0, max_diff = 0;
+  for (size_t i = 0; i < (size_t)B * V; i++) {
+    max_abs = fmaxf(max_abs, fabsf(want_logits[i]));
+    max_diff = fmaxf(max_diff, fabsf(want_logits[i] - logits[i]));
+  }
+  printf("%s: max |logit| %.4f, max |diff| %.3g (limit %.3g)\n", name, max_abs, max_diff,
+         1e-4 * max_abs);
+  ck_assert_msg(max_diff <= 1e-4f * max_abs, "%s: logits differ by %g (max |logit| %g)", name,
+                max_diff, max_abs);
+  for (int i = 0; i < B * N; i++)
+    ck_assert_msg(out[i] == want_tokens[i], "%s: token %d of seq %d: got %d, want %d", name,
+                  i % N, i / N, out[i], want_tokens[i]);
+  free(got_enc);
+  free(logits);
+  free(out);
+  free(prompts);
+  free(want_tokens);
+  free(want_logits);
+  free(want_enc);
+  moe_engine_free(e);
+  moe_device_close(&dev);
+  moe_model_free(m);
+  moe_st_close(exp);
+}
+
+START_TEST(switch_matches_transformers) { check_switch("switch-tiny"); }
+END_TEST
+
+/* untied head and embeddings, router bias, capacity overflow in the encoder */
+START_TEST(switch_untied_matches_transformers) { check_switch("switch-tiny-untied"); }
+END_TEST
+
 START_TEST(mixtral_matches_transformers) { check_fixture("mixtral-tiny"); }
 END_TEST
 
@@ -108,6 +205,8 @@ int main(void) {
   tcase_add_test(tc, mixtral_loads_as_bf16);
   tcase_add_test(tc, mixtral_defaults_match_transformers);
   tcase_add_test(tc, qwen2moe_defaults_match_transformers);
+  tcase_add_test(tc, switch_matches_transformers);
+  tcase_add_test(tc, switch_untied_matches_transformers);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -79,7 +79,7 @@ moe_status moe_config_validate(const moe_config *cfg, const char *origin, moe_er
     return MOE_FAIL(err, MOE_ERR_INVALID,
                     "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
                     origin, cfg->n_heads, cfg->n_kv_heads);
-  if (cfg->head_dim % 2 != 0)
+  if (cfg->head_dim % 2 != 0 && cfg->arch != MOE_ARCH_SWITCH)
     return MOE_FAIL(err, MOE_ERR_INVALID, "%s: head_dim (%d) must be even for RoPE", origin,
                     cfg->head_dim);
   int n_moe = moe_config_n_moe_layers(cfg);
@@ -119,6 +119,16 @@ moe_status moe_config_validate(const moe_config *cfg, const char *origin, moe_er
     if (sizes[i].bytes == SIZE_MAX)
       return MOE_FAIL(err, MOE_ERR_INVALID, "%s: %s overflows the address space (model too large)",
                       origin, sizes[i].what);
+  if (cfg->n_enc_layers < 0 || cfg->n_enc_layers >= cfg->n_layers)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "%s: %d encoder layers of %d layers leave no decoder",
+                    origin, cfg->n_enc_layers, cfg->n_layers);
+  if (cfg->n_enc_layers > 0 &&
+      (cfg->rel_buckets < 4 || cfg->rel_max_distance <= cfg->rel_buckets / 2 ||
+       cfg->expert_capacity < 0 || cfg->decoder_start < 0 || cfg->decoder_start >= cfg->vocab))
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "%s: encoder-decoder fields out of range (buckets %d, max distance %d, "
+                    "capacity %d, decoder start %d)", origin, cfg->rel_buckets,
+                    cfg->rel_max_distance, cfg->expert_capacity, cfg->decoder_start);
   if (cfg->sliding_window < 0)
     return MOE_FAIL(err, MOE_ERR_INVALID, "%s: sliding_window must be >= 0", origin);
   if (!(cfg->rms_eps > 0.0f) || !(cfg->rope_theta > 0.0f) || !isfinite(cfg->rope_theta))
@@ -206,6 +216,164 @@ static void family_defaults(moe_config *cfg) {
   }
 }
 
+/* transformers' is_sparse of layer i in a stack with this sparse step. */
+static bool switch_sparse(int i, int step) { return step > 0 && (i % step == 1 || step == 1); }
+
+/* The sparse step of one stack as SwitchTransformersConfig (5.24) has it:
+ * the explicit *_sparse_step field when present, else num_layers //
+ * num_sparse_*_layers (num_layers when that is 0).  Both present and
+ * different is a contradiction. */
+static moe_status switch_step(const field_ctx *c, const char *step_key, const char *count_key,
+                              int layers, int *step) {
+  int count = 3, explicit_step = -1;
+  moe_status st = get_int(c, count_key, false, &count);
+  if (st == MOE_OK) st = get_int(c, step_key, false, &explicit_step);
+  if (st != MOE_OK) return st;
+  const int derived = count > 0 ? layers / count : layers;
+  const bool has_count = json_object_get(c->obj, count_key) != NULL &&
+                         !json_is_null(json_object_get(c->obj, count_key));
+  if (explicit_step >= 0 && has_count && explicit_step != derived)
+    return MOE_FAIL(c->err, MOE_ERR_INVALID,
+                    "%s: field '%s' = %d contradicts %s = %d (%d layers give a step of %d)",
+                    c->origin, step_key, explicit_step, count_key, count, layers, derived);
+  *step = explicit_step >= 0 ? explicit_step : derived;
+  return MOE_OK;
+}
+
+/* A string field that must be one of the accepted values when present. */
+static moe_status get_choice(const field_ctx *c, const char *key, const char *const *ok,
+                             const char *why) {
+  json_t *v = json_object_get(c->obj, key);
+  if (v == NULL || json_is_null(v)) return MOE_OK;
+  if (!json_is_string(v))
+    return MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s: field '%s' must be a string", c->origin, key);
+  for (; *ok; ok++)
+    if (strcmp(json_string_value(v), *ok) == 0) return MOE_OK;
+  return MOE_FAIL(c->err, MOE_ERR_UNSUPPORTED, "%s: field '%s' = \"%s\" is not supported (%s)",
+                  c->origin, key, json_string_value(v), why);
+}
+
+/* An optional token id: absent keeps *out, null means none (-1). */
+static moe_status get_token_id(const field_ctx *c, const char *key, int *out) {
+  json_t *v = json_object_get(c->obj, key);
+  if (v != NULL && json_is_null(v)) {
+    *out = -1;
+    return MOE_OK;
+  }
+  if (v != NULL && json_is_array(v)) { /* eos may be a list: the first one ends */
+    if (json_array_size(v) == 0) {
+      *out = -1;
+      return MOE_OK;
+    }
+    v = json_array_get(v, 0);
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1 << 30)
+      return MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s: field '%s' must hold token ids", c->origin, key);
+    *out = (int)json_integer_value(v);
+    return MOE_OK;
+  }
+  return get_int(c, key, false, out);
+}
+
+/* Switch Transformers (SwitchTransformersConfig of transformers 5.24: the
+ * same fields and defaults; T5's legacy feed_forward_proj / is_gated_act
+ * are accepted when they say ReLU). */
+static moe_status switch_from_json(moe_config *cfg, const field_ctx *c) {
+  moe_status st = MOE_OK;
+  moe_error *err = c->err;
+  const char *origin = c->origin;
+  cfg->vocab = 32128;
+  cfg->hidden = 768;
+  cfg->head_dim = 64;
+  cfg->expert_ffn = 2048;
+  cfg->expert_capacity = 64;
+  int enc_layers = 12, dec_layers = -1;
+  cfg->n_heads = 12;
+  cfg->n_experts = 8;
+  cfg->top_k = 1;
+  cfg->norm_topk = false;
+  cfg->rel_buckets = 32;
+  cfg->rel_max_distance = 128;
+  cfg->rms_eps = 1e-6f;
+  cfg->tie_embeddings = true;
+  cfg->pad_id = 0;
+  cfg->eos_id = 1;
+  cfg->decoder_start = -1;
+  cfg->ffn_act = MOE_FFN_RELU;
+  cfg->rope_theta = 10000.0f; /* unused: positions are relative buckets */
+  cfg->max_pos = 1 << 20;     /* no position table: any length */
+  MOE_TRY(get_int(c, "vocab_size", false, &cfg->vocab));
+  MOE_TRY(get_int(c, "d_model", false, &cfg->hidden));
+  MOE_TRY(get_int(c, "d_kv", false, &cfg->head_dim));
+  MOE_TRY(get_int(c, "d_ff", false, &cfg->expert_ffn));
+  MOE_TRY(get_int(c, "num_heads", false, &cfg->n_heads));
+  MOE_TRY(get_int(c, "num_layers", false, &enc_layers));
+  MOE_TRY(get_int(c, "num_decoder_layers", false, &dec_layers));
+  if (dec_layers < 0) dec_layers = enc_layers; /* null or absent: symmetric */
+  MOE_TRY(get_int(c, "num_experts", false, &cfg->n_experts));
+  MOE_TRY(get_int(c, "expert_capacity", false, &cfg->expert_capacity));
+  MOE_TRY(get_int(c, "relative_attention_num_buckets", false, &cfg->rel_buckets));
+  MOE_TRY(get_int(c, "relative_attention_max_distance", false, &cfg->rel_max_distance));
+  MOE_TRY(get_num(c, c->obj, "layer_norm_epsilon", false, &cfg->rms_eps));
+  MOE_TRY(get_bool(c, "router_bias", &cfg->router_logit_bias));
+  MOE_TRY(get_bool(c, "tie_word_embeddings", &cfg->tie_embeddings));
+  MOE_TRY(get_token_id(c, "pad_token_id", &cfg->pad_id));
+  MOE_TRY(get_token_id(c, "eos_token_id", &cfg->eos_id));
+  MOE_TRY(get_token_id(c, "decoder_start_token_id", &cfg->decoder_start));
+  /* transformers' _shift_right and generate() need a start token; Switch
+   * checkpoints use the pad token, and so do we when none is given */
+  if (cfg->decoder_start < 0) cfg->decoder_start = cfg->pad_id;
+  MOE_CHECK(cfg->decoder_start >= 0, err, MOE_ERR_INVALID,
+            "%s: neither decoder_start_token_id nor pad_token_id is set (the decoder needs a "
+            "start token)", origin);
+  MOE_CHECK(cfg->decoder_start < cfg->vocab, err, MOE_ERR_INVALID,
+            "%s: decoder_start_token_id %d is outside the vocabulary (0..%d)", origin,
+            cfg->decoder_start, cfg->vocab - 1);
+  static const char *const relu[] = {"relu", NULL}, *const f32[] = {"float32", NULL};
+  MOE_TRY(get_choice(c, "dense_act_fn", relu,
+                     "transformers' Switch FFN is wi, activation, wo; only relu is implemented"));
+  MOE_TRY(get_choice(c, "feed_forward_proj", relu,
+                     "gated feed-forward layers are not part of transformers' Switch model"));
+  bool gated = false;
+  MOE_TRY(get_bool(c, "is_gated_act", &gated));
+  MOE_CHECK(!gated, err, MOE_ERR_UNSUPPORTED,
+            "%s: field 'is_gated_act' = true is not supported (transformers' Switch FFN is not "
+            "gated)", origin);
+  MOE_TRY(get_choice(c, "router_dtype", f32,
+                     "the router runs in float32, as the Switch paper's selective precision"));
+  bool enc_dec = true;
+  MOE_TRY(get_bool(c, "is_encoder_decoder", &enc_dec));
+  MOE_CHECK(enc_dec, err, MOE_ERR_UNSUPPORTED,
+            "%s: field 'is_encoder_decoder' = false: only the encoder-decoder model is supported",
+            origin);
+  MOE_CHECK(enc_layers >= 1 && dec_layers >= 1, err, MOE_ERR_INVALID,
+            "%s: num_layers (%d) and num_decoder_layers (%d) must be positive", origin, enc_layers,
+            dec_layers);
+  MOE_CHECK(enc_layers + dec_layers <= MOE_MAX_LAYERS, err, MOE_ERR_UNSUPPORTED,
+            "%s: num_layers + num_decoder_layers = %d exceeds the limit %d", origin,
+            enc_layers + dec_layers, MOE_MAX_LAYERS);
+  MOE_CHECK(cfg->rel_buckets >= 4, err, MOE_ERR_INVALID,
+            "%s: field 'relative_attention_num_buckets' = %d must be >= 4 (half of the "
+            "encoder's buckets per direction, half of those exact)", origin, cfg->rel_buckets);
+  MOE_CHECK(cfg->rel_max_distance > cfg->rel_buckets / 2, err, MOE_ERR_INVALID,
+            "%s: field 'relative_attention_max_distance' = %d must exceed half the buckets (%d)",
+            origin, cfg->rel_max_distance, cfg->rel_buckets / 2);
+  MOE_TRY(switch_step(c, "encoder_sparse_step", "num_sparse_encoder_layers", enc_layers,
+                      &cfg->enc_sparse_step));
+  MOE_TRY(switch_step(c, "decoder_sparse_step", "num_sparse_decoder_layers", dec_layers,
+                      &cfg->dec_sparse_step));
+  cfg->n_enc_layers = enc_layers;
+  cfg->n_layers = enc_layers + dec_layers;
+  cfg->n_kv_heads = cfg->n_heads;
+  cfg->dense_ffn = cfg->expert_ffn;
+  for (int i = 0; i < enc_layers; i++) cfg->is_moe[i] = switch_sparse(i, cfg->enc_sparse_step);
+  for (int i = 0; i < dec_layers; i++)
+    cfg->is_moe[enc_layers + i] = switch_sparse(i, cfg->dec_sparse_step);
+  if (moe_config_n_moe_layers(cfg) == 0) cfg->n_experts = 0;
+  MOE_TRY(moe_config_validate(cfg, origin, err));
+cleanup:
+  return st;
+}
+
 moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const char *origin,
                                 moe_error *err) {
   json_t *root = (json_t *)json_obj;
@@ -223,10 +391,13 @@ moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const cha
     cfg->arch = MOE_ARCH_MIXTRAL;
   } else if (strcmp(type, "qwen2_moe") == 0) {
     cfg->arch = MOE_ARCH_QWEN2_MOE;
+  } else if (strcmp(type, "switch_transformers") == 0) {
+    cfg->arch = MOE_ARCH_SWITCH;
+    return switch_from_json(cfg, &c);
   } else {
     return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
-                    "%s: model_type '%s' is not supported (expected mixtral or qwen2_moe)", origin,
-                    type);
+                    "%s: model_type '%s' is not supported (expected mixtral, qwen2_moe or "
+                    "switch_transformers)", origin, type);
   }
   family_defaults(cfg);
 
@@ -341,5 +512,6 @@ int moe_config_n_moe_layers(const moe_config *cfg) {
 }
 
 size_t moe_config_expert_bytes(const moe_config *cfg, size_t elem_size) {
-  return moe_prod(3u * (size_t)cfg->expert_ffn, (size_t)cfg->hidden, elem_size, 1);
+  const size_t mats = cfg->ffn_act == MOE_FFN_RELU ? 2u : 3u;
+  return moe_prod(mats * (size_t)cfg->expert_ffn, (size_t)cfg->hidden, elem_size, 1);
 }

@@ -305,9 +305,15 @@ moe_status moe_expert_store_acquire(moe_expert_store *s, int layer, int expert,
   const uint8_t *base = s->slab + (size_t)v * m->expert_bytes;
   const size_t F = (size_t)m->cfg.expert_ffn, H = (size_t)m->cfg.hidden;
   const size_t part = F * H * moe_dtype_size(m->dtype);
-  w->gate = (moe_weight){base, m->dtype, F, H};
-  w->up = (moe_weight){base + part, m->dtype, F, H};
-  w->down = (moe_weight){base + 2 * part, m->dtype, H, F};
+  if (m->cfg.ffn_act == MOE_FFN_RELU) { /* wi, wo: no gate */
+    w->gate = (moe_weight){NULL, m->dtype, 0, 0};
+    w->up = (moe_weight){base, m->dtype, F, H};
+    w->down = (moe_weight){base + part, m->dtype, H, F};
+  } else {
+    w->gate = (moe_weight){base, m->dtype, F, H};
+    w->up = (moe_weight){base + part, m->dtype, F, H};
+    w->down = (moe_weight){base + 2 * part, m->dtype, H, F};
+  }
   return MOE_OK;
 }
 

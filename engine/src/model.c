@@ -48,6 +48,14 @@ struct moe_engine {
   int32_t *h_ids, *h_pos, *h_idx, *h_rows, *h_pidx;
   float *h_wts, *h_scale, *h_pw;
   int *h_count, *h_needed, *h_pmark, *h_pneeded;
+  /* encoder-decoder models */
+  float *xk_cache, *xv_cache; /* cross-attention K/V of the encoder output:
+                                 [decoder layers][max_batch][heads][max_seq][head_dim] */
+  int32_t *buckets;          /* relative-position buckets, [2][2 max_seq - 1]:
+                                encoder (bidirectional), decoder (causal) */
+  int enc_seq, src_len;      /* the batch encode() ran (0: none yet) */
+  int *h_cap;                /* tokens per expert of one sequence (expert capacity) */
+  int cur_n_new;             /* tokens per sequence of the running forward */
   int pred_layer;            /* MoE layer h_pidx/h_pw predict, or -1 */
   bool pred_first;           /* that prediction is the first block's, made from
                                 its layer input (never the routing) */
@@ -82,11 +90,53 @@ static moe_weight dw(const moe_engine *e, int layer, moe_role role) {
   return (moe_weight){e->dense_dev + s->offset, e->model->dtype, s->rows, s->cols};
 }
 
+/* The next MoE layer after `layer` in model order (-1: the first one), or
+ * -1: what policies see (ctx->next_moe_layer), encoder then decoder. */
 static int next_moe(const moe_model *m, int layer) {
   if (layer >= m->cfg.n_layers) return -1;
   for (int l = layer < 0 ? 0 : layer + 1; l < m->cfg.n_layers; l++)
     if (m->cfg.is_moe[l]) return l;
   return -1;
+}
+
+/* The next MoE layer after `layer` in the same stack, or -1: what a block
+ * predicts.  The encoder's last MoE block predicts nothing, and nothing
+ * predicts the decoder's first (as in the paper). */
+static int next_moe_in_stack(const moe_model *m, int layer) {
+  int b, end;
+  moe_config_stack(&m->cfg, layer, &b, &end);
+  for (int l = layer + 1; l < end; l++)
+    if (m->cfg.is_moe[l]) return l;
+  return -1;
+}
+
+/* The first MoE layer of the stack [begin, end), or -1. */
+static int first_moe_in(const moe_model *m, int begin, int end) {
+  for (int l = begin; l < end; l++)
+    if (m->cfg.is_moe[l]) return l;
+  return -1;
+}
+
+/* The bucket of relative position rel = memory - query, as transformers'
+ * T5/Switch _relative_position_bucket computes it (its float32 steps kept:
+ * the logarithmic buckets truncate a float32 value). */
+int moe_rel_bucket(int rel, bool bidirectional, int nb, int max_distance) {
+  int bucket = 0;
+  if (bidirectional) {
+    nb /= 2;
+    if (rel > 0) bucket += nb;
+    rel = rel < 0 ? -rel : rel;
+  } else {
+    rel = rel < 0 ? -rel : 0;
+  }
+  const int max_exact = nb / 2;
+  if (rel < max_exact) return bucket + rel;
+  const float ratio = logf((float)rel / (float)max_exact);
+  const float span = (float)log((double)max_distance / (double)max_exact);
+  const float v = ratio / span * (float)(nb - max_exact);
+  int large = max_exact + (int)v;
+  if (large > nb - 1) large = nb - 1;
+  return bucket + large;
 }
 
 /* ---------------------------------------------------------------- sizes */
@@ -119,8 +169,15 @@ static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device
   if ((size_t)c->shared_ffn > ffn) ffn = (size_t)c->shared_ffn;
   const size_t E = (size_t)(c->n_experts > 0 ? c->n_experts : 1);
   const size_t K = (size_t)(c->top_k > 0 ? c->top_k : 1);
-  const size_t kv = moe_prod(moe_prod((size_t)c->n_layers, B, (size_t)c->n_kv_heads, 1),
+  /* an encoder-decoder model caches the decoder's layers (its encoder
+   * uses the first decoder layer's cache as scratch before the decoder
+   * starts), and the cross-attention K/V of each decoder layer */
+  const bool encdec = moe_config_is_encdec(c);
+  const size_t cached = (size_t)(c->n_layers - c->n_enc_layers);
+  const size_t kv = moe_prod(moe_prod(cached, B, (size_t)c->n_kv_heads, 1),
                              (size_t)o->max_seq, hd, 4);
+  const size_t xkv = encdec ? kv : 0;
+  const size_t nbk = encdec ? moe_prod(2, 2 * (size_t)o->max_seq - 1, sizeof(int32_t), 1) : 0;
   const size_t f = sizeof(float), i32 = sizeof(int32_t);
   size_t max_cols = H > ffn ? H : ffn;
   if (qd > max_cols) max_cols = qd;
@@ -130,6 +187,9 @@ static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device
       {&e->dense_dev, MOE_MEM_DENSE, m->dense_bytes, "dense weights"},
       {&e->k_cache, MOE_MEM_KV, kv, "K cache"},
       {&e->v_cache, MOE_MEM_KV, kv, "V cache"},
+      {&e->xk_cache, MOE_MEM_KV, xkv, "cross-attention K"},
+      {&e->xv_cache, MOE_MEM_KV, xkv, "cross-attention V"},
+      {&e->buckets, MOE_MEM_WORKSPACE, nbk, "relative-position buckets"},
       {&e->x, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "residual stream"},
       {&e->h, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "normed activations"},
       {&e->q, MOE_MEM_ACTIVATIONS, moe_prod(T, qd, f, 1), "queries"},
@@ -275,6 +335,7 @@ void moe_engine_free(moe_engine *e) {
   free(e->h_needed);
   free(e->h_pmark);
   free(e->h_pneeded);
+  free(e->h_cap);
   free(e);
 }
 
@@ -301,6 +362,10 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   }
   MOE_CHECK(opt->max_batch > 0 && opt->max_seq > 0, err, MOE_ERR_INVALID,
             "batch (%d) and sequence length (%d) must be positive", opt->max_batch, opt->max_seq);
+  MOE_CHECK(!moe_config_is_encdec(c) || (dev->ops->attention_ex && dev->ops->unary), err,
+            MOE_ERR_UNSUPPORTED,
+            "backend '%s' lacks the encoder-decoder ops (attention_ex, unary; ABI 1.2) that "
+            "this model needs", dev->ops->name);
   MOE_CHECK(opt->max_seq <= c->max_pos, err, MOE_ERR_INVALID,
             "sequence length %d exceeds max_position_embeddings %d", opt->max_seq, c->max_pos);
   MOE_CHECK(c->sliding_window == 0 || opt->max_seq <= c->sliding_window, err, MOE_ERR_UNSUPPORTED,
@@ -356,11 +421,26 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   e->h_needed = malloc(E * sizeof(int));
   e->h_pmark = malloc(E * sizeof(int));
   e->h_pneeded = malloc(E * sizeof(int));
+  e->h_cap = malloc(E * sizeof(int));
   MOE_CHECK(e->h_ids && e->h_pos && e->h_idx && e->h_rows && e->h_pidx && e->h_wts && e->h_scale &&
-                e->h_pw && e->h_count && e->h_needed && e->h_pmark && e->h_pneeded,
+                e->h_pw && e->h_count && e->h_needed && e->h_pmark && e->h_pneeded && e->h_cap,
             err, MOE_ERR_OOM, "out of host memory for engine scratch");
   for (size_t i = 0; i < T; i++) e->h_ids[i] = (int32_t)i;
   MOE_TRY(dev->ops->upload(dev->be, e->iota, e->h_ids, T * sizeof(int32_t), err));
+  if (moe_config_is_encdec(c)) {
+    /* bucket of memory - query = r at index r + max_seq - 1 */
+    const size_t n = 2 * (size_t)opt->max_seq - 1;
+    int32_t *bk = malloc(2 * n * sizeof *bk);
+    MOE_CHECK_ALLOC(bk, err, 2 * n * sizeof *bk);
+    for (size_t i = 0; i < n; i++) {
+      const int r = (int)i - (opt->max_seq - 1);
+      bk[i] = moe_rel_bucket(r, true, c->rel_buckets, c->rel_max_distance);
+      bk[n + i] = moe_rel_bucket(r, false, c->rel_buckets, c->rel_max_distance);
+    }
+    st = dev->ops->upload(dev->be, e->buckets, bk, 2 * n * sizeof *bk, err);
+    free(bk);
+    MOE_TRY(st);
+  }
 
   if (e->policy->create)
     MOE_TRY(policy_result(e, e->policy->create(&env, &e->policy_state, err), "create", err));
@@ -402,6 +482,21 @@ cleanup:
   return st;
 }
 
+/* Router logits of MoE layer `layer` for in[T, H] into e->router, then its
+ * top-k.  A Switch router's classifier bias is part of the logits (the
+ * softmax sees it); the decoder-only families' optional bias only ranks. */
+static moe_status route(moe_engine *e, int layer, const float *in, size_t T, int32_t *d_idx,
+                        float *d_w, int32_t *h_idx, float *h_w, moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_weight router = dw(e, layer, ROLE_ROUTER), bias = dw(e, layer, ROLE_ROUTER_BIAS);
+  const moe_weight none = {NULL, e->model->dtype, 0, 0};
+  const bool in_logits = e->model->cfg.router_logit_bias;
+  MOE_TRY(e->dev->ops->matmul(e->dev->be, e->router, in, T, &router, in_logits ? &bias : NULL, err));
+  MOE_TRY(topk_download(e, T, in_logits ? &none : &bias, d_idx, d_w, h_idx, h_w, err));
+cleanup:
+  return st;
+}
+
 /* Predicts the experts of MoE layer `next` for the current tokens and tells
  * the policy.  from_input: the checkpoint pre-gate applied to this block's
  * MoE input (e->h); otherwise next's norm and router applied to the
@@ -414,16 +509,14 @@ static moe_status pregate(moe_engine *e, int layer, int next, size_t T, bool fro
   const moe_config *c = &e->model->cfg;
   if (from_input) {
     const moe_weight pg = dw(e, layer, ROLE_PREGATE);
+    const moe_weight no_bias = {NULL, e->model->dtype, 0, 0};
     MOE_TRY(o->matmul(be, e->router, e->h, T, &pg, NULL, err));
+    MOE_TRY(topk_download(e, T, &no_bias, e->pidx, e->pw, e->h_pidx, e->h_pw, err));
   } else {
-    const moe_weight fn = dw(e, next, ROLE_FFN_NORM), router = dw(e, next, ROLE_ROUTER);
+    const moe_weight fn = dw(e, next, ROLE_FFN_NORM);
     MOE_TRY(o->rmsnorm(be, e->tmp, e->x, T, &fn, c->rms_eps, err));
-    MOE_TRY(o->matmul(be, e->router, e->tmp, T, &router, NULL, err));
+    MOE_TRY(route(e, next, e->tmp, T, e->pidx, e->pw, e->h_pidx, e->h_pw, err));
   }
-  const moe_weight no_bias = {NULL, e->model->dtype, 0, 0};
-  const moe_weight next_bias = dw(e, next, ROLE_ROUTER_BIAS);
-  MOE_TRY(topk_download(e, T, from_input ? &no_bias : &next_bias, e->pidx, e->pw, e->h_pidx,
-                        e->h_pw, err));
   e->pred_layer = next;
   /* the distinct predicted experts, ascending */
   const size_t K = (size_t)c->top_k;
@@ -437,6 +530,49 @@ cleanup:
   return st;
 }
 
+/* Whether the blocks of layer l's stack predict their successors. */
+static bool stack_predicts(const moe_engine *e, int l) {
+  const unsigned which = e->opt.pregate_stacks ? e->opt.pregate_stacks
+                                               : MOE_PREGATE_ENCODER | MOE_PREGATE_DECODER;
+  if (!moe_config_is_encdec(&e->model->cfg)) return true;
+  return (which & (l < e->model->cfg.n_enc_layers ? MOE_PREGATE_ENCODER : MOE_PREGATE_DECODER)) != 0;
+}
+
+/* Expert capacity (Switch, as transformers 5.24 applies it): per sequence,
+ * in token order, each expert takes its first `capacity` tokens; a token
+ * past it skips the expert, so its FFN output is 0 and the residual passes
+ * unchanged.  Dropped (token, expert) pairs get index -1. */
+static void apply_capacity(moe_engine *e, size_t T) {
+  const moe_config *c = &e->model->cfg;
+  const size_t K = (size_t)c->top_k, per_seq = (size_t)e->cur_n_new;
+  if (!moe_config_is_encdec(c)) return;
+  for (size_t t0 = 0; t0 < T; t0 += per_seq) {
+    memset(e->h_cap, 0, (size_t)c->n_experts * sizeof(int));
+    for (size_t i = t0 * K; i < (t0 + per_seq) * K && i < T * K; i++)
+      if (++e->h_cap[e->h_idx[i]] > c->expert_capacity) e->h_idx[i] = -1;
+  }
+}
+
+/* One expert's FFN on n gathered rows in e->xe, result in e->ye. */
+static moe_status expert_ffn(moe_engine *e, const moe_expert_weights *w, size_t n, moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_backend_ops *o = e->dev->ops;
+  moe_backend *be = e->dev->be;
+  const size_t F = w->up.rows;
+  if (w->gate.data == NULL) { /* ReLU: wo(relu(wi x)) */
+    MOE_TRY(o->matmul(be, e->ue, e->xe, n, &w->up, NULL, err));
+    MOE_TRY(o->unary(be, e->ue, e->ue, n * F, MOE_UNARY_RELU, 0.0f, err));
+    MOE_TRY(o->matmul(be, e->ye, e->ue, n, &w->down, NULL, err));
+  } else {
+    MOE_TRY(o->matmul(be, e->ge, e->xe, n, &w->gate, NULL, err));
+    MOE_TRY(o->matmul(be, e->ue, e->xe, n, &w->up, NULL, err));
+    MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, n * F, err));
+    MOE_TRY(o->matmul(be, e->ye, e->ge, n, &w->down, NULL, err));
+  }
+cleanup:
+  return st;
+}
+
 /* The MoE block of layer l on h[T, H], accumulated into x. */
 static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
   moe_status st = MOE_OK;
@@ -444,17 +580,15 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
   const moe_backend_ops *o = e->dev->ops;
   moe_backend *be = e->dev->be;
   const size_t H = (size_t)c->hidden, K = (size_t)c->top_k, E = (size_t)c->n_experts;
-  const int next = next_moe(e->model, l);
-  const bool want_pred = next >= 0 && (e->opt.routing == MOE_ROUTING_PREGATED ||
-                                       e->policy->experts_predicted != NULL);
+  const int next = next_moe_in_stack(e->model, l);
+  const bool want_pred = next >= 0 && stack_predicts(e, l) &&
+                         (e->opt.routing == MOE_ROUTING_PREGATED ||
+                          e->policy->experts_predicted != NULL);
   const bool pred_from_input = moe_model_spec(e->model, l, ROLE_PREGATE) != NULL;
 
   /* The block's own router: the routing in conventional mode, the yardstick
    * of the prediction otherwise. */
-  const moe_weight router = dw(e, l, ROLE_ROUTER);
-  MOE_TRY(o->matmul(be, e->router, e->h, T, &router, NULL, err));
-  const moe_weight rbias = dw(e, l, ROLE_ROUTER_BIAS);
-  MOE_TRY(topk_download(e, T, &rbias, e->ridx, e->rw, e->h_idx, e->h_wts, err));
+  MOE_TRY(route(e, l, e->h, T, e->ridx, e->rw, e->h_idx, e->h_wts, err));
   if (e->pred_layer == l) {
     unsigned long long *hits = e->pred_first ? &e->first_hits : &e->pregate_hits;
     unsigned long long *total = e->pred_first ? &e->first_total : &e->pregate_total;
@@ -471,38 +605,41 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
   }
   e->pred_layer = -1;
   e->pred_first = false;
+  apply_capacity(e, T);
 
-  /* Group (token, weight) pairs by expert: counting sort, stable in token order. */
+  /* Group (token, weight) pairs by expert: counting sort, stable in token
+   * order (pairs dropped by the capacity, index -1, are left out). */
   memset(e->h_count, 0, (E + 1) * sizeof(int));
-  for (size_t i = 0; i < T * K; i++) e->h_count[e->h_idx[i] + 1]++;
+  for (size_t i = 0; i < T * K; i++)
+    if (e->h_idx[i] >= 0) e->h_count[e->h_idx[i] + 1]++;
   int n_needed = 0;
   for (size_t x = 0; x < E; x++)
     if (e->h_count[x + 1] > 0) e->h_needed[n_needed++] = (int)x;
   for (size_t x = 0; x < E; x++) e->h_count[x + 1] += e->h_count[x];
   for (size_t i = 0; i < T * K; i++) {
+    if (e->h_idx[i] < 0) continue;
     int slot = e->h_count[e->h_idx[i]]++;
     e->h_rows[slot] = (int32_t)(i / K);
     e->h_scale[slot] = e->h_wts[i];
   }
+  const size_t routed = (size_t)e->h_count[E - 1];
   /* h_count[x] is now the end of expert x's run; its start is h_count[x-1]. */
   moe_expert_store_begin_block(e->store, l, e->h_needed, n_needed);
   POLICY_CALL(e, experts_needed, l, e->h_needed, n_needed);
   if (want_pred && pred_from_input) MOE_TRY(pregate(e, l, next, T, true, err));
 
-  MOE_TRY(o->upload(be, e->rows, e->h_rows, T * K * sizeof(int32_t), err));
-  MOE_TRY(o->upload(be, e->rw, e->h_scale, T * K * sizeof(float), err));
+  if (routed > 0) {
+    MOE_TRY(o->upload(be, e->rows, e->h_rows, routed * sizeof(int32_t), err));
+    MOE_TRY(o->upload(be, e->rw, e->h_scale, routed * sizeof(float), err));
+  }
   for (size_t x = 0; x < E; x++) {
     size_t begin = x ? (size_t)e->h_count[x - 1] : 0, n = (size_t)e->h_count[x] - begin;
     if (n == 0) continue;
     moe_expert_weights w;
     moe_trace_context(e->dev->trace, l, (int)x);
     MOE_TRY(moe_expert_store_acquire(e->store, l, (int)x, &w, err));
-    const size_t F = w.gate.rows;
     MOE_TRY(o->gather_rows(be, e->xe, e->h, e->rows + begin, n, H, err));
-    MOE_TRY(o->matmul(be, e->ge, e->xe, n, &w.gate, NULL, err));
-    MOE_TRY(o->matmul(be, e->ue, e->xe, n, &w.up, NULL, err));
-    MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, n * F, err));
-    MOE_TRY(o->matmul(be, e->ye, e->ge, n, &w.down, NULL, err));
+    MOE_TRY(expert_ffn(e, &w, n, err));
     MOE_TRY(o->scatter_add_rows(be, e->x, e->ye, e->rows + begin, e->rw + begin, 1, false, n, H,
                                 err));
     MOE_TRY(moe_expert_store_release(e->store, l, (int)x, err));
@@ -529,71 +666,132 @@ static moe_status dense_ffn(moe_engine *e, int l, size_t T, moe_error *err) {
   const moe_backend_ops *o = e->dev->ops;
   moe_backend *be = e->dev->be;
   const moe_weight g = dw(e, l, ROLE_D_GATE), u = dw(e, l, ROLE_D_UP), d = dw(e, l, ROLE_D_DOWN);
-  MOE_TRY(o->matmul(be, e->ge, e->h, T, &g, NULL, err));
-  MOE_TRY(o->matmul(be, e->ue, e->h, T, &u, NULL, err));
-  MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, T * g.rows, err));
-  MOE_TRY(o->matmul(be, e->tmp, e->ge, T, &d, NULL, err));
+  if (e->model->cfg.ffn_act == MOE_FFN_RELU) {
+    MOE_TRY(o->matmul(be, e->ue, e->h, T, &u, NULL, err));
+    MOE_TRY(o->unary(be, e->ue, e->ue, T * u.rows, MOE_UNARY_RELU, 0.0f, err));
+    MOE_TRY(o->matmul(be, e->tmp, e->ue, T, &d, NULL, err));
+  } else {
+    MOE_TRY(o->matmul(be, e->ge, e->h, T, &g, NULL, err));
+    MOE_TRY(o->matmul(be, e->ue, e->h, T, &u, NULL, err));
+    MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, T * g.rows, err));
+    MOE_TRY(o->matmul(be, e->tmp, e->ge, T, &d, NULL, err));
+  }
   MOE_TRY(o->add(be, e->x, e->tmp, T * (size_t)e->model->cfg.hidden, err));
 cleanup:
   return st;
 }
 
-moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, int n_new, int pos0,
-                              float *logits, moe_error *err) {
+/* Self-attention of a decoder-only layer: RoPE, the KV cache, causal
+ * attention scaled by 1/sqrt(head_dim).  e->h in, e->att out. */
+static moe_status rope_attention(moe_engine *e, int l, size_t T, const moe_attn_shape *shape,
+                                 moe_error *err) {
   moe_status st = MOE_OK;
   const moe_config *c = &e->model->cfg;
   const moe_backend_ops *o = e->dev->ops;
   moe_backend *be = e->dev->be;
-  e->cb_err = err;
-  MOE_CHECK(n_seq > 0 && n_seq <= e->opt.max_batch, err, MOE_ERR_INVALID,
-            "batch %d is outside 1..%d", n_seq, e->opt.max_batch);
-  MOE_CHECK(n_new > 0 && n_new <= e->opt.max_prefill, err, MOE_ERR_INVALID,
-            "%d tokens per sequence exceed the engine's limit %d", n_new, e->opt.max_prefill);
-  MOE_CHECK(pos0 >= 0 && pos0 + n_new <= e->opt.max_seq, err, MOE_ERR_INVALID,
-            "positions %d..%d exceed the sequence limit %d", pos0, pos0 + n_new - 1,
-            e->opt.max_seq);
+  const moe_weight wq = dw(e, l, ROLE_WQ), wk = dw(e, l, ROLE_WK), wv = dw(e, l, ROLE_WV),
+                   bq = dw(e, l, ROLE_BQ), bk = dw(e, l, ROLE_BK), bv = dw(e, l, ROLE_BV);
+  float *kc = e->k_cache + (size_t)l * e->cache_layer_floats;
+  float *vc = e->v_cache + (size_t)l * e->cache_layer_floats;
+  MOE_TRY(o->matmul(be, e->q, e->h, T, &wq, &bq, err));
+  MOE_TRY(o->matmul(be, e->k, e->h, T, &wk, &bk, err));
+  MOE_TRY(o->matmul(be, e->v, e->h, T, &wv, &bv, err));
+  MOE_TRY(o->rope(be, e->q, T, e->pos, c->n_heads, c->head_dim, c->rope_theta, err));
+  MOE_TRY(o->rope(be, e->k, T, e->pos, c->n_kv_heads, c->head_dim, c->rope_theta, err));
+  MOE_TRY(o->kv_store(be, kc, vc, e->k, e->v, shape, err));
+  MOE_TRY(o->attention(be, e->att, e->q, kc, vc, shape, err));
+cleanup:
+  return st;
+}
+
+/* Self-attention of a Switch (T5) layer: no position embedding and no
+ * 1/sqrt(d) scale; the relative-position bias of the stack's first layer,
+ * bidirectional in the encoder, causal in the decoder.  The encoder writes
+ * its K/V into the first decoder layer's cache as scratch (positions 0 ..
+ * src_len - 1); the decoder into its own layer's cache. */
+static moe_status t5_self_attention(moe_engine *e, int l, size_t T, const moe_attn_shape *shape,
+                                    moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_config *c = &e->model->cfg;
+  const moe_backend_ops *o = e->dev->ops;
+  moe_backend *be = e->dev->be;
+  const bool dec = l >= c->n_enc_layers;
+  const moe_weight wq = dw(e, l, ROLE_WQ), wk = dw(e, l, ROLE_WK), wv = dw(e, l, ROLE_WV);
+  const moe_weight rb = dw(e, dec ? c->n_enc_layers : 0, ROLE_REL_BIAS);
+  const size_t slot = dec ? (size_t)(l - c->n_enc_layers) : 0;
+  float *kc = e->k_cache + slot * e->cache_layer_floats;
+  float *vc = e->v_cache + slot * e->cache_layer_floats;
+  MOE_TRY(o->matmul(be, e->q, e->h, T, &wq, NULL, err));
+  MOE_TRY(o->matmul(be, e->k, e->h, T, &wk, NULL, err));
+  MOE_TRY(o->matmul(be, e->v, e->h, T, &wv, NULL, err));
+  MOE_TRY(o->kv_store(be, kc, vc, e->k, e->v, shape, err));
+  const size_t nbk = 2 * (size_t)e->opt.max_seq - 1;
+  const moe_attn_ex a = {shape->n_seq, shape->n_new, shape->pos0,
+                         dec ? shape->pos0 + shape->n_new : shape->n_new, shape->max_seq,
+                         c->n_heads, c->n_kv_heads, c->head_dim, dec, 1.0f, &rb,
+                         e->buckets + (dec ? nbk : 0), e->opt.max_seq - 1};
+  MOE_TRY(o->attention_ex(be, e->att, e->q, kc, vc, &a, err));
+cleanup:
+  return st;
+}
+
+/* Cross-attention of decoder layer l over the encoder output's K/V. */
+static moe_status cross_attention(moe_engine *e, int l, size_t T, const moe_attn_shape *shape,
+                                  moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_config *c = &e->model->cfg;
+  const moe_backend_ops *o = e->dev->ops;
+  moe_backend *be = e->dev->be;
+  const moe_weight xn = dw(e, l, ROLE_XATTN_NORM), xq = dw(e, l, ROLE_XQ), xo = dw(e, l, ROLE_XO);
+  const size_t slot = (size_t)(l - c->n_enc_layers);
+  MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &xn, c->rms_eps, err));
+  MOE_TRY(o->matmul(be, e->q, e->h, T, &xq, NULL, err));
+  const moe_attn_ex a = {shape->n_seq, shape->n_new, shape->pos0, e->src_len, shape->max_seq,
+                         c->n_heads, c->n_kv_heads, c->head_dim, false, 1.0f, NULL, NULL, 0};
+  MOE_TRY(o->attention_ex(be, e->att, e->q, e->xk_cache + slot * e->cache_layer_floats,
+                          e->xv_cache + slot * e->cache_layer_floats, &a, err));
+  MOE_TRY(o->matmul(be, e->tmp, e->att, T, &xo, NULL, err));
+  MOE_TRY(o->add(be, e->x, e->tmp, T * (size_t)c->hidden, err));
+cleanup:
+  return st;
+}
+
+/* Layers [l0, l1) on the residual stream e->x of n_seq x n_new tokens at
+ * positions pos0.. (e->pos uploaded). */
+static moe_status run_layers(moe_engine *e, int l0, int l1, int n_seq, int n_new, int pos0,
+                             moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_config *c = &e->model->cfg;
+  const moe_backend_ops *o = e->dev->ops;
+  moe_backend *be = e->dev->be;
   const size_t T = (size_t)n_seq * (size_t)n_new, H = (size_t)c->hidden;
-  e->last_rows = T;
-  e->pred_layer = -1;
-  for (size_t i = 0; i < T; i++) {
-    MOE_CHECK(tokens[i] >= 0 && tokens[i] < c->vocab, err, MOE_ERR_INVALID,
-              "token id %d at index %zu is outside the vocabulary (0..%d)", (int)tokens[i], i,
-              c->vocab - 1);
-    e->h_pos[i] = pos0 + (int32_t)(i % (size_t)n_new);
-  }
-  MOE_TRY(o->upload(be, e->ids, tokens, T * sizeof(int32_t), err));
-  MOE_TRY(o->upload(be, e->pos, e->h_pos, T * sizeof(int32_t), err));
-  const moe_weight emb = dw(e, -1, ROLE_EMBED);
-  MOE_TRY(o->embed(be, e->x, &emb, e->ids, T, err));
+  const bool t5 = c->arch == MOE_ARCH_SWITCH;
   const moe_attn_shape shape = {n_seq, n_new, pos0, e->opt.max_seq, c->n_heads, c->n_kv_heads,
                                 c->head_dim};
-  const int first_moe = next_moe(e->model, -1);
-  for (int l = 0; l < c->n_layers; l++) {
+  const int first_moe = first_moe_in(e->model, l0, l1);
+  e->cur_n_new = n_new;
+  e->pred_layer = -1;
+  for (int l = l0; l < l1; l++) {
     moe_trace_context(e->dev->trace, l, -1);
     POLICY_CALL(e, layer_begin, l);
     /* the first MoE block has no block before it to predict it: a policy
      * that asks gets its router applied to the layer input, before
      * attention, so the copies overlap this layer's attention */
-    if (l == first_moe && e->policy->predict_first_block && e->policy->experts_predicted) {
+    if (l == first_moe && e->policy->predict_first_block && e->policy->experts_predicted &&
+        stack_predicts(e, l)) {
       MOE_TRY(pregate(e, l, l, T, false, err));
       e->pred_first = true;
     }
-    const moe_weight an = dw(e, l, ROLE_ATTN_NORM), fn = dw(e, l, ROLE_FFN_NORM);
-    const moe_weight wq = dw(e, l, ROLE_WQ), wk = dw(e, l, ROLE_WK), wv = dw(e, l, ROLE_WV),
-                     wo = dw(e, l, ROLE_WO), bq = dw(e, l, ROLE_BQ), bk = dw(e, l, ROLE_BK),
-                     bv = dw(e, l, ROLE_BV);
-    float *kc = e->k_cache + (size_t)l * e->cache_layer_floats;
-    float *vc = e->v_cache + (size_t)l * e->cache_layer_floats;
+    const moe_weight an = dw(e, l, ROLE_ATTN_NORM), fn = dw(e, l, ROLE_FFN_NORM),
+                     wo = dw(e, l, ROLE_WO);
     MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &an, c->rms_eps, err));
-    MOE_TRY(o->matmul(be, e->q, e->h, T, &wq, &bq, err));
-    MOE_TRY(o->matmul(be, e->k, e->h, T, &wk, &bk, err));
-    MOE_TRY(o->matmul(be, e->v, e->h, T, &wv, &bv, err));
-    MOE_TRY(o->rope(be, e->q, T, e->pos, c->n_heads, c->head_dim, c->rope_theta, err));
-    MOE_TRY(o->rope(be, e->k, T, e->pos, c->n_kv_heads, c->head_dim, c->rope_theta, err));
-    MOE_TRY(o->kv_store(be, kc, vc, e->k, e->v, &shape, err));
-    MOE_TRY(o->attention(be, e->att, e->q, kc, vc, &shape, err));
+    if (t5)
+      MOE_TRY(t5_self_attention(e, l, T, &shape, err));
+    else
+      MOE_TRY(rope_attention(e, l, T, &shape, err));
     MOE_TRY(o->matmul(be, e->tmp, e->att, T, &wo, NULL, err));
     MOE_TRY(o->add(be, e->x, e->tmp, T * H, err));
+    if (t5 && l >= c->n_enc_layers) MOE_TRY(cross_attention(e, l, T, &shape, err));
     MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &fn, c->rms_eps, err));
     if (c->is_moe[l])
       MOE_TRY(moe_block(e, l, T, err));
@@ -602,6 +800,99 @@ moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, i
     POLICY_CALL(e, layer_end, l);
   }
   moe_trace_context(e->dev->trace, -1, -1);
+cleanup:
+  return st;
+}
+
+/* Checks and uploads the token ids and positions of one forward call, and
+ * embeds them into e->x with the given table. */
+static moe_status embed_tokens(moe_engine *e, const int32_t *tokens, int n_seq, int n_new,
+                               int pos0, const moe_weight *table, moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_config *c = &e->model->cfg;
+  const moe_backend_ops *o = e->dev->ops;
+  moe_backend *be = e->dev->be;
+  MOE_CHECK(n_seq > 0 && n_seq <= e->opt.max_batch, err, MOE_ERR_INVALID,
+            "batch %d is outside 1..%d", n_seq, e->opt.max_batch);
+  MOE_CHECK(n_new > 0 && n_new <= e->opt.max_prefill, err, MOE_ERR_INVALID,
+            "%d tokens per sequence exceed the engine's limit %d", n_new, e->opt.max_prefill);
+  MOE_CHECK(pos0 >= 0 && pos0 + n_new <= e->opt.max_seq, err, MOE_ERR_INVALID,
+            "positions %d..%d exceed the sequence limit %d", pos0, pos0 + n_new - 1,
+            e->opt.max_seq);
+  const size_t T = (size_t)n_seq * (size_t)n_new;
+  e->last_rows = T;
+  for (size_t i = 0; i < T; i++) {
+    MOE_CHECK(tokens[i] >= 0 && tokens[i] < c->vocab, err, MOE_ERR_INVALID,
+              "token id %d at index %zu is outside the vocabulary (0..%d)", (int)tokens[i], i,
+              c->vocab - 1);
+    e->h_pos[i] = pos0 + (int32_t)(i % (size_t)n_new);
+  }
+  MOE_TRY(o->upload(be, e->ids, tokens, T * sizeof(int32_t), err));
+  MOE_TRY(o->upload(be, e->pos, e->h_pos, T * sizeof(int32_t), err));
+  MOE_TRY(o->embed(be, e->x, table, e->ids, T, err));
+cleanup:
+  return st;
+}
+
+moe_status moe_engine_encode(moe_engine *e, const int32_t *src, int n_seq, int src_len,
+                             moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_config *c = &e->model->cfg;
+  const moe_backend_ops *o = e->dev->ops;
+  moe_backend *be = e->dev->be;
+  e->cb_err = err;
+  MOE_CHECK(moe_config_is_encdec(c), err, MOE_ERR_INVALID,
+            "encode: the model has no encoder (decoder-only: use forward)");
+  e->enc_seq = e->src_len = 0;
+  const moe_weight enc_emb = moe_model_spec(e->model, -1, ROLE_ENC_EMBED)
+                                 ? dw(e, -1, ROLE_ENC_EMBED)
+                                 : dw(e, -1, ROLE_EMBED);
+  MOE_TRY(embed_tokens(e, src, n_seq, src_len, 0, &enc_emb, err));
+  MOE_TRY(run_layers(e, 0, c->n_enc_layers, n_seq, src_len, 0, err));
+  /* the encoder output, then every decoder layer's cross K/V of it */
+  const size_t T = (size_t)n_seq * (size_t)src_len;
+  const moe_weight fn = dw(e, -1, ROLE_ENC_FINAL_NORM);
+  MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &fn, c->rms_eps, err));
+  const moe_attn_shape shape = {n_seq, src_len, 0, e->opt.max_seq, c->n_heads, c->n_kv_heads,
+                                c->head_dim};
+  for (int l = c->n_enc_layers; l < c->n_layers; l++) {
+    const moe_weight xk = dw(e, l, ROLE_XK), xv = dw(e, l, ROLE_XV);
+    const size_t slot = (size_t)(l - c->n_enc_layers);
+    MOE_TRY(o->matmul(be, e->k, e->h, T, &xk, NULL, err));
+    MOE_TRY(o->matmul(be, e->v, e->h, T, &xv, NULL, err));
+    MOE_TRY(o->kv_store(be, e->xk_cache + slot * e->cache_layer_floats,
+                        e->xv_cache + slot * e->cache_layer_floats, e->k, e->v, &shape, err));
+  }
+  e->enc_seq = n_seq;
+  e->src_len = src_len;
+cleanup:
+  return st;
+}
+
+moe_status moe_engine_encoder_output(moe_engine *e, float *out, moe_error *err) {
+  if (e->src_len == 0)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "encoder output: nothing has been encoded");
+  const size_t n = (size_t)e->enc_seq * (size_t)e->src_len * (size_t)e->model->cfg.hidden;
+  /* e->h holds it until the decoder's first forward overwrites it */
+  return e->dev->ops->download(e->dev->be, out, e->h, n * sizeof(float), err);
+}
+
+moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, int n_new, int pos0,
+                              float *logits, moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_config *c = &e->model->cfg;
+  const moe_backend_ops *o = e->dev->ops;
+  moe_backend *be = e->dev->be;
+  const bool encdec = moe_config_is_encdec(c);
+  e->cb_err = err;
+  if (encdec)
+    MOE_CHECK(e->src_len > 0 && n_seq == e->enc_seq, err, MOE_ERR_INVALID,
+              "decoder forward of %d sequences: %s", n_seq,
+              e->src_len > 0 ? "the encoder ran on a different batch" : "encode the inputs first");
+  const size_t T = (size_t)n_seq * (size_t)n_new, H = (size_t)c->hidden;
+  const moe_weight emb = dw(e, -1, ROLE_EMBED);
+  MOE_TRY(embed_tokens(e, tokens, n_seq, n_new, pos0, &emb, err));
+  MOE_TRY(run_layers(e, encdec ? c->n_enc_layers : 0, c->n_layers, n_seq, n_new, pos0, err));
   const moe_weight fnorm = dw(e, -1, ROLE_FINAL_NORM);
   const moe_weight head = c->tie_embeddings ? emb : dw(e, -1, ROLE_LM_HEAD);
   size_t rows = T;
@@ -615,6 +906,10 @@ moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, i
   } else {
     MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &fnorm, c->rms_eps, err));
   }
+  /* Switch (T5) with tied embeddings rescales by d_model^-0.5 before the head */
+  if (encdec && c->tie_embeddings)
+    MOE_TRY(o->unary(be, e->h, e->h, rows * H, MOE_UNARY_SCALE, (float)pow((double)c->hidden, -0.5),
+                     err));
   MOE_TRY(o->matmul(be, e->logits, e->h, rows, &head, NULL, err));
   MOE_TRY(o->download(be, logits, e->logits, rows * (size_t)c->vocab * sizeof(float), err));
 cleanup:
@@ -632,22 +927,40 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
                                int max_new, int32_t *out, float *prefill_logits,
                                moe_gen_stats *stats, moe_error *err) {
   moe_status st = MOE_OK;
-  const int V = e->model->cfg.vocab;
-  const size_t rows = e->opt.all_logits ? (size_t)n_seq * (size_t)prompt_len : (size_t)n_seq;
+  const moe_config *c = &e->model->cfg;
+  const int V = c->vocab;
+  const bool encdec = moe_config_is_encdec(c);
+  /* an encoder-decoder prefill is the encoder plus the decoder's first
+   * step (the start token): one logits row per sequence */
+  const int pre_new = encdec ? 1 : prompt_len;
+  const size_t rows = e->opt.all_logits ? (size_t)n_seq * (size_t)pre_new : (size_t)n_seq;
   float *logits = malloc(rows * (size_t)V * sizeof(float));
   int32_t *next = malloc((size_t)n_seq * sizeof(int32_t));
   MOE_CHECK(logits && next, err, MOE_ERR_OOM, "out of host memory for logits");
   MOE_CHECK(max_new >= 1, err, MOE_ERR_INVALID, "max new tokens must be >= 1 (got %d)", max_new);
   MOE_CHECK(prompt_len >= 1, err, MOE_ERR_INVALID, "prompt length must be >= 1 (got %d)", prompt_len);
-  MOE_CHECK(prompt_len + max_new - 1 <= e->opt.max_seq, err, MOE_ERR_INVALID,
-            "prompt (%d) + new tokens (%d) exceed the engine's sequence limit %d", prompt_len,
-            max_new, e->opt.max_seq);
+  if (encdec)
+    MOE_CHECK(prompt_len <= e->opt.max_prefill && max_new <= e->opt.max_seq, err, MOE_ERR_INVALID,
+              "input (%d) or new tokens (%d) exceed the engine's limits (%d input tokens, %d "
+              "decoder positions)", prompt_len, max_new, e->opt.max_prefill, e->opt.max_seq);
+  else
+    MOE_CHECK(prompt_len + max_new - 1 <= e->opt.max_seq, err, MOE_ERR_INVALID,
+              "prompt (%d) + new tokens (%d) exceed the engine's sequence limit %d", prompt_len,
+              max_new, e->opt.max_seq);
+  /* decoder positions: the prompt's (decoder-only), or the start token's */
+  const int dec0 = encdec ? 0 : prompt_len - 1;
   double t0 = moe_clock_s();
-  MOE_TRY(moe_engine_forward(e, prompts, n_seq, prompt_len, 0, logits, err));
+  if (encdec) {
+    MOE_TRY(moe_engine_encode(e, prompts, n_seq, prompt_len, err));
+    for (int b = 0; b < n_seq; b++) next[b] = c->decoder_start;
+    MOE_TRY(moe_engine_forward(e, next, n_seq, 1, 0, logits, err));
+  } else {
+    MOE_TRY(moe_engine_forward(e, prompts, n_seq, prompt_len, 0, logits, err));
+  }
   if (prefill_logits) memcpy(prefill_logits, logits, rows * (size_t)V * sizeof(float));
   float *keep = stats ? stats->step_logits : NULL;
   for (int b = 0; b < n_seq; b++) {
-    size_t r = e->opt.all_logits ? (size_t)b * (size_t)prompt_len + (size_t)prompt_len - 1 : (size_t)b;
+    size_t r = e->opt.all_logits ? (size_t)b * (size_t)pre_new + (size_t)pre_new - 1 : (size_t)b;
     next[b] = moe_argmax(logits + r * (size_t)V, V);
     out[(size_t)b * (size_t)max_new] = next[b];
     if (keep) memcpy(keep + (size_t)b * (size_t)V, logits + r * (size_t)V, (size_t)V * sizeof(float));
@@ -659,7 +972,7 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
   }
   for (int step = 1; step < max_new; step++) {
     double ts = moe_clock_s();
-    MOE_TRY(moe_engine_forward(e, next, n_seq, 1, prompt_len + step - 1, logits, err));
+    MOE_TRY(moe_engine_forward(e, next, n_seq, 1, dec0 + step, logits, err));
     for (int b = 0; b < n_seq; b++) {
       next[b] = moe_argmax(logits + (size_t)b * (size_t)V, V);
       out[(size_t)b * (size_t)max_new + (size_t)step] = next[b];
@@ -681,6 +994,7 @@ cleanup:
   free(next);
   return st;
 }
+
 
 void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
   memset(out, 0, sizeof *out);

@@ -12,11 +12,17 @@ typedef enum moe_role {
   ROLE_SH_GATE, ROLE_SH_UP, ROLE_SH_DOWN, ROLE_SH_EXPERT_GATE,
   ROLE_D_GATE, ROLE_D_UP, ROLE_D_DOWN,
   ROLE_E_GATE, ROLE_E_UP, ROLE_E_DOWN,
+  /* encoder-decoder (Switch) */
+  ROLE_ENC_EMBED,      /* the encoder's embedding when not the shared one (model level) */
+  ROLE_ENC_FINAL_NORM, /* model level */
+  ROLE_REL_BIAS,       /* [buckets, heads], on the first layer of each stack */
+  ROLE_XATTN_NORM, ROLE_XQ, ROLE_XK, ROLE_XV, ROLE_XO, /* decoder cross-attention */
   ROLE_COUNT
 } moe_role;
 
 typedef struct moe_tensor_spec {
   char name[128];  /* Hugging Face tensor name */
+  char alt[128];   /* another name the tensor may have in a checkpoint, or "" */
   moe_role role;
   int layer;       /* -1 for model-level tensors */
   int expert;      /* -1 unless a routed expert's */

@@ -208,6 +208,18 @@ static moe_status tr_attn(moe_backend *be, float *o, const float *q, const float
         8.0 * s->n_seq * s->n_kv_heads * s->head_dim * ctx,
         REAL(be)->attention(INNER(be), o, q, kc, vc, s, e));
 }
+static moe_status tr_attn_ex(moe_backend *be, float *o, const float *q, const float *kc,
+                             const float *vc, const moe_attn_ex *a, moe_error *e) {
+  const double keys = a->n_keys;
+  TIMED(be, "attention", 4.0 * a->n_seq * a->n_q * a->n_heads * a->head_dim * keys,
+        8.0 * a->n_seq * a->n_kv_heads * a->head_dim * keys,
+        REAL(be)->attention_ex(INNER(be), o, q, kc, vc, a, e));
+}
+static moe_status tr_unary(moe_backend *be, float *y, const float *x, size_t n, moe_unary_op op,
+                           float alpha, moe_error *e) {
+  TIMED(be, op == MOE_UNARY_RELU ? "relu" : "scale", (double)n, 8.0 * (double)n,
+        REAL(be)->unary(INNER(be), y, x, n, op, alpha, e));
+}
 static moe_status tr_topk(moe_backend *be, int32_t *idx, float *w, const float *l, size_t m, int n,
                           int k, bool renorm, const moe_weight *b, moe_error *e) {
   TIMED(be, "router top-k", 4.0 * (double)m * n, 4.0 * (double)m * n,
@@ -299,6 +311,8 @@ moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {
   o->device_used = r->device_used ? tr_used : NULL;
   o->device_name = tr_name;
   o->stall_seconds = r->stall_seconds ? tr_stall : NULL;
+  o->attention_ex = r->attention_ex ? tr_attn_ex : NULL;
+  o->unary = r->unary ? tr_unary : NULL;
   o->set_copy_observer = NULL; /* the trace owns the real one */
   if (r->set_copy_observer) r->set_copy_observer(w->be, on_copy, t);
   dev->ops = o;

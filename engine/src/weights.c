@@ -59,6 +59,105 @@ static moe_status add_spec(spec_builder *b, moe_role role, int layer, int expert
       return st;                                  \
   } while (0)
 
+/* The last spec added may also be found under another name. */
+static void set_alt(moe_model *m, const char *alt) {
+  snprintf(m->specs[m->n_specs - 1].alt, sizeof m->specs[0].alt, "%s", alt);
+}
+
+/* The name of the embedding whose dtype a checkpoint's weights take, and
+ * another name for it (may be ""). */
+static void embed_names(const moe_config *c, const char **name, const char **alt) {
+  if (c->arch != MOE_ARCH_SWITCH) {
+    *name = "model.embed_tokens.weight";
+    *alt = "";
+  } else if (c->tie_embeddings) {
+    *name = "shared.weight";
+    *alt = "decoder.embed_tokens.weight";
+  } else {
+    *name = "decoder.embed_tokens.weight";
+    *alt = "shared.weight";
+  }
+}
+
+/* Switch Transformers, as SwitchTransformersForConditionalGeneration
+ * (transformers 5.24, and 4.x: the names did not change) names its
+ * tensors.  Embeddings: with tied embeddings everything is shared.weight;
+ * untied, transformers 5 gives the encoder and the decoder their own
+ * tables (encoder.embed_tokens / decoder.embed_tokens), which 4.x
+ * checkpoints hold as copies of shared.weight, so either name serves.
+ * Experts are wi (up) and wo (down), no gate. */
+static moe_status build_switch_specs(moe_model *m, spec_builder *bp) {
+  spec_builder b = *bp;
+  moe_status st;
+  const moe_config *c = &m->cfg;
+  const size_t H = (size_t)c->hidden, V = (size_t)c->vocab, hd = (size_t)c->head_dim;
+  const size_t inner = (size_t)c->n_heads * hd, E = (size_t)c->n_experts,
+               F = (size_t)c->expert_ffn, NB = (size_t)c->rel_buckets;
+  const char *emb, *emb_alt;
+  embed_names(c, &emb, &emb_alt);
+  ADD(ROLE_EMBED, -1, -1, V, H, false, false, "%s", emb);
+  set_alt(m, emb_alt);
+  if (!c->tie_embeddings) {
+    ADD(ROLE_ENC_EMBED, -1, -1, V, H, false, false, "encoder.embed_tokens.weight");
+    set_alt(m, "shared.weight");
+    ADD(ROLE_LM_HEAD, -1, -1, V, H, false, false, "lm_head.weight");
+  }
+  ADD(ROLE_ENC_FINAL_NORM, -1, -1, 1, H, true, false, "encoder.final_layer_norm.weight");
+  ADD(ROLE_FINAL_NORM, -1, -1, 1, H, true, false, "decoder.final_layer_norm.weight");
+  m->n_moe = 0;
+  for (int l = 0; l < c->n_layers; l++) {
+    const bool dec = l >= c->n_enc_layers;
+    const char *p = dec ? "decoder.block" : "encoder.block";
+    const int i = dec ? l - c->n_enc_layers : l;
+    const int ff = dec ? 2 : 1; /* the FFN sub-layer's index */
+    ADD(ROLE_ATTN_NORM, l, -1, 1, H, true, false, "%s.%d.layer.0.layer_norm.weight", p, i);
+    ADD(ROLE_WQ, l, -1, inner, H, false, false, "%s.%d.layer.0.SelfAttention.q.weight", p, i);
+    ADD(ROLE_WK, l, -1, inner, H, false, false, "%s.%d.layer.0.SelfAttention.k.weight", p, i);
+    ADD(ROLE_WV, l, -1, inner, H, false, false, "%s.%d.layer.0.SelfAttention.v.weight", p, i);
+    ADD(ROLE_WO, l, -1, H, inner, false, false, "%s.%d.layer.0.SelfAttention.o.weight", p, i);
+    if (i == 0)
+      ADD(ROLE_REL_BIAS, l, -1, NB, (size_t)c->n_heads, false, false,
+          "%s.0.layer.0.SelfAttention.relative_attention_bias.weight", p);
+    if (dec) {
+      ADD(ROLE_XATTN_NORM, l, -1, 1, H, true, false, "%s.%d.layer.1.layer_norm.weight", p, i);
+      ADD(ROLE_XQ, l, -1, inner, H, false, false, "%s.%d.layer.1.EncDecAttention.q.weight", p, i);
+      ADD(ROLE_XK, l, -1, inner, H, false, false, "%s.%d.layer.1.EncDecAttention.k.weight", p, i);
+      ADD(ROLE_XV, l, -1, inner, H, false, false, "%s.%d.layer.1.EncDecAttention.v.weight", p, i);
+      ADD(ROLE_XO, l, -1, H, inner, false, false, "%s.%d.layer.1.EncDecAttention.o.weight", p, i);
+    }
+    ADD(ROLE_FFN_NORM, l, -1, 1, H, true, false, "%s.%d.layer.%d.layer_norm.weight", p, i, ff);
+    if (c->is_moe[l]) {
+      m->moe_index[l] = m->n_moe++;
+      ADD(ROLE_ROUTER, l, -1, E, H, false, false, "%s.%d.layer.%d.mlp.router.classifier.weight",
+          p, i, ff);
+      if (c->router_logit_bias)
+        ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, false,
+            "%s.%d.layer.%d.mlp.router.classifier.bias", p, i, ff);
+      /* Not a transformers tensor: the pre-gate of a model fine-tuned for
+       * pre-gating, predicting the next MoE block of the same stack from
+       * this block's MoE input.  Optional. */
+      int sb, se;
+      moe_config_stack(c, l, &sb, &se);
+      bool has_next = false;
+      for (int n = l + 1; n < se; n++) has_next |= c->is_moe[n];
+      if (has_next)
+        ADD(ROLE_PREGATE, l, -1, E, H, false, true, "%s.%d.layer.%d.mlp.pregate.weight", p, i, ff);
+      for (int e = 0; e < c->n_experts; e++) {
+        ADD(ROLE_E_UP, l, e, F, H, false, false, "%s.%d.layer.%d.mlp.experts.expert_%d.wi.weight",
+            p, i, ff, e);
+        ADD(ROLE_E_DOWN, l, e, H, F, false, false,
+            "%s.%d.layer.%d.mlp.experts.expert_%d.wo.weight", p, i, ff, e);
+      }
+    } else {
+      m->moe_index[l] = -1;
+      ADD(ROLE_D_UP, l, -1, F, H, false, false, "%s.%d.layer.%d.mlp.wi.weight", p, i, ff);
+      ADD(ROLE_D_DOWN, l, -1, H, F, false, false, "%s.%d.layer.%d.mlp.wo.weight", p, i, ff);
+    }
+  }
+  *bp = b;
+  return MOE_OK;
+}
+
 /* Fills m->specs for m->cfg and lays out both slabs (offsets, sizes). */
 static moe_status build_specs(moe_model *m, moe_error *err) {
   const moe_config *c = &m->cfg;
@@ -72,6 +171,10 @@ static moe_status build_specs(moe_model *m, moe_error *err) {
   for (int i = 0; i <= MOE_MAX_LAYERS; i++)
     for (int r = 0; r < ROLE_COUNT; r++) m->dense_index[i][r] = -1;
 
+  if (c->arch == MOE_ARCH_SWITCH) {
+    if ((st = build_switch_specs(m, &b)) != MOE_OK) return st;
+    goto layout;
+  }
   ADD(ROLE_EMBED, -1, -1, V, H, false, false, "model.embed_tokens.weight");
   ADD(ROLE_FINAL_NORM, -1, -1, 1, H, true, false, "model.norm.weight");
   if (!c->tie_embeddings) ADD(ROLE_LM_HEAD, -1, -1, V, H, false, false, "lm_head.weight");
@@ -127,16 +230,19 @@ static moe_status build_specs(moe_model *m, moe_error *err) {
     }
   }
   /* Layout.  Dense tensors are packed with 64-byte alignment; each expert is
-   * gate, up, down back to back, experts back to back.  Every size is
-   * overflow-checked: a config whose dimensions are each in range can still
-   * describe tensors larger than memory can address. */
+   * gate, up, down back to back (up, down without a gate), experts back to
+   * back.  Every size is overflow-checked: a config whose dimensions are
+   * each in range can still describe tensors larger than memory can
+   * address. */
+layout:;
   const size_t es = moe_dtype_size(m->dtype);
-  m->expert_bytes = moe_prod(3, F, H, es);
+  const size_t mats = c->ffn_act == MOE_FFN_RELU ? 2 : 3;
+  m->expert_bytes = moe_prod(mats, F, H, es);
   size_t total = moe_prod((size_t)m->n_moe, E, m->expert_bytes, 1);
   if (m->expert_bytes == SIZE_MAX || total == SIZE_MAX)
     return MOE_FAIL(err, MOE_ERR_INVALID,
-                    "model too large: %d MoE layers x %zu experts x 3 x %zu x %zu x %zu bytes "
-                    "overflows the address space", m->n_moe, E, F, H, es);
+                    "model too large: %d MoE layers x %zu experts x %zu x %zu x %zu x %zu bytes "
+                    "overflows the address space", m->n_moe, E, mats, F, H, es);
   size_t off = 0;
   for (size_t i = 0; i < m->n_specs; i++) {
     moe_tensor_spec *s = &m->specs[i];
@@ -144,6 +250,7 @@ static moe_status build_specs(moe_model *m, moe_error *err) {
     if (s->is_expert) {
       size_t base = ((size_t)m->moe_index[s->layer] * E + (size_t)s->expert) * m->expert_bytes;
       size_t part = s->role == ROLE_E_GATE ? 0 : s->role == ROLE_E_UP ? 1 : 2;
+      if (mats == 2) part--; /* no gate: up, down */
       s->offset = base + part * F * H * es; /* < total, which did not overflow */
     } else {
       s->offset = off;
@@ -256,11 +363,13 @@ size_t moe_model_total_bytes(const moe_model *m) { return m->dense_bytes + m->ex
 static double init_std(const moe_config *c, const moe_tensor_spec *s) {
   const double branch = 1.0 / sqrt(2.0 * c->n_layers);
   switch (s->role) {
-    case ROLE_EMBED: return 1.0;
-    case ROLE_FINAL_NORM: case ROLE_ATTN_NORM: case ROLE_FFN_NORM: return -1;
+    case ROLE_EMBED: case ROLE_ENC_EMBED: return 1.0;
+    case ROLE_FINAL_NORM: case ROLE_ATTN_NORM: case ROLE_FFN_NORM: case ROLE_ENC_FINAL_NORM:
+    case ROLE_XATTN_NORM: return -1;
+    case ROLE_REL_BIAS: return 1.0 / sqrt((double)c->hidden);
     case ROLE_BQ: case ROLE_BK: case ROLE_BV: return -2;
     case ROLE_ROUTER_BIAS: return -3;
-    case ROLE_WO: case ROLE_SH_DOWN: case ROLE_D_DOWN: case ROLE_E_DOWN:
+    case ROLE_WO: case ROLE_XO: case ROLE_SH_DOWN: case ROLE_D_DOWN: case ROLE_E_DOWN:
       return branch / sqrt((double)s->cols);
     default: return 1.0 / sqrt((double)s->cols);
   }
@@ -317,7 +426,7 @@ moe_status moe_model_synthetic(moe_model **out, const moe_config *cfg,
   MOE_CHECK_ALLOC(buf, err, BUF_N * sizeof *buf);
   for (size_t i = 0; i < m->n_specs; i++) {
     moe_tensor_spec *s = &m->specs[i];
-    if (s->role == ROLE_ROUTER_BIAS && opt->routing_skew <= 0.0) continue;
+    if (s->role == ROLE_ROUTER_BIAS && opt->routing_skew <= 0.0 && s->optional) continue;
     if (s->role == ROLE_PREGATE && !opt->pregate) continue;
     fill_tensor(m, s, i, opt->seed, opt->routing_skew, buf, BUF_N);
     s->present = true;
@@ -397,17 +506,19 @@ moe_status moe_model_load_weights(moe_model **out, const moe_config *cfg, const 
   moe_model *m = NULL;
   *out = NULL;
   MOE_TRY(moe_checkpoint_open(&ck, ckpt_dir, err));
-  const char *file = NULL;
-  const moe_st_tensor *emb = moe_checkpoint_find(ck, "model.embed_tokens.weight", &file);
-  MOE_CHECK(emb != NULL, err, MOE_ERR_FORMAT, "%s: tensor 'model.embed_tokens.weight' is missing",
-            ckpt_dir);
+  const char *file = NULL, *emb_name, *emb_alt;
+  embed_names(cfg, &emb_name, &emb_alt);
+  const moe_st_tensor *emb = moe_checkpoint_find(ck, emb_name, &file);
+  if (emb == NULL && emb_alt[0]) emb = moe_checkpoint_find(ck, emb_alt, &file);
+  MOE_CHECK(emb != NULL, err, MOE_ERR_FORMAT, "%s: tensor '%s' is missing", ckpt_dir, emb_name);
   MOE_CHECK(emb->has_dtype, err, MOE_ERR_FORMAT,
-            "%s: tensor 'model.embed_tokens.weight' has dtype %s; expected F32, F16 or BF16", file,
+            "%s: tensor '%s' has dtype %s; expected F32, F16 or BF16", file, emb_name,
             emb->dtype);
   MOE_TRY(model_alloc(&m, cfg, dtype ? *dtype : emb->mdtype, err));
   for (size_t i = 0; i < m->n_specs; i++) {
     moe_tensor_spec *s = &m->specs[i];
     const moe_st_tensor *t = moe_checkpoint_find(ck, s->name, &file);
+    if (t == NULL && s->alt[0]) t = moe_checkpoint_find(ck, s->alt, &file);
     if (t == NULL) {
       MOE_CHECK(s->optional, err, MOE_ERR_FORMAT, "%s: tensor '%s' is missing", ckpt_dir, s->name);
       continue;
@@ -470,6 +581,33 @@ moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err
   char *tmp = NULL;
   MOE_CHECK_ALLOC(o, err, 64);
   const bool mix = c->arch == MOE_ARCH_MIXTRAL;
+  if (c->arch == MOE_ARCH_SWITCH) {
+    const int dec = c->n_layers - c->n_enc_layers;
+    json_object_set_new(o, "model_type", json_string("switch_transformers"));
+    json_object_set_new(o, "is_encoder_decoder", json_true());
+    json_object_set_new(o, "vocab_size", json_integer(c->vocab));
+    json_object_set_new(o, "d_model", json_integer(c->hidden));
+    json_object_set_new(o, "d_kv", json_integer(c->head_dim));
+    json_object_set_new(o, "d_ff", json_integer(c->expert_ffn));
+    json_object_set_new(o, "num_heads", json_integer(c->n_heads));
+    json_object_set_new(o, "num_layers", json_integer(c->n_enc_layers));
+    json_object_set_new(o, "num_decoder_layers", json_integer(dec));
+    json_object_set_new(o, "encoder_sparse_step", json_integer(c->enc_sparse_step));
+    json_object_set_new(o, "decoder_sparse_step", json_integer(c->dec_sparse_step));
+    json_object_set_new(o, "num_experts", json_integer(c->n_experts > 0 ? c->n_experts : 8));
+    json_object_set_new(o, "expert_capacity", json_integer(c->expert_capacity));
+    json_object_set_new(o, "relative_attention_num_buckets", json_integer(c->rel_buckets));
+    json_object_set_new(o, "relative_attention_max_distance", json_integer(c->rel_max_distance));
+    json_object_set_new(o, "layer_norm_epsilon", json_real(c->rms_eps));
+    json_object_set_new(o, "router_bias", json_boolean(c->router_logit_bias));
+    json_object_set_new(o, "router_dtype", json_string("float32"));
+    json_object_set_new(o, "dense_act_fn", json_string("relu"));
+    json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
+    json_object_set_new(o, "decoder_start_token_id", json_integer(c->decoder_start));
+    json_object_set_new(o, "pad_token_id", c->pad_id >= 0 ? json_integer(c->pad_id) : json_null());
+    json_object_set_new(o, "eos_token_id", c->eos_id >= 0 ? json_integer(c->eos_id) : json_null());
+    goto write;
+  }
   json_object_set_new(o, "model_type", json_string(mix ? "mixtral" : "qwen2_moe"));
   json_object_set_new(o, "hidden_size", json_integer(c->hidden));
   json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layers));
@@ -499,6 +637,7 @@ moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err
       if (!c->is_moe[l]) json_array_append_new(only, json_integer(l));
     json_object_set_new(o, "mlp_only_layers", only);
   }
+write:
   tmp = malloc(strlen(path) + 5);
   MOE_CHECK_ALLOC(tmp, err, strlen(path) + 5);
   sprintf(tmp, "%s.tmp", path);

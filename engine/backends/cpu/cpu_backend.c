@@ -741,6 +741,66 @@ static moe_status cpu_attention(moe_backend *be, float *out, const float *q, con
   return MOE_OK;
 }
 
+static moe_status cpu_attention_ex(moe_backend *be, float *out, const float *q, const float *kc,
+                                   const float *vc, const moe_attn_ex *a, moe_error *err) {
+  const int hd = a->head_dim, group = a->n_heads / a->n_kv_heads;
+  const moe_attn_shape s = {a->n_seq, a->n_q, a->q_pos0, a->max_seq,
+                            a->n_heads, a->n_kv_heads, a->head_dim};
+  const bool biased = a->rel_bias && a->rel_bias->data;
+  const size_t nb = biased ? a->rel_bias->rows : 0, nh = (size_t)a->n_heads;
+  moe_status st = scratch_reserve(be, (size_t)a->n_keys + nb * nh, err);
+  if (st != MOE_OK) return st;
+  float *sc = be->scratch, *bias = be->scratch + a->n_keys;
+  if (biased) moe_convert_to_f32(bias, a->rel_bias->data, a->rel_bias->dtype, nb * nh);
+  for (int b = 0; b < a->n_seq; b++)
+    for (int t = 0; t < a->n_q; t++) {
+      const int p = a->q_pos0 + t;
+      const int nk = a->causal && p + 1 < a->n_keys ? p + 1 : a->n_keys;
+      const size_t row = ((size_t)b * (size_t)a->n_q + (size_t)t) * nh * (size_t)hd;
+      for (int h = 0; h < a->n_heads; h++) {
+        const float *qh = q + row + (size_t)h * (size_t)hd;
+        float *oh = out + row + (size_t)h * (size_t)hd;
+        const float *kb = kc + cache_index(&s, b, h / group, 0);
+        const float *vb = vc + cache_index(&s, b, h / group, 0);
+        float mx = -INFINITY;
+        for (int j = 0; j < nk; j++) {
+          float d = 0.0f;
+          const float *kj = kb + (size_t)j * (size_t)hd;
+          for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
+          sc[j] = d * a->scale;
+          if (biased) sc[j] += bias[(size_t)a->buckets[j - p + a->bucket_offset] * nh + (size_t)h];
+          if (sc[j] > mx) mx = sc[j];
+        }
+        float sum = 0.0f;
+        for (int j = 0; j < nk; j++) {
+          sc[j] = expf(sc[j] - mx);
+          sum += sc[j];
+        }
+        const float inv = nk > 0 ? 1.0f / sum : 0.0f;
+        memset(oh, 0, (size_t)hd * sizeof(float));
+        for (int j = 0; j < nk; j++) {
+          const float wgt = sc[j] * inv;
+          const float *vj = vb + (size_t)j * (size_t)hd;
+          for (int i = 0; i < hd; i++) oh[i] += wgt * vj[i];
+        }
+      }
+    }
+  return MOE_OK;
+}
+
+static moe_status cpu_unary(moe_backend *be, float *y, const float *x, size_t n, moe_unary_op op,
+                            float alpha, moe_error *err) {
+  switch (op) {
+    case MOE_UNARY_RELU:
+      for (size_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+      return MOE_OK;
+    case MOE_UNARY_SCALE:
+      for (size_t i = 0; i < n; i++) y[i] = alpha * x[i];
+      return MOE_OK;
+  }
+  return MOE_FAIL(err, MOE_ERR_INVALID, "unary: unknown operation %d", (int)op);
+}
+
 static moe_status cpu_router_topk(moe_backend *be, int32_t *idx, float *wts, const float *logits,
                                   size_t m, int n, int k, bool renorm, const moe_weight *bias,
                                   moe_error *err) {
@@ -862,4 +922,6 @@ const moe_backend_ops moe_cpu_backend = {
     .caps = MOE_BACKEND_CAP_LINK_CAP,
     .device_name = cpu_device_name,
     .set_copy_observer = cpu_set_copy_observer,
+    .attention_ex = cpu_attention_ex,
+    .unary = cpu_unary,
 };

@@ -216,6 +216,84 @@ __global__ void k_attention(float *out, const float *q, const float *kc, const f
   for (int i = threadIdx.x; i < hd; i += blockDim.x) oh[i] = acc[i] * inv;
 }
 
+/* The general attention of moe_attn_ex, in k_attention's tiled online
+ * softmax: keys 0 .. n_keys - 1 (causal: up to the query's position),
+ * score scale * q.k plus the relative-position bias of the query's head
+ * when rel is not NULL. */
+struct attn_ex_args {
+  int n_seq, n_q, q_pos0, n_keys, max_seq, n_heads, n_kv_heads, head_dim;
+  bool causal;
+  float scale;
+  const void *rel;   /* [buckets, n_heads] in rel_dt, or NULL */
+  int rel_dt;
+  const int32_t *buckets;
+  int bucket_offset;
+};
+
+__global__ void k_attention_ex(float *out, const float *q, const float *kc, const float *vc,
+                               attn_ex_args a) {
+  extern __shared__ float sm[]; /* [kAttnThreads] scores, [kAttnThreads] reduction, [head_dim] acc */
+  float *sc = sm, *red = sm + kAttnThreads, *acc = sm + 2 * kAttnThreads;
+  const int h = blockIdx.x % a.n_heads;
+  const int t = (blockIdx.x / a.n_heads) % a.n_q;
+  const int b = blockIdx.x / (a.n_heads * a.n_q);
+  const int p = a.q_pos0 + t, hd = a.head_dim, group = a.n_heads / a.n_kv_heads;
+  const int nk = a.causal && p + 1 < a.n_keys ? p + 1 : a.n_keys;
+  const size_t row = ((size_t)b * a.n_q + t) * (size_t)a.n_heads * hd;
+  const float *qh = q + row + (size_t)h * hd;
+  const size_t base = (((size_t)b * a.n_kv_heads + h / group) * a.max_seq) * hd;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) acc[i] = 0.0f;
+  float m_run = -INFINITY, l_run = 0.0f; /* the same in every thread */
+  for (int j0 = 0; j0 < nk; j0 += kAttnThreads) {
+    const int j = j0 + (int)threadIdx.x;
+    float d = -INFINITY;
+    if (j < nk) {
+      const float *kj = kc + base + (size_t)j * hd;
+      d = 0.0f;
+      for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
+      d *= a.scale;
+      if (a.rel)
+        d += load_w(a.rel, a.rel_dt, (size_t)a.buckets[j - p + a.bucket_offset] * a.n_heads + h);
+    }
+    sc[threadIdx.x] = d;
+    red[threadIdx.x] = d;
+    __syncthreads();
+    for (int w = kAttnThreads / 2; w > 0; w /= 2) {
+      if ((int)threadIdx.x < w) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + w]);
+      __syncthreads();
+    }
+    const float m_new = fmaxf(m_run, red[0]);
+    __syncthreads();
+    const float e = j < nk ? expf(d - m_new) : 0.0f;
+    sc[threadIdx.x] = e;
+    red[threadIdx.x] = e;
+    __syncthreads();
+    for (int w = kAttnThreads / 2; w > 0; w /= 2) {
+      if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+      __syncthreads();
+    }
+    const float corr = expf(m_run - m_new); /* 0 on the first tile */
+    l_run = l_run * corr + red[0];
+    m_run = m_new;
+    const int n_tile = nk - j0 < kAttnThreads ? nk - j0 : kAttnThreads;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+      float o = acc[i] * corr;
+      for (int jj = 0; jj < n_tile; jj++) o += sc[jj] * vc[base + (size_t)(j0 + jj) * hd + i];
+      acc[i] = o;
+    }
+    __syncthreads();
+  }
+  float *oh = out + row + (size_t)h * hd;
+  const float inv = nk > 0 ? 1.0f / l_run : 0.0f;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) oh[i] = acc[i] * inv;
+}
+
+__global__ void k_unary(float *y, const float *x, size_t n, int op, float alpha) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  y[i] = op == MOE_UNARY_RELU ? fmaxf(x[i], 0.0f) : alpha * x[i];
+}
+
 /* One thread per row: top-k ranked on logit + bias, ties to the lower
  * index; weights are the softmax probabilities of the chosen experts,
  * optionally renormalised.  The same definition as the cpu backend. */
@@ -719,6 +797,40 @@ cleanup:
   return st;
 }
 
+static moe_status cu_attention_ex(moe_backend *be, float *out, const float *q, const float *kc,
+                                  const float *vc, const moe_attn_ex *a, moe_error *err) {
+  moe_status st = MOE_OK;
+  const size_t blocks = (size_t)a->n_seq * (size_t)a->n_q * (size_t)a->n_heads;
+  if (blocks == 0) return MOE_OK;
+  const size_t smem = (2 * (size_t)kAttnThreads + (size_t)a->head_dim) * sizeof(float);
+  MOE_CHECK(smem <= 48 * 1024 && blocks <= 0x7fffffffu, err, MOE_ERR_UNSUPPORTED,
+            "cuda attention: head_dim %d or %zu (sequence, token, head) blocks exceed this kernel",
+            a->head_dim, blocks);
+  {
+    const bool biased = a->rel_bias && a->rel_bias->data;
+    const attn_ex_args args = {a->n_seq, a->n_q, a->q_pos0, a->n_keys, a->max_seq, a->n_heads,
+                               a->n_kv_heads, a->head_dim, a->causal, a->scale,
+                               biased ? a->rel_bias->data : NULL,
+                               biased ? (int)a->rel_bias->dtype : 0, a->buckets, a->bucket_offset};
+    k_attention_ex<<<(unsigned)blocks, kAttnThreads, smem, be->compute>>>(out, q, kc, vc, args);
+  }
+  KERNEL_CHECK(err);
+cleanup:
+  return st;
+}
+
+static moe_status cu_unary(moe_backend *be, float *y, const float *x, size_t n, moe_unary_op op,
+                           float alpha, moe_error *err) {
+  moe_status st = MOE_OK;
+  MOE_CHECK(op == MOE_UNARY_RELU || op == MOE_UNARY_SCALE, err, MOE_ERR_INVALID,
+            "unary: unknown operation %d", (int)op);
+  if (n == 0) return MOE_OK;
+  k_unary<<<blocks_for(n), kThreads, 0, be->compute>>>(y, x, n, (int)op, alpha);
+  KERNEL_CHECK(err);
+cleanup:
+  return st;
+}
+
 static moe_status cu_router_topk(moe_backend *be, int32_t *idx, float *wts, const float *logits,
                                  size_t m, int n, int k, bool renorm, const moe_weight *bias,
                                  moe_error *err) {
@@ -832,6 +944,8 @@ static moe_backend_ops make_ops(void) {
   o.probe = moe_cuda_probe;
   o.device_name = cu_device_name;
   o.stall_seconds = cu_stall_seconds;
+  o.attention_ex = cu_attention_ex;
+  o.unary = cu_unary;
   return o;
 }
 

@@ -94,6 +94,32 @@ typedef struct moe_attn_shape {
   int n_heads, n_kv_heads, head_dim;
 } moe_attn_shape;
 
+/* Attention in the general form encoder-decoder models need (since ABI
+ * 1.2).  n_seq sequences, each with n_q queries at positions q_pos0 ..
+ * q_pos0 + n_q - 1 (rows of q and out: [n_seq * n_q, n_heads * head_dim]),
+ * attend over keys at cache positions 0 .. n_keys - 1 (cache layout as
+ * moe_attn_shape: [n_seq][n_kv_heads][max_seq][head_dim]).  causal: the
+ * query at position p sees keys j <= p only.  score(j) = scale * q.k_j,
+ * plus, when rel_bias is given ([buckets, n_heads] in its dtype),
+ * rel_bias[buckets[j - p + bucket_offset], h]; buckets are device int32,
+ * indexed for every j - p the call can form.  Softmax over the visible
+ * keys, then the weighted sum of v. */
+typedef struct moe_attn_ex {
+  int n_seq, n_q, q_pos0, n_keys, max_seq;
+  int n_heads, n_kv_heads, head_dim;
+  bool causal;
+  float scale;
+  const moe_weight *rel_bias; /* NULL or data NULL: no bias */
+  const int32_t *buckets;
+  int bucket_offset;
+} moe_attn_ex;
+
+/* Element-wise operations (moe_backend_ops.unary, since ABI 1.2). */
+typedef enum moe_unary_op {
+  MOE_UNARY_RELU = 0, /* y = max(x, 0) */
+  MOE_UNARY_SCALE = 1 /* y = alpha * x */
+} moe_unary_op;
+
 /* The link caps an emulating backend accepts (GB/s); 0 means uncapped. */
 #define MOE_LINK_GBPS_MIN 0.001
 #define MOE_LINK_GBPS_MAX 1e6
@@ -260,7 +286,21 @@ typedef struct moe_backend_ops {
    * then show when copies were issued only). */
   void (*set_copy_observer)(moe_backend *be, void (*fn)(void *ctx, size_t bytes, double t0, double t1),
                             void *ctx);
+
+  /* ---- since ABI 1.2 (absent in older tables): the ops of encoder-decoder
+   * models; the engine refuses such a model on a backend without them. */
+  /* See moe_attn_ex.  out must not alias q or the caches. */
+  moe_status (*attention_ex)(moe_backend *be, float *out, const float *q, const float *k_cache,
+                             const float *v_cache, const moe_attn_ex *a, moe_error *err);
+  /* y[i] = op(x[i]) for n elements (y may alias x). */
+  moe_status (*unary)(moe_backend *be, float *y, const float *x, size_t n, moe_unary_op op,
+                      float alpha, moe_error *err);
 } moe_backend_ops;
+
+/* The size of a table built against the ABI 1.1 header: everything up to
+ * and including set_copy_observer. */
+#define MOE_BACKEND_SIZE_1_1 \
+  (offsetof(moe_backend_ops, set_copy_observer) + sizeof(void (*)(void)))
 
 /* The size of a table built against the first header of major version 1:
  * everything up to and including device_used. */

@@ -1,9 +1,14 @@
 /* Model configuration, read from a Hugging Face style config.json.
  *
- * Two decoder-only families are understood: Mixtral (model_type "mixtral",
- * every layer an MoE block) and Qwen2-MoE (model_type "qwen2_moe": MoE blocks
- * every decoder_sparse_step layers except mlp_only_layers, a shared expert
- * with a sigmoid gate, biases on q/k/v). */
+ * Three families are understood.  Decoder-only: Mixtral (model_type
+ * "mixtral", every layer an MoE block) and Qwen2-MoE (model_type
+ * "qwen2_moe": MoE blocks every decoder_sparse_step layers except
+ * mlp_only_layers, a shared expert with a sigmoid gate, biases on q/k/v).
+ * Encoder-decoder: Switch Transformers (model_type "switch_transformers":
+ * T5 layers with relative position buckets, top-1 routing with an expert
+ * capacity, ReLU experts).  An encoder-decoder model's layers are numbered
+ * encoder first: layers 0 .. n_enc_layers - 1 are the encoder's, the rest
+ * the decoder's. */
 #ifndef MOE_CONFIG_H
 #define MOE_CONFIG_H
 
@@ -16,7 +21,17 @@
 #define MOE_MAX_EXPERTS 1024
 #define MOE_MAX_TOPK 16
 
-typedef enum moe_arch { MOE_ARCH_MIXTRAL = 0, MOE_ARCH_QWEN2_MOE = 1 } moe_arch;
+typedef enum moe_arch {
+  MOE_ARCH_MIXTRAL = 0,
+  MOE_ARCH_QWEN2_MOE = 1,
+  MOE_ARCH_SWITCH = 2 /* encoder-decoder */
+} moe_arch;
+
+/* The activation of the feed-forward networks (dense and experts). */
+typedef enum moe_ffn_act {
+  MOE_FFN_SWIGLU = 0, /* down(silu(gate x) * up x): Mixtral, Qwen2-MoE */
+  MOE_FFN_RELU = 1    /* wo(relu(wi x)): Switch (no gate matrix) */
+} moe_ffn_act;
 
 typedef struct moe_config {
   moe_arch arch;
@@ -42,7 +57,32 @@ typedef struct moe_config {
                          runs longer than the window differ from full
                          attention, and the engine refuses those */
   bool is_moe[MOE_MAX_LAYERS]; /* layer i has an MoE block (else dense FFN) */
+  /* ---- encoder-decoder (Switch); zero for decoder-only families */
+  int n_enc_layers;     /* encoder layers (layers 0 .. n_enc_layers - 1) */
+  int enc_sparse_step;  /* as transformers: layer i of a stack is sparse when */
+  int dec_sparse_step;  /* i % step == 1 or step == 1 (step 0: none) */
+  int rel_buckets;      /* relative_attention_num_buckets */
+  int rel_max_distance; /* relative_attention_max_distance */
+  int expert_capacity;  /* tokens per expert per sequence per forward; those past
+                           it skip the expert (their FFN output is 0) */
+  bool router_logit_bias; /* router_bias: the classifier's bias is part of the
+                             logits (softmax included), unlike the ranking-only
+                             routing-skew bias of the decoder-only families */
+  int decoder_start;    /* decoder_start_token_id */
+  int eos_id, pad_id;   /* eos_token_id, pad_token_id (-1: none) */
+  moe_ffn_act ffn_act;
 } moe_config;
+
+/* True for encoder-decoder configurations. */
+static inline bool moe_config_is_encdec(const moe_config *cfg) { return cfg->n_enc_layers > 0; }
+
+/* The stack of layer l: its first layer and one past its last (decoder-only
+ * models have one stack, layers 0 .. n_layers - 1). */
+static inline void moe_config_stack(const moe_config *cfg, int l, int *begin, int *end) {
+  const bool enc = cfg->n_enc_layers > 0 && l < cfg->n_enc_layers;
+  *begin = enc || cfg->n_enc_layers == 0 ? 0 : cfg->n_enc_layers;
+  *end = enc ? cfg->n_enc_layers : cfg->n_layers;
+}
 
 /* Parses a config.json file.  A field that is absent takes the value
  * transformers gives it for that family (MixtralConfig, Qwen2MoeConfig).
@@ -66,7 +106,8 @@ moe_status moe_config_validate(const moe_config *cfg, const char *origin, moe_er
 /* Number of MoE layers. */
 int moe_config_n_moe_layers(const moe_config *cfg);
 
-/* Bytes of one routed expert (gate + up + down) in the given element size. */
+/* Bytes of one routed expert (gate + up + down, or wi + wo for ReLU
+ * experts) in the given element size. */
 size_t moe_config_expert_bytes(const moe_config *cfg, size_t elem_size);
 
 #endif

@@ -21,7 +21,7 @@
 typedef struct moe_expert_store moe_expert_store;
 
 typedef struct moe_expert_weights {
-  moe_weight gate; /* [ffn, hidden] */
+  moe_weight gate; /* [ffn, hidden]; data NULL for ReLU experts (wi = up, wo = down) */
   moe_weight up;   /* [ffn, hidden] */
   moe_weight down; /* [hidden, ffn] */
 } moe_expert_weights;

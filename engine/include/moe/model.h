@@ -98,6 +98,12 @@ typedef enum moe_routing { MOE_ROUTING_CONVENTIONAL = 0, MOE_ROUTING_PREGATED = 
 const char *moe_routing_name(moe_routing r);
 int moe_routing_parse(const char *s, moe_routing *out);
 
+/* Which stacks of an encoder-decoder model pre-gate (moe_engine_options.
+ * pregate_stacks; 0 means both).  The paper's artifact pre-gates the
+ * decoder only. */
+#define MOE_PREGATE_ENCODER 1u
+#define MOE_PREGATE_DECODER 2u
+
 typedef struct moe_engine_options {
   int max_batch;   /* sequences per forward */
   int max_seq;     /* prompt + generated tokens per sequence */
@@ -105,6 +111,7 @@ typedef struct moe_engine_options {
   bool all_logits; /* keep logits of every position (tests), not only the last */
   const struct moe_policy *policy; /* NULL: gpu-only */
   moe_routing routing;
+  unsigned pregate_stacks; /* encoder-decoder: MOE_PREGATE_* mask, 0 = both */
 } moe_engine_options;
 
 /* Device bytes the engine will allocate, by category, for model, options
@@ -160,15 +167,31 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
 void moe_engine_free(moe_engine *e);
 
 /* Runs n_seq sequences of n_new tokens each (tokens[n_seq * n_new]) at
- * positions pos0.. through the model, filling the KV cache.  logits (host)
+ * positions pos0.. through the model (the decoder of an encoder-decoder
+ * model, after encode() of the same n_seq sequences), filling the KV cache.  logits (host)
  * receives [n_seq, vocab] for each sequence's last token, or
  * [n_seq * n_new, vocab] when the engine keeps all logits. */
 moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, int n_new, int pos0,
                               float *logits, moe_error *err);
 
+/* Encoder-decoder models: runs the encoder on n_seq inputs of src_len
+ * tokens each (src_len <= max_prefill) and computes every decoder layer's
+ * cross-attention K/V from its output, once per request; forward() then
+ * runs the decoder for these sequences.  MOE_ERR_INVALID on a
+ * decoder-only model. */
+moe_status moe_engine_encode(moe_engine *e, const int32_t *src, int n_seq, int src_len,
+                             moe_error *err);
+
+/* The encoder output of the last encode() ([n_seq * src_len, hidden],
+ * after the encoder's final norm), until the next forward (tests). */
+moe_status moe_engine_encoder_output(moe_engine *e, float *out, moe_error *err);
+
 /* Prefill of n_seq prompts of equal length, then greedy decode.  out receives
  * [n_seq, max_new] tokens; prefill_logits (may be NULL) the prefill logits as
- * forward() returns them. */
+ * forward() returns them.  Encoder-decoder models: the prompts are the
+ * encoder inputs; the prefill is the encoder plus the decoder's first step
+ * from decoder_start_token_id (one logits row per sequence); decoder
+ * positions run 0 .. max_new - 1; EOS does not stop the run. */
 moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq, int prompt_len,
                                int max_new, int32_t *out, float *prefill_logits,
                                moe_gen_stats *stats, moe_error *err);
@@ -182,6 +205,12 @@ struct moe_expert_store *moe_engine_store(moe_engine *e);
 /* Diagnostic: root mean square of the residual stream (before the final
  * norm) over the rows of the last forward call.  Downloads it. */
 moe_status moe_engine_residual_rms(moe_engine *e, double *rms, moe_error *err);
+
+/* The relative-position bucket of rel = memory position - query position
+ * in a T5/Switch attention with nb buckets up to max_distance, as
+ * transformers computes it (bidirectional in encoders, causal in
+ * decoders). */
+int moe_rel_bucket(int rel, bool bidirectional, int nb, int max_distance);
 
 /* Index of the largest value; ties to the lowest index. */
 int moe_argmax(const float *x, int n);
