@@ -6,7 +6,9 @@
  * next block's, 2 x min(E, batch x top_k).
  *
  * The first MoE block has no pre-gate before it: its experts are fetched
- * when its router picks them.  With conventional routing a wrong prediction
+ * when its router picks them; so are those of any block nothing predicted
+ * (an encoder-decoder model's first decoder block, or a stack that does
+ * not pre-gate).  With conventional routing a wrong prediction
  * is fetched by the engine when needed (a miss); with pregated routing the
  * prediction is the routing, so there are no misses.
  *
@@ -18,6 +20,8 @@
  * expert_wasted_copies when evicted unused).  It also asks the engine to
  * predict the first MoE block from its layer input (predict_first_block),
  * so that block's copies overlap its attention instead of being exposed. */
+#include <stdlib.h>
+
 #include "moe/policy.h"
 
 static moe_status pregated_plan(const moe_policy_env *env, moe_policy_plan *plan, moe_error *err) {
@@ -27,18 +31,60 @@ static moe_status pregated_plan(const moe_policy_env *env, moe_policy_plan *plan
   return MOE_OK;
 }
 
+/* Which MoE layers a previous block has predicted in this forward: their
+ * experts are already on their way, and only they may skip the fetch in
+ * experts_needed.  A block nothing predicted (the first block, the first
+ * block of a decoder, a stack that does not pre-gate) fetches what its
+ * router picked.  A first-block prediction (predict_first_block, made at
+ * that block's own layer_begin) is only a head start: the block still
+ * fetches its routed experts. */
+typedef struct pregated_state {
+  int n_layers, cur_layer;
+  unsigned char *predicted;
+} pregated_state;
+
+static moe_status pregated_create(const moe_policy_env *env, void **state, moe_error *err) {
+  pregated_state *s = calloc(1, sizeof *s);
+  if (s) s->predicted = calloc((size_t)(env->n_layers > 0 ? env->n_layers : 1), 1);
+  if (s == NULL || s->predicted == NULL) {
+    if (s) free(s->predicted);
+    free(s);
+    return MOE_FAIL(err, MOE_ERR_OOM, "pregated: out of host memory");
+  }
+  s->n_layers = env->n_layers;
+  s->cur_layer = -1;
+  *state = s;
+  return MOE_OK;
+}
+
+static void pregated_destroy(void *state) {
+  pregated_state *s = state;
+  if (s) free(s->predicted);
+  free(s);
+}
+
+static moe_status pregated_begin(void *state, moe_policy_ctx *ctx, int layer, moe_error *err) {
+  ((pregated_state *)state)->cur_layer = layer;
+  return MOE_OK;
+}
+
 static moe_status pregated_needed(void *state, moe_policy_ctx *ctx, int layer, const int *experts,
                                   int n, moe_error *err) {
-  /* predicted earlier: blocks after the first; the first one too when the
-   * engine predicted it (those already on their way are no-ops) */
-  if (ctx->next_moe_layer(ctx, -1) != layer) return MOE_OK;
+  pregated_state *s = state;
+  if (layer >= 0 && layer < s->n_layers && s->predicted[layer]) {
+    s->predicted[layer] = 0; /* predicted by the block before it: on their way */
+    return MOE_OK;
+  }
   for (int i = 0; i < n; i++) ctx->fetch(ctx, layer, experts[i]);
   return MOE_OK;
 }
 
 static moe_status pregated_predicted(void *state, moe_policy_ctx *ctx, int next_layer,
                                      const int *experts, int n, moe_error *err) {
+  pregated_state *s = state;
   for (int i = 0; i < n; i++) ctx->fetch(ctx, next_layer, experts[i]);
+  if (next_layer != s->cur_layer && next_layer >= 0 && next_layer < s->n_layers)
+    s->predicted[next_layer] = 1;
   return MOE_OK;
 }
 
@@ -49,6 +95,9 @@ const moe_policy moe_policy_pregated_spec = {
     .summary = "speculative pre-gating: prefetch block N+1's predicted experts, route conventionally "
                "(gpu-only's outputs, misses for wrong guesses)",
     .plan = pregated_plan,
+    .create = pregated_create,
+    .destroy = pregated_destroy,
+    .layer_begin = pregated_begin,
     .experts_needed = pregated_needed,
     .experts_predicted = pregated_predicted,
     .default_routing = MOE_POLICY_ROUTING_CONVENTIONAL,
@@ -61,6 +110,9 @@ const moe_policy moe_policy_pregated = {
     .name = "pregated",
     .summary = "copy the experts block N's pre-gate picked for block N+1 while block N computes",
     .plan = pregated_plan,
+    .create = pregated_create,
+    .destroy = pregated_destroy,
+    .layer_begin = pregated_begin,
     .experts_needed = pregated_needed,
     .experts_predicted = pregated_predicted,
     .default_routing = MOE_POLICY_ROUTING_PREGATED,

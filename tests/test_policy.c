@@ -218,6 +218,158 @@ START_TEST(pregated_routing) {
 }
 END_TEST
 
+/* A synthetic Switch (encoder-decoder) model: 4 encoder layers (MoE in 1
+ * and 3) and 3 decoder layers (all MoE), 8 experts, top-1, capacity 4 so
+ * the 7-token inputs overflow it now and then. */
+static moe_model *switch_model(moe_error *err) {
+  moe_config c;
+  memset(&c, 0, sizeof c);
+  c.arch = MOE_ARCH_SWITCH;
+  c.hidden = 32;
+  c.n_enc_layers = 4;
+  c.n_layers = 7;
+  c.n_heads = 4;
+  c.n_kv_heads = 4;
+  c.head_dim = 6;
+  c.vocab = 40;
+  c.max_pos = 1 << 20;
+  c.n_experts = 8;
+  c.top_k = 1;
+  c.expert_ffn = 24;
+  c.dense_ffn = 24;
+  c.rms_eps = 1e-6f;
+  c.rope_theta = 10000.0f;
+  c.rel_buckets = 8;
+  c.rel_max_distance = 16;
+  c.expert_capacity = 4;
+  c.ffn_act = MOE_FFN_RELU;
+  c.tie_embeddings = true;
+  c.enc_sparse_step = 2;
+  c.dec_sparse_step = 1;
+  c.is_moe[1] = c.is_moe[3] = c.is_moe[4] = c.is_moe[5] = c.is_moe[6] = true;
+  moe_synth_options o = {MOE_F32, 91, 0.3, false};
+  moe_model *m = NULL;
+  return moe_model_synthetic(&m, &c, &o, err) == MOE_OK ? m : NULL;
+}
+
+/* Like run(), for the Switch model, with a choice of pre-gated stacks. */
+static moe_status run_switch(moe_model *m, const moe_policy *pol, moe_routing routing,
+                             unsigned stacks, run_out *out, moe_error *err) {
+  moe_device dev;
+  moe_status st = moe_device_open(&dev, "cpu", NULL, err);
+  if (st != MOE_OK) return st;
+  moe_engine *e = NULL;
+  moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .all_logits = true, .policy = pol,
+                           .routing = routing, .pregate_stacks = stacks};
+  st = moe_engine_create(&e, m, &dev, &eo, err);
+  if (st == MOE_OK) {
+    int32_t ids[B * P];
+    moe_rng r;
+    moe_rng_seed(&r, 6, 0);
+    for (int i = 0; i < B * P; i++) ids[i] = (int32_t)(moe_rng_next(&r) % 40);
+    st = moe_engine_generate(e, ids, B, P, N, out->tokens, out->logits, NULL, err);
+    moe_engine_stats(e, &out->stats);
+    out->slots = out->stats.slots;
+    size_t by_cat[MOE_MEM_CATEGORIES];
+    moe_engine_plan_memory(m, &dev, &eo, out->slots, by_cat, &out->planned);
+    out->peak = dev.mem.peak_total;
+    if (st == MOE_OK) st = moe_expert_store_check(moe_engine_store(e), err);
+  }
+  moe_engine_free(e);
+  moe_device_close(&dev);
+  return st;
+}
+
+/* Switch: every policy gives gpu-only's bits under conventional routing
+ * (encoder and decoder blocks both offloaded), and each run's measured
+ * peak equals its plan (with the cross-attention K/V and the buckets). */
+START_TEST(switch_policies_bit_identical) {
+  moe_error err = {0};
+  moe_model *m = switch_model(&err);
+  ck_assert_msg(m != NULL, "%s", err.msg);
+  run_out *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o);
+  ck_assert_msg(run_switch(m, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, 0, ref, &err) ==
+                    MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(ref->slots, 5 * 8);
+  ck_assert_msg(ref->peak == ref->planned, "gpu-only: peak %zu, plan %zu", ref->peak, ref->planned);
+  const char *names[] = {"ondemand", "prefetch-all", "pregated", "pregated-spec"};
+  for (int i = 0; i < 4; i++) {
+    ck_assert_msg(run_switch(m, moe_policy_find(names[i]), MOE_ROUTING_CONVENTIONAL, 0, o, &err) ==
+                      MOE_OK, "%s: %s", names[i], err.msg);
+    ck_assert_msg(memcmp(o->logits, ref->logits, (size_t)B * 40 * sizeof(float)) == 0,
+                  "%s: logits differ", names[i]);
+    ck_assert_msg(memcmp(o->tokens, ref->tokens, sizeof o->tokens) == 0, "%s: tokens differ",
+                  names[i]);
+    ck_assert_uint_gt(o->stats.fetches, 0);
+    ck_assert_msg(o->peak == o->planned, "%s: peak %zu, plan %zu", names[i], o->peak, o->planned);
+  }
+  free(ref);
+  free(o);
+  moe_model_free(m);
+}
+END_TEST
+
+/* Misses of the decode steps alone (after the encoder and the first
+ * decoder step), where batch x top_k experts per block fit the slots. */
+static unsigned long long switch_decode_misses(moe_model *m, const moe_policy *pol,
+                                               unsigned stacks, moe_error *err) {
+  moe_device dev;
+  ck_assert(moe_device_open(&dev, "cpu", NULL, err) == MOE_OK);
+  moe_engine *e = NULL;
+  moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .policy = pol,
+                           .routing = MOE_ROUTING_PREGATED, .pregate_stacks = stacks};
+  ck_assert_msg(moe_engine_create(&e, m, &dev, &eo, err) == MOE_OK, "%s", err->msg);
+  int32_t ids[B * P], tok[B];
+  float logits[B * 40];
+  for (int i = 0; i < B * P; i++) ids[i] = (int32_t)((i * 7 + 3) % 40);
+  for (int b = 0; b < B; b++) tok[b] = 0;
+  ck_assert_msg(moe_engine_encode(e, ids, B, P, err) == MOE_OK, "%s", err->msg);
+  ck_assert_msg(moe_engine_forward(e, tok, B, 1, 0, logits, err) == MOE_OK, "%s", err->msg);
+  moe_engine_reset_stats(e);
+  for (int step = 1; step < N; step++) {
+    for (int b = 0; b < B; b++) tok[b] = moe_argmax(logits + b * 40, 40);
+    ck_assert_msg(moe_engine_forward(e, tok, B, 1, step, logits, err) == MOE_OK, "%s", err->msg);
+  }
+  moe_run_stats rs;
+  moe_engine_stats(e, &rs);
+  ck_assert_uint_gt(rs.fetches, 0);
+  moe_engine_free(e);
+  moe_device_close(&dev);
+  return rs.misses;
+}
+
+/* Switch under pregated routing: predictions stay inside a stack (the
+ * encoder's last MoE block predicts nothing), and the pregated policy
+ * fetches the blocks nothing predicted (the decoder's first) when their
+ * router picks, so decode steps have no misses.  Pre-gating the decoder
+ * only predicts fewer blocks than both stacks, and another policy with the
+ * same routing gives the same bits. */
+START_TEST(switch_pregated_stacks) {
+  moe_error err = {0};
+  moe_model *m = switch_model(&err);
+  ck_assert_msg(m != NULL, "%s", err.msg);
+  const moe_policy *pg = moe_policy_find("pregated");
+  ck_assert_uint_eq(switch_decode_misses(m, pg, 0, &err), 0);
+  ck_assert_uint_eq(switch_decode_misses(m, pg, MOE_PREGATE_DECODER, &err), 0);
+  run_out *both = calloc(1, sizeof *both), *dec = calloc(1, sizeof *dec),
+          *dec2 = calloc(1, sizeof *dec2);
+  ck_assert_msg(run_switch(m, pg, MOE_ROUTING_PREGATED, 0, both, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_msg(run_switch(m, pg, MOE_ROUTING_PREGATED, MOE_PREGATE_DECODER, dec, &err) == MOE_OK,
+                "%s", err.msg);
+  /* encoder: 1 -> 3 for 7 tokens x 2 sequences; decoder 4 -> 5 -> 6 for
+   * 2 sequences x 9 steps */
+  ck_assert_uint_eq(both->stats.pregate_total, (unsigned long long)(B * P + 2 * B * N));
+  ck_assert_uint_eq(dec->stats.pregate_total, (unsigned long long)(2 * B * N));
+  ck_assert(run_switch(m, moe_policy_find("ondemand"), MOE_ROUTING_PREGATED, MOE_PREGATE_DECODER,
+                       dec2, &err) == MOE_OK);
+  ck_assert_int_eq(memcmp(dec->tokens, dec2->tokens, sizeof dec->tokens), 0);
+  free(both);
+  free(dec);
+  free(dec2);
+  moe_model_free(m);
+}
+END_TEST
+
 START_TEST(oom_is_a_clear_result) {
   run_out *o = calloc(1, sizeof *o);
   moe_error err = {0};
@@ -733,6 +885,8 @@ int main(void) {
   tcase_add_test(tc, pregated_routing);
   tcase_add_test(tc, speculative_pregating_is_exact);
   tcase_add_test(tc, oom_is_a_clear_result);
+  tcase_add_test(tc, switch_policies_bit_identical);
+  tcase_add_test(tc, switch_pregated_stacks);
   tcase_add_test(tc, plugins_load_and_refuse);
   tcase_add_test(tc, useless_policy_is_still_correct);
   tcase_add_test(tc, store_residency);
