@@ -33,8 +33,8 @@ log "all tests (the cuda parts run here)"
 gpu_rc=$?
 tail -15 "$OUT/gpu-tests.log" | tee -a "$OUT/summary.txt"
 
-log "host-to-device bandwidth and the four policies (switch-base-like, cuda, 3 reps)"
-timeout 180 $bin bench-policies --preset switch-base-like --backend cuda --reps 3 \
+log "host-to-device bandwidth and the four policies (switch-base-8, cuda, 3 reps)"
+timeout 180 $bin bench-policies --preset switch-base-8 --backend cuda --reps 3 \
   >"$OUT/bench-policies.md" 2>"$OUT/bench-policies.err"
 tail -12 "$OUT/bench-policies.md" | tee -a "$OUT/summary.txt"
 
@@ -43,7 +43,7 @@ sed -e 's/"backend": "auto"/"backend": "cuda"/' -e 's/"link_gbps": 6/"link_gbps"
 timeout 150 $bin sweep "$OUT/headline-suite.json" -o "$OUT/headline-cuda" --quiet
 $bin report "$OUT/headline-cuda.csv" --paper >"$OUT/headline-cuda.md" && cat "$OUT/headline-cuda.md" | tee -a "$OUT/summary.txt"
 
-log "paper scale (switch-base-128-like, f32, 256 prompt + 32 tokens)"
+log "paper scale (switch-base-128, encoder-decoder, f32, 256 input + 32 tokens)"
 timeout 200 $bin sweep gpu-paper -o "$OUT/paper-cuda" --quiet
 $bin report "$OUT/paper-cuda.csv" --paper >"$OUT/paper-cuda.md" && cat "$OUT/paper-cuda.md" | tee -a "$OUT/summary.txt"
 
