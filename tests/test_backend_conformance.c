@@ -455,6 +455,89 @@ START_TEST(kv_store_and_attention) {
 }
 END_TEST
 
+/* attention_ex (ABI 1.2): scale, causal or not, any key count (past one
+ * CUDA tile), grouped kv heads, a bucketed relative-position bias in a
+ * 16-bit dtype; checked against a double-precision reference. */
+START_TEST(attention_ex_definition) {
+  if (OPS->attention_ex == NULL) return; /* an older backend: optional */
+  moe_error err = {0};
+  enum { S = 2, NH = 4, KVH = 2, HD = 6, MAXS = 300, NK = 260, NQ = 3, NB = 8 };
+  const size_t cache = (size_t)S * KVH * MAXS * HD;
+  float *kh = calloc(cache, sizeof(float)), *vh = calloc(cache, sizeof(float));
+  tu_fill(kh, cache, 21);
+  tu_fill(vh, cache, 22);
+  float *kc = dev_f(kh, cache), *vc = dev_f(vh, cache);
+  float relv[NB * NH], rel_exact[NB * NH];
+  tu_fill(relv, NB * NH, 23);
+  moe_weight rel = dev_weight(relv, NB, NH, MOE_BF16, rel_exact);
+  int32_t bk[2 * MAXS - 1];
+  for (int i = 0; i < 2 * MAXS - 1; i++) bk[i] = (i * 7 + i / 5) % NB;
+  int32_t *dbk = dev_bytes(bk, sizeof bk);
+  const size_t qn = (size_t)S * NQ * NH * HD;
+  float *q = malloc(qn * sizeof(float)), *o = malloc(qn * sizeof(float));
+  tu_fill(q, qn, 24);
+  float *dq = dev_f(q, qn), *dout = dev_f(NULL, qn);
+  double sc[NK];
+  for (int mode = 0; mode < 2; mode++) {
+    const bool causal = mode == 0;
+    const int pos0 = causal ? NK - NQ : 5;
+    const float scale = causal ? 0.7f : 1.0f;
+    const moe_attn_ex a = {S, NQ, pos0, NK, MAXS, NH, KVH, HD, causal, scale,
+                           causal ? &rel : NULL, dbk, MAXS - 1};
+    ck_assert_msg(OPS->attention_ex(BE, dout, dq, kc, vc, &a, &err) == MOE_OK, "%s", err.msg);
+    down(o, dout, qn * sizeof(float));
+    for (int b = 0; b < S; b++)
+      for (int t = 0; t < NQ; t++)
+        for (int h = 0; h < NH; h++) {
+          const int p = pos0 + t, kvh = h / (NH / KVH), nk = causal ? p + 1 : NK;
+          const float *qh = q + (((size_t)b * NQ + t) * NH + h) * HD;
+          const size_t base = (((size_t)b * KVH + kvh) * MAXS) * HD;
+          double mx = -INFINITY, sum = 0;
+          for (int j = 0; j < nk; j++) {
+            double d = 0;
+            for (int i = 0; i < HD; i++) d += (double)qh[i] * kh[base + (size_t)j * HD + i];
+            sc[j] = d * scale + (causal ? rel_exact[bk[j - p + MAXS - 1] * NH + h] : 0.0);
+            if (sc[j] > mx) mx = sc[j];
+          }
+          for (int j = 0; j < nk; j++) sum += sc[j] = exp(sc[j] - mx);
+          for (int i = 0; i < HD; i++) {
+            double acc = 0;
+            for (int j = 0; j < nk; j++) acc += sc[j] / sum * vh[base + (size_t)j * HD + i];
+            ck_assert_double_eq_tol(o[(((size_t)b * NQ + t) * NH + h) * HD + i], acc, 1e-5);
+          }
+        }
+  }
+  free(kh);
+  free(vh);
+  free(q);
+  free(o);
+  void *bufs[] = {kc, vc, dq, dout, dbk, (void *)rel.data};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) OPS->device_free(BE, bufs[i]);
+}
+END_TEST
+
+/* unary (ABI 1.2): ReLU and scale, in place and out of place. */
+START_TEST(unary_definition) {
+  if (OPS->unary == NULL) return;
+  moe_error err = {0};
+  enum { N = 1000 };
+  float x[N], y[N];
+  tu_fill(x, N, 31);
+  x[0] = 0.0f;
+  x[1] = -0.0f;
+  float *dx = dev_f(x, N), *dy = dev_f(NULL, N);
+  ck_assert(OPS->unary(BE, dy, dx, N, MOE_UNARY_RELU, 0.0f, &err) == MOE_OK);
+  down(y, dy, sizeof y);
+  for (int i = 0; i < N; i++) ck_assert_float_eq(y[i], x[i] > 0.0f ? x[i] : 0.0f);
+  ck_assert(OPS->unary(BE, dx, dx, N, MOE_UNARY_SCALE, -0.25f, &err) == MOE_OK);
+  down(y, dx, sizeof y);
+  for (int i = 0; i < N; i++) ck_assert_float_eq(y[i], -0.25f * x[i]);
+  ck_assert_int_eq(OPS->unary(BE, dy, dx, N, (moe_unary_op)77, 1.0f, &err), MOE_ERR_INVALID);
+  OPS->device_free(BE, dx);
+  OPS->device_free(BE, dy);
+}
+END_TEST
+
 /* Top-k ranks on logit + bias with ties to the lower index; weights are
  * softmax probabilities of the chosen, renormalised on request. */
 START_TEST(router_topk_definition) {
@@ -574,6 +657,11 @@ START_TEST(empty_inputs_are_no_ops) {
   OK(OPS->embed(BE, d, &w, di, 0, &e_));
   OK(OPS->gather_rows(BE, d, d, di, 0, 4, &e_));
   OK(OPS->scatter_add_rows(BE, d, d, di, d, 1, false, 0, 4, &e_));
+  if (OPS->attention_ex) {
+    const moe_attn_ex ax = {0, 1, 0, 4, 4, 2, 1, 4, true, 1.0f, NULL, NULL, 0};
+    OK(OPS->attention_ex(BE, d, d, d, d, &ax, &e_));
+  }
+  if (OPS->unary) OK(OPS->unary(BE, d, d, 0, MOE_UNARY_SCALE, 3.0f, &e_));
   ck_assert(OPS->synchronize(BE, &err) == MOE_OK);
   float back;
   down(&back, d, sizeof back);
@@ -604,6 +692,8 @@ static int run_for(const char *backend, double link, int threads, const char *va
   tcase_add_test(tc, matmul_special_weight_values);
   tcase_add_test(tc, norm_rope_elementwise);
   tcase_add_test(tc, kv_store_and_attention);
+  tcase_add_test(tc, attention_ex_definition);
+  tcase_add_test(tc, unary_definition);
   tcase_add_test(tc, router_topk_definition);
   tcase_add_test(tc, embed_gather_scatter);
   tcase_add_test(tc, empty_inputs_are_no_ops);

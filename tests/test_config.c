@@ -301,6 +301,135 @@ START_TEST(transformers_rope_configs_are_refused) {
 }
 END_TEST
 
+/* Switch Transformers: the fixtures' sparse layers, transformers' defaults
+ * (SwitchTransformersConfig of 5.24), and the refusals. */
+START_TEST(switch_configs) {
+  moe_config c;
+  moe_error err = {0};
+  ck_assert_msg(moe_config_load(&c, MOE_SOURCE_DIR "/tests/fixtures/switch-tiny/config.json", &err) ==
+                    MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.arch, MOE_ARCH_SWITCH);
+  ck_assert_int_eq(c.n_enc_layers, 4);
+  ck_assert_int_eq(c.n_layers, 7);
+  /* encoder step 2: layers 1, 3; decoder step 1: all */
+  const bool want_a[] = {false, true, false, true, true, true, true};
+  for (int i = 0; i < 7; i++) ck_assert_int_eq(c.is_moe[i], want_a[i]);
+  ck_assert_int_eq(c.top_k, 1);
+  ck_assert_int_eq(c.rel_buckets, 8);
+  ck_assert_int_eq(c.rel_max_distance, 20);
+  ck_assert(c.tie_embeddings && !c.router_logit_bias);
+  ck_assert_int_eq(c.n_kv_heads, c.n_heads);
+  ck_assert_uint_eq(moe_config_expert_bytes(&c, 4), 2u * 48 * 32 * 4); /* wi + wo */
+  ck_assert_msg(moe_config_load(&c, MOE_SOURCE_DIR "/tests/fixtures/switch-tiny-untied/config.json",
+                                &err) == MOE_OK, "%s", err.msg);
+  /* encoder step 1: all 4; decoder step 3: layer 1 only (global 5) */
+  const bool want_b[] = {true, true, true, true, false, true, false};
+  for (int i = 0; i < 7; i++) ck_assert_int_eq(c.is_moe[i], want_b[i]);
+  ck_assert(!c.tie_embeddings && c.router_logit_bias);
+  ck_assert_int_eq(c.expert_capacity, 3);
+  ck_assert_int_eq(c.head_dim, 6);
+
+  /* absent fields: transformers' defaults; 12 // 3 = a step of 4 */
+  const char *p = write_cfg("sw.json", "{\"model_type\": \"switch_transformers\"}");
+  ck_assert_msg(moe_config_load(&c, p, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.hidden, 768);
+  ck_assert_int_eq(c.head_dim, 64);
+  ck_assert_int_eq(c.expert_ffn, 2048);
+  ck_assert_int_eq(c.n_enc_layers, 12);
+  ck_assert_int_eq(c.n_layers, 24);
+  ck_assert_int_eq(c.n_experts, 8);
+  ck_assert_int_eq(c.expert_capacity, 64);
+  ck_assert_int_eq(c.vocab, 32128);
+  ck_assert_int_eq(c.decoder_start, 0); /* the pad id */
+  ck_assert_int_eq(c.eos_id, 1);
+  ck_assert(c.rms_eps == 1e-6f && c.tie_embeddings);
+  ck_assert_int_eq(moe_config_n_moe_layers(&c), 6);
+  ck_assert(c.is_moe[1] && c.is_moe[5] && c.is_moe[9] && !c.is_moe[4]);
+  ck_assert(c.is_moe[12 + 1] && c.is_moe[12 + 9] && !c.is_moe[12]);
+  p = write_cfg("sw2.json", "{\"model_type\": \"switch_transformers\", \"num_layers\": 4, "
+                            "\"num_decoder_layers\": null, \"num_sparse_encoder_layers\": 0}");
+  ck_assert_msg(moe_config_load(&c, p, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.n_layers, 8); /* null: as many as the encoder */
+  /* no sparse encoder layers asked for gives a step of num_layers, and
+   * transformers then still makes layer 1 sparse (1 % 4 == 1): we follow */
+  ck_assert(!c.is_moe[0] && c.is_moe[1] && !c.is_moe[2] && !c.is_moe[3]);
+  ck_assert(c.is_moe[4] && c.is_moe[7]); /* decoder: 4 // 3 = step 1, all */
+
+  const struct {
+    const char *json, *needle;
+    moe_status code;
+  } bad[] = {
+      {"\"num_layers\": 12, \"num_sparse_encoder_layers\": 3, \"encoder_sparse_step\": 2",
+       "encoder_sparse_step", MOE_ERR_INVALID},
+      {"\"router_dtype\": \"bfloat16\"", "router_dtype", MOE_ERR_UNSUPPORTED},
+      {"\"dense_act_fn\": \"gelu_new\"", "dense_act_fn", MOE_ERR_UNSUPPORTED},
+      {"\"feed_forward_proj\": \"gated-gelu\"", "feed_forward_proj", MOE_ERR_UNSUPPORTED},
+      {"\"is_gated_act\": true", "is_gated_act", MOE_ERR_UNSUPPORTED},
+      {"\"relative_attention_num_buckets\": 2", "relative_attention_num_buckets", MOE_ERR_INVALID},
+      {"\"relative_attention_num_buckets\": 32, \"relative_attention_max_distance\": 8",
+       "relative_attention_max_distance", MOE_ERR_INVALID},
+      {"\"num_layers\": 0", "num_layers", MOE_ERR_INVALID},
+      {"\"num_layers\": 200, \"num_decoder_layers\": 100", "limit", MOE_ERR_UNSUPPORTED},
+      {"\"vocab_size\": 100, \"decoder_start_token_id\": 100", "decoder_start_token_id",
+       MOE_ERR_INVALID},
+      {"\"is_encoder_decoder\": false", "is_encoder_decoder", MOE_ERR_UNSUPPORTED},
+      {"\"d_model\": \"768\"", "d_model", MOE_ERR_FORMAT},
+      {"\"expert_capacity\": -1", "expert_capacity", MOE_ERR_INVALID},
+      {"\"router_bias\": 1", "router_bias", MOE_ERR_FORMAT},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char text[512];
+    snprintf(text, sizeof text, "{\"model_type\": \"switch_transformers\", %s}", bad[i].json);
+    p = write_cfg("bad.json", text);
+    moe_error e2 = {0};
+    ck_assert_int_eq(moe_config_load(&c, p, &e2), bad[i].code);
+    ck_assert_msg(strstr(e2.msg, bad[i].needle) != NULL, "case %zu: '%s' lacks '%s'", i, e2.msg,
+                  bad[i].needle);
+    ck_assert_msg(strstr(e2.msg, "bad.json") != NULL, "case %zu: '%s' does not name the file", i,
+                  e2.msg);
+  }
+}
+END_TEST
+
+/* A synthetic Switch model saved as config.json + safetensors loads back
+ * with the same configuration and weights: the same tokens. */
+START_TEST(switch_save_load_roundtrip) {
+  moe_config c;
+  moe_error err = {0};
+  ck_assert_msg(moe_config_load(&c, MOE_SOURCE_DIR "/tests/fixtures/switch-tiny-untied/config.json",
+                                &err) == MOE_OK, "%s", err.msg);
+  moe_synth_options so = {MOE_F32, 3, 0.0, true};
+  moe_model *a = NULL, *b = NULL;
+  ck_assert_msg(moe_model_synthetic(&a, &c, &so, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_msg(moe_model_save(a, g_dir, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_msg(moe_model_load(&b, g_dir, NULL, &err) == MOE_OK, "%s", err.msg);
+  const moe_config *cb = moe_model_config(b);
+  ck_assert_int_eq(cb->n_enc_layers, c.n_enc_layers);
+  ck_assert_int_eq(cb->n_layers, c.n_layers);
+  ck_assert_int_eq(cb->expert_capacity, c.expert_capacity);
+  ck_assert(cb->router_logit_bias && !cb->tie_embeddings);
+  for (int i = 0; i < c.n_layers; i++) ck_assert_int_eq(cb->is_moe[i], c.is_moe[i]);
+  ck_assert_uint_eq(moe_model_total_bytes(a), moe_model_total_bytes(b));
+  moe_model *ms[2] = {a, b};
+  int32_t toks[2][2 * 5];
+  for (int k = 0; k < 2; k++) {
+    moe_device dev;
+    ck_assert(moe_device_open(&dev, "cpu", NULL, &err) == MOE_OK);
+    moe_engine *e = NULL;
+    moe_engine_options eo = {.max_batch = 2, .max_seq = 16};
+    ck_assert_msg(moe_engine_create(&e, ms[k], &dev, &eo, &err) == MOE_OK, "%s", err.msg);
+    const int32_t src[2 * 6] = {5, 9, 2, 7, 7, 3, 11, 4, 4, 60, 1, 0};
+    ck_assert_msg(moe_engine_generate(e, src, 2, 6, 5, toks[k], NULL, NULL, &err) == MOE_OK, "%s",
+                  err.msg);
+    moe_engine_free(e);
+    moe_device_close(&dev);
+  }
+  ck_assert_int_eq(memcmp(toks[0], toks[1], sizeof toks[0]), 0);
+  moe_model_free(a);
+  moe_model_free(b);
+}
+END_TEST
+
 START_TEST(missing_file_is_io) {
   moe_config c;
   moe_error err = {0};
@@ -317,6 +446,8 @@ int main(void) {
   tcase_add_test(tc, qwen_sparse_step);
   tcase_add_test(tc, broken_configs);
   tcase_add_test(tc, missing_file_is_io);
+  tcase_add_test(tc, switch_configs);
+  tcase_add_test(tc, switch_save_load_roundtrip);
   tcase_add_test(tc, absent_fields_take_family_defaults);
   tcase_add_test(tc, sliding_window_is_checked_per_run);
   tcase_add_test(tc, oversized_models_are_refused);

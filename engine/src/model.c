@@ -76,6 +76,14 @@ const char *moe_routing_name(moe_routing r) {
   return r == MOE_ROUTING_PREGATED ? "pregated" : "conventional";
 }
 
+int moe_pregate_stacks_parse(const char *s, unsigned *out) {
+  if (strcmp(s, "both") == 0) *out = 0;
+  else if (strcmp(s, "encoder") == 0) *out = MOE_PREGATE_ENCODER;
+  else if (strcmp(s, "decoder") == 0) *out = MOE_PREGATE_DECODER;
+  else return -1;
+  return 0;
+}
+
 int moe_routing_parse(const char *s, moe_routing *out) {
   if (strcmp(s, "conventional") == 0) *out = MOE_ROUTING_CONVENTIONAL;
   else if (strcmp(s, "pregated") == 0) *out = MOE_ROUTING_PREGATED;

@@ -233,8 +233,8 @@ static void gen(moe_device *dev, moe_model *m, const moe_policy *pol, moe_routin
 }
 
 START_TEST(fixture_models_match_cpu) {
-  const char *names[] = {"mixtral-tiny", "qwen2moe-tiny"};
-  for (int i = 0; i < 2; i++) {
+  const char *names[] = {"mixtral-tiny", "qwen2moe-tiny", "switch-tiny", "switch-tiny-untied"};
+  for (int i = 0; i < 4; i++) {
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", MOE_SOURCE_DIR, names[i]);
     moe_model *m = NULL;
@@ -260,7 +260,10 @@ END_TEST
 START_TEST(policies_bit_identical_on_gpu) {
   moe_config c;
   moe_error err = {0};
-  ck_assert(moe_config_load(&c, MOE_SOURCE_DIR "/tests/fixtures/mixtral-tiny/config.json", &err) == MOE_OK);
+  /* loop 0: Mixtral; loop 1: Switch (encoder-decoder, both stacks offloaded) */
+  const char *cfgs[] = {MOE_SOURCE_DIR "/tests/fixtures/mixtral-tiny/config.json",
+                        MOE_SOURCE_DIR "/tests/fixtures/switch-tiny/config.json"};
+  ck_assert(moe_config_load(&c, cfgs[_i], &err) == MOE_OK);
   moe_model *m = NULL;
   moe_synth_options so = {MOE_BF16, 9, 0.5, true};
   ck_assert(moe_model_synthetic(&m, &c, &so, &err) == MOE_OK);
@@ -300,7 +303,7 @@ int main(void) {
   tcase_add_test(tc, pointwise_ops_match_cpu);
   tcase_add_test(tc, attention_matches_cpu);
   tcase_add_test(tc, fixture_models_match_cpu);
-  tcase_add_test(tc, policies_bit_identical_on_gpu);
+  tcase_add_loop_test(tc, policies_bit_identical_on_gpu, 0, 2);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -104,6 +104,9 @@ int moe_routing_parse(const char *s, moe_routing *out);
 #define MOE_PREGATE_ENCODER 1u
 #define MOE_PREGATE_DECODER 2u
 
+/* "both" (0), "encoder", "decoder"; -1 for another name. */
+int moe_pregate_stacks_parse(const char *s, unsigned *out);
+
 typedef struct moe_engine_options {
   int max_batch;   /* sequences per forward */
   int max_seq;     /* prompt + generated tokens per sequence */
