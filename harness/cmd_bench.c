@@ -251,7 +251,11 @@ static moe_status time_model(moe_model *m, int threads, int steps, int reps, mod
   for (int p = 0; p < 2; p++) {
     for (int r = 0; r < reps; r++) {
       double t0 = moe_clock_s();
-      MOE_TRY(moe_engine_forward(e, ids, 1, k_prefill[p], 0, logits, err));
+      /* an encoder-decoder model's prefill of k tokens is its encoder pass */
+      if (moe_config_is_encdec(c))
+        MOE_TRY(moe_engine_encode(e, ids, 1, k_prefill[p], err));
+      else
+        MOE_TRY(moe_engine_forward(e, ids, 1, k_prefill[p], 0, logits, err));
       t[r] = moe_clock_s() - t0;
     }
     out->prefill_s[p] = median(t, reps);

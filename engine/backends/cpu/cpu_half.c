@@ -15,10 +15,12 @@
  * rows, never a row's sum). */
 #include "cpu_half.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define CPU_HALF_X86 1
 #endif
@@ -172,9 +174,12 @@ const char *moe_cpu_half_path_name(moe_cpu_half_path p) {
 
 moe_cpu_half_path moe_cpu_half_best(void) {
 #ifdef CPU_HALF_X86
+  /* F16C from cpuid leaf 1 (ECX bit 29): clang before 15 does not know
+   * "f16c" as a __builtin_cpu_supports feature */
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) != 0;
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
     return MOE_CPU_HALF_AVX2;
 #endif
   return MOE_CPU_HALF_PORTABLE;

@@ -36,7 +36,8 @@
 
 /* What a policy may know about the run when it plans. */
 typedef struct moe_policy_env {
-  int n_layers;          /* all decoder layers */
+  int n_layers;          /* all layers (encoder-decoder: the encoder's, then
+                            the decoder's) */
   int n_moe_layers;      /* layers with an MoE block */
   int n_experts;         /* experts per MoE block */
   int top_k;             /* experts per token */
