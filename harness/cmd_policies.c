@@ -243,8 +243,12 @@ int cmd_bench_policies(int argc, char **argv) {
   printf("one expert: %.1f MB, copy over this link %.2f ms (measured) = %.2f GB/s host-to-device\n",
          (double)eb / 1e6, copy_s * 1e3, (double)eb / copy_s * 1e-9);
   if (go >= 0) {
-    int n_moe = moe_config_n_moe_layers(cfg);
-    printf("gpu-only decode: %.2f ms/token = %.2f ms per MoE block and the layers up to the next "
+    /* the MoE blocks a decode step runs: an encoder-decoder model's
+     * encoder ran once, in the prefill */
+    int n_moe = 0;
+    for (int l = cfg->n_enc_layers; l < cfg->n_layers; l++) n_moe += cfg->is_moe[l];
+    if (n_moe == 0) n_moe = 1;
+    printf("gpu-only decode: %.2f ms/token = %.2f ms per decoder MoE block and the layers up to the next "
            "(measured); copy/compute ratio per block %.2f\n",
            tpt[go] * 1e3, tpt[go] * 1e3 / n_moe, copy_s / (tpt[go] / n_moe));
   }
