@@ -238,6 +238,8 @@ int cli_read_token_file(const char *path, int want_len, int32_t **out, int *n_pr
   int count = 0, plen = want_len, lineno = 0, rc = 0;
   while (getline(&line, &cap, f) >= 0) {
     lineno++;
+    const char *first = line + strspn(line, " \t");
+    if (*first == '#') continue; /* a comment line */
     int32_t *ids;
     int n = cli_parse_ids(line, &ids);
     if (n < 0) {

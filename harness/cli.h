@@ -82,7 +82,7 @@ int cli_check_names(const char *cmd, const char *preset, const char *backend);
 FILE *cli_open_input(const char *path, const char *what);
 
 /* The one reader of token files: one prompt per line, ids separated by
- * commas or spaces, blank lines skipped, all prompts of one length
+ * commas or spaces, blank lines and lines starting with '#' skipped, all prompts of one length
  * (want_len, or the first prompt's when want_len < 0).  Returns 0 with
  * *out (malloc'd, n_prompts x len), or -1 after printing one line naming
  * the file and line. */

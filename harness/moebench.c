@@ -5,6 +5,7 @@
  *   moebench compare BASE NEW    the CI gate: regressions past tolerance
  *   moebench report RESULTS ...  markdown tables (and plots)
  *   moebench generate ...        run a model: prefill + greedy decode
+ *   moebench eval ...            perplexity and accuracy over token windows
  *   moebench bench-ops ...       gemm overhead and decode bandwidth
  *   moebench bench-policies ...  the offload policies side by side
  *   moebench list WHAT           backends, models, policies, suites, workloads
@@ -37,6 +38,7 @@ static void usage(FILE *f) {
           "  compare     compare two result files; exit 1 on a regression\n"
           "  report      markdown table (and plots) of a result file\n"
           "  generate    prefill prompts and greedy-decode (model dir or preset)\n"
+          "  eval        perplexity and next-token accuracy over a token file\n"
           "  bench-ops   benchmark: gemm path overhead, batch-1 decode bandwidth\n"
           "  bench-policies  benchmark: offload policies side by side on one model\n"
           "  list        list backends, models, policies, suites or workloads\n"
@@ -165,6 +167,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "compare") == 0) return cmd_compare(argc - 1, argv + 1);
   if (strcmp(cmd, "report") == 0) return cmd_report(argc - 1, argv + 1);
   if (strcmp(cmd, "list") == 0) return cmd_list(argc - 1, argv + 1);
+  if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
   cli_error("unknown command '%s' (run 'moebench --help' for the list)", cmd);
   return 2;
 }

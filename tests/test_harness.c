@@ -725,6 +725,59 @@ END_TEST
 /* run --trace writes Chrome trace-event JSON: it parses back, names a
  * compute and a copy track, every event has a time span, and the copy
  * track holds exactly the row's expert copies. */
+/* moebench eval: usage errors exit 2, bad files 1 naming the file, a
+ * suite of rows writes CSV and JSON with one row per entry; the same
+ * model under another policy (conventional routing) has the same figures. */
+START_TEST(eval_command) {
+  write_file("w.tokens", "# windows\n1 2 3 4 5 6\n6 5 4 3 2 1\n\n7,8,9,10,11,12\n");
+  write_file("short.tokens", "1 2 3\n4 5\n");
+  write_file("one.tokens", "5\n6\n");
+  ck_assert_int_eq(call(cmd_eval, "eval", "--preset", "tiny-mixtral", NULL), 2);
+  ck_assert_int_eq(call(cmd_eval, "eval", "--tokens", tmp_path("w.tokens"), NULL), 2);
+  ck_assert_int_eq(call(cmd_eval, "eval", "--preset", "tiny-mixtral", "--tokens",
+                        tmp_path("w.tokens"), "--policy", "lifo", NULL), 2);
+  ck_assert_int_eq(call(cmd_eval, "eval", "--preset", "tiny-mixtral", "--tokens",
+                        tmp_path("missing.tokens"), NULL), 1);
+  ck_assert_int_eq(call(cmd_eval, "eval", "--preset", "tiny-mixtral", "--tokens",
+                        tmp_path("short.tokens"), NULL), 1);
+  ck_assert_int_eq(call(cmd_eval, "eval", "--preset", "tiny-mixtral", "--tokens",
+                        tmp_path("one.tokens"), NULL), 1);
+  /* an encoder-decoder model is refused at run time */
+  ck_assert_int_eq(call(cmd_eval, "eval", "--preset", "switch-tiny", "--tokens",
+                        tmp_path("w.tokens"), NULL), 1);
+  ck_assert_int_eq(call(cmd_eval, "eval", "--preset", "tiny-mixtral", "--tokens",
+                        tmp_path("w.tokens"), "--policy", "ondemand", NULL), 0);
+  char suite_text[1024];
+  snprintf(suite_text, sizeof suite_text,
+           "{\"tokens\": \"%s\", \"rows\": ["
+           "{\"label\": \"ref\", \"preset\": \"tiny-mixtral\"},"
+           "{\"label\": \"q\\\"uoted\", \"preset\": \"tiny-mixtral\", \"policy\": \"ondemand\", "
+           "\"routing\": \"conventional\"},"
+           "{\"label\": \"pg\", \"preset\": \"tiny-mixtral\", \"policy\": \"pregated\"}]}",
+           tmp_path("w.tokens"));
+  write_file("q.json", suite_text);
+  ck_assert_int_eq(call(cmd_eval, "eval", "--suite", tmp_path("q.json"), "-o", tmp_path("q"), NULL), 0);
+  json_error_t je;
+  char out[600];
+  snprintf(out, sizeof out, "%s", tmp_path("q"));
+  strcat(out, ".json");
+  json_t *j = json_load_file(out, 0, &je);
+  ck_assert_msg(j != NULL, "%s", je.text);
+  ck_assert_int_eq((int)json_array_size(j), 3);
+  json_t *r0 = json_array_get(j, 0), *r1 = json_array_get(j, 1);
+  ck_assert_int_eq(json_integer_value(json_object_get(r0, "tokens")), 15);
+  ck_assert(json_real_value(json_object_get(r0, "cross_entropy")) ==
+            json_real_value(json_object_get(r1, "cross_entropy")));
+  ck_assert_str_eq(json_string_value(json_object_get(r1, "label")), "q\"uoted");
+  json_decref(j);
+  /* a suite with an unknown key or a bad row */
+  write_file("bad.json", "{\"tokens\": \"x\", \"rowz\": []}");
+  ck_assert_int_eq(call(cmd_eval, "eval", "--suite", tmp_path("bad.json"), NULL), 1);
+  write_file("bad2.json", "{\"tokens\": \"/nonexistent\", \"rows\": [{\"label\": \"x\"}]}");
+  ck_assert_int_eq(call(cmd_eval, "eval", "--suite", tmp_path("bad2.json"), NULL), 1);
+}
+END_TEST
+
 START_TEST(trace_is_chrome_trace_json) {
   char trace[1100], prefix[1100], csv[1200];
   snprintf(trace, sizeof trace, "%s/run.trace.json", g_dir);
@@ -790,6 +843,7 @@ int main(void) {
   tcase_add_test(tc, inputs_must_be_regular_files);
   tcase_add_test(tc, plugins_through_the_harness);
   tcase_add_test(tc, trace_is_chrome_trace_json);
+  tcase_add_test(tc, eval_command);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);

@@ -1004,6 +1004,41 @@ cleanup:
 }
 
 
+moe_status moe_engine_eval(moe_engine *e, const int32_t *windows, int n_windows, int len,
+                           moe_eval_result *out, moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_config *c = &e->model->cfg;
+  const int V = c->vocab, B = e->opt.max_batch;
+  float *logits = NULL;
+  MOE_CHECK(!moe_config_is_encdec(c), err, MOE_ERR_UNSUPPORTED,
+            "eval scores a decoder-only language model; this model is encoder-decoder");
+  MOE_CHECK(e->opt.all_logits, err, MOE_ERR_INVALID,
+            "eval needs an engine that keeps all logits (all_logits)");
+  MOE_CHECK(len >= 2 && n_windows >= 1, err, MOE_ERR_INVALID,
+            "eval needs windows of at least 2 tokens (got %d windows of %d)", n_windows, len);
+  logits = malloc((size_t)B * (size_t)len * (size_t)V * sizeof *logits);
+  MOE_CHECK_ALLOC(logits, err, (size_t)B * (size_t)len * (size_t)V * sizeof *logits);
+  for (int w0 = 0; w0 < n_windows; w0 += B) {
+    const int nb = n_windows - w0 < B ? n_windows - w0 : B;
+    const int32_t *ids = windows + (size_t)w0 * (size_t)len;
+    MOE_TRY(moe_engine_forward(e, ids, nb, len, 0, logits, err));
+    for (int b = 0; b < nb; b++)
+      for (int t = 0; t + 1 < len; t++) {
+        const float *l = logits + ((size_t)b * (size_t)len + (size_t)t) * (size_t)V;
+        const int32_t target = ids[(size_t)b * (size_t)len + (size_t)t + 1];
+        const int best = moe_argmax(l, V);
+        double sum = 0.0;
+        for (int v = 0; v < V; v++) sum += exp((double)l[v] - (double)l[best]);
+        out->nll += (double)l[best] + log(sum) - (double)l[target];
+        out->correct += best == target;
+        out->tokens++;
+      }
+  }
+cleanup:
+  free(logits);
+  return st;
+}
+
 void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
   memset(out, 0, sizeof *out);
   out->slots = e->slots;

@@ -199,6 +199,24 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
                                int max_new, int32_t *out, float *prefill_logits,
                                moe_gen_stats *stats, moe_error *err);
 
+/* Language-model quality over token windows (decoder-only models): each
+ * window is a sequence of `len` ids; every position but the first is
+ * predicted from its prefix (teacher forcing, one forward per batch of
+ * windows).  Sums over all predicted tokens, in double precision. */
+typedef struct moe_eval_result {
+  double nll;                  /* sum of -log p(token | prefix), nats */
+  unsigned long long tokens;   /* predicted tokens: windows x (len - 1) */
+  unsigned long long correct;  /* tokens that were the top-1 prediction (ties to the
+                                  lowest id) */
+} moe_eval_result;
+
+/* Runs n_windows windows ([n_windows, len] ids) in batches of the
+ * engine's max_batch; the engine must keep all logits (all_logits) and
+ * allow len tokens per sequence.  Results accumulate into *out (zero it
+ * first). */
+moe_status moe_engine_eval(moe_engine *e, const int32_t *windows, int n_windows, int len,
+                           moe_eval_result *out, moe_error *err);
+
 void moe_engine_stats(const moe_engine *e, moe_run_stats *out);
 void moe_engine_reset_stats(moe_engine *e);
 
