@@ -83,10 +83,60 @@ const char *cli_models_dir(void) {
   return env && *env ? env : MOE_SOURCE_DIR "/workloads/models";
 }
 
+/* FNV-1a 64 of a file's first `limit` bytes (all when 0) into *h; false
+ * when it cannot be read. */
+static bool hash_file(const char *path, size_t limit, uint64_t *h) {
+  moe_error err = {0};
+  FILE *f = moe_fopen_regular(path, &err);
+  if (f == NULL) return false;
+  unsigned char buf[4096];
+  size_t n, total = 0;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+    for (size_t i = 0; i < n && (limit == 0 || total < limit); i++, total++) {
+      *h ^= buf[i];
+      *h *= 1099511628211ull;
+    }
+    if (limit && total >= limit) break;
+  }
+  fclose(f);
+  return true;
+}
+
+/* A checkpoint directory as a preset (see cli_preset_load). */
+static moe_status checkpoint_preset(cli_preset *p, const char *dir, moe_error *err) {
+  char path[4200];
+  moe_status st = MOE_OK;
+  snprintf(p->checkpoint, sizeof p->checkpoint, "%s", dir);
+  MOE_CHECK(strlen(dir) < sizeof p->checkpoint, err, MOE_ERR_INVALID, "%s: path too long", dir);
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  MOE_TRY(moe_config_load(&p->cfg, path, err));
+  MOE_TRY(moe_model_checkpoint_dtype(&p->cfg, dir, &p->dtype, err));
+  uint64_t h = 1469598103934665603ull;
+  hash_file(path, 0, &h);
+  snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+  if (!hash_file(path, 0, &h)) {
+    /* one file: its 8-byte length and JSON header (names, dtypes, shapes,
+     * offsets), capped at 1 MiB */
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    hash_file(path, 1 << 20, &h);
+  }
+  size_t len = strlen(dir);
+  while (len > 1 && dir[len - 1] == '/') len--;
+  const char *base = dir + len;
+  while (base > dir && base[-1] != '/') base--;
+  snprintf(p->name, sizeof p->name, "%.*s@%08x", (int)((size_t)(dir + len - base) < 40 ? dir + len - base : 40),
+           base, (unsigned)(h ^ (h >> 32)));
+  snprintf(p->description, sizeof p->description, "checkpoint %.140s", dir);
+cleanup:
+  return st;
+}
+
 moe_status cli_preset_load(cli_preset *p, const char *name, moe_error *err) {
   char path[4096];
   moe_status st = MOE_OK;
   memset(p, 0, sizeof *p);
+  struct stat sb;
+  if (stat(name, &sb) == 0 && S_ISDIR(sb.st_mode)) return checkpoint_preset(p, name, err);
   if (strchr(name, '/') || strstr(name, ".json"))
     snprintf(path, sizeof path, "%s", name);
   else
@@ -193,14 +243,20 @@ bool cli_parse_bytes(const char *s, size_t *out) {
   return false;
 }
 
+moe_status cli_preset_build(const cli_preset *p, moe_model **out, moe_error *err) {
+  *out = NULL;
+  if (p->checkpoint[0]) return moe_model_load(out, p->checkpoint, NULL, err);
+  moe_synth_options so = cli_preset_synth(p);
+  return moe_model_synthetic(out, &p->cfg, &so, err);
+}
+
 moe_status cli_preset_model(const char *name, cli_preset *p, moe_model **out, moe_error *err) {
   cli_preset local;
   if (p == NULL) p = &local;
   *out = NULL;
   moe_status st = cli_preset_load(p, name, err);
   if (st != MOE_OK) return st;
-  moe_synth_options so = cli_preset_synth(p);
-  return moe_model_synthetic(out, &p->cfg, &so, err);
+  return cli_preset_build(p, out, err);
 }
 
 int cli_for_each_json(const char *dir, int (*fn)(const char *path, void *ctx), void *ctx) {
@@ -328,6 +384,15 @@ moe_status cli_check_keys(const void *obj, const char *const *known, const char 
     return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: unknown field '%s'", origin, key);
   }
   return MOE_OK;
+}
+
+int cli_check_model_dir(const char *cmd, const char *dir) {
+  struct stat sb;
+  if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+    cli_error("%s: %s: not a checkpoint directory (config.json + safetensors)", cmd, dir);
+    return -1;
+  }
+  return 0;
 }
 
 int cli_check_names(const char *cmd, const char *preset, const char *backend) {

@@ -33,7 +33,8 @@ const char *cli_models_dir(void);
 
 /* A model preset: workloads/models/NAME.json. */
 typedef struct cli_preset {
-  char name[64];
+  char name[64];      /* a checkpoint's: BASENAME@HASH (see cli_preset_load) */
+  char checkpoint[1024]; /* a checkpoint directory, or "" for a synthetic preset */
   char description[160];
   moe_config cfg;
   moe_dtype dtype;
@@ -45,15 +46,22 @@ typedef struct cli_preset {
 /* Synthetic-model options of a preset. */
 moe_synth_options cli_preset_synth(const cli_preset *p);
 
-/* Loads preset NAME (into *p when non-NULL) and builds its synthetic model. */
+/* Loads preset NAME (into *p when non-NULL) and builds its model. */
 moe_status cli_preset_model(const char *name, cli_preset *p, moe_model **out, moe_error *err);
+
+/* Builds a loaded preset's model: its checkpoint, or synthetic weights. */
+moe_status cli_preset_build(const cli_preset *p, moe_model **out, moe_error *err);
 
 /* Calls fn(path, ctx) for every *.json file of dir in name order; returns
  * the first non-zero fn result, 0, or -1 when dir cannot be read. */
 int cli_for_each_json(const char *dir, int (*fn)(const char *path, void *ctx), void *ctx);
 
-/* Reads preset NAME (or a path to a preset file).  Errors name the file and
- * field. */
+/* Reads preset NAME (or a path to a preset file), or a Hugging Face
+ * checkpoint directory: its config.json is read, its dtype taken from the
+ * embedding's, and its name is the directory's base name, '@', and 8 hex
+ * digits of a hash of config.json and of the weights' index (the index
+ * file, or the safetensors header), so two different checkpoints never
+ * share a result key.  Errors name the file and field. */
 moe_status cli_preset_load(cli_preset *p, const char *name_or_path, moe_error *err);
 
 /* Parses a byte size: "123", "64KiB", "512MiB", "24GiB", "1.5GB", "2TB".
@@ -69,6 +77,9 @@ int cli_parse_ids(const char *s, int32_t **ids);
  * default. */
 moe_status cli_check_keys(const void *obj, const char *const *known, const char *origin,
                           moe_error *err);
+
+/* A --model-dir that is not a directory: one line, -1 (else 0). */
+int cli_check_model_dir(const char *cmd, const char *dir);
 
 /* Usage check of names given on the command line: a preset name with no
  * preset file, or a backend name no build knows ("cuda" is known even

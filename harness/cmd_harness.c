@@ -428,8 +428,7 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
         continue;
       }
       if (*model == NULL) {
-        moe_synth_options so = cli_preset_synth(ps);
-        if (moe_model_synthetic(model, &ps->cfg, &so, &err) != MOE_OK) {
+        if (cli_preset_build(ps, model, &err) != MOE_OK) {
           rc = cli_fail(&err);
           break;
         }
@@ -658,11 +657,23 @@ int cmd_sweep(int argc, char **argv) {
         goto done;
       }
   x.presets = calloc((size_t)x.s->n_models, sizeof *x.presets);
-  for (int i = 0; i < x.s->n_models; i++)
-    if (cli_preset_load(&x.presets[i], x.s->models[i], &err) != MOE_OK) {
+  for (int i = 0; i < x.s->n_models; i++) {
+    /* a model entry with a '/' is a checkpoint directory, relative to the
+     * suite file unless absolute */
+    char mpath[1200];
+    const char *entry = x.s->models[i];
+    if (strchr(entry, '/') && entry[0] != '/') {
+      const char *slash = strrchr(x.s->path, '/');
+      snprintf(mpath, sizeof mpath, "%.*s/%s", slash ? (int)(slash - x.s->path) : 1,
+               slash ? x.s->path : ".", entry);
+      entry = mpath;
+    }
+    if (strchr(entry, '/') && cli_check_model_dir(x.s->path, entry) != 0) goto done;
+    if (cli_preset_load(&x.presets[i], entry, &err) != MOE_OK) {
       cli_fail(&err);
       goto done;
     }
+  }
   const moe_backend_ops *bo =
       resolve_backend(x.s->backend, x.s->threads, &x.s->link_gbps, x.device, sizeof x.device);
   if (bo == NULL) goto done;
@@ -743,6 +754,7 @@ static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing
 int cmd_run(int argc, char **argv) {
   static const struct option opts[] = {
       {"preset", required_argument, 0, 'p'},   {"policy", required_argument, 0, 'P'},
+      {"model-dir", required_argument, 0, 'M'},
       {"routing", required_argument, 0, 'R'},  {"batch", required_argument, 0, 'b'},
       {"prompt-len", required_argument, 0, 'l'}, {"gen-len", required_argument, 0, 'g'},
       {"requests", required_argument, 0, 'q'}, {"reps", required_argument, 0, 'r'},
@@ -755,7 +767,7 @@ int cmd_run(int argc, char **argv) {
       {"out", required_argument, 0, 'o'},      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *preset = NULL, *policy = NULL, *plugin = NULL, *backend = "cpu", *out = NULL;
-  const char *trace_path = NULL;
+  const char *trace_path = NULL, *model_dir = NULL;
   char *orig[128]; /* getopt permutes argv; keep it as given for the metadata */
   const int n_orig = argc < 128 ? argc : 128;
   memcpy(orig, argv, (size_t)n_orig * sizeof *orig);
@@ -774,6 +786,7 @@ int cmd_run(int argc, char **argv) {
     bool ok = true;
     switch (c) {
       case 'p': preset = optarg; break;
+      case 'M': ok = optarg[0] != '\0'; model_dir = optarg; break;
       case 'P': ok = optarg[0] != '\0'; policy = optarg; break;
       case 'X': ok = optarg[0] != '\0'; plugin = optarg; break;
       case 'T': ok = optarg[0] != '\0'; trace_path = optarg; break;
@@ -792,10 +805,12 @@ int cmd_run(int argc, char **argv) {
       case 'S': ok = cli_parse_u64(optarg, &prompt_seed); break;
       case 'o': ok = optarg[0] != '\0'; out = optarg; break;
       case 'h':
-        printf("usage: moebench run --preset NAME [options]\n\n"
+        printf("usage: moebench run (--preset NAME | --model-dir DIR) [options]\n\n"
                "Measures one configuration and prints its result row (markdown); with --out,\n"
                "also writes PREFIX.csv and PREFIX.json.\n\n"
                "  --preset NAME       model preset\n"
+               "  --model-dir DIR     a Hugging Face checkpoint directory instead; the row's\n"
+               "                      model is DIR's base name @ a hash of its config and index\n"
                "  --policy NAME       gpu-only (default), ondemand, prefetch-all, pregated\n"
                "  --policy-plugin SO  a policy from a shared object (docs/PLUGINS.md)\n"
                "  --routing MODE      conventional or pregated (default: the policy's own,\n"
@@ -829,9 +844,17 @@ int cmd_run(int argc, char **argv) {
       return 2;
     }
   }
-  if (preset == NULL || optind < argc) {
-    cli_error("run: --preset is required; no positional arguments");
+  if ((preset == NULL) == (model_dir == NULL) || optind < argc) {
+    cli_error("run: give exactly one of --preset or --model-dir; no positional arguments");
     return 2;
+  }
+  if (model_dir) {
+    if (have_seed) {
+      cli_error("run: --seed draws a preset's weights; a checkpoint has its own");
+      return 2;
+    }
+    if (cli_check_model_dir("run", model_dir) != 0) return 1;
+    preset = model_dir;
   }
   if (policy && plugin) {
     cli_error("run: give at most one of --policy and --policy-plugin");
@@ -870,8 +893,7 @@ static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing
   moe_model *m = NULL;
   if (cli_preset_load(&p, preset, &err) != MOE_OK) return cli_fail(&err);
   if (have_seed) p.seed = seed;
-  moe_synth_options so = cli_preset_synth(&p);
-  if (moe_model_synthetic(&m, &p.cfg, &so, &err) != MOE_OK) return cli_fail(&err);
+  if (cli_preset_build(&p, &m, &err) != MOE_OK) return cli_fail(&err);
   char device[256];
   const moe_backend_ops *bops = resolve_backend(backend, threads, &link, device, sizeof device);
   if (bops == NULL) {

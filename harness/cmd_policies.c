@@ -42,12 +42,13 @@ static double measure_expert_copy(const char *backend, double link_gbps, size_t 
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: moebench bench-policies --preset NAME [options]\n\n"
-          "Runs the offload policies side by side on one synthetic model (repetitions\n"
+          "usage: moebench bench-policies (--preset NAME | --model-dir DIR) [options]\n\n"
+          "Runs the offload policies side by side on one model (repetitions\n"
           "interleaved, medians) and prints throughput, decode time per token, peak\n"
           "device bytes, copies, stalls and parity against gpu-only, then the ratios the\n"
           "paper reports.  All times are measured wall clock on this machine.\n\n"
           "  --preset NAME        model preset (workloads/models)\n"
+          "  --model-dir DIR      a Hugging Face checkpoint directory instead\n"
           "  --policies LIST      comma-separated (default gpu-only,ondemand,prefetch-all,pregated)\n"
           "  --batch B            sequences (default 1)\n"
           "  --prompt-len N       prompt tokens (default 64)\n"
@@ -64,6 +65,7 @@ static void usage(FILE *f) {
 int cmd_bench_policies(int argc, char **argv) {
   static const struct option opts[] = {
       {"preset", required_argument, 0, 'p'},   {"policies", required_argument, 0, 'P'},
+      {"model-dir", required_argument, 0, 'M'},
       {"batch", required_argument, 0, 'b'},    {"prompt-len", required_argument, 0, 'l'},
       {"gen-len", required_argument, 0, 'g'},  {"reps", required_argument, 0, 'r'},
       {"link-gbps", required_argument, 0, 'L'}, {"device-mem", required_argument, 0, 'm'},
@@ -71,6 +73,7 @@ int cmd_bench_policies(int argc, char **argv) {
       {"policy-plugin", required_argument, 0, 'X'},
       {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
   const char *preset = NULL, *plist = "gpu-only,ondemand,prefetch-all,pregated", *backend = "cpu";
+  const char *model_dir = NULL;
   const char *plugins[4];
   int n_plugins = 0;
   long batch = 1, plen = 64, glen = 64, reps = 3, threads = 1;
@@ -84,6 +87,7 @@ int cmd_bench_policies(int argc, char **argv) {
     bool ok = true;
     switch (c) {
       case 'p': preset = optarg; break;
+      case 'M': ok = optarg[0] != '\0'; model_dir = optarg; break;
       case 'P': plist = optarg; break;
       case 'b': ok = cli_parse_int(optarg, 1, 4096, &batch); break;
       case 'l': ok = cli_parse_int(optarg, 1, 1 << 16, &plen); break;
@@ -107,9 +111,14 @@ int cmd_bench_policies(int argc, char **argv) {
       return 2;
     }
   }
-  if (preset == NULL || optind < argc) {
-    cli_error("bench-policies: --preset is required and takes no positional arguments");
+  if ((preset == NULL) == (model_dir == NULL) || optind < argc) {
+    cli_error("bench-policies: give exactly one of --preset or --model-dir; no positional "
+              "arguments");
     return 2;
+  }
+  if (model_dir) {
+    if (cli_check_model_dir("bench-policies", model_dir) != 0) return 1;
+    preset = model_dir;
   }
   if (cli_check_names("bench-policies", preset, backend) != 0) return 2;
   const moe_policy *pol[8];

@@ -153,8 +153,8 @@ moe_status workload_load(workload *w, const char *name, moe_error *err) {
 }
 
 /* Reads a list of strings (or one string) into out. */
-static moe_status get_list(json_t *o, const char *key, char (*out)[64], int *n, const char *origin,
-                           moe_error *err) {
+static moe_status get_list(json_t *o, const char *key, char (*out)[SUITE_NAME_MAX], int *n,
+                           const char *origin, moe_error *err) {
   json_t *v = json_object_get(o, key);
   *n = 0;
   if (json_is_string(v)) v = json_pack("[O]", v);
@@ -165,12 +165,13 @@ static moe_status get_list(json_t *o, const char *key, char (*out)[64], int *n, 
   size_t i;
   json_t *x;
   json_array_foreach(v, i, x) {
-    MOE_CHECK(json_is_string(x) && json_string_length(x) > 0 && json_string_length(x) < 64, err,
-              MOE_ERR_FORMAT, "%s: field '%s' entry %zu must be a name", origin, key, i);
+    MOE_CHECK(json_is_string(x) && json_string_length(x) > 0 && json_string_length(x) < SUITE_NAME_MAX,
+              err, MOE_ERR_FORMAT, "%s: field '%s' entry %zu must be a name or a path (under %d bytes)",
+              origin, key, i, SUITE_NAME_MAX);
     for (int k = 0; k < *n; k++)
       MOE_CHECK(strcmp(out[k], json_string_value(x)) != 0, err, MOE_ERR_FORMAT,
                 "%s: field '%s' lists '%s' twice", origin, key, json_string_value(x));
-    snprintf(out[(*n)++], 64, "%s", json_string_value(x));
+    snprintf(out[(*n)++], SUITE_NAME_MAX, "%s", json_string_value(x));
   }
 cleanup:
   json_decref(v);
@@ -220,7 +221,7 @@ static moe_status get_budgets(suite *s, json_t *root, const char *origin, moe_er
     s->n_budgets = 1;
     return MOE_OK;
   }
-  char names[SUITE_MAX][64];
+  char names[SUITE_MAX][SUITE_NAME_MAX];
   int n = 0;
   MOE_TRY(get_list(root, "device_mem", names, &n, origin, err));
   for (int k = 0; k < n; k++) {

@@ -10,6 +10,7 @@
 #include "moe/status.h"
 
 #define SUITE_MAX 16
+#define SUITE_NAME_MAX 512  /* a models or policies entry (names and paths) */
 /* Bounds shared by suites and the command-line flags of the same name. */
 #define SUITE_MAX_BATCH 4096
 #define SUITE_MAX_LEN (1 << 16)   /* prompt_len, gen_len, requests */
@@ -30,11 +31,11 @@ typedef struct suite {
   char name[64];
   char description[200];
   char path[512];
-  char models[SUITE_MAX][64];
+  char models[SUITE_MAX][SUITE_NAME_MAX]; /* preset names, or checkpoint directories */
   int n_models;
   workload workloads[SUITE_MAX];
   int n_workloads;
-  char policies[SUITE_MAX][64];
+  char policies[SUITE_MAX][SUITE_NAME_MAX];
   int n_policies;
   char backend[16];         /* a backend name, or "auto" */
   size_t budgets[SUITE_MAX];/* 0 = device capacity */

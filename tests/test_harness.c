@@ -722,6 +722,73 @@ START_TEST(plugins_through_the_harness) {
 }
 END_TEST
 
+/* Copies a fixture checkpoint's two files into DIR (created). */
+static void copy_checkpoint(const char *fixture, const char *dir) {
+  char cmd[3000], out[4096];
+  snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s/tests/fixtures/%s/config.json' "
+           "'%s/tests/fixtures/%s/model.safetensors' '%s/'", dir, MOE_SOURCE_DIR, fixture,
+           MOE_SOURCE_DIR, fixture, dir);
+  ck_assert_msg(tu_run(cmd, out, sizeof out) == 0, "%s", out);
+}
+
+/* A suite may name checkpoint directories (relative to the suite file)
+ * next to presets; each runs end to end, and a row's model is the
+ * directory's name and a hash of its config and index, so two checkpoints
+ * that differ (here only in config.json) never share a key. */
+START_TEST(suites_take_checkpoint_directories) {
+  char a[1100], b[1100];
+  snprintf(a, sizeof a, "%s/ck/qwen", g_dir);
+  snprintf(b, sizeof b, "%s/ck2/qwen", g_dir);
+  copy_checkpoint("qwen2moe-tiny", a);
+  copy_checkpoint("qwen2moe-tiny", b);
+  char cfgpath[1200];
+  snprintf(cfgpath, sizeof cfgpath, "%s/config.json", b);
+  FILE *f = fopen(cfgpath, "a");
+  ck_assert_ptr_nonnull(f);
+  fputs("\n", f); /* the same model, another file */
+  fclose(f);
+  write_file("cksuite.json",
+             "{\"name\": \"ck\", \"models\": [\"ck/qwen\", \"ck2/qwen\", \"ci-small\"], "
+             "\"policies\": [\"gpu-only\", \"ondemand\"], \"workloads\": [{\"name\": \"w\", "
+             "\"prompt_len\": 4, \"gen_len\": 4}]}");
+  const char *prefix = tmp_path("ckout");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("cksuite.json"), "-o", prefix, "--quiet", NULL), 0);
+  char csv[1200];
+  snprintf(csv, sizeof csv, "%s.csv", prefix);
+  res_table t;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(csv, &t, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_uint_eq(t.n, 6);
+  const char *m0 = res_get(&t.rows[0], "model");
+  char first[64] = "";
+  int ck_rows = 0;
+  for (size_t i = 0; i < t.n; i++) {
+    const char *m = res_get(&t.rows[i], "model");
+    ck_assert_str_eq(res_get(&t.rows[i], "status"), "ok");
+    if (strncmp(m, "qwen@", 5) != 0) continue;
+    ck_rows++;
+    ck_assert_int_eq((int)strlen(m), 5 + 8);
+    if (!first[0]) snprintf(first, sizeof first, "%s", m);
+  }
+  ck_assert_int_eq(ck_rows, 4);
+  /* two checkpoint names, different */
+  int other = 0;
+  for (size_t i = 0; i < t.n; i++)
+    other += strncmp(res_get(&t.rows[i], "model"), "qwen@", 5) == 0 &&
+             strcmp(res_get(&t.rows[i], "model"), first) != 0;
+  ck_assert_int_eq(other, 2);
+  ck_assert_ptr_nonnull(m0);
+  res_table_free(&t);
+  /* run and bench-policies take --model-dir; a missing directory is one line */
+  ck_assert_int_eq(call(cmd_run, "run", "--model-dir", a, "--gen-len", "4", "--prompt-len", "4", NULL), 0);
+  ck_assert_int_eq(call(cmd_run, "run", "--model-dir", tmp_path("none"), NULL), 1);
+  ck_assert_int_eq(call(cmd_run, "run", "--model-dir", a, "--preset", "ci-small", NULL), 2);
+  write_file("badck.json", "{\"name\": \"ck\", \"models\": [\"nowhere/x\"], "
+             "\"policies\": [\"gpu-only\"], \"workloads\": [\"ci\"]}");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("badck.json"), "-o", tmp_path("never3"), NULL), 1);
+}
+END_TEST
+
 /* run --trace writes Chrome trace-event JSON: it parses back, names a
  * compute and a copy track, every event has a time span, and the copy
  * track holds exactly the row's expert copies. */
@@ -844,6 +911,7 @@ int main(void) {
   tcase_add_test(tc, plugins_through_the_harness);
   tcase_add_test(tc, trace_is_chrome_trace_json);
   tcase_add_test(tc, eval_command);
+  tcase_add_test(tc, suites_take_checkpoint_directories);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);

@@ -499,6 +499,24 @@ static moe_status load_tensor(moe_model *m, moe_tensor_spec *s, const moe_st_ten
   return MOE_OK;
 }
 
+moe_status moe_model_checkpoint_dtype(const moe_config *cfg, const char *ckpt_dir, moe_dtype *out,
+                                      moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_checkpoint *ck = NULL;
+  const char *file = NULL, *emb_name, *emb_alt;
+  embed_names(cfg, &emb_name, &emb_alt);
+  MOE_TRY(moe_checkpoint_open(&ck, ckpt_dir, err));
+  const moe_st_tensor *emb = moe_checkpoint_find(ck, emb_name, &file);
+  if (emb == NULL && emb_alt[0]) emb = moe_checkpoint_find(ck, emb_alt, &file);
+  MOE_CHECK(emb != NULL, err, MOE_ERR_FORMAT, "%s: tensor '%s' is missing", ckpt_dir, emb_name);
+  MOE_CHECK(emb->has_dtype, err, MOE_ERR_FORMAT,
+            "%s: tensor '%s' has dtype %s; expected F32, F16 or BF16", file, emb_name, emb->dtype);
+  *out = emb->mdtype;
+cleanup:
+  moe_checkpoint_close(ck);
+  return st;
+}
+
 moe_status moe_model_load_weights(moe_model **out, const moe_config *cfg, const char *ckpt_dir,
                                   const moe_dtype *dtype, moe_error *err) {
   moe_status st = MOE_OK;

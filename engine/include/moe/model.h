@@ -52,6 +52,11 @@ moe_status moe_model_plan_layout(const moe_config *cfg, moe_dtype dtype, size_t 
 moe_status moe_model_load(moe_model **out, const char *dir, const moe_dtype *dtype,
                           moe_error *err);
 
+/* The storage dtype of the checkpoint in ckpt_dir for cfg (that of its
+ * embedding table), read from the safetensors headers only. */
+moe_status moe_model_checkpoint_dtype(const moe_config *cfg, const char *ckpt_dir, moe_dtype *out,
+                                      moe_error *err);
+
 /* Loads weights for an already parsed config from a checkpoint directory. */
 moe_status moe_model_load_weights(moe_model **out, const moe_config *cfg, const char *ckpt_dir,
                                   const moe_dtype *dtype, moe_error *err);
