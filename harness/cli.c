@@ -386,6 +386,17 @@ moe_status cli_check_keys(const void *obj, const char *const *known, const char 
   return MOE_OK;
 }
 
+void cli_mkdir_parent(const char *prefix) {
+  char d[1100];
+  snprintf(d, sizeof d, "%s", prefix);
+  for (char *p = d + 1; *p; p++)
+    if (*p == '/') {
+      *p = '\0';
+      mkdir(d, 0777);
+      *p = '/';
+    }
+}
+
 int cli_check_model_dir(const char *cmd, const char *dir) {
   struct stat sb;
   if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {

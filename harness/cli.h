@@ -78,6 +78,10 @@ int cli_parse_ids(const char *s, int32_t **ids);
 moe_status cli_check_keys(const void *obj, const char *const *known, const char *origin,
                           moe_error *err);
 
+/* Creates the directories above an output prefix (as mkdir -p of its
+ * parent; errors show when the file is written). */
+void cli_mkdir_parent(const char *prefix);
+
 /* A --model-dir that is not a directory: one line, -1 (else 0). */
 int cli_check_model_dir(const char *cmd, const char *dir);
 

@@ -83,6 +83,7 @@ static void row_key_columns(const row_config *rc, res_row *row) {
 }
 
 enum { MAX_REPS = 100 }; /* the most repetitions a row may ask for */
+#define SHARD_MAX 1024    /* --shard K/N: N at most this */
 
 /* Fills the measured and counted columns of row from n repetitions. */
 static void row_figures(res_row *row, const run_result *r, double *tps, double *ttft, double *e2e,
@@ -271,16 +272,7 @@ static moe_status write_outputs(const char *prefix, const res_table *t, json_t *
   return res_write_json(path, t, m, err);
 }
 
-static void mkdir_parent(const char *prefix) {
-  char d[1100];
-  snprintf(d, sizeof d, "%s", prefix);
-  for (char *p = d + 1; *p; p++)
-    if (*p == '/') {
-      *p = '\0';
-      mkdir(d, 0777);
-      *p = '/';
-    }
-}
+static void mkdir_parent(const char *prefix) { cli_mkdir_parent(prefix); }
 
 /* ------------------------------------------------------------ sweep */
 
@@ -295,6 +287,9 @@ static void sweep_usage(FILE *f) {
           "  --resume           keep rows already in PREFIX.csv whose key (every input that\n"
           "                     changes a figure) matches, and skip their runs\n"
           "  --reps N           override the suite's repetitions (1..%d)\n"
+          "  --shard K/N        run the K-th of N shards: a deterministic share of the\n"
+          "                     suite's (model, workload, batch) groups, balanced by their\n"
+          "                     estimated cost; 'moebench merge' joins the shards' files\n"
           "  --quiet            no progress output\n"
           "  -h, --help         this text\n",
           MAX_REPS);
@@ -339,7 +334,74 @@ typedef struct sweep_ctx {
   moe_policy_library libs[SUITE_MAX];      /* plugins among them, open for the sweep */
   moe_device holder;     /* keeps the current model pinned across rows */
   bool holder_open, pinned;
+  int shard_k, shard_n;  /* --shard K/N (1-based); 0/0: every row */
+  int *group_shard;      /* [model x workload x batch group] -> its shard (1-based) */
+  int n_groups;
 } sweep_ctx;
+
+/* The index of group (model mi, workload w, batch bi) in loop order. */
+static int group_of(const sweep_ctx *x, int mi, int w, int bi) {
+  int g = 0;
+  for (int m = 0; m < x->s->n_models; m++)
+    for (int k = 0; k < x->s->n_workloads; k++)
+      for (int b = 0; b < x->s->workloads[k].n_batches; b++, g++)
+        if (m == mi && k == w && b == bi) return g;
+  return -1;
+}
+
+/* Splits the suite's groups (one model, workload and batch with all their
+ * budgets and policies: a group's rows share the gpu-only parity reference)
+ * over N shards, balanced by an estimate of each group's cost (weight
+ * bytes x tokens x batch x runs), largest first to the least loaded shard,
+ * ties to the earlier group and the lower shard.  Depends on the suite
+ * only, so every shard computes the same split and --resume keeps it. */
+static int plan_shards(sweep_ctx *x) {
+  const suite *s = x->s;
+  int n = 0;
+  for (int k = 0; k < s->n_workloads; k++) n += s->workloads[k].n_batches;
+  n *= s->n_models;
+  x->n_groups = n;
+  x->group_shard = calloc((size_t)(n ? n : 1), sizeof *x->group_shard);
+  double *cost = calloc((size_t)(n ? n : 1), sizeof *cost), load[SHARD_MAX] = {0};
+  int *order = calloc((size_t)(n ? n : 1), sizeof *order);
+  if (!x->group_shard || !cost || !order) {
+    free(cost);
+    free(order);
+    cli_error("out of host memory planning shards");
+    return 1;
+  }
+  int g = 0;
+  for (int m = 0; m < s->n_models; m++) {
+    size_t dense = 0, experts = 0;
+    moe_error err = {0};
+    if (moe_model_plan_layout(&x->presets[m].cfg, x->presets[m].dtype, &dense, &experts, &err) != MOE_OK)
+      dense = experts = 1;
+    for (int k = 0; k < s->n_workloads; k++)
+      for (int b = 0; b < s->workloads[k].n_batches; b++, g++) {
+        const workload *wl = &s->workloads[k];
+        cost[g] = ((double)dense + (double)experts) * (double)(wl->prompt_len + wl->gen_len) *
+                  (double)wl->batches[b] * (double)wl->requests *
+                  (double)(s->repetitions + s->warmup) * s->n_budgets * s->n_policies;
+        order[g] = g;
+      }
+  }
+  for (int i = 1; i < n; i++) /* insertion sort: cost descending, index ascending */
+    for (int j = i; j > 0 && cost[order[j]] > cost[order[j - 1]]; j--) {
+      int t = order[j];
+      order[j] = order[j - 1];
+      order[j - 1] = t;
+    }
+  for (int i = 0; i < n; i++) {
+    int best = 0;
+    for (int k = 1; k < x->shard_n; k++)
+      if (load[k] < load[best]) best = k;
+    load[best] += cost[order[i]];
+    x->group_shard[order[i]] = best + 1;
+  }
+  free(cost);
+  free(order);
+  return 0;
+}
 
 /* The routing a suite row runs: the suite's, else the policy's own. */
 static moe_routing suite_routing(const suite *s, const moe_policy *pol) {
@@ -485,7 +547,8 @@ static int sweep_model(sweep_ctx *x, int mi) {
       break;
     }
     for (int bi = 0; bi < wl->n_batches && rc == 0; bi++)
-      rc = sweep_batch(x, mi, &model, wl, wl->batches[bi], ids, n_ids);
+      if (!x->shard_n || x->group_shard[group_of(x, mi, w, bi)] == x->shard_k)
+        rc = sweep_batch(x, mi, &model, wl, wl->batches[bi], ids, n_ids);
     free(ids);
   }
   sweep_unpin(x, model);
@@ -586,8 +649,9 @@ static int resolve_policy(const suite *s, const char *entry, const moe_policy **
 
 /* Options of sweep; returns -1 to go on, else the exit code. */
 static int sweep_args(int argc, char **argv, const char **suite_arg, const char **out, bool *resume,
-                      bool *quiet, long *reps) {
+                      bool *quiet, long *reps, int *shard_k, int *shard_n) {
   static const struct option opts[] = {{"out", required_argument, 0, 'o'},
+                                       {"shard", required_argument, 0, 'S'},
                                        {"resume", no_argument, 0, 'R'},
                                        {"reps", required_argument, 0, 'r'},
                                        {"quiet", no_argument, 0, 'q'},
@@ -607,6 +671,26 @@ static int sweep_args(int argc, char **argv, const char **suite_arg, const char 
         break;
       case 'R': *resume = true; break;
       case 'q': *quiet = true; break;
+      case 'S': {
+        char spec[64];
+        snprintf(spec, sizeof spec, "%s", optarg); /* optarg may be read-only */
+        char *slash = strchr(spec, '/');
+        long k = 0, n = 0;
+        bool ok = slash != NULL && strlen(optarg) < sizeof spec;
+        if (ok) {
+          *slash = '\0';
+          ok = cli_parse_int(spec, 1, SHARD_MAX, &k) && cli_parse_int(slash + 1, 1, SHARD_MAX, &n) &&
+               k <= n;
+        }
+        if (!ok) {
+          cli_error("sweep: invalid value '%s' for --shard (K/N with 1 <= K <= N <= %d)", optarg,
+                    SHARD_MAX);
+          return 2;
+        }
+        *shard_k = (int)k;
+        *shard_n = (int)n;
+        break;
+      }
       case 'r':
         if (!cli_parse_int(optarg, 1, MAX_REPS, reps)) {
           cli_error("sweep: invalid value '%s' for --reps (1..%d)", optarg, MAX_REPS);
@@ -634,9 +718,10 @@ int cmd_sweep(int argc, char **argv) {
   const char *suite_arg = NULL, *out = NULL;
   bool resume = false, quiet = false;
   long reps = 0;
-  int rc = sweep_args(argc, argv, &suite_arg, &out, &resume, &quiet, &reps);
+  int shard_k = 0, shard_n = 0;
+  int rc = sweep_args(argc, argv, &suite_arg, &out, &resume, &quiet, &reps, &shard_k, &shard_n);
   if (rc >= 0) return rc;
-  sweep_ctx x = {.resume = resume};
+  sweep_ctx x = {.resume = resume, .shard_k = shard_k, .shard_n = shard_n};
   res_table_init(&x.t);
   x.s = calloc(1, sizeof *x.s);
   moe_error err = {0};
@@ -680,8 +765,12 @@ int cmd_sweep(int argc, char **argv) {
   x.backend = bo->name;
   if (out)
     snprintf(x.prefix, sizeof x.prefix, "%s", out);
+  else if (x.shard_n)
+    snprintf(x.prefix, sizeof x.prefix, "results/runs/%s.shard%d-of-%d", x.s->name, x.shard_k,
+             x.shard_n);
   else
     snprintf(x.prefix, sizeof x.prefix, "results/runs/%s", x.s->name);
+  if (x.shard_n && plan_shards(&x) != 0) goto done;
   mkdir_parent(x.prefix);
   if ((lock_fd = lock_output(x.prefix)) < 0) goto done;
   char path[1100];
@@ -710,6 +799,19 @@ int cmd_sweep(int argc, char **argv) {
   x.pr = (progress){0, 0, moe_clock_s(), isatty(2) != 0, quiet};
   for (int w = 0; w < x.s->n_workloads; w++) x.pr.total += x.s->workloads[w].n_batches;
   x.pr.total *= x.s->n_models * x.s->n_budgets * x.s->n_policies;
+  {
+    const int suite_rows = x.pr.total;
+    if (x.shard_n) {
+      int groups_here = 0;
+      for (int g = 0; g < x.n_groups; g++) groups_here += x.group_shard[g] == x.shard_k;
+      x.pr.total = groups_here * x.s->n_budgets * x.s->n_policies;
+      char shard[32];
+      snprintf(shard, sizeof shard, "%d/%d", x.shard_k, x.shard_n);
+      json_object_set_new(x.meta, "shard", json_string(shard));
+    }
+    json_object_set_new(x.meta, "suite_rows", json_integer(suite_rows));
+    json_object_set_new(x.meta, "rows_expected", json_integer(x.pr.total));
+  }
   rc = 0;
   for (int mi = 0; mi < x.s->n_models && rc == 0; mi++) rc = sweep_model(&x, mi);
   if (!quiet) {
@@ -739,6 +841,7 @@ done:
   json_decref(x.meta);
   res_table_free(&x.t);
   free(x.presets);
+  free(x.group_shard);
   free(x.s);
   return rc;
 }

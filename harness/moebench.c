@@ -3,6 +3,7 @@
  *   moebench run ...             measure one configuration
  *   moebench sweep SUITE ...     every configuration of a suite, CSV + JSON
  *   moebench compare BASE NEW    the CI gate: regressions past tolerance
+ *   moebench merge SHARD... -o OUT  join a sharded sweep's files
  *   moebench report RESULTS ...  markdown tables (and plots)
  *   moebench generate ...        run a model: prefill + greedy decode
  *   moebench eval ...            perplexity and accuracy over token windows
@@ -36,6 +37,7 @@ static void usage(FILE *f) {
           "  run         measure one configuration (model preset, policy, workload flags)\n"
           "  sweep       run every configuration of a suite; CSV + JSON results\n"
           "  compare     compare two result files; exit 1 on a regression\n"
+          "  merge       join the result files of a sharded sweep (sweep --shard K/N)\n"
           "  report      markdown table (and plots) of a result file\n"
           "  generate    prefill prompts and greedy-decode (model dir or preset)\n"
           "  eval        perplexity and next-token accuracy over a token file\n"
@@ -168,6 +170,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "report") == 0) return cmd_report(argc - 1, argv + 1);
   if (strcmp(cmd, "list") == 0) return cmd_list(argc - 1, argv + 1);
   if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
+  if (strcmp(cmd, "merge") == 0) return cmd_merge(argc - 1, argv + 1);
   cli_error("unknown command '%s' (run 'moebench --help' for the list)", cmd);
   return 2;
 }

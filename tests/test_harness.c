@@ -789,6 +789,56 @@ START_TEST(suites_take_checkpoint_directories) {
 }
 END_TEST
 
+/* sweep --shard K/N then merge: the merged file holds exactly the single
+ * sweep's rows with the same deterministic figures; a missing shard, a
+ * shard given twice and a bad --shard are refused and write nothing. */
+START_TEST(sharded_sweep_merges_to_the_single_sweep) {
+  char full[1100], all[1100], csv_full[1200], csv_all[1200], sh[3][1100];
+  snprintf(full, sizeof full, "%s", tmp_path("full"));
+  snprintf(all, sizeof all, "%s", tmp_path("all"));
+  ck_assert_int_eq(call(cmd_sweep, "sweep", "ci", "-o", full, "--quiet", NULL), 0);
+  for (int k = 0; k < 3; k++) {
+    char spec[16];
+    snprintf(sh[k], sizeof sh[k], "%s/shard%d", g_dir, k + 1);
+    snprintf(spec, sizeof spec, "%d/3", k + 1);
+    ck_assert_int_eq(call(cmd_sweep, "sweep", "ci", "--shard", spec, "-o", sh[k], "--quiet", NULL), 0);
+  }
+  ck_assert_int_eq(call(cmd_merge, "merge", sh[0], sh[1], sh[2], "-o", all, NULL), 0);
+  snprintf(csv_full, sizeof csv_full, "%s.csv", full);
+  snprintf(csv_all, sizeof csv_all, "%s.csv", all);
+  res_table a, b;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(csv_full, &a, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_msg(res_read_csv(csv_all, &b, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_uint_eq(a.n, b.n);
+  ck_assert_uint_gt(a.n, 0);
+  /* every row of the single sweep is in the merge, deterministic columns equal */
+  for (size_t i = 0; i < a.n; i++) {
+    long j = res_find(&b, &a.rows[i]);
+    ck_assert_msg(j >= 0, "row %zu of the single sweep is missing from the merge", i);
+    for (size_t c = 0; c < res_ncols; c++)
+      if (res_columns[c].kind == RES_DETERMINISTIC || res_columns[c].kind == RES_KEY)
+        ck_assert_msg(strcmp(a.rows[i].v[c], b.rows[j].v[c]) == 0, "row %zu column %s: %s vs %s", i,
+                      res_columns[c].name, a.rows[i].v[c], b.rows[j].v[c]);
+  }
+  res_table_free(&a);
+  res_table_free(&b);
+  ck_assert_int_eq(call(cmd_compare, "compare", csv_full, csv_all, "--deterministic-only", NULL), 0);
+  /* missing shard: exit 1, nothing written; repeated shard: exit 2 */
+  ck_assert_int_eq(call(cmd_merge, "merge", sh[0], sh[2], "-o", tmp_path("part"), NULL), 1);
+  ck_assert_int_ne(access(tmp_path("part.csv"), F_OK), 0);
+  ck_assert_int_eq(call(cmd_merge, "merge", sh[0], sh[0], sh[1], sh[2], "-o", tmp_path("dup"), NULL), 2);
+  ck_assert_int_ne(access(tmp_path("dup.csv"), F_OK), 0);
+  ck_assert_int_eq(call(cmd_merge, "merge", sh[0], sh[2], "-o", tmp_path("part2"), "--allow-partial",
+                        NULL), 1);
+  ck_assert_int_eq(access(tmp_path("part2.csv"), F_OK), 0);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", "ci", "--shard", "4/3", "-o", tmp_path("x"), NULL), 2);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", "ci", "--shard", "0/3", "-o", tmp_path("x"), NULL), 2);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", "ci", "--shard", "1", "-o", tmp_path("x"), NULL), 2);
+  ck_assert_int_eq(call(cmd_merge, "merge", "-o", tmp_path("x"), NULL), 2);
+}
+END_TEST
+
 /* run --trace writes Chrome trace-event JSON: it parses back, names a
  * compute and a copy track, every event has a time span, and the copy
  * track holds exactly the row's expert copies. */
@@ -912,6 +962,7 @@ int main(void) {
   tcase_add_test(tc, trace_is_chrome_trace_json);
   tcase_add_test(tc, eval_command);
   tcase_add_test(tc, suites_take_checkpoint_directories);
+  tcase_add_test(tc, sharded_sweep_merges_to_the_single_sweep);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
