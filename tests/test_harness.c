@@ -839,6 +839,41 @@ START_TEST(sharded_sweep_merges_to_the_single_sweep) {
 }
 END_TEST
 
+/* The Slurm scripts (harness/slurm): submit.sh submits the array of shards
+ * and the merge; here through local-sbatch.sh, the stand-in that runs each
+ * array task as a process (no Slurm on the test machines).  The merged
+ * file equals a plain sweep of the suite on every deterministic figure; a
+ * failing shard makes the submission fail before a merge. */
+START_TEST(slurm_array_with_the_local_stand_in) {
+  char cmd[4096], out[16384];
+  snprintf(cmd, sizeof cmd,
+           "cd '%s' && SBATCH=harness/slurm/local-sbatch.sh LOCAL_SBATCH_DIR='%s' MOEBENCH='%s' "
+           "harness/slurm/submit.sh ci 3 '%s/cluster' 2>&1",
+           MOE_SOURCE_DIR, g_dir, MOEBENCH_PATH, g_dir);
+  ck_assert_msg(tu_run(cmd, out, sizeof out) == 0, "%s", out);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", "ci", "-o", tmp_path("plain"), "--quiet", NULL), 0);
+  char a[1200], b[1200];
+  snprintf(a, sizeof a, "%s.csv", tmp_path("plain"));
+  snprintf(b, sizeof b, "%s/cluster/merged.csv", g_dir);
+  ck_assert_int_eq(call(cmd_compare, "compare", a, b, "--deterministic-only", NULL), 0);
+  res_table ta, tb;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(a, &ta, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_msg(res_read_csv(b, &tb, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_uint_eq(ta.n, tb.n);
+  res_table_free(&ta);
+  res_table_free(&tb);
+  /* a suite that does not exist: every shard fails, the submission too */
+  snprintf(cmd, sizeof cmd,
+           "cd '%s' && SBATCH=harness/slurm/local-sbatch.sh LOCAL_SBATCH_DIR='%s' MOEBENCH='%s' "
+           "harness/slurm/submit.sh no-such-suite 2 '%s/cluster2' 2>&1",
+           MOE_SOURCE_DIR, g_dir, MOEBENCH_PATH, g_dir);
+  ck_assert_int_ne(tu_run(cmd, out, sizeof out), 0);
+  snprintf(b, sizeof b, "%s/cluster2/merged.csv", g_dir);
+  ck_assert_int_ne(access(b, F_OK), 0);
+}
+END_TEST
+
 /* run --trace writes Chrome trace-event JSON: it parses back, names a
  * compute and a copy track, every event has a time span, and the copy
  * track holds exactly the row's expert copies. */
@@ -963,6 +998,7 @@ int main(void) {
   tcase_add_test(tc, eval_command);
   tcase_add_test(tc, suites_take_checkpoint_directories);
   tcase_add_test(tc, sharded_sweep_merges_to_the_single_sweep);
+  tcase_add_test(tc, slurm_array_with_the_local_stand_in);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
