@@ -479,6 +479,182 @@ static void plot_group(const res_table *t, size_t first, const char *dir, FILE *
     fprintf(md, "\nPlots: `%s-throughput.png`, `%s-memory.png`\n", base, base);
 }
 
+/* Opens path for writing; NULL after a message. */
+static FILE *plot_file(const char *path) {
+  FILE *f = fopen(path, "w");
+  if (f == NULL) fprintf(stderr, "moebench: report: %s: cannot create: %s\n", path, strerror(errno));
+  return f;
+}
+
+/* The headline figure of group `first` (report --figure PNG): generated
+ * tokens/s and peak device memory per policy, side by side, with
+ * pregated's ratios to gpu-only next to the paper's. */
+static int headline_figure(const res_table *t, size_t first, const char *png) {
+  const res_row *g = &t->rows[first];
+  char dat[1200], gp[1200];
+  snprintf(dat, sizeof dat, "%s.dat", png);
+  snprintf(gp, sizeof gp, "%s.gp", png);
+  FILE *f = plot_file(dat);
+  if (f == NULL) return 1;
+  int n = 0;
+  for (size_t i = first; i < t->n; i++) {
+    const res_row *r = &t->rows[i];
+    if (!same_group(r, g)) continue;
+    const bool ok = !strcmp(res_get(r, "status"), "ok");
+    gp_string(f, res_get(r, "policy"));
+    const double med = ok ? num(r, "tokens_per_s") : 0, lo = num(r, "tokens_per_s_min"),
+                 hi = num(r, "tokens_per_s_max");
+    fprintf(f, " %.6g %.6g %.6g %.3f\n", med, ok && !isnan(lo) ? lo : med, ok && !isnan(hi) ? hi : med,
+            ok ? num(r, "peak_device_bytes") / 1e6 : 0.0);
+    n++;
+  }
+  fclose(f);
+  const res_row *go = find_policy(t, g, "gpu-only"), *pg = find_policy(t, g, "pregated");
+  char tput[160] = "", mem[160] = "", title[600];
+  if (go && pg) {
+    snprintf(tput, sizeof tput, "pregated: %.0f%% of gpu-only's tokens/s (paper: 81%%)",
+             100 * num(pg, "tokens_per_s") / num(go, "tokens_per_s"));
+    snprintf(mem, sizeof mem, "pregated: %.0f%% of gpu-only's peak memory (paper: 23%%)",
+             100 * num(pg, "peak_device_bytes") / num(go, "peak_device_bytes"));
+  }
+  f = plot_file(gp);
+  if (f == NULL) return 1;
+  fprintf(f, "set terminal pngcairo size 1200,520 noenhanced font ',11'\n");
+  fputs("set output ", f), gp_string(f, png), fputs("\n", f);
+  snprintf(title, sizeof title, "%s, workload %s, batch %s, %s backend (measured)", res_get(g, "model"),
+           res_get(g, "workload"), res_get(g, "batch"), res_get(g, "backend"));
+  fputs("set multiplot layout 1,2 title ", f), gp_string(f, title), fputs("\n", f);
+  fprintf(f, "set style fill solid 0.6\nset boxwidth 0.6\nset grid y\nset yrange [0:*]\n"
+             "set offsets 0, 0, graph 0.18, 0\n" /* room above the bars for the ratio */
+             "set xrange [-0.6:%d.6]\nset xtics rotate by -20\n", n - 1);
+  fputs("set title ", f), gp_string(f, "generated tokens/s (median; bars: min..max)"), fputs("\n", f);
+  if (tput[0]) fputs("set label 1 ", f), gp_string(f, tput), fputs(" at graph 0.02, graph 0.95 front\n", f);
+  fputs("plot ", f), gp_string(f, dat);
+  fputs(" using 0:2:xtic(1) with boxes lc rgb '#4477aa' notitle, ", f), gp_string(f, dat);
+  fputs(" using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0 notitle\n", f);
+  fputs("unset label 1\nset title ", f), gp_string(f, "peak device memory, MB (allocator)"), fputs("\n", f);
+  if (mem[0]) fputs("set label 2 ", f), gp_string(f, mem), fputs(" at graph 0.02, graph 0.95 front\n", f);
+  fputs("plot ", f), gp_string(f, dat);
+  fputs(" using 0:5:xtic(1) with boxes lc rgb '#cc6677' notitle\nunset multiplot\n", f);
+  fclose(f);
+  const int rc = run_gnuplot(gp) == 0 ? 0 : 1;
+  remove(dat); /* intermediate files: the figure is the output */
+  remove(gp);
+  return rc;
+}
+
+/* Per model: tokens/s against peak device memory, one point per policy
+ * and budget (every workload and batch of the model in one picture, one
+ * point style per workload and batch would crowd it: the first group's
+ * workload and batch are used). */
+static void plot_scatter(const res_table *t, size_t first, const char *dir, FILE *md) {
+  const res_row *g = &t->rows[first];
+  char m[64], base[1024], dat[1100], gp[1100], png[1100], title[600];
+  safe_name(m, sizeof m, res_get(g, "model"));
+  snprintf(base, sizeof base, "%s/%s-scatter", dir, m);
+  snprintf(dat, sizeof dat, "%s.dat", base);
+  snprintf(gp, sizeof gp, "%s.gp", base);
+  snprintf(png, sizeof png, "%s.png", base);
+  FILE *f = plot_file(dat);
+  if (f == NULL) return;
+  int n = 0;
+  for (size_t i = 0; i < t->n; i++) {
+    const res_row *r = &t->rows[i];
+    if (strcmp(res_get(r, "model"), res_get(g, "model")) || strcmp(res_get(r, "workload"), res_get(g, "workload")) ||
+        strcmp(res_get(r, "batch"), res_get(g, "batch")) || strcmp(res_get(r, "status"), "ok"))
+      continue;
+    char label[200];
+    const char *bu = res_get(r, "device_mem_budget_bytes");
+    snprintf(label, sizeof label, "%s%s%s", res_get(r, "policy"), strcmp(bu, "0") ? " @" : "",
+             strcmp(bu, "0") ? bu : "");
+    fprintf(f, "%.3f %.6g ", num(r, "peak_device_bytes") / 1e6, num(r, "tokens_per_s"));
+    gp_string(f, label);
+    fputc('\n', f);
+    n++;
+  }
+  fclose(f);
+  if (n == 0) return;
+  f = plot_file(gp);
+  if (f == NULL) return;
+  fprintf(f, "set terminal pngcairo size 900,560 noenhanced\nset grid\n"
+             "set xlabel 'peak device memory, MB (allocator)'\nset ylabel 'generated tokens/s (measured)'\n"
+             "set yrange [0:*]\nset xrange [0:*]\n");
+  fputs("set output ", f), gp_string(f, png), fputs("\n", f);
+  snprintf(title, sizeof title, "%s, workload %s, batch %s: throughput against memory, per policy and budget",
+           res_get(g, "model"), res_get(g, "workload"), res_get(g, "batch"));
+  fputs("set title ", f), gp_string(f, title), fputs("\n", f);
+  fputs("plot ", f), gp_string(f, dat);
+  fputs(" using 1:2 with points pt 7 ps 1.5 notitle, ", f), gp_string(f, dat);
+  fputs(" using 1:2:3 with labels offset 1,1 left notitle\n", f);
+  fclose(f);
+  if (run_gnuplot(gp) == 0) fprintf(md, "\nScatter: `%s`\n", png);
+}
+
+/* Per model and workload with several batch sizes: tokens/s against the
+ * batch, one line per policy (budget = capacity rows). */
+static void plot_batches(const res_table *t, size_t first, const char *dir, FILE *md) {
+  const res_row *g = &t->rows[first];
+  char m[64], w[64], base[1024], gp[1100], png[1100], title[600];
+  safe_name(m, sizeof m, res_get(g, "model"));
+  safe_name(w, sizeof w, res_get(g, "workload"));
+  snprintf(base, sizeof base, "%s/%s-%s-batch", dir, m, w);
+  snprintf(gp, sizeof gp, "%s.gp", base);
+  snprintf(png, sizeof png, "%s.png", base);
+  /* the policies, in first-seen order */
+  const char *pols[32];
+  int np = 0, batches = 0;
+  char seen_batch[64][16];
+  for (size_t i = 0; i < t->n; i++) {
+    const res_row *r = &t->rows[i];
+    if (strcmp(res_get(r, "model"), res_get(g, "model")) || strcmp(res_get(r, "workload"), res_get(g, "workload")))
+      continue;
+    bool have = false;
+    for (int k = 0; k < np; k++) have |= !strcmp(pols[k], res_get(r, "policy"));
+    if (!have && np < 32) pols[np++] = res_get(r, "policy");
+    have = false;
+    for (int k = 0; k < batches; k++) have |= !strcmp(seen_batch[k], res_get(r, "batch"));
+    if (!have && batches < 64) snprintf(seen_batch[batches++], 16, "%s", res_get(r, "batch"));
+  }
+  if (batches < 2) return;
+  FILE *f = plot_file(gp);
+  if (f == NULL) return;
+  fprintf(f, "set terminal pngcairo size 900,560 noenhanced\nset grid\nset logscale x 2\n"
+             "set xlabel 'batch (sequences)'\nset ylabel 'generated tokens/s (measured)'\n"
+             "set yrange [0:*]\nset key left top\n");
+  fputs("set output ", f), gp_string(f, png), fputs("\n", f);
+  snprintf(title, sizeof title, "%s, workload %s: throughput against batch", res_get(g, "model"),
+           res_get(g, "workload"));
+  fputs("set title ", f), gp_string(f, title), fputs("\nplot ", f);
+  for (int k = 0; k < np; k++) {
+    fputs(k ? ", '-' using 1:2 with linespoints title " : "'-' using 1:2 with linespoints title ", f);
+    gp_string(f, pols[k]);
+  }
+  fputc('\n', f);
+  for (int k = 0; k < np; k++) { /* inline data, batch ascending */
+    double xs[64], ys[64];
+    int n = 0;
+    for (size_t i = 0; i < t->n && n < 64; i++) {
+      const res_row *r = &t->rows[i];
+      if (strcmp(res_get(r, "model"), res_get(g, "model")) ||
+          strcmp(res_get(r, "workload"), res_get(g, "workload")) || strcmp(res_get(r, "policy"), pols[k]) ||
+          strcmp(res_get(r, "status"), "ok") || strcmp(res_get(r, "device_mem_budget_bytes"), "0"))
+        continue;
+      xs[n] = num(r, "batch");
+      ys[n++] = num(r, "tokens_per_s");
+    }
+    for (int a = 1; a < n; a++)
+      for (int b2 = a; b2 > 0 && xs[b2] < xs[b2 - 1]; b2--) {
+        double tx = xs[b2], ty = ys[b2];
+        xs[b2] = xs[b2 - 1], ys[b2] = ys[b2 - 1];
+        xs[b2 - 1] = tx, ys[b2 - 1] = ty;
+      }
+    for (int a = 0; a < n; a++) fprintf(f, "%g %.6g\n", xs[a], ys[a]);
+    fputs("e\n", f);
+  }
+  fclose(f);
+  if (run_gnuplot(gp) == 0) fprintf(md, "\nBatch plot: `%s`\n", png);
+}
+
 /* gnuplot on PATH, found without a shell. */
 static bool have_gnuplot(void) {
   const char *path = getenv("PATH");
@@ -497,10 +673,11 @@ static bool have_gnuplot(void) {
 int cmd_report(int argc, char **argv) {
   static const struct option opts[] = {{"out", required_argument, 0, 'o'},
                                        {"plots", required_argument, 0, 'P'},
+                                       {"figure", required_argument, 0, 'F'},
                                        {"paper", no_argument, 0, 'p'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  const char *out = NULL, *plots = NULL;
+  const char *out = NULL, *plots = NULL, *figure = NULL;
   bool paper = false;
   optind = 1;
   opterr = 0;
@@ -509,14 +686,20 @@ int cmd_report(int argc, char **argv) {
     switch (c) {
       case 'o': out = optarg; break;
       case 'P': plots = optarg; break;
+      case 'F': figure = optarg; break;
       case 'p': paper = true; break;
       case 'h':
         printf("usage: moebench report RESULTS.csv [options]\n\n"
                "Prints a markdown table per model x workload x batch x budget.\n\n"
                "  -o, --out FILE   write the markdown to FILE (temporary file + rename)\n"
                "  --paper          add pregated's ratios next to the Pre-gated MoE paper's\n"
-               "  --plots DIR      PNG plots of throughput and peak memory per policy (needs\n"
-               "                   gnuplot; skipped with a note when it is not installed)\n"
+               "  --plots DIR      PNG plots (needs gnuplot; skipped with a note when it is not\n"
+               "                   installed): throughput and peak memory per policy for each\n"
+               "                   table, throughput against memory per model (a point per\n"
+               "                   policy and budget), throughput against batch per policy\n"
+               "  --figure PNG     the headline figure of the first table: throughput and peak\n"
+               "                   memory per policy with pregated's ratios and the paper's\n"
+               "                   (needs gnuplot; exit 1 without it)\n"
                "  -h, --help       this text\n");
         return 0;
       default:
@@ -622,7 +805,31 @@ int cmd_report(int argc, char **argv) {
                   "absolute numbers.\n");
     }
     if (gnuplot) plot_group(&t, i, plots, md);
+    if (gnuplot) {
+      bool first_model = true, first_workload = true;
+      for (size_t k = 0; k < i; k++) {
+        first_model &= strcmp(res_get(&t.rows[k], "model"), res_get(g, "model")) != 0;
+        first_workload &= strcmp(res_get(&t.rows[k], "model"), res_get(g, "model")) != 0 ||
+                          strcmp(res_get(&t.rows[k], "workload"), res_get(g, "workload")) != 0;
+      }
+      if (first_model) plot_scatter(&t, i, plots, md);
+      if (first_workload) plot_batches(&t, i, plots, md);
+    }
     fprintf(md, "\n");
+  }
+  if (figure && t.n > 0) {
+    if (!have_gnuplot()) {
+      cli_error("report: --figure needs gnuplot (not installed)");
+      if (out) fclose(md), remove(tmp), free(tmp);
+      res_table_free(&t);
+      return 1;
+    }
+    if (headline_figure(&t, 0, figure) != 0) {
+      cli_error("report: %s: gnuplot failed", figure);
+      if (out) fclose(md), remove(tmp), free(tmp);
+      res_table_free(&t);
+      return 1;
+    }
   }
   int rc = 0;
   if (out) {

@@ -578,6 +578,7 @@ START_TEST(report_plots_never_run_a_shell) {
       titled |= !strncmp(l, "set title", 9) && strstr(l, "batch 1, budget capacity") != NULL;
     }
     fclose(f);
+    if (strstr(de->d_name, "-scatter.gp")) continue; /* the per-model scatter: lines checked */
     ck_assert(bars && titled);
     /* the OOM row stays in the plot, labelled */
     char dat[2400];
@@ -593,7 +594,7 @@ START_TEST(report_plots_never_run_a_shell) {
     ck_assert_ptr_nonnull(strstr(all, "\"ondemand\" 10 9 12"));
   }
   closedir(d);
-  ck_assert_int_eq(n_gp, 1);
+  ck_assert_int_eq(n_gp, 2); /* the table's bars and the model's scatter */
 }
 END_TEST
 
@@ -874,6 +875,42 @@ START_TEST(slurm_array_with_the_local_stand_in) {
 }
 END_TEST
 
+/* report --figure: a PNG (its magic bytes) of the first table with no
+ * intermediate files left, when gnuplot is there; exit 1 without it.
+ * --plots adds the scatter per model and the batch plot per workload. */
+START_TEST(report_figure_and_plots) {
+  char cmd[2048], out[4096];
+  const bool have = tu_run("command -v gnuplot >/dev/null 2>&1", out, sizeof out) == 0;
+  write_file("bsuite.json",
+             "{\"name\": \"b\", \"models\": [\"ci-small\"], \"policies\": [\"gpu-only\", "
+             "\"pregated\"], \"workloads\": [{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 4, "
+             "\"batch\": [1, 2]}]}");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("bsuite.json"), "-o", tmp_path("bs"), "--quiet", NULL), 0);
+  char csv[1200], png[1200], dir[1200];
+  snprintf(csv, sizeof csv, "%s.csv", tmp_path("bs"));
+  snprintf(png, sizeof png, "%s", tmp_path("fig.png"));
+  snprintf(dir, sizeof dir, "%s", tmp_path("plots"));
+  int rc = call(cmd_report, "report", csv, "--figure", png, "--plots", dir, "-o", tmp_path("r.md"), NULL);
+  if (!have) {
+    ck_assert_int_eq(rc, 1);
+    return;
+  }
+  ck_assert_int_eq(rc, 0);
+  FILE *f = fopen(png, "rb");
+  ck_assert_ptr_nonnull(f);
+  unsigned char magic[8] = {0};
+  ck_assert_uint_eq(fread(magic, 1, 8, f), 8);
+  fclose(f);
+  ck_assert_int_eq(memcmp(magic, "\x89PNG\r\n\x1a\n", 8), 0);
+  snprintf(cmd, sizeof cmd, "%s.gp", png);
+  ck_assert_int_ne(access(cmd, F_OK), 0);
+  snprintf(cmd, sizeof cmd, "%s/ci-small-scatter.png", dir);
+  ck_assert_int_eq(access(cmd, F_OK), 0);
+  snprintf(cmd, sizeof cmd, "%s/ci-small-w-batch.png", dir);
+  ck_assert_int_eq(access(cmd, F_OK), 0);
+}
+END_TEST
+
 /* run --trace writes Chrome trace-event JSON: it parses back, names a
  * compute and a copy track, every event has a time span, and the copy
  * track holds exactly the row's expert copies. */
@@ -999,6 +1036,7 @@ int main(void) {
   tcase_add_test(tc, suites_take_checkpoint_directories);
   tcase_add_test(tc, sharded_sweep_merges_to_the_single_sweep);
   tcase_add_test(tc, slurm_array_with_the_local_stand_in);
+  tcase_add_test(tc, report_figure_and_plots);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
