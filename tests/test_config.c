@@ -391,6 +391,59 @@ START_TEST(switch_configs) {
 }
 END_TEST
 
+/* Qwen3-MoE and OLMoE: the fixtures, transformers' defaults for absent
+ * fields (Qwen3MoeConfig, OlmoeConfig of 5.24), num_experts or
+ * num_local_experts (transformers 5 writes the latter), refusals. */
+START_TEST(qwen3_and_olmoe_configs) {
+  moe_config c;
+  moe_error err = {0};
+  ck_assert_msg(moe_config_load(&c, MOE_SOURCE_DIR "/tests/fixtures/qwen3moe-tiny/config.json", &err) ==
+                    MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.arch, MOE_ARCH_QWEN3_MOE);
+  ck_assert_int_eq(c.n_experts, 8); /* from num_local_experts */
+  ck_assert_int_eq(c.head_dim, 24);
+  ck_assert_int_eq(c.qk_norm, MOE_QK_NORM_HEAD);
+  ck_assert(c.qkv_bias && c.o_bias && c.norm_topk && c.shared_ffn == 0);
+  ck_assert(c.is_moe[0] && c.is_moe[1] && !c.is_moe[2] && c.is_moe[3]);
+  ck_assert_msg(moe_config_load(&c, MOE_SOURCE_DIR "/tests/fixtures/olmoe-tiny/config.json", &err) ==
+                    MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.arch, MOE_ARCH_OLMOE);
+  ck_assert_int_eq(c.qk_norm, MOE_QK_NORM_FULL);
+  ck_assert_int_eq(c.expert_ffn, 40);
+  ck_assert(!c.norm_topk && !c.qkv_bias && c.is_moe[0] && c.is_moe[2]);
+  const char *p = write_cfg("q3.json", "{\"model_type\": \"qwen3_moe\"}");
+  ck_assert_msg(moe_config_load(&c, p, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.n_experts, 128);
+  ck_assert_int_eq(c.top_k, 8);
+  ck_assert_int_eq(c.n_kv_heads, 4);
+  ck_assert_int_eq(c.expert_ffn, 768);
+  ck_assert_int_eq(c.head_dim, 64); /* hidden / heads */
+  ck_assert(!c.norm_topk && !c.qkv_bias);
+  p = write_cfg("ol.json", "{\"model_type\": \"olmoe\", \"num_attention_heads\": 8}");
+  ck_assert_msg(moe_config_load(&c, p, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.n_kv_heads, 8); /* None: as many as the query heads */
+  ck_assert_int_eq(c.n_experts, 64);
+  ck_assert_int_eq(c.vocab, 50304);
+  ck_assert(c.rms_eps == 1e-5f);
+  const struct {
+    const char *json, *needle;
+    moe_status code;
+  } bad[] = {
+      {"{\"model_type\": \"olmoe\", \"clip_qkv\": 8.0}", "clip_qkv", MOE_ERR_UNSUPPORTED},
+      {"{\"model_type\": \"qwen3_moe\", \"num_experts\": 8, \"num_local_experts\": 4}",
+       "num_local_experts", MOE_ERR_INVALID},
+      {"{\"model_type\": \"qwen3_moe\", \"attention_bias\": \"yes\"}", "attention_bias",
+       MOE_ERR_FORMAT},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    p = write_cfg("bad.json", bad[i].json);
+    moe_error e2 = {0};
+    ck_assert_int_eq(moe_config_load(&c, p, &e2), bad[i].code);
+    ck_assert_msg(strstr(e2.msg, bad[i].needle) != NULL, "case %zu: '%s'", i, e2.msg);
+  }
+}
+END_TEST
+
 /* A synthetic Switch model saved as config.json + safetensors loads back
  * with the same configuration and weights: the same tokens. */
 START_TEST(switch_save_load_roundtrip) {
@@ -448,6 +501,7 @@ int main(void) {
   tcase_add_test(tc, missing_file_is_io);
   tcase_add_test(tc, switch_configs);
   tcase_add_test(tc, switch_save_load_roundtrip);
+  tcase_add_test(tc, qwen3_and_olmoe_configs);
   tcase_add_test(tc, absent_fields_take_family_defaults);
   tcase_add_test(tc, sliding_window_is_checked_per_run);
   tcase_add_test(tc, oversized_models_are_refused);

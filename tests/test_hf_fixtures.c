@@ -165,6 +165,16 @@ END_TEST
 START_TEST(switch_untied_matches_transformers) { check_switch("switch-tiny-untied"); }
 END_TEST
 
+/* Qwen3-MoE: per-head q/k norms, attention biases (q, k, v and o), a dense
+ * layer among the MoE ones, renormalised top-k */
+START_TEST(qwen3moe_matches_transformers) { check_fixture("qwen3moe-tiny"); }
+END_TEST
+
+/* OLMoE: q/k norms over the whole projection, top-k not renormalised,
+ * tied embeddings */
+START_TEST(olmoe_matches_transformers) { check_fixture("olmoe-tiny"); }
+END_TEST
+
 START_TEST(mixtral_matches_transformers) { check_fixture("mixtral-tiny"); }
 END_TEST
 
@@ -206,6 +216,8 @@ int main(void) {
   tcase_add_test(tc, mixtral_defaults_match_transformers);
   tcase_add_test(tc, qwen2moe_defaults_match_transformers);
   tcase_add_test(tc, switch_matches_transformers);
+  tcase_add_test(tc, qwen3moe_matches_transformers);
+  tcase_add_test(tc, olmoe_matches_transformers);
   tcase_add_test(tc, switch_untied_matches_transformers);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);

@@ -179,6 +179,22 @@ static moe_status check_rope_type(const field_ctx *c, json_t *obj, const char *f
   return MOE_OK;
 }
 
+/* The experts of a family whose transformers 5 config writes
+ * num_local_experts (its attribute_map) and whose checkpoints say
+ * num_experts: either, and both only when they agree. */
+static moe_status get_experts(const field_ctx *c, int *out) {
+  int a = -1, b = -1;
+  moe_status st = get_int(c, "num_experts", false, &a);
+  if (st == MOE_OK) st = get_int(c, "num_local_experts", false, &b);
+  if (st != MOE_OK) return st;
+  if (a >= 0 && b >= 0 && a != b)
+    return MOE_FAIL(c->err, MOE_ERR_INVALID,
+                    "%s: num_experts (%d) contradicts num_local_experts (%d)", c->origin, a, b);
+  if (a >= 0) *out = a;
+  else if (b >= 0) *out = b;
+  return MOE_OK;
+}
+
 /* The defaults transformers gives each family's config fields (checked
  * against transformers 5.24 MixtralConfig() and Qwen2MoeConfig(); the
  * peer fixtures mixtral-defaults and qwen2moe-defaults omit them).  A field
@@ -197,6 +213,35 @@ static void family_defaults(moe_config *cfg) {
     cfg->top_k = 2;
     cfg->n_experts = 8;
     cfg->norm_topk = true; /* Mixtral always renormalises the top-k weights */
+  } else if (cfg->arch == MOE_ARCH_QWEN3_MOE) { /* Qwen3MoeConfig() */
+    cfg->vocab = 151936;
+    cfg->hidden = 2048;
+    cfg->dense_ffn = 6144;
+    cfg->n_layers = 24;
+    cfg->n_heads = 32;
+    cfg->n_kv_heads = 4;
+    cfg->max_pos = 32768;
+    cfg->rms_eps = 1e-6f;
+    cfg->rope_theta = 10000.0f;
+    cfg->expert_ffn = 768;
+    cfg->top_k = 8;
+    cfg->n_experts = 128;
+    cfg->norm_topk = false;
+    cfg->qk_norm = MOE_QK_NORM_HEAD;
+  } else if (cfg->arch == MOE_ARCH_OLMOE) { /* OlmoeConfig() */
+    cfg->vocab = 50304;
+    cfg->hidden = 2048;
+    cfg->expert_ffn = 2048;
+    cfg->n_layers = 16;
+    cfg->n_heads = 16;
+    cfg->n_kv_heads = -1; /* None: as many as the query heads */
+    cfg->max_pos = 4096;
+    cfg->rms_eps = 1e-5f;
+    cfg->rope_theta = 10000.0f;
+    cfg->top_k = 8;
+    cfg->n_experts = 64;
+    cfg->norm_topk = false;
+    cfg->qk_norm = MOE_QK_NORM_FULL;
   } else {
     cfg->vocab = 151936;
     cfg->hidden = 2048;
@@ -391,13 +436,17 @@ moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const cha
     cfg->arch = MOE_ARCH_MIXTRAL;
   } else if (strcmp(type, "qwen2_moe") == 0) {
     cfg->arch = MOE_ARCH_QWEN2_MOE;
+  } else if (strcmp(type, "qwen3_moe") == 0) {
+    cfg->arch = MOE_ARCH_QWEN3_MOE;
+  } else if (strcmp(type, "olmoe") == 0) {
+    cfg->arch = MOE_ARCH_OLMOE;
   } else if (strcmp(type, "switch_transformers") == 0) {
     cfg->arch = MOE_ARCH_SWITCH;
     return switch_from_json(cfg, &c);
   } else {
     return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
-                    "%s: model_type '%s' is not supported (expected mixtral, qwen2_moe or "
-                    "switch_transformers)", origin, type);
+                    "%s: model_type '%s' is not supported (expected mixtral, qwen2_moe, qwen3_moe, "
+                    "olmoe or switch_transformers)", origin, type);
   }
   family_defaults(cfg);
 
@@ -438,18 +487,40 @@ moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const cha
   MOE_CHECK(hact == NULL || (json_is_string(hact) && strcmp(json_string_value(hact), "silu") == 0),
             err, MOE_ERR_UNSUPPORTED, "%s: field 'hidden_act' must be \"silu\"", origin);
 
+  if (cfg->n_kv_heads < 0) cfg->n_kv_heads = cfg->n_heads; /* OLMoE's None */
+  if (cfg->arch == MOE_ARCH_QWEN3_MOE || cfg->arch == MOE_ARCH_OLMOE) {
+    bool ab = false;
+    MOE_TRY(get_bool(&c, "attention_bias", &ab));
+    cfg->qkv_bias = cfg->o_bias = ab;
+  }
   if (cfg->arch == MOE_ARCH_MIXTRAL) {
     MOE_TRY(get_int(&c, "num_local_experts", false, &cfg->n_experts));
     MOE_TRY(get_int(&c, "intermediate_size", false, &cfg->expert_ffn));
     MOE_TRY(get_int(&c, "sliding_window", false, &cfg->sliding_window));
     for (int i = 0; i < cfg->n_layers && i < MOE_MAX_LAYERS; i++) cfg->is_moe[i] = true;
+  } else if (cfg->arch == MOE_ARCH_OLMOE) {
+    MOE_TRY(get_experts(&c, &cfg->n_experts));
+    MOE_TRY(get_int(&c, "intermediate_size", false, &cfg->expert_ffn));
+    MOE_TRY(get_bool(&c, "norm_topk_prob", &cfg->norm_topk));
+    json_t *clip = json_object_get(root, "clip_qkv");
+    MOE_CHECK(clip == NULL || json_is_null(clip), err, MOE_ERR_UNSUPPORTED,
+              "%s: field 'clip_qkv' is set: clamping q/k/v is not implemented", origin);
+    MOE_CHECK(cfg->n_layers <= MOE_MAX_LAYERS, err, MOE_ERR_UNSUPPORTED,
+              "%s: num_hidden_layers = %d exceeds the limit %d", origin, cfg->n_layers,
+              MOE_MAX_LAYERS);
+    for (int i = 0; i < cfg->n_layers; i++) cfg->is_moe[i] = true;
   } else {
-    MOE_TRY(get_int(&c, "num_experts", false, &cfg->n_experts));
+    if (cfg->arch == MOE_ARCH_QWEN3_MOE)
+      MOE_TRY(get_experts(&c, &cfg->n_experts));
+    else
+      MOE_TRY(get_int(&c, "num_experts", false, &cfg->n_experts));
     MOE_TRY(get_int(&c, "moe_intermediate_size", false, &cfg->expert_ffn));
     MOE_TRY(get_int(&c, "intermediate_size", false, &cfg->dense_ffn));
-    MOE_TRY(get_int(&c, "shared_expert_intermediate_size", false, &cfg->shared_ffn));
+    if (cfg->arch == MOE_ARCH_QWEN2_MOE) {
+      MOE_TRY(get_int(&c, "shared_expert_intermediate_size", false, &cfg->shared_ffn));
+      MOE_TRY(get_bool(&c, "qkv_bias", &cfg->qkv_bias));
+    }
     MOE_TRY(get_bool(&c, "norm_topk_prob", &cfg->norm_topk));
-    MOE_TRY(get_bool(&c, "qkv_bias", &cfg->qkv_bias));
     bool sliding = false;
     MOE_TRY(get_bool(&c, "use_sliding_window", &sliding));
     if (sliding) {

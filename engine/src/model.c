@@ -704,6 +704,14 @@ static moe_status rope_attention(moe_engine *e, int l, size_t T, const moe_attn_
   MOE_TRY(o->matmul(be, e->q, e->h, T, &wq, &bq, err));
   MOE_TRY(o->matmul(be, e->k, e->h, T, &wk, &bk, err));
   MOE_TRY(o->matmul(be, e->v, e->h, T, &wv, &bv, err));
+  if (c->qk_norm != MOE_QK_NORM_NONE) {
+    /* per head: rows of head_dim (the projection is [T, heads x head_dim],
+     * so [T x heads, head_dim]); full: rows of the whole projection */
+    const bool head = c->qk_norm == MOE_QK_NORM_HEAD;
+    const moe_weight qn = dw(e, l, ROLE_QNORM), kn = dw(e, l, ROLE_KNORM);
+    MOE_TRY(o->rmsnorm(be, e->q, e->q, head ? T * (size_t)c->n_heads : T, &qn, c->rms_eps, err));
+    MOE_TRY(o->rmsnorm(be, e->k, e->k, head ? T * (size_t)c->n_kv_heads : T, &kn, c->rms_eps, err));
+  }
   MOE_TRY(o->rope(be, e->q, T, e->pos, c->n_heads, c->head_dim, c->rope_theta, err));
   MOE_TRY(o->rope(be, e->k, T, e->pos, c->n_kv_heads, c->head_dim, c->rope_theta, err));
   MOE_TRY(o->kv_store(be, kc, vc, e->k, e->v, shape, err));
@@ -791,13 +799,13 @@ static moe_status run_layers(moe_engine *e, int l0, int l1, int n_seq, int n_new
       e->pred_first = true;
     }
     const moe_weight an = dw(e, l, ROLE_ATTN_NORM), fn = dw(e, l, ROLE_FFN_NORM),
-                     wo = dw(e, l, ROLE_WO);
+                     wo = dw(e, l, ROLE_WO), bo = dw(e, l, ROLE_BO);
     MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &an, c->rms_eps, err));
     if (t5)
       MOE_TRY(t5_self_attention(e, l, T, &shape, err));
     else
       MOE_TRY(rope_attention(e, l, T, &shape, err));
-    MOE_TRY(o->matmul(be, e->tmp, e->att, T, &wo, NULL, err));
+    MOE_TRY(o->matmul(be, e->tmp, e->att, T, &wo, &bo, err));
     MOE_TRY(o->add(be, e->x, e->tmp, T * H, err));
     if (t5 && l >= c->n_enc_layers) MOE_TRY(cross_attention(e, l, T, &shape, err));
     MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &fn, c->rms_eps, err));

@@ -17,6 +17,7 @@ typedef enum moe_role {
   ROLE_ENC_FINAL_NORM, /* model level */
   ROLE_REL_BIAS,       /* [buckets, heads], on the first layer of each stack */
   ROLE_XATTN_NORM, ROLE_XQ, ROLE_XK, ROLE_XV, ROLE_XO, /* decoder cross-attention */
+  ROLE_BO, ROLE_QNORM, ROLE_KNORM, /* output bias, q/k norms (Qwen3-MoE, OLMoE) */
   ROLE_COUNT
 } moe_role;
 

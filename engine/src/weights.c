@@ -191,6 +191,12 @@ static moe_status build_specs(moe_model *m, moe_error *err) {
       ADD(ROLE_BK, l, -1, 1, kvd, true, false, "%s.%d.self_attn.k_proj.bias", p, l);
       ADD(ROLE_BV, l, -1, 1, kvd, true, false, "%s.%d.self_attn.v_proj.bias", p, l);
     }
+    if (c->o_bias) ADD(ROLE_BO, l, -1, 1, H, true, false, "%s.%d.self_attn.o_proj.bias", p, l);
+    if (c->qk_norm != MOE_QK_NORM_NONE) {
+      const bool head = c->qk_norm == MOE_QK_NORM_HEAD;
+      ADD(ROLE_QNORM, l, -1, 1, head ? hd : qd, true, false, "%s.%d.self_attn.q_norm.weight", p, l);
+      ADD(ROLE_KNORM, l, -1, 1, head ? hd : kvd, true, false, "%s.%d.self_attn.k_norm.weight", p, l);
+    }
     ADD(ROLE_FFN_NORM, l, -1, 1, H, true, false, "%s.%d.post_attention_layernorm.weight", p, l);
     if (c->is_moe[l]) {
       m->moe_index[l] = m->n_moe++;
@@ -365,9 +371,9 @@ static double init_std(const moe_config *c, const moe_tensor_spec *s) {
   switch (s->role) {
     case ROLE_EMBED: case ROLE_ENC_EMBED: return 1.0;
     case ROLE_FINAL_NORM: case ROLE_ATTN_NORM: case ROLE_FFN_NORM: case ROLE_ENC_FINAL_NORM:
-    case ROLE_XATTN_NORM: return -1;
+    case ROLE_XATTN_NORM: case ROLE_QNORM: case ROLE_KNORM: return -1;
     case ROLE_REL_BIAS: return 1.0 / sqrt((double)c->hidden);
-    case ROLE_BQ: case ROLE_BK: case ROLE_BV: return -2;
+    case ROLE_BQ: case ROLE_BK: case ROLE_BV: case ROLE_BO: return -2;
     case ROLE_ROUTER_BIAS: return -3;
     case ROLE_WO: case ROLE_XO: case ROLE_SH_DOWN: case ROLE_D_DOWN: case ROLE_E_DOWN:
       return branch / sqrt((double)s->cols);
@@ -626,7 +632,11 @@ moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err
     json_object_set_new(o, "eos_token_id", c->eos_id >= 0 ? json_integer(c->eos_id) : json_null());
     goto write;
   }
-  json_object_set_new(o, "model_type", json_string(mix ? "mixtral" : "qwen2_moe"));
+  const char *type = mix ? "mixtral"
+                     : c->arch == MOE_ARCH_QWEN3_MOE ? "qwen3_moe"
+                     : c->arch == MOE_ARCH_OLMOE     ? "olmoe"
+                                                     : "qwen2_moe";
+  json_object_set_new(o, "model_type", json_string(type));
   json_object_set_new(o, "hidden_size", json_integer(c->hidden));
   json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layers));
   json_object_set_new(o, "num_attention_heads", json_integer(c->n_heads));
@@ -639,9 +649,25 @@ moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err
   json_object_set_new(o, "rope_theta", json_real(c->rope_theta));
   json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
   json_object_set_new(o, "hidden_act", json_string("silu"));
+  if (c->arch == MOE_ARCH_QWEN3_MOE || c->arch == MOE_ARCH_OLMOE)
+    json_object_set_new(o, "attention_bias", json_boolean(c->qkv_bias));
   if (mix) {
     json_object_set_new(o, "num_local_experts", json_integer(c->n_experts));
     json_object_set_new(o, "intermediate_size", json_integer(c->expert_ffn));
+  } else if (c->arch == MOE_ARCH_OLMOE) {
+    json_object_set_new(o, "num_experts", json_integer(c->n_experts));
+    json_object_set_new(o, "intermediate_size", json_integer(c->expert_ffn));
+    json_object_set_new(o, "norm_topk_prob", json_boolean(c->norm_topk));
+  } else if (c->arch == MOE_ARCH_QWEN3_MOE) {
+    json_object_set_new(o, "num_experts", json_integer(c->n_experts));
+    json_object_set_new(o, "moe_intermediate_size", json_integer(c->expert_ffn));
+    json_object_set_new(o, "intermediate_size", json_integer(c->dense_ffn));
+    json_object_set_new(o, "norm_topk_prob", json_boolean(c->norm_topk));
+    json_object_set_new(o, "decoder_sparse_step", json_integer(1));
+    json_t *only = json_array();
+    for (int l = 0; l < c->n_layers; l++)
+      if (!c->is_moe[l]) json_array_append_new(only, json_integer(l));
+    json_object_set_new(o, "mlp_only_layers", only);
   } else {
     json_object_set_new(o, "num_experts", json_integer(c->n_experts));
     json_object_set_new(o, "moe_intermediate_size", json_integer(c->expert_ffn));

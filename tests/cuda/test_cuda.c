@@ -233,8 +233,9 @@ static void gen(moe_device *dev, moe_model *m, const moe_policy *pol, moe_routin
 }
 
 START_TEST(fixture_models_match_cpu) {
-  const char *names[] = {"mixtral-tiny", "qwen2moe-tiny", "switch-tiny", "switch-tiny-untied"};
-  for (int i = 0; i < 4; i++) {
+  const char *names[] = {"mixtral-tiny",       "qwen2moe-tiny", "switch-tiny",
+                         "switch-tiny-untied", "qwen3moe-tiny", "olmoe-tiny"};
+  for (int i = 0; i < 6; i++) {
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", MOE_SOURCE_DIR, names[i]);
     moe_model *m = NULL;

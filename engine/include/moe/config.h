@@ -1,9 +1,13 @@
 /* Model configuration, read from a Hugging Face style config.json.
  *
- * Three families are understood.  Decoder-only: Mixtral (model_type
- * "mixtral", every layer an MoE block) and Qwen2-MoE (model_type
+ * Five families are understood.  Decoder-only: Mixtral (model_type
+ * "mixtral", every layer an MoE block), Qwen2-MoE (model_type
  * "qwen2_moe": MoE blocks every decoder_sparse_step layers except
- * mlp_only_layers, a shared expert with a sigmoid gate, biases on q/k/v).
+ * mlp_only_layers, a shared expert with a sigmoid gate, biases on q/k/v),
+ * Qwen3-MoE ("qwen3_moe": as Qwen2-MoE without the shared expert, with an
+ * RMS norm per head on q and k, optional attention biases) and OLMoE
+ * ("olmoe": every layer MoE, RMS norms over the whole q and k
+ * projections).
  * Encoder-decoder: Switch Transformers (model_type "switch_transformers":
  * T5 layers with relative position buckets, top-1 routing with an expert
  * capacity, ReLU experts).  An encoder-decoder model's layers are numbered
@@ -24,8 +28,17 @@
 typedef enum moe_arch {
   MOE_ARCH_MIXTRAL = 0,
   MOE_ARCH_QWEN2_MOE = 1,
-  MOE_ARCH_SWITCH = 2 /* encoder-decoder */
+  MOE_ARCH_SWITCH = 2, /* encoder-decoder */
+  MOE_ARCH_QWEN3_MOE = 3,
+  MOE_ARCH_OLMOE = 4
 } moe_arch;
+
+/* RMS norms on the query and key projections, before RoPE. */
+typedef enum moe_qk_norm {
+  MOE_QK_NORM_NONE = 0,
+  MOE_QK_NORM_HEAD = 1, /* per head, weight [head_dim] (Qwen3-MoE) */
+  MOE_QK_NORM_FULL = 2  /* over the whole projection, weight [heads x head_dim] (OLMoE) */
+} moe_qk_norm;
 
 /* The activation of the feed-forward networks (dense and experts). */
 typedef enum moe_ffn_act {
@@ -49,6 +62,8 @@ typedef struct moe_config {
   int shared_ffn;   /* intermediate size of the shared expert, 0 when none */
   bool norm_topk;   /* renormalise the top-k routing weights to sum to 1 */
   bool qkv_bias;    /* q/k/v projections carry a bias */
+  bool o_bias;      /* the output projection carries a bias (attention_bias) */
+  moe_qk_norm qk_norm;
   bool tie_embeddings;
   float rms_eps;
   float rope_theta;
