@@ -772,6 +772,24 @@ int cmd_report(int argc, char **argv) {
               res_get(r, "token_match_rate")[0] ? res_get(r, "token_match_rate") : "-",
               res_get(r, "max_logit_diff")[0] ? res_get(r, "max_logit_diff") : "-");
     }
+    bool any_eval = false;
+    for (size_t k = i; k < t.n; k++) any_eval |= same_group(&t.rows[k], g) && res_get(&t.rows[k], "eval_tokens")[0];
+    if (any_eval) {
+      fprintf(md, "\nQuality over the workload's eval windows (the engine's; change against the "
+                  "gpu-only row of the same model):\n\n| policy | routing | eval tokens | perplexity | "
+                  "top-1 accuracy | change in perplexity | change in accuracy |\n|---|---|---|---|---|---|---|\n");
+      for (size_t k = i; k < t.n; k++) {
+        const res_row *r = &t.rows[k];
+        if (!same_group(r, g) || !res_get(r, "eval_tokens")[0]) continue;
+        char p1[32], p2[32], p3[32], p4[32];
+        fmt(p1, sizeof p1, num(r, "eval_perplexity"), "%.4f");
+        fmt(p2, sizeof p2, num(r, "eval_accuracy"), "%.4f");
+        fmt(p3, sizeof p3, 100 * num(r, "eval_perplexity_change"), "%+.2f%%");
+        fmt(p4, sizeof p4, 100 * num(r, "eval_accuracy_change"), "%+.2f pt");
+        fprintf(md, "| %s | %s | %s | %s | %s | %s | %s |\n", res_get(r, "policy"), res_get(r, "routing"),
+                res_get(r, "eval_tokens"), p1, p2, p3, p4);
+      }
+    }
     fprintf(md, "\nAll times are wall clock measured on this machine (medians of %s repetitions; "
                 "the spread is (max - min) / median of tokens/s over them); "
                 "bytes, slots, fetches and misses are counted by the engine.\n",

@@ -52,6 +52,8 @@ typedef struct row_config {
   const int32_t *prompts;
   int n_prompts;
   const char *trace_path;       /* run: --trace (the last repetition's) */
+  const int32_t *eval;          /* quality windows (NULL: none) */
+  int eval_n, eval_len;
 } row_config;
 
 static const char *status_word(moe_status st) {
@@ -142,6 +144,10 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
   for (int i = 0; i < rc->reps && i < MAX_REPS; i++) {
     sp.keep_logits = want_logits && i == rc->reps - 1;
     sp.trace_path = i == rc->reps - 1 ? rc->trace_path : NULL;
+    /* quality once, on the last repetition */
+    sp.eval_windows = i == rc->reps - 1 ? rc->eval : NULL;
+    sp.eval_n = rc->eval_n;
+    sp.eval_len = rc->eval_len;
     if (i > 0) run_result_free(&r);
     runner_run(&sp, &r);
     if (r.status != MOE_OK) break;
@@ -159,6 +165,20 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
     res_set(row, "error", r.error);
   } else {
     row_figures(row, &r, tps, ttft, e2e, stall, p50, p90, p99, n);
+    if (r.has_eval) {
+      const double ce = r.eval.nll / (double)r.eval.tokens;
+      const double acc = (double)r.eval.correct / (double)r.eval.tokens;
+      res_setf(row, "eval_tokens", "%llu", r.eval.tokens);
+      res_setf(row, "eval_cross_entropy", "%.9g", ce);
+      res_setf(row, "eval_perplexity", "%.9g", exp(ce));
+      res_setf(row, "eval_accuracy", "%.9g", acc);
+      if (ref && ref->status == MOE_OK && ref->has_eval && ref->eval.tokens == r.eval.tokens) {
+        const double rce = ref->eval.nll / (double)ref->eval.tokens;
+        res_setf(row, "eval_perplexity_change", "%.6g", exp(ce) / exp(rce) - 1.0);
+        res_setf(row, "eval_accuracy_change", "%.6g",
+                 acc - (double)ref->eval.correct / (double)ref->eval.tokens);
+      }
+    }
     if (ref && ref->status == MOE_OK) {
       double match, diff;
       runner_parity(ref, &r, rc->batch, rc->wl->gen_len, moe_model_config(rc->model)->vocab,
@@ -335,6 +355,8 @@ typedef struct sweep_ctx {
   moe_device holder;     /* keeps the current model pinned across rows */
   bool holder_open, pinned;
   int shard_k, shard_n;  /* --shard K/N (1-based); 0/0: every row */
+  const int32_t *eval;   /* the current workload's quality windows (NULL: none) */
+  int eval_n, eval_len;
   int *group_shard;      /* [model x workload x batch group] -> its shard (1-based) */
   int n_groups;
 } sweep_ctx;
@@ -475,7 +497,8 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
       row_config rcfg = {ps->name,      ps->seed,          *model,     ps->dtype,   wl,
                          batch,         pol,               suite_routing(s, pol),  x->backend,
                          x->device,     s->budgets[bu],    s->link_gbps, s->threads,
-                         s->repetitions, s->warmup,        ids,        n_ids,       NULL};
+                         s->repetitions, s->warmup,        ids,        n_ids,       NULL,
+                         x->eval,       x->eval_n,         x->eval_len};
       char what[256];
       char budget[32] = "capacity";
       if (s->budgets[bu]) snprintf(budget, sizeof budget, "%zuB", s->budgets[bu]);
@@ -546,10 +569,31 @@ static int sweep_model(sweep_ctx *x, int mi) {
       rc = 1;
       break;
     }
+    int32_t *ev = NULL;
+    x->eval = NULL;
+    x->eval_n = x->eval_len = 0;
+    if (wl->eval_file[0]) {
+      if (cli_read_token_file(wl->eval_file, -1, &ev, &x->eval_n, &x->eval_len) != 0) {
+        free(ids);
+        rc = 1;
+        break;
+      }
+      if (x->eval_len < 2) {
+        cli_error("%s: eval windows of %d token(s): at least 2 are needed", wl->eval_file, x->eval_len);
+        free(ids);
+        free(ev);
+        rc = 1;
+        break;
+      }
+      if (wl->eval_windows > 0 && wl->eval_windows < x->eval_n) x->eval_n = wl->eval_windows;
+      x->eval = ev;
+    }
     for (int bi = 0; bi < wl->n_batches && rc == 0; bi++)
       if (!x->shard_n || x->group_shard[group_of(x, mi, w, bi)] == x->shard_k)
         rc = sweep_batch(x, mi, &model, wl, wl->batches[bi], ids, n_ids);
     free(ids);
+    free(ev);
+    x->eval = NULL;
   }
   sweep_unpin(x, model);
   moe_model_free(model);
@@ -1009,7 +1053,7 @@ static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing
   snprintf(wl.name, sizeof wl.name, "p%d-g%d", plen, glen);
   wl.batches[0] = batch;
   row_config rc = {p.name, p.seed,  m,       p.dtype, &wl,    batch, pol,    routing, backend,
-                   device, devmem,  link,    threads, reps,   warmup, NULL,  0, trace_path};
+                   device, devmem,  link,    threads, reps,   warmup, NULL,  0, trace_path, NULL, 0, 0};
   res_table t;
   res_table_init(&t);
   res_row *row = res_table_add(&t);

@@ -61,6 +61,13 @@ const res_column res_columns[] = {
     {"pregate_hit_rate", RES_DETERMINISTIC, +1, false, "predicted (token, expert) pairs the block's router also chose"},
     {"token_match_rate", RES_DETERMINISTIC, +1, false, "generated tokens equal to gpu-only's, same inputs"},
     {"max_logit_diff", RES_DETERMINISTIC, -1, false, "max |logit - gpu-only logit| over all steps"},
+    /* schema 2.2: quality over the workload's eval token windows */
+    {"eval_tokens", RES_DETERMINISTIC, 0, true, "predicted tokens of the workload's eval windows (empty: no eval)"},
+    {"eval_cross_entropy", RES_DETERMINISTIC, -1, false, "mean cross-entropy over them, nats per token"},
+    {"eval_perplexity", RES_DETERMINISTIC, -1, false, "exp(eval_cross_entropy)"},
+    {"eval_accuracy", RES_DETERMINISTIC, +1, false, "next-token top-1 accuracy over them"},
+    {"eval_perplexity_change", RES_TEXT, 0, false, "eval_perplexity / the gpu-only reference's - 1 (conventional routing, same model)"},
+    {"eval_accuracy_change", RES_TEXT, 0, false, "eval_accuracy - the gpu-only reference's"},
 };
 const size_t res_ncols = sizeof res_columns / sizeof res_columns[0];
 

@@ -115,6 +115,18 @@ void runner_run(const run_spec *sp, run_result *out) {
   }
   out->peak_bytes = dev.mem.peak_total;
   memcpy(out->peak_by_cat, dev.mem.at_peak, sizeof out->peak_by_cat);
+  if (sp->eval_windows && sp->eval_n > 0) {
+    /* quality after the measured runs (their peak is already taken): an
+     * engine that keeps every position's logits */
+    moe_engine_free(e);
+    e = NULL;
+    moe_engine_options ev = {.max_batch = sp->eval_n < 8 ? sp->eval_n : 8, .max_seq = sp->eval_len,
+                             .all_logits = true, .policy = sp->policy, .routing = sp->routing};
+    if (moe_engine_create(&e, sp->model, &dev, &ev, &err) != MOE_OK ||
+        moe_engine_eval(e, sp->eval_windows, sp->eval_n, sp->eval_len, &out->eval, &err) != MOE_OK)
+      goto done;
+    out->has_eval = true;
+  }
 done:
   out->status = err.status;
   if (err.status != MOE_OK) {

@@ -26,6 +26,10 @@ typedef struct run_spec {
   int requests;                 /* generate calls, each a new batch of prompts (>= 1) */
   bool keep_logits;             /* keep every step's logits (first request), for parity */
   const char *trace_path;       /* write the run's op trace here (NULL: none) */
+  const int32_t *eval_windows;  /* quality windows [eval_n][eval_len] (NULL: none), run after
+                                   the generation on an engine of the same policy, routing,
+                                   backend and budget that keeps all logits */
+  int eval_n, eval_len;
 } run_spec;
 
 typedef struct run_result {
@@ -44,6 +48,8 @@ typedef struct run_result {
   int32_t *tokens;              /* [batch][gen_len], first request */
   float *step_logits;           /* [gen_len][batch][vocab] when keep_logits, first request */
   char device[256];              /* the backend's device name */
+  bool has_eval;
+  moe_eval_result eval;         /* over spec->eval_windows */
 } run_result;
 
 /* Runs spec once.  Never fails as a call: the run's outcome (MOE_OK,

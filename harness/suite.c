@@ -81,8 +81,9 @@ moe_status workload_from_json(workload *w, const void *json, const char *origin,
   json_t *o = (json_t *)json;
   memset(w, 0, sizeof *w);
   MOE_CHECK(json_is_object(o), err, MOE_ERR_FORMAT, "%s: a workload must be an object", origin);
-  static const char *const known[] = {"name",    "description", "batch", "prompt_len",
-                                      "gen_len", "requests",    "tokens", NULL};
+  static const char *const known[] = {"name",     "description", "batch",       "prompt_len",
+                                      "gen_len",  "requests",    "tokens",      "eval_tokens",
+                                      "eval_windows", NULL};
   MOE_TRY(cli_check_keys(o, known, origin, err));
   MOE_TRY(get_str(o, "name", true, w->name, sizeof w->name, origin, err));
   MOE_TRY(get_str(o, "description", false, w->description, sizeof w->description, origin, err));
@@ -110,6 +111,17 @@ moe_status workload_from_json(workload *w, const void *json, const char *origin,
   MOE_TRY(get_int_in(o, "prompt_len", -1, 1, SUITE_MAX_LEN, &w->prompt_len, origin, err));
   MOE_TRY(get_int_in(o, "gen_len", -1, 2, SUITE_MAX_LEN, &w->gen_len, origin, err));
   MOE_TRY(get_int_in(o, "requests", 1, 1, SUITE_MAX_LEN, &w->requests, origin, err));
+  MOE_TRY(get_int_in(o, "eval_windows", 0, 0, 1 << 20, &w->eval_windows, origin, err));
+  json_t *ev = json_object_get(o, "eval_tokens");
+  if (ev != NULL) {
+    MOE_CHECK(json_is_string(ev) && json_string_length(ev) > 0, err, MOE_ERR_FORMAT,
+              "%s: field 'eval_tokens' must be a path (relative to the source tree)", origin);
+    const char *rel = json_string_value(ev);
+    int len = rel[0] == '/' ? snprintf(w->eval_file, sizeof w->eval_file, "%s", rel)
+                            : snprintf(w->eval_file, sizeof w->eval_file, "%s/%s", MOE_SOURCE_DIR, rel);
+    MOE_CHECK(len > 0 && (size_t)len < sizeof w->eval_file, err, MOE_ERR_FORMAT,
+              "%s: field 'eval_tokens' is too long", origin);
+  }
   w->seed = 1;
   json_t *t = json_object_get(o, "tokens");
   if (t != NULL) {

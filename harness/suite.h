@@ -25,6 +25,8 @@ typedef struct workload {
   int prompt_len, gen_len, requests;
   uint64_t seed;            /* random token ids */
   char token_file[512];     /* or ids from this file ("" = random) */
+  char eval_file[512];      /* quality windows, one per line ("" = no eval) */
+  int eval_windows;         /* at most this many of them (0 = all) */
 } workload;
 
 typedef struct suite {

@@ -911,6 +911,49 @@ START_TEST(report_figure_and_plots) {
 }
 END_TEST
 
+/* A workload naming eval windows gives every row its quality (schema
+ * 2.2): conventional-routing policies equal gpu-only's figures, and the
+ * change columns are against the gpu-only row; a missing eval file is one
+ * line before any run. */
+START_TEST(sweep_quality_columns) {
+  write_file("ev.tokens", "# windows\n1 2 3 4 5 6 7 8\n8 7 6 5 4 3 2 1\n3 3 3 3 9 9 9 9\n");
+  char text[1024];
+  snprintf(text, sizeof text,
+           "{\"name\": \"q\", \"models\": [\"ci-small\"], \"policies\": [\"gpu-only\", \"ondemand\", "
+           "\"pregated\"], \"workloads\": [{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 4, "
+           "\"eval_tokens\": \"%s\", \"eval_windows\": 2}]}", tmp_path("ev.tokens"));
+  write_file("qs.json", text);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("qs.json"), "-o", tmp_path("qs"), "--quiet", NULL), 0);
+  char csv[1200];
+  snprintf(csv, sizeof csv, "%s.csv", tmp_path("qs"));
+  res_table t;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(csv, &t, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_uint_eq(t.n, 3);
+  const char *ppl0 = NULL;
+  for (size_t i = 0; i < t.n; i++) {
+    const res_row *r = &t.rows[i];
+    ck_assert_str_eq(res_get(r, "schema_version"), "2.2");
+    ck_assert_str_eq(res_get(r, "eval_tokens"), "14"); /* 2 windows x 7 */
+    ck_assert(res_get(r, "eval_perplexity")[0] && res_get(r, "eval_accuracy")[0]);
+    if (!strcmp(res_get(r, "policy"), "gpu-only")) ppl0 = res_get(r, "eval_perplexity");
+  }
+  ck_assert_ptr_nonnull(ppl0);
+  for (size_t i = 0; i < t.n; i++)
+    if (!strcmp(res_get(&t.rows[i], "policy"), "ondemand")) {
+      ck_assert_str_eq(res_get(&t.rows[i], "eval_perplexity"), ppl0);
+      ck_assert_str_eq(res_get(&t.rows[i], "eval_perplexity_change"), "0");
+    }
+  res_table_free(&t);
+  snprintf(text, sizeof text,
+           "{\"name\": \"q\", \"models\": [\"ci-small\"], \"policies\": [\"gpu-only\"], "
+           "\"workloads\": [{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 4, "
+           "\"eval_tokens\": \"%s\"}]}", tmp_path("none.tokens"));
+  write_file("qs2.json", text);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("qs2.json"), "-o", tmp_path("qs2"), "--quiet", NULL), 1);
+}
+END_TEST
+
 /* run --trace writes Chrome trace-event JSON: it parses back, names a
  * compute and a copy track, every event has a time span, and the copy
  * track holds exactly the row's expert copies. */
@@ -1037,6 +1080,7 @@ int main(void) {
   tcase_add_test(tc, sharded_sweep_merges_to_the_single_sweep);
   tcase_add_test(tc, slurm_array_with_the_local_stand_in);
   tcase_add_test(tc, report_figure_and_plots);
+  tcase_add_test(tc, sweep_quality_columns);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
