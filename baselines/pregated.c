@@ -27,7 +27,11 @@
 static moe_status pregated_plan(const moe_policy_env *env, moe_policy_plan *plan, moe_error *err) {
   int active = env->max_batch * env->top_k;
   if (active > env->n_experts) active = env->n_experts;
-  plan->slots = (env->n_moe_layers > 1 ? 2 : 1) * active;
+  /* the current block's experts and those of the blocks predicted ahead
+   * of it: lookahead k keeps k predictions in flight */
+  const int ahead = env->lookahead >= 1 && env->lookahead <= 3 ? env->lookahead : 1;
+  const int blocks = env->n_moe_layers > ahead ? ahead + 1 : env->n_moe_layers;
+  plan->slots = (blocks > 1 ? blocks : 1) * active;
   return MOE_OK;
 }
 

@@ -41,6 +41,8 @@ static void generate_usage(FILE *f) {
           "  --routing MODE        conventional or pregated (default: the policy's own:\n"
           "                        pregated for the pregated policy, conventional for the\n"
           "                        others; the summary line says which routing ran)\n"
+          "  --lookahead K         a block's pre-gate predicts the K-th MoE block after it\n"
+          "                        (1..3, default 1; K > 1 uses the derived pre-gate)\n"
           "  --pregate-stacks S    encoder-decoder models: which stacks pre-gate, both\n"
           "                        (default), decoder (as the paper's artifact) or encoder\n"
           "  --device-mem SIZE     device-memory budget, e.g. 24GiB (default: device capacity)\n"
@@ -64,14 +66,14 @@ typedef struct gen_opts {
   double link_gbps, skew;
   uint64_t seed, prompt_seed;
   moe_dtype dtype;
-  long plen, batch, max_new, threads;
+  long plen, batch, max_new, threads, lookahead;
 } gen_opts;
 
 /* Parses the flags; returns -1 to go on, else the exit code. */
 static int gen_parse(int argc, char **argv, gen_opts *o) {
   enum { O_MODEL = 256, O_PRESET, O_SEED, O_DTYPE, O_SKEW, O_SAVE, O_IDS, O_PFILE, O_PLEN, O_PSEED,
          O_BATCH, O_MAXNEW, O_BACKEND, O_THREADS, O_QUIET, O_POLICY, O_PLUGIN, O_ROUTING,
-         O_DEVMEM, O_LINK, O_TRACE, O_STACKS };
+         O_DEVMEM, O_LINK, O_TRACE, O_STACKS, O_LOOKAHEAD };
   static const struct option opts[] = {
       {"model-dir", required_argument, 0, O_MODEL},   {"preset", required_argument, 0, O_PRESET},
       {"seed", required_argument, 0, O_SEED},         {"dtype", required_argument, 0, O_DTYPE},
@@ -85,6 +87,7 @@ static int gen_parse(int argc, char **argv, gen_opts *o) {
       {"device-mem", required_argument, 0, O_DEVMEM}, {"link-gbps", required_argument, 0, O_LINK},
       {"trace", required_argument, 0, O_TRACE},
       {"pregate-stacks", required_argument, 0, O_STACKS},
+      {"lookahead", required_argument, 0, O_LOOKAHEAD},
       {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
   *o = (gen_opts){.backend = "cpu", .routing = MOE_ROUTING_CONVENTIONAL, .prompt_seed = 1,
                   .dtype = MOE_F32, .plen = 16, .max_new = 16, .threads = 1};
@@ -116,6 +119,7 @@ static int gen_parse(int argc, char **argv, gen_opts *o) {
       case O_LINK: ok = cli_parse_link(optarg, &o->link_gbps); break;
       case O_TRACE: ok = optarg[0] != '\0'; o->trace = optarg; break;
       case O_STACKS: ok = moe_pregate_stacks_parse(optarg, &o->stacks) == 0; break;
+      case O_LOOKAHEAD: ok = cli_parse_int(optarg, 1, MOE_MAX_LOOKAHEAD, &o->lookahead); break;
       case 'h': generate_usage(stdout); return 0;
       default:
         cli_error("generate: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
@@ -289,7 +293,8 @@ int cmd_generate(int argc, char **argv) {
                   moe_device_trace(&dev, trace, &err) != MOE_OK))
     goto done;
   moe_engine_options eo = {.max_batch = B, .max_seq = len + (int)o.max_new, .policy = policy,
-                           .routing = routing, .pregate_stacks = o.stacks};
+                           .routing = routing, .pregate_stacks = o.stacks,
+                           .pregate_lookahead = (int)o.lookahead};
   if (moe_engine_create(&eng, model, &dev, &eo, &err) != MOE_OK) goto done;
   moe_gen_stats gs = {0};
   if (moe_engine_generate(eng, batch_prompts, B, len, (int)o.max_new, out, NULL, &gs, &err) != MOE_OK)

@@ -54,6 +54,7 @@ typedef struct row_config {
   const char *trace_path;       /* run: --trace (the last repetition's) */
   const int32_t *eval;          /* quality windows (NULL: none) */
   int eval_n, eval_len;
+  int lookahead;                /* pre-gate lookahead (0, 1: the next block) */
 } row_config;
 
 static const char *status_word(moe_status st) {
@@ -82,6 +83,8 @@ static void row_key_columns(const row_config *rc, res_row *row) {
   else
     res_setf(row, "prompt_seed", "%llu", (unsigned long long)rc->wl->seed);
   res_setf(row, "repetitions", "%d", rc->reps);
+  /* empty for the default, so rows from before the column keep their keys */
+  if (rc->lookahead > 1) res_setf(row, "pregate_lookahead", "%d", rc->lookahead);
 }
 
 enum { MAX_REPS = 100 }; /* the most repetitions a row may ask for */
@@ -130,7 +133,8 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
                  .backend = rc->backend, .threads = rc->threads, .link_gbps = rc->link_gbps,
                  .device_mem = rc->budget, .batch = rc->batch, .prompt_len = rc->wl->prompt_len,
                  .gen_len = rc->wl->gen_len, .prompt_seed = rc->wl->seed, .prompts = rc->prompts,
-                 .n_prompts = rc->n_prompts, .requests = rc->wl->requests};
+                 .n_prompts = rc->n_prompts, .requests = rc->wl->requests,
+                 .lookahead = rc->lookahead};
   run_result r = {0};
   /* the trace is of the last measured repetition (each run rewrites it) */
   for (int i = 0; i < rc->warmup; i++) {
@@ -498,7 +502,7 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
                          batch,         pol,               suite_routing(s, pol),  x->backend,
                          x->device,     s->budgets[bu],    s->link_gbps, s->threads,
                          s->repetitions, s->warmup,        ids,        n_ids,       NULL,
-                         x->eval,       x->eval_n,         x->eval_len};
+                         x->eval,       x->eval_n,         x->eval_len, s->lookahead};
       char what[256];
       char budget[32] = "capacity";
       if (s->budgets[bu]) snprintf(budget, sizeof budget, "%zuB", s->budgets[bu]);
@@ -892,7 +896,7 @@ done:
 
 /* ------------------------------------------------------------ run */
 
-static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing,
+static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing, int lookahead,
                    const char *preset, bool have_seed, uint64_t seed, const char *backend,
                    int threads, double link, size_t devmem, int batch, int plen, int glen,
                    int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
@@ -901,7 +905,7 @@ static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing
 int cmd_run(int argc, char **argv) {
   static const struct option opts[] = {
       {"preset", required_argument, 0, 'p'},   {"policy", required_argument, 0, 'P'},
-      {"model-dir", required_argument, 0, 'M'},
+      {"model-dir", required_argument, 0, 'M'}, {"lookahead", required_argument, 0, 'K'},
       {"routing", required_argument, 0, 'R'},  {"batch", required_argument, 0, 'b'},
       {"prompt-len", required_argument, 0, 'l'}, {"gen-len", required_argument, 0, 'g'},
       {"requests", required_argument, 0, 'q'}, {"reps", required_argument, 0, 'r'},
@@ -919,6 +923,7 @@ int cmd_run(int argc, char **argv) {
   const int n_orig = argc < 128 ? argc : 128;
   memcpy(orig, argv, (size_t)n_orig * sizeof *orig);
   long batch = 1, plen = 32, glen = 32, requests = 1, reps = 1, warmup = 0, threads = 1;
+  long lookahead = 1;
   uint64_t seed = 0, prompt_seed = 1;
   bool have_seed = false;
   double link = 0;
@@ -934,6 +939,7 @@ int cmd_run(int argc, char **argv) {
     switch (c) {
       case 'p': preset = optarg; break;
       case 'M': ok = optarg[0] != '\0'; model_dir = optarg; break;
+      case 'K': ok = cli_parse_int(optarg, 1, MOE_MAX_LOOKAHEAD, &lookahead); break;
       case 'P': ok = optarg[0] != '\0'; policy = optarg; break;
       case 'X': ok = optarg[0] != '\0'; plugin = optarg; break;
       case 'T': ok = optarg[0] != '\0'; trace_path = optarg; break;
@@ -962,6 +968,8 @@ int cmd_run(int argc, char **argv) {
                "  --policy-plugin SO  a policy from a shared object (docs/PLUGINS.md)\n"
                "  --routing MODE      conventional or pregated (default: the policy's own,\n"
                "                      pregated for pregated; the row's routing column says)\n"
+               "  --lookahead K       a block's pre-gate predicts the K-th MoE block after it\n"
+               "                      (1..3, default 1; K > 1 uses the derived pre-gate)\n"
                "  --batch B           sequences (default 1)\n"
                "  --prompt-len N      prompt tokens (default 32)\n"
                "  --gen-len N         generated tokens (default 32)\n"
@@ -1019,7 +1027,7 @@ int cmd_run(int argc, char **argv) {
     cli_error("run: unknown policy '%s' (see 'moebench list policies')", policy);
     return 2;
   }
-  int rc_exit = run_one(pol, have_routing, routing, preset, have_seed, seed, backend,
+  int rc_exit = run_one(pol, have_routing, routing, (int)lookahead, preset, have_seed, seed, backend,
                         (int)threads, link, devmem, (int)batch, (int)plen, (int)glen,
                         (int)requests, prompt_seed, (int)reps, (int)warmup, out, trace_path,
                         n_orig, orig);
@@ -1028,7 +1036,7 @@ int cmd_run(int argc, char **argv) {
 }
 
 /* The part of run after its flags: one row, printed (and written). */
-static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing,
+static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing, int lookahead,
                    const char *preset, bool have_seed, uint64_t seed, const char *backend,
                    int threads, double link, size_t devmem, int batch, int plen, int glen,
                    int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
@@ -1053,7 +1061,8 @@ static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing
   snprintf(wl.name, sizeof wl.name, "p%d-g%d", plen, glen);
   wl.batches[0] = batch;
   row_config rc = {p.name, p.seed,  m,       p.dtype, &wl,    batch, pol,    routing, backend,
-                   device, devmem,  link,    threads, reps,   warmup, NULL,  0, trace_path, NULL, 0, 0};
+                   device, devmem,  link,    threads, reps,   warmup, NULL,  0, trace_path, NULL, 0, 0,
+                   lookahead};
   res_table t;
   res_table_init(&t);
   res_row *row = res_table_add(&t);

@@ -49,6 +49,7 @@ static void usage(FILE *f) {
           "paper reports.  All times are measured wall clock on this machine.\n\n"
           "  --preset NAME        model preset (workloads/models)\n"
           "  --model-dir DIR      a Hugging Face checkpoint directory instead\n"
+          "  --lookahead K        pre-gates predict the K-th MoE block ahead (1..3, default 1)\n"
           "  --policies LIST      comma-separated (default gpu-only,ondemand,prefetch-all,pregated)\n"
           "  --batch B            sequences (default 1)\n"
           "  --prompt-len N       prompt tokens (default 64)\n"
@@ -65,7 +66,7 @@ static void usage(FILE *f) {
 int cmd_bench_policies(int argc, char **argv) {
   static const struct option opts[] = {
       {"preset", required_argument, 0, 'p'},   {"policies", required_argument, 0, 'P'},
-      {"model-dir", required_argument, 0, 'M'},
+      {"model-dir", required_argument, 0, 'M'}, {"lookahead", required_argument, 0, 'K'},
       {"batch", required_argument, 0, 'b'},    {"prompt-len", required_argument, 0, 'l'},
       {"gen-len", required_argument, 0, 'g'},  {"reps", required_argument, 0, 'r'},
       {"link-gbps", required_argument, 0, 'L'}, {"device-mem", required_argument, 0, 'm'},
@@ -76,7 +77,7 @@ int cmd_bench_policies(int argc, char **argv) {
   const char *model_dir = NULL;
   const char *plugins[4];
   int n_plugins = 0;
-  long batch = 1, plen = 64, glen = 64, reps = 3, threads = 1;
+  long batch = 1, plen = 64, glen = 64, reps = 3, threads = 1, lookahead = 1;
   double link = 0;
   size_t devmem = 0;
   optind = 1;
@@ -88,6 +89,7 @@ int cmd_bench_policies(int argc, char **argv) {
     switch (c) {
       case 'p': preset = optarg; break;
       case 'M': ok = optarg[0] != '\0'; model_dir = optarg; break;
+      case 'K': ok = cli_parse_int(optarg, 1, MOE_MAX_LOOKAHEAD, &lookahead); break;
       case 'P': plist = optarg; break;
       case 'b': ok = cli_parse_int(optarg, 1, 4096, &batch); break;
       case 'l': ok = cli_parse_int(optarg, 1, 1 << 16, &plen); break;
@@ -182,6 +184,7 @@ int cmd_bench_policies(int argc, char **argv) {
                      .prompt_len = (int)plen,
                      .gen_len = (int)glen,
                      .prompt_seed = 1,
+                     .lookahead = (int)lookahead,
                      .requests = 1,
                      .keep_logits = r == reps - 1};
       run_result *o = &res[r * np + i];

@@ -68,6 +68,7 @@ const res_column res_columns[] = {
     {"eval_accuracy", RES_DETERMINISTIC, +1, false, "next-token top-1 accuracy over them"},
     {"eval_perplexity_change", RES_TEXT, 0, false, "eval_perplexity / the gpu-only reference's - 1 (conventional routing, same model)"},
     {"eval_accuracy_change", RES_TEXT, 0, false, "eval_accuracy - the gpu-only reference's"},
+    {"pregate_lookahead", RES_KEY, 0, true, "a block predicts the k-th MoE block after it (empty: 1, the next)"},
 };
 const size_t res_ncols = sizeof res_columns / sizeof res_columns[0];
 

@@ -57,7 +57,8 @@ void runner_run(const run_spec *sp, run_result *out) {
     goto done;
   snprintf(out->device, sizeof out->device, "%s", moe_backend_device_name(dev.ops, dev.be));
   moe_engine_options eo = {.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
-                           .policy = sp->policy, .routing = sp->routing};
+                           .policy = sp->policy, .routing = sp->routing,
+                           .pregate_lookahead = sp->lookahead};
   if (moe_engine_create(&e, sp->model, &dev, &eo, &err) != MOE_OK) goto done;
   moe_run_stats rs;
   moe_engine_stats(e, &rs);
@@ -121,7 +122,8 @@ void runner_run(const run_spec *sp, run_result *out) {
     moe_engine_free(e);
     e = NULL;
     moe_engine_options ev = {.max_batch = sp->eval_n < 8 ? sp->eval_n : 8, .max_seq = sp->eval_len,
-                             .all_logits = true, .policy = sp->policy, .routing = sp->routing};
+                             .all_logits = true, .policy = sp->policy, .routing = sp->routing,
+                             .pregate_lookahead = sp->lookahead};
     if (moe_engine_create(&e, sp->model, &dev, &ev, &err) != MOE_OK ||
         moe_engine_eval(e, sp->eval_windows, sp->eval_n, sp->eval_len, &out->eval, &err) != MOE_OK)
       goto done;

@@ -30,6 +30,7 @@ typedef struct run_spec {
                                    the generation on an engine of the same policy, routing,
                                    backend and budget that keeps all logits */
   int eval_n, eval_len;
+  int lookahead;                /* moe_engine_options.pregate_lookahead (0 = 1) */
 } run_spec;
 
 typedef struct run_result {

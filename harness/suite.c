@@ -265,6 +265,7 @@ static moe_status get_run_settings(suite *s, json_t *root, const char *origin, m
                                          strlen(s->backend),
             err, MOE_ERR_FORMAT, "%s: field 'backend' must be a backend name (a-z, 0-9, '-') or auto",
             origin);
+  MOE_TRY(get_int_in(root, "lookahead", 1, 1, 3, &s->lookahead, origin, err));
   snprintf(s->routing, sizeof s->routing, "default");
   MOE_TRY(get_str(root, "routing", false, s->routing, sizeof s->routing, origin, err));
   MOE_CHECK(!strcmp(s->routing, "default") || !strcmp(s->routing, "conventional") ||
@@ -300,7 +301,7 @@ moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_
   static const char *const known[] = {"name",       "description", "models",  "workloads",
                                       "policies",   "backend",     "routing", "device_mem",
                                       "link_gbps",  "threads",     "repetitions", "warmup",
-                                      NULL};
+                                      "lookahead",  NULL};
   MOE_TRY(cli_check_keys(root, known, origin, err));
   MOE_TRY(get_str(root, "name", true, s->name, sizeof s->name, origin, err));
   MOE_TRY(get_str(root, "description", false, s->description, sizeof s->description, origin, err));

@@ -46,6 +46,7 @@ typedef struct suite {
   int threads;
   int repetitions, warmup;
   char routing[16];         /* "default", "conventional", "pregated" */
+  int lookahead;            /* pre-gate lookahead of every row, 1..3 (default 1) */
 } suite;
 
 /* Directory of workload profiles: $MOE_PROFILES_DIR, else the source tree's

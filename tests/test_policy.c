@@ -419,6 +419,73 @@ START_TEST(new_families_under_every_policy) {
 }
 END_TEST
 
+/* Lookahead k = 1..3 on a model with 6 MoE blocks: block N predicts block
+ * N + k, so each forward predicts 6 - k blocks; pregated plans (k + 1) x
+ * active slots and, with its planned slots, decode steps have no misses;
+ * the measured peak equals the plan; under conventional routing the
+ * speculative policy keeps gpu-only's bits at every k. */
+START_TEST(lookahead_predicts_k_blocks_ahead) {
+  moe_config c = cfg();
+  c.n_layers = 6;
+  for (int l = 0; l < 6; l++) c.is_moe[l] = true;
+  moe_error err = {0};
+  moe_synth_options so = {MOE_F32, 31, 0.5, false};
+  moe_model *m = NULL;
+  ck_assert_msg(moe_model_synthetic(&m, &c, &so, &err) == MOE_OK, "%s", err.msg);
+  const int k = _i + 1, active = B * c.top_k;
+  for (int routing = 0; routing < 2; routing++) {
+    moe_device dev;
+    ck_assert(moe_device_open(&dev, "cpu", NULL, &err) == MOE_OK);
+    moe_engine *e = NULL;
+    const moe_policy *pol = moe_policy_find(routing ? "pregated" : "pregated-spec");
+    moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .policy = pol,
+                             .routing = routing ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL,
+                             .pregate_lookahead = k};
+    ck_assert_msg(moe_engine_create(&e, m, &dev, &eo, &err) == MOE_OK, "%s", err.msg);
+    int32_t ids[B * P], tok[B];
+    float logits[B * 40];
+    for (int i = 0; i < B * P; i++) ids[i] = (int32_t)((i * 5 + 1) % 40);
+    ck_assert(moe_engine_forward(e, ids, B, P, 0, logits, &err) == MOE_OK);
+    moe_engine_reset_stats(e);
+    for (int step = 0; step < N - 1; step++) {
+      for (int b = 0; b < B; b++) tok[b] = moe_argmax(logits + b * 40, 40);
+      ck_assert(moe_engine_forward(e, tok, B, 1, P + step, logits, &err) == MOE_OK);
+    }
+    moe_run_stats rs;
+    moe_engine_stats(e, &rs);
+    ck_assert_int_eq(rs.slots, (k + 1) * active);
+    ck_assert_uint_eq(rs.pregate_total, (unsigned long long)((6 - k) * B * c.top_k * (N - 1)));
+    if (routing) ck_assert_uint_eq(rs.misses, 0);
+    size_t cats[MOE_MEM_CATEGORIES], plan;
+    moe_engine_plan_memory(m, &dev, &eo, rs.slots, cats, &plan);
+    ck_assert_uint_eq(dev.mem.peak_total, plan);
+    moe_engine_free(e);
+    moe_device_close(&dev);
+  }
+  /* exactness of the speculation at this k, whole generations */
+  run_out *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o);
+  ck_assert(run(m, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, 0, ref, &err) == MOE_OK);
+  moe_device dev;
+  ck_assert(moe_device_open(&dev, "cpu", NULL, &err) == MOE_OK);
+  moe_engine *e = NULL;
+  moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .all_logits = true,
+                           .policy = moe_policy_find("pregated-spec"), .pregate_lookahead = k};
+  ck_assert(moe_engine_create(&e, m, &dev, &eo, &err) == MOE_OK);
+  int32_t ids[B * P];
+  moe_rng r;
+  moe_rng_seed(&r, 5, 0);
+  for (int i = 0; i < B * P; i++) ids[i] = (int32_t)(moe_rng_next(&r) % 40);
+  ck_assert(moe_engine_generate(e, ids, B, P, N, o->tokens, o->logits, NULL, &err) == MOE_OK);
+  ck_assert_int_eq(memcmp(o->tokens, ref->tokens, sizeof o->tokens), 0);
+  ck_assert_int_eq(memcmp(o->logits, ref->logits, sizeof o->logits), 0);
+  moe_engine_free(e);
+  moe_device_close(&dev);
+  free(ref);
+  free(o);
+  moe_model_free(m);
+}
+END_TEST
+
 START_TEST(oom_is_a_clear_result) {
   run_out *o = calloc(1, sizeof *o);
   moe_error err = {0};
@@ -937,6 +1004,7 @@ int main(void) {
   tcase_add_test(tc, switch_policies_bit_identical);
   tcase_add_test(tc, switch_pregated_stacks);
   tcase_add_loop_test(tc, new_families_under_every_policy, 0, 2);
+  tcase_add_loop_test(tc, lookahead_predicts_k_blocks_ahead, 0, 3);
   tcase_add_test(tc, plugins_load_and_refuse);
   tcase_add_test(tc, useless_policy_is_still_correct);
   tcase_add_test(tc, store_residency);

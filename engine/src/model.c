@@ -45,8 +45,17 @@ struct moe_engine {
   void *gemm_ws;             /* the backend's matmul workspace (may be 0 bytes) */
   size_t last_rows;          /* rows of the last forward call */
   /* host scratch */
-  int32_t *h_ids, *h_pos, *h_idx, *h_rows, *h_pidx;
-  float *h_wts, *h_scale, *h_pw;
+  int32_t *h_ids, *h_pos, *h_idx, *h_rows;
+  float *h_wts, *h_scale;
+  /* predictions waiting for their block: with lookahead k a block predicts
+   * the k-th MoE block after it, so up to k are pending (one slot spare
+   * for the first block's own prediction) */
+  struct pending_pred {
+    int layer;               /* the MoE layer it predicts, or -1 (free) */
+    bool first;              /* the first block's, from its layer input (never the routing) */
+    int32_t *idx;            /* [T][K] */
+    float *w;                /* [T][K] */
+  } pred[MOE_MAX_LOOKAHEAD + 1];
   int *h_count, *h_needed, *h_pmark, *h_pneeded;
   /* encoder-decoder models */
   float *xk_cache, *xv_cache; /* cross-attention K/V of the encoder output:
@@ -56,9 +65,7 @@ struct moe_engine {
   int enc_seq, src_len;      /* the batch encode() ran (0: none yet) */
   int *h_cap;                /* tokens per expert of one sequence (expert capacity) */
   int cur_n_new;             /* tokens per sequence of the running forward */
-  int pred_layer;            /* MoE layer h_pidx/h_pw predict, or -1 */
-  bool pred_first;           /* that prediction is the first block's, made from
-                                its layer input (never the routing) */
+
   unsigned long long first_hits, first_total;
   double stall_base;         /* backend-measured stall at the last reset */
   unsigned long long pregate_hits, pregate_total, warm_bytes;
@@ -335,10 +342,10 @@ void moe_engine_free(moe_engine *e) {
   free(e->h_pos);
   free(e->h_idx);
   free(e->h_rows);
-  free(e->h_pidx);
+  for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) free(e->pred[i].idx), free(e->pred[i].w);
   free(e->h_wts);
   free(e->h_scale);
-  free(e->h_pw);
+
   free(e->h_count);
   free(e->h_needed);
   free(e->h_pmark);
@@ -359,7 +366,7 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   e->model = model;
   e->dev = dev;
   e->opt = normalized(opt);
-  e->pred_layer = -1;
+  for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) e->pred[i].layer = -1;
   e->ctx = (moe_policy_ctx){e,         ctx_fetch,     ctx_resident, ctx_evict, ctx_next_moe_layer,
                             ctx_n_experts, ctx_pin, ctx_unpin};
   {
@@ -368,6 +375,9 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
     moe_policy_normalize(given, &e->policy_table);
     e->policy = &e->policy_table;
   }
+  MOE_CHECK(opt->pregate_lookahead >= 0 && opt->pregate_lookahead <= MOE_MAX_LOOKAHEAD, err,
+            MOE_ERR_INVALID, "pre-gate lookahead %d is outside 1..%d", opt->pregate_lookahead,
+            MOE_MAX_LOOKAHEAD);
   MOE_CHECK(opt->max_batch > 0 && opt->max_seq > 0, err, MOE_ERR_INVALID,
             "batch (%d) and sequence length (%d) must be positive", opt->max_batch, opt->max_seq);
   MOE_CHECK(!moe_config_is_encdec(c) || (dev->ops->attention_ex && dev->ops->unary), err,
@@ -392,7 +402,8 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   moe_add_ok(&used, fixed);
   moe_policy_env env = {c->n_layers,    model->n_moe,        c->n_experts, c->top_k,
                         opt->max_batch, model->expert_bytes,
-                        dev->mem.budget > used ? dev->mem.budget - used : 0};
+                        dev->mem.budget > used ? dev->mem.budget - used : 0,
+                        opt->pregate_lookahead > 0 ? opt->pregate_lookahead : 1};
   if (model->n_moe > 0) {
     moe_policy_plan pp = {0};
     MOE_TRY(policy_result(e, e->policy->plan(&env, &pp, err), "plan", err));
@@ -421,17 +432,22 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   e->h_pos = malloc(T * sizeof(int32_t));
   e->h_idx = malloc(T * K * sizeof(int32_t));
   e->h_rows = malloc(T * K * sizeof(int32_t));
-  e->h_pidx = malloc(T * K * sizeof(int32_t));
+  bool preds_ok = true;
+  for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) {
+    e->pred[i].idx = malloc(T * K * sizeof(int32_t));
+    e->pred[i].w = malloc(T * K * sizeof(float));
+    preds_ok &= e->pred[i].idx && e->pred[i].w;
+  }
   e->h_wts = malloc(T * K * sizeof(float));
   e->h_scale = malloc(T * K * sizeof(float));
-  e->h_pw = malloc(T * K * sizeof(float));
+
   e->h_count = malloc((E + 1) * sizeof(int));
   e->h_needed = malloc(E * sizeof(int));
   e->h_pmark = malloc(E * sizeof(int));
   e->h_pneeded = malloc(E * sizeof(int));
   e->h_cap = malloc(E * sizeof(int));
-  MOE_CHECK(e->h_ids && e->h_pos && e->h_idx && e->h_rows && e->h_pidx && e->h_wts && e->h_scale &&
-                e->h_pw && e->h_count && e->h_needed && e->h_pmark && e->h_pneeded && e->h_cap,
+  MOE_CHECK(e->h_ids && e->h_pos && e->h_idx && e->h_rows && preds_ok && e->h_wts && e->h_scale &&
+                e->h_count && e->h_needed && e->h_pmark && e->h_pneeded && e->h_cap,
             err, MOE_ERR_OOM, "out of host memory for engine scratch");
   for (size_t i = 0; i < T; i++) e->h_ids[i] = (int32_t)i;
   MOE_TRY(dev->ops->upload(dev->be, e->iota, e->h_ids, T * sizeof(int32_t), err));
@@ -510,26 +526,31 @@ cleanup:
  * MoE input (e->h); otherwise next's norm and router applied to the
  * residual stream after this block. */
 static moe_status pregate(moe_engine *e, int layer, int next, size_t T, bool from_input,
-                          moe_error *err) {
+                          bool first, moe_error *err) {
   moe_status st = MOE_OK;
   const moe_backend_ops *o = e->dev->ops;
   moe_backend *be = e->dev->be;
   const moe_config *c = &e->model->cfg;
+  struct pending_pred *p = NULL;
+  for (int i = 0; i <= MOE_MAX_LOOKAHEAD && p == NULL; i++)
+    if (e->pred[i].layer < 0) p = &e->pred[i];
+  MOE_CHECK(p != NULL, err, MOE_ERR_INTERNAL, "more pending predictions than the lookahead allows");
   if (from_input) {
     const moe_weight pg = dw(e, layer, ROLE_PREGATE);
     const moe_weight no_bias = {NULL, e->model->dtype, 0, 0};
     MOE_TRY(o->matmul(be, e->router, e->h, T, &pg, NULL, err));
-    MOE_TRY(topk_download(e, T, &no_bias, e->pidx, e->pw, e->h_pidx, e->h_pw, err));
+    MOE_TRY(topk_download(e, T, &no_bias, e->pidx, e->pw, p->idx, p->w, err));
   } else {
     const moe_weight fn = dw(e, next, ROLE_FFN_NORM);
     MOE_TRY(o->rmsnorm(be, e->tmp, e->x, T, &fn, c->rms_eps, err));
-    MOE_TRY(route(e, next, e->tmp, T, e->pidx, e->pw, e->h_pidx, e->h_pw, err));
+    MOE_TRY(route(e, next, e->tmp, T, e->pidx, e->pw, p->idx, p->w, err));
   }
-  e->pred_layer = next;
+  p->layer = next;
+  p->first = first;
   /* the distinct predicted experts, ascending */
   const size_t K = (size_t)c->top_k;
   memset(e->h_pmark, 0, (size_t)c->n_experts * sizeof(int));
-  for (size_t i = 0; i < T * K; i++) e->h_pmark[e->h_pidx[i]] = 1;
+  for (size_t i = 0; i < T * K; i++) e->h_pmark[p->idx[i]] = 1;
   int n = 0;
   for (int x = 0; x < c->n_experts; x++)
     if (e->h_pmark[x]) e->h_pneeded[n++] = x;
@@ -588,31 +609,36 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
   const moe_backend_ops *o = e->dev->ops;
   moe_backend *be = e->dev->be;
   const size_t H = (size_t)c->hidden, K = (size_t)c->top_k, E = (size_t)c->n_experts;
-  const int next = next_moe_in_stack(e->model, l);
+  /* the block this one predicts: the lookahead-th MoE block after it in
+   * its stack; a checkpoint pre-gate is trained for the next one only */
+  const int ahead = e->opt.pregate_lookahead > 0 ? e->opt.pregate_lookahead : 1;
+  int next = l;
+  for (int k = 0; k < ahead && next >= 0; k++) next = next_moe_in_stack(e->model, next);
   const bool want_pred = next >= 0 && stack_predicts(e, l) &&
                          (e->opt.routing == MOE_ROUTING_PREGATED ||
                           e->policy->experts_predicted != NULL);
-  const bool pred_from_input = moe_model_spec(e->model, l, ROLE_PREGATE) != NULL;
+  const bool pred_from_input = ahead == 1 && moe_model_spec(e->model, l, ROLE_PREGATE) != NULL;
 
   /* The block's own router: the routing in conventional mode, the yardstick
    * of the prediction otherwise. */
   MOE_TRY(route(e, l, e->h, T, e->ridx, e->rw, e->h_idx, e->h_wts, err));
-  if (e->pred_layer == l) {
-    unsigned long long *hits = e->pred_first ? &e->first_hits : &e->pregate_hits;
-    unsigned long long *total = e->pred_first ? &e->first_total : &e->pregate_total;
+  for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) {
+    struct pending_pred *p = &e->pred[i];
+    if (p->layer != l) continue;
+    unsigned long long *hits = p->first ? &e->first_hits : &e->pregate_hits;
+    unsigned long long *total = p->first ? &e->first_total : &e->pregate_total;
     for (size_t t = 0; t < T; t++)
       for (size_t a = 0; a < K; a++) {
-        for (size_t b = 0; b < K; b++) *hits += e->h_pidx[t * K + a] == e->h_idx[t * K + b];
+        for (size_t b = 0; b < K; b++) *hits += p->idx[t * K + a] == e->h_idx[t * K + b];
         (*total)++;
       }
     /* the first block is routed by its own router, as the paper does */
-    if (e->opt.routing == MOE_ROUTING_PREGATED && !e->pred_first) {
-      memcpy(e->h_idx, e->h_pidx, T * K * sizeof(int32_t));
-      memcpy(e->h_wts, e->h_pw, T * K * sizeof(float));
+    if (e->opt.routing == MOE_ROUTING_PREGATED && !p->first) {
+      memcpy(e->h_idx, p->idx, T * K * sizeof(int32_t));
+      memcpy(e->h_wts, p->w, T * K * sizeof(float));
     }
+    p->layer = -1;
   }
-  e->pred_layer = -1;
-  e->pred_first = false;
   apply_capacity(e, T);
 
   /* Group (token, weight) pairs by expert: counting sort, stable in token
@@ -634,7 +660,7 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
   /* h_count[x] is now the end of expert x's run; its start is h_count[x-1]. */
   moe_expert_store_begin_block(e->store, l, e->h_needed, n_needed);
   POLICY_CALL(e, experts_needed, l, e->h_needed, n_needed);
-  if (want_pred && pred_from_input) MOE_TRY(pregate(e, l, next, T, true, err));
+  if (want_pred && pred_from_input) MOE_TRY(pregate(e, l, next, T, true, false, err));
 
   if (routed > 0) {
     MOE_TRY(o->upload(be, e->rows, e->h_rows, routed * sizeof(int32_t), err));
@@ -664,7 +690,7 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
     MOE_TRY(o->matmul(be, e->sg, e->h, T, &sg, NULL, err));
     MOE_TRY(o->scatter_add_rows(be, e->x, e->ye, e->iota, e->sg, 1, true, T, H, err));
   }
-  if (want_pred && !pred_from_input) MOE_TRY(pregate(e, l, next, T, false, err));
+  if (want_pred && !pred_from_input) MOE_TRY(pregate(e, l, next, T, false, false, err));
 cleanup:
   return st;
 }
@@ -786,7 +812,7 @@ static moe_status run_layers(moe_engine *e, int l0, int l1, int n_seq, int n_new
                                 c->head_dim};
   const int first_moe = first_moe_in(e->model, l0, l1);
   e->cur_n_new = n_new;
-  e->pred_layer = -1;
+  for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) e->pred[i].layer = -1;
   for (int l = l0; l < l1; l++) {
     moe_trace_context(e->dev->trace, l, -1);
     POLICY_CALL(e, layer_begin, l);
@@ -795,8 +821,7 @@ static moe_status run_layers(moe_engine *e, int l0, int l1, int n_seq, int n_new
      * attention, so the copies overlap this layer's attention */
     if (l == first_moe && e->policy->predict_first_block && e->policy->experts_predicted &&
         stack_predicts(e, l)) {
-      MOE_TRY(pregate(e, l, l, T, false, err));
-      e->pred_first = true;
+      MOE_TRY(pregate(e, l, l, T, false, true, err));
     }
     const moe_weight an = dw(e, l, ROLE_ATTN_NORM), fn = dw(e, l, ROLE_FFN_NORM),
                      wo = dw(e, l, ROLE_WO), bo = dw(e, l, ROLE_BO);

@@ -120,7 +120,13 @@ typedef struct moe_engine_options {
   const struct moe_policy *policy; /* NULL: gpu-only */
   moe_routing routing;
   unsigned pregate_stacks; /* encoder-decoder: MOE_PREGATE_* mask, 0 = both */
+  int pregate_lookahead;   /* a block predicts the k-th MoE block after it in its
+                              stack, k in 1..MOE_MAX_LOOKAHEAD (0 = 1); for k > 1
+                              the prediction is the derived one (a checkpoint
+                              pre-gate is trained for the next block) */
 } moe_engine_options;
+
+#define MOE_MAX_LOOKAHEAD 3
 
 /* Device bytes the engine will allocate, by category, for model, options
  * and a number of expert slots on dev (NULL: a backend that needs no matmul

@@ -46,6 +46,8 @@ typedef struct moe_policy_env {
   size_t slot_budget;    /* device bytes left for expert slots after every
                             other engine buffer; a plan may exceed it, the
                             run then ends as OOM */
+  int lookahead;         /* since 1.2: a block's prediction is for the
+                            lookahead-th MoE block after it (1 = the next) */
 } moe_policy_env;
 
 typedef struct moe_policy_plan {
