@@ -954,6 +954,27 @@ START_TEST(sweep_quality_columns) {
 }
 END_TEST
 
+/* A results file written before the pregate_lookahead key column (schema
+ * 2.1) still reads, its rows keyed as lookahead 1 (the column's empty
+ * default): compare and --resume keep working across the version. */
+START_TEST(older_files_without_the_lookahead_column) {
+  write_file("old.csv",
+             "\"schema_version\",\"model\",\"model_seed\",\"dtype\",\"workload\",\"policy\","
+             "\"routing\",\"backend\",\"device\",\"threads\",\"link_gbps\","
+             "\"device_mem_budget_bytes\",\"batch\",\"prompt_len\",\"gen_len\",\"requests\","
+             "\"prompt_seed\",\"repetitions\",\"status\",\"h2d_bytes\"\n"
+             "\"2.1\",\"m\",\"1\",\"f32\",\"w\",\"ondemand\",\"conventional\",\"cpu\",\"cpu\","
+             "\"1\",\"0\",\"0\",\"1\",\"4\",\"4\",\"1\",\"1\",\"1\",\"ok\",\"1000\"\n");
+  res_table t;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(tmp_path("old.csv"), &t, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_uint_eq(t.n, 1);
+  ck_assert_str_eq(res_get(&t.rows[0], "pregate_lookahead"), "");
+  res_table_free(&t);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("old.csv"), tmp_path("old.csv"), NULL), 0);
+}
+END_TEST
+
 /* run --trace writes Chrome trace-event JSON: it parses back, names a
  * compute and a copy track, every event has a time span, and the copy
  * track holds exactly the row's expert copies. */
@@ -1081,6 +1102,7 @@ int main(void) {
   tcase_add_test(tc, slurm_array_with_the_local_stand_in);
   tcase_add_test(tc, report_figure_and_plots);
   tcase_add_test(tc, sweep_quality_columns);
+  tcase_add_test(tc, older_files_without_the_lookahead_column);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
