@@ -486,6 +486,75 @@ START_TEST(lookahead_predicts_k_blocks_ahead) {
 }
 END_TEST
 
+/* Expert caches on top of a policy (LRU, LFU, static from a warm-up's
+ * counts): outputs stay gpu-only's bit for bit, the cache adds its slots
+ * to the plan and the measured peak equals the plan, and the cache serves
+ * acquires without copies, so fewer bytes move than without it. */
+START_TEST(expert_caches_keep_bits_and_save_copies) {
+  moe_config c = cfg();
+  moe_error err = {0};
+  moe_synth_options so = {MOE_F32, 77, 1.5, false}; /* a skewed popularity */
+  moe_model *m = NULL;
+  ck_assert_msg(moe_model_synthetic(&m, &c, &so, &err) == MOE_OK, "%s", err.msg);
+  run_out *ref = calloc(1, sizeof *ref), *none = calloc(1, sizeof *none), *o = calloc(1, sizeof *o);
+  ck_assert(run(m, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, 0, ref, &err) == MOE_OK);
+  ck_assert(run(m, moe_policy_find("ondemand"), MOE_ROUTING_CONVENTIONAL, 0, none, &err) == MOE_OK);
+  /* the popularity a warm-up would see: gpu-only's acquire counts */
+  unsigned long long pop[3 * 8];
+  {
+    moe_device dev;
+    ck_assert(moe_device_open(&dev, "cpu", NULL, &err) == MOE_OK);
+    moe_engine *e = NULL;
+    moe_engine_options eo = {.max_batch = B, .max_seq = P + N};
+    ck_assert(moe_engine_create(&e, m, &dev, &eo, &err) == MOE_OK);
+    int32_t ids[B * P], out[B * N];
+    for (int i = 0; i < B * P; i++) ids[i] = (int32_t)((i * 11 + 7) % 40);
+    ck_assert(moe_engine_generate(e, ids, B, P, N, out, NULL, NULL, &err) == MOE_OK);
+    const int layers[3] = {0, 1, 3};
+    for (int l = 0; l < 3; l++)
+      for (int x = 0; x < 8; x++) pop[l * 8 + x] = moe_expert_store_uses(moe_engine_store(e), layers[l], x);
+    moe_engine_free(e);
+    moe_device_close(&dev);
+  }
+  const moe_cache_kind kinds[3] = {MOE_CACHE_LRU, MOE_CACHE_LFU, MOE_CACHE_STATIC};
+  for (int i = 0; i < 3; i++) {
+    moe_device dev;
+    ck_assert(moe_device_open(&dev, "cpu", NULL, &err) == MOE_OK);
+    moe_engine *e = NULL;
+    moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .all_logits = true,
+                             .policy = moe_policy_find("ondemand"), .cache = kinds[i],
+                             .cache_experts = 6, .cache_popularity = pop};
+    ck_assert_msg(moe_engine_create(&e, m, &dev, &eo, &err) == MOE_OK, "%s", err.msg);
+    int32_t ids[B * P];
+    moe_rng r;
+    moe_rng_seed(&r, 5, 0);
+    for (int k = 0; k < B * P; k++) ids[k] = (int32_t)(moe_rng_next(&r) % 40);
+    ck_assert(moe_engine_generate(e, ids, B, P, N, o->tokens, o->logits, NULL, &err) == MOE_OK);
+    moe_run_stats rs;
+    moe_engine_stats(e, &rs);
+    ck_assert_int_eq(rs.cache_slots, 6);
+    ck_assert_int_eq(rs.slots, none->slots + 6);
+    size_t cats[MOE_MEM_CATEGORIES], plan;
+    moe_engine_plan_memory(m, &dev, &eo, rs.slots, cats, &plan);
+    ck_assert_uint_eq(dev.mem.peak_total, plan);
+    ck_assert_msg(memcmp(o->tokens, ref->tokens, sizeof o->tokens) == 0, "%s: tokens differ",
+                  moe_cache_kind_name(kinds[i]));
+    ck_assert_msg(memcmp(o->logits, ref->logits, sizeof o->logits) == 0, "%s: logits differ",
+                  moe_cache_kind_name(kinds[i]));
+    ck_assert_msg(rs.reused > none->stats.reused && rs.bytes_h2d < none->stats.bytes_h2d,
+                  "%s: reused %llu vs %llu, bytes %llu vs %llu", moe_cache_kind_name(kinds[i]),
+                  rs.reused, none->stats.reused, rs.bytes_h2d, none->stats.bytes_h2d);
+    ck_assert_msg(moe_expert_store_check(moe_engine_store(e), &err) == MOE_OK, "%s", err.msg);
+    moe_engine_free(e);
+    moe_device_close(&dev);
+  }
+  free(ref);
+  free(none);
+  free(o);
+  moe_model_free(m);
+}
+END_TEST
+
 START_TEST(oom_is_a_clear_result) {
   run_out *o = calloc(1, sizeof *o);
   moe_error err = {0};
@@ -1005,6 +1074,7 @@ int main(void) {
   tcase_add_test(tc, switch_pregated_stacks);
   tcase_add_loop_test(tc, new_families_under_every_policy, 0, 2);
   tcase_add_loop_test(tc, lookahead_predicts_k_blocks_ahead, 0, 3);
+  tcase_add_test(tc, expert_caches_keep_bits_and_save_copies);
   tcase_add_test(tc, plugins_load_and_refuse);
   tcase_add_test(tc, useless_policy_is_still_correct);
   tcase_add_test(tc, store_residency);

@@ -42,6 +42,7 @@ struct moe_expert_store {
   bool *queued_mark;       /* [key]: in the queue */
   int round_free;          /* slots a round may still take (-1: not counted yet) */
   bool registered;         /* the model's expert slab is pinned for async copies */
+  moe_eviction eviction;
   moe_expert_stats stats;
 };
 
@@ -134,6 +135,17 @@ static long key_of(const moe_expert_store *s, int layer, int expert) {
 /* Picks a slot to load into: a free one, else the least recently used one
  * that is neither held nor in use; when forced (a demand fetch), else the
  * least recently used one not in use.  -1 when none. */
+static bool better_victim(const moe_expert_store *s, int i, int best) {
+  if (best < 0) return true;
+  const slot *a = &s->slots[i], *b = &s->slots[best];
+  if (s->eviction == MOE_EVICT_LFU && a->layer >= 0 && b->layer >= 0) {
+    const unsigned long long ua = s->uses[key_of(s, a->layer, a->expert)],
+                             ub = s->uses[key_of(s, b->layer, b->expert)];
+    if (ua != ub) return ua < ub;
+  }
+  return a->tick < b->tick;
+}
+
 static int pick_victim(const moe_expert_store *s, bool forced) {
   int best = -1;
   for (int pass = 0; pass < (forced ? 3 : 2) && best < 0; pass++)
@@ -142,10 +154,12 @@ static int pick_victim(const moe_expert_store *s, bool forced) {
       bool ok = pass == 0   ? sl->layer < 0
                 : pass == 1 ? !sl->hold && !sl->in_use && !sl->pinned
                             : !sl->in_use && !sl->pinned;
-      if (ok && (best < 0 || sl->tick < s->slots[best].tick)) best = i;
+      if (ok && better_victim(s, i, best)) best = i;
     }
   return best;
 }
+
+void moe_expert_store_set_eviction(moe_expert_store *s, moe_eviction how) { s->eviction = how; }
 
 static void drop(moe_expert_store *s, int i) {
   slot *sl = &s->slots[i];
@@ -287,6 +301,8 @@ moe_status moe_expert_store_acquire(moe_expert_store *s, int layer, int expert,
                       s->n_slots);
     s->stats.misses++;
   }
+  /* served by a copy made before this run of the block: a cache hit */
+  if (s->copied_in[k] != s->block_runs[m->moe_index[layer]] + 1) s->stats.reused++;
   int v = s->slot_of[k];
   slot *sl = &s->slots[v];
   const moe_backend_ops *o = s->dev->ops;
@@ -416,8 +432,11 @@ const moe_expert_stats *moe_expert_store_stats(const moe_expert_store *s) { retu
 
 void moe_expert_store_reset_stats(moe_expert_store *s) {
   memset(&s->stats, 0, sizeof s->stats);
-  /* copies made before (warm-up) are not this run's to waste */
+  /* copies made before (warm-up) are not this run's to waste, and serve
+   * it as a cache would */
   for (int i = 0; i < s->n_slots; i++) s->slots[i].copied = false;
+  const size_t keys = (size_t)s->model->n_moe * (size_t)s->model->cfg.n_experts;
+  if (s->copied_in) memset(s->copied_in, 0, keys * sizeof *s->copied_in);
 }
 
 unsigned long long moe_expert_store_uses(const moe_expert_store *s, int layer, int expert) {

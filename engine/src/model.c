@@ -35,6 +35,7 @@ struct moe_engine {
   moe_error *cb_err;         /* where policy callbacks report backend errors */
   moe_expert_store *store;
   int slots;
+  int cache_slots;           /* of slots, those an expert cache added */
   uint8_t *dense_dev;        /* device copy of the dense slab */
   float *k_cache, *v_cache;  /* [layers][max_batch][kv_heads][max_seq][head_dim] */
   size_t cache_layer_floats;
@@ -81,6 +82,21 @@ int moe_argmax(const float *x, int n) {
 
 const char *moe_routing_name(moe_routing r) {
   return r == MOE_ROUTING_PREGATED ? "pregated" : "conventional";
+}
+
+int moe_cache_kind_parse(const char *s, moe_cache_kind *out) {
+  static const char *const names[] = {"none", "lru", "lfu", "static"};
+  for (int i = 0; i < 4; i++)
+    if (strcmp(s, names[i]) == 0) {
+      *out = (moe_cache_kind)i;
+      return 0;
+    }
+  return -1;
+}
+
+const char *moe_cache_kind_name(moe_cache_kind k) {
+  static const char *const names[] = {"none", "lru", "lfu", "static"};
+  return (unsigned)k < 4 ? names[k] : "?";
 }
 
 int moe_pregate_stacks_parse(const char *s, unsigned *out) {
@@ -411,6 +427,12 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
     MOE_CHECK(pp.slots >= 1, err, MOE_ERR_INVALID, "policy '%s' planned %d expert slots (need >= 1)",
               e->policy->name, pp.slots);
     e->slots = pp.slots < max_slots ? pp.slots : max_slots;
+    if (opt->cache != MOE_CACHE_NONE && opt->cache_experts > 0) {
+      const int add = opt->cache_experts < max_slots - e->slots ? opt->cache_experts
+                                                               : max_slots - e->slots;
+      e->cache_slots = add;
+      e->slots += add;
+    }
   }
 
   buf_spec t[MAX_BUFS];
@@ -427,6 +449,7 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
       dev->ops->set_workspace(dev->be, e->gemm_ws, t[i].bytes);
   }
   MOE_TRY(moe_expert_store_create(&e->store, model, dev, e->slots, err));
+  if (opt->cache == MOE_CACHE_LFU) moe_expert_store_set_eviction(e->store, MOE_EVICT_LFU);
   MOE_TRY(dev->ops->upload(dev->be, e->dense_dev, model->dense, model->dense_bytes, err));
   e->h_ids = malloc(T * sizeof(int32_t));
   e->h_pos = malloc(T * sizeof(int32_t));
@@ -477,6 +500,33 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
     MOE_CHECK(prc == 0 && (err == NULL || err->status == MOE_OK), err,
               err && err->status != MOE_OK ? err->status : MOE_ERR_DEVICE,
               "policy '%s': warm failed", e->policy->name);
+  }
+  if (opt->cache == MOE_CACHE_STATIC && e->cache_slots > 0 && model->n_moe > 0) {
+    /* pin the cache_slots most popular experts (warm-up counts) */
+    MOE_CHECK(opt->cache_popularity != NULL, err, MOE_ERR_INVALID,
+              "a static expert cache needs popularity counts from a warm-up run");
+    const long keys = (long)model->n_moe * c->n_experts;
+    bool *taken = calloc((size_t)keys, sizeof *taken);
+    MOE_CHECK_ALLOC(taken, err, (size_t)keys);
+    for (int n = 0; n < e->cache_slots; n++) {
+      long best = -1;
+      for (long k = 0; k < keys; k++)
+        if (!taken[k] && (best < 0 || opt->cache_popularity[k] > opt->cache_popularity[best])) best = k;
+      if (best < 0) break;
+      taken[best] = true;
+      int layer = -1;
+      for (int l = 0, mi = 0; l < c->n_layers && layer < 0; l++)
+        if (c->is_moe[l] && mi++ == best / c->n_experts) layer = l;
+      moe_expert_store_round_begin(e->store);
+      int r = moe_expert_store_pin(e->store, layer, (int)(best % c->n_experts), err);
+      int rr = moe_expert_store_round_end(e->store, err);
+      if (r < 0 || rr < 0) {
+        free(taken);
+        st = err ? err->status : MOE_ERR_DEVICE;
+        goto cleanup;
+      }
+    }
+    free(taken);
   }
   MOE_TRY(dev->ops->synchronize(dev->be, err));
   e->warm_bytes = e->store ? moe_expert_store_stats(e->store)->bytes_h2d : 0;
@@ -1086,6 +1136,11 @@ void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
   }
   out->stall_s = engine_stall(e);
   out->invalid_requests = e->invalid_requests;
+  out->cache_slots = e->cache_slots;
+  if (e->store) {
+    out->gets = moe_expert_store_stats(e->store)->gets;
+    out->reused = moe_expert_store_stats(e->store)->reused;
+  }
   out->first_block_hits = e->first_hits;
   out->first_block_total = e->first_total;
   out->pregate_hits = e->pregate_hits;

@@ -38,6 +38,8 @@ typedef struct moe_expert_stats {
                                    run of its block (its first copy was evicted
                                    before use): bytes moved twice */
   unsigned long long gets;      /* acquire calls */
+  unsigned long long reused;    /* acquires served by a copy made for an earlier run of the
+                                   block (or by warm()): no copy in this run, a cache hit */
   double stall_s;               /* compute time spent waiting on copies */
 } moe_expert_stats;
 
@@ -101,6 +103,12 @@ moe_status moe_expert_store_check(const moe_expert_store *s, moe_error *err);
 
 const moe_expert_stats *moe_expert_store_stats(const moe_expert_store *s);
 void moe_expert_store_reset_stats(moe_expert_store *s);
+
+/* Which resident a fetch evicts when no slot is free: the least recently
+ * used (the default) or the least frequently used (acquires since the
+ * store was created; ties to the least recently used). */
+typedef enum moe_eviction { MOE_EVICT_LRU = 0, MOE_EVICT_LFU = 1 } moe_eviction;
+void moe_expert_store_set_eviction(moe_expert_store *s, moe_eviction how);
 
 /* How many times expert `expert` of layer `layer` was acquired; 0 for a
  * layer without an MoE block. */

@@ -109,6 +109,22 @@ int moe_routing_parse(const char *s, moe_routing *out);
 #define MOE_PREGATE_ENCODER 1u
 #define MOE_PREGATE_DECODER 2u
 
+/* An expert cache on top of the policy's slots (moe_engine_options.cache):
+ * cache_experts more slots, kept by least-recently-used or least-
+ * frequently-used eviction, or pinned to the most popular experts
+ * (static: cache_popularity, acquire counts from a warm-up run, picks
+ * them; ties to the lower layer and expert). */
+typedef enum moe_cache_kind {
+  MOE_CACHE_NONE = 0,
+  MOE_CACHE_LRU = 1,
+  MOE_CACHE_LFU = 2,
+  MOE_CACHE_STATIC = 3
+} moe_cache_kind;
+
+/* "lru", "lfu", "static" (and "none"); -1 for another name. */
+int moe_cache_kind_parse(const char *s, moe_cache_kind *out);
+const char *moe_cache_kind_name(moe_cache_kind k);
+
 /* "both" (0), "encoder", "decoder"; -1 for another name. */
 int moe_pregate_stacks_parse(const char *s, unsigned *out);
 
@@ -120,6 +136,9 @@ typedef struct moe_engine_options {
   const struct moe_policy *policy; /* NULL: gpu-only */
   moe_routing routing;
   unsigned pregate_stacks; /* encoder-decoder: MOE_PREGATE_* mask, 0 = both */
+  moe_cache_kind cache;    /* an expert cache on top of the policy's slots */
+  int cache_experts;       /* its size in experts (capped at what is not a slot yet) */
+  const unsigned long long *cache_popularity; /* static: [MoE layer][expert] counts */
   int pregate_lookahead;   /* a block predicts the k-th MoE block after it in its
                               stack, k in 1..MOE_MAX_LOOKAHEAD (0 = 1); for k > 1
                               the prediction is the derived one (a checkpoint
@@ -127,6 +146,8 @@ typedef struct moe_engine_options {
 } moe_engine_options;
 
 #define MOE_MAX_LOOKAHEAD 3
+
+
 
 /* Device bytes the engine will allocate, by category, for model, options
  * and a number of expert slots on dev (NULL: a backend that needs no matmul
@@ -171,6 +192,9 @@ typedef struct moe_run_stats {
   unsigned long long invalid_requests; /* policy requests refused for arguments out of
                                           range (a layer without an MoE block, an
                                           expert id past the last) */
+  unsigned long long gets, reused;   /* expert acquires, and those served without a copy
+                                        in this run of the block (cache hits) */
+  int cache_slots;                   /* of slots, those the cache added */
 } moe_run_stats;
 
 /* Builds the engine: plans slots with the policy under the device budget,
