@@ -386,6 +386,45 @@ moe_status cli_check_keys(const void *obj, const char *const *known, const char 
   return MOE_OK;
 }
 
+int cli_cache_experts(const char *spec, const moe_model *m, moe_cache_kind *kind) {
+  const char *colon = strchr(spec, ':');
+  char name[16];
+  if (colon == NULL || (size_t)(colon - spec) >= sizeof name) return -1;
+  snprintf(name, sizeof name, "%.*s", (int)(colon - spec), spec);
+  if (moe_cache_kind_parse(name, kind) != 0 || *kind == MOE_CACHE_NONE) return -1;
+  const char *sz = colon + 1;
+  const size_t n = strlen(sz);
+  if (n == 0) return -1;
+  double amount;
+  long experts;
+  const double keys = m ? (double)moe_config_n_moe_layers(moe_model_config(m)) *
+                              (double)moe_model_config(m)->n_experts
+                        : 0;
+  if (sz[n - 1] == '%') {
+    char num[32];
+    if (n >= sizeof num) return -1;
+    snprintf(num, sizeof num, "%.*s", (int)(n - 1), sz);
+    if (!cli_parse_double(num, &amount) || !(amount > 0) || amount > 100) return -1;
+    return m ? (int)(keys * amount / 100.0 + 0.5) : 1;
+  }
+  if (cli_parse_int(sz, 1, 1 << 24, &experts)) return m ? (int)experts : 1;
+  size_t bytes;
+  if (!cli_parse_bytes(sz, &bytes) || bytes == 0) return -1;
+  return m ? (int)(bytes / moe_model_expert_bytes(m)) : 1;
+}
+
+bool cli_split_policy(const char *entry, char *base, size_t cap, const char **cache) {
+  const char *plus = strrchr(entry, '+');
+  *cache = NULL;
+  moe_cache_kind kind;
+  if (plus && strchr(plus, ':') && cli_cache_experts(plus + 1, NULL, &kind) < 0) return false;
+  const size_t len = plus && strchr(plus, ':') ? (size_t)(plus - entry) : strlen(entry);
+  if (len == 0 || len >= cap) return false;
+  snprintf(base, cap, "%.*s", (int)len, entry);
+  if (plus && strchr(plus, ':')) *cache = plus + 1;
+  return true;
+}
+
 void cli_mkdir_parent(const char *prefix) {
   char d[1100];
   snprintf(d, sizeof d, "%s", prefix);

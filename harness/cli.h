@@ -82,6 +82,18 @@ moe_status cli_check_keys(const void *obj, const char *const *known, const char 
  * parent; errors show when the file is written). */
 void cli_mkdir_parent(const char *prefix);
 
+/* An expert cache spec "KIND:SIZE": KIND lru, lfu or static; SIZE a number
+ * of experts ("64"), a share of all experts of the model ("25%"), or a
+ * byte size ("2GiB", whole experts of it).  Returns the experts it means
+ * for model m (m NULL: only checks the syntax, returning 1), or -1 when
+ * malformed.  *kind receives the kind. */
+int cli_cache_experts(const char *spec, const moe_model *m, moe_cache_kind *kind);
+
+/* Splits a policy entry "NAME+KIND:SIZE" (a policy with an expert cache)
+ * into NAME (into base) and the cache spec (*cache, NULL when none).
+ * false when the cache part is malformed or NAME does not fit. */
+bool cli_split_policy(const char *entry, char *base, size_t cap, const char **cache);
+
 /* A --model-dir that is not a directory: one line, -1 (else 0). */
 int cli_check_model_dir(const char *cmd, const char *dir);
 

@@ -655,6 +655,76 @@ static void plot_batches(const res_table *t, size_t first, const char *dir, FILE
   if (run_gnuplot(gp) == 0) fprintf(md, "\nBatch plot: `%s`\n", png);
 }
 
+/* Per table (model, workload, batch, budget) with expert caches
+ * (policies NAME+KIND:SIZE): bytes copied per generated token against the
+ * cache's slots, a line per NAME+KIND, starting from NAME without a cache
+ * at 0. */
+static void plot_cache(const res_table *t, size_t first, const char *dir, FILE *md) {
+  const res_row *g = &t->rows[first];
+  char lines[16][96];
+  int nl = 0;
+  for (size_t i = first; i < t->n; i++) {
+    const res_row *r = &t->rows[i];
+    const char *pol = res_get(r, "policy"), *colon = strrchr(pol, ':'), *plus = strrchr(pol, '+');
+    if (!same_group(r, g) || !plus || !colon || colon < plus) continue;
+    char line[96];
+    snprintf(line, sizeof line, "%.*s", (int)(colon - pol), pol);
+    bool have = false;
+    for (int k = 0; k < nl; k++) have |= !strcmp(lines[k], line);
+    if (!have && nl < 16) snprintf(lines[nl++], sizeof lines[0], "%s", line);
+  }
+  if (nl == 0) return;
+  char m[64], w[64], b[64], bu[64], base[1024], gp[1100], png[1100], title[600];
+  safe_name(m, sizeof m, res_get(g, "model"));
+  safe_name(w, sizeof w, res_get(g, "workload"));
+  safe_name(b, sizeof b, res_get(g, "batch"));
+  safe_name(bu, sizeof bu, res_get(g, "device_mem_budget_bytes"));
+  snprintf(base, sizeof base, "%s/%s-%s-b%s-%s-cache", dir, m, w, b, bu);
+  snprintf(gp, sizeof gp, "%s.gp", base);
+  snprintf(png, sizeof png, "%s.png", base);
+  FILE *f = plot_file(gp);
+  if (f == NULL) return;
+  fprintf(f, "set terminal pngcairo size 900,560 noenhanced\nset grid\n"
+             "set xlabel 'expert cache slots'\nset ylabel 'MB copied host-to-device per generated token'\n"
+             "set yrange [0:*]\nset key right top\n");
+  fputs("set output ", f), gp_string(f, png), fputs("\n", f);
+  snprintf(title, sizeof title, "%s, workload %s, batch %s: bytes moved against cache size (counted)",
+           res_get(g, "model"), res_get(g, "workload"), res_get(g, "batch"));
+  fputs("set title ", f), gp_string(f, title), fputs("\nplot ", f);
+  for (int k = 0; k < nl; k++) {
+    fputs(k ? ", '-' using 1:2 with linespoints title " : "'-' using 1:2 with linespoints title ", f);
+    gp_string(f, lines[k]);
+  }
+  fputc('\n', f);
+  for (int k = 0; k < nl; k++) {
+    double xs[64], ys[64];
+    int n = 0;
+    const char *plus = strrchr(lines[k], '+');
+    const size_t blen = plus ? (size_t)(plus - lines[k]) : strlen(lines[k]);
+    for (size_t i = first; i < t->n && n < 64; i++) {
+      const res_row *r = &t->rows[i];
+      const char *pol = res_get(r, "policy");
+      if (!same_group(r, g) || strcmp(res_get(r, "status"), "ok")) continue;
+      const bool bare = strlen(pol) == blen && !strncmp(pol, lines[k], blen);
+      const bool mine = !strncmp(pol, lines[k], strlen(lines[k])) && pol[strlen(lines[k])] == ':';
+      if (!bare && !mine) continue;
+      const double tokens = num(r, "batch") * num(r, "gen_len") * num(r, "requests");
+      xs[n] = bare ? 0 : num(r, "cache_slots");
+      ys[n++] = num(r, "h2d_bytes") / 1e6 / (tokens > 0 ? tokens : 1);
+    }
+    for (int a = 1; a < n; a++)
+      for (int c = a; c > 0 && xs[c] < xs[c - 1]; c--) {
+        double tx = xs[c], ty = ys[c];
+        xs[c] = xs[c - 1], ys[c] = ys[c - 1];
+        xs[c - 1] = tx, ys[c - 1] = ty;
+      }
+    for (int a = 0; a < n; a++) fprintf(f, "%g %.6g\n", xs[a], ys[a]);
+    fputs("e\n", f);
+  }
+  fclose(f);
+  if (run_gnuplot(gp) == 0) fprintf(md, "\nCache plot: `%s`\n", png);
+}
+
 /* gnuplot on PATH, found without a shell. */
 static bool have_gnuplot(void) {
   const char *path = getenv("PATH");
@@ -823,6 +893,7 @@ int cmd_report(int argc, char **argv) {
                   "absolute numbers.\n");
     }
     if (gnuplot) plot_group(&t, i, plots, md);
+    if (gnuplot) plot_cache(&t, i, plots, md);
     if (gnuplot) {
       bool first_model = true, first_workload = true;
       for (size_t k = 0; k < i; k++) {

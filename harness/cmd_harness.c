@@ -55,6 +55,8 @@ typedef struct row_config {
   const int32_t *eval;          /* quality windows (NULL: none) */
   int eval_n, eval_len;
   int lookahead;                /* pre-gate lookahead (0, 1: the next block) */
+  const char *policy_label;     /* the policy column: NAME or NAME+KIND:SIZE (NULL: the name) */
+  const char *cache;            /* the expert cache spec, or NULL */
 } row_config;
 
 static const char *status_word(moe_status st) {
@@ -67,7 +69,7 @@ static void row_key_columns(const row_config *rc, res_row *row) {
   res_setf(row, "model_seed", "%llu", (unsigned long long)rc->model_seed);
   res_set(row, "dtype", moe_dtype_name(rc->dtype));
   res_set(row, "workload", rc->wl->name);
-  res_set(row, "policy", rc->policy->name);
+  res_set(row, "policy", rc->policy_label ? rc->policy_label : rc->policy->name);
   res_set(row, "routing", moe_routing_name(rc->routing));
   res_set(row, "backend", rc->backend);
   res_set(row, "device", rc->device);
@@ -121,6 +123,9 @@ static void row_figures(res_row *row, const run_result *r, double *tps, double *
   if (r->stats.pregate_total)
     res_setf(row, "pregate_hit_rate", "%.6f",
              (double)r->stats.pregate_hits / (double)r->stats.pregate_total);
+  res_setf(row, "cache_slots", "%d", r->stats.cache_slots);
+  if (r->stats.gets)
+    res_setf(row, "expert_hit_rate", "%.6f", (double)r->stats.reused / (double)r->stats.gets);
 }
 
 /* Runs warm-up and measured repetitions of one configuration and fills a
@@ -134,7 +139,7 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
                  .device_mem = rc->budget, .batch = rc->batch, .prompt_len = rc->wl->prompt_len,
                  .gen_len = rc->wl->gen_len, .prompt_seed = rc->wl->seed, .prompts = rc->prompts,
                  .n_prompts = rc->n_prompts, .requests = rc->wl->requests,
-                 .lookahead = rc->lookahead};
+                 .lookahead = rc->lookahead, .cache = rc->cache};
   run_result r = {0};
   /* the trace is of the last measured repetition (each run rewrites it) */
   for (int i = 0; i < rc->warmup; i++) {
@@ -355,6 +360,8 @@ typedef struct sweep_ctx {
   bool *kept;            /* [rows read by --resume]: the suite still has this row */
   size_t n_read;         /* rows read by --resume */
   const moe_policy *pol[SUITE_MAX];        /* the suite's policies, resolved */
+  char label[SUITE_MAX][SUITE_NAME_MAX];   /* their rows' policy column */
+  const char *cache[SUITE_MAX];            /* their expert caches (NULL: none) */
   moe_policy_library libs[SUITE_MAX];      /* plugins among them, open for the sweep */
   moe_device holder;     /* keeps the current model pinned across rows */
   bool holder_open, pinned;
@@ -492,9 +499,9 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
   bool have_ref = false;
   int order[SUITE_MAX], no = 0;
   for (int p = 0; p < s->n_policies; p++)
-    if (!strcmp(x->pol[p]->name, "gpu-only")) order[no++] = p;
+    if (!strcmp(x->label[p], "gpu-only")) order[no++] = p;
   for (int p = 0; p < s->n_policies; p++)
-    if (strcmp(x->pol[p]->name, "gpu-only")) order[no++] = p;
+    if (strcmp(x->label[p], "gpu-only")) order[no++] = p;
   for (int bu = 0; bu < s->n_budgets && rc == 0; bu++)
     for (int k = 0; k < no && rc == 0; k++) {
       const moe_policy *pol = x->pol[order[k]];
@@ -502,14 +509,15 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
                          batch,         pol,               suite_routing(s, pol),  x->backend,
                          x->device,     s->budgets[bu],    s->link_gbps, s->threads,
                          s->repetitions, s->warmup,        ids,        n_ids,       NULL,
-                         x->eval,       x->eval_n,         x->eval_len, s->lookahead};
+                         x->eval,       x->eval_n,         x->eval_len, s->lookahead,
+                         x->label[order[k]], x->cache[order[k]]};
       char what[256];
       char budget[32] = "capacity";
       if (s->budgets[bu]) snprintf(budget, sizeof budget, "%zuB", s->budgets[bu]);
       snprintf(what, sizeof what, "%s/%s/b%d/%s/%s", ps->name, wl->name, batch, budget,
-               pol->name);
+               x->label[order[k]]);
       const bool done_before = row_done(x, &rcfg);
-      const bool is_ref = !strcmp(pol->name, "gpu-only");
+      const bool is_ref = !strcmp(x->label[order[k]], "gpu-only");
       if (done_before && (!is_ref || have_ref)) {
         x->pr.done++;
         x->skipped++;
@@ -780,13 +788,23 @@ int cmd_sweep(int argc, char **argv) {
     goto done;
   }
   if (reps) x.s->repetitions = (int)reps;
-  for (int i = 0; i < x.s->n_policies; i++)
-    if (resolve_policy(x.s, x.s->policies[i], &x.pol[i], &x.libs[i]) != 0) goto done;
+  for (int i = 0; i < x.s->n_policies; i++) {
+    /* NAME or NAME+KIND:SIZE (the policy with an expert cache) */
+    char base[SUITE_NAME_MAX];
+    if (!cli_split_policy(x.s->policies[i], base, sizeof base, &x.cache[i])) {
+      cli_error("%s: policy entry '%s' is not NAME or NAME+KIND:SIZE (KIND lru, lfu or static; "
+                "SIZE experts, N%% or bytes)", x.s->path, x.s->policies[i]);
+      goto done;
+    }
+    if (resolve_policy(x.s, base, &x.pol[i], &x.libs[i]) != 0) goto done;
+    snprintf(x.label[i], sizeof x.label[i], "%s%s%s", x.pol[i]->name, x.cache[i] ? "+" : "",
+             x.cache[i] ? x.cache[i] : "");
+  }
   for (int i = 0; i < x.s->n_policies; i++)
     for (int j = 0; j < i; j++)
-      if (x.pol[i] == x.pol[j] || strcmp(x.pol[i]->name, x.pol[j]->name) == 0) {
+      if (strcmp(x.label[i], x.label[j]) == 0 || (x.pol[i] == x.pol[j] && !x.cache[i] && !x.cache[j])) {
         cli_error("%s: policies '%s' and '%s' are both named '%s'", x.s->path, x.s->policies[j],
-                  x.s->policies[i], x.pol[i]->name);
+                  x.s->policies[i], x.label[i]);
         goto done;
       }
   x.presets = calloc((size_t)x.s->n_models, sizeof *x.presets);
@@ -896,8 +914,8 @@ done:
 
 /* ------------------------------------------------------------ run */
 
-static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing, int lookahead,
-                   const char *preset, bool have_seed, uint64_t seed, const char *backend,
+static int run_one(const moe_policy *pol, const char *cache, bool have_routing, moe_routing routing,
+                   int lookahead, const char *preset, bool have_seed, uint64_t seed, const char *backend,
                    int threads, double link, size_t devmem, int batch, int plen, int glen,
                    int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
                    const char *trace_path, int n_orig, char **orig);
@@ -964,7 +982,10 @@ int cmd_run(int argc, char **argv) {
                "  --preset NAME       model preset\n"
                "  --model-dir DIR     a Hugging Face checkpoint directory instead; the row's\n"
                "                      model is DIR's base name @ a hash of its config and index\n"
-               "  --policy NAME       gpu-only (default), ondemand, prefetch-all, pregated\n"
+               "  --policy NAME       gpu-only (default), ondemand, prefetch-all, pregated,\n"
+               "                      pregated-spec; NAME+KIND:SIZE adds an expert cache of\n"
+               "                      SIZE (experts, N%% of all, or bytes) kept by KIND: lru,\n"
+               "                      lfu, or static (the most popular of a warm-up run)\n"
                "  --policy-plugin SO  a policy from a shared object (docs/PLUGINS.md)\n"
                "  --routing MODE      conventional or pregated (default: the policy's own,\n"
                "                      pregated for pregated; the row's routing column says)\n"
@@ -1017,7 +1038,14 @@ int cmd_run(int argc, char **argv) {
   }
   if (cli_check_names("run", preset, backend) != 0) return 2;
   moe_policy_library lib = {0};
-  const moe_policy *pol = moe_policy_find(policy ? policy : "gpu-only");
+  char base[128];
+  const char *cache = NULL;
+  if (policy && !cli_split_policy(policy, base, sizeof base, &cache)) {
+    cli_error("run: --policy '%s' is not NAME or NAME+KIND:SIZE (KIND lru, lfu or static; SIZE "
+              "experts, N%% or bytes)", policy);
+    return 2;
+  }
+  const moe_policy *pol = moe_policy_find(policy ? base : "gpu-only");
   if (plugin) {
     moe_error perr = {0};
     if (moe_policy_plugin_load(&lib, plugin, &perr) != MOE_OK) return cli_fail(&perr);
@@ -1027,7 +1055,7 @@ int cmd_run(int argc, char **argv) {
     cli_error("run: unknown policy '%s' (see 'moebench list policies')", policy);
     return 2;
   }
-  int rc_exit = run_one(pol, have_routing, routing, (int)lookahead, preset, have_seed, seed, backend,
+  int rc_exit = run_one(pol, cache, have_routing, routing, (int)lookahead, preset, have_seed, seed, backend,
                         (int)threads, link, devmem, (int)batch, (int)plen, (int)glen,
                         (int)requests, prompt_seed, (int)reps, (int)warmup, out, trace_path,
                         n_orig, orig);
@@ -1036,8 +1064,8 @@ int cmd_run(int argc, char **argv) {
 }
 
 /* The part of run after its flags: one row, printed (and written). */
-static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing, int lookahead,
-                   const char *preset, bool have_seed, uint64_t seed, const char *backend,
+static int run_one(const moe_policy *pol, const char *cache, bool have_routing, moe_routing routing,
+                   int lookahead, const char *preset, bool have_seed, uint64_t seed, const char *backend,
                    int threads, double link, size_t devmem, int batch, int plen, int glen,
                    int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
                    const char *trace_path, int n_orig, char **orig) {
@@ -1058,11 +1086,13 @@ static int run_one(const moe_policy *pol, bool have_routing, moe_routing routing
   backend = bops->name;
   workload wl = {.n_batches = 1, .prompt_len = plen, .gen_len = glen, .requests = requests,
                  .seed = prompt_seed};
+  char label[200];
+  snprintf(label, sizeof label, "%s%s%s", pol->name, cache ? "+" : "", cache ? cache : "");
   snprintf(wl.name, sizeof wl.name, "p%d-g%d", plen, glen);
   wl.batches[0] = batch;
   row_config rc = {p.name, p.seed,  m,       p.dtype, &wl,    batch, pol,    routing, backend,
                    device, devmem,  link,    threads, reps,   warmup, NULL,  0, trace_path, NULL, 0, 0,
-                   lookahead};
+                   lookahead, label, cache};
   res_table t;
   res_table_init(&t);
   res_row *row = res_table_add(&t);

@@ -69,6 +69,8 @@ const res_column res_columns[] = {
     {"eval_perplexity_change", RES_TEXT, 0, false, "eval_perplexity / the gpu-only reference's - 1 (conventional routing, same model)"},
     {"eval_accuracy_change", RES_TEXT, 0, false, "eval_accuracy - the gpu-only reference's"},
     {"pregate_lookahead", RES_KEY, 0, true, "a block predicts the k-th MoE block after it (empty: 1, the next)"},
+    {"cache_slots", RES_DETERMINISTIC, 0, true, "expert slots an expert cache added to the policy's (policy NAME+KIND:SIZE)"},
+    {"expert_hit_rate", RES_DETERMINISTIC, +1, false, "expert acquires served without a copy in that run of the block (cache hits)"},
 };
 const size_t res_ncols = sizeof res_columns / sizeof res_columns[0];
 

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moe/expert_store.h"
 #include "moe/rng.h"
 #include "moe/trace.h"
 
@@ -39,6 +40,45 @@ void run_result_free(run_result *r) {
   r->step_logits = NULL;
 }
 
+/* A static cache's placement: how often each expert was acquired in a
+ * warm-up generation on other prompts (seed + 7919), on an engine of the
+ * spec's policy and routing without a cache.  The warm-up's device
+ * memory is freed before the measured run; its peak is reset. */
+static moe_status learn_popularity(const run_spec *sp, moe_device *dev, unsigned long long **out,
+                                   moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_config *c = moe_model_config(sp->model);
+  const int n_moe = moe_config_n_moe_layers(c);
+  const size_t keys = (size_t)n_moe * (size_t)c->n_experts, B = (size_t)sp->batch;
+  moe_engine *e = NULL;
+  int32_t *prompts = malloc(B * (size_t)sp->prompt_len * sizeof *prompts);
+  int32_t *toks = malloc(B * (size_t)sp->gen_len * sizeof *toks);
+  *out = calloc(keys ? keys : 1, sizeof **out);
+  MOE_CHECK(prompts && toks && *out, err, MOE_ERR_OOM, "out of host memory (cache warm-up)");
+  moe_rng r;
+  moe_rng_seed(&r, sp->prompt_seed + 7919, 0);
+  for (size_t i = 0; i < B * (size_t)sp->prompt_len; i++)
+    prompts[i] = (int32_t)(moe_rng_next(&r) % (uint64_t)c->vocab);
+  moe_engine_options eo = {.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
+                           .policy = sp->policy, .routing = sp->routing,
+                           .pregate_lookahead = sp->lookahead};
+  MOE_TRY(moe_engine_create(&e, sp->model, dev, &eo, err));
+  MOE_TRY(moe_engine_generate(e, prompts, sp->batch, sp->prompt_len, sp->gen_len, toks, NULL, NULL, err));
+  for (int l = 0, mi = 0; l < c->n_layers; l++)
+    if (c->is_moe[l]) {
+      for (int x = 0; x < c->n_experts; x++)
+        (*out)[(size_t)mi * (size_t)c->n_experts + (size_t)x] =
+            moe_expert_store_uses(moe_engine_store(e), l, x);
+      mi++;
+    }
+cleanup:
+  moe_engine_free(e);
+  moe_device_reset_peak(dev);
+  free(prompts);
+  free(toks);
+  return st;
+}
+
 void runner_run(const run_spec *sp, run_result *out) {
   memset(out, 0, sizeof *out);
   moe_error err = {0};
@@ -47,6 +87,7 @@ void runner_run(const run_spec *sp, run_result *out) {
   moe_trace *trace = NULL;
   int32_t *prompts = NULL;
   double *steps = NULL;
+  unsigned long long *popularity = NULL;
   const moe_config *c = moe_model_config(sp->model);
   const size_t B = (size_t)sp->batch, G = (size_t)sp->gen_len;
   moe_backend_options bo = {.threads = sp->threads, .link_gbps = sp->link_gbps,
@@ -59,6 +100,18 @@ void runner_run(const run_spec *sp, run_result *out) {
   moe_engine_options eo = {.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
                            .policy = sp->policy, .routing = sp->routing,
                            .pregate_lookahead = sp->lookahead};
+  if (sp->cache) {
+    const int n = cli_cache_experts(sp->cache, sp->model, &eo.cache);
+    if (n < 0) {
+      MOE_FAIL(&err, MOE_ERR_INVALID, "expert cache '%s' is not KIND:SIZE", sp->cache);
+      goto done;
+    }
+    eo.cache_experts = n;
+    if (eo.cache == MOE_CACHE_STATIC &&
+        learn_popularity(sp, &dev, &popularity, &err) != MOE_OK)
+      goto done;
+    eo.cache_popularity = popularity;
+  }
   if (moe_engine_create(&e, sp->model, &dev, &eo, &err) != MOE_OK) goto done;
   moe_run_stats rs;
   moe_engine_stats(e, &rs);
@@ -146,6 +199,7 @@ done:
   }
   free(prompts);
   free(steps);
+  free(popularity);
 }
 
 void runner_parity(const run_result *ref, const run_result *r, int batch, int gen_len, int vocab,

@@ -975,6 +975,51 @@ START_TEST(older_files_without_the_lookahead_column) {
 }
 END_TEST
 
+/* Expert caches from suites and run: NAME+KIND:SIZE policy entries; rows
+ * keep gpu-only's tokens, record the cache's slots and hit rate, and
+ * move fewer bytes than the policy alone (the drop equals the hit rate
+ * here: every miss costs one copy); malformed specs are refused. */
+START_TEST(expert_caches_through_the_harness) {
+  write_file("cache.json",
+             "{\"name\": \"c\", \"models\": [\"ci-small\"], \"policies\": [\"gpu-only\", "
+             "\"ondemand\", \"ondemand+lru:25%\", \"ondemand+lfu:16\", \"ondemand+static:25%\"], "
+             "\"workloads\": [{\"name\": \"w\", \"prompt_len\": 8, \"gen_len\": 16}]}");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("cache.json"), "-o", tmp_path("cache"), "--quiet", NULL), 0);
+  char csv[1200];
+  snprintf(csv, sizeof csv, "%s.csv", tmp_path("cache"));
+  res_table t;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(csv, &t, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_uint_eq(t.n, 5);
+  double base = -1;
+  for (size_t i = 0; i < t.n; i++)
+    if (!strcmp(res_get(&t.rows[i], "policy"), "ondemand")) base = atof(res_get(&t.rows[i], "h2d_bytes"));
+  ck_assert(base > 0);
+  int cached = 0;
+  for (size_t i = 0; i < t.n; i++) {
+    const res_row *r = &t.rows[i];
+    if (!strchr(res_get(r, "policy"), '+')) continue;
+    cached++;
+    ck_assert_str_eq(res_get(r, "status"), "ok");
+    ck_assert_str_eq(res_get(r, "cache_slots"), "16"); /* 25% of 4 x 16 experts, or 16 */
+    ck_assert_str_eq(res_get(r, "token_match_rate"), "1.000000");
+    const double hit = atof(res_get(r, "expert_hit_rate")), bytes = atof(res_get(r, "h2d_bytes"));
+    ck_assert_msg(hit > 0 && bytes < base, "%s: hit %g bytes %g vs %g", res_get(r, "policy"), hit,
+                  bytes, base);
+    ck_assert_msg(1.0 - bytes / base >= hit - 1e-5, "%s: bytes dropped %g, hit rate %g",
+                  res_get(r, "policy"), 1.0 - bytes / base, hit);
+  }
+  ck_assert_int_eq(cached, 3);
+  res_table_free(&t);
+  write_file("badcache.json", "{\"name\": \"c\", \"models\": [\"ci-small\"], \"policies\": "
+             "[\"ondemand+fifo:4\"], \"workloads\": [\"ci\"]}");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("badcache.json"), "-o", tmp_path("nc"), NULL), 1);
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--policy", "ondemand+lru:0%", NULL), 2);
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--policy", "ondemand+lru:2MiB",
+                        "--gen-len", "4", "--prompt-len", "4", NULL), 0);
+}
+END_TEST
+
 /* run --trace writes Chrome trace-event JSON: it parses back, names a
  * compute and a copy track, every event has a time span, and the copy
  * track holds exactly the row's expert copies. */
@@ -1103,6 +1148,7 @@ int main(void) {
   tcase_add_test(tc, report_figure_and_plots);
   tcase_add_test(tc, sweep_quality_columns);
   tcase_add_test(tc, older_files_without_the_lookahead_column);
+  tcase_add_test(tc, expert_caches_through_the_harness);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
