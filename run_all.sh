@@ -157,6 +157,10 @@ What was measured, and what the figures mean:
   8 ms here: gpu-only decodes at about 52 ms per token over 12 decoder
   layers): the paper's regime, where an A100 copies an 18.9 MB expert in
   about 0.75 ms while a Switch-Base block pair computes for longer.
+- pregated-spec: pregated's copies with conventional routing (its
+  outputs are gpu-only's bit for bit); wrong guesses are fetched when
+  needed, and the first MoE block of each stack is predicted from its
+  layer input.
 - Token match for pregated: pregated routing uses the pre-gate's choice as
   the routing. The paper fine-tunes the model so that this keeps its
   quality; this model is random and not fine-tuned, so its pregated tokens
