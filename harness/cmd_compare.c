@@ -525,7 +525,7 @@ static int headline_figure(const res_table *t, size_t first, const char *png) {
            res_get(g, "workload"), res_get(g, "batch"), res_get(g, "backend"));
   fputs("set multiplot layout 1,2 title ", f), gp_string(f, title), fputs("\n", f);
   fprintf(f, "set style fill solid 0.6\nset boxwidth 0.6\nset grid y\nset yrange [0:*]\n"
-             "set offsets 0, 0, graph 0.18, 0\n" /* room above the bars for the ratio */
+             "set offsets 0, 0, graph 0.18, 0\nset rmargin 6\n" /* room for the ratio, and the last label */
              "set xrange [-0.6:%d.6]\nset xtics rotate by -20\n", n - 1);
   fputs("set title ", f), gp_string(f, "generated tokens/s (median; bars: min..max)"), fputs("\n", f);
   if (tput[0]) fputs("set label 1 ", f), gp_string(f, tput), fputs(" at graph 0.02, graph 0.95 front\n", f);
