@@ -511,10 +511,10 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
                          s->repetitions, s->warmup,        ids,        n_ids,       NULL,
                          x->eval,       x->eval_n,         x->eval_len, s->lookahead,
                          x->label[order[k]], x->cache[order[k]]};
-      char what[256];
+      char what[512];
       char budget[32] = "capacity";
       if (s->budgets[bu]) snprintf(budget, sizeof budget, "%zuB", s->budgets[bu]);
-      snprintf(what, sizeof what, "%s/%s/b%d/%s/%s", ps->name, wl->name, batch, budget,
+      snprintf(what, sizeof what, "%s/%s/b%d/%s/%.120s", ps->name, wl->name, batch, budget,
                x->label[order[k]]);
       const bool done_before = row_done(x, &rcfg);
       const bool is_ref = !strcmp(x->label[order[k]], "gpu-only");
