@@ -85,8 +85,8 @@ const char *moe_routing_name(moe_routing r) {
 }
 
 int moe_cache_kind_parse(const char *s, moe_cache_kind *out) {
-  static const char *const names[] = {"none", "lru", "lfu", "static"};
-  for (int i = 0; i < 4; i++)
+  static const char *const names[] = {"none", "lru", "lfu", "static", "ring"};
+  for (int i = 0; i < 5; i++)
     if (strcmp(s, names[i]) == 0) {
       *out = (moe_cache_kind)i;
       return 0;
@@ -95,8 +95,8 @@ int moe_cache_kind_parse(const char *s, moe_cache_kind *out) {
 }
 
 const char *moe_cache_kind_name(moe_cache_kind k) {
-  static const char *const names[] = {"none", "lru", "lfu", "static"};
-  return (unsigned)k < 4 ? names[k] : "?";
+  static const char *const names[] = {"none", "lru", "lfu", "static", "ring"};
+  return (unsigned)k < 5 ? names[k] : "?";
 }
 
 int moe_pregate_stacks_parse(const char *s, unsigned *out) {
@@ -716,11 +716,20 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
     MOE_TRY(o->upload(be, e->rows, e->h_rows, routed * sizeof(int32_t), err));
     MOE_TRY(o->upload(be, e->rw, e->h_scale, routed * sizeof(float), err));
   }
+  /* a streaming ring (cache kind ring): while an expert computes, the
+   * next `ahead` experts of the block are on their way, in the order they
+   * will run (double-buffered at ahead 1) */
+  const int stream = e->opt.cache == MOE_CACHE_RING ? e->cache_slots : 0;
+  int pos = 0;
   for (size_t x = 0; x < E; x++) {
     size_t begin = x ? (size_t)e->h_count[x - 1] : 0, n = (size_t)e->h_count[x] - begin;
     if (n == 0) continue;
     moe_expert_weights w;
     moe_trace_context(e->dev->trace, l, (int)x);
+    for (int j = pos + 1; j <= pos + stream && j < n_needed; j++)
+      if (moe_expert_store_fetch(e->store, l, e->h_needed[j], true, err) < 0)
+        MOE_TRY(err ? err->status : MOE_ERR_DEVICE);
+    pos++;
     MOE_TRY(moe_expert_store_acquire(e->store, l, (int)x, &w, err));
     MOE_TRY(o->gather_rows(be, e->xe, e->h, e->rows + begin, n, H, err));
     MOE_TRY(expert_ffn(e, &w, n, err));

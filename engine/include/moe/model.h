@@ -118,10 +118,12 @@ typedef enum moe_cache_kind {
   MOE_CACHE_NONE = 0,
   MOE_CACHE_LRU = 1,
   MOE_CACHE_LFU = 2,
-  MOE_CACHE_STATIC = 3
+  MOE_CACHE_STATIC = 3,
+  MOE_CACHE_RING = 4 /* streaming: cache_experts slots that carry the next
+                        experts of a block while the current one computes */
 } moe_cache_kind;
 
-/* "lru", "lfu", "static" (and "none"); -1 for another name. */
+/* "lru", "lfu", "static", "ring" (and "none"); -1 for another name. */
 int moe_cache_kind_parse(const char *s, moe_cache_kind *out);
 const char *moe_cache_kind_name(moe_cache_kind k);
 
