@@ -82,7 +82,7 @@ moe_status cli_check_keys(const void *obj, const char *const *known, const char 
  * parent; errors show when the file is written). */
 void cli_mkdir_parent(const char *prefix);
 
-/* An expert cache spec "KIND:SIZE": KIND lru, lfu or static; SIZE a number
+/* An expert cache spec "KIND:SIZE": KIND lru, lfu, static or ring; SIZE a number
  * of experts ("64"), a share of all experts of the model ("25%"), or a
  * byte size ("2GiB", whole experts of it).  Returns the experts it means
  * for model m (m NULL: only checks the syntax, returning 1), or -1 when

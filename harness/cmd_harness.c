@@ -792,7 +792,7 @@ int cmd_sweep(int argc, char **argv) {
     /* NAME or NAME+KIND:SIZE (the policy with an expert cache) */
     char base[SUITE_NAME_MAX];
     if (!cli_split_policy(x.s->policies[i], base, sizeof base, &x.cache[i])) {
-      cli_error("%s: policy entry '%s' is not NAME or NAME+KIND:SIZE (KIND lru, lfu or static; "
+      cli_error("%s: policy entry '%s' is not NAME or NAME+KIND:SIZE (KIND lru, lfu, static or ring; "
                 "SIZE experts, N%% or bytes)", x.s->path, x.s->policies[i]);
       goto done;
     }
@@ -985,7 +985,8 @@ int cmd_run(int argc, char **argv) {
                "  --policy NAME       gpu-only (default), ondemand, prefetch-all, pregated,\n"
                "                      pregated-spec; NAME+KIND:SIZE adds an expert cache of\n"
                "                      SIZE (experts, N%% of all, or bytes) kept by KIND: lru,\n"
-               "                      lfu, or static (the most popular of a warm-up run)\n"
+               "                      lfu, static (the most popular of a warm-up run), or\n"
+               "                      ring (a block's next experts streamed ahead)\n"
                "  --policy-plugin SO  a policy from a shared object (docs/PLUGINS.md)\n"
                "  --routing MODE      conventional or pregated (default: the policy's own,\n"
                "                      pregated for pregated; the row's routing column says)\n"
@@ -1041,7 +1042,7 @@ int cmd_run(int argc, char **argv) {
   char base[128];
   const char *cache = NULL;
   if (policy && !cli_split_policy(policy, base, sizeof base, &cache)) {
-    cli_error("run: --policy '%s' is not NAME or NAME+KIND:SIZE (KIND lru, lfu or static; SIZE "
+    cli_error("run: --policy '%s' is not NAME or NAME+KIND:SIZE (KIND lru, lfu, static or ring; SIZE "
               "experts, N%% or bytes)", policy);
     return 2;
   }
