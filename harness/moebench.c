@@ -38,6 +38,7 @@ static void usage(FILE *f) {
           "  sweep       run every configuration of a suite; CSV + JSON results\n"
           "  compare     compare two result files; exit 1 on a regression\n"
           "  merge       join the result files of a sharded sweep (sweep --shard K/N)\n"
+          "  plan        device-memory plan of a model per policy against a hardware profile\n"
           "  report      markdown table (and plots) of a result file\n"
           "  generate    prefill prompts and greedy-decode (model dir or preset)\n"
           "  eval        perplexity and next-token accuracy over a token file\n"
@@ -99,12 +100,13 @@ static int cmd_list(int argc, char **argv) {
   const char *what = argc > 1 ? argv[1] : "";
   if (strcmp(what, "--help") == 0 || strcmp(what, "-h") == 0 || argc != 2) {
     fprintf(argc == 2 ? stdout : stderr,
-            "usage: moebench list backends|models|policies|suites|workloads\n\n"
+            "usage: moebench list backends|models|policies|suites|workloads|hardware\n\n"
             "  backends  compiled-in backends and whether their device is present\n"
             "  policies  built-in offload policies\n"
             "  models    model presets in the presets directory ($MOE_MODELS_DIR)\n"
             "  suites    benchmark suites ($MOE_SUITES_DIR)\n"
-            "  workloads workload profiles ($MOE_PROFILES_DIR)\n");
+            "  workloads workload profiles ($MOE_PROFILES_DIR)\n"
+            "  hardware  hardware profiles ($MOE_HARDWARE_DIR)\n");
     return argc == 2 ? 0 : 2;
   }
   if (strcmp(what, "backends") == 0) {
@@ -137,7 +139,8 @@ static int cmd_list(int argc, char **argv) {
   if (strcmp(what, "models") == 0) return list_dir(cli_models_dir(), print_model);
   if (strcmp(what, "suites") == 0) return list_dir(suite_dir(), print_suite);
   if (strcmp(what, "workloads") == 0) return list_dir(suite_profiles_dir(), print_workload);
-  cli_error("list: unknown category '%s' (expected backends, models, policies, suites or workloads)", what);
+  if (strcmp(what, "hardware") == 0) return hw_list();
+  cli_error("list: unknown category '%s' (expected backends, models, policies, suites, workloads or hardware)", what);
   return 2;
 }
 
@@ -171,6 +174,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "list") == 0) return cmd_list(argc - 1, argv + 1);
   if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
   if (strcmp(cmd, "merge") == 0) return cmd_merge(argc - 1, argv + 1);
+  if (strcmp(cmd, "plan") == 0) return cmd_plan(argc - 1, argv + 1);
   cli_error("unknown command '%s' (run 'moebench --help' for the list)", cmd);
   return 2;
 }

@@ -1020,6 +1020,52 @@ START_TEST(expert_caches_through_the_harness) {
 }
 END_TEST
 
+/* Hardware profiles and moebench plan: every shipped profile loads with a
+ * source for each figure; Switch-Large-128 does not fit the A100's 80 GiB
+ * under gpu-only (the paper's OOM) and does under pregated; the planned
+ * bytes of a small preset equal what a run of it measures; a profile
+ * without a source is refused naming the field. */
+START_TEST(hardware_profiles_and_plan) {
+  char cmd[4096], out[16384];
+  snprintf(cmd, sizeof cmd, "'%s' list hardware", MOEBENCH_PATH);
+  ck_assert_msg(tu_run(cmd, out, sizeof out) == 0, "%s", out);
+  const char *names[] = {"a100-80g-pcie4", "h100-pcie5", "h200", "rtx4090", "l4"};
+  for (int i = 0; i < 5; i++) ck_assert_msg(strstr(out, names[i]) != NULL, "%s not listed", names[i]);
+  snprintf(cmd, sizeof cmd, "'%s' plan --preset switch-large-128 --hardware a100-80g-pcie4", MOEBENCH_PATH);
+  ck_assert_msg(tu_run(cmd, out, sizeof out) == 0, "%s", out);
+  ck_assert_ptr_nonnull(strstr(out, "| gpu-only | 3072 | 105.37 | 103.08 | no (OOM) |"));
+  ck_assert_ptr_nonnull(strstr(out, "| pregated | 2 | "));
+  ck_assert_ptr_nonnull(strstr(strstr(out, "| pregated | 2 | "), "| yes |"));
+  /* plan against measurement: ci-small under ondemand, batch 2, 8 + 8 */
+  snprintf(cmd, sizeof cmd, "'%s' plan --preset ci-small --batch 2 --prompt-len 8 --gen-len 8", MOEBENCH_PATH);
+  ck_assert_msg(tu_run(cmd, out, sizeof out) == 0, "%s", out);
+  const char *row = strstr(out, "| ondemand | ");
+  ck_assert_ptr_nonnull(row);
+  int slots = 0;
+  double gb = 0;
+  ck_assert_int_eq(sscanf(row, "| ondemand | %d | %lf |", &slots, &gb), 2);
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--policy", "ondemand", "--batch", "2",
+                        "--prompt-len", "8", "--gen-len", "8", "-o", tmp_path("planrun"), NULL), 0);
+  char csv[1200];
+  snprintf(csv, sizeof csv, "%s.csv", tmp_path("planrun"));
+  res_table t;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(csv, &t, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(atoi(res_get(&t.rows[0], "expert_slots")), slots);
+  const double peak = atof(res_get(&t.rows[0], "peak_device_bytes")) / 1e9;
+  ck_assert_msg(peak > gb - 0.005 && peak < gb + 0.005, "plan %.3f GB, measured %.3f GB", gb, peak);
+  res_table_free(&t);
+  /* a figure without its source */
+  write_file("hw.json", "{\"name\": \"x\", \"memory_bytes\": 1e9, \"memory_gbps\": 100, "
+             "\"matmul_tflops\": {\"f32\": 1, \"bf16\": 2}, \"h2d_gbps\": {\"pinned\": 10, "
+             "\"pageable\": 5}, \"h2d_latency_us\": 1, \"launch_overhead_us\": 1, "
+             "\"sources\": {\"memory_bytes\": \"a datasheet\"}}");
+  snprintf(cmd, sizeof cmd, "'%s' plan --preset ci-small --hardware '%s'", MOEBENCH_PATH, tmp_path("hw.json"));
+  ck_assert_int_eq(tu_run(cmd, out, sizeof out), 1);
+  ck_assert_ptr_nonnull(strstr(out, "sources.memory_gbps"));
+}
+END_TEST
+
 /* run --trace writes Chrome trace-event JSON: it parses back, names a
  * compute and a copy track, every event has a time span, and the copy
  * track holds exactly the row's expert copies. */
@@ -1149,6 +1195,7 @@ int main(void) {
   tcase_add_test(tc, sweep_quality_columns);
   tcase_add_test(tc, older_files_without_the_lookahead_column);
   tcase_add_test(tc, expert_caches_through_the_harness);
+  tcase_add_test(tc, hardware_profiles_and_plan);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);

@@ -344,6 +344,38 @@ static moe_status policy_result(const moe_engine *e, moe_status st, const char *
   return st;
 }
 
+/* ---------------------------------------------------------------- planning */
+
+moe_status moe_engine_plan_slots(const moe_model *model, const moe_engine_options *opt,
+                                 const moe_policy *policy, size_t slot_budget, int *slots,
+                                 int *cache_slots, moe_error *err) {
+  const moe_config *c = &model->cfg;
+  *slots = *cache_slots = 0;
+  if (model->n_moe == 0) return MOE_OK;
+  moe_policy_env env = {c->n_layers,     model->n_moe,        c->n_experts, c->top_k,
+                        opt->max_batch,  model->expert_bytes, slot_budget,
+                        opt->pregate_lookahead > 0 ? opt->pregate_lookahead : 1};
+  moe_policy_plan pp = {0};
+  moe_status st = policy->plan(&env, &pp, err);
+  if (st != MOE_OK) {
+    if (err && err->status == MOE_OK)
+      MOE_FAIL(err, st, "policy '%s': plan failed (%s) without saying why", policy->name,
+               moe_status_name(st));
+    return st;
+  }
+  if (pp.slots < 1)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s' planned %d expert slots (need >= 1)",
+                    policy->name, pp.slots);
+  const int max_slots = model->n_moe * c->n_experts;
+  *slots = pp.slots < max_slots ? pp.slots : max_slots;
+  if (opt->cache != MOE_CACHE_NONE && opt->cache_experts > 0) {
+    const int add = opt->cache_experts < max_slots - *slots ? opt->cache_experts : max_slots - *slots;
+    *cache_slots = add;
+    *slots += add;
+  }
+  return MOE_OK;
+}
+
 /* ---------------------------------------------------------------- lifecycle */
 
 void moe_engine_free(moe_engine *e) {
@@ -412,28 +444,18 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
                           (size_t)c->head_dim;
 
   /* Plan: the policy sizes its slots against what the budget leaves. */
-  size_t plan[MOE_MEM_CATEGORIES], fixed;
-  moe_engine_plan_memory(model, dev, &e->opt, 0, plan, &fixed);
   size_t used = dev->mem.current_total;
-  moe_add_ok(&used, fixed);
+  {
+    size_t plan[MOE_MEM_CATEGORIES], fixed;
+    moe_engine_plan_memory(model, dev, &e->opt, 0, plan, &fixed);
+    moe_add_ok(&used, fixed);
+  }
   moe_policy_env env = {c->n_layers,    model->n_moe,        c->n_experts, c->top_k,
                         opt->max_batch, model->expert_bytes,
                         dev->mem.budget > used ? dev->mem.budget - used : 0,
                         opt->pregate_lookahead > 0 ? opt->pregate_lookahead : 1};
-  if (model->n_moe > 0) {
-    moe_policy_plan pp = {0};
-    MOE_TRY(policy_result(e, e->policy->plan(&env, &pp, err), "plan", err));
-    const int max_slots = model->n_moe * c->n_experts;
-    MOE_CHECK(pp.slots >= 1, err, MOE_ERR_INVALID, "policy '%s' planned %d expert slots (need >= 1)",
-              e->policy->name, pp.slots);
-    e->slots = pp.slots < max_slots ? pp.slots : max_slots;
-    if (opt->cache != MOE_CACHE_NONE && opt->cache_experts > 0) {
-      const int add = opt->cache_experts < max_slots - e->slots ? opt->cache_experts
-                                                               : max_slots - e->slots;
-      e->cache_slots = add;
-      e->slots += add;
-    }
-  }
+  MOE_TRY(moe_engine_plan_slots(model, &e->opt, e->policy, env.slot_budget, &e->slots,
+                                &e->cache_slots, err));
 
   buf_spec t[MAX_BUFS];
   size_t nb = engine_buffers(e, model, dev, &e->opt, t);

@@ -294,6 +294,11 @@ cleanup:
   return st;
 }
 
+moe_status moe_model_plan_only(moe_model **out, const moe_config *cfg, moe_dtype dtype,
+                               moe_error *err) {
+  return model_table(out, cfg, dtype, err);
+}
+
 moe_status moe_model_plan_layout(const moe_config *cfg, moe_dtype dtype, size_t *dense_bytes,
                                  size_t *experts_bytes, moe_error *err) {
   moe_model *m = NULL;

@@ -45,6 +45,13 @@ moe_status moe_model_synthetic(moe_model **out, const moe_config *cfg,
 moe_status moe_model_plan_layout(const moe_config *cfg, moe_dtype dtype, size_t *dense_bytes,
                                  size_t *experts_bytes, moe_error *err);
 
+/* A model's tensor table and layout without its weights, for planning
+ * models larger than this machine's memory: only moe_model_config,
+ * moe_model_dtype, the moe_model_*_bytes sizes, moe_engine_plan_slots,
+ * moe_engine_plan_memory and moe_model_free may be used with it. */
+moe_status moe_model_plan_only(moe_model **out, const moe_config *cfg, moe_dtype dtype,
+                               moe_error *err);
+
 /* Loads DIR/config.json and DIR's checkpoint (model.safetensors or a sharded
  * index).  dtype: the storage dtype to convert to, or NULL to keep the
  * checkpoint's (that of the embedding table).  A missing or mis-shaped tensor
@@ -150,6 +157,14 @@ typedef struct moe_engine_options {
 #define MOE_MAX_LOOKAHEAD 3
 
 
+
+/* The expert slots an engine of model, opt and policy would have with
+ * slot_budget bytes left for them: the policy's plan, capped at every
+ * expert, plus an expert cache's (into *cache_slots too).  What
+ * moe_engine_create computes; for planning without a device. */
+moe_status moe_engine_plan_slots(const moe_model *model, const moe_engine_options *opt,
+                                 const struct moe_policy *policy, size_t slot_budget, int *slots,
+                                 int *cache_slots, moe_error *err);
 
 /* Device bytes the engine will allocate, by category, for model, options
  * and a number of expert slots on dev (NULL: a backend that needs no matmul

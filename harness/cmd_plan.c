@@ -1,0 +1,208 @@
+/* moebench plan: the engine's device-memory plan of a model under every
+ * policy, without running it (and without its weights: a table-only model,
+ * so paper-scale models plan on any machine), checked against a hardware
+ * profile's memory; plus, labelled modeled, the copy time of one expert
+ * over the profile's host link.
+ *
+ * Hardware profiles: workloads/hardware/NAME.json ($MOE_HARDWARE_DIR):
+ * memory, memory and host-link bandwidth, matmul rates, latencies, each
+ * figure with its source. */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "moe/jsonfile.h"
+#include "moe/model.h"
+#include "moe/policy.h"
+#include "suite.h"
+
+typedef struct hw_profile {
+  char name[64], description[200];
+  double memory_bytes, memory_gbps, h2d_pinned_gbps, h2d_pageable_gbps, h2d_latency_us;
+  double tflops_f32, tflops_bf16;
+} hw_profile;
+
+const char *hw_dir(void) {
+  const char *d = getenv("MOE_HARDWARE_DIR");
+  return d && d[0] ? d : MOE_SOURCE_DIR "/workloads/hardware";
+}
+
+/* A positive number at obj.key (key may be "a.b"); *out receives it. */
+static moe_status hw_num(json_t *root, const char *key, double *out, const char *path, moe_error *err) {
+  char k[64];
+  snprintf(k, sizeof k, "%s", key);
+  char *dot = strchr(k, '.');
+  json_t *v = root;
+  if (dot) {
+    *dot = '\0';
+    v = json_object_get(root, k);
+    v = json_is_object(v) ? json_object_get(v, dot + 1) : NULL;
+  } else {
+    v = json_object_get(root, k);
+  }
+  if (!json_is_number(v) || !(json_number_value(v) > 0))
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s' must be a positive number", path, key);
+  *out = json_number_value(v);
+  return MOE_OK;
+}
+
+moe_status hw_profile_load(hw_profile *p, const char *name, moe_error *err) {
+  char path[1200];
+  if (strchr(name, '/') || strstr(name, ".json"))
+    snprintf(path, sizeof path, "%s", name);
+  else
+    snprintf(path, sizeof path, "%s/%s.json", hw_dir(), name);
+  memset(p, 0, sizeof *p);
+  json_t *root = moe_json_load_file(path, err);
+  if (root == NULL) return err ? err->status : MOE_ERR_IO;
+  moe_status st = MOE_OK;
+  static const char *const known[] = {"name",          "description",      "memory_bytes",
+                                      "memory_gbps",   "matmul_tflops",    "h2d_gbps",
+                                      "h2d_latency_us", "launch_overhead_us", "sources", NULL};
+  MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", path);
+  MOE_TRY(cli_check_keys(root, known, path, err));
+  json_t *nm = json_object_get(root, "name"), *ds = json_object_get(root, "description");
+  MOE_CHECK(json_is_string(nm) && json_string_length(nm) < sizeof p->name, err, MOE_ERR_FORMAT,
+            "%s: field 'name' must be a string", path);
+  snprintf(p->name, sizeof p->name, "%s", json_string_value(nm));
+  if (json_is_string(ds)) snprintf(p->description, sizeof p->description, "%s", json_string_value(ds));
+  double launch;
+  MOE_TRY(hw_num(root, "memory_bytes", &p->memory_bytes, path, err));
+  MOE_TRY(hw_num(root, "memory_gbps", &p->memory_gbps, path, err));
+  MOE_TRY(hw_num(root, "matmul_tflops.f32", &p->tflops_f32, path, err));
+  MOE_TRY(hw_num(root, "matmul_tflops.bf16", &p->tflops_bf16, path, err));
+  MOE_TRY(hw_num(root, "h2d_gbps.pinned", &p->h2d_pinned_gbps, path, err));
+  MOE_TRY(hw_num(root, "h2d_gbps.pageable", &p->h2d_pageable_gbps, path, err));
+  MOE_TRY(hw_num(root, "h2d_latency_us", &p->h2d_latency_us, path, err));
+  MOE_TRY(hw_num(root, "launch_overhead_us", &launch, path, err));
+  /* every figure names where it comes from */
+  json_t *src = json_object_get(root, "sources");
+  MOE_CHECK(json_is_object(src), err, MOE_ERR_FORMAT, "%s: field 'sources' must be an object", path);
+  static const char *const need[] = {"memory_bytes",       "memory_gbps",      "matmul_tflops",
+                                     "h2d_gbps.theoretical", "h2d_gbps.pinned", "h2d_gbps.pageable",
+                                     "h2d_latency_us",     "launch_overhead_us", NULL};
+  for (const char *const *k = need; *k; k++) {
+    json_t *s = json_object_get(src, *k);
+    MOE_CHECK(json_is_string(s) && json_string_length(s) > 0, err, MOE_ERR_FORMAT,
+              "%s: sources.%s must say where the figure comes from", path, *k);
+  }
+cleanup:
+  json_decref(root);
+  return st;
+}
+
+static int print_hw(const char *path, void *ctx) {
+  hw_profile p;
+  moe_error err = {0};
+  if (hw_profile_load(&p, path, &err) != MOE_OK) return *(int *)ctx = cli_fail(&err), 0;
+  printf("%-16s %6.0f GiB  %6.0f GB/s memory  %5.1f GB/s pinned link  %s\n", p.name,
+         p.memory_bytes / 1073741824.0, p.memory_gbps, p.h2d_pinned_gbps, p.description);
+  return 0;
+}
+
+int hw_list(void) {
+  int rc = 0;
+  if (cli_for_each_json(hw_dir(), print_hw, &rc) < 0) {
+    cli_error("%s: cannot list", hw_dir());
+    return 1;
+  }
+  return rc;
+}
+
+int cmd_plan(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"preset", required_argument, 0, 'p'},    {"model-dir", required_argument, 0, 'M'},
+      {"hardware", required_argument, 0, 'H'},  {"batch", required_argument, 0, 'b'},
+      {"prompt-len", required_argument, 0, 'l'}, {"gen-len", required_argument, 0, 'g'},
+      {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+  const char *preset = NULL, *model_dir = NULL, *hw_name = NULL;
+  long batch = 1, plen = 256, glen = 256;
+  optind = 1;
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    bool ok = true;
+    switch (c) {
+      case 'p': ok = optarg[0] != '\0'; preset = optarg; break;
+      case 'M': ok = optarg[0] != '\0'; model_dir = optarg; break;
+      case 'H': ok = optarg[0] != '\0'; hw_name = optarg; break;
+      case 'b': ok = cli_parse_int(optarg, 1, SUITE_MAX_BATCH, &batch); break;
+      case 'l': ok = cli_parse_int(optarg, 1, SUITE_MAX_LEN, &plen); break;
+      case 'g': ok = cli_parse_int(optarg, 1, SUITE_MAX_LEN, &glen); break;
+      case 'h':
+        printf("usage: moebench plan (--preset NAME | --model-dir DIR) [--hardware NAME] [options]\n\n"
+               "The engine's device-memory plan of a model under every built-in policy, from\n"
+               "its shapes alone (no weights are made or read: paper-scale models plan on any\n"
+               "machine), against a hardware profile's memory; and, labelled modeled, one\n"
+               "expert's copy time over the profile's host link.\n\n"
+               "  --preset NAME       model preset\n"
+               "  --model-dir DIR     a checkpoint directory (its config.json and index)\n"
+               "  --hardware NAME     workloads/hardware/NAME.json ('moebench list hardware')\n"
+               "  --batch B           sequences (default 1)\n"
+               "  --prompt-len N      prompt (encoder input) tokens (default 256, the paper's)\n"
+               "  --gen-len N         generated tokens (default 256)\n"
+               "  -h, --help          this text\n");
+        return 0;
+      default:
+        cli_error("plan: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
+        return 2;
+    }
+    if (!ok) {
+      cli_error("plan: invalid value '%s' for %s", optarg, argv[optind - 1]);
+      return 2;
+    }
+  }
+  if ((preset == NULL) == (model_dir == NULL) || optind < argc) {
+    cli_error("plan: give exactly one of --preset or --model-dir (see --help)");
+    return 2;
+  }
+  if (preset && cli_check_names("plan", preset, NULL) != 0) return 2;
+  if (model_dir && cli_check_model_dir("plan", model_dir) != 0) return 1;
+  moe_error err = {0};
+  hw_profile hw;
+  if (hw_name && hw_profile_load(&hw, hw_name, &err) != MOE_OK) return cli_fail(&err);
+  cli_preset p;
+  if (cli_preset_load(&p, model_dir ? model_dir : preset, &err) != MOE_OK) return cli_fail(&err);
+  moe_model *m = NULL;
+  if (moe_model_plan_only(&m, &p.cfg, p.dtype, &err) != MOE_OK) return cli_fail(&err);
+  const moe_config *cfg = moe_model_config(m);
+  const double eb = (double)moe_model_expert_bytes(m);
+  printf("# %s (%s): dense weights %.2f GB, experts %.2f GB, one expert %.1f MB (the engine's "
+         "layout, exact)\n", p.name, moe_dtype_name(p.dtype), (double)moe_model_dense_bytes(m) / 1e9,
+         (double)(moe_model_total_bytes(m) - moe_model_dense_bytes(m)) / 1e9, eb / 1e6);
+  if (hw_name)
+    printf("# hardware %s: %.1f GiB; one expert's copy %.3f ms pinned, %.3f ms pageable "
+           "(modeled: latency + bytes / link bandwidth of the profile)\n", hw.name,
+           hw.memory_bytes / 1073741824.0, (hw.h2d_latency_us * 1e-6 + eb / (hw.h2d_pinned_gbps * 1e9)) * 1e3,
+           (hw.h2d_latency_us * 1e-6 + eb / (hw.h2d_pageable_gbps * 1e9)) * 1e3);
+  printf("\n| policy | expert slots | planned device GB (exact) | of which expert slots | %s |\n",
+         hw_name ? "fits the profile's memory" : "-");
+  printf("|---|---|---|---|---|\n");
+  int rc = 0;
+  for (size_t i = 0; i < moe_policy_count(); i++) {
+    const moe_policy *pol = moe_policy_at(i);
+    moe_engine_options eo = {.max_batch = (int)batch,
+                             .max_seq = moe_config_is_encdec(cfg) ? (int)(plen > glen ? plen : glen)
+                                                                  : (int)(plen + glen),
+                             .max_prefill = (int)plen, .policy = pol};
+    int slots = 0, cache = 0;
+    size_t cats[MOE_MEM_CATEGORIES], total = 0;
+    if (moe_engine_plan_slots(m, &eo, pol, SIZE_MAX / 4, &slots, &cache, &err) != MOE_OK) {
+      rc = cli_fail(&err);
+      break;
+    }
+    moe_engine_plan_memory(m, NULL, &eo, slots, cats, &total);
+    printf("| %s | %d | %.2f | %.2f | %s |\n", pol->name, slots, (double)total / 1e9,
+           (double)cats[MOE_MEM_EXPERTS] / 1e9,
+           hw_name ? ((double)total <= hw.memory_bytes ? "yes" : "no (OOM)") : "-");
+  }
+  printf("\nPlanned bytes are the engine's size table for this batch and these lengths (what a run "
+         "allocates; a backend's matmul workspace comes on top); the profile's figures are its "
+         "sources' (workloads/hardware).\n");
+  moe_model_free(m);
+  return rc;
+}
