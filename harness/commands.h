@@ -14,6 +14,7 @@ int cmd_report(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
+int cmd_timeline(int argc, char **argv);
 /* moebench list hardware */
 int hw_list(void);
 

@@ -39,6 +39,7 @@ static void usage(FILE *f) {
           "  compare     compare two result files; exit 1 on a regression\n"
           "  merge       join the result files of a sharded sweep (sweep --shard K/N)\n"
           "  plan        device-memory plan of a model per policy against a hardware profile\n"
+          "  timeline    one forward pass of an op trace as an SVG picture\n"
           "  report      markdown table (and plots) of a result file\n"
           "  generate    prefill prompts and greedy-decode (model dir or preset)\n"
           "  eval        perplexity and next-token accuracy over a token file\n"
@@ -175,6 +176,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
   if (strcmp(cmd, "merge") == 0) return cmd_merge(argc - 1, argv + 1);
   if (strcmp(cmd, "plan") == 0) return cmd_plan(argc - 1, argv + 1);
+  if (strcmp(cmd, "timeline") == 0) return cmd_timeline(argc - 1, argv + 1);
   cli_error("unknown command '%s' (run 'moebench --help' for the list)", cmd);
   return 2;
 }

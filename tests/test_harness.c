@@ -1066,6 +1066,44 @@ START_TEST(hardware_profiles_and_plan) {
 }
 END_TEST
 
+/* moebench timeline: one forward of a run's trace as SVG with compute and
+ * copy rectangles (names escaped); a file that is not a trace, a forward
+ * the trace does not hold and a missing -o are refused. */
+START_TEST(timeline_draws_a_forward) {
+  char trace[1200], svg[1200];
+  snprintf(trace, sizeof trace, "%s", tmp_path("tl.json"));
+  snprintf(svg, sizeof svg, "%s", tmp_path("tl.svg"));
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--policy", "ondemand", "--link-gbps", "2",
+                        "--prompt-len", "4", "--gen-len", "4", "--trace", trace, NULL), 0);
+  ck_assert_int_eq(call(cmd_timeline, "timeline", trace, "-o", svg, NULL), 0);
+  FILE *f = fopen(svg, "r");
+  ck_assert_ptr_nonnull(f);
+  static char buf[1 << 20];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+  ck_assert(strncmp(buf, "<svg ", 5) == 0);
+  ck_assert_ptr_nonnull(strstr(buf, "</svg>"));
+  ck_assert_ptr_nonnull(strstr(buf, "y=\"45\""));  /* a compute op */
+  ck_assert_ptr_nonnull(strstr(buf, "y=\"115\"")); /* a copy */
+  ck_assert_ptr_nonnull(strstr(buf, "<title>matmul"));
+  ck_assert_int_eq(call(cmd_timeline, "timeline", trace, "-o", svg, "--forward", "4", NULL), 0);
+  ck_assert_int_eq(call(cmd_timeline, "timeline", trace, "-o", svg, "--forward", "99", NULL), 1);
+  write_file("nottrace.json", "{\"rows\": []}");
+  ck_assert_int_eq(call(cmd_timeline, "timeline", tmp_path("nottrace.json"), "-o", svg, NULL), 1);
+  write_file("hostile.json", "{\"traceEvents\": [{\"ph\": \"X\", \"tid\": 1, \"ts\": 0, \"dur\": 5, "
+             "\"name\": \"embed\"}, {\"ph\": \"X\", \"tid\": 1, \"ts\": 5, \"dur\": 5, "
+             "\"name\": \"</title><script>x</script>\"}]}");
+  ck_assert_int_eq(call(cmd_timeline, "timeline", tmp_path("hostile.json"), "-o", svg, NULL), 0);
+  f = fopen(svg, "r");
+  n = fread(buf, 1, sizeof buf - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+  ck_assert_ptr_null(strstr(buf, "<script>"));
+  ck_assert_int_eq(call(cmd_timeline, "timeline", trace, NULL), 2);
+}
+END_TEST
+
 /* run --trace writes Chrome trace-event JSON: it parses back, names a
  * compute and a copy track, every event has a time span, and the copy
  * track holds exactly the row's expert copies. */
@@ -1196,6 +1234,7 @@ int main(void) {
   tcase_add_test(tc, older_files_without_the_lookahead_column);
   tcase_add_test(tc, expert_caches_through_the_harness);
   tcase_add_test(tc, hardware_profiles_and_plan);
+  tcase_add_test(tc, timeline_draws_a_forward);
   tcase_add_test(tc, sweep_resume_and_report);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
