@@ -543,6 +543,18 @@ static int headline_figure(const res_table *t, size_t first, const char *png) {
   return rc;
 }
 
+/* One gnuplot inline data series ('-'): the points sorted by x, then "e". */
+static void inline_series(FILE *f, double *xs, double *ys, int n) {
+  for (int a = 1; a < n; a++)
+    for (int c = a; c > 0 && xs[c] < xs[c - 1]; c--) {
+      double tx = xs[c], ty = ys[c];
+      xs[c] = xs[c - 1], ys[c] = ys[c - 1];
+      xs[c - 1] = tx, ys[c - 1] = ty;
+    }
+  for (int a = 0; a < n; a++) fprintf(f, "%g %.6g\n", xs[a], ys[a]);
+  fputs("e\n", f);
+}
+
 /* Per model: tokens/s against peak device memory, one point per policy
  * and budget (every workload and batch of the model in one picture, one
  * point style per workload and batch would crowd it: the first group's
@@ -642,14 +654,7 @@ static void plot_batches(const res_table *t, size_t first, const char *dir, FILE
       xs[n] = num(r, "batch");
       ys[n++] = num(r, "tokens_per_s");
     }
-    for (int a = 1; a < n; a++)
-      for (int b2 = a; b2 > 0 && xs[b2] < xs[b2 - 1]; b2--) {
-        double tx = xs[b2], ty = ys[b2];
-        xs[b2] = xs[b2 - 1], ys[b2] = ys[b2 - 1];
-        xs[b2 - 1] = tx, ys[b2 - 1] = ty;
-      }
-    for (int a = 0; a < n; a++) fprintf(f, "%g %.6g\n", xs[a], ys[a]);
-    fputs("e\n", f);
+    inline_series(f, xs, ys, n);
   }
   fclose(f);
   if (run_gnuplot(gp) == 0) fprintf(md, "\nBatch plot: `%s`\n", png);
@@ -712,14 +717,7 @@ static void plot_cache(const res_table *t, size_t first, const char *dir, FILE *
       xs[n] = bare ? 0 : num(r, "cache_slots");
       ys[n++] = num(r, "h2d_bytes") / 1e6 / (tokens > 0 ? tokens : 1);
     }
-    for (int a = 1; a < n; a++)
-      for (int c = a; c > 0 && xs[c] < xs[c - 1]; c--) {
-        double tx = xs[c], ty = ys[c];
-        xs[c] = xs[c - 1], ys[c] = ys[c - 1];
-        xs[c - 1] = tx, ys[c - 1] = ty;
-      }
-    for (int a = 0; a < n; a++) fprintf(f, "%g %.6g\n", xs[a], ys[a]);
-    fputs("e\n", f);
+    inline_series(f, xs, ys, n);
   }
   fclose(f);
   if (run_gnuplot(gp) == 0) fprintf(md, "\nCache plot: `%s`\n", png);

@@ -28,7 +28,6 @@ enum { EVAL_MAX_ROWS = 32 };
 typedef struct eval_row {
   char label[128];
   char model[1024];   /* a model directory or a preset name */
-  bool is_preset;
   char policy[64];
   moe_routing routing;
   bool have_routing;
@@ -82,10 +81,8 @@ static moe_status eval_one(const eval_row *row, const int32_t *windows, int n_wi
   const moe_policy *pol = moe_policy_find(row->policy);
   MOE_CHECK(pol != NULL, err, MOE_ERR_INVALID, "unknown policy '%s' (see 'moebench list policies')",
             row->policy);
-  if (row->is_preset)
-    MOE_TRY(cli_preset_model(row->model, NULL, &m, err));
-  else
-    MOE_TRY(moe_model_load(&m, row->model, NULL, err));
+  /* a preset name, or a checkpoint directory (cli_preset_load tells) */
+  MOE_TRY(cli_preset_model(row->model, NULL, &m, err));
   moe_backend_options bo = {.threads = threads};
   MOE_TRY(moe_device_open(&dev, backend, &bo, err));
   dev_open = true;
@@ -210,7 +207,6 @@ static int eval_suite(const char *path, const char *prefix, const char *backend,
       goto done;
     }
     snprintf(row->label, sizeof row->label, "%s", json_string_value(lab));
-    row->is_preset = pr != NULL;
     const char *mv = json_string_value(md ? md : pr);
     if (md && mv[0] != '/')
       snprintf(row->model, sizeof row->model, "%s/%s", MOE_SOURCE_DIR, mv);
@@ -362,7 +358,6 @@ int cmd_eval(int argc, char **argv) {
     return 2;
   }
   if (cli_check_names("eval", preset, backend) != 0) return 2;
-  row.is_preset = preset != NULL;
   snprintf(row.model, sizeof row.model, "%s", model_dir ? model_dir : preset);
   int32_t *w = NULL;
   int n = 0, len = 0;

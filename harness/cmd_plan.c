@@ -26,7 +26,7 @@ typedef struct hw_profile {
   double tflops_f32, tflops_bf16;
 } hw_profile;
 
-const char *hw_dir(void) {
+static const char *hw_dir(void) {
   const char *d = getenv("MOE_HARDWARE_DIR");
   return d && d[0] ? d : MOE_SOURCE_DIR "/workloads/hardware";
 }
@@ -50,7 +50,7 @@ static moe_status hw_num(json_t *root, const char *key, double *out, const char 
   return MOE_OK;
 }
 
-moe_status hw_profile_load(hw_profile *p, const char *name, moe_error *err) {
+static moe_status hw_profile_load(hw_profile *p, const char *name, moe_error *err) {
   char path[1200];
   if (strchr(name, '/') || strstr(name, ".json"))
     snprintf(path, sizeof path, "%s", name);

@@ -68,21 +68,25 @@ typedef struct run_out {
   int slots;
 } run_out;
 
-/* Generates on a fresh device so peaks are the run's own. */
-static moe_status run(moe_model *m, const moe_policy *pol, moe_routing routing, size_t budget,
-                      run_out *out, moe_error *err) {
+/* Generates on a fresh device so peaks are the run's own: opt's policy,
+ * routing, stacks, lookahead and cache with this file's batch and lengths;
+ * budget 0 is the device's capacity, seed that of the random prompt ids. */
+static moe_status run_opts(moe_model *m, const moe_engine_options *opt, size_t budget,
+                           uint64_t seed, run_out *out, moe_error *err) {
   moe_device dev;
   moe_backend_options bo = {.device_budget = budget};
   moe_status st = moe_device_open(&dev, "cpu", &bo, err);
   if (st != MOE_OK) return st;
   moe_engine *e = NULL;
-  moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .all_logits = true, .policy = pol,
-                           .routing = routing};
+  moe_engine_options eo = *opt;
+  eo.max_batch = B;
+  eo.max_seq = P + N;
+  eo.all_logits = true;
   st = moe_engine_create(&e, m, &dev, &eo, err);
   if (st == MOE_OK) {
     int32_t ids[B * P];
     moe_rng r;
-    moe_rng_seed(&r, 5, 0);
+    moe_rng_seed(&r, seed, 0);
     for (int i = 0; i < B * P; i++) ids[i] = (int32_t)(moe_rng_next(&r) % 40);
     st = moe_engine_generate(e, ids, B, P, N, out->tokens, out->logits, NULL, err);
     moe_engine_stats(e, &out->stats);
@@ -95,6 +99,12 @@ static moe_status run(moe_model *m, const moe_policy *pol, moe_routing routing, 
   moe_engine_free(e);
   moe_device_close(&dev);
   return st;
+}
+
+static moe_status run(moe_model *m, const moe_policy *pol, moe_routing routing, size_t budget,
+                      run_out *out, moe_error *err) {
+  const moe_engine_options eo = {.policy = pol, .routing = routing};
+  return run_opts(m, &eo, budget, 5, out, err);
 }
 
 START_TEST(registry_is_valid) {
@@ -255,29 +265,8 @@ static moe_model *switch_model(moe_error *err) {
 /* Like run(), for the Switch model, with a choice of pre-gated stacks. */
 static moe_status run_switch(moe_model *m, const moe_policy *pol, moe_routing routing,
                              unsigned stacks, run_out *out, moe_error *err) {
-  moe_device dev;
-  moe_status st = moe_device_open(&dev, "cpu", NULL, err);
-  if (st != MOE_OK) return st;
-  moe_engine *e = NULL;
-  moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .all_logits = true, .policy = pol,
-                           .routing = routing, .pregate_stacks = stacks};
-  st = moe_engine_create(&e, m, &dev, &eo, err);
-  if (st == MOE_OK) {
-    int32_t ids[B * P];
-    moe_rng r;
-    moe_rng_seed(&r, 6, 0);
-    for (int i = 0; i < B * P; i++) ids[i] = (int32_t)(moe_rng_next(&r) % 40);
-    st = moe_engine_generate(e, ids, B, P, N, out->tokens, out->logits, NULL, err);
-    moe_engine_stats(e, &out->stats);
-    out->slots = out->stats.slots;
-    size_t by_cat[MOE_MEM_CATEGORIES];
-    moe_engine_plan_memory(m, &dev, &eo, out->slots, by_cat, &out->planned);
-    out->peak = dev.mem.peak_total;
-    if (st == MOE_OK) st = moe_expert_store_check(moe_engine_store(e), err);
-  }
-  moe_engine_free(e);
-  moe_device_close(&dev);
-  return st;
+  const moe_engine_options eo = {.policy = pol, .routing = routing, .pregate_stacks = stacks};
+  return run_opts(m, &eo, 0, 6, out, err);
 }
 
 /* Switch: every policy gives gpu-only's bits under conventional routing
@@ -465,21 +454,10 @@ START_TEST(lookahead_predicts_k_blocks_ahead) {
   /* exactness of the speculation at this k, whole generations */
   run_out *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o);
   ck_assert(run(m, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, 0, ref, &err) == MOE_OK);
-  moe_device dev;
-  ck_assert(moe_device_open(&dev, "cpu", NULL, &err) == MOE_OK);
-  moe_engine *e = NULL;
-  moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .all_logits = true,
-                           .policy = moe_policy_find("pregated-spec"), .pregate_lookahead = k};
-  ck_assert(moe_engine_create(&e, m, &dev, &eo, &err) == MOE_OK);
-  int32_t ids[B * P];
-  moe_rng r;
-  moe_rng_seed(&r, 5, 0);
-  for (int i = 0; i < B * P; i++) ids[i] = (int32_t)(moe_rng_next(&r) % 40);
-  ck_assert(moe_engine_generate(e, ids, B, P, N, o->tokens, o->logits, NULL, &err) == MOE_OK);
+  const moe_engine_options spec = {.policy = moe_policy_find("pregated-spec"), .pregate_lookahead = k};
+  ck_assert(run_opts(m, &spec, 0, 5, o, &err) == MOE_OK);
   ck_assert_int_eq(memcmp(o->tokens, ref->tokens, sizeof o->tokens), 0);
   ck_assert_int_eq(memcmp(o->logits, ref->logits, sizeof o->logits), 0);
-  moe_engine_free(e);
-  moe_device_close(&dev);
   free(ref);
   free(o);
   moe_model_free(m);
@@ -518,25 +496,14 @@ START_TEST(expert_caches_keep_bits_and_save_copies) {
   }
   const moe_cache_kind kinds[4] = {MOE_CACHE_LRU, MOE_CACHE_LFU, MOE_CACHE_STATIC, MOE_CACHE_RING};
   for (int i = 0; i < 4; i++) {
-    moe_device dev;
-    ck_assert(moe_device_open(&dev, "cpu", NULL, &err) == MOE_OK);
-    moe_engine *e = NULL;
-    moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .all_logits = true,
-                             .policy = moe_policy_find("ondemand"), .cache = kinds[i],
-                             .cache_experts = 6, .cache_popularity = pop};
-    ck_assert_msg(moe_engine_create(&e, m, &dev, &eo, &err) == MOE_OK, "%s", err.msg);
-    int32_t ids[B * P];
-    moe_rng r;
-    moe_rng_seed(&r, 5, 0);
-    for (int k = 0; k < B * P; k++) ids[k] = (int32_t)(moe_rng_next(&r) % 40);
-    ck_assert(moe_engine_generate(e, ids, B, P, N, o->tokens, o->logits, NULL, &err) == MOE_OK);
-    moe_run_stats rs;
-    moe_engine_stats(e, &rs);
+    const moe_engine_options eo = {.policy = moe_policy_find("ondemand"), .cache = kinds[i],
+                                   .cache_experts = 6, .cache_popularity = pop};
+    /* run_opts also checks the store's residency invariants */
+    ck_assert_msg(run_opts(m, &eo, 0, 5, o, &err) == MOE_OK, "%s", err.msg);
+    const moe_run_stats rs = o->stats;
     ck_assert_int_eq(rs.cache_slots, 6);
     ck_assert_int_eq(rs.slots, none->slots + 6);
-    size_t cats[MOE_MEM_CATEGORIES], plan;
-    moe_engine_plan_memory(m, &dev, &eo, rs.slots, cats, &plan);
-    ck_assert_uint_eq(dev.mem.peak_total, plan);
+    ck_assert_uint_eq(o->peak, o->planned);
     ck_assert_msg(memcmp(o->tokens, ref->tokens, sizeof o->tokens) == 0, "%s: tokens differ",
                   moe_cache_kind_name(kinds[i]));
     ck_assert_msg(memcmp(o->logits, ref->logits, sizeof o->logits) == 0, "%s: logits differ",
@@ -548,9 +515,6 @@ START_TEST(expert_caches_keep_bits_and_save_copies) {
       ck_assert_msg(rs.reused > none->stats.reused && rs.bytes_h2d < none->stats.bytes_h2d,
                     "%s: reused %llu vs %llu, bytes %llu vs %llu", moe_cache_kind_name(kinds[i]),
                     rs.reused, none->stats.reused, rs.bytes_h2d, none->stats.bytes_h2d);
-    ck_assert_msg(moe_expert_store_check(moe_engine_store(e), &err) == MOE_OK, "%s", err.msg);
-    moe_engine_free(e);
-    moe_device_close(&dev);
   }
   free(ref);
   free(none);

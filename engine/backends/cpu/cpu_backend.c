@@ -700,47 +700,6 @@ static moe_status cpu_kv_store(moe_backend *be, float *kc, float *vc, const floa
   return MOE_OK;
 }
 
-static moe_status cpu_attention(moe_backend *be, float *out, const float *q, const float *kc,
-                                const float *vc, const moe_attn_shape *s, moe_error *err) {
-  const int hd = s->head_dim, group = s->n_heads / s->n_kv_heads;
-  const float scale = 1.0f / sqrtf((float)hd);
-  moe_status st = scratch_reserve(be, (size_t)s->max_seq, err);
-  if (st != MOE_OK) return st;
-  float *sc = be->scratch;
-  for (int b = 0; b < s->n_seq; b++)
-    for (int t = 0; t < s->n_new; t++) {
-      const int p = s->pos0 + t;
-      const size_t row = ((size_t)b * (size_t)s->n_new + (size_t)t) * (size_t)s->n_heads * (size_t)hd;
-      for (int h = 0; h < s->n_heads; h++) {
-        const float *qh = q + row + (size_t)h * (size_t)hd;
-        float *oh = out + row + (size_t)h * (size_t)hd;
-        const float *kb = kc + cache_index(s, b, h / group, 0);
-        const float *vb = vc + cache_index(s, b, h / group, 0);
-        float mx = -INFINITY;
-        for (int j = 0; j <= p; j++) {
-          float d = 0.0f;
-          const float *kj = kb + (size_t)j * (size_t)hd;
-          for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
-          sc[j] = d * scale;
-          if (sc[j] > mx) mx = sc[j];
-        }
-        float sum = 0.0f;
-        for (int j = 0; j <= p; j++) {
-          sc[j] = expf(sc[j] - mx);
-          sum += sc[j];
-        }
-        float inv = 1.0f / sum;
-        memset(oh, 0, (size_t)hd * sizeof(float));
-        for (int j = 0; j <= p; j++) {
-          const float wgt = sc[j] * inv;
-          const float *vj = vb + (size_t)j * (size_t)hd;
-          for (int i = 0; i < hd; i++) oh[i] += wgt * vj[i];
-        }
-      }
-    }
-  return MOE_OK;
-}
-
 static moe_status cpu_attention_ex(moe_backend *be, float *out, const float *q, const float *kc,
                                    const float *vc, const moe_attn_ex *a, moe_error *err) {
   const int hd = a->head_dim, group = a->n_heads / a->n_kv_heads;
@@ -786,6 +745,16 @@ static moe_status cpu_attention_ex(moe_backend *be, float *out, const float *q, 
       }
     }
   return MOE_OK;
+}
+
+/* The decoder-only attention: attention_ex, causal over the cache up to
+ * each query's position, scaled by 1/sqrt(head_dim), no bias. */
+static moe_status cpu_attention(moe_backend *be, float *out, const float *q, const float *kc,
+                                const float *vc, const moe_attn_shape *s, moe_error *err) {
+  const moe_attn_ex a = {s->n_seq,   s->n_new,      s->pos0,  s->pos0 + s->n_new,
+                         s->max_seq, s->n_heads,    s->n_kv_heads, s->head_dim,
+                         true,       1.0f / sqrtf((float)s->head_dim), NULL, NULL, 0};
+  return cpu_attention_ex(be, out, q, kc, vc, &a, err);
 }
 
 static moe_status cpu_unary(moe_backend *be, float *y, const float *x, size_t n, moe_unary_op op,

@@ -156,70 +156,14 @@ __global__ void k_kv_store(float *kc, float *vc, const float *k, const float *v,
   vc[dst] = v[idx];
 }
 
-/* One block per (sequence, new token, head).  Keys are read in tiles of
- * blockDim; a running maximum and sum (online softmax) rescale the output
- * accumulated so far, so shared memory is a tile, not the context: any
- * context length runs.  blockDim must be kAttnThreads. */
-__global__ void k_attention(float *out, const float *q, const float *kc, const float *vc,
-                            moe_attn_shape s) {
-  extern __shared__ float sm[]; /* [kAttnThreads] scores, [kAttnThreads] reduction, [head_dim] acc */
-  float *sc = sm, *red = sm + kAttnThreads, *acc = sm + 2 * kAttnThreads;
-  const int h = blockIdx.x % s.n_heads;
-  const int t = (blockIdx.x / s.n_heads) % s.n_new;
-  const int b = blockIdx.x / (s.n_heads * s.n_new);
-  const int p = s.pos0 + t, hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
-  const size_t row = ((size_t)b * s.n_new + t) * (size_t)s.n_heads * hd;
-  const float *qh = q + row + (size_t)h * hd;
-  const size_t base = (((size_t)b * s.n_kv_heads + h / group) * s.max_seq) * hd;
-  const float scale = 1.0f / sqrtf((float)hd);
-  for (int i = threadIdx.x; i < hd; i += blockDim.x) acc[i] = 0.0f;
-  float m_run = -INFINITY, l_run = 0.0f; /* the same in every thread */
-  for (int j0 = 0; j0 <= p; j0 += kAttnThreads) {
-    const int j = j0 + (int)threadIdx.x;
-    float d = -INFINITY;
-    if (j <= p) {
-      const float *kj = kc + base + (size_t)j * hd;
-      d = 0.0f;
-      for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
-      d *= scale;
-    }
-    sc[threadIdx.x] = d;
-    red[threadIdx.x] = d;
-    __syncthreads();
-    for (int w = kAttnThreads / 2; w > 0; w /= 2) {
-      if ((int)threadIdx.x < w) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + w]);
-      __syncthreads();
-    }
-    const float m_new = fmaxf(m_run, red[0]);
-    __syncthreads();
-    const float e = j <= p ? expf(d - m_new) : 0.0f;
-    sc[threadIdx.x] = e;
-    red[threadIdx.x] = e;
-    __syncthreads();
-    for (int w = kAttnThreads / 2; w > 0; w /= 2) {
-      if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
-      __syncthreads();
-    }
-    const float corr = expf(m_run - m_new); /* 0 on the first tile */
-    l_run = l_run * corr + red[0];
-    m_run = m_new;
-    const int n_tile = p - j0 + 1 < kAttnThreads ? p - j0 + 1 : kAttnThreads;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-      float o = acc[i] * corr;
-      for (int jj = 0; jj < n_tile; jj++) o += sc[jj] * vc[base + (size_t)(j0 + jj) * hd + i];
-      acc[i] = o;
-    }
-    __syncthreads();
-  }
-  float *oh = out + row + (size_t)h * hd;
-  const float inv = 1.0f / l_run;
-  for (int i = threadIdx.x; i < hd; i += blockDim.x) oh[i] = acc[i] * inv;
-}
-
-/* The general attention of moe_attn_ex, in k_attention's tiled online
- * softmax: keys 0 .. n_keys - 1 (causal: up to the query's position),
- * score scale * q.k plus the relative-position bias of the query's head
- * when rel is not NULL. */
+/* Attention (moe_attn_ex; the decoder-only attention is its causal,
+ * 1/sqrt(d)-scaled case).  One block per (sequence, query, head).  Keys
+ * are read in tiles of blockDim; a running maximum and sum (online
+ * softmax) rescale the output accumulated so far, so shared memory is a
+ * tile, not the context: any context length runs.  blockDim must be
+ * kAttnThreads.  Keys 0 .. n_keys - 1 (causal: up to the query's
+ * position), score scale * q.k plus the relative-position bias of the
+ * query's head when rel is not NULL. */
 struct attn_ex_args {
   int n_seq, n_q, q_pos0, n_keys, max_seq, n_heads, n_kv_heads, head_dim;
   bool causal;
@@ -781,22 +725,6 @@ cleanup:
   return st;
 }
 
-static moe_status cu_attention(moe_backend *be, float *out, const float *q, const float *kc,
-                               const float *vc, const moe_attn_shape *s, moe_error *err) {
-  moe_status st = MOE_OK;
-  const size_t blocks = (size_t)s->n_seq * (size_t)s->n_new * (size_t)s->n_heads;
-  if (blocks == 0) return MOE_OK;
-  /* shared memory is two tiles and one head's accumulator, whatever the context */
-  const size_t smem = (2 * (size_t)kAttnThreads + (size_t)s->head_dim) * sizeof(float);
-  MOE_CHECK(smem <= 48 * 1024 && blocks <= 0x7fffffffu, err, MOE_ERR_UNSUPPORTED,
-            "cuda attention: head_dim %d or %zu (sequence, token, head) blocks exceed this kernel",
-            s->head_dim, blocks);
-  k_attention<<<(unsigned)blocks, kAttnThreads, smem, be->compute>>>(out, q, kc, vc, *s);
-  KERNEL_CHECK(err);
-cleanup:
-  return st;
-}
-
 static moe_status cu_attention_ex(moe_backend *be, float *out, const float *q, const float *kc,
                                   const float *vc, const moe_attn_ex *a, moe_error *err) {
   moe_status st = MOE_OK;
@@ -817,6 +745,16 @@ static moe_status cu_attention_ex(moe_backend *be, float *out, const float *q, c
   KERNEL_CHECK(err);
 cleanup:
   return st;
+}
+
+/* The decoder-only attention: attention_ex, causal over the cache up to
+ * each query's position, scaled by 1/sqrt(head_dim), no bias. */
+static moe_status cu_attention(moe_backend *be, float *out, const float *q, const float *kc,
+                               const float *vc, const moe_attn_shape *s, moe_error *err) {
+  const moe_attn_ex a = {s->n_seq,   s->n_new,      s->pos0,  s->pos0 + s->n_new,
+                         s->max_seq, s->n_heads,    s->n_kv_heads, s->head_dim,
+                         true,       1.0f / sqrtf((float)s->head_dim), NULL, NULL, 0};
+  return cu_attention_ex(be, out, q, kc, vc, &a, err);
 }
 
 static moe_status cu_unary(moe_backend *be, float *y, const float *x, size_t n, moe_unary_op op,
