@@ -243,6 +243,18 @@ bool cli_parse_bytes(const char *s, size_t *out) {
   return false;
 }
 
+const char *cli_hw_dir(void) {
+  const char *d = getenv("MOE_HARDWARE_DIR");
+  return d && d[0] ? d : MOE_SOURCE_DIR "/workloads/hardware";
+}
+
+void cli_hw_path(const char *name, char *path, size_t cap) {
+  if (strchr(name, '/') || strstr(name, ".json"))
+    snprintf(path, cap, "%s", name);
+  else
+    snprintf(path, cap, "%s/%s.json", cli_hw_dir(), name);
+}
+
 moe_status cli_preset_build(const cli_preset *p, moe_model **out, moe_error *err) {
   *out = NULL;
   if (p->checkpoint[0]) return moe_model_load(out, p->checkpoint, NULL, err);
@@ -257,6 +269,17 @@ moe_status cli_preset_model(const char *name, cli_preset *p, moe_model **out, mo
   moe_status st = cli_preset_load(p, name, err);
   if (st != MOE_OK) return st;
   return cli_preset_build(p, out, err);
+}
+
+moe_status cli_preset_model_for(const char *name, const char *backend, cli_preset *p,
+                                moe_model **out, moe_error *err) {
+  if (backend == NULL || strcmp(backend, "sim") != 0) return cli_preset_model(name, p, out, err);
+  cli_preset local;
+  if (p == NULL) p = &local;
+  *out = NULL;
+  moe_status st = cli_preset_load(p, name, err);
+  if (st != MOE_OK) return st;
+  return moe_model_virtual(out, &p->cfg, p->dtype, err);
 }
 
 int cli_for_each_json(const char *dir, int (*fn)(const char *path, void *ctx), void *ctx) {

@@ -48,6 +48,10 @@ moe_synth_options cli_preset_synth(const cli_preset *p);
 
 /* Loads preset NAME (into *p when non-NULL) and builds its model. */
 moe_status cli_preset_model(const char *name, cli_preset *p, moe_model **out, moe_error *err);
+/* The same for a run on `backend`: the sim backend reads no weights, so it
+ * gets a virtual model (moe_model_virtual: shapes only, any size). */
+moe_status cli_preset_model_for(const char *name, const char *backend, cli_preset *p,
+                                moe_model **out, moe_error *err);
 
 /* Builds a loaded preset's model: its checkpoint, or synthetic weights. */
 moe_status cli_preset_build(const cli_preset *p, moe_model **out, moe_error *err);
@@ -67,6 +71,12 @@ moe_status cli_preset_load(cli_preset *p, const char *name_or_path, moe_error *e
 /* Parses a byte size: "123", "64KiB", "512MiB", "24GiB", "1.5GB", "2TB".
  * Binary suffixes are powers of 1024, decimal ones of 1000. */
 bool cli_parse_bytes(const char *s, size_t *out);
+
+/* Hardware profiles: the directory (workloads/hardware, or
+ * $MOE_HARDWARE_DIR) and the file a name means there (a name with a '/'
+ * or ending in .json is a path already). */
+const char *cli_hw_dir(void);
+void cli_hw_path(const char *name, char *path, size_t cap);
 
 /* Parses "1,2,3" or "1 2 3" into ids (malloc'd); returns count or -1. */
 int cli_parse_ids(const char *s, int32_t **ids);

@@ -15,88 +15,19 @@
 
 #include "cli.h"
 #include "commands.h"
-#include "moe/jsonfile.h"
+#include "moe/cost.h"
 #include "moe/model.h"
 #include "moe/policy.h"
 #include "suite.h"
 
-typedef struct hw_profile {
-  char name[64], description[200];
-  double memory_bytes, memory_gbps, h2d_pinned_gbps, h2d_pageable_gbps, h2d_latency_us;
-  double tflops_f32, tflops_bf16;
-} hw_profile;
-
-static const char *hw_dir(void) {
-  const char *d = getenv("MOE_HARDWARE_DIR");
-  return d && d[0] ? d : MOE_SOURCE_DIR "/workloads/hardware";
-}
-
-/* A positive number at obj.key (key may be "a.b"); *out receives it. */
-static moe_status hw_num(json_t *root, const char *key, double *out, const char *path, moe_error *err) {
-  char k[64];
-  snprintf(k, sizeof k, "%s", key);
-  char *dot = strchr(k, '.');
-  json_t *v = root;
-  if (dot) {
-    *dot = '\0';
-    v = json_object_get(root, k);
-    v = json_is_object(v) ? json_object_get(v, dot + 1) : NULL;
-  } else {
-    v = json_object_get(root, k);
-  }
-  if (!json_is_number(v) || !(json_number_value(v) > 0))
-    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s' must be a positive number", path, key);
-  *out = json_number_value(v);
-  return MOE_OK;
-}
-
-static moe_status hw_profile_load(hw_profile *p, const char *name, moe_error *err) {
+static moe_status hw_profile_load(moe_hw_profile *p, const char *name, moe_error *err) {
   char path[1200];
-  if (strchr(name, '/') || strstr(name, ".json"))
-    snprintf(path, sizeof path, "%s", name);
-  else
-    snprintf(path, sizeof path, "%s/%s.json", hw_dir(), name);
-  memset(p, 0, sizeof *p);
-  json_t *root = moe_json_load_file(path, err);
-  if (root == NULL) return err ? err->status : MOE_ERR_IO;
-  moe_status st = MOE_OK;
-  static const char *const known[] = {"name",          "description",      "memory_bytes",
-                                      "memory_gbps",   "matmul_tflops",    "h2d_gbps",
-                                      "h2d_latency_us", "launch_overhead_us", "sources", NULL};
-  MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", path);
-  MOE_TRY(cli_check_keys(root, known, path, err));
-  json_t *nm = json_object_get(root, "name"), *ds = json_object_get(root, "description");
-  MOE_CHECK(json_is_string(nm) && json_string_length(nm) < sizeof p->name, err, MOE_ERR_FORMAT,
-            "%s: field 'name' must be a string", path);
-  snprintf(p->name, sizeof p->name, "%s", json_string_value(nm));
-  if (json_is_string(ds)) snprintf(p->description, sizeof p->description, "%s", json_string_value(ds));
-  double launch;
-  MOE_TRY(hw_num(root, "memory_bytes", &p->memory_bytes, path, err));
-  MOE_TRY(hw_num(root, "memory_gbps", &p->memory_gbps, path, err));
-  MOE_TRY(hw_num(root, "matmul_tflops.f32", &p->tflops_f32, path, err));
-  MOE_TRY(hw_num(root, "matmul_tflops.bf16", &p->tflops_bf16, path, err));
-  MOE_TRY(hw_num(root, "h2d_gbps.pinned", &p->h2d_pinned_gbps, path, err));
-  MOE_TRY(hw_num(root, "h2d_gbps.pageable", &p->h2d_pageable_gbps, path, err));
-  MOE_TRY(hw_num(root, "h2d_latency_us", &p->h2d_latency_us, path, err));
-  MOE_TRY(hw_num(root, "launch_overhead_us", &launch, path, err));
-  /* every figure names where it comes from */
-  json_t *src = json_object_get(root, "sources");
-  MOE_CHECK(json_is_object(src), err, MOE_ERR_FORMAT, "%s: field 'sources' must be an object", path);
-  static const char *const need[] = {"memory_bytes",       "memory_gbps",      "matmul_tflops",
-                                     "h2d_gbps.theoretical", "h2d_gbps.pinned", "h2d_gbps.pageable",
-                                     "h2d_latency_us",     "launch_overhead_us", NULL};
-  for (const char *const *k = need; *k; k++) {
-    json_t *s = json_object_get(src, *k);
-    MOE_CHECK(json_is_string(s) && json_string_length(s) > 0, err, MOE_ERR_FORMAT,
-              "%s: sources.%s must say where the figure comes from", path, *k);
-  }
-cleanup:
-  json_decref(root);
-  return st;
+  cli_hw_path(name, path, sizeof path);
+  return moe_hw_profile_load(p, path, err);
 }
 
 static int print_hw(const char *path, void *ctx) {
-  hw_profile p;
+  moe_hw_profile p;
   moe_error err = {0};
   if (hw_profile_load(&p, path, &err) != MOE_OK) return *(int *)ctx = cli_fail(&err), 0;
   printf("%-16s %6.0f GiB  %6.0f GB/s memory  %5.1f GB/s pinned link  %s\n", p.name,
@@ -106,8 +37,8 @@ static int print_hw(const char *path, void *ctx) {
 
 int hw_list(void) {
   int rc = 0;
-  if (cli_for_each_json(hw_dir(), print_hw, &rc) < 0) {
-    cli_error("%s: cannot list", hw_dir());
+  if (cli_for_each_json(cli_hw_dir(), print_hw, &rc) < 0) {
+    cli_error("%s: cannot list", cli_hw_dir());
     return 1;
   }
   return rc;
@@ -163,7 +94,7 @@ int cmd_plan(int argc, char **argv) {
   if (preset && cli_check_names("plan", preset, NULL) != 0) return 2;
   if (model_dir && cli_check_model_dir("plan", model_dir) != 0) return 1;
   moe_error err = {0};
-  hw_profile hw;
+  moe_hw_profile hw;
   if (hw_name && hw_profile_load(&hw, hw_name, &err) != MOE_OK) return cli_fail(&err);
   cli_preset p;
   if (cli_preset_load(&p, model_dir ? model_dir : preset, &err) != MOE_OK) return cli_fail(&err);

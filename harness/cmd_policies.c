@@ -14,23 +14,26 @@
 #include "suite.h"
 
 /* Measured time of one expert copy over the backend's (capped) link. */
-static double measure_expert_copy(const char *backend, double link_gbps, size_t bytes) {
+static double measure_expert_copy(const char *backend, double link_gbps, const char *hardware,
+                                  size_t bytes) {
   moe_device dev;
   moe_error err = {0};
-  moe_backend_options bo = {.link_gbps = link_gbps};
+  moe_backend_options bo = {.link_gbps = link_gbps, .hardware = hardware};
   if (moe_device_open(&dev, backend, &bo, &err) != MOE_OK) return NAN;
+  /* a modeled backend's copy takes modeled time */
+  const bool modeled = dev.ops->modeled_seconds != NULL;
   void *src = NULL, *dst = NULL;
   moe_event *ev = NULL;
   double t[5] = {NAN, NAN, NAN, NAN, NAN};
   if (dev.ops->host_alloc(dev.be, bytes, &src, &err) == MOE_OK &&
       dev.ops->device_alloc(dev.be, bytes, &dst, &err) == MOE_OK &&
       dev.ops->event_create(dev.be, &ev, &err) == MOE_OK) {
-    memset(src, 1, bytes);
+    if (!modeled) memset(src, 1, bytes);
     for (int i = 0; i < 5; i++) {
-      double t0 = moe_clock_s();
+      double t0 = modeled ? dev.ops->modeled_seconds(dev.be) : moe_clock_s();
       dev.ops->copy_h2d_async(dev.be, dst, src, bytes, ev, &err);
       dev.ops->event_sync(dev.be, ev, &err);
-      t[i] = moe_clock_s() - t0;
+      t[i] = (modeled ? dev.ops->modeled_seconds(dev.be) : moe_clock_s()) - t0;
     }
   }
   if (ev) dev.ops->event_destroy(dev.be, ev);
@@ -46,7 +49,8 @@ static void usage(FILE *f) {
           "Runs the offload policies side by side on one model (repetitions\n"
           "interleaved, medians) and prints throughput, decode time per token, peak\n"
           "device bytes, copies, stalls and parity against gpu-only, then the ratios the\n"
-          "paper reports.  All times are measured wall clock on this machine.\n\n"
+          "paper reports.  All times are measured wall clock on this machine, except\n"
+          "with --backend sim, where every time is modeled on a hardware profile.\n\n"
           "  --preset NAME        model preset (workloads/models)\n"
           "  --model-dir DIR      a Hugging Face checkpoint directory instead\n"
           "  --lookahead K        pre-gates predict the K-th MoE block ahead (1..3, default 1)\n"
@@ -58,7 +62,9 @@ static void usage(FILE *f) {
           "  --link-gbps X        cap on the host-to-device link (cpu backend; default none)\n"
           "  --device-mem SIZE    device-memory budget (default: capacity)\n"
           "  --threads N          math threads (default 1)\n"
-          "  --backend NAME       cpu (default) or cuda\n"
+          "  --backend NAME       cpu (default), cuda, or sim (modeled: needs --hardware)\n"
+          "  --hardware NAME      sim: the hardware profile ('moebench list hardware')\n"
+          "  --sim-routing SPEC   sim: uniform (default), zipf:S, correlated:P, or both\n"
           "  --policy-plugin SO   also run a policy from a shared object (up to 4 times)\n"
           "  -h, --help           this text\n");
 }
@@ -71,10 +77,12 @@ int cmd_bench_policies(int argc, char **argv) {
       {"gen-len", required_argument, 0, 'g'},  {"reps", required_argument, 0, 'r'},
       {"link-gbps", required_argument, 0, 'L'}, {"device-mem", required_argument, 0, 'm'},
       {"threads", required_argument, 0, 't'},  {"backend", required_argument, 0, 'B'},
-      {"policy-plugin", required_argument, 0, 'X'},
+      {"policy-plugin", required_argument, 0, 'X'}, {"hardware", required_argument, 0, 'H'},
+      {"sim-routing", required_argument, 0, 'R'},
       {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
   const char *preset = NULL, *plist = "gpu-only,ondemand,prefetch-all,pregated", *backend = "cpu";
-  const char *model_dir = NULL;
+  const char *model_dir = NULL, *hw_name = NULL, *sim_routing = NULL;
+  char hw_path[1200] = "";
   const char *plugins[4];
   int n_plugins = 0;
   long batch = 1, plen = 64, glen = 64, reps = 3, threads = 1, lookahead = 1;
@@ -99,6 +107,8 @@ int cmd_bench_policies(int argc, char **argv) {
       case 'm': ok = cli_parse_bytes(optarg, &devmem) && devmem > 0; break;
       case 't': ok = cli_parse_int(optarg, 1, 1024, &threads); break;
       case 'B': ok = optarg[0] != '\0'; backend = optarg; break;
+      case 'H': ok = optarg[0] != '\0'; hw_name = optarg; break;
+      case 'R': ok = optarg[0] != '\0'; sim_routing = optarg; break;
       case 'X':
         ok = optarg[0] != '\0' && n_plugins < 4;
         if (ok) plugins[n_plugins++] = optarg;
@@ -123,6 +133,16 @@ int cmd_bench_policies(int argc, char **argv) {
     preset = model_dir;
   }
   if (cli_check_names("bench-policies", preset, backend) != 0) return 2;
+  const bool sim = strcmp(backend, "sim") == 0;
+  if (sim && hw_name == NULL) {
+    cli_error("bench-policies: --backend sim needs --hardware NAME (see 'moebench list hardware')");
+    return 2;
+  }
+  if (!sim && (hw_name || sim_routing)) {
+    cli_error("bench-policies: --hardware and --sim-routing are for --backend sim");
+    return 2;
+  }
+  if (hw_name) cli_hw_path(hw_name, hw_path, sizeof hw_path);
   const moe_policy *pol[8];
   int np = 0;
   char buf[256];
@@ -162,7 +182,7 @@ int cmd_bench_policies(int argc, char **argv) {
     pol[np++] = libs[i].policy;
   }
   moe_model *m = NULL;
-  if (cli_preset_model(preset, NULL, &m, &err) != MOE_OK) {
+  if (cli_preset_model_for(preset, backend, NULL, &m, &err) != MOE_OK) {
     for (int j = 0; j < n_plugins; j++) moe_policy_plugin_close(&libs[j]);
     return cli_fail(&err);
   }
@@ -177,6 +197,8 @@ int cmd_bench_policies(int argc, char **argv) {
                                     ? MOE_ROUTING_PREGATED
                                     : MOE_ROUTING_CONVENTIONAL,
                      .backend = backend,
+                     .hardware = hw_name ? hw_path : NULL,
+                     .sim_routing = sim_routing,
                      .threads = (int)threads,
                      .link_gbps = link,
                      .device_mem = devmem,
@@ -212,8 +234,13 @@ int cmd_bench_policies(int argc, char **argv) {
     if (strcmp(pol[i]->name, "gpu-only") == 0) ref = i;
   printf("## %s: batch %ld, prompt %ld, generated %ld, %s, link %s\n", preset, batch, plen, glen,
          moe_dtype_name(moe_model_dtype(m)), link > 0 ? "capped" : "uncapped");
-  printf("device: %s; medians of %ld interleaved repetitions (measured, wall clock)\n\n",
-         last[0]->device, reps);
+  if (sim)
+    printf("device: %s (sim backend, routing %s); every figure below is MODELED on that profile "
+           "(deterministic: medians of %ld identical repetitions)\n\n",
+           last[0]->device, sim_routing ? sim_routing : "uniform", reps);
+  else
+    printf("device: %s; medians of %ld interleaved repetitions (measured, wall clock)\n\n",
+           last[0]->device, reps);
   printf("| policy | routing | tokens/s | total s | decode ms/token | peak device MB | expert slots "
          "| copied MB (decode) | fetches | misses | stall s (decode) | pre-gate hit | token match | max logit diff |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -251,9 +278,10 @@ int cmd_bench_policies(int argc, char **argv) {
   }
   printf("\n");
   size_t eb = moe_model_expert_bytes(m);
-  double copy_s = measure_expert_copy(backend, link, eb);
-  printf("one expert: %.1f MB, copy over this link %.2f ms (measured) = %.2f GB/s host-to-device\n",
-         (double)eb / 1e6, copy_s * 1e3, (double)eb / copy_s * 1e-9);
+  double copy_s = measure_expert_copy(backend, link, hw_name ? hw_path : NULL, eb);
+  const char *how = sim ? "modeled" : "measured";
+  printf("one expert: %.1f MB, copy over this link %.2f ms (%s) = %.2f GB/s host-to-device\n",
+         (double)eb / 1e6, copy_s * 1e3, how, (double)eb / copy_s * 1e-9);
   if (go >= 0) {
     /* the MoE blocks a decode step runs: an encoder-decoder model's
      * encoder ran once, in the prefill */
@@ -261,8 +289,8 @@ int cmd_bench_policies(int argc, char **argv) {
     for (int l = cfg->n_enc_layers; l < cfg->n_layers; l++) n_moe += cfg->is_moe[l];
     if (n_moe == 0) n_moe = 1;
     printf("gpu-only decode: %.2f ms/token = %.2f ms per decoder MoE block and the layers up to the next "
-           "(measured); copy/compute ratio per block %.2f\n",
-           tpt[go] * 1e3, tpt[go] * 1e3 / n_moe, copy_s / (tpt[go] / n_moe));
+           "(%s); copy/compute ratio per block %.2f\n",
+           tpt[go] * 1e3, tpt[go] * 1e3 / n_moe, how, copy_s / (tpt[go] / n_moe));
   }
   /* every other policy's share of the copy time it hides, on the same scale */
   if (go >= 0 && od >= 0)

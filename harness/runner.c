@@ -91,8 +91,10 @@ void runner_run(const run_spec *sp, run_result *out) {
   const moe_config *c = moe_model_config(sp->model);
   const size_t B = (size_t)sp->batch, G = (size_t)sp->gen_len;
   moe_backend_options bo = {.threads = sp->threads, .link_gbps = sp->link_gbps,
-                            .device_budget = sp->device_mem};
+                            .device_budget = sp->device_mem, .hardware = sp->hardware,
+                            .routing = sp->sim_routing, .seed = sp->prompt_seed};
   if (moe_device_open(&dev, sp->backend, &bo, &err) != MOE_OK) goto done;
+  out->modeled = dev.ops->modeled_seconds != NULL;
   if (sp->trace_path && (moe_trace_open(&trace, sp->trace_path, &err) != MOE_OK ||
                          moe_device_trace(&dev, trace, &err) != MOE_OK))
     goto done;

@@ -16,6 +16,8 @@ typedef struct run_spec {
   const moe_policy *policy;
   moe_routing routing;
   const char *backend;
+  const char *hardware;         /* sim backend: the profile file its times are modeled on */
+  const char *sim_routing;      /* sim backend: its routing source (NULL: uniform) */
   int threads;
   double link_gbps;
   size_t device_mem;            /* 0: device capacity */
@@ -52,6 +54,7 @@ typedef struct run_result {
   int32_t *tokens;              /* [batch][gen_len], first request */
   float *step_logits;           /* [gen_len][batch][vocab] when keep_logits, first request */
   char device[256];              /* the backend's device name */
+  bool modeled;                 /* times are the backend's modeled clock, not measured */
   bool has_eval;
   moe_eval_result eval;         /* over spec->eval_windows */
 } run_result;

@@ -19,9 +19,11 @@ static double g_link = 0.0;
 static int g_threads = 1;
 static moe_device g_dev;
 
+static const char *g_hardware = NULL; /* modeled backends: the profile */
+
 static void setup(void) {
   moe_error err = {0};
-  moe_backend_options o = {.link_gbps = g_link, .threads = g_threads};
+  moe_backend_options o = {.link_gbps = g_link, .threads = g_threads, .hardware = g_hardware};
   ck_assert_msg(moe_device_open(&g_dev, g_backend, &o, &err) == MOE_OK, "%s", err.msg);
 }
 
@@ -672,6 +674,147 @@ START_TEST(empty_inputs_are_no_ops) {
 }
 END_TEST
 
+/* ---- the contract of a modeled backend (MOE_BACKEND_CAP_MODELED): no
+ * math and no copied bytes, so what is held is memory, small transfers,
+ * routing and the ordering of its clock. */
+
+#define CLOCK() (OPS->modeled_seconds(BE))
+
+START_TEST(modeled_memory_and_small_transfers) {
+  ck_assert_ptr_nonnull(OPS->modeled_seconds);
+  ck_assert_uint_gt(strlen(OPS->describe(BE)), 0);
+  ck_assert_uint_gt(OPS->device_capacity(BE), 0);
+  int32_t ids[300], back[300];
+  for (int i = 0; i < 300; i++) ids[i] = i * 13 - 7;
+  void *d = dev_bytes(ids, sizeof ids);
+  ck_assert_uint_eq((uintptr_t)d % 64, 0);
+  const double t0 = CLOCK();
+  down(back, d, sizeof back);
+  ck_assert_int_eq(memcmp(ids, back, sizeof ids), 0); /* small buffers move */
+  ck_assert(CLOCK() > t0);                             /* and take time */
+  /* a huge allocation costs no memory: it is never touched */
+  void *big = NULL;
+  moe_error err = {0};
+  ck_assert(OPS->device_alloc(BE, (size_t)64 << 30, &big, &err) == MOE_OK);
+  OPS->device_free(BE, big);
+  OPS->device_free(BE, d);
+}
+END_TEST
+
+START_TEST(modeled_streams_and_events) {
+  moe_error err = {0};
+  moe_event *ev = NULL, *rec = NULL, *never = NULL;
+  ck_assert(OPS->event_create(BE, &ev, &err) == MOE_OK);
+  ck_assert(OPS->event_create(BE, &rec, &err) == MOE_OK);
+  ck_assert(OPS->event_create(BE, &never, &err) == MOE_OK);
+  ck_assert_int_eq(OPS->event_done(BE, never), 1);
+  ck_assert(OPS->compute_wait(BE, never, &err) == MOE_OK);
+  void *dst = dev_bytes(NULL, BIG), *src = NULL;
+  ck_assert(OPS->host_alloc(BE, BIG, &src, &err) == MOE_OK);
+  /* a copy overlaps compute: issuing it takes no compute time */
+  const double t0 = CLOCK();
+  ck_assert(OPS->copy_h2d_async(BE, dst, src, BIG, ev, &err) == MOE_OK);
+  ck_assert(CLOCK() == t0);
+  ck_assert_int_eq(OPS->event_done(BE, ev), 0);
+  /* compute that waits for it starts after it: the stall is counted */
+  const double s0 = OPS->stall_seconds(BE);
+  ck_assert(OPS->compute_wait(BE, ev, &err) == MOE_OK);
+  const double t1 = CLOCK();
+  ck_assert(t1 > t0);
+  ck_assert_double_eq_tol(OPS->stall_seconds(BE) - s0, t1 - t0, 1e-12);
+  ck_assert_int_eq(OPS->event_done(BE, ev), 1);
+  /* copies wait for compute: a copy issued after copy_wait(record) ends
+   * one copy time after the record at the earliest */
+  float *y = dev_f(NULL, 1024), *x = dev_f(NULL, 1024);
+  for (int i = 0; i < 50; i++) ck_assert(OPS->add(BE, y, x, 1024, &err) == MOE_OK);
+  ck_assert(OPS->compute_record(BE, rec, &err) == MOE_OK);
+  const double t_rec = CLOCK();
+  ck_assert(t_rec > t1);
+  ck_assert(OPS->copy_wait(BE, rec, &err) == MOE_OK);
+  ck_assert(OPS->copy_h2d_async(BE, dst, src, BIG, ev, &err) == MOE_OK);
+  ck_assert(OPS->event_sync(BE, ev, &err) == MOE_OK);
+  ck_assert(CLOCK() >= t_rec + (t1 - t0) - 1e-12);
+  ck_assert(OPS->synchronize(BE, &err) == MOE_OK);
+  OPS->event_destroy(BE, ev);
+  OPS->event_destroy(BE, rec);
+  OPS->event_destroy(BE, never);
+  OPS->device_free(BE, dst);
+  OPS->device_free(BE, x);
+  OPS->device_free(BE, y);
+  OPS->host_free(BE, src);
+}
+END_TEST
+
+START_TEST(modeled_router_gives_valid_routing) {
+  moe_error err = {0};
+  const size_t m = 37;
+  const int n = 20, k = 3;
+  int32_t *d_idx = dev_bytes(NULL, m * k * sizeof(int32_t)), idx[37 * 3];
+  float *d_w = dev_f(NULL, m * k), w[37 * 3];
+  float *logits = dev_f(NULL, m * n);
+  for (int renorm = 0; renorm < 2; renorm++) {
+    ck_assert(OPS->router_topk(BE, d_idx, d_w, logits, m, n, k, renorm, NULL, &err) == MOE_OK);
+    down(idx, d_idx, sizeof idx);
+    down(w, d_w, sizeof w);
+    for (size_t r = 0; r < m; r++) {
+      double sum = 0;
+      for (int a = 0; a < k; a++) {
+        ck_assert(idx[r * k + a] >= 0 && idx[r * k + a] < n);
+        for (int b = 0; b < a; b++) ck_assert_int_ne(idx[r * k + a], idx[r * k + b]);
+        ck_assert(w[r * k + a] > 0 && w[r * k + a] <= 1);
+        sum += w[r * k + a];
+      }
+      if (renorm) ck_assert_double_eq_tol(sum, 1.0, 1e-6);
+    }
+  }
+  OPS->device_free(BE, d_idx);
+  OPS->device_free(BE, d_w);
+  OPS->device_free(BE, logits);
+}
+END_TEST
+
+START_TEST(modeled_ops_take_time_and_empty_ones_none) {
+  moe_error err = {0};
+  float *y = dev_f(NULL, 4096), *x = dev_f(NULL, 4096);
+  moe_weight w = {dev_bytes(NULL, 4096 * 4), MOE_F32, 64, 64};
+  double t = CLOCK();
+  ck_assert(OPS->matmul(BE, y, x, 0, &w, NULL, &err) == MOE_OK);
+  ck_assert(OPS->add(BE, y, x, 0, &err) == MOE_OK);
+  ck_assert(OPS->upload(BE, y, x, 0, &err) == MOE_OK);
+  ck_assert(CLOCK() == t);
+  ck_assert(OPS->matmul(BE, y, x, 4, &w, NULL, &err) == MOE_OK);
+  ck_assert(CLOCK() > t);
+  t = CLOCK();
+  ck_assert(OPS->rmsnorm(BE, y, x, 4, &w, 1e-6f, &err) == MOE_OK);
+  ck_assert(OPS->swiglu(BE, y, y, x, 256, &err) == MOE_OK);
+  ck_assert(CLOCK() > t);
+  OPS->device_free(BE, y);
+  OPS->device_free(BE, x);
+  OPS->device_free(BE, (void *)w.data);
+}
+END_TEST
+
+static int run_modeled(const char *backend) {
+  g_backend = backend;
+  g_link = 0;
+  g_threads = 1;
+  g_hardware = MOE_SOURCE_DIR "/workloads/hardware/a100-80g-pcie4.json";
+  char name[160];
+  snprintf(name, sizeof name, "%s (modeled, a100-80g-pcie4)", backend);
+  Suite *s = suite_create("backend conformance");
+  TCase *tc = tcase_create(name);
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_test(tc, modeled_memory_and_small_transfers);
+  tcase_add_test(tc, modeled_streams_and_events);
+  tcase_add_test(tc, modeled_router_gives_valid_routing);
+  tcase_add_test(tc, modeled_ops_take_time_and_empty_ones_none);
+  suite_add_tcase(s, tc);
+  printf("== %s\n", name);
+  int rc = tu_run_suite(s);
+  g_hardware = NULL;
+  return rc;
+}
+
 static int run_for(const char *backend, double link, int threads, const char *variant) {
   g_backend = backend;
   g_link = link;
@@ -711,6 +854,10 @@ int main(void) {
     if (o->probe &&
         o->probe(desc, sizeof desc, &err) != MOE_OK) {
       printf("== %s: skipped (%s)\n", o->name, err.msg);
+      continue;
+    }
+    if (o->caps & MOE_BACKEND_CAP_MODELED) {
+      failed |= run_modeled(o->name);
       continue;
     }
     failed |= run_for(o->name, 0.0, 1, NULL);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 extern const moe_backend_ops moe_cpu_backend;
+extern const moe_backend_ops moe_sim_backend;
 #ifdef MOE_HAVE_CUDA
 extern const moe_backend_ops moe_cuda_backend;
 #endif
@@ -15,6 +16,7 @@ static const moe_backend_ops *const k_backends[] = {
 #ifdef MOE_HAVE_CUDA
     &moe_cuda_backend,
 #endif
+    &moe_sim_backend,
 };
 
 size_t moe_backend_count(void) { return sizeof k_backends / sizeof k_backends[0]; }
@@ -148,6 +150,12 @@ moe_status moe_device_open_ops(moe_device *dev, const moe_backend_ops *o,
                     "the %s backend copies over the real host link; a link cap (--link-gbps) "
                     "is emulated by backends that have one (the cpu backend)",
                     o->name);
+  }
+  if ((opt->hardware || opt->routing) && !(copy->caps & MOE_BACKEND_CAP_MODELED)) {
+    free(copy);
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "the %s backend runs for real; a hardware profile or a routing source is for "
+                    "a modeled backend (--backend sim)", o->name);
   }
   st = copy->create(opt, &dev->be, err);
   if (st != MOE_OK) {

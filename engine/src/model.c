@@ -71,7 +71,20 @@ struct moe_engine {
   double stall_base;         /* backend-measured stall at the last reset */
   unsigned long long pregate_hits, pregate_total, warm_bytes;
   unsigned long long invalid_requests; /* policy requests refused for bad arguments */
+  unsigned long long step;   /* layer runs so far (the backend's context counter) */
 };
+
+/* The engine's clock: the backend's (modeled) clock where it has one, else
+ * the host clock. */
+static double now(const moe_engine *e) {
+  return e->dev->ops->modeled_seconds ? e->dev->ops->modeled_seconds(e->dev->be) : moe_clock_s();
+}
+
+/* Tells the trace and the backend what the next ops belong to. */
+static void op_context(moe_engine *e, int layer, int expert) {
+  moe_trace_context(e->dev->trace, layer, expert);
+  if (e->dev->ops->set_context) e->dev->ops->set_context(e->dev->be, layer, expert, e->step);
+}
 
 int moe_argmax(const float *x, int n) {
   int best = 0;
@@ -564,12 +577,15 @@ cleanup:
 
 /* Runs the top-k selection on logits already in e->router (plus bias, which
  * may be absent) and downloads indices and weights. */
-static moe_status topk_download(moe_engine *e, size_t T, const moe_weight *bias, int32_t *d_idx,
-                                float *d_w, int32_t *h_idx, float *h_w, moe_error *err) {
+static moe_status topk_download(moe_engine *e, int layer, size_t T, const moe_weight *bias,
+                                int32_t *d_idx, float *d_w, int32_t *h_idx, float *h_w,
+                                moe_error *err) {
   moe_status st = MOE_OK;
   const moe_config *c = &e->model->cfg;
   const moe_backend_ops *o = e->dev->ops;
   const size_t K = (size_t)c->top_k;
+  /* the routing is layer's (a pre-gate's: the block it predicts) */
+  if (o->set_context) o->set_context(e->dev->be, layer, -1, e->step);
   MOE_TRY(o->router_topk(e->dev->be, d_idx, d_w, e->router, T, c->n_experts, c->top_k,
                          c->norm_topk, bias, err));
   MOE_TRY(o->download(e->dev->be, h_idx, d_idx, T * K * sizeof(int32_t), err));
@@ -588,7 +604,7 @@ static moe_status route(moe_engine *e, int layer, const float *in, size_t T, int
   const moe_weight none = {NULL, e->model->dtype, 0, 0};
   const bool in_logits = e->model->cfg.router_logit_bias;
   MOE_TRY(e->dev->ops->matmul(e->dev->be, e->router, in, T, &router, in_logits ? &bias : NULL, err));
-  MOE_TRY(topk_download(e, T, in_logits ? &none : &bias, d_idx, d_w, h_idx, h_w, err));
+  MOE_TRY(topk_download(e, layer, T, in_logits ? &none : &bias, d_idx, d_w, h_idx, h_w, err));
 cleanup:
   return st;
 }
@@ -611,7 +627,7 @@ static moe_status pregate(moe_engine *e, int layer, int next, size_t T, bool fro
     const moe_weight pg = dw(e, layer, ROLE_PREGATE);
     const moe_weight no_bias = {NULL, e->model->dtype, 0, 0};
     MOE_TRY(o->matmul(be, e->router, e->h, T, &pg, NULL, err));
-    MOE_TRY(topk_download(e, T, &no_bias, e->pidx, e->pw, p->idx, p->w, err));
+    MOE_TRY(topk_download(e, next, T, &no_bias, e->pidx, e->pw, p->idx, p->w, err));
   } else {
     const moe_weight fn = dw(e, next, ROLE_FFN_NORM);
     MOE_TRY(o->rmsnorm(be, e->tmp, e->x, T, &fn, c->rms_eps, err));
@@ -747,7 +763,7 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
     size_t begin = x ? (size_t)e->h_count[x - 1] : 0, n = (size_t)e->h_count[x] - begin;
     if (n == 0) continue;
     moe_expert_weights w;
-    moe_trace_context(e->dev->trace, l, (int)x);
+    op_context(e, l, (int)x);
     for (int j = pos + 1; j <= pos + stream && j < n_needed; j++)
       if (moe_expert_store_fetch(e->store, l, e->h_needed[j], true, err) < 0)
         MOE_TRY(err ? err->status : MOE_ERR_DEVICE);
@@ -760,7 +776,7 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
     MOE_TRY(moe_expert_store_release(e->store, l, (int)x, err));
   }
   moe_expert_store_end_block(e->store, l);
-  moe_trace_context(e->dev->trace, l, -1);
+  op_context(e, l, -1);
   if (c->shared_ffn > 0) {
     const moe_weight g = dw(e, l, ROLE_SH_GATE), u = dw(e, l, ROLE_SH_UP),
                      d = dw(e, l, ROLE_SH_DOWN), sg = dw(e, l, ROLE_SH_EXPERT_GATE);
@@ -893,9 +909,10 @@ static moe_status run_layers(moe_engine *e, int l0, int l1, int n_seq, int n_new
                                 c->head_dim};
   const int first_moe = first_moe_in(e->model, l0, l1);
   e->cur_n_new = n_new;
+  e->step++;
   for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) e->pred[i].layer = -1;
   for (int l = l0; l < l1; l++) {
-    moe_trace_context(e->dev->trace, l, -1);
+    op_context(e, l, -1);
     POLICY_CALL(e, layer_begin, l);
     /* the first MoE block has no block before it to predict it: a policy
      * that asks gets its router applied to the layer input, before
@@ -921,7 +938,7 @@ static moe_status run_layers(moe_engine *e, int l0, int l1, int n_seq, int n_new
       MOE_TRY(dense_ffn(e, l, T, err));
     POLICY_CALL(e, layer_end, l);
   }
-  moe_trace_context(e->dev->trace, -1, -1);
+  op_context(e, -1, -1);
 cleanup:
   return st;
 }
@@ -1071,7 +1088,7 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
               max_new, e->opt.max_seq);
   /* decoder positions: the prompt's (decoder-only), or the start token's */
   const int dec0 = encdec ? 0 : prompt_len - 1;
-  double t0 = moe_clock_s();
+  double t0 = now(e);
   if (encdec) {
     MOE_TRY(moe_engine_encode(e, prompts, n_seq, prompt_len, err));
     for (int b = 0; b < n_seq; b++) next[b] = c->decoder_start;
@@ -1087,13 +1104,13 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
     out[(size_t)b * (size_t)max_new] = next[b];
     if (keep) memcpy(keep + (size_t)b * (size_t)V, logits + r * (size_t)V, (size_t)V * sizeof(float));
   }
-  double t1 = moe_clock_s();
+  double t1 = now(e);
   if (stats && e->store) {
     stats->prefill_bytes_h2d = moe_expert_store_stats(e->store)->bytes_h2d;
     stats->prefill_stall_s = engine_stall(e);
   }
   for (int step = 1; step < max_new; step++) {
-    double ts = moe_clock_s();
+    double ts = now(e);
     MOE_TRY(moe_engine_forward(e, next, n_seq, 1, dec0 + step, logits, err));
     for (int b = 0; b < n_seq; b++) {
       next[b] = moe_argmax(logits + (size_t)b * (size_t)V, V);
@@ -1102,9 +1119,9 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
     if (keep)
       memcpy(keep + (size_t)step * (size_t)n_seq * (size_t)V, logits,
              (size_t)n_seq * (size_t)V * sizeof(float));
-    if (stats && stats->step_s) stats->step_s[step - 1] = moe_clock_s() - ts;
+    if (stats && stats->step_s) stats->step_s[step - 1] = now(e) - ts;
   }
-  double t2 = moe_clock_s();
+  double t2 = now(e);
   if (stats) {
     stats->prefill_s = t1 - t0;
     stats->decode_s = t2 - t1;

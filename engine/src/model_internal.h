@@ -48,6 +48,7 @@ struct moe_model {
   uint8_t *experts;     /* expert slab, host: [n_moe][n_experts][gate|up|down] */
   size_t expert_bytes;  /* one expert */
   size_t experts_total;
+  bool is_virtual;      /* slabs are reserved address space (moe_model_virtual) */
 };
 
 /* The spec of a dense tensor (layer -1: model level); NULL when absent. */

@@ -120,12 +120,17 @@ static void on_copy(void *ctx, size_t bytes, double t0, double t1) {
   moe_trace_op(ctx, MOE_TRACE_COPY, "copy h2d", t0, t1, 0, (double)bytes);
 }
 
+/* The time of a traced device: its modeled clock, else the host's. */
+static double clock_of(moe_backend *be) {
+  return REAL(be)->modeled_seconds ? REAL(be)->modeled_seconds(INNER(be)) : moe_clock_s();
+}
+
 /* Times a compute-stream call and records it. */
 #define TIMED(be, name, flops, bytes, call)                                  \
   do {                                                                       \
-    const double t0_ = moe_clock_s();                                        \
+    const double t0_ = clock_of(be);                                         \
     moe_status st_ = (call);                                                 \
-    moe_trace_op(T(be)->t, MOE_TRACE_COMPUTE, name, t0_, moe_clock_s(), (flops), (bytes)); \
+    moe_trace_op(T(be)->t, MOE_TRACE_COMPUTE, name, t0_, clock_of(be), (flops), (bytes)); \
     return st_;                                                              \
   } while (0)
 
@@ -257,6 +262,10 @@ static void tr_hunreg(moe_backend *be, void *p) { REAL(be)->host_unregister(INNE
 static size_t tr_used(moe_backend *be) { return REAL(be)->device_used(INNER(be)); }
 static const char *tr_name(moe_backend *be) { return moe_backend_device_name(REAL(be), INNER(be)); }
 static double tr_stall(moe_backend *be) { return REAL(be)->stall_seconds(INNER(be)); }
+static double tr_modeled(moe_backend *be) { return REAL(be)->modeled_seconds(INNER(be)); }
+static void tr_context(moe_backend *be, int layer, int expert, unsigned long long step) {
+  REAL(be)->set_context(INNER(be), layer, expert, step);
+}
 
 moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {
   if (dev->ops == NULL || dev->be == NULL)
@@ -313,6 +322,9 @@ moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {
   o->stall_seconds = r->stall_seconds ? tr_stall : NULL;
   o->attention_ex = r->attention_ex ? tr_attn_ex : NULL;
   o->unary = r->unary ? tr_unary : NULL;
+  o->modeled_seconds = r->modeled_seconds ? tr_modeled : NULL;
+  o->set_context = r->set_context ? tr_context : NULL;
+  if (r->modeled_seconds) t->t_origin = 0; /* modeled time starts at 0 */
   o->set_copy_observer = NULL; /* the trace owns the real one */
   if (r->set_copy_observer) r->set_copy_observer(w->be, on_copy, t);
   dev->ops = o;

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
 
 #include "checked.h"
@@ -310,6 +311,35 @@ moe_status moe_model_plan_layout(const moe_config *cfg, moe_dtype dtype, size_t 
   return MOE_OK;
 }
 
+static void *reserve_zeros(size_t bytes) {
+  void *p = mmap(NULL, bytes ? bytes : 64, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+moe_status moe_model_virtual(moe_model **out, const moe_config *cfg, moe_dtype dtype,
+                             moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_model *m = NULL;
+  MOE_TRY(model_table(&m, cfg, dtype, err));
+  m->is_virtual = true;
+  m->dense = reserve_zeros(m->dense_bytes);
+  MOE_CHECK(m->dense != NULL, err, MOE_ERR_OOM,
+            "cannot reserve %zu bytes of address space for a virtual model", m->dense_bytes);
+  if (m->experts_total) {
+    m->experts = reserve_zeros(m->experts_total);
+    MOE_CHECK(m->experts != NULL, err, MOE_ERR_OOM,
+              "cannot reserve %zu bytes of address space for a virtual model", m->experts_total);
+  }
+  *out = m;
+  return MOE_OK;
+cleanup:
+  moe_model_free(m);
+  return st;
+}
+
+bool moe_model_is_virtual(const moe_model *m) { return m->is_virtual; }
+
 /* Allocates an empty model with its table and slabs for cfg. */
 static moe_status model_alloc(moe_model **out, const moe_config *cfg, moe_dtype dtype,
                               moe_error *err) {
@@ -332,8 +362,13 @@ cleanup:
 void moe_model_free(moe_model *m) {
   if (m == NULL) return;
   free(m->specs);
-  free(m->dense);
-  free(m->experts);
+  if (m->is_virtual) {
+    if (m->dense) munmap(m->dense, m->dense_bytes ? m->dense_bytes : 64);
+    if (m->experts) munmap(m->experts, m->experts_total);
+  } else {
+    free(m->dense);
+    free(m->experts);
+  }
   free(m);
 }
 

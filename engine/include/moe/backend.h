@@ -84,6 +84,11 @@ typedef struct moe_backend_options {
                             bytes/s), 0 = none; only backends with
                             MOE_BACKEND_CAP_LINK_CAP accept a nonzero cap */
   size_t device_budget;  /* device-memory budget in bytes, 0 = device_capacity */
+  /* modeled backends (MOE_BACKEND_CAP_MODELED) only: */
+  const char *hardware;  /* hardware profile file (cost.h) the times are modeled on */
+  const char *routing;   /* routing source: "uniform" (default), "zipf:S", "correlated:P",
+                            or "zipf:S,correlated:P" (sim/README.md) */
+  uint64_t seed;         /* seed of the routing source */
 } moe_backend_options;
 
 /* Attention over a KV cache.  n_seq sequences each bring n_new tokens at
@@ -127,6 +132,14 @@ typedef enum moe_unary_op {
 /* Capabilities (moe_backend_ops.caps, since ABI 1.1). */
 #define MOE_BACKEND_CAP_LINK_CAP 1u  /* honours moe_backend_options.link_gbps */
 #define MOE_BACKEND_CAP_PREFERRED 2u /* "auto" picks it when its probe finds a device */
+/* A modeled backend (sim): no math, and copies move no bytes.  What it
+ * promises instead: allocation, events and stream order as below; upload
+ * and download move the bytes of small buffers (ids, routing: up to 16
+ * MiB; larger uploads, weights, only take time); router_topk
+ * writes valid routing (k distinct experts in 0 .. n-1 per row, weights
+ * summing to 1 when renorm) drawn from its routing source, ignoring the
+ * logits; every other op writes nothing.  Its clock is modeled_seconds. */
+#define MOE_BACKEND_CAP_MODELED 4u
 
 typedef struct moe_backend_ops {
   uint32_t abi_version; /* MOE_BACKEND_ABI at the time the table was built */
@@ -295,7 +308,22 @@ typedef struct moe_backend_ops {
   /* y[i] = op(x[i]) for n elements (y may alias x). */
   moe_status (*unary)(moe_backend *be, float *y, const float *x, size_t n, moe_unary_op op,
                       float alpha, moe_error *err);
+
+  /* ---- since ABI 1.3 (absent in older tables) */
+  /* The time on the backend's own clock, in seconds since create: a
+   * modeled backend's modeled time (when the host would see the results of
+   * everything issued so far).  When present, the engine times runs with it
+   * instead of the host clock.  NULL: the host clock is the time. */
+  double (*modeled_seconds)(moe_backend *be);
+  /* What the next ops belong to: MoE layer (-1: none), expert (-1: none)
+   * and the engine's forward-pass counter.  Only a hint (a modeled
+   * backend's routing source keys its draws on it); NULL: not wanted. */
+  void (*set_context)(moe_backend *be, int layer, int expert, unsigned long long step);
 } moe_backend_ops;
+
+/* The size of a table built against the ABI 1.2 header: everything up to
+ * and including unary. */
+#define MOE_BACKEND_SIZE_1_2 (offsetof(moe_backend_ops, unary) + sizeof(void (*)(void)))
 
 /* The size of a table built against the ABI 1.1 header: everything up to
  * and including set_copy_observer. */

@@ -1,0 +1,473 @@
+/* The sim backend: the backend table with no math and no weight memory.
+ * Every operation advances a two-stream modeled clock (moe/cost.h) by its
+ * roofline time on a hardware profile; copies move no bytes; device
+ * memory is reserved address space that is never touched (so the engine's
+ * accounting and the policies run unchanged on models far larger than this
+ * machine); routing comes from a seeded routing source.  See README.md. */
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "moe/backend.h"
+#include "moe/config.h"
+#include "moe/cost.h"
+
+struct moe_event {
+  double t; /* modeled time of its most recent record or signalling copy (0: complete) */
+};
+
+struct moe_backend {
+  moe_hw_profile prof;
+  moe_cost_clock clk;
+  double zipf_s;      /* 0: uniform */
+  double stay;        /* temporal correlation: P(a row keeps its previous step's experts) */
+  uint64_t seed;
+  int layer;          /* set_context */
+  unsigned long long step;
+  double *zw;         /* scratch: popularity weights (n experts) */
+  int zw_n;
+  double *pop[MOE_MAX_LAYERS + 1]; /* per layer (+1): Zipf weights of its experts, or NULL */
+  int pop_n;                       /* experts they were made for */
+  char desc[400];
+  char routing[64];
+  void (*observer)(void *ctx, size_t bytes, double t0, double t1);
+  void *observer_ctx;
+};
+
+/* ---------------------------------------------------------------- memory */
+
+/* Reserved, never-touched address space: pages only become memory when
+ * written (the few buffers the engine reads back).  A 64-byte header
+ * before the block keeps its length. */
+enum { HDR = 4096 };
+
+static void *reserve(size_t bytes) {
+  void *p = mmap(NULL, bytes + HDR, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return NULL;
+  *(size_t *)p = bytes + HDR;
+  return (char *)p + HDR;
+}
+
+static void release(void *ptr) {
+  if (ptr == NULL) return;
+  char *base = (char *)ptr - HDR;
+  munmap(base, *(size_t *)(void *)base);
+}
+
+static moe_status sim_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err) {
+  (void)be;
+  *ptr = reserve(bytes);
+  if (*ptr == NULL)
+    return MOE_FAIL(err, MOE_ERR_OOM, "sim backend: cannot reserve %zu bytes of address space: %s",
+                    bytes, strerror(errno));
+  return MOE_OK;
+}
+
+static void sim_free(moe_backend *be, void *ptr) {
+  (void)be;
+  release(ptr);
+}
+
+/* ---------------------------------------------------------------- routing */
+
+static uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+static double unit(uint64_t h) { return (double)(h >> 11) * 0x1.0p-53; }
+
+static uint64_t key(const moe_backend *be, int layer, unsigned long long step, size_t row,
+                    uint64_t salt) {
+  return mix(mix(mix(mix(be->seed ^ salt) + (uint64_t)(layer + 1)) + step) + row);
+}
+
+/* k distinct experts of n for (layer, step, row): weighted draws without
+ * replacement; weights 1/rank^s over a per-layer permutation (s = 0:
+ * uniform). */
+/* The popularity weights of a layer's n experts: 1/rank^s, ranks a
+ * permutation fixed by the seed and the layer (sorted hashes). */
+static const double *popularity(moe_backend *be, int layer, int n) {
+  const int li = layer < 0 ? 0 : layer > MOE_MAX_LAYERS - 1 ? MOE_MAX_LAYERS : layer + 1;
+  if (be->pop_n != n)
+    for (int i = 0; i <= MOE_MAX_LAYERS; i++) free(be->pop[i]), be->pop[i] = NULL;
+  be->pop_n = n;
+  if (be->pop[li]) return be->pop[li];
+  double *w = malloc((size_t)n * sizeof *w);
+  if (w == NULL) return NULL;
+  for (int x = 0; x < n; x++) {
+    const uint64_t hx = key(be, layer, 0, (size_t)x, 77);
+    int rank = 1;
+    for (int y = 0; y < n; y++) {
+      const uint64_t hy = key(be, layer, 0, (size_t)y, 77);
+      rank += hy < hx || (hy == hx && y < x);
+    }
+    w[x] = pow((double)rank, -be->zipf_s);
+  }
+  be->pop[li] = w;
+  return w;
+}
+
+/* k distinct experts of n for (layer, step, row): weighted draws without
+ * replacement; weights 1/rank^s (s = 0: uniform). */
+static int draw(moe_backend *be, int layer, unsigned long long step, size_t row, int n, int k,
+                int32_t *out) {
+  double *w = be->zw, total = 0;
+  const double *pw = be->zipf_s > 0 ? popularity(be, layer, n) : NULL;
+  if (be->zipf_s > 0 && pw == NULL) return -1;
+  for (int x = 0; x < n; x++) {
+    w[x] = pw ? pw[x] : 1.0;
+    total += w[x];
+  }
+  for (int j = 0; j < k; j++) {
+    double u = unit(key(be, layer, step, row, 1000u + (uint64_t)j)) * total, acc = 0;
+    int pick = -1;
+    for (int x = 0; x < n && pick < 0; x++) {
+      if (w[x] == 0) continue;
+      acc += w[x];
+      if (u < acc) pick = x;
+    }
+    if (pick < 0) /* rounding at the top end: the last expert still in the draw */
+      for (int x = n - 1; x >= 0 && pick < 0; x--)
+        if (w[x] > 0) pick = x;
+    out[j] = pick;
+    total -= w[pick];
+    w[pick] = 0;
+  }
+  return 0;
+}
+
+static moe_status sim_router_topk(moe_backend *be, int32_t *idx, float *wts, const float *logits,
+                                  size_t m, int n, int k, bool renorm, const moe_weight *bias,
+                                  moe_error *err) {
+  (void)logits, (void)bias;
+  if (m == 0) return MOE_OK;
+  if (k < 1 || k > n)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "sim router: top-%d of %d experts", k, n);
+  if (be->zw_n < n) {
+    double *nw = realloc(be->zw, (size_t)n * sizeof *nw);
+    if (nw == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "sim backend: out of host memory");
+    be->zw = nw;
+    be->zw_n = n;
+  }
+  for (size_t r = 0; r < m; r++) {
+    /* temporal correlation: walk back while the row kept its experts */
+    unsigned long long s = be->step;
+    while (s > 0 && be->stay > 0 && unit(key(be, be->layer, s, r, 555)) < be->stay) s--;
+    if (draw(be, be->layer, s, r, n, k, idx + r * (size_t)k) != 0)
+      return MOE_FAIL(err, MOE_ERR_OOM, "sim backend: out of host memory");
+    for (int j = 0; j < k; j++) wts[r * (size_t)k + (size_t)j] = renorm ? 1.0f / (float)k : 1.0f / (float)n;
+  }
+  moe_cost_compute(&be->clk, moe_cost_vector(&be->prof, 4.0 * (double)m * n, 4.0 * (double)m * n));
+  return MOE_OK;
+}
+
+static moe_status parse_routing(moe_backend *be, const char *spec, moe_error *err) {
+  snprintf(be->routing, sizeof be->routing, "%s", spec && *spec ? spec : "uniform");
+  if (spec == NULL || *spec == '\0' || strcmp(spec, "uniform") == 0) return MOE_OK;
+  char buf[64];
+  const size_t len = strlen(spec);
+  if (len >= sizeof buf || spec[0] == ',' || spec[len - 1] == ',' || strstr(spec, ",,")) goto bad;
+  snprintf(buf, sizeof buf, "%s", spec);
+  for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    char *colon = strchr(tok, ':'), *end = NULL;
+    if (colon == NULL) goto bad;
+    *colon = '\0';
+    errno = 0;
+    double v = strtod(colon + 1, &end);
+    if (errno || end == colon + 1 || *end != '\0' || !isfinite(v)) goto bad;
+    if (strcmp(tok, "zipf") == 0 && v > 0 && v <= 10)
+      be->zipf_s = v;
+    else if (strcmp(tok, "correlated") == 0 && v >= 0 && v < 1)
+      be->stay = v;
+    else
+      goto bad;
+  }
+  return MOE_OK;
+bad:
+  return MOE_FAIL(err, MOE_ERR_INVALID,
+                  "sim routing '%.60s': expected uniform, zipf:S (0 < S <= 10), correlated:P "
+                  "(0 <= P < 1) or both, comma-separated", spec);
+}
+
+/* ---------------------------------------------------------------- instance */
+
+static moe_status sim_create(const moe_backend_options *opt, moe_backend **out, moe_error *err) {
+  *out = NULL;
+  if (opt == NULL || opt->hardware == NULL || opt->hardware[0] == '\0')
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "the sim backend models a device: give a hardware profile (--hardware NAME)");
+  moe_backend *be = calloc(1, sizeof *be);
+  if (be == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "sim backend: out of host memory");
+  moe_status st = moe_hw_profile_load(&be->prof, opt->hardware, err);
+  if (st == MOE_OK) st = parse_routing(be, opt->routing, err);
+  if (st != MOE_OK) {
+    free(be);
+    return st;
+  }
+  be->seed = opt->seed;
+  be->layer = -1;
+  moe_cost_clock_init(&be->clk, &be->prof);
+  snprintf(be->desc, sizeof be->desc, "sim (modeled on %s, routing %s; no math, no weight memory)",
+           be->prof.name, be->routing);
+  *out = be;
+  return MOE_OK;
+}
+
+static void sim_destroy(moe_backend *be) {
+  for (int i = 0; i <= MOE_MAX_LAYERS; i++) free(be->pop[i]);
+  free(be->zw);
+  free(be);
+}
+
+static const char *sim_describe(moe_backend *be) { return be->desc; }
+static const char *sim_device_name(moe_backend *be) { return be->prof.name; }
+static size_t sim_capacity(moe_backend *be) { return (size_t)be->prof.memory_bytes; }
+static double sim_seconds(moe_backend *be) { return be->clk.compute; }
+static double sim_stall(moe_backend *be) { return be->clk.stall; }
+
+/* Copies are reported when issued, with their modeled spans. */
+static void sim_set_observer(moe_backend *be, void (*fn)(void *, size_t, double, double), void *ctx) {
+  be->observer = fn;
+  be->observer_ctx = ctx;
+}
+
+static void sim_context(moe_backend *be, int layer, int expert, unsigned long long step) {
+  (void)expert;
+  be->layer = layer;
+  be->step = step;
+}
+
+/* ---------------------------------------------------------------- streams */
+
+static moe_status sim_host_register(moe_backend *be, void *p, size_t n, moe_error *err) {
+  (void)be, (void)p, (void)n, (void)err;
+  return MOE_OK; /* modeled as pinned */
+}
+static void sim_host_unregister(moe_backend *be, void *p) { (void)be, (void)p; }
+
+static moe_status sim_event_create(moe_backend *be, moe_event **ev, moe_error *err) {
+  (void)be;
+  *ev = calloc(1, sizeof **ev);
+  return *ev ? MOE_OK : MOE_FAIL(err, MOE_ERR_OOM, "sim backend: out of host memory");
+}
+
+static void sim_event_destroy(moe_backend *be, moe_event *ev) {
+  (void)be;
+  free(ev);
+}
+
+static moe_status sim_copy(moe_backend *be, void *dst, const void *src, size_t bytes,
+                           moe_event *ev, moe_error *err) {
+  (void)dst, (void)src, (void)err;
+  /* copies come from the model's registered (pinned) host slab */
+  const double t = moe_cost_copy_issue(&be->clk, (double)bytes, true);
+  if (ev) ev->t = t;
+  if (be->observer) be->observer(be->observer_ctx, bytes, t - moe_cost_copy(&be->prof, (double)bytes, true), t);
+  return MOE_OK;
+}
+
+static moe_status sim_compute_wait(moe_backend *be, moe_event *ev, moe_error *err) {
+  (void)err;
+  if (ev) moe_cost_compute_wait(&be->clk, ev->t);
+  return MOE_OK;
+}
+
+static moe_status sim_event_sync(moe_backend *be, moe_event *ev, moe_error *err) {
+  (void)err;
+  if (ev) moe_cost_host_wait(&be->clk, ev->t);
+  return MOE_OK;
+}
+
+static moe_status sim_record(moe_backend *be, moe_event *ev, moe_error *err) {
+  (void)err;
+  if (ev) ev->t = be->clk.compute;
+  return MOE_OK;
+}
+
+static moe_status sim_copy_wait(moe_backend *be, moe_event *ev, moe_error *err) {
+  (void)err;
+  if (ev) moe_cost_copy_wait(&be->clk, ev->t);
+  return MOE_OK;
+}
+
+static int sim_event_done(moe_backend *be, moe_event *ev) { return ev == NULL || ev->t <= be->clk.compute; }
+
+static moe_status sim_sync(moe_backend *be, moe_error *err) {
+  (void)err;
+  moe_cost_sync(&be->clk);
+  return MOE_OK;
+}
+
+/* upload and download take a copy's time on the compute stream; they move
+ * the bytes of small buffers (ids, positions, routing rows: up to
+ * SIM_UPLOAD_MAX), never those of weights, whose host memory a virtual
+ * model does not have */
+#define SIM_UPLOAD_MAX ((size_t)16 << 20)
+static moe_status sim_upload(moe_backend *be, void *dst, const void *src, size_t bytes,
+                             moe_error *err) {
+  (void)err;
+  if (bytes == 0) return MOE_OK;
+  if (bytes <= SIM_UPLOAD_MAX) memcpy(dst, src, bytes);
+  moe_cost_compute(&be->clk, moe_cost_copy(&be->prof, (double)bytes, false));
+  return MOE_OK;
+}
+
+static moe_status sim_download(moe_backend *be, void *dst, const void *src, size_t bytes,
+                               moe_error *err) {
+  (void)err;
+  if (bytes == 0) return MOE_OK;
+  memcpy(dst, src, bytes);
+  moe_cost_compute(&be->clk, moe_cost_copy(&be->prof, (double)bytes, false));
+  return MOE_OK;
+}
+
+/* ---------------------------------------------------------------- math: time only */
+
+static void vec(moe_backend *be, double flops, double bytes) {
+  moe_cost_compute(&be->clk, moe_cost_vector(&be->prof, flops, bytes));
+}
+
+static moe_status sim_matmul(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *w,
+                             const moe_weight *b, moe_error *err) {
+  (void)y, (void)x, (void)b, (void)err;
+  if (m == 0 || w->rows == 0) return MOE_OK;
+  moe_cost_compute(&be->clk, moe_cost_matmul(&be->prof, (double)m, (double)w->rows, (double)w->cols, w->dtype));
+  return MOE_OK;
+}
+
+static moe_status sim_rmsnorm(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *g,
+                              float eps, moe_error *err) {
+  (void)y, (void)x, (void)eps, (void)err;
+  if (m) vec(be, 4.0 * (double)m * (double)g->cols, 8.0 * (double)m * (double)g->cols);
+  return MOE_OK;
+}
+
+static moe_status sim_rope(moe_backend *be, float *x, size_t m, const int32_t *pos, int nh, int hd,
+                           float theta, moe_error *err) {
+  (void)x, (void)pos, (void)theta, (void)err;
+  if (m) vec(be, 6.0 * (double)m * nh * hd, 8.0 * (double)m * nh * hd);
+  return MOE_OK;
+}
+
+static moe_status sim_kv_store(moe_backend *be, float *kc, float *vc, const float *k, const float *v,
+                               const moe_attn_shape *s, moe_error *err) {
+  (void)kc, (void)vc, (void)k, (void)v, (void)err;
+  if (s->n_seq && s->n_new) vec(be, 0, 16.0 * s->n_seq * s->n_new * s->n_kv_heads * s->head_dim);
+  return MOE_OK;
+}
+
+static moe_status sim_attention(moe_backend *be, float *o, const float *q, const float *kc,
+                                const float *vc, const moe_attn_shape *s, moe_error *err) {
+  (void)o, (void)q, (void)kc, (void)vc, (void)err;
+  const double ctx = (double)s->pos0 + s->n_new;
+  if (s->n_seq && s->n_new)
+    vec(be, 4.0 * s->n_seq * s->n_new * s->n_heads * s->head_dim * ctx,
+        8.0 * s->n_seq * s->n_kv_heads * s->head_dim * ctx);
+  return MOE_OK;
+}
+
+static moe_status sim_attention_ex(moe_backend *be, float *o, const float *q, const float *kc,
+                                   const float *vc, const moe_attn_ex *a, moe_error *err) {
+  (void)o, (void)q, (void)kc, (void)vc, (void)err;
+  if (a->n_seq && a->n_q && a->n_keys)
+    vec(be, 4.0 * a->n_seq * a->n_q * a->n_heads * a->head_dim * (double)a->n_keys,
+        8.0 * a->n_seq * a->n_kv_heads * a->head_dim * (double)a->n_keys);
+  return MOE_OK;
+}
+
+static moe_status sim_unary(moe_backend *be, float *y, const float *x, size_t n, moe_unary_op op,
+                            float alpha, moe_error *err) {
+  (void)y, (void)x, (void)op, (void)alpha, (void)err;
+  if (n) vec(be, (double)n, 8.0 * (double)n);
+  return MOE_OK;
+}
+
+static moe_status sim_swiglu(moe_backend *be, float *y, const float *g, const float *u, size_t n,
+                             moe_error *err) {
+  (void)y, (void)g, (void)u, (void)err;
+  if (n) vec(be, 6.0 * (double)n, 12.0 * (double)n);
+  return MOE_OK;
+}
+
+static moe_status sim_add(moe_backend *be, float *y, const float *x, size_t n, moe_error *err) {
+  (void)y, (void)x, (void)err;
+  if (n) vec(be, (double)n, 12.0 * (double)n);
+  return MOE_OK;
+}
+
+static moe_status sim_embed(moe_backend *be, float *y, const moe_weight *t, const int32_t *ids,
+                            size_t m, moe_error *err) {
+  (void)y, (void)ids, (void)err;
+  if (m) vec(be, 0, (double)m * (double)t->cols * 8.0);
+  return MOE_OK;
+}
+
+static moe_status sim_gather(moe_backend *be, float *d, const float *s, const int32_t *r, size_t n,
+                             size_t dim, moe_error *err) {
+  (void)d, (void)s, (void)r, (void)err;
+  if (n) vec(be, 0, 8.0 * (double)n * (double)dim);
+  return MOE_OK;
+}
+
+static moe_status sim_scatter(moe_backend *be, float *d, const float *s, const int32_t *r,
+                              const float *sc, size_t st, bool sig, size_t n, size_t dim,
+                              moe_error *err) {
+  (void)d, (void)s, (void)r, (void)sc, (void)st, (void)sig, (void)err;
+  if (n) vec(be, 2.0 * (double)n * (double)dim, 12.0 * (double)n * (double)dim);
+  return MOE_OK;
+}
+
+const moe_backend_ops moe_sim_backend = {
+    .abi_version = MOE_BACKEND_ABI,
+    .struct_size = sizeof(moe_backend_ops),
+    .name = "sim",
+    .summary = "modeled device: no math, no weight memory; times from a hardware profile (--hardware)",
+    .create = sim_create,
+    .destroy = sim_destroy,
+    .describe = sim_describe,
+    .device_alloc = sim_alloc,
+    .device_free = sim_free,
+    .host_alloc = sim_alloc,
+    .host_free = sim_free,
+    .event_create = sim_event_create,
+    .event_destroy = sim_event_destroy,
+    .copy_h2d_async = sim_copy,
+    .compute_wait = sim_compute_wait,
+    .event_sync = sim_event_sync,
+    .compute_record = sim_record,
+    .copy_wait = sim_copy_wait,
+    .event_done = sim_event_done,
+    .device_capacity = sim_capacity,
+    .upload = sim_upload,
+    .download = sim_download,
+    .synchronize = sim_sync,
+    .matmul = sim_matmul,
+    .rmsnorm = sim_rmsnorm,
+    .rope = sim_rope,
+    .kv_store = sim_kv_store,
+    .attention = sim_attention,
+    .router_topk = sim_router_topk,
+    .swiglu = sim_swiglu,
+    .add = sim_add,
+    .embed = sim_embed,
+    .gather_rows = sim_gather,
+    .scatter_add_rows = sim_scatter,
+    .host_register = sim_host_register,
+    .host_unregister = sim_host_unregister,
+    .caps = MOE_BACKEND_CAP_MODELED,
+    .device_name = sim_device_name,
+    .stall_seconds = sim_stall,
+    .set_copy_observer = sim_set_observer,
+    .attention_ex = sim_attention_ex,
+    .unary = sim_unary,
+    .modeled_seconds = sim_seconds,
+    .set_context = sim_context,
+};

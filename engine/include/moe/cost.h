@@ -1,0 +1,113 @@
+/* The cost model: hardware profiles and a two-stream clock that turns a
+ * sequence of backend operations into modeled time.
+ *
+ * A hardware profile (workloads/hardware/NAME.json) gives a device's
+ * memory, memory bandwidth, matmul rate per dtype, host-to-device link and
+ * fixed overheads, each figure with its source.  An operation's modeled
+ * time is a roofline plus the launch overhead:
+ *
+ *   matmul   launch + max(2 m rows cols / rate(m, dtype), bytes / memory bandwidth)
+ *   other    launch + max(flops / f32 rate, bytes / memory bandwidth)
+ *   copy     h2d latency + bytes / link bandwidth (pinned or pageable)
+ *
+ * where rate(m, dtype) is the profile's matmul rate for the dtype, or, when
+ * the profile has a measured table of f32 rates by rows (calibrated
+ * profiles), that table interpolated in log2(m) and scaled by dtype.
+ *
+ * The clock follows the backend contract's stream model (backend.h): a
+ * compute stream and a copy stream, each in issue order, ordered against
+ * each other by events only.  A copy starts when the copy stream is free,
+ * when the host has issued it (the compute stream's time at the issue:
+ * the engine issues copies after reading back the routing, a host-device
+ * synchronisation), and after any event the copy stream was told to wait
+ * for.  A compute wait on an event moves the compute stream to the event's
+ * time and counts the difference as stall.  While a copy is on the link,
+ * compute runs `copy_slowdown` times slower (calibrated profiles of an
+ * emulated device whose copies share its memory; 1 on a real PCIe link).
+ *
+ * Everything is deterministic: the same operations and profile give the
+ * same figures, bit for bit. */
+#ifndef MOE_COST_H
+#define MOE_COST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "moe/dtype.h"
+#include "moe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MOE_HW_MAX_RATES 16
+
+typedef struct moe_hw_profile {
+  char name[64], description[200];
+  double memory_bytes;       /* device memory */
+  double memory_gbps;        /* device memory bandwidth, GB/s (1e9 bytes/s) */
+  double tflops[3];          /* dense matmul rate by moe_dtype (f32, f16, bf16), TFLOP/s */
+  double h2d_pinned_gbps, h2d_pageable_gbps;
+  double h2d_latency_us, launch_us;
+  /* optional: measured f32 matmul rates (GFLOP/s) at rows rate_m[i],
+   * ascending; n_rates 0 when absent */
+  int n_rates;
+  double rate_m[MOE_HW_MAX_RATES], rate_gflops[MOE_HW_MAX_RATES];
+  double copy_slowdown;      /* >= 1; 1 when absent */
+  bool calibrated;           /* written by moebench calibrate */
+} moe_hw_profile;
+
+/* Loads a profile from a JSON file.  Every figure must be a positive number
+ * and name its source (sources.KEY); a calibrated profile's sources may all
+ * say "measured".  Errors name the file and the field. */
+moe_status moe_hw_profile_load(moe_hw_profile *p, const char *path, moe_error *err);
+
+/* Writes p as a profile JSON file (atomically: NAME.tmp, then rename), with
+ * `source` as every figure's source. */
+moe_status moe_hw_profile_save(const moe_hw_profile *p, const char *path, const char *source,
+                               moe_error *err);
+
+/* The f32-equivalent matmul rate in FLOP/s for m input rows and dtype. */
+double moe_cost_matmul_rate(const moe_hw_profile *p, double m, moe_dtype dt);
+/* Modeled seconds of y[m, rows] = x[m, cols] w^T with w in dtype. */
+double moe_cost_matmul(const moe_hw_profile *p, double m, double rows, double cols, moe_dtype dt);
+/* Modeled seconds of any other compute op of `flops` and `bytes` moved. */
+double moe_cost_vector(const moe_hw_profile *p, double flops, double bytes);
+/* Modeled seconds of a host-to-device copy of `bytes`. */
+double moe_cost_copy(const moe_hw_profile *p, double bytes, bool pinned);
+
+/* The two-stream clock.  Times are seconds from 0. */
+typedef struct moe_cost_clock {
+  const moe_hw_profile *p;
+  double compute;     /* when the compute stream is next free */
+  double copy;        /* when the copy stream is next free */
+  double copy_from;   /* start of the copy stream's current busy run */
+  double stall;       /* compute stood waiting on events */
+  double compute_busy, copy_busy;
+  unsigned long long ops, copies;
+} moe_cost_clock;
+
+void moe_cost_clock_init(moe_cost_clock *c, const moe_hw_profile *p);
+/* Runs `seconds` of work on the compute stream (slowed while a copy is on
+ * the link, see above). */
+void moe_cost_compute(moe_cost_clock *c, double seconds);
+/* Issues a copy of `bytes`; returns the time its last byte lands. */
+double moe_cost_copy_issue(moe_cost_clock *c, double bytes, bool pinned);
+/* Compute waits for time t (an event): stall when t is later. */
+void moe_cost_compute_wait(moe_cost_clock *c, double t);
+/* The host waits for time t (event_sync): work issued afterwards starts no
+ * earlier (counted as stall when t is later than the compute stream). */
+void moe_cost_host_wait(moe_cost_clock *c, double t);
+/* Copies issued after this start no earlier than t. */
+void moe_cost_copy_wait(moe_cost_clock *c, double t);
+/* Both streams drained (synchronize): the time the host resumes. */
+double moe_cost_sync(moe_cost_clock *c);
+/* Share of copy time that did not stall compute: 1 - stall / copy time,
+ * clamped to [0, 1]; 1 when nothing was copied. */
+double moe_cost_hidden_share(const moe_cost_clock *c);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

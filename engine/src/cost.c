@@ -1,0 +1,276 @@
+/* The cost model: hardware profiles and the two-stream clock (cost.h). */
+#include "moe/cost.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checked.h"
+#include "moe/jsonfile.h"
+
+/* ---------------------------------------------------------------- profiles */
+
+/* A positive finite number at root.key or root.a.b. */
+static moe_status num_at(json_t *root, const char *key, double *out, bool optional,
+                         const char *path, moe_error *err) {
+  char k[64];
+  snprintf(k, sizeof k, "%s", key);
+  char *dot = strchr(k, '.');
+  json_t *v;
+  if (dot) {
+    *dot = '\0';
+    v = json_object_get(root, k);
+    v = json_is_object(v) ? json_object_get(v, dot + 1) : NULL;
+  } else {
+    v = json_object_get(root, k);
+  }
+  if (v == NULL && optional) return MOE_OK;
+  if (!json_is_number(v) || !(json_number_value(v) > 0) || !isfinite(json_number_value(v)))
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s' must be a positive number", path, key);
+  *out = json_number_value(v);
+  return MOE_OK;
+}
+
+static moe_status rates_at(json_t *root, moe_hw_profile *p, const char *path, moe_error *err) {
+  json_t *t = json_object_get(root, "matmul_gflops_by_rows");
+  if (t == NULL) return MOE_OK;
+  json_t *f = json_is_object(t) ? json_object_get(t, "f32") : NULL;
+  if (!json_is_object(t) || json_object_size(t) != 1 || !json_is_array(f) ||
+      json_array_size(f) < 1 || json_array_size(f) > MOE_HW_MAX_RATES)
+    return MOE_FAIL(err, MOE_ERR_FORMAT,
+                    "%s: field 'matmul_gflops_by_rows' must be {\"f32\": [[rows, GFLOP/s], ...]} "
+                    "with 1 to %d points", path, MOE_HW_MAX_RATES);
+  for (size_t i = 0; i < json_array_size(f); i++) {
+    json_t *pt = json_array_get(f, i);
+    json_t *m = json_array_get(pt, 0), *r = json_array_get(pt, 1);
+    if (!json_is_array(pt) || json_array_size(pt) != 2 || !json_is_number(m) ||
+        !json_is_number(r) || !(json_number_value(m) >= 1) || !(json_number_value(r) > 0) ||
+        !isfinite(json_number_value(m)) || !isfinite(json_number_value(r)) ||
+        (i > 0 && !(json_number_value(m) > p->rate_m[i - 1])))
+      return MOE_FAIL(err, MOE_ERR_FORMAT,
+                      "%s: matmul_gflops_by_rows.f32[%zu] must be [rows >= 1, GFLOP/s > 0], rows "
+                      "ascending", path, i);
+    p->rate_m[i] = json_number_value(m);
+    p->rate_gflops[i] = json_number_value(r);
+  }
+  p->n_rates = (int)json_array_size(f);
+  return MOE_OK;
+}
+
+moe_status moe_hw_profile_load(moe_hw_profile *p, const char *path, moe_error *err) {
+  memset(p, 0, sizeof *p);
+  json_t *root = moe_json_load_file(path, err);
+  if (root == NULL) return err ? err->status : MOE_ERR_IO;
+  moe_status st = MOE_OK;
+  static const char *const known[] = {
+      "name",           "description",        "memory_bytes", "memory_gbps",
+      "matmul_tflops",  "h2d_gbps",           "h2d_latency_us", "launch_overhead_us",
+      "sources",        "matmul_gflops_by_rows", "copy_slowdown", "calibrated", NULL};
+  MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", path);
+  const char *key;
+  json_t *v;
+  json_object_foreach(root, key, v) {
+    bool ok = false;
+    for (size_t i = 0; known[i] && !ok; i++) ok = strcmp(key, known[i]) == 0;
+    MOE_CHECK(ok, err, MOE_ERR_FORMAT, "%s: unknown field '%.60s'", path, key);
+  }
+  json_t *nm = json_object_get(root, "name"), *ds = json_object_get(root, "description");
+  MOE_CHECK(json_is_string(nm) && json_string_length(nm) > 0 &&
+                json_string_length(nm) < sizeof p->name,
+            err, MOE_ERR_FORMAT, "%s: field 'name' must be a string of 1 to %zu characters", path,
+            sizeof p->name - 1);
+  snprintf(p->name, sizeof p->name, "%s", json_string_value(nm));
+  if (json_is_string(ds)) snprintf(p->description, sizeof p->description, "%s", json_string_value(ds));
+  MOE_TRY(num_at(root, "memory_bytes", &p->memory_bytes, false, path, err));
+  MOE_TRY(num_at(root, "memory_gbps", &p->memory_gbps, false, path, err));
+  MOE_TRY(num_at(root, "matmul_tflops.f32", &p->tflops[MOE_F32], false, path, err));
+  MOE_TRY(num_at(root, "matmul_tflops.bf16", &p->tflops[MOE_BF16], false, path, err));
+  p->tflops[MOE_F16] = p->tflops[MOE_BF16];
+  MOE_TRY(num_at(root, "matmul_tflops.f16", &p->tflops[MOE_F16], true, path, err));
+  MOE_TRY(num_at(root, "h2d_gbps.pinned", &p->h2d_pinned_gbps, false, path, err));
+  MOE_TRY(num_at(root, "h2d_gbps.pageable", &p->h2d_pageable_gbps, false, path, err));
+  MOE_TRY(num_at(root, "h2d_latency_us", &p->h2d_latency_us, false, path, err));
+  MOE_TRY(num_at(root, "launch_overhead_us", &p->launch_us, false, path, err));
+  p->copy_slowdown = 1.0;
+  MOE_TRY(num_at(root, "copy_slowdown", &p->copy_slowdown, true, path, err));
+  MOE_CHECK(p->copy_slowdown >= 1.0 && p->copy_slowdown <= 100.0, err, MOE_ERR_FORMAT,
+            "%s: field 'copy_slowdown' must be in 1 .. 100", path);
+  MOE_TRY(rates_at(root, p, path, err));
+  json_t *cal = json_object_get(root, "calibrated");
+  MOE_CHECK(cal == NULL || json_is_boolean(cal), err, MOE_ERR_FORMAT,
+            "%s: field 'calibrated' must be true or false", path);
+  p->calibrated = cal && json_is_true(cal);
+  /* every figure names where it comes from */
+  json_t *src = json_object_get(root, "sources");
+  MOE_CHECK(json_is_object(src), err, MOE_ERR_FORMAT, "%s: field 'sources' must be an object", path);
+  static const char *const need[] = {"memory_bytes",       "memory_gbps",     "matmul_tflops",
+                                     "h2d_gbps.pinned",    "h2d_gbps.pageable", "h2d_latency_us",
+                                     "launch_overhead_us", NULL};
+  for (const char *const *k = need; *k; k++) {
+    json_t *s = json_object_get(src, *k);
+    MOE_CHECK(json_is_string(s) && json_string_length(s) > 0, err, MOE_ERR_FORMAT,
+              "%s: sources.%s must say where the figure comes from", path, *k);
+  }
+cleanup:
+  json_decref(root);
+  return st;
+}
+
+moe_status moe_hw_profile_save(const moe_hw_profile *p, const char *path, const char *source,
+                               moe_error *err) {
+  moe_status st = MOE_OK;
+  char *tmp = NULL;
+  FILE *f = NULL;
+  json_t *o = json_object(), *mm = json_object(), *h2d = json_object(), *src = json_object();
+  MOE_CHECK(o && mm && h2d && src, err, MOE_ERR_OOM, "out of host memory (profile)");
+  json_object_set_new(o, "name", json_string(p->name));
+  json_object_set_new(o, "description", json_string(p->description));
+  json_object_set_new(o, "calibrated", json_boolean(p->calibrated));
+  json_object_set_new(o, "memory_bytes", json_real(p->memory_bytes));
+  json_object_set_new(o, "memory_gbps", json_real(p->memory_gbps));
+  json_object_set_new(mm, "f32", json_real(p->tflops[MOE_F32]));
+  json_object_set_new(mm, "f16", json_real(p->tflops[MOE_F16]));
+  json_object_set_new(mm, "bf16", json_real(p->tflops[MOE_BF16]));
+  json_object_set(o, "matmul_tflops", mm);
+  if (p->n_rates > 0) {
+    json_t *arr = json_array(), *by = json_object();
+    for (int i = 0; i < p->n_rates; i++)
+      json_array_append_new(arr, json_pack("[f, f]", p->rate_m[i], p->rate_gflops[i]));
+    json_object_set_new(by, "f32", arr);
+    json_object_set_new(o, "matmul_gflops_by_rows", by);
+  }
+  json_object_set_new(h2d, "pinned", json_real(p->h2d_pinned_gbps));
+  json_object_set_new(h2d, "pageable", json_real(p->h2d_pageable_gbps));
+  json_object_set(o, "h2d_gbps", h2d);
+  json_object_set_new(o, "h2d_latency_us", json_real(p->h2d_latency_us));
+  json_object_set_new(o, "launch_overhead_us", json_real(p->launch_us));
+  json_object_set_new(o, "copy_slowdown", json_real(p->copy_slowdown));
+  static const char *const keys[] = {"memory_bytes",    "memory_gbps",       "matmul_tflops",
+                                     "h2d_gbps.pinned", "h2d_gbps.pageable", "h2d_latency_us",
+                                     "launch_overhead_us", "matmul_gflops_by_rows",
+                                     "copy_slowdown", NULL};
+  for (const char *const *k = keys; *k; k++) json_object_set_new(src, *k, json_string(source));
+  json_object_set(o, "sources", src);
+  tmp = malloc(strlen(path) + 16);
+  MOE_CHECK(tmp != NULL, err, MOE_ERR_OOM, "out of host memory (profile)");
+  sprintf(tmp, "%s.tmp.%ld", path, (long)getpid());
+  f = fopen(tmp, "w");
+  MOE_CHECK(f != NULL, err, MOE_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+  int bad = json_dumpf(o, f, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6)) != 0;
+  bad |= fputc('\n', f) == EOF;
+  bad |= fclose(f) != 0;
+  f = NULL;
+  if (bad) remove(tmp);
+  MOE_CHECK(!bad, err, MOE_ERR_IO, "%s: writing the profile failed", path);
+  if (rename(tmp, path) != 0) {
+    st = MOE_FAIL(err, MOE_ERR_IO, "%s: rename failed: %s", path, strerror(errno));
+    remove(tmp);
+  }
+cleanup:
+  if (f) fclose(f), remove(tmp);
+  free(tmp);
+  json_decref(mm);
+  json_decref(h2d);
+  json_decref(src);
+  json_decref(o);
+  return st;
+}
+
+/* ---------------------------------------------------------------- op costs */
+
+double moe_cost_matmul_rate(const moe_hw_profile *p, double m, moe_dtype dt) {
+  const double peak = p->tflops[dt] * 1e12;
+  if (p->n_rates == 0) return peak;
+  double g;
+  if (m <= p->rate_m[0]) {
+    g = p->rate_gflops[0] * m / p->rate_m[0]; /* below the table: proportional to rows */
+  } else if (m >= p->rate_m[p->n_rates - 1]) {
+    g = p->rate_gflops[p->n_rates - 1];
+  } else {
+    int i = 1;
+    while (p->rate_m[i] < m) i++;
+    const double a = log2(p->rate_m[i - 1]), b = log2(p->rate_m[i]), u = (log2(m) - a) / (b - a);
+    g = p->rate_gflops[i - 1] + u * (p->rate_gflops[i] - p->rate_gflops[i - 1]);
+  }
+  return g * 1e9 * p->tflops[dt] / p->tflops[MOE_F32];
+}
+
+double moe_cost_matmul(const moe_hw_profile *p, double m, double rows, double cols, moe_dtype dt) {
+  if (m <= 0 || rows <= 0 || cols <= 0) return 0;
+  const double flops = 2.0 * m * rows * cols;
+  const double bytes = rows * cols * (double)moe_dtype_size(dt) + 4.0 * m * (rows + cols);
+  const double tc = flops / moe_cost_matmul_rate(p, m, dt), tm = bytes / (p->memory_gbps * 1e9);
+  return p->launch_us * 1e-6 + (tc > tm ? tc : tm);
+}
+
+double moe_cost_vector(const moe_hw_profile *p, double flops, double bytes) {
+  const double tc = flops / (p->tflops[MOE_F32] * 1e12), tm = bytes / (p->memory_gbps * 1e9);
+  return p->launch_us * 1e-6 + (tc > tm ? tc : tm);
+}
+
+double moe_cost_copy(const moe_hw_profile *p, double bytes, bool pinned) {
+  return p->h2d_latency_us * 1e-6 + bytes / ((pinned ? p->h2d_pinned_gbps : p->h2d_pageable_gbps) * 1e9);
+}
+
+/* ---------------------------------------------------------------- clock */
+
+void moe_cost_clock_init(moe_cost_clock *c, const moe_hw_profile *p) {
+  memset(c, 0, sizeof *c);
+  c->p = p;
+}
+
+void moe_cost_compute(moe_cost_clock *c, double dur) {
+  const double c0 = c->compute, s = c->p->copy_slowdown;
+  double end = c0 + dur;
+  /* the copy stream is busy over [copy_from, copy]: work there runs s times slower */
+  const double o0 = c->copy_from > c0 ? c->copy_from : c0, o1 = c->copy;
+  if (s > 1.0 && o1 > c0 && o0 < end) {
+    const double before = o0 - c0; /* full speed until the overlap */
+    const double left = dur - before, slow_room = (o1 - o0) / s;
+    end = left <= slow_room ? o0 + left * s : o1 + (left - slow_room);
+  }
+  c->compute_busy += end - c0;
+  c->compute = end;
+  c->ops++;
+}
+
+double moe_cost_copy_issue(moe_cost_clock *c, double bytes, bool pinned) {
+  double start = c->copy > c->compute ? c->copy : c->compute;
+  if (start > c->copy) c->copy_from = start; /* the link was idle: a new busy run */
+  const double dur = moe_cost_copy(c->p, bytes, pinned);
+  c->copy = start + dur;
+  c->copy_busy += dur;
+  c->copies++;
+  return c->copy;
+}
+
+void moe_cost_compute_wait(moe_cost_clock *c, double t) {
+  if (t > c->compute) {
+    c->stall += t - c->compute;
+    c->compute = t;
+  }
+}
+
+void moe_cost_host_wait(moe_cost_clock *c, double t) { moe_cost_compute_wait(c, t); }
+
+void moe_cost_copy_wait(moe_cost_clock *c, double t) {
+  if (t > c->copy) {
+    c->copy = t;
+    c->copy_from = t;
+  }
+}
+
+double moe_cost_sync(moe_cost_clock *c) {
+  if (c->copy > c->compute) c->compute = c->copy;
+  return c->compute;
+}
+
+double moe_cost_hidden_share(const moe_cost_clock *c) {
+  if (c->copy_busy <= 0) return 1.0;
+  double h = 1.0 - c->stall / c->copy_busy;
+  return h < 0 ? 0 : h > 1 ? 1 : h;
+}

@@ -1,0 +1,364 @@
+/* The cost model (moe/cost.h) and the sim backend: profile parsing, op
+ * costs against hand-computed rooflines, the two-stream clock's overlap,
+ * stall and slowdown, the sim's routing sources, and engine runs on a
+ * virtual model under every policy (plan == peak, determinism). */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "moe/backend.h"
+#include "moe/cost.h"
+#include "moe/model.h"
+#include "moe/policy.h"
+#include "runner.h"
+#include "testutil.h"
+
+#define HW(name) MOE_SOURCE_DIR "/workloads/hardware/" name ".json"
+
+/* A round-numbered profile: 1 TFLOP/s f32, 100 GB/s memory, 10 GB/s
+ * pinned link, 2 us copy latency, 1 us launch. */
+static moe_hw_profile toy(void) {
+  moe_hw_profile p = {0};
+  snprintf(p.name, sizeof p.name, "toy");
+  p.memory_bytes = 1e9;
+  p.memory_gbps = 100;
+  p.tflops[MOE_F32] = 1;
+  p.tflops[MOE_F16] = p.tflops[MOE_BF16] = 4;
+  p.h2d_pinned_gbps = 10;
+  p.h2d_pageable_gbps = 5;
+  p.h2d_latency_us = 2;
+  p.launch_us = 1;
+  p.copy_slowdown = 1;
+  return p;
+}
+
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+START_TEST(shipped_profiles_load) {
+  static const char *const names[] = {"a100-80g-pcie4", "h100-pcie5", "h200", "rtx4090", "l4"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    char path[1200];
+    snprintf(path, sizeof path, MOE_SOURCE_DIR "/workloads/hardware/%s.json", names[i]);
+    moe_hw_profile p;
+    moe_error err = {0};
+    ck_assert_msg(moe_hw_profile_load(&p, path, &err) == MOE_OK, "%s", err.msg);
+    ck_assert_str_eq(p.name, names[i]);
+    ck_assert(p.memory_gbps > 0 && p.tflops[MOE_F32] > 0 && p.h2d_pinned_gbps > 0);
+    ck_assert(p.copy_slowdown == 1.0 && p.n_rates == 0);
+  }
+}
+END_TEST
+
+START_TEST(bad_profiles_are_refused_naming_the_field) {
+  char dir[256], path[512];
+  tu_tempdir(dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/p.json", dir);
+  static const char *const good_tail =
+      "\"memory_gbps\": 100, \"matmul_tflops\": {\"f32\": 1, \"bf16\": 2},"
+      "\"h2d_gbps\": {\"pinned\": 10, \"pageable\": 5}, \"h2d_latency_us\": 2,"
+      "\"launch_overhead_us\": 1, \"sources\": {\"memory_bytes\": \"a\", \"memory_gbps\": \"a\","
+      "\"matmul_tflops\": \"a\", \"h2d_gbps.pinned\": \"a\", \"h2d_gbps.pageable\": \"a\","
+      "\"h2d_latency_us\": \"a\", \"launch_overhead_us\": \"a\"}";
+  struct {
+    const char *head, *expect;
+  } cases[] = {
+      {"{\"name\": \"x\", \"memory_bytes\": 0, ", "'memory_bytes' must be a positive number"},
+      {"{\"name\": \"x\", \"memory_bytes\": 1e9, \"memry\": 1, ", "unknown field 'memry'"},
+      {"{\"name\": 3, \"memory_bytes\": 1e9, ", "field 'name'"},
+      {"{\"name\": \"x\", \"memory_bytes\": 1e9, \"copy_slowdown\": 0.5, ", "copy_slowdown"},
+      {"{\"name\": \"x\", \"memory_bytes\": 1e9, \"matmul_gflops_by_rows\": {\"f32\": [[4, 1], [2, 3]]}, ",
+       "rows ascending"},
+      {"{\"name\": \"x\", \"memory_bytes\": \"big\", ", "'memory_bytes'"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    char text[2048];
+    snprintf(text, sizeof text, "%s%s}", cases[i].head, good_tail);
+    write_file(path, text);
+    moe_hw_profile p;
+    moe_error err = {0};
+    ck_assert_int_eq(moe_hw_profile_load(&p, path, &err), MOE_ERR_FORMAT);
+    ck_assert_msg(strstr(err.msg, cases[i].expect) && strstr(err.msg, path), "case %zu: %s", i,
+                  err.msg);
+  }
+  /* a figure without its source */
+  write_file(path, "{\"name\": \"x\", \"memory_bytes\": 1e9, \"memory_gbps\": 100, \"matmul_tflops\": "
+                   "{\"f32\": 1, \"bf16\": 2}, \"h2d_gbps\": {\"pinned\": 10, \"pageable\": 5}, "
+                   "\"h2d_latency_us\": 2, \"launch_overhead_us\": 1, \"sources\": {}}");
+  moe_hw_profile p;
+  moe_error err = {0};
+  ck_assert_int_eq(moe_hw_profile_load(&p, path, &err), MOE_ERR_FORMAT);
+  ck_assert_msg(strstr(err.msg, "sources.memory_bytes"), "%s", err.msg);
+  tu_rmtree(dir);
+}
+END_TEST
+
+START_TEST(save_then_load_round_trips) {
+  char dir[256], path[512];
+  tu_tempdir(dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/cal.json", dir);
+  moe_hw_profile a = toy(), b;
+  a.calibrated = true;
+  a.copy_slowdown = 1.25;
+  a.n_rates = 3;
+  const double m[] = {1, 8, 64}, g[] = {5, 30, 90};
+  memcpy(a.rate_m, m, sizeof m);
+  memcpy(a.rate_gflops, g, sizeof g);
+  moe_error err = {0};
+  ck_assert_msg(moe_hw_profile_save(&a, path, "measured", &err) == MOE_OK, "%s", err.msg);
+  ck_assert_msg(moe_hw_profile_load(&b, path, &err) == MOE_OK, "%s", err.msg);
+  ck_assert(b.calibrated);
+  ck_assert_int_eq(b.n_rates, 3);
+  ck_assert_double_eq_tol(b.rate_gflops[1], 30, 1e-9);
+  ck_assert_double_eq_tol(b.copy_slowdown, 1.25, 1e-9);
+  ck_assert_double_eq_tol(b.h2d_pinned_gbps, 10, 1e-9);
+  tu_rmtree(dir);
+}
+END_TEST
+
+START_TEST(op_costs_are_rooflines) {
+  moe_hw_profile p = toy();
+  /* decode: 1 x 1000 x 1000 f32, memory-bound: 4e6 + 8e3 bytes / 100 GB/s */
+  ck_assert_double_eq_tol(moe_cost_matmul(&p, 1, 1000, 1000, MOE_F32), 1e-6 + 4.008e6 / 1e11, 1e-12);
+  /* prefill: 1000 rows, compute-bound: 2e9 FLOP / 1e12 */
+  ck_assert_double_eq_tol(moe_cost_matmul(&p, 1000, 1000, 1000, MOE_F32), 1e-6 + 2e-3, 1e-12);
+  /* bf16 halves the weight bytes and has its own rate */
+  ck_assert_double_eq_tol(moe_cost_matmul(&p, 1, 1000, 1000, MOE_BF16), 1e-6 + 2.008e6 / 1e11, 1e-12);
+  ck_assert_double_eq_tol(moe_cost_matmul(&p, 1000, 1000, 1000, MOE_BF16), 1e-6 + 0.5e-3, 1e-12);
+  ck_assert_double_eq_tol(moe_cost_vector(&p, 1e6, 1e6), 1e-6 + 1e-5, 1e-12);
+  ck_assert_double_eq_tol(moe_cost_copy(&p, 1e7, true), 2e-6 + 1e-3, 1e-12);
+  ck_assert_double_eq_tol(moe_cost_copy(&p, 1e7, false), 2e-6 + 2e-3, 1e-12);
+  ck_assert_double_eq(moe_cost_matmul(&p, 0, 10, 10, MOE_F32), 0);
+  /* a measured rate table: interpolated in log2(rows), proportional below it */
+  p.n_rates = 2;
+  p.rate_m[0] = 2, p.rate_m[1] = 8;
+  p.rate_gflops[0] = 10, p.rate_gflops[1] = 40;
+  ck_assert_double_eq_tol(moe_cost_matmul_rate(&p, 4, MOE_F32), 25e9, 1e-3);
+  ck_assert_double_eq_tol(moe_cost_matmul_rate(&p, 1, MOE_F32), 5e9, 1e-3);
+  ck_assert_double_eq_tol(moe_cost_matmul_rate(&p, 100, MOE_F32), 40e9, 1e-3);
+  ck_assert_double_eq_tol(moe_cost_matmul_rate(&p, 100, MOE_BF16), 160e9, 1e-3);
+}
+END_TEST
+
+START_TEST(clock_overlaps_copies_with_compute) {
+  moe_hw_profile p = toy();
+  p.h2d_latency_us = 0;
+  moe_cost_clock c;
+  moe_cost_clock_init(&c, &p);
+  /* a 1 ms copy behind 0.4 ms of compute: compute waits 0.6 ms */
+  const double done = moe_cost_copy_issue(&c, 1e7, true);
+  ck_assert_double_eq_tol(done, 1e-3, 1e-15);
+  moe_cost_compute(&c, 0.4e-3);
+  moe_cost_compute_wait(&c, done);
+  ck_assert_double_eq_tol(c.compute, 1e-3, 1e-15);
+  ck_assert_double_eq_tol(c.stall, 0.6e-3, 1e-15);
+  ck_assert_double_eq_tol(moe_cost_hidden_share(&c), 0.4, 1e-12);
+  /* copies queue on their stream and start no earlier than the host issues them */
+  moe_cost_compute(&c, 1e-3); /* compute at 2 ms */
+  const double a = moe_cost_copy_issue(&c, 1e7, true), b = moe_cost_copy_issue(&c, 1e7, true);
+  ck_assert_double_eq_tol(a, 3e-3, 1e-15);
+  ck_assert_double_eq_tol(b, 4e-3, 1e-15);
+  /* a wait for an earlier time costs nothing */
+  moe_cost_compute_wait(&c, 1e-3);
+  ck_assert_double_eq_tol(c.stall, 0.6e-3, 1e-15);
+  /* copy_wait: later copies start after the event */
+  moe_cost_copy_wait(&c, 10e-3);
+  ck_assert_double_eq_tol(moe_cost_copy_issue(&c, 1e7, true), 11e-3, 1e-15);
+  ck_assert_double_eq_tol(moe_cost_sync(&c), 11e-3, 1e-15);
+}
+END_TEST
+
+START_TEST(clock_slows_compute_under_a_copy) {
+  moe_hw_profile p = toy();
+  p.h2d_latency_us = 0;
+  p.copy_slowdown = 2;
+  moe_cost_clock c;
+  moe_cost_clock_init(&c, &p);
+  (void)moe_cost_copy_issue(&c, 1e7, true); /* link busy over [0, 1 ms] */
+  moe_cost_compute(&c, 0.4e-3);             /* at half speed: 0.8 ms */
+  ck_assert_double_eq_tol(c.compute, 0.8e-3, 1e-15);
+  moe_cost_compute(&c, 0.4e-3); /* 0.2 ms of the link left: 0.1 ms of work, then 0.3 ms */
+  ck_assert_double_eq_tol(c.compute, 1.3e-3, 1e-15);
+  moe_cost_compute(&c, 0.1e-3); /* link idle: full speed */
+  ck_assert_double_eq_tol(c.compute, 1.4e-3, 1e-15);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- sim backend */
+
+static void open_sim(moe_device *dev, const char *routing) {
+  moe_error err = {0};
+  moe_backend_options o = {.hardware = HW("a100-80g-pcie4"), .routing = routing, .seed = 3};
+  ck_assert_msg(moe_device_open(dev, "sim", &o, &err) == MOE_OK, "%s", err.msg);
+}
+
+START_TEST(sim_needs_a_profile_and_a_valid_routing) {
+  moe_device dev;
+  moe_error err = {0};
+  moe_backend_options none = {0};
+  ck_assert_int_eq(moe_device_open(&dev, "sim", &none, &err), MOE_ERR_INVALID);
+  ck_assert_msg(strstr(err.msg, "hardware profile"), "%s", err.msg);
+  static const char *const bad[] = {"zipf", "zipf:0", "zipf:x", "correlated:1", "uniform:1",
+                                    "zipf:1,", "normal:2", "zipf:1e400"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    moe_error e2 = {0};
+    moe_backend_options o = {.hardware = HW("a100-80g-pcie4"), .routing = bad[i]};
+    ck_assert_msg(moe_device_open(&dev, "sim", &o, &e2) == MOE_ERR_INVALID, "%s accepted", bad[i]);
+  }
+  /* and a real backend refuses the sim's options */
+  moe_error e3 = {0};
+  moe_backend_options o = {.hardware = HW("a100-80g-pcie4")};
+  ck_assert_int_eq(moe_device_open(&dev, "cpu", &o, &e3), MOE_ERR_INVALID);
+  ck_assert_msg(strstr(e3.msg, "--backend sim"), "%s", e3.msg);
+}
+END_TEST
+
+/* Share of (row, step) draws whose top-1 equals the previous step's, and
+ * the most popular expert's share, over 200 steps of 8 rows. */
+static void routing_stats(const char *routing, double *same, double *top_share, int *bad) {
+  moe_device dev;
+  open_sim(&dev, routing);
+  const int n = 16, k = 2, rows = 8, steps = 200;
+  int32_t idx[8 * 2], prev[8 * 2];
+  float w[8 * 2];
+  int count[16] = {0}, repeats = 0;
+  *bad = 0;
+  moe_error err = {0};
+  for (int s = 0; s < steps; s++) {
+    dev.ops->set_context(dev.be, 5, -1, (unsigned long long)s + 1);
+    ck_assert(dev.ops->router_topk(dev.be, idx, w, NULL, rows, n, k, true, NULL, &err) == MOE_OK);
+    for (int r = 0; r < rows; r++) {
+      if (idx[r * k] < 0 || idx[r * k] >= n || idx[r * k + 1] < 0 || idx[r * k + 1] >= n ||
+          idx[r * k] == idx[r * k + 1] || fabsf(w[r * k] + w[r * k + 1] - 1.0f) > 1e-6f)
+        (*bad)++;
+      count[idx[r * k]]++;
+      if (s > 0 && idx[r * k] == prev[r * k]) repeats++;
+    }
+    memcpy(prev, idx, sizeof idx);
+  }
+  int top = 0;
+  for (int x = 0; x < n; x++) top = count[x] > top ? count[x] : top;
+  *same = (double)repeats / (double)((steps - 1) * rows);
+  *top_share = (double)top / (double)(steps * rows);
+  moe_device_close(&dev);
+}
+
+START_TEST(sim_routing_sources) {
+  double same, top;
+  int bad;
+  routing_stats("uniform", &same, &top, &bad);
+  ck_assert_int_eq(bad, 0);
+  ck_assert_msg(same < 0.15 && top < 0.15, "uniform: same %.3f top %.3f", same, top);
+  routing_stats("zipf:1.5", &same, &top, &bad);
+  ck_assert_int_eq(bad, 0);
+  ck_assert_msg(top > 0.3, "zipf: top expert share %.3f", top);
+  routing_stats("correlated:0.9", &same, &top, &bad);
+  ck_assert_int_eq(bad, 0);
+  ck_assert_msg(same > 0.85, "correlated: same as the previous step %.3f", same);
+  /* the same context draws the same experts (a pre-gate and the router agree) */
+  moe_device dev;
+  open_sim(&dev, "zipf:1");
+  int32_t a[4], b[4];
+  float w[4];
+  moe_error err = {0};
+  dev.ops->set_context(dev.be, 2, -1, 7);
+  ck_assert(dev.ops->router_topk(dev.be, a, w, NULL, 2, 8, 2, false, NULL, &err) == MOE_OK);
+  dev.ops->set_context(dev.be, 3, -1, 7);
+  dev.ops->set_context(dev.be, 2, -1, 7);
+  ck_assert(dev.ops->router_topk(dev.be, b, w, NULL, 2, 8, 2, false, NULL, &err) == MOE_OK);
+  ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
+  moe_device_close(&dev);
+}
+END_TEST
+
+/* Every built-in policy on a virtual model of `preset` on the sim. */
+static void sim_policies(const char *preset, const char *hardware, run_result *res, int *np) {
+  moe_model *m = NULL;
+  moe_error err = {0};
+  ck_assert_msg(cli_preset_model_for(preset, "sim", NULL, &m, &err) == MOE_OK, "%s", err.msg);
+  ck_assert(moe_model_is_virtual(m));
+  *np = (int)moe_policy_count();
+  for (int i = 0; i < *np; i++) {
+    const moe_policy *pol = moe_policy_at((size_t)i);
+    run_spec sp = {.model = m, .policy = pol,
+                   .routing = pol->default_routing == MOE_POLICY_ROUTING_PREGATED
+                                  ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL,
+                   .backend = "sim", .hardware = hardware, .batch = 1, .prompt_len = 32,
+                   .gen_len = 16, .prompt_seed = 1, .requests = 1};
+    runner_run(&sp, &res[i]);
+  }
+  moe_model_free(m);
+}
+
+START_TEST(sim_runs_every_policy_modeled_and_deterministic) {
+  run_result a[8], b[8];
+  int np = 0;
+  sim_policies("switch-base-8", HW("a100-80g-pcie4"), a, &np);
+  sim_policies("switch-base-8", HW("a100-80g-pcie4"), b, &np);
+  int go = -1, od = -1, pg = -1;
+  for (int i = 0; i < np; i++) {
+    const char *n = moe_policy_at((size_t)i)->name;
+    ck_assert_msg(a[i].status == MOE_OK, "%s: %s", n, a[i].error);
+    ck_assert(a[i].modeled);
+    /* deterministic: the same figures, bit for bit */
+    ck_assert_msg(a[i].total_s == b[i].total_s && a[i].decode_s == b[i].decode_s, "%s", n);
+    ck_assert(a[i].total_s > 0);
+    /* the plan is the peak (the engine's accounting runs unchanged) */
+    ck_assert_uint_eq(a[i].peak_bytes, a[i].planned_bytes);
+    if (!strcmp(n, "gpu-only")) go = i;
+    if (!strcmp(n, "ondemand")) od = i;
+    if (!strcmp(n, "pregated")) pg = i;
+  }
+  ck_assert(go >= 0 && od >= 0 && pg >= 0);
+  /* on an A100 profile the copies cost: gpu-only fastest, pre-gating beats on demand */
+  ck_assert(a[go].tokens_per_s > a[pg].tokens_per_s);
+  ck_assert(a[pg].tokens_per_s > a[od].tokens_per_s);
+  ck_assert(a[go].stats.stall_s == 0 && a[od].stats.stall_s > 0);
+  ck_assert(a[od].stats.bytes_h2d > 0);
+  for (int i = 0; i < np; i++) run_result_free(&a[i]), run_result_free(&b[i]);
+}
+END_TEST
+
+START_TEST(sim_runs_a_model_larger_than_this_machine) {
+  /* Switch-Large-128: 105 GB of f32 weights, modeled in well under a second */
+  run_result r[8];
+  int np = 0;
+  sim_policies("switch-large-128", HW("a100-80g-pcie4"), r, &np);
+  for (int i = 0; i < np; i++) {
+    const char *n = moe_policy_at((size_t)i)->name;
+    if (!strcmp(n, "gpu-only")) {
+      ck_assert_msg(r[i].status == MOE_ERR_OOM, "gpu-only on 80 GB: %s", r[i].error);
+    } else {
+      ck_assert_msg(r[i].status == MOE_OK, "%s: %s", n, r[i].error);
+      ck_assert_uint_eq(r[i].peak_bytes, r[i].planned_bytes);
+      ck_assert(r[i].peak_bytes < (size_t)20e9);
+    }
+    run_result_free(&r[i]);
+  }
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("cost model and sim backend");
+  TCase *tc = tcase_create("cost");
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, shipped_profiles_load);
+  tcase_add_test(tc, bad_profiles_are_refused_naming_the_field);
+  tcase_add_test(tc, save_then_load_round_trips);
+  tcase_add_test(tc, op_costs_are_rooflines);
+  tcase_add_test(tc, clock_overlaps_copies_with_compute);
+  tcase_add_test(tc, clock_slows_compute_under_a_copy);
+  tcase_add_test(tc, sim_needs_a_profile_and_a_valid_routing);
+  tcase_add_test(tc, sim_routing_sources);
+  tcase_add_test(tc, sim_runs_every_policy_modeled_and_deterministic);
+  tcase_add_test(tc, sim_runs_a_model_larger_than_this_machine);
+  suite_add_tcase(s, tc);
+  return tu_run_suite(s);
+}
