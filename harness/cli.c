@@ -262,6 +262,12 @@ moe_status cli_preset_build(const cli_preset *p, moe_model **out, moe_error *err
   return moe_model_synthetic(out, &p->cfg, &so, err);
 }
 
+moe_status cli_preset_virtual(const cli_preset *p, moe_model **out, moe_error *err) {
+  moe_synth_options so = cli_preset_synth(p);
+  if (p->checkpoint[0]) so.pregate = false; /* a checkpoint's own tensors: no synthetic pre-gate */
+  return moe_model_virtual(out, &p->cfg, &so, err);
+}
+
 moe_status cli_preset_model(const char *name, cli_preset *p, moe_model **out, moe_error *err) {
   cli_preset local;
   if (p == NULL) p = &local;
@@ -279,7 +285,7 @@ moe_status cli_preset_model_for(const char *name, const char *backend, cli_prese
   *out = NULL;
   moe_status st = cli_preset_load(p, name, err);
   if (st != MOE_OK) return st;
-  return moe_model_virtual(out, &p->cfg, p->dtype, err);
+  return cli_preset_virtual(p, out, err);
 }
 
 int cli_for_each_json(const char *dir, int (*fn)(const char *path, void *ctx), void *ctx) {

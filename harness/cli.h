@@ -55,6 +55,8 @@ moe_status cli_preset_model_for(const char *name, const char *backend, cli_prese
 
 /* Builds a loaded preset's model: its checkpoint, or synthetic weights. */
 moe_status cli_preset_build(const cli_preset *p, moe_model **out, moe_error *err);
+/* The virtual model (moe_model_virtual) of a preset, for the sim backend. */
+moe_status cli_preset_virtual(const cli_preset *p, moe_model **out, moe_error *err);
 
 /* Calls fn(path, ctx) for every *.json file of dir in name order; returns
  * the first non-zero fn result, 0, or -1 when dir cannot be read. */

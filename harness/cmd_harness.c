@@ -57,6 +57,8 @@ typedef struct row_config {
   int lookahead;                /* pre-gate lookahead (0, 1: the next block) */
   const char *policy_label;     /* the policy column: NAME or NAME+KIND:SIZE (NULL: the name) */
   const char *cache;            /* the expert cache spec, or NULL */
+  const char *hardware;         /* sim backend: the profile file (NULL otherwise) */
+  const char *sim_routing;      /* sim backend: the routing source (NULL: uniform) */
 } row_config;
 
 static const char *status_word(moe_status st) {
@@ -139,7 +141,8 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
                  .device_mem = rc->budget, .batch = rc->batch, .prompt_len = rc->wl->prompt_len,
                  .gen_len = rc->wl->gen_len, .prompt_seed = rc->wl->seed, .prompts = rc->prompts,
                  .n_prompts = rc->n_prompts, .requests = rc->wl->requests,
-                 .lookahead = rc->lookahead, .cache = rc->cache};
+                 .lookahead = rc->lookahead, .cache = rc->cache, .hardware = rc->hardware,
+                 .sim_routing = rc->sim_routing};
   run_result r = {0};
   /* the trace is of the last measured repetition (each run rewrites it) */
   for (int i = 0; i < rc->warmup; i++) {
@@ -210,7 +213,7 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
  * is dropped (*link = 0) with a note, since its copies use the real link.
  * Returns the table, or NULL after printing why. */
 static const moe_backend_ops *resolve_backend(const char *name, int threads, double *link,
-                                              char *device, size_t cap) {
+                                              const char *hardware, char *device, size_t cap) {
   const moe_backend_ops *o = strcmp(name, "auto") == 0 ? moe_backend_auto() : moe_backend_find(name);
   moe_error err = {0};
   if (o == NULL) {
@@ -225,7 +228,7 @@ static const moe_backend_ops *resolve_backend(const char *name, int threads, dou
     *link = 0;
   }
   moe_device dev;
-  moe_backend_options bo = {.threads = threads, .link_gbps = *link};
+  moe_backend_options bo = {.threads = threads, .link_gbps = *link, .hardware = hardware};
   if (moe_device_open_ops(&dev, o, &bo, &err) != MOE_OK) {
     cli_fail(&err);
     return NULL;
@@ -470,7 +473,8 @@ static bool row_done(sweep_ctx *x, const row_config *rc) {
 static void sweep_pin(sweep_ctx *x, moe_model *m) {
   moe_error err = {0};
   const moe_backend_ops *o = moe_backend_find(x->backend);
-  if (o == NULL || o->host_register == NULL) return; /* this backend does not pin */
+  if (o == NULL || o->host_register == NULL || (o->caps & MOE_BACKEND_CAP_MODELED))
+    return; /* this backend does not pin */
   if (!x->holder_open) {
     moe_backend_options bo = {.threads = 1};
     if (moe_device_open(&x->holder, x->backend, &bo, &err) != MOE_OK) return;
@@ -510,7 +514,9 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
                          x->device,     s->budgets[bu],    s->link_gbps, s->threads,
                          s->repetitions, s->warmup,        ids,        n_ids,       NULL,
                          x->eval,       x->eval_n,         x->eval_len, s->lookahead,
-                         x->label[order[k]], x->cache[order[k]]};
+                         x->label[order[k]], x->cache[order[k]],
+                         s->hardware[0] ? s->hardware : NULL,
+                         s->sim_routing[0] ? s->sim_routing : NULL};
       char what[512];
       char budget[32] = "capacity";
       if (s->budgets[bu]) snprintf(budget, sizeof budget, "%zuB", s->budgets[bu]);
@@ -525,7 +531,11 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
         continue;
       }
       if (*model == NULL) {
-        if (cli_preset_build(ps, model, &err) != MOE_OK) {
+        /* the sim reads no weights: a virtual model of any size */
+        const moe_status bst = strcmp(x->backend, "sim") == 0
+                                   ? cli_preset_virtual(ps, model, &err)
+                                   : cli_preset_build(ps, model, &err);
+        if (bst != MOE_OK) {
           rc = cli_fail(&err);
           break;
         }
@@ -826,7 +836,8 @@ int cmd_sweep(int argc, char **argv) {
     }
   }
   const moe_backend_ops *bo =
-      resolve_backend(x.s->backend, x.s->threads, &x.s->link_gbps, x.device, sizeof x.device);
+      resolve_backend(x.s->backend, x.s->threads, &x.s->link_gbps,
+                      x.s->hardware[0] ? x.s->hardware : NULL, x.device, sizeof x.device);
   if (bo == NULL) goto done;
   x.backend = bo->name;
   if (out)
@@ -918,7 +929,8 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
                    int lookahead, const char *preset, bool have_seed, uint64_t seed, const char *backend,
                    int threads, double link, size_t devmem, int batch, int plen, int glen,
                    int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
-                   const char *trace_path, int n_orig, char **orig);
+                   const char *trace_path, const char *hardware, const char *sim_routing,
+                   int n_orig, char **orig);
 
 int cmd_run(int argc, char **argv) {
   static const struct option opts[] = {
@@ -932,11 +944,13 @@ int cmd_run(int argc, char **argv) {
       {"threads", required_argument, 0, 't'},  {"seed", required_argument, 0, 's'},
       {"prompt-seed", required_argument, 0, 'S'},
       {"policy-plugin", required_argument, 0, 'X'},
-      {"trace", required_argument, 0, 'T'},
+      {"trace", required_argument, 0, 'T'},    {"hardware", required_argument, 0, 'H'},
+      {"sim-routing", required_argument, 0, 'U'},
       {"out", required_argument, 0, 'o'},      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *preset = NULL, *policy = NULL, *plugin = NULL, *backend = "cpu", *out = NULL;
-  const char *trace_path = NULL, *model_dir = NULL;
+  const char *trace_path = NULL, *model_dir = NULL, *hw_name = NULL, *sim_routing = NULL;
+  char hw_path[1200] = "";
   char *orig[128]; /* getopt permutes argv; keep it as given for the metadata */
   const int n_orig = argc < 128 ? argc : 128;
   memcpy(orig, argv, (size_t)n_orig * sizeof *orig);
@@ -961,6 +975,8 @@ int cmd_run(int argc, char **argv) {
       case 'P': ok = optarg[0] != '\0'; policy = optarg; break;
       case 'X': ok = optarg[0] != '\0'; plugin = optarg; break;
       case 'T': ok = optarg[0] != '\0'; trace_path = optarg; break;
+      case 'H': ok = optarg[0] != '\0'; hw_name = optarg; break;
+      case 'U': ok = optarg[0] != '\0'; sim_routing = optarg; break;
       case 'R': ok = moe_routing_parse(optarg, &routing) == 0; have_routing = true; break;
       case 'b': ok = cli_parse_int(optarg, 1, 4096, &batch); break;
       case 'l': ok = cli_parse_int(optarg, 1, 1 << 16, &plen); break;
@@ -1002,7 +1018,10 @@ int cmd_run(int argc, char **argv) {
                "  --prompt-seed N     seed of the random prompts (default 1)\n"
                "  --link-gbps X       cpu backend: host-to-device link cap\n"
                "  --device-mem SIZE   device-memory budget (default capacity)\n"
-               "  --backend NAME      cpu (default), cuda, auto (see 'moebench list backends')\n"
+               "  --backend NAME      cpu (default), cuda, sim, auto (see 'moebench list backends')\n"
+               "  --hardware NAME     sim: the hardware profile the times are modeled on\n"
+               "                      ('moebench list hardware'); every time is then modeled\n"
+               "  --sim-routing SPEC  sim: uniform (default), zipf:S, correlated:P, or both\n"
                "  --threads N         math threads (default 1)\n"
                "  -o, --out PREFIX    write PREFIX.csv and PREFIX.json\n"
                "  --trace FILE        the last repetition's backend operations as Chrome\n"
@@ -1038,6 +1057,15 @@ int cmd_run(int argc, char **argv) {
     return 2;
   }
   if (cli_check_names("run", preset, backend) != 0) return 2;
+  if (strcmp(backend, "sim") == 0 && hw_name == NULL) {
+    cli_error("run: --backend sim needs --hardware NAME (see 'moebench list hardware')");
+    return 2;
+  }
+  if (strcmp(backend, "sim") != 0 && (hw_name || sim_routing)) {
+    cli_error("run: --hardware and --sim-routing are for --backend sim");
+    return 2;
+  }
+  if (hw_name) cli_hw_path(hw_name, hw_path, sizeof hw_path);
   moe_policy_library lib = {0};
   char base[128];
   const char *cache = NULL;
@@ -1059,7 +1087,7 @@ int cmd_run(int argc, char **argv) {
   int rc_exit = run_one(pol, cache, have_routing, routing, (int)lookahead, preset, have_seed, seed, backend,
                         (int)threads, link, devmem, (int)batch, (int)plen, (int)glen,
                         (int)requests, prompt_seed, (int)reps, (int)warmup, out, trace_path,
-                        n_orig, orig);
+                        hw_name ? hw_path : NULL, sim_routing, n_orig, orig);
   moe_policy_plugin_close(&lib);
   return rc_exit;
 }
@@ -1069,7 +1097,8 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
                    int lookahead, const char *preset, bool have_seed, uint64_t seed, const char *backend,
                    int threads, double link, size_t devmem, int batch, int plen, int glen,
                    int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
-                   const char *trace_path, int n_orig, char **orig) {
+                   const char *trace_path, const char *hardware, const char *sim_routing,
+                   int n_orig, char **orig) {
   if (!have_routing)
     routing = pol->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL;
   cli_preset p;
@@ -1077,9 +1106,11 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
   moe_model *m = NULL;
   if (cli_preset_load(&p, preset, &err) != MOE_OK) return cli_fail(&err);
   if (have_seed) p.seed = seed;
-  if (cli_preset_build(&p, &m, &err) != MOE_OK) return cli_fail(&err);
+  if ((strcmp(backend, "sim") == 0 ? cli_preset_virtual(&p, &m, &err)
+                                    : cli_preset_build(&p, &m, &err)) != MOE_OK)
+    return cli_fail(&err);
   char device[256];
-  const moe_backend_ops *bops = resolve_backend(backend, threads, &link, device, sizeof device);
+  const moe_backend_ops *bops = resolve_backend(backend, threads, &link, hardware, device, sizeof device);
   if (bops == NULL) {
     moe_model_free(m);
     return 1;
@@ -1093,7 +1124,7 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
   wl.batches[0] = batch;
   row_config rc = {p.name, p.seed,  m,       p.dtype, &wl,    batch, pol,    routing, backend,
                    device, devmem,  link,    threads, reps,   warmup, NULL,  0, trace_path, NULL, 0, 0,
-                   lookahead, label, cache};
+                   lookahead, label, cache, hardware, sim_routing};
   res_table t;
   res_table_init(&t);
   res_row *row = res_table_add(&t);

@@ -99,8 +99,15 @@ int cmd_timeline(int argc, char **argv) {
     cli_error("%s: out of memory", path);
     goto done;
   }
+  bool modeled = false;
   json_array_foreach(arr, i, e) {
     json_t *ph = json_object_get(e, "ph");
+    if (json_is_string(ph) && !strcmp(json_string_value(ph), "M") &&
+        json_is_string(json_object_get(e, "name")) &&
+        !strcmp(json_string_value(json_object_get(e, "name")), "moe_clock")) {
+      json_t *ck = json_object_get(json_object_get(e, "args"), "clock");
+      modeled = json_is_string(ck) && !strcmp(json_string_value(ck), "modeled");
+    }
     if (!json_is_string(ph) || strcmp(json_string_value(ph), "X") != 0) continue;
     json_t *tid = json_object_get(e, "tid"), *ts = json_object_get(e, "ts"),
            *dur = json_object_get(e, "dur"), *nm = json_object_get(e, "name"),
@@ -153,7 +160,8 @@ int cmd_timeline(int argc, char **argv) {
              "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"1200\" height=\"230\" fill=\"white\"/>\n");
   fprintf(f, "<text x=\"10\" y=\"18\">");
   xml(f, path);
-  fprintf(f, ": forward %ld from the end, %.3f ms (measured trace times)</text>\n", back, span / 1e3);
+  fprintf(f, ": forward %ld from the end, %.3f ms (%s trace times)</text>\n", back, span / 1e3,
+          modeled ? "MODELED" : "measured");
   fprintf(f, "<text x=\"10\" y=\"70\">compute</text><text x=\"10\" y=\"140\">copy</text>\n");
   for (size_t k = 0; k < n; k++) {
     const tl_event *t = &ev[k];

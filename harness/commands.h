@@ -15,6 +15,9 @@ int cmd_eval(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_timeline(int argc, char **argv);
+int cmd_calibrate(int argc, char **argv);
+int cmd_replay(int argc, char **argv);
+int cmd_validate(int argc, char **argv);
 /* moebench list hardware */
 int hw_list(void);
 

@@ -9,6 +9,7 @@
  *   moebench eval ...            perplexity and accuracy over token windows
  *   moebench bench-ops ...       gemm overhead and decode bandwidth
  *   moebench bench-policies ...  the offload policies side by side
+ *   moebench calibrate/replay/validate  the cost model (cmd_model.c)
  *   moebench list WHAT           backends, models, policies, suites, workloads
  *
  * Every subcommand takes --help.  Exit codes: 0 ok, 1 a run failed, 2 bad
@@ -40,6 +41,9 @@ static void usage(FILE *f) {
           "  merge       join the result files of a sharded sweep (sweep --shard K/N)\n"
           "  plan        device-memory plan of a model per policy against a hardware profile\n"
           "  timeline    one forward pass of an op trace as an SVG picture\n"
+          "  calibrate   measure this machine's cpu backend as a hardware profile\n"
+          "  replay      an op trace replayed on a hardware profile (modeled)\n"
+          "  validate    the cost model against measured runs, per policy\n"
           "  report      markdown table (and plots) of a result file\n"
           "  generate    prefill prompts and greedy-decode (model dir or preset)\n"
           "  eval        perplexity and next-token accuracy over a token file\n"
@@ -177,6 +181,9 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "merge") == 0) return cmd_merge(argc - 1, argv + 1);
   if (strcmp(cmd, "plan") == 0) return cmd_plan(argc - 1, argv + 1);
   if (strcmp(cmd, "timeline") == 0) return cmd_timeline(argc - 1, argv + 1);
+  if (strcmp(cmd, "calibrate") == 0) return cmd_calibrate(argc - 1, argv + 1);
+  if (strcmp(cmd, "replay") == 0) return cmd_replay(argc - 1, argv + 1);
+  if (strcmp(cmd, "validate") == 0) return cmd_validate(argc - 1, argv + 1);
   cli_error("unknown command '%s' (run 'moebench --help' for the list)", cmd);
   return 2;
 }

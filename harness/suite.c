@@ -287,6 +287,25 @@ static moe_status get_run_settings(suite *s, json_t *root, const char *origin, m
             err, MOE_ERR_FORMAT, "%s: field 'warmup' must be an integer in 0..%d", origin,
             SUITE_MAX_REPS);
   s->warmup = wu ? (int)json_integer_value(wu) : 0;
+  /* the sim backend models a device: which one, and its routing source */
+  char hw[SUITE_NAME_MAX] = "";
+  MOE_TRY(get_str(root, "hardware", false, hw, sizeof hw, origin, err));
+  MOE_TRY(get_str(root, "sim_routing", false, s->sim_routing, sizeof s->sim_routing, origin, err));
+  MOE_CHECK((strcmp(s->backend, "sim") == 0) == (hw[0] != '\0'), err, MOE_ERR_FORMAT,
+            "%s: field 'hardware' %s", origin,
+            hw[0] ? "is for backend sim only" : "is needed with backend sim (a hardware profile)");
+  MOE_CHECK(s->sim_routing[0] == '\0' || strcmp(s->backend, "sim") == 0, err, MOE_ERR_FORMAT,
+            "%s: field 'sim_routing' is for backend sim only", origin);
+  if (hw[0]) {
+    /* a bare name means workloads/hardware/NAME.json; a path is relative to the suite file */
+    if (strchr(hw, '/') && hw[0] != '/') {
+      const char *slash = strrchr(origin, '/');
+      const int dir = slash ? (int)(slash - origin) : 1;
+      snprintf(s->hardware, sizeof s->hardware, "%.*s/%s", dir, slash ? origin : ".", hw);
+    } else {
+      cli_hw_path(hw, s->hardware, sizeof s->hardware);
+    }
+  }
 cleanup:
   return st;
 }
@@ -301,7 +320,7 @@ moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_
   static const char *const known[] = {"name",       "description", "models",  "workloads",
                                       "policies",   "backend",     "routing", "device_mem",
                                       "link_gbps",  "threads",     "repetitions", "warmup",
-                                      "lookahead",  NULL};
+                                      "lookahead",  "hardware",    "sim_routing", NULL};
   MOE_TRY(cli_check_keys(root, known, origin, err));
   MOE_TRY(get_str(root, "name", true, s->name, sizeof s->name, origin, err));
   MOE_TRY(get_str(root, "description", false, s->description, sizeof s->description, origin, err));

@@ -13,6 +13,7 @@
 #include "moe/cost.h"
 #include "moe/model.h"
 #include "moe/policy.h"
+#include "replay.h"
 #include "runner.h"
 #include "testutil.h"
 
@@ -345,6 +346,77 @@ START_TEST(sim_runs_a_model_larger_than_this_machine) {
 }
 END_TEST
 
+/* A run's op trace replayed on the profile it ran on gives back the run's
+ * own modeled times: the replay and the sim are one cost model. */
+START_TEST(replay_of_a_sim_trace_reproduces_it) {
+  char dir[256], trace[512];
+  tu_tempdir(dir, sizeof dir);
+  snprintf(trace, sizeof trace, "%s/t.json", dir);
+  static const char *const presets[] = {"switch-base-8", "ci-small"};
+  static const char *const policies[] = {"pregated", "ondemand", "prefetch-all"};
+  moe_hw_profile p;
+  moe_error err = {0};
+  ck_assert(moe_hw_profile_load(&p, HW("h200"), &err) == MOE_OK);
+  for (int k = 0; k < 2; k++)
+    for (int j = 0; j < 3; j++) {
+      moe_model *m = NULL;
+      ck_assert_msg(cli_preset_model_for(presets[k], "sim", NULL, &m, &err) == MOE_OK, "%s", err.msg);
+      const moe_policy *pol = moe_policy_find(policies[j]);
+      run_spec sp = {.model = m, .policy = pol,
+                     .routing = pol->default_routing == MOE_POLICY_ROUTING_PREGATED
+                                    ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL,
+                     .backend = "sim", .hardware = HW("h200"), .sim_routing = "zipf:1",
+                     .batch = 2, .prompt_len = 16, .gen_len = 8, .prompt_seed = 5, .requests = 1,
+                     .trace_path = trace};
+      run_result r;
+      runner_run(&sp, &r);
+      ck_assert_msg(r.status == MOE_OK, "%s", r.error);
+      replay_result rr;
+      ck_assert_msg(replay_trace(trace, &p, &rr, &err) == MOE_OK, "%s", err.msg);
+      ck_assert(rr.trace_modeled);
+      const int fw = moe_config_is_encdec(moe_model_config(m)) ? 8 + 1 : 8;
+      ck_assert_int_eq(rr.n_forwards, fw);
+      /* the run's total (prefill + decode) is the replay's makespan */
+      ck_assert_msg(fabs(rr.modeled_s - r.total_s) <= 1e-6 * r.total_s + 1e-9,
+                    "%s/%s: replay %.9f run %.9f", presets[k], policies[j], rr.modeled_s, r.total_s);
+      ck_assert_msg(fabs(rr.modeled_s - rr.measured_s) <= 1e-6 * rr.modeled_s + 1e-8,
+                    "replay %.9f trace %.9f", rr.modeled_s, rr.measured_s);
+      ck_assert(rr.copies > 0);
+      replay_result_free(&rr);
+      run_result_free(&r);
+      moe_model_free(m);
+    }
+  tu_rmtree(dir);
+}
+END_TEST
+
+START_TEST(replay_refuses_bad_traces) {
+  char dir[256], path[512];
+  tu_tempdir(dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/bad.json", dir);
+  moe_hw_profile p = toy();
+  static const char *const bad[] = {
+      "[]",
+      "{\"traceEvents\": 3}",
+      "{\"traceEvents\": [{\"ph\": \"X\", \"tid\": 1, \"name\": \"matmul\", \"ts\": 0, \"dur\": -1}]}",
+      "{\"traceEvents\": [{\"ph\": \"X\", \"tid\": 1, \"name\": \"embed\", \"ts\": 0, \"dur\": 1, "
+      "\"args\": {\"event\": 1e300}}]}",
+      "{\"traceEvents\": [{\"ph\": \"X\", \"tid\": 1, \"name\": \"matmul\", \"ts\": 0, \"dur\": 1, "
+      "\"args\": {\"m\": 1, \"rows\": 2, \"cols\": 2, \"dtype\": \"f64\"}}]}",
+      "{\"traceEvents\": [{\"ph\": \"X\", \"tid\": 1, \"name\": \"add\", \"ts\": 0, \"dur\": 1}]}",
+      "{\"traceEvents\": [{\"ph\": 1}]}",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    write_file(path, bad[i]);
+    replay_result r;
+    moe_error err = {0};
+    ck_assert_msg(replay_trace(path, &p, &r, &err) == MOE_ERR_FORMAT, "case %zu accepted", i);
+    ck_assert_msg(strstr(err.msg, path), "case %zu: %s", i, err.msg);
+  }
+  tu_rmtree(dir);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("cost model and sim backend");
   TCase *tc = tcase_create("cost");
@@ -359,6 +431,8 @@ int main(void) {
   tcase_add_test(tc, sim_routing_sources);
   tcase_add_test(tc, sim_runs_every_policy_modeled_and_deterministic);
   tcase_add_test(tc, sim_runs_a_model_larger_than_this_machine);
+  tcase_add_test(tc, replay_of_a_sim_trace_reproduces_it);
+  tcase_add_test(tc, replay_refuses_bad_traces);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -960,6 +960,7 @@ static moe_status embed_tokens(moe_engine *e, const int32_t *tokens, int n_seq, 
             e->opt.max_seq);
   const size_t T = (size_t)n_seq * (size_t)n_new;
   e->last_rows = T;
+  moe_trace_mark(e->dev->trace, "forward");
   for (size_t i = 0; i < T; i++) {
     MOE_CHECK(tokens[i] >= 0 && tokens[i] < c->vocab, err, MOE_ERR_INVALID,
               "token id %d at index %zu is outside the vocabulary (0..%d)", (int)tokens[i], i,

@@ -3,6 +3,7 @@
 #include "moe/trace.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include "moe/clock.h"
+#include "moe/dtype.h"
 
 struct moe_trace {
   FILE *f;
@@ -20,6 +22,9 @@ struct moe_trace {
   int layer, expert; /* context of the next ops */
   unsigned long n;   /* events written */
   int io_failed;
+  /* the traced device's clock, when it has its own (modeled) */
+  double (*clock_fn)(moe_backend *be);
+  moe_backend *clock_be;
 };
 
 moe_status moe_trace_open(moe_trace **out, const char *path, moe_error *err) {
@@ -87,20 +92,50 @@ void moe_trace_context(moe_trace *t, int layer, int expert) {
   pthread_mutex_unlock(&t->mu);
 }
 
-void moe_trace_op(moe_trace *t, int track, const char *name, double t0, double t1, double flops,
-                  double bytes) {
+/* One event: a complete span ("X"), or an instant ("i", t1 ignored).
+ * ev: the event object it records, signals or waits for (0: none); mm: a
+ * matmul's m, rows, cols and weight dtype (NULL: not a matmul). */
+typedef struct op_shape {
+  size_t m, rows, cols;
+  int dtype;
+} op_shape;
+
+static void emit(moe_trace *t, int track, const char *name, bool instant, double t0, double t1,
+                 double flops, double bytes, unsigned long ev, const op_shape *mm) {
   if (t == NULL) return;
   pthread_mutex_lock(&t->mu);
   const double ts = (t0 - t->t_origin) * 1e6, dur = (t1 - t0) * 1e6;
-  int w = fprintf(t->f,
-                  ",\n{\"ph\": \"X\", \"pid\": 1, \"tid\": %d, \"name\": \"%s\", \"ts\": %.3f, "
-                  "\"dur\": %.3f, \"args\": {\"layer\": %d, \"expert\": %d, \"flops\": %.0f, "
-                  "\"bytes\": %.0f}}",
-                  track, name, ts, dur < 0 ? 0.0 : dur, track == MOE_TRACE_COPY ? -1 : t->layer,
-                  track == MOE_TRACE_COPY ? -1 : t->expert, flops, bytes);
+  int w;
+  if (instant)
+    w = fprintf(t->f, ",\n{\"ph\": \"i\", \"s\": \"t\", \"pid\": 1, \"tid\": %d, \"name\": \"%s\", "
+                      "\"ts\": %.3f, \"args\": {\"event\": %lu, \"bytes\": %.0f}}",
+                track, name, ts, ev, bytes);
+  else
+    w = fprintf(t->f,
+                ",\n{\"ph\": \"X\", \"pid\": 1, \"tid\": %d, \"name\": \"%s\", \"ts\": %.3f, "
+                "\"dur\": %.3f, \"args\": {\"layer\": %d, \"expert\": %d, \"flops\": %.0f, "
+                "\"bytes\": %.0f",
+                track, name, ts, dur < 0 ? 0.0 : dur, track == MOE_TRACE_COPY ? -1 : t->layer,
+                track == MOE_TRACE_COPY ? -1 : t->expert, flops, bytes);
+  if (w >= 0 && !instant && ev) w = fprintf(t->f, ", \"event\": %lu", ev);
+  if (w >= 0 && !instant && mm)
+    w = fprintf(t->f, ", \"m\": %zu, \"rows\": %zu, \"cols\": %zu, \"dtype\": \"%s\"", mm->m,
+                mm->rows, mm->cols, moe_dtype_name((moe_dtype)mm->dtype));
+  if (w >= 0 && !instant) w = fputs("}}", t->f);
   if (w < 0) t->io_failed = 1;
   t->n++;
   pthread_mutex_unlock(&t->mu);
+}
+
+void moe_trace_op(moe_trace *t, int track, const char *name, double t0, double t1, double flops,
+                  double bytes) {
+  emit(t, track, name, false, t0, t1, flops, bytes, 0, NULL);
+}
+
+void moe_trace_mark(moe_trace *t, const char *name) {
+  if (t == NULL) return;
+  const double now = t->clock_fn ? t->clock_fn(t->clock_be) : moe_clock_s();
+  emit(t, MOE_TRACE_COMPUTE, name, true, now, now, 0, 0, 0, NULL);
 }
 
 /* ---------------------------------------------------------------- decorator */
@@ -110,7 +145,18 @@ typedef struct traced {
   moe_backend *be;          /* the real instance */
   moe_backend_ops *ops;     /* the real (normalized) table, owned */
   moe_trace *t;
+  unsigned long next_event; /* ids of the events it created, from 1 */
 } traced;
+
+/* An event as the engine sees it through the decorator: the real one and
+ * the id the trace names it by. */
+typedef struct traced_event {
+  moe_event *real;
+  unsigned long id;
+} traced_event;
+
+#define EV(ev) ((ev) ? ((traced_event *)(void *)(ev))->real : NULL)
+#define EVID(ev) ((ev) ? ((traced_event *)(void *)(ev))->id : 0ul)
 
 #define T(be) ((traced *)(void *)(be))
 #define REAL(be) T(be)->ops
@@ -126,13 +172,21 @@ static double clock_of(moe_backend *be) {
 }
 
 /* Times a compute-stream call and records it. */
-#define TIMED(be, name, flops, bytes, call)                                  \
+#define TIMED_EX(be, name, flops, bytes, ev, mm, call)                       \
   do {                                                                       \
     const double t0_ = clock_of(be);                                         \
     moe_status st_ = (call);                                                 \
-    moe_trace_op(T(be)->t, MOE_TRACE_COMPUTE, name, t0_, clock_of(be), (flops), (bytes)); \
+    emit(T(be)->t, MOE_TRACE_COMPUTE, name, false, t0_, clock_of(be), (flops), (bytes), (ev), (mm)); \
     return st_;                                                              \
   } while (0)
+#define TIMED(be, name, flops, bytes, call) TIMED_EX(be, name, flops, bytes, 0, NULL, call)
+
+/* An instant on the compute track: what the host issued that orders the
+ * streams (copy issues, records, waits), for a replay of the trace. */
+static void mark(moe_backend *be, const char *name, unsigned long ev, double bytes) {
+  const double now = clock_of(be);
+  emit(T(be)->t, MOE_TRACE_COMPUTE, name, true, now, now, 0, bytes, ev, NULL);
+}
 
 static void tr_destroy(moe_backend *be) {
   traced *w = T(be);
@@ -157,17 +211,29 @@ static moe_status tr_halloc(moe_backend *be, size_t n, void **p, moe_error *e) {
 }
 static void tr_hfree(moe_backend *be, void *p) { REAL(be)->host_free(INNER(be), p); }
 static moe_status tr_ev_create(moe_backend *be, moe_event **ev, moe_error *e) {
-  return REAL(be)->event_create(INNER(be), ev, e);
+  *ev = NULL;
+  traced_event *w = calloc(1, sizeof *w);
+  if (w == NULL) return MOE_FAIL(e, MOE_ERR_OOM, "out of host memory (trace)");
+  moe_status st = REAL(be)->event_create(INNER(be), &w->real, e);
+  if (st != MOE_OK) return free(w), st;
+  w->id = ++T(be)->next_event;
+  *ev = (moe_event *)(void *)w;
+  return MOE_OK;
 }
-static void tr_ev_destroy(moe_backend *be, moe_event *ev) { REAL(be)->event_destroy(INNER(be), ev); }
+static void tr_ev_destroy(moe_backend *be, moe_event *ev) {
+  if (ev == NULL) return;
+  REAL(be)->event_destroy(INNER(be), EV(ev));
+  free(ev);
+}
 static moe_status tr_copy(moe_backend *be, void *d, const void *s, size_t n, moe_event *ev, moe_error *e) {
-  return REAL(be)->copy_h2d_async(INNER(be), d, s, n, ev, e);
+  mark(be, "copy issue", EVID(ev), (double)n);
+  return REAL(be)->copy_h2d_async(INNER(be), d, s, n, EV(ev), e);
 }
 static moe_status tr_cwait(moe_backend *be, moe_event *ev, moe_error *e) {
-  TIMED(be, "wait for copy", 0, 0, REAL(be)->compute_wait(INNER(be), ev, e));
+  TIMED_EX(be, "wait for copy", 0, 0, EVID(ev), NULL, REAL(be)->compute_wait(INNER(be), EV(ev), e));
 }
 static moe_status tr_esync(moe_backend *be, moe_event *ev, moe_error *e) {
-  return REAL(be)->event_sync(INNER(be), ev, e);
+  TIMED_EX(be, "host waits", 0, 0, EVID(ev), NULL, REAL(be)->event_sync(INNER(be), EV(ev), e));
 }
 static moe_status tr_upload(moe_backend *be, void *d, const void *s, size_t n, moe_error *e) {
   TIMED(be, "upload", 0, (double)n, REAL(be)->upload(INNER(be), d, s, n, e));
@@ -175,21 +241,26 @@ static moe_status tr_upload(moe_backend *be, void *d, const void *s, size_t n, m
 static moe_status tr_download(moe_backend *be, void *d, const void *s, size_t n, moe_error *e) {
   TIMED(be, "download", 0, (double)n, REAL(be)->download(INNER(be), d, s, n, e));
 }
-static moe_status tr_sync(moe_backend *be, moe_error *e) { return REAL(be)->synchronize(INNER(be), e); }
+static moe_status tr_sync(moe_backend *be, moe_error *e) {
+  TIMED(be, "synchronize", 0, 0, REAL(be)->synchronize(INNER(be), e));
+}
 static moe_status tr_crecord(moe_backend *be, moe_event *ev, moe_error *e) {
-  return REAL(be)->compute_record(INNER(be), ev, e);
+  mark(be, "record", EVID(ev), 0);
+  return REAL(be)->compute_record(INNER(be), EV(ev), e);
 }
 static moe_status tr_copy_wait(moe_backend *be, moe_event *ev, moe_error *e) {
-  return REAL(be)->copy_wait(INNER(be), ev, e);
+  mark(be, "copy waits", EVID(ev), 0);
+  return REAL(be)->copy_wait(INNER(be), EV(ev), e);
 }
-static int tr_done(moe_backend *be, moe_event *ev) { return REAL(be)->event_done(INNER(be), ev); }
+static int tr_done(moe_backend *be, moe_event *ev) { return REAL(be)->event_done(INNER(be), EV(ev)); }
 
 static moe_status tr_matmul(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *w,
                             const moe_weight *b, moe_error *e) {
   const double wbytes = (double)w->rows * (double)w->cols * (double)moe_dtype_size(w->dtype);
-  TIMED(be, "matmul", 2.0 * (double)m * (double)w->rows * (double)w->cols,
-        wbytes + 4.0 * (double)m * (double)(w->rows + w->cols),
-        REAL(be)->matmul(INNER(be), y, x, m, w, b, e));
+  const op_shape mm = {m, w->rows, w->cols, (int)w->dtype};
+  TIMED_EX(be, "matmul", 2.0 * (double)m * (double)w->rows * (double)w->cols,
+           wbytes + 4.0 * (double)m * (double)(w->rows + w->cols), 0, &mm,
+           REAL(be)->matmul(INNER(be), y, x, m, w, b, e));
 }
 static moe_status tr_rmsnorm(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *g,
                              float eps, moe_error *e) {
@@ -324,7 +395,18 @@ moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {
   o->unary = r->unary ? tr_unary : NULL;
   o->modeled_seconds = r->modeled_seconds ? tr_modeled : NULL;
   o->set_context = r->set_context ? tr_context : NULL;
-  if (r->modeled_seconds) t->t_origin = 0; /* modeled time starts at 0 */
+  if (r->modeled_seconds) {
+    t->t_origin = 0; /* modeled time starts at 0 */
+    t->clock_fn = r->modeled_seconds;
+    t->clock_be = w->be;
+  }
+  /* which clock the times are: the host's (measured) or the device's model */
+  pthread_mutex_lock(&t->mu);
+  fprintf(t->f, ",\n{\"ph\": \"M\", \"pid\": 1, \"name\": \"moe_clock\", \"args\": {\"clock\": \"%s\", "
+                "\"backend\": \"%s\"}}",
+          r->modeled_seconds ? "modeled" : "measured",
+          strspn(r->name, "abcdefghijklmnopqrstuvwxyz0123456789-") == strlen(r->name) ? r->name : "?");
+  pthread_mutex_unlock(&t->mu);
   o->set_copy_observer = NULL; /* the trace owns the real one */
   if (r->set_copy_observer) r->set_copy_observer(w->be, on_copy, t);
   dev->ops = o;

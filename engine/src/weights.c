@@ -317,12 +317,18 @@ static void *reserve_zeros(size_t bytes) {
   return p == MAP_FAILED ? NULL : p;
 }
 
-moe_status moe_model_virtual(moe_model **out, const moe_config *cfg, moe_dtype dtype,
+moe_status moe_model_virtual(moe_model **out, const moe_config *cfg, const moe_synth_options *opt,
                              moe_error *err) {
   moe_status st = MOE_OK;
   moe_model *m = NULL;
-  MOE_TRY(model_table(&m, cfg, dtype, err));
+  MOE_TRY(model_table(&m, cfg, opt->dtype, err));
   m->is_virtual = true;
+  /* the tensors a synthetic model of these options would have */
+  for (size_t i = 0; i < m->n_specs; i++) {
+    moe_tensor_spec *s = &m->specs[i];
+    s->present = !(s->role == ROLE_ROUTER_BIAS && opt->routing_skew <= 0.0 && s->optional) &&
+                 !(s->role == ROLE_PREGATE && !opt->pregate);
+  }
   m->dense = reserve_zeros(m->dense_bytes);
   MOE_CHECK(m->dense != NULL, err, MOE_ERR_OOM,
             "cannot reserve %zu bytes of address space for a virtual model", m->dense_bytes);

@@ -52,12 +52,12 @@ moe_status moe_model_plan_layout(const moe_config *cfg, moe_dtype dtype, size_t 
 moe_status moe_model_plan_only(moe_model **out, const moe_config *cfg, moe_dtype dtype,
                                moe_error *err);
 
-/* A model with its table and layout whose weight slabs are reserved
- * address space, never written (no memory is used for them; they read as
- * zeros), for the sim backend, which reads no weights: a run of such a
- * model on a computing backend gives meaningless numbers.  MOE_ERR_OOM
- * when the address space cannot be reserved. */
-moe_status moe_model_virtual(moe_model **out, const moe_config *cfg, moe_dtype dtype,
+/* A model with the tensors moe_model_synthetic(cfg, opt) would have, whose
+ * weight slabs are reserved address space, never written (no memory is
+ * used for them; they read as zeros), for the sim backend, which reads no
+ * weights: a run of such a model on a computing backend gives meaningless
+ * numbers.  MOE_ERR_OOM when the address space cannot be reserved. */
+moe_status moe_model_virtual(moe_model **out, const moe_config *cfg, const moe_synth_options *opt,
                              moe_error *err);
 /* Whether m was made by moe_model_virtual. */
 bool moe_model_is_virtual(const moe_model *m);

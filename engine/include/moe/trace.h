@@ -36,6 +36,11 @@ void moe_trace_context(moe_trace *t, int layer, int expert);
 void moe_trace_op(moe_trace *t, int track, const char *name, double t0, double t1, double flops,
                   double bytes);
 
+/* An instant on the compute track at the device's current time: the engine
+ * marks where each forward pass begins ("forward"), which is what a replay
+ * of the trace measures per-step times between. */
+void moe_trace_mark(moe_trace *t, const char *name);
+
 /* Wraps dev's backend so that every operation is recorded in t; the device
  * keeps working as before.  Call right after moe_device_open, before any
  * allocation; moe_device_close unwraps.  Copies get their real spans when
