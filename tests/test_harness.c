@@ -1175,7 +1175,9 @@ START_TEST(trace_is_chrome_trace_json) {
   ck_assert(json_is_array(ev));
   size_t i;
   json_t *e;
-  int compute = 0, copy = 0, waits = 0, named = 0;
+  int compute = 0, copy = 0, waits = 0, named = 0, issues = 0, forwards = 0;
+  json_int_t signalled[4096] = {0}; /* event ids a copy issue signals */
+  int n_signalled = 0;
   json_array_foreach(ev, i, e) {
     const char *ph = json_string_value(json_object_get(e, "ph"));
     ck_assert_ptr_nonnull(ph);
@@ -1183,7 +1185,30 @@ START_TEST(trace_is_chrome_trace_json) {
       named++;
       continue;
     }
+    const char *name = json_string_value(json_object_get(e, "name"));
+    ck_assert_ptr_nonnull(name);
+    if (!strcmp(ph, "i")) { /* an instant: what the host issued, with its event id */
+      ck_assert_str_eq(json_string_value(json_object_get(e, "s")), "t");
+      ck_assert(json_is_number(json_object_get(e, "ts")));
+      ck_assert_int_eq(json_integer_value(json_object_get(e, "tid")), 1);
+      json_t *id = json_object_get(json_object_get(e, "args"), "event");
+      ck_assert(json_is_integer(id));
+      if (!strcmp(name, "copy issue")) {
+        issues++;
+        if (json_integer_value(id) > 0 && n_signalled < 4096)
+          signalled[n_signalled++] = json_integer_value(id);
+      }
+      forwards += !strcmp(name, "forward");
+      continue;
+    }
     ck_assert_str_eq(ph, "X");
+    if (!strcmp(name, "wait for copy")) {
+      /* it waits for an event a copy issued before it signals */
+      const json_int_t id = json_integer_value(json_object_get(json_object_get(e, "args"), "event"));
+      bool seen = false;
+      for (int k = 0; k < n_signalled && !seen; k++) seen = signalled[k] == id;
+      ck_assert_msg(seen, "wait for event %lld before any copy signals it", (long long)id);
+    }
     ck_assert(json_is_number(json_object_get(e, "ts")));
     ck_assert(json_number_value(json_object_get(e, "dur")) >= 0);
     json_t *args = json_object_get(e, "args");
@@ -1195,9 +1220,11 @@ START_TEST(trace_is_chrome_trace_json) {
     else ck_abort_msg("event on track %lld", (long long)tid);
     waits += !strcmp(json_string_value(json_object_get(e, "name")), "wait for copy");
   }
-  ck_assert_int_eq(named, 3); /* the process and its two tracks */
+  ck_assert_int_eq(named, 4); /* the process, its two tracks and the clock */
   ck_assert_int_gt(compute, 0);
   ck_assert_int_gt(waits, 0);
+  ck_assert_int_eq(forwards, 6); /* the prefill and five decode steps */
+  ck_assert_int_eq(issues, copy); /* every copy issued is also on the copy track */
   res_table t;
   moe_error err = {0};
   ck_assert(res_read_csv(csv, &t, &err) == MOE_OK);
