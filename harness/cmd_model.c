@@ -51,11 +51,14 @@ static double pass_time(moe_device *d, float *y, const float *x, size_t m, const
   return moe_clock_s() - t0;
 }
 
-static int calibrate(int threads, double link, const char *name, const char *out) {
+/* Measures this machine's cpu backend into *out (name and description
+ * left to the caller).  quiet: no progress on stderr. */
+static moe_status calibrate_measure(int threads, double link, bool quiet, moe_hw_profile *out,
+                                    moe_error *errp) {
   moe_device d = {0};
   moe_error err = {0};
   moe_backend_options bo = {.threads = threads, .link_gbps = link};
-  if (moe_device_open(&d, "cpu", &bo, &err) != MOE_OK) return cli_fail(&err);
+  if (moe_device_open(&d, "cpu", &bo, errp) != MOE_OK) return errp->status;
   int rc = 1;
   const int nw = CAL_SET_BYTES / (CAL_ROWS * CAL_COLS * 4); /* weights far beyond the caches */
   moe_weight w[64];
@@ -82,8 +85,9 @@ static int calibrate(int threads, double link, const char *name, const char *out
   static const int ms[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
   const int n_ms = (int)(sizeof ms / sizeof *ms);
   double t1 = NAN;
-  fprintf(stderr, "calibrate: matmul %d x %d f32 over %d weights (%.0f MB) at", CAL_ROWS, CAL_COLS,
-          nw, (double)nw * (double)wbytes / 1e6);
+  if (!quiet)
+    fprintf(stderr, "calibrate: matmul %d x %d f32 over %d weights (%.0f MB) at", CAL_ROWS, CAL_COLS,
+            nw, (double)nw * (double)wbytes / 1e6);
   for (int i = 0; i < n_ms; i++) {
     (void)pass_time(&d, y, x, (size_t)ms[i], w, nw, &err); /* warm */
     const double t = median3(pass_time(&d, y, x, (size_t)ms[i], w, nw, &err),
@@ -93,9 +97,9 @@ static int calibrate(int threads, double link, const char *name, const char *out
     if (ms[i] == 1) t1 = t;
     p.rate_m[i] = ms[i];
     p.rate_gflops[i] = 2.0 * ms[i] * CAL_ROWS * CAL_COLS * (double)nw / t / 1e9;
-    fprintf(stderr, " m=%d %.1f GFLOP/s", ms[i], p.rate_gflops[i]);
+    if (!quiet) fprintf(stderr, " m=%d %.1f GFLOP/s", ms[i], p.rate_gflops[i]);
   }
-  fprintf(stderr, "\n");
+  if (!quiet) fprintf(stderr, "\n");
   p.n_rates = n_ms;
   /* weights read by a one-row product: the bandwidth thin products see */
   p.memory_gbps = (double)nw * (double)wbytes / t1 / 1e9;
@@ -137,6 +141,14 @@ static int calibrate(int threads, double link, const char *name, const char *out
   }
   p.h2d_pinned_gbps = p.h2d_pageable_gbps = (double)big / runner_median(tb, 3) / 1e9;
   p.h2d_latency_us = fmax((runner_median(tl, 21) - 4096.0 / (p.h2d_pinned_gbps * 1e9)) * 1e6, 0.01);
+  /* a synchronous upload's fixed cost (ids, routing: on the compute stream) */
+  for (int r = 0; r < 21; r++) {
+    const double a = moe_clock_s();
+    for (int k = 0; k < 100; k++)
+      if (d.ops->upload(d.be, dst, src, 256, &err) != MOE_OK) goto done;
+    tl[r] = (moe_clock_s() - a) / 100;
+  }
+  p.transfer_latency_us = fmax(runner_median(tl, 21) * 1e6, 0.01);
   /* a copy in flight slows compute (the emulated device shares DRAM): a
    * one-row pass with copies queued for longer than the pass, against one
    * without */
@@ -155,28 +167,61 @@ static int calibrate(int threads, double link, const char *name, const char *out
   }
   p.memory_bytes = (double)d.ops->device_capacity(d.be);
   p.calibrated = true;
+  snprintf(p.description, sizeof p.description, "calibrated on %s: cpu backend, %d thread%s, link cap %g GB/s",
+           moe_backend_device_name(d.ops, d.be), threads, threads == 1 ? "" : "s", link);
+  *out = p;
+  rc = 0;
+done:
+  if (rc) *errp = err.status != MOE_OK ? err : *errp;
+  if (ev) d.ops->event_destroy(d.be, ev);
+  moe_device_close(&d); /* frees what is still allocated */
+  return rc ? (errp->status != MOE_OK ? errp->status : MOE_ERR_DEVICE) : MOE_OK;
+}
+
+/* The median of n profiles, figure by figure (noise: a machine shared with
+ * others changes speed from minute to minute). */
+static void profile_median(const moe_hw_profile *v, int n, moe_hw_profile *out) {
+  *out = v[0];
+  double x[SUITE_MAX_REPS];
+#define MED(field)                                  \
+  do {                                              \
+    for (int i = 0; i < n; i++) x[i] = v[i].field;  \
+    out->field = runner_median(x, n);               \
+  } while (0)
+  MED(memory_gbps);
+  MED(tflops[MOE_F32]);
+  MED(h2d_pinned_gbps);
+  MED(h2d_latency_us);
+  MED(launch_us);
+  MED(transfer_latency_us);
+  MED(copy_slowdown);
+  for (int k = 0; k < v[0].n_rates; k++) MED(rate_gflops[k]);
+#undef MED
+  out->tflops[MOE_F16] = out->tflops[MOE_BF16] = out->tflops[MOE_F32];
+  out->h2d_pageable_gbps = out->h2d_pinned_gbps;
+}
+
+static int calibrate(int threads, double link, const char *name, const char *out) {
+  moe_hw_profile p;
+  moe_error err = {0};
+  if (calibrate_measure(threads, link, false, &p, &err) != MOE_OK) return cli_fail(&err);
+  const int n_ms = p.n_rates;
   snprintf(p.name, sizeof p.name, "%s", name);
   time_t now = time(NULL);
-  char day[32];
+  char day[32], desc[sizeof p.description];
   strftime(day, sizeof day, "%Y-%m-%d", gmtime(&now));
-  snprintf(p.description, sizeof p.description,
-           "calibrated %s on %s: cpu backend, %d thread%s, link cap %g GB/s", day,
-           moe_backend_device_name(d.ops, d.be), threads, threads == 1 ? "" : "s", link);
+  snprintf(desc, sizeof desc, "%.180s (%.12s)", p.description, day);
+  memcpy(p.description, desc, sizeof desc);
   char source[160];
   snprintf(source, sizeof source, "measured by moebench calibrate (--threads %d --link-gbps %g), %s",
            threads, link, day);
-  if (moe_hw_profile_save(&p, out, source, &err) != MOE_OK) goto done;
+  if (moe_hw_profile_save(&p, out, source, &err) != MOE_OK) return cli_fail(&err);
   printf("wrote %s (measured): matmul %.1f GFLOP/s at 1 row .. %.1f at 256; thin-product weight "
          "reads %.2f GB/s; op overhead %.2f us; link %.2f GB/s, latency %.1f us; compute slowdown "
          "under a copy %.2fx\n",
          out, p.rate_gflops[0], p.rate_gflops[n_ms - 1], p.memory_gbps, p.launch_us,
          p.h2d_pinned_gbps, p.h2d_latency_us, p.copy_slowdown);
-  rc = 0;
-done:
-  if (rc) cli_fail(&err);
-  if (ev) d.ops->event_destroy(d.be, ev);
-  moe_device_close(&d); /* frees what is still allocated */
-  return rc;
+  return 0;
 }
 
 int cmd_calibrate(int argc, char **argv) {
@@ -300,13 +345,15 @@ int cmd_replay(int argc, char **argv) {
 
 static void usage_validate(FILE *f) {
   fprintf(f,
-          "usage: moebench validate --hardware PROFILE (--preset NAME | --model-dir DIR) [options]\n\n"
+          "usage: moebench validate (--preset NAME | --model-dir DIR) [--hardware PROFILE] [options]\n\n"
           "The cost model against measured runs.  Per policy: the run measured on the\n"
           "cpu backend (untraced, repetitions interleaved, medians), and one traced run\n"
-          "of the same inputs replayed on PROFILE (normally this machine's, from\n"
-          "'moebench calibrate' with the same --link-gbps and --threads); prints both\n"
-          "with the model's error (modeled / measured - 1).\n\n"
-          "  --hardware NAME      the profile the replay uses\n"
+          "of the same inputs replayed on a profile of this machine; prints both with\n"
+          "the model's error (modeled / measured - 1).  Without --hardware the profile\n"
+          "is calibrated in the same run, once before each repetition's runs and the\n"
+          "median taken (as 'moebench calibrate', with the same --link-gbps and\n"
+          "--threads), so that machine noise hits both sides alike.\n\n"
+          "  --hardware NAME      a profile to replay on instead (calibrated earlier)\n"
           "  --preset NAME        model preset (or --model-dir DIR)\n"
           "  --policies LIST      default gpu-only,ondemand,prefetch-all,pregated\n"
           "  --link-gbps X        the cpu backend's link cap (default none)\n"
@@ -354,8 +401,8 @@ int cmd_validate(int argc, char **argv) {
       return 2;
     }
   }
-  if (hw == NULL || preset == NULL || optind < argc) {
-    cli_error("validate: give --hardware and --preset (or --model-dir); see --help");
+  if (preset == NULL || optind < argc) {
+    cli_error("validate: give --preset (or --model-dir); see --help");
     return 2;
   }
   if (strchr(preset, '/') ? cli_check_model_dir("validate", preset) != 0
@@ -376,18 +423,26 @@ int cmd_validate(int argc, char **argv) {
     }
     np++;
   }
-  char hw_path[1200];
-  cli_hw_path(hw, hw_path, sizeof hw_path);
   moe_hw_profile prof;
   moe_error err = {0};
-  if (moe_hw_profile_load(&prof, hw_path, &err) != MOE_OK) return cli_fail(&err);
+  if (hw) {
+    char hw_path[1200];
+    cli_hw_path(hw, hw_path, sizeof hw_path);
+    if (moe_hw_profile_load(&prof, hw_path, &err) != MOE_OK) return cli_fail(&err);
+  }
+  moe_hw_profile *cal = hw ? NULL : calloc((size_t)reps, sizeof *cal);
+  if (!hw && cal == NULL) {
+    cli_error("validate: out of host memory");
+    return 1;
+  }
   moe_model *m = NULL;
-  if (cli_preset_model(preset, NULL, &m, &err) != MOE_OK) return cli_fail(&err);
+  if (cli_preset_model(preset, NULL, &m, &err) != MOE_OK) return free(cal), cli_fail(&err);
   const char *tmpdir = getenv("TMPDIR");
   char dir[1100];
   snprintf(dir, sizeof dir, "%s/moebench-validate-XXXXXX", tmpdir && tmpdir[0] ? tmpdir : "/tmp");
   if (mkdtemp(dir) == NULL) {
     moe_model_free(m);
+    free(cal);
     cli_error("validate: cannot create a temporary directory: %s", strerror(errno));
     return 1;
   }
@@ -395,6 +450,13 @@ int cmd_validate(int argc, char **argv) {
   double meas_total[8][SUITE_MAX_REPS], meas_step[8][SUITE_MAX_REPS];
   for (int r = 0; r < reps && rc == 0; r++)
     for (int i = 0; i < np && rc == 0; i++) {
+      if (i == 0 && cal) {
+        if (calibrate_measure((int)threads, link, true, &cal[r], &err) != MOE_OK) {
+          rc = cli_fail(&err);
+          break;
+        }
+        fprintf(stderr, "validate: rep %d/%ld calibrated\n", r + 1, reps);
+      }
       run_spec sp = {.model = m, .policy = pol[i],
                      .routing = pol[i]->default_routing == MOE_POLICY_ROUTING_PREGATED
                                     ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL,
@@ -412,6 +474,10 @@ int cmd_validate(int argc, char **argv) {
       run_result_free(&o);
       fprintf(stderr, "validate: rep %d/%ld %s measured\n", r + 1, reps, pol[i]->name);
     }
+  if (rc == 0 && cal) {
+    profile_median(cal, (int)reps, &prof);
+    snprintf(prof.name, sizeof prof.name, "this machine, calibrated in this run");
+  }
   if (rc == 0) {
     printf("## %s: batch %ld, prompt %ld, generated %ld, link %s, %ld thread%s; profile %s\n\n",
            preset, batch, plen, glen, link > 0 ? "capped" : "uncapped", threads,
@@ -457,6 +523,14 @@ int cmd_validate(int argc, char **argv) {
   }
   rmdir(dir);
   moe_model_free(m);
+  if (rc == 0 && cal)
+    printf("\nprofile (measured, medians of %ld calibrations interleaved with the runs): matmul "
+           "%.1f GFLOP/s at 1 row .. %.1f at %g rows; thin-product weight reads %.2f GB/s; op "
+           "overhead %.2f us; link %.2f GB/s, latency %.1f us; compute slowdown under a copy %.2fx\n",
+           reps, prof.rate_gflops[0], prof.rate_gflops[prof.n_rates - 1],
+           prof.rate_m[prof.n_rates - 1], prof.memory_gbps, prof.launch_us, prof.h2d_pinned_gbps,
+           prof.h2d_latency_us, prof.copy_slowdown);
+  free(cal);
   if (rc == 0)
     printf("\nmeasured: wall clock of untraced runs on this machine (medians of %ld); modeled: a "
            "traced run of the same inputs replayed on %s (deterministic)\n", reps, prof.name);

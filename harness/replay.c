@@ -137,7 +137,7 @@ moe_status replay_trace(const char *path, const moe_hw_profile *p, replay_result
     }
     if (out->n_forwards > 0 && t1 > meas_end) meas_end = t1;
     if (out->n_forwards > 0 && !strcmp(name, "download")) {
-      moe_cost_compute(&c, moe_cost_copy(p, bytes, false));
+      moe_cost_compute(&c, moe_cost_transfer(p, bytes));
       dl_model = c.compute;
       dl_meas = t1;
       continue;
@@ -171,7 +171,7 @@ moe_status replay_trace(const char *path, const moe_hw_profile *p, replay_result
       else /* an older trace without the shape: its FLOPs and bytes */
         moe_cost_compute(&c, moe_cost_vector(p, flops, bytes));
     } else if (!strcmp(name, "upload") || !strcmp(name, "download")) {
-      moe_cost_compute(&c, moe_cost_copy(p, bytes, false));
+      moe_cost_compute(&c, moe_cost_transfer(p, bytes));
     } else {
       moe_cost_compute(&c, moe_cost_vector(p, flops, bytes));
     }

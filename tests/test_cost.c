@@ -32,6 +32,7 @@ static moe_hw_profile toy(void) {
   p.h2d_pageable_gbps = 5;
   p.h2d_latency_us = 2;
   p.launch_us = 1;
+  p.transfer_latency_us = 3;
   p.copy_slowdown = 1;
   return p;
 }
@@ -136,6 +137,7 @@ START_TEST(op_costs_are_rooflines) {
   ck_assert_double_eq_tol(moe_cost_vector(&p, 1e6, 1e6), 1e-6 + 1e-5, 1e-12);
   ck_assert_double_eq_tol(moe_cost_copy(&p, 1e7, true), 2e-6 + 1e-3, 1e-12);
   ck_assert_double_eq_tol(moe_cost_copy(&p, 1e7, false), 2e-6 + 2e-3, 1e-12);
+  ck_assert_double_eq_tol(moe_cost_transfer(&p, 5e6), 3e-6 + 1e-3, 1e-12);
   ck_assert_double_eq(moe_cost_matmul(&p, 0, 10, 10, MOE_F32), 0);
   /* a measured rate table: interpolated in log2(rows), proportional below it */
   p.n_rates = 2;
@@ -173,6 +175,18 @@ START_TEST(clock_overlaps_copies_with_compute) {
   moe_cost_copy_wait(&c, 10e-3);
   ck_assert_double_eq_tol(moe_cost_copy_issue(&c, 1e7, true), 11e-3, 1e-15);
   ck_assert_double_eq_tol(moe_cost_sync(&c), 11e-3, 1e-15);
+}
+END_TEST
+
+START_TEST(clock_charges_latency_to_a_copy_on_an_idle_link) {
+  moe_hw_profile p = toy(); /* 2 us latency, 10 GB/s */
+  moe_cost_clock c;
+  moe_cost_clock_init(&c, &p);
+  const double a = moe_cost_copy_issue(&c, 1e7, true), b = moe_cost_copy_issue(&c, 1e7, true);
+  ck_assert_double_eq_tol(a, 2e-6 + 1e-3, 1e-15);
+  ck_assert_double_eq_tol(b, 2e-6 + 2e-3, 1e-15); /* queued: no second latency */
+  moe_cost_compute(&c, 5e-3);                     /* the link goes idle */
+  ck_assert_double_eq_tol(moe_cost_copy_issue(&c, 1e7, true), 5e-3 + 2e-6 + 1e-3, 1e-15);
 }
 END_TEST
 
@@ -427,6 +441,7 @@ int main(void) {
   tcase_add_test(tc, op_costs_are_rooflines);
   tcase_add_test(tc, clock_overlaps_copies_with_compute);
   tcase_add_test(tc, clock_slows_compute_under_a_copy);
+  tcase_add_test(tc, clock_charges_latency_to_a_copy_on_an_idle_link);
   tcase_add_test(tc, sim_needs_a_profile_and_a_valid_routing);
   tcase_add_test(tc, sim_routing_sources);
   tcase_add_test(tc, sim_runs_every_policy_modeled_and_deterministic);

@@ -69,7 +69,8 @@ moe_status moe_hw_profile_load(moe_hw_profile *p, const char *path, moe_error *e
   static const char *const known[] = {
       "name",           "description",        "memory_bytes", "memory_gbps",
       "matmul_tflops",  "h2d_gbps",           "h2d_latency_us", "launch_overhead_us",
-      "sources",        "matmul_gflops_by_rows", "copy_slowdown", "calibrated", NULL};
+      "sources",        "matmul_gflops_by_rows", "copy_slowdown", "calibrated",
+      "transfer_latency_us", NULL};
   MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", path);
   const char *key;
   json_t *v;
@@ -95,6 +96,8 @@ moe_status moe_hw_profile_load(moe_hw_profile *p, const char *path, moe_error *e
   MOE_TRY(num_at(root, "h2d_gbps.pageable", &p->h2d_pageable_gbps, false, path, err));
   MOE_TRY(num_at(root, "h2d_latency_us", &p->h2d_latency_us, false, path, err));
   MOE_TRY(num_at(root, "launch_overhead_us", &p->launch_us, false, path, err));
+  p->transfer_latency_us = p->h2d_latency_us;
+  MOE_TRY(num_at(root, "transfer_latency_us", &p->transfer_latency_us, true, path, err));
   p->copy_slowdown = 1.0;
   MOE_TRY(num_at(root, "copy_slowdown", &p->copy_slowdown, true, path, err));
   MOE_CHECK(p->copy_slowdown >= 1.0 && p->copy_slowdown <= 100.0, err, MOE_ERR_FORMAT,
@@ -148,11 +151,12 @@ moe_status moe_hw_profile_save(const moe_hw_profile *p, const char *path, const 
   json_object_set(o, "h2d_gbps", h2d);
   json_object_set_new(o, "h2d_latency_us", json_real(p->h2d_latency_us));
   json_object_set_new(o, "launch_overhead_us", json_real(p->launch_us));
+  json_object_set_new(o, "transfer_latency_us", json_real(p->transfer_latency_us));
   json_object_set_new(o, "copy_slowdown", json_real(p->copy_slowdown));
   static const char *const keys[] = {"memory_bytes",    "memory_gbps",       "matmul_tflops",
                                      "h2d_gbps.pinned", "h2d_gbps.pageable", "h2d_latency_us",
                                      "launch_overhead_us", "matmul_gflops_by_rows",
-                                     "copy_slowdown", NULL};
+                                     "copy_slowdown", "transfer_latency_us", NULL};
   for (const char *const *k = keys; *k; k++) json_object_set_new(src, *k, json_string(source));
   json_object_set(o, "sources", src);
   tmp = malloc(strlen(path) + 16);
@@ -212,6 +216,10 @@ double moe_cost_vector(const moe_hw_profile *p, double flops, double bytes) {
   return p->launch_us * 1e-6 + (tc > tm ? tc : tm);
 }
 
+double moe_cost_transfer(const moe_hw_profile *p, double bytes) {
+  return p->transfer_latency_us * 1e-6 + bytes / (p->h2d_pageable_gbps * 1e9);
+}
+
 double moe_cost_copy(const moe_hw_profile *p, double bytes, bool pinned) {
   return p->h2d_latency_us * 1e-6 + bytes / ((pinned ? p->h2d_pinned_gbps : p->h2d_pageable_gbps) * 1e9);
 }
@@ -240,8 +248,11 @@ void moe_cost_compute(moe_cost_clock *c, double dur) {
 
 double moe_cost_copy_issue(moe_cost_clock *c, double bytes, bool pinned) {
   double start = c->copy > c->compute ? c->copy : c->compute;
-  if (start > c->copy) c->copy_from = start; /* the link was idle: a new busy run */
-  const double dur = moe_cost_copy(c->p, bytes, pinned);
+  const bool idle = start > c->copy || c->copies == 0;
+  if (idle) c->copy_from = start; /* the link was idle: a new busy run */
+  /* the latency is paid by a copy that finds the link idle; one queued
+   * behind another starts as that one ends */
+  const double dur = moe_cost_copy(c->p, bytes, pinned) - (idle ? 0.0 : c->p->h2d_latency_us * 1e-6);
   c->copy = start + dur;
   c->copy_busy += dur;
   c->copies++;

@@ -268,9 +268,10 @@ static moe_status sim_copy(moe_backend *be, void *dst, const void *src, size_t b
                            moe_event *ev, moe_error *err) {
   (void)dst, (void)src, (void)err;
   /* copies come from the model's registered (pinned) host slab */
+  const double start = be->clk.copy > be->clk.compute ? be->clk.copy : be->clk.compute;
   const double t = moe_cost_copy_issue(&be->clk, (double)bytes, true);
   if (ev) ev->t = t;
-  if (be->observer) be->observer(be->observer_ctx, bytes, t - moe_cost_copy(&be->prof, (double)bytes, true), t);
+  if (be->observer) be->observer(be->observer_ctx, bytes, start, t);
   return MOE_OK;
 }
 
@@ -316,7 +317,7 @@ static moe_status sim_upload(moe_backend *be, void *dst, const void *src, size_t
   (void)err;
   if (bytes == 0) return MOE_OK;
   if (bytes <= SIM_UPLOAD_MAX) memcpy(dst, src, bytes);
-  moe_cost_compute(&be->clk, moe_cost_copy(&be->prof, (double)bytes, false));
+  moe_cost_compute(&be->clk, moe_cost_transfer(&be->prof, (double)bytes));
   return MOE_OK;
 }
 
@@ -325,7 +326,7 @@ static moe_status sim_download(moe_backend *be, void *dst, const void *src, size
   (void)err;
   if (bytes == 0) return MOE_OK;
   memcpy(dst, src, bytes);
-  moe_cost_compute(&be->clk, moe_cost_copy(&be->prof, (double)bytes, false));
+  moe_cost_compute(&be->clk, moe_cost_transfer(&be->prof, (double)bytes));
   return MOE_OK;
 }
 

@@ -9,6 +9,7 @@
  *   matmul   launch + max(2 m rows cols / rate(m, dtype), bytes / memory bandwidth)
  *   other    launch + max(flops / f32 rate, bytes / memory bandwidth)
  *   copy     h2d latency + bytes / link bandwidth (pinned or pageable)
+ *   upload, download  transfer latency + bytes / pageable link bandwidth
  *
  * where rate(m, dtype) is the profile's matmul rate for the dtype, or, when
  * the profile has a measured table of f32 rates by rows (calibrated
@@ -20,7 +21,8 @@
  * when the host has issued it (the compute stream's time at the issue:
  * the engine issues copies after reading back the routing, a host-device
  * synchronisation), and after any event the copy stream was told to wait
- * for.  A compute wait on an event moves the compute stream to the event's
+ * for; it pays the link's latency when it finds the link idle (a copy
+ * queued behind another starts as that one ends).  A compute wait on an event moves the compute stream to the event's
  * time and counts the difference as stall.  While a copy is on the link,
  * compute runs `copy_slowdown` times slower (calibrated profiles of an
  * emulated device whose copies share its memory; 1 on a real PCIe link).
@@ -49,6 +51,8 @@ typedef struct moe_hw_profile {
   double tflops[3];          /* dense matmul rate by moe_dtype (f32, f16, bf16), TFLOP/s */
   double h2d_pinned_gbps, h2d_pageable_gbps;
   double h2d_latency_us, launch_us;
+  double transfer_latency_us; /* a synchronous upload/download's fixed cost (optional:
+                                 h2d_latency_us when absent) */
   /* optional: measured f32 matmul rates (GFLOP/s) at rows rate_m[i],
    * ascending; n_rates 0 when absent */
   int n_rates;
@@ -75,6 +79,9 @@ double moe_cost_matmul(const moe_hw_profile *p, double m, double rows, double co
 double moe_cost_vector(const moe_hw_profile *p, double flops, double bytes);
 /* Modeled seconds of a host-to-device copy of `bytes`. */
 double moe_cost_copy(const moe_hw_profile *p, double bytes, bool pinned);
+/* Modeled seconds of a synchronous upload or download of `bytes` on the
+ * compute stream (ids, routing, logits). */
+double moe_cost_transfer(const moe_hw_profile *p, double bytes);
 
 /* The two-stream clock.  Times are seconds from 0. */
 typedef struct moe_cost_clock {
