@@ -62,6 +62,13 @@ static int parse_tolerance(const char *spec, tolerance *t) {
   return 0;
 }
 
+/* Whether a row's times are modeled (a modeled backend: sim) rather than
+ * measured. */
+static bool row_modeled(const res_row *r) {
+  const moe_backend_ops *o = moe_backend_find(res_get(r, "backend"));
+  return o && (o->caps & MOE_BACKEND_CAP_MODELED);
+}
+
 static void compare_usage(FILE *f) {
   fprintf(f,
           "usage: moebench compare BASE.csv NEW.csv [options]\n\n"
@@ -76,7 +83,10 @@ static void compare_usage(FILE *f) {
           "than its tolerance (default 0: exact).  A measured figure (wall clock) is a\n"
           "REGRESSION only when worse by more than its tolerance and by more than the noise\n"
           "of the two rows (the sum of their rel_spread columns: (max - min) / median of\n"
-          "tokens/s over the repetitions); between the two it is 'noise'.\n\n"
+          "tokens/s over the repetitions); between the two it is 'noise'.  Rows of a\n"
+          "modeled backend (sim) have modeled times: deterministic, so compared as\n"
+          "deterministic figures (within 1e-5 relative, the printed digits), also under\n"
+          "--deterministic-only.\n\n"
           "Exit status: 0 no regression; 1 a regression, or a BASE row missing from NEW;\n"
           "2 bad input: an unreadable, truncated or malformed file, a schema major-version\n"
           "mismatch, a duplicate key, a metric column or value BASE has and NEW lacks, a\n"
@@ -160,15 +170,18 @@ static int compare_metric(const compare_opts *o, size_t k, const char *key, cons
     if (!bv[0]) {
       verdict = "new value";
     } else {
+      const bool modeled = row_modeled(b);
       double t = o->tol.per_col[k] >= 0 ? o->tol.per_col[k]
-                 : col->kind == RES_MEASURED ? o->tol.measured : o->tol.deterministic;
+                 : col->kind == RES_MEASURED && !modeled ? o->tol.measured
+                                                          : o->tol.deterministic;
+      if (modeled && col->kind == RES_MEASURED && o->tol.per_col[k] < 0 && t < 1e-5) t = 1e-5;
       change = x != 0 ? (y - x) / fabs(x) : (y > 0 ? INFINITY : 0.0);
       if (col->better == 0) {
         verdict = fabs(change) > t ? "REGRESSION" : "ok";
       } else {
         double worse = col->better > 0 ? -change : change;
         double noise = 0;
-        if (col->kind == RES_MEASURED) {
+        if (col->kind == RES_MEASURED && !modeled) {
           double sb = res_strict_number(res_get(b, "rel_spread")), sn = res_strict_number(res_get(n, "rel_spread"));
           noise = (sb > 0 ? sb : 0) + (sn > 0 ? sn : 0);
         }
@@ -273,7 +286,7 @@ static int compare_tables(const compare_opts *o, const char *bp, const res_table
     for (size_t k = 0; k < res_ncols && rc == 0; k++) {
       const res_column *col = &res_columns[k];
       if (col->kind == RES_KEY || col->kind == RES_TEXT) continue;
-      if (o->det_only && col->kind == RES_MEASURED) continue;
+      if (o->det_only && col->kind == RES_MEASURED && !row_modeled(&base->rows[i])) continue;
       rc = compare_metric(o, k, key, &base->rows[i], &neu->rows[j], bp, np, (long)i, j, &cnt);
     }
   }
@@ -373,12 +386,6 @@ static void fmt(char *b, size_t cap, double x, const char *f) {
   else snprintf(b, cap, f, x);
 }
 
-/* Whether a row's times are modeled (a modeled backend: sim) rather than
- * measured. */
-static bool row_modeled(const res_row *r) {
-  const moe_backend_ops *o = moe_backend_find(res_get(r, "backend"));
-  return o && (o->caps & MOE_BACKEND_CAP_MODELED);
-}
 
 /* One line per model x workload x batch x budget: the four built-in
  * policies' throughput, peak memory and pregated's ratios, then the

@@ -34,7 +34,16 @@
 
 /* ---------------------------------------------------------------- calibrate */
 
-enum { CAL_ROWS = 3072, CAL_COLS = 768, CAL_SET_BYTES = 256 << 20 };
+enum { CAL_SET_BYTES = 256 << 20, CAL_MAX_W = 512, CAL_MAX_SHAPES = 8 };
+
+/* Weight shapes a calibration multiplies by (rows x cols, f32). */
+typedef struct cal_shapes {
+  size_t rows[CAL_MAX_SHAPES], cols[CAL_MAX_SHAPES];
+  int n;
+} cal_shapes;
+
+/* Switch-Base's expert and attention shapes: the default. */
+static const cal_shapes k_default_shapes = {{3072, 768, 768}, {768, 3072, 768}, 3};
 
 static double median3(double a, double b, double c) {
   double v[3] = {a, b, c};
@@ -53,41 +62,56 @@ static double pass_time(moe_device *d, float *y, const float *x, size_t m, const
 
 /* Measures this machine's cpu backend into *out (name and description
  * left to the caller).  quiet: no progress on stderr. */
-static moe_status calibrate_measure(int threads, double link, bool quiet, moe_hw_profile *out,
-                                    moe_error *errp) {
+static moe_status calibrate_measure(int threads, double link, const cal_shapes *shapes, bool quiet,
+                                    moe_hw_profile *out, moe_error *errp) {
   moe_device d = {0};
   moe_error err = {0};
   moe_backend_options bo = {.threads = threads, .link_gbps = link};
   if (moe_device_open(&d, "cpu", &bo, errp) != MOE_OK) return errp->status;
   int rc = 1;
-  const int nw = CAL_SET_BYTES / (CAL_ROWS * CAL_COLS * 4); /* weights far beyond the caches */
-  moe_weight w[64];
-  int have = 0;
+  /* weights of the given shapes in turn, 256 MB in all: far beyond the caches */
+  moe_weight *w = calloc(CAL_MAX_W, sizeof *w);
+  int nw = 0;
+  size_t set_bytes = 0, max_dim = 1;
+  double flops_per_row = 0; /* of one pass at m = 1 */
   float *x = NULL, *y = NULL, *small = NULL;
   void *src = NULL, *dst = NULL;
   moe_event *ev = NULL;
   moe_hw_profile p = {0};
-  const size_t wbytes = (size_t)CAL_ROWS * CAL_COLS * sizeof(float);
-  for (; have < nw; have++) {
+  if (w == NULL) {
+    MOE_FAIL(&err, MOE_ERR_OOM, "calibrate: out of host memory");
+    goto done;
+  }
+  for (int k = 0; k < shapes->n; k++) {
+    max_dim = shapes->rows[k] > max_dim ? shapes->rows[k] : max_dim;
+    max_dim = shapes->cols[k] > max_dim ? shapes->cols[k] : max_dim;
+  }
+  while (set_bytes < (size_t)CAL_SET_BYTES && nw < CAL_MAX_W) {
+    const int k = nw % shapes->n;
+    const size_t wbytes = shapes->rows[k] * shapes->cols[k] * sizeof(float);
     void *buf = NULL;
     if (d.ops->device_alloc(d.be, wbytes, &buf, &err) != MOE_OK) goto done;
     memset(buf, 0, wbytes); /* the cpu backend's device memory is host memory */
-    for (size_t k = 0; k < wbytes / 4; k += 97) ((float *)buf)[k] = 1e-3f * (float)(k % 13);
-    w[have] = (moe_weight){buf, MOE_F32, CAL_ROWS, CAL_COLS};
+    for (size_t q = 0; q < wbytes / 4; q += 97) ((float *)buf)[q] = 1e-3f * (float)(q % 13);
+    w[nw++] = (moe_weight){buf, MOE_F32, shapes->rows[k], shapes->cols[k]};
+    set_bytes += wbytes;
+    flops_per_row += 2.0 * (double)shapes->rows[k] * (double)shapes->cols[k];
   }
-  if (d.ops->device_alloc(d.be, 256 * CAL_COLS * sizeof(float), (void **)&x, &err) != MOE_OK ||
-      d.ops->device_alloc(d.be, 256 * CAL_ROWS * sizeof(float), (void **)&y, &err) != MOE_OK ||
+  if (d.ops->device_alloc(d.be, 256 * max_dim * sizeof(float), (void **)&x, &err) != MOE_OK ||
+      d.ops->device_alloc(d.be, 256 * max_dim * sizeof(float), (void **)&y, &err) != MOE_OK ||
       d.ops->device_alloc(d.be, 64 * sizeof(float), (void **)&small, &err) != MOE_OK)
     goto done;
-  for (size_t k = 0; k < 256 * CAL_COLS; k++) x[k] = 0.01f * (float)(k % 7);
+  for (size_t k = 0; k < 256 * max_dim; k++) x[k] = 0.01f * (float)(k % 7);
   memset(small, 0, 64 * sizeof(float));
   /* matmul rates by rows (f32), one pass over the set, median of 3 */
   static const int ms[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
   const int n_ms = (int)(sizeof ms / sizeof *ms);
   double t1 = NAN;
-  if (!quiet)
-    fprintf(stderr, "calibrate: matmul %d x %d f32 over %d weights (%.0f MB) at", CAL_ROWS, CAL_COLS,
-            nw, (double)nw * (double)wbytes / 1e6);
+  if (!quiet) {
+    fprintf(stderr, "calibrate: matmul over %d f32 weights (%.0f MB) of shapes", nw, (double)set_bytes / 1e6);
+    for (int k = 0; k < shapes->n; k++) fprintf(stderr, " %zux%zu", shapes->rows[k], shapes->cols[k]);
+    fprintf(stderr, " at");
+  }
   for (int i = 0; i < n_ms; i++) {
     (void)pass_time(&d, y, x, (size_t)ms[i], w, nw, &err); /* warm */
     const double t = median3(pass_time(&d, y, x, (size_t)ms[i], w, nw, &err),
@@ -96,13 +120,13 @@ static moe_status calibrate_measure(int threads, double link, bool quiet, moe_hw
     if (!(t > 0)) goto done;
     if (ms[i] == 1) t1 = t;
     p.rate_m[i] = ms[i];
-    p.rate_gflops[i] = 2.0 * ms[i] * CAL_ROWS * CAL_COLS * (double)nw / t / 1e9;
+    p.rate_gflops[i] = ms[i] * flops_per_row / t / 1e9;
     if (!quiet) fprintf(stderr, " m=%d %.1f GFLOP/s", ms[i], p.rate_gflops[i]);
   }
   if (!quiet) fprintf(stderr, "\n");
   p.n_rates = n_ms;
   /* weights read by a one-row product: the bandwidth thin products see */
-  p.memory_gbps = (double)nw * (double)wbytes / t1 / 1e9;
+  p.memory_gbps = (double)set_bytes / t1 / 1e9;
   double best = 0;
   for (int i = 0; i < n_ms; i++) best = fmax(best, p.rate_gflops[i]);
   p.tflops[MOE_F32] = p.tflops[MOE_F16] = p.tflops[MOE_BF16] = best / 1e3;
@@ -175,6 +199,7 @@ done:
   if (rc) *errp = err.status != MOE_OK ? err : *errp;
   if (ev) d.ops->event_destroy(d.be, ev);
   moe_device_close(&d); /* frees what is still allocated */
+  free(w);
   return rc ? (errp->status != MOE_OK ? errp->status : MOE_ERR_DEVICE) : MOE_OK;
 }
 
@@ -204,7 +229,8 @@ static void profile_median(const moe_hw_profile *v, int n, moe_hw_profile *out) 
 static int calibrate(int threads, double link, const char *name, const char *out) {
   moe_hw_profile p;
   moe_error err = {0};
-  if (calibrate_measure(threads, link, false, &p, &err) != MOE_OK) return cli_fail(&err);
+  if (calibrate_measure(threads, link, &k_default_shapes, false, &p, &err) != MOE_OK)
+    return cli_fail(&err);
   const int n_ms = p.n_rates;
   snprintf(p.name, sizeof p.name, "%s", name);
   time_t now = time(NULL);
@@ -250,7 +276,7 @@ int cmd_calibrate(int argc, char **argv) {
         printf("usage: moebench calibrate -o PROFILE.json [--link-gbps X] [--threads N] [--name NAME]\n\n"
                "Measures this machine's cpu backend and writes it as a hardware profile\n"
                "(workloads/hardware format, every figure's source 'measured'): f32 matmul\n"
-               "rates by rows (1..256, a 3072 x 768 weight over 256 MB of weights, beyond\n"
+               "rates by rows (1..256, over 256 MB of weights of Switch-Base's shapes, beyond\n"
                "the caches), the weight-read bandwidth of one-row products, the per-op\n"
                "overhead, the emulated link (64 MB copies; latency from 4 KB ones), and how\n"
                "much a copy in flight slows compute (the emulated device shares DRAM).\n"
@@ -352,7 +378,8 @@ static void usage_validate(FILE *f) {
           "the model's error (modeled / measured - 1).  Without --hardware the profile\n"
           "is calibrated in the same run, once before each repetition's runs and the\n"
           "median taken (as 'moebench calibrate', with the same --link-gbps and\n"
-          "--threads), so that machine noise hits both sides alike.\n\n"
+          "--threads, on the model's own weight shapes), so that machine noise hits\n"
+          "both sides alike.\n\n"
           "  --hardware NAME      a profile to replay on instead (calibrated earlier)\n"
           "  --preset NAME        model preset (or --model-dir DIR)\n"
           "  --policies LIST      default gpu-only,ondemand,prefetch-all,pregated\n"
@@ -437,6 +464,19 @@ int cmd_validate(int argc, char **argv) {
   }
   moe_model *m = NULL;
   if (cli_preset_model(preset, NULL, &m, &err) != MOE_OK) return free(cal), cli_fail(&err);
+  /* calibrated on the model's own weight shapes: attention, experts, dense FFN */
+  const moe_config *mc = moe_model_config(m);
+  cal_shapes shapes = {{0}, {0}, 0};
+  const size_t H = (size_t)mc->hidden, QD = (size_t)mc->n_heads * (size_t)mc->head_dim;
+  const size_t EF = (size_t)mc->expert_ffn, DF = (size_t)mc->dense_ffn;
+  const size_t sr[] = {QD, H, EF, H, DF, H}, sc[] = {H, QD, H, EF, H, DF};
+  for (int k = 0; k < 6; k++)
+    if (sr[k] > 0 && sc[k] > 0) {
+      bool dup = false;
+      for (int q = 0; q < shapes.n; q++) dup |= shapes.rows[q] == sr[k] && shapes.cols[q] == sc[k];
+      if (!dup) shapes.rows[shapes.n] = sr[k], shapes.cols[shapes.n++] = sc[k];
+    }
+  if (shapes.n == 0) shapes = k_default_shapes;
   const char *tmpdir = getenv("TMPDIR");
   char dir[1100];
   snprintf(dir, sizeof dir, "%s/moebench-validate-XXXXXX", tmpdir && tmpdir[0] ? tmpdir : "/tmp");
@@ -451,7 +491,7 @@ int cmd_validate(int argc, char **argv) {
   for (int r = 0; r < reps && rc == 0; r++)
     for (int i = 0; i < np && rc == 0; i++) {
       if (i == 0 && cal) {
-        if (calibrate_measure((int)threads, link, true, &cal[r], &err) != MOE_OK) {
+        if (calibrate_measure((int)threads, link, &shapes, true, &cal[r], &err) != MOE_OK) {
           rc = cli_fail(&err);
           break;
         }

@@ -9,12 +9,13 @@
 #include "moe/dtype.h"
 #include "moe/jsonfile.h"
 
-/* A non-negative number at args.key (absent: 0); false when malformed. */
+/* A number in 0 .. 1e18 at args.key (absent: 0); false when malformed (no
+ * real op moves an exabyte: the bound keeps every sum finite). */
 static bool arg_num(json_t *args, const char *key, double *out) {
   json_t *v = json_is_object(args) ? json_object_get(args, key) : NULL;
   *out = 0;
   if (v == NULL) return true;
-  if (!json_is_number(v) || !(json_number_value(v) >= 0) || !isfinite(json_number_value(v)))
+  if (!json_is_number(v) || !(json_number_value(v) >= 0) || !(json_number_value(v) <= 1e18))
     return false;
   *out = json_number_value(v);
   return true;
@@ -27,7 +28,7 @@ typedef struct ev_times {
 } ev_times;
 
 static double *ev_slot(ev_times *e, double id) {
-  if (!(id >= 1) || id > 1e8) return NULL;
+  if (!(id >= 1) || id > (double)(1 << 20)) return NULL; /* engines create thousands */
   const size_t i = (size_t)id;
   if (i >= e->cap) {
     size_t nc = e->cap ? e->cap : 64;
@@ -52,6 +53,15 @@ moe_status replay_trace(const char *path, const moe_hw_profile *p, replay_result
   memset(out, 0, sizeof *out);
   json_t *root = moe_json_load_file(path, err);
   if (root == NULL) return err ? err->status : MOE_ERR_IO;
+  moe_status st = replay_trace_json(root, path, p, out, err);
+  json_decref(root);
+  return st;
+}
+
+moe_status replay_trace_json(const void *json, const char *path, const moe_hw_profile *p,
+                             replay_result *out, moe_error *err) {
+  memset(out, 0, sizeof *out);
+  json_t *root = (json_t *)json;
   moe_status st = MOE_OK;
   ev_times evs = {0};
   json_t *arr = json_is_object(root) ? json_object_get(root, "traceEvents") : NULL;
@@ -105,7 +115,9 @@ moe_status replay_trace(const char *path, const moe_hw_profile *p, replay_result
      * from their issues on the compute track */
     if (!json_is_integer(tid) || json_integer_value(tid) != 1) continue;
     json_t *ts = json_object_get(e, "ts"), *du = json_object_get(e, "dur");
-    if (!json_is_number(ts) || (span && (!json_is_number(du) || json_number_value(du) < 0))) {
+    if (!json_is_number(ts) || !(fabs(json_number_value(ts)) <= 1e15) ||
+        (span && (!json_is_number(du) || !(json_number_value(du) >= 0) ||
+                  !(json_number_value(du) <= 1e15)))) {
       st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu ('%.40s') has no valid ts/dur", path, i, name);
       goto done;
     }
@@ -196,6 +208,5 @@ moe_status replay_trace(const char *path, const moe_hw_profile *p, replay_result
 done:
   if (st != MOE_OK) replay_result_free(out);
   free(evs.t);
-  json_decref(root);
   return st;
 }

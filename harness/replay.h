@@ -27,6 +27,9 @@ typedef struct replay_result {
 /* Replays the trace at path on p.  Errors name the file and the event. */
 moe_status replay_trace(const char *path, const moe_hw_profile *p, replay_result *out,
                         moe_error *err);
+/* The same from a parsed trace (a json_t *); path names it in errors. */
+moe_status replay_trace_json(const void *json, const char *path, const moe_hw_profile *p,
+                             replay_result *out, moe_error *err);
 void replay_result_free(replay_result *r);
 
 #endif

@@ -65,6 +65,15 @@ moe_status moe_hw_profile_load(moe_hw_profile *p, const char *path, moe_error *e
   memset(p, 0, sizeof *p);
   json_t *root = moe_json_load_file(path, err);
   if (root == NULL) return err ? err->status : MOE_ERR_IO;
+  moe_status st = moe_hw_profile_from_json(p, root, path, err);
+  json_decref(root);
+  return st;
+}
+
+moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const char *path,
+                                    moe_error *err) {
+  memset(p, 0, sizeof *p);
+  json_t *root = (json_t *)json;
   moe_status st = MOE_OK;
   static const char *const known[] = {
       "name",           "description",        "memory_bytes", "memory_gbps",
@@ -119,7 +128,6 @@ moe_status moe_hw_profile_load(moe_hw_profile *p, const char *path, moe_error *e
               "%s: sources.%s must say where the figure comes from", path, *k);
   }
 cleanup:
-  json_decref(root);
   return st;
 }
 

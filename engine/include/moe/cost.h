@@ -65,6 +65,9 @@ typedef struct moe_hw_profile {
  * and name its source (sources.KEY); a calibrated profile's sources may all
  * say "measured".  Errors name the file and the field. */
 moe_status moe_hw_profile_load(moe_hw_profile *p, const char *path, moe_error *err);
+/* The same from a parsed document (a json_t *); path names it in errors. */
+moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const char *path,
+                                    moe_error *err);
 
 /* Writes p as a profile JSON file (atomically: NAME.tmp, then rename), with
  * `source` as every figure's source. */
