@@ -392,10 +392,11 @@ static void fmt(char *b, size_t cap, double x, const char *f) {
  * paper's (report --summary). */
 static void summary_table(const res_table *t, FILE *md) {
   bool any_modeled = false, any_measured = false;
-  fprintf(md, "| model | device | gpu-only tok/s | ondemand tok/s | prefetch-all tok/s | pregated "
-              "tok/s | gpu-only peak GB | pregated peak GB | pregated / gpu-only throughput | "
-              "pregated / gpu-only memory | pregated / ondemand | pregated / prefetch-all |\n");
-  fprintf(md, "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  fprintf(md, "| model | workload | batch | device | budget | gpu-only tok/s | ondemand tok/s | "
+              "prefetch-all tok/s | pregated tok/s | gpu-only peak GB | pregated peak GB | pregated "
+              "/ gpu-only throughput | pregated / gpu-only memory | pregated / ondemand | pregated "
+              "/ prefetch-all |\n");
+  fprintf(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < t->n; i++) {
     bool first = true;
     for (size_t k = 0; k < i; k++) first &= !same_group(&t->rows[k], &t->rows[i]);
@@ -425,11 +426,15 @@ static void summary_table(const res_table *t, FILE *md) {
         if (same_group(&t->rows[k], g) && !strcmp(res_get(&t->rows[k], "policy"), "gpu-only"))
           snprintf(a, sizeof a, "%s", res_get(&t->rows[k], "status"));
     }
-    fprintf(md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", res_get(g, "model"),
-            res_get(g, "device"), a, b, c, d, e, f, r1, r2, r3, r4);
+    char budget[32] = "capacity";
+    const double bb = num(g, "device_mem_budget_bytes");
+    if (bb > 0) snprintf(budget, sizeof budget, "%.1f GiB", bb / 1073741824.0);
+    fprintf(md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+            res_get(g, "model"), res_get(g, "workload"), res_get(g, "batch"), res_get(g, "device"),
+            budget, a, b, c, d, e, f, r1, r2, r3, r4);
   }
-  fprintf(md, "| *Pre-gated MoE paper (A100 PCIe4, Switch, batch 1)* | | | | | | | | 81%% | 23%% | "
-              "1.5x avg, 1.6x max | 27x avg, 55x max |\n\n");
+  fprintf(md, "| *Pre-gated MoE paper (A100 PCIe4, Switch, batch 1)* | | | | | | | | | | | 81%% | "
+              "23%% | 1.5x avg, 1.6x max | 27x avg, 55x max |\n\n");
   fprintf(md, "%s%s%s\n",
           any_modeled ? "Rows on the sim backend are MODELED (the cost model on the row's hardware "
                         "profile, deterministic), not measured. " : "",

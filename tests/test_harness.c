@@ -1237,6 +1237,49 @@ START_TEST(trace_is_chrome_trace_json) {
 }
 END_TEST
 
+/* A sweep on the sim backend: rows say sim and the profile, their modeled
+ * times are deterministic (a rerun gives the same file), and compare holds
+ * them exactly, also under --deterministic-only (the CI gate). */
+START_TEST(modeled_sweep_is_gated_exactly) {
+  write_file("sim.json",
+             "{\"name\": \"sim\", \"models\": [\"switch-base-8\"], \"workloads\": [\"paper-short\"],"
+             " \"policies\": [\"gpu-only\", \"pregated\"], \"backend\": \"sim\","
+             " \"hardware\": \"a100-80g-pcie4\", \"sim_routing\": \"zipf:1\"}");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("sim.json"), "-o", tmp_path("a"), "--quiet", NULL), 0);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("sim.json"), "-o", tmp_path("b"), "--quiet", NULL), 0);
+  res_table a, b;
+  moe_error err = {0};
+  ck_assert(res_read_csv(tmp_path("a.csv"), &a, &err) == MOE_OK);
+  ck_assert(res_read_csv(tmp_path("b.csv"), &b, &err) == MOE_OK);
+  ck_assert_uint_eq(a.n, 2);
+  for (size_t i = 0; i < a.n; i++) {
+    ck_assert_str_eq(res_get(&a.rows[i], "backend"), "sim");
+    ck_assert_str_eq(res_get(&a.rows[i], "device"), "a100-80g-pcie4");
+    ck_assert_str_eq(res_get(&a.rows[i], "tokens_per_s"), res_get(&b.rows[i], "tokens_per_s"));
+    ck_assert_str_eq(res_get(&a.rows[i], "ttft_s"), res_get(&b.rows[i], "ttft_s"));
+    ck_assert(atof(res_get(&a.rows[i], "tokens_per_s")) > 0);
+  }
+  /* pregated 0.1% slower: a regression even under --deterministic-only */
+  res_row *pg = &a.rows[0];
+  if (strcmp(res_get(pg, "policy"), "pregated") != 0) pg = &a.rows[1];
+  res_setf(pg, "tokens_per_s", "%.6g", atof(res_get(pg, "tokens_per_s")) * 0.999);
+  ck_assert(res_write_csv(tmp_path("slow.csv"), &a, &err) == MOE_OK);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("b.csv"), tmp_path("b.csv"),
+                        "--deterministic-only", NULL), 0);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("b.csv"), tmp_path("slow.csv"),
+                        "--deterministic-only", NULL), 1);
+  res_table_free(&a);
+  res_table_free(&b);
+  /* a sim suite without a profile, or a profile for a real backend, is refused */
+  write_file("nohw.json", "{\"name\": \"x\", \"models\": [\"ci-small\"], \"workloads\": [\"ci\"],"
+                          " \"policies\": [\"gpu-only\"], \"backend\": \"sim\"}");
+  ck_assert_int_ne(call(cmd_sweep, "sweep", tmp_path("nohw.json"), "-o", tmp_path("c"), "--quiet", NULL), 0);
+  write_file("cpuhw.json", "{\"name\": \"x\", \"models\": [\"ci-small\"], \"workloads\": [\"ci\"],"
+                           " \"policies\": [\"gpu-only\"], \"hardware\": \"h200\"}");
+  ck_assert_int_ne(call(cmd_sweep, "sweep", tmp_path("cpuhw.json"), "-o", tmp_path("d"), "--quiet", NULL), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness");
   TCase *tc = tcase_create("harness");
@@ -1252,6 +1295,7 @@ int main(void) {
   tcase_add_test(tc, inputs_must_be_regular_files);
   tcase_add_test(tc, plugins_through_the_harness);
   tcase_add_test(tc, trace_is_chrome_trace_json);
+  tcase_add_test(tc, modeled_sweep_is_gated_exactly);
   tcase_add_test(tc, eval_command);
   tcase_add_test(tc, suites_take_checkpoint_directories);
   tcase_add_test(tc, sharded_sweep_merges_to_the_single_sweep);
