@@ -887,9 +887,16 @@ int cmd_report(int argc, char **argv) {
     const res_row *g = &t.rows[i];
     const bool modeled = row_modeled(g);
     double budget = num(g, "device_mem_budget_bytes");
-    fprintf(md, "### %s, workload %s, batch %s, %s backend, device budget %s (link %s GB/s)\n\n",
+    char link[160];
+    if (res_get(g, "link_ratio")[0])
+      snprintf(link, sizeof link, "link ratio %s: one expert's copy = %s x a decoder MoE block's "
+               "compute, %s GB/s here", res_get(g, "link_ratio"), res_get(g, "link_ratio"),
+               res_get(g, "link_gbps_derived"));
+    else
+      snprintf(link, sizeof link, "link %s GB/s", res_get(g, "link_gbps"));
+    fprintf(md, "### %s, workload %s, batch %s, %s backend, device budget %s (%s)\n\n",
             res_get(g, "model"), res_get(g, "workload"), res_get(g, "batch"), res_get(g, "backend"),
-            budget == 0 ? "= capacity" : res_get(g, "device_mem_budget_bytes"), res_get(g, "link_gbps"));
+            budget == 0 ? "= capacity" : res_get(g, "device_mem_budget_bytes"), link);
     fprintf(md, "| policy | routing | status | tokens/s (± spread) | TTFT s | p50 ms/token | p99 ms/token | peak device MB "
                 "| expert slots | copied MB (whole run) | fetches | misses | stall s | pre-gate hit | token match | max logit diff |\n");
     fprintf(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");

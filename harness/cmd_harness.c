@@ -59,6 +59,8 @@ typedef struct row_config {
   const char *cache;            /* the expert cache spec, or NULL */
   const char *hardware;         /* sim backend: the profile file (NULL otherwise) */
   const char *sim_routing;      /* sim backend: the routing source (NULL: uniform) */
+  double link_ratio;            /* > 0: link_gbps was derived from this ratio (the key holds
+                                   the ratio, link_gbps_derived the cap) */
 } row_config;
 
 static const char *status_word(moe_status st) {
@@ -76,7 +78,12 @@ static void row_key_columns(const row_config *rc, res_row *row) {
   res_set(row, "backend", rc->backend);
   res_set(row, "device", rc->device);
   res_setf(row, "threads", "%d", rc->threads);
-  res_setf(row, "link_gbps", "%g", rc->link_gbps);
+  if (rc->link_ratio > 0) { /* the ratio is the input; the cap it gave is this machine's */
+    res_set(row, "link_gbps", "");
+    res_setf(row, "link_ratio", "%g", rc->link_ratio);
+  } else {
+    res_setf(row, "link_gbps", "%g", rc->link_gbps);
+  }
   res_setf(row, "device_mem_budget_bytes", "%zu", rc->budget);
   res_setf(row, "batch", "%d", rc->batch);
   res_setf(row, "prompt_len", "%d", rc->wl->prompt_len);
@@ -136,6 +143,7 @@ static void row_figures(res_row *row, const run_result *r, double *tps, double *
 static void run_row(const row_config *rc, res_row *row, const run_result *ref, run_result *keep,
                     bool want_logits) {
   row_key_columns(rc, row);
+  if (rc->link_ratio > 0) res_setf(row, "link_gbps_derived", "%.6g", rc->link_gbps);
   run_spec sp = {.model = rc->model, .policy = rc->policy, .routing = rc->routing,
                  .backend = rc->backend, .threads = rc->threads, .link_gbps = rc->link_gbps,
                  .device_mem = rc->budget, .batch = rc->batch, .prompt_len = rc->wl->prompt_len,
@@ -506,17 +514,20 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
     if (!strcmp(x->label[p], "gpu-only")) order[no++] = p;
   for (int p = 0; p < s->n_policies; p++)
     if (strcmp(x->label[p], "gpu-only")) order[no++] = p;
+  /* link_ratio: this group's cap from a gpu-only warm-up on this machine */
+  double link = s->link_gbps;
+  bool derived = false;
   for (int bu = 0; bu < s->n_budgets && rc == 0; bu++)
     for (int k = 0; k < no && rc == 0; k++) {
       const moe_policy *pol = x->pol[order[k]];
       row_config rcfg = {ps->name,      ps->seed,          *model,     ps->dtype,   wl,
                          batch,         pol,               suite_routing(s, pol),  x->backend,
-                         x->device,     s->budgets[bu],    s->link_gbps, s->threads,
+                         x->device,     s->budgets[bu],    link, s->threads,
                          s->repetitions, s->warmup,        ids,        n_ids,       NULL,
                          x->eval,       x->eval_n,         x->eval_len, s->lookahead,
                          x->label[order[k]], x->cache[order[k]],
                          s->hardware[0] ? s->hardware : NULL,
-                         s->sim_routing[0] ? s->sim_routing : NULL};
+                         s->sim_routing[0] ? s->sim_routing : NULL, s->link_ratio};
       char what[512];
       char budget[32] = "capacity";
       if (s->budgets[bu]) snprintf(budget, sizeof budget, "%zuB", s->budgets[bu]);
@@ -542,6 +553,26 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
         sweep_pin(x, *model);
       }
       rcfg.model = *model;
+      if (s->link_ratio > 0 && !derived) {
+        run_spec ws = {.model = *model, .backend = x->backend, .threads = s->threads,
+                       .batch = batch, .prompt_len = wl->prompt_len, .gen_len = wl->gen_len,
+                       .prompt_seed = wl->seed, .prompts = ids, .n_prompts = n_ids};
+        char why[700];
+        double window = 0, copy = 0;
+        link = runner_link_for_ratio(&ws, s->link_ratio, &window, &copy, why, sizeof why);
+        if (isnan(link)) {
+          cli_error("%s: %s", ps->name, why);
+          rc = 1;
+          break;
+        }
+        derived = true;
+        rcfg.link_gbps = link;
+        if (!x->pr.quiet)
+          fprintf(stderr, "moebench: %s/%s/b%d: link ratio %g: a decoder MoE block window "
+                          "computes in %.2f ms (gpu-only warm-up, measured), so one expert's "
+                          "copy takes %.2f ms: link %.3f GB/s\n",
+                  ps->name, wl->name, batch, s->link_ratio, window * 1e3, copy * 1e3, link);
+      }
       const moe_config *mc = moe_model_config(*model);
       bool want_logits = (double)batch * wl->gen_len * mc->vocab <= 64e6;
       progress_show(&x->pr, what);
@@ -840,6 +871,12 @@ int cmd_sweep(int argc, char **argv) {
                       x.s->hardware[0] ? x.s->hardware : NULL, x.device, sizeof x.device);
   if (bo == NULL) goto done;
   x.backend = bo->name;
+  if (x.s->link_ratio > 0 && !(bo->caps & MOE_BACKEND_CAP_LINK_CAP)) {
+    /* as a link cap: the backend's own link is the one measured (or modeled) */
+    fprintf(stderr, "moebench: note: the %s backend copies over its own link; link ratio %g "
+                    "ignored (rows record none)\n", bo->name, x.s->link_ratio);
+    x.s->link_ratio = 0;
+  }
   if (out)
     snprintf(x.prefix, sizeof x.prefix, "%s", out);
   else if (x.shard_n)
@@ -1124,7 +1161,7 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
   wl.batches[0] = batch;
   row_config rc = {p.name, p.seed,  m,       p.dtype, &wl,    batch, pol,    routing, backend,
                    device, devmem,  link,    threads, reps,   warmup, NULL,  0, trace_path, NULL, 0, 0,
-                   lookahead, label, cache, hardware, sim_routing};
+                   lookahead, label, cache, hardware, sim_routing, 0};
   res_table t;
   res_table_init(&t);
   res_row *row = res_table_add(&t);

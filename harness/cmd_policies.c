@@ -60,6 +60,9 @@ static void usage(FILE *f) {
           "  --gen-len N          generated tokens (default 64)\n"
           "  --reps N             measured repetitions per policy (default 3)\n"
           "  --link-gbps X        cap on the host-to-device link (cpu backend; default none)\n"
+          "  --link-ratio R       instead: set the cap so that one expert's copy takes R times\n"
+          "                       the compute of a decoder MoE block window (a decode step\n"
+          "                       over its MoE blocks), measured by a gpu-only warm-up here\n"
           "  --device-mem SIZE    device-memory budget (default: capacity)\n"
           "  --threads N          math threads (default 1)\n"
           "  --backend NAME       cpu (default), cuda, or sim (modeled: needs --hardware)\n"
@@ -78,7 +81,7 @@ int cmd_bench_policies(int argc, char **argv) {
       {"link-gbps", required_argument, 0, 'L'}, {"device-mem", required_argument, 0, 'm'},
       {"threads", required_argument, 0, 't'},  {"backend", required_argument, 0, 'B'},
       {"policy-plugin", required_argument, 0, 'X'}, {"hardware", required_argument, 0, 'H'},
-      {"sim-routing", required_argument, 0, 'R'},
+      {"sim-routing", required_argument, 0, 'R'}, {"link-ratio", required_argument, 0, 'Q'},
       {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
   const char *preset = NULL, *plist = "gpu-only,ondemand,prefetch-all,pregated", *backend = "cpu";
   const char *model_dir = NULL, *hw_name = NULL, *sim_routing = NULL;
@@ -86,7 +89,7 @@ int cmd_bench_policies(int argc, char **argv) {
   const char *plugins[4];
   int n_plugins = 0;
   long batch = 1, plen = 64, glen = 64, reps = 3, threads = 1, lookahead = 1;
-  double link = 0;
+  double link = 0, link_ratio = 0;
   size_t devmem = 0;
   optind = 1;
   opterr = 0;
@@ -109,6 +112,7 @@ int cmd_bench_policies(int argc, char **argv) {
       case 'B': ok = optarg[0] != '\0'; backend = optarg; break;
       case 'H': ok = optarg[0] != '\0'; hw_name = optarg; break;
       case 'R': ok = optarg[0] != '\0'; sim_routing = optarg; break;
+      case 'Q': ok = cli_parse_double(optarg, &link_ratio) && link_ratio > 0 && link_ratio <= 100; break;
       case 'X':
         ok = optarg[0] != '\0' && n_plugins < 4;
         if (ok) plugins[n_plugins++] = optarg;
@@ -187,6 +191,30 @@ int cmd_bench_policies(int argc, char **argv) {
     return cli_fail(&err);
   }
   const moe_config *cfg = moe_model_config(m);
+  double ratio_window = 0, ratio_copy = 0;
+  if (link_ratio > 0) {
+    const moe_backend_ops *bops = moe_backend_find(backend);
+    if (link > 0 || bops == NULL || !(bops->caps & MOE_BACKEND_CAP_LINK_CAP)) {
+      cli_error("bench-policies: --link-ratio sets an emulated link (cpu backend), instead of "
+                "--link-gbps");
+      moe_model_free(m);
+      for (int j = 0; j < n_plugins; j++) moe_policy_plugin_close(&libs[j]);
+      return 2;
+    }
+    run_spec ws = {.model = m, .backend = backend, .threads = (int)threads, .batch = (int)batch,
+                   .prompt_len = (int)plen, .gen_len = (int)glen, .prompt_seed = 1};
+    char why[700];
+    link = runner_link_for_ratio(&ws, link_ratio, &ratio_window, &ratio_copy, why, sizeof why);
+    if (isnan(link)) {
+      cli_error("bench-policies: %s", why);
+      moe_model_free(m);
+      for (int j = 0; j < n_plugins; j++) moe_policy_plugin_close(&libs[j]);
+      return 1;
+    }
+    fprintf(stderr, "link ratio %g: a decoder MoE block window computes in %.2f ms (measured), one "
+                    "expert's copy should take %.2f ms: link %.3f GB/s\n",
+            link_ratio, ratio_window * 1e3, ratio_copy * 1e3, link);
+  }
 
   run_result *res = calloc((size_t)np * (size_t)reps, sizeof *res);
   for (int r = 0; r < reps; r++)
@@ -234,6 +262,10 @@ int cmd_bench_policies(int argc, char **argv) {
     if (strcmp(pol[i]->name, "gpu-only") == 0) ref = i;
   printf("## %s: batch %ld, prompt %ld, generated %ld, %s, link %s\n", preset, batch, plen, glen,
          moe_dtype_name(moe_model_dtype(m)), link > 0 ? "capped" : "uncapped");
+  if (link_ratio > 0)
+    printf("link set by ratio %g: a decoder MoE block window computed in %.2f ms in a gpu-only "
+           "warm-up (measured), so the cap is %.3f GB/s (one expert's copy %.2f ms)\n", link_ratio,
+           ratio_window * 1e3, link, ratio_copy * 1e3);
   if (sim)
     printf("device: %s (sim backend, routing %s); every figure below is MODELED on that profile "
            "(deterministic: medians of %ld identical repetitions)\n\n",

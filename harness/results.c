@@ -25,7 +25,7 @@ const res_column res_columns[] = {
     {"backend", RES_KEY, 0, false, "backend name (cpu, cuda, ...)"},
     {"device", RES_KEY, 0, false, "the device the row ran on, as the backend names it"},
     {"threads", RES_KEY, 0, true, "math threads"},
-    {"link_gbps", RES_KEY, 0, false, "host-to-device link cap, GB/s (0 = none)"},
+    {"link_gbps", RES_KEY, 0, false, "host-to-device link cap, GB/s (0 = none; empty: set by link_ratio)"},
     {"device_mem_budget_bytes", RES_KEY, 0, true, "device-memory budget; 0 = device capacity"},
     {"batch", RES_KEY, 0, true, "sequences per step"},
     {"prompt_len", RES_KEY, 0, true, "prompt tokens per sequence"},
@@ -71,6 +71,9 @@ const res_column res_columns[] = {
     {"pregate_lookahead", RES_KEY, 0, true, "a block predicts the k-th MoE block after it (empty: 1, the next)"},
     {"cache_slots", RES_DETERMINISTIC, 0, true, "expert slots an expert cache added to the policy's (policy NAME+KIND:SIZE)"},
     {"expert_hit_rate", RES_DETERMINISTIC, +1, false, "expert acquires served without a copy in that run of the block (cache hits)"},
+    /* schema 2.3: the emulated link set as a ratio of measured compute */
+    {"link_ratio", RES_KEY, 0, false, "link set so one expert's copy takes this many times the compute of a decoder MoE block window, measured in a warm-up (empty: link_gbps is the cap)"},
+    {"link_gbps_derived", RES_TEXT, 0, false, "with link_ratio: the cap in GB/s the warm-up derived on this machine"},
 };
 const size_t res_ncols = sizeof res_columns / sizeof res_columns[0];
 

@@ -204,6 +204,46 @@ done:
   free(popularity);
 }
 
+double runner_link_for_ratio(const run_spec *spec, double ratio, double *window_s, double *copy_s,
+                             char *why, size_t cap) {
+  const moe_config *c = moe_model_config(spec->model);
+  int n_moe = 0;
+  for (int l = moe_config_is_encdec(c) ? c->n_enc_layers : 0; l < c->n_layers; l++) n_moe += c->is_moe[l];
+  if (n_moe == 0 || !(ratio > 0)) {
+    snprintf(why, cap, "link ratio: the model has no decoder MoE block (or the ratio is not > 0)");
+    return NAN;
+  }
+  run_spec sp = *spec;
+  sp.policy = moe_policy_find("gpu-only");
+  sp.routing = MOE_ROUTING_CONVENTIONAL;
+  sp.link_gbps = 0;
+  sp.device_mem = 0;
+  sp.gen_len = spec->gen_len < 17 ? spec->gen_len : 17;
+  if (sp.gen_len < 2) sp.gen_len = 2;
+  sp.requests = 1;
+  sp.keep_logits = false;
+  sp.trace_path = NULL;
+  sp.eval_windows = NULL;
+  sp.cache = NULL;
+  run_result r;
+  runner_run(&sp, &r);
+  const bool ok = r.status == MOE_OK;
+  const double step = ok ? r.decode_s / (double)(sp.gen_len - 1) : NAN;
+  if (!ok) snprintf(why, cap, "link ratio: the gpu-only warm-up failed: %s", r.error);
+  run_result_free(&r);
+  if (!ok) return NAN;
+  const double window = step / n_moe, copy = ratio * window;
+  const double gbps = (double)moe_model_expert_bytes(spec->model) / copy / 1e9;
+  if (window_s) *window_s = window;
+  if (copy_s) *copy_s = copy;
+  if (!(gbps >= MOE_LINK_GBPS_MIN && gbps <= MOE_LINK_GBPS_MAX)) {
+    snprintf(why, cap, "link ratio %g: the cap it gives, %g GB/s, is outside %g..%g", ratio, gbps,
+             MOE_LINK_GBPS_MIN, MOE_LINK_GBPS_MAX);
+    return NAN;
+  }
+  return gbps;
+}
+
 void runner_parity(const run_result *ref, const run_result *r, int batch, int gen_len, int vocab,
                    double *token_match, double *max_logit_diff) {
   *token_match = NAN;

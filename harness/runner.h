@@ -71,6 +71,18 @@ void run_result_free(run_result *r);
 void runner_parity(const run_result *ref, const run_result *r, int batch, int gen_len, int vocab,
                    double *token_match, double *max_logit_diff);
 
+/* The link cap (GB/s) at which one expert's copy takes `ratio` times the
+ * compute of one decoder MoE block window (a decode step's time over its
+ * MoE blocks: a block and the layers up to the next, what a pre-gated copy
+ * hides behind), the window measured by a gpu-only run of spec's model,
+ * backend, threads, batch and prompt length with up to 16 generated tokens
+ * and no cap.  Returns the cap, or NAN with why set (a run that failed, a
+ * model without MoE blocks, a cap outside what the backend emulates).
+ * *window_s and *copy_s (may be NULL) receive the measured window and the
+ * copy time the cap gives. */
+double runner_link_for_ratio(const run_spec *spec, double ratio, double *window_s, double *copy_s,
+                             char *why, size_t cap);
+
 double runner_median(double *v, int n);
 double runner_percentile(double *v, int n, double p);
 

@@ -279,6 +279,13 @@ static moe_status get_run_settings(suite *s, json_t *root, const char *origin, m
             err, MOE_ERR_FORMAT, "%s: field 'link_gbps' must be 0 (uncapped) or in %g..%g GB/s",
             origin, MOE_LINK_GBPS_MIN, MOE_LINK_GBPS_MAX);
   s->link_gbps = lk ? json_number_value(lk) : 0.0;
+  json_t *lr = json_object_get(root, "link_ratio");
+  MOE_CHECK(lr == NULL || (json_is_number(lr) && json_number_value(lr) > 0 &&
+                           json_number_value(lr) <= 100),
+            err, MOE_ERR_FORMAT, "%s: field 'link_ratio' must be a number in (0, 100]", origin);
+  s->link_ratio = lr ? json_number_value(lr) : 0.0;
+  MOE_CHECK(!(s->link_ratio > 0 && s->link_gbps > 0), err, MOE_ERR_FORMAT,
+            "%s: give at most one of 'link_gbps' and 'link_ratio'", origin);
   MOE_TRY(get_int_in(root, "threads", 1, 1, SUITE_MAX_THREADS, &s->threads, origin, err));
   MOE_TRY(get_int_in(root, "repetitions", 1, 1, SUITE_MAX_REPS, &s->repetitions, origin, err));
   json_t *wu = json_object_get(root, "warmup");
@@ -320,7 +327,8 @@ moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_
   static const char *const known[] = {"name",       "description", "models",  "workloads",
                                       "policies",   "backend",     "routing", "device_mem",
                                       "link_gbps",  "threads",     "repetitions", "warmup",
-                                      "lookahead",  "hardware",    "sim_routing", NULL};
+                                      "lookahead",  "hardware",    "sim_routing", "link_ratio",
+                                      NULL};
   MOE_TRY(cli_check_keys(root, known, origin, err));
   MOE_TRY(get_str(root, "name", true, s->name, sizeof s->name, origin, err));
   MOE_TRY(get_str(root, "description", false, s->description, sizeof s->description, origin, err));

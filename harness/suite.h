@@ -43,6 +43,8 @@ typedef struct suite {
   size_t budgets[SUITE_MAX];/* 0 = device capacity */
   int n_budgets;
   double link_gbps;
+  double link_ratio;        /* > 0: the link is set per row group so one expert's copy takes
+                               this many times a decoder MoE block window's compute */
   int threads;
   int repetitions, warmup;
   char routing[16];         /* "default", "conventional", "pregated" */

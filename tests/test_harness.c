@@ -933,7 +933,7 @@ START_TEST(sweep_quality_columns) {
   const char *ppl0 = NULL;
   for (size_t i = 0; i < t.n; i++) {
     const res_row *r = &t.rows[i];
-    ck_assert_str_eq(res_get(r, "schema_version"), "2.2");
+    ck_assert_str_eq(res_get(r, "schema_version"), RES_SCHEMA_VERSION);
     ck_assert_str_eq(res_get(r, "eval_tokens"), "14"); /* 2 windows x 7 */
     ck_assert(res_get(r, "eval_perplexity")[0] && res_get(r, "eval_accuracy")[0]);
     if (!strcmp(res_get(r, "policy"), "gpu-only")) ppl0 = res_get(r, "eval_perplexity");
@@ -1280,6 +1280,47 @@ START_TEST(modeled_sweep_is_gated_exactly) {
 }
 END_TEST
 
+/* link_ratio: the cap comes from a gpu-only warm-up on this machine; the
+ * key holds the ratio (machine-independent), link_gbps_derived the cap. */
+START_TEST(link_ratio_sets_the_link_from_measured_compute) {
+  write_file("ratio.json",
+             "{\"name\": \"ratio\", \"models\": [\"ci-small\"], \"workloads\": [\"ci\"],"
+             " \"policies\": [\"gpu-only\", \"pregated\"], \"link_ratio\": 0.5}");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("ratio.json"), "-o", tmp_path("r"), "--quiet", NULL), 0);
+  res_table t;
+  moe_error err = {0};
+  ck_assert(res_read_csv(tmp_path("r.csv"), &t, &err) == MOE_OK);
+  ck_assert_uint_eq(t.n, 2);
+  for (size_t i = 0; i < t.n; i++) {
+    ck_assert_str_eq(res_get(&t.rows[i], "link_ratio"), "0.5");
+    ck_assert_str_eq(res_get(&t.rows[i], "link_gbps"), "");
+    ck_assert(atof(res_get(&t.rows[i], "link_gbps_derived")) > 0);
+    ck_assert_str_eq(res_get(&t.rows[i], "status"), "ok");
+  }
+  /* every row of the group ran on the same cap */
+  ck_assert_str_eq(res_get(&t.rows[0], "link_gbps_derived"), res_get(&t.rows[1], "link_gbps_derived"));
+  res_table_free(&t);
+  /* both ways of setting the link, a ratio out of range, a ratio on a real link: refused */
+  write_file("both.json", "{\"name\": \"x\", \"models\": [\"ci-small\"], \"workloads\": [\"ci\"],"
+                          " \"policies\": [\"gpu-only\"], \"link_ratio\": 1, \"link_gbps\": 2}");
+  ck_assert_int_ne(call(cmd_sweep, "sweep", tmp_path("both.json"), "-o", tmp_path("b"), "--quiet", NULL), 0);
+  write_file("neg.json", "{\"name\": \"x\", \"models\": [\"ci-small\"], \"workloads\": [\"ci\"],"
+                         " \"policies\": [\"gpu-only\"], \"link_ratio\": -1}");
+  ck_assert_int_ne(call(cmd_sweep, "sweep", tmp_path("neg.json"), "-o", tmp_path("n"), "--quiet", NULL), 0);
+  /* a backend with its own link (here the sim's modeled one) ignores the ratio, as a cap */
+  write_file("simr.json", "{\"name\": \"x\", \"models\": [\"ci-small\"], \"workloads\": [\"ci\"],"
+                          " \"policies\": [\"gpu-only\"], \"backend\": \"sim\", \"hardware\": \"h200\","
+                          " \"link_ratio\": 1}");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("simr.json"), "-o", tmp_path("s"), "--quiet", NULL), 0);
+  ck_assert(res_read_csv(tmp_path("s.csv"), &t, &err) == MOE_OK);
+  ck_assert_str_eq(res_get(&t.rows[0], "link_ratio"), "");
+  ck_assert_str_eq(res_get(&t.rows[0], "link_gbps"), "0");
+  res_table_free(&t);
+  ck_assert_int_eq(call(cmd_bench_policies, "bench-policies", "--preset", "ci-small", "--link-ratio", "1",
+                        "--link-gbps", "2", NULL), 2);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness");
   TCase *tc = tcase_create("harness");
@@ -1296,6 +1337,7 @@ int main(void) {
   tcase_add_test(tc, plugins_through_the_harness);
   tcase_add_test(tc, trace_is_chrome_trace_json);
   tcase_add_test(tc, modeled_sweep_is_gated_exactly);
+  tcase_add_test(tc, link_ratio_sets_the_link_from_measured_compute);
   tcase_add_test(tc, eval_command);
   tcase_add_test(tc, suites_take_checkpoint_directories);
   tcase_add_test(tc, sharded_sweep_merges_to_the_single_sweep);

@@ -256,12 +256,14 @@ void moe_cost_compute(moe_cost_clock *c, double dur) {
 
 double moe_cost_copy_issue(moe_cost_clock *c, double bytes, bool pinned) {
   double start = c->copy > c->compute ? c->copy : c->compute;
-  const bool idle = start > c->copy || c->copies == 0;
+  /* idle: no copy was still moving bytes when this one starts (a copy_wait
+   * holds the stream back without using the link) */
+  const bool idle = start > c->copy_end || c->copies == 0;
   if (idle) c->copy_from = start; /* the link was idle: a new busy run */
   /* the latency is paid by a copy that finds the link idle; one queued
    * behind another starts as that one ends */
   const double dur = moe_cost_copy(c->p, bytes, pinned) - (idle ? 0.0 : c->p->h2d_latency_us * 1e-6);
-  c->copy = start + dur;
+  c->copy = c->copy_end = start + dur;
   c->copy_busy += dur;
   c->copies++;
   return c->copy;

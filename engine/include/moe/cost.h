@@ -92,6 +92,7 @@ typedef struct moe_cost_clock {
   double compute;     /* when the compute stream is next free */
   double copy;        /* when the copy stream is next free */
   double copy_from;   /* start of the copy stream's current busy run */
+  double copy_end;    /* when the last copy's last byte landed */
   double stall;       /* compute stood waiting on events */
   double compute_busy, copy_busy;
   unsigned long long ops, copies;
