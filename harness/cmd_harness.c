@@ -61,6 +61,7 @@ typedef struct row_config {
   const char *sim_routing;      /* sim backend: the routing source (NULL: uniform) */
   double link_ratio;            /* > 0: link_gbps was derived from this ratio (the key holds
                                    the ratio, link_gbps_derived the cap) */
+  const char *routing_log;      /* run: --record-routing (the last repetition's) */
 } row_config;
 
 static const char *status_word(moe_status st) {
@@ -150,7 +151,7 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
                  .gen_len = rc->wl->gen_len, .prompt_seed = rc->wl->seed, .prompts = rc->prompts,
                  .n_prompts = rc->n_prompts, .requests = rc->wl->requests,
                  .lookahead = rc->lookahead, .cache = rc->cache, .hardware = rc->hardware,
-                 .sim_routing = rc->sim_routing};
+                 .sim_routing = rc->sim_routing, .routing_log = rc->routing_log};
   run_result r = {0};
   /* the trace is of the last measured repetition (each run rewrites it) */
   for (int i = 0; i < rc->warmup; i++) {
@@ -527,7 +528,7 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
                          x->eval,       x->eval_n,         x->eval_len, s->lookahead,
                          x->label[order[k]], x->cache[order[k]],
                          s->hardware[0] ? s->hardware : NULL,
-                         s->sim_routing[0] ? s->sim_routing : NULL, s->link_ratio};
+                         s->sim_routing[0] ? s->sim_routing : NULL, s->link_ratio, NULL};
       char what[512];
       char budget[32] = "capacity";
       if (s->budgets[bu]) snprintf(budget, sizeof budget, "%zuB", s->budgets[bu]);
@@ -967,7 +968,7 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
                    int threads, double link, size_t devmem, int batch, int plen, int glen,
                    int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
                    const char *trace_path, const char *hardware, const char *sim_routing,
-                   int n_orig, char **orig);
+                   const char *routing_log, int n_orig, char **orig);
 
 int cmd_run(int argc, char **argv) {
   static const struct option opts[] = {
@@ -982,11 +983,12 @@ int cmd_run(int argc, char **argv) {
       {"prompt-seed", required_argument, 0, 'S'},
       {"policy-plugin", required_argument, 0, 'X'},
       {"trace", required_argument, 0, 'T'},    {"hardware", required_argument, 0, 'H'},
-      {"sim-routing", required_argument, 0, 'U'},
+      {"sim-routing", required_argument, 0, 'U'}, {"record-routing", required_argument, 0, 'Y'},
       {"out", required_argument, 0, 'o'},      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *preset = NULL, *policy = NULL, *plugin = NULL, *backend = "cpu", *out = NULL;
   const char *trace_path = NULL, *model_dir = NULL, *hw_name = NULL, *sim_routing = NULL;
+  const char *routing_log = NULL;
   char hw_path[1200] = "";
   char *orig[128]; /* getopt permutes argv; keep it as given for the metadata */
   const int n_orig = argc < 128 ? argc : 128;
@@ -1014,6 +1016,7 @@ int cmd_run(int argc, char **argv) {
       case 'T': ok = optarg[0] != '\0'; trace_path = optarg; break;
       case 'H': ok = optarg[0] != '\0'; hw_name = optarg; break;
       case 'U': ok = optarg[0] != '\0'; sim_routing = optarg; break;
+      case 'Y': ok = optarg[0] != '\0'; routing_log = optarg; break;
       case 'R': ok = moe_routing_parse(optarg, &routing) == 0; have_routing = true; break;
       case 'b': ok = cli_parse_int(optarg, 1, 4096, &batch); break;
       case 'l': ok = cli_parse_int(optarg, 1, 1 << 16, &plen); break;
@@ -1058,7 +1061,11 @@ int cmd_run(int argc, char **argv) {
                "  --backend NAME      cpu (default), cuda, sim, auto (see 'moebench list backends')\n"
                "  --hardware NAME     sim: the hardware profile the times are modeled on\n"
                "                      ('moebench list hardware'); every time is then modeled\n"
-               "  --sim-routing SPEC  sim: uniform (default), zipf:S, correlated:P, or both\n"
+               "  --sim-routing SPEC  sim: uniform (default), zipf:S, correlated:P, or both;\n"
+               "                      trace:FILE replays a run's --record-routing log\n"
+               "  --record-routing FILE  every MoE block's router choice of the last\n"
+               "                      repetition ('step layer row experts' lines), for\n"
+               "                      --sim-routing trace:FILE\n"
                "  --threads N         math threads (default 1)\n"
                "  -o, --out PREFIX    write PREFIX.csv and PREFIX.json\n"
                "  --trace FILE        the last repetition's backend operations as Chrome\n"
@@ -1124,7 +1131,7 @@ int cmd_run(int argc, char **argv) {
   int rc_exit = run_one(pol, cache, have_routing, routing, (int)lookahead, preset, have_seed, seed, backend,
                         (int)threads, link, devmem, (int)batch, (int)plen, (int)glen,
                         (int)requests, prompt_seed, (int)reps, (int)warmup, out, trace_path,
-                        hw_name ? hw_path : NULL, sim_routing, n_orig, orig);
+                        hw_name ? hw_path : NULL, sim_routing, routing_log, n_orig, orig);
   moe_policy_plugin_close(&lib);
   return rc_exit;
 }
@@ -1135,7 +1142,7 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
                    int threads, double link, size_t devmem, int batch, int plen, int glen,
                    int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
                    const char *trace_path, const char *hardware, const char *sim_routing,
-                   int n_orig, char **orig) {
+                   const char *routing_log, int n_orig, char **orig) {
   if (!have_routing)
     routing = pol->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL;
   cli_preset p;
@@ -1161,7 +1168,7 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
   wl.batches[0] = batch;
   row_config rc = {p.name, p.seed,  m,       p.dtype, &wl,    batch, pol,    routing, backend,
                    device, devmem,  link,    threads, reps,   warmup, NULL,  0, trace_path, NULL, 0, 0,
-                   lookahead, label, cache, hardware, sim_routing, 0};
+                   lookahead, label, cache, hardware, sim_routing, 0, routing_log};
   res_table t;
   res_table_init(&t);
   res_row *row = res_table_add(&t);

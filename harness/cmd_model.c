@@ -141,6 +141,37 @@ static moe_status calibrate_measure(int threads, double link, const cal_shapes *
     }
     p.launch_us = fmax(runner_median(t, 3) * 1e6, 0.01);
   }
+  /* the ops that are not matmuls: attention at a decode shape (FLOPs) and
+   * an element-wise op over 4 MB (bytes), as the engine issues them */
+  {
+    enum { HEADS = 12, HD = 64, KEYS = 512, MAXS = 512, EW = 1 << 20 };
+    float *q = NULL, *kc = NULL, *vc = NULL, *o = NULL, *ew = NULL;
+    const size_t cache_f = (size_t)HEADS * MAXS * HD;
+    if (d.ops->device_alloc(d.be, HEADS * HD * sizeof(float), (void **)&q, &err) != MOE_OK ||
+        d.ops->device_alloc(d.be, cache_f * sizeof(float), (void **)&kc, &err) != MOE_OK ||
+        d.ops->device_alloc(d.be, cache_f * sizeof(float), (void **)&vc, &err) != MOE_OK ||
+        d.ops->device_alloc(d.be, HEADS * HD * sizeof(float), (void **)&o, &err) != MOE_OK ||
+        d.ops->device_alloc(d.be, EW * sizeof(float), (void **)&ew, &err) != MOE_OK)
+      goto done;
+    for (size_t k = 0; k < cache_f; k++) kc[k] = vc[k] = 0.01f * (float)(k % 11);
+    for (size_t k = 0; k < HEADS * HD; k++) q[k] = 0.02f * (float)(k % 5);
+    for (size_t k = 0; k < EW; k++) ew[k] = (float)(k % 9) - 4.0f;
+    const moe_attn_ex a = {1, 1, KEYS - 1, KEYS, MAXS, HEADS, HEADS, HD, true, 0.125f, NULL, NULL, 0};
+    double ta[5], te[5];
+    for (int r = 0; r < 5; r++) {
+      double t0 = moe_clock_s();
+      for (int k = 0; k < 20; k++)
+        if (d.ops->attention_ex(d.be, o, q, kc, vc, &a, &err) != MOE_OK) goto done;
+      ta[r] = (moe_clock_s() - t0) / 20;
+      t0 = moe_clock_s();
+      for (int k = 0; k < 5; k++)
+        if (d.ops->unary(d.be, ew, ew, EW, MOE_UNARY_RELU, 0.0f, &err) != MOE_OK) goto done;
+      te[r] = (moe_clock_s() - t0) / 5;
+    }
+    /* the cost model's own FLOP and byte counts of these ops (trace.c, sim) */
+    p.vector_gflops = 4.0 * HEADS * HD * (double)KEYS / runner_median(ta, 5) / 1e9;
+    p.vector_gbps = 8.0 * EW / runner_median(te, 5) / 1e9;
+  }
   /* the link: a 64 MB copy (bandwidth) and a 4 KB one (latency) */
   const size_t big = (size_t)64 << 20;
   if (d.ops->host_alloc(d.be, big, &src, &err) != MOE_OK ||
@@ -219,6 +250,8 @@ static void profile_median(const moe_hw_profile *v, int n, moe_hw_profile *out) 
   MED(h2d_latency_us);
   MED(launch_us);
   MED(transfer_latency_us);
+  MED(vector_gflops);
+  MED(vector_gbps);
   MED(copy_slowdown);
   for (int k = 0; k < v[0].n_rates; k++) MED(rate_gflops[k]);
 #undef MED
@@ -243,10 +276,10 @@ static int calibrate(int threads, double link, const char *name, const char *out
            threads, link, day);
   if (moe_hw_profile_save(&p, out, source, &err) != MOE_OK) return cli_fail(&err);
   printf("wrote %s (measured): matmul %.1f GFLOP/s at 1 row .. %.1f at 256; thin-product weight "
-         "reads %.2f GB/s; op overhead %.2f us; link %.2f GB/s, latency %.1f us; compute slowdown "
-         "under a copy %.2fx\n",
-         out, p.rate_gflops[0], p.rate_gflops[n_ms - 1], p.memory_gbps, p.launch_us,
-         p.h2d_pinned_gbps, p.h2d_latency_us, p.copy_slowdown);
+         "reads %.2f GB/s; other ops %.2f GFLOP/s, %.2f GB/s; op overhead %.2f us; link %.2f GB/s, "
+         "latency %.1f us; compute slowdown under a copy %.2fx\n",
+         out, p.rate_gflops[0], p.rate_gflops[n_ms - 1], p.memory_gbps, p.vector_gflops,
+         p.vector_gbps, p.launch_us, p.h2d_pinned_gbps, p.h2d_latency_us, p.copy_slowdown);
   return 0;
 }
 
@@ -363,6 +396,12 @@ int cmd_replay(int argc, char **argv) {
   printf("| copy stream busy s | %.6f | - |\n", r.copy_s);
   printf("| hidden copy share | %.3f | - |\n", r.hidden_share);
   printf("| ops, copies | %llu, %llu | |\n", r.ops, r.copies);
+  printf("\nBy op on the compute track, from the first forward (waits include the stall):\n\n"
+         "| op | count | trace s (%s) | modeled s | modeled / trace |\n|---|---|---|---|---|\n", own);
+  for (int k = 0; k < r.n_kinds; k++)
+    printf("| %s | %llu | %.6f | %.6f | %.2f |\n", r.kinds[k].name, r.kinds[k].count,
+           r.kinds[k].trace_s, r.kinds[k].modeled_s,
+           r.kinds[k].trace_s > 0 ? r.kinds[k].modeled_s / r.kinds[k].trace_s : NAN);
   replay_result_free(&r);
   return 0;
 }
@@ -565,11 +604,12 @@ int cmd_validate(int argc, char **argv) {
   moe_model_free(m);
   if (rc == 0 && cal)
     printf("\nprofile (measured, medians of %ld calibrations interleaved with the runs): matmul "
-           "%.1f GFLOP/s at 1 row .. %.1f at %g rows; thin-product weight reads %.2f GB/s; op "
-           "overhead %.2f us; link %.2f GB/s, latency %.1f us; compute slowdown under a copy %.2fx\n",
+           "%.1f GFLOP/s at 1 row .. %.1f at %g rows; thin-product weight reads %.2f GB/s; other "
+           "ops %.2f GFLOP/s, %.2f GB/s; op overhead %.2f us; link %.2f GB/s, latency %.1f us; "
+           "compute slowdown under a copy %.2fx\n",
            reps, prof.rate_gflops[0], prof.rate_gflops[prof.n_rates - 1],
-           prof.rate_m[prof.n_rates - 1], prof.memory_gbps, prof.launch_us, prof.h2d_pinned_gbps,
-           prof.h2d_latency_us, prof.copy_slowdown);
+           prof.rate_m[prof.n_rates - 1], prof.memory_gbps, prof.vector_gflops, prof.vector_gbps,
+           prof.launch_us, prof.h2d_pinned_gbps, prof.h2d_latency_us, prof.copy_slowdown);
   free(cal);
   if (rc == 0)
     printf("\nmeasured: wall clock of untraced runs on this machine (medians of %ld); modeled: a "

@@ -67,7 +67,8 @@ static void usage(FILE *f) {
           "  --threads N          math threads (default 1)\n"
           "  --backend NAME       cpu (default), cuda, or sim (modeled: needs --hardware)\n"
           "  --hardware NAME      sim: the hardware profile ('moebench list hardware')\n"
-          "  --sim-routing SPEC   sim: uniform (default), zipf:S, correlated:P, or both\n"
+          "  --sim-routing SPEC   sim: uniform (default), zipf:S, correlated:P, or both;\n"
+          "                       trace:FILE replays a run's --record-routing log\n"
           "  --policy-plugin SO   also run a policy from a shared object (up to 4 times)\n"
           "  -h, --help           this text\n");
 }

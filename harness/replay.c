@@ -48,6 +48,19 @@ void replay_result_free(replay_result *r) {
   memset(r, 0, sizeof *r);
 }
 
+/* Adds one op to its kind's totals. */
+static void tally(replay_result *out, const char *name, double trace_s, double modeled_s) {
+  int i = 0;
+  while (i < out->n_kinds && strcmp(out->kinds[i].name, name) != 0) i++;
+  if (i == out->n_kinds) {
+    if (out->n_kinds == (int)(sizeof out->kinds / sizeof out->kinds[0])) i = out->n_kinds - 1;
+    else snprintf(out->kinds[out->n_kinds++].name, sizeof out->kinds[0].name, "%.31s", name);
+  }
+  out->kinds[i].count++;
+  out->kinds[i].trace_s += trace_s;
+  out->kinds[i].modeled_s += modeled_s;
+}
+
 moe_status replay_trace(const char *path, const moe_hw_profile *p, replay_result *out,
                         moe_error *err) {
   memset(out, 0, sizeof *out);
@@ -148,8 +161,10 @@ moe_status replay_trace_json(const void *json, const char *path, const moe_hw_pr
       fwd_meas0 = t0;
     }
     if (out->n_forwards > 0 && t1 > meas_end) meas_end = t1;
+    const double before = c.compute;
     if (out->n_forwards > 0 && !strcmp(name, "download")) {
       moe_cost_compute(&c, moe_cost_transfer(p, bytes));
+      tally(out, name, t1 - t0, c.compute - before);
       dl_model = c.compute;
       dl_meas = t1;
       continue;
@@ -187,9 +202,11 @@ moe_status replay_trace_json(const void *json, const char *path, const moe_hw_pr
     } else {
       moe_cost_compute(&c, moe_cost_vector(p, flops, bytes));
     }
+    if (out->n_forwards > 0) tally(out, name, t1 - t0, c.compute - before);
   }
   if (out->n_forwards == 0) {
-    st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: the trace holds no forward pass (no embed op)", path);
+    st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: the trace holds no forward pass (no %s)", path,
+                  marks ? "forward mark" : "embed op");
     goto done;
   }
   /* the run ends with its last forward's logits read back (later ops are

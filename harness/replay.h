@@ -22,6 +22,14 @@ typedef struct replay_result {
   double hidden_share;      /* moe_cost_hidden_share */
   unsigned long long ops, copies;
   bool trace_modeled;       /* the trace's own times are modeled (a sim run) */
+  /* per op name on the compute track, after the first forward mark: how
+   * many, the trace's own seconds and the modeled seconds (REPLAY_KINDS at most) */
+  int n_kinds;
+  struct replay_kind {
+    char name[32];
+    unsigned long long count;
+    double trace_s, modeled_s;
+  } kinds[24];
 } replay_result;
 
 /* Replays the trace at path on p.  Errors name the file and the event. */

@@ -79,6 +79,23 @@ cleanup:
   return st;
 }
 
+/* The routing log: "step layer row expert..." lines (moe_engine_options.on_route). */
+typedef struct route_log {
+  FILE *f;
+  int failed;
+} route_log;
+
+static void log_route(void *ctx, int layer, unsigned long long step, const int32_t *idx,
+                      size_t rows, int k) {
+  route_log *lg = ctx;
+  for (size_t r = 0; r < rows; r++) {
+    if (fprintf(lg->f, "%llu %d %zu", step, layer, r) < 0) lg->failed = 1;
+    for (int j = 0; j < k; j++)
+      if (fprintf(lg->f, " %d", (int)idx[r * (size_t)k + (size_t)j]) < 0) lg->failed = 1;
+    if (fputc('\n', lg->f) == EOF) lg->failed = 1;
+  }
+}
+
 void runner_run(const run_spec *sp, run_result *out) {
   memset(out, 0, sizeof *out);
   moe_error err = {0};
@@ -88,6 +105,8 @@ void runner_run(const run_spec *sp, run_result *out) {
   int32_t *prompts = NULL;
   double *steps = NULL;
   unsigned long long *popularity = NULL;
+  route_log rlog = {NULL, 0};
+  char log_tmp[1100] = "";
   const moe_config *c = moe_model_config(sp->model);
   const size_t B = (size_t)sp->batch, G = (size_t)sp->gen_len;
   moe_backend_options bo = {.threads = sp->threads, .link_gbps = sp->link_gbps,
@@ -102,6 +121,18 @@ void runner_run(const run_spec *sp, run_result *out) {
   moe_engine_options eo = {.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
                            .policy = sp->policy, .routing = sp->routing,
                            .pregate_lookahead = sp->lookahead};
+  if (sp->routing_log) {
+    snprintf(log_tmp, sizeof log_tmp, "%.1000s.tmp", sp->routing_log);
+    rlog.f = fopen(log_tmp, "w");
+    if (rlog.f == NULL) {
+      MOE_FAIL(&err, MOE_ERR_IO, "%s: cannot create the routing log", log_tmp);
+      goto done;
+    }
+    fprintf(rlog.f, "# moebench routing log: step layer row experts (top-%d, the router's choice)\n",
+            c->top_k);
+    eo.on_route = log_route;
+    eo.on_route_ctx = &rlog;
+  }
   if (sp->cache) {
     const int n = cli_cache_experts(sp->cache, sp->model, &eo.cache);
     if (n < 0) {
@@ -192,6 +223,16 @@ done:
   }
   moe_engine_free(e);
   moe_device_close(&dev); /* copies done: the trace is complete */
+  if (rlog.f) { /* published only whole */
+    const bool bad = fclose(rlog.f) != 0 || rlog.failed;
+    if (bad || out->status != MOE_OK || rename(log_tmp, sp->routing_log) != 0) {
+      remove(log_tmp);
+      if (out->status == MOE_OK) {
+        out->status = MOE_ERR_IO;
+        snprintf(out->error, sizeof out->error, "%.500s: writing the routing log failed", sp->routing_log);
+      }
+    }
+  }
   if (trace) {
     moe_error terr = {0};
     if (moe_trace_close(trace, &terr) != MOE_OK && out->status == MOE_OK) {

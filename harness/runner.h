@@ -28,6 +28,8 @@ typedef struct run_spec {
   int requests;                 /* generate calls, each a new batch of prompts (>= 1) */
   bool keep_logits;             /* keep every step's logits (first request), for parity */
   const char *trace_path;       /* write the run's op trace here (NULL: none) */
+  const char *routing_log;      /* write every MoE block's router choice here (NULL: none):
+                                   the sim's routing source trace:FILE replays it */
   const int32_t *eval_windows;  /* quality windows [eval_n][eval_len] (NULL: none), run after
                                    the generation on an engine of the same policy, routing,
                                    backend and budget that keeps all logits */

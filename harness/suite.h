@@ -50,7 +50,7 @@ typedef struct suite {
   char routing[16];         /* "default", "conventional", "pregated" */
   int lookahead;            /* pre-gate lookahead of every row, 1..3 (default 1) */
   char hardware[SUITE_NAME_MAX]; /* sim backend: the hardware profile's file ("" otherwise) */
-  char sim_routing[64];     /* sim backend: its routing source ("" = uniform) */
+  char sim_routing[SUITE_NAME_MAX]; /* sim backend: its routing source ("" = uniform) */
 } suite;
 
 /* Directory of workload profiles: $MOE_PROFILES_DIR, else the source tree's

@@ -404,6 +404,58 @@ START_TEST(replay_of_a_sim_trace_reproduces_it) {
 }
 END_TEST
 
+/* --record-routing on the cpu backend, replayed by the sim's trace:FILE
+ * routing source: the sim runs the recorded routing, so its own log is the
+ * same file, line for line. */
+START_TEST(sim_replays_a_recorded_routing) {
+  char dir[256], a[512], b[512], spec[600];
+  tu_tempdir(dir, sizeof dir);
+  snprintf(a, sizeof a, "%s/cpu.log", dir);
+  snprintf(b, sizeof b, "%s/sim.log", dir);
+  snprintf(spec, sizeof spec, "trace:%s", a);
+  const char *presets[] = {"ci-small", "switch-tiny"};
+  for (int k = 0; k < 2; k++) {
+    moe_model *real = NULL, *virt = NULL;
+    moe_error err = {0};
+    ck_assert(cli_preset_model(presets[k], NULL, &real, &err) == MOE_OK);
+    ck_assert(cli_preset_model_for(presets[k], "sim", NULL, &virt, &err) == MOE_OK);
+    const moe_policy *pol = moe_policy_find("ondemand");
+    run_spec sp = {.model = real, .policy = pol, .backend = "cpu", .batch = 2, .prompt_len = 8,
+                   .gen_len = 6, .prompt_seed = 3, .requests = 1, .routing_log = a};
+    run_result r;
+    runner_run(&sp, &r);
+    ck_assert_msg(r.status == MOE_OK, "%s", r.error);
+    run_result_free(&r);
+    sp.model = virt;
+    sp.backend = "sim";
+    sp.hardware = HW("h200");
+    sp.sim_routing = spec;
+    sp.routing_log = b;
+    runner_run(&sp, &r);
+    ck_assert_msg(r.status == MOE_OK, "%s", r.error);
+    run_result_free(&r);
+    char cmd[1200], out[64];
+    snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s' && echo same", a, b);
+    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "same"), "%s: the sim's routing differs from the recorded one", presets[k]);
+    moe_model_free(real);
+    moe_model_free(virt);
+  }
+  /* bad logs: named, with the line */
+  static const char *const bad[] = {"1 2 3 x\n", "1 2\n", "1 2 3 4\n1 2 3 4 5\n", "# only a comment\n",
+                                    "-1 2 3 4\n", "1 2 3 99999999999\n"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    write_file(a, bad[i]);
+    moe_device dev;
+    moe_backend_options o = {.hardware = HW("h200"), .routing = spec};
+    moe_error err = {0};
+    ck_assert_msg(moe_device_open(&dev, "sim", &o, &err) == MOE_ERR_FORMAT, "case %zu accepted", i);
+    ck_assert_msg(strstr(err.msg, a), "case %zu: %s", i, err.msg);
+  }
+  tu_rmtree(dir);
+}
+END_TEST
+
 START_TEST(replay_refuses_bad_traces) {
   char dir[256], path[512];
   tu_tempdir(dir, sizeof dir);
@@ -448,6 +500,7 @@ int main(void) {
   tcase_add_test(tc, sim_runs_a_model_larger_than_this_machine);
   tcase_add_test(tc, replay_of_a_sim_trace_reproduces_it);
   tcase_add_test(tc, replay_refuses_bad_traces);
+  tcase_add_test(tc, sim_replays_a_recorded_routing);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

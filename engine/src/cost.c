@@ -79,7 +79,7 @@ moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const c
       "name",           "description",        "memory_bytes", "memory_gbps",
       "matmul_tflops",  "h2d_gbps",           "h2d_latency_us", "launch_overhead_us",
       "sources",        "matmul_gflops_by_rows", "copy_slowdown", "calibrated",
-      "transfer_latency_us", NULL};
+      "transfer_latency_us", "vector_gflops", "vector_gbps", NULL};
   MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", path);
   const char *key;
   json_t *v;
@@ -109,6 +109,10 @@ moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const c
   MOE_TRY(num_at(root, "transfer_latency_us", &p->transfer_latency_us, true, path, err));
   p->copy_slowdown = 1.0;
   MOE_TRY(num_at(root, "copy_slowdown", &p->copy_slowdown, true, path, err));
+  p->vector_gflops = p->tflops[MOE_F32] * 1e3;
+  MOE_TRY(num_at(root, "vector_gflops", &p->vector_gflops, true, path, err));
+  p->vector_gbps = p->memory_gbps;
+  MOE_TRY(num_at(root, "vector_gbps", &p->vector_gbps, true, path, err));
   MOE_CHECK(p->copy_slowdown >= 1.0 && p->copy_slowdown <= 100.0, err, MOE_ERR_FORMAT,
             "%s: field 'copy_slowdown' must be in 1 .. 100", path);
   MOE_TRY(rates_at(root, p, path, err));
@@ -160,11 +164,14 @@ moe_status moe_hw_profile_save(const moe_hw_profile *p, const char *path, const 
   json_object_set_new(o, "h2d_latency_us", json_real(p->h2d_latency_us));
   json_object_set_new(o, "launch_overhead_us", json_real(p->launch_us));
   json_object_set_new(o, "transfer_latency_us", json_real(p->transfer_latency_us));
+  if (p->vector_gflops > 0) json_object_set_new(o, "vector_gflops", json_real(p->vector_gflops));
+  if (p->vector_gbps > 0) json_object_set_new(o, "vector_gbps", json_real(p->vector_gbps));
   json_object_set_new(o, "copy_slowdown", json_real(p->copy_slowdown));
   static const char *const keys[] = {"memory_bytes",    "memory_gbps",       "matmul_tflops",
                                      "h2d_gbps.pinned", "h2d_gbps.pageable", "h2d_latency_us",
                                      "launch_overhead_us", "matmul_gflops_by_rows",
-                                     "copy_slowdown", "transfer_latency_us", NULL};
+                                     "copy_slowdown", "transfer_latency_us", "vector_gflops",
+                                     "vector_gbps", NULL};
   for (const char *const *k = keys; *k; k++) json_object_set_new(src, *k, json_string(source));
   json_object_set(o, "sources", src);
   tmp = malloc(strlen(path) + 16);
@@ -220,7 +227,9 @@ double moe_cost_matmul(const moe_hw_profile *p, double m, double rows, double co
 }
 
 double moe_cost_vector(const moe_hw_profile *p, double flops, double bytes) {
-  const double tc = flops / (p->tflops[MOE_F32] * 1e12), tm = bytes / (p->memory_gbps * 1e9);
+  const double gf = p->vector_gflops > 0 ? p->vector_gflops : p->tflops[MOE_F32] * 1e3;
+  const double gb = p->vector_gbps > 0 ? p->vector_gbps : p->memory_gbps;
+  const double tc = flops / (gf * 1e9), tm = bytes / (gb * 1e9);
   return p->launch_us * 1e-6 + (tc > tm ? tc : tm);
 }
 

@@ -710,6 +710,7 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
   /* The block's own router: the routing in conventional mode, the yardstick
    * of the prediction otherwise. */
   MOE_TRY(route(e, l, e->h, T, e->ridx, e->rw, e->h_idx, e->h_wts, err));
+  if (e->opt.on_route) e->opt.on_route(e->opt.on_route_ctx, l, e->step, e->h_idx, T, (int)K);
   for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) {
     struct pending_pred *p = &e->pred[i];
     if (p->layer != l) continue;

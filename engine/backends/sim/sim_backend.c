@@ -16,6 +16,8 @@
 #include "moe/config.h"
 #include "moe/cost.h"
 
+#define MOE_SIM_MAX_K 64 /* experts per token a routing log may hold */
+
 struct moe_event {
   double t; /* modeled time of its most recent record or signalling copy (0: complete) */
 };
@@ -36,7 +38,20 @@ struct moe_backend {
   char routing[64];
   void (*observer)(void *ctx, size_t bytes, double t0, double t1);
   void *observer_ctx;
+  /* routing source trace:FILE: recorded choices by (step, layer, row) */
+  struct rec_route *rec;   /* open-addressing table, rec_cap entries (a power of 2) */
+  size_t rec_cap, rec_n;
+  int rec_k;
+  unsigned long long rec_hits, rec_misses;
 };
+
+/* One recorded routing: the router's top-k of (step, layer, row). */
+typedef struct rec_route {
+  unsigned long long step;
+  int layer;               /* -2: empty entry */
+  size_t row;
+  int32_t experts[MOE_SIM_MAX_K];
+} rec_route;
 
 /* ---------------------------------------------------------------- memory */
 
@@ -144,6 +159,111 @@ static int draw(moe_backend *be, int layer, unsigned long long step, size_t row,
   return 0;
 }
 
+static size_t rec_slot(const moe_backend *be, unsigned long long step, int layer, size_t row) {
+  return (size_t)mix(mix(step * 1315423911ull + (uint64_t)(layer + 2)) + row) & (be->rec_cap - 1);
+}
+
+static const rec_route *rec_find(const moe_backend *be, unsigned long long step, int layer,
+                                 size_t row) {
+  if (be->rec_cap == 0) return NULL;
+  for (size_t i = rec_slot(be, step, layer, row);; i = (i + 1) & (be->rec_cap - 1)) {
+    const rec_route *r = &be->rec[i];
+    if (r->layer == -2) return NULL;
+    if (r->step == step && r->layer == layer && r->row == row) return r;
+  }
+}
+
+/* Loads a routing log ("step layer row expert..." lines, '#' comments):
+ * errors name the file and line. */
+static moe_status rec_load(moe_backend *be, const char *path, moe_error *err) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open the routing log: %s", path, strerror(errno));
+  moe_status st = MOE_OK;
+  char *line = NULL;
+  size_t cap = 0;
+  long lineno = 0;
+  be->rec_cap = 1024;
+  be->rec = malloc(be->rec_cap * sizeof *be->rec);
+  if (be->rec == NULL) {
+    fclose(f);
+    return MOE_FAIL(err, MOE_ERR_OOM, "sim backend: out of host memory");
+  }
+  for (size_t i = 0; i < be->rec_cap; i++) be->rec[i].layer = -2;
+  while (getline(&line, &cap, f) >= 0) {
+    lineno++;
+    const char *p = line + strspn(line, " \t");
+    if (*p == '#' || *p == '\n' || *p == '\0') continue;
+    rec_route r;
+    memset(&r, 0, sizeof r);
+    char *end;
+    long long v[3 + MOE_SIM_MAX_K];
+    int n = 0;
+    errno = 0;
+    while (n < 3 + MOE_SIM_MAX_K) {
+      p += strspn(p, " \t");
+      if (*p == '\n' || *p == '\0') break;
+      v[n] = strtoll(p, &end, 10);
+      if (end == p || errno || v[n] < 0 || v[n] > (1ll << 40) || (*end != ' ' && *end != '\t' &&
+                                                             *end != '\n' && *end != '\0')) {
+        st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: expected 'step layer row expert...', "
+                      "non-negative integers", path, lineno);
+        goto done;
+      }
+      p = end;
+      n++;
+    }
+    p += strspn(p, " \t");
+    const int k = n - 3;
+    if (k < 1 || (*p != '\n' && *p != '\0') || v[1] >= 100000 || (be->rec_k && k != be->rec_k)) {
+      st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: expected 'step layer row' and 1 to %d experts, "
+                    "as many on every line", path, lineno, MOE_SIM_MAX_K);
+      goto done;
+    }
+    be->rec_k = k;
+    r.step = (unsigned long long)v[0];
+    r.layer = (int)v[1];
+    r.row = (size_t)v[2];
+    for (int j = 0; j < k; j++) {
+      if (v[3 + j] > 1000000) {
+        st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: expert %lld out of range", path, lineno, v[3 + j]);
+        goto done;
+      }
+      r.experts[j] = (int32_t)v[3 + j];
+    }
+    if (2 * (be->rec_n + 1) > be->rec_cap) { /* grow: rehash into twice the room */
+      rec_route *old = be->rec;
+      const size_t old_cap = be->rec_cap;
+      be->rec = malloc(2 * old_cap * sizeof *be->rec);
+      if (be->rec == NULL) {
+        be->rec = old;
+        st = MOE_FAIL(err, MOE_ERR_OOM, "sim backend: out of host memory for the routing log");
+        goto done;
+      }
+      be->rec_cap = 2 * old_cap;
+      for (size_t i = 0; i < be->rec_cap; i++) be->rec[i].layer = -2;
+      for (size_t i = 0; i < old_cap; i++)
+        if (old[i].layer != -2) {
+          size_t s2 = rec_slot(be, old[i].step, old[i].layer, old[i].row);
+          while (be->rec[s2].layer != -2) s2 = (s2 + 1) & (be->rec_cap - 1);
+          be->rec[s2] = old[i];
+        }
+      free(old);
+    }
+    size_t s2 = rec_slot(be, r.step, r.layer, r.row);
+    while (be->rec[s2].layer != -2 &&
+           !(be->rec[s2].step == r.step && be->rec[s2].layer == r.layer && be->rec[s2].row == r.row))
+      s2 = (s2 + 1) & (be->rec_cap - 1);
+    if (be->rec[s2].layer == -2) be->rec_n++;
+    be->rec[s2] = r;
+  }
+  if (be->rec_n == 0) st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: the routing log is empty", path);
+done:
+  free(line);
+  fclose(f);
+  return st;
+}
+
 static moe_status sim_router_topk(moe_backend *be, int32_t *idx, float *wts, const float *logits,
                                   size_t m, int n, int k, bool renorm, const moe_weight *bias,
                                   moe_error *err) {
@@ -158,6 +278,18 @@ static moe_status sim_router_topk(moe_backend *be, int32_t *idx, float *wts, con
     be->zw_n = n;
   }
   for (size_t r = 0; r < m; r++) {
+    /* a recorded run's routing, where it has this (step, layer, row) and
+     * the same k, with experts in range; else the seeded draw */
+    const rec_route *rec = rec_find(be, be->step, be->layer, r);
+    bool used = rec != NULL && be->rec_k == k;
+    for (int j = 0; used && j < k; j++) used = rec->experts[j] < n;
+    if (rec) be->rec_hits += used, be->rec_misses += !used;
+    else if (be->rec_cap) be->rec_misses++;
+    if (used) {
+      memcpy(idx + r * (size_t)k, rec->experts, (size_t)k * sizeof(int32_t));
+      for (int j = 0; j < k; j++) wts[r * (size_t)k + (size_t)j] = renorm ? 1.0f / (float)k : 1.0f / (float)n;
+      continue;
+    }
     /* temporal correlation: walk back while the row kept its experts */
     unsigned long long s = be->step;
     while (s > 0 && be->stay > 0 && unit(key(be, be->layer, s, r, 555)) < be->stay) s--;
@@ -172,6 +304,11 @@ static moe_status sim_router_topk(moe_backend *be, int32_t *idx, float *wts, con
 static moe_status parse_routing(moe_backend *be, const char *spec, moe_error *err) {
   snprintf(be->routing, sizeof be->routing, "%s", spec && *spec ? spec : "uniform");
   if (spec == NULL || *spec == '\0' || strcmp(spec, "uniform") == 0) return MOE_OK;
+  if (strncmp(spec, "trace:", 6) == 0) { /* a recorded run's routing (run --record-routing) */
+    if (spec[6] == '\0')
+      return MOE_FAIL(err, MOE_ERR_INVALID, "sim routing 'trace:': give the routing log's path");
+    return rec_load(be, spec + 6, err);
+  }
   char buf[64];
   const size_t len = strlen(spec);
   if (len >= sizeof buf || spec[0] == ',' || spec[len - 1] == ',' || strstr(spec, ",,")) goto bad;
@@ -194,7 +331,7 @@ static moe_status parse_routing(moe_backend *be, const char *spec, moe_error *er
 bad:
   return MOE_FAIL(err, MOE_ERR_INVALID,
                   "sim routing '%.60s': expected uniform, zipf:S (0 < S <= 10), correlated:P "
-                  "(0 <= P < 1) or both, comma-separated", spec);
+                  "(0 <= P < 1) or both, comma-separated, or trace:FILE", spec);
 }
 
 /* ---------------------------------------------------------------- instance */
@@ -209,6 +346,7 @@ static moe_status sim_create(const moe_backend_options *opt, moe_backend **out, 
   moe_status st = moe_hw_profile_load(&be->prof, opt->hardware, err);
   if (st == MOE_OK) st = parse_routing(be, opt->routing, err);
   if (st != MOE_OK) {
+    free(be->rec);
     free(be);
     return st;
   }
@@ -222,6 +360,7 @@ static moe_status sim_create(const moe_backend_options *opt, moe_backend **out, 
 }
 
 static void sim_destroy(moe_backend *be) {
+  free(be->rec);
   for (int i = 0; i <= MOE_MAX_LAYERS; i++) free(be->pop[i]);
   free(be->zw);
   free(be);

@@ -7,7 +7,9 @@
  * time is a roofline plus the launch overhead:
  *
  *   matmul   launch + max(2 m rows cols / rate(m, dtype), bytes / memory bandwidth)
- *   other    launch + max(flops / f32 rate, bytes / memory bandwidth)
+ *   other    launch + max(flops / vector rate, bytes / vector bandwidth)
+ *            (the f32 matmul rate and the memory bandwidth unless the
+ *            profile measured its own: calibrated profiles)
  *   copy     h2d latency + bytes / link bandwidth (pinned or pageable)
  *   upload, download  transfer latency + bytes / pageable link bandwidth
  *
@@ -58,6 +60,9 @@ typedef struct moe_hw_profile {
   int n_rates;
   double rate_m[MOE_HW_MAX_RATES], rate_gflops[MOE_HW_MAX_RATES];
   double copy_slowdown;      /* >= 1; 1 when absent */
+  double vector_gflops;      /* optional: FLOP rate of the ops that are not matmuls (attention,
+                                norms, element-wise), GFLOP/s; the f32 matmul rate when absent */
+  double vector_gbps;        /* optional: their memory bandwidth, GB/s; memory_gbps when absent */
   bool calibrated;           /* written by moebench calibrate */
 } moe_hw_profile;
 

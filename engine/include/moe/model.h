@@ -162,6 +162,14 @@ typedef struct moe_engine_options {
                               stack, k in 1..MOE_MAX_LOOKAHEAD (0 = 1); for k > 1
                               the prediction is the derived one (a checkpoint
                               pre-gate is trained for the next block) */
+  /* Called after each MoE block's own router ran (NULL: not called), with
+   * the block's layer, the engine's forward-step counter (the one a
+   * backend's set_context gets), the router's top-k experts [rows][k] (the
+   * routing of conventional mode; under pregated routing the prediction
+   * may differ) and the tokens' rows.  For recording a run's routing. */
+  void (*on_route)(void *ctx, int layer, unsigned long long step, const int32_t *idx, size_t rows,
+                   int k);
+  void *on_route_ctx;
 } moe_engine_options;
 
 #define MOE_MAX_LOOKAHEAD 3
