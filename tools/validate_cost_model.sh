@@ -3,7 +3,7 @@
 # (docs/PERFORMANCE.md, "Cost model validation"): `moebench validate` of a
 # preset per regime, which calibrates the cpu backend at the regime's link
 # cap before each repetition of the runs it models.  Prints markdown; takes
-# about 15 minutes on 2 cores.  Usage:
+# about 10 minutes on 2 cores.  Usage:
 #   tools/validate_cost_model.sh [BUILD_DIR]   (default: build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
