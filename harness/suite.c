@@ -307,8 +307,12 @@ static moe_status get_run_settings(suite *s, json_t *root, const char *origin, m
     /* a bare name means workloads/hardware/NAME.json; a path is relative to the suite file */
     if (strchr(hw, '/') && hw[0] != '/') {
       const char *slash = strrchr(origin, '/');
-      const int dir = slash ? (int)(slash - origin) : 1;
-      snprintf(s->hardware, sizeof s->hardware, "%.*s/%s", dir, slash ? origin : ".", hw);
+      const size_t dir = slash ? (size_t)(slash - origin) : 1, hl = strlen(hw);
+      MOE_CHECK(dir + 1 + hl < sizeof s->hardware, err, MOE_ERR_FORMAT,
+                "%s: field 'hardware': the path is too long", origin);
+      memcpy(s->hardware, slash ? origin : ".", dir);
+      s->hardware[dir] = '/';
+      memcpy(s->hardware + dir + 1, hw, hl + 1);
     } else {
       cli_hw_path(hw, s->hardware, sizeof s->hardware);
     }
