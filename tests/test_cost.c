@@ -72,7 +72,9 @@ START_TEST(bad_profiles_are_refused_naming_the_field) {
   struct {
     const char *head, *expect;
   } cases[] = {
-      {"{\"name\": \"x\", \"memory_bytes\": 0, ", "'memory_bytes' must be a positive number"},
+      {"{\"name\": \"x\", \"memory_bytes\": 0, ", "'memory_bytes' must be a number in"},
+      {"{\"name\": \"x\", \"memory_bytes\": 1e9, \"vector_gbps\": 1e-300, ", "'vector_gbps' must be a number in"},
+      {"{\"name\": \"x\", \"memory_bytes\": 1e300, ", "'memory_bytes' must be a number in"},
       {"{\"name\": \"x\", \"memory_bytes\": 1e9, \"memry\": 1, ", "unknown field 'memry'"},
       {"{\"name\": 3, \"memory_bytes\": 1e9, ", "field 'name'"},
       {"{\"name\": \"x\", \"memory_bytes\": 1e9, \"copy_slowdown\": 0.5, ", "copy_slowdown"},

@@ -14,9 +14,10 @@
 
 /* ---------------------------------------------------------------- profiles */
 
-/* A positive finite number at root.key or root.a.b. */
-static moe_status num_at(json_t *root, const char *key, double *out, bool optional,
-                         const char *path, moe_error *err) {
+/* A number in lo..hi at root.key or root.a.b (bounds that no real device
+ * leaves, so every modeled time stays finite and meaningful). */
+static moe_status num_in(json_t *root, const char *key, double lo, double hi, double *out,
+                         bool optional, const char *path, moe_error *err) {
   char k[64];
   snprintf(k, sizeof k, "%s", key);
   char *dot = strchr(k, '.');
@@ -29,11 +30,21 @@ static moe_status num_at(json_t *root, const char *key, double *out, bool option
     v = json_object_get(root, k);
   }
   if (v == NULL && optional) return MOE_OK;
-  if (!json_is_number(v) || !(json_number_value(v) > 0) || !isfinite(json_number_value(v)))
-    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s' must be a positive number", path, key);
+  if (!json_is_number(v) || !(json_number_value(v) >= lo && json_number_value(v) <= hi))
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s' must be a number in %g..%g", path, key,
+                    lo, hi);
   *out = json_number_value(v);
   return MOE_OK;
 }
+
+/* Bounds of the figures (units as cost.h): rates in TFLOP/s or GFLOP/s,
+ * bandwidths in GB/s, latencies in us. */
+#define BW_LO 1e-3
+#define BW_HI 1e5
+#define TF_LO 1e-6
+#define TF_HI 1e5
+#define US_LO 1e-6
+#define US_HI 1e6
 
 static moe_status rates_at(json_t *root, moe_hw_profile *p, const char *path, moe_error *err) {
   json_t *t = json_object_get(root, "matmul_gflops_by_rows");
@@ -48,12 +59,12 @@ static moe_status rates_at(json_t *root, moe_hw_profile *p, const char *path, mo
     json_t *pt = json_array_get(f, i);
     json_t *m = json_array_get(pt, 0), *r = json_array_get(pt, 1);
     if (!json_is_array(pt) || json_array_size(pt) != 2 || !json_is_number(m) ||
-        !json_is_number(r) || !(json_number_value(m) >= 1) || !(json_number_value(r) > 0) ||
-        !isfinite(json_number_value(m)) || !isfinite(json_number_value(r)) ||
+        !json_is_number(r) || !(json_number_value(m) >= 1 && json_number_value(m) <= 1e6) ||
+        !(json_number_value(r) >= 1e-3 && json_number_value(r) <= 1e8) ||
         (i > 0 && !(json_number_value(m) > p->rate_m[i - 1])))
       return MOE_FAIL(err, MOE_ERR_FORMAT,
-                      "%s: matmul_gflops_by_rows.f32[%zu] must be [rows >= 1, GFLOP/s > 0], rows "
-                      "ascending", path, i);
+                      "%s: matmul_gflops_by_rows.f32[%zu] must be [rows 1..1e6, GFLOP/s "
+                      "1e-3..1e8], rows ascending", path, i);
     p->rate_m[i] = json_number_value(m);
     p->rate_gflops[i] = json_number_value(r);
   }
@@ -95,26 +106,24 @@ moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const c
             sizeof p->name - 1);
   snprintf(p->name, sizeof p->name, "%s", json_string_value(nm));
   if (json_is_string(ds)) snprintf(p->description, sizeof p->description, "%s", json_string_value(ds));
-  MOE_TRY(num_at(root, "memory_bytes", &p->memory_bytes, false, path, err));
-  MOE_TRY(num_at(root, "memory_gbps", &p->memory_gbps, false, path, err));
-  MOE_TRY(num_at(root, "matmul_tflops.f32", &p->tflops[MOE_F32], false, path, err));
-  MOE_TRY(num_at(root, "matmul_tflops.bf16", &p->tflops[MOE_BF16], false, path, err));
+  MOE_TRY(num_in(root, "memory_bytes", 1e6, 1e15, &p->memory_bytes, false, path, err));
+  MOE_TRY(num_in(root, "memory_gbps", BW_LO, BW_HI, &p->memory_gbps, false, path, err));
+  MOE_TRY(num_in(root, "matmul_tflops.f32", TF_LO, TF_HI, &p->tflops[MOE_F32], false, path, err));
+  MOE_TRY(num_in(root, "matmul_tflops.bf16", TF_LO, TF_HI, &p->tflops[MOE_BF16], false, path, err));
   p->tflops[MOE_F16] = p->tflops[MOE_BF16];
-  MOE_TRY(num_at(root, "matmul_tflops.f16", &p->tflops[MOE_F16], true, path, err));
-  MOE_TRY(num_at(root, "h2d_gbps.pinned", &p->h2d_pinned_gbps, false, path, err));
-  MOE_TRY(num_at(root, "h2d_gbps.pageable", &p->h2d_pageable_gbps, false, path, err));
-  MOE_TRY(num_at(root, "h2d_latency_us", &p->h2d_latency_us, false, path, err));
-  MOE_TRY(num_at(root, "launch_overhead_us", &p->launch_us, false, path, err));
+  MOE_TRY(num_in(root, "matmul_tflops.f16", TF_LO, TF_HI, &p->tflops[MOE_F16], true, path, err));
+  MOE_TRY(num_in(root, "h2d_gbps.pinned", BW_LO, BW_HI, &p->h2d_pinned_gbps, false, path, err));
+  MOE_TRY(num_in(root, "h2d_gbps.pageable", BW_LO, BW_HI, &p->h2d_pageable_gbps, false, path, err));
+  MOE_TRY(num_in(root, "h2d_latency_us", US_LO, US_HI, &p->h2d_latency_us, false, path, err));
+  MOE_TRY(num_in(root, "launch_overhead_us", US_LO, US_HI, &p->launch_us, false, path, err));
   p->transfer_latency_us = p->h2d_latency_us;
-  MOE_TRY(num_at(root, "transfer_latency_us", &p->transfer_latency_us, true, path, err));
+  MOE_TRY(num_in(root, "transfer_latency_us", US_LO, US_HI, &p->transfer_latency_us, true, path, err));
   p->copy_slowdown = 1.0;
-  MOE_TRY(num_at(root, "copy_slowdown", &p->copy_slowdown, true, path, err));
+  MOE_TRY(num_in(root, "copy_slowdown", 1.0, 100.0, &p->copy_slowdown, true, path, err));
   p->vector_gflops = p->tflops[MOE_F32] * 1e3;
-  MOE_TRY(num_at(root, "vector_gflops", &p->vector_gflops, true, path, err));
+  MOE_TRY(num_in(root, "vector_gflops", TF_LO * 1e3, TF_HI * 1e3, &p->vector_gflops, true, path, err));
   p->vector_gbps = p->memory_gbps;
-  MOE_TRY(num_at(root, "vector_gbps", &p->vector_gbps, true, path, err));
-  MOE_CHECK(p->copy_slowdown >= 1.0 && p->copy_slowdown <= 100.0, err, MOE_ERR_FORMAT,
-            "%s: field 'copy_slowdown' must be in 1 .. 100", path);
+  MOE_TRY(num_in(root, "vector_gbps", BW_LO, BW_HI, &p->vector_gbps, true, path, err));
   MOE_TRY(rates_at(root, p, path, err));
   json_t *cal = json_object_get(root, "calibrated");
   MOE_CHECK(cal == NULL || json_is_boolean(cal), err, MOE_ERR_FORMAT,
