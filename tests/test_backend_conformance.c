@@ -588,6 +588,145 @@ START_TEST(router_topk_definition) {
 }
 END_TEST
 
+/* The DeepSeek-style router (moe_router_ex) against a double-precision
+ * reference written here, on hand-made rows whose answer is fixed by the
+ * definition (groups, the zero fill, ties) and on random rows at the
+ * shapes of DeepSeek-V3 (256 experts, 8 groups keeping 4, top-8, sigmoid,
+ * bias, renormalised, scaled) and V2 (softmax, group max, no renorm). */
+static void ref_router_ex(const float *l, int n, const moe_router_ex *r, const float *bias,
+                          int *idx, double *w) {
+  double s[1024], c[1024];
+  double mx = -INFINITY, sum = 0;
+  for (int e = 0; e < n; e++) mx = l[e] > mx ? l[e] : mx;
+  for (int e = 0; e < n; e++) sum += exp(l[e] - mx);
+  for (int e = 0; e < n; e++) {
+    s[e] = r->scoring == MOE_SCORING_SOFTMAX ? exp(l[e] - mx) / sum : 1.0 / (1.0 + exp(-(double)l[e]));
+    c[e] = s[e] + (bias ? bias[e] : 0.0);
+  }
+  if (r->n_group > 1) {
+    const int size = n / r->n_group;
+    bool keep[64] = {false};
+    double gv[64];
+    for (int g = 0; g < r->n_group; g++) {
+      double a = -INFINITY, b = -INFINITY;
+      for (int e = 0; e < size; e++) {
+        double v = c[g * size + e];
+        if (v > a) b = a, a = v;
+        else if (v > b) b = v;
+      }
+      gv[g] = r->group_score == MOE_GROUP_MAX ? a : a + b;
+    }
+    for (int j = 0; j < r->topk_group; j++) {
+      int best = -1;
+      for (int g = 0; g < r->n_group; g++)
+        if (!keep[g] && (best < 0 || gv[g] > gv[best])) best = g;
+      keep[best] = true;
+    }
+    for (int e = 0; e < n; e++)
+      if (!keep[e / size]) c[e] = 0.0;
+  }
+  double tsum = 0;
+  for (int j = 0; j < r->k; j++) {
+    int best = -1;
+    for (int e = 0; e < n; e++) {
+      bool taken = false;
+      for (int q = 0; q < j; q++) taken |= idx[q] == e;
+      if (!taken && (best < 0 || c[e] > c[best])) best = e;
+    }
+    idx[j] = best;
+    w[j] = s[best];
+    tsum += w[j];
+  }
+  for (int j = 0; j < r->k; j++) w[j] = (r->renorm ? w[j] / (tsum + 1e-20) : w[j]) * r->scale;
+}
+
+static void check_router_ex(const float *logits, size_t m, int n, const moe_router_ex *r,
+                            const float *bias, const int *want) {
+  moe_error err = {0};
+  float *dl = dev_f(logits, m * (size_t)n);
+  int32_t *di = dev_bytes(NULL, m * (size_t)r->k * sizeof(int32_t));
+  float *dw = dev_f(NULL, m * (size_t)r->k);
+  moe_weight bw = {0};
+  moe_router_ex rr = *r;
+  if (bias) {
+    bw = dev_weight(bias, 1, (size_t)n, MOE_F32, NULL);
+    rr.choice_bias = &bw;
+  }
+  ck_assert_msg(OPS->router_topk_ex(BE, di, dw, dl, m, n, &rr, &err) == MOE_OK, "%s", err.msg);
+  int32_t *idx = malloc(m * (size_t)r->k * sizeof *idx);
+  float *w = malloc(m * (size_t)r->k * sizeof *w);
+  down(idx, di, m * (size_t)r->k * sizeof *idx);
+  down(w, dw, m * (size_t)r->k * sizeof *w);
+  for (size_t t = 0; t < m; t++) {
+    int ri[64];
+    double rw[64];
+    ref_router_ex(logits + t * (size_t)n, n, r, bias, ri, rw);
+    for (int j = 0; j < r->k; j++) {
+      ck_assert_msg(idx[t * r->k + j] == ri[j], "row %zu slot %d: %d, reference %d", t, j,
+                    idx[t * r->k + j], ri[j]);
+      if (want) ck_assert_int_eq(idx[t * r->k + j], want[t * r->k + j]);
+      ck_assert_msg(fabs(w[t * r->k + j] - rw[j]) <= 1e-5 * fabs(rw[j]) + 1e-7,
+                    "row %zu slot %d: weight %g, reference %g", t, j, w[t * r->k + j], rw[j]);
+    }
+  }
+  free(idx);
+  free(w);
+  OPS->device_free(BE, dl);
+  OPS->device_free(BE, di);
+  OPS->device_free(BE, dw);
+  if (bias) OPS->device_free(BE, (void *)bw.data);
+}
+
+START_TEST(router_topk_ex_definition) {
+  ck_assert_ptr_nonnull(OPS->router_topk_ex);
+  /* 8 experts in 4 groups of 2, keep 2 groups, top-3, sigmoid: the best
+   * single expert (4) is in a group whose top-2 sum loses */
+  const float l1[2 * 8] = {1.0f, 0.9f, -3.0f, -3.0f, 4.0f, -4.0f, 0.5f, 0.6f,
+                           0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  moe_router_ex r = {3, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_TOP2_SUM, true, 2.5f};
+  const int want1[2 * 3] = {0, 1, 7, 0, 1, 2};
+  check_router_ex(l1, 2, 8, &r, NULL, want1);
+  /* a negative bias: the kept groups' second experts rank below 0, so an
+   * expert of a dropped group (its score filled with 0, as transformers'
+   * masked_fill does) takes the third slot */
+  const float l2[8] = {2.0f, -10.0f, 2.0f, -10.0f, -10.0f, -10.0f, -10.0f, -10.0f};
+  const float bias2[8] = {0.0f, -0.5f, 0.0f, -0.5f, 0.0f, 0.0f, 0.0f, 0.0f};
+  const int want2[3] = {0, 2, 4};
+  check_router_ex(l2, 1, 8, &r, bias2, want2);
+  /* DeepSeek-V3's shape, random rows and bias */
+  enum { M = 9, N = 256 };
+  float *l = malloc(M * N * sizeof *l), b[N];
+  tu_fill(l, M * N, 31);
+  tu_fill(b, N, 32);
+  for (int i = 0; i < M * N; i++) l[i] *= 4.0f;
+  for (int i = 0; i < N; i++) b[i] *= 0.1f;
+  moe_router_ex v3 = {8, MOE_SCORING_SIGMOID, NULL, 8, 4, MOE_GROUP_TOP2_SUM, true, 2.5f};
+  check_router_ex(l, M, N, &v3, b, NULL);
+  /* V2's: softmax, group max, no renorm; and greedy (no groups) */
+  moe_router_ex v2 = {6, MOE_SCORING_SOFTMAX, NULL, 8, 3, MOE_GROUP_MAX, false, 16.0f};
+  check_router_ex(l, M, 64, &v2, NULL, NULL);
+  moe_router_ex greedy = {6, MOE_SCORING_SOFTMAX, NULL, 0, 0, MOE_GROUP_MAX, false, 1.0f};
+  check_router_ex(l, M, 64, &greedy, NULL, NULL);
+  free(l);
+  /* what cannot be routed is refused */
+  moe_error err = {0};
+  int32_t *di = dev_bytes(NULL, 64 * sizeof(int32_t));
+  float *dw = dev_f(NULL, 64), *dl = dev_f(NULL, 64);
+  const moe_router_ex bad[] = {
+      {0, MOE_SCORING_SIGMOID, NULL, 0, 0, MOE_GROUP_MAX, false, 1.0f},   /* k = 0 */
+      {4, MOE_SCORING_SIGMOID, NULL, 3, 1, MOE_GROUP_MAX, false, 1.0f},   /* 8 % 3 */
+      {5, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_MAX, false, 1.0f},   /* 5 > 2 x 2 */
+      {2, MOE_SCORING_SIGMOID, NULL, 8, 2, MOE_GROUP_TOP2_SUM, false, 1.0f}, /* groups of 1 */
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+    ck_assert_msg(OPS->router_topk_ex(BE, di, dw, dl, 1, 8, &bad[i], &err) == MOE_ERR_INVALID,
+                  "case %zu accepted", i);
+  OPS->device_free(BE, di);
+  OPS->device_free(BE, dw);
+  OPS->device_free(BE, dl);
+}
+END_TEST
+
 START_TEST(embed_gather_scatter) {
   moe_error err = {0};
   const size_t V = 10, D = 12;
@@ -767,6 +906,22 @@ START_TEST(modeled_router_gives_valid_routing) {
       if (renorm) ck_assert_double_eq_tol(sum, 1.0, 1e-6);
     }
   }
+  /* the DeepSeek-style router too: valid experts, weights renormalised and scaled */
+  moe_router_ex r = {3, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_TOP2_SUM, true, 2.5f};
+  ck_assert(OPS->router_topk_ex(BE, d_idx, d_w, logits, m, n, &r, &err) == MOE_OK);
+  down(idx, d_idx, sizeof idx);
+  down(w, d_w, sizeof w);
+  for (size_t t = 0; t < m; t++) {
+    double sum = 0;
+    for (int a = 0; a < k; a++) {
+      ck_assert(idx[t * k + a] >= 0 && idx[t * k + a] < n);
+      for (int b = 0; b < a; b++) ck_assert_int_ne(idx[t * k + a], idx[t * k + b]);
+      sum += w[t * k + a];
+    }
+    ck_assert_double_eq_tol(sum, 2.5, 1e-5);
+  }
+  moe_router_ex bad = {3, MOE_SCORING_SIGMOID, NULL, 3, 1, MOE_GROUP_MAX, true, 1.0f}; /* 20 % 3 */
+  ck_assert_int_eq(OPS->router_topk_ex(BE, d_idx, d_w, logits, m, n, &bad, &err), MOE_ERR_INVALID);
   OPS->device_free(BE, d_idx);
   OPS->device_free(BE, d_w);
   OPS->device_free(BE, logits);
@@ -838,6 +993,7 @@ static int run_for(const char *backend, double link, int threads, const char *va
   tcase_add_test(tc, attention_ex_definition);
   tcase_add_test(tc, unary_definition);
   tcase_add_test(tc, router_topk_definition);
+  tcase_add_test(tc, router_topk_ex_definition);
   tcase_add_test(tc, embed_gather_scatter);
   tcase_add_test(tc, empty_inputs_are_no_ops);
   suite_add_tcase(s, tc);

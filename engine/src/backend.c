@@ -1,6 +1,7 @@
 /* The registry of built-in backends and the checks every table must pass. */
 #include "moe/backend.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,24 @@ static const moe_backend_ops *const k_backends[] = {
 #endif
     &moe_sim_backend,
 };
+
+moe_status moe_router_ex_check(const moe_router_ex *r, int n, moe_error *err) {
+  if (r == NULL || !(r->k >= 1 && r->k <= n && n <= MOE_ROUTER_MAX_N))
+    return MOE_FAIL(err, MOE_ERR_INVALID, "router: top-%d of %d experts (1 <= k <= n <= %d)",
+                    r ? r->k : 0, n, MOE_ROUTER_MAX_N);
+  if ((unsigned)r->scoring > MOE_SCORING_SIGMOID || (unsigned)r->group_score > MOE_GROUP_TOP2_SUM ||
+      r->n_group < 0 || !isfinite(r->scale))
+    return MOE_FAIL(err, MOE_ERR_INVALID, "router: unknown scoring or group score, or a bad scale");
+  if (r->n_group > 1) {
+    const int size = n / r->n_group;
+    if (n % r->n_group != 0 || r->topk_group < 1 || r->topk_group > r->n_group ||
+        r->k > r->topk_group * size || (r->group_score == MOE_GROUP_TOP2_SUM && size < 2))
+      return MOE_FAIL(err, MOE_ERR_INVALID,
+                      "router: %d experts in %d groups keeping %d cannot give top-%d", n,
+                      r->n_group, r->topk_group, r->k);
+  }
+  return MOE_OK;
+}
 
 size_t moe_backend_count(void) { return sizeof k_backends / sizeof k_backends[0]; }
 

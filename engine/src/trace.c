@@ -301,6 +301,11 @@ static moe_status tr_topk(moe_backend *be, int32_t *idx, float *w, const float *
   TIMED(be, "router top-k", 4.0 * (double)m * n, 4.0 * (double)m * n,
         REAL(be)->router_topk(INNER(be), idx, w, l, m, n, k, renorm, b, e));
 }
+static moe_status tr_topk_ex(moe_backend *be, int32_t *idx, float *w, const float *l, size_t m, int n,
+                             const moe_router_ex *r, moe_error *e) {
+  TIMED(be, "router top-k", 6.0 * (double)m * n, 4.0 * (double)m * n,
+        REAL(be)->router_topk_ex(INNER(be), idx, w, l, m, n, r, e));
+}
 static moe_status tr_swiglu(moe_backend *be, float *y, const float *g, const float *u, size_t n,
                             moe_error *e) {
   TIMED(be, "swiglu", 6.0 * (double)n, 12.0 * (double)n, REAL(be)->swiglu(INNER(be), y, g, u, n, e));
@@ -395,6 +400,7 @@ moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {
   o->unary = r->unary ? tr_unary : NULL;
   o->modeled_seconds = r->modeled_seconds ? tr_modeled : NULL;
   o->set_context = r->set_context ? tr_context : NULL;
+  o->router_topk_ex = r->router_topk_ex ? tr_topk_ex : NULL;
   if (r->modeled_seconds) {
     t->t_origin = 0; /* modeled time starts at 0 */
     t->clock_fn = r->modeled_seconds;

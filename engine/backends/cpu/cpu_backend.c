@@ -809,6 +809,72 @@ static moe_status cpu_router_topk(moe_backend *be, int32_t *idx, float *wts, con
   return MOE_OK;
 }
 
+/* DeepSeek-style routing (backend.h, moe_router_ex), the reference. */
+static moe_status cpu_router_topk_ex(moe_backend *be, int32_t *idx, float *wts, const float *logits,
+                                     size_t m, int n, const moe_router_ex *r, moe_error *err) {
+  if (m == 0) return MOE_OK;
+  moe_status st = moe_router_ex_check(r, n, err);
+  if (st != MOE_OK) return st;
+  st = scratch_reserve(be, 3 * (size_t)n, err);
+  if (st != MOE_OK) return st;
+  float *sc = be->scratch, *c = sc + n, *b = c + n;
+  if (r->choice_bias && r->choice_bias->data)
+    moe_convert_to_f32(b, r->choice_bias->data, r->choice_bias->dtype, (size_t)n);
+  else
+    memset(b, 0, (size_t)n * sizeof(float));
+  const int G = r->n_group > 1 ? r->n_group : 1, size = n / G;
+  for (size_t t = 0; t < m; t++) {
+    const float *l = logits + t * (size_t)n;
+    if (r->scoring == MOE_SCORING_SOFTMAX) {
+      float mx = -INFINITY, sum = 0.0f;
+      for (int e = 0; e < n; e++) mx = l[e] > mx ? l[e] : mx;
+      for (int e = 0; e < n; e++) sum += sc[e] = expf(l[e] - mx);
+      for (int e = 0; e < n; e++) sc[e] /= sum;
+    } else {
+      for (int e = 0; e < n; e++) sc[e] = 1.0f / (1.0f + expf(-l[e]));
+    }
+    for (int e = 0; e < n; e++) c[e] = sc[e] + b[e];
+    if (G > 1) {
+      /* keep the topk_group best groups; c elsewhere becomes 0 */
+      bool keep[MOE_ROUTER_MAX_N];
+      float gv[MOE_ROUTER_MAX_N];
+      for (int g = 0; g < G; g++) {
+        const float *cg = c + (size_t)g * (size_t)size;
+        float a = -INFINITY, a2 = -INFINITY;
+        for (int e = 0; e < size; e++) {
+          if (cg[e] > a) a2 = a, a = cg[e];
+          else if (cg[e] > a2) a2 = cg[e];
+        }
+        gv[g] = r->group_score == MOE_GROUP_MAX ? a : a + a2;
+        keep[g] = false;
+      }
+      for (int j = 0; j < r->topk_group; j++) {
+        int best = -1;
+        for (int g = 0; g < G; g++)
+          if (!keep[g] && (best < 0 || gv[g] > gv[best])) best = g;
+        keep[best] = true;
+      }
+      for (int e = 0; e < n; e++)
+        if (!keep[e / size]) c[e] = 0.0f;
+    }
+    int32_t *ti = idx + t * (size_t)r->k;
+    float *tw = wts + t * (size_t)r->k, tsum = 0.0f;
+    for (int j = 0; j < r->k; j++) {
+      int best = -1;
+      for (int e = 0; e < n; e++) {
+        bool taken = false;
+        for (int q = 0; q < j; q++) taken |= ti[q] == e;
+        if (!taken && (best < 0 || c[e] > c[best])) best = e;
+      }
+      ti[j] = best;
+      tw[j] = sc[best];
+      tsum += tw[j];
+    }
+    for (int j = 0; j < r->k; j++) tw[j] = (r->renorm ? tw[j] / (tsum + 1e-20f) : tw[j]) * r->scale;
+  }
+  return MOE_OK;
+}
+
 static moe_status cpu_swiglu(moe_backend *be, float *y, const float *g, const float *u, size_t n,
                              moe_error *err) {
   for (size_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
@@ -893,4 +959,5 @@ const moe_backend_ops moe_cpu_backend = {
     .set_copy_observer = cpu_set_copy_observer,
     .attention_ex = cpu_attention_ex,
     .unary = cpu_unary,
+    .router_topk_ex = cpu_router_topk_ex,
 };

@@ -270,6 +270,65 @@ __global__ void k_router_topk(int32_t *idx, float *wts, const float *logits, siz
     for (int j = 0; j < k; j++) tw[j] /= tsum;
 }
 
+/* DeepSeek-style routing (backend.h, moe_router_ex), one thread per row,
+ * the same definition as the cpu backend: scores, choice = score + bias,
+ * group limit (c outside the kept groups = 0), top-k on c with ties to the
+ * lower index, weights = scores (renormalised, scaled). */
+__global__ void k_router_topk_ex(int32_t *idx, float *wts, const float *logits, size_t m, int n,
+                                 int k, int scoring, const void *bias, int bdt, int n_group,
+                                 int topk_group, int group_score, bool renorm, float scale,
+                                 float *cbuf) {
+  size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= m) return;
+  const float *l = logits + t * n;
+  float *c = cbuf + t * n; /* the row's choice scores */
+  float mx = -INFINITY, sum = 0.0f;
+  if (scoring == 0) {
+    for (int e = 0; e < n; e++) mx = fmaxf(mx, l[e]);
+    for (int e = 0; e < n; e++) sum += expf(l[e] - mx);
+  }
+  for (int e = 0; e < n; e++) {
+    const float s = scoring == 0 ? expf(l[e] - mx) / sum : 1.0f / (1.0f + expf(-l[e]));
+    c[e] = s + (bias ? load_w(bias, bdt, e) : 0.0f);
+  }
+  if (n_group > 1) {
+    const int size = n / n_group;
+    unsigned keep[MOE_ROUTER_MAX_N / 32] = {0};
+    for (int j = 0; j < topk_group; j++) {
+      int best = -1;
+      float bv = 0.0f;
+      for (int g = 0; g < n_group; g++) {
+        if (keep[g / 32] >> (g % 32) & 1u) continue;
+        float a = -INFINITY, a2 = -INFINITY;
+        for (int e = 0; e < size; e++) {
+          const float v = c[g * size + e];
+          if (v > a) a2 = a, a = v;
+          else if (v > a2) a2 = v;
+        }
+        const float gv = group_score == 0 ? a : a + a2;
+        if (best < 0 || gv > bv) best = g, bv = gv;
+      }
+      keep[best / 32] |= 1u << (best % 32);
+    }
+    for (int e = 0; e < n; e++)
+      if (!(keep[(e / size) / 32] >> ((e / size) % 32) & 1u)) c[e] = 0.0f;
+  }
+  int32_t *ti = idx + t * k;
+  float *tw = wts + t * k, tsum = 0.0f;
+  for (int j = 0; j < k; j++) {
+    int best = -1;
+    for (int e = 0; e < n; e++) {
+      bool taken = false;
+      for (int q = 0; q < j; q++) taken |= ti[q] == e;
+      if (!taken && (best < 0 || c[e] > c[best])) best = e;
+    }
+    ti[j] = best;
+    tw[j] = scoring == 0 ? expf(l[best] - mx) / sum : 1.0f / (1.0f + expf(-l[best]));
+    tsum += tw[j];
+  }
+  for (int j = 0; j < k; j++) tw[j] = (renorm ? tw[j] / (tsum + 1e-20f) : tw[j]) * scale;
+}
+
 __global__ void k_swiglu(float *y, const float *g, const float *u, size_t n) {
   size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
@@ -782,6 +841,29 @@ cleanup:
   return st;
 }
 
+static moe_status cu_router_topk_ex(moe_backend *be, int32_t *idx, float *wts, const float *logits,
+                                    size_t m, int n, const moe_router_ex *r, moe_error *err) {
+  moe_status st = MOE_OK;
+  if (m == 0) return MOE_OK;
+  MOE_TRY(moe_router_ex_check(r, n, err));
+  {
+    /* the rows' choice scores: device scratch for this call */
+    float *cbuf = NULL;
+    CUDA_TRY(cudaMallocAsync((void **)&cbuf, m * (size_t)n * sizeof(float), be->compute), err);
+    k_router_topk_ex<<<(unsigned)((m + 127) / 128), 128, 0, be->compute>>>(
+        idx, wts, logits, m, n, r->k, (int)r->scoring,
+        r->choice_bias && r->choice_bias->data ? r->choice_bias->data : NULL,
+        r->choice_bias ? (int)r->choice_bias->dtype : 0, r->n_group, r->topk_group,
+        (int)r->group_score, r->renorm, r->scale, cbuf);
+    const cudaError_t launch = cudaGetLastError();
+    const cudaError_t freed = cudaFreeAsync(cbuf, be->compute);
+    CUDA_TRY(launch, err);
+    CUDA_TRY(freed, err);
+  }
+cleanup:
+  return st;
+}
+
 static moe_status cu_swiglu(moe_backend *be, float *y, const float *g, const float *u, size_t n,
                            moe_error *err) {
   moe_status st = MOE_OK;
@@ -884,6 +966,7 @@ static moe_backend_ops make_ops(void) {
   o.stall_seconds = cu_stall_seconds;
   o.attention_ex = cu_attention_ex;
   o.unary = cu_unary;
+  o.router_topk_ex = cu_router_topk_ex;
   return o;
 }
 

@@ -301,6 +301,18 @@ static moe_status sim_router_topk(moe_backend *be, int32_t *idx, float *wts, con
   return MOE_OK;
 }
 
+/* DeepSeek-style routing: the routing source's draw; weights as the
+ * contract shapes them (renormalised, scaled). */
+static moe_status sim_router_topk_ex(moe_backend *be, int32_t *idx, float *wts, const float *logits,
+                                     size_t m, int n, const moe_router_ex *r, moe_error *err) {
+  if (m == 0) return MOE_OK;
+  moe_status st = moe_router_ex_check(r, n, err);
+  if (st == MOE_OK) st = sim_router_topk(be, idx, wts, logits, m, n, r->k, r->renorm, NULL, err);
+  if (st == MOE_OK)
+    for (size_t i = 0; i < m * (size_t)r->k; i++) wts[i] *= r->scale;
+  return st;
+}
+
 static moe_status parse_routing(moe_backend *be, const char *spec, moe_error *err) {
   snprintf(be->routing, sizeof be->routing, "%s", spec && *spec ? spec : "uniform");
   if (spec == NULL || *spec == '\0' || strcmp(spec, "uniform") == 0) return MOE_OK;
@@ -610,4 +622,5 @@ const moe_backend_ops moe_sim_backend = {
     .unary = sim_unary,
     .modeled_seconds = sim_seconds,
     .set_context = sim_context,
+    .router_topk_ex = sim_router_topk_ex,
 };

@@ -119,6 +119,39 @@ typedef struct moe_attn_ex {
   int bucket_offset;
 } moe_attn_ex;
 
+/* Routing in the general form of DeepSeek-V2/V3 (router_topk_ex, since ABI
+ * 1.3).  Per row of logits[m, n]:
+ *   s[e] = softmax(logits)[e]            (scoring SOFTMAX), or
+ *          sigmoid(logits[e])            (scoring SIGMOID);
+ *   c[e] = s[e] + choice_bias[e]         (the ranking score; no bias: s);
+ *   with n_group > 1: the experts form n_group equal groups in index
+ *   order; a group's value is the max of its c (GROUP_MAX) or the sum of
+ *   its two largest c (GROUP_TOP2_SUM); the topk_group groups of largest
+ *   value are kept (ties to the lower group), and c of every expert outside
+ *   them becomes 0 (as transformers' masked_fill(0.0));
+ *   idx = the k experts of largest c, ties to the lower index;
+ *   w[j] = s[idx[j]], divided by (sum_j w + 1e-20) when renorm, then times
+ *   scale.
+ * Requirements (MOE_ERR_INVALID otherwise): 1 <= k <= n <= MOE_ROUTER_MAX_N;
+ * with n_group > 1, n % n_group == 0, 1 <= topk_group <= n_group, k <=
+ * topk_group * n / n_group, and groups of at least 2 for GROUP_TOP2_SUM. */
+#define MOE_ROUTER_MAX_N 1024
+typedef enum moe_router_scoring { MOE_SCORING_SOFTMAX = 0, MOE_SCORING_SIGMOID = 1 } moe_router_scoring;
+typedef enum moe_router_group_score { MOE_GROUP_MAX = 0, MOE_GROUP_TOP2_SUM = 1 } moe_router_group_score;
+typedef struct moe_router_ex {
+  int k;
+  moe_router_scoring scoring;
+  const moe_weight *choice_bias; /* 1 x n, or NULL / data NULL: none */
+  int n_group, topk_group;       /* n_group 0 or 1: no group limit */
+  moe_router_group_score group_score;
+  bool renorm;
+  float scale;
+} moe_router_ex;
+
+/* Checks r against n (the requirements above); MOE_OK or MOE_ERR_INVALID
+ * with the reason. */
+moe_status moe_router_ex_check(const moe_router_ex *r, int n, moe_error *err);
+
 /* Element-wise operations (moe_backend_ops.unary, since ABI 1.2). */
 typedef enum moe_unary_op {
   MOE_UNARY_RELU = 0, /* y = max(x, 0) */
@@ -319,6 +352,10 @@ typedef struct moe_backend_ops {
    * and the engine's forward-pass counter.  Only a hint (a modeled
    * backend's routing source keys its draws on it); NULL: not wanted. */
   void (*set_context)(moe_backend *be, int layer, int expert, unsigned long long step);
+  /* See moe_router_ex: idx[m, k] int32, wts[m, k].  NULL: the backend has
+   * no DeepSeek-style routing (the engine refuses such a model on it). */
+  moe_status (*router_topk_ex)(moe_backend *be, int32_t *idx, float *wts, const float *logits,
+                               size_t m, int n, const moe_router_ex *r, moe_error *err);
 } moe_backend_ops;
 
 /* The size of a table built against the ABI 1.2 header: everything up to
