@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "moe/expert_store.h"
 #include "moe/rng.h"
@@ -122,9 +124,13 @@ void runner_run(const run_spec *sp, run_result *out) {
                            .policy = sp->policy, .routing = sp->routing,
                            .pregate_lookahead = sp->lookahead};
   if (sp->routing_log) {
-    snprintf(log_tmp, sizeof log_tmp, "%.1000s.tmp", sp->routing_log);
-    rlog.f = fopen(log_tmp, "w");
+    /* a fresh temporary file beside it (never an existing file or FIFO), renamed when whole */
+    snprintf(log_tmp, sizeof log_tmp, "%.1000s.tmp.XXXXXX", sp->routing_log);
+    const int fd = mkstemp(log_tmp);
+    if (fd >= 0) (void)fchmod(fd, 0644);
+    rlog.f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (rlog.f == NULL) {
+      if (fd >= 0) close(fd), remove(log_tmp);
       MOE_FAIL(&err, MOE_ERR_IO, "%s: cannot create the routing log", log_tmp);
       goto done;
     }

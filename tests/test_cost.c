@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "moe/backend.h"
@@ -442,6 +443,19 @@ START_TEST(sim_replays_a_recorded_routing) {
     ck_assert_msg(strstr(out, "same"), "%s: the sim's routing differs from the recorded one", presets[k]);
     moe_model_free(real);
     moe_model_free(virt);
+  }
+  /* a FIFO nobody writes is refused, not waited on */
+  char fifo[600];
+  snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+  ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+  {
+    char fspec[700];
+    snprintf(fspec, sizeof fspec, "trace:%s", fifo);
+    moe_device dev;
+    moe_backend_options o = {.hardware = HW("h200"), .routing = fspec};
+    moe_error err = {0};
+    ck_assert_int_eq(moe_device_open(&dev, "sim", &o, &err), MOE_ERR_IO);
+    ck_assert_msg(strstr(err.msg, "not a regular file"), "%s", err.msg);
   }
   /* bad logs: named, with the line */
   static const char *const bad[] = {"1 2 3 x\n", "1 2\n", "1 2 3 4\n1 2 3 4 5\n", "# only a comment\n",

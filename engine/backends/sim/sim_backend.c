@@ -15,6 +15,7 @@
 #include "moe/backend.h"
 #include "moe/config.h"
 #include "moe/cost.h"
+#include "moe/jsonfile.h"
 
 #define MOE_SIM_MAX_K 64 /* experts per token a routing log may hold */
 
@@ -176,9 +177,8 @@ static const rec_route *rec_find(const moe_backend *be, unsigned long long step,
 /* Loads a routing log ("step layer row expert..." lines, '#' comments):
  * errors name the file and line. */
 static moe_status rec_load(moe_backend *be, const char *path, moe_error *err) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open the routing log: %s", path, strerror(errno));
+  FILE *f = moe_fopen_regular(path, err); /* never blocks on a FIFO or a device */
+  if (f == NULL) return err ? err->status : MOE_ERR_IO;
   moe_status st = MOE_OK;
   char *line = NULL;
   size_t cap = 0;
