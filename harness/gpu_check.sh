@@ -5,7 +5,8 @@
 # smoke test runs `generate --backend cuda`, and the gpu-labelled tests
 # compare cuda with cpu op by op, whole models, policies bit-identical,
 # peak = plan), runs the headline
-# suite with the cuda backend and the paper-scale suite, measures the
+# suite with the cuda backend and the paper-scale suite (and the same suite
+# modeled on the h200 profile, to validate the cost model), measures the
 # host-to-device copy bandwidth, and writes CSV, JSON and a short table to
 # $OUT (default: results/runs/gpu-check).  Budget: 8 minutes.
 set -uo pipefail
@@ -39,13 +40,19 @@ timeout 180 $bin bench-policies --preset switch-base-8 --backend cuda --reps 3 \
 tail -12 "$OUT/bench-policies.md" | tee -a "$OUT/summary.txt"
 
 log "headline suite on cuda"
-sed -e 's/"backend": "auto"/"backend": "cuda"/' -e 's/"link_gbps": 6/"link_gbps": 0/' workloads/suites/headline.json >"$OUT/headline-suite.json"
+sed -e 's/"backend": "auto"/"backend": "cuda"/' -e '/"link_ratio"/d' -e '/"link_gbps"/d' workloads/suites/headline.json >"$OUT/headline-suite.json"
 timeout 150 $bin sweep "$OUT/headline-suite.json" -o "$OUT/headline-cuda" --quiet
 $bin report "$OUT/headline-cuda.csv" --paper >"$OUT/headline-cuda.md" && cat "$OUT/headline-cuda.md" | tee -a "$OUT/summary.txt"
 
 log "paper scale (switch-base-128, encoder-decoder, f32, 256 input + 32 tokens)"
 timeout 200 $bin sweep gpu-paper -o "$OUT/paper-cuda" --quiet
 $bin report "$OUT/paper-cuda.csv" --paper >"$OUT/paper-cuda.md" && cat "$OUT/paper-cuda.md" | tee -a "$OUT/summary.txt"
+
+log "the cost model against it: the same suite MODELED on the h200 profile (sim backend)"
+sed -e 's/"backend": "cuda"/"backend": "sim", "hardware": "h200"/' workloads/suites/gpu-paper.json >"$OUT/paper-sim-suite.json"
+$bin sweep "$OUT/paper-sim-suite.json" -o "$OUT/paper-sim" --quiet
+{ echo "measured on this GPU:"; $bin report "$OUT/paper-cuda.csv" --summary
+  echo "MODELED on workloads/hardware/h200.json:"; $bin report "$OUT/paper-sim.csv" --summary; } | tee -a "$OUT/summary.txt"
 
 log "done in $(( $(date +%s) - start )) s; gpu tests rc=$gpu_rc"
 exit $gpu_rc
