@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "checked.h"
@@ -185,9 +186,14 @@ moe_status moe_hw_profile_save(const moe_hw_profile *p, const char *path, const 
   json_object_set(o, "sources", src);
   tmp = malloc(strlen(path) + 16);
   MOE_CHECK(tmp != NULL, err, MOE_ERR_OOM, "out of host memory (profile)");
-  sprintf(tmp, "%s.tmp.%ld", path, (long)getpid());
-  f = fopen(tmp, "w");
-  MOE_CHECK(f != NULL, err, MOE_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+  sprintf(tmp, "%s.tmp.XXXXXX", path); /* a fresh file beside it, renamed when whole */
+  {
+    const int fd = mkstemp(tmp);
+    if (fd >= 0) (void)fchmod(fd, 0644);
+    f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (f == NULL && fd >= 0) close(fd), remove(tmp);
+  }
+  MOE_CHECK(f != NULL, err, MOE_ERR_IO, "%s: cannot create a file beside it: %s", path, strerror(errno));
   int bad = json_dumpf(o, f, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6)) != 0;
   bad |= fputc('\n', f) == EOF;
   bad |= fclose(f) != 0;
