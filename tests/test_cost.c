@@ -224,7 +224,7 @@ START_TEST(sim_needs_a_profile_and_a_valid_routing) {
   ck_assert_int_eq(moe_device_open(&dev, "sim", &none, &err), MOE_ERR_INVALID);
   ck_assert_msg(strstr(err.msg, "hardware profile"), "%s", err.msg);
   static const char *const bad[] = {"zipf", "zipf:0", "zipf:x", "correlated:1", "uniform:1",
-                                    "zipf:1,", "normal:2", "zipf:1e400"};
+                                    "zipf:1,", "normal:2", "zipf:1e400", "miss:2", "miss:-0.1"};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     moe_error e2 = {0};
     moe_backend_options o = {.hardware = HW("a100-80g-pcie4"), .routing = bad[i]};
@@ -341,6 +341,37 @@ START_TEST(sim_runs_every_policy_modeled_and_deterministic) {
   ck_assert(a[go].stats.stall_s == 0 && a[od].stats.stall_s > 0);
   ck_assert(a[od].stats.bytes_h2d > 0);
   for (int i = 0; i < np; i++) run_result_free(&a[i]), run_result_free(&b[i]);
+}
+END_TEST
+
+/* miss:P: a pre-gate's prediction of a row is drawn afresh with
+ * probability P, so pregated-spec's hit rate falls and its wasted copies
+ * and misses rise; miss:0 predicts every row. */
+START_TEST(sim_mispredictions) {
+  moe_model *m = NULL;
+  moe_error err = {0};
+  ck_assert(cli_preset_model_for("switch-base-8", "sim", NULL, &m, &err) == MOE_OK);
+  const moe_policy *pol = moe_policy_find("pregated-spec");
+  double hit[3];
+  unsigned long long wasted[3];
+  const char *specs[3] = {"uniform", "miss:0.5", "miss:1"};
+  for (int i = 0; i < 3; i++) {
+    run_spec sp = {.model = m, .policy = pol, .routing = MOE_ROUTING_CONVENTIONAL, .backend = "sim",
+                   .hardware = HW("a100-80g-pcie4"), .sim_routing = specs[i], .batch = 1,
+                   .prompt_len = 16, .gen_len = 24, .prompt_seed = 1, .requests = 1};
+    run_result r;
+    runner_run(&sp, &r);
+    ck_assert_msg(r.status == MOE_OK, "%s", r.error);
+    hit[i] = (double)r.stats.pregate_hits / (double)r.stats.pregate_total;
+    wasted[i] = r.stats.wasted;
+    run_result_free(&r);
+  }
+  ck_assert_msg(hit[0] == 1.0, "uniform: every prediction right (%g)", hit[0]);
+  ck_assert_msg(hit[1] > 0.35 && hit[1] < 0.75, "miss:0.5: hit rate %g", hit[1]);
+  ck_assert_msg(hit[2] < 0.3, "miss:1: hit rate %g", hit[2]);
+  ck_assert_msg(wasted[0] < wasted[1] && wasted[1] < wasted[2], "wasted copies %llu %llu %llu",
+                wasted[0], wasted[1], wasted[2]);
+  moe_model_free(m);
 }
 END_TEST
 
@@ -514,6 +545,7 @@ int main(void) {
   tcase_add_test(tc, sim_routing_sources);
   tcase_add_test(tc, sim_runs_every_policy_modeled_and_deterministic);
   tcase_add_test(tc, sim_runs_a_model_larger_than_this_machine);
+  tcase_add_test(tc, sim_mispredictions);
   tcase_add_test(tc, replay_of_a_sim_trace_reproduces_it);
   tcase_add_test(tc, replay_refuses_bad_traces);
   tcase_add_test(tc, sim_replays_a_recorded_routing);

@@ -577,15 +577,15 @@ cleanup:
 
 /* Runs the top-k selection on logits already in e->router (plus bias, which
  * may be absent) and downloads indices and weights. */
-static moe_status topk_download(moe_engine *e, int layer, size_t T, const moe_weight *bias,
-                                int32_t *d_idx, float *d_w, int32_t *h_idx, float *h_w,
-                                moe_error *err) {
+static moe_status topk_download(moe_engine *e, int layer, bool prediction, size_t T,
+                                const moe_weight *bias, int32_t *d_idx, float *d_w,
+                                int32_t *h_idx, float *h_w, moe_error *err) {
   moe_status st = MOE_OK;
   const moe_config *c = &e->model->cfg;
   const moe_backend_ops *o = e->dev->ops;
   const size_t K = (size_t)c->top_k;
-  /* the routing is layer's (a pre-gate's: the block it predicts) */
-  if (o->set_context) o->set_context(e->dev->be, layer, -1, e->step);
+  /* the routing is layer's (a pre-gate's: the block it predicts, expert -2) */
+  if (o->set_context) o->set_context(e->dev->be, layer, prediction ? -2 : -1, e->step);
   MOE_TRY(o->router_topk(e->dev->be, d_idx, d_w, e->router, T, c->n_experts, c->top_k,
                          c->norm_topk, bias, err));
   MOE_TRY(o->download(e->dev->be, h_idx, d_idx, T * K * sizeof(int32_t), err));
@@ -597,14 +597,15 @@ cleanup:
 /* Router logits of MoE layer `layer` for in[T, H] into e->router, then its
  * top-k.  A Switch router's classifier bias is part of the logits (the
  * softmax sees it); the decoder-only families' optional bias only ranks. */
-static moe_status route(moe_engine *e, int layer, const float *in, size_t T, int32_t *d_idx,
-                        float *d_w, int32_t *h_idx, float *h_w, moe_error *err) {
+static moe_status route(moe_engine *e, int layer, bool prediction, const float *in, size_t T,
+                        int32_t *d_idx, float *d_w, int32_t *h_idx, float *h_w, moe_error *err) {
   moe_status st = MOE_OK;
   const moe_weight router = dw(e, layer, ROLE_ROUTER), bias = dw(e, layer, ROLE_ROUTER_BIAS);
   const moe_weight none = {NULL, e->model->dtype, 0, 0};
   const bool in_logits = e->model->cfg.router_logit_bias;
   MOE_TRY(e->dev->ops->matmul(e->dev->be, e->router, in, T, &router, in_logits ? &bias : NULL, err));
-  MOE_TRY(topk_download(e, layer, T, in_logits ? &none : &bias, d_idx, d_w, h_idx, h_w, err));
+  MOE_TRY(topk_download(e, layer, prediction, T, in_logits ? &none : &bias, d_idx, d_w, h_idx, h_w,
+                        err));
 cleanup:
   return st;
 }
@@ -627,11 +628,11 @@ static moe_status pregate(moe_engine *e, int layer, int next, size_t T, bool fro
     const moe_weight pg = dw(e, layer, ROLE_PREGATE);
     const moe_weight no_bias = {NULL, e->model->dtype, 0, 0};
     MOE_TRY(o->matmul(be, e->router, e->h, T, &pg, NULL, err));
-    MOE_TRY(topk_download(e, next, T, &no_bias, e->pidx, e->pw, p->idx, p->w, err));
+    MOE_TRY(topk_download(e, next, true, T, &no_bias, e->pidx, e->pw, p->idx, p->w, err));
   } else {
     const moe_weight fn = dw(e, next, ROLE_FFN_NORM);
     MOE_TRY(o->rmsnorm(be, e->tmp, e->x, T, &fn, c->rms_eps, err));
-    MOE_TRY(route(e, next, e->tmp, T, e->pidx, e->pw, p->idx, p->w, err));
+    MOE_TRY(route(e, next, true, e->tmp, T, e->pidx, e->pw, p->idx, p->w, err));
   }
   p->layer = next;
   p->first = first;
@@ -709,7 +710,7 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
 
   /* The block's own router: the routing in conventional mode, the yardstick
    * of the prediction otherwise. */
-  MOE_TRY(route(e, l, e->h, T, e->ridx, e->rw, e->h_idx, e->h_wts, err));
+  MOE_TRY(route(e, l, false, e->h, T, e->ridx, e->rw, e->h_idx, e->h_wts, err));
   if (e->opt.on_route) e->opt.on_route(e->opt.on_route_ctx, l, e->step, e->h_idx, T, (int)K);
   for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) {
     struct pending_pred *p = &e->pred[i];

@@ -28,6 +28,8 @@ struct moe_backend {
   moe_cost_clock clk;
   double zipf_s;      /* 0: uniform */
   double stay;        /* temporal correlation: P(a row keeps its previous step's experts) */
+  double miss;        /* P(a pre-gate's prediction of a row is drawn afresh, not the routing) */
+  bool predicting;    /* set_context: the next routing is a prediction */
   uint64_t seed;
   int layer;          /* set_context */
   unsigned long long step;
@@ -280,7 +282,9 @@ static moe_status sim_router_topk(moe_backend *be, int32_t *idx, float *wts, con
   for (size_t r = 0; r < m; r++) {
     /* a recorded run's routing, where it has this (step, layer, row) and
      * the same k, with experts in range; else the seeded draw */
-    const rec_route *rec = rec_find(be, be->step, be->layer, r);
+    const bool mispredict = be->predicting && be->miss > 0 &&
+                            unit(key(be, be->layer, be->step, r, 999)) < be->miss;
+    const rec_route *rec = mispredict ? NULL : rec_find(be, be->step, be->layer, r);
     bool used = rec != NULL && be->rec_k == k;
     for (int j = 0; used && j < k; j++) used = rec->experts[j] < n;
     if (rec) be->rec_hits += used, be->rec_misses += !used;
@@ -293,6 +297,8 @@ static moe_status sim_router_topk(moe_backend *be, int32_t *idx, float *wts, con
     /* temporal correlation: walk back while the row kept its experts */
     unsigned long long s = be->step;
     while (s > 0 && be->stay > 0 && unit(key(be, be->layer, s, r, 555)) < be->stay) s--;
+    /* a mispredicted row: the pre-gate draws from another stream */
+    if (mispredict) s = mix(s ^ 0x5bd1e995ull) | (1ull << 63);
     if (draw(be, be->layer, s, r, n, k, idx + r * (size_t)k) != 0)
       return MOE_FAIL(err, MOE_ERR_OOM, "sim backend: out of host memory");
     for (int j = 0; j < k; j++) wts[r * (size_t)k + (size_t)j] = renorm ? 1.0f / (float)k : 1.0f / (float)n;
@@ -336,6 +342,8 @@ static moe_status parse_routing(moe_backend *be, const char *spec, moe_error *er
       be->zipf_s = v;
     else if (strcmp(tok, "correlated") == 0 && v >= 0 && v < 1)
       be->stay = v;
+    else if (strcmp(tok, "miss") == 0 && v >= 0 && v <= 1)
+      be->miss = v;
     else
       goto bad;
   }
@@ -343,7 +351,7 @@ static moe_status parse_routing(moe_backend *be, const char *spec, moe_error *er
 bad:
   return MOE_FAIL(err, MOE_ERR_INVALID,
                   "sim routing '%.60s': expected uniform, zipf:S (0 < S <= 10), correlated:P "
-                  "(0 <= P < 1) or both, comma-separated, or trace:FILE", spec);
+                  "(0 <= P < 1), miss:P (0 <= P <= 1), comma-separated, or trace:FILE", spec);
 }
 
 /* ---------------------------------------------------------------- instance */
@@ -391,7 +399,7 @@ static void sim_set_observer(moe_backend *be, void (*fn)(void *, size_t, double,
 }
 
 static void sim_context(moe_backend *be, int layer, int expert, unsigned long long step) {
-  (void)expert;
+  be->predicting = expert == -2;
   be->layer = layer;
   be->step = step;
 }

@@ -348,9 +348,11 @@ typedef struct moe_backend_ops {
    * everything issued so far).  When present, the engine times runs with it
    * instead of the host clock.  NULL: the host clock is the time. */
   double (*modeled_seconds)(moe_backend *be);
-  /* What the next ops belong to: MoE layer (-1: none), expert (-1: none)
-   * and the engine's forward-pass counter.  Only a hint (a modeled
-   * backend's routing source keys its draws on it); NULL: not wanted. */
+  /* What the next ops belong to: MoE layer (-1: none), expert (-1: none;
+   * -2: the routing computed next is a pre-gate's prediction of that
+   * layer's) and the engine's forward-pass counter.  Only a hint (a
+   * modeled backend's routing source keys its draws on it); NULL: not
+   * wanted. */
   void (*set_context)(moe_backend *be, int layer, int expert, unsigned long long step);
   /* See moe_router_ex: idx[m, k] int32, wts[m, k].  NULL: the backend has
    * no DeepSeek-style routing (the engine refuses such a model on it). */
