@@ -358,6 +358,10 @@ int cmd_eval(int argc, char **argv) {
     return 2;
   }
   if (cli_check_names("eval", preset, backend) != 0) return 2;
+  if (backend && strcmp(backend, "sim") == 0) {
+    cli_error("eval: the sim backend computes no logits (it models time); evaluate on cpu or cuda");
+    return 2;
+  }
   snprintf(row.model, sizeof row.model, "%s", model_dir ? model_dir : preset);
   int32_t *w = NULL;
   int n = 0, len = 0;

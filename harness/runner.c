@@ -208,7 +208,7 @@ void runner_run(const run_spec *sp, run_result *out) {
   }
   out->peak_bytes = dev.mem.peak_total;
   memcpy(out->peak_by_cat, dev.mem.at_peak, sizeof out->peak_by_cat);
-  if (sp->eval_windows && sp->eval_n > 0) {
+  if (sp->eval_windows && sp->eval_n > 0 && !out->modeled) { /* a modeled backend has no logits */
     /* quality after the measured runs (their peak is already taken): an
      * engine that keeps every position's logits */
     moe_engine_free(e);

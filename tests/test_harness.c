@@ -1270,6 +1270,10 @@ START_TEST(modeled_sweep_is_gated_exactly) {
                         "--deterministic-only", NULL), 1);
   res_table_free(&a);
   res_table_free(&b);
+  /* generate and eval compute tokens and logits: not on a modeled backend */
+  ck_assert_int_eq(call(cmd_generate, "generate", "--preset", "ci-small", "--backend", "sim", NULL), 2);
+  ck_assert_int_eq(call(cmd_eval, "eval", "--preset", "ci-small", "--backend", "sim", "--tokens",
+                        tmp_path("none.txt"), NULL), 2);
   /* a sim suite without a profile, or a profile for a real backend, is refused */
   write_file("nohw.json", "{\"name\": \"x\", \"models\": [\"ci-small\"], \"workloads\": [\"ci\"],"
                           " \"policies\": [\"gpu-only\"], \"backend\": \"sim\"}");
