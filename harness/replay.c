@@ -3,6 +3,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,43 +62,177 @@ static void tally(replay_result *out, const char *name, double trace_s, double m
   out->kinds[i].modeled_s += modeled_s;
 }
 
-moe_status replay_trace(const char *path, const moe_hw_profile *p, replay_result *out,
-                        moe_error *err) {
+/* The replay's state, fed one event at a time. */
+typedef struct replay_state {
+  const moe_hw_profile *p;
+  const char *path;
+  replay_result *out;
+  moe_cost_clock c;
+  ev_times evs;
+  const char *boundary;  /* the op that starts a forward pass */
+  bool marks;
+  size_t fwd_cap;
+  double meas_start, meas_end, fwd_model0, fwd_meas0, model_start;
+  double dl_model, dl_meas; /* after the last download (a forward's logits) */
+} replay_state;
+
+static void state_init(replay_state *s, const moe_hw_profile *p, const char *path,
+                       replay_result *out, bool marks) {
+  memset(s, 0, sizeof *s);
   memset(out, 0, sizeof *out);
-  json_t *root = moe_json_load_file(path, err);
-  if (root == NULL) return err ? err->status : MOE_ERR_IO;
-  moe_status st = replay_trace_json(root, path, p, out, err);
-  json_decref(root);
-  return st;
+  s->p = p;
+  s->path = path;
+  s->out = out;
+  s->marks = marks;
+  s->boundary = marks ? "forward" : "embed";
+  s->meas_start = s->meas_end = -1;
+  s->dl_model = s->dl_meas = -1;
+  moe_cost_clock_init(&s->c, p);
+}
+
+/* Room for one more forward's figures. */
+static bool fwd_room(replay_state *s) {
+  if ((size_t)s->out->n_forwards < s->fwd_cap) return true;
+  const size_t nc = s->fwd_cap ? 2 * s->fwd_cap : 256;
+  double *a = realloc(s->out->fwd_modeled, nc * sizeof *a);
+  if (a == NULL) return false;
+  s->out->fwd_modeled = a;
+  double *b = realloc(s->out->fwd_measured, nc * sizeof *b);
+  if (b == NULL) return false;
+  s->out->fwd_measured = b;
+  s->fwd_cap = nc;
+  return true;
+}
+
+/* One trace event (event number i, for messages). */
+static moe_status replay_event(replay_state *s, json_t *e, size_t i, moe_error *err) {
+  replay_result *out = s->out;
+  moe_cost_clock *c = &s->c;
+  const moe_hw_profile *p = s->p;
+  const char *path = s->path;
+  json_t *ph = json_object_get(e, "ph"), *nm = json_object_get(e, "name"),
+         *tid = json_object_get(e, "tid"), *args = json_object_get(e, "args");
+  if (!json_is_string(ph) || !json_is_string(nm))
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu has no ph or name", path, i);
+  const char *kind = json_string_value(ph), *name = json_string_value(nm);
+  if (!strcmp(kind, "M")) {
+    if (!strcmp(name, "moe_clock")) {
+      json_t *ck = json_is_object(args) ? json_object_get(args, "clock") : NULL;
+      out->trace_modeled = json_is_string(ck) && !strcmp(json_string_value(ck), "modeled");
+    }
+    return MOE_OK;
+  }
+  const bool span = !strcmp(kind, "X"), instant = !strcmp(kind, "i");
+  if (!span && !instant) return MOE_OK;
+  /* the copy track holds the copies' own spans; the replay models them
+   * from their issues on the compute track */
+  if (!json_is_integer(tid) || json_integer_value(tid) != 1) return MOE_OK;
+  json_t *ts = json_object_get(e, "ts"), *du = json_object_get(e, "dur");
+  if (!json_is_number(ts) || !(fabs(json_number_value(ts)) <= 1e15) ||
+      (span && (!json_is_number(du) || !(json_number_value(du) >= 0) ||
+                !(json_number_value(du) <= 1e15))))
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu ('%.40s') has no valid ts/dur", path, i, name);
+  const double t0 = json_number_value(ts) * 1e-6, t1 = t0 + (span ? json_number_value(du) * 1e-6 : 0);
+  double flops, bytes, ev, m, rows, cols;
+  if (!arg_num(args, "flops", &flops) || !arg_num(args, "bytes", &bytes) ||
+      !arg_num(args, "event", &ev) || !arg_num(args, "m", &m) || !arg_num(args, "rows", &rows) ||
+      !arg_num(args, "cols", &cols))
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu ('%.40s') has a malformed argument", path, i,
+                    name);
+  double *slot = NULL;
+  if (ev >= 1 && (slot = ev_slot(&s->evs, ev)) == NULL)
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu: event id %.0f out of range", path, i, ev);
+  if (!strcmp(name, s->boundary)) { /* a forward pass begins */
+    if (!fwd_room(s)) return MOE_FAIL(err, MOE_ERR_OOM, "%s: out of host memory", path);
+    if (out->n_forwards > 0) {
+      out->fwd_modeled[out->n_forwards - 1] = c->compute - s->fwd_model0;
+      out->fwd_measured[out->n_forwards - 1] = t0 - s->fwd_meas0;
+    } else {
+      s->meas_start = t0;
+      s->model_start = c->compute;
+    }
+    out->n_forwards++;
+    s->fwd_model0 = c->compute;
+    s->fwd_meas0 = t0;
+  }
+  if (out->n_forwards > 0 && t1 > s->meas_end) s->meas_end = t1;
+  const double before = c->compute;
+  if (out->n_forwards > 0 && !strcmp(name, "download")) {
+    moe_cost_compute(c, moe_cost_transfer(p, bytes));
+    tally(out, name, t1 - t0, c->compute - before);
+    s->dl_model = c->compute;
+    s->dl_meas = t1;
+    return MOE_OK;
+  }
+  if (instant) {
+    if (!strcmp(name, "copy issue")) {
+      const double done = moe_cost_copy_issue(c, bytes, true);
+      if (slot) *slot = done;
+    } else if (!strcmp(name, "record")) {
+      if (slot) *slot = c->compute;
+    } else if (!strcmp(name, "copy waits")) {
+      if (slot) moe_cost_copy_wait(c, *slot);
+    }
+    return MOE_OK;
+  }
+  if (!strcmp(name, "wait for copy")) {
+    if (slot) moe_cost_compute_wait(c, *slot);
+  } else if (!strcmp(name, "host waits")) {
+    if (slot) moe_cost_host_wait(c, *slot);
+  } else if (!strcmp(name, "synchronize")) {
+    moe_cost_sync(c);
+  } else if (!strcmp(name, "matmul")) {
+    json_t *dt = json_is_object(args) ? json_object_get(args, "dtype") : NULL;
+    moe_dtype d = MOE_F32;
+    if (dt && (!json_is_string(dt) || moe_dtype_parse(json_string_value(dt), &d) != 0))
+      return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu: unknown dtype", path, i);
+    if (rows > 0 && cols > 0)
+      moe_cost_compute(c, moe_cost_matmul(p, m, rows, cols, d));
+    else /* an older trace without the shape: its FLOPs and bytes */
+      moe_cost_compute(c, moe_cost_vector(p, flops, bytes));
+  } else if (!strcmp(name, "upload") || !strcmp(name, "download")) {
+    moe_cost_compute(c, moe_cost_transfer(p, bytes));
+  } else {
+    moe_cost_compute(c, moe_cost_vector(p, flops, bytes));
+  }
+  if (out->n_forwards > 0) tally(out, name, t1 - t0, c->compute - before);
+  return MOE_OK;
+}
+
+/* The figures, once every event is in. */
+static moe_status replay_finish(replay_state *s, moe_error *err) {
+  replay_result *out = s->out;
+  if (out->n_forwards == 0)
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: the trace holds no forward pass (no %s)", s->path,
+                    s->marks ? "forward mark" : "embed op");
+  /* the run ends with its last forward's logits read back (later ops are
+   * teardown) */
+  const double end_model = s->dl_model >= s->fwd_model0 ? s->dl_model : s->c.compute;
+  const double end_meas = s->dl_meas >= s->fwd_meas0 ? s->dl_meas : s->meas_end;
+  out->fwd_modeled[out->n_forwards - 1] = end_model - s->fwd_model0;
+  out->fwd_measured[out->n_forwards - 1] = end_meas - s->fwd_meas0;
+  out->modeled_s = end_model - s->model_start;
+  out->measured_s = end_meas - s->meas_start;
+  out->stall_s = s->c.stall;
+  out->copy_s = s->c.copy_busy;
+  out->hidden_share = moe_cost_hidden_share(&s->c);
+  out->ops = s->c.ops;
+  out->copies = s->c.copies;
+  return MOE_OK;
 }
 
 moe_status replay_trace_json(const void *json, const char *path, const moe_hw_profile *p,
                              replay_result *out, moe_error *err) {
-  memset(out, 0, sizeof *out);
   json_t *root = (json_t *)json;
-  moe_status st = MOE_OK;
-  ev_times evs = {0};
   json_t *arr = json_is_object(root) ? json_object_get(root, "traceEvents") : NULL;
-  if (!json_is_array(arr)) {
-    st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: not a trace (no traceEvents array)", path);
-    goto done;
-  }
-  const size_t n = json_array_size(arr);
-  out->fwd_modeled = calloc(n + 1, sizeof *out->fwd_modeled);
-  out->fwd_measured = calloc(n + 1, sizeof *out->fwd_measured);
-  if (!out->fwd_modeled || !out->fwd_measured) {
-    st = MOE_FAIL(err, MOE_ERR_OOM, "%s: out of host memory", path);
-    goto done;
-  }
-  moe_cost_clock c;
-  moe_cost_clock_init(&c, p);
-  double meas_start = -1, meas_end = -1, fwd_model0 = 0, fwd_meas0 = 0, model_start = 0;
-  double dl_model = -1, dl_meas = -1; /* after the last download (a forward's logits) */
-  size_t i;
-  json_t *e;
+  memset(out, 0, sizeof *out);
+  if (!json_is_array(arr))
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: not a trace (no traceEvents array)", path);
   /* forward passes begin at the engine's "forward" marks (older traces:
    * at each embed op) */
   bool marks = false;
+  size_t i;
+  json_t *e;
   json_array_foreach(arr, i, e) {
     json_t *nm = json_object_get(e, "name"), *ph = json_object_get(e, "ph");
     if (json_is_string(nm) && json_is_string(ph) && !strcmp(json_string_value(ph), "i") &&
@@ -106,124 +241,88 @@ moe_status replay_trace_json(const void *json, const char *path, const moe_hw_pr
       break;
     }
   }
-  const char *boundary = marks ? "forward" : "embed";
+  replay_state s;
+  state_init(&s, p, path, out, marks);
+  moe_status st = MOE_OK;
   json_array_foreach(arr, i, e) {
-    json_t *ph = json_object_get(e, "ph"), *nm = json_object_get(e, "name"),
-           *tid = json_object_get(e, "tid"), *args = json_object_get(e, "args");
-    if (!json_is_string(ph) || !json_is_string(nm)) {
-      st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu has no ph or name", path, i);
-      goto done;
-    }
-    const char *kind = json_string_value(ph), *name = json_string_value(nm);
-    if (!strcmp(kind, "M")) {
-      if (!strcmp(name, "moe_clock")) {
-        json_t *ck = json_is_object(args) ? json_object_get(args, "clock") : NULL;
-        out->trace_modeled = json_is_string(ck) && !strcmp(json_string_value(ck), "modeled");
-      }
-      continue;
-    }
-    const bool span = !strcmp(kind, "X"), instant = !strcmp(kind, "i");
-    if (!span && !instant) continue;
-    /* the copy track holds the copies' own spans; the replay models them
-     * from their issues on the compute track */
-    if (!json_is_integer(tid) || json_integer_value(tid) != 1) continue;
-    json_t *ts = json_object_get(e, "ts"), *du = json_object_get(e, "dur");
-    if (!json_is_number(ts) || !(fabs(json_number_value(ts)) <= 1e15) ||
-        (span && (!json_is_number(du) || !(json_number_value(du) >= 0) ||
-                  !(json_number_value(du) <= 1e15)))) {
-      st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu ('%.40s') has no valid ts/dur", path, i, name);
-      goto done;
-    }
-    const double t0 = json_number_value(ts) * 1e-6, t1 = t0 + (span ? json_number_value(du) * 1e-6 : 0);
-    double flops, bytes, ev, m, rows, cols;
-    if (!arg_num(args, "flops", &flops) || !arg_num(args, "bytes", &bytes) ||
-        !arg_num(args, "event", &ev) || !arg_num(args, "m", &m) || !arg_num(args, "rows", &rows) ||
-        !arg_num(args, "cols", &cols)) {
-      st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu ('%.40s') has a malformed argument", path, i,
-                    name);
-      goto done;
-    }
-    double *slot = NULL;
-    if (ev >= 1 && (slot = ev_slot(&evs, ev)) == NULL) {
-      st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu: event id %.0f out of range", path, i, ev);
-      goto done;
-    }
-    if (!strcmp(name, boundary)) { /* a forward pass begins */
-      if (out->n_forwards > 0) {
-        out->fwd_modeled[out->n_forwards - 1] = c.compute - fwd_model0;
-        out->fwd_measured[out->n_forwards - 1] = t0 - fwd_meas0;
-      } else {
-        meas_start = t0;
-        model_start = c.compute;
-      }
-      out->n_forwards++;
-      fwd_model0 = c.compute;
-      fwd_meas0 = t0;
-    }
-    if (out->n_forwards > 0 && t1 > meas_end) meas_end = t1;
-    const double before = c.compute;
-    if (out->n_forwards > 0 && !strcmp(name, "download")) {
-      moe_cost_compute(&c, moe_cost_transfer(p, bytes));
-      tally(out, name, t1 - t0, c.compute - before);
-      dl_model = c.compute;
-      dl_meas = t1;
-      continue;
-    }
-    if (instant) {
-      if (!strcmp(name, "copy issue")) {
-        const double done = moe_cost_copy_issue(&c, bytes, true);
-        if (slot) *slot = done;
-      } else if (!strcmp(name, "record")) {
-        if (slot) *slot = c.compute;
-      } else if (!strcmp(name, "copy waits")) {
-        if (slot) moe_cost_copy_wait(&c, *slot);
-      }
-      continue;
-    }
-    if (!strcmp(name, "wait for copy")) {
-      if (slot) moe_cost_compute_wait(&c, *slot);
-    } else if (!strcmp(name, "host waits")) {
-      if (slot) moe_cost_host_wait(&c, *slot);
-    } else if (!strcmp(name, "synchronize")) {
-      moe_cost_sync(&c);
-    } else if (!strcmp(name, "matmul")) {
-      json_t *dt = json_is_object(args) ? json_object_get(args, "dtype") : NULL;
-      moe_dtype d = MOE_F32;
-      if (dt && (!json_is_string(dt) || moe_dtype_parse(json_string_value(dt), &d) != 0)) {
-        st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu: unknown dtype", path, i);
-        goto done;
-      }
-      if (rows > 0 && cols > 0)
-        moe_cost_compute(&c, moe_cost_matmul(p, m, rows, cols, d));
-      else /* an older trace without the shape: its FLOPs and bytes */
-        moe_cost_compute(&c, moe_cost_vector(p, flops, bytes));
-    } else if (!strcmp(name, "upload") || !strcmp(name, "download")) {
-      moe_cost_compute(&c, moe_cost_transfer(p, bytes));
-    } else {
-      moe_cost_compute(&c, moe_cost_vector(p, flops, bytes));
-    }
-    if (out->n_forwards > 0) tally(out, name, t1 - t0, c.compute - before);
+    st = replay_event(&s, e, i, err);
+    if (st != MOE_OK) break;
   }
-  if (out->n_forwards == 0) {
-    st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: the trace holds no forward pass (no %s)", path,
-                  marks ? "forward mark" : "embed op");
-    goto done;
-  }
-  /* the run ends with its last forward's logits read back (later ops are
-   * teardown) */
-  const double end_model = dl_model >= fwd_model0 ? dl_model : c.compute;
-  const double end_meas = dl_meas >= fwd_meas0 ? dl_meas : meas_end;
-  out->fwd_modeled[out->n_forwards - 1] = end_model - fwd_model0;
-  out->fwd_measured[out->n_forwards - 1] = end_meas - fwd_meas0;
-  out->modeled_s = end_model - model_start;
-  out->measured_s = end_meas - meas_start;
-  out->stall_s = c.stall;
-  out->copy_s = c.copy_busy;
-  out->hidden_share = moe_cost_hidden_share(&c);
-  out->ops = c.ops;
-  out->copies = c.copies;
-done:
+  if (st == MOE_OK) st = replay_finish(&s, err);
   if (st != MOE_OK) replay_result_free(out);
-  free(evs.t);
+  free(s.evs.t);
+  return st;
+}
+
+/* Our own traces (moe_trace_open) hold one event per line after a fixed
+ * first line: those stream, a line at a time, so memory does not grow with
+ * the trace.  Anything else is parsed whole. */
+#define TRACE_HEADER "{\"displayTimeUnit\": \"ms\", \"traceEvents\": ["
+
+static moe_status replay_stream(FILE *f, const char *path, const moe_hw_profile *p,
+                                replay_result *out, moe_error *err) {
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  /* pass 1: does the engine mark its forward passes? */
+  bool marks = false;
+  while (!marks && (len = getline(&line, &cap, f)) >= 0)
+    marks = strstr(line, "\"ph\": \"i\"") && strstr(line, "\"name\": \"forward\"");
+  rewind(f);
+  replay_state s;
+  state_init(&s, p, path, out, marks);
+  moe_status st = MOE_OK;
+  size_t i = 0;
+  bool closed = false;
+  len = getline(&line, &cap, f); /* the header */
+  while (st == MOE_OK && (len = getline(&line, &cap, f)) >= 0) {
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' '))
+      line[--len] = '\0';
+    if (len > 0 && line[len - 1] == ',') line[--len] = '\0';
+    if (len == 0) continue;
+    if (!strcmp(line, "]}")) {
+      closed = true;
+      break;
+    }
+    json_error_t je;
+    json_t *e = json_loadb(line, (size_t)len, JSON_REJECT_DUPLICATES, &je);
+    if (!json_is_object(e)) {
+      st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu is not a JSON object: %s", path, i,
+                    e ? "another JSON value" : je.text);
+    } else {
+      st = replay_event(&s, e, i, err);
+    }
+    json_decref(e);
+    i++;
+  }
+  if (st == MOE_OK && !closed)
+    st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: the trace ends early (no closing ']}': a run cut short?)",
+                  path);
+  if (st == MOE_OK) st = replay_finish(&s, err);
+  if (st != MOE_OK) replay_result_free(out);
+  free(s.evs.t);
+  free(line);
+  return st;
+}
+
+moe_status replay_trace(const char *path, const moe_hw_profile *p, replay_result *out,
+                        moe_error *err) {
+  memset(out, 0, sizeof *out);
+  FILE *f = moe_fopen_regular(path, err);
+  if (f == NULL) return err ? err->status : MOE_ERR_IO;
+  char head[sizeof TRACE_HEADER + 2] = "";
+  const size_t got = fread(head, 1, sizeof TRACE_HEADER - 1, f);
+  head[got] = '\0';
+  if (strcmp(head, TRACE_HEADER) == 0) {
+    rewind(f);
+    moe_status st = replay_stream(f, path, p, out, err);
+    fclose(f);
+    return st;
+  }
+  fclose(f);
+  json_t *root = moe_json_load_file(path, err);
+  if (root == NULL) return err ? err->status : MOE_ERR_IO;
+  moe_status st = replay_trace_json(root, path, p, out, err);
+  json_decref(root);
   return st;
 }

@@ -3,6 +3,7 @@
  * stall and slowdown, the sim's routing sources, and engine runs on a
  * virtual model under every policy (plan == peak, determinism). */
 #include <check.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -430,6 +431,16 @@ START_TEST(replay_of_a_sim_trace_reproduces_it) {
       ck_assert_msg(fabs(rr.modeled_s - rr.measured_s) <= 1e-6 * rr.modeled_s + 1e-8,
                     "replay %.9f trace %.9f", rr.modeled_s, rr.measured_s);
       ck_assert(rr.copies > 0);
+      /* the streaming reader (our own traces) and the whole-document one agree */
+      json_error_t je;
+      json_t *doc = json_load_file(trace, JSON_REJECT_DUPLICATES, &je);
+      ck_assert_ptr_nonnull(doc);
+      replay_result whole;
+      ck_assert_msg(replay_trace_json(doc, trace, &p, &whole, &err) == MOE_OK, "%s", err.msg);
+      ck_assert(whole.modeled_s == rr.modeled_s && whole.n_forwards == rr.n_forwards &&
+                whole.stall_s == rr.stall_s && whole.ops == rr.ops);
+      replay_result_free(&whole);
+      json_decref(doc);
       replay_result_free(&rr);
       run_result_free(&r);
       moe_model_free(m);
@@ -503,6 +514,56 @@ START_TEST(sim_replays_a_recorded_routing) {
 }
 END_TEST
 
+/* A trace of our own format cut short, or with a broken line, is refused
+ * by the streaming reader, naming the file. */
+START_TEST(replay_refuses_a_cut_trace) {
+  char dir[256], trace[512], cut[512];
+  tu_tempdir(dir, sizeof dir);
+  snprintf(trace, sizeof trace, "%s/t.json", dir);
+  snprintf(cut, sizeof cut, "%s/cut.json", dir);
+  moe_model *m = NULL;
+  moe_error err = {0};
+  ck_assert(cli_preset_model_for("ci-small", "sim", NULL, &m, &err) == MOE_OK);
+  run_spec sp = {.model = m, .policy = moe_policy_find("ondemand"), .backend = "sim",
+                 .hardware = HW("h200"), .batch = 1, .prompt_len = 4, .gen_len = 4,
+                 .prompt_seed = 1, .requests = 1, .trace_path = trace};
+  run_result r;
+  runner_run(&sp, &r);
+  ck_assert_msg(r.status == MOE_OK, "%s", r.error);
+  run_result_free(&r);
+  moe_model_free(m);
+  FILE *f = fopen(trace, "rb");
+  ck_assert_ptr_nonnull(f);
+  fseek(f, 0, SEEK_END);
+  const long n = ftell(f);
+  rewind(f);
+  char *buf = malloc((size_t)n + 1);
+  ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+  fclose(f);
+  moe_hw_profile p;
+  ck_assert(moe_hw_profile_load(&p, HW("h200"), &err) == MOE_OK);
+  /* cut in the middle of the events */
+  f = fopen(cut, "wb");
+  fwrite(buf, 1, (size_t)n / 2, f);
+  fclose(f);
+  replay_result rr;
+  ck_assert_int_eq(replay_trace(cut, &p, &rr, &err), MOE_ERR_FORMAT);
+  ck_assert_msg(strstr(err.msg, cut), "%s", err.msg);
+  /* a broken line in the middle */
+  char *mid = strstr(buf + n / 2, "\n{");
+  ck_assert_ptr_nonnull(mid);
+  mid[2] = '[';
+  f = fopen(cut, "wb");
+  fwrite(buf, 1, (size_t)n, f);
+  fclose(f);
+  err = (moe_error){0};
+  ck_assert_int_eq(replay_trace(cut, &p, &rr, &err), MOE_ERR_FORMAT);
+  ck_assert_msg(strstr(err.msg, cut), "%s", err.msg);
+  free(buf);
+  tu_rmtree(dir);
+}
+END_TEST
+
 START_TEST(replay_refuses_bad_traces) {
   char dir[256], path[512];
   tu_tempdir(dir, sizeof dir);
@@ -548,6 +609,7 @@ int main(void) {
   tcase_add_test(tc, sim_mispredictions);
   tcase_add_test(tc, replay_of_a_sim_trace_reproduces_it);
   tcase_add_test(tc, replay_refuses_bad_traces);
+  tcase_add_test(tc, replay_refuses_a_cut_trace);
   tcase_add_test(tc, sim_replays_a_recorded_routing);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
