@@ -158,7 +158,7 @@ static moe_status replay_event(replay_state *s, json_t *e, size_t i, moe_error *
   if (out->n_forwards > 0 && t1 > s->meas_end) s->meas_end = t1;
   const double before = c->compute;
   if (out->n_forwards > 0 && !strcmp(name, "download")) {
-    moe_cost_compute(c, moe_cost_transfer(p, bytes));
+    moe_cost_compute(c, bytes > 0 ? moe_cost_transfer(p, bytes) : 0.0);
     tally(out, name, t1 - t0, c->compute - before);
     s->dl_model = c->compute;
     s->dl_meas = t1;
@@ -186,14 +186,14 @@ static moe_status replay_event(replay_state *s, json_t *e, size_t i, moe_error *
     moe_dtype d = MOE_F32;
     if (dt && (!json_is_string(dt) || moe_dtype_parse(json_string_value(dt), &d) != 0))
       return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu: unknown dtype", path, i);
-    if (rows > 0 && cols > 0)
+    if (json_object_get(args, "rows") != NULL)
       moe_cost_compute(c, moe_cost_matmul(p, m, rows, cols, d));
     else /* an older trace without the shape: its FLOPs and bytes */
-      moe_cost_compute(c, moe_cost_vector(p, flops, bytes));
+      moe_cost_compute(c, moe_cost_count(p, (moe_op_count){flops, bytes}));
   } else if (!strcmp(name, "upload") || !strcmp(name, "download")) {
-    moe_cost_compute(c, moe_cost_transfer(p, bytes));
+    moe_cost_compute(c, bytes > 0 ? moe_cost_transfer(p, bytes) : 0.0);
   } else {
-    moe_cost_compute(c, moe_cost_vector(p, flops, bytes));
+    moe_cost_compute(c, moe_cost_count(p, (moe_op_count){flops, bytes}));
   }
   if (out->n_forwards > 0) tally(out, name, t1 - t0, c->compute - before);
   return MOE_OK;

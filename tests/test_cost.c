@@ -15,6 +15,7 @@
 #include "moe/cost.h"
 #include "moe/model.h"
 #include "moe/policy.h"
+#include "moe/trace.h"
 #include "replay.h"
 #include "runner.h"
 #include "testutil.h"
@@ -514,6 +515,73 @@ START_TEST(sim_replays_a_recorded_routing) {
 }
 END_TEST
 
+/* Every op, empty ones included, through a traced sim device: the replay
+ * of the trace charges exactly what the sim did (one table of counts). */
+START_TEST(replay_charges_what_the_sim_charges_op_by_op) {
+  char dir[256], trace[512];
+  tu_tempdir(dir, sizeof dir);
+  snprintf(trace, sizeof trace, "%s/ops.json", dir);
+  /* a profile where FLOPs and bytes both show: slow vector ops */
+  char prof_path[512];
+  snprintf(prof_path, sizeof prof_path, "%s/slow.json", dir);
+  moe_hw_profile slow = toy();
+  slow.vector_gflops = 0.01;
+  slow.vector_gbps = 0.05;
+  moe_device dev;
+  moe_error err = {0};
+  ck_assert(moe_hw_profile_save(&slow, prof_path, "test", &err) == MOE_OK);
+  moe_backend_options o = {.hardware = prof_path};
+  ck_assert(moe_device_open(&dev, "sim", &o, &err) == MOE_OK);
+  moe_trace *t = NULL;
+  ck_assert(moe_trace_open(&t, trace, &err) == MOE_OK);
+  ck_assert(moe_device_trace(&dev, t, &err) == MOE_OK);
+  const moe_backend_ops *ops = dev.ops;
+  moe_backend *be = dev.be;
+  float *a = NULL, *b = NULL;
+  int32_t *ix = NULL;
+  ck_assert(ops->device_alloc(be, 1 << 20, (void **)&a, &err) == MOE_OK);
+  ck_assert(ops->device_alloc(be, 1 << 20, (void **)&b, &err) == MOE_OK);
+  ck_assert(ops->device_alloc(be, 1 << 16, (void **)&ix, &err) == MOE_OK);
+  const moe_weight w = {a, MOE_BF16, 256, 128}, g = {a, MOE_F32, 1, 128};
+  const moe_attn_shape sh = {2, 3, 5, 16, 4, 2, 32};
+  const moe_attn_ex ax = {2, 3, 0, 7, 16, 4, 2, 32, true, 0.5f, NULL, NULL, 0};
+  const moe_router_ex rx = {2, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_TOP2_SUM, true, 2.0f};
+  const double t0 = ops->modeled_seconds(be);
+  moe_trace_mark(t, "forward");
+  for (size_t m = 0; m < 3; m += 2) { /* m = 0: every op empty, nothing charged */
+    ck_assert(ops->matmul(be, b, a, m, &w, NULL, &err) == MOE_OK);
+    ck_assert(ops->rmsnorm(be, b, a, m, &g, 1e-6f, &err) == MOE_OK);
+    ck_assert(ops->rope(be, a, m, ix, 4, 32, 1e4f, &err) == MOE_OK);
+    ck_assert(ops->kv_store(be, a, b, a, b, &sh, &err) == MOE_OK);
+    ck_assert(ops->attention(be, b, a, a, a, &sh, &err) == MOE_OK);
+    ck_assert(ops->attention_ex(be, b, a, a, a, &ax, &err) == MOE_OK);
+    ck_assert(ops->unary(be, b, a, m * 100, MOE_UNARY_RELU, 0, &err) == MOE_OK);
+    ck_assert(ops->router_topk(be, ix, b, a, m, 16, 2, true, NULL, &err) == MOE_OK);
+    ck_assert(ops->router_topk_ex(be, ix, b, a, m, 16, &rx, &err) == MOE_OK);
+    ck_assert(ops->swiglu(be, b, b, a, m * 100, &err) == MOE_OK);
+    ck_assert(ops->add(be, b, a, m * 100, &err) == MOE_OK);
+    ck_assert(ops->embed(be, b, &w, ix, m, &err) == MOE_OK);
+    ck_assert(ops->gather_rows(be, b, a, ix, m, 128, &err) == MOE_OK);
+    ck_assert(ops->scatter_add_rows(be, b, a, ix, b, 1, false, m, 128, &err) == MOE_OK);
+    ck_assert(ops->upload(be, ix, ix, m * 4, &err) == MOE_OK);
+  }
+  float back[16];
+  ck_assert(ops->download(be, back, b, sizeof back, &err) == MOE_OK);
+  const double charged = ops->modeled_seconds(be) - t0;
+  ck_assert(charged > 0);
+  moe_device_close(&dev);
+  ck_assert(moe_trace_close(t, &err) == MOE_OK);
+  moe_hw_profile p;
+  ck_assert(moe_hw_profile_load(&p, prof_path, &err) == MOE_OK);
+  replay_result r;
+  ck_assert_msg(replay_trace(trace, &p, &r, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_msg(fabs(r.modeled_s - charged) <= 1e-9 * charged, "replay %.12g, sim %.12g",
+                r.modeled_s, charged);
+  replay_result_free(&r);
+  tu_rmtree(dir);
+}
+END_TEST
+
 /* A trace of our own format cut short, or with a broken line, is refused
  * by the streaming reader, naming the file. */
 START_TEST(replay_refuses_a_cut_trace) {
@@ -610,6 +678,7 @@ int main(void) {
   tcase_add_test(tc, replay_of_a_sim_trace_reproduces_it);
   tcase_add_test(tc, replay_refuses_bad_traces);
   tcase_add_test(tc, replay_refuses_a_cut_trace);
+  tcase_add_test(tc, replay_charges_what_the_sim_charges_op_by_op);
   tcase_add_test(tc, sim_replays_a_recorded_routing);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);

@@ -248,6 +248,10 @@ double moe_cost_vector(const moe_hw_profile *p, double flops, double bytes) {
   return p->launch_us * 1e-6 + (tc > tm ? tc : tm);
 }
 
+double moe_cost_count(const moe_hw_profile *p, moe_op_count c) {
+  return c.flops <= 0 && c.bytes <= 0 ? 0.0 : moe_cost_vector(p, c.flops, c.bytes);
+}
+
 double moe_cost_transfer(const moe_hw_profile *p, double bytes) {
   return p->transfer_latency_us * 1e-6 + bytes / (p->h2d_pageable_gbps * 1e9);
 }

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "moe/clock.h"
+#include "moe/cost.h"
 #include "moe/dtype.h"
 
 struct moe_trace {
@@ -264,67 +265,73 @@ static moe_status tr_matmul(moe_backend *be, float *y, const float *x, size_t m,
 }
 static moe_status tr_rmsnorm(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *g,
                              float eps, moe_error *e) {
-  TIMED(be, "rmsnorm", 4.0 * (double)m * (double)g->cols, 8.0 * (double)m * (double)g->cols,
+  const moe_op_count k = moe_count_rmsnorm(m, g->cols);
+  TIMED(be, "rmsnorm", k.flops, k.bytes,
         REAL(be)->rmsnorm(INNER(be), y, x, m, g, eps, e));
 }
 static moe_status tr_rope(moe_backend *be, float *x, size_t m, const int32_t *pos, int nh, int hd,
                           float theta, moe_error *e) {
-  TIMED(be, "rope", 6.0 * (double)m * nh * hd, 8.0 * (double)m * nh * hd,
+  const moe_op_count k = moe_count_rope(m, nh, hd);
+  TIMED(be, "rope", k.flops, k.bytes,
         REAL(be)->rope(INNER(be), x, m, pos, nh, hd, theta, e));
 }
 static moe_status tr_kv(moe_backend *be, float *kc, float *vc, const float *k, const float *v,
                         const moe_attn_shape *s, moe_error *e) {
-  TIMED(be, "kv store", 0, 16.0 * s->n_seq * s->n_new * s->n_kv_heads * s->head_dim,
+  const moe_op_count c = moe_count_kv_store(s);
+  TIMED(be, "kv store", c.flops, c.bytes,
         REAL(be)->kv_store(INNER(be), kc, vc, k, v, s, e));
 }
 static moe_status tr_attn(moe_backend *be, float *o, const float *q, const float *kc, const float *vc,
                           const moe_attn_shape *s, moe_error *e) {
-  const double ctx = (double)s->pos0 + s->n_new;
-  TIMED(be, "attention", 4.0 * s->n_seq * s->n_new * s->n_heads * s->head_dim * ctx,
-        8.0 * s->n_seq * s->n_kv_heads * s->head_dim * ctx,
-        REAL(be)->attention(INNER(be), o, q, kc, vc, s, e));
+  const moe_op_count k = moe_count_attention(s);
+  TIMED(be, "attention", k.flops, k.bytes, REAL(be)->attention(INNER(be), o, q, kc, vc, s, e));
 }
 static moe_status tr_attn_ex(moe_backend *be, float *o, const float *q, const float *kc,
                              const float *vc, const moe_attn_ex *a, moe_error *e) {
-  const double keys = a->n_keys;
-  TIMED(be, "attention", 4.0 * a->n_seq * a->n_q * a->n_heads * a->head_dim * keys,
-        8.0 * a->n_seq * a->n_kv_heads * a->head_dim * keys,
-        REAL(be)->attention_ex(INNER(be), o, q, kc, vc, a, e));
+  const moe_op_count k = moe_count_attention_ex(a);
+  TIMED(be, "attention", k.flops, k.bytes, REAL(be)->attention_ex(INNER(be), o, q, kc, vc, a, e));
 }
 static moe_status tr_unary(moe_backend *be, float *y, const float *x, size_t n, moe_unary_op op,
                            float alpha, moe_error *e) {
-  TIMED(be, op == MOE_UNARY_RELU ? "relu" : "scale", (double)n, 8.0 * (double)n,
+  const moe_op_count k = moe_count_unary(n);
+  TIMED(be, op == MOE_UNARY_RELU ? "relu" : "scale", k.flops, k.bytes,
         REAL(be)->unary(INNER(be), y, x, n, op, alpha, e));
 }
 static moe_status tr_topk(moe_backend *be, int32_t *idx, float *w, const float *l, size_t m, int n,
                           int k, bool renorm, const moe_weight *b, moe_error *e) {
-  TIMED(be, "router top-k", 4.0 * (double)m * n, 4.0 * (double)m * n,
+  const moe_op_count c = moe_count_router(m, n, false);
+  TIMED(be, "router top-k", c.flops, c.bytes,
         REAL(be)->router_topk(INNER(be), idx, w, l, m, n, k, renorm, b, e));
 }
 static moe_status tr_topk_ex(moe_backend *be, int32_t *idx, float *w, const float *l, size_t m, int n,
                              const moe_router_ex *r, moe_error *e) {
-  TIMED(be, "router top-k", 6.0 * (double)m * n, 4.0 * (double)m * n,
+  const moe_op_count c = moe_count_router(m, n, true);
+  TIMED(be, "router top-k", c.flops, c.bytes,
         REAL(be)->router_topk_ex(INNER(be), idx, w, l, m, n, r, e));
 }
 static moe_status tr_swiglu(moe_backend *be, float *y, const float *g, const float *u, size_t n,
                             moe_error *e) {
-  TIMED(be, "swiglu", 6.0 * (double)n, 12.0 * (double)n, REAL(be)->swiglu(INNER(be), y, g, u, n, e));
+  const moe_op_count k = moe_count_swiglu(n);
+  TIMED(be, "swiglu", k.flops, k.bytes, REAL(be)->swiglu(INNER(be), y, g, u, n, e));
 }
 static moe_status tr_add(moe_backend *be, float *y, const float *x, size_t n, moe_error *e) {
-  TIMED(be, "add", (double)n, 12.0 * (double)n, REAL(be)->add(INNER(be), y, x, n, e));
+  const moe_op_count k = moe_count_add(n);
+  TIMED(be, "add", k.flops, k.bytes, REAL(be)->add(INNER(be), y, x, n, e));
 }
 static moe_status tr_embed(moe_backend *be, float *y, const moe_weight *t, const int32_t *ids, size_t m,
                            moe_error *e) {
-  TIMED(be, "embed", 0, (double)m * (double)t->cols * 8.0, REAL(be)->embed(INNER(be), y, t, ids, m, e));
+  const moe_op_count k = moe_count_embed(m, t->cols);
+  TIMED(be, "embed", k.flops, k.bytes, REAL(be)->embed(INNER(be), y, t, ids, m, e));
 }
 static moe_status tr_gather(moe_backend *be, float *d, const float *s, const int32_t *r, size_t n,
                             size_t dim, moe_error *e) {
-  TIMED(be, "gather rows", 0, 8.0 * (double)n * (double)dim,
-        REAL(be)->gather_rows(INNER(be), d, s, r, n, dim, e));
+  const moe_op_count k = moe_count_gather(n, dim);
+  TIMED(be, "gather rows", k.flops, k.bytes, REAL(be)->gather_rows(INNER(be), d, s, r, n, dim, e));
 }
 static moe_status tr_scatter(moe_backend *be, float *d, const float *s, const int32_t *r,
                              const float *sc, size_t st, bool sig, size_t n, size_t dim, moe_error *e) {
-  TIMED(be, "scatter-add rows", 2.0 * (double)n * (double)dim, 12.0 * (double)n * (double)dim,
+  const moe_op_count k = moe_count_scatter(n, dim);
+  TIMED(be, "scatter-add rows", k.flops, k.bytes,
         REAL(be)->scatter_add_rows(INNER(be), d, s, r, sc, st, sig, n, dim, e));
 }
 static size_t tr_ws_bytes(moe_backend *be, size_t r, size_t c) {

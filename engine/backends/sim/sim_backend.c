@@ -266,11 +266,9 @@ done:
   return st;
 }
 
-static moe_status sim_router_topk(moe_backend *be, int32_t *idx, float *wts, const float *logits,
-                                  size_t m, int n, int k, bool renorm, const moe_weight *bias,
-                                  moe_error *err) {
-  (void)logits, (void)bias;
-  if (m == 0) return MOE_OK;
+/* The routing of m rows from the source (no time charged). */
+static moe_status route_rows(moe_backend *be, int32_t *idx, float *wts, size_t m, int n, int k,
+                             bool renorm, moe_error *err) {
   if (k < 1 || k > n)
     return MOE_FAIL(err, MOE_ERR_INVALID, "sim router: top-%d of %d experts", k, n);
   if (be->zw_n < n) {
@@ -303,8 +301,22 @@ static moe_status sim_router_topk(moe_backend *be, int32_t *idx, float *wts, con
       return MOE_FAIL(err, MOE_ERR_OOM, "sim backend: out of host memory");
     for (int j = 0; j < k; j++) wts[r * (size_t)k + (size_t)j] = renorm ? 1.0f / (float)k : 1.0f / (float)n;
   }
-  moe_cost_compute(&be->clk, moe_cost_vector(&be->prof, 4.0 * (double)m * n, 4.0 * (double)m * n));
   return MOE_OK;
+}
+
+/* Charges an op its counts (moe/cost.h: what the trace records). */
+static void charge(moe_backend *be, moe_op_count c) {
+  moe_cost_compute(&be->clk, moe_cost_count(&be->prof, c));
+}
+
+static moe_status sim_router_topk(moe_backend *be, int32_t *idx, float *wts, const float *logits,
+                                  size_t m, int n, int k, bool renorm, const moe_weight *bias,
+                                  moe_error *err) {
+  (void)logits, (void)bias;
+  if (m == 0) return MOE_OK;
+  moe_status st = route_rows(be, idx, wts, m, n, k, renorm, err);
+  if (st == MOE_OK) charge(be, moe_count_router(m, n, false));
+  return st;
 }
 
 /* DeepSeek-style routing: the routing source's draw; weights as the
@@ -312,11 +324,13 @@ static moe_status sim_router_topk(moe_backend *be, int32_t *idx, float *wts, con
 static moe_status sim_router_topk_ex(moe_backend *be, int32_t *idx, float *wts, const float *logits,
                                      size_t m, int n, const moe_router_ex *r, moe_error *err) {
   if (m == 0) return MOE_OK;
+  (void)logits;
   moe_status st = moe_router_ex_check(r, n, err);
-  if (st == MOE_OK) st = sim_router_topk(be, idx, wts, logits, m, n, r->k, r->renorm, NULL, err);
-  if (st == MOE_OK)
-    for (size_t i = 0; i < m * (size_t)r->k; i++) wts[i] *= r->scale;
-  return st;
+  if (st == MOE_OK) st = route_rows(be, idx, wts, m, n, r->k, r->renorm, err);
+  if (st != MOE_OK) return st;
+  for (size_t i = 0; i < m * (size_t)r->k; i++) wts[i] *= r->scale;
+  charge(be, moe_count_router(m, n, true));
+  return MOE_OK;
 }
 
 static moe_status parse_routing(moe_backend *be, const char *spec, moe_error *err) {
@@ -491,14 +505,9 @@ static moe_status sim_download(moe_backend *be, void *dst, const void *src, size
 
 /* ---------------------------------------------------------------- math: time only */
 
-static void vec(moe_backend *be, double flops, double bytes) {
-  moe_cost_compute(&be->clk, moe_cost_vector(&be->prof, flops, bytes));
-}
-
 static moe_status sim_matmul(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *w,
                              const moe_weight *b, moe_error *err) {
   (void)y, (void)x, (void)b, (void)err;
-  if (m == 0 || w->rows == 0) return MOE_OK;
   moe_cost_compute(&be->clk, moe_cost_matmul(&be->prof, (double)m, (double)w->rows, (double)w->cols, w->dtype));
   return MOE_OK;
 }
@@ -506,74 +515,69 @@ static moe_status sim_matmul(moe_backend *be, float *y, const float *x, size_t m
 static moe_status sim_rmsnorm(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *g,
                               float eps, moe_error *err) {
   (void)y, (void)x, (void)eps, (void)err;
-  if (m) vec(be, 4.0 * (double)m * (double)g->cols, 8.0 * (double)m * (double)g->cols);
+  charge(be, moe_count_rmsnorm(m, g->cols));
   return MOE_OK;
 }
 
 static moe_status sim_rope(moe_backend *be, float *x, size_t m, const int32_t *pos, int nh, int hd,
                            float theta, moe_error *err) {
   (void)x, (void)pos, (void)theta, (void)err;
-  if (m) vec(be, 6.0 * (double)m * nh * hd, 8.0 * (double)m * nh * hd);
+  charge(be, moe_count_rope(m, nh, hd));
   return MOE_OK;
 }
 
 static moe_status sim_kv_store(moe_backend *be, float *kc, float *vc, const float *k, const float *v,
                                const moe_attn_shape *s, moe_error *err) {
   (void)kc, (void)vc, (void)k, (void)v, (void)err;
-  if (s->n_seq && s->n_new) vec(be, 0, 16.0 * s->n_seq * s->n_new * s->n_kv_heads * s->head_dim);
+  charge(be, moe_count_kv_store(s));
   return MOE_OK;
 }
 
 static moe_status sim_attention(moe_backend *be, float *o, const float *q, const float *kc,
                                 const float *vc, const moe_attn_shape *s, moe_error *err) {
   (void)o, (void)q, (void)kc, (void)vc, (void)err;
-  const double ctx = (double)s->pos0 + s->n_new;
-  if (s->n_seq && s->n_new)
-    vec(be, 4.0 * s->n_seq * s->n_new * s->n_heads * s->head_dim * ctx,
-        8.0 * s->n_seq * s->n_kv_heads * s->head_dim * ctx);
+  charge(be, moe_count_attention(s));
   return MOE_OK;
 }
 
 static moe_status sim_attention_ex(moe_backend *be, float *o, const float *q, const float *kc,
                                    const float *vc, const moe_attn_ex *a, moe_error *err) {
   (void)o, (void)q, (void)kc, (void)vc, (void)err;
-  if (a->n_seq && a->n_q && a->n_keys)
-    vec(be, 4.0 * a->n_seq * a->n_q * a->n_heads * a->head_dim * (double)a->n_keys,
-        8.0 * a->n_seq * a->n_kv_heads * a->head_dim * (double)a->n_keys);
+  charge(be, moe_count_attention_ex(a));
   return MOE_OK;
 }
 
 static moe_status sim_unary(moe_backend *be, float *y, const float *x, size_t n, moe_unary_op op,
                             float alpha, moe_error *err) {
   (void)y, (void)x, (void)op, (void)alpha, (void)err;
-  if (n) vec(be, (double)n, 8.0 * (double)n);
+  charge(be, moe_count_unary(n));
   return MOE_OK;
 }
 
 static moe_status sim_swiglu(moe_backend *be, float *y, const float *g, const float *u, size_t n,
                              moe_error *err) {
   (void)y, (void)g, (void)u, (void)err;
-  if (n) vec(be, 6.0 * (double)n, 12.0 * (double)n);
+  charge(be, moe_count_swiglu(n));
   return MOE_OK;
 }
 
 static moe_status sim_add(moe_backend *be, float *y, const float *x, size_t n, moe_error *err) {
   (void)y, (void)x, (void)err;
-  if (n) vec(be, (double)n, 12.0 * (double)n);
+  charge(be, moe_count_add(n));
   return MOE_OK;
 }
 
 static moe_status sim_embed(moe_backend *be, float *y, const moe_weight *t, const int32_t *ids,
                             size_t m, moe_error *err) {
   (void)y, (void)ids, (void)err;
-  if (m) vec(be, 0, (double)m * (double)t->cols * 8.0);
+  charge(be, moe_count_embed(m, t->cols));
   return MOE_OK;
 }
 
 static moe_status sim_gather(moe_backend *be, float *d, const float *s, const int32_t *r, size_t n,
                              size_t dim, moe_error *err) {
   (void)d, (void)s, (void)r, (void)err;
-  if (n) vec(be, 0, 8.0 * (double)n * (double)dim);
+  charge(be, moe_count_gather(n, dim));
   return MOE_OK;
 }
 
@@ -581,7 +585,7 @@ static moe_status sim_scatter(moe_backend *be, float *d, const float *s, const i
                               const float *sc, size_t st, bool sig, size_t n, size_t dim,
                               moe_error *err) {
   (void)d, (void)s, (void)r, (void)sc, (void)st, (void)sig, (void)err;
-  if (n) vec(be, 2.0 * (double)n * (double)dim, 12.0 * (double)n * (double)dim);
+  charge(be, moe_count_scatter(n, dim));
   return MOE_OK;
 }
 

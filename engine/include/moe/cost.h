@@ -37,6 +37,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "moe/backend.h"
 #include "moe/dtype.h"
 #include "moe/status.h"
 
@@ -90,6 +91,57 @@ double moe_cost_copy(const moe_hw_profile *p, double bytes, bool pinned);
 /* Modeled seconds of a synchronous upload or download of `bytes` on the
  * compute stream (ids, routing, logits). */
 double moe_cost_transfer(const moe_hw_profile *p, double bytes);
+
+/* The FLOPs and bytes the cost model charges each op that is not a matmul
+ * or a transfer: one definition, which the op trace records and the sim
+ * charges, so that a replay of a sim run's trace gives back its times. */
+typedef struct moe_op_count {
+  double flops, bytes;
+} moe_op_count;
+
+static inline moe_op_count moe_count_rmsnorm(size_t m, size_t cols) {
+  return (moe_op_count){4.0 * (double)m * (double)cols, 8.0 * (double)m * (double)cols};
+}
+static inline moe_op_count moe_count_rope(size_t m, int nh, int hd) {
+  return (moe_op_count){6.0 * (double)m * nh * hd, 8.0 * (double)m * nh * hd};
+}
+static inline moe_op_count moe_count_kv_store(const moe_attn_shape *s) {
+  return (moe_op_count){0, 16.0 * s->n_seq * s->n_new * s->n_kv_heads * s->head_dim};
+}
+static inline moe_op_count moe_count_attention(const moe_attn_shape *s) {
+  const double ctx = (double)s->pos0 + s->n_new;
+  return (moe_op_count){4.0 * s->n_seq * s->n_new * s->n_heads * s->head_dim * ctx,
+                        8.0 * s->n_seq * s->n_kv_heads * s->head_dim * ctx};
+}
+static inline moe_op_count moe_count_attention_ex(const moe_attn_ex *a) {
+  return (moe_op_count){4.0 * a->n_seq * a->n_q * a->n_heads * a->head_dim * (double)a->n_keys,
+                        8.0 * a->n_seq * a->n_kv_heads * a->head_dim * (double)a->n_keys};
+}
+static inline moe_op_count moe_count_unary(size_t n) {
+  return (moe_op_count){(double)n, 8.0 * (double)n};
+}
+static inline moe_op_count moe_count_swiglu(size_t n) {
+  return (moe_op_count){6.0 * (double)n, 12.0 * (double)n};
+}
+static inline moe_op_count moe_count_add(size_t n) {
+  return (moe_op_count){(double)n, 12.0 * (double)n};
+}
+static inline moe_op_count moe_count_router(size_t m, int n, bool grouped) {
+  return (moe_op_count){(grouped ? 6.0 : 4.0) * (double)m * n, 4.0 * (double)m * n};
+}
+static inline moe_op_count moe_count_embed(size_t m, size_t cols) {
+  return (moe_op_count){0, 8.0 * (double)m * (double)cols};
+}
+static inline moe_op_count moe_count_gather(size_t n, size_t dim) {
+  return (moe_op_count){0, 8.0 * (double)n * (double)dim};
+}
+static inline moe_op_count moe_count_scatter(size_t n, size_t dim) {
+  return (moe_op_count){2.0 * (double)n * (double)dim, 12.0 * (double)n * (double)dim};
+}
+
+/* Modeled seconds of an op of those counts: moe_cost_vector, and 0 for an
+ * op with neither (an empty op does nothing). */
+double moe_cost_count(const moe_hw_profile *p, moe_op_count c);
 
 /* The two-stream clock.  Times are seconds from 0. */
 typedef struct moe_cost_clock {
