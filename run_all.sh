@@ -117,6 +117,15 @@ fi
 # reference run.  Every figure is measured on this machine unless labelled.
 mkdir -p results/runs
 start=$(date +%s)
+
+# A modeled suite's summary table (sweeping it unless --report-only finds
+# the last run's file).
+modeled_table() {
+  if [ "$report_only" != 1 ] || [ ! -f "results/runs/$1.csv" ]; then
+    "$bin" sweep "$1" -o "results/runs/$1" --quiet >/dev/null
+  fi
+  "$bin" report "results/runs/$1.csv" --summary
+}
 bin="$build_dir/harness/moebench"
 out=results/runs/headline
 if [ "$report_only" = 1 ]; then
@@ -264,18 +273,12 @@ The paper's seven Switch models, f32, batch 1, 256 random input ids and
 25 GB/s pinned host link):
 
 MODELED
-  if [ "$report_only" = 1 ] && [ -f results/runs/paper-modeled.csv ]; then :; else
-    "$bin" sweep paper-modeled -o results/runs/paper-modeled --quiet >/dev/null
-  fi
-  "$bin" report results/runs/paper-modeled.csv --summary
+  modeled_table paper-modeled
   echo
   echo "What if: today's open MoE models (bf16, same workload) on the H200 profile"
   echo "(workloads/hardware/h200.json: 141 GB, 4.8 TB/s, PCIe Gen5 host link), MODELED:"
   echo
-  if [ "$report_only" = 1 ] && [ -f results/runs/whatif-h200.csv ]; then :; else
-    "$bin" sweep whatif-h200 -o results/runs/whatif-h200 --quiet >/dev/null
-  fi
-  "$bin" report results/runs/whatif-h200.csv --summary
+  modeled_table whatif-h200
   echo
   echo "One decode step of Switch-Base-128 per policy on the A100 profile, MODELED"
   echo "(results/runs/step-POLICY.svg: compute above, copies below, waits in red):"

@@ -277,15 +277,25 @@ moe_status cli_preset_model(const char *name, cli_preset *p, moe_model **out, mo
   return cli_preset_build(p, out, err);
 }
 
+bool cli_backend_modeled(const char *backend) {
+  const moe_backend_ops *o = backend ? moe_backend_find(backend) : NULL;
+  return o != NULL && (o->caps & MOE_BACKEND_CAP_MODELED);
+}
+
+moe_status cli_preset_build_for(const cli_preset *p, const char *backend, moe_model **out,
+                                moe_error *err) {
+  return cli_backend_modeled(backend) ? cli_preset_virtual(p, out, err)
+                                      : cli_preset_build(p, out, err);
+}
+
 moe_status cli_preset_model_for(const char *name, const char *backend, cli_preset *p,
                                 moe_model **out, moe_error *err) {
-  if (backend == NULL || strcmp(backend, "sim") != 0) return cli_preset_model(name, p, out, err);
   cli_preset local;
   if (p == NULL) p = &local;
   *out = NULL;
   moe_status st = cli_preset_load(p, name, err);
   if (st != MOE_OK) return st;
-  return cli_preset_virtual(p, out, err);
+  return cli_preset_build_for(p, backend, out, err);
 }
 
 int cli_for_each_json(const char *dir, int (*fn)(const char *path, void *ctx), void *ctx) {

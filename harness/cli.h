@@ -57,6 +57,12 @@ moe_status cli_preset_model_for(const char *name, const char *backend, cli_prese
 moe_status cli_preset_build(const cli_preset *p, moe_model **out, moe_error *err);
 /* The virtual model (moe_model_virtual) of a preset, for the sim backend. */
 moe_status cli_preset_virtual(const cli_preset *p, moe_model **out, moe_error *err);
+/* Whether the backend of that name is a modeled one (MOE_BACKEND_CAP_MODELED: the sim). */
+bool cli_backend_modeled(const char *backend);
+/* The model of p for a run on backend: virtual on a modeled backend (it
+ * reads no weights), else cli_preset_build's. */
+moe_status cli_preset_build_for(const cli_preset *p, const char *backend, moe_model **out,
+                                moe_error *err);
 
 /* Calls fn(path, ctx) for every *.json file of dir in name order; returns
  * the first non-zero fn result, 0, or -1 when dir cannot be read. */

@@ -358,7 +358,7 @@ int cmd_eval(int argc, char **argv) {
     return 2;
   }
   if (cli_check_names("eval", preset, backend) != 0) return 2;
-  if (backend && strcmp(backend, "sim") == 0) {
+  if (cli_backend_modeled(backend)) {
     cli_error("eval: the sim backend computes no logits (it models time); evaluate on cpu or cuda");
     return 2;
   }

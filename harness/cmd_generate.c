@@ -147,7 +147,7 @@ static int gen_parse(int argc, char **argv, gen_opts *o) {
     return 2;
   }
   if (cli_check_names("generate", o->preset, o->backend) != 0) return 2;
-  if (o->backend && strcmp(o->backend, "sim") == 0) {
+  if (cli_backend_modeled(o->backend)) {
     cli_error("generate: the sim backend computes no tokens (it models time); use run or "
               "bench-policies with --backend sim --hardware NAME");
     return 2;

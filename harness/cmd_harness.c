@@ -544,10 +544,7 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
       }
       if (*model == NULL) {
         /* the sim reads no weights: a virtual model of any size */
-        const moe_status bst = strcmp(x->backend, "sim") == 0
-                                   ? cli_preset_virtual(ps, model, &err)
-                                   : cli_preset_build(ps, model, &err);
-        if (bst != MOE_OK) {
+        if (cli_preset_build_for(ps, x->backend, model, &err) != MOE_OK) {
           rc = cli_fail(&err);
           break;
         }
@@ -1101,11 +1098,11 @@ int cmd_run(int argc, char **argv) {
     return 2;
   }
   if (cli_check_names("run", preset, backend) != 0) return 2;
-  if (strcmp(backend, "sim") == 0 && hw_name == NULL) {
+  if (cli_backend_modeled(backend) && hw_name == NULL) {
     cli_error("run: --backend sim needs --hardware NAME (see 'moebench list hardware')");
     return 2;
   }
-  if (strcmp(backend, "sim") != 0 && (hw_name || sim_routing)) {
+  if (!cli_backend_modeled(backend) && (hw_name || sim_routing)) {
     cli_error("run: --hardware and --sim-routing are for --backend sim");
     return 2;
   }
@@ -1150,8 +1147,7 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
   moe_model *m = NULL;
   if (cli_preset_load(&p, preset, &err) != MOE_OK) return cli_fail(&err);
   if (have_seed) p.seed = seed;
-  if ((strcmp(backend, "sim") == 0 ? cli_preset_virtual(&p, &m, &err)
-                                    : cli_preset_build(&p, &m, &err)) != MOE_OK)
+  if (cli_preset_build_for(&p, backend, &m, &err) != MOE_OK)
     return cli_fail(&err);
   char device[256];
   const moe_backend_ops *bops = resolve_backend(backend, threads, &link, hardware, device, sizeof device);

@@ -138,7 +138,7 @@ int cmd_bench_policies(int argc, char **argv) {
     preset = model_dir;
   }
   if (cli_check_names("bench-policies", preset, backend) != 0) return 2;
-  const bool sim = strcmp(backend, "sim") == 0;
+  const bool sim = cli_backend_modeled(backend);
   if (sim && hw_name == NULL) {
     cli_error("bench-policies: --backend sim needs --hardware NAME (see 'moebench list hardware')");
     return 2;

@@ -298,10 +298,10 @@ static moe_status get_run_settings(suite *s, json_t *root, const char *origin, m
   char hw[SUITE_NAME_MAX] = "";
   MOE_TRY(get_str(root, "hardware", false, hw, sizeof hw, origin, err));
   MOE_TRY(get_str(root, "sim_routing", false, s->sim_routing, sizeof s->sim_routing, origin, err));
-  MOE_CHECK((strcmp(s->backend, "sim") == 0) == (hw[0] != '\0'), err, MOE_ERR_FORMAT,
+  MOE_CHECK(cli_backend_modeled(s->backend) == (hw[0] != '\0'), err, MOE_ERR_FORMAT,
             "%s: field 'hardware' %s", origin,
             hw[0] ? "is for backend sim only" : "is needed with backend sim (a hardware profile)");
-  MOE_CHECK(s->sim_routing[0] == '\0' || strcmp(s->backend, "sim") == 0, err, MOE_ERR_FORMAT,
+  MOE_CHECK(s->sim_routing[0] == '\0' || cli_backend_modeled(s->backend), err, MOE_ERR_FORMAT,
             "%s: field 'sim_routing' is for backend sim only", origin);
   if (hw[0]) {
     /* a bare name means workloads/hardware/NAME.json; a path is relative to the suite file */
