@@ -623,7 +623,7 @@ static void ref_router_ex(const float *l, int n, const moe_router_ex *r, const f
       keep[best] = true;
     }
     for (int e = 0; e < n; e++)
-      if (!keep[e / size]) c[e] = 0.0;
+      if (!keep[e / size]) c[e] = r->mask_neg_inf ? -INFINITY : 0.0;
   }
   double tsum = 0;
   for (int j = 0; j < r->k; j++) {
@@ -683,7 +683,7 @@ START_TEST(router_topk_ex_definition) {
    * single expert (4) is in a group whose top-2 sum loses */
   const float l1[2 * 8] = {1.0f, 0.9f, -3.0f, -3.0f, 4.0f, -4.0f, 0.5f, 0.6f,
                            0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-  moe_router_ex r = {3, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_TOP2_SUM, true, 2.5f};
+  moe_router_ex r = {3, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_TOP2_SUM, true, 2.5f, false};
   const int want1[2 * 3] = {0, 1, 7, 0, 1, 2};
   check_router_ex(l1, 2, 8, &r, NULL, want1);
   /* a negative bias: the kept groups' second experts rank below 0, so an
@@ -693,6 +693,12 @@ START_TEST(router_topk_ex_definition) {
   const float bias2[8] = {0.0f, -0.5f, 0.0f, -0.5f, 0.0f, 0.0f, 0.0f, 0.0f};
   const int want2[3] = {0, 2, 4};
   check_router_ex(l2, 1, 8, &r, bias2, want2);
+  /* DeepSeek-V3 fills them with -inf instead: the kept group's own
+   * expert, ties to the lower index */
+  moe_router_ex r_inf = r;
+  r_inf.mask_neg_inf = true;
+  const int want3[3] = {0, 2, 1};
+  check_router_ex(l2, 1, 8, &r_inf, bias2, want3);
   /* DeepSeek-V3's shape, random rows and bias */
   enum { M = 9, N = 256 };
   float *l = malloc(M * N * sizeof *l), b[N];
@@ -700,12 +706,12 @@ START_TEST(router_topk_ex_definition) {
   tu_fill(b, N, 32);
   for (int i = 0; i < M * N; i++) l[i] *= 4.0f;
   for (int i = 0; i < N; i++) b[i] *= 0.1f;
-  moe_router_ex v3 = {8, MOE_SCORING_SIGMOID, NULL, 8, 4, MOE_GROUP_TOP2_SUM, true, 2.5f};
+  moe_router_ex v3 = {8, MOE_SCORING_SIGMOID, NULL, 8, 4, MOE_GROUP_TOP2_SUM, true, 2.5f, false};
   check_router_ex(l, M, N, &v3, b, NULL);
   /* V2's: softmax, group max, no renorm; and greedy (no groups) */
-  moe_router_ex v2 = {6, MOE_SCORING_SOFTMAX, NULL, 8, 3, MOE_GROUP_MAX, false, 16.0f};
+  moe_router_ex v2 = {6, MOE_SCORING_SOFTMAX, NULL, 8, 3, MOE_GROUP_MAX, false, 16.0f, false};
   check_router_ex(l, M, 64, &v2, NULL, NULL);
-  moe_router_ex greedy = {6, MOE_SCORING_SOFTMAX, NULL, 0, 0, MOE_GROUP_MAX, false, 1.0f};
+  moe_router_ex greedy = {6, MOE_SCORING_SOFTMAX, NULL, 0, 0, MOE_GROUP_MAX, false, 1.0f, false};
   check_router_ex(l, M, 64, &greedy, NULL, NULL);
   free(l);
   /* what cannot be routed is refused */
@@ -713,10 +719,10 @@ START_TEST(router_topk_ex_definition) {
   int32_t *di = dev_bytes(NULL, 64 * sizeof(int32_t));
   float *dw = dev_f(NULL, 64), *dl = dev_f(NULL, 64);
   const moe_router_ex bad[] = {
-      {0, MOE_SCORING_SIGMOID, NULL, 0, 0, MOE_GROUP_MAX, false, 1.0f},   /* k = 0 */
-      {4, MOE_SCORING_SIGMOID, NULL, 3, 1, MOE_GROUP_MAX, false, 1.0f},   /* 8 % 3 */
-      {5, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_MAX, false, 1.0f},   /* 5 > 2 x 2 */
-      {2, MOE_SCORING_SIGMOID, NULL, 8, 2, MOE_GROUP_TOP2_SUM, false, 1.0f}, /* groups of 1 */
+      {0, MOE_SCORING_SIGMOID, NULL, 0, 0, MOE_GROUP_MAX, false, 1.0f, false},   /* k = 0 */
+      {4, MOE_SCORING_SIGMOID, NULL, 3, 1, MOE_GROUP_MAX, false, 1.0f, false},   /* 8 % 3 */
+      {5, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_MAX, false, 1.0f, false},   /* 5 > 2 x 2 */
+      {2, MOE_SCORING_SIGMOID, NULL, 8, 2, MOE_GROUP_TOP2_SUM, false, 1.0f, false}, /* groups of 1 */
   };
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
     ck_assert_msg(OPS->router_topk_ex(BE, di, dw, dl, 1, 8, &bad[i], &err) == MOE_ERR_INVALID,
@@ -724,6 +730,135 @@ START_TEST(router_topk_ex_definition) {
   OPS->device_free(BE, di);
   OPS->device_free(BE, dw);
   OPS->device_free(BE, dl);
+}
+END_TEST
+
+/* rope_ex against a double-precision rotation (the angle the f32 product
+ * pos * inv_freq, as the contract says): both pairings, strided heads,
+ * an offset and a scale; elements outside the rotated range untouched. */
+START_TEST(rope_ex_definition) {
+  ck_assert_ptr_nonnull(OPS->rope_ex);
+  moe_error err = {0};
+  enum { M = 3, NH = 3, HS = 20, RS = 64, OFF = 12, RD = 8 };
+  float x[M * RS], y[M * RS], inv[RD / 2] = {1.0f, 0.3f, 0.031f, 0.0007f};
+  int32_t pos[M] = {0, 5, 1000};
+  tu_fill(x, M * RS, 41);
+  float *dx = dev_f(x, M * RS), *dinv = dev_f(inv, RD / 2);
+  int32_t *dpos = dev_bytes(pos, sizeof pos);
+  for (int il = 0; il < 2; il++) {
+    OPS->upload(BE, dx, x, sizeof x, &err);
+    const moe_rope_ex r = {NH, RS, HS, OFF, RD, il == 1, dinv, 0.8f};
+    ck_assert_msg(OPS->rope_ex(BE, dx, M, dpos, &r, &err) == MOE_OK, "%s", err.msg);
+    down(y, dx, sizeof y);
+    for (int t = 0; t < M; t++)
+      for (int h = 0; h < NH; h++) {
+        const float *v = x + t * RS + h * HS + OFF;
+        const float *o = y + t * RS + h * HS + OFF;
+        for (int i = 0; i < RD / 2; i++) {
+          const double ang = (double)((float)pos[t] * inv[i]);
+          const double c = cos(ang) * 0.8, sn = sin(ang) * 0.8;
+          const int ia = il ? 2 * i : i, ib = il ? 2 * i + 1 : i + RD / 2;
+          ck_assert_msg(fabs(o[ia] - (v[ia] * c - v[ib] * sn)) < 2e-5, "row %d head %d pair %d", t, h, i);
+          ck_assert_msg(fabs(o[ib] - (v[ib] * c + v[ia] * sn)) < 2e-5, "row %d head %d pair %d", t, h, i);
+        }
+      }
+    /* outside the rotated ranges: unchanged */
+    for (int t = 0; t < M; t++)
+      for (int j = 0; j < RS; j++) {
+        const int h = j / HS, in = j % HS;
+        if (h < NH && in >= OFF && in < OFF + RD) continue;
+        ck_assert_float_eq(y[t * RS + j], x[t * RS + j]);
+      }
+  }
+  const moe_rope_ex odd = {NH, RS, HS, OFF, 7, false, dinv, 1.0f};
+  ck_assert_int_eq(OPS->rope_ex(BE, dx, M, dpos, &odd, &err), MOE_ERR_INVALID);
+  const moe_rope_ex spill = {NH, RS, HS, 14, RD, false, dinv, 1.0f}; /* 14 + 8 > 20 */
+  ck_assert_int_eq(OPS->rope_ex(BE, dx, M, dpos, &spill, &err), MOE_ERR_INVALID);
+  OPS->device_free(BE, dx);
+  OPS->device_free(BE, dinv);
+  OPS->device_free(BE, dpos);
+}
+END_TEST
+
+/* mla_attention against its definition in double precision, in the
+ * expanded form transformers computes (keys and values of every head
+ * from the latents), so a backend's absorbed form is held to the same
+ * numbers; the new rows land in both caches and nothing else moves. */
+START_TEST(mla_attention_definition) {
+  ck_assert_ptr_nonnull(OPS->mla_attention);
+  moe_error err = {0};
+  enum { B = 2, NEW = 2, P0 = 3, S = 8, NH = 3, NO = 5, RO = 4, VD = 6, R = 7 };
+  const int T = B * NEW, QW = NH * (NO + RO);
+  float q[B * NEW * NH * (NO + RO)], cnew[B * NEW * R], pnew[B * NEW * RO];
+  float cc[B * S * R], pc[B * S * RO], w[NH * (NO + VD) * R], wex[NH * (NO + VD) * R];
+  tu_fill(q, (size_t)T * QW, 51);
+  tu_fill(cnew, (size_t)T * R, 52);
+  tu_fill(pnew, (size_t)T * RO, 53);
+  tu_fill(cc, B * S * R, 54);
+  tu_fill(pc, B * S * RO, 55);
+  tu_fill(w, NH * (NO + VD) * R, 56);
+  for (int dt = 0; dt < 2; dt++) {
+    const moe_weight kvb = dev_weight(w, NH * (NO + VD), R, dt ? MOE_BF16 : MOE_F32, wex);
+    float *dq = dev_f(q, (size_t)T * QW), *dcn = dev_f(cnew, (size_t)T * R),
+          *dpn = dev_f(pnew, (size_t)T * RO), *dcc = dev_f(cc, B * S * R),
+          *dpc = dev_f(pc, B * S * RO), *dout = dev_f(NULL, (size_t)T * NH * VD);
+    const moe_mla_shape sh = {B, NEW, P0, S, NH, NO, RO, VD, R, 0.37f};
+    ck_assert_msg(OPS->mla_attention(BE, dout, dq, dcc, dpc, dcn, dpn, &kvb, &sh, &err) == MOE_OK,
+                  "%s", err.msg);
+    float out[B * NEW * NH * VD], cc2[B * S * R], pc2[B * S * RO];
+    down(out, dout, sizeof out);
+    down(cc2, dcc, sizeof cc2);
+    down(pc2, dpc, sizeof pc2);
+    /* the caches: the new rows at pos0.., the rest as it was */
+    float c_all[B * S * R], p_all[B * S * RO];
+    memcpy(c_all, cc, sizeof cc);
+    memcpy(p_all, pc, sizeof pc);
+    for (int b = 0; b < B; b++)
+      for (int t = 0; t < NEW; t++) {
+        memcpy(c_all + (b * S + P0 + t) * R, cnew + (b * NEW + t) * R, R * sizeof(float));
+        memcpy(p_all + (b * S + P0 + t) * RO, pnew + (b * NEW + t) * RO, RO * sizeof(float));
+      }
+    ck_assert_int_eq(memcmp(cc2, c_all, sizeof cc2), 0);
+    ck_assert_int_eq(memcmp(pc2, p_all, sizeof pc2), 0);
+    for (int b = 0; b < B; b++)
+      for (int t = 0; t < NEW; t++)
+        for (int h = 0; h < NH; h++) {
+          const float *qh = q + ((b * NEW + t) * NH + h) * (NO + RO);
+          const int nk = P0 + t + 1;
+          double sc[S], mx = -INFINITY, sum = 0, mag = 0;
+          for (int j = 0; j < nk; j++) {
+            const float *c = c_all + (b * S + j) * R, *pe = p_all + (b * S + j) * RO;
+            double d = 0;
+            for (int n = 0; n < NO; n++) {
+              double k = 0;
+              for (int r = 0; r < R; r++) k += (double)wex[(h * (NO + VD) + n) * R + r] * c[r];
+              d += qh[n] * k;
+            }
+            for (int i = 0; i < RO; i++) d += (double)qh[NO + i] * pe[i];
+            sc[j] = d * 0.37;
+            mx = sc[j] > mx ? sc[j] : mx;
+          }
+          for (int j = 0; j < nk; j++) sum += sc[j] = exp(sc[j] - mx);
+          for (int v = 0; v < VD; v++) {
+            double o = 0;
+            for (int j = 0; j < nk; j++) {
+              const float *c = c_all + (b * S + j) * R;
+              double val = 0;
+              for (int r = 0; r < R; r++) val += (double)wex[(h * (NO + VD) + NO + v) * R + r] * c[r];
+              o += sc[j] / sum * val;
+              mag += fabs(val);
+            }
+            const float got = out[((b * NEW + t) * NH + h) * VD + v];
+            ck_assert_msg(fabs(got - o) <= 1e-5 * (mag + 1.0), "seq %d token %d head %d v %d: %g, reference %g",
+                          b, t, h, v, got, o);
+          }
+        }
+    const moe_mla_shape bad = {B, NEW, P0, S, NH, NO, RO, VD, R + 1, 0.37f}; /* kv_b has R columns */
+    ck_assert_int_eq(OPS->mla_attention(BE, dout, dq, dcc, dpc, dcn, dpn, &kvb, &bad, &err),
+                     MOE_ERR_INVALID);
+    void *bufs[] = {dq, dcn, dpn, dcc, dpc, dout, (void *)kvb.data};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) OPS->device_free(BE, bufs[i]);
+  }
 }
 END_TEST
 
@@ -907,7 +1042,7 @@ START_TEST(modeled_router_gives_valid_routing) {
     }
   }
   /* the DeepSeek-style router too: valid experts, weights renormalised and scaled */
-  moe_router_ex r = {3, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_TOP2_SUM, true, 2.5f};
+  moe_router_ex r = {3, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_TOP2_SUM, true, 2.5f, false};
   ck_assert(OPS->router_topk_ex(BE, d_idx, d_w, logits, m, n, &r, &err) == MOE_OK);
   down(idx, d_idx, sizeof idx);
   down(w, d_w, sizeof w);
@@ -920,7 +1055,7 @@ START_TEST(modeled_router_gives_valid_routing) {
     }
     ck_assert_double_eq_tol(sum, 2.5, 1e-5);
   }
-  moe_router_ex bad = {3, MOE_SCORING_SIGMOID, NULL, 3, 1, MOE_GROUP_MAX, true, 1.0f}; /* 20 % 3 */
+  moe_router_ex bad = {3, MOE_SCORING_SIGMOID, NULL, 3, 1, MOE_GROUP_MAX, true, 1.0f, false}; /* 20 % 3 */
   ck_assert_int_eq(OPS->router_topk_ex(BE, d_idx, d_w, logits, m, n, &bad, &err), MOE_ERR_INVALID);
   OPS->device_free(BE, d_idx);
   OPS->device_free(BE, d_w);
@@ -994,6 +1129,8 @@ static int run_for(const char *backend, double link, int threads, const char *va
   tcase_add_test(tc, unary_definition);
   tcase_add_test(tc, router_topk_definition);
   tcase_add_test(tc, router_topk_ex_definition);
+  tcase_add_test(tc, rope_ex_definition);
+  tcase_add_test(tc, mla_attention_definition);
   tcase_add_test(tc, embed_gather_scatter);
   tcase_add_test(tc, empty_inputs_are_no_ops);
   suite_add_tcase(s, tc);

@@ -545,7 +545,9 @@ START_TEST(replay_charges_what_the_sim_charges_op_by_op) {
   const moe_weight w = {a, MOE_BF16, 256, 128}, g = {a, MOE_F32, 1, 128};
   const moe_attn_shape sh = {2, 3, 5, 16, 4, 2, 32};
   const moe_attn_ex ax = {2, 3, 0, 7, 16, 4, 2, 32, true, 0.5f, NULL, NULL, 0};
-  const moe_router_ex rx = {2, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_TOP2_SUM, true, 2.0f};
+  const moe_router_ex rx = {2, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_TOP2_SUM, true, 2.0f, true};
+  const moe_rope_ex re = {4, 4 * 24, 24, 16, 8, true, a, 1.1f};
+  const moe_weight kvb = {a, MOE_BF16, 4 * (16 + 12), 24};
   const double t0 = ops->modeled_seconds(be);
   moe_trace_mark(t, "forward");
   for (size_t m = 0; m < 3; m += 2) { /* m = 0: every op empty, nothing charged */
@@ -555,6 +557,9 @@ START_TEST(replay_charges_what_the_sim_charges_op_by_op) {
     ck_assert(ops->kv_store(be, a, b, a, b, &sh, &err) == MOE_OK);
     ck_assert(ops->attention(be, b, a, a, a, &sh, &err) == MOE_OK);
     ck_assert(ops->attention_ex(be, b, a, a, a, &ax, &err) == MOE_OK);
+    ck_assert(ops->rope_ex(be, a, m, ix, &re, &err) == MOE_OK);
+    const moe_mla_shape ms = {2, (int)m, 3, 16, 4, 16, 8, 12, 24, 0.2f};
+    ck_assert(ops->mla_attention(be, b, a, a, a, a, a, &kvb, &ms, &err) == MOE_OK);
     ck_assert(ops->unary(be, b, a, m * 100, MOE_UNARY_RELU, 0, &err) == MOE_OK);
     ck_assert(ops->router_topk(be, ix, b, a, m, 16, 2, true, NULL, &err) == MOE_OK);
     ck_assert(ops->router_topk_ex(be, ix, b, a, m, 16, &rx, &err) == MOE_OK);

@@ -38,6 +38,36 @@ moe_status moe_router_ex_check(const moe_router_ex *r, int n, moe_error *err) {
   return MOE_OK;
 }
 
+moe_status moe_rope_ex_check(const moe_rope_ex *r, moe_error *err) {
+  if (r == NULL || r->n_heads < 1 || r->rot_dim < 2 || r->rot_dim % 2 != 0 || r->offset < 0 ||
+      r->inv_freq == NULL || !isfinite(r->attn_scale) ||
+      (r->n_heads > 1 && (size_t)r->offset + (size_t)r->rot_dim > r->head_stride) ||
+      (size_t)r->offset + (size_t)r->rot_dim + (size_t)(r->n_heads - 1) * r->head_stride >
+          (r->row_stride ? r->row_stride : SIZE_MAX))
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "rope: %d heads of stride %zu rotating %d at offset %d do not fit rows of %zu "
+                    "(rot_dim even and positive, inv_freq given)",
+                    r ? r->n_heads : 0, r ? r->head_stride : 0, r ? r->rot_dim : 0,
+                    r ? r->offset : 0, r ? r->row_stride : 0);
+  return MOE_OK;
+}
+
+moe_status moe_mla_check(const moe_mla_shape *s, const moe_weight *kv_b, moe_error *err) {
+  if (s == NULL || kv_b == NULL || kv_b->data == NULL || s->n_seq < 0 || s->n_new < 0 ||
+      s->pos0 < 0 || s->n_heads < 1 || s->nope_dim < 0 || s->rope_dim < 0 || s->v_dim < 1 ||
+      s->kv_rank < 1 || (long)s->pos0 + s->n_new > s->max_seq || !isfinite(s->scale) ||
+      kv_b->rows != (size_t)s->n_heads * ((size_t)s->nope_dim + (size_t)s->v_dim) ||
+      kv_b->cols != (size_t)s->kv_rank)
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "mla attention: shape (heads %d, nope %d, rope %d, v %d, rank %d, positions "
+                    "%d..%d of %d) does not match kv_b [%zu, %zu]",
+                    s ? s->n_heads : 0, s ? s->nope_dim : 0, s ? s->rope_dim : 0,
+                    s ? s->v_dim : 0, s ? s->kv_rank : 0, s ? s->pos0 : 0,
+                    s ? s->pos0 + s->n_new - 1 : 0, s ? s->max_seq : 0, kv_b ? kv_b->rows : 0,
+                    kv_b ? kv_b->cols : 0);
+  return MOE_OK;
+}
+
 size_t moe_backend_count(void) { return sizeof k_backends / sizeof k_backends[0]; }
 
 const moe_backend_ops *moe_backend_at(size_t i) {

@@ -309,6 +309,18 @@ static moe_status tr_topk_ex(moe_backend *be, int32_t *idx, float *w, const floa
   TIMED(be, "router top-k", c.flops, c.bytes,
         REAL(be)->router_topk_ex(INNER(be), idx, w, l, m, n, r, e));
 }
+static moe_status tr_rope_ex(moe_backend *be, float *x, size_t m, const int32_t *pos,
+                             const moe_rope_ex *r, moe_error *e) {
+  const moe_op_count k = m ? moe_count_rope_ex(m, r) : (moe_op_count){0, 0};
+  TIMED(be, "rope", k.flops, k.bytes, REAL(be)->rope_ex(INNER(be), x, m, pos, r, e));
+}
+static moe_status tr_mla(moe_backend *be, float *o, const float *q, float *cc, float *pc,
+                         const float *c, const float *p, const moe_weight *w,
+                         const moe_mla_shape *s, moe_error *e) {
+  const moe_op_count k = moe_count_mla(s, w->dtype);
+  TIMED(be, "attention", k.flops, k.bytes,
+        REAL(be)->mla_attention(INNER(be), o, q, cc, pc, c, p, w, s, e));
+}
 static moe_status tr_swiglu(moe_backend *be, float *y, const float *g, const float *u, size_t n,
                             moe_error *e) {
   const moe_op_count k = moe_count_swiglu(n);
@@ -408,6 +420,8 @@ moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {
   o->modeled_seconds = r->modeled_seconds ? tr_modeled : NULL;
   o->set_context = r->set_context ? tr_context : NULL;
   o->router_topk_ex = r->router_topk_ex ? tr_topk_ex : NULL;
+  o->rope_ex = r->rope_ex ? tr_rope_ex : NULL;
+  o->mla_attention = r->mla_attention ? tr_mla : NULL;
   if (r->modeled_seconds) {
     t->t_origin = 0; /* modeled time starts at 0 */
     t->clock_fn = r->modeled_seconds;

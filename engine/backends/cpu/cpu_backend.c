@@ -680,6 +680,93 @@ static moe_status cpu_rope(moe_backend *be, float *x, size_t m, const int32_t *p
   return MOE_OK;
 }
 
+/* rope_ex (backend.h): the caller's frequencies, either pairing, cos and
+ * sin scaled by attn_scale. */
+static moe_status cpu_rope_ex(moe_backend *be, float *x, size_t m, const int32_t *pos,
+                              const moe_rope_ex *r, moe_error *err) {
+  if (m == 0) return MOE_OK;
+  moe_status st = moe_rope_ex_check(r, err);
+  if (st != MOE_OK) return st;
+  const int half = r->rot_dim / 2;
+  for (size_t t = 0; t < m; t++)
+    for (int i = 0; i < half; i++) {
+      const float ang = (float)pos[t] * r->inv_freq[i];
+      const float c = cosf(ang) * r->attn_scale, sn = sinf(ang) * r->attn_scale;
+      for (int h = 0; h < r->n_heads; h++) {
+        float *v = x + t * r->row_stride + (size_t)h * r->head_stride + (size_t)r->offset;
+        float *pa = r->interleaved ? v + 2 * i : v + i;
+        float *pb = r->interleaved ? v + 2 * i + 1 : v + i + half;
+        const float a = *pa, b = *pb;
+        *pa = a * c - b * sn;
+        *pb = b * c + a * sn;
+      }
+    }
+  return MOE_OK;
+}
+
+/* mla_attention (backend.h) in the absorbed form: per query and head,
+ * q_lat = W_k,h^T q_nope (kv_rank), scores scale * (q_lat . c_j + q_pe .
+ * k_pe_j), o_lat = sum_j p_j c_j, out = W_v,h o_lat.  kv_b is converted
+ * to f32 once per call. */
+static moe_status cpu_mla_attention(moe_backend *be, float *out, const float *q, float *ckv_cache,
+                                    float *kpe_cache, const float *ckv, const float *kpe,
+                                    const moe_weight *kv_b, const moe_mla_shape *s,
+                                    moe_error *err) {
+  if ((size_t)s->n_seq * (size_t)s->n_new == 0) return MOE_OK;
+  moe_status st = moe_mla_check(s, kv_b, err);
+  if (st != MOE_OK) return st;
+  const size_t R = (size_t)s->kv_rank, P = (size_t)s->rope_dim, N = (size_t)s->nope_dim,
+               V = (size_t)s->v_dim, H = (size_t)s->n_heads, S = (size_t)s->max_seq;
+  const size_t W = H * (N + V) * R, nk_max = (size_t)s->pos0 + (size_t)s->n_new;
+  st = scratch_reserve(be, W + 2 * R + nk_max, err);
+  if (st != MOE_OK) return st;
+  float *w = be->scratch, *qlat = w + W, *olat = qlat + R, *sc = olat + R;
+  moe_convert_to_f32(w, kv_b->data, kv_b->dtype, W);
+  for (int b = 0; b < s->n_seq; b++)
+    for (int t = 0; t < s->n_new; t++) {
+      const size_t src = (size_t)b * (size_t)s->n_new + (size_t)t;
+      const size_t dst = (size_t)b * S + (size_t)s->pos0 + (size_t)t;
+      memcpy(ckv_cache + dst * R, ckv + src * R, R * sizeof(float));
+      memcpy(kpe_cache + dst * P, kpe + src * P, P * sizeof(float));
+    }
+  for (int b = 0; b < s->n_seq; b++)
+    for (int t = 0; t < s->n_new; t++) {
+      const size_t row = (size_t)b * (size_t)s->n_new + (size_t)t;
+      const size_t nk = (size_t)s->pos0 + (size_t)t + 1;
+      const float *cb = ckv_cache + (size_t)b * S * R, *pb = kpe_cache + (size_t)b * S * P;
+      for (size_t h = 0; h < H; h++) {
+        const float *qh = q + (row * H + h) * (N + P), *wk = w + h * (N + V) * R,
+                    *wv = wk + N * R;
+        for (size_t r = 0; r < R; r++) qlat[r] = 0.0f;
+        for (size_t n = 0; n < N; n++)
+          for (size_t r = 0; r < R; r++) qlat[r] += qh[n] * wk[n * R + r];
+        float mx = -INFINITY;
+        for (size_t j = 0; j < nk; j++) {
+          float d = 0.0f;
+          for (size_t r = 0; r < R; r++) d += qlat[r] * cb[j * R + r];
+          for (size_t i = 0; i < P; i++) d += qh[N + i] * pb[j * P + i];
+          sc[j] = d * s->scale;
+          if (sc[j] > mx) mx = sc[j];
+        }
+        float sum = 0.0f;
+        for (size_t j = 0; j < nk; j++) sum += sc[j] = expf(sc[j] - mx);
+        const float inv = 1.0f / sum;
+        for (size_t r = 0; r < R; r++) olat[r] = 0.0f;
+        for (size_t j = 0; j < nk; j++) {
+          const float p = sc[j] * inv;
+          for (size_t r = 0; r < R; r++) olat[r] += p * cb[j * R + r];
+        }
+        float *oh = out + (row * H + h) * V;
+        for (size_t v = 0; v < V; v++) {
+          float o = 0.0f;
+          for (size_t r = 0; r < R; r++) o += wv[v * R + r] * olat[r];
+          oh[v] = o;
+        }
+      }
+    }
+  return MOE_OK;
+}
+
 static size_t cache_index(const moe_attn_shape *s, int seq, int kvh, int pos) {
   return (((size_t)seq * (size_t)s->n_kv_heads + (size_t)kvh) * (size_t)s->max_seq + (size_t)pos) *
          (size_t)s->head_dim;
@@ -854,8 +941,9 @@ static moe_status cpu_router_topk_ex(moe_backend *be, int32_t *idx, float *wts, 
           if (!keep[g] && (best < 0 || gv[g] > gv[best])) best = g;
         keep[best] = true;
       }
+      const float fill = r->mask_neg_inf ? -INFINITY : 0.0f;
       for (int e = 0; e < n; e++)
-        if (!keep[e / size]) c[e] = 0.0f;
+        if (!keep[e / size]) c[e] = fill;
     }
     int32_t *ti = idx + t * (size_t)r->k;
     float *tw = wts + t * (size_t)r->k, tsum = 0.0f;
@@ -960,4 +1048,6 @@ const moe_backend_ops moe_cpu_backend = {
     .attention_ex = cpu_attention_ex,
     .unary = cpu_unary,
     .router_topk_ex = cpu_router_topk_ex,
+    .rope_ex = cpu_rope_ex,
+    .mla_attention = cpu_mla_attention,
 };

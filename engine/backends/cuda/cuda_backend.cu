@@ -232,6 +232,122 @@ __global__ void k_attention_ex(float *out, const float *q, const float *kc, cons
   for (int i = threadIdx.x; i < hd; i += blockDim.x) oh[i] = acc[i] * inv;
 }
 
+/* rope_ex (backend.h): one thread per (row, head, pair). */
+struct rope_ex_args {
+  int n_heads;
+  size_t row_stride, head_stride;
+  int offset, rot_dim;
+  bool interleaved;
+  const float *inv_freq;
+  float attn_scale;
+};
+
+__global__ void k_rope_ex(float *x, size_t m, const int32_t *pos, rope_ex_args r) {
+  const int half = r.rot_dim / 2;
+  const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= m * (size_t)r.n_heads * (size_t)half) return;
+  const int i = (int)(idx % half);
+  const size_t th = idx / half;
+  const size_t t = th / r.n_heads, h = th % r.n_heads;
+  const float ang = (float)pos[t] * r.inv_freq[i];
+  const float c = cosf(ang) * r.attn_scale, sn = sinf(ang) * r.attn_scale;
+  float *v = x + t * r.row_stride + h * r.head_stride + r.offset;
+  float *pa = r.interleaved ? v + 2 * i : v + i;
+  float *pb = r.interleaved ? v + 2 * i + 1 : v + i + half;
+  const float a = *pa, b = *pb;
+  *pa = a * c - b * sn;
+  *pb = b * c + a * sn;
+}
+
+/* mla_attention, cache write: one thread per element of the new rows. */
+__global__ void k_mla_store(float *ckv_cache, float *kpe_cache, const float *ckv, const float *kpe,
+                            moe_mla_shape s) {
+  const size_t w = (size_t)s.kv_rank + s.rope_dim;
+  const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= (size_t)s.n_seq * s.n_new * w) return;
+  const size_t row = idx / w, i = idx % w;
+  const size_t b = row / s.n_new, t = row % s.n_new;
+  const size_t dst = b * s.max_seq + s.pos0 + t;
+  if (i < (size_t)s.kv_rank)
+    ckv_cache[dst * s.kv_rank + i] = ckv[row * s.kv_rank + i];
+  else
+    kpe_cache[dst * s.rope_dim + (i - s.kv_rank)] = kpe[row * s.rope_dim + (i - s.kv_rank)];
+}
+
+/* mla_attention in the absorbed form, one block per (sequence, query,
+ * head): q_lat = W_k,h^T q_nope in shared memory, keys in tiles of
+ * kAttnThreads with a running maximum and sum (as k_attention_ex), the
+ * latent output accumulated per dimension, then W_v,h applied.  Shared:
+ * q_lat and o_lat (kv_rank each), q_pe (rope_dim), a tile of scores and
+ * a reduction buffer. */
+__global__ void k_mla_attention(float *out, const float *q, const float *ckv_cache,
+                                const float *kpe_cache, const void *w, int wdt, moe_mla_shape s) {
+  extern __shared__ float sm[];
+  const int R = s.kv_rank, P = s.rope_dim, N = s.nope_dim, V = s.v_dim;
+  float *qlat = sm, *olat = sm + R, *qpe = olat + R, *sc = qpe + P, *red = sc + kAttnThreads;
+  const int h = blockIdx.x % s.n_heads;
+  const int t = (blockIdx.x / s.n_heads) % s.n_new;
+  const int b = blockIdx.x / (s.n_heads * s.n_new);
+  const int nk = s.pos0 + t + 1;
+  const size_t row = (size_t)b * s.n_new + t;
+  const float *qh = q + (row * s.n_heads + h) * (size_t)(N + P);
+  const size_t wk = (size_t)h * (N + V) * R, wv = wk + (size_t)N * R;
+  for (int r = threadIdx.x; r < R; r += blockDim.x) {
+    float a = 0.0f;
+    for (int n = 0; n < N; n++) a += qh[n] * load_w(w, wdt, wk + (size_t)n * R + r);
+    qlat[r] = a;
+    olat[r] = 0.0f;
+  }
+  for (int i = threadIdx.x; i < P; i += blockDim.x) qpe[i] = qh[N + i];
+  __syncthreads();
+  const float *cb = ckv_cache + (size_t)b * s.max_seq * R;
+  const float *pb = kpe_cache + (size_t)b * s.max_seq * P;
+  float m_run = -INFINITY, l_run = 0.0f;
+  for (int j0 = 0; j0 < nk; j0 += kAttnThreads) {
+    const int j = j0 + (int)threadIdx.x;
+    float d = -INFINITY;
+    if (j < nk) {
+      d = 0.0f;
+      for (int r = 0; r < R; r++) d += qlat[r] * cb[(size_t)j * R + r];
+      for (int i = 0; i < P; i++) d += qpe[i] * pb[(size_t)j * P + i];
+      d *= s.scale;
+    }
+    red[threadIdx.x] = d;
+    __syncthreads();
+    for (int k = kAttnThreads / 2; k > 0; k /= 2) {
+      if ((int)threadIdx.x < k) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + k]);
+      __syncthreads();
+    }
+    const float m_new = fmaxf(m_run, red[0]);
+    __syncthreads();
+    const float e = j < nk ? expf(d - m_new) : 0.0f;
+    sc[threadIdx.x] = e;
+    red[threadIdx.x] = e;
+    __syncthreads();
+    for (int k = kAttnThreads / 2; k > 0; k /= 2) {
+      if ((int)threadIdx.x < k) red[threadIdx.x] += red[threadIdx.x + k];
+      __syncthreads();
+    }
+    const float corr = expf(m_run - m_new);
+    l_run = l_run * corr + red[0];
+    m_run = m_new;
+    const int n_tile = nk - j0 < kAttnThreads ? nk - j0 : kAttnThreads;
+    for (int r = threadIdx.x; r < R; r += blockDim.x) {
+      float o = olat[r] * corr;
+      for (int jj = 0; jj < n_tile; jj++) o += sc[jj] * cb[(size_t)(j0 + jj) * R + r];
+      olat[r] = o;
+    }
+    __syncthreads();
+  }
+  const float inv = 1.0f / l_run;
+  float *oh = out + (row * s.n_heads + h) * (size_t)V;
+  for (int v = threadIdx.x; v < V; v += blockDim.x) {
+    float o = 0.0f;
+    for (int r = 0; r < R; r++) o += load_w(w, wdt, wv + (size_t)v * R + r) * olat[r];
+    oh[v] = o * inv;
+  }
+}
+
 __global__ void k_unary(float *y, const float *x, size_t n, int op, float alpha) {
   size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
@@ -277,7 +393,7 @@ __global__ void k_router_topk(int32_t *idx, float *wts, const float *logits, siz
 __global__ void k_router_topk_ex(int32_t *idx, float *wts, const float *logits, size_t m, int n,
                                  int k, int scoring, const void *bias, int bdt, int n_group,
                                  int topk_group, int group_score, bool renorm, float scale,
-                                 float *cbuf) {
+                                 bool mask_neg_inf, float *cbuf) {
   size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= m) return;
   const float *l = logits + t * n;
@@ -311,7 +427,7 @@ __global__ void k_router_topk_ex(int32_t *idx, float *wts, const float *logits, 
       keep[best / 32] |= 1u << (best % 32);
     }
     for (int e = 0; e < n; e++)
-      if (!(keep[(e / size) / 32] >> ((e / size) % 32) & 1u)) c[e] = 0.0f;
+      if (!(keep[(e / size) / 32] >> ((e / size) % 32) & 1u)) c[e] = mask_neg_inf ? -INFINITY : 0.0f;
   }
   int32_t *ti = idx + t * k;
   float *tw = wts + t * k, tsum = 0.0f;
@@ -816,6 +932,47 @@ static moe_status cu_attention(moe_backend *be, float *out, const float *q, cons
   return cu_attention_ex(be, out, q, kc, vc, &a, err);
 }
 
+static moe_status cu_rope_ex(moe_backend *be, float *x, size_t m, const int32_t *pos,
+                             const moe_rope_ex *r, moe_error *err) {
+  moe_status st = MOE_OK;
+  if (m == 0) return MOE_OK;
+  MOE_TRY(moe_rope_ex_check(r, err));
+  {
+    const size_t n = m * (size_t)r->n_heads * (size_t)(r->rot_dim / 2);
+    const rope_ex_args a = {r->n_heads, r->row_stride, r->head_stride, r->offset,
+                            r->rot_dim,  r->interleaved, r->inv_freq, r->attn_scale};
+    k_rope_ex<<<blocks_for(n), kThreads, 0, be->compute>>>(x, m, pos, a);
+  }
+  KERNEL_CHECK(err);
+cleanup:
+  return st;
+}
+
+static moe_status cu_mla_attention(moe_backend *be, float *out, const float *q, float *ckv_cache,
+                                   float *kpe_cache, const float *ckv, const float *kpe,
+                                   const moe_weight *kv_b, const moe_mla_shape *s, moe_error *err) {
+  moe_status st = MOE_OK;
+  const size_t rows = (size_t)s->n_seq * (size_t)s->n_new;
+  if (rows == 0) return MOE_OK;
+  MOE_TRY(moe_mla_check(s, kv_b, err));
+  {
+    const size_t blocks = rows * (size_t)s->n_heads;
+    const size_t smem =
+        (2 * (size_t)s->kv_rank + (size_t)s->rope_dim + 2 * (size_t)kAttnThreads) * sizeof(float);
+    MOE_CHECK(smem <= 48 * 1024 && blocks <= 0x7fffffffu, err, MOE_ERR_UNSUPPORTED,
+              "cuda mla attention: kv_lora_rank %d or %zu (sequence, token, head) blocks exceed "
+              "this kernel", s->kv_rank, blocks);
+    const size_t n = rows * ((size_t)s->kv_rank + (size_t)s->rope_dim);
+    k_mla_store<<<blocks_for(n), kThreads, 0, be->compute>>>(ckv_cache, kpe_cache, ckv, kpe, *s);
+    KERNEL_CHECK(err);
+    k_mla_attention<<<(unsigned)blocks, kAttnThreads, smem, be->compute>>>(
+        out, q, ckv_cache, kpe_cache, kv_b->data, (int)kv_b->dtype, *s);
+  }
+  KERNEL_CHECK(err);
+cleanup:
+  return st;
+}
+
 static moe_status cu_unary(moe_backend *be, float *y, const float *x, size_t n, moe_unary_op op,
                            float alpha, moe_error *err) {
   moe_status st = MOE_OK;
@@ -854,7 +1011,7 @@ static moe_status cu_router_topk_ex(moe_backend *be, int32_t *idx, float *wts, c
         idx, wts, logits, m, n, r->k, (int)r->scoring,
         r->choice_bias && r->choice_bias->data ? r->choice_bias->data : NULL,
         r->choice_bias ? (int)r->choice_bias->dtype : 0, r->n_group, r->topk_group,
-        (int)r->group_score, r->renorm, r->scale, cbuf);
+        (int)r->group_score, r->renorm, r->scale, r->mask_neg_inf, cbuf);
     const cudaError_t launch = cudaGetLastError();
     const cudaError_t freed = cudaFreeAsync(cbuf, be->compute);
     CUDA_TRY(launch, err);
@@ -967,6 +1124,8 @@ static moe_backend_ops make_ops(void) {
   o.attention_ex = cu_attention_ex;
   o.unary = cu_unary;
   o.router_topk_ex = cu_router_topk_ex;
+  o.rope_ex = cu_rope_ex;
+  o.mla_attention = cu_mla_attention;
   return o;
 }
 

@@ -526,6 +526,26 @@ static moe_status sim_rope(moe_backend *be, float *x, size_t m, const int32_t *p
   return MOE_OK;
 }
 
+static moe_status sim_rope_ex(moe_backend *be, float *x, size_t m, const int32_t *pos,
+                              const moe_rope_ex *r, moe_error *err) {
+  (void)x, (void)pos;
+  if (m == 0) return MOE_OK;
+  moe_status st = moe_rope_ex_check(r, err);
+  if (st == MOE_OK) charge(be, moe_count_rope_ex(m, r));
+  return st;
+}
+
+static moe_status sim_mla_attention(moe_backend *be, float *o, const float *q, float *ckv_cache,
+                                    float *kpe_cache, const float *ckv, const float *kpe,
+                                    const moe_weight *kv_b, const moe_mla_shape *s,
+                                    moe_error *err) {
+  (void)o, (void)q, (void)ckv_cache, (void)kpe_cache, (void)ckv, (void)kpe;
+  if ((size_t)s->n_seq * (size_t)s->n_new == 0) return MOE_OK;
+  moe_status st = moe_mla_check(s, kv_b, err);
+  if (st == MOE_OK) charge(be, moe_count_mla(s, kv_b->dtype));
+  return st;
+}
+
 static moe_status sim_kv_store(moe_backend *be, float *kc, float *vc, const float *k, const float *v,
                                const moe_attn_shape *s, moe_error *err) {
   (void)kc, (void)vc, (void)k, (void)v, (void)err;
@@ -635,4 +655,6 @@ const moe_backend_ops moe_sim_backend = {
     .modeled_seconds = sim_seconds,
     .set_context = sim_context,
     .router_topk_ex = sim_router_topk_ex,
+    .rope_ex = sim_rope_ex,
+    .mla_attention = sim_mla_attention,
 };

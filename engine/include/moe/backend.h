@@ -146,11 +146,67 @@ typedef struct moe_router_ex {
   moe_router_group_score group_score;
   bool renorm;
   float scale;
+  /* since ABI 1.4: experts outside the kept groups rank below every kept
+   * one (-inf, as DeepSeek-V3's masked_fill(-inf)) instead of at 0
+   * (DeepSeek-V2's masked_fill(0.0)); the two differ only when a kept
+   * expert's choice score is negative (sigmoid scores plus a negative
+   * bias).  A table built against 1.3 leaves it false. */
+  bool mask_neg_inf;
 } moe_router_ex;
+
+/* Rotary embedding in its general form (rope_ex, since ABI 1.4): on
+ * x[m rows], row t's head h rotates the rot_dim elements starting at
+ * x + t * row_stride + h * head_stride + offset, by angles pos[t] *
+ * inv_freq[i] (inv_freq: rot_dim / 2 device floats, computed by the
+ * caller: plain RoPE, YaRN, ...):
+ *   pairs (i, i + rot_dim / 2) (rotate-half, Llama/Mixtral layout), or
+ *   pairs (2i, 2i + 1) when interleaved (DeepSeek's layout; transformers
+ *   de-interleaves them first, which permutes the output but leaves
+ *   every dot product of two such vectors the same; here the pairs are
+ *   rotated in place);
+ * cos and sin are multiplied by attn_scale (YaRN's attention factor; 1
+ * for plain RoPE).  The angle is the f32 product pos * inv_freq, as
+ * transformers computes it.  rot_dim even, offset + rot_dim <=
+ * head_stride when n_heads > 1. */
+typedef struct moe_rope_ex {
+  int n_heads;
+  size_t row_stride, head_stride; /* floats */
+  int offset, rot_dim;
+  bool interleaved;
+  const float *inv_freq;
+  float attn_scale;
+} moe_rope_ex;
+
+/* Multi-head latent attention (mla_attention, since ABI 1.4; DeepSeek-V2/
+ * V3).  The cache keeps per token the compressed latent c (kv_rank
+ * floats, normed) and the shared rotated key k_pe (rope_dim floats):
+ * ckv_cache [n_seq][max_seq][kv_rank], kpe_cache [n_seq][max_seq]
+ * [rope_dim].  One call first writes the new tokens' rows (ckv
+ * [n_seq * n_new, kv_rank], kpe [n_seq * n_new, rope_dim]) at positions
+ * pos0 .. pos0 + n_new - 1, then computes for every query (q [n_seq *
+ * n_new, n_heads * (nope_dim + rope_dim)], per head its no-position part
+ * then its rotated part) and head h, over the keys j <= its position:
+ *   k_j = [W_k,h c_j ; k_pe_j],  v_j = W_v,h c_j,
+ *   out = softmax_j(scale * q . k_j) . v_j    (out [n_seq * n_new, n_heads * v_dim])
+ * where kv_b ([n_heads * (nope_dim + v_dim), kv_rank], in its dtype)
+ * holds per head W_k,h (nope_dim rows) then W_v,h (v_dim rows), as
+ * transformers' kv_b_proj.  A backend may reassociate (absorb W_k,h into
+ * the query and apply W_v,h after the weighted sum; the cpu backend does):
+ * the result is the same to within f32 accumulation order. */
+typedef struct moe_mla_shape {
+  int n_seq, n_new, pos0, max_seq;
+  int n_heads, nope_dim, rope_dim, v_dim, kv_rank;
+  float scale;
+} moe_mla_shape;
 
 /* Checks r against n (the requirements above); MOE_OK or MOE_ERR_INVALID
  * with the reason. */
 moe_status moe_router_ex_check(const moe_router_ex *r, int n, moe_error *err);
+
+/* Check a rope_ex or mla_attention call's arguments (the requirements
+ * above); MOE_OK or MOE_ERR_INVALID with the reason. */
+moe_status moe_rope_ex_check(const moe_rope_ex *r, moe_error *err);
+moe_status moe_mla_check(const moe_mla_shape *s, const moe_weight *kv_b, moe_error *err);
 
 /* Element-wise operations (moe_backend_ops.unary, since ABI 1.2). */
 typedef enum moe_unary_op {
@@ -358,7 +414,22 @@ typedef struct moe_backend_ops {
    * no DeepSeek-style routing (the engine refuses such a model on it). */
   moe_status (*router_topk_ex)(moe_backend *be, int32_t *idx, float *wts, const float *logits,
                                size_t m, int n, const moe_router_ex *r, moe_error *err);
+
+  /* ---- since ABI 1.4 (absent in older tables): the ops of DeepSeek-V2/V3
+   * models (the engine refuses such a model on a backend without them) and
+   * of scaled RoPE. */
+  /* See moe_rope_ex.  In place on x. */
+  moe_status (*rope_ex)(moe_backend *be, float *x, size_t m, const int32_t *pos,
+                        const moe_rope_ex *r, moe_error *err);
+  /* See moe_mla_shape.  out must not alias any other argument. */
+  moe_status (*mla_attention)(moe_backend *be, float *out, const float *q, float *ckv_cache,
+                              float *kpe_cache, const float *ckv, const float *kpe,
+                              const moe_weight *kv_b, const moe_mla_shape *s, moe_error *err);
 } moe_backend_ops;
+
+/* The size of a table built against the ABI 1.3 header: everything up to
+ * and including router_topk_ex. */
+#define MOE_BACKEND_SIZE_1_3 (offsetof(moe_backend_ops, router_topk_ex) + sizeof(void (*)(void)))
 
 /* The size of a table built against the ABI 1.2 header: everything up to
  * and including unary. */

@@ -105,6 +105,25 @@ static inline moe_op_count moe_count_rmsnorm(size_t m, size_t cols) {
 static inline moe_op_count moe_count_rope(size_t m, int nh, int hd) {
   return (moe_op_count){6.0 * (double)m * nh * hd, 8.0 * (double)m * nh * hd};
 }
+static inline moe_op_count moe_count_rope_ex(size_t m, const moe_rope_ex *r) {
+  return (moe_op_count){6.0 * (double)m * r->n_heads * r->rot_dim,
+                        8.0 * (double)m * r->n_heads * r->rot_dim};
+}
+/* Multi-head latent attention as the cpu backend computes it (the
+ * absorbed form: per query and head, W_k,h into the query and W_v,h after
+ * the weighted sum, so every key is read as its latent): the keys every
+ * query sees, the kv_b weight once, the cache rows written and read. */
+static inline moe_op_count moe_count_mla(const moe_mla_shape *s, moe_dtype wdt) {
+  const double T = (double)s->n_seq * s->n_new, H = s->n_heads, r = s->kv_rank;
+  const double keys = (double)s->n_seq * ((double)s->n_new * s->pos0 +
+                                          (double)s->n_new * (s->n_new + 1) / 2.0);
+  const double row = r + s->rope_dim;
+  if (T == 0) return (moe_op_count){0, 0};
+  return (moe_op_count){T * H * 2.0 * r * (s->nope_dim + s->v_dim) + keys * H * (4.0 * r + 2.0 * s->rope_dim),
+                        H * (s->nope_dim + s->v_dim) * r * (double)moe_dtype_size(wdt) +
+                            4.0 * (double)s->n_seq * ((double)s->pos0 + s->n_new) * row +
+                            8.0 * T * row + 4.0 * T * H * (s->nope_dim + s->rope_dim + s->v_dim)};
+}
 static inline moe_op_count moe_count_kv_store(const moe_attn_shape *s) {
   return (moe_op_count){0, 16.0 * s->n_seq * s->n_new * s->n_kv_heads * s->head_dim};
 }
