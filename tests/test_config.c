@@ -1,11 +1,14 @@
 /* config.json parsing: both families, and one broken file per failure mode,
  * each rejected with the right code and a message naming the field. */
 #include <check.h>
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "moe/backend.h"
 #include "moe/config.h"
+#include "moe/jsonfile.h"
 #include "moe/model.h"
 #include "testutil.h"
 
@@ -82,8 +85,8 @@ START_TEST(broken_configs) {
        MOE_ERR_FORMAT, "'hidden_size' must be an integer"},
       {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_theta\": 1e4, "
        "\"rope_parameters\": {\"rope_theta\": 1e6}}", MOE_ERR_INVALID, "contradicts"},
-      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_parameters\": {\"rope_type\": \"yarn\"}}",
-       MOE_ERR_UNSUPPORTED, "yarn"},
+      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_parameters\": {\"rope_type\": \"yarn\", "
+       "\"factor\": -2.0}}", MOE_ERR_INVALID, "yarn"},
       {"{\"model_type\": \"mixtral\", \"hidden_size\": 64, \"intermediate_size\": 96, "
        "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"num_key_value_heads\": 3, "
        "\"num_local_experts\": 4, \"num_experts_per_tok\": 2, \"vocab_size\": 96, "
@@ -281,11 +284,23 @@ START_TEST(oversized_models_are_refused) {
 END_TEST
 
 /* config.json files as transformers writes them with every scaled RoPE
- * variant (tests/fixtures/rope-configs, made by make_hf_fixtures.py): each
- * is refused with its type named, never run as plain RoPE. */
+ * variant (tests/fixtures/rope-configs, made by make_hf_fixtures.py): YaRN
+ * is read, every other one refused with its type named, never run as plain
+ * RoPE. */
 START_TEST(transformers_rope_configs_are_refused) {
-  static const char *files[] = {"mixtral-linear", "mixtral-dynamic", "mixtral-yarn", "mixtral-llama3",
-                                "qwen2moe-linear", "qwen2moe-dynamic", "qwen2moe-yarn",
+  static const char *yarn[] = {"mixtral-yarn", "qwen2moe-yarn"};
+  for (size_t i = 0; i < 2; i++) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/fixtures/rope-configs/%s.json", MOE_SOURCE_DIR, yarn[i]);
+    moe_config c;
+    moe_error err = {0};
+    ck_assert_msg(moe_config_load(&c, path, &err) == MOE_OK, "%s: %s", yarn[i], err.msg);
+    ck_assert_int_eq(c.rope_kind, MOE_ROPE_YARN);
+    ck_assert_float_eq(c.rope_factor, 4.0f);
+    ck_assert_int_eq(c.rope_orig_max, 32);
+  }
+  static const char *files[] = {"mixtral-linear", "mixtral-dynamic", "mixtral-llama3",
+                                "qwen2moe-linear", "qwen2moe-dynamic",
                                 "qwen2moe-llama3", "qwen2moe-longrope"};
   for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
     char path[1024];
@@ -483,6 +498,151 @@ START_TEST(switch_save_load_roundtrip) {
 }
 END_TEST
 
+/* YaRN's inverse frequencies and attention factor against transformers'
+ * own (tests/fixtures/rope-configs/yarn-expected.json): DeepSeek-V3's and
+ * V2-Lite's real parameters, a Qwen3-MoE one, and one with truncate off
+ * and an explicit attention factor. */
+START_TEST(yarn_frequencies_match_transformers) {
+  moe_error err = {0};
+  json_t *want = moe_json_load_file(MOE_SOURCE_DIR "/tests/fixtures/rope-configs/yarn-expected.json", &err);
+  ck_assert_msg(want != NULL, "%s", err.msg);
+  const char *name;
+  json_t *v;
+  int n_cases = 0;
+  json_object_foreach(want, name, v) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/fixtures/rope-configs/yarn-%s.json", MOE_SOURCE_DIR, name);
+    moe_config c;
+    ck_assert_msg(moe_config_load(&c, path, &err) == MOE_OK, "%s: %s", name, err.msg);
+    ck_assert_int_eq(c.rope_kind, MOE_ROPE_YARN);
+    json_t *inv = json_object_get(v, "inv_freq");
+    const int half = moe_config_rot_dim(&c) / 2;
+    ck_assert_int_eq((int)json_array_size(inv), half);
+    float f[4096], af;
+    moe_config_rope_freqs(&c, f, &af);
+    for (int i = 0; i < half; i++) {
+      const double w = json_real_value(json_array_get(inv, (size_t)i));
+      ck_assert_msg(fabs(f[i] - w) <= 2e-7 * fabs(w), "%s: inv_freq[%d] %.9g, transformers %.9g",
+                    name, i, f[i], w);
+    }
+    const double wa = json_real_value(json_object_get(v, "attention_factor"));
+    ck_assert_msg(fabs(af - wa) <= 1e-6 * wa, "%s: attention factor %.9g, transformers %.9g", name,
+                  af, wa);
+    n_cases++;
+  }
+  ck_assert_int_eq(n_cases, 4);
+  json_decref(want);
+}
+END_TEST
+
+/* DeepSeek-V2/V3: the fixtures' fields, transformers' defaults when a
+ * field is absent, the refusals, and a save/load round trip. */
+START_TEST(deepseek_configs) {
+  moe_config c;
+  moe_error err = {0};
+  ck_assert_msg(moe_config_load(&c, MOE_SOURCE_DIR "/tests/fixtures/deepseekv3-tiny/config.json",
+                                &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.arch, MOE_ARCH_DEEPSEEK_V3);
+  ck_assert(moe_config_is_mla(&c));
+  ck_assert_int_eq(c.q_rank, 40);
+  ck_assert_int_eq(c.kv_rank, 24);
+  ck_assert_int_eq(c.head_dim, 24); /* nope + rope, not config.json's head_dim (8) */
+  ck_assert_int_eq(c.n_kv_heads, c.n_heads);
+  ck_assert_int_eq(c.shared_ffn, 32);
+  ck_assert(!c.is_moe[0] && c.is_moe[1] && c.is_moe[2]);
+  ck_assert(c.router_ex && c.scoring == MOE_SCORING_SIGMOID && c.group_mask_neg_inf);
+  ck_assert_int_eq(c.group_score, MOE_GROUP_TOP2_SUM);
+  ck_assert(c.rope_interleave && c.norm_topk);
+  ck_assert_float_eq(c.routed_scale, 2.5f);
+  ck_assert_int_eq(c.rope_kind, MOE_ROPE_YARN);
+  /* softmax scale: 24^-0.5 x mscale(4, 0.8)^2 */
+  const double m = 0.1 * 0.8 * log(4.0) + 1.0;
+  ck_assert_double_eq_tol(moe_config_attn_scale(&c), pow(24.0, -0.5) * m * m, 1e-7);
+  ck_assert_msg(moe_config_load(&c, MOE_SOURCE_DIR "/tests/fixtures/deepseekv2-tiny/config.json",
+                                &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.arch, MOE_ARCH_DEEPSEEK_V2);
+  ck_assert_int_eq(c.q_rank, 0); /* q_lora_rank null: a plain q_proj */
+  ck_assert(c.scoring == MOE_SCORING_SOFTMAX && !c.group_mask_neg_inf && !c.norm_topk);
+  ck_assert_int_eq(c.group_score, MOE_GROUP_MAX);
+  ck_assert_int_eq(c.n_group, 4);
+  ck_assert_int_eq(c.shared_ffn, 64);
+  ck_assert(c.o_bias && c.rope_interleave);
+  /* defaults (DeepseekV3Config(), DeepseekV2Config() of transformers 5.24) */
+  const char *p = write_cfg("ds3.json", "{\"model_type\": \"deepseek_v3\"}");
+  ck_assert_msg(moe_config_load(&c, p, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.hidden, 7168);
+  ck_assert_int_eq(c.n_layers, 61);
+  ck_assert_int_eq(c.n_experts, 256);
+  ck_assert_int_eq(c.top_k, 8);
+  ck_assert_int_eq(c.n_group, 8);
+  ck_assert_int_eq(c.topk_group, 4);
+  ck_assert_int_eq(c.q_rank, 1536);
+  ck_assert_int_eq(c.kv_rank, 512);
+  ck_assert_int_eq(c.head_dim, 192);
+  ck_assert_int_eq(c.v_dim, 128);
+  ck_assert_int_eq(c.shared_ffn, 2048);
+  ck_assert_int_eq(c.vocab, 129280);
+  ck_assert(!c.is_moe[2] && c.is_moe[3]);
+  ck_assert_int_eq(c.rope_kind, MOE_ROPE_DEFAULT);
+  p = write_cfg("ds2.json", "{\"model_type\": \"deepseek_v2\", \"num_experts_per_tok\": 6}");
+  ck_assert_msg(moe_config_load(&c, p, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.hidden, 4096);
+  ck_assert_int_eq(c.n_experts, 64);
+  ck_assert_int_eq(c.expert_ffn, 1407);
+  ck_assert_int_eq(c.shared_ffn, 2 * 1407);
+  ck_assert_int_eq(c.n_group, 0);
+  ck_assert(c.is_moe[0]);
+  /* DeepSeek-V3's own config.json spells its YaRN rope_scaling "type" */
+  p = write_cfg("ds3y.json", "{\"model_type\": \"deepseek_v3\", \"max_position_embeddings\": 163840, "
+                             "\"rope_scaling\": {\"beta_fast\": 32, \"beta_slow\": 1, \"factor\": 40, "
+                             "\"mscale\": 1.0, \"mscale_all_dim\": 1.0, "
+                             "\"original_max_position_embeddings\": 4096, \"type\": \"yarn\"}}");
+  ck_assert_msg(moe_config_load(&c, p, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.rope_kind, MOE_ROPE_YARN);
+  ck_assert_float_eq(c.rope_factor, 40.0f);
+  const bad_case bad[] = {
+      {"{\"model_type\": \"deepseek_v2\"}", MOE_ERR_FORMAT, "num_experts_per_tok"},
+      {"{\"model_type\": \"deepseek_v2\", \"num_experts_per_tok\": 6, \"topk_method\": \"noaux_tc\"}",
+       MOE_ERR_UNSUPPORTED, "topk_method"},
+      {"{\"model_type\": \"deepseek_v2\", \"num_experts_per_tok\": 6, \"topk_method\": "
+       "\"group_limited_greedy\"}", MOE_ERR_INVALID, "n_group"},
+      {"{\"model_type\": \"deepseek_v3\", \"n_group\": null}", MOE_ERR_INVALID, "n_group"},
+      {"{\"model_type\": \"deepseek_v3\", \"n_group\": 7}", MOE_ERR_INVALID, "n_group 7"},
+      {"{\"model_type\": \"deepseek_v3\", \"num_key_value_heads\": 16}", MOE_ERR_UNSUPPORTED,
+       "num_key_value_heads"},
+      {"{\"model_type\": \"deepseek_v2\", \"num_experts_per_tok\": 6, \"mlp_bias\": true}",
+       MOE_ERR_UNSUPPORTED, "mlp_bias"},
+      {"{\"model_type\": \"deepseek_v3\", \"qk_rope_head_dim\": 7}", MOE_ERR_INVALID, "even"},
+      {"{\"model_type\": \"deepseek_v3\", \"routed_scaling_factor\": 0}", MOE_ERR_INVALID,
+       "routed_scaling_factor"},
+      {"{\"model_type\": \"deepseek_v3\", \"kv_lora_rank\": 0}", MOE_ERR_INVALID, "kv_lora_rank"},
+      {"{\"model_type\": \"deepseek_v3\", \"rope_parameters\": {\"rope_type\": \"yarn\", "
+       "\"factor\": 4, \"beta_fast\": -1}}", MOE_ERR_INVALID, "yarn"},
+      {"{\"model_type\": \"deepseek_v3\", \"rope_parameters\": {\"rope_type\": \"yarn\", "
+       "\"factor\": 4, \"partial_rotary_factor\": 0.5}}", MOE_ERR_UNSUPPORTED, "partial_rotary_factor"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    p = write_cfg("dsbad.json", bad[i].text);
+    moe_error e2 = {0};
+    ck_assert_msg(moe_config_load(&c, p, &e2) == bad[i].code, "case %zu: %s", i, e2.msg);
+    ck_assert_msg(strstr(e2.msg, bad[i].needle) != NULL, "case %zu: '%s' lacks '%s'", i, e2.msg,
+                  bad[i].needle);
+  }
+  /* save and load back: the same configuration */
+  ck_assert(moe_config_load(&c, MOE_SOURCE_DIR "/tests/fixtures/deepseekv3-tiny/config.json", &err) == MOE_OK);
+  char out[1100];
+  snprintf(out, sizeof out, "%s/ds-saved.json", g_dir);
+  ck_assert_msg(moe_config_save(&c, out, &err) == MOE_OK, "%s", err.msg);
+  moe_config d;
+  ck_assert_msg(moe_config_load(&d, out, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(memcmp(&c, &d, sizeof c), 0);
+  ck_assert(moe_config_load(&c, MOE_SOURCE_DIR "/tests/fixtures/deepseekv2-tiny/config.json", &err) == MOE_OK);
+  ck_assert_msg(moe_config_save(&c, out, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_msg(moe_config_load(&d, out, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(memcmp(&c, &d, sizeof c), 0);
+}
+END_TEST
+
 START_TEST(missing_file_is_io) {
   moe_config c;
   moe_error err = {0};
@@ -506,6 +666,8 @@ int main(void) {
   tcase_add_test(tc, sliding_window_is_checked_per_run);
   tcase_add_test(tc, oversized_models_are_refused);
   tcase_add_test(tc, transformers_rope_configs_are_refused);
+  tcase_add_test(tc, yarn_frequencies_match_transformers);
+  tcase_add_test(tc, deepseek_configs);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -175,6 +175,24 @@ END_TEST
 START_TEST(olmoe_matches_transformers) { check_fixture("olmoe-tiny"); }
 END_TEST
 
+/* DeepSeek-V2: multi-head latent attention without a query LoRA, YaRN
+ * with mscale (softmax scale), interleaved RoPE, softmax routing limited
+ * to the best groups by their max, routed scaling, two shared experts, a
+ * dense first layer, biases on kv_a_proj and o_proj */
+START_TEST(deepseekv2_matches_transformers) { check_fixture("deepseekv2-tiny"); }
+END_TEST
+
+/* DeepSeek-V3: a query LoRA, YaRN with a cos/sin attention factor,
+ * sigmoid routing with a correction bias and top-2 group sums,
+ * renormalised and scaled */
+START_TEST(deepseekv3_matches_transformers) { check_fixture("deepseekv3-tiny"); }
+END_TEST
+
+/* DeepSeek-V3 with plain rotate-half RoPE, one group, no renormalisation,
+ * attention biases, tied embeddings, two dense layers */
+START_TEST(deepseekv3_plain_matches_transformers) { check_fixture("deepseekv3-plain"); }
+END_TEST
+
 START_TEST(mixtral_matches_transformers) { check_fixture("mixtral-tiny"); }
 END_TEST
 
@@ -219,6 +237,9 @@ int main(void) {
   tcase_add_test(tc, qwen3moe_matches_transformers);
   tcase_add_test(tc, olmoe_matches_transformers);
   tcase_add_test(tc, switch_untied_matches_transformers);
+  tcase_add_test(tc, deepseekv2_matches_transformers);
+  tcase_add_test(tc, deepseekv3_matches_transformers);
+  tcase_add_test(tc, deepseekv3_plain_matches_transformers);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -2,6 +2,7 @@
 #include "moe/config.h"
 
 #include "checked.h"
+#include "moe/backend.h"
 #include "moe/jsonfile.h"
 
 #include <jansson.h>
@@ -79,9 +80,32 @@ moe_status moe_config_validate(const moe_config *cfg, const char *origin, moe_er
     return MOE_FAIL(err, MOE_ERR_INVALID,
                     "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
                     origin, cfg->n_heads, cfg->n_kv_heads);
-  if (cfg->head_dim % 2 != 0 && cfg->arch != MOE_ARCH_SWITCH)
-    return MOE_FAIL(err, MOE_ERR_INVALID, "%s: head_dim (%d) must be even for RoPE", origin,
-                    cfg->head_dim);
+  if (moe_config_is_mla(cfg)) {
+    if (cfg->rope_dim < 2 || cfg->nope_dim < 0 || cfg->v_dim < 1 || cfg->q_rank < 0 ||
+        cfg->head_dim != cfg->nope_dim + cfg->rope_dim)
+      return MOE_FAIL(err, MOE_ERR_INVALID,
+                      "%s: multi-head latent attention dimensions out of range (qk_nope_head_dim "
+                      "%d, qk_rope_head_dim %d, v_head_dim %d, q_lora_rank %d)", origin,
+                      cfg->nope_dim, cfg->rope_dim, cfg->v_dim, cfg->q_rank);
+  }
+  if (moe_config_rot_dim(cfg) % 2 != 0 && cfg->arch != MOE_ARCH_SWITCH)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "%s: the rotated head dimension (%d) must be even for "
+                    "RoPE", origin, moe_config_rot_dim(cfg));
+  if (cfg->rope_kind == MOE_ROPE_YARN) {
+    const double f = cfg->rope_factor > 0 ? cfg->rope_factor
+                                          : (double)cfg->max_pos / (cfg->rope_orig_max > 0 ? cfg->rope_orig_max : 1);
+    if (cfg->arch == MOE_ARCH_SWITCH || !(cfg->rope_factor >= 0.0f) || !isfinite(cfg->rope_factor) ||
+        !(f > 0) || cfg->rope_orig_max < 1 || !(cfg->rope_beta_fast > 0.0f) ||
+        !(cfg->rope_beta_slow > 0.0f) || !isfinite(cfg->rope_beta_fast) ||
+        !isfinite(cfg->rope_beta_slow) || !isfinite(cfg->rope_mscale) ||
+        !isfinite(cfg->rope_mscale_all_dim) || !(cfg->rope_attn_factor >= 0.0f) ||
+        !isfinite(cfg->rope_attn_factor))
+      return MOE_FAIL(err, MOE_ERR_INVALID,
+                      "%s: yarn RoPE parameters out of range (factor %g, original_max_position_"
+                      "embeddings %d, beta_fast %g, beta_slow %g, attention_factor %g)",
+                      origin, cfg->rope_factor, cfg->rope_orig_max, cfg->rope_beta_fast,
+                      cfg->rope_beta_slow, cfg->rope_attn_factor);
+  }
   int n_moe = moe_config_n_moe_layers(cfg);
   if (n_moe > 0) {
     if (cfg->n_experts <= 0 || cfg->n_experts > MOE_MAX_EXPERTS)
@@ -94,6 +118,17 @@ moe_status moe_config_validate(const moe_config *cfg, const char *origin, moe_er
     if (cfg->expert_ffn <= 0)
       return MOE_FAIL(err, MOE_ERR_INVALID, "%s: expert intermediate size must be positive",
                       origin);
+    if (cfg->router_ex) {
+      const moe_router_ex r = {cfg->top_k, (moe_router_scoring)cfg->scoring, NULL, cfg->n_group,
+                               cfg->topk_group, (moe_router_group_score)cfg->group_score,
+                               cfg->norm_topk, cfg->routed_scale, cfg->group_mask_neg_inf};
+      moe_error why = {0};
+      if (moe_router_ex_check(&r, cfg->n_experts, &why) != MOE_OK)
+        return MOE_FAIL(err, MOE_ERR_INVALID,
+                        "%s: %d experts, n_group %d, topk_group %d, num_experts_per_tok %d: %s",
+                        origin, cfg->n_experts, cfg->n_group, cfg->topk_group, cfg->top_k,
+                        why.msg);
+    }
   }
   if (n_moe < cfg->n_layers && cfg->dense_ffn <= 0)
     return MOE_FAIL(err, MOE_ERR_INVALID,
@@ -114,6 +149,11 @@ moe_status moe_config_validate(const moe_config *cfg, const char *origin, moe_er
       {"intermediate_size x hidden_size", moe_prod((size_t)cfg->dense_ffn, (size_t)cfg->hidden, 12, 1)},
       {"shared_expert_intermediate_size x hidden_size",
        moe_prod((size_t)cfg->shared_ffn, (size_t)cfg->hidden, 12, 1)},
+      {"num_attention_heads x (qk_nope_head_dim + v_head_dim) x kv_lora_rank",
+       moe_prod((size_t)cfg->n_heads, (size_t)cfg->nope_dim + (size_t)cfg->v_dim,
+                (size_t)cfg->kv_rank, 4)},
+      {"num_attention_heads x head_dim x q_lora_rank",
+       moe_prod((size_t)cfg->n_heads, hd, (size_t)cfg->q_rank, 4)},
   };
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
     if (sizes[i].bytes == SIZE_MAX)
@@ -137,12 +177,13 @@ moe_status moe_config_validate(const moe_config *cfg, const char *origin, moe_er
   return MOE_OK;
 }
 
-/* Refuses any RoPE variant other than the default one: a scaled RoPE that
- * were read as plain RoPE would compute wrong positions silently.  obj is
- * rope_scaling (legacy) or rope_parameters (transformers 5), which may also
- * hold one such object per attention type. */
-static moe_status check_rope_type(const field_ctx *c, json_t *obj, const char *field, float *theta,
-                                  int depth) {
+/* Reads the RoPE parameters of obj, rope_scaling (legacy) or
+ * rope_parameters (transformers 5), which may also hold one such object
+ * per attention type (depth 1).  The default RoPE and, where yarn_ok,
+ * YaRN are read into cfg; every other variant (linear, dynamic, llama3,
+ * longrope, ...) is refused rather than run with wrong positions. */
+static moe_status parse_rope(const field_ctx *c, json_t *obj, const char *field, float *theta,
+                             moe_config *cfg, bool yarn_ok, int depth) {
   if (obj == NULL || json_is_null(obj)) return MOE_OK;
   if (!json_is_object(obj))
     return MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s: field '%s' must be an object", c->origin, field);
@@ -152,16 +193,47 @@ static moe_status check_rope_type(const field_ctx *c, json_t *obj, const char *f
     if (!json_is_string(rt))
       return MOE_FAIL(c->err, MOE_ERR_FORMAT, "%s: %s.rope_type must be a string", c->origin,
                       field);
-    if (strcmp(json_string_value(rt), "default") != 0)
+    const char *type = json_string_value(rt);
+    if (strcmp(type, "yarn") == 0 && yarn_ok && depth == 0) {
+      field_ctx sub = {obj, c->origin, c->err};
+      cfg->rope_kind = MOE_ROPE_YARN;
+      cfg->rope_factor = 0.0f;
+      cfg->rope_orig_max = 0;
+      cfg->rope_beta_fast = 32.0f;
+      cfg->rope_beta_slow = 1.0f;
+      cfg->rope_mscale = cfg->rope_mscale_all_dim = cfg->rope_attn_factor = 0.0f;
+      cfg->rope_truncate = true;
+      moe_status st = get_num(c, obj, "factor", false, &cfg->rope_factor);
+      if (st == MOE_OK) st = get_int(&sub, "original_max_position_embeddings", false, &cfg->rope_orig_max);
+      if (st == MOE_OK) st = get_num(c, obj, "beta_fast", false, &cfg->rope_beta_fast);
+      if (st == MOE_OK) st = get_num(c, obj, "beta_slow", false, &cfg->rope_beta_slow);
+      if (st == MOE_OK) st = get_num(c, obj, "mscale", false, &cfg->rope_mscale);
+      if (st == MOE_OK) st = get_num(c, obj, "mscale_all_dim", false, &cfg->rope_mscale_all_dim);
+      if (st == MOE_OK) st = get_num(c, obj, "attention_factor", false, &cfg->rope_attn_factor);
+      if (st == MOE_OK) st = get_bool(&sub, "truncate", &cfg->rope_truncate);
+      if (st != MOE_OK) return st;
+      /* transformers: "or 32", "or 1" (a 0 takes the default too) */
+      if (cfg->rope_beta_fast == 0.0f) cfg->rope_beta_fast = 32.0f;
+      if (cfg->rope_beta_slow == 0.0f) cfg->rope_beta_slow = 1.0f;
+      float prf = 1.0f;
+      st = get_num(c, obj, "partial_rotary_factor", false, &prf);
+      if (st != MOE_OK) return st;
+      if (prf != 1.0f)
+        return MOE_FAIL(c->err, MOE_ERR_UNSUPPORTED,
+                        "%s: %s.partial_rotary_factor %g is not supported (only whole heads "
+                        "rotate)", c->origin, field, prf);
+    } else if (strcmp(type, "default") != 0) {
       return MOE_FAIL(c->err, MOE_ERR_UNSUPPORTED,
-                      "%s: %s.rope_type '%s' is not supported (only the default RoPE is "
-                      "implemented; linear, dynamic, yarn, llama3, longrope are refused rather "
-                      "than run with wrong positions)",
-                      c->origin, field, json_string_value(rt));
+                      "%s: %s.rope_type '%s' is not supported (%s; linear, dynamic, llama3, "
+                      "longrope are refused rather than run with wrong positions)",
+                      c->origin, field, type,
+                      yarn_ok ? "the default RoPE and yarn are implemented"
+                              : "only the default RoPE is implemented");
+    }
   } else if (json_object_get(obj, "factor") != NULL && depth == 0) {
     return MOE_FAIL(c->err, MOE_ERR_UNSUPPORTED,
-                    "%s: %s has a scaling factor but no rope_type; only the default RoPE is "
-                    "implemented", c->origin, field);
+                    "%s: %s has a scaling factor but no rope_type; only the default RoPE and "
+                    "yarn are implemented", c->origin, field);
   }
   moe_status st = get_num(c, obj, "rope_theta", false, theta);
   if (st != MOE_OK) return st;
@@ -173,10 +245,71 @@ static moe_status check_rope_type(const field_ctx *c, json_t *obj, const char *f
       if (!json_is_object(v)) continue;
       char sub[160];
       snprintf(sub, sizeof sub, "%s.%s", field, key);
-      st = check_rope_type(c, v, sub, theta, depth + 1);
+      st = parse_rope(c, v, sub, theta, cfg, false, depth + 1);
       if (st != MOE_OK) return st;
     }
   return MOE_OK;
+}
+
+/* YaRN's mscale (transformers' get_mscale). */
+static double yarn_mscale(double scale, double mscale) {
+  return scale <= 1.0 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
+/* The YaRN factor, as transformers derives a missing one. */
+static double yarn_factor(const moe_config *cfg) {
+  if (cfg->rope_factor > 0.0f) return cfg->rope_factor;
+  return (double)cfg->max_pos / (double)cfg->rope_orig_max;
+}
+
+void moe_config_rope_freqs(const moe_config *cfg, float *inv_freq, float *attn_factor) {
+  const int dim = moe_config_rot_dim(cfg), half = dim / 2;
+  const float base = cfg->rope_theta;
+  *attn_factor = 1.0f;
+  if (cfg->rope_kind != MOE_ROPE_YARN) {
+    for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(base, (float)(2 * i) / (float)dim);
+    return;
+  }
+  /* transformers 5.24 _compute_yarn_parameters: the correction range and
+   * the attention factor in double (Python floats), the frequencies in
+   * float32 (torch tensors) */
+  const double factor = yarn_factor(cfg);
+  if (cfg->rope_attn_factor > 0.0f)
+    *attn_factor = cfg->rope_attn_factor;
+  else if (cfg->rope_mscale != 0.0f && cfg->rope_mscale_all_dim != 0.0f)
+    *attn_factor = (float)(yarn_mscale(factor, cfg->rope_mscale) /
+                           yarn_mscale(factor, cfg->rope_mscale_all_dim));
+  else
+    *attn_factor = (float)yarn_mscale(factor, 1.0);
+  const double two_pi = 2.0 * 3.14159265358979323846, lb = 2.0 * log((double)base);
+  double low = (dim * log(cfg->rope_orig_max / (cfg->rope_beta_fast * two_pi))) / lb;
+  double high = (dim * log(cfg->rope_orig_max / (cfg->rope_beta_slow * two_pi))) / lb;
+  if (cfg->rope_truncate) {
+    low = floor(low);
+    high = ceil(high);
+  }
+  if (low < 0) low = 0;
+  if (high > dim - 1) high = dim - 1;
+  if (low == high) high += 0.001;
+  const float lo = (float)low, span = (float)(high - low), f = (float)factor;
+  for (int i = 0; i < half; i++) {
+    const float pos_freq = powf(base, (float)(2 * i) / (float)dim);
+    const float extra = 1.0f / pos_freq, inter = 1.0f / (f * pos_freq);
+    float ramp = ((float)i - lo) / span;
+    ramp = ramp < 0.0f ? 0.0f : ramp > 1.0f ? 1.0f : ramp;
+    const float extra_factor = 1.0f - ramp;
+    inv_freq[i] = inter * (1.0f - extra_factor) + extra * extra_factor;
+  }
+}
+
+float moe_config_attn_scale(const moe_config *cfg) {
+  if (!moe_config_is_mla(cfg)) return 1.0f / sqrtf((float)cfg->head_dim);
+  double scale = pow((double)(cfg->nope_dim + cfg->rope_dim), -0.5);
+  if (cfg->rope_kind == MOE_ROPE_YARN && cfg->rope_mscale_all_dim != 0.0f) {
+    const double m = yarn_mscale(yarn_factor(cfg), cfg->rope_mscale_all_dim);
+    scale = scale * m * m;
+  }
+  return (float)scale;
 }
 
 /* The experts of a family whose transformers 5 config writes
@@ -242,6 +375,47 @@ static void family_defaults(moe_config *cfg) {
     cfg->n_experts = 64;
     cfg->norm_topk = false;
     cfg->qk_norm = MOE_QK_NORM_FULL;
+  } else if (cfg->arch == MOE_ARCH_DEEPSEEK_V2) { /* DeepseekV2Config() */
+    cfg->vocab = 102400;
+    cfg->hidden = 4096;
+    cfg->dense_ffn = 11008;
+    cfg->n_layers = 32;
+    cfg->n_heads = 32;
+    cfg->n_kv_heads = -1;
+    cfg->max_pos = 2048;
+    cfg->rms_eps = 1e-6f;
+    cfg->rope_theta = 10000.0f;
+    cfg->expert_ffn = 1407;
+    cfg->n_experts = 64;
+    cfg->q_rank = 1536;
+    cfg->kv_rank = 512;
+    cfg->nope_dim = 128;
+    cfg->rope_dim = 64;
+    cfg->v_dim = 128;
+    cfg->routed_scale = 1.0f;
+  } else if (cfg->arch == MOE_ARCH_DEEPSEEK_V3) { /* DeepseekV3Config() */
+    cfg->vocab = 129280;
+    cfg->hidden = 7168;
+    cfg->dense_ffn = 18432;
+    cfg->n_layers = 61;
+    cfg->n_heads = 128;
+    cfg->n_kv_heads = -1;
+    cfg->max_pos = 4096;
+    cfg->rms_eps = 1e-6f;
+    cfg->rope_theta = 10000.0f;
+    cfg->expert_ffn = 2048;
+    cfg->n_experts = 256;
+    cfg->top_k = 8;
+    cfg->q_rank = 1536;
+    cfg->kv_rank = 512;
+    cfg->nope_dim = 128;
+    cfg->rope_dim = 64;
+    cfg->v_dim = 128;
+    cfg->n_group = 8;
+    cfg->topk_group = 4;
+    cfg->routed_scale = 2.5f;
+    cfg->norm_topk = true;
+    cfg->rope_interleave = true;
   } else {
     cfg->vocab = 151936;
     cfg->hidden = 2048;
@@ -419,6 +593,111 @@ cleanup:
   return st;
 }
 
+/* An integer field where JSON null means 0 ("none": q_lora_rank,
+ * n_group, topk_group). */
+static moe_status get_int_or_null(const field_ctx *c, const char *key, int *out) {
+  json_t *v = json_object_get(c->obj, key);
+  if (v != NULL && json_is_null(v)) {
+    *out = 0;
+    return MOE_OK;
+  }
+  return get_int(c, key, false, out);
+}
+
+/* DeepSeek-V2/V3 fields (DeepseekV2Config / DeepseekV3Config of
+ * transformers 5.24, defaults included), after the common ones.  What
+ * transformers' own model ignores is ignored here too: V2 never
+ * renormalises the top-k weights (norm_topk_prob is unused), V3 always
+ * routes by sigmoid, bias and top-2 group sums (topk_method,
+ * scoring_func are unused), moe_layer_freq is unused, and the
+ * multi-token-prediction layers (num_nextn_predict_layers) are not part
+ * of the causal LM. */
+static moe_status deepseek_from_json(moe_config *cfg, const field_ctx *c) {
+  moe_status st = MOE_OK;
+  moe_error *err = c->err;
+  const char *origin = c->origin;
+  const bool v3 = cfg->arch == MOE_ARCH_DEEPSEEK_V3;
+  int n_shared = v3 ? 1 : 2, first_dense = v3 ? 3 : 0, kvh = -1;
+  MOE_TRY(get_int(c, "n_routed_experts", false, &cfg->n_experts));
+  MOE_TRY(get_int(c, "moe_intermediate_size", false, &cfg->expert_ffn));
+  MOE_TRY(get_int(c, "intermediate_size", false, &cfg->dense_ffn));
+  MOE_TRY(get_int(c, "n_shared_experts", false, &n_shared));
+  MOE_TRY(get_int(c, "first_k_dense_replace", false, &first_dense));
+  MOE_TRY(get_int_or_null(c, "q_lora_rank", &cfg->q_rank));
+  MOE_TRY(get_int(c, "kv_lora_rank", false, &cfg->kv_rank));
+  MOE_TRY(get_int(c, "qk_nope_head_dim", false, &cfg->nope_dim));
+  MOE_TRY(get_int(c, "qk_rope_head_dim", false, &cfg->rope_dim));
+  MOE_TRY(get_int(c, "v_head_dim", false, &cfg->v_dim));
+  MOE_TRY(get_int_or_null(c, "n_group", &cfg->n_group));
+  MOE_TRY(get_int_or_null(c, "topk_group", &cfg->topk_group));
+  MOE_TRY(get_num(c, c->obj, "routed_scaling_factor", false, &cfg->routed_scale));
+  MOE_TRY(get_bool(c, "attention_bias", &cfg->o_bias));
+  MOE_TRY(get_int(c, "num_key_value_heads", false, &kvh));
+  bool mlp_bias = false;
+  MOE_TRY(get_bool(c, "mlp_bias", &mlp_bias));
+  MOE_CHECK(!mlp_bias, err, MOE_ERR_UNSUPPORTED,
+            "%s: field 'mlp_bias' = true is not supported (biases on the feed-forward layers)",
+            origin);
+  /* MLA has one latent for all heads; transformers expands it to every
+   * query head, which only works when the key/value heads are as many */
+  MOE_CHECK(kvh < 0 || kvh == cfg->n_heads, err, MOE_ERR_UNSUPPORTED,
+            "%s: num_key_value_heads = %d differs from num_attention_heads = %d (multi-head "
+            "latent attention expands its latent to every head)", origin, kvh, cfg->n_heads);
+  cfg->n_kv_heads = cfg->n_heads;
+  cfg->head_dim = cfg->nope_dim + cfg->rope_dim; /* config.json's head_dim is the rope dim */
+  cfg->router_ex = true;
+  if (v3) {
+    MOE_TRY(get_bool(c, "norm_topk_prob", &cfg->norm_topk));
+    MOE_TRY(get_bool(c, "rope_interleave", &cfg->rope_interleave));
+    cfg->scoring = MOE_SCORING_SIGMOID;
+    cfg->group_score = MOE_GROUP_TOP2_SUM;
+    cfg->group_mask_neg_inf = true;
+    MOE_CHECK(cfg->n_group >= 1 && cfg->topk_group >= 1, err, MOE_ERR_INVALID,
+              "%s: n_group and topk_group must be set (DeepSeek-V3 always routes by groups)",
+              origin);
+  } else {
+    /* V2's rotary embedding is the complex (interleaved-pair) form */
+    cfg->rope_interleave = true;
+    cfg->norm_topk = false;
+    cfg->scoring = MOE_SCORING_SOFTMAX;
+    cfg->group_score = MOE_GROUP_MAX;
+    json_t *tm = json_object_get(c->obj, "topk_method");
+    const char *method = tm == NULL || json_is_null(tm) ? "greedy"
+                         : json_is_string(tm)           ? json_string_value(tm)
+                                                        : NULL;
+    MOE_CHECK(method != NULL, err, MOE_ERR_FORMAT, "%s: field 'topk_method' must be a string",
+              origin);
+    if (strcmp(method, "greedy") == 0) {
+      cfg->n_group = cfg->topk_group = 0;
+    } else {
+      MOE_CHECK(strcmp(method, "group_limited_greedy") == 0, err, MOE_ERR_UNSUPPORTED,
+                "%s: field 'topk_method' = \"%s\" is not supported (transformers' DeepSeek-V2 "
+                "routes by greedy or group_limited_greedy)", origin, method);
+      MOE_CHECK(cfg->n_group >= 1 && cfg->topk_group >= 1, err, MOE_ERR_INVALID,
+                "%s: group_limited_greedy routing needs n_group and topk_group", origin);
+    }
+    /* num_experts_per_tok has no default in DeepseekV2Config */
+    MOE_CHECK(json_is_integer(json_object_get(c->obj, "num_experts_per_tok")), err,
+              MOE_ERR_FORMAT, "%s: required field 'num_experts_per_tok' is missing", origin);
+  }
+  MOE_CHECK(isfinite(cfg->routed_scale) && cfg->routed_scale > 0.0f, err, MOE_ERR_INVALID,
+            "%s: routed_scaling_factor must be a positive number", origin);
+  MOE_CHECK(cfg->kv_rank >= 1 && cfg->rope_dim >= 2 && cfg->v_dim >= 1, err, MOE_ERR_INVALID,
+            "%s: kv_lora_rank, qk_rope_head_dim and v_head_dim must be positive", origin);
+  MOE_CHECK(cfg->n_layers <= MOE_MAX_LAYERS, err, MOE_ERR_UNSUPPORTED,
+            "%s: num_hidden_layers = %d exceeds the limit %d", origin, cfg->n_layers,
+            MOE_MAX_LAYERS);
+  MOE_CHECK(n_shared <= (1 << 16), err, MOE_ERR_INVALID, "%s: n_shared_experts %d is out of range",
+            origin, n_shared);
+  const size_t shared = moe_prod((size_t)n_shared, (size_t)cfg->expert_ffn, 1, 1);
+  MOE_CHECK(shared <= (size_t)1 << 30, err, MOE_ERR_INVALID,
+            "%s: n_shared_experts x moe_intermediate_size is out of range", origin);
+  cfg->shared_ffn = (int)shared;
+  for (int i = 0; i < cfg->n_layers; i++) cfg->is_moe[i] = cfg->n_experts > 0 && i >= first_dense;
+cleanup:
+  return st;
+}
+
 moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const char *origin,
                                 moe_error *err) {
   json_t *root = (json_t *)json_obj;
@@ -440,13 +719,17 @@ moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const cha
     cfg->arch = MOE_ARCH_QWEN3_MOE;
   } else if (strcmp(type, "olmoe") == 0) {
     cfg->arch = MOE_ARCH_OLMOE;
+  } else if (strcmp(type, "deepseek_v2") == 0) {
+    cfg->arch = MOE_ARCH_DEEPSEEK_V2;
+  } else if (strcmp(type, "deepseek_v3") == 0) {
+    cfg->arch = MOE_ARCH_DEEPSEEK_V3;
   } else if (strcmp(type, "switch_transformers") == 0) {
     cfg->arch = MOE_ARCH_SWITCH;
     return switch_from_json(cfg, &c);
   } else {
     return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
                     "%s: model_type '%s' is not supported (expected mixtral, qwen2_moe, qwen3_moe, "
-                    "olmoe or switch_transformers)", origin, type);
+                    "olmoe, deepseek_v2, deepseek_v3 or switch_transformers)", origin, type);
   }
   family_defaults(cfg);
 
@@ -466,10 +749,23 @@ moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const cha
    * Any scaled RoPE is refused. */
   float theta_top = 0.0f, theta_nested = 0.0f, theta_legacy = 0.0f;
   MOE_TRY(get_num(&c, root, "rope_theta", false, &theta_top));
-  MOE_TRY(check_rope_type(&c, json_object_get(root, "rope_parameters"), "rope_parameters",
-                          &theta_nested, 0));
-  MOE_TRY(check_rope_type(&c, json_object_get(root, "rope_scaling"), "rope_scaling",
-                          &theta_legacy, 0));
+  {
+    /* both present: transformers 5 reads rope_parameters; they must not
+     * say different things */
+    moe_config legacy = *cfg;
+    MOE_TRY(parse_rope(&c, json_object_get(root, "rope_scaling"), "rope_scaling", &theta_legacy,
+                       &legacy, true, 0));
+    MOE_TRY(parse_rope(&c, json_object_get(root, "rope_parameters"), "rope_parameters",
+                       &theta_nested, cfg, true, 0));
+    json_t *rp = json_object_get(root, "rope_parameters"), *rs = json_object_get(root, "rope_scaling");
+    if (rp == NULL || json_is_null(rp)) {
+      legacy.rope_theta = cfg->rope_theta;
+      *cfg = legacy;
+    } else if (rs != NULL && !json_is_null(rs)) {
+      MOE_CHECK(legacy.rope_kind == cfg->rope_kind, err, MOE_ERR_INVALID,
+                "%s: rope_scaling and rope_parameters name different RoPE types", origin);
+    }
+  }
   MOE_CHECK(!(theta_top > 0 && theta_nested > 0 && theta_top != theta_nested), err,
             MOE_ERR_INVALID, "%s: rope_theta (%g) contradicts rope_parameters.rope_theta (%g)",
             origin, theta_top, theta_nested);
@@ -488,6 +784,10 @@ moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const cha
             err, MOE_ERR_UNSUPPORTED, "%s: field 'hidden_act' must be \"silu\"", origin);
 
   if (cfg->n_kv_heads < 0) cfg->n_kv_heads = cfg->n_heads; /* OLMoE's None */
+  if (cfg->arch == MOE_ARCH_DEEPSEEK_V2 || cfg->arch == MOE_ARCH_DEEPSEEK_V3) {
+    MOE_TRY(deepseek_from_json(cfg, &c));
+    goto validate;
+  }
   if (cfg->arch == MOE_ARCH_QWEN3_MOE || cfg->arch == MOE_ARCH_OLMOE) {
     bool ab = false;
     MOE_TRY(get_bool(&c, "attention_bias", &ab));
@@ -562,6 +862,13 @@ moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const cha
     json_t *v;
     json_array_foreach(lt, i, v) any |= json_is_string(v) && strcmp(json_string_value(v), "sliding_attention") == 0;
     if (!any) cfg->sliding_window = 0;
+  }
+validate:
+  if (cfg->rope_kind == MOE_ROPE_YARN && cfg->rope_orig_max == 0) {
+    /* transformers: the top-level original_max_position_embeddings, else
+     * max_position_embeddings */
+    cfg->rope_orig_max = cfg->max_pos;
+    MOE_TRY(get_int(&c, "original_max_position_embeddings", false, &cfg->rope_orig_max));
   }
   MOE_TRY(moe_config_validate(cfg, origin, err));
 cleanup:

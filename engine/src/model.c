@@ -37,8 +37,14 @@ struct moe_engine {
   int slots;
   int cache_slots;           /* of slots, those an expert cache added */
   uint8_t *dense_dev;        /* device copy of the dense slab */
-  float *k_cache, *v_cache;  /* [layers][max_batch][kv_heads][max_seq][head_dim] */
-  size_t cache_layer_floats;
+  float *k_cache, *v_cache;  /* [layers][max_batch][kv_heads][max_seq][head_dim]; under MLA
+                                the latents [layers][max_batch][max_seq][kv_rank] and the
+                                rotated keys [layers][max_batch][max_seq][rope_dim] */
+  size_t cache_layer_floats;   /* per layer, of k_cache (and v_cache unless MLA) */
+  size_t vcache_layer_floats;  /* per layer, of v_cache */
+  float *inv_freq;           /* RoPE frequencies for rope_ex (YaRN, MLA), or NULL */
+  float rope_attn;           /* rope_ex's cos/sin factor */
+  bool use_rope_ex;
   /* activations, device */
   float *x, *h, *q, *k, *v, *att, *tmp, *router, *rw, *pw, *xe, *ge, *ue, *ye, *sg, *logits;
   /* index buffers, device */
@@ -192,7 +198,7 @@ typedef struct buf_spec {
   const char *name;
 } buf_spec;
 
-enum { MAX_BUFS = 32 };
+enum { MAX_BUFS = 32, MOE_MAX_ROT = 4096 };
 
 static moe_engine_options normalized(const moe_engine_options *opt) {
   moe_engine_options o = *opt;
@@ -218,28 +224,45 @@ static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device
    * starts), and the cross-attention K/V of each decoder layer */
   const bool encdec = moe_config_is_encdec(c);
   const size_t cached = (size_t)(c->n_layers - c->n_enc_layers);
-  const size_t kv = moe_prod(moe_prod(cached, B, (size_t)c->n_kv_heads, 1),
-                             (size_t)o->max_seq, hd, 4);
+  const bool mla = moe_config_is_mla(c);
+  /* MLA caches one latent and one rotated key per token, not per head */
+  const size_t kv = mla ? moe_prod(moe_prod(cached, B, (size_t)o->max_seq, 1), (size_t)c->kv_rank, 4, 1)
+                        : moe_prod(moe_prod(cached, B, (size_t)c->n_kv_heads, 1),
+                                   (size_t)o->max_seq, hd, 4);
+  const size_t vkv = mla ? moe_prod(moe_prod(cached, B, (size_t)o->max_seq, 1), (size_t)c->rope_dim, 4, 1)
+                         : kv;
+  /* the k/v activation buffers carry the latent and the rotated key (and
+   * q_a_proj's output) under MLA; att the heads' v_dim outputs */
+  size_t kbuf = kvd, vbuf = kvd, attw = qd;
+  if (mla) {
+    kbuf = (size_t)c->kv_rank > (size_t)c->q_rank ? (size_t)c->kv_rank : (size_t)c->q_rank;
+    vbuf = (size_t)c->rope_dim;
+    attw = (size_t)c->n_heads * (size_t)c->v_dim;
+  }
+  const bool rope_ex = mla || c->rope_kind != MOE_ROPE_DEFAULT;
+  const size_t nfreq = rope_ex ? (size_t)moe_config_rot_dim(c) / 2 * sizeof(float) : 0;
   const size_t xkv = encdec ? kv : 0;
   const size_t nbk = encdec ? moe_prod(2, 2 * (size_t)o->max_seq - 1, sizeof(int32_t), 1) : 0;
   const size_t f = sizeof(float), i32 = sizeof(int32_t);
   size_t max_cols = H > ffn ? H : ffn;
   if (qd > max_cols) max_cols = qd;
+  if (attw > max_cols) max_cols = attw;
+  if (kbuf > max_cols) max_cols = kbuf;
   const size_t ws = dev && dev->ops->workspace_bytes && T != SIZE_MAX
                         ? dev->ops->workspace_bytes(dev->be, T, max_cols) : 0;
   const buf_spec t[] = {
       {&e->dense_dev, MOE_MEM_DENSE, m->dense_bytes, "dense weights"},
-      {&e->k_cache, MOE_MEM_KV, kv, "K cache"},
-      {&e->v_cache, MOE_MEM_KV, kv, "V cache"},
+      {&e->k_cache, MOE_MEM_KV, kv, mla ? "latent cache" : "K cache"},
+      {&e->v_cache, MOE_MEM_KV, vkv, mla ? "rotated-key cache" : "V cache"},
       {&e->xk_cache, MOE_MEM_KV, xkv, "cross-attention K"},
       {&e->xv_cache, MOE_MEM_KV, xkv, "cross-attention V"},
       {&e->buckets, MOE_MEM_WORKSPACE, nbk, "relative-position buckets"},
       {&e->x, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "residual stream"},
       {&e->h, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "normed activations"},
       {&e->q, MOE_MEM_ACTIVATIONS, moe_prod(T, qd, f, 1), "queries"},
-      {&e->k, MOE_MEM_ACTIVATIONS, moe_prod(T, kvd, f, 1), "keys"},
-      {&e->v, MOE_MEM_ACTIVATIONS, moe_prod(T, kvd, f, 1), "values"},
-      {&e->att, MOE_MEM_ACTIVATIONS, moe_prod(T, qd, f, 1), "attention output"},
+      {&e->k, MOE_MEM_ACTIVATIONS, moe_prod(T, kbuf, f, 1), mla ? "latents" : "keys"},
+      {&e->v, MOE_MEM_ACTIVATIONS, moe_prod(T, vbuf, f, 1), mla ? "rotated keys" : "values"},
+      {&e->att, MOE_MEM_ACTIVATIONS, moe_prod(T, attw, f, 1), "attention output"},
       {&e->tmp, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "block output"},
       {&e->router, MOE_MEM_ACTIVATIONS, moe_prod(T, E, f, 1), "router logits"},
       {&e->rw, MOE_MEM_ACTIVATIONS, moe_prod(T, K, f, 1), "routing weights"},
@@ -257,6 +280,7 @@ static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device
       {&e->ridx, MOE_MEM_WORKSPACE, moe_prod(T, K, i32, 1), "routing indices"},
       {&e->pidx, MOE_MEM_WORKSPACE, moe_prod(T, K, i32, 1), "pre-gate indices"},
       {&e->gemm_ws, MOE_MEM_WORKSPACE, T == SIZE_MAX ? SIZE_MAX : ws, "matmul workspace"},
+      {&e->inv_freq, MOE_MEM_WORKSPACE, nfreq, "RoPE frequencies"},
   };
   size_t n = sizeof t / sizeof t[0];
   memcpy(out, t, sizeof t);
@@ -455,6 +479,22 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   const size_t E = (size_t)(c->n_experts > 0 ? c->n_experts : 1), K = (size_t)(c->top_k > 0 ? c->top_k : 1);
   e->cache_layer_floats = (size_t)opt->max_batch * (size_t)c->n_kv_heads * (size_t)opt->max_seq *
                           (size_t)c->head_dim;
+  e->vcache_layer_floats = e->cache_layer_floats;
+  if (moe_config_is_mla(c)) {
+    e->cache_layer_floats = (size_t)opt->max_batch * (size_t)opt->max_seq * (size_t)c->kv_rank;
+    e->vcache_layer_floats = (size_t)opt->max_batch * (size_t)opt->max_seq * (size_t)c->rope_dim;
+    MOE_CHECK(dev->ops->mla_attention && dev->ops->rope_ex && dev->ops->router_topk_ex, err,
+              MOE_ERR_UNSUPPORTED,
+              "backend '%s' lacks the DeepSeek ops (mla_attention, rope_ex, router_topk_ex; ABI "
+              "1.4) that this model needs", dev->ops->name);
+  }
+  e->use_rope_ex = moe_config_is_mla(c) || c->rope_kind != MOE_ROPE_DEFAULT;
+  MOE_CHECK(!e->use_rope_ex || dev->ops->rope_ex, err, MOE_ERR_UNSUPPORTED,
+            "backend '%s' lacks rope_ex (ABI 1.4), which this model's scaled RoPE needs",
+            dev->ops->name);
+  MOE_CHECK(!c->router_ex || dev->ops->router_topk_ex, err, MOE_ERR_UNSUPPORTED,
+            "backend '%s' lacks router_topk_ex (ABI 1.3), which this model's routing needs",
+            dev->ops->name);
 
   /* Plan: the policy sizes its slots against what the budget leaves. */
   size_t used = dev->mem.current_total;
@@ -484,6 +524,14 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
       dev->ops->set_workspace(dev->be, e->gemm_ws, t[i].bytes);
   }
   MOE_TRY(moe_expert_store_create(&e->store, model, dev, e->slots, err));
+  if (e->use_rope_ex) {
+    float freqs[MOE_MAX_ROT / 2];
+    MOE_CHECK(moe_config_rot_dim(c) <= MOE_MAX_ROT, err, MOE_ERR_UNSUPPORTED,
+              "rotated head dimension %d exceeds the limit %d", moe_config_rot_dim(c), MOE_MAX_ROT);
+    moe_config_rope_freqs(c, freqs, &e->rope_attn);
+    MOE_TRY(dev->ops->upload(dev->be, e->inv_freq, freqs,
+                             (size_t)moe_config_rot_dim(c) / 2 * sizeof(float), err));
+  }
   if (opt->cache == MOE_CACHE_LFU) moe_expert_store_set_eviction(e->store, MOE_EVICT_LFU);
   MOE_TRY(dev->ops->upload(dev->be, e->dense_dev, model->dense, model->dense_bytes, err));
   e->h_ids = malloc(T * sizeof(int32_t));
@@ -586,8 +634,15 @@ static moe_status topk_download(moe_engine *e, int layer, bool prediction, size_
   const size_t K = (size_t)c->top_k;
   /* the routing is layer's (a pre-gate's: the block it predicts, expert -2) */
   if (o->set_context) o->set_context(e->dev->be, layer, prediction ? -2 : -1, e->step);
-  MOE_TRY(o->router_topk(e->dev->be, d_idx, d_w, e->router, T, c->n_experts, c->top_k,
-                         c->norm_topk, bias, err));
+  if (c->router_ex) {
+    const moe_router_ex r = {c->top_k, (moe_router_scoring)c->scoring, bias, c->n_group,
+                             c->topk_group, (moe_router_group_score)c->group_score, c->norm_topk,
+                             c->routed_scale, c->group_mask_neg_inf};
+    MOE_TRY(o->router_topk_ex(e->dev->be, d_idx, d_w, e->router, T, c->n_experts, &r, err));
+  } else {
+    MOE_TRY(o->router_topk(e->dev->be, d_idx, d_w, e->router, T, c->n_experts, c->top_k,
+                           c->norm_topk, bias, err));
+  }
   MOE_TRY(o->download(e->dev->be, h_idx, d_idx, T * K * sizeof(int32_t), err));
   MOE_TRY(o->download(e->dev->be, h_w, d_w, T * K * sizeof(float), err));
 cleanup:
@@ -786,8 +841,12 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
     MOE_TRY(o->matmul(be, e->ue, e->h, T, &u, NULL, err));
     MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, T * g.rows, err));
     MOE_TRY(o->matmul(be, e->ye, e->ge, T, &d, NULL, err));
-    MOE_TRY(o->matmul(be, e->sg, e->h, T, &sg, NULL, err));
-    MOE_TRY(o->scatter_add_rows(be, e->x, e->ye, e->iota, e->sg, 1, true, T, H, err));
+    if (sg.data) { /* Qwen2-MoE: a sigmoid gate per token */
+      MOE_TRY(o->matmul(be, e->sg, e->h, T, &sg, NULL, err));
+      MOE_TRY(o->scatter_add_rows(be, e->x, e->ye, e->iota, e->sg, 1, true, T, H, err));
+    } else { /* DeepSeek: added as it is */
+      MOE_TRY(o->add(be, e->x, e->ye, T * H, err));
+    }
   }
   if (want_pred && !pred_from_input) MOE_TRY(pregate(e, l, next, T, false, false, err));
 cleanup:
@@ -837,10 +896,66 @@ static moe_status rope_attention(moe_engine *e, int l, size_t T, const moe_attn_
     MOE_TRY(o->rmsnorm(be, e->q, e->q, head ? T * (size_t)c->n_heads : T, &qn, c->rms_eps, err));
     MOE_TRY(o->rmsnorm(be, e->k, e->k, head ? T * (size_t)c->n_kv_heads : T, &kn, c->rms_eps, err));
   }
-  MOE_TRY(o->rope(be, e->q, T, e->pos, c->n_heads, c->head_dim, c->rope_theta, err));
-  MOE_TRY(o->rope(be, e->k, T, e->pos, c->n_kv_heads, c->head_dim, c->rope_theta, err));
+  if (e->use_rope_ex) { /* scaled RoPE: the engine's frequencies */
+    const size_t hd = (size_t)c->head_dim;
+    const moe_rope_ex rq = {c->n_heads, (size_t)c->n_heads * hd, hd, 0, c->head_dim, false,
+                            e->inv_freq, e->rope_attn};
+    const moe_rope_ex rk = {c->n_kv_heads, (size_t)c->n_kv_heads * hd, hd, 0, c->head_dim, false,
+                            e->inv_freq, e->rope_attn};
+    MOE_TRY(o->rope_ex(be, e->q, T, e->pos, &rq, err));
+    MOE_TRY(o->rope_ex(be, e->k, T, e->pos, &rk, err));
+  } else {
+    MOE_TRY(o->rope(be, e->q, T, e->pos, c->n_heads, c->head_dim, c->rope_theta, err));
+    MOE_TRY(o->rope(be, e->k, T, e->pos, c->n_kv_heads, c->head_dim, c->rope_theta, err));
+  }
   MOE_TRY(o->kv_store(be, kc, vc, e->k, e->v, shape, err));
   MOE_TRY(o->attention(be, e->att, e->q, kc, vc, shape, err));
+cleanup:
+  return st;
+}
+
+/* Multi-head latent attention of a DeepSeek layer (e->h in, e->att out):
+ * the query (through q_a_proj, its norm and q_b_proj, or q_proj), the
+ * latent c = norm(kv_a_proj's first kv_rank outputs) into e->k and the
+ * shared key k_pe = its last rope_dim outputs into e->v (two products on
+ * row views of the one weight), RoPE on the query's rotated part and on
+ * k_pe, then the backend's mla_attention over the latent cache. */
+static moe_status latent_attention(moe_engine *e, int l, size_t T, const moe_attn_shape *shape,
+                                   moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_config *c = &e->model->cfg;
+  const moe_backend_ops *o = e->dev->ops;
+  moe_backend *be = e->dev->be;
+  const moe_weight wq = dw(e, l, ROLE_WQ), kva = dw(e, l, ROLE_KVA), bkva = dw(e, l, ROLE_BKVA),
+                   kvn = dw(e, l, ROLE_KVA_NORM), kvb = dw(e, l, ROLE_KVB);
+  const size_t es = moe_dtype_size(kva.dtype), R = (size_t)c->kv_rank, P = (size_t)c->rope_dim;
+  if (c->q_rank > 0) {
+    const moe_weight qa = dw(e, l, ROLE_QA), bqa = dw(e, l, ROLE_BQA), qn = dw(e, l, ROLE_QA_NORM);
+    MOE_TRY(o->matmul(be, e->k, e->h, T, &qa, &bqa, err));
+    MOE_TRY(o->rmsnorm(be, e->k, e->k, T, &qn, c->rms_eps, err));
+    MOE_TRY(o->matmul(be, e->q, e->k, T, &wq, NULL, err));
+  } else {
+    MOE_TRY(o->matmul(be, e->q, e->h, T, &wq, NULL, err));
+  }
+  const moe_weight lat = {kva.data, kva.dtype, R, kva.cols};
+  const moe_weight rot = {(const uint8_t *)kva.data + R * kva.cols * es, kva.dtype, P, kva.cols};
+  const moe_weight blat = {bkva.data, bkva.dtype, 1, R};
+  const moe_weight brot = {bkva.data ? (const uint8_t *)bkva.data + R * es : NULL, bkva.dtype, 1, P};
+  MOE_TRY(o->matmul(be, e->k, e->h, T, &lat, &blat, err));
+  MOE_TRY(o->rmsnorm(be, e->k, e->k, T, &kvn, c->rms_eps, err));
+  MOE_TRY(o->matmul(be, e->v, e->h, T, &rot, &brot, err));
+  const size_t qw = (size_t)c->nope_dim + P;
+  const moe_rope_ex rq = {c->n_heads, (size_t)c->n_heads * qw, qw, c->nope_dim, c->rope_dim,
+                          c->rope_interleave, e->inv_freq, e->rope_attn};
+  const moe_rope_ex rk = {1, P, P, 0, c->rope_dim, c->rope_interleave, e->inv_freq, e->rope_attn};
+  MOE_TRY(o->rope_ex(be, e->q, T, e->pos, &rq, err));
+  MOE_TRY(o->rope_ex(be, e->v, T, e->pos, &rk, err));
+  const moe_mla_shape ms = {shape->n_seq, shape->n_new, shape->pos0, shape->max_seq, c->n_heads,
+                            c->nope_dim, c->rope_dim, c->v_dim, c->kv_rank,
+                            moe_config_attn_scale(c)};
+  MOE_TRY(o->mla_attention(be, e->att, e->q, e->k_cache + (size_t)l * e->cache_layer_floats,
+                           e->v_cache + (size_t)l * e->vcache_layer_floats, e->k, e->v, &kvb, &ms,
+                           err));
 cleanup:
   return st;
 }
@@ -928,6 +1043,8 @@ static moe_status run_layers(moe_engine *e, int l0, int l1, int n_seq, int n_new
     MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &an, c->rms_eps, err));
     if (t5)
       MOE_TRY(t5_self_attention(e, l, T, &shape, err));
+    else if (moe_config_is_mla(c))
+      MOE_TRY(latent_attention(e, l, T, &shape, err));
     else
       MOE_TRY(rope_attention(e, l, T, &shape, err));
     MOE_TRY(o->matmul(be, e->tmp, e->att, T, &wo, &bo, err));

@@ -18,6 +18,10 @@ typedef enum moe_role {
   ROLE_REL_BIAS,       /* [buckets, heads], on the first layer of each stack */
   ROLE_XATTN_NORM, ROLE_XQ, ROLE_XK, ROLE_XV, ROLE_XO, /* decoder cross-attention */
   ROLE_BO, ROLE_QNORM, ROLE_KNORM, /* output bias, q/k norms (Qwen3-MoE, OLMoE) */
+  /* multi-head latent attention (DeepSeek): q_a_proj (+ bias) and its norm,
+   * kv_a_proj_with_mqa (+ bias) and the latent's norm, kv_b_proj; the
+   * query's second projection (q_b_proj) or plain q_proj is ROLE_WQ */
+  ROLE_QA, ROLE_BQA, ROLE_QA_NORM, ROLE_KVA, ROLE_BKVA, ROLE_KVA_NORM, ROLE_KVB,
   ROLE_COUNT
 } moe_role;
 

@@ -159,6 +159,80 @@ static moe_status build_switch_specs(moe_model *m, spec_builder *bp) {
   return MOE_OK;
 }
 
+/* DeepSeek-V2/V3 as DeepseekV2ForCausalLM / DeepseekV3ForCausalLM
+ * (transformers 5.24) name their tensors, experts per expert as
+ * save_pretrained writes them.  attention_bias puts biases on q_a_proj,
+ * kv_a_proj_with_mqa and o_proj (never on q_proj, q_b_proj, kv_b_proj).
+ * V3's router carries e_score_correction_bias (a buffer: zeros when a
+ * checkpoint lacks it, as transformers initialises it); for V2 the
+ * optional ranking bias is our routing-skew bias, as for the other
+ * families. */
+static moe_status build_deepseek_specs(moe_model *m, spec_builder *bp) {
+  spec_builder b = *bp;
+  moe_status st;
+  const moe_config *c = &m->cfg;
+  const size_t H = (size_t)c->hidden, V = (size_t)c->vocab, NH = (size_t)c->n_heads;
+  const size_t qw = NH * (size_t)(c->nope_dim + c->rope_dim), R = (size_t)c->kv_rank,
+               P = (size_t)c->rope_dim, E = (size_t)c->n_experts, F = (size_t)c->expert_ffn;
+  const bool bias = c->o_bias, v3 = c->arch == MOE_ARCH_DEEPSEEK_V3;
+  ADD(ROLE_EMBED, -1, -1, V, H, false, false, "model.embed_tokens.weight");
+  ADD(ROLE_FINAL_NORM, -1, -1, 1, H, true, false, "model.norm.weight");
+  if (!c->tie_embeddings) ADD(ROLE_LM_HEAD, -1, -1, V, H, false, false, "lm_head.weight");
+  m->n_moe = 0;
+  for (int l = 0; l < c->n_layers; l++) {
+    const char *p = "model.layers";
+    ADD(ROLE_ATTN_NORM, l, -1, 1, H, true, false, "%s.%d.input_layernorm.weight", p, l);
+    if (c->q_rank > 0) {
+      const size_t Q = (size_t)c->q_rank;
+      ADD(ROLE_QA, l, -1, Q, H, false, false, "%s.%d.self_attn.q_a_proj.weight", p, l);
+      if (bias) ADD(ROLE_BQA, l, -1, 1, Q, true, false, "%s.%d.self_attn.q_a_proj.bias", p, l);
+      ADD(ROLE_QA_NORM, l, -1, 1, Q, true, false, "%s.%d.self_attn.q_a_layernorm.weight", p, l);
+      ADD(ROLE_WQ, l, -1, qw, Q, false, false, "%s.%d.self_attn.q_b_proj.weight", p, l);
+    } else {
+      ADD(ROLE_WQ, l, -1, qw, H, false, false, "%s.%d.self_attn.q_proj.weight", p, l);
+    }
+    ADD(ROLE_KVA, l, -1, R + P, H, false, false, "%s.%d.self_attn.kv_a_proj_with_mqa.weight", p, l);
+    if (bias)
+      ADD(ROLE_BKVA, l, -1, 1, R + P, true, false, "%s.%d.self_attn.kv_a_proj_with_mqa.bias", p, l);
+    ADD(ROLE_KVA_NORM, l, -1, 1, R, true, false, "%s.%d.self_attn.kv_a_layernorm.weight", p, l);
+    ADD(ROLE_KVB, l, -1, NH * (size_t)(c->nope_dim + c->v_dim), R, false, false,
+        "%s.%d.self_attn.kv_b_proj.weight", p, l);
+    ADD(ROLE_WO, l, -1, H, NH * (size_t)c->v_dim, false, false, "%s.%d.self_attn.o_proj.weight", p, l);
+    if (bias) ADD(ROLE_BO, l, -1, 1, H, true, false, "%s.%d.self_attn.o_proj.bias", p, l);
+    ADD(ROLE_FFN_NORM, l, -1, 1, H, true, false, "%s.%d.post_attention_layernorm.weight", p, l);
+    if (c->is_moe[l]) {
+      m->moe_index[l] = m->n_moe++;
+      ADD(ROLE_ROUTER, l, -1, E, H, false, false, "%s.%d.mlp.gate.weight", p, l);
+      if (v3)
+        ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, true, "%s.%d.mlp.gate.e_score_correction_bias", p, l);
+      else
+        ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, true, "%s.%d.mlp.gate.bias", p, l);
+      bool has_next = false;
+      for (int n = l + 1; n < c->n_layers; n++) has_next |= c->is_moe[n];
+      if (has_next) ADD(ROLE_PREGATE, l, -1, E, H, false, true, "%s.%d.mlp.pregate.weight", p, l);
+      if (c->shared_ffn > 0) {
+        const size_t S = (size_t)c->shared_ffn;
+        ADD(ROLE_SH_GATE, l, -1, S, H, false, false, "%s.%d.mlp.shared_experts.gate_proj.weight", p, l);
+        ADD(ROLE_SH_UP, l, -1, S, H, false, false, "%s.%d.mlp.shared_experts.up_proj.weight", p, l);
+        ADD(ROLE_SH_DOWN, l, -1, H, S, false, false, "%s.%d.mlp.shared_experts.down_proj.weight", p, l);
+      }
+      for (int e = 0; e < c->n_experts; e++) {
+        ADD(ROLE_E_GATE, l, e, F, H, false, false, "%s.%d.mlp.experts.%d.gate_proj.weight", p, l, e);
+        ADD(ROLE_E_UP, l, e, F, H, false, false, "%s.%d.mlp.experts.%d.up_proj.weight", p, l, e);
+        ADD(ROLE_E_DOWN, l, e, H, F, false, false, "%s.%d.mlp.experts.%d.down_proj.weight", p, l, e);
+      }
+    } else {
+      m->moe_index[l] = -1;
+      const size_t D = (size_t)c->dense_ffn;
+      ADD(ROLE_D_GATE, l, -1, D, H, false, false, "%s.%d.mlp.gate_proj.weight", p, l);
+      ADD(ROLE_D_UP, l, -1, D, H, false, false, "%s.%d.mlp.up_proj.weight", p, l);
+      ADD(ROLE_D_DOWN, l, -1, H, D, false, false, "%s.%d.mlp.down_proj.weight", p, l);
+    }
+  }
+  *bp = b;
+  return MOE_OK;
+}
+
 /* Fills m->specs for m->cfg and lays out both slabs (offsets, sizes). */
 static moe_status build_specs(moe_model *m, moe_error *err) {
   const moe_config *c = &m->cfg;
@@ -174,6 +248,10 @@ static moe_status build_specs(moe_model *m, moe_error *err) {
 
   if (c->arch == MOE_ARCH_SWITCH) {
     if ((st = build_switch_specs(m, &b)) != MOE_OK) return st;
+    goto layout;
+  }
+  if (moe_config_is_mla(c)) {
+    if ((st = build_deepseek_specs(m, &b)) != MOE_OK) return st;
     goto layout;
   }
   ADD(ROLE_EMBED, -1, -1, V, H, false, false, "model.embed_tokens.weight");
@@ -417,9 +495,11 @@ static double init_std(const moe_config *c, const moe_tensor_spec *s) {
   switch (s->role) {
     case ROLE_EMBED: case ROLE_ENC_EMBED: return 1.0;
     case ROLE_FINAL_NORM: case ROLE_ATTN_NORM: case ROLE_FFN_NORM: case ROLE_ENC_FINAL_NORM:
-    case ROLE_XATTN_NORM: case ROLE_QNORM: case ROLE_KNORM: return -1;
+    case ROLE_XATTN_NORM: case ROLE_QNORM: case ROLE_KNORM: case ROLE_QA_NORM:
+    case ROLE_KVA_NORM: return -1;
     case ROLE_REL_BIAS: return 1.0 / sqrt((double)c->hidden);
-    case ROLE_BQ: case ROLE_BK: case ROLE_BV: case ROLE_BO: return -2;
+    case ROLE_BQ: case ROLE_BK: case ROLE_BV: case ROLE_BO: case ROLE_BQA: case ROLE_BKVA:
+      return -2;
     case ROLE_ROUTER_BIAS: return -3;
     case ROLE_WO: case ROLE_XO: case ROLE_SH_DOWN: case ROLE_D_DOWN: case ROLE_E_DOWN:
       return branch / sqrt((double)s->cols);
@@ -678,6 +758,46 @@ moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err
     json_object_set_new(o, "eos_token_id", c->eos_id >= 0 ? json_integer(c->eos_id) : json_null());
     goto write;
   }
+  if (moe_config_is_mla(c)) {
+    const bool v3 = c->arch == MOE_ARCH_DEEPSEEK_V3;
+    int first_dense = 0;
+    while (first_dense < c->n_layers && !c->is_moe[first_dense]) first_dense++;
+    json_object_set_new(o, "model_type", json_string(v3 ? "deepseek_v3" : "deepseek_v2"));
+    json_object_set_new(o, "hidden_size", json_integer(c->hidden));
+    json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layers));
+    json_object_set_new(o, "num_attention_heads", json_integer(c->n_heads));
+    json_object_set_new(o, "num_key_value_heads", json_integer(c->n_heads));
+    json_object_set_new(o, "vocab_size", json_integer(c->vocab));
+    json_object_set_new(o, "max_position_embeddings", json_integer(c->max_pos));
+    json_object_set_new(o, "num_experts_per_tok", json_integer(c->top_k));
+    json_object_set_new(o, "rms_norm_eps", json_real(c->rms_eps));
+    json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
+    json_object_set_new(o, "hidden_act", json_string("silu"));
+    json_object_set_new(o, "attention_bias", json_boolean(c->o_bias));
+    json_object_set_new(o, "n_routed_experts", json_integer(c->n_experts));
+    json_object_set_new(o, "n_shared_experts",
+                        json_integer(c->expert_ffn > 0 ? c->shared_ffn / c->expert_ffn : 0));
+    json_object_set_new(o, "moe_intermediate_size", json_integer(c->expert_ffn));
+    json_object_set_new(o, "intermediate_size", json_integer(c->dense_ffn));
+    json_object_set_new(o, "first_k_dense_replace", json_integer(first_dense));
+    json_object_set_new(o, "q_lora_rank", c->q_rank > 0 ? json_integer(c->q_rank) : json_null());
+    json_object_set_new(o, "kv_lora_rank", json_integer(c->kv_rank));
+    json_object_set_new(o, "qk_nope_head_dim", json_integer(c->nope_dim));
+    json_object_set_new(o, "qk_rope_head_dim", json_integer(c->rope_dim));
+    json_object_set_new(o, "v_head_dim", json_integer(c->v_dim));
+    json_object_set_new(o, "routed_scaling_factor", json_real(c->routed_scale));
+    json_object_set_new(o, "n_group", c->n_group > 0 ? json_integer(c->n_group) : json_null());
+    json_object_set_new(o, "topk_group",
+                        c->topk_group > 0 ? json_integer(c->topk_group) : json_null());
+    if (v3) {
+      json_object_set_new(o, "norm_topk_prob", json_boolean(c->norm_topk));
+      json_object_set_new(o, "rope_interleave", json_boolean(c->rope_interleave));
+    } else {
+      json_object_set_new(o, "topk_method",
+                          json_string(c->n_group > 0 ? "group_limited_greedy" : "greedy"));
+    }
+    goto rope;
+  }
   const char *type = mix ? "mixtral"
                      : c->arch == MOE_ARCH_QWEN3_MOE ? "qwen3_moe"
                      : c->arch == MOE_ARCH_OLMOE     ? "olmoe"
@@ -692,7 +812,6 @@ moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err
   json_object_set_new(o, "max_position_embeddings", json_integer(c->max_pos));
   json_object_set_new(o, "num_experts_per_tok", json_integer(c->top_k));
   json_object_set_new(o, "rms_norm_eps", json_real(c->rms_eps));
-  json_object_set_new(o, "rope_theta", json_real(c->rope_theta));
   json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
   json_object_set_new(o, "hidden_act", json_string("silu"));
   if (c->arch == MOE_ARCH_QWEN3_MOE || c->arch == MOE_ARCH_OLMOE)
@@ -726,6 +845,26 @@ moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err
     for (int l = 0; l < c->n_layers; l++)
       if (!c->is_moe[l]) json_array_append_new(only, json_integer(l));
     json_object_set_new(o, "mlp_only_layers", only);
+  }
+rope: {
+    json_t *rp = json_object();
+    json_object_set_new(rp, "rope_theta", json_real(c->rope_theta));
+    if (c->rope_kind == MOE_ROPE_YARN) {
+      json_object_set_new(rp, "rope_type", json_string("yarn"));
+      if (c->rope_factor > 0) json_object_set_new(rp, "factor", json_real(c->rope_factor));
+      json_object_set_new(rp, "original_max_position_embeddings", json_integer(c->rope_orig_max));
+      json_object_set_new(rp, "beta_fast", json_real(c->rope_beta_fast));
+      json_object_set_new(rp, "beta_slow", json_real(c->rope_beta_slow));
+      if (c->rope_mscale != 0) json_object_set_new(rp, "mscale", json_real(c->rope_mscale));
+      if (c->rope_mscale_all_dim != 0)
+        json_object_set_new(rp, "mscale_all_dim", json_real(c->rope_mscale_all_dim));
+      if (c->rope_attn_factor > 0)
+        json_object_set_new(rp, "attention_factor", json_real(c->rope_attn_factor));
+      json_object_set_new(rp, "truncate", json_boolean(c->rope_truncate));
+    } else {
+      json_object_set_new(rp, "rope_type", json_string("default"));
+    }
+    json_object_set_new(o, "rope_parameters", rp);
   }
 write:
   tmp = malloc(strlen(path) + 5);

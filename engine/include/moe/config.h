@@ -1,13 +1,18 @@
 /* Model configuration, read from a Hugging Face style config.json.
  *
- * Five families are understood.  Decoder-only: Mixtral (model_type
+ * Seven families are understood.  Decoder-only: Mixtral (model_type
  * "mixtral", every layer an MoE block), Qwen2-MoE (model_type
  * "qwen2_moe": MoE blocks every decoder_sparse_step layers except
  * mlp_only_layers, a shared expert with a sigmoid gate, biases on q/k/v),
  * Qwen3-MoE ("qwen3_moe": as Qwen2-MoE without the shared expert, with an
- * RMS norm per head on q and k, optional attention biases) and OLMoE
+ * RMS norm per head on q and k, optional attention biases), OLMoE
  * ("olmoe": every layer MoE, RMS norms over the whole q and k
- * projections).
+ * projections) and DeepSeek-V2/V3 ("deepseek_v2", "deepseek_v3":
+ * multi-head latent attention with a latent KV cache, shared experts
+ * without a gate, the first first_k_dense_replace layers dense, grouped
+ * routing with softmax (V2) or sigmoid plus a correction bias (V3) and a
+ * routed scaling factor; multi-token-prediction layers are ignored).
+ * Decoder-only families take plain RoPE or YaRN.
  * Encoder-decoder: Switch Transformers (model_type "switch_transformers":
  * T5 layers with relative position buckets, top-1 routing with an expert
  * capacity, ReLU experts).  An encoder-decoder model's layers are numbered
@@ -30,8 +35,18 @@ typedef enum moe_arch {
   MOE_ARCH_QWEN2_MOE = 1,
   MOE_ARCH_SWITCH = 2, /* encoder-decoder */
   MOE_ARCH_QWEN3_MOE = 3,
-  MOE_ARCH_OLMOE = 4
+  MOE_ARCH_OLMOE = 4,
+  MOE_ARCH_DEEPSEEK_V2 = 5,
+  MOE_ARCH_DEEPSEEK_V3 = 6
 } moe_arch;
+
+/* The RoPE frequencies (rope_parameters, or the legacy rope_scaling). */
+typedef enum moe_rope_kind {
+  MOE_ROPE_DEFAULT = 0, /* theta^(-2i/d) */
+  MOE_ROPE_YARN = 1     /* YaRN: interpolated low frequencies, a ramp between, and an
+                           attention factor on cos and sin (transformers'
+                           _compute_yarn_parameters) */
+} moe_rope_kind;
 
 /* RMS norms on the query and key projections, before RoPE. */
 typedef enum moe_qk_norm {
@@ -86,7 +101,46 @@ typedef struct moe_config {
   int decoder_start;    /* decoder_start_token_id */
   int eos_id, pad_id;   /* eos_token_id, pad_token_id (-1: none) */
   moe_ffn_act ffn_act;
+  /* ---- RoPE scaling (decoder-only families); MOE_ROPE_DEFAULT: none */
+  moe_rope_kind rope_kind;
+  float rope_factor;          /* YaRN factor */
+  int rope_orig_max;          /* original_max_position_embeddings */
+  float rope_beta_fast, rope_beta_slow;
+  float rope_mscale, rope_mscale_all_dim; /* 0: absent */
+  float rope_attn_factor;     /* attention_factor as given, 0: derived from the others */
+  bool rope_truncate;         /* round the correction range outwards (default true) */
+  /* ---- DeepSeek-V2/V3: multi-head latent attention (kv_rank 0: none) */
+  int q_rank;                 /* q_lora_rank; 0: a plain q_proj */
+  int kv_rank;                /* kv_lora_rank: the cached latent's width */
+  int nope_dim, rope_dim, v_dim; /* qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
+                                    head_dim = nope_dim + rope_dim */
+  bool rope_interleave;       /* rotary pairs (2i, 2i+1) (DeepSeek) */
+  /* ---- DeepSeek routing (router_topk_ex); router_ex false: plain top-k */
+  bool router_ex;
+  int scoring;                /* moe_router_scoring */
+  int n_group, topk_group;    /* n_group 0: no group limit */
+  int group_score;            /* moe_router_group_score */
+  bool group_mask_neg_inf;
+  float routed_scale;         /* routed_scaling_factor */
 } moe_config;
+
+/* Whether the model's attention is multi-head latent attention. */
+static inline bool moe_config_is_mla(const moe_config *cfg) { return cfg->kv_rank > 0; }
+
+/* The rotated dimensions of a head: rope_dim under MLA, else head_dim. */
+static inline int moe_config_rot_dim(const moe_config *cfg) {
+  return cfg->kv_rank > 0 ? cfg->rope_dim : cfg->head_dim;
+}
+
+/* The RoPE inverse frequencies (moe_config_rot_dim / 2 of them, in f32 as
+ * transformers computes them) and the factor cos and sin are multiplied
+ * by (1 for plain RoPE). */
+void moe_config_rope_freqs(const moe_config *cfg, float *inv_freq, float *attn_factor);
+
+/* The attention softmax scale: 1/sqrt(head_dim), and for DeepSeek
+ * (nope + rope)^-0.5, times mscale(factor, mscale_all_dim)^2 under YaRN
+ * with mscale_all_dim set (transformers' yarn_apply_mscale). */
+float moe_config_attn_scale(const moe_config *cfg);
 
 /* True for encoder-decoder configurations. */
 static inline bool moe_config_is_encdec(const moe_config *cfg) { return cfg->n_enc_layers > 0; }
