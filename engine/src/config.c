@@ -95,7 +95,8 @@ moe_status moe_config_validate(const moe_config *cfg, const char *origin, moe_er
     const double f = cfg->rope_factor > 0 ? cfg->rope_factor
                                           : (double)cfg->max_pos / (cfg->rope_orig_max > 0 ? cfg->rope_orig_max : 1);
     if (cfg->arch == MOE_ARCH_SWITCH || !(cfg->rope_factor >= 0.0f) || !isfinite(cfg->rope_factor) ||
-        !(f > 0) || cfg->rope_orig_max < 1 || !(cfg->rope_beta_fast > 0.0f) ||
+        !(f > 0) || cfg->rope_orig_max < 1 || !(cfg->rope_theta > 1.0f) ||
+        !(cfg->rope_beta_fast > 0.0f) ||
         !(cfg->rope_beta_slow > 0.0f) || !isfinite(cfg->rope_beta_fast) ||
         !isfinite(cfg->rope_beta_slow) || !isfinite(cfg->rope_mscale) ||
         !isfinite(cfg->rope_mscale_all_dim) || !(cfg->rope_attn_factor >= 0.0f) ||

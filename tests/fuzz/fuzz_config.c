@@ -4,6 +4,7 @@
  * invariants, and its layout is either refused with a message or has sizes
  * that add up without wrapping. */
 #include <jansson.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -23,6 +24,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     moe_error err2 = {0};
     if (moe_config_validate(&c, "fuzz", &err2) != MOE_OK) abort();
     if (c.n_layers > MOE_MAX_LAYERS || c.n_heads % c.n_kv_heads != 0) abort();
+    /* RoPE frequencies and the softmax scale are finite */
+    if (moe_config_rot_dim(&c) <= 4096 && c.arch != MOE_ARCH_SWITCH) {
+      static float f[2048];
+      float af;
+      moe_config_rope_freqs(&c, f, &af);
+      for (int i = 0; i < moe_config_rot_dim(&c) / 2; i++)
+        if (!isfinite(f[i])) abort();
+      if (!isfinite(af) || !(moe_config_attn_scale(&c) > 0) || !isfinite(moe_config_attn_scale(&c)))
+        abort();
+    }
     /* the tensor table has layers x experts entries: keep fuzzing fast */
     if ((long)c.n_layers * (c.n_experts + 8) <= 4096) {
       const moe_dtype dts[] = {MOE_F32, MOE_F16};
