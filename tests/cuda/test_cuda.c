@@ -233,9 +233,10 @@ static void gen(moe_device *dev, moe_model *m, const moe_policy *pol, moe_routin
 }
 
 START_TEST(fixture_models_match_cpu) {
-  const char *names[] = {"mixtral-tiny",       "qwen2moe-tiny", "switch-tiny",
-                         "switch-tiny-untied", "qwen3moe-tiny", "olmoe-tiny"};
-  for (int i = 0; i < 6; i++) {
+  const char *names[] = {"mixtral-tiny",    "qwen2moe-tiny",   "switch-tiny",
+                         "switch-tiny-untied", "qwen3moe-tiny", "olmoe-tiny",
+                         "deepseekv2-tiny", "deepseekv3-tiny", "deepseekv3-plain"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", MOE_SOURCE_DIR, names[i]);
     moe_model *m = NULL;
@@ -261,9 +262,11 @@ END_TEST
 START_TEST(policies_bit_identical_on_gpu) {
   moe_config c;
   moe_error err = {0};
-  /* loop 0: Mixtral; loop 1: Switch (encoder-decoder, both stacks offloaded) */
+  /* loop 0: Mixtral; loop 1: Switch (encoder-decoder, both stacks
+   * offloaded); loop 2: DeepSeek-V3 (latent attention, grouped routing) */
   const char *cfgs[] = {MOE_SOURCE_DIR "/tests/fixtures/mixtral-tiny/config.json",
-                        MOE_SOURCE_DIR "/tests/fixtures/switch-tiny/config.json"};
+                        MOE_SOURCE_DIR "/tests/fixtures/switch-tiny/config.json",
+                        MOE_SOURCE_DIR "/tests/fixtures/deepseekv3-tiny/config.json"};
   ck_assert(moe_config_load(&c, cfgs[_i], &err) == MOE_OK);
   moe_model *m = NULL;
   moe_synth_options so = {MOE_BF16, 9, 0.5, true};
@@ -304,7 +307,7 @@ int main(void) {
   tcase_add_test(tc, pointwise_ops_match_cpu);
   tcase_add_test(tc, attention_matches_cpu);
   tcase_add_test(tc, fixture_models_match_cpu);
-  tcase_add_loop_test(tc, policies_bit_identical_on_gpu, 0, 2);
+  tcase_add_loop_test(tc, policies_bit_identical_on_gpu, 0, 3);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
