@@ -277,7 +277,10 @@ static double sgemm_gflops(int T, int threads, int reps) {
   moe_device dev;
   moe_error err = {0};
   moe_backend_options bo = {.threads = threads};
-  if (moe_device_open(&dev, "cpu", &bo, &err) != MOE_OK) return 0; /* sets OpenBLAS threads */
+  if (moe_device_open(&dev, "cpu", &bo, &err) != MOE_OK) return 0;
+  /* the cpu backend runs OpenBLAS single-threaded (its own threads split
+   * products); the reference is OpenBLAS's own threading */
+  openblas_set_num_threads(threads);
   const int N = 2048, K = 1024;
   float *x = malloc((size_t)T * K * 4), *w = malloc((size_t)N * K * 4), *y = malloc((size_t)T * N * 4);
   double *tt = malloc((size_t)reps * sizeof *tt), g = 0;
@@ -295,6 +298,7 @@ static double sgemm_gflops(int T, int threads, int reps) {
   free(w);
   free(y);
   free(tt);
+  openblas_set_num_threads(1);
   moe_device_close(&dev);
   return g;
 }

@@ -764,17 +764,18 @@ START_TEST(engine_teardown_with_copies_in_flight) {
 }
 END_TEST
 
-/* The backend's own math threads split rows, never a row's sum: 1 and 2
- * threads give the same bits for the fused 16-bit products (thin inputs:
- * this test's batch and prompt).  f32 and wide products go through
- * OpenBLAS, whose bits may depend on its thread count (docs/PERFORMANCE.md). */
+/* The backend's own math threads split rows (and attention's heads), never
+ * a row's sum, and OpenBLAS runs single-threaded: 1 and 2 threads give the
+ * same bits on every path: f32, the fused 16-bit products (decode), the
+ * converted 16-bit products of a wide prefill, and the portable path. */
 START_TEST(thread_count_does_not_change_bits) {
-  const moe_dtype dts[] = {MOE_F16, MOE_BF16};
-  for (int d = 0; d < 2; d++) {
+  const moe_dtype dts[] = {MOE_F32, MOE_F16, MOE_BF16, MOE_F16};
+  for (int d = 0; d < 4; d++) {
+    const bool portable = d == 3;
     moe_config c = cfg();
     c.hidden = 256; /* rows x cols past the size where the threads split the work */
     c.expert_ffn = 512;
-    c.dense_ffn = 512;
+    c.dense_ffn = 3072; /* f32 blocks are 1024 rows at k = 256: three of them */
     c.shared_ffn = 256;
     c.n_heads = 8;
     c.n_kv_heads = 4;
@@ -783,26 +784,30 @@ START_TEST(thread_count_does_not_change_bits) {
     moe_error err = {0};
     moe_synth_options o = {dts[d], 79, 0.5, false};
     ck_assert(moe_model_synthetic(&m, &c, &o, &err) == MOE_OK);
-    float logits[2][B * 40];
-    bool fused = true;
+    float logits[2][B * 40], prefill[2][B * 40];
+    if (portable) setenv("MOE_CPU_HALF", "portable", 1);
     for (int t = 0; t < 2; t++) {
       moe_device dev;
       moe_backend_options bo = {.threads = t + 1};
       ck_assert(moe_device_open(&dev, "cpu", &bo, &err) == MOE_OK);
-      /* the portable path is OpenBLAS too: no promise there */
-      fused &= strstr(dev.ops->describe(dev.be), "portable") == NULL;
+      ck_assert(!portable || strstr(dev.ops->describe(dev.be), "portable") != NULL);
       moe_engine *e = NULL;
-      moe_engine_options eo = {.max_batch = B, .max_seq = 16};
+      moe_engine_options eo = {.max_batch = B, .max_seq = 40};
       ck_assert_msg(moe_engine_create(&e, m, &dev, &eo, &err) == MOE_OK, "%s", err.msg);
-      int32_t ids[B * 4] = {1, 2, 3, 4, 5, 6, 7, 8}, out[B * 6];
-      ck_assert(moe_engine_generate(e, ids, B, 4, 6, out, NULL, NULL, &err) == MOE_OK);
-      ck_assert(moe_engine_forward(e, ids, B, 1, 9, logits[t], &err) == MOE_OK);
+      /* a 20-token prompt: B x 20 rows, the wide products */
+      int32_t ids[B * 20], out[B * 6];
+      for (int i = 0; i < B * 20; i++) ids[i] = (i * 7 + 1) % 40;
+      ck_assert(moe_engine_generate(e, ids, B, 20, 6, out, prefill[t], NULL, &err) == MOE_OK);
+      ck_assert(moe_engine_forward(e, ids, B, 1, 25, logits[t], &err) == MOE_OK);
       moe_engine_free(e);
       moe_device_close(&dev);
     }
-    if (fused)
-      ck_assert_msg(memcmp(logits[0], logits[1], sizeof logits[0]) == 0,
-                    "%s: 1 and 2 threads differ", moe_dtype_name(dts[d]));
+    unsetenv("MOE_CPU_HALF");
+    ck_assert_msg(memcmp(prefill[0], prefill[1], sizeof prefill[0]) == 0,
+                  "%s%s: 1 and 2 threads differ in the prefill", moe_dtype_name(dts[d]),
+                  portable ? " (portable)" : "");
+    ck_assert_msg(memcmp(logits[0], logits[1], sizeof logits[0]) == 0,
+                  "%s%s: 1 and 2 threads differ", moe_dtype_name(dts[d]), portable ? " (portable)" : "");
     moe_model_free(m);
   }
 }

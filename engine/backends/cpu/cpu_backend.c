@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,18 +42,36 @@ typedef struct copy_req {
 } copy_req;
 
 /* A pool of math threads (threads - 1 workers and the caller): one job at
- * a time, split into tasks taken in turn.  The copy thread is separate. */
+ * a time, split into tasks taken in turn.  The copy thread is separate.
+ * Between jobs a worker first spins for POOL_SPIN_S (a decode step's
+ * products come back to back, tens of microseconds apart, and a sleeping
+ * thread takes about as long to wake), then sleeps on the condition
+ * variable; the caller spins the same while waiting for the workers. */
+#define POOL_SPIN_S 100e-6
+#if defined(__SSE2__)
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
 typedef struct pool {
   pthread_t *tid;
   int n_workers, started;
   pthread_mutex_t mu;
   pthread_cond_t go, done;
-  unsigned long gen;
-  int stop;
+  _Atomic unsigned long gen;
+  _Atomic int stop, busy;
+  int sleepers; /* workers waiting on go (under mu) */
   void (*fn)(void *ctx, int task);
   void *ctx;
-  int tasks, next, busy;
+  int tasks, next;
 } pool;
+
+/* A math task's own buffers (gemm_task): 16-bit weights converted to
+ * f32, and the transposed output of the small-m product. */
+typedef struct task_buf {
+  float *conv, *tbuf, *sc; /* sc: attention scores */
+  size_t conv_cap, tbuf_cap, sc_cap;
+} task_buf;
 
 struct moe_backend {
   int threads;
@@ -69,8 +88,7 @@ struct moe_backend {
   int stop;
   float *scratch; /* f32 conversion / attention scores; grown on demand */
   size_t scratch_cap;
-  float *tbuf;    /* transposed small-m gemm output */
-  size_t tbuf_cap;
+  task_buf *tb;   /* per task of a row-split product: [threads] */
   void (*observer)(void *ctx, size_t bytes, double t0, double t1); /* copy observer */
   void *observer_ctx;
   char desc[160];
@@ -125,7 +143,6 @@ static void event_unref(moe_event *ev) {
 }
 
 #define CPU_ALIGN 64
-#define CPU_CONVERT_ROWS 64 /* rows of a f16/bf16 weight converted per gemm */
 #define CPU_SMALL_M 64      /* up to this many rows of x, use the W . x^T form */
 
 static moe_status scratch_reserve(moe_backend *be, size_t n, moe_error *err) {
@@ -213,18 +230,26 @@ static void *copier_main(void *arg) {
 static void *pool_main(void *arg) {
   pool *p = arg;
   unsigned long seen = 0;
-  pthread_mutex_lock(&p->mu);
   for (;;) {
-    while (p->gen == seen && !p->stop) pthread_cond_wait(&p->go, &p->mu);
-    if (p->stop) break;
-    seen = p->gen;
+    const double t0 = moe_clock_s();
+    while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop) && moe_clock_s() - t0 < POOL_SPIN_S)
+      cpu_relax();
+    pthread_mutex_lock(&p->mu);
+    while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) {
+      p->sleepers++;
+      pthread_cond_wait(&p->go, &p->mu);
+      p->sleepers--;
+    }
+    if (atomic_load(&p->stop)) break;
+    seen = atomic_load(&p->gen);
     while (p->next < p->tasks) {
       int t = p->next++;
       pthread_mutex_unlock(&p->mu);
       p->fn(p->ctx, t);
       pthread_mutex_lock(&p->mu);
     }
-    if (--p->busy == 0) pthread_cond_broadcast(&p->done);
+    if (atomic_fetch_sub(&p->busy, 1) == 1) pthread_cond_broadcast(&p->done);
+    pthread_mutex_unlock(&p->mu);
   }
   pthread_mutex_unlock(&p->mu);
   return NULL;
@@ -247,7 +272,7 @@ static int pool_start(pool *p, int workers) {
 
 static void pool_stop(pool *p) {
   pthread_mutex_lock(&p->mu);
-  p->stop = 1;
+  atomic_store(&p->stop, 1);
   pthread_cond_broadcast(&p->go);
   pthread_mutex_unlock(&p->mu);
   for (int i = 0; i < p->started; i++) pthread_join(p->tid[i], NULL);
@@ -269,16 +294,20 @@ static void pool_run(pool *p, void (*fn)(void *, int), void *ctx, int tasks) {
   p->ctx = ctx;
   p->tasks = tasks;
   p->next = 0;
-  p->busy = p->n_workers;
-  p->gen++;
-  pthread_cond_broadcast(&p->go);
+  atomic_store(&p->busy, p->n_workers);
+  atomic_fetch_add(&p->gen, 1);
+  if (p->sleepers > 0) pthread_cond_broadcast(&p->go);
   while (p->next < p->tasks) {
     int t = p->next++;
     pthread_mutex_unlock(&p->mu);
     fn(ctx, t);
     pthread_mutex_lock(&p->mu);
   }
-  while (p->busy > 0) pthread_cond_wait(&p->done, &p->mu);
+  pthread_mutex_unlock(&p->mu);
+  const double t0 = moe_clock_s();
+  while (atomic_load(&p->busy) > 0 && moe_clock_s() - t0 < POOL_SPIN_S) cpu_relax();
+  pthread_mutex_lock(&p->mu);
+  while (atomic_load(&p->busy) > 0) pthread_cond_wait(&p->done, &p->mu);
   pthread_mutex_unlock(&p->mu);
 }
 
@@ -331,7 +360,12 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
                               "link cap %g GB/s cannot be emulated: give 0 (uncapped) or %g..%g GB/s",
                               opt->link_gbps, MOE_LINK_GBPS_MIN, MOE_LINK_GBPS_MAX);
   be->link_bps = opt ? opt->link_gbps * 1e9 : 0.0;
-  openblas_set_num_threads(be->threads);
+  /* OpenBLAS single-threaded: the backend's own threads split every
+   * product (OpenBLAS's idle workers would otherwise spin on the cores
+   * the conversion and fused products need) */
+  openblas_set_num_threads(1);
+  be->tb = calloc((size_t)be->threads, sizeof *be->tb);
+  if (be->tb == NULL) return free(be), MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: out of host memory");
   pthread_mutex_init(&be->mu, NULL);
   pthread_cond_init(&be->cv, NULL);
   be->q_cap = 64;
@@ -371,7 +405,9 @@ static void cpu_destroy(moe_backend *be) {
   pthread_cond_destroy(&be->cv);
   free(be->queue);
   free(be->scratch);
-  free(be->tbuf);
+  for (int t = 0; be->tb && t < be->threads; t++)
+    free(be->tb[t].conv), free(be->tb[t].tbuf), free(be->tb[t].sc);
+  free(be->tb);
   free(be);
 }
 
@@ -519,37 +555,106 @@ static moe_status cpu_sync(moe_backend *be, moe_error *err) {
 
 /* ------------------------------------------------------------------ math */
 
-/* y[m, rows] (row stride ldy) = x[m, k] . w[rows, k]^T, all f32.
+/* y[m, rows] (row stride ldy) = x[m, k] . w[rows, k]^T, all f32, on the
+ * calling thread (OpenBLAS runs single-threaded: the backend's own math
+ * threads split a product's weight rows, see gemm_task).
  *
  * OpenBLAS's sgemm is slow when the x side is thin (it packs the whole
  * weight for a handful of rows), and MoE experts see thin inputs: a decode
  * step gives each expert a few tokens.  So: one or two rows go through
  * sgemv (one weight pass each); up to CPU_SMALL_M rows through the
  * transposed product w . x^T, whose thin side is the packed one, then a
- * transpose; larger inputs through plain sgemm.  The choice depends only on
- * m, so the same inputs always take the same path (same bits). */
-static moe_status gemm_f32(moe_backend *be, float *y, size_t ldy, const float *x, size_t m,
-                           const float *w, int rows, int k, moe_error *err) {
+ * transpose (tbuf: rows x m floats); larger inputs through plain sgemm.
+ * The choice depends only on m, so the same inputs always take the same
+ * path (same bits). */
+static void blas_rows(float *y, size_t ldy, const float *x, size_t m, const float *w, size_t rows,
+                      size_t k, float *tbuf) {
+  if (rows == 0 || m == 0) return;
   if (m <= 2) {
     for (size_t i = 0; i < m; i++)
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, k, 1.0f, w, k, x + i * (size_t)k, 1, 0.0f,
-                  y + i * ldy, 1);
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)rows, (int)k, 1.0f, w, (int)k, x + i * k, 1,
+                  0.0f, y + i * ldy, 1);
   } else if (m <= CPU_SMALL_M) {
-    size_t need = (size_t)rows * m;
-    if (need > be->tbuf_cap) {
-      float *p = realloc(be->tbuf, need * sizeof(float));
-      if (p == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: gemm buffer of %zu floats", need);
-      be->tbuf = p;
-      be->tbuf_cap = need;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, (int)m, k, 1.0f, w, k, x, k, 0.0f,
-                be->tbuf, (int)m);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)m, (int)k, 1.0f, w, (int)k,
+                x, (int)k, 0.0f, tbuf, (int)m);
     for (size_t i = 0; i < m; i++)
-      for (int r = 0; r < rows; r++) y[i * ldy + (size_t)r] = be->tbuf[(size_t)r * m + i];
+      for (size_t r = 0; r < rows; r++) y[i * ldy + r] = tbuf[r * m + i];
   } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, rows, k, 1.0f, x, k, w, k, 0.0f,
-                y, (int)ldy);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)rows, (int)k, 1.0f, x, (int)k,
+                w, (int)k, 0.0f, y, (int)ldy);
   }
+}
+
+/* A product through OpenBLAS split by weight rows over the math threads.
+ * The rows form blocks whose size depends on k alone (about 1 MiB of f32
+ * weights, or 256 KiB of converted 16-bit ones, which stay in the core's
+ * cache while they are multiplied), and task t of T takes a contiguous
+ * share of the blocks: the BLAS calls are the same at any thread count,
+ * so are the bits (OpenBLAS's own bits depend on the shape of each call).
+ * 16-bit weights are converted a block at a time into the task's own
+ * buffer, next to its product. */
+typedef struct gemm_job {
+  moe_backend *be;
+  float *y;
+  size_t ldy;
+  const float *x;
+  size_t m;
+  const void *w;
+  moe_dtype dt;
+  size_t n, k, block;
+  int tasks;
+} gemm_job;
+
+static size_t gemm_block(moe_dtype dt, size_t k) {
+  size_t b = (dt == MOE_F32 ? (size_t)1 << 18 : (size_t)1 << 16) / (k ? k : 1) / 16 * 16;
+  return b < 16 ? 16 : b;
+}
+
+static void gemm_task(void *ctx, int t) {
+  const gemm_job *j = ctx;
+  task_buf *b = &j->be->tb[t];
+  const size_t nb = (j->n + j->block - 1) / j->block;
+  const size_t b0 = nb * (size_t)t / (size_t)j->tasks, b1 = nb * ((size_t)t + 1) / (size_t)j->tasks;
+  const size_t es = moe_dtype_size(j->dt);
+  for (size_t bi = b0; bi < b1; bi++) {
+    const size_t c0 = bi * j->block, rows = j->n - c0 < j->block ? j->n - c0 : j->block;
+    const float *w = (const float *)j->w + c0 * j->k;
+    if (j->dt != MOE_F32) {
+      moe_cpu_half_convert(j->be->half, b->conv, (const char *)j->w + c0 * j->k * es, j->dt,
+                           rows * j->k);
+      w = b->conv;
+    }
+    blas_rows(j->y + c0, j->ldy, j->x, j->m, w, rows, j->k, b->tbuf);
+  }
+}
+
+static moe_status reserve(float **p, size_t *cap, size_t n, moe_error *err) {
+  if (n <= *cap) return MOE_OK;
+  float *q = realloc(*p, n * sizeof(float));
+  if (q == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: gemm buffer of %zu floats", n);
+  *p = q;
+  *cap = n;
+  return MOE_OK;
+}
+
+/* y[m, n] (row stride ldy) = x[m, k] . w[n, k]^T for f32 weights, or 16-bit
+ * weights through conversion (the wide inputs' path, and the portable
+ * path's always). */
+static moe_status gemm_split(moe_backend *be, float *y, size_t ldy, const float *x, size_t m,
+                             const void *w, moe_dtype dt, size_t n, size_t k, moe_error *err) {
+  if (m == 0 || n == 0) return MOE_OK;
+  const size_t block = gemm_block(dt, k), nb = (n + block - 1) / block;
+  const int tasks = m * n * k >= ((size_t)1 << 17) && nb >= (size_t)be->threads ? be->threads : 1;
+  for (int t = 0; t < tasks; t++) {
+    const size_t span = block < n ? block : n;
+    moe_status st = reserve(&be->tb[t].tbuf, &be->tb[t].tbuf_cap,
+                            m > 2 && m <= CPU_SMALL_M ? span * m : 0, err);
+    if (st == MOE_OK && dt != MOE_F32)
+      st = reserve(&be->tb[t].conv, &be->tb[t].conv_cap, span * k, err);
+    if (st != MOE_OK) return st;
+  }
+  gemm_job j = {be, y, ldy, x, m, w, dt, n, k, block, tasks};
+  pool_run(&be->pool, gemm_task, &j, tasks);
   return MOE_OK;
 }
 
@@ -579,51 +684,18 @@ static void half_rows_task(void *ctx, int t) {
   moe_cpu_half_rows(j->be->half, j->y, j->n, j->x, j->m, j->w->data, j->w->dtype, r0, r1, j->k);
 }
 
-typedef struct convert_job {
-  moe_backend *be;
-  const char *src; /* first row of the band */
-  moe_dtype dt;
-  size_t rows, k;
-} convert_job;
-
-static void convert_task(void *ctx, int t) {
-  const convert_job *j = ctx;
-  const size_t r0 = (size_t)t * CPU_CONVERT_ROWS;
-  const size_t rows = j->rows - r0 < CPU_CONVERT_ROWS ? j->rows - r0 : CPU_CONVERT_ROWS;
-  moe_cpu_half_convert(j->be->half, j->be->scratch + r0 * j->k,
-                       j->src + r0 * j->k * moe_dtype_size(j->dt), j->dt, rows * j->k);
-}
-
 static moe_status cpu_matmul(moe_backend *be, float *y, const float *x, size_t m,
                              const moe_weight *w, const moe_weight *bias, moe_error *err) {
   const int n = (int)w->rows, k = (int)w->cols;
   moe_status st = MOE_OK;
-  if (w->dtype == MOE_F32) {
-    st = gemm_f32(be, y, (size_t)n, x, m, w->data, n, k, err);
-    if (st != MOE_OK) return st;
-  } else if (m <= CPU_FUSED_M && be->half != MOE_CPU_HALF_PORTABLE) {
+  if (w->dtype != MOE_F32 && m <= CPU_FUSED_M && be->half != MOE_CPU_HALF_PORTABLE) {
     /* thin input (decode): products straight from the 16-bit weights,
      * rows split across the math threads */
     half_job j = {be, y, x, m, w, (size_t)n, (size_t)k};
     pool_run(&be->pool, half_rows_task, &j, row_tasks(be, (size_t)n, (size_t)k));
   } else {
-    /* Convert a band of rows to f32 (in parallel), multiply, move on:
-     * bounded scratch, and the band stays in cache while it is used. */
-    /* bands of about 4 MiB of f32: big enough that the product's threads
-     * have work to share, small enough to stay in the last-level cache */
-    size_t band = ((size_t)1 << 20) / (size_t)k / CPU_CONVERT_ROWS * CPU_CONVERT_ROWS;
-    if (band < (size_t)CPU_CONVERT_ROWS * (size_t)be->threads)
-      band = (size_t)CPU_CONVERT_ROWS * (size_t)be->threads;
-    st = scratch_reserve(be, band * (size_t)k, err);
+    st = gemm_split(be, y, (size_t)n, x, m, w->data, w->dtype, (size_t)n, (size_t)k, err);
     if (st != MOE_OK) return st;
-    const size_t esz = moe_dtype_size(w->dtype);
-    for (size_t r0 = 0; r0 < (size_t)n; r0 += band) {
-      size_t rows = (size_t)n - r0 < band ? (size_t)n - r0 : band;
-      convert_job cj = {be, (const char *)w->data + r0 * (size_t)k * esz, w->dtype, rows, (size_t)k};
-      pool_run(&be->pool, convert_task, &cj, (int)((rows + CPU_CONVERT_ROWS - 1) / CPU_CONVERT_ROWS));
-      st = gemm_f32(be, y + r0, (size_t)n, x, m, be->scratch, (int)rows, k, err);
-      if (st != MOE_OK) return st;
-    }
   }
   if (bias && bias->data) {
     float tmp[256];
@@ -787,50 +859,82 @@ static moe_status cpu_kv_store(moe_backend *be, float *kc, float *vc, const floa
   return MOE_OK;
 }
 
-static moe_status cpu_attention_ex(moe_backend *be, float *out, const float *q, const float *kc,
-                                   const float *vc, const moe_attn_ex *a, moe_error *err) {
+/* One (sequence, query, head) of attention_ex, scores in sc. */
+static void attend_one(float *out, const float *q, const float *kc, const float *vc,
+                       const moe_attn_ex *a, const float *bias, int b, int t, int h, float *sc) {
   const int hd = a->head_dim, group = a->n_heads / a->n_kv_heads;
   const moe_attn_shape s = {a->n_seq, a->n_q, a->q_pos0, a->max_seq,
                             a->n_heads, a->n_kv_heads, a->head_dim};
+  const size_t nh = (size_t)a->n_heads;
+  const int p = a->q_pos0 + t;
+  const int nk = a->causal && p + 1 < a->n_keys ? p + 1 : a->n_keys;
+  const size_t row = ((size_t)b * (size_t)a->n_q + (size_t)t) * nh * (size_t)hd;
+  const float *qh = q + row + (size_t)h * (size_t)hd;
+  float *oh = out + row + (size_t)h * (size_t)hd;
+  const float *kb = kc + cache_index(&s, b, h / group, 0);
+  const float *vb = vc + cache_index(&s, b, h / group, 0);
+  float mx = -INFINITY;
+  for (int j = 0; j < nk; j++) {
+    float d = 0.0f;
+    const float *kj = kb + (size_t)j * (size_t)hd;
+    for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
+    sc[j] = d * a->scale;
+    if (bias) sc[j] += bias[(size_t)a->buckets[j - p + a->bucket_offset] * nh + (size_t)h];
+    if (sc[j] > mx) mx = sc[j];
+  }
+  float sum = 0.0f;
+  for (int j = 0; j < nk; j++) {
+    sc[j] = expf(sc[j] - mx);
+    sum += sc[j];
+  }
+  const float inv = nk > 0 ? 1.0f / sum : 0.0f;
+  memset(oh, 0, (size_t)hd * sizeof(float));
+  for (int j = 0; j < nk; j++) {
+    const float wgt = sc[j] * inv;
+    const float *vj = vb + (size_t)j * (size_t)hd;
+    for (int i = 0; i < hd; i++) oh[i] += wgt * vj[i];
+  }
+}
+
+/* attention_ex split over the math threads: task t takes a contiguous
+ * share of the (sequence, query, head) triples; each is computed alone,
+ * the same way at any thread count. */
+typedef struct attn_job {
+  moe_backend *be;
+  float *out;
+  const float *q, *kc, *vc, *bias;
+  const moe_attn_ex *a;
+  int tasks;
+} attn_job;
+
+static void attn_task(void *ctx, int t) {
+  const attn_job *j = ctx;
+  const moe_attn_ex *a = j->a;
+  const size_t total = (size_t)a->n_seq * (size_t)a->n_q * (size_t)a->n_heads;
+  const size_t i0 = total * (size_t)t / (size_t)j->tasks, i1 = total * ((size_t)t + 1) / (size_t)j->tasks;
+  for (size_t i = i0; i < i1; i++) {
+    const int h = (int)(i % (size_t)a->n_heads), tq = (int)(i / (size_t)a->n_heads % (size_t)a->n_q);
+    const int b = (int)(i / ((size_t)a->n_heads * (size_t)a->n_q));
+    attend_one(j->out, j->q, j->kc, j->vc, a, j->bias, b, tq, h, j->be->tb[t].sc);
+  }
+}
+
+static moe_status cpu_attention_ex(moe_backend *be, float *out, const float *q, const float *kc,
+                                   const float *vc, const moe_attn_ex *a, moe_error *err) {
   const bool biased = a->rel_bias && a->rel_bias->data;
   const size_t nb = biased ? a->rel_bias->rows : 0, nh = (size_t)a->n_heads;
-  moe_status st = scratch_reserve(be, (size_t)a->n_keys + nb * nh, err);
+  moe_status st = scratch_reserve(be, nb * nh, err);
   if (st != MOE_OK) return st;
-  float *sc = be->scratch, *bias = be->scratch + a->n_keys;
-  if (biased) moe_convert_to_f32(bias, a->rel_bias->data, a->rel_bias->dtype, nb * nh);
-  for (int b = 0; b < a->n_seq; b++)
-    for (int t = 0; t < a->n_q; t++) {
-      const int p = a->q_pos0 + t;
-      const int nk = a->causal && p + 1 < a->n_keys ? p + 1 : a->n_keys;
-      const size_t row = ((size_t)b * (size_t)a->n_q + (size_t)t) * nh * (size_t)hd;
-      for (int h = 0; h < a->n_heads; h++) {
-        const float *qh = q + row + (size_t)h * (size_t)hd;
-        float *oh = out + row + (size_t)h * (size_t)hd;
-        const float *kb = kc + cache_index(&s, b, h / group, 0);
-        const float *vb = vc + cache_index(&s, b, h / group, 0);
-        float mx = -INFINITY;
-        for (int j = 0; j < nk; j++) {
-          float d = 0.0f;
-          const float *kj = kb + (size_t)j * (size_t)hd;
-          for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
-          sc[j] = d * a->scale;
-          if (biased) sc[j] += bias[(size_t)a->buckets[j - p + a->bucket_offset] * nh + (size_t)h];
-          if (sc[j] > mx) mx = sc[j];
-        }
-        float sum = 0.0f;
-        for (int j = 0; j < nk; j++) {
-          sc[j] = expf(sc[j] - mx);
-          sum += sc[j];
-        }
-        const float inv = nk > 0 ? 1.0f / sum : 0.0f;
-        memset(oh, 0, (size_t)hd * sizeof(float));
-        for (int j = 0; j < nk; j++) {
-          const float wgt = sc[j] * inv;
-          const float *vj = vb + (size_t)j * (size_t)hd;
-          for (int i = 0; i < hd; i++) oh[i] += wgt * vj[i];
-        }
-      }
-    }
+  if (biased) moe_convert_to_f32(be->scratch, a->rel_bias->data, a->rel_bias->dtype, nb * nh);
+  const size_t triples = (size_t)a->n_seq * (size_t)a->n_q * nh;
+  const double work = (double)triples * (double)a->n_keys * (double)a->head_dim;
+  const int tasks = work >= 1 << 18 && triples >= (size_t)be->threads ? be->threads : 1;
+  for (int t = 0; t < tasks; t++) {
+    st = reserve(&be->tb[t].sc, &be->tb[t].sc_cap, (size_t)a->n_keys + 1, err);
+    if (st != MOE_OK) return st;
+  }
+  attn_job j = {be, out, q, kc, vc, biased ? be->scratch : NULL, a, tasks};
+  pool_run(&be->pool, attn_task, &j, tasks);
   return MOE_OK;
 }
 

@@ -7,7 +7,8 @@
  *     C, then the f32 product (OpenBLAS);
  *   - AVX2 + FMA + F16C when the CPU has them: for thin inputs (decode),
  *     the product is computed straight from the 16-bit weights, eight lanes,
- *     two accumulators per input row, a fixed reduction order; for wide
+ *     each weight row read front to back with a software prefetch ahead,
+ *     a fixed number of accumulators and reduction order; for wide
  *     inputs (prefill) bands are converted with F16C / shifts and multiplied
  *     by OpenBLAS.
  * Results may differ between paths in the last bits (summation order); each
@@ -60,46 +61,34 @@ TGT static inline float hsum(__m256 v) {
 /* The kernels, instantiated per weight dtype (LOAD) so the inner loops
  * carry no dtype test.  G input rows (2..4) share each weight load; G is a
  * constant in each instance, so the accumulators stay in registers. */
+/* Software prefetch distance of the weight stream, in bytes: 16 cache
+ * lines ahead (measured on the development machine: a single sequential
+ * stream with it reads 82-89% of the plain streaming bandwidth from DRAM,
+ * against about 62% for four rows read side by side without it). */
+#define HALF_PREFETCH 1024
+
+/* One input row: each weight row is read front to back, one row after the
+ * other (the whole matrix is one sequential stream, which the hardware
+ * prefetchers follow best), four accumulators of eight lanes, a cache
+ * line (32 weights) an iteration. */
 #define ROWS_1(SFX, LOAD, DT)                                                                 \
   TGT static void rows1_##SFX(float *y, const float *x, const uint16_t *w, size_t r0,          \
                               size_t r1, size_t k) {                                          \
-    const size_t k16 = k / 16 * 16;                                                           \
-    size_t r = r0;                                                                            \
-    /* four rows at once: four memory streams in flight, x loaded once */                    \
-    for (; r + 4 <= r1; r += 4) {                                                             \
-      const uint16_t *w0 = w + r * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;               \
-      __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, \
-             a30 = a00, a31 = a00;                                                            \
-      for (size_t j = 0; j < k16; j += 16) {                                                  \
-        const __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);           \
-        a00 = _mm256_fmadd_ps(LOAD(w0 + j), x0, a00);                                         \
-        a01 = _mm256_fmadd_ps(LOAD(w0 + j + 8), x1, a01);                                     \
-        a10 = _mm256_fmadd_ps(LOAD(w1 + j), x0, a10);                                         \
-        a11 = _mm256_fmadd_ps(LOAD(w1 + j + 8), x1, a11);                                     \
-        a20 = _mm256_fmadd_ps(LOAD(w2 + j), x0, a20);                                         \
-        a21 = _mm256_fmadd_ps(LOAD(w2 + j + 8), x1, a21);                                     \
-        a30 = _mm256_fmadd_ps(LOAD(w3 + j), x0, a30);                                         \
-        a31 = _mm256_fmadd_ps(LOAD(w3 + j + 8), x1, a31);                                     \
-      }                                                                                       \
-      float s0 = hsum(_mm256_add_ps(a00, a01)), s1 = hsum(_mm256_add_ps(a10, a11));           \
-      float s2 = hsum(_mm256_add_ps(a20, a21)), s3 = hsum(_mm256_add_ps(a30, a31));           \
-      for (size_t j = k16; j < k; j++) {                                                      \
-        s0 += x[j] * half_at(w0, DT, j);                                                      \
-        s1 += x[j] * half_at(w1, DT, j);                                                      \
-        s2 += x[j] * half_at(w2, DT, j);                                                      \
-        s3 += x[j] * half_at(w3, DT, j);                                                      \
-      }                                                                                       \
-      y[r] = s0, y[r + 1] = s1, y[r + 2] = s2, y[r + 3] = s3;                                 \
-    }                                                                                         \
-    for (; r < r1; r++) {                                                                     \
+    const size_t k32 = k / 32 * 32, k8 = k / 8 * 8;                                           \
+    for (size_t r = r0; r < r1; r++) {                                                        \
       const uint16_t *wr = w + r * k;                                                         \
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0;                                               \
-      for (size_t j = 0; j < k16; j += 16) {                                                  \
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                             \
+      size_t j = 0;                                                                           \
+      for (; j < k32; j += 32) {                                                              \
+        _mm_prefetch((const char *)(wr + j) + HALF_PREFETCH, _MM_HINT_T0);                    \
         a0 = _mm256_fmadd_ps(LOAD(wr + j), _mm256_loadu_ps(x + j), a0);                       \
         a1 = _mm256_fmadd_ps(LOAD(wr + j + 8), _mm256_loadu_ps(x + j + 8), a1);               \
+        a2 = _mm256_fmadd_ps(LOAD(wr + j + 16), _mm256_loadu_ps(x + j + 16), a2);             \
+        a3 = _mm256_fmadd_ps(LOAD(wr + j + 24), _mm256_loadu_ps(x + j + 24), a3);             \
       }                                                                                       \
-      float s = hsum(_mm256_add_ps(a0, a1));                                                  \
-      for (size_t j = k16; j < k; j++) s += x[j] * half_at(wr, DT, j);                        \
+      for (; j < k8; j += 8) a0 = _mm256_fmadd_ps(LOAD(wr + j), _mm256_loadu_ps(x + j), a0);  \
+      float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));            \
+      for (; j < k; j++) s += x[j] * half_at(wr, DT, j);                                      \
       y[r] = s;                                                                               \
     }                                                                                         \
   }
@@ -113,6 +102,7 @@ TGT static inline float hsum(__m256 v) {
       __m256 a0[G], a1[G];                                                                    \
       for (int i = 0; i < G; i++) a0[i] = a1[i] = _mm256_setzero_ps();                        \
       for (size_t j = 0; j < k16; j += 16) {                                                  \
+        _mm_prefetch((const char *)(wr + j) + HALF_PREFETCH, _MM_HINT_T0);                    \
         const __m256 w0 = LOAD(wr + j), w1 = LOAD(wr + j + 8);                                \
         for (int i = 0; i < G; i++) {                                                         \
           a0[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (size_t)i * k + j), a0[i]);          \
