@@ -896,26 +896,80 @@ static void attend_one(float *out, const float *q, const float *kc, const float 
   }
 }
 
-/* attention_ex split over the math threads: task t takes a contiguous
- * share of the (sequence, query, head) triples; each is computed alone,
- * the same way at any thread count. */
+/* Queries [t0, t1) of sequence b, head h, through two BLAS products:
+ * S = scale Q K^T over the keys any of them sees, the bias, the causal
+ * mask and the softmax row by row (masked keys get weight 0), then
+ * out = S V.  S: (t1 - t0) x n_keys floats. */
+static void attend_block(float *out, const float *q, const float *kc, const float *vc,
+                         const moe_attn_ex *a, const float *bias, int b, int h, int t0, int t1,
+                         float *S) {
+  const int hd = a->head_dim, group = a->n_heads / a->n_kv_heads, nq = t1 - t0;
+  const moe_attn_shape s = {a->n_seq, a->n_q, a->q_pos0, a->max_seq,
+                            a->n_heads, a->n_kv_heads, a->head_dim};
+  const size_t nh = (size_t)a->n_heads, ld = nh * (size_t)hd;
+  const int p_last = a->q_pos0 + t1 - 1;
+  const int nk = a->causal && p_last + 1 < a->n_keys ? p_last + 1 : a->n_keys;
+  const size_t row0 = (size_t)b * (size_t)a->n_q + (size_t)t0;
+  const float *Q = q + row0 * ld + (size_t)h * (size_t)hd;
+  float *O = out + row0 * ld + (size_t)h * (size_t)hd;
+  if (nk <= 0) {
+    for (int i = 0; i < nq; i++) memset(O + (size_t)i * ld, 0, (size_t)hd * sizeof(float));
+    return;
+  }
+  const float *K = kc + cache_index(&s, b, h / group, 0), *V = vc + cache_index(&s, b, h / group, 0);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, a->scale, Q, (int)ld, K, hd,
+              0.0f, S, nk);
+  for (int i = 0; i < nq; i++) {
+    float *r = S + (size_t)i * (size_t)nk;
+    const int p = a->q_pos0 + t0 + i;
+    const int vis = a->causal && p + 1 < a->n_keys ? p + 1 : a->n_keys;
+    float mx = -INFINITY;
+    for (int j = 0; j < vis; j++) {
+      if (bias) r[j] += bias[(size_t)a->buckets[j - p + a->bucket_offset] * nh + (size_t)h];
+      if (r[j] > mx) mx = r[j];
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < vis; j++) sum += r[j] = expf(r[j] - mx);
+    const float inv = vis > 0 ? 1.0f / sum : 0.0f;
+    for (int j = 0; j < vis; j++) r[j] *= inv;
+    for (int j = vis; j < nk; j++) r[j] = 0.0f;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, S, nk, V, hd, 0.0f, O,
+              (int)ld);
+}
+
+/* attention_ex split over the math threads.  Few queries per sequence
+ * (decode): one (sequence, query, head) at a time in plain C.  Many
+ * (prefill, encoders): blocks of CPU_ATTN_QBLOCK queries of one head
+ * through BLAS.  Task t takes a contiguous share of the units; each unit
+ * is computed the same way at any thread count. */
+#define CPU_ATTN_BLAS_Q 8
+#define CPU_ATTN_QBLOCK 64
 typedef struct attn_job {
   moe_backend *be;
   float *out;
   const float *q, *kc, *vc, *bias;
   const moe_attn_ex *a;
   int tasks;
+  bool blocks;
 } attn_job;
 
 static void attn_task(void *ctx, int t) {
   const attn_job *j = ctx;
   const moe_attn_ex *a = j->a;
-  const size_t total = (size_t)a->n_seq * (size_t)a->n_q * (size_t)a->n_heads;
+  const size_t nqb = ((size_t)a->n_q + CPU_ATTN_QBLOCK - 1) / CPU_ATTN_QBLOCK;
+  const size_t per = j->blocks ? nqb : (size_t)a->n_q;
+  const size_t total = (size_t)a->n_seq * per * (size_t)a->n_heads;
   const size_t i0 = total * (size_t)t / (size_t)j->tasks, i1 = total * ((size_t)t + 1) / (size_t)j->tasks;
   for (size_t i = i0; i < i1; i++) {
-    const int h = (int)(i % (size_t)a->n_heads), tq = (int)(i / (size_t)a->n_heads % (size_t)a->n_q);
-    const int b = (int)(i / ((size_t)a->n_heads * (size_t)a->n_q));
-    attend_one(j->out, j->q, j->kc, j->vc, a, j->bias, b, tq, h, j->be->tb[t].sc);
+    const int h = (int)(i % (size_t)a->n_heads), u = (int)(i / (size_t)a->n_heads % per);
+    const int b = (int)(i / ((size_t)a->n_heads * per));
+    if (j->blocks) {
+      const int t0 = u * CPU_ATTN_QBLOCK, t1 = t0 + CPU_ATTN_QBLOCK < a->n_q ? t0 + CPU_ATTN_QBLOCK : a->n_q;
+      attend_block(j->out, j->q, j->kc, j->vc, a, j->bias, b, h, t0, t1, j->be->tb[t].sc);
+    } else {
+      attend_one(j->out, j->q, j->kc, j->vc, a, j->bias, b, u, h, j->be->tb[t].sc);
+    }
   }
 }
 
@@ -926,14 +980,18 @@ static moe_status cpu_attention_ex(moe_backend *be, float *out, const float *q, 
   moe_status st = scratch_reserve(be, nb * nh, err);
   if (st != MOE_OK) return st;
   if (biased) moe_convert_to_f32(be->scratch, a->rel_bias->data, a->rel_bias->dtype, nb * nh);
+  const bool blocks = a->n_q >= CPU_ATTN_BLAS_Q;
   const size_t triples = (size_t)a->n_seq * (size_t)a->n_q * nh;
   const double work = (double)triples * (double)a->n_keys * (double)a->head_dim;
-  const int tasks = work >= 1 << 18 && triples >= (size_t)be->threads ? be->threads : 1;
+  const size_t units = blocks ? (size_t)a->n_seq * nh * (((size_t)a->n_q + CPU_ATTN_QBLOCK - 1) / CPU_ATTN_QBLOCK)
+                              : triples;
+  const int tasks = work >= 1 << 18 && units >= (size_t)be->threads ? be->threads : 1;
+  const size_t sc = (blocks ? (size_t)CPU_ATTN_QBLOCK : 1) * ((size_t)a->n_keys + 1);
   for (int t = 0; t < tasks; t++) {
-    st = reserve(&be->tb[t].sc, &be->tb[t].sc_cap, (size_t)a->n_keys + 1, err);
+    st = reserve(&be->tb[t].sc, &be->tb[t].sc_cap, sc, err);
     if (st != MOE_OK) return st;
   }
-  attn_job j = {be, out, q, kc, vc, biased ? be->scratch : NULL, a, tasks};
+  attn_job j = {be, out, q, kc, vc, biased ? be->scratch : NULL, a, tasks, blocks};
   pool_run(&be->pool, attn_task, &j, tasks);
   return MOE_OK;
 }
@@ -1067,9 +1125,25 @@ static moe_status cpu_router_topk_ex(moe_backend *be, int32_t *idx, float *wts, 
   return MOE_OK;
 }
 
+/* swiglu over ranges of elements split across the math threads (element
+ * by element: the same bits at any thread count). */
+typedef struct swiglu_job {
+  float *y;
+  const float *g, *u;
+  size_t n;
+  int tasks;
+} swiglu_job;
+
+static void swiglu_task(void *ctx, int t) {
+  const swiglu_job *j = ctx;
+  const size_t i0 = j->n * (size_t)t / (size_t)j->tasks, i1 = j->n * ((size_t)t + 1) / (size_t)j->tasks;
+  for (size_t i = i0; i < i1; i++) j->y[i] = j->g[i] / (1.0f + expf(-j->g[i])) * j->u[i];
+}
+
 static moe_status cpu_swiglu(moe_backend *be, float *y, const float *g, const float *u, size_t n,
                              moe_error *err) {
-  for (size_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  swiglu_job j = {y, g, u, n, n >= ((size_t)1 << 16) ? be->threads : 1};
+  pool_run(&be->pool, swiglu_task, &j, j.tasks);
   return MOE_OK;
 }
 
