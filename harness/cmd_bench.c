@@ -370,16 +370,16 @@ static int bench_models(const char *preset, int max_threads, int steps, int reps
          "measured right after the row\n", steps);
   printf("prefill: one forward of 64 and 256 tokens; GFLOP/s from the model's FLOPs; sgemm = "
          "OpenBLAS f32 T x 2048 x 1024 at the same thread count\n\n");
-  printf("| dtype | threads | MB/step | ms/token | tokens/s | GB/s | %% of read floor | "
+  printf("| dtype | threads | MB/step | ms/token | tokens/s | GB/s | floor GB/s | %% of read floor | "
          "prefill 64 GFLOP/s | prefill 256 GFLOP/s | sgemm 64 / 256 GFLOP/s |\n");
-  printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (int d = 0; d < 3; d++)
     for (int ti = 0; ti < nt; ti++) {
       const model_times *x = &tm[d][ti];
       const double bw = bytes[d] / x->step_s;
-      printf("| %s | %d | %.1f | %.2f | %.2f | %.2f | %.0f%% | %.2f | %.2f | %.1f / %.1f |\n",
+      printf("| %s | %d | %.1f | %.2f | %.2f | %.2f | %.2f | %.0f%% | %.2f | %.2f | %.1f / %.1f |\n",
              moe_dtype_name(dts[d]), thr[ti], bytes[d] * 1e-6, x->step_s * 1e3, 1.0 / x->step_s,
-             bw * 1e-9, 100.0 * bw / floor_bps[d][ti], flops[d][0] / x->prefill_s[0] * 1e-9,
+             bw * 1e-9, floor_bps[d][ti] * 1e-9, 100.0 * bw / floor_bps[d][ti], flops[d][0] / x->prefill_s[0] * 1e-9,
              flops[d][1] / x->prefill_s[1] * 1e-9, sgemm_gflops(64, thr[ti], reps),
              sgemm_gflops(256, thr[ti], reps));
     }
