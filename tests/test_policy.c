@@ -775,7 +775,7 @@ START_TEST(thread_count_does_not_change_bits) {
     moe_config c = cfg();
     c.hidden = 256; /* rows x cols past the size where the threads split the work */
     c.expert_ffn = 512;
-    c.dense_ffn = 3072; /* f32 blocks are 1024 rows at k = 256: three of them */
+    c.dense_ffn = 3072; /* f32 blocks are 512 rows at k = 256: six of them */
     c.shared_ffn = 256;
     c.n_heads = 8;
     c.n_kv_heads = 4;

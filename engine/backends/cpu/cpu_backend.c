@@ -586,7 +586,7 @@ static void blas_rows(float *y, size_t ldy, const float *x, size_t m, const floa
 }
 
 /* A product through OpenBLAS split by weight rows over the math threads.
- * The rows form blocks whose size depends on k alone (about 1 MiB of f32
+ * The rows form blocks whose size depends on k alone (about 512 KiB of f32
  * weights, or 256 KiB of converted 16-bit ones, which stay in the core's
  * cache while they are multiplied), and task t of T takes a contiguous
  * share of the blocks: the BLAS calls are the same at any thread count,
@@ -606,7 +606,7 @@ typedef struct gemm_job {
 } gemm_job;
 
 static size_t gemm_block(moe_dtype dt, size_t k) {
-  size_t b = (dt == MOE_F32 ? (size_t)1 << 18 : (size_t)1 << 16) / (k ? k : 1) / 16 * 16;
+  size_t b = (dt == MOE_F32 ? (size_t)1 << 17 : (size_t)1 << 16) / (k ? k : 1) / 16 * 16;
   return b < 16 ? 16 : b;
 }
 
