@@ -81,13 +81,15 @@ static int bench_gemm(moe_device *dev, int reps) {
  * of the slice): the loads, not the adds, set the pace, and four streams
  * keep more memory requests in flight than one (a scalar or one-stream loop
  * measures the adder or the latency, not the bandwidth). */
-__attribute__((target("avx2"), noinline)) static float read_avx2(const float *a, size_t n) {
+__attribute__((target("avx2"), noinline)) static float read_avx2(const float *a, size_t n,
+                                                                   bool prefetch) {
   __m256 s[8];
   for (int i = 0; i < 8; i++) s[i] = _mm256_setzero_ps();
   const size_t q = n / 4 / 16 * 16;
   for (size_t i = 0; i < q; i += 16)
     for (int u = 0; u < 4; u++) {
       const float *p = a + (size_t)u * q + i;
+      if (prefetch) _mm_prefetch((const char *)p + 1024, _MM_HINT_T0);
       s[2 * u] = _mm256_add_ps(s[2 * u], _mm256_loadu_ps(p));
       s[2 * u + 1] = _mm256_add_ps(s[2 * u + 1], _mm256_loadu_ps(p + 8));
     }
@@ -127,7 +129,7 @@ typedef struct read_arg {
   const float *a;
   size_t n;
   float sum;
-  bool one_stream;
+  int pattern; /* 0: four streams, 1: one stream with a prefetch, 2: four with a prefetch */
 } read_arg;
 
 static void *read_thread(void *p) {
@@ -135,7 +137,7 @@ static void *read_thread(void *p) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2")) {
-    r->sum = r->one_stream ? read_avx2_seq(r->a, r->n) : read_avx2(r->a, r->n);
+    r->sum = r->pattern == 1 ? read_avx2_seq(r->a, r->n) : read_avx2(r->a, r->n, r->pattern == 2);
     return NULL;
   }
 #endif
@@ -144,9 +146,9 @@ static void *read_thread(void *p) {
 }
 
 /* Read-only stream bandwidth (bytes/s) with `threads` threads, each over
- * its slice of a 512 MiB buffer, four streams a thread or one with a
- * prefetch; median of reps. */
-static double bench_read(int threads, int reps, bool one_stream) {
+ * its slice of a 512 MiB buffer, in one of the patterns of read_arg;
+ * median of reps. */
+static double bench_read(int threads, int reps, int pattern) {
   const size_t n = ((size_t)512 << 20) / sizeof(float);
   float *a = malloc(n * sizeof *a);
   double *t = malloc((size_t)reps * sizeof *t);
@@ -166,7 +168,7 @@ static double bench_read(int threads, int reps, bool one_stream) {
     const int T = threads < 64 ? threads : 64;
     double t0 = moe_clock_s();
     for (int i = 0; i < T; i++) {
-      args[i] = (read_arg){a + n / (size_t)T * (size_t)i, n / (size_t)T, 0, one_stream};
+      args[i] = (read_arg){a + n / (size_t)T * (size_t)i, n / (size_t)T, 0, pattern};
       if (i > 0) pthread_create(&tid[i], NULL, read_thread, &args[i]);
     }
     read_thread(&args[0]);
@@ -179,6 +181,18 @@ static double bench_read(int threads, int reps, bool one_stream) {
   free(a);
   free(t);
   return bps;
+}
+
+/* The read floor: the fastest of the read patterns (each's figure into
+ * each[3] when not NULL). */
+static double read_floor(int threads, int reps, double *each) {
+  double best = 0;
+  for (int p = 0; p < 3; p++) {
+    const double b = bench_read(threads, reps, p);
+    if (each) each[p] = b;
+    if (b > best) best = b;
+  }
+  return best;
 }
 
 /* memcpy bytes/s over 256 MiB buffers. */
@@ -351,8 +365,7 @@ static int bench_models(const char *preset, int max_threads, int steps, int reps
       }
       /* the row's floor, measured right after it: this machine's speed
        * drifts by tens of percent from one minute to the next */
-      const double four = bench_read(thr[ti], 3, false), one = bench_read(thr[ti], 3, true);
-      floor_bps[d][ti] = four > one ? four : one;
+      floor_bps[d][ti] = read_floor(thr[ti], 3, NULL);
     }
     moe_model_free(m);
   }
@@ -366,8 +379,8 @@ static int bench_models(const char *preset, int max_threads, int steps, int reps
   }
   printf("\n## decode and prefill: preset %s (%s), batch 1 (measured, medians)\n", preset, desc);
   printf("decode: %d steps after an 8-token prompt; bytes read per step computed from the model "
-         "shape; floor = bytes / the faster of the two read-only streams at the same thread count, "
-         "measured right after the row\n", steps);
+         "shape; floor = bytes / the fastest of three read-only stream patterns at the same thread "
+         "count, measured right after the row\n", steps);
   printf("prefill: one forward of 64 and 256 tokens; GFLOP/s from the model's FLOPs; sgemm = "
          "OpenBLAS f32 T x 2048 x 1024 at the same thread count\n\n");
   printf("| dtype | threads | MB/step | ms/token | tokens/s | GB/s | floor GB/s | %% of read floor | "
@@ -452,18 +465,15 @@ int cmd_bench_ops(int argc, char **argv) {
   const int nt = threads >= 2 ? 2 : 1;
   const int thr[2] = {1, (int)threads};
   /* the floor: the faster of two plain read patterns, interleaved */
-  double read_bps[2] = {0, 0}, four[2] = {0, 0}, one[2] = {0, 0};
-  for (int i = 0; i < nt; i++) {
-    four[i] = bench_read(thr[i], (int)reps, false);
-    one[i] = bench_read(thr[i], (int)reps, true);
-    read_bps[i] = four[i] > one[i] ? four[i] : one[i];
-  }
+  double read_bps[2] = {0, 0}, pat[2][3];
+  for (int i = 0; i < nt; i++) read_bps[i] = read_floor(thr[i], (int)reps, pat[i]);
   printf("\n## memory (measured, median of %ld)\n", reps);
   printf("memcpy (256 MiB, 1 thread): %.2f GB/s copied\n", bench_copy((int)reps) * 1e-9);
   for (int i = 0; i < nt; i++)
     printf("read-only stream (512 MiB, %d thread%s, vector loads): 4 streams a thread %.2f GB/s, "
-           "1 stream with prefetch %.2f GB/s; floor %.2f GB/s\n", thr[i], thr[i] == 1 ? "" : "s",
-           four[i] * 1e-9, one[i] * 1e-9, read_bps[i] * 1e-9);
+           "1 stream with a prefetch %.2f GB/s, 4 streams with a prefetch %.2f GB/s; floor %.2f "
+           "GB/s\n", thr[i], thr[i] == 1 ? "" : "s", pat[i][0] * 1e-9, pat[i][1] * 1e-9,
+           pat[i][2] * 1e-9, read_bps[i] * 1e-9);
   if (rc == 0 && !skip_decode) rc = bench_models(preset, (int)threads, (int)steps, 3, read_bps);
   return rc;
 }
