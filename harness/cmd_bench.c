@@ -337,15 +337,13 @@ static double sgemm_gflops(int T, int threads, int reps) {
 
 /* The decode and prefill table: the preset in f32, f16 and bf16 at each
  * thread count, side by side in one run. */
-static int bench_models(const char *preset, int max_threads, int steps, int reps,
-                        const double *read_bps) {
+static int bench_models(const char *preset, int max_threads, int steps, int reps) {
   cli_preset p;
   moe_error err = {0};
   if (cli_preset_load(&p, preset, &err) != MOE_OK) return cli_fail(&err);
   const moe_dtype dts[] = {MOE_F32, MOE_F16, MOE_BF16};
   model_times tm[3][2];
   double bytes[3], flops[3][2], floor_bps[3][2];
-  (void)read_bps;
   int nt = max_threads >= 2 ? 2 : 1;
   const int thr[2] = {1, max_threads >= 2 ? max_threads : 1};
   char desc[200] = "";
@@ -474,6 +472,6 @@ int cmd_bench_ops(int argc, char **argv) {
            "1 stream with a prefetch %.2f GB/s, 4 streams with a prefetch %.2f GB/s; floor %.2f "
            "GB/s\n", thr[i], thr[i] == 1 ? "" : "s", pat[i][0] * 1e-9, pat[i][1] * 1e-9,
            pat[i][2] * 1e-9, read_bps[i] * 1e-9);
-  if (rc == 0 && !skip_decode) rc = bench_models(preset, (int)threads, (int)steps, 3, read_bps);
+  if (rc == 0 && !skip_decode) rc = bench_models(preset, (int)threads, (int)steps, 3);
   return rc;
 }

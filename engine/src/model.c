@@ -44,6 +44,7 @@ struct moe_engine {
   size_t vcache_layer_floats;  /* per layer, of v_cache */
   float *inv_freq;           /* RoPE frequencies for rope_ex (YaRN, MLA), or NULL */
   float rope_attn;           /* rope_ex's cos/sin factor */
+  float attn_scale;          /* the attention softmax scale (moe_config_attn_scale) */
   bool use_rope_ex;
   /* activations, device */
   float *x, *h, *q, *k, *v, *att, *tmp, *router, *rw, *pw, *xe, *ge, *ue, *ye, *sg, *logits;
@@ -489,6 +490,7 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
               "1.4) that this model needs", dev->ops->name);
   }
   e->use_rope_ex = moe_config_is_mla(c) || c->rope_kind != MOE_ROPE_DEFAULT;
+  e->attn_scale = moe_config_attn_scale(c);
   MOE_CHECK(!e->use_rope_ex || dev->ops->rope_ex, err, MOE_ERR_UNSUPPORTED,
             "backend '%s' lacks rope_ex (ABI 1.4), which this model's scaled RoPE needs",
             dev->ops->name);
@@ -952,7 +954,7 @@ static moe_status latent_attention(moe_engine *e, int l, size_t T, const moe_att
   MOE_TRY(o->rope_ex(be, e->v, T, e->pos, &rk, err));
   const moe_mla_shape ms = {shape->n_seq, shape->n_new, shape->pos0, shape->max_seq, c->n_heads,
                             c->nope_dim, c->rope_dim, c->v_dim, c->kv_rank,
-                            moe_config_attn_scale(c)};
+                            e->attn_scale};
   MOE_TRY(o->mla_attention(be, e->att, e->q, e->k_cache + (size_t)l * e->cache_layer_floats,
                            e->v_cache + (size_t)l * e->vcache_layer_floats, e->k, e->v, &kvb, &ms,
                            err));

@@ -159,76 +159,37 @@ static moe_status build_switch_specs(moe_model *m, spec_builder *bp) {
   return MOE_OK;
 }
 
-/* DeepSeek-V2/V3 as DeepseekV2ForCausalLM / DeepseekV3ForCausalLM
- * (transformers 5.24) name their tensors, experts per expert as
- * save_pretrained writes them.  attention_bias puts biases on q_a_proj,
- * kv_a_proj_with_mqa and o_proj (never on q_proj, q_b_proj, kv_b_proj).
- * V3's router carries e_score_correction_bias (a buffer: zeros when a
- * checkpoint lacks it, as transformers initialises it); for V2 the
- * optional ranking bias is our routing-skew bias, as for the other
- * families. */
-static moe_status build_deepseek_specs(moe_model *m, spec_builder *bp) {
+/* The multi-head latent attention tensors of DeepSeek-V2/V3 layer l, as
+ * DeepseekV2ForCausalLM / DeepseekV3ForCausalLM (transformers 5.24) name
+ * them: attention_bias puts biases on q_a_proj, kv_a_proj_with_mqa and
+ * o_proj (never on q_proj, q_b_proj, kv_b_proj).  The rest of a DeepSeek
+ * layer is named as the other decoder-only families' (build_specs). */
+static moe_status add_mla_attention(moe_model *m, spec_builder *bp, int l) {
   spec_builder b = *bp;
   moe_status st;
   const moe_config *c = &m->cfg;
-  const size_t H = (size_t)c->hidden, V = (size_t)c->vocab, NH = (size_t)c->n_heads;
+  const size_t H = (size_t)c->hidden, NH = (size_t)c->n_heads;
   const size_t qw = NH * (size_t)(c->nope_dim + c->rope_dim), R = (size_t)c->kv_rank,
-               P = (size_t)c->rope_dim, E = (size_t)c->n_experts, F = (size_t)c->expert_ffn;
-  const bool bias = c->o_bias, v3 = c->arch == MOE_ARCH_DEEPSEEK_V3;
-  ADD(ROLE_EMBED, -1, -1, V, H, false, false, "model.embed_tokens.weight");
-  ADD(ROLE_FINAL_NORM, -1, -1, 1, H, true, false, "model.norm.weight");
-  if (!c->tie_embeddings) ADD(ROLE_LM_HEAD, -1, -1, V, H, false, false, "lm_head.weight");
-  m->n_moe = 0;
-  for (int l = 0; l < c->n_layers; l++) {
-    const char *p = "model.layers";
-    ADD(ROLE_ATTN_NORM, l, -1, 1, H, true, false, "%s.%d.input_layernorm.weight", p, l);
-    if (c->q_rank > 0) {
-      const size_t Q = (size_t)c->q_rank;
-      ADD(ROLE_QA, l, -1, Q, H, false, false, "%s.%d.self_attn.q_a_proj.weight", p, l);
-      if (bias) ADD(ROLE_BQA, l, -1, 1, Q, true, false, "%s.%d.self_attn.q_a_proj.bias", p, l);
-      ADD(ROLE_QA_NORM, l, -1, 1, Q, true, false, "%s.%d.self_attn.q_a_layernorm.weight", p, l);
-      ADD(ROLE_WQ, l, -1, qw, Q, false, false, "%s.%d.self_attn.q_b_proj.weight", p, l);
-    } else {
-      ADD(ROLE_WQ, l, -1, qw, H, false, false, "%s.%d.self_attn.q_proj.weight", p, l);
-    }
-    ADD(ROLE_KVA, l, -1, R + P, H, false, false, "%s.%d.self_attn.kv_a_proj_with_mqa.weight", p, l);
-    if (bias)
-      ADD(ROLE_BKVA, l, -1, 1, R + P, true, false, "%s.%d.self_attn.kv_a_proj_with_mqa.bias", p, l);
-    ADD(ROLE_KVA_NORM, l, -1, 1, R, true, false, "%s.%d.self_attn.kv_a_layernorm.weight", p, l);
-    ADD(ROLE_KVB, l, -1, NH * (size_t)(c->nope_dim + c->v_dim), R, false, false,
-        "%s.%d.self_attn.kv_b_proj.weight", p, l);
-    ADD(ROLE_WO, l, -1, H, NH * (size_t)c->v_dim, false, false, "%s.%d.self_attn.o_proj.weight", p, l);
-    if (bias) ADD(ROLE_BO, l, -1, 1, H, true, false, "%s.%d.self_attn.o_proj.bias", p, l);
-    ADD(ROLE_FFN_NORM, l, -1, 1, H, true, false, "%s.%d.post_attention_layernorm.weight", p, l);
-    if (c->is_moe[l]) {
-      m->moe_index[l] = m->n_moe++;
-      ADD(ROLE_ROUTER, l, -1, E, H, false, false, "%s.%d.mlp.gate.weight", p, l);
-      if (v3)
-        ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, true, "%s.%d.mlp.gate.e_score_correction_bias", p, l);
-      else
-        ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, true, "%s.%d.mlp.gate.bias", p, l);
-      bool has_next = false;
-      for (int n = l + 1; n < c->n_layers; n++) has_next |= c->is_moe[n];
-      if (has_next) ADD(ROLE_PREGATE, l, -1, E, H, false, true, "%s.%d.mlp.pregate.weight", p, l);
-      if (c->shared_ffn > 0) {
-        const size_t S = (size_t)c->shared_ffn;
-        ADD(ROLE_SH_GATE, l, -1, S, H, false, false, "%s.%d.mlp.shared_experts.gate_proj.weight", p, l);
-        ADD(ROLE_SH_UP, l, -1, S, H, false, false, "%s.%d.mlp.shared_experts.up_proj.weight", p, l);
-        ADD(ROLE_SH_DOWN, l, -1, H, S, false, false, "%s.%d.mlp.shared_experts.down_proj.weight", p, l);
-      }
-      for (int e = 0; e < c->n_experts; e++) {
-        ADD(ROLE_E_GATE, l, e, F, H, false, false, "%s.%d.mlp.experts.%d.gate_proj.weight", p, l, e);
-        ADD(ROLE_E_UP, l, e, F, H, false, false, "%s.%d.mlp.experts.%d.up_proj.weight", p, l, e);
-        ADD(ROLE_E_DOWN, l, e, H, F, false, false, "%s.%d.mlp.experts.%d.down_proj.weight", p, l, e);
-      }
-    } else {
-      m->moe_index[l] = -1;
-      const size_t D = (size_t)c->dense_ffn;
-      ADD(ROLE_D_GATE, l, -1, D, H, false, false, "%s.%d.mlp.gate_proj.weight", p, l);
-      ADD(ROLE_D_UP, l, -1, D, H, false, false, "%s.%d.mlp.up_proj.weight", p, l);
-      ADD(ROLE_D_DOWN, l, -1, H, D, false, false, "%s.%d.mlp.down_proj.weight", p, l);
-    }
+               P = (size_t)c->rope_dim;
+  const bool bias = c->o_bias;
+  const char *p = "model.layers";
+  if (c->q_rank > 0) {
+    const size_t Q = (size_t)c->q_rank;
+    ADD(ROLE_QA, l, -1, Q, H, false, false, "%s.%d.self_attn.q_a_proj.weight", p, l);
+    if (bias) ADD(ROLE_BQA, l, -1, 1, Q, true, false, "%s.%d.self_attn.q_a_proj.bias", p, l);
+    ADD(ROLE_QA_NORM, l, -1, 1, Q, true, false, "%s.%d.self_attn.q_a_layernorm.weight", p, l);
+    ADD(ROLE_WQ, l, -1, qw, Q, false, false, "%s.%d.self_attn.q_b_proj.weight", p, l);
+  } else {
+    ADD(ROLE_WQ, l, -1, qw, H, false, false, "%s.%d.self_attn.q_proj.weight", p, l);
   }
+  ADD(ROLE_KVA, l, -1, R + P, H, false, false, "%s.%d.self_attn.kv_a_proj_with_mqa.weight", p, l);
+  if (bias)
+    ADD(ROLE_BKVA, l, -1, 1, R + P, true, false, "%s.%d.self_attn.kv_a_proj_with_mqa.bias", p, l);
+  ADD(ROLE_KVA_NORM, l, -1, 1, R, true, false, "%s.%d.self_attn.kv_a_layernorm.weight", p, l);
+  ADD(ROLE_KVB, l, -1, NH * (size_t)(c->nope_dim + c->v_dim), R, false, false,
+      "%s.%d.self_attn.kv_b_proj.weight", p, l);
+  ADD(ROLE_WO, l, -1, H, NH * (size_t)c->v_dim, false, false, "%s.%d.self_attn.o_proj.weight", p, l);
+  if (bias) ADD(ROLE_BO, l, -1, 1, H, true, false, "%s.%d.self_attn.o_proj.bias", p, l);
   *bp = b;
   return MOE_OK;
 }
@@ -241,17 +202,13 @@ static moe_status build_specs(moe_model *m, moe_error *err) {
   const size_t H = (size_t)c->hidden, V = (size_t)c->vocab, hd = (size_t)c->head_dim;
   const size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
   const size_t E = (size_t)c->n_experts, F = (size_t)c->expert_ffn;
-  const bool mixtral = c->arch == MOE_ARCH_MIXTRAL;
+  const bool mixtral = c->arch == MOE_ARCH_MIXTRAL, deepseek = moe_config_is_mla(c);
   const char *moe = mixtral ? "block_sparse_moe" : "mlp";
   for (int i = 0; i <= MOE_MAX_LAYERS; i++)
     for (int r = 0; r < ROLE_COUNT; r++) m->dense_index[i][r] = -1;
 
   if (c->arch == MOE_ARCH_SWITCH) {
     if ((st = build_switch_specs(m, &b)) != MOE_OK) return st;
-    goto layout;
-  }
-  if (moe_config_is_mla(c)) {
-    if ((st = build_deepseek_specs(m, &b)) != MOE_OK) return st;
     goto layout;
   }
   ADD(ROLE_EMBED, -1, -1, V, H, false, false, "model.embed_tokens.weight");
@@ -261,6 +218,10 @@ static moe_status build_specs(moe_model *m, moe_error *err) {
   for (int l = 0; l < c->n_layers; l++) {
     const char *p = "model.layers";
     ADD(ROLE_ATTN_NORM, l, -1, 1, H, true, false, "%s.%d.input_layernorm.weight", p, l);
+    if (deepseek) {
+      if ((st = add_mla_attention(m, &b, l)) != MOE_OK) return st;
+      goto ffn;
+    }
     ADD(ROLE_WQ, l, -1, qd, H, false, false, "%s.%d.self_attn.q_proj.weight", p, l);
     ADD(ROLE_WK, l, -1, kvd, H, false, false, "%s.%d.self_attn.k_proj.weight", p, l);
     ADD(ROLE_WV, l, -1, kvd, H, false, false, "%s.%d.self_attn.v_proj.weight", p, l);
@@ -276,12 +237,18 @@ static moe_status build_specs(moe_model *m, moe_error *err) {
       ADD(ROLE_QNORM, l, -1, 1, head ? hd : qd, true, false, "%s.%d.self_attn.q_norm.weight", p, l);
       ADD(ROLE_KNORM, l, -1, 1, head ? hd : kvd, true, false, "%s.%d.self_attn.k_norm.weight", p, l);
     }
+  ffn:
     ADD(ROLE_FFN_NORM, l, -1, 1, H, true, false, "%s.%d.post_attention_layernorm.weight", p, l);
     if (c->is_moe[l]) {
       m->moe_index[l] = m->n_moe++;
       ADD(ROLE_ROUTER, l, -1, E, H, false, false, "%s.%d.%s.gate.weight", p, l, moe);
-      /* Not a Hugging Face tensor: our routing-skew bias, loaded when present. */
-      ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, true, "%s.%d.%s.gate.bias", p, l, moe);
+      /* DeepSeek-V3's ranking bias (a buffer: zeros when a checkpoint lacks
+       * it, as transformers initialises it); for the other families not a
+       * Hugging Face tensor: our routing-skew bias, loaded when present. */
+      if (c->arch == MOE_ARCH_DEEPSEEK_V3)
+        ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, true, "%s.%d.mlp.gate.e_score_correction_bias", p, l);
+      else
+        ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, true, "%s.%d.%s.gate.bias", p, l, moe);
       /* Pre-gate of a model fine-tuned for pre-gating: predicts the next
        * MoE block's experts from this block's MoE input.  Optional. */
       bool has_next = false;
@@ -289,11 +256,15 @@ static moe_status build_specs(moe_model *m, moe_error *err) {
       if (has_next)
         ADD(ROLE_PREGATE, l, -1, E, H, false, true, "%s.%d.%s.pregate.weight", p, l, moe);
       if (c->shared_ffn > 0) {
+        /* Qwen2-MoE: one gated shared_expert; DeepSeek: shared_experts,
+         * added without a gate */
         const size_t S = (size_t)c->shared_ffn;
-        ADD(ROLE_SH_GATE, l, -1, S, H, false, false, "%s.%d.mlp.shared_expert.gate_proj.weight", p, l);
-        ADD(ROLE_SH_UP, l, -1, S, H, false, false, "%s.%d.mlp.shared_expert.up_proj.weight", p, l);
-        ADD(ROLE_SH_DOWN, l, -1, H, S, false, false, "%s.%d.mlp.shared_expert.down_proj.weight", p, l);
-        ADD(ROLE_SH_EXPERT_GATE, l, -1, 1, H, false, false, "%s.%d.mlp.shared_expert_gate.weight", p, l);
+        const char *sh = deepseek ? "shared_experts" : "shared_expert";
+        ADD(ROLE_SH_GATE, l, -1, S, H, false, false, "%s.%d.mlp.%s.gate_proj.weight", p, l, sh);
+        ADD(ROLE_SH_UP, l, -1, S, H, false, false, "%s.%d.mlp.%s.up_proj.weight", p, l, sh);
+        ADD(ROLE_SH_DOWN, l, -1, H, S, false, false, "%s.%d.mlp.%s.down_proj.weight", p, l, sh);
+        if (!deepseek)
+          ADD(ROLE_SH_EXPERT_GATE, l, -1, 1, H, false, false, "%s.%d.mlp.shared_expert_gate.weight", p, l);
       }
       for (int e = 0; e < c->n_experts; e++) {
         if (mixtral) {

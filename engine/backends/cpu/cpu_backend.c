@@ -790,10 +790,13 @@ static moe_status cpu_mla_attention(moe_backend *be, float *out, const float *q,
   const size_t R = (size_t)s->kv_rank, P = (size_t)s->rope_dim, N = (size_t)s->nope_dim,
                V = (size_t)s->v_dim, H = (size_t)s->n_heads, S = (size_t)s->max_seq;
   const size_t W = H * (N + V) * R, nk_max = (size_t)s->pos0 + (size_t)s->n_new;
-  st = scratch_reserve(be, W + 2 * R + nk_max, err);
+  /* f32 weights are read in place; 16-bit ones converted once per call */
+  const bool convert = kv_b->dtype != MOE_F32;
+  st = scratch_reserve(be, (convert ? W : 0) + 2 * R + nk_max, err);
   if (st != MOE_OK) return st;
-  float *w = be->scratch, *qlat = w + W, *olat = qlat + R, *sc = olat + R;
-  moe_convert_to_f32(w, kv_b->data, kv_b->dtype, W);
+  float *qlat = be->scratch + (convert ? W : 0), *olat = qlat + R, *sc = olat + R;
+  const float *w = convert ? be->scratch : kv_b->data;
+  if (convert) moe_convert_to_f32(be->scratch, kv_b->data, kv_b->dtype, W);
   for (int b = 0; b < s->n_seq; b++)
     for (int t = 0; t < s->n_new; t++) {
       const size_t src = (size_t)b * (size_t)s->n_new + (size_t)t;

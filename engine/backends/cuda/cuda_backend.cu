@@ -174,6 +174,36 @@ struct attn_ex_args {
   int bucket_offset;
 };
 
+/* One tile of an online softmax, called by every thread of a
+ * kAttnThreads block with its key's score d (valid: the key exists):
+ * sc[thread] receives exp(d - the new running maximum) (0 when not
+ * valid), the running maximum and sum (the same in every thread) are
+ * updated, and the factor that rescales what was accumulated over the
+ * earlier tiles is returned (0 on the first tile). */
+__device__ float softmax_tile(float d, bool valid, float *sc, float *red, float &m_run,
+                              float &l_run) {
+  red[threadIdx.x] = d;
+  __syncthreads();
+  for (int w = kAttnThreads / 2; w > 0; w /= 2) {
+    if ((int)threadIdx.x < w) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + w]);
+    __syncthreads();
+  }
+  const float m_new = fmaxf(m_run, red[0]);
+  __syncthreads();
+  const float e = valid ? expf(d - m_new) : 0.0f;
+  sc[threadIdx.x] = e;
+  red[threadIdx.x] = e;
+  __syncthreads();
+  for (int w = kAttnThreads / 2; w > 0; w /= 2) {
+    if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+    __syncthreads();
+  }
+  const float corr = expf(m_run - m_new);
+  l_run = l_run * corr + red[0];
+  m_run = m_new;
+  return corr;
+}
+
 __global__ void k_attention_ex(float *out, const float *q, const float *kc, const float *vc,
                                attn_ex_args a) {
   extern __shared__ float sm[]; /* [kAttnThreads] scores, [kAttnThreads] reduction, [head_dim] acc */
@@ -199,26 +229,7 @@ __global__ void k_attention_ex(float *out, const float *q, const float *kc, cons
       if (a.rel)
         d += load_w(a.rel, a.rel_dt, (size_t)a.buckets[j - p + a.bucket_offset] * a.n_heads + h);
     }
-    sc[threadIdx.x] = d;
-    red[threadIdx.x] = d;
-    __syncthreads();
-    for (int w = kAttnThreads / 2; w > 0; w /= 2) {
-      if ((int)threadIdx.x < w) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + w]);
-      __syncthreads();
-    }
-    const float m_new = fmaxf(m_run, red[0]);
-    __syncthreads();
-    const float e = j < nk ? expf(d - m_new) : 0.0f;
-    sc[threadIdx.x] = e;
-    red[threadIdx.x] = e;
-    __syncthreads();
-    for (int w = kAttnThreads / 2; w > 0; w /= 2) {
-      if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
-      __syncthreads();
-    }
-    const float corr = expf(m_run - m_new); /* 0 on the first tile */
-    l_run = l_run * corr + red[0];
-    m_run = m_new;
+    const float corr = softmax_tile(d, j < nk, sc, red, m_run, l_run);
     const int n_tile = nk - j0 < kAttnThreads ? nk - j0 : kAttnThreads;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
       float o = acc[i] * corr;
@@ -312,25 +323,7 @@ __global__ void k_mla_attention(float *out, const float *q, const float *ckv_cac
       for (int i = 0; i < P; i++) d += qpe[i] * pb[(size_t)j * P + i];
       d *= s.scale;
     }
-    red[threadIdx.x] = d;
-    __syncthreads();
-    for (int k = kAttnThreads / 2; k > 0; k /= 2) {
-      if ((int)threadIdx.x < k) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + k]);
-      __syncthreads();
-    }
-    const float m_new = fmaxf(m_run, red[0]);
-    __syncthreads();
-    const float e = j < nk ? expf(d - m_new) : 0.0f;
-    sc[threadIdx.x] = e;
-    red[threadIdx.x] = e;
-    __syncthreads();
-    for (int k = kAttnThreads / 2; k > 0; k /= 2) {
-      if ((int)threadIdx.x < k) red[threadIdx.x] += red[threadIdx.x + k];
-      __syncthreads();
-    }
-    const float corr = expf(m_run - m_new);
-    l_run = l_run * corr + red[0];
-    m_run = m_new;
+    const float corr = softmax_tile(d, j < nk, sc, red, m_run, l_run);
     const int n_tile = nk - j0 < kAttnThreads ? nk - j0 : kAttnThreads;
     for (int r = threadIdx.x; r < R; r += blockDim.x) {
       float o = olat[r] * corr;
