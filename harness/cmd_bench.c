@@ -254,8 +254,8 @@ typedef struct model_times {
 
 static const int k_prefill[2] = {64, 256};
 
-/* Decode steps (median) and prefills of 64 and 256 tokens on a fresh
- * engine with `threads` math threads. */
+/* Decode steps (median) and prefills of 64 and 256 tokens (reps of each;
+ * none when reps is 0) on a fresh engine with `threads` math threads. */
 static moe_status time_model(moe_model *m, int threads, int steps, int reps, model_times *out,
                              moe_error *err) {
   moe_status st = MOE_OK;
@@ -273,14 +273,15 @@ static moe_status time_model(moe_model *m, int threads, int steps, int reps, mod
   ids = malloc((size_t)max_pre * sizeof *ids);
   toks = malloc((size_t)(steps + 1) * sizeof *toks);
   step_s = calloc((size_t)steps, sizeof *step_s);
-  t = calloc((size_t)reps, sizeof *t);
+  t = calloc((size_t)reps + 1, sizeof *t);
   logits = malloc((size_t)c->vocab * sizeof *logits);
   MOE_CHECK(ids && toks && step_s && t && logits, err, MOE_ERR_OOM, "out of host memory");
   for (int i = 0; i < max_pre; i++) ids[i] = (int32_t)((i * 7919) % c->vocab);
   moe_gen_stats gs = {.step_s = step_s};
   MOE_TRY(moe_engine_generate(e, ids, 1, prompt, steps + 1, toks, NULL, &gs, err));
   out->step_s = median(step_s, steps);
-  for (int p = 0; p < 2; p++) {
+  out->prefill_s[0] = out->prefill_s[1] = 0;
+  for (int p = 0; p < 2 && reps > 0; p++) {
     for (int r = 0; r < reps; r++) {
       double t0 = moe_clock_s();
       /* an encoder-decoder model's prefill of k tokens is its encoder pass */
@@ -405,16 +406,75 @@ static int bench_models(const char *preset, int max_threads, int steps, int reps
   return 0;
 }
 
+/* The cpu backend's product paths side by side: batch-1 decode of the
+ * preset in each dtype on the portable path (OpenBLAS on f32 weights and
+ * on converted 16-bit ones) and on the fused one, runs interleaved
+ * (portable, fused, portable, ...), fresh engine each, at 1 and N
+ * threads; medians of each path's runs and of the paired ratios. */
+static int bench_paths(const char *preset, int max_threads, int steps, int reps) {
+  cli_preset p;
+  moe_error err = {0};
+  if (cli_preset_load(&p, preset, &err) != MOE_OK) return cli_fail(&err);
+  const char *old = getenv("MOE_CPU_HALF");
+  char *saved = old ? strdup(old) : NULL;
+  const moe_dtype dts[] = {MOE_F32, MOE_F16, MOE_BF16};
+  const int nt = max_threads >= 2 ? 2 : 1, thr[2] = {1, max_threads};
+  double *t[2] = {calloc((size_t)reps, sizeof(double)), calloc((size_t)reps, sizeof(double))};
+  double *ratio = calloc((size_t)reps, sizeof(double));
+  int rc = 0;
+  if (!t[0] || !t[1] || !ratio) {
+    cli_error("bench-ops: out of memory");
+    rc = 1;
+  }
+  printf("\n## product paths: preset %s, batch-1 decode, portable vs fused (measured, %d "
+         "interleaved runs each, medians)\n\n", preset, reps);
+  printf("| dtype | threads | portable ms/token | fused ms/token | fused speed-up (median of paired "
+         "ratios) |\n|---|---|---|---|---|\n");
+  for (int d = 0; d < 3 && rc == 0; d++) {
+    moe_synth_options so = cli_preset_synth(&p);
+    so.dtype = dts[d];
+    moe_model *m = NULL;
+    if (moe_model_synthetic(&m, &p.cfg, &so, &err) != MOE_OK) {
+      rc = cli_fail(&err);
+      break;
+    }
+    for (int ti = 0; ti < nt && rc == 0; ti++) {
+      for (int r = 0; r < reps && rc == 0; r++)
+        for (int path = 0; path < 2 && rc == 0; path++) {
+          setenv("MOE_CPU_HALF", path == 0 ? "portable" : "avx2", 1);
+          model_times x;
+          if (time_model(m, thr[ti], steps, 0, &x, &err) != MOE_OK) rc = cli_fail(&err);
+          t[path][r] = x.step_s;
+        }
+      if (rc) break;
+      for (int r = 0; r < reps; r++) ratio[r] = t[0][r] / t[1][r];
+      printf("| %s | %d | %.2f | %.2f | %.2fx |\n", moe_dtype_name(dts[d]), thr[ti],
+             median(t[0], reps) * 1e3, median(t[1], reps) * 1e3, median(ratio, reps));
+      fflush(stdout);
+    }
+    moe_model_free(m);
+  }
+  if (saved) setenv("MOE_CPU_HALF", saved, 1);
+  else unsetenv("MOE_CPU_HALF");
+  free(saved);
+  free(t[0]);
+  free(t[1]);
+  free(ratio);
+  return rc;
+}
+
 int cmd_bench_ops(int argc, char **argv) {
   static const struct option opts[] = {{"preset", required_argument, 0, 'p'},
                                        {"reps", required_argument, 0, 'r'},
                                        {"gen-len", required_argument, 0, 's'},
                                        {"threads", required_argument, 0, 't'},
                                        {"skip-decode", no_argument, 0, 'D'},
+                                       {"paths", required_argument, 0, 'P'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   const char *preset = "bench-decode";
   long reps = 9, steps = 16, threads = 2;
+  long path_reps = 0;
   bool skip_decode = false;
   optind = 1;
   opterr = 0;
@@ -431,6 +491,7 @@ int cmd_bench_ops(int argc, char **argv) {
         break;
       case 't': ok = cli_parse_int(optarg, 1, 1024, &threads); break;
       case 'D': skip_decode = true; break;
+      case 'P': ok = cli_parse_int(optarg, 1, 1000, &path_reps); break;
       case 'h':
         printf("usage: moebench bench-ops [options]\n\n"
                "Benchmarks of the cpu backend, measured side by side in one run:\n"
@@ -443,6 +504,10 @@ int cmd_bench_ops(int argc, char **argv) {
                "  --gen-len N     generated tokens, N - 1 of them timed decode steps (default 17)\n"
                "  --threads N     the second thread count of the table (default 2)\n"
                "  --skip-decode   only the gemm and memory parts\n"
+               "  --paths N       only the product paths' A/B: decode of the preset in each\n"
+               "                  dtype on the portable and the fused path, N interleaved\n"
+               "                  runs each, at 1 and N threads (needs a CPU with the fused\n"
+               "                  path)\n"
                "  -h, --help      this text\n");
         return 0;
       default:
@@ -454,6 +519,7 @@ int cmd_bench_ops(int argc, char **argv) {
       return 2;
     }
   }
+  if (path_reps > 0) return bench_paths(preset, (int)threads, (int)steps, (int)path_reps);
   moe_error err = {0};
   moe_device dev;
   moe_backend_options bo = {.threads = 1};

@@ -284,50 +284,74 @@ START_TEST(matmul_all_dtypes_and_shapes) {
 }
 END_TEST
 
-/* Weights with subnormals, the largest finite value, infinities and NaN:
- * a NaN weight makes its row NaN, an infinity makes it infinite (x > 0
- * everywhere, one infinity per row), subnormals count at their value. */
+/* Weights with subnormals, a large finite value, infinities and NaN: a
+ * NaN weight makes its row NaN, an infinity makes it infinite (x > 0
+ * everywhere, one infinity per row), subnormals count at their value.
+ * One input row and three (the fused paths' two kernels), columns in the
+ * vector loop, the eight-wide remainder and the scalar tail. */
 START_TEST(matmul_special_weight_values) {
-  const size_t n = 9, k = 40, m = 3;
-  const moe_dtype dts[] = {MOE_F16, MOE_BF16};
-  for (int d = 0; d < 2; d++) {
-    const bool f16 = dts[d] == MOE_F16;
-    uint16_t *h = calloc(n * k, sizeof *h);
-    const uint16_t one = f16 ? 0x3c00 : 0x3f80, sub = 0x0001, big = f16 ? 0x7bff : 0x7e80, /* f16 max; a large bf16 whose products fit f32 */
-                   inf = f16 ? 0x7c00 : 0x7f80, ninf = f16 ? 0xfc00 : 0xff80,
-                   nan = f16 ? 0x7e00 : 0x7fc0;
-    for (size_t r = 0; r < n; r++)
-      for (size_t j = 0; j < k; j++) h[r * k + j] = one;
-    const size_t col = 37; /* in the scalar tail of a 16-wide loop */
-    h[0 * k + 3] = nan;
-    h[1 * k + col] = nan;
-    h[2 * k + 5] = inf;
-    h[3 * k + col] = ninf;
-    for (size_t j = 0; j < k; j++) h[4 * k + j] = sub;
-    h[5 * k + 8] = big;
-    float x[3 * 40];
-    for (size_t i = 0; i < m * k; i++) x[i] = 0.5f + (float)(i % 7) * 0.25f;
-    moe_weight w = {dev_bytes(h, n * k * 2), dts[d], n, k};
-    float *dx = dev_f(x, m * k), *dy = dev_f(NULL, m * n), y[3 * 9];
-    moe_error err = {0};
-    ck_assert(OPS->matmul(BE, dy, dx, m, &w, NULL, &err) == MOE_OK);
-    down(y, dy, sizeof y);
-    float wf[9 * 40];
-    moe_convert_to_f32(wf, h, dts[d], n * k);
-    for (size_t i = 0; i < m; i++)
-      for (size_t r = 0; r < n; r++) {
-        double ref = 0;
-        for (size_t j = 0; j < k; j++) ref += (double)x[i * k + j] * wf[r * k + j];
-        const float got = y[i * n + r];
-        if (isnan(ref)) ck_assert_msg(isnan(got), "%s row %zu: %g, want NaN", moe_dtype_name(dts[d]), r, got);
-        else if (isinf(ref)) ck_assert_msg(got == (float)ref, "%s row %zu: %g, want %g", moe_dtype_name(dts[d]), r, got, ref);
-        else ck_assert_msg(fabs(got - ref) <= 1e-5 * fabs(ref) + 1e-30, "%s row %zu: %g vs %g",
-                           moe_dtype_name(dts[d]), r, got, ref);
+  const size_t n = 9, k = 45, col = 43; /* col: in the scalar tail of every kernel */
+  const moe_dtype dts[] = {MOE_F16, MOE_BF16, MOE_F32};
+  for (int d = 0; d < 3; d++) {
+    const moe_dtype dt = dts[d];
+    const size_t es = moe_dtype_size(dt);
+    /* the special values in each dtype's bits */
+    uint32_t one, sub = 1, big, inf, ninf, nan;
+    if (dt == MOE_F16) one = 0x3c00, big = 0x7bff, inf = 0x7c00, ninf = 0xfc00, nan = 0x7e00;
+    else if (dt == MOE_BF16) one = 0x3f80, big = 0x7e80, inf = 0x7f80, ninf = 0xff80, nan = 0x7fc0;
+    else one = 0x3f800000, big = 0x7e800000, inf = 0x7f800000, ninf = 0xff800000, nan = 0x7fc00000;
+    uint32_t *bits = malloc(n * k * sizeof *bits);
+    for (size_t i = 0; i < n * k; i++) bits[i] = one;
+    bits[0 * k + 3] = nan;
+    bits[1 * k + col] = nan;
+    bits[2 * k + 5] = inf;
+    bits[3 * k + col] = ninf;
+    for (size_t j = 0; j < k; j++) bits[4 * k + j] = sub;
+    bits[5 * k + 8] = big; /* a large value whose products fit f32 */
+    bits[6 * k + 36] = ninf; /* in the eight-wide remainder of the f32 kernel */
+    bits[7 * k + 20] = nan;
+    unsigned char *h = malloc(n * k * es);
+    for (size_t i = 0; i < n * k; i++) {
+      if (es == 2) {
+        const uint16_t v = (uint16_t)bits[i];
+        memcpy(h + i * 2, &v, 2);
+      } else {
+        memcpy(h + i * 4, &bits[i], 4);
       }
+    }
+    float *wf = malloc(n * k * sizeof *wf);
+    moe_convert_to_f32(wf, h, dt, n * k);
+    moe_weight w = {dev_bytes(h, n * k * es), dt, n, k};
+    const size_t ms[] = {1, 3};
+    for (size_t mi = 0; mi < 2; mi++) {
+      const size_t m = ms[mi];
+      float x[3 * 45], y[3 * 9];
+      for (size_t i = 0; i < m * k; i++) x[i] = 0.5f + (float)(i % 7) * 0.25f;
+      float *dx = dev_f(x, m * k), *dy = dev_f(NULL, m * n);
+      moe_error err = {0};
+      ck_assert(OPS->matmul(BE, dy, dx, m, &w, NULL, &err) == MOE_OK);
+      down(y, dy, m * n * sizeof(float));
+      for (size_t i = 0; i < m; i++)
+        for (size_t r = 0; r < n; r++) {
+          double ref = 0;
+          for (size_t j = 0; j < k; j++) ref += (double)x[i * k + j] * wf[r * k + j];
+          const float got = y[i * n + r];
+          if (isnan(ref))
+            ck_assert_msg(isnan(got), "%s m=%zu row %zu: %g, want NaN", moe_dtype_name(dt), m, r, got);
+          else if (isinf(ref))
+            ck_assert_msg(got == (float)ref, "%s m=%zu row %zu: %g, want %g", moe_dtype_name(dt), m, r,
+                          got, ref);
+          else
+            ck_assert_msg(fabs(got - ref) <= 1e-5 * fabs(ref) + 1e-30, "%s m=%zu row %zu: %g vs %g",
+                          moe_dtype_name(dt), m, r, got, ref);
+        }
+      OPS->device_free(BE, dx);
+      OPS->device_free(BE, dy);
+    }
     OPS->device_free(BE, (void *)w.data);
-    OPS->device_free(BE, dx);
-    OPS->device_free(BE, dy);
     free(h);
+    free(bits);
+    free(wf);
   }
 }
 END_TEST

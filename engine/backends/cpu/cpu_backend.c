@@ -658,9 +658,13 @@ static moe_status gemm_split(moe_backend *be, float *y, size_t ldy, const float 
   return MOE_OK;
 }
 
-/* ---- 16-bit weights: jobs for the pool */
+/* ---- fused products (16-bit weights, thin f32 inputs): jobs for the pool */
 
-#define CPU_FUSED_M 8 /* up to this many input rows, the fused product */
+/* Up to this many input rows, the fused product: 16-bit weights up to 8
+ * (two weight passes beat converting), f32 up to 4 (one weight pass;
+ * wider inputs go to OpenBLAS, which reads the weights once at any width) */
+#define CPU_FUSED_M 8
+#define CPU_FUSED_M_F32 4
 
 typedef struct half_job {
   moe_backend *be;
@@ -681,15 +685,16 @@ static void half_rows_task(void *ctx, int t) {
   const half_job *j = ctx;
   const size_t T = (size_t)row_tasks(j->be, j->n, j->k);
   const size_t r0 = j->n * (size_t)t / T, r1 = j->n * ((size_t)t + 1) / T;
-  moe_cpu_half_rows(j->be->half, j->y, j->n, j->x, j->m, j->w->data, j->w->dtype, r0, r1, j->k);
+  moe_cpu_fused_rows(j->be->half, j->y, j->n, j->x, j->m, j->w->data, j->w->dtype, r0, r1, j->k);
 }
 
 static moe_status cpu_matmul(moe_backend *be, float *y, const float *x, size_t m,
                              const moe_weight *w, const moe_weight *bias, moe_error *err) {
   const int n = (int)w->rows, k = (int)w->cols;
   moe_status st = MOE_OK;
-  if (w->dtype != MOE_F32 && m <= CPU_FUSED_M && be->half != MOE_CPU_HALF_PORTABLE) {
-    /* thin input (decode): products straight from the 16-bit weights,
+  if (m <= (w->dtype == MOE_F32 ? CPU_FUSED_M_F32 : CPU_FUSED_M) &&
+      be->half != MOE_CPU_HALF_PORTABLE) {
+    /* thin input (decode): products straight from the weights as stored,
      * rows split across the math threads */
     half_job j = {be, y, x, m, w, (size_t)n, (size_t)k};
     pool_run(&be->pool, half_rows_task, &j, row_tasks(be, (size_t)n, (size_t)k));
