@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 #if defined(__SSE2__)
@@ -143,6 +144,14 @@ static void event_unref(moe_event *ev) {
 }
 
 #define CPU_ALIGN 64
+/* Allocations of at least this many bytes are aligned to it, rounded up to
+ * a multiple of it, and offered to the kernel's transparent huge pages
+ * (madvise; nothing changes where THP is off): a decode reads each weight
+ * row as its own stream, a 4 KiB page per f32 row of 1024, and with 4 KiB
+ * pages every row costs a TLB miss.  Measured here (512 MiB of f32
+ * weights, the fused kernel, paired runs): 14.0 -> 15.2 GB/s at one
+ * thread, 17.7 -> 19.1 at two. */
+#define CPU_HUGE ((size_t)2 << 20)
 #define CPU_SMALL_M 64      /* up to this many rows of x, use the W . x^T form */
 
 static moe_status scratch_reserve(moe_backend *be, size_t n, moe_error *err) {
@@ -436,10 +445,15 @@ static moe_status cpu_device_alloc(moe_backend *be, size_t bytes, void **ptr, mo
 }
 
 static moe_status cpu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err) {
-  size_t rounded = (bytes + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN;
+  const size_t align = bytes >= CPU_HUGE ? CPU_HUGE : CPU_ALIGN;
+  size_t rounded = (bytes + align - 1) / align * align;
   if (rounded < bytes) return MOE_FAIL(err, MOE_ERR_OOM, "allocation of %zu bytes overflows", bytes);
-  *ptr = aligned_alloc(CPU_ALIGN, rounded ? rounded : CPU_ALIGN);
+  *ptr = aligned_alloc(align, rounded ? rounded : align);
   if (*ptr == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: allocation of %zu bytes failed", bytes);
+#ifdef MADV_HUGEPAGE
+  /* advice only: a kernel without THP refuses it, and nothing changes */
+  if (align == CPU_HUGE) (void)madvise(*ptr, rounded, MADV_HUGEPAGE);
+#endif
   return MOE_OK;
 }
 
