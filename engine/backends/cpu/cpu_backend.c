@@ -680,14 +680,14 @@ static moe_status gemm_split(moe_backend *be, float *y, size_t ldy, const float 
 #define CPU_FUSED_M 8
 #define CPU_FUSED_M_F32 4
 
-typedef struct half_job {
+typedef struct fused_job {
   moe_backend *be;
   float *y;
   const float *x;
   size_t m;
   const moe_weight *w;
   size_t n, k;
-} half_job;
+} fused_job;
 
 /* Tasks for n rows of k: one per thread when the product is big enough to
  * pay for the hand-off, else one. */
@@ -695,8 +695,8 @@ static int row_tasks(const moe_backend *be, size_t n, size_t k) {
   return n * k >= ((size_t)1 << 16) && n >= (size_t)be->threads ? be->threads : 1;
 }
 
-static void half_rows_task(void *ctx, int t) {
-  const half_job *j = ctx;
+static void fused_rows_task(void *ctx, int t) {
+  const fused_job *j = ctx;
   const size_t T = (size_t)row_tasks(j->be, j->n, j->k);
   const size_t r0 = j->n * (size_t)t / T, r1 = j->n * ((size_t)t + 1) / T;
   moe_cpu_fused_rows(j->be->half, j->y, j->n, j->x, j->m, j->w->data, j->w->dtype, r0, r1, j->k);
@@ -710,8 +710,8 @@ static moe_status cpu_matmul(moe_backend *be, float *y, const float *x, size_t m
       be->half != MOE_CPU_HALF_PORTABLE) {
     /* thin input (decode): products straight from the weights as stored,
      * rows split across the math threads */
-    half_job j = {be, y, x, m, w, (size_t)n, (size_t)k};
-    pool_run(&be->pool, half_rows_task, &j, row_tasks(be, (size_t)n, (size_t)k));
+    fused_job j = {be, y, x, m, w, (size_t)n, (size_t)k};
+    pool_run(&be->pool, fused_rows_task, &j, row_tasks(be, (size_t)n, (size_t)k));
   } else {
     st = gemm_split(be, y, (size_t)n, x, m, w->data, w->dtype, (size_t)n, (size_t)k, err);
     if (st != MOE_OK) return st;

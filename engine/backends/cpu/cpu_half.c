@@ -71,16 +71,15 @@ TGT static inline float hsum(__m256 v) {
  * lines ahead (measured against 16 in a micro-benchmark, 512 MiB of
  * weights in huge pages, paired runs: f32 1.07-1.10x at one thread,
  * 0.99-1.04x at two; f16 1.03-1.04x and 1.02-1.04x). */
-#define HALF_PREFETCH 512
+#define FUSED_PREFETCH 512
 
 /* One input row.  Four weight rows a quarter of the range apart are read
  * side by side, each front to back with a software prefetch ahead: four
  * sequential streams far apart, which this machine's memory serves
  * fastest (measured in a micro-benchmark on 512 MiB of f16 weights: about
  * 14 GB/s at one thread, against 10 for one row at a time and 7 for four
- * adjacent rows; on f32 weights 10.5-12.6 GB/s against 9.6-11.1 for
- * OpenBLAS sgemv on the same rows, paired runs, 1.03-1.15x at one thread
- * and at two).  A step reads one 64-byte line of each row (32 16-bit
+ * adjacent rows; on f32 weights 1.13-1.23x OpenBLAS sgemv on the same
+ * rows at one thread, 1.03-1.11x at two, medians of paired runs).  A step reads one 64-byte line of each row (32 16-bit
  * weights or 16 f32 ones, L of them) with one prefetch.  Every row is
  * summed the same way (two accumulators taking alternate groups of eight,
  * then the remainder, then the scalar tail) whichever rows it is read
@@ -88,7 +87,7 @@ TGT static inline float hsum(__m256 v) {
  * threads. */
 #define ROW_STEP(LOAD, L, wr, a0, a1, j, x0, x1, x2, x3)                                      \
   do {                                                                                        \
-    _mm_prefetch((const char *)((wr) + (j)) + HALF_PREFETCH, _MM_HINT_T0);                    \
+    _mm_prefetch((const char *)((wr) + (j)) + FUSED_PREFETCH, _MM_HINT_T0);                    \
     a0 = _mm256_fmadd_ps(LOAD((wr) + (j)), x0, a0);                                           \
     a1 = _mm256_fmadd_ps(LOAD((wr) + (j) + 8), x1, a1);                                       \
     if (L == 32) {                                                                            \
@@ -153,7 +152,7 @@ TGT static inline float hsum(__m256 v) {
       __m256 a0[G], a1[G];                                                                    \
       for (int i = 0; i < G; i++) a0[i] = a1[i] = _mm256_setzero_ps();                        \
       for (size_t j = 0; j < k16; j += 16) {                                                  \
-        _mm_prefetch((const char *)(wr + j) + HALF_PREFETCH, _MM_HINT_T0);                    \
+        _mm_prefetch((const char *)(wr + j) + FUSED_PREFETCH, _MM_HINT_T0);                    \
         const __m256 w0 = LOAD(wr + j), w1 = LOAD(wr + j + 8);                                \
         for (int i = 0; i < G; i++) {                                                         \
           a0[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (size_t)i * k + j), a0[i]);          \
