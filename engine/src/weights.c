@@ -696,6 +696,24 @@ cleanup:
   return st;
 }
 
+/* The fields every decoder-only family's config.json shares, in one
+ * order (head_dim only where the family's config means the attention
+ * head's size: DeepSeek's does not). */
+static void put_decoder_common(json_t *o, const moe_config *c, const char *type, bool head_dim) {
+  json_object_set_new(o, "model_type", json_string(type));
+  json_object_set_new(o, "hidden_size", json_integer(c->hidden));
+  json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layers));
+  json_object_set_new(o, "num_attention_heads", json_integer(c->n_heads));
+  json_object_set_new(o, "num_key_value_heads", json_integer(c->n_kv_heads));
+  if (head_dim) json_object_set_new(o, "head_dim", json_integer(c->head_dim));
+  json_object_set_new(o, "vocab_size", json_integer(c->vocab));
+  json_object_set_new(o, "max_position_embeddings", json_integer(c->max_pos));
+  json_object_set_new(o, "num_experts_per_tok", json_integer(c->top_k));
+  json_object_set_new(o, "rms_norm_eps", json_real(c->rms_eps));
+  json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
+  json_object_set_new(o, "hidden_act", json_string("silu"));
+}
+
 moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err) {
   moe_status st = MOE_OK;
   json_t *o = json_object();
@@ -733,17 +751,7 @@ moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err
     const bool v3 = c->arch == MOE_ARCH_DEEPSEEK_V3;
     int first_dense = 0;
     while (first_dense < c->n_layers && !c->is_moe[first_dense]) first_dense++;
-    json_object_set_new(o, "model_type", json_string(v3 ? "deepseek_v3" : "deepseek_v2"));
-    json_object_set_new(o, "hidden_size", json_integer(c->hidden));
-    json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layers));
-    json_object_set_new(o, "num_attention_heads", json_integer(c->n_heads));
-    json_object_set_new(o, "num_key_value_heads", json_integer(c->n_heads));
-    json_object_set_new(o, "vocab_size", json_integer(c->vocab));
-    json_object_set_new(o, "max_position_embeddings", json_integer(c->max_pos));
-    json_object_set_new(o, "num_experts_per_tok", json_integer(c->top_k));
-    json_object_set_new(o, "rms_norm_eps", json_real(c->rms_eps));
-    json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
-    json_object_set_new(o, "hidden_act", json_string("silu"));
+    put_decoder_common(o, c, v3 ? "deepseek_v3" : "deepseek_v2", false);
     json_object_set_new(o, "attention_bias", json_boolean(c->o_bias));
     json_object_set_new(o, "n_routed_experts", json_integer(c->n_experts));
     json_object_set_new(o, "n_shared_experts",
@@ -773,18 +781,7 @@ moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err
                      : c->arch == MOE_ARCH_QWEN3_MOE ? "qwen3_moe"
                      : c->arch == MOE_ARCH_OLMOE     ? "olmoe"
                                                      : "qwen2_moe";
-  json_object_set_new(o, "model_type", json_string(type));
-  json_object_set_new(o, "hidden_size", json_integer(c->hidden));
-  json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layers));
-  json_object_set_new(o, "num_attention_heads", json_integer(c->n_heads));
-  json_object_set_new(o, "num_key_value_heads", json_integer(c->n_kv_heads));
-  json_object_set_new(o, "head_dim", json_integer(c->head_dim));
-  json_object_set_new(o, "vocab_size", json_integer(c->vocab));
-  json_object_set_new(o, "max_position_embeddings", json_integer(c->max_pos));
-  json_object_set_new(o, "num_experts_per_tok", json_integer(c->top_k));
-  json_object_set_new(o, "rms_norm_eps", json_real(c->rms_eps));
-  json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
-  json_object_set_new(o, "hidden_act", json_string("silu"));
+  put_decoder_common(o, c, type, true);
   if (c->arch == MOE_ARCH_QWEN3_MOE || c->arch == MOE_ARCH_OLMOE)
     json_object_set_new(o, "attention_bias", json_boolean(c->qkv_bias));
   if (mix) {
