@@ -329,6 +329,40 @@ START_TEST(compare_verdicts) {
 END_TEST
 
 /* The CI gate fails closed: garbage in NEW is an error (2), never a pass. */
+/* A base file with one row whose max_logit_diff is VALUE. */
+static void logit_diff_file(const char *name, const char *value) {
+  res_table t;
+  res_table_init(&t);
+  res_row *r = res_table_add(&t);
+  ck_assert_ptr_nonnull(r);
+  const char *kv[][2] = {{"model", "m"},         {"model_seed", "1"},    {"dtype", "f32"},
+                         {"workload", "w"},      {"policy", "pregated"}, {"routing", "pregated"},
+                         {"backend", "cpu"},     {"device", "cpu: test"}, {"threads", "1"},
+                         {"link_gbps", "0"},     {"batch", "1"},         {"prompt_len", "4"},
+                         {"gen_len", "4"},       {"requests", "1"},      {"repetitions", "3"},
+                         {"status", "ok"},       {"max_logit_diff", value}};
+  for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) res_set(r, kv[i][0], kv[i][1]);
+  moe_error err = {0};
+  ck_assert(res_write_csv(tmp_path(name), &t, &err) == MOE_OK);
+  res_table_free(&t);
+}
+
+/* A computed float (max_logit_diff) moved in its sixth digit by another
+ * CPU's summation order is not a regression (it was: exact match held it);
+ * a real change is, and an explicit tolerance still rules. */
+START_TEST(compare_float_sums_tolerate_summation_order) {
+  logit_diff_file("ld-base.csv", "0.263246");
+  logit_diff_file("ld-cpu.csv", "0.263247");
+  logit_diff_file("ld-worse.csv", "0.2634");
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("ld-base.csv"), tmp_path("ld-cpu.csv"),
+                        "--deterministic-only", NULL), 0);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("ld-base.csv"), tmp_path("ld-worse.csv"),
+                        "--deterministic-only", NULL), 1);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("ld-base.csv"), tmp_path("ld-cpu.csv"),
+                        "--tolerance", "max_logit_diff=0", NULL), 1);
+}
+END_TEST
+
 START_TEST(compare_fails_closed) {
   results_file("base.csv", RES_SCHEMA_VERSION, "1000", "10", true, "ok");
   const char *bad_values[] = {"nan", "-5", "12abc", "inf", "1e999", " "};
@@ -1334,6 +1368,7 @@ int main(void) {
   tcase_add_test(tc, suite_errors_name_file_and_field);
   tcase_add_test(tc, csv_and_json_round_trip);
   tcase_add_test(tc, compare_verdicts);
+  tcase_add_test(tc, compare_float_sums_tolerate_summation_order);
   tcase_add_test(tc, compare_fails_closed);
   tcase_add_test(tc, report_plots_never_run_a_shell);
   tcase_add_test(tc, injected_faults_end_as_error_rows);
