@@ -30,6 +30,9 @@ options:
   --build-dir DIR   build directory (default: build)
   --cuda MODE       MOE_WITH_CUDA for the build: AUTO (default), ON or OFF
   --jobs N          parallel build jobs (default: number of cores)
+  --werror          treat compiler warnings as errors (MOE_WERROR=ON; CI and
+                    developers use it; off by default so that a newer
+                    compiler's new warning cannot stop a user's build)
   --report-only     main job: rebuild the page from the last run's CSV
                     (results/runs/headline.csv) without running the suite
   -h, --help        this text
@@ -46,6 +49,7 @@ cmd=main
 report_only=0
 build_dir=build
 cuda=AUTO
+werror=OFF
 jobs="$(nproc 2>/dev/null || echo 2)"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -55,6 +59,7 @@ while [ $# -gt 0 ]; do
     --cuda) cuda="${2:?--cuda needs AUTO, ON or OFF}"; shift ;;
     --jobs) jobs="${2:?--jobs needs a value}"; shift ;;
     --report-only) report_only=1 ;;
+    --werror) werror=ON ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -93,7 +98,7 @@ build() {
   mkdir -p "$build_dir"
   local log="$build_dir/build.log" t0
   t0=$(date +%s)
-  if ! { cmake -S . -B "$build_dir" -DMOE_WITH_CUDA="$cuda" && cmake --build "$build_dir" -j "$jobs"; } >"$log" 2>&1; then
+  if ! { cmake -S . -B "$build_dir" -DMOE_WITH_CUDA="$cuda" -DMOE_WERROR="$werror" && cmake --build "$build_dir" -j "$jobs"; } >"$log" 2>&1; then
     tail -40 "$log" >&2
     echo "run_all.sh: the build failed (full log: $log)" >&2
     exit 1

@@ -451,9 +451,9 @@ static int bench_paths(const char *preset, int max_threads, int steps, int reps)
       for (int r = 0; r < reps && rc == 0; r++)
         for (int path = 0; path < 2 && rc == 0; path++) {
           setenv("MOE_CPU_HALF", path == 0 ? "portable" : "avx2", 1);
-          model_times x;
+          model_times x = {0};
           if (time_model(m, thr[ti], steps, 0, &x, &err) != MOE_OK) rc = cli_fail(&err);
-          t[path][r] = x.step_s;
+          else t[path][r] = x.step_s; /* x is not set after a failure */
         }
       if (rc) break;
       for (int r = 0; r < reps; r++) ratio[r] = t[0][r] / t[1][r];

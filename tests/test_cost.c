@@ -246,7 +246,7 @@ static void routing_stats(const char *routing, double *same, double *top_share, 
   moe_device dev;
   open_sim(&dev, routing);
   const int n = 16, k = 2, rows = 8, steps = 200;
-  int32_t idx[8 * 2], prev[8 * 2];
+  int32_t idx[8 * 2], prev[8 * 2] = {0};
   float w[8 * 2];
   int count[16] = {0}, repeats = 0;
   *bad = 0;
@@ -258,7 +258,7 @@ static void routing_stats(const char *routing, double *same, double *top_share, 
       if (idx[r * k] < 0 || idx[r * k] >= n || idx[r * k + 1] < 0 || idx[r * k + 1] >= n ||
           idx[r * k] == idx[r * k + 1] || fabsf(w[r * k] + w[r * k + 1] - 1.0f) > 1e-6f)
         (*bad)++;
-      count[idx[r * k]]++;
+      if (idx[r * k] >= 0 && idx[r * k] < n) count[idx[r * k]]++;
       if (s > 0 && idx[r * k] == prev[r * k]) repeats++;
     }
     memcpy(prev, idx, sizeof idx);
