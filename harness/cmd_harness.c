@@ -62,6 +62,8 @@ typedef struct row_config {
   double link_ratio;            /* > 0: link_gbps was derived from this ratio (the key holds
                                    the ratio, link_gbps_derived the cap) */
   const char *routing_log;      /* run: --record-routing (the last repetition's) */
+  double model_pin_s;           /* > 0: the sweep pinned the model, in this many seconds
+                                   (the rows' own registrations then only share it) */
 } row_config;
 
 static const char *status_word(moe_status st) {
@@ -136,6 +138,11 @@ static void row_figures(res_row *row, const run_result *r, double *tps, double *
   res_setf(row, "cache_slots", "%d", r->stats.cache_slots);
   if (r->stats.gets)
     res_setf(row, "expert_hit_rate", "%.6f", (double)r->stats.reused / (double)r->stats.gets);
+  if (r->stats.pinned >= 0) res_setf(row, "pinned", "%d", r->stats.pinned);
+  if (r->has_counts) {
+    res_setf(row, "calls_per_step", "%.6g", r->counts.calls_per_step);
+    res_setf(row, "host_syncs_per_step", "%.6g", r->counts.syncs_per_step);
+  }
 }
 
 /* Runs warm-up and measured repetitions of one configuration and fills a
@@ -186,6 +193,8 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
     res_set(row, "error", r.error);
   } else {
     row_figures(row, &r, tps, ttft, e2e, stall, p50, p90, p99, n);
+    if (r.stats.pinned >= 0)
+      res_setf(row, "pin_s", "%.6g", rc->model_pin_s > 0 ? rc->model_pin_s : r.stats.pin_s);
     if (r.has_eval) {
       const double ce = r.eval.nll / (double)r.eval.tokens;
       const double acc = (double)r.eval.correct / (double)r.eval.tokens;
@@ -377,6 +386,7 @@ typedef struct sweep_ctx {
   moe_policy_library libs[SUITE_MAX];      /* plugins among them, open for the sweep */
   moe_device holder;     /* keeps the current model pinned across rows */
   bool holder_open, pinned;
+  double pin_s;          /* how long pinning the current model took */
   int shard_k, shard_n;  /* --shard K/N (1-based); 0/0: every row */
   const int32_t *eval;   /* the current workload's quality windows (NULL: none) */
   int eval_n, eval_len;
@@ -489,7 +499,9 @@ static void sweep_pin(sweep_ctx *x, moe_model *m) {
     if (moe_device_open(&x->holder, x->backend, &bo, &err) != MOE_OK) return;
     x->holder_open = true;
   }
+  const double t0 = moe_clock_s();
   x->pinned = moe_model_pin(m, &x->holder, &err) == MOE_OK;
+  x->pin_s = moe_clock_s() - t0;
   if (!x->pinned) fprintf(stderr, "moebench: note: %s; rows pin the model themselves\n", err.msg);
 }
 
@@ -528,7 +540,8 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
                          x->eval,       x->eval_n,         x->eval_len, s->lookahead,
                          x->label[order[k]], x->cache[order[k]],
                          s->hardware[0] ? s->hardware : NULL,
-                         s->sim_routing[0] ? s->sim_routing : NULL, s->link_ratio, NULL};
+                         s->sim_routing[0] ? s->sim_routing : NULL, s->link_ratio, NULL,
+                         x->pinned ? x->pin_s : 0.0};
       char what[512];
       char budget[32] = "capacity";
       if (s->budgets[bu]) snprintf(budget, sizeof budget, "%zuB", s->budgets[bu]);
@@ -1164,7 +1177,7 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
   wl.batches[0] = batch;
   row_config rc = {p.name, p.seed,  m,       p.dtype, &wl,    batch, pol,    routing, backend,
                    device, devmem,  link,    threads, reps,   warmup, NULL,  0, trace_path, NULL, 0, 0,
-                   lookahead, label, cache, hardware, sim_routing, 0, routing_log};
+                   lookahead, label, cache, hardware, sim_routing, 0, routing_log, 0.0};
   res_table t;
   res_table_init(&t);
   res_row *row = res_table_add(&t);
@@ -1179,6 +1192,15 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
          res_get(row, "expert_slots"), res_get(row, "h2d_bytes"), res_get(row, "expert_fetches"),
          res_get(row, "expert_misses"), res_get(row, "stall_s"));
   if (strcmp(res_get(row, "status"), "ok") != 0) printf("error: %s\n", res_get(row, "error"));
+  const char *pinned = res_get(row, "pinned");
+  if (pinned[0])
+    printf("expert weights: %s host memory (pinning took %s s)\n",
+           strcmp(pinned, "1") == 0 ? "pinned" : "PAGEABLE (pinning failed: copies serialise with compute)",
+           res_get(row, "pin_s"));
+  if (res_get(row, "calls_per_step")[0])
+    printf("per decode step (median, counted by the trace): %s backend calls, %s host waits "
+           "(download, synchronize, event sync)\n",
+           res_get(row, "calls_per_step"), res_get(row, "host_syncs_per_step"));
   int rc_exit = strcmp(res_get(row, "status"), "ok") == 0 ? 0 : 1;
   if (out) {
     mkdir_parent(out);

@@ -190,7 +190,8 @@ static moe_status replay_event(replay_state *s, json_t *e, size_t i, moe_error *
       moe_cost_compute(c, moe_cost_matmul(p, m, rows, cols, d));
     else /* an older trace without the shape: its FLOPs and bytes */
       moe_cost_compute(c, moe_cost_count(p, (moe_op_count){flops, bytes}));
-  } else if (!strcmp(name, "upload") || !strcmp(name, "download")) {
+  } else if (!strcmp(name, "upload") || !strcmp(name, "download") ||
+             !strcmp(name, "download many")) { /* download many: a block's routing, one wait */
     moe_cost_compute(c, bytes > 0 ? moe_cost_transfer(p, bytes) : 0.0);
   } else {
     moe_cost_compute(c, moe_cost_count(p, (moe_op_count){flops, bytes}));

@@ -74,6 +74,11 @@ const res_column res_columns[] = {
     /* schema 2.3: the emulated link set as a ratio of measured compute */
     {"link_ratio", RES_KEY, 0, false, "link set so one expert's copy takes this many times the compute of a decoder MoE block window, measured in a warm-up (empty: link_gbps is the cap)"},
     {"link_gbps_derived", RES_TEXT, 0, false, "with link_ratio: the cap in GB/s the warm-up derived on this machine"},
+    /* schema 2.4: what the host side of the copies was, and host waits */
+    {"pinned", RES_TEXT, 0, false, "1: the expert weights were pinned host memory; 0: pageable (pinning failed: copies serialise with compute); empty: the backend does not pin"},
+    {"pin_s", RES_TEXT, 0, false, "seconds spent pinning the model's expert weights (the sweep's once per model, else the run's own)"},
+    {"calls_per_step", RES_TEXT, 0, false, "traced runs: backend calls per decode step, median (the trace's count)"},
+    {"host_syncs_per_step", RES_TEXT, 0, false, "traced runs: calls that made the host wait for the device per decode step, median"},
 };
 const size_t res_ncols = sizeof res_columns / sizeof res_columns[0];
 

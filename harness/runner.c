@@ -227,6 +227,10 @@ done:
     cli_error_text(&err, out->error, sizeof out->error);
     out->peak_bytes = dev.mem.peak_total;
   }
+  if (trace && out->status == MOE_OK) { /* before the teardown's calls */
+    moe_trace_get_counts(trace, &out->counts);
+    out->has_counts = true;
+  }
   moe_engine_free(e);
   moe_device_close(&dev); /* copies done: the trace is complete */
   if (rlog.f) { /* published only whole */

@@ -10,6 +10,7 @@
 
 #include "moe/model.h"
 #include "moe/policy.h"
+#include "moe/trace.h"
 
 typedef struct run_spec {
   moe_model *model;             /* built once, shared by runs */
@@ -59,6 +60,8 @@ typedef struct run_result {
   bool modeled;                 /* times are the backend's modeled clock, not measured */
   bool has_eval;
   moe_eval_result eval;         /* over spec->eval_windows */
+  bool has_counts;              /* traced: the trace's backend calls and host waits */
+  moe_trace_counts counts;
 } run_result;
 
 /* Runs spec once.  Never fails as a call: the run's outcome (MOE_OK,

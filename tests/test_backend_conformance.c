@@ -356,6 +356,45 @@ START_TEST(matmul_special_weight_values) {
 }
 END_TEST
 
+/* 16-bit weights with activations past f16's range: a backend that
+ * rounds activations to 16 bits saturates (never inf), so the output is
+ * finite and of the right sign. */
+START_TEST(matmul_16bit_activations_saturate) {
+  enum { K = 64, N = 8 };
+  float x[K], w[N * K], exact[N * K], y[N];
+  for (int i = 0; i < K; i++) x[i] = i % 2 ? 1.0e5f : 3.0e5f;
+  for (int i = 0; i < N * K; i++) w[i] = 0.5f;
+  for (int d = 0; d < 2; d++) {
+    const moe_weight W = dev_weight(w, N, K, d ? MOE_BF16 : MOE_F16, exact);
+    float *dx = dev_f(x, K), *dy = dev_f(NULL, N);
+    OK(OPS->matmul(BE, dy, dx, 1, &W, NULL, &e_));
+    down(y, dy, sizeof y);
+    for (int j = 0; j < N; j++)
+      ck_assert_msg(isfinite(y[j]) && y[j] > 0.0f, "%s: y[%d] = %g", d ? "bf16" : "f16", j,
+                    (double)y[j]);
+  }
+}
+END_TEST
+
+/* download_many (or the engine's fallback, n downloads): the bytes of
+ * each transfer, zero-byte ones allowed, in the order issued after
+ * earlier compute. */
+START_TEST(download_many_definition) {
+  float a[5] = {1, 2, 3, 4, 5}, b[3] = {-1, -2, -3}, ga[5], gb[3], gz = 42.0f;
+  int32_t c[4] = {7, 8, 9, 10}, gc[4];
+  float *da = dev_f(a, 5), *db = dev_f(b, 3);
+  int32_t *dc = dev_bytes(c, sizeof c);
+  OK(OPS->add(BE, db, db, 3, &e_)); /* compute before the download: b doubled */
+  const moe_xfer x[4] = {{ga, da, sizeof ga}, {&gz, da, 0}, {gb, db, sizeof gb}, {gc, dc, sizeof gc}};
+  OK(moe_device_download_many(&g_dev, x, 4, &e_));
+  ck_assert_mem_eq(ga, a, sizeof a);
+  for (int i = 0; i < 3; i++) ck_assert_float_eq(gb[i], 2 * b[i]);
+  ck_assert_mem_eq(gc, c, sizeof c);
+  ck_assert_float_eq(gz, 42.0f); /* zero bytes: untouched */
+  OK(moe_device_download_many(&g_dev, x, 0, &e_));
+}
+END_TEST
+
 START_TEST(norm_rope_elementwise) {
   moe_error err = {0};
   const size_t m = 3, n = 48;
@@ -1124,7 +1163,7 @@ static int run_modeled(const char *backend) {
   tcase_add_test(tc, modeled_ops_take_time_and_empty_ones_none);
   suite_add_tcase(s, tc);
   printf("== %s\n", name);
-  int rc = tu_run_suite(s);
+  int rc = tu_run_suite_nofork(s);
   g_hardware = NULL;
   return rc;
 }
@@ -1157,20 +1196,34 @@ static int run_for(const char *backend, double link, int threads, const char *va
   tcase_add_test(tc, mla_attention_definition);
   tcase_add_test(tc, embed_gather_scatter);
   tcase_add_test(tc, empty_inputs_are_no_ops);
+  tcase_add_test(tc, matmul_16bit_activations_saturate);
+  tcase_add_test(tc, download_many_definition);
   suite_add_tcase(s, tc);
   printf("== %s\n", name);
-  return tu_run_suite(s);
+  return tu_run_suite_nofork(s);
 }
 
+/* Check runs each test in a forked child by default; a CUDA context does
+ * not survive fork (the probe below initialises CUDA in this process), so
+ * every suite runs in this process (CK_FORK=no, set by ctest as well).
+ * MOE_CONFORMANCE_BACKEND=NAME limits the run to one backend (the GPU
+ * check runs the cuda cases alone under compute-sanitizer). */
 int main(void) {
   int failed = 0;
+  const char *only = getenv("MOE_CONFORMANCE_BACKEND");
+  if (only && *only && moe_backend_find(only) == NULL) {
+    fprintf(stderr, "MOE_CONFORMANCE_BACKEND=%s: no such backend in this build\n", only);
+    return 2;
+  }
   for (size_t i = 0; i < moe_backend_count(); i++) {
     const moe_backend_ops *o = moe_backend_at(i);
+    if (only && *only && strcmp(o->name, only) != 0) continue;
     char desc[256];
     moe_error err = {0};
     if (o->probe &&
         o->probe(desc, sizeof desc, &err) != MOE_OK) {
       printf("== %s: skipped (%s)\n", o->name, err.msg);
+      if (only && *only) return 77; /* the one backend asked for cannot run here */
       continue;
     }
     if (o->caps & MOE_BACKEND_CAP_MODELED) {

@@ -11,6 +11,7 @@
 #include "moe/expert_store.h"
 #include "moe/model.h"
 #include "moe/rng.h"
+#include "moe/trace.h"
 #include "testutil.h"
 
 static moe_config tiny(moe_arch arch) {
@@ -264,6 +265,67 @@ START_TEST(routing_skew_concentrates_use) {
 }
 END_TEST
 
+/* A cpu backend with download_many (the cpu backend has none): n
+ * downloads, counted, so the engine's use of it shows. */
+static const moe_backend_ops *g_cpu_ops;
+static int g_many_calls;
+static moe_status dl_many(moe_backend *be, const moe_xfer *x, int n, moe_error *err) {
+  g_many_calls++;
+  for (int i = 0; i < n; i++) {
+    moe_status st = g_cpu_ops->download(be, x[i].dst, x[i].src, x[i].bytes, err);
+    if (st != MOE_OK) return st;
+  }
+  return MOE_OK;
+}
+
+/* Decode steps of a traced run: backend calls and host waits per step.
+ * A block's routing (indices and weights) is one host wait where the
+ * backend has download_many, two where it has not; the logits one more.
+ * The tokens are the same either way. */
+static void traced_steps(bool many, moe_trace_counts *c, int32_t *out) {
+  moe_config cfg = tiny(MOE_ARCH_MIXTRAL);
+  moe_model *m = synth(&cfg, MOE_F32, 5, 0.0);
+  moe_error err = {0};
+  g_cpu_ops = moe_backend_find("cpu");
+  moe_backend_ops ops = *g_cpu_ops;
+  if (many) ops.download_many = dl_many;
+  moe_device dev;
+  ck_assert_msg(moe_device_open_ops(&dev, &ops, NULL, &err) == MOE_OK, "%s", err.msg);
+  moe_trace *t = NULL;
+  char dir[256], path[300];
+  tu_tempdir(dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/steps.trace.json", dir);
+  ck_assert(moe_trace_open(&t, path, &err) == MOE_OK);
+  ck_assert(moe_device_trace(&dev, t, &err) == MOE_OK);
+  moe_engine *e = engine(m, &dev, 1, 16, false);
+  int32_t ids[4] = {1, 2, 3, 4};
+  g_many_calls = 0;
+  ck_assert_msg(moe_engine_generate(e, ids, 1, 4, 6, out, NULL, NULL, &err) == MOE_OK, "%s", err.msg);
+  moe_trace_get_counts(t, c);
+  moe_engine_free(e);
+  moe_device_close(&dev);
+  ck_assert(moe_trace_close(t, &err) == MOE_OK);
+  tu_rmtree(dir);
+  moe_model_free(m);
+}
+
+START_TEST(routing_downloads_wait_once_per_block) {
+  moe_trace_counts plain, many;
+  int32_t tok_plain[6], tok_many[6];
+  traced_steps(false, &plain, tok_plain);
+  ck_assert_int_eq(g_many_calls, 0);
+  traced_steps(true, &many, tok_many);
+  ck_assert_int_gt(g_many_calls, 0);
+  const int blocks = 3; /* tiny(): every layer MoE */
+  ck_assert_int_ge(plain.forward_passes, 6);
+  ck_assert_double_eq(plain.syncs_per_step, 2 * blocks + 1);
+  ck_assert_double_eq(many.syncs_per_step, blocks + 1);
+  ck_assert_double_eq(plain.calls_per_step, many.calls_per_step + blocks);
+  ck_assert_uint_gt(plain.calls, plain.host_syncs);
+  ck_assert_mem_eq(tok_plain, tok_many, sizeof tok_plain);
+}
+END_TEST
+
 START_TEST(engine_rejects_bad_calls) {
   moe_config c = tiny(MOE_ARCH_MIXTRAL);
   moe_model *m = synth(&c, MOE_F32, 1, 0.0);
@@ -300,6 +362,7 @@ int main(void) {
   tcase_add_test(tc, activations_stay_bounded);
   tcase_add_test(tc, routing_skew_concentrates_use);
   tcase_add_test(tc, engine_rejects_bad_calls);
+  tcase_add_test(tc, routing_downloads_wait_once_per_block);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -46,6 +46,15 @@ void tu_fill(float *p, size_t n, uint64_t seed) {
   for (size_t i = 0; i < n; i++) p[i] = (float)(2.0 * moe_rng_uniform(&r) - 1.0);
 }
 
+int tu_run_suite_nofork(Suite *s) {
+  SRunner *sr = srunner_create(s);
+  srunner_set_fork_status(sr, CK_NOFORK);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? 0 : 1;
+}
+
 int tu_run_suite(Suite *s) {
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

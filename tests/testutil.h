@@ -16,5 +16,8 @@ int tu_run(const char *cmd, char *out, size_t cap);
 void tu_fill(float *p, size_t n, uint64_t seed);
 /* Runs a suite and returns the process exit code (0 when all passed). */
 int tu_run_suite(Suite *s);
+/* The same in this process (CK_NOFORK): for suites that initialise CUDA,
+ * which does not work in a child forked after the parent initialised it. */
+int tu_run_suite_nofork(Suite *s);
 
 #endif

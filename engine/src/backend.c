@@ -290,3 +290,12 @@ void moe_device_reset_peak(moe_device *dev) {
   memcpy(m->at_peak, m->current, sizeof m->at_peak);
   m->peak_total = m->current_total;
 }
+
+moe_status moe_device_download_many(moe_device *dev, const moe_xfer *x, int n, moe_error *err) {
+  if (dev->ops->download_many) return dev->ops->download_many(dev->be, x, n, err);
+  for (int i = 0; i < n; i++) {
+    moe_status st = dev->ops->download(dev->be, x[i].dst, x[i].src, x[i].bytes, err);
+    if (st != MOE_OK) return st;
+  }
+  return MOE_OK;
+}

@@ -42,6 +42,8 @@ struct moe_expert_store {
   bool *queued_mark;       /* [key]: in the queue */
   int round_free;          /* slots a round may still take (-1: not counted yet) */
   bool registered;         /* the model's expert slab is pinned for async copies */
+  int pinned;              /* 1 pinned, 0 pageable (pinning failed), -1 the backend does not pin */
+  double pin_s;            /* seconds host_register took (0 when already pinned by another) */
   moe_eviction eviction;
   moe_expert_stats stats;
 };
@@ -97,12 +99,17 @@ moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *m, m
   for (size_t i = 0; i < n; i++) s->slot_of[i] = -1;
   MOE_TRY(moe_device_alloc(dev, MOE_MEM_EXPERTS, (size_t)slots * m->expert_bytes, "expert slots",
                            (void **)&s->slab, err));
+  s->pinned = -1;
   if (o->host_register && o->host_unregister) {
     /* Pinned, the copies are truly asynchronous; when the range cannot be
      * pinned the run goes on from pageable memory (slower copies, the same
-     * results) and says so once. */
+     * results), says so once, and the result row records it (pinned 0). */
     moe_error perr = {0};
-    if (o->host_register(dev->be, m->experts, m->experts_total, &perr) == MOE_OK) {
+    const double t0 = moe_clock_s();
+    const moe_status pst = o->host_register(dev->be, m->experts, m->experts_total, &perr);
+    s->pin_s = moe_clock_s() - t0;
+    s->pinned = pst == MOE_OK;
+    if (pst == MOE_OK) {
       s->registered = true;
     } else {
       static int warned;
@@ -429,6 +436,11 @@ moe_status moe_expert_store_check(const moe_expert_store *s, moe_error *err) {
 }
 
 const moe_expert_stats *moe_expert_store_stats(const moe_expert_store *s) { return &s->stats; }
+
+void moe_expert_store_pinning(const moe_expert_store *s, int *pinned, double *pin_s) {
+  *pinned = s->pinned;
+  *pin_s = s->pin_s;
+}
 
 void moe_expert_store_reset_stats(moe_expert_store *s) {
   memset(&s->stats, 0, sizeof s->stats);

@@ -645,8 +645,11 @@ static moe_status topk_download(moe_engine *e, int layer, bool prediction, size_
     MOE_TRY(o->router_topk(e->dev->be, d_idx, d_w, e->router, T, c->n_experts, c->top_k,
                            c->norm_topk, bias, err));
   }
-  MOE_TRY(o->download(e->dev->be, h_idx, d_idx, T * K * sizeof(int32_t), err));
-  MOE_TRY(o->download(e->dev->be, h_w, d_w, T * K * sizeof(float), err));
+  {
+    /* indices and weights with one wait of the host */
+    const moe_xfer x[2] = {{h_idx, d_idx, T * K * sizeof(int32_t)}, {h_w, d_w, T * K * sizeof(float)}};
+    MOE_TRY(moe_device_download_many(e->dev, x, 2, err));
+  }
 cleanup:
   return st;
 }
@@ -1316,6 +1319,8 @@ void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
   out->pregate_hits = e->pregate_hits;
   out->pregate_total = e->pregate_total;
   out->warm_bytes = e->warm_bytes;
+  out->pinned = -1;
+  if (e->store) moe_expert_store_pinning(e->store, &out->pinned, &out->pin_s);
 }
 
 void moe_engine_reset_stats(moe_engine *e) {

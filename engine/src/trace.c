@@ -26,6 +26,12 @@ struct moe_trace {
   /* the traced device's clock, when it has its own (modeled) */
   double (*clock_fn)(moe_backend *be);
   moe_backend *clock_be;
+  /* backend calls and host waits (totals, and at the last "forward" mark),
+   * and per forward pass: the calls and waits between two marks */
+  unsigned long calls, syncs, calls_mark, syncs_mark;
+  unsigned long *step_calls, *step_syncs;
+  size_t n_steps, cap_steps;
+  bool marked;
 };
 
 moe_status moe_trace_open(moe_trace **out, const char *path, moe_error *err) {
@@ -81,8 +87,73 @@ moe_status moe_trace_close(moe_trace *t, moe_error *err) {
   pthread_mutex_destroy(&t->mu);
   free(t->path);
   free(t->tmp);
+  free(t->step_calls);
+  free(t->step_syncs);
   free(t);
   return st;
+}
+
+/* Whether an op of this name makes the host wait for the device (the
+ * contract's blocking calls: download, synchronize, event_sync). */
+static bool blocks_host(const char *name) {
+  return strcmp(name, "download") == 0 || strcmp(name, "download many") == 0 ||
+         strcmp(name, "synchronize") == 0 || strcmp(name, "host waits") == 0;
+}
+
+/* Closes the interval since the last forward mark (t->mu held). */
+static void close_step(moe_trace *t) {
+  if (!t->marked) return;
+  if (t->n_steps == t->cap_steps) {
+    size_t cap = t->cap_steps ? 2 * t->cap_steps : 64;
+    unsigned long *a = realloc(t->step_calls, cap * sizeof *a);
+    if (a) t->step_calls = a;
+    unsigned long *b = a ? realloc(t->step_syncs, cap * sizeof *b) : NULL;
+    if (b) t->step_syncs = b;
+    if (a == NULL || b == NULL) return; /* out of memory: the step is not counted */
+    t->cap_steps = cap;
+  }
+  t->step_calls[t->n_steps] = t->calls - t->calls_mark;
+  t->step_syncs[t->n_steps] = t->syncs - t->syncs_mark;
+  t->n_steps++;
+}
+
+static int cmp_ulong(const void *a, const void *b) {
+  const unsigned long x = *(const unsigned long *)a, y = *(const unsigned long *)b;
+  return (x > y) - (x < y);
+}
+
+static double median_ulong(const unsigned long *v, size_t n) {
+  if (n == 0) return 0.0;
+  unsigned long *c = malloc(n * sizeof *c);
+  if (c == NULL) return 0.0;
+  memcpy(c, v, n * sizeof *c);
+  qsort(c, n, sizeof *c, cmp_ulong);
+  const double m = n % 2 ? (double)c[n / 2] : 0.5 * ((double)c[n / 2 - 1] + (double)c[n / 2]);
+  free(c);
+  return m;
+}
+
+void moe_trace_get_counts(moe_trace *t, moe_trace_counts *out) {
+  memset(out, 0, sizeof *out);
+  if (t == NULL) return;
+  pthread_mutex_lock(&t->mu);
+  out->calls = t->calls;
+  out->host_syncs = t->syncs;
+  /* the passes: every closed interval, and the open one up to now */
+  size_t n = t->n_steps;
+  close_step(t);
+  const size_t all = t->n_steps;
+  t->n_steps = n;
+  out->forward_passes = (int)all;
+  /* decode steps: every pass after the first (the prefill) */
+  if (all > 1) {
+    out->calls_per_step = median_ulong(t->step_calls + 1, all - 1);
+    out->syncs_per_step = median_ulong(t->step_syncs + 1, all - 1);
+  } else if (all == 1) {
+    out->calls_per_step = (double)t->step_calls[0];
+    out->syncs_per_step = (double)t->step_syncs[0];
+  }
+  pthread_mutex_unlock(&t->mu);
 }
 
 void moe_trace_context(moe_trace *t, int layer, int expert) {
@@ -125,6 +196,10 @@ static void emit(moe_trace *t, int track, const char *name, bool instant, double
   if (w >= 0 && !instant) w = fputs("}}", t->f);
   if (w < 0) t->io_failed = 1;
   t->n++;
+  if (track == MOE_TRACE_COMPUTE) { /* a backend call (marks of the engine are not) */
+    t->calls++;
+    if (blocks_host(name)) t->syncs++;
+  }
   pthread_mutex_unlock(&t->mu);
 }
 
@@ -137,6 +212,15 @@ void moe_trace_mark(moe_trace *t, const char *name) {
   if (t == NULL) return;
   const double now = t->clock_fn ? t->clock_fn(t->clock_be) : moe_clock_s();
   emit(t, MOE_TRACE_COMPUTE, name, true, now, now, 0, 0, 0, NULL);
+  pthread_mutex_lock(&t->mu);
+  t->calls--; /* the engine's mark is not a backend call */
+  if (strcmp(name, "forward") == 0) {
+    close_step(t);
+    t->calls_mark = t->calls;
+    t->syncs_mark = t->syncs;
+    t->marked = true;
+  }
+  pthread_mutex_unlock(&t->mu);
 }
 
 /* ---------------------------------------------------------------- decorator */
@@ -242,6 +326,11 @@ static moe_status tr_upload(moe_backend *be, void *d, const void *s, size_t n, m
 static moe_status tr_download(moe_backend *be, void *d, const void *s, size_t n, moe_error *e) {
   TIMED(be, "download", 0, (double)n, REAL(be)->download(INNER(be), d, s, n, e));
 }
+static moe_status tr_download_many(moe_backend *be, const moe_xfer *x, int n, moe_error *e) {
+  double bytes = 0;
+  for (int i = 0; i < n; i++) bytes += (double)x[i].bytes;
+  TIMED(be, "download many", 0, bytes, REAL(be)->download_many(INNER(be), x, n, e));
+}
 static moe_status tr_sync(moe_backend *be, moe_error *e) {
   TIMED(be, "synchronize", 0, 0, REAL(be)->synchronize(INNER(be), e));
 }
@@ -253,7 +342,13 @@ static moe_status tr_copy_wait(moe_backend *be, moe_event *ev, moe_error *e) {
   mark(be, "copy waits", EVID(ev), 0);
   return REAL(be)->copy_wait(INNER(be), EV(ev), e);
 }
-static int tr_done(moe_backend *be, moe_event *ev) { return REAL(be)->event_done(INNER(be), EV(ev)); }
+static int tr_done(moe_backend *be, moe_event *ev) {
+  moe_trace *t = T(be)->t;
+  pthread_mutex_lock(&t->mu);
+  t->calls++; /* a query (cudaEventQuery): a call, not recorded as an event */
+  pthread_mutex_unlock(&t->mu);
+  return REAL(be)->event_done(INNER(be), EV(ev));
+}
 
 static moe_status tr_matmul(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *w,
                             const moe_weight *b, moe_error *e) {
@@ -422,6 +517,7 @@ moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {
   o->router_topk_ex = r->router_topk_ex ? tr_topk_ex : NULL;
   o->rope_ex = r->rope_ex ? tr_rope_ex : NULL;
   o->mla_attention = r->mla_attention ? tr_mla : NULL;
+  o->download_many = r->download_many ? tr_download_many : NULL;
   if (r->modeled_seconds) {
     t->t_origin = 0; /* modeled time starts at 0 */
     t->clock_fn = r->modeled_seconds;

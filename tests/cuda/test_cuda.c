@@ -309,5 +309,7 @@ int main(void) {
   tcase_add_test(tc, fixture_models_match_cpu);
   tcase_add_loop_test(tc, policies_bit_identical_on_gpu, 0, 3);
   suite_add_tcase(s, tc);
-  return tu_run_suite(s);
+  /* in this process: the probe above initialised CUDA, which a forked
+   * child cannot use (ctest sets CK_FORK=no too) */
+  return tu_run_suite_nofork(s);
 }

@@ -17,7 +17,28 @@
  *
  * Host synchronisation: upload copies through a pinned staging ring and
  * returns without waiting for the GPU; download waits (the host needs the
- * routing decisions to drive the policy).  Stalls are measured on the GPU:
+ * routing decisions to drive the policy), through a pinned buffer so the
+ * copy is a true DMA; download_many queues a block's routing (indices and
+ * weights) and waits once.
+ *
+ * Scratch: 16-bit matmuls convert activations into the engine's workspace
+ * (set_workspace, inside the device-memory accounting); without one, or
+ * when it is too small (a conformance test, or two engines on one device
+ * after one of them took its workspace back), into the backend's own
+ * scratch, grown on demand outside the accounting.  DeepSeek-style routing
+ * keeps its per-row choice scores there too (no allocation per call).
+ *
+ * cuBLAS math mode: CUBLAS_DEFAULT_MATH (f32 products stay f32: TF32 is
+ * used only under CUBLAS_TF32_TENSOR_OP_MATH; 16-bit products may use
+ * tensor cores).  MOE_CUBLAS_MATH=pedantic selects CUBLAS_PEDANTIC_MATH, to
+ * compare both in one run.
+ *
+ * Activations converted to f16 saturate at +-65504 (bf16: at its largest
+ * finite value) instead of overflowing to infinity; NaN stays NaN.
+ *
+ * RoPE: the frequencies are computed on the host, as the cpu backend and
+ * rope_ex's callers do, and kept in a small device table per (theta,
+ * head_dim); the kernel only applies them.  Stalls are measured on the GPU:
  * every compute_wait is bracketed by two timing events on the compute
  * stream, and stall_seconds sums their elapsed times.
  *
@@ -28,7 +49,11 @@
  * Errors: every runtime and cuBLAS call is checked (CUDA_TRY, CUBLAS_TRY,
  * built on MOE_TRY_GEN); after each kernel launch cudaGetLastError is
  * checked.  Failures come back as MOE_ERR_DEVICE with the call and
- * file:line; no device or no driver is MOE_ERR_NO_DEVICE. */
+ * file:line; no device or no driver is MOE_ERR_NO_DEVICE.  The calls that
+ * cannot return a status (the free paths) clear the runtime's last error
+ * and keep the first failure, which the next synchronize returns.  A query
+ * answering cudaErrorNotReady (event_done, the stall timing) clears the
+ * last error as well, so the next launch check does not report it. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -64,6 +89,9 @@
 #define STAGE_BYTES ((size_t)4 << 20) /* pinned staging ring for uploads */
 #define STAGE_SLOTS 8                   /* in-flight uploads it tracks */
 #define STALL_PAIRS 64                  /* timing-event pairs in flight */
+#define DSTAGE_BYTES ((size_t)1 << 20) /* pinned landing buffer for downloads */
+#define ROPE_TABLES 4                   /* cached RoPE frequency tables */
+#define MAX_ROPE_HALF 512               /* head_dim / 2 at most for the legacy rope */
 
 typedef struct stall_pair {
   cudaEvent_t before, after;
@@ -88,6 +116,22 @@ struct moe_backend {
   stall_pair pairs[STALL_PAIRS];
   int pair_next;
   double stall_s;
+  /* downloads land in pinned memory first (a true DMA, then a host copy) */
+  unsigned char *dstage;
+  /* the backend's own scratch, when the engine's workspace is absent or
+   * too small (outside the accounting) */
+  void *own_ws;
+  size_t own_ws_bytes;
+  /* host-computed RoPE frequencies on the device, per (theta, head_dim) */
+  struct {
+    float theta;
+    int head_dim;
+    float *freq;
+  } rope[ROPE_TABLES];
+  int rope_next;
+  /* the first failure of a call that could not return it (free paths) */
+  char deferred[256];
+  bool pedantic;
   char desc[400];
   char name[256];
 };
@@ -103,6 +147,32 @@ static_assert((kThreads & (kThreads - 1)) == 0, "kThreads must be a power of two
 static_assert((kAttnThreads & (kAttnThreads - 1)) == 0, "kAttnThreads must be a power of two");
 
 static unsigned blocks_for(size_t n) { return (unsigned)((n + kThreads - 1) / kThreads); }
+
+/* A call that cannot return its status (a free path): the runtime's last
+ * error is cleared (else the next launch check would report it) and the
+ * first failure is kept for the next synchronize. */
+#define NOTE(be, call) note_failure((be), (call), #call, __FILE__, __LINE__)
+static void note_failure(moe_backend *be, cudaError_t e, const char *what, const char *file,
+                         int line) {
+  if (e == cudaSuccess) return;
+  (void)cudaGetLastError();
+  if (be && be->deferred[0] == '\0')
+    snprintf(be->deferred, sizeof be->deferred, "%s failed: %s (%s:%d)", what,
+             cudaGetErrorString(e), file, line);
+}
+
+/* An event query: 1 complete, 0 not yet (cudaErrorNotReady, which is then
+ * cleared from the runtime's last error: it is an answer, not a failure),
+ * -1 an error (left for the next checked call to report). */
+static int query_event(cudaEvent_t ev) {
+  const cudaError_t e = cudaEventQuery(ev);
+  if (e == cudaSuccess) return 1;
+  if (e == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return -1;
+}
 
 __device__ __forceinline__ float load_w(const void *p, int dt, size_t i) {
   if (dt == MOE_F32) return ((const float *)p)[i];
@@ -126,22 +196,6 @@ __global__ void k_rmsnorm(float *y, const float *x, const void *g, int dt, int n
   }
   const float inv = 1.0f / sqrtf(part[0] / (float)n + eps);
   for (int j = threadIdx.x; j < n; j += blockDim.x) yr[j] = load_w(g, dt, j) * (xr[j] * inv);
-}
-
-__global__ void k_rope(float *x, size_t m, const int32_t *pos, int heads, int hd, float theta) {
-  const int half = hd / 2;
-  size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= m * (size_t)heads * (size_t)half) return;
-  const int i = (int)(idx % half);
-  const size_t th = idx / half; /* token * heads + head */
-  const size_t t = th / heads;
-  const float inv = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
-  const float ang = (float)pos[t] * inv;
-  const float c = cosf(ang), s = sinf(ang);
-  float *v = x + th * hd;
-  const float a = v[i], b = v[i + half];
-  v[i] = a * c - b * s;
-  v[i + half] = b * c + a * s;
 }
 
 __global__ void k_kv_store(float *kc, float *vc, const float *k, const float *v, moe_attn_shape s) {
@@ -476,14 +530,22 @@ __global__ void k_scatter_add(float *dst, const float *src, const int32_t *rows,
   dst[(size_t)rows[r] * dim + i % dim] += s * src[i];
 }
 
+/* Activations to 16 bits, saturating: a value past the format's largest
+ * finite one becomes that value, not infinity (which would turn the whole
+ * product row into inf or NaN); NaN stays NaN. */
+__device__ __forceinline__ float saturate(float v, float lim) {
+  return v != v ? v : fminf(fmaxf(v, -lim), lim);
+}
+
 __global__ void k_to_half(__half *dst, const float *src, size_t n) {
   size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) dst[i] = __float2half_rn(src[i]);
+  if (i < n) dst[i] = __float2half_rn(saturate(src[i], 65504.0f));
 }
 
 __global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {
   size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) dst[i] = __float2bfloat16_rn(src[i]);
+  /* 0x7f7f: the largest finite bf16, 3.3895314e38 */
+  if (i < n) dst[i] = __float2bfloat16_rn(saturate(src[i], 3.3895313892515355e38f));
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -495,16 +557,20 @@ static void cu_destroy(moe_backend *be) {
   if (be->copy) (void)cudaStreamSynchronize(be->copy);
   if (be->compute) (void)cudaStreamSynchronize(be->compute);
   for (int i = 0; i < STAGE_SLOTS; i++)
-    if (be->stage_ev[i]) cudaEventDestroy(be->stage_ev[i]);
+    if (be->stage_ev[i]) (void)cudaEventDestroy(be->stage_ev[i]);
   for (int i = 0; i < STALL_PAIRS; i++) {
-    if (be->pairs[i].before) cudaEventDestroy(be->pairs[i].before);
-    if (be->pairs[i].after) cudaEventDestroy(be->pairs[i].after);
+    if (be->pairs[i].before) (void)cudaEventDestroy(be->pairs[i].before);
+    if (be->pairs[i].after) (void)cudaEventDestroy(be->pairs[i].after);
   }
-  if (be->stage) cudaFreeHost(be->stage);
-  if (be->blas) cublasDestroy(be->blas);
-  if (be->compute) cudaStreamDestroy(be->compute);
-  if (be->copy) cudaStreamDestroy(be->copy);
-  (void)cudaGetLastError();
+  if (be->stage) (void)cudaFreeHost(be->stage);
+  if (be->dstage) (void)cudaFreeHost(be->dstage);
+  if (be->own_ws) (void)cudaFree(be->own_ws);
+  for (int i = 0; i < ROPE_TABLES; i++)
+    if (be->rope[i].freq) (void)cudaFree(be->rope[i].freq);
+  if (be->blas) (void)cublasDestroy(be->blas);
+  if (be->compute) (void)cudaStreamDestroy(be->compute);
+  if (be->copy) (void)cudaStreamDestroy(be->copy);
+  (void)cudaGetLastError(); /* nothing is left to report to */
   free(be);
 }
 
@@ -522,8 +588,13 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
     return MOE_FAIL(err, MOE_ERR_INVALID,
                     "the cuda backend copies over the real host link; --link-gbps emulates one on "
                     "the cpu backend only");
+  const char *math = getenv("MOE_CUBLAS_MATH");
+  if (math && *math && strcmp(math, "default") != 0 && strcmp(math, "pedantic") != 0)
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "MOE_CUBLAS_MATH='%.40s': expected 'default' or 'pedantic'", math);
   moe_backend *be = (moe_backend *)calloc(1, sizeof *be);
   if (be == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cuda backend: out of host memory");
+  be->pedantic = math && strcmp(math, "pedantic") == 0;
   be->device = opt ? opt->device_index : 0;
   MOE_CHECK(be->device >= 0 && be->device < count, err, MOE_ERR_INVALID,
             "CUDA device %d does not exist (%d present)", be->device, count);
@@ -536,8 +607,12 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
   CUBLAS_TRY(cublasCreate(&be->blas), err);
   CUBLAS_TRY(cublasSetStream(be->blas, be->compute), err);
   CUBLAS_TRY(cublasSetAtomicsMode(be->blas, CUBLAS_ATOMICS_NOT_ALLOWED), err);
-  CUBLAS_TRY(cublasSetMathMode(be->blas, CUBLAS_PEDANTIC_MATH), err); /* f32 stays f32 (no TF32) */
+  /* the default mode keeps f32 products in f32 (TF32 only under
+   * CUBLAS_TF32_TENSOR_OP_MATH) and lets 16-bit products use tensor cores */
+  CUBLAS_TRY(cublasSetMathMode(be->blas, be->pedantic ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH),
+             err);
   CUDA_TRY(cudaHostAlloc((void **)&be->stage, STAGE_BYTES, cudaHostAllocDefault), err);
+  CUDA_TRY(cudaHostAlloc((void **)&be->dstage, DSTAGE_BYTES, cudaHostAllocDefault), err);
   for (int i = 0; i < STAGE_SLOTS; i++)
     CUDA_TRY(cudaEventCreateWithFlags(&be->stage_ev[i], cudaEventDisableTiming), err);
   for (int i = 0; i < STALL_PAIRS; i++) {
@@ -549,9 +624,10 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
   CUDA_TRY(cudaMemGetInfo(&free_b, &total_b), err);
   be->capacity = free_b;
   snprintf(be->name, sizeof be->name, "%s", prop.name);
-  snprintf(be->desc, sizeof be->desc, "cuda (%s, %.1f GiB, %.1f GiB free, sm_%d%d)", prop.name,
-           (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
-           (double)free_b / (1024.0 * 1024.0 * 1024.0), prop.major, prop.minor);
+  snprintf(be->desc, sizeof be->desc, "cuda (%s, %.1f GiB, %.1f GiB free, sm_%d%d, cuBLAS %s math)",
+           prop.name, (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
+           (double)free_b / (1024.0 * 1024.0 * 1024.0), prop.major, prop.minor,
+           be->pedantic ? "pedantic" : "default");
   *out = be;
   return MOE_OK;
 cleanup:
@@ -582,7 +658,15 @@ static moe_status cu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error 
                   "cudaMalloc of %zu bytes failed: %s", bytes, cudaGetErrorString(e));
 }
 
-static void cu_free(moe_backend *be, void *ptr) { cudaFree(ptr); }
+/* The contract: free after all work issued so far on either stream that
+ * uses ptr.  cudaFree's own implicit synchronisation is not relied on:
+ * both streams are drained first. */
+static void cu_free(moe_backend *be, void *ptr) {
+  if (ptr == NULL) return;
+  NOTE(be, cudaStreamSynchronize(be->copy));
+  NOTE(be, cudaStreamSynchronize(be->compute));
+  NOTE(be, cudaFree(ptr));
+}
 
 static moe_status cu_host_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err) {
   moe_status st = MOE_OK;
@@ -591,7 +675,11 @@ cleanup:
   return st;
 }
 
-static void cu_host_free(moe_backend *be, void *ptr) { cudaFreeHost(ptr); }
+static void cu_host_free(moe_backend *be, void *ptr) {
+  if (ptr == NULL) return;
+  NOTE(be, cudaStreamSynchronize(be->copy)); /* a copy may still read it */
+  NOTE(be, cudaFreeHost(ptr));
+}
 
 /* Registered host ranges, process-wide (registration belongs to the
  * process, not to a backend instance), with a count of users each. */
@@ -647,8 +735,8 @@ static void cu_host_unregister(moe_backend *be, void *ptr) {
   for (size_t i = 0; i < g_n_pins; i++)
     if (g_pins[i].ptr == ptr) {
       if (--g_pins[i].users == 0) {
-        (void)cudaHostUnregister(ptr);
-        (void)cudaGetLastError();
+        NOTE(be, cudaStreamSynchronize(be->copy)); /* no copy may still read the range */
+        NOTE(be, cudaHostUnregister(ptr));
         g_pins[i] = g_pins[--g_n_pins];
       }
       break;
@@ -672,7 +760,7 @@ cleanup:
  * the runtime releases it once that work completes (the contract). */
 static void cu_event_destroy(moe_backend *be, moe_event *ev) {
   if (ev == NULL) return;
-  cudaEventDestroy(ev->ev);
+  NOTE(be, cudaEventDestroy(ev->ev));
   free(ev);
 }
 
@@ -691,8 +779,14 @@ static void harvest_stalls(moe_backend *be, bool wait) {
   for (int i = 0; i < STALL_PAIRS; i++) {
     stall_pair *p = &be->pairs[i];
     if (!p->pending) continue;
-    cudaError_t e = wait ? cudaEventSynchronize(p->after) : cudaEventQuery(p->after);
-    if (e == cudaErrorNotReady) continue;
+    cudaError_t e = cudaSuccess;
+    if (wait) {
+      e = cudaEventSynchronize(p->after);
+    } else {
+      const int done = query_event(p->after); /* clears cudaErrorNotReady */
+      if (done == 0) continue;
+      if (done < 0) e = cudaErrorUnknown;
+    }
     float ms = 0.0f;
     if (e == cudaSuccess && cudaEventElapsedTime(&ms, p->before, p->after) == cudaSuccess)
       be->stall_s += (double)ms * 1e-3;
@@ -750,11 +844,12 @@ cleanup:
   return st;
 }
 
-/* A hint only.  An error is not cleared here: the answer is "not done",
- * and the caller's next checked call (its compute_wait) reports it. */
+/* A hint only.  cudaErrorNotReady is cleared (an answer, not a failure);
+ * another error is not: the answer is "not done", and the caller's next
+ * checked call (its compute_wait) reports it. */
 static int cu_event_done(moe_backend *be, moe_event *ev) {
   if (ev == NULL) return 1;
-  return cudaEventQuery(ev->ev) == cudaSuccess;
+  return query_event(ev->ev) == 1;
 }
 
 /* Small host inputs: staged through the pinned ring and copied on the
@@ -793,19 +888,55 @@ cleanup:
   return st;
 }
 
-static moe_status cu_download(moe_backend *be, void *dst, const void *src, size_t bytes, moe_error *err) {
+/* n downloads, one wait.  Those that fit (together) in the pinned landing
+ * buffer are copied there (a true asynchronous DMA) and moved to their
+ * destinations after the one wait; larger ones go straight to their
+ * destination (the runtime stages pageable memory itself). */
+static moe_status cu_download_many(moe_backend *be, const moe_xfer *x, int n, moe_error *err) {
   moe_status st = MOE_OK;
-  if (bytes == 0) return MOE_OK;
-  CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, be->compute), err);
+  size_t off = 0;
+  bool any = false;
+  for (int i = 0; i < n; i++) {
+    if (x[i].bytes == 0) continue;
+    any = true;
+    const size_t at = (off + 255) / 256 * 256;
+    if (at + x[i].bytes <= DSTAGE_BYTES) {
+      CUDA_TRY(cudaMemcpyAsync(be->dstage + at, x[i].src, x[i].bytes, cudaMemcpyDeviceToHost,
+                               be->compute), err);
+      off = at + x[i].bytes;
+    } else {
+      CUDA_TRY(cudaMemcpyAsync(x[i].dst, x[i].src, x[i].bytes, cudaMemcpyDeviceToHost, be->compute),
+               err);
+    }
+  }
+  if (!any) return MOE_OK;
   CUDA_TRY(cudaStreamSynchronize(be->compute), err);
+  off = 0;
+  for (int i = 0; i < n; i++) {
+    if (x[i].bytes == 0) continue;
+    const size_t at = (off + 255) / 256 * 256;
+    if (at + x[i].bytes <= DSTAGE_BYTES) {
+      memcpy(x[i].dst, be->dstage + at, x[i].bytes);
+      off = at + x[i].bytes;
+    }
+  }
 cleanup:
   return st;
+}
+
+static moe_status cu_download(moe_backend *be, void *dst, const void *src, size_t bytes, moe_error *err) {
+  const moe_xfer x = {dst, src, bytes};
+  return cu_download_many(be, &x, 1, err);
 }
 
 static moe_status cu_sync(moe_backend *be, moe_error *err) {
   moe_status st = MOE_OK;
   CUDA_TRY(cudaStreamSynchronize(be->copy), err);
   CUDA_TRY(cudaStreamSynchronize(be->compute), err);
+  if (be->deferred[0]) {
+    st = MOE_FAIL(err, MOE_ERR_DEVICE, "an earlier call failed: %s", be->deferred);
+    be->deferred[0] = '\0';
+  }
 cleanup:
   return st;
 }
@@ -816,7 +947,41 @@ static size_t cu_workspace_bytes(moe_backend *be, size_t max_rows, size_t max_co
 
 static void cu_set_workspace(moe_backend *be, void *ptr, size_t bytes) {
   be->ws = ptr;
-  be->ws_bytes = bytes;
+  be->ws_bytes = ptr ? bytes : 0;
+}
+
+/* Device scratch of at least bytes for the next compute-stream op: the
+ * engine's workspace when it is large enough, else the backend's own,
+ * grown on demand (the old one is freed once the compute stream has
+ * finished with it).  Every user is on the compute stream, so one scratch
+ * serves them in turn. */
+static moe_status scratch(moe_backend *be, size_t bytes, void **out, moe_error *err) {
+  moe_status st = MOE_OK;
+  if (be->ws && be->ws_bytes >= bytes) {
+    *out = be->ws;
+    return MOE_OK;
+  }
+  if (be->own_ws_bytes < bytes) {
+    const size_t grow = (bytes + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1); /* 1 MiB steps */
+    if (be->own_ws) {
+      CUDA_TRY(cudaStreamSynchronize(be->compute), err);
+      CUDA_TRY(cudaFree(be->own_ws), err);
+      be->own_ws = NULL;
+      be->own_ws_bytes = 0;
+    }
+    const cudaError_t e = cudaMalloc(&be->own_ws, grow);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      be->own_ws = NULL;
+      return MOE_FAIL(err, e == cudaErrorMemoryAllocation ? MOE_ERR_OOM : MOE_ERR_DEVICE,
+                      "cuda scratch of %zu bytes (outside the engine's workspace) failed: %s",
+                      grow, cudaGetErrorString(e));
+    }
+    be->own_ws_bytes = grow;
+  }
+  *out = be->own_ws;
+cleanup:
+  return st;
 }
 
 /* ------------------------------------------------------------ math */
@@ -835,20 +1000,19 @@ static moe_status cu_matmul(moe_backend *be, float *y, const float *x, size_t m,
                err);
   } else {
     const size_t elems = m * (size_t)k;
-    MOE_CHECK(be->ws != NULL && elems * 2 <= be->ws_bytes, err, MOE_ERR_INTERNAL,
-              "cuda matmul: workspace of %zu bytes is too small for %zu x %d activations",
-              be->ws_bytes, m, k);
+    void *xs = NULL;
+    MOE_TRY(scratch(be, elems * 2, &xs, err));
     cudaDataType_t t;
     if (w->dtype == MOE_F16) {
-      k_to_half<<<blocks_for(elems), kThreads, 0, be->compute>>>((__half *)be->ws, x, elems);
+      k_to_half<<<blocks_for(elems), kThreads, 0, be->compute>>>((__half *)xs, x, elems);
       t = CUDA_R_16F;
     } else {
-      k_to_bf16<<<blocks_for(elems), kThreads, 0, be->compute>>>((__nv_bfloat16 *)be->ws, x, elems);
+      k_to_bf16<<<blocks_for(elems), kThreads, 0, be->compute>>>((__nv_bfloat16 *)xs, x, elems);
       t = CUDA_R_16BF;
     }
     KERNEL_CHECK(err);
     CUBLAS_TRY(cublasGemmEx(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, (int)m, k, &one, w->data, t, k,
-                            be->ws, t, k, &zero, y, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
+                            xs, t, k, &zero, y, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT),
                err);
   }
@@ -871,12 +1035,53 @@ cleanup:
   return st;
 }
 
+static moe_status cu_upload(moe_backend *be, void *dst, const void *src, size_t bytes, moe_error *err);
+
+/* The device table of RoPE frequencies for (theta, head_dim), computed on
+ * the host with the cpu backend's expression (1 / theta^(2i / d) in float)
+ * the first time it is asked for; the oldest of ROPE_TABLES is replaced. */
+static moe_status rope_table(moe_backend *be, float theta, int head_dim, const float **out,
+                             moe_error *err) {
+  moe_status st = MOE_OK;
+  for (int i = 0; i < ROPE_TABLES; i++)
+    if (be->rope[i].freq && be->rope[i].theta == theta && be->rope[i].head_dim == head_dim) {
+      *out = be->rope[i].freq;
+      return MOE_OK;
+    }
+  {
+    const int half = head_dim / 2;
+    float host[MAX_ROPE_HALF];
+    for (int i = 0; i < half; i++) host[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+    const int slot = be->rope_next;
+    if (be->rope[slot].freq == NULL)
+      CUDA_TRY(cudaMalloc((void **)&be->rope[slot].freq, MAX_ROPE_HALF * sizeof(float)), err);
+    be->rope[slot].head_dim = 0; /* valid again once uploaded */
+    /* stream-ordered: an earlier kernel still reading the old table runs first */
+    MOE_TRY(cu_upload(be, be->rope[slot].freq, host, (size_t)half * sizeof(float), err));
+    be->rope[slot].theta = theta;
+    be->rope[slot].head_dim = head_dim;
+    be->rope_next = (slot + 1) % ROPE_TABLES;
+    *out = be->rope[slot].freq;
+  }
+cleanup:
+  return st;
+}
+
 static moe_status cu_rope(moe_backend *be, float *x, size_t m, const int32_t *pos, int n_heads,
                           int head_dim, float theta, moe_error *err) {
   moe_status st = MOE_OK;
   const size_t n = m * (size_t)n_heads * (size_t)(head_dim / 2);
   if (n == 0) return MOE_OK;
-  k_rope<<<blocks_for(n), kThreads, 0, be->compute>>>(x, m, pos, n_heads, head_dim, theta);
+  MOE_CHECK(head_dim > 0 && head_dim % 2 == 0 && head_dim / 2 <= MAX_ROPE_HALF && theta > 0.0f,
+            err, MOE_ERR_UNSUPPORTED, "cuda rope: head_dim %d (even, at most %d) or theta %g",
+            head_dim, 2 * MAX_ROPE_HALF, (double)theta);
+  {
+    const float *freq = NULL;
+    MOE_TRY(rope_table(be, theta, head_dim, &freq, err));
+    const rope_ex_args a = {n_heads, (size_t)n_heads * (size_t)head_dim, (size_t)head_dim, 0,
+                            head_dim, false, freq, 1.0f};
+    k_rope_ex<<<blocks_for(n), kThreads, 0, be->compute>>>(x, m, pos, a);
+  }
   KERNEL_CHECK(err);
 cleanup:
   return st;
@@ -997,19 +1202,16 @@ static moe_status cu_router_topk_ex(moe_backend *be, int32_t *idx, float *wts, c
   if (m == 0) return MOE_OK;
   MOE_TRY(moe_router_ex_check(r, n, err));
   {
-    /* the rows' choice scores: device scratch for this call */
-    float *cbuf = NULL;
-    CUDA_TRY(cudaMallocAsync((void **)&cbuf, m * (size_t)n * sizeof(float), be->compute), err);
+    /* the rows' choice scores: the scratch (no allocation per call) */
+    void *cbuf = NULL;
+    MOE_TRY(scratch(be, m * (size_t)n * sizeof(float), &cbuf, err));
     k_router_topk_ex<<<(unsigned)((m + 127) / 128), 128, 0, be->compute>>>(
         idx, wts, logits, m, n, r->k, (int)r->scoring,
         r->choice_bias && r->choice_bias->data ? r->choice_bias->data : NULL,
         r->choice_bias ? (int)r->choice_bias->dtype : 0, r->n_group, r->topk_group,
-        (int)r->group_score, r->renorm, r->scale, r->mask_neg_inf, cbuf);
-    const cudaError_t launch = cudaGetLastError();
-    const cudaError_t freed = cudaFreeAsync(cbuf, be->compute);
-    CUDA_TRY(launch, err);
-    CUDA_TRY(freed, err);
+        (int)r->group_score, r->renorm, r->scale, r->mask_neg_inf, (float *)cbuf);
   }
+  KERNEL_CHECK(err);
 cleanup:
   return st;
 }
@@ -1119,6 +1321,7 @@ static moe_backend_ops make_ops(void) {
   o.router_topk_ex = cu_router_topk_ex;
   o.rope_ex = cu_rope_ex;
   o.mla_attention = cu_mla_attention;
+  o.download_many = cu_download_many;
   return o;
 }
 

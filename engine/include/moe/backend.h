@@ -42,6 +42,10 @@
  * the weight's dtype before the product (cuda does, cublasGemmEx takes one
  * input type); the result then differs from the f32-activation reference
  * (cpu) by up to 2^-11 (f16) or 2^-8 (bf16) of sum |x_i| |w_i| per output.
+ * Rounding saturates: an activation past the 16-bit format's largest
+ * finite value (65504 for f16) becomes that value, never infinity, so a
+ * finite input gives a finite output (the bound above then does not hold
+ * for that row: the result is the product of the saturated values).
  * Each backend is deterministic: the same inputs give the same bits.
  *
  * Versions: abi_version is the major version; a table of another major
@@ -229,6 +233,13 @@ typedef enum moe_unary_op {
  * summing to 1 when renorm) drawn from its routing source, ignoring the
  * logits; every other op writes nothing.  Its clock is modeled_seconds. */
 #define MOE_BACKEND_CAP_MODELED 4u
+
+/* One device-to-host transfer of download_many. */
+typedef struct moe_xfer {
+  void *dst;       /* host */
+  const void *src; /* device */
+  size_t bytes;
+} moe_xfer;
 
 typedef struct moe_backend_ops {
   uint32_t abi_version; /* MOE_BACKEND_ABI at the time the table was built */
@@ -425,7 +436,20 @@ typedef struct moe_backend_ops {
   moe_status (*mla_attention)(moe_backend *be, float *out, const float *q, float *ckv_cache,
                               float *kpe_cache, const float *ckv, const float *kpe,
                               const moe_weight *kv_b, const moe_mla_shape *s, moe_error *err);
+
+  /* ---- since ABI 1.5 (absent in older tables) */
+  /* n downloads (n >= 0; zero-byte ones allowed) with one wait of the
+   * host: the same bytes, in the same compute-stream position, as n calls
+   * of download in order, but the host waits once (a GPU backend queues
+   * every copy, then synchronises once).  The engine uses it for a block's
+   * routing (indices and weights together).  NULL: the engine calls
+   * download n times. */
+  moe_status (*download_many)(moe_backend *be, const moe_xfer *x, int n, moe_error *err);
 } moe_backend_ops;
+
+/* The size of a table built against the ABI 1.4 header: everything up to
+ * and including mla_attention. */
+#define MOE_BACKEND_SIZE_1_4 (offsetof(moe_backend_ops, mla_attention) + sizeof(void (*)(void)))
 
 /* The size of a table built against the ABI 1.3 header: everything up to
  * and including router_topk_ex. */
@@ -516,6 +540,10 @@ moe_status moe_device_alloc(moe_device *dev, moe_mem_category cat, size_t bytes,
 void moe_device_free(moe_device *dev, void *ptr);
 /* Restarts the peak counters from the current usage. */
 void moe_device_reset_peak(moe_device *dev);
+
+/* n downloads with one wait of the host where the backend has
+ * download_many, else n download calls. */
+moe_status moe_device_download_many(moe_device *dev, const moe_xfer *x, int n, moe_error *err);
 
 #ifdef __cplusplus
 }

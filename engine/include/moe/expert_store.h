@@ -45,6 +45,12 @@ typedef struct moe_expert_stats {
 
 /* Creates a store with `slots` slots for model on dev (slots in 1 ..
  * MoE layers x experts). */
+/* Whether the model's expert weights are pinned host memory (1), pageable
+ * because pinning failed (0), or the backend does not pin (-1), and the
+ * seconds the registration took (near 0 when the range was already pinned
+ * by another user). */
+void moe_expert_store_pinning(const moe_expert_store *s, int *pinned, double *pin_s);
+
 moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *model,
                                    moe_device *dev, int slots, moe_error *err);
 void moe_expert_store_free(moe_expert_store *s);

@@ -230,6 +230,10 @@ typedef struct moe_run_stats {
   unsigned long long gets, reused;   /* expert acquires, and those served without a copy
                                         in this run of the block (cache hits) */
   int cache_slots;                   /* of slots, those the cache added */
+  int pinned;                        /* expert weights in pinned host memory: 1, pageable
+                                        (pinning failed; copies serialise with compute): 0,
+                                        a backend that does not pin: -1 */
+  double pin_s;                      /* seconds the engine spent pinning them */
 } moe_run_stats;
 
 /* Builds the engine: plans slots with the policy under the device budget,

@@ -41,6 +41,20 @@ void moe_trace_op(moe_trace *t, int track, const char *name, double t0, double t
  * of the trace measures per-step times between. */
 void moe_trace_mark(moe_trace *t, const char *name);
 
+/* What the trace counted: backend calls (every op recorded on the compute
+ * track, each at least one runtime call on a GPU: math, upload, download,
+ * copy issues, records, waits, event queries) and host waits among them
+ * (download, download_many, synchronize, event_sync: the calls that make
+ * the host wait for the device), in total and per forward pass (between
+ * two "forward" marks of the engine): the median over the passes after
+ * the first (the decode steps; the first is the prefill). */
+typedef struct moe_trace_counts {
+  unsigned long calls, host_syncs;
+  int forward_passes;
+  double calls_per_step, syncs_per_step;
+} moe_trace_counts;
+void moe_trace_get_counts(moe_trace *t, moe_trace_counts *out);
+
 /* Wraps dev's backend so that every operation is recorded in t; the device
  * keeps working as before.  Call right after moe_device_open, before any
  * allocation; moe_device_close unwraps.  Copies get their real spans when
