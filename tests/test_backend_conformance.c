@@ -395,6 +395,34 @@ START_TEST(download_many_definition) {
 }
 END_TEST
 
+/* argmax_rows (optional): the sequential scan's index, ties to the lowest,
+ * NaN never chosen except at index 0, -inf and wide rows. */
+START_TEST(argmax_rows_definition) {
+  if (OPS->argmax_rows == NULL) return;
+  enum { R = 6, N = 700 };
+  static float x[R * N];
+  int32_t got[R];
+  for (int i = 0; i < R * N; i++) x[i] = (float)((i * 37) % 101) * 0.01f;
+  x[0 * N + 650] = 5.0f, x[0 * N + 651] = 5.0f;            /* a tie: the first */
+  x[1 * N + 0] = NAN, x[1 * N + 3] = 9.0f;                  /* NaN at 0: stays 0 */
+  x[2 * N + 1] = NAN, x[2 * N + 2] = 7.0f, x[2 * N + 5] = NAN; /* NaN elsewhere: skipped */
+  for (int i = 0; i < N; i++) x[3 * N + i] = -INFINITY;     /* all -inf: 0 */
+  x[4 * N + N - 1] = 3.0f;                                  /* the last element */
+  for (int i = 0; i < N; i++) x[5 * N + i] = 1.0f;          /* all equal: 0 */
+  float *dx = dev_f(x, R * N);
+  int32_t *di = dev_bytes(NULL, sizeof got);
+  OK(OPS->argmax_rows(BE, di, dx, R, N, &e_));
+  down(got, di, sizeof got);
+  for (int r = 0; r < R; r++) {
+    int best = 0;
+    for (int i = 1; i < N; i++)
+      if (x[r * N + i] > x[r * N + best]) best = i;
+    ck_assert_msg(got[r] == best, "row %d: %d, the scan gives %d", r, got[r], best);
+  }
+  OK(OPS->argmax_rows(BE, di, dx, 0, N, &e_)); /* no rows: nothing */
+}
+END_TEST
+
 START_TEST(norm_rope_elementwise) {
   moe_error err = {0};
   const size_t m = 3, n = 48;
@@ -1198,6 +1226,7 @@ static int run_for(const char *backend, double link, int threads, const char *va
   tcase_add_test(tc, empty_inputs_are_no_ops);
   tcase_add_test(tc, matmul_16bit_activations_saturate);
   tcase_add_test(tc, download_many_definition);
+  tcase_add_test(tc, argmax_rows_definition);
   suite_add_tcase(s, tc);
   printf("== %s\n", name);
   return tu_run_suite_nofork(s);

@@ -309,6 +309,32 @@ static void traced_steps(bool many, moe_trace_counts *c, int32_t *out) {
   moe_model_free(m);
 }
 
+/* Greedy decoding with the choice on the device (argmax_rows) gives the
+ * tokens of scanning the downloaded logits, on a model whose logits have
+ * near ties (bf16 weights); without the op the engine scans on the host. */
+START_TEST(device_argmax_same_tokens) {
+  moe_config cfg = tiny(MOE_ARCH_QWEN2_MOE);
+  moe_model *m = synth(&cfg, MOE_BF16, 11, 0.0);
+  moe_error err = {0};
+  moe_backend_ops ops = *moe_backend_find("cpu");
+  ck_assert_ptr_nonnull(ops.argmax_rows);
+  int32_t ids[2 * 5], with[2 * 20], without[2 * 20];
+  random_ids(ids, 10, cfg.vocab, 4);
+  for (int pass = 0; pass < 2; pass++) {
+    if (pass) ops.argmax_rows = NULL;
+    moe_device dev;
+    ck_assert(moe_device_open_ops(&dev, &ops, NULL, &err) == MOE_OK);
+    moe_engine *e = engine(m, &dev, 2, 32, false);
+    ck_assert_msg(moe_engine_generate(e, ids, 2, 5, 20, pass ? without : with, NULL, NULL, &err) ==
+                      MOE_OK, "%s", err.msg);
+    moe_engine_free(e);
+    moe_device_close(&dev);
+  }
+  ck_assert_mem_eq(with, without, sizeof with);
+  moe_model_free(m);
+}
+END_TEST
+
 START_TEST(routing_downloads_wait_once_per_block) {
   moe_trace_counts plain, many;
   int32_t tok_plain[6], tok_many[6];
@@ -363,6 +389,7 @@ int main(void) {
   tcase_add_test(tc, routing_skew_concentrates_use);
   tcase_add_test(tc, engine_rejects_bad_calls);
   tcase_add_test(tc, routing_downloads_wait_once_per_block);
+  tcase_add_test(tc, device_argmax_same_tokens);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

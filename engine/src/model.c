@@ -1141,8 +1141,9 @@ moe_status moe_engine_encoder_output(moe_engine *e, float *out, moe_error *err) 
   return e->dev->ops->download(e->dev->be, out, e->h, n * sizeof(float), err);
 }
 
-moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, int n_new, int pos0,
-                              float *logits, moe_error *err) {
+/* The forward pass; logits NULL: they stay on the device (e->logits). */
+static moe_status forward(moe_engine *e, const int32_t *tokens, int n_seq, int n_new, int pos0,
+                          float *logits, moe_error *err) {
   moe_status st = MOE_OK;
   const moe_config *c = &e->model->cfg;
   const moe_backend_ops *o = e->dev->ops;
@@ -1175,7 +1176,28 @@ moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, i
     MOE_TRY(o->unary(be, e->h, e->h, rows * H, MOE_UNARY_SCALE, (float)pow((double)c->hidden, -0.5),
                      err));
   MOE_TRY(o->matmul(be, e->logits, e->h, rows, &head, NULL, err));
-  MOE_TRY(o->download(be, logits, e->logits, rows * (size_t)c->vocab * sizeof(float), err));
+  if (logits) MOE_TRY(o->download(be, logits, e->logits, rows * (size_t)c->vocab * sizeof(float), err));
+cleanup:
+  return st;
+}
+
+moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, int n_new, int pos0,
+                              float *logits, moe_error *err) {
+  if (logits == NULL) return MOE_FAIL(err, MOE_ERR_INVALID, "forward: logits is NULL");
+  return forward(e, tokens, n_seq, n_new, pos0, logits, err);
+}
+
+/* A decode step whose logits nobody keeps: the greedy choice on the device
+ * (argmax_rows) and n_seq ids downloaded, not n_seq x vocab logits.  The
+ * same tokens as scanning the downloaded logits (the op's contract). */
+static moe_status decode_step_on_device(moe_engine *e, const int32_t *tokens, int n_seq, int pos0,
+                                        int32_t *next, moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_backend_ops *o = e->dev->ops;
+  MOE_TRY(forward(e, tokens, n_seq, 1, pos0, NULL, err));
+  /* e->rows (T x top_k ids) is free once the forward has gathered with it */
+  MOE_TRY(o->argmax_rows(e->dev->be, e->rows, e->logits, (size_t)n_seq, e->model->cfg.vocab, err));
+  MOE_TRY(o->download(e->dev->be, next, e->rows, (size_t)n_seq * sizeof(int32_t), err));
 cleanup:
   return st;
 }
@@ -1234,13 +1256,17 @@ moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq,
     stats->prefill_bytes_h2d = moe_expert_store_stats(e->store)->bytes_h2d;
     stats->prefill_stall_s = engine_stall(e);
   }
+  /* (e->rows holds top_k ids per token: room for the n_seq ids) */
+  const bool on_device = keep == NULL && e->dev->ops->argmax_rows != NULL && c->top_k >= 1;
   for (int step = 1; step < max_new; step++) {
     double ts = now(e);
-    MOE_TRY(moe_engine_forward(e, next, n_seq, 1, dec0 + step, logits, err));
-    for (int b = 0; b < n_seq; b++) {
-      next[b] = moe_argmax(logits + (size_t)b * (size_t)V, V);
-      out[(size_t)b * (size_t)max_new + (size_t)step] = next[b];
+    if (on_device) {
+      MOE_TRY(decode_step_on_device(e, next, n_seq, dec0 + step, next, err));
+    } else {
+      MOE_TRY(moe_engine_forward(e, next, n_seq, 1, dec0 + step, logits, err));
+      for (int b = 0; b < n_seq; b++) next[b] = moe_argmax(logits + (size_t)b * (size_t)V, V);
     }
+    for (int b = 0; b < n_seq; b++) out[(size_t)b * (size_t)max_new + (size_t)step] = next[b];
     if (keep)
       memcpy(keep + (size_t)step * (size_t)n_seq * (size_t)V, logits,
              (size_t)n_seq * (size_t)V * sizeof(float));

@@ -331,6 +331,11 @@ static moe_status tr_download_many(moe_backend *be, const moe_xfer *x, int n, mo
   for (int i = 0; i < n; i++) bytes += (double)x[i].bytes;
   TIMED(be, "download many", 0, bytes, REAL(be)->download_many(INNER(be), x, n, e));
 }
+static moe_status tr_argmax(moe_backend *be, int32_t *idx, const float *x, size_t m, int n,
+                            moe_error *e) {
+  TIMED(be, "argmax", (double)m * (double)n, (double)m * (double)n * sizeof(float),
+        REAL(be)->argmax_rows(INNER(be), idx, x, m, n, e));
+}
 static moe_status tr_sync(moe_backend *be, moe_error *e) {
   TIMED(be, "synchronize", 0, 0, REAL(be)->synchronize(INNER(be), e));
 }
@@ -518,6 +523,7 @@ moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {
   o->rope_ex = r->rope_ex ? tr_rope_ex : NULL;
   o->mla_attention = r->mla_attention ? tr_mla : NULL;
   o->download_many = r->download_many ? tr_download_many : NULL;
+  o->argmax_rows = r->argmax_rows ? tr_argmax : NULL;
   if (r->modeled_seconds) {
     t->t_origin = 0; /* modeled time starts at 0 */
     t->clock_fn = r->modeled_seconds;

@@ -1207,6 +1207,20 @@ static moe_status cpu_scatter_add_rows(moe_backend *be, float *dst, const float 
   return MOE_OK;
 }
 
+/* argmax_rows (backend.h): the sequential scan, row by row. */
+static moe_status cpu_argmax_rows(moe_backend *be, int32_t *idx, const float *x, size_t m, int n,
+                                  moe_error *err) {
+  if (m > 0 && n < 1) return MOE_FAIL(err, MOE_ERR_INVALID, "argmax_rows: n must be >= 1, got %d", n);
+  for (size_t r = 0; r < m; r++) {
+    const float *row = x + r * (size_t)n;
+    int best = 0;
+    for (int i = 1; i < n; i++)
+      if (row[i] > row[best]) best = i;
+    idx[r] = best;
+  }
+  return MOE_OK;
+}
+
 const moe_backend_ops moe_cpu_backend = {
     .abi_version = MOE_BACKEND_ABI,
     .struct_size = sizeof(moe_backend_ops),
@@ -1250,4 +1264,5 @@ const moe_backend_ops moe_cpu_backend = {
     .router_topk_ex = cpu_router_topk_ex,
     .rope_ex = cpu_rope_ex,
     .mla_attention = cpu_mla_attention,
+    .argmax_rows = cpu_argmax_rows,
 };

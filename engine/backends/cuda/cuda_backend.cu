@@ -548,6 +548,35 @@ __global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {
   if (i < n) dst[i] = __float2bfloat16_rn(saturate(src[i], 3.3895313892515355e38f));
 }
 
+/* argmax_rows (backend.h): one block per row; each thread keeps the first
+ * index of its largest non-NaN value, then a reduction keeps the larger
+ * value, the lower index on ties.  That is the sequential scan's answer
+ * except when x[0] is NaN, where the scan keeps 0. */
+__global__ void k_argmax_rows(int32_t *idx, const float *x, int n) {
+  __shared__ float bv[kThreads];
+  __shared__ int bi[kThreads];
+  const float *row = x + (size_t)blockIdx.x * n;
+  float v = 0.0f;
+  int at = -1;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const float y = row[i];
+    if (y == y && (at < 0 || y > v)) v = y, at = i;
+  }
+  bv[threadIdx.x] = v;
+  bi[threadIdx.x] = at;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w /= 2) {
+    if ((int)threadIdx.x < w) {
+      const int j = threadIdx.x + w;
+      const bool take = bi[j] >= 0 && (bi[threadIdx.x] < 0 || bv[j] > bv[threadIdx.x] ||
+                                       (bv[j] == bv[threadIdx.x] && bi[j] < bi[threadIdx.x]));
+      if (take) bv[threadIdx.x] = bv[j], bi[threadIdx.x] = bi[j];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) idx[blockIdx.x] = row[0] != row[0] || bi[0] < 0 ? 0 : bi[0];
+}
+
 /* ------------------------------------------------------------ lifecycle */
 
 static void cu_destroy(moe_backend *be) {
@@ -1268,6 +1297,18 @@ cleanup:
   return st;
 }
 
+static moe_status cu_argmax_rows(moe_backend *be, int32_t *idx, const float *x, size_t m, int n,
+                                 moe_error *err) {
+  moe_status st = MOE_OK;
+  if (m == 0) return MOE_OK;
+  MOE_CHECK(n >= 1 && m <= 0x7fffffffu, err, MOE_ERR_INVALID,
+            "argmax_rows: n must be >= 1 (got %d), rows at most 2^31 - 1 (got %zu)", n, m);
+  k_argmax_rows<<<(unsigned)m, kThreads, 0, be->compute>>>(idx, x, n);
+  KERNEL_CHECK(err);
+cleanup:
+  return st;
+}
+
 extern "C" moe_status moe_cuda_probe(char *desc, size_t cap, moe_error *err);
 
 static moe_backend_ops make_ops(void) {
@@ -1322,6 +1363,7 @@ static moe_backend_ops make_ops(void) {
   o.rope_ex = cu_rope_ex;
   o.mla_attention = cu_mla_attention;
   o.download_many = cu_download_many;
+  o.argmax_rows = cu_argmax_rows;
   return o;
 }
 

@@ -445,6 +445,15 @@ typedef struct moe_backend_ops {
    * routing (indices and weights together).  NULL: the engine calls
    * download n times. */
   moe_status (*download_many)(moe_backend *be, const moe_xfer *x, int n, moe_error *err);
+  /* Greedy choice on the device: idx[r] = the index of the largest of
+   * x[r, 0 .. n-1] (n >= 1), ties to the lowest index, exactly as the
+   * sequential scan best = 0; for i: if x[i] > x[best] then best = i
+   * (moe_argmax): NaN is never chosen, except at index 0 where nothing
+   * replaces it.  The engine uses it for the decode steps whose logits
+   * the caller does not keep, downloading m ids instead of m x vocab
+   * logits.  NULL: the engine downloads the logits and scans them. */
+  moe_status (*argmax_rows)(moe_backend *be, int32_t *idx, const float *x, size_t m, int n,
+                            moe_error *err);
 } moe_backend_ops;
 
 /* The size of a table built against the ABI 1.4 header: everything up to
