@@ -2,9 +2,12 @@
 #include "cli.h"
 
 #include "moe/jsonfile.h"
+#include "moe/publish.h"
 
 #include <ctype.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -500,4 +503,41 @@ int cli_check_names(const char *cmd, const char *preset, const char *backend) {
     return 2;
   }
   return 0;
+}
+
+int cli_check_prefix(const char *cmd, const char *prefix) {
+  moe_error err = {0};
+  if (moe_publish_check_path(prefix, 16, &err) != MOE_OK) {
+    cli_error("%s: -o: %s", cmd, err.msg);
+    return 1;
+  }
+  const size_t n = strlen(prefix);
+  struct stat st;
+  if (prefix[n - 1] == '/' || (stat(prefix, &st) == 0 && S_ISDIR(st.st_mode))) {
+    cli_error("%s: -o %s: a directory; give a prefix (DIR/NAME writes DIR/NAME.csv and .json)",
+              cmd, prefix);
+    return 1;
+  }
+  return 0;
+}
+
+int cli_lock_prefix(const char *cmd, const char *prefix) {
+  char path[MOE_PUBLISH_PATH_MAX + 8];
+  if (cli_check_prefix(cmd, prefix) != 0) return -1;
+  snprintf(path, sizeof path, "%s.lock", prefix);
+  const int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0666);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    cli_error("%s: %s: cannot use as the lock file: %s", cmd, path,
+              fd < 0 ? strerror(errno) : "not a regular file");
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    cli_error("%s: %s: another command is writing %s.csv and .json; refusing a second writer", cmd,
+              path, prefix);
+    close(fd);
+    return -1;
+  }
+  return fd;
 }

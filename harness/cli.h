@@ -100,6 +100,19 @@ moe_status cli_check_keys(const void *obj, const char *const *known, const char 
  * parent; errors show when the file is written). */
 void cli_mkdir_parent(const char *prefix);
 
+/* An output prefix (PREFIX.csv, .json, .lock): not empty, short enough
+ * that every name built from it fits (refused, never cut), not a
+ * directory ("-o dir/").  Returns 0, or 1 after printing why, naming the
+ * command. */
+int cli_check_prefix(const char *cmd, const char *prefix);
+
+/* Takes PREFIX.lock for the life of the process (advisory flock; the file
+ * opened O_NOFOLLOW and only when it is a regular file): every command that
+ * writes PREFIX.csv and .json (run -o, sweep, merge -o, eval -o) takes it,
+ * so two writers of one prefix never interleave.  Returns the descriptor,
+ * or -1 after printing why. */
+int cli_lock_prefix(const char *cmd, const char *prefix);
+
 /* An expert cache spec "KIND:SIZE": KIND lru, lfu, static or ring; SIZE a number
  * of experts ("64"), a share of all experts of the model ("25%"), or a
  * byte size ("2GiB", whole experts of it).  Returns the experts it means

@@ -16,10 +16,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "commands.h"
 #include "moe/jsonfile.h"
+#include "moe/publish.h"
 #include "moe/model.h"
 #include "moe/policy.h"
 
@@ -161,6 +163,8 @@ static int eval_suite(const char *path, const char *prefix, const char *backend,
   eval_row *rows = calloc(EVAL_MAX_ROWS, sizeof *rows);
   eval_figures *figs = calloc(EVAL_MAX_ROWS, sizeof *figs);
   FILE *csv = NULL;
+  moe_publish pub = {0};
+  int lock = -1; /* PREFIX.lock while PREFIX is written */
   json_t *out = NULL;
   static const char *const keys[] = {"name", "description", "tokens", "windows", "rows", NULL};
   static const char *const row_keys[] = {"label", "model_dir", "preset", "policy", "routing", NULL};
@@ -241,14 +245,15 @@ static int eval_suite(const char *path, const char *prefix, const char *backend,
          "perplexity and accuracy measured by the engine on the cpu backend.\n",
          n_windows, len, t, figs[0].r.tokens);
   if (prefix) {
-    char p[1100], tmp[1200];
-    snprintf(p, sizeof p, "%s.csv", prefix);
-    snprintf(tmp, sizeof tmp, "%s.tmp", p);
-    csv = fopen(tmp, "w");
-    if (csv == NULL) {
-      cli_error("%s: cannot write", tmp);
+    char p[MOE_PUBLISH_PATH_MAX + 8];
+    moe_error perr = {0};
+    if ((lock = cli_lock_prefix("eval", prefix)) < 0) goto done;
+    snprintf(p, sizeof p, "%s.csv", prefix); /* the prefix's length was checked */
+    if (moe_publish_open(&pub, p, "the CSV", &perr) != MOE_OK) {
+      cli_fail(&perr);
       goto done;
     }
+    csv = pub.f;
     fprintf(csv, "label,model,policy,routing,windows,window_len,tokens,cross_entropy,perplexity,"
                  "accuracy,pregate_hits,pregate_total\n");
     out = json_array();
@@ -269,22 +274,25 @@ static int eval_suite(const char *path, const char *prefix, const char *backend,
                          "cross_entropy", ce_of(f), "perplexity", exp(ce_of(f)), "accuracy",
                          acc_of(f)));
     }
-    if (fclose(csv) != 0 || rename(tmp, p) != 0) {
-      csv = NULL;
-      cli_error("%s: cannot write", p);
+    csv = NULL;
+    if (moe_publish_commit(&pub, &perr) != MOE_OK) {
+      cli_fail(&perr);
       goto done;
     }
-    csv = NULL;
     snprintf(p, sizeof p, "%s.json", prefix);
-    snprintf(tmp, sizeof tmp, "%s.tmp", p);
-    if (json_dump_file(out, tmp, JSON_INDENT(1)) != 0 || rename(tmp, p) != 0) {
-      cli_error("%s: cannot write", p);
+    char *text = json_dumps(out, JSON_INDENT(1));
+    const moe_status jst = text ? moe_publish_bytes(p, text, strlen(text), "the JSON", &perr)
+                                : MOE_FAIL(&perr, MOE_ERR_OOM, "out of host memory");
+    free(text);
+    if (jst != MOE_OK) {
+      cli_fail(&perr);
       goto done;
     }
   }
   rc = 0;
 done:
-  if (csv) fclose(csv);
+  if (csv) moe_publish_abort(&pub);
+  if (lock >= 0) close(lock);
   json_decref(out);
   json_decref(root);
   free(windows);
@@ -327,7 +335,11 @@ int cmd_eval(int argc, char **argv) {
       case O_BACKEND: ok = optarg[0] != '\0'; backend = optarg; break;
       case O_THREADS: ok = cli_parse_int(optarg, 1, 256, &threads); break;
       case O_SUITE: ok = optarg[0] != '\0'; suite = optarg; break;
-      case 'o': ok = optarg[0] != '\0'; prefix = optarg; break;
+      case 'o': {
+        if (cli_check_prefix("eval", optarg) != 0) return 2; /* refused, never cut */
+        prefix = optarg;
+        break;
+      }
       case 'h': eval_usage(stdout); return 0;
       default:
         cli_error("eval: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);

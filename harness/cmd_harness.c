@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "moe/clock.h"
+#include "moe/publish.h"
 #include "cli.h"
 #include "commands.h"
 #include "moe/version.h"
@@ -310,7 +311,7 @@ static json_t *metadata(json_t *av, const char *suite_name, const char *backend,
 }
 
 static moe_status write_outputs(const char *prefix, const res_table *t, json_t *meta, moe_error *err) {
-  char path[1100];
+  char path[MOE_PUBLISH_PATH_MAX + 8]; /* the prefix was checked (cli_check_prefix) */
   snprintf(path, sizeof path, "%s.csv", prefix);
   moe_status st = res_write_csv(path, t, err);
   if (st != MOE_OK) return st;
@@ -371,7 +372,7 @@ typedef struct sweep_ctx {
   cli_preset *presets;
   const char *backend;
   char device[256];
-  char prefix[1024];
+  char prefix[MOE_PUBLISH_PATH_MAX + 1];
   bool resume;
   res_table t;
   json_t *meta;
@@ -703,25 +704,6 @@ static int drop_stale_rows(sweep_ctx *x) {
   return dropped;
 }
 
-/* Takes PREFIX.lock (advisory, released at exit): two sweeps must not write
- * the same files.  Returns the descriptor, or -1 after printing why. */
-static int lock_output(const char *prefix) {
-  char path[1100];
-  snprintf(path, sizeof path, "%s.lock", prefix);
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-  if (fd < 0) {
-    cli_error("%s: cannot create the lock file: %s", path, strerror(errno));
-    return -1;
-  }
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    cli_error("%s: another sweep is writing %s.csv and .json; refusing a second writer", path,
-              prefix);
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 /* A suite's policy entry: a built-in name, or the path of a plugin (it has
  * a '/' or ends in .so), relative to the suite file.  Returns 0, or 1
  * after printing why. */
@@ -771,10 +753,7 @@ static int sweep_args(int argc, char **argv, const char **suite_arg, const char 
   while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
     switch (c) {
       case 'o':
-        if (optarg[0] == '\0') {
-          cli_error("sweep: --out needs a non-empty prefix");
-          return 2;
-        }
+        if (cli_check_prefix("sweep", optarg) != 0) return 2;
         *out = optarg;
         break;
       case 'R': *resume = true; break;
@@ -888,6 +867,7 @@ int cmd_sweep(int argc, char **argv) {
                     "ignored (rows record none)\n", bo->name, x.s->link_ratio);
     x.s->link_ratio = 0;
   }
+  if (out && cli_check_prefix("sweep", out) != 0) goto done;
   if (out)
     snprintf(x.prefix, sizeof x.prefix, "%s", out);
   else if (x.shard_n)
@@ -897,8 +877,8 @@ int cmd_sweep(int argc, char **argv) {
     snprintf(x.prefix, sizeof x.prefix, "results/runs/%s", x.s->name);
   if (x.shard_n && plan_shards(&x) != 0) goto done;
   mkdir_parent(x.prefix);
-  if ((lock_fd = lock_output(x.prefix)) < 0) goto done;
-  char path[1100];
+  if ((lock_fd = cli_lock_prefix("sweep", x.prefix)) < 0) goto done;
+  char path[MOE_PUBLISH_PATH_MAX + 8];
   snprintf(path, sizeof path, "%s.csv", x.prefix);
   if (resume && access(path, F_OK) == 0 &&
       (res_read_csv(path, &x.t, &err) != MOE_OK || res_check_values(&x.t, path, &err) != MOE_OK)) {
@@ -1040,7 +1020,10 @@ int cmd_run(int argc, char **argv) {
       case 't': ok = cli_parse_int(optarg, 1, 1024, &threads); break;
       case 's': ok = cli_parse_u64(optarg, &seed); have_seed = true; break;
       case 'S': ok = cli_parse_u64(optarg, &prompt_seed); break;
-      case 'o': ok = optarg[0] != '\0'; out = optarg; break;
+      case 'o':
+        if (cli_check_prefix("run", optarg) != 0) return 2;
+        out = optarg;
+        break;
       case 'h':
         printf("usage: moebench run (--preset NAME | --model-dir DIR) [options]\n\n"
                "Measures one configuration and prints its result row (markdown); with --out,\n"
@@ -1204,11 +1187,18 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
   int rc_exit = strcmp(res_get(row, "status"), "ok") == 0 ? 0 : 1;
   if (out) {
     mkdir_parent(out);
+    const int lock = cli_lock_prefix("run", out);
+    if (lock < 0) {
+      res_table_free(&t);
+      moe_model_free(m);
+      return 1;
+    }
     char start[32];
     iso_now(start, sizeof start);
     json_t *meta = metadata(argv_json(n_orig, orig), NULL, backend, link, start);
     if (write_outputs(out, &t, meta, &err) != MOE_OK) rc_exit = cli_fail(&err);
     json_decref(meta);
+    close(lock);
   }
   res_table_free(&t);
   moe_model_free(m);

@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "moe/publish.h"
 #include "cli.h"
 #include "commands.h"
 #include "results.h"
@@ -53,10 +55,7 @@ int cmd_merge(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
     switch (c) {
       case 'o':
-        if (optarg[0] == '\0') {
-          cli_error("merge: --out needs a non-empty prefix");
-          return 2;
-        }
+        if (cli_check_prefix("merge", optarg) != 0) return 2;
         out = optarg;
         break;
       case 'D': allow_device = true; break;
@@ -82,6 +81,7 @@ int cmd_merge(int argc, char **argv) {
   int shard_n = 0, expected = 0, suite_rows = -1;
   bool seen[MERGE_MAX + 1] = {false}, have_shards = false;
   moe_error err = {0};
+  int lock = -1; /* OUT.lock while OUT is written */
   for (int i = 0; i < n_in; i++) {
     char prefix[1100], path[1200];
     prefix_of(argv[optind + i], prefix, sizeof prefix);
@@ -202,8 +202,9 @@ int cmd_merge(int argc, char **argv) {
   json_object_set_new(meta, "merged_from", sources);
   sources = NULL;
   json_object_set_new(meta, "merged_complete", json_boolean(!partial));
-  char path[1100];
+  char path[MOE_PUBLISH_PATH_MAX + 8];
   cli_mkdir_parent(out);
+  if ((lock = cli_lock_prefix("merge", out)) < 0) goto done;
   snprintf(path, sizeof path, "%s.csv", out);
   if (res_write_csv(path, &all, &err) != MOE_OK) {
     cli_fail(&err);
@@ -220,6 +221,7 @@ int cmd_merge(int argc, char **argv) {
           n_in == 1 ? "" : "s", partial ? " (partial)" : "", out, out);
   rc = partial ? 1 : 0;
 done:
+  if (lock >= 0) close(lock);
   res_index_free(ix);
   res_table_free(&all);
   json_decref(sources);

@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "moe/jsonfile.h"
+#include "moe/publish.h"
 
 typedef struct tl_event {
   int tid;            /* 1 compute, 2 copy */
@@ -85,8 +86,7 @@ int cmd_timeline(int argc, char **argv) {
   int rc = 1;
   tl_event *ev = NULL;
   FILE *f = NULL;
-  char tmp[1200];
-  tmp[0] = '\0';
+  moe_publish pub = {0};
   json_t *arr = json_is_object(root) ? json_object_get(root, "traceEvents") : NULL;
   if (!json_is_array(arr)) {
     cli_error("%s: not a trace (no traceEvents array)", path);
@@ -149,11 +149,13 @@ int cmd_timeline(int argc, char **argv) {
     for (size_t k = 0; k < n; k++)
       if (ev[k].ts + ev[k].dur > t1) t1 = ev[k].ts + ev[k].dur;
   const double span = t1 > t0 ? t1 - t0 : 1.0, W = 1100.0, x0 = 80.0;
-  snprintf(tmp, sizeof tmp, "%s.tmp", out);
-  f = fopen(tmp, "w");
-  if (f == NULL) {
-    cli_error("%s: cannot create", tmp);
-    goto done;
+  {
+    moe_error perr = {0};
+    if (moe_publish_open(&pub, out, "the timeline", &perr) != MOE_OK) {
+      cli_fail(&perr);
+      goto done;
+    }
+    f = pub.f;
   }
   double busy[3] = {0, 0, 0};
   fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1200\" height=\"230\" "
@@ -185,16 +187,17 @@ int cmd_timeline(int argc, char **argv) {
              "blue matmul, green attention, grey other ops, red waiting for a copy, orange "
              "copies</text>\n</svg>\n",
           100 * busy[1] / span, 100 * busy[2] / span);
-  if (fclose(f) != 0 || rename(tmp, out) != 0) {
-    f = NULL;
-    cli_error("%s: cannot write", out);
-    remove(tmp);
-    goto done;
-  }
   f = NULL;
+  {
+    moe_error perr = {0};
+    if (moe_publish_commit(&pub, &perr) != MOE_OK) {
+      cli_fail(&perr);
+      goto done;
+    }
+  }
   rc = 0;
 done:
-  if (f) fclose(f), remove(tmp);
+  if (f) moe_publish_abort(&pub);
   free(ev);
   json_decref(root);
   return rc;

@@ -1,6 +1,8 @@
 /* Result tables: CSV with libcsv, JSON with jansson, atomic writes. */
 #include "results.h"
 
+#include "moe/publish.h"
+
 #include "moe/jsonfile.h"
 
 #include <csv.h>
@@ -356,43 +358,23 @@ moe_status res_read_csv(const char *path, res_table *t, moe_error *err) {
   return st;
 }
 
-/* A temporary file beside path, unique to this writer (mkstemp), so two
- * writers never share one. */
-static moe_status atomic_begin(const char *path, char **tmp, FILE **f, moe_error *err) {
-  *tmp = malloc(strlen(path) + 16);
-  if (*tmp == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory");
-  sprintf(*tmp, "%s.tmp.XXXXXX", path);
-  int fd = mkstemp(*tmp);
-  *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
-  if (*f == NULL) {
-    moe_status st = MOE_FAIL(err, MOE_ERR_IO, "%s: cannot create: %s", *tmp, strerror(errno));
-    if (fd >= 0) {
-      close(fd);
-      remove(*tmp);
-    }
-    free(*tmp);
-    *tmp = NULL;
-    return st;
-  }
-  (void)fchmod(fd, 0644);
-  return MOE_OK;
-}
-
-static moe_status atomic_end(const char *path, char *tmp, FILE *f, bool ok, moe_error *err) {
-  moe_status st = MOE_OK;
-  if (f && fclose(f) != 0) ok = false;
-  if (!ok) st = MOE_FAIL(err, MOE_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
-  if (st == MOE_OK && rename(tmp, path) != 0)
-    st = MOE_FAIL(err, MOE_ERR_IO, "%s: rename failed: %s", path, strerror(errno));
-  if (st != MOE_OK) remove(tmp);
-  free(tmp);
+/* Results files are published whole (moe/publish.h): a reader never sees
+ * half a table, and a failed write leaves the old file. */
+static moe_status atomic_begin(const char *path, moe_publish *p, FILE **f, moe_error *err) {
+  moe_status st = moe_publish_open(p, path, "the results", err);
+  *f = st == MOE_OK ? p->f : NULL;
   return st;
 }
 
+static moe_status atomic_end(moe_publish *p, bool ok, moe_error *err) {
+  if (!ok) moe_publish_fail(p);
+  return moe_publish_commit(p, err);
+}
+
 moe_status res_write_csv(const char *path, const res_table *t, moe_error *err) {
-  char *tmp;
+  moe_publish pub;
   FILE *f;
-  moe_status st = atomic_begin(path, &tmp, &f, err);
+  moe_status st = atomic_begin(path, &pub, &f, err);
   if (st != MOE_OK) return st;
   bool ok = true;
   for (size_t c = 0; c < res_ncols; c++) {
@@ -408,7 +390,7 @@ moe_status res_write_csv(const char *path, const res_table *t, moe_error *err) {
     }
     ok &= fputc('\n', f) != EOF;
   }
-  return atomic_end(path, tmp, f, ok, err);
+  return atomic_end(&pub, ok, err);
 }
 
 static json_t *json_value_of(const res_column *col, const char *v) {
@@ -443,13 +425,13 @@ moe_status res_write_json(const char *path, const res_table *t, void *meta, moe_
   }
   json_object_set_new(root, "columns", cols);
   json_object_set_new(root, "rows", rows);
-  char *tmp;
+  moe_publish pub;
   FILE *f;
-  moe_status st = atomic_begin(path, &tmp, &f, err);
+  moe_status st = atomic_begin(path, &pub, &f, err);
   if (st == MOE_OK) {
     bool ok = json_dumpf(root, f, JSON_INDENT(1) | JSON_PRESERVE_ORDER) == 0;
     ok &= fputc('\n', f) != EOF;
-    st = atomic_end(path, tmp, f, ok, err);
+    st = atomic_end(&pub, ok, err);
   }
   json_decref(root);
   return st;

@@ -12,6 +12,7 @@
 
 #include "moe/expert_store.h"
 #include "moe/rng.h"
+#include "moe/publish.h"
 #include "moe/trace.h"
 
 static int cmp_double(const void *a, const void *b) {
@@ -108,7 +109,7 @@ void runner_run(const run_spec *sp, run_result *out) {
   double *steps = NULL;
   unsigned long long *popularity = NULL;
   route_log rlog = {NULL, 0};
-  char log_tmp[1100] = "";
+  moe_publish log_pub = {0};
   const moe_config *c = moe_model_config(sp->model);
   const size_t B = (size_t)sp->batch, G = (size_t)sp->gen_len;
   moe_backend_options bo = {.threads = sp->threads, .link_gbps = sp->link_gbps,
@@ -124,16 +125,9 @@ void runner_run(const run_spec *sp, run_result *out) {
                            .policy = sp->policy, .routing = sp->routing,
                            .pregate_lookahead = sp->lookahead};
   if (sp->routing_log) {
-    /* a fresh temporary file beside it (never an existing file or FIFO), renamed when whole */
-    snprintf(log_tmp, sizeof log_tmp, "%.1000s.tmp.XXXXXX", sp->routing_log);
-    const int fd = mkstemp(log_tmp);
-    if (fd >= 0) (void)fchmod(fd, 0644);
-    rlog.f = fd >= 0 ? fdopen(fd, "w") : NULL;
-    if (rlog.f == NULL) {
-      if (fd >= 0) close(fd), remove(log_tmp);
-      MOE_FAIL(&err, MOE_ERR_IO, "%s: cannot create the routing log", log_tmp);
-      goto done;
-    }
+    /* published whole (moe/publish.h) */
+    if (moe_publish_open(&log_pub, sp->routing_log, "the routing log", &err) != MOE_OK) goto done;
+    rlog.f = log_pub.f;
     fprintf(rlog.f, "# moebench routing log: step layer row experts (top-%d, the router's choice)\n",
             c->top_k);
     eo.on_route = log_route;
@@ -233,13 +227,15 @@ done:
   }
   moe_engine_free(e);
   moe_device_close(&dev); /* copies done: the trace is complete */
-  if (rlog.f) { /* published only whole */
-    const bool bad = fclose(rlog.f) != 0 || rlog.failed;
-    if (bad || out->status != MOE_OK || rename(log_tmp, sp->routing_log) != 0) {
-      remove(log_tmp);
-      if (out->status == MOE_OK) {
+  if (rlog.f) { /* published only whole, and only from a run that succeeded */
+    if (out->status != MOE_OK) {
+      moe_publish_abort(&log_pub);
+    } else {
+      moe_error lerr = {0};
+      if (rlog.failed) moe_publish_fail(&log_pub);
+      if (moe_publish_commit(&log_pub, &lerr) != MOE_OK) {
         out->status = MOE_ERR_IO;
-        snprintf(out->error, sizeof out->error, "%.500s: writing the routing log failed", sp->routing_log);
+        cli_error_text(&lerr, out->error, sizeof out->error);
       }
     }
   }

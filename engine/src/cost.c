@@ -1,4 +1,5 @@
 /* The cost model: hardware profiles and the two-stream clock (cost.h). */
+#include "moe/publish.h"
 #include "moe/cost.h"
 
 #include <errno.h>
@@ -148,8 +149,6 @@ cleanup:
 moe_status moe_hw_profile_save(const moe_hw_profile *p, const char *path, const char *source,
                                moe_error *err) {
   moe_status st = MOE_OK;
-  char *tmp = NULL;
-  FILE *f = NULL;
   json_t *o = json_object(), *mm = json_object(), *h2d = json_object(), *src = json_object();
   MOE_CHECK(o && mm && h2d && src, err, MOE_ERR_OOM, "out of host memory (profile)");
   json_object_set_new(o, "name", json_string(p->name));
@@ -184,29 +183,15 @@ moe_status moe_hw_profile_save(const moe_hw_profile *p, const char *path, const 
                                      "vector_gbps", NULL};
   for (const char *const *k = keys; *k; k++) json_object_set_new(src, *k, json_string(source));
   json_object_set(o, "sources", src);
-  tmp = malloc(strlen(path) + 16);
-  MOE_CHECK(tmp != NULL, err, MOE_ERR_OOM, "out of host memory (profile)");
-  sprintf(tmp, "%s.tmp.XXXXXX", path); /* a fresh file beside it, renamed when whole */
   {
-    const int fd = mkstemp(tmp);
-    if (fd >= 0) (void)fchmod(fd, 0644);
-    f = fd >= 0 ? fdopen(fd, "w") : NULL;
-    if (f == NULL && fd >= 0) close(fd), remove(tmp);
-  }
-  MOE_CHECK(f != NULL, err, MOE_ERR_IO, "%s: cannot create a file beside it: %s", path, strerror(errno));
-  int bad = json_dumpf(o, f, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6)) != 0;
-  bad |= fputc('\n', f) == EOF;
-  bad |= fclose(f) != 0;
-  f = NULL;
-  if (bad) remove(tmp);
-  MOE_CHECK(!bad, err, MOE_ERR_IO, "%s: writing the profile failed", path);
-  if (rename(tmp, path) != 0) {
-    st = MOE_FAIL(err, MOE_ERR_IO, "%s: rename failed: %s", path, strerror(errno));
-    remove(tmp);
+    moe_publish pub;
+    MOE_TRY(moe_publish_open(&pub, path, "the hardware profile", err));
+    int bad = json_dumpf(o, pub.f, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6)) != 0;
+    bad |= fputc('\n', pub.f) == EOF;
+    if (bad) moe_publish_fail(&pub);
+    MOE_TRY(moe_publish_commit(&pub, err));
   }
 cleanup:
-  if (f) fclose(f), remove(tmp);
-  free(tmp);
   json_decref(mm);
   json_decref(h2d);
   json_decref(src);

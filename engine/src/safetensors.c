@@ -1,4 +1,5 @@
 /* safetensors reader (validating, memory-mapped) and writer. */
+#include "moe/publish.h"
 #include "moe/safetensors.h"
 
 #include "moe/jsonfile.h"
@@ -354,7 +355,8 @@ static const char *st_name_of(moe_dtype dt) {
 moe_status moe_st_write(const char *path, const moe_st_entry *entries, size_t n, moe_error *err) {
   moe_status st = MOE_OK;
   json_t *hdr = json_object();
-  char *text = NULL, *tmp = NULL;
+  char *text = NULL;
+  moe_publish pub = {0};
   FILE *fp = NULL;
   MOE_CHECK_ALLOC(hdr, err, 64);
   size_t off = 0;
@@ -380,11 +382,8 @@ moe_status moe_st_write(const char *path, const moe_st_entry *entries, size_t n,
   MOE_CHECK_ALLOC(text, err, 64);
   size_t hlen = strlen(text);
   size_t padded = (hlen + 7) & ~(size_t)7;
-  tmp = malloc(strlen(path) + 5);
-  MOE_CHECK_ALLOC(tmp, err, strlen(path) + 5);
-  sprintf(tmp, "%s.tmp", path);
-  fp = fopen(tmp, "wb");
-  MOE_CHECK(fp != NULL, err, MOE_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+  MOE_TRY(moe_publish_open(&pub, path, "the safetensors file", err));
+  fp = pub.f;
   uint8_t len8[8];
   for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
   int ok = fwrite(len8, 1, 8, fp) == 8 && fwrite(text, 1, hlen, fp) == hlen;
@@ -395,14 +394,11 @@ moe_status moe_st_write(const char *path, const moe_st_entry *entries, size_t n,
     size_t nb = count * moe_dtype_size(entries[i].dtype);
     ok = nb == 0 || fwrite(entries[i].data, 1, nb, fp) == nb;
   }
-  ok = (fclose(fp) == 0) && ok;
+  if (!ok) moe_publish_fail(&pub);
   fp = NULL;
-  MOE_CHECK(ok, err, MOE_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
-  MOE_CHECK(rename(tmp, path) == 0, err, MOE_ERR_IO, "%s: rename failed: %s", path, strerror(errno));
+  MOE_TRY(moe_publish_commit(&pub, err));
 cleanup:
-  if (fp) fclose(fp);
-  if (st != MOE_OK && tmp) remove(tmp);
-  free(tmp);
+  if (fp) moe_publish_abort(&pub);
   free(text);
   json_decref(hdr);
   return st;

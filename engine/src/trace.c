@@ -14,10 +14,11 @@
 #include "moe/clock.h"
 #include "moe/cost.h"
 #include "moe/dtype.h"
+#include "moe/publish.h"
 
 struct moe_trace {
-  FILE *f;
-  char *path, *tmp;
+  moe_publish out; /* the file, published whole at close */
+  FILE *f;         /* out.f */
   pthread_mutex_t mu;
   double t_origin;   /* host clock at open: trace time 0 */
   int layer, expert; /* context of the next ops */
@@ -38,26 +39,12 @@ moe_status moe_trace_open(moe_trace **out, const char *path, moe_error *err) {
   *out = NULL;
   moe_trace *t = calloc(1, sizeof *t);
   if (t == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory (trace)");
-  t->path = strdup(path);
-  t->tmp = malloc(strlen(path) + 16);
-  if (t->path == NULL || t->tmp == NULL) {
-    free(t->path);
-    free(t->tmp);
-    free(t);
-    return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory (trace)");
-  }
-  sprintf(t->tmp, "%s.tmp.XXXXXX", path);
-  int fd = mkstemp(t->tmp);
-  t->f = fd >= 0 ? fdopen(fd, "w") : NULL;
-  if (t->f == NULL) {
-    moe_status st = MOE_FAIL(err, MOE_ERR_IO, "%s: cannot create the trace: %s", path, strerror(errno));
-    if (fd >= 0) close(fd), remove(t->tmp);
-    free(t->path);
-    free(t->tmp);
+  const moe_status st = moe_publish_open(&t->out, path, "the trace", err);
+  if (st != MOE_OK) {
     free(t);
     return st;
   }
-  (void)fchmod(fd, 0644);
+  t->f = t->out.f;
   pthread_mutex_init(&t->mu, NULL);
   t->t_origin = moe_clock_s();
   t->layer = t->expert = -1;
@@ -73,20 +60,11 @@ moe_status moe_trace_open(moe_trace **out, const char *path, moe_error *err) {
 
 moe_status moe_trace_close(moe_trace *t, moe_error *err) {
   if (t == NULL) return MOE_OK;
-  moe_status st = MOE_OK;
   pthread_mutex_lock(&t->mu);
-  fputs("\n]}\n", t->f);
-  int bad = t->io_failed || ferror(t->f);
+  if (fputs("\n]}\n", t->f) == EOF || t->io_failed) moe_publish_fail(&t->out);
   pthread_mutex_unlock(&t->mu);
-  if (fclose(t->f) != 0) bad = 1;
-  if (bad)
-    st = MOE_FAIL(err, MOE_ERR_IO, "%s: writing the trace failed", t->tmp);
-  else if (rename(t->tmp, t->path) != 0)
-    st = MOE_FAIL(err, MOE_ERR_IO, "%s: rename failed: %s", t->path, strerror(errno));
-  if (st != MOE_OK) remove(t->tmp);
+  const moe_status st = moe_publish_commit(&t->out, err);
   pthread_mutex_destroy(&t->mu);
-  free(t->path);
-  free(t->tmp);
   free(t->step_calls);
   free(t->step_syncs);
   free(t);

@@ -10,6 +10,7 @@
 
 #include "checked.h"
 #include "model_internal.h"
+#include "moe/publish.h"
 #include "moe/safetensors.h"
 #include "moe/rng.h"
 
@@ -717,7 +718,7 @@ static void put_decoder_common(json_t *o, const moe_config *c, const char *type,
 moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err) {
   moe_status st = MOE_OK;
   json_t *o = json_object();
-  char *tmp = NULL;
+
   MOE_CHECK_ALLOC(o, err, 64);
   const bool mix = c->arch == MOE_ARCH_MIXTRAL;
   if (c->arch == MOE_ARCH_SWITCH) {
@@ -835,15 +836,13 @@ rope: {
     json_object_set_new(o, "rope_parameters", rp);
   }
 write:
-  tmp = malloc(strlen(path) + 5);
-  MOE_CHECK_ALLOC(tmp, err, strlen(path) + 5);
-  sprintf(tmp, "%s.tmp", path);
-  MOE_CHECK(json_dump_file(o, tmp, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0, err, MOE_ERR_IO,
-            "%s: cannot write", tmp);
-  MOE_CHECK(rename(tmp, path) == 0, err, MOE_ERR_IO, "%s: rename failed: %s", path,
-            strerror(errno));
+  {
+    moe_publish pub;
+    MOE_TRY(moe_publish_open(&pub, path, "the config", err));
+    if (json_dumpf(o, pub.f, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0) moe_publish_fail(&pub);
+    MOE_TRY(moe_publish_commit(&pub, err));
+  }
 cleanup:
-  free(tmp);
   json_decref(o);
   return st;
 }

@@ -1,0 +1,190 @@
+/* Publishing output files (moe/publish.h) and the output lock, held by
+ * the engine's function and by the commands that use it: a planted link
+ * is never written through, a device or FIFO is never replaced, a path
+ * too long is refused rather than cut, and a prefix another writer holds
+ * is refused. */
+#include <check.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "moe/publish.h"
+#include "testutil.h"
+
+static char g_dir[256];
+static char g_out[8192];
+
+static void setup(void) { ck_assert_ptr_nonnull(tu_tempdir(g_dir, sizeof g_dir)); }
+static void teardown(void) { tu_rmtree(g_dir); }
+
+static const char *in_dir(const char *name) {
+  static char buf[4][600];
+  static int k;
+  k = (k + 1) % 4;
+  snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
+  return buf[k];
+}
+
+static void write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+static void read_text(const char *path, char *buf, size_t cap) {
+  FILE *f = fopen(path, "r");
+  ck_assert_msg(f != NULL, "%s: cannot read", path);
+  size_t n = fread(buf, 1, cap - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+}
+
+/* moebench with the arguments after the binary; its exit status. */
+static int moebench(const char *args) {
+  char cmd[12000];
+  snprintf(cmd, sizeof cmd, "cd '%s' && MOE_MODELS_DIR='%s/workloads/models' '%s' %s", g_dir,
+           MOE_SOURCE_DIR, MOEBENCH_PATH, args);
+  return tu_run(cmd, g_out, sizeof g_out);
+}
+
+static mode_t kind_of(const char *path) {
+  struct stat st;
+  ck_assert_int_eq(lstat(path, &st), 0);
+  return st.st_mode & S_IFMT;
+}
+
+START_TEST(planted_link_is_not_followed) {
+  char buf[64];
+  write_text(in_dir("victim"), "precious\n");
+  /* the old fixed temporary name and any link at the target itself */
+  ck_assert_int_eq(symlink(in_dir("victim"), in_dir("out.txt.tmp")), 0);
+  moe_error err = {0};
+  ck_assert_msg(moe_publish_bytes(in_dir("out.txt"), "new\n", 4, NULL, &err) == MOE_OK, "%s", err.msg);
+  read_text(in_dir("victim"), buf, sizeof buf);
+  ck_assert_str_eq(buf, "precious\n");
+  read_text(in_dir("out.txt"), buf, sizeof buf);
+  ck_assert_str_eq(buf, "new\n");
+  /* a link at the target is replaced by the file, the file it led to kept */
+  ck_assert_int_eq(symlink(in_dir("victim"), in_dir("linked.txt")), 0);
+  ck_assert(moe_publish_bytes(in_dir("linked.txt"), "x\n", 2, NULL, &err) == MOE_OK);
+  ck_assert_int_eq(kind_of(in_dir("linked.txt")), S_IFREG);
+  read_text(in_dir("victim"), buf, sizeof buf);
+  ck_assert_str_eq(buf, "precious\n");
+  /* the commands: timeline -o with a link planted at OUT.tmp */
+  ck_assert_int_eq(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --trace t.json"), 0);
+  ck_assert_int_eq(symlink(in_dir("victim"), in_dir("step.svg.tmp")), 0);
+  ck_assert_msg(moebench("timeline t.json -o step.svg") == 0, "%s", g_out);
+  read_text(in_dir("victim"), buf, sizeof buf);
+  ck_assert_str_eq(buf, "precious\n");
+  ck_assert_int_eq(kind_of(in_dir("step.svg")), S_IFREG);
+}
+END_TEST
+
+START_TEST(devices_fifos_and_directories_are_never_replaced) {
+  moe_error err = {0};
+  ck_assert_int_eq(mkfifo(in_dir("fifo"), 0600), 0);
+  /* no reader: refused at once (opening it would block), still a FIFO */
+  ck_assert(moe_publish_bytes(in_dir("fifo"), "x", 1, "the test output", &err) == MOE_ERR_IO);
+  ck_assert_ptr_nonnull(strstr(err.msg, "no reader"));
+  ck_assert_int_eq(kind_of(in_dir("fifo")), S_IFIFO);
+  /* with a reader: written directly */
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    char buf[16] = {0};
+    const int fd = open(in_dir("fifo"), O_RDONLY);
+    const ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+    (void)!write(fds[1], buf, n > 0 ? (size_t)n : 0);
+    _exit(0);
+  }
+  moe_status st = MOE_ERR_IO;
+  for (int i = 0; i < 200 && st != MOE_OK; i++) { /* until the child has opened it */
+    st = moe_publish_bytes(in_dir("fifo"), "hello", 5, NULL, &err);
+    if (st != MOE_OK) usleep(10000);
+  }
+  ck_assert_msg(st == MOE_OK, "%s", err.msg);
+  close(fds[1]);
+  char got[16] = {0};
+  ck_assert_int_eq(read(fds[0], got, sizeof got - 1), 5);
+  ck_assert_str_eq(got, "hello");
+  waitpid(pid, NULL, 0);
+  ck_assert_int_eq(kind_of(in_dir("fifo")), S_IFIFO);
+  /* a directory: refused, kept */
+  ck_assert_int_eq(mkdir(in_dir("adir"), 0700), 0);
+  ck_assert(moe_publish_bytes(in_dir("adir"), "x", 1, NULL, &err) == MOE_ERR_IO);
+  ck_assert_int_eq(kind_of(in_dir("adir")), S_IFDIR);
+  /* the commands: --trace onto a FIFO without a reader fails, the FIFO stays */
+  ck_assert_int_ne(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --trace fifo"), 0);
+  ck_assert_int_eq(kind_of(in_dir("fifo")), S_IFIFO);
+  /* a character device is written as it is: /dev/null stays a device */
+  ck_assert(moe_publish_bytes("/dev/null", "x", 1, NULL, &err) == MOE_OK);
+  ck_assert_int_eq(kind_of("/dev/null"), S_IFCHR);
+}
+END_TEST
+
+START_TEST(long_paths_are_refused_not_cut) {
+  moe_error err = {0};
+  char *p = malloc(MOE_PUBLISH_PATH_MAX + 64);
+  ck_assert_ptr_nonnull(p);
+  memset(p, 'a', MOE_PUBLISH_PATH_MAX + 10);
+  for (int i = 200; i < MOE_PUBLISH_PATH_MAX; i += 200) p[i] = '/';
+  p[MOE_PUBLISH_PATH_MAX + 10] = '\0';
+  ck_assert(moe_publish_bytes(p, "x", 1, NULL, &err) == MOE_ERR_INVALID);
+  ck_assert_ptr_nonnull(strstr(err.msg, "refused"));
+  /* the commands: -o of such a prefix exits 2 and writes nothing */
+  char args[MOE_PUBLISH_PATH_MAX + 200];
+  snprintf(args, sizeof args, "run --preset ci-small --gen-len 2 --prompt-len 4 -o %s", p);
+  ck_assert_int_eq(moebench(args), 2);
+  ck_assert_ptr_nonnull(strstr(g_out, "refused"));
+  ck_assert_int_ne(access(in_dir("aaaa"), F_OK), 0);
+  snprintf(args, sizeof args, "eval --preset ci-small -o %s", p);
+  ck_assert_int_eq(moebench(args), 2);
+  /* -o naming a directory */
+  ck_assert_int_eq(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 -o out/"), 2);
+  free(p);
+}
+END_TEST
+
+START_TEST(a_held_prefix_is_refused) {
+  char buf[64];
+  /* another writer holds res.lock: run -o res refuses, res.csv untouched */
+  write_text(in_dir("res.csv"), "theirs\n");
+  const int fd = open(in_dir("res.lock"), O_RDWR | O_CREAT, 0600);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(flock(fd, LOCK_EX | LOCK_NB), 0);
+  ck_assert_int_ne(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 -o res"), 0);
+  ck_assert_ptr_nonnull(strstr(g_out, "another command is writing"));
+  read_text(in_dir("res.csv"), buf, sizeof buf);
+  ck_assert_str_eq(buf, "theirs\n");
+  close(fd);
+  ck_assert_msg(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 -o res") == 0, "%s", g_out);
+  /* a lock file planted as a link is not followed */
+  write_text(in_dir("victim"), "precious\n");
+  ck_assert_int_eq(symlink(in_dir("victim"), in_dir("other.lock")), 0);
+  ck_assert_int_ne(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 -o other"), 0);
+  read_text(in_dir("victim"), buf, sizeof buf);
+  ck_assert_str_eq(buf, "precious\n");
+  ck_assert_int_ne(access(in_dir("other.csv"), F_OK), 0);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("publish");
+  TCase *tc = tcase_create("publish");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, planted_link_is_not_followed);
+  tcase_add_test(tc, devices_fifos_and_directories_are_never_replaced);
+  tcase_add_test(tc, long_paths_are_refused_not_cut);
+  tcase_add_test(tc, a_held_prefix_is_refused);
+  suite_add_tcase(s, tc);
+  return tu_run_suite(s);
+}
