@@ -541,3 +541,29 @@ int cli_lock_prefix(const char *cmd, const char *prefix) {
   }
   return fd;
 }
+
+/* The resolved form of path: realpath of its directory, plus its name. */
+static bool resolved_name(const char *path, char *out, size_t cap) {
+  char dir[PATH_MAX], real[PATH_MAX];
+  const char *slash = strrchr(path, '/');
+  const char *base = slash ? slash + 1 : path;
+  if (slash == path) snprintf(dir, sizeof dir, "/");
+  else if (slash) snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  else snprintf(dir, sizeof dir, ".");
+  if (realpath(dir, real) == NULL) return false;
+  return snprintf(out, cap, "%s/%s", real, base) < (int)cap;
+}
+
+int cli_output_clobbers(const char *cmd, const char *output, const char *input) {
+  if (output == NULL || input == NULL || !output[0] || !input[0]) return 0;
+  struct stat so, si;
+  bool same = false;
+  if (stat(output, &so) == 0 && stat(input, &si) == 0) {
+    same = so.st_dev == si.st_dev && so.st_ino == si.st_ino;
+  } else {
+    char a[PATH_MAX + 256], b[PATH_MAX + 256];
+    same = resolved_name(output, a, sizeof a) && resolved_name(input, b, sizeof b) && !strcmp(a, b);
+  }
+  if (same) cli_error("%s: the output %s is an input of this command; refusing to overwrite it", cmd, output);
+  return same ? 1 : 0;
+}

@@ -113,6 +113,12 @@ int cli_check_prefix(const char *cmd, const char *prefix);
  * or -1 after printing why. */
 int cli_lock_prefix(const char *cmd, const char *prefix);
 
+/* Whether writing output would overwrite input (the same file, however
+ * spelled: the same device and inode when both exist, else the same
+ * resolved directory and name).  Prints why and returns 1 when it would;
+ * 0 otherwise (also when either is NULL or empty). */
+int cli_output_clobbers(const char *cmd, const char *output, const char *input);
+
 /* An expert cache spec "KIND:SIZE": KIND lru, lfu, static or ring; SIZE a number
  * of experts ("64"), a share of all experts of the model ("25%"), or a
  * byte size ("2GiB", whole experts of it).  Returns the experts it means

@@ -248,6 +248,12 @@ static int eval_suite(const char *path, const char *prefix, const char *backend,
     char p[MOE_PUBLISH_PATH_MAX + 8];
     moe_error perr = {0};
     if ((lock = cli_lock_prefix("eval", prefix)) < 0) goto done;
+    char js[MOE_PUBLISH_PATH_MAX + 8];
+    snprintf(p, sizeof p, "%s.csv", prefix);
+    snprintf(js, sizeof js, "%s.json", prefix);
+    if (cli_output_clobbers("eval", p, tpath) || cli_output_clobbers("eval", js, tpath) ||
+        cli_output_clobbers("eval", p, path) || cli_output_clobbers("eval", js, path))
+      goto done;
     snprintf(p, sizeof p, "%s.csv", prefix); /* the prefix's length was checked */
     if (moe_publish_open(&pub, p, "the CSV", &perr) != MOE_OK) {
       cli_fail(&perr);

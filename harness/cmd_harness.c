@@ -686,6 +686,51 @@ static json_t *sweep_metadata(const sweep_ctx *x, int argc, char **argv) {
   return meta;
 }
 
+/* Whether PREFIX.csv or .json would overwrite one of the suite's inputs:
+ * the suite file, a workload's token or eval file, the hardware profile,
+ * a routing trace.  Prints why and returns 1 when it would. */
+static int sweep_clobbers(const sweep_ctx *x) {
+  char csv[MOE_PUBLISH_PATH_MAX + 8], json[MOE_PUBLISH_PATH_MAX + 8];
+  snprintf(csv, sizeof csv, "%s.csv", x->prefix);
+  snprintf(json, sizeof json, "%s.json", x->prefix);
+  const suite *s = x->s;
+  const char *trace = !strncmp(s->sim_routing, "trace:", 6) ? s->sim_routing + 6 : NULL;
+  const char *ins[3 + 2 * SUITE_MAX] = {s->path, s->hardware, trace};
+  int n = 3;
+  for (int w = 0; w < s->n_workloads && w < SUITE_MAX; w++) {
+    ins[n++] = s->workloads[w].token_file;
+    ins[n++] = s->workloads[w].eval_file;
+  }
+  for (int i = 0; i < n; i++)
+    if (cli_output_clobbers("sweep", csv, ins[i]) || cli_output_clobbers("sweep", json, ins[i]))
+      return 1;
+  return 0;
+}
+
+/* --resume onto PREFIX.csv written by another suite would drop that
+ * suite's rows (they are not this suite's): refused.  The suite is the
+ * one PREFIX.json names; a CSV without its JSON is refused too (which
+ * suite wrote it cannot be told).  Returns 1 after printing why. */
+static int resume_other_suite(const sweep_ctx *x, const char *csv) {
+  char path[MOE_PUBLISH_PATH_MAX + 8];
+  snprintf(path, sizeof path, "%s.json", x->prefix);
+  json_error_t je;
+  json_t *j = json_load_file(path, 0, &je), *m = j ? json_object_get(j, "metadata") : NULL;
+  const char *name = m ? json_string_value(json_object_get(m, "suite")) : NULL;
+  int rc = 0;
+  if (name == NULL) {
+    cli_error("sweep --resume: %s has no %s naming the suite that wrote it; refusing to resume "
+              "(its rows could be another suite's); move it away or run without --resume", csv, path);
+    rc = 1;
+  } else if (strcmp(name, x->s->name) != 0) {
+    cli_error("sweep --resume: %s was written by suite '%s', not '%s'; refusing to resume onto "
+              "it (that would drop its rows); use another -o", csv, name, x->s->name);
+    rc = 1;
+  }
+  json_decref(j);
+  return rc;
+}
+
 /* Removes the rows read by --resume that the suite did not visit (its
  * inputs changed, or the suite no longer lists them); returns how many. */
 static int drop_stale_rows(sweep_ctx *x) {
@@ -877,9 +922,10 @@ int cmd_sweep(int argc, char **argv) {
     snprintf(x.prefix, sizeof x.prefix, "results/runs/%s", x.s->name);
   if (x.shard_n && plan_shards(&x) != 0) goto done;
   mkdir_parent(x.prefix);
-  if ((lock_fd = cli_lock_prefix("sweep", x.prefix)) < 0) goto done;
+  if ((lock_fd = cli_lock_prefix("sweep", x.prefix)) < 0 || sweep_clobbers(&x)) goto done;
   char path[MOE_PUBLISH_PATH_MAX + 8];
   snprintf(path, sizeof path, "%s.csv", x.prefix);
+  if (resume && access(path, F_OK) == 0 && resume_other_suite(&x, path)) goto done;
   if (resume && access(path, F_OK) == 0 &&
       (res_read_csv(path, &x.t, &err) != MOE_OK || res_check_values(&x.t, path, &err) != MOE_OK)) {
     cli_fail(&err);
@@ -1075,6 +1121,19 @@ int cmd_run(int argc, char **argv) {
       else
         cli_error("run: invalid value '%s' for -%c", optarg, c);
       return 2;
+    }
+  }
+  {
+    /* no output may overwrite an input, nor another output */
+    char csv[MOE_PUBLISH_PATH_MAX + 8] = "", json[MOE_PUBLISH_PATH_MAX + 8] = "";
+    if (out) snprintf(csv, sizeof csv, "%s.csv", out), snprintf(json, sizeof json, "%s.json", out);
+    const char *sim_trace = sim_routing && !strncmp(sim_routing, "trace:", 6) ? sim_routing + 6 : NULL;
+    const char *outs[] = {csv, json, trace_path, routing_log}, *ins[] = {sim_trace, hw_name};
+    for (int i = 0; i < 4; i++) {
+      for (int j = 0; j < 2; j++)
+        if (cli_output_clobbers("run", outs[i], ins[j])) return 2;
+      for (int j = i + 1; j < 4; j++)
+        if (cli_output_clobbers("run", outs[i], outs[j])) return 2;
     }
   }
   if ((preset == NULL) == (model_dir == NULL) || optind < argc) {

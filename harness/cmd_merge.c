@@ -205,6 +205,15 @@ int cmd_merge(int argc, char **argv) {
   char path[MOE_PUBLISH_PATH_MAX + 8];
   cli_mkdir_parent(out);
   if ((lock = cli_lock_prefix("merge", out)) < 0) goto done;
+  for (int i = 0; i < n_in; i++) { /* an output may not overwrite an input */
+    char prefix[1100], in[1200], o[MOE_PUBLISH_PATH_MAX + 8];
+    prefix_of(argv[optind + i], prefix, sizeof prefix);
+    for (int k = 0; k < 4; k++) {
+      snprintf(in, sizeof in, "%s.%s", prefix, k % 2 ? "json" : "csv");
+      snprintf(o, sizeof o, "%s.%s", out, k / 2 ? "json" : "csv");
+      if (cli_output_clobbers("merge", o, in)) goto done;
+    }
+  }
   snprintf(path, sizeof path, "%s.csv", out);
   if (res_write_csv(path, &all, &err) != MOE_OK) {
     cli_fail(&err);

@@ -80,6 +80,7 @@ int cmd_timeline(int argc, char **argv) {
     return 2;
   }
   const char *path = argv[optind];
+  if (cli_output_clobbers("timeline", out, path)) return 2;
   moe_error err = {0};
   json_t *root = moe_json_load_file(path, &err);
   if (root == NULL) return cli_fail(&err);

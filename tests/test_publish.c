@@ -176,6 +176,45 @@ START_TEST(a_held_prefix_is_refused) {
 }
 END_TEST
 
+/* No output of a command overwrites one of its inputs, however spelled,
+ * and --resume never drops another suite's rows. */
+START_TEST(outputs_never_overwrite_inputs) {
+  static char before[1 << 20], after[1 << 20], json[1 << 20];
+  ck_assert_int_eq(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --trace t.json"), 0);
+  read_text(in_dir("t.json"), before, sizeof before);
+  ck_assert_int_eq(moebench("timeline t.json -o ./t.json"), 2);
+  read_text(in_dir("t.json"), after, sizeof after);
+  ck_assert_str_eq(before, after);
+  /* run: the trace and the CSV named the same */
+  ck_assert_int_eq(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --trace r.csv -o r"), 2);
+  ck_assert_int_ne(access(in_dir("r.csv"), F_OK), 0);
+  /* sweep -o onto its own suite file */
+  char cmd[1200];
+  snprintf(cmd, sizeof cmd, "cp '%s/workloads/suites/ci.json' '%s/mine.json'", MOE_SOURCE_DIR, g_dir);
+  ck_assert_int_eq(system(cmd), 0);
+  read_text(in_dir("mine.json"), before, sizeof before);
+  ck_assert_int_eq(moebench("sweep mine.json -o mine --quiet"), 1);
+  ck_assert_ptr_nonnull(strstr(g_out, "is an input of this command"));
+  read_text(in_dir("mine.json"), after, sizeof after);
+  ck_assert_str_eq(before, after);
+  /* --resume onto rows another command wrote (no suite named) or another suite wrote */
+  ck_assert_int_eq(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 -o theirs"), 0);
+  read_text(in_dir("theirs.csv"), before, sizeof before);
+  ck_assert_int_eq(moebench("sweep ci -o theirs --resume --quiet"), 1);
+  ck_assert_ptr_nonnull(strstr(g_out, "refusing to resume"));
+  read_text(in_dir("theirs.json"), after, sizeof after);
+  char *at = strstr(after, "\"suite\": null");
+  ck_assert_ptr_nonnull(at);
+  snprintf(json, sizeof json, "%.*s\"suite\": \"other\"%s", (int)(at - after), after,
+           at + strlen("\"suite\": null"));
+  write_text(in_dir("theirs.json"), json);
+  ck_assert_int_eq(moebench("sweep ci -o theirs --resume --quiet"), 1);
+  ck_assert_ptr_nonnull(strstr(g_out, "written by suite 'other'"));
+  read_text(in_dir("theirs.csv"), after, sizeof after);
+  ck_assert_str_eq(before, after);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("publish");
   TCase *tc = tcase_create("publish");
@@ -185,6 +224,7 @@ int main(void) {
   tcase_add_test(tc, devices_fifos_and_directories_are_never_replaced);
   tcase_add_test(tc, long_paths_are_refused_not_cut);
   tcase_add_test(tc, a_held_prefix_is_refused);
+  tcase_add_test(tc, outputs_never_overwrite_inputs);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
