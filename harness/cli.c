@@ -105,6 +105,13 @@ static bool hash_file(const char *path, size_t limit, uint64_t *h) {
   return true;
 }
 
+bool cli_file_hash_hex(const char *path, char out[17]) {
+  uint64_t h = 1469598103934665603ull;
+  if (!hash_file(path, 0, &h)) return false;
+  snprintf(out, 17, "%016llx", (unsigned long long)h);
+  return true;
+}
+
 /* A checkpoint directory as a preset (see cli_preset_load). */
 static moe_status checkpoint_preset(cli_preset *p, const char *dir, moe_error *err) {
   char path[4200];

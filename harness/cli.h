@@ -76,6 +76,10 @@ int cli_for_each_json(const char *dir, int (*fn)(const char *path, void *ctx), v
  * share a result key.  Errors name the file and field. */
 moe_status cli_preset_load(cli_preset *p, const char *name_or_path, moe_error *err);
 
+/* FNV-1a 64 of a whole file's bytes as 16 hex digits into out (17 bytes);
+ * false when it cannot be read. */
+bool cli_file_hash_hex(const char *path, char out[17]);
+
 /* Parses a byte size: "123", "64KiB", "512MiB", "24GiB", "1.5GB", "2TB".
  * Binary suffixes are powers of 1024, decimal ones of 1000. */
 bool cli_parse_bytes(const char *s, size_t *out);

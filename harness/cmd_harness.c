@@ -683,6 +683,10 @@ static json_t *sweep_metadata(const sweep_ctx *x, int argc, char **argv) {
                         w->token_file[0] ? json_string(w->token_file) : json_integer((json_int_t)w->seed));
   }
   json_object_set_new(meta, "prompt_seeds", wseeds);
+  /* the suite file's contents: merge refuses shards of two versions of it */
+  char hex[17];
+  if (x->s->path[0] && cli_file_hash_hex(x->s->path, hex))
+    json_object_set_new(meta, "suite_hash", json_string(hex));
   return meta;
 }
 

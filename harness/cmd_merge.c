@@ -4,7 +4,9 @@
  * Refused (exit 2, nothing written): a file that does not read as this
  * schema, two rows with one key (a shard given twice, or overlapping
  * shards), rows measured on different devices unless
- * --allow-device-change, shards of different suites or shard counts.
+ * --allow-device-change, shards of different suites or shard counts, an
+ * input without its JSON, shards of two versions of one suite (the suite
+ * file's hash in their metadata differs), an output that is an input.
  * Incomplete (exit 1, nothing written unless --allow-partial): a shard of
  * 1..N missing, or fewer rows than the shards expected. */
 #include <getopt.h>
@@ -27,7 +29,10 @@ static void merge_usage(FILE *f) {
           "Joins the results of 'moebench sweep SUITE --shard K/N' (each SHARD a prefix\n"
           "or its .csv) into OUT.csv and OUT.json.  Checks that every shard 1..N of one\n"
           "suite is there and that the rows add up to what the shards planned; refuses\n"
-          "files of another schema, repeated row keys and rows from different devices.\n\n"
+          "files of another schema, repeated row keys, rows from different devices, an\n"
+          "input without its JSON (SHARD.json, which names the suite, shard and version),\n"
+          "shards of two versions of a suite (their suite file differed) and an OUT that\n"
+          "is one of the inputs.\n\n"
           "  -o, --out OUT            output prefix (required)\n"
           "  --allow-device-change    merge rows measured on different devices\n"
           "  --allow-partial          write what is there even when shards or rows are missing\n"
@@ -39,6 +44,12 @@ static void prefix_of(const char *arg, char *buf, size_t cap) {
   snprintf(buf, cap, "%s", arg);
   size_t n = strlen(buf);
   if (n > 4 && strcmp(buf + n - 4, ".csv") == 0) buf[n - 4] = '\0';
+}
+
+/* The suite a results file's metadata names ("?" when none). */
+static const char *sn_of(json_t *m) {
+  const char *s = json_string_value(json_object_get(m, "suite"));
+  return s ? s : "?";
 }
 
 int cmd_merge(int argc, char **argv) {
@@ -77,7 +88,7 @@ int cmd_merge(int argc, char **argv) {
   res_index *ix = NULL;
   json_t *sources = json_array(), *meta = NULL;
   int *from = NULL; /* input index of each row */
-  char suite_name[256] = "", device[256] = "";
+  char suite_name[256] = "", device[256] = "", suite_hash[17] = "", hash_src[1200] = "";
   int shard_n = 0, expected = 0, suite_rows = -1;
   bool seen[MERGE_MAX + 1] = {false}, have_shards = false;
   moe_error err = {0};
@@ -93,10 +104,31 @@ int cmd_merge(int argc, char **argv) {
       res_table_free(&t);
       goto done;
     }
-    /* the shard's metadata, when its JSON is there */
+    /* the file's metadata: required (which suite, shard and version wrote
+     * the rows cannot be checked without it) */
     snprintf(path, sizeof path, "%s.json", prefix);
     json_error_t je;
     json_t *j = json_load_file(path, 0, &je), *m = j ? json_object_get(j, "metadata") : NULL;
+    if (!json_is_object(m)) {
+      cli_error("%s: %s; merge needs every input's JSON beside its CSV (the suite, shard and "
+                "version it was written by)", path, j ? "no 'metadata' object" : je.text);
+      json_decref(j);
+      res_table_free(&t);
+      goto done;
+    }
+    const char *hash = json_string_value(json_object_get(m, "suite_hash"));
+    if (hash && suite_hash[0] && strcmp(hash, suite_hash) != 0) {
+      cli_error("%s: written by another version of suite '%s' (suite file hash %s, not %s as "
+                "%s's); rerun the shards from one version", path,
+                sn_of(m), hash, suite_hash, hash_src);
+      json_decref(j);
+      res_table_free(&t);
+      goto done;
+    }
+    if (hash && !suite_hash[0]) {
+      snprintf(suite_hash, sizeof suite_hash, "%s", hash);
+      snprintf(hash_src, sizeof hash_src, "%s", path);
+    }
     const char *sn = m ? json_string_value(json_object_get(m, "suite")) : NULL;
     const char *sh = m ? json_string_value(json_object_get(m, "shard")) : NULL;
     json_t *re = m ? json_object_get(m, "rows_expected") : NULL, *sr = m ? json_object_get(m, "suite_rows") : NULL;

@@ -215,6 +215,28 @@ START_TEST(outputs_never_overwrite_inputs) {
 }
 END_TEST
 
+/* merge refuses an input without its JSON and shards of two versions of
+ * one suite; the shards of one version merge. */
+START_TEST(merge_refuses_incomplete_or_mixed) {
+  char cmd[1400];
+  snprintf(cmd, sizeof cmd, "cp '%s/workloads/suites/ci.json' '%s/v1.json' && sed "
+           "'s/\"repetitions\": 1/\"repetitions\": 1, \"warmup\": 0/' '%s/v1.json' > '%s/v2.json'",
+           MOE_SOURCE_DIR, g_dir, g_dir, g_dir);
+  ck_assert_int_eq(system(cmd), 0);
+  ck_assert_msg(moebench("sweep v1.json --shard 1/2 -o s1 --quiet") == 0, "%s", g_out);
+  ck_assert_msg(moebench("sweep v1.json --shard 2/2 -o s2 --quiet") == 0, "%s", g_out);
+  ck_assert_msg(moebench("sweep v2.json --shard 2/2 -o t2 --quiet") == 0, "%s", g_out);
+  ck_assert_msg(moebench("merge s1 s2 -o all") == 0, "%s", g_out);
+  ck_assert_int_eq(moebench("merge s1 t2 -o mixed"), 2);
+  ck_assert_ptr_nonnull(strstr(g_out, "another version of suite"));
+  ck_assert_int_ne(access(in_dir("mixed.csv"), F_OK), 0);
+  ck_assert_int_eq(unlink(in_dir("s2.json")), 0);
+  ck_assert_int_eq(moebench("merge s1 s2 -o nojson"), 2);
+  ck_assert_ptr_nonnull(strstr(g_out, "s2.json"));
+  ck_assert_int_ne(access(in_dir("nojson.csv"), F_OK), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("publish");
   TCase *tc = tcase_create("publish");
@@ -225,6 +247,7 @@ int main(void) {
   tcase_add_test(tc, long_paths_are_refused_not_cut);
   tcase_add_test(tc, a_held_prefix_is_refused);
   tcase_add_test(tc, outputs_never_overwrite_inputs);
+  tcase_add_test(tc, merge_refuses_incomplete_or_mixed);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
