@@ -342,7 +342,11 @@ static void sweep_usage(FILE *f) {
           "                     suite's (model, workload, batch) groups, balanced by their\n"
           "                     estimated cost; 'moebench merge' joins the shards' files\n"
           "  --quiet            no progress output\n"
-          "  -h, --help         this text\n",
+          "  -h, --help         this text\n\n"
+          "Exit status: 0 when every row's status is ok or OOM (a configuration that does\n"
+          "not fit its budget is a result); 1 when any row's status is error (all rows,\n"
+          "failed ones with their message, are still written) or a file could not be\n"
+          "written; 2 bad arguments or a bad suite.\n",
           MAX_REPS);
 }
 
@@ -987,6 +991,15 @@ int cmd_sweep(int argc, char **argv) {
   if (rc == 0 && dropped > 0 && !quiet)
     fprintf(stderr, "sweep %s: dropped %d row%s of the earlier file that this suite no longer has\n",
             x.s->name, dropped, dropped == 1 ? "" : "s");
+  if (rc == 0) { /* the rule of --help: any row in error fails the sweep */
+    size_t failed = 0;
+    for (size_t i = 0; i < x.t.n; i++) failed += strcmp(res_get(&x.t.rows[i], "status"), "error") == 0;
+    if (failed) {
+      cli_error("sweep %s: %zu of %zu rows ended in an error (see their 'error' column in %s.csv)",
+                x.s->name, failed, x.t.n, x.prefix);
+      rc = 1;
+    }
+  }
 done:
   for (int i = 0; i < SUITE_MAX; i++) moe_policy_plugin_close(&x.libs[i]);
   res_index_free(x.done_ix);

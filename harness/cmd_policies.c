@@ -70,7 +70,10 @@ static void usage(FILE *f) {
           "  --sim-routing SPEC   sim: uniform (default), zipf:S, correlated:P, or both;\n"
           "                       trace:FILE replays a run's --record-routing log\n"
           "  --policy-plugin SO   also run a policy from a shared object (up to 4 times)\n"
-          "  -h, --help           this text\n");
+          "  -h, --help           this text\n\n"
+          "Exit status: 0 when every policy ran (OOM, a policy that does not fit the\n"
+          "budget, is a result, not a failure); 1 when any policy's run ended in an\n"
+          "error (the table shows the others, the errors are printed); 2 bad arguments.\n");
 }
 
 int cmd_bench_policies(int argc, char **argv) {
@@ -357,9 +360,15 @@ int cmd_bench_policies(int argc, char **argv) {
            tpt[go] * 1e3, copy_per_token * 1e3, floor * 1e3, tpt[pg] * 1e3, tpt[pg] / floor,
            copy_per_token > tpt[go] ? "copy" : "compute");
   }
+  int failed = 0; /* runs that ended in an error (OOM is a result) */
+  for (int i = 0; i < np; i++)
+    if (last[i]->status != MOE_OK && last[i]->status != MOE_ERR_OOM) {
+      fprintf(stderr, "moebench: bench-policies: %s: %s\n", pol[i]->name, last[i]->error);
+      failed++;
+    }
   for (int i = 0; i < np * reps; i++) run_result_free(&res[i]);
   free(res);
   moe_model_free(m);
   for (int j = 0; j < n_plugins; j++) moe_policy_plugin_close(&libs[j]);
-  return 0;
+  return failed ? 1 : 0;
 }

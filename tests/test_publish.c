@@ -237,6 +237,32 @@ START_TEST(merge_refuses_incomplete_or_mixed) {
 }
 END_TEST
 
+/* Exit codes tell the truth: a sweep or bench-policies in which runs end
+ * in an error exits 1 (the rows are still written); OOM is a result. */
+START_TEST(failed_rows_fail_the_command) {
+  char suite[1200];
+  snprintf(suite, sizeof suite,
+           "{\"name\": \"fails\", \"models\": [\"ci-small\"], \"workloads\": [\"ci\"], "
+           "\"policies\": [\"%s\"], \"backend\": \"cpu\", \"repetitions\": 1}\n",
+           PLUGIN_FAILING);
+  write_text(in_dir("fails.json"), suite);
+  ck_assert_int_eq(moebench("sweep fails.json -o failed --quiet"), 1);
+  ck_assert_ptr_nonnull(strstr(g_out, "ended in an error"));
+  char csv[8192];
+  read_text(in_dir("failed.csv"), csv, sizeof csv);
+  ck_assert_ptr_nonnull(strstr(csv, "failing-policy says no"));
+  char args[1200];
+  snprintf(args, sizeof args,
+           "bench-policies --preset ci-small --policies gpu-only --policy-plugin %s --gen-len 4 "
+           "--prompt-len 4 --reps 1", PLUGIN_FAILING);
+  ck_assert_int_eq(moebench(args), 1);
+  ck_assert_ptr_nonnull(strstr(g_out, "failing-policy says no"));
+  /* OOM only: a result, exit 0 */
+  ck_assert_msg(moebench("bench-policies --preset ci-small --policies gpu-only,ondemand "
+                         "--device-mem 2MiB --gen-len 4 --prompt-len 4 --reps 1") == 0, "%s", g_out);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("publish");
   TCase *tc = tcase_create("publish");
@@ -248,6 +274,7 @@ int main(void) {
   tcase_add_test(tc, a_held_prefix_is_refused);
   tcase_add_test(tc, outputs_never_overwrite_inputs);
   tcase_add_test(tc, merge_refuses_incomplete_or_mixed);
+  tcase_add_test(tc, failed_rows_fail_the_command);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
