@@ -454,12 +454,13 @@ int cli_cache_experts(const char *spec, const moe_model *m, moe_cache_kind *kind
     if (n >= sizeof num) return -1;
     snprintf(num, sizeof num, "%.*s", (int)(n - 1), sz);
     if (!cli_parse_double(num, &amount) || !(amount > 0) || amount > 100) return -1;
-    return m ? (int)(keys * amount / 100.0 + 0.5) : 1;
+    return m ? (int)(keys * amount / 100.0 + 0.5) : 1; /* 0: less than one expert */
   }
-  if (cli_parse_int(sz, 1, 1 << 24, &experts)) return m ? (int)experts : 1;
+  /* a plain number is a count of experts, never bytes: bytes take a unit */
+  if (strspn(sz, "0123456789") == n) return cli_parse_int(sz, 1, 1 << 24, &experts) ? (m ? (int)experts : 1) : -1;
   size_t bytes;
   if (!cli_parse_bytes(sz, &bytes) || bytes == 0) return -1;
-  return m ? (int)(bytes / moe_model_expert_bytes(m)) : 1;
+  return m ? (int)(bytes / moe_model_expert_bytes(m)) : 1; /* 0: less than one expert */
 }
 
 bool cli_split_policy(const char *entry, char *base, size_t cap, const char **cache) {

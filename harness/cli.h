@@ -124,10 +124,11 @@ int cli_lock_prefix(const char *cmd, const char *prefix);
 int cli_output_clobbers(const char *cmd, const char *output, const char *input);
 
 /* An expert cache spec "KIND:SIZE": KIND lru, lfu, static or ring; SIZE a number
- * of experts ("64"), a share of all experts of the model ("25%"), or a
- * byte size ("2GiB", whole experts of it).  Returns the experts it means
- * for model m (m NULL: only checks the syntax, returning 1), or -1 when
- * malformed.  *kind receives the kind. */
+ * of experts ("64", 1 .. 2^24; a plain number is never bytes), a share of all
+ * experts of the model ("25%"), or a byte size with its unit ("2GiB", "512B":
+ * whole experts of it).  Returns the experts it means for model m (m NULL:
+ * only checks the syntax, returning 1; 0 when the share or size is less
+ * than one expert of m), or -1 when malformed.  *kind receives the kind. */
 int cli_cache_experts(const char *spec, const moe_model *m, moe_cache_kind *kind);
 
 /* Splits a policy entry "NAME+KIND:SIZE" (a policy with an expert cache)

@@ -136,7 +136,13 @@ void runner_run(const run_spec *sp, run_result *out) {
   if (sp->cache) {
     const int n = cli_cache_experts(sp->cache, sp->model, &eo.cache);
     if (n < 0) {
-      MOE_FAIL(&err, MOE_ERR_INVALID, "expert cache '%s' is not KIND:SIZE", sp->cache);
+      MOE_FAIL(&err, MOE_ERR_INVALID, "expert cache '%s' is not KIND:SIZE (SIZE: 1..16777216 "
+               "experts, N%%, or bytes with a unit)", sp->cache);
+      goto done;
+    }
+    if (n == 0) {
+      MOE_FAIL(&err, MOE_ERR_INVALID, "expert cache '%s' holds no whole expert (one expert is "
+               "%zu bytes)", sp->cache, moe_model_expert_bytes(sp->model));
       goto done;
     }
     eo.cache_experts = n;

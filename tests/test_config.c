@@ -119,6 +119,20 @@ START_TEST(broken_configs) {
        "\"max_position_embeddings\": 32, \"mlp_only_layers\": [2]}", MOE_ERR_INVALID, "mlp_only_layers"},
       {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"tie_word_embeddings\": 1}",
        MOE_ERR_FORMAT, "tie_word_embeddings"},
+      /* rope_theta given as 0, negative or tiny was silently replaced by 10000 */
+      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_theta\": 0}", MOE_ERR_INVALID,
+       "rope_theta 0 must be"},
+      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_theta\": -5}", MOE_ERR_INVALID,
+       "rope_theta -5 must be"},
+      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_theta\": 1e-30}", MOE_ERR_INVALID,
+       "must be a finite number > 1"},
+      {"{\"model_type\": \"mixtral\", " MIXTRAL_FIELDS ", \"rope_parameters\": {\"rope_type\": "
+       "\"default\", \"rope_theta\": 0.5}}", MOE_ERR_INVALID, "rope_parameters.rope_theta 0.5"},
+      /* an epsilon that underflows float, or overflows it */
+      {"{\"model_type\": \"qwen2_moe\", \"rms_norm_eps\": 1e-50}", MOE_ERR_INVALID,
+       "rms_norm_eps"},
+      {"{\"model_type\": \"qwen2_moe\", \"rms_norm_eps\": 1e39}", MOE_ERR_INVALID,
+       "rms_norm_eps"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char name[32];

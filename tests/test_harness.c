@@ -644,7 +644,7 @@ START_TEST(injected_faults_end_as_error_rows) {
     setenv("MOE_CPU_FAULT", faults[i], 1);
     int rc = call(cmd_sweep, "sweep", tmp_path("tiny.json"), "-o", prefix, "--quiet", NULL);
     unsetenv("MOE_CPU_FAULT");
-    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(rc, 1); /* rows in error fail the sweep (every row is still written) */
     char csv[1200], json[1200];
     snprintf(csv, sizeof csv, "%s.csv", prefix);
     snprintf(json, sizeof json, "%s.json", prefix);
@@ -957,9 +957,9 @@ START_TEST(sweep_quality_columns) {
            "\"pregated\"], \"workloads\": [{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 4, "
            "\"eval_tokens\": \"%s\", \"eval_windows\": 2}]}", tmp_path("ev.tokens"));
   write_file("qs.json", text);
-  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("qs.json"), "-o", tmp_path("qs"), "--quiet", NULL), 0);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("qs.json"), "-o", tmp_path("qs-out"), "--quiet", NULL), 0);
   char csv[1200];
-  snprintf(csv, sizeof csv, "%s.csv", tmp_path("qs"));
+  snprintf(csv, sizeof csv, "%s.csv", tmp_path("qs-out"));
   res_table t;
   moe_error err = {0};
   ck_assert_msg(res_read_csv(csv, &t, &err) == MOE_OK, "%s", err.msg);
@@ -984,7 +984,7 @@ START_TEST(sweep_quality_columns) {
            "\"workloads\": [{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 4, "
            "\"eval_tokens\": \"%s\"}]}", tmp_path("none.tokens"));
   write_file("qs2.json", text);
-  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("qs2.json"), "-o", tmp_path("qs2"), "--quiet", NULL), 1);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("qs2.json"), "-o", tmp_path("qs2-out"), "--quiet", NULL), 1);
 }
 END_TEST
 
@@ -1018,9 +1018,9 @@ START_TEST(expert_caches_through_the_harness) {
              "{\"name\": \"c\", \"models\": [\"ci-small\"], \"policies\": [\"gpu-only\", "
              "\"ondemand\", \"ondemand+lru:25%\", \"ondemand+lfu:16\", \"ondemand+static:25%\"], "
              "\"workloads\": [{\"name\": \"w\", \"prompt_len\": 8, \"gen_len\": 16}]}");
-  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("cache.json"), "-o", tmp_path("cache"), "--quiet", NULL), 0);
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("cache.json"), "-o", tmp_path("cache-out"), "--quiet", NULL), 0);
   char csv[1200];
-  snprintf(csv, sizeof csv, "%s.csv", tmp_path("cache"));
+  snprintf(csv, sizeof csv, "%s.csv", tmp_path("cache-out"));
   res_table t;
   moe_error err = {0};
   ck_assert_msg(res_read_csv(csv, &t, &err) == MOE_OK, "%s", err.msg);
@@ -1172,10 +1172,10 @@ START_TEST(eval_command) {
            "{\"label\": \"pg\", \"preset\": \"tiny-mixtral\", \"policy\": \"pregated\"}]}",
            tmp_path("w.tokens"));
   write_file("q.json", suite_text);
-  ck_assert_int_eq(call(cmd_eval, "eval", "--suite", tmp_path("q.json"), "-o", tmp_path("q"), NULL), 0);
+  ck_assert_int_eq(call(cmd_eval, "eval", "--suite", tmp_path("q.json"), "-o", tmp_path("q-out"), NULL), 0);
   json_error_t je;
   char out[600];
-  snprintf(out, sizeof out, "%s", tmp_path("q"));
+  snprintf(out, sizeof out, "%s", tmp_path("q-out"));
   strcat(out, ".json");
   json_t *j = json_load_file(out, 0, &je);
   ck_assert_msg(j != NULL, "%s", je.text);

@@ -263,6 +263,19 @@ START_TEST(failed_rows_fail_the_command) {
 }
 END_TEST
 
+/* An expert cache that rounds to no expert, or a plain number past the
+ * count limit (it was taken as bytes), is refused. */
+START_TEST(cache_sizes_that_mean_nothing_are_refused) {
+  ck_assert_int_ne(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --policy gpu-only+lru:1B"), 0);
+  ck_assert_ptr_nonnull(strstr(g_out, "holds no whole expert"));
+  ck_assert_int_ne(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --policy 'gpu-only+lru:0.001%'"), 0);
+  ck_assert_ptr_nonnull(strstr(g_out, "holds no whole expert"));
+  ck_assert_int_eq(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --policy gpu-only+lru:16777217"), 2);
+  ck_assert_msg(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --policy gpu-only+lru:4") == 0, "%s", g_out);
+  ck_assert_msg(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --policy gpu-only+lru:1MiB") == 0, "%s", g_out);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("publish");
   TCase *tc = tcase_create("publish");
@@ -275,6 +288,7 @@ int main(void) {
   tcase_add_test(tc, outputs_never_overwrite_inputs);
   tcase_add_test(tc, merge_refuses_incomplete_or_mixed);
   tcase_add_test(tc, failed_rows_fail_the_command);
+  tcase_add_test(tc, cache_sizes_that_mean_nothing_are_refused);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -172,9 +172,14 @@ moe_status moe_config_validate(const moe_config *cfg, const char *origin, moe_er
                     cfg->rel_max_distance, cfg->expert_capacity, cfg->decoder_start);
   if (cfg->sliding_window < 0)
     return MOE_FAIL(err, MOE_ERR_INVALID, "%s: sliding_window must be >= 0", origin);
-  if (!(cfg->rms_eps > 0.0f) || !(cfg->rope_theta > 0.0f) || !isfinite(cfg->rope_theta))
-    return MOE_FAIL(err, MOE_ERR_INVALID, "%s: rms_norm_eps and rope_theta must be positive",
-                    origin);
+  /* an epsilon below float's normal range (or 0) lets an all-zero row's
+   * norm divide by zero; theta <= 1 gives no rotation or growing angles */
+  if (!(cfg->rms_eps >= 1e-30f) || !isfinite(cfg->rms_eps))
+    return MOE_FAIL(err, MOE_ERR_INVALID, "%s: rms_norm_eps %g must be finite and at least 1e-30",
+                    origin, (double)cfg->rms_eps);
+  if (!(cfg->rope_theta > 1.0f) || !isfinite(cfg->rope_theta))
+    return MOE_FAIL(err, MOE_ERR_INVALID, "%s: rope_theta %g must be a finite number > 1", origin,
+                    (double)cfg->rope_theta);
   return MOE_OK;
 }
 
@@ -238,6 +243,10 @@ static moe_status parse_rope(const field_ctx *c, json_t *obj, const char *field,
   }
   moe_status st = get_num(c, obj, "rope_theta", false, theta);
   if (st != MOE_OK) return st;
+  json_t *given = json_object_get(obj, "rope_theta");
+  if (given && !json_is_null(given) && !(*theta > 1.0f && isfinite(*theta)))
+    return MOE_FAIL(c->err, MOE_ERR_INVALID, "%s: %s.rope_theta %g must be a finite number > 1 "
+                    "(it is not replaced by a default)", c->origin, field, (double)*theta);
   /* per-attention-type parameters: {"full_attention": {...}, ...} */
   const char *key;
   json_t *v;
@@ -750,6 +759,12 @@ moe_status moe_config_from_json(moe_config *cfg, const void *json_obj, const cha
    * Any scaled RoPE is refused. */
   float theta_top = 0.0f, theta_nested = 0.0f, theta_legacy = 0.0f;
   MOE_TRY(get_num(&c, root, "rope_theta", false, &theta_top));
+  {
+    json_t *given = json_object_get(root, "rope_theta");
+    MOE_CHECK(given == NULL || json_is_null(given) || (theta_top > 1.0f && isfinite(theta_top)), err,
+              MOE_ERR_INVALID, "%s: rope_theta %g must be a finite number > 1 (it is not replaced "
+              "by a default)", origin, (double)theta_top);
+  }
   {
     /* both present: transformers 5 reads rope_parameters; they must not
      * say different things */
