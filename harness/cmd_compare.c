@@ -461,39 +461,139 @@ static void summary_table(const res_table *t, FILE *md) {
           "prefetch 0.8 (gpu-only OOM).");
 }
 
+static bool ascii_alnum(int c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
 /* A file-name part from a CSV field: [A-Za-z0-9._-] kept, anything else
  * '_', never empty, never starting with '.', at most 48 characters. */
 static void safe_name(char *out, size_t cap, const char *v) {
   size_t n = 0;
   for (const char *c = v; *c && n + 1 < cap && n < 48; c++) {
-    const bool keep = isalnum((unsigned char)*c) || *c == '-' || *c == '_' || (*c == '.' && n > 0);
+    const bool keep = ascii_alnum((unsigned char)*c) || *c == '-' || *c == '_' || (*c == '.' && n > 0);
     out[n++] = keep ? *c : '_';
   }
   if (n == 0) out[n++] = '_';
   out[n] = '\0';
 }
 
-/* A gnuplot double-quoted string's contents: '"' and '\' escaped, control
- * characters (newlines) replaced, so a field can never end the string. */
-static void gp_string(FILE *f, const char *v) {
-  fputc('"', f);
+/* ------------------------------------------------ what reaches gnuplot
+ *
+ * gnuplot evaluates parts of its script text: a backquoted command inside a
+ * double-quoted string runs in a shell, '@' expands a macro, an output or
+ * data file name starting with '|' or '<' is a pipe to a shell.  So no byte
+ * of a results file reaches a script as it came: every field a plot shows
+ * goes through gp_clean (a whitelist); every string in a script is written
+ * by gp_quote, single-quoted (gnuplot substitutes nothing in those); labels
+ * in data files by gp_datum (the data reader substitutes nothing); figures
+ * are printed from doubles; and plot paths are refused unless made of
+ * plot_path_char (check_plot_path). */
+
+/* The bytes a field from a results file keeps in a plot. */
+#define GP_SAFE_CHARS "ASCII letters, digits, space and - _ . , : + / ( ) %"
+static bool gp_safe_char(int c) {
+  return ascii_alnum(c) || (c != '\0' && strchr(" -_.,:+/()%", c) != NULL);
+}
+
+/* A field from a results file made a plot label: each byte outside
+ * gp_safe_char becomes '?'; at most cap - 1 bytes. */
+static void gp_clean(char *out, size_t cap, const char *v) {
+  size_t n = 0;
+  for (const char *c = v; *c && n + 1 < cap; c++) out[n++] = gp_safe_char((unsigned char)*c) ? *c : '?';
+  out[n] = '\0';
+}
+
+/* Script and data-file text: cleaned labels joined by this file's own
+ * words, which may also use ; ' @.  Any other byte is written as '?'. */
+static bool gp_text_char(int c) { return gp_safe_char(c) || (c != '\0' && strchr(";'@", c) != NULL); }
+
+/* A single-quoted gnuplot string (a ' in it doubled): the only way text
+ * enters a script. */
+static void gp_quote(FILE *f, const char *v) {
+  fputc('\'', f);
   for (const char *c = v; *c; c++) {
-    if (*c == '"' || *c == '\\') fputc('\\', f), fputc(*c, f);
-    else if ((unsigned char)*c < 0x20 || *c == 0x7f) fputc(' ', f);
-    else fputc(*c, f);
+    if (*c == '\'') fputs("''", f);
+    else fputc(gp_text_char((unsigned char)*c) ? *c : '?', f);
   }
+  fputc('\'', f);
+}
+
+/* A label in a data file, double-quoted (gp_text_char has no '"', no '\'
+ * and no newline, which would end it or the line). */
+static void gp_datum(FILE *f, const char *v) {
+  fputc('"', f);
+  for (const char *c = v; *c; c++) fputc(gp_text_char((unsigned char)*c) ? *c : '?', f);
   fputc('"', f);
 }
 
-/* Runs gnuplot on script without a shell (fork + execvp, argument vector);
- * returns its exit status, or -1. */
+/* "set WHAT 'TEXT'" */
+static void gp_set(FILE *f, const char *what, const char *text) {
+  fprintf(f, "set %s ", what);
+  gp_quote(f, text);
+  fputc('\n', f);
+}
+
+/* A table's inputs, cleaned for plot titles. */
+typedef struct gp_names {
+  char model[96], workload[96], batch[32], budget[40], backend[48];
+} gp_names;
+
+static void gp_names_of(const res_row *g, gp_names *n) {
+  const char *bu = res_get(g, "device_mem_budget_bytes");
+  gp_clean(n->model, sizeof n->model, res_get(g, "model"));
+  gp_clean(n->workload, sizeof n->workload, res_get(g, "workload"));
+  gp_clean(n->batch, sizeof n->batch, res_get(g, "batch"));
+  gp_clean(n->budget, sizeof n->budget, strcmp(bu, "0") ? bu : "capacity");
+  gp_clean(n->backend, sizeof n->backend, res_get(g, "backend"));
+}
+
+/* Plot paths (--plots DIR, --figure PNG) are written into the scripts
+ * (set output, plot 'FILE'): only these characters, so none is a quote, a
+ * pipe ('|', '<'), a backquote, '$', '@', '~' or a control character.
+ * Each is also a gp_text_char: gp_quote writes a plot path unchanged. */
+#define PLOT_PATH_CHARS "ASCII letters, digits, space and / . _ - + , :"
+#define PLOT_PATH_MAX 512 /* the plots' file names are built in 1 KiB buffers */
+#define PLOT_PATH_MAX_S "512"
+static bool plot_path_char(int c) {
+  return ascii_alnum(c) || (c != '\0' && strchr(" /._-+,:", c) != NULL);
+}
+
+/* 0 when path may be a plot path; else 2 after a line naming the option
+ * and the first character refused. */
+static int check_plot_path(const char *opt, const char *path) {
+  if (path[0] == '\0' || strlen(path) > PLOT_PATH_MAX) {
+    cli_error("report: %s: %s", opt, path[0] ? "the path is longer than " PLOT_PATH_MAX_S " bytes" : "an empty path");
+    return 2;
+  }
+  for (const char *c = path; *c; c++) {
+    const unsigned char u = (unsigned char)*c;
+    if (plot_path_char(u)) continue;
+    char shown[256], what[16];
+    size_t n = 0;
+    for (const char *s = path; *s && n + 1 < sizeof shown; s++)
+      shown[n++] = *s > 0x20 && *s < 0x7f ? *s : '?'; /* the message stays one line */
+    shown[n] = '\0';
+    if (u > 0x20 && u < 0x7f) snprintf(what, sizeof what, "'%c'", u);
+    else snprintf(what, sizeof what, "byte 0x%02x", u);
+    cli_error("report: %s '%s': %s is not allowed in a plot path (allowed: %s)", opt, shown, what,
+              PLOT_PATH_CHARS);
+    return 2;
+  }
+  return 0;
+}
+
+/* Runs gnuplot on script without a shell (fork + execvp, argument vector;
+ * a relative script as ./SCRIPT, never read as an option); returns its exit
+ * status, or -1. */
 static int run_gnuplot(const char *script) {
+  char arg[1300];
+  snprintf(arg, sizeof arg, "%s%s", script[0] == '/' ? "" : "./", script);
   pid_t pid = fork();
   if (pid < 0) return -1;
   if (pid == 0) {
     int devnull = open("/dev/null", O_WRONLY);
     if (devnull >= 0) dup2(devnull, 2), dup2(devnull, 1);
-    char *const argv[] = {(char *)"gnuplot", (char *)script, NULL};
+    char *const argv[] = {(char *)"gnuplot", arg, NULL};
     execvp("gnuplot", argv);
     _exit(127);
   }
@@ -503,31 +603,85 @@ static int run_gnuplot(const char *script) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static void plot_group(const res_table *t, size_t first, const char *dir, FILE *md) {
-  const res_row *g = &t->rows[first];
-  char m[64], w[64], b[64], bu[64], base[1024], dat[1100], gp[1100];
+/* Whether path holds a whole PNG: its signature first, its IEND chunk last
+ * (a full disk leaves the file empty or cut short). */
+static bool png_complete(const char *path) {
+  static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  static const unsigned char iend[12] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xae, 0x42, 0x60, 0x82};
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return false;
+  unsigned char a[8], b[12];
+  const bool ok = fread(a, 1, 8, f) == 8 && memcmp(a, sig, 8) == 0 && fseek(f, -12, SEEK_END) == 0 &&
+                  fread(b, 1, 12, f) == 12 && memcmp(b, iend, 12) == 0;
+  fclose(f);
+  return ok;
+}
+
+/* Draws script gp, whose outputs are png[0..n-1]: each is removed first (a
+ * stale file is no drawing), and must be a whole PNG after gnuplot exits 0.
+ * Returns 0, or 1 after a line naming the file. */
+static int draw(const char *gp, const char *const *png, int n) {
+  for (int k = 0; k < n; k++) remove(png[k]);
+  const int st = run_gnuplot(gp);
+  if (st != 0) {
+    cli_error("report: %s: not drawn: gnuplot %s on %s", png[0],
+              st == 127 ? "could not be run" : "failed", gp);
+    return 1;
+  }
+  for (int k = 0; k < n; k++)
+    if (!png_complete(png[k])) {
+      cli_error("report: %s: not drawn: gnuplot left no whole PNG (missing, empty or cut short: "
+                "a full disk?)", png[k]);
+      return 1;
+    }
+  return 0;
+}
+
+/* Opens path for writing; NULL after a line naming it. */
+static FILE *plot_file(const char *path) {
+  FILE *f = fopen(path, "w");
+  if (f == NULL) cli_error("report: %s: cannot create: %s", path, strerror(errno));
+  return f;
+}
+
+/* Closes a script or data file: 0, or 1 after a line naming it (a full
+ * disk shows here first). */
+static int plot_close(FILE *f, const char *path) {
+  const bool bad = ferror(f) != 0;
+  if (fclose(f) != 0 || bad) {
+    cli_error("report: %s: write failed: %s", path, errno ? strerror(errno) : "I/O error");
+    return 1;
+  }
+  return 0;
+}
+
+/* DIR/MODEL-WORKLOAD-bBATCH-BUDGET: a table's plot files, less suffix. */
+static void group_base(char *out, size_t cap, const res_row *g, const char *dir) {
+  char m[64], w[64], b[64], bu[64];
   safe_name(m, sizeof m, res_get(g, "model"));
   safe_name(w, sizeof w, res_get(g, "workload"));
   safe_name(b, sizeof b, res_get(g, "batch"));
   safe_name(bu, sizeof bu, res_get(g, "device_mem_budget_bytes"));
-  snprintf(base, sizeof base, "%s/%s-%s-b%s-%s", dir, m, w, b, bu);
-  snprintf(dat, sizeof dat, "%s.dat", base);
-  snprintf(gp, sizeof gp, "%s.gp", base);
-  FILE *f = fopen(dat, "w");
-  if (f == NULL) {
-    fprintf(stderr, "moebench: report: %s: cannot create: %s\n", dat, strerror(errno));
-    return;
-  }
-  /* name, tokens/s median, min, max, peak MB; a row that did not run (OOM,
-   * error) stays in the plot at 0, labelled with its status */
+  snprintf(out, cap, "%s/%s-%s-b%s-%s", dir, m, w, b, bu);
+}
+
+/* A table's bars, a line per policy: label, tokens/s median, min, max,
+ * peak MB; a row that did not run (OOM, error) stays in the plot at 0,
+ * labelled with its status. */
+static int write_group_data(const res_table *t, size_t first, const char *dat) {
+  const res_row *g = &t->rows[first];
+  FILE *f = plot_file(dat);
+  if (f == NULL) return 1;
   for (size_t i = first; i < t->n; i++) {
     const res_row *r = &t->rows[i];
     if (!same_group(r, g)) continue;
     const bool ok = !strcmp(res_get(r, "status"), "ok");
-    char label[160];
-    snprintf(label, sizeof label, "%s%s%s%s", res_get(r, "policy"), ok ? "" : " (",
-             ok ? "" : res_get(r, "status"), ok ? "" : ")");
-    gp_string(f, label);
+    char pol[96], st[48], label[160];
+    gp_clean(pol, sizeof pol, res_get(r, "policy"));
+    gp_clean(st, sizeof st, res_get(r, "status"));
+    if (ok) snprintf(label, sizeof label, "%s", pol);
+    else snprintf(label, sizeof label, "%s (%s)", pol, st);
+    gp_datum(f, label);
     if (ok) {
       const double med = num(r, "tokens_per_s"), lo = num(r, "tokens_per_s_min"),
                    hi = num(r, "tokens_per_s_max");
@@ -537,68 +691,69 @@ static void plot_group(const res_table *t, size_t first, const char *dir, FILE *
       fprintf(f, " 0 0 0 0\n");
     }
   }
-  fclose(f);
-  f = fopen(gp, "w");
-  if (f == NULL) {
-    fprintf(stderr, "moebench: report: %s: cannot create: %s\n", gp, strerror(errno));
-    return;
-  }
-  /* every string in the script is quoted with gp_string: paths and titles */
-  char what[600], title[800], png[1100];
-  snprintf(what, sizeof what, "%s, %s, batch %s, budget %s", res_get(g, "model"),
-           res_get(g, "workload"), res_get(g, "batch"),
-           strcmp(res_get(g, "device_mem_budget_bytes"), "0") ? res_get(g, "device_mem_budget_bytes")
-                                                              : "capacity");
-  fprintf(f, "set terminal png size 900,520\nset style fill solid 0.6\nset boxwidth 0.6\n"
-             "set grid y\nset yrange [0:*]\nset xtics rotate by -20\n");
-  snprintf(png, sizeof png, "%s-throughput.png", base);
-  fputs("set output ", f), gp_string(f, png), fputs("\n", f);
-  snprintf(title, sizeof title, "%s: generated tokens/s (measured; median, bars min..max)", what);
-  fputs("set title ", f), gp_string(f, title), fputs("\n", f);
-  fputs("plot ", f), gp_string(f, dat);
-  fputs(" using 0:2:xtic(1) with boxes notitle, ", f), gp_string(f, dat);
-  fputs(" using 0:2:3:4 with yerrorbars notitle\n", f);
-  snprintf(png, sizeof png, "%s-memory.png", base);
-  fputs("set output ", f), gp_string(f, png), fputs("\n", f);
-  snprintf(title, sizeof title, "%s: peak device MB (allocator)", what);
-  fputs("set title ", f), gp_string(f, title), fputs("\n", f);
-  fputs("plot ", f), gp_string(f, dat);
-  fputs(" using 0:5:xtic(1) with boxes notitle\n", f);
-  fclose(f);
-  if (run_gnuplot(gp) == 0)
-    fprintf(md, "\nPlots: `%s-throughput.png`, `%s-memory.png`\n", base, base);
+  return plot_close(f, dat);
 }
 
-/* Opens path for writing; NULL after a message. */
-static FILE *plot_file(const char *path) {
-  FILE *f = fopen(path, "w");
-  if (f == NULL) fprintf(stderr, "moebench: report: %s: cannot create: %s\n", path, strerror(errno));
-  return f;
-}
-
-/* The headline figure of group `first` (report --figure PNG): generated
- * tokens/s and peak device memory per policy, side by side, with
- * pregated's ratios to gpu-only next to the paper's. */
-static int headline_figure(const res_table *t, size_t first, const char *png) {
+/* Per table: tokens/s (bars min..max) and peak device memory per policy. */
+static int plot_group(const res_table *t, size_t first, const char *dir, FILE *md) {
   const res_row *g = &t->rows[first];
-  char dat[1200], gp[1200];
-  snprintf(dat, sizeof dat, "%s.dat", png);
-  snprintf(gp, sizeof gp, "%s.gp", png);
-  FILE *f = plot_file(dat);
+  char base[1024], dat[1100], gp[1100], tput[1100], mem[1100], what[400], title[600];
+  group_base(base, sizeof base, g, dir);
+  snprintf(dat, sizeof dat, "%s.dat", base);
+  snprintf(gp, sizeof gp, "%s.gp", base);
+  snprintf(tput, sizeof tput, "%s-throughput.png", base);
+  snprintf(mem, sizeof mem, "%s-memory.png", base);
+  if (write_group_data(t, first, dat) != 0) return 1;
+  FILE *f = plot_file(gp);
   if (f == NULL) return 1;
+  gp_names n;
+  gp_names_of(g, &n);
+  snprintf(what, sizeof what, "%s, %s, batch %s, budget %s", n.model, n.workload, n.batch, n.budget);
+  fputs("set terminal png size 900,520 noenhanced\nset style fill solid 0.6\nset boxwidth 0.6\n"
+        "set grid y\nset yrange [0:*]\nset xtics rotate by -20\n", f);
+  gp_set(f, "output", tput);
+  snprintf(title, sizeof title, "%s: generated tokens/s (measured; median, bars min..max)", what);
+  gp_set(f, "title", title);
+  fputs("plot ", f), gp_quote(f, dat), fputs(" using 0:2:xtic(1) with boxes notitle, ", f);
+  gp_quote(f, dat), fputs(" using 0:2:3:4 with yerrorbars notitle\n", f);
+  gp_set(f, "output", mem);
+  snprintf(title, sizeof title, "%s: peak device MB (allocator)", what);
+  gp_set(f, "title", title);
+  fputs("plot ", f), gp_quote(f, dat), fputs(" using 0:5:xtic(1) with boxes notitle\n", f);
+  if (plot_close(f, gp) != 0 || draw(gp, (const char *const[]){tput, mem}, 2) != 0) return 1;
+  fprintf(md, "\nPlots: `%s-throughput.png`, `%s-memory.png`\n", base, base);
+  return 0;
+}
+
+/* The headline figure's data: a line per policy of the table (label,
+ * tokens/s median, min, max, peak MB; 0 for a row that did not run).
+ * Returns the number of lines, or -1 after a message. */
+static int write_headline_data(const res_table *t, size_t first, const char *dat) {
+  const res_row *g = &t->rows[first];
+  FILE *f = plot_file(dat);
+  if (f == NULL) return -1;
   int n = 0;
   for (size_t i = first; i < t->n; i++) {
     const res_row *r = &t->rows[i];
     if (!same_group(r, g)) continue;
     const bool ok = !strcmp(res_get(r, "status"), "ok");
-    gp_string(f, res_get(r, "policy"));
+    char pol[96];
+    gp_clean(pol, sizeof pol, res_get(r, "policy"));
+    gp_datum(f, pol);
     const double med = ok ? num(r, "tokens_per_s") : 0, lo = num(r, "tokens_per_s_min"),
                  hi = num(r, "tokens_per_s_max");
     fprintf(f, " %.6g %.6g %.6g %.3f\n", med, ok && !isnan(lo) ? lo : med, ok && !isnan(hi) ? hi : med,
             ok ? num(r, "peak_device_bytes") / 1e6 : 0.0);
     n++;
   }
-  fclose(f);
+  return plot_close(f, dat) == 0 ? n : -1;
+}
+
+/* The headline figure's script: two panels, with pregated's ratios to
+ * gpu-only next to the paper's. */
+static void write_headline_script(FILE *f, const res_table *t, size_t first, const char *png,
+                                  const char *dat, int n) {
+  const res_row *g = &t->rows[first];
   const res_row *go = find_policy(t, g, "gpu-only"), *pg = find_policy(t, g, "pregated");
   char tput[160] = "", mem[160] = "", title[600];
   if (go && pg) {
@@ -607,27 +762,41 @@ static int headline_figure(const res_table *t, size_t first, const char *png) {
     snprintf(mem, sizeof mem, "pregated: %.0f%% of gpu-only's peak memory (paper: 23%%)",
              100 * num(pg, "peak_device_bytes") / num(go, "peak_device_bytes"));
   }
-  f = plot_file(gp);
-  if (f == NULL) return 1;
+  gp_names nm;
+  gp_names_of(g, &nm);
   fprintf(f, "set terminal pngcairo size 1200,520 noenhanced font ',11'\n");
-  fputs("set output ", f), gp_string(f, png), fputs("\n", f);
-  snprintf(title, sizeof title, "%s, workload %s, batch %s, %s backend (measured)", res_get(g, "model"),
-           res_get(g, "workload"), res_get(g, "batch"), res_get(g, "backend"));
-  fputs("set multiplot layout 1,2 title ", f), gp_string(f, title), fputs("\n", f);
+  gp_set(f, "output", png);
+  snprintf(title, sizeof title, "%s, workload %s, batch %s, %s backend (measured)", nm.model, nm.workload,
+           nm.batch, nm.backend);
+  gp_set(f, "multiplot layout 1,2 title", title);
   fprintf(f, "set style fill solid 0.6\nset boxwidth 0.6\nset grid y\nset yrange [0:*]\n"
              "set offsets 0, 0, graph 0.18, 0\nset rmargin 6\n" /* room for the ratio, and the last label */
              "set xrange [-0.6:%d.6]\nset xtics rotate by -20\n", n - 1);
-  fputs("set title ", f), gp_string(f, "generated tokens/s (median; bars: min..max)"), fputs("\n", f);
-  if (tput[0]) fputs("set label 1 ", f), gp_string(f, tput), fputs(" at graph 0.02, graph 0.95 front\n", f);
-  fputs("plot ", f), gp_string(f, dat);
-  fputs(" using 0:2:xtic(1) with boxes lc rgb '#4477aa' notitle, ", f), gp_string(f, dat);
-  fputs(" using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0 notitle\n", f);
-  fputs("unset label 1\nset title ", f), gp_string(f, "peak device memory, MB (allocator)"), fputs("\n", f);
-  if (mem[0]) fputs("set label 2 ", f), gp_string(f, mem), fputs(" at graph 0.02, graph 0.95 front\n", f);
-  fputs("plot ", f), gp_string(f, dat);
+  gp_set(f, "title", "generated tokens/s (median; bars: min..max)");
+  if (tput[0]) fputs("set label 1 ", f), gp_quote(f, tput), fputs(" at graph 0.02, graph 0.95 front\n", f);
+  fputs("plot ", f), gp_quote(f, dat);
+  fputs(" using 0:2:xtic(1) with boxes lc rgb '#4477aa' notitle, ", f), gp_quote(f, dat);
+  fputs(" using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0 notitle\nunset label 1\n", f);
+  gp_set(f, "title", "peak device memory, MB (allocator)");
+  if (mem[0]) fputs("set label 2 ", f), gp_quote(f, mem), fputs(" at graph 0.02, graph 0.95 front\n", f);
+  fputs("plot ", f), gp_quote(f, dat);
   fputs(" using 0:5:xtic(1) with boxes lc rgb '#cc6677' notitle\nunset multiplot\n", f);
-  fclose(f);
-  const int rc = run_gnuplot(gp) == 0 ? 0 : 1;
+}
+
+/* The headline figure of group `first` (report --figure PNG): generated
+ * tokens/s and peak device memory per policy, side by side.  0, or 1
+ * after a line naming the file. */
+static int headline_figure(const res_table *t, size_t first, const char *png) {
+  char dat[1200], gp[1200];
+  snprintf(dat, sizeof dat, "%s.dat", png);
+  snprintf(gp, sizeof gp, "%s.gp", png);
+  const int n = write_headline_data(t, first, dat);
+  FILE *f = n < 0 ? NULL : plot_file(gp);
+  int rc = 1;
+  if (f != NULL) {
+    write_headline_script(f, t, first, png, dat, n);
+    rc = plot_close(f, gp) == 0 && draw(gp, &png, 1) == 0 ? 0 : 1;
+  }
   remove(dat); /* intermediate files: the figure is the output */
   remove(gp);
   return rc;
@@ -645,11 +814,34 @@ static void inline_series(FILE *f, double *xs, double *ys, int n) {
   fputs("e\n", f);
 }
 
+/* The scatter's points: peak MB, tokens/s, label (policy @budget). */
+static int write_scatter_data(const res_table *t, const res_row *g, const char *dat, int *n) {
+  FILE *f = plot_file(dat);
+  if (f == NULL) return 1;
+  *n = 0;
+  for (size_t i = 0; i < t->n; i++) {
+    const res_row *r = &t->rows[i];
+    if (strcmp(res_get(r, "model"), res_get(g, "model")) || strcmp(res_get(r, "workload"), res_get(g, "workload")) ||
+        strcmp(res_get(r, "batch"), res_get(g, "batch")) || strcmp(res_get(r, "status"), "ok"))
+      continue;
+    char pol[96], bu[40], label[160];
+    gp_clean(pol, sizeof pol, res_get(r, "policy"));
+    gp_clean(bu, sizeof bu, res_get(r, "device_mem_budget_bytes"));
+    if (strcmp(bu, "0")) snprintf(label, sizeof label, "%s @%s", pol, bu);
+    else snprintf(label, sizeof label, "%s", pol);
+    fprintf(f, "%.3f %.6g ", num(r, "peak_device_bytes") / 1e6, num(r, "tokens_per_s"));
+    gp_datum(f, label);
+    fputc('\n', f);
+    (*n)++;
+  }
+  return plot_close(f, dat);
+}
+
 /* Per model: tokens/s against peak device memory, one point per policy
  * and budget (every workload and batch of the model in one picture, one
  * point style per workload and batch would crowd it: the first group's
  * workload and batch are used). */
-static void plot_scatter(const res_table *t, size_t first, const char *dir, FILE *md) {
+static int plot_scatter(const res_table *t, size_t first, const char *dir, FILE *md) {
   const res_row *g = &t->rows[first];
   char m[64], base[1024], dat[1100], gp[1100], png[1100], title[600];
   safe_name(m, sizeof m, res_get(g, "model"));
@@ -657,44 +849,106 @@ static void plot_scatter(const res_table *t, size_t first, const char *dir, FILE
   snprintf(dat, sizeof dat, "%s.dat", base);
   snprintf(gp, sizeof gp, "%s.gp", base);
   snprintf(png, sizeof png, "%s.png", base);
-  FILE *f = plot_file(dat);
-  if (f == NULL) return;
   int n = 0;
-  for (size_t i = 0; i < t->n; i++) {
-    const res_row *r = &t->rows[i];
-    if (strcmp(res_get(r, "model"), res_get(g, "model")) || strcmp(res_get(r, "workload"), res_get(g, "workload")) ||
-        strcmp(res_get(r, "batch"), res_get(g, "batch")) || strcmp(res_get(r, "status"), "ok"))
-      continue;
-    char label[200];
-    const char *bu = res_get(r, "device_mem_budget_bytes");
-    snprintf(label, sizeof label, "%s%s%s", res_get(r, "policy"), strcmp(bu, "0") ? " @" : "",
-             strcmp(bu, "0") ? bu : "");
-    fprintf(f, "%.3f %.6g ", num(r, "peak_device_bytes") / 1e6, num(r, "tokens_per_s"));
-    gp_string(f, label);
-    fputc('\n', f);
-    n++;
-  }
-  fclose(f);
-  if (n == 0) return;
-  f = plot_file(gp);
-  if (f == NULL) return;
+  if (write_scatter_data(t, g, dat, &n) != 0) return 1;
+  if (n == 0) return 0;
+  FILE *f = plot_file(gp);
+  if (f == NULL) return 1;
   fprintf(f, "set terminal pngcairo size 900,560 noenhanced\nset grid\n"
              "set xlabel 'peak device memory, MB (allocator)'\nset ylabel 'generated tokens/s (measured)'\n"
              "set yrange [0:*]\nset xrange [0:*]\n");
-  fputs("set output ", f), gp_string(f, png), fputs("\n", f);
+  gp_set(f, "output", png);
+  gp_names nm;
+  gp_names_of(g, &nm);
   snprintf(title, sizeof title, "%s, workload %s, batch %s: throughput against memory, per policy and budget",
-           res_get(g, "model"), res_get(g, "workload"), res_get(g, "batch"));
-  fputs("set title ", f), gp_string(f, title), fputs("\n", f);
-  fputs("plot ", f), gp_string(f, dat);
-  fputs(" using 1:2 with points pt 7 ps 1.5 notitle, ", f), gp_string(f, dat);
+           nm.model, nm.workload, nm.batch);
+  gp_set(f, "title", title);
+  fputs("plot ", f), gp_quote(f, dat);
+  fputs(" using 1:2 with points pt 7 ps 1.5 notitle, ", f), gp_quote(f, dat);
   fputs(" using 1:2:3 with labels offset 1,1 left notitle\n", f);
-  fclose(f);
-  if (run_gnuplot(gp) == 0) fprintf(md, "\nScatter: `%s`\n", png);
+  if (plot_close(f, gp) != 0 || draw(gp, (const char *const[]){png}, 1) != 0) return 1;
+  fprintf(md, "\nScatter: `%s`\n", png);
+  return 0;
+}
+
+/* The points of a line plot: at most 32 lines of 64 points. */
+typedef struct gp_lines {
+  char title[32][96]; /* cleaned */
+  double xs[32][64], ys[32][64];
+  int n[32], lines;
+} gp_lines;
+
+/* Adds a point (finite only: gnuplot refuses a series of none). */
+static void gp_point(gp_lines *l, int k, double x, double y) {
+  if (isfinite(x) && isfinite(y) && l->n[k] < 64) l->xs[k][l->n[k]] = x, l->ys[k][l->n[k]++] = y;
+}
+
+/* The plot command and inline data of the lines that have points;
+ * nothing when none has. */
+static void gp_write_lines(FILE *f, gp_lines *l) {
+  bool any = false;
+  for (int k = 0; k < l->lines; k++) {
+    if (l->n[k] == 0) continue;
+    fputs(any ? ", '-' using 1:2 with linespoints title " : "plot '-' using 1:2 with linespoints title ", f);
+    gp_quote(f, l->title[k]);
+    any = true;
+  }
+  fputc('\n', f);
+  for (int k = 0; k < l->lines; k++)
+    if (l->n[k] > 0) inline_series(f, l->xs[k], l->ys[k], l->n[k]);
+}
+
+static int gp_points(const gp_lines *l) {
+  int n = 0;
+  for (int k = 0; k < l->lines; k++) n += l->n[k];
+  return n;
+}
+
+/* Writes the script gp (set commands, title, lines) and draws png. */
+static int plot_lines(const char *gp, const char *png, const char *sets, const char *title, gp_lines *l) {
+  FILE *f = plot_file(gp);
+  if (f == NULL) return 1;
+  fputs(sets, f);
+  gp_set(f, "output", png);
+  gp_set(f, "title", title);
+  gp_write_lines(f, l);
+  return plot_close(f, gp) != 0 || draw(gp, (const char *const[]){png}, 1) != 0 ? 1 : 0;
+}
+
+static bool same_model_workload(const res_row *a, const res_row *b) {
+  return !strcmp(res_get(a, "model"), res_get(b, "model")) && !strcmp(res_get(a, "workload"), res_get(b, "workload"));
+}
+
+/* The batch plot's lines: a line per policy (first-seen order), a point
+ * per batch (budget = capacity rows that ran).  Returns the number of
+ * distinct batches. */
+static int batch_lines(const res_table *t, const res_row *g, gp_lines *l) {
+  const char *pols[32];
+  char seen[64][16];
+  int batches = 0;
+  l->lines = 0;
+  for (size_t i = 0; i < t->n; i++) {
+    const res_row *r = &t->rows[i];
+    if (!same_model_workload(r, g)) continue;
+    int k = 0;
+    while (k < l->lines && strcmp(pols[k], res_get(r, "policy"))) k++;
+    if (k == l->lines && k < 32) {
+      pols[k] = res_get(r, "policy");
+      gp_clean(l->title[k], sizeof l->title[k], pols[k]);
+      l->n[l->lines++] = 0;
+    }
+    bool have = false;
+    for (int b = 0; b < batches; b++) have |= !strcmp(seen[b], res_get(r, "batch"));
+    if (!have && batches < 64) snprintf(seen[batches++], 16, "%s", res_get(r, "batch"));
+    if (k < l->lines && !strcmp(res_get(r, "status"), "ok") && !strcmp(res_get(r, "device_mem_budget_bytes"), "0"))
+      gp_point(l, k, num(r, "batch"), num(r, "tokens_per_s"));
+  }
+  return batches;
 }
 
 /* Per model and workload with several batch sizes: tokens/s against the
  * batch, one line per policy (budget = capacity rows). */
-static void plot_batches(const res_table *t, size_t first, const char *dir, FILE *md) {
+static int plot_batches(const res_table *t, size_t first, const char *dir, FILE *md) {
   const res_row *g = &t->rows[first];
   char m[64], w[64], base[1024], gp[1100], png[1100], title[600];
   safe_name(m, sizeof m, res_get(g, "model"));
@@ -702,62 +956,31 @@ static void plot_batches(const res_table *t, size_t first, const char *dir, FILE
   snprintf(base, sizeof base, "%s/%s-%s-batch", dir, m, w);
   snprintf(gp, sizeof gp, "%s.gp", base);
   snprintf(png, sizeof png, "%s.png", base);
-  /* the policies, in first-seen order */
-  const char *pols[32];
-  int np = 0, batches = 0;
-  char seen_batch[64][16];
-  for (size_t i = 0; i < t->n; i++) {
-    const res_row *r = &t->rows[i];
-    if (strcmp(res_get(r, "model"), res_get(g, "model")) || strcmp(res_get(r, "workload"), res_get(g, "workload")))
-      continue;
-    bool have = false;
-    for (int k = 0; k < np; k++) have |= !strcmp(pols[k], res_get(r, "policy"));
-    if (!have && np < 32) pols[np++] = res_get(r, "policy");
-    have = false;
-    for (int k = 0; k < batches; k++) have |= !strcmp(seen_batch[k], res_get(r, "batch"));
-    if (!have && batches < 64) snprintf(seen_batch[batches++], 16, "%s", res_get(r, "batch"));
+  gp_lines *l = calloc(1, sizeof *l);
+  if (l == NULL) return 1;
+  int rc = 0;
+  if (batch_lines(t, g, l) >= 2 && gp_points(l) > 0) {
+    gp_names nm;
+    gp_names_of(g, &nm);
+    snprintf(title, sizeof title, "%s, workload %s: throughput against batch", nm.model, nm.workload);
+    rc = plot_lines(gp, png,
+                    "set terminal pngcairo size 900,560 noenhanced\nset grid\nset logscale x 2\n"
+                    "set xlabel 'batch (sequences)'\nset ylabel 'generated tokens/s (measured)'\n"
+                    "set yrange [0:*]\nset key left top\n",
+                    title, l);
+    if (rc == 0) fprintf(md, "\nBatch plot: `%s`\n", png);
   }
-  if (batches < 2) return;
-  FILE *f = plot_file(gp);
-  if (f == NULL) return;
-  fprintf(f, "set terminal pngcairo size 900,560 noenhanced\nset grid\nset logscale x 2\n"
-             "set xlabel 'batch (sequences)'\nset ylabel 'generated tokens/s (measured)'\n"
-             "set yrange [0:*]\nset key left top\n");
-  fputs("set output ", f), gp_string(f, png), fputs("\n", f);
-  snprintf(title, sizeof title, "%s, workload %s: throughput against batch", res_get(g, "model"),
-           res_get(g, "workload"));
-  fputs("set title ", f), gp_string(f, title), fputs("\nplot ", f);
-  for (int k = 0; k < np; k++) {
-    fputs(k ? ", '-' using 1:2 with linespoints title " : "'-' using 1:2 with linespoints title ", f);
-    gp_string(f, pols[k]);
-  }
-  fputc('\n', f);
-  for (int k = 0; k < np; k++) { /* inline data, batch ascending */
-    double xs[64], ys[64];
-    int n = 0;
-    for (size_t i = 0; i < t->n && n < 64; i++) {
-      const res_row *r = &t->rows[i];
-      if (strcmp(res_get(r, "model"), res_get(g, "model")) ||
-          strcmp(res_get(r, "workload"), res_get(g, "workload")) || strcmp(res_get(r, "policy"), pols[k]) ||
-          strcmp(res_get(r, "status"), "ok") || strcmp(res_get(r, "device_mem_budget_bytes"), "0"))
-        continue;
-      xs[n] = num(r, "batch");
-      ys[n++] = num(r, "tokens_per_s");
-    }
-    inline_series(f, xs, ys, n);
-  }
-  fclose(f);
-  if (run_gnuplot(gp) == 0) fprintf(md, "\nBatch plot: `%s`\n", png);
+  free(l);
+  return rc;
 }
 
-/* Per table (model, workload, batch, budget) with expert caches
- * (policies NAME+KIND:SIZE): bytes copied per generated token against the
- * cache's slots, a line per NAME+KIND, starting from NAME without a cache
- * at 0. */
-static void plot_cache(const res_table *t, size_t first, const char *dir, FILE *md) {
+/* The cache plot's lines, a line per NAME+KIND of the table's policies
+ * NAME+KIND:SIZE (at most 16); a point per size, and NAME without a cache
+ * at 0 slots. */
+static void cache_lines(const res_table *t, size_t first, gp_lines *l) {
   const res_row *g = &t->rows[first];
-  char lines[16][96];
-  int nl = 0;
+  char names[16][96];
+  l->lines = 0;
   for (size_t i = first; i < t->n; i++) {
     const res_row *r = &t->rows[i];
     const char *pol = res_get(r, "policy"), *colon = strrchr(pol, ':'), *plus = strrchr(pol, '+');
@@ -765,52 +988,78 @@ static void plot_cache(const res_table *t, size_t first, const char *dir, FILE *
     char line[96];
     snprintf(line, sizeof line, "%.*s", (int)(colon - pol), pol);
     bool have = false;
-    for (int k = 0; k < nl; k++) have |= !strcmp(lines[k], line);
-    if (!have && nl < 16) snprintf(lines[nl++], sizeof lines[0], "%s", line);
+    for (int k = 0; k < l->lines; k++) have |= !strcmp(names[k], line);
+    if (have || l->lines == 16) continue;
+    snprintf(names[l->lines], sizeof names[0], "%s", line);
+    gp_clean(l->title[l->lines], sizeof l->title[0], line);
+    l->n[l->lines++] = 0;
   }
-  if (nl == 0) return;
-  char m[64], w[64], b[64], bu[64], base[1024], gp[1100], png[1100], title[600];
-  safe_name(m, sizeof m, res_get(g, "model"));
-  safe_name(w, sizeof w, res_get(g, "workload"));
-  safe_name(b, sizeof b, res_get(g, "batch"));
-  safe_name(bu, sizeof bu, res_get(g, "device_mem_budget_bytes"));
-  snprintf(base, sizeof base, "%s/%s-%s-b%s-%s-cache", dir, m, w, b, bu);
-  snprintf(gp, sizeof gp, "%s.gp", base);
-  snprintf(png, sizeof png, "%s.png", base);
-  FILE *f = plot_file(gp);
-  if (f == NULL) return;
-  fprintf(f, "set terminal pngcairo size 900,560 noenhanced\nset grid\n"
-             "set xlabel 'expert cache slots'\nset ylabel 'MB copied host-to-device per generated token'\n"
-             "set yrange [0:*]\nset key right top\n");
-  fputs("set output ", f), gp_string(f, png), fputs("\n", f);
-  snprintf(title, sizeof title, "%s, workload %s, batch %s: bytes moved against cache size (counted)",
-           res_get(g, "model"), res_get(g, "workload"), res_get(g, "batch"));
-  fputs("set title ", f), gp_string(f, title), fputs("\nplot ", f);
-  for (int k = 0; k < nl; k++) {
-    fputs(k ? ", '-' using 1:2 with linespoints title " : "'-' using 1:2 with linespoints title ", f);
-    gp_string(f, lines[k]);
-  }
-  fputc('\n', f);
-  for (int k = 0; k < nl; k++) {
-    double xs[64], ys[64];
-    int n = 0;
-    const char *plus = strrchr(lines[k], '+');
-    const size_t blen = plus ? (size_t)(plus - lines[k]) : strlen(lines[k]);
-    for (size_t i = first; i < t->n && n < 64; i++) {
+  for (int k = 0; k < l->lines; k++) {
+    const char *plus = strrchr(names[k], '+');
+    const size_t blen = plus ? (size_t)(plus - names[k]) : strlen(names[k]), len = strlen(names[k]);
+    for (size_t i = first; i < t->n; i++) {
       const res_row *r = &t->rows[i];
       const char *pol = res_get(r, "policy");
       if (!same_group(r, g) || strcmp(res_get(r, "status"), "ok")) continue;
-      const bool bare = strlen(pol) == blen && !strncmp(pol, lines[k], blen);
-      const bool mine = !strncmp(pol, lines[k], strlen(lines[k])) && pol[strlen(lines[k])] == ':';
+      const bool bare = strlen(pol) == blen && !strncmp(pol, names[k], blen);
+      const bool mine = !strncmp(pol, names[k], len) && pol[len] == ':';
       if (!bare && !mine) continue;
       const double tokens = num(r, "batch") * num(r, "gen_len") * num(r, "requests");
-      xs[n] = bare ? 0 : num(r, "cache_slots");
-      ys[n++] = num(r, "h2d_bytes") / 1e6 / (tokens > 0 ? tokens : 1);
+      gp_point(l, k, bare ? 0 : num(r, "cache_slots"), num(r, "h2d_bytes") / 1e6 / (tokens > 0 ? tokens : 1));
     }
-    inline_series(f, xs, ys, n);
   }
-  fclose(f);
-  if (run_gnuplot(gp) == 0) fprintf(md, "\nCache plot: `%s`\n", png);
+}
+
+/* Per table (model, workload, batch, budget) with expert caches
+ * (policies NAME+KIND:SIZE): bytes copied per generated token against the
+ * cache's slots, a line per NAME+KIND, starting from NAME without a cache
+ * at 0. */
+static int plot_cache(const res_table *t, size_t first, const char *dir, FILE *md) {
+  const res_row *g = &t->rows[first];
+  char base[1024], gp[1100], png[1100], title[600];
+  gp_lines *l = calloc(1, sizeof *l);
+  if (l == NULL) return 1;
+  cache_lines(t, first, l);
+  int rc = 0;
+  if (gp_points(l) > 0) {
+    char m[64], w[64], b[64], bu[64];
+    safe_name(m, sizeof m, res_get(g, "model"));
+    safe_name(w, sizeof w, res_get(g, "workload"));
+    safe_name(b, sizeof b, res_get(g, "batch"));
+    safe_name(bu, sizeof bu, res_get(g, "device_mem_budget_bytes"));
+    snprintf(base, sizeof base, "%s/%s-%s-b%s-%s-cache", dir, m, w, b, bu);
+    snprintf(gp, sizeof gp, "%s.gp", base);
+    snprintf(png, sizeof png, "%s.png", base);
+    gp_names nm;
+    gp_names_of(g, &nm);
+    snprintf(title, sizeof title, "%s, workload %s, batch %s: bytes moved against cache size (counted)",
+             nm.model, nm.workload, nm.batch);
+    rc = plot_lines(gp, png,
+                    "set terminal pngcairo size 900,560 noenhanced\nset grid\n"
+                    "set xlabel 'expert cache slots'\nset ylabel 'MB copied host-to-device per generated token'\n"
+                    "set yrange [0:*]\nset key right top\n",
+                    title, l);
+    if (rc == 0) fprintf(md, "\nCache plot: `%s`\n", png);
+  }
+  free(l);
+  return rc;
+}
+
+/* The plots of table `first` (report --plots): its bars and cache plot,
+ * and where its model (model and workload) shows up first, the model's
+ * scatter (the workload's batch plot).  0, or 1 after a line naming the
+ * file not drawn. */
+static int group_plots(const res_table *t, size_t first, const char *dir, FILE *md) {
+  const res_row *g = &t->rows[first];
+  bool first_model = true, first_workload = true;
+  for (size_t k = 0; k < first; k++) {
+    first_model &= strcmp(res_get(&t->rows[k], "model"), res_get(g, "model")) != 0;
+    first_workload &= !same_model_workload(&t->rows[k], g);
+  }
+  if (plot_group(t, first, dir, md) != 0 || plot_cache(t, first, dir, md) != 0) return 1;
+  if (first_model && plot_scatter(t, first, dir, md) != 0) return 1;
+  if (first_workload && plot_batches(t, first, dir, md) != 0) return 1;
+  return 0;
 }
 
 /* gnuplot on PATH, found without a shell. */
@@ -828,7 +1077,159 @@ static bool have_gnuplot(void) {
   return false;
 }
 
-int cmd_report(int argc, char **argv) {
+/* A table's heading and its line per policy. */
+static void group_table(const res_table *t, size_t i, FILE *md) {
+  const res_row *g = &t->rows[i];
+  double budget = num(g, "device_mem_budget_bytes");
+  char link[160];
+  if (res_get(g, "link_ratio")[0])
+    snprintf(link, sizeof link, "link ratio %s: one expert's copy = %s x a decoder MoE block's "
+             "compute, %s GB/s here", res_get(g, "link_ratio"), res_get(g, "link_ratio"),
+             res_get(g, "link_gbps_derived"));
+  else
+    snprintf(link, sizeof link, "link %s GB/s", res_get(g, "link_gbps"));
+  fprintf(md, "### %s, workload %s, batch %s, %s backend, device budget %s (%s)\n\n",
+          res_get(g, "model"), res_get(g, "workload"), res_get(g, "batch"), res_get(g, "backend"),
+          budget == 0 ? "= capacity" : res_get(g, "device_mem_budget_bytes"), link);
+  fprintf(md, "| policy | routing | status | tokens/s (± spread) | TTFT s | p50 ms/token | p99 ms/token | peak device MB "
+              "| expert slots | copied MB (whole run) | fetches | misses | stall s | pre-gate hit | token match | max logit diff |\n");
+  fprintf(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (size_t k = i; k < t->n; k++) {
+    const res_row *r = &t->rows[k];
+    if (!same_group(r, g)) continue;
+    char a[48], b[32], cc[32], d[32], e[32], f2[32], h[32], s2[32];
+    fmt(a, sizeof a, num(r, "tokens_per_s"), "%.2f");
+    /* the spread over the repetitions, next to the median */
+    const double sp = num(r, "rel_spread");
+    if (!isnan(sp) && !isnan(num(r, "tokens_per_s"))) {
+      size_t al = strlen(a);
+      snprintf(a + al, sizeof a - al, " (±%.0f%%)", 100.0 * sp);
+    }
+    fmt(b, sizeof b, num(r, "ttft_s"), "%.3f");
+    fmt(cc, sizeof cc, num(r, "token_latency_p50_s") * 1e3, "%.2f");
+    fmt(d, sizeof d, num(r, "token_latency_p99_s") * 1e3, "%.2f");
+    fmt(e, sizeof e, num(r, "peak_device_bytes") / 1e6, "%.1f");
+    fmt(f2, sizeof f2, num(r, "h2d_bytes") / 1e6, "%.1f");
+    fmt(h, sizeof h, num(r, "stall_s"), "%.3f");
+    fmt(s2, sizeof s2, num(r, "pregate_hit_rate"), "%.3f");
+    fprintf(md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+            res_get(r, "policy"), res_get(r, "routing"), res_get(r, "status"), a, b, cc, d, e,
+            res_get(r, "expert_slots")[0] ? res_get(r, "expert_slots") : "-", f2,
+            res_get(r, "expert_fetches")[0] ? res_get(r, "expert_fetches") : "-",
+            res_get(r, "expert_misses")[0] ? res_get(r, "expert_misses") : "-", h, s2,
+            res_get(r, "token_match_rate")[0] ? res_get(r, "token_match_rate") : "-",
+            res_get(r, "max_logit_diff")[0] ? res_get(r, "max_logit_diff") : "-");
+  }
+}
+
+/* A table's quality lines, when its rows have eval figures. */
+static void group_eval(const res_table *t, size_t i, FILE *md) {
+  const res_row *g = &t->rows[i];
+  bool any_eval = false;
+  for (size_t k = i; k < t->n; k++) any_eval |= same_group(&t->rows[k], g) && res_get(&t->rows[k], "eval_tokens")[0];
+  if (!any_eval) return;
+  fprintf(md, "\nQuality over the workload's eval windows (the engine's; change against the "
+              "gpu-only row of the same model):\n\n| policy | routing | eval tokens | perplexity | "
+              "top-1 accuracy | change in perplexity | change in accuracy |\n|---|---|---|---|---|---|---|\n");
+  for (size_t k = i; k < t->n; k++) {
+    const res_row *r = &t->rows[k];
+    if (!same_group(r, g) || !res_get(r, "eval_tokens")[0]) continue;
+    char p1[32], p2[32], p3[32], p4[32];
+    fmt(p1, sizeof p1, num(r, "eval_perplexity"), "%.4f");
+    fmt(p2, sizeof p2, num(r, "eval_accuracy"), "%.4f");
+    fmt(p3, sizeof p3, 100 * num(r, "eval_perplexity_change"), "%+.2f%%");
+    fmt(p4, sizeof p4, 100 * num(r, "eval_accuracy_change"), "%+.2f pt");
+    fprintf(md, "| %s | %s | %s | %s | %s | %s | %s |\n", res_get(r, "policy"), res_get(r, "routing"),
+            res_get(r, "eval_tokens"), p1, p2, p3, p4);
+  }
+}
+
+/* How a table's times were had: modeled or measured. */
+static void group_times_note(const res_row *g, FILE *md) {
+  if (row_modeled(g))
+    fprintf(md, "\nAll times are MODELED by the %s backend on the %s hardware profile (the cost "
+                "model, deterministic; not measured); bytes, slots, fetches and misses are "
+                "counted by the engine running unchanged on it.\n",
+            res_get(g, "backend"), res_get(g, "device"));
+  else
+    fprintf(md, "\nAll times are wall clock measured on this machine (medians of %s repetitions; "
+                "the spread is (max - min) / median of tokens/s over them); "
+                "bytes, slots, fetches and misses are counted by the engine.\n",
+            res_get(g, "repetitions"));
+}
+
+/* report --paper: pregated's ratios next to the paper's. */
+static void group_paper(const res_table *t, size_t i, FILE *md) {
+  const res_row *g = &t->rows[i];
+  const res_row *go = find_policy(t, g, "gpu-only"), *od = find_policy(t, g, "ondemand"),
+                *pf = find_policy(t, g, "prefetch-all"), *pg = find_policy(t, g, "pregated");
+  fprintf(md, "\n| comparison | this run (%s) | Pre-gated MoE paper (A100, Switch, batch 1) |\n|---|---|---|\n",
+          row_modeled(g) ? "modeled" : "measured");
+  char x[64];
+  if (pg && go) {
+    fmt(x, sizeof x, 100 * num(pg, "tokens_per_s") / num(go, "tokens_per_s"), "%.0f%%");
+    fprintf(md, "| pregated throughput vs gpu-only | %s | 81%% |\n", x);
+    fmt(x, sizeof x, 100 * num(pg, "peak_device_bytes") / num(go, "peak_device_bytes"), "%.0f%%");
+    fprintf(md, "| pregated peak device memory vs gpu-only | %s | 23%% |\n", x);
+  } else {
+    fprintf(md, "| pregated vs gpu-only | gpu-only %s | 81%% throughput, 23%% memory |\n",
+            go ? "ok" : "not run or OOM");
+  }
+  if (pg && od) {
+    fmt(x, sizeof x, num(pg, "tokens_per_s") / num(od, "tokens_per_s"), "%.2fx");
+    fprintf(md, "| pregated throughput vs ondemand | %s | 1.5x avg, 1.6x max |\n", x);
+    fmt(x, sizeof x, 100 * num(pg, "peak_device_bytes") / num(od, "peak_device_bytes") - 100, "%+.1f%%");
+    fprintf(md, "| pregated peak memory vs ondemand | %s | +0.2%% |\n", x);
+  }
+  if (pg && pf) {
+    fmt(x, sizeof x, num(pg, "tokens_per_s") / num(pf, "tokens_per_s"), "%.1fx");
+    fprintf(md, "| pregated throughput vs prefetch-all | %s | 27x avg, 55x max |\n", x);
+  }
+  fprintf(md, "\nThe paper's figures are from its A100 (PCIe Gen4) runs of Switch Transformers; "
+              "this machine's figures come from the engine named above. Compare ratios, not "
+              "absolute numbers.\n");
+}
+
+static void report_usage(void) {
+  fputs("usage: moebench report RESULTS.csv [options]\n\n"
+         "Prints a markdown table per model x workload x batch x budget.\n\n"
+         "  -o, --out FILE   write the markdown to FILE (temporary file + rename)\n"
+         "  --paper          add pregated's ratios next to the Pre-gated MoE paper's\n"
+         "  --summary        one table instead: a line per model x workload x batch x\n"
+         "                   budget with the four policies' throughput, peak memory and\n"
+         "                   pregated's ratios, and the paper's beside them\n"
+         "  --plots DIR      PNG plots (needs gnuplot; skipped with a note when it is not\n"
+         "                   installed): throughput and peak memory per policy for each\n"
+         "                   table, throughput against memory per model (a point per\n"
+         "                   policy and budget), throughput against batch per policy,\n"
+         "                   bytes copied per token against cache slots for expert\n"
+         "                   caches (policies NAME+KIND:SIZE).  DIR is created (its\n"
+         "                   parent must exist); plots of the same names are replaced\n"
+         "  --figure PNG     the headline figure of the first table: throughput and peak\n"
+         "                   memory per policy with pregated's ratios and the paper's\n"
+         "                   (needs gnuplot; exit 1 without it); an existing PNG is\n"
+         "                   replaced\n"
+         "  -h, --help       this text\n\n"
+         "Plot paths (DIR, PNG) are written into gnuplot's scripts, so they may hold only\n"
+         "ASCII letters, digits, space and / . _ - + , : and at most 512 bytes (else they\n"
+         "are refused: exit 2, naming the character).  Names from the results file (model,\n"
+         "workload, policy, ...) reach the plots (scripts and data files) only as ASCII\n"
+         "letters, digits, space and - _ . , : + / ( ) %; every other byte shows as '?'.\n"
+         "A plot is listed in the markdown only when gnuplot exited 0 and left a whole PNG.\n\n"
+         "Exit status: 0 done; 1 an unreadable results file, a plot not drawn (gnuplot\n"
+         "failed, or its PNG is missing, empty or cut short, as on a full disk; the line\n"
+         "names the file, and -o FILE is then not written), the plots directory cannot be\n"
+         "made, --figure without gnuplot, a failed write; 2 bad usage or a refused path.\n",
+        stdout);
+}
+
+typedef struct report_opts {
+  const char *out, *plots, *figure;
+  bool paper, summary;
+} report_opts;
+
+/* The options; -1 to go on, else the exit status. */
+static int report_parse(int argc, char **argv, report_opts *o) {
   static const struct option opts[] = {{"out", required_argument, 0, 'o'},
                                        {"plots", required_argument, 0, 'P'},
                                        {"figure", required_argument, 0, 'F'},
@@ -836,35 +1237,17 @@ int cmd_report(int argc, char **argv) {
                                        {"summary", no_argument, 0, 's'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  const char *out = NULL, *plots = NULL, *figure = NULL;
-  bool paper = false, summary = false;
   optind = 1;
   opterr = 0;
   int c;
   while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
     switch (c) {
-      case 'o': out = optarg; break;
-      case 'P': plots = optarg; break;
-      case 'F': figure = optarg; break;
-      case 'p': paper = true; break;
-      case 's': summary = true; break;
-      case 'h':
-        printf("usage: moebench report RESULTS.csv [options]\n\n"
-               "Prints a markdown table per model x workload x batch x budget.\n\n"
-               "  -o, --out FILE   write the markdown to FILE (temporary file + rename)\n"
-               "  --paper          add pregated's ratios next to the Pre-gated MoE paper's\n"
-               "  --summary        one table instead: a line per model x workload x batch x\n"
-               "                   budget with the four policies' throughput, peak memory and\n"
-               "                   pregated's ratios, and the paper's beside them\n"
-               "  --plots DIR      PNG plots (needs gnuplot; skipped with a note when it is not\n"
-               "                   installed): throughput and peak memory per policy for each\n"
-               "                   table, throughput against memory per model (a point per\n"
-               "                   policy and budget), throughput against batch per policy\n"
-               "  --figure PNG     the headline figure of the first table: throughput and peak\n"
-               "                   memory per policy with pregated's ratios and the paper's\n"
-               "                   (needs gnuplot; exit 1 without it)\n"
-               "  -h, --help       this text\n");
-        return 0;
+      case 'o': o->out = optarg; break;
+      case 'P': o->plots = optarg; break;
+      case 'F': o->figure = optarg; break;
+      case 'p': o->paper = true; break;
+      case 's': o->summary = true; break;
+      case 'h': report_usage(); return 0;
       default:
         cli_error("report: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
         return 2;
@@ -874,170 +1257,92 @@ int cmd_report(int argc, char **argv) {
     cli_error("report: give one results file");
     return 2;
   }
+  if (o->plots && check_plot_path("--plots", o->plots) != 0) return 2;
+  if (o->figure && check_plot_path("--figure", o->figure) != 0) return 2;
+  return -1;
+}
+
+/* The plots directory: made when missing, a directory.  0, or 1 after a
+ * line naming it. */
+static int plots_dir(const char *dir) {
+  struct stat st;
+  if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+    cli_error("report: cannot create the plots directory %s: %s", dir, strerror(errno));
+    return 1;
+  }
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    cli_error("report: the plots directory %s is not a directory", dir);
+    return 1;
+  }
+  return 0;
+}
+
+/* The markdown (and plots, and figure) of t.  0, or 1 after a line. */
+static int report_write(const res_table *t, const report_opts *o, bool gnuplot, FILE *md) {
+  if (o->summary) summary_table(t, md);
+  for (size_t i = 0; i < t->n && !o->summary; i++) {
+    bool first = true;
+    for (size_t k = 0; k < i; k++) first &= !same_group(&t->rows[k], &t->rows[i]);
+    if (!first) continue;
+    group_table(t, i, md);
+    group_eval(t, i, md);
+    group_times_note(&t->rows[i], md);
+    if (o->paper) group_paper(t, i, md);
+    if (gnuplot && group_plots(t, i, o->plots, md) != 0) return 1;
+    fprintf(md, "\n");
+  }
+  if (o->figure && t->n > 0) {
+    if (!have_gnuplot()) {
+      cli_error("report: --figure needs gnuplot (not installed)");
+      return 1;
+    }
+    return headline_figure(t, 0, o->figure);
+  }
+  return 0;
+}
+
+/* Writes the report to o->out (a temporary file, renamed when whole) or
+ * stdout. */
+static int report_output(const res_table *t, const report_opts *o, bool gnuplot) {
+  if (o->out == NULL) {
+    int rc = report_write(t, o, gnuplot, stdout);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+      cli_error("report: standard output: write failed");
+      rc = 1;
+    }
+    return rc;
+  }
+  char *tmp = malloc(strlen(o->out) + 5);
+  if (tmp == NULL) return 1;
+  sprintf(tmp, "%s.tmp", o->out);
+  FILE *md = fopen(tmp, "w");
+  if (md == NULL) {
+    cli_error("%s: cannot create", tmp);
+    free(tmp);
+    return 1;
+  }
+  int rc = report_write(t, o, gnuplot, md);
+  const bool bad = ferror(md) != 0;
+  if (fclose(md) != 0 || bad || (rc == 0 && rename(tmp, o->out) != 0)) {
+    if (rc == 0) cli_error("%s: write failed", o->out);
+    rc = 1;
+  }
+  if (rc != 0) remove(tmp);
+  free(tmp);
+  return rc;
+}
+
+int cmd_report(int argc, char **argv) {
+  report_opts o = {0};
+  const int parsed = report_parse(argc, argv, &o);
+  if (parsed >= 0) return parsed;
   res_table t;
   moe_error err = {0};
   if (res_read_csv(argv[optind], &t, &err) != MOE_OK) return cli_fail(&err);
-  const bool gnuplot = plots && have_gnuplot();
-  if (plots && !gnuplot) fprintf(stderr, "moebench: report: gnuplot is not installed; no plots\n");
-  if (gnuplot && mkdir(plots, 0777) != 0 && errno != EEXIST) {
-    cli_error("report: cannot create the plots directory %s: %s", plots, strerror(errno));
-    res_table_free(&t);
-    return 1;
-  }
-  char *tmp = NULL;
-  FILE *md = stdout;
-  if (out) {
-    tmp = malloc(strlen(out) + 5);
-    sprintf(tmp, "%s.tmp", out);
-    md = fopen(tmp, "w");
-    if (md == NULL) {
-      cli_error("%s: cannot create", tmp);
-      free(tmp);
-      res_table_free(&t);
-      return 1;
-    }
-  }
-  if (summary) summary_table(&t, md);
-  for (size_t i = 0; i < t.n && !summary; i++) {
-    bool first = true;
-    for (size_t k = 0; k < i; k++) first &= !same_group(&t.rows[k], &t.rows[i]);
-    if (!first) continue;
-    const res_row *g = &t.rows[i];
-    const bool modeled = row_modeled(g);
-    double budget = num(g, "device_mem_budget_bytes");
-    char link[160];
-    if (res_get(g, "link_ratio")[0])
-      snprintf(link, sizeof link, "link ratio %s: one expert's copy = %s x a decoder MoE block's "
-               "compute, %s GB/s here", res_get(g, "link_ratio"), res_get(g, "link_ratio"),
-               res_get(g, "link_gbps_derived"));
-    else
-      snprintf(link, sizeof link, "link %s GB/s", res_get(g, "link_gbps"));
-    fprintf(md, "### %s, workload %s, batch %s, %s backend, device budget %s (%s)\n\n",
-            res_get(g, "model"), res_get(g, "workload"), res_get(g, "batch"), res_get(g, "backend"),
-            budget == 0 ? "= capacity" : res_get(g, "device_mem_budget_bytes"), link);
-    fprintf(md, "| policy | routing | status | tokens/s (± spread) | TTFT s | p50 ms/token | p99 ms/token | peak device MB "
-                "| expert slots | copied MB (whole run) | fetches | misses | stall s | pre-gate hit | token match | max logit diff |\n");
-    fprintf(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for (size_t k = i; k < t.n; k++) {
-      const res_row *r = &t.rows[k];
-      if (!same_group(r, g)) continue;
-      char a[48], b[32], cc[32], d[32], e[32], f2[32], h[32], s2[32];
-      fmt(a, sizeof a, num(r, "tokens_per_s"), "%.2f");
-      /* the spread over the repetitions, next to the median */
-      const double sp = num(r, "rel_spread");
-      if (!isnan(sp) && !isnan(num(r, "tokens_per_s"))) {
-        size_t al = strlen(a);
-        snprintf(a + al, sizeof a - al, " (±%.0f%%)", 100.0 * sp);
-      }
-      fmt(b, sizeof b, num(r, "ttft_s"), "%.3f");
-      fmt(cc, sizeof cc, num(r, "token_latency_p50_s") * 1e3, "%.2f");
-      fmt(d, sizeof d, num(r, "token_latency_p99_s") * 1e3, "%.2f");
-      fmt(e, sizeof e, num(r, "peak_device_bytes") / 1e6, "%.1f");
-      fmt(f2, sizeof f2, num(r, "h2d_bytes") / 1e6, "%.1f");
-      fmt(h, sizeof h, num(r, "stall_s"), "%.3f");
-      fmt(s2, sizeof s2, num(r, "pregate_hit_rate"), "%.3f");
-      fprintf(md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-              res_get(r, "policy"), res_get(r, "routing"), res_get(r, "status"), a, b, cc, d, e,
-              res_get(r, "expert_slots")[0] ? res_get(r, "expert_slots") : "-", f2,
-              res_get(r, "expert_fetches")[0] ? res_get(r, "expert_fetches") : "-",
-              res_get(r, "expert_misses")[0] ? res_get(r, "expert_misses") : "-", h, s2,
-              res_get(r, "token_match_rate")[0] ? res_get(r, "token_match_rate") : "-",
-              res_get(r, "max_logit_diff")[0] ? res_get(r, "max_logit_diff") : "-");
-    }
-    bool any_eval = false;
-    for (size_t k = i; k < t.n; k++) any_eval |= same_group(&t.rows[k], g) && res_get(&t.rows[k], "eval_tokens")[0];
-    if (any_eval) {
-      fprintf(md, "\nQuality over the workload's eval windows (the engine's; change against the "
-                  "gpu-only row of the same model):\n\n| policy | routing | eval tokens | perplexity | "
-                  "top-1 accuracy | change in perplexity | change in accuracy |\n|---|---|---|---|---|---|---|\n");
-      for (size_t k = i; k < t.n; k++) {
-        const res_row *r = &t.rows[k];
-        if (!same_group(r, g) || !res_get(r, "eval_tokens")[0]) continue;
-        char p1[32], p2[32], p3[32], p4[32];
-        fmt(p1, sizeof p1, num(r, "eval_perplexity"), "%.4f");
-        fmt(p2, sizeof p2, num(r, "eval_accuracy"), "%.4f");
-        fmt(p3, sizeof p3, 100 * num(r, "eval_perplexity_change"), "%+.2f%%");
-        fmt(p4, sizeof p4, 100 * num(r, "eval_accuracy_change"), "%+.2f pt");
-        fprintf(md, "| %s | %s | %s | %s | %s | %s | %s |\n", res_get(r, "policy"), res_get(r, "routing"),
-                res_get(r, "eval_tokens"), p1, p2, p3, p4);
-      }
-    }
-    if (modeled)
-      fprintf(md, "\nAll times are MODELED by the %s backend on the %s hardware profile (the cost "
-                  "model, deterministic; not measured); bytes, slots, fetches and misses are "
-                  "counted by the engine running unchanged on it.\n",
-              res_get(g, "backend"), res_get(g, "device"));
-    else
-      fprintf(md, "\nAll times are wall clock measured on this machine (medians of %s repetitions; "
-                  "the spread is (max - min) / median of tokens/s over them); "
-                  "bytes, slots, fetches and misses are counted by the engine.\n",
-              res_get(g, "repetitions"));
-    if (paper) {
-      const res_row *go = find_policy(&t, g, "gpu-only"), *od = find_policy(&t, g, "ondemand"),
-                    *pf = find_policy(&t, g, "prefetch-all"), *pg = find_policy(&t, g, "pregated");
-      fprintf(md, "\n| comparison | this run (%s) | Pre-gated MoE paper (A100, Switch, batch 1) |\n|---|---|---|\n",
-              modeled ? "modeled" : "measured");
-      char x[64];
-      if (pg && go) {
-        fmt(x, sizeof x, 100 * num(pg, "tokens_per_s") / num(go, "tokens_per_s"), "%.0f%%");
-        fprintf(md, "| pregated throughput vs gpu-only | %s | 81%% |\n", x);
-        fmt(x, sizeof x, 100 * num(pg, "peak_device_bytes") / num(go, "peak_device_bytes"), "%.0f%%");
-        fprintf(md, "| pregated peak device memory vs gpu-only | %s | 23%% |\n", x);
-      } else {
-        fprintf(md, "| pregated vs gpu-only | gpu-only %s | 81%% throughput, 23%% memory |\n",
-                go ? "ok" : "not run or OOM");
-      }
-      if (pg && od) {
-        fmt(x, sizeof x, num(pg, "tokens_per_s") / num(od, "tokens_per_s"), "%.2fx");
-        fprintf(md, "| pregated throughput vs ondemand | %s | 1.5x avg, 1.6x max |\n", x);
-        fmt(x, sizeof x, 100 * num(pg, "peak_device_bytes") / num(od, "peak_device_bytes") - 100, "%+.1f%%");
-        fprintf(md, "| pregated peak memory vs ondemand | %s | +0.2%% |\n", x);
-      }
-      if (pg && pf) {
-        fmt(x, sizeof x, num(pg, "tokens_per_s") / num(pf, "tokens_per_s"), "%.1fx");
-        fprintf(md, "| pregated throughput vs prefetch-all | %s | 27x avg, 55x max |\n", x);
-      }
-      fprintf(md, "\nThe paper's figures are from its A100 (PCIe Gen4) runs of Switch Transformers; "
-                  "this machine's figures come from the engine named above. Compare ratios, not "
-                  "absolute numbers.\n");
-    }
-    if (gnuplot) plot_group(&t, i, plots, md);
-    if (gnuplot) plot_cache(&t, i, plots, md);
-    if (gnuplot) {
-      bool first_model = true, first_workload = true;
-      for (size_t k = 0; k < i; k++) {
-        first_model &= strcmp(res_get(&t.rows[k], "model"), res_get(g, "model")) != 0;
-        first_workload &= strcmp(res_get(&t.rows[k], "model"), res_get(g, "model")) != 0 ||
-                          strcmp(res_get(&t.rows[k], "workload"), res_get(g, "workload")) != 0;
-      }
-      if (first_model) plot_scatter(&t, i, plots, md);
-      if (first_workload) plot_batches(&t, i, plots, md);
-    }
-    fprintf(md, "\n");
-  }
-  if (figure && t.n > 0) {
-    if (!have_gnuplot()) {
-      cli_error("report: --figure needs gnuplot (not installed)");
-      if (out) fclose(md), remove(tmp), free(tmp);
-      res_table_free(&t);
-      return 1;
-    }
-    if (headline_figure(&t, 0, figure) != 0) {
-      cli_error("report: %s: gnuplot failed", figure);
-      if (out) fclose(md), remove(tmp), free(tmp);
-      res_table_free(&t);
-      return 1;
-    }
-  }
-  int rc = 0;
-  if (out) {
-    if (fclose(md) != 0 || rename(tmp, out) != 0) {
-      cli_error("%s: write failed", out);
-      remove(tmp);
-      rc = 1;
-    }
-    free(tmp);
-  }
+  const bool gnuplot = o.plots && have_gnuplot();
+  if (o.plots && !gnuplot) fprintf(stderr, "moebench: report: gnuplot is not installed; no plots\n");
+  int rc = gnuplot ? plots_dir(o.plots) : 0;
+  if (rc == 0) rc = report_output(&t, &o, gnuplot);
   res_table_free(&t);
   return rc;
 }

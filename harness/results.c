@@ -437,7 +437,31 @@ moe_status res_write_json(const char *path, const res_table *t, void *meta, moe_
   return st;
 }
 
+/* Whether v is a plain decimal number: digits, an optional fraction, an
+ * optional exponent; no sign, space, hex (0x10), inf or nan, which strtod
+ * would take. */
+static bool plain_decimal(const char *v) {
+  const char *p = v;
+  size_t digits = strspn(p, "0123456789");
+  p += digits;
+  if (*p == '.') {
+    const size_t frac = strspn(p + 1, "0123456789");
+    digits += frac;
+    p += 1 + frac;
+  }
+  if (digits == 0) return false;
+  if (*p == 'e' || *p == 'E') {
+    p++;
+    if (*p == '+' || *p == '-') p++;
+    const size_t exp = strspn(p, "0123456789");
+    if (exp == 0) return false;
+    p += exp;
+  }
+  return *p == '\0';
+}
+
 double res_strict_number(const char *v) {
+  if (!plain_decimal(v)) return -1;
   char *end;
   errno = 0;
   double x = strtod(v, &end);

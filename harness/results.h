@@ -83,7 +83,9 @@ moe_status res_read_csv(const char *path, res_table *t, moe_error *err);
 /* Same, from an open stream; origin names it in messages (the fuzzer's entry). */
 moe_status res_read_csv_stream(FILE *f, const char *origin, res_table *t, moe_error *err);
 moe_status res_write_csv(const char *path, const res_table *t, moe_error *err);
-/* A metric value: the whole string a finite number >= 0; -1 otherwise. */
+/* A metric value: the whole string a plain decimal number >= 0 (digits,
+ * fraction, exponent; not hex, inf, nan, signs or spaces) that is finite;
+ * -1 otherwise. */
 double res_strict_number(const char *v);
 /* Every row's status is ok, OOM or error and every metric is empty or a
  * strict number: MOE_ERR_FORMAT naming file, row and column otherwise (what
