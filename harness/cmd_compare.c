@@ -13,6 +13,7 @@
 #include "moe/backend.h"
 #include <unistd.h>
 
+#include "moe/publish.h"
 #include "cli.h"
 #include "commands.h"
 #include "results.h"
@@ -1225,6 +1226,7 @@ static void report_usage(void) {
 
 typedef struct report_opts {
   const char *out, *plots, *figure;
+  const char *input; /* the results file read */
   bool paper, summary;
 } report_opts;
 
@@ -1312,23 +1314,16 @@ static int report_output(const res_table *t, const report_opts *o, bool gnuplot)
     }
     return rc;
   }
-  char *tmp = malloc(strlen(o->out) + 5);
-  if (tmp == NULL) return 1;
-  sprintf(tmp, "%s.tmp", o->out);
-  FILE *md = fopen(tmp, "w");
-  if (md == NULL) {
-    cli_error("%s: cannot create", tmp);
-    free(tmp);
-    return 1;
+  moe_publish pub;
+  moe_error err = {0};
+  if (cli_output_clobbers("report", o->out, o->input)) return 2;
+  if (moe_publish_open(&pub, o->out, "the report", &err) != MOE_OK) return cli_fail(&err);
+  int rc = report_write(t, o, gnuplot, pub.f);
+  if (rc != 0) {
+    moe_publish_abort(&pub);
+    return rc;
   }
-  int rc = report_write(t, o, gnuplot, md);
-  const bool bad = ferror(md) != 0;
-  if (fclose(md) != 0 || bad || (rc == 0 && rename(tmp, o->out) != 0)) {
-    if (rc == 0) cli_error("%s: write failed", o->out);
-    rc = 1;
-  }
-  if (rc != 0) remove(tmp);
-  free(tmp);
+  if (moe_publish_commit(&pub, &err) != MOE_OK) rc = cli_fail(&err);
   return rc;
 }
 
@@ -1338,6 +1333,7 @@ int cmd_report(int argc, char **argv) {
   if (parsed >= 0) return parsed;
   res_table t;
   moe_error err = {0};
+  o.input = argv[optind];
   if (res_read_csv(argv[optind], &t, &err) != MOE_OK) return cli_fail(&err);
   const bool gnuplot = o.plots && have_gnuplot();
   if (o.plots && !gnuplot) fprintf(stderr, "moebench: report: gnuplot is not installed; no plots\n");

@@ -185,6 +185,12 @@ START_TEST(outputs_never_overwrite_inputs) {
   ck_assert_int_eq(moebench("timeline t.json -o ./t.json"), 2);
   read_text(in_dir("t.json"), after, sizeof after);
   ck_assert_str_eq(before, after);
+  /* report -o onto the results it reads */
+  ck_assert_int_eq(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 -o rep"), 0);
+  read_text(in_dir("rep.csv"), before, sizeof before);
+  ck_assert_int_eq(moebench("report rep.csv -o ./rep.csv"), 2);
+  read_text(in_dir("rep.csv"), after, sizeof after);
+  ck_assert_str_eq(before, after);
   /* run: the trace and the CSV named the same */
   ck_assert_int_eq(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --trace r.csv -o r"), 2);
   ck_assert_int_ne(access(in_dir("r.csv"), F_OK), 0);
