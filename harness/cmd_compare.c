@@ -638,10 +638,15 @@ static int draw(const char *gp, const char *const *png, int n) {
   return 0;
 }
 
-/* Opens path for writing; NULL after a line naming it. */
+/* Opens path for writing, never through a link planted at it (O_NOFOLLOW);
+ * NULL after a line naming it. */
 static FILE *plot_file(const char *path) {
-  FILE *f = fopen(path, "w");
-  if (f == NULL) cli_error("report: %s: cannot create: %s", path, strerror(errno));
+  const int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0666);
+  FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+  if (f == NULL) {
+    cli_error("report: %s: cannot create: %s", path, strerror(errno));
+    if (fd >= 0) close(fd);
+  }
   return f;
 }
 
