@@ -341,8 +341,14 @@ int cli_read_token_file(const char *path, int want_len, int32_t **out, int *n_pr
   size_t cap = 0;
   int32_t *all = NULL;
   int count = 0, plen = want_len, lineno = 0, rc = 0;
-  while (getline(&line, &cap, f) >= 0) {
+  ssize_t got;
+  while ((got = getline(&line, &cap, f)) >= 0) {
     lineno++;
+    if (memchr(line, '\0', (size_t)got) != NULL) { /* the ids after it would be dropped */
+      cli_error("%s:%d: a NUL byte inside the line", path, lineno);
+      rc = -1;
+      break;
+    }
     const char *first = line + strspn(line, " \t");
     if (*first == '#') continue; /* a comment line */
     int32_t *ids;

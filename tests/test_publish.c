@@ -282,6 +282,35 @@ START_TEST(cache_sizes_that_mean_nothing_are_refused) {
 }
 END_TEST
 
+/* Input lines: a NUL byte inside a token file's line (the ids after it
+ * were dropped), a routing log naming an expert twice in a row or one
+ * outside the model (it was silently redrawn): refused, naming file:line. */
+START_TEST(input_lines_that_lie_are_refused) {
+  FILE *f = fopen(in_dir("nul.tok"), "wb");
+  ck_assert_ptr_nonnull(f);
+  fwrite("1 2 3\n4 5 6\0 7\n", 1, 15, f);
+  fclose(f);
+  ck_assert_int_ne(moebench("generate --preset ci-small --prompt-file nul.tok --gen-len 2"), 0);
+  ck_assert_ptr_nonnull(strstr(g_out, "nul.tok:2: a NUL byte"));
+  const char *sim = "run --preset ci-small --gen-len 2 --prompt-len 4 --backend sim "
+                    "--hardware a100-80g-pcie4 --sim-routing trace:";
+  char cmd[600];
+  ck_assert_int_eq(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --record-routing log.txt"), 0);
+  snprintf(cmd, sizeof cmd, "%slog.txt", sim);
+  ck_assert_msg(moebench(cmd) == 0, "%s", g_out);
+  /* the first routing line: an expert outside the model's 16, then twice */
+  snprintf(cmd, sizeof cmd, "cd '%s' && awk '!/^#/ && !d {$4 = 99; d = 1} {print}' log.txt > far.txt && "
+           "awk '!/^#/ && !d {$5 = $4; d = 1} {print}' log.txt > twice.txt", g_dir);
+  ck_assert_int_eq(system(cmd), 0);
+  snprintf(cmd, sizeof cmd, "%sfar.txt", sim);
+  ck_assert_int_ne(moebench(cmd), 0);
+  ck_assert_ptr_nonnull(strstr(g_out, "far.txt:2: expert 99 is outside"));
+  snprintf(cmd, sizeof cmd, "%stwice.txt", sim);
+  ck_assert_int_ne(moebench(cmd), 0);
+  ck_assert_ptr_nonnull(strstr(g_out, "twice.txt:2: expert"));
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("publish");
   TCase *tc = tcase_create("publish");
@@ -295,6 +324,7 @@ int main(void) {
   tcase_add_test(tc, merge_refuses_incomplete_or_mixed);
   tcase_add_test(tc, failed_rows_fail_the_command);
   tcase_add_test(tc, cache_sizes_that_mean_nothing_are_refused);
+  tcase_add_test(tc, input_lines_that_lie_are_refused);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -99,8 +99,8 @@ moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *m, m
   for (size_t i = 0; i < n; i++) s->slot_of[i] = -1;
   MOE_TRY(moe_device_alloc(dev, MOE_MEM_EXPERTS, (size_t)slots * m->expert_bytes, "expert slots",
                            (void **)&s->slab, err));
-  s->pinned = -1;
-  if (o->host_register && o->host_unregister) {
+  s->pinned = -1; /* a modeled backend's pinning is not a fact about this host */
+  if (o->host_register && o->host_unregister && !(o->caps & MOE_BACKEND_CAP_MODELED)) {
     /* Pinned, the copies are truly asynchronous; when the range cannot be
      * pinned the run goes on from pageable memory (slower copies, the same
      * results), says so once, and the result row records it (pinned 0). */

@@ -46,6 +46,7 @@ struct moe_backend {
   size_t rec_cap, rec_n;
   int rec_k;
   unsigned long long rec_hits, rec_misses;
+  char rec_path[512]; /* the log, for errors that name it */
 };
 
 /* One recorded routing: the router's top-k of (step, layer, row). */
@@ -54,6 +55,7 @@ typedef struct rec_route {
   int layer;               /* -2: empty entry */
   size_t row;
   int32_t experts[MOE_SIM_MAX_K];
+  long line; /* in the log */
 } rec_route;
 
 /* ---------------------------------------------------------------- memory */
@@ -192,8 +194,14 @@ static moe_status rec_load(moe_backend *be, const char *path, moe_error *err) {
     return MOE_FAIL(err, MOE_ERR_OOM, "sim backend: out of host memory");
   }
   for (size_t i = 0; i < be->rec_cap; i++) be->rec[i].layer = -2;
-  while (getline(&line, &cap, f) >= 0) {
+  snprintf(be->rec_path, sizeof be->rec_path, "%s", path);
+  ssize_t len;
+  while ((len = getline(&line, &cap, f)) >= 0) {
     lineno++;
+    if (memchr(line, '\0', (size_t)len) != NULL) {
+      st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: a NUL byte inside the line", path, lineno);
+      goto done;
+    }
     const char *p = line + strspn(line, " \t");
     if (*p == '#' || *p == '\n' || *p == '\0') continue;
     rec_route r;
@@ -232,7 +240,14 @@ static moe_status rec_load(moe_backend *be, const char *path, moe_error *err) {
         goto done;
       }
       r.experts[j] = (int32_t)v[3 + j];
+      for (int q = 0; q < j; q++)
+        if (r.experts[q] == r.experts[j]) {
+          st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: expert %d twice in one row (a router picks "
+                        "distinct experts)", path, lineno, (int)r.experts[j]);
+          goto done;
+        }
     }
+    r.line = lineno;
     if (2 * (be->rec_n + 1) > be->rec_cap) { /* grow: rehash into twice the room */
       rec_route *old = be->rec;
       const size_t old_cap = be->rec_cap;
@@ -284,7 +299,11 @@ static moe_status route_rows(moe_backend *be, int32_t *idx, float *wts, size_t m
                             unit(key(be, be->layer, be->step, r, 999)) < be->miss;
     const rec_route *rec = mispredict ? NULL : rec_find(be, be->step, be->layer, r);
     bool used = rec != NULL && be->rec_k == k;
-    for (int j = 0; used && j < k; j++) used = rec->experts[j] < n;
+    for (int j = 0; used && j < k; j++)
+      if (rec->experts[j] >= n) /* a log of another model: refused, not redrawn */
+        return MOE_FAIL(err, MOE_ERR_INVALID, "%s:%ld: expert %d is outside this model's %d "
+                        "experts (a log of another model?)", be->rec_path, rec->line,
+                        (int)rec->experts[j], n);
     if (rec) be->rec_hits += used, be->rec_misses += !used;
     else if (be->rec_cap) be->rec_misses++;
     if (used) {
