@@ -84,6 +84,9 @@ START_TEST(bad_profiles_are_refused_naming_the_field) {
       {"{\"name\": \"x\", \"memory_bytes\": 1e9, \"matmul_gflops_by_rows\": {\"f32\": [[4, 1], [2, 3]]}, ",
        "rows ascending"},
       {"{\"name\": \"x\", \"memory_bytes\": \"big\", ", "'memory_bytes'"},
+      /* nested keys: a misspelt one was ignored and its figure defaulted */
+      {"{\"name\": \"x\", \"memory_bytes\": 1e9, \"matmul_gflops_by_rows\": {\"f32\": [[1, 1]], "
+       "\"bf61\": [[1, 1]]}, ", "unknown field 'matmul_gflops_by_rows.bf61'"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
     char text[2048];
@@ -94,6 +97,30 @@ START_TEST(bad_profiles_are_refused_naming_the_field) {
     ck_assert_int_eq(moe_hw_profile_load(&p, path, &err), MOE_ERR_FORMAT);
     ck_assert_msg(strstr(err.msg, cases[i].expect) && strstr(err.msg, path), "case %zu: %s", i,
                   err.msg);
+  }
+  /* misspelt keys inside matmul_tflops, h2d_gbps and sources */
+  static const char *const nested[][2] = {
+      {"{\"f32\": 1, \"bf16\": 2, \"fp8\": 4}", "unknown field 'matmul_tflops.fp8'"},
+      {"{\"f32\": 1, \"bf16\": 2}, \"h2d_gbps\": {\"pinned\": 10, \"pageable\": 5, \"pinnned\": 30}, "
+       "\"h2d_latency_us\": 2, \"launch_overhead_us\": 1, \"sources\": {\"memory_bytes\": \"a\", "
+       "\"memory_gbps\": \"a\", \"matmul_tflops\": \"a\", \"h2d_gbps.pinned\": \"a\", "
+       "\"h2d_gbps.pageable\": \"a\", \"h2d_latency_us\": \"a\", \"launch_overhead_us\": \"a\"}}",
+       "unknown field 'h2d_gbps.pinnned'"},
+  };
+  for (size_t i = 0; i < 2; i++) {
+    char text[2048];
+    if (i == 0)
+      snprintf(text, sizeof text, "{\"name\": \"x\", \"memory_bytes\": 1e9, \"memory_gbps\": 100, "
+               "\"matmul_tflops\": %s, \"h2d_gbps\": {\"pinned\": 10, \"pageable\": 5}, "
+               "\"h2d_latency_us\": 2, \"launch_overhead_us\": 1, \"sources\": {}}", nested[i][0]);
+    else
+      snprintf(text, sizeof text, "{\"name\": \"x\", \"memory_bytes\": 1e9, \"memory_gbps\": 100, "
+               "\"matmul_tflops\": %s", nested[i][0]);
+    write_file(path, text);
+    moe_hw_profile q;
+    moe_error e2 = {0};
+    ck_assert_int_eq(moe_hw_profile_load(&q, path, &e2), MOE_ERR_FORMAT);
+    ck_assert_msg(strstr(e2.msg, nested[i][1]) != NULL, "nested %zu: %s", i, e2.msg);
   }
   /* a figure without its source */
   write_file(path, "{\"name\": \"x\", \"memory_bytes\": 1e9, \"memory_gbps\": 100, \"matmul_tflops\": "

@@ -83,6 +83,23 @@ moe_status moe_hw_profile_load(moe_hw_profile *p, const char *path, moe_error *e
   return st;
 }
 
+/* The keys of the object at field (absent: fine) must be among allowed;
+ * a misspelt nested key ("f23", "pinnned") would otherwise be ignored and
+ * its figure taken from a default. */
+static moe_status only_keys(json_t *root, const char *field, const char *const *allowed,
+                            const char *path, moe_error *err) {
+  json_t *o = json_object_get(root, field);
+  if (o == NULL || !json_is_object(o)) return MOE_OK; /* the field's own check says more */
+  const char *key;
+  json_t *v;
+  json_object_foreach(o, key, v) {
+    bool ok = false;
+    for (size_t i = 0; allowed[i] && !ok; i++) ok = strcmp(key, allowed[i]) == 0;
+    if (!ok) return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: unknown field '%s.%.60s'", path, field, key);
+  }
+  return MOE_OK;
+}
+
 moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const char *path,
                                     moe_error *err) {
   memset(p, 0, sizeof *p);
@@ -100,6 +117,22 @@ moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const c
     bool ok = false;
     for (size_t i = 0; known[i] && !ok; i++) ok = strcmp(key, known[i]) == 0;
     MOE_CHECK(ok, err, MOE_ERR_FORMAT, "%s: unknown field '%.60s'", path, key);
+  }
+  {
+    /* tf32 and theoretical: documented beside the figures used, not read */
+    static const char *const dtypes[] = {"f32", "bf16", "f16", "tf32", NULL};
+    static const char *const links[] = {"pinned", "pageable", "theoretical", NULL};
+    static const char *const rows[] = {"f32", NULL};
+    static const char *const sourced[] = {
+        "memory_bytes", "memory_gbps", "matmul_tflops", "matmul_tflops.f32", "matmul_tflops.bf16",
+        "matmul_tflops.f16", "matmul_tflops.tf32", "h2d_gbps", "h2d_gbps.pinned", "h2d_gbps.pageable",
+        "h2d_gbps.theoretical", "h2d_latency_us",
+        "launch_overhead_us", "matmul_gflops_by_rows", "copy_slowdown", "transfer_latency_us",
+        "vector_gflops", "vector_gbps", "calibrated", NULL};
+    MOE_TRY(only_keys(root, "matmul_tflops", dtypes, path, err));
+    MOE_TRY(only_keys(root, "h2d_gbps", links, path, err));
+    MOE_TRY(only_keys(root, "matmul_gflops_by_rows", rows, path, err));
+    MOE_TRY(only_keys(root, "sources", sourced, path, err));
   }
   json_t *nm = json_object_get(root, "name"), *ds = json_object_get(root, "description");
   MOE_CHECK(json_is_string(nm) && json_string_length(nm) > 0 &&
