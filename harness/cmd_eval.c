@@ -180,9 +180,10 @@ static int eval_suite(const char *path, const char *prefix, const char *backend,
   json_t *tok = json_object_get(root, "tokens"), *jr = json_object_get(root, "rows"),
          *jw = json_object_get(root, "windows");
   if (!json_is_string(tok) || !json_is_array(jr) || json_array_size(jr) == 0 ||
-      json_array_size(jr) > EVAL_MAX_ROWS || (jw && !json_is_integer(jw))) {
+      json_array_size(jr) > EVAL_MAX_ROWS || (jw && (!json_is_integer(jw) || json_integer_value(jw) < 1 ||
+                                                     json_integer_value(jw) > (1 << 24)))) {
     cli_error("%s: needs 'tokens' (a path), 'rows' (1..%d objects) and optionally 'windows' (an "
-              "integer)", path, EVAL_MAX_ROWS);
+              "integer in 1..%d)", path, EVAL_MAX_ROWS, 1 << 24);
     goto done;
   }
   /* paths in the file are relative to the source tree, as suites' */

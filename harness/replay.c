@@ -283,6 +283,10 @@ static moe_status replay_stream(FILE *f, const char *path, const moe_hw_profile 
     if (len == 0) continue;
     if (!strcmp(line, "]}")) {
       closed = true;
+      /* nothing but white space may follow the end */
+      while (st == MOE_OK && (len = getline(&line, &cap, f)) >= 0)
+        if (strspn(line, " \t\r\n") != (size_t)len)
+          st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: data after the trace's end (']}')", path);
       break;
     }
     json_error_t je;

@@ -111,7 +111,8 @@ moe_status workload_from_json(workload *w, const void *json, const char *origin,
   MOE_TRY(get_int_in(o, "prompt_len", -1, 1, SUITE_MAX_LEN, &w->prompt_len, origin, err));
   MOE_TRY(get_int_in(o, "gen_len", -1, 2, SUITE_MAX_LEN, &w->gen_len, origin, err));
   MOE_TRY(get_int_in(o, "requests", 1, 1, SUITE_MAX_LEN, &w->requests, origin, err));
-  MOE_TRY(get_int_in(o, "eval_windows", 0, 0, 1 << 20, &w->eval_windows, origin, err));
+  /* absent: every window of the file; given: 1 or more (0 meant 'all' silently) */
+  MOE_TRY(get_int_in(o, "eval_windows", 0, 1, 1 << 20, &w->eval_windows, origin, err));
   json_t *ev = json_object_get(o, "eval_tokens");
   if (ev != NULL) {
     MOE_CHECK(json_is_string(ev) && json_string_length(ev) > 0, err, MOE_ERR_FORMAT,

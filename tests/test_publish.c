@@ -311,6 +311,45 @@ START_TEST(input_lines_that_lie_are_refused) {
 }
 END_TEST
 
+/* More inputs that do not mean what they say: a fault spec strtoul would
+ * have wrapped or trimmed, data after a trace's end, a zero or negative
+ * window count. */
+START_TEST(malformed_small_inputs_are_refused) {
+  const char *bad_faults[] = {"alloc:-1", "alloc: 5", "alloc:+5", "alloc:5x", "copy:"};
+  for (size_t i = 0; i < sizeof bad_faults / sizeof *bad_faults; i++) {
+    setenv("MOE_CPU_FAULT", bad_faults[i], 1);
+    const int rc = moebench("run --preset ci-small --gen-len 2 --prompt-len 4");
+    unsetenv("MOE_CPU_FAULT");
+    ck_assert_msg(rc != 0 && strstr(g_out, "MOE_CPU_FAULT") != NULL, "'%s' accepted: %s",
+                  bad_faults[i], g_out);
+  }
+  ck_assert_int_eq(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --trace t.json"), 0);
+  ck_assert_msg(moebench("replay t.json --hardware h200") == 0, "%s", g_out);
+  FILE *f = fopen(in_dir("t.json"), "a");
+  ck_assert_ptr_nonnull(f);
+  fputs("{\"ph\": \"X\", \"name\": \"matmul\"}\n", f);
+  fclose(f);
+  ck_assert_int_ne(moebench("replay t.json --hardware h200"), 0);
+  ck_assert_ptr_nonnull(strstr(g_out, "after the trace's end"));
+  write_text(in_dir("w.tok"), "1 2 3 4\n5 6 7 8\n");
+  char suite[1200];
+  for (int bad = 0; bad < 2; bad++) {
+    snprintf(suite, sizeof suite,
+             "{\"name\": \"q\", \"models\": [\"ci-small\"], \"policies\": [\"gpu-only\"], "
+             "\"workloads\": [{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 2, "
+             "\"eval_tokens\": \"%s\", \"eval_windows\": %d}]}", in_dir("w.tok"), bad ? -3 : 0);
+    write_text(in_dir("q.json"), suite);
+    ck_assert_int_ne(moebench("sweep q.json -o q-out --quiet"), 0);
+    ck_assert_ptr_nonnull(strstr(g_out, "eval_windows"));
+    snprintf(suite, sizeof suite, "{\"tokens\": \"%s\", \"windows\": %d, \"rows\": "
+             "[{\"label\": \"a\", \"model\": \"ci-small\"}]}", in_dir("w.tok"), bad ? -3 : 0);
+    write_text(in_dir("e.json"), suite);
+    ck_assert_int_ne(moebench("eval --suite e.json"), 0);
+    ck_assert_ptr_nonnull(strstr(g_out, "'windows'"));
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("publish");
   TCase *tc = tcase_create("publish");
@@ -325,6 +364,7 @@ int main(void) {
   tcase_add_test(tc, failed_rows_fail_the_command);
   tcase_add_test(tc, cache_sizes_that_mean_nothing_are_refused);
   tcase_add_test(tc, input_lines_that_lie_are_refused);
+  tcase_add_test(tc, malformed_small_inputs_are_refused);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

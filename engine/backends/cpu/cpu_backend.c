@@ -114,8 +114,11 @@ static moe_status parse_fault(moe_backend *be, moe_error *err) {
   for (int k = 1; k < 4; k++) {
     size_t n = strlen(kinds[k]);
     if (strncmp(f, kinds[k], n) != 0) continue;
+    /* digits only: strtoul would take " 5", "+5" and wrap "-1" */
+    const char *d = f + n;
+    if (*d == '\0' || strspn(d, "0123456789") != strlen(d) || strlen(d) > 9) break;
     char *end;
-    unsigned long v = strtoul(f + n, &end, 10);
+    unsigned long v = strtoul(d, &end, 10);
     if (*end != '\0' || v == 0) break;
     be->fault_kind = k;
     be->fault_n = v;
