@@ -336,6 +336,12 @@ moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_
                                       NULL};
   MOE_TRY(cli_check_keys(root, known, origin, err));
   MOE_TRY(get_str(root, "name", true, s->name, sizeof s->name, origin, err));
+  /* the name makes the default output results/runs/NAME: a file name, no
+   * directory part, nothing hidden */
+  MOE_CHECK(s->name[0] != '.' && strspn(s->name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                 "0123456789._-") == strlen(s->name),
+            err, MOE_ERR_FORMAT, "%s: field 'name' '%.64s' must be letters, digits, '.', '_' or '-' "
+            "(not starting with '.'): it names the output file", origin, s->name);
   MOE_TRY(get_str(root, "description", false, s->description, sizeof s->description, origin, err));
   MOE_TRY(get_list(root, "models", s->models, &s->n_models, origin, err));
   MOE_TRY(get_list(root, "policies", s->policies, &s->n_policies, origin, err));

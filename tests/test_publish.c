@@ -350,6 +350,27 @@ START_TEST(malformed_small_inputs_are_refused) {
 }
 END_TEST
 
+/* A suite's name cannot put its default output outside results/runs, and
+ * the local Slurm stand-in reads array bounds as decimal (010 is ten). */
+START_TEST(names_and_numbers_mean_what_they_say) {
+  write_text(in_dir("esc.json"), "{\"name\": \"../../escaped\", \"models\": [\"ci-small\"], "
+             "\"workloads\": [\"ci\"], \"policies\": [\"gpu-only\"]}\n");
+  ck_assert_int_ne(moebench("sweep esc.json --quiet"), 0);
+  ck_assert_ptr_nonnull(strstr(g_out, "field 'name'"));
+  ck_assert_int_ne(access(in_dir("../escaped.csv"), F_OK), 0);
+  write_text(in_dir("task.sh"), "echo \"$SLURM_ARRAY_TASK_ID\" > \"$1/task-$SLURM_ARRAY_TASK_ID\"\n");
+  char cmd[2000];
+  snprintf(cmd, sizeof cmd, "LOCAL_SBATCH_DIR='%s' bash '%s/harness/slurm/local-sbatch.sh' --parsable "
+           "--array=009-010 '%s/task.sh' '%s'", g_dir, MOE_SOURCE_DIR, g_dir, g_dir);
+  ck_assert_msg(tu_run(cmd, g_out, sizeof g_out) == 0, "%s", g_out);
+  ck_assert_int_eq(access(in_dir("task-9"), F_OK), 0);
+  ck_assert_int_eq(access(in_dir("task-10"), F_OK), 0);
+  snprintf(cmd, sizeof cmd, "LOCAL_SBATCH_DIR='%s' bash '%s/harness/slurm/local-sbatch.sh' "
+           "--array=1-x '%s/task.sh' '%s'", g_dir, MOE_SOURCE_DIR, g_dir, g_dir);
+  ck_assert_int_eq(tu_run(cmd, g_out, sizeof g_out), 2);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("publish");
   TCase *tc = tcase_create("publish");
@@ -365,6 +386,7 @@ int main(void) {
   tcase_add_test(tc, cache_sizes_that_mean_nothing_are_refused);
   tcase_add_test(tc, input_lines_that_lie_are_refused);
   tcase_add_test(tc, malformed_small_inputs_are_refused);
+  tcase_add_test(tc, names_and_numbers_mean_what_they_say);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -26,6 +26,9 @@ if [ -n "$dep" ]; then
 fi
 if [ -n "$array" ]; then
   first="${array%-*}" last="${array#*-}"
+  [[ "$first" =~ ^[0-9]+$ && "$last" =~ ^[0-9]+$ ]] ||
+    { echo "local-sbatch.sh: --array=$array: expected A-B, two decimal numbers" >&2; exit 2; }
+  first=$((10#$first)) last=$((10#$last)) # decimal: 010 is ten, not octal eight
   pids=()
   for ((k = first; k <= last; k++)); do
     SLURM_ARRAY_JOB_ID=$jobid SLURM_ARRAY_TASK_ID=$k SLURM_ARRAY_TASK_COUNT=$((last - first + 1)) \
