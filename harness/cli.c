@@ -581,3 +581,20 @@ int cli_output_clobbers(const char *cmd, const char *output, const char *input) 
   if (same) cli_error("%s: the output %s is an input of this command; refusing to overwrite it", cmd, output);
   return same ? 1 : 0;
 }
+
+void cli_md_into(char *out, size_t cap, const char *s) {
+  size_t n = 0;
+  for (const unsigned char *c = (const unsigned char *)s; *c && n + 2 < cap; c++) {
+    if (*c == '|' || *c == '\\') out[n++] = '\\', out[n++] = (char)*c;
+    else out[n++] = *c < 0x20 || *c == 0x7f ? ' ' : (char)*c;
+  }
+  if (cap) out[n < cap ? n : cap - 1] = '\0';
+}
+
+const char *cli_md(const char *s) {
+  static char buf[32][1024];
+  static int k;
+  k = (k + 1) % 32;
+  cli_md_into(buf[k], sizeof buf[k], s ? s : "");
+  return buf[k];
+}

@@ -123,6 +123,13 @@ int cli_lock_prefix(const char *cmd, const char *prefix);
  * 0 otherwise (also when either is NULL or empty). */
 int cli_output_clobbers(const char *cmd, const char *output, const char *input);
 
+/* Text for a markdown table cell or heading: '|' escaped as '\|', '\' as
+ * '\\', newlines, tabs and other control bytes as one space.
+ * cli_md_into writes into out (cut to cap - 1 bytes); cli_md returns one of
+ * 32 rotating static buffers of 1 KiB (enough for one printf's cells). */
+void cli_md_into(char *out, size_t cap, const char *s);
+const char *cli_md(const char *s);
+
 /* An expert cache spec "KIND:SIZE": KIND lru, lfu, static or ring; SIZE a number
  * of experts ("64", 1 .. 2^24; a plain number is never bytes), a share of all
  * experts of the model ("25%"), or a byte size with its unit ("2GiB", "512B":

@@ -216,11 +216,12 @@ static int compare_metric(const compare_opts *o, size_t k, const char *key, cons
   else if (!strcmp(verdict, "noise")) cnt->noise++;
   else cnt->changed++;
   if (isnan(change))
-    printf("| %s | %s | %s | %s | | %s |\n", key, col->name, bv, nv, verdict);
+    printf("| %s | %s | %s | %s | | %s |\n", cli_md(key), col->name, cli_md(bv), cli_md(nv), verdict);
   else if (isinf(change))
-    printf("| %s | %s | %s | %s | from 0 | %s |\n", key, col->name, bv, nv, verdict);
+    printf("| %s | %s | %s | %s | from 0 | %s |\n", cli_md(key), col->name, cli_md(bv), cli_md(nv), verdict);
   else
-    printf("| %s | %s | %s | %s | %+.2f%% | %s |\n", key, col->name, bv, nv, 100 * change, verdict);
+    printf("| %s | %s | %s | %s | %+.2f%% | %s |\n", cli_md(key), col->name, cli_md(bv), cli_md(nv),
+           100 * change, verdict);
   return 0;
 }
 
@@ -298,7 +299,7 @@ static int compare_tables(const compare_opts *o, const char *bp, const res_table
     res_key_except(&base->rows[i], "device", key, sizeof key);
     long j = res_index_find(nix, key);
     if (j < 0) {
-      printf("| %s | (row) | present | missing | | %s |\n", key, o->allow_missing ? "missing" : "MISSING");
+      printf("| %s | (row) | present | missing | | %s |\n", cli_md(key), o->allow_missing ? "missing" : "MISSING");
       cnt.missing++;
       continue;
     }
@@ -312,7 +313,7 @@ static int compare_tables(const compare_opts *o, const char *bp, const res_table
   for (size_t j = 0; j < neu->n && rc == 0; j++) {
     res_key_except(&neu->rows[j], "device", key, sizeof key);
     if (res_index_find(bix, key) < 0) {
-      printf("| %s | (row) | missing | present | | new |\n", key);
+      printf("| %s | (row) | missing | present | | new |\n", cli_md(key));
       cnt.added++;
     }
   }
@@ -1332,6 +1333,21 @@ static int report_output(const res_table *t, const report_opts *o, bool gnuplot)
   return rc;
 }
 
+/* The report shows text cells in markdown tables and headings: every key
+ * and text value escaped once, at load ('|' and newlines in a name would
+ * break the table).  Plots clean their labels themselves. */
+static void md_escape_table(res_table *t) {
+  char buf[2048];
+  for (size_t i = 0; i < t->n; i++)
+    for (size_t c = 0; c < res_ncols; c++) {
+      if (res_columns[c].kind != RES_KEY && res_columns[c].kind != RES_TEXT) continue;
+      const char *v = t->rows[i].v[c];
+      if (strcspn(v, "|\\\n\r\t") == strlen(v)) continue;
+      cli_md_into(buf, sizeof buf, v);
+      res_set(&t->rows[i], res_columns[c].name, buf);
+    }
+}
+
 int cmd_report(int argc, char **argv) {
   report_opts o = {0};
   const int parsed = report_parse(argc, argv, &o);
@@ -1340,6 +1356,7 @@ int cmd_report(int argc, char **argv) {
   moe_error err = {0};
   o.input = argv[optind];
   if (res_read_csv(argv[optind], &t, &err) != MOE_OK) return cli_fail(&err);
+  md_escape_table(&t);
   const bool gnuplot = o.plots && have_gnuplot();
   if (o.plots && !gnuplot) fprintf(stderr, "moebench: report: gnuplot is not installed; no plots\n");
   int rc = gnuplot ? plots_dir(o.plots) : 0;

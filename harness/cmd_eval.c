@@ -125,7 +125,7 @@ static void print_row(const eval_row *row, const eval_figures *f, const eval_fig
   }
   if (f->stats.pregate_total > 0)
     snprintf(hit, sizeof hit, "%.3f", (double)f->stats.pregate_hits / (double)f->stats.pregate_total);
-  printf("| %s | %s | %s | %s | %.6f | %.4f | %.4f | %s | %s | %s |\n", row->label, row->model,
+  printf("| %s | %s | %s | %s | %.6f | %.4f | %.4f | %s | %s | %s |\n", cli_md(row->label), cli_md(row->model),
          row->policy, row->have_routing ? moe_routing_name(row->routing) : "(policy's)", ce_of(f),
          exp(ce_of(f)), acc_of(f), dppl, dacc, hit);
 }

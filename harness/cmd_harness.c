@@ -1245,12 +1245,12 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
   printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   const char *p50 = res_get(row, "token_latency_p50_s");
   printf("| %s | %s | %s | %s | %s | %s | %s | %.3g | %s | %s | %s | %s | %s | %s |\n",
-         res_get(row, "model"), res_get(row, "workload"), res_get(row, "policy"),
-         res_get(row, "routing"), res_get(row, "status"), res_get(row, "tokens_per_s"),
-         res_get(row, "ttft_s"), p50[0] ? atof(p50) * 1e3 : NAN, res_get(row, "peak_device_bytes"),
-         res_get(row, "expert_slots"), res_get(row, "h2d_bytes"), res_get(row, "expert_fetches"),
-         res_get(row, "expert_misses"), res_get(row, "stall_s"));
-  if (strcmp(res_get(row, "status"), "ok") != 0) printf("error: %s\n", res_get(row, "error"));
+         cli_md(res_get(row, "model")), cli_md(res_get(row, "workload")), cli_md(res_get(row, "policy")),
+         cli_md(res_get(row, "routing")), cli_md(res_get(row, "status")), cli_md(res_get(row, "tokens_per_s")),
+         cli_md(res_get(row, "ttft_s")), p50[0] ? atof(p50) * 1e3 : NAN, cli_md(res_get(row, "peak_device_bytes")),
+         cli_md(res_get(row, "expert_slots")), cli_md(res_get(row, "h2d_bytes")), cli_md(res_get(row, "expert_fetches")),
+         cli_md(res_get(row, "expert_misses")), cli_md(res_get(row, "stall_s")));
+  if (strcmp(res_get(row, "status"), "ok") != 0) printf("error: %s\n", cli_md(res_get(row, "error")));
   const char *pinned = res_get(row, "pinned");
   if (pinned[0])
     printf("expert weights: %s host memory (pinning took %s s)\n",

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "moe/publish.h"
+#include "results.h"
 #include "testutil.h"
 
 static char g_dir[256];
@@ -371,6 +372,47 @@ START_TEST(names_and_numbers_mean_what_they_say) {
 }
 END_TEST
 
+/* The number of unescaped '|' on line. */
+static int cells(const char *line, size_t n) {
+  int k = 0;
+  for (size_t i = 0; i < n; i++) k += line[i] == '|' && (i == 0 || line[i - 1] != '\\');
+  return k;
+}
+
+/* '|' and newlines in names do not break markdown tables: every table
+ * line of report and compare has as many cells as its header. */
+START_TEST(markdown_tables_hold_hostile_text) {
+  ck_assert_int_eq(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 -o r"), 0);
+  res_table t;
+  moe_error err = {0};
+  ck_assert(res_read_csv(in_dir("r.csv"), &t, &err) == MOE_OK);
+  res_set(&t.rows[0], "model", "ci|small\nline two");
+  res_set(&t.rows[0], "workload", "w|1\\");
+  ck_assert(res_write_csv(in_dir("h.csv"), &t, &err) == MOE_OK);
+  res_set(&t.rows[0], "model", "other|model");
+  ck_assert(res_write_csv(in_dir("h2.csv"), &t, &err) == MOE_OK);
+  res_table_free(&t);
+  const char *cmds[] = {"report h.csv", "compare h.csv h2.csv --allow-missing"};
+  for (int c = 0; c < 2; c++) {
+    moebench(cmds[c]);
+    int want = -1;
+    for (char *line = g_out; *line;) {
+      char *end = strchr(line, '\n');
+      const size_t n = end ? (size_t)(end - line) : strlen(line);
+      if (n > 0 && line[0] == '|') {
+        if (want < 0 || strncmp(line, "|---", 4) == 0) want = cells(line, n);
+        ck_assert_msg(cells(line, n) == want, "%s: a row of %d cells, the table has %d: %.*s",
+                      cmds[c], cells(line, n), want, (int)n, line);
+      } else {
+        want = -1; /* a new table */
+      }
+      line = end ? end + 1 : line + n;
+    }
+    ck_assert_ptr_nonnull(strstr(g_out, "small"));
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("publish");
   TCase *tc = tcase_create("publish");
@@ -387,6 +429,7 @@ int main(void) {
   tcase_add_test(tc, input_lines_that_lie_are_refused);
   tcase_add_test(tc, malformed_small_inputs_are_refused);
   tcase_add_test(tc, names_and_numbers_mean_what_they_say);
+  tcase_add_test(tc, markdown_tables_hold_hostile_text);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
