@@ -598,3 +598,12 @@ const char *cli_md(const char *s) {
   cli_md_into(buf[k], sizeof buf[k], s ? s : "");
   return buf[k];
 }
+
+const char *cli_model_dir_arg(const char *arg) {
+  static char buf[8][MOE_PUBLISH_PATH_MAX + 3];
+  static int k;
+  if (arg == NULL || strchr(arg, '/') != NULL || strlen(arg) > MOE_PUBLISH_PATH_MAX) return arg;
+  k = (k + 1) % 8;
+  snprintf(buf[k], sizeof buf[k], "./%s", arg);
+  return buf[k];
+}

@@ -143,6 +143,12 @@ int cli_cache_experts(const char *spec, const moe_model *m, moe_cache_kind *kind
  * false when the cache part is malformed or NAME does not fit. */
 bool cli_split_policy(const char *entry, char *base, size_t cap, const char **cache);
 
+/* A --model-dir argument as a path the preset loader reads as a directory:
+ * "ck" (relative, no slash, which would read as a preset name) becomes
+ * "./ck"; other paths are returned as they are.  One of 8 rotating static
+ * buffers. */
+const char *cli_model_dir_arg(const char *arg);
+
 /* A --model-dir that is not a directory: one line, -1 (else 0). */
 int cli_check_model_dir(const char *cmd, const char *dir);
 

@@ -329,7 +329,7 @@ int cmd_eval(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
     bool ok = true;
     switch (c) {
-      case O_MODEL: ok = optarg[0] != '\0'; model_dir = optarg; break;
+      case O_MODEL: ok = optarg[0] != '\0'; model_dir = cli_model_dir_arg(optarg); break;
       case O_PRESET: ok = optarg[0] != '\0'; preset = optarg; break;
       case O_TOKENS: ok = optarg[0] != '\0'; tokens = optarg; break;
       case O_WINDOWS: ok = cli_parse_int(optarg, 1, 1 << 24, &windows); break;

@@ -97,7 +97,7 @@ static int gen_parse(int argc, char **argv, gen_opts *o) {
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     bool ok = true;
     switch (c) {
-      case O_MODEL: o->model_dir = optarg; break;
+      case O_MODEL: o->model_dir = cli_model_dir_arg(optarg); break;
       case O_PRESET: o->preset = optarg; break;
       case O_SEED: ok = cli_parse_u64(optarg, &o->seed); o->have_seed = true; break;
       case O_DTYPE: ok = moe_dtype_parse(optarg, &o->dtype) == 0; o->have_dtype = true; break;

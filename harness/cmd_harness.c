@@ -1062,7 +1062,7 @@ int cmd_run(int argc, char **argv) {
     bool ok = true;
     switch (c) {
       case 'p': preset = optarg; break;
-      case 'M': ok = optarg[0] != '\0'; model_dir = optarg; break;
+      case 'M': ok = optarg[0] != '\0'; model_dir = cli_model_dir_arg(optarg); break;
       case 'K': ok = cli_parse_int(optarg, 1, MOE_MAX_LOOKAHEAD, &lookahead); break;
       case 'P': ok = optarg[0] != '\0'; policy = optarg; break;
       case 'X': ok = optarg[0] != '\0'; plugin = optarg; break;

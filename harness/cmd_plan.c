@@ -59,7 +59,7 @@ int cmd_plan(int argc, char **argv) {
     bool ok = true;
     switch (c) {
       case 'p': ok = optarg[0] != '\0'; preset = optarg; break;
-      case 'M': ok = optarg[0] != '\0'; model_dir = optarg; break;
+      case 'M': ok = optarg[0] != '\0'; model_dir = cli_model_dir_arg(optarg); break;
       case 'H': ok = optarg[0] != '\0'; hw_name = optarg; break;
       case 'b': ok = cli_parse_int(optarg, 1, SUITE_MAX_BATCH, &batch); break;
       case 'l': ok = cli_parse_int(optarg, 1, SUITE_MAX_LEN, &plen); break;

@@ -103,7 +103,7 @@ int cmd_bench_policies(int argc, char **argv) {
     bool ok = true;
     switch (c) {
       case 'p': preset = optarg; break;
-      case 'M': ok = optarg[0] != '\0'; model_dir = optarg; break;
+      case 'M': ok = optarg[0] != '\0'; model_dir = cli_model_dir_arg(optarg); break;
       case 'K': ok = cli_parse_int(optarg, 1, MOE_MAX_LOOKAHEAD, &lookahead); break;
       case 'P': plist = optarg; break;
       case 'b': ok = cli_parse_int(optarg, 1, 4096, &batch); break;

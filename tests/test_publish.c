@@ -413,6 +413,25 @@ START_TEST(markdown_tables_hold_hostile_text) {
 }
 END_TEST
 
+/* --model-dir ck (relative, no slash: it read as a preset name) works in
+ * every command that takes it. */
+START_TEST(relative_model_dir_everywhere) {
+  char cmd[1200];
+  snprintf(cmd, sizeof cmd, "cp -r '%s/tests/fixtures/mixtral-tiny' '%s/ck'", MOE_SOURCE_DIR, g_dir);
+  ck_assert_int_eq(system(cmd), 0);
+  write_text(in_dir("w.tok"), "1 2 3 4\n5 6 7 8\n");
+  const char *cmds[] = {
+      "run --model-dir ck --gen-len 2 --prompt-len 4",
+      "bench-policies --model-dir ck --gen-len 2 --prompt-len 4 --reps 1 --policies gpu-only",
+      "plan --model-dir ck",
+      "generate --model-dir ck --prompt-ids 1,2,3 --gen-len 2",
+      "eval --model-dir ck --tokens w.tok",
+  };
+  for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
+    ck_assert_msg(moebench(cmds[i]) == 0, "%s: %s", cmds[i], g_out);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("publish");
   TCase *tc = tcase_create("publish");
@@ -430,6 +449,7 @@ int main(void) {
   tcase_add_test(tc, malformed_small_inputs_are_refused);
   tcase_add_test(tc, names_and_numbers_mean_what_they_say);
   tcase_add_test(tc, markdown_tables_hold_hostile_text);
+  tcase_add_test(tc, relative_model_dir_everywhere);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
