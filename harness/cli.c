@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +46,19 @@ int cli_fail(const moe_error *err) {
   return 1;
 }
 
+/* What the last parser wanted, and of which argument (cli_bad_value). */
+static char g_expect[96];
+static const char *g_expect_of;
+static void expect(const char *s, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(g_expect, sizeof g_expect, fmt, ap);
+  va_end(ap);
+  g_expect_of = s;
+}
+
 bool cli_parse_int(const char *s, long lo, long hi, long *out) {
+  expect(s, "an integer in %ld..%ld", lo, hi);
   char *end;
   errno = 0;
   long v = strtol(s, &end, 10);
@@ -55,6 +68,7 @@ bool cli_parse_int(const char *s, long lo, long hi, long *out) {
 }
 
 bool cli_parse_u64(const char *s, uint64_t *out) {
+  expect(s, "a non-negative integer below 2^64");
   char *end;
   errno = 0;
   if (*s == '-') return false;
@@ -65,6 +79,7 @@ bool cli_parse_u64(const char *s, uint64_t *out) {
 }
 
 bool cli_parse_double(const char *s, double *out) {
+  expect(s, "a finite number");
   char *end;
   errno = 0;
   double v = strtod(s, &end);
@@ -76,6 +91,7 @@ bool cli_parse_double(const char *s, double *out) {
 bool cli_parse_link(const char *s, double *out) {
   double v;
   if (!cli_parse_double(s, &v)) return false;
+  expect(s, "0 (no cap) or GB/s in %g..%g", MOE_LINK_GBPS_MIN, MOE_LINK_GBPS_MAX);
   if (v != 0 && !(v >= MOE_LINK_GBPS_MIN && v <= MOE_LINK_GBPS_MAX)) return false;
   *out = v;
   return true;
@@ -232,6 +248,7 @@ moe_synth_options cli_preset_synth(const cli_preset *p) {
 }
 
 bool cli_parse_bytes(const char *s, size_t *out) {
+  expect(s, "a size: bytes, or a number with B, KiB, MiB, GiB, TiB, KB, MB, GB or TB");
   char *end;
   errno = 0;
   double v = strtod(s, &end);
@@ -606,4 +623,17 @@ const char *cli_model_dir_arg(const char *arg) {
   k = (k + 1) % 8;
   snprintf(buf[k], sizeof buf[k], "./%s", arg);
   return buf[k];
+}
+
+void cli_bad_value(const char *cmd, const struct option *opts, int idx, int c, const char *arg) {
+  const char *name = idx >= 0 ? opts[idx].name : NULL;
+  for (int i = 0; name == NULL && opts[i].name; i++)
+    if (opts[i].val == c) name = opts[i].name;
+  char flag[80];
+  if (name) snprintf(flag, sizeof flag, "--%s", name);
+  else snprintf(flag, sizeof flag, "-%c", c > 32 && c < 127 ? c : '?');
+  if (arg && g_expect_of == arg && g_expect[0])
+    cli_error("%s: %s '%s': expected %s", cmd, flag, arg, g_expect);
+  else
+    cli_error("%s: %s '%s': not a valid value (see --help)", cmd, flag, arg ? arg : "");
 }

@@ -21,6 +21,12 @@ bool cli_verbose(void);
 
 /* Strict integer / number parsing: the whole string, in range. */
 bool cli_parse_int(const char *s, long lo, long hi, long *out);
+
+/* A refused option value, in one line naming the command, the flag (by
+ * its long name when it has one) and what the parser expected, with the
+ * limits ("run: --gen-len '1': expected an integer in 2..65536"). */
+struct option;
+void cli_bad_value(const char *cmd, const struct option *opts, int idx, int c, const char *arg);
 bool cli_parse_u64(const char *s, uint64_t *out);
 bool cli_parse_double(const char *s, double *out);
 /* A link cap in GB/s: 0 (uncapped) or MOE_LINK_GBPS_MIN..MOE_LINK_GBPS_MAX;

@@ -524,7 +524,7 @@ int cmd_bench_ops(int argc, char **argv) {
         return 2;
     }
     if (!ok) {
-      cli_error("bench-ops: invalid value '%s' for --%s", optarg, idx >= 0 ? opts[idx].name : "?");
+      cli_bad_value("bench-ops", opts, idx, c, optarg);
       return 2;
     }
   }

@@ -353,7 +353,7 @@ int cmd_eval(int argc, char **argv) {
         return 2;
     }
     if (!ok) {
-      cli_error("eval: invalid value '%s' for %s", optarg, argv[optind - 1]);
+      cli_bad_value("eval", opts, -1, c, optarg);
       return 2;
     }
   }

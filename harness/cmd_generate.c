@@ -126,7 +126,7 @@ static int gen_parse(int argc, char **argv, gen_opts *o) {
         return 2;
     }
     if (!ok) {
-      cli_error("generate: invalid value '%s' for --%s", optarg, opts[c - O_MODEL].name);
+      cli_bad_value("generate", opts, -1, c, optarg);
       return 2;
     }
   }

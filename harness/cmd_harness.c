@@ -1133,10 +1133,7 @@ int cmd_run(int argc, char **argv) {
         return 2;
     }
     if (!ok) {
-      if (idx >= 0)
-        cli_error("run: invalid value '%s' for --%s", optarg, opts[idx].name);
-      else
-        cli_error("run: invalid value '%s' for -%c", optarg, c);
+      cli_bad_value("run", opts, idx, c, optarg);
       return 2;
     }
   }

@@ -83,7 +83,7 @@ int cmd_plan(int argc, char **argv) {
         return 2;
     }
     if (!ok) {
-      cli_error("plan: invalid value '%s' for %s", optarg, argv[optind - 1]);
+      cli_bad_value("plan", opts, -1, c, optarg);
       return 2;
     }
   }

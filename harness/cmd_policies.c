@@ -127,7 +127,7 @@ int cmd_bench_policies(int argc, char **argv) {
         return 2;
     }
     if (!ok) {
-      cli_error("bench-policies: invalid value '%s' for --%s", optarg, idx >= 0 ? opts[idx].name : "?");
+      cli_bad_value("bench-policies", opts, idx, c, optarg);
       return 2;
     }
   }

@@ -432,6 +432,23 @@ START_TEST(relative_model_dir_everywhere) {
 }
 END_TEST
 
+/* A refused option value names the flag and the limit it passed (eval and
+ * plan named the value twice: "invalid value '0' for 0"). */
+START_TEST(refusals_name_the_flag_and_the_limit) {
+  static const char *const cases[][2] = {
+      {"eval --preset ci-small --tokens w.tok --windows 0", "eval: --windows '0': expected an integer in 1.."},
+      {"plan --preset ci-small --batch=0", "plan: --batch '0': expected an integer in 1..4096"},
+      {"run --preset ci-small --gen-len 1", "run: --gen-len '1': expected an integer in 2.."},
+      {"run --preset ci-small --device-mem 12Q", "run: --device-mem '12Q': expected a size"},
+      {"bench-policies --preset ci-small --link-gbps 1e-9", "--link-gbps '1e-9': expected 0 (no cap) or GB/s in"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    ck_assert_int_eq(moebench(cases[i][0]), 2);
+    ck_assert_msg(strstr(g_out, cases[i][1]) != NULL, "%s: %s", cases[i][0], g_out);
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("publish");
   TCase *tc = tcase_create("publish");
@@ -450,6 +467,7 @@ int main(void) {
   tcase_add_test(tc, names_and_numbers_mean_what_they_say);
   tcase_add_test(tc, markdown_tables_hold_hostile_text);
   tcase_add_test(tc, relative_model_dir_everywhere);
+  tcase_add_test(tc, refusals_name_the_flag_and_the_limit);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
