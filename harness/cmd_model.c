@@ -35,6 +35,19 @@
 /* ---------------------------------------------------------------- calibrate */
 
 enum { CAL_SET_BYTES = 256 << 20, CAL_MAX_W = 512, CAL_MAX_SHAPES = 8 };
+/* The link's bandwidth copies: 64 MB, or under a cap about CAL_COPY_S
+ * seconds' worth (64 MB at the smallest cap, 1 MB/s, would take over a
+ * minute a copy, and calibrate makes about ten of them). */
+#define CAL_COPY_BYTES ((size_t)64 << 20)
+#define CAL_COPY_MIN ((size_t)64 << 10)
+#define CAL_COPY_S 0.1
+
+/* Bytes per bandwidth copy of calibrate at link cap `link` GB/s (0: none). */
+static size_t cal_copy_bytes(double link) {
+  if (!(link > 0) || link * 1e9 * CAL_COPY_S >= (double)CAL_COPY_BYTES) return CAL_COPY_BYTES;
+  size_t b = (size_t)(link * 1e9 * CAL_COPY_S) & ~(size_t)4095;
+  return b < CAL_COPY_MIN ? CAL_COPY_MIN : b;
+}
 
 /* Weight shapes a calibration multiplies by (rows x cols, f32). */
 typedef struct cal_shapes {
@@ -61,7 +74,9 @@ static double pass_time(moe_device *d, float *y, const float *x, size_t m, const
 }
 
 /* Measures this machine's cpu backend into *out (name and description
- * left to the caller).  quiet: no progress on stderr. */
+ * left to the caller).  quiet: no progress on stderr.  Every device buffer
+ * goes through moe_device_alloc, so moe_device_close frees it on every
+ * path; the one host buffer is freed before it. */
 static moe_status calibrate_measure(int threads, double link, const cal_shapes *shapes, bool quiet,
                                     moe_hw_profile *out, moe_error *errp) {
   moe_device d = {0};
@@ -76,6 +91,7 @@ static moe_status calibrate_measure(int threads, double link, const cal_shapes *
   double flops_per_row = 0; /* of one pass at m = 1 */
   float *x = NULL, *y = NULL, *small = NULL;
   void *src = NULL, *dst = NULL;
+  const size_t big = cal_copy_bytes(link);
   moe_event *ev = NULL;
   moe_hw_profile p = {0};
   if (w == NULL) {
@@ -90,16 +106,20 @@ static moe_status calibrate_measure(int threads, double link, const cal_shapes *
     const int k = nw % shapes->n;
     const size_t wbytes = shapes->rows[k] * shapes->cols[k] * sizeof(float);
     void *buf = NULL;
-    if (d.ops->device_alloc(d.be, wbytes, &buf, &err) != MOE_OK) goto done;
+    if (moe_device_alloc(&d, MOE_MEM_WORKSPACE, wbytes, "calibration weights", &buf, &err) != MOE_OK)
+      goto done;
     memset(buf, 0, wbytes); /* the cpu backend's device memory is host memory */
     for (size_t q = 0; q < wbytes / 4; q += 97) ((float *)buf)[q] = 1e-3f * (float)(q % 13);
     w[nw++] = (moe_weight){buf, MOE_F32, shapes->rows[k], shapes->cols[k]};
     set_bytes += wbytes;
     flops_per_row += 2.0 * (double)shapes->rows[k] * (double)shapes->cols[k];
   }
-  if (d.ops->device_alloc(d.be, 256 * max_dim * sizeof(float), (void **)&x, &err) != MOE_OK ||
-      d.ops->device_alloc(d.be, 256 * max_dim * sizeof(float), (void **)&y, &err) != MOE_OK ||
-      d.ops->device_alloc(d.be, 64 * sizeof(float), (void **)&small, &err) != MOE_OK)
+  if (moe_device_alloc(&d, MOE_MEM_WORKSPACE, 256 * max_dim * sizeof(float), "calibration input",
+                       (void **)&x, &err) != MOE_OK ||
+      moe_device_alloc(&d, MOE_MEM_WORKSPACE, 256 * max_dim * sizeof(float), "calibration output",
+                       (void **)&y, &err) != MOE_OK ||
+      moe_device_alloc(&d, MOE_MEM_WORKSPACE, 64 * sizeof(float), "calibration scratch",
+                       (void **)&small, &err) != MOE_OK)
     goto done;
   for (size_t k = 0; k < 256 * max_dim; k++) x[k] = 0.01f * (float)(k % 7);
   memset(small, 0, 64 * sizeof(float));
@@ -147,11 +167,16 @@ static moe_status calibrate_measure(int threads, double link, const cal_shapes *
     enum { HEADS = 12, HD = 64, KEYS = 512, MAXS = 512, EW = 1 << 20 };
     float *q = NULL, *kc = NULL, *vc = NULL, *o = NULL, *ew = NULL;
     const size_t cache_f = (size_t)HEADS * MAXS * HD;
-    if (d.ops->device_alloc(d.be, HEADS * HD * sizeof(float), (void **)&q, &err) != MOE_OK ||
-        d.ops->device_alloc(d.be, cache_f * sizeof(float), (void **)&kc, &err) != MOE_OK ||
-        d.ops->device_alloc(d.be, cache_f * sizeof(float), (void **)&vc, &err) != MOE_OK ||
-        d.ops->device_alloc(d.be, HEADS * HD * sizeof(float), (void **)&o, &err) != MOE_OK ||
-        d.ops->device_alloc(d.be, EW * sizeof(float), (void **)&ew, &err) != MOE_OK)
+    if (moe_device_alloc(&d, MOE_MEM_WORKSPACE, HEADS * HD * sizeof(float), "calibration q",
+                         (void **)&q, &err) != MOE_OK ||
+        moe_device_alloc(&d, MOE_MEM_WORKSPACE, cache_f * sizeof(float), "calibration k cache",
+                         (void **)&kc, &err) != MOE_OK ||
+        moe_device_alloc(&d, MOE_MEM_WORKSPACE, cache_f * sizeof(float), "calibration v cache",
+                         (void **)&vc, &err) != MOE_OK ||
+        moe_device_alloc(&d, MOE_MEM_WORKSPACE, HEADS * HD * sizeof(float), "calibration o",
+                         (void **)&o, &err) != MOE_OK ||
+        moe_device_alloc(&d, MOE_MEM_WORKSPACE, EW * sizeof(float), "calibration vector",
+                         (void **)&ew, &err) != MOE_OK)
       goto done;
     for (size_t k = 0; k < cache_f; k++) kc[k] = vc[k] = 0.01f * (float)(k % 11);
     for (size_t k = 0; k < HEADS * HD; k++) q[k] = 0.02f * (float)(k % 5);
@@ -171,11 +196,16 @@ static moe_status calibrate_measure(int threads, double link, const cal_shapes *
     /* the cost model's own FLOP and byte counts of these ops (trace.c, sim) */
     p.vector_gflops = 4.0 * HEADS * HD * (double)KEYS / runner_median(ta, 5) / 1e9;
     p.vector_gbps = 8.0 * EW / runner_median(te, 5) / 1e9;
+    moe_device_free(&d, q);
+    moe_device_free(&d, kc);
+    moe_device_free(&d, vc);
+    moe_device_free(&d, o);
+    moe_device_free(&d, ew);
   }
-  /* the link: a 64 MB copy (bandwidth) and a 4 KB one (latency) */
-  const size_t big = (size_t)64 << 20;
+  /* the link: a 64 MB copy, or a smaller one under a low cap (bandwidth:
+   * cal_copy_bytes), and a 4 KB one (latency) */
   if (d.ops->host_alloc(d.be, big, &src, &err) != MOE_OK ||
-      d.ops->device_alloc(d.be, big, &dst, &err) != MOE_OK ||
+      moe_device_alloc(&d, MOE_MEM_WORKSPACE, big, "calibration copy target", &dst, &err) != MOE_OK ||
       d.ops->event_create(d.be, &ev, &err) != MOE_OK)
     goto done;
   memset(src, 1, big);
@@ -229,7 +259,12 @@ static moe_status calibrate_measure(int threads, double link, const cal_shapes *
 done:
   if (rc) *errp = err.status != MOE_OK ? err : *errp;
   if (ev) d.ops->event_destroy(d.be, ev);
-  moe_device_close(&d); /* frees what is still allocated */
+  if (src) {
+    moe_error ignored = {0};
+    (void)d.ops->synchronize(d.be, &ignored); /* no copy still reading it */
+    d.ops->host_free(d.be, src);
+  }
+  moe_device_close(&d); /* frees every device buffer still allocated */
   free(w);
   return rc ? (errp->status != MOE_OK ? errp->status : MOE_ERR_DEVICE) : MOE_OK;
 }
@@ -311,7 +346,8 @@ int cmd_calibrate(int argc, char **argv) {
                "(workloads/hardware format, every figure's source 'measured'): f32 matmul\n"
                "rates by rows (1..256, over 256 MB of weights of Switch-Base's shapes, beyond\n"
                "the caches), the weight-read bandwidth of one-row products, the per-op\n"
-               "overhead, the emulated link (64 MB copies; latency from 4 KB ones), and how\n"
+               "overhead, the emulated link (64 MB copies, or about 0.1 s of transfer each\n"
+               "under a cap below 0.64 GB/s; latency from 4 KB ones), and how\n"
                "much a copy in flight slows compute (the emulated device shares DRAM).\n"
                "replay and validate model runs on it.  Takes about 30 s.\n\n"
                "  -o, --out FILE     the profile to write (temporary file + rename)\n"
@@ -482,7 +518,15 @@ int cmd_validate(int argc, char **argv) {
     return 2;
   }
   snprintf(buf, sizeof buf, "%s", plist);
-  for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+  /* every comma-separated entry names a policy: strtok would skip empty
+   * ones, and ',' would leave no policy at all */
+  for (char *tok = buf, *next; tok; tok = next) {
+    next = strchr(tok, ',');
+    if (next) *next++ = '\0';
+    if (tok[0] == '\0') {
+      cli_error("validate: --policies: empty policy name in '%s'", plist);
+      return 2;
+    }
     if (np == 8 || (pol[np] = moe_policy_find(tok)) == NULL) {
       cli_error("validate: unknown policy '%s' (at most 8; see 'moebench list policies')", tok);
       return 2;

@@ -3,8 +3,10 @@
 
 #include <ctype.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 extern const moe_policy moe_policy_gpu_only;
 extern const moe_policy moe_policy_ondemand;
@@ -83,6 +85,16 @@ moe_status moe_policy_registry_check(moe_error *err) {
 
 moe_status moe_policy_plugin_load(moe_policy_library *pl, const char *path, moe_error *err) {
   memset(pl, 0, sizeof *pl);
+  /* Only a regular file (or a link to one) is loaded: dlopen() opens a FIFO
+   * and waits for a writer, forever, and a device or a directory is no
+   * library either.  A name without '/' is dlopen's to search for. */
+  struct stat sb;
+  if (strchr(path, '/') != NULL) {
+    if (stat(path, &sb) != 0)
+      return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot load policy plugin: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode))
+      return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot load policy plugin: not a regular file", path);
+  }
   void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   if (h == NULL) return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot load policy plugin: %s", path, dlerror());
   typedef const moe_policy *(*entry_fn)(void);

@@ -1,4 +1,4 @@
-/* safetensors reader (validating, memory-mapped) and writer. */
+/* safetensors reader (validating; header and tensor bytes read with pread) and writer. */
 #include "moe/publish.h"
 #include "moe/safetensors.h"
 
@@ -16,10 +16,12 @@
 
 struct moe_st_file {
   char *path;
-  void *map;        /* mmap'd image, or NULL for memory images */
+  int fd;           /* the open file (tensor reads), or -1 for memory images */
+  void *map;        /* mmap'd image behind the tensors' data views, or NULL */
   size_t map_len;
-  const uint8_t *bytes;
-  size_t len;
+  size_t len;       /* bytes in the file when opened / in the image */
+  const uint8_t *data; /* where the data section's views start */
+  uint64_t data_off;   /* the data section's offset in the file */
   json_t *header;   /* owns the name strings */
   moe_st_tensor *tensors;
   size_t n;
@@ -52,6 +54,7 @@ static int cmp_offset(const void *a, const void *b) {
 void moe_st_close(moe_st_file *f) {
   if (f == NULL) return;
   if (f->map != NULL) munmap(f->map, f->map_len);
+  if (f->fd >= 0) close(f->fd);
   json_decref(f->header);
   free(f->tensors);
   free(f->path);
@@ -120,28 +123,38 @@ static moe_status parse_entry(moe_st_tensor *t, const char *name, json_t *v, con
   return MOE_OK;
 }
 
-static moe_status st_parse(moe_st_file *f, const char *origin, moe_error *err) {
+/* The 8-byte little-endian header length of an image or file of len bytes,
+ * checked against the limit and the file's size. */
+static moe_status st_header_len(const uint8_t len8[8], size_t len, const char *origin,
+                                uint64_t *out, moe_error *err) {
+  uint64_t hlen = 0;
+  for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | len8[i];
+  if (hlen > MOE_ST_MAX_HEADER)
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: header length %llu exceeds the %u-byte limit", origin,
+                    (unsigned long long)hlen, MOE_ST_MAX_HEADER);
+  if (hlen > len - 8)
+    return MOE_FAIL(err, MOE_ERR_FORMAT,
+                    "%s: header length %llu is past the end of the file (%zu bytes)", origin,
+                    (unsigned long long)hlen, len);
+  *out = hlen;
+  return MOE_OK;
+}
+
+/* Parses and validates the header (hlen bytes at head) of an image or file
+ * of f->len bytes; the tensors' data views start at f->data. */
+static moe_status st_parse(moe_st_file *f, const uint8_t *head, uint64_t hlen, const char *origin,
+                           moe_error *err) {
   moe_status st = MOE_OK;
   moe_st_tensor **by_off = NULL;
-  MOE_CHECK(f->len >= 8, err, MOE_ERR_FORMAT, "%s: file is %zu bytes, shorter than the 8-byte header length",
-            origin, f->len);
-  uint64_t hlen = 0;
-  for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | f->bytes[i];
-  MOE_CHECK(hlen <= MOE_ST_MAX_HEADER, err, MOE_ERR_FORMAT,
-            "%s: header length %llu exceeds the %u-byte limit", origin, (unsigned long long)hlen,
-            MOE_ST_MAX_HEADER);
-  MOE_CHECK(hlen <= f->len - 8, err, MOE_ERR_FORMAT,
-            "%s: header length %llu is past the end of the file (%zu bytes)", origin,
-            (unsigned long long)hlen, f->len);
-  MOE_CHECK(hlen >= 2 && f->bytes[8] == '{', err, MOE_ERR_FORMAT,
+  MOE_CHECK(hlen >= 2 && head[0] == '{', err, MOE_ERR_FORMAT,
             "%s: header does not start with a JSON object", origin);
   json_error_t jerr;
-  f->header = json_loadb((const char *)f->bytes + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+  f->header = json_loadb((const char *)head, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
   MOE_CHECK(f->header != NULL, err, MOE_ERR_FORMAT, "%s: header is not valid JSON: %s", origin,
             jerr.text);
   MOE_CHECK(json_is_object(f->header), err, MOE_ERR_FORMAT, "%s: header is not a JSON object",
             origin);
-  const uint8_t *data = f->bytes + 8 + hlen;
+  const uint8_t *data = f->data;
   size_t data_len = f->len - 8 - (size_t)hlen;
   size_t cap = json_object_size(f->header);
   f->tensors = calloc(cap ? cap : 1, sizeof *f->tensors);
@@ -177,22 +190,55 @@ cleanup:
 
 moe_status moe_st_open_memory(moe_st_file **out, const void *buf, size_t len, const char *origin,
                               moe_error *err) {
+  moe_status st = MOE_OK;
   *out = NULL;
   moe_st_file *f = calloc(1, sizeof *f);
   if (f == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory");
+  f->fd = -1;
   f->path = strdup(origin);
-  f->bytes = buf;
+  MOE_CHECK_ALLOC(f->path, err, strlen(origin));
   f->len = len;
-  moe_status st = f->path ? st_parse(f, origin, err) : MOE_FAIL(err, MOE_ERR_OOM, "out of host memory");
-  if (st != MOE_OK) {
-    moe_st_close(f);
-    return st;
-  }
+  MOE_CHECK(len >= 8, err, MOE_ERR_FORMAT,
+            "%s: file is %zu bytes, shorter than the 8-byte header length", origin, len);
+  uint64_t hlen = 0;
+  MOE_TRY(st_header_len(buf, len, origin, &hlen, err));
+  f->data = (const uint8_t *)buf + 8 + hlen;
+  f->data_off = 8 + hlen;
+  MOE_TRY(st_parse(f, (const uint8_t *)buf + 8, hlen, origin, err));
   *out = f;
+  return MOE_OK;
+cleanup:
+  moe_st_close(f);
+  return st;
+}
+
+/* Reads n bytes at byte pos of f's file into dst with pread.  *got: the
+ * bytes read, fewer than n only where the file ends before pos + n. */
+static moe_status read_at(const moe_st_file *f, uint64_t pos, void *dst, size_t n, size_t *got,
+                          moe_error *err) {
+  size_t done = 0;
+  while (done < n) {
+    size_t want = n - done < ((size_t)1 << 30) ? n - done : ((size_t)1 << 30);
+    ssize_t r = pread(f->fd, (uint8_t *)dst + done, want, (off_t)(pos + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0)
+      return MOE_FAIL(err, MOE_ERR_IO, "%s: read failed at byte %llu: %s", f->path,
+                      (unsigned long long)(pos + done), strerror(errno));
+    if (r == 0) break; /* end of file */
+    done += (size_t)r;
+  }
+  *got = done;
   return MOE_OK;
 }
 
+/* The header is read with pread into owned memory, and the tensors' bytes
+ * are read with pread (moe_st_read): a file that shrinks after it was
+ * opened gives a short read, an error naming it, where a copy out of a
+ * mapping would die of SIGBUS.  The mapping stays only for the data views
+ * of moe_st_tensor (see moe/safetensors.h). */
 moe_status moe_st_open(moe_st_file **out, const char *path, moe_error *err) {
+  moe_status st = MOE_OK;
+  uint8_t *head = NULL;
   *out = NULL;
   int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO must not block */
   if (fd < 0) return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -206,28 +252,65 @@ moe_status moe_st_open(moe_st_file **out, const char *path, moe_error *err) {
     close(fd);
     return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory");
   }
+  f->fd = fd;
   f->path = strdup(path);
+  MOE_CHECK_ALLOC(f->path, err, strlen(path));
   f->len = (size_t)sb.st_size;
-  moe_status st = MOE_OK;
-  if (f->path == NULL) {
-    st = MOE_FAIL(err, MOE_ERR_OOM, "out of host memory");
-  } else if (f->len > 0) {
-    void *map = mmap(NULL, f->len, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (map == MAP_FAILED) {
-      st = MOE_FAIL(err, MOE_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
-    } else {
-      f->map = map;
-      f->map_len = f->len;
-      f->bytes = map;
-    }
-  }
-  close(fd);
-  if (st == MOE_OK) st = st_parse(f, path, err);
-  if (st != MOE_OK) {
-    moe_st_close(f);
-    return st;
-  }
+  MOE_CHECK(f->len >= 8, err, MOE_ERR_FORMAT,
+            "%s: file is %zu bytes, shorter than the 8-byte header length", path, f->len);
+  uint8_t len8[8];
+  size_t got = 0;
+  MOE_TRY(read_at(f, 0, len8, 8, &got, err));
+  MOE_CHECK(got == 8, err, MOE_ERR_IO, "%s: the file shrank to %zu bytes while it was opened", path,
+            got);
+  uint64_t hlen = 0;
+  MOE_TRY(st_header_len(len8, f->len, path, &hlen, err));
+  head = malloc(hlen ? (size_t)hlen : 1);
+  MOE_CHECK_ALLOC(head, err, (size_t)hlen);
+  MOE_TRY(read_at(f, 8, head, (size_t)hlen, &got, err));
+  MOE_CHECK(got == hlen, err, MOE_ERR_IO,
+            "%s: the file shrank to %llu bytes while its header was read (it was %zu)", path,
+            (unsigned long long)(8 + got), f->len);
+  void *map = mmap(NULL, f->len, PROT_READ, MAP_PRIVATE, fd, 0);
+  MOE_CHECK(map != MAP_FAILED, err, MOE_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+  f->map = map;
+  f->map_len = f->len;
+  f->data = (const uint8_t *)map + 8 + hlen;
+  f->data_off = 8 + hlen;
+  MOE_TRY(st_parse(f, head, hlen, path, err));
+  free(head);
   *out = f;
+  return MOE_OK;
+cleanup:
+  free(head);
+  moe_st_close(f);
+  return st;
+}
+
+moe_status moe_st_read(const moe_st_file *f, const moe_st_tensor *t, size_t off, void *dst,
+                       size_t n, moe_error *err) {
+  const uintptr_t tp = (uintptr_t)t, first = (uintptr_t)f->tensors;
+  if (t == NULL || tp < first || tp >= first + f->n * sizeof *f->tensors)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "%s: the tensor to read is not one of this file's", f->path);
+  if (off > t->nbytes || n > t->nbytes - off)
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "%s: tensor '%s': %zu bytes at offset %zu are past its %zu bytes", f->path,
+                    t->name, n, off, t->nbytes);
+  if (n == 0) return MOE_OK;
+  if (f->fd < 0) { /* a memory image */
+    memcpy(dst, (const uint8_t *)t->data + off, n);
+    return MOE_OK;
+  }
+  const uint64_t pos = f->data_off + (uint64_t)((const uint8_t *)t->data - f->data) + off;
+  size_t got = 0;
+  moe_status st = read_at(f, pos, dst, n, &got, err);
+  if (st != MOE_OK) return st;
+  if (got < n)
+    return MOE_FAIL(err, MOE_ERR_IO,
+                    "%s: tensor '%s': the file ends at byte %llu, before the tensor's bytes end at "
+                    "%llu: it was truncated after it was opened (it had %zu bytes)",
+                    f->path, t->name, (unsigned long long)(pos + got),
+                    (unsigned long long)(pos + n), f->len);
   return MOE_OK;
 }
 
@@ -344,6 +427,18 @@ const moe_st_tensor *moe_checkpoint_find(const moe_checkpoint *ck, const char *n
     }
   }
   return NULL;
+}
+
+moe_status moe_checkpoint_read(const moe_checkpoint *ck, const moe_st_tensor *t, size_t off,
+                               void *dst, size_t n, moe_error *err) {
+  for (size_t i = 0; i < ck->n_files; i++) {
+    const moe_st_file *f = ck->files[i];
+    const uintptr_t tp = (uintptr_t)t, first = (uintptr_t)f->tensors;
+    if (tp >= first && tp < first + f->n * sizeof *f->tensors)
+      return moe_st_read(f, t, off, dst, n, err);
+  }
+  return MOE_FAIL(err, MOE_ERR_INVALID, "tensor '%s' is not one of this checkpoint's",
+                  t ? t->name : "(null)");
 }
 
 /* ------------------------------------------------------------ writer */

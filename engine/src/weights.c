@@ -565,8 +565,11 @@ cleanup:
 
 /* ------------------------------------------------------------ checkpoints */
 
-static moe_status load_tensor(moe_model *m, moe_tensor_spec *s, const moe_st_tensor *t,
-                              const char *file, moe_error *err) {
+/* Tensor bytes are read from the file (moe_checkpoint_read, pread), never
+ * copied out of the mapping: a checkpoint truncated while it loads is an
+ * error naming the file, not a SIGBUS. */
+static moe_status load_tensor(moe_model *m, moe_tensor_spec *s, const moe_checkpoint *ck,
+                              const moe_st_tensor *t, const char *file, moe_error *err) {
   if (!t->has_dtype)
     return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: tensor '%s' has dtype %s; expected F32, F16 or BF16",
                     file, s->name, t->dtype);
@@ -585,18 +588,16 @@ static moe_status load_tensor(moe_model *m, moe_tensor_spec *s, const moe_st_ten
   }
   uint8_t *dst = spec_ptr(m, s);
   const size_t n = s->rows * s->cols;
-  if (t->mdtype == m->dtype) {
-    memcpy(dst, t->data, t->nbytes);
-    return MOE_OK;
-  }
-  /* Convert through an aligned f32 buffer: the mapped data is not aligned. */
+  if (t->mdtype == m->dtype) return moe_checkpoint_read(ck, t, 0, dst, t->nbytes, err);
+  /* Convert through an aligned f32 buffer. */
   enum { CHUNK = 4096 };
   float f[CHUNK];
   uint8_t raw[CHUNK * 4];
   const size_t ses = moe_dtype_size(t->mdtype), des = moe_dtype_size(m->dtype);
   for (size_t i = 0; i < n; i += CHUNK) {
     size_t c = n - i < CHUNK ? n - i : CHUNK;
-    memcpy(raw, (const uint8_t *)t->data + i * ses, c * ses);
+    moe_status st = moe_checkpoint_read(ck, t, i * ses, raw, c * ses, err);
+    if (st != MOE_OK) return st;
     moe_convert_to_f32(f, raw, t->mdtype, c);
     moe_convert_from_f32(dst + i * des, m->dtype, f, c);
   }
@@ -645,7 +646,7 @@ moe_status moe_model_load_weights(moe_model **out, const moe_config *cfg, const 
       MOE_CHECK(s->optional, err, MOE_ERR_FORMAT, "%s: tensor '%s' is missing", ckpt_dir, s->name);
       continue;
     }
-    MOE_TRY(load_tensor(m, s, t, file, err));
+    MOE_TRY(load_tensor(m, s, ck, t, file, err));
     s->present = true;
   }
   *out = m;

@@ -1,4 +1,4 @@
-/* safetensors checkpoints: a validating, memory-mapped reader and a writer.
+/* safetensors checkpoints: a validating reader and a writer.
  *
  * Format: an 8-byte little-endian header length N, N bytes of JSON mapping
  * tensor names to {dtype, shape, data_offsets}, then the data.  The reader
@@ -26,12 +26,17 @@ typedef struct moe_st_tensor {
   int64_t shape[MOE_ST_MAX_DIMS];
   size_t n_elements;
   size_t nbytes;
-  const void *data; /* inside the mapping; not aligned in general */
+  /* A view of the bytes inside a read-only mapping of the file (not aligned
+   * in general).  A file truncated after it was opened makes reading the
+   * view die of SIGBUS: the engine reads tensors with moe_st_read /
+   * moe_checkpoint_read, which report that as an error. */
+  const void *data;
 } moe_st_tensor;
 
 typedef struct moe_st_file moe_st_file;
 
-/* Maps and validates a .safetensors file.  MOE_ERR_IO when it cannot be
+/* Opens and validates a .safetensors file (the header is read, the data
+ * mapped for the views).  MOE_ERR_IO when it cannot be
  * read, MOE_ERR_FORMAT naming the file and the problem otherwise.  On
  * failure *out is NULL and nothing is leaked. */
 moe_status moe_st_open(moe_st_file **out, const char *path, moe_error *err);
@@ -46,6 +51,12 @@ size_t moe_st_count(const moe_st_file *f);
 const moe_st_tensor *moe_st_at(const moe_st_file *f, size_t i); /* sorted by name */
 const moe_st_tensor *moe_st_find(const moe_st_file *f, const char *name);
 const char *moe_st_path(const moe_st_file *f);
+/* Copies n bytes at offset off of tensor t (one of f's) into dst: read from
+ * the file with pread, so that a file that shrank since it was opened is
+ * MOE_ERR_IO naming the file and the tensor, never a SIGBUS.  A range past
+ * the tensor's bytes is MOE_ERR_INVALID. */
+moe_status moe_st_read(const moe_st_file *f, const moe_st_tensor *t, size_t off, void *dst,
+                       size_t n, moe_error *err);
 
 /* A checkpoint directory: model.safetensors, or shards listed by
  * model.safetensors.index.json ("weight_map": name -> file). */
@@ -57,6 +68,9 @@ void moe_checkpoint_close(moe_checkpoint *ck);
  * NULL) receives the path of the shard holding it. */
 const moe_st_tensor *moe_checkpoint_find(const moe_checkpoint *ck, const char *name,
                                          const char **file_out);
+/* moe_st_read for a tensor moe_checkpoint_find returned. */
+moe_status moe_checkpoint_read(const moe_checkpoint *ck, const moe_st_tensor *t, size_t off,
+                               void *dst, size_t n, moe_error *err);
 
 /* One tensor to write.  data holds n_elements of dtype, densely packed. */
 typedef struct moe_st_entry {

@@ -1,0 +1,262 @@
+/* Crashes and hangs (issue 26, item 6): a checkpoint that shrinks after it
+ * was opened is an error naming the file, not a SIGBUS; an empty entry in
+ * validate's --policies is refused, not read at index -1; calibrate gives
+ * back the memory it measures with; a FIFO given as a policy plugin is
+ * refused at once instead of blocking in dlopen; calibrate at the smallest
+ * link cap it accepts takes seconds, not minutes. */
+#include <check.h>
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "moe/policy.h"
+#include "moe/safetensors.h"
+#include "testutil.h"
+
+static char g_dir[256];
+static char g_out[16384];
+
+static void setup(void) { ck_assert_ptr_nonnull(tu_tempdir(g_dir, sizeof g_dir)); }
+static void teardown(void) { tu_rmtree(g_dir); }
+
+static const char *in_dir(const char *name) {
+  static char buf[4][600];
+  static int k;
+  k = (k + 1) % 4;
+  snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
+  return buf[k];
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* moebench with the arguments after the binary, under `timeout LIMIT`; its
+ * exit status (124: it ran past the limit), *secs the wall clock. */
+static int moebench_timed(int limit, const char *args, double *secs) {
+  char cmd[4000];
+  snprintf(cmd, sizeof cmd, "cd '%s' && MOE_MODELS_DIR='%s/workloads/models' timeout %d '%s' %s",
+           g_dir, MOE_SOURCE_DIR, limit, MOEBENCH_PATH, args);
+  const double t0 = now_s();
+  int rc = tu_run(cmd, g_out, sizeof g_out);
+  if (secs) *secs = now_s() - t0;
+  return rc;
+}
+
+/* Two tensors of 64 KiB and 256 KiB of f32, written to PATH. */
+static void write_checkpoint(const char *path, float *a, float *b) {
+  tu_fill(a, 16384, 1);
+  tu_fill(b, 65536, 2);
+  moe_st_entry ents[] = {
+      {"first", MOE_F32, 2, {128, 128}, a},
+      {"second", MOE_F32, 2, {256, 256}, b},
+  };
+  moe_error err = {0};
+  ck_assert_msg(moe_st_write(path, ents, 2, &err) == MOE_OK, "%s", err.msg);
+}
+
+static off_t file_size(const char *path) {
+  struct stat sb;
+  ck_assert_int_eq(stat(path, &sb), 0);
+  return sb.st_size;
+}
+
+/* (a) A file already short when it is opened: the header's offsets run past
+ * its end, and the open refuses it. */
+START_TEST(checkpoint_truncated_before_open_is_refused) {
+  static float a[16384], b[65536];
+  const char *path = in_dir("model.safetensors");
+  write_checkpoint(path, a, b);
+  ck_assert_int_eq(truncate(path, file_size(path) - 4096), 0);
+  moe_st_file *f = NULL;
+  moe_error err = {0};
+  ck_assert_int_eq(moe_st_open(&f, path, &err), MOE_ERR_FORMAT);
+  ck_assert_ptr_null(f);
+  ck_assert_msg(strstr(err.msg, path) && strstr(err.msg, "past the data section"), "%s", err.msg);
+  /* and so does the whole checkpoint (the loader's way in) */
+  moe_checkpoint *ck = NULL;
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_checkpoint_open(&ck, g_dir, &err), MOE_ERR_FORMAT);
+  ck_assert_ptr_null(ck);
+  ck_assert_msg(strstr(err.msg, path) != NULL, "%s", err.msg);
+  /* cut inside the header: refused too */
+  ck_assert_int_eq(truncate(path, 20), 0);
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_st_open(&f, path, &err), MOE_ERR_FORMAT);
+  ck_assert_msg(strstr(err.msg, path) && strstr(err.msg, "past the end of the file"), "%s", err.msg);
+}
+END_TEST
+
+/* (a) A file that shrinks after it was opened and validated, before its
+ * tensors are read (another process rewriting the checkpoint while a run
+ * loads it): the read is an error naming the file and the tensor. */
+START_TEST(checkpoint_truncated_while_loading_is_an_error) {
+  static float a[16384], b[65536], got[65536];
+  const char *path = in_dir("model.safetensors");
+  write_checkpoint(path, a, b);
+  moe_st_file *f = NULL;
+  moe_error err = {0};
+  ck_assert_msg(moe_st_open(&f, path, &err) == MOE_OK, "%s", err.msg);
+  const moe_st_tensor *t1 = moe_st_find(f, "first"), *t2 = moe_st_find(f, "second");
+  ck_assert(t1 && t2 && t2->nbytes == sizeof b);
+  /* intact: the bytes written */
+  ck_assert_msg(moe_st_read(f, t1, 0, got, t1->nbytes, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(memcmp(got, a, sizeof a), 0);
+  /* a part of a tensor, at an offset */
+  ck_assert_msg(moe_st_read(f, t2, 4096, got, 8192, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(memcmp(got, (const char *)b + 4096, 8192), 0);
+  /* past the tensor's end: refused before any read */
+  ck_assert_int_eq(moe_st_read(f, t1, 4, got, t1->nbytes, &err), MOE_ERR_INVALID);
+  moe_error_clear(&err);
+  /* the file loses its last 100 KiB while open: the second tensor's tail is gone */
+  ck_assert_int_eq(truncate(path, file_size(path) - 100 * 1024), 0);
+  ck_assert_int_eq(moe_st_read(f, t2, 0, got, t2->nbytes, &err), MOE_ERR_IO);
+  ck_assert_msg(strstr(err.msg, path) && strstr(err.msg, "'second'") && strstr(err.msg, "truncated"),
+                "%s", err.msg);
+  /* and to nothing: the first one is gone too */
+  ck_assert_int_eq(truncate(path, 0), 0);
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_st_read(f, t1, 0, got, t1->nbytes, &err), MOE_ERR_IO);
+  ck_assert_msg(strstr(err.msg, path) && strstr(err.msg, "'first'"), "%s", err.msg);
+  moe_st_close(f);
+
+  /* the same through a checkpoint, as the weight loader reads */
+  write_checkpoint(path, a, b);
+  moe_checkpoint *ck = NULL;
+  moe_error_clear(&err);
+  ck_assert_msg(moe_checkpoint_open(&ck, g_dir, &err) == MOE_OK, "%s", err.msg);
+  const char *file = NULL;
+  const moe_st_tensor *t = moe_checkpoint_find(ck, "second", &file);
+  ck_assert_ptr_nonnull(t);
+  ck_assert_msg(moe_checkpoint_read(ck, t, 0, got, t->nbytes, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(memcmp(got, b, sizeof b), 0);
+  ck_assert_int_eq(truncate(path, 4096), 0);
+  ck_assert_int_eq(moe_checkpoint_read(ck, t, 0, got, t->nbytes, &err), MOE_ERR_IO);
+  ck_assert_msg(strstr(err.msg, path) && strstr(err.msg, "'second'"), "%s", err.msg);
+  moe_checkpoint_close(ck);
+}
+END_TEST
+
+/* (b) validate --policies with empty entries: refused (exit 2) with the flag
+ * named, before anything runs. */
+START_TEST(validate_refuses_empty_policy_names) {
+  static const char *lists[] = {",", "gpu-only,", ",gpu-only", "gpu-only,,ondemand", ",,"};
+  for (size_t i = 0; i < sizeof lists / sizeof *lists; i++) {
+    char args[256], want[128];
+    snprintf(args, sizeof args, "validate --preset ci-small --reps 1 --policies '%s'", lists[i]);
+    double secs = 0;
+    int rc = moebench_timed(60, args, &secs);
+    ck_assert_msg(rc == 2, "%s: exit %d, want 2:\n%s", args, rc, g_out);
+    snprintf(want, sizeof want, "validate: --policies: empty policy name in '%s'", lists[i]);
+    ck_assert_msg(strstr(g_out, want) != NULL, "%s: want '%s' in:\n%s", args, want, g_out);
+    ck_assert_msg(strchr(g_out, '|') == NULL, "%s: printed a table:\n%s", args, g_out);
+  }
+}
+END_TEST
+
+/* Host memory in use by malloc, all arenas and mmapped blocks (the cpu
+ * backend's "device" memory is host memory from aligned_alloc). */
+static size_t heap_in_use(void) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+  struct mallinfo2 mi = mallinfo2();
+  return mi.uordblks + mi.hblkhd;
+#else
+  return 0; /* no mallinfo2: the check passes; run it under LeakSanitizer */
+#endif
+}
+
+/* (c) calibrate frees every buffer it measures with (it allocated about
+ * 400 MB of "device" and host memory and never gave it back): run twice in
+ * this process, the heap returns to where it was after the first run. */
+START_TEST(calibrate_frees_its_buffers) {
+  char out[600];
+  snprintf(out, sizeof out, "%s", in_dir("profile.json"));
+  char *argv[] = {"calibrate", "-o", out, "--threads", "1", NULL};
+  ck_assert_int_eq(cmd_calibrate(5, argv), 0);
+  const size_t after_first = heap_in_use();
+  ck_assert_int_eq(cmd_calibrate(5, argv), 0);
+  const size_t after_second = heap_in_use();
+  ck_assert_msg(after_second < after_first + ((size_t)8 << 20),
+                "calibrate kept %.1f MB of host memory: %zu bytes in use after the first run, %zu "
+                "after the second",
+                ((double)after_second - (double)after_first) / 1e6, after_first, after_second);
+}
+END_TEST
+
+/* (d) A FIFO as the policy plugin: refused at once (dlopen on a FIFO blocks
+ * until a writer comes, that is forever), with the path named. */
+START_TEST(fifo_plugin_is_refused_not_waited_on) {
+  const char *fifo = in_dir("plugin.so");
+  ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+  char args[1200];
+  snprintf(args, sizeof args, "generate --preset tiny-mixtral --gen-len 2 --policy-plugin '%s'", fifo);
+  double secs = 0;
+  int rc = moebench_timed(20, args, &secs);
+  ck_assert_msg(rc != 124, "generate --policy-plugin FIFO still blocked after %.0f s", secs);
+  ck_assert_msg(rc != 0, "generate --policy-plugin FIFO succeeded:\n%s", g_out);
+  ck_assert_msg(secs < 10, "took %.1f s", secs);
+  ck_assert_msg(strstr(g_out, fifo) && strstr(g_out, "not a regular file"), "%s", g_out);
+  /* the engine's function: an error, MOE_ERR_IO, naming the path */
+  moe_policy_library pl;
+  moe_error err = {0};
+  ck_assert_int_eq(moe_policy_plugin_load(&pl, fifo, &err), MOE_ERR_IO);
+  ck_assert_msg(strstr(err.msg, fifo) && strstr(err.msg, "not a regular file"), "%s", err.msg);
+  ck_assert_ptr_null(pl.handle);
+  /* a directory is no plugin either */
+  moe_error_clear(&err);
+  ck_assert_int_eq(moe_policy_plugin_load(&pl, g_dir, &err), MOE_ERR_IO);
+  ck_assert_msg(strstr(err.msg, "not a regular file"), "%s", err.msg);
+  /* through a suite's policy entry (a path relative to the suite file) */
+  FILE *s = fopen(in_dir("fifo_suite.json"), "w");
+  ck_assert_ptr_nonnull(s);
+  fprintf(s, "{\"name\": \"fifo\", \"models\": [\"ci-small\"], \"policies\": [\"plugin.so\"], "
+             "\"workloads\": [{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 2}]}\n");
+  fclose(s);
+  snprintf(args, sizeof args, "sweep '%s' -o '%s' --quiet", in_dir("fifo_suite.json"), in_dir("res"));
+  rc = moebench_timed(20, args, &secs);
+  ck_assert_msg(rc != 124, "sweep with a FIFO plugin still blocked after %.0f s", secs);
+  ck_assert_msg(rc != 0 && secs < 10, "exit %d after %.1f s:\n%s", rc, secs, g_out);
+  ck_assert_msg(strstr(g_out, "plugin.so") && strstr(g_out, "not a regular file"), "%s", g_out);
+}
+END_TEST
+
+/* (e) calibrate at the smallest link cap it accepts finishes in seconds:
+ * its link copies are sized by the cap (64 MB copies at 1 MB/s took over
+ * ten minutes). */
+START_TEST(calibrate_at_smallest_link_cap_is_bounded) {
+  char args[1200];
+  /* below the smallest cap: refused */
+  snprintf(args, sizeof args, "calibrate -o '%s' --link-gbps 0.0009", in_dir("p.json"));
+  ck_assert_int_eq(moebench_timed(20, args, NULL), 2);
+  snprintf(args, sizeof args, "calibrate -o '%s' --link-gbps 0.001", in_dir("p.json"));
+  double secs = 0;
+  int rc = moebench_timed(60, args, &secs);
+  ck_assert_msg(rc != 124, "calibrate --link-gbps 0.001 ran past 60 s");
+  ck_assert_msg(rc == 0, "exit %d:\n%s", rc, g_out);
+  ck_assert_msg(secs < 30, "calibrate --link-gbps 0.001 took %.1f s", secs);
+  /* the profile holds the cap it measured, near 1 MB/s */
+  ck_assert_msg(strstr(g_out, "link 0.00 GB/s") != NULL, "%s", g_out);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("robust");
+  TCase *tc = tcase_create("robust");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, checkpoint_truncated_before_open_is_refused);
+  tcase_add_test(tc, checkpoint_truncated_while_loading_is_an_error);
+  tcase_add_test(tc, validate_refuses_empty_policy_names);
+  tcase_add_test(tc, calibrate_frees_its_buffers);
+  tcase_add_test(tc, fifo_plugin_is_refused_not_waited_on);
+  tcase_add_test(tc, calibrate_at_smallest_link_cap_is_bounded);
+  suite_add_tcase(s, tc);
+  return tu_run_suite(s);
+}
