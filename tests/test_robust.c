@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "moe/policy.h"
 #include "moe/safetensors.h"
+#include "results.h"
 #include "testutil.h"
 
 static char g_dir[256];
@@ -246,6 +247,45 @@ START_TEST(calibrate_at_smallest_link_cap_is_bounded) {
 }
 END_TEST
 
+/* report over 40,000 rows in 10,000 groups: each group's pass looked at
+ * every row (quadratic: about 95 s before), now each group at its own. */
+START_TEST(report_is_not_quadratic_in_rows) {
+  ck_assert_int_eq(moebench_timed(60, "run --preset ci-small --gen-len 2 --prompt-len 4 -o one", NULL), 0);
+  res_table one, big;
+  moe_error err = {0};
+  ck_assert(res_read_csv(in_dir("one.csv"), &one, &err) == MOE_OK);
+  res_table_init(&big);
+  static const char *const pols[] = {"gpu-only", "ondemand", "prefetch-all", "pregated"};
+  for (int i = 0; i < 40000; i++) {
+    res_row *r = res_table_add(&big);
+    ck_assert_ptr_nonnull(r);
+    for (size_t c = 0; c < res_ncols; c++) res_set(r, res_columns[c].name, one.rows[0].v[c]);
+    char m[32];
+    snprintf(m, sizeof m, "model-%d", i % 10000); /* groups interleaved through the file */
+    res_set(r, "model", m);
+    res_set(r, "policy", pols[i / 10000]);
+  }
+  ck_assert(res_write_csv(in_dir("big.csv"), &big, &err) == MOE_OK);
+  res_table_free(&one);
+  res_table_free(&big);
+  double secs = 0;
+  const int rc = moebench_timed(60, "report big.csv -o big.md", &secs);
+  ck_assert_msg(rc != 124, "report of 40,000 rows ran past 60 s");
+  ck_assert_msg(rc == 0, "exit %d: %s", rc, g_out);
+  FILE *f = fopen(in_dir("big.md"), "r");
+  ck_assert_ptr_nonnull(f);
+  int tables = 0, rows = 0;
+  char line[4096];
+  while (fgets(line, sizeof line, f)) {
+    tables += strncmp(line, "### model-", 10) == 0;
+    rows += strncmp(line, "| gpu-only |", 12) == 0;
+  }
+  fclose(f);
+  ck_assert_int_eq(tables, 10000); /* one table per group, every group's rows in it */
+  ck_assert_int_eq(rows, 10000);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("robust");
   TCase *tc = tcase_create("robust");
@@ -257,6 +297,7 @@ int main(void) {
   tcase_add_test(tc, calibrate_frees_its_buffers);
   tcase_add_test(tc, fifo_plugin_is_refused_not_waited_on);
   tcase_add_test(tc, calibrate_at_smallest_link_cap_is_bounded);
+  tcase_add_test(tc, report_is_not_quadratic_in_rows);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
