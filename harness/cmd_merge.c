@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "moe/jsonfile.h"
 #include "moe/publish.h"
 #include "cli.h"
 #include "commands.h"
@@ -107,11 +108,13 @@ int cmd_merge(int argc, char **argv) {
     /* the file's metadata: required (which suite, shard and version wrote
      * the rows cannot be checked without it) */
     snprintf(path, sizeof path, "%s.json", prefix);
-    json_error_t je;
-    json_t *j = json_load_file(path, 0, &je), *m = j ? json_object_get(j, "metadata") : NULL;
+    moe_error jerr = {0}; /* a regular file only: a FIFO would block */
+    json_t *j = moe_json_load_file(path, &jerr), *m = j ? json_object_get(j, "metadata") : NULL;
     if (!json_is_object(m)) {
-      cli_error("%s: %s; merge needs every input's JSON beside its CSV (the suite, shard and "
-                "version it was written by)", path, j ? "no 'metadata' object" : je.text);
+      if (j) cli_error("%s: no 'metadata' object; merge needs every input's JSON beside its CSV "
+                       "(the suite, shard and version it was written by)", path);
+      else cli_error("%s; merge needs every input's JSON beside its CSV (the suite, shard and "
+                     "version it was written by)", jerr.msg);
       json_decref(j);
       res_table_free(&t);
       goto done;

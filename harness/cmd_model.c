@@ -485,7 +485,8 @@ int cmd_validate(int argc, char **argv) {
     bool ok = true;
     switch (c) {
       case 'H': ok = optarg[0] != '\0'; hw = optarg; break;
-      case 'p': case 'M': ok = optarg[0] != '\0'; preset = optarg; break;
+      case 'p': ok = optarg[0] != '\0'; preset = optarg; break;
+      case 'M': ok = optarg[0] != '\0'; preset = cli_model_dir_arg(optarg); break;
       case 'P': ok = optarg[0] != '\0'; plist = optarg; break;
       case 'L': ok = cli_parse_link(optarg, &link); break;
       case 't': ok = cli_parse_int(optarg, 1, 1024, &threads); break;

@@ -286,6 +286,25 @@ START_TEST(report_is_not_quadratic_in_rows) {
 }
 END_TEST
 
+/* A FIFO as a shard's JSON is refused, not waited on; validate takes a
+ * relative --model-dir without a slash (it read as a preset name). */
+START_TEST(fifo_shard_json_and_relative_model_dir) {
+  ck_assert_int_eq(moebench_timed(60, "run --preset ci-small --gen-len 2 --prompt-len 4 -o m1", NULL), 0);
+  char cmd[1200];
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s'", in_dir("m1.csv"), in_dir("m2.csv"));
+  ck_assert_int_eq(system(cmd), 0);
+  ck_assert_int_eq(mkfifo(in_dir("m2.json"), 0600), 0);
+  const int rc = moebench_timed(20, "merge m1 m2 -o mm", NULL);
+  ck_assert_msg(rc != 124, "merge waited on a FIFO");
+  ck_assert_int_eq(rc, 2);
+  ck_assert_ptr_nonnull(strstr(g_out, "not a regular file"));
+  snprintf(cmd, sizeof cmd, "cp -r '%s/tests/fixtures/mixtral-tiny' '%s'", MOE_SOURCE_DIR, in_dir("ck"));
+  ck_assert_int_eq(system(cmd), 0);
+  ck_assert_msg(moebench_timed(120, "validate --model-dir ck --reps 1 --policies gpu-only", NULL) == 0,
+                "%s", g_out);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("robust");
   TCase *tc = tcase_create("robust");
@@ -298,6 +317,7 @@ int main(void) {
   tcase_add_test(tc, fifo_plugin_is_refused_not_waited_on);
   tcase_add_test(tc, calibrate_at_smallest_link_cap_is_bounded);
   tcase_add_test(tc, report_is_not_quadratic_in_rows);
+  tcase_add_test(tc, fifo_shard_json_and_relative_model_dir);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
