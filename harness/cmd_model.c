@@ -73,200 +73,266 @@ static double pass_time(moe_device *d, float *y, const float *x, size_t m, const
   return moe_clock_s() - t0;
 }
 
-/* Measures this machine's cpu backend into *out (name and description
- * left to the caller).  quiet: no progress on stderr.  Every device buffer
- * goes through moe_device_alloc, so moe_device_close frees it on every
- * path; the one host buffer is freed before it. */
-static moe_status calibrate_measure(int threads, double link, const cal_shapes *shapes, bool quiet,
-                                    moe_hw_profile *out, moe_error *errp) {
-  moe_device d = {0};
-  moe_error err = {0};
-  moe_backend_options bo = {.threads = threads, .link_gbps = link};
-  if (moe_device_open(&d, "cpu", &bo, errp) != MOE_OK) return errp->status;
-  int rc = 1;
-  /* weights of the given shapes in turn, 256 MB in all: far beyond the caches */
-  moe_weight *w = calloc(CAL_MAX_W, sizeof *w);
-  int nw = 0;
-  size_t set_bytes = 0, max_dim = 1;
-  double flops_per_row = 0; /* of one pass at m = 1 */
-  float *x = NULL, *y = NULL, *small = NULL;
-  void *src = NULL, *dst = NULL;
-  const size_t big = cal_copy_bytes(link);
-  moe_event *ev = NULL;
-  moe_hw_profile p = {0};
-  if (w == NULL) {
-    MOE_FAIL(&err, MOE_ERR_OOM, "calibrate: out of host memory");
-    goto done;
+/* One calibration's state: the device, its buffers (all through
+ * moe_device_alloc, so moe_device_close frees them on every path) and the
+ * profile being filled. */
+typedef struct cal_ctx {
+  moe_device d;
+  const char *backend;
+  moe_error err;
+  bool quiet;
+  moe_weight w[CAL_MAX_W], w16[CAL_MAX_W]; /* f32 weights, and the same in bf16 */
+  int nw;
+  size_t set_bytes, max_dim;
+  double flops_per_row; /* of one pass at m = 1 */
+  float *x, *y, *small;
+  moe_hw_profile p;
+} cal_ctx;
+
+/* A device buffer of `bytes` filled with a small repeating f32 pattern
+ * (in dtype dt), uploaded from the host: the device's memory may not be
+ * the host's (cuda). */
+static moe_status cal_buffer(cal_ctx *c, size_t bytes, moe_dtype dt, const char *what, void **out) {
+  moe_status st = moe_device_alloc(&c->d, MOE_MEM_WORKSPACE, bytes, what, out, &c->err);
+  if (st != MOE_OK) return st;
+  const size_t n = bytes / moe_dtype_size(dt);
+  float *f = malloc(n * sizeof *f);
+  void *h = dt == MOE_F32 ? (void *)f : malloc(bytes);
+  if (f == NULL || h == NULL) {
+    free(f);
+    if (h != (void *)f) free(h);
+    return MOE_FAIL(&c->err, MOE_ERR_OOM, "calibrate: out of host memory");
   }
+  for (size_t q = 0; q < n; q++) f[q] = 1e-3f * (float)(q % 13);
+  if (dt != MOE_F32) moe_convert_from_f32(h, dt, f, n);
+  st = c->d.ops->upload(c->d.be, *out, h, bytes, &c->err);
+  if (h != (void *)f) free(h);
+  free(f);
+  return st;
+}
+
+/* The weights (256 MB of f32 in the given shapes, and the same shapes in
+ * bf16) and the activations. */
+static moe_status cal_alloc(cal_ctx *c, const cal_shapes *shapes) {
+  moe_status st = MOE_OK;
+  c->max_dim = 1;
   for (int k = 0; k < shapes->n; k++) {
-    max_dim = shapes->rows[k] > max_dim ? shapes->rows[k] : max_dim;
-    max_dim = shapes->cols[k] > max_dim ? shapes->cols[k] : max_dim;
+    c->max_dim = shapes->rows[k] > c->max_dim ? shapes->rows[k] : c->max_dim;
+    c->max_dim = shapes->cols[k] > c->max_dim ? shapes->cols[k] : c->max_dim;
   }
-  while (set_bytes < (size_t)CAL_SET_BYTES && nw < CAL_MAX_W) {
-    const int k = nw % shapes->n;
-    const size_t wbytes = shapes->rows[k] * shapes->cols[k] * sizeof(float);
-    void *buf = NULL;
-    if (moe_device_alloc(&d, MOE_MEM_WORKSPACE, wbytes, "calibration weights", &buf, &err) != MOE_OK)
-      goto done;
-    memset(buf, 0, wbytes); /* the cpu backend's device memory is host memory */
-    for (size_t q = 0; q < wbytes / 4; q += 97) ((float *)buf)[q] = 1e-3f * (float)(q % 13);
-    w[nw++] = (moe_weight){buf, MOE_F32, shapes->rows[k], shapes->cols[k]};
-    set_bytes += wbytes;
-    flops_per_row += 2.0 * (double)shapes->rows[k] * (double)shapes->cols[k];
+  while (c->set_bytes < (size_t)CAL_SET_BYTES && c->nw < CAL_MAX_W) {
+    const int k = c->nw % shapes->n;
+    const size_t rows = shapes->rows[k], cols = shapes->cols[k], n = rows * cols;
+    void *buf = NULL, *b16 = NULL;
+    MOE_TRY(cal_buffer(c, n * sizeof(float), MOE_F32, "calibration weights", &buf));
+    MOE_TRY(cal_buffer(c, n * 2, MOE_BF16, "calibration bf16 weights", &b16));
+    c->w[c->nw] = (moe_weight){buf, MOE_F32, rows, cols};
+    c->w16[c->nw++] = (moe_weight){b16, MOE_BF16, rows, cols};
+    c->set_bytes += n * sizeof(float);
+    c->flops_per_row += 2.0 * (double)n;
   }
-  if (moe_device_alloc(&d, MOE_MEM_WORKSPACE, 256 * max_dim * sizeof(float), "calibration input",
-                       (void **)&x, &err) != MOE_OK ||
-      moe_device_alloc(&d, MOE_MEM_WORKSPACE, 256 * max_dim * sizeof(float), "calibration output",
-                       (void **)&y, &err) != MOE_OK ||
-      moe_device_alloc(&d, MOE_MEM_WORKSPACE, 64 * sizeof(float), "calibration scratch",
-                       (void **)&small, &err) != MOE_OK)
-    goto done;
-  for (size_t k = 0; k < 256 * max_dim; k++) x[k] = 0.01f * (float)(k % 7);
-  memset(small, 0, 64 * sizeof(float));
-  /* matmul rates by rows (f32), one pass over the set, median of 3 */
+  MOE_TRY(cal_buffer(c, 256 * c->max_dim * sizeof(float), MOE_F32, "calibration input", (void **)&c->x));
+  MOE_TRY(cal_buffer(c, 256 * c->max_dim * sizeof(float), MOE_F32, "calibration output", (void **)&c->y));
+  MOE_TRY(cal_buffer(c, 64 * sizeof(float), MOE_F32, "calibration scratch", (void **)&c->small));
+cleanup:
+  return st;
+}
+
+/* Matmul rates by rows (f32: every m, median of 3 passes over the set;
+ * bf16: at 1 and 256 rows), the weight read rate of one-row products, and
+ * the per-op overhead of a tiny element-wise op. */
+static moe_status cal_matmul(cal_ctx *c) {
   static const int ms[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
   const int n_ms = (int)(sizeof ms / sizeof *ms);
-  double t1 = NAN;
-  if (!quiet) {
-    fprintf(stderr, "calibrate: matmul over %d f32 weights (%.0f MB) of shapes", nw, (double)set_bytes / 1e6);
-    for (int k = 0; k < shapes->n; k++) fprintf(stderr, " %zux%zu", shapes->rows[k], shapes->cols[k]);
-    fprintf(stderr, " at");
-  }
+  moe_hw_profile *p = &c->p;
+  double t1 = NAN, best = 0, best16 = 0;
+  if (!c->quiet)
+    fprintf(stderr, "calibrate: matmul over %d f32 weights (%.0f MB) at", c->nw, (double)c->set_bytes / 1e6);
   for (int i = 0; i < n_ms; i++) {
-    (void)pass_time(&d, y, x, (size_t)ms[i], w, nw, &err); /* warm */
-    const double t = median3(pass_time(&d, y, x, (size_t)ms[i], w, nw, &err),
-                             pass_time(&d, y, x, (size_t)ms[i], w, nw, &err),
-                             pass_time(&d, y, x, (size_t)ms[i], w, nw, &err));
-    if (!(t > 0)) goto done;
-    if (ms[i] == 1) t1 = t;
-    p.rate_m[i] = ms[i];
-    p.rate_gflops[i] = ms[i] * flops_per_row / t / 1e9;
-    if (!quiet) fprintf(stderr, " m=%d %.1f GFLOP/s", ms[i], p.rate_gflops[i]);
-  }
-  if (!quiet) fprintf(stderr, "\n");
-  p.n_rates = n_ms;
-  /* weights read by a one-row product: the bandwidth thin products see */
-  p.memory_gbps = (double)set_bytes / t1 / 1e9;
-  double best = 0;
-  for (int i = 0; i < n_ms; i++) best = fmax(best, p.rate_gflops[i]);
-  p.tflops[MOE_F32] = p.tflops[MOE_F16] = p.tflops[MOE_BF16] = best / 1e3;
-  /* per-op overhead: a tiny element-wise op */
-  {
-    double t[3];
-    for (int r = 0; r < 3; r++) {
-      const double a = moe_clock_s();
-      for (int k = 0; k < 20000; k++)
-        if (d.ops->add(d.be, small, small + 32, 16, &err) != MOE_OK) goto done;
-      t[r] = (moe_clock_s() - a) / 20000;
+    const size_t m = (size_t)ms[i];
+    (void)pass_time(&c->d, c->y, c->x, m, c->w, c->nw, &c->err); /* warm */
+    const double t = median3(pass_time(&c->d, c->y, c->x, m, c->w, c->nw, &c->err),
+                             pass_time(&c->d, c->y, c->x, m, c->w, c->nw, &c->err),
+                             pass_time(&c->d, c->y, c->x, m, c->w, c->nw, &c->err));
+    if (!(t > 0)) return c->err.status != MOE_OK ? c->err.status : MOE_ERR_DEVICE;
+    if (m == 1) t1 = t;
+    p->rate_m[i] = ms[i];
+    p->rate_gflops[i] = ms[i] * c->flops_per_row / t / 1e9;
+    best = fmax(best, p->rate_gflops[i]);
+    if (!c->quiet) fprintf(stderr, " m=%d %.1f GFLOP/s", ms[i], p->rate_gflops[i]);
+    if (m == 1 || m == 256) {
+      (void)pass_time(&c->d, c->y, c->x, m, c->w16, c->nw, &c->err);
+      const double t16 = median3(pass_time(&c->d, c->y, c->x, m, c->w16, c->nw, &c->err),
+                                 pass_time(&c->d, c->y, c->x, m, c->w16, c->nw, &c->err),
+                                 pass_time(&c->d, c->y, c->x, m, c->w16, c->nw, &c->err));
+      if (!(t16 > 0)) return c->err.status != MOE_OK ? c->err.status : MOE_ERR_DEVICE;
+      best16 = fmax(best16, (double)m * c->flops_per_row / t16 / 1e9);
     }
-    p.launch_us = fmax(runner_median(t, 3) * 1e6, 0.01);
   }
-  /* the ops that are not matmuls: attention at a decode shape (FLOPs) and
-   * an element-wise op over 4 MB (bytes), as the engine issues them */
+  if (!c->quiet) fprintf(stderr, "; bf16 best %.1f GFLOP/s\n", best16);
+  p->n_rates = n_ms;
+  p->memory_gbps = (double)c->set_bytes / t1 / 1e9; /* what thin products read at */
+  p->tflops[MOE_F32] = best / 1e3;
+  p->tflops[MOE_F16] = p->tflops[MOE_BF16] = best16 / 1e3;
+  double t[3];
+  for (int r = 0; r < 3; r++) {
+    const double a = moe_clock_s();
+    for (int k = 0; k < 20000; k++)
+      if (c->d.ops->add(c->d.be, c->small, c->small + 32, 16, &c->err) != MOE_OK) return c->err.status;
+    if (c->d.ops->synchronize(c->d.be, &c->err) != MOE_OK) return c->err.status;
+    t[r] = (moe_clock_s() - a) / 20000;
+  }
+  p->launch_us = fmax(runner_median(t, 3) * 1e6, 0.01);
+  return MOE_OK;
+}
+
+/* The ops that are not matmuls: attention at a decode shape (FLOPs) and an
+ * element-wise op over 4 MB (bytes), as the engine issues them. */
+static moe_status cal_vector(cal_ctx *c) {
+  enum { HEADS = 12, HD = 64, KEYS = 512, MAXS = 512, EW = 1 << 20 };
+  moe_status st = MOE_OK;
+  float *q = NULL, *kc = NULL, *vc = NULL, *o = NULL, *ew = NULL;
+  const size_t cache_f = (size_t)HEADS * MAXS * HD;
+  MOE_TRY(cal_buffer(c, HEADS * HD * sizeof(float), MOE_F32, "calibration q", (void **)&q));
+  MOE_TRY(cal_buffer(c, cache_f * sizeof(float), MOE_F32, "calibration k cache", (void **)&kc));
+  MOE_TRY(cal_buffer(c, cache_f * sizeof(float), MOE_F32, "calibration v cache", (void **)&vc));
+  MOE_TRY(cal_buffer(c, HEADS * HD * sizeof(float), MOE_F32, "calibration o", (void **)&o));
+  MOE_TRY(cal_buffer(c, EW * sizeof(float), MOE_F32, "calibration vector", (void **)&ew));
   {
-    enum { HEADS = 12, HD = 64, KEYS = 512, MAXS = 512, EW = 1 << 20 };
-    float *q = NULL, *kc = NULL, *vc = NULL, *o = NULL, *ew = NULL;
-    const size_t cache_f = (size_t)HEADS * MAXS * HD;
-    if (moe_device_alloc(&d, MOE_MEM_WORKSPACE, HEADS * HD * sizeof(float), "calibration q",
-                         (void **)&q, &err) != MOE_OK ||
-        moe_device_alloc(&d, MOE_MEM_WORKSPACE, cache_f * sizeof(float), "calibration k cache",
-                         (void **)&kc, &err) != MOE_OK ||
-        moe_device_alloc(&d, MOE_MEM_WORKSPACE, cache_f * sizeof(float), "calibration v cache",
-                         (void **)&vc, &err) != MOE_OK ||
-        moe_device_alloc(&d, MOE_MEM_WORKSPACE, HEADS * HD * sizeof(float), "calibration o",
-                         (void **)&o, &err) != MOE_OK ||
-        moe_device_alloc(&d, MOE_MEM_WORKSPACE, EW * sizeof(float), "calibration vector",
-                         (void **)&ew, &err) != MOE_OK)
-      goto done;
-    for (size_t k = 0; k < cache_f; k++) kc[k] = vc[k] = 0.01f * (float)(k % 11);
-    for (size_t k = 0; k < HEADS * HD; k++) q[k] = 0.02f * (float)(k % 5);
-    for (size_t k = 0; k < EW; k++) ew[k] = (float)(k % 9) - 4.0f;
     const moe_attn_ex a = {1, 1, KEYS - 1, KEYS, MAXS, HEADS, HEADS, HD, true, 0.125f, NULL, NULL, 0};
     double ta[5], te[5];
     for (int r = 0; r < 5; r++) {
       double t0 = moe_clock_s();
-      for (int k = 0; k < 20; k++)
-        if (d.ops->attention_ex(d.be, o, q, kc, vc, &a, &err) != MOE_OK) goto done;
+      for (int k = 0; k < 20; k++) MOE_TRY(c->d.ops->attention_ex(c->d.be, o, q, kc, vc, &a, &c->err));
+      MOE_TRY(c->d.ops->synchronize(c->d.be, &c->err));
       ta[r] = (moe_clock_s() - t0) / 20;
       t0 = moe_clock_s();
-      for (int k = 0; k < 5; k++)
-        if (d.ops->unary(d.be, ew, ew, EW, MOE_UNARY_RELU, 0.0f, &err) != MOE_OK) goto done;
+      for (int k = 0; k < 5; k++) MOE_TRY(c->d.ops->unary(c->d.be, ew, ew, EW, MOE_UNARY_RELU, 0.0f, &c->err));
+      MOE_TRY(c->d.ops->synchronize(c->d.be, &c->err));
       te[r] = (moe_clock_s() - t0) / 5;
     }
     /* the cost model's own FLOP and byte counts of these ops (trace.c, sim) */
-    p.vector_gflops = 4.0 * HEADS * HD * (double)KEYS / runner_median(ta, 5) / 1e9;
-    p.vector_gbps = 8.0 * EW / runner_median(te, 5) / 1e9;
-    moe_device_free(&d, q);
-    moe_device_free(&d, kc);
-    moe_device_free(&d, vc);
-    moe_device_free(&d, o);
-    moe_device_free(&d, ew);
+    c->p.vector_gflops = 4.0 * HEADS * HD * (double)KEYS / runner_median(ta, 5) / 1e9;
+    c->p.vector_gbps = 8.0 * EW / runner_median(te, 5) / 1e9;
   }
-  /* the link: a 64 MB copy, or a smaller one under a low cap (bandwidth:
-   * cal_copy_bytes), and a 4 KB one (latency) */
-  if (d.ops->host_alloc(d.be, big, &src, &err) != MOE_OK ||
-      moe_device_alloc(&d, MOE_MEM_WORKSPACE, big, "calibration copy target", &dst, &err) != MOE_OK ||
-      d.ops->event_create(d.be, &ev, &err) != MOE_OK)
-    goto done;
+cleanup:
+  moe_device_free(&c->d, q);
+  moe_device_free(&c->d, kc);
+  moe_device_free(&c->d, vc);
+  moe_device_free(&c->d, o);
+  moe_device_free(&c->d, ew);
+  return st;
+}
+
+/* Seconds of one copy of `bytes` from src (median of reps). */
+static double copy_time(cal_ctx *c, void *dst, const void *src, size_t bytes, moe_event *ev, int reps) {
+  double t[21];
+  for (int r = 0; r < reps && r < 21; r++) {
+    const double a = moe_clock_s();
+    if (c->d.ops->copy_h2d_async(c->d.be, dst, src, bytes, ev, &c->err) != MOE_OK ||
+        c->d.ops->event_sync(c->d.be, ev, &c->err) != MOE_OK)
+      return NAN;
+    t[r] = moe_clock_s() - a;
+  }
+  return runner_median(t, reps < 21 ? reps : 21);
+}
+
+/* The link: a 64 MB copy (or a smaller one under a low cap:
+ * cal_copy_bytes) from pinned memory and from pageable memory (bandwidth),
+ * a 4 KB one (latency), a small upload's fixed cost, and how much a copy
+ * in flight slows compute (the emulated device shares DRAM). */
+static moe_status cal_link(cal_ctx *c, double link) {
+  moe_status st = MOE_OK;
+  const size_t big = cal_copy_bytes(link);
+  void *src = NULL, *pageable = NULL, *dst = NULL;
+  moe_event *ev = NULL;
+  moe_hw_profile *p = &c->p;
+  MOE_TRY(c->d.ops->host_alloc(c->d.be, big, &src, &c->err));
+  pageable = malloc(big);
+  MOE_CHECK(pageable != NULL, &c->err, MOE_ERR_OOM, "calibrate: out of host memory");
+  MOE_TRY(moe_device_alloc(&c->d, MOE_MEM_WORKSPACE, big, "calibration copy target", &dst, &c->err));
+  MOE_TRY(c->d.ops->event_create(c->d.be, &ev, &c->err));
   memset(src, 1, big);
-  double tb[3], tl[21];
-  for (int r = 0; r < 3; r++) {
-    const double a = moe_clock_s();
-    if (d.ops->copy_h2d_async(d.be, dst, src, big, ev, &err) != MOE_OK ||
-        d.ops->event_sync(d.be, ev, &err) != MOE_OK)
-      goto done;
-    tb[r] = moe_clock_s() - a;
-  }
-  for (int r = 0; r < 21; r++) {
-    const double a = moe_clock_s();
-    if (d.ops->copy_h2d_async(d.be, dst, src, 4096, ev, &err) != MOE_OK ||
-        d.ops->event_sync(d.be, ev, &err) != MOE_OK)
-      goto done;
-    tl[r] = moe_clock_s() - a;
-  }
-  p.h2d_pinned_gbps = p.h2d_pageable_gbps = (double)big / runner_median(tb, 3) / 1e9;
-  p.h2d_latency_us = fmax((runner_median(tl, 21) - 4096.0 / (p.h2d_pinned_gbps * 1e9)) * 1e6, 0.01);
-  /* a synchronous upload's fixed cost (ids, routing: on the compute stream) */
-  for (int r = 0; r < 21; r++) {
-    const double a = moe_clock_s();
-    for (int k = 0; k < 100; k++)
-      if (d.ops->upload(d.be, dst, src, 256, &err) != MOE_OK) goto done;
-    tl[r] = (moe_clock_s() - a) / 100;
-  }
-  p.transfer_latency_us = fmax(runner_median(tl, 21) * 1e6, 0.01);
-  /* a copy in flight slows compute (the emulated device shares DRAM): a
-   * one-row pass with copies queued for longer than the pass, against one
-   * without */
+  memset(pageable, 1, big);
   {
-    double with[3], without[3];
-    for (int r = 0; r < 3; r++) {
-      without[r] = pass_time(&d, y, x, 1, w, nw, &err);
-      const int n_copies = (int)ceil(1.5 * t1 * p.h2d_pinned_gbps * 1e9 / (double)big) + 1;
-      for (int k = 0; k < n_copies; k++)
-        if (d.ops->copy_h2d_async(d.be, dst, src, big, k == n_copies - 1 ? ev : NULL, &err) != MOE_OK)
-          goto done;
-      with[r] = pass_time(&d, y, x, 1, w, nw, &err);
-      if (d.ops->event_sync(d.be, ev, &err) != MOE_OK) goto done;
+    const double tb = copy_time(c, dst, src, big, ev, 3), tp = copy_time(c, dst, pageable, big, ev, 3);
+    const double tl = copy_time(c, dst, src, 4096, ev, 21);
+    MOE_CHECK(tb > 0 && tp > 0 && tl > 0, &c->err, MOE_ERR_DEVICE, "calibrate: a copy failed: %s", c->err.msg);
+    p->h2d_pinned_gbps = (double)big / tb / 1e9;
+    p->h2d_pageable_gbps = (double)big / tp / 1e9;
+    p->h2d_latency_us = fmax((tl - 4096.0 / (p->h2d_pinned_gbps * 1e9)) * 1e6, 0.01);
+  }
+  {
+    double tl[21]; /* a small upload's fixed cost (ids, routing: on the compute stream) */
+    for (int r = 0; r < 21; r++) {
+      const double a = moe_clock_s();
+      for (int k = 0; k < 100; k++) MOE_TRY(c->d.ops->upload(c->d.be, dst, src, 256, &c->err));
+      MOE_TRY(c->d.ops->synchronize(c->d.be, &c->err));
+      tl[r] = (moe_clock_s() - a) / 100;
     }
-    p.copy_slowdown = fmin(fmax(runner_median(with, 3) / runner_median(without, 3), 1.0), 100.0);
+    p->transfer_latency_us = fmax(runner_median(tl, 21) * 1e6, 0.01);
   }
-  p.memory_bytes = (double)d.ops->device_capacity(d.be);
-  p.calibrated = true;
-  snprintf(p.description, sizeof p.description, "calibrated on %s: cpu backend, %d thread%s, link cap %g GB/s",
-           moe_backend_device_name(d.ops, d.be), threads, threads == 1 ? "" : "s", link);
-  *out = p;
-  rc = 0;
-done:
-  if (rc) *errp = err.status != MOE_OK ? err : *errp;
-  if (ev) d.ops->event_destroy(d.be, ev);
-  if (src) {
+  {
+    /* a one-row pass with copies queued for longer than the pass, against one without */
+    double with[3], without[3];
+    const double t1 = (double)c->set_bytes / (p->memory_gbps * 1e9);
+    for (int r = 0; r < 3; r++) {
+      without[r] = pass_time(&c->d, c->y, c->x, 1, c->w, c->nw, &c->err);
+      const int n_copies = (int)ceil(1.5 * t1 * p->h2d_pinned_gbps * 1e9 / (double)big) + 1;
+      for (int k = 0; k < n_copies; k++)
+        MOE_TRY(c->d.ops->copy_h2d_async(c->d.be, dst, src, big, k == n_copies - 1 ? ev : NULL, &c->err));
+      with[r] = pass_time(&c->d, c->y, c->x, 1, c->w, c->nw, &c->err);
+      MOE_TRY(c->d.ops->event_sync(c->d.be, ev, &c->err));
+    }
+    p->copy_slowdown = fmin(fmax(runner_median(with, 3) / runner_median(without, 3), 1.0), 100.0);
+  }
+cleanup:
+  if (ev) c->d.ops->event_destroy(c->d.be, ev);
+  if (src || dst) {
     moe_error ignored = {0};
-    (void)d.ops->synchronize(d.be, &ignored); /* no copy still reading it */
-    d.ops->host_free(d.be, src);
+    (void)c->d.ops->synchronize(c->d.be, &ignored); /* no copy still reading them */
   }
-  moe_device_close(&d); /* frees every device buffer still allocated */
-  free(w);
-  return rc ? (errp->status != MOE_OK ? errp->status : MOE_ERR_DEVICE) : MOE_OK;
+  if (src) c->d.ops->host_free(c->d.be, src);
+  free(pageable);
+  moe_device_free(&c->d, dst);
+  return st;
+}
+
+/* Measures this machine's backend (cpu by default: its emulated device;
+ * cuda: the GPU) into *out (name and description left to the caller).
+ * quiet: no progress on stderr. */
+static moe_status calibrate_measure(const char *backend, int threads, double link,
+                                    const cal_shapes *shapes, bool quiet, moe_hw_profile *out,
+                                    moe_error *errp) {
+  cal_ctx *c = calloc(1, sizeof *c);
+  if (c == NULL) return MOE_FAIL(errp, MOE_ERR_OOM, "calibrate: out of host memory");
+  c->backend = backend;
+  c->quiet = quiet;
+  moe_backend_options bo = {.threads = threads, .link_gbps = link};
+  moe_status st = moe_device_open(&c->d, backend, &bo, errp);
+  if (st != MOE_OK) {
+    free(c);
+    return st;
+  }
+  st = cal_alloc(c, shapes);
+  if (st == MOE_OK) st = cal_matmul(c);
+  if (st == MOE_OK) st = cal_vector(c);
+  if (st == MOE_OK) st = cal_link(c, link);
+  if (st == MOE_OK) {
+    c->p.memory_bytes = (double)c->d.ops->device_capacity(c->d.be);
+    c->p.calibrated = true;
+    snprintf(c->p.description, sizeof c->p.description,
+             "calibrated on %s: %s backend, %d thread%s, link cap %g GB/s",
+             moe_backend_device_name(c->d.ops, c->d.be), c->d.ops->name, threads,
+             threads == 1 ? "" : "s", link);
+    *out = c->p;
+  } else {
+    *errp = c->err.status != MOE_OK ? c->err : *errp;
+    if (errp->status == MOE_OK) st = MOE_FAIL(errp, MOE_ERR_DEVICE, "calibrate: a measurement failed");
+  }
+  moe_device_close(&c->d); /* frees every device buffer still allocated */
+  free(c);
+  return st;
 }
 
 /* The median of n profiles, figure by figure (noise: a machine shared with
@@ -288,16 +354,18 @@ static void profile_median(const moe_hw_profile *v, int n, moe_hw_profile *out) 
   MED(vector_gflops);
   MED(vector_gbps);
   MED(copy_slowdown);
+  MED(tflops[MOE_BF16]);
+  MED(h2d_pageable_gbps);
   for (int k = 0; k < v[0].n_rates; k++) MED(rate_gflops[k]);
 #undef MED
-  out->tflops[MOE_F16] = out->tflops[MOE_BF16] = out->tflops[MOE_F32];
-  out->h2d_pageable_gbps = out->h2d_pinned_gbps;
+  out->tflops[MOE_F16] = out->tflops[MOE_BF16];
 }
 
-static int calibrate(int threads, double link, const char *name, const char *out) {
+static int calibrate(const char *backend, int threads, double link, const char *name,
+                     const char *out) {
   moe_hw_profile p;
   moe_error err = {0};
-  if (calibrate_measure(threads, link, &k_default_shapes, false, &p, &err) != MOE_OK)
+  if (calibrate_measure(backend, threads, link, &k_default_shapes, false, &p, &err) != MOE_OK)
     return cli_fail(&err);
   const int n_ms = p.n_rates;
   snprintf(p.name, sizeof p.name, "%s", name);
@@ -307,14 +375,16 @@ static int calibrate(int threads, double link, const char *name, const char *out
   snprintf(desc, sizeof desc, "%.180s (%.12s)", p.description, day);
   memcpy(p.description, desc, sizeof desc);
   char source[160];
-  snprintf(source, sizeof source, "measured by moebench calibrate (--threads %d --link-gbps %g), %s",
-           threads, link, day);
+  snprintf(source, sizeof source, "measured by moebench calibrate (--backend %s --threads %d "
+           "--link-gbps %g), %s", backend, threads, link, day);
   if (moe_hw_profile_save(&p, out, source, &err) != MOE_OK) return cli_fail(&err);
-  printf("wrote %s (measured): matmul %.1f GFLOP/s at 1 row .. %.1f at 256; thin-product weight "
-         "reads %.2f GB/s; other ops %.2f GFLOP/s, %.2f GB/s; op overhead %.2f us; link %.2f GB/s, "
-         "latency %.1f us; compute slowdown under a copy %.2fx\n",
-         out, p.rate_gflops[0], p.rate_gflops[n_ms - 1], p.memory_gbps, p.vector_gflops,
-         p.vector_gbps, p.launch_us, p.h2d_pinned_gbps, p.h2d_latency_us, p.copy_slowdown);
+  printf("wrote %s (measured on %s): matmul f32 %.1f GFLOP/s at 1 row .. %.1f at 256, bf16 best "
+         "%.1f; thin-product weight reads %.2f GB/s; other ops %.2f GFLOP/s, %.2f GB/s; op "
+         "overhead %.2f us; link %.2f GB/s pinned, %.2f pageable, latency %.1f us; compute "
+         "slowdown under a copy %.2fx\n",
+         out, backend, p.rate_gflops[0], p.rate_gflops[n_ms - 1], p.tflops[MOE_BF16] * 1e3,
+         p.memory_gbps, p.vector_gflops, p.vector_gbps, p.launch_us, p.h2d_pinned_gbps,
+         p.h2d_pageable_gbps, p.h2d_latency_us, p.copy_slowdown);
   return 0;
 }
 
@@ -322,10 +392,11 @@ int cmd_calibrate(int argc, char **argv) {
   static const struct option opts[] = {
       {"threads", required_argument, 0, 't'}, {"link-gbps", required_argument, 0, 'L'},
       {"name", required_argument, 0, 'n'},    {"out", required_argument, 0, 'o'},
-      {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+      {"backend", required_argument, 0, 'B'}, {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   long threads = 1;
   double link = 0;
-  const char *name = "this-machine", *out = NULL;
+  const char *name = "this-machine", *out = NULL, *backend = "cpu";
   optind = 1;
   opterr = 0;
   int c, idx = -1;
@@ -340,17 +411,26 @@ int cmd_calibrate(int argc, char **argv) {
         name = optarg;
         break;
       case 'o': ok = optarg[0] != '\0'; out = optarg; break;
+      case 'B': {
+        const moe_backend_ops *bo = moe_backend_find(optarg);
+        ok = bo != NULL && !(bo->caps & MOE_BACKEND_CAP_MODELED);
+        backend = optarg;
+        break;
+      }
       case 'h':
-        printf("usage: moebench calibrate -o PROFILE.json [--link-gbps X] [--threads N] [--name NAME]\n\n"
-               "Measures this machine's cpu backend and writes it as a hardware profile\n"
+        printf("usage: moebench calibrate -o PROFILE.json [--backend cpu|cuda] [--link-gbps X] [--threads N] [--name NAME]\n\n"
+               "Measures a backend of this machine (the cpu backend's emulated device, or\n"
+               "the GPU with --backend cuda) and writes it as a hardware profile\n"
                "(workloads/hardware format, every figure's source 'measured'): f32 matmul\n"
                "rates by rows (1..256, over 256 MB of weights of Switch-Base's shapes, beyond\n"
-               "the caches), the weight-read bandwidth of one-row products, the per-op\n"
-               "overhead, the emulated link (64 MB copies, or about 0.1 s of transfer each\n"
-               "under a cap below 0.64 GB/s; latency from 4 KB ones), and how\n"
-               "much a copy in flight slows compute (the emulated device shares DRAM).\n"
-               "replay and validate model runs on it.  Takes about 30 s.\n\n"
+               "the caches) and the bf16 rate (1 and 256 rows), the weight-read bandwidth of\n"
+               "one-row products, the per-op overhead, the link from pinned and from pageable\n"
+               "memory (64 MB copies, or about 0.1 s of transfer each under a cap below\n"
+               "0.64 GB/s; latency from 4 KB ones), and how much a copy in flight slows\n"
+               "compute (the emulated device shares DRAM; a GPU's DMA should not).\n"
+               "replay and validate model runs on it.  Takes about 30 s on a CPU.\n\n"
                "  -o, --out FILE     the profile to write (temporary file + rename)\n"
+               "  --backend NAME     cpu (default) or cuda; not a modeled backend (sim)\n"
                "  --link-gbps X      the link cap the runs to be modeled use (default none)\n"
                "  --threads N        math threads, as those runs (default 1)\n"
                "  --name NAME        the profile's name (default this-machine)\n"
@@ -361,7 +441,7 @@ int cmd_calibrate(int argc, char **argv) {
         return 2;
     }
     if (!ok) {
-      cli_error("calibrate: invalid value '%s' for %s", optarg, argv[optind - 1]);
+      cli_bad_value("calibrate", opts, idx, c, optarg);
       return 2;
     }
   }
@@ -369,7 +449,7 @@ int cmd_calibrate(int argc, char **argv) {
     cli_error("calibrate: give -o PROFILE.json and no positional arguments (see --help)");
     return 2;
   }
-  return calibrate((int)threads, link, name, out);
+  return calibrate(backend, (int)threads, link, name, out);
 }
 
 /* ---------------------------------------------------------------- replay */
@@ -448,7 +528,8 @@ static void usage_validate(FILE *f) {
   fprintf(f,
           "usage: moebench validate (--preset NAME | --model-dir DIR) [--hardware PROFILE] [options]\n\n"
           "The cost model against measured runs.  Per policy: the run measured on the\n"
-          "cpu backend (untraced, repetitions interleaved, medians), and one traced run\n"
+          "backend (cpu, or cuda on a GPU; untraced, repetitions interleaved, medians),\n"
+          "and one traced run\n"
           "of the same inputs replayed on a profile of this machine; prints both with\n"
           "the model's error (modeled / measured - 1).  Without --hardware the profile\n"
           "is calibrated in the same run, once before each repetition's runs and the\n"
@@ -458,6 +539,7 @@ static void usage_validate(FILE *f) {
           "  --hardware NAME      a profile to replay on instead (calibrated earlier)\n"
           "  --preset NAME        model preset (or --model-dir DIR)\n"
           "  --policies LIST      default gpu-only,ondemand,prefetch-all,pregated\n"
+          "  --backend NAME       cpu (default) or cuda: the backend measured and calibrated\n"
           "  --link-gbps X        the cpu backend's link cap (default none)\n"
           "  --threads N          math threads (default 1)\n"
           "  --batch B            sequences (default 1)\n"
@@ -474,8 +556,10 @@ int cmd_validate(int argc, char **argv) {
       {"link-gbps", required_argument, 0, 'L'}, {"threads", required_argument, 0, 't'},
       {"batch", required_argument, 0, 'b'},    {"prompt-len", required_argument, 0, 'l'},
       {"gen-len", required_argument, 0, 'g'},  {"reps", required_argument, 0, 'r'},
-      {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+      {"backend", required_argument, 0, 'B'},  {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   const char *hw = NULL, *preset = NULL, *plist = "gpu-only,ondemand,prefetch-all,pregated";
+  const char *backend = "cpu";
   long threads = 1, batch = 1, plen = 32, glen = 32, reps = 3;
   double link = 0;
   optind = 1;
@@ -494,13 +578,19 @@ int cmd_validate(int argc, char **argv) {
       case 'l': ok = cli_parse_int(optarg, 1, SUITE_MAX_LEN, &plen); break;
       case 'g': ok = cli_parse_int(optarg, 2, SUITE_MAX_LEN, &glen); break;
       case 'r': ok = cli_parse_int(optarg, 1, SUITE_MAX_REPS, &reps); break;
+      case 'B': {
+        const moe_backend_ops *bo = moe_backend_find(optarg);
+        ok = bo != NULL && !(bo->caps & MOE_BACKEND_CAP_MODELED);
+        backend = optarg;
+        break;
+      }
       case 'h': usage_validate(stdout); return 0;
       default:
         cli_error("validate: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
         return 2;
     }
     if (!ok) {
-      cli_error("validate: invalid value '%s' for --%s", optarg, idx >= 0 ? opts[idx].name : "?");
+      cli_bad_value("validate", opts, idx, c, optarg);
       return 2;
     }
   }
@@ -575,7 +665,7 @@ int cmd_validate(int argc, char **argv) {
   for (int r = 0; r < reps && rc == 0; r++)
     for (int i = 0; i < np && rc == 0; i++) {
       if (i == 0 && cal) {
-        if (calibrate_measure((int)threads, link, &shapes, true, &cal[r], &err) != MOE_OK) {
+        if (calibrate_measure(backend, (int)threads, link, &shapes, true, &cal[r], &err) != MOE_OK) {
           rc = cli_fail(&err);
           break;
         }
@@ -584,7 +674,7 @@ int cmd_validate(int argc, char **argv) {
       run_spec sp = {.model = m, .policy = pol[i],
                      .routing = pol[i]->default_routing == MOE_POLICY_ROUTING_PREGATED
                                     ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL,
-                     .backend = "cpu", .threads = (int)threads, .link_gbps = link,
+                     .backend = backend, .threads = (int)threads, .link_gbps = link,
                      .batch = (int)batch, .prompt_len = (int)plen, .gen_len = (int)glen,
                      .prompt_seed = 1, .requests = 1};
       run_result o;
@@ -603,9 +693,9 @@ int cmd_validate(int argc, char **argv) {
     snprintf(prof.name, sizeof prof.name, "this machine, calibrated in this run");
   }
   if (rc == 0) {
-    printf("## %s: batch %ld, prompt %ld, generated %ld, link %s, %ld thread%s; profile %s\n\n",
-           preset, batch, plen, glen, link > 0 ? "capped" : "uncapped", threads,
-           threads == 1 ? "" : "s", prof.name);
+    printf("## %s on the %s backend: batch %ld, prompt %ld, generated %ld, link %s, %ld thread%s; "
+           "profile %s\n\n", preset, backend, batch, plen, glen, link > 0 ? "capped" : "uncapped",
+           threads, threads == 1 ? "" : "s", prof.name);
     if (link > 0) printf("link cap %g GB/s\n\n", link);
     printf("| policy | total s measured | total s modeled | error | decode ms/token measured | "
            "decode ms/token modeled | error | modeled stall s | modeled hidden share |\n");
@@ -617,7 +707,7 @@ int cmd_validate(int argc, char **argv) {
     run_spec sp = {.model = m, .policy = pol[i],
                    .routing = pol[i]->default_routing == MOE_POLICY_ROUTING_PREGATED
                                   ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL,
-                   .backend = "cpu", .threads = (int)threads, .link_gbps = link,
+                   .backend = backend, .threads = (int)threads, .link_gbps = link,
                    .batch = (int)batch, .prompt_len = (int)plen, .gen_len = (int)glen,
                    .prompt_seed = 1, .requests = 1, .trace_path = tpath};
     run_result o;

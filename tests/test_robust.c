@@ -305,6 +305,28 @@ START_TEST(fifo_shard_json_and_relative_model_dir) {
 }
 END_TEST
 
+/* calibrate and validate measure a backend named by --backend (cuda on a
+ * GPU); a modeled or unknown one is refused naming the flag. */
+START_TEST(calibrate_and_validate_take_a_backend) {
+  static const char *const bad[] = {"calibrate -o p.json --backend sim", "calibrate -o p.json --backend tpu",
+                                    "validate --preset ci-small --backend sim"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    ck_assert_int_eq(moebench_timed(20, bad[i], NULL), 2);
+    ck_assert_msg(strstr(g_out, "--backend") != NULL, "%s: %s", bad[i], g_out);
+  }
+  ck_assert_msg(moebench_timed(120, "calibrate -o p.json --backend cpu --name here", NULL) == 0, "%s", g_out);
+  ck_assert_ptr_nonnull(strstr(g_out, "measured on cpu"));
+  FILE *f = fopen(in_dir("p.json"), "r");
+  ck_assert_ptr_nonnull(f);
+  char text[8192];
+  const size_t n = fread(text, 1, sizeof text - 1, f);
+  text[n] = '\0';
+  fclose(f);
+  ck_assert_ptr_nonnull(strstr(text, "--backend cpu"));
+  ck_assert_ptr_nonnull(strstr(text, "\"bf16\""));
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("robust");
   TCase *tc = tcase_create("robust");
@@ -318,6 +340,7 @@ int main(void) {
   tcase_add_test(tc, calibrate_at_smallest_link_cap_is_bounded);
   tcase_add_test(tc, report_is_not_quadratic_in_rows);
   tcase_add_test(tc, fifo_shard_json_and_relative_model_dir);
+  tcase_add_test(tc, calibrate_and_validate_take_a_backend);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
