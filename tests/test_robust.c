@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "commands.h"
+#include "moe/dtype.h"
 #include "moe/policy.h"
 #include "moe/safetensors.h"
 #include "results.h"
@@ -327,6 +328,56 @@ START_TEST(calibrate_and_validate_take_a_backend) {
 }
 END_TEST
 
+/* A copy of the qwen2moe-tiny fixture in DIR whose tensor NAME has every
+ * value (all: true) or its first value NaN. */
+static void poisoned_fixture(const char *dir, const char *name, bool all) {
+  char cmd[1400], path[700];
+  snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s/tests/fixtures/qwen2moe-tiny/config.json' '%s/'",
+           dir, MOE_SOURCE_DIR, dir);
+  ck_assert_int_eq(system(cmd), 0);
+  snprintf(path, sizeof path, "%s/tests/fixtures/qwen2moe-tiny/model.safetensors", MOE_SOURCE_DIR);
+  moe_st_file *f = NULL;
+  moe_error err = {0};
+  ck_assert_msg(moe_st_open(&f, path, &err) == MOE_OK, "%s", err.msg);
+  const size_t n = moe_st_count(f);
+  moe_st_entry *e = calloc(n, sizeof *e);
+  void **bufs = calloc(n, sizeof *bufs);
+  ck_assert(e && bufs);
+  bool found = false;
+  for (size_t i = 0; i < n; i++) {
+    const moe_st_tensor *t = moe_st_at(f, i);
+    bufs[i] = malloc(t->nbytes ? t->nbytes : 1);
+    ck_assert(moe_st_read(f, t, 0, bufs[i], t->nbytes, &err) == MOE_OK);
+    e[i] = (moe_st_entry){t->name, t->mdtype, t->ndim, {0}, bufs[i]};
+    memcpy(e[i].shape, t->shape, sizeof e[i].shape);
+    if (strcmp(t->name, name) == 0) {
+      const size_t es = moe_dtype_size(t->mdtype);
+      memset(bufs[i], 0xff, all ? t->nbytes : es); /* all ones: NaN in every float format */
+      found = true;
+    }
+  }
+  ck_assert_msg(found, "no tensor %s", name);
+  snprintf(path, sizeof path, "%s/model.safetensors", dir);
+  ck_assert_msg(moe_st_write(path, e, n, &err) == MOE_OK, "%s", err.msg);
+  for (size_t i = 0; i < n; i++) free(bufs[i]);
+  free(bufs);
+  free(e);
+  moe_st_close(f);
+}
+
+/* Weights that are all NaN are refused naming the tensor; some NaN: a
+ * warning naming it (both loaded silently before). */
+START_TEST(nonfinite_weights_are_named) {
+  const char *t = "model.layers.0.self_attn.q_proj.weight";
+  poisoned_fixture(in_dir("allnan"), t, true);
+  ck_assert_int_ne(moebench_timed(60, "generate --model-dir allnan --prompt-ids 1,2,3 --gen-len 2", NULL), 0);
+  ck_assert_msg(strstr(g_out, "q_proj.weight': every one of its") != NULL, "%s", g_out);
+  poisoned_fixture(in_dir("onenan"), t, false);
+  ck_assert_int_eq(moebench_timed(60, "generate --model-dir onenan --prompt-ids 1,2,3 --gen-len 2", NULL), 0);
+  ck_assert_msg(strstr(g_out, "q_proj.weight' holds 1 NaN or infinite values") != NULL, "%s", g_out);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("robust");
   TCase *tc = tcase_create("robust");
@@ -341,6 +392,7 @@ int main(void) {
   tcase_add_test(tc, report_is_not_quadratic_in_rows);
   tcase_add_test(tc, fifo_shard_json_and_relative_model_dir);
   tcase_add_test(tc, calibrate_and_validate_take_a_backend);
+  tcase_add_test(tc, nonfinite_weights_are_named);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

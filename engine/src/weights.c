@@ -565,6 +565,40 @@ cleanup:
 
 /* ------------------------------------------------------------ checkpoints */
 
+/* Values of a loaded tensor (n of dtype dt at p) that are NaN or infinite:
+ * an exponent of all ones in the format's own bits. */
+static size_t count_nonfinite(const uint8_t *p, moe_dtype dt, size_t n) {
+  size_t bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (dt == MOE_F32) {
+      uint32_t u;
+      memcpy(&u, p + 4 * i, 4);
+      bad += (u & 0x7f800000u) == 0x7f800000u;
+    } else {
+      uint16_t u;
+      memcpy(&u, p + 2 * i, 2);
+      bad += dt == MOE_F16 ? (u & 0x7c00u) == 0x7c00u : (u & 0x7f80u) == 0x7f80u;
+    }
+  }
+  return bad;
+}
+
+/* A tensor every value of which is NaN or infinite is refused (the model
+ * could only compute NaN); one with some is loaded with a warning naming
+ * it. */
+static moe_status check_finite(const moe_model *m, const moe_tensor_spec *s, const char *file,
+                               moe_error *err) {
+  const size_t n = s->rows * s->cols;
+  const size_t bad = n ? count_nonfinite(spec_ptr(m, s), m->dtype, n) : 0;
+  if (bad == 0) return MOE_OK;
+  if (bad == n)
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: tensor '%s': every one of its %zu values is NaN or "
+                    "infinite", file, s->name, n);
+  fprintf(stderr, "moe: warning: %s: tensor '%s' holds %zu NaN or infinite values of %zu\n", file,
+          s->name, bad, n);
+  return MOE_OK;
+}
+
 /* Tensor bytes are read from the file (moe_checkpoint_read, pread), never
  * copied out of the mapping: a checkpoint truncated while it loads is an
  * error naming the file, not a SIGBUS. */
@@ -647,6 +681,7 @@ moe_status moe_model_load_weights(moe_model **out, const moe_config *cfg, const 
       continue;
     }
     MOE_TRY(load_tensor(m, s, ck, t, file, err));
+    MOE_TRY(check_finite(m, s, file, err));
     s->present = true;
   }
   *out = m;

@@ -81,7 +81,7 @@ typedef struct moe_st_entry {
   const void *data;
 } moe_st_entry;
 
-/* Writes a .safetensors file (to PATH.tmp, then renamed over PATH). */
+/* Writes a .safetensors file, published whole (moe/publish.h). */
 moe_status moe_st_write(const char *path, const moe_st_entry *entries, size_t n, moe_error *err);
 
 #endif
