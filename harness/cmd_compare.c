@@ -1356,13 +1356,15 @@ static int report_write(const res_table *t, const report_opts *o, bool gnuplot, 
   if (o->summary) summary_table(t, md);
   for (size_t start = 0; start < t->n && !o->summary;) {
     const res_table win = group_window(t, start);
-    start += win.n;
     group_table(&win, 0, md);
     group_eval(&win, 0, md);
     group_times_note(&win.rows[0], md);
     if (o->paper) group_paper(&win, 0, md);
-    if (gnuplot && group_plots(&win, 0, o->plots, md) != 0) return 1;
+    /* the plots span groups (a model's scatter, a workload's batches): the
+     * whole table, from the group's first row */
+    if (gnuplot && group_plots(t, start, o->plots, md) != 0) return 1;
     fprintf(md, "\n");
+    start += win.n;
   }
   if (o->figure && t->n > 0) {
     if (!have_gnuplot()) {
