@@ -167,6 +167,7 @@ moe_status cli_preset_load(cli_preset *p, const char *name, moe_error *err) {
     snprintf(path, sizeof path, "%s", name);
   else
     snprintf(path, sizeof path, "%s/%s.json", cli_models_dir(), name);
+  snprintf(p->file, sizeof p->file, "%s", path);
   moe_error lerr = {0};
   json_t *root = moe_json_load_file(path, &lerr);
   if (root == NULL) {
@@ -636,4 +637,91 @@ void cli_bad_value(const char *cmd, const struct option *opts, int idx, int c, c
     cli_error("%s: %s '%s': expected %s", cmd, flag, arg, g_expect);
   else
     cli_error("%s: %s '%s': not a valid value (see --help)", cmd, flag, arg ? arg : "");
+}
+
+/* FNV-1a over 8-byte words (then the tail's bytes) of a whole file: a
+ * content hash fast enough for checkpoints of many gigabytes. */
+static bool hash_file_words(const char *path, uint64_t *h) {
+  moe_error err = {0};
+  FILE *f = moe_fopen_regular(path, &err);
+  if (f == NULL) return false;
+  enum { CHUNK = 1 << 20 };
+  unsigned char *buf = malloc(CHUNK);
+  if (buf == NULL) return fclose(f), false;
+  size_t n;
+  while ((n = fread(buf, 1, CHUNK, f)) > 0) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      memcpy(&w, buf + i, 8);
+      *h = (*h ^ w) * 1099511628211ull;
+    }
+    for (; i < n; i++) *h = (*h ^ buf[i]) * 1099511628211ull;
+  }
+  const bool ok = !ferror(f);
+  free(buf);
+  fclose(f);
+  return ok;
+}
+
+static int by_name(const struct dirent **a, const struct dirent **b) {
+  return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+/* A checkpoint directory's content: config.json, the index when there is
+ * one, and every *.safetensors file, in name order. */
+static bool hash_checkpoint(const char *dir, uint64_t *h) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  if (!hash_file_words(path, h)) return false;
+  struct dirent **list = NULL;
+  const int n = scandir(dir, &list, NULL, by_name);
+  if (n < 0) return false;
+  bool ok = true;
+  for (int i = 0; i < n; i++) {
+    const char *e = list[i]->d_name;
+    const size_t len = strlen(e);
+    const bool weights = len > 12 && strcmp(e + len - 12, ".safetensors") == 0;
+    if (ok && (weights || strcmp(e, "model.safetensors.index.json") == 0)) {
+      snprintf(path, sizeof path, "%s/%s", dir, e);
+      *h = (*h ^ (uint64_t)len) * 1099511628211ull; /* the name too: a renamed shard differs */
+      for (size_t k = 0; k < len; k++) *h = (*h ^ (unsigned char)e[k]) * 1099511628211ull;
+      ok = hash_file_words(path, h);
+    }
+    free(list[i]);
+  }
+  free(list);
+  return ok;
+}
+
+/* One named part of the inputs hash: its label, then its content. */
+static bool mix_part(uint64_t *h, const char *label, const char *path) {
+  for (const char *c = label; *c; c++) *h = (*h ^ (unsigned char)*c) * 1099511628211ull;
+  return hash_file_words(path, h);
+}
+
+bool cli_model_hash(const cli_preset *p, char out[17]) {
+  uint64_t h = 1469598103934665603ull;
+  const bool ok = p->checkpoint[0] ? hash_checkpoint(p->checkpoint, &h)
+                                   : p->file[0] ? mix_part(&h, "preset", p->file) : true;
+  snprintf(out, 17, "%016llx", (unsigned long long)h);
+  return ok;
+}
+
+bool cli_inputs_hash(const char *model_hash, const char *token_file, const char *eval_file,
+                     const char *hardware, const char *sim_routing, const char *plugin,
+                     char out[17]) {
+  uint64_t h = 1469598103934665603ull;
+  for (const char *c = model_hash ? model_hash : ""; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
+  bool ok = true;
+  if (ok && token_file && token_file[0]) ok = mix_part(&h, "tokens", token_file);
+  if (ok && eval_file && eval_file[0]) ok = mix_part(&h, "eval", eval_file);
+  if (ok && hardware && hardware[0]) ok = mix_part(&h, "hardware", hardware);
+  if (ok && sim_routing && sim_routing[0]) {
+    for (const char *c = sim_routing; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    if (strncmp(sim_routing, "trace:", 6) == 0) ok = mix_part(&h, "routing", sim_routing + 6);
+  }
+  if (ok && plugin && plugin[0]) ok = mix_part(&h, "plugin", plugin);
+  snprintf(out, 17, "%016llx", (unsigned long long)h);
+  return ok;
 }

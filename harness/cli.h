@@ -41,6 +41,7 @@ const char *cli_models_dir(void);
 typedef struct cli_preset {
   char name[64];      /* a checkpoint's: BASENAME@HASH (see cli_preset_load) */
   char checkpoint[1024]; /* a checkpoint directory, or "" for a synthetic preset */
+  char file[4096];       /* a synthetic preset's file */
   char description[160];
   moe_config cfg;
   moe_dtype dtype;
@@ -85,6 +86,23 @@ moe_status cli_preset_load(cli_preset *p, const char *name_or_path, moe_error *e
 /* FNV-1a 64 of a whole file's bytes as 16 hex digits into out (17 bytes);
  * false when it cannot be read. */
 bool cli_file_hash_hex(const char *path, char out[17]);
+
+/* The content of a model as 16 hex digits: a preset's file, or a
+ * checkpoint's config, index and every weight file (read whole: a hash
+ * over 8-byte words, gigabytes per second).  false when unreadable. */
+bool cli_model_hash(const cli_preset *p, char out[17]);
+
+/* The contents of what a result row's other key columns only name, as one
+ * hash (16 hex digits; the row's `inputs` column): the model (its
+ * cli_model_hash), and the contents of token_file, eval_file, hardware (a
+ * profile file), the sim routing trace (routing "trace:FILE"; the spec
+ * itself otherwise) and a policy plugin's binary, each when given (NULL or
+ * "" otherwise).  Two spellings of one file give one hash; a rebuilt
+ * plugin or an edited token file another.  false when a named file cannot
+ * be read. */
+bool cli_inputs_hash(const char *model_hash, const char *token_file, const char *eval_file,
+                     const char *hardware, const char *sim_routing, const char *plugin,
+                     char out[17]);
 
 /* Parses a byte size: "123", "64KiB", "512MiB", "24GiB", "1.5GB", "2TB".
  * Binary suffixes are powers of 1024, decimal ones of 1000. */

@@ -129,6 +129,22 @@ typedef struct compare_count {
   int regressions, improvements, noise, changed, missing, added;
 } compare_count;
 
+/* The key columns rows are paired without: the device (two machines'
+ * rows pair, refused later unless allowed), and the inputs hash when
+ * either file is from before it (schema < 2.5: its rows carry none, so
+ * their inputs cannot be told apart; said once on stderr). */
+static const char *pair_skip(const res_table *base, const res_table *neu) {
+  const int c = res_col("inputs");
+  const bool old = (base->from_file && !base->has[c]) || (neu->from_file && !neu->has[c]);
+  static bool said;
+  if (old && !said) {
+    said = true;
+    fprintf(stderr, "moebench: compare: a file has no 'inputs' column (schema < 2.5): rows are "
+                    "paired without the contents of their inputs\n");
+  }
+  return old ? "device,inputs" : "device";
+}
+
 /* Checks that NEW has every metric column BASE has, and neither file
  * repeats a key.  Prints the problem and returns 2, else 0. */
 static int compare_inputs(const char *bp, const res_table *base, const char *np,
@@ -144,12 +160,12 @@ static int compare_inputs(const char *bp, const res_table *base, const char *np,
       return 2;
     }
   long dup = -1;
-  *bix = res_index_build(base, "device", &dup);
+  *bix = res_index_build(base, pair_skip(base, neu), &dup);
   if (*bix == NULL || dup >= 0) {
     if (dup >= 0) cli_error("%s: row %ld repeats the key of another row", bp, dup + 2);
     return 2;
   }
-  *nix = res_index_build(neu, "device", &dup);
+  *nix = res_index_build(neu, pair_skip(base, neu), &dup);
   if (*nix == NULL || dup >= 0) {
     if (dup >= 0) cli_error("%s: row %ld repeats the key of another row", np, dup + 2);
     return 2;
@@ -284,7 +300,7 @@ static int compare_tables(const compare_opts *o, const char *bp, const res_table
    * counted figures (--deterministic-only) do not depend on the device
    * model, only on the backend, which is part of the key */
   for (size_t i = 0; i < base->n && rc == 0 && !o->allow_device && !o->det_only; i++) {
-    res_key_except(&base->rows[i], "device", key, sizeof key);
+    res_key_except(&base->rows[i], pair_skip(base, neu), key, sizeof key);
     long j = res_index_find(nix, key);
     if (j >= 0 && strcmp(res_get(&base->rows[i], "device"), res_get(&neu->rows[j], "device")) != 0) {
       cli_error("%s and %s were measured on different devices ('%s' and '%s'); "
@@ -296,7 +312,7 @@ static int compare_tables(const compare_opts *o, const char *bp, const res_table
   if (rc == 0) print_input_differences(base, neu);
   if (rc == 0) printf("| row | metric | base | new | change | verdict |\n|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < base->n && rc == 0; i++) {
-    res_key_except(&base->rows[i], "device", key, sizeof key);
+    res_key_except(&base->rows[i], pair_skip(base, neu), key, sizeof key);
     long j = res_index_find(nix, key);
     if (j < 0) {
       printf("| %s | (row) | present | missing | | %s |\n", cli_md(key), o->allow_missing ? "missing" : "MISSING");
@@ -311,7 +327,7 @@ static int compare_tables(const compare_opts *o, const char *bp, const res_table
     }
   }
   for (size_t j = 0; j < neu->n && rc == 0; j++) {
-    res_key_except(&neu->rows[j], "device", key, sizeof key);
+    res_key_except(&neu->rows[j], pair_skip(base, neu), key, sizeof key);
     if (res_index_find(bix, key) < 0) {
       printf("| %s | (row) | missing | present | | new |\n", cli_md(key));
       cnt.added++;

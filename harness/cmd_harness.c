@@ -65,6 +65,7 @@ typedef struct row_config {
   const char *routing_log;      /* run: --record-routing (the last repetition's) */
   double model_pin_s;           /* > 0: the sweep pinned the model, in this many seconds
                                    (the rows' own registrations then only share it) */
+  const char *inputs;           /* the inputs column (cli_inputs_hash), or NULL */
 } row_config;
 
 static const char *status_word(moe_status st) {
@@ -100,6 +101,7 @@ static void row_key_columns(const row_config *rc, res_row *row) {
   res_setf(row, "repetitions", "%d", rc->reps);
   /* empty for the default, so rows from before the column keep their keys */
   if (rc->lookahead > 1) res_setf(row, "pregate_lookahead", "%d", rc->lookahead);
+  if (rc->inputs) res_set(row, "inputs", rc->inputs);
 }
 
 enum { MAX_REPS = 100 }; /* the most repetitions a row may ask for */
@@ -389,6 +391,8 @@ typedef struct sweep_ctx {
   char label[SUITE_MAX][SUITE_NAME_MAX];   /* their rows' policy column */
   const char *cache[SUITE_MAX];            /* their expert caches (NULL: none) */
   moe_policy_library libs[SUITE_MAX];      /* plugins among them, open for the sweep */
+  char plugin_path[SUITE_MAX][1200];       /* their files ("" for a built-in) */
+  char model_hash[SUITE_MAX][17];          /* cli_model_hash of each model */
   moe_device holder;     /* keeps the current model pinned across rows */
   bool holder_open, pinned;
   double pin_s;          /* how long pinning the current model took */
@@ -546,7 +550,16 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
                          x->label[order[k]], x->cache[order[k]],
                          s->hardware[0] ? s->hardware : NULL,
                          s->sim_routing[0] ? s->sim_routing : NULL, s->link_ratio, NULL,
-                         x->pinned ? x->pin_s : 0.0};
+                         x->pinned ? x->pin_s : 0.0, NULL};
+      char inputs[17];
+      if (!cli_inputs_hash(x->model_hash[mi], wl->token_file, wl->eval_file,
+                           s->hardware, s->sim_routing,
+                           x->plugin_path[order[k]], inputs)) {
+        cli_error("sweep: an input of row %s cannot be read to key it", x->label[order[k]]);
+        rc = 1;
+        break;
+      }
+      rcfg.inputs = inputs;
       char what[512];
       char budget[32] = "capacity";
       if (s->budgets[bu]) snprintf(budget, sizeof budget, "%zuB", s->budgets[bu]);
@@ -629,6 +642,11 @@ static int sweep_batch(sweep_ctx *x, int mi, moe_model **model, const workload *
 static int sweep_model(sweep_ctx *x, int mi) {
   moe_model *model = NULL;
   int rc = 0;
+  /* the model's content keys its rows (a checkpoint's weights read whole, once) */
+  if (!cli_model_hash(&x->presets[mi], x->model_hash[mi])) {
+    cli_error("sweep: model %s cannot be read to key its rows", x->presets[mi].name);
+    return 1;
+  }
   for (int w = 0; w < x->s->n_workloads && rc == 0; w++) {
     const workload *wl = &x->s->workloads[w];
     int32_t *ids = NULL;
@@ -761,8 +779,9 @@ static int drop_stale_rows(sweep_ctx *x) {
  * a '/' or ends in .so), relative to the suite file.  Returns 0, or 1
  * after printing why. */
 static int resolve_policy(const suite *s, const char *entry, const moe_policy **pol,
-                          moe_policy_library *lib) {
+                          moe_policy_library *lib, char file[1200]) {
   memset(lib, 0, sizeof *lib);
+  file[0] = '\0';
   const size_t n = strlen(entry);
   if (strchr(entry, '/') == NULL && !(n > 3 && strcmp(entry + n - 3, ".so") == 0)) {
     *pol = moe_policy_find(entry);
@@ -787,6 +806,7 @@ static int resolve_policy(const suite *s, const char *entry, const moe_policy **
     return 1;
   }
   *pol = lib->policy;
+  memcpy(file, path, sizeof path < 1200 ? sizeof path : 1200);
   return 0;
 }
 
@@ -880,7 +900,7 @@ int cmd_sweep(int argc, char **argv) {
                 "SIZE experts, N%% or bytes)", x.s->path, x.s->policies[i]);
       goto done;
     }
-    if (resolve_policy(x.s, base, &x.pol[i], &x.libs[i]) != 0) goto done;
+    if (resolve_policy(x.s, base, &x.pol[i], &x.libs[i], x.plugin_path[i]) != 0) goto done;
     snprintf(x.label[i], sizeof x.label[i], "%s%s%s", x.pol[i]->name, x.cache[i] ? "+" : "",
              x.cache[i] ? x.cache[i] : "");
   }
@@ -1021,7 +1041,7 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
                    int threads, double link, size_t devmem, int batch, int plen, int glen,
                    int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
                    const char *trace_path, const char *hardware, const char *sim_routing,
-                   const char *routing_log, int n_orig, char **orig);
+                   const char *routing_log, const char *plugin, int n_orig, char **orig);
 
 int cmd_run(int argc, char **argv) {
   static const struct option opts[] = {
@@ -1197,7 +1217,7 @@ int cmd_run(int argc, char **argv) {
   int rc_exit = run_one(pol, cache, have_routing, routing, (int)lookahead, preset, have_seed, seed, backend,
                         (int)threads, link, devmem, (int)batch, (int)plen, (int)glen,
                         (int)requests, prompt_seed, (int)reps, (int)warmup, out, trace_path,
-                        hw_name ? hw_path : NULL, sim_routing, routing_log, n_orig, orig);
+                        hw_name ? hw_path : NULL, sim_routing, routing_log, plugin, n_orig, orig);
   moe_policy_plugin_close(&lib);
   return rc_exit;
 }
@@ -1208,7 +1228,7 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
                    int threads, double link, size_t devmem, int batch, int plen, int glen,
                    int requests, uint64_t prompt_seed, int reps, int warmup, const char *out,
                    const char *trace_path, const char *hardware, const char *sim_routing,
-                   const char *routing_log, int n_orig, char **orig) {
+                   const char *routing_log, const char *plugin, int n_orig, char **orig) {
   if (!have_routing)
     routing = pol->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED : MOE_ROUTING_CONVENTIONAL;
   cli_preset p;
@@ -1233,7 +1253,15 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
   wl.batches[0] = batch;
   row_config rc = {p.name, p.seed,  m,       p.dtype, &wl,    batch, pol,    routing, backend,
                    device, devmem,  link,    threads, reps,   warmup, NULL,  0, trace_path, NULL, 0, 0,
-                   lookahead, label, cache, hardware, sim_routing, 0, routing_log, 0.0};
+                   lookahead, label, cache, hardware, sim_routing, 0, routing_log, 0.0, NULL};
+  char model_hash[17], inputs[17];
+  if (!cli_model_hash(&p, model_hash) ||
+      !cli_inputs_hash(model_hash, NULL, NULL, hardware, sim_routing, plugin, inputs)) {
+    cli_error("run: an input cannot be read to key the row");
+    moe_model_free(m);
+    return 1;
+  }
+  rc.inputs = inputs;
   res_table t;
   res_table_init(&t);
   res_row *row = res_table_add(&t);

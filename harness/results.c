@@ -81,6 +81,8 @@ const res_column res_columns[] = {
     {"pin_s", RES_TEXT, 0, false, "seconds spent pinning the model's expert weights (the sweep's once per model, else the run's own)"},
     {"calls_per_step", RES_TEXT, 0, false, "traced runs: backend calls per decode step, median (the trace's count)"},
     {"host_syncs_per_step", RES_TEXT, 0, false, "traced runs: calls that made the host wait for the device per decode step, median"},
+    /* schema 2.5: the contents of the inputs the other key columns only name */
+    {"inputs", RES_KEY, 0, false, "hash of the contents of the model (preset file; checkpoint config, index and weights), token and eval files, hardware profile, sim routing source and plugin binary the row used"},
 };
 const size_t res_ncols = sizeof res_columns / sizeof res_columns[0];
 
@@ -152,13 +154,24 @@ static void key_append(char *buf, size_t cap, size_t *n, const char *v) {
   buf[*n < cap ? *n : cap - 1] = '\0';
 }
 
+/* Whether name is one of list's comma-separated names. */
+static bool in_list(const char *list, const char *name) {
+  const size_t n = strlen(name);
+  for (const char *p = list; *p;) {
+    const size_t len = strcspn(p, ",");
+    if (len == n && strncmp(p, name, n) == 0) return true;
+    p += len + (p[len] == ',');
+  }
+  return false;
+}
+
 void res_key_except(const res_row *r, const char *skip, char *buf, size_t cap) {
   size_t n = 0;
   bool first = true;
   buf[0] = '\0';
   for (size_t c = 0; c < res_ncols; c++) {
     if (res_columns[c].kind != RES_KEY) continue;
-    if (skip && strcmp(res_columns[c].name, skip) == 0) continue;
+    if (skip && in_list(skip, res_columns[c].name)) continue;
     if (!first && n + 1 < cap) buf[n++] = '|', buf[n] = '\0';
     key_append(buf, cap, &n, r->v[c]);
     first = false;

@@ -14,7 +14,7 @@
 
 #define RES_SCHEMA_MAJOR 2
 #define RES_SCHEMA_MINOR 3
-#define RES_SCHEMA_VERSION "2.4"
+#define RES_SCHEMA_VERSION "2.5"
 #define RES_KEY_MAX 2048 /* bytes of a row key, escaped */
 
 typedef enum res_kind {
@@ -62,8 +62,8 @@ const char *res_get(const res_row *r, const char *col);
 /* The row key: key columns joined with '|' ('|' and '\\' in values
  * escaped with '\\').  The key holds every input that changes a figure. */
 void res_key(const res_row *r, char *buf, size_t cap);
-/* The same without one key column (skip NULL: none), e.g. "device" to pair
- * rows measured on two machines. */
+/* The same without some key columns (skip: comma-separated names, NULL:
+ * none), e.g. "device" to pair rows measured on two machines. */
 void res_key_except(const res_row *r, const char *skip, char *buf, size_t cap);
 /* Index of the row with the same key, or -1 (a linear scan). */
 long res_find(const res_table *t, const res_row *like);

@@ -1533,8 +1533,8 @@ START_TEST(report_plots_fail_when_not_drawn) {
       "exit 1",
       "exit 0",
       /* the PNG's first 8 bytes only, as on a full disk, and exit 0 */
-      "sed -n \"s/^set output [\\\"']\\(.*\\)[\\\"']\\$/\\1/p\" \"$1\" | "
-      "while read -r p; do printf '\\211PNG\\r\\n\\032\\n' > \"$p\"; done; exit 0",
+      ("sed -n \"s/^set output [\\\"']\\(.*\\)[\\\"']\\$/\\1/p\" \"$1\" | "
+       "while read -r p; do printf '\\211PNG\\r\\n\\032\\n' > \"$p\"; done; exit 0"),
   };
   results_file("r.csv", RES_SCHEMA_VERSION, "1000", "10", true, "ok");
   char err[4096];

@@ -449,6 +449,65 @@ START_TEST(refusals_name_the_flag_and_the_limit) {
 }
 END_TEST
 
+/* Every input that changes a figure keys the row (schema 2.5 'inputs'): a
+ * rebuilt plugin or an edited token file gives another key (--resume used
+ * to keep the old rows), two spellings of one checkpoint one key, and
+ * compare does not pair rows whose inputs differ. */
+START_TEST(row_keys_hold_input_contents) {
+  char cmd[1600], a[64], b[64];
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s' && printf '1 2 3 4\\n5 6 7 8\\n' > '%s'", PLUGIN_USELESS,
+           in_dir("p.so"), in_dir("t.tok"));
+  ck_assert_int_eq(system(cmd), 0);
+  write_text(in_dir("s.json"), "{\"name\": \"s\", \"models\": [\"ci-small\"], \"policies\": "
+             "[\"./p.so\"], \"workloads\": [{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 2, "
+             "\"tokens\": {\"source\": \"file\", \"path\": \"TOK\"}}]}\n");
+  snprintf(cmd, sizeof cmd, "sed -i 's#TOK#%s#' '%s'", in_dir("t.tok"), in_dir("s.json"));
+  ck_assert_int_eq(system(cmd), 0);
+  res_table t;
+  moe_error err = {0};
+  for (int step = 0; step < 3; step++) {
+    if (step == 1) { /* the plugin rebuilt */
+      snprintf(cmd, sizeof cmd, "printf 'x' >> '%s'", in_dir("p.so"));
+      ck_assert_int_eq(system(cmd), 0);
+    } else if (step == 2) { /* the token file edited */
+      write_text(in_dir("t.tok"), "1 2 3 5\n5 6 7 8\n");
+    }
+    ck_assert_msg(moebench("sweep s.json -o out --resume --quiet") == 0, "%s", g_out);
+    ck_assert(res_read_csv(in_dir("out.csv"), &t, &err) == MOE_OK);
+    ck_assert_uint_eq(t.n, 1);
+    snprintf(step ? b : a, sizeof a, "%s", res_get(&t.rows[0], "inputs"));
+    res_table_free(&t);
+    ck_assert_uint_eq(strlen(step ? b : a), 16);
+    if (step) ck_assert_str_ne(a, b);
+    if (step) memcpy(a, b, sizeof a);
+  }
+  /* one checkpoint, three spellings: one model, one key */
+  snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp -r '%s/tests/fixtures/mixtral-tiny' '%s/ck'",
+           in_dir("sub"), MOE_SOURCE_DIR, in_dir("sub"));
+  ck_assert_int_eq(system(cmd), 0);
+  const char *spell[] = {"sub/ck", "./sub/ck/", "sub/../sub/ck"};
+  char keys[3][160];
+  for (int i = 0; i < 3; i++) {
+    snprintf(cmd, sizeof cmd, "run --model-dir %s --gen-len 2 --prompt-len 4 -o k%d", spell[i], i);
+    ck_assert_msg(moebench(cmd) == 0, "%s", g_out);
+    char name[16];
+    snprintf(name, sizeof name, "k%d.csv", i);
+    ck_assert(res_read_csv(in_dir(name), &t, &err) == MOE_OK);
+    snprintf(keys[i], sizeof keys[i], "%s %s", res_get(&t.rows[0], "model"), res_get(&t.rows[0], "inputs"));
+    res_table_free(&t);
+    if (i) ck_assert_str_eq(keys[i], keys[0]);
+  }
+  /* compare: other inputs never pair (the row is missing from NEW) */
+  ck_assert(res_read_csv(in_dir("k0.csv"), &t, &err) == MOE_OK);
+  res_set(&t.rows[0], "inputs", "0000000000000000");
+  ck_assert(res_write_csv(in_dir("k9.csv"), &t, &err) == MOE_OK);
+  res_table_free(&t);
+  ck_assert_int_eq(moebench("compare k0.csv k9.csv --deterministic-only"), 1);
+  ck_assert_ptr_nonnull(strstr(g_out, "inputs: base"));
+  ck_assert_int_eq(moebench("compare k0.csv k1.csv --deterministic-only"), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("publish");
   TCase *tc = tcase_create("publish");
@@ -468,6 +527,7 @@ int main(void) {
   tcase_add_test(tc, markdown_tables_hold_hostile_text);
   tcase_add_test(tc, relative_model_dir_everywhere);
   tcase_add_test(tc, refusals_name_the_flag_and_the_limit);
+  tcase_add_test(tc, row_keys_hold_input_contents);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
