@@ -76,7 +76,26 @@ static moe_status get_str(json_t *o, const char *key, bool required, char *out, 
   return MOE_OK;
 }
 
-moe_status workload_from_json(workload *w, const void *json, const char *origin, moe_error *err) {
+/* A path named in the file `base`: absolute as it is, relative to base's
+ * directory otherwise (the one rule for every path in a suite or workload
+ * file).  MOE_ERR_FORMAT naming field when it does not fit. */
+static moe_status rel_to(const char *base, const char *rel, char *out, size_t cap, const char *field,
+                         moe_error *err) {
+  int len;
+  if (rel[0] == '/') {
+    len = snprintf(out, cap, "%s", rel);
+  } else {
+    const char *slash = strrchr(base, '/');
+    len = slash ? snprintf(out, cap, "%.*s/%s", (int)(slash - base), base, rel)
+                : snprintf(out, cap, "%s", rel);
+  }
+  if (len < 0 || (size_t)len >= cap)
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: field '%s': the path is too long", base, field);
+  return MOE_OK;
+}
+
+moe_status workload_from_json(workload *w, const void *json, const char *origin, const char *base,
+                              moe_error *err) {
   moe_status st = MOE_OK;
   json_t *o = (json_t *)json;
   memset(w, 0, sizeof *w);
@@ -116,12 +135,8 @@ moe_status workload_from_json(workload *w, const void *json, const char *origin,
   json_t *ev = json_object_get(o, "eval_tokens");
   if (ev != NULL) {
     MOE_CHECK(json_is_string(ev) && json_string_length(ev) > 0, err, MOE_ERR_FORMAT,
-              "%s: field 'eval_tokens' must be a path (relative to the source tree)", origin);
-    const char *rel = json_string_value(ev);
-    int len = rel[0] == '/' ? snprintf(w->eval_file, sizeof w->eval_file, "%s", rel)
-                            : snprintf(w->eval_file, sizeof w->eval_file, "%s/%s", MOE_SOURCE_DIR, rel);
-    MOE_CHECK(len > 0 && (size_t)len < sizeof w->eval_file, err, MOE_ERR_FORMAT,
-              "%s: field 'eval_tokens' is too long", origin);
+              "%s: field 'eval_tokens' must be a path (relative to this file)", origin);
+    MOE_TRY(rel_to(base, json_string_value(ev), w->eval_file, sizeof w->eval_file, "eval_tokens", err));
   }
   w->seed = 1;
   json_t *t = json_object_get(o, "tokens");
@@ -141,11 +156,7 @@ moe_status workload_from_json(workload *w, const void *json, const char *origin,
     } else if (strcmp(src, "file") == 0) {
       char rel[512] = "";
       MOE_TRY(get_str(t, "path", true, rel, sizeof rel, sub, err));
-      int len = rel[0] == '/'
-                    ? snprintf(w->token_file, sizeof w->token_file, "%s", rel)
-                    : snprintf(w->token_file, sizeof w->token_file, "%s/%s", MOE_SOURCE_DIR, rel);
-      MOE_CHECK(len > 0 && (size_t)len < sizeof w->token_file, err, MOE_ERR_FORMAT,
-                "%s: field 'path' is too long", sub);
+      MOE_TRY(rel_to(base, rel, w->token_file, sizeof w->token_file, "tokens.path", err));
     } else {
       MOE_CHECK(0, err, MOE_ERR_FORMAT, "%s: field 'source' must be \"random\" or \"file\", not '%s'",
                 sub, src);
@@ -160,7 +171,7 @@ moe_status workload_load(workload *w, const char *name, moe_error *err) {
   resolve(path, sizeof path, suite_profiles_dir(), name);
   json_t *root = load_json(path, "workload profile", err);
   if (root == NULL) return err ? err->status : MOE_ERR_IO;
-  moe_status st = workload_from_json(w, root, path, err);
+  moe_status st = workload_from_json(w, root, path, path, err);
   json_decref(root);
   return st;
 }
@@ -216,7 +227,7 @@ static moe_status get_workloads(suite *s, json_t *root, const char *origin, moe_
     if (json_is_string(x))
       MOE_TRY(workload_load(&s->workloads[s->n_workloads], json_string_value(x), err));
     else
-      MOE_TRY(workload_from_json(&s->workloads[s->n_workloads], x, sub, err));
+      MOE_TRY(workload_from_json(&s->workloads[s->n_workloads], x, sub, origin, err));
     for (int k = 0; k < s->n_workloads; k++)
       MOE_CHECK(strcmp(s->workloads[k].name, s->workloads[s->n_workloads].name) != 0, err,
                 MOE_ERR_FORMAT, "%s: two workloads are named '%s'", origin,
@@ -304,16 +315,17 @@ static moe_status get_run_settings(suite *s, json_t *root, const char *origin, m
             hw[0] ? "is for backend sim only" : "is needed with backend sim (a hardware profile)");
   MOE_CHECK(s->sim_routing[0] == '\0' || cli_backend_modeled(s->backend), err, MOE_ERR_FORMAT,
             "%s: field 'sim_routing' is for backend sim only", origin);
+  if (strncmp(s->sim_routing, "trace:", 6) == 0) { /* the routing log, relative to this file */
+    char file[SUITE_NAME_MAX];
+    MOE_TRY(rel_to(origin, s->sim_routing + 6, file, sizeof file, "sim_routing", err));
+    MOE_CHECK(strlen(file) + 6 < sizeof s->sim_routing, err, MOE_ERR_FORMAT,
+              "%s: field 'sim_routing': the path is too long", origin);
+    snprintf(s->sim_routing, sizeof s->sim_routing, "trace:%s", file);
+  }
   if (hw[0]) {
     /* a bare name means workloads/hardware/NAME.json; a path is relative to the suite file */
-    if (strchr(hw, '/') && hw[0] != '/') {
-      const char *slash = strrchr(origin, '/');
-      const size_t dir = slash ? (size_t)(slash - origin) : 1, hl = strlen(hw);
-      MOE_CHECK(dir + 1 + hl < sizeof s->hardware, err, MOE_ERR_FORMAT,
-                "%s: field 'hardware': the path is too long", origin);
-      memcpy(s->hardware, slash ? origin : ".", dir);
-      s->hardware[dir] = '/';
-      memcpy(s->hardware + dir + 1, hw, hl + 1);
+    if (strchr(hw, '/')) {
+      MOE_TRY(rel_to(origin, hw, s->hardware, sizeof s->hardware, "hardware", err));
     } else {
       cli_hw_path(hw, s->hardware, sizeof s->hardware);
     }

@@ -62,7 +62,10 @@ const char *suite_dir(void);
 /* Loads a workload profile by name (profiles dir) or path. */
 moe_status workload_load(workload *w, const char *name_or_path, moe_error *err);
 /* Parses a workload object; origin names it in messages. */
-moe_status workload_from_json(workload *w, const void *json, const char *origin, moe_error *err);
+/* base: the file relative paths in it are relative to (the workload
+ * profile's, or the suite's for a workload written inside a suite). */
+moe_status workload_from_json(workload *w, const void *json, const char *origin, const char *base,
+                              moe_error *err);
 /* Loads a suite by name (suites dir) or path. */
 moe_status suite_load(suite *s, const char *name_or_path, moe_error *err);
 /* Parses a suite object (a json_t *); origin names it in messages.  Named

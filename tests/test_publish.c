@@ -508,6 +508,28 @@ START_TEST(row_keys_hold_input_contents) {
 }
 END_TEST
 
+/* Every path in a suite is relative to the suite file (token and eval
+ * files were relative to the source tree, routing traces to the working
+ * directory), whatever the working directory. */
+START_TEST(suite_paths_are_relative_to_the_suite) {
+  char cmd[1600];
+  snprintf(cmd, sizeof cmd, "mkdir -p '%s' && printf '1 2 3 4\\n5 6 7 8\\n' > '%s' && cp '%s' '%s'",
+           in_dir("sub"), in_dir("sub/t.tok"), in_dir("sub/t.tok"), in_dir("sub/e.tok"));
+  ck_assert_int_eq(system(cmd), 0);
+  ck_assert_int_eq(moebench("run --preset ci-small --gen-len 2 --prompt-len 4 --record-routing sub/log.txt"), 0);
+  write_text(in_dir("sub/s.json"),
+             "{\"name\": \"rel\", \"models\": [\"ci-small\"], \"policies\": [\"gpu-only\"], "
+             "\"workloads\": [{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 2, "
+             "\"tokens\": {\"source\": \"file\", \"path\": \"t.tok\"}, \"eval_tokens\": \"e.tok\"}]}\n");
+  ck_assert_msg(moebench("sweep sub/s.json -o out1 --quiet") == 0, "%s", g_out);
+  write_text(in_dir("sub/m.json"),
+             "{\"name\": \"relsim\", \"models\": [\"ci-small\"], \"policies\": [\"gpu-only\"], "
+             "\"workloads\": [{\"name\": \"w\", \"prompt_len\": 4, \"gen_len\": 2}], "
+             "\"backend\": \"sim\", \"hardware\": \"h200\", \"sim_routing\": \"trace:log.txt\"}\n");
+  ck_assert_msg(moebench("sweep sub/m.json -o out2 --quiet") == 0, "%s", g_out);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("publish");
   TCase *tc = tcase_create("publish");
@@ -528,6 +550,7 @@ int main(void) {
   tcase_add_test(tc, relative_model_dir_everywhere);
   tcase_add_test(tc, refusals_name_the_flag_and_the_limit);
   tcase_add_test(tc, row_keys_hold_input_contents);
+  tcase_add_test(tc, suite_paths_are_relative_to_the_suite);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }
