@@ -320,7 +320,7 @@ static moe_status get_run_settings(suite *s, json_t *root, const char *origin, m
     MOE_TRY(rel_to(origin, s->sim_routing + 6, file, sizeof file, "sim_routing", err));
     MOE_CHECK(strlen(file) + 6 < sizeof s->sim_routing, err, MOE_ERR_FORMAT,
               "%s: field 'sim_routing': the path is too long", origin);
-    snprintf(s->sim_routing, sizeof s->sim_routing, "trace:%s", file);
+    memcpy(s->sim_routing + 6, file, strlen(file) + 1); /* after "trace:", length checked */
   }
   if (hw[0]) {
     /* a bare name means workloads/hardware/NAME.json; a path is relative to the suite file */

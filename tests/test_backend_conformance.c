@@ -372,6 +372,9 @@ START_TEST(matmul_16bit_activations_saturate) {
     for (int j = 0; j < N; j++)
       ck_assert_msg(isfinite(y[j]) && y[j] > 0.0f, "%s: y[%d] = %g", d ? "bf16" : "f16", j,
                     (double)y[j]);
+    OPS->device_free(BE, (void *)W.data);
+    OPS->device_free(BE, dx);
+    OPS->device_free(BE, dy);
   }
 }
 END_TEST
@@ -392,6 +395,9 @@ START_TEST(download_many_definition) {
   ck_assert_mem_eq(gc, c, sizeof c);
   ck_assert_float_eq(gz, 42.0f); /* zero bytes: untouched */
   OK(moe_device_download_many(&g_dev, x, 0, &e_));
+  OPS->device_free(BE, da);
+  OPS->device_free(BE, db);
+  OPS->device_free(BE, dc);
 }
 END_TEST
 
@@ -420,6 +426,8 @@ START_TEST(argmax_rows_definition) {
     ck_assert_msg(got[r] == best, "row %d: %d, the scan gives %d", r, got[r], best);
   }
   OK(OPS->argmax_rows(BE, di, dx, 0, N, &e_)); /* no rows: nothing */
+  OPS->device_free(BE, dx);
+  OPS->device_free(BE, di);
 }
 END_TEST
 
