@@ -177,7 +177,7 @@ What was measured, and what the figures mean:
   `link_gbps_derived` column has the cap it gave here). So the table's
   ratios mean the same on every machine, fast or slow, quiet or noisy.
   0.72 is the ratio the paper's own Switch-Large-128 figures imply
-  (shared/PAPER.md: OnDemand 26 tokens/s = 3.2 ms per decoder MoE block
+  (Hwang et al., Pre-gated MoE, ISCA 2024: OnDemand 26 tokens/s = 3.2 ms per decoder MoE block
   = compute + one 33.5 MB copy at 25 GB/s (1.34 ms), so compute 1.86 ms
   and copy/compute 0.72; Pre-gated's 42 tokens/s agrees: max(1.86, 1.34)
   ms per block gives 45). The A100 profile's roofline (modeled below)
