@@ -34,7 +34,7 @@
  * compare both in one run.
  *
  * Activations converted to f16 saturate at +-65504 (bf16: at its largest
- * finite value) instead of overflowing to infinity; NaN stays NaN.
+ * finite value) instead of overflowing to infinity; NaN and infinity stay.
  *
  * RoPE: the frequencies are computed on the host, as the cpu backend and
  * rope_ex's callers do, and kept in a small device table per (theta,
@@ -67,12 +67,16 @@
 #include "moe/backend.h"
 #include "moe/cuda.h"
 
+/* A failure is reported here, and cleared from the runtime's last error
+ * so that the next launch check does not report it again (a sticky error
+ * comes back from the next call anyway). */
 #define CUDA_TRY(call, err)                                                            \
   do {                                                                                 \
     cudaError_t cuda_e_ = (call);                                                      \
     MOE_TRY_GEN(cuda_e_ == cudaSuccess,                                                \
-                st = MOE_FAIL((err), MOE_ERR_DEVICE, "%s failed: %s", #call,           \
-                              cudaGetErrorString(cuda_e_)));                           \
+                ((void)cudaGetLastError(),                                             \
+                 st = MOE_FAIL((err), MOE_ERR_DEVICE, "%s failed: %s", #call,          \
+                               cudaGetErrorString(cuda_e_))));                         \
   } while (0)
 
 #define CUBLAS_TRY(call, err)                                                          \
@@ -532,9 +536,9 @@ __global__ void k_scatter_add(float *dst, const float *src, const int32_t *rows,
 
 /* Activations to 16 bits, saturating: a value past the format's largest
  * finite one becomes that value, not infinity (which would turn the whole
- * product row into inf or NaN); NaN stays NaN. */
+ * product row into inf or NaN); NaN and infinity stay as they are. *
 __device__ __forceinline__ float saturate(float v, float lim) {
-  return v != v ? v : fminf(fmaxf(v, -lim), lim);
+  return v != v || isinf(v) ? v : fminf(fmaxf(v, -lim), lim); /* NaN and inf pass */
 }
 
 __global__ void k_to_half(__half *dst, const float *src, size_t n) {
@@ -949,7 +953,15 @@ static moe_status cu_download_many(moe_backend *be, const moe_xfer *x, int n, mo
       off = at + x[i].bytes;
     }
   }
+  if (be->deferred[0]) { /* a free path's failure: reported at the step's host wait */
+    st = MOE_FAIL(err, MOE_ERR_DEVICE, "an earlier call failed: %s", be->deferred);
+    be->deferred[0] = '\0';
+  }
+  return st;
 cleanup:
+  /* a copy queued before the failure may still be writing: let it land */
+  (void)cudaStreamSynchronize(be->compute);
+  (void)cudaGetLastError();
   return st;
 }
 
