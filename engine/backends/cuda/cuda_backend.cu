@@ -536,7 +536,7 @@ __global__ void k_scatter_add(float *dst, const float *src, const int32_t *rows,
 
 /* Activations to 16 bits, saturating: a value past the format's largest
  * finite one becomes that value, not infinity (which would turn the whole
- * product row into inf or NaN); NaN and infinity stay as they are. *
+ * product row into inf or NaN); NaN and infinity stay as they are. */
 __device__ __forceinline__ float saturate(float v, float lim) {
   return v != v || isinf(v) ? v : fminf(fmaxf(v, -lim), lim); /* NaN and inf pass */
 }
