@@ -99,7 +99,10 @@ static void compare_usage(FILE *f) {
           "than its tolerance (default 0: exact).  A measured figure (wall clock) is a\n"
           "REGRESSION only when worse by more than its tolerance and by more than the noise\n"
           "of the two rows (the sum of their rel_spread columns: (max - min) / median of\n"
-          "tokens/s over the repetitions); between the two it is 'noise'.  Rows of a\n"
+          "tokens/s over the repetitions); between the two it is 'noise'.  A row measured\n"
+          "on a busy machine (its noisy column is 1: other processes kept more than half a\n"
+          "core busy, or more than 5%% of the CPU time was stolen) has unknown times: worse\n"
+          "is 'noise', never a regression.  Rows of a\n"
           "modeled backend (sim) have modeled times: deterministic, so compared as\n"
           "deterministic figures (within 1e-5 relative, the printed digits), also under\n"
           "--deterministic-only.  Computed floating-point figures (max_logit_diff,\n"
@@ -220,10 +223,15 @@ static int compare_metric(const compare_opts *o, size_t k, const char *key, cons
           double sb = res_strict_number(res_get(b, "rel_spread")), sn = res_strict_number(res_get(n, "rel_spread"));
           noise = (sb > 0 ? sb : 0) + (sn > 0 ? sn : 0);
         }
-        verdict = worse > t && worse > noise ? "REGRESSION"
-                  : worse > t                ? "noise"
-                  : worse < 0                ? "improved"
-                                             : "ok";
+        /* a row measured on a busy machine (its 'noisy' column): its times
+         * are unknown, never a regression */
+        const bool busy = col->kind == RES_MEASURED && !modeled &&
+                          (!strcmp(res_get(b, "noisy"), "1") || !strcmp(res_get(n, "noisy"), "1"));
+        verdict = worse > t && busy                  ? "noise"
+                  : worse > t && worse > noise       ? "REGRESSION"
+                  : worse > t                        ? "noise"
+                  : worse < 0                        ? "improved"
+                                                     : "ok";
       }
     }
   }

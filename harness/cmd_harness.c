@@ -20,6 +20,7 @@
 
 #include "moe/clock.h"
 #include "moe/publish.h"
+#include "noise.h"
 #include "cli.h"
 #include "commands.h"
 #include "moe/version.h"
@@ -172,6 +173,7 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
   double tps[MAX_REPS], ttft[MAX_REPS], e2e[MAX_REPS], stall[MAX_REPS], p50[MAX_REPS],
       p90[MAX_REPS], p99[MAX_REPS];
   int n = 0;
+  const noise_sample before = noise_now(); /* what else the machine does meanwhile */
   for (int i = 0; i < rc->reps && i < MAX_REPS; i++) {
     sp.keep_logits = want_logits && i == rc->reps - 1;
     sp.trace_path = i == rc->reps - 1 ? rc->trace_path : NULL;
@@ -196,6 +198,13 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
     res_set(row, "error", r.error);
   } else {
     row_figures(row, &r, tps, ttft, e2e, stall, p50, p90, p99, n);
+    const noise_sample after = noise_now();
+    const noise_figures nf = noise_between(&before, &after);
+    if (nf.ok && !r.modeled) { /* modeled times do not depend on the machine */
+      res_setf(row, "other_cores", "%.3f", nf.other_cores);
+      res_setf(row, "steal_share", "%.4f", nf.steal_share);
+      res_set(row, "noisy", nf.noisy ? "1" : "0");
+    }
     if (r.stats.pinned >= 0)
       res_setf(row, "pin_s", "%.6g", rc->model_pin_s > 0 ? rc->model_pin_s : r.stats.pin_s);
     if (r.has_eval) {

@@ -83,6 +83,10 @@ const res_column res_columns[] = {
     {"host_syncs_per_step", RES_TEXT, 0, false, "traced runs: calls that made the host wait for the device per decode step, median"},
     /* schema 2.5: the contents of the inputs the other key columns only name */
     {"inputs", RES_KEY, 0, false, "hash of the contents of the model (preset file; checkpoint config, index and weights), token and eval files, hardware profile, sim routing source and plugin binary the row used"},
+    /* schema 2.6: what the machine was doing while the row was measured */
+    {"other_cores", RES_TEXT, 0, false, "measured rows: cores other processes kept busy during the row, on average (/proc/stat less this process)"},
+    {"steal_share", RES_TEXT, 0, false, "measured rows: share of CPU time stolen by a hypervisor during the row"},
+    {"noisy", RES_TEXT, 0, false, "measured rows: 1 when other_cores > 0.5 or steal_share > 0.05; compare treats such a row's times as unknown"},
 };
 const size_t res_ncols = sizeof res_columns / sizeof res_columns[0];
 

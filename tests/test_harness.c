@@ -14,6 +14,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "moe/config.h"
+#include "noise.h"
 #include "results.h"
 #include "suite.h"
 #include "testutil.h"
@@ -360,6 +361,57 @@ START_TEST(compare_float_sums_tolerate_summation_order) {
                         "--deterministic-only", NULL), 1);
   ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("ld-base.csv"), tmp_path("ld-cpu.csv"),
                         "--tolerance", "max_logit_diff=0", NULL), 1);
+}
+END_TEST
+
+/* A results file of one measured row: tokens/s tps, noisy flag (empty:
+ * none). */
+static void noisy_file(const char *name, const char *tps, const char *noisy) {
+  logit_diff_file(name, "0.1");
+  res_table t;
+  moe_error err = {0};
+  ck_assert(res_read_csv(tmp_path(name), &t, &err) == MOE_OK);
+  res_set(&t.rows[0], "tokens_per_s", tps);
+  res_set(&t.rows[0], "rel_spread", "0");
+  res_set(&t.rows[0], "noisy", noisy);
+  ck_assert(res_write_csv(tmp_path(name), &t, &err) == MOE_OK);
+  res_table_free(&t);
+}
+
+/* A row measured on a busy machine has unknown times: 50% slower is
+ * noise, not a regression; on a quiet one it is a regression.  And the
+ * noise figures from two samples: other processes' cores, steal, flag. */
+START_TEST(noisy_rows_are_not_regressions) {
+  noisy_file("q-base.csv", "10", "0");
+  noisy_file("q-slow.csv", "5", "0");
+  noisy_file("n-slow.csv", "5", "1");
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("q-base.csv"), tmp_path("q-slow.csv"), NULL), 1);
+  ck_assert_int_eq(call(cmd_compare, "compare", tmp_path("q-base.csv"), tmp_path("n-slow.csv"), NULL), 0);
+  /* 2 cores, 1 s of ticks (100 each): others busy 120, this process 50, steal 10 */
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  const noise_sample a = {true, 1000, 500, 0, 100}, b = {true, 1200, 520, 10, 150};
+  const noise_figures f = noise_between(&a, &b);
+  ck_assert(f.ok);
+  ck_assert_double_eq_tol(f.steal_share, 10.0 / 200.0, 1e-12);
+  ck_assert_double_eq_tol(f.other_cores, (200.0 - 20.0 - 10.0 - 50.0) / 200.0 * (double)cpus, 1e-12);
+  ck_assert(f.noisy == (f.other_cores > NOISE_OTHER_CORES_MAX || f.steal_share > NOISE_STEAL_MAX));
+  const noise_sample q = {true, 1200, 600, 0, 200};
+  ck_assert(!noise_between(&a, &q).noisy); /* only this process and idle */
+  ck_assert(!noise_between(&b, &a).ok);   /* no time passed */
+  /* a measured row records them */
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--gen-len", "4", "--prompt-len", "4",
+                        "-o", tmp_path("nz"), NULL), 0);
+  res_table t;
+  moe_error err = {0};
+  char csv[1200];
+  snprintf(csv, sizeof csv, "%s.csv", tmp_path("nz"));
+  ck_assert(res_read_csv(csv, &t, &err) == MOE_OK);
+  const char *nz = res_get(&t.rows[0], "noisy");
+  ck_assert_msg(!strcmp(nz, "0") || !strcmp(nz, "1"), "noisy '%s'", nz);
+  ck_assert(atof(res_get(&t.rows[0], "other_cores")) >= 0);
+  const double st = atof(res_get(&t.rows[0], "steal_share"));
+  ck_assert(st >= 0 && st <= 1);
+  res_table_free(&t);
 }
 END_TEST
 
@@ -1603,6 +1655,7 @@ int main(void) {
   tcase_add_test(tc, csv_and_json_round_trip);
   tcase_add_test(tc, compare_verdicts);
   tcase_add_test(tc, compare_float_sums_tolerate_summation_order);
+  tcase_add_test(tc, noisy_rows_are_not_regressions);
   tcase_add_test(tc, compare_fails_closed);
   tcase_add_test(tc, report_plots_never_run_a_shell);
   tcase_add_test(tc, injected_faults_end_as_error_rows);
