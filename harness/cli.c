@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include "moe/jsonfile.h"
+#include "moe/policy.h"
 #include "moe/publish.h"
 
 #include <ctype.h>
@@ -724,4 +725,35 @@ bool cli_inputs_hash(const char *model_hash, const char *token_file, const char 
   if (ok && plugin && plugin[0]) ok = mix_part(&h, "plugin", plugin);
   snprintf(out, 17, "%016llx", (unsigned long long)h);
   return ok;
+}
+
+int cli_parse_policies(const char *cmd, const char *list, const struct moe_policy **pol, int max,
+                       int *np) {
+  char buf[256];
+  *np = 0;
+  if (strlen(list) >= sizeof buf) {
+    cli_error("%s: --policies is too long", cmd);
+    return 2;
+  }
+  snprintf(buf, sizeof buf, "%s", list);
+  /* every comma-separated entry names a policy (strtok would skip empty ones) */
+  for (char *tok = buf, *next; tok; tok = next) {
+    next = strchr(tok, ',');
+    if (next) *next++ = '\0';
+    if (tok[0] == '\0') {
+      cli_error("%s: --policies: empty policy name in '%s'", cmd, list);
+      return 2;
+    }
+    if (*np == max || (pol[*np] = moe_policy_find(tok)) == NULL) {
+      cli_error("%s: unknown policy '%s' (at most %d; see 'moebench list policies')", cmd, tok, max);
+      return 2;
+    }
+    for (int k = 0; k < *np; k++)
+      if (pol[k] == pol[*np]) {
+        cli_error("%s: --policies lists '%s' twice", cmd, tok);
+        return 2;
+      }
+    (*np)++;
+  }
+  return 0;
 }

@@ -173,6 +173,13 @@ bool cli_split_policy(const char *entry, char *base, size_t cap, const char **ca
  * buffers. */
 const char *cli_model_dir_arg(const char *arg);
 
+/* --policies LIST: comma-separated built-in policy names into pol[0..*np)
+ * (at most max): 0, or 2 after one line naming cmd (an empty entry, an
+ * unknown name, one listed twice, too many). */
+struct moe_policy;
+int cli_parse_policies(const char *cmd, const char *list, const struct moe_policy **pol, int max,
+                       int *np);
+
 /* A --model-dir that is not a directory: one line, -1 (else 0). */
 int cli_check_model_dir(const char *cmd, const char *dir);
 

@@ -153,6 +153,71 @@ static int read_windows(const char *path, long limit, int32_t **w, int *n, int *
 }
 
 /* --suite FILE: the rows, run in order. */
+/* eval --suite -o PREFIX: the rows' figures as PREFIX.csv and .json,
+ * under PREFIX.lock, never over the suite file or its tokens.  0, or 1
+ * after a line. */
+static int eval_write(const char *prefix, const char *path, const char *tpath, const eval_row *rows,
+                      const eval_figures *figs, int n_rows) {
+  FILE *csv = NULL;
+  moe_publish pub = {0};
+  json_t *out = NULL;
+  int rc = 1, lock = -1;
+  char p[MOE_PUBLISH_PATH_MAX + 8];
+  moe_error perr = {0};
+  if ((lock = cli_lock_prefix("eval", prefix)) < 0) goto done;
+  char js[MOE_PUBLISH_PATH_MAX + 8];
+  snprintf(p, sizeof p, "%s.csv", prefix);
+  snprintf(js, sizeof js, "%s.json", prefix);
+  if (cli_output_clobbers("eval", p, tpath) || cli_output_clobbers("eval", js, tpath) ||
+      cli_output_clobbers("eval", p, path) || cli_output_clobbers("eval", js, path))
+    goto done;
+  if (moe_publish_open(&pub, p, "the CSV", &perr) != MOE_OK) { /* the prefix's length was checked */
+    cli_fail(&perr);
+    goto done;
+  }
+  csv = pub.f;
+  fprintf(csv, "label,model,policy,routing,windows,window_len,tokens,cross_entropy,perplexity,"
+               "accuracy,pregate_hits,pregate_total\n");
+  out = json_array();
+  for (int k = 0; k < n_rows; k++) {
+    const eval_figures *f = &figs[k];
+    const char *routing = rows[k].have_routing ? moe_routing_name(rows[k].routing) : "";
+    /* labels and paths are quoted, with quotes doubled (RFC 4180) */
+    csv_quoted(csv, rows[k].label);
+    fputc(',', csv);
+    csv_quoted(csv, rows[k].model);
+    fprintf(csv, ",%s,%s,%d,%d,%llu,%.9g,%.9g,%.9g,%llu,%llu\n", rows[k].policy, routing,
+            f->windows, f->len, f->r.tokens, ce_of(f), exp(ce_of(f)), acc_of(f),
+            f->stats.pregate_hits, f->stats.pregate_total);
+    json_array_append_new(
+        out, json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:I, s:f, s:f, s:f}", "label", rows[k].label,
+                       "model", rows[k].model, "policy", rows[k].policy, "routing", routing,
+                       "windows", f->windows, "window_len", f->len, "tokens", (json_int_t)f->r.tokens,
+                       "cross_entropy", ce_of(f), "perplexity", exp(ce_of(f)), "accuracy",
+                       acc_of(f)));
+  }
+  csv = NULL;
+  if (moe_publish_commit(&pub, &perr) != MOE_OK) {
+    cli_fail(&perr);
+    goto done;
+  }
+  snprintf(p, sizeof p, "%s.json", prefix);
+  char *text = json_dumps(out, JSON_INDENT(1));
+  const moe_status jst = text ? moe_publish_bytes(p, text, strlen(text), "the JSON", &perr)
+                              : MOE_FAIL(&perr, MOE_ERR_OOM, "out of host memory");
+  free(text);
+  if (jst != MOE_OK) {
+    cli_fail(&perr);
+    goto done;
+  }
+  rc = 0;
+done:
+  if (csv) moe_publish_abort(&pub);
+  if (lock >= 0) close(lock);
+  json_decref(out);
+  return rc;
+}
+
 static int eval_suite(const char *path, const char *prefix, const char *backend, int threads,
                       int batch) {
   moe_error err = {0};
@@ -162,10 +227,6 @@ static int eval_suite(const char *path, const char *prefix, const char *backend,
   int32_t *windows = NULL;
   eval_row *rows = calloc(EVAL_MAX_ROWS, sizeof *rows);
   eval_figures *figs = calloc(EVAL_MAX_ROWS, sizeof *figs);
-  FILE *csv = NULL;
-  moe_publish pub = {0};
-  int lock = -1; /* PREFIX.lock while PREFIX is written */
-  json_t *out = NULL;
   static const char *const keys[] = {"name", "description", "tokens", "windows", "rows", NULL};
   static const char *const row_keys[] = {"label", "model_dir", "preset", "policy", "routing", NULL};
   if (rows == NULL || figs == NULL) {
@@ -245,62 +306,9 @@ static int eval_suite(const char *path, const char *prefix, const char *backend,
   printf("\n%d windows of %d tokens from %s (%llu predicted tokens per row); cross-entropy, "
          "perplexity and accuracy measured by the engine on the cpu backend.\n",
          n_windows, len, t, figs[0].r.tokens);
-  if (prefix) {
-    char p[MOE_PUBLISH_PATH_MAX + 8];
-    moe_error perr = {0};
-    if ((lock = cli_lock_prefix("eval", prefix)) < 0) goto done;
-    char js[MOE_PUBLISH_PATH_MAX + 8];
-    snprintf(p, sizeof p, "%s.csv", prefix);
-    snprintf(js, sizeof js, "%s.json", prefix);
-    if (cli_output_clobbers("eval", p, tpath) || cli_output_clobbers("eval", js, tpath) ||
-        cli_output_clobbers("eval", p, path) || cli_output_clobbers("eval", js, path))
-      goto done;
-    snprintf(p, sizeof p, "%s.csv", prefix); /* the prefix's length was checked */
-    if (moe_publish_open(&pub, p, "the CSV", &perr) != MOE_OK) {
-      cli_fail(&perr);
-      goto done;
-    }
-    csv = pub.f;
-    fprintf(csv, "label,model,policy,routing,windows,window_len,tokens,cross_entropy,perplexity,"
-                 "accuracy,pregate_hits,pregate_total\n");
-    out = json_array();
-    for (int k = 0; k < n_rows; k++) {
-      const eval_figures *f = &figs[k];
-      const char *routing = rows[k].have_routing ? moe_routing_name(rows[k].routing) : "";
-      /* labels and paths are quoted, with quotes doubled (RFC 4180) */
-      csv_quoted(csv, rows[k].label);
-      fputc(',', csv);
-      csv_quoted(csv, rows[k].model);
-      fprintf(csv, ",%s,%s,%d,%d,%llu,%.9g,%.9g,%.9g,%llu,%llu\n", rows[k].policy, routing,
-              f->windows, f->len, f->r.tokens, ce_of(f), exp(ce_of(f)), acc_of(f),
-              f->stats.pregate_hits, f->stats.pregate_total);
-      json_array_append_new(
-          out, json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:I, s:f, s:f, s:f}", "label", rows[k].label,
-                         "model", rows[k].model, "policy", rows[k].policy, "routing", routing,
-                         "windows", f->windows, "window_len", f->len, "tokens", (json_int_t)f->r.tokens,
-                         "cross_entropy", ce_of(f), "perplexity", exp(ce_of(f)), "accuracy",
-                         acc_of(f)));
-    }
-    csv = NULL;
-    if (moe_publish_commit(&pub, &perr) != MOE_OK) {
-      cli_fail(&perr);
-      goto done;
-    }
-    snprintf(p, sizeof p, "%s.json", prefix);
-    char *text = json_dumps(out, JSON_INDENT(1));
-    const moe_status jst = text ? moe_publish_bytes(p, text, strlen(text), "the JSON", &perr)
-                                : MOE_FAIL(&perr, MOE_ERR_OOM, "out of host memory");
-    free(text);
-    if (jst != MOE_OK) {
-      cli_fail(&perr);
-      goto done;
-    }
-  }
+  if (prefix && eval_write(prefix, path, tpath, rows, figs, n_rows) != 0) goto done;
   rc = 0;
 done:
-  if (csv) moe_publish_abort(&pub);
-  if (lock >= 0) close(lock);
-  json_decref(out);
   json_decref(root);
   free(windows);
   free(rows);

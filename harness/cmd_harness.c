@@ -149,6 +149,33 @@ static void row_figures(res_row *row, const run_result *r, double *tps, double *
   }
 }
 
+/* The row's noise columns (noise.h): what the machine did since before. */
+static void noise_columns(res_row *row, const noise_sample *before) {
+  const noise_sample after = noise_now();
+  const noise_figures nf = noise_between(before, &after);
+  if (!nf.ok) return;
+  res_setf(row, "other_cores", "%.3f", nf.other_cores);
+  res_setf(row, "steal_share", "%.4f", nf.steal_share);
+  res_set(row, "noisy", nf.noisy ? "1" : "0");
+}
+
+/* The row's quality columns from r's eval, and their change against the
+ * gpu-only reference ref (may be NULL) over the same tokens. */
+static void eval_columns(res_row *row, const run_result *r, const run_result *ref) {
+  const double ce = r->eval.nll / (double)r->eval.tokens;
+  const double acc = (double)r->eval.correct / (double)r->eval.tokens;
+  res_setf(row, "eval_tokens", "%llu", r->eval.tokens);
+  res_setf(row, "eval_cross_entropy", "%.9g", ce);
+  res_setf(row, "eval_perplexity", "%.9g", exp(ce));
+  res_setf(row, "eval_accuracy", "%.9g", acc);
+  if (ref && ref->status == MOE_OK && ref->has_eval && ref->eval.tokens == r->eval.tokens) {
+    const double rce = ref->eval.nll / (double)ref->eval.tokens;
+    res_setf(row, "eval_perplexity_change", "%.6g", exp(ce) / exp(rce) - 1.0);
+    res_setf(row, "eval_accuracy_change", "%.6g",
+             acc - (double)ref->eval.correct / (double)ref->eval.tokens);
+  }
+}
+
 /* Runs warm-up and measured repetitions of one configuration and fills a
  * result row.  ref (may be NULL) is gpu-only's result on the same inputs,
  * for parity; *keep receives this run's last result when keep is non-NULL. */
@@ -198,29 +225,10 @@ static void run_row(const row_config *rc, res_row *row, const run_result *ref, r
     res_set(row, "error", r.error);
   } else {
     row_figures(row, &r, tps, ttft, e2e, stall, p50, p90, p99, n);
-    const noise_sample after = noise_now();
-    const noise_figures nf = noise_between(&before, &after);
-    if (nf.ok && !r.modeled) { /* modeled times do not depend on the machine */
-      res_setf(row, "other_cores", "%.3f", nf.other_cores);
-      res_setf(row, "steal_share", "%.4f", nf.steal_share);
-      res_set(row, "noisy", nf.noisy ? "1" : "0");
-    }
+    if (!r.modeled) noise_columns(row, &before); /* modeled times do not depend on the machine */
     if (r.stats.pinned >= 0)
       res_setf(row, "pin_s", "%.6g", rc->model_pin_s > 0 ? rc->model_pin_s : r.stats.pin_s);
-    if (r.has_eval) {
-      const double ce = r.eval.nll / (double)r.eval.tokens;
-      const double acc = (double)r.eval.correct / (double)r.eval.tokens;
-      res_setf(row, "eval_tokens", "%llu", r.eval.tokens);
-      res_setf(row, "eval_cross_entropy", "%.9g", ce);
-      res_setf(row, "eval_perplexity", "%.9g", exp(ce));
-      res_setf(row, "eval_accuracy", "%.9g", acc);
-      if (ref && ref->status == MOE_OK && ref->has_eval && ref->eval.tokens == r.eval.tokens) {
-        const double rce = ref->eval.nll / (double)ref->eval.tokens;
-        res_setf(row, "eval_perplexity_change", "%.6g", exp(ce) / exp(rce) - 1.0);
-        res_setf(row, "eval_accuracy_change", "%.6g",
-                 acc - (double)ref->eval.correct / (double)ref->eval.tokens);
-      }
-    }
+    if (r.has_eval) eval_columns(row, &r, ref);
     if (ref && ref->status == MOE_OK) {
       double match, diff;
       runner_parity(ref, &r, rc->batch, rc->wl->gen_len, moe_model_config(rc->model)->vocab,
@@ -1052,6 +1060,24 @@ static int run_one(const moe_policy *pol, const char *cache, bool have_routing, 
                    const char *trace_path, const char *hardware, const char *sim_routing,
                    const char *routing_log, const char *plugin, int n_orig, char **orig);
 
+/* Whether one of run's outputs (PREFIX.csv and .json, the trace, the
+ * routing log) would overwrite an input (the sim's routing log, the
+ * hardware profile) or another output; printed. */
+static int run_clobbers(const char *out, const char *trace_path, const char *routing_log,
+                        const char *sim_routing, const char *hw_name) {
+  char csv[MOE_PUBLISH_PATH_MAX + 8] = "", json[MOE_PUBLISH_PATH_MAX + 8] = "";
+  if (out) snprintf(csv, sizeof csv, "%s.csv", out), snprintf(json, sizeof json, "%s.json", out);
+  const char *sim_trace = sim_routing && !strncmp(sim_routing, "trace:", 6) ? sim_routing + 6 : NULL;
+  const char *outs[] = {csv, json, trace_path, routing_log}, *ins[] = {sim_trace, hw_name};
+  for (int i = 0; i < 4; i++) {
+    for (int j = 0; j < 2; j++)
+      if (cli_output_clobbers("run", outs[i], ins[j])) return 1;
+    for (int j = i + 1; j < 4; j++)
+      if (cli_output_clobbers("run", outs[i], outs[j])) return 1;
+  }
+  return 0;
+}
+
 int cmd_run(int argc, char **argv) {
   static const struct option opts[] = {
       {"preset", required_argument, 0, 'p'},   {"policy", required_argument, 0, 'P'},
@@ -1166,19 +1192,7 @@ int cmd_run(int argc, char **argv) {
       return 2;
     }
   }
-  {
-    /* no output may overwrite an input, nor another output */
-    char csv[MOE_PUBLISH_PATH_MAX + 8] = "", json[MOE_PUBLISH_PATH_MAX + 8] = "";
-    if (out) snprintf(csv, sizeof csv, "%s.csv", out), snprintf(json, sizeof json, "%s.json", out);
-    const char *sim_trace = sim_routing && !strncmp(sim_routing, "trace:", 6) ? sim_routing + 6 : NULL;
-    const char *outs[] = {csv, json, trace_path, routing_log}, *ins[] = {sim_trace, hw_name};
-    for (int i = 0; i < 4; i++) {
-      for (int j = 0; j < 2; j++)
-        if (cli_output_clobbers("run", outs[i], ins[j])) return 2;
-      for (int j = i + 1; j < 4; j++)
-        if (cli_output_clobbers("run", outs[i], outs[j])) return 2;
-    }
-  }
+  if (run_clobbers(out, trace_path, routing_log, sim_routing, hw_name)) return 2;
   if ((preset == NULL) == (model_dir == NULL) || optind < argc) {
     cli_error("run: give exactly one of --preset or --model-dir; no positional arguments");
     return 2;

@@ -53,6 +53,52 @@ static const char *sn_of(json_t *m) {
   return s ? s : "?";
 }
 
+/* A shard's metadata (PATH.json beside its CSV, a regular file): *j the
+ * document, *m its metadata.  The suite file's hash must be the one the
+ * earlier shards had (suite_hash, from hash_src; set by the first).
+ * Returns 0, or 1 after a line naming the file. */
+static int shard_metadata(const char *path, json_t **j, json_t **m, char suite_hash[17],
+                          char hash_src[1200]) {
+  moe_error jerr = {0};
+  *j = moe_json_load_file(path, &jerr);
+  *m = *j ? json_object_get(*j, "metadata") : NULL;
+  if (!json_is_object(*m)) {
+    if (*j) cli_error("%s: no 'metadata' object; merge needs every input's JSON beside its CSV "
+                      "(the suite, shard and version it was written by)", path);
+    else cli_error("%s; merge needs every input's JSON beside its CSV (the suite, shard and "
+                   "version it was written by)", jerr.msg);
+    json_decref(*j);
+    return 1;
+  }
+  const char *hash = json_string_value(json_object_get(*m, "suite_hash"));
+  if (hash && suite_hash[0] && strcmp(hash, suite_hash) != 0) {
+    cli_error("%s: written by another version of suite '%s' (suite file hash %s, not %s as "
+              "%s's); rerun the shards from one version", path, sn_of(*m), hash, suite_hash,
+              hash_src);
+    json_decref(*j);
+    return 1;
+  }
+  if (hash && !suite_hash[0]) {
+    snprintf(suite_hash, 17, "%s", hash);
+    snprintf(hash_src, 1200, "%s", path);
+  }
+  return 0;
+}
+
+/* Whether OUT.csv or OUT.json is one of the n inputs' files (printed). */
+static int merge_clobbers(char **inputs, int n, const char *out) {
+  for (int i = 0; i < n; i++) {
+    char prefix[1100], in[1200], o[MOE_PUBLISH_PATH_MAX + 8];
+    prefix_of(inputs[i], prefix, sizeof prefix);
+    for (int k = 0; k < 4; k++) {
+      snprintf(in, sizeof in, "%s.%s", prefix, k % 2 ? "json" : "csv");
+      snprintf(o, sizeof o, "%s.%s", out, k / 2 ? "json" : "csv");
+      if (cli_output_clobbers("merge", o, in)) return 1;
+    }
+  }
+  return 0;
+}
+
 int cmd_merge(int argc, char **argv) {
   static const struct option opts[] = {{"out", required_argument, 0, 'o'},
                                        {"allow-device-change", no_argument, 0, 'D'},
@@ -108,33 +154,15 @@ int cmd_merge(int argc, char **argv) {
     /* the file's metadata: required (which suite, shard and version wrote
      * the rows cannot be checked without it) */
     snprintf(path, sizeof path, "%s.json", prefix);
-    moe_error jerr = {0}; /* a regular file only: a FIFO would block */
-    json_t *j = moe_json_load_file(path, &jerr), *m = j ? json_object_get(j, "metadata") : NULL;
-    if (!json_is_object(m)) {
-      if (j) cli_error("%s: no 'metadata' object; merge needs every input's JSON beside its CSV "
-                       "(the suite, shard and version it was written by)", path);
-      else cli_error("%s; merge needs every input's JSON beside its CSV (the suite, shard and "
-                     "version it was written by)", jerr.msg);
-      json_decref(j);
+    json_t *j = NULL, *m = NULL;
+    if (shard_metadata(path, &j, &m, suite_hash, hash_src) != 0) {
       res_table_free(&t);
       goto done;
     }
-    const char *hash = json_string_value(json_object_get(m, "suite_hash"));
-    if (hash && suite_hash[0] && strcmp(hash, suite_hash) != 0) {
-      cli_error("%s: written by another version of suite '%s' (suite file hash %s, not %s as "
-                "%s's); rerun the shards from one version", path,
-                sn_of(m), hash, suite_hash, hash_src);
-      json_decref(j);
-      res_table_free(&t);
-      goto done;
-    }
-    if (hash && !suite_hash[0]) {
-      snprintf(suite_hash, sizeof suite_hash, "%s", hash);
-      snprintf(hash_src, sizeof hash_src, "%s", path);
-    }
-    const char *sn = m ? json_string_value(json_object_get(m, "suite")) : NULL;
-    const char *sh = m ? json_string_value(json_object_get(m, "shard")) : NULL;
-    json_t *re = m ? json_object_get(m, "rows_expected") : NULL, *sr = m ? json_object_get(m, "suite_rows") : NULL;
+    /* m is the metadata object (shard_metadata refused a file without one) */
+    const char *sn = json_string_value(json_object_get(m, "suite"));
+    const char *sh = json_string_value(json_object_get(m, "shard"));
+    json_t *re = json_object_get(m, "rows_expected"), *sr = json_object_get(m, "suite_rows");
     int k = 0, n = 0;
     if (sh && sscanf(sh, "%d/%d", &k, &n) == 2 && k >= 1 && k <= n && n <= MERGE_MAX) {
       if ((shard_n && n != shard_n) || (suite_name[0] && sn && strcmp(sn, suite_name) != 0)) {
@@ -157,7 +185,7 @@ int cmd_merge(int argc, char **argv) {
       if (json_is_integer(re)) expected += (int)json_integer_value(re);
       if (json_is_integer(sr)) suite_rows = (int)json_integer_value(sr);
     }
-    if (m && meta == NULL) meta = json_deep_copy(m);
+    if (meta == NULL) meta = json_deep_copy(m);
     json_decref(j);
     json_array_append_new(sources, json_string(argv[optind + i]));
     int *grown = realloc(from, (all.n + t.n + 1) * sizeof *from);
@@ -240,15 +268,7 @@ int cmd_merge(int argc, char **argv) {
   char path[MOE_PUBLISH_PATH_MAX + 8];
   cli_mkdir_parent(out);
   if ((lock = cli_lock_prefix("merge", out)) < 0) goto done;
-  for (int i = 0; i < n_in; i++) { /* an output may not overwrite an input */
-    char prefix[1100], in[1200], o[MOE_PUBLISH_PATH_MAX + 8];
-    prefix_of(argv[optind + i], prefix, sizeof prefix);
-    for (int k = 0; k < 4; k++) {
-      snprintf(in, sizeof in, "%s.%s", prefix, k % 2 ? "json" : "csv");
-      snprintf(o, sizeof o, "%s.%s", out, k / 2 ? "json" : "csv");
-      if (cli_output_clobbers("merge", o, in)) goto done;
-    }
-  }
+  if (merge_clobbers(argv + optind, n_in, out)) goto done;
   snprintf(path, sizeof path, "%s.csv", out);
   if (res_write_csv(path, &all, &err) != MOE_OK) {
     cli_fail(&err);

@@ -603,27 +603,7 @@ int cmd_validate(int argc, char **argv) {
     return 2;
   const moe_policy *pol[8];
   int np = 0;
-  char buf[256];
-  if (strlen(plist) >= sizeof buf) {
-    cli_error("validate: --policies is too long");
-    return 2;
-  }
-  snprintf(buf, sizeof buf, "%s", plist);
-  /* every comma-separated entry names a policy: strtok would skip empty
-   * ones, and ',' would leave no policy at all */
-  for (char *tok = buf, *next; tok; tok = next) {
-    next = strchr(tok, ',');
-    if (next) *next++ = '\0';
-    if (tok[0] == '\0') {
-      cli_error("validate: --policies: empty policy name in '%s'", plist);
-      return 2;
-    }
-    if (np == 8 || (pol[np] = moe_policy_find(tok)) == NULL) {
-      cli_error("validate: unknown policy '%s' (at most 8; see 'moebench list policies')", tok);
-      return 2;
-    }
-    np++;
-  }
+  if (cli_parse_policies("validate", plist, pol, 8, &np) != 0) return 2;
   moe_hw_profile prof;
   moe_error err = {0};
   if (hw) {

@@ -153,31 +153,7 @@ int cmd_bench_policies(int argc, char **argv) {
   if (hw_name) cli_hw_path(hw_name, hw_path, sizeof hw_path);
   const moe_policy *pol[8];
   int np = 0;
-  char buf[256];
-  if (strlen(plist) >= sizeof buf) {
-    cli_error("bench-policies: --policies is too long");
-    return 2;
-  }
-  snprintf(buf, sizeof buf, "%s", plist);
-  /* every comma-separated entry must name a policy: no empty entries */
-  for (char *tok = buf, *next; tok; tok = next) {
-    next = strchr(tok, ',');
-    if (next) *next++ = '\0';
-    if (tok[0] == '\0') {
-      cli_error("bench-policies: --policies '%s' has an empty entry", plist);
-      return 2;
-    }
-    if (np == 8 || (pol[np] = moe_policy_find(tok)) == NULL) {
-      cli_error("bench-policies: unknown policy '%s' (see 'moebench list policies')", tok);
-      return 2;
-    }
-    for (int k = 0; k < np; k++)
-      if (pol[k] == pol[np]) {
-        cli_error("bench-policies: --policies lists '%s' twice", tok);
-        return 2;
-      }
-    np++;
-  }
+  if (cli_parse_policies("bench-policies", plist, pol, 8, &np) != 0) return 2;
   moe_error err = {0};
   moe_policy_library libs[4] = {{0}};
   for (int i = 0; i < n_plugins; i++) {

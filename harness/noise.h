@@ -33,7 +33,7 @@ typedef struct noise_figures {
 noise_sample noise_now(void);
 
 /* The figures between two samples (ok false when either was not read or
- * no time passed). */
+ * no clock tick passed: a row shorter than a tick, 10 ms, says nothing). */
 noise_figures noise_between(const noise_sample *a, const noise_sample *b);
 
 #endif

@@ -398,9 +398,10 @@ START_TEST(noisy_rows_are_not_regressions) {
   const noise_sample q = {true, 1200, 600, 0, 200};
   ck_assert(!noise_between(&a, &q).noisy); /* only this process and idle */
   ck_assert(!noise_between(&b, &a).ok);   /* no time passed */
-  /* a measured row records them */
-  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--gen-len", "4", "--prompt-len", "4",
-                        "-o", tmp_path("nz"), NULL), 0);
+  /* a measured row records them (long enough to span many of /proc/stat's
+   * 10 ms ticks: a row shorter than a tick leaves them empty) */
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--gen-len", "64", "--prompt-len",
+                        "32", "--reps", "3", "-o", tmp_path("nz"), NULL), 0);
   res_table t;
   moe_error err = {0};
   char csv[1200];

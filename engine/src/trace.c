@@ -440,6 +440,27 @@ static void tr_context(moe_backend *be, int layer, int expert, unsigned long lon
   REAL(be)->set_context(INNER(be), layer, expert, step);
 }
 
+/* The optional methods of r, wrapped where r has them (absent stays
+ * absent). */
+static void wrap_optional(moe_backend_ops *o, const moe_backend_ops *r) {
+  o->workspace_bytes = r->workspace_bytes ? tr_ws_bytes : NULL;
+  o->set_workspace = r->set_workspace ? tr_set_ws : NULL;
+  o->host_register = r->host_register ? tr_hreg : NULL;
+  o->host_unregister = r->host_unregister ? tr_hunreg : NULL;
+  o->device_used = r->device_used ? tr_used : NULL;
+  o->device_name = tr_name;
+  o->stall_seconds = r->stall_seconds ? tr_stall : NULL;
+  o->attention_ex = r->attention_ex ? tr_attn_ex : NULL;
+  o->unary = r->unary ? tr_unary : NULL;
+  o->modeled_seconds = r->modeled_seconds ? tr_modeled : NULL;
+  o->set_context = r->set_context ? tr_context : NULL;
+  o->router_topk_ex = r->router_topk_ex ? tr_topk_ex : NULL;
+  o->rope_ex = r->rope_ex ? tr_rope_ex : NULL;
+  o->mla_attention = r->mla_attention ? tr_mla : NULL;
+  o->download_many = r->download_many ? tr_download_many : NULL;
+  o->argmax_rows = r->argmax_rows ? tr_argmax : NULL;
+}
+
 moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {
   if (dev->ops == NULL || dev->be == NULL)
     return MOE_FAIL(err, MOE_ERR_INVALID, "trace: the device is not open");
@@ -486,22 +507,7 @@ moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {
   o->embed = tr_embed;
   o->gather_rows = tr_gather;
   o->scatter_add_rows = tr_scatter;
-  o->workspace_bytes = r->workspace_bytes ? tr_ws_bytes : NULL;
-  o->set_workspace = r->set_workspace ? tr_set_ws : NULL;
-  o->host_register = r->host_register ? tr_hreg : NULL;
-  o->host_unregister = r->host_unregister ? tr_hunreg : NULL;
-  o->device_used = r->device_used ? tr_used : NULL;
-  o->device_name = tr_name;
-  o->stall_seconds = r->stall_seconds ? tr_stall : NULL;
-  o->attention_ex = r->attention_ex ? tr_attn_ex : NULL;
-  o->unary = r->unary ? tr_unary : NULL;
-  o->modeled_seconds = r->modeled_seconds ? tr_modeled : NULL;
-  o->set_context = r->set_context ? tr_context : NULL;
-  o->router_topk_ex = r->router_topk_ex ? tr_topk_ex : NULL;
-  o->rope_ex = r->rope_ex ? tr_rope_ex : NULL;
-  o->mla_attention = r->mla_attention ? tr_mla : NULL;
-  o->download_many = r->download_many ? tr_download_many : NULL;
-  o->argmax_rows = r->argmax_rows ? tr_argmax : NULL;
+  wrap_optional(o, r);
   if (r->modeled_seconds) {
     t->t_origin = 0; /* modeled time starts at 0 */
     t->clock_fn = r->modeled_seconds;
