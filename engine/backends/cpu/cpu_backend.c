@@ -31,6 +31,7 @@
 
 #include "moe/clock.h"
 #include "moe/backend.h"
+#include "moe/model.h"
 #include "cpu_half.h"
 
 typedef struct copy_req {
@@ -1210,17 +1211,12 @@ static moe_status cpu_scatter_add_rows(moe_backend *be, float *dst, const float 
   return MOE_OK;
 }
 
-/* argmax_rows (backend.h): the sequential scan, row by row. */
+/* argmax_rows (backend.h): the engine's own sequential scan (moe_argmax),
+ * row by row, so the two agree by construction. */
 static moe_status cpu_argmax_rows(moe_backend *be, int32_t *idx, const float *x, size_t m, int n,
                                   moe_error *err) {
   if (m > 0 && n < 1) return MOE_FAIL(err, MOE_ERR_INVALID, "argmax_rows: n must be >= 1, got %d", n);
-  for (size_t r = 0; r < m; r++) {
-    const float *row = x + r * (size_t)n;
-    int best = 0;
-    for (int i = 1; i < n; i++)
-      if (row[i] > row[best]) best = i;
-    idx[r] = best;
-  }
+  for (size_t r = 0; r < m; r++) idx[r] = moe_argmax(x + r * (size_t)n, n);
   return MOE_OK;
 }
 
