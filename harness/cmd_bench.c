@@ -41,6 +41,8 @@ static void fill(float *p, size_t n, uint64_t seed) {
 }
 
 static int bench_gemm(moe_device *dev, int reps) {
+  const moe_backend_ops *ops = moe_device_ops(dev);
+  moe_backend *be = moe_device_backend(dev);
   static const int shapes[][3] = {{1, 4096, 1024}, {8, 4096, 1024}, {64, 4096, 1024}, {256, 1024, 1024}};
   printf("## gemm: engine matmul vs direct cblas_sgemm (f32, measured, median of %d)\n", reps);
   printf("%6s %6s %6s %12s %12s %10s %10s\n", "M", "N", "K", "engine_us", "cblas_us", "GFLOP/s",
@@ -58,7 +60,7 @@ static int bench_gemm(moe_device *dev, int reps) {
     int inner = (int)(2e8 / (2.0 * M * N * K)) + 1;
     for (int r = 0; r < reps; r++) {
       double t0 = moe_clock_s();
-      for (int i = 0; i < inner; i++) dev->ops->matmul(dev->be, y, x, (size_t)M, &wt, NULL, &err);
+      for (int i = 0; i < inner; i++) ops->matmul(be, y, x, (size_t)M, &wt, NULL, &err);
       double t1 = moe_clock_s();
       for (int i = 0; i < inner; i++)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N);
@@ -268,17 +270,17 @@ static const int k_prefill[2] = {64, 256};
 static moe_status time_model(moe_model *m, int threads, int steps, int reps, model_times *out,
                              moe_error *err) {
   moe_status st = MOE_OK;
-  moe_device dev = {0};
+  moe_device *dev = NULL;
   moe_engine *e = NULL;
   int32_t *ids = NULL, *toks = NULL;
   double *step_s = NULL, *t = NULL;
   float *logits = NULL;
   const moe_config *c = moe_model_config(m);
   moe_backend_options bo = {.threads = threads};
-  MOE_TRY(moe_device_open(&dev, "cpu", &bo, err));
+  MOE_TRY(moe_device_create(&dev, "cpu", &bo, err));
   const int prompt = 8, max_pre = k_prefill[1];
   moe_engine_options eo = {.max_batch = 1, .max_seq = max_pre + steps + 1};
-  MOE_TRY(moe_engine_create(&e, m, &dev, &eo, err));
+  MOE_TRY(moe_engine_create(&e, m, dev, &eo, err));
   ids = malloc((size_t)max_pre * sizeof *ids);
   toks = malloc((size_t)(steps + 1) * sizeof *toks);
   step_s = calloc((size_t)steps, sizeof *step_s);
@@ -304,7 +306,7 @@ static moe_status time_model(moe_model *m, int threads, int steps, int reps, mod
   }
 cleanup:
   moe_engine_free(e);
-  moe_device_close(&dev);
+  moe_device_destroy(dev);
   free(ids);
   free(toks);
   free(step_s);
@@ -316,10 +318,10 @@ cleanup:
 /* f32 sgemm GFLOP/s for T x 2048 x 1024 with `threads` OpenBLAS threads:
  * what a prefill's matmuls could reach. */
 static double sgemm_gflops(int T, int threads, int reps) {
-  moe_device dev;
+  moe_device *dev = NULL;
   moe_error err = {0};
   moe_backend_options bo = {.threads = threads};
-  if (moe_device_open(&dev, "cpu", &bo, &err) != MOE_OK) return 0;
+  if (moe_device_create(&dev, "cpu", &bo, &err) != MOE_OK) return 0;
   /* the cpu backend runs OpenBLAS single-threaded (its own threads split
    * products); the reference is OpenBLAS's own threading */
   openblas_set_num_threads(threads);
@@ -341,7 +343,7 @@ static double sgemm_gflops(int T, int threads, int reps) {
   free(y);
   free(tt);
   openblas_set_num_threads(1);
-  moe_device_close(&dev);
+  moe_device_destroy(dev);
   return g;
 }
 
@@ -378,11 +380,11 @@ static int bench_models(const char *preset, int max_threads, int steps, int reps
     moe_model_free(m);
   }
   {
-    moe_device dev;
+    moe_device *dev = NULL;
     moe_backend_options bo = {.threads = 1};
-    if (moe_device_open(&dev, "cpu", &bo, &err) == MOE_OK) {
-      snprintf(desc, sizeof desc, "%s", dev.ops->describe(dev.be));
-      moe_device_close(&dev);
+    if (moe_device_create(&dev, "cpu", &bo, &err) == MOE_OK) {
+      snprintf(desc, sizeof desc, "%s", moe_device_ops(dev)->describe(moe_device_backend(dev)));
+      moe_device_destroy(dev);
     }
   }
   printf("\n## decode and prefill: preset %s (%s), batch 1 (measured, medians)\n", preset, desc);
@@ -530,11 +532,11 @@ int cmd_bench_ops(int argc, char **argv) {
   }
   if (path_reps > 0) return bench_paths(preset, (int)threads, (int)steps, (int)path_reps);
   moe_error err = {0};
-  moe_device dev;
+  moe_device *dev = NULL;
   moe_backend_options bo = {.threads = 1};
-  if (moe_device_open(&dev, "cpu", &bo, &err) != MOE_OK) return cli_fail(&err);
-  int rc = bench_gemm(&dev, (int)reps);
-  moe_device_close(&dev);
+  if (moe_device_create(&dev, "cpu", &bo, &err) != MOE_OK) return cli_fail(&err);
+  int rc = bench_gemm(dev, (int)reps);
+  moe_device_destroy(dev);
   const int nt = threads >= 2 ? 2 : 1;
   const int thr[2] = {1, (int)threads};
   /* the floor: the fastest of the read patterns (read_floor) */

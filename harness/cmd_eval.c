@@ -77,7 +77,7 @@ static moe_status eval_one(const eval_row *row, const int32_t *windows, int n_wi
                            moe_error *err) {
   moe_status st = MOE_OK;
   moe_model *m = NULL;
-  moe_device dev = {0};
+  moe_device *dev = NULL;
   moe_engine *e = NULL;
   bool dev_open = false;
   const moe_policy *pol = moe_policy_find(row->policy);
@@ -86,7 +86,7 @@ static moe_status eval_one(const eval_row *row, const int32_t *windows, int n_wi
   /* a preset name, or a checkpoint directory (cli_preset_load tells) */
   MOE_TRY(cli_preset_model(row->model, NULL, &m, err));
   moe_backend_options bo = {.threads = threads};
-  MOE_TRY(moe_device_open(&dev, backend, &bo, err));
+  MOE_TRY(moe_device_create(&dev, backend, &bo, err));
   dev_open = true;
   moe_routing routing = row->have_routing ? row->routing
                         : pol->default_routing == MOE_POLICY_ROUTING_PREGATED
@@ -94,7 +94,7 @@ static moe_status eval_one(const eval_row *row, const int32_t *windows, int n_wi
                             : MOE_ROUTING_CONVENTIONAL;
   moe_engine_options eo = {.max_batch = batch < n_windows ? batch : n_windows, .max_seq = len,
                            .all_logits = true, .policy = pol, .routing = routing};
-  MOE_TRY(moe_engine_create(&e, m, &dev, &eo, err));
+  MOE_TRY(moe_engine_create(&e, m, dev, &eo, err));
   memset(out, 0, sizeof *out);
   MOE_TRY(moe_engine_eval(e, windows, n_windows, len, &out->r, err));
   moe_engine_stats(e, &out->stats);
@@ -102,7 +102,7 @@ static moe_status eval_one(const eval_row *row, const int32_t *windows, int n_wi
   out->len = len;
 cleanup:
   moe_engine_free(e);
-  if (dev_open) moe_device_close(&dev);
+  if (dev_open) moe_device_destroy(dev);
   moe_model_free(m);
   return st;
 }

@@ -222,6 +222,8 @@ static void gen_print(const gen_opts *o, moe_device *dev, moe_engine *eng, const
                       moe_routing routing, const int32_t *out, int B, int len,
                       const moe_gen_stats *gs) {
   const long max_new = o->max_new;
+  const moe_backend_ops *ops = moe_device_ops(dev);
+  const moe_mem_stats *mem = moe_device_mem(dev);
   if (!o->quiet)
     for (int b = 0; b < B; b++) {
       printf("seq %d:", b);
@@ -233,12 +235,12 @@ static void gen_print(const gen_opts *o, moe_device *dev, moe_engine *eng, const
   moe_engine_stats(eng, &rs);
   printf("# %s on %s: policy %s, routing %s; batch %d, prompt %d, generated %ld per sequence; "
          "prefill %.3f s, decode %.3f s; %.2f generated tokens/s (measured, wall clock)\n",
-         o->preset ? o->preset : o->model_dir, dev->ops->describe(dev->be), policy->name,
+         o->preset ? o->preset : o->model_dir, ops->describe(moe_device_backend(dev)), policy->name,
          moe_routing_name(routing), B, len, max_new, gs->prefill_s, gs->decode_s, gen_tps);
   printf("# peak device bytes %zu (measured by the allocator; expert slots %d: %zu bytes); "
          "copied host-to-device %llu bytes in %llu fetches, %llu misses, %llu re-copies, "
          "stall %.3f s (measured)",
-         dev->mem.peak_total, rs.slots, dev->mem.at_peak[MOE_MEM_EXPERTS], rs.bytes_h2d,
+         mem->peak_total, rs.slots, mem->at_peak[MOE_MEM_EXPERTS], rs.bytes_h2d,
          rs.fetches, rs.misses, rs.recopies, rs.stall_s);
   if (rs.pregate_total)
     printf("; pre-gate hit rate %.3f", (double)rs.pregate_hits / (double)rs.pregate_total);
@@ -248,10 +250,10 @@ static void gen_print(const gen_opts *o, moe_device *dev, moe_engine *eng, const
   if (rs.invalid_requests)
     printf("; %llu policy requests refused (layer or expert out of range)", rs.invalid_requests);
   printf("\n");
-  if (dev->ops->device_used)
+  if (ops->device_used)
     printf("# device memory: %zu bytes accounted by the engine, %zu bytes in use as the driver "
            "reports it (cudaMemGetInfo; includes the CUDA context and cuBLAS)\n",
-           dev->mem.current_total, dev->ops->device_used(dev->be));
+           mem->current_total, ops->device_used(moe_device_backend(dev)));
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -267,7 +269,7 @@ int cmd_generate(int argc, char **argv) {
   moe_error err = {0};
   moe_policy_library plugin = {0};
   moe_model *model = NULL;
-  moe_device dev = {0};
+  moe_device *dev = NULL;
   moe_engine *eng = NULL;
   moe_trace *trace = NULL;
   int32_t *batch_prompts = NULL, *out = NULL;
@@ -293,23 +295,23 @@ int cmd_generate(int argc, char **argv) {
   }
   moe_backend_options bo = {.threads = (int)o.threads, .link_gbps = o.link_gbps,
                             .device_budget = o.device_mem};
-  if (moe_device_open(&dev, o.backend, &bo, &err) != MOE_OK) goto done;
+  if (moe_device_create(&dev, o.backend, &bo, &err) != MOE_OK) goto done;
   if (o.trace && (moe_trace_open(&trace, o.trace, &err) != MOE_OK ||
-                  moe_device_trace(&dev, trace, &err) != MOE_OK))
+                  moe_device_trace(dev, trace, &err) != MOE_OK))
     goto done;
   moe_engine_options eo = {.max_batch = B, .max_seq = len + (int)o.max_new, .policy = policy,
                            .routing = routing, .pregate_stacks = o.stacks,
                            .pregate_lookahead = (int)o.lookahead};
-  if (moe_engine_create(&eng, model, &dev, &eo, &err) != MOE_OK) goto done;
+  if (moe_engine_create(&eng, model, dev, &eo, &err) != MOE_OK) goto done;
   moe_gen_stats gs = {0};
   if (moe_engine_generate(eng, batch_prompts, B, len, (int)o.max_new, out, NULL, &gs, &err) != MOE_OK)
     goto done;
-  gen_print(&o, &dev, eng, policy, routing, out, B, len, &gs);
+  gen_print(&o, dev, eng, policy, routing, out, B, len, &gs);
   rc = 0;
 done:
   if (rc != 0 && err.status != MOE_OK) cli_fail(&err);
   moe_engine_free(eng);
-  moe_device_close(&dev); /* the copies are done: the trace is complete */
+  moe_device_destroy(dev); /* the copies are done: the trace is complete */
   if (trace) {
     moe_error terr = {0};
     if (moe_trace_close(trace, &terr) != MOE_OK) rc = cli_fail(&terr);

@@ -255,8 +255,8 @@ static const moe_backend_ops *resolve_backend(const char *name, int threads, dou
   const moe_backend_ops *o = strcmp(name, "auto") == 0 ? moe_backend_auto() : moe_backend_find(name);
   moe_error err = {0};
   if (o == NULL) {
-    moe_device probe;
-    (void)moe_device_open(&probe, name, NULL, &err); /* the registry's own message */
+    moe_device *probe = NULL;
+    (void)moe_device_create(&probe, name, NULL, &err); /* the registry's own message */
     cli_fail(&err);
     return NULL;
   }
@@ -265,14 +265,14 @@ static const moe_backend_ops *resolve_backend(const char *name, int threads, dou
                     "ignored (rows record 0)\n", o->name, *link);
     *link = 0;
   }
-  moe_device dev;
+  moe_device *dev = NULL;
   moe_backend_options bo = {.threads = threads, .link_gbps = *link, .hardware = hardware};
-  if (moe_device_open_ops(&dev, o, &bo, &err) != MOE_OK) {
+  if (moe_device_create_ops(&dev, o, &bo, &err) != MOE_OK) {
     cli_fail(&err);
     return NULL;
   }
-  snprintf(device, cap, "%s", moe_backend_device_name(dev.ops, dev.be));
-  moe_device_close(&dev);
+  snprintf(device, cap, "%s", moe_device_name(dev));
+  moe_device_destroy(dev);
   return o;
 }
 
@@ -410,8 +410,8 @@ typedef struct sweep_ctx {
   moe_policy_library libs[SUITE_MAX];      /* plugins among them, open for the sweep */
   char plugin_path[SUITE_MAX][1200];       /* their files ("" for a built-in) */
   char model_hash[SUITE_MAX][17];          /* cli_model_hash of each model */
-  moe_device holder;     /* keeps the current model pinned across rows */
-  bool holder_open, pinned;
+  moe_device *holder;    /* keeps the current model pinned across rows (NULL: none) */
+  bool pinned;
   double pin_s;          /* how long pinning the current model took */
   int shard_k, shard_n;  /* --shard K/N (1-based); 0/0: every row */
   const int32_t *eval;   /* the current workload's quality windows (NULL: none) */
@@ -520,19 +520,18 @@ static void sweep_pin(sweep_ctx *x, moe_model *m) {
   const moe_backend_ops *o = moe_backend_find(x->backend);
   if (o == NULL || o->host_register == NULL || (o->caps & MOE_BACKEND_CAP_MODELED))
     return; /* this backend does not pin */
-  if (!x->holder_open) {
+  if (x->holder == NULL) {
     moe_backend_options bo = {.threads = 1};
-    if (moe_device_open(&x->holder, x->backend, &bo, &err) != MOE_OK) return;
-    x->holder_open = true;
+    if (moe_device_create(&x->holder, x->backend, &bo, &err) != MOE_OK) return;
   }
   const double t0 = moe_clock_s();
-  x->pinned = moe_model_pin(m, &x->holder, &err) == MOE_OK;
+  x->pinned = moe_model_pin(m, x->holder, &err) == MOE_OK;
   x->pin_s = moe_clock_s() - t0;
   if (!x->pinned) fprintf(stderr, "moebench: note: %s; rows pin the model themselves\n", err.msg);
 }
 
 static void sweep_unpin(sweep_ctx *x, moe_model *m) {
-  if (x->pinned && m) moe_model_unpin(m, &x->holder);
+  if (x->pinned && m) moe_model_unpin(m, x->holder);
   x->pinned = false;
 }
 
@@ -1041,7 +1040,7 @@ done:
   for (int i = 0; i < SUITE_MAX; i++) moe_policy_plugin_close(&x.libs[i]);
   res_index_free(x.done_ix);
   free(x.kept);
-  if (x.holder_open) moe_device_close(&x.holder);
+  moe_device_destroy(x.holder);
   if (lock_fd >= 0) close(lock_fd);
   json_decref(x.meta);
   res_table_free(&x.t);

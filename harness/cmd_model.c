@@ -68,8 +68,8 @@ static double pass_time(moe_device *d, float *y, const float *x, size_t m, const
                         int nw, moe_error *err) {
   const double t0 = moe_clock_s();
   for (int i = 0; i < nw; i++)
-    if (d->ops->matmul(d->be, y, x, m, &w[i], NULL, err) != MOE_OK) return NAN;
-  if (d->ops->synchronize(d->be, err) != MOE_OK) return NAN;
+    if (moe_device_ops(d)->matmul(moe_device_backend(d), y, x, m, &w[i], NULL, err) != MOE_OK) return NAN;
+  if (moe_device_ops(d)->synchronize(moe_device_backend(d), err) != MOE_OK) return NAN;
   return moe_clock_s() - t0;
 }
 
@@ -77,7 +77,9 @@ static double pass_time(moe_device *d, float *y, const float *x, size_t m, const
  * moe_device_alloc, so moe_device_close frees them on every path) and the
  * profile being filled. */
 typedef struct cal_ctx {
-  moe_device d;
+  moe_device *d;
+  const moe_backend_ops *o; /* its table and instance */
+  moe_backend *be;
   const char *backend;
   moe_error err;
   bool quiet;
@@ -93,7 +95,7 @@ typedef struct cal_ctx {
  * (in dtype dt), uploaded from the host: the device's memory may not be
  * the host's (cuda). */
 static moe_status cal_buffer(cal_ctx *c, size_t bytes, moe_dtype dt, const char *what, void **out) {
-  moe_status st = moe_device_alloc(&c->d, MOE_MEM_WORKSPACE, bytes, what, out, &c->err);
+  moe_status st = moe_device_alloc(c->d, MOE_MEM_WORKSPACE, bytes, what, out, &c->err);
   if (st != MOE_OK) return st;
   const size_t n = bytes / moe_dtype_size(dt);
   float *f = malloc(n * sizeof *f);
@@ -105,7 +107,7 @@ static moe_status cal_buffer(cal_ctx *c, size_t bytes, moe_dtype dt, const char 
   }
   for (size_t q = 0; q < n; q++) f[q] = 1e-3f * (float)(q % 13);
   if (dt != MOE_F32) moe_convert_from_f32(h, dt, f, n);
-  st = c->d.ops->upload(c->d.be, *out, h, bytes, &c->err);
+  st = c->o->upload(c->be, *out, h, bytes, &c->err);
   if (h != (void *)f) free(h);
   free(f);
   return st;
@@ -150,10 +152,10 @@ static moe_status cal_matmul(cal_ctx *c) {
     fprintf(stderr, "calibrate: matmul over %d f32 weights (%.0f MB) at", c->nw, (double)c->set_bytes / 1e6);
   for (int i = 0; i < n_ms; i++) {
     const size_t m = (size_t)ms[i];
-    (void)pass_time(&c->d, c->y, c->x, m, c->w, c->nw, &c->err); /* warm */
-    const double t = median3(pass_time(&c->d, c->y, c->x, m, c->w, c->nw, &c->err),
-                             pass_time(&c->d, c->y, c->x, m, c->w, c->nw, &c->err),
-                             pass_time(&c->d, c->y, c->x, m, c->w, c->nw, &c->err));
+    (void)pass_time(c->d, c->y, c->x, m, c->w, c->nw, &c->err); /* warm */
+    const double t = median3(pass_time(c->d, c->y, c->x, m, c->w, c->nw, &c->err),
+                             pass_time(c->d, c->y, c->x, m, c->w, c->nw, &c->err),
+                             pass_time(c->d, c->y, c->x, m, c->w, c->nw, &c->err));
     if (!(t > 0)) return c->err.status != MOE_OK ? c->err.status : MOE_ERR_DEVICE;
     if (m == 1) t1 = t;
     p->rate_m[i] = ms[i];
@@ -161,10 +163,10 @@ static moe_status cal_matmul(cal_ctx *c) {
     best = fmax(best, p->rate_gflops[i]);
     if (!c->quiet) fprintf(stderr, " m=%d %.1f GFLOP/s", ms[i], p->rate_gflops[i]);
     if (m == 1 || m == 256) {
-      (void)pass_time(&c->d, c->y, c->x, m, c->w16, c->nw, &c->err);
-      const double t16 = median3(pass_time(&c->d, c->y, c->x, m, c->w16, c->nw, &c->err),
-                                 pass_time(&c->d, c->y, c->x, m, c->w16, c->nw, &c->err),
-                                 pass_time(&c->d, c->y, c->x, m, c->w16, c->nw, &c->err));
+      (void)pass_time(c->d, c->y, c->x, m, c->w16, c->nw, &c->err);
+      const double t16 = median3(pass_time(c->d, c->y, c->x, m, c->w16, c->nw, &c->err),
+                                 pass_time(c->d, c->y, c->x, m, c->w16, c->nw, &c->err),
+                                 pass_time(c->d, c->y, c->x, m, c->w16, c->nw, &c->err));
       if (!(t16 > 0)) return c->err.status != MOE_OK ? c->err.status : MOE_ERR_DEVICE;
       best16 = fmax(best16, (double)m * c->flops_per_row / t16 / 1e9);
     }
@@ -178,8 +180,8 @@ static moe_status cal_matmul(cal_ctx *c) {
   for (int r = 0; r < 3; r++) {
     const double a = moe_clock_s();
     for (int k = 0; k < 20000; k++)
-      if (c->d.ops->add(c->d.be, c->small, c->small + 32, 16, &c->err) != MOE_OK) return c->err.status;
-    if (c->d.ops->synchronize(c->d.be, &c->err) != MOE_OK) return c->err.status;
+      if (c->o->add(c->be, c->small, c->small + 32, 16, &c->err) != MOE_OK) return c->err.status;
+    if (c->o->synchronize(c->be, &c->err) != MOE_OK) return c->err.status;
     t[r] = (moe_clock_s() - a) / 20000;
   }
   p->launch_us = fmax(runner_median(t, 3) * 1e6, 0.01);
@@ -203,12 +205,12 @@ static moe_status cal_vector(cal_ctx *c) {
     double ta[5], te[5];
     for (int r = 0; r < 5; r++) {
       double t0 = moe_clock_s();
-      for (int k = 0; k < 20; k++) MOE_TRY(c->d.ops->attention_ex(c->d.be, o, q, kc, vc, &a, &c->err));
-      MOE_TRY(c->d.ops->synchronize(c->d.be, &c->err));
+      for (int k = 0; k < 20; k++) MOE_TRY(c->o->attention_ex(c->be, o, q, kc, vc, &a, &c->err));
+      MOE_TRY(c->o->synchronize(c->be, &c->err));
       ta[r] = (moe_clock_s() - t0) / 20;
       t0 = moe_clock_s();
-      for (int k = 0; k < 5; k++) MOE_TRY(c->d.ops->unary(c->d.be, ew, ew, EW, MOE_UNARY_RELU, 0.0f, &c->err));
-      MOE_TRY(c->d.ops->synchronize(c->d.be, &c->err));
+      for (int k = 0; k < 5; k++) MOE_TRY(c->o->unary(c->be, ew, ew, EW, MOE_UNARY_RELU, 0.0f, &c->err));
+      MOE_TRY(c->o->synchronize(c->be, &c->err));
       te[r] = (moe_clock_s() - t0) / 5;
     }
     /* the cost model's own FLOP and byte counts of these ops (trace.c, sim) */
@@ -216,11 +218,11 @@ static moe_status cal_vector(cal_ctx *c) {
     c->p.vector_gbps = 8.0 * EW / runner_median(te, 5) / 1e9;
   }
 cleanup:
-  moe_device_free(&c->d, q);
-  moe_device_free(&c->d, kc);
-  moe_device_free(&c->d, vc);
-  moe_device_free(&c->d, o);
-  moe_device_free(&c->d, ew);
+  moe_device_free(c->d, q);
+  moe_device_free(c->d, kc);
+  moe_device_free(c->d, vc);
+  moe_device_free(c->d, o);
+  moe_device_free(c->d, ew);
   return st;
 }
 
@@ -229,8 +231,8 @@ static double copy_time(cal_ctx *c, void *dst, const void *src, size_t bytes, mo
   double t[21];
   for (int r = 0; r < reps && r < 21; r++) {
     const double a = moe_clock_s();
-    if (c->d.ops->copy_h2d_async(c->d.be, dst, src, bytes, ev, &c->err) != MOE_OK ||
-        c->d.ops->event_sync(c->d.be, ev, &c->err) != MOE_OK)
+    if (c->o->copy_h2d_async(c->be, dst, src, bytes, ev, &c->err) != MOE_OK ||
+        c->o->event_sync(c->be, ev, &c->err) != MOE_OK)
       return NAN;
     t[r] = moe_clock_s() - a;
   }
@@ -247,11 +249,11 @@ static moe_status cal_link(cal_ctx *c, double link) {
   void *src = NULL, *pageable = NULL, *dst = NULL;
   moe_event *ev = NULL;
   moe_hw_profile *p = &c->p;
-  MOE_TRY(c->d.ops->host_alloc(c->d.be, big, &src, &c->err));
+  MOE_TRY(c->o->host_alloc(c->be, big, &src, &c->err));
   pageable = malloc(big);
   MOE_CHECK(pageable != NULL, &c->err, MOE_ERR_OOM, "calibrate: out of host memory");
-  MOE_TRY(moe_device_alloc(&c->d, MOE_MEM_WORKSPACE, big, "calibration copy target", &dst, &c->err));
-  MOE_TRY(c->d.ops->event_create(c->d.be, &ev, &c->err));
+  MOE_TRY(moe_device_alloc(c->d, MOE_MEM_WORKSPACE, big, "calibration copy target", &dst, &c->err));
+  MOE_TRY(c->o->event_create(c->be, &ev, &c->err));
   memset(src, 1, big);
   memset(pageable, 1, big);
   {
@@ -266,8 +268,8 @@ static moe_status cal_link(cal_ctx *c, double link) {
     double tl[21]; /* a small upload's fixed cost (ids, routing: on the compute stream) */
     for (int r = 0; r < 21; r++) {
       const double a = moe_clock_s();
-      for (int k = 0; k < 100; k++) MOE_TRY(c->d.ops->upload(c->d.be, dst, src, 256, &c->err));
-      MOE_TRY(c->d.ops->synchronize(c->d.be, &c->err));
+      for (int k = 0; k < 100; k++) MOE_TRY(c->o->upload(c->be, dst, src, 256, &c->err));
+      MOE_TRY(c->o->synchronize(c->be, &c->err));
       tl[r] = (moe_clock_s() - a) / 100;
     }
     p->transfer_latency_us = fmax(runner_median(tl, 21) * 1e6, 0.01);
@@ -277,24 +279,24 @@ static moe_status cal_link(cal_ctx *c, double link) {
     double with[3], without[3];
     const double t1 = (double)c->set_bytes / (p->memory_gbps * 1e9);
     for (int r = 0; r < 3; r++) {
-      without[r] = pass_time(&c->d, c->y, c->x, 1, c->w, c->nw, &c->err);
+      without[r] = pass_time(c->d, c->y, c->x, 1, c->w, c->nw, &c->err);
       const int n_copies = (int)ceil(1.5 * t1 * p->h2d_pinned_gbps * 1e9 / (double)big) + 1;
       for (int k = 0; k < n_copies; k++)
-        MOE_TRY(c->d.ops->copy_h2d_async(c->d.be, dst, src, big, k == n_copies - 1 ? ev : NULL, &c->err));
-      with[r] = pass_time(&c->d, c->y, c->x, 1, c->w, c->nw, &c->err);
-      MOE_TRY(c->d.ops->event_sync(c->d.be, ev, &c->err));
+        MOE_TRY(c->o->copy_h2d_async(c->be, dst, src, big, k == n_copies - 1 ? ev : NULL, &c->err));
+      with[r] = pass_time(c->d, c->y, c->x, 1, c->w, c->nw, &c->err);
+      MOE_TRY(c->o->event_sync(c->be, ev, &c->err));
     }
     p->copy_slowdown = fmin(fmax(runner_median(with, 3) / runner_median(without, 3), 1.0), 100.0);
   }
 cleanup:
-  if (ev) c->d.ops->event_destroy(c->d.be, ev);
+  if (ev) c->o->event_destroy(c->be, ev);
   if (src || dst) {
     moe_error ignored = {0};
-    (void)c->d.ops->synchronize(c->d.be, &ignored); /* no copy still reading them */
+    (void)c->o->synchronize(c->be, &ignored); /* no copy still reading them */
   }
-  if (src) c->d.ops->host_free(c->d.be, src);
+  if (src) c->o->host_free(c->be, src);
   free(pageable);
-  moe_device_free(&c->d, dst);
+  moe_device_free(c->d, dst);
   return st;
 }
 
@@ -309,28 +311,30 @@ static moe_status calibrate_measure(const char *backend, int threads, double lin
   c->backend = backend;
   c->quiet = quiet;
   moe_backend_options bo = {.threads = threads, .link_gbps = link};
-  moe_status st = moe_device_open(&c->d, backend, &bo, errp);
+  moe_status st = moe_device_create(&c->d, backend, &bo, errp);
   if (st != MOE_OK) {
     free(c);
     return st;
   }
+  c->o = moe_device_ops(c->d);
+  c->be = moe_device_backend(c->d);
   st = cal_alloc(c, shapes);
   if (st == MOE_OK) st = cal_matmul(c);
   if (st == MOE_OK) st = cal_vector(c);
   if (st == MOE_OK) st = cal_link(c, link);
   if (st == MOE_OK) {
-    c->p.memory_bytes = (double)c->d.ops->device_capacity(c->d.be);
+    c->p.memory_bytes = (double)c->o->device_capacity(c->be);
     c->p.calibrated = true;
     snprintf(c->p.description, sizeof c->p.description,
              "calibrated on %s: %s backend, %d thread%s, link cap %g GB/s",
-             moe_backend_device_name(c->d.ops, c->d.be), c->d.ops->name, threads,
+             moe_backend_device_name(c->o, c->be), c->o->name, threads,
              threads == 1 ? "" : "s", link);
     *out = c->p;
   } else {
     *errp = c->err.status != MOE_OK ? c->err : *errp;
     if (errp->status == MOE_OK) st = MOE_FAIL(errp, MOE_ERR_DEVICE, "calibrate: a measurement failed");
   }
-  moe_device_close(&c->d); /* frees every device buffer still allocated */
+  moe_device_destroy(c->d); /* frees every device buffer still allocated */
   free(c);
   return st;
 }

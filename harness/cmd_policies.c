@@ -16,30 +16,30 @@
 /* Measured time of one expert copy over the backend's (capped) link. */
 static double measure_expert_copy(const char *backend, double link_gbps, const char *hardware,
                                   size_t bytes) {
-  moe_device dev;
+  moe_device *dev = NULL;
   moe_error err = {0};
   moe_backend_options bo = {.link_gbps = link_gbps, .hardware = hardware};
-  if (moe_device_open(&dev, backend, &bo, &err) != MOE_OK) return NAN;
-  /* a modeled backend's copy takes modeled time */
-  const bool modeled = dev.ops->modeled_seconds != NULL;
+  if (moe_device_create(&dev, backend, &bo, &err) != MOE_OK) return NAN;
+  const moe_backend_ops *o = moe_device_ops(dev);
+  moe_backend *be = moe_device_backend(dev);
+  const bool modeled = o->modeled_seconds != NULL; /* a modeled copy takes modeled time */
   void *src = NULL, *dst = NULL;
   moe_event *ev = NULL;
   double t[5] = {NAN, NAN, NAN, NAN, NAN};
-  if (dev.ops->host_alloc(dev.be, bytes, &src, &err) == MOE_OK &&
-      dev.ops->device_alloc(dev.be, bytes, &dst, &err) == MOE_OK &&
-      dev.ops->event_create(dev.be, &ev, &err) == MOE_OK) {
+  if (o->host_alloc(be, bytes, &src, &err) == MOE_OK &&
+      moe_device_alloc(dev, MOE_MEM_WORKSPACE, bytes, "copy probe", &dst, &err) == MOE_OK &&
+      o->event_create(be, &ev, &err) == MOE_OK) {
     if (!modeled) memset(src, 1, bytes);
     for (int i = 0; i < 5; i++) {
-      double t0 = modeled ? dev.ops->modeled_seconds(dev.be) : moe_clock_s();
-      dev.ops->copy_h2d_async(dev.be, dst, src, bytes, ev, &err);
-      dev.ops->event_sync(dev.be, ev, &err);
-      t[i] = (modeled ? dev.ops->modeled_seconds(dev.be) : moe_clock_s()) - t0;
+      double t0 = modeled ? o->modeled_seconds(be) : moe_clock_s();
+      o->copy_h2d_async(be, dst, src, bytes, ev, &err);
+      o->event_sync(be, ev, &err);
+      t[i] = (modeled ? o->modeled_seconds(be) : moe_clock_s()) - t0;
     }
   }
-  if (ev) dev.ops->event_destroy(dev.be, ev);
-  if (dst) dev.ops->device_free(dev.be, dst);
-  if (src) dev.ops->host_free(dev.be, src);
-  moe_device_close(&dev);
+  if (ev) o->event_destroy(be, ev);
+  if (src) o->host_free(be, src);
+  moe_device_destroy(dev);
   return runner_median(t, 5);
 }
 

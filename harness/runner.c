@@ -102,7 +102,7 @@ static void log_route(void *ctx, int layer, unsigned long long step, const int32
 void runner_run(const run_spec *sp, run_result *out) {
   memset(out, 0, sizeof *out);
   moe_error err = {0};
-  moe_device dev = {0};
+  moe_device *dev = NULL;
   moe_engine *e = NULL;
   moe_trace *trace = NULL;
   int32_t *prompts = NULL;
@@ -115,12 +115,12 @@ void runner_run(const run_spec *sp, run_result *out) {
   moe_backend_options bo = {.threads = sp->threads, .link_gbps = sp->link_gbps,
                             .device_budget = sp->device_mem, .hardware = sp->hardware,
                             .routing = sp->sim_routing, .seed = sp->prompt_seed};
-  if (moe_device_open(&dev, sp->backend, &bo, &err) != MOE_OK) goto done;
-  out->modeled = dev.ops->modeled_seconds != NULL;
+  if (moe_device_create(&dev, sp->backend, &bo, &err) != MOE_OK) goto done;
+  out->modeled = moe_device_ops(dev)->modeled_seconds != NULL;
   if (sp->trace_path && (moe_trace_open(&trace, sp->trace_path, &err) != MOE_OK ||
-                         moe_device_trace(&dev, trace, &err) != MOE_OK))
+                         moe_device_trace(dev, trace, &err) != MOE_OK))
     goto done;
-  snprintf(out->device, sizeof out->device, "%s", moe_backend_device_name(dev.ops, dev.be));
+  snprintf(out->device, sizeof out->device, "%s", moe_device_name(dev));
   moe_engine_options eo = {.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
                            .policy = sp->policy, .routing = sp->routing,
                            .pregate_lookahead = sp->lookahead};
@@ -147,15 +147,15 @@ void runner_run(const run_spec *sp, run_result *out) {
     }
     eo.cache_experts = n;
     if (eo.cache == MOE_CACHE_STATIC &&
-        learn_popularity(sp, &dev, &popularity, &err) != MOE_OK)
+        learn_popularity(sp, dev, &popularity, &err) != MOE_OK)
       goto done;
     eo.cache_popularity = popularity;
   }
-  if (moe_engine_create(&e, sp->model, &dev, &eo, &err) != MOE_OK) goto done;
+  if (moe_engine_create(&e, sp->model, dev, &eo, &err) != MOE_OK) goto done;
   moe_run_stats rs;
   moe_engine_stats(e, &rs);
   size_t by_cat[MOE_MEM_CATEGORIES];
-  moe_engine_plan_memory(sp->model, &dev, &eo, rs.slots, by_cat, &out->planned_bytes);
+  moe_engine_plan_memory(sp->model, dev, &eo, rs.slots, by_cat, &out->planned_bytes);
   const int R = sp->requests > 0 ? sp->requests : 1;
   prompts = malloc(B * (size_t)sp->prompt_len * sizeof *prompts);
   out->tokens = malloc(B * G * sizeof *out->tokens);
@@ -206,8 +206,8 @@ void runner_run(const run_spec *sp, run_result *out) {
     out->step_p90_s = runner_percentile(steps, n, 90);
     out->step_p99_s = runner_percentile(steps, n, 99);
   }
-  out->peak_bytes = dev.mem.peak_total;
-  memcpy(out->peak_by_cat, dev.mem.at_peak, sizeof out->peak_by_cat);
+  out->peak_bytes = moe_device_mem(dev)->peak_total;
+  memcpy(out->peak_by_cat, moe_device_mem(dev)->at_peak, sizeof out->peak_by_cat);
   if (sp->eval_windows && sp->eval_n > 0 && !out->modeled) { /* a modeled backend has no logits */
     /* quality after the measured runs (their peak is already taken): an
      * engine that keeps every position's logits */
@@ -216,7 +216,7 @@ void runner_run(const run_spec *sp, run_result *out) {
     moe_engine_options ev = {.max_batch = sp->eval_n < 8 ? sp->eval_n : 8, .max_seq = sp->eval_len,
                              .all_logits = true, .policy = sp->policy, .routing = sp->routing,
                              .pregate_lookahead = sp->lookahead};
-    if (moe_engine_create(&e, sp->model, &dev, &ev, &err) != MOE_OK ||
+    if (moe_engine_create(&e, sp->model, dev, &ev, &err) != MOE_OK ||
         moe_engine_eval(e, sp->eval_windows, sp->eval_n, sp->eval_len, &out->eval, &err) != MOE_OK)
       goto done;
     out->has_eval = true;
@@ -225,14 +225,14 @@ done:
   out->status = err.status;
   if (err.status != MOE_OK) {
     cli_error_text(&err, out->error, sizeof out->error);
-    out->peak_bytes = dev.mem.peak_total;
+    if (dev) out->peak_bytes = moe_device_mem(dev)->peak_total;
   }
   if (trace && out->status == MOE_OK) { /* before the teardown's calls */
     moe_trace_get_counts(trace, &out->counts);
     out->has_counts = true;
   }
   moe_engine_free(e);
-  moe_device_close(&dev); /* copies done: the trace is complete */
+  moe_device_destroy(dev); /* copies done: the trace is complete */
   if (rlog.f) { /* published only whole, and only from a run that succeeded */
     if (out->status != MOE_OK) {
       moe_publish_abort(&log_pub);

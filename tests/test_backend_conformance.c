@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moe/device.h"
 #include "moe/backend.h"
 #include "moe/dtype.h"
 #include "testutil.h"

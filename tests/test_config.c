@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "moe/device.h"
 #include "moe/backend.h"
 #include "moe/config.h"
 #include "moe/jsonfile.h"

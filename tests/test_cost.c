@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "moe/device.h"
 #include "moe/backend.h"
 #include "moe/cost.h"
 #include "moe/model.h"

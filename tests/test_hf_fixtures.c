@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moe/device.h"
 #include "moe/model.h"
 #include "moe/safetensors.h"
 #include "testutil.h"

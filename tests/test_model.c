@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "model_internal.h"
+#include "moe/device.h"
 #include "moe/expert_store.h"
 #include "moe/model.h"
 #include "moe/rng.h"

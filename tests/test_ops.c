@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "moe/device.h"
 #include "moe/backend.h"
 #include "testutil.h"
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moe/device.h"
 #include "moe/expert_store.h"
 #include "moe/model.h"
 #include "moe/policy.h"

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "moe/device.h"
 #include "moe/model.h"
 #include "moe/policy.h"
 #include "testutil.h"

@@ -1,5 +1,6 @@
 /* The registry of built-in backends and the checks every table must pass. */
 #include "moe/backend.h"
+#include "moe/device.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -229,6 +230,42 @@ void moe_device_close(moe_device *dev) {
   free(dev->allocs);
   memset(dev, 0, sizeof *dev);
 }
+
+/* Heap storage around moe_device_open (name) or moe_device_open_ops (ops). */
+static moe_status device_new(moe_device **out, const char *name, const moe_backend_ops *ops,
+                             const moe_backend_options *opt, moe_error *err) {
+  *out = NULL;
+  moe_device *dev = calloc(1, sizeof *dev);
+  if (dev == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory (device)");
+  moe_status st = ops ? moe_device_open_ops(dev, ops, opt, err) : moe_device_open(dev, name, opt, err);
+  if (st != MOE_OK) {
+    free(dev);
+    return st;
+  }
+  *out = dev;
+  return MOE_OK;
+}
+
+moe_status moe_device_create(moe_device **out, const char *name, const moe_backend_options *opt,
+                             moe_error *err) {
+  return device_new(out, name, NULL, opt, err);
+}
+
+moe_status moe_device_create_ops(moe_device **out, const moe_backend_ops *ops,
+                                 const moe_backend_options *opt, moe_error *err) {
+  return device_new(out, NULL, ops, opt, err);
+}
+
+void moe_device_destroy(moe_device *dev) {
+  if (dev == NULL) return;
+  moe_device_close(dev);
+  free(dev);
+}
+
+const moe_backend_ops *moe_device_ops(const moe_device *dev) { return dev->ops; }
+moe_backend *moe_device_backend(const moe_device *dev) { return dev->be; }
+const moe_mem_stats *moe_device_mem(const moe_device *dev) { return &dev->mem; }
+const char *moe_device_name(const moe_device *dev) { return moe_backend_device_name(dev->ops, dev->be); }
 
 static void format_bytes(char *buf, size_t cap, size_t b) {
   if (b >= ((size_t)1 << 30))

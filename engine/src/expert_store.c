@@ -1,4 +1,5 @@
 /* Expert store: device slots, residency map, async fetch, eviction. */
+#include "moe/device.h"
 #include "moe/clock.h"
 #include "moe/expert_store.h"
 

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "checked.h"
+#include "moe/device.h"
 #include "moe/clock.h"
 #include "model_internal.h"
 #include "moe/expert_store.h"

@@ -1,5 +1,6 @@
 /* Op trace: a streaming Chrome trace-event writer, and a backend decorator
  * that records every operation of a device in it. */
+#include "moe/device.h"
 #include "moe/trace.h"
 
 #include <errno.h>

@@ -10,6 +10,7 @@
 
 #include "checked.h"
 #include "model_internal.h"
+#include "moe/device.h"
 #include "moe/publish.h"
 #include "moe/safetensors.h"
 #include "moe/rng.h"

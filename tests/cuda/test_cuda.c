@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moe/device.h"
 #include "moe/backend.h"
 #include "moe/model.h"
 #include "moe/policy.h"

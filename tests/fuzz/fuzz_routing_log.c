@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "moe/device.h"
 #include "moe/backend.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

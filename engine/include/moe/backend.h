@@ -519,26 +519,29 @@ typedef struct moe_mem_stats {
 } moe_mem_stats;
 
 /* A created backend: its table, instance and device-memory accounting.
- * Every device allocation of the engine goes through moe_device_alloc. */
-typedef struct moe_device {
-  const moe_backend_ops *ops; /* normalized copy of the backend's table, owned */
-  moe_backend *be;
-  moe_mem_stats mem;
-  struct moe_dev_alloc *allocs; /* live allocations (pointer, size, category) */
-  size_t n_allocs, cap_allocs;
-  struct moe_trace *trace;      /* op trace attached with moe_device_trace, or NULL */
-} moe_device;
+ * Every device allocation of the engine goes through moe_device_alloc.
+ * Opaque here: the engine and the tests see its fields through
+ * moe/device.h; everything else (the harness, plugins) uses the handle
+ * functions and accessors below. */
+typedef struct moe_device moe_device;
 
-/* Validates ops and creates an instance; the budget is opt->device_budget
- * or, when 0, the device's capacity.  name "auto": moe_backend_auto(). */
-moe_status moe_device_open(moe_device *dev, const char *name, const moe_backend_options *opt,
-                           moe_error *err);
-/* Same with a table that need not be registered (tests, out-of-tree
- * backends). */
-moe_status moe_device_open_ops(moe_device *dev, const moe_backend_ops *ops,
-                               const moe_backend_options *opt, moe_error *err);
-/* Frees any allocation still live, then the instance. */
-void moe_device_close(moe_device *dev);
+/* Validates ops and creates an instance on the heap; the budget is
+ * opt->device_budget or, when 0, the device's capacity.  name "auto":
+ * moe_backend_auto().  *out is NULL on failure. */
+moe_status moe_device_create(moe_device **out, const char *name, const moe_backend_options *opt,
+                             moe_error *err);
+/* Same with a table that need not be registered. */
+moe_status moe_device_create_ops(moe_device **out, const moe_backend_ops *ops,
+                                 const moe_backend_options *opt, moe_error *err);
+/* Closes (see moe_device_close) and frees; NULL is a no-op. */
+void moe_device_destroy(moe_device *dev);
+
+/* The normalized backend table, the instance, the memory accounting. */
+const moe_backend_ops *moe_device_ops(const moe_device *dev);
+moe_backend *moe_device_backend(const moe_device *dev);
+const moe_mem_stats *moe_device_mem(const moe_device *dev);
+/* moe_backend_device_name of the device's table and instance. */
+const char *moe_device_name(const moe_device *dev);
 
 /* Allocates device memory under the budget.  Past the budget: MOE_ERR_OOM
  * with bytes needed, bytes in use and the budget in the message; `what`
