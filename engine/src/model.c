@@ -1,1375 +1,885 @@
-/* The engine: a model placed on a backend, forward pass and greedy decode,
- * with the offload policy called at fixed points.
- *
- * Per layer: RMSNorm, grouped-query attention with RoPE and a KV cache,
- * residual; RMSNorm, then an MoE block or a dense SwiGLU FFN; residual.
- * Final norm and lm_head.  All math goes through the backend; every device
- * buffer comes from one size table (engine_buffers), so the memory plan and
- * the allocations cannot disagree.
- *
- * MoE block: router (or the previous block's pre-gate, in pregated
- * routing), top-k, tokens grouped by expert with a stable counting sort so
- * each expert's weights are read once per block per step; experts run in
- * index order (the same bits whatever the policy), each acquired from the
- * expert store, which waits for its copy or fetches it as a miss. */
+/* Model weights in host memory: the tensor table (Hugging Face names for
+ * both families), synthetic initialisation, checkpoint loading and saving. */
+#include <errno.h>
+#include <jansson.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
-#include <time.h>
 
 #include "checked.h"
-#include "moe/device.h"
-#include "moe/clock.h"
 #include "model_internal.h"
-#include "moe/expert_store.h"
-#include "moe/policy.h"
-#include "moe/trace.h"
+#include "moe/device.h"
+#include "moe/publish.h"
+#include "moe/safetensors.h"
+#include "moe/rng.h"
 
-struct moe_engine {
-  moe_model *model;
-  moe_device *dev;
-  moe_engine_options opt;
-  const moe_policy *policy;  /* &policy_table */
-  moe_policy policy_table;   /* normalized copy of the caller's table */
-  void *policy_state;
-  moe_policy_ctx ctx;
-  moe_error *cb_err;         /* where policy callbacks report backend errors */
-  moe_expert_store *store;
-  int slots;
-  int cache_slots;           /* of slots, those an expert cache added */
-  uint8_t *dense_dev;        /* device copy of the dense slab */
-  float *k_cache, *v_cache;  /* [layers][max_batch][kv_heads][max_seq][head_dim]; under MLA
-                                the latents [layers][max_batch][max_seq][kv_rank] and the
-                                rotated keys [layers][max_batch][max_seq][rope_dim] */
-  size_t cache_layer_floats;   /* per layer, of k_cache (and v_cache unless MLA) */
-  size_t vcache_layer_floats;  /* per layer, of v_cache */
-  float *inv_freq;           /* RoPE frequencies for rope_ex (YaRN, MLA), or NULL */
-  float rope_attn;           /* rope_ex's cos/sin factor */
-  float attn_scale;          /* the attention softmax scale (moe_config_attn_scale) */
-  bool use_rope_ex;
-  /* activations, device */
-  float *x, *h, *q, *k, *v, *att, *tmp, *router, *rw, *pw, *xe, *ge, *ue, *ye, *sg, *logits;
-  /* index buffers, device */
-  int32_t *ids, *pos, *rows, *iota, *ridx, *pidx;
-  void *gemm_ws;             /* the backend's matmul workspace (may be 0 bytes) */
-  size_t last_rows;          /* rows of the last forward call */
-  /* host scratch */
-  int32_t *h_ids, *h_pos, *h_idx, *h_rows;
-  float *h_wts, *h_scale;
-  /* predictions waiting for their block: with lookahead k a block predicts
-   * the k-th MoE block after it, so up to k are pending (one slot spare
-   * for the first block's own prediction) */
-  struct pending_pred {
-    int layer;               /* the MoE layer it predicts, or -1 (free) */
-    bool first;              /* the first block's, from its layer input (never the routing) */
-    int32_t *idx;            /* [T][K] */
-    float *w;                /* [T][K] */
-  } pred[MOE_MAX_LOOKAHEAD + 1];
-  int *h_count, *h_needed, *h_pmark, *h_pneeded;
-  /* encoder-decoder models */
-  float *xk_cache, *xv_cache; /* cross-attention K/V of the encoder output:
-                                 [decoder layers][max_batch][heads][max_seq][head_dim] */
-  int32_t *buckets;          /* relative-position buckets, [2][2 max_seq - 1]:
-                                encoder (bidirectional), decoder (causal) */
-  int enc_seq, src_len;      /* the batch encode() ran (0: none yet) */
-  int *h_cap;                /* tokens per expert of one sequence (expert capacity) */
-  int cur_n_new;             /* tokens per sequence of the running forward */
+/* ------------------------------------------------------------ tensor table */
 
-  unsigned long long first_hits, first_total;
-  double stall_base;         /* backend-measured stall at the last reset */
-  unsigned long long pregate_hits, pregate_total, warm_bytes;
-  unsigned long long invalid_requests; /* policy requests refused for bad arguments */
-  unsigned long long step;   /* layer runs so far (the backend's context counter) */
-};
+typedef struct spec_builder {
+  moe_model *m;
+  size_t cap;
+  moe_error *err;
+} spec_builder;
 
-/* The engine's clock: the backend's (modeled) clock where it has one, else
- * the host clock. */
-static double now(const moe_engine *e) {
-  return e->dev->ops->modeled_seconds ? e->dev->ops->modeled_seconds(e->dev->be) : moe_clock_s();
-}
+static moe_status add_spec(spec_builder *b, moe_role role, int layer, int expert, size_t rows,
+                           size_t cols, bool vector, bool optional, const char *fmt, ...)
+    __attribute__((format(printf, 9, 10)));
 
-/* Tells the trace and the backend what the next ops belong to. */
-static void op_context(moe_engine *e, int layer, int expert) {
-  moe_trace_context(e->dev->trace, layer, expert);
-  if (e->dev->ops->set_context) e->dev->ops->set_context(e->dev->be, layer, expert, e->step);
-}
-
-int moe_argmax(const float *x, int n) {
-  int best = 0;
-  for (int i = 1; i < n; i++)
-    if (x[i] > x[best]) best = i;
-  return best;
-}
-
-const char *moe_routing_name(moe_routing r) {
-  return r == MOE_ROUTING_PREGATED ? "pregated" : "conventional";
-}
-
-int moe_cache_kind_parse(const char *s, moe_cache_kind *out) {
-  static const char *const names[] = {"none", "lru", "lfu", "static", "ring"};
-  for (int i = 0; i < 5; i++)
-    if (strcmp(s, names[i]) == 0) {
-      *out = (moe_cache_kind)i;
-      return 0;
-    }
-  return -1;
-}
-
-const char *moe_cache_kind_name(moe_cache_kind k) {
-  static const char *const names[] = {"none", "lru", "lfu", "static", "ring"};
-  return (unsigned)k < 5 ? names[k] : "?";
-}
-
-int moe_pregate_stacks_parse(const char *s, unsigned *out) {
-  if (strcmp(s, "both") == 0) *out = 0;
-  else if (strcmp(s, "encoder") == 0) *out = MOE_PREGATE_ENCODER;
-  else if (strcmp(s, "decoder") == 0) *out = MOE_PREGATE_DECODER;
-  else return -1;
-  return 0;
-}
-
-int moe_routing_parse(const char *s, moe_routing *out) {
-  if (strcmp(s, "conventional") == 0) *out = MOE_ROUTING_CONVENTIONAL;
-  else if (strcmp(s, "pregated") == 0) *out = MOE_ROUTING_PREGATED;
-  else return -1;
-  return 0;
-}
-
-/* Device view of a dense tensor; an absent tensor gives data == NULL. */
-static moe_weight dw(const moe_engine *e, int layer, moe_role role) {
-  const moe_tensor_spec *s = moe_model_spec(e->model, layer, role);
-  if (s == NULL) return (moe_weight){NULL, e->model->dtype, 0, 0};
-  return (moe_weight){e->dense_dev + s->offset, e->model->dtype, s->rows, s->cols};
-}
-
-/* The next MoE layer after `layer` in model order (-1: the first one), or
- * -1: what policies see (ctx->next_moe_layer), encoder then decoder. */
-static int next_moe(const moe_model *m, int layer) {
-  if (layer >= m->cfg.n_layers) return -1;
-  for (int l = layer < 0 ? 0 : layer + 1; l < m->cfg.n_layers; l++)
-    if (m->cfg.is_moe[l]) return l;
-  return -1;
-}
-
-/* The next MoE layer after `layer` in the same stack, or -1: what a block
- * predicts.  The encoder's last MoE block predicts nothing, and nothing
- * predicts the decoder's first (as in the paper). */
-static int next_moe_in_stack(const moe_model *m, int layer) {
-  int b, end;
-  moe_config_stack(&m->cfg, layer, &b, &end);
-  for (int l = layer + 1; l < end; l++)
-    if (m->cfg.is_moe[l]) return l;
-  return -1;
-}
-
-/* The first MoE layer of the stack [begin, end), or -1. */
-static int first_moe_in(const moe_model *m, int begin, int end) {
-  for (int l = begin; l < end; l++)
-    if (m->cfg.is_moe[l]) return l;
-  return -1;
-}
-
-/* The bucket of relative position rel = memory - query, as transformers'
- * T5/Switch _relative_position_bucket computes it (its float32 steps kept:
- * the logarithmic buckets truncate a float32 value). */
-int moe_rel_bucket(int rel, bool bidirectional, int nb, int max_distance) {
-  int bucket = 0;
-  if (bidirectional) {
-    nb /= 2;
-    if (rel > 0) bucket += nb;
-    rel = rel < 0 ? -rel : rel;
-  } else {
-    rel = rel < 0 ? -rel : 0;
+static moe_status add_spec(spec_builder *b, moe_role role, int layer, int expert, size_t rows,
+                           size_t cols, bool vector, bool optional, const char *fmt, ...) {
+  moe_model *m = b->m;
+  if (m->n_specs == b->cap) {
+    size_t cap = b->cap ? 2 * b->cap : 64;
+    moe_tensor_spec *p = realloc(m->specs, cap * sizeof *p);
+    if (p == NULL) return MOE_FAIL(b->err, MOE_ERR_OOM, "out of host memory (tensor table)");
+    m->specs = p;
+    b->cap = cap;
   }
-  const int max_exact = nb / 2;
-  if (rel < max_exact) return bucket + rel;
-  const float ratio = logf((float)rel / (float)max_exact);
-  const float span = (float)log((double)max_distance / (double)max_exact);
-  const float v = ratio / span * (float)(nb - max_exact);
-  int large = max_exact + (int)v;
-  if (large > nb - 1) large = nb - 1;
-  return bucket + large;
+  moe_tensor_spec *s = &m->specs[m->n_specs];
+  memset(s, 0, sizeof *s);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(s->name, sizeof s->name, fmt, ap);
+  va_end(ap);
+  s->role = role;
+  s->layer = layer;
+  s->expert = expert;
+  s->rows = rows;
+  s->cols = cols;
+  s->vector = vector;
+  s->optional = optional;
+  s->is_expert = expert >= 0;
+  if (!s->is_expert) m->dense_index[layer < 0 ? m->cfg.n_layers : layer][role] = (int)m->n_specs;
+  m->n_specs++;
+  return MOE_OK;
 }
 
-/* ---------------------------------------------------------------- sizes */
-
-typedef struct buf_spec {
-  void *pp; /* address of the engine field that receives the pointer */
-  moe_mem_category cat;
-  size_t bytes;
-  const char *name;
-} buf_spec;
-
-enum { MAX_BUFS = 32, MOE_MAX_ROT = 4096 };
-
-static moe_engine_options normalized(const moe_engine_options *opt) {
-  moe_engine_options o = *opt;
-  if (o.max_prefill <= 0 || o.max_prefill > o.max_seq) o.max_prefill = o.max_seq;
-  return o;
-}
-
-/* The engine's device buffers, in allocation order.  The one size table.
- * Sizes are overflow-checked: SIZE_MAX marks one that does not fit. */
-static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device *dev,
-                             const moe_engine_options *o, buf_spec *out) {
-  const moe_config *c = &m->cfg;
-  const size_t B = (size_t)o->max_batch, T = moe_prod(B, (size_t)o->max_prefill, 1, 1);
-  const size_t H = (size_t)c->hidden, hd = (size_t)c->head_dim;
-  const size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
-  size_t ffn = (size_t)c->expert_ffn;
-  if ((size_t)c->dense_ffn > ffn) ffn = (size_t)c->dense_ffn;
-  if ((size_t)c->shared_ffn > ffn) ffn = (size_t)c->shared_ffn;
-  const size_t E = (size_t)(c->n_experts > 0 ? c->n_experts : 1);
-  const size_t K = (size_t)(c->top_k > 0 ? c->top_k : 1);
-  /* an encoder-decoder model caches the decoder's layers (its encoder
-   * uses the first decoder layer's cache as scratch before the decoder
-   * starts), and the cross-attention K/V of each decoder layer */
-  const bool encdec = moe_config_is_encdec(c);
-  const size_t cached = (size_t)(c->n_layers - c->n_enc_layers);
-  const bool mla = moe_config_is_mla(c);
-  /* MLA caches one latent and one rotated key per token, not per head */
-  const size_t kv = mla ? moe_prod(moe_prod(cached, B, (size_t)o->max_seq, 1), (size_t)c->kv_rank, 4, 1)
-                        : moe_prod(moe_prod(cached, B, (size_t)c->n_kv_heads, 1),
-                                   (size_t)o->max_seq, hd, 4);
-  const size_t vkv = mla ? moe_prod(moe_prod(cached, B, (size_t)o->max_seq, 1), (size_t)c->rope_dim, 4, 1)
-                         : kv;
-  /* the k/v activation buffers carry the latent and the rotated key (and
-   * q_a_proj's output) under MLA; att the heads' v_dim outputs */
-  size_t kbuf = kvd, vbuf = kvd, attw = qd;
-  if (mla) {
-    kbuf = (size_t)c->kv_rank > (size_t)c->q_rank ? (size_t)c->kv_rank : (size_t)c->q_rank;
-    vbuf = (size_t)c->rope_dim;
-    attw = (size_t)c->n_heads * (size_t)c->v_dim;
-  }
-  const bool rope_ex = mla || c->rope_kind != MOE_ROPE_DEFAULT;
-  const size_t nfreq = rope_ex ? (size_t)moe_config_rot_dim(c) / 2 * sizeof(float) : 0;
-  const size_t xkv = encdec ? kv : 0;
-  const size_t nbk = encdec ? moe_prod(2, 2 * (size_t)o->max_seq - 1, sizeof(int32_t), 1) : 0;
-  const size_t f = sizeof(float), i32 = sizeof(int32_t);
-  size_t max_cols = H > ffn ? H : ffn;
-  if (qd > max_cols) max_cols = qd;
-  if (attw > max_cols) max_cols = attw;
-  if (kbuf > max_cols) max_cols = kbuf;
-  const size_t ws = dev && dev->ops->workspace_bytes && T != SIZE_MAX
-                        ? dev->ops->workspace_bytes(dev->be, T, max_cols) : 0;
-  const buf_spec t[] = {
-      {&e->dense_dev, MOE_MEM_DENSE, m->dense_bytes, "dense weights"},
-      {&e->k_cache, MOE_MEM_KV, kv, mla ? "latent cache" : "K cache"},
-      {&e->v_cache, MOE_MEM_KV, vkv, mla ? "rotated-key cache" : "V cache"},
-      {&e->xk_cache, MOE_MEM_KV, xkv, "cross-attention K"},
-      {&e->xv_cache, MOE_MEM_KV, xkv, "cross-attention V"},
-      {&e->buckets, MOE_MEM_WORKSPACE, nbk, "relative-position buckets"},
-      {&e->x, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "residual stream"},
-      {&e->h, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "normed activations"},
-      {&e->q, MOE_MEM_ACTIVATIONS, moe_prod(T, qd, f, 1), "queries"},
-      {&e->k, MOE_MEM_ACTIVATIONS, moe_prod(T, kbuf, f, 1), mla ? "latents" : "keys"},
-      {&e->v, MOE_MEM_ACTIVATIONS, moe_prod(T, vbuf, f, 1), mla ? "rotated keys" : "values"},
-      {&e->att, MOE_MEM_ACTIVATIONS, moe_prod(T, attw, f, 1), "attention output"},
-      {&e->tmp, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "block output"},
-      {&e->router, MOE_MEM_ACTIVATIONS, moe_prod(T, E, f, 1), "router logits"},
-      {&e->rw, MOE_MEM_ACTIVATIONS, moe_prod(T, K, f, 1), "routing weights"},
-      {&e->pw, MOE_MEM_ACTIVATIONS, moe_prod(T, K, f, 1), "pre-gate weights"},
-      {&e->xe, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "expert input"},
-      {&e->ge, MOE_MEM_ACTIVATIONS, moe_prod(T, ffn, f, 1), "expert gate"},
-      {&e->ue, MOE_MEM_ACTIVATIONS, moe_prod(T, ffn, f, 1), "expert up"},
-      {&e->ye, MOE_MEM_ACTIVATIONS, moe_prod(T, H, f, 1), "expert output"},
-      {&e->sg, MOE_MEM_ACTIVATIONS, moe_prod(T, f, 1, 1), "shared-expert gate"},
-      {&e->logits, MOE_MEM_ACTIVATIONS, moe_prod(o->all_logits ? T : B, (size_t)c->vocab, f, 1), "logits"},
-      {&e->ids, MOE_MEM_WORKSPACE, moe_prod(T, i32, 1, 1), "token ids"},
-      {&e->pos, MOE_MEM_WORKSPACE, moe_prod(T, i32, 1, 1), "positions"},
-      {&e->rows, MOE_MEM_WORKSPACE, moe_prod(T, K, i32, 1), "expert rows"},
-      {&e->iota, MOE_MEM_WORKSPACE, moe_prod(T, i32, 1, 1), "row indices"},
-      {&e->ridx, MOE_MEM_WORKSPACE, moe_prod(T, K, i32, 1), "routing indices"},
-      {&e->pidx, MOE_MEM_WORKSPACE, moe_prod(T, K, i32, 1), "pre-gate indices"},
-      {&e->gemm_ws, MOE_MEM_WORKSPACE, T == SIZE_MAX ? SIZE_MAX : ws, "matmul workspace"},
-      {&e->inv_freq, MOE_MEM_WORKSPACE, nfreq, "RoPE frequencies"},
-  };
-  size_t n = sizeof t / sizeof t[0];
-  memcpy(out, t, sizeof t);
-  return n;
-}
-
-void moe_engine_plan_memory(const moe_model *model, const moe_device *dev,
-                            const moe_engine_options *opt, int slots,
-                            size_t bytes[MOE_MEM_CATEGORIES], size_t *total) {
-  moe_engine dummy;
-  buf_spec t[MAX_BUFS];
-  moe_engine_options o = normalized(opt);
-  size_t n = engine_buffers(&dummy, model, dev, &o, t);
-  memset(bytes, 0, MOE_MEM_CATEGORIES * sizeof bytes[0]);
-  for (size_t i = 0; i < n; i++) moe_add_ok(&bytes[t[i].cat], t[i].bytes);
-  if (model->n_moe > 0) moe_add_ok(&bytes[MOE_MEM_EXPERTS], moe_prod((size_t)slots, model->expert_bytes, 1, 1));
-  *total = 0;
-  for (int c = 0; c < MOE_MEM_CATEGORIES; c++) moe_add_ok(total, bytes[c]);
-}
-
-/* ---------------------------------------------------------------- policy ctx */
-
-/* The policy context validates every argument: a request for a layer
- * without an MoE block or an expert out of range is refused (0) and
- * counted, and the run goes on; a plugin cannot make the engine read out of
- * bounds or fail a run by asking for nonsense. */
-static bool ctx_valid(moe_engine *e, int layer, int expert) {
-  const moe_model *m = e->model;
-  if (layer >= 0 && layer < m->cfg.n_layers && m->moe_index[layer] >= 0 && expert >= 0 &&
-      expert < m->cfg.n_experts)
-    return true;
-  e->invalid_requests++;
-  return false;
-}
-
-static int ctx_fetch(moe_policy_ctx *ctx, int layer, int expert) {
-  moe_engine *e = ctx->engine;
-  if (!ctx_valid(e, layer, expert)) return 0;
-  int r = moe_expert_store_fetch(e->store, layer, expert, true, e->cb_err);
-  return r > 0;
-}
-
-static int ctx_resident(moe_policy_ctx *ctx, int layer, int expert) {
-  moe_engine *e = ctx->engine;
-  return moe_expert_store_resident(e->store, layer, expert);
-}
-
-static void ctx_evict(moe_policy_ctx *ctx, int layer, int expert) {
-  moe_engine *e = ctx->engine;
-  if (ctx_valid(e, layer, expert)) moe_expert_store_evict(e->store, layer, expert);
-}
-
-static int ctx_next_moe_layer(moe_policy_ctx *ctx, int layer) {
-  moe_engine *e = ctx->engine;
-  return next_moe(e->model, layer);
-}
-
-static int ctx_pin(moe_policy_ctx *ctx, int layer, int expert) {
-  moe_engine *e = ctx->engine;
-  if (!ctx_valid(e, layer, expert)) return 0;
-  return moe_expert_store_pin(e->store, layer, expert, e->cb_err) > 0;
-}
-
-static void ctx_unpin(moe_policy_ctx *ctx, int layer, int expert) {
-  moe_engine *e = ctx->engine;
-  if (ctx_valid(e, layer, expert)) moe_expert_store_unpin(e->store, layer, expert);
-}
-
-static int ctx_n_experts(moe_policy_ctx *ctx) {
-  moe_engine *e = ctx->engine;
-  return e->model->cfg.n_experts;
-}
-
-/* Calls an optional policy method inside one round of prefetches (the
- * store places them once the callback has named them all); a backend
- * failure inside a callback (recorded in cb_err) fails the call too. */
-#define POLICY_CALL(e, method, ...)                                                      \
-  do {                                                                                   \
-    if ((e)->policy->method != NULL) {                                                   \
-      moe_expert_store_round_begin((e)->store);                                          \
-      moe_status pst_ = (e)->policy->method((e)->policy_state, &(e)->ctx, __VA_ARGS__, err); \
-      int prc_ = moe_expert_store_round_end((e)->store, err);                            \
-      MOE_TRY(policy_result((e), pst_, #method, err));                                   \
-      MOE_CHECK(prc_ == 0 && (err == NULL || err->status == MOE_OK), err,                \
-                err && err->status != MOE_OK ? err->status : MOE_ERR_DEVICE,             \
-                "policy '%s': %s failed", (e)->policy->name, #method);                   \
-    }                                                                                    \
+#define ADD(...)                                  \
+  do {                                            \
+    if ((st = add_spec(&b, __VA_ARGS__)) != MOE_OK) \
+      return st;                                  \
   } while (0)
 
-/* A policy method's status: a failure it reported without a message gets
- * one naming the policy and the method. */
-static moe_status policy_result(const moe_engine *e, moe_status st, const char *method,
-                                moe_error *err) {
-  if (st == MOE_OK) return MOE_OK;
-  if (err && err->status == MOE_OK)
-    MOE_FAIL(err, st, "policy '%s': %s failed (%s) without saying why", e->policy->name, method,
-             moe_status_name(st));
-  return st;
+/* The last spec added may also be found under another name. */
+static void set_alt(moe_model *m, const char *alt) {
+  snprintf(m->specs[m->n_specs - 1].alt, sizeof m->specs[0].alt, "%s", alt);
 }
 
-/* ---------------------------------------------------------------- planning */
-
-moe_status moe_engine_plan_slots(const moe_model *model, const moe_engine_options *opt,
-                                 const moe_policy *policy, size_t slot_budget, int *slots,
-                                 int *cache_slots, moe_error *err) {
-  const moe_config *c = &model->cfg;
-  *slots = *cache_slots = 0;
-  if (model->n_moe == 0) return MOE_OK;
-  moe_policy_env env = {c->n_layers,     model->n_moe,        c->n_experts, c->top_k,
-                        opt->max_batch,  model->expert_bytes, slot_budget,
-                        opt->pregate_lookahead > 0 ? opt->pregate_lookahead : 1};
-  moe_policy_plan pp = {0};
-  moe_status st = policy->plan(&env, &pp, err);
-  if (st != MOE_OK) {
-    if (err && err->status == MOE_OK)
-      MOE_FAIL(err, st, "policy '%s': plan failed (%s) without saying why", policy->name,
-               moe_status_name(st));
-    return st;
+/* The name of the embedding whose dtype a checkpoint's weights take, and
+ * another name for it (may be ""). */
+static void embed_names(const moe_config *c, const char **name, const char **alt) {
+  if (c->arch != MOE_ARCH_SWITCH) {
+    *name = "model.embed_tokens.weight";
+    *alt = "";
+  } else if (c->tie_embeddings) {
+    *name = "shared.weight";
+    *alt = "decoder.embed_tokens.weight";
+  } else {
+    *name = "decoder.embed_tokens.weight";
+    *alt = "shared.weight";
   }
-  if (pp.slots < 1)
-    return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s' planned %d expert slots (need >= 1)",
-                    policy->name, pp.slots);
-  const int max_slots = model->n_moe * c->n_experts;
-  *slots = pp.slots < max_slots ? pp.slots : max_slots;
-  if (opt->cache != MOE_CACHE_NONE && opt->cache_experts > 0) {
-    const int add = opt->cache_experts < max_slots - *slots ? opt->cache_experts : max_slots - *slots;
-    *cache_slots = add;
-    *slots += add;
-  }
-  return MOE_OK;
 }
 
-/* ---------------------------------------------------------------- lifecycle */
-
-void moe_engine_free(moe_engine *e) {
-  if (e == NULL) return;
-  if (e->policy && e->policy->destroy) e->policy->destroy(e->policy_state);
-  moe_expert_store_free(e->store);
-  buf_spec t[MAX_BUFS];
-  size_t n = engine_buffers(e, e->model, e->dev, &e->opt, t);
-  if (e->gemm_ws && e->dev->ops->set_workspace) e->dev->ops->set_workspace(e->dev->be, NULL, 0);
-  for (size_t i = 0; i < n; i++) moe_device_free(e->dev, *(void **)t[i].pp);
-  free(e->h_ids);
-  free(e->h_pos);
-  free(e->h_idx);
-  free(e->h_rows);
-  for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) free(e->pred[i].idx), free(e->pred[i].w);
-  free(e->h_wts);
-  free(e->h_scale);
-
-  free(e->h_count);
-  free(e->h_needed);
-  free(e->h_pmark);
-  free(e->h_pneeded);
-  free(e->h_cap);
-  free(e);
-}
-
-extern const moe_policy moe_policy_gpu_only;
-
-moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev,
-                             const moe_engine_options *opt, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &model->cfg;
-  *out = NULL;
-  moe_engine *e = calloc(1, sizeof *e);
-  MOE_CHECK_ALLOC(e, err, sizeof *e);
-  e->model = model;
-  e->dev = dev;
-  e->opt = normalized(opt);
-  for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) e->pred[i].layer = -1;
-  e->ctx = (moe_policy_ctx){e,         ctx_fetch,     ctx_resident, ctx_evict, ctx_next_moe_layer,
-                            ctx_n_experts, ctx_pin, ctx_unpin};
-  {
-    const moe_policy *given = opt->policy ? opt->policy : &moe_policy_gpu_only;
-    MOE_TRY(moe_policy_validate(given, err));
-    moe_policy_normalize(given, &e->policy_table);
-    e->policy = &e->policy_table;
+/* Switch Transformers, as SwitchTransformersForConditionalGeneration
+ * (transformers 5.24, and 4.x: the names did not change) names its
+ * tensors.  Embeddings: with tied embeddings everything is shared.weight;
+ * untied, transformers 5 gives the encoder and the decoder their own
+ * tables (encoder.embed_tokens / decoder.embed_tokens), which 4.x
+ * checkpoints hold as copies of shared.weight, so either name serves.
+ * Experts are wi (up) and wo (down), no gate. */
+static moe_status build_switch_specs(moe_model *m, spec_builder *bp) {
+  spec_builder b = *bp;
+  moe_status st;
+  const moe_config *c = &m->cfg;
+  const size_t H = (size_t)c->hidden, V = (size_t)c->vocab, hd = (size_t)c->head_dim;
+  const size_t inner = (size_t)c->n_heads * hd, E = (size_t)c->n_experts,
+               F = (size_t)c->expert_ffn, NB = (size_t)c->rel_buckets;
+  const char *emb, *emb_alt;
+  embed_names(c, &emb, &emb_alt);
+  ADD(ROLE_EMBED, -1, -1, V, H, false, false, "%s", emb);
+  set_alt(m, emb_alt);
+  if (!c->tie_embeddings) {
+    ADD(ROLE_ENC_EMBED, -1, -1, V, H, false, false, "encoder.embed_tokens.weight");
+    set_alt(m, "shared.weight");
+    ADD(ROLE_LM_HEAD, -1, -1, V, H, false, false, "lm_head.weight");
   }
-  MOE_CHECK(opt->pregate_lookahead >= 0 && opt->pregate_lookahead <= MOE_MAX_LOOKAHEAD, err,
-            MOE_ERR_INVALID, "pre-gate lookahead %d is outside 1..%d", opt->pregate_lookahead,
-            MOE_MAX_LOOKAHEAD);
-  MOE_CHECK(opt->max_batch > 0 && opt->max_seq > 0, err, MOE_ERR_INVALID,
-            "batch (%d) and sequence length (%d) must be positive", opt->max_batch, opt->max_seq);
-  MOE_CHECK(!moe_config_is_encdec(c) || (dev->ops->attention_ex && dev->ops->unary), err,
-            MOE_ERR_UNSUPPORTED,
-            "backend '%s' lacks the encoder-decoder ops (attention_ex, unary; ABI 1.2) that "
-            "this model needs", dev->ops->name);
-  MOE_CHECK(opt->max_seq <= c->max_pos, err, MOE_ERR_INVALID,
-            "sequence length %d exceeds max_position_embeddings %d", opt->max_seq, c->max_pos);
-  MOE_CHECK(c->sliding_window == 0 || opt->max_seq <= c->sliding_window, err, MOE_ERR_UNSUPPORTED,
-            "sequence length %d exceeds the model's sliding_window %d: sliding-window attention "
-            "is not implemented (runs of up to %d tokens are exact)",
-            opt->max_seq, c->sliding_window, c->sliding_window);
-  const size_t T = moe_prod((size_t)opt->max_batch, (size_t)e->opt.max_prefill, 1, 1);
-  const size_t E = (size_t)(c->n_experts > 0 ? c->n_experts : 1), K = (size_t)(c->top_k > 0 ? c->top_k : 1);
-  e->cache_layer_floats = (size_t)opt->max_batch * (size_t)c->n_kv_heads * (size_t)opt->max_seq *
-                          (size_t)c->head_dim;
-  e->vcache_layer_floats = e->cache_layer_floats;
-  if (moe_config_is_mla(c)) {
-    e->cache_layer_floats = (size_t)opt->max_batch * (size_t)opt->max_seq * (size_t)c->kv_rank;
-    e->vcache_layer_floats = (size_t)opt->max_batch * (size_t)opt->max_seq * (size_t)c->rope_dim;
-    MOE_CHECK(dev->ops->mla_attention && dev->ops->rope_ex && dev->ops->router_topk_ex, err,
-              MOE_ERR_UNSUPPORTED,
-              "backend '%s' lacks the DeepSeek ops (mla_attention, rope_ex, router_topk_ex; ABI "
-              "1.4) that this model needs", dev->ops->name);
-  }
-  e->use_rope_ex = moe_config_is_mla(c) || c->rope_kind != MOE_ROPE_DEFAULT;
-  e->attn_scale = moe_config_attn_scale(c);
-  MOE_CHECK(!e->use_rope_ex || dev->ops->rope_ex, err, MOE_ERR_UNSUPPORTED,
-            "backend '%s' lacks rope_ex (ABI 1.4), which this model's scaled RoPE needs",
-            dev->ops->name);
-  MOE_CHECK(!c->router_ex || dev->ops->router_topk_ex, err, MOE_ERR_UNSUPPORTED,
-            "backend '%s' lacks router_topk_ex (ABI 1.3), which this model's routing needs",
-            dev->ops->name);
-
-  /* Plan: the policy sizes its slots against what the budget leaves. */
-  size_t used = dev->mem.current_total;
-  {
-    size_t plan[MOE_MEM_CATEGORIES], fixed;
-    moe_engine_plan_memory(model, dev, &e->opt, 0, plan, &fixed);
-    moe_add_ok(&used, fixed);
-  }
-  moe_policy_env env = {c->n_layers,    model->n_moe,        c->n_experts, c->top_k,
-                        opt->max_batch, model->expert_bytes,
-                        dev->mem.budget > used ? dev->mem.budget - used : 0,
-                        opt->pregate_lookahead > 0 ? opt->pregate_lookahead : 1};
-  MOE_TRY(moe_engine_plan_slots(model, &e->opt, e->policy, env.slot_budget, &e->slots,
-                                &e->cache_slots, err));
-
-  buf_spec t[MAX_BUFS];
-  size_t nb = engine_buffers(e, model, dev, &e->opt, t);
-  for (size_t i = 0; i < nb; i++)
-    MOE_CHECK(t[i].bytes != SIZE_MAX, err, MOE_ERR_INVALID,
-              "the %s of batch %d x sequence %d overflows the address space", t[i].name,
-              opt->max_batch, opt->max_seq);
-  MOE_CHECK(model->n_moe == 0 || moe_prod((size_t)e->slots, model->expert_bytes, 1, 1) != SIZE_MAX,
-            err, MOE_ERR_INVALID, "%d expert slots overflow the address space", e->slots);
-  for (size_t i = 0; i < nb; i++) {
-    MOE_TRY(moe_device_alloc(dev, t[i].cat, t[i].bytes, t[i].name, (void **)t[i].pp, err));
-    if (t[i].pp == (void *)&e->gemm_ws && dev->ops->set_workspace)
-      dev->ops->set_workspace(dev->be, e->gemm_ws, t[i].bytes);
-  }
-  MOE_TRY(moe_expert_store_create(&e->store, model, dev, e->slots, err));
-  if (e->use_rope_ex) {
-    float freqs[MOE_MAX_ROT / 2];
-    MOE_CHECK(moe_config_rot_dim(c) <= MOE_MAX_ROT, err, MOE_ERR_UNSUPPORTED,
-              "rotated head dimension %d exceeds the limit %d", moe_config_rot_dim(c), MOE_MAX_ROT);
-    moe_config_rope_freqs(c, freqs, &e->rope_attn);
-    MOE_TRY(dev->ops->upload(dev->be, e->inv_freq, freqs,
-                             (size_t)moe_config_rot_dim(c) / 2 * sizeof(float), err));
-  }
-  if (opt->cache == MOE_CACHE_LFU) moe_expert_store_set_eviction(e->store, MOE_EVICT_LFU);
-  MOE_TRY(dev->ops->upload(dev->be, e->dense_dev, model->dense, model->dense_bytes, err));
-  e->h_ids = malloc(T * sizeof(int32_t));
-  e->h_pos = malloc(T * sizeof(int32_t));
-  e->h_idx = malloc(T * K * sizeof(int32_t));
-  e->h_rows = malloc(T * K * sizeof(int32_t));
-  bool preds_ok = true;
-  for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) {
-    e->pred[i].idx = malloc(T * K * sizeof(int32_t));
-    e->pred[i].w = malloc(T * K * sizeof(float));
-    preds_ok &= e->pred[i].idx && e->pred[i].w;
-  }
-  e->h_wts = malloc(T * K * sizeof(float));
-  e->h_scale = malloc(T * K * sizeof(float));
-
-  e->h_count = malloc((E + 1) * sizeof(int));
-  e->h_needed = malloc(E * sizeof(int));
-  e->h_pmark = malloc(E * sizeof(int));
-  e->h_pneeded = malloc(E * sizeof(int));
-  e->h_cap = malloc(E * sizeof(int));
-  MOE_CHECK(e->h_ids && e->h_pos && e->h_idx && e->h_rows && preds_ok && e->h_wts && e->h_scale &&
-                e->h_count && e->h_needed && e->h_pmark && e->h_pneeded && e->h_cap,
-            err, MOE_ERR_OOM, "out of host memory for engine scratch");
-  for (size_t i = 0; i < T; i++) e->h_ids[i] = (int32_t)i;
-  MOE_TRY(dev->ops->upload(dev->be, e->iota, e->h_ids, T * sizeof(int32_t), err));
-  if (moe_config_is_encdec(c)) {
-    /* bucket of memory - query = r at index r + max_seq - 1 */
-    const size_t n = 2 * (size_t)opt->max_seq - 1;
-    int32_t *bk = malloc(2 * n * sizeof *bk);
-    MOE_CHECK_ALLOC(bk, err, 2 * n * sizeof *bk);
-    for (size_t i = 0; i < n; i++) {
-      const int r = (int)i - (opt->max_seq - 1);
-      bk[i] = moe_rel_bucket(r, true, c->rel_buckets, c->rel_max_distance);
-      bk[n + i] = moe_rel_bucket(r, false, c->rel_buckets, c->rel_max_distance);
+  ADD(ROLE_ENC_FINAL_NORM, -1, -1, 1, H, true, false, "encoder.final_layer_norm.weight");
+  ADD(ROLE_FINAL_NORM, -1, -1, 1, H, true, false, "decoder.final_layer_norm.weight");
+  m->n_moe = 0;
+  for (int l = 0; l < c->n_layers; l++) {
+    const bool dec = l >= c->n_enc_layers;
+    const char *p = dec ? "decoder.block" : "encoder.block";
+    const int i = dec ? l - c->n_enc_layers : l;
+    const int ff = dec ? 2 : 1; /* the FFN sub-layer's index */
+    ADD(ROLE_ATTN_NORM, l, -1, 1, H, true, false, "%s.%d.layer.0.layer_norm.weight", p, i);
+    ADD(ROLE_WQ, l, -1, inner, H, false, false, "%s.%d.layer.0.SelfAttention.q.weight", p, i);
+    ADD(ROLE_WK, l, -1, inner, H, false, false, "%s.%d.layer.0.SelfAttention.k.weight", p, i);
+    ADD(ROLE_WV, l, -1, inner, H, false, false, "%s.%d.layer.0.SelfAttention.v.weight", p, i);
+    ADD(ROLE_WO, l, -1, H, inner, false, false, "%s.%d.layer.0.SelfAttention.o.weight", p, i);
+    if (i == 0)
+      ADD(ROLE_REL_BIAS, l, -1, NB, (size_t)c->n_heads, false, false,
+          "%s.0.layer.0.SelfAttention.relative_attention_bias.weight", p);
+    if (dec) {
+      ADD(ROLE_XATTN_NORM, l, -1, 1, H, true, false, "%s.%d.layer.1.layer_norm.weight", p, i);
+      ADD(ROLE_XQ, l, -1, inner, H, false, false, "%s.%d.layer.1.EncDecAttention.q.weight", p, i);
+      ADD(ROLE_XK, l, -1, inner, H, false, false, "%s.%d.layer.1.EncDecAttention.k.weight", p, i);
+      ADD(ROLE_XV, l, -1, inner, H, false, false, "%s.%d.layer.1.EncDecAttention.v.weight", p, i);
+      ADD(ROLE_XO, l, -1, H, inner, false, false, "%s.%d.layer.1.EncDecAttention.o.weight", p, i);
     }
-    st = dev->ops->upload(dev->be, e->buckets, bk, 2 * n * sizeof *bk, err);
-    free(bk);
-    MOE_TRY(st);
-  }
-
-  if (e->policy->create)
-    MOE_TRY(policy_result(e, e->policy->create(&env, &e->policy_state, err), "create", err));
-  e->cb_err = err;
-  if (e->policy->warm && model->n_moe > 0) {
-    moe_expert_store_round_begin(e->store);
-    moe_status pst = e->policy->warm(e->policy_state, &e->ctx, err);
-    int prc = moe_expert_store_round_end(e->store, err);
-    MOE_TRY(policy_result(e, pst, "warm", err));
-    MOE_CHECK(prc == 0 && (err == NULL || err->status == MOE_OK), err,
-              err && err->status != MOE_OK ? err->status : MOE_ERR_DEVICE,
-              "policy '%s': warm failed", e->policy->name);
-  }
-  if (opt->cache == MOE_CACHE_STATIC && e->cache_slots > 0 && model->n_moe > 0) {
-    /* pin the cache_slots most popular experts (warm-up counts) */
-    MOE_CHECK(opt->cache_popularity != NULL, err, MOE_ERR_INVALID,
-              "a static expert cache needs popularity counts from a warm-up run");
-    const long keys = (long)model->n_moe * c->n_experts;
-    bool *taken = calloc((size_t)keys, sizeof *taken);
-    MOE_CHECK_ALLOC(taken, err, (size_t)keys);
-    for (int n = 0; n < e->cache_slots; n++) {
-      long best = -1;
-      for (long k = 0; k < keys; k++)
-        if (!taken[k] && (best < 0 || opt->cache_popularity[k] > opt->cache_popularity[best])) best = k;
-      if (best < 0) break;
-      taken[best] = true;
-      int layer = -1;
-      for (int l = 0, mi = 0; l < c->n_layers && layer < 0; l++)
-        if (c->is_moe[l] && mi++ == best / c->n_experts) layer = l;
-      moe_expert_store_round_begin(e->store);
-      int r = moe_expert_store_pin(e->store, layer, (int)(best % c->n_experts), err);
-      int rr = moe_expert_store_round_end(e->store, err);
-      if (r < 0 || rr < 0) {
-        free(taken);
-        st = err ? err->status : MOE_ERR_DEVICE;
-        goto cleanup;
+    ADD(ROLE_FFN_NORM, l, -1, 1, H, true, false, "%s.%d.layer.%d.layer_norm.weight", p, i, ff);
+    if (c->is_moe[l]) {
+      m->moe_index[l] = m->n_moe++;
+      ADD(ROLE_ROUTER, l, -1, E, H, false, false, "%s.%d.layer.%d.mlp.router.classifier.weight",
+          p, i, ff);
+      if (c->router_logit_bias)
+        ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, false,
+            "%s.%d.layer.%d.mlp.router.classifier.bias", p, i, ff);
+      /* Not a transformers tensor: the pre-gate of a model fine-tuned for
+       * pre-gating, predicting the next MoE block of the same stack from
+       * this block's MoE input.  Optional. */
+      int sb, se;
+      moe_config_stack(c, l, &sb, &se);
+      bool has_next = false;
+      for (int n = l + 1; n < se; n++) has_next |= c->is_moe[n];
+      if (has_next)
+        ADD(ROLE_PREGATE, l, -1, E, H, false, true, "%s.%d.layer.%d.mlp.pregate.weight", p, i, ff);
+      for (int e = 0; e < c->n_experts; e++) {
+        ADD(ROLE_E_UP, l, e, F, H, false, false, "%s.%d.layer.%d.mlp.experts.expert_%d.wi.weight",
+            p, i, ff, e);
+        ADD(ROLE_E_DOWN, l, e, H, F, false, false,
+            "%s.%d.layer.%d.mlp.experts.expert_%d.wo.weight", p, i, ff, e);
       }
-    }
-    free(taken);
-  }
-  MOE_TRY(dev->ops->synchronize(dev->be, err));
-  e->warm_bytes = e->store ? moe_expert_store_stats(e->store)->bytes_h2d : 0;
-  moe_engine_reset_stats(e);
-  *out = e;
-  return MOE_OK;
-cleanup:
-  moe_engine_free(e);
-  return st;
-}
-
-/* ---------------------------------------------------------------- blocks */
-
-/* Runs the top-k selection on logits already in e->router (plus bias, which
- * may be absent) and downloads indices and weights. */
-static moe_status topk_download(moe_engine *e, int layer, bool prediction, size_t T,
-                                const moe_weight *bias, int32_t *d_idx, float *d_w,
-                                int32_t *h_idx, float *h_w, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const moe_backend_ops *o = e->dev->ops;
-  const size_t K = (size_t)c->top_k;
-  /* the routing is layer's (a pre-gate's: the block it predicts, expert -2) */
-  if (o->set_context) o->set_context(e->dev->be, layer, prediction ? -2 : -1, e->step);
-  if (c->router_ex) {
-    const moe_router_ex r = {c->top_k, (moe_router_scoring)c->scoring, bias, c->n_group,
-                             c->topk_group, (moe_router_group_score)c->group_score, c->norm_topk,
-                             c->routed_scale, c->group_mask_neg_inf};
-    MOE_TRY(o->router_topk_ex(e->dev->be, d_idx, d_w, e->router, T, c->n_experts, &r, err));
-  } else {
-    MOE_TRY(o->router_topk(e->dev->be, d_idx, d_w, e->router, T, c->n_experts, c->top_k,
-                           c->norm_topk, bias, err));
-  }
-  {
-    /* indices and weights with one wait of the host */
-    const moe_xfer x[2] = {{h_idx, d_idx, T * K * sizeof(int32_t)}, {h_w, d_w, T * K * sizeof(float)}};
-    MOE_TRY(moe_device_download_many(e->dev, x, 2, err));
-  }
-cleanup:
-  return st;
-}
-
-/* Router logits of MoE layer `layer` for in[T, H] into e->router, then its
- * top-k.  A Switch router's classifier bias is part of the logits (the
- * softmax sees it); the decoder-only families' optional bias only ranks. */
-static moe_status route(moe_engine *e, int layer, bool prediction, const float *in, size_t T,
-                        int32_t *d_idx, float *d_w, int32_t *h_idx, float *h_w, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_weight router = dw(e, layer, ROLE_ROUTER), bias = dw(e, layer, ROLE_ROUTER_BIAS);
-  const moe_weight none = {NULL, e->model->dtype, 0, 0};
-  const bool in_logits = e->model->cfg.router_logit_bias;
-  MOE_TRY(e->dev->ops->matmul(e->dev->be, e->router, in, T, &router, in_logits ? &bias : NULL, err));
-  MOE_TRY(topk_download(e, layer, prediction, T, in_logits ? &none : &bias, d_idx, d_w, h_idx, h_w,
-                        err));
-cleanup:
-  return st;
-}
-
-/* Predicts the experts of MoE layer `next` for the current tokens and tells
- * the policy.  from_input: the checkpoint pre-gate applied to this block's
- * MoE input (e->h); otherwise next's norm and router applied to the
- * residual stream after this block. */
-static moe_status pregate(moe_engine *e, int layer, int next, size_t T, bool from_input,
-                          bool first, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  const moe_config *c = &e->model->cfg;
-  struct pending_pred *p = NULL;
-  for (int i = 0; i <= MOE_MAX_LOOKAHEAD && p == NULL; i++)
-    if (e->pred[i].layer < 0) p = &e->pred[i];
-  MOE_CHECK(p != NULL, err, MOE_ERR_INTERNAL, "more pending predictions than the lookahead allows");
-  if (from_input) {
-    const moe_weight pg = dw(e, layer, ROLE_PREGATE);
-    const moe_weight no_bias = {NULL, e->model->dtype, 0, 0};
-    MOE_TRY(o->matmul(be, e->router, e->h, T, &pg, NULL, err));
-    MOE_TRY(topk_download(e, next, true, T, &no_bias, e->pidx, e->pw, p->idx, p->w, err));
-  } else {
-    const moe_weight fn = dw(e, next, ROLE_FFN_NORM);
-    MOE_TRY(o->rmsnorm(be, e->tmp, e->x, T, &fn, c->rms_eps, err));
-    MOE_TRY(route(e, next, true, e->tmp, T, e->pidx, e->pw, p->idx, p->w, err));
-  }
-  p->layer = next;
-  p->first = first;
-  /* the distinct predicted experts, ascending */
-  const size_t K = (size_t)c->top_k;
-  memset(e->h_pmark, 0, (size_t)c->n_experts * sizeof(int));
-  for (size_t i = 0; i < T * K; i++) e->h_pmark[p->idx[i]] = 1;
-  int n = 0;
-  for (int x = 0; x < c->n_experts; x++)
-    if (e->h_pmark[x]) e->h_pneeded[n++] = x;
-  POLICY_CALL(e, experts_predicted, next, e->h_pneeded, n);
-cleanup:
-  return st;
-}
-
-/* Whether the blocks of layer l's stack predict their successors. */
-static bool stack_predicts(const moe_engine *e, int l) {
-  const unsigned which = e->opt.pregate_stacks ? e->opt.pregate_stacks
-                                               : MOE_PREGATE_ENCODER | MOE_PREGATE_DECODER;
-  if (!moe_config_is_encdec(&e->model->cfg)) return true;
-  return (which & (l < e->model->cfg.n_enc_layers ? MOE_PREGATE_ENCODER : MOE_PREGATE_DECODER)) != 0;
-}
-
-/* Expert capacity (Switch, as transformers 5.24 applies it): per sequence,
- * in token order, each expert takes its first `capacity` tokens; a token
- * past it skips the expert, so its FFN output is 0 and the residual passes
- * unchanged.  Dropped (token, expert) pairs get index -1. */
-static void apply_capacity(moe_engine *e, size_t T) {
-  const moe_config *c = &e->model->cfg;
-  const size_t K = (size_t)c->top_k, per_seq = (size_t)e->cur_n_new;
-  if (!moe_config_is_encdec(c)) return;
-  for (size_t t0 = 0; t0 < T; t0 += per_seq) {
-    memset(e->h_cap, 0, (size_t)c->n_experts * sizeof(int));
-    for (size_t i = t0 * K; i < (t0 + per_seq) * K && i < T * K; i++)
-      if (++e->h_cap[e->h_idx[i]] > c->expert_capacity) e->h_idx[i] = -1;
-  }
-}
-
-/* One expert's FFN on n gathered rows in e->xe, result in e->ye. */
-static moe_status expert_ffn(moe_engine *e, const moe_expert_weights *w, size_t n, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  const size_t F = w->up.rows;
-  if (w->gate.data == NULL) { /* ReLU: wo(relu(wi x)) */
-    MOE_TRY(o->matmul(be, e->ue, e->xe, n, &w->up, NULL, err));
-    MOE_TRY(o->unary(be, e->ue, e->ue, n * F, MOE_UNARY_RELU, 0.0f, err));
-    MOE_TRY(o->matmul(be, e->ye, e->ue, n, &w->down, NULL, err));
-  } else {
-    MOE_TRY(o->matmul(be, e->ge, e->xe, n, &w->gate, NULL, err));
-    MOE_TRY(o->matmul(be, e->ue, e->xe, n, &w->up, NULL, err));
-    MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, n * F, err));
-    MOE_TRY(o->matmul(be, e->ye, e->ge, n, &w->down, NULL, err));
-  }
-cleanup:
-  return st;
-}
-
-/* The MoE block of layer l on h[T, H], accumulated into x. */
-static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  const size_t H = (size_t)c->hidden, K = (size_t)c->top_k, E = (size_t)c->n_experts;
-  /* the block this one predicts: the lookahead-th MoE block after it in
-   * its stack; a checkpoint pre-gate is trained for the next one only */
-  const int ahead = e->opt.pregate_lookahead > 0 ? e->opt.pregate_lookahead : 1;
-  int next = l;
-  for (int k = 0; k < ahead && next >= 0; k++) next = next_moe_in_stack(e->model, next);
-  const bool want_pred = next >= 0 && stack_predicts(e, l) &&
-                         (e->opt.routing == MOE_ROUTING_PREGATED ||
-                          e->policy->experts_predicted != NULL);
-  const bool pred_from_input = ahead == 1 && moe_model_spec(e->model, l, ROLE_PREGATE) != NULL;
-
-  /* The block's own router: the routing in conventional mode, the yardstick
-   * of the prediction otherwise. */
-  MOE_TRY(route(e, l, false, e->h, T, e->ridx, e->rw, e->h_idx, e->h_wts, err));
-  if (e->opt.on_route) e->opt.on_route(e->opt.on_route_ctx, l, e->step, e->h_idx, T, (int)K);
-  for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) {
-    struct pending_pred *p = &e->pred[i];
-    if (p->layer != l) continue;
-    unsigned long long *hits = p->first ? &e->first_hits : &e->pregate_hits;
-    unsigned long long *total = p->first ? &e->first_total : &e->pregate_total;
-    for (size_t t = 0; t < T; t++)
-      for (size_t a = 0; a < K; a++) {
-        for (size_t b = 0; b < K; b++) *hits += p->idx[t * K + a] == e->h_idx[t * K + b];
-        (*total)++;
-      }
-    /* the first block is routed by its own router, as the paper does */
-    if (e->opt.routing == MOE_ROUTING_PREGATED && !p->first) {
-      memcpy(e->h_idx, p->idx, T * K * sizeof(int32_t));
-      memcpy(e->h_wts, p->w, T * K * sizeof(float));
-    }
-    p->layer = -1;
-  }
-  apply_capacity(e, T);
-
-  /* Group (token, weight) pairs by expert: counting sort, stable in token
-   * order (pairs dropped by the capacity, index -1, are left out). */
-  memset(e->h_count, 0, (E + 1) * sizeof(int));
-  for (size_t i = 0; i < T * K; i++)
-    if (e->h_idx[i] >= 0) e->h_count[e->h_idx[i] + 1]++;
-  int n_needed = 0;
-  for (size_t x = 0; x < E; x++)
-    if (e->h_count[x + 1] > 0) e->h_needed[n_needed++] = (int)x;
-  for (size_t x = 0; x < E; x++) e->h_count[x + 1] += e->h_count[x];
-  for (size_t i = 0; i < T * K; i++) {
-    if (e->h_idx[i] < 0) continue;
-    int slot = e->h_count[e->h_idx[i]]++;
-    e->h_rows[slot] = (int32_t)(i / K);
-    e->h_scale[slot] = e->h_wts[i];
-  }
-  const size_t routed = (size_t)e->h_count[E - 1];
-  /* h_count[x] is now the end of expert x's run; its start is h_count[x-1]. */
-  moe_expert_store_begin_block(e->store, l, e->h_needed, n_needed);
-  POLICY_CALL(e, experts_needed, l, e->h_needed, n_needed);
-  if (want_pred && pred_from_input) MOE_TRY(pregate(e, l, next, T, true, false, err));
-
-  if (routed > 0) {
-    MOE_TRY(o->upload(be, e->rows, e->h_rows, routed * sizeof(int32_t), err));
-    MOE_TRY(o->upload(be, e->rw, e->h_scale, routed * sizeof(float), err));
-  }
-  /* a streaming ring (cache kind ring): while an expert computes, the
-   * next `ahead` experts of the block are on their way, in the order they
-   * will run (double-buffered at ahead 1) */
-  const int stream = e->opt.cache == MOE_CACHE_RING ? e->cache_slots : 0;
-  int pos = 0;
-  for (size_t x = 0; x < E; x++) {
-    size_t begin = x ? (size_t)e->h_count[x - 1] : 0, n = (size_t)e->h_count[x] - begin;
-    if (n == 0) continue;
-    moe_expert_weights w;
-    op_context(e, l, (int)x);
-    for (int j = pos + 1; j <= pos + stream && j < n_needed; j++)
-      if (moe_expert_store_fetch(e->store, l, e->h_needed[j], true, err) < 0)
-        MOE_TRY(err ? err->status : MOE_ERR_DEVICE);
-    pos++;
-    MOE_TRY(moe_expert_store_acquire(e->store, l, (int)x, &w, err));
-    MOE_TRY(o->gather_rows(be, e->xe, e->h, e->rows + begin, n, H, err));
-    MOE_TRY(expert_ffn(e, &w, n, err));
-    MOE_TRY(o->scatter_add_rows(be, e->x, e->ye, e->rows + begin, e->rw + begin, 1, false, n, H,
-                                err));
-    MOE_TRY(moe_expert_store_release(e->store, l, (int)x, err));
-  }
-  moe_expert_store_end_block(e->store, l);
-  op_context(e, l, -1);
-  if (c->shared_ffn > 0) {
-    const moe_weight g = dw(e, l, ROLE_SH_GATE), u = dw(e, l, ROLE_SH_UP),
-                     d = dw(e, l, ROLE_SH_DOWN), sg = dw(e, l, ROLE_SH_EXPERT_GATE);
-    MOE_TRY(o->matmul(be, e->ge, e->h, T, &g, NULL, err));
-    MOE_TRY(o->matmul(be, e->ue, e->h, T, &u, NULL, err));
-    MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, T * g.rows, err));
-    MOE_TRY(o->matmul(be, e->ye, e->ge, T, &d, NULL, err));
-    if (sg.data) { /* Qwen2-MoE: a sigmoid gate per token */
-      MOE_TRY(o->matmul(be, e->sg, e->h, T, &sg, NULL, err));
-      MOE_TRY(o->scatter_add_rows(be, e->x, e->ye, e->iota, e->sg, 1, true, T, H, err));
-    } else { /* DeepSeek: added as it is */
-      MOE_TRY(o->add(be, e->x, e->ye, T * H, err));
-    }
-  }
-  if (want_pred && !pred_from_input) MOE_TRY(pregate(e, l, next, T, false, false, err));
-cleanup:
-  return st;
-}
-
-static moe_status dense_ffn(moe_engine *e, int l, size_t T, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  const moe_weight g = dw(e, l, ROLE_D_GATE), u = dw(e, l, ROLE_D_UP), d = dw(e, l, ROLE_D_DOWN);
-  if (e->model->cfg.ffn_act == MOE_FFN_RELU) {
-    MOE_TRY(o->matmul(be, e->ue, e->h, T, &u, NULL, err));
-    MOE_TRY(o->unary(be, e->ue, e->ue, T * u.rows, MOE_UNARY_RELU, 0.0f, err));
-    MOE_TRY(o->matmul(be, e->tmp, e->ue, T, &d, NULL, err));
-  } else {
-    MOE_TRY(o->matmul(be, e->ge, e->h, T, &g, NULL, err));
-    MOE_TRY(o->matmul(be, e->ue, e->h, T, &u, NULL, err));
-    MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, T * g.rows, err));
-    MOE_TRY(o->matmul(be, e->tmp, e->ge, T, &d, NULL, err));
-  }
-  MOE_TRY(o->add(be, e->x, e->tmp, T * (size_t)e->model->cfg.hidden, err));
-cleanup:
-  return st;
-}
-
-/* Self-attention of a decoder-only layer: RoPE, the KV cache, causal
- * attention scaled by 1/sqrt(head_dim).  e->h in, e->att out. */
-static moe_status rope_attention(moe_engine *e, int l, size_t T, const moe_attn_shape *shape,
-                                 moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  const moe_weight wq = dw(e, l, ROLE_WQ), wk = dw(e, l, ROLE_WK), wv = dw(e, l, ROLE_WV),
-                   bq = dw(e, l, ROLE_BQ), bk = dw(e, l, ROLE_BK), bv = dw(e, l, ROLE_BV);
-  float *kc = e->k_cache + (size_t)l * e->cache_layer_floats;
-  float *vc = e->v_cache + (size_t)l * e->cache_layer_floats;
-  MOE_TRY(o->matmul(be, e->q, e->h, T, &wq, &bq, err));
-  MOE_TRY(o->matmul(be, e->k, e->h, T, &wk, &bk, err));
-  MOE_TRY(o->matmul(be, e->v, e->h, T, &wv, &bv, err));
-  if (c->qk_norm != MOE_QK_NORM_NONE) {
-    /* per head: rows of head_dim (the projection is [T, heads x head_dim],
-     * so [T x heads, head_dim]); full: rows of the whole projection */
-    const bool head = c->qk_norm == MOE_QK_NORM_HEAD;
-    const moe_weight qn = dw(e, l, ROLE_QNORM), kn = dw(e, l, ROLE_KNORM);
-    MOE_TRY(o->rmsnorm(be, e->q, e->q, head ? T * (size_t)c->n_heads : T, &qn, c->rms_eps, err));
-    MOE_TRY(o->rmsnorm(be, e->k, e->k, head ? T * (size_t)c->n_kv_heads : T, &kn, c->rms_eps, err));
-  }
-  if (e->use_rope_ex) { /* scaled RoPE: the engine's frequencies */
-    const size_t hd = (size_t)c->head_dim;
-    const moe_rope_ex rq = {c->n_heads, (size_t)c->n_heads * hd, hd, 0, c->head_dim, false,
-                            e->inv_freq, e->rope_attn};
-    const moe_rope_ex rk = {c->n_kv_heads, (size_t)c->n_kv_heads * hd, hd, 0, c->head_dim, false,
-                            e->inv_freq, e->rope_attn};
-    MOE_TRY(o->rope_ex(be, e->q, T, e->pos, &rq, err));
-    MOE_TRY(o->rope_ex(be, e->k, T, e->pos, &rk, err));
-  } else {
-    MOE_TRY(o->rope(be, e->q, T, e->pos, c->n_heads, c->head_dim, c->rope_theta, err));
-    MOE_TRY(o->rope(be, e->k, T, e->pos, c->n_kv_heads, c->head_dim, c->rope_theta, err));
-  }
-  MOE_TRY(o->kv_store(be, kc, vc, e->k, e->v, shape, err));
-  MOE_TRY(o->attention(be, e->att, e->q, kc, vc, shape, err));
-cleanup:
-  return st;
-}
-
-/* Multi-head latent attention of a DeepSeek layer (e->h in, e->att out):
- * the query (through q_a_proj, its norm and q_b_proj, or q_proj), the
- * latent c = norm(kv_a_proj's first kv_rank outputs) into e->k and the
- * shared key k_pe = its last rope_dim outputs into e->v (two products on
- * row views of the one weight), RoPE on the query's rotated part and on
- * k_pe, then the backend's mla_attention over the latent cache. */
-static moe_status latent_attention(moe_engine *e, int l, size_t T, const moe_attn_shape *shape,
-                                   moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  const moe_weight wq = dw(e, l, ROLE_WQ), kva = dw(e, l, ROLE_KVA), bkva = dw(e, l, ROLE_BKVA),
-                   kvn = dw(e, l, ROLE_KVA_NORM), kvb = dw(e, l, ROLE_KVB);
-  const size_t es = moe_dtype_size(kva.dtype), R = (size_t)c->kv_rank, P = (size_t)c->rope_dim;
-  if (c->q_rank > 0) {
-    const moe_weight qa = dw(e, l, ROLE_QA), bqa = dw(e, l, ROLE_BQA), qn = dw(e, l, ROLE_QA_NORM);
-    MOE_TRY(o->matmul(be, e->k, e->h, T, &qa, &bqa, err));
-    MOE_TRY(o->rmsnorm(be, e->k, e->k, T, &qn, c->rms_eps, err));
-    MOE_TRY(o->matmul(be, e->q, e->k, T, &wq, NULL, err));
-  } else {
-    MOE_TRY(o->matmul(be, e->q, e->h, T, &wq, NULL, err));
-  }
-  const moe_weight lat = {kva.data, kva.dtype, R, kva.cols};
-  const moe_weight rot = {(const uint8_t *)kva.data + R * kva.cols * es, kva.dtype, P, kva.cols};
-  const moe_weight blat = {bkva.data, bkva.dtype, 1, R};
-  const moe_weight brot = {bkva.data ? (const uint8_t *)bkva.data + R * es : NULL, bkva.dtype, 1, P};
-  MOE_TRY(o->matmul(be, e->k, e->h, T, &lat, &blat, err));
-  MOE_TRY(o->rmsnorm(be, e->k, e->k, T, &kvn, c->rms_eps, err));
-  MOE_TRY(o->matmul(be, e->v, e->h, T, &rot, &brot, err));
-  const size_t qw = (size_t)c->nope_dim + P;
-  const moe_rope_ex rq = {c->n_heads, (size_t)c->n_heads * qw, qw, c->nope_dim, c->rope_dim,
-                          c->rope_interleave, e->inv_freq, e->rope_attn};
-  const moe_rope_ex rk = {1, P, P, 0, c->rope_dim, c->rope_interleave, e->inv_freq, e->rope_attn};
-  MOE_TRY(o->rope_ex(be, e->q, T, e->pos, &rq, err));
-  MOE_TRY(o->rope_ex(be, e->v, T, e->pos, &rk, err));
-  const moe_mla_shape ms = {shape->n_seq, shape->n_new, shape->pos0, shape->max_seq, c->n_heads,
-                            c->nope_dim, c->rope_dim, c->v_dim, c->kv_rank,
-                            e->attn_scale};
-  MOE_TRY(o->mla_attention(be, e->att, e->q, e->k_cache + (size_t)l * e->cache_layer_floats,
-                           e->v_cache + (size_t)l * e->vcache_layer_floats, e->k, e->v, &kvb, &ms,
-                           err));
-cleanup:
-  return st;
-}
-
-/* Self-attention of a Switch (T5) layer: no position embedding and no
- * 1/sqrt(d) scale; the relative-position bias of the stack's first layer,
- * bidirectional in the encoder, causal in the decoder.  The encoder writes
- * its K/V into the first decoder layer's cache as scratch (positions 0 ..
- * src_len - 1); the decoder into its own layer's cache. */
-static moe_status t5_self_attention(moe_engine *e, int l, size_t T, const moe_attn_shape *shape,
-                                    moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  const bool dec = l >= c->n_enc_layers;
-  const moe_weight wq = dw(e, l, ROLE_WQ), wk = dw(e, l, ROLE_WK), wv = dw(e, l, ROLE_WV);
-  const moe_weight rb = dw(e, dec ? c->n_enc_layers : 0, ROLE_REL_BIAS);
-  const size_t slot = dec ? (size_t)(l - c->n_enc_layers) : 0;
-  float *kc = e->k_cache + slot * e->cache_layer_floats;
-  float *vc = e->v_cache + slot * e->cache_layer_floats;
-  MOE_TRY(o->matmul(be, e->q, e->h, T, &wq, NULL, err));
-  MOE_TRY(o->matmul(be, e->k, e->h, T, &wk, NULL, err));
-  MOE_TRY(o->matmul(be, e->v, e->h, T, &wv, NULL, err));
-  MOE_TRY(o->kv_store(be, kc, vc, e->k, e->v, shape, err));
-  const size_t nbk = 2 * (size_t)e->opt.max_seq - 1;
-  const moe_attn_ex a = {shape->n_seq, shape->n_new, shape->pos0,
-                         dec ? shape->pos0 + shape->n_new : shape->n_new, shape->max_seq,
-                         c->n_heads, c->n_kv_heads, c->head_dim, dec, 1.0f, &rb,
-                         e->buckets + (dec ? nbk : 0), e->opt.max_seq - 1};
-  MOE_TRY(o->attention_ex(be, e->att, e->q, kc, vc, &a, err));
-cleanup:
-  return st;
-}
-
-/* Cross-attention of decoder layer l over the encoder output's K/V. */
-static moe_status cross_attention(moe_engine *e, int l, size_t T, const moe_attn_shape *shape,
-                                  moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  const moe_weight xn = dw(e, l, ROLE_XATTN_NORM), xq = dw(e, l, ROLE_XQ), xo = dw(e, l, ROLE_XO);
-  const size_t slot = (size_t)(l - c->n_enc_layers);
-  MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &xn, c->rms_eps, err));
-  MOE_TRY(o->matmul(be, e->q, e->h, T, &xq, NULL, err));
-  const moe_attn_ex a = {shape->n_seq, shape->n_new, shape->pos0, e->src_len, shape->max_seq,
-                         c->n_heads, c->n_kv_heads, c->head_dim, false, 1.0f, NULL, NULL, 0};
-  MOE_TRY(o->attention_ex(be, e->att, e->q, e->xk_cache + slot * e->cache_layer_floats,
-                          e->xv_cache + slot * e->cache_layer_floats, &a, err));
-  MOE_TRY(o->matmul(be, e->tmp, e->att, T, &xo, NULL, err));
-  MOE_TRY(o->add(be, e->x, e->tmp, T * (size_t)c->hidden, err));
-cleanup:
-  return st;
-}
-
-/* Layers [l0, l1) on the residual stream e->x of n_seq x n_new tokens at
- * positions pos0.. (e->pos uploaded). */
-static moe_status run_layers(moe_engine *e, int l0, int l1, int n_seq, int n_new, int pos0,
-                             moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  const size_t T = (size_t)n_seq * (size_t)n_new, H = (size_t)c->hidden;
-  const bool t5 = c->arch == MOE_ARCH_SWITCH;
-  const moe_attn_shape shape = {n_seq, n_new, pos0, e->opt.max_seq, c->n_heads, c->n_kv_heads,
-                                c->head_dim};
-  const int first_moe = first_moe_in(e->model, l0, l1);
-  e->cur_n_new = n_new;
-  e->step++;
-  for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) e->pred[i].layer = -1;
-  for (int l = l0; l < l1; l++) {
-    op_context(e, l, -1);
-    POLICY_CALL(e, layer_begin, l);
-    /* the first MoE block has no block before it to predict it: a policy
-     * that asks gets its router applied to the layer input, before
-     * attention, so the copies overlap this layer's attention */
-    if (l == first_moe && e->policy->predict_first_block && e->policy->experts_predicted &&
-        stack_predicts(e, l)) {
-      MOE_TRY(pregate(e, l, l, T, false, true, err));
-    }
-    const moe_weight an = dw(e, l, ROLE_ATTN_NORM), fn = dw(e, l, ROLE_FFN_NORM),
-                     wo = dw(e, l, ROLE_WO), bo = dw(e, l, ROLE_BO);
-    MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &an, c->rms_eps, err));
-    if (t5)
-      MOE_TRY(t5_self_attention(e, l, T, &shape, err));
-    else if (moe_config_is_mla(c))
-      MOE_TRY(latent_attention(e, l, T, &shape, err));
-    else
-      MOE_TRY(rope_attention(e, l, T, &shape, err));
-    MOE_TRY(o->matmul(be, e->tmp, e->att, T, &wo, &bo, err));
-    MOE_TRY(o->add(be, e->x, e->tmp, T * H, err));
-    if (t5 && l >= c->n_enc_layers) MOE_TRY(cross_attention(e, l, T, &shape, err));
-    MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &fn, c->rms_eps, err));
-    if (c->is_moe[l])
-      MOE_TRY(moe_block(e, l, T, err));
-    else
-      MOE_TRY(dense_ffn(e, l, T, err));
-    POLICY_CALL(e, layer_end, l);
-  }
-  op_context(e, -1, -1);
-cleanup:
-  return st;
-}
-
-/* Checks and uploads the token ids and positions of one forward call, and
- * embeds them into e->x with the given table. */
-static moe_status embed_tokens(moe_engine *e, const int32_t *tokens, int n_seq, int n_new,
-                               int pos0, const moe_weight *table, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  MOE_CHECK(n_seq > 0 && n_seq <= e->opt.max_batch, err, MOE_ERR_INVALID,
-            "batch %d is outside 1..%d", n_seq, e->opt.max_batch);
-  MOE_CHECK(n_new > 0 && n_new <= e->opt.max_prefill, err, MOE_ERR_INVALID,
-            "%d tokens per sequence exceed the engine's limit %d", n_new, e->opt.max_prefill);
-  MOE_CHECK(pos0 >= 0 && pos0 + n_new <= e->opt.max_seq, err, MOE_ERR_INVALID,
-            "positions %d..%d exceed the sequence limit %d", pos0, pos0 + n_new - 1,
-            e->opt.max_seq);
-  const size_t T = (size_t)n_seq * (size_t)n_new;
-  e->last_rows = T;
-  moe_trace_mark(e->dev->trace, "forward");
-  for (size_t i = 0; i < T; i++) {
-    MOE_CHECK(tokens[i] >= 0 && tokens[i] < c->vocab, err, MOE_ERR_INVALID,
-              "token id %d at index %zu is outside the vocabulary (0..%d)", (int)tokens[i], i,
-              c->vocab - 1);
-    e->h_pos[i] = pos0 + (int32_t)(i % (size_t)n_new);
-  }
-  MOE_TRY(o->upload(be, e->ids, tokens, T * sizeof(int32_t), err));
-  MOE_TRY(o->upload(be, e->pos, e->h_pos, T * sizeof(int32_t), err));
-  MOE_TRY(o->embed(be, e->x, table, e->ids, T, err));
-cleanup:
-  return st;
-}
-
-moe_status moe_engine_encode(moe_engine *e, const int32_t *src, int n_seq, int src_len,
-                             moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  e->cb_err = err;
-  MOE_CHECK(moe_config_is_encdec(c), err, MOE_ERR_INVALID,
-            "encode: the model has no encoder (decoder-only: use forward)");
-  e->enc_seq = e->src_len = 0;
-  const moe_weight enc_emb = moe_model_spec(e->model, -1, ROLE_ENC_EMBED)
-                                 ? dw(e, -1, ROLE_ENC_EMBED)
-                                 : dw(e, -1, ROLE_EMBED);
-  MOE_TRY(embed_tokens(e, src, n_seq, src_len, 0, &enc_emb, err));
-  MOE_TRY(run_layers(e, 0, c->n_enc_layers, n_seq, src_len, 0, err));
-  /* the encoder output, then every decoder layer's cross K/V of it */
-  const size_t T = (size_t)n_seq * (size_t)src_len;
-  const moe_weight fn = dw(e, -1, ROLE_ENC_FINAL_NORM);
-  MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &fn, c->rms_eps, err));
-  const moe_attn_shape shape = {n_seq, src_len, 0, e->opt.max_seq, c->n_heads, c->n_kv_heads,
-                                c->head_dim};
-  for (int l = c->n_enc_layers; l < c->n_layers; l++) {
-    const moe_weight xk = dw(e, l, ROLE_XK), xv = dw(e, l, ROLE_XV);
-    const size_t slot = (size_t)(l - c->n_enc_layers);
-    MOE_TRY(o->matmul(be, e->k, e->h, T, &xk, NULL, err));
-    MOE_TRY(o->matmul(be, e->v, e->h, T, &xv, NULL, err));
-    MOE_TRY(o->kv_store(be, e->xk_cache + slot * e->cache_layer_floats,
-                        e->xv_cache + slot * e->cache_layer_floats, e->k, e->v, &shape, err));
-  }
-  e->enc_seq = n_seq;
-  e->src_len = src_len;
-cleanup:
-  return st;
-}
-
-moe_status moe_engine_encoder_output(moe_engine *e, float *out, moe_error *err) {
-  if (e->src_len == 0)
-    return MOE_FAIL(err, MOE_ERR_INVALID, "encoder output: nothing has been encoded");
-  const size_t n = (size_t)e->enc_seq * (size_t)e->src_len * (size_t)e->model->cfg.hidden;
-  /* e->h holds it until the decoder's first forward overwrites it */
-  return e->dev->ops->download(e->dev->be, out, e->h, n * sizeof(float), err);
-}
-
-/* The forward pass; logits NULL: they stay on the device (e->logits). */
-static moe_status forward(moe_engine *e, const int32_t *tokens, int n_seq, int n_new, int pos0,
-                          float *logits, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  const bool encdec = moe_config_is_encdec(c);
-  e->cb_err = err;
-  if (encdec)
-    MOE_CHECK(e->src_len > 0 && n_seq == e->enc_seq, err, MOE_ERR_INVALID,
-              "decoder forward of %d sequences: %s", n_seq,
-              e->src_len > 0 ? "the encoder ran on a different batch" : "encode the inputs first");
-  const size_t T = (size_t)n_seq * (size_t)n_new, H = (size_t)c->hidden;
-  const moe_weight emb = dw(e, -1, ROLE_EMBED);
-  MOE_TRY(embed_tokens(e, tokens, n_seq, n_new, pos0, &emb, err));
-  MOE_TRY(run_layers(e, encdec ? c->n_enc_layers : 0, c->n_layers, n_seq, n_new, pos0, err));
-  const moe_weight fnorm = dw(e, -1, ROLE_FINAL_NORM);
-  const moe_weight head = c->tie_embeddings ? emb : dw(e, -1, ROLE_LM_HEAD);
-  size_t rows = T;
-  if (!e->opt.all_logits) {
-    /* Only each sequence's last token feeds the next step. */
-    for (int b = 0; b < n_seq; b++) e->h_rows[b] = b * n_new + n_new - 1;
-    MOE_TRY(o->upload(be, e->rows, e->h_rows, (size_t)n_seq * sizeof(int32_t), err));
-    MOE_TRY(o->gather_rows(be, e->tmp, e->x, e->rows, (size_t)n_seq, H, err));
-    MOE_TRY(o->rmsnorm(be, e->h, e->tmp, (size_t)n_seq, &fnorm, c->rms_eps, err));
-    rows = (size_t)n_seq;
-  } else {
-    MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &fnorm, c->rms_eps, err));
-  }
-  /* Switch (T5) with tied embeddings rescales by d_model^-0.5 before the head */
-  if (encdec && c->tie_embeddings)
-    MOE_TRY(o->unary(be, e->h, e->h, rows * H, MOE_UNARY_SCALE, (float)pow((double)c->hidden, -0.5),
-                     err));
-  MOE_TRY(o->matmul(be, e->logits, e->h, rows, &head, NULL, err));
-  if (logits) MOE_TRY(o->download(be, logits, e->logits, rows * (size_t)c->vocab * sizeof(float), err));
-cleanup:
-  return st;
-}
-
-moe_status moe_engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, int n_new, int pos0,
-                              float *logits, moe_error *err) {
-  if (logits == NULL) return MOE_FAIL(err, MOE_ERR_INVALID, "forward: logits is NULL");
-  return forward(e, tokens, n_seq, n_new, pos0, logits, err);
-}
-
-/* A decode step whose logits nobody keeps: the greedy choice on the device
- * (argmax_rows) and n_seq ids downloaded, not n_seq x vocab logits.  The
- * same tokens as scanning the downloaded logits (the op's contract). */
-static moe_status decode_step_on_device(moe_engine *e, const int32_t *tokens, int n_seq, int pos0,
-                                        int32_t *next, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_backend_ops *o = e->dev->ops;
-  MOE_TRY(forward(e, tokens, n_seq, 1, pos0, NULL, err));
-  /* e->rows (T x top_k ids) is free once the forward has gathered with it */
-  MOE_TRY(o->argmax_rows(e->dev->be, e->rows, e->logits, (size_t)n_seq, e->model->cfg.vocab, err));
-  MOE_TRY(o->download(e->dev->be, next, e->rows, (size_t)n_seq * sizeof(int32_t), err));
-cleanup:
-  return st;
-}
-
-/* Stall since the last reset: measured by the device where the backend can
- * (stall_seconds), else by the store with the host clock. */
-static double engine_stall(const moe_engine *e) {
-  if (e->dev->ops->stall_seconds) return e->dev->ops->stall_seconds(e->dev->be) - e->stall_base;
-  return e->store ? moe_expert_store_stats(e->store)->stall_s : 0.0;
-}
-
-moe_status moe_engine_generate(moe_engine *e, const int32_t *prompts, int n_seq, int prompt_len,
-                               int max_new, int32_t *out, float *prefill_logits,
-                               moe_gen_stats *stats, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const int V = c->vocab;
-  const bool encdec = moe_config_is_encdec(c);
-  /* an encoder-decoder prefill is the encoder plus the decoder's first
-   * step (the start token): one logits row per sequence */
-  const int pre_new = encdec ? 1 : prompt_len;
-  const size_t rows = e->opt.all_logits ? (size_t)n_seq * (size_t)pre_new : (size_t)n_seq;
-  float *logits = malloc(rows * (size_t)V * sizeof(float));
-  int32_t *next = malloc((size_t)n_seq * sizeof(int32_t));
-  MOE_CHECK(logits && next, err, MOE_ERR_OOM, "out of host memory for logits");
-  MOE_CHECK(max_new >= 1, err, MOE_ERR_INVALID, "max new tokens must be >= 1 (got %d)", max_new);
-  MOE_CHECK(prompt_len >= 1, err, MOE_ERR_INVALID, "prompt length must be >= 1 (got %d)", prompt_len);
-  if (encdec)
-    MOE_CHECK(prompt_len <= e->opt.max_prefill && max_new <= e->opt.max_seq, err, MOE_ERR_INVALID,
-              "input (%d) or new tokens (%d) exceed the engine's limits (%d input tokens, %d "
-              "decoder positions)", prompt_len, max_new, e->opt.max_prefill, e->opt.max_seq);
-  else
-    MOE_CHECK(prompt_len + max_new - 1 <= e->opt.max_seq, err, MOE_ERR_INVALID,
-              "prompt (%d) + new tokens (%d) exceed the engine's sequence limit %d", prompt_len,
-              max_new, e->opt.max_seq);
-  /* decoder positions: the prompt's (decoder-only), or the start token's */
-  const int dec0 = encdec ? 0 : prompt_len - 1;
-  double t0 = now(e);
-  if (encdec) {
-    MOE_TRY(moe_engine_encode(e, prompts, n_seq, prompt_len, err));
-    for (int b = 0; b < n_seq; b++) next[b] = c->decoder_start;
-    MOE_TRY(moe_engine_forward(e, next, n_seq, 1, 0, logits, err));
-  } else {
-    MOE_TRY(moe_engine_forward(e, prompts, n_seq, prompt_len, 0, logits, err));
-  }
-  if (prefill_logits) memcpy(prefill_logits, logits, rows * (size_t)V * sizeof(float));
-  float *keep = stats ? stats->step_logits : NULL;
-  for (int b = 0; b < n_seq; b++) {
-    size_t r = e->opt.all_logits ? (size_t)b * (size_t)pre_new + (size_t)pre_new - 1 : (size_t)b;
-    next[b] = moe_argmax(logits + r * (size_t)V, V);
-    out[(size_t)b * (size_t)max_new] = next[b];
-    if (keep) memcpy(keep + (size_t)b * (size_t)V, logits + r * (size_t)V, (size_t)V * sizeof(float));
-  }
-  double t1 = now(e);
-  if (stats && e->store) {
-    stats->prefill_bytes_h2d = moe_expert_store_stats(e->store)->bytes_h2d;
-    stats->prefill_stall_s = engine_stall(e);
-  }
-  /* (e->rows holds top_k ids per token: room for the n_seq ids) */
-  const bool on_device = keep == NULL && e->dev->ops->argmax_rows != NULL && c->top_k >= 1;
-  for (int step = 1; step < max_new; step++) {
-    double ts = now(e);
-    if (on_device) {
-      MOE_TRY(decode_step_on_device(e, next, n_seq, dec0 + step, next, err));
     } else {
-      MOE_TRY(moe_engine_forward(e, next, n_seq, 1, dec0 + step, logits, err));
-      for (int b = 0; b < n_seq; b++) next[b] = moe_argmax(logits + (size_t)b * (size_t)V, V);
+      m->moe_index[l] = -1;
+      ADD(ROLE_D_UP, l, -1, F, H, false, false, "%s.%d.layer.%d.mlp.wi.weight", p, i, ff);
+      ADD(ROLE_D_DOWN, l, -1, H, F, false, false, "%s.%d.layer.%d.mlp.wo.weight", p, i, ff);
     }
-    for (int b = 0; b < n_seq; b++) out[(size_t)b * (size_t)max_new + (size_t)step] = next[b];
-    if (keep)
-      memcpy(keep + (size_t)step * (size_t)n_seq * (size_t)V, logits,
-             (size_t)n_seq * (size_t)V * sizeof(float));
-    if (stats && stats->step_s) stats->step_s[step - 1] = now(e) - ts;
   }
-  double t2 = now(e);
-  if (stats) {
-    stats->prefill_s = t1 - t0;
-    stats->decode_s = t2 - t1;
-    stats->total_s = t2 - t0;
-    stats->generated = max_new;
-  }
-cleanup:
-  free(logits);
-  free(next);
-  return st;
+  *bp = b;
+  return MOE_OK;
 }
 
+/* The multi-head latent attention tensors of DeepSeek-V2/V3 layer l, as
+ * DeepseekV2ForCausalLM / DeepseekV3ForCausalLM (transformers 5.24) name
+ * them: attention_bias puts biases on q_a_proj, kv_a_proj_with_mqa and
+ * o_proj (never on q_proj, q_b_proj, kv_b_proj).  The rest of a DeepSeek
+ * layer is named as the other decoder-only families' (build_specs). */
+static moe_status add_mla_attention(moe_model *m, spec_builder *bp, int l) {
+  spec_builder b = *bp;
+  moe_status st;
+  const moe_config *c = &m->cfg;
+  const size_t H = (size_t)c->hidden, NH = (size_t)c->n_heads;
+  const size_t qw = NH * (size_t)(c->nope_dim + c->rope_dim), R = (size_t)c->kv_rank,
+               P = (size_t)c->rope_dim;
+  const bool bias = c->o_bias;
+  const char *p = "model.layers";
+  if (c->q_rank > 0) {
+    const size_t Q = (size_t)c->q_rank;
+    ADD(ROLE_QA, l, -1, Q, H, false, false, "%s.%d.self_attn.q_a_proj.weight", p, l);
+    if (bias) ADD(ROLE_BQA, l, -1, 1, Q, true, false, "%s.%d.self_attn.q_a_proj.bias", p, l);
+    ADD(ROLE_QA_NORM, l, -1, 1, Q, true, false, "%s.%d.self_attn.q_a_layernorm.weight", p, l);
+    ADD(ROLE_WQ, l, -1, qw, Q, false, false, "%s.%d.self_attn.q_b_proj.weight", p, l);
+  } else {
+    ADD(ROLE_WQ, l, -1, qw, H, false, false, "%s.%d.self_attn.q_proj.weight", p, l);
+  }
+  ADD(ROLE_KVA, l, -1, R + P, H, false, false, "%s.%d.self_attn.kv_a_proj_with_mqa.weight", p, l);
+  if (bias)
+    ADD(ROLE_BKVA, l, -1, 1, R + P, true, false, "%s.%d.self_attn.kv_a_proj_with_mqa.bias", p, l);
+  ADD(ROLE_KVA_NORM, l, -1, 1, R, true, false, "%s.%d.self_attn.kv_a_layernorm.weight", p, l);
+  ADD(ROLE_KVB, l, -1, NH * (size_t)(c->nope_dim + c->v_dim), R, false, false,
+      "%s.%d.self_attn.kv_b_proj.weight", p, l);
+  ADD(ROLE_WO, l, -1, H, NH * (size_t)c->v_dim, false, false, "%s.%d.self_attn.o_proj.weight", p, l);
+  if (bias) ADD(ROLE_BO, l, -1, 1, H, true, false, "%s.%d.self_attn.o_proj.bias", p, l);
+  *bp = b;
+  return MOE_OK;
+}
 
-moe_status moe_engine_eval(moe_engine *e, const int32_t *windows, int n_windows, int len,
-                           moe_eval_result *out, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const int V = c->vocab, B = e->opt.max_batch;
-  float *logits = NULL;
-  MOE_CHECK(!moe_config_is_encdec(c), err, MOE_ERR_UNSUPPORTED,
-            "eval scores a decoder-only language model; this model is encoder-decoder");
-  MOE_CHECK(e->opt.all_logits, err, MOE_ERR_INVALID,
-            "eval needs an engine that keeps all logits (all_logits)");
-  MOE_CHECK(len >= 2 && n_windows >= 1, err, MOE_ERR_INVALID,
-            "eval needs windows of at least 2 tokens (got %d windows of %d)", n_windows, len);
-  logits = malloc((size_t)B * (size_t)len * (size_t)V * sizeof *logits);
-  MOE_CHECK_ALLOC(logits, err, (size_t)B * (size_t)len * (size_t)V * sizeof *logits);
-  for (int w0 = 0; w0 < n_windows; w0 += B) {
-    const int nb = n_windows - w0 < B ? n_windows - w0 : B;
-    const int32_t *ids = windows + (size_t)w0 * (size_t)len;
-    MOE_TRY(moe_engine_forward(e, ids, nb, len, 0, logits, err));
-    for (int b = 0; b < nb; b++)
-      for (int t = 0; t + 1 < len; t++) {
-        const float *l = logits + ((size_t)b * (size_t)len + (size_t)t) * (size_t)V;
-        const int32_t target = ids[(size_t)b * (size_t)len + (size_t)t + 1];
-        const int best = moe_argmax(l, V);
-        double sum = 0.0;
-        for (int v = 0; v < V; v++) sum += exp((double)l[v] - (double)l[best]);
-        out->nll += (double)l[best] + log(sum) - (double)l[target];
-        out->correct += best == target;
-        out->tokens++;
+/* Fills m->specs for m->cfg and lays out both slabs (offsets, sizes). */
+static moe_status build_specs(moe_model *m, moe_error *err) {
+  const moe_config *c = &m->cfg;
+  spec_builder b = {m, 0, err};
+  moe_status st;
+  const size_t H = (size_t)c->hidden, V = (size_t)c->vocab, hd = (size_t)c->head_dim;
+  const size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
+  const size_t E = (size_t)c->n_experts, F = (size_t)c->expert_ffn;
+  const bool mixtral = c->arch == MOE_ARCH_MIXTRAL, deepseek = moe_config_is_mla(c);
+  const char *moe = mixtral ? "block_sparse_moe" : "mlp";
+  for (int i = 0; i <= MOE_MAX_LAYERS; i++)
+    for (int r = 0; r < ROLE_COUNT; r++) m->dense_index[i][r] = -1;
+
+  if (c->arch == MOE_ARCH_SWITCH) {
+    if ((st = build_switch_specs(m, &b)) != MOE_OK) return st;
+    goto layout;
+  }
+  ADD(ROLE_EMBED, -1, -1, V, H, false, false, "model.embed_tokens.weight");
+  ADD(ROLE_FINAL_NORM, -1, -1, 1, H, true, false, "model.norm.weight");
+  if (!c->tie_embeddings) ADD(ROLE_LM_HEAD, -1, -1, V, H, false, false, "lm_head.weight");
+  m->n_moe = 0;
+  for (int l = 0; l < c->n_layers; l++) {
+    const char *p = "model.layers";
+    ADD(ROLE_ATTN_NORM, l, -1, 1, H, true, false, "%s.%d.input_layernorm.weight", p, l);
+    if (deepseek) {
+      if ((st = add_mla_attention(m, &b, l)) != MOE_OK) return st;
+      goto ffn;
+    }
+    ADD(ROLE_WQ, l, -1, qd, H, false, false, "%s.%d.self_attn.q_proj.weight", p, l);
+    ADD(ROLE_WK, l, -1, kvd, H, false, false, "%s.%d.self_attn.k_proj.weight", p, l);
+    ADD(ROLE_WV, l, -1, kvd, H, false, false, "%s.%d.self_attn.v_proj.weight", p, l);
+    ADD(ROLE_WO, l, -1, H, qd, false, false, "%s.%d.self_attn.o_proj.weight", p, l);
+    if (c->qkv_bias) {
+      ADD(ROLE_BQ, l, -1, 1, qd, true, false, "%s.%d.self_attn.q_proj.bias", p, l);
+      ADD(ROLE_BK, l, -1, 1, kvd, true, false, "%s.%d.self_attn.k_proj.bias", p, l);
+      ADD(ROLE_BV, l, -1, 1, kvd, true, false, "%s.%d.self_attn.v_proj.bias", p, l);
+    }
+    if (c->o_bias) ADD(ROLE_BO, l, -1, 1, H, true, false, "%s.%d.self_attn.o_proj.bias", p, l);
+    if (c->qk_norm != MOE_QK_NORM_NONE) {
+      const bool head = c->qk_norm == MOE_QK_NORM_HEAD;
+      ADD(ROLE_QNORM, l, -1, 1, head ? hd : qd, true, false, "%s.%d.self_attn.q_norm.weight", p, l);
+      ADD(ROLE_KNORM, l, -1, 1, head ? hd : kvd, true, false, "%s.%d.self_attn.k_norm.weight", p, l);
+    }
+  ffn:
+    ADD(ROLE_FFN_NORM, l, -1, 1, H, true, false, "%s.%d.post_attention_layernorm.weight", p, l);
+    if (c->is_moe[l]) {
+      m->moe_index[l] = m->n_moe++;
+      ADD(ROLE_ROUTER, l, -1, E, H, false, false, "%s.%d.%s.gate.weight", p, l, moe);
+      /* DeepSeek-V3's ranking bias (a buffer: zeros when a checkpoint lacks
+       * it, as transformers initialises it); for the other families not a
+       * Hugging Face tensor: our routing-skew bias, loaded when present. */
+      if (c->arch == MOE_ARCH_DEEPSEEK_V3)
+        ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, true, "%s.%d.mlp.gate.e_score_correction_bias", p, l);
+      else
+        ADD(ROLE_ROUTER_BIAS, l, -1, 1, E, true, true, "%s.%d.%s.gate.bias", p, l, moe);
+      /* Pre-gate of a model fine-tuned for pre-gating: predicts the next
+       * MoE block's experts from this block's MoE input.  Optional. */
+      bool has_next = false;
+      for (int n = l + 1; n < c->n_layers; n++) has_next |= c->is_moe[n];
+      if (has_next)
+        ADD(ROLE_PREGATE, l, -1, E, H, false, true, "%s.%d.%s.pregate.weight", p, l, moe);
+      if (c->shared_ffn > 0) {
+        /* Qwen2-MoE: one gated shared_expert; DeepSeek: shared_experts,
+         * added without a gate */
+        const size_t S = (size_t)c->shared_ffn;
+        const char *sh = deepseek ? "shared_experts" : "shared_expert";
+        ADD(ROLE_SH_GATE, l, -1, S, H, false, false, "%s.%d.mlp.%s.gate_proj.weight", p, l, sh);
+        ADD(ROLE_SH_UP, l, -1, S, H, false, false, "%s.%d.mlp.%s.up_proj.weight", p, l, sh);
+        ADD(ROLE_SH_DOWN, l, -1, H, S, false, false, "%s.%d.mlp.%s.down_proj.weight", p, l, sh);
+        if (!deepseek)
+          ADD(ROLE_SH_EXPERT_GATE, l, -1, 1, H, false, false, "%s.%d.mlp.shared_expert_gate.weight", p, l);
       }
+      for (int e = 0; e < c->n_experts; e++) {
+        if (mixtral) {
+          ADD(ROLE_E_GATE, l, e, F, H, false, false, "%s.%d.%s.experts.%d.w1.weight", p, l, moe, e);
+          ADD(ROLE_E_UP, l, e, F, H, false, false, "%s.%d.%s.experts.%d.w3.weight", p, l, moe, e);
+          ADD(ROLE_E_DOWN, l, e, H, F, false, false, "%s.%d.%s.experts.%d.w2.weight", p, l, moe, e);
+        } else {
+          ADD(ROLE_E_GATE, l, e, F, H, false, false, "%s.%d.mlp.experts.%d.gate_proj.weight", p, l, e);
+          ADD(ROLE_E_UP, l, e, F, H, false, false, "%s.%d.mlp.experts.%d.up_proj.weight", p, l, e);
+          ADD(ROLE_E_DOWN, l, e, H, F, false, false, "%s.%d.mlp.experts.%d.down_proj.weight", p, l, e);
+        }
+      }
+    } else {
+      m->moe_index[l] = -1;
+      const size_t D = (size_t)c->dense_ffn;
+      ADD(ROLE_D_GATE, l, -1, D, H, false, false, "%s.%d.mlp.gate_proj.weight", p, l);
+      ADD(ROLE_D_UP, l, -1, D, H, false, false, "%s.%d.mlp.up_proj.weight", p, l);
+      ADD(ROLE_D_DOWN, l, -1, H, D, false, false, "%s.%d.mlp.down_proj.weight", p, l);
+    }
   }
+  /* Layout.  Dense tensors are packed with 64-byte alignment; each expert is
+   * gate, up, down back to back (up, down without a gate), experts back to
+   * back.  Every size is overflow-checked: a config whose dimensions are
+   * each in range can still describe tensors larger than memory can
+   * address. */
+layout:;
+  const size_t es = moe_dtype_size(m->dtype);
+  const size_t mats = c->ffn_act == MOE_FFN_RELU ? 2 : 3;
+  m->expert_bytes = moe_prod(mats, F, H, es);
+  size_t total = moe_prod((size_t)m->n_moe, E, m->expert_bytes, 1);
+  if (m->expert_bytes == SIZE_MAX || total == SIZE_MAX)
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "model too large: %d MoE layers x %zu experts x %zu x %zu x %zu x %zu bytes "
+                    "overflows the address space", m->n_moe, E, mats, F, H, es);
+  size_t off = 0;
+  for (size_t i = 0; i < m->n_specs; i++) {
+    moe_tensor_spec *s = &m->specs[i];
+    size_t nb = moe_prod(s->rows, s->cols, es, 1);
+    if (s->is_expert) {
+      size_t base = ((size_t)m->moe_index[s->layer] * E + (size_t)s->expert) * m->expert_bytes;
+      size_t part = s->role == ROLE_E_GATE ? 0 : s->role == ROLE_E_UP ? 1 : 2;
+      if (mats == 2) part--; /* no gate: up, down */
+      s->offset = base + part * F * H * es; /* < total, which did not overflow */
+    } else {
+      s->offset = off;
+      size_t padded = nb;
+      if (!moe_add_ok(&padded, 63) || !moe_add_ok(&off, padded & ~(size_t)63))
+        return MOE_FAIL(err, MOE_ERR_INVALID,
+                        "model too large: tensor %s (%zu x %zu) overflows the dense layout",
+                        s->name, s->rows, s->cols);
+    }
+  }
+  m->dense_bytes = off;
+  m->experts_total = total;
+  if (!moe_add_ok(&total, off) || !moe_add_ok(&total, 128))
+    return MOE_FAIL(err, MOE_ERR_INVALID, "model too large: its weights overflow the address space");
+  return MOE_OK;
+}
+
+#undef ADD
+
+/* A model with its tensor table and layout for cfg, no weight slabs. */
+static moe_status model_table(moe_model **out, const moe_config *cfg, moe_dtype dtype,
+                              moe_error *err) {
+  moe_status st = MOE_OK;
+  *out = NULL;
+  moe_model *m = calloc(1, sizeof *m);
+  MOE_CHECK_ALLOC(m, err, sizeof *m);
+  m->cfg = *cfg;
+  m->dtype = dtype;
+  MOE_TRY(moe_config_validate(cfg, "model config", err));
+  MOE_TRY(build_specs(m, err));
+  *out = m;
+  return MOE_OK;
 cleanup:
-  free(logits);
+  moe_model_free(m);
   return st;
 }
 
-void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
-  memset(out, 0, sizeof *out);
-  out->slots = e->slots;
-  if (e->store) {
-    const moe_expert_stats *s = moe_expert_store_stats(e->store);
-    out->fetches = s->fetches;
-    out->bytes_h2d = s->bytes_h2d;
-    out->misses = s->misses;
-    out->refused = s->refused;
-    out->recopies = s->recopies;
-    out->wasted = s->wasted;
-  }
-  out->stall_s = engine_stall(e);
-  out->invalid_requests = e->invalid_requests;
-  out->cache_slots = e->cache_slots;
-  if (e->store) {
-    out->gets = moe_expert_store_stats(e->store)->gets;
-    out->reused = moe_expert_store_stats(e->store)->reused;
-  }
-  out->first_block_hits = e->first_hits;
-  out->first_block_total = e->first_total;
-  out->pregate_hits = e->pregate_hits;
-  out->pregate_total = e->pregate_total;
-  out->warm_bytes = e->warm_bytes;
-  out->pinned = -1;
-  if (e->store) moe_expert_store_pinning(e->store, &out->pinned, &out->pin_s);
+moe_status moe_model_plan_only(moe_model **out, const moe_config *cfg, moe_dtype dtype,
+                               moe_error *err) {
+  return model_table(out, cfg, dtype, err);
 }
 
-void moe_engine_reset_stats(moe_engine *e) {
-  if (e->store) moe_expert_store_reset_stats(e->store);
-  if (e->dev->ops->stall_seconds) e->stall_base = e->dev->ops->stall_seconds(e->dev->be);
-  e->pregate_hits = e->pregate_total = 0;
-  e->invalid_requests = 0;
-  e->first_hits = e->first_total = 0;
+moe_status moe_model_plan_layout(const moe_config *cfg, moe_dtype dtype, size_t *dense_bytes,
+                                 size_t *experts_bytes, moe_error *err) {
+  moe_model *m = NULL;
+  moe_status st = model_table(&m, cfg, dtype, err);
+  if (st != MOE_OK) return st;
+  *dense_bytes = m->dense_bytes;
+  *experts_bytes = m->experts_total;
+  moe_model_free(m);
+  return MOE_OK;
 }
 
-struct moe_expert_store *moe_engine_store(moe_engine *e) { return e->store; }
+static void *reserve_zeros(size_t bytes) {
+  void *p = mmap(NULL, bytes ? bytes : 64, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
 
-moe_status moe_engine_residual_rms(moe_engine *e, double *rms, moe_error *err) {
-  const size_t n = e->last_rows * (size_t)e->model->cfg.hidden;
-  *rms = 0.0;
-  if (n == 0) return MOE_OK;
-  float *h = malloc(n * sizeof *h);
-  if (h == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory");
-  moe_status st = e->dev->ops->download(e->dev->be, h, e->x, n * sizeof *h, err);
-  double ss = 0.0;
-  for (size_t i = 0; i < n && st == MOE_OK; i++) ss += (double)h[i] * h[i];
-  free(h);
-  *rms = sqrt(ss / (double)n);
+moe_status moe_model_virtual(moe_model **out, const moe_config *cfg, const moe_synth_options *opt,
+                             moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_model *m = NULL;
+  MOE_TRY(model_table(&m, cfg, opt->dtype, err));
+  m->is_virtual = true;
+  /* the tensors a synthetic model of these options would have */
+  for (size_t i = 0; i < m->n_specs; i++) {
+    moe_tensor_spec *s = &m->specs[i];
+    s->present = !(s->role == ROLE_ROUTER_BIAS && opt->routing_skew <= 0.0 && s->optional) &&
+                 !(s->role == ROLE_PREGATE && !opt->pregate);
+  }
+  m->dense = reserve_zeros(m->dense_bytes);
+  MOE_CHECK(m->dense != NULL, err, MOE_ERR_OOM,
+            "cannot reserve %zu bytes of address space for a virtual model", m->dense_bytes);
+  if (m->experts_total) {
+    m->experts = reserve_zeros(m->experts_total);
+    MOE_CHECK(m->experts != NULL, err, MOE_ERR_OOM,
+              "cannot reserve %zu bytes of address space for a virtual model", m->experts_total);
+  }
+  *out = m;
+  return MOE_OK;
+cleanup:
+  moe_model_free(m);
+  return st;
+}
+
+bool moe_model_is_virtual(const moe_model *m) { return m->is_virtual; }
+
+/* Allocates an empty model with its table and slabs for cfg. */
+static moe_status model_alloc(moe_model **out, const moe_config *cfg, moe_dtype dtype,
+                              moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_model *m = NULL;
+  MOE_TRY(model_table(&m, cfg, dtype, err));
+  m->dense = aligned_alloc(64, m->dense_bytes ? m->dense_bytes : 64);
+  MOE_CHECK_ALLOC(m->dense, err, m->dense_bytes);
+  if (m->experts_total) {
+    m->experts = aligned_alloc(64, (m->experts_total + 63) & ~(size_t)63);
+    MOE_CHECK_ALLOC(m->experts, err, m->experts_total);
+  }
+  *out = m;
+  return MOE_OK;
+cleanup:
+  moe_model_free(m);
+  return st;
+}
+
+void moe_model_free(moe_model *m) {
+  if (m == NULL) return;
+  free(m->specs);
+  if (m->is_virtual) {
+    if (m->dense) munmap(m->dense, m->dense_bytes ? m->dense_bytes : 64);
+    if (m->experts) munmap(m->experts, m->experts_total);
+  } else {
+    free(m->dense);
+    free(m->experts);
+  }
+  free(m);
+}
+
+static uint8_t *spec_ptr(const moe_model *m, const moe_tensor_spec *s) {
+  return (s->is_expert ? m->experts : m->dense) + s->offset;
+}
+
+const moe_tensor_spec *moe_model_spec(const moe_model *m, int layer, moe_role role) {
+  int i = m->dense_index[layer < 0 ? m->cfg.n_layers : layer][role];
+  return i < 0 || !m->specs[i].present ? NULL : &m->specs[i];
+}
+
+const void *moe_model_expert_host(const moe_model *m, int layer, int expert) {
+  return m->experts +
+         ((size_t)m->moe_index[layer] * (size_t)m->cfg.n_experts + (size_t)expert) * m->expert_bytes;
+}
+
+const moe_config *moe_model_config(const moe_model *m) { return &m->cfg; }
+moe_dtype moe_model_dtype(const moe_model *m) { return m->dtype; }
+size_t moe_model_dense_bytes(const moe_model *m) { return m->dense_bytes; }
+size_t moe_model_expert_bytes(const moe_model *m) { return m->expert_bytes; }
+
+moe_status moe_model_pin(moe_model *m, moe_device *dev, moe_error *err) {
+  if (!dev->ops->host_register || !dev->ops->host_unregister || m->experts_total == 0) return MOE_OK;
+  return dev->ops->host_register(dev->be, m->experts, m->experts_total, err);
+}
+
+void moe_model_unpin(moe_model *m, moe_device *dev) {
+  if (dev->ops->host_register && dev->ops->host_unregister && m->experts_total > 0)
+    dev->ops->host_unregister(dev->be, m->experts);
+}
+size_t moe_model_total_bytes(const moe_model *m) { return m->dense_bytes + m->experts_total; }
+
+/* ------------------------------------------------------------ synthetic */
+
+/* Standard deviation of a tensor's init, or a negative code: -1 ones,
+ * -2 small bias, -3 routing-skew bias. */
+static double init_std(const moe_config *c, const moe_tensor_spec *s) {
+  const double branch = 1.0 / sqrt(2.0 * c->n_layers);
+  switch (s->role) {
+    case ROLE_EMBED: case ROLE_ENC_EMBED: return 1.0;
+    case ROLE_FINAL_NORM: case ROLE_ATTN_NORM: case ROLE_FFN_NORM: case ROLE_ENC_FINAL_NORM:
+    case ROLE_XATTN_NORM: case ROLE_QNORM: case ROLE_KNORM: case ROLE_QA_NORM:
+    case ROLE_KVA_NORM: return -1;
+    case ROLE_REL_BIAS: return 1.0 / sqrt((double)c->hidden);
+    case ROLE_BQ: case ROLE_BK: case ROLE_BV: case ROLE_BO: case ROLE_BQA: case ROLE_BKVA:
+      return -2;
+    case ROLE_ROUTER_BIAS: return -3;
+    case ROLE_WO: case ROLE_XO: case ROLE_SH_DOWN: case ROLE_D_DOWN: case ROLE_E_DOWN:
+      return branch / sqrt((double)s->cols);
+    default: return 1.0 / sqrt((double)s->cols);
+  }
+}
+
+static void fill_tensor(moe_model *m, moe_tensor_spec *s, size_t stream, uint64_t seed,
+                        double skew, float *buf, size_t buf_n) {
+  const size_t n = s->rows * s->cols, es = moe_dtype_size(m->dtype);
+  uint8_t *dst = spec_ptr(m, s);
+  moe_rng r;
+  moe_rng_seed(&r, seed, stream);
+  double sd = init_std(&m->cfg, s);
+  if (sd == -3) {
+    /* Zipf prior: a random permutation gives each expert a rank. */
+    int rank[MOE_MAX_EXPERTS];
+    for (size_t i = 0; i < n; i++) rank[i] = (int)i;
+    for (size_t i = n; i > 1; i--) {
+      size_t j = (size_t)(moe_rng_next(&r) % i);
+      int t = rank[i - 1];
+      rank[i - 1] = rank[j];
+      rank[j] = t;
+    }
+    for (size_t i = 0; i < n; i++) buf[i] = (float)(-skew * log((double)rank[i] + 1.0));
+    moe_convert_from_f32(dst, m->dtype, buf, n);
+    return;
+  }
+  const double half_width = sd > 0 ? sqrt(3.0) * sd : 0.0; /* uniform with std sd */
+  for (size_t done = 0; done < n; done += buf_n) {
+    size_t c = n - done < buf_n ? n - done : buf_n;
+    for (size_t i = 0; i < c; i++) {
+      if (sd == -1)
+        buf[i] = 1.0f;
+      else if (sd == -2)
+        buf[i] = (float)(0.02 * (2.0 * moe_rng_uniform(&r) - 1.0));
+      else
+        buf[i] = (float)(half_width * (2.0 * moe_rng_uniform(&r) - 1.0));
+    }
+    moe_convert_from_f32(dst + done * es, m->dtype, buf, c);
+  }
+}
+
+moe_status moe_model_synthetic(moe_model **out, const moe_config *cfg,
+                               const moe_synth_options *opt, moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_model *m = NULL;
+  *out = NULL;
+  MOE_CHECK(opt->routing_skew >= 0.0 && isfinite(opt->routing_skew), err, MOE_ERR_INVALID,
+            "routing skew must be a finite number >= 0 (got %g)", opt->routing_skew);
+  MOE_TRY(model_alloc(&m, cfg, opt->dtype, err));
+  enum { BUF_N = 1 << 16 };
+  float *buf = malloc(BUF_N * sizeof *buf > (size_t)cfg->n_experts * sizeof(float)
+                          ? BUF_N * sizeof *buf
+                          : (size_t)cfg->n_experts * sizeof(float));
+  MOE_CHECK_ALLOC(buf, err, BUF_N * sizeof *buf);
+  for (size_t i = 0; i < m->n_specs; i++) {
+    moe_tensor_spec *s = &m->specs[i];
+    if (s->role == ROLE_ROUTER_BIAS && opt->routing_skew <= 0.0 && s->optional) continue;
+    if (s->role == ROLE_PREGATE && !opt->pregate) continue;
+    fill_tensor(m, s, i, opt->seed, opt->routing_skew, buf, BUF_N);
+    s->present = true;
+  }
+  free(buf);
+  /* A synthetic pre-gate stands for one fine-tuned to predict the next
+   * block's routing: it starts as the next MoE block's router (applied one
+   * block early), plus the seeded perturbation drawn above at 1/4 scale, so
+   * predictions are good but not perfect. */
+  for (size_t i = 0; opt->pregate && i < m->n_specs; i++) {
+    moe_tensor_spec *s = &m->specs[i];
+    if (s->role != ROLE_PREGATE || !s->present) continue;
+    int next = s->layer + 1;
+    while (next < cfg->n_layers && !cfg->is_moe[next]) next++;
+    const moe_tensor_spec *r = moe_model_spec(m, next, ROLE_ROUTER);
+    MOE_CHECK(r != NULL, err, MOE_ERR_INTERNAL, "no router for the pre-gate of layer %d", s->layer);
+    const size_t n = s->rows * s->cols;
+    float a, b;
+    for (size_t j = 0; j < n; j++) {
+      moe_convert_to_f32(&a, spec_ptr(m, s) + j * moe_dtype_size(m->dtype), m->dtype, 1);
+      moe_convert_to_f32(&b, spec_ptr(m, r) + j * moe_dtype_size(m->dtype), m->dtype, 1);
+      a = b + 0.25f * a;
+      moe_convert_from_f32(spec_ptr(m, s) + j * moe_dtype_size(m->dtype), m->dtype, &a, 1);
+    }
+  }
+  *out = m;
+  return MOE_OK;
+cleanup:
+  moe_model_free(m);
+  return st;
+}
+
+/* ------------------------------------------------------------ checkpoints */
+
+/* Values of a loaded tensor (n of dtype dt at p) that are NaN or infinite:
+ * an exponent of all ones in the format's own bits. */
+static size_t count_nonfinite(const uint8_t *p, moe_dtype dt, size_t n) {
+  size_t bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (dt == MOE_F32) {
+      uint32_t u;
+      memcpy(&u, p + 4 * i, 4);
+      bad += (u & 0x7f800000u) == 0x7f800000u;
+    } else {
+      uint16_t u;
+      memcpy(&u, p + 2 * i, 2);
+      bad += dt == MOE_F16 ? (u & 0x7c00u) == 0x7c00u : (u & 0x7f80u) == 0x7f80u;
+    }
+  }
+  return bad;
+}
+
+/* A tensor every value of which is NaN or infinite is refused (the model
+ * could only compute NaN); one with some is loaded with a warning naming
+ * it. */
+static moe_status check_finite(const moe_model *m, const moe_tensor_spec *s, const char *file,
+                               moe_error *err) {
+  const size_t n = s->rows * s->cols;
+  const size_t bad = n ? count_nonfinite(spec_ptr(m, s), m->dtype, n) : 0;
+  if (bad == 0) return MOE_OK;
+  if (bad == n)
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: tensor '%s': every one of its %zu values is NaN or "
+                    "infinite", file, s->name, n);
+  fprintf(stderr, "moe: warning: %s: tensor '%s' holds %zu NaN or infinite values of %zu\n", file,
+          s->name, bad, n);
+  return MOE_OK;
+}
+
+/* Tensor bytes are read from the file (moe_checkpoint_read, pread), never
+ * copied out of the mapping: a checkpoint truncated while it loads is an
+ * error naming the file, not a SIGBUS. */
+static moe_status load_tensor(moe_model *m, moe_tensor_spec *s, const moe_checkpoint *ck,
+                              const moe_st_tensor *t, const char *file, moe_error *err) {
+  if (!t->has_dtype)
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: tensor '%s' has dtype %s; expected F32, F16 or BF16",
+                    file, s->name, t->dtype);
+  bool ok = s->vector ? (t->ndim == 1 && (size_t)t->shape[0] == s->cols)
+                      : (t->ndim == 2 && (size_t)t->shape[0] == s->rows && (size_t)t->shape[1] == s->cols);
+  if (!ok) {
+    char got[64] = "";
+    for (int d = 0; d < t->ndim && strlen(got) < 48; d++)
+      snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "",
+               (long long)t->shape[d]);
+    if (s->vector)
+      return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected [%zu]", file,
+                      s->name, got, s->cols);
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected [%zu, %zu]",
+                    file, s->name, got, s->rows, s->cols);
+  }
+  uint8_t *dst = spec_ptr(m, s);
+  const size_t n = s->rows * s->cols;
+  if (t->mdtype == m->dtype) return moe_checkpoint_read(ck, t, 0, dst, t->nbytes, err);
+  /* Convert through an aligned f32 buffer. */
+  enum { CHUNK = 4096 };
+  float f[CHUNK];
+  uint8_t raw[CHUNK * 4];
+  const size_t ses = moe_dtype_size(t->mdtype), des = moe_dtype_size(m->dtype);
+  for (size_t i = 0; i < n; i += CHUNK) {
+    size_t c = n - i < CHUNK ? n - i : CHUNK;
+    moe_status st = moe_checkpoint_read(ck, t, i * ses, raw, c * ses, err);
+    if (st != MOE_OK) return st;
+    moe_convert_to_f32(f, raw, t->mdtype, c);
+    moe_convert_from_f32(dst + i * des, m->dtype, f, c);
+  }
+  return MOE_OK;
+}
+
+moe_status moe_model_checkpoint_dtype(const moe_config *cfg, const char *ckpt_dir, moe_dtype *out,
+                                      moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_checkpoint *ck = NULL;
+  const char *file = NULL, *emb_name, *emb_alt;
+  embed_names(cfg, &emb_name, &emb_alt);
+  MOE_TRY(moe_checkpoint_open(&ck, ckpt_dir, err));
+  const moe_st_tensor *emb = moe_checkpoint_find(ck, emb_name, &file);
+  if (emb == NULL && emb_alt[0]) emb = moe_checkpoint_find(ck, emb_alt, &file);
+  MOE_CHECK(emb != NULL, err, MOE_ERR_FORMAT, "%s: tensor '%s' is missing", ckpt_dir, emb_name);
+  MOE_CHECK(emb->has_dtype, err, MOE_ERR_FORMAT,
+            "%s: tensor '%s' has dtype %s; expected F32, F16 or BF16", file, emb_name, emb->dtype);
+  *out = emb->mdtype;
+cleanup:
+  moe_checkpoint_close(ck);
+  return st;
+}
+
+moe_status moe_model_load_weights(moe_model **out, const moe_config *cfg, const char *ckpt_dir,
+                                  const moe_dtype *dtype, moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_checkpoint *ck = NULL;
+  moe_model *m = NULL;
+  *out = NULL;
+  MOE_TRY(moe_checkpoint_open(&ck, ckpt_dir, err));
+  const char *file = NULL, *emb_name, *emb_alt;
+  embed_names(cfg, &emb_name, &emb_alt);
+  const moe_st_tensor *emb = moe_checkpoint_find(ck, emb_name, &file);
+  if (emb == NULL && emb_alt[0]) emb = moe_checkpoint_find(ck, emb_alt, &file);
+  MOE_CHECK(emb != NULL, err, MOE_ERR_FORMAT, "%s: tensor '%s' is missing", ckpt_dir, emb_name);
+  MOE_CHECK(emb->has_dtype, err, MOE_ERR_FORMAT,
+            "%s: tensor '%s' has dtype %s; expected F32, F16 or BF16", file, emb_name,
+            emb->dtype);
+  MOE_TRY(model_alloc(&m, cfg, dtype ? *dtype : emb->mdtype, err));
+  for (size_t i = 0; i < m->n_specs; i++) {
+    moe_tensor_spec *s = &m->specs[i];
+    const moe_st_tensor *t = moe_checkpoint_find(ck, s->name, &file);
+    if (t == NULL && s->alt[0]) t = moe_checkpoint_find(ck, s->alt, &file);
+    if (t == NULL) {
+      MOE_CHECK(s->optional, err, MOE_ERR_FORMAT, "%s: tensor '%s' is missing", ckpt_dir, s->name);
+      continue;
+    }
+    MOE_TRY(load_tensor(m, s, ck, t, file, err));
+    MOE_TRY(check_finite(m, s, file, err));
+    s->present = true;
+  }
+  *out = m;
+  m = NULL;
+cleanup:
+  moe_model_free(m);
+  moe_checkpoint_close(ck);
+  return st;
+}
+
+moe_status moe_model_load(moe_model **out, const char *dir, const moe_dtype *dtype, moe_error *err) {
+  moe_config cfg;
+  size_t n = strlen(dir) + 16;
+  char *path = malloc(n);
+  if (path == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory");
+  snprintf(path, n, "%s/config.json", dir);
+  moe_status st = moe_config_load(&cfg, path, err);
+  free(path);
+  if (st != MOE_OK) return st;
+  return moe_model_load_weights(out, &cfg, dir, dtype, err);
+}
+
+moe_status moe_model_save(const moe_model *m, const char *dir, moe_error *err) {
+  moe_status st = MOE_OK;
+  moe_st_entry *ents = calloc(m->n_specs ? m->n_specs : 1, sizeof *ents);
+  size_t n = strlen(dir) + 32;
+  char *path = malloc(n);
+  MOE_CHECK_ALLOC(ents, err, m->n_specs * sizeof *ents);
+  MOE_CHECK_ALLOC(path, err, n);
+  size_t k = 0;
+  for (size_t i = 0; i < m->n_specs; i++) {
+    const moe_tensor_spec *s = &m->specs[i];
+    if (!s->present) continue;
+    ents[k].name = s->name;
+    ents[k].dtype = m->dtype;
+    ents[k].ndim = s->vector ? 1 : 2;
+    ents[k].shape[0] = s->vector ? (int64_t)s->cols : (int64_t)s->rows;
+    ents[k].shape[1] = (int64_t)s->cols;
+    ents[k].data = spec_ptr(m, s);
+    k++;
+  }
+  snprintf(path, n, "%s/model.safetensors", dir);
+  MOE_TRY(moe_st_write(path, ents, k, err));
+  snprintf(path, n, "%s/config.json", dir);
+  MOE_TRY(moe_config_save(&m->cfg, path, err));
+cleanup:
+  free(ents);
+  free(path);
+  return st;
+}
+
+/* The fields every decoder-only family's config.json shares, in one
+ * order (head_dim only where the family's config means the attention
+ * head's size: DeepSeek's does not). */
+static void put_decoder_common(json_t *o, const moe_config *c, const char *type, bool head_dim) {
+  json_object_set_new(o, "model_type", json_string(type));
+  json_object_set_new(o, "hidden_size", json_integer(c->hidden));
+  json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layers));
+  json_object_set_new(o, "num_attention_heads", json_integer(c->n_heads));
+  json_object_set_new(o, "num_key_value_heads", json_integer(c->n_kv_heads));
+  if (head_dim) json_object_set_new(o, "head_dim", json_integer(c->head_dim));
+  json_object_set_new(o, "vocab_size", json_integer(c->vocab));
+  json_object_set_new(o, "max_position_embeddings", json_integer(c->max_pos));
+  json_object_set_new(o, "num_experts_per_tok", json_integer(c->top_k));
+  json_object_set_new(o, "rms_norm_eps", json_real(c->rms_eps));
+  json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
+  json_object_set_new(o, "hidden_act", json_string("silu"));
+}
+
+moe_status moe_config_save(const moe_config *c, const char *path, moe_error *err) {
+  moe_status st = MOE_OK;
+  json_t *o = json_object();
+
+  MOE_CHECK_ALLOC(o, err, 64);
+  const bool mix = c->arch == MOE_ARCH_MIXTRAL;
+  if (c->arch == MOE_ARCH_SWITCH) {
+    const int dec = c->n_layers - c->n_enc_layers;
+    json_object_set_new(o, "model_type", json_string("switch_transformers"));
+    json_object_set_new(o, "is_encoder_decoder", json_true());
+    json_object_set_new(o, "vocab_size", json_integer(c->vocab));
+    json_object_set_new(o, "d_model", json_integer(c->hidden));
+    json_object_set_new(o, "d_kv", json_integer(c->head_dim));
+    json_object_set_new(o, "d_ff", json_integer(c->expert_ffn));
+    json_object_set_new(o, "num_heads", json_integer(c->n_heads));
+    json_object_set_new(o, "num_layers", json_integer(c->n_enc_layers));
+    json_object_set_new(o, "num_decoder_layers", json_integer(dec));
+    json_object_set_new(o, "encoder_sparse_step", json_integer(c->enc_sparse_step));
+    json_object_set_new(o, "decoder_sparse_step", json_integer(c->dec_sparse_step));
+    json_object_set_new(o, "num_experts", json_integer(c->n_experts > 0 ? c->n_experts : 8));
+    json_object_set_new(o, "expert_capacity", json_integer(c->expert_capacity));
+    json_object_set_new(o, "relative_attention_num_buckets", json_integer(c->rel_buckets));
+    json_object_set_new(o, "relative_attention_max_distance", json_integer(c->rel_max_distance));
+    json_object_set_new(o, "layer_norm_epsilon", json_real(c->rms_eps));
+    json_object_set_new(o, "router_bias", json_boolean(c->router_logit_bias));
+    json_object_set_new(o, "router_dtype", json_string("float32"));
+    json_object_set_new(o, "dense_act_fn", json_string("relu"));
+    json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
+    json_object_set_new(o, "decoder_start_token_id", json_integer(c->decoder_start));
+    json_object_set_new(o, "pad_token_id", c->pad_id >= 0 ? json_integer(c->pad_id) : json_null());
+    json_object_set_new(o, "eos_token_id", c->eos_id >= 0 ? json_integer(c->eos_id) : json_null());
+    goto write;
+  }
+  if (moe_config_is_mla(c)) {
+    const bool v3 = c->arch == MOE_ARCH_DEEPSEEK_V3;
+    int first_dense = 0;
+    while (first_dense < c->n_layers && !c->is_moe[first_dense]) first_dense++;
+    put_decoder_common(o, c, v3 ? "deepseek_v3" : "deepseek_v2", false);
+    json_object_set_new(o, "attention_bias", json_boolean(c->o_bias));
+    json_object_set_new(o, "n_routed_experts", json_integer(c->n_experts));
+    json_object_set_new(o, "n_shared_experts",
+                        json_integer(c->expert_ffn > 0 ? c->shared_ffn / c->expert_ffn : 0));
+    json_object_set_new(o, "moe_intermediate_size", json_integer(c->expert_ffn));
+    json_object_set_new(o, "intermediate_size", json_integer(c->dense_ffn));
+    json_object_set_new(o, "first_k_dense_replace", json_integer(first_dense));
+    json_object_set_new(o, "q_lora_rank", c->q_rank > 0 ? json_integer(c->q_rank) : json_null());
+    json_object_set_new(o, "kv_lora_rank", json_integer(c->kv_rank));
+    json_object_set_new(o, "qk_nope_head_dim", json_integer(c->nope_dim));
+    json_object_set_new(o, "qk_rope_head_dim", json_integer(c->rope_dim));
+    json_object_set_new(o, "v_head_dim", json_integer(c->v_dim));
+    json_object_set_new(o, "routed_scaling_factor", json_real(c->routed_scale));
+    json_object_set_new(o, "n_group", c->n_group > 0 ? json_integer(c->n_group) : json_null());
+    json_object_set_new(o, "topk_group",
+                        c->topk_group > 0 ? json_integer(c->topk_group) : json_null());
+    if (v3) {
+      json_object_set_new(o, "norm_topk_prob", json_boolean(c->norm_topk));
+      json_object_set_new(o, "rope_interleave", json_boolean(c->rope_interleave));
+    } else {
+      json_object_set_new(o, "topk_method",
+                          json_string(c->n_group > 0 ? "group_limited_greedy" : "greedy"));
+    }
+    goto rope;
+  }
+  const char *type = mix ? "mixtral"
+                     : c->arch == MOE_ARCH_QWEN3_MOE ? "qwen3_moe"
+                     : c->arch == MOE_ARCH_OLMOE     ? "olmoe"
+                                                     : "qwen2_moe";
+  put_decoder_common(o, c, type, true);
+  if (c->arch == MOE_ARCH_QWEN3_MOE || c->arch == MOE_ARCH_OLMOE)
+    json_object_set_new(o, "attention_bias", json_boolean(c->qkv_bias));
+  if (mix) {
+    json_object_set_new(o, "num_local_experts", json_integer(c->n_experts));
+    json_object_set_new(o, "intermediate_size", json_integer(c->expert_ffn));
+  } else if (c->arch == MOE_ARCH_OLMOE) {
+    json_object_set_new(o, "num_experts", json_integer(c->n_experts));
+    json_object_set_new(o, "intermediate_size", json_integer(c->expert_ffn));
+    json_object_set_new(o, "norm_topk_prob", json_boolean(c->norm_topk));
+  } else if (c->arch == MOE_ARCH_QWEN3_MOE) {
+    json_object_set_new(o, "num_experts", json_integer(c->n_experts));
+    json_object_set_new(o, "moe_intermediate_size", json_integer(c->expert_ffn));
+    json_object_set_new(o, "intermediate_size", json_integer(c->dense_ffn));
+    json_object_set_new(o, "norm_topk_prob", json_boolean(c->norm_topk));
+    json_object_set_new(o, "decoder_sparse_step", json_integer(1));
+    json_t *only = json_array();
+    for (int l = 0; l < c->n_layers; l++)
+      if (!c->is_moe[l]) json_array_append_new(only, json_integer(l));
+    json_object_set_new(o, "mlp_only_layers", only);
+  } else {
+    json_object_set_new(o, "num_experts", json_integer(c->n_experts));
+    json_object_set_new(o, "moe_intermediate_size", json_integer(c->expert_ffn));
+    json_object_set_new(o, "intermediate_size", json_integer(c->dense_ffn));
+    json_object_set_new(o, "shared_expert_intermediate_size", json_integer(c->shared_ffn));
+    json_object_set_new(o, "norm_topk_prob", json_boolean(c->norm_topk));
+    json_object_set_new(o, "qkv_bias", json_boolean(c->qkv_bias));
+    json_object_set_new(o, "decoder_sparse_step", json_integer(1));
+    json_t *only = json_array();
+    for (int l = 0; l < c->n_layers; l++)
+      if (!c->is_moe[l]) json_array_append_new(only, json_integer(l));
+    json_object_set_new(o, "mlp_only_layers", only);
+  }
+rope: {
+    json_t *rp = json_object();
+    json_object_set_new(rp, "rope_theta", json_real(c->rope_theta));
+    if (c->rope_kind == MOE_ROPE_YARN) {
+      json_object_set_new(rp, "rope_type", json_string("yarn"));
+      if (c->rope_factor > 0) json_object_set_new(rp, "factor", json_real(c->rope_factor));
+      json_object_set_new(rp, "original_max_position_embeddings", json_integer(c->rope_orig_max));
+      json_object_set_new(rp, "beta_fast", json_real(c->rope_beta_fast));
+      json_object_set_new(rp, "beta_slow", json_real(c->rope_beta_slow));
+      if (c->rope_mscale != 0) json_object_set_new(rp, "mscale", json_real(c->rope_mscale));
+      if (c->rope_mscale_all_dim != 0)
+        json_object_set_new(rp, "mscale_all_dim", json_real(c->rope_mscale_all_dim));
+      if (c->rope_attn_factor > 0)
+        json_object_set_new(rp, "attention_factor", json_real(c->rope_attn_factor));
+      json_object_set_new(rp, "truncate", json_boolean(c->rope_truncate));
+    } else {
+      json_object_set_new(rp, "rope_type", json_string("default"));
+    }
+    json_object_set_new(o, "rope_parameters", rp);
+  }
+write:
+  {
+    moe_publish pub;
+    MOE_TRY(moe_publish_open(&pub, path, "the config", err));
+    if (json_dumpf(o, pub.f, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0) moe_publish_fail(&pub);
+    MOE_TRY(moe_publish_commit(&pub, err));
+  }
+cleanup:
+  json_decref(o);
   return st;
 }

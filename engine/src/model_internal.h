@@ -1,4 +1,5 @@
-/* Private layout of moe_model, shared by weights.c, expert_store.c, model.c. */
+/* Private layout of moe_model, shared by model.c (the model: tensors, loading,
+ * saving), expert_store.c and the engine (engine.c). */
 #ifndef MOE_MODEL_INTERNAL_H
 #define MOE_MODEL_INTERNAL_H
 
