@@ -158,6 +158,44 @@ const char *moe_backend_device_name(const moe_backend_ops *o, moe_backend *be) {
   return n && n[0] ? n : o->name;
 }
 
+static const struct {
+  const char *name, *since;
+} op_info[MOE_OP_COUNT] = {
+    [MOE_OP_ATTENTION_EX] = {"attention_ex", "1.1"}, [MOE_OP_UNARY] = {"unary", "1.1"},
+    [MOE_OP_ROUTER_TOPK_EX] = {"router_topk_ex", "1.3"}, [MOE_OP_ROPE_EX] = {"rope_ex", "1.4"},
+    [MOE_OP_MLA_ATTENTION] = {"mla_attention", "1.4"}, [MOE_OP_DOWNLOAD_MANY] = {"download_many", "1.5"},
+    [MOE_OP_ARGMAX_ROWS] = {"argmax_rows", "1.5"}, [MOE_OP_HOST_REGISTER] = {"host_register", "1.0"},
+};
+
+bool moe_backend_supports(const moe_backend_ops *o, moe_backend_op op) {
+  switch (op) {
+  case MOE_OP_ATTENTION_EX: return o->attention_ex != NULL;
+  case MOE_OP_UNARY: return o->unary != NULL;
+  case MOE_OP_ROUTER_TOPK_EX: return o->router_topk_ex != NULL;
+  case MOE_OP_ROPE_EX: return o->rope_ex != NULL;
+  case MOE_OP_MLA_ATTENTION: return o->mla_attention != NULL;
+  case MOE_OP_DOWNLOAD_MANY: return o->download_many != NULL;
+  case MOE_OP_ARGMAX_ROWS: return o->argmax_rows != NULL;
+  case MOE_OP_HOST_REGISTER: return o->host_register != NULL;
+  case MOE_OP_COUNT: break;
+  }
+  return false;
+}
+
+const char *moe_backend_op_name(moe_backend_op op) {
+  return (unsigned)op < MOE_OP_COUNT ? op_info[op].name : "?";
+}
+
+moe_status moe_backend_require(const moe_backend_ops *o, unsigned mask, const char *who,
+                               moe_error *err) {
+  for (int op = 0; op < MOE_OP_COUNT; op++)
+    if ((mask & MOE_OP_BIT(op)) && !moe_backend_supports(o, (moe_backend_op)op))
+      return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
+                      "the %s backend lacks the %s op (backend ABI %s) that %s needs", o->name,
+                      op_info[op].name, op_info[op].since, who);
+  return MOE_OK;
+}
+
 struct moe_dev_alloc {
   void *ptr;
   size_t bytes;

@@ -495,6 +495,31 @@ const moe_backend_ops *moe_backend_auto(void);
 /* The device name for result rows: ops->device_name or the backend name. */
 const char *moe_backend_device_name(const moe_backend_ops *ops, moe_backend *be);
 
+/* The optional ops, for moe_backend_supports: what a model family lists as
+ * required (a bit per op, MOE_OP_BIT) and moe_engine_create checks. */
+typedef enum moe_backend_op {
+  MOE_OP_ATTENTION_EX = 0, /* ABI 1.1 */
+  MOE_OP_UNARY,            /* 1.1 */
+  MOE_OP_ROUTER_TOPK_EX,   /* 1.3 */
+  MOE_OP_ROPE_EX,          /* 1.4 */
+  MOE_OP_MLA_ATTENTION,    /* 1.4 */
+  MOE_OP_DOWNLOAD_MANY,    /* 1.5 */
+  MOE_OP_ARGMAX_ROWS,      /* 1.5 */
+  MOE_OP_HOST_REGISTER,    /* 1.0, optional */
+  MOE_OP_COUNT
+} moe_backend_op;
+#define MOE_OP_BIT(op) (1u << (unsigned)(op))
+
+/* Whether a (normalized) table has op: its method is present. */
+bool moe_backend_supports(const moe_backend_ops *ops, moe_backend_op op);
+/* "attention_ex", "unary", ...: the method's name; "?" out of range. */
+const char *moe_backend_op_name(moe_backend_op op);
+/* MOE_OK when ops has every op in the mask, else MOE_ERR_UNSUPPORTED naming
+ * the backend, the first missing op, the ABI version it arrived in, and
+ * `who` (what needs it, e.g. "the deepseek_v3 family"). */
+moe_status moe_backend_require(const moe_backend_ops *ops, unsigned mask, const char *who,
+                               moe_error *err);
+
 /* Categories of device memory, for accounting. */
 typedef enum moe_mem_category {
   MOE_MEM_DENSE = 0,   /* non-expert weights */
