@@ -1,0 +1,147 @@
+/* The engine's private layout and the helpers its files share: engine.c
+ * (options, sizes, planning, lifecycle, the policy context), engine_forward.c
+ * (blocks, attention, the forward pass) and engine_run.c (generate, eval,
+ * statistics). */
+#ifndef MOE_ENGINE_INTERNAL_H
+#define MOE_ENGINE_INTERNAL_H
+
+#include "checked.h"
+#include "model_internal.h"
+#include "moe/clock.h"
+#include "moe/device.h"
+#include "moe/expert_store.h"
+#include "moe/policy.h"
+#include "moe/trace.h"
+
+struct moe_engine {
+  moe_model *model;
+  moe_device *dev;
+  moe_engine_options opt;
+  const moe_policy *policy;  /* &policy_table */
+  moe_policy policy_table;   /* normalized copy of the caller's table */
+  void *policy_state;
+  moe_policy_ctx ctx;
+  moe_error *cb_err;         /* where policy callbacks report backend errors */
+  moe_expert_store *store;
+  int slots;
+  int cache_slots;           /* of slots, those an expert cache added */
+  uint8_t *dense_dev;        /* device copy of the dense slab */
+  float *k_cache, *v_cache;  /* [layers][max_batch][kv_heads][max_seq][head_dim]; under MLA
+                                the latents [layers][max_batch][max_seq][kv_rank] and the
+                                rotated keys [layers][max_batch][max_seq][rope_dim] */
+  size_t cache_layer_floats;   /* per layer, of k_cache (and v_cache unless MLA) */
+  size_t vcache_layer_floats;  /* per layer, of v_cache */
+  float *inv_freq;           /* RoPE frequencies for rope_ex (YaRN, MLA), or NULL */
+  float rope_attn;           /* rope_ex's cos/sin factor */
+  float attn_scale;          /* the attention softmax scale (moe_config_attn_scale) */
+  bool use_rope_ex;
+  /* activations, device */
+  float *x, *h, *q, *k, *v, *att, *tmp, *router, *rw, *pw, *xe, *ge, *ue, *ye, *sg, *logits;
+  /* index buffers, device */
+  int32_t *ids, *pos, *rows, *iota, *ridx, *pidx;
+  void *gemm_ws;             /* the backend's matmul workspace (may be 0 bytes) */
+  size_t last_rows;          /* rows of the last forward call */
+  /* host scratch */
+  int32_t *h_ids, *h_pos, *h_idx, *h_rows;
+  float *h_wts, *h_scale;
+  /* predictions waiting for their block: with lookahead k a block predicts
+   * the k-th MoE block after it, so up to k are pending (one slot spare
+   * for the first block's own prediction) */
+  struct pending_pred {
+    int layer;               /* the MoE layer it predicts, or -1 (free) */
+    bool first;              /* the first block's, from its layer input (never the routing) */
+    int32_t *idx;            /* [T][K] */
+    float *w;                /* [T][K] */
+  } pred[MOE_MAX_LOOKAHEAD + 1];
+  int *h_count, *h_needed, *h_pmark, *h_pneeded;
+  /* encoder-decoder models */
+  float *xk_cache, *xv_cache; /* cross-attention K/V of the encoder output:
+                                 [decoder layers][max_batch][heads][max_seq][head_dim] */
+  int32_t *buckets;          /* relative-position buckets, [2][2 max_seq - 1]:
+                                encoder (bidirectional), decoder (causal) */
+  int enc_seq, src_len;      /* the batch encode() ran (0: none yet) */
+  int *h_cap;                /* tokens per expert of one sequence (expert capacity) */
+  int cur_n_new;             /* tokens per sequence of the running forward */
+
+  unsigned long long first_hits, first_total;
+  double stall_base;         /* backend-measured stall at the last reset */
+  unsigned long long pregate_hits, pregate_total, warm_bytes;
+  unsigned long long invalid_requests; /* policy requests refused for bad arguments */
+  unsigned long long step;   /* layer runs so far (the backend's context counter) */
+};
+
+/* The engine's clock: the backend's (modeled) clock where it has one, else
+ * the host clock. */
+static inline double now(const moe_engine *e) {
+  return e->dev->ops->modeled_seconds ? e->dev->ops->modeled_seconds(e->dev->be) : moe_clock_s();
+}
+
+/* Tells the trace and the backend what the next ops belong to. */
+static inline void op_context(moe_engine *e, int layer, int expert) {
+  moe_trace_context(e->dev->trace, layer, expert);
+  if (e->dev->ops->set_context) e->dev->ops->set_context(e->dev->be, layer, expert, e->step);
+}
+
+/* Device view of a dense tensor; an absent tensor gives data == NULL. */
+static inline moe_weight dw(const moe_engine *e, int layer, moe_role role) {
+  const moe_tensor_spec *s = moe_model_spec(e->model, layer, role);
+  if (s == NULL) return (moe_weight){NULL, e->model->dtype, 0, 0};
+  return (moe_weight){e->dense_dev + s->offset, e->model->dtype, s->rows, s->cols};
+}
+
+/* The next MoE layer after `layer` in model order (-1: the first one), or
+ * -1: what policies see (ctx->next_moe_layer), encoder then decoder. */
+static inline int next_moe(const moe_model *m, int layer) {
+  if (layer >= m->cfg.n_layers) return -1;
+  for (int l = layer < 0 ? 0 : layer + 1; l < m->cfg.n_layers; l++)
+    if (m->cfg.is_moe[l]) return l;
+  return -1;
+}
+
+/* The next MoE layer after `layer` in the same stack, or -1: what a block
+ * predicts.  The encoder's last MoE block predicts nothing, and nothing
+ * predicts the decoder's first (as in the paper). */
+static inline int next_moe_in_stack(const moe_model *m, int layer) {
+  int b, end;
+  moe_config_stack(&m->cfg, layer, &b, &end);
+  for (int l = layer + 1; l < end; l++)
+    if (m->cfg.is_moe[l]) return l;
+  return -1;
+}
+
+/* The first MoE layer of the stack [begin, end), or -1. */
+static inline int first_moe_in(const moe_model *m, int begin, int end) {
+  for (int l = begin; l < end; l++)
+    if (m->cfg.is_moe[l]) return l;
+  return -1;
+}
+
+/* Calls an optional policy method inside one round of prefetches (the
+ * store places them once the callback has named them all); a backend
+ * failure inside a callback (recorded in cb_err) fails the call too. */
+#define POLICY_CALL(e, method, ...)                                                      \
+  do {                                                                                   \
+    if ((e)->policy->method != NULL) {                                                   \
+      moe_expert_store_round_begin((e)->store);                                          \
+      moe_status pst_ = (e)->policy->method((e)->policy_state, &(e)->ctx, __VA_ARGS__, err); \
+      int prc_ = moe_expert_store_round_end((e)->store, err);                            \
+      MOE_TRY(engine_policy_result((e), pst_, #method, err));                                   \
+      MOE_CHECK(prc_ == 0 && (err == NULL || err->status == MOE_OK), err,                \
+                err && err->status != MOE_OK ? err->status : MOE_ERR_DEVICE,             \
+                "policy '%s': %s failed", (e)->policy->name, #method);                   \
+    }                                                                                    \
+  } while (0)
+
+/* A policy method's status: a failure it reported without a message gets
+ * one naming the policy and the method (engine.c). */
+moe_status engine_policy_result(const moe_engine *e, moe_status st, const char *method,
+                                  moe_error *err);
+
+/* The forward pass over n_new tokens of n_seq sequences from position pos0
+ * (engine_forward.c); logits, when not NULL, receives the logits of the
+ * rows the pass keeps (every row with opt.all_logits, else each sequence's
+ * last); NULL leaves them on the device (e->logits). */
+moe_status engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, int n_new, int pos0,
+                          float *logits, moe_error *err);
+
+#endif
