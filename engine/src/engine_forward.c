@@ -135,26 +135,10 @@ cleanup:
 }
 
 /* The MoE block of layer l on h[T, H], accumulated into x. */
-static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
-  moe_status st = MOE_OK;
-  const moe_config *c = &e->model->cfg;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
-  const size_t H = (size_t)c->hidden, K = (size_t)c->top_k, E = (size_t)c->n_experts;
-  /* the block this one predicts: the lookahead-th MoE block after it in
-   * its stack; a checkpoint pre-gate is trained for the next one only */
-  const int ahead = e->opt.pregate_lookahead > 0 ? e->opt.pregate_lookahead : 1;
-  int next = l;
-  for (int k = 0; k < ahead && next >= 0; k++) next = next_moe_in_stack(e->model, next);
-  const bool want_pred = next >= 0 && stack_predicts(e, l) &&
-                         (e->opt.routing == MOE_ROUTING_PREGATED ||
-                          e->policy->experts_predicted != NULL);
-  const bool pred_from_input = ahead == 1 && moe_model_spec(e->model, l, ROLE_PREGATE) != NULL;
-
-  /* The block's own router: the routing in conventional mode, the yardstick
-   * of the prediction otherwise. */
-  MOE_TRY(route(e, l, false, e->h, T, e->ridx, e->rw, e->h_idx, e->h_wts, err));
-  if (e->opt.on_route) e->opt.on_route(e->opt.on_route_ctx, l, e->step, e->h_idx, T, (int)K);
+/* Scores the predictions made for block l against its router's choice
+ * (e->h_idx) and, in pre-gated routing, routes by them instead (the first
+ * block is routed by its own router, as the paper does). */
+static void take_predictions(moe_engine *e, int l, size_t T, size_t K) {
   for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) {
     struct pending_pred *p = &e->pred[i];
     if (p->layer != l) continue;
@@ -165,17 +149,20 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
         for (size_t b = 0; b < K; b++) *hits += p->idx[t * K + a] == e->h_idx[t * K + b];
         (*total)++;
       }
-    /* the first block is routed by its own router, as the paper does */
     if (e->opt.routing == MOE_ROUTING_PREGATED && !p->first) {
       memcpy(e->h_idx, p->idx, T * K * sizeof(int32_t));
       memcpy(e->h_wts, p->w, T * K * sizeof(float));
     }
     p->layer = -1;
   }
-  apply_capacity(e, T);
+}
 
-  /* Group (token, weight) pairs by expert: counting sort, stable in token
-   * order (pairs dropped by the capacity, index -1, are left out). */
+/* Groups the T x K (token, weight) pairs by expert: a counting sort, stable
+ * in token order (pairs dropped by the capacity, index -1, are left out).
+ * After it h_count[x] is the end of expert x's run in h_rows/h_scale (its
+ * start h_count[x-1]) and h_needed[0..n) the experts with tokens, in index
+ * order.  Returns n; *routed is the number of pairs kept. */
+static int group_by_expert(moe_engine *e, size_t T, size_t K, size_t E, size_t *routed) {
   memset(e->h_count, 0, (E + 1) * sizeof(int));
   for (size_t i = 0; i < T * K; i++)
     if (e->h_idx[i] >= 0) e->h_count[e->h_idx[i] + 1]++;
@@ -189,19 +176,20 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
     e->h_rows[slot] = (int32_t)(i / K);
     e->h_scale[slot] = e->h_wts[i];
   }
-  const size_t routed = (size_t)e->h_count[E - 1];
-  /* h_count[x] is now the end of expert x's run; its start is h_count[x-1]. */
-  moe_expert_store_begin_block(e->store, l, e->h_needed, n_needed);
-  POLICY_CALL(e, experts_needed, l, e->h_needed, n_needed);
-  if (want_pred && pred_from_input) MOE_TRY(pregate(e, l, next, T, true, false, err));
+  *routed = (size_t)e->h_count[E - 1];
+  return n_needed;
+}
 
-  if (routed > 0) {
-    MOE_TRY(o->upload(be, e->rows, e->h_rows, routed * sizeof(int32_t), err));
-    MOE_TRY(o->upload(be, e->rw, e->h_scale, routed * sizeof(float), err));
-  }
-  /* a streaming ring (cache kind ring): while an expert computes, the
-   * next `ahead` experts of the block are on their way, in the order they
-   * will run (double-buffered at ahead 1) */
+/* Runs block l's experts in index order, each acquired from the store,
+ * its rows gathered from e->h and its weighted output added into e->x.
+ * With a streaming ring (cache kind ring) the next `cache_slots` experts
+ * of the block are on their way while one computes, in the order they
+ * will run (double-buffered at one). */
+static moe_status run_experts(moe_engine *e, int l, int n_needed, moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_backend_ops *o = e->dev->ops;
+  moe_backend *be = e->dev->be;
+  const size_t H = (size_t)e->model->cfg.hidden, E = (size_t)e->model->cfg.n_experts;
   const int stream = e->opt.cache == MOE_CACHE_RING ? e->cache_slots : 0;
   int pos = 0;
   for (size_t x = 0; x < E; x++) {
@@ -220,22 +208,68 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
                                 err));
     MOE_TRY(moe_expert_store_release(e->store, l, (int)x, err));
   }
+cleanup:
+  return st;
+}
+
+/* The shared expert of block l over all T rows, added into e->x: gated per
+ * token by a sigmoid (Qwen2-MoE) or as it is (DeepSeek). */
+static moe_status shared_expert(moe_engine *e, int l, size_t T, moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_backend_ops *o = e->dev->ops;
+  moe_backend *be = e->dev->be;
+  const size_t H = (size_t)e->model->cfg.hidden;
+  const moe_weight g = dw(e, l, ROLE_SH_GATE), u = dw(e, l, ROLE_SH_UP),
+                   d = dw(e, l, ROLE_SH_DOWN), sg = dw(e, l, ROLE_SH_EXPERT_GATE);
+  MOE_TRY(o->matmul(be, e->ge, e->h, T, &g, NULL, err));
+  MOE_TRY(o->matmul(be, e->ue, e->h, T, &u, NULL, err));
+  MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, T * g.rows, err));
+  MOE_TRY(o->matmul(be, e->ye, e->ge, T, &d, NULL, err));
+  if (sg.data) {
+    MOE_TRY(o->matmul(be, e->sg, e->h, T, &sg, NULL, err));
+    MOE_TRY(o->scatter_add_rows(be, e->x, e->ye, e->iota, e->sg, 1, true, T, H, err));
+  } else {
+    MOE_TRY(o->add(be, e->x, e->ye, T * H, err));
+  }
+cleanup:
+  return st;
+}
+
+static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
+  moe_status st = MOE_OK;
+  const moe_config *c = &e->model->cfg;
+  const moe_backend_ops *o = e->dev->ops;
+  moe_backend *be = e->dev->be;
+  const size_t K = (size_t)c->top_k, E = (size_t)c->n_experts;
+  /* the block this one predicts: the lookahead-th MoE block after it in
+   * its stack; a checkpoint pre-gate is trained for the next one only */
+  const int ahead = e->opt.pregate_lookahead > 0 ? e->opt.pregate_lookahead : 1;
+  int next = l;
+  for (int k = 0; k < ahead && next >= 0; k++) next = next_moe_in_stack(e->model, next);
+  const bool want_pred = next >= 0 && stack_predicts(e, l) &&
+                         (e->opt.routing == MOE_ROUTING_PREGATED ||
+                          e->policy->experts_predicted != NULL);
+  const bool pred_from_input = ahead == 1 && moe_model_spec(e->model, l, ROLE_PREGATE) != NULL;
+
+  /* The block's own router: the routing in conventional mode, the yardstick
+   * of the prediction otherwise. */
+  MOE_TRY(route(e, l, false, e->h, T, e->ridx, e->rw, e->h_idx, e->h_wts, err));
+  if (e->opt.on_route) e->opt.on_route(e->opt.on_route_ctx, l, e->step, e->h_idx, T, (int)K);
+  take_predictions(e, l, T, K);
+  apply_capacity(e, T);
+  size_t routed;
+  const int n_needed = group_by_expert(e, T, K, E, &routed);
+  moe_expert_store_begin_block(e->store, l, e->h_needed, n_needed);
+  POLICY_CALL(e, experts_needed, l, e->h_needed, n_needed);
+  if (want_pred && pred_from_input) MOE_TRY(pregate(e, l, next, T, true, false, err));
+  if (routed > 0) {
+    MOE_TRY(o->upload(be, e->rows, e->h_rows, routed * sizeof(int32_t), err));
+    MOE_TRY(o->upload(be, e->rw, e->h_scale, routed * sizeof(float), err));
+  }
+  MOE_TRY(run_experts(e, l, n_needed, err));
   moe_expert_store_end_block(e->store, l);
   op_context(e, l, -1);
-  if (c->shared_ffn > 0) {
-    const moe_weight g = dw(e, l, ROLE_SH_GATE), u = dw(e, l, ROLE_SH_UP),
-                     d = dw(e, l, ROLE_SH_DOWN), sg = dw(e, l, ROLE_SH_EXPERT_GATE);
-    MOE_TRY(o->matmul(be, e->ge, e->h, T, &g, NULL, err));
-    MOE_TRY(o->matmul(be, e->ue, e->h, T, &u, NULL, err));
-    MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, T * g.rows, err));
-    MOE_TRY(o->matmul(be, e->ye, e->ge, T, &d, NULL, err));
-    if (sg.data) { /* Qwen2-MoE: a sigmoid gate per token */
-      MOE_TRY(o->matmul(be, e->sg, e->h, T, &sg, NULL, err));
-      MOE_TRY(o->scatter_add_rows(be, e->x, e->ye, e->iota, e->sg, 1, true, T, H, err));
-    } else { /* DeepSeek: added as it is */
-      MOE_TRY(o->add(be, e->x, e->ye, T * H, err));
-    }
-  }
+  if (c->shared_ffn > 0) MOE_TRY(shared_expert(e, l, T, err));
   if (want_pred && !pred_from_input) MOE_TRY(pregate(e, l, next, T, false, false, err));
 cleanup:
   return st;
