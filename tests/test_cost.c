@@ -63,6 +63,53 @@ START_TEST(shipped_profiles_load) {
 }
 END_TEST
 
+/* A profile with the given matmul_tflops and h2d_gbps objects, loaded. */
+static moe_status load_rates(const char *mm, const char *h2d, moe_hw_profile *p, moe_error *err,
+                             char *path, size_t cap) {
+  char dir[256], text[2048];
+  tu_tempdir(dir, sizeof dir);
+  snprintf(path, cap, "%s/rates.json", dir);
+  snprintf(text, sizeof text,
+           "{\"name\": \"x\", \"memory_bytes\": 1e9, \"memory_gbps\": 100, \"matmul_tflops\": %s, "
+           "\"h2d_gbps\": %s, \"h2d_latency_us\": 2, \"launch_overhead_us\": 1, \"sources\": "
+           "{\"memory_bytes\": \"a\", \"memory_gbps\": \"a\", \"matmul_tflops\": \"a\", "
+           "\"h2d_gbps.pinned\": \"a\", \"h2d_gbps.pageable\": \"a\", \"h2d_latency_us\": \"a\", "
+           "\"launch_overhead_us\": \"a\"}}",
+           mm, h2d);
+  write_file(path, text);
+  return moe_hw_profile_load(p, path, err);
+}
+
+/* Every figure of a profile is read: the link's theoretical rate bounds the
+ * pinned one (and pinned the pageable one); a TF32 rate, which nothing
+ * would use, is refused by name.  The theoretical rate survives a save. */
+START_TEST(profile_link_rates_are_read_and_checked) {
+  char path[512];
+  moe_hw_profile p;
+  moe_error err = {0};
+  const char *mm = "{\"f32\": 1, \"bf16\": 2}";
+  ck_assert_int_eq(load_rates(mm, "{\"pinned\": 25, \"pageable\": 10, \"theoretical\": 31.5}", &p,
+                              &err, path, sizeof path), MOE_OK);
+  ck_assert(p.h2d_theoretical_gbps == 31.5);
+  ck_assert_int_eq(moe_hw_profile_save(&p, path, "test", &err), MOE_OK);
+  moe_hw_profile back;
+  ck_assert_int_eq(moe_hw_profile_load(&back, path, &err), MOE_OK);
+  ck_assert(back.h2d_theoretical_gbps == 31.5);
+  const struct {
+    const char *mm, *h2d, *expect;
+  } bad[] = {
+      {mm, "{\"pinned\": 40, \"pageable\": 10, \"theoretical\": 31.5}", "exceeds the link's theoretical"},
+      {mm, "{\"pinned\": 10, \"pageable\": 20}", "pageable (20) exceeds h2d_gbps.pinned"},
+      {"{\"f32\": 1, \"tf32\": 8, \"bf16\": 2}", "{\"pinned\": 10, \"pageable\": 5}", "tf32 is not used"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    moe_error e2 = {0};
+    ck_assert_int_eq(load_rates(bad[i].mm, bad[i].h2d, &p, &e2, path, sizeof path), MOE_ERR_FORMAT);
+    ck_assert_msg(strstr(e2.msg, bad[i].expect) && strstr(e2.msg, path), "case %zu: %s", i, e2.msg);
+  }
+}
+END_TEST
+
 START_TEST(bad_profiles_are_refused_naming_the_field) {
   char dir[256], path[512];
   tu_tempdir(dir, sizeof dir);
@@ -698,6 +745,7 @@ int main(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, shipped_profiles_load);
   tcase_add_test(tc, bad_profiles_are_refused_naming_the_field);
+  tcase_add_test(tc, profile_link_rates_are_read_and_checked);
   tcase_add_test(tc, save_then_load_round_trips);
   tcase_add_test(tc, op_costs_are_rooflines);
   tcase_add_test(tc, clock_overlaps_copies_with_compute);

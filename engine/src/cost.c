@@ -119,13 +119,18 @@ moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const c
     MOE_CHECK(ok, err, MOE_ERR_FORMAT, "%s: unknown field '%.60s'", path, key);
   }
   {
-    /* tf32 and theoretical: documented beside the figures used, not read */
-    static const char *const dtypes[] = {"f32", "bf16", "f16", "tf32", NULL};
+    /* TF32 is refused by name: the engine's f32 matmuls run in full f32
+     * (cuBLAS's default math), so a TF32 rate would model nothing */
+    MOE_CHECK(json_object_get(json_object_get(root, "matmul_tflops"), "tf32") == NULL, err,
+              MOE_ERR_FORMAT,
+              "%s: matmul_tflops.tf32 is not used (f32 matmuls run in full f32, not TF32); "
+              "remove it", path);
+    static const char *const dtypes[] = {"f32", "bf16", "f16", NULL};
     static const char *const links[] = {"pinned", "pageable", "theoretical", NULL};
     static const char *const rows[] = {"f32", NULL};
     static const char *const sourced[] = {
         "memory_bytes", "memory_gbps", "matmul_tflops", "matmul_tflops.f32", "matmul_tflops.bf16",
-        "matmul_tflops.f16", "matmul_tflops.tf32", "h2d_gbps", "h2d_gbps.pinned", "h2d_gbps.pageable",
+        "matmul_tflops.f16", "h2d_gbps", "h2d_gbps.pinned", "h2d_gbps.pageable",
         "h2d_gbps.theoretical", "h2d_latency_us",
         "launch_overhead_us", "matmul_gflops_by_rows", "copy_slowdown", "transfer_latency_us",
         "vector_gflops", "vector_gbps", "calibrated", NULL};
@@ -149,6 +154,14 @@ moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const c
   MOE_TRY(num_in(root, "matmul_tflops.f16", TF_LO, TF_HI, &p->tflops[MOE_F16], true, path, err));
   MOE_TRY(num_in(root, "h2d_gbps.pinned", BW_LO, BW_HI, &p->h2d_pinned_gbps, false, path, err));
   MOE_TRY(num_in(root, "h2d_gbps.pageable", BW_LO, BW_HI, &p->h2d_pageable_gbps, false, path, err));
+  MOE_TRY(num_in(root, "h2d_gbps.theoretical", BW_LO, BW_HI, &p->h2d_theoretical_gbps, true, path,
+                 err));
+  MOE_CHECK(p->h2d_theoretical_gbps == 0 || p->h2d_pinned_gbps <= p->h2d_theoretical_gbps, err,
+            MOE_ERR_FORMAT, "%s: h2d_gbps.pinned (%g) exceeds the link's theoretical rate (%g)",
+            path, p->h2d_pinned_gbps, p->h2d_theoretical_gbps);
+  MOE_CHECK(p->h2d_pageable_gbps <= p->h2d_pinned_gbps, err, MOE_ERR_FORMAT,
+            "%s: h2d_gbps.pageable (%g) exceeds h2d_gbps.pinned (%g)", path,
+            p->h2d_pageable_gbps, p->h2d_pinned_gbps);
   MOE_TRY(num_in(root, "h2d_latency_us", US_LO, US_HI, &p->h2d_latency_us, false, path, err));
   MOE_TRY(num_in(root, "launch_overhead_us", US_LO, US_HI, &p->launch_us, false, path, err));
   p->transfer_latency_us = p->h2d_latency_us;
@@ -202,6 +215,8 @@ moe_status moe_hw_profile_save(const moe_hw_profile *p, const char *path, const 
   }
   json_object_set_new(h2d, "pinned", json_real(p->h2d_pinned_gbps));
   json_object_set_new(h2d, "pageable", json_real(p->h2d_pageable_gbps));
+  if (p->h2d_theoretical_gbps > 0)
+    json_object_set_new(h2d, "theoretical", json_real(p->h2d_theoretical_gbps));
   json_object_set(o, "h2d_gbps", h2d);
   json_object_set_new(o, "h2d_latency_us", json_real(p->h2d_latency_us));
   json_object_set_new(o, "launch_overhead_us", json_real(p->launch_us));

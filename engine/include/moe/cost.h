@@ -53,6 +53,8 @@ typedef struct moe_hw_profile {
   double memory_gbps;        /* device memory bandwidth, GB/s (1e9 bytes/s) */
   double tflops[3];          /* dense matmul rate by moe_dtype (f32, f16, bf16), TFLOP/s */
   double h2d_pinned_gbps, h2d_pageable_gbps;
+  double h2d_theoretical_gbps; /* optional: the bus's own rate (0: not given); pinned and
+                                  pageable copies cannot beat it, nor pageable pinned */
   double h2d_latency_us, launch_us;
   double transfer_latency_us; /* a synchronous upload/download's fixed cost (optional:
                                  h2d_latency_us when absent) */
