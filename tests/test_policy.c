@@ -531,6 +531,44 @@ START_TEST(expert_caches_keep_bits_and_save_copies) {
 }
 END_TEST
 
+/* A cache never changes outputs, under every registered policy: each
+ * cache kind on top of each policy gives gpu-only's tokens and logits bit
+ * for bit, with the peak equal to the plan (the claim docs/ARCHITECTURE.md
+ * makes; the test above checks the savings on ondemand). */
+START_TEST(expert_caches_keep_bits_under_every_policy) {
+  moe_config c = cfg();
+  moe_error err = {0};
+  moe_synth_options so = {MOE_F32, 78, 1.5, false};
+  moe_model *m = NULL;
+  ck_assert_msg(moe_model_synthetic(&m, &c, &so, &err) == MOE_OK, "%s", err.msg);
+  run_out *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o);
+  ck_assert(run(m, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, 0, ref, &err) == MOE_OK);
+  unsigned long long pop[3 * 8];
+  for (int i = 0; i < 3 * 8; i++) pop[i] = (unsigned long long)((i * 7) % 11); /* any counts */
+  const moe_cache_kind kinds[4] = {MOE_CACHE_LRU, MOE_CACHE_LFU, MOE_CACHE_STATIC, MOE_CACHE_RING};
+  int checked = 0;
+  for (size_t p = 0; p < moe_policy_count(); p++) {
+    const moe_policy *pol = moe_policy_at(p);
+    for (int k = 0; k < 4; k++) {
+      const moe_engine_options eo = {.policy = pol, .cache = kinds[k], .cache_experts = 4,
+                                     .cache_popularity = pop};
+      ck_assert_msg(run_opts(m, &eo, 0, 5, o, &err) == MOE_OK, "%s + %s: %s", pol->name,
+                    moe_cache_kind_name(kinds[k]), err.msg);
+      ck_assert_msg(memcmp(o->tokens, ref->tokens, sizeof o->tokens) == 0, "%s + %s: tokens differ",
+                    pol->name, moe_cache_kind_name(kinds[k]));
+      ck_assert_msg(memcmp(o->logits, ref->logits, sizeof o->logits) == 0, "%s + %s: logits differ",
+                    pol->name, moe_cache_kind_name(kinds[k]));
+      ck_assert_uint_eq(o->peak, o->planned);
+      checked++;
+    }
+  }
+  ck_assert_int_ge(checked, 4 * 4); /* at least the paper's four policies */
+  free(ref);
+  free(o);
+  moe_model_free(m);
+}
+END_TEST
+
 START_TEST(oom_is_a_clear_result) {
   run_out *o = calloc(1, sizeof *o);
   moe_error err = {0};
@@ -1056,6 +1094,7 @@ int main(void) {
   tcase_add_loop_test(tc, new_families_under_every_policy, 0, 5);
   tcase_add_loop_test(tc, lookahead_predicts_k_blocks_ahead, 0, 3);
   tcase_add_test(tc, expert_caches_keep_bits_and_save_copies);
+  tcase_add_test(tc, expert_caches_keep_bits_under_every_policy);
   tcase_add_test(tc, plugins_load_and_refuse);
   tcase_add_test(tc, useless_policy_is_still_correct);
   tcase_add_test(tc, store_residency);
