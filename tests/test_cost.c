@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "moe/regime.h"
 #include "moe/device.h"
 #include "moe/backend.h"
 #include "moe/cost.h"
@@ -107,6 +108,30 @@ START_TEST(profile_link_rates_are_read_and_checked) {
     ck_assert_int_eq(load_rates(bad[i].mm, bad[i].h2d, &p, &e2, path, sizeof path), MOE_ERR_FORMAT);
     ck_assert_msg(strstr(e2.msg, bad[i].expect) && strstr(e2.msg, path), "case %zu: %s", i, e2.msg);
   }
+}
+END_TEST
+
+/* The regime model against hand-worked steps: six blocks of one window
+ * each filling a 6 s gpu-only step, one expert of eight per block. */
+START_TEST(regime_model_by_hand) {
+  moe_regime r = {.n_blocks = 6, .top_k = 1, .n_experts = 8, .step_s = 6, .window_s = 1, .copy_s = 0.72};
+  ck_assert_double_eq_tol(moe_regime_step_s(&r, MOE_REGIME_GPU_ONLY), 6.0, 1e-12);
+  ck_assert_double_eq_tol(moe_regime_step_s(&r, MOE_REGIME_ONDEMAND), 6 + 6 * 0.72, 1e-12);
+  ck_assert_double_eq_tol(moe_regime_step_s(&r, MOE_REGIME_PREGATED), 6.72, 1e-12); /* all hidden but the first */
+  ck_assert_double_eq_tol(moe_regime_step_s(&r, MOE_REGIME_PREFETCH_ALL), 6 + 5.76 + 5 * 4.76, 1e-12);
+  r.copy_s = 2.6; /* copy-bound: each later block stalls 1.6 s */
+  ck_assert_double_eq_tol(moe_regime_step_s(&r, MOE_REGIME_PREGATED), 6 + 2.6 + 5 * 1.6, 1e-12);
+  r.top_k = 2; /* two experts a block: 5.2 s of copies a block */
+  ck_assert_double_eq_tol(moe_regime_step_s(&r, MOE_REGIME_PREGATED), 6 + 5.2 + 5 * 4.2, 1e-12);
+  ck_assert_str_eq(moe_regime_policy_name(MOE_REGIME_PREFETCH_ALL), "prefetch-all");
+  const moe_regime bad[] = {
+      {0, 1, 8, 6, 1, 1}, {6, 0, 8, 6, 1, 1}, {6, 2, 1, 6, 1, 1}, {6, 1, 8, -1, 1, 1},
+      {6, 1, 8, 6, 2, 1}, /* windows longer than the step */
+      {6, 1, 8, 6, 1, NAN},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+    ck_assert_msg(isnan(moe_regime_step_s(&bad[i], MOE_REGIME_PREGATED)), "case %zu", i);
+  ck_assert(isnan(moe_regime_step_s(&r, MOE_REGIME_POLICIES)));
 }
 END_TEST
 
@@ -745,6 +770,7 @@ int main(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, shipped_profiles_load);
   tcase_add_test(tc, bad_profiles_are_refused_naming_the_field);
+  tcase_add_test(tc, regime_model_by_hand);
   tcase_add_test(tc, profile_link_rates_are_read_and_checked);
   tcase_add_test(tc, save_then_load_round_trips);
   tcase_add_test(tc, op_costs_are_rooflines);
