@@ -658,6 +658,43 @@ START_TEST(deepseek_configs) {
 }
 END_TEST
 
+/* Granite MoE: the fixture's multipliers, GraniteMoeConfig()'s defaults
+ * (multipliers 1, the attention's too: a softmax scale of 1), a multiplier
+ * out of range refused, and a save/load round trip. */
+START_TEST(granite_configs) {
+  moe_config c, d;
+  moe_error err = {0};
+  ck_assert_msg(moe_config_load(&c, MOE_SOURCE_DIR "/tests/fixtures/granitemoe-tiny/config.json",
+                                &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.arch, MOE_ARCH_GRANITE_MOE);
+  ck_assert_float_eq(c.embed_mult, 12.0f);
+  ck_assert_float_eq(moe_config_attn_scale(&c), 0.2f);
+  ck_assert_float_eq(moe_config_residual_mult(&c), 0.3f);
+  ck_assert_float_eq(moe_config_logit_div(&c), 4.0f);
+  ck_assert(c.norm_topk && c.tie_embeddings && !c.qkv_bias && !c.o_bias);
+  ck_assert_int_eq(moe_config_n_moe_layers(&c), 3);
+  char out[1100];
+  snprintf(out, sizeof out, "%s/granite-saved.json", g_dir);
+  ck_assert_msg(moe_config_save(&c, out, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_msg(moe_config_load(&d, out, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(memcmp(&c, &d, sizeof c), 0);
+  const char *p = write_cfg("g.json", "{\"model_type\": \"granitemoe\", \"num_attention_heads\": 8}");
+  ck_assert_msg(moe_config_load(&c, p, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(c.n_kv_heads, 8); /* None: as many as the query heads */
+  ck_assert_int_eq(c.expert_ffn, 11008);
+  ck_assert_int_eq(c.max_pos, 2048);
+  ck_assert_float_eq(moe_config_attn_scale(&c), 1.0f);
+  ck_assert(c.embed_mult == 1.0f && c.residual_mult == 1.0f && c.logit_div == 1.0f);
+  p = write_cfg("gbad.json", "{\"model_type\": \"granitemoe\", \"logits_scaling\": 0}");
+  ck_assert_int_eq(moe_config_load(&c, p, &err), MOE_ERR_INVALID);
+  ck_assert_msg(strstr(err.msg, "logits_scaling") != NULL, "%s", err.msg);
+  /* the other families' multipliers are none: the neutral values */
+  ck_assert(moe_config_load(&c, MOE_SOURCE_DIR "/tests/fixtures/mixtral-tiny/config.json", &err) == MOE_OK);
+  ck_assert(c.embed_mult == 0.0f && moe_config_embed_mult(&c) == 1.0f);
+  ck_assert_float_eq(moe_config_attn_scale(&c), 0.25f);
+}
+END_TEST
+
 START_TEST(missing_file_is_io) {
   moe_config c;
   moe_error err = {0};
@@ -683,6 +720,7 @@ int main(void) {
   tcase_add_test(tc, transformers_rope_configs_are_refused);
   tcase_add_test(tc, yarn_frequencies_match_transformers);
   tcase_add_test(tc, deepseek_configs);
+  tcase_add_test(tc, granite_configs);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -353,7 +353,8 @@ static void routing_stats(const char *routing, double *same, double *top_share, 
   moe_error err = {0};
   for (int s = 0; s < steps; s++) {
     dev.ops->set_context(dev.be, 5, -1, (unsigned long long)s + 1);
-    ck_assert(dev.ops->router_topk(dev.be, idx, w, NULL, rows, n, k, true, NULL, &err) == MOE_OK);
+    ck_assert(moe_backend_router_topk(dev.ops, dev.be, idx, w, NULL, rows, n, k, true, NULL, &err) ==
+              MOE_OK);
     for (int r = 0; r < rows; r++) {
       if (idx[r * k] < 0 || idx[r * k] >= n || idx[r * k + 1] < 0 || idx[r * k + 1] >= n ||
           idx[r * k] == idx[r * k + 1] || fabsf(w[r * k] + w[r * k + 1] - 1.0f) > 1e-6f)
@@ -389,10 +390,10 @@ START_TEST(sim_routing_sources) {
   float w[4];
   moe_error err = {0};
   dev.ops->set_context(dev.be, 2, -1, 7);
-  ck_assert(dev.ops->router_topk(dev.be, a, w, NULL, 2, 8, 2, false, NULL, &err) == MOE_OK);
+  ck_assert(moe_backend_router_topk(dev.ops, dev.be, a, w, NULL, 2, 8, 2, false, NULL, &err) == MOE_OK);
   dev.ops->set_context(dev.be, 3, -1, 7);
   dev.ops->set_context(dev.be, 2, -1, 7);
-  ck_assert(dev.ops->router_topk(dev.be, b, w, NULL, 2, 8, 2, false, NULL, &err) == MOE_OK);
+  ck_assert(moe_backend_router_topk(dev.ops, dev.be, b, w, NULL, 2, 8, 2, false, NULL, &err) == MOE_OK);
   ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
   moe_device_close(&dev);
 }
@@ -646,22 +647,22 @@ START_TEST(replay_charges_what_the_sim_charges_op_by_op) {
   const moe_attn_shape sh = {2, 3, 5, 16, 4, 2, 32};
   const moe_attn_ex ax = {2, 3, 0, 7, 16, 4, 2, 32, true, 0.5f, NULL, NULL, 0};
   const moe_router_ex rx = {2, MOE_SCORING_SIGMOID, NULL, 4, 2, MOE_GROUP_TOP2_SUM, true, 2.0f, true};
-  const moe_rope_ex re = {4, 4 * 24, 24, 16, 8, true, a, 1.1f};
+  const moe_rope_ex re = {4, 4 * 24, 24, 16, 8, true, a, 1.1f, 0};
   const moe_weight kvb = {a, MOE_BF16, 4 * (16 + 12), 24};
   const double t0 = ops->modeled_seconds(be);
   moe_trace_mark(t, "forward");
   for (size_t m = 0; m < 3; m += 2) { /* m = 0: every op empty, nothing charged */
     ck_assert(ops->matmul(be, b, a, m, &w, NULL, &err) == MOE_OK);
     ck_assert(ops->rmsnorm(be, b, a, m, &g, 1e-6f, &err) == MOE_OK);
-    ck_assert(ops->rope(be, a, m, ix, 4, 32, 1e4f, &err) == MOE_OK);
+    ck_assert(moe_backend_rope(ops, be, a, m, ix, 4, 32, 1e4f, a, &err) == MOE_OK);
     ck_assert(ops->kv_store(be, a, b, a, b, &sh, &err) == MOE_OK);
-    ck_assert(ops->attention(be, b, a, a, a, &sh, &err) == MOE_OK);
+    ck_assert(moe_backend_attention(ops, be, b, a, a, a, &sh, &err) == MOE_OK);
     ck_assert(ops->attention_ex(be, b, a, a, a, &ax, &err) == MOE_OK);
     ck_assert(ops->rope_ex(be, a, m, ix, &re, &err) == MOE_OK);
     const moe_mla_shape ms = {2, (int)m, 3, 16, 4, 16, 8, 12, 24, 0.2f};
     ck_assert(ops->mla_attention(be, b, a, a, a, a, a, &kvb, &ms, &err) == MOE_OK);
     ck_assert(ops->unary(be, b, a, m * 100, MOE_UNARY_RELU, 0, &err) == MOE_OK);
-    ck_assert(ops->router_topk(be, ix, b, a, m, 16, 2, true, NULL, &err) == MOE_OK);
+    ck_assert(moe_backend_router_topk(ops, be, ix, b, a, m, 16, 2, true, NULL, &err) == MOE_OK);
     ck_assert(ops->router_topk_ex(be, ix, b, a, m, 16, &rx, &err) == MOE_OK);
     ck_assert(ops->swiglu(be, b, b, a, m * 100, &err) == MOE_OK);
     ck_assert(ops->add(be, b, a, m * 100, &err) == MOE_OK);

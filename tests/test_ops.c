@@ -118,7 +118,7 @@ START_TEST(rope_matches) {
         ref[(t * heads + h) * hd + i + hd / 2] = b * cos(f) + a * sin(f);
       }
   moe_error err = {0};
-  ck_assert(OPS->rope(BE, x, m, pos, heads, hd, 10000.0f, &err) == MOE_OK);
+  ck_assert(moe_backend_rope(OPS, BE, x, m, pos, heads, hd, 10000.0f, NULL, &err) == MOE_OK);
   /* angles up to ~500 rad in f32 lose ~3e-5 absolute: the tolerance says so */
   ck_assert_msg(rel_err(x, ref, sizeof x / sizeof x[0]) < 1e-4, "rope err %g",
                 rel_err(x, ref, sizeof x / sizeof x[0]));
@@ -150,7 +150,7 @@ START_TEST(attention_matches) {
           ck_assert(kc[ci] == k[(b * 3 + t) * kvd + kh * hd + i]);
           ck_assert(vc[ci] == v[(b * 3 + t) * kvd + kh * hd + i]);
         }
-  ck_assert(OPS->attention(BE, out, q, kc, vc, &s, &err) == MOE_OK);
+  ck_assert(moe_backend_attention(OPS, BE, out, q, kc, vc, &s, &err) == MOE_OK);
   for (int b = 0; b < 2; b++)
     for (int t = 0; t < 3; t++)
       for (int h = 0; h < 4; h++) {
@@ -190,8 +190,8 @@ START_TEST(router_topk_matches) {
   for (int renorm = 0; renorm < 2; renorm++)
     for (int use_bias = 0; use_bias < 2; use_bias++) {
       moe_error err = {0};
-      ck_assert(OPS->router_topk(BE, idx, w, logits, m, n, k, renorm, use_bias ? &bias : NULL,
-                                 &err) == MOE_OK);
+      ck_assert(moe_backend_router_topk(OPS, BE, idx, w, logits, m, n, k, renorm,
+                                        use_bias ? &bias : NULL, &err) == MOE_OK);
       for (int t = 0; t < m; t++) {
         double p[8], mx = -1e300, s = 0;
         for (int e = 0; e < n; e++) mx = fmax(mx, p[e] = logits[t * n + e] + (use_bias ? biasf[e] : 0));
@@ -370,7 +370,7 @@ START_TEST(registry_refuses_bad_tables) {
   ck_assert_int_eq(moe_backend_validate(&bad, &err), MOE_ERR_UNSUPPORTED);
   ck_assert_ptr_nonnull(strstr(err.msg, "99"));
   bad = *moe_backend_find("cpu");
-  bad.attention = NULL;
+  bad.attention_ex = NULL; /* and no legacy attention either */
   moe_error_clear(&err);
   ck_assert_int_eq(moe_backend_validate(&bad, &err), MOE_ERR_INVALID);
   ck_assert_ptr_nonnull(strstr(err.msg, "attention"));

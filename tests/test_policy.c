@@ -372,7 +372,8 @@ START_TEST(new_families_under_every_policy) {
                         MOE_SOURCE_DIR "/tests/fixtures/olmoe-tiny/config.json",
                         MOE_SOURCE_DIR "/tests/fixtures/deepseekv2-tiny/config.json",
                         MOE_SOURCE_DIR "/tests/fixtures/deepseekv3-tiny/config.json",
-                        MOE_SOURCE_DIR "/tests/fixtures/deepseekv3-plain/config.json"};
+                        MOE_SOURCE_DIR "/tests/fixtures/deepseekv3-plain/config.json",
+                        MOE_SOURCE_DIR "/tests/fixtures/granitemoe-tiny/config.json"};
   moe_error err = {0};
   moe_config c;
   ck_assert_msg(moe_config_load(&c, cfgs[_i], &err) == MOE_OK, "%s", err.msg);
@@ -666,10 +667,11 @@ static moe_status trace_copy(moe_backend *be, void *dst, const void *src, size_t
   if (g_nlog < LOG_MAX) g_log[g_nlog++] = (log_ent){'c', dst, bytes};
   return moe_backend_find("cpu")->copy_h2d_async(be, dst, src, bytes, ev, err);
 }
+/* attention_ex: what the engine's attention (moe_backend_attention) calls */
 static moe_status trace_attention(moe_backend *be, float *out, const float *q, const float *kc,
-                                  const float *vc, const moe_attn_shape *s, moe_error *err) {
+                                  const float *vc, const moe_attn_ex *a, moe_error *err) {
   if (g_nlog < LOG_MAX) g_log[g_nlog++] = (log_ent){'a', NULL, 0};
-  return moe_backend_find("cpu")->attention(be, out, q, kc, vc, s, err);
+  return moe_backend_find("cpu")->attention_ex(be, out, q, kc, vc, a, err);
 }
 /* Pinning as CUDA does it: registering a range twice fails. */
 static moe_status trace_register(moe_backend *be, void *ptr, size_t bytes, moe_error *err) {
@@ -683,7 +685,7 @@ static const moe_backend_ops *trace_ops(void) {
   g_trace_ops = *moe_backend_find("cpu");
   g_trace_ops.name = "cpu-trace";
   g_trace_ops.copy_h2d_async = trace_copy;
-  g_trace_ops.attention = trace_attention;
+  g_trace_ops.attention_ex = trace_attention;
   g_trace_ops.host_register = trace_register;
   g_trace_ops.host_unregister = trace_unregister;
   g_nlog = 0;
@@ -1091,7 +1093,7 @@ int main(void) {
   tcase_add_test(tc, oom_is_a_clear_result);
   tcase_add_test(tc, switch_policies_bit_identical);
   tcase_add_test(tc, switch_pregated_stacks);
-  tcase_add_loop_test(tc, new_families_under_every_policy, 0, 5);
+  tcase_add_loop_test(tc, new_families_under_every_policy, 0, 6); /* the six configs */
   tcase_add_loop_test(tc, lookahead_predicts_k_blocks_ahead, 0, 3);
   tcase_add_test(tc, expert_caches_keep_bits_and_save_copies);
   tcase_add_test(tc, expert_caches_keep_bits_under_every_policy);

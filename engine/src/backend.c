@@ -25,9 +25,12 @@ moe_status moe_router_ex_check(const moe_router_ex *r, int n, moe_error *err) {
   if (r == NULL || !(r->k >= 1 && r->k <= n && n <= MOE_ROUTER_MAX_N))
     return MOE_FAIL(err, MOE_ERR_INVALID, "router: top-%d of %d experts (1 <= k <= n <= %d)",
                     r ? r->k : 0, n, MOE_ROUTER_MAX_N);
-  if ((unsigned)r->scoring > MOE_SCORING_SIGMOID || (unsigned)r->group_score > MOE_GROUP_TOP2_SUM ||
-      r->n_group < 0 || !isfinite(r->scale))
+  if ((unsigned)r->scoring > MOE_SCORING_SOFTMAX_LOGITS ||
+      (unsigned)r->group_score > MOE_GROUP_TOP2_SUM || r->n_group < 0 || !isfinite(r->scale))
     return MOE_FAIL(err, MOE_ERR_INVALID, "router: unknown scoring or group score, or a bad scale");
+  if (r->scoring == MOE_SCORING_SOFTMAX_LOGITS && r->n_group > 1)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "router: softmax-of-logits scoring takes no groups (%d)",
+                    r->n_group);
   if (r->n_group > 1) {
     const int size = n / r->n_group;
     if (n % r->n_group != 0 || r->topk_group < 1 || r->topk_group > r->n_group ||
@@ -41,13 +44,13 @@ moe_status moe_router_ex_check(const moe_router_ex *r, int n, moe_error *err) {
 
 moe_status moe_rope_ex_check(const moe_rope_ex *r, moe_error *err) {
   if (r == NULL || r->n_heads < 1 || r->rot_dim < 2 || r->rot_dim % 2 != 0 || r->offset < 0 ||
-      r->inv_freq == NULL || !isfinite(r->attn_scale) ||
+      (r->inv_freq == NULL && !(isfinite(r->theta) && r->theta > 0.0f)) || !isfinite(r->attn_scale) ||
       (r->n_heads > 1 && (size_t)r->offset + (size_t)r->rot_dim > r->head_stride) ||
       (size_t)r->offset + (size_t)r->rot_dim + (size_t)(r->n_heads - 1) * r->head_stride >
           (r->row_stride ? r->row_stride : SIZE_MAX))
     return MOE_FAIL(err, MOE_ERR_INVALID,
                     "rope: %d heads of stride %zu rotating %d at offset %d do not fit rows of %zu "
-                    "(rot_dim even and positive, inv_freq given)",
+                    "(rot_dim even and positive, inv_freq or a positive theta given)",
                     r ? r->n_heads : 0, r ? r->head_stride : 0, r ? r->rot_dim : 0,
                     r ? r->offset : 0, r ? r->row_stride : 0);
   return MOE_OK;
@@ -79,6 +82,44 @@ const moe_backend_ops *moe_backend_find(const char *name) {
   for (size_t i = 0; i < moe_backend_count(); i++)
     if (strcmp(k_backends[i]->name, name) == 0) return k_backends[i];
   return NULL;
+}
+
+/* The optional fields of a raw table of any size, read as absent past its
+ * end. */
+#define FIELD(o, f) \
+  ((o)->struct_size >= offsetof(moe_backend_ops, f) + sizeof((o)->f) ? (o)->f : 0)
+
+unsigned moe_backend_abi_minor(const moe_backend_ops *o) {
+  if (o->struct_size >= MOE_BACKEND_SIZE_1_6) return o->abi_minor;
+  if (o->struct_size >= MOE_BACKEND_SIZE_1_5) return 5;
+  if (o->struct_size >= MOE_BACKEND_SIZE_1_4) return 4;
+  if (o->struct_size >= MOE_BACKEND_SIZE_1_3) return 3;
+  if (o->struct_size >= MOE_BACKEND_SIZE_1_2) return 2;
+  return o->struct_size >= MOE_BACKEND_SIZE_1_1 ? 1 : 0;
+}
+
+/* Each legacy op needs its method or its _ex form (backend.h); a table of
+ * 1.6 or later says so in abi_minor. */
+static moe_status validate_legacy(const moe_backend_ops *o, moe_error *err) {
+  const unsigned minor = moe_backend_abi_minor(o);
+  if (o->struct_size >= MOE_BACKEND_SIZE_1_6 && minor < 6)
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "backend '%s' has a table of ABI 1.6 or later but abi_minor %u (set it to "
+                    "MOE_BACKEND_ABI_MINOR)", o->name, minor);
+  const struct {
+    const char *legacy, *ex;
+    int present;
+  } alt[] = {
+      {"rope", "rope_ex", o->rope != NULL || FIELD(o, rope_ex) != NULL},
+      {"attention", "attention_ex", o->attention != NULL || FIELD(o, attention_ex) != NULL},
+      {"router_topk", "router_topk_ex (ABI 1.6 or later)",
+       o->router_topk != NULL || (minor >= 6 && FIELD(o, router_topk_ex) != NULL)},
+  };
+  for (size_t i = 0; i < sizeof alt / sizeof alt[0]; i++)
+    if (!alt[i].present)
+      return MOE_FAIL(err, MOE_ERR_INVALID, "backend '%s' lacks both '%s' and '%s'", o->name,
+                      alt[i].legacy, alt[i].ex);
+  return MOE_OK;
 }
 
 moe_status moe_backend_validate(const moe_backend_ops *o, moe_error *err) {
@@ -118,10 +159,7 @@ moe_status moe_backend_validate(const moe_backend_ops *o, moe_error *err) {
       {"device_capacity", o->device_capacity != NULL},
       {"matmul", o->matmul != NULL},
       {"rmsnorm", o->rmsnorm != NULL},
-      {"rope", o->rope != NULL},
       {"kv_store", o->kv_store != NULL},
-      {"attention", o->attention != NULL},
-      {"router_topk", o->router_topk != NULL},
       {"swiglu", o->swiglu != NULL},
       {"add", o->add != NULL},
       {"embed", o->embed != NULL},
@@ -132,13 +170,14 @@ moe_status moe_backend_validate(const moe_backend_ops *o, moe_error *err) {
     if (!req[i].present)
       return MOE_FAIL(err, MOE_ERR_INVALID, "backend '%s' lacks required method '%s'",
                       o->name ? o->name : "?", req[i].name);
-  return MOE_OK;
+  return validate_legacy(o, err);
 }
 
 void moe_backend_normalize(const moe_backend_ops *o, moe_backend_ops *out) {
   size_t n = o->struct_size < sizeof *out ? o->struct_size : sizeof *out;
   memset(out, 0, sizeof *out);
   memcpy(out, o, n);
+  out->abi_minor = moe_backend_abi_minor(o); /* an older table's, from its size */
   out->struct_size = sizeof *out;
 }
 
@@ -161,7 +200,7 @@ const char *moe_backend_device_name(const moe_backend_ops *o, moe_backend *be) {
 static const struct {
   const char *name, *since;
 } op_info[MOE_OP_COUNT] = {
-    [MOE_OP_ATTENTION_EX] = {"attention_ex", "1.1"}, [MOE_OP_UNARY] = {"unary", "1.1"},
+    [MOE_OP_ATTENTION_EX] = {"attention_ex", "1.2"}, [MOE_OP_UNARY] = {"unary", "1.2"},
     [MOE_OP_ROUTER_TOPK_EX] = {"router_topk_ex", "1.3"}, [MOE_OP_ROPE_EX] = {"rope_ex", "1.4"},
     [MOE_OP_MLA_ATTENTION] = {"mla_attention", "1.4"}, [MOE_OP_DOWNLOAD_MANY] = {"download_many", "1.5"},
     [MOE_OP_ARGMAX_ROWS] = {"argmax_rows", "1.5"}, [MOE_OP_HOST_REGISTER] = {"host_register", "1.0"},
@@ -194,6 +233,70 @@ moe_status moe_backend_require(const moe_backend_ops *o, unsigned mask, const ch
                       "the %s backend lacks the %s op (backend ABI %s) that %s needs", o->name,
                       op_info[op].name, op_info[op].since, who);
   return MOE_OK;
+}
+
+/* ---------------------------------------------------------- legacy ops */
+
+/* rope_ex over a device table of plain RoPE's frequencies made for this
+ * call: for a 1.4 or 1.5 table without the legacy rope (its rope_ex does
+ * not know inv_freq NULL).  The table is outside the memory accounting. */
+static moe_status rope_with_table(const moe_backend_ops *o, moe_backend *be, float *x, size_t m,
+                                  const int32_t *pos, const moe_rope_ex *r, moe_error *err) {
+  const int half = r->rot_dim / 2;
+  float *host = malloc((size_t)half * sizeof *host);
+  if (host == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "rope: out of host memory");
+  for (int i = 0; i < half; i++) host[i] = 1.0f / powf(r->theta, (float)(2 * i) / (float)r->rot_dim);
+  void *dev = NULL;
+  moe_status st = o->device_alloc(be, (size_t)half * sizeof *host, &dev, err);
+  if (st == MOE_OK) st = o->upload(be, dev, host, (size_t)half * sizeof *host, err);
+  if (st == MOE_OK) {
+    moe_rope_ex t = *r;
+    t.inv_freq = dev;
+    st = o->rope_ex(be, x, m, pos, &t, err);
+  }
+  if (dev) o->device_free(be, dev); /* after the rope_ex that reads it (backend.h) */
+  free(host);
+  return st;
+}
+
+moe_status moe_backend_rope(const moe_backend_ops *o, moe_backend *be, float *x, size_t m,
+                            const int32_t *pos, int n_heads, int head_dim, float theta,
+                            const float *inv_freq, moe_error *err) {
+  if (head_dim < 2 || head_dim % 2 != 0 || n_heads < 1 || !(theta > 0.0f))
+    return MOE_FAIL(err, MOE_ERR_INVALID, "rope: %d heads of %d (even) at theta %g", n_heads,
+                    head_dim, (double)theta);
+  const bool knows_theta = moe_backend_abi_minor(o) >= 6;
+  if (o->rope_ex == NULL || (inv_freq == NULL && !knows_theta && o->rope != NULL))
+    return o->rope(be, x, m, pos, n_heads, head_dim, theta, err);
+  if (m == 0) return MOE_OK;
+  const size_t hd = (size_t)head_dim;
+  const moe_rope_ex r = {n_heads, (size_t)n_heads * hd, hd, 0, head_dim, false, inv_freq, 1.0f,
+                         theta};
+  if (inv_freq == NULL && !knows_theta) return rope_with_table(o, be, x, m, pos, &r, err);
+  return o->rope_ex(be, x, m, pos, &r, err);
+}
+
+moe_status moe_backend_attention(const moe_backend_ops *o, moe_backend *be, float *out,
+                                 const float *q, const float *kc, const float *vc,
+                                 const moe_attn_shape *s, moe_error *err) {
+  if (o->attention_ex == NULL) return o->attention(be, out, q, kc, vc, s, err);
+  const moe_attn_ex a = {s->n_seq,     s->n_new,        s->pos0,     s->pos0 + s->n_new,
+                         s->max_seq,   s->n_heads,      s->n_kv_heads, s->head_dim,
+                         true,         1.0f / sqrtf((float)s->head_dim), NULL, NULL, 0};
+  return o->attention_ex(be, out, q, kc, vc, &a, err);
+}
+
+moe_status moe_backend_router_topk(const moe_backend_ops *o, moe_backend *be, int32_t *idx,
+                                   float *wts, const float *logits, size_t m, int n, int k,
+                                   bool renorm, const moe_weight *bias, moe_error *err) {
+  if (o->router_topk_ex == NULL || moe_backend_abi_minor(o) < 6) {
+    if (o->router_topk == NULL) /* a validated table has one of the two */
+      return MOE_FAIL(err, MOE_ERR_UNSUPPORTED, "the %s backend has no router", o->name);
+    return o->router_topk(be, idx, wts, logits, m, n, k, renorm, bias, err);
+  }
+  const moe_router_ex r = {k, MOE_SCORING_SOFTMAX_LOGITS, bias, 0, 0, MOE_GROUP_MAX, renorm, 1.0f,
+                           false};
+  return o->router_topk_ex(be, idx, wts, logits, m, n, &r, err);
 }
 
 struct moe_dev_alloc {

@@ -13,6 +13,7 @@
  * index order (the same bits whatever the policy), each acquired from the
  * expert store, which waits for its copy or fetches it as a miss. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -133,8 +134,10 @@ static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device
     vbuf = (size_t)c->rope_dim;
     attw = (size_t)c->n_heads * (size_t)c->v_dim;
   }
-  const bool rope_ex = mla || c->rope_kind != MOE_ROPE_DEFAULT;
-  const size_t nfreq = rope_ex ? (size_t)moe_config_rot_dim(c) / 2 * sizeof(float) : 0;
+  /* scaled RoPE's (and MLA's) frequencies; plain RoPE's rope_ex computes
+   * them from theta (backend.h) */
+  const bool rope_table = mla || c->rope_kind != MOE_ROPE_DEFAULT;
+  const size_t nfreq = rope_table ? (size_t)moe_config_rot_dim(c) / 2 * sizeof(float) : 0;
   const size_t xkv = encdec ? kv : 0;
   const size_t nbk = encdec ? moe_prod(2, 2 * (size_t)o->max_seq - 1, sizeof(int32_t), 1) : 0;
   const size_t f = sizeof(float), i32 = sizeof(int32_t);
@@ -328,27 +331,18 @@ static moe_status engine_check(const moe_engine *e, const moe_config *c, const m
             MOE_MAX_LOOKAHEAD);
   MOE_CHECK(opt->max_batch > 0 && opt->max_seq > 0, err, MOE_ERR_INVALID,
             "batch (%d) and sequence length (%d) must be positive", opt->max_batch, opt->max_seq);
-  MOE_CHECK(!moe_config_is_encdec(c) || (dev->ops->attention_ex && dev->ops->unary), err,
-            MOE_ERR_UNSUPPORTED,
-            "backend '%s' lacks the encoder-decoder ops (attention_ex, unary; ABI 1.2) that "
-            "this model needs", dev->ops->name);
+  /* the optional backend ops the model's family (and its RoPE and routing) needs */
+  const moe_family *fam = moe_family_by_arch(c->arch);
+  MOE_CHECK(fam != NULL, err, MOE_ERR_INVALID, "unknown model family %d", (int)c->arch);
+  char who[64];
+  snprintf(who, sizeof who, "the %s family", fam->name);
+  MOE_TRY(moe_backend_require(dev->ops, moe_family_required_ops(fam, c), who, err));
   MOE_CHECK(opt->max_seq <= c->max_pos, err, MOE_ERR_INVALID,
             "sequence length %d exceeds max_position_embeddings %d", opt->max_seq, c->max_pos);
   MOE_CHECK(c->sliding_window == 0 || opt->max_seq <= c->sliding_window, err, MOE_ERR_UNSUPPORTED,
             "sequence length %d exceeds the model's sliding_window %d: sliding-window attention "
             "is not implemented (runs of up to %d tokens are exact)",
             opt->max_seq, c->sliding_window, c->sliding_window);
-  MOE_CHECK(!moe_config_is_mla(c) ||
-                (dev->ops->mla_attention && dev->ops->rope_ex && dev->ops->router_topk_ex),
-            err, MOE_ERR_UNSUPPORTED,
-            "backend '%s' lacks the DeepSeek ops (mla_attention, rope_ex, router_topk_ex; ABI "
-            "1.4) that this model needs", dev->ops->name);
-  MOE_CHECK(!e->use_rope_ex || dev->ops->rope_ex, err, MOE_ERR_UNSUPPORTED,
-            "backend '%s' lacks rope_ex (ABI 1.4), which this model's scaled RoPE needs",
-            dev->ops->name);
-  MOE_CHECK(!c->router_ex || dev->ops->router_topk_ex, err, MOE_ERR_UNSUPPORTED,
-            "backend '%s' lacks router_topk_ex (ABI 1.3), which this model's routing needs",
-            dev->ops->name);
 cleanup:
   return st;
 }
@@ -387,7 +381,7 @@ static moe_status engine_place(moe_engine *e, moe_policy_env *env, moe_error *er
       dev->ops->set_workspace(dev->be, e->gemm_ws, t[i].bytes);
   }
   MOE_TRY(moe_expert_store_create(&e->store, model, dev, e->slots, err));
-  if (e->use_rope_ex) {
+  if (e->use_rope_ex) { /* scaled RoPE: its frequencies for rope_ex, uploaded once */
     float freqs[MOE_MAX_ROT / 2];
     MOE_CHECK(moe_config_rot_dim(c) <= MOE_MAX_ROT, err, MOE_ERR_UNSUPPORTED,
               "rotated head dimension %d exceeds the limit %d", moe_config_rot_dim(c), MOE_MAX_ROT);

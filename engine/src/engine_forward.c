@@ -25,8 +25,8 @@ static moe_status topk_download(moe_engine *e, int layer, bool prediction, size_
                              c->routed_scale, c->group_mask_neg_inf};
     MOE_TRY(o->router_topk_ex(e->dev->be, d_idx, d_w, e->router, T, c->n_experts, &r, err));
   } else {
-    MOE_TRY(o->router_topk(e->dev->be, d_idx, d_w, e->router, T, c->n_experts, c->top_k,
-                           c->norm_topk, bias, err));
+    MOE_TRY(moe_backend_router_topk(o, e->dev->be, d_idx, d_w, e->router, T, c->n_experts,
+                                    c->top_k, c->norm_topk, bias, err));
   }
   {
     /* indices and weights with one wait of the host */
@@ -174,7 +174,7 @@ static int group_by_expert(moe_engine *e, size_t T, size_t K, size_t E, size_t *
     if (e->h_idx[i] < 0) continue;
     int slot = e->h_count[e->h_idx[i]]++;
     e->h_rows[slot] = (int32_t)(i / K);
-    e->h_scale[slot] = e->h_wts[i];
+    e->h_scale[slot] = e->h_wts[i] * moe_config_residual_mult(&e->model->cfg);
   }
   *routed = (size_t)e->h_count[E - 1];
   return n_needed;
@@ -212,6 +212,13 @@ cleanup:
   return st;
 }
 
+/* Scales a sublayer's output y[n] before its residual add by the model's
+ * residual multiplier (Granite's; 1 for the other families: nothing). */
+static moe_status residual_scale(moe_engine *e, float *y, size_t n, moe_error *err) {
+  const float r = moe_config_residual_mult(&e->model->cfg);
+  return r == 1.0f ? MOE_OK : e->dev->ops->unary(e->dev->be, y, y, n, MOE_UNARY_SCALE, r, err);
+}
+
 /* The shared expert of block l over all T rows, added into e->x: gated per
  * token by a sigmoid (Qwen2-MoE) or as it is (DeepSeek). */
 static moe_status shared_expert(moe_engine *e, int l, size_t T, moe_error *err) {
@@ -225,6 +232,7 @@ static moe_status shared_expert(moe_engine *e, int l, size_t T, moe_error *err) 
   MOE_TRY(o->matmul(be, e->ue, e->h, T, &u, NULL, err));
   MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, T * g.rows, err));
   MOE_TRY(o->matmul(be, e->ye, e->ge, T, &d, NULL, err));
+  MOE_TRY(residual_scale(e, e->ye, T * H, err));
   if (sg.data) {
     MOE_TRY(o->matmul(be, e->sg, e->h, T, &sg, NULL, err));
     MOE_TRY(o->scatter_add_rows(be, e->x, e->ye, e->iota, e->sg, 1, true, T, H, err));
@@ -290,13 +298,15 @@ static moe_status dense_ffn(moe_engine *e, int l, size_t T, moe_error *err) {
     MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, T * g.rows, err));
     MOE_TRY(o->matmul(be, e->tmp, e->ge, T, &d, NULL, err));
   }
+  MOE_TRY(residual_scale(e, e->tmp, T * (size_t)e->model->cfg.hidden, err));
   MOE_TRY(o->add(be, e->x, e->tmp, T * (size_t)e->model->cfg.hidden, err));
 cleanup:
   return st;
 }
 
 /* Self-attention of a decoder-only layer: RoPE, the KV cache, causal
- * attention scaled by 1/sqrt(head_dim).  e->h in, e->att out. */
+ * attention scaled by 1/sqrt(head_dim), or by the model's own scale
+ * (attn_mult, Granite's attention_multiplier).  e->h in, e->att out. */
 static moe_status rope_attention(moe_engine *e, int l, size_t T, const moe_attn_shape *shape,
                                  moe_error *err) {
   moe_status st = MOE_OK;
@@ -321,17 +331,26 @@ static moe_status rope_attention(moe_engine *e, int l, size_t T, const moe_attn_
   if (e->use_rope_ex) { /* scaled RoPE: the engine's frequencies */
     const size_t hd = (size_t)c->head_dim;
     const moe_rope_ex rq = {c->n_heads, (size_t)c->n_heads * hd, hd, 0, c->head_dim, false,
-                            e->inv_freq, e->rope_attn};
+                            e->inv_freq, e->rope_attn, c->rope_theta};
     const moe_rope_ex rk = {c->n_kv_heads, (size_t)c->n_kv_heads * hd, hd, 0, c->head_dim, false,
-                            e->inv_freq, e->rope_attn};
+                            e->inv_freq, e->rope_attn, c->rope_theta};
     MOE_TRY(o->rope_ex(be, e->q, T, e->pos, &rq, err));
     MOE_TRY(o->rope_ex(be, e->k, T, e->pos, &rk, err));
-  } else {
-    MOE_TRY(o->rope(be, e->q, T, e->pos, c->n_heads, c->head_dim, c->rope_theta, err));
-    MOE_TRY(o->rope(be, e->k, T, e->pos, c->n_kv_heads, c->head_dim, c->rope_theta, err));
+  } else { /* plain RoPE: rope_ex from theta (no table), or a legacy table's rope */
+    MOE_TRY(moe_backend_rope(o, be, e->q, T, e->pos, c->n_heads, c->head_dim, c->rope_theta,
+                             NULL, err));
+    MOE_TRY(moe_backend_rope(o, be, e->k, T, e->pos, c->n_kv_heads, c->head_dim, c->rope_theta,
+                             NULL, err));
   }
   MOE_TRY(o->kv_store(be, kc, vc, e->k, e->v, shape, err));
-  MOE_TRY(o->attention(be, e->att, e->q, kc, vc, shape, err));
+  if (c->attn_mult > 0.0f) {
+    const moe_attn_ex a = {shape->n_seq, shape->n_new, shape->pos0, shape->pos0 + shape->n_new,
+                           shape->max_seq, c->n_heads, c->n_kv_heads, c->head_dim, true,
+                           e->attn_scale, NULL, NULL, 0};
+    MOE_TRY(o->attention_ex(be, e->att, e->q, kc, vc, &a, err));
+  } else {
+    MOE_TRY(moe_backend_attention(o, be, e->att, e->q, kc, vc, shape, err));
+  }
 cleanup:
   return st;
 }
@@ -368,8 +387,9 @@ static moe_status latent_attention(moe_engine *e, int l, size_t T, const moe_att
   MOE_TRY(o->matmul(be, e->v, e->h, T, &rot, &brot, err));
   const size_t qw = (size_t)c->nope_dim + P;
   const moe_rope_ex rq = {c->n_heads, (size_t)c->n_heads * qw, qw, c->nope_dim, c->rope_dim,
-                          c->rope_interleave, e->inv_freq, e->rope_attn};
-  const moe_rope_ex rk = {1, P, P, 0, c->rope_dim, c->rope_interleave, e->inv_freq, e->rope_attn};
+                          c->rope_interleave, e->inv_freq, e->rope_attn, c->rope_theta};
+  const moe_rope_ex rk = {1, P, P, 0, c->rope_dim, c->rope_interleave, e->inv_freq, e->rope_attn,
+                          c->rope_theta};
   MOE_TRY(o->rope_ex(be, e->q, T, e->pos, &rq, err));
   MOE_TRY(o->rope_ex(be, e->v, T, e->pos, &rk, err));
   const moe_mla_shape ms = {shape->n_seq, shape->n_new, shape->pos0, shape->max_seq, c->n_heads,
@@ -443,7 +463,8 @@ static moe_status run_layers(moe_engine *e, int l0, int l1, int n_seq, int n_new
   const moe_backend_ops *o = e->dev->ops;
   moe_backend *be = e->dev->be;
   const size_t T = (size_t)n_seq * (size_t)n_new, H = (size_t)c->hidden;
-  const bool t5 = c->arch == MOE_ARCH_SWITCH;
+  const moe_attn_kind attn = moe_family_by_arch(c->arch)->attention;
+  const bool t5 = attn == MOE_ATTN_T5;
   const moe_attn_shape shape = {n_seq, n_new, pos0, e->opt.max_seq, c->n_heads, c->n_kv_heads,
                                 c->head_dim};
   const int first_moe = first_moe_in(e->model, l0, l1);
@@ -465,11 +486,12 @@ static moe_status run_layers(moe_engine *e, int l0, int l1, int n_seq, int n_new
     MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &an, c->rms_eps, err));
     if (t5)
       MOE_TRY(t5_self_attention(e, l, T, &shape, err));
-    else if (moe_config_is_mla(c))
+    else if (attn == MOE_ATTN_MLA)
       MOE_TRY(latent_attention(e, l, T, &shape, err));
     else
       MOE_TRY(rope_attention(e, l, T, &shape, err));
     MOE_TRY(o->matmul(be, e->tmp, e->att, T, &wo, &bo, err));
+    MOE_TRY(residual_scale(e, e->tmp, T * H, err));
     MOE_TRY(o->add(be, e->x, e->tmp, T * H, err));
     if (t5 && l >= c->n_enc_layers) MOE_TRY(cross_attention(e, l, T, &shape, err));
     MOE_TRY(o->rmsnorm(be, e->h, e->x, T, &fn, c->rms_eps, err));
@@ -511,6 +533,9 @@ static moe_status embed_tokens(moe_engine *e, const int32_t *tokens, int n_seq, 
   MOE_TRY(o->upload(be, e->ids, tokens, T * sizeof(int32_t), err));
   MOE_TRY(o->upload(be, e->pos, e->h_pos, T * sizeof(int32_t), err));
   MOE_TRY(o->embed(be, e->x, table, e->ids, T, err));
+  if (moe_config_embed_mult(c) != 1.0f) /* Granite's embedding_multiplier */
+    MOE_TRY(o->unary(be, e->x, e->x, T * (size_t)c->hidden, MOE_UNARY_SCALE,
+                     moe_config_embed_mult(c), err));
 cleanup:
   return st;
 }
@@ -593,6 +618,9 @@ moe_status engine_forward(moe_engine *e, const int32_t *tokens, int n_seq, int n
     MOE_TRY(o->unary(be, e->h, e->h, rows * H, MOE_UNARY_SCALE, (float)pow((double)c->hidden, -0.5),
                      err));
   MOE_TRY(o->matmul(be, e->logits, e->h, rows, &head, NULL, err));
+  if (moe_config_logit_div(c) != 1.0f) /* Granite's logits_scaling */
+    MOE_TRY(o->unary(be, e->logits, e->logits, rows * (size_t)c->vocab, MOE_UNARY_SCALE,
+                     1.0f / moe_config_logit_div(c), err));
   if (logits) MOE_TRY(o->download(be, logits, e->logits, rows * (size_t)c->vocab * sizeof(float), err));
 cleanup:
   return st;

@@ -31,7 +31,8 @@ struct moe_engine {
                                 rotated keys [layers][max_batch][max_seq][rope_dim] */
   size_t cache_layer_floats;   /* per layer, of k_cache (and v_cache unless MLA) */
   size_t vcache_layer_floats;  /* per layer, of v_cache */
-  float *inv_freq;           /* RoPE frequencies for rope_ex (YaRN, MLA), or NULL */
+  float *inv_freq;           /* scaled RoPE's frequencies for rope_ex (YaRN, MLA); NULL for
+                                plain RoPE, whose rope_ex computes them from theta */
   float rope_attn;           /* rope_ex's cos/sin factor */
   float attn_scale;          /* the attention softmax scale (moe_config_attn_scale) */
   bool use_rope_ex;

@@ -3,6 +3,7 @@
 #ifndef MOE_MODEL_INTERNAL_H
 #define MOE_MODEL_INTERNAL_H
 
+#include "family.h"
 #include "moe/model.h"
 
 typedef enum moe_role {
@@ -38,6 +39,10 @@ typedef struct moe_tensor_spec {
   bool present;
   bool is_expert;
   size_t offset;   /* bytes into its slab (dense or experts) */
+  /* a slice of a stacked 3-D checkpoint tensor [n, stack_rows, cols]:
+   * entry `expert`, rows stack_row0 .. stack_row0 + rows; stack_rows 0: a
+   * tensor of its own */
+  size_t stack_rows, stack_row0;
 } moe_tensor_spec;
 
 struct moe_model {
@@ -55,6 +60,27 @@ struct moe_model {
   size_t experts_total;
   bool is_virtual;      /* slabs are reserved address space (moe_model_virtual) */
 };
+
+/* Builds a model's tensor table (the families' spec builders). */
+struct moe_spec_builder {
+  moe_model *m;
+  size_t cap;
+  moe_error *err;
+};
+
+/* Appends a tensor: its role, layer (-1: model level), expert (-1: none),
+ * shape, whether stored 1-d, whether it may be absent, and its name. */
+moe_status moe_spec_add(moe_spec_builder *b, moe_role role, int layer, int expert, size_t rows,
+                        size_t cols, bool vector, bool optional, const char *fmt, ...)
+    __attribute__((format(printf, 9, 10)));
+#define MOE_ADD_SPEC(b, ...) MOE_TRY_RET(moe_spec_add((b), __VA_ARGS__))
+/* The last tensor added may also be found under another name. */
+void moe_spec_alt(moe_spec_builder *b, const char *alt);
+/* The last tensor added is rows row0 .. of entry `expert` of a stacked
+ * tensor [n, rows_per_entry, cols]. */
+void moe_spec_stacked(moe_spec_builder *b, size_t rows_per_entry, size_t row0);
+/* The config being laid out. */
+const moe_config *moe_spec_config(const moe_spec_builder *b);
 
 /* The spec of a dense tensor (layer -1: model level); NULL when absent. */
 const moe_tensor_spec *moe_model_spec(const moe_model *m, int layer, moe_role role);

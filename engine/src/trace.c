@@ -384,7 +384,8 @@ static moe_status tr_topk(moe_backend *be, int32_t *idx, float *w, const float *
 }
 static moe_status tr_topk_ex(moe_backend *be, int32_t *idx, float *w, const float *l, size_t m, int n,
                              const moe_router_ex *r, moe_error *e) {
-  const moe_op_count c = moe_count_router(m, n, true);
+  /* the legacy router (SOFTMAX_LOGITS) counts as the plain top-k, as the sim charges it */
+  const moe_op_count c = moe_count_router(m, n, r->scoring != MOE_SCORING_SOFTMAX_LOGITS);
   TIMED(be, "router top-k", c.flops, c.bytes,
         REAL(be)->router_topk_ex(INNER(be), idx, w, l, m, n, r, e));
 }
@@ -444,6 +445,10 @@ static void tr_context(moe_backend *be, int layer, int expert, unsigned long lon
 /* The optional methods of r, wrapped where r has them (absent stays
  * absent). */
 static void wrap_optional(moe_backend_ops *o, const moe_backend_ops *r) {
+  /* the legacy methods of a table before ABI 1.6 (backend.h) */
+  o->rope = r->rope ? tr_rope : NULL;
+  o->attention = r->attention ? tr_attn : NULL;
+  o->router_topk = r->router_topk ? tr_topk : NULL;
   o->workspace_bytes = r->workspace_bytes ? tr_ws_bytes : NULL;
   o->set_workspace = r->set_workspace ? tr_set_ws : NULL;
   o->host_register = r->host_register ? tr_hreg : NULL;
@@ -499,10 +504,7 @@ moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {
   o->event_done = tr_done;
   o->matmul = tr_matmul;
   o->rmsnorm = tr_rmsnorm;
-  o->rope = tr_rope;
   o->kv_store = tr_kv;
-  o->attention = tr_attn;
-  o->router_topk = tr_topk;
   o->swiglu = tr_swiglu;
   o->add = tr_add;
   o->embed = tr_embed;

@@ -114,8 +114,10 @@ START_TEST(pointwise_ops_match_cpu) {
   int32_t *dpos = up(pos, sizeof pos);
   memcpy(yc, x, sizeof x);
   g_gpu.ops->upload(g_gpu.be, dy, x, sizeof x, &err);
-  ck_assert(g_cpu.ops->rope(g_cpu.be, yc, M, pos, 4, 16, 10000.0f, &err) == MOE_OK);
-  ck_assert(g_gpu.ops->rope(g_gpu.be, dy, M, dpos, 4, 16, 10000.0f, &err) == MOE_OK);
+  ck_assert(moe_backend_rope(g_cpu.ops, g_cpu.be, yc, M, pos, 4, 16, 10000.0f, NULL, &err) ==
+            MOE_OK);
+  ck_assert(moe_backend_rope(g_gpu.ops, g_gpu.be, dy, M, dpos, 4, 16, 10000.0f, NULL, &err) ==
+            MOE_OK);
   down(yg, dy, sizeof yg);
   ck_assert_msg(rel_err(yg, yc, M * H) < 1e-4, "rope %g", rel_err(yg, yc, M * H));
   /* swiglu, add */
@@ -140,8 +142,10 @@ START_TEST(pointwise_ops_match_cpu) {
   float *dlg = up(lg, sizeof lg), *dbias = up(bias, sizeof bias), *dw = up(wg, sizeof wg);
   int32_t *di = up(ig, sizeof ig);
   moe_weight DBI = {dbias, MOE_F32, 1, E};
-  ck_assert(g_cpu.ops->router_topk(g_cpu.be, ic, wc, lg, M, E, K, true, &BI, &err) == MOE_OK);
-  ck_assert(g_gpu.ops->router_topk(g_gpu.be, di, dw, dlg, M, E, K, true, &DBI, &err) == MOE_OK);
+  ck_assert(moe_backend_router_topk(g_cpu.ops, g_cpu.be, ic, wc, lg, M, E, K, true, &BI, &err) ==
+            MOE_OK);
+  ck_assert(moe_backend_router_topk(g_gpu.ops, g_gpu.be, di, dw, dlg, M, E, K, true, &DBI,
+                                    &err) == MOE_OK);
   down(ig, di, sizeof ig);
   down(wg, dw, sizeof wg);
   ck_assert_int_eq(memcmp(ic, ig, sizeof ic), 0);
@@ -193,9 +197,9 @@ START_TEST(attention_matches_cpu) {
         *dv = up(v, kn * 4), *dout = up(q, qn * 4);
   moe_error err = {0};
   ck_assert(g_cpu.ops->kv_store(g_cpu.be, kc, vc, k, v, &s, &err) == MOE_OK);
-  ck_assert(g_cpu.ops->attention(g_cpu.be, oc, q, kc, vc, &s, &err) == MOE_OK);
+  ck_assert(moe_backend_attention(g_cpu.ops, g_cpu.be, oc, q, kc, vc, &s, &err) == MOE_OK);
   ck_assert(g_gpu.ops->kv_store(g_gpu.be, dkc, dvc, dk, dv, &s, &err) == MOE_OK);
-  ck_assert(g_gpu.ops->attention(g_gpu.be, dout, dq, dkc, dvc, &s, &err) == MOE_OK);
+  ck_assert(moe_backend_attention(g_gpu.ops, g_gpu.be, dout, dq, dkc, dvc, &s, &err) == MOE_OK);
   down(og, dout, qn * 4);
   ck_assert_msg(rel_err(og, oc, qn) < 1e-5, "attention %g", rel_err(og, oc, qn));
   void *frees[] = {dkc, dvc, dq, dk, dv, dout};

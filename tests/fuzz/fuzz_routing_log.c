@@ -36,7 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       for (int layer = 0; layer < 3 && !refused; layer++) {
         dev.ops->set_context(dev.be, layer, -1, step);
         moe_error e2 = {0};
-        moe_status st = dev.ops->router_topk(dev.be, idx, w, logits, 4, 64, 8, true, NULL, &e2);
+        moe_status st = moe_backend_router_topk(dev.ops, dev.be, idx, w, logits, 4, 64, 8, true, NULL, &e2);
         if (st != MOE_OK) {
           if (st != MOE_ERR_INVALID || strstr(e2.msg, "outside this model") == NULL) abort();
           refused = true;

@@ -178,6 +178,81 @@ static const rec_route *rec_find(const moe_backend *be, unsigned long long step,
   }
 }
 
+/* Parses one log line p (lineno) into r, with every expert checked. */
+static moe_status rec_parse(moe_backend *be, const char *p, long lineno, rec_route *r,
+                            moe_error *err) {
+  const char *path = be->rec_path;
+  memset(r, 0, sizeof *r);
+  char *end;
+  long long v[3 + MOE_SIM_MAX_K];
+  int n = 0;
+  errno = 0;
+  while (n < 3 + MOE_SIM_MAX_K) {
+    p += strspn(p, " \t");
+    if (*p == '\n' || *p == '\0') break;
+    v[n] = strtoll(p, &end, 10);
+    if (end == p || errno || v[n] < 0 || v[n] > (1ll << 40) || (*end != ' ' && *end != '\t' &&
+                                                           *end != '\n' && *end != '\0'))
+      return MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: expected 'step layer row expert...', "
+                      "non-negative integers", path, lineno);
+    p = end;
+    n++;
+  }
+  p += strspn(p, " \t");
+  const int k = n - 3;
+  if (k < 1 || (*p != '\n' && *p != '\0') || v[1] >= 100000 || (be->rec_k && k != be->rec_k))
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: expected 'step layer row' and 1 to %d experts, "
+                    "as many on every line", path, lineno, MOE_SIM_MAX_K);
+  be->rec_k = k;
+  r->step = (unsigned long long)v[0];
+  r->layer = (int)v[1];
+  r->row = (size_t)v[2];
+  for (int j = 0; j < k; j++) {
+    if (v[3 + j] > 1000000)
+      return MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: expert %lld out of range", path, lineno, v[3 + j]);
+    r->experts[j] = (int32_t)v[3 + j];
+    for (int q = 0; q < j; q++)
+      if (r->experts[q] == r->experts[j])
+        return MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: expert %d twice in one row (a router picks "
+                        "distinct experts)", path, lineno, (int)r->experts[j]);
+  }
+  r->line = lineno;
+  return MOE_OK;
+}
+
+/* The slot of (step, layer, row) in be->rec: its entry or the empty one
+ * where it goes. */
+static size_t rec_place(const moe_backend *be, unsigned long long step, int layer, size_t row) {
+  size_t s = rec_slot(be, step, layer, row);
+  while (be->rec[s].layer != -2 &&
+         !(be->rec[s].step == step && be->rec[s].layer == layer && be->rec[s].row == row))
+    s = (s + 1) & (be->rec_cap - 1);
+  return s;
+}
+
+/* Stores r (a later line of the same key replaces an earlier one),
+ * rehashing into twice the room when the table is half full. */
+static moe_status rec_insert(moe_backend *be, const rec_route *r, moe_error *err) {
+  if (2 * (be->rec_n + 1) > be->rec_cap) {
+    rec_route *old = be->rec;
+    const size_t old_cap = be->rec_cap;
+    be->rec = malloc(2 * old_cap * sizeof *be->rec);
+    if (be->rec == NULL) {
+      be->rec = old;
+      return MOE_FAIL(err, MOE_ERR_OOM, "sim backend: out of host memory for the routing log");
+    }
+    be->rec_cap = 2 * old_cap;
+    for (size_t i = 0; i < be->rec_cap; i++) be->rec[i].layer = -2;
+    for (size_t i = 0; i < old_cap; i++)
+      if (old[i].layer != -2) be->rec[rec_place(be, old[i].step, old[i].layer, old[i].row)] = old[i];
+    free(old);
+  }
+  const size_t s = rec_place(be, r->step, r->layer, r->row);
+  if (be->rec[s].layer == -2) be->rec_n++;
+  be->rec[s] = *r;
+  return MOE_OK;
+}
+
 /* Loads a routing log ("step layer row expert..." lines, '#' comments):
  * errors name the file and line. */
 static moe_status rec_load(moe_backend *be, const char *path, moe_error *err) {
@@ -196,86 +271,20 @@ static moe_status rec_load(moe_backend *be, const char *path, moe_error *err) {
   for (size_t i = 0; i < be->rec_cap; i++) be->rec[i].layer = -2;
   snprintf(be->rec_path, sizeof be->rec_path, "%s", path);
   ssize_t len;
-  while ((len = getline(&line, &cap, f)) >= 0) {
+  while (st == MOE_OK && (len = getline(&line, &cap, f)) >= 0) {
     lineno++;
     if (memchr(line, '\0', (size_t)len) != NULL) {
       st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: a NUL byte inside the line", path, lineno);
-      goto done;
+      break;
     }
     const char *p = line + strspn(line, " \t");
     if (*p == '#' || *p == '\n' || *p == '\0') continue;
     rec_route r;
-    memset(&r, 0, sizeof r);
-    char *end;
-    long long v[3 + MOE_SIM_MAX_K];
-    int n = 0;
-    errno = 0;
-    while (n < 3 + MOE_SIM_MAX_K) {
-      p += strspn(p, " \t");
-      if (*p == '\n' || *p == '\0') break;
-      v[n] = strtoll(p, &end, 10);
-      if (end == p || errno || v[n] < 0 || v[n] > (1ll << 40) || (*end != ' ' && *end != '\t' &&
-                                                             *end != '\n' && *end != '\0')) {
-        st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: expected 'step layer row expert...', "
-                      "non-negative integers", path, lineno);
-        goto done;
-      }
-      p = end;
-      n++;
-    }
-    p += strspn(p, " \t");
-    const int k = n - 3;
-    if (k < 1 || (*p != '\n' && *p != '\0') || v[1] >= 100000 || (be->rec_k && k != be->rec_k)) {
-      st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: expected 'step layer row' and 1 to %d experts, "
-                    "as many on every line", path, lineno, MOE_SIM_MAX_K);
-      goto done;
-    }
-    be->rec_k = k;
-    r.step = (unsigned long long)v[0];
-    r.layer = (int)v[1];
-    r.row = (size_t)v[2];
-    for (int j = 0; j < k; j++) {
-      if (v[3 + j] > 1000000) {
-        st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: expert %lld out of range", path, lineno, v[3 + j]);
-        goto done;
-      }
-      r.experts[j] = (int32_t)v[3 + j];
-      for (int q = 0; q < j; q++)
-        if (r.experts[q] == r.experts[j]) {
-          st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s:%ld: expert %d twice in one row (a router picks "
-                        "distinct experts)", path, lineno, (int)r.experts[j]);
-          goto done;
-        }
-    }
-    r.line = lineno;
-    if (2 * (be->rec_n + 1) > be->rec_cap) { /* grow: rehash into twice the room */
-      rec_route *old = be->rec;
-      const size_t old_cap = be->rec_cap;
-      be->rec = malloc(2 * old_cap * sizeof *be->rec);
-      if (be->rec == NULL) {
-        be->rec = old;
-        st = MOE_FAIL(err, MOE_ERR_OOM, "sim backend: out of host memory for the routing log");
-        goto done;
-      }
-      be->rec_cap = 2 * old_cap;
-      for (size_t i = 0; i < be->rec_cap; i++) be->rec[i].layer = -2;
-      for (size_t i = 0; i < old_cap; i++)
-        if (old[i].layer != -2) {
-          size_t s2 = rec_slot(be, old[i].step, old[i].layer, old[i].row);
-          while (be->rec[s2].layer != -2) s2 = (s2 + 1) & (be->rec_cap - 1);
-          be->rec[s2] = old[i];
-        }
-      free(old);
-    }
-    size_t s2 = rec_slot(be, r.step, r.layer, r.row);
-    while (be->rec[s2].layer != -2 &&
-           !(be->rec[s2].step == r.step && be->rec[s2].layer == r.layer && be->rec[s2].row == r.row))
-      s2 = (s2 + 1) & (be->rec_cap - 1);
-    if (be->rec[s2].layer == -2) be->rec_n++;
-    be->rec[s2] = r;
+    st = rec_parse(be, p, lineno, &r, err);
+    if (st == MOE_OK) st = rec_insert(be, &r, err);
   }
-  if (be->rec_n == 0) st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: the routing log is empty", path);
-done:
+  if (st == MOE_OK && be->rec_n == 0)
+    st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: the routing log is empty", path);
   free(line);
   fclose(f);
   return st;
@@ -328,18 +337,9 @@ static void charge(moe_backend *be, moe_op_count c) {
   moe_cost_compute(&be->clk, moe_cost_count(&be->prof, c));
 }
 
-static moe_status sim_router_topk(moe_backend *be, int32_t *idx, float *wts, const float *logits,
-                                  size_t m, int n, int k, bool renorm, const moe_weight *bias,
-                                  moe_error *err) {
-  (void)logits, (void)bias;
-  if (m == 0) return MOE_OK;
-  moe_status st = route_rows(be, idx, wts, m, n, k, renorm, err);
-  if (st == MOE_OK) charge(be, moe_count_router(m, n, false));
-  return st;
-}
-
-/* DeepSeek-style routing: the routing source's draw; weights as the
- * contract shapes them (renormalised, scaled). */
+/* Routing: the routing source's draw; weights as the contract shapes them
+ * (renormalised, scaled).  The legacy router (SOFTMAX_LOGITS scoring) is
+ * charged as the plain top-k, the others as the grouped one. */
 static moe_status sim_router_topk_ex(moe_backend *be, int32_t *idx, float *wts, const float *logits,
                                      size_t m, int n, const moe_router_ex *r, moe_error *err) {
   if (m == 0) return MOE_OK;
@@ -348,7 +348,7 @@ static moe_status sim_router_topk_ex(moe_backend *be, int32_t *idx, float *wts, 
   if (st == MOE_OK) st = route_rows(be, idx, wts, m, n, r->k, r->renorm, err);
   if (st != MOE_OK) return st;
   for (size_t i = 0; i < m * (size_t)r->k; i++) wts[i] *= r->scale;
-  charge(be, moe_count_router(m, n, true));
+  charge(be, moe_count_router(m, n, r->scoring != MOE_SCORING_SOFTMAX_LOGITS));
   return MOE_OK;
 }
 
@@ -538,13 +538,6 @@ static moe_status sim_rmsnorm(moe_backend *be, float *y, const float *x, size_t 
   return MOE_OK;
 }
 
-static moe_status sim_rope(moe_backend *be, float *x, size_t m, const int32_t *pos, int nh, int hd,
-                           float theta, moe_error *err) {
-  (void)x, (void)pos, (void)theta, (void)err;
-  charge(be, moe_count_rope(m, nh, hd));
-  return MOE_OK;
-}
-
 static moe_status sim_rope_ex(moe_backend *be, float *x, size_t m, const int32_t *pos,
                               const moe_rope_ex *r, moe_error *err) {
   (void)x, (void)pos;
@@ -569,13 +562,6 @@ static moe_status sim_kv_store(moe_backend *be, float *kc, float *vc, const floa
                                const moe_attn_shape *s, moe_error *err) {
   (void)kc, (void)vc, (void)k, (void)v, (void)err;
   charge(be, moe_count_kv_store(s));
-  return MOE_OK;
-}
-
-static moe_status sim_attention(moe_backend *be, float *o, const float *q, const float *kc,
-                                const float *vc, const moe_attn_shape *s, moe_error *err) {
-  (void)o, (void)q, (void)kc, (void)vc, (void)err;
-  charge(be, moe_count_attention(s));
   return MOE_OK;
 }
 
@@ -654,10 +640,7 @@ const moe_backend_ops moe_sim_backend = {
     .synchronize = sim_sync,
     .matmul = sim_matmul,
     .rmsnorm = sim_rmsnorm,
-    .rope = sim_rope,
     .kv_store = sim_kv_store,
-    .attention = sim_attention,
-    .router_topk = sim_router_topk,
     .swiglu = sim_swiglu,
     .add = sim_add,
     .embed = sim_embed,
@@ -676,4 +659,5 @@ const moe_backend_ops moe_sim_backend = {
     .router_topk_ex = sim_router_topk_ex,
     .rope_ex = sim_rope_ex,
     .mla_attention = sim_mla_attention,
+    .abi_minor = MOE_BACKEND_ABI_MINOR,
 };

@@ -53,7 +53,23 @@
  * struct_size is smaller than this header's (built against an older
  * header, at least MOE_BACKEND_SIZE_1_0) is accepted and the fields it
  * lacks read as absent; moe_device_open copies every table into a
- * full-size one, so nothing reads past an older table's end. */
+ * full-size one, so nothing reads past an older table's end.  Since ABI
+ * 1.6 a table also says its minor version (abi_minor): what an argument
+ * struct's new values mean cannot be told from the table's size.
+ *
+ * Legacy ops.  rope, attention and router_topk are the first forms of
+ * rope_ex, attention_ex and router_topk_ex.  They are written once, as
+ * adapters in the engine (moe_backend_rope, moe_backend_attention,
+ * moe_backend_router_topk below), over the _ex methods; a backend built
+ * against ABI 1.6 implements the _ex methods only and leaves the legacy
+ * ones NULL.  A table of ABI 1.0 .. 1.5 may have only the legacy methods:
+ * the adapters then call them.  Callers never call the legacy methods
+ * directly.  RoPE frequencies: for scaled RoPE (YaRN, DeepSeek's) the
+ * engine computes the table once on the host (moe_config_rope_freqs: f32,
+ * as transformers computes inv_freq), uploads it and passes it to rope_ex;
+ * for plain RoPE it passes none and rope_ex computes 1 / theta^(2i /
+ * rot_dim) itself (since 1.6, moe_rope_ex.theta), so plain-RoPE models need
+ * no device table (their memory is what it was before 1.6). */
 #ifndef MOE_BACKEND_H
 #define MOE_BACKEND_H
 
@@ -69,6 +85,8 @@ extern "C" {
 #endif
 
 #define MOE_BACKEND_ABI 1
+/* The minor version of this header (moe_backend_ops.abi_minor). */
+#define MOE_BACKEND_ABI_MINOR 6
 
 typedef struct moe_backend moe_backend; /* a backend instance */
 typedef struct moe_event moe_event;     /* completion of a copy or of compute */
@@ -126,8 +144,14 @@ typedef struct moe_attn_ex {
 /* Routing in the general form of DeepSeek-V2/V3 (router_topk_ex, since ABI
  * 1.3).  Per row of logits[m, n]:
  *   s[e] = softmax(logits)[e]            (scoring SOFTMAX), or
- *          sigmoid(logits[e])            (scoring SIGMOID);
- *   c[e] = s[e] + choice_bias[e]         (the ranking score; no bias: s);
+ *          sigmoid(logits[e])            (scoring SIGMOID), or
+ *          softmax(z)[e], z = logits + choice_bias
+ *                                        (scoring SOFTMAX_LOGITS, since ABI
+ *                                        1.6: the legacy router_topk);
+ *   c[e] = s[e] + choice_bias[e]         (the ranking score; no bias: s;
+ *                                        SOFTMAX_LOGITS: c = z, so experts
+ *                                        are ranked on the biased logits,
+ *                                        never on rounded probabilities);
  *   with n_group > 1: the experts form n_group equal groups in index
  *   order; a group's value is the max of its c (GROUP_MAX) or the sum of
  *   its two largest c (GROUP_TOP2_SUM); the topk_group groups of largest
@@ -138,9 +162,16 @@ typedef struct moe_attn_ex {
  *   scale.
  * Requirements (MOE_ERR_INVALID otherwise): 1 <= k <= n <= MOE_ROUTER_MAX_N;
  * with n_group > 1, n % n_group == 0, 1 <= topk_group <= n_group, k <=
- * topk_group * n / n_group, and groups of at least 2 for GROUP_TOP2_SUM. */
+ * topk_group * n / n_group, and groups of at least 2 for GROUP_TOP2_SUM;
+ * SOFTMAX_LOGITS takes no groups (n_group 0 or 1).  A table before ABI 1.6
+ * does not know SOFTMAX_LOGITS: moe_backend_router_topk never sends it
+ * one. */
 #define MOE_ROUTER_MAX_N 1024
-typedef enum moe_router_scoring { MOE_SCORING_SOFTMAX = 0, MOE_SCORING_SIGMOID = 1 } moe_router_scoring;
+typedef enum moe_router_scoring {
+  MOE_SCORING_SOFTMAX = 0,
+  MOE_SCORING_SIGMOID = 1,
+  MOE_SCORING_SOFTMAX_LOGITS = 2 /* since ABI 1.6 */
+} moe_router_scoring;
 typedef enum moe_router_group_score { MOE_GROUP_MAX = 0, MOE_GROUP_TOP2_SUM = 1 } moe_router_group_score;
 typedef struct moe_router_ex {
   int k;
@@ -171,7 +202,8 @@ typedef struct moe_router_ex {
  * cos and sin are multiplied by attn_scale (YaRN's attention factor; 1
  * for plain RoPE).  The angle is the f32 product pos * inv_freq, as
  * transformers computes it.  rot_dim even, offset + rot_dim <=
- * head_stride when n_heads > 1. */
+ * head_stride when n_heads > 1.  inv_freq NULL (since 1.6): plain RoPE's
+ * frequencies from theta (below). */
 typedef struct moe_rope_ex {
   int n_heads;
   size_t row_stride, head_stride; /* floats */
@@ -179,6 +211,13 @@ typedef struct moe_rope_ex {
   bool interleaved;
   const float *inv_freq;
   float attn_scale;
+  /* since ABI 1.6: with inv_freq NULL the frequencies are plain RoPE's,
+   * inv_freq[i] = 1 / theta^(2i / rot_dim) computed by the backend in f32
+   * as transformers computes them (1.0f / powf(theta, (float)(2 i) /
+   * (float)rot_dim)): plain RoPE needs no device table.  Read only when
+   * inv_freq is NULL, so a caller built against 1.4 (which always gives a
+   * table) never has it read. */
+  float theta;
 } moe_rope_ex;
 
 /* Multi-head latent attention (mla_attention, since ABI 1.4; DeepSeek-V2/
@@ -228,7 +267,7 @@ typedef enum moe_unary_op {
 /* A modeled backend (sim): no math, and copies move no bytes.  What it
  * promises instead: allocation, events and stream order as below; upload
  * and download move the bytes of small buffers (ids, routing: up to 16
- * MiB; larger uploads, weights, only take time); router_topk
+ * MiB; larger uploads, weights, only take time); router_topk_ex
  * writes valid routing (k distinct experts in 0 .. n-1 per row, weights
  * summing to 1 when renorm) drawn from its routing source, ignoring the
  * logits; every other op writes nothing.  Its clock is modeled_seconds. */
@@ -310,7 +349,9 @@ typedef struct moe_backend_ops {
    * budget): physical memory on cpu, free memory at create on cuda. */
   size_t (*device_capacity)(moe_backend *be);
 
-  /* ---- math on the compute stream (all pointers device memory) */
+  /* ---- math on the compute stream (all pointers device memory).  Every
+   * method here is required, except the three legacy ones (rope, attention,
+   * router_topk): validation asks for the legacy method or its _ex form. */
   /* y[m, w.rows] = x[m, w.cols] . w^T (+ bias[w.rows] when bias.data).
    * y must not alias x. */
   moe_status (*matmul)(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *w,
@@ -319,7 +360,9 @@ typedef struct moe_backend_ops {
    * y may alias x. */
   moe_status (*rmsnorm)(moe_backend *be, float *y, const float *x, size_t m, const moe_weight *g,
                         float eps, moe_error *err);
-  /* Rotary embedding in place on x[m, n_heads * head_dim], rotate-half pairing
+  /* Legacy: may be NULL when the table has rope_ex (the in-tree backends,
+   * ABI 1.6, leave it NULL); moe_backend_rope is the only caller.  Rotary
+   * embedding in place on x[m, n_heads * head_dim], rotate-half pairing
    * (i, i + head_dim/2), angle pos * theta^(-2i/head_dim); pos[m] are
    * device int32 positions; head_dim even. */
   moe_status (*rope)(moe_backend *be, float *x, size_t m, const int32_t *pos, int n_heads,
@@ -328,13 +371,20 @@ typedef struct moe_backend_ops {
    * caches at positions pos0 .. pos0 + n_new - 1. */
   moe_status (*kv_store)(moe_backend *be, float *k_cache, float *v_cache, const float *k,
                          const float *v, const moe_attn_shape *s, moe_error *err);
-  /* out[n_seq * n_new, n_heads * head_dim] = softmax(q k^T / sqrt(head_dim)) v,
+  /* Legacy: may be NULL when the table has attention_ex (the in-tree
+   * backends, ABI 1.6, leave it NULL); moe_backend_attention is the only
+   * caller.
+   * out[n_seq * n_new, n_heads * head_dim] = softmax(q k^T / sqrt(head_dim)) v,
    * causal over cache positions 0 .. pos; query head h reads kv head
    * h / (n_heads / n_kv_heads).  Any max_seq the caches were sized for is
    * supported (MOE_ERR_UNSUPPORTED names the limit where one exists). */
   moe_status (*attention)(moe_backend *be, float *out, const float *q, const float *k_cache,
                           const float *v_cache, const moe_attn_shape *s, moe_error *err);
-  /* Per row of logits[m, n], with bias (1 x n, may be absent) added: top-k
+  /* Legacy: may be NULL in a table of ABI 1.6 or later that has
+   * router_topk_ex (the in-tree backends leave it NULL);
+   * moe_backend_router_topk is the only caller.  router_topk_ex with
+   * scoring SOFTMAX_LOGITS, choice_bias = bias, no groups, scale 1:
+   * per row of logits[m, n], with bias (1 x n, may be absent) added: top-k
    * ranked on logit + bias, ties to the lower index (never on rounded
    * probabilities, so every backend picks the same experts); weights are
    * the softmax probabilities of the chosen ones, renormalised to sum 1
@@ -454,7 +504,23 @@ typedef struct moe_backend_ops {
    * logits.  NULL: the engine downloads the logits and scans them. */
   moe_status (*argmax_rows)(moe_backend *be, int32_t *idx, const float *x, size_t m, int n,
                             moe_error *err);
+
+  /* ---- since ABI 1.6 (absent in older tables) */
+  /* MOE_BACKEND_ABI_MINOR at the time the table was built (at least 6 in a
+   * table that has this field).  What 1.6 changed: the legacy rope,
+   * attention and router_topk became optional next to their _ex forms
+   * (the engine's adapters translate), and router_topk_ex takes scoring
+   * SOFTMAX_LOGITS, so that one method serves both routers. */
+  uint32_t abi_minor;
 } moe_backend_ops;
+
+/* The size of a table built against the ABI 1.6 header: everything up to
+ * and including abi_minor. */
+#define MOE_BACKEND_SIZE_1_6 (offsetof(moe_backend_ops, abi_minor) + sizeof(uint32_t))
+
+/* The size of a table built against the ABI 1.5 header: everything up to
+ * and including argmax_rows. */
+#define MOE_BACKEND_SIZE_1_5 (offsetof(moe_backend_ops, argmax_rows) + sizeof(void (*)(void)))
 
 /* The size of a table built against the ABI 1.4 header: everything up to
  * and including mla_attention. */
@@ -484,7 +550,9 @@ size_t moe_backend_count(void);
 const moe_backend_ops *moe_backend_at(size_t i);
 /* Looks a backend up by name; NULL when unknown or not compiled in. */
 const moe_backend_ops *moe_backend_find(const char *name);
-/* Checks a table: ABI version, struct size, required methods present. */
+/* Checks a table: ABI version, struct size, required methods present
+ * (for each legacy op, the legacy method or its _ex form: router_topk_ex
+ * stands in for router_topk only in a table of ABI 1.6 or later). */
 moe_status moe_backend_validate(const moe_backend_ops *ops, moe_error *err);
 /* Copies a validated table into *out at this header's full size: fields
  * past ops->struct_size are zero (absent). */
@@ -494,12 +562,43 @@ void moe_backend_normalize(const moe_backend_ops *ops, moe_backend_ops *out);
 const moe_backend_ops *moe_backend_auto(void);
 /* The device name for result rows: ops->device_name or the backend name. */
 const char *moe_backend_device_name(const moe_backend_ops *ops, moe_backend *be);
+/* The minor ABI version of a (normalized or raw, validated) table:
+ * abi_minor where the table has it, else what its size tells (0 .. 5). */
+unsigned moe_backend_abi_minor(const moe_backend_ops *ops);
+
+/* ---- the legacy ops, written once over the _ex methods */
+
+/* The legacy rope (see moe_backend_ops.rope) through rope_ex when the table
+ * has it, else through its rope.  inv_freq: a device table of the
+ * head_dim / 2 frequencies 1 / theta^(2i / head_dim) in f32 (as
+ * moe_config_rope_freqs computes them), or NULL: rope_ex computes them
+ * from theta (a 1.6 table), or, for a 1.4/1.5 table, its legacy rope runs
+ * (or, without one, the adapter uploads a table for the call: device
+ * memory outside any accounting, freed before it returns).  rope_ex gets
+ * attn_scale 1, so the result is the legacy one bit for bit.
+ * MOE_ERR_INVALID for an odd or non-positive head_dim or theta <= 0. */
+moe_status moe_backend_rope(const moe_backend_ops *ops, moe_backend *be, float *x, size_t m,
+                            const int32_t *pos, int n_heads, int head_dim, float theta,
+                            const float *inv_freq, moe_error *err);
+/* The legacy attention (see moe_backend_ops.attention) as attention_ex:
+ * n_q = n_new, q_pos0 = pos0, n_keys = pos0 + n_new, causal, scale
+ * 1 / sqrtf(head_dim), no bias; through the table's attention when it has
+ * no attention_ex. */
+moe_status moe_backend_attention(const moe_backend_ops *ops, moe_backend *be, float *out,
+                                 const float *q, const float *k_cache, const float *v_cache,
+                                 const moe_attn_shape *s, moe_error *err);
+/* The legacy router (see moe_backend_ops.router_topk) as router_topk_ex
+ * with scoring SOFTMAX_LOGITS when the table is of ABI 1.6 or later and
+ * has it, else through its router_topk. */
+moe_status moe_backend_router_topk(const moe_backend_ops *ops, moe_backend *be, int32_t *idx,
+                                   float *wts, const float *logits, size_t m, int n, int k,
+                                   bool renorm, const moe_weight *bias, moe_error *err);
 
 /* The optional ops, for moe_backend_supports: what a model family lists as
  * required (a bit per op, MOE_OP_BIT) and moe_engine_create checks. */
 typedef enum moe_backend_op {
-  MOE_OP_ATTENTION_EX = 0, /* ABI 1.1 */
-  MOE_OP_UNARY,            /* 1.1 */
+  MOE_OP_ATTENTION_EX = 0, /* ABI 1.2 */
+  MOE_OP_UNARY,            /* 1.2 */
   MOE_OP_ROUTER_TOPK_EX,   /* 1.3 */
   MOE_OP_ROPE_EX,          /* 1.4 */
   MOE_OP_MLA_ATTENTION,    /* 1.4 */

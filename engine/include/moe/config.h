@@ -1,6 +1,7 @@
 /* Model configuration, read from a Hugging Face style config.json.
  *
- * Seven families are understood.  Decoder-only: Mixtral (model_type
+ * Eight families are understood (each one a descriptor in
+ * engine/src/families/, listed in its registry).  Decoder-only: Mixtral (model_type
  * "mixtral", every layer an MoE block), Qwen2-MoE (model_type
  * "qwen2_moe": MoE blocks every decoder_sparse_step layers except
  * mlp_only_layers, a shared expert with a sigmoid gate, biases on q/k/v),
@@ -11,7 +12,10 @@
  * multi-head latent attention with a latent KV cache, shared experts
  * without a gate, the first first_k_dense_replace layers dense, grouped
  * routing with softmax (V2) or sigmoid plus a correction bias (V3) and a
- * routed scaling factor; multi-token-prediction layers are ignored).
+ * routed scaling factor; multi-token-prediction layers are ignored) and
+ * Granite MoE ("granitemoe": Mixtral-like, experts stored stacked, with
+ * multipliers on the embeddings, the attention scale, the residual
+ * branches and the logits).
  * Decoder-only families take plain RoPE or YaRN.
  * Encoder-decoder: Switch Transformers (model_type "switch_transformers":
  * T5 layers with relative position buckets, top-1 routing with an expert
@@ -37,7 +41,8 @@ typedef enum moe_arch {
   MOE_ARCH_QWEN3_MOE = 3,
   MOE_ARCH_OLMOE = 4,
   MOE_ARCH_DEEPSEEK_V2 = 5,
-  MOE_ARCH_DEEPSEEK_V3 = 6
+  MOE_ARCH_DEEPSEEK_V3 = 6,
+  MOE_ARCH_GRANITE_MOE = 7
 } moe_arch;
 
 /* The RoPE frequencies (rope_parameters, or the legacy rope_scaling). */
@@ -122,7 +127,25 @@ typedef struct moe_config {
   int group_score;            /* moe_router_group_score */
   bool group_mask_neg_inf;
   float routed_scale;         /* routed_scaling_factor */
+  /* ---- multipliers (Granite); 0: none, i.e. the neutral value (1, and for
+   * the attention 1/sqrt(head_dim) or the MLA scale) */
+  float embed_mult;     /* embedding_multiplier: embeddings scaled after the lookup */
+  float attn_mult;      /* attention_multiplier: the attention softmax scale */
+  float residual_mult;  /* residual_multiplier: each attention and FFN output scaled
+                           before its residual add */
+  float logit_div;      /* logits_scaling: the logits divided by it */
 } moe_config;
+
+/* The multipliers with 0 read as none (1). */
+static inline float moe_config_embed_mult(const moe_config *cfg) {
+  return cfg->embed_mult > 0.0f ? cfg->embed_mult : 1.0f;
+}
+static inline float moe_config_residual_mult(const moe_config *cfg) {
+  return cfg->residual_mult > 0.0f ? cfg->residual_mult : 1.0f;
+}
+static inline float moe_config_logit_div(const moe_config *cfg) {
+  return cfg->logit_div > 0.0f ? cfg->logit_div : 1.0f;
+}
 
 /* Whether the model's attention is multi-head latent attention. */
 static inline bool moe_config_is_mla(const moe_config *cfg) { return cfg->kv_rank > 0; }
@@ -137,7 +160,8 @@ static inline int moe_config_rot_dim(const moe_config *cfg) {
  * by (1 for plain RoPE). */
 void moe_config_rope_freqs(const moe_config *cfg, float *inv_freq, float *attn_factor);
 
-/* The attention softmax scale: 1/sqrt(head_dim), and for DeepSeek
+/* The attention softmax scale: attn_mult when set (Granite); else
+ * 1/sqrt(head_dim), and for DeepSeek
  * (nope + rope)^-0.5, times mscale(factor, mscale_all_dim)^2 under YaRN
  * with mscale_all_dim set (transformers' yarn_apply_mscale). */
 float moe_config_attn_scale(const moe_config *cfg);
@@ -154,7 +178,8 @@ static inline void moe_config_stack(const moe_config *cfg, int l, int *begin, in
 }
 
 /* Parses a config.json file.  A field that is absent takes the value
- * transformers gives it for that family (MixtralConfig, Qwen2MoeConfig).
+ * transformers gives it for that family (MixtralConfig, Qwen2MoeConfig,
+ * ...: the family descriptor's defaults).
  * Errors name the file and the field: MOE_ERR_IO when unreadable,
  * MOE_ERR_FORMAT for bad JSON or a mistyped field, MOE_ERR_INVALID for
  * contradictory values, MOE_ERR_UNSUPPORTED for an unknown model_type or a
