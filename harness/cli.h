@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "common.h"
 #include "moe/model.h"
 
 /* Prints "moebench: <msg>" to stderr. */
@@ -14,24 +15,13 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints the engine error as one line and returns 1 (the exit code).  The
  * source file:line of the failure is added only when verbose. */
 int cli_fail(const moe_error *err);
-/* The one-line text of an error, with file:line only when verbose. */
-const char *cli_error_text(const moe_error *err, char *buf, size_t cap);
-/* moebench --verbose (or MOE_VERBOSE=1): errors name the source file:line. */
-bool cli_verbose(void);
 
-/* Strict integer / number parsing: the whole string, in range. */
-bool cli_parse_int(const char *s, long lo, long hi, long *out);
 
 /* A refused option value, in one line naming the command, the flag (by
  * its long name when it has one) and what the parser expected, with the
  * limits ("run: --gen-len '1': expected an integer in 2..65536"). */
 struct option;
 void cli_bad_value(const char *cmd, const struct option *opts, int idx, int c, const char *arg);
-bool cli_parse_u64(const char *s, uint64_t *out);
-bool cli_parse_double(const char *s, double *out);
-/* A link cap in GB/s: 0 (uncapped) or MOE_LINK_GBPS_MIN..MOE_LINK_GBPS_MAX;
- * a cap too small to emulate is refused, never read as "uncapped". */
-bool cli_parse_link(const char *s, double *out);
 
 /* Directory holding model presets: $MOE_MODELS_DIR, else the source tree's
  * workloads/models. */
@@ -64,8 +54,6 @@ moe_status cli_preset_model_for(const char *name, const char *backend, cli_prese
 moe_status cli_preset_build(const cli_preset *p, moe_model **out, moe_error *err);
 /* The virtual model (moe_model_virtual) of a preset, for the sim backend. */
 moe_status cli_preset_virtual(const cli_preset *p, moe_model **out, moe_error *err);
-/* Whether the backend of that name is a modeled one (MOE_BACKEND_CAP_MODELED: the sim). */
-bool cli_backend_modeled(const char *backend);
 /* The model of p for a run on backend: virtual on a modeled backend (it
  * reads no weights), else cli_preset_build's. */
 moe_status cli_preset_build_for(const cli_preset *p, const char *backend, moe_model **out,
@@ -104,25 +92,11 @@ bool cli_inputs_hash(const char *model_hash, const char *token_file, const char 
                      const char *hardware, const char *sim_routing, const char *plugin,
                      char out[17]);
 
-/* Parses a byte size: "123", "64KiB", "512MiB", "24GiB", "1.5GB", "2TB".
- * Binary suffixes are powers of 1024, decimal ones of 1000. */
-bool cli_parse_bytes(const char *s, size_t *out);
 
-/* Hardware profiles: the directory (workloads/hardware, or
- * $MOE_HARDWARE_DIR) and the file a name means there (a name with a '/'
- * or ending in .json is a path already). */
-const char *cli_hw_dir(void);
-void cli_hw_path(const char *name, char *path, size_t cap);
 
 /* Parses "1,2,3" or "1 2 3" into ids (malloc'd); returns count or -1. */
 int cli_parse_ids(const char *s, int32_t **ids);
 
-/* Every key of a JSON object (a json_t *) must be one of known (NULL-ended):
- * MOE_ERR_FORMAT "ORIGIN: unknown field 'repetitons' (did you mean
- * 'repetitions'?)" otherwise.  A typo must never silently fall back to a
- * default. */
-moe_status cli_check_keys(const void *obj, const char *const *known, const char *origin,
-                          moe_error *err);
 
 /* Creates the directories above an output prefix (as mkdir -p of its
  * parent; errors show when the file is written). */
@@ -154,18 +128,6 @@ int cli_output_clobbers(const char *cmd, const char *output, const char *input);
 void cli_md_into(char *out, size_t cap, const char *s);
 const char *cli_md(const char *s);
 
-/* An expert cache spec "KIND:SIZE": KIND lru, lfu, static or ring; SIZE a number
- * of experts ("64", 1 .. 2^24; a plain number is never bytes), a share of all
- * experts of the model ("25%"), or a byte size with its unit ("2GiB", "512B":
- * whole experts of it).  Returns the experts it means for model m (m NULL:
- * only checks the syntax, returning 1; 0 when the share or size is less
- * than one expert of m), or -1 when malformed.  *kind receives the kind. */
-int cli_cache_experts(const char *spec, const moe_model *m, moe_cache_kind *kind);
-
-/* Splits a policy entry "NAME+KIND:SIZE" (a policy with an expert cache)
- * into NAME (into base) and the cache spec (*cache, NULL when none).
- * false when the cache part is malformed or NAME does not fit. */
-bool cli_split_policy(const char *entry, char *base, size_t cap, const char **cache);
 
 /* A --model-dir argument as a path the preset loader reads as a directory:
  * "ck" (relative, no slash, which would read as a preset name) becomes
@@ -200,5 +162,19 @@ FILE *cli_open_input(const char *path, const char *what);
  * *out (malloc'd, n_prompts x len), or -1 after printing one line naming
  * the file and line. */
 int cli_read_token_file(const char *path, int want_len, int32_t **out, int *n_prompts, int *len);
+
+/* Resolves a backend name ("auto": moe_backend_auto) and learns its device
+ * name by opening it once.  A link cap on a backend that cannot emulate one
+ * is dropped (*link = 0) with a note, since its copies use the real link.
+ * Returns the table, or NULL after printing why. */
+struct moe_backend_ops;
+const struct moe_backend_ops *cli_resolve_backend(const char *name, int threads, double *link,
+                                                  const char *hardware, char *device, size_t cap);
+
+/* --hardware and --sim-routing against the backend: the sim needs a
+ * profile, and only the sim takes either.  Prints one line naming cmd and
+ * returns 2; else 0 with the profile's file in hw_path (when named). */
+int cli_check_sim(const char *cmd, const char *backend, const char *hw_name, const char *sim_routing,
+                  char *hw_path, size_t cap);
 
 #endif

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "moe/dtype.h"
-#include "moe/jsonfile.h"
+#include "trace_reader.h"
 
 /* A number in 0 .. 1e18 at args.key (absent: 0); false when malformed (no
  * real op moves an exabyte: the bound keeps every sum finite). */
@@ -104,22 +104,91 @@ static bool fwd_room(replay_state *s) {
   return true;
 }
 
-/* One trace event (event number i, for messages). */
-static moe_status replay_event(replay_state *s, json_t *e, size_t i, moe_error *err) {
+/* One op of the compute track, as the trace recorded it. */
+typedef struct replay_op {
+  const char *name;
+  bool instant;           /* an instant event ("i"), else a span ("X") */
+  json_t *args;
+  double t0, t1;          /* the trace's own seconds */
+  double flops, bytes, m, rows, cols;
+  double *slot;           /* its event id's time, or NULL */
+} replay_op;
+
+/* A forward pass begins at op (the boundary op or mark). */
+static moe_status replay_forward(replay_state *s, const replay_op *op, moe_error *err) {
   replay_result *out = s->out;
+  if (!fwd_room(s)) return MOE_FAIL(err, MOE_ERR_OOM, "%s: out of host memory", s->path);
+  if (out->n_forwards > 0) {
+    out->fwd_modeled[out->n_forwards - 1] = s->c.compute - s->fwd_model0;
+    out->fwd_measured[out->n_forwards - 1] = op->t0 - s->fwd_meas0;
+  } else {
+    s->meas_start = op->t0;
+    s->model_start = s->c.compute;
+  }
+  out->n_forwards++;
+  s->fwd_model0 = s->c.compute;
+  s->fwd_meas0 = op->t0;
+  return MOE_OK;
+}
+
+/* The cost model applied to one op (event number i, for messages). */
+static moe_status replay_cost(replay_state *s, const replay_op *op, size_t i, moe_error *err) {
   moe_cost_clock *c = &s->c;
   const moe_hw_profile *p = s->p;
-  const char *path = s->path;
-  json_t *ph = json_object_get(e, "ph"), *nm = json_object_get(e, "name"),
-         *tid = json_object_get(e, "tid"), *args = json_object_get(e, "args");
-  if (!json_is_string(ph) || !json_is_string(nm))
-    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu has no ph or name", path, i);
-  const char *kind = json_string_value(ph), *name = json_string_value(nm);
-  if (!strcmp(kind, "M")) {
-    if (!strcmp(name, "moe_clock")) {
-      json_t *ck = json_is_object(args) ? json_object_get(args, "clock") : NULL;
-      out->trace_modeled = json_is_string(ck) && !strcmp(json_string_value(ck), "modeled");
+  const char *name = op->name;
+  const double before = c->compute;
+  if (s->out->n_forwards > 0 && !strcmp(name, "download")) {
+    moe_cost_compute(c, op->bytes > 0 ? moe_cost_transfer(p, op->bytes) : 0.0);
+    tally(s->out, name, op->t1 - op->t0, c->compute - before);
+    s->dl_model = c->compute;
+    s->dl_meas = op->t1;
+    return MOE_OK;
+  }
+  if (op->instant) {
+    if (!strcmp(name, "copy issue")) {
+      const double done = moe_cost_copy_issue(c, op->bytes, true);
+      if (op->slot) *op->slot = done;
+    } else if (!strcmp(name, "record")) {
+      if (op->slot) *op->slot = c->compute;
+    } else if (!strcmp(name, "copy waits")) {
+      if (op->slot) moe_cost_copy_wait(c, *op->slot);
     }
+    return MOE_OK;
+  }
+  if (!strcmp(name, "wait for copy")) {
+    if (op->slot) moe_cost_compute_wait(c, *op->slot);
+  } else if (!strcmp(name, "host waits")) {
+    if (op->slot) moe_cost_host_wait(c, *op->slot);
+  } else if (!strcmp(name, "synchronize")) {
+    moe_cost_sync(c);
+  } else if (!strcmp(name, "matmul")) {
+    json_t *dt = json_is_object(op->args) ? json_object_get(op->args, "dtype") : NULL;
+    moe_dtype d = MOE_F32;
+    if (dt && (!json_is_string(dt) || moe_dtype_parse(json_string_value(dt), &d) != 0))
+      return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu: unknown dtype", s->path, i);
+    if (json_object_get(op->args, "rows") != NULL)
+      moe_cost_compute(c, moe_cost_matmul(p, op->m, op->rows, op->cols, d));
+    else /* an older trace without the shape: its FLOPs and bytes */
+      moe_cost_compute(c, moe_cost_count(p, (moe_op_count){op->flops, op->bytes}));
+  } else if (!strcmp(name, "upload") || !strcmp(name, "download") ||
+             !strcmp(name, "download many")) { /* download many: a block's routing, one wait */
+    moe_cost_compute(c, op->bytes > 0 ? moe_cost_transfer(p, op->bytes) : 0.0);
+  } else {
+    moe_cost_compute(c, moe_cost_count(p, (moe_op_count){op->flops, op->bytes}));
+  }
+  if (s->out->n_forwards > 0) tally(s->out, name, op->t1 - op->t0, c->compute - before);
+  return MOE_OK;
+}
+
+/* One trace event (event number i, for messages). */
+static moe_status replay_event(replay_state *s, json_t *e, size_t i, moe_error *err) {
+  const char *path = s->path;
+  const char *kind = trace_str(e, "ph"), *name = trace_str(e, "name");
+  json_t *tid = json_object_get(e, "tid"), *args = json_object_get(e, "args");
+  if (kind == NULL || name == NULL)
+    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu has no ph or name", path, i);
+  if (!strcmp(kind, "M")) {
+    if (!strcmp(name, "moe_clock")) s->out->trace_modeled = trace_clock_modeled(e);
     return MOE_OK;
   }
   const bool span = !strcmp(kind, "X"), instant = !strcmp(kind, "i");
@@ -132,72 +201,23 @@ static moe_status replay_event(replay_state *s, json_t *e, size_t i, moe_error *
       (span && (!json_is_number(du) || !(json_number_value(du) >= 0) ||
                 !(json_number_value(du) <= 1e15))))
     return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu ('%.40s') has no valid ts/dur", path, i, name);
-  const double t0 = json_number_value(ts) * 1e-6, t1 = t0 + (span ? json_number_value(du) * 1e-6 : 0);
-  double flops, bytes, ev, m, rows, cols;
-  if (!arg_num(args, "flops", &flops) || !arg_num(args, "bytes", &bytes) ||
-      !arg_num(args, "event", &ev) || !arg_num(args, "m", &m) || !arg_num(args, "rows", &rows) ||
-      !arg_num(args, "cols", &cols))
+  replay_op op = {.name = name, .instant = instant, .args = args,
+                  .t0 = json_number_value(ts) * 1e-6};
+  op.t1 = op.t0 + (span ? json_number_value(du) * 1e-6 : 0);
+  double ev;
+  if (!arg_num(args, "flops", &op.flops) || !arg_num(args, "bytes", &op.bytes) ||
+      !arg_num(args, "event", &ev) || !arg_num(args, "m", &op.m) || !arg_num(args, "rows", &op.rows) ||
+      !arg_num(args, "cols", &op.cols))
     return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu ('%.40s') has a malformed argument", path, i,
                     name);
-  double *slot = NULL;
-  if (ev >= 1 && (slot = ev_slot(&s->evs, ev)) == NULL)
+  if (ev >= 1 && (op.slot = ev_slot(&s->evs, ev)) == NULL)
     return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu: event id %.0f out of range", path, i, ev);
   if (!strcmp(name, s->boundary)) { /* a forward pass begins */
-    if (!fwd_room(s)) return MOE_FAIL(err, MOE_ERR_OOM, "%s: out of host memory", path);
-    if (out->n_forwards > 0) {
-      out->fwd_modeled[out->n_forwards - 1] = c->compute - s->fwd_model0;
-      out->fwd_measured[out->n_forwards - 1] = t0 - s->fwd_meas0;
-    } else {
-      s->meas_start = t0;
-      s->model_start = c->compute;
-    }
-    out->n_forwards++;
-    s->fwd_model0 = c->compute;
-    s->fwd_meas0 = t0;
+    const moe_status st = replay_forward(s, &op, err);
+    if (st != MOE_OK) return st;
   }
-  if (out->n_forwards > 0 && t1 > s->meas_end) s->meas_end = t1;
-  const double before = c->compute;
-  if (out->n_forwards > 0 && !strcmp(name, "download")) {
-    moe_cost_compute(c, bytes > 0 ? moe_cost_transfer(p, bytes) : 0.0);
-    tally(out, name, t1 - t0, c->compute - before);
-    s->dl_model = c->compute;
-    s->dl_meas = t1;
-    return MOE_OK;
-  }
-  if (instant) {
-    if (!strcmp(name, "copy issue")) {
-      const double done = moe_cost_copy_issue(c, bytes, true);
-      if (slot) *slot = done;
-    } else if (!strcmp(name, "record")) {
-      if (slot) *slot = c->compute;
-    } else if (!strcmp(name, "copy waits")) {
-      if (slot) moe_cost_copy_wait(c, *slot);
-    }
-    return MOE_OK;
-  }
-  if (!strcmp(name, "wait for copy")) {
-    if (slot) moe_cost_compute_wait(c, *slot);
-  } else if (!strcmp(name, "host waits")) {
-    if (slot) moe_cost_host_wait(c, *slot);
-  } else if (!strcmp(name, "synchronize")) {
-    moe_cost_sync(c);
-  } else if (!strcmp(name, "matmul")) {
-    json_t *dt = json_is_object(args) ? json_object_get(args, "dtype") : NULL;
-    moe_dtype d = MOE_F32;
-    if (dt && (!json_is_string(dt) || moe_dtype_parse(json_string_value(dt), &d) != 0))
-      return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu: unknown dtype", path, i);
-    if (json_object_get(args, "rows") != NULL)
-      moe_cost_compute(c, moe_cost_matmul(p, m, rows, cols, d));
-    else /* an older trace without the shape: its FLOPs and bytes */
-      moe_cost_compute(c, moe_cost_count(p, (moe_op_count){flops, bytes}));
-  } else if (!strcmp(name, "upload") || !strcmp(name, "download") ||
-             !strcmp(name, "download many")) { /* download many: a block's routing, one wait */
-    moe_cost_compute(c, bytes > 0 ? moe_cost_transfer(p, bytes) : 0.0);
-  } else {
-    moe_cost_compute(c, moe_cost_count(p, (moe_op_count){flops, bytes}));
-  }
-  if (out->n_forwards > 0) tally(out, name, t1 - t0, c->compute - before);
-  return MOE_OK;
+  if (s->out->n_forwards > 0 && op.t1 > s->meas_end) s->meas_end = op.t1;
+  return replay_cost(s, &op, i, err);
 }
 
 /* The figures, once every event is in. */
@@ -222,112 +242,38 @@ static moe_status replay_finish(replay_state *s, moe_error *err) {
   return MOE_OK;
 }
 
-moe_status replay_trace_json(const void *json, const char *path, const moe_hw_profile *p,
-                             replay_result *out, moe_error *err) {
-  json_t *root = (json_t *)json;
-  json_t *arr = json_is_object(root) ? json_object_get(root, "traceEvents") : NULL;
-  memset(out, 0, sizeof *out);
-  if (!json_is_array(arr))
-    return MOE_FAIL(err, MOE_ERR_FORMAT, "%s: not a trace (no traceEvents array)", path);
-  /* forward passes begin at the engine's "forward" marks (older traces:
-   * at each embed op) */
-  bool marks = false;
-  size_t i;
-  json_t *e;
-  json_array_foreach(arr, i, e) {
-    json_t *nm = json_object_get(e, "name"), *ph = json_object_get(e, "ph");
-    if (json_is_string(nm) && json_is_string(ph) && !strcmp(json_string_value(ph), "i") &&
-        !strcmp(json_string_value(nm), "forward")) {
-      marks = true;
-      break;
-    }
-  }
-  replay_state s;
-  state_init(&s, p, path, out, marks);
-  moe_status st = MOE_OK;
-  json_array_foreach(arr, i, e) {
-    st = replay_event(&s, e, i, err);
-    if (st != MOE_OK) break;
-  }
-  if (st == MOE_OK) st = replay_finish(&s, err);
-  if (st != MOE_OK) replay_result_free(out);
-  free(s.evs.t);
+/* The reader's callbacks (trace_reader.h). */
+static moe_status on_begin(void *ctx, bool marks, moe_error *err) {
+  replay_state *s = ctx;
+  (void)err;
+  state_init(s, s->p, s->path, s->out, marks);
+  return MOE_OK;
+}
+
+static moe_status on_event(void *ctx, void *e, size_t i, moe_error *err) {
+  return replay_event(ctx, e, i, err);
+}
+
+/* Replays through read (trace_read or trace_read_json), then finishes. */
+static moe_status replay_with(replay_state *s, moe_status st, moe_error *err) {
+  if (st == MOE_OK) st = replay_finish(s, err);
+  if (st != MOE_OK) replay_result_free(s->out);
+  free(s->evs.t);
   return st;
 }
 
-/* Our own traces (moe_trace_open) hold one event per line after a fixed
- * first line: those stream, a line at a time, so memory does not grow with
- * the trace.  Anything else is parsed whole. */
-#define TRACE_HEADER "{\"displayTimeUnit\": \"ms\", \"traceEvents\": ["
-
-static moe_status replay_stream(FILE *f, const char *path, const moe_hw_profile *p,
-                                replay_result *out, moe_error *err) {
-  char *line = NULL;
-  size_t cap = 0;
-  ssize_t len;
-  /* pass 1: does the engine mark its forward passes? */
-  bool marks = false;
-  while (!marks && (len = getline(&line, &cap, f)) >= 0)
-    marks = strstr(line, "\"ph\": \"i\"") && strstr(line, "\"name\": \"forward\"");
-  rewind(f);
+moe_status replay_trace_json(const void *json, const char *path, const moe_hw_profile *p,
+                             replay_result *out, moe_error *err) {
   replay_state s;
-  state_init(&s, p, path, out, marks);
-  moe_status st = MOE_OK;
-  size_t i = 0;
-  bool closed = false;
-  len = getline(&line, &cap, f); /* the header */
-  while (st == MOE_OK && (len = getline(&line, &cap, f)) >= 0) {
-    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' '))
-      line[--len] = '\0';
-    if (len > 0 && line[len - 1] == ',') line[--len] = '\0';
-    if (len == 0) continue;
-    if (!strcmp(line, "]}")) {
-      closed = true;
-      /* nothing but white space may follow the end */
-      while (st == MOE_OK && (len = getline(&line, &cap, f)) >= 0)
-        if (strspn(line, " \t\r\n") != (size_t)len)
-          st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: data after the trace's end (']}')", path);
-      break;
-    }
-    json_error_t je;
-    json_t *e = json_loadb(line, (size_t)len, JSON_REJECT_DUPLICATES, &je);
-    if (!json_is_object(e)) {
-      st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: event %zu is not a JSON object: %s", path, i,
-                    e ? "another JSON value" : je.text);
-    } else {
-      st = replay_event(&s, e, i, err);
-    }
-    json_decref(e);
-    i++;
-  }
-  if (st == MOE_OK && !closed)
-    st = MOE_FAIL(err, MOE_ERR_FORMAT, "%s: the trace ends early (no closing ']}': a run cut short?)",
-                  path);
-  if (st == MOE_OK) st = replay_finish(&s, err);
-  if (st != MOE_OK) replay_result_free(out);
-  free(s.evs.t);
-  free(line);
-  return st;
+  state_init(&s, p, path, out, false);
+  const trace_reader rd = {on_begin, on_event, &s};
+  return replay_with(&s, trace_read_json(json, path, &rd, err), err);
 }
 
 moe_status replay_trace(const char *path, const moe_hw_profile *p, replay_result *out,
                         moe_error *err) {
-  memset(out, 0, sizeof *out);
-  FILE *f = moe_fopen_regular(path, err);
-  if (f == NULL) return err ? err->status : MOE_ERR_IO;
-  char head[sizeof TRACE_HEADER + 2] = "";
-  const size_t got = fread(head, 1, sizeof TRACE_HEADER - 1, f);
-  head[got] = '\0';
-  if (strcmp(head, TRACE_HEADER) == 0) {
-    rewind(f);
-    moe_status st = replay_stream(f, path, p, out, err);
-    fclose(f);
-    return st;
-  }
-  fclose(f);
-  json_t *root = moe_json_load_file(path, err);
-  if (root == NULL) return err ? err->status : MOE_ERR_IO;
-  moe_status st = replay_trace_json(root, path, p, out, err);
-  json_decref(root);
-  return st;
+  replay_state s;
+  state_init(&s, p, path, out, false);
+  const trace_reader rd = {on_begin, on_event, &s};
+  return replay_with(&s, trace_read(path, &rd, err), err);
 }

@@ -1,6 +1,8 @@
 /* Result tables: CSV with libcsv, JSON with jansson, atomic writes. */
 #include "results.h"
 
+#include "moe/backend.h"
+
 #include "moe/publish.h"
 
 #include "moe/jsonfile.h"
@@ -504,4 +506,9 @@ moe_status res_check_values(const res_table *t, const char *path, moe_error *err
     }
   }
   return MOE_OK;
+}
+
+bool res_row_modeled(const res_row *r) {
+  const moe_backend_ops *o = moe_backend_find(res_get(r, "backend"));
+  return o && (o->caps & MOE_BACKEND_CAP_MODELED);
 }

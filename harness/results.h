@@ -96,4 +96,8 @@ moe_status res_check_values(const res_table *t, const char *path, moe_error *err
  * stay integers, reals reals, empty fields null. */
 moe_status res_write_json(const char *path, const res_table *t, void *meta, moe_error *err);
 
+/* Whether a row's times are modeled (its backend is a modeled one: sim)
+ * rather than measured. */
+bool res_row_modeled(const res_row *r);
+
 #endif

@@ -1,7 +1,7 @@
 /* One measured generation run. */
 #include "runner.h"
 
-#include "cli.h"
+#include "common.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -34,6 +34,36 @@ double runner_median(double *v, int n) {
   if (n <= 0) return NAN;
   qsort(v, (size_t)n, sizeof *v, cmp_double);
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+moe_routing runner_policy_routing(const moe_policy *p) {
+  return p->default_routing == MOE_POLICY_ROUTING_PREGATED ? MOE_ROUTING_PREGATED
+                                                          : MOE_ROUTING_CONVENTIONAL;
+}
+
+void runner_interleaved(const run_spec *specs, int n, int reps, run_result *res,
+                        void (*done)(void *ctx, int rep, int i, const run_result *r), void *ctx) {
+  for (int r = 0; r < reps; r++)
+    for (int i = 0; i < n; i++) {
+      run_spec sp = specs[i];
+      sp.keep_logits = specs[i].keep_logits && r == reps - 1;
+      runner_run(&sp, &res[r * n + i]);
+      if (done) done(ctx, r, i, &res[r * n + i]);
+    }
+}
+
+void runner_medians(const run_result *res, int n, int reps, int i, int gen_len, double *tokens_per_s,
+                    double *decode_per_token_s, double *total_s) {
+  double a[RUNNER_MAX_REPS], b[RUNNER_MAX_REPS], t[RUNNER_MAX_REPS];
+  const int k = reps < RUNNER_MAX_REPS ? reps : RUNNER_MAX_REPS;
+  for (int r = 0; r < k; r++) {
+    a[r] = res[r * n + i].tokens_per_s;
+    b[r] = res[r * n + i].decode_s / (double)(gen_len - 1);
+    t[r] = res[r * n + i].total_s;
+  }
+  if (tokens_per_s) *tokens_per_s = runner_median(a, k);
+  if (decode_per_token_s) *decode_per_token_s = runner_median(b, k);
+  if (total_s) *total_s = runner_median(t, k);
 }
 
 void run_result_free(run_result *r) {
@@ -99,96 +129,105 @@ static void log_route(void *ctx, int layer, unsigned long long step, const int32
   }
 }
 
-void runner_run(const run_spec *sp, run_result *out) {
-  memset(out, 0, sizeof *out);
-  moe_error err = {0};
-  moe_device *dev = NULL;
-  moe_engine *e = NULL;
-  moe_trace *trace = NULL;
-  int32_t *prompts = NULL;
-  double *steps = NULL;
-  unsigned long long *popularity = NULL;
-  route_log rlog = {NULL, 0};
-  moe_publish log_pub = {0};
-  const moe_config *c = moe_model_config(sp->model);
-  const size_t B = (size_t)sp->batch, G = (size_t)sp->gen_len;
+/* One run's resources, released by run_teardown. */
+typedef struct run_state {
+  moe_device *dev;
+  moe_engine *e;
+  moe_trace *trace;
+  int32_t *prompts, *scratch_tokens;
+  double *steps;
+  unsigned long long *popularity;
+  route_log rlog;
+  moe_publish log_pub;
+} run_state;
+
+/* The expert cache of sp into eo (a static one learns its placement). */
+static moe_status run_cache(const run_spec *sp, run_state *s, moe_engine_options *eo,
+                            moe_error *err) {
+  const int n = cli_cache_experts(sp->cache, sp->model, &eo->cache);
+  if (n < 0)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "expert cache '%s' is not KIND:SIZE (SIZE: 1..16777216 "
+                    "experts, N%%, or bytes with a unit)", sp->cache);
+  if (n == 0)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "expert cache '%s' holds no whole expert (one expert is "
+                    "%zu bytes)", sp->cache, moe_model_expert_bytes(sp->model));
+  eo->cache_experts = n;
+  if (eo->cache == MOE_CACHE_STATIC) {
+    const moe_status st = learn_popularity(sp, s->dev, &s->popularity, err);
+    if (st != MOE_OK) return st;
+  }
+  eo->cache_popularity = s->popularity;
+  return MOE_OK;
+}
+
+/* The device (traced when asked) and the engine of sp. */
+static moe_status run_open(const run_spec *sp, run_state *s, run_result *out, moe_engine_options *eo,
+                           moe_error *err) {
   moe_backend_options bo = {.threads = sp->threads, .link_gbps = sp->link_gbps,
                             .device_budget = sp->device_mem, .hardware = sp->hardware,
                             .routing = sp->sim_routing, .seed = sp->prompt_seed};
-  if (moe_device_create(&dev, sp->backend, &bo, &err) != MOE_OK) goto done;
-  out->modeled = moe_device_ops(dev)->modeled_seconds != NULL;
-  if (sp->trace_path && (moe_trace_open(&trace, sp->trace_path, &err) != MOE_OK ||
-                         moe_device_trace(dev, trace, &err) != MOE_OK))
-    goto done;
-  snprintf(out->device, sizeof out->device, "%s", moe_device_name(dev));
-  moe_engine_options eo = {.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
-                           .policy = sp->policy, .routing = sp->routing,
-                           .pregate_lookahead = sp->lookahead};
+  moe_status st = moe_device_create(&s->dev, sp->backend, &bo, err);
+  if (st != MOE_OK) return st;
+  out->modeled = moe_device_ops(s->dev)->modeled_seconds != NULL;
+  if (sp->trace_path && ((st = moe_trace_open(&s->trace, sp->trace_path, err)) != MOE_OK ||
+                         (st = moe_device_trace(s->dev, s->trace, err)) != MOE_OK))
+    return st;
+  snprintf(out->device, sizeof out->device, "%s", moe_device_name(s->dev));
+  *eo = (moe_engine_options){.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
+                             .policy = sp->policy, .routing = sp->routing,
+                             .pregate_lookahead = sp->lookahead};
   if (sp->routing_log) {
     /* published whole (moe/publish.h) */
-    if (moe_publish_open(&log_pub, sp->routing_log, "the routing log", &err) != MOE_OK) goto done;
-    rlog.f = log_pub.f;
-    fprintf(rlog.f, "# moebench routing log: step layer row experts (top-%d, the router's choice)\n",
-            c->top_k);
-    eo.on_route = log_route;
-    eo.on_route_ctx = &rlog;
+    if ((st = moe_publish_open(&s->log_pub, sp->routing_log, "the routing log", err)) != MOE_OK)
+      return st;
+    s->rlog.f = s->log_pub.f;
+    fprintf(s->rlog.f, "# moebench routing log: step layer row experts (top-%d, the router's choice)\n",
+            moe_model_config(sp->model)->top_k);
+    eo->on_route = log_route;
+    eo->on_route_ctx = &s->rlog;
   }
-  if (sp->cache) {
-    const int n = cli_cache_experts(sp->cache, sp->model, &eo.cache);
-    if (n < 0) {
-      MOE_FAIL(&err, MOE_ERR_INVALID, "expert cache '%s' is not KIND:SIZE (SIZE: 1..16777216 "
-               "experts, N%%, or bytes with a unit)", sp->cache);
-      goto done;
-    }
-    if (n == 0) {
-      MOE_FAIL(&err, MOE_ERR_INVALID, "expert cache '%s' holds no whole expert (one expert is "
-               "%zu bytes)", sp->cache, moe_model_expert_bytes(sp->model));
-      goto done;
-    }
-    eo.cache_experts = n;
-    if (eo.cache == MOE_CACHE_STATIC &&
-        learn_popularity(sp, dev, &popularity, &err) != MOE_OK)
-      goto done;
-    eo.cache_popularity = popularity;
+  if (sp->cache && (st = run_cache(sp, s, eo, err)) != MOE_OK) return st;
+  return moe_engine_create(&s->e, sp->model, s->dev, eo, err);
+}
+
+/* Request q's prompts: from the file's ids (cycled), or seeded random ids
+ * as the paper's workloads. */
+static void run_prompts(const run_spec *sp, int q, int32_t *prompts) {
+  const size_t B = (size_t)sp->batch, L = (size_t)sp->prompt_len;
+  if (sp->prompts && sp->n_prompts > 0) {
+    for (size_t b = 0; b < B; b++)
+      memcpy(prompts + b * L, sp->prompts + ((size_t)q * B + b) % (size_t)sp->n_prompts * L,
+             L * sizeof *prompts);
+    return;
   }
-  if (moe_engine_create(&e, sp->model, dev, &eo, &err) != MOE_OK) goto done;
-  moe_run_stats rs;
-  moe_engine_stats(e, &rs);
-  size_t by_cat[MOE_MEM_CATEGORIES];
-  moe_engine_plan_memory(sp->model, dev, &eo, rs.slots, by_cat, &out->planned_bytes);
+  moe_rng r;
+  moe_rng_seed(&r, sp->prompt_seed + (uint64_t)q, 0);
+  const int vocab = moe_model_config(sp->model)->vocab;
+  for (size_t i = 0; i < B * L; i++) prompts[i] = (int32_t)(moe_rng_next(&r) % (uint64_t)vocab);
+}
+
+/* The measured generations: sp->requests of them, the first one's tokens
+ * (and logits) kept; the figures into out. */
+static moe_status run_requests(const run_spec *sp, run_state *s, run_result *out, moe_error *err) {
+  const size_t B = (size_t)sp->batch, G = (size_t)sp->gen_len, per = G > 1 ? G - 1 : 1;
   const int R = sp->requests > 0 ? sp->requests : 1;
-  prompts = malloc(B * (size_t)sp->prompt_len * sizeof *prompts);
+  s->prompts = malloc(B * (size_t)sp->prompt_len * sizeof *s->prompts);
   out->tokens = malloc(B * G * sizeof *out->tokens);
-  int32_t *scratch_tokens = malloc(B * G * sizeof *scratch_tokens);
-  const size_t n_steps = (size_t)R * (G > 1 ? G - 1 : 1);
-  steps = calloc(n_steps, sizeof *steps);
-  if (sp->keep_logits) out->step_logits = malloc(G * B * (size_t)c->vocab * sizeof(float));
-  if (!prompts || !out->tokens || !scratch_tokens || !steps ||
-      (sp->keep_logits && !out->step_logits)) {
-    free(scratch_tokens);
-    MOE_FAIL(&err, MOE_ERR_OOM, "out of host memory for the run's buffers");
-    goto done;
-  }
+  s->scratch_tokens = malloc(B * G * sizeof *s->scratch_tokens);
+  s->steps = calloc((size_t)R * per, sizeof *s->steps);
+  if (sp->keep_logits)
+    out->step_logits = malloc(G * B * (size_t)moe_model_config(sp->model)->vocab * sizeof(float));
+  if (!s->prompts || !out->tokens || !s->scratch_tokens || !s->steps ||
+      (sp->keep_logits && !out->step_logits))
+    return MOE_FAIL(err, MOE_ERR_OOM, "out of host memory for the run's buffers");
   for (int q = 0; q < R; q++) {
-    if (sp->prompts && sp->n_prompts > 0) {
-      for (size_t b = 0; b < B; b++)
-        memcpy(prompts + b * (size_t)sp->prompt_len,
-               sp->prompts + ((size_t)q * B + b) % (size_t)sp->n_prompts * (size_t)sp->prompt_len,
-               (size_t)sp->prompt_len * sizeof *prompts);
-    } else {
-      /* seeded random prompt ids, as the paper's workloads */
-      moe_rng r;
-      moe_rng_seed(&r, sp->prompt_seed + (uint64_t)q, 0);
-      for (size_t i = 0; i < B * (size_t)sp->prompt_len; i++)
-        prompts[i] = (int32_t)(moe_rng_next(&r) % (uint64_t)c->vocab);
-    }
-    moe_gen_stats gs = {.step_s = steps + (size_t)q * (G > 1 ? G - 1 : 1),
+    run_prompts(sp, q, s->prompts);
+    moe_gen_stats gs = {.step_s = s->steps + (size_t)q * per,
                         .step_logits = q == 0 ? out->step_logits : NULL};
-    if (moe_engine_generate(e, prompts, sp->batch, sp->prompt_len, sp->gen_len,
-                            q == 0 ? out->tokens : scratch_tokens, NULL, &gs, &err) != MOE_OK) {
-      free(scratch_tokens);
-      goto done;
-    }
+    const moe_status st = moe_engine_generate(s->e, s->prompts, sp->batch, sp->prompt_len,
+                                              sp->gen_len, q == 0 ? out->tokens : s->scratch_tokens,
+                                              NULL, &gs, err);
+    if (st != MOE_OK) return st;
     out->total_s += gs.total_s;
     out->decode_s += gs.decode_s;
     if (q == 0) {
@@ -197,64 +236,84 @@ void runner_run(const run_spec *sp, run_result *out) {
       out->prefill_stall_s = gs.prefill_stall_s;
     }
   }
-  free(scratch_tokens);
-  moe_engine_stats(e, &out->stats);
+  moe_engine_stats(s->e, &out->stats);
   out->tokens_per_s = (double)(B * G * (size_t)R) / out->total_s;
-  int n = (int)(G > 1 ? n_steps : 0);
+  const int n = (int)(G > 1 ? (size_t)R * per : 0);
   if (n > 0) {
-    out->step_p50_s = runner_percentile(steps, n, 50);
-    out->step_p90_s = runner_percentile(steps, n, 90);
-    out->step_p99_s = runner_percentile(steps, n, 99);
+    out->step_p50_s = runner_percentile(s->steps, n, 50);
+    out->step_p90_s = runner_percentile(s->steps, n, 90);
+    out->step_p99_s = runner_percentile(s->steps, n, 99);
   }
-  out->peak_bytes = moe_device_mem(dev)->peak_total;
-  memcpy(out->peak_by_cat, moe_device_mem(dev)->at_peak, sizeof out->peak_by_cat);
-  if (sp->eval_windows && sp->eval_n > 0 && !out->modeled) { /* a modeled backend has no logits */
-    /* quality after the measured runs (their peak is already taken): an
-     * engine that keeps every position's logits */
-    moe_engine_free(e);
-    e = NULL;
-    moe_engine_options ev = {.max_batch = sp->eval_n < 8 ? sp->eval_n : 8, .max_seq = sp->eval_len,
-                             .all_logits = true, .policy = sp->policy, .routing = sp->routing,
-                             .pregate_lookahead = sp->lookahead};
-    if (moe_engine_create(&e, sp->model, dev, &ev, &err) != MOE_OK ||
-        moe_engine_eval(e, sp->eval_windows, sp->eval_n, sp->eval_len, &out->eval, &err) != MOE_OK)
-      goto done;
-    out->has_eval = true;
+  out->peak_bytes = moe_device_mem(s->dev)->peak_total;
+  memcpy(out->peak_by_cat, moe_device_mem(s->dev)->at_peak, sizeof out->peak_by_cat);
+  return MOE_OK;
+}
+
+/* Quality after the measured runs (their peak is already taken): an
+ * engine that keeps every position's logits. */
+static moe_status run_eval(const run_spec *sp, run_state *s, run_result *out, moe_error *err) {
+  moe_engine_free(s->e);
+  s->e = NULL;
+  moe_engine_options ev = {.max_batch = sp->eval_n < 8 ? sp->eval_n : 8, .max_seq = sp->eval_len,
+                           .all_logits = true, .policy = sp->policy, .routing = sp->routing,
+                           .pregate_lookahead = sp->lookahead};
+  moe_status st = moe_engine_create(&s->e, sp->model, s->dev, &ev, err);
+  if (st == MOE_OK) st = moe_engine_eval(s->e, sp->eval_windows, sp->eval_n, sp->eval_len, &out->eval, err);
+  out->has_eval = st == MOE_OK;
+  return st;
+}
+
+/* The run's outcome from err, then the teardown: the trace's counts, the
+ * routing log published (only whole, only from a run that succeeded), the
+ * trace closed. */
+static void run_teardown(run_state *s, run_result *out, const moe_error *err) {
+  out->status = err->status;
+  if (err->status != MOE_OK) {
+    cli_error_text(err, out->error, sizeof out->error);
+    if (s->dev) out->peak_bytes = moe_device_mem(s->dev)->peak_total;
   }
-done:
-  out->status = err.status;
-  if (err.status != MOE_OK) {
-    cli_error_text(&err, out->error, sizeof out->error);
-    if (dev) out->peak_bytes = moe_device_mem(dev)->peak_total;
-  }
-  if (trace && out->status == MOE_OK) { /* before the teardown's calls */
-    moe_trace_get_counts(trace, &out->counts);
+  if (s->trace && out->status == MOE_OK) { /* before the teardown's calls */
+    moe_trace_get_counts(s->trace, &out->counts);
     out->has_counts = true;
   }
-  moe_engine_free(e);
-  moe_device_destroy(dev); /* copies done: the trace is complete */
-  if (rlog.f) { /* published only whole, and only from a run that succeeded */
-    if (out->status != MOE_OK) {
-      moe_publish_abort(&log_pub);
-    } else {
-      moe_error lerr = {0};
-      if (rlog.failed) moe_publish_fail(&log_pub);
-      if (moe_publish_commit(&log_pub, &lerr) != MOE_OK) {
-        out->status = MOE_ERR_IO;
-        cli_error_text(&lerr, out->error, sizeof out->error);
-      }
+  moe_engine_free(s->e);
+  moe_device_destroy(s->dev); /* copies done: the trace is complete */
+  if (s->rlog.f && out->status != MOE_OK) {
+    moe_publish_abort(&s->log_pub);
+  } else if (s->rlog.f) {
+    moe_error lerr = {0};
+    if (s->rlog.failed) moe_publish_fail(&s->log_pub);
+    if (moe_publish_commit(&s->log_pub, &lerr) != MOE_OK) {
+      out->status = MOE_ERR_IO;
+      cli_error_text(&lerr, out->error, sizeof out->error);
     }
   }
-  if (trace) {
-    moe_error terr = {0};
-    if (moe_trace_close(trace, &terr) != MOE_OK && out->status == MOE_OK) {
-      out->status = terr.status;
-      cli_error_text(&terr, out->error, sizeof out->error);
-    }
+  moe_error terr = {0};
+  if (s->trace && moe_trace_close(s->trace, &terr) != MOE_OK && out->status == MOE_OK) {
+    out->status = terr.status;
+    cli_error_text(&terr, out->error, sizeof out->error);
   }
-  free(prompts);
-  free(steps);
-  free(popularity);
+  free(s->prompts);
+  free(s->scratch_tokens);
+  free(s->steps);
+  free(s->popularity);
+}
+
+void runner_run(const run_spec *sp, run_result *out) {
+  memset(out, 0, sizeof *out);
+  moe_error err = {0};
+  run_state s = {0};
+  moe_engine_options eo;
+  if (run_open(sp, &s, out, &eo, &err) == MOE_OK) {
+    moe_run_stats rs;
+    moe_engine_stats(s.e, &rs);
+    size_t by_cat[MOE_MEM_CATEGORIES];
+    moe_engine_plan_memory(sp->model, s.dev, &eo, rs.slots, by_cat, &out->planned_bytes);
+    /* a modeled backend has no logits to evaluate */
+    if (run_requests(sp, &s, out, &err) == MOE_OK && sp->eval_windows && sp->eval_n > 0 && !out->modeled)
+      run_eval(sp, &s, out, &err);
+  }
+  run_teardown(&s, out, &err);
 }
 
 double runner_link_for_ratio(const run_spec *spec, double ratio, double *window_s, double *copy_s,
@@ -267,7 +326,7 @@ double runner_link_for_ratio(const run_spec *spec, double ratio, double *window_
     return NAN;
   }
   run_spec sp = *spec;
-  sp.policy = moe_policy_find("gpu-only");
+  sp.policy = moe_policy_reference();
   sp.routing = MOE_ROUTING_CONVENTIONAL;
   sp.link_gbps = 0;
   sp.device_mem = 0;

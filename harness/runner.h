@@ -12,6 +12,9 @@
 #include "moe/policy.h"
 #include "moe/trace.h"
 
+/* The most repetitions runner_medians takes (a suite's SUITE_MAX_REPS). */
+#define RUNNER_MAX_REPS 100
+
 typedef struct run_spec {
   moe_model *model;             /* built once, shared by runs */
   const moe_policy *policy;
@@ -87,6 +90,22 @@ void runner_parity(const run_result *ref, const run_result *r, int batch, int ge
  * copy time the cap gives. */
 double runner_link_for_ratio(const run_spec *spec, double ratio, double *window_s, double *copy_s,
                              char *why, size_t cap);
+
+/* Runs n specs `reps` times interleaved (spec 0, 1, ..., n-1, then again),
+ * so that a machine's drift spreads over all of them; res[r * n + i] is
+ * repetition r of spec i.  Only the last repetition keeps logits (when its
+ * spec asks).  done (may be NULL) is called after each run. */
+void runner_interleaved(const run_spec *specs, int n, int reps, run_result *res,
+                        void (*done)(void *ctx, int rep, int i, const run_result *r), void *ctx);
+
+/* Medians over the reps repetitions of spec i of runner_interleaved's
+ * results: tokens/s, decode seconds per generated token after the first
+ * (gen_len - 1 steps), total seconds (any may be NULL). */
+void runner_medians(const run_result *res, int n, int reps, int i, int gen_len, double *tokens_per_s,
+                    double *decode_per_token_s, double *total_s);
+
+/* The routing a policy runs when none is named: its default_routing. */
+moe_routing runner_policy_routing(const moe_policy *p);
 
 double runner_median(double *v, int n);
 double runner_percentile(double *v, int n, double p);

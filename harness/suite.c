@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cli.h"
+#include "common.h"
 #include "moe/jsonfile.h"
 
 const char *suite_profiles_dir(void) {
@@ -280,8 +280,8 @@ static moe_status get_run_settings(suite *s, json_t *root, const char *origin, m
   MOE_TRY(get_int_in(root, "lookahead", 1, 1, 3, &s->lookahead, origin, err));
   snprintf(s->routing, sizeof s->routing, "default");
   MOE_TRY(get_str(root, "routing", false, s->routing, sizeof s->routing, origin, err));
-  MOE_CHECK(!strcmp(s->routing, "default") || !strcmp(s->routing, "conventional") ||
-                !strcmp(s->routing, "pregated"),
+  moe_routing routing;
+  MOE_CHECK(!strcmp(s->routing, "default") || moe_routing_parse(s->routing, &routing) == 0,
             err, MOE_ERR_FORMAT, "%s: field 'routing' must be default, conventional or pregated",
             origin);
   json_t *lk = json_object_get(root, "link_gbps");

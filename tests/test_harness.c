@@ -13,6 +13,8 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "flags.h"
+#include "moe/policy.h"
 #include "moe/config.h"
 #include "noise.h"
 #include "results.h"
@@ -1646,6 +1648,46 @@ START_TEST(report_refuses_unsafe_plot_paths) {
 }
 END_TEST
 
+/* The command table: every command has a name, a handler, a summary and a
+ * usage; names are unique; moebench --help lists each; help text goes where
+ * it is asked.  The policy registry's roles: the reference is gpu-only and
+ * the paper's four are the headline's, in order; a plugin plays none.  The
+ * shared flag specs keep one bound per flag. */
+START_TEST(command_table_roles_and_flags) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  ck_assert_ptr_nonnull(f);
+  moebench_usage(f);
+  fclose(f);
+  for (size_t i = 0; i < moebench_n_commands; i++) {
+    const moebench_command *c = &moebench_commands[i];
+    ck_assert(c->name && c->run && c->summary && c->usage);
+    ck_assert_ptr_eq(moebench_command_find(c->name), c);
+    char line[64];
+    snprintf(line, sizeof line, "  %s ", c->name);
+    ck_assert_msg(strstr(buf, line) != NULL, "--help lacks %s", c->name);
+    for (size_t j = 0; j < i; j++) ck_assert_str_ne(c->name, moebench_commands[j].name);
+  }
+  free(buf);
+  ck_assert_ptr_null(moebench_command_find("frobnicate"));
+  ck_assert_str_eq(moe_policy_reference()->name, "gpu-only");
+  const moe_policy *four[4];
+  ck_assert_uint_eq(moe_policy_paper_baselines(four, 4), 4);
+  static const char *const want[] = {"gpu-only", "ondemand", "prefetch-all", "pregated"};
+  for (int i = 0; i < 4; i++) ck_assert_str_eq(four[i]->name, want[i]);
+  ck_assert(moe_policy_has_role(moe_policy_find("pregated"), MOE_POLICY_ROLE_PREGATED));
+  ck_assert(!moe_policy_has_role(moe_policy_find("pregated-spec"), MOE_POLICY_ROLE_PAPER));
+  ck_assert_ptr_eq(moe_policy_with_role(MOE_POLICY_ROLE_ONDEMAND), moe_policy_find("ondemand"));
+  long v = 0;
+  ck_assert(!flag_long(FLAG_GEN_LEN, "1", &v) && flag_long(FLAG_GEN_LEN, "2", &v) && v == 2);
+  ck_assert(!flag_long(FLAG_BATCH, "4097", &v));
+  double x = 0;
+  ck_assert(!flag_double(FLAG_LINK_RATIO, "0", &x) && flag_double(FLAG_LINK_RATIO, "0.72", &x));
+  for (int i = 0; i < FLAG_COUNT; i++) ck_assert_ptr_nonnull(flag_spec_of((flag_id)i)->name);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness");
   TCase *tc = tcase_create("harness");
@@ -1679,6 +1721,7 @@ int main(void) {
   tcase_add_test(tc, hardware_profiles_and_plan);
   tcase_add_test(tc, timeline_draws_a_forward);
   tcase_add_test(tc, sweep_resume_and_report);
+  tcase_add_test(tc, command_table_roles_and_flags);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -14,21 +14,55 @@ extern const moe_policy moe_policy_prefetch_all;
 extern const moe_policy moe_policy_pregated;
 extern const moe_policy moe_policy_pregated_spec;
 
-static const moe_policy *const k_policies[] = {
-    &moe_policy_gpu_only,
-    &moe_policy_ondemand,
-    &moe_policy_prefetch_all,
-    &moe_policy_pregated,
-    &moe_policy_pregated_spec,
+/* The registry: each built-in with the roles it plays (moe_policy_role);
+ * the paper's four are listed in the headline's order. */
+static const struct {
+  const moe_policy *policy;
+  unsigned roles;
+} k_registry[] = {
+    {&moe_policy_gpu_only, MOE_POLICY_ROLE_REFERENCE | MOE_POLICY_ROLE_PAPER},
+    {&moe_policy_ondemand, MOE_POLICY_ROLE_ONDEMAND | MOE_POLICY_ROLE_PAPER},
+    {&moe_policy_prefetch_all, MOE_POLICY_ROLE_PREFETCH_ALL | MOE_POLICY_ROLE_PAPER},
+    {&moe_policy_pregated, MOE_POLICY_ROLE_PREGATED | MOE_POLICY_ROLE_PAPER},
+    {&moe_policy_pregated_spec, 0},
 };
 
-size_t moe_policy_count(void) { return sizeof k_policies / sizeof k_policies[0]; }
+static const moe_policy *builtin(size_t i) { return k_registry[i].policy; }
 
-const moe_policy *moe_policy_at(size_t i) { return i < moe_policy_count() ? k_policies[i] : NULL; }
+size_t moe_policy_count(void) { return sizeof k_registry / sizeof k_registry[0]; }
+
+const moe_policy *moe_policy_at(size_t i) { return i < moe_policy_count() ? builtin(i) : NULL; }
+
+const moe_policy *moe_policy_with_role(moe_policy_role role) {
+  for (size_t i = 0; i < moe_policy_count(); i++)
+    if (k_registry[i].roles & (unsigned)role) return builtin(i);
+  return NULL;
+}
+
+const moe_policy *moe_policy_reference(void) {
+  return moe_policy_with_role(MOE_POLICY_ROLE_REFERENCE);
+}
+
+int moe_policy_has_role(const moe_policy *p, moe_policy_role role) {
+  for (size_t i = 0; p && i < moe_policy_count(); i++)
+    if (builtin(i) == p || strcmp(builtin(i)->name, p->name) == 0)
+      return (k_registry[i].roles & (unsigned)role) != 0;
+  return 0;
+}
+
+size_t moe_policy_paper_baselines(const moe_policy **out, size_t cap) {
+  size_t n = 0;
+  for (size_t i = 0; i < moe_policy_count(); i++)
+    if (k_registry[i].roles & MOE_POLICY_ROLE_PAPER) {
+      if (n < cap) out[n] = builtin(i);
+      n++;
+    }
+  return n;
+}
 
 const moe_policy *moe_policy_find(const char *name) {
   for (size_t i = 0; i < moe_policy_count(); i++)
-    if (strcmp(k_policies[i]->name, name) == 0) return k_policies[i];
+    if (strcmp(builtin(i)->name, name) == 0) return builtin(i);
   return NULL;
 }
 
@@ -54,11 +88,11 @@ moe_status moe_policy_validate(const moe_policy *p, moe_error *err) {
     return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s' lacks the required method 'plan'", name);
   if (p->create != NULL && p->destroy == NULL)
     return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s' has 'create' but no 'destroy'", name);
-  if (p->struct_size >= offsetof(moe_policy, default_routing) + sizeof p->default_routing &&
+  if (p->struct_size >= MOE_POLICY_SIZE_1_1 &&
       p->default_routing > MOE_POLICY_ROUTING_PREGATED)
     return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s' has an unknown default_routing %u", name,
                     p->default_routing);
-  if (p->struct_size >= offsetof(moe_policy, predict_first_block) + sizeof p->predict_first_block &&
+  if (p->struct_size >= MOE_POLICY_SIZE_1_2 &&
       p->predict_first_block > 1)
     return MOE_FAIL(err, MOE_ERR_INVALID, "policy '%s': predict_first_block must be 0 or 1", name);
   return MOE_OK;
@@ -73,12 +107,12 @@ void moe_policy_normalize(const moe_policy *p, moe_policy *out) {
 
 moe_status moe_policy_registry_check(moe_error *err) {
   for (size_t i = 0; i < moe_policy_count(); i++) {
-    moe_status st = moe_policy_validate(k_policies[i], err);
+    moe_status st = moe_policy_validate(builtin(i), err);
     if (st != MOE_OK) return st;
     for (size_t j = 0; j < i; j++)
-      if (strcmp(k_policies[i]->name, k_policies[j]->name) == 0)
+      if (strcmp(builtin(i)->name, builtin(j)->name) == 0)
         return MOE_FAIL(err, MOE_ERR_INTERNAL, "two built-in policies are named '%s'",
-                        k_policies[i]->name);
+                        builtin(i)->name);
   }
   return MOE_OK;
 }

@@ -46,8 +46,10 @@ typedef struct moe_policy_env {
   size_t slot_budget;    /* device bytes left for expert slots after every
                             other engine buffer; a plan may exceed it, the
                             run then ends as OOM */
-  int lookahead;         /* since 1.2: a block's prediction is for the
-                            lookahead-th MoE block after it (1 = the next) */
+  int lookahead;         /* since ABI 1.2: a block's prediction is for the
+                            lookahead-th MoE block after it (1 = the next);
+                            the engine always fills it; a policy built
+                            against an older header just does not read it */
 } moe_policy_env;
 
 typedef struct moe_policy_plan {
@@ -113,11 +115,13 @@ typedef struct moe_policy {
   /* Optional: at the end of every layer. */
   moe_status (*layer_end)(void *state, moe_policy_ctx *ctx, int layer, moe_error *err);
 
-  /* ---- since ABI 1.1 */
+  /* ---- since ABI 1.1 (MOE_POLICY_SIZE_1_1; absent in older tables) */
   /* The routing the policy is meant for when the user names none:
    * MOE_POLICY_ROUTING_CONVENTIONAL (0, also what an older table gets) or
    * MOE_POLICY_ROUTING_PREGATED (the pre-gate's choice is the routing). */
   uint32_t default_routing;
+  /* ---- since ABI 1.2 (MOE_POLICY_SIZE_1_2; absent in older tables; the
+   * same version gave moe_policy_env its lookahead) */
   /* 1: before the first MoE block's attention, the engine applies that
    * block's router to the layer input and calls experts_predicted for it,
    * so its copies can overlap the attention (no block precedes it to
@@ -132,11 +136,48 @@ typedef struct moe_policy {
 /* The size of a table built against the first header of major version 1:
  * everything up to and including layer_end. */
 #define MOE_POLICY_SIZE_1_0 (offsetof(moe_policy, layer_end) + sizeof(void (*)(void)))
+/* The size of a table built against the ABI 1.1 header: up to and
+ * including default_routing. */
+#define MOE_POLICY_SIZE_1_1 (offsetof(moe_policy, default_routing) + sizeof(uint32_t))
+/* The size of a table built against the ABI 1.2 header (this one): up to
+ * and including predict_first_block. */
+#define MOE_POLICY_SIZE_1_2 (offsetof(moe_policy, predict_first_block) + sizeof(uint32_t))
 
 /* The built-in policies. */
 size_t moe_policy_count(void);
 const moe_policy *moe_policy_at(size_t i);
 const moe_policy *moe_policy_find(const char *name);
+
+/* Roles a built-in policy plays in comparisons, asked of the registry so
+ * that no tool spells a policy's name to mean its role.  Roles belong to
+ * the registry, not to the table: a plugin has none. */
+typedef enum moe_policy_role {
+  /* every expert resident, nothing copied during a run: the parity
+   * reference whose tokens and logits the others are checked against
+   * (gpu-only) */
+  MOE_POLICY_ROLE_REFERENCE = 1u << 0,
+  /* an expert copied when its router picks it (ondemand: the paper's
+   * CPU-offload baseline) */
+  MOE_POLICY_ROLE_ONDEMAND = 1u << 1,
+  /* every expert of the next block copied ahead (prefetch-all) */
+  MOE_POLICY_ROLE_PREFETCH_ALL = 1u << 2,
+  /* the pre-gate's prediction copied ahead (pregated: the paper's design) */
+  MOE_POLICY_ROLE_PREGATED = 1u << 3,
+  /* one of the paper's four policies in the headline comparison */
+  MOE_POLICY_ROLE_PAPER = 1u << 4,
+} moe_policy_role;
+
+/* The built-in policy that plays `role` (exactly one does for each role
+ * but MOE_POLICY_ROLE_PAPER, which asks for the first of four), or NULL. */
+const moe_policy *moe_policy_with_role(moe_policy_role role);
+/* The parity reference: moe_policy_with_role(MOE_POLICY_ROLE_REFERENCE). */
+const moe_policy *moe_policy_reference(void);
+/* Whether p (a built-in; a plugin plays no role) plays role. */
+int moe_policy_has_role(const moe_policy *p, moe_policy_role role);
+/* The paper's four policies in the headline's order (reference, ondemand,
+ * prefetch-all, pregated) into out[0..cap); returns how many there are
+ * (4), also when cap is smaller. */
+size_t moe_policy_paper_baselines(const moe_policy **out, size_t cap);
 
 /* Checks a table: version, size, name, required methods.  A wrong ABI
  * version is refused with both numbers in the message; so is a table

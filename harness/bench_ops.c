@@ -19,6 +19,7 @@
 
 #include "moe/clock.h"
 #include "cli.h"
+#include "flags.h"
 #include "commands.h"
 #include "moe/backend.h"
 #include "moe/model.h"
@@ -474,6 +475,46 @@ static int bench_paths(const char *preset, int max_threads, int steps, int reps)
   return rc;
 }
 
+void bench_ops_usage(FILE *f) {
+  fprintf(f, "usage: moebench bench-ops [options]\n\n"
+          "Benchmarks of the cpu backend, measured side by side in one run:\n"
+          "gemm overhead of the engine's matmul path vs direct cblas_sgemm; memcpy and\n"
+          "read-only stream bandwidth at 1 and N threads; then the preset in f32, f16 and\n"
+          "bf16 at 1 and N threads: batch-1 decode as achieved weight-read bandwidth\n"
+          "against the read floor, prefill of 64 and 256 tokens as GFLOP/s against sgemm.\n\n"
+          "  --preset NAME   model for the decode benchmark (default bench-decode)\n"
+          "  --reps N        repetitions per gemm/memory figure (default 9)\n"
+          "  --gen-len N     generated tokens, N - 1 of them timed decode steps (default 17)\n"
+          "  --threads N     the second thread count of the table (default 2)\n"
+          "  --skip-decode   only the gemm and memory parts\n"
+          "  --paths N       only the product paths' A/B: decode of the preset in each\n"
+          "                  dtype on the portable and the fused path, N interleaved\n"
+          "                  runs each, at 1 and N threads (needs a CPU with the fused\n"
+          "                  path)\n"
+          "  -h, --help      this text\n");
+}
+
+/* bench-ops' options. */
+typedef struct bo_opts {
+  const char *preset;
+  long reps, steps, threads, path_reps; /* steps: generated tokens, the first from the prefill */
+  bool skip_decode;
+} bo_opts;
+
+/* One flag into a bo_opts (flags_getopt). */
+static int bo_take(void *ctx, int c, const char *arg) {
+  bo_opts *o = ctx;
+  switch (c) {
+    case 'p': o->preset = arg; return 0;
+    case 'r': return flag_long(FLAG_REPS, arg, &o->reps) ? 0 : -1;
+    case 's': return flag_long(FLAG_GEN_LEN, arg, &o->steps) ? 0 : -1;
+    case 't': return flag_long(FLAG_THREADS, arg, &o->threads) ? 0 : -1;
+    case 'D': o->skip_decode = true; return 0;
+    case 'P': return flag_long(FLAG_PATHS, arg, &o->path_reps) ? 0 : -1;
+    default: return -1;
+  }
+}
+
 int cmd_bench_ops(int argc, char **argv) {
   static const struct option opts[] = {{"preset", required_argument, 0, 'p'},
                                        {"reps", required_argument, 0, 'r'},
@@ -483,53 +524,12 @@ int cmd_bench_ops(int argc, char **argv) {
                                        {"paths", required_argument, 0, 'P'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  const char *preset = "bench-decode";
-  long reps = 9, steps = 16, threads = 2;
-  long path_reps = 0;
-  bool skip_decode = false;
-  optind = 1;
-  opterr = 0;
-  int c;
-  int idx = -1;
-  while ((idx = -1, c = getopt_long(argc, argv, "h", opts, &idx)) != -1) {
-    bool ok = true;
-    switch (c) {
-      case 'p': preset = optarg; break;
-      case 'r': ok = cli_parse_int(optarg, 1, 1000, &reps); break;
-      case 's': /* generated tokens; the first comes from the prefill */
-        ok = cli_parse_int(optarg, 2, 100001, &steps);
-        steps--;
-        break;
-      case 't': ok = cli_parse_int(optarg, 1, 1024, &threads); break;
-      case 'D': skip_decode = true; break;
-      case 'P': ok = cli_parse_int(optarg, 1, 1000, &path_reps); break;
-      case 'h':
-        printf("usage: moebench bench-ops [options]\n\n"
-               "Benchmarks of the cpu backend, measured side by side in one run:\n"
-               "gemm overhead of the engine's matmul path vs direct cblas_sgemm; memcpy and\n"
-               "read-only stream bandwidth at 1 and N threads; then the preset in f32, f16 and\n"
-               "bf16 at 1 and N threads: batch-1 decode as achieved weight-read bandwidth\n"
-               "against the read floor, prefill of 64 and 256 tokens as GFLOP/s against sgemm.\n\n"
-               "  --preset NAME   model for the decode benchmark (default bench-decode)\n"
-               "  --reps N        repetitions per gemm/memory figure (default 9)\n"
-               "  --gen-len N     generated tokens, N - 1 of them timed decode steps (default 17)\n"
-               "  --threads N     the second thread count of the table (default 2)\n"
-               "  --skip-decode   only the gemm and memory parts\n"
-               "  --paths N       only the product paths' A/B: decode of the preset in each\n"
-               "                  dtype on the portable and the fused path, N interleaved\n"
-               "                  runs each, at 1 and N threads (needs a CPU with the fused\n"
-               "                  path)\n"
-               "  -h, --help      this text\n");
-        return 0;
-      default:
-        cli_error("bench-ops: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
-        return 2;
-    }
-    if (!ok) {
-      cli_bad_value("bench-ops", opts, idx, c, optarg);
-      return 2;
-    }
-  }
+  bo_opts o = {.preset = "bench-decode", .reps = 9, .steps = 16, .threads = 2};
+  const int prc = flags_getopt("bench-ops", argc, argv, "h", opts, bo_take, &o, bench_ops_usage);
+  if (prc >= 0) return prc;
+  const char *preset = o.preset;
+  const long reps = o.reps, steps = o.steps - 1, threads = o.threads, path_reps = o.path_reps;
+  const bool skip_decode = o.skip_decode;
   if (path_reps > 0) return bench_paths(preset, (int)threads, (int)steps, (int)path_reps);
   moe_error err = {0};
   moe_device *dev = NULL;

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "flags.h"
 #include "commands.h"
 #include "moe/jsonfile.h"
 #include "moe/publish.h"
@@ -41,7 +42,7 @@ typedef struct eval_figures {
   int windows, len;
 } eval_figures;
 
-static void eval_usage(FILE *f) {
+void eval_usage(FILE *f) {
   fprintf(f,
           "usage: moebench eval (--model-dir DIR | --preset NAME) --tokens FILE [options]\n"
           "       moebench eval --suite FILE [-o PREFIX]\n"
@@ -218,6 +219,67 @@ done:
   return rc;
 }
 
+/* Row i of an eval suite's 'rows' (r) into *row.  0, or 1 after printing why. */
+static int eval_row_of(json_t *r, const char *path, size_t i, eval_row *row) {
+  static const char *const row_keys[] = {"label", "model_dir", "preset", "policy", "routing", NULL};
+  moe_error err = {0};
+  char origin[1200];
+  snprintf(origin, sizeof origin, "%s: rows[%zu]", path, i);
+  if (!json_is_object(r) || cli_check_keys(r, row_keys, origin, &err) != MOE_OK) {
+    if (err.status == MOE_OK) cli_error("%s: must be an object", origin);
+    else cli_fail(&err);
+    return 1;
+  }
+  json_t *lab = json_object_get(r, "label"), *md = json_object_get(r, "model_dir"),
+         *pr = json_object_get(r, "preset"), *po = json_object_get(r, "policy"),
+         *ro = json_object_get(r, "routing");
+  if (!json_is_string(lab) || (md == NULL) == (pr == NULL) || (md && !json_is_string(md)) ||
+      (pr && !json_is_string(pr)) || (po && !json_is_string(po)) || (ro && !json_is_string(ro))) {
+    cli_error("%s: needs a 'label' and exactly one of 'model_dir' or 'preset' (strings)", origin);
+    return 1;
+  }
+  snprintf(row->label, sizeof row->label, "%s", json_string_value(lab));
+  const char *mv = json_string_value(md ? md : pr);
+  if (md && mv[0] != '/')
+    snprintf(row->model, sizeof row->model, "%s/%s", MOE_SOURCE_DIR, mv);
+  else
+    snprintf(row->model, sizeof row->model, "%s", mv);
+  snprintf(row->policy, sizeof row->policy, "%s",
+           po ? json_string_value(po) : moe_policy_reference()->name);
+  if (ro) {
+    if (moe_routing_parse(json_string_value(ro), &row->routing) != 0) {
+      cli_error("%s: routing '%s' is not conventional or pregated", origin, json_string_value(ro));
+      return 1;
+    }
+    row->have_routing = true;
+  }
+  return 0;
+}
+
+/* Evaluates the rows and prints a line each (the first is the others'
+ * reference).  0, or 1 after printing why. */
+static int eval_rows_run(const eval_row *rows, eval_figures *figs, int n_rows, const char *path,
+                         const int32_t *windows, int n_windows, int len, int batch,
+                         const char *backend, int threads) {
+  moe_error err = {0};
+  print_header();
+  for (int k = 0; k < n_rows; k++) {
+    if (eval_one(&rows[k], windows, n_windows, len, batch, backend, threads, &figs[k], &err) != MOE_OK) {
+      char msg[600];
+      cli_error("%s: row '%s': %s", path, rows[k].label, cli_error_text(&err, msg, sizeof msg));
+      return 1;
+    }
+    /* show the directory as given in the file, not the resolved path */
+    eval_row shown = rows[k];
+    const char *src = MOE_SOURCE_DIR "/";
+    if (strncmp(shown.model, src, strlen(src)) == 0)
+      memmove(shown.model, shown.model + strlen(src), strlen(shown.model + strlen(src)) + 1);
+    print_row(&shown, &figs[k], k ? &figs[0] : NULL);
+    fflush(stdout);
+  }
+  return 0;
+}
+
 static int eval_suite(const char *path, const char *prefix, const char *backend, int threads,
                       int batch) {
   moe_error err = {0};
@@ -228,7 +290,6 @@ static int eval_suite(const char *path, const char *prefix, const char *backend,
   eval_row *rows = calloc(EVAL_MAX_ROWS, sizeof *rows);
   eval_figures *figs = calloc(EVAL_MAX_ROWS, sizeof *figs);
   static const char *const keys[] = {"name", "description", "tokens", "windows", "rows", NULL};
-  static const char *const row_keys[] = {"label", "model_dir", "preset", "policy", "routing", NULL};
   if (rows == NULL || figs == NULL) {
     cli_error("%s: out of memory", path);
     goto done;
@@ -242,9 +303,9 @@ static int eval_suite(const char *path, const char *prefix, const char *backend,
          *jw = json_object_get(root, "windows");
   if (!json_is_string(tok) || !json_is_array(jr) || json_array_size(jr) == 0 ||
       json_array_size(jr) > EVAL_MAX_ROWS || (jw && (!json_is_integer(jw) || json_integer_value(jw) < 1 ||
-                                                     json_integer_value(jw) > (1 << 24)))) {
+                                                     json_integer_value(jw) > FLAG_MAX_WINDOWS))) {
     cli_error("%s: needs 'tokens' (a path), 'rows' (1..%d objects) and optionally 'windows' (an "
-              "integer in 1..%d)", path, EVAL_MAX_ROWS, 1 << 24);
+              "integer in 1..%d)", path, EVAL_MAX_ROWS, FLAG_MAX_WINDOWS);
     goto done;
   }
   /* paths in the file are relative to the source tree, as suites' */
@@ -256,53 +317,11 @@ static int eval_suite(const char *path, const char *prefix, const char *backend,
   size_t i;
   json_t *r;
   json_array_foreach(jr, i, r) {
-    eval_row *row = &rows[i];
-    char origin[1200];
-    snprintf(origin, sizeof origin, "%s: rows[%zu]", path, i);
-    if (!json_is_object(r) || cli_check_keys(r, row_keys, origin, &err) != MOE_OK) {
-      if (err.status == MOE_OK) cli_error("%s: must be an object", origin);
-      else cli_fail(&err);
-      goto done;
-    }
-    json_t *lab = json_object_get(r, "label"), *md = json_object_get(r, "model_dir"),
-           *pr = json_object_get(r, "preset"), *po = json_object_get(r, "policy"),
-           *ro = json_object_get(r, "routing");
-    if (!json_is_string(lab) || (md == NULL) == (pr == NULL) || (md && !json_is_string(md)) ||
-        (pr && !json_is_string(pr)) || (po && !json_is_string(po)) || (ro && !json_is_string(ro))) {
-      cli_error("%s: needs a 'label' and exactly one of 'model_dir' or 'preset' (strings)", origin);
-      goto done;
-    }
-    snprintf(row->label, sizeof row->label, "%s", json_string_value(lab));
-    const char *mv = json_string_value(md ? md : pr);
-    if (md && mv[0] != '/')
-      snprintf(row->model, sizeof row->model, "%s/%s", MOE_SOURCE_DIR, mv);
-    else
-      snprintf(row->model, sizeof row->model, "%s", mv);
-    snprintf(row->policy, sizeof row->policy, "%s", po ? json_string_value(po) : "gpu-only");
-    if (ro) {
-      if (moe_routing_parse(json_string_value(ro), &row->routing) != 0) {
-        cli_error("%s: routing '%s' is not conventional or pregated", origin, json_string_value(ro));
-        goto done;
-      }
-      row->have_routing = true;
-    }
+    if (eval_row_of(r, path, i, &rows[i]) != 0) goto done;
     n_rows++;
   }
-  print_header();
-  for (int k = 0; k < n_rows; k++) {
-    if (eval_one(&rows[k], windows, n_windows, len, batch, backend, threads, &figs[k], &err) != MOE_OK) {
-      char msg[600];
-      cli_error("%s: row '%s': %s", path, rows[k].label, cli_error_text(&err, msg, sizeof msg));
-      goto done;
-    }
-    /* show the directory as given in the file, not the resolved path */
-    eval_row shown = rows[k];
-    const char *src = MOE_SOURCE_DIR "/";
-    if (strncmp(shown.model, src, strlen(src)) == 0)
-      memmove(shown.model, shown.model + strlen(src), strlen(shown.model + strlen(src)) + 1);
-    print_row(&shown, &figs[k], k ? &figs[0] : NULL);
-    fflush(stdout);
-  }
+  if (eval_rows_run(rows, figs, n_rows, path, windows, n_windows, len, batch, backend, threads) != 0)
+    goto done;
   printf("\n%d windows of %d tokens from %s (%llu predicted tokens per row); cross-entropy, "
          "perplexity and accuracy measured by the engine on the cpu backend.\n",
          n_windows, len, t, figs[0].r.tokens);
@@ -316,70 +335,9 @@ done:
   return rc;
 }
 
-int cmd_eval(int argc, char **argv) {
-  enum { O_MODEL = 256, O_PRESET, O_TOKENS, O_WINDOWS, O_BATCH, O_POLICY, O_ROUTING, O_BACKEND,
-         O_THREADS, O_SUITE };
-  static const struct option opts[] = {
-      {"model-dir", required_argument, 0, O_MODEL}, {"preset", required_argument, 0, O_PRESET},
-      {"tokens", required_argument, 0, O_TOKENS},   {"windows", required_argument, 0, O_WINDOWS},
-      {"batch", required_argument, 0, O_BATCH},     {"policy", required_argument, 0, O_POLICY},
-      {"routing", required_argument, 0, O_ROUTING}, {"backend", required_argument, 0, O_BACKEND},
-      {"threads", required_argument, 0, O_THREADS}, {"suite", required_argument, 0, O_SUITE},
-      {"help", no_argument, 0, 'h'},                {0, 0, 0, 0}};
-  eval_row row = {.label = "eval"};
-  snprintf(row.policy, sizeof row.policy, "gpu-only");
-  const char *model_dir = NULL, *preset = NULL, *tokens = NULL, *backend = "cpu", *suite = NULL,
-             *prefix = NULL;
-  long windows = 0, batch = 8, threads = 1;
-  optind = 1;
-  opterr = 0;
-  int c;
-  while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
-    bool ok = true;
-    switch (c) {
-      case O_MODEL: ok = optarg[0] != '\0'; model_dir = cli_model_dir_arg(optarg); break;
-      case O_PRESET: ok = optarg[0] != '\0'; preset = optarg; break;
-      case O_TOKENS: ok = optarg[0] != '\0'; tokens = optarg; break;
-      case O_WINDOWS: ok = cli_parse_int(optarg, 1, 1 << 24, &windows); break;
-      case O_BATCH: ok = cli_parse_int(optarg, 1, 4096, &batch); break;
-      case O_POLICY:
-        ok = optarg[0] != '\0' && strlen(optarg) < sizeof row.policy;
-        if (ok) snprintf(row.policy, sizeof row.policy, "%s", optarg);
-        break;
-      case O_ROUTING: ok = moe_routing_parse(optarg, &row.routing) == 0; row.have_routing = true; break;
-      case O_BACKEND: ok = optarg[0] != '\0'; backend = optarg; break;
-      case O_THREADS: ok = cli_parse_int(optarg, 1, 256, &threads); break;
-      case O_SUITE: ok = optarg[0] != '\0'; suite = optarg; break;
-      case 'o': {
-        if (cli_check_prefix("eval", optarg) != 0) return 2; /* refused, never cut */
-        prefix = optarg;
-        break;
-      }
-      case 'h': eval_usage(stdout); return 0;
-      default:
-        cli_error("eval: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
-        return 2;
-    }
-    if (!ok) {
-      cli_bad_value("eval", opts, -1, c, optarg);
-      return 2;
-    }
-  }
-  if (optind < argc) {
-    cli_error("eval: unexpected argument '%s'", argv[optind]);
-    return 2;
-  }
-  if (moe_policy_find(row.policy) == NULL) {
-    cli_error("eval: unknown policy '%s' (see 'moebench list policies')", row.policy);
-    return 2;
-  }
-  if (suite) {
-    if (model_dir || preset || tokens) {
-      cli_error("eval: --suite names its own models and token file");
-      return 2;
-    }
-    return eval_suite(suite, prefix, backend, (int)threads, (int)batch);
-  }
+/* One model over a token file: a line of figures. */
+static int eval_single(eval_row *row, const char *model_dir, const char *preset, const char *tokens,
+                       long windows, int batch, const char *backend, int threads) {
   if ((model_dir == NULL) == (preset == NULL) || tokens == NULL) {
     cli_error("eval: give --tokens and exactly one of --model-dir or --preset (see --help)");
     return 2;
@@ -389,17 +347,89 @@ int cmd_eval(int argc, char **argv) {
     cli_error("eval: the sim backend computes no logits (it models time); evaluate on cpu or cuda");
     return 2;
   }
-  snprintf(row.model, sizeof row.model, "%s", model_dir ? model_dir : preset);
+  snprintf(row->model, sizeof row->model, "%s", model_dir ? model_dir : preset);
   int32_t *w = NULL;
   int n = 0, len = 0;
   if (read_windows(tokens, windows, &w, &n, &len) != 0) return 1;
   eval_figures f;
   moe_error err = {0};
-  moe_status st = eval_one(&row, w, n, len, (int)batch, backend, (int)threads, &f, &err);
+  moe_status st = eval_one(row, w, n, len, batch, backend, threads, &f, &err);
   free(w);
   if (st != MOE_OK) return cli_fail(&err);
   print_header();
-  print_row(&row, &f, NULL);
+  print_row(row, &f, NULL);
   printf("\n%d windows of %d tokens (%llu predicted); measured by the engine.\n", n, len, f.r.tokens);
   return 0;
+}
+
+/* eval's long options without a short letter. */
+enum { O_MODEL = 256, O_PRESET, O_TOKENS, O_WINDOWS, O_BATCH, O_POLICY, O_ROUTING, O_BACKEND,
+       O_THREADS, O_SUITE };
+
+/* eval's options. */
+typedef struct eval_opts {
+  eval_row row;
+  const char *model_dir, *preset, *tokens, *backend, *suite_file, *prefix;
+  long windows, batch, threads;
+} eval_opts;
+
+/* One flag into o (flags_getopt). */
+static int eval_take(void *ctx, int c, const char *arg) {
+  eval_opts *o = ctx;
+  switch (c) {
+    case O_MODEL: o->model_dir = cli_model_dir_arg(arg); return arg[0] ? 0 : -1;
+    case O_PRESET: return flag_text(&o->preset, arg);
+    case O_TOKENS: return flag_text(&o->tokens, arg);
+    case O_WINDOWS: return flag_long(FLAG_WINDOWS, arg, &o->windows) ? 0 : -1;
+    case O_BATCH: return flag_long(FLAG_BATCH, arg, &o->batch) ? 0 : -1;
+    case O_POLICY:
+      if (arg[0] == '\0' || strlen(arg) >= sizeof o->row.policy) return -1;
+      snprintf(o->row.policy, sizeof o->row.policy, "%s", arg);
+      return 0;
+    case O_ROUTING:
+      o->row.have_routing = true;
+      return moe_routing_parse(arg, &o->row.routing) == 0 ? 0 : -1;
+    case O_BACKEND: return flag_text(&o->backend, arg);
+    case O_THREADS: return flag_long(FLAG_THREADS, arg, &o->threads) ? 0 : -1;
+    case O_SUITE: return flag_text(&o->suite_file, arg);
+    case 'o':
+      if (cli_check_prefix("eval", arg) != 0) return 2; /* refused, never cut */
+      o->prefix = arg;
+      return 0;
+    default: return -1;
+  }
+}
+
+int cmd_eval(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"model-dir", required_argument, 0, O_MODEL}, {"preset", required_argument, 0, O_PRESET},
+      {"tokens", required_argument, 0, O_TOKENS},   {"windows", required_argument, 0, O_WINDOWS},
+      {"batch", required_argument, 0, O_BATCH},     {"policy", required_argument, 0, O_POLICY},
+      {"routing", required_argument, 0, O_ROUTING}, {"backend", required_argument, 0, O_BACKEND},
+      {"threads", required_argument, 0, O_THREADS}, {"suite", required_argument, 0, O_SUITE},
+      {"help", no_argument, 0, 'h'},                {0, 0, 0, 0}};
+  eval_opts o = {.row = {.label = "eval"}, .backend = "cpu", .batch = 8, .threads = 1};
+  snprintf(o.row.policy, sizeof o.row.policy, "%s", moe_policy_reference()->name);
+  const int rc = flags_getopt("eval", argc, argv, "ho:", opts, eval_take, &o, eval_usage);
+  if (rc >= 0) return rc;
+  eval_row row = o.row;
+  const char *model_dir = o.model_dir, *preset = o.preset, *tokens = o.tokens,
+             *backend = o.backend, *suite_file = o.suite_file, *prefix = o.prefix;
+  const long windows = o.windows, batch = o.batch, threads = o.threads;
+  if (optind < argc) {
+    cli_error("eval: unexpected argument '%s'", argv[optind]);
+    return 2;
+  }
+  if (moe_policy_find(row.policy) == NULL) {
+    cli_error("eval: unknown policy '%s' (see 'moebench list policies')", row.policy);
+    return 2;
+  }
+  if (suite_file) {
+    if (model_dir || preset || tokens) {
+      cli_error("eval: --suite names its own models and token file");
+      return 2;
+    }
+    return eval_suite(suite_file, prefix, backend, (int)threads, (int)batch);
+  }
+  return eval_single(&row, model_dir, preset, tokens, windows, (int)batch, backend, (int)threads);
 }

@@ -7,6 +7,7 @@
 
 #include "moe/rng.h"
 #include "cli.h"
+#include "flags.h"
 #include "moe/trace.h"
 #include "suite.h"
 #include "commands.h"
@@ -14,7 +15,7 @@
 #include "moe/model.h"
 #include "moe/policy.h"
 
-static void generate_usage(FILE *f) {
+void generate_usage(FILE *f) {
   fprintf(f,
           "usage: moebench generate (--model-dir DIR | --preset NAME) [options]\n"
           "\n"
@@ -69,71 +70,8 @@ typedef struct gen_opts {
   long plen, batch, max_new, threads, lookahead;
 } gen_opts;
 
-/* Parses the flags; returns -1 to go on, else the exit code. */
-static int gen_parse(int argc, char **argv, gen_opts *o) {
-  enum { O_MODEL = 256, O_PRESET, O_SEED, O_DTYPE, O_SKEW, O_SAVE, O_IDS, O_PFILE, O_PLEN, O_PSEED,
-         O_BATCH, O_MAXNEW, O_BACKEND, O_THREADS, O_QUIET, O_POLICY, O_PLUGIN, O_ROUTING,
-         O_DEVMEM, O_LINK, O_TRACE, O_STACKS, O_LOOKAHEAD };
-  static const struct option opts[] = {
-      {"model-dir", required_argument, 0, O_MODEL},   {"preset", required_argument, 0, O_PRESET},
-      {"seed", required_argument, 0, O_SEED},         {"dtype", required_argument, 0, O_DTYPE},
-      {"routing-skew", required_argument, 0, O_SKEW}, {"save", required_argument, 0, O_SAVE},
-      {"prompt-ids", required_argument, 0, O_IDS},    {"prompt-file", required_argument, 0, O_PFILE},
-      {"prompt-len", required_argument, 0, O_PLEN},   {"prompt-seed", required_argument, 0, O_PSEED},
-      {"batch", required_argument, 0, O_BATCH},       {"gen-len", required_argument, 0, O_MAXNEW},
-      {"backend", required_argument, 0, O_BACKEND},   {"threads", required_argument, 0, O_THREADS},
-      {"quiet", no_argument, 0, O_QUIET},             {"policy", required_argument, 0, O_POLICY},
-      {"policy-plugin", required_argument, 0, O_PLUGIN}, {"routing", required_argument, 0, O_ROUTING},
-      {"device-mem", required_argument, 0, O_DEVMEM}, {"link-gbps", required_argument, 0, O_LINK},
-      {"trace", required_argument, 0, O_TRACE},
-      {"pregate-stacks", required_argument, 0, O_STACKS},
-      {"lookahead", required_argument, 0, O_LOOKAHEAD},
-      {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
-  *o = (gen_opts){.backend = "cpu", .routing = MOE_ROUTING_CONVENTIONAL, .prompt_seed = 1,
-                  .dtype = MOE_F32, .plen = 16, .max_new = 16, .threads = 1};
-  optind = 1;
-  opterr = 0;
-  int c;
-  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-    bool ok = true;
-    switch (c) {
-      case O_MODEL: o->model_dir = cli_model_dir_arg(optarg); break;
-      case O_PRESET: o->preset = optarg; break;
-      case O_SEED: ok = cli_parse_u64(optarg, &o->seed); o->have_seed = true; break;
-      case O_DTYPE: ok = moe_dtype_parse(optarg, &o->dtype) == 0; o->have_dtype = true; break;
-      case O_SKEW: ok = cli_parse_double(optarg, &o->skew) && o->skew >= 0; o->have_skew = true; break;
-      case O_SAVE: ok = optarg[0] != '\0'; o->save = optarg; break;
-      case O_IDS: o->ids_arg = optarg; break;
-      case O_PFILE: ok = optarg[0] != '\0'; o->pfile = optarg; break;
-      case O_PLEN: ok = cli_parse_int(optarg, 1, SUITE_MAX_LEN, &o->plen); break;
-      case O_PSEED: ok = cli_parse_u64(optarg, &o->prompt_seed); break;
-      case O_BATCH: ok = cli_parse_int(optarg, 1, SUITE_MAX_BATCH, &o->batch); break;
-      case O_MAXNEW: ok = cli_parse_int(optarg, 1, SUITE_MAX_LEN, &o->max_new); break;
-      case O_BACKEND: ok = optarg[0] != '\0'; o->backend = optarg; break;
-      case O_THREADS: ok = cli_parse_int(optarg, 1, SUITE_MAX_THREADS, &o->threads); break;
-      case O_QUIET: o->quiet = true; break;
-      case O_POLICY: ok = optarg[0] != '\0'; o->policy_name = optarg; break;
-      case O_PLUGIN: ok = optarg[0] != '\0'; o->plugin_path = optarg; break;
-      case O_ROUTING: ok = moe_routing_parse(optarg, &o->routing) == 0; o->have_routing = true; break;
-      case O_DEVMEM: ok = cli_parse_bytes(optarg, &o->device_mem) && o->device_mem > 0; break;
-      case O_LINK: ok = cli_parse_link(optarg, &o->link_gbps); break;
-      case O_TRACE: ok = optarg[0] != '\0'; o->trace = optarg; break;
-      case O_STACKS: ok = moe_pregate_stacks_parse(optarg, &o->stacks) == 0; break;
-      case O_LOOKAHEAD: ok = cli_parse_int(optarg, 1, MOE_MAX_LOOKAHEAD, &o->lookahead); break;
-      case 'h': generate_usage(stdout); return 0;
-      default:
-        cli_error("generate: unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
-        return 2;
-    }
-    if (!ok) {
-      cli_bad_value("generate", opts, -1, c, optarg);
-      return 2;
-    }
-  }
-  if (optind < argc) {
-    cli_error("generate: unexpected argument '%s'", argv[optind]);
-    return 2;
-  }
+/* The flags together; -1 to go on, else the exit code. */
+static int gen_check(const gen_opts *o) {
   if ((o->model_dir == NULL) == (o->preset == NULL)) {
     cli_error("generate: give exactly one of --model-dir or --preset");
     return 2;
@@ -153,6 +91,70 @@ static int gen_parse(int argc, char **argv, gen_opts *o) {
     return 2;
   }
   return -1;
+}
+
+/* generate's long options without a short letter. */
+enum { O_MODEL = 256, O_PRESET, O_SEED, O_DTYPE, O_SKEW, O_SAVE, O_IDS, O_PFILE, O_PLEN, O_PSEED,
+       O_BATCH, O_MAXNEW, O_BACKEND, O_THREADS, O_QUIET, O_POLICY, O_PLUGIN, O_ROUTING,
+       O_DEVMEM, O_LINK, O_TRACE, O_STACKS, O_LOOKAHEAD };
+
+/* One flag's value into o (flags_getopt). */
+static int gen_take(void *ctx, int c, const char *arg) {
+  gen_opts *o = ctx;
+  switch (c) {
+    case O_MODEL: o->model_dir = cli_model_dir_arg(arg); return 0;
+    case O_PRESET: o->preset = arg; return 0;
+    case O_SEED: o->have_seed = true; return flag_u64(FLAG_SEED, arg, &o->seed) ? 0 : -1;
+    case O_DTYPE: o->have_dtype = true; return moe_dtype_parse(arg, &o->dtype) == 0 ? 0 : -1;
+    case O_SKEW: o->have_skew = true; return flag_double(FLAG_SKEW, arg, &o->skew) ? 0 : -1;
+    case O_SAVE: return flag_text(&o->save, arg);
+    case O_IDS: o->ids_arg = arg; return 0;
+    case O_PFILE: return flag_text(&o->pfile, arg);
+    case O_PLEN: return flag_long(FLAG_PROMPT_LEN, arg, &o->plen) ? 0 : -1;
+    case O_PSEED: return flag_u64(FLAG_PROMPT_SEED, arg, &o->prompt_seed) ? 0 : -1;
+    case O_BATCH: return flag_long(FLAG_BATCH, arg, &o->batch) ? 0 : -1;
+    case O_MAXNEW: return flag_long(FLAG_GEN_LEN, arg, &o->max_new) ? 0 : -1;
+    case O_BACKEND: return flag_text(&o->backend, arg);
+    case O_THREADS: return flag_long(FLAG_THREADS, arg, &o->threads) ? 0 : -1;
+    case O_QUIET: o->quiet = true; return 0;
+    case O_POLICY: return flag_text(&o->policy_name, arg);
+    case O_PLUGIN: return flag_text(&o->plugin_path, arg);
+    case O_ROUTING: o->have_routing = true; return moe_routing_parse(arg, &o->routing) == 0 ? 0 : -1;
+    case O_DEVMEM: return flag_size(FLAG_DEVICE_MEM, arg, &o->device_mem) ? 0 : -1;
+    case O_LINK: return flag_double(FLAG_LINK_GBPS, arg, &o->link_gbps) ? 0 : -1;
+    case O_TRACE: return flag_text(&o->trace, arg);
+    case O_STACKS: return moe_pregate_stacks_parse(arg, &o->stacks) == 0 ? 0 : -1;
+    case O_LOOKAHEAD: return flag_long(FLAG_LOOKAHEAD, arg, &o->lookahead) ? 0 : -1;
+    default: return -1;
+  }
+}
+
+/* Parses the flags; returns -1 to go on, else the exit code. */
+static int gen_parse(int argc, char **argv, gen_opts *o) {
+  static const struct option opts[] = {
+      {"model-dir", required_argument, 0, O_MODEL},   {"preset", required_argument, 0, O_PRESET},
+      {"seed", required_argument, 0, O_SEED},         {"dtype", required_argument, 0, O_DTYPE},
+      {"routing-skew", required_argument, 0, O_SKEW}, {"save", required_argument, 0, O_SAVE},
+      {"prompt-ids", required_argument, 0, O_IDS},    {"prompt-file", required_argument, 0, O_PFILE},
+      {"prompt-len", required_argument, 0, O_PLEN},   {"prompt-seed", required_argument, 0, O_PSEED},
+      {"batch", required_argument, 0, O_BATCH},       {"gen-len", required_argument, 0, O_MAXNEW},
+      {"backend", required_argument, 0, O_BACKEND},   {"threads", required_argument, 0, O_THREADS},
+      {"quiet", no_argument, 0, O_QUIET},             {"policy", required_argument, 0, O_POLICY},
+      {"policy-plugin", required_argument, 0, O_PLUGIN}, {"routing", required_argument, 0, O_ROUTING},
+      {"device-mem", required_argument, 0, O_DEVMEM}, {"link-gbps", required_argument, 0, O_LINK},
+      {"trace", required_argument, 0, O_TRACE},
+      {"pregate-stacks", required_argument, 0, O_STACKS},
+      {"lookahead", required_argument, 0, O_LOOKAHEAD},
+      {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
+  *o = (gen_opts){.backend = "cpu", .routing = MOE_ROUTING_CONVENTIONAL, .prompt_seed = 1,
+                  .dtype = MOE_F32, .plen = 16, .max_new = 16, .threads = 1};
+  const int rc = flags_getopt("generate", argc, argv, "h", opts, gen_take, o, generate_usage);
+  if (rc >= 0) return rc;
+  if (optind < argc) {
+    cli_error("generate: unexpected argument '%s'", argv[optind]);
+    return 2;
+  }
+  return gen_check(o);
 }
 
 /* The model: a preset's synthetic one (flags override its dtype, seed and
@@ -260,7 +262,7 @@ int cmd_generate(int argc, char **argv) {
   gen_opts o;
   int rc = gen_parse(argc, argv, &o);
   if (rc >= 0) return rc;
-  const moe_policy *policy = moe_policy_find(o.policy_name ? o.policy_name : "gpu-only");
+  const moe_policy *policy = o.policy_name ? moe_policy_find(o.policy_name) : moe_policy_reference();
   if (policy == NULL) {
     cli_error("generate: unknown policy '%s' (see 'moebench list policies')", o.policy_name);
     return 2;

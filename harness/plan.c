@@ -1,0 +1,133 @@
+/* moebench plan: the engine's device-memory plan of a model under every
+ * policy, without running it (and without its weights: a table-only model,
+ * so paper-scale models plan on any machine), checked against a hardware
+ * profile's memory; plus, labelled modeled, the copy time of one expert
+ * over the profile's host link.
+ *
+ * Hardware profiles: workloads/hardware/NAME.json ($MOE_HARDWARE_DIR):
+ * memory, memory and host-link bandwidth, matmul rates, latencies, each
+ * figure with its source (moebench list hardware, list.c). */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "flags.h"
+#include "commands.h"
+#include "moe/cost.h"
+#include "moe/model.h"
+#include "moe/policy.h"
+#include "suite.h"
+
+static moe_status hw_profile_load(moe_hw_profile *p, const char *name, moe_error *err) {
+  char path[1200];
+  cli_hw_path(name, path, sizeof path);
+  return moe_hw_profile_load(p, path, err);
+}
+
+void plan_usage(FILE *f) {
+  fprintf(f, "usage: moebench plan (--preset NAME | --model-dir DIR) [--hardware NAME] [options]\n\n"
+          "The engine's device-memory plan of a model under every built-in policy, from\n"
+          "its shapes alone (no weights are made or read: paper-scale models plan on any\n"
+          "machine), against a hardware profile's memory; and, labelled modeled, one\n"
+          "expert's copy time over the profile's host link.\n\n"
+          "  --preset NAME       model preset\n"
+          "  --model-dir DIR     a checkpoint directory (its config.json and index)\n"
+          "  --hardware NAME     workloads/hardware/NAME.json ('moebench list hardware')\n"
+          "  --batch B           sequences (default 1)\n"
+          "  --prompt-len N      prompt (encoder input) tokens (default 256, the paper's)\n"
+          "  --gen-len N         generated tokens (default 256)\n"
+          "  -h, --help          this text\n");
+}
+
+/* The table: one line per built-in policy, the engine's plan of its slots
+ * and device memory (against hw's memory when given).  0, or 1. */
+static int plan_table(const moe_model *m, const moe_hw_profile *hw, long batch, long plen, long glen) {
+  const moe_config *cfg = moe_model_config(m);
+  moe_error err = {0};
+  printf("\n| policy | expert slots | planned device GB (exact) | of which expert slots | %s |\n",
+         hw ? "fits the profile's memory" : "-");
+  printf("|---|---|---|---|---|\n");
+  int rc = 0;
+  for (size_t i = 0; i < moe_policy_count(); i++) {
+    const moe_policy *pol = moe_policy_at(i);
+    moe_engine_options eo = {.max_batch = (int)batch,
+                             .max_seq = moe_config_is_encdec(cfg) ? (int)(plen > glen ? plen : glen)
+                                                                  : (int)(plen + glen),
+                             .max_prefill = (int)plen, .policy = pol};
+    int slots = 0, cache = 0;
+    size_t cats[MOE_MEM_CATEGORIES], total = 0;
+    if (moe_engine_plan_slots(m, &eo, pol, SIZE_MAX / 4, &slots, &cache, &err) != MOE_OK) {
+      rc = cli_fail(&err);
+      break;
+    }
+    moe_engine_plan_memory(m, NULL, &eo, slots, cats, &total);
+    printf("| %s | %d | %.2f | %.2f | %s |\n", pol->name, slots, (double)total / 1e9,
+           (double)cats[MOE_MEM_EXPERTS] / 1e9,
+           hw ? ((double)total <= hw->memory_bytes ? "yes" : "no (OOM)") : "-");
+  }
+  return rc;
+}
+
+/* plan's options. */
+typedef struct plan_opts {
+  const char *preset, *model_dir, *hw_name;
+  long batch, plen, glen;
+} plan_opts;
+
+/* One flag into a plan_opts (flags_getopt). */
+static int plan_take(void *ctx, int c, const char *arg) {
+  plan_opts *o = ctx;
+  switch (c) {
+    case 'p': return flag_text(&o->preset, arg);
+    case 'M': o->model_dir = cli_model_dir_arg(arg); return arg[0] ? 0 : -1;
+    case 'H': return flag_text(&o->hw_name, arg);
+    case 'b': return flag_long(FLAG_BATCH, arg, &o->batch) ? 0 : -1;
+    case 'l': return flag_long(FLAG_PROMPT_LEN, arg, &o->plen) ? 0 : -1;
+    case 'g': return flag_long(FLAG_GEN_LEN, arg, &o->glen) ? 0 : -1;
+    default: return -1;
+  }
+}
+
+int cmd_plan(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"preset", required_argument, 0, 'p'},    {"model-dir", required_argument, 0, 'M'},
+      {"hardware", required_argument, 0, 'H'},  {"batch", required_argument, 0, 'b'},
+      {"prompt-len", required_argument, 0, 'l'}, {"gen-len", required_argument, 0, 'g'},
+      {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+  plan_opts o = {.batch = 1, .plen = 256, .glen = 256};
+  const int prc = flags_getopt("plan", argc, argv, "h", opts, plan_take, &o, plan_usage);
+  if (prc >= 0) return prc;
+  const char *preset = o.preset, *model_dir = o.model_dir, *hw_name = o.hw_name;
+  const long batch = o.batch, plen = o.plen, glen = o.glen;
+  if ((preset == NULL) == (model_dir == NULL) || optind < argc) {
+    cli_error("plan: give exactly one of --preset or --model-dir (see --help)");
+    return 2;
+  }
+  if (preset && cli_check_names("plan", preset, NULL) != 0) return 2;
+  if (model_dir && cli_check_model_dir("plan", model_dir) != 0) return 1;
+  moe_error err = {0};
+  moe_hw_profile hw;
+  if (hw_name && hw_profile_load(&hw, hw_name, &err) != MOE_OK) return cli_fail(&err);
+  cli_preset p;
+  if (cli_preset_load(&p, model_dir ? model_dir : preset, &err) != MOE_OK) return cli_fail(&err);
+  moe_model *m = NULL;
+  if (moe_model_plan_only(&m, &p.cfg, p.dtype, &err) != MOE_OK) return cli_fail(&err);
+  const double eb = (double)moe_model_expert_bytes(m);
+  printf("# %s (%s): dense weights %.2f GB, experts %.2f GB, one expert %.1f MB (the engine's "
+         "layout, exact)\n", p.name, moe_dtype_name(p.dtype), (double)moe_model_dense_bytes(m) / 1e9,
+         (double)(moe_model_total_bytes(m) - moe_model_dense_bytes(m)) / 1e9, eb / 1e6);
+  if (hw_name)
+    printf("# hardware %s: %.1f GiB; one expert's copy %.3f ms pinned, %.3f ms pageable "
+           "(modeled: latency + bytes / link bandwidth of the profile)\n", hw.name,
+           hw.memory_bytes / 1073741824.0, (hw.h2d_latency_us * 1e-6 + eb / (hw.h2d_pinned_gbps * 1e9)) * 1e3,
+           (hw.h2d_latency_us * 1e-6 + eb / (hw.h2d_pageable_gbps * 1e9)) * 1e3);
+  const int rc = plan_table(m, hw_name ? &hw : NULL, batch, plen, glen);
+  printf("\nPlanned bytes are the engine's size table for this batch and these lengths (what a run "
+         "allocates; a backend's matmul workspace comes on top); the profile's figures are its "
+         "sources' (workloads/hardware).\n");
+  moe_model_free(m);
+  return rc;
+}
