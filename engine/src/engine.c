@@ -500,8 +500,6 @@ cleanup:
   return st;
 }
 
-extern const moe_policy moe_policy_gpu_only;
-
 moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev,
                              const moe_engine_options *opt, moe_error *err) {
   moe_status st = MOE_OK;
@@ -515,7 +513,8 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) e->pred[i].layer = -1;
   e->ctx = (moe_policy_ctx){e,         ctx_fetch,     ctx_resident, ctx_evict, ctx_next_moe_layer,
                             ctx_n_experts, ctx_pin, ctx_unpin};
-  const moe_policy *given = opt->policy ? opt->policy : &moe_policy_gpu_only;
+  /* no policy named: the registry's parity reference (everything resident) */
+  const moe_policy *given = opt->policy ? opt->policy : moe_policy_reference();
   MOE_TRY(moe_policy_validate(given, err));
   moe_policy_normalize(given, &e->policy_table);
   e->policy = &e->policy_table;

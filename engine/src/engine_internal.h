@@ -36,10 +36,34 @@ struct moe_engine {
   float rope_attn;           /* rope_ex's cos/sin factor */
   float attn_scale;          /* the attention softmax scale (moe_config_attn_scale) */
   bool use_rope_ex;
-  /* activations, device */
-  float *x, *h, *q, *k, *v, *att, *tmp, *router, *rw, *pw, *xe, *ge, *ue, *ye, *sg, *logits;
-  /* index buffers, device */
-  int32_t *ids, *pos, *rows, *iota, *ridx, *pidx;
+  /* Activations, device, f32.  Shapes in rows of T = max_batch x
+   * max_prefill (a forward's n_seq x n_new rows, token-major); sizes and
+   * names in engine_buffers, the one size table.  H hidden, Q = heads x
+   * head_dim, KV = kv_heads x head_dim, F the widest FFN (expert, dense or
+   * shared), E experts, K top-k, V vocab. */
+  float *x;      /* [T][H] the residual stream */
+  float *h;      /* [T][H] normed activations, the input of attention and FFNs; after
+                    encode() the encoder's output until the decoder's first forward */
+  float *q;      /* [T][Q] queries */
+  float *k, *v;  /* [T][KV] keys, values; under MLA k is [T][max(kv_rank, q_rank)] (the
+                    latents, and q_a_proj's output) and v [T][rope_dim] (rotated keys) */
+  float *att;    /* [T][Q] attention output (under MLA [T][heads x v_dim]) */
+  float *tmp;    /* [T][H] a block's output before the residual add; [n_seq][H] the
+                    gathered last rows before the final norm */
+  float *router; /* [T][E] router (and pre-gate) logits */
+  float *rw, *pw; /* [T][K] routing, pre-gate weights; rw also the per-pair scales of
+                     the expert-sorted rows (routed <= T x K) */
+  float *xe;     /* [T][H] an expert's gathered input rows */
+  float *ge, *ue; /* [T][F] gate and up projections (expert, dense, shared) */
+  float *ye;     /* [T][H] an expert's (or the dense/shared FFN's) output */
+  float *sg;     /* [T] the shared expert's sigmoid gate */
+  float *logits; /* [T][V] with all_logits, else [max_batch][V] */
+  /* Index buffers, device, int32. */
+  int32_t *ids, *pos; /* [T] token ids, positions */
+  int32_t *rows;      /* [T][K] expert-sorted token rows; after a forward has gathered with
+                         them, a decode step's greedy ids [n_seq] (decode_step_on_device) */
+  int32_t *iota;      /* [T] 0 .. T-1 */
+  int32_t *ridx, *pidx; /* [T][K] routing, pre-gate expert indices */
   void *gemm_ws;             /* the backend's matmul workspace (may be 0 bytes) */
   size_t last_rows;          /* rows of the last forward call */
   /* host scratch */

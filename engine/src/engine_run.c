@@ -14,8 +14,9 @@ static moe_status decode_step_on_device(moe_engine *e, const int32_t *tokens, in
   const moe_backend_ops *o = e->dev->ops;
   MOE_TRY(engine_forward(e, tokens, n_seq, 1, pos0, NULL, err));
   /* e->rows (T x top_k ids) is free once the forward has gathered with it */
-  MOE_TRY(o->argmax_rows(e->dev->be, e->rows, e->logits, (size_t)n_seq, e->model->cfg.vocab, err));
-  MOE_TRY(o->download(e->dev->be, next, e->rows, (size_t)n_seq * sizeof(int32_t), err));
+  int32_t *next_dev = e->rows; /* [n_seq] greedy ids */
+  MOE_TRY(o->argmax_rows(e->dev->be, next_dev, e->logits, (size_t)n_seq, e->model->cfg.vocab, err));
+  MOE_TRY(o->download(e->dev->be, next, next_dev, (size_t)n_seq * sizeof(int32_t), err));
 cleanup:
   return st;
 }
