@@ -100,17 +100,15 @@ static moe_status only_keys(json_t *root, const char *field, const char *const *
   return MOE_OK;
 }
 
-moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const char *path,
-                                    moe_error *err) {
-  memset(p, 0, sizeof *p);
-  json_t *root = (json_t *)json;
+/* Every key of a profile is known, at the top level and inside its
+ * objects: a misspelt one would leave its figure at a default. */
+static moe_status profile_keys(json_t *root, const char *path, moe_error *err) {
   moe_status st = MOE_OK;
   static const char *const known[] = {
       "name",           "description",        "memory_bytes", "memory_gbps",
       "matmul_tflops",  "h2d_gbps",           "h2d_latency_us", "launch_overhead_us",
       "sources",        "matmul_gflops_by_rows", "copy_slowdown", "calibrated",
       "transfer_latency_us", "vector_gflops", "vector_gbps", NULL};
-  MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", path);
   const char *key;
   json_t *v;
   json_object_foreach(root, key, v) {
@@ -139,6 +137,17 @@ moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const c
     MOE_TRY(only_keys(root, "matmul_gflops_by_rows", rows, path, err));
     MOE_TRY(only_keys(root, "sources", sourced, path, err));
   }
+cleanup:
+  return st;
+}
+
+moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const char *path,
+                                    moe_error *err) {
+  memset(p, 0, sizeof *p);
+  json_t *root = (json_t *)json;
+  moe_status st = MOE_OK;
+  MOE_CHECK(json_is_object(root), err, MOE_ERR_FORMAT, "%s: top level must be an object", path);
+  MOE_TRY(profile_keys(root, path, err));
   json_t *nm = json_object_get(root, "name"), *ds = json_object_get(root, "description");
   MOE_CHECK(json_is_string(nm) && json_string_length(nm) > 0 &&
                 json_string_length(nm) < sizeof p->name,
