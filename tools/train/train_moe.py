@@ -5,7 +5,11 @@ Run by hand (never by the build, the tests or CI), on a CPU:
 
     python3 -m venv /tmp/train && /tmp/train/bin/pip install -r tools/train/requirements.txt
     apt-get download python3.11-doc && dpkg-deb -x python3.11-doc_*.deb /tmp/pydoc
-    /tmp/train/bin/python tools/train/train_moe.py --corpus /tmp/pydoc --out tests/fixtures/quality
+    /tmp/train/bin/python tools/train/train_moe.py --corpus /tmp/pydoc --out workloads/trained \
+        --base-steps 2400 --tune-steps 600
+    # the committed checkpoints re-evaluated, no training (docs/QUALITY.md):
+    /tmp/train/bin/python tools/train/train_moe.py --corpus /tmp/pydoc --out workloads/trained \
+        --eval-only --threads 1
 
 Corpus: the reStructuredText sources of the Python 3.11 documentation as
 Debian 12 ships them (package python3.11-doc, files
@@ -29,6 +33,41 @@ in bf16, the dtype the engine and the evaluation both read), test.tokens
 (held-out windows), expected.json (this script's own evaluation of every
 row, which tests/test_quality.c compares with the C engine), train.log,
 versions.txt.
+
+Held-out windows: the whole test split (tutorial/*.rst.txt in sorted
+order, joined by one newline byte, as read_corpus builds it) cut into
+consecutive non-overlapping windows of WINDOW bytes; the tail shorter
+than a window is dropped (256,319 bytes -> 2,002 windows, 254,254
+predicted bytes).  A window may straddle two files.  No sampling, so no
+seed.
+
+Intervals (expected.json, per row): 95% confidence intervals of the mean
+cross-entropy and top-1 accuracy, from the per-window means (every window
+predicts WINDOW - 1 bytes, so the mean of the window means is the row's
+figure): mean +- t(0.975, n - 1) * sd / sqrt(n) over the n windows
+("ci95"); the perplexity interval is exp() of the cross-entropy one.
+Windows of one file are not independent, so a second interval (wider
+for the rows, not always for the paired changes) treats each file as one
+cluster (the file holding a window's first
+byte; cluster-robust standard error, t with files - 1 degrees of freedom:
+"ci95_by_file").  Against the first row (control/conventional), paired
+on the same windows: the difference in cross-entropy, the matching
+relative change in perplexity, exp(d) - 1, and the difference in accuracy,
+with the same two intervals ("vs_control").  expected.json's
+"peer_subset": the same rows, no intervals, on every PEER_STRIDE-th
+window from the first, the subset tests/test_quality.c checks.
+
+Modes:
+  (default)       train base, control, pregated; export; evaluate.
+  --eval-only     no training: load control/ and pregated/ from --out
+                  (the committed checkpoints, bit for bit), rewrite
+                  test.tokens and expected.json.
+  --tune-seeds A,B,...  after training (or loading, --base-ckpt) the base,
+                  fine-tune control and pregated once per seed (the seed of
+                  the fine-tune's batch order; the default run uses
+                  --seed + 1) and evaluate each on the held-out windows;
+                  write seeds.json and train-seeds.log to --out (checkpoints
+                  of every seed to --out/seed-N/, not to be committed).
 """
 import argparse
 import glob
@@ -45,7 +84,7 @@ import torch.nn.functional as F
 CFG = dict(vocab=256, hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32, experts=8, top_k=2,
            ffn=256, rope_theta=10000.0, eps=1e-5, max_pos=512)
 WINDOW = 128          # tokens per evaluation window
-TEST_WINDOWS = 32     # held-out windows written to test.tokens
+PEER_STRIDE = 16      # tests/test_quality.c checks every 16th held-out window
 AUX = 0.01            # load-balancing loss coefficient (as Mixtral's router_aux_loss_coef)
 
 
@@ -174,22 +213,131 @@ def batches(data, batch, seq, gen):
         yield torch.stack([data[j: j + seq] for j in i.tolist()])
 
 
+def test_windows(data):
+    """The whole test split as consecutive windows of WINDOW bytes, the
+    short tail dropped."""
+    n = data.numel() // WINDOW
+    return data[: n * WINDOW].view(n, WINDOW)
+
+
+def window_files(root, nwin):
+    """For every held-out window, the index of the test file (sorted order)
+    that holds its first byte: read_corpus joins the files with one byte."""
+    src = os.path.join(root, "usr/share/doc/python3.11/html/_sources/tutorial")
+    sizes = [os.path.getsize(f) for f in sorted(glob.glob(os.path.join(src, "**/*.rst.txt"),
+                                                         recursive=True))]
+    starts, at = [], 0
+    for s in sizes:
+        starts.append(at)
+        at += s + 1
+    return [max(j for j, st in enumerate(starts) if st <= i * WINDOW) for i in range(nwin)]
+
+
+def t_quantile(df, p=0.975):
+    """Student t quantile by bisection on a numerically integrated CDF
+    (no scipy); exact to about 1e-6 for df >= 2."""
+    dist = torch.distributions.StudentT(torch.tensor(float(df), dtype=torch.float64))
+
+    def cdf(x):
+        g = torch.linspace(0.0, x, 20001, dtype=torch.float64)
+        return 0.5 + torch.trapezoid(dist.log_prob(g).exp(), g).item()
+
+    lo, hi = 0.0, 50.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def interval(x, files):
+    """95% intervals of the mean of per-window values x (a float64 tensor):
+    windows as independent draws, and windows clustered by file."""
+    n = x.numel()
+    m = x.mean().item()
+    h = t_quantile(n - 1) * x.std().item() / math.sqrt(n)
+    f = torch.tensor(files)
+    ids = sorted(set(files))
+    g = len(ids)
+    sums = torch.stack([(x[f == k] - m).sum() for k in ids])
+    se_c = math.sqrt(g / (g - 1) * (sums ** 2).sum().item()) / n
+    hc = t_quantile(g - 1) * se_c
+    return m, [m - h, m + h], [m - hc, m + hc]
+
+
 def evaluate(model, windows, mode):
     """Mean cross-entropy (nats), perplexity, top-1 accuracy over windows
-    [N, W]: every position but the first is predicted from its prefix."""
+    [N, W]: every position but the first is predicted from its prefix.
+    Also the per-window sums (for the intervals), under "_per_window"."""
     model.eval()
-    nll, hit, n = 0.0, 0, 0
+    nll_w, hit_w = [], []
     with torch.no_grad():
         for w in windows.split(8):
             logits, _ = model(w, mode)
             lp = F.log_softmax(logits[:, :-1].double(), -1)
             tgt = w[:, 1:]
-            nll += -lp.gather(-1, tgt[..., None]).sum().item()
-            hit += (logits[:, :-1].argmax(-1) == tgt).sum().item()
-            n += tgt.numel()
+            nll_w.append(-lp.gather(-1, tgt[..., None])[..., 0].sum(-1))
+            hit_w.append((logits[:, :-1].argmax(-1) == tgt).sum(-1).double())
     model.train()
-    ce = nll / n
-    return {"cross_entropy": ce, "perplexity": math.exp(ce), "accuracy": hit / n, "tokens": n}
+    nll_w, hit_w = torch.cat(nll_w), torch.cat(hit_w)
+    n = windows.shape[0] * (windows.shape[1] - 1)
+    ce = nll_w.sum().item() / n
+    return {"cross_entropy": ce, "perplexity": math.exp(ce), "accuracy": hit_w.sum().item() / n,
+            "tokens": n, "_per_window": (nll_w / (windows.shape[1] - 1), hit_w / (windows.shape[1] - 1))}
+
+
+def add_intervals(rows, files, ref="control/conventional"):
+    """Adds ci95, ci95_by_file and vs_control (paired against ref) to each row
+    and drops the per-window values."""
+    rce, racc = rows[ref]["_per_window"]
+    for key, r in rows.items():
+        ce, acc = r["_per_window"]
+        _, ci, cf = interval(ce, files)
+        _, ai, af = interval(acc, files)
+        r["ci95"] = {"cross_entropy": ci, "perplexity": [math.exp(v) for v in ci], "accuracy": ai}
+        r["ci95_by_file"] = {"cross_entropy": cf, "perplexity": [math.exp(v) for v in cf],
+                             "accuracy": af}
+        if key != ref:
+            d, di, dfl = interval(ce - rce, files)
+            a, ai2, af2 = interval(acc - racc, files)
+            r["vs_control"] = {
+                "cross_entropy_diff": d, "cross_entropy_diff_ci95": di,
+                "cross_entropy_diff_ci95_by_file": dfl,
+                "perplexity_change": math.exp(d) - 1,
+                "perplexity_change_ci95": [math.exp(v) - 1 for v in di],
+                "perplexity_change_ci95_by_file": [math.exp(v) - 1 for v in dfl],
+                "accuracy_diff": a, "accuracy_diff_ci95": ai2, "accuracy_diff_ci95_by_file": af2}
+        del r["_per_window"]
+    return rows
+
+
+def load_checkpoint(model, d):
+    """The inverse of export(): a committed checkpoint back into the torch
+    model (bf16 values, float32 storage, so exactly what was evaluated)."""
+    from safetensors.torch import load_file
+    t = load_file(os.path.join(d, "model.safetensors"))
+    with torch.no_grad():
+        def put(p, name):
+            p.copy_(t.pop(name).float())
+        put(model.emb.weight, "model.embed_tokens.weight")
+        put(model.norm, "model.norm.weight")
+        put(model.head.weight, "lm_head.weight")
+        for i, b in enumerate(model.blocks):
+            p = f"model.layers.{i}"
+            put(b.ln1, f"{p}.input_layernorm.weight")
+            put(b.ln2, f"{p}.post_attention_layernorm.weight")
+            for n in "qkvo":
+                put(getattr(b, n).weight, f"{p}.self_attn.{n}_proj.weight")
+            put(b.gate.weight, f"{p}.block_sparse_moe.gate.weight")
+            name = f"{p}.block_sparse_moe.pregate.weight"
+            if b.pregate is not None and name in t:
+                put(b.pregate.weight, name)
+            for e in range(model.c["experts"]):
+                q = f"{p}.block_sparse_moe.experts.{e}"
+                put(b.w1[e], f"{q}.w1.weight")
+                put(b.w3[e], f"{q}.w3.weight")
+                put(b.w2[e], f"{q}.w2.weight")
+    if t:
+        sys.exit(f"{d}: tensors not read: {sorted(t)[:4]}")
 
 
 def train(model, data, steps, mode, lr, log, tag, gen):
@@ -246,6 +394,72 @@ def export(model, out, pregate):
         f.write("\n")
 
 
+MODES = {"control": ("conventional", "derived"), "pregated": ("conventional", "pregated", "derived")}
+
+
+def eval_rows(model, name, test, log, tag="", peer=None):
+    """Every row of one model on the held-out windows; with peer (a dict),
+    also on the test's subset, every PEER_STRIDE-th window, into peer."""
+    rows = {}
+    for m in MODES[name]:
+        r = evaluate(model, test, m)
+        rows[f"{name}/{m}"] = r
+        log(f"{tag}{name} test, routing {m}: " + str({k: v for k, v in r.items() if k[0] != "_"}))
+        if peer is not None:
+            r = evaluate(model, test[::PEER_STRIDE], m)
+            del r["_per_window"]
+            peer[f"{name}/{m}"] = r
+    return rows
+
+
+def ordered(rows):
+    return {k: rows[k] for n in MODES for k in (f"{n}/{m}" for m in MODES[n])}
+
+
+def write_eval(out, test, rows, files, peer):
+    with open(os.path.join(out, "test.tokens"), "w") as f:
+        f.write("# held-out windows: python3.11-doc tutorial/*.rst.txt (sorted, joined by a newline), "
+                f"bytes as token ids; the whole split as {test.shape[0]} consecutive windows of "
+                f"{WINDOW}, the short tail dropped (tools/train/train_moe.py)\n")
+        for w in test.tolist():
+            f.write(" ".join(map(str, w)) + "\n")
+    rows = add_intervals(ordered(rows), files)
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump({"window": WINDOW, "windows": test.shape[0], "files": len(set(files)),
+                   "interval": "95%; ci95: t over windows; ci95_by_file: cluster-robust, t over "
+                   "files; vs_control: paired on the same windows against control/conventional",
+                   "rows": rows,
+                   "peer_subset": {"stride": PEER_STRIDE, "windows": test[::PEER_STRIDE].shape[0],
+                                   "what": "every stride-th window of test.tokens, from the first: "
+                                   "what tests/test_quality.c checks the engine against",
+                                   "rows": ordered(peer)}}, f, indent=2)
+        f.write("\n")
+
+
+def fine_tune(model, base, name, data, steps, seed, log, tag=""):
+    model.load_state_dict(base)
+    if name == "pregated":
+        with torch.no_grad():  # each pre-gate starts as the next block's gate
+            for i in range(CFG["layers"] - 1):
+                model.blocks[i].pregate.weight.copy_(model.blocks[i + 1].gate.weight)
+    g2 = torch.Generator().manual_seed(seed)  # the same batches for both
+    mode = "pregated" if name == "pregated" else "conventional"
+    train(model, data, steps, mode, 1e-3, log, f"{tag}{name}", g2)
+    to_bf16_(model)
+
+
+def spread(seeds):
+    out = {}
+    for key in next(iter(seeds.values())):
+        for fig in ("perplexity", "accuracy", "cross_entropy"):
+            v = [s[key][fig] for s in seeds.values() if key in s]
+            mean = sum(v) / len(v)
+            sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
+            out.setdefault(key, {})[fig] = {"mean": mean, "min": min(v), "max": max(v), "sd": sd,
+                                            "n": len(v)}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", required=True, help="root of the extracted python3.11-doc package")
@@ -254,54 +468,86 @@ def main():
     ap.add_argument("--tune-steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-only", action="store_true",
+                    help="no training: evaluate the checkpoints already in --out")
+    ap.add_argument("--tune-seeds", help="comma-separated fine-tune seeds: the seed study")
+    ap.add_argument("--base-ckpt", help="torch file of the base: loaded if present, else written")
+    ap.add_argument("--compare", help="with --tune-seeds: a directory of committed control/ and "
+                    "pregated/ to compare each seed's checkpoints with")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
-    logf = open(os.path.join(a.out, "train.log"), "w")
+    data, nfiles = read_corpus(a.corpus)
+    test = test_windows(data["test"])
+    files = window_files(a.corpus, test.shape[0])
+
+    if a.eval_only:
+        rows, peer = {}, {}
+        for name in MODES:
+            model = TinyMoE(CFG)
+            load_checkpoint(model, os.path.join(a.out, name))
+            rows.update(eval_rows(model, name, test, print, peer=peer))
+        write_eval(a.out, test, rows, files, peer)
+        return
+
+    logf = open(os.path.join(a.out, "train-seeds.log" if a.tune_seeds else "train.log"), "w")
 
     def log(s):
         print(s, flush=True)
         logf.write(s + "\n")
         logf.flush()
 
-    data, nfiles = read_corpus(a.corpus)
     log(f"corpus: {nfiles} files; train {data['train'].numel()} bytes, validation "
         f"{data['validation'].numel()}, test {data['test'].numel()}")
-    test = data["test"][: TEST_WINDOWS * WINDOW].view(TEST_WINDOWS, WINDOW)
     val = data["validation"][: 64 * WINDOW].view(64, WINDOW)
-    with open(os.path.join(a.out, "test.tokens"), "w") as f:
-        f.write("# held-out windows: python3.11-doc tutorial/*.rst.txt, bytes as token ids; "
-                f"{TEST_WINDOWS} windows of {WINDOW}\n")
-        for w in test.tolist():
-            f.write(" ".join(map(str, w)) + "\n")
     torch.manual_seed(a.seed)
     gen = torch.Generator().manual_seed(a.seed)
     model = TinyMoE(CFG)
     log(f"parameters: {sum(p.numel() for p in model.parameters())}")
-    train(model, data["train"], a.base_steps, "conventional", 3e-3, log, "base", gen)
+    if a.base_ckpt and os.path.exists(a.base_ckpt):
+        model.load_state_dict(torch.load(a.base_ckpt))
+        log(f"base loaded from {os.path.basename(a.base_ckpt)}")
+    else:
+        train(model, data["train"], a.base_steps, "conventional", 3e-3, log, "base", gen)
+        if a.base_ckpt:
+            torch.save(model.state_dict(), a.base_ckpt)
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    log(f"base validation: {evaluate(model, val, 'conventional')}")
+    r = evaluate(model, val, "conventional")
+    log("base validation: " + str({k: v for k, v in r.items() if k[0] != "_"}))
 
-    rows = {}
-    for name, mode in (("control", "conventional"), ("pregated", "pregated")):
-        model.load_state_dict(base)
-        if mode == "pregated":
-            with torch.no_grad():  # each pre-gate starts as the next block's gate
-                for i in range(CFG["layers"] - 1):
-                    model.blocks[i].pregate.weight.copy_(model.blocks[i + 1].gate.weight)
-        g2 = torch.Generator().manual_seed(a.seed + 1)  # the same batches for both
-        train(model, data["train"], a.tune_steps, mode, 1e-3, log, name, g2)
-        to_bf16_(model)
-        export(model, os.path.join(a.out, name), pregate=(mode == "pregated"))
-        for m in ("conventional", "pregated", "derived"):
-            if m == "pregated" and name != "pregated":
-                continue
-            r = evaluate(model, test, m)
-            rows[f"{name}/{m}"] = r
-            log(f"{name} test, routing {m}: {r}")
-    with open(os.path.join(a.out, "expected.json"), "w") as f:
-        json.dump({"window": WINDOW, "windows": TEST_WINDOWS, "rows": rows}, f, indent=2)
-        f.write("\n")
+    if a.tune_seeds:
+        from safetensors.torch import load_file
+        seeds, diffs = {}, {}
+        for sd in (int(x) for x in a.tune_seeds.split(",")):
+            rows = {}
+            for name in ("pregated", "control"):
+                fine_tune(model, base, name, data["train"], a.tune_steps, sd, log, f"seed {sd} ")
+                d = os.path.join(a.out, f"seed-{sd}", name)
+                export(model, d, pregate=(name == "pregated"))
+                if a.compare:
+                    mine = load_file(os.path.join(d, "model.safetensors"))
+                    ref = load_file(os.path.join(a.compare, name, "model.safetensors"))
+                    diff = max((mine[k].float() - ref[k].float()).abs().max().item() for k in ref)
+                    same = all(torch.equal(mine[k], ref[k]) for k in ref)
+                    diffs[f"{sd}/{name}"] = {"identical": same, "max_abs_weight_diff": diff}
+                    log(f"seed {sd} {name} vs committed: identical {same}, max |diff| {diff:.3g}")
+                rows.update(eval_rows(model, name, test, log, f"seed {sd} "))
+            seeds[str(sd)] = {k: {f: v for f, v in r.items() if f[0] != "_"}
+                              for k, r in ordered(rows).items()}
+            with open(os.path.join(a.out, "seeds.json"), "w") as f:
+                json.dump({"base_seed": a.seed, "base_steps": a.base_steps,
+                           "tune_steps": a.tune_steps, "windows": test.shape[0],
+                           "tokens": test.shape[0] * (WINDOW - 1), "seeds": seeds,
+                           "spread": spread(seeds), "vs_committed": diffs}, f, indent=2)
+                f.write("\n")
+        return
+
+    rows, peer = {}, {}
+    for name in ("control", "pregated"):
+        fine_tune(model, base, name, data["train"], a.tune_steps, a.seed + 1, log)
+        export(model, os.path.join(a.out, name), pregate=(name == "pregated"))
+        rows.update(eval_rows(model, name, test, log, peer=peer))
+    write_eval(a.out, test, rows, files, peer)
     import transformers
     import safetensors
     with open(os.path.join(a.out, "versions.txt"), "w") as f:
