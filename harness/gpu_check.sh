@@ -12,12 +12,13 @@
 #      library named that is missing; tools/cuda_facts.cu (fork after CUDA
 #      init, cudaEventQuery's last error, pinned and pageable copy bandwidth)
 #   b  a driver memory sampler (nvidia-smi, every 200 ms) for the whole run
-#   c  the CUDA build (moebench, test_cuda, test_backend_conformance) against
+#   c  the CUDA build (moebench, test_cuda, the conformance suites
+#      test_backend_conformance, test_backend_math, test_backend_table) against
 #      the bundle only, and the proof of it (link lines, compiler dependency
 #      files, ldd)
 #   d  a tiny generate on cuda (stop here if it fails)
-#   e  ctest: cuda and backend_conformance
-#   f  compute-sanitizer memcheck and racecheck on the conformance suite
+#   e  ctest: cuda and the conformance suites (backend_conformance, _math, _table)
+#   f  compute-sanitizer memcheck and racecheck on the conformance suites
 #   g  moebench calibrate on cuda: a measured H200 profile, side by side with
 #      workloads/hardware/h200.json
 #   h  moebench validate on cuda (the cost model against measured runs)
@@ -829,7 +830,8 @@ isolation_check() {
   # the bundle's libraries appear by absolute path or relative to the
   # target's folder (../deps-prefix/...)
   text="$(find "$BUILD" \( -name link.txt -o -name 'linkLibs.rsp' -o -name 'objects1.rsp' \) -path '*CMakeFiles*' \
-            \( -path '*/moebench.dir/*' -o -path '*/test_cuda.dir/*' -o -path '*/test_backend_conformance.dir/*' \) \
+            \( -path '*/moebench.dir/*' -o -path '*/test_cuda.dir/*' -o -path '*/test_backend_conformance.dir/*' \
+               -o -path '*/test_backend_math.dir/*' -o -path '*/test_backend_table.dir/*' \) \
             -exec cat {} + 2>/dev/null)"
   # Ninja keeps every link command in build.ninja
   [ -f "$BUILD/build.ninja" ] && text+=$'\n'"$(grep -E 'LINK_LIBRARIES|LINK_FLAGS' "$BUILD/build.ninja")"
@@ -862,7 +864,8 @@ isolation_check() {
   # ldd: with the run's library path every one of them from the bundle, and
   # without it the direct ones too (RUNPATH)
   local bin l withp nop
-  for bin in "$MB" "$BUILD/tests/test_cuda" "$BUILD/tests/test_backend_conformance"; do
+  for bin in "$MB" "$BUILD/tests/test_cuda" "$BUILD/tests/test_backend_conformance" \
+             "$BUILD/tests/test_backend_math" "$BUILD/tests/test_backend_table"; do
     [ -x "$bin" ] || { problems+=("$(basename "$bin") was not built"); continue; }
     withp="$(with_libs ldd "$bin" 2>&1)"
     nop="$(env -u LD_LIBRARY_PATH ldd "$bin" 2>&1)"
@@ -909,7 +912,7 @@ step_c_build() {
   fi
   fig "configure $(( $(now) - t0 ))s"
   t0="$(now)"
-  tmo cmake --build "$BUILD" -j "$(nproc)" --target moebench test_cuda test_backend_conformance >"$W/logs/c-build.log" 2>&1
+  tmo cmake --build "$BUILD" -j "$(nproc)" --target moebench test_cuda test_backend_conformance test_backend_math test_backend_table >"$W/logs/c-build.log" 2>&1
   rc=$?
   if [ "$rc" != 0 ]; then
     if timed_out "$rc"; then fail "build timed out after $(( $(now) - t0 ))s"; else fail "build failed: $(grep -m1 -iE 'error|undefined reference' "$W/logs/c-build.log" | cut -c1-300)"; fi
@@ -971,7 +974,7 @@ step_e_ctest() {
     fig "rehearsal: no GPU; test_cuda loads with the bundle's libraries and exits $rc (77 = no device)"
     return
   fi
-  (cd "$BUILD" && tmo_libs env CK_FORK=no ctest -R '^(cuda|backend_conformance)$' --output-on-failure) >"$log" 2>&1
+  (cd "$BUILD" && tmo_libs env CK_FORK=no ctest -R '^(cuda|backend_(conformance|math|table))$' --output-on-failure) >"$log" 2>&1
   rc=$?
   local lines
   lines="$(grep -E 'Test +#[0-9]+: ' "$log" | sed -E 's/^ *[0-9]+\/[0-9]+ +Test +#[0-9]+: +//; s/ \.+/ /; s/ +/ /g')"
@@ -979,7 +982,7 @@ step_e_ctest() {
   fig "$(grep -m1 'tests passed' "$log" || echo "no ctest summary")"
   if timed_out "$rc"; then fail "ctest timed out"; return; fi
   [ "$rc" = 0 ] || fail "ctest exit $rc"
-  if grep -Eq 'Test +#[0-9]+: (cuda|backend_conformance) .*(Skipped|Not Run)' "$log"; then fail "a test was skipped: no device?"; fi
+  if grep -Eq 'Test +#[0-9]+: (cuda|backend_(conformance|math|table)) .*(Skipped|Not Run)' "$log"; then fail "a test was skipped: no device?"; fi
   [ -n "$lines" ] || fail "ctest ran no test"
 }
 
@@ -996,7 +999,7 @@ find_sanitizer() {
   [ -n "$SANITIZER" ]
 }
 
-# sanitize TOOL: the conformance suite's cuda case under compute-sanitizer.
+# sanitize TOOL: the conformance suites' cuda case under compute-sanitizer.
 # MOE_CONFORMANCE_BACKEND=cuda for a suite that honours it; CK_RUN_CASE keeps
 # Check to the cuda backend's one-thread case either way.
 sanitize() {
@@ -1011,10 +1014,20 @@ sanitize() {
     note "f-$tool: compute-sanitizer not found (not a failure)"
     return
   fi
-  tmo_libs env CK_FORK=no MOE_CONFORMANCE_BACKEND=cuda CK_RUN_CASE="cuda, 1 thread" CK_DEFAULT_TIMEOUT=600 \
-    "$SANITIZER" --tool "$tool" --error-exitcode 86 --print-limit 40 \
-    "$BUILD/tests/test_backend_conformance" >"$log" 2>&1
-  rc=$?
+  # the conformance suites one after the other, in one log and within the
+  # step's cap; rc is the first suite's that did not exit 0
+  local suite src
+  rc=0
+  : >"$log"
+  for suite in test_backend_conformance test_backend_math test_backend_table; do
+    echo "=== $suite" >>"$log"
+    tmo_libs env CK_FORK=no MOE_CONFORMANCE_BACKEND=cuda CK_RUN_CASE="cuda, 1 thread" CK_DEFAULT_TIMEOUT=600 \
+      "$SANITIZER" --tool "$tool" --error-exitcode 86 --print-limit 40 \
+      "$BUILD/tests/$suite" >>"$log" 2>&1
+    src=$?
+    [ "$rc" != 0 ] || rc=$src
+    if timed_out "$src"; then break; fi
+  done
   if grep -qiE 'device (is )?not supported|unsupported (device|gpu)|not supported on this (device|platform)' "$log"; then
     STEP_STATUS=SKIP; fig "the sanitizer does not support this device"
     note "f-$tool: $(grep -m1 -iE 'not supported|unsupported' "$log" | cut -c1-200) (not a failure)"
@@ -1022,7 +1035,8 @@ sanitize() {
   fi
   errs="$(grep -cE '^========= (Invalid|Race|Error|Program hit|Uninitialized|Leaked|Malloc|Out of range)' "$log")"
   local checks
-  checks="$(awk '/^== cuda, 1 thread/ {f = 1} f && /Checks: / {sub(/.*Checks: /, ""); sub(/,.*/, ""); print; exit}' "$log")"
+  # the checks of each suite's cuda case, summed
+  checks="$(awk '/^=== / {f = 0} /^== cuda, 1 thread/ {f = 1} f && /Checks: / {sub(/.*Checks: /, ""); sub(/,.*/, ""); n += $0; f = 0} END {if (n) print n}' "$log")"
   if timed_out "$rc"; then
     if [ "$errs" -gt 0 ]; then fail "timed out at the cap with $errs reports so far"; else STEP_STATUS=SKIP; fig "timed out at the cap (${STEP_CAP}s) with no report so far"; fi
     note "f-$tool: timed out after ${STEP_CAP}s (partial log kept; not a failure unless it reported errors)"
