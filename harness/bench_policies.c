@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "flags.h"
 #include "commands.h"
+#include "paper.h"
 #include "runner.h"
 #include "suite.h"
 
@@ -161,7 +162,8 @@ static int bp_link_ratio(bp_opts *o, moe_model *m, double *window, double *copy)
               "--link-gbps");
     return 2;
   }
-  run_spec ws = {.model = m, .backend = o->r.backend, .threads = (int)o->r.threads,
+  run_spec ws = {.model = m, .backend = o->r.backend, .hardware = o->r.hw_name ? o->hw_path : NULL,
+                 .threads = (int)o->r.threads,
                  .batch = (int)o->r.batch, .prompt_len = (int)o->r.plen, .gen_len = (int)o->r.glen,
                  .prompt_seed = 1};
   char why[700];
@@ -305,17 +307,22 @@ static void bp_ratios(const bp_opts *o, const bp_results *b, const moe_model *m)
   if (go >= 0 && od >= 0 && pg >= 0) {
     printf("copy time hidden by pregated, (T_ondemand - T_pregated) / (T_ondemand - T_gpu_only), "
            "decode per token: %.2f\n", (tpt[od] - tpt[pg]) / (tpt[od] - tpt[go]));
-    printf("pregated vs ondemand: %.2fx tokens/s, %.2fx decode speed; paper: 1.5x avg\n",
-           tps[pg] / tps[od], tpt[od] / tpt[pg]);
-    printf("pregated vs gpu-only: %.0f%% of tokens/s, %.0f%% of peak device memory; paper: 81%%, 23%%\n",
-           100 * tps[pg] / tps[go], 100.0 * (double)b->last[pg]->peak_bytes / (double)b->last[go]->peak_bytes);
+    char p1[32], p2[32];
+    printf("pregated vs ondemand: %.2fx tokens/s, %.2fx decode speed; paper: %s avg\n",
+           tps[pg] / tps[od], tpt[od] / tpt[pg], paper_fmt(p1, sizeof p1, "pregated_vs_ondemand_avg"));
+    printf("pregated vs gpu-only: %.0f%% of tokens/s, %.0f%% of peak device memory; paper: %s, %s\n",
+           100 * tps[pg] / tps[go], 100.0 * (double)b->last[pg]->peak_bytes / (double)b->last[go]->peak_bytes,
+           paper_fmt(p1, sizeof p1, "pregated_vs_gpu_only_throughput"),
+           paper_fmt(p2, sizeof p2, "pregated_vs_gpu_only_peak_memory"));
   }
   if (pf >= 0 && pg >= 0) {
     bool slowest = true;
     for (int i = 0; i < b->np; i++)
       if (i != pf && b->last[i]->status == MOE_OK && tps[i] < tps[pf]) slowest = false;
-    printf("pregated vs prefetch-all: %.1fx tokens/s; paper: 27x avg (prefetch-all %s)\n",
-           tps[pg] / tps[pf], slowest ? "slowest" : "not slowest");
+    char p1[32];
+    printf("pregated vs prefetch-all: %.1fx tokens/s; paper: %s avg (prefetch-all %s)\n",
+           tps[pg] / tps[pf], paper_fmt(p1, sizeof p1, "pregated_vs_prefetch_avg"),
+           slowest ? "slowest" : "not slowest");
   }
   if (go >= 0 && pg >= 0 && o->r.link > 0) {
     const run_result *p = b->last[pg];

@@ -24,6 +24,8 @@ const moebench_command moebench_commands[] = {
      bench_ops_usage},
     {"bench-policies", cmd_bench_policies, "benchmark: offload policies side by side on one model",
      bench_policies_usage},
+    {"regime", cmd_regime, "the regime map: pregated's ratios as copy / compute varies",
+     regime_usage},
     {"list", cmd_list, "list backends, models, policies, suites or workloads", list_usage},
 };
 const size_t moebench_n_commands = sizeof moebench_commands / sizeof moebench_commands[0];

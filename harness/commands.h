@@ -43,5 +43,6 @@ MOEBENCH_COMMAND(eval);
 MOEBENCH_COMMAND(bench_ops);
 MOEBENCH_COMMAND(bench_policies);
 MOEBENCH_COMMAND(list);
+MOEBENCH_COMMAND(regime);
 
 #endif

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "paper.h"
 #include "cli.h"
 #include "commands.h"
 #include "moe/backend.h"
@@ -79,7 +80,26 @@ void list_usage(FILE *f) {
             "  models    model presets in the presets directory ($MOE_MODELS_DIR)\n"
             "  suites    benchmark suites ($MOE_SUITES_DIR)\n"
             "  workloads workload profiles ($MOE_PROFILES_DIR)\n"
-            "  hardware  hardware profiles ($MOE_HARDWARE_DIR)\n");
+            "  hardware  hardware profiles ($MOE_HARDWARE_DIR)\n"
+            "  paper     the Pre-gated MoE paper's figures the harness quotes ($MOE_PAPER_FILE)\n");
+}
+
+/* list paper: every figure, its value as printed, its model and source. */
+static int paper_list(void) {
+  size_t n;
+  const char *why;
+  const paper_figure *f = paper_all(&n, &why);
+  if (f == NULL) {
+    cli_error("list: %s", why);
+    return 1;
+  }
+  printf("%s\n", paper_path());
+  for (size_t i = 0; i < n; i++) {
+    char v[48];
+    printf("%s\t%s\t%s; %s\n", f[i].key, paper_fmt(v, sizeof v, f[i].key), f[i].model,
+           f[i].source); /* tab-separated: run_all.sh reads it */
+  }
+  return 0;
 }
 
 int cmd_list(int argc, char **argv) {
@@ -119,7 +139,9 @@ int cmd_list(int argc, char **argv) {
   if (strcmp(what, "suites") == 0) return list_dir(suite_dir(), print_suite);
   if (strcmp(what, "workloads") == 0) return list_dir(suite_profiles_dir(), print_workload);
   if (strcmp(what, "hardware") == 0) return hw_list();
-  cli_error("list: unknown category '%s' (expected backends, models, policies, suites, workloads or hardware)", what);
+  if (strcmp(what, "paper") == 0) return paper_list();
+  cli_error("list: unknown category '%s' (expected backends, models, policies, suites, workloads, "
+            "hardware or paper)", what);
   return 2;
 }
 

@@ -35,4 +35,16 @@ int report_headline_figure(const res_table *t, size_t first, const char *png);
 /* The figures of the group at first into dir, linked from md. */
 int report_group_plots(const res_table *t, size_t first, const char *dir, FILE *md);
 
+/* Drawing helpers of report_plots.c, for other commands' figures. */
+struct moe_publish;
+/* A single-quoted gnuplot string: the only way text enters a script. */
+void report_gp_quote(FILE *f, const char *v);
+/* A script or data file opened through moe/publish.h (NULL after a line
+ * naming it) and published (0, or 1 after a line). */
+FILE *report_plot_file(struct moe_publish *pub, const char *path);
+int report_plot_close(struct moe_publish *pub);
+/* Runs gnuplot (no shell) on script gp whose outputs are png[0..n-1]:
+ * 0, or 1 after a line naming the file. */
+int report_draw(const char *gp, const char *const *png, int n);
+
 #endif

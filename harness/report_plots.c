@@ -17,6 +17,7 @@
 #include "moe/publish.h"
 #include "cli.h"
 #include "commands.h"
+#include "paper.h"
 #include "report.h"
 #include "results.h"
 
@@ -52,7 +53,7 @@ static bool gp_text_char(int c) { return gp_safe_char(c) || (c != '\0' && strchr
 
 /* A single-quoted gnuplot string (a ' in it doubled): the only way text
  * enters a script. */
-static void gp_quote(FILE *f, const char *v) {
+void report_gp_quote(FILE *f, const char *v) {
   fputc('\'', f);
   for (const char *c = v; *c; c++) {
     if (*c == '\'') fputs("''", f);
@@ -72,7 +73,7 @@ static void gp_datum(FILE *f, const char *v) {
 /* "set WHAT 'TEXT'" */
 static void gp_set(FILE *f, const char *what, const char *text) {
   fprintf(f, "set %s ", what);
-  gp_quote(f, text);
+  report_gp_quote(f, text);
   fputc('\n', f);
 }
 
@@ -163,7 +164,7 @@ static bool png_complete(const char *path) {
 /* Draws script gp, whose outputs are png[0..n-1]: each is removed first (a
  * stale file is no drawing), and must be a whole PNG after gnuplot exits 0.
  * Returns 0, or 1 after a line naming the file. */
-static int draw(const char *gp, const char *const *png, int n) {
+int report_draw(const char *gp, const char *const *png, int n) {
   for (int k = 0; k < n; k++) remove(png[k]);
   const int st = run_gnuplot(gp);
   if (st != 0) {
@@ -183,7 +184,7 @@ static int draw(const char *gp, const char *const *png, int n) {
 /* Opens path for writing through the one safe writer (moe/publish.h: a
  * temporary file renamed over path when whole, never through a link);
  * NULL after a line naming it. */
-static FILE *plot_file(moe_publish *pub, const char *path) {
+FILE *report_plot_file(moe_publish *pub, const char *path) {
   moe_error err = {0};
   if (moe_publish_open(pub, path, "a plot file", &err) != MOE_OK) {
     cli_fail(&err);
@@ -194,7 +195,7 @@ static FILE *plot_file(moe_publish *pub, const char *path) {
 
 /* Publishes a script or data file: 0, or 1 after a line naming it (a full
  * disk shows here first). */
-static int plot_close(moe_publish *pub) {
+int report_plot_close(moe_publish *pub) {
   moe_error err = {0};
   return moe_publish_commit(pub, &err) == MOE_OK ? 0 : cli_fail(&err);
 }
@@ -215,7 +216,7 @@ static void group_base(char *out, size_t cap, const res_row *g, const char *dir)
 static int write_group_data(const res_table *t, size_t first, const char *dat) {
   const res_row *g = &t->rows[first];
   moe_publish pub;
-  FILE *f = plot_file(&pub, dat);
+  FILE *f = report_plot_file(&pub, dat);
   if (f == NULL) return 1;
   for (size_t i = first; i < t->n; i++) {
     const res_row *r = &t->rows[i];
@@ -236,7 +237,7 @@ static int write_group_data(const res_table *t, size_t first, const char *dat) {
       fprintf(f, " 0 0 0 0\n");
     }
   }
-  return plot_close(&pub);
+  return report_plot_close(&pub);
 }
 
 /* Per table: tokens/s (bars min..max) and peak device memory per policy. */
@@ -250,7 +251,7 @@ static int plot_group(const res_table *t, size_t first, const char *dir, FILE *m
   snprintf(mem, sizeof mem, "%s-memory.png", base);
   if (write_group_data(t, first, dat) != 0) return 1;
   moe_publish pub;
-  FILE *f = plot_file(&pub, gp);
+  FILE *f = report_plot_file(&pub, gp);
   if (f == NULL) return 1;
   gp_names n;
   gp_names_of(g, &n);
@@ -260,13 +261,13 @@ static int plot_group(const res_table *t, size_t first, const char *dir, FILE *m
   gp_set(f, "output", tput);
   snprintf(title, sizeof title, "%s: generated tokens/s (measured; median, bars min..max)", what);
   gp_set(f, "title", title);
-  fputs("plot ", f), gp_quote(f, dat), fputs(" using 0:2:xtic(1) with boxes notitle, ", f);
-  gp_quote(f, dat), fputs(" using 0:2:3:4 with yerrorbars notitle\n", f);
+  fputs("plot ", f), report_gp_quote(f, dat), fputs(" using 0:2:xtic(1) with boxes notitle, ", f);
+  report_gp_quote(f, dat), fputs(" using 0:2:3:4 with yerrorbars notitle\n", f);
   gp_set(f, "output", mem);
   snprintf(title, sizeof title, "%s: peak device MB (allocator)", what);
   gp_set(f, "title", title);
-  fputs("plot ", f), gp_quote(f, dat), fputs(" using 0:5:xtic(1) with boxes notitle\n", f);
-  if (plot_close(&pub) != 0 || draw(gp, (const char *const[]){tput, mem}, 2) != 0) return 1;
+  fputs("plot ", f), report_gp_quote(f, dat), fputs(" using 0:5:xtic(1) with boxes notitle\n", f);
+  if (report_plot_close(&pub) != 0 || report_draw(gp, (const char *const[]){tput, mem}, 2) != 0) return 1;
   fprintf(md, "\nPlots: `%s-throughput.png`, `%s-memory.png`\n", base, base);
   return 0;
 }
@@ -277,7 +278,7 @@ static int plot_group(const res_table *t, size_t first, const char *dir, FILE *m
 static int write_headline_data(const res_table *t, size_t first, const char *dat) {
   const res_row *g = &t->rows[first];
   moe_publish pub;
-  FILE *f = plot_file(&pub, dat);
+  FILE *f = report_plot_file(&pub, dat);
   if (f == NULL) return -1;
   int n = 0;
   for (size_t i = first; i < t->n; i++) {
@@ -293,7 +294,7 @@ static int write_headline_data(const res_table *t, size_t first, const char *dat
             ok ? report_num(r, "peak_device_bytes") / 1e6 : 0.0);
     n++;
   }
-  return plot_close(&pub) == 0 ? n : -1;
+  return report_plot_close(&pub) == 0 ? n : -1;
 }
 
 /* The headline figure's script: two panels, with pregated's ratios to
@@ -304,10 +305,13 @@ static void write_headline_script(FILE *f, const res_table *t, size_t first, con
   const res_row *go = report_find_role(t, g, MOE_POLICY_ROLE_REFERENCE), *pg = report_find_role(t, g, MOE_POLICY_ROLE_PREGATED);
   char tput[160] = "", mem[160] = "", title[600];
   if (go && pg) {
-    snprintf(tput, sizeof tput, "pregated: %.0f%% of gpu-only's tokens/s (paper: 81%%)",
-             100 * report_num(pg, "tokens_per_s") / report_num(go, "tokens_per_s"));
-    snprintf(mem, sizeof mem, "pregated: %.0f%% of gpu-only's peak memory (paper: 23%%)",
-             100 * report_num(pg, "peak_device_bytes") / report_num(go, "peak_device_bytes"));
+    char p1[32], p2[32];
+    snprintf(tput, sizeof tput, "pregated: %.0f%% of gpu-only's tokens/s (paper: %s)",
+             100 * report_num(pg, "tokens_per_s") / report_num(go, "tokens_per_s"),
+             paper_fmt(p1, sizeof p1, "pregated_vs_gpu_only_throughput"));
+    snprintf(mem, sizeof mem, "pregated: %.0f%% of gpu-only's peak memory (paper: %s)",
+             100 * report_num(pg, "peak_device_bytes") / report_num(go, "peak_device_bytes"),
+             paper_fmt(p2, sizeof p2, "pregated_vs_gpu_only_peak_memory"));
   }
   gp_names nm;
   gp_names_of(g, &nm);
@@ -320,13 +324,13 @@ static void write_headline_script(FILE *f, const res_table *t, size_t first, con
              "set offsets 0, 0, graph 0.18, 0\nset rmargin 6\n" /* room for the ratio, and the last label */
              "set xrange [-0.6:%d.6]\nset xtics rotate by -20\n", n - 1);
   gp_set(f, "title", "generated tokens/s (median; bars: min..max)");
-  if (tput[0]) fputs("set label 1 ", f), gp_quote(f, tput), fputs(" at graph 0.02, graph 0.95 front\n", f);
-  fputs("plot ", f), gp_quote(f, dat);
-  fputs(" using 0:2:xtic(1) with boxes lc rgb '#4477aa' notitle, ", f), gp_quote(f, dat);
+  if (tput[0]) fputs("set label 1 ", f), report_gp_quote(f, tput), fputs(" at graph 0.02, graph 0.95 front\n", f);
+  fputs("plot ", f), report_gp_quote(f, dat);
+  fputs(" using 0:2:xtic(1) with boxes lc rgb '#4477aa' notitle, ", f), report_gp_quote(f, dat);
   fputs(" using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0 notitle\nunset label 1\n", f);
   gp_set(f, "title", "peak device memory, MB (allocator)");
-  if (mem[0]) fputs("set label 2 ", f), gp_quote(f, mem), fputs(" at graph 0.02, graph 0.95 front\n", f);
-  fputs("plot ", f), gp_quote(f, dat);
+  if (mem[0]) fputs("set label 2 ", f), report_gp_quote(f, mem), fputs(" at graph 0.02, graph 0.95 front\n", f);
+  fputs("plot ", f), report_gp_quote(f, dat);
   fputs(" using 0:5:xtic(1) with boxes lc rgb '#cc6677' notitle\nunset multiplot\n", f);
 }
 
@@ -339,11 +343,11 @@ int report_headline_figure(const res_table *t, size_t first, const char *png) {
   snprintf(gp, sizeof gp, "%s.gp", png);
   const int n = write_headline_data(t, first, dat);
   moe_publish pub;
-  FILE *f = n < 0 ? NULL : plot_file(&pub, gp);
+  FILE *f = n < 0 ? NULL : report_plot_file(&pub, gp);
   int rc = 1;
   if (f != NULL) {
     write_headline_script(f, t, first, png, dat, n);
-    rc = plot_close(&pub) == 0 && draw(gp, &png, 1) == 0 ? 0 : 1;
+    rc = report_plot_close(&pub) == 0 && report_draw(gp, &png, 1) == 0 ? 0 : 1;
   }
   remove(dat); /* intermediate files: the figure is the output */
   remove(gp);
@@ -365,7 +369,7 @@ static void inline_series(FILE *f, double *xs, double *ys, int n) {
 /* The scatter's points: peak MB, tokens/s, label (policy @budget). */
 static int write_scatter_data(const res_table *t, const res_row *g, const char *dat, int *n) {
   moe_publish pub;
-  FILE *f = plot_file(&pub, dat);
+  FILE *f = report_plot_file(&pub, dat);
   if (f == NULL) return 1;
   *n = 0;
   for (size_t i = 0; i < t->n; i++) {
@@ -383,7 +387,7 @@ static int write_scatter_data(const res_table *t, const res_row *g, const char *
     fputc('\n', f);
     (*n)++;
   }
-  return plot_close(&pub);
+  return report_plot_close(&pub);
 }
 
 /* Per model: tokens/s against peak device memory, one point per policy
@@ -402,7 +406,7 @@ static int plot_scatter(const res_table *t, size_t first, const char *dir, FILE 
   if (write_scatter_data(t, g, dat, &n) != 0) return 1;
   if (n == 0) return 0;
   moe_publish pub;
-  FILE *f = plot_file(&pub, gp);
+  FILE *f = report_plot_file(&pub, gp);
   if (f == NULL) return 1;
   fprintf(f, "set terminal pngcairo size 900,560 noenhanced\nset grid\n"
              "set xlabel 'peak device memory, MB (allocator)'\nset ylabel 'generated tokens/s (measured)'\n"
@@ -413,10 +417,10 @@ static int plot_scatter(const res_table *t, size_t first, const char *dir, FILE 
   snprintf(title, sizeof title, "%s, workload %s, batch %s: throughput against memory, per policy and budget",
            nm.model, nm.workload, nm.batch);
   gp_set(f, "title", title);
-  fputs("plot ", f), gp_quote(f, dat);
-  fputs(" using 1:2 with points pt 7 ps 1.5 notitle, ", f), gp_quote(f, dat);
+  fputs("plot ", f), report_gp_quote(f, dat);
+  fputs(" using 1:2 with points pt 7 ps 1.5 notitle, ", f), report_gp_quote(f, dat);
   fputs(" using 1:2:3 with labels offset 1,1 left notitle\n", f);
-  if (plot_close(&pub) != 0 || draw(gp, (const char *const[]){png}, 1) != 0) return 1;
+  if (report_plot_close(&pub) != 0 || report_draw(gp, (const char *const[]){png}, 1) != 0) return 1;
   fprintf(md, "\nScatter: `%s`\n", png);
   return 0;
 }
@@ -440,7 +444,7 @@ static void gp_write_lines(FILE *f, gp_lines *l) {
   for (int k = 0; k < l->lines; k++) {
     if (l->n[k] == 0) continue;
     fputs(any ? ", '-' using 1:2 with linespoints title " : "plot '-' using 1:2 with linespoints title ", f);
-    gp_quote(f, l->title[k]);
+    report_gp_quote(f, l->title[k]);
     any = true;
   }
   fputc('\n', f);
@@ -457,13 +461,13 @@ static int gp_points(const gp_lines *l) {
 /* Writes the script gp (set commands, title, lines) and draws png. */
 static int plot_lines(const char *gp, const char *png, const char *sets, const char *title, gp_lines *l) {
   moe_publish pub;
-  FILE *f = plot_file(&pub, gp);
+  FILE *f = report_plot_file(&pub, gp);
   if (f == NULL) return 1;
   fputs(sets, f);
   gp_set(f, "output", png);
   gp_set(f, "title", title);
   gp_write_lines(f, l);
-  return plot_close(&pub) != 0 || draw(gp, (const char *const[]){png}, 1) != 0 ? 1 : 0;
+  return report_plot_close(&pub) != 0 || report_draw(gp, (const char *const[]){png}, 1) != 0 ? 1 : 0;
 }
 
 static bool same_model_workload(const res_row *a, const res_row *b) {

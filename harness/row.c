@@ -212,7 +212,7 @@ json_t *row_argv_json(int argc, char **argv) {
 }
 
 json_t *row_metadata(json_t *av, const char *suite_name, const char *backend, double link,
-                        const char *start) {
+                     const char *hardware, const char *start) {
   json_t *m = json_object();
   json_object_set_new(m, "schema_version", json_string(RES_SCHEMA_VERSION));
   json_object_set_new(m, "moebench_version", json_string(moe_version()));
@@ -238,7 +238,13 @@ json_t *row_metadata(json_t *av, const char *suite_name, const char *backend, do
   }
   json_object_set_new(m, "devices", devs);
   json_object_set_new(m, "link_gbps", json_real(link));
-  json_object_set_new(m, "hardware_profile", json_string("none: every figure is measured on this machine (no cost model yet)"));
+  char hw[1300];
+  if (hardware && hardware[0])
+    snprintf(hw, sizeof hw, "%s: every time is MODELED on this profile (the sim backend's cost model)",
+             hardware);
+  else
+    snprintf(hw, sizeof hw, "none: every time is measured on this machine");
+  json_object_set_new(m, "hardware_profile", json_string(hw));
   json_object_set_new(m, "start_time", json_string(start));
   return m;
 }

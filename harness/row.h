@@ -61,9 +61,11 @@ void iso_now(char *buf, size_t cap);
 /* argv as given (before getopt reorders it), "moebench" first, as JSON. */
 struct json_t;
 struct json_t *row_argv_json(int argc, char **argv);
-/* A result file's metadata: versions, commit, host, backend and devices. */
+/* A result file's metadata: versions, commit, host, backend and devices;
+ * hardware: the profile file a modeled backend ran on (NULL or "": none,
+ * the times are measured). */
 struct json_t *row_metadata(struct json_t *av, const char *suite_name, const char *backend,
-                            double link, const char *start);
+                            double link, const char *hardware, const char *start);
 /* PREFIX.csv and PREFIX.json (with meta and its end time), each published
  * whole (moe/publish.h). */
 moe_status row_write_outputs(const char *prefix, const res_table *t, struct json_t *meta,

@@ -203,6 +203,12 @@ static void run_print(const res_row *row) {
          cli_md(res_get(row, "expert_slots")), cli_md(res_get(row, "h2d_bytes")), cli_md(res_get(row, "expert_fetches")),
          cli_md(res_get(row, "expert_misses")), cli_md(res_get(row, "stall_s")));
   if (strcmp(res_get(row, "status"), "ok") != 0) printf("error: %s\n", cli_md(res_get(row, "error")));
+  if (res_row_modeled(row))
+    printf("times MODELED by the %s backend on %s (the cost model, deterministic; not measured); "
+           "bytes, slots, fetches and misses counted by the engine\n",
+           cli_md(res_get(row, "backend")), cli_md(res_get(row, "device")));
+  else
+    printf("times measured on this machine (wall clock)\n");
   const char *pinned = res_get(row, "pinned");
   if (pinned[0])
     printf("expert weights: %s host memory (pinning took %s s)\n",
@@ -221,7 +227,8 @@ static int run_write(const run_opts *o, const res_table *t, const char *backend,
   if (lock < 0) return 1;
   char start[32];
   iso_now(start, sizeof start);
-  json_t *meta = row_metadata(row_argv_json(o->n_orig, (char **)o->orig), NULL, backend, link, start);
+  json_t *meta = row_metadata(row_argv_json(o->n_orig, (char **)o->orig), NULL, backend, link,
+                              o->r.hw_name ? o->hw_path : NULL, start);
   moe_error err = {0};
   const int rc = row_write_outputs(o->out, t, meta, &err) != MOE_OK ? cli_fail(&err) : 0;
   json_decref(meta);

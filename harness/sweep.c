@@ -411,7 +411,8 @@ static int sweep_model(sweep_ctx *x, int mi) {
 static json_t *sweep_metadata(const sweep_ctx *x, int argc, char **argv) {
   char start[32];
   iso_now(start, sizeof start);
-  json_t *meta = row_metadata(row_argv_json(argc, argv), x->s->name, x->backend, x->s->link_gbps, start);
+  json_t *meta = row_metadata(row_argv_json(argc, argv), x->s->name, x->backend, x->s->link_gbps,
+                              x->s->hardware, start);
   json_object_set_new(meta, "device", json_string(x->device));
   json_t *seeds = json_object();
   for (int i = 0; i < x->s->n_models; i++)
@@ -647,8 +648,11 @@ static int sweep_backend_prefix(sweep_ctx *x, const char *out) {
                           x->s->hardware[0] ? x->s->hardware : NULL, x->device, sizeof x->device);
   if (bo == NULL) return 1;
   x->backend = bo->name;
-  if (x->s->link_ratio > 0 && !(bo->caps & MOE_BACKEND_CAP_LINK_CAP)) {
-    /* as a link cap: the backend's own link is the one measured (or modeled) */
+  if (x->s->link_ratio > 0 &&
+      (!(bo->caps & MOE_BACKEND_CAP_LINK_CAP) || (bo->caps & MOE_BACKEND_CAP_MODELED))) {
+    /* as a link cap: the backend's own link is the one measured (or
+     * modeled: a suite's ratio is for the cpu backend's emulation; the sim
+     * keeps its profile's link, `moebench regime` scales it) */
     fprintf(stderr, "moebench: note: the %s backend copies over its own link; link ratio %g "
                     "ignored (rows record none)\n", bo->name, x->s->link_ratio);
     x->s->link_ratio = 0;

@@ -135,7 +135,7 @@ static void tl_draw(FILE *f, const tl_trace *tr, long back, double t0, double t1
     if (b < t0 || a > t1) continue;
     if (a < t0) a = t0;
     if (b > t1) b = t1;
-    busy[t->tid] += b - a;
+    busy[t->tid == 1 && strcmp(t->name, "wait for copy") == 0 ? 0 : t->tid] += b - a;
     const double x = x0 + (a - t0) / span * W, w = (b - a) / span * W;
     fprintf(f, "<rect x=\"%.2f\" y=\"%d\" width=\"%.2f\" height=\"40\" fill=\"%s\"><title>", x,
             t->tid == 1 ? 45 : 115, w < 0.3 ? 0.3 : w, color(t));
@@ -146,10 +146,10 @@ static void tl_draw(FILE *f, const tl_trace *tr, long back, double t0, double t1
     fprintf(f, "<line x1=\"%.1f\" y1=\"165\" x2=\"%.1f\" y2=\"170\" stroke=\"black\"/>"
                "<text x=\"%.1f\" y=\"185\" text-anchor=\"middle\">%.2f ms</text>\n",
             x0 + W * k / 10, x0 + W * k / 10, x0 + W * k / 10, span * k / 10 / 1e3);
-  fprintf(f, "<text x=\"10\" y=\"215\">compute busy %.0f%%, copy busy %.0f%% of the forward; "
-             "blue matmul, green attention, grey other ops, red waiting for a copy, orange "
-             "copies</text>\n</svg>\n",
-          100 * busy[1] / span, 100 * busy[2] / span);
+  fprintf(f, "<text x=\"10\" y=\"215\">compute busy %.0f%%, waiting for copies %.0f%%, copy "
+             "busy %.0f%% of the forward; blue matmul, green attention, grey other ops, red "
+             "waiting for a copy, orange copies</text>\n</svg>\n",
+          100 * busy[1] / span, 100 * busy[0] / span, 100 * busy[2] / span);
 }
 
 /* timeline's flags. */

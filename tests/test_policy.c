@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "moe/device.h"
 #include "moe/expert_store.h"
@@ -104,6 +105,24 @@ START_TEST(plugins_load_and_refuse) {
   moe_error_clear(&err);
   ck_assert_int_eq(moe_policy_plugin_load(&pl, "/nonexistent/policy.so", &err), MOE_ERR_IO);
   ck_assert_ptr_nonnull(strstr(err.msg, "/nonexistent/policy.so"));
+  /* a bare name that exists in the working directory is that file (as the
+   * README writes --policy-plugin my_policy.so), not one for dlopen to
+   * look for in the system's library path */
+  {
+    char dir[512], cwd[4096], cmd[1300];
+    ck_assert_ptr_nonnull(tu_tempdir(dir, sizeof dir));
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s/my_policy.so'", PLUGIN_LRU, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
+    ck_assert_int_eq(chdir(dir), 0);
+    moe_error_clear(&err);
+    const moe_status st = moe_policy_plugin_load(&pl, "my_policy.so", &err);
+    ck_assert_int_eq(chdir(cwd), 0);
+    ck_assert_msg(st == MOE_OK, "%s", err.msg);
+    ck_assert_str_eq(pl.policy->name, "lru-cache");
+    moe_policy_plugin_close(&pl);
+    tu_rmtree(dir);
+  }
   free(ref);
   free(o);
   free(od);

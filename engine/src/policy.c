@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -123,6 +124,13 @@ moe_status moe_policy_plugin_load(moe_policy_library *pl, const char *path, moe_
    * and waits for a writer, forever, and a device or a directory is no
    * library either.  A name without '/' is dlopen's to search for. */
   struct stat sb;
+  /* a name without '/' that exists here is this file, not a library for
+   * dlopen to search the system for */
+  char here[4096];
+  if (strchr(path, '/') == NULL && stat(path, &sb) == 0 && strlen(path) + 3 < sizeof here) {
+    snprintf(here, sizeof here, "./%s", path);
+    path = here;
+  }
   if (strchr(path, '/') != NULL) {
     if (stat(path, &sb) != 0)
       return MOE_FAIL(err, MOE_ERR_IO, "%s: cannot load policy plugin: %s", path, strerror(errno));

@@ -405,9 +405,15 @@ static moe_status sim_create(const moe_backend_options *opt, moe_backend **out, 
   }
   be->seed = opt->seed;
   be->layer = -1;
+  if (opt->link_gbps > 0) { /* a modeled link cap: the profile's link at that rate */
+    be->prof.h2d_pinned_gbps = opt->link_gbps;
+    if (be->prof.h2d_pageable_gbps > opt->link_gbps) be->prof.h2d_pageable_gbps = opt->link_gbps;
+  }
   moe_cost_clock_init(&be->clk, &be->prof);
-  snprintf(be->desc, sizeof be->desc, "sim (modeled on %s, routing %s; no math, no weight memory)",
-           be->prof.name, be->routing);
+  char link[48] = "";
+  if (opt->link_gbps > 0) snprintf(link, sizeof link, ", link capped at %g GB/s", opt->link_gbps);
+  snprintf(be->desc, sizeof be->desc, "sim (modeled on %s%s, routing %s; no math, no weight memory)",
+           be->prof.name, link, be->routing);
   *out = be;
   return MOE_OK;
 }
@@ -648,7 +654,7 @@ const moe_backend_ops moe_sim_backend = {
     .scatter_add_rows = sim_scatter,
     .host_register = sim_host_register,
     .host_unregister = sim_host_unregister,
-    .caps = MOE_BACKEND_CAP_MODELED,
+    .caps = MOE_BACKEND_CAP_MODELED | MOE_BACKEND_CAP_LINK_CAP,
     .device_name = sim_device_name,
     .stall_seconds = sim_stall,
     .set_copy_observer = sim_set_observer,

@@ -1,0 +1,191 @@
+/* The regime map (moebench regime), the paper's figures as data (list
+ * paper, report --paper), and the labels a new user reads: run's MODELED
+ * line, the result file's hardware_profile, the timeline's waits. */
+#include <check.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "harness_util.h"
+
+/* Runs the moebench binary with args (a trusted test string) in g_dir;
+ * its stdout and stderr in out; the exit status. */
+static int moebench_out(const char *args, char *out, size_t cap) {
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s 2>&1", g_dir, MOEBENCH_PATH, args);
+  FILE *p = popen(cmd, "r");
+  ck_assert_ptr_nonnull(p);
+  size_t n = fread(out, 1, cap - 1, p);
+  out[n] = '\0';
+  const int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The regime CSV read back: a header and up to 16 rows of plain fields
+ * (the command writes no quoting). */
+typedef struct rcsv {
+  char head[32][48];
+  char cell[16][32][48];
+  int n_cols, n_rows;
+} rcsv;
+
+static int split(char *line, char out[32][48]) {
+  int n = 0;
+  line[strcspn(line, "\r\n")] = '\0';
+  for (char *save = NULL, *t = strtok_r(line, ",", &save); t && n < 32; t = strtok_r(NULL, ",", &save))
+    snprintf(out[n++], 48, "%s", t);
+  return n;
+}
+
+static void read_rcsv(const char *path, rcsv *c) {
+  FILE *f = fopen(path, "r");
+  ck_assert_msg(f != NULL, "%s", path);
+  char line[2048];
+  ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
+  c->n_cols = split(line, c->head);
+  c->n_rows = 0;
+  while (c->n_rows < 16 && fgets(line, sizeof line, f))
+    ck_assert_int_eq(split(line, c->cell[c->n_rows++]), c->n_cols);
+  fclose(f);
+}
+
+/* Row r's value in column name. */
+static const char *get(const rcsv *c, int r, const char *name) {
+  for (int i = 0; i < c->n_cols; i++)
+    if (strcmp(c->head[i], name) == 0) return c->cell[r][i];
+  ck_abort_msg("no column %s", name);
+  return "";
+}
+static double num(const rcsv *c, int r, const char *name) { return atof(get(c, r, name)); }
+
+/* The modeled side: deterministic, pregated's share of gpu-only falls as R
+ * grows, the model columns too, the paper's band recorded; the measured
+ * side adds one row per R. */
+START_TEST(regime_map_rows_follow_the_model) {
+  ck_assert_int_eq(call(cmd_regime, "regime", "--preset", "ci-small", "--ratios", "0.5,2",
+                        "--gen-len", "8", "--prompt-len", "8", "--reps", "1", "-o",
+                        tmp_path("r"), NULL), 0);
+  static rcsv t, u;
+  read_rcsv(tmp_path("r.csv"), &t);
+  ck_assert_int_eq(t.n_rows, 4); /* measured and modeled at two ratios */
+  int m05 = -1, m2 = -1;
+  for (int i = 0; i < t.n_rows; i++)
+    if (strcmp(get(&t, i, "side"), "modeled") == 0) *(num(&t, i, "ratio") < 1 ? &m05 : &m2) = i;
+  ck_assert(m05 >= 0 && m2 >= 0);
+  ck_assert_double_lt(num(&t, m2, "pregated_vs_gpu_only"), num(&t, m05, "pregated_vs_gpu_only"));
+  ck_assert_double_gt(num(&t, m05, "pregated_vs_gpu_only"), 0);
+  ck_assert_double_le(num(&t, m05, "pregated_vs_gpu_only"), 1.0 + 1e-9);
+  ck_assert_double_eq_tol(num(&t, m2, "paper_r_lo"), 0.72, 1e-12);
+  ck_assert_double_eq_tol(num(&t, m2, "paper_r_hi"), 1.07, 1e-12);
+  ck_assert_double_gt(num(&t, m2, "model_pregated_vs_gpu_only"), 0);
+  ck_assert_double_lt(num(&t, m2, "model_pregated_vs_gpu_only"),
+                      num(&t, m05, "model_pregated_vs_gpu_only"));
+  /* the same modeled figures again: the sim is deterministic */
+  ck_assert_int_eq(call(cmd_regime, "regime", "--preset", "ci-small", "--ratios", "0.5,2",
+                        "--gen-len", "8", "--prompt-len", "8", "--modeled-only", "-o",
+                        tmp_path("again"), NULL), 0);
+  read_rcsv(tmp_path("again.csv"), &u);
+  ck_assert_int_eq(u.n_rows, 2);
+  ck_assert_str_eq(get(&u, 1, "pregated_vs_gpu_only"), get(&t, m2, "pregated_vs_gpu_only"));
+}
+END_TEST
+
+START_TEST(regime_refuses_bad_arguments) {
+  ck_assert_int_eq(call(cmd_regime, "regime", "--ratios", "2,1", NULL), 2);   /* not ascending */
+  ck_assert_int_eq(call(cmd_regime, "regime", "--ratios", "0,1", NULL), 2);   /* not > 0 */
+  ck_assert_int_eq(call(cmd_regime, "regime", "--ratios", "", NULL), 2);
+  ck_assert_int_eq(call(cmd_regime, "regime", "--figure", tmp_path("x.png"), NULL), 2); /* no -o */
+  ck_assert_int_eq(call(cmd_regime, "regime", "--preset", "no-such-model", NULL), 2);
+  ck_assert_int_eq(call(cmd_regime, "regime", "stray", NULL), 2);
+}
+END_TEST
+
+/* The paper's figures come from the data file: list paper prints what the
+ * file says (a changed file, changed figures); a bad file is one line
+ * naming it. */
+START_TEST(paper_figures_are_read_from_the_file) {
+  static char out[1 << 16];
+  ck_assert_int_eq(moebench_out("list paper", out, sizeof out), 0);
+  ck_assert_ptr_nonnull(strstr(out, "pregated_vs_gpu_only_throughput\t81%"));
+  ck_assert_ptr_nonnull(strstr(out, "large128_ondemand_tokens_per_s\t26 tokens/s"));
+  write_file("paper.json", "{\"figures\": [{\"key\": \"pregated_vs_gpu_only_throughput\", "
+                           "\"value\": 0.5, \"unit\": \"ratio\", \"source\": \"test\"}]}");
+  setenv("MOE_PAPER_FILE", tmp_path("paper.json"), 1);
+  ck_assert_int_eq(moebench_out("list paper", out, sizeof out), 0);
+  ck_assert_ptr_nonnull(strstr(out, "pregated_vs_gpu_only_throughput\t50%"));
+  ck_assert_ptr_null(strstr(out, "81%"));
+  write_file("bad.json", "{\"figures\": [{\"key\": \"x\", \"value\": \"no\"}]}");
+  setenv("MOE_PAPER_FILE", tmp_path("bad.json"), 1);
+  ck_assert_int_eq(moebench_out("list paper", out, sizeof out), 1);
+  ck_assert_ptr_nonnull(strstr(out, "bad.json"));
+  unsetenv("MOE_PAPER_FILE");
+}
+END_TEST
+
+/* What a run's figures are says so: MODELED on the sim, measured on the
+ * cpu backend, in the printed table and in the result file's metadata. */
+START_TEST(modeled_and_measured_say_which) {
+  static char out[1 << 16];
+  ck_assert_int_eq(moebench_out("run --preset ci-small --gen-len 4 --prompt-len 4 --backend sim "
+                                "--hardware a100-80g-pcie4 -o sim", out, sizeof out), 0);
+  ck_assert_ptr_nonnull(strstr(out, "times MODELED by the sim backend"));
+  json_error_t je;
+  json_t *j = json_load_file(tmp_path("sim.json"), 0, &je);
+  ck_assert_ptr_nonnull(j);
+  const char *hp = json_string_value(json_object_get(json_object_get(j, "metadata"), "hardware_profile"));
+  ck_assert_msg(hp && strstr(hp, "a100-80g-pcie4") && strstr(hp, "MODELED"), "%s", hp ? hp : "(none)");
+  json_decref(j);
+  ck_assert_int_eq(moebench_out("run --preset ci-small --gen-len 4 --prompt-len 4 -o cpu", out,
+                                sizeof out), 0);
+  ck_assert_ptr_nonnull(strstr(out, "times measured on this machine"));
+  j = json_load_file(tmp_path("cpu.json"), 0, &je);
+  ck_assert_ptr_nonnull(j);
+  hp = json_string_value(json_object_get(json_object_get(j, "metadata"), "hardware_profile"));
+  ck_assert_msg(hp && strncmp(hp, "none", 4) == 0, "%s", hp ? hp : "(none)");
+  json_decref(j);
+}
+END_TEST
+
+/* The timeline's compute share counts no wait as busy: a modeled
+ * ondemand step on a slow link waits for most of its copies, and the
+ * picture says how long, apart from the compute. */
+START_TEST(timeline_counts_waits_apart) {
+  static char out[1 << 16];
+  ck_assert_int_eq(moebench_out("run --preset ci-small --gen-len 4 --prompt-len 4 --backend sim "
+                                "--hardware a100-80g-pcie4 --policy ondemand --link-gbps 0.01 "
+                                "--trace t.json", out, sizeof out), 0);
+  ck_assert_int_eq(call(cmd_timeline, "timeline", tmp_path("t.json"), "-o", tmp_path("t.svg"), NULL), 0);
+  FILE *f = fopen(tmp_path("t.svg"), "r");
+  ck_assert_ptr_nonnull(f);
+  size_t n = fread(out, 1, sizeof out - 1, f);
+  out[n] = '\0';
+  fclose(f);
+  const char *s = strstr(out, "compute busy ");
+  ck_assert_ptr_nonnull(s);
+  double busy = -1, wait = -1;
+  ck_assert_int_eq(sscanf(s, "compute busy %lf%%, waiting for copies %lf%%", &busy, &wait), 2);
+  ck_assert_double_gt(wait, 50); /* copies of 0.01 GB/s dominate */
+  ck_assert_double_le(busy + wait, 100.5);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("harness_regime");
+  TCase *tc = tcase_create("regime");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 240);
+  tcase_add_test(tc, regime_map_rows_follow_the_model);
+  tcase_add_test(tc, regime_refuses_bad_arguments);
+  tcase_add_test(tc, paper_figures_are_read_from_the_file);
+  tcase_add_test(tc, modeled_and_measured_say_which);
+  tcase_add_test(tc, timeline_counts_waits_apart);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  const int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}
