@@ -232,8 +232,12 @@ static void group_table(const res_table *t, size_t i, FILE *md) {
     snprintf(link, sizeof link, "link ratio %s: one expert's copy = %s x a decoder MoE block's "
              "compute, %s GB/s here", res_get(g, "link_ratio"), res_get(g, "link_ratio"),
              res_get(g, "link_gbps_derived"));
+  else if (report_num(g, "link_gbps") > 0)
+    snprintf(link, sizeof link, "link capped at %s GB/s", res_get(g, "link_gbps"));
+  else if (res_row_modeled(g))
+    snprintf(link, sizeof link, "link: the hardware profile's, modeled");
   else
-    snprintf(link, sizeof link, "link %s GB/s", res_get(g, "link_gbps"));
+    snprintf(link, sizeof link, "link: the backend's own, uncapped");
   fprintf(md, "### %s, workload %s, batch %s, %s backend, device budget %s (%s)\n\n",
           res_get(g, "model"), res_get(g, "workload"), res_get(g, "batch"), res_get(g, "backend"),
           budget == 0 ? "= capacity" : res_get(g, "device_mem_budget_bytes"), link);
@@ -298,10 +302,10 @@ static void group_times_note(const res_row *g, FILE *md) {
                 "counted by the engine running unchanged on it.\n",
             res_get(g, "backend"), res_get(g, "device"));
   else
-    fprintf(md, "\nAll times are wall clock measured on this machine (medians of %s repetitions; "
-                "the spread is (max - min) / median of tokens/s over them); "
-                "bytes, slots, fetches and misses are counted by the engine.\n",
-            res_get(g, "repetitions"));
+    fprintf(md, "\nAll times are wall clock measured on the machine that wrote the file (%s; "
+                "medians of %s repetitions; the spread is (max - min) / median of tokens/s over "
+                "them); bytes, slots, fetches and misses are counted by the engine.\n",
+            res_get(g, "device"), res_get(g, "repetitions"));
 }
 
 /* report --paper: pregated's ratios next to the paper's. */

@@ -146,6 +146,14 @@ START_TEST(modeled_and_measured_say_which) {
   hp = json_string_value(json_object_get(json_object_get(j, "metadata"), "hardware_profile"));
   ck_assert_msg(hp && strncmp(hp, "none", 4) == 0, "%s", hp ? hp : "(none)");
   json_decref(j);
+  /* report says the same of each file: whose link, whose machine */
+  ck_assert_int_eq(moebench_out("report sim.csv", out, sizeof out), 0);
+  ck_assert_ptr_nonnull(strstr(out, "link: the hardware profile's, modeled"));
+  ck_assert_ptr_nonnull(strstr(out, "MODELED"));
+  ck_assert_ptr_null(strstr(out, "link 0 GB/s"));
+  ck_assert_int_eq(moebench_out("report cpu.csv", out, sizeof out), 0);
+  ck_assert_ptr_nonnull(strstr(out, "measured on the machine that wrote the file"));
+  ck_assert_ptr_nonnull(strstr(out, "link: the backend's own, uncapped"));
 }
 END_TEST
 
