@@ -27,6 +27,7 @@ typedef struct run_opts {
   char *orig[128]; /* getopt permutes argv; kept as given for the metadata */
   int n_orig;
   long requests, warmup;
+  double link_ratio; /* > 0: the link cap from a gpu-only warm-up (runner_link_for_ratio) */
   uint64_t seed, prompt_seed;
   bool have_seed, have_routing;
   moe_routing routing;
@@ -78,6 +79,9 @@ void run_usage(FILE *f) {
           "  --seed N            weight seed of the preset's model (default: the preset's)\n"
           "  --prompt-seed N     seed of the random prompts (default 1)\n"
           "  --link-gbps X       cpu backend: host-to-device link cap\n"
+          "  --link-ratio R      instead: the cap at which one expert's copy takes R times a\n"
+          "                      decoder MoE block window's compute (a gpu-only warm-up\n"
+          "                      measures it; cpu backend)\n"
           "  --device-mem SIZE   device-memory budget (default capacity)\n"
           "  --backend NAME      cpu (default), cuda, sim, auto (see 'moebench list backends')\n"
           "  --hardware NAME     sim: the hardware profile the times are modeled on\n"
@@ -108,6 +112,7 @@ static bool run_flag(run_opts *o, int c, const char *arg) {
     case 'w': return flag_long(FLAG_WARMUP, arg, &o->warmup);
     case 's': o->have_seed = true; return flag_u64(FLAG_SEED, arg, &o->seed);
     case 'S': return flag_u64(FLAG_PROMPT_SEED, arg, &o->prompt_seed);
+    case 'Q': return flag_double(FLAG_LINK_RATIO, arg, &o->link_ratio);
     default: return false;
   }
 }
@@ -128,7 +133,8 @@ static int run_parse(int argc, char **argv, run_opts *o) {
       {"warmup", required_argument, 0, 'w'}, {"seed", required_argument, 0, 's'},
       {"prompt-seed", required_argument, 0, 'S'}, {"policy-plugin", required_argument, 0, 'X'},
       {"trace", required_argument, 0, 'T'}, {"record-routing", required_argument, 0, 'Y'},
-      {"out", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+      {"out", required_argument, 0, 'o'}, {"link-ratio", required_argument, 0, 'Q'},
+      {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
   o->n_orig = argc < 128 ? argc : 128;
   memcpy(o->orig, argv, (size_t)o->n_orig * sizeof *o->orig);
   return flags_getopt("run", argc, argv, "ho:", opts, run_take, o, run_usage);
@@ -152,6 +158,12 @@ static int run_check(run_opts *o, bool positional, moe_policy_library *lib) {
   }
   if (o->policy && o->plugin) {
     cli_error("run: give at most one of --policy and --policy-plugin");
+    return 2;
+  }
+  const moe_backend_ops *lo = moe_backend_find(o->r.backend);
+  if (o->link_ratio > 0 && (o->r.link > 0 || (lo && (!(lo->caps & MOE_BACKEND_CAP_LINK_CAP) ||
+                                                     (lo->caps & MOE_BACKEND_CAP_MODELED))))) {
+    cli_error("run: --link-ratio sets the cpu backend's emulated link, instead of --link-gbps");
     return 2;
   }
   if (cli_check_names("run", o->r.preset, o->r.backend) != 0 ||
@@ -256,6 +268,17 @@ static int run_one(run_opts *o) {
     cli_error("run: an input cannot be read to key the row");
     bops = NULL;
   }
+  if (bops != NULL && o->link_ratio > 0) {
+    char why[700];
+    const run_spec ws = {.model = m, .backend = bops->name, .hardware = hardware,
+                         .threads = (int)o->r.threads, .batch = (int)o->r.batch,
+                         .prompt_len = (int)o->r.plen, .gen_len = (int)o->r.glen, .prompt_seed = 1};
+    link = runner_link_for_ratio(&ws, o->link_ratio, NULL, NULL, why, sizeof why);
+    if (isnan(link)) {
+      cli_error("run: %s", why);
+      bops = NULL;
+    }
+  }
   if (bops == NULL) {
     moe_model_free(m);
     return 1;
@@ -268,7 +291,8 @@ static int run_one(run_opts *o) {
       .model_name = p.name, .model_seed = p.seed, .model = m, .dtype = p.dtype, .wl = &wl,
       .batch = (int)o->r.batch, .policy = pol,
       .routing = o->have_routing ? o->routing : runner_policy_routing(pol), .backend = bops->name,
-      .device = device, .budget = o->r.devmem, .link_gbps = link, .threads = (int)o->r.threads,
+      .device = device, .budget = o->r.devmem, .link_gbps = link, .link_ratio = o->link_ratio,
+      .threads = (int)o->r.threads,
       .reps = (int)o->r.reps, .warmup = (int)o->warmup, .trace_path = o->trace_path,
       .lookahead = (int)o->r.lookahead, .policy_label = label, .cache = o->cache,
       .hardware = hardware, .sim_routing = o->r.sim_routing, .routing_log = o->routing_log,

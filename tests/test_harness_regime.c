@@ -10,6 +10,7 @@
 
 #include "commands.h"
 #include "harness_util.h"
+#include "results.h"
 
 /* Runs the moebench binary with args (a trusted test string) in g_dir;
  * its stdout and stderr in out; the exit status. */
@@ -180,6 +181,26 @@ START_TEST(timeline_counts_waits_apart) {
 }
 END_TEST
 
+/* run --link-ratio: the cap from a gpu-only warm-up, recorded as the
+ * row's ratio and derived cap; refused beside --link-gbps or on a backend
+ * with its own link. */
+START_TEST(run_takes_a_link_ratio) {
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--gen-len", "4", "--prompt-len", "4",
+                        "--link-ratio", "0.5", "-o", tmp_path("lr"), NULL), 0);
+  res_table t;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(tmp_path("lr.csv"), &t, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_str_eq(res_get(&t.rows[0], "link_ratio"), "0.5");
+  ck_assert_double_gt(atof(res_get(&t.rows[0], "link_gbps_derived")), 0);
+  res_table_free(&t);
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--link-ratio", "0.5", "--link-gbps",
+                        "2", NULL), 2);
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--link-ratio", "0.5", "--backend",
+                        "sim", "--hardware", "h200", NULL), 2);
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--link-ratio", "-1", NULL), 2);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness_regime");
   TCase *tc = tcase_create("regime");
@@ -190,6 +211,7 @@ int main(void) {
   tcase_add_test(tc, paper_figures_are_read_from_the_file);
   tcase_add_test(tc, modeled_and_measured_say_which);
   tcase_add_test(tc, timeline_counts_waits_apart);
+  tcase_add_test(tc, run_takes_a_link_ratio);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
