@@ -311,6 +311,12 @@ The paper's seven Switch models, f32, batch 1, 256 random input ids and
 MODELED
   modeled_table paper-modeled
   echo
+  echo "How sure these figures are: the profile's launch overhead and transfer latency are"
+  echo "estimates (workloads/hardware/a100-80g-pcie4.json's sources say so). The same Switch-Base-8"
+  echo "decode, MODELED at other values of the two (moebench sensitivity):"
+  echo
+  "$bin" sensitivity | sed '1,2d'
+  echo
   echo "What if: today's open MoE models (bf16, same workload) on the H200 profile"
   echo "(workloads/hardware/h200.json: 141 GB, 4.8 TB/s, PCIe Gen5 host link), MODELED:"
   echo

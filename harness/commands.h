@@ -44,5 +44,6 @@ MOEBENCH_COMMAND(bench_ops);
 MOEBENCH_COMMAND(bench_policies);
 MOEBENCH_COMMAND(list);
 MOEBENCH_COMMAND(regime);
+MOEBENCH_COMMAND(sensitivity);
 
 #endif

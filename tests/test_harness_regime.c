@@ -201,6 +201,28 @@ START_TEST(run_takes_a_link_ratio) {
 }
 END_TEST
 
+/* sensitivity: the modeled ratio moves with the launch overhead (more
+ * overhead, more compute to hide copies behind), and the shares add up
+ * to at most the whole step; bad lists are refused. */
+START_TEST(sensitivity_moves_with_the_estimates) {
+  static char out[1 << 16];
+  ck_assert_int_eq(moebench_out("sensitivity --preset ci-small --launch-us 2,10 --latency-us 10 "
+                                "--prompt-len 8 --gen-len 8", out, sizeof out), 0);
+  const char *r2 = strstr(out, "\n| 2 | 10 | "), *r10 = strstr(out, "\n| 10 | 10 | ");
+  ck_assert_msg(r2 && r10, "%s", out);
+  double g2, p2, o2, l2, t2, g10, p10, o10, l10, t10;
+  ck_assert_int_eq(sscanf(r2, "\n| 2 | 10 | %lf | %lf%% | %lfx | %lf%% | %lf%% |", &g2, &p2, &o2, &l2, &t2), 5);
+  ck_assert_int_eq(sscanf(r10, "\n| 10 | 10 | %lf | %lf%% | %lfx | %lf%% | %lf%% |", &g10, &p10, &o10, &l10, &t10), 5);
+  ck_assert_double_gt(g10, g2);
+  ck_assert_double_gt(l10, l2);
+  ck_assert_double_le(l10 + t10, 100.5);
+  ck_assert_ptr_nonnull(strstr(out, "MODELED"));
+  ck_assert_int_eq(call(cmd_sensitivity, "sensitivity", "--launch-us", "0", NULL), 2);
+  ck_assert_int_eq(call(cmd_sensitivity, "sensitivity", "--latency-us", "a,b", NULL), 2);
+  ck_assert_int_eq(call(cmd_sensitivity, "sensitivity", "--hardware", "", NULL), 2);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness_regime");
   TCase *tc = tcase_create("regime");
@@ -212,6 +234,7 @@ int main(void) {
   tcase_add_test(tc, modeled_and_measured_say_which);
   tcase_add_test(tc, timeline_counts_waits_apart);
   tcase_add_test(tc, run_takes_a_link_ratio);
+  tcase_add_test(tc, sensitivity_moves_with_the_estimates);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
