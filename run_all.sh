@@ -251,7 +251,10 @@ ABOUT
   all=$("$bin" compare results/reference/headline.csv "$out.csv" --allow-device-change 2>&1) || true
   echo "- counted figures (bytes, fetches, slots, tokens; must match): $det"
   echo "- all figures (timings move with the machine; flagged when worse by more than 25%"
-  echo "  and by more than the rows' own spread): $(echo "$all" | tail -1)"
+  echo "  and by more than the rows' own spread; rows from another machine compare as"
+  echo "  ratios to gpu-only, their times summarised): $(echo "$all" | tail -1)"
+  speed=$(echo "$all" | grep '^Another device' || true)
+  [ -n "$speed" ] && echo "- $speed"
   flagged=$(echo "$all" | grep -E '[|] (REGRESSION|noise|MISSING) [|]' || true)
   if [ -n "$flagged" ]; then
     echo

@@ -17,6 +17,7 @@
 #include "cli.h"
 #include "flags.h"
 #include "commands.h"
+#include "report.h"
 #include "results.h"
 
 /* ------------------------------------------------------------ compare */
@@ -122,6 +123,8 @@ typedef struct compare_opts {
   bool det_only, allow_missing, allow_device;
 } compare_opts;
 
+#define RES_MAX_ROWS_SUMMARY 4096
+
 typedef struct compare_count {
   int regressions, improvements, noise, changed, missing, added;
 } compare_count;
@@ -200,6 +203,11 @@ static int compare_metric(const compare_opts *o, size_t k, const char *key, cons
     }
     if (!bv[0]) {
       verdict = "new value";
+    } else if (col->kind == RES_MEASURED && !res_row_modeled(b) &&
+               strcmp(res_get(b, "device"), res_get(n, "device")) != 0) {
+      /* another machine's times: compared as ratios (compare_ratios), not here */
+      verdict = "other device";
+      change = x != 0 ? (y - x) / fabs(x) : NAN;
     } else {
       const bool modeled = res_row_modeled(b);
       double t = o->tol.per_col[k] >= 0 ? o->tol.per_col[k]
@@ -241,6 +249,62 @@ static int compare_metric(const compare_opts *o, size_t k, const char *key, cons
     printf("| %s | %s | %s | %s | %+.2f%% | %s |\n", cli_md(key), col->name, cli_md(bv), cli_md(nv),
            100 * change, verdict);
   return 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  const double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Rows measured on another device: their times say how fast that machine
+ * is, so they are summarised (the median speed ratio) and compared as
+ * ratios to the reference policy of their group (pregated / gpu-only here
+ * vs there), which a faster or slower machine leaves alone.  A ratio worse
+ * by more than the measured tolerance and the two rows' spreads is a
+ * regression, unless a row is noisy. */
+static void compare_ratios(const compare_opts *o, const res_table *base, const res_table *neu,
+                           const res_index *nix, compare_count *cnt) {
+  double speed[RES_MAX_ROWS_SUMMARY];
+  int ns = 0, header = 0;
+  char key[RES_KEY_MAX];
+  for (size_t i = 0; i < base->n; i++) {
+    const res_row *b = &base->rows[i];
+    res_key_except(b, pair_skip(base, neu), key, sizeof key);
+    const long j = res_index_find(nix, key);
+    if (j < 0 || res_row_modeled(b) || strcmp(res_get(b, "status"), "ok") != 0 ||
+        strcmp(res_get(&neu->rows[j], "status"), "ok") != 0 ||
+        strcmp(res_get(b, "device"), res_get(&neu->rows[j], "device")) == 0)
+      continue;
+    const res_row *n = &neu->rows[j];
+    const double tb = report_num(b, "tokens_per_s"), tn = report_num(n, "tokens_per_s");
+    if (ns < RES_MAX_ROWS_SUMMARY && tb > 0 && tn > 0) speed[ns++] = tn / tb;
+    const res_row *rb = report_find_role(base, b, MOE_POLICY_ROLE_REFERENCE),
+                  *rn = report_find_role(neu, n, MOE_POLICY_ROLE_REFERENCE);
+    if (rb == NULL || rn == NULL || rb == b) continue;
+    const double qb = tb / report_num(rb, "tokens_per_s"), qn = tn / report_num(rn, "tokens_per_s");
+    if (!(qb > 0) || !(qn > 0)) continue;
+    const double worse = (qb - qn) / qb;
+    const double noise = fmax(0, report_num(b, "rel_spread")) + fmax(0, report_num(n, "rel_spread")) +
+                         fmax(0, report_num(rb, "rel_spread")) + fmax(0, report_num(rn, "rel_spread"));
+    const bool busy = !strcmp(res_get(b, "noisy"), "1") || !strcmp(res_get(n, "noisy"), "1");
+    const char *verdict = worse > o->tol.measured && !busy && worse > noise ? "REGRESSION"
+                          : worse > o->tol.measured                        ? "noise"
+                          : worse < 0                                      ? "improved"
+                                                                           : "ok";
+    if (!header++)
+      printf("\n| row (another device) | tokens/s / %s's | base | new | change | verdict |\n"
+             "|---|---|---|---|---|---|\n", moe_policy_reference()->name);
+    printf("| %s | ratio | %.3f | %.3f | %+.2f%% | %s |\n", cli_md(key), qb, qn, -100 * worse, verdict);
+    if (!strcmp(verdict, "REGRESSION")) cnt->regressions++;
+    else if (!strcmp(verdict, "improved")) cnt->improvements++;
+    else if (!strcmp(verdict, "noise")) cnt->noise++;
+  }
+  if (ns == 0) return;
+  qsort(speed, (size_t)ns, sizeof *speed, cmp_double);
+  const double med = ns % 2 ? speed[ns / 2] : (speed[ns / 2 - 1] + speed[ns / 2]) / 2;
+  printf("\nAnother device: NEW ran %.0f%% %s than BASE (median tokens/s ratio over %d rows); "
+         "its times are compared as ratios to %s, not one by one.\n",
+         100 * fabs(med - 1), med >= 1 ? "faster" : "slower", ns, moe_policy_reference()->name);
 }
 
 /* Distinct values of column c in t, comma-joined (at most 6 listed). */
@@ -335,6 +399,7 @@ static int compare_tables(const compare_opts *o, const char *bp, const res_table
       cnt.added++;
     }
   }
+  if (rc == 0 && !o->det_only) compare_ratios(o, base, neu, nix, &cnt);
   res_index_free(bix);
   res_index_free(nix);
   if (rc != 0) return rc;

@@ -223,6 +223,46 @@ START_TEST(sensitivity_moves_with_the_estimates) {
 }
 END_TEST
 
+/* A results file of one group: gpu-only and pregated at the given
+ * tokens/s, measured on device. */
+static void pair_file(const char *name, const char *device, const char *tps_go, const char *tps_pg) {
+  res_table t;
+  res_table_init(&t);
+  const char *pols[2] = {"gpu-only", "pregated"}, *tps[2] = {tps_go, tps_pg};
+  for (int i = 0; i < 2; i++) {
+    res_row *r = res_table_add(&t);
+    static const char *const kv[][2] = {
+        {"schema_version", RES_SCHEMA_VERSION}, {"model", "m"}, {"model_seed", "1"}, {"dtype", "f32"},
+        {"workload", "w"}, {"routing", "conventional"}, {"backend", "cpu"}, {"threads", "1"},
+        {"link_gbps", "0"}, {"device_mem_budget_bytes", "0"}, {"batch", "1"}, {"prompt_len", "4"},
+        {"gen_len", "4"}, {"requests", "1"}, {"prompt_seed", "1"}, {"repetitions", "3"},
+        {"status", "ok"}, {"rel_spread", "0.01"}, {"h2d_bytes", "500"}};
+    for (size_t k = 0; k < sizeof kv / sizeof kv[0]; k++) res_set(r, kv[k][0], kv[k][1]);
+    res_set(r, "policy", pols[i]);
+    res_set(r, "device", device);
+    res_set(r, "tokens_per_s", tps[i]);
+  }
+  moe_error err = {0};
+  ck_assert_msg(res_write_csv(tmp_path(name), &t, &err) == MOE_OK, "%s", err.msg);
+  res_table_free(&t);
+}
+
+/* Rows from another machine compare ratios, not times: a machine 40%
+ * slower throughout is no regression, and is said in one line; a
+ * pregated / gpu-only ratio that falls is one. */
+START_TEST(another_device_compares_ratios) {
+  static char out[1 << 16];
+  pair_file("base.csv", "cpu: A", "100", "80");
+  pair_file("slow.csv", "cpu: B", "60", "48");
+  pair_file("worse.csv", "cpu: B", "60", "30");
+  ck_assert_int_eq(moebench_out("compare base.csv slow.csv --allow-device-change", out, sizeof out), 0);
+  ck_assert_msg(strstr(out, "NEW ran 40% slower than BASE"), "%s", out);
+  ck_assert_ptr_null(strstr(out, "REGRESSION"));
+  ck_assert_int_eq(moebench_out("compare base.csv worse.csv --allow-device-change", out, sizeof out), 1);
+  ck_assert_msg(strstr(out, "| ratio | 0.800 | 0.500 | -37.50% | REGRESSION |"), "%s", out);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness_regime");
   TCase *tc = tcase_create("regime");
@@ -235,6 +275,7 @@ int main(void) {
   tcase_add_test(tc, timeline_counts_waits_apart);
   tcase_add_test(tc, run_takes_a_link_ratio);
   tcase_add_test(tc, sensitivity_moves_with_the_estimates);
+  tcase_add_test(tc, another_device_compares_ratios);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
