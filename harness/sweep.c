@@ -54,13 +54,15 @@ typedef struct progress {
 static void progress_show(progress *p, const char *what) {
   if (p->quiet) return;
   double el = moe_clock_s() - p->start;
-  double eta = p->done > 0 ? el / p->done * (p->total - p->done) : 0;
+  /* no estimate before a row has ended: say so rather than "ETA 0 s" */
+  char eta[48] = "ETA after the first row";
+  if (p->done > 0) snprintf(eta, sizeof eta, "ETA %.0f s", el / p->done * (p->total - p->done));
   if (p->tty) {
     int width = 24, fill = p->total ? width * p->done / p->total : 0;
-    fprintf(stderr, "\r\033[K[%.*s%*s] %d/%d %s  elapsed %.0fs  ETA %.0fs", fill,
+    fprintf(stderr, "\r\033[K[%.*s%*s] %d/%d %s  elapsed %.0fs  %s", fill,
             "########################", width - fill, "", p->done, p->total, what, el, eta);
   } else {
-    fprintf(stderr, "[%d/%d] %s (elapsed %.0f s, ETA %.0f s)\n", p->done, p->total, what, el, eta);
+    fprintf(stderr, "[%d/%d] %s (elapsed %.0f s, %s)\n", p->done, p->total, what, el, eta);
   }
   fflush(stderr);
 }

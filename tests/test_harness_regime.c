@@ -263,6 +263,22 @@ START_TEST(another_device_compares_ratios) {
 }
 END_TEST
 
+/* The sweep's progress has no estimate before a row has ended and says
+ * so (it printed "ETA 0 s"). */
+START_TEST(progress_waits_for_a_row_before_an_eta) {
+  static char out[1 << 16];
+  write_file("p.json", "{\"name\": \"p\", \"models\": [\"ci-small\"], \"workloads\": [\"ci\"],"
+                       " \"policies\": [\"gpu-only\", \"ondemand\"]}");
+  ck_assert_int_eq(moebench_out("sweep p.json -o rows", out, sizeof out), 0);
+  const char *first = strstr(out, "[0/2] ");
+  ck_assert_msg(first != NULL, "%s", out);
+  char line[512];
+  snprintf(line, sizeof line, "%.*s", (int)strcspn(first, "\n"), first);
+  ck_assert_msg(strstr(line, "ETA after the first row") && !strstr(line, "ETA 0 s"), "%s", line);
+  ck_assert_ptr_nonnull(strstr(out, "[1/2] "));
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness_regime");
   TCase *tc = tcase_create("regime");
@@ -276,6 +292,7 @@ int main(void) {
   tcase_add_test(tc, run_takes_a_link_ratio);
   tcase_add_test(tc, sensitivity_moves_with_the_estimates);
   tcase_add_test(tc, another_device_compares_ratios);
+  tcase_add_test(tc, progress_waits_for_a_row_before_an_eta);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
