@@ -39,20 +39,22 @@ void plan_usage(FILE *f) {
           "  --batch B           sequences (default 1)\n"
           "  --prompt-len N      prompt (encoder input) tokens (default 256, the paper's)\n"
           "  --gen-len N         generated tokens (default 256)\n"
+          "  --policy-plugin SO  also plan a policy plugin's slots (a row after the built-ins)\n"
           "  -h, --help          this text\n");
 }
 
 /* The table: one line per built-in policy, the engine's plan of its slots
  * and device memory (against hw's memory when given).  0, or 1. */
-static int plan_table(const moe_model *m, const moe_hw_profile *hw, long batch, long plen, long glen) {
+static int plan_table(const moe_model *m, const moe_hw_profile *hw, long batch, long plen, long glen,
+                      const moe_policy *plugin) {
   const moe_config *cfg = moe_model_config(m);
   moe_error err = {0};
   printf("\n| policy | expert slots | planned device GB (exact) | of which expert slots | %s |\n",
          hw ? "fits the profile's memory" : "-");
   printf("|---|---|---|---|---|\n");
   int rc = 0;
-  for (size_t i = 0; i < moe_policy_count(); i++) {
-    const moe_policy *pol = moe_policy_at(i);
+  for (size_t i = 0; i < moe_policy_count() + (plugin != NULL); i++) {
+    const moe_policy *pol = i < moe_policy_count() ? moe_policy_at(i) : plugin;
     moe_engine_options eo = {.max_batch = (int)batch,
                              .max_seq = moe_config_is_encdec(cfg) ? (int)(plen > glen ? plen : glen)
                                                                   : (int)(plen + glen),
@@ -73,7 +75,7 @@ static int plan_table(const moe_model *m, const moe_hw_profile *hw, long batch, 
 
 /* plan's options. */
 typedef struct plan_opts {
-  const char *preset, *model_dir, *hw_name;
+  const char *preset, *model_dir, *hw_name, *plugin;
   long batch, plen, glen;
 } plan_opts;
 
@@ -84,6 +86,7 @@ static int plan_take(void *ctx, int c, const char *arg) {
     case 'p': return flag_text(&o->preset, arg);
     case 'M': o->model_dir = cli_model_dir_arg(arg); return arg[0] ? 0 : -1;
     case 'H': return flag_text(&o->hw_name, arg);
+    case 'X': return flag_text(&o->plugin, arg);
     case 'b': return flag_long(FLAG_BATCH, arg, &o->batch) ? 0 : -1;
     case 'l': return flag_long(FLAG_PROMPT_LEN, arg, &o->plen) ? 0 : -1;
     case 'g': return flag_long(FLAG_GEN_LEN, arg, &o->glen) ? 0 : -1;
@@ -96,7 +99,8 @@ int cmd_plan(int argc, char **argv) {
       {"preset", required_argument, 0, 'p'},    {"model-dir", required_argument, 0, 'M'},
       {"hardware", required_argument, 0, 'H'},  {"batch", required_argument, 0, 'b'},
       {"prompt-len", required_argument, 0, 'l'}, {"gen-len", required_argument, 0, 'g'},
-      {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+      {"policy-plugin", required_argument, 0, 'X'}, {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   plan_opts o = {.batch = 1, .plen = 256, .glen = 256};
   const int prc = flags_getopt("plan", argc, argv, "h", opts, plan_take, &o, plan_usage);
   if (prc >= 0) return prc;
@@ -124,7 +128,13 @@ int cmd_plan(int argc, char **argv) {
            "(modeled: latency + bytes / link bandwidth of the profile)\n", hw.name,
            hw.memory_bytes / 1073741824.0, (hw.h2d_latency_us * 1e-6 + eb / (hw.h2d_pinned_gbps * 1e9)) * 1e3,
            (hw.h2d_latency_us * 1e-6 + eb / (hw.h2d_pageable_gbps * 1e9)) * 1e3);
-  const int rc = plan_table(m, hw_name ? &hw : NULL, batch, plen, glen);
+  moe_policy_library lib = {0};
+  if (o.plugin && moe_policy_plugin_load(&lib, o.plugin, &err) != MOE_OK) {
+    moe_model_free(m);
+    return cli_fail(&err);
+  }
+  const int rc = plan_table(m, hw_name ? &hw : NULL, batch, plen, glen, lib.policy);
+  moe_policy_plugin_close(&lib);
   printf("\nPlanned bytes are the engine's size table for this batch and these lengths (what a run "
          "allocates; a backend's matmul workspace comes on top); the profile's figures are its "
          "sources' (workloads/hardware).\n");

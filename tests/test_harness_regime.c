@@ -279,6 +279,19 @@ START_TEST(progress_waits_for_a_row_before_an_eta) {
 }
 END_TEST
 
+/* plan takes a policy plugin: its planned slots as a row after the
+ * built-ins; a plugin that cannot be loaded is one line naming it. */
+START_TEST(plan_takes_a_policy_plugin) {
+  static char out[1 << 16];
+  char args[1200];
+  snprintf(args, sizeof args, "plan --preset ci-small --policy-plugin '%s'", PLUGIN_LRU);
+  ck_assert_int_eq(moebench_out(args, out, sizeof out), 0);
+  ck_assert_msg(strstr(out, "\n| lru-cache | ") && strstr(out, "\n| gpu-only | "), "%s", out);
+  ck_assert_int_eq(moebench_out("plan --preset ci-small --policy-plugin nope.so", out, sizeof out), 1);
+  ck_assert_ptr_nonnull(strstr(out, "nope.so"));
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness_regime");
   TCase *tc = tcase_create("regime");
@@ -293,6 +306,7 @@ int main(void) {
   tcase_add_test(tc, sensitivity_moves_with_the_estimates);
   tcase_add_test(tc, another_device_compares_ratios);
   tcase_add_test(tc, progress_waits_for_a_row_before_an_eta);
+  tcase_add_test(tc, plan_takes_a_policy_plugin);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
