@@ -165,6 +165,7 @@ each beside the regime model (engine/include/moe/regime.h; docs/PERFORMANCE.md
 derives it and the band of R that the paper's figures allow: 0.72 with a
 free encoder to about 1.07 with the artifact's on-demand encoder).
 REGIME
+  echo
   sed '1,2d' "$regime.md"
   [ -f "$regime.png" ] && { echo; echo "Figure: $regime.png"; }
   echo
