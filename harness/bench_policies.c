@@ -56,7 +56,9 @@ void bench_policies_usage(FILE *f) {
           "  --preset NAME        model preset (workloads/models)\n"
           "  --model-dir DIR      a Hugging Face checkpoint directory instead\n"
           "  --lookahead K        pre-gates predict the K-th MoE block ahead (1..3, default 1)\n"
-          "  --policies LIST      comma-separated (default gpu-only,ondemand,prefetch-all,pregated)\n"
+          "  --policies LIST      comma-separated (default gpu-only,ondemand,prefetch-all,pregated);\n"
+          "                       an entry may add an expert cache as run's --policy does\n"
+          "                       (ondemand+lru:4)\n"
           "  --batch B            sequences (default 1)\n"
           "  --prompt-len N       prompt tokens (default 64)\n"
           "  --gen-len N          generated tokens (default 64)\n"
@@ -135,10 +137,11 @@ static int bp_check(bp_opts *o) {
 
 /* The policies: --policies (default: the paper's four), then the plugins,
  * at most 8.  0, or the exit code after printing why. */
-static int bp_policies(const bp_opts *o, const moe_policy **pol, int *np, moe_policy_library *libs) {
+static int bp_policies(const bp_opts *o, const moe_policy **pol, int *np, moe_policy_library *libs,
+                       char (*cache)[CLI_CACHE_MAX]) {
   if (o->plist == NULL) {
     *np = (int)moe_policy_paper_baselines(pol, 8);
-  } else if (cli_parse_policies("bench-policies", o->plist, pol, 8, np) != 0) {
+  } else if (cli_parse_policies("bench-policies", o->plist, pol, cache, 8, np) != 0) {
     return 2;
   }
   moe_error err = {0};
@@ -182,6 +185,8 @@ static int bp_link_ratio(bp_opts *o, moe_model *m, double *window, double *copy)
 typedef struct bp_results {
   int np;
   const moe_policy *const *pol;
+  char cache[8][CLI_CACHE_MAX];   /* each entry's expert cache "KIND:SIZE" ("" none) */
+  char label[8][CLI_CACHE_MAX + 64]; /* NAME or NAME+KIND:SIZE, as printed */
   long reps;
   run_result *res;          /* [reps][np] */
   double tps[8], tpt[8], total[8];
@@ -190,7 +195,7 @@ typedef struct bp_results {
 
 static void bp_progress(void *ctx, int rep, int i, const run_result *r) {
   const bp_results *b = ctx;
-  fprintf(stderr, "rep %d/%ld %-13s %s\n", rep + 1, b->reps, b->pol[i]->name,
+  fprintf(stderr, "rep %d/%ld %-13s %s\n", rep + 1, b->reps, b->label[i],
           r->status == MOE_OK ? "ok" : r->error);
 }
 
@@ -203,7 +208,8 @@ static int bp_run(const bp_opts *o, moe_model *m, bp_results *b) {
                        .sim_routing = o->r.sim_routing, .threads = (int)o->r.threads,
                        .link_gbps = o->r.link, .device_mem = o->r.devmem, .batch = (int)o->r.batch,
                        .prompt_len = (int)o->r.plen, .gen_len = (int)o->r.glen, .prompt_seed = 1,
-                       .lookahead = (int)o->r.lookahead, .requests = 1, .keep_logits = true};
+                       .lookahead = (int)o->r.lookahead, .requests = 1, .keep_logits = true,
+                       .cache = b->cache[i][0] ? b->cache[i] : NULL};
   b->res = calloc((size_t)b->np * (size_t)b->reps, sizeof *b->res);
   if (b->res == NULL) {
     cli_error("bench-policies: out of host memory");
@@ -222,7 +228,9 @@ static int bp_run(const bp_opts *o, moe_model *m, bp_results *b) {
 static int bp_role(const bp_results *b, moe_policy_role role, bool ok) {
   int at = -1;
   for (int i = 0; i < b->np; i++)
-    if (moe_policy_has_role(b->pol[i], role) && (!ok || b->last[i]->status == MOE_OK)) at = i;
+    if (moe_policy_has_role(b->pol[i], role) && !b->cache[i][0] && /* a cached one plays none */
+        (!ok || b->last[i]->status == MOE_OK))
+      at = i;
   return at;
 }
 
@@ -249,7 +257,7 @@ static void bp_table(const bp_opts *o, const bp_results *b, const moe_model *m, 
   for (int i = 0; i < b->np; i++) {
     const run_result *r = b->last[i];
     if (r->status != MOE_OK) {
-      printf("| %s | - | %s | | | | | | | | | | | |\n", b->pol[i]->name,
+      printf("| %s | - | %s | | | | | | | | | | | |\n", b->label[i],
              r->status == MOE_ERR_OOM ? "OOM" : "error");
       continue;
     }
@@ -263,7 +271,7 @@ static void bp_table(const bp_opts *o, const bp_results *b, const moe_model *m, 
     if (r->stats.pregate_total)
       snprintf(hit, sizeof hit, "%.3f", (double)r->stats.pregate_hits / (double)r->stats.pregate_total);
     printf("| %s | %s | %.2f | %.3f | %.2f | %.1f | %d | %.1f | %llu | %llu | %.3f | %s | %s | %s |\n",
-           b->pol[i]->name, moe_routing_name(runner_policy_routing(b->pol[i])), b->tps[i],
+           b->label[i], moe_routing_name(runner_policy_routing(b->pol[i])), b->tps[i],
            b->total[i], b->tpt[i] * 1e3, (double)r->peak_bytes / 1e6, r->stats.slots,
            (double)(r->stats.bytes_h2d - r->prefill_bytes_h2d) / 1e6, r->stats.fetches,
            r->stats.misses, r->stats.stall_s - r->prefill_stall_s, hit, match_s, diff_s);
@@ -302,7 +310,7 @@ static void bp_ratios(const bp_opts *o, const bp_results *b, const moe_model *m)
     for (int i = 0; i < b->np; i++) {
       if (i == go || i == od || i == pg || b->last[i]->status != MOE_OK) continue;
       printf("copy time hidden by %s, (T_ondemand - T_%s) / (T_ondemand - T_gpu_only), decode per "
-             "token: %.2f\n", b->pol[i]->name, b->pol[i]->name, (tpt[od] - tpt[i]) / (tpt[od] - tpt[go]));
+             "token: %.2f\n", b->label[i], b->label[i], (tpt[od] - tpt[i]) / (tpt[od] - tpt[go]));
     }
   if (go >= 0 && od >= 0 && pg >= 0) {
     printf("copy time hidden by pregated, (T_ondemand - T_pregated) / (T_ondemand - T_gpu_only), "
@@ -345,7 +353,10 @@ int cmd_bench_policies(int argc, char **argv) {
   const moe_policy *pol[8];
   moe_policy_library libs[4] = {{0}};
   bp_results b = {.pol = pol, .reps = o.r.reps};
-  if ((rc = bp_policies(&o, pol, &b.np, libs)) != 0) return rc;
+  if ((rc = bp_policies(&o, pol, &b.np, libs, b.cache)) != 0) return rc;
+  for (int i = 0; i < b.np; i++)
+    snprintf(b.label[i], sizeof b.label[i], "%s%s%s", pol[i]->name, b.cache[i][0] ? "+" : "",
+             b.cache[i]);
   moe_model *m = NULL;
   moe_error err = {0};
   double window = 0, copy = 0;
@@ -357,7 +368,7 @@ int cmd_bench_policies(int argc, char **argv) {
     bp_ratios(&o, &b, m);
     for (int i = 0; i < b.np; i++) /* runs that ended in an error (OOM is a result) */
       if (b.last[i]->status != MOE_OK && b.last[i]->status != MOE_ERR_OOM) {
-        fprintf(stderr, "moebench: bench-policies: %s: %s\n", pol[i]->name, b.last[i]->error);
+        fprintf(stderr, "moebench: bench-policies: %s: %s\n", b.label[i], b.last[i]->error);
         rc = 1;
       }
   }

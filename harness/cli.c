@@ -547,8 +547,8 @@ bool cli_inputs_hash(const char *model_hash, const char *token_file, const char 
   return ok;
 }
 
-int cli_parse_policies(const char *cmd, const char *list, const struct moe_policy **pol, int max,
-                       int *np) {
+int cli_parse_policies(const char *cmd, const char *list, const struct moe_policy **pol,
+                       char (*cache)[CLI_CACHE_MAX], int max, int *np) {
   char buf[256];
   *np = 0;
   if (strlen(list) >= sizeof buf) {
@@ -564,12 +564,21 @@ int cli_parse_policies(const char *cmd, const char *list, const struct moe_polic
       cli_error("%s: --policies: empty policy name in '%s'", cmd, list);
       return 2;
     }
-    if (*np == max || (pol[*np] = moe_policy_find(tok)) == NULL) {
+    char base[128];
+    const char *c = NULL;
+    if (cache && (!cli_split_policy(tok, base, sizeof base, &c) ||
+                  (c && strlen(c) >= CLI_CACHE_MAX))) {
+      cli_error("%s: --policies entry '%s' is not NAME or NAME+KIND:SIZE (KIND lru, lfu, static or "
+                "ring)", cmd, tok);
+      return 2;
+    }
+    if (*np == max || (pol[*np] = moe_policy_find(cache ? base : tok)) == NULL) {
       cli_error("%s: unknown policy '%s' (at most %d; see 'moebench list policies')", cmd, tok, max);
       return 2;
     }
+    if (cache) snprintf(cache[*np], CLI_CACHE_MAX, "%s", c ? c : "");
     for (int k = 0; k < *np; k++)
-      if (pol[k] == pol[*np]) {
+      if (pol[k] == pol[*np] && (!cache || strcmp(cache[k], cache[*np]) == 0)) {
         cli_error("%s: --policies lists '%s' twice", cmd, tok);
         return 2;
       }

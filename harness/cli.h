@@ -137,10 +137,13 @@ const char *cli_model_dir_arg(const char *arg);
 
 /* --policies LIST: comma-separated built-in policy names into pol[0..*np)
  * (at most max): 0, or 2 after one line naming cmd (an empty entry, an
- * unknown name, one listed twice, too many). */
+ * unknown name, one listed twice, too many).  With cache non-NULL an entry
+ * may be NAME+KIND:SIZE as run's --policy takes it; cache[i] gets its
+ * "KIND:SIZE" ("" for none). */
+#define CLI_CACHE_MAX 48
 struct moe_policy;
-int cli_parse_policies(const char *cmd, const char *list, const struct moe_policy **pol, int max,
-                       int *np);
+int cli_parse_policies(const char *cmd, const char *list, const struct moe_policy **pol,
+                       char (*cache)[CLI_CACHE_MAX], int max, int *np);
 
 /* A --model-dir that is not a directory: one line, -1 (else 0). */
 int cli_check_model_dir(const char *cmd, const char *dir);

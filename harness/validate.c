@@ -97,7 +97,7 @@ static int val_parse(int argc, char **argv, val_opts *o) {
                              : cli_check_names("validate", o->preset, NULL) != 0)
     return 2;
   if (o->plist == NULL) o->np = (int)moe_policy_paper_baselines(o->pol, 8);
-  else if (cli_parse_policies("validate", o->plist, o->pol, 8, &o->np) != 0) return 2;
+  else if (cli_parse_policies("validate", o->plist, o->pol, NULL, 8, &o->np) != 0) return 2;
   return -1;
 }
 

@@ -292,6 +292,29 @@ START_TEST(plan_takes_a_policy_plugin) {
 }
 END_TEST
 
+/* bench-policies takes run's cache syntax: the cached entry is its own
+ * row with the cache's slots on top of the policy's, its outputs
+ * gpu-only's; a bad or repeated entry is refused. */
+START_TEST(bench_policies_takes_caches) {
+  static char out[1 << 16];
+  ck_assert_int_eq(moebench_out("bench-policies --preset ci-small --policies gpu-only,ondemand,"
+                                "ondemand+lru:4 --reps 1 --gen-len 8 --prompt-len 8", out, sizeof out), 0);
+  const char *od = strstr(out, "\n| ondemand | "), *lru = strstr(out, "\n| ondemand+lru:4 | ");
+  ck_assert_msg(od && lru, "%s", out);
+  int s_od = -1, s_lru = -1;
+  char match[16] = "";
+  ck_assert_int_eq(sscanf(od, "\n| ondemand | %*s | %*s | %*s | %*s | %*s | %d |", &s_od), 1);
+  ck_assert_int_eq(sscanf(lru, "\n| ondemand+lru:4 | %*s | %*s | %*s | %*s | %*s | %d | %*s | %*s | %*s "
+                               "| %*s | %*s | %15s |", &s_lru, match), 2);
+  ck_assert_int_eq(s_lru, s_od + 4);
+  ck_assert_str_eq(match, "1.000");
+  ck_assert_int_eq(call(cmd_bench_policies, "bench-policies", "--preset", "ci-small", "--policies",
+                        "ondemand+fifo:4", NULL), 2);
+  ck_assert_int_eq(call(cmd_bench_policies, "bench-policies", "--preset", "ci-small", "--policies",
+                        "ondemand+lru:4,ondemand+lru:4", NULL), 2);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness_regime");
   TCase *tc = tcase_create("regime");
@@ -307,6 +330,7 @@ int main(void) {
   tcase_add_test(tc, another_device_compares_ratios);
   tcase_add_test(tc, progress_waits_for_a_row_before_an_eta);
   tcase_add_test(tc, plan_takes_a_policy_plugin);
+  tcase_add_test(tc, bench_policies_takes_caches);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
