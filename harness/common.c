@@ -196,3 +196,20 @@ bool cli_split_policy(const char *entry, char *base, size_t cap, const char **ca
   if (plus && strchr(plus, ':')) *cache = plus + 1;
   return true;
 }
+
+double cli_t975(int df) {
+  static const double t[31] = {NAN,   12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365,
+                               2.306, 2.262,  2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+                               2.120, 2.110,  2.101, 2.093, 2.086, 2.080, 2.074, 2.069,
+                               2.064, 2.060,  2.056, 2.052, 2.048, 2.045, 2.042};
+  if (df < 1) return NAN;
+  return df <= 30 ? t[df] : 1.96 + 2.4 / df;
+}
+
+void cli_mean_ci95(const double *x, int n, double *mean, double *half) {
+  double s = 0, ss = 0;
+  for (int i = 0; i < n; i++) s += x[i];
+  *mean = n > 0 ? s / n : NAN;
+  for (int i = 0; i < n; i++) ss += (x[i] - *mean) * (x[i] - *mean);
+  *half = n > 1 ? cli_t975(n - 1) * sqrt(ss / (n - 1)) / sqrt((double)n) : NAN;
+}

@@ -37,10 +37,17 @@ typedef struct eval_row {
 } eval_row;
 
 typedef struct eval_figures {
-  moe_eval_result r;
+  moe_eval_result r;          /* with its per-window arrays (freed by eval_figures_free) */
   moe_run_stats stats;
   int windows, len;
 } eval_figures;
+
+static void eval_figures_free(eval_figures *f) {
+  free(f->r.window_nll);
+  free(f->r.window_correct);
+  f->r.window_nll = NULL;
+  f->r.window_correct = NULL;
+}
 
 void eval_usage(FILE *f) {
   fprintf(f,
@@ -96,7 +103,12 @@ static moe_status eval_one(const eval_row *row, const int32_t *windows, int n_wi
   moe_engine_options eo = {.max_batch = batch < n_windows ? batch : n_windows, .max_seq = len,
                            .all_logits = true, .policy = pol, .routing = routing};
   MOE_TRY(moe_engine_create(&e, m, dev, &eo, err));
+  eval_figures_free(out);
   memset(out, 0, sizeof *out);
+  out->r.window_nll = calloc((size_t)n_windows, sizeof *out->r.window_nll);
+  out->r.window_correct = calloc((size_t)n_windows, sizeof *out->r.window_correct);
+  MOE_CHECK(out->r.window_nll && out->r.window_correct, err, MOE_ERR_OOM,
+            "out of host memory for %d windows' figures", n_windows);
   MOE_TRY(moe_engine_eval(e, windows, n_windows, len, &out->r, err));
   moe_engine_stats(e, &out->stats);
   out->windows = n_windows;
@@ -112,23 +124,52 @@ static double ce_of(const eval_figures *f) { return f->r.nll / (double)f->r.toke
 static double acc_of(const eval_figures *f) { return (double)f->r.correct / (double)f->r.tokens; }
 
 static void print_header(void) {
-  printf("| row | model | policy | routing | cross-entropy (nats/token) | perplexity | top-1 "
-         "accuracy | change in perplexity | change in accuracy | pre-gate hit |\n");
+  printf("| row | model | policy | routing | cross-entropy (nats/token) | perplexity (95%% CI) | "
+         "top-1 accuracy | change in perplexity (95%% CI, paired) | change in accuracy | "
+         "pre-gate hit |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|\n");
 }
 
+/* The 95% t interval over windows of the per-window cross-entropy of f
+ * (minus ref's on the same window when ref is given: the paired change),
+ * as [lo, hi] in nats; false when there are fewer than two windows. */
+static bool ce_interval(const eval_figures *f, const eval_figures *ref, double *lo, double *hi) {
+  const int n = f->windows;
+  double *x = malloc((size_t)(n > 0 ? n : 1) * sizeof *x), mean, half;
+  if (x == NULL || n < 2 || f->r.window_nll == NULL || (ref && ref->r.window_nll == NULL)) {
+    free(x);
+    return false;
+  }
+  for (int i = 0; i < n; i++)
+    x[i] = (f->r.window_nll[i] - (ref ? ref->r.window_nll[i] : 0.0)) / (double)(f->len - 1);
+  cli_mean_ci95(x, n, &mean, &half);
+  free(x);
+  *lo = mean - half;
+  *hi = mean + half;
+  return isfinite(half);
+}
+
 static void print_row(const eval_row *row, const eval_figures *f, const eval_figures *ref) {
-  char dppl[32] = "-", dacc[32] = "-", hit[32] = "-";
+  char dppl[64] = "-", dacc[32] = "-", hit[32] = "-", ppl[64];
+  double lo, hi;
+  if (ce_interval(f, NULL, &lo, &hi))
+    snprintf(ppl, sizeof ppl, "%.4f (%.4f-%.4f)", exp(ce_of(f)), exp(lo), exp(hi));
+  else
+    snprintf(ppl, sizeof ppl, "%.4f", exp(ce_of(f)));
   if (ref) {
     snprintf(dppl, sizeof dppl, "%+.2f%%", 100.0 * (exp(ce_of(f)) / exp(ce_of(ref)) - 1.0));
+    if (ce_interval(f, ref, &lo, &hi))
+      snprintf(dppl, sizeof dppl, "%+.2f%% (%+.2f to %+.2f)",
+               100.0 * (exp(ce_of(f)) / exp(ce_of(ref)) - 1.0), 100.0 * (exp(lo) - 1.0),
+               100.0 * (exp(hi) - 1.0));
     snprintf(dacc, sizeof dacc, "%+.2f pt", 100.0 * (acc_of(f) - acc_of(ref)));
     if (f->r.nll == ref->r.nll && f->r.correct == ref->r.correct) snprintf(dppl, sizeof dppl, "0 (same bits)");
   }
   if (f->stats.pregate_total > 0)
     snprintf(hit, sizeof hit, "%.3f", (double)f->stats.pregate_hits / (double)f->stats.pregate_total);
-  printf("| %s | %s | %s | %s | %.6f | %.4f | %.4f | %s | %s | %s |\n", cli_md(row->label), cli_md(row->model),
+  printf("| %s | %s | %s | %s | %.6f | %s | %.4f | %s | %s | %s |\n", cli_md(row->label), cli_md(row->model),
          row->policy, row->have_routing ? moe_routing_name(row->routing) : "(policy's)", ce_of(f),
-         exp(ce_of(f)), acc_of(f), dppl, dacc, hit);
+         ppl, acc_of(f), dppl, dacc, hit);
 }
 
 /* A CSV field in quotes, quotes doubled (RFC 4180). */
@@ -323,7 +364,9 @@ static int eval_suite(const char *path, const char *prefix, const char *backend,
   if (eval_rows_run(rows, figs, n_rows, path, windows, n_windows, len, batch, backend, threads) != 0)
     goto done;
   printf("\n%d windows of %d tokens from %s (%llu predicted tokens per row); cross-entropy, "
-         "perplexity and accuracy measured by the engine on the cpu backend.\n",
+         "perplexity and accuracy measured by the engine on the cpu backend; intervals: 95%% t "
+         "over windows (computed, windows taken as independent draws; the change against the "
+         "first row paired on the same windows).\n",
          n_windows, len, t, figs[0].r.tokens);
   if (prefix && eval_write(prefix, path, tpath, rows, figs, n_rows) != 0) goto done;
   rc = 0;
@@ -331,6 +374,7 @@ done:
   json_decref(root);
   free(windows);
   free(rows);
+  for (int k = 0; figs && k < EVAL_MAX_ROWS; k++) eval_figures_free(&figs[k]);
   free(figs);
   return rc;
 }
@@ -351,14 +395,19 @@ static int eval_single(eval_row *row, const char *model_dir, const char *preset,
   int32_t *w = NULL;
   int n = 0, len = 0;
   if (read_windows(tokens, windows, &w, &n, &len) != 0) return 1;
-  eval_figures f;
+  eval_figures f = {0};
   moe_error err = {0};
   moe_status st = eval_one(row, w, n, len, batch, backend, threads, &f, &err);
   free(w);
-  if (st != MOE_OK) return cli_fail(&err);
+  if (st != MOE_OK) {
+    eval_figures_free(&f);
+    return cli_fail(&err);
+  }
   print_header();
   print_row(row, &f, NULL);
-  printf("\n%d windows of %d tokens (%llu predicted); measured by the engine.\n", n, len, f.r.tokens);
+  printf("\n%d windows of %d tokens (%llu predicted); measured by the engine; intervals: 95%% t "
+         "over windows (computed, windows taken as independent draws).\n", n, len, f.r.tokens);
+  eval_figures_free(&f);
   return 0;
 }
 

@@ -10,6 +10,7 @@
 
 #include "commands.h"
 #include "harness_util.h"
+#include "common.h"
 #include "results.h"
 
 /* Runs the moebench binary with args (a trusted test string) in g_dir;
@@ -315,6 +316,32 @@ START_TEST(bench_policies_takes_caches) {
 }
 END_TEST
 
+/* eval's intervals: the t interval by hand, and the printed table carries
+ * the perplexity's interval and the paired change's. */
+START_TEST(eval_prints_intervals) {
+  const double x[5] = {1, 2, 3, 4, 5};
+  double mean, half;
+  cli_mean_ci95(x, 5, &mean, &half);
+  ck_assert_double_eq_tol(mean, 3.0, 1e-12);
+  ck_assert_double_eq_tol(half, 2.776 * sqrt(2.5) / sqrt(5.0), 1e-9); /* t(0.975, 4) s / sqrt(n) */
+  ck_assert_double_eq_tol(cli_t975(60), 2.000, 0.002);
+  ck_assert(isnan(cli_t975(0)));
+  cli_mean_ci95(x, 1, &mean, &half);
+  ck_assert(isnan(half));
+  static char out[1 << 16];
+  ck_assert_int_eq(moebench_out("eval --model-dir " MOE_SOURCE_DIR "/workloads/trained/control "
+                                "--tokens " MOE_SOURCE_DIR "/workloads/trained/test.tokens "
+                                "--windows 24", out, sizeof out), 0);
+  const char *row = strstr(out, "\n| ");
+  ck_assert_msg(row && strstr(out, "95% t over windows"), "%s", out);
+  double ppl = 0, lo = 0, hi = 0;
+  const char *p = strstr(out, " | gpu-only | ");
+  ck_assert_ptr_nonnull(p);
+  ck_assert_int_eq(sscanf(p, " | gpu-only | %*[^|]| %*f | %lf (%lf-%lf)", &ppl, &lo, &hi), 3);
+  ck_assert(lo < ppl && ppl < hi);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness_regime");
   TCase *tc = tcase_create("regime");
@@ -331,6 +358,7 @@ int main(void) {
   tcase_add_test(tc, progress_waits_for_a_row_before_an_eta);
   tcase_add_test(tc, plan_takes_a_policy_plugin);
   tcase_add_test(tc, bench_policies_takes_caches);
+  tcase_add_test(tc, eval_prints_intervals);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -69,7 +69,20 @@ static moe_eval_result eval(const char *model, const moe_policy *pol, moe_routin
                            .routing = routing};
   ck_assert_msg(moe_engine_create(&e, m, &dev, &eo, &err) == MOE_OK, "%s", err.msg);
   moe_eval_result r = {0};
+  r.window_nll = calloc((size_t)g_n, sizeof *r.window_nll);
+  r.window_correct = calloc((size_t)g_n, sizeof *r.window_correct);
+  ck_assert(r.window_nll && r.window_correct);
   ck_assert_msg(moe_engine_eval(e, g_windows, g_n, g_len, &r, &err) == MOE_OK, "%s", err.msg);
+  /* the per-window figures add up to the totals */
+  double nll = 0;
+  unsigned long long correct = 0;
+  for (int i = 0; i < g_n; i++) nll += r.window_nll[i], correct += r.window_correct[i];
+  ck_assert_double_eq_tol(nll, r.nll, 1e-9 * fabs(r.nll));
+  ck_assert_uint_eq(correct, r.correct);
+  free(r.window_nll);
+  free(r.window_correct);
+  r.window_nll = NULL;
+  r.window_correct = NULL;
   moe_engine_free(e);
   moe_device_close(&dev);
   moe_model_free(m);

@@ -130,9 +130,12 @@ moe_status moe_engine_eval(moe_engine *e, const int32_t *windows, int n_windows,
         const int best = moe_argmax(l, V);
         double sum = 0.0;
         for (int v = 0; v < V; v++) sum += exp((double)l[v] - (double)l[best]);
-        out->nll += (double)l[best] + log(sum) - (double)l[target];
+        const double nll = (double)l[best] + log(sum) - (double)l[target];
+        out->nll += nll;
         out->correct += best == target;
         out->tokens++;
+        if (out->window_nll) out->window_nll[w0 + b] += nll;
+        if (out->window_correct) out->window_correct[w0 + b] += best == target;
       }
   }
 cleanup:

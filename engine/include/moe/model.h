@@ -282,6 +282,10 @@ typedef struct moe_eval_result {
   unsigned long long tokens;   /* predicted tokens: windows x (len - 1) */
   unsigned long long correct;  /* tokens that were the top-1 prediction (ties to the
                                   lowest id) */
+  /* optional, the caller's [n_windows] arrays (NULL: not kept): each
+   * window's nll and correct added in, for intervals over windows */
+  double *window_nll;
+  unsigned long long *window_correct;
 } moe_eval_result;
 
 /* Runs n_windows windows ([n_windows, len] ids) in batches of the
