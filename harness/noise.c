@@ -1,6 +1,9 @@
 /* Machine noise during a measurement (noise.h). */
 #include "noise.h"
 
+#include "moe/clock.h"
+
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,4 +59,26 @@ noise_figures noise_between(const noise_sample *a, const noise_sample *b) {
   r.noisy = r.other_cores > NOISE_OTHER_CORES_MAX || r.steal_share > NOISE_STEAL_MAX;
   r.ok = true;
   return r;
+}
+
+double noise_compute_probe(void) {
+  enum { N = 1 << 21 };
+  volatile double sink;
+  double a = 1.0, b = 0.5;
+  const double t0 = moe_clock_s();
+  for (int i = 0; i < N; i++) { /* dependent multiply-adds: the core's latency-bound rate */
+    a = a * 0.999999 + b;
+    b = b * 0.999998 + 1e-9;
+  }
+  sink = a + b;
+  (void)sink;
+  const double dt = moe_clock_s() - t0;
+  return dt > 0 ? 2.0 * N / dt : NAN;
+}
+
+bool noise_rates_noisy(double probe_ratio, double achieved_gbps, double cap_gbps, double avg_copy) {
+  const bool slow_compute = isfinite(probe_ratio) && probe_ratio < NOISE_COMPUTE_MIN;
+  const bool slow_link = achieved_gbps > 0 && cap_gbps > 0 && avg_copy >= (double)NOISE_LINK_COPY_MIN &&
+                         achieved_gbps < NOISE_LINK_MIN * cap_gbps;
+  return slow_compute || slow_link;
 }

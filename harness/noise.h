@@ -15,6 +15,15 @@
 
 #define NOISE_OTHER_CORES_MAX 0.5
 #define NOISE_STEAL_MAX 0.05
+/* and when the machine's own rates fell over the row: a fixed arithmetic
+ * probe ran below 80% of its rate before the row, or the capped link
+ * achieved below 80% of its cap (the copy thread was starved) */
+#define NOISE_COMPUTE_MIN 0.8
+#define NOISE_LINK_MIN 0.8
+/* the link's rate is judged on copies of 1 MiB or more on average (a
+ * small copy is mostly its fixed cost: 0.1 MB experts reach 37% of a 2
+ * GB/s cap on a quiet machine, 18.9 MB ones 97.5% of 6 GB/s) */
+#define NOISE_LINK_COPY_MIN (1ull << 20)
 
 typedef struct noise_sample {
   bool ok;                    /* /proc was readable */
@@ -28,6 +37,17 @@ typedef struct noise_figures {
   double steal_share; /* CPU time stolen, of all */
   bool noisy;
 } noise_figures;
+
+/* The rate (operations per second) of a fixed arithmetic loop of about 5
+ * ms on this thread: run before and after a row, their ratio says whether
+ * the machine computed as fast at the end as at the start. */
+double noise_compute_probe(void);
+
+/* Whether the machine's own rates make a row noisy: the compute probe's
+ * ratio (after / before; NAN: not measured), the link rate achieved
+ * (0: not observed) against its cap (0: uncapped) with copies of avg_copy
+ * bytes on average. */
+bool noise_rates_noisy(double probe_ratio, double achieved_gbps, double cap_gbps, double avg_copy);
 
 /* Reads the counters now.  MOE_PROC_ROOT (tests) replaces /proc. */
 noise_sample noise_now(void);

@@ -88,7 +88,10 @@ const res_column res_columns[] = {
     /* schema 2.6: what the machine was doing while the row was measured */
     {"other_cores", RES_TEXT, 0, false, "measured rows: cores other processes kept busy during the row, on average (/proc/stat less this process)"},
     {"steal_share", RES_TEXT, 0, false, "measured rows: share of CPU time stolen by a hypervisor during the row"},
-    {"noisy", RES_TEXT, 0, false, "measured rows: 1 when other_cores > 0.5 or steal_share > 0.05; compare treats such a row's times as unknown"},
+    {"noisy", RES_TEXT, 0, false, "measured rows: 1 when other_cores > 0.5, steal_share > 0.05, compute_probe_ratio < 0.8 or link_achieved_gbps < 0.8 x link_gbps; compare treats such a row's times as unknown"},
+    /* schema 2.7: the machine's own rates over the row */
+    {"compute_probe_ratio", RES_TEXT, 0, false, "measured rows: the rate of a fixed arithmetic probe (about 5 ms on one thread) after the row over its rate before it"},
+    {"link_achieved_gbps", RES_TEXT, 0, false, "measured rows with copies: bytes copied / the copy stream's time on them (the backend's copy observer), last repetition; against link_gbps when capped"},
 };
 const size_t res_ncols = sizeof res_columns / sizeof res_columns[0];
 

@@ -98,14 +98,24 @@ static void row_figures(res_row *row, const run_result *r, double *tps, double *
   }
 }
 
-/* The row's noise columns (noise.h): what the machine did since before. */
-static void noise_columns(res_row *row, const noise_sample *before) {
+/* The row's noise columns (noise.h): what the machine did since before,
+ * how its compute probe and the link (capped at link GB/s, 0: not) ran. */
+static void noise_columns(res_row *row, const noise_sample *before, double probe_before,
+                          const run_result *r, double link) {
   const noise_sample after = noise_now();
   const noise_figures nf = noise_between(before, &after);
-  if (!nf.ok) return;
-  res_setf(row, "other_cores", "%.3f", nf.other_cores);
-  res_setf(row, "steal_share", "%.4f", nf.steal_share);
-  res_set(row, "noisy", nf.noisy ? "1" : "0");
+  const double probe = noise_compute_probe() / probe_before;
+  const double avg_copy =
+      r->stats.fetches > 0 ? (double)r->stats.bytes_h2d / (double)r->stats.fetches : 0.0;
+  const bool noisy = (nf.ok && nf.noisy) ||
+                     noise_rates_noisy(probe, r->link_achieved_gbps, link, avg_copy);
+  if (nf.ok) {
+    res_setf(row, "other_cores", "%.3f", nf.other_cores);
+    res_setf(row, "steal_share", "%.4f", nf.steal_share);
+  }
+  if (isfinite(probe)) res_setf(row, "compute_probe_ratio", "%.3f", probe);
+  if (r->link_achieved_gbps > 0) res_setf(row, "link_achieved_gbps", "%.4g", r->link_achieved_gbps);
+  if (nf.ok || isfinite(probe)) res_set(row, "noisy", noisy ? "1" : "0");
 }
 
 /* The row's quality columns from r's eval, and their change against the
@@ -150,6 +160,7 @@ void run_row(const row_config *rc, res_row *row, const run_result *ref, run_resu
       p90[SUITE_MAX_REPS], p99[SUITE_MAX_REPS];
   int n = 0;
   const noise_sample before = noise_now(); /* what else the machine does meanwhile */
+  const double probe_before = noise_compute_probe();
   for (int i = 0; i < rc->reps && i < SUITE_MAX_REPS; i++) {
     sp.keep_logits = want_logits && i == rc->reps - 1;
     sp.trace_path = i == rc->reps - 1 ? rc->trace_path : NULL;
@@ -174,7 +185,8 @@ void run_row(const row_config *rc, res_row *row, const run_result *ref, run_resu
     res_set(row, "error", r.error);
   } else {
     row_figures(row, &r, tps, ttft, e2e, stall, p50, p90, p99, n);
-    if (!r.modeled) noise_columns(row, &before); /* modeled times do not depend on the machine */
+    if (!r.modeled) /* modeled times do not depend on the machine */
+      noise_columns(row, &before, probe_before, &r, rc->link_gbps);
     if (r.stats.pinned >= 0)
       res_setf(row, "pin_s", "%.6g", rc->model_pin_s > 0 ? rc->model_pin_s : r.stats.pin_s);
     if (r.has_eval) eval_columns(row, &r, ref);

@@ -130,7 +130,21 @@ static void log_route(void *ctx, int layer, unsigned long long step, const int32
 }
 
 /* One run's resources, released by run_teardown. */
+/* Copies as the backend's copy stream saw them (set_copy_observer, from
+ * its thread): bytes and the time they took, for the link rate achieved. */
+typedef struct copy_acc {
+  _Atomic unsigned long long bytes, ns;
+} copy_acc;
+
+static void on_copy(void *ctx, size_t bytes, double t0, double t1) {
+  copy_acc *a = ctx;
+  a->bytes += bytes;
+  a->ns += t1 > t0 ? (unsigned long long)((t1 - t0) * 1e9) : 0;
+}
+
 typedef struct run_state {
+  copy_acc copies;   /* observed when the backend can (and no trace owns the observer) */
+  bool observing;
   moe_device *dev;
   moe_engine *e;
   moe_trace *trace;
@@ -173,6 +187,11 @@ static moe_status run_open(const run_spec *sp, run_state *s, run_result *out, mo
                          (st = moe_device_trace(s->dev, s->trace, err)) != MOE_OK))
     return st;
   snprintf(out->device, sizeof out->device, "%s", moe_device_name(s->dev));
+  const moe_backend_ops *o = moe_device_ops(s->dev);
+  if (o->set_copy_observer && !out->modeled) { /* a trace's wrapper has none: it owns it */
+    o->set_copy_observer(moe_device_backend(s->dev), on_copy, &s->copies);
+    s->observing = true;
+  }
   *eo = (moe_engine_options){.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
                              .policy = sp->policy, .routing = sp->routing,
                              .pregate_lookahead = sp->lookahead};
@@ -277,6 +296,13 @@ static void run_teardown(run_state *s, run_result *out, const moe_error *err) {
     out->has_counts = true;
   }
   moe_engine_free(s->e);
+  if (s->observing) {
+    moe_error ignored = {0};
+    (void)moe_device_ops(s->dev)->synchronize(moe_device_backend(s->dev), &ignored);
+    moe_device_ops(s->dev)->set_copy_observer(moe_device_backend(s->dev), NULL, NULL);
+    if (s->copies.ns > 0)
+      out->link_achieved_gbps = (double)s->copies.bytes / ((double)s->copies.ns * 1e-9) / 1e9;
+  }
   moe_device_destroy(s->dev); /* copies done: the trace is complete */
   if (s->rlog.f && out->status != MOE_OK) {
     moe_publish_abort(&s->log_pub);

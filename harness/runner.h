@@ -63,6 +63,9 @@ typedef struct run_result {
   bool modeled;                 /* times are the backend's modeled clock, not measured */
   bool has_eval;
   moe_eval_result eval;         /* over spec->eval_windows */
+  double link_achieved_gbps;    /* bytes copied / the copy stream's time on them, as the
+                                   backend observed them (0: not observed: a modeled or
+                                   traced run, or no copies) */
   bool has_counts;              /* traced: the trace's backend calls and host waits */
   moe_trace_counts counts;
 } run_result;

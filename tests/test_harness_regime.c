@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "harness_util.h"
 #include "common.h"
+#include "noise.h"
 #include "results.h"
 
 /* Runs the moebench binary with args (a trusted test string) in g_dir;
@@ -342,6 +343,31 @@ START_TEST(eval_prints_intervals) {
 }
 END_TEST
 
+/* The machine's own rates over a row: a measured row records its compute
+ * probe's ratio and the link rate its copies achieved; the thresholds
+ * (noise.h) by hand. */
+START_TEST(rows_record_the_machines_rates) {
+  ck_assert_int_eq(call(cmd_run, "run", "--preset", "ci-small", "--gen-len", "8", "--prompt-len", "4",
+                        "--policy", "ondemand", "--link-gbps", "2", "-o", tmp_path("nz"), NULL), 0);
+  res_table t;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(tmp_path("nz.csv"), &t, &err) == MOE_OK, "%s", err.msg);
+  const double probe = atof(res_get(&t.rows[0], "compute_probe_ratio"));
+  ck_assert_msg(probe > 0.2 && probe < 5, "%s", res_get(&t.rows[0], "compute_probe_ratio"));
+  const double achieved = atof(res_get(&t.rows[0], "link_achieved_gbps"));
+  ck_assert_msg(achieved > 0 && achieved < 2 * 1.05, "%s", res_get(&t.rows[0], "link_achieved_gbps"));
+  ck_assert(res_get(&t.rows[0], "noisy")[0] == '0' || res_get(&t.rows[0], "noisy")[0] == '1');
+  res_table_free(&t);
+  ck_assert(noise_rates_noisy(0.7, 0, 0, 0));              /* the probe fell */
+  ck_assert(!noise_rates_noisy(0.95, 0, 0, 0));
+  ck_assert(!noise_rates_noisy(NAN, 0, 0, 0));
+  ck_assert(noise_rates_noisy(1.0, 3.0, 6.0, 18.9e6));     /* half the cap on big copies */
+  ck_assert(!noise_rates_noisy(1.0, 5.9, 6.0, 18.9e6));
+  ck_assert(!noise_rates_noisy(1.0, 0.7, 2.0, 0.1e6));     /* small copies: no verdict */
+  ck_assert(!noise_rates_noisy(1.0, 3.0, 0.0, 18.9e6));    /* uncapped: no cap to miss */
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness_regime");
   TCase *tc = tcase_create("regime");
@@ -359,6 +385,7 @@ int main(void) {
   tcase_add_test(tc, plan_takes_a_policy_plugin);
   tcase_add_test(tc, bench_policies_takes_caches);
   tcase_add_test(tc, eval_prints_intervals);
+  tcase_add_test(tc, rows_record_the_machines_rates);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
