@@ -23,7 +23,8 @@ commands:
              results/runs/regime.*); then
              the quality table on the trained models (workloads/trained,
              results/runs/quality.*); then, MODELED on hardware profiles
-             with the sim backend, the paper's seven Switch models on the
+             with the sim backend, seven Switch models (the paper's five and our
+             Base-16 and Base-32) on the
              A100 profile, a what-if table of today's MoE models on the
              H200 profile, and one decode step per policy as a picture
              (results/runs/paper-modeled.*, whatif-h200.*, step-*.svg)
@@ -307,7 +308,9 @@ exact accounting. Routing is drawn uniformly (seeded), and every pre-gate
 prediction is right. docs/PERFORMANCE.md has the model's validation
 against measured runs on this machine.
 
-The paper's seven Switch models, f32, batch 1, 256 random input ids and
+Seven Switch models (the five the paper evaluates: Base-8, -64, -128, -256
+and Large-128; Base-16 and Base-32 are ours, to fill the line), f32, batch
+1, 256 random input ids and
 256 generated tokens, on the A100 80 GB PCIe Gen4 profile
 (workloads/hardware/a100-80g-pcie4.json: 1,935 GB/s, 19.5 TFLOP/s f32,
 25 GB/s pinned host link):
