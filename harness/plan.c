@@ -73,6 +73,24 @@ static int plan_table(const moe_model *m, const moe_hw_profile *hw, long batch, 
   return rc;
 }
 
+/* Where one expert is better computed: on the host where it lives, or
+ * copied to the device (the profile's host section; MODELED). */
+static void plan_host(const moe_model *m, const moe_hw_profile *hw, moe_dtype dt) {
+  if (!(hw->host_memory_gbps > 0)) return;
+  const double eb = (double)moe_model_expert_bytes(m);
+  const double flops = 2.0 * eb / (double)moe_dtype_size(dt); /* a multiply-add per weight */
+  const double copy = hw->h2d_latency_us * 1e-6 + eb / (hw->h2d_pinned_gbps * 1e9);
+  const double rate = (dt == MOE_F32 ? hw->host_gflops_f32 : hw->host_gflops_bf16) * 1e9;
+  /* the host's time grows with the tokens once its FLOPs outlast reading the weights */
+  const double crossover = copy * rate / flops;
+  printf("# host (%g cores, %g GB/s): one expert computed where it lives takes %.3f ms for 1 "
+         "token, %.3f ms for 16, against %.3f ms to copy it: the host is faster up to about %.0f "
+         "tokens of one expert per step (MODELED from the profile's host section)\n",
+         hw->host_cores, hw->host_memory_gbps, moe_cost_host_expert(hw, eb, flops, 1, dt) * 1e3,
+         moe_cost_host_expert(hw, eb, flops, 16, dt) * 1e3, copy * 1e3,
+         crossover >= 1 ? crossover : 0.0);
+}
+
 /* plan's options. */
 typedef struct plan_opts {
   const char *preset, *model_dir, *hw_name, *plugin;
@@ -128,6 +146,7 @@ int cmd_plan(int argc, char **argv) {
            "(modeled: latency + bytes / link bandwidth of the profile)\n", hw.name,
            hw.memory_bytes / 1073741824.0, (hw.h2d_latency_us * 1e-6 + eb / (hw.h2d_pinned_gbps * 1e9)) * 1e3,
            (hw.h2d_latency_us * 1e-6 + eb / (hw.h2d_pageable_gbps * 1e9)) * 1e3);
+  if (hw_name) plan_host(m, &hw, p.dtype);
   moe_policy_library lib = {0};
   if (o.plugin && moe_policy_plugin_load(&lib, o.plugin, &err) != MOE_OK) {
     moe_model_free(m);

@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "harness_util.h"
 #include "common.h"
+#include "moe/cost.h"
 #include "noise.h"
 #include "results.h"
 
@@ -368,6 +369,53 @@ START_TEST(rows_record_the_machines_rates) {
 }
 END_TEST
 
+/* A profile's host section (issue 30's cost model, first slice): read,
+ * checked, saved and read back; the host's time for an expert by hand;
+ * plan says where one expert is better computed. */
+START_TEST(profiles_describe_the_host) {
+  moe_hw_profile p, back;
+  moe_error err = {0};
+  char path[600];
+  snprintf(path, sizeof path, "%s/workloads/hardware/a100-80g-pcie4.json", MOE_SOURCE_DIR);
+  ck_assert_msg(moe_hw_profile_load(&p, path, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_double_eq(p.host_cores, 64);
+  ck_assert_double_eq_tol(p.host_memory_gbps, 204.8, 1e-9);
+  ck_assert_int_eq(moe_hw_profile_save(&p, tmp_path("p.json"), "test", &err), MOE_OK);
+  ck_assert_msg(moe_hw_profile_load(&back, tmp_path("p.json"), &err) == MOE_OK, "%s", err.msg);
+  ck_assert_double_eq_tol(back.host_gflops_bf16, p.host_gflops_bf16, 1e-6);
+  /* 1 GB at 100 GB/s: 10 ms to read; 2 GFLOP a token at 1 TFLOP/s: 2 ms a token */
+  moe_hw_profile h = {.host_cores = 8, .host_memory_gbps = 100, .host_gflops_f32 = 1000,
+                      .host_gflops_bf16 = 1000};
+  ck_assert_double_eq_tol(moe_cost_host_expert(&h, 1e9, 2e9, 1, MOE_F32), 0.010, 1e-12);
+  ck_assert_double_eq_tol(moe_cost_host_expert(&h, 1e9, 2e9, 100, MOE_F32), 0.200, 1e-12);
+  h.host_memory_gbps = 0;
+  ck_assert(isnan(moe_cost_host_expert(&h, 1e9, 2e9, 1, MOE_F32)));
+  /* a host section without its source, or with a field out of range: refused */
+  static const char *const bad[][2] = {
+      {"\"host\": {\"cores\": 8, \"memory_gbps\": 100, \"matmul_gflops_f32\": 100}, ", "sources.host"},
+      {"\"host\": {\"cores\": 0, \"memory_gbps\": 100, \"matmul_gflops_f32\": 100}, ", "host.cores"},
+      {"\"host\": {\"cores\": 8, \"memory_gbps\": 100, \"matmul_gflops\": 100}, ", "host.matmul_gflops"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char text[2048];
+    snprintf(text, sizeof text,
+             "{\"name\": \"x\", \"memory_bytes\": 1e9, \"memory_gbps\": 100, %s\"matmul_tflops\": "
+             "{\"f32\": 1, \"bf16\": 2}, \"h2d_gbps\": {\"pinned\": 10, \"pageable\": 5}, "
+             "\"h2d_latency_us\": 2, \"launch_overhead_us\": 1, \"sources\": {\"memory_bytes\": "
+             "\"a\", \"memory_gbps\": \"a\", \"matmul_tflops\": \"a\", \"h2d_gbps.pinned\": \"a\", "
+             "\"h2d_gbps.pageable\": \"a\", \"h2d_latency_us\": \"a\", \"launch_overhead_us\": \"a\"}}",
+             bad[i][0]);
+    write_file("bad.json", text);
+    moe_error e2 = {0};
+    ck_assert_int_eq(moe_hw_profile_load(&p, tmp_path("bad.json"), &e2), MOE_ERR_FORMAT);
+    ck_assert_msg(strstr(e2.msg, bad[i][1]), "case %zu: %s", i, e2.msg);
+  }
+  static char out[1 << 16];
+  ck_assert_int_eq(moebench_out("plan --preset switch-base-8 --hardware a100-80g-pcie4", out, sizeof out), 0);
+  ck_assert_msg(strstr(out, "one expert computed where it lives") && strstr(out, "MODELED"), "%s", out);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness_regime");
   TCase *tc = tcase_create("regime");
@@ -386,6 +434,7 @@ int main(void) {
   tcase_add_test(tc, bench_policies_takes_caches);
   tcase_add_test(tc, eval_prints_intervals);
   tcase_add_test(tc, rows_record_the_machines_rates);
+  tcase_add_test(tc, profiles_describe_the_host);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

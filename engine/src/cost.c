@@ -48,6 +48,26 @@ static moe_status num_in(json_t *root, const char *key, double lo, double hi, do
 #define US_LO 1e-6
 #define US_HI 1e6
 
+/* The optional host section: every figure given, and a source for it. */
+static moe_status host_at(json_t *root, moe_hw_profile *p, const char *path, moe_error *err) {
+  moe_status st = MOE_OK;
+  json_t *h = json_object_get(root, "host");
+  if (h == NULL) return MOE_OK;
+  MOE_CHECK(json_is_object(h), err, MOE_ERR_FORMAT, "%s: field 'host' must be an object", path);
+  MOE_TRY(num_in(root, "host.cores", 1, 1e5, &p->host_cores, false, path, err));
+  MOE_TRY(num_in(root, "host.memory_gbps", BW_LO, BW_HI, &p->host_memory_gbps, false, path, err));
+  MOE_TRY(num_in(root, "host.matmul_gflops_f32", TF_LO * 1e3, TF_HI * 1e3, &p->host_gflops_f32, false,
+                 path, err));
+  p->host_gflops_bf16 = p->host_gflops_f32;
+  MOE_TRY(num_in(root, "host.matmul_gflops_bf16", TF_LO * 1e3, TF_HI * 1e3, &p->host_gflops_bf16, true,
+                 path, err));
+  json_t *s = json_object_get(json_object_get(root, "sources"), "host");
+  MOE_CHECK(json_is_string(s) && json_string_length(s) > 0, err, MOE_ERR_FORMAT,
+            "%s: sources.host must say where the host figures come from", path);
+cleanup:
+  return st;
+}
+
 static moe_status rates_at(json_t *root, moe_hw_profile *p, const char *path, moe_error *err) {
   json_t *t = json_object_get(root, "matmul_gflops_by_rows");
   if (t == NULL) return MOE_OK;
@@ -108,7 +128,7 @@ static moe_status profile_keys(json_t *root, const char *path, moe_error *err) {
       "name",           "description",        "memory_bytes", "memory_gbps",
       "matmul_tflops",  "h2d_gbps",           "h2d_latency_us", "launch_overhead_us",
       "sources",        "matmul_gflops_by_rows", "copy_slowdown", "calibrated",
-      "transfer_latency_us", "vector_gflops", "vector_gbps", NULL};
+      "transfer_latency_us", "vector_gflops", "vector_gbps", "host", NULL};
   const char *key;
   json_t *v;
   json_object_foreach(root, key, v) {
@@ -126,15 +146,18 @@ static moe_status profile_keys(json_t *root, const char *path, moe_error *err) {
     static const char *const dtypes[] = {"f32", "bf16", "f16", NULL};
     static const char *const links[] = {"pinned", "pageable", "theoretical", NULL};
     static const char *const rows[] = {"f32", NULL};
+    static const char *const host[] = {"cores", "memory_gbps", "matmul_gflops_f32",
+                                       "matmul_gflops_bf16", NULL};
     static const char *const sourced[] = {
         "memory_bytes", "memory_gbps", "matmul_tflops", "matmul_tflops.f32", "matmul_tflops.bf16",
         "matmul_tflops.f16", "h2d_gbps", "h2d_gbps.pinned", "h2d_gbps.pageable",
         "h2d_gbps.theoretical", "h2d_latency_us",
         "launch_overhead_us", "matmul_gflops_by_rows", "copy_slowdown", "transfer_latency_us",
-        "vector_gflops", "vector_gbps", "calibrated", NULL};
+        "vector_gflops", "vector_gbps", "calibrated", "host", NULL};
     MOE_TRY(only_keys(root, "matmul_tflops", dtypes, path, err));
     MOE_TRY(only_keys(root, "h2d_gbps", links, path, err));
     MOE_TRY(only_keys(root, "matmul_gflops_by_rows", rows, path, err));
+    MOE_TRY(only_keys(root, "host", host, path, err));
     MOE_TRY(only_keys(root, "sources", sourced, path, err));
   }
 cleanup:
@@ -182,6 +205,7 @@ moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const c
   p->vector_gbps = p->memory_gbps;
   MOE_TRY(num_in(root, "vector_gbps", BW_LO, BW_HI, &p->vector_gbps, true, path, err));
   MOE_TRY(rates_at(root, p, path, err));
+  MOE_TRY(host_at(root, p, path, err));
   json_t *cal = json_object_get(root, "calibrated");
   MOE_CHECK(cal == NULL || json_is_boolean(cal), err, MOE_ERR_FORMAT,
             "%s: field 'calibrated' must be true or false", path);
@@ -233,6 +257,14 @@ moe_status moe_hw_profile_save(const moe_hw_profile *p, const char *path, const 
   if (p->vector_gflops > 0) json_object_set_new(o, "vector_gflops", json_real(p->vector_gflops));
   if (p->vector_gbps > 0) json_object_set_new(o, "vector_gbps", json_real(p->vector_gbps));
   json_object_set_new(o, "copy_slowdown", json_real(p->copy_slowdown));
+  if (p->host_cores > 0) {
+    json_t *h = json_pack("{s:f, s:f, s:f, s:f}", "cores", p->host_cores, "memory_gbps",
+                          p->host_memory_gbps, "matmul_gflops_f32", p->host_gflops_f32,
+                          "matmul_gflops_bf16", p->host_gflops_bf16);
+    MOE_CHECK(h != NULL, err, MOE_ERR_OOM, "out of host memory (profile)");
+    json_object_set_new(o, "host", h);
+    json_object_set_new(src, "host", json_string(source));
+  }
   static const char *const keys[] = {"memory_bytes",    "memory_gbps",       "matmul_tflops",
                                      "h2d_gbps.pinned", "h2d_gbps.pageable", "h2d_latency_us",
                                      "launch_overhead_us", "matmul_gflops_by_rows",
@@ -364,4 +396,12 @@ double moe_cost_hidden_share(const moe_cost_clock *c) {
   if (c->copy_busy <= 0) return 1.0;
   double h = 1.0 - c->stall / c->copy_busy;
   return h < 0 ? 0 : h > 1 ? 1 : h;
+}
+
+double moe_cost_host_expert(const moe_hw_profile *p, double bytes, double flops_per_token,
+                            double tokens, moe_dtype dt) {
+  if (!(p->host_memory_gbps > 0)) return NAN;
+  const double rate = (dt == MOE_F32 ? p->host_gflops_f32 : p->host_gflops_bf16) * 1e9;
+  const double read = bytes / (p->host_memory_gbps * 1e9), math = flops_per_token * tokens / rate;
+  return read > math ? read : math;
 }

@@ -67,6 +67,12 @@ typedef struct moe_hw_profile {
                                 norms, element-wise), GFLOP/s; the f32 matmul rate when absent */
   double vector_gbps;        /* optional: their memory bandwidth, GB/s; memory_gbps when absent */
   bool calibrated;           /* written by moebench calibrate */
+  /* optional "host" section: the machine the experts live on, for
+   * computing an expert where it lives instead of copying it (0: absent) */
+  double host_cores;         /* physical cores */
+  double host_memory_gbps;   /* host memory bandwidth, GB/s */
+  double host_gflops_f32;    /* dense f32 matmul rate over all cores, GFLOP/s */
+  double host_gflops_bf16;   /* the same for bf16 weights (the f32 rate when absent) */
 } moe_hw_profile;
 
 /* Loads a profile from a JSON file.  Every figure must be a positive number
@@ -81,6 +87,13 @@ moe_status moe_hw_profile_from_json(moe_hw_profile *p, const void *json, const c
  * `source` as every figure's source. */
 moe_status moe_hw_profile_save(const moe_hw_profile *p, const char *path, const char *source,
                                moe_error *err);
+
+/* One expert of `bytes` bytes and `flops_per_token` FLOPs computed on the
+ * host for `tokens` tokens: the larger of reading its weights at the host's
+ * memory bandwidth and its FLOPs at the host's rate for dtype.  NAN when
+ * the profile has no host section. */
+double moe_cost_host_expert(const moe_hw_profile *p, double bytes, double flops_per_token,
+                            double tokens, moe_dtype dt);
 
 /* The f32-equivalent matmul rate in FLOP/s for m input rows and dtype. */
 double moe_cost_matmul_rate(const moe_hw_profile *p, double m, moe_dtype dt);
