@@ -627,3 +627,11 @@ int cli_check_sim(const char *cmd, const char *backend, const char *hw_name, con
   if (hw_name) cli_hw_path(hw_name, hw_path, cap);
   return 0;
 }
+
+int cli_temp_dir(const char *cmd, char *dir, size_t cap) {
+  const char *tmpdir = getenv("TMPDIR");
+  snprintf(dir, cap, "%s/moebench-%s-XXXXXX", tmpdir && tmpdir[0] ? tmpdir : "/tmp", cmd);
+  if (mkdtemp(dir) != NULL) return 0;
+  cli_error("%s: cannot create a temporary directory: %s", cmd, strerror(errno));
+  return 1;
+}

@@ -145,6 +145,10 @@ struct moe_policy;
 int cli_parse_policies(const char *cmd, const char *list, const struct moe_policy **pol,
                        char (*cache)[CLI_CACHE_MAX], int max, int *np);
 
+/* A fresh private directory $TMPDIR/moebench-CMD-XXXXXX (or under /tmp)
+ * into dir: 0, or 1 after one line naming cmd. */
+int cli_temp_dir(const char *cmd, char *dir, size_t cap);
+
 /* A --model-dir that is not a directory: one line, -1 (else 0). */
 int cli_check_model_dir(const char *cmd, const char *dir);
 

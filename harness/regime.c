@@ -141,14 +141,7 @@ static void regime_model(const moe_model *m, regime_point *p) {
  * window from one gpu-only warm-up, then the three policies interleaved.
  * 0, or 1 after a line saying why. */
 static int regime_side(const regime_opts *o, const char *backend, moe_model *m, regime_point *pts) {
-  const moe_policy *paper[4];
-  if (moe_policy_paper_baselines(paper, 4) != 4) {
-    cli_error("regime: the registry lacks the paper's four policies");
-    return 1;
-  }
-  const moe_policy *pol[3] = {paper[0], paper[1], paper[3]}; /* gpu-only, ondemand, pregated */
   const bool sim = strcmp(backend, "sim") == 0;
-  const int reps = sim ? 1 : (int)o->reps;
   run_spec base = {.model = m, .backend = backend, .hardware = sim ? o->hw_path : NULL,
                    .threads = (int)o->threads, .batch = 1, .prompt_len = (int)o->plen,
                    .gen_len = (int)o->glen, .prompt_seed = 1, .requests = 1};
@@ -158,37 +151,18 @@ static int regime_side(const regime_opts *o, const char *backend, moe_model *m, 
     cli_error("regime: %s side: %s", backend, why);
     return 1;
   }
-  run_result *res = calloc((size_t)reps * 3, sizeof *res);
-  if (res == NULL) {
-    cli_error("regime: out of host memory");
-    return 1;
-  }
-  int rc = 0;
-  for (int k = 0; k < o->n_r && rc == 0; k++) {
+  for (int k = 0; k < o->n_r; k++) {
     regime_point *p = &pts[k];
     p->r = o->r[k];
-    p->link = link1 / o->r[k];
-    run_spec sp[3];
-    for (int i = 0; i < 3; i++) {
-      sp[i] = base;
-      sp[i].policy = pol[i];
-      sp[i].routing = runner_policy_routing(pol[i]);
-      sp[i].link_gbps = p->link;
-    }
+    p->link = base.link_gbps = link1 / o->r[k];
     fprintf(stderr, "regime: %s R %g (link %.3f GB/s)\n", backend, p->r, p->link);
-    runner_interleaved(sp, 3, reps, res, NULL, NULL);
-    for (int i = 0; i < 3; i++) {
-      runner_medians(res, 3, reps, i, (int)o->glen, NULL, &p->step[i], NULL);
-      if (res[i].status != MOE_OK) {
-        cli_error("regime: %s %s: %s", backend, pol[i]->name, res[i].error);
-        rc = 1;
-      }
+    if (runner_paper_three_steps(&base, sim ? 1 : (int)o->reps, p->step, why, sizeof why) != MOE_OK) {
+      cli_error("regime: %s side: %s", backend, why);
+      return 1;
     }
     regime_model(m, p);
-    for (int i = 0; i < reps * 3; i++) run_result_free(&res[i]);
   }
-  free(res);
-  return rc;
+  return 0;
 }
 
 /* The A100-style profile's own R: one expert's copy at the profile's

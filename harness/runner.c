@@ -398,3 +398,37 @@ void runner_parity(const run_result *ref, const run_result *r, int batch, int ge
   }
   *max_logit_diff = d;
 }
+
+moe_status runner_paper_three_steps(const run_spec *base, int reps, double step[3], char *why,
+                                    size_t cap) {
+  const moe_policy *paper[4];
+  if (moe_policy_paper_baselines(paper, 4) != 4) {
+    snprintf(why, cap, "the policy registry lacks the paper's four policies");
+    return MOE_ERR_INTERNAL;
+  }
+  const moe_policy *pol[3] = {paper[0], paper[1], paper[3]}; /* gpu-only, ondemand, pregated */
+  run_spec sp[3];
+  run_result *res = calloc((size_t)reps * 3, sizeof *res);
+  if (res == NULL) {
+    snprintf(why, cap, "out of host memory");
+    return MOE_ERR_OOM;
+  }
+  for (int i = 0; i < 3; i++) {
+    sp[i] = *base;
+    sp[i].policy = pol[i];
+    sp[i].routing = runner_policy_routing(pol[i]);
+  }
+  runner_interleaved(sp, 3, reps, res, NULL, NULL);
+  moe_status st = MOE_OK;
+  for (int i = 0; i < 3; i++) {
+    runner_medians(res, 3, reps, i, base->gen_len, NULL, &step[i], NULL);
+    for (int r = 0; r < reps && st == MOE_OK; r++)
+      if (res[r * 3 + i].status != MOE_OK) {
+        snprintf(why, cap, "%s: %s", pol[i]->name, res[r * 3 + i].error);
+        st = res[r * 3 + i].status;
+      }
+  }
+  for (int i = 0; i < reps * 3; i++) run_result_free(&res[i]);
+  free(res);
+  return st;
+}

@@ -107,6 +107,13 @@ void runner_interleaved(const run_spec *specs, int n, int reps, run_result *res,
 void runner_medians(const run_result *res, int n, int reps, int i, int gen_len, double *tokens_per_s,
                     double *decode_per_token_s, double *total_s);
 
+/* Decode seconds per generated token (medians of reps interleaved
+ * repetitions) of gpu-only, ondemand and pregated (the paper's four but
+ * prefetch-all) on base's configuration (its policy and routing ignored).
+ * MOE_OK, else the first failed run's status with "POLICY: message" in why. */
+moe_status runner_paper_three_steps(const run_spec *base, int reps, double step[3], char *why,
+                                    size_t cap);
+
 /* The routing a policy runs when none is named: its default_routing. */
 moe_routing runner_policy_routing(const moe_policy *p);
 

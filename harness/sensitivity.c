@@ -93,27 +93,13 @@ static int sens_parse(int argc, char **argv, sens_opts *o) {
 /* Decode seconds per token of gpu-only, ondemand and pregated on profile
  * file hw; 0, or 1 after a line. */
 static int sens_steps(const sens_opts *o, moe_model *m, const char *hw, double step[3]) {
-  const moe_policy *paper[4];
-  if (moe_policy_paper_baselines(paper, 4) != 4) return 1;
-  const moe_policy *pol[3] = {paper[0], paper[1], paper[3]};
-  run_spec sp[3];
-  run_result res[3];
-  for (int i = 0; i < 3; i++)
-    sp[i] = (run_spec){.model = m, .policy = pol[i], .routing = runner_policy_routing(pol[i]),
-                       .backend = "sim", .hardware = hw, .threads = 1, .batch = 1,
-                       .prompt_len = (int)o->plen, .gen_len = (int)o->glen, .prompt_seed = 1,
-                       .requests = 1};
-  runner_interleaved(sp, 3, 1, res, NULL, NULL);
-  int rc = 0;
-  for (int i = 0; i < 3; i++) {
-    runner_medians(res, 3, 1, i, (int)o->glen, NULL, &step[i], NULL);
-    if (res[i].status != MOE_OK) {
-      cli_error("sensitivity: %s: %s", pol[i]->name, res[i].error);
-      rc = 1;
-    }
-    run_result_free(&res[i]);
-  }
-  return rc;
+  const run_spec base = {.model = m, .backend = "sim", .hardware = hw, .threads = 1, .batch = 1,
+                         .prompt_len = (int)o->plen, .gen_len = (int)o->glen, .prompt_seed = 1,
+                         .requests = 1};
+  char why[700];
+  if (runner_paper_three_steps(&base, 1, step, why, sizeof why) == MOE_OK) return 0;
+  cli_error("sensitivity: %s", why);
+  return 1;
 }
 
 /* The profile with launch and latency changed, saved as path. */
@@ -179,13 +165,8 @@ int cmd_sensitivity(int argc, char **argv) {
                  .n_launch = 3, .latency = {5, 10, 20}, .n_latency = 3, .plen = 256, .glen = 64};
   int rc = sens_parse(argc, argv, &o);
   if (rc >= 0) return rc;
-  const char *tmpdir = getenv("TMPDIR");
   char dir[1100];
-  snprintf(dir, sizeof dir, "%s/moebench-sensitivity-XXXXXX", tmpdir && tmpdir[0] ? tmpdir : "/tmp");
-  if (mkdtemp(dir) == NULL) {
-    cli_error("sensitivity: cannot create a temporary directory: %s", strerror(errno));
-    return 1;
-  }
+  if (cli_temp_dir("sensitivity", dir, sizeof dir) != 0) return 1;
   moe_model *m = NULL;
   moe_error err = {0};
   rc = cli_preset_model_for(o.preset, "sim", NULL, &m, &err) != MOE_OK ? cli_fail(&err)

@@ -191,13 +191,8 @@ static int val_row(val_opts *o, moe_model *m, int i, const char *dir, const moe_
 /* The table: its heading, then one traced run per policy in a temporary
  * directory.  0, or 1. */
 static int val_table(val_opts *o, moe_model *m, const moe_hw_profile *prof) {
-  const char *tmpdir = getenv("TMPDIR");
   char dir[1100];
-  snprintf(dir, sizeof dir, "%s/moebench-validate-XXXXXX", tmpdir && tmpdir[0] ? tmpdir : "/tmp");
-  if (mkdtemp(dir) == NULL) {
-    cli_error("validate: cannot create a temporary directory: %s", strerror(errno));
-    return 1;
-  }
+  if (cli_temp_dir("validate", dir, sizeof dir) != 0) return 1;
   printf("## %s on the %s backend: batch %ld, prompt %ld, generated %ld, link %s, %ld thread%s; "
          "profile %s\n\n", o->preset, o->backend, o->batch, o->plen, o->glen,
          o->link > 0 ? "capped" : "uncapped", o->threads, o->threads == 1 ? "" : "s", prof->name);
