@@ -19,7 +19,10 @@
  * engine fetches the routed expert) and a wasted copy (counted in
  * expert_wasted_copies when evicted unused).  It also asks the engine to
  * predict the first MoE block from its layer input (predict_first_block),
- * so that block's copies overlap its attention instead of being exposed. */
+ * so that block's copies overlap its attention instead of being exposed.
+ *
+ * pregated-hybrid (host_compute.c) adds computing on the host to these
+ * copies. */
 #include <stdlib.h>
 
 #include "moe/policy.h"

@@ -209,7 +209,8 @@ static int bp_run(const bp_opts *o, moe_model *m, bp_results *b) {
                        .link_gbps = o->r.link, .device_mem = o->r.devmem, .batch = (int)o->r.batch,
                        .prompt_len = (int)o->r.plen, .gen_len = (int)o->r.glen, .prompt_seed = 1,
                        .lookahead = (int)o->r.lookahead, .requests = 1, .keep_logits = true,
-                       .cache = b->cache[i][0] ? b->cache[i] : NULL};
+                       .cache = b->cache[i][0] ? b->cache[i] : NULL,
+                       .host_threads = (int)o->r.host_threads, .host_gbps = o->r.host_gbps};
   b->res = calloc((size_t)b->np * (size_t)b->reps, sizeof *b->res);
   if (b->res == NULL) {
     cli_error("bench-policies: out of host memory");

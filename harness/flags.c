@@ -33,6 +33,10 @@ static const flag_spec k_flags[FLAG_COUNT] = {
     [FLAG_FORWARD] = {"forward", FLAG_INT, 1, FLAG_MAX_FORWARD, false, "the N-th forward from the end"},
     [FLAG_PATHS] = {"paths", FLAG_INT, 1, FLAG_MAX_PATHS, false, "repetitions of the gemm path benchmark"},
     [FLAG_SHARD] = {"shard", FLAG_INT, 1, FLAG_MAX_SHARDS, false, "K/N: the K-th of N shards"},
+    [FLAG_HOST_THREADS] = {"host-threads", FLAG_INT, 1, SUITE_MAX_THREADS, false,
+                           "math threads of the experts computed on the host"},
+    [FLAG_HOST_GBPS] = {"host-gbps", FLAG_NUMBER, 0, MOE_LINK_GBPS_MAX, false,
+                        "the emulated host's memory bandwidth cap in GB/s (0: none)"},
 };
 
 const flag_spec *flag_spec_of(flag_id id) { return id < FLAG_COUNT ? &k_flags[id] : NULL; }
@@ -85,6 +89,8 @@ int flags_take_run(flags_run *f, int c, const char *arg) {
     case 't': return flag_long(FLAG_THREADS, arg, &f->threads) ? 0 : -1;
     case 'H': return flag_text(&f->hw_name, arg);
     case 'U': return flag_text(&f->sim_routing, arg);
+    case 'J': return flag_long(FLAG_HOST_THREADS, arg, &f->host_threads) ? 0 : -1;
+    case 'W': return flag_double(FLAG_HOST_GBPS, arg, &f->host_gbps) ? 0 : -1;
     default: return 1;
   }
 }

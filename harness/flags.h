@@ -50,6 +50,8 @@ typedef enum flag_id {
   FLAG_FORWARD,
   FLAG_PATHS,
   FLAG_SHARD,
+  FLAG_HOST_THREADS,
+  FLAG_HOST_GBPS,
   FLAG_COUNT
 } flag_id;
 
@@ -79,6 +81,8 @@ bool flag_size(flag_id id, const char *arg, size_t *out);
 typedef struct flags_run {
   const char *preset, *model_dir, *backend, *hw_name, *sim_routing;
   long batch, plen, glen, reps, threads, lookahead;
+  long host_threads; /* experts computed on the host: their math threads (0 = 1) */
+  double host_gbps;  /* measured backends: the emulated host's cap, GB/s (0: none) */
   double link;
   size_t devmem;
 } flags_run;
@@ -90,7 +94,8 @@ typedef struct flags_run {
       {"reps", required_argument, 0, 'r'}, {"link-gbps", required_argument, 0, 'L'},   \
       {"device-mem", required_argument, 0, 'm'}, {"backend", required_argument, 0, 'B'}, \
       {"threads", required_argument, 0, 't'}, {"hardware", required_argument, 0, 'H'}, \
-      {"sim-routing", required_argument, 0, 'U'}
+      {"sim-routing", required_argument, 0, 'U'}, {"host-threads", required_argument, 0, 'J'},     \
+      {"host-gbps", required_argument, 0, 'W'}
 
 /* One of FLAGS_RUN_OPTIONS into f: 0 taken, -1 refused, 1 when c is not one
  * of them. */

@@ -145,6 +145,11 @@ static moe_status replay_cost(replay_state *s, const replay_op *op, size_t i, mo
     return MOE_OK;
   }
   if (op->instant) {
+    if (!strcmp(name, "host job"))
+      return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
+                      "%s: event %zu: a host job (experts computed on the host): the replay "
+                      "does not model the host stream",
+                      s->path, i);
     if (!strcmp(name, "copy issue")) {
       const double done = moe_cost_copy_issue(c, op->bytes, true);
       if (op->slot) *op->slot = done;

@@ -92,6 +92,12 @@ const res_column res_columns[] = {
     /* schema 2.7: the machine's own rates over the row */
     {"compute_probe_ratio", RES_TEXT, 0, false, "measured rows: the rate of a fixed arithmetic probe (about 5 ms on one thread) after the row over its rate before it"},
     {"link_achieved_gbps", RES_TEXT, 0, false, "measured rows with copies: bytes copied / the copy stream's time on them (the backend's copy observer), last repetition; against link_gbps when capped"},
+    /* schema 2.8: experts computed where they live (host-compute policies) */
+    {"host_threads", RES_KEY, 0, true, "math threads of the experts computed on the host (empty: 1, or no such expert)"},
+    {"host_gbps", RES_KEY, 0, false, "measured rows: the emulated host's memory bandwidth cap, GB/s (empty: none)"},
+    {"host_experts", RES_DETERMINISTIC, 0, true, "expert runs computed on the host per repetition (host-compute policies; empty: none)"},
+    {"host_xfer_bytes", RES_DETERMINISTIC, 0, true, "activation bytes moved for them per repetition: token rows down, results up"},
+    {"host_wait_s", RES_TEXT, 0, false, "seconds the device side waited for the host's results, last repetition (modeled on a modeled backend)"},
 };
 const size_t res_ncols = sizeof res_columns / sizeof res_columns[0];
 

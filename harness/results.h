@@ -14,7 +14,7 @@
 
 #define RES_SCHEMA_MAJOR 2
 #define RES_SCHEMA_MINOR 3
-#define RES_SCHEMA_VERSION "2.7"
+#define RES_SCHEMA_VERSION "2.8"
 #define RES_KEY_MAX 2048 /* bytes of a row key, escaped */
 
 typedef enum res_kind {

@@ -35,6 +35,8 @@ void row_key_columns(const row_config *rc, res_row *row) {
   res_set(row, "backend", rc->backend);
   res_set(row, "device", rc->device);
   res_setf(row, "threads", "%d", rc->threads);
+  if (rc->host_threads > 1) res_setf(row, "host_threads", "%d", rc->host_threads);
+  if (rc->host_gbps > 0) res_setf(row, "host_gbps", "%g", rc->host_gbps);
   if (rc->link_ratio > 0) { /* the ratio is the input; the cap it gave is this machine's */
     res_set(row, "link_gbps", "");
     res_setf(row, "link_ratio", "%g", rc->link_ratio);
@@ -92,6 +94,11 @@ static void row_figures(res_row *row, const run_result *r, double *tps, double *
   if (r->stats.gets)
     res_setf(row, "expert_hit_rate", "%.6f", (double)r->stats.reused / (double)r->stats.gets);
   if (r->stats.pinned >= 0) res_setf(row, "pinned", "%d", r->stats.pinned);
+  if (r->stats.host_experts > 0) {
+    res_setf(row, "host_experts", "%llu", r->stats.host_experts);
+    res_setf(row, "host_xfer_bytes", "%llu", r->stats.host_xfer_bytes);
+    res_setf(row, "host_wait_s", "%.6g", r->stats.host_wait_s);
+  }
   if (r->has_counts) {
     res_setf(row, "calls_per_step", "%.6g", r->counts.calls_per_step);
     res_setf(row, "host_syncs_per_step", "%.6g", r->counts.syncs_per_step);
@@ -148,7 +155,8 @@ void run_row(const row_config *rc, res_row *row, const run_result *ref, run_resu
                  .gen_len = rc->wl->gen_len, .prompt_seed = rc->wl->seed, .prompts = rc->prompts,
                  .n_prompts = rc->n_prompts, .requests = rc->wl->requests,
                  .lookahead = rc->lookahead, .cache = rc->cache, .hardware = rc->hardware,
-                 .sim_routing = rc->sim_routing, .routing_log = rc->routing_log};
+                 .sim_routing = rc->sim_routing, .routing_log = rc->routing_log,
+                 .host_threads = rc->host_threads, .host_gbps = rc->host_gbps};
   run_result r = {0};
   /* the trace is of the last measured repetition (each run rewrites it) */
   for (int i = 0; i < rc->warmup; i++) {

@@ -29,6 +29,8 @@ typedef struct row_config {
   size_t budget;
   double link_gbps;
   int threads, reps, warmup;
+  int host_threads;             /* experts computed on the host: their math threads (0 = 1) */
+  double host_gbps;             /* measured backends: the emulated host's cap, GB/s (0: none) */
   const int32_t *prompts;
   int n_prompts;
   const char *trace_path;       /* run: --trace (the last repetition's) */

@@ -61,7 +61,8 @@ void run_usage(FILE *f) {
           "  --model-dir DIR     a Hugging Face checkpoint directory instead; the row's\n"
           "                      model is DIR's base name @ a hash of its config and index\n"
           "  --policy NAME       gpu-only (default), ondemand, prefetch-all, pregated,\n"
-          "                      pregated-spec; NAME+KIND:SIZE adds an expert cache of\n"
+          "                      pregated-spec, host-compute, fiddler, pregated-hybrid\n"
+          "                      ('moebench list policies'); NAME+KIND:SIZE adds a cache of\n"
           "                      SIZE (experts, N%% of all, or bytes) kept by KIND: lru,\n"
           "                      lfu, static (the most popular of a warm-up run), or\n"
           "                      ring (a block's next experts streamed ahead)\n"
@@ -85,13 +86,20 @@ void run_usage(FILE *f) {
           "  --device-mem SIZE   device-memory budget (default capacity)\n"
           "  --backend NAME      cpu (default), cuda, sim, auto (see 'moebench list backends')\n"
           "  --hardware NAME     sim: the hardware profile the times are modeled on\n"
-          "                      ('moebench list hardware'); every time is then modeled\n"
+          "                      ('moebench list hardware'); every time is then modeled.\n"
+          "                      Other backends: only the figures fiddler weighs (times\n"
+          "                      stay measured)\n"
           "  --sim-routing SPEC  sim: uniform (default), zipf:S, correlated:P, or both;\n"
           "                      trace:FILE replays a run's --record-routing log\n"
           "  --record-routing FILE  every MoE block's router choice of the last\n"
           "                      repetition ('step layer row experts' lines), for\n"
           "                      --sim-routing trace:FILE\n"
           "  --threads N         math threads (default 1)\n"
+          "  --host-threads N    math threads of the experts a host-compute policy\n"
+          "                      computes on the host (default 1)\n"
+          "  --host-gbps X       cpu backend: cap the emulated host's memory bandwidth (a\n"
+          "                      host job takes its weights' bytes at X GB/s at least);\n"
+          "                      with a link cap and no --hardware, fiddler weighs these\n"
           "  -o, --out PREFIX    write PREFIX.csv and PREFIX.json\n"
           "  --trace FILE        the last repetition's backend operations as Chrome\n"
           "                      trace-event JSON (Perfetto): compute and copy tracks\n"
@@ -292,7 +300,8 @@ static int run_one(run_opts *o) {
       .batch = (int)o->r.batch, .policy = pol,
       .routing = o->have_routing ? o->routing : runner_policy_routing(pol), .backend = bops->name,
       .device = device, .budget = o->r.devmem, .link_gbps = link, .link_ratio = o->link_ratio,
-      .threads = (int)o->r.threads,
+      .threads = (int)o->r.threads, .host_threads = (int)o->r.host_threads,
+      .host_gbps = o->r.host_gbps,
       .reps = (int)o->r.reps, .warmup = (int)o->warmup, .trace_path = o->trace_path,
       .lookahead = (int)o->r.lookahead, .policy_label = label, .cache = o->cache,
       .hardware = hardware, .sim_routing = o->r.sim_routing, .routing_log = o->routing_log,

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "moe/cost.h"
 #include "moe/expert_store.h"
 #include "moe/rng.h"
 #include "moe/publish.h"
@@ -153,6 +154,8 @@ typedef struct run_state {
   unsigned long long *popularity;
   route_log rlog;
   moe_publish log_pub;
+  moe_hw_profile hw;    /* sp->hardware's figures, for a policy that weighs costs */
+  bool has_hw;
 } run_state;
 
 /* The expert cache of sp into eo (a static one learns its placement). */
@@ -174,6 +177,23 @@ static moe_status run_cache(const run_spec *sp, run_state *s, moe_engine_options
   return MOE_OK;
 }
 
+/* The emulation's own figures as a profile, for a policy that weighs
+ * costs (fiddler): the capped link and the capped host; the host's FLOP
+ * rate is taken as ample (the cap, a bandwidth, is what binds a decode). */
+static void emulated_profile(const run_spec *sp, moe_hw_profile *p) {
+  memset(p, 0, sizeof *p);
+  snprintf(p->name, sizeof p->name, "emulated");
+  p->memory_bytes = 1e12;
+  p->memory_gbps = 100;
+  p->tflops[MOE_F32] = p->tflops[MOE_F16] = p->tflops[MOE_BF16] = 1;
+  p->h2d_pinned_gbps = p->h2d_pageable_gbps = sp->link_gbps;
+  p->h2d_latency_us = p->launch_us = p->transfer_latency_us = 10;
+  p->copy_slowdown = 1;
+  p->host_cores = sp->host_threads > 0 ? sp->host_threads : 1;
+  p->host_memory_gbps = sp->host_gbps;
+  p->host_gflops_f32 = p->host_gflops_bf16 = 1e6;
+}
+
 /* The device (traced when asked) and the engine of sp. */
 static moe_status run_open(const run_spec *sp, run_state *s, run_result *out, moe_engine_options *eo,
                            moe_error *err) {
@@ -192,9 +212,16 @@ static moe_status run_open(const run_spec *sp, run_state *s, run_result *out, mo
     o->set_copy_observer(moe_device_backend(s->dev), on_copy, &s->copies);
     s->observing = true;
   }
+  if (sp->hardware && (st = moe_hw_profile_load(&s->hw, sp->hardware, err)) != MOE_OK) return st;
+  s->has_hw = sp->hardware != NULL;
+  if (!s->has_hw && !out->modeled && sp->link_gbps > 0 && sp->host_gbps > 0) {
+    emulated_profile(sp, &s->hw);
+    s->has_hw = true;
+  }
   *eo = (moe_engine_options){.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
                              .policy = sp->policy, .routing = sp->routing,
-                             .pregate_lookahead = sp->lookahead};
+                             .pregate_lookahead = sp->lookahead, .host_threads = sp->host_threads,
+                             .host_gbps = sp->host_gbps, .cost_profile = s->has_hw ? &s->hw : NULL};
   if (sp->routing_log) {
     /* published whole (moe/publish.h) */
     if ((st = moe_publish_open(&s->log_pub, sp->routing_log, "the routing log", err)) != MOE_OK)
@@ -275,7 +302,8 @@ static moe_status run_eval(const run_spec *sp, run_state *s, run_result *out, mo
   s->e = NULL;
   moe_engine_options ev = {.max_batch = sp->eval_n < 8 ? sp->eval_n : 8, .max_seq = sp->eval_len,
                            .all_logits = true, .policy = sp->policy, .routing = sp->routing,
-                           .pregate_lookahead = sp->lookahead};
+                           .pregate_lookahead = sp->lookahead, .host_threads = sp->host_threads,
+                           .host_gbps = sp->host_gbps, .cost_profile = s->has_hw ? &s->hw : NULL};
   moe_status st = moe_engine_create(&s->e, sp->model, s->dev, &ev, err);
   if (st == MOE_OK) st = moe_engine_eval(s->e, sp->eval_windows, sp->eval_n, sp->eval_len, &out->eval, err);
   out->has_eval = st == MOE_OK;

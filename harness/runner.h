@@ -20,7 +20,14 @@ typedef struct run_spec {
   const moe_policy *policy;
   moe_routing routing;
   const char *backend;
-  const char *hardware;         /* sim backend: the profile file its times are modeled on */
+  const char *hardware;         /* sim backend: the profile file its times are modeled on;
+                                   any backend: the figures a policy that weighs costs
+                                   (fiddler) decides by (moe_engine_options.cost_profile) */
+  int host_threads;             /* math threads of experts computed on the host (0 = 1) */
+  double host_gbps;             /* measured backends: the emulated host's memory bandwidth
+                                   cap (moe_engine_options.host_gbps; 0: none).  With a link
+                                   cap and no hardware profile, the two are the figures a
+                                   cost-weighing policy decides by */
   const char *sim_routing;      /* sim backend: its routing source (NULL: uniform) */
   int threads;
   double link_gbps;

@@ -299,6 +299,13 @@ static moe_status get_run_settings(suite *s, json_t *root, const char *origin, m
   MOE_CHECK(!(s->link_ratio > 0 && s->link_gbps > 0), err, MOE_ERR_FORMAT,
             "%s: give at most one of 'link_gbps' and 'link_ratio'", origin);
   MOE_TRY(get_int_in(root, "threads", 1, 1, SUITE_MAX_THREADS, &s->threads, origin, err));
+  MOE_TRY(get_int_in(root, "host_threads", 1, 1, SUITE_MAX_THREADS, &s->host_threads, origin, err));
+  json_t *hg = json_object_get(root, "host_gbps");
+  MOE_CHECK(hg == NULL || (json_is_number(hg) && json_number_value(hg) >= 0 &&
+                           json_number_value(hg) <= MOE_LINK_GBPS_MAX),
+            err, MOE_ERR_FORMAT, "%s: field 'host_gbps' must be 0 (uncapped) or up to %g GB/s",
+            origin, MOE_LINK_GBPS_MAX);
+  s->host_gbps = hg ? json_number_value(hg) : 0.0;
   MOE_TRY(get_int_in(root, "repetitions", 1, 1, SUITE_MAX_REPS, &s->repetitions, origin, err));
   json_t *wu = json_object_get(root, "warmup");
   MOE_CHECK(wu == NULL || (json_is_integer(wu) && json_integer_value(wu) >= 0 &&
@@ -345,7 +352,7 @@ moe_status suite_from_json(suite *s, const void *json, const char *origin_, moe_
                                       "policies",   "backend",     "routing", "device_mem",
                                       "link_gbps",  "threads",     "repetitions", "warmup",
                                       "lookahead",  "hardware",    "sim_routing", "link_ratio",
-                                      NULL};
+                                      "host_threads", "host_gbps", NULL};
   MOE_TRY(cli_check_keys(root, known, origin, err));
   MOE_TRY(get_str(root, "name", true, s->name, sizeof s->name, origin, err));
   /* the name makes the default output results/runs/NAME: a file name, no

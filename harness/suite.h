@@ -46,6 +46,8 @@ typedef struct suite {
   double link_ratio;        /* > 0: the link is set per row group so one expert's copy takes
                                this many times a decoder MoE block window's compute */
   int threads;
+  int host_threads;         /* experts computed on the host: their math threads (default 1) */
+  double host_gbps;         /* measured backends: the emulated host's cap, GB/s (0: none) */
   int repetitions, warmup;
   char routing[16];         /* "default", "conventional", "pregated" */
   int lookahead;            /* pre-gate lookahead of every row, 1..3 (default 1) */

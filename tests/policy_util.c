@@ -1,5 +1,6 @@
 /* Shared by the policy suites: see policy_util.h. */
 #include <check.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "moe/rng.h"
@@ -88,3 +89,54 @@ moe_status run(moe_model *m, const moe_policy *pol, moe_routing routing, size_t 
   return run_opts(m, &eo, budget, 5, out, err);
 }
 
+/* A synthetic Switch (encoder-decoder) model: 4 encoder layers (MoE in 1
+ * and 3) and 3 decoder layers (all MoE), 8 experts, top-1, capacity 4 so
+ * the 7-token inputs overflow it now and then. */
+moe_model *switch_model(moe_error *err) {
+  moe_config c;
+  memset(&c, 0, sizeof c);
+  c.arch = MOE_ARCH_SWITCH;
+  c.hidden = 32;
+  c.n_enc_layers = 4;
+  c.n_layers = 7;
+  c.n_heads = 4;
+  c.n_kv_heads = 4;
+  c.head_dim = 6;
+  c.vocab = 40;
+  c.max_pos = 1 << 20;
+  c.n_experts = 8;
+  c.top_k = 1;
+  c.expert_ffn = 24;
+  c.dense_ffn = 24;
+  c.rms_eps = 1e-6f;
+  c.rope_theta = 10000.0f;
+  c.rel_buckets = 8;
+  c.rel_max_distance = 16;
+  c.expert_capacity = 4;
+  c.ffn_act = MOE_FFN_RELU;
+  c.tie_embeddings = true;
+  c.enc_sparse_step = 2;
+  c.dec_sparse_step = 1;
+  c.is_moe[1] = c.is_moe[3] = c.is_moe[4] = c.is_moe[5] = c.is_moe[6] = true;
+  moe_synth_options o = {MOE_F32, 91, 0.3, false};
+  moe_model *m = NULL;
+  return moe_model_synthetic(&m, &c, &o, err) == MOE_OK ? m : NULL;
+}
+
+/* A hardware profile for fiddler's cost figures: a link of link_gbps and
+ * a host whose memory reads host_gbps (its FLOP rate ample). */
+moe_hw_profile host_profile(double link_gbps, double host_gbps) {
+  moe_hw_profile p;
+  memset(&p, 0, sizeof p);
+  snprintf(p.name, sizeof p.name, "test");
+  p.memory_bytes = 1e12;
+  p.memory_gbps = 1000;
+  p.tflops[0] = p.tflops[1] = p.tflops[2] = 100;
+  p.h2d_pinned_gbps = p.h2d_pageable_gbps = link_gbps;
+  p.h2d_latency_us = p.launch_us = p.transfer_latency_us = 1;
+  p.copy_slowdown = 1;
+  p.host_cores = 8;
+  p.host_memory_gbps = host_gbps;
+  p.host_gflops_f32 = p.host_gflops_bf16 = 1e4;
+  return p;
+}

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "moe/cost.h"
 #include "moe/device.h"
 #include "moe/expert_store.h"
 #include "moe/model.h"
@@ -40,5 +41,14 @@ moe_status run_opts(moe_model *m, const moe_engine_options *opt, size_t budget, 
 /* run_opts with a policy and a routing, seed 5. */
 moe_status run(moe_model *m, const moe_policy *pol, moe_routing routing, size_t budget,
                run_out *out, moe_error *err);
+
+/* A synthetic Switch (encoder-decoder) model: 4 encoder layers (MoE in 1
+ * and 3) and 3 decoder layers (all MoE), 8 experts, top-1, capacity 4 so
+ * the 7-token inputs overflow it now and then; NULL with err on failure. */
+moe_model *switch_model(moe_error *err);
+
+/* A hardware profile for fiddler's cost figures: a link of link_gbps and
+ * a host whose memory reads host_gbps (its FLOP rate ample). */
+moe_hw_profile host_profile(double link_gbps, double host_gbps);
 
 #endif

@@ -419,7 +419,7 @@ static void sim_policies(const char *preset, const char *hardware, run_result *r
 }
 
 START_TEST(sim_runs_every_policy_modeled_and_deterministic) {
-  run_result a[8], b[8];
+  run_result a[16], b[16];
   int np = 0;
   sim_policies("switch-base-8", HW("a100-80g-pcie4"), a, &np);
   sim_policies("switch-base-8", HW("a100-80g-pcie4"), b, &np);
@@ -480,7 +480,7 @@ END_TEST
 
 START_TEST(sim_runs_a_model_larger_than_this_machine) {
   /* Switch-Large-128: 105 GB of f32 weights, modeled in well under a second */
-  run_result r[8];
+  run_result r[16];
   int np = 0;
   sim_policies("switch-large-128", HW("a100-80g-pcie4"), r, &np);
   for (int i = 0; i < np; i++) {
@@ -490,7 +490,11 @@ START_TEST(sim_runs_a_model_larger_than_this_machine) {
     } else {
       ck_assert_msg(r[i].status == MOE_OK, "%s: %s", n, r[i].error);
       ck_assert_uint_eq(r[i].peak_bytes, r[i].planned_bytes);
-      ck_assert(r[i].peak_bytes < (size_t)20e9);
+      /* the host-compute class keeps what fits resident; the others copy */
+      if (moe_policy_has_role(moe_policy_at((size_t)i), MOE_POLICY_ROLE_HOST))
+        ck_assert(r[i].peak_bytes <= (size_t)80 << 30 && r[i].stats.host_experts > 0);
+      else
+        ck_assert(r[i].peak_bytes < (size_t)20e9);
     }
     run_result_free(&r[i]);
   }

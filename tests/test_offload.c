@@ -104,40 +104,6 @@ START_TEST(pregated_routing) {
 }
 END_TEST
 
-/* A synthetic Switch (encoder-decoder) model: 4 encoder layers (MoE in 1
- * and 3) and 3 decoder layers (all MoE), 8 experts, top-1, capacity 4 so
- * the 7-token inputs overflow it now and then. */
-static moe_model *switch_model(moe_error *err) {
-  moe_config c;
-  memset(&c, 0, sizeof c);
-  c.arch = MOE_ARCH_SWITCH;
-  c.hidden = 32;
-  c.n_enc_layers = 4;
-  c.n_layers = 7;
-  c.n_heads = 4;
-  c.n_kv_heads = 4;
-  c.head_dim = 6;
-  c.vocab = 40;
-  c.max_pos = 1 << 20;
-  c.n_experts = 8;
-  c.top_k = 1;
-  c.expert_ffn = 24;
-  c.dense_ffn = 24;
-  c.rms_eps = 1e-6f;
-  c.rope_theta = 10000.0f;
-  c.rel_buckets = 8;
-  c.rel_max_distance = 16;
-  c.expert_capacity = 4;
-  c.ffn_act = MOE_FFN_RELU;
-  c.tie_embeddings = true;
-  c.enc_sparse_step = 2;
-  c.dec_sparse_step = 1;
-  c.is_moe[1] = c.is_moe[3] = c.is_moe[4] = c.is_moe[5] = c.is_moe[6] = true;
-  moe_synth_options o = {MOE_F32, 91, 0.3, false};
-  moe_model *m = NULL;
-  return moe_model_synthetic(&m, &c, &o, err) == MOE_OK ? m : NULL;
-}
-
 /* Like run(), for the Switch model, with a choice of pre-gated stacks. */
 static moe_status run_switch(moe_model *m, const moe_policy *pol, moe_routing routing,
                              unsigned stacks, run_out *out, moe_error *err) {
@@ -426,8 +392,9 @@ START_TEST(expert_caches_keep_bits_under_every_policy) {
   for (size_t p = 0; p < moe_policy_count(); p++) {
     const moe_policy *pol = moe_policy_at(p);
     for (int k = 0; k < 4; k++) {
+      const moe_hw_profile hw = host_profile(1, 100); /* figures for fiddler */
       const moe_engine_options eo = {.policy = pol, .cache = kinds[k], .cache_experts = 4,
-                                     .cache_popularity = pop};
+                                     .cache_popularity = pop, .cost_profile = &hw};
       ck_assert_msg(run_opts(m, &eo, 0, 5, o, &err) == MOE_OK, "%s + %s: %s", pol->name,
                     moe_cache_kind_name(kinds[k]), err.msg);
       ck_assert_msg(memcmp(o->tokens, ref->tokens, sizeof o->tokens) == 0, "%s + %s: tokens differ",

@@ -22,9 +22,10 @@
 START_TEST(registry_is_valid) {
   moe_error err = {0};
   ck_assert_msg(moe_policy_registry_check(&err) == MOE_OK, "%s", err.msg);
-  ck_assert_uint_eq(moe_policy_count(), 5);
-  const char *names[] = {"gpu-only", "ondemand", "prefetch-all", "pregated", "pregated-spec"};
-  for (int i = 0; i < 5; i++) ck_assert_ptr_nonnull(moe_policy_find(names[i]));
+  ck_assert_uint_eq(moe_policy_count(), 8);
+  const char *names[] = {"gpu-only",     "ondemand", "prefetch-all",   "pregated", "pregated-spec",
+                         "host-compute", "fiddler",  "pregated-hybrid"};
+  for (int i = 0; i < 8; i++) ck_assert_ptr_nonnull(moe_policy_find(names[i]));
   ck_assert_ptr_null(moe_policy_find("lru-cache"));
   moe_policy bad = *moe_policy_find("ondemand");
   bad.plan = NULL;

@@ -204,6 +204,7 @@ static const struct {
     [MOE_OP_ROUTER_TOPK_EX] = {"router_topk_ex", "1.3"}, [MOE_OP_ROPE_EX] = {"rope_ex", "1.4"},
     [MOE_OP_MLA_ATTENTION] = {"mla_attention", "1.4"}, [MOE_OP_DOWNLOAD_MANY] = {"download_many", "1.5"},
     [MOE_OP_ARGMAX_ROWS] = {"argmax_rows", "1.5"}, [MOE_OP_HOST_REGISTER] = {"host_register", "1.0"},
+    [MOE_OP_HOST_RUN] = {"host_run", "1.7"},
 };
 
 bool moe_backend_supports(const moe_backend_ops *o, moe_backend_op op) {
@@ -216,6 +217,7 @@ bool moe_backend_supports(const moe_backend_ops *o, moe_backend_op op) {
   case MOE_OP_DOWNLOAD_MANY: return o->download_many != NULL;
   case MOE_OP_ARGMAX_ROWS: return o->argmax_rows != NULL;
   case MOE_OP_HOST_REGISTER: return o->host_register != NULL;
+  case MOE_OP_HOST_RUN: return o->host_run != NULL;
   case MOE_OP_COUNT: break;
   }
   return false;

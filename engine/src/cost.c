@@ -389,7 +389,26 @@ void moe_cost_copy_wait(moe_cost_clock *c, double t) {
 
 double moe_cost_sync(moe_cost_clock *c) {
   if (c->copy > c->compute) c->compute = c->copy;
+  if (c->host > c->compute) c->compute = c->host;
   return c->compute;
+}
+
+double moe_cost_host_run(moe_cost_clock *c, double seconds, double after) {
+  double start = c->host > c->compute ? c->host : c->compute;
+  if (after > start) start = after;
+  const double d = seconds > 0 ? seconds : 0;
+  c->host = start + d;
+  c->host_busy += d;
+  c->host_jobs++;
+  return c->host;
+}
+
+double moe_cost_host_work(const moe_hw_profile *p, const moe_host_work *w) {
+  if (!(p->host_memory_gbps > 0)) return NAN;
+  const double g = w->dtype == MOE_F32 || !(p->host_gflops_bf16 > 0) ? p->host_gflops_f32
+                                                                      : p->host_gflops_bf16;
+  const double read = w->bytes / (p->host_memory_gbps * 1e9), math = w->flops / (g * 1e9);
+  return read > math ? read : math;
 }
 
 double moe_cost_hidden_share(const moe_cost_clock *c) {

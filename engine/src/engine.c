@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "engine_internal.h"
+#include "moe/cost.h"
 
 
 int moe_argmax(const float *x, int n) {
@@ -101,6 +102,21 @@ static moe_engine_options normalized(const moe_engine_options *opt) {
   return o;
 }
 
+/* The K and V caches' bytes (an encoder-decoder model caches the
+ * decoder's layers; MLA one latent and one rotated key per token, not per
+ * head). */
+static void kv_cache_bytes(const moe_config *c, const moe_engine_options *o, size_t *kv,
+                           size_t *vkv) {
+  const size_t B = (size_t)o->max_batch, S = (size_t)o->max_seq;
+  const size_t cached = (size_t)(c->n_layers - c->n_enc_layers);
+  if (moe_config_is_mla(c)) {
+    *kv = moe_prod(moe_prod(cached, B, S, 1), (size_t)c->kv_rank, 4, 1);
+    *vkv = moe_prod(moe_prod(cached, B, S, 1), (size_t)c->rope_dim, 4, 1);
+  } else {
+    *kv = *vkv = moe_prod(moe_prod(cached, B, (size_t)c->n_kv_heads, 1), S, (size_t)c->head_dim, 4);
+  }
+}
+
 /* The engine's device buffers, in allocation order.  The one size table.
  * Sizes are overflow-checked: SIZE_MAX marks one that does not fit. */
 static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device *dev,
@@ -118,14 +134,9 @@ static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device
    * uses the first decoder layer's cache as scratch before the decoder
    * starts), and the cross-attention K/V of each decoder layer */
   const bool encdec = moe_config_is_encdec(c);
-  const size_t cached = (size_t)(c->n_layers - c->n_enc_layers);
   const bool mla = moe_config_is_mla(c);
-  /* MLA caches one latent and one rotated key per token, not per head */
-  const size_t kv = mla ? moe_prod(moe_prod(cached, B, (size_t)o->max_seq, 1), (size_t)c->kv_rank, 4, 1)
-                        : moe_prod(moe_prod(cached, B, (size_t)c->n_kv_heads, 1),
-                                   (size_t)o->max_seq, hd, 4);
-  const size_t vkv = mla ? moe_prod(moe_prod(cached, B, (size_t)o->max_seq, 1), (size_t)c->rope_dim, 4, 1)
-                         : kv;
+  size_t kv, vkv;
+  kv_cache_bytes(c, o, &kv, &vkv);
   /* the k/v activation buffers carry the latent and the rotated key (and
    * q_a_proj's output) under MLA; att the heads' v_dim outputs */
   size_t kbuf = kvd, vbuf = kvd, attw = qd;
@@ -145,6 +156,8 @@ static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device
   if (qd > max_cols) max_cols = qd;
   if (attw > max_cols) max_cols = attw;
   if (kbuf > max_cols) max_cols = kbuf;
+  /* a block's rows in expert-sorted order, for experts computed on the host */
+  const size_t hrows = engine_policy_places(o->policy) ? moe_prod(T, K, H, f) : 0;
   const size_t ws = dev && dev->ops->workspace_bytes && T != SIZE_MAX
                         ? dev->ops->workspace_bytes(dev->be, T, max_cols) : 0;
   const buf_spec t[] = {
@@ -178,6 +191,8 @@ static size_t engine_buffers(moe_engine *e, const moe_model *m, const moe_device
       {&e->pidx, MOE_MEM_WORKSPACE, moe_prod(T, K, i32, 1), "pre-gate indices"},
       {&e->gemm_ws, MOE_MEM_WORKSPACE, T == SIZE_MAX ? SIZE_MAX : ws, "matmul workspace"},
       {&e->inv_freq, MOE_MEM_WORKSPACE, nfreq, "RoPE frequencies"},
+      {&e->xh, MOE_MEM_ACTIVATIONS, hrows, "host experts' input rows"},
+      {&e->yh, MOE_MEM_ACTIVATIONS, hrows, "expert output rows"},
   };
   size_t n = sizeof t / sizeof t[0];
   memcpy(out, t, sizeof t);
@@ -264,15 +279,47 @@ moe_status engine_policy_result(const moe_engine *e, moe_status st, const char *
 
 /* ---------------------------------------------------------------- planning */
 
+bool engine_policy_places(const moe_policy *p) {
+  return p && p->struct_size >= MOE_POLICY_SIZE_1_3 && p->place != NULL;
+}
+
+/* What a policy may know of the run (moe_policy_env): the model's shape,
+ * the budget left for slots, and, from the run's hardware profile (modeled
+ * figures), what copying an expert and computing it on the host cost. */
+static void engine_policy_env(const moe_model *model, const moe_engine_options *opt,
+                              const moe_policy *policy, size_t slot_budget, moe_policy_env *env) {
+  const moe_config *c = &model->cfg;
+  *env = (moe_policy_env){.n_layers = c->n_layers,
+                          .n_moe_layers = model->n_moe,
+                          .n_experts = c->n_experts,
+                          .top_k = c->top_k,
+                          .max_batch = opt->max_batch,
+                          .expert_bytes = model->expert_bytes,
+                          .slot_budget = slot_budget,
+                          .lookahead = opt->pregate_lookahead > 0 ? opt->pregate_lookahead : 1,
+                          .host_exec = engine_policy_places(policy)};
+  const moe_hw_profile *p = opt->cost_profile;
+  if (p == NULL || model->n_moe == 0) return;
+  const double bytes = (double)model->expert_bytes, H = c->hidden, F = c->expert_ffn;
+  const double flops = 2.0 * H * F * (c->ffn_act == MOE_FFN_RELU ? 2.0 : 3.0);
+  env->expert_copy_s = moe_cost_copy(p, bytes, true);
+  if (p->host_memory_gbps > 0) {
+    const moe_host_work read = {0.0, bytes, model->dtype}, tok = {flops, 0.0, model->dtype};
+    env->host_read_s = moe_cost_host_work(p, &read);
+    env->host_token_s = moe_cost_host_work(p, &tok);
+  }
+  /* down as f32 rows, up as f32 rows: the transfers' bandwidth part */
+  env->xfer_token_s = 2.0 * 4.0 * H / (p->h2d_pageable_gbps * 1e9);
+}
+
 moe_status moe_engine_plan_slots(const moe_model *model, const moe_engine_options *opt,
                                  const moe_policy *policy, size_t slot_budget, int *slots,
                                  int *cache_slots, moe_error *err) {
   const moe_config *c = &model->cfg;
   *slots = *cache_slots = 0;
   if (model->n_moe == 0) return MOE_OK;
-  moe_policy_env env = {c->n_layers,     model->n_moe,        c->n_experts, c->top_k,
-                        opt->max_batch,  model->expert_bytes, slot_budget,
-                        opt->pregate_lookahead > 0 ? opt->pregate_lookahead : 1};
+  moe_policy_env env;
+  engine_policy_env(model, opt, policy, slot_budget, &env);
   moe_policy_plan pp = {0};
   moe_status st = policy->plan(&env, &pp, err);
   if (st != MOE_OK) {
@@ -299,6 +346,7 @@ moe_status moe_engine_plan_slots(const moe_model *model, const moe_engine_option
 void moe_engine_free(moe_engine *e) {
   if (e == NULL) return;
   if (e->policy && e->policy->destroy) e->policy->destroy(e->policy_state);
+  engine_host_free(e);
   moe_expert_store_free(e->store);
   buf_spec t[MAX_BUFS];
   size_t n = engine_buffers(e, e->model, e->dev, &e->opt, t);
@@ -317,6 +365,9 @@ void moe_engine_free(moe_engine *e) {
   free(e->h_pmark);
   free(e->h_pneeded);
   free(e->h_cap);
+  free(e->h_onhost);
+  free(e->h_dneeded);
+  free(e->h_tokens);
   free(e);
 }
 
@@ -361,10 +412,8 @@ static moe_status engine_place(moe_engine *e, moe_policy_env *env, moe_error *er
     moe_engine_plan_memory(model, dev, &e->opt, 0, plan, &fixed);
     moe_add_ok(&used, fixed);
   }
-  *env = (moe_policy_env){c->n_layers,       model->n_moe,        c->n_experts, c->top_k,
-                          e->opt.max_batch,  model->expert_bytes,
-                          dev->mem.budget > used ? dev->mem.budget - used : 0,
-                          e->opt.pregate_lookahead > 0 ? e->opt.pregate_lookahead : 1};
+  engine_policy_env(model, &e->opt, e->policy, dev->mem.budget > used ? dev->mem.budget - used : 0,
+                    env);
   MOE_TRY(moe_engine_plan_slots(model, &e->opt, e->policy, env->slot_budget, &e->slots,
                                 &e->cache_slots, err));
   buf_spec t[MAX_BUFS];
@@ -415,8 +464,12 @@ static moe_status engine_host_scratch(moe_engine *e, size_t T, size_t K, size_t 
   e->h_pmark = malloc(E * sizeof(int));
   e->h_pneeded = malloc(E * sizeof(int));
   e->h_cap = malloc(E * sizeof(int));
+  e->h_onhost = calloc(E, 1);
+  e->h_dneeded = malloc(E * sizeof(int));
+  e->h_tokens = malloc(E * sizeof(int));
   MOE_CHECK(e->h_ids && e->h_pos && e->h_idx && e->h_rows && preds_ok && e->h_wts && e->h_scale &&
-                e->h_count && e->h_needed && e->h_pmark && e->h_pneeded && e->h_cap,
+                e->h_count && e->h_needed && e->h_pmark && e->h_pneeded && e->h_cap &&
+                e->h_onhost && e->h_dneeded && e->h_tokens,
             err, MOE_ERR_OOM, "out of host memory for engine scratch");
 cleanup:
   return st;
@@ -534,6 +587,7 @@ moe_status moe_engine_create(moe_engine **out, moe_model *model, moe_device *dev
   MOE_TRY(engine_place(e, &env, err));
   MOE_TRY(engine_host_scratch(e, T, K, E, err));
   MOE_TRY(engine_tables(e, T, err));
+  MOE_TRY(engine_host_create(e, err));
   MOE_TRY(engine_start_policy(e, &env, err));
   if (opt->cache == MOE_CACHE_STATIC && e->cache_slots > 0 && model->n_moe > 0)
     MOE_TRY(engine_static_cache(e, err));

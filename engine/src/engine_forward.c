@@ -114,21 +114,20 @@ static void apply_capacity(moe_engine *e, size_t T) {
   }
 }
 
-/* One expert's FFN on n gathered rows in e->xe, result in e->ye. */
-static moe_status expert_ffn(moe_engine *e, const moe_expert_weights *w, size_t n, moe_error *err) {
+moe_status engine_expert_ffn(const moe_backend_ops *o, moe_backend *be, const moe_expert_weights *w,
+                             const float *x, float *ge, float *ue, float *y, size_t n,
+                             moe_error *err) {
   moe_status st = MOE_OK;
-  const moe_backend_ops *o = e->dev->ops;
-  moe_backend *be = e->dev->be;
   const size_t F = w->up.rows;
   if (w->gate.data == NULL) { /* ReLU: wo(relu(wi x)) */
-    MOE_TRY(o->matmul(be, e->ue, e->xe, n, &w->up, NULL, err));
-    MOE_TRY(o->unary(be, e->ue, e->ue, n * F, MOE_UNARY_RELU, 0.0f, err));
-    MOE_TRY(o->matmul(be, e->ye, e->ue, n, &w->down, NULL, err));
+    MOE_TRY(o->matmul(be, ue, x, n, &w->up, NULL, err));
+    MOE_TRY(o->unary(be, ue, ue, n * F, MOE_UNARY_RELU, 0.0f, err));
+    MOE_TRY(o->matmul(be, y, ue, n, &w->down, NULL, err));
   } else {
-    MOE_TRY(o->matmul(be, e->ge, e->xe, n, &w->gate, NULL, err));
-    MOE_TRY(o->matmul(be, e->ue, e->xe, n, &w->up, NULL, err));
-    MOE_TRY(o->swiglu(be, e->ge, e->ge, e->ue, n * F, err));
-    MOE_TRY(o->matmul(be, e->ye, e->ge, n, &w->down, NULL, err));
+    MOE_TRY(o->matmul(be, ge, x, n, &w->gate, NULL, err));
+    MOE_TRY(o->matmul(be, ue, x, n, &w->up, NULL, err));
+    MOE_TRY(o->swiglu(be, ge, ge, ue, n * F, err));
+    MOE_TRY(o->matmul(be, y, ge, n, &w->down, NULL, err));
   }
 cleanup:
   return st;
@@ -180,12 +179,15 @@ static int group_by_expert(moe_engine *e, size_t T, size_t K, size_t E, size_t *
   return n_needed;
 }
 
-/* Runs block l's experts in index order, each acquired from the store,
- * its rows gathered from e->h and its weighted output added into e->x.
- * With a streaming ring (cache kind ring) the next `cache_slots` experts
- * of the block are on their way while one computes, in the order they
- * will run (double-buffered at one). */
-static moe_status run_experts(moe_engine *e, int l, int n_needed, moe_error *err) {
+/* Runs block l's device experts in index order, each acquired from the
+ * store, its rows gathered from e->h and its weighted output added into
+ * e->x; with experts on the host (deferred), each output is kept in yh at
+ * its rows' place instead, and engine_host_finish adds them all, in the
+ * same order, once the host's are back.  With a streaming ring (cache
+ * kind ring) the next `cache_slots` experts of the block are on their way
+ * while one computes, in the order they will run (double-buffered at
+ * one). */
+static moe_status run_experts(moe_engine *e, int l, int n_needed, bool deferred, moe_error *err) {
   moe_status st = MOE_OK;
   const moe_backend_ops *o = e->dev->ops;
   moe_backend *be = e->dev->be;
@@ -194,18 +196,19 @@ static moe_status run_experts(moe_engine *e, int l, int n_needed, moe_error *err
   int pos = 0;
   for (size_t x = 0; x < E; x++) {
     size_t begin = x ? (size_t)e->h_count[x - 1] : 0, n = (size_t)e->h_count[x] - begin;
-    if (n == 0) continue;
+    if (n == 0 || (deferred && e->h_onhost[x])) continue;
     moe_expert_weights w;
     op_context(e, l, (int)x);
     for (int j = pos + 1; j <= pos + stream && j < n_needed; j++)
-      if (moe_expert_store_fetch(e->store, l, e->h_needed[j], true, err) < 0)
+      if (moe_expert_store_fetch(e->store, l, e->h_dneeded[j], true, err) < 0)
         MOE_TRY(err ? err->status : MOE_ERR_DEVICE);
     pos++;
+    float *y = deferred ? e->yh + begin * H : e->ye;
     MOE_TRY(moe_expert_store_acquire(e->store, l, (int)x, &w, err));
     MOE_TRY(o->gather_rows(be, e->xe, e->h, e->rows + begin, n, H, err));
-    MOE_TRY(expert_ffn(e, &w, n, err));
-    MOE_TRY(o->scatter_add_rows(be, e->x, e->ye, e->rows + begin, e->rw + begin, 1, false, n, H,
-                                err));
+    MOE_TRY(engine_expert_ffn(o, be, &w, e->xe, e->ge, e->ue, y, n, err));
+    if (!deferred)
+      MOE_TRY(o->scatter_add_rows(be, e->x, y, e->rows + begin, e->rw + begin, 1, false, n, H, err));
     MOE_TRY(moe_expert_store_release(e->store, l, (int)x, err));
   }
 cleanup:
@@ -267,14 +270,18 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
   apply_capacity(e, T);
   size_t routed;
   const int n_needed = group_by_expert(e, T, K, E, &routed);
-  moe_expert_store_begin_block(e->store, l, e->h_needed, n_needed);
-  POLICY_CALL(e, experts_needed, l, e->h_needed, n_needed);
+  int n_dev = n_needed, n_host = 0;
+  MOE_TRY(engine_host_place(e, l, n_needed, &n_dev, &n_host, err));
+  moe_expert_store_begin_block(e->store, l, e->h_dneeded, n_dev);
+  POLICY_CALL(e, experts_needed, l, e->h_dneeded, n_dev);
   if (want_pred && pred_from_input) MOE_TRY(pregate(e, l, next, T, true, false, err));
   if (routed > 0) {
     MOE_TRY(o->upload(be, e->rows, e->h_rows, routed * sizeof(int32_t), err));
     MOE_TRY(o->upload(be, e->rw, e->h_scale, routed * sizeof(float), err));
   }
-  MOE_TRY(run_experts(e, l, n_needed, err));
+  if (n_host > 0) MOE_TRY(engine_host_issue(e, l, err));
+  MOE_TRY(run_experts(e, l, n_dev, n_host > 0, err));
+  if (n_host > 0) MOE_TRY(engine_host_finish(e, l, err));
   moe_expert_store_end_block(e->store, l);
   op_context(e, l, -1);
   if (c->shared_ffn > 0) MOE_TRY(shared_expert(e, l, T, err));

@@ -88,6 +88,18 @@ struct moe_engine {
   int *h_cap;                /* tokens per expert of one sequence (expert capacity) */
   int cur_n_new;             /* tokens per sequence of the running forward */
 
+  /* experts computed on the host (policies with place; engine_host.c) */
+  struct host_exec *hx;      /* NULL when the policy places nothing on the host */
+  float *xh, *yh;            /* device, [T x K][H]: a block's expert rows in expert-sorted
+                                order: the host experts' gathered inputs, and every
+                                expert's output before the in-order adds (0 bytes
+                                without host placement) */
+  unsigned char *h_onhost;   /* [E] of the running block: expert computed on the host */
+  int *h_dneeded;            /* [E] the block's device experts, ascending */
+  int *h_tokens;             /* [E] tokens of each needed expert */
+  unsigned long long host_experts, host_tokens, host_xfer_bytes;
+  double host_wait_s;
+
   unsigned long long first_hits, first_total;
   double stall_base;         /* backend-measured stall at the last reset */
   unsigned long long pregate_hits, pregate_total, warm_bytes;
@@ -161,6 +173,29 @@ static inline int first_moe_in(const moe_model *m, int begin, int end) {
  * one naming the policy and the method (engine.c). */
 moe_status engine_policy_result(const moe_engine *e, moe_status st, const char *method,
                                   moe_error *err);
+
+/* Experts computed on the host (engine_host.c).  engine_host_create
+ * prepares the host side when the policy has place (a no-op otherwise);
+ * engine_host_place asks the policy where block l's n_needed experts run
+ * (fills h_onhost and h_dneeded; returns the device experts' count);
+ * engine_host_issue sends the host experts' rows down and starts their job
+ * (after the block's rows and scales are uploaded); engine_host_finish
+ * waits for it, brings the results up into yh and adds every expert's
+ * output into x in index order. */
+bool engine_policy_places(const struct moe_policy *p);
+moe_status engine_host_create(moe_engine *e, moe_error *err);
+void engine_host_free(moe_engine *e);
+moe_status engine_host_place(moe_engine *e, int l, int n_needed, int *n_dev, int *n_host,
+                             moe_error *err);
+moe_status engine_host_issue(moe_engine *e, int l, moe_error *err);
+moe_status engine_host_finish(moe_engine *e, int l, moe_error *err);
+
+/* One expert's FFN: y[n, H] = ffn(x[n, H]) with ge, ue [n, F] scratch, on
+ * the given backend (engine_forward.c; the host job calls it with the
+ * host's math). */
+moe_status engine_expert_ffn(const moe_backend_ops *o, moe_backend *be, const moe_expert_weights *w,
+                             const float *x, float *ge, float *ue, float *y, size_t n,
+                             moe_error *err);
 
 /* The forward pass over n_new tokens of n_seq sequences from position pos0
  * (engine_forward.c); logits, when not NULL, receives the logits of the

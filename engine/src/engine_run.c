@@ -169,6 +169,13 @@ void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
   out->warm_bytes = e->warm_bytes;
   out->pinned = -1;
   if (e->store) moe_expert_store_pinning(e->store, &out->pinned, &out->pin_s);
+  out->host_experts = e->host_experts;
+  out->host_tokens = e->host_tokens;
+  out->host_xfer_bytes = e->host_xfer_bytes;
+  out->host_wait_s = e->host_wait_s;
+  /* a modeled backend counts the wait for the host's results as stall:
+   * it is reported apart */
+  if (e->dev->ops->modeled_seconds && out->stall_s >= e->host_wait_s) out->stall_s -= e->host_wait_s;
 }
 
 void moe_engine_reset_stats(moe_engine *e) {
@@ -177,6 +184,8 @@ void moe_engine_reset_stats(moe_engine *e) {
   e->pregate_hits = e->pregate_total = 0;
   e->invalid_requests = 0;
   e->first_hits = e->first_total = 0;
+  e->host_experts = e->host_tokens = e->host_xfer_bytes = 0;
+  e->host_wait_s = 0;
 }
 
 struct moe_expert_store *moe_engine_store(moe_engine *e) { return e->store; }

@@ -326,7 +326,12 @@ moe_status moe_expert_store_acquire(moe_expert_store *s, int layer, int expert,
   sl->tick = ++s->tick;
   s->stats.gets++;
   s->uses[k]++;
-  const uint8_t *base = s->slab + (size_t)v * m->expert_bytes;
+  moe_expert_views(m, s->slab + (size_t)v * m->expert_bytes, w);
+  return MOE_OK;
+}
+
+void moe_expert_views(const moe_model *m, const void *expert, moe_expert_weights *w) {
+  const uint8_t *base = expert;
   const size_t F = (size_t)m->cfg.expert_ffn, H = (size_t)m->cfg.hidden;
   const size_t part = F * H * moe_dtype_size(m->dtype);
   if (m->cfg.ffn_act == MOE_FFN_RELU) { /* wi, wo: no gate */
@@ -338,7 +343,6 @@ moe_status moe_expert_store_acquire(moe_expert_store *s, int layer, int expert,
     w->up = (moe_weight){base + part, m->dtype, F, H};
     w->down = (moe_weight){base + 2 * part, m->dtype, H, F};
   }
-  return MOE_OK;
 }
 
 moe_status moe_expert_store_release(moe_expert_store *s, int layer, int expert, moe_error *err) {

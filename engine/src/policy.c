@@ -14,6 +14,9 @@ extern const moe_policy moe_policy_ondemand;
 extern const moe_policy moe_policy_prefetch_all;
 extern const moe_policy moe_policy_pregated;
 extern const moe_policy moe_policy_pregated_spec;
+extern const moe_policy moe_policy_pregated_hybrid;
+extern const moe_policy moe_policy_host_compute;
+extern const moe_policy moe_policy_fiddler;
 
 /* The registry: each built-in with the roles it plays (moe_policy_role);
  * the paper's four are listed in the headline's order. */
@@ -26,6 +29,9 @@ static const struct {
     {&moe_policy_prefetch_all, MOE_POLICY_ROLE_PREFETCH_ALL | MOE_POLICY_ROLE_PAPER},
     {&moe_policy_pregated, MOE_POLICY_ROLE_PREGATED | MOE_POLICY_ROLE_PAPER},
     {&moe_policy_pregated_spec, 0},
+    {&moe_policy_host_compute, MOE_POLICY_ROLE_HOST},
+    {&moe_policy_fiddler, MOE_POLICY_ROLE_HOST},
+    {&moe_policy_pregated_hybrid, MOE_POLICY_ROLE_HOST},
 };
 
 static const moe_policy *builtin(size_t i) { return k_registry[i].policy; }
@@ -51,14 +57,18 @@ int moe_policy_has_role(const moe_policy *p, moe_policy_role role) {
   return 0;
 }
 
-size_t moe_policy_paper_baselines(const moe_policy **out, size_t cap) {
+size_t moe_policy_with_roles(moe_policy_role role, const moe_policy **out, size_t cap) {
   size_t n = 0;
   for (size_t i = 0; i < moe_policy_count(); i++)
-    if (k_registry[i].roles & MOE_POLICY_ROLE_PAPER) {
+    if (k_registry[i].roles & (unsigned)role) {
       if (n < cap) out[n] = builtin(i);
       n++;
     }
   return n;
+}
+
+size_t moe_policy_paper_baselines(const moe_policy **out, size_t cap) {
+  return moe_policy_with_roles(MOE_POLICY_ROLE_PAPER, out, cap);
 }
 
 const moe_policy *moe_policy_find(const char *name) {

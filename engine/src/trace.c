@@ -326,6 +326,16 @@ static moe_status tr_copy_wait(moe_backend *be, moe_event *ev, moe_error *e) {
   mark(be, "copy waits", EVID(ev), 0);
   return REAL(be)->copy_wait(INNER(be), EV(ev), e);
 }
+/* A host job: an instant at its issue (the job itself runs on the host
+ * stream, off the compute track), with the work a modeled backend charges. */
+static moe_status tr_host_run(moe_backend *be, void (*fn)(void *), void *ctx,
+                              const moe_host_work *w, moe_event *wait_ev, moe_event *done_ev,
+                              moe_error *e) {
+  const double now = clock_of(be);
+  emit(T(be)->t, MOE_TRACE_COMPUTE, "host job", true, now, now, w ? w->flops : 0,
+       w ? w->bytes : 0, EVID(done_ev), NULL);
+  return REAL(be)->host_run(INNER(be), fn, ctx, w, EV(wait_ev), EV(done_ev), e);
+}
 static int tr_done(moe_backend *be, moe_event *ev) {
   moe_trace *t = T(be)->t;
   pthread_mutex_lock(&t->mu);
@@ -465,6 +475,7 @@ static void wrap_optional(moe_backend_ops *o, const moe_backend_ops *r) {
   o->mla_attention = r->mla_attention ? tr_mla : NULL;
   o->download_many = r->download_many ? tr_download_many : NULL;
   o->argmax_rows = r->argmax_rows ? tr_argmax : NULL;
+  o->host_run = r->host_run ? tr_host_run : NULL;
 }
 
 moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {

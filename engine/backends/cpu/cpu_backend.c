@@ -4,8 +4,8 @@
  * Math (cpu_kernels.c): gemm through cblas (OpenBLAS, one thread by
  * default so the copy thread can have the other core); everything else
  * plain C, issued on the calling thread (the compute stream is
- * synchronous).  This file: the table, memory, the copy thread, events,
- * the math thread pool.
+ * synchronous).  This file: the table, memory, the copy and host stream
+ * threads, events, the math thread pool.
  * Memory: "device" memory is a separate arena of host allocations, counted
  * against the budget by the engine's allocator front; expert weights stay in
  * the model's host slab.
@@ -14,7 +14,10 @@
  * With a link cap (link_gbps) the thread paces itself so the copy rate never
  * exceeds the cap, emulating PCIe.  compute_wait blocks the compute thread
  * until the event is signalled, so copy/compute overlap is real wall-clock
- * overlap. */
+ * overlap.
+ * Host stream (host_run, ABI 1.7): a second thread like the copy thread
+ * runs the jobs in order, each after its wait event, with the backend's
+ * mutex released while fn runs; its done event is signalled as a copy's. */
 #include <cblas.h> /* openblas_set_num_threads */
 #include <errno.h>
 #include <math.h>
@@ -71,11 +74,11 @@ static moe_status parse_fault(moe_backend *be, moe_error *err) {
                   "MOE_CPU_FAULT='%s': expected alloc:N, copy:N or event:N with N >= 1", f);
 }
 
-/* Copies tagged with an event are counted when queued and when done; a wait
- * is for the copies queued before it (like a CUDA event's latest record).
- * refs counts queued requests that name the event; a destroyed event with
- * refs left is freed by the copy thread when the last one is done.
- * Guarded by be->mu. */
+/* Copies and host jobs tagged with an event are counted when queued and
+ * when done; a wait is for the ones queued before it (like a CUDA event's
+ * latest record).  refs counts queued requests (of either stream) that
+ * name the event; a destroyed event with refs left is freed by the stream
+ * thread that finishes the last one.  Guarded by be->mu. */
 struct moe_event {
   unsigned long issued;
   unsigned long completed;
@@ -146,19 +149,26 @@ static void link_copy(void *dst, const void *src, size_t n) {
   memcpy(dst, src, n);
 }
 
-static void *copier_main(void *arg) {
-  moe_backend *be = arg;
+/* A stream's thread (copy or host): runs its requests in order until
+ * destroy, after draining what is queued. */
+static void *stream_main(void *arg) {
+  cpu_stream *q = arg;
+  moe_backend *be = q->be;
   pthread_mutex_lock(&be->mu);
   for (;;) {
-    while (be->q_len == 0 && !be->stop) pthread_cond_wait(&be->cv, &be->mu);
-    if (be->q_len == 0 && be->stop) break;
-    copy_req r = be->queue[be->q_head];
-    be->q_head = (be->q_head + 1) % be->q_cap;
-    be->q_len--;
-    be->busy = 1;
-    if (r.wait_ev) {
+    while (q->len == 0 && !be->stop) pthread_cond_wait(&be->cv, &be->mu);
+    if (q->len == 0 && be->stop) break;
+    copy_req r = q->ring[q->head];
+    q->head = (q->head + 1) % q->cap;
+    q->len--;
+    q->busy = 1;
+    if (r.wait_ev)
       while (r.wait_ev->completed < r.wait_target) pthread_cond_wait(&be->cv, &be->mu);
-    } else {
+    if (r.fn) { /* a host job: runs without the lock */
+      pthread_mutex_unlock(&be->mu);
+      r.fn(r.fn_ctx);
+      pthread_mutex_lock(&be->mu);
+    } else if (r.wait_ev == NULL) { /* a copy (a copy_wait marker copies nothing) */
       void (*obs)(void *, size_t, double, double) = be->observer;
       void *obs_ctx = be->observer_ctx;
       pthread_mutex_unlock(&be->mu);
@@ -174,11 +184,21 @@ static void *copier_main(void *arg) {
     if (r.ev) r.ev->completed++;
     event_unref(r.ev);
     event_unref(r.wait_ev);
-    be->busy = 0;
+    q->busy = 0;
     pthread_cond_broadcast(&be->cv);
   }
   pthread_mutex_unlock(&be->mu);
   return NULL;
+}
+
+/* Allocates a stream's ring and starts its thread; 0 on success. */
+static int stream_start(moe_backend *be, cpu_stream *q) {
+  q->be = be;
+  q->cap = 64;
+  q->ring = malloc(q->cap * sizeof *q->ring);
+  if (q->ring == NULL || pthread_create(&q->tid, NULL, stream_main, q) != 0) return -1;
+  q->started = 1;
+  return 0;
 }
 
 static void *pool_main(void *arg) {
@@ -320,17 +340,18 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
   if (be->tb == NULL) return free(be), MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: out of host memory");
   pthread_mutex_init(&be->mu, NULL);
   pthread_cond_init(&be->cv, NULL);
-  be->q_cap = 64;
-  be->queue = malloc(be->q_cap * sizeof *be->queue);
   if (pool_start(&be->pool, be->threads - 1) != 0) {
     cpu_destroy(be);
     return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: cannot start %d math threads", be->threads);
   }
-  if (be->queue == NULL || pthread_create(&be->copier, NULL, copier_main, be) != 0) {
+  if (stream_start(be, &be->copy) != 0) {
     cpu_destroy(be);
     return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: cannot start the copy thread");
   }
-  be->copier_started = 1;
+  if (stream_start(be, &be->host) != 0) {
+    cpu_destroy(be);
+    return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: cannot start the host stream thread");
+  }
   cpu_model_name(be->device, sizeof be->device);
   if (be->link_bps > 0)
     snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s, 16-bit %s; copy link capped at %.2f GB/s)",
@@ -345,17 +366,19 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
 
 static void cpu_destroy(moe_backend *be) {
   if (be == NULL) return;
-  if (be->copier_started) {
-    pthread_mutex_lock(&be->mu);
-    be->stop = 1;
-    pthread_cond_broadcast(&be->cv);
-    pthread_mutex_unlock(&be->mu);
-    pthread_join(be->copier, NULL);
-  }
+  /* both threads drain their queues, then exit (a host job may wait for
+   * a copy, so neither is joined before both are told) */
+  pthread_mutex_lock(&be->mu);
+  be->stop = 1;
+  pthread_cond_broadcast(&be->cv);
+  pthread_mutex_unlock(&be->mu);
+  if (be->copy.started) pthread_join(be->copy.tid, NULL);
+  if (be->host.started) pthread_join(be->host.tid, NULL);
   pool_stop(&be->pool);
   pthread_mutex_destroy(&be->mu);
   pthread_cond_destroy(&be->cv);
-  free(be->queue);
+  free(be->copy.ring);
+  free(be->host.ring);
   free(be->scratch);
   for (int t = 0; be->tb && t < be->threads; t++)
     free(be->tb[t].conv), free(be->tb[t].tbuf), free(be->tb[t].sc);
@@ -402,8 +425,8 @@ static moe_status cpu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error
 
 static moe_status cpu_sync(moe_backend *be, moe_error *err);
 
-/* The copy thread may still be writing into ptr: drain it first (as
- * cudaFree waits for the device). */
+/* The copy thread may still be writing into ptr, a host job using it:
+ * drain both streams first (as cudaFree waits for the device). */
 static void cpu_free(moe_backend *be, void *ptr) {
   if (ptr == NULL) return;
   cpu_sync(be, NULL);
@@ -427,7 +450,7 @@ static moe_status cpu_event_create(moe_backend *be, moe_event **ev, moe_error *e
 
 static void cpu_event_destroy(moe_backend *be, moe_event *ev) {
   if (ev == NULL) return;
-  /* queued requests still name ev: the copy thread frees it after them */
+  /* queued requests still name ev: a stream thread frees it after them */
   pthread_mutex_lock(&be->mu);
   ev->destroyed = 1;
   const int now = ev->refs == 0;
@@ -435,26 +458,29 @@ static void cpu_event_destroy(moe_backend *be, moe_event *ev) {
   if (now) free(ev);
 }
 
-static moe_status enqueue(moe_backend *be, copy_req r, moe_error *err) {
+/* Queues r on stream q: a wait is for wait_ev's signalling requests
+ * queued so far; ev counts one more. */
+static moe_status enqueue(moe_backend *be, cpu_stream *q, copy_req r, moe_error *err) {
   pthread_mutex_lock(&be->mu);
-  if (be->q_len == be->q_cap) {
-    copy_req *q = malloc(2 * be->q_cap * sizeof *q);
-    if (q == NULL) {
+  if (q->len == q->cap) {
+    copy_req *ring = malloc(2 * q->cap * sizeof *ring);
+    if (ring == NULL) {
       pthread_mutex_unlock(&be->mu);
-      return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: copy queue full and cannot grow");
+      return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: %s queue full and cannot grow",
+                      q == &be->host ? "host stream" : "copy");
     }
-    for (size_t i = 0; i < be->q_len; i++) q[i] = be->queue[(be->q_head + i) % be->q_cap];
-    free(be->queue);
-    be->queue = q;
-    be->q_head = 0;
-    be->q_cap *= 2;
+    for (size_t i = 0; i < q->len; i++) ring[i] = q->ring[(q->head + i) % q->cap];
+    free(q->ring);
+    q->ring = ring;
+    q->head = 0;
+    q->cap *= 2;
   }
   if (r.wait_ev) {
     r.wait_target = r.wait_ev->issued;
     r.wait_ev->refs++;
   }
-  be->queue[(be->q_head + be->q_len) % be->q_cap] = r;
-  be->q_len++;
+  q->ring[(q->head + q->len) % q->cap] = r;
+  q->len++;
   if (r.ev) {
     r.ev->issued++;
     r.ev->refs++;
@@ -468,12 +494,25 @@ static moe_status cpu_copy_h2d_async(moe_backend *be, void *dst, const void *src
                                      moe_event *ev, moe_error *err) {
   if (fault_now(be, 2))
     return MOE_FAIL(err, MOE_ERR_DEVICE, "cpu backend: injected fault: copy %lu fails", be->fault_n);
-  return enqueue(be, (copy_req){dst, src, bytes, ev, NULL, 0}, err);
+  return enqueue(be, &be->copy, (copy_req){.dst = dst, .src = src, .bytes = bytes, .ev = ev}, err);
 }
 
 static moe_status cpu_copy_wait(moe_backend *be, moe_event *ev, moe_error *err) {
   if (ev == NULL) return MOE_OK;
-  return enqueue(be, (copy_req){NULL, NULL, 0, NULL, ev, 0}, err);
+  return enqueue(be, &be->copy, (copy_req){.wait_ev = ev}, err);
+}
+
+/* A job on the host stream (ABI 1.7): runs on the host stream's thread,
+ * after wait_ev's signalling requests queued so far; done_ev is then
+ * signalled as a copy's event.  work is for modeled backends only. */
+static moe_status cpu_host_run(moe_backend *be, void (*fn)(void *ctx), void *ctx,
+                               const moe_host_work *work, moe_event *wait_ev, moe_event *done_ev,
+                               moe_error *err) {
+  (void)work;
+  if (fn == NULL)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "cpu backend: host_run without a job (fn NULL)");
+  return enqueue(be, &be->host,
+                 (copy_req){.ev = done_ev, .wait_ev = wait_ev, .fn = fn, .fn_ctx = ctx}, err);
 }
 
 static moe_status cpu_compute_wait(moe_backend *be, moe_event *ev, moe_error *err) {
@@ -505,7 +544,8 @@ static moe_status cpu_copy(moe_backend *be, void *dst, const void *src, size_t b
 
 static moe_status cpu_sync(moe_backend *be, moe_error *err) {
   pthread_mutex_lock(&be->mu);
-  while (be->q_len > 0 || be->busy) pthread_cond_wait(&be->cv, &be->mu);
+  while (be->copy.len > 0 || be->copy.busy || be->host.len > 0 || be->host.busy)
+    pthread_cond_wait(&be->cv, &be->mu);
   pthread_mutex_unlock(&be->mu);
   return MOE_OK;
 }
@@ -514,7 +554,7 @@ const moe_backend_ops moe_cpu_backend = {
     .abi_version = MOE_BACKEND_ABI,
     .struct_size = sizeof(moe_backend_ops),
     .name = "cpu",
-    .summary = "reference backend: OpenBLAS gemm, plain C ops, emulated device (arena, copy thread, link cap)",
+    .summary = "reference backend: OpenBLAS gemm, plain C ops, emulated device (arena, copy and host-stream threads, link cap)",
     .create = cpu_create,
     .destroy = cpu_destroy,
     .describe = cpu_describe,
@@ -552,4 +592,5 @@ const moe_backend_ops moe_cpu_backend = {
     .mla_attention = moe_cpu_mla_attention,
     .argmax_rows = moe_cpu_argmax_rows,
     .abi_minor = MOE_BACKEND_ABI_MINOR,
+    .host_run = cpu_host_run,
 };

@@ -1,6 +1,6 @@
 /* The cpu backend's private layout, shared by cpu_backend.c (the table,
- * memory, the copy thread, events, the math thread pool) and cpu_kernels.c
- * (the math ops). */
+ * memory, the copy and host stream threads, events, the math thread pool)
+ * and cpu_kernels.c (the math ops). */
 #ifndef MOE_CPU_INTERNAL_H
 #define MOE_CPU_INTERNAL_H
 
@@ -13,17 +13,35 @@
 
 #define CPU_SMALL_M 64 /* up to this many rows of x, use the W . x^T form */
 
+/* One request of a stream: on the copy stream a copy, or a copy_wait
+ * marker (wait_ev set: wait, copy nothing); on the host stream a job
+ * (host_run: wait for wait_ev if set, then fn(fn_ctx)). */
 typedef struct copy_req {
   void *dst;
   const void *src;
   size_t bytes;
   moe_event *ev;      /* signalled when done (may be NULL) */
-  moe_event *wait_ev; /* a copy_wait marker: wait for this event, copy nothing */
+  moe_event *wait_ev; /* wait for this event first (may be NULL) */
   unsigned long wait_target; /* ... until its completed count reaches this */
+  void (*fn)(void *ctx); /* a host-stream job */
+  void *fn_ctx;
 } copy_req;
 
+/* A stream: a ring of requests run in order by its own thread.  The copy
+ * and the host stream share the backend's mutex and condition variable
+ * (one waits for the other's events).  Fields guarded by be->mu. */
+typedef struct cpu_stream {
+  moe_backend *be;
+  copy_req *ring;
+  size_t cap, head, len;
+  int busy;    /* its thread is working on a popped request */
+  pthread_t tid;
+  int started; /* tid is running */
+} cpu_stream;
+
 /* A pool of math threads (threads - 1 workers and the caller): one job at
- * a time, split into tasks taken in turn.  The copy thread is separate.
+ * a time, split into tasks taken in turn.  The stream threads (copy,
+ * host) are separate.
  * Between jobs a worker first spins for POOL_SPIN_S (a decode step's
  * products come back to back, tens of microseconds apart, and a sleeping
  * thread takes about as long to wake), then sleeps on the condition
@@ -53,14 +71,11 @@ struct moe_backend {
   pool pool;
   moe_cpu_half_path half; /* f16/bf16 product path */
   double link_bps;    /* 0: uncapped */
-  pthread_t copier;
-  int copier_started;
   pthread_mutex_t mu;
-  pthread_cond_t cv;  /* queue changes and event completions */
-  copy_req *queue;    /* ring buffer */
-  size_t q_cap, q_head, q_len;
-  int busy;           /* the copier is working on a popped request */
-  int stop;
+  pthread_cond_t cv;  /* queue changes and event completions (both streams) */
+  cpu_stream copy;    /* copy_h2d_async copies and copy_wait markers */
+  cpu_stream host;    /* host_run jobs (since ABI 1.7) */
+  int stop;           /* destroy: the stream threads drain and exit */
   float *scratch; /* f32 conversion / attention scores; grown on demand */
   size_t scratch_cap;
   task_buf *tb;   /* per task of a row-split product: [threads] */

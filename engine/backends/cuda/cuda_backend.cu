@@ -5,7 +5,10 @@
  * so copies overlap compute for real.  compute_wait is cudaStreamWaitEvent:
  * the host does not block, the GPU orders the work.  Expert weights are
  * copied from pinned host memory (the engine registers the model's expert
- * slab with host_register), so the copies are truly asynchronous.
+ * slab with host_register), so the copies are truly asynchronous.  `host`
+ * (ABI 1.7, host_run) runs host jobs with cudaLaunchHostFunc on the
+ * runtime's own thread, in issue order, ordered against the other streams
+ * by cudaStreamWaitEvent and an event record, as copies are.
  *
  * Files: this one (the table, lifecycle, memory, copies, events),
  * cuda_ops.cu (the math ops), cuda_kernels.cu (the kernels they launch),
@@ -99,6 +102,7 @@ static void cu_destroy(moe_backend *be) {
   if (be == NULL) return;
   /* copies or kernels may still be in flight: let them finish before their
    * streams, events and staging memory go */
+  if (be->host) (void)cudaStreamSynchronize(be->host); /* host jobs may wait for the others */
   if (be->copy) (void)cudaStreamSynchronize(be->copy);
   if (be->compute) (void)cudaStreamSynchronize(be->compute);
   for (int i = 0; i < STAGE_SLOTS; i++)
@@ -113,6 +117,7 @@ static void cu_destroy(moe_backend *be) {
   if (be->blas) (void)cublasDestroy(be->blas);
   if (be->compute) (void)cudaStreamDestroy(be->compute);
   if (be->copy) (void)cudaStreamDestroy(be->copy);
+  if (be->host) (void)cudaStreamDestroy(be->host);
   (void)cudaGetLastError(); /* nothing is left to report to */
   free(be);
 }
@@ -147,6 +152,7 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
   CUDA_TRY(cudaGetDeviceProperties(&prop, be->device), err);
   CUDA_TRY(cudaStreamCreateWithFlags(&be->compute, cudaStreamNonBlocking), err);
   CUDA_TRY(cudaStreamCreateWithFlags(&be->copy, cudaStreamNonBlocking), err);
+  CUDA_TRY(cudaStreamCreateWithFlags(&be->host, cudaStreamNonBlocking), err);
   CUBLAS_TRY(cublasCreate(&be->blas), err);
   CUBLAS_TRY(cublasSetStream(be->blas, be->compute), err);
   CUBLAS_TRY(cublasSetAtomicsMode(be->blas, CUBLAS_ATOMICS_NOT_ALLOWED), err);
@@ -221,6 +227,7 @@ cleanup:
 static void cu_host_free(moe_backend *be, void *ptr) {
   if (ptr == NULL) return;
   NOTE(be, cudaStreamSynchronize(be->copy)); /* a copy may still read it */
+  NOTE(be, cudaStreamSynchronize(be->host)); /* a host job may still use it */
   NOTE(be, cudaFreeHost(ptr));
 }
 
@@ -480,8 +487,27 @@ static moe_status cu_download(moe_backend *be, void *dst, const void *src, size_
   return cu_download_many(be, &x, 1, err);
 }
 
+/* A job on the host stream (ABI 1.7): the runtime calls fn(ctx) on its own
+ * thread once the host stream reaches it, after wait_ev; done_ev is
+ * recorded behind it, so the other streams and the host can wait for it.
+ * work is for modeled backends only. */
+static moe_status cu_host_run(moe_backend *be, void (*fn)(void *ctx), void *ctx,
+                              const moe_host_work *work, moe_event *wait_ev, moe_event *done_ev,
+                              moe_error *err) {
+  moe_status st = MOE_OK;
+  (void)work;
+  if (fn == NULL)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "cuda backend: host_run without a job (fn NULL)");
+  if (wait_ev) CUDA_TRY(cudaStreamWaitEvent(be->host, wait_ev->ev, 0), err);
+  CUDA_TRY(cudaLaunchHostFunc(be->host, fn, ctx), err);
+  if (done_ev) CUDA_TRY(cudaEventRecord(done_ev->ev, be->host), err);
+cleanup:
+  return st;
+}
+
 static moe_status cu_sync(moe_backend *be, moe_error *err) {
   moe_status st = MOE_OK;
+  CUDA_TRY(cudaStreamSynchronize(be->host), err);
   CUDA_TRY(cudaStreamSynchronize(be->copy), err);
   CUDA_TRY(cudaStreamSynchronize(be->compute), err);
   if (be->deferred[0]) {
@@ -543,7 +569,7 @@ static moe_backend_ops make_ops(void) {
   o.abi_version = MOE_BACKEND_ABI;
   o.struct_size = sizeof(moe_backend_ops);
   o.name = "cuda";
-  o.summary = "NVIDIA GPU: cuBLAS matmuls, CUDA C kernels, compute and copy streams, pinned host memory";
+  o.summary = "NVIDIA GPU: cuBLAS matmuls, CUDA C kernels, compute, copy and host streams, pinned host memory";
   o.create = cu_create;
   o.destroy = cu_destroy;
   o.describe = cu_describe;
@@ -574,6 +600,7 @@ static moe_backend_ops make_ops(void) {
   o.stall_seconds = cu_stall_seconds;
   o.download_many = cu_download_many;
   o.abi_minor = MOE_BACKEND_ABI_MINOR;
+  o.host_run = cu_host_run;
   moe_cu_math_ops(&o); /* cuda_ops.cu */
   return o;
 }

@@ -49,6 +49,7 @@ typedef struct stall_pair {
 struct moe_backend {
   int device;
   cudaStream_t compute, copy;
+  cudaStream_t host; /* host_run jobs (ABI 1.7): cudaLaunchHostFunc in issue order */
   cublasHandle_t blas;
   void *ws; /* matmul workspace from the engine */
   size_t ws_bytes;

@@ -1,6 +1,8 @@
 /* The sim backend: the backend table with no math and no weight memory.
- * Every operation advances a two-stream modeled clock (moe/cost.h) by its
- * roofline time on a hardware profile; copies move no bytes; device
+ * Every operation advances a modeled clock of three streams (compute, copy,
+ * host: moe/cost.h) by its roofline time on a hardware profile; host_run
+ * jobs are charged at the profile's host rates and never run; copies move
+ * no bytes; device
  * memory is reserved address space that is never touched (so the engine's
  * accounting and the policies run unchanged on models far larger than this
  * machine); routing comes from a seeded routing source.  See README.md. */
@@ -497,7 +499,31 @@ static moe_status sim_copy_wait(moe_backend *be, moe_event *ev, moe_error *err) 
   return MOE_OK;
 }
 
+/* Done once the host's time (the compute stream's: it issues everything
+ * and waits with it) has reached the event's: a copy's or a host job's
+ * event becomes done when compute has waited for it, or after synchronize. */
 static int sim_event_done(moe_backend *be, moe_event *ev) { return ev == NULL || ev->t <= be->clk.compute; }
+
+/* A job on the host stream (ABI 1.7): fn is never called; `work` takes its
+ * modeled time at the profile's host rates, starting when the host stream
+ * is free, once issued and after wait_ev. */
+static moe_status sim_host_run(moe_backend *be, void (*fn)(void *ctx), void *ctx,
+                               const moe_host_work *work, moe_event *wait_ev, moe_event *done_ev,
+                               moe_error *err) {
+  (void)fn, (void)ctx;
+  if (work == NULL)
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "sim backend: host_run without its work (a modeled backend charges the work, "
+                    "it runs no job)");
+  const double secs = moe_cost_host_work(&be->prof, work);
+  if (isnan(secs))
+    return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
+                    "sim backend: hardware profile '%s' has no host section; computing experts on "
+                    "the host needs one", be->prof.name);
+  const double t = moe_cost_host_run(&be->clk, secs, wait_ev ? wait_ev->t : 0);
+  if (done_ev) done_ev->t = t;
+  return MOE_OK;
+}
 
 static moe_status sim_sync(moe_backend *be, moe_error *err) {
   (void)err;
@@ -666,4 +692,5 @@ const moe_backend_ops moe_sim_backend = {
     .rope_ex = sim_rope_ex,
     .mla_attention = sim_mla_attention,
     .abi_minor = MOE_BACKEND_ABI_MINOR,
+    .host_run = sim_host_run,
 };

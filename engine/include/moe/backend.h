@@ -6,7 +6,8 @@
  * tests/test_backend_conformance.c holds each compiled-in backend to it.
  *
  * The model.  A backend has device memory (device_alloc) and host memory
- * (host_alloc, or host ranges pinned with host_register), and two streams:
+ * (host_alloc, or host ranges pinned with host_register), and two streams
+ * (three since ABI 1.7, whose host stream runs host jobs: host_run below):
  *   - the compute stream runs every math op, upload and download, in the
  *     order they were issued;
  *   - the copy stream runs copy_h2d_async copies (and copy_wait markers) in
@@ -86,7 +87,7 @@ extern "C" {
 
 #define MOE_BACKEND_ABI 1
 /* The minor version of this header (moe_backend_ops.abi_minor). */
-#define MOE_BACKEND_ABI_MINOR 6
+#define MOE_BACKEND_ABI_MINOR 7
 
 typedef struct moe_backend moe_backend; /* a backend instance */
 typedef struct moe_event moe_event;     /* completion of a copy or of compute */
@@ -273,6 +274,15 @@ typedef enum moe_unary_op {
  * logits; every other op writes nothing.  Its clock is modeled_seconds. */
 #define MOE_BACKEND_CAP_MODELED 4u
 
+/* What one job on the host stream costs (host_run, since ABI 1.7), for a
+ * modeled backend, which runs no job: the FLOPs it does and the bytes of
+ * host memory it reads, and the dtype of its weights (the host's matmul
+ * rate depends on it). */
+typedef struct moe_host_work {
+  double flops, bytes;
+  moe_dtype dtype;
+} moe_host_work;
+
 /* One device-to-host transfer of download_many. */
 typedef struct moe_xfer {
   void *dst;       /* host */
@@ -286,12 +296,12 @@ typedef struct moe_backend_ops {
   const char *name;     /* unique, [a-z0-9-] */
   const char *summary;  /* one line */
 
-  /* Creates an instance with its two streams.  opt may be NULL (defaults).
+  /* Creates an instance with its streams.  opt may be NULL (defaults).
    * MOE_ERR_NO_DEVICE when the device is absent, MOE_ERR_INVALID for an
    * option the backend cannot honour (e.g. a link cap without
    * MOE_BACKEND_CAP_LINK_CAP). */
   moe_status (*create)(const moe_backend_options *opt, moe_backend **out, moe_error *err);
-  /* Waits for both streams, then frees the instance.  Device memory and
+  /* Waits for every stream, then frees the instance.  Device memory and
    * events still live are the caller's bug, but must not crash. */
   void (*destroy)(moe_backend *be);
   /* A one-line description of the instance (e.g. "cpu (OpenBLAS, 2 threads; ...)"),
@@ -331,7 +341,7 @@ typedef struct moe_backend_ops {
   /* Device-to-host copy after all earlier compute; returns when the bytes
    * are in dst. */
   moe_status (*download)(moe_backend *be, void *dst, const void *src, size_t bytes, moe_error *err);
-  /* Host blocks until both streams are idle; reports a pending device
+  /* Host blocks until every stream is idle; reports a pending device
    * error. */
   moe_status (*synchronize)(moe_backend *be, moe_error *err);
   /* Records ev on the compute stream: complete once all compute issued so
@@ -512,7 +522,31 @@ typedef struct moe_backend_ops {
    * (the engine's adapters translate), and router_topk_ex takes scoring
    * SOFTMAX_LOGITS, so that one method serves both routers. */
   uint32_t abi_minor;
+
+  /* ---- since ABI 1.7 (absent in older tables): the host stream, where
+   * experts that live in host memory are computed (the host-compute
+   * policies).  A third stream next to compute and copy: jobs run in the
+   * order issued, each after wait_ev's most recent record or signalling
+   * op issued before the call (NULL: no wait), and done_ev (may be NULL)
+   * is signalled when the job has returned; compute_wait, copy_wait and
+   * event_sync on done_ev then order the other streams and the host after
+   * it, as for a copy's event.  fn(ctx) runs on a thread of the
+   * backend's (never the caller's, so the call returns at once); it must
+   * not call the backend, and everything it reads and writes is host
+   * memory.  synchronize waits for the host stream too.  A modeled
+   * backend (MOE_BACKEND_CAP_MODELED) calls no fn: it charges `work` on
+   * its host stream at its profile's host rates (MOE_ERR_UNSUPPORTED when
+   * its profile has no host section).  work may be NULL on a backend that
+   * runs the job.  NULL method: the backend has no host stream (the
+   * engine refuses a host-compute policy on it). */
+  moe_status (*host_run)(moe_backend *be, void (*fn)(void *ctx), void *ctx,
+                         const moe_host_work *work, moe_event *wait_ev, moe_event *done_ev,
+                         moe_error *err);
 } moe_backend_ops;
+
+/* The size of a table built against the ABI 1.7 header: everything up to
+ * and including host_run. */
+#define MOE_BACKEND_SIZE_1_7 (offsetof(moe_backend_ops, host_run) + sizeof(void (*)(void)))
 
 /* The size of a table built against the ABI 1.6 header: everything up to
  * and including abi_minor. */
@@ -605,6 +639,7 @@ typedef enum moe_backend_op {
   MOE_OP_DOWNLOAD_MANY,    /* 1.5 */
   MOE_OP_ARGMAX_ROWS,      /* 1.5 */
   MOE_OP_HOST_REGISTER,    /* 1.0, optional */
+  MOE_OP_HOST_RUN,         /* 1.7 */
   MOE_OP_COUNT
 } moe_backend_op;
 #define MOE_OP_BIT(op) (1u << (unsigned)(op))

@@ -187,6 +187,9 @@ typedef struct moe_cost_clock {
   double stall;       /* compute stood waiting on events */
   double compute_busy, copy_busy;
   unsigned long long ops, copies;
+  double host;        /* when the host stream (host_run jobs) is next free */
+  double host_busy;
+  unsigned long long host_jobs;
 } moe_cost_clock;
 
 void moe_cost_clock_init(moe_cost_clock *c, const moe_hw_profile *p);
@@ -202,7 +205,17 @@ void moe_cost_compute_wait(moe_cost_clock *c, double t);
 void moe_cost_host_wait(moe_cost_clock *c, double t);
 /* Copies issued after this start no earlier than t. */
 void moe_cost_copy_wait(moe_cost_clock *c, double t);
-/* Both streams drained (synchronize): the time the host resumes. */
+/* Runs a job of `seconds` on the host stream (backend.h, host_run): it
+ * starts when the host stream is free, when the host issues it (the
+ * compute stream's time) and not before `after` (an event's time); returns
+ * when it ends.  A compute wait on that time stalls as for a copy. */
+double moe_cost_host_run(moe_cost_clock *c, double seconds, double after);
+/* Modeled seconds of a host job: the larger of its bytes at the host's
+ * memory bandwidth and its FLOPs at the host's matmul rate for its dtype
+ * (the bf16 rate for f16 and bf16); NAN when the profile has no host
+ * section. */
+double moe_cost_host_work(const moe_hw_profile *p, const moe_host_work *w);
+/* All three streams drained (synchronize): the time the host resumes. */
 double moe_cost_sync(moe_cost_clock *c);
 /* Share of copy time that did not stall compute: 1 - stall / copy time,
  * clamped to [0, 1]; 1 when nothing was copied. */

@@ -89,6 +89,9 @@ void moe_expert_store_end_block(moe_expert_store *s, int layer);
  * out of range. */
 moe_status moe_expert_store_acquire(moe_expert_store *s, int layer, int expert,
                                     moe_expert_weights *out, moe_error *err);
+/* Views of one expert's gate, up and down matrices laid out from `expert`
+ * (gate first; its slot, or its block in the model's host slab). */
+void moe_expert_views(const moe_model *m, const void *expert, moe_expert_weights *w);
 moe_status moe_expert_store_release(moe_expert_store *s, int layer, int expert, moe_error *err);
 
 /* Fetches (layer, expert) as a prefetch would and pins it: no eviction

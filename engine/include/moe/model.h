@@ -170,6 +170,14 @@ typedef struct moe_engine_options {
   void (*on_route)(void *ctx, int layer, unsigned long long step, const int32_t *idx, size_t rows,
                    int k);
   void *on_route_ctx;
+  /* Experts computed on the host (policies with place, policy.h): */
+  int host_threads;        /* the host's math threads (0 = 1) */
+  double host_gbps;        /* emulation (measured backends): a host job takes at least its
+                              weight bytes at this rate, GB/s, as the link cap paces copies,
+                              so that this machine plays a host of that bandwidth (0: none) */
+  /* The hardware profile (cost.h) whose figures the policy's environment
+   * carries (expert_copy_s, host_*: modeled); NULL: unknown (0). */
+  const struct moe_hw_profile *cost_profile;
 } moe_engine_options;
 
 #define MOE_MAX_LOOKAHEAD 3
@@ -234,6 +242,10 @@ typedef struct moe_run_stats {
                                         (pinning failed; copies serialise with compute): 0,
                                         a backend that does not pin: -1 */
   double pin_s;                      /* seconds the engine spent pinning them */
+  unsigned long long host_experts;   /* expert runs on the host (policies with place) */
+  unsigned long long host_tokens;    /* (token, expert) pairs they computed */
+  unsigned long long host_xfer_bytes; /* activations down and results up for them */
+  double host_wait_s;                /* the device side waiting for the host's results */
 } moe_run_stats;
 
 /* Builds the engine: plans slots with the policy under the device budget,

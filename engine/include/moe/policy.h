@@ -50,6 +50,16 @@ typedef struct moe_policy_env {
                             lookahead-th MoE block after it (1 = the next);
                             the engine always fills it; a policy built
                             against an older header just does not read it */
+  /* since ABI 1.3: what the engine knows of the costs a placement weighs
+   * (seconds, from the hardware profile the run was given: modeled, not
+   * measured; 0 when unknown).  A policy built against an older header
+   * does not read them. */
+  int host_exec;         /* 1: the engine can compute an expert on the host
+                            (moe_policy.place may send experts there) */
+  double expert_copy_s;  /* one expert copied host-to-device (pinned) */
+  double host_read_s;    /* one expert's weights read once by the host's cores */
+  double host_token_s;   /* one token through one expert on the host (FLOPs / rate) */
+  double xfer_token_s;   /* one token's activations down and its result back up */
 } moe_policy_env;
 
 typedef struct moe_policy_plan {
@@ -128,6 +138,19 @@ typedef struct moe_policy {
    * predict it).  The block is still routed by its own router.  0 (also
    * an older table): the first block is fetched when its router picks. */
   uint32_t predict_first_block;
+  /* ---- since ABI 1.3 (MOE_POLICY_SIZE_1_3; absent in older tables) */
+  /* Optional: where block `layer`'s experts run.  Called after its router
+   * picked (experts[0..n): each once, ascending; tokens[i]: how many of
+   * the block's tokens experts[i] takes), before experts_needed.  Setting
+   * on_host[i] = 1 computes experts[i] on the host, from host memory: its
+   * tokens' activations go down, the host's cores run it, the result comes
+   * back and is added in the same order as a device expert's (the outputs
+   * stay the reference's bit for bit on the cpu backend).  on_host arrives
+   * all 0 (every expert on the device); experts_needed then gets the
+   * device experts only.  Only when env->host_exec is 1; NULL: every
+   * expert runs on the device. */
+  moe_status (*place)(void *state, moe_policy_ctx *ctx, int layer, const int *experts,
+                      const int *tokens, int n, unsigned char *on_host, moe_error *err);
 } moe_policy;
 
 #define MOE_POLICY_ROUTING_CONVENTIONAL 0u
@@ -139,9 +162,13 @@ typedef struct moe_policy {
 /* The size of a table built against the ABI 1.1 header: up to and
  * including default_routing. */
 #define MOE_POLICY_SIZE_1_1 (offsetof(moe_policy, default_routing) + sizeof(uint32_t))
-/* The size of a table built against the ABI 1.2 header (this one): up to
- * and including predict_first_block. */
+/* The size of a table built against the ABI 1.2 header: up to and
+ * including predict_first_block. */
 #define MOE_POLICY_SIZE_1_2 (offsetof(moe_policy, predict_first_block) + sizeof(uint32_t))
+
+/* The size of a table built against the ABI 1.3 header (this one): up to
+ * and including place. */
+#define MOE_POLICY_SIZE_1_3 (offsetof(moe_policy, place) + sizeof(void (*)(void)))
 
 /* The built-in policies. */
 size_t moe_policy_count(void);
@@ -165,15 +192,22 @@ typedef enum moe_policy_role {
   MOE_POLICY_ROLE_PREGATED = 1u << 3,
   /* one of the paper's four policies in the headline comparison */
   MOE_POLICY_ROLE_PAPER = 1u << 4,
+  /* computes experts where they live, on the host (the class of
+   * host-compute, fiddler, pregated-hybrid: policies with place) */
+  MOE_POLICY_ROLE_HOST = 1u << 5,
 } moe_policy_role;
 
 /* The built-in policy that plays `role` (exactly one does for each role
- * but MOE_POLICY_ROLE_PAPER, which asks for the first of four), or NULL. */
+ * but MOE_POLICY_ROLE_PAPER and MOE_POLICY_ROLE_HOST, which ask for the
+ * first of several), or NULL. */
 const moe_policy *moe_policy_with_role(moe_policy_role role);
 /* The parity reference: moe_policy_with_role(MOE_POLICY_ROLE_REFERENCE). */
 const moe_policy *moe_policy_reference(void);
 /* Whether p (a built-in; a plugin plays no role) plays role. */
 int moe_policy_has_role(const moe_policy *p, moe_policy_role role);
+/* The built-in policies that play role, in registry order, into
+ * out[0..cap); returns how many there are, also when cap is smaller. */
+size_t moe_policy_with_roles(moe_policy_role role, const moe_policy **out, size_t cap);
 /* The paper's four policies in the headline's order (reference, ondemand,
  * prefetch-all, pregated) into out[0..cap); returns how many there are
  * (4), also when cap is smaller. */
