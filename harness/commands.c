@@ -26,6 +26,8 @@ const moebench_command moebench_commands[] = {
      bench_policies_usage},
     {"regime", cmd_regime, "the regime map: pregated's ratios as copy / compute varies",
      regime_usage},
+    {"crossover", cmd_crossover, "where computing experts on the host beats copying them (modeled)",
+     crossover_usage},
     {"sensitivity", cmd_sensitivity, "how modeled ratios move with the profile's estimated figures",
      sensitivity_usage},
     {"list", cmd_list, "list backends, models, policies, suites or workloads", list_usage},

@@ -44,6 +44,7 @@ MOEBENCH_COMMAND(bench_ops);
 MOEBENCH_COMMAND(bench_policies);
 MOEBENCH_COMMAND(list);
 MOEBENCH_COMMAND(regime);
+MOEBENCH_COMMAND(crossover);
 MOEBENCH_COMMAND(sensitivity);
 
 #endif

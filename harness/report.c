@@ -192,6 +192,50 @@ static void summary_table(const res_table *all, FILE *md) {
           paper_fmt(p[2], 32, "large128_prefetch_tokens_per_s"));
 }
 
+/* One line per model x workload x batch x budget: tokens/s of the copying
+ * policies (ondemand, pregated) and of the host-compute class, which one
+ * is fastest, and how many expert runs that one made on the host
+ * (report --host). */
+static void host_table(const res_table *all, FILE *md) {
+  const moe_policy *pol[10] = {moe_policy_with_role(MOE_POLICY_ROLE_ONDEMAND),
+                               moe_policy_with_role(MOE_POLICY_ROLE_PREGATED)};
+  const int np = 2 + (int)moe_policy_with_roles(MOE_POLICY_ROLE_HOST, pol + 2, 8);
+  bool any_modeled = false;
+  fprintf(md, "| model | workload | batch | budget |");
+  for (int i = 0; i < np; i++) fprintf(md, " %s tok/s |", pol[i]->name);
+  fprintf(md, " fastest | its expert runs on the host |\n|---|---|---|---|");
+  for (int i = 0; i < np; i++) fprintf(md, "---|");
+  fprintf(md, "---|---|\n");
+  for (size_t start = 0; start < all->n;) {
+    const res_table win = group_window(all, start), *t = &win;
+    start += win.n;
+    const res_row *g = &t->rows[0];
+    any_modeled |= res_row_modeled(g);
+    char budget[32] = "capacity";
+    const double bb = report_num(g, "device_mem_budget_bytes");
+    if (bb > 0) snprintf(budget, sizeof budget, "%.1f GiB", bb / 1073741824.0);
+    fprintf(md, "| %s | %s | %s | %s |", res_get(g, "model"), res_get(g, "workload"),
+            res_get(g, "batch"), budget);
+    const res_row *best = NULL;
+    for (int i = 0; i < np; i++) {
+      const res_row *r = report_find_policy(t, g, pol[i]->name);
+      char v[32];
+      fmt(v, sizeof v, r ? report_num(r, "tokens_per_s") : NAN, "%.3g");
+      fprintf(md, " %s |", r ? v : "-");
+      if (r && (best == NULL || report_num(r, "tokens_per_s") > report_num(best, "tokens_per_s")))
+        best = r;
+    }
+    char share[32] = "-";
+    if (best) fmt(share, sizeof share, report_num(best, "host_experts"), "%.0f");
+    if (best && share[0] == '-') snprintf(share, sizeof share, "0");
+    fprintf(md, " %s | %s |\n", best ? res_get(best, "policy") : "-", share);
+  }
+  fprintf(md, "\n%s'-': the policy failed there (most often OOM: its slots do not fit the "
+              "budget).\n",
+          any_modeled ? "Rows on the sim backend are MODELED (the cost model on the row's "
+                        "hardware profile with its host section), not measured. " : "");
+}
+
 bool report_ascii_alnum(int c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 }
@@ -353,6 +397,9 @@ void report_usage(FILE *f) {
          "Prints a markdown table per model x workload x batch x budget.\n\n"
          "  -o, --out FILE   write the markdown to FILE (temporary file + rename)\n"
          "  --paper          add pregated's ratios next to the Pre-gated MoE paper's\n"
+         "  --host           one table instead: a line per model x workload x batch x\n"
+         "                   budget with tokens/s of ondemand, pregated and the\n"
+         "                   host-compute class, the fastest, and its host runs\n"
          "  --summary        one table instead: a line per model x workload x batch x\n"
          "                   budget with the four policies' throughput, peak memory and\n"
          "                   pregated's ratios, and the paper's beside them\n"
@@ -384,7 +431,7 @@ void report_usage(FILE *f) {
 typedef struct report_opts {
   const char *out, *plots, *figure;
   const char *input; /* the results file read */
-  bool paper, summary;
+  bool paper, summary, host;
 } report_opts;
 
 /* One flag into o (flags_getopt). */
@@ -396,6 +443,7 @@ static int report_take(void *ctx, int c, const char *arg) {
     case 'F': o->figure = arg; return 0;
     case 'p': o->paper = true; return 0;
     case 's': o->summary = true; return 0;
+    case 'O': o->host = true; return 0;
     default: return -1;
   }
 }
@@ -405,7 +453,8 @@ static int report_parse(int argc, char **argv, report_opts *o) {
   static const struct option opts[] = {
       {"out", required_argument, 0, 'o'}, {"plots", required_argument, 0, 'P'},
       {"figure", required_argument, 0, 'F'}, {"paper", no_argument, 0, 'p'},
-      {"summary", no_argument, 0, 's'}, {"help", no_argument, 0, 'h'},
+      {"summary", no_argument, 0, 's'}, {"host", no_argument, 0, 'O'},
+      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const int rc = flags_getopt("report", argc, argv, "ho:", opts, report_take, o, report_usage);
   if (rc >= 0) return rc;
@@ -436,7 +485,8 @@ static int plots_dir(const char *dir) {
 /* The markdown (and plots, and figure) of t.  0, or 1 after a line. */
 static int report_write(const res_table *t, const report_opts *o, bool gnuplot, FILE *md) {
   if (o->summary) summary_table(t, md);
-  for (size_t start = 0; start < t->n && !o->summary;) {
+  if (o->host) host_table(t, md);
+  for (size_t start = 0; start < t->n && !o->summary && !o->host;) {
     const res_table win = group_window(t, start);
     group_table(&win, 0, md);
     group_eval(&win, 0, md);

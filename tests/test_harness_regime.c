@@ -416,6 +416,47 @@ START_TEST(profiles_describe_the_host) {
 }
 END_TEST
 
+/* crossover (MODELED): the host class scales with the host's bandwidth
+ * and the copy class does not, so they cross (the copy class ahead on a
+ * slow host, behind on a fast one); fiddler copies instead of computing
+ * on a slow host.  Bad lists, a profile without a host and --figure
+ * without -o are refused. */
+START_TEST(crossover_finds_where_the_host_wins) {
+  static char out[1 << 16];
+  char cmd[1400];
+  snprintf(cmd, sizeof cmd, "crossover --host-gbps 10,800 --batches 1,64 --prompt-len 4 --gen-len 2 -o %s",
+           tmp_path("xo"));
+  ck_assert_msg(moebench_out(cmd, out, sizeof out) == 0, "%s", out);
+  ck_assert_msg(strstr(out, "MODELED") && strstr(out, "host-compute") && strstr(out, "fiddler"), "%s", out);
+  FILE *f = fopen(tmp_path("xo.csv"), "r");
+  ck_assert_ptr_nonnull(f);
+  char line[512], axis[32];
+  double x, od, pg, hc, fd, hy, slow[5] = {0}, fast[5] = {0};
+  int rows = 0;
+  ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
+  ck_assert_msg(strstr(line, "axis,x,ondemand,pregated,host-compute,fiddler,pregated-hybrid"), "%s", line);
+  while (fgets(line, sizeof line, f)) {
+    ck_assert_int_eq(sscanf(line, "%31[^,],%lf,%lf,%lf,%lf,%lf,%lf", axis, &x, &od, &pg, &hc, &fd, &hy), 7);
+    double *d = strcmp(axis, "host_gbps") == 0 ? (x < 100 ? slow : fast) : NULL;
+    if (d) d[0] = od, d[1] = pg, d[2] = hc, d[3] = fd, d[4] = hy;
+    rows++;
+  }
+  fclose(f);
+  ck_assert_int_eq(rows, 4);
+  ck_assert_msg(slow[2] < slow[0] && fast[2] > 4 * fast[0], "host-compute %g / %g, ondemand %g / %g",
+                slow[2], fast[2], slow[0], fast[0]);
+  ck_assert_msg(fabs(slow[0] - fast[0]) < 1e-9 * fast[0], "the copy class does not use the host");
+  ck_assert_msg(slow[3] >= slow[0], "fiddler on a slow host %g, ondemand %g", slow[3], slow[0]);
+  const char *bad[] = {"crossover --host-gbps 0", "crossover --host-gbps 50,20", "crossover --batches 0",
+                       "crossover --figure x.png"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    ck_assert_msg(moebench_out(bad[i], out, sizeof out) == 2, "%s: %s", bad[i], out);
+  ck_assert_int_eq(moebench_out("crossover --hardware no-such-profile", out, sizeof out), 1);
+  ck_assert_int_eq(moebench_out("crossover --hardware l4", out, sizeof out), 1);
+  ck_assert_msg(strstr(out, "l4.json") && strstr(out, "no host section"), "%s", out);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness_regime");
   TCase *tc = tcase_create("regime");
@@ -435,6 +476,7 @@ int main(void) {
   tcase_add_test(tc, eval_prints_intervals);
   tcase_add_test(tc, rows_record_the_machines_rates);
   tcase_add_test(tc, profiles_describe_the_host);
+  tcase_add_test(tc, crossover_finds_where_the_host_wins);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
