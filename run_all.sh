@@ -26,8 +26,11 @@ commands:
              with the sim backend, seven Switch models (the paper's five and our
              Base-16 and Base-32) on the
              A100 profile, a what-if table of today's MoE models on the
-             H200 profile, and one decode step per policy as a picture
-             (results/runs/paper-modeled.*, whatif-h200.*, step-*.svg)
+             H200 profile, the host-compute class (measured on this
+             machine, MODELED on the H200 profile, and the crossover
+             figure), and one decode step per policy as a picture
+             (results/runs/paper-modeled.*, whatif-h200.*, host-cpu.*,
+             whatif-host-h200.*, crossover.*, step-*.svg)
   test       build, then run every test through ctest --output-on-failure
 
 options:
@@ -328,6 +331,41 @@ MODELED
   echo "(workloads/hardware/h200.json: 141 GB, 4.8 TB/s, PCIe Gen5 host link), MODELED:"
   echo
   modeled_table whatif-h200
+  echo
+  echo "## Experts computed where they live (the host-compute class; docs/POLICIES.md)"
+  echo
+  cat <<'HOST'
+host-compute (llama.cpp's --n-cpu-moe), fiddler (Fiddler's copy-or-compute
+choice) and pregated-hybrid (new: the pre-gate's predictions copied ahead
+when the copy pays, anything else computed on the host, never fetched)
+keep the experts that do not fit in host memory and compute them there.
+Measured first: Switch-Base-8 on this machine's cpu backend, the link at
+R = 0.72 as above, the emulated host a second set of math threads capped
+at 8 GB/s, at capacity and in a 1 GiB budget (the host-cpu suite; what the
+emulation can and cannot show: docs/POLICIES.md):
+
+HOST
+  host_out=results/runs/host-cpu
+  if [ "$report_only" != 1 ] || [ ! -f "$host_out.csv" ]; then
+    "$bin" sweep host-cpu -o "$host_out" --quiet >/dev/null
+  fi
+  echo "Load average while it ran (1, 5, 15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)."
+  echo
+  "$bin" report "$host_out.csv" --host
+  echo
+  echo "The same class MODELED on the H200 profile and its host (bf16, 32 + 16 tokens, batch 1"
+  echo "to 64, a 48 GiB budget and capacity; results/runs/whatif-host-h200.*):"
+  echo
+  if [ "$report_only" != 1 ] || [ ! -f results/runs/whatif-host-h200.csv ]; then
+    "$bin" sweep whatif-host-h200 -o results/runs/whatif-host-h200 --quiet >/dev/null
+  fi
+  "$bin" report results/runs/whatif-host-h200.csv --host
+  echo
+  xo=results/runs/crossover
+  xfig=()
+  command -v gnuplot >/dev/null 2>&1 && xfig=(--figure "$xo.png")
+  "$bin" crossover -o "$xo" "${xfig[@]}" 2>/dev/null | sed '1s/^## /### /'
+  [ -f "$xo.png" ] && { echo; echo "Figure: $xo.png (tokens/s against host bandwidth and batch, MODELED)"; }
   echo
   echo "One decode step of Switch-Base-128 per policy on the A100 profile, MODELED"
   echo "(results/runs/step-POLICY.svg: compute above, copies below, waits in red):"

@@ -9,8 +9,9 @@
  * is gpu-only).  llama.cpp's user picks N by hand; here the budget does.
  *
  * fiddler: as Fiddler (Kamahori et al., 2024) does: as many experts as the
- * budget allows stay resident (here in model order, the first blocks'
- * first; Fiddler orders them by a profiled popularity), a few slots are
+ * budget allows stay resident (here the last MoE blocks' first, so an
+ * encoder-decoder model keeps its decoder's, which run at every step;
+ * Fiddler orders them by a profiled popularity), a few slots are
  * kept for copies, and each step, per expert that is not resident, the
  * cost model decides: compute it on the host (its weights read once by
  * the host's cores, its tokens' FLOPs at the host's rate, their
@@ -137,6 +138,22 @@ const moe_policy moe_policy_host_compute = {
     .place = host_compute_place,
 };
 
+/* Makes n experts resident for the whole run, the last MoE blocks' first
+ * (in an encoder-decoder model those are the decoder's, which run at every
+ * step; the encoder's run once per request), each block's in index order;
+ * pinned, so that copies never evict them, unless every expert fits
+ * (all: fetched).  Returns how many, or -1 when a slot could not be had. */
+static long place_residents(moe_policy_ctx *ctx, long n, bool all) {
+  int layers[1024], nl = 0;
+  for (int l = ctx->next_moe_layer(ctx, -1); l >= 0 && nl < 1024; l = ctx->next_moe_layer(ctx, l))
+    layers[nl++] = l;
+  long placed = 0;
+  for (int i = nl - 1; i >= 0 && placed < n; i--)
+    for (int e = 0; e < ctx->n_experts(ctx) && placed < n; e++, placed++)
+      if ((all ? ctx->fetch(ctx, layers[i], e) : ctx->pin(ctx, layers[i], e)) != 1) return -1;
+  return placed;
+}
+
 /* ---------------------------------------------------------------- fiddler */
 
 /* Slots kept free for copies: one block's activated experts. */
@@ -164,18 +181,14 @@ static moe_status fiddler_create(const moe_policy_env *env, void **state, moe_er
   return placement_create(env, state, err);
 }
 
-/* Residents: as many experts as leave copy_slots free, in model order;
- * pinned, so copies never evict them. */
+/* Residents: as many experts as leave copy_slots free (place_residents). */
 static moe_status fiddler_warm(void *state, moe_policy_ctx *ctx, moe_error *err) {
   placement *s = state;
   const long all = (long)s->env.n_moe_layers * s->env.n_experts;
   long fit = experts_that_fit(&s->env);
   if (fit < all) fit -= copy_slots(&s->env);
-  long placed = 0;
-  for (int l = ctx->next_moe_layer(ctx, -1); l >= 0 && placed < fit; l = ctx->next_moe_layer(ctx, l))
-    for (int e = 0; e < ctx->n_experts(ctx) && placed < fit; e++, placed++)
-      if ((fit >= all ? ctx->fetch(ctx, l, e) : ctx->pin(ctx, l, e)) != 1)
-        return MOE_FAIL(err, MOE_ERR_INTERNAL, "fiddler: no slot for layer %d expert %d", l, e);
+  const long placed = place_residents(ctx, fit, fit >= all);
+  if (placed < 0) return MOE_FAIL(err, MOE_ERR_INTERNAL, "fiddler: no slot for its residents");
   s->resident = placed;
   return MOE_OK;
 }
@@ -241,11 +254,8 @@ static moe_status hybrid_warm(void *state, moe_policy_ctx *ctx, moe_error *err) 
   const long all = (long)s->env.n_moe_layers * s->env.n_experts;
   long fit = experts_that_fit(&s->env);
   if (fit < all) fit -= predict_slots(&s->env);
-  long placed = 0;
-  for (int l = ctx->next_moe_layer(ctx, -1); l >= 0 && placed < fit; l = ctx->next_moe_layer(ctx, l))
-    for (int e = 0; e < ctx->n_experts(ctx) && placed < fit; e++, placed++)
-      if ((fit >= all ? ctx->fetch(ctx, l, e) : ctx->pin(ctx, l, e)) != 1)
-        return MOE_FAIL(err, MOE_ERR_INTERNAL, "pregated-hybrid: no slot for layer %d expert %d", l, e);
+  const long placed = place_residents(ctx, fit, fit >= all);
+  if (placed < 0) return MOE_FAIL(err, MOE_ERR_INTERNAL, "pregated-hybrid: no slot for its residents");
   s->resident = placed;
   return MOE_OK;
 }

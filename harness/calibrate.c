@@ -29,6 +29,10 @@ static int calibrate(const char *backend, int threads, double link, const char *
   moe_error err = {0};
   if (calibrate_measure(backend, threads, link, &cal_default_shapes, false, &p, &err) != MOE_OK)
     return cli_fail(&err);
+  /* a GPU's host: this machine's CPU, measured apart */
+  if (!(p.host_memory_gbps > 0) &&
+      calibrate_host(threads, &cal_default_shapes, false, &p, &err) != MOE_OK)
+    return cli_fail(&err);
   const int n_ms = p.n_rates;
   snprintf(p.name, sizeof p.name, "%s", name);
   time_t now = time(NULL);
@@ -43,10 +47,12 @@ static int calibrate(const char *backend, int threads, double link, const char *
   printf("wrote %s (measured on %s): matmul f32 %.1f GFLOP/s at 1 row .. %.1f at 256, bf16 best "
          "%.1f; thin-product weight reads %.2f GB/s; other ops %.2f GFLOP/s, %.2f GB/s; op "
          "overhead %.2f us; link %.2f GB/s pinned, %.2f pageable, latency %.1f us; compute "
-         "slowdown under a copy %.2fx\n",
+         "slowdown under a copy %.2fx; host: %.0f cores, %.2f GB/s, %.1f / %.1f GFLOP/s f32 / "
+         "bf16\n",
          out, backend, p.rate_gflops[0], p.rate_gflops[n_ms - 1], p.tflops[MOE_BF16] * 1e3,
          p.memory_gbps, p.vector_gflops, p.vector_gbps, p.launch_us, p.h2d_pinned_gbps,
-         p.h2d_pageable_gbps, p.h2d_latency_us, p.copy_slowdown);
+         p.h2d_pageable_gbps, p.h2d_latency_us, p.copy_slowdown, p.host_cores, p.host_memory_gbps,
+         p.host_gflops_f32, p.host_gflops_bf16);
   return 0;
 }
 
@@ -60,7 +66,10 @@ void calibrate_usage(FILE *f) {
           "one-row products, the per-op overhead, the link from pinned and from pageable\n"
           "memory (64 MB copies, or about 0.1 s of transfer each under a cap below\n"
           "0.64 GB/s; latency from 4 KB ones), and how much a copy in flight slows\n"
-          "compute (the emulated device shares DRAM; a GPU's DMA should not).\n"
+          "compute (the emulated device shares DRAM; a GPU's DMA should not); and\n"
+          "the host the experts live on (its cores, weight-read bandwidth and matmul\n"
+          "rates: the host-compute policies' figures; with --backend cuda this\n"
+          "machine's CPU is measured apart).\n"
           "replay and validate model runs on it.  Takes about 30 s on a CPU.\n\n"
           "  -o, --out FILE     the profile to write (temporary file + rename)\n"
           "  --backend NAME     cpu (default) or cuda; not a modeled backend (sim)\n"

@@ -276,6 +276,25 @@ cleanup:
   return st;
 }
 
+/* The host the experts live on (the profile's host section, for the
+ * host-compute policies): on the cpu backend, the device is this machine's
+ * memory and its kernels are the host's math, so the host's figures are
+ * the same measurements (the weight-read bandwidth of thin products, the
+ * best f32 and the bf16 matmul rates) at the same threads; cores are the
+ * online processors.  On a GPU backend the host is measured apart by
+ * calibrate_host. */
+static void host_section(cal_ctx *c, int threads) {
+  moe_hw_profile *p = &c->p;
+  if (strcmp(c->o->name, "cpu") != 0) return;
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  p->host_cores = cores > 0 ? (double)cores : (double)threads;
+  p->host_memory_gbps = p->memory_gbps;
+  double best = 0;
+  for (int i = 0; i < p->n_rates; i++) best = fmax(best, p->rate_gflops[i]);
+  p->host_gflops_f32 = best;
+  p->host_gflops_bf16 = p->tflops[MOE_BF16] * 1e3 > 0 ? p->tflops[MOE_BF16] * 1e3 : best;
+}
+
 /* Measures this machine's backend (cpu by default: its emulated device;
  * cuda: the GPU) into *out (name and description left to the caller).
  * quiet: no progress on stderr. */
@@ -299,6 +318,7 @@ moe_status calibrate_measure(const char *backend, int threads, double link,
   if (st == MOE_OK) st = cal_vector(c);
   if (st == MOE_OK) st = cal_link(c, link);
   if (st == MOE_OK) {
+    host_section(c, threads);
     c->p.memory_bytes = (double)c->o->device_capacity(c->be);
     c->p.calibrated = true;
     snprintf(c->p.description, sizeof c->p.description,
@@ -313,6 +333,18 @@ moe_status calibrate_measure(const char *backend, int threads, double link,
   moe_device_destroy(c->d); /* frees every device buffer still allocated */
   free(c);
   return st;
+}
+
+moe_status calibrate_host(int threads, const cal_shapes *shapes, bool quiet, moe_hw_profile *p,
+                          moe_error *err) {
+  moe_hw_profile h;
+  const moe_status st = calibrate_measure("cpu", threads, 0, shapes, quiet, &h, err);
+  if (st != MOE_OK) return st;
+  p->host_cores = h.host_cores;
+  p->host_memory_gbps = h.host_memory_gbps;
+  p->host_gflops_f32 = h.host_gflops_f32;
+  p->host_gflops_bf16 = h.host_gflops_bf16;
+  return MOE_OK;
 }
 
 /* The median of n profiles, figure by figure (noise: a machine shared with
@@ -336,6 +368,9 @@ void profile_median(const moe_hw_profile *v, int n, moe_hw_profile *out) {
   MED(copy_slowdown);
   MED(tflops[MOE_BF16]);
   MED(h2d_pageable_gbps);
+  MED(host_memory_gbps);
+  MED(host_gflops_f32);
+  MED(host_gflops_bf16);
   for (int k = 0; k < v[0].n_rates; k++) MED(rate_gflops[k]);
 #undef MED
   out->tflops[MOE_F16] = out->tflops[MOE_BF16];

@@ -32,4 +32,11 @@ moe_status calibrate_measure(const char *backend, int threads, double link,
  * others changes speed from minute to minute). */
 void profile_median(const moe_hw_profile *v, int n, moe_hw_profile *out);
 
+/* The host section of *p (cores, memory bandwidth, f32 and bf16 matmul
+ * rates) measured on this machine's cpu backend at `threads` threads: the
+ * host of a GPU backend's profile (the cpu backend's own profile gets it
+ * from its own measurements). */
+moe_status calibrate_host(int threads, const cal_shapes *shapes, bool quiet, moe_hw_profile *p,
+                          moe_error *err);
+
 #endif

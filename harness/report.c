@@ -192,17 +192,23 @@ static void summary_table(const res_table *all, FILE *md) {
           paper_fmt(p[2], 32, "large128_prefetch_tokens_per_s"));
 }
 
-/* One line per model x workload x batch x budget: tokens/s of the copying
- * policies (ondemand, pregated) and of the host-compute class, which one
- * is fastest, and how many expert runs that one made on the host
- * (report --host). */
+/* One line per model x workload x batch x budget: tokens/s of every policy
+ * in the file (the copying policies and the host-compute class side by
+ * side), which one is fastest, and how many
+ * expert runs that one made on the host (report --host). */
 static void host_table(const res_table *all, FILE *md) {
-  const moe_policy *pol[10] = {moe_policy_with_role(MOE_POLICY_ROLE_ONDEMAND),
-                               moe_policy_with_role(MOE_POLICY_ROLE_PREGATED)};
-  const int np = 2 + (int)moe_policy_with_roles(MOE_POLICY_ROLE_HOST, pol + 2, 8);
+  /* the file's policies in order of appearance */
+  const char *pol[16];
+  int np = 0;
+  for (size_t k = 0; k < all->n && np < 16; k++) {
+    const char *name = res_get(&all->rows[k], "policy");
+    bool seen = false;
+    for (int i = 0; i < np && !seen; i++) seen = strcmp(pol[i], name) == 0;
+    if (!seen) pol[np++] = name;
+  }
   bool any_modeled = false;
   fprintf(md, "| model | workload | batch | budget |");
-  for (int i = 0; i < np; i++) fprintf(md, " %s tok/s |", pol[i]->name);
+  for (int i = 0; i < np; i++) fprintf(md, " %s tok/s |", pol[i]);
   fprintf(md, " fastest | its expert runs on the host |\n|---|---|---|---|");
   for (int i = 0; i < np; i++) fprintf(md, "---|");
   fprintf(md, "---|---|\n");
@@ -218,7 +224,7 @@ static void host_table(const res_table *all, FILE *md) {
             res_get(g, "batch"), budget);
     const res_row *best = NULL;
     for (int i = 0; i < np; i++) {
-      const res_row *r = report_find_policy(t, g, pol[i]->name);
+      const res_row *r = report_find_policy(t, g, pol[i]);
       char v[32];
       fmt(v, sizeof v, r ? report_num(r, "tokens_per_s") : NAN, "%.3g");
       fprintf(md, " %s |", r ? v : "-");
@@ -398,8 +404,9 @@ void report_usage(FILE *f) {
          "  -o, --out FILE   write the markdown to FILE (temporary file + rename)\n"
          "  --paper          add pregated's ratios next to the Pre-gated MoE paper's\n"
          "  --host           one table instead: a line per model x workload x batch x\n"
-         "                   budget with tokens/s of ondemand, pregated and the\n"
-         "                   host-compute class, the fastest, and its host runs\n"
+         "                   budget with tokens/s of each policy in the file (the\n"
+         "                   copying and the host-compute ones side by side), the\n"
+         "                   fastest, and its expert runs on the host\n"
          "  --summary        one table instead: a line per model x workload x batch x\n"
          "                   budget with the four policies' throughput, peak memory and\n"
          "                   pregated's ratios, and the paper's beside them\n"

@@ -6,6 +6,7 @@
  * link cap it accepts takes seconds, not minutes. */
 #include <check.h>
 #include <malloc.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "commands.h"
+#include "moe/cost.h"
 #include "moe/dtype.h"
 #include "moe/policy.h"
 #include "moe/safetensors.h"
@@ -189,6 +191,17 @@ START_TEST(calibrate_frees_its_buffers) {
                 "calibrate kept %.1f MB of host memory: %zu bytes in use after the first run, %zu "
                 "after the second",
                 ((double)after_second - (double)after_first) / 1e6, after_first, after_second);
+  /* the profile describes the host the experts live on (the cpu backend's
+   * host is its own device: the same measured figures) */
+  moe_hw_profile p;
+  moe_error err = {0};
+  ck_assert_msg(moe_hw_profile_load(&p, out, &err) == MOE_OK, "%s", err.msg);
+  ck_assert(p.calibrated && p.host_cores >= 1);
+  ck_assert(p.host_memory_gbps == p.memory_gbps && p.host_gflops_f32 > 0 && p.host_gflops_bf16 > 0);
+  double best = 0;
+  for (int i = 0; i < p.n_rates; i++) best = p.rate_gflops[i] > best ? p.rate_gflops[i] : best;
+  ck_assert_msg(fabs(p.host_gflops_f32 - best) <= 1e-4 * best, "host f32 %g, best measured %g",
+                p.host_gflops_f32, best);
 }
 END_TEST
 
