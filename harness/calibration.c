@@ -237,7 +237,11 @@ static moe_status cal_link(cal_ctx *c, double link) {
     const double tl = copy_time(c, dst, src, 4096, ev, 21);
     MOE_CHECK(tb > 0 && tp > 0 && tl > 0, &c->err, MOE_ERR_DEVICE, "calibrate: a copy failed: %s", c->err.msg);
     p->h2d_pinned_gbps = (double)big / tb / 1e9;
-    p->h2d_pageable_gbps = (double)big / tp / 1e9;
+    /* a pageable copy is a pinned one plus staging: it cannot be faster,
+     * and a profile saying so is refused; where the two are the same path
+     * (the cpu backend's emulated link) a noisy machine can measure it
+     * faster, and the pinned rate is then the better estimate of both */
+    p->h2d_pageable_gbps = fmin((double)big / tp / 1e9, p->h2d_pinned_gbps);
     p->h2d_latency_us = fmax((tl - 4096.0 / (p->h2d_pinned_gbps * 1e9)) * 1e6, 0.01);
   }
   {
@@ -368,6 +372,7 @@ void profile_median(const moe_hw_profile *v, int n, moe_hw_profile *out) {
   MED(copy_slowdown);
   MED(tflops[MOE_BF16]);
   MED(h2d_pageable_gbps);
+  out->h2d_pageable_gbps = fmin(out->h2d_pageable_gbps, out->h2d_pinned_gbps);
   MED(host_memory_gbps);
   MED(host_gflops_f32);
   MED(host_gflops_bf16);
