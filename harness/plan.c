@@ -60,15 +60,26 @@ static int plan_table(const moe_model *m, const moe_hw_profile *hw, long batch, 
                                                                   : (int)(plen + glen),
                              .max_prefill = (int)plen, .policy = pol};
     int slots = 0, cache = 0;
-    size_t cats[MOE_MEM_CATEGORIES], total = 0;
-    if (moe_engine_plan_slots(m, &eo, pol, SIZE_MAX / 4, &slots, &cache, &err) != MOE_OK) {
+    size_t cats[MOE_MEM_CATEGORIES], total = 0, fixed = 0;
+    /* what the profile's memory leaves for slots, as the engine computes
+     * it: a policy that sizes its slots to the budget (the host class)
+     * plans to fit */
+    moe_engine_plan_memory(m, NULL, &eo, 0, cats, &fixed);
+    const size_t budget = hw ? (hw->memory_bytes > (double)fixed ? (size_t)(hw->memory_bytes - (double)fixed) : 0)
+                             : SIZE_MAX / 4;
+    if (moe_engine_plan_slots(m, &eo, pol, budget, &slots, &cache, &err) != MOE_OK) {
       rc = cli_fail(&err);
       break;
     }
     moe_engine_plan_memory(m, NULL, &eo, slots, cats, &total);
+    const long all = (long)moe_config_n_moe_layers(cfg) * cfg->n_experts;
+    char fits[96] = "-";
+    if (hw) snprintf(fits, sizeof fits, "%s", (double)total <= hw->memory_bytes ? "yes" : "no (OOM)");
+    if (hw && moe_policy_has_role(pol, MOE_POLICY_ROLE_HOST) && slots < all)
+      snprintf(fits, sizeof fits, "%s: %d of %ld experts resident, the rest on the host",
+               (double)total <= hw->memory_bytes ? "yes" : "no (OOM)", slots, all);
     printf("| %s | %d | %.2f | %.2f | %s |\n", pol->name, slots, (double)total / 1e9,
-           (double)cats[MOE_MEM_EXPERTS] / 1e9,
-           hw ? ((double)total <= hw->memory_bytes ? "yes" : "no (OOM)") : "-");
+           (double)cats[MOE_MEM_EXPERTS] / 1e9, fits);
   }
   return rc;
 }

@@ -388,11 +388,48 @@ START_TEST(link_ratio_sets_the_link_from_measured_compute) {
 }
 END_TEST
 
+/* A suite's host_threads and host_gbps reach the rows (keys) and the runs:
+ * host-compute in a budget that does not hold every expert computes some
+ * on the host, with gpu-only's tokens; out-of-range values are refused. */
+START_TEST(suites_set_the_host) {
+  write_file("host.json", "{\"name\": \"x\", \"models\": [\"ci-small\"], \"workloads\": [\"ci\"],"
+                          " \"policies\": [\"gpu-only\", \"host-compute\"], \"device_mem\": [\"capacity\", \"2MiB\"],"
+                          " \"host_threads\": 2, \"host_gbps\": 50}");
+  ck_assert_int_eq(call(cmd_sweep, "sweep", tmp_path("host.json"), "-o", tmp_path("h"), "--quiet", NULL), 0);
+  res_table t;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(tmp_path("h.csv"), &t, &err) == MOE_OK, "%s", err.msg);
+  int host_rows = 0;
+  for (size_t i = 0; i < t.n; i++) {
+    const res_row *r = &t.rows[i];
+    ck_assert_str_eq(res_get(r, "host_threads"), "2");
+    ck_assert_str_eq(res_get(r, "host_gbps"), "50");
+    if (strcmp(res_get(r, "policy"), "host-compute") || strcmp(res_get(r, "status"), "ok")) continue;
+    ck_assert_str_eq(res_get(r, "token_match_rate"), "1.000000");
+    if (atof(res_get(r, "host_experts")) > 0) {
+      host_rows++;
+      ck_assert(atof(res_get(r, "host_xfer_bytes")) > 0 && atof(res_get(r, "host_wait_s")) >= 0);
+    }
+  }
+  ck_assert_int_eq(host_rows, 1); /* the 2 MiB row; at capacity every expert is resident */
+  res_table_free(&t);
+  const char *bad[] = {"\"host_gbps\": -1", "\"host_threads\": 0", "\"host_gbps\": \"fast\""};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char text[512];
+    snprintf(text, sizeof text, "{\"name\": \"x\", \"models\": [\"ci-small\"], \"workloads\": [\"ci\"],"
+                                " \"policies\": [\"gpu-only\"], %s}", bad[i]);
+    write_file("badhost.json", text);
+    ck_assert_int_ne(call(cmd_sweep, "sweep", tmp_path("badhost.json"), "-o", tmp_path("bh"), "--quiet", NULL), 0);
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("harness_run");
   TCase *tc = tcase_create("harness_run");
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, suites_set_the_host);
   tcase_add_test(tc, plugins_through_the_harness);
   tcase_add_test(tc, trace_is_chrome_trace_json);
   tcase_add_test(tc, modeled_sweep_is_gated_exactly);
