@@ -20,7 +20,8 @@ static double measure_expert_copy(const char *backend, double link_gbps, const c
                                   size_t bytes) {
   moe_device *dev = NULL;
   moe_error err = {0};
-  moe_backend_options bo = {.link_gbps = link_gbps, .hardware = hardware};
+  moe_backend_options bo = {.link_gbps = link_gbps,
+                            .hardware = cli_backend_modeled(backend) ? hardware : NULL};
   if (moe_device_create(&dev, backend, &bo, &err) != MOE_OK) return NAN;
   const moe_backend_ops *o = moe_device_ops(dev);
   moe_backend *be = moe_device_backend(dev);

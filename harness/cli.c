@@ -603,7 +603,8 @@ const moe_backend_ops *cli_resolve_backend(const char *name, int threads, double
     *link = 0;
   }
   moe_device *dev = NULL;
-  moe_backend_options bo = {.threads = threads, .link_gbps = *link, .hardware = hardware};
+  moe_backend_options bo = {.threads = threads, .link_gbps = *link,
+                            .hardware = (o->caps & MOE_BACKEND_CAP_MODELED) ? hardware : NULL};
   if (moe_device_create_ops(&dev, o, &bo, &err) != MOE_OK) {
     cli_fail(&err);
     return NULL;

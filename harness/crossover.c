@@ -63,13 +63,19 @@ void crossover_usage(FILE *f) {
 /* A comma-separated ascending list of positive numbers into v. */
 static int xo_list(const char *arg, double *v, int *n, flag_id id) {
   char buf[256];
+  if (strlen(arg) >= sizeof buf) return -1; /* never cut: a cut number could still pass */
   snprintf(buf, sizeof buf, "%s", arg);
   *n = 0;
   for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-    double d;
-    long l;
-    const bool ok = id == FLAG_BATCH ? flag_long(id, t, &l) : cli_parse_double(t, &d) && d > 0 && d < 1e6;
-    if (id == FLAG_BATCH) d = (double)l;
+    double d = 0;
+    long l = 0;
+    bool ok;
+    if (id == FLAG_BATCH) {
+      ok = flag_long(id, t, &l);
+      d = (double)l;
+    } else {
+      ok = cli_parse_double(t, &d) && d > 0 && d < 1e6;
+    }
     if (*n == XO_MAX_POINTS || !ok || (*n > 0 && d <= v[*n - 1])) return -1;
     v[(*n)++] = d;
   }
@@ -125,7 +131,8 @@ static int xo_policies(const moe_policy **pol) {
   int n = 0;
   pol[n++] = moe_policy_with_role(MOE_POLICY_ROLE_ONDEMAND);
   pol[n++] = moe_policy_with_role(MOE_POLICY_ROLE_PREGATED);
-  n += (int)moe_policy_with_roles(MOE_POLICY_ROLE_HOST, pol + n, XO_MAX_POLICIES - (size_t)n);
+  const size_t host = moe_policy_with_roles(MOE_POLICY_ROLE_HOST, pol + n, XO_MAX_POLICIES - (size_t)n);
+  n += host < XO_MAX_POLICIES - (size_t)n ? (int)host : XO_MAX_POLICIES - n;
   return n;
 }
 

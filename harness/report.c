@@ -197,14 +197,17 @@ static void summary_table(const res_table *all, FILE *md) {
  * side), which one is fastest, and how many
  * expert runs that one made on the host (report --host). */
 static void host_table(const res_table *all, FILE *md) {
-  /* the file's policies in order of appearance */
-  const char *pol[16];
+  /* the file's policies in order of appearance (at most 32 columns; a
+   * note says when there were more) */
+  const char *pol[32];
   int np = 0;
-  for (size_t k = 0; k < all->n && np < 16; k++) {
+  bool dropped = false;
+  for (size_t k = 0; k < all->n; k++) {
     const char *name = res_get(&all->rows[k], "policy");
     bool seen = false;
     for (int i = 0; i < np && !seen; i++) seen = strcmp(pol[i], name) == 0;
-    if (!seen) pol[np++] = name;
+    if (!seen && np < 32) pol[np++] = name;
+    else if (!seen) dropped = true;
   }
   bool any_modeled = false;
   fprintf(md, "| model | workload | batch | budget |");
@@ -236,6 +239,7 @@ static void host_table(const res_table *all, FILE *md) {
     if (best && share[0] == '-') snprintf(share, sizeof share, "0");
     fprintf(md, " %s | %s |\n", best ? res_get(best, "policy") : "-", share);
   }
+  if (dropped) fprintf(md, "\nThe file has more than 32 policies: the table shows the first 32.\n");
   fprintf(md, "\n%s'-': the policy failed there (most often OOM: its slots do not fit the "
               "budget).\n",
           any_modeled ? "Rows on the sim backend are MODELED (the cost model on the row's "
@@ -467,6 +471,11 @@ static int report_parse(int argc, char **argv, report_opts *o) {
   if (rc >= 0) return rc;
   if (argc - optind != 1) {
     cli_error("report: give one results file");
+    return 2;
+  }
+  if (o->host && (o->summary || o->paper || o->plots || o->figure)) {
+    cli_error("report: --host is a table of its own: give it without --summary, --paper, --plots "
+              "and --figure");
     return 2;
   }
   if (o->plots && report_check_plot_path("--plots", o->plots) != 0) return 2;

@@ -197,8 +197,11 @@ static void emulated_profile(const run_spec *sp, moe_hw_profile *p) {
 /* The device (traced when asked) and the engine of sp. */
 static moe_status run_open(const run_spec *sp, run_state *s, run_result *out, moe_engine_options *eo,
                            moe_error *err) {
+  /* a measured backend takes no profile: there it only gives a cost-weighing
+   * policy its figures (cost_profile below) */
   moe_backend_options bo = {.threads = sp->threads, .link_gbps = sp->link_gbps,
-                            .device_budget = sp->device_mem, .hardware = sp->hardware,
+                            .device_budget = sp->device_mem,
+                            .hardware = cli_backend_modeled(sp->backend) ? sp->hardware : NULL,
                             .routing = sp->sim_routing, .seed = sp->prompt_seed};
   moe_status st = moe_device_create(&s->dev, sp->backend, &bo, err);
   if (st != MOE_OK) return st;

@@ -420,7 +420,9 @@ END_TEST
  * and the copy class does not, so they cross (the copy class ahead on a
  * slow host, behind on a fast one); fiddler copies instead of computing
  * on a slow host.  Bad lists, a profile without a host and --figure
- * without -o are refused. */
+ * without -o are refused.  On the command line: --hardware on a measured
+ * backend gives fiddler its figures, a sim profile without a host is
+ * refused at create, report --host stands alone. */
 START_TEST(crossover_finds_where_the_host_wins) {
   static char out[1 << 16];
   char cmd[1400];
@@ -452,8 +454,29 @@ START_TEST(crossover_finds_where_the_host_wins) {
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     ck_assert_msg(moebench_out(bad[i], out, sizeof out) == 2, "%s: %s", bad[i], out);
   ck_assert_int_eq(moebench_out("crossover --hardware no-such-profile", out, sizeof out), 1);
+  /* on a measured backend a profile is only fiddler's figures: the run is
+   * measured, and fiddler decides by the profile (H200: the host is the
+   * faster for one token, so it computes there) */
+  ck_assert_msg(moebench_out("run --preset ci-small --backend cpu --hardware h200 --policy fiddler "
+                             "--device-mem 2MiB --prompt-len 4 --gen-len 4 -o fd", out, sizeof out) == 0,
+                "%s", out);
+  ck_assert_msg(strstr(out, "measured") && !strstr(out, "MODELED"), "%s", out);
+  res_table t;
+  moe_error err = {0};
+  ck_assert_msg(res_read_csv(tmp_path("fd.csv"), &t, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_uint_eq(t.n, 1);
+  ck_assert_msg(atof(res_get(&t.rows[0], "host_experts")) > 0, "host_experts '%s'",
+                res_get(&t.rows[0], "host_experts"));
+  res_table_free(&t);
   ck_assert_int_eq(moebench_out("crossover --hardware l4", out, sizeof out), 1);
   ck_assert_msg(strstr(out, "l4.json") && strstr(out, "no host section"), "%s", out);
+  /* a host-compute policy on the sim with a profile without a host: said
+   * at create, not at the first block with host experts (a model that
+   * fits never has one, and its row would pass for a measured placement) */
+  ck_assert_int_eq(moebench_out("run --preset ci-small --backend sim --hardware l4 --policy "
+                                "host-compute --gen-len 2 --prompt-len 2", out, sizeof out), 1);
+  ck_assert_msg(strstr(out, "'l4' has no host section"), "%s", out);
+  ck_assert_int_eq(moebench_out("report --host --summary x.csv", out, sizeof out), 2);
 }
 END_TEST
 

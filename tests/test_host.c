@@ -7,6 +7,8 @@
  * peak equals the plan, and the clear
  * errors: a backend without a host stream, fiddler without figures. */
 #include <check.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,6 +206,96 @@ START_TEST(hybrid_copies_predictions_when_they_pay) {
 }
 END_TEST
 
+/* A backend whose device matmuls fail once armed (the host's math is the
+ * engine's own cpu backend, not this table), and whose host jobs start
+ * late, so that a block that fails between sending its host experts off
+ * and collecting them would return while the job still runs. */
+static const moe_backend_ops *g_real;
+static atomic_int g_armed, g_fail, g_failed, g_issued, g_jobs;
+static void (*g_fn)(void *);
+static void *g_ctx;
+
+static moe_status failing_matmul(moe_backend *be, float *y, const float *x, size_t m,
+                                 const moe_weight *w, const moe_weight *b, moe_error *err) {
+  if (atomic_load(&g_fail) && atomic_load(&g_armed)) {
+    atomic_store(&g_failed, 1);
+    return MOE_FAIL(err, MOE_ERR_DEVICE, "injected: a device expert's matmul fails");
+  }
+  return g_real->matmul(be, y, x, m, w, b, err);
+}
+
+static void slow_job(void *arg) {
+  (void)arg;
+  struct timespec ts = {0, 50 * 1000 * 1000};
+  nanosleep(&ts, NULL);
+  g_fn(g_ctx);
+  atomic_fetch_add(&g_jobs, 1);
+}
+
+/* The engine collecting a job disarms the failure: only a device matmul
+ * issued while a job is out fails. */
+static moe_status disarming_sync(moe_backend *be, moe_event *ev, moe_error *err) {
+  atomic_store(&g_armed, 0);
+  return g_real->event_sync(be, ev, err);
+}
+
+static moe_status slow_host_run(moe_backend *be, void (*fn)(void *), void *ctx, const moe_host_work *w,
+                                moe_event *wait_ev, moe_event *done_ev, moe_error *err) {
+  g_fn = fn;
+  g_ctx = ctx;
+  atomic_fetch_add(&g_issued, 1);
+  atomic_store(&g_armed, 1);
+  return g_real->host_run(be, slow_job, NULL, w, wait_ev, done_ev, err);
+}
+
+/* A forward that fails while the host computes (a device expert's matmul
+ * after the job was sent) returns only once the job has ended, and the
+ * engine runs again afterwards with the reference's tokens: the next
+ * block never reuses the job's buffers under it. */
+START_TEST(a_failed_block_waits_for_its_host_job) {
+  g_real = moe_backend_find("cpu");
+  moe_backend_ops ops = *g_real;
+  ops.matmul = failing_matmul;
+  ops.host_run = slow_host_run;
+  ops.event_sync = disarming_sync;
+  const moe_config *c = moe_model_config(g_model);
+  const moe_policy *fd = moe_policy_find("fiddler");
+  const moe_hw_profile slow_link = host_profile(0.001, 1000);
+  /* 12 residents: the last block's 8 and half of the middle one's, so the
+   * middle block runs experts on both sides */
+  moe_backend_options bo = {.device_budget = budget_for(g_model, fd, c->n_experts)};
+  moe_device dev;
+  moe_error err = {0};
+  ck_assert_msg(moe_device_open_ops(&dev, &ops, &bo, &err) == MOE_OK, "%s", err.msg);
+  moe_engine *e = NULL;
+  moe_engine_options eo = {.max_batch = B, .max_seq = P + N, .policy = fd, .cost_profile = &slow_link};
+  ck_assert_msg(moe_engine_create(&e, g_model, &dev, &eo, &err) == MOE_OK, "%s", err.msg);
+  int32_t ids[B * P];
+  for (int i = 0; i < B * P; i++) ids[i] = (int32_t)((i * 7 + 3) % 40);
+  atomic_store(&g_armed, 0);
+  atomic_store(&g_fail, 1);
+  float logits[B * 40];
+  ck_assert_msg(moe_engine_forward(e, ids, B, P, 0, logits, &err) == MOE_ERR_DEVICE, "%s", err.msg);
+  ck_assert_msg(strstr(err.msg, "injected"), "%s", err.msg);
+  /* the failure came while a job was out (before the wait that disarms),
+   * and every job sent had ended when the forward returned */
+  ck_assert_int_eq(atomic_load(&g_failed), 1);
+  const int issued = atomic_load(&g_issued), done = atomic_load(&g_jobs);
+  ck_assert_msg(issued >= 1 && done == issued, "%d host jobs sent, %d ended", issued, done);
+  moe_error_clear(&err);
+  atomic_store(&g_fail, 0);
+  int32_t out[B * N], ref[B * N];
+  ck_assert_msg(moe_engine_generate(e, ids, B, P, N, out, NULL, NULL, &err) == MOE_OK, "%s", err.msg);
+  moe_engine_free(e);
+  eo.policy = moe_policy_reference();
+  ck_assert_msg(moe_engine_create(&e, g_model, &g_dev, &eo, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_msg(moe_engine_generate(e, ids, B, P, N, ref, NULL, NULL, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(memcmp(out, ref, sizeof out), 0);
+  moe_engine_free(e);
+  moe_device_close(&dev);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("host");
   TCase *tc = tcase_create("core");
@@ -214,6 +306,7 @@ int main(void) {
   tcase_add_test(tc, needs_a_host_stream);
   tcase_add_test(tc, fiddler_needs_figures);
   tcase_add_test(tc, hybrid_copies_predictions_when_they_pay);
+  tcase_add_test(tc, a_failed_block_waits_for_its_host_job);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

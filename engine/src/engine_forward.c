@@ -287,6 +287,9 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
   if (c->shared_ffn > 0) MOE_TRY(shared_expert(e, l, T, err));
   if (want_pred && !pred_from_input) MOE_TRY(pregate(e, l, next, T, false, false, err));
 cleanup:
+  /* a failure between issue and finish leaves the host's job running:
+   * it ends before the block returns (its first error stays the one said) */
+  if (st != MOE_OK) (void)engine_host_settle(e, NULL);
   return st;
 }
 

@@ -48,6 +48,8 @@ struct host_exec {
   moe_error err;
 };
 
+static void host_job(void *arg);
+
 void engine_host_free(moe_engine *e) {
   struct host_exec *hx = e->hx;
   if (hx == NULL) return;
@@ -90,7 +92,13 @@ moe_status engine_host_create(moe_engine *e, moe_error *err) {
   hx->flags = calloc(E, 1);
   MOE_CHECK(hx->items && hx->xfers && hx->flags, err, MOE_ERR_OOM, "out of host memory for host experts");
   hx->expert_bytes = (double)e->model->expert_bytes;
-  if (o->caps & MOE_BACKEND_CAP_MODELED) return MOE_OK; /* jobs are charged, not run */
+  if (o->caps & MOE_BACKEND_CAP_MODELED) {
+    /* jobs are charged, not run: an empty one says now, not mid-run, when
+     * the profile has no host to charge them to */
+    const moe_host_work none = {0.0, 0.0, e->model->dtype};
+    MOE_TRY(o->host_run(e->dev->be, host_job, hx, &none, NULL, NULL, err));
+    return MOE_OK;
+  }
   MOE_CHECK(e->opt.host_gbps >= 0 && e->opt.host_gbps <= MOE_LINK_GBPS_MAX, err, MOE_ERR_INVALID,
             "host cap %g GB/s is outside 0..%g", e->opt.host_gbps, MOE_LINK_GBPS_MAX);
   hx->host_bps = e->opt.host_gbps * 1e9;
@@ -174,6 +182,7 @@ moe_status engine_host_issue(moe_engine *e, int l, moe_error *err) {
   struct host_exec *hx = e->hx;
   const moe_backend_ops *o = e->dev->ops;
   moe_backend *be = e->dev->be;
+  MOE_TRY(engine_host_settle(e, err)); /* a job a failed forward left behind */
   const moe_config *c = &e->model->cfg;
   const size_t H = (size_t)c->hidden, F = (size_t)c->expert_ffn;
   const double per_token = 2.0 * (double)H * (double)F * (c->ffn_act == MOE_FFN_RELU ? 2.0 : 3.0);
@@ -200,6 +209,13 @@ moe_status engine_host_issue(moe_engine *e, int l, moe_error *err) {
   hx->pending = true;
 cleanup:
   return st;
+}
+
+moe_status engine_host_settle(moe_engine *e, moe_error *err) {
+  struct host_exec *hx = e->hx;
+  if (hx == NULL || !hx->pending) return MOE_OK;
+  hx->pending = false;
+  return e->dev->ops->event_sync(e->dev->be, hx->done, err);
 }
 
 moe_status engine_host_finish(moe_engine *e, int l, moe_error *err) {

@@ -189,6 +189,9 @@ moe_status engine_host_place(moe_engine *e, int l, int n_needed, int *n_dev, int
                              moe_error *err);
 moe_status engine_host_issue(moe_engine *e, int l, moe_error *err);
 moe_status engine_host_finish(moe_engine *e, int l, moe_error *err);
+/* Waits for a host job still running (one a failed block left behind), so
+ * that nothing it uses is reused under it; MOE_OK when none is. */
+moe_status engine_host_settle(moe_engine *e, moe_error *err);
 
 /* One expert's FFN: y[n, H] = ffn(x[n, H]) with ge, ue [n, F] scratch, on
  * the given backend (engine_forward.c; the host job calls it with the

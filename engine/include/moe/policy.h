@@ -54,8 +54,9 @@ typedef struct moe_policy_env {
    * (seconds, from the hardware profile the run was given: modeled, not
    * measured; 0 when unknown).  A policy built against an older header
    * does not read them. */
-  int host_exec;         /* 1: the engine can compute an expert on the host
-                            (moe_policy.place may send experts there) */
+  int host_exec;         /* 1: the engine computes experts on the host for this
+                            policy (it has place; the engine refuses, at create,
+                            a backend without a host stream) */
   double expert_copy_s;  /* one expert copied host-to-device (pinned) */
   double host_read_s;    /* one expert's weights read once by the host's cores */
   double host_token_s;   /* one token through one expert on the host (FLOPs / rate) */
