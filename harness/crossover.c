@@ -117,13 +117,7 @@ static int xo_parse(int argc, char **argv, xo_opts *o) {
   }
   if (cli_check_names("crossover", o->preset, "sim") != 0) return 2;
   if (cli_check_sim("crossover", "sim", o->hw_name, NULL, o->hw_path, sizeof o->hw_path) != 0) return 2;
-  if (o->out && cli_check_prefix("crossover", o->out) != 0) return 2;
-  if (o->figure && (o->out == NULL || report_check_plot_path("--figure", o->figure) != 0 ||
-                    report_check_plot_path("-o", o->out) != 0)) {
-    if (o->out == NULL) cli_error("crossover: --figure draws from the CSV of -o PREFIX: give -o");
-    return 2;
-  }
-  return -1;
+  return report_check_figure_out("crossover", o->out, o->figure) != 0 ? 2 : -1;
 }
 
 /* The policies compared: ondemand, pregated, then the host class. */

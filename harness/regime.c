@@ -116,13 +116,7 @@ static int regime_parse(int argc, char **argv, regime_opts *o) {
   }
   if (cli_check_names("regime", o->preset, "cpu") != 0) return 2;
   if (cli_check_sim("regime", "sim", o->hw_name, NULL, o->hw_path, sizeof o->hw_path) != 0) return 2;
-  if (o->out && cli_check_prefix("regime", o->out) != 0) return 2;
-  if (o->figure && (o->out == NULL || report_check_plot_path("--figure", o->figure) != 0 ||
-                    report_check_plot_path("-o", o->out) != 0)) {
-    if (o->out == NULL) cli_error("regime: --figure draws from the CSV of -o PREFIX: give -o");
-    return 2;
-  }
-  return -1;
+  return report_check_figure_out("regime", o->out, o->figure) != 0 ? 2 : -1;
 }
 
 /* The regime model's steps from a side's gpu-only step at ratio r. */

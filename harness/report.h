@@ -30,6 +30,11 @@ void report_safe_name(char *out, size_t cap, const char *v);
 /* A --plots or --headline-png path: only characters gnuplot takes safely;
  * 0, or 2 after printing why, naming the option. */
 int report_check_plot_path(const char *opt, const char *path);
+/* A command's -o PREFIX and --figure PNG (either may be NULL): the prefix a
+ * safe output (cli_check_prefix), and a figure only with a prefix whose
+ * CSV it draws, both paths gnuplot takes.  0, or 2 after a line naming
+ * cmd. */
+int report_check_figure_out(const char *cmd, const char *out, const char *figure);
 /* The headline figure of the group at first (the paper's four policies). */
 int report_headline_figure(const res_table *t, size_t first, const char *png);
 /* The figures of the group at first into dir, linked from md. */

@@ -104,6 +104,16 @@ static bool plot_path_char(int c) {
 
 /* 0 when path may be a plot path; else 2 after a line naming the option
  * and the first character refused. */
+int report_check_figure_out(const char *cmd, const char *out, const char *figure) {
+  if (out && cli_check_prefix(cmd, out) != 0) return 2;
+  if (figure == NULL) return 0;
+  if (out == NULL) {
+    cli_error("%s: --figure draws from the CSV of -o PREFIX: give -o", cmd);
+    return 2;
+  }
+  return report_check_plot_path("--figure", figure) != 0 || report_check_plot_path("-o", out) != 0 ? 2 : 0;
+}
+
 int report_check_plot_path(const char *opt, const char *path) {
   if (path[0] == '\0' || strlen(path) > PLOT_PATH_MAX) {
     cli_error("report: %s: %s", opt, path[0] ? "the path is longer than " PLOT_PATH_MAX_S " bytes" : "an empty path");

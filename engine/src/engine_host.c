@@ -18,10 +18,8 @@
  *      thread count), so the outputs are the reference's bit for bit.
  * On a modeled backend (sim) the job is charged, not run: host_run
  * models it from the profile's host section. */
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "engine_internal.h"
 #include "moe/cost.h"
@@ -153,14 +151,6 @@ cleanup:
   return st;
 }
 
-static void sleep_until(double t) {
-  double d = t - moe_clock_s();
-  if (d <= 0) return;
-  struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
 /* The host stream's job: every host expert of the block, in index order,
  * with the host's math; the first failure is kept for finish.  Under an
  * emulated host cap each expert ends no sooner than its weights' bytes at
@@ -173,7 +163,7 @@ static void host_job(void *arg) {
     const size_t H = it->w.down.rows;
     hx->st = engine_expert_ffn(hx->ops, hx->be, &it->w, hx->xin + it->begin * H, hx->ge, hx->ue,
                                hx->yout + it->begin * H, it->n, &hx->err);
-    if (hx->host_bps > 0) sleep_until(t0 + (double)(i + 1) * hx->expert_bytes / hx->host_bps);
+    if (hx->host_bps > 0) moe_clock_sleep_until(t0 + (double)(i + 1) * hx->expert_bytes / hx->host_bps);
   }
 }
 

@@ -111,14 +111,6 @@ moe_status moe_cpu_scratch_reserve(moe_backend *be, size_t n, moe_error *err) {
   return MOE_OK;
 }
 
-static void sleep_until(double t) {
-  double d = t - moe_clock_s();
-  if (d <= 0) return;
-  struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
 #define COPY_CHUNK ((size_t)1 << 20) /* pacing granularity of a capped link */
 
 /* The emulated link writes "device" memory with streaming stores where the
@@ -176,7 +168,7 @@ static void *stream_main(void *arg) {
       for (size_t off = 0; off < r.bytes; off += COPY_CHUNK) {
         size_t c = r.bytes - off < COPY_CHUNK ? r.bytes - off : COPY_CHUNK;
         link_copy((char *)r.dst + off, (const char *)r.src + off, c);
-        if (be->link_bps > 0) sleep_until(start + (double)(off + c) / be->link_bps);
+        if (be->link_bps > 0) moe_clock_sleep_until(start + (double)(off + c) / be->link_bps);
       }
       if (obs) obs(obs_ctx, r.bytes, start, moe_clock_s());
       pthread_mutex_lock(&be->mu);
