@@ -167,7 +167,9 @@ link capped so one copy takes R windows of a gpu-only warm-up) and MODELED
 on the sim backend (the A100 profile with its link scaled the same way),
 each beside the regime model (engine/include/moe/regime.h; docs/PERFORMANCE.md
 derives it and the band of R that the paper's figures allow: 0.72 with a
-free encoder to about 1.07 with the artifact's on-demand encoder).
+free encoder to about 1.07 with the artifact's on-demand encoder). The
+figure's flat dashed line is host-compute, MODELED: it copies nothing, so
+R does not move it (docs/POLICIES.md).
 REGIME
   echo
   sed '1,2d' "$regime.md"

@@ -44,6 +44,9 @@ typedef struct regime_point {
   double r, link;
   double step[3];  /* gpu-only, ondemand, pregated */
   double model[3]; /* the regime model from this side's gpu-only step */
+  double host;     /* MODELED side: host-compute's step with half the experts resident and
+                      the rest computed on the profile's host (no copies: the same at
+                      every R); NAN elsewhere */
 } regime_point;
 
 void regime_usage(FILE *f) {
@@ -131,6 +134,31 @@ static void regime_model(const moe_model *m, regime_point *p) {
   p->model[2] = moe_regime_step_s(&rg, MOE_REGIME_PREGATED);
 }
 
+/* host-compute's decode seconds per token on the sim in the budget of
+ * half the decoder's experts (the engine's plan for them): an
+ * encoder-decoder model's encoder and the first half of its decoder's MoE
+ * blocks then run on the profile's host; NAN when it cannot run (a
+ * profile without a host section). */
+static double regime_host_step(const run_spec *base, moe_model *m) {
+  const moe_policy *hc = moe_policy_with_role(MOE_POLICY_ROLE_HOST);
+  const moe_config *c = moe_model_config(m);
+  moe_engine_options eo = {.max_batch = base->batch, .max_seq = base->prompt_len + base->gen_len,
+                           .policy = hc};
+  size_t cats[MOE_MEM_CATEGORIES], total = 0;
+  int dec = 0;
+  for (int l = c->n_enc_layers; l < c->n_layers; l++) dec += c->is_moe[l];
+  moe_engine_plan_memory(m, NULL, &eo, dec * c->n_experts / 2, cats, &total);
+  run_spec sp = *base;
+  sp.policy = hc;
+  sp.routing = MOE_ROUTING_CONVENTIONAL;
+  sp.device_mem = total;
+  run_result r;
+  runner_run(&sp, &r);
+  const double step = r.status == MOE_OK && sp.gen_len > 1 ? r.decode_s / (sp.gen_len - 1) : NAN;
+  run_result_free(&r);
+  return step;
+}
+
 /* One side (backend "cpu" measured, or "sim" modeled) at every R: the
  * window from one gpu-only warm-up, then the three policies interleaved.
  * 0, or 1 after a line saying why. */
@@ -145,8 +173,10 @@ static int regime_side(const regime_opts *o, const char *backend, moe_model *m, 
     cli_error("regime: %s side: %s", backend, why);
     return 1;
   }
+  const double host = sim ? regime_host_step(&base, m) : NAN;
   for (int k = 0; k < o->n_r; k++) {
     regime_point *p = &pts[k];
+    p->host = host;
     p->r = o->r[k];
     p->link = base.link_gbps = link1 / o->r[k];
     fprintf(stderr, "regime: %s R %g (link %.3f GB/s)\n", backend, p->r, p->link);
@@ -210,16 +240,17 @@ static int regime_csv(const char *prefix, const regime_point *meas, const regime
   if (moe_publish_open(&pub, path, "the regime map", &err) != MOE_OK) return cli_fail(&err);
   fprintf(pub.f, "side,ratio,link_gbps,gpu_only_s_per_token,ondemand_s_per_token,"
                  "pregated_s_per_token,pregated_vs_gpu_only,model_pregated_vs_gpu_only,"
-                 "pregated_vs_ondemand,model_pregated_vs_ondemand,paper_r_lo,paper_r_hi,profile_r\n");
+                 "pregated_vs_ondemand,model_pregated_vs_ondemand,paper_r_lo,paper_r_hi,profile_r,"
+                 "host_compute_vs_gpu_only\n");
   for (int s = 0; s < 2; s++) {
     const regime_point *pts = s ? mod : meas;
     for (int k = 0; pts && k < n; k++) {
       const regime_point *p = &pts[k];
-      fprintf(pub.f, "%s,%g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%g,%g,%.4g\n",
+      fprintf(pub.f, "%s,%g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%g,%g,%.4g,%.6g\n",
               s ? "modeled" : "measured", p->r, p->link, p->step[0], p->step[1], p->step[2],
               ratio(p->step[0], p->step[2]), ratio(p->model[0], p->model[2]),
               ratio(p->step[1], p->step[2]), ratio(p->model[1], p->model[2]), REGIME_PAPER_LO,
-              REGIME_PAPER_HI, profile_r);
+              REGIME_PAPER_HI, profile_r, ratio(p->step[0], p->host));
     }
   }
   return moe_publish_commit(&pub, &err) == MOE_OK ? 0 : cli_fail(&err);
@@ -262,8 +293,14 @@ static int regime_figure(const char *png, const char *csv, bool measured, double
             what[k][0]);
     report_gp_quote(f, csv);
     fprintf(f, " using (strcol(1) eq 'modeled' ? $2 : 1/0):%s every ::1 with lines dashtype 3 "
-               "title 'regime model'\n",
-            what[k][1]);
+               "title 'regime model'%s",
+            what[k][1], k == 0 ? ", " : "\n");
+    if (k == 0) { /* the host class: no copies, the same at every R */
+      report_gp_quote(f, csv);
+      fputs(" using (strcol(1) eq 'modeled' ? $2 : 1/0):14 every ::1 with lines lw 2 dashtype 2 "
+            "title 'host-compute / gpu-only (MODELED)'\n",
+            f);
+    }
   }
   fputs("unset multiplot\n", f);
   if (report_plot_close(&pub) != 0) return 1;
@@ -303,6 +340,11 @@ int cmd_regime(int argc, char **argv) {
     regime_table("MODELED on the sim backend (the profile's link scaled to give R):", mod, o.n_r);
     printf("\n'model' columns: the regime model (moe/regime.h) from the same side's gpu-only "
            "step.\n");
+    if (!isnan(mod[0].host))
+      printf("\nhost-compute, MODELED in the budget of half the decoder's experts (the rest, and "
+             "an encoder, computed on the %s profile's host): %.0f%% of gpu-only's decode rate at "
+             "every R (it copies nothing); pregated falls below it where its share does.\n",
+             o.hw_name, 100 * ratio(mod[0].step[0], mod[0].host));
     if (o.out) rc = regime_csv(o.out, m ? meas : NULL, mod, o.n_r, profile_r);
     if (rc == 0 && o.figure) {
       char csv[1200];

@@ -66,8 +66,8 @@ static const char *get(const rcsv *c, int r, const char *name) {
 static double num(const rcsv *c, int r, const char *name) { return atof(get(c, r, name)); }
 
 /* The modeled side: deterministic, pregated's share of gpu-only falls as R
- * grows, the model columns too, the paper's band recorded; the measured
- * side adds one row per R. */
+ * grows, the model columns too, the paper's band recorded, host-compute's
+ * share flat; the measured side adds one row per R. */
 START_TEST(regime_map_rows_follow_the_model) {
   ck_assert_int_eq(call(cmd_regime, "regime", "--preset", "ci-small", "--ratios", "0.5,2",
                         "--gen-len", "8", "--prompt-len", "8", "--reps", "1", "-o",
@@ -87,6 +87,15 @@ START_TEST(regime_map_rows_follow_the_model) {
   ck_assert_double_gt(num(&t, m2, "model_pregated_vs_gpu_only"), 0);
   ck_assert_double_lt(num(&t, m2, "model_pregated_vs_gpu_only"),
                       num(&t, m05, "model_pregated_vs_gpu_only"));
+  /* host-compute (modeled, half the decoder's experts on the host) copies
+   * nothing: one figure at every R (gpu-only's own step moves by a hair),
+   * below gpu-only; the measured side has none */
+  const double h05 = num(&t, m05, "host_compute_vs_gpu_only");
+  ck_assert_msg(h05 > 0.05 && h05 < 1.0, "host-compute / gpu-only %g", h05);
+  ck_assert_double_eq_tol(num(&t, m2, "host_compute_vs_gpu_only"), h05, 0.01 * h05);
+  for (int i = 0; i < t.n_rows; i++)
+    if (strcmp(get(&t, i, "side"), "measured") == 0)
+      ck_assert_str_eq(get(&t, i, "host_compute_vs_gpu_only"), "nan");
   /* the same modeled figures again: the sim is deterministic */
   ck_assert_int_eq(call(cmd_regime, "regime", "--preset", "ci-small", "--ratios", "0.5,2",
                         "--gen-len", "8", "--prompt-len", "8", "--modeled-only", "-o",
