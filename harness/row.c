@@ -35,8 +35,12 @@ void row_key_columns(const row_config *rc, res_row *row) {
   res_set(row, "backend", rc->backend);
   res_set(row, "device", rc->device);
   res_setf(row, "threads", "%d", rc->threads);
-  if (rc->host_threads > 1) res_setf(row, "host_threads", "%d", rc->host_threads);
-  if (rc->host_gbps > 0) res_setf(row, "host_gbps", "%g", rc->host_gbps);
+  /* the host's settings key only the rows of a policy that computes on it:
+   * the others' rows stay the rows they were (and compare with them) */
+  const bool places = rc->policy && rc->policy->struct_size >= MOE_POLICY_SIZE_1_3 &&
+                      rc->policy->place != NULL;
+  if (places && rc->host_threads > 1) res_setf(row, "host_threads", "%d", rc->host_threads);
+  if (places && rc->host_gbps > 0) res_setf(row, "host_gbps", "%g", rc->host_gbps);
   if (rc->link_ratio > 0) { /* the ratio is the input; the cap it gave is this machine's */
     res_set(row, "link_gbps", "");
     res_setf(row, "link_ratio", "%g", rc->link_ratio);
