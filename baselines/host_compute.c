@@ -37,12 +37,11 @@
 
 /* ---------------------------------------------------------------- shared */
 
-/* Per-run state: which MoE layers run on the host (host-compute), and how
- * many experts stay resident (fiddler). */
+/* Per-run state: which MoE layers run on the host (host-compute), and the
+ * environment the costs and budgets come from. */
 typedef struct placement {
   int n_layers;
   unsigned char *host_layer; /* [n_layers] */
-  long resident;             /* fiddler: experts kept resident */
   moe_policy_env env;
 } placement;
 
@@ -181,32 +180,42 @@ static moe_status fiddler_create(const moe_policy_env *env, void **state, moe_er
   return placement_create(env, state, err);
 }
 
-/* Residents: as many experts as leave copy_slots free (place_residents). */
-static moe_status fiddler_warm(void *state, moe_policy_ctx *ctx, moe_error *err) {
-  placement *s = state;
+/* Residents for the whole run: every expert when all fit, else what fits
+ * less `spare` slots kept free for copies (place_residents). */
+static moe_status warm_residents(const placement *s, moe_policy_ctx *ctx, long spare,
+                                 const char *who, moe_error *err) {
   const long all = (long)s->env.n_moe_layers * s->env.n_experts;
   long fit = experts_that_fit(&s->env);
-  if (fit < all) fit -= copy_slots(&s->env);
-  const long placed = place_residents(ctx, fit, fit >= all);
-  if (placed < 0) return MOE_FAIL(err, MOE_ERR_INTERNAL, "fiddler: no slot for its residents");
-  s->resident = placed;
+  if (fit < all) fit -= spare;
+  if (place_residents(ctx, fit, fit >= all) < 0)
+    return MOE_FAIL(err, MOE_ERR_INTERNAL, "%s: no slot for its residents", who);
   return MOE_OK;
 }
 
-/* Copy or compute on the host, per expert that is not resident: the
- * host's time (weights read once, or the tokens' FLOPs if more, plus the
- * tokens' activations both ways) against one copy. */
+/* Residents: as many experts as leave copy_slots free. */
+static moe_status fiddler_warm(void *state, moe_policy_ctx *ctx, moe_error *err) {
+  const placement *s = state;
+  return warm_residents(s, ctx, copy_slots(&s->env), "fiddler", err);
+}
+
+/* Whether copying an expert that takes `tokens` tokens beats computing it
+ * on the host: the host's time (weights read once, or the tokens' FLOPs if
+ * more, plus the tokens' activations both ways) against one copy; without
+ * the figures, always. */
+static bool copy_pays(const moe_policy_env *env, double tokens) {
+  if (!(env->expert_copy_s > 0) || !(env->host_read_s > 0)) return true;
+  double host = tokens * env->host_token_s;
+  if (host < env->host_read_s) host = env->host_read_s;
+  return env->expert_copy_s <= host + tokens * env->xfer_token_s;
+}
+
+/* Copy or compute on the host, per expert that is not resident
+ * (copy_pays). */
 static moe_status fiddler_place(void *state, moe_policy_ctx *ctx, int layer, const int *experts,
                                 const int *tokens, int n, unsigned char *on_host, moe_error *err) {
   const placement *s = state;
-  for (int i = 0; i < n; i++) {
-    if (ctx->resident(ctx, layer, experts[i])) continue;
-    const double t = (double)tokens[i];
-    double host = t * s->env.host_token_s;
-    if (host < s->env.host_read_s) host = s->env.host_read_s;
-    host += t * s->env.xfer_token_s;
-    on_host[i] = host < s->env.expert_copy_s;
-  }
+  for (int i = 0; i < n; i++)
+    if (!ctx->resident(ctx, layer, experts[i])) on_host[i] = !copy_pays(&s->env, (double)tokens[i]);
   return MOE_OK;
 }
 
@@ -248,25 +257,10 @@ static moe_status hybrid_plan(const moe_policy_env *env, moe_policy_plan *plan, 
   return MOE_OK;
 }
 
-/* Residents: what fits beside the prediction slots, pinned. */
+/* Residents: what fits beside the prediction slots. */
 static moe_status hybrid_warm(void *state, moe_policy_ctx *ctx, moe_error *err) {
-  placement *s = state;
-  const long all = (long)s->env.n_moe_layers * s->env.n_experts;
-  long fit = experts_that_fit(&s->env);
-  if (fit < all) fit -= predict_slots(&s->env);
-  const long placed = place_residents(ctx, fit, fit >= all);
-  if (placed < 0) return MOE_FAIL(err, MOE_ERR_INTERNAL, "pregated-hybrid: no slot for its residents");
-  s->resident = placed;
-  return MOE_OK;
-}
-
-/* Whether copying an expert that takes `tokens` tokens beats computing it
- * on the host (fiddler's rule); without the figures, always. */
-static bool copy_pays(const moe_policy_env *env, double tokens) {
-  if (!(env->expert_copy_s > 0) || !(env->host_read_s > 0)) return true;
-  double host = tokens * env->host_token_s;
-  if (host < env->host_read_s) host = env->host_read_s;
-  return env->expert_copy_s <= host + tokens * env->xfer_token_s;
+  const placement *s = state;
+  return warm_residents(s, ctx, predict_slots(&s->env), "pregated-hybrid", err);
 }
 
 static moe_status hybrid_predicted(void *state, moe_policy_ctx *ctx, int next_layer,
