@@ -150,7 +150,9 @@ static moe_status replay_cost(replay_state *s, const replay_op *op, size_t i, mo
                       "%s: event %zu: a host job (experts computed on the host): the replay "
                       "does not model the host stream",
                       s->path, i);
-    if (!strcmp(name, "copy issue")) {
+    s->out->urgent += !strcmp(name, "urgent copy issue");
+    s->out->cancelled += !strcmp(name, "copy cancel");
+    if (!strcmp(name, "copy issue") || !strcmp(name, "urgent copy issue")) {
       const double done = moe_cost_copy_issue(c, op->bytes, true);
       if (op->slot) *op->slot = done;
     } else if (!strcmp(name, "record")) {

@@ -21,6 +21,9 @@ typedef struct replay_result {
   double copy_s;            /* modeled copy-stream busy time */
   double hidden_share;      /* moe_cost_hidden_share */
   unsigned long long ops, copies;
+  /* copies the trace's backend let overtake (urgent) or cut short
+   * (cancelled): the replay models every copy whole, in issue order */
+  unsigned long long urgent, cancelled;
   bool trace_modeled;       /* the trace's own times are modeled (a sim run) */
   /* per op name on the compute track, after the first forward mark: how
    * many, the trace's own seconds and the modeled seconds (REPLAY_KINDS at most) */

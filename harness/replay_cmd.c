@@ -77,6 +77,9 @@ int cmd_replay(int argc, char **argv) {
   printf("| copy stream busy s | %.6f | - |\n", r.copy_s);
   printf("| hidden copy share | %.3f | - |\n", r.hidden_share);
   printf("| ops, copies | %llu, %llu | |\n", r.ops, r.copies);
+  if (r.urgent + r.cancelled > 0)
+    printf("\nThe trace's backend let %llu copies overtake and cut %llu short; the model runs "
+           "every copy whole, in issue order.\n", r.urgent, r.cancelled);
   printf("\nBy op on the compute track, from the first forward (waits include the stall):\n\n"
          "| op | count | trace s (%s) | modeled s | modeled / trace |\n|---|---|---|---|---|\n", own);
   for (int k = 0; k < r.n_kinds; k++)

@@ -33,6 +33,7 @@ moe_config cfg(void) {
 
 moe_model *g_model, *g_model_pg;
 moe_device g_dev;
+double g_link_gbps;
 
 void setup(void) {
   moe_config c = cfg();
@@ -56,7 +57,7 @@ void teardown(void) {
 moe_status run_opts(moe_model *m, const moe_engine_options *opt, size_t budget,
                     uint64_t seed, run_out *out, moe_error *err) {
   moe_device dev;
-  moe_backend_options bo = {.device_budget = budget};
+  moe_backend_options bo = {.device_budget = budget, .link_gbps = g_link_gbps};
   moe_status st = moe_device_open(&dev, "cpu", &bo, err);
   if (st != MOE_OK) return st;
   moe_engine *e = NULL;

@@ -33,6 +33,10 @@ typedef struct run_out {
   int slots;
 } run_out;
 
+/* The link cap run_opts opens its device with (GB/s; 0, the default:
+ * uncapped). */
+extern double g_link_gbps;
+
 /* Generates on a fresh device so peaks are the run's own: opt's policy,
  * routing, stacks, lookahead and cache with this file's batch and lengths;
  * budget 0 is the device's capacity, seed that of the random prompt ids. */

@@ -146,6 +146,7 @@ static bool has_op(const moe_backend_ops *o, moe_backend_op op, size_t *end) {
   case MOE_OP_ARGMAX_ROWS: return SLOT(argmax_rows);
   case MOE_OP_HOST_REGISTER: return SLOT(host_register);
   case MOE_OP_HOST_RUN: return SLOT(host_run);
+  case MOE_OP_COPY_URGENT: return SLOT(copy_h2d_ex);
   case MOE_OP_COUNT: break;
   }
 #undef SLOT
@@ -164,6 +165,12 @@ static void clear_op(moe_backend_ops *o, moe_backend_op op) {
   case MOE_OP_ARGMAX_ROWS: o->argmax_rows = NULL; break;
   case MOE_OP_HOST_REGISTER: o->host_register = NULL; break;
   case MOE_OP_HOST_RUN: o->host_run = NULL; break;
+  case MOE_OP_COPY_URGENT:
+    o->copy_chunk = NULL;
+    o->copy_h2d_ex = NULL;
+    o->copy_cancel = NULL;
+    o->copy_urge = NULL;
+    break;
   case MOE_OP_COUNT: break;
   }
 }
@@ -172,7 +179,7 @@ static void clear_op(moe_backend_ops *o, moe_backend_op op) {
 static int field_minor(size_t end) {
   const size_t sizes[] = {MOE_BACKEND_SIZE_1_0, MOE_BACKEND_SIZE_1_1, MOE_BACKEND_SIZE_1_2,
                           MOE_BACKEND_SIZE_1_3, MOE_BACKEND_SIZE_1_4, MOE_BACKEND_SIZE_1_5,
-                          MOE_BACKEND_SIZE_1_6, MOE_BACKEND_SIZE_1_7};
+                          MOE_BACKEND_SIZE_1_6, MOE_BACKEND_SIZE_1_7, MOE_BACKEND_SIZE_1_8};
   for (int v = 0; v < (int)(sizeof sizes / sizeof *sizes); v++)
     if (end <= sizes[v]) return v;
   return -1;

@@ -433,6 +433,11 @@ static moe_status trace_copy(moe_backend *be, void *dst, const void *src, size_t
   if (g_nlog < LOG_MAX) g_log[g_nlog++] = (log_ent){'c', dst, bytes};
   return moe_backend_find("cpu")->copy_h2d_async(be, dst, src, bytes, ev, err);
 }
+static moe_status trace_copy_ex(moe_backend *be, void *dst, const void *src, size_t bytes,
+                                moe_event *wait_ev, moe_event *ev, int urgent, moe_error *err) {
+  if (g_nlog < LOG_MAX) g_log[g_nlog++] = (log_ent){'c', dst, bytes};
+  return moe_backend_find("cpu")->copy_h2d_ex(be, dst, src, bytes, wait_ev, ev, urgent, err);
+}
 /* attention_ex: what the engine's attention (moe_backend_attention) calls */
 static moe_status trace_attention(moe_backend *be, float *out, const float *q, const float *kc,
                                   const float *vc, const moe_attn_ex *a, moe_error *err) {
@@ -451,6 +456,7 @@ static const moe_backend_ops *trace_ops(void) {
   g_trace_ops = *moe_backend_find("cpu");
   g_trace_ops.name = "cpu-trace";
   g_trace_ops.copy_h2d_async = trace_copy;
+  g_trace_ops.copy_h2d_ex = trace_copy_ex;
   g_trace_ops.attention_ex = trace_attention;
   g_trace_ops.host_register = trace_register;
   g_trace_ops.host_unregister = trace_unregister;

@@ -119,6 +119,13 @@ static moe_status validate_legacy(const moe_backend_ops *o, moe_error *err) {
     if (!alt[i].present)
       return MOE_FAIL(err, MOE_ERR_INVALID, "backend '%s' lacks both '%s' and '%s'", o->name,
                       alt[i].legacy, alt[i].ex);
+  /* ABI 1.8's overtakable copies: all four methods or none */
+  const int urgent = (FIELD(o, copy_chunk) != NULL) + (FIELD(o, copy_h2d_ex) != NULL) +
+                     (FIELD(o, copy_cancel) != NULL) + (FIELD(o, copy_urge) != NULL);
+  if (urgent != 0 && urgent != 4)
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "backend '%s' has %d of the 4 methods of overtakable copies (copy_chunk, "
+                    "copy_h2d_ex, copy_cancel, copy_urge): give all or none", o->name, urgent);
   return MOE_OK;
 }
 
@@ -204,7 +211,7 @@ static const struct {
     [MOE_OP_ROUTER_TOPK_EX] = {"router_topk_ex", "1.3"}, [MOE_OP_ROPE_EX] = {"rope_ex", "1.4"},
     [MOE_OP_MLA_ATTENTION] = {"mla_attention", "1.4"}, [MOE_OP_DOWNLOAD_MANY] = {"download_many", "1.5"},
     [MOE_OP_ARGMAX_ROWS] = {"argmax_rows", "1.5"}, [MOE_OP_HOST_REGISTER] = {"host_register", "1.0"},
-    [MOE_OP_HOST_RUN] = {"host_run", "1.7"},
+    [MOE_OP_HOST_RUN] = {"host_run", "1.7"}, [MOE_OP_COPY_URGENT] = {"copy_h2d_ex", "1.8"},
 };
 
 bool moe_backend_supports(const moe_backend_ops *o, moe_backend_op op) {
@@ -218,6 +225,7 @@ bool moe_backend_supports(const moe_backend_ops *o, moe_backend_op op) {
   case MOE_OP_ARGMAX_ROWS: return o->argmax_rows != NULL;
   case MOE_OP_HOST_REGISTER: return o->host_register != NULL;
   case MOE_OP_HOST_RUN: return o->host_run != NULL;
+  case MOE_OP_COPY_URGENT: return o->copy_h2d_ex != NULL;
   case MOE_OP_COUNT: break;
   }
   return false;

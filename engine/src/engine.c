@@ -363,6 +363,7 @@ void moe_engine_free(moe_engine *e) {
   free(e->h_count);
   free(e->h_needed);
   free(e->h_pmark);
+  free(e->h_pscore);
   free(e->h_pneeded);
   free(e->h_cap);
   free(e->h_onhost);
@@ -462,13 +463,14 @@ static moe_status engine_host_scratch(moe_engine *e, size_t T, size_t K, size_t 
   e->h_count = malloc((E + 1) * sizeof(int));
   e->h_needed = malloc(E * sizeof(int));
   e->h_pmark = malloc(E * sizeof(int));
+  e->h_pscore = malloc(E * sizeof(float));
   e->h_pneeded = malloc(E * sizeof(int));
   e->h_cap = malloc(E * sizeof(int));
   e->h_onhost = calloc(E, 1);
   e->h_dneeded = malloc(E * sizeof(int));
   e->h_tokens = malloc(E * sizeof(int));
   MOE_CHECK(e->h_ids && e->h_pos && e->h_idx && e->h_rows && preds_ok && e->h_wts && e->h_scale &&
-                e->h_count && e->h_needed && e->h_pmark && e->h_pneeded && e->h_cap &&
+                e->h_count && e->h_needed && e->h_pmark && e->h_pscore && e->h_pneeded && e->h_cap &&
                 e->h_onhost && e->h_dneeded && e->h_tokens,
             err, MOE_ERR_OOM, "out of host memory for engine scratch");
 cleanup:

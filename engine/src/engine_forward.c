@@ -79,13 +79,20 @@ static moe_status pregate(moe_engine *e, int layer, int next, size_t T, bool fro
   }
   p->layer = next;
   p->first = first;
-  /* the distinct predicted experts, ascending */
+  /* the distinct predicted experts, ascending, each with its confidence:
+   * the gate weight its tokens give it, summed (the store copies the
+   * surest first) */
   const size_t K = (size_t)c->top_k;
   memset(e->h_pmark, 0, (size_t)c->n_experts * sizeof(int));
-  for (size_t i = 0; i < T * K; i++) e->h_pmark[p->idx[i]] = 1;
+  memset(e->h_pscore, 0, (size_t)c->n_experts * sizeof(float));
+  for (size_t i = 0; i < T * K; i++) {
+    e->h_pmark[p->idx[i]] = 1;
+    e->h_pscore[p->idx[i]] += p->w[i];
+  }
   int n = 0;
   for (int x = 0; x < c->n_experts; x++)
     if (e->h_pmark[x]) e->h_pneeded[n++] = x;
+  if (e->policy->experts_predicted) moe_expert_store_speculate(e->store, next, e->h_pscore);
   POLICY_CALL(e, experts_predicted, next, e->h_pneeded, n);
 cleanup:
   return st;
@@ -274,6 +281,8 @@ static moe_status moe_block(moe_engine *e, int l, size_t T, moe_error *err) {
   MOE_TRY(engine_host_place(e, l, n_needed, &n_dev, &n_host, err));
   moe_expert_store_begin_block(e->store, l, e->h_dneeded, n_dev);
   POLICY_CALL(e, experts_needed, l, e->h_dneeded, n_dev);
+  if (moe_expert_store_settle(e->store, l, e->h_dneeded, n_dev, err) < 0)
+    MOE_TRY(err ? err->status : MOE_ERR_DEVICE);
   if (want_pred && pred_from_input) MOE_TRY(pregate(e, l, next, T, true, false, err));
   if (routed > 0) {
     MOE_TRY(o->upload(be, e->rows, e->h_rows, routed * sizeof(int32_t), err));

@@ -79,6 +79,7 @@ struct moe_engine {
     float *w;                /* [T][K] */
   } pred[MOE_MAX_LOOKAHEAD + 1];
   int *h_count, *h_needed, *h_pmark, *h_pneeded;
+  float *h_pscore; /* [E]: a prediction's summed gate weight per expert (its confidence) */
   /* encoder-decoder models */
   float *xk_cache, *xv_cache; /* cross-attention K/V of the encoder output:
                                  [decoder layers][max_batch][heads][max_seq][head_dim] */

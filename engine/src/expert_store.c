@@ -20,6 +20,7 @@ typedef struct slot {
   bool pinned;             /* a policy's pin: never a victim */
   bool used;               /* acquired since its copy */
   bool copied;             /* holds a copy made since the last stats reset */
+  bool spec;               /* its copy is a prediction for a block not begun yet */
 } slot;
 
 struct moe_expert_store {
@@ -42,6 +43,9 @@ struct moe_expert_store {
   int n_queued;
   bool *queued_mark;       /* [key]: in the queue */
   int round_free;          /* slots a round may still take (-1: not counted yet) */
+  int spec_layer;          /* the round is predictions for this layer (-1: not) */
+  const float *spec_score; /* ... how sure of each expert (NULL: request order) */
+  bool urgent_ok;          /* the backend has overtakable copies (ABI 1.8) */
   bool registered;         /* the model's expert slab is pinned for async copies */
   int pinned;              /* 1 pinned, 0 pageable (pinning failed), -1 the backend does not pin */
   double pin_s;            /* seconds host_register took (0 when already pinned by another) */
@@ -82,6 +86,8 @@ moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *m, m
   MOE_CHECK_ALLOC(s, err, sizeof *s);
   s->model = m;
   s->dev = dev;
+  s->spec_layer = -1;
+  s->urgent_ok = o->copy_h2d_ex != NULL;
   if (n == 0) {
     *out = s;
     return MOE_OK;
@@ -179,6 +185,7 @@ static void drop(moe_expert_store *s, int i) {
   sl->layer = sl->expert = -1;
   sl->hold = false;
   sl->pinned = false;
+  sl->spec = false;
 }
 
 /* Candidates a prefetch may take: free slots, and residents neither held,
@@ -192,11 +199,18 @@ static int prefetch_candidates(const moe_expert_store *s) {
   return n;
 }
 
+/* How place copies: a demand fetch may take a held slot (FORCE) and its
+ * copy overtakes queued ones (URGENT); a prefetch marks its slot held
+ * (HOLD); a prediction's copy may be cancelled once its block begins
+ * (SPEC). */
+enum { PLACE_FORCE = 1, PLACE_URGENT = 2, PLACE_HOLD = 4, PLACE_SPEC = 8 };
+#define PLACE_PREFETCH PLACE_HOLD
+#define PLACE_DEMAND (PLACE_FORCE | PLACE_URGENT)
+
 /* Copies (layer, expert), key k, not resident, into a victim slot.  1 when
  * placed, 0 when no slot can be had (counted as refused), -1 on error. */
-static int place(moe_expert_store *s, int layer, int expert, long k, bool prefetch,
-                 moe_error *err) {
-  int v = pick_victim(s, !prefetch);
+static int place(moe_expert_store *s, int layer, int expert, long k, int how, moe_error *err) {
+  int v = pick_victim(s, (how & PLACE_FORCE) != 0);
   if (v < 0) {
     s->stats.refused++;
     return 0;
@@ -207,15 +221,28 @@ static int place(moe_expert_store *s, int layer, int expert, long k, bool prefet
   slot *sl = &s->slots[v];
   /* The copy stream must not overwrite the slot before compute is done with
    * its previous contents. */
-  moe_status st = o->copy_wait(s->dev->be, sl->free_ev, err);
-  if (st == MOE_OK)
-    st = o->copy_h2d_async(s->dev->be, s->slab + (size_t)v * m->expert_bytes,
-                           moe_model_expert_host(m, layer, expert), m->expert_bytes, sl->ready, err);
+  uint8_t *dst = s->slab + (size_t)v * m->expert_bytes;
+  const void *src = moe_model_expert_host(m, layer, expert);
+  moe_status st;
+  if (s->urgent_ok) {
+    /* The slot's previous copy, if still queued, must not land after this
+     * one, which may overtake it now or once urged: its expert was just
+     * evicted, so what is left of it is cancelled (counted when a chunk
+     * was dropped).  Urging it instead would keep the bytes, but would
+     * put a copy nobody reads ahead of useful ones. */
+    s->stats.cancelled += (unsigned long long)o->copy_cancel(s->dev->be, sl->ready);
+    st = o->copy_h2d_ex(s->dev->be, dst, src, m->expert_bytes, sl->free_ev, sl->ready,
+                        (how & PLACE_URGENT) != 0, err);
+  } else {
+    st = o->copy_wait(s->dev->be, sl->free_ev, err);
+    if (st == MOE_OK) st = o->copy_h2d_async(s->dev->be, dst, src, m->expert_bytes, sl->ready, err);
+  }
   if (st != MOE_OK) return -1;
   sl->layer = layer;
   sl->expert = expert;
   sl->tick = s->tick;
-  sl->hold = prefetch;
+  sl->hold = (how & PLACE_HOLD) != 0;
+  sl->spec = (how & PLACE_SPEC) != 0;
   sl->used = false;
   sl->copied = true;
   s->slot_of[k] = v;
@@ -257,7 +284,7 @@ int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool pref
     s->queued[s->n_queued++] = (struct queued){layer, expert, k};
     return 1;
   }
-  return place(s, layer, expert, k, prefetch, err);
+  return place(s, layer, expert, k, prefetch ? PLACE_PREFETCH : PLACE_DEMAND, err);
 }
 
 void moe_expert_store_round_begin(moe_expert_store *s) {
@@ -266,15 +293,39 @@ void moe_expert_store_round_begin(moe_expert_store *s) {
   s->round_free = -1;
 }
 
+void moe_expert_store_speculate(moe_expert_store *s, int layer, const float *score) {
+  s->spec_layer = layer;
+  s->spec_score = score;
+}
+
+/* A round of predictions: its queued copies, surest first (stable: ties
+ * keep the order of request).  An insertion sort: a round holds at most a
+ * block's experts. */
+static void sort_by_score(moe_expert_store *s) {
+  const float *score = s->spec_score;
+  for (int i = 1; score && i < s->n_queued; i++) {
+    const struct queued q = s->queued[i];
+    int j = i;
+    for (; j > 0 && score[s->queued[j - 1].expert] < score[q.expert]; j--)
+      s->queued[j] = s->queued[j - 1];
+    s->queued[j] = q;
+  }
+}
+
 int moe_expert_store_round_end(moe_expert_store *s, moe_error *err) {
   int rc = 0;
   s->round_open = false;
   for (int i = 0; i < s->n_queued; i++) s->queued_mark[s->queued[i].key] = false;
+  const int spec_layer = s->spec_layer;
+  if (spec_layer >= 0) sort_by_score(s);
+  s->spec_layer = -1;
+  s->spec_score = NULL;
   for (int i = 0; i < s->n_queued && rc == 0; i++) {
     const struct queued *q = &s->queued[i];
     if (s->slot_of[q->key] >= 0) continue; /* placed meanwhile (a pin) */
     s->tick++;
-    if (place(s, q->layer, q->expert, q->key, true, err) < 0) rc = -1;
+    const int how = PLACE_PREFETCH | (q->layer == spec_layer ? PLACE_SPEC : 0);
+    if (place(s, q->layer, q->expert, q->key, how, err) < 0) rc = -1;
   }
   s->n_queued = 0;
   return rc;
@@ -289,6 +340,41 @@ void moe_expert_store_begin_block(moe_expert_store *s, int layer, const int *exp
     long k = key_of(s, layer, experts[j]);
     if (k >= 0 && s->slot_of[k] >= 0) s->slots[s->slot_of[k]].hold = true;
   }
+}
+
+int moe_expert_store_settle(moe_expert_store *s, int layer, const int *experts, int n,
+                            moe_error *err) {
+  if (!s->urgent_ok || s->n_slots == 0) return 0;
+  const moe_backend_ops *o = s->dev->ops;
+  moe_backend *be = s->dev->be;
+  /* predictions for this block that its router did not pick (begin_block
+   * held the ones it did): the rest of their copies would be wasted.  The
+   * slot is freed whether or not the copy had finished, so residency (and
+   * every count but `cancelled`) does not depend on the copy's timing. */
+  for (int i = 0; i < s->n_slots; i++) {
+    slot *sl = &s->slots[i];
+    if (sl->layer != layer || !sl->spec) continue;
+    sl->spec = false;
+    if (sl->hold || sl->in_use || sl->pinned) continue;
+    s->stats.cancelled += (unsigned long long)o->copy_cancel(be, sl->ready);
+    drop(s, i);
+  }
+  /* the block's experts, in the order it runs them: those on their way
+   * go ahead of every queued prediction, the absent ones start now (into
+   * a free or unheld slot; when none is left, acquire fetches them) */
+  for (int j = 0; j < n; j++) {
+    const long k = key_of(s, layer, experts[j]);
+    if (k < 0) continue;
+    if (s->slot_of[k] >= 0) {
+      s->stats.urged += (unsigned long long)o->copy_urge(be, s->slots[s->slot_of[k]].ready);
+      continue;
+    }
+    if (pick_victim(s, false) < 0) continue;
+    s->tick++;
+    if (place(s, layer, experts[j], k, PLACE_URGENT | PLACE_HOLD, err) < 0) return -1;
+    s->stats.misses++;
+  }
+  return 0;
 }
 
 moe_status moe_expert_store_acquire(moe_expert_store *s, int layer, int expert,
@@ -369,7 +455,7 @@ int moe_expert_store_pin(moe_expert_store *s, int layer, int expert, moe_error *
   if (s->slot_of[k] >= 0) {
     s->slots[s->slot_of[k]].tick = s->tick;
   } else {
-    int r = place(s, layer, expert, k, true, err); /* at once, even inside a round */
+    int r = place(s, layer, expert, k, PLACE_PREFETCH, err); /* at once, even inside a round */
     if (r != 1) return r;
   }
   s->slots[s->slot_of[k]].pinned = true;

@@ -293,6 +293,26 @@ static moe_status tr_copy(moe_backend *be, void *d, const void *s, size_t n, moe
   mark(be, "copy issue", EVID(ev), (double)n);
   return REAL(be)->copy_h2d_async(INNER(be), d, s, n, EV(ev), e);
 }
+/* Overtakable copies (ABI 1.8): a normal one is marked as a copy_wait
+ * plus a copy issue (what a FIFO model needs); an urgent one, a cancel
+ * and an urge are marks of their own. */
+static size_t tr_copy_chunk(moe_backend *be) { return REAL(be)->copy_chunk(INNER(be)); }
+static moe_status tr_copy_ex(moe_backend *be, void *d, const void *s, size_t n, moe_event *wait_ev,
+                             moe_event *ev, int urgent, moe_error *e) {
+  if (wait_ev) mark(be, "copy waits", EVID(wait_ev), 0);
+  mark(be, urgent ? "urgent copy issue" : "copy issue", EVID(ev), (double)n);
+  return REAL(be)->copy_h2d_ex(INNER(be), d, s, n, EV(wait_ev), EV(ev), urgent, e);
+}
+static int tr_copy_cancel(moe_backend *be, moe_event *ev) {
+  const int r = REAL(be)->copy_cancel(INNER(be), EV(ev));
+  if (r) mark(be, "copy cancel", EVID(ev), 0);
+  return r;
+}
+static int tr_copy_urge(moe_backend *be, moe_event *ev) {
+  const int r = REAL(be)->copy_urge(INNER(be), EV(ev));
+  if (r) mark(be, "copy urge", EVID(ev), 0);
+  return r;
+}
 static moe_status tr_cwait(moe_backend *be, moe_event *ev, moe_error *e) {
   TIMED_EX(be, "wait for copy", 0, 0, EVID(ev), NULL, REAL(be)->compute_wait(INNER(be), EV(ev), e));
 }
@@ -476,6 +496,11 @@ static void wrap_optional(moe_backend_ops *o, const moe_backend_ops *r) {
   o->download_many = r->download_many ? tr_download_many : NULL;
   o->argmax_rows = r->argmax_rows ? tr_argmax : NULL;
   o->host_run = r->host_run ? tr_host_run : NULL;
+  const bool urgent = r->copy_h2d_ex != NULL; /* all four or none (validated) */
+  o->copy_chunk = urgent ? tr_copy_chunk : NULL;
+  o->copy_h2d_ex = urgent ? tr_copy_ex : NULL;
+  o->copy_cancel = urgent ? tr_copy_cancel : NULL;
+  o->copy_urge = urgent ? tr_copy_urge : NULL;
 }
 
 moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {

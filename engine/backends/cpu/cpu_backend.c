@@ -9,10 +9,12 @@
  * Memory: "device" memory is a separate arena of host allocations, counted
  * against the budget by the engine's allocator front; expert weights stay in
  * the model's host slab.
- * Copies: host-to-device copies are real memcpys done in order by one copy
- * thread, which signals each copy's event when its last byte has landed.
- * With a link cap (link_gbps) the thread paces itself so the copy rate never
- * exceeds the cap, emulating PCIe.  compute_wait blocks the compute thread
+ * Copies: host-to-device copies are real memcpys done by one copy thread,
+ * a chunk (COPY_CHUNK) at a time, which signals each copy's event when its
+ * last byte has landed; between chunks it takes the most urgent copy
+ * queued (ABI 1.8: urgent ones first, then in issue order), and skips the
+ * rest of a cancelled one.  With a link cap (link_gbps) the thread paces
+ * itself so the copy rate never exceeds the cap, emulating PCIe.  compute_wait blocks the compute thread
  * until the event is signalled, so copy/compute overlap is real wall-clock
  * overlap.
  * Host stream (host_run, ABI 1.7): a second thread like the copy thread
@@ -141,8 +143,60 @@ static void link_copy(void *dst, const void *src, size_t n) {
   memcpy(dst, src, n);
 }
 
-/* A stream's thread (copy or host): runs its requests in order until
- * destroy, after draining what is queued. */
+/* Removes request i of stream q and returns it.  be->mu held. */
+static copy_req take(cpu_stream *q, size_t i) {
+  copy_req r = q->ring[i];
+  memmove(q->ring + i, q->ring + i + 1, (q->len - i - 1) * sizeof *q->ring);
+  q->len--;
+  return r;
+}
+
+/* A request is over: its event is signalled, its references dropped. */
+static void retire(copy_req r) {
+  if (r.ev) r.ev->completed++;
+  event_unref(r.ev);
+  event_unref(r.wait_ev);
+}
+
+/* The request stream q runs next: the first urgent one queued, else the
+ * oldest (the host stream has no urgent ones). */
+static size_t next_req(const cpu_stream *q) {
+  for (size_t i = 0; i < q->len; i++)
+    if (q->ring[i].urgent) return i;
+  return 0;
+}
+
+/* Moves the next chunk of copy i of the copy stream q (be->mu held on
+ * entry and exit, released while the bytes move).  The request stays at
+ * index i meanwhile: only this thread removes requests, and an enqueue
+ * only appends. */
+static void copy_chunk_of(moe_backend *be, cpu_stream *q, size_t i) {
+  copy_req *r = &q->ring[i];
+  const size_t off = r->done, c = r->bytes - off < COPY_CHUNK ? r->bytes - off : COPY_CHUNK;
+  char *dst = (char *)r->dst + off;
+  const char *src = (const char *)r->src + off;
+  r->moving = c;
+  pthread_mutex_unlock(&be->mu);
+  const double now = moe_clock_s();
+  /* the capped link: this chunk ends c / bps after the link is free (or
+   * after now, when it was idle) */
+  const double start = be->link_bps > 0 && q->link_free > now ? q->link_free : now;
+  link_copy(dst, src, c);
+  if (be->link_bps > 0) {
+    q->link_free = start + (double)c / be->link_bps;
+    moe_clock_sleep_until(q->link_free);
+  }
+  pthread_mutex_lock(&be->mu);
+  r = &q->ring[i]; /* an enqueue may have moved the array */
+  if (off == 0) r->t0 = now;
+  r->done += c;
+  r->moving = 0;
+}
+
+/* A stream's thread (copy or host): runs its requests until destroy,
+ * after draining what is queued.  A host job is popped and runs with the
+ * lock released (busy set); a copy moves a chunk at a time, choosing
+ * again between chunks, so an urgent copy waits for one chunk at most. */
 static void *stream_main(void *arg) {
   cpu_stream *q = arg;
   moe_backend *be = q->be;
@@ -150,33 +204,30 @@ static void *stream_main(void *arg) {
   for (;;) {
     while (q->len == 0 && !be->stop) pthread_cond_wait(&be->cv, &be->mu);
     if (q->len == 0 && be->stop) break;
-    copy_req r = q->ring[q->head];
-    q->head = (q->head + 1) % q->cap;
-    q->len--;
-    q->busy = 1;
-    if (r.wait_ev)
-      while (r.wait_ev->completed < r.wait_target) pthread_cond_wait(&be->cv, &be->mu);
-    if (r.fn) { /* a host job: runs without the lock */
-      pthread_mutex_unlock(&be->mu);
-      r.fn(r.fn_ctx);
-      pthread_mutex_lock(&be->mu);
-    } else if (r.wait_ev == NULL) { /* a copy (a copy_wait marker copies nothing) */
-      void (*obs)(void *, size_t, double, double) = be->observer;
-      void *obs_ctx = be->observer_ctx;
-      pthread_mutex_unlock(&be->mu);
-      double start = moe_clock_s();
-      for (size_t off = 0; off < r.bytes; off += COPY_CHUNK) {
-        size_t c = r.bytes - off < COPY_CHUNK ? r.bytes - off : COPY_CHUNK;
-        link_copy((char *)r.dst + off, (const char *)r.src + off, c);
-        if (be->link_bps > 0) moe_clock_sleep_until(start + (double)(off + c) / be->link_bps);
-      }
-      if (obs) obs(obs_ctx, r.bytes, start, moe_clock_s());
-      pthread_mutex_lock(&be->mu);
+    const size_t i = next_req(q);
+    copy_req *r = &q->ring[i];
+    if (!r->cancelled && r->done == 0 && r->wait_ev && r->wait_ev->completed < r->wait_target) {
+      pthread_cond_wait(&be->cv, &be->mu); /* its wait, or more urgent work, may come */
+      continue;
     }
-    if (r.ev) r.ev->completed++;
-    event_unref(r.ev);
-    event_unref(r.wait_ev);
-    q->busy = 0;
+    if (r->fn) { /* a host job: runs without the lock */
+      const copy_req job = take(q, i);
+      q->busy = 1;
+      pthread_mutex_unlock(&be->mu);
+      job.fn(job.fn_ctx);
+      pthread_mutex_lock(&be->mu);
+      retire(job);
+      q->busy = 0;
+    } else {
+      if (!r->cancelled && r->done < r->bytes) copy_chunk_of(be, q, i);
+      r = &q->ring[i];
+      if (r->cancelled || r->done == r->bytes) {
+        const copy_req c = take(q, i);
+        if (be->observer && c.bytes > 0 && !c.cancelled)
+          be->observer(be->observer_ctx, c.bytes, c.t0, moe_clock_s());
+        retire(c);
+      }
+    }
     pthread_cond_broadcast(&be->cv);
   }
   pthread_mutex_unlock(&be->mu);
@@ -461,18 +512,16 @@ static moe_status enqueue(moe_backend *be, cpu_stream *q, copy_req r, moe_error 
       return MOE_FAIL(err, MOE_ERR_OOM, "cpu backend: %s queue full and cannot grow",
                       q == &be->host ? "host stream" : "copy");
     }
-    for (size_t i = 0; i < q->len; i++) ring[i] = q->ring[(q->head + i) % q->cap];
+    memcpy(ring, q->ring, q->len * sizeof *ring);
     free(q->ring);
     q->ring = ring;
-    q->head = 0;
     q->cap *= 2;
   }
   if (r.wait_ev) {
     r.wait_target = r.wait_ev->issued;
     r.wait_ev->refs++;
   }
-  q->ring[(q->head + q->len) % q->cap] = r;
-  q->len++;
+  q->ring[q->len++] = r;
   if (r.ev) {
     r.ev->issued++;
     r.ev->refs++;
@@ -492,6 +541,49 @@ static moe_status cpu_copy_h2d_async(moe_backend *be, void *dst, const void *src
 static moe_status cpu_copy_wait(moe_backend *be, moe_event *ev, moe_error *err) {
   if (ev == NULL) return MOE_OK;
   return enqueue(be, &be->copy, (copy_req){.wait_ev = ev}, err);
+}
+
+/* Overtakable copies (ABI 1.8): see stream_main. */
+static size_t cpu_copy_chunk(moe_backend *be) { return COPY_CHUNK; }
+
+static moe_status cpu_copy_h2d_ex(moe_backend *be, void *dst, const void *src, size_t bytes,
+                                  moe_event *wait_ev, moe_event *ev, int urgent, moe_error *err) {
+  if (fault_now(be, 2))
+    return MOE_FAIL(err, MOE_ERR_DEVICE, "cpu backend: injected fault: copy %lu fails", be->fault_n);
+  return enqueue(be, &be->copy,
+                 (copy_req){.dst = dst, .src = src, .bytes = bytes, .ev = ev, .wait_ev = wait_ev,
+                            .urgent = urgent != 0},
+                 err);
+}
+
+/* The pending copy most recently issued that signals ev, or NULL (a
+ * cancelled one no longer counts).  be->mu held. */
+static copy_req *pending_copy(cpu_stream *q, const moe_event *ev) {
+  for (size_t i = q->len; ev && i-- > 0;) {
+    copy_req *r = &q->ring[i];
+    if (r->ev == ev && r->fn == NULL && r->bytes > 0 && !r->cancelled) return r;
+  }
+  return NULL;
+}
+
+static int cpu_copy_cancel(moe_backend *be, moe_event *ev) {
+  pthread_mutex_lock(&be->mu);
+  copy_req *r = pending_copy(&be->copy, ev);
+  /* dropped only if a chunk is left after the one moving */
+  const int dropped = r != NULL && r->done + r->moving < r->bytes;
+  if (dropped) r->cancelled = 1;
+  pthread_cond_broadcast(&be->cv);
+  pthread_mutex_unlock(&be->mu);
+  return dropped;
+}
+
+static int cpu_copy_urge(moe_backend *be, moe_event *ev) {
+  pthread_mutex_lock(&be->mu);
+  copy_req *r = pending_copy(&be->copy, ev);
+  if (r) r->urgent = 1;
+  pthread_cond_broadcast(&be->cv);
+  pthread_mutex_unlock(&be->mu);
+  return r != NULL;
 }
 
 /* A job on the host stream (ABI 1.7): runs on the host stream's thread,
@@ -585,4 +677,8 @@ const moe_backend_ops moe_cpu_backend = {
     .argmax_rows = moe_cpu_argmax_rows,
     .abi_minor = MOE_BACKEND_ABI_MINOR,
     .host_run = cpu_host_run,
+    .copy_chunk = cpu_copy_chunk,
+    .copy_h2d_ex = cpu_copy_h2d_ex,
+    .copy_cancel = cpu_copy_cancel,
+    .copy_urge = cpu_copy_urge,
 };

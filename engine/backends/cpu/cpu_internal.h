@@ -25,15 +25,24 @@ typedef struct copy_req {
   unsigned long wait_target; /* ... until its completed count reaches this */
   void (*fn)(void *ctx); /* a host-stream job */
   void *fn_ctx;
+  /* copies (ABI 1.8): moved a chunk at a time, the most urgent first */
+  size_t done;      /* bytes landed so far */
+  size_t moving;    /* bytes of the chunk in progress (0: none) */
+  int urgent;       /* runs before the normal requests queued */
+  int cancelled;    /* copy_cancel: no further chunk starts */
+  double t0;        /* when its first chunk started (the observer's) */
 } copy_req;
 
-/* A stream: a ring of requests run in order by its own thread.  The copy
+/* A stream: requests in issue order, run by its own thread: the host
+ * stream's strictly in order, the copy stream's urgent ones first (a copy
+ * stays queued, at its index, until its last chunk has landed).  The copy
  * and the host stream share the backend's mutex and condition variable
  * (one waits for the other's events).  Fields guarded by be->mu. */
 typedef struct cpu_stream {
   moe_backend *be;
-  copy_req *ring;
-  size_t cap, head, len;
+  copy_req *ring;   /* [len] in issue order (not a ring since ABI 1.8) */
+  size_t cap, len;
+  double link_free; /* the copy stream: when the capped link is next free */
   int busy;    /* its thread is working on a popped request */
   pthread_t tid;
   int started; /* tid is running */

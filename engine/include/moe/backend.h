@@ -11,7 +11,8 @@
  *   - the compute stream runs every math op, upload and download, in the
  *     order they were issued;
  *   - the copy stream runs copy_h2d_async copies (and copy_wait markers) in
- *     the order they were issued.
+ *     the order they were issued (since ABI 1.8 an urgent copy overtakes
+ *     them at a chunk boundary, and a copy can be cancelled: copy_h2d_ex).
  * Nothing orders one stream against the other except events: a copy
  * signals its event when its last byte has landed (copy_h2d_async), compute
  * records an event when all compute issued so far has finished
@@ -87,7 +88,7 @@ extern "C" {
 
 #define MOE_BACKEND_ABI 1
 /* The minor version of this header (moe_backend_ops.abi_minor). */
-#define MOE_BACKEND_ABI_MINOR 7
+#define MOE_BACKEND_ABI_MINOR 8
 
 typedef struct moe_backend moe_backend; /* a backend instance */
 typedef struct moe_event moe_event;     /* completion of a copy or of compute */
@@ -542,7 +543,41 @@ typedef struct moe_backend_ops {
   moe_status (*host_run)(moe_backend *be, void (*fn)(void *ctx), void *ctx,
                          const moe_host_work *work, moe_event *wait_ev, moe_event *done_ev,
                          moe_error *err);
+
+  /* ---- since ABI 1.8 (absent in older tables): copies that a more urgent
+   * one can overtake, and that can be cancelled.  The copy stream moves
+   * bytes a chunk at a time; between two chunks it takes the most urgent
+   * work queued: an urgent copy (copy_h2d_ex, copy_urge) waits for at most
+   * the one chunk in progress, then runs before every normal copy still
+   * queued, whatever their order of issue.  Copies of the same urgency
+   * run in the order issued (copy_h2d_async copies and copy_wait markers
+   * are normal ones).  The three methods come together or not at all;
+   * NULL: every copy runs in issue order, none can be cancelled. */
+  /* The chunk in bytes: what an urgent copy may wait behind. */
+  size_t (*copy_chunk)(moe_backend *be);
+  /* Enqueues a host-to-device copy, as copy_h2d_async, that starts after
+   * wait_ev's most recent record or signalling op issued before this call
+   * (NULL: no wait; a copy_wait marker orders normal copies only, so an
+   * urgent copy names its own wait here).  urgent: 1 overtakes the normal
+   * copies queued, 0 is a normal copy. */
+  moe_status (*copy_h2d_ex)(moe_backend *be, void *dst, const void *src, size_t bytes,
+                            moe_event *wait_ev, moe_event *ev, int urgent, moe_error *err);
+  /* Cancels the pending copy most recently issued that signals ev: the
+   * chunks it has not started are dropped, and ev is signalled once a
+   * chunk in progress has landed.  1: at least one chunk was dropped, so
+   * dst holds undefined bytes; 0: nothing was dropped (no such copy is
+   * pending, or its last chunk is already moving): dst holds the copy
+   * once ev is signalled.  Never blocks. */
+  int (*copy_cancel)(moe_backend *be, moe_event *ev);
+  /* Makes the pending copy most recently issued that signals ev urgent
+   * (its wait, and the bytes already moved, kept).  1 when such a copy
+   * was pending, else 0.  Never blocks. */
+  int (*copy_urge)(moe_backend *be, moe_event *ev);
 } moe_backend_ops;
+
+/* The size of a table built against the ABI 1.8 header: everything up to
+ * and including copy_urge. */
+#define MOE_BACKEND_SIZE_1_8 (offsetof(moe_backend_ops, copy_urge) + sizeof(void (*)(void)))
 
 /* The size of a table built against the ABI 1.7 header: everything up to
  * and including host_run. */
@@ -640,6 +675,7 @@ typedef enum moe_backend_op {
   MOE_OP_ARGMAX_ROWS,      /* 1.5 */
   MOE_OP_HOST_REGISTER,    /* 1.0, optional */
   MOE_OP_HOST_RUN,         /* 1.7 */
+  MOE_OP_COPY_URGENT,      /* 1.8: copy_chunk, copy_h2d_ex, copy_cancel, copy_urge */
   MOE_OP_COUNT
 } moe_backend_op;
 #define MOE_OP_BIT(op) (1u << (unsigned)(op))

@@ -40,6 +40,12 @@ typedef struct moe_expert_stats {
   unsigned long long gets;      /* acquire calls */
   unsigned long long reused;    /* acquires served by a copy made for an earlier run of the
                                    block (or by warm()): no copy in this run, a cache hit */
+  unsigned long long cancelled; /* copies cut short, some chunks not moved (ABI 1.8;
+                                   depends on timing): a prediction its block did not
+                                   need, or a copy whose slot went to another expert
+                                   before it landed */
+  unsigned long long urged;     /* copies made urgent: their block began with them
+                                   still queued or moving (ABI 1.8) */
   double stall_s;               /* compute time spent waiting on copies */
 } moe_expert_stats;
 
@@ -79,6 +85,26 @@ int moe_expert_store_round_end(moe_expert_store *s, moe_error *err);
  * prefetch eviction until released.  Ends the holds of blocks up to
  * `layer`; holds of later blocks (a prefetch round for them) stay. */
 void moe_expert_store_begin_block(moe_expert_store *s, int layer, const int *experts, int n);
+
+/* A round of predictions for `layer` (call just before round_begin):
+ * round_end places its copies surest first, score[expert] descending
+ * (ties in request order; NULL: request order), and marks them
+ * predictions, which moe_expert_store_settle may cancel. */
+void moe_expert_store_speculate(moe_expert_store *s, int layer, const float *score);
+
+/* Orders the copy stream for the block of `layer`, which needs experts[0..n)
+ * and runs them in that order (call after begin_block).  On a backend with
+ * overtakable copies (ABI 1.8; a no-op elsewhere): drops the predictions
+ * for this block that it does not need (not held, in use or pinned),
+ * cancelling what is left of their copies (counted as cancelled when a
+ * chunk was dropped; the slot is freed either way); makes the copies of
+ * its experts still on their way urgent (counted as urged); and starts an
+ * urgent copy of each absent one into a free or unheld slot (a demand
+ * fetch, counted as a miss; when no such slot is left, acquire fetches
+ * it).  So a demand fetch waits behind at most one chunk of a
+ * prediction's copy.  0, or -1 on a backend error (recorded in err). */
+int moe_expert_store_settle(moe_expert_store *s, int layer, const int *experts, int n,
+                            moe_error *err);
 
 /* The block of `layer` is done (its experts released): later copies of its
  * experts are for its next run, not re-copies. */

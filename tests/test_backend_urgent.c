@@ -1,0 +1,236 @@
+/* Overtakable copies (backend.h, copy_chunk / copy_h2d_ex / copy_cancel /
+ * copy_urge, since ABI 1.8), held against every compiled-in backend that
+ * has them (cpu must; cpu again with a capped link).  Ordering is shown by
+ * data, never by time: the normal copies are held behind a copy_wait on a
+ * host job that does not return until the case opens it, so whatever
+ * lands while it is closed has overtaken them. */
+#include <check.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "moe/backend.h"
+#include "conformance_util.h"
+#include "testutil.h"
+
+enum { N = 3 << 20 }; /* bytes: several chunks */
+
+/* The gate: a host job that returns once opened (or after 20 s, so a
+ * failed case cannot hang the suite), after writing `after` into `src`
+ * when set (what a copy waiting for it must see). */
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int open;
+  unsigned char *src, after;
+} g_gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NULL, 0};
+
+static void gate_job(void *ctx) {
+  (void)ctx;
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 20;
+  pthread_mutex_lock(&g_gate.mu);
+  while (!g_gate.open)
+    if (pthread_cond_timedwait(&g_gate.cv, &g_gate.mu, &until) != 0) break;
+  if (g_gate.src) memset(g_gate.src, g_gate.after, N);
+  pthread_mutex_unlock(&g_gate.mu);
+}
+
+static void open_gate(void) {
+  pthread_mutex_lock(&g_gate.mu);
+  g_gate.open = 1;
+  pthread_cond_broadcast(&g_gate.cv);
+  pthread_mutex_unlock(&g_gate.mu);
+}
+
+static moe_event *event(void) {
+  moe_event *ev = NULL;
+  OK(OPS->event_create(BE, &ev, &e_));
+  return ev;
+}
+
+/* Whether the backend has overtakable copies: all four methods or none,
+ * and the cpu backend must (its cases would otherwise pass untested).
+ * With them, a closed gate (whose done event is returned) and one normal
+ * copy_wait on it, so normal copies issued next wait for open_gate. */
+static moe_event *urgent_setup(void) {
+  const int n = (OPS->copy_chunk != NULL) + (OPS->copy_h2d_ex != NULL) +
+                (OPS->copy_cancel != NULL) + (OPS->copy_urge != NULL);
+  ck_assert_msg(n == 0 || n == 4, "%s: %d of the 4 methods", g_backend, n);
+  if (n == 0) {
+    ck_assert_msg(strcmp(g_backend, "cpu") != 0, "the cpu backend has no copy_h2d_ex (ABI 1.8)");
+    return NULL;
+  }
+  ck_assert_msg(OPS->host_run != NULL, "%s: these cases need host_run for their gate", g_backend);
+  const size_t chunk = OPS->copy_chunk(BE);
+  ck_assert_msg(chunk > 0 && chunk <= N / 3, "%s: chunk %zu bytes", g_backend, chunk);
+  g_gate.open = 0;
+  g_gate.src = NULL;
+  moe_event *gate = event();
+  OK(OPS->host_run(BE, gate_job, NULL, NULL, NULL, gate, &e_));
+  OK(OPS->copy_wait(BE, gate, &e_));
+  return gate;
+}
+
+static unsigned char *host_pattern(unsigned char v) {
+  unsigned char *p = NULL;
+  OK(OPS->host_alloc(BE, N, (void **)&p, &e_));
+  memset(p, v, N);
+  return p;
+}
+
+static int device_is(const void *d, unsigned char v) {
+  unsigned char *back = malloc(N);
+  down(back, d, N);
+  int ok = 1;
+  for (size_t i = 0; i < N && ok; i++) ok = back[i] == v;
+  free(back);
+  return ok;
+}
+
+/* An urgent copy lands while the normal copies queued before it still
+ * wait; they land afterwards, in their order. */
+START_TEST(urgent_copy_overtakes_queued_normal_ones) {
+  moe_event *gate = urgent_setup();
+  if (gate == NULL) return;
+  unsigned char *a = host_pattern(0xa1), *b = host_pattern(0xb2);
+  void *d1 = dev_bytes(NULL, N), *d2 = dev_bytes(NULL, N);
+  moe_event *e1 = event(), *e2 = event();
+  OK(OPS->copy_h2d_ex(BE, d1, a, N, NULL, e1, 0, &e_)); /* normal: behind the gate */
+  OK(OPS->copy_h2d_ex(BE, d2, b, N, NULL, e2, 1, &e_)); /* urgent */
+  OK(OPS->event_sync(BE, e2, &e_));
+  ck_assert_int_eq(OPS->event_done(BE, e1), 0);
+  ck_assert(device_is(d2, 0xb2));
+  open_gate();
+  OK(OPS->event_sync(BE, e1, &e_));
+  ck_assert(device_is(d1, 0xa1));
+  OK(OPS->synchronize(BE, &e_));
+  OPS->event_destroy(BE, e1);
+  OPS->event_destroy(BE, e2);
+  OPS->event_destroy(BE, gate);
+  OPS->device_free(BE, d1);
+  OPS->device_free(BE, d2);
+  OPS->host_free(BE, a);
+  OPS->host_free(BE, b);
+}
+END_TEST
+
+/* copy_urge moves a queued normal copy ahead of the others (and of their
+ * copy_wait); 0 for an event with no copy pending. */
+START_TEST(urge_moves_a_queued_copy_ahead) {
+  moe_event *gate = urgent_setup();
+  if (gate == NULL) return;
+  unsigned char *a = host_pattern(0x11), *b = host_pattern(0x22);
+  void *d1 = dev_bytes(NULL, N), *d2 = dev_bytes(NULL, N);
+  moe_event *e1 = event(), *e2 = event(), *idle = event();
+  OK(OPS->copy_h2d_async(BE, d1, a, N, e1, &e_));
+  OK(OPS->copy_h2d_async(BE, d2, b, N, e2, &e_));
+  ck_assert_int_eq(OPS->copy_urge(BE, idle), 0);
+  ck_assert_int_eq(OPS->copy_urge(BE, e2), 1);
+  OK(OPS->event_sync(BE, e2, &e_));
+  ck_assert(device_is(d2, 0x22));
+  ck_assert_int_eq(OPS->event_done(BE, e1), 0);
+  open_gate();
+  OK(OPS->event_sync(BE, e1, &e_));
+  ck_assert(device_is(d1, 0x11));
+  ck_assert_int_eq(OPS->copy_urge(BE, e1), 0); /* done: nothing pending */
+  OK(OPS->synchronize(BE, &e_));
+  OPS->event_destroy(BE, e1);
+  OPS->event_destroy(BE, e2);
+  OPS->event_destroy(BE, idle);
+  OPS->event_destroy(BE, gate);
+  OPS->device_free(BE, d1);
+  OPS->device_free(BE, d2);
+  OPS->host_free(BE, a);
+  OPS->host_free(BE, b);
+}
+END_TEST
+
+/* A cancelled copy that had not started moves nothing, and its event is
+ * still signalled; a finished one cannot be cancelled (0) and its bytes
+ * stay. */
+START_TEST(cancel_drops_what_has_not_moved) {
+  moe_event *gate = urgent_setup();
+  if (gate == NULL) return;
+  unsigned char *a = host_pattern(0x5a), *z = host_pattern(0x00);
+  void *d = dev_bytes(z, N);
+  moe_event *ev = event();
+  OK(OPS->copy_h2d_ex(BE, d, a, N, NULL, ev, 0, &e_));
+  ck_assert_int_eq(OPS->copy_cancel(BE, ev), 1);
+  ck_assert_int_eq(OPS->copy_cancel(BE, ev), 0); /* already cancelled: nothing left */
+  open_gate();
+  OK(OPS->event_sync(BE, ev, &e_));
+  OK(OPS->synchronize(BE, &e_));
+  ck_assert(device_is(d, 0x00));
+  OK(OPS->copy_h2d_ex(BE, d, a, N, NULL, ev, 1, &e_));
+  OK(OPS->event_sync(BE, ev, &e_));
+  ck_assert_int_eq(OPS->copy_cancel(BE, ev), 0);
+  ck_assert(device_is(d, 0x5a));
+  OPS->event_destroy(BE, ev);
+  OPS->event_destroy(BE, gate);
+  OPS->device_free(BE, d);
+  OPS->host_free(BE, a);
+  OPS->host_free(BE, z);
+}
+END_TEST
+
+/* An urgent copy keeps its own wait: issued after a job that rewrites its
+ * source, with the job's event as its wait, it copies the new bytes. */
+START_TEST(urgent_copy_waits_for_its_event) {
+  moe_event *gate = urgent_setup();
+  if (gate == NULL) return;
+  unsigned char *src = host_pattern(0x01);
+  g_gate.src = src;
+  g_gate.after = 0x02;
+  void *d = dev_bytes(NULL, N);
+  moe_event *ev = event();
+  OK(OPS->copy_h2d_ex(BE, d, src, N, gate, ev, 1, &e_));
+  ck_assert_int_eq(OPS->event_done(BE, ev), 0);
+  open_gate();
+  OK(OPS->event_sync(BE, ev, &e_));
+  ck_assert(device_is(d, 0x02));
+  OK(OPS->synchronize(BE, &e_));
+  g_gate.src = NULL;
+  OPS->event_destroy(BE, ev);
+  OPS->event_destroy(BE, gate);
+  OPS->device_free(BE, d);
+  OPS->host_free(BE, src);
+}
+END_TEST
+
+/* Closing the backend with cancelled and urgent copies queued, their
+ * events destroyed first: nothing leaks or hangs (the sanitizer build
+ * checks the memory). */
+START_TEST(close_with_cancelled_copies_queued) {
+  moe_event *gate = urgent_setup();
+  if (gate == NULL) return;
+  unsigned char *a = host_pattern(0x33);
+  void *d = dev_bytes(NULL, N);
+  moe_event *ev[4];
+  for (int i = 0; i < 4; i++) {
+    ev[i] = event();
+    OK(OPS->copy_h2d_ex(BE, d, a, N, NULL, ev[i], i % 2, &e_));
+  }
+  ck_assert_int_eq(OPS->copy_cancel(BE, ev[0]), 1);
+  for (int i = 0; i < 4; i++) OPS->event_destroy(BE, ev[i]);
+  OPS->event_destroy(BE, gate);
+  open_gate();
+  OPS->device_free(BE, d); /* drains the streams first */
+  OPS->host_free(BE, a);
+}
+END_TEST
+
+static void add_device(TCase *tc) {
+  tcase_add_test(tc, urgent_copy_overtakes_queued_normal_ones);
+  tcase_add_test(tc, urge_moves_a_queued_copy_ahead);
+  tcase_add_test(tc, cancel_drops_what_has_not_moved);
+  tcase_add_test(tc, urgent_copy_waits_for_its_event);
+  tcase_add_test(tc, close_with_cancelled_copies_queued);
+}
+
+int main(void) {
+  const conformance_cases cases = {NULL, NULL, add_device};
+  return conformance_main(&cases);
+}
