@@ -33,6 +33,17 @@ typedef struct copy_req {
   double t0;        /* when its first chunk started (the observer's) */
 } copy_req;
 
+/* When a chunk starts on the capped link, which was last free at
+ * link_free (0: it went idle since): at link_free while the chunks run
+ * back to back, so a sleep that overshot is made up by the next chunks
+ * (the cap holds over the run, not each chunk, else every overshoot
+ * would be lost: 1 MiB chunks at 7 GB/s lost a third of the rate);
+ * after an idle link, or a wait longer than a chunk's time (chunk_s),
+ * at now. */
+static inline double cpu_link_start(double link_free, double now, double chunk_s) {
+  return link_free > 0 && now < link_free + chunk_s ? link_free : now;
+}
+
 /* A stream: requests in issue order, run by its own thread: the host
  * stream's strictly in order, the copy stream's urgent ones first (a copy
  * stays queued, at its index, until its last chunk has landed).  The copy
