@@ -44,6 +44,9 @@ void generate_usage(FILE *f) {
           "                        others; the summary line says which routing ran)\n"
           "  --lookahead K         a block's pre-gate predicts the K-th MoE block after it\n"
           "                        (1..3, default 1; K > 1 uses the derived pre-gate)\n"
+          "  --pregate-second      a prediction also names each token's next choice (the\n"
+          "                        pre-gate's best expert outside its top-k), copied last\n"
+          "                        while slots are left; the summary adds its hit rate\n"
           "  --pregate-stacks S    encoder-decoder models: which stacks pre-gate, both\n"
           "                        (default), decoder (as the paper's artifact) or encoder\n"
           "  --device-mem SIZE     device-memory budget, e.g. 24GiB (default: device capacity)\n"
@@ -60,7 +63,7 @@ void generate_usage(FILE *f) {
 typedef struct gen_opts {
   const char *model_dir, *preset, *save, *ids_arg, *pfile, *backend, *policy_name, *plugin_path;
   const char *trace;
-  bool have_routing, have_seed, have_dtype, have_skew, quiet;
+  bool have_routing, have_seed, have_dtype, have_skew, quiet, second;
   unsigned stacks;
   moe_routing routing;
   size_t device_mem;
@@ -96,7 +99,7 @@ static int gen_check(const gen_opts *o) {
 /* generate's long options without a short letter. */
 enum { O_MODEL = 256, O_PRESET, O_SEED, O_DTYPE, O_SKEW, O_SAVE, O_IDS, O_PFILE, O_PLEN, O_PSEED,
        O_BATCH, O_MAXNEW, O_BACKEND, O_THREADS, O_QUIET, O_POLICY, O_PLUGIN, O_ROUTING,
-       O_DEVMEM, O_LINK, O_TRACE, O_STACKS, O_LOOKAHEAD };
+       O_DEVMEM, O_LINK, O_TRACE, O_STACKS, O_LOOKAHEAD, O_SECOND };
 
 /* One flag's value into o (flags_getopt). */
 static int gen_take(void *ctx, int c, const char *arg) {
@@ -125,6 +128,7 @@ static int gen_take(void *ctx, int c, const char *arg) {
     case O_TRACE: return flag_text(&o->trace, arg);
     case O_STACKS: return moe_pregate_stacks_parse(arg, &o->stacks) == 0 ? 0 : -1;
     case O_LOOKAHEAD: return flag_long(FLAG_LOOKAHEAD, arg, &o->lookahead) ? 0 : -1;
+    case O_SECOND: o->second = true; return 0;
     default: return -1;
   }
 }
@@ -145,6 +149,7 @@ static int gen_parse(int argc, char **argv, gen_opts *o) {
       {"trace", required_argument, 0, O_TRACE},
       {"pregate-stacks", required_argument, 0, O_STACKS},
       {"lookahead", required_argument, 0, O_LOOKAHEAD},
+      {"pregate-second", no_argument, 0, O_SECOND},
       {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
   *o = (gen_opts){.backend = "cpu", .routing = MOE_ROUTING_CONVENTIONAL, .prompt_seed = 1,
                   .dtype = MOE_F32, .plen = 16, .max_new = 16, .threads = 1};
@@ -246,6 +251,9 @@ static void gen_print(const gen_opts *o, moe_device *dev, moe_engine *eng, const
          rs.fetches, rs.misses, rs.recopies, rs.stall_s);
   if (rs.pregate_total)
     printf("; pre-gate hit rate %.3f", (double)rs.pregate_hits / (double)rs.pregate_total);
+  if (rs.pregate_total && o->second)
+    printf(" (%.3f with each token's next choice)",
+           (double)(rs.pregate_hits + rs.pregate_second_hits) / (double)rs.pregate_total);
   if (rs.first_block_total)
     printf("; first-block prediction hit rate %.3f",
            (double)rs.first_block_hits / (double)rs.first_block_total);
@@ -303,7 +311,8 @@ int cmd_generate(int argc, char **argv) {
     goto done;
   moe_engine_options eo = {.max_batch = B, .max_seq = len + (int)o.max_new, .policy = policy,
                            .routing = routing, .pregate_stacks = o.stacks,
-                           .pregate_lookahead = (int)o.lookahead};
+                           .pregate_lookahead = (int)o.lookahead,
+                           .pregate_second = o.second};
   if (moe_engine_create(&eng, model, dev, &eo, &err) != MOE_OK) goto done;
   moe_gen_stats gs = {0};
   if (moe_engine_generate(eng, batch_prompts, B, len, (int)o.max_new, out, NULL, &gs, &err) != MOE_OK)

@@ -192,6 +192,35 @@ START_TEST(policies_keep_their_bits_with_overtaking_copies) {
 }
 END_TEST
 
+/* pregate_second: each token's next choice is copied after the top-k
+ * ones while slots are left (here an LRU cache's), never routes (bits
+ * stay gpu-only's), and its hits are counted apart: the top-k plus it
+ * cover more routed pairs than the top-k alone. */
+START_TEST(second_choices_prefetch_when_slots_allow) {
+  run_out *ref = calloc(1, sizeof *ref), *one = calloc(1, sizeof *one), *two = calloc(1, sizeof *two);
+  moe_error err = {0};
+  moe_engine_options opt = {.policy = moe_policy_find("gpu-only")};
+  ck_assert(run_opts(g_model_pg, &opt, 0, 5, ref, &err) == MOE_OK);
+  opt = (moe_engine_options){.policy = moe_policy_find("pregated-spec"),
+                             .routing = MOE_ROUTING_CONVENTIONAL, .cache = MOE_CACHE_LRU,
+                             .cache_experts = 6};
+  ck_assert_msg(run_opts(g_model_pg, &opt, 0, 5, one, &err) == MOE_OK, "%s", err.msg);
+  opt.pregate_second = 1;
+  ck_assert_msg(run_opts(g_model_pg, &opt, 0, 5, two, &err) == MOE_OK, "%s", err.msg);
+  ck_assert(memcmp(two->logits, ref->logits, sizeof ref->logits) == 0);
+  ck_assert(memcmp(two->tokens, ref->tokens, sizeof ref->tokens) == 0);
+  ck_assert_uint_eq(one->stats.pregate_second_hits, 0);
+  ck_assert_uint_gt(two->stats.pregate_second_hits, 0);
+  ck_assert_uint_eq(two->stats.pregate_hits, one->stats.pregate_hits); /* the same top-k */
+  ck_assert_uint_le(two->stats.pregate_hits + two->stats.pregate_second_hits,
+                    two->stats.pregate_total);
+  ck_assert_uint_gt(two->stats.fetches, one->stats.fetches); /* the next choices were copied */
+  free(ref);
+  free(one);
+  free(two);
+}
+END_TEST
+
 /* The capped link's schedule (the cpu backend): chunks back to back keep
  * it even when a sleep overshot, so the rate is the cap over the run;
  * after idling, a chunk starts when it starts. */
@@ -201,6 +230,41 @@ START_TEST(the_capped_link_makes_up_for_late_wakeups) {
   ck_assert(cpu_link_start(1.0, 0.9, chunk_s) == 1.0);         /* ahead: waits for it */
   ck_assert(cpu_link_start(1.0, 1.0 + 2 * chunk_s, chunk_s) == 1.0 + 2 * chunk_s); /* a gap */
   ck_assert(cpu_link_start(0.0, 5.0, chunk_s) == 5.0);         /* idle since */
+}
+END_TEST
+
+/* MOE_CPU_LINK_SLICE (the capped link's pacing step): a bad value is
+ * refused with the variable named; a good one still moves every byte. */
+START_TEST(link_slice_is_checked_and_keeps_bytes) {
+  moe_device dev;
+  moe_error err = {0};
+  moe_backend_options bo = {.link_gbps = 0.5};
+  const char *bad[] = {"abc", "100", "4096x", "-4096", "2097152"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    setenv("MOE_CPU_LINK_SLICE", bad[i], 1);
+    err = (moe_error){0};
+    ck_assert_int_eq(moe_device_open(&dev, "cpu", &bo, &err), MOE_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "MOE_CPU_LINK_SLICE") != NULL, "%s", err.msg);
+  }
+  setenv("MOE_CPU_LINK_SLICE", "65536", 1);
+  ck_assert_msg(moe_device_open(&dev, "cpu", &bo, &err) == MOE_OK, "%s", err.msg);
+  unsetenv("MOE_CPU_LINK_SLICE");
+  const size_t n = (3 << 20) + 1000;
+  unsigned char *src = malloc(n), *back = malloc(n);
+  for (size_t i = 0; i < n; i++) src[i] = (unsigned char)(i * 13 + 7);
+  void *d = NULL;
+  moe_event *ev = NULL;
+  ck_assert(dev.ops->device_alloc(dev.be, n, &d, &err) == MOE_OK);
+  ck_assert(dev.ops->event_create(dev.be, &ev, &err) == MOE_OK);
+  ck_assert(dev.ops->copy_h2d_async(dev.be, d, src, n, ev, &err) == MOE_OK);
+  ck_assert(dev.ops->event_sync(dev.be, ev, &err) == MOE_OK);
+  ck_assert(dev.ops->download(dev.be, back, d, n, &err) == MOE_OK);
+  ck_assert(memcmp(back, src, n) == 0);
+  dev.ops->event_destroy(dev.be, ev);
+  dev.ops->device_free(dev.be, d);
+  moe_device_close(&dev);
+  free(src);
+  free(back);
 }
 END_TEST
 
@@ -214,6 +278,8 @@ int main(void) {
   tcase_add_test(tc, predictions_are_copied_surest_first);
   tcase_add_test(tc, policies_keep_their_bits_with_overtaking_copies);
   tcase_add_test(tc, the_capped_link_makes_up_for_late_wakeups);
+  tcase_add_test(tc, second_choices_prefetch_when_slots_allow);
+  tcase_add_test(tc, link_slice_is_checked_and_keeps_bytes);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -356,7 +356,9 @@ void moe_engine_free(moe_engine *e) {
   free(e->h_pos);
   free(e->h_idx);
   free(e->h_rows);
-  for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) free(e->pred[i].idx), free(e->pred[i].w);
+  for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++)
+    free(e->pred[i].idx), free(e->pred[i].w), free(e->pred[i].second);
+  free(e->h_plogits);
   free(e->h_wts);
   free(e->h_scale);
 
@@ -456,7 +458,8 @@ static moe_status engine_host_scratch(moe_engine *e, size_t T, size_t K, size_t 
   for (int i = 0; i <= MOE_MAX_LOOKAHEAD; i++) {
     e->pred[i].idx = malloc(T * K * sizeof(int32_t));
     e->pred[i].w = malloc(T * K * sizeof(float));
-    preds_ok &= e->pred[i].idx && e->pred[i].w;
+    e->pred[i].second = malloc(T * sizeof(int32_t));
+    preds_ok &= e->pred[i].idx && e->pred[i].w && e->pred[i].second;
   }
   e->h_wts = malloc(T * K * sizeof(float));
   e->h_scale = malloc(T * K * sizeof(float));
@@ -464,6 +467,10 @@ static moe_status engine_host_scratch(moe_engine *e, size_t T, size_t K, size_t 
   e->h_needed = malloc(E * sizeof(int));
   e->h_pmark = malloc(E * sizeof(int));
   e->h_pscore = malloc(E * sizeof(float));
+  if (e->opt.pregate_second) {
+    e->h_plogits = malloc(T * E * sizeof(float));
+    preds_ok &= e->h_plogits != NULL;
+  }
   e->h_pneeded = malloc(E * sizeof(int));
   e->h_cap = malloc(E * sizeof(int));
   e->h_onhost = calloc(E, 1);

@@ -53,6 +53,31 @@ cleanup:
   return st;
 }
 
+/* pregate_second: each token's best expert outside its top-k by the
+ * pre-gate's logits (still in e->router), into p->second, and marked as
+ * predicted with a score below every top-k choice's. */
+static moe_status second_choices(moe_engine *e, struct pending_pred *p, size_t T, moe_error *err) {
+  const size_t K = (size_t)e->model->cfg.top_k, E = (size_t)e->model->cfg.n_experts;
+  const moe_status st = e->dev->ops->download(e->dev->be, e->h_plogits, e->router,
+                                              T * E * sizeof(float), err);
+  if (st != MOE_OK) return st;
+  for (size_t t = 0; t < T; t++) {
+    const float *l = e->h_plogits + t * E;
+    int best = -1;
+    for (size_t x = 0; x < E; x++) {
+      bool taken = false;
+      for (size_t a = 0; a < K && !taken; a++) taken = p->idx[t * K + a] == (int32_t)x;
+      if (!taken && (best < 0 || l[x] > l[best])) best = (int)x;
+    }
+    p->second[t] = best;
+    if (best >= 0 && !e->h_pmark[best]) {
+      e->h_pmark[best] = 1;
+      e->h_pscore[best] = -1.0f;
+    }
+  }
+  return MOE_OK;
+}
+
 /* Predicts the experts of MoE layer `next` for the current tokens and tells
  * the policy.  from_input: the checkpoint pre-gate applied to this block's
  * MoE input (e->h); otherwise next's norm and router applied to the
@@ -81,7 +106,8 @@ static moe_status pregate(moe_engine *e, int layer, int next, size_t T, bool fro
   p->first = first;
   /* the distinct predicted experts, ascending, each with its confidence:
    * the gate weight its tokens give it, summed (the store copies the
-   * surest first) */
+   * surest first); with pregate_second each token's next choice too,
+   * below every top-k choice (copied last, while slots are left) */
   const size_t K = (size_t)c->top_k;
   memset(e->h_pmark, 0, (size_t)c->n_experts * sizeof(int));
   memset(e->h_pscore, 0, (size_t)c->n_experts * sizeof(float));
@@ -89,6 +115,7 @@ static moe_status pregate(moe_engine *e, int layer, int next, size_t T, bool fro
     e->h_pmark[p->idx[i]] = 1;
     e->h_pscore[p->idx[i]] += p->w[i];
   }
+  if (e->opt.pregate_second) MOE_TRY(second_choices(e, p, T, err));
   int n = 0;
   for (int x = 0; x < c->n_experts; x++)
     if (e->h_pmark[x]) e->h_pneeded[n++] = x;
@@ -154,6 +181,8 @@ static void take_predictions(moe_engine *e, int l, size_t T, size_t K) {
       for (size_t a = 0; a < K; a++) {
         for (size_t b = 0; b < K; b++) *hits += p->idx[t * K + a] == e->h_idx[t * K + b];
         (*total)++;
+        if (e->opt.pregate_second && !p->first)
+          e->pregate_second_hits += p->second[t] == e->h_idx[t * K + a];
       }
     if (e->opt.routing == MOE_ROUTING_PREGATED && !p->first) {
       memcpy(e->h_idx, p->idx, T * K * sizeof(int32_t));

@@ -77,7 +77,9 @@ struct moe_engine {
     bool first;              /* the first block's, from its layer input (never the routing) */
     int32_t *idx;            /* [T][K] */
     float *w;                /* [T][K] */
+    int32_t *second;         /* [T]: each token's next choice (pregate_second), -1 none */
   } pred[MOE_MAX_LOOKAHEAD + 1];
+  float *h_plogits;          /* [T][E]: a pre-gate's logits, host (pregate_second) */
   int *h_count, *h_needed, *h_pmark, *h_pneeded;
   float *h_pscore; /* [E]: a prediction's summed gate weight per expert (its confidence) */
   /* encoder-decoder models */
@@ -103,7 +105,7 @@ struct moe_engine {
 
   unsigned long long first_hits, first_total;
   double stall_base;         /* backend-measured stall at the last reset */
-  unsigned long long pregate_hits, pregate_total, warm_bytes;
+  unsigned long long pregate_hits, pregate_total, warm_bytes, pregate_second_hits;
   unsigned long long invalid_requests; /* policy requests refused for bad arguments */
   unsigned long long step;   /* layer runs so far (the backend's context counter) */
 };

@@ -166,6 +166,7 @@ void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
   out->first_block_total = e->first_total;
   out->pregate_hits = e->pregate_hits;
   out->pregate_total = e->pregate_total;
+  out->pregate_second_hits = e->pregate_second_hits;
   out->warm_bytes = e->warm_bytes;
   out->pinned = -1;
   if (e->store) moe_expert_store_pinning(e->store, &out->pinned, &out->pin_s);
@@ -181,7 +182,7 @@ void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
 void moe_engine_reset_stats(moe_engine *e) {
   if (e->store) moe_expert_store_reset_stats(e->store);
   if (e->dev->ops->stall_seconds) e->stall_base = e->dev->ops->stall_seconds(e->dev->be);
-  e->pregate_hits = e->pregate_total = 0;
+  e->pregate_hits = e->pregate_total = e->pregate_second_hits = 0;
   e->invalid_requests = 0;
   e->first_hits = e->first_total = 0;
   e->host_experts = e->host_tokens = e->host_xfer_bytes = 0;

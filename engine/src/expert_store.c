@@ -276,7 +276,10 @@ int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool pref
   if (prefetch && s->round_open) {
     if (s->queued_mark[k]) return 1;
     if (s->round_free < 0) s->round_free = prefetch_candidates(s); /* once a round */
-    if (s->round_free <= s->n_queued) {
+    /* a next choice (a prediction scored below 0) waits for round_end,
+     * which places it only if a slot is left once the others have theirs */
+    const bool next_choice = s->spec_layer == layer && s->spec_score && s->spec_score[expert] < 0;
+    if (s->round_free <= s->n_queued && !next_choice) {
       s->stats.refused++;
       return 0;
     }
@@ -317,12 +320,20 @@ int moe_expert_store_round_end(moe_expert_store *s, moe_error *err) {
   s->round_open = false;
   for (int i = 0; i < s->n_queued; i++) s->queued_mark[s->queued[i].key] = false;
   const int spec_layer = s->spec_layer;
+  /* a round of predictions: the surest first (next choices last), as
+   * many as there is room for (its resident targets are held by now, so
+   * not counted) */
+  const int room = spec_layer >= 0 && s->n_queued > 0 ? prefetch_candidates(s) : s->n_queued;
   if (spec_layer >= 0) sort_by_score(s);
   s->spec_layer = -1;
   s->spec_score = NULL;
   for (int i = 0; i < s->n_queued && rc == 0; i++) {
     const struct queued *q = &s->queued[i];
     if (s->slot_of[q->key] >= 0) continue; /* placed meanwhile (a pin) */
+    if (i >= room) { /* the slots went to surer ones */
+      s->stats.refused++;
+      continue;
+    }
     s->tick++;
     const int how = PLACE_PREFETCH | (q->layer == spec_layer ? PLACE_SPEC : 0);
     if (place(s, q->layer, q->expert, q->key, how, err) < 0) rc = -1;

@@ -166,6 +166,18 @@ static size_t next_req(const cpu_stream *q) {
   return 0;
 }
 
+/* The copy thread waits for the link: a sleep, which may overshoot by
+ * tens of microseconds (made up by the next chunks), or with spin, a
+ * sleep for all but the last 100 us and a spin for those. */
+static void link_wait_until(double t, bool spin) {
+  if (!spin) {
+    moe_clock_sleep_until(t);
+    return;
+  }
+  if (t - moe_clock_s() > 100e-6) moe_clock_sleep_until(t - 100e-6);
+  while (moe_clock_s() < t) cpu_relax();
+}
+
 /* Moves the next chunk of copy i of the copy stream q (be->mu held on
  * entry and exit, released while the bytes move).  The request stays at
  * index i meanwhile: only this thread removes requests, and an enqueue
@@ -178,12 +190,19 @@ static void copy_chunk_of(moe_backend *be, cpu_stream *q, size_t i) {
   r->moving = c;
   pthread_mutex_unlock(&be->mu);
   const double now = moe_clock_s();
-  const double start =
-      be->link_bps > 0 ? cpu_link_start(q->link_free, now, (double)COPY_CHUNK / be->link_bps) : now;
-  link_copy(dst, src, c);
   if (be->link_bps > 0) {
-    q->link_free = start + (double)c / be->link_bps;
-    moe_clock_sleep_until(q->link_free);
+    /* the chunk in slices, each ending no sooner than its bytes over the
+     * cap; a slice under 1 MiB (MOE_CPU_LINK_SLICE) waits by spinning
+     * for the short gaps a sleep would overshoot */
+    const double start = cpu_link_start(q->link_free, now, (double)COPY_CHUNK / be->link_bps);
+    for (size_t o = 0; o < c; o += be->link_slice) {
+      const size_t n = c - o < be->link_slice ? c - o : be->link_slice;
+      link_copy(dst + o, src + o, n);
+      q->link_free = start + (double)(o + n) / be->link_bps;
+      link_wait_until(q->link_free, be->link_slice < COPY_CHUNK);
+    }
+  } else {
+    link_copy(dst, src, c);
   }
   pthread_mutex_lock(&be->mu);
   r = &q->ring[i]; /* an enqueue may have moved the array */
@@ -379,6 +398,18 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
                               "link cap %g GB/s cannot be emulated: give 0 (uncapped) or %g..%g GB/s",
                               opt->link_gbps, MOE_LINK_GBPS_MIN, MOE_LINK_GBPS_MAX);
   be->link_bps = opt ? opt->link_gbps * 1e9 : 0.0;
+  be->link_slice = COPY_CHUNK;
+  const char *ls = getenv("MOE_CPU_LINK_SLICE"); /* bytes: how smoothly the capped link is paced */
+  if (ls && *ls) {
+    char *end;
+    const unsigned long v = strtoul(ls, &end, 10);
+    if (*end != '\0' || strspn(ls, "0123456789") != strlen(ls) || v < 4096 || v > COPY_CHUNK) {
+      free(be);
+      return MOE_FAIL(err, MOE_ERR_INVALID,
+                      "MOE_CPU_LINK_SLICE='%s': expected bytes from 4096 to %zu", ls, (size_t)COPY_CHUNK);
+    }
+    be->link_slice = v;
+  }
   /* OpenBLAS single-threaded: the backend's own threads split every
    * product (OpenBLAS's idle workers would otherwise spin on the cores
    * the conversion and fused products need) */

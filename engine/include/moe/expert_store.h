@@ -66,7 +66,9 @@ void moe_expert_store_free(moe_expert_store *s);
  * evict experts that are neither held, in use nor pinned, and marks the
  * expert held; returns 0 when no slot can be had (counted as refused).
  * Inside a round (round_begin .. round_end) a prefetch of an absent expert
- * is queued and placed at round_end.  Returns 1 when resident, on its way
+ * is queued and placed at round_end (in a round of predictions,
+ * moe_expert_store_speculate, a next choice, scored below 0, is queued
+ * whatever the room and placed only if a slot is left after the others).  Returns 1 when resident, on its way
  * or queued, -1 on a backend error (recorded in err). */
 int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool prefetch,
                            moe_error *err);

@@ -158,6 +158,10 @@ typedef struct moe_engine_options {
   moe_cache_kind cache;    /* an expert cache on top of the policy's slots */
   int cache_experts;       /* its size in experts (capped at what is not a slot yet) */
   const unsigned long long *cache_popularity; /* static: [MoE layer][expert] counts */
+  int pregate_second;      /* 1: a prediction also names each token's next choice
+                              (the pre-gate's best expert outside its top-k, by
+                              logit), copied after the top-k ones while slots are
+                              left (a prefetch only: the routing never uses it) */
   int pregate_lookahead;   /* a block predicts the k-th MoE block after it in its
                               stack, k in 1..MOE_MAX_LOOKAHEAD (0 = 1); for k > 1
                               the prediction is the derived one (a checkpoint
@@ -228,6 +232,9 @@ typedef struct moe_run_stats {
   unsigned long long pregate_hits;   /* predicted (token, expert) pairs that the
                                         block's own router also chose */
   unsigned long long pregate_total;  /* (token, expert) pairs predicted */
+  unsigned long long pregate_second_hits; /* with pregate_second: routed (token, expert)
+                                        pairs that were the token's next choice (so the
+                                        top-k plus it cover pregate_hits + these) */
   unsigned long long warm_bytes;     /* bytes the policy's warm() moved */
   unsigned long long first_block_hits;  /* the first MoE block predicted from its layer
                                           input (policies with predict_first_block): */
