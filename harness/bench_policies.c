@@ -57,6 +57,8 @@ void bench_policies_usage(FILE *f) {
           "  --preset NAME        model preset (workloads/models)\n"
           "  --model-dir DIR      a Hugging Face checkpoint directory instead\n"
           "  --lookahead K        pre-gates predict the K-th MoE block ahead (1..3, default 1)\n"
+          "  --pregate-second     predictions also name each token's next choice, copied\n"
+          "                       last while slots are left (give the slots: NAME+lru:N)\n"
           "  --policies LIST      comma-separated (default gpu-only,ondemand,prefetch-all,pregated);\n"
           "                       an entry may add an expert cache as run's --policy does\n"
           "                       (ondemand+lru:4)\n"
@@ -89,6 +91,7 @@ typedef struct bp_opts {
   const char *plugins[4];
   int n_plugins;
   double link_ratio;
+  bool second;
 } bp_opts;
 
 /* One flag's value into o (flags_getopt). */
@@ -99,6 +102,7 @@ static int bp_take(void *ctx, int c, const char *arg) {
   switch (c) {
     case 'P': o->plist = arg; return 0;
     case 'Q': return flag_double(FLAG_LINK_RATIO, arg, &o->link_ratio) ? 0 : -1;
+    case 'N': o->second = true; return 0;
     case 'X':
       if (arg[0] == '\0' || o->n_plugins == 4) return -1;
       o->plugins[o->n_plugins++] = arg;
@@ -112,7 +116,7 @@ static int bp_parse(int argc, char **argv, bp_opts *o) {
   static const struct option opts[] = {
       FLAGS_RUN_OPTIONS, {"policies", required_argument, 0, 'P'},
       {"policy-plugin", required_argument, 0, 'X'}, {"link-ratio", required_argument, 0, 'Q'},
-      {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+      {"pregate-second", no_argument, 0, 'N'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
   const int rc = flags_getopt("bench-policies", argc, argv, "h", opts, bp_take, o,
                               bench_policies_usage);
   if (rc >= 0) return rc;
@@ -209,7 +213,8 @@ static int bp_run(const bp_opts *o, moe_model *m, bp_results *b) {
                        .sim_routing = o->r.sim_routing, .threads = (int)o->r.threads,
                        .link_gbps = o->r.link, .device_mem = o->r.devmem, .batch = (int)o->r.batch,
                        .prompt_len = (int)o->r.plen, .gen_len = (int)o->r.glen, .prompt_seed = 1,
-                       .lookahead = (int)o->r.lookahead, .requests = 1, .keep_logits = true,
+                       .lookahead = (int)o->r.lookahead, .pregate_second = o->second,
+                       .requests = 1, .keep_logits = true,
                        .cache = b->cache[i][0] ? b->cache[i] : NULL,
                        .host_threads = (int)o->r.host_threads, .host_gbps = o->r.host_gbps};
   b->res = calloc((size_t)b->np * (size_t)b->reps, sizeof *b->res);
@@ -242,6 +247,9 @@ static void bp_table(const bp_opts *o, const bp_results *b, const moe_model *m, 
   const int ref = bp_role(b, MOE_POLICY_ROLE_REFERENCE, false);
   printf("## %s: batch %ld, prompt %ld, generated %ld, %s, link %s\n", o->r.preset, o->r.batch, o->r.plen,
          o->r.glen, moe_dtype_name(moe_model_dtype(m)), o->r.link > 0 ? "capped" : "uncapped");
+  if (o->second)
+    printf("predictions also name each token's next choice (--pregate-second), copied while "
+           "slots are left\n");
   if (o->link_ratio > 0)
     printf("link set by ratio %g: a decoder MoE block window computed in %.2f ms in a gpu-only "
            "warm-up (measured), so the cap is %.3f GB/s (one expert's copy %.2f ms)\n",

@@ -95,7 +95,7 @@ static moe_status learn_popularity(const run_spec *sp, moe_device *dev, unsigned
     prompts[i] = (int32_t)(moe_rng_next(&r) % (uint64_t)c->vocab);
   moe_engine_options eo = {.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
                            .policy = sp->policy, .routing = sp->routing,
-                           .pregate_lookahead = sp->lookahead};
+                           .pregate_lookahead = sp->lookahead, .pregate_second = sp->pregate_second};
   MOE_TRY(moe_engine_create(&e, sp->model, dev, &eo, err));
   MOE_TRY(moe_engine_generate(e, prompts, sp->batch, sp->prompt_len, sp->gen_len, toks, NULL, NULL, err));
   for (int l = 0, mi = 0; l < c->n_layers; l++)
@@ -223,7 +223,7 @@ static moe_status run_open(const run_spec *sp, run_state *s, run_result *out, mo
   }
   *eo = (moe_engine_options){.max_batch = sp->batch, .max_seq = sp->prompt_len + sp->gen_len,
                              .policy = sp->policy, .routing = sp->routing,
-                             .pregate_lookahead = sp->lookahead, .host_threads = sp->host_threads,
+                             .pregate_lookahead = sp->lookahead, .pregate_second = sp->pregate_second, .host_threads = sp->host_threads,
                              .host_gbps = sp->host_gbps, .cost_profile = s->has_hw ? &s->hw : NULL};
   if (sp->routing_log) {
     /* published whole (moe/publish.h) */
@@ -305,7 +305,7 @@ static moe_status run_eval(const run_spec *sp, run_state *s, run_result *out, mo
   s->e = NULL;
   moe_engine_options ev = {.max_batch = sp->eval_n < 8 ? sp->eval_n : 8, .max_seq = sp->eval_len,
                            .all_logits = true, .policy = sp->policy, .routing = sp->routing,
-                           .pregate_lookahead = sp->lookahead, .host_threads = sp->host_threads,
+                           .pregate_lookahead = sp->lookahead, .pregate_second = sp->pregate_second, .host_threads = sp->host_threads,
                            .host_gbps = sp->host_gbps, .cost_profile = s->has_hw ? &s->hw : NULL};
   moe_status st = moe_engine_create(&s->e, sp->model, s->dev, &ev, err);
   if (st == MOE_OK) st = moe_engine_eval(s->e, sp->eval_windows, sp->eval_n, sp->eval_len, &out->eval, err);

@@ -46,6 +46,8 @@ typedef struct run_spec {
                                    backend and budget that keeps all logits */
   int eval_n, eval_len;
   int lookahead;                /* moe_engine_options.pregate_lookahead (0 = 1) */
+  int pregate_second;           /* moe_engine_options.pregate_second (bench-policies only:
+                                   no results key says it) */
   const char *cache;            /* an expert cache "KIND:SIZE" (cli_cache_experts), or NULL;
                                    static learns its placement from a warm-up generation
                                    on other prompts (seed + 7919) */

@@ -215,6 +215,15 @@ START_TEST(second_choices_prefetch_when_slots_allow) {
   ck_assert_uint_le(two->stats.pregate_hits + two->stats.pregate_second_hits,
                     two->stats.pregate_total);
   ck_assert_uint_gt(two->stats.fetches, one->stats.fetches); /* the next choices were copied */
+  /* where the slots hold only the top-k (pregated's own plan), a next
+   * choice never takes a top-k choice's place: the same copies, the
+   * same misses */
+  for (int second = 0; second < 2; second++) {
+    opt = (moe_engine_options){.policy = moe_policy_find("pregated"),
+                               .routing = MOE_ROUTING_PREGATED, .pregate_second = second};
+    ck_assert_msg(run_opts(g_model_pg, &opt, 0, 5, second ? two : one, &err) == MOE_OK, "%s", err.msg);
+  }
+  ck_assert_uint_eq(two->stats.misses, one->stats.misses);
   free(ref);
   free(one);
   free(two);
@@ -268,6 +277,59 @@ START_TEST(link_slice_is_checked_and_keeps_bytes) {
 }
 END_TEST
 
+/* MOE_CPU_LINK=timed: a copy paces but moves no bytes (copy_timed says
+ * so), and the store then reads the weights where they live, so every
+ * policy keeps gpu-only's bits; a bad value is refused by name. */
+START_TEST(timed_link_moves_no_bytes_and_keeps_bits) {
+  run_out *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o);
+  moe_error err = {0};
+  moe_engine_options opt = {.policy = moe_policy_find("gpu-only")};
+  ck_assert(run_opts(g_model_pg, &opt, 0, 5, ref, &err) == MOE_OK);
+  moe_device dev;
+  moe_backend_options bo = {.link_gbps = 0.5};
+  setenv("MOE_CPU_LINK", "dma", 1);
+  ck_assert_int_eq(moe_device_open(&dev, "cpu", &bo, &err), MOE_ERR_INVALID);
+  ck_assert_msg(strstr(err.msg, "MOE_CPU_LINK") != NULL, "%s", err.msg);
+  setenv("MOE_CPU_LINK", "timed", 1);
+  err = (moe_error){0};
+  ck_assert_msg(moe_device_open(&dev, "cpu", &bo, &err) == MOE_OK, "%s", err.msg);
+  ck_assert_int_eq(dev.ops->copy_timed(dev.be), 1);
+  enum { NB = 1 << 20 };
+  unsigned char *src = malloc(NB), *back = malloc(NB), *zero = calloc(NB, 1);
+  memset(src, 0x7e, NB);
+  void *d = NULL;
+  moe_event *ev = NULL;
+  ck_assert(dev.ops->device_alloc(dev.be, NB, &d, &err) == MOE_OK);
+  ck_assert(dev.ops->upload(dev.be, d, zero, NB, &err) == MOE_OK);
+  ck_assert(dev.ops->event_create(dev.be, &ev, &err) == MOE_OK);
+  ck_assert(dev.ops->copy_h2d_async(dev.be, d, src, NB, ev, &err) == MOE_OK);
+  ck_assert(dev.ops->event_sync(dev.be, ev, &err) == MOE_OK);
+  ck_assert(dev.ops->download(dev.be, back, d, NB, &err) == MOE_OK);
+  ck_assert(memcmp(back, zero, NB) == 0); /* nothing moved */
+  dev.ops->event_destroy(dev.be, ev);
+  dev.ops->device_free(dev.be, d);
+  moe_device_close(&dev);
+  const char *names[] = {"ondemand", "prefetch-all", "pregated-spec"};
+  for (int i = 0; i < 3; i++) {
+    opt = (moe_engine_options){.policy = moe_policy_find(names[i]),
+                               .routing = MOE_ROUTING_CONVENTIONAL};
+    g_link_gbps = 0.05;
+    err = (moe_error){0};
+    const moe_status st = run_opts(g_model_pg, &opt, 0, 5, o, &err);
+    g_link_gbps = 0;
+    ck_assert_msg(st == MOE_OK, "%s: %s", names[i], err.msg);
+    ck_assert_msg(memcmp(o->logits, ref->logits, sizeof o->logits) == 0, "%s: logits", names[i]);
+    ck_assert_uint_gt(o->stats.fetches, 0);
+  }
+  unsetenv("MOE_CPU_LINK");
+  free(src);
+  free(back);
+  free(zero);
+  free(ref);
+  free(o);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("overtake");
   TCase *tc = tcase_create("overtake");
@@ -280,6 +342,7 @@ int main(void) {
   tcase_add_test(tc, the_capped_link_makes_up_for_late_wakeups);
   tcase_add_test(tc, second_choices_prefetch_when_slots_allow);
   tcase_add_test(tc, link_slice_is_checked_and_keeps_bytes);
+  tcase_add_test(tc, timed_link_moves_no_bytes_and_keeps_bits);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -43,9 +43,11 @@ struct moe_expert_store {
   int n_queued;
   bool *queued_mark;       /* [key]: in the queue */
   int round_free;          /* slots a round may still take (-1: not counted yet) */
+  int n_next;              /* of the queued, next choices (they do not count against it) */
   int spec_layer;          /* the round is predictions for this layer (-1: not) */
   const float *spec_score; /* ... how sure of each expert (NULL: request order) */
   bool urgent_ok;          /* the backend has overtakable copies (ABI 1.8) */
+  bool timed;              /* its copies move no bytes (copy_timed): read the host's */
   bool registered;         /* the model's expert slab is pinned for async copies */
   int pinned;              /* 1 pinned, 0 pageable (pinning failed), -1 the backend does not pin */
   double pin_s;            /* seconds host_register took (0 when already pinned by another) */
@@ -88,6 +90,7 @@ moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *m, m
   s->dev = dev;
   s->spec_layer = -1;
   s->urgent_ok = o->copy_h2d_ex != NULL;
+  s->timed = o->copy_timed != NULL && o->copy_timed(dev->be);
   if (n == 0) {
     *out = s;
     return MOE_OK;
@@ -279,12 +282,13 @@ int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool pref
     /* a next choice (a prediction scored below 0) waits for round_end,
      * which places it only if a slot is left once the others have theirs */
     const bool next_choice = s->spec_layer == layer && s->spec_score && s->spec_score[expert] < 0;
-    if (s->round_free <= s->n_queued && !next_choice) {
+    if (s->round_free <= s->n_queued - s->n_next && !next_choice) {
       s->stats.refused++;
       return 0;
     }
     s->queued_mark[k] = true;
     s->queued[s->n_queued++] = (struct queued){layer, expert, k};
+    s->n_next += next_choice;
     return 1;
   }
   return place(s, layer, expert, k, prefetch ? PLACE_PREFETCH : PLACE_DEMAND, err);
@@ -293,6 +297,7 @@ int moe_expert_store_fetch(moe_expert_store *s, int layer, int expert, bool pref
 void moe_expert_store_round_begin(moe_expert_store *s) {
   s->round_open = s->n_slots > 0;
   s->n_queued = 0;
+  s->n_next = 0;
   s->round_free = -1;
 }
 
@@ -339,6 +344,7 @@ int moe_expert_store_round_end(moe_expert_store *s, moe_error *err) {
     if (place(s, q->layer, q->expert, q->key, how, err) < 0) rc = -1;
   }
   s->n_queued = 0;
+  s->n_next = 0;
   return rc;
 }
 
@@ -423,7 +429,9 @@ moe_status moe_expert_store_acquire(moe_expert_store *s, int layer, int expert,
   sl->tick = ++s->tick;
   s->stats.gets++;
   s->uses[k]++;
-  moe_expert_views(m, s->slab + (size_t)v * m->expert_bytes, w);
+  /* a timed link moved no bytes: the weights are read where they live */
+  moe_expert_views(m, s->timed ? moe_model_expert_host(m, layer, expert)
+                               : s->slab + (size_t)v * m->expert_bytes, w);
   return MOE_OK;
 }
 

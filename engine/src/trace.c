@@ -308,6 +308,7 @@ static int tr_copy_cancel(moe_backend *be, moe_event *ev) {
   if (r) mark(be, "copy cancel", EVID(ev), 0);
   return r;
 }
+static int tr_copy_timed(moe_backend *be) { return REAL(be)->copy_timed(INNER(be)); }
 static int tr_copy_urge(moe_backend *be, moe_event *ev) {
   const int r = REAL(be)->copy_urge(INNER(be), EV(ev));
   if (r) mark(be, "copy urge", EVID(ev), 0);
@@ -501,6 +502,7 @@ static void wrap_optional(moe_backend_ops *o, const moe_backend_ops *r) {
   o->copy_h2d_ex = urgent ? tr_copy_ex : NULL;
   o->copy_cancel = urgent ? tr_copy_cancel : NULL;
   o->copy_urge = urgent ? tr_copy_urge : NULL;
+  o->copy_timed = r->copy_timed ? tr_copy_timed : NULL;
 }
 
 moe_status moe_device_trace(moe_device *dev, moe_trace *t, moe_error *err) {

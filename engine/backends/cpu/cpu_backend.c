@@ -197,11 +197,11 @@ static void copy_chunk_of(moe_backend *be, cpu_stream *q, size_t i) {
     const double start = cpu_link_start(q->link_free, now, (double)COPY_CHUNK / be->link_bps);
     for (size_t o = 0; o < c; o += be->link_slice) {
       const size_t n = c - o < be->link_slice ? c - o : be->link_slice;
-      link_copy(dst + o, src + o, n);
+      if (!be->link_timed) link_copy(dst + o, src + o, n);
       q->link_free = start + (double)(o + n) / be->link_bps;
       link_wait_until(q->link_free, be->link_slice < COPY_CHUNK);
     }
-  } else {
+  } else if (!be->link_timed) {
     link_copy(dst, src, c);
   }
   pthread_mutex_lock(&be->mu);
@@ -410,6 +410,14 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
     }
     be->link_slice = v;
   }
+  const char *lm = getenv("MOE_CPU_LINK"); /* copy (default) or timed */
+  if (lm && *lm) {
+    if (strcmp(lm, "timed") != 0 && strcmp(lm, "copy") != 0) {
+      free(be);
+      return MOE_FAIL(err, MOE_ERR_INVALID, "MOE_CPU_LINK='%s': expected copy or timed", lm);
+    }
+    be->link_timed = strcmp(lm, "timed") == 0;
+  }
   /* OpenBLAS single-threaded: the backend's own threads split every
    * product (OpenBLAS's idle workers would otherwise spin on the cores
    * the conversion and fused products need) */
@@ -432,12 +440,13 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
   }
   cpu_model_name(be->device, sizeof be->device);
   if (be->link_bps > 0)
-    snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s, 16-bit %s; copy link capped at %.2f GB/s)",
+    snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s, 16-bit %s; %s link capped at %.2f GB/s)",
              be->threads, be->threads == 1 ? "" : "s", moe_cpu_half_path_name(be->half),
-             be->link_bps * 1e-9);
+             be->link_timed ? "timed" : "copy", be->link_bps * 1e-9);
   else
-    snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s, 16-bit %s; copy link uncapped)",
-             be->threads, be->threads == 1 ? "" : "s", moe_cpu_half_path_name(be->half));
+    snprintf(be->desc, sizeof be->desc, "cpu (OpenBLAS, %d thread%s, 16-bit %s; %s link uncapped)",
+             be->threads, be->threads == 1 ? "" : "s", moe_cpu_half_path_name(be->half),
+             be->link_timed ? "timed" : "copy");
   *out = be;
   return MOE_OK;
 }
@@ -612,6 +621,8 @@ static int cpu_copy_cancel(moe_backend *be, moe_event *ev) {
   return dropped;
 }
 
+static int cpu_copy_timed(moe_backend *be) { return be->link_timed; }
+
 static int cpu_copy_urge(moe_backend *be, moe_event *ev) {
   pthread_mutex_lock(&be->mu);
   copy_req *r = pending_copy(&be->copy, ev);
@@ -716,4 +727,5 @@ const moe_backend_ops moe_cpu_backend = {
     .copy_h2d_ex = cpu_copy_h2d_ex,
     .copy_cancel = cpu_copy_cancel,
     .copy_urge = cpu_copy_urge,
+    .copy_timed = cpu_copy_timed,
 };

@@ -92,6 +92,7 @@ struct moe_backend {
   moe_cpu_half_path half; /* f16/bf16 product path */
   double link_bps;    /* 0: uncapped */
   size_t link_slice;  /* the capped link's pacing step in bytes (MOE_CPU_LINK_SLICE) */
+  int link_timed;     /* MOE_CPU_LINK=timed: copies pace but move no bytes (copy_timed) */
   pthread_mutex_t mu;
   pthread_cond_t cv;  /* queue changes and event completions (both streams) */
   cpu_stream copy;    /* copy_h2d_async copies and copy_wait markers */

@@ -573,11 +573,18 @@ typedef struct moe_backend_ops {
    * (its wait, and the bytes already moved, kept).  1 when such a copy
    * was pending, else 0.  Never blocks. */
   int (*copy_urge)(moe_backend *be, moe_event *ev);
+  /* Optional (NULL: 0), apart from the four above: 1 when this instance's
+   * copies only take the link's time and move no bytes (an emulated
+   * link that must not load the memory compute reads, as a DMA engine
+   * does not load a GPU's); the caller then reads a copy's source, which
+   * must be memory compute can read, where it would read the destination.
+   * Constant for the instance's life. */
+  int (*copy_timed)(moe_backend *be);
 } moe_backend_ops;
 
 /* The size of a table built against the ABI 1.8 header: everything up to
- * and including copy_urge. */
-#define MOE_BACKEND_SIZE_1_8 (offsetof(moe_backend_ops, copy_urge) + sizeof(void (*)(void)))
+ * and including copy_timed. */
+#define MOE_BACKEND_SIZE_1_8 (offsetof(moe_backend_ops, copy_timed) + sizeof(void (*)(void)))
 
 /* The size of a table built against the ABI 1.7 header: everything up to
  * and including host_run. */
