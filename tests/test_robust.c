@@ -224,6 +224,24 @@ START_TEST(calibrated_link_is_loadable) {
 }
 END_TEST
 
+/* (c'') calibrate's compute slowdown under a copy times compute alone: on
+ * a timed link (copies that move no bytes, so nothing slows compute) it
+ * is near 1.  It once timed each pass to a synchronize, which waits for
+ * the queued copies too, and read the copies' length (queued to last 1.5x
+ * the pass) as a 2.2-3.5x slowdown. */
+START_TEST(calibrated_slowdown_times_compute_alone) {
+  setenv("MOE_CPU_LINK", "timed", 1);
+  moe_hw_profile p;
+  memset(&p, 0, sizeof p);
+  moe_error err = {0};
+  const moe_status st = calibrate_measure("cpu", 1, 7.0, &cal_default_shapes, true, &p, &err);
+  unsetenv("MOE_CPU_LINK");
+  ck_assert_msg(st == MOE_OK, "%s", err.msg);
+  ck_assert_msg(p.copy_slowdown < 1.4, "slowdown %.2fx under copies that move nothing",
+                p.copy_slowdown);
+}
+END_TEST
+
 /* (d) A FIFO as the policy plugin: refused at once (dlopen on a FIFO blocks
  * until a writer comes, that is forever), with the path named. */
 START_TEST(fifo_plugin_is_refused_not_waited_on) {
@@ -420,6 +438,7 @@ int main(void) {
   tcase_add_test(tc, validate_refuses_empty_policy_names);
   tcase_add_test(tc, calibrate_frees_its_buffers);
   tcase_add_test(tc, calibrated_link_is_loadable);
+  tcase_add_test(tc, calibrated_slowdown_times_compute_alone);
   tcase_add_test(tc, fifo_plugin_is_refused_not_waited_on);
   tcase_add_test(tc, calibrate_at_smallest_link_cap_is_bounded);
   tcase_add_test(tc, report_is_not_quadratic_in_rows);
