@@ -48,6 +48,32 @@
 #define cpu_relax() ((void)0)
 #endif
 
+/* The copy stream moves a copy this many bytes at a time (copy_chunk):
+ * an urgent copy waits behind one chunk at most. */
+#define COPY_CHUNK ((size_t)1 << 20)
+
+/* The emulated link's knobs: MOE_CPU_LINK_SLICE=BYTES paces the capped
+ * link in smaller steps (4096 .. COPY_CHUNK; default COPY_CHUNK);
+ * MOE_CPU_LINK=copy|timed: a timed link's copies keep their pacing and
+ * events but move no bytes (copy_timed; default copy). */
+static moe_status parse_link_env(moe_backend *be, moe_error *err) {
+  be->link_slice = COPY_CHUNK;
+  const char *ls = getenv("MOE_CPU_LINK_SLICE");
+  if (ls && *ls) {
+    char *end;
+    const unsigned long v = strtoul(ls, &end, 10);
+    if (*end != '\0' || strspn(ls, "0123456789") != strlen(ls) || v < 4096 || v > COPY_CHUNK)
+      return MOE_FAIL(err, MOE_ERR_INVALID, "MOE_CPU_LINK_SLICE='%s': expected bytes from 4096 to %zu",
+                      ls, (size_t)COPY_CHUNK);
+    be->link_slice = v;
+  }
+  const char *lm = getenv("MOE_CPU_LINK");
+  if (lm && *lm && strcmp(lm, "timed") != 0 && strcmp(lm, "copy") != 0)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "MOE_CPU_LINK='%s': expected copy or timed", lm);
+  be->link_timed = lm && strcmp(lm, "timed") == 0;
+  return MOE_OK;
+}
+
 /* Counts a call of kind k; true when it is the one to fail. */
 static bool fault_now(moe_backend *be, int k) {
   return be->fault_kind == k && ++be->calls[k] == be->fault_n;
@@ -113,7 +139,6 @@ moe_status moe_cpu_scratch_reserve(moe_backend *be, size_t n, moe_error *err) {
   return MOE_OK;
 }
 
-#define COPY_CHUNK ((size_t)1 << 20) /* pacing granularity of a capped link */
 
 /* The emulated link writes "device" memory with streaming stores where the
  * CPU has them: a DMA engine does not pull the destination into the cache,
@@ -398,26 +423,7 @@ static moe_status cpu_create(const moe_backend_options *opt, moe_backend **out, 
                               "link cap %g GB/s cannot be emulated: give 0 (uncapped) or %g..%g GB/s",
                               opt->link_gbps, MOE_LINK_GBPS_MIN, MOE_LINK_GBPS_MAX);
   be->link_bps = opt ? opt->link_gbps * 1e9 : 0.0;
-  be->link_slice = COPY_CHUNK;
-  const char *ls = getenv("MOE_CPU_LINK_SLICE"); /* bytes: how smoothly the capped link is paced */
-  if (ls && *ls) {
-    char *end;
-    const unsigned long v = strtoul(ls, &end, 10);
-    if (*end != '\0' || strspn(ls, "0123456789") != strlen(ls) || v < 4096 || v > COPY_CHUNK) {
-      free(be);
-      return MOE_FAIL(err, MOE_ERR_INVALID,
-                      "MOE_CPU_LINK_SLICE='%s': expected bytes from 4096 to %zu", ls, (size_t)COPY_CHUNK);
-    }
-    be->link_slice = v;
-  }
-  const char *lm = getenv("MOE_CPU_LINK"); /* copy (default) or timed */
-  if (lm && *lm) {
-    if (strcmp(lm, "timed") != 0 && strcmp(lm, "copy") != 0) {
-      free(be);
-      return MOE_FAIL(err, MOE_ERR_INVALID, "MOE_CPU_LINK='%s': expected copy or timed", lm);
-    }
-    be->link_timed = strcmp(lm, "timed") == 0;
-  }
+  if (parse_link_env(be, err) != MOE_OK) return free(be), MOE_ERR_INVALID;
   /* OpenBLAS single-threaded: the backend's own threads split every
    * product (OpenBLAS's idle workers would otherwise spin on the cores
    * the conversion and fused products need) */
