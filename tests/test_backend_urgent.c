@@ -90,30 +90,45 @@ static int device_is(const void *d, unsigned char v) {
   return ok;
 }
 
+/* Two copies' worth: host sources of bytes va and vb, device targets,
+ * their events; and the gate's event, closed behind with all of them. */
+typedef struct two_copies {
+  unsigned char *a, *b;
+  void *d1, *d2;
+  moe_event *e1, *e2, *gate;
+} two_copies;
+
+static two_copies two_open(moe_event *gate, unsigned char va, unsigned char vb) {
+  return (two_copies){host_pattern(va), host_pattern(vb), dev_bytes(NULL, N), dev_bytes(NULL, N),
+                      event(), event(), gate};
+}
+
+static void two_close(two_copies *t) {
+  OK(OPS->synchronize(BE, &e_));
+  OPS->event_destroy(BE, t->e1);
+  OPS->event_destroy(BE, t->e2);
+  OPS->event_destroy(BE, t->gate);
+  OPS->device_free(BE, t->d1);
+  OPS->device_free(BE, t->d2);
+  OPS->host_free(BE, t->a);
+  OPS->host_free(BE, t->b);
+}
+
 /* An urgent copy lands while the normal copies queued before it still
  * wait; they land afterwards, in their order. */
 START_TEST(urgent_copy_overtakes_queued_normal_ones) {
   moe_event *gate = urgent_setup();
   if (gate == NULL) return;
-  unsigned char *a = host_pattern(0xa1), *b = host_pattern(0xb2);
-  void *d1 = dev_bytes(NULL, N), *d2 = dev_bytes(NULL, N);
-  moe_event *e1 = event(), *e2 = event();
-  OK(OPS->copy_h2d_ex(BE, d1, a, N, NULL, e1, 0, &e_)); /* normal: behind the gate */
-  OK(OPS->copy_h2d_ex(BE, d2, b, N, NULL, e2, 1, &e_)); /* urgent */
-  OK(OPS->event_sync(BE, e2, &e_));
-  ck_assert_int_eq(OPS->event_done(BE, e1), 0);
-  ck_assert(device_is(d2, 0xb2));
+  two_copies t = two_open(gate, 0xa1, 0xb2);
+  OK(OPS->copy_h2d_ex(BE, t.d1, t.a, N, NULL, t.e1, 0, &e_)); /* normal: behind the gate */
+  OK(OPS->copy_h2d_ex(BE, t.d2, t.b, N, NULL, t.e2, 1, &e_)); /* urgent */
+  OK(OPS->event_sync(BE, t.e2, &e_));
+  ck_assert_int_eq(OPS->event_done(BE, t.e1), 0);
+  ck_assert(device_is(t.d2, 0xb2));
   open_gate();
-  OK(OPS->event_sync(BE, e1, &e_));
-  ck_assert(device_is(d1, 0xa1));
-  OK(OPS->synchronize(BE, &e_));
-  OPS->event_destroy(BE, e1);
-  OPS->event_destroy(BE, e2);
-  OPS->event_destroy(BE, gate);
-  OPS->device_free(BE, d1);
-  OPS->device_free(BE, d2);
-  OPS->host_free(BE, a);
-  OPS->host_free(BE, b);
+  OK(OPS->event_sync(BE, t.e1, &e_));
+  ck_assert(device_is(t.d1, 0xa1));
+  two_close(&t);
 }
 END_TEST
 
@@ -122,29 +137,21 @@ END_TEST
 START_TEST(urge_moves_a_queued_copy_ahead) {
   moe_event *gate = urgent_setup();
   if (gate == NULL) return;
-  unsigned char *a = host_pattern(0x11), *b = host_pattern(0x22);
-  void *d1 = dev_bytes(NULL, N), *d2 = dev_bytes(NULL, N);
-  moe_event *e1 = event(), *e2 = event(), *idle = event();
-  OK(OPS->copy_h2d_async(BE, d1, a, N, e1, &e_));
-  OK(OPS->copy_h2d_async(BE, d2, b, N, e2, &e_));
+  two_copies t = two_open(gate, 0x11, 0x22);
+  moe_event *idle = event();
+  OK(OPS->copy_h2d_async(BE, t.d1, t.a, N, t.e1, &e_));
+  OK(OPS->copy_h2d_async(BE, t.d2, t.b, N, t.e2, &e_));
   ck_assert_int_eq(OPS->copy_urge(BE, idle), 0);
-  ck_assert_int_eq(OPS->copy_urge(BE, e2), 1);
-  OK(OPS->event_sync(BE, e2, &e_));
-  ck_assert(device_is(d2, 0x22));
-  ck_assert_int_eq(OPS->event_done(BE, e1), 0);
+  ck_assert_int_eq(OPS->copy_urge(BE, t.e2), 1);
+  OK(OPS->event_sync(BE, t.e2, &e_));
+  ck_assert(device_is(t.d2, 0x22));
+  ck_assert_int_eq(OPS->event_done(BE, t.e1), 0);
   open_gate();
-  OK(OPS->event_sync(BE, e1, &e_));
-  ck_assert(device_is(d1, 0x11));
-  ck_assert_int_eq(OPS->copy_urge(BE, e1), 0); /* done: nothing pending */
-  OK(OPS->synchronize(BE, &e_));
-  OPS->event_destroy(BE, e1);
-  OPS->event_destroy(BE, e2);
+  OK(OPS->event_sync(BE, t.e1, &e_));
+  ck_assert(device_is(t.d1, 0x11));
+  ck_assert_int_eq(OPS->copy_urge(BE, t.e1), 0); /* done: nothing pending */
   OPS->event_destroy(BE, idle);
-  OPS->event_destroy(BE, gate);
-  OPS->device_free(BE, d1);
-  OPS->device_free(BE, d2);
-  OPS->host_free(BE, a);
-  OPS->host_free(BE, b);
+  two_close(&t);
 }
 END_TEST
 
