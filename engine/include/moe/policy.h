@@ -119,7 +119,10 @@ typedef struct moe_policy {
                                int n, moe_error *err);
 
   /* Optional: the pre-gate of the current MoE block predicts these experts
-   * for MoE layer `next_layer`. */
+   * for MoE layer `next_layer` (ascending; with the engine option
+   * pregate_second the list also holds each token's next choice, which
+   * the store copies after the others and only while slots are left: a
+   * policy fetches the list as it is). */
   moe_status (*experts_predicted)(void *state, moe_policy_ctx *ctx, int next_layer,
                                   const int *experts, int n, moe_error *err);
 
