@@ -186,6 +186,13 @@ START_TEST(policies_keep_their_bits_with_overtaking_copies) {
     ck_assert_msg(st == MOE_OK, "%s: %s", names[i], err.msg);
     ck_assert_msg(memcmp(o->logits, ref->logits, sizeof o->logits) == 0, "%s: logits differ", names[i]);
     ck_assert_msg(memcmp(o->tokens, ref->tokens, sizeof o->tokens) == 0, "%s: tokens differ", names[i]);
+    /* a policy's own prefetches keep their place and their bytes: only
+     * predictions are urged or cancelled (prefetch-all stays the paper's
+     * baseline, every expert of the next block copied in issue order) */
+    if (i < 2)
+      ck_assert_msg(o->stats.copies_urged == 0 && o->stats.copies_cancelled == 0,
+                    "%s: %llu copies urged, %llu cancelled", names[i], o->stats.copies_urged,
+                    o->stats.copies_cancelled);
   }
   free(ref);
   free(o);

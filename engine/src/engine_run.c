@@ -154,6 +154,8 @@ void moe_engine_stats(const moe_engine *e, moe_run_stats *out) {
     out->refused = s->refused;
     out->recopies = s->recopies;
     out->wasted = s->wasted;
+    out->copies_cancelled = s->cancelled;
+    out->copies_urged = s->urged;
   }
   out->stall_s = engine_stall(e);
   out->invalid_requests = e->invalid_requests;

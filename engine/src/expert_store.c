@@ -218,6 +218,7 @@ static int place(moe_expert_store *s, int layer, int expert, long k, int how, mo
     s->stats.refused++;
     return 0;
   }
+  const bool was_spec = s->slots[v].spec;
   if (s->slots[v].layer >= 0) drop(s, v);
   const moe_model *m = s->model;
   const moe_backend_ops *o = s->dev->ops;
@@ -228,12 +229,15 @@ static int place(moe_expert_store *s, int layer, int expert, long k, int how, mo
   const void *src = moe_model_expert_host(m, layer, expert);
   moe_status st;
   if (s->urgent_ok) {
-    /* The slot's previous copy, if still queued, must not land after this
-     * one, which may overtake it now or once urged: its expert was just
-     * evicted, so what is left of it is cancelled (counted when a chunk
-     * was dropped).  Urging it instead would keep the bytes, but would
-     * put a copy nobody reads ahead of useful ones. */
-    s->stats.cancelled += (unsigned long long)o->copy_cancel(s->dev->be, sl->ready);
+    /* The slot's previous copies, if still queued, must not land after
+     * this one where it may overtake them: now (an urgent copy) or once
+     * urged (a prediction).  Their expert was just evicted, so what is
+     * left of them is cancelled (counted when a chunk was dropped); so is
+     * a prediction's, evicted before its block began.  A policy's own
+     * prefetch evicted by another (prefetch-all's) keeps moving its bytes,
+     * in issue order, as the policy asked. */
+    if (how & (PLACE_URGENT | PLACE_SPEC) || was_spec)
+      s->stats.cancelled += (unsigned long long)o->copy_cancel(s->dev->be, sl->ready);
     st = o->copy_h2d_ex(s->dev->be, dst, src, m->expert_bytes, sl->free_ev, sl->ready,
                         (how & PLACE_URGENT) != 0, err);
   } else {
@@ -370,20 +374,22 @@ int moe_expert_store_settle(moe_expert_store *s, int layer, const int *experts, 
    * every count but `cancelled`) does not depend on the copy's timing. */
   for (int i = 0; i < s->n_slots; i++) {
     slot *sl = &s->slots[i];
-    if (sl->layer != layer || !sl->spec) continue;
+    if (sl->layer != layer || !sl->spec || sl->hold || sl->in_use || sl->pinned) continue;
     sl->spec = false;
-    if (sl->hold || sl->in_use || sl->pinned) continue;
     s->stats.cancelled += (unsigned long long)o->copy_cancel(be, sl->ready);
     drop(s, i);
   }
-  /* the block's experts, in the order it runs them: those on their way
-   * go ahead of every queued prediction, the absent ones start now (into
-   * a free or unheld slot; when none is left, acquire fetches them) */
+  /* the block's experts, in the order it runs them: predicted ones on
+   * their way go ahead of every queued prediction, the absent ones start
+   * now (into a free or unheld slot; when none is left, acquire fetches
+   * them).  A policy's own prefetches keep their place in the queue. */
   for (int j = 0; j < n; j++) {
     const long k = key_of(s, layer, experts[j]);
     if (k < 0) continue;
     if (s->slot_of[k] >= 0) {
-      s->stats.urged += (unsigned long long)o->copy_urge(be, s->slots[s->slot_of[k]].ready);
+      slot *sl = &s->slots[s->slot_of[k]];
+      if (sl->spec) s->stats.urged += (unsigned long long)o->copy_urge(be, sl->ready);
+      sl->spec = false;
       continue;
     }
     if (pick_victim(s, false) < 0) continue;

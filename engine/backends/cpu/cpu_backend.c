@@ -618,10 +618,15 @@ static copy_req *pending_copy(cpu_stream *q, const moe_event *ev) {
 
 static int cpu_copy_cancel(moe_backend *be, moe_event *ev) {
   pthread_mutex_lock(&be->mu);
-  copy_req *r = pending_copy(&be->copy, ev);
-  /* dropped only if a chunk is left after the one moving */
-  const int dropped = r != NULL && r->done + r->moving < r->bytes;
-  if (dropped) r->cancelled = 1;
+  int dropped = 0;
+  for (size_t i = 0; ev && i < be->copy.len; i++) {
+    copy_req *r = &be->copy.ring[i];
+    /* dropped only if a chunk is left after the one moving */
+    if (r->ev != ev || r->fn || r->bytes == 0 || r->cancelled || r->done + r->moving >= r->bytes)
+      continue;
+    r->cancelled = 1;
+    dropped = 1;
+  }
   pthread_cond_broadcast(&be->cv);
   pthread_mutex_unlock(&be->mu);
   return dropped;

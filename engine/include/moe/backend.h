@@ -562,12 +562,12 @@ typedef struct moe_backend_ops {
    * copies queued, 0 is a normal copy. */
   moe_status (*copy_h2d_ex)(moe_backend *be, void *dst, const void *src, size_t bytes,
                             moe_event *wait_ev, moe_event *ev, int urgent, moe_error *err);
-  /* Cancels the pending copy most recently issued that signals ev: the
-   * chunks it has not started are dropped, and ev is signalled once a
-   * chunk in progress has landed.  1: at least one chunk was dropped, so
-   * dst holds undefined bytes; 0: nothing was dropped (no such copy is
-   * pending, or its last chunk is already moving): dst holds the copy
-   * once ev is signalled.  Never blocks. */
+  /* Cancels every pending copy that signals ev: the chunks they have not
+   * started are dropped, and ev is signalled once a chunk in progress has
+   * landed.  1: at least one chunk was dropped, so their destinations
+   * hold undefined bytes; 0: nothing was dropped (no such copy is
+   * pending, or only last chunks are already moving): the destinations
+   * hold the copies once ev is signalled.  Never blocks. */
   int (*copy_cancel)(moe_backend *be, moe_event *ev);
   /* Makes the pending copy most recently issued that signals ev urgent
    * (its wait, and the bytes already moved, kept).  1 when such a copy

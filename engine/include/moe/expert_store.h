@@ -100,7 +100,8 @@ void moe_expert_store_speculate(moe_expert_store *s, int layer, const float *sco
  * for this block that it does not need (not held, in use or pinned),
  * cancelling what is left of their copies (counted as cancelled when a
  * chunk was dropped; the slot is freed either way); makes the copies of
- * its experts still on their way urgent (counted as urged); and starts an
+ * its predicted experts still on their way urgent (counted as urged; a
+ * policy's own prefetches keep their place); and starts an
  * urgent copy of each absent one into a free or unheld slot (a demand
  * fetch, counted as a miss; when no such slot is left, acquire fetches
  * it).  So a demand fetch waits behind at most one chunk of a

@@ -232,6 +232,8 @@ typedef struct moe_run_stats {
   unsigned long long pregate_hits;   /* predicted (token, expert) pairs that the
                                         block's own router also chose */
   unsigned long long pregate_total;  /* (token, expert) pairs predicted */
+  unsigned long long copies_cancelled, copies_urged; /* the store's cancelled and urged
+                                        (expert_store.h; timing-dependent) */
   unsigned long long pregate_second_hits; /* with pregate_second: routed (token, expert)
                                         pairs that were the token's next choice (so the
                                         top-k plus it cover pregate_hits + these) */
