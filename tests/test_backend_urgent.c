@@ -22,9 +22,9 @@ enum { N = 3 << 20 }; /* bytes: several chunks */
 static struct {
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  int open;
+  int open, returned;
   unsigned char *src, after;
-} g_gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NULL, 0};
+} g_gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL, 0};
 
 static void gate_job(void *ctx) {
   (void)ctx;
@@ -35,6 +35,7 @@ static void gate_job(void *ctx) {
   while (!g_gate.open)
     if (pthread_cond_timedwait(&g_gate.cv, &g_gate.mu, &until) != 0) break;
   if (g_gate.src) memset(g_gate.src, g_gate.after, N);
+  g_gate.returned = 1;
   pthread_mutex_unlock(&g_gate.mu);
 }
 
@@ -66,7 +67,7 @@ static moe_event *urgent_setup(void) {
   ck_assert_msg(OPS->host_run != NULL, "%s: these cases need host_run for their gate", g_backend);
   const size_t chunk = OPS->copy_chunk(BE);
   ck_assert_msg(chunk > 0 && chunk <= N / 3, "%s: chunk %zu bytes", g_backend, chunk);
-  g_gate.open = 0;
+  g_gate.open = g_gate.returned = 0;
   g_gate.src = NULL;
   moe_event *gate = event();
   OK(OPS->host_run(BE, gate_job, NULL, NULL, NULL, gate, &e_));
@@ -167,8 +168,13 @@ START_TEST(cancel_drops_what_has_not_moved) {
   OK(OPS->copy_h2d_ex(BE, d, a, N, NULL, ev, 0, &e_));
   ck_assert_int_eq(OPS->copy_cancel(BE, ev), 1);
   ck_assert_int_eq(OPS->copy_cancel(BE, ev), 0); /* already cancelled: nothing left */
-  open_gate();
+  /* signalled at once, not when the gate's copy_wait lets the queue on */
   OK(OPS->event_sync(BE, ev, &e_));
+  pthread_mutex_lock(&g_gate.mu);
+  const int gate_returned = g_gate.returned;
+  pthread_mutex_unlock(&g_gate.mu);
+  ck_assert_msg(!gate_returned, "a cancelled copy's event waited for the copies before it");
+  open_gate();
   OK(OPS->synchronize(BE, &e_));
   ck_assert(device_is(d, 0x00));
   OK(OPS->copy_h2d_ex(BE, d, a, N, NULL, ev, 1, &e_));

@@ -375,7 +375,6 @@ int moe_expert_store_settle(moe_expert_store *s, int layer, const int *experts, 
   for (int i = 0; i < s->n_slots; i++) {
     slot *sl = &s->slots[i];
     if (sl->layer != layer || !sl->spec || sl->hold || sl->in_use || sl->pinned) continue;
-    sl->spec = false;
     s->stats.cancelled += (unsigned long long)o->copy_cancel(be, sl->ready);
     drop(s, i);
   }

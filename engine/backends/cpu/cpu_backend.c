@@ -183,12 +183,17 @@ static void retire(copy_req r) {
   event_unref(r.wait_ev);
 }
 
-/* The request stream q runs next: the first urgent one queued, else the
- * oldest (the host stream has no urgent ones). */
+/* The request stream q runs next: a cancelled copy (retired at once,
+ * wherever it waits: its event is signalled without waiting for the
+ * requests before it), else the first urgent one queued, else the oldest
+ * (the host stream has neither). */
 static size_t next_req(const cpu_stream *q) {
-  for (size_t i = 0; i < q->len; i++)
-    if (q->ring[i].urgent) return i;
-  return 0;
+  size_t urgent = q->len;
+  for (size_t i = 0; i < q->len; i++) {
+    if (q->ring[i].cancelled) return i;
+    if (q->ring[i].urgent && urgent == q->len) urgent = i;
+  }
+  return urgent < q->len ? urgent : 0;
 }
 
 /* The copy thread waits for the link: a sleep, which may overshoot by

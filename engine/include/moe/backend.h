@@ -564,7 +564,7 @@ typedef struct moe_backend_ops {
                             moe_event *wait_ev, moe_event *ev, int urgent, moe_error *err);
   /* Cancels every pending copy that signals ev: the chunks they have not
    * started are dropped, and ev is signalled once a chunk in progress has
-   * landed.  1: at least one chunk was dropped, so their destinations
+   * landed, without waiting for the copies and waits queued before them.  1: at least one chunk was dropped, so their destinations
    * hold undefined bytes; 0: nothing was dropped (no such copy is
    * pending, or only last chunks are already moving): the destinations
    * hold the copies once ev is signalled.  Never blocks. */
