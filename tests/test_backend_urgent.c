@@ -213,6 +213,37 @@ START_TEST(urgent_copy_waits_for_its_event) {
 }
 END_TEST
 
+/* Whether ev is done within 10 s (polled: a deadlocked copy stream must
+ * fail the case, not hang it). */
+static int done_soon(moe_event *ev) {
+  for (int i = 0; i < 10000; i++) {
+    if (OPS->event_done(BE, ev)) return 1;
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, NULL);
+  }
+  return 0;
+}
+
+/* An urgent copy whose wait is a queued normal copy's event runs after
+ * that copy: it may not overtake it, and the copy stream may not stall
+ * on it either (it did: the urgent copy was taken first and waited for a
+ * copy queued behind it).  Both write one destination, so the bytes show
+ * the order. */
+START_TEST(urgent_copy_waiting_on_a_queued_copy) {
+  moe_event *gate = urgent_setup();
+  if (gate == NULL) return;
+  two_copies t = two_open(gate, 0x61, 0x62);
+  OK(OPS->copy_h2d_ex(BE, t.d1, t.a, N, NULL, t.e1, 0, &e_)); /* normal: behind the gate */
+  OK(OPS->copy_h2d_ex(BE, t.d1, t.b, N, t.e1, t.e2, 1, &e_)); /* urgent, after it */
+  ck_assert_int_eq(OPS->event_done(BE, t.e2), 0);
+  open_gate();
+  ck_assert_msg(done_soon(t.e2), "%s: the urgent copy never ran", g_backend);
+  OK(OPS->event_sync(BE, t.e1, &e_));
+  ck_assert_msg(device_is(t.d1, 0x62), "%s: the urgent copy ran before its wait", g_backend);
+  two_close(&t);
+}
+END_TEST
+
 /* Closing the backend with cancelled and urgent copies queued, their
  * events destroyed first: nothing leaks or hangs (the sanitizer build
  * checks the memory). */
@@ -240,6 +271,7 @@ static void add_device(TCase *tc) {
   tcase_add_test(tc, urge_moves_a_queued_copy_ahead);
   tcase_add_test(tc, cancel_drops_what_has_not_moved);
   tcase_add_test(tc, urgent_copy_waits_for_its_event);
+  tcase_add_test(tc, urgent_copy_waiting_on_a_queued_copy);
   tcase_add_test(tc, close_with_cancelled_copies_queued);
 }
 

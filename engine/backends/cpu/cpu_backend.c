@@ -196,6 +196,23 @@ static size_t next_req(const cpu_stream *q) {
   return urgent < q->len ? urgent : 0;
 }
 
+/* Whether request r may start: cancelled, started, or its wait met. */
+static bool req_ready(const copy_req *r) {
+  return r->cancelled || r->done > 0 || r->wait_ev == NULL ||
+         r->wait_ev->completed >= r->wait_target;
+}
+
+/* The request to run now, or q->len: next_req's if it may start, else
+ * the oldest normal one if it may (an urgent copy waiting for a copy
+ * queued behind it must not stall the stream).  be->mu held. */
+static size_t runnable_req(const cpu_stream *q) {
+  const size_t i = next_req(q);
+  if (req_ready(&q->ring[i])) return i;
+  for (size_t j = 0; j < q->len; j++)
+    if (!q->ring[j].urgent) return req_ready(&q->ring[j]) ? j : q->len;
+  return q->len;
+}
+
 /* The copy thread waits for the link: a sleep, which may overshoot by
  * tens of microseconds (made up by the next chunks), or with spin, a
  * sleep for all but the last 100 us and a spin for those. */
@@ -255,12 +272,12 @@ static void *stream_main(void *arg) {
       pthread_cond_wait(&be->cv, &be->mu);
     }
     if (q->len == 0 && be->stop) break;
-    const size_t i = next_req(q);
-    copy_req *r = &q->ring[i];
-    if (!r->cancelled && r->done == 0 && r->wait_ev && r->wait_ev->completed < r->wait_target) {
-      pthread_cond_wait(&be->cv, &be->mu); /* its wait, or more urgent work, may come */
+    const size_t i = runnable_req(q);
+    if (i == q->len) {
+      pthread_cond_wait(&be->cv, &be->mu); /* a wait, or more urgent work, may come */
       continue;
     }
+    copy_req *r = &q->ring[i];
     if (r->fn) { /* a host job: runs without the lock */
       const copy_req job = take(q, i);
       q->busy = 1;

@@ -1,0 +1,449 @@
+/* The copy feeder (engine/src/copy_feed.h) against an emulated device: a
+ * thread that runs what it is given in order, as a CUDA copy stream does
+ * (copies, marks, event records), and events counted like CUDA's (a wait
+ * is for the record most recent when it was taken).  Order is checked by
+ * the device's log and by data, never by time; "not yet" is checked after
+ * a pause long enough for a broken feeder to have done it. */
+#include <check.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "copy_feed.h"
+#include "testutil.h"
+
+enum { CHUNK = 4096, DEPTH = 2, MAXLOG = 4096, N = 3 * CHUNK + 100 };
+
+typedef struct fev {
+  unsigned long issued, completed;
+} fev;
+
+typedef struct op {
+  int kind; /* 0 copy, 1 mark, 2 signal */
+  void *dst;
+  const void *src;
+  size_t n;
+  int mark;
+  unsigned long gen;
+  fev *ev;
+} op;
+
+/* The emulated device.  Guarded by mu. */
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  op q[MAXLOG];
+  size_t head, tail;
+  void *log[MAXLOG]; /* the destination of each chunk, in the order it ran */
+  size_t n_log;
+  unsigned long mark_issued[DEPTH], mark_done[DEPTH];
+  int outstanding, max_outstanding; /* chunks issued and not landed */
+  int fail_at;                      /* the issue call that fails (0: none) */
+  int issues, released;
+  int stop;
+  useconds_t delay; /* per chunk */
+  pthread_t tid;
+} D;
+
+static void *dev_main(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&D.mu);
+  for (;;) {
+    while (D.head == D.tail && !D.stop) pthread_cond_wait(&D.cv, &D.mu);
+    if (D.head == D.tail) break;
+    const op o = D.q[D.head % MAXLOG];
+    pthread_mutex_unlock(&D.mu);
+    if (o.kind == 0) {
+      if (D.delay) usleep(D.delay);
+      memcpy(o.dst, o.src, o.n);
+    }
+    pthread_mutex_lock(&D.mu);
+    D.head++;
+    if (o.kind == 0) {
+      D.log[D.n_log++ % MAXLOG] = o.dst;
+      D.outstanding--;
+    } else if (o.kind == 1) {
+      D.mark_done[o.mark] = o.gen;
+    } else {
+      o.ev->completed++;
+    }
+    pthread_cond_broadcast(&D.cv);
+  }
+  pthread_mutex_unlock(&D.mu);
+  return NULL;
+}
+
+static void push(op o) {
+  D.q[D.tail++ % MAXLOG] = o;
+  pthread_cond_broadcast(&D.cv);
+}
+
+static int d_issue(void *ctx, void *dst, const void *src, size_t n, int mark, char *msg,
+                   size_t cap) {
+  (void)ctx;
+  pthread_mutex_lock(&D.mu);
+  const int fails = ++D.issues == D.fail_at;
+  if (!fails) {
+    push((op){.kind = 0, .dst = dst, .src = src, .n = n});
+    push((op){.kind = 1, .mark = mark, .gen = ++D.mark_issued[mark]});
+    if (++D.outstanding > D.max_outstanding) D.max_outstanding = D.outstanding;
+  }
+  pthread_mutex_unlock(&D.mu);
+  if (fails) snprintf(msg, cap, "emulated copy failure");
+  return fails ? -1 : 0;
+}
+
+static int d_mark_wait(void *ctx, int mark, char *msg, size_t cap) {
+  (void)ctx, (void)msg, (void)cap;
+  pthread_mutex_lock(&D.mu);
+  while (D.mark_done[mark] < D.mark_issued[mark]) pthread_cond_wait(&D.cv, &D.mu);
+  pthread_mutex_unlock(&D.mu);
+  return 0;
+}
+
+static int d_signal(void *ctx, void *ev, char *msg, size_t cap) {
+  (void)ctx, (void)msg, (void)cap;
+  pthread_mutex_lock(&D.mu);
+  ((fev *)ev)->issued++;
+  push((op){.kind = 2, .ev = ev});
+  pthread_mutex_unlock(&D.mu);
+  return 0;
+}
+
+typedef struct snap {
+  fev *ev;
+  unsigned long target;
+} snap;
+
+static int d_snap(void *ctx, void *wait, void **out, char *msg, size_t cap) {
+  (void)ctx, (void)msg, (void)cap;
+  fev *w = wait;
+  pthread_mutex_lock(&D.mu);
+  snap *s = NULL;
+  if (w->completed < w->issued) {
+    s = malloc(sizeof *s);
+    ck_assert_ptr_nonnull(s);
+    *s = (snap){w, w->issued};
+  }
+  pthread_mutex_unlock(&D.mu);
+  *out = s;
+  return 0;
+}
+
+static int d_snap_query(void *ctx, void *sn, char *msg, size_t cap) {
+  (void)ctx, (void)msg, (void)cap;
+  const snap *s = sn;
+  pthread_mutex_lock(&D.mu);
+  const int done = s->ev->completed >= s->target;
+  pthread_mutex_unlock(&D.mu);
+  return done;
+}
+
+static void d_snap_release(void *ctx, void *s) {
+  (void)ctx;
+  free(s);
+}
+
+static void d_ev_release(void *ctx, void *ev) {
+  (void)ctx;
+  pthread_mutex_lock(&D.mu);
+  D.released++;
+  pthread_mutex_unlock(&D.mu);
+  free(ev);
+}
+
+static moe_feed *F;
+static char msg[256];
+
+static void setup(void) {
+  pthread_mutex_init(&D.mu, NULL);
+  pthread_cond_init(&D.cv, NULL);
+  D.head = D.tail = D.n_log = 0;
+  memset(D.mark_issued, 0, sizeof D.mark_issued);
+  memset(D.mark_done, 0, sizeof D.mark_done);
+  D.outstanding = D.max_outstanding = D.fail_at = D.issues = D.released = D.stop = 0;
+  D.delay = 0;
+  ck_assert_int_eq(pthread_create(&D.tid, NULL, dev_main, NULL), 0);
+  const moe_feed_dev dev = {NULL, CHUNK, DEPTH, NULL, d_issue, d_mark_wait, d_signal,
+                            d_snap, d_snap_query, d_snap_release, d_ev_release};
+  ck_assert_int_eq(moe_feed_create(&dev, &F, msg, sizeof msg), 0);
+}
+
+static void teardown(void) {
+  moe_feed_destroy(F);
+  pthread_mutex_lock(&D.mu);
+  D.stop = 1;
+  pthread_cond_broadcast(&D.cv);
+  pthread_mutex_unlock(&D.mu);
+  pthread_join(D.tid, NULL);
+}
+
+/* A host event of the test's own: recorded (not complete) or completed. */
+static void record(fev *e) {
+  pthread_mutex_lock(&D.mu);
+  e->issued++;
+  pthread_mutex_unlock(&D.mu);
+}
+
+static void complete(fev *e) {
+  pthread_mutex_lock(&D.mu);
+  e->completed++;
+  pthread_cond_broadcast(&D.cv);
+  pthread_mutex_unlock(&D.mu);
+}
+
+/* Settles ev, then waits for its record to run on the device. */
+static void sync_ev(fev *e) {
+  ck_assert_msg(moe_feed_settle(F, e, msg, sizeof msg) == 0, "%s", msg);
+  pthread_mutex_lock(&D.mu);
+  while (e->completed < e->issued) pthread_cond_wait(&D.cv, &D.mu);
+  pthread_mutex_unlock(&D.mu);
+}
+
+static void sync_all(void) {
+  ck_assert_msg(moe_feed_settle(F, NULL, msg, sizeof msg) == 0, "%s", msg);
+  pthread_mutex_lock(&D.mu);
+  while (D.head != D.tail) pthread_cond_wait(&D.cv, &D.mu);
+  pthread_mutex_unlock(&D.mu);
+}
+
+static void copy(void *dst, const void *src, void *wait, fev *ev, int urgent) {
+  ck_assert_msg(moe_feed_copy(F, dst, src, N, wait, ev, urgent, msg, sizeof msg) == 0, "%s", msg);
+}
+
+/* Chunks in the device's log that wrote into dst, and the position of the
+ * first and last. */
+static int chunks_of(const void *dst, size_t *first, size_t *last) {
+  int k = 0;
+  pthread_mutex_lock(&D.mu);
+  for (size_t i = 0; i < D.n_log; i++) {
+    const char *p = D.log[i];
+    if (p < (const char *)dst || p >= (const char *)dst + N) continue;
+    if (k++ == 0 && first) *first = i;
+    if (last) *last = i;
+  }
+  pthread_mutex_unlock(&D.mu);
+  return k;
+}
+
+static int all(const unsigned char *p, unsigned char v) {
+  for (size_t i = 0; i < N; i++)
+    if (p[i] != v) return 0;
+  return 1;
+}
+
+static void pause_ms(int ms) { usleep((useconds_t)ms * 1000); }
+
+/* Copies land whole, a chunk at a time, and signal their events. */
+START_TEST(copies_land_in_chunks) {
+  static unsigned char src[3][N], dst[3][N];
+  fev ev[3] = {{0, 0}};
+  for (int i = 0; i < 3; i++) {
+    memset(src[i], 0x10 + i, N);
+    copy(dst[i], src[i], NULL, &ev[i], 0);
+  }
+  sync_all();
+  for (int i = 0; i < 3; i++) {
+    ck_assert(all(dst[i], (unsigned char)(0x10 + i)));
+    ck_assert_int_eq(chunks_of(dst[i], NULL, NULL), (N + CHUNK - 1) / CHUNK);
+    ck_assert_uint_eq(ev[i].completed, 1);
+  }
+}
+END_TEST
+
+/* Behind a marker whose wait is not complete, normal copies wait and an
+ * urgent one does not. */
+START_TEST(urgent_copy_overtakes_a_waiting_queue) {
+  static unsigned char a[N], b[N], da[N], db[N];
+  memset(a, 0xa1, N), memset(b, 0xb2, N);
+  fev gate = {0, 0}, ea = {0, 0}, eb = {0, 0};
+  record(&gate);
+  ck_assert_int_eq(moe_feed_copy(F, NULL, NULL, 0, &gate, NULL, 0, msg, sizeof msg), 0);
+  copy(da, a, NULL, &ea, 0);
+  copy(db, b, NULL, &eb, 1);
+  sync_ev(&eb);
+  ck_assert(all(db, 0xb2));
+  ck_assert_int_eq(moe_feed_pending(F, &ea), 1);
+  ck_assert_int_eq(chunks_of(da, NULL, NULL), 0);
+  complete(&gate);
+  sync_ev(&ea);
+  ck_assert(all(da, 0xa1));
+}
+END_TEST
+
+/* A cancelled copy issues nothing more, and its event is signalled
+ * without waiting for the queue before it. */
+START_TEST(cancel_signals_at_once) {
+  static unsigned char a[N], da[N];
+  memset(a, 0x5a, N);
+  fev gate = {0, 0}, ea = {0, 0};
+  record(&gate);
+  ck_assert_int_eq(moe_feed_copy(F, NULL, NULL, 0, &gate, NULL, 0, msg, sizeof msg), 0);
+  copy(da, a, NULL, &ea, 0);
+  ck_assert_int_eq(moe_feed_cancel(F, &ea), 1);
+  ck_assert_int_eq(moe_feed_cancel(F, &ea), 0);
+  sync_ev(&ea);
+  ck_assert_uint_eq(gate.completed, 0);
+  complete(&gate);
+  sync_all();
+  ck_assert_int_eq(chunks_of(da, NULL, NULL), 0);
+  ck_assert(all(da, 0));
+}
+END_TEST
+
+/* copy_urge moves the most recent pending copy of an event ahead. */
+START_TEST(urge_moves_a_copy_ahead) {
+  static unsigned char a[N], b[N], da[N], db[N];
+  memset(a, 0x11, N), memset(b, 0x22, N);
+  fev gate = {0, 0}, ea = {0, 0}, eb = {0, 0}, idle = {0, 0};
+  record(&gate);
+  ck_assert_int_eq(moe_feed_copy(F, NULL, NULL, 0, &gate, NULL, 0, msg, sizeof msg), 0);
+  copy(da, a, NULL, &ea, 0);
+  copy(db, b, NULL, &eb, 0);
+  ck_assert_int_eq(moe_feed_urge(F, &idle), 0);
+  ck_assert_int_eq(moe_feed_urge(F, &eb), 1);
+  sync_ev(&eb);
+  ck_assert(all(db, 0x22));
+  ck_assert_int_eq(chunks_of(da, NULL, NULL), 0);
+  complete(&gate);
+  sync_ev(&ea);
+  ck_assert(all(da, 0x11));
+}
+END_TEST
+
+/* An urgent copy whose wait is a queued copy's event runs after that copy
+ * (which is normal, behind a marker): no overtaking it, and no deadlock. */
+START_TEST(urgent_copy_waits_for_a_queued_copy) {
+  static unsigned char a[N], b[N], da[N], db[N];
+  memset(a, 0x31, N), memset(b, 0x32, N);
+  fev gate = {0, 0}, ea = {0, 0}, eb = {0, 0};
+  record(&gate);
+  ck_assert_int_eq(moe_feed_copy(F, NULL, NULL, 0, &gate, NULL, 0, msg, sizeof msg), 0);
+  copy(da, a, NULL, &ea, 0);
+  copy(db, b, &ea, &eb, 1);
+  pause_ms(30);
+  ck_assert_int_eq(chunks_of(db, NULL, NULL), 0);
+  complete(&gate);
+  sync_ev(&eb);
+  size_t a_last = 0, b_first = 0;
+  ck_assert_int_gt(chunks_of(da, NULL, &a_last), 0);
+  ck_assert_int_gt(chunks_of(db, &b_first, NULL), 0);
+  ck_assert_uint_lt(a_last, b_first);
+  ck_assert(all(db, 0x32));
+}
+END_TEST
+
+/* A copy's wait is the record most recent when it was queued: a later
+ * record of the event does not hold it. */
+START_TEST(wait_is_taken_when_queued) {
+  static unsigned char a[N], da[N];
+  memset(a, 0x44, N);
+  fev w = {0, 0}, ea = {0, 0};
+  record(&w);
+  copy(da, a, &w, &ea, 1);
+  pause_ms(30);
+  ck_assert_int_eq(chunks_of(da, NULL, NULL), 0);
+  record(&w); /* a later record, never completed */
+  complete(&w);
+  sync_ev(&ea);
+  ck_assert(all(da, 0x44));
+}
+END_TEST
+
+/* At most DEPTH chunks are out on the device, and it does get there. */
+START_TEST(depth_bounds_the_chunks_out) {
+  static unsigned char a[N], da[N], db[N];
+  fev ea = {0, 0}, eb = {0, 0};
+  D.delay = 2000;
+  copy(da, a, NULL, &ea, 0);
+  copy(db, a, NULL, &eb, 0);
+  sync_all();
+  ck_assert_int_eq(D.max_outstanding, DEPTH);
+}
+END_TEST
+
+/* An event released while a queued copy signals it is freed by the
+ * feeder after that copy (the sanitizer build checks the memory). */
+START_TEST(released_event_freed_after_its_copy) {
+  static unsigned char a[N], da[N];
+  fev gate = {0, 0}, *ea = calloc(1, sizeof *ea), *idle = calloc(1, sizeof *idle);
+  ck_assert_ptr_nonnull(ea);
+  ck_assert_ptr_nonnull(idle);
+  record(&gate);
+  ck_assert_int_eq(moe_feed_copy(F, NULL, NULL, 0, &gate, NULL, 0, msg, sizeof msg), 0);
+  copy(da, a, NULL, ea, 0);
+  ck_assert_int_eq(moe_feed_release_event(F, idle), 0);
+  free(idle);
+  ck_assert_int_eq(moe_feed_release_event(F, ea), 1);
+  ck_assert_int_eq(D.released, 0);
+  complete(&gate);
+  sync_all();
+  ck_assert_int_eq(D.released, 1);
+}
+END_TEST
+
+/* A device failure reaches every waiter and every later call, with its
+ * message; nothing hangs. */
+START_TEST(device_failure_is_reported) {
+  static unsigned char a[N], da[N], db[N];
+  fev ea = {0, 0}, eb = {0, 0};
+  D.fail_at = 2;
+  copy(da, a, NULL, &ea, 0);
+  ck_assert_int_eq(moe_feed_settle(F, &ea, msg, sizeof msg), -1);
+  ck_assert_msg(strstr(msg, "copy feeder: emulated copy failure") != NULL, "%s", msg);
+  msg[0] = '\0';
+  ck_assert_int_eq(moe_feed_copy(F, db, a, N, NULL, &eb, 0, msg, sizeof msg), -1);
+  ck_assert_msg(strstr(msg, "emulated copy failure") != NULL, "%s", msg);
+  ck_assert_int_eq(moe_feed_settle(F, NULL, msg, sizeof msg), -1);
+}
+END_TEST
+
+/* Destroying the feeder issues what is queued first. */
+START_TEST(destroy_issues_the_queue) {
+  static unsigned char a[N], da[N];
+  memset(a, 0x66, N);
+  fev ea = {0, 0};
+  D.delay = 500;
+  copy(da, a, NULL, &ea, 0);
+  moe_feed_destroy(F);
+  F = NULL;
+  pthread_mutex_lock(&D.mu);
+  while (D.head != D.tail) pthread_cond_wait(&D.cv, &D.mu);
+  pthread_mutex_unlock(&D.mu);
+  ck_assert(all(da, 0x66));
+  ck_assert_uint_eq(ea.completed, 1);
+}
+END_TEST
+
+START_TEST(bad_geometry_is_refused) {
+  const moe_feed_dev dev = {NULL, 0, DEPTH, NULL, d_issue, d_mark_wait, d_signal,
+                            d_snap, d_snap_query, d_snap_release, d_ev_release};
+  moe_feed *g = (moe_feed *)&dev;
+  ck_assert_int_eq(moe_feed_create(&dev, &g, msg, sizeof msg), -1);
+  ck_assert_ptr_null(g);
+  ck_assert_msg(strstr(msg, "chunk 0 bytes") != NULL, "%s", msg);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("copy_feed");
+  TCase *tc = tcase_create("feeder");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 20);
+  tcase_add_test(tc, copies_land_in_chunks);
+  tcase_add_test(tc, urgent_copy_overtakes_a_waiting_queue);
+  tcase_add_test(tc, cancel_signals_at_once);
+  tcase_add_test(tc, urge_moves_a_copy_ahead);
+  tcase_add_test(tc, urgent_copy_waits_for_a_queued_copy);
+  tcase_add_test(tc, wait_is_taken_when_queued);
+  tcase_add_test(tc, depth_bounds_the_chunks_out);
+  tcase_add_test(tc, released_event_freed_after_its_copy);
+  tcase_add_test(tc, device_failure_is_reported);
+  tcase_add_test(tc, destroy_issues_the_queue);
+  tcase_add_test(tc, bad_geometry_is_refused);
+  suite_add_tcase(s, tc);
+  return tu_run_suite(s);
+}
