@@ -66,7 +66,12 @@ static moe_event *urgent_setup(void) {
   }
   ck_assert_msg(OPS->host_run != NULL, "%s: these cases need host_run for their gate", g_backend);
   const size_t chunk = OPS->copy_chunk(BE);
-  ck_assert_msg(chunk > 0 && chunk <= N / 3, "%s: chunk %zu bytes", g_backend, chunk);
+  if (chunk == 0) { /* this instance does not overtake (cuda without MOE_CUDA_OVERTAKE=1) */
+    ck_assert_msg(strcmp(g_backend, "cpu") != 0, "the cpu backend's copy_chunk is 0");
+    ck_assert_int_eq(OPS->copy_urge(BE, NULL), 0);
+    return NULL;
+  }
+  ck_assert_msg(chunk <= N / 3, "%s: chunk %zu bytes", g_backend, chunk);
   g_gate.open = g_gate.returned = 0;
   g_gate.src = NULL;
   moe_event *gate = event();

@@ -167,6 +167,46 @@ START_TEST(predictions_are_copied_surest_first) {
 }
 END_TEST
 
+/* An instance whose copy_chunk answers 0 does not overtake (the cuda
+ * backend without MOE_CUDA_OVERTAKE=1): the store copies in issue order,
+ * through copy_h2d_async, and settle urges and cancels nothing. */
+static size_t no_chunk(moe_backend *be) {
+  (void)be;
+  return 0;
+}
+
+START_TEST(an_instance_without_chunks_copies_in_issue_order) {
+  g_log_ops = *moe_backend_find("cpu");
+  g_log_ops.name = "cpu-no-overtake";
+  g_log_ops.copy_chunk = no_chunk;
+  g_log_ops.copy_h2d_ex = log_copy_ex;
+  moe_device dev;
+  moe_error err = {0};
+  ck_assert(moe_device_open_ops(&dev, &g_log_ops, NULL, &err) == MOE_OK);
+  moe_expert_store *s = NULL;
+  ck_assert(moe_expert_store_create(&s, g_model, &dev, 4, &err) == MOE_OK);
+  float score[8] = {0};
+  score[1] = 0.9f, score[3] = 0.5f;
+  g_ndst = 0;
+  moe_expert_store_speculate(s, 1, score);
+  moe_expert_store_round_begin(s);
+  ck_assert_int_eq(moe_expert_store_fetch(s, 1, 1, true, &err), 1);
+  ck_assert_int_eq(moe_expert_store_fetch(s, 1, 3, true, &err), 1);
+  ck_assert_int_eq(moe_expert_store_round_end(s, &err), 0);
+  const int need[2] = {3, 7};
+  moe_expert_store_begin_block(s, 1, need, 2);
+  ck_assert_int_eq(moe_expert_store_settle(s, 1, need, 2, &err), 0);
+  for (int i = 0; i < 2; i++) holds_its_bytes(s, 1, need[i]);
+  moe_expert_store_end_block(s, 1);
+  const moe_expert_stats *st = moe_expert_store_stats(s);
+  ck_assert_int_eq(g_ndst, 0);
+  ck_assert_uint_eq(st->cancelled + st->urged, 0);
+  ck_assert_uint_eq(st->fetches, 3);
+  moe_expert_store_free(s);
+  moe_device_close(&dev);
+}
+END_TEST
+
 /* Whole runs with copies slow enough to stay queued (a capped link) and
  * few slots: every policy's tokens and logits are gpu-only's, and the
  * speculative one cancels some of its wrong guesses' copies. */
@@ -345,6 +385,7 @@ int main(void) {
   tcase_add_test(tc, a_slot_is_never_overwritten_by_an_older_copy);
   tcase_add_test(tc, settle_cancels_what_the_block_does_not_need);
   tcase_add_test(tc, predictions_are_copied_surest_first);
+  tcase_add_test(tc, an_instance_without_chunks_copies_in_issue_order);
   tcase_add_test(tc, policies_keep_their_bits_with_overtaking_copies);
   tcase_add_test(tc, the_capped_link_makes_up_for_late_wakeups);
   tcase_add_test(tc, second_choices_prefetch_when_slots_allow);

@@ -89,7 +89,8 @@ moe_status moe_expert_store_create(moe_expert_store **out, const moe_model *m, m
   s->model = m;
   s->dev = dev;
   s->spec_layer = -1;
-  s->urgent_ok = o->copy_h2d_ex != NULL;
+  /* the methods, and this instance uses them (cuda: MOE_CUDA_OVERTAKE=1) */
+  s->urgent_ok = o->copy_h2d_ex != NULL && o->copy_chunk(dev->be) > 0;
   s->timed = o->copy_timed != NULL && o->copy_timed(dev->be);
   if (n == 0) {
     *out = s;

@@ -101,7 +101,8 @@ static int query_event(cudaEvent_t ev) {
 static void cu_destroy(moe_backend *be) {
   if (be == NULL) return;
   /* copies or kernels may still be in flight: let them finish before their
-   * streams, events and staging memory go */
+   * streams, events and staging memory go (the feeder's queue first) */
+  moe_cu_feed_stop(be);
   if (be->host) (void)cudaStreamSynchronize(be->host); /* host jobs may wait for the others */
   if (be->copy) (void)cudaStreamSynchronize(be->copy);
   if (be->compute) (void)cudaStreamSynchronize(be->compute);
@@ -177,6 +178,10 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
            prop.name, (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
            (double)free_b / (1024.0 * 1024.0 * 1024.0), prop.major, prop.minor,
            be->pedantic ? "pedantic" : "default");
+  MOE_TRY(moe_cu_feed_start(be, err));
+  if (be->feed)
+    snprintf(be->desc + strlen(be->desc), sizeof be->desc - strlen(be->desc),
+             ", overtakable copies");
   *out = be;
   return MOE_OK;
 cleanup:
@@ -212,6 +217,7 @@ static moe_status cu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error 
  * both streams are drained first. */
 static void cu_free(moe_backend *be, void *ptr) {
   if (ptr == NULL) return;
+  moe_cu_feed_drain(be);
   NOTE(be, cudaStreamSynchronize(be->copy));
   NOTE(be, cudaStreamSynchronize(be->compute));
   NOTE(be, cudaFree(ptr));
@@ -226,6 +232,7 @@ cleanup:
 
 static void cu_host_free(moe_backend *be, void *ptr) {
   if (ptr == NULL) return;
+  moe_cu_feed_drain(be);
   NOTE(be, cudaStreamSynchronize(be->copy)); /* a copy may still read it */
   NOTE(be, cudaStreamSynchronize(be->host)); /* a host job may still use it */
   NOTE(be, cudaFreeHost(ptr));
@@ -285,6 +292,7 @@ static void cu_host_unregister(moe_backend *be, void *ptr) {
   for (size_t i = 0; i < g_n_pins; i++)
     if (g_pins[i].ptr == ptr) {
       if (--g_pins[i].users == 0) {
+        moe_cu_feed_drain(be);
         NOTE(be, cudaStreamSynchronize(be->copy)); /* no copy may still read the range */
         NOTE(be, cudaHostUnregister(ptr));
         g_pins[i] = g_pins[--g_n_pins];
@@ -309,7 +317,7 @@ cleanup:
 /* cudaEventDestroy does not block: with work still to record the event,
  * the runtime releases it once that work completes (the contract). */
 static void cu_event_destroy(moe_backend *be, moe_event *ev) {
-  if (ev == NULL) return;
+  if (ev == NULL || moe_cu_feed_holds(be, ev)) return; /* the feeder frees it after its copies */
   NOTE(be, cudaEventDestroy(ev->ev));
   free(ev);
 }
@@ -317,6 +325,7 @@ static void cu_event_destroy(moe_backend *be, moe_event *ev) {
 static moe_status cu_copy_h2d_async(moe_backend *be, void *dst, const void *src, size_t bytes,
                                     moe_event *ev, moe_error *err) {
   moe_status st = MOE_OK;
+  if (be->feed) return moe_cu_feed_copy(be, dst, src, bytes, NULL, ev, 0, err);
   CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, be->copy), err);
   if (ev) CUDA_TRY(cudaEventRecord(ev->ev, be->copy), err);
 cleanup:
@@ -353,6 +362,7 @@ static moe_status cu_compute_wait(moe_backend *be, moe_event *ev, moe_error *err
   moe_status st = MOE_OK;
   if (ev == NULL) return MOE_OK;
   stall_pair *p = &be->pairs[be->pair_next];
+  MOE_TRY(moe_cu_feed_settle(be, ev, err));
   if (p->pending) harvest_stalls(be, false);
   if (p->pending) {
     CUDA_TRY(cudaEventSynchronize(p->after), err);
@@ -374,7 +384,9 @@ static double cu_stall_seconds(moe_backend *be) {
 
 static moe_status cu_event_sync(moe_backend *be, moe_event *ev, moe_error *err) {
   moe_status st = MOE_OK;
-  if (ev) CUDA_TRY(cudaEventSynchronize(ev->ev), err);
+  if (ev == NULL) return MOE_OK;
+  MOE_TRY(moe_cu_feed_settle(be, ev, err));
+  CUDA_TRY(cudaEventSynchronize(ev->ev), err);
 cleanup:
   return st;
 }
@@ -389,6 +401,7 @@ cleanup:
 
 static moe_status cu_copy_wait(moe_backend *be, moe_event *ev, moe_error *err) {
   moe_status st = MOE_OK;
+  if (ev && be->feed) return moe_cu_feed_copy(be, NULL, NULL, 0, ev, NULL, 0, err); /* a marker */
   if (ev) CUDA_TRY(cudaStreamWaitEvent(be->copy, ev->ev, 0), err);
 cleanup:
   return st;
@@ -399,6 +412,7 @@ cleanup:
  * checked call (its compute_wait) reports it. */
 static int cu_event_done(moe_backend *be, moe_event *ev) {
   if (ev == NULL) return 1;
+  if (moe_cu_feed_pending(be, ev)) return 0;
   return query_event(ev->ev) == 1;
 }
 
@@ -498,6 +512,7 @@ static moe_status cu_host_run(moe_backend *be, void (*fn)(void *ctx), void *ctx,
   (void)work;
   if (fn == NULL)
     return MOE_FAIL(err, MOE_ERR_INVALID, "cuda backend: host_run without a job (fn NULL)");
+  if (wait_ev) MOE_TRY(moe_cu_feed_settle(be, wait_ev, err));
   if (wait_ev) CUDA_TRY(cudaStreamWaitEvent(be->host, wait_ev->ev, 0), err);
   CUDA_TRY(cudaLaunchHostFunc(be->host, fn, ctx), err);
   if (done_ev) CUDA_TRY(cudaEventRecord(done_ev->ev, be->host), err);
@@ -507,6 +522,7 @@ cleanup:
 
 static moe_status cu_sync(moe_backend *be, moe_error *err) {
   moe_status st = MOE_OK;
+  MOE_TRY(moe_cu_feed_settle(be, NULL, err));
   CUDA_TRY(cudaStreamSynchronize(be->host), err);
   CUDA_TRY(cudaStreamSynchronize(be->copy), err);
   CUDA_TRY(cudaStreamSynchronize(be->compute), err);
@@ -601,6 +617,7 @@ static moe_backend_ops make_ops(void) {
   o.download_many = cu_download_many;
   o.abi_minor = MOE_BACKEND_ABI_MINOR;
   o.host_run = cu_host_run;
+  moe_cu_feed_ops(&o);   /* cuda_feed.cu */
   moe_cu_math_ops(&o); /* cuda_ops.cu */
   return o;
 }

@@ -9,9 +9,12 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <pthread.h>
 #include <stdint.h>
 
 #include "moe/backend.h"
+
+struct moe_feed;
 
 /* A failure is reported here, and cleared from the runtime's last error
  * so that the next launch check does not report it again (a sticky error
@@ -74,6 +77,14 @@ struct moe_backend {
   /* the first failure of a call that could not return it (free paths) */
   char deferred[256];
   bool pedantic;
+  /* overtakable copies (cuda_feed.cu, MOE_CUDA_OVERTAKE=1; NULL: off) */
+  struct moe_feed *feed;
+  cudaEvent_t feed_marks[8]; /* one per chunk in flight */
+  cudaStream_t snaps;        /* captures copies' waits */
+  pthread_mutex_t snap_mu;   /* guards the pool of capture events */
+  bool snap_mu_init;
+  cudaEvent_t *snap_pool;
+  size_t n_snap_pool, cap_snap_pool;
   char desc[400];
   char name[256];
 };
@@ -145,6 +156,27 @@ __global__ void k_argmax_rows(int32_t *idx, const float *x, int n);
 /* Device scratch of at least bytes for the next compute-stream op
  * (cuda_backend.cu). */
 moe_status moe_cu_scratch(moe_backend *be, size_t bytes, void **out, moe_error *err);
+
+/* ------------------------------------------------------------ copy feeder (cuda_feed.cu) */
+
+/* Starts the feeder when MOE_CUDA_OVERTAKE=1 (else nothing); stops it. */
+moe_status moe_cu_feed_start(moe_backend *be, moe_error *err);
+void moe_cu_feed_stop(moe_backend *be);
+/* A copy through the feeder (be->feed set). */
+moe_status moe_cu_feed_copy(moe_backend *be, void *dst, const void *src, size_t bytes,
+                            moe_event *wait_ev, moe_event *ev, int urgent, moe_error *err);
+/* Before a device wait on ev: the host waits until the feeder has
+ * recorded every queued copy of ev (no-op without the feeder). */
+moe_status moe_cu_feed_settle(moe_backend *be, moe_event *ev, moe_error *err);
+/* Before draining the copy stream: the feeder's queue is issued (a
+ * failure is kept for the next synchronize). */
+void moe_cu_feed_drain(moe_backend *be);
+/* 1 when a queued copy of ev is still to be recorded. */
+int moe_cu_feed_pending(moe_backend *be, moe_event *ev);
+/* 1 when queued copies still signal ev: the feeder frees it after them. */
+int moe_cu_feed_holds(moe_backend *be, moe_event *ev);
+/* Fills copy_chunk, copy_h2d_ex, copy_cancel, copy_urge. */
+void moe_cu_feed_ops(moe_backend_ops *o);
 
 /* ------------------------------------------------------------ math ops (cuda_ops.cu) */
 

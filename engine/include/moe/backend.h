@@ -551,9 +551,14 @@ typedef struct moe_backend_ops {
    * the one chunk in progress, then runs before every normal copy still
    * queued, whatever their order of issue.  Copies of the same urgency
    * run in the order issued (copy_h2d_async copies and copy_wait markers
-   * are normal ones).  The three methods come together or not at all;
+   * are normal ones).  The four methods come together or not at all;
    * NULL: every copy runs in issue order, none can be cancelled. */
-  /* The chunk in bytes: what an urgent copy may wait behind. */
+  /* The chunk in bytes: what an urgent copy may wait behind (on a device
+   * that keeps a few chunks in flight, each of them).  0: this instance
+   * does not overtake (the cuda backend unless MOE_CUDA_OVERTAKE=1): its
+   * copies run in issue order, copy_h2d_ex ignores urgent, copy_cancel
+   * and copy_urge answer 0; a caller treats it as a backend without the
+   * methods.  Constant for the instance's life. */
   size_t (*copy_chunk)(moe_backend *be);
   /* Enqueues a host-to-device copy, as copy_h2d_async, that starts after
    * wait_ev's most recent record or signalling op issued before this call
