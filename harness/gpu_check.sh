@@ -25,10 +25,14 @@
 #   h  moebench validate on cuda (the cost model against measured runs)
 #   i  the headline suite on cuda, its report --paper, and the same suite
 #      modeled on the h200 profile (sim) beside it
+#   o  overtakable copies (MOE_CUDA_OVERTAKE=1, off by default until this
+#      step has measured them): the cuda, conformance, host-stream and
+#      urgent-copy suites with them, then pregated and pregated-spec on
+#      Switch-Base-8 with copies in issue order and overtaking, in turns
 #   j  Switch-Base-64, then Switch-Base-128 (the paper's workload, short)
 #   k  the rest of the paper's models, while time remains
 # Required: a, c, d, e, g, i (the exit status is 1 when one of them failed
-# or could not run); wanted: b, h, j; optional: f, k.
+# or could not run); wanted: b, h, o, j; optional: f, k.
 #
 # Writes $OUT/summary.txt (a header, then `PASS|FAIL|SKIP <step> <seconds>s
 # <figures>` per step) and $OUT/gpu-check.tar.gz (every log, CSV, JSON and
@@ -353,14 +357,14 @@ MB="$BUILD/harness/moebench"
 
 # ------------------------------------------------------------------ steps and caps
 ORDER=(a-env a-deps a-facts b-sampler c-build d-generate e-ctest f-memcheck f-racecheck
-       g-calibrate h-validate i-headline j-switch-base-64 j-switch-base-128 k-paper-rest)
+       g-calibrate h-validate i-headline o-overtake j-switch-base-64 j-switch-base-128 k-paper-rest)
 declare -A CAP=([a-env]=10 [a-deps]=20 [a-facts]=20 [b-sampler]=5 [c-build]=90 [d-generate]=20
                 [e-ctest]=90 [f-memcheck]=45 [f-racecheck]=45 [g-calibrate]=45 [h-validate]=40
-                [i-headline]=75 [j-switch-base-64]=70 [j-switch-base-128]=120 [k-paper-rest]=0)
+                [i-headline]=75 [o-overtake]=75 [j-switch-base-64]=70 [j-switch-base-128]=120 [k-paper-rest]=0)
 declare -A KIND=([a-env]=required [a-deps]=required [a-facts]=required [b-sampler]=wanted
                  [c-build]=required [d-generate]=required [e-ctest]=required [f-memcheck]=optional
                  [f-racecheck]=optional [g-calibrate]=required [h-validate]=wanted
-                 [i-headline]=required [j-switch-base-64]=wanted [j-switch-base-128]=wanted
+                 [i-headline]=required [o-overtake]=wanted [j-switch-base-64]=wanted [j-switch-base-128]=wanted
                  [k-paper-rest]=optional)
 # k's cap is whatever time is left.  The caps are the 16-core GPU machine's;
 # a rehearsal keeps them (the CUDA build takes under a minute even on 2 cores).
@@ -913,7 +917,7 @@ step_c_build() {
   fi
   fig "configure $(( $(now) - t0 ))s"
   t0="$(now)"
-  tmo cmake --build "$BUILD" -j "$(nproc)" --target moebench test_cuda test_backend_conformance test_backend_math test_backend_table test_backend_host_stream >"$W/logs/c-build.log" 2>&1
+  tmo cmake --build "$BUILD" -j "$(nproc)" --target moebench test_cuda test_backend_conformance test_backend_math test_backend_table test_backend_host_stream test_backend_urgent >"$W/logs/c-build.log" 2>&1
   rc=$?
   if [ "$rc" != 0 ]; then
     if timed_out "$rc"; then fail "build timed out after $(( $(now) - t0 ))s"; else fail "build failed: $(grep -m1 -iE 'error|undefined reference' "$W/logs/c-build.log" | cut -c1-300)"; fi
@@ -975,7 +979,7 @@ step_e_ctest() {
     fig "rehearsal: no GPU; test_cuda loads with the bundle's libraries and exits $rc (77 = no device)"
     return
   fi
-  (cd "$BUILD" && tmo_libs env CK_FORK=no ctest -R '^(cuda|backend_(conformance|math|table|host_stream))$' --output-on-failure) >"$log" 2>&1
+  (cd "$BUILD" && tmo_libs env CK_FORK=no ctest -R '^(cuda|backend_(conformance|math|table|host_stream|urgent))$' --output-on-failure) >"$log" 2>&1
   rc=$?
   local lines
   lines="$(grep -E 'Test +#[0-9]+: ' "$log" | sed -E 's/^ *[0-9]+\/[0-9]+ +Test +#[0-9]+: +//; s/ \.+/ /; s/ +/ /g')"
@@ -983,7 +987,7 @@ step_e_ctest() {
   fig "$(grep -m1 'tests passed' "$log" || echo "no ctest summary")"
   if timed_out "$rc"; then fail "ctest timed out"; return; fi
   [ "$rc" = 0 ] || fail "ctest exit $rc"
-  if grep -Eq 'Test +#[0-9]+: (cuda|backend_(conformance|math|table|host_stream)) .*(Skipped|Not Run)' "$log"; then fail "a test was skipped: no device?"; fi
+  if grep -Eq 'Test +#[0-9]+: (cuda|backend_(conformance|math|table|host_stream|urgent)) .*(Skipped|Not Run)' "$log"; then fail "a test was skipped: no device?"; fi
   [ -n "$lines" ] || fail "ctest ran no test"
 }
 
@@ -1172,6 +1176,37 @@ step_i_headline() {
   fi
 }
 
+# Overtakable copies on cuda (MOE_CUDA_OVERTAKE=1; cuda_feed.cu): the
+# suites that hold copies to the contract, with them; then pregated and
+# pregated-spec, copies in issue order (0) and overtaking (1), two turns
+# each, alternated.  Figures: the pregated rows' decode ms/token.
+step_o_overtake() {
+  local log="$W/logs/o-overtake-ctest.log" rc
+  if [ "$REHEARSE" = 1 ]; then
+    tmo_libs env MOE_CUDA_OVERTAKE=1 "$BUILD/tests/test_backend_urgent" >"$W/logs/o-rehearsal.log" 2>&1
+    rc=$?
+    STEP_STATUS=SKIP
+    fig "rehearsal: no GPU; test_backend_urgent with MOE_CUDA_OVERTAKE=1 exits $rc (its cpu cases ran)"
+    return
+  fi
+  (cd "$BUILD" && tmo_libs env CK_FORK=no MOE_CUDA_OVERTAKE=1 ctest -R '^(cuda|backend_(conformance|host_stream|urgent))$' --output-on-failure) >"$log" 2>&1
+  rc=$?
+  fig "with MOE_CUDA_OVERTAKE=1: $(grep -m1 'tests passed' "$log" || echo "no ctest summary")"
+  if [ "$rc" != 0 ]; then fail "ctest exit $rc"; return; fi
+  local turn v out ms=()
+  for turn in 0 1 0 1; do
+    out="$W/logs/o-bench-$turn-${#ms[@]}.log"
+    tmo_libs env MOE_CUDA_OVERTAKE="$turn" "$MB" bench-policies --backend cuda --preset switch-base-8 \
+      --policies gpu-only,pregated,pregated-spec --reps 3 --prompt-len 16 --gen-len 32 >"$out" 2>&1
+    rc=$?
+    if [ "$rc" != 0 ]; then fail "bench-policies (MOE_CUDA_OVERTAKE=$turn) exit $rc: $(tail -1 "$out" | cut -c1-200)"; return; fi
+    v="$(awk -F'|' '$2 ~ /^ pregated(-spec)? $/ {gsub(/ /, "", $2); gsub(/ /, "", $6); printf "%s %s ms, ", $2, $6}' "$out")"
+    ms+=("${v%, }")
+    detail "MOE_CUDA_OVERTAKE=$turn: ${v%, } (decode ms/token, measured; medians of 3)"
+  done
+  fig "decode ms/token in issue order: ${ms[0]} / ${ms[2]}; overtaking: ${ms[1]} / ${ms[3]}"
+}
+
 # A paper-scale model on cuda: gpu-paper's workload and policies, one model.
 paper_model() { # PRESET
   local m="$1" suite="$W/paper-$1-suite.json" rc
@@ -1269,6 +1304,7 @@ run_step f-racecheck step_f_racecheck
 run_step g-calibrate step_g_calibrate
 run_step h-validate step_h_validate
 run_step i-headline step_i_headline
+run_step o-overtake step_o_overtake
 run_step j-switch-base-64 step_j_64
 run_step j-switch-base-128 step_j_128
 run_step k-paper-rest step_k_rest
