@@ -22,7 +22,7 @@ typedef struct fev {
 } fev;
 
 typedef struct op {
-  int kind; /* 0 copy, 1 mark, 2 signal */
+  int kind; /* 0 copy, 1 mark, 2 signal, 3 free the event (as CUDA, after its records) */
   void *dst;
   const void *src;
   size_t n;
@@ -67,8 +67,11 @@ static void *dev_main(void *arg) {
       D.outstanding--;
     } else if (o.kind == 1) {
       D.mark_done[o.mark] = o.gen;
-    } else {
+    } else if (o.kind == 2) {
       o.ev->completed++;
+    } else {
+      D.released++;
+      free(o.ev);
     }
     pthread_cond_broadcast(&D.cv);
   }
@@ -147,12 +150,12 @@ static void d_snap_release(void *ctx, void *s) {
   free(s);
 }
 
+/* cudaEventDestroy with records still to run: freed once they have. */
 static void d_ev_release(void *ctx, void *ev) {
   (void)ctx;
   pthread_mutex_lock(&D.mu);
-  D.released++;
+  push((op){.kind = 3, .ev = ev});
   pthread_mutex_unlock(&D.mu);
-  free(ev);
 }
 
 static moe_feed *F;
