@@ -1182,7 +1182,7 @@ step_i_headline() {
 # overtaking (1), two turns each, alternated.  Figures: the pregated rows'
 # decode ms/token.
 step_o_overtake() {
-  local log="$W/logs/o-overtake-ctest.log" rc
+  local log="$W/logs/o-overtake-ctest.log" rc out v
   if [ "$REHEARSE" = 1 ]; then
     tmo_libs env MOE_CUDA_OVERTAKE=1 "$BUILD/tests/test_backend_urgent" >"$W/logs/o-rehearsal.log" 2>&1
     rc=$?
@@ -1194,7 +1194,18 @@ step_o_overtake() {
   rc=$?
   fig "cuda cases with MOE_CUDA_OVERTAKE=1: $(grep -m1 'tests passed' "$log" || echo "no ctest summary")"
   if [ "$rc" != 0 ]; then fail "ctest exit $rc"; return; fi
-  local turn v out ms=()
+  # what CUDA Graph capture could save (not built: docs/ARCHITECTURE.md):
+  # the backend calls per decode step, counted by the trace
+  out="$W/logs/o-trace.log"
+  if tmo_libs "$MB" run --backend cuda --preset switch-base-8 --policy pregated --prompt-len 16 \
+       --gen-len 16 --trace "$W/o-pregated-trace.json" >"$out" 2>&1; then
+    v="$(sed -n 's/^per decode step (median, counted by the trace): \([0-9.]*\) backend calls, \([0-9.]*\) host waits.*/\1 \2/p' "$out")"
+    [ -n "$v" ] && detail "$(awk -v c="${v% *}" -v w="${v#* }" 'BEGIN {printf "pregated, per decode step (counted by the trace): %s backend calls, %s host waits; at workloads/hardware/h200.json'"'"'s 4 us a launch (an estimate; g measures it) the calls cost about %.2f ms of host time a step: the most CUDA Graph capture could save", c, w, c * 0.004}')"
+  else
+    detail "the traced pregated run failed: $(tail -1 "$out" | cut -c1-200)"
+  fi
+  rm -f "$W/o-pregated-trace.json" # the figures are in the log; the archive keeps logs small
+  local turn ms=()
   for turn in 0 1 0 1; do
     # a turn takes about 10 s here; the turns so far are kept when time runs short
     if [ "$(step_left)" -lt 15 ]; then detail "turns cut at ${#ms[@]} of 4: the step's cap"; break; fi
