@@ -198,6 +198,13 @@ static void complete(fev *e) {
   pthread_mutex_unlock(&D.mu);
 }
 
+/* A marker waiting for gate, recorded and not complete: the normal copies
+ * queued after it wait until the case completes it. */
+static void close_gate(fev *gate) {
+  record(gate);
+  ck_assert_int_eq(moe_feed_copy(F, NULL, NULL, 0, gate, NULL, 0, msg, sizeof msg), 0);
+}
+
 /* Settles ev, then waits for its record to run on the device. */
 static void sync_ev(fev *e) {
   ck_assert_msg(moe_feed_settle(F, e, msg, sizeof msg) == 0, "%s", msg);
@@ -263,8 +270,7 @@ START_TEST(urgent_copy_overtakes_a_waiting_queue) {
   static unsigned char a[N], b[N], da[N], db[N];
   memset(a, 0xa1, N), memset(b, 0xb2, N);
   fev gate = {0, 0}, ea = {0, 0}, eb = {0, 0};
-  record(&gate);
-  ck_assert_int_eq(moe_feed_copy(F, NULL, NULL, 0, &gate, NULL, 0, msg, sizeof msg), 0);
+  close_gate(&gate);
   copy(da, a, NULL, &ea, 0);
   copy(db, b, NULL, &eb, 1);
   sync_ev(&eb);
@@ -283,8 +289,7 @@ START_TEST(cancel_signals_at_once) {
   static unsigned char a[N], da[N];
   memset(a, 0x5a, N);
   fev gate = {0, 0}, ea = {0, 0};
-  record(&gate);
-  ck_assert_int_eq(moe_feed_copy(F, NULL, NULL, 0, &gate, NULL, 0, msg, sizeof msg), 0);
+  close_gate(&gate);
   copy(da, a, NULL, &ea, 0);
   ck_assert_int_eq(moe_feed_cancel(F, &ea), 1);
   ck_assert_int_eq(moe_feed_cancel(F, &ea), 0);
@@ -302,8 +307,7 @@ START_TEST(urge_moves_a_copy_ahead) {
   static unsigned char a[N], b[N], da[N], db[N];
   memset(a, 0x11, N), memset(b, 0x22, N);
   fev gate = {0, 0}, ea = {0, 0}, eb = {0, 0}, idle = {0, 0};
-  record(&gate);
-  ck_assert_int_eq(moe_feed_copy(F, NULL, NULL, 0, &gate, NULL, 0, msg, sizeof msg), 0);
+  close_gate(&gate);
   copy(da, a, NULL, &ea, 0);
   copy(db, b, NULL, &eb, 0);
   ck_assert_int_eq(moe_feed_urge(F, &idle), 0);
@@ -323,8 +327,7 @@ START_TEST(urgent_copy_waits_for_a_queued_copy) {
   static unsigned char a[N], b[N], da[N], db[N];
   memset(a, 0x31, N), memset(b, 0x32, N);
   fev gate = {0, 0}, ea = {0, 0}, eb = {0, 0};
-  record(&gate);
-  ck_assert_int_eq(moe_feed_copy(F, NULL, NULL, 0, &gate, NULL, 0, msg, sizeof msg), 0);
+  close_gate(&gate);
   copy(da, a, NULL, &ea, 0);
   copy(db, b, &ea, &eb, 1);
   pause_ms(30);
@@ -375,8 +378,7 @@ START_TEST(released_event_freed_after_its_copy) {
   fev gate = {0, 0}, *ea = calloc(1, sizeof *ea), *idle = calloc(1, sizeof *idle);
   ck_assert_ptr_nonnull(ea);
   ck_assert_ptr_nonnull(idle);
-  record(&gate);
-  ck_assert_int_eq(moe_feed_copy(F, NULL, NULL, 0, &gate, NULL, 0, msg, sizeof msg), 0);
+  close_gate(&gate);
   copy(da, a, NULL, ea, 0);
   ck_assert_int_eq(moe_feed_release_event(F, idle), 0);
   free(idle);
