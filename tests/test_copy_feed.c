@@ -1,7 +1,8 @@
 /* The copy feeder (engine/src/copy_feed.h) against an emulated device: a
  * thread that runs what it is given in order, as a CUDA copy stream does
- * (copies, marks, event records), and events counted like CUDA's (a wait
- * is for the record most recent when it was taken).  Order is checked by
+ * (copies, marks, event records), and events kept like CUDA's: each
+ * record completes on its own, and a wait is for the record most recent
+ * when it was taken, whatever the others do.  Order is checked by
  * the device's log and by data, never by time; "not yet" is checked after
  * a pause long enough for a broken feeder to have done it. */
 #include <check.h>
@@ -17,9 +18,16 @@
 
 enum { CHUNK = 4096, DEPTH = 2, MAXLOG = 4096, N = 3 * CHUNK + 100 };
 
+/* An event: records 1..issued; bit k of done is set once record k has
+ * completed (records on different streams complete in any order). */
 typedef struct fev {
-  unsigned long issued, completed;
+  unsigned long issued;
+  unsigned long long done;
 } fev;
+
+/* Whether e's most recent record has completed (never recorded: yes).
+ * D.mu held. */
+static int latest_done(const fev *e) { return e->issued == 0 || ((e->done >> e->issued) & 1); }
 
 typedef struct op {
   int kind; /* 0 copy, 1 mark, 2 signal, 3 free the event (as CUDA, after its records) */
@@ -42,7 +50,8 @@ static struct {
   unsigned long mark_issued[DEPTH], mark_done[DEPTH];
   int outstanding, max_outstanding; /* chunks issued and not landed */
   int fail_at;                      /* the issue call that fails (0: none) */
-  int issues, released;
+  int fail_signal, fail_query, fail_mark, fail_init; /* the call of each that fails */
+  int issues, signals, queries, marks, released;
   int stop;
   useconds_t delay; /* per chunk */
   pthread_t tid;
@@ -68,7 +77,7 @@ static void *dev_main(void *arg) {
     } else if (o.kind == 1) {
       D.mark_done[o.mark] = o.gen;
     } else if (o.kind == 2) {
-      o.ev->completed++;
+      o.ev->done |= 1ull << o.gen;
     } else {
       D.released++;
       free(o.ev);
@@ -99,21 +108,37 @@ static int d_issue(void *ctx, void *dst, const void *src, size_t n, int mark, ch
   return fails ? -1 : 0;
 }
 
+/* An injected failure: the n-th call (counted in *calls) fails. */
+static int injected(int *calls, int n, const char *what, char *msg, size_t cap) {
+  if (++*calls != n) return 0;
+  snprintf(msg, cap, "emulated %s failure", what);
+  return 1;
+}
+
 static int d_mark_wait(void *ctx, int mark, char *msg, size_t cap) {
-  (void)ctx, (void)msg, (void)cap;
+  (void)ctx;
   pthread_mutex_lock(&D.mu);
   while (D.mark_done[mark] < D.mark_issued[mark]) pthread_cond_wait(&D.cv, &D.mu);
+  const int fails = injected(&D.marks, D.fail_mark, "mark", msg, cap);
   pthread_mutex_unlock(&D.mu);
-  return 0;
+  return fails ? -1 : 0;
 }
 
 static int d_signal(void *ctx, void *ev, char *msg, size_t cap) {
-  (void)ctx, (void)msg, (void)cap;
+  (void)ctx;
+  fev *e = ev;
   pthread_mutex_lock(&D.mu);
-  ((fev *)ev)->issued++;
-  push((op){.kind = 2, .ev = ev});
+  const int fails = injected(&D.signals, D.fail_signal, "signal", msg, cap);
+  if (!fails) push((op){.kind = 2, .ev = e, .gen = ++e->issued});
   pthread_mutex_unlock(&D.mu);
-  return 0;
+  return fails ? -1 : 0;
+}
+
+static int d_init(void *ctx, char *msg, size_t cap) {
+  (void)ctx;
+  if (!D.fail_init) return 0;
+  snprintf(msg, cap, "emulated init failure");
+  return -1;
 }
 
 typedef struct snap {
@@ -126,7 +151,7 @@ static int d_snap(void *ctx, void *wait, void **out, char *msg, size_t cap) {
   fev *w = wait;
   pthread_mutex_lock(&D.mu);
   snap *s = NULL;
-  if (w->completed < w->issued) {
+  if (!latest_done(w)) {
     s = malloc(sizeof *s);
     ck_assert_ptr_nonnull(s);
     *s = (snap){w, w->issued};
@@ -137,12 +162,13 @@ static int d_snap(void *ctx, void *wait, void **out, char *msg, size_t cap) {
 }
 
 static int d_snap_query(void *ctx, void *sn, char *msg, size_t cap) {
-  (void)ctx, (void)msg, (void)cap;
+  (void)ctx;
   const snap *s = sn;
   pthread_mutex_lock(&D.mu);
-  const int done = s->ev->completed >= s->target;
+  const int fails = injected(&D.queries, D.fail_query, "query", msg, cap);
+  const int done = (s->ev->done >> s->target) & 1;
   pthread_mutex_unlock(&D.mu);
-  return done;
+  return fails ? -1 : done;
 }
 
 static void d_snap_release(void *ctx, void *s) {
@@ -160,6 +186,8 @@ static void d_ev_release(void *ctx, void *ev) {
 
 static moe_feed *F;
 static char msg[256];
+static const moe_feed_dev DEV = {NULL, CHUNK, DEPTH, d_init, d_issue, d_mark_wait, d_signal,
+                                 d_snap, d_snap_query, d_snap_release, d_ev_release};
 
 static void setup(void) {
   pthread_mutex_init(&D.mu, NULL);
@@ -168,11 +196,11 @@ static void setup(void) {
   memset(D.mark_issued, 0, sizeof D.mark_issued);
   memset(D.mark_done, 0, sizeof D.mark_done);
   D.outstanding = D.max_outstanding = D.fail_at = D.issues = D.released = D.stop = 0;
+  D.fail_signal = D.fail_query = D.fail_mark = D.fail_init = 0;
+  D.signals = D.queries = D.marks = 0;
   D.delay = 0;
   ck_assert_int_eq(pthread_create(&D.tid, NULL, dev_main, NULL), 0);
-  const moe_feed_dev dev = {NULL, CHUNK, DEPTH, NULL, d_issue, d_mark_wait, d_signal,
-                            d_snap, d_snap_query, d_snap_release, d_ev_release};
-  ck_assert_int_eq(moe_feed_create(&dev, &F, msg, sizeof msg), 0);
+  ck_assert_int_eq(moe_feed_create(&DEV, &F, msg, sizeof msg), 0);
 }
 
 static void teardown(void) {
@@ -184,7 +212,8 @@ static void teardown(void) {
   pthread_join(D.tid, NULL);
 }
 
-/* A host event of the test's own: recorded (not complete) or completed. */
+/* A host event of the test's own: recorded (not complete), or its oldest
+ * record still pending completed. */
 static void record(fev *e) {
   pthread_mutex_lock(&D.mu);
   e->issued++;
@@ -193,7 +222,11 @@ static void record(fev *e) {
 
 static void complete(fev *e) {
   pthread_mutex_lock(&D.mu);
-  e->completed++;
+  for (unsigned long k = 1; k <= e->issued; k++)
+    if (!((e->done >> k) & 1)) {
+      e->done |= 1ull << k;
+      break;
+    }
   pthread_cond_broadcast(&D.cv);
   pthread_mutex_unlock(&D.mu);
 }
@@ -209,15 +242,20 @@ static void close_gate(fev *gate) {
 static void sync_ev(fev *e) {
   ck_assert_msg(moe_feed_settle(F, e, msg, sizeof msg) == 0, "%s", msg);
   pthread_mutex_lock(&D.mu);
-  while (e->completed < e->issued) pthread_cond_wait(&D.cv, &D.mu);
+  while (!latest_done(e)) pthread_cond_wait(&D.cv, &D.mu);
+  pthread_mutex_unlock(&D.mu);
+}
+
+/* Waits until the device has run everything it was given. */
+static void drain_device(void) {
+  pthread_mutex_lock(&D.mu);
+  while (D.head != D.tail) pthread_cond_wait(&D.cv, &D.mu);
   pthread_mutex_unlock(&D.mu);
 }
 
 static void sync_all(void) {
   ck_assert_msg(moe_feed_settle(F, NULL, msg, sizeof msg) == 0, "%s", msg);
-  pthread_mutex_lock(&D.mu);
-  while (D.head != D.tail) pthread_cond_wait(&D.cv, &D.mu);
-  pthread_mutex_unlock(&D.mu);
+  drain_device();
 }
 
 static void copy(void *dst, const void *src, void *wait, fev *ev, int urgent) {
@@ -259,7 +297,8 @@ START_TEST(copies_land_in_chunks) {
   for (int i = 0; i < 3; i++) {
     ck_assert(all(dst[i], (unsigned char)(0x10 + i)));
     ck_assert_int_eq(chunks_of(dst[i], NULL, NULL), (N + CHUNK - 1) / CHUNK);
-    ck_assert_uint_eq(ev[i].completed, 1);
+    ck_assert_uint_eq(ev[i].issued, 1);
+    ck_assert_uint_eq(ev[i].done, 2);
   }
 }
 END_TEST
@@ -294,7 +333,7 @@ START_TEST(cancel_signals_at_once) {
   ck_assert_int_eq(moe_feed_cancel(F, &ea), 1);
   ck_assert_int_eq(moe_feed_cancel(F, &ea), 0);
   sync_ev(&ea);
-  ck_assert_uint_eq(gate.completed, 0);
+  ck_assert_uint_eq(gate.done, 0);
   complete(&gate);
   sync_all();
   ck_assert_int_eq(chunks_of(da, NULL, NULL), 0);
@@ -415,11 +454,104 @@ START_TEST(destroy_issues_the_queue) {
   copy(da, a, NULL, &ea, 0);
   moe_feed_destroy(F);
   F = NULL;
-  pthread_mutex_lock(&D.mu);
-  while (D.head != D.tail) pthread_cond_wait(&D.cv, &D.mu);
-  pthread_mutex_unlock(&D.mu);
+  drain_device();
   ck_assert(all(da, 0x66));
-  ck_assert_uint_eq(ea.completed, 1);
+  ck_assert_uint_eq(ea.done, 2);
+}
+END_TEST
+
+/* A wait on an event whose most recent signalling op is a queued copy is
+ * for that copy: an older record of the event, made elsewhere and still
+ * pending, does not hold the waiting copy once the queued one is issued. */
+START_TEST(a_wait_on_a_queued_copy_is_that_copy) {
+  static unsigned char a[N], b[N], da[N], db[N];
+  memset(a, 0x71, N), memset(b, 0x72, N);
+  fev e = {0, 0}, eb = {0, 0};
+  record(&e);               /* record 1, elsewhere, left pending */
+  copy(da, a, NULL, &e, 0); /* record 2 when issued */
+  copy(db, b, &e, &eb, 1);
+  ck_assert_msg(moe_feed_settle(F, &eb, msg, sizeof msg) == 0, "%s", msg);
+  sync_ev(&eb);
+  ck_assert(all(db, 0x72));
+  size_t a_last = 0, b_first = 0;
+  chunks_of(da, NULL, &a_last);
+  chunks_of(db, &b_first, NULL);
+  ck_assert_uint_lt(a_last, b_first);
+  complete(&e);
+}
+END_TEST
+
+/* Urgent copies run in the order issued, the first one's wait holding
+ * the second. */
+START_TEST(urgent_copies_keep_their_order) {
+  static unsigned char a[N], da[N], db[N];
+  fev w = {0, 0}, ea = {0, 0}, eb = {0, 0};
+  record(&w);
+  copy(da, a, &w, &ea, 1);
+  copy(db, a, NULL, &eb, 1);
+  pause_ms(30);
+  ck_assert_int_eq(chunks_of(db, NULL, NULL), 0);
+  complete(&w);
+  sync_all();
+  size_t a_last = 0, b_first = 0;
+  ck_assert_int_gt(chunks_of(da, NULL, &a_last), 0);
+  ck_assert_int_gt(chunks_of(db, &b_first, NULL), 0);
+  ck_assert_uint_lt(a_last, b_first);
+}
+END_TEST
+
+/* A copy cancelled while its wait's capture is pending issues nothing and
+ * signals at once; the capture is released (the sanitizer build checks). */
+START_TEST(cancel_with_a_pending_wait) {
+  static unsigned char a[N], da[N];
+  fev w = {0, 0}, ea = {0, 0};
+  record(&w);
+  copy(da, a, &w, &ea, 1);
+  ck_assert_int_eq(moe_feed_cancel(F, &ea), 1);
+  sync_ev(&ea);
+  ck_assert_int_eq(chunks_of(da, NULL, NULL), 0);
+  complete(&w);
+}
+END_TEST
+
+/* Each device call's failure (signal, a wait's query, a chunk's mark)
+ * reaches a waiter, with its message, and releases what the feeder held:
+ * a capture, an event released to it (the sanitizer build checks). */
+START_TEST(every_device_failure_reaches_the_waiter) {
+  static unsigned char a[N], da[N], db[N];
+  const char *what[3] = {"signal", "query", "mark"};
+  for (int k = 0; k < 3; k++) {
+    fev w = {0, 0}, *ea = calloc(1, sizeof *ea);
+    ck_assert_ptr_nonnull(ea);
+    if (k == 0) D.fail_signal = D.signals + 1;
+    if (k == 1) D.fail_query = D.queries + 1;
+    if (k == 2) D.fail_mark = D.marks + 1;
+    record(&w);
+    copy(da, a, &w, ea, 0);
+    copy(db, a, NULL, NULL, 1);
+    ck_assert_int_eq(moe_feed_release_event(F, ea), 1);
+    complete(&w);
+    ck_assert_int_eq(moe_feed_settle(F, NULL, msg, sizeof msg), -1);
+    ck_assert_msg(strstr(msg, what[k]) != NULL, "%s: %s", what[k], msg);
+    ck_assert_int_eq(moe_feed_pending(F, ea), 0);
+    moe_feed_destroy(F);
+    drain_device();
+    ck_assert_int_eq(D.released, k + 1);
+    D.fail_signal = D.fail_query = D.fail_mark = 0;
+    ck_assert_int_eq(moe_feed_create(&DEV, &F, msg, sizeof msg), 0);
+  }
+}
+END_TEST
+
+/* A failed thread set-up (cudaSetDevice on cuda) is create's failure. */
+START_TEST(thread_init_failure_fails_create) {
+  moe_feed_destroy(F);
+  F = NULL;
+  D.fail_init = 1;
+  moe_feed *g = NULL;
+  ck_assert_int_eq(moe_feed_create(&DEV, &g, msg, sizeof msg), -1);
+  ck_assert_ptr_null(g);
+  ck_assert_msg(strstr(msg, "emulated init failure") != NULL, "%s", msg);
 }
 END_TEST
 
@@ -449,6 +581,11 @@ int main(void) {
   tcase_add_test(tc, device_failure_is_reported);
   tcase_add_test(tc, destroy_issues_the_queue);
   tcase_add_test(tc, bad_geometry_is_refused);
+  tcase_add_test(tc, a_wait_on_a_queued_copy_is_that_copy);
+  tcase_add_test(tc, urgent_copies_keep_their_order);
+  tcase_add_test(tc, cancel_with_a_pending_wait);
+  tcase_add_test(tc, every_device_failure_reaches_the_waiter);
+  tcase_add_test(tc, thread_init_failure_fails_create);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -15,6 +15,7 @@ typedef struct feed_req {
   void *dst;
   const void *src;
   size_t bytes, done; /* done: bytes issued so far */
+  size_t moving;      /* bytes of the chunk being issued (mu released) */
   void *ev;           /* signalled after the last chunk (NULL: none) */
   void *snap;         /* the wait's capture, until it is complete */
   void *dep;          /* the wait's event: copies signalling it queued before this one */
@@ -33,6 +34,7 @@ struct moe_feed {
   void **doomed;      /* released events that queued copies still signal */
   size_t n_doomed, cap_doomed;
   int stop, failed, started;
+  int init; /* 0 while the thread starts, 1 ready, -1 its thread_init failed */
   char fail[256];
   pthread_t tid;
 };
@@ -129,15 +131,24 @@ static void land_oldest(moe_feed *f) {
   if (rc != 0) fail(f, msg);
 }
 
-/* Issues the next chunk of request i (mu held: the device call only
- * queues work). */
+/* Issues the next chunk of request i, with mu released meanwhile (a copy
+ * from pageable memory can block in the device call): the request stays
+ * at index i, since only this thread removes requests, but the array may
+ * move (an enqueue grows it). */
 static void issue_chunk(moe_feed *f, size_t i) {
   feed_req *r = &f->q[i];
   const size_t n = r->bytes - r->done < f->dev.chunk ? r->bytes - r->done : f->dev.chunk;
   const int mark = (f->head + f->inflight) % f->dev.depth;
+  char *dst = (char *)r->dst + r->done;
+  const char *src = (const char *)r->src + r->done;
   char msg[200] = "";
-  if (f->dev.issue(f->dev.ctx, (char *)r->dst + r->done, (const char *)r->src + r->done, n, mark,
-                   msg, sizeof msg) != 0) {
+  r->moving = n;
+  pthread_mutex_unlock(&f->mu);
+  const int rc = f->dev.issue(f->dev.ctx, dst, src, n, mark, msg, sizeof msg);
+  pthread_mutex_lock(&f->mu);
+  r = &f->q[i];
+  r->moving = 0;
+  if (rc != 0) {
     fail(f, msg);
     return;
   }
@@ -167,6 +178,8 @@ static void *feed_main(void *arg) {
   const int init = f->dev.thread_init ? f->dev.thread_init(f->dev.ctx, msg, sizeof msg) : 0;
   pthread_mutex_lock(&f->mu);
   if (init != 0) fail(f, msg);
+  f->init = init != 0 ? -1 : 1;
+  pthread_cond_broadcast(&f->cv);
   for (;;) {
     int waiting = 0;
     const long i = f->failed ? -1 : pick(f, &waiting);
@@ -211,8 +224,19 @@ int moe_feed_create(const moe_feed_dev *dev, moe_feed **out, char *msg, size_t c
     }
   }
   if (!ok || !f->started) {
-    snprintf(msg, cap, "copy feeder: cannot start its thread (%s)", strerror(ok ? EAGAIN : ENOMEM));
+    snprintf(msg, cap, "copy feeder: cannot start its thread (%s)",
+             ok ? strerror(EAGAIN) : "no memory or condition variable");
     free(f);
+    return -1;
+  }
+  /* the thread's device set-up must have worked before the first copy */
+  pthread_mutex_lock(&f->mu);
+  while (f->init == 0) pthread_cond_wait(&f->cv, &f->mu);
+  const int init = f->init;
+  if (init < 0) snprintf(msg, cap, "%s", f->fail);
+  pthread_mutex_unlock(&f->mu);
+  if (init < 0) {
+    moe_feed_destroy(f);
     return -1;
   }
   *out = f;
@@ -247,25 +271,29 @@ static int grow(void **arr, size_t *cap, size_t len, size_t elem) {
 
 int moe_feed_copy(moe_feed *f, void *dst, const void *src, size_t n, void *wait, void *ev,
                   int urgent, char *msg, size_t cap) {
-  void *snap = NULL;
-  if (wait && f->dev.snap(f->dev.ctx, wait, &snap, msg, cap) != 0) return -1;
   pthread_mutex_lock(&f->mu);
   int rc = 0;
+  /* a queued copy signals wait: the most recent signalling op is that
+   * copy (a record of wait made elsewhere settles the feeder first), so
+   * this copy waits for it; else wait's record is captured now, under mu,
+   * so that no signal of the feeder's slips between capture and check */
+  void *dep = wait && names(f, wait, f->seq + 1) ? wait : NULL, *snap = NULL;
   if (f->failed) {
     snprintf(msg, cap, "%s", f->fail);
     rc = -1;
   } else if (grow((void **)&f->q, &f->cap, f->len, sizeof *f->q) != 0) {
     snprintf(msg, cap, "copy feeder: no memory for a queue of %zu copies", f->len + 1);
     rc = -1;
+  } else if (wait && !dep && f->dev.snap(f->dev.ctx, wait, &snap, msg, cap) != 0) {
+    rc = -1;
   } else {
-    f->q[f->len++] = (feed_req){.dst = dst, .src = src, .bytes = n, .ev = ev, .snap = snap,
-                                .dep = wait && names(f, wait, f->seq + 1) ? wait : NULL,
-                                .seq = ++f->seq, .urgent = urgent != 0};
-    snap = NULL;
+    f->q[f->len] = (feed_req){.dst = dst, .src = src, .bytes = n, .ev = ev, .snap = snap,
+                              .dep = dep, .seq = f->seq + 1, .urgent = urgent != 0};
+    f->len++;
+    f->seq++;
     pthread_cond_broadcast(&f->cv);
   }
   pthread_mutex_unlock(&f->mu);
-  if (snap) f->dev.snap_release(f->dev.ctx, snap);
   return rc;
 }
 
@@ -276,7 +304,7 @@ int moe_feed_cancel(moe_feed *f, void *ev) {
     feed_req *r = &f->q[i];
     if (r->ev != ev || r->cancelled || r->bytes == 0) continue;
     r->cancelled = 1;
-    dropped = 1; /* queued means a chunk is left to issue */
+    dropped |= r->done + r->moving < r->bytes; /* a chunk is left after the one being issued */
   }
   pthread_cond_broadcast(&f->cv);
   pthread_mutex_unlock(&f->mu);

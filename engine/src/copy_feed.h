@@ -11,18 +11,20 @@
  * queued (`snap`: what the wait event stands for then, or nothing when it
  * is already complete) and the feeder issues no chunk of it before the
  * capture is complete (`snap_query`); a wait on an event that a queued
- * copy signals is met once that copy is issued, since the copy stream
- * runs in order.  Nothing is ever made to wait on the device's copy
+ * copy signals is for that copy (no capture), met once the copy is
+ * issued, since the copy stream runs in order.  Nothing is ever made to wait on the device's copy
  * stream, so an urgent copy is never stuck behind a normal copy's wait.
  *
  * The feeder records a copy's event (`signal`) after its last chunk; until
  * then a device-side wait on that event would see its previous record.
  * So a caller must `moe_feed_settle(ev)` before any device wait on, or
- * query of, an event that queued copies signal.
+ * query of, an event that queued copies signal, and before recording it
+ * anywhere else (its records then stay in issue order).
  *
  * One thread issues work (the backend's caller); the feeder's own thread
- * makes every device call but `snap` (made by the caller) and
- * `snap_release`.  The device calls return 0, or non-zero with a message;
+ * makes every device call but `snap` (made by the caller, with the
+ * feeder's lock held, so no signal of the feeder's slips between the
+ * capture and the check for queued copies) and `snap_release`.  The device calls return 0, or non-zero with a message;
  * after a failure the feeder drops its queue and every later call reports
  * the failure.  Tested against an emulated device in
  * tests/test_copy_feed.c; driven by the cuda backend (MOE_CUDA_OVERTAKE). */
@@ -50,8 +52,8 @@ typedef struct moe_feed_dev {
   int (*mark_wait)(void *ctx, int mark, char *msg, size_t cap);
   /* Records ev behind everything issued so far on the copy stream. */
   int (*signal)(void *ctx, void *ev, char *msg, size_t cap);
-  /* The caller's thread: a capture of wait's most recent record (*out),
-   * or *out = NULL when it is already complete. */
+  /* The caller's thread, the feeder's lock held: a capture of wait's most
+   * recent record (*out), or *out = NULL when it is already complete. */
   int (*snap)(void *ctx, void *wait, void **out, char *msg, size_t cap);
   /* 1: the capture is complete; 0: not yet; -1: failed (msg). */
   int (*snap_query)(void *ctx, void *snap, char *msg, size_t cap);

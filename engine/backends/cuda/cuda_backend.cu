@@ -394,6 +394,7 @@ cleanup:
 static moe_status cu_compute_record(moe_backend *be, moe_event *ev, moe_error *err) {
   moe_status st = MOE_OK;
   if (ev == NULL) return MOE_OK;
+  MOE_TRY(moe_cu_feed_settle(be, ev, err)); /* its queued copies record first */
   CUDA_TRY(cudaEventRecord(ev->ev, be->compute), err);
 cleanup:
   return st;
@@ -513,6 +514,7 @@ static moe_status cu_host_run(moe_backend *be, void (*fn)(void *ctx), void *ctx,
   if (fn == NULL)
     return MOE_FAIL(err, MOE_ERR_INVALID, "cuda backend: host_run without a job (fn NULL)");
   if (wait_ev) MOE_TRY(moe_cu_feed_settle(be, wait_ev, err));
+  if (done_ev) MOE_TRY(moe_cu_feed_settle(be, done_ev, err));
   if (wait_ev) CUDA_TRY(cudaStreamWaitEvent(be->host, wait_ev->ev, 0), err);
   CUDA_TRY(cudaLaunchHostFunc(be->host, fn, ctx), err);
   if (done_ev) CUDA_TRY(cudaEventRecord(done_ev->ev, be->host), err);

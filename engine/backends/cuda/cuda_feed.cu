@@ -10,9 +10,9 @@
  * urgent copy waits behind at most FEED_DEPTH chunks already on the link.
  *
  * Waits: a copy's wait event is captured when the copy is issued (if it
- * is not already complete: the snaps stream waits for it and records a
- * pooled event), and the feeder issues no chunk of the copy until that
- * capture is complete, so no wait ever sits on the copy stream in front of
+ * is not already complete: a pooled capture's own stream waits for it and
+ * records the capture's event), and the feeder issues no chunk of the copy
+ * until that capture is complete, so no wait ever sits on the copy stream in front of
  * an urgent copy, and a later record of the wait event (a slot's next free
  * event) cannot deadlock the copy against compute.  copy_wait markers are
  * captured the same way and hold only the normal copies behind them.
@@ -20,7 +20,9 @@
  * An event is recorded by the feeder after its copy's last chunk; before
  * that, a device wait on it would see its previous record.  So
  * compute_wait, event_sync, host_run's wait and event_done first settle
- * the event with the feeder (the host waits until the record is issued;
+ * the event with the feeder, and so do compute_record and host_run's
+ * done event before recording it elsewhere (the event's records then stay
+ * in issue order, which a wait on a queued copy's event relies on) (the host waits until the record is issued;
  * that wait is not in stall_seconds, which times the GPU's waits only).
  * Every stream drain (synchronize, device_free, host_free, unregister,
  * destroy) empties the feeder first. */
@@ -69,36 +71,69 @@ static int fd_signal(void *ctx, void *ev, char *msg, size_t cap) {
                   msg, cap);
 }
 
-/* A pooled capture event (the caller's thread and the feeder's). */
-static int snap_get(moe_backend *be, cudaEvent_t *out, char *msg, size_t cap) {
-  pthread_mutex_lock(&be->snap_mu);
-  const bool pooled = be->n_snap_pool > 0;
-  if (pooled) *out = be->snap_pool[--be->n_snap_pool];
-  pthread_mutex_unlock(&be->snap_mu);
-  if (pooled) return 0;
-  return feed_err(cudaEventCreateWithFlags(out, cudaEventDisableTiming),
-                  "cudaEventCreateWithFlags (a wait's capture)", msg, cap);
+/* A capture of a wait: its own stream waits for the wait event and then
+ * records e, so a capture completes when its wait does, never later
+ * because of another capture (one shared stream would make an urgent
+ * copy's capture wait for every earlier capture's wait).  Pooled once
+ * complete. */
+struct cu_capture {
+  cudaStream_t s;
+  cudaEvent_t e;
+};
+
+static void capture_free(cu_capture *c) {
+  if (c == NULL) return;
+  if (c->e) (void)cudaEventDestroy(c->e);
+  if (c->s) (void)cudaStreamDestroy(c->s); /* returns at once; pending work still runs */
+  (void)cudaGetLastError();
+  free(c);
 }
 
-static void fd_snap_release(void *ctx, void *snap) {
-  moe_backend *be = (moe_backend *)ctx;
-  cudaEvent_t ev = (cudaEvent_t)snap;
+static int capture_get(moe_backend *be, cu_capture **out, char *msg, size_t cap) {
   pthread_mutex_lock(&be->snap_mu);
-  if (be->n_snap_pool == be->cap_snap_pool) {
-    const size_t n = be->cap_snap_pool ? 2 * be->cap_snap_pool : 32;
-    cudaEvent_t *p = (cudaEvent_t *)realloc(be->snap_pool, n * sizeof *p);
-    if (p) {
-      be->snap_pool = p;
-      be->cap_snap_pool = n;
+  cu_capture *c = be->n_snap_pool > 0 ? be->snap_pool[--be->n_snap_pool] : NULL;
+  pthread_mutex_unlock(&be->snap_mu);
+  if (c == NULL) {
+    c = (cu_capture *)calloc(1, sizeof *c);
+    if (c == NULL) {
+      snprintf(msg, cap, "no memory for a copy's wait capture");
+      return -1;
+    }
+    if (feed_err(cudaStreamCreateWithFlags(&c->s, cudaStreamNonBlocking),
+                 "cudaStreamCreateWithFlags (a wait's capture)", msg, cap) ||
+        feed_err(cudaEventCreateWithFlags(&c->e, cudaEventDisableTiming),
+                 "cudaEventCreateWithFlags (a wait's capture)", msg, cap)) {
+      capture_free(c);
+      return -1;
     }
   }
-  const bool kept = be->n_snap_pool < be->cap_snap_pool;
-  if (kept) be->snap_pool[be->n_snap_pool++] = ev;
-  pthread_mutex_unlock(&be->snap_mu);
-  if (!kept) {
-    (void)cudaEventDestroy(ev);
-    (void)cudaGetLastError();
+  *out = c;
+  return 0;
+}
+
+/* Back to the pool if complete; one dropped while its wait is pending (a
+ * cancelled copy's) is freed instead, so no capture queues behind it. */
+static void fd_snap_release(void *ctx, void *snap) {
+  moe_backend *be = (moe_backend *)ctx;
+  cu_capture *c = (cu_capture *)snap;
+  const cudaError_t q = cudaEventQuery(c->e);
+  (void)cudaGetLastError();
+  bool kept = false;
+  if (q == cudaSuccess) {
+    pthread_mutex_lock(&be->snap_mu);
+    if (be->n_snap_pool == be->cap_snap_pool) {
+      const size_t n = be->cap_snap_pool ? 2 * be->cap_snap_pool : 16;
+      cu_capture **p = (cu_capture **)realloc(be->snap_pool, n * sizeof *p);
+      if (p) {
+        be->snap_pool = p;
+        be->cap_snap_pool = n;
+      }
+    }
+    kept = be->n_snap_pool < be->cap_snap_pool;
+    if (kept) be->snap_pool[be->n_snap_pool++] = c;
+    pthread_mutex_unlock(&be->snap_mu);
   }
+  if (!kept) capture_free(c);
 }
 
 /* The caller's thread: what wait stands for now, or NULL when complete. */
@@ -110,20 +145,20 @@ static int fd_snap(void *ctx, void *wait, void **out, char *msg, size_t cap) {
   if (q == cudaSuccess) return 0;
   if (q != cudaErrorNotReady) return feed_err(q, "cudaEventQuery (a copy's wait)", msg, cap);
   (void)cudaGetLastError(); /* not ready: an answer, not a failure */
-  cudaEvent_t s;
-  if (snap_get(be, &s, msg, cap)) return -1;
-  if (feed_err(cudaStreamWaitEvent(be->snaps, w, 0), "cudaStreamWaitEvent (a wait's capture)", msg,
+  cu_capture *c = NULL;
+  if (capture_get(be, &c, msg, cap)) return -1;
+  if (feed_err(cudaStreamWaitEvent(c->s, w, 0), "cudaStreamWaitEvent (a wait's capture)", msg,
                cap) ||
-      feed_err(cudaEventRecord(s, be->snaps), "cudaEventRecord (a wait's capture)", msg, cap)) {
-    fd_snap_release(be, s);
+      feed_err(cudaEventRecord(c->e, c->s), "cudaEventRecord (a wait's capture)", msg, cap)) {
+    capture_free(c);
     return -1;
   }
-  *out = (void *)s;
+  *out = (void *)c;
   return 0;
 }
 
 static int fd_snap_query(void *ctx, void *snap, char *msg, size_t cap) {
-  const cudaError_t q = cudaEventQuery((cudaEvent_t)snap);
+  const cudaError_t q = cudaEventQuery(((cu_capture *)snap)->e);
   if (q == cudaSuccess) return 1;
   (void)cudaGetLastError();
   if (q == cudaErrorNotReady) return 0;
@@ -151,7 +186,6 @@ moe_status moe_cu_feed_start(moe_backend *be, moe_error *err) {
   memset(&dev, 0, sizeof dev);
   pthread_mutex_init(&be->snap_mu, NULL);
   be->snap_mu_init = true;
-  CUDA_TRY(cudaStreamCreateWithFlags(&be->snaps, cudaStreamNonBlocking), err);
   for (int i = 0; i < FEED_DEPTH; i++)
     CUDA_TRY(cudaEventCreateWithFlags(&be->feed_marks[i], cudaEventDisableTiming), err);
   dev.ctx = be;
@@ -175,15 +209,12 @@ cleanup:
 void moe_cu_feed_stop(moe_backend *be) {
   moe_feed_destroy(be->feed);
   be->feed = NULL;
-  if (be->snaps) (void)cudaStreamSynchronize(be->snaps);
   for (int i = 0; i < FEED_DEPTH; i++)
     if (be->feed_marks[i]) (void)cudaEventDestroy(be->feed_marks[i]);
-  for (size_t i = 0; i < be->n_snap_pool; i++) (void)cudaEventDestroy(be->snap_pool[i]);
+  for (size_t i = 0; i < be->n_snap_pool; i++) capture_free(be->snap_pool[i]);
   free(be->snap_pool);
   be->snap_pool = NULL;
   be->n_snap_pool = be->cap_snap_pool = 0;
-  if (be->snaps) (void)cudaStreamDestroy(be->snaps);
-  be->snaps = NULL;
   if (be->snap_mu_init) pthread_mutex_destroy(&be->snap_mu);
   be->snap_mu_init = false;
   (void)cudaGetLastError();

@@ -15,6 +15,7 @@
 #include "moe/backend.h"
 
 struct moe_feed;
+struct cu_capture;
 
 /* A failure is reported here, and cleared from the runtime's last error
  * so that the next launch check does not report it again (a sticky error
@@ -80,10 +81,9 @@ struct moe_backend {
   /* overtakable copies (cuda_feed.cu, MOE_CUDA_OVERTAKE=1; NULL: off) */
   struct moe_feed *feed;
   cudaEvent_t feed_marks[8]; /* one per chunk in flight */
-  cudaStream_t snaps;        /* captures copies' waits */
-  pthread_mutex_t snap_mu;   /* guards the pool of capture events */
+  pthread_mutex_t snap_mu;   /* guards the pool of captures of copies' waits */
   bool snap_mu_init;
-  cudaEvent_t *snap_pool;
+  struct cu_capture **snap_pool; /* each its own stream, so none waits for another */
   size_t n_snap_pool, cap_snap_pool;
   char desc[400];
   char name[256];
