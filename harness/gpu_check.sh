@@ -1216,6 +1216,10 @@ step_o_overtake() {
     if [ "$rc" != 0 ]; then fail "bench-policies (MOE_CUDA_OVERTAKE=$turn) exit $rc: $(tail -1 "$out" | cut -c1-200)"; return; fi
     v="$(awk -F'|' '$2 ~ /^ pregated(-spec)? $/ {gsub(/ /, "", $2); gsub(/ /, "", $6); printf "%s %s ms, ", $2, $6}' "$out")"
     ms+=("${v%, }")
+    # pregated-spec routes conventionally: its logits are gpu-only's, bit for bit
+    local diff
+    diff="$(awk -F'|' '$2 == " pregated-spec " {gsub(/ /, "", $15); print $15}' "$out")"
+    [ "$diff" = 0 ] || fail "MOE_CUDA_OVERTAKE=$turn: pregated-spec's max logit diff against gpu-only is '${diff:-missing}', not 0"
     detail "MOE_CUDA_OVERTAKE=$turn: ${v%, } (decode ms/token, measured; medians of 3)"
   done
   fig "decode ms/token per turn (MOE_CUDA_OVERTAKE 0, 1, 0, 1): $(printf '%s | ' "${ms[@]}" | sed 's/ | $//')"
