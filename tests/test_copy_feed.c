@@ -52,6 +52,8 @@ static struct {
   int fail_at;                      /* the issue call that fails (0: none) */
   int fail_signal, fail_query, fail_mark, fail_init; /* the call of each that fails */
   int issues, signals, queries, marks, released;
+  int allow;   /* issue calls that may return (-1: all); the others block, as a pageable copy does */
+  int entered; /* issue calls begun */
   int stop;
   useconds_t delay; /* per chunk */
   pthread_t tid;
@@ -97,6 +99,10 @@ static int d_issue(void *ctx, void *dst, const void *src, size_t n, int mark, ch
                    size_t cap) {
   (void)ctx;
   pthread_mutex_lock(&D.mu);
+  D.entered++;
+  pthread_cond_broadcast(&D.cv);
+  while (D.allow == 0) pthread_cond_wait(&D.cv, &D.mu);
+  if (D.allow > 0) D.allow--;
   const int fails = ++D.issues == D.fail_at;
   if (!fails) {
     push((op){.kind = 0, .dst = dst, .src = src, .n = n});
@@ -197,7 +203,8 @@ static void setup(void) {
   memset(D.mark_done, 0, sizeof D.mark_done);
   D.outstanding = D.max_outstanding = D.fail_at = D.issues = D.released = D.stop = 0;
   D.fail_signal = D.fail_query = D.fail_mark = D.fail_init = 0;
-  D.signals = D.queries = D.marks = 0;
+  D.signals = D.queries = D.marks = D.entered = 0;
+  D.allow = -1;
   D.delay = 0;
   ck_assert_int_eq(pthread_create(&D.tid, NULL, dev_main, NULL), 0);
   ck_assert_int_eq(moe_feed_create(&DEV, &F, msg, sizeof msg), 0);
@@ -466,10 +473,12 @@ END_TEST
 START_TEST(a_wait_on_a_queued_copy_is_that_copy) {
   static unsigned char a[N], b[N], da[N], db[N];
   memset(a, 0x71, N), memset(b, 0x72, N);
-  fev e = {0, 0}, eb = {0, 0};
+  fev e = {0, 0}, eb = {0, 0}, gate = {0, 0};
   record(&e);               /* record 1, elsewhere, left pending */
+  close_gate(&gate);        /* holds the copy below in the queue */
   copy(da, a, NULL, &e, 0); /* record 2 when issued */
   copy(db, b, &e, &eb, 1);
+  complete(&gate);
   ck_assert_msg(moe_feed_settle(F, &eb, msg, sizeof msg) == 0, "%s", msg);
   sync_ev(&eb);
   ck_assert(all(db, 0x72));
@@ -501,7 +510,7 @@ START_TEST(urgent_copies_keep_their_order) {
 END_TEST
 
 /* A copy cancelled while its wait's capture is pending issues nothing and
- * signals at once; the capture is released (the sanitizer build checks). */
+ * signals at once; the capture is released (the ASan build checks). */
 START_TEST(cancel_with_a_pending_wait) {
   static unsigned char a[N], da[N];
   fev w = {0, 0}, ea = {0, 0};
@@ -514,22 +523,64 @@ START_TEST(cancel_with_a_pending_wait) {
 }
 END_TEST
 
+/* Lets n more issue calls return (-1: all). */
+static void allow_issues(int n) {
+  pthread_mutex_lock(&D.mu);
+  D.allow = n;
+  pthread_cond_broadcast(&D.cv);
+  pthread_mutex_unlock(&D.mu);
+}
+
+/* Waits until the n-th issue call has begun. */
+static void issue_entered(int n) {
+  pthread_mutex_lock(&D.mu);
+  while (D.entered < n) pthread_cond_wait(&D.cv, &D.mu);
+  pthread_mutex_unlock(&D.mu);
+}
+
+/* While the device call that issues a chunk blocks (a copy from pageable
+ * memory), the queue stays open: a copy can be queued and cancelled.  A
+ * cancel during a copy's last chunk drops nothing (0) and its bytes land
+ * whole; during an earlier chunk, it drops the rest (1). */
+START_TEST(a_blocked_issue_keeps_the_queue_open) {
+  static unsigned char a[N], b[CHUNK], da[N], db[CHUNK];
+  memset(a, 0x81, N), memset(b, 0x82, CHUNK);
+  fev ea = {0, 0}, eb = {0, 0};
+  allow_issues(0);
+  ck_assert_msg(moe_feed_copy(F, db, b, CHUNK, NULL, &eb, 0, msg, sizeof msg) == 0, "%s", msg);
+  issue_entered(1); /* b's only chunk is inside the device call */
+  copy(da, a, NULL, &ea, 0);
+  ck_assert_int_eq(moe_feed_cancel(F, &eb), 0);
+  ck_assert_int_eq(moe_feed_pending(F, &eb), 1);
+  allow_issues(1);
+  issue_entered(2); /* a's first chunk */
+  ck_assert_int_eq(moe_feed_cancel(F, &ea), 1);
+  allow_issues(-1);
+  sync_ev(&eb);
+  sync_ev(&ea);
+  ck_assert(memcmp(db, b, CHUNK) == 0);
+  ck_assert_int_eq(chunks_of(da, NULL, NULL), 1);
+}
+END_TEST
+
 /* Each device call's failure (signal, a wait's query, a chunk's mark)
  * reaches a waiter, with its message, and releases what the feeder held:
- * a capture, an event released to it (the sanitizer build checks). */
+ * a capture, an event released to it (the ASan build checks). */
 START_TEST(every_device_failure_reaches_the_waiter) {
   static unsigned char a[N], da[N], db[N];
   const char *what[3] = {"signal", "query", "mark"};
   for (int k = 0; k < 3; k++) {
     fev w = {0, 0}, *ea = calloc(1, sizeof *ea);
     ck_assert_ptr_nonnull(ea);
+    record(&w);
+    copy(da, a, &w, ea, 0);
+    copy(db, a, &w, NULL, 1);
+    ck_assert_int_eq(moe_feed_release_event(F, ea), 1);
+    pthread_mutex_lock(&D.mu);
     if (k == 0) D.fail_signal = D.signals + 1;
     if (k == 1) D.fail_query = D.queries + 1;
     if (k == 2) D.fail_mark = D.marks + 1;
-    record(&w);
-    copy(da, a, &w, ea, 0);
-    copy(db, a, NULL, NULL, 1);
-    ck_assert_int_eq(moe_feed_release_event(F, ea), 1);
+    pthread_mutex_unlock(&D.mu);
     complete(&w);
     ck_assert_int_eq(moe_feed_settle(F, NULL, msg, sizeof msg), -1);
     ck_assert_msg(strstr(msg, what[k]) != NULL, "%s: %s", what[k], msg);
@@ -586,6 +637,7 @@ int main(void) {
   tcase_add_test(tc, cancel_with_a_pending_wait);
   tcase_add_test(tc, every_device_failure_reaches_the_waiter);
   tcase_add_test(tc, thread_init_failure_fails_create);
+  tcase_add_test(tc, a_blocked_issue_keeps_the_queue_open);
   suite_add_tcase(s, tc);
   return tu_run_suite(s);
 }

@@ -27,7 +27,13 @@
  * all earlier compute), upload (until the host buffer may be reused),
  * event_sync (until the event is complete), synchronize (until both
  * streams are idle), and event_destroy never (see there).  Math calls and
- * copy_h2d_async may return before their work is done.
+ * copy_h2d_async may return before their work is done.  A backend that
+ * feeds its copies from the host (cuda with MOE_CUDA_OVERTAKE=1, ABI 1.8)
+ * also blocks compute_wait, compute_record and host_run naming an event
+ * that queued copies signal, until the last of those copies is issued to
+ * the device (not until it has landed); so an event that a copy held
+ * behind a host job signals must not be recorded elsewhere before the job
+ * may return.
  *
  * Errors: a method that returns moe_status records the first failure in
  * err (with file:line, see status.h) and returns its code; no method exits
@@ -331,8 +337,9 @@ typedef struct moe_backend_ops {
   moe_status (*copy_h2d_async)(moe_backend *be, void *dst, const void *src, size_t bytes,
                                moe_event *ev, moe_error *err);
   /* Compute issued after this call runs after ev's most recent signalling
-   * copy or record issued before this call.  May block the host (cpu) or
-   * not (cuda).  ev NULL: no-op. */
+   * copy or record issued before this call.  May block the host (cpu,
+   * and cuda while the copy is still being fed) or not (cuda otherwise).
+   * ev NULL: no-op. */
   moe_status (*compute_wait)(moe_backend *be, moe_event *ev, moe_error *err);
   /* Host blocks until ev's most recent signalling copy or record is done. */
   moe_status (*event_sync)(moe_backend *be, moe_event *ev, moe_error *err);
@@ -532,7 +539,8 @@ typedef struct moe_backend_ops {
    * is signalled when the job has returned; compute_wait, copy_wait and
    * event_sync on done_ev then order the other streams and the host after
    * it, as for a copy's event.  fn(ctx) runs on a thread of the
-   * backend's (never the caller's, so the call returns at once); it must
+   * backend's (never the caller's, so the call returns at once, but for
+   * the copy feeding described at the top); it must
    * not call the backend, and everything it reads and writes is host
    * memory.  synchronize waits for the host stream too.  A modeled
    * backend (MOE_BACKEND_CAP_MODELED) calls no fn: it charges `work` on
