@@ -231,14 +231,19 @@ END_TEST
  * the pass) as a 2.2-3.5x slowdown. */
 START_TEST(calibrated_slowdown_times_compute_alone) {
   setenv("MOE_CPU_LINK", "timed", 1);
-  moe_hw_profile p;
-  memset(&p, 0, sizeof p);
-  moe_error err = {0};
-  const moe_status st = calibrate_measure("cpu", 1, 7.0, &cal_default_shapes, true, &p, &err);
+  /* a busy machine only adds time to one pass or the other: the best of
+   * up to three calibrations (the bug gave 2.2-3.5x in every one) */
+  double best = 1e9;
+  for (int t = 0; t < 3 && best >= 1.4; t++) {
+    moe_hw_profile p;
+    memset(&p, 0, sizeof p);
+    moe_error err = {0};
+    const moe_status st = calibrate_measure("cpu", 1, 7.0, &cal_default_shapes, true, &p, &err);
+    ck_assert_msg(st == MOE_OK, "%s", err.msg);
+    if (p.copy_slowdown < best) best = p.copy_slowdown;
+  }
   unsetenv("MOE_CPU_LINK");
-  ck_assert_msg(st == MOE_OK, "%s", err.msg);
-  ck_assert_msg(p.copy_slowdown < 1.4, "slowdown %.2fx under copies that move nothing",
-                p.copy_slowdown);
+  ck_assert_msg(best < 1.4, "slowdown %.2fx under copies that move nothing (best of 3)", best);
 }
 END_TEST
 
@@ -288,11 +293,12 @@ START_TEST(calibrate_at_smallest_link_cap_is_bounded) {
   snprintf(args, sizeof args, "calibrate -o '%s' --link-gbps 0.0009", in_dir("p.json"));
   ck_assert_int_eq(moebench_timed(20, args, NULL), 2);
   snprintf(args, sizeof args, "calibrate -o '%s' --link-gbps 0.001", in_dir("p.json"));
-  double secs = 0;
-  int rc = moebench_timed(60, args, &secs);
-  ck_assert_msg(rc != 124, "calibrate --link-gbps 0.001 ran past 60 s");
+  /* about 9 s on an idle 2-core machine; the bug took over ten minutes,
+   * so the limit is what tells them apart, and a busy machine (a
+   * parallel build) fits under it */
+  int rc = moebench_timed(120, args, NULL);
+  ck_assert_msg(rc != 124, "calibrate --link-gbps 0.001 ran past 120 s");
   ck_assert_msg(rc == 0, "exit %d:\n%s", rc, g_out);
-  ck_assert_msg(secs < 30, "calibrate --link-gbps 0.001 took %.1f s", secs);
   /* the profile holds the cap it measured, near 1 MB/s */
   ck_assert_msg(strstr(g_out, "link 0.00 GB/s") != NULL, "%s", g_out);
 }
