@@ -207,6 +207,20 @@ START_TEST(an_instance_without_chunks_copies_in_issue_order) {
 }
 END_TEST
 
+/* One policy's run, conventional routing, on a link capped so that copies
+ * stay queued (one expert, 9 KB, in about 0.2 ms), into o: gpu-only's
+ * (ref) logits and tokens. */
+static void capped_run_keeps_bits(const char *name, const run_out *ref, run_out *o) {
+  moe_engine_options opt = {.policy = moe_policy_find(name), .routing = MOE_ROUTING_CONVENTIONAL};
+  moe_error err = {0};
+  g_link_gbps = 0.05;
+  const moe_status st = run_opts(g_model_pg, &opt, 0, 5, o, &err);
+  g_link_gbps = 0;
+  ck_assert_msg(st == MOE_OK, "%s: %s", name, err.msg);
+  ck_assert_msg(memcmp(o->logits, ref->logits, sizeof o->logits) == 0, "%s: logits differ", name);
+  ck_assert_msg(memcmp(o->tokens, ref->tokens, sizeof o->tokens) == 0, "%s: tokens differ", name);
+}
+
 /* Whole runs with copies slow enough to stay queued (a capped link) and
  * few slots: every policy's tokens and logits are gpu-only's, and the
  * speculative one cancels some of its wrong guesses' copies. */
@@ -217,15 +231,7 @@ START_TEST(policies_keep_their_bits_with_overtaking_copies) {
   ck_assert(run_opts(g_model_pg, &opt, 0, 5, ref, &err) == MOE_OK);
   const char *names[] = {"ondemand", "prefetch-all", "pregated-spec", "pregated"};
   for (int i = 0; i < 4; i++) {
-    memset(&opt, 0, sizeof opt);
-    opt.policy = moe_policy_find(names[i]);
-    opt.routing = MOE_ROUTING_CONVENTIONAL;
-    g_link_gbps = 0.05; /* one expert (9 KB) in about 0.2 ms */
-    const moe_status st = run_opts(g_model_pg, &opt, 0, 5, o, &err);
-    g_link_gbps = 0;
-    ck_assert_msg(st == MOE_OK, "%s: %s", names[i], err.msg);
-    ck_assert_msg(memcmp(o->logits, ref->logits, sizeof o->logits) == 0, "%s: logits differ", names[i]);
-    ck_assert_msg(memcmp(o->tokens, ref->tokens, sizeof o->tokens) == 0, "%s: tokens differ", names[i]);
+    capped_run_keeps_bits(names[i], ref, o);
     /* a policy's own prefetches keep their place and their bytes: only
      * predictions are urged or cancelled (prefetch-all stays the paper's
      * baseline, every expert of the next block copied in issue order) */
@@ -358,14 +364,7 @@ START_TEST(timed_link_moves_no_bytes_and_keeps_bits) {
   moe_device_close(&dev);
   const char *names[] = {"ondemand", "prefetch-all", "pregated-spec"};
   for (int i = 0; i < 3; i++) {
-    opt = (moe_engine_options){.policy = moe_policy_find(names[i]),
-                               .routing = MOE_ROUTING_CONVENTIONAL};
-    g_link_gbps = 0.05;
-    err = (moe_error){0};
-    const moe_status st = run_opts(g_model_pg, &opt, 0, 5, o, &err);
-    g_link_gbps = 0;
-    ck_assert_msg(st == MOE_OK, "%s: %s", names[i], err.msg);
-    ck_assert_msg(memcmp(o->logits, ref->logits, sizeof o->logits) == 0, "%s: logits", names[i]);
+    capped_run_keeps_bits(names[i], ref, o);
     ck_assert_uint_gt(o->stats.fetches, 0);
   }
   unsetenv("MOE_CPU_LINK");

@@ -75,7 +75,8 @@ static int fd_signal(void *ctx, void *ev, char *msg, size_t cap) {
  * records e, so a capture completes when its wait does, never later
  * because of another capture (one shared stream would make an urgent
  * copy's capture wait for every earlier capture's wait).  Pooled once
- * complete. */
+ * complete; the feeder takes and returns captures with its lock held, so
+ * the pool needs no lock of its own. */
 struct cu_capture {
   cudaStream_t s;
   cudaEvent_t e;
@@ -90,9 +91,7 @@ static void capture_free(cu_capture *c) {
 }
 
 static int capture_get(moe_backend *be, cu_capture **out, char *msg, size_t cap) {
-  pthread_mutex_lock(&be->snap_mu);
   cu_capture *c = be->n_snap_pool > 0 ? be->snap_pool[--be->n_snap_pool] : NULL;
-  pthread_mutex_unlock(&be->snap_mu);
   if (c == NULL) {
     c = (cu_capture *)calloc(1, sizeof *c);
     if (c == NULL) {
@@ -120,7 +119,6 @@ static void fd_snap_release(void *ctx, void *snap) {
   (void)cudaGetLastError();
   bool kept = false;
   if (q == cudaSuccess) {
-    pthread_mutex_lock(&be->snap_mu);
     if (be->n_snap_pool == be->cap_snap_pool) {
       const size_t n = be->cap_snap_pool ? 2 * be->cap_snap_pool : 16;
       cu_capture **p = (cu_capture **)realloc(be->snap_pool, n * sizeof *p);
@@ -131,7 +129,6 @@ static void fd_snap_release(void *ctx, void *snap) {
     }
     kept = be->n_snap_pool < be->cap_snap_pool;
     if (kept) be->snap_pool[be->n_snap_pool++] = c;
-    pthread_mutex_unlock(&be->snap_mu);
   }
   if (!kept) capture_free(c);
 }
@@ -184,8 +181,6 @@ moe_status moe_cu_feed_start(moe_backend *be, moe_error *err) {
   char msg[256] = "";
   moe_feed_dev dev;
   memset(&dev, 0, sizeof dev);
-  pthread_mutex_init(&be->snap_mu, NULL);
-  be->snap_mu_init = true;
   for (int i = 0; i < FEED_DEPTH; i++)
     CUDA_TRY(cudaEventCreateWithFlags(&be->feed_marks[i], cudaEventDisableTiming), err);
   dev.ctx = be;
@@ -215,8 +210,6 @@ void moe_cu_feed_stop(moe_backend *be) {
   free(be->snap_pool);
   be->snap_pool = NULL;
   be->n_snap_pool = be->cap_snap_pool = 0;
-  if (be->snap_mu_init) pthread_mutex_destroy(&be->snap_mu);
-  be->snap_mu_init = false;
   (void)cudaGetLastError();
 }
 

@@ -9,7 +9,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <pthread.h>
 #include <stdint.h>
 
 #include "moe/backend.h"
@@ -81,9 +80,9 @@ struct moe_backend {
   /* overtakable copies (cuda_feed.cu, MOE_CUDA_OVERTAKE=1; NULL: off) */
   struct moe_feed *feed;
   cudaEvent_t feed_marks[8]; /* one per chunk in flight */
-  pthread_mutex_t snap_mu;   /* guards the pool of captures of copies' waits */
-  bool snap_mu_init;
-  struct cu_capture **snap_pool; /* each its own stream, so none waits for another */
+  /* captures of copies' waits, each its own stream so none waits for
+   * another; used only under the feeder's lock (snap, snap_release) */
+  struct cu_capture **snap_pool;
   size_t n_snap_pool, cap_snap_pool;
   char desc[400];
   char name[256];
