@@ -83,6 +83,14 @@ static void note_failure(moe_backend *be, cudaError_t e, const char *what, const
              cudaGetErrorString(e), file, line);
 }
 
+/* A capture ended in a call that cannot return its status (graph mode):
+ * a failure is kept for the next synchronize, as above. */
+static void graph_flush_noted(moe_backend *be, cu_flush_reason why) {
+  moe_error e;
+  if (moe_cu_graph_flush(be, why, &e) != MOE_OK && be->deferred[0] == '\0')
+    snprintf(be->deferred, sizeof be->deferred, "%.200s", e.msg);
+}
+
 /* An event query: 1 complete, 0 not yet (cudaErrorNotReady, which is then
  * cleared from the runtime's last error: it is an answer, not a failure),
  * -1 an error (left for the next checked call to report). */
@@ -100,6 +108,8 @@ static int query_event(cudaEvent_t ev) {
 
 static void cu_destroy(moe_backend *be) {
   if (be == NULL) return;
+  moe_error ignored;
+  (void)moe_cu_graph_flush(be, CU_FLUSH_SYNC, &ignored); /* a captured stretch still runs */
   /* copies or kernels may still be in flight: let them finish before their
    * streams, events and staging memory go (the feeder's queue first) */
   moe_cu_feed_stop(be);
@@ -115,6 +125,7 @@ static void cu_destroy(moe_backend *be) {
   if (be->stage) (void)cudaFreeHost(be->stage);
   if (be->dstage) (void)cudaFreeHost(be->dstage);
   if (be->own_ws) (void)cudaFree(be->own_ws);
+  moe_cu_graph_stop(be); /* its graphs and cuBLAS's workspace */
   if (be->blas) (void)cublasDestroy(be->blas);
   if (be->compute) (void)cudaStreamDestroy(be->compute);
   if (be->copy) (void)cudaStreamDestroy(be->copy);
@@ -127,6 +138,14 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
   moe_status st = MOE_OK;
   *out = NULL;
   int count = 0;
+  bool graphs = false;
+  /* the switches first: a wrong value is the user's to fix, device or not */
+  const char *math = getenv("MOE_CUBLAS_MATH");
+  if (math && *math && strcmp(math, "default") != 0 && strcmp(math, "pedantic") != 0)
+    return MOE_FAIL(err, MOE_ERR_INVALID,
+                    "MOE_CUBLAS_MATH='%.40s': expected 'default' or 'pedantic'", math);
+  if ((st = moe_cu_feed_env(err)) != MOE_OK || (st = moe_cu_graph_env(&graphs, err)) != MOE_OK)
+    return st;
   cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess || count == 0) {
     (void)cudaGetLastError();
@@ -137,10 +156,6 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
     return MOE_FAIL(err, MOE_ERR_INVALID,
                     "the cuda backend copies over the real host link; --link-gbps emulates one on "
                     "the cpu backend only");
-  const char *math = getenv("MOE_CUBLAS_MATH");
-  if (math && *math && strcmp(math, "default") != 0 && strcmp(math, "pedantic") != 0)
-    return MOE_FAIL(err, MOE_ERR_INVALID,
-                    "MOE_CUBLAS_MATH='%.40s': expected 'default' or 'pedantic'", math);
   moe_backend *be = (moe_backend *)calloc(1, sizeof *be);
   if (be == NULL) return MOE_FAIL(err, MOE_ERR_OOM, "cuda backend: out of host memory");
   be->pedantic = math && strcmp(math, "pedantic") == 0;
@@ -182,6 +197,9 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
   if (be->feed)
     snprintf(be->desc + strlen(be->desc), sizeof be->desc - strlen(be->desc),
              ", overtakable copies");
+  MOE_TRY(moe_cu_graph_start(be, prop.major, err));
+  if (be->graphs)
+    snprintf(be->desc + strlen(be->desc), sizeof be->desc - strlen(be->desc), ", CUDA graphs");
   *out = be;
   return MOE_OK;
 cleanup:
@@ -217,6 +235,7 @@ static moe_status cu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error 
  * both streams are drained first. */
 static void cu_free(moe_backend *be, void *ptr) {
   if (ptr == NULL) return;
+  graph_flush_noted(be, CU_FLUSH_FREE);
   moe_cu_feed_drain(be);
   NOTE(be, cudaStreamSynchronize(be->copy));
   NOTE(be, cudaStreamSynchronize(be->compute));
@@ -317,7 +336,9 @@ cleanup:
 /* cudaEventDestroy does not block: with work still to record the event,
  * the runtime releases it once that work completes (the contract). */
 static void cu_event_destroy(moe_backend *be, moe_event *ev) {
-  if (ev == NULL || moe_cu_feed_holds(be, ev)) return; /* the feeder frees it after its copies */
+  if (ev == NULL) return;
+  if (moe_gate_flush_for_destroy(&be->gate, &ev->mark)) graph_flush_noted(be, CU_FLUSH_DESTROY);
+  if (moe_cu_feed_holds(be, ev)) return; /* the feeder frees it after its copies */
   NOTE(be, cudaEventDestroy(ev->ev));
   free(ev);
 }
@@ -325,6 +346,7 @@ static void cu_event_destroy(moe_backend *be, moe_event *ev) {
 static moe_status cu_copy_h2d_async(moe_backend *be, void *dst, const void *src, size_t bytes,
                                     moe_event *ev, moe_error *err) {
   moe_status st = MOE_OK;
+  MOE_TRY(moe_cu_graph_foreign_record(be, ev, err));
   if (be->feed) return moe_cu_feed_copy(be, dst, src, bytes, NULL, ev, 0, err);
   CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, be->copy), err);
   if (ev) CUDA_TRY(cudaEventRecord(ev->ev, be->copy), err);
@@ -337,7 +359,7 @@ cleanup:
 static void harvest_stalls(moe_backend *be, bool wait) {
   for (int i = 0; i < STALL_PAIRS; i++) {
     stall_pair *p = &be->pairs[i];
-    if (!p->pending) continue;
+    if (!p->pending || moe_gate_flush_for_use(&be->gate, &p->mark)) continue; /* not launched yet */
     cudaError_t e = cudaSuccess;
     if (wait) {
       e = cudaEventSynchronize(p->after);
@@ -362,22 +384,28 @@ static moe_status cu_compute_wait(moe_backend *be, moe_event *ev, moe_error *err
   moe_status st = MOE_OK;
   if (ev == NULL) return MOE_OK;
   stall_pair *p = &be->pairs[be->pair_next];
+  bool waited = false;
   MOE_TRY(moe_cu_feed_settle(be, ev, err));
+  /* graph mode: the open capture recorded ev, so the stream orders it */
+  if (be->gate.open && ev->mark.rec == be->gate.open) return MOE_OK;
+  if (p->pending && moe_gate_flush_for_use(&be->gate, &p->mark))
+    MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_STALL, err)); /* the ring came round in one capture */
   if (p->pending) harvest_stalls(be, false);
   if (p->pending) {
     CUDA_TRY(cudaEventSynchronize(p->after), err);
     harvest_stalls(be, false);
   }
   be->pair_next = (be->pair_next + 1) % STALL_PAIRS;
-  CUDA_TRY(cudaEventRecord(p->before, be->compute), err);
-  CUDA_TRY(cudaStreamWaitEvent(be->compute, ev->ev, 0), err);
-  CUDA_TRY(cudaEventRecord(p->after, be->compute), err);
+  MOE_TRY(moe_cu_graph_record(be, p->before, &p->mark, err));
+  MOE_TRY(moe_cu_graph_wait(be, ev, &waited, err));
+  MOE_TRY(moe_cu_graph_record(be, p->after, &p->mark, err));
   p->pending = 1;
 cleanup:
   return st;
 }
 
 static double cu_stall_seconds(moe_backend *be) {
+  graph_flush_noted(be, CU_FLUSH_STALL);
   harvest_stalls(be, true);
   return be->stall_s;
 }
@@ -386,6 +414,7 @@ static moe_status cu_event_sync(moe_backend *be, moe_event *ev, moe_error *err) 
   moe_status st = MOE_OK;
   if (ev == NULL) return MOE_OK;
   MOE_TRY(moe_cu_feed_settle(be, ev, err));
+  MOE_TRY(moe_cu_graph_use(be, ev, err));
   CUDA_TRY(cudaEventSynchronize(ev->ev), err);
 cleanup:
   return st;
@@ -395,13 +424,14 @@ static moe_status cu_compute_record(moe_backend *be, moe_event *ev, moe_error *e
   moe_status st = MOE_OK;
   if (ev == NULL) return MOE_OK;
   MOE_TRY(moe_cu_feed_settle(be, ev, err)); /* its queued copies record first */
-  CUDA_TRY(cudaEventRecord(ev->ev, be->compute), err);
+  MOE_TRY(moe_cu_graph_record(be, ev->ev, &ev->mark, err));
 cleanup:
   return st;
 }
 
 static moe_status cu_copy_wait(moe_backend *be, moe_event *ev, moe_error *err) {
   moe_status st = MOE_OK;
+  MOE_TRY(moe_cu_graph_use(be, ev, err));
   if (ev && be->feed) return moe_cu_feed_copy(be, NULL, NULL, 0, ev, NULL, 0, err); /* a marker */
   if (ev) CUDA_TRY(cudaStreamWaitEvent(be->copy, ev->ev, 0), err);
 cleanup:
@@ -414,6 +444,10 @@ cleanup:
 static int cu_event_done(moe_backend *be, moe_event *ev) {
   if (ev == NULL) return 1;
   if (moe_cu_feed_pending(be, ev)) return 0;
+  if (moe_gate_flush_for_use(&be->gate, &ev->mark)) { /* else it would never be done */
+    graph_flush_noted(be, CU_FLUSH_USE);
+    return 0;
+  }
   return query_event(ev->ev) == 1;
 }
 
@@ -425,6 +459,7 @@ static moe_status cu_upload(moe_backend *be, void *dst, const void *src, size_t 
   moe_status st = MOE_OK;
   if (bytes == 0) return MOE_OK;
   if (bytes > STAGE_BYTES / 2) {
+    MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_LARGE_UPLOAD, err));
     CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, be->compute), err);
     CUDA_TRY(cudaStreamSynchronize(be->compute), err);
     return MOE_OK;
@@ -434,16 +469,22 @@ static moe_status cu_upload(moe_backend *be, void *dst, const void *src, size_t 
     if (off + bytes > STAGE_BYTES) off = 0;
     /* the slot's previous upload (and every older one) must have been read */
     const int slot = be->stage_next;
+    /* (graph mode: a copy still in the open capture has not even started) */
+    if (moe_gate_flush_for_use(&be->gate, &be->stage_mark[slot]))
+      MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_STAGE, err));
     CUDA_TRY(cudaEventSynchronize(be->stage_ev[slot]), err);
     /* and no upload still in flight may use [off, off + bytes) */
     for (int i = 0; i < STAGE_SLOTS; i++) {
       if (i == slot || be->stage_end[i] <= off || be->stage_start[i] >= off + bytes) continue;
+      if (moe_gate_flush_for_use(&be->gate, &be->stage_mark[i]))
+        MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_STAGE, err));
       CUDA_TRY(cudaEventSynchronize(be->stage_ev[i]), err);
       be->stage_start[i] = be->stage_end[i] = 0;
     }
     memcpy(be->stage + off, src, bytes);
+    MOE_TRY(moe_cu_graph_op(be, 0x75706c6f6164ull /* "upload" */, err));
     CUDA_TRY(cudaMemcpyAsync(dst, be->stage + off, bytes, cudaMemcpyHostToDevice, be->compute), err);
-    CUDA_TRY(cudaEventRecord(be->stage_ev[slot], be->compute), err);
+    MOE_TRY(moe_cu_graph_record(be, be->stage_ev[slot], &be->stage_mark[slot], err));
     be->stage_start[slot] = off;
     be->stage_end[slot] = off + bytes;
     be->stage_head = off + bytes;
@@ -460,12 +501,21 @@ cleanup:
 static moe_status cu_download_many(moe_backend *be, const moe_xfer *x, int n, moe_error *err) {
   moe_status st = MOE_OK;
   size_t off = 0;
-  bool any = false;
+  bool any = false, fit = true;
+  for (int i = 0; i < n; i++) { /* graph mode captures the copies only into the pinned buffer */
+    if (x[i].bytes == 0) continue;
+    const size_t at = (off + 255) / 256 * 256;
+    fit = fit && at + x[i].bytes <= DSTAGE_BYTES;
+    off = at + x[i].bytes;
+  }
+  if (!fit) MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_DOWNLOAD, err));
+  off = 0;
   for (int i = 0; i < n; i++) {
     if (x[i].bytes == 0) continue;
     any = true;
     const size_t at = (off + 255) / 256 * 256;
     if (at + x[i].bytes <= DSTAGE_BYTES) {
+      if (fit) MOE_TRY(moe_cu_graph_op(be, 0x6432680000ull + (uint64_t)x[i].bytes, err));
       CUDA_TRY(cudaMemcpyAsync(be->dstage + at, x[i].src, x[i].bytes, cudaMemcpyDeviceToHost,
                                be->compute), err);
       off = at + x[i].bytes;
@@ -475,6 +525,7 @@ static moe_status cu_download_many(moe_backend *be, const moe_xfer *x, int n, mo
     }
   }
   if (!any) return MOE_OK;
+  MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_DOWNLOAD, err));
   CUDA_TRY(cudaStreamSynchronize(be->compute), err);
   off = 0;
   for (int i = 0; i < n; i++) {
@@ -492,6 +543,7 @@ static moe_status cu_download_many(moe_backend *be, const moe_xfer *x, int n, mo
   return st;
 cleanup:
   /* a copy queued before the failure may still be writing: let it land */
+  graph_flush_noted(be, CU_FLUSH_DOWNLOAD);
   (void)cudaStreamSynchronize(be->compute);
   (void)cudaGetLastError();
   return st;
@@ -515,6 +567,8 @@ static moe_status cu_host_run(moe_backend *be, void (*fn)(void *ctx), void *ctx,
     return MOE_FAIL(err, MOE_ERR_INVALID, "cuda backend: host_run without a job (fn NULL)");
   if (wait_ev) MOE_TRY(moe_cu_feed_settle(be, wait_ev, err));
   if (done_ev) MOE_TRY(moe_cu_feed_settle(be, done_ev, err));
+  MOE_TRY(moe_cu_graph_use(be, wait_ev, err));
+  MOE_TRY(moe_cu_graph_foreign_record(be, done_ev, err));
   if (wait_ev) CUDA_TRY(cudaStreamWaitEvent(be->host, wait_ev->ev, 0), err);
   CUDA_TRY(cudaLaunchHostFunc(be->host, fn, ctx), err);
   if (done_ev) CUDA_TRY(cudaEventRecord(done_ev->ev, be->host), err);
@@ -524,6 +578,7 @@ cleanup:
 
 static moe_status cu_sync(moe_backend *be, moe_error *err) {
   moe_status st = MOE_OK;
+  MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_SYNC, err));
   MOE_TRY(moe_cu_feed_settle(be, NULL, err));
   CUDA_TRY(cudaStreamSynchronize(be->host), err);
   CUDA_TRY(cudaStreamSynchronize(be->copy), err);
@@ -558,6 +613,7 @@ moe_status moe_cu_scratch(moe_backend *be, size_t bytes, void **out, moe_error *
   }
   if (be->own_ws_bytes < bytes) {
     const size_t grow = (bytes + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1); /* 1 MiB steps */
+    MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_SCRATCH, err)); /* a captured op may use it */
     if (be->own_ws) {
       CUDA_TRY(cudaStreamSynchronize(be->compute), err);
       CUDA_TRY(cudaFree(be->own_ws), err);

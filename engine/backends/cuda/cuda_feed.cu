@@ -172,12 +172,16 @@ static void fd_ev_release(void *ctx, void *ev) {
 
 /* ------------------------------------------------------------ lifecycle */
 
+moe_status moe_cu_feed_env(moe_error *err) {
+  const char *v = getenv("MOE_CUDA_OVERTAKE");
+  if (v == NULL || *v == '\0' || strcmp(v, "0") == 0 || strcmp(v, "1") == 0) return MOE_OK;
+  return MOE_FAIL(err, MOE_ERR_INVALID, "MOE_CUDA_OVERTAKE='%.40s': expected 0 or 1", v);
+}
+
 moe_status moe_cu_feed_start(moe_backend *be, moe_error *err) {
   moe_status st = MOE_OK;
   const char *v = getenv("MOE_CUDA_OVERTAKE");
-  if (v == NULL || *v == '\0' || strcmp(v, "0") == 0) return MOE_OK;
-  if (strcmp(v, "1") != 0)
-    return MOE_FAIL(err, MOE_ERR_INVALID, "MOE_CUDA_OVERTAKE='%.40s': expected 0 or 1", v);
+  if (v == NULL || strcmp(v, "1") != 0) return moe_cu_feed_env(err); /* off, or refused */
   char msg[256] = "";
   moe_feed_dev dev;
   memset(&dev, 0, sizeof dev);
@@ -252,6 +256,8 @@ static size_t cu_copy_chunk(moe_backend *be) { return be->feed ? FEED_CHUNK : 0;
 static moe_status cu_copy_h2d_ex(moe_backend *be, void *dst, const void *src, size_t bytes,
                                  moe_event *wait_ev, moe_event *ev, int urgent, moe_error *err) {
   moe_status st = MOE_OK;
+  MOE_TRY(moe_cu_graph_use(be, wait_ev, err));
+  MOE_TRY(moe_cu_graph_foreign_record(be, ev, err));
   if (be->feed) return moe_cu_feed_copy(be, dst, src, bytes, wait_ev, ev, urgent, err);
   if (wait_ev) CUDA_TRY(cudaStreamWaitEvent(be->copy, wait_ev->ev, 0), err);
   CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, be->copy), err);

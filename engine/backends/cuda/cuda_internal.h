@@ -11,10 +11,12 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "capture_gate.h"
 #include "moe/backend.h"
 
 struct moe_feed;
 struct cu_capture;
+struct cu_graphs;
 
 /* A failure is reported here, and cleared from the runtime's last error
  * so that the next launch check does not report it again (a sticky error
@@ -47,6 +49,7 @@ struct cu_capture;
 typedef struct stall_pair {
   cudaEvent_t before, after;
   int pending;
+  moe_capture_mark mark; /* graph mode: the capture that recorded the pair */
 } stall_pair;
 
 struct moe_backend {
@@ -63,6 +66,7 @@ struct moe_backend {
   size_t stage_head;
   cudaEvent_t stage_ev[STAGE_SLOTS];
   size_t stage_start[STAGE_SLOTS], stage_end[STAGE_SLOTS];
+  moe_capture_mark stage_mark[STAGE_SLOTS]; /* graph mode: the capture that recorded each */
   int stage_next;
   /* GPU-side stall timing */
   stall_pair pairs[STALL_PAIRS];
@@ -84,12 +88,17 @@ struct moe_backend {
    * another; used only under the feeder's lock (snap, snap_release) */
   struct cu_capture **snap_pool;
   size_t n_snap_pool, cap_snap_pool;
+  /* graph mode (cuda_graph.cu, MOE_CUDA_GRAPHS=1; NULL: off, and the
+   * gate then never opens) */
+  struct cu_graphs *graphs;
+  moe_capture_gate gate;
   char desc[400];
   char name[256];
 };
 
 struct moe_event {
   cudaEvent_t ev;
+  moe_capture_mark mark; /* graph mode: the captures that last recorded and waited on it */
 };
 
 
@@ -158,6 +167,8 @@ moe_status moe_cu_scratch(moe_backend *be, size_t bytes, void **out, moe_error *
 
 /* ------------------------------------------------------------ copy feeder (cuda_feed.cu) */
 
+/* MOE_CUDA_OVERTAKE: unset, empty, 0 or 1; anything else refused. */
+moe_status moe_cu_feed_env(moe_error *err);
 /* Starts the feeder when MOE_CUDA_OVERTAKE=1 (else nothing); stops it. */
 moe_status moe_cu_feed_start(moe_backend *be, moe_error *err);
 void moe_cu_feed_stop(moe_backend *be);
@@ -176,6 +187,46 @@ int moe_cu_feed_pending(moe_backend *be, moe_event *ev);
 int moe_cu_feed_holds(moe_backend *be, moe_event *ev);
 /* Fills copy_chunk, copy_h2d_ex, copy_cancel, copy_urge. */
 void moe_cu_feed_ops(moe_backend_ops *o);
+
+/* ------------------------------------------------------------ graph mode (cuda_graph.cu) */
+
+/* Why a capture ended (counted for the closing line). */
+typedef enum cu_flush_reason {
+  CU_FLUSH_DOWNLOAD,
+  CU_FLUSH_SYNC,
+  CU_FLUSH_USE,
+  CU_FLUSH_RECORD,
+  CU_FLUSH_DESTROY,
+  CU_FLUSH_STAGE,
+  CU_FLUSH_SCRATCH,
+  CU_FLUSH_FREE,
+  CU_FLUSH_STALL,
+  CU_FLUSH_LARGE_UPLOAD,
+  CU_FLUSH_N
+} cu_flush_reason;
+
+/* MOE_CUDA_GRAPHS: unset, empty or 0 off, 1 on, anything else refused. */
+moe_status moe_cu_graph_env(bool *on, moe_error *err);
+/* Turns graph mode on when MOE_CUDA_GRAPHS=1 (cuBLAS gets its workspace);
+ * stops it after the streams are drained, printing the closing line. */
+moe_status moe_cu_graph_start(moe_backend *be, int sm_major, moe_error *err);
+void moe_cu_graph_stop(moe_backend *be);
+/* Before compute-stream work: opens a capture if none is open and folds
+ * tag (the op and its shape) into its signature.  No-op when off. */
+moe_status moe_cu_graph_op(moe_backend *be, uint64_t tag, moe_error *err);
+/* Ends the open capture, if any, and launches it on the compute stream. */
+moe_status moe_cu_graph_flush(moe_backend *be, cu_flush_reason why, moe_error *err);
+/* Before another stream or the host waits on or queries ev. */
+moe_status moe_cu_graph_use(moe_backend *be, moe_event *ev, moe_error *err);
+/* Before ev is recorded on another stream (copy, host, the feeder). */
+moe_status moe_cu_graph_foreign_record(moe_backend *be, moe_event *ev, moe_error *err);
+/* Records ev on the compute stream (an external record node when
+ * captured). */
+moe_status moe_cu_graph_record(moe_backend *be, cudaEvent_t ev, moe_capture_mark *mark,
+                               moe_error *err);
+/* The compute stream waits on ev (an external wait node when captured);
+ * *waited is false when the open capture recorded ev itself. */
+moe_status moe_cu_graph_wait(moe_backend *be, moe_event *ev, bool *waited, moe_error *err);
 
 /* ------------------------------------------------------------ math ops (cuda_ops.cu) */
 

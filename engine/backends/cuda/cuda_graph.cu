@@ -1,0 +1,246 @@
+/* The cuda backend's graph mode (MOE_CUDA_GRAPHS=1; off by default until a
+ * GPU run has measured it: harness/gpu_check.sh, step g).
+ *
+ * The compute stream's work between two host waits (a stretch: the
+ * experts of block N, then block N+1's attention, router and top-k, up to
+ * the routing download) is captured into a CUDA graph and launched as one:
+ * each compute-stream op opens a capture if none is open
+ * (moe_cu_graph_op), and the capture is ended and launched (a flush) when
+ * the host needs its results (download, synchronize, event_sync) or when
+ * another stream or the host would otherwise see an event out of order
+ * (the rules are engine/src/capture_gate.h's, tested there).
+ *
+ * A decode step's stretches differ (which experts run, how many tokens
+ * each), so a graph is captured again every time, not replayed as it is;
+ * what is saved is the GPU's per-launch gap (the graph's kernels follow
+ * each other without the host) and, with an update instead of an
+ * instantiation, most of the graph's set-up.  The executable graphs are
+ * cached by a signature of the ops captured (their kinds and matmul
+ * shapes): a stretch with a cached signature updates that graph in place
+ * (cudaGraphExecUpdate: new kernel arguments, same topology); any other,
+ * or an update the runtime refuses, instantiates a new one.
+ *
+ * Capture mode: relaxed, since the copy feeder's thread and the runtime's
+ * host-function thread go on using the other streams meanwhile.  Waits on
+ * copies (compute_wait) are captured as external event-wait nodes, records
+ * (compute_record, the stall timing) as external event-record nodes.
+ * cuBLAS gets a fixed workspace of its own in this mode (32 MiB on sm_90
+ * and later, 4 MiB before, cuBLAS's recommended sizes; outside the
+ * engine's accounting), so it never allocates while captured.
+ *
+ * When the backend is destroyed, one line on stderr says how many graphs
+ * ran, how many ops they held, how many were updated or instantiated, and
+ * why each capture ended. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+
+#define GRAPH_CACHE 64
+
+typedef struct cu_graph_entry {
+  uint64_t sig;
+  cudaGraphExec_t exec;
+  uint64_t used;
+} cu_graph_entry;
+
+struct cu_graphs {
+  uint64_t sig; /* the open capture's signature so far */
+  unsigned long n_ops;
+  cu_graph_entry cache[GRAPH_CACHE];
+  uint64_t tick;
+  void *blas_ws;
+  /* counts for the closing line */
+  unsigned long launched, ops, instantiated, updated, refused, empty;
+  unsigned long flushes[CU_FLUSH_N];
+};
+
+static const char *const kFlushNames[CU_FLUSH_N] = {
+    "download", "synchronize", "event use", "event record", "event destroy",
+    "staging", "scratch", "free", "stall timing", "large upload"};
+
+/* ------------------------------------------------------------ lifecycle */
+
+moe_status moe_cu_graph_env(bool *on, moe_error *err) {
+  const char *v = getenv("MOE_CUDA_GRAPHS");
+  *on = false;
+  if (v == NULL || *v == '\0' || strcmp(v, "0") == 0) return MOE_OK;
+  if (strcmp(v, "1") != 0)
+    return MOE_FAIL(err, MOE_ERR_INVALID, "MOE_CUDA_GRAPHS='%.40s': expected 0 or 1", v);
+  *on = true;
+  return MOE_OK;
+}
+
+moe_status moe_cu_graph_start(moe_backend *be, int sm_major, moe_error *err) {
+  moe_status st = MOE_OK;
+  bool on = false;
+  MOE_TRY(moe_cu_graph_env(&on, err));
+  if (!on) return MOE_OK;
+  be->graphs = (cu_graphs *)calloc(1, sizeof *be->graphs);
+  MOE_CHECK_ALLOC(be->graphs, err, sizeof *be->graphs);
+  {
+    const size_t ws = sm_major >= 9 ? ((size_t)32 << 20) : ((size_t)4 << 20);
+    CUDA_TRY(cudaMalloc(&be->graphs->blas_ws, ws), err);
+    CUBLAS_TRY(cublasSetWorkspace(be->blas, be->graphs->blas_ws, ws), err);
+  }
+cleanup:
+  return st;
+}
+
+/* After the streams are drained (cu_destroy). */
+void moe_cu_graph_stop(moe_backend *be) {
+  cu_graphs *g = be->graphs;
+  if (g == NULL) return;
+  char why[400] = "";
+  size_t at = 0;
+  for (int i = 0; i < CU_FLUSH_N; i++)
+    if (g->flushes[i] && at < sizeof why)
+      at += (size_t)snprintf(why + at, sizeof why - at, "%s%s %lu", at ? ", " : "", kFlushNames[i],
+                             g->flushes[i]);
+  fprintf(stderr,
+          "cuda graphs: %lu launched (%lu ops, %.1f per graph), %lu instantiated, %lu updated, "
+          "%lu updates refused, %lu empty; ended by: %s\n",
+          g->launched, g->ops, g->launched ? (double)g->ops / (double)g->launched : 0.0,
+          g->instantiated, g->updated, g->refused, g->empty, at ? why : "nothing");
+  for (int i = 0; i < GRAPH_CACHE; i++)
+    if (g->cache[i].exec) (void)cudaGraphExecDestroy(g->cache[i].exec);
+  if (be->blas) (void)cublasSetWorkspace(be->blas, NULL, 0);
+  if (g->blas_ws) (void)cudaFree(g->blas_ws);
+  (void)cudaGetLastError();
+  free(g);
+  be->graphs = NULL;
+}
+
+/* ------------------------------------------------------------ capture */
+
+/* FNV-1a over the 8 bytes of v. */
+static uint64_t fold(uint64_t h, uint64_t v) {
+  for (int i = 0; i < 8; i++) {
+    h ^= (v >> (8 * i)) & 0xffu;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+moe_status moe_cu_graph_op(moe_backend *be, uint64_t tag, moe_error *err) {
+  moe_status st = MOE_OK;
+  cu_graphs *g = be->graphs;
+  if (g == NULL) return MOE_OK;
+  if (be->gate.open == 0) {
+    CUDA_TRY(cudaStreamBeginCapture(be->compute, cudaStreamCaptureModeRelaxed), err);
+    moe_gate_begin(&be->gate);
+    g->sig = 0xcbf29ce484222325ull;
+    g->n_ops = 0;
+  }
+  g->sig = fold(g->sig, tag);
+  g->n_ops++;
+cleanup:
+  return st;
+}
+
+/* The cached graph for sig, or the least recently used entry. */
+static cu_graph_entry *entry_for(cu_graphs *g, uint64_t sig) {
+  cu_graph_entry *victim = &g->cache[0];
+  for (int i = 0; i < GRAPH_CACHE; i++) {
+    cu_graph_entry *e = &g->cache[i];
+    if (e->exec && e->sig == sig) return e;
+    if (e->exec == NULL || (victim->exec && e->used < victim->used)) victim = e;
+  }
+  if (victim->exec) (void)cudaGraphExecDestroy(victim->exec); /* a launch in flight completes */
+  victim->exec = NULL;
+  return victim;
+}
+
+/* Updates a cached graph in place, or instantiates one; then launches it. */
+static moe_status launch(moe_backend *be, cudaGraph_t graph, moe_error *err) {
+  moe_status st = MOE_OK;
+  cu_graphs *g = be->graphs;
+  cu_graph_entry *e = entry_for(g, g->sig);
+  if (e->exec) {
+    cudaGraphExecUpdateResultInfo info;
+    memset(&info, 0, sizeof info);
+    if (cudaGraphExecUpdate(e->exec, graph, &info) == cudaSuccess) {
+      g->updated++;
+    } else { /* another topology under the same signature (a cuBLAS split) */
+      (void)cudaGetLastError();
+      g->refused++;
+      (void)cudaGraphExecDestroy(e->exec);
+      e->exec = NULL;
+    }
+  }
+  if (e->exec == NULL) {
+    CUDA_TRY(cudaGraphInstantiate(&e->exec, graph, 0), err);
+    g->instantiated++;
+  }
+  e->sig = g->sig;
+  e->used = ++g->tick;
+  CUDA_TRY(cudaGraphLaunch(e->exec, be->compute), err);
+  g->launched++;
+  g->ops += g->n_ops;
+cleanup:
+  return st;
+}
+
+moe_status moe_cu_graph_flush(moe_backend *be, cu_flush_reason why, moe_error *err) {
+  moe_status st = MOE_OK;
+  cudaGraph_t graph = NULL;
+  size_t nodes = 0;
+  if (be->graphs == NULL || be->gate.open == 0) return MOE_OK;
+  moe_gate_end(&be->gate);
+  be->graphs->flushes[why]++;
+  CUDA_TRY(cudaStreamEndCapture(be->compute, &graph), err);
+  CUDA_TRY(cudaGraphGetNodes(graph, NULL, &nodes), err);
+  if (nodes == 0)
+    be->graphs->empty++;
+  else
+    MOE_TRY(launch(be, graph, err));
+cleanup:
+  if (graph) (void)cudaGraphDestroy(graph);
+  return st;
+}
+
+/* ------------------------------------------------------------ events */
+
+moe_status moe_cu_graph_use(moe_backend *be, moe_event *ev, moe_error *err) {
+  if (ev == NULL || !moe_gate_flush_for_use(&be->gate, &ev->mark)) return MOE_OK;
+  return moe_cu_graph_flush(be, CU_FLUSH_USE, err);
+}
+
+moe_status moe_cu_graph_foreign_record(moe_backend *be, moe_event *ev, moe_error *err) {
+  moe_status st = MOE_OK;
+  if (ev == NULL) return MOE_OK;
+  if (moe_gate_flush_for_record(&be->gate, &ev->mark, 0))
+    MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_RECORD, err));
+  moe_gate_recorded(&be->gate, &ev->mark, 0);
+cleanup:
+  return st;
+}
+
+moe_status moe_cu_graph_record(moe_backend *be, cudaEvent_t ev, moe_capture_mark *mark,
+                               moe_error *err) {
+  moe_status st = MOE_OK;
+  if (be->graphs && moe_gate_flush_for_record(&be->gate, mark, 1))
+    MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_RECORD, err));
+  MOE_TRY(moe_cu_graph_op(be, 0x7265636f7264ull /* "record" */, err));
+  if (be->gate.open) {
+    CUDA_TRY(cudaEventRecordWithFlags(ev, be->compute, cudaEventRecordExternal), err);
+  } else {
+    CUDA_TRY(cudaEventRecord(ev, be->compute), err);
+  }
+  moe_gate_recorded(&be->gate, mark, 1);
+cleanup:
+  return st;
+}
+
+moe_status moe_cu_graph_wait(moe_backend *be, moe_event *ev, bool *waited, moe_error *err) {
+  moe_status st = MOE_OK;
+  *waited = false;
+  MOE_TRY(moe_cu_graph_op(be, 0x77616974ull /* "wait" */, err));
+  if (!moe_gate_wait(&be->gate, &ev->mark)) return MOE_OK; /* the stream orders it */
+  CUDA_TRY(cudaStreamWaitEvent(be->compute, ev->ev, be->gate.open ? cudaEventWaitExternal : 0),
+           err);
+  *waited = true;
+cleanup:
+  return st;
+}
