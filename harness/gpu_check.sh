@@ -356,15 +356,15 @@ for f in "${LOOSE[@]}"; do rm -f -- "${OUT_DIR:?}/$f"; done
 MB="$BUILD/harness/moebench"
 
 # ------------------------------------------------------------------ steps and caps
-ORDER=(a-env a-deps a-facts b-sampler c-build d-generate e-ctest o-overtake f-memcheck f-racecheck
+ORDER=(a-env a-deps a-facts b-sampler c-build d-generate e-ctest o-overtake p-graphs f-memcheck f-racecheck
        g-calibrate h-validate i-headline j-switch-base-64 j-switch-base-128 k-paper-rest)
 declare -A CAP=([a-env]=10 [a-deps]=20 [a-facts]=20 [b-sampler]=5 [c-build]=90 [d-generate]=20
                 [e-ctest]=90 [f-memcheck]=45 [f-racecheck]=45 [g-calibrate]=45 [h-validate]=40
-                [i-headline]=75 [o-overtake]=60 [j-switch-base-64]=70 [j-switch-base-128]=120 [k-paper-rest]=0)
+                [i-headline]=75 [o-overtake]=60 [p-graphs]=60 [j-switch-base-64]=70 [j-switch-base-128]=120 [k-paper-rest]=0)
 declare -A KIND=([a-env]=required [a-deps]=required [a-facts]=required [b-sampler]=wanted
                  [c-build]=required [d-generate]=required [e-ctest]=required [f-memcheck]=optional
                  [f-racecheck]=optional [g-calibrate]=required [h-validate]=wanted
-                 [i-headline]=required [o-overtake]=wanted [j-switch-base-64]=wanted [j-switch-base-128]=wanted
+                 [i-headline]=required [o-overtake]=wanted [p-graphs]=wanted [j-switch-base-64]=wanted [j-switch-base-128]=wanted
                  [k-paper-rest]=optional)
 # k's cap is whatever time is left.  The caps are the 16-core GPU machine's;
 # a rehearsal keeps them (the CUDA build takes under a minute even on 2 cores).
@@ -917,7 +917,7 @@ step_c_build() {
   fi
   fig "configure $(( $(now) - t0 ))s"
   t0="$(now)"
-  tmo cmake --build "$BUILD" -j "$(nproc)" --target moebench test_cuda test_backend_conformance test_backend_math test_backend_table test_backend_host_stream test_backend_urgent >"$W/logs/c-build.log" 2>&1
+  tmo cmake --build "$BUILD" -j "$(nproc)" --target moebench test_cuda test_backend_conformance test_backend_math test_backend_table test_backend_host_stream test_backend_urgent test_capture_gate test_cuda_switches >"$W/logs/c-build.log" 2>&1
   rc=$?
   if [ "$rc" != 0 ]; then
     if timed_out "$rc"; then fail "build timed out after $(( $(now) - t0 ))s"; else fail "build failed: $(grep -m1 -iE 'error|undefined reference' "$W/logs/c-build.log" | cut -c1-300)"; fi
@@ -979,7 +979,7 @@ step_e_ctest() {
     fig "rehearsal: no GPU; test_cuda loads with the bundle's libraries and exits $rc (77 = no device)"
     return
   fi
-  (cd "$BUILD" && tmo_libs env CK_FORK=no ctest -R '^(cuda|backend_(conformance|math|table|host_stream|urgent))$' --output-on-failure) >"$log" 2>&1
+  (cd "$BUILD" && tmo_libs env CK_FORK=no ctest -R '^(cuda|cuda_switches|backend_(conformance|math|table|host_stream|urgent))$' --output-on-failure) >"$log" 2>&1
   rc=$?
   local lines
   lines="$(grep -E 'Test +#[0-9]+: ' "$log" | sed -E 's/^ *[0-9]+\/[0-9]+ +Test +#[0-9]+: +//; s/ \.+/ /; s/ +/ /g')"
@@ -1194,35 +1194,72 @@ step_o_overtake() {
   rc=$?
   fig "cuda cases with MOE_CUDA_OVERTAKE=1: $(grep -m1 'tests passed' "$log" || echo "no ctest summary")"
   if [ "$rc" != 0 ]; then fail "ctest exit $rc"; return; fi
-  # what CUDA Graph capture could save (not built: docs/ARCHITECTURE.md):
-  # the backend calls per decode step, counted by the trace
+  # the backend calls per decode step, counted by the trace, at the launch
+  # overhead: the upper bound of what graph mode (step p) can save
   out="$W/logs/o-trace.log"
   if tmo_libs "$MB" run --backend cuda --preset switch-base-8 --policy pregated --prompt-len 16 \
        --gen-len 16 --trace "$W/o-pregated-trace.json" >"$out" 2>&1; then
     v="$(sed -n 's/^per decode step (median, counted by the trace): \([0-9.]*\) backend calls, \([0-9.]*\) host waits.*/\1 \2/p' "$out")"
-    [ -n "$v" ] && detail "$(awk -v c="${v% *}" -v w="${v#* }" 'BEGIN {printf "pregated, per decode step (counted by the trace): %s backend calls, %s host waits; at workloads/hardware/h200.json'"'"'s 4 us a launch (an estimate; g measures it) the calls cost about %.2f ms of host time a step: the most CUDA Graph capture could save", c, w, c * 0.004}')"
+    [ -n "$v" ] && detail "$(awk -v c="${v% *}" -v w="${v#* }" 'BEGIN {printf "pregated, per decode step (counted by the trace): %s backend calls, %s host waits; at workloads/hardware/h200.json'"'"'s 4 us a launch (an estimate; g measures it) the calls cost about %.2f ms of host time a step: the most graph mode (step p) could save", c, w, c * 0.004}')"
   else
     detail "the traced pregated run failed: $(tail -1 "$out" | cut -c1-200)"
   fi
   rm -f "$W/o-pregated-trace.json" # the figures are in the log; the archive keeps logs small
-  local turn ms=()
+  switch_turns MOE_CUDA_OVERTAKE
+}
+
+# switch_turns VAR: bench-policies gpu-only/pregated/pregated-spec on
+# switch-base-8 with VAR=0, 1, 0, 1 (alternated, so drift shows as drift);
+# the figures are the pregated rows' decode ms/token per turn (measured),
+# and a turn whose pregated-spec logits are not gpu-only's bit for bit
+# fails the step.  The backend's stderr stays in the turn's log.
+switch_turns() {
+  local var="$1" turn ms=() out rc v diff
   for turn in 0 1 0 1; do
     # a turn takes about 10 s here; the turns so far are kept when time runs short
     if [ "$(step_left)" -lt 15 ]; then detail "turns cut at ${#ms[@]} of 4: the step's cap"; break; fi
-    out="$W/logs/o-bench-$turn-${#ms[@]}.log"
-    tmo_libs env MOE_CUDA_OVERTAKE="$turn" "$MB" bench-policies --backend cuda --preset switch-base-8 \
+    out="$W/logs/$var-bench-$turn-${#ms[@]}.log"
+    tmo_libs env "$var=$turn" "$MB" bench-policies --backend cuda --preset switch-base-8 \
       --policies gpu-only,pregated,pregated-spec --reps 3 --prompt-len 16 --gen-len 32 >"$out" 2>&1
     rc=$?
-    if [ "$rc" != 0 ]; then fail "bench-policies (MOE_CUDA_OVERTAKE=$turn) exit $rc: $(tail -1 "$out" | cut -c1-200)"; return; fi
+    if [ "$rc" != 0 ]; then fail "bench-policies ($var=$turn) exit $rc: $(tail -1 "$out" | cut -c1-200)"; return; fi
     v="$(awk -F'|' '$2 ~ /^ pregated(-spec)? $/ {gsub(/ /, "", $2); gsub(/ /, "", $6); printf "%s %s ms, ", $2, $6}' "$out")"
     ms+=("${v%, }")
     # pregated-spec routes conventionally: its logits are gpu-only's, bit for bit
-    local diff
     diff="$(awk -F'|' '$2 == " pregated-spec " {gsub(/ /, "", $15); print $15}' "$out")"
-    [ "$diff" = 0 ] || fail "MOE_CUDA_OVERTAKE=$turn: pregated-spec's max logit diff against gpu-only is '${diff:-missing}', not 0"
-    detail "MOE_CUDA_OVERTAKE=$turn: ${v%, } (decode ms/token, measured; medians of 3)"
+    [ "$diff" = 0 ] || fail "$var=$turn: pregated-spec's max logit diff against gpu-only is '${diff:-missing}', not 0"
+    detail "$var=$turn: ${v%, } (decode ms/token, measured; medians of 3)"
   done
-  fig "decode ms/token per turn (MOE_CUDA_OVERTAKE 0, 1, 0, 1): $(printf '%s | ' "${ms[@]}" | sed 's/ | $//')"
+  fig "decode ms/token per turn ($var 0, 1, 0, 1): $(printf '%s | ' "${ms[@]}" | sed 's/ | $//')"
+}
+
+# CUDA graph mode (MOE_CUDA_GRAPHS=1, off by default until this step has
+# passed on a GPU): the contract's cases captured, what the graphs held,
+# and the same turns as o.
+step_p_graphs() {
+  local log="$W/logs/p-graphs-ctest.log" rc out v
+  if [ "$REHEARSE" = 1 ]; then
+    tmo_libs "$BUILD/tests/test_capture_gate" >"$W/logs/p-rehearsal.log" 2>&1
+    rc=$?
+    tmo_libs "$BUILD/tests/test_cuda_switches" >>"$W/logs/p-rehearsal.log" 2>&1
+    STEP_STATUS=SKIP
+    fig "rehearsal: no GPU; test_capture_gate exits $rc, test_cuda_switches $? (the switches are refused or accepted without a device)"
+    return
+  fi
+  (cd "$BUILD" && tmo_libs env CK_FORK=no MOE_CUDA_GRAPHS=1 MOE_CONFORMANCE_BACKEND=cuda ctest -R '^backend_(conformance|host_stream|urgent)$' --output-on-failure) >"$log" 2>&1
+  rc=$?
+  fig "cuda cases with MOE_CUDA_GRAPHS=1: $(grep -m1 'tests passed' "$log" || echo "no ctest summary")"
+  if [ "$rc" != 0 ]; then fail "ctest exit $rc"; return; fi
+  # what the graphs held: the backend's closing line (stderr) on one run
+  out="$W/logs/p-run.log"
+  if tmo_libs env MOE_CUDA_GRAPHS=1 "$MB" run --backend cuda --preset switch-base-8 --policy pregated \
+       --prompt-len 16 --gen-len 16 >"$out" 2>&1; then
+    v="$(grep -m1 '^cuda graphs:' "$out")"
+    detail "pregated, switch-base-8, 16+16 tokens: ${v:-no closing line from the backend}"
+  else
+    fail "the pregated run with MOE_CUDA_GRAPHS=1 failed: $(tail -1 "$out" | cut -c1-200)"; return
+  fi
+  switch_turns MOE_CUDA_GRAPHS
 }
 
 # A paper-scale model on cuda: gpu-paper's workload and policies, one model.
@@ -1318,6 +1355,7 @@ run_step d-generate step_d_generate
 export CK_FORK=no
 run_step e-ctest step_e_ctest
 run_step o-overtake step_o_overtake
+run_step p-graphs step_p_graphs
 run_step f-memcheck step_f_memcheck
 run_step f-racecheck step_f_racecheck
 run_step g-calibrate step_g_calibrate

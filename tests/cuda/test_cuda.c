@@ -7,7 +7,9 @@
  * - whole models (the Hugging Face fixtures): logits within 1e-4 x max
  *   |logit| of the cpu backend's, greedy tokens identical;
  * - each policy bit-identical to gpu-only on the same GPU, and the
- *   accounted peak equal to each policy's plan. */
+ *   accounted peak equal to each policy's plan;
+ * - graph mode (MOE_CUDA_GRAPHS=1), with and without overtakable copies:
+ *   each policy bit-identical to the plain mode's gpu-only. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -295,6 +297,54 @@ START_TEST(policies_bit_identical_on_gpu) {
 }
 END_TEST
 
+/* Graph mode (MOE_CUDA_GRAPHS=1) runs the same kernels with the same
+ * arguments: every policy's logits are the plain mode's bit for bit, with
+ * copies in issue order and overtaking (MOE_CUDA_OVERTAKE=1).  Loop: the
+ * three models of policies_bit_identical_on_gpu. */
+START_TEST(graph_mode_bit_identical_on_gpu) {
+  moe_config c;
+  moe_error err = {0};
+  const char *cfgs[] = {MOE_SOURCE_DIR "/tests/fixtures/mixtral-tiny/config.json",
+                        MOE_SOURCE_DIR "/tests/fixtures/switch-tiny/config.json",
+                        MOE_SOURCE_DIR "/tests/fixtures/deepseekv3-tiny/config.json"};
+  ck_assert(moe_config_load(&c, cfgs[_i], &err) == MOE_OK);
+  moe_model *m = NULL;
+  moe_synth_options so = {MOE_BF16, 9, 0.5, true};
+  ck_assert(moe_model_synthetic(&m, &c, &so, &err) == MOE_OK);
+  const int B = 2, P = 8, N = 8, V = c.vocab;
+  int32_t tref[16], t[16];
+  float *lref = malloc((size_t)N * B * V * 4), *l = malloc((size_t)N * B * V * 4);
+  gen(&g_gpu, m, moe_policy_find("gpu-only"), MOE_ROUTING_CONVENTIONAL, B, P, N, tref, lref, NULL,
+      NULL);
+  const char *names[] = {"gpu-only", "ondemand", "prefetch-all", "pregated"};
+  for (int overtake = 0; overtake < 2; overtake++) {
+    setenv("MOE_CUDA_GRAPHS", "1", 1);
+    setenv("MOE_CUDA_OVERTAKE", overtake ? "1" : "0", 1);
+    moe_device dev;
+    const moe_status st = moe_device_open(&dev, "cuda", NULL, &err);
+    unsetenv("MOE_CUDA_GRAPHS");
+    unsetenv("MOE_CUDA_OVERTAKE");
+    ck_assert_msg(st == MOE_OK, "%s", err.msg);
+    ck_assert_msg(strstr(dev.ops->describe(dev.be), "CUDA graphs") != NULL, "%s",
+                  dev.ops->describe(dev.be));
+    for (int i = 0; i < 4; i++) {
+      size_t peak, plan;
+      gen(&dev, m, moe_policy_find(names[i]), MOE_ROUTING_CONVENTIONAL, B, P, N, t, l, &peak, &plan);
+      ck_assert_msg(peak == plan, "%s: peak %zu plan %zu", names[i], peak, plan);
+      ck_assert_msg(memcmp(l, lref, (size_t)N * B * V * 4) == 0, "%s (graphs, overtake %d): logits differ",
+                    names[i], overtake);
+      ck_assert_int_eq(memcmp(t, tref, sizeof t), 0);
+    }
+    moe_error serr = {0};
+    ck_assert_msg(dev.ops->synchronize(dev.be, &serr) == MOE_OK, "%s", serr.msg);
+    moe_device_close(&dev);
+  }
+  free(lref);
+  free(l);
+  moe_model_free(m);
+}
+END_TEST
+
 int main(void) {
   moe_device probe;
   moe_error err = {0};
@@ -313,6 +363,7 @@ int main(void) {
   tcase_add_test(tc, attention_matches_cpu);
   tcase_add_test(tc, fixture_models_match_cpu);
   tcase_add_loop_test(tc, policies_bit_identical_on_gpu, 0, 3);
+  tcase_add_loop_test(tc, graph_mode_bit_identical_on_gpu, 0, 3);
   suite_add_tcase(s, tc);
   /* in this process: the probe above initialised CUDA, which a forked
    * child cannot use (ctest sets CK_FORK=no too) */
