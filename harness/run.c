@@ -13,6 +13,7 @@
 #include "commands.h"
 #include "moe/backend.h"
 #include "moe/clock.h"
+#include "moe/cuda.h"
 #include "moe/publish.h"
 #include "results.h"
 #include "row.h"
@@ -311,6 +312,9 @@ static int run_one(run_opts *o) {
   res_row *row = res_table_add(&t);
   run_row(&rc, row, NULL, NULL, false);
   run_print(row);
+  char graphs[600]; /* the cuda backend's graph mode (MOE_CUDA_GRAPHS=1), if it ran */
+  if (moe_cuda_graph_summary(graphs, sizeof graphs) > 0)
+    printf("cuda graphs: %s (counted by the backend)\n", graphs);
   int rc_exit = strcmp(res_get(row, "status"), "ok") == 0 ? 0 : 1;
   if (o->out && run_write(o, &t, bops->name, link) != 0) rc_exit = 1;
   res_table_free(&t);

@@ -13,4 +13,9 @@ moe_status moe_cuda_probe(char *desc, size_t cap, moe_error *err) {
   return MOE_FAIL(err, MOE_ERR_UNSUPPORTED,
                   "this build has no CUDA backend (configure with -DMOE_WITH_CUDA=ON)");
 }
+
+size_t moe_cuda_graph_summary(char *buf, size_t cap) {
+  if (cap) buf[0] = '\0';
+  return 0;
+}
 #endif

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moe/cuda.h"
 #include "moe/device.h"
 #include "moe/backend.h"
 #include "moe/model.h"
@@ -338,6 +339,10 @@ START_TEST(graph_mode_bit_identical_on_gpu) {
     moe_error serr = {0};
     ck_assert_msg(dev.ops->synchronize(dev.be, &serr) == MOE_OK, "%s", serr.msg);
     moe_device_close(&dev);
+    char line[600];
+    ck_assert_uint_gt(moe_cuda_graph_summary(line, sizeof line), 0); /* graphs did run */
+    printf("graph mode (overtake %d, totals so far): %s\n", overtake, line);
+    ck_assert_msg(strtoul(line, NULL, 10) > 0, "no graph launched: %s", line);
   }
   free(lref);
   free(l);

@@ -55,6 +55,14 @@ START_TEST(a_wrong_value_is_refused_naming_the_variable) {
 }
 END_TEST
 
+/* No graph has run in this process: the summary line is empty. */
+START_TEST(no_graph_no_summary) {
+  char line[64] = "x";
+  ck_assert_uint_eq(moe_cuda_graph_summary(line, sizeof line), 0);
+  ck_assert_str_eq(line, "");
+}
+END_TEST
+
 START_TEST(a_right_value_opens_or_finds_no_device) {
   const char *good[][3] = {{"MOE_CUBLAS_MATH", "pedantic", "pedantic math"},
                            {"MOE_CUBLAS_MATH", "default", "default math"},
@@ -89,6 +97,7 @@ int main(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, a_wrong_value_is_refused_naming_the_variable);
   tcase_add_test(tc, a_right_value_opens_or_finds_no_device);
+  tcase_add_test(tc, no_graph_no_summary);
   suite_add_tcase(s, tc);
   /* in this process: a device opened here initialises CUDA, which a
    * forked child could not use */

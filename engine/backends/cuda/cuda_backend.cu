@@ -125,8 +125,9 @@ static void cu_destroy(moe_backend *be) {
   if (be->stage) (void)cudaFreeHost(be->stage);
   if (be->dstage) (void)cudaFreeHost(be->dstage);
   if (be->own_ws) (void)cudaFree(be->own_ws);
-  moe_cu_graph_stop(be); /* its graphs and cuBLAS's workspace */
+  moe_cu_graph_stop(be); /* its cached graphs */
   if (be->blas) (void)cublasDestroy(be->blas);
+  if (be->blas_ws) (void)cudaFree(be->blas_ws);
   if (be->compute) (void)cudaStreamDestroy(be->compute);
   if (be->copy) (void)cudaStreamDestroy(be->copy);
   if (be->host) (void)cudaStreamDestroy(be->host);
@@ -176,6 +177,16 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
    * CUBLAS_TF32_TENSOR_OP_MATH) and lets 16-bit products use tensor cores */
   CUBLAS_TRY(cublasSetMathMode(be->blas, be->pedantic ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH),
              err);
+  {
+    /* a fixed workspace (cuBLAS's recommended sizes: 32 MiB from sm_90, 4
+     * MiB before), set after the stream (cublasSetStream resets it): cuBLAS
+     * never allocates while a graph is captured, and picks its kernels
+     * from the same workspace in both modes; outside the accounting, and
+     * taken before the free memory (the default budget) is measured */
+    const size_t ws = prop.major >= 9 ? ((size_t)32 << 20) : ((size_t)4 << 20);
+    CUDA_TRY(cudaMalloc(&be->blas_ws, ws), err);
+    CUBLAS_TRY(cublasSetWorkspace(be->blas, be->blas_ws, ws), err);
+  }
   CUDA_TRY(cudaHostAlloc((void **)&be->stage, STAGE_BYTES, cudaHostAllocDefault), err);
   CUDA_TRY(cudaHostAlloc((void **)&be->dstage, DSTAGE_BYTES, cudaHostAllocDefault), err);
   for (int i = 0; i < STAGE_SLOTS; i++)
@@ -197,7 +208,7 @@ static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, m
   if (be->feed)
     snprintf(be->desc + strlen(be->desc), sizeof be->desc - strlen(be->desc),
              ", overtakable copies");
-  MOE_TRY(moe_cu_graph_start(be, prop.major, err));
+  MOE_TRY(moe_cu_graph_start(be, err));
   if (be->graphs)
     snprintf(be->desc + strlen(be->desc), sizeof be->desc - strlen(be->desc), ", CUDA graphs");
   *out = be;
@@ -223,6 +234,8 @@ static size_t cu_device_used(moe_backend *be) {
 
 static moe_status cu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err) {
   *ptr = NULL;
+  const moe_status fst = moe_cu_graph_flush(be, CU_FLUSH_FREE, err); /* none while captured */
+  if (fst != MOE_OK) return fst;
   cudaError_t e = cudaMalloc(ptr, bytes);
   if (e == cudaSuccess) return MOE_OK;
   (void)cudaGetLastError();
@@ -244,6 +257,7 @@ static void cu_free(moe_backend *be, void *ptr) {
 
 static moe_status cu_host_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err) {
   moe_status st = MOE_OK;
+  MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_FREE, err)); /* no allocation while captured */
   CUDA_TRY(cudaHostAlloc(ptr, bytes ? bytes : 1, cudaHostAllocDefault), err);
 cleanup:
   return st;
@@ -251,6 +265,7 @@ cleanup:
 
 static void cu_host_free(moe_backend *be, void *ptr) {
   if (ptr == NULL) return;
+  graph_flush_noted(be, CU_FLUSH_FREE);
   moe_cu_feed_drain(be);
   NOTE(be, cudaStreamSynchronize(be->copy)); /* a copy may still read it */
   NOTE(be, cudaStreamSynchronize(be->host)); /* a host job may still use it */
@@ -271,6 +286,7 @@ static size_t g_n_pins, g_cap_pins;
 static moe_status cu_host_register(moe_backend *be, void *ptr, size_t bytes, moe_error *err) {
   moe_status st = MOE_OK;
   if (bytes == 0 || ptr == NULL) return MOE_OK;
+  if ((st = moe_cu_graph_flush(be, CU_FLUSH_FREE, err)) != MOE_OK) return st; /* none while captured */
   pthread_mutex_lock(&g_pin_mu);
   for (size_t i = 0; i < g_n_pins; i++)
     if (g_pins[i].ptr == ptr) {
@@ -307,6 +323,7 @@ static moe_status cu_host_register(moe_backend *be, void *ptr, size_t bytes, moe
 }
 
 static void cu_host_unregister(moe_backend *be, void *ptr) {
+  graph_flush_noted(be, CU_FLUSH_FREE);
   pthread_mutex_lock(&g_pin_mu);
   for (size_t i = 0; i < g_n_pins; i++)
     if (g_pins[i].ptr == ptr) {
@@ -337,7 +354,13 @@ cleanup:
  * the runtime releases it once that work completes (the contract). */
 static void cu_event_destroy(moe_backend *be, moe_event *ev) {
   if (ev == NULL) return;
-  if (moe_gate_flush_for_destroy(&be->gate, &ev->mark)) graph_flush_noted(be, CU_FLUSH_DESTROY);
+  if (moe_gate_flush_for_destroy(&be->gate, &ev->mark)) {
+    /* a node of the graph just launched refers to it: let the graph run
+     * first (cudaEventDestroy's deferred release is promised for stream
+     * records only; rare: engines destroy their events when they close) */
+    graph_flush_noted(be, CU_FLUSH_DESTROY);
+    NOTE(be, cudaStreamSynchronize(be->compute));
+  }
   if (moe_cu_feed_holds(be, ev)) return; /* the feeder frees it after its copies */
   NOTE(be, cudaEventDestroy(ev->ev));
   free(ev);
@@ -401,7 +424,7 @@ static moe_status cu_compute_wait(moe_backend *be, moe_event *ev, moe_error *err
   MOE_TRY(moe_cu_graph_record(be, p->after, &p->mark, err));
   p->pending = 1;
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static double cu_stall_seconds(moe_backend *be) {
@@ -426,7 +449,7 @@ static moe_status cu_compute_record(moe_backend *be, moe_event *ev, moe_error *e
   MOE_TRY(moe_cu_feed_settle(be, ev, err)); /* its queued copies record first */
   MOE_TRY(moe_cu_graph_record(be, ev->ev, &ev->mark, err));
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_copy_wait(moe_backend *be, moe_event *ev, moe_error *err) {
@@ -491,7 +514,7 @@ static moe_status cu_upload(moe_backend *be, void *dst, const void *src, size_t 
     be->stage_next = (slot + 1) % STAGE_SLOTS;
   }
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 /* n downloads, one wait.  Those that fit (together) in the pinned landing
@@ -543,6 +566,7 @@ static moe_status cu_download_many(moe_backend *be, const moe_xfer *x, int n, mo
   return st;
 cleanup:
   /* a copy queued before the failure may still be writing: let it land */
+  st = moe_cu_graph_fail(be, st);
   graph_flush_noted(be, CU_FLUSH_DOWNLOAD);
   (void)cudaStreamSynchronize(be->compute);
   (void)cudaGetLastError();
@@ -578,11 +602,17 @@ cleanup:
 
 static moe_status cu_sync(moe_backend *be, moe_error *err) {
   moe_status st = MOE_OK;
-  MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_SYNC, err));
+  /* a failed flush is returned after the streams are drained all the same */
+  moe_error flush_err;
+  const moe_status fst = moe_cu_graph_flush(be, CU_FLUSH_SYNC, &flush_err);
   MOE_TRY(moe_cu_feed_settle(be, NULL, err));
   CUDA_TRY(cudaStreamSynchronize(be->host), err);
   CUDA_TRY(cudaStreamSynchronize(be->copy), err);
   CUDA_TRY(cudaStreamSynchronize(be->compute), err);
+  if (fst != MOE_OK) {
+    if (err) *err = flush_err;
+    return fst;
+  }
   if (be->deferred[0]) {
     st = MOE_FAIL(err, MOE_ERR_DEVICE, "an earlier call failed: %s", be->deferred);
     be->deferred[0] = '\0';

@@ -24,17 +24,26 @@
  * host-function thread go on using the other streams meanwhile.  Waits on
  * copies (compute_wait) are captured as external event-wait nodes, records
  * (compute_record, the stall timing) as external event-record nodes.
- * cuBLAS gets a fixed workspace of its own in this mode (32 MiB on sm_90
- * and later, 4 MiB before, cuBLAS's recommended sizes; outside the
- * engine's accounting), so it never allocates while captured.
+ * cuBLAS has a fixed workspace in both modes (cu_create), so it never
+ * allocates while captured and picks its kernels from the same workspace
+ * in both (the same bits).
  *
- * When the backend is destroyed, one line on stderr says how many graphs
- * ran, how many ops they held, how many were updated or instantiated, and
- * why each capture ended. */
+ * A call that fails while a capture is open: if the failure invalidated
+ * the capture (a CUDA error on the stream), the capture is ended and
+ * dropped at once (its ops never run, as the failing op's caller is told),
+ * so the next call starts clean; a failure before any stream call (a bad
+ * argument) leaves the capture as it was.
+ *
+ * The counts (graphs launched, ops in them, updates, instantiations, what
+ * ended each capture) are added to process-wide totals when a backend is
+ * destroyed; moe_cuda_graph_summary (moe/cuda.h) gives them as one line,
+ * which `moebench run` prints.  The backend itself prints nothing. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "moe/cuda.h"
 #include "cuda_internal.h"
 
 #define GRAPH_CACHE 64
@@ -45,16 +54,22 @@ typedef struct cu_graph_entry {
   uint64_t used;
 } cu_graph_entry;
 
+typedef struct cu_graph_counts {
+  unsigned long launched, ops, instantiated, updated, refused, empty, aborted;
+  unsigned long flushes[CU_FLUSH_N];
+} cu_graph_counts;
+
 struct cu_graphs {
   uint64_t sig; /* the open capture's signature so far */
   unsigned long n_ops;
   cu_graph_entry cache[GRAPH_CACHE];
   uint64_t tick;
-  void *blas_ws;
-  /* counts for the closing line */
-  unsigned long launched, ops, instantiated, updated, refused, empty;
-  unsigned long flushes[CU_FLUSH_N];
+  cu_graph_counts n;
 };
+
+/* Every destroyed instance's counts (moe_cuda_graph_summary). */
+static pthread_mutex_t g_totals_mu = PTHREAD_MUTEX_INITIALIZER;
+static cu_graph_counts g_totals;
 
 static const char *const kFlushNames[CU_FLUSH_N] = {
     "download", "synchronize", "event use", "event record", "event destroy",
@@ -72,44 +87,59 @@ moe_status moe_cu_graph_env(bool *on, moe_error *err) {
   return MOE_OK;
 }
 
-moe_status moe_cu_graph_start(moe_backend *be, int sm_major, moe_error *err) {
+moe_status moe_cu_graph_start(moe_backend *be, moe_error *err) {
   moe_status st = MOE_OK;
   bool on = false;
   MOE_TRY(moe_cu_graph_env(&on, err));
   if (!on) return MOE_OK;
   be->graphs = (cu_graphs *)calloc(1, sizeof *be->graphs);
   MOE_CHECK_ALLOC(be->graphs, err, sizeof *be->graphs);
-  {
-    const size_t ws = sm_major >= 9 ? ((size_t)32 << 20) : ((size_t)4 << 20);
-    CUDA_TRY(cudaMalloc(&be->graphs->blas_ws, ws), err);
-    CUBLAS_TRY(cublasSetWorkspace(be->blas, be->graphs->blas_ws, ws), err);
-  }
 cleanup:
   return st;
 }
 
-/* After the streams are drained (cu_destroy). */
+/* After the streams are drained (cu_destroy): the counts go to the
+ * process's totals, the cached graphs are destroyed. */
 void moe_cu_graph_stop(moe_backend *be) {
   cu_graphs *g = be->graphs;
   if (g == NULL) return;
-  char why[400] = "";
-  size_t at = 0;
-  for (int i = 0; i < CU_FLUSH_N; i++)
-    if (g->flushes[i] && at < sizeof why)
-      at += (size_t)snprintf(why + at, sizeof why - at, "%s%s %lu", at ? ", " : "", kFlushNames[i],
-                             g->flushes[i]);
-  fprintf(stderr,
-          "cuda graphs: %lu launched (%lu ops, %.1f per graph), %lu instantiated, %lu updated, "
-          "%lu updates refused, %lu empty; ended by: %s\n",
-          g->launched, g->ops, g->launched ? (double)g->ops / (double)g->launched : 0.0,
-          g->instantiated, g->updated, g->refused, g->empty, at ? why : "nothing");
+  pthread_mutex_lock(&g_totals_mu);
+  g_totals.launched += g->n.launched;
+  g_totals.ops += g->n.ops;
+  g_totals.instantiated += g->n.instantiated;
+  g_totals.updated += g->n.updated;
+  g_totals.refused += g->n.refused;
+  g_totals.empty += g->n.empty;
+  g_totals.aborted += g->n.aborted;
+  for (int i = 0; i < CU_FLUSH_N; i++) g_totals.flushes[i] += g->n.flushes[i];
+  pthread_mutex_unlock(&g_totals_mu);
   for (int i = 0; i < GRAPH_CACHE; i++)
     if (g->cache[i].exec) (void)cudaGraphExecDestroy(g->cache[i].exec);
-  if (be->blas) (void)cublasSetWorkspace(be->blas, NULL, 0);
-  if (g->blas_ws) (void)cudaFree(g->blas_ws);
   (void)cudaGetLastError();
   free(g);
   be->graphs = NULL;
+}
+
+extern "C" size_t moe_cuda_graph_summary(char *buf, size_t cap) {
+  if (cap == 0) return 0;
+  buf[0] = '\0';
+  pthread_mutex_lock(&g_totals_mu);
+  const cu_graph_counts t = g_totals;
+  pthread_mutex_unlock(&g_totals_mu);
+  if (t.launched == 0 && t.aborted == 0) return 0;
+  char why[400] = "";
+  size_t at = 0;
+  for (int i = 0; i < CU_FLUSH_N; i++)
+    if (t.flushes[i] && at < sizeof why)
+      at += (size_t)snprintf(why + at, sizeof why - at, "%s%s %lu", at ? ", " : "", kFlushNames[i],
+                             t.flushes[i]);
+  const int n = snprintf(buf, cap,
+                         "%lu launched (%lu ops, %.1f per graph), %lu instantiated, %lu updated in "
+                         "place, %lu updates refused, %lu empty, %lu aborted; ended by: %s",
+                         t.launched, t.ops, t.launched ? (double)t.ops / (double)t.launched : 0.0,
+                         t.instantiated, t.updated, t.refused, t.empty, t.aborted,
+                         at ? why : "nothing");
+  return n < 0 ? 0 : ((size_t)n < cap ? (size_t)n : cap - 1);
 }
 
 /* ------------------------------------------------------------ capture */
@@ -121,6 +151,10 @@ static uint64_t fold(uint64_t h, uint64_t v) {
     h *= 0x100000001b3ull;
   }
   return h;
+}
+
+uint64_t moe_cu_graph_tag(uint64_t kind, uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
+  return fold(fold(fold(fold(fold(0xcbf29ce484222325ull, kind), a), b), c), d);
 }
 
 moe_status moe_cu_graph_op(moe_backend *be, uint64_t tag, moe_error *err) {
@@ -160,24 +194,29 @@ static moe_status launch(moe_backend *be, cudaGraph_t graph, moe_error *err) {
   if (e->exec) {
     cudaGraphExecUpdateResultInfo info;
     memset(&info, 0, sizeof info);
-    if (cudaGraphExecUpdate(e->exec, graph, &info) == cudaSuccess) {
-      g->updated++;
-    } else { /* another topology under the same signature (a cuBLAS split) */
+    const cudaError_t u = cudaGraphExecUpdate(e->exec, graph, &info);
+    if (u == cudaSuccess) {
+      g->n.updated++;
+    } else if (u == cudaErrorGraphExecUpdateFailure) {
+      /* another topology under the same signature (a cuBLAS split, a
+       * hash collision): an answer, not a failure */
       (void)cudaGetLastError();
-      g->refused++;
+      g->n.refused++;
       (void)cudaGraphExecDestroy(e->exec);
       e->exec = NULL;
+    } else {
+      CUDA_TRY(u, err);
     }
   }
   if (e->exec == NULL) {
     CUDA_TRY(cudaGraphInstantiate(&e->exec, graph, 0), err);
-    g->instantiated++;
+    g->n.instantiated++;
   }
   e->sig = g->sig;
   e->used = ++g->tick;
   CUDA_TRY(cudaGraphLaunch(e->exec, be->compute), err);
-  g->launched++;
-  g->ops += g->n_ops;
+  g->n.launched++;
+  g->n.ops += g->n_ops;
 cleanup:
   return st;
 }
@@ -188,15 +227,32 @@ moe_status moe_cu_graph_flush(moe_backend *be, cu_flush_reason why, moe_error *e
   size_t nodes = 0;
   if (be->graphs == NULL || be->gate.open == 0) return MOE_OK;
   moe_gate_end(&be->gate);
-  be->graphs->flushes[why]++;
+  be->graphs->n.flushes[why]++;
   CUDA_TRY(cudaStreamEndCapture(be->compute, &graph), err);
   CUDA_TRY(cudaGraphGetNodes(graph, NULL, &nodes), err);
   if (nodes == 0)
-    be->graphs->empty++;
+    be->graphs->n.empty++;
   else
     MOE_TRY(launch(be, graph, err));
 cleanup:
   if (graph) (void)cudaGraphDestroy(graph);
+  return st;
+}
+
+moe_status moe_cu_graph_fail(moe_backend *be, moe_status st) {
+  cudaStreamCaptureStatus cs = cudaStreamCaptureStatusActive;
+  if (st == MOE_OK || be->graphs == NULL || be->gate.open == 0) return st;
+  const cudaError_t q = cudaStreamIsCapturing(be->compute, &cs);
+  if (q == cudaSuccess && cs == cudaStreamCaptureStatusActive) return st; /* untouched: go on */
+  const uint64_t id = be->gate.open;
+  cudaGraph_t graph = NULL;
+  (void)cudaStreamEndCapture(be->compute, &graph); /* ends it, whatever it answers */
+  if (graph) (void)cudaGraphDestroy(graph);
+  (void)cudaGetLastError();
+  moe_gate_end(&be->gate);
+  be->graphs->n.aborted++;
+  for (int i = 0; i < STALL_PAIRS; i++) /* pairs that will never be recorded */
+    if (be->pairs[i].pending && be->pairs[i].mark.rec == id) be->pairs[i].pending = 0;
   return st;
 }
 

@@ -42,8 +42,11 @@ struct cu_graphs;
 #define KERNEL_CHECK(err) CUDA_TRY(cudaGetLastError(), err)
 
 #define STAGE_BYTES ((size_t)4 << 20) /* pinned staging ring for uploads */
-#define STAGE_SLOTS 8                   /* in-flight uploads it tracks */
-#define STALL_PAIRS 64                  /* timing-event pairs in flight */
+#define STAGE_SLOTS 64                  /* in-flight uploads it tracks */
+/* timing-event pairs in flight: more than the compute_waits of one MoE
+ * block's experts (256 in DeepSeek-V3), so that in graph mode the ring
+ * does not come round inside one capture (which would flush it early) */
+#define STALL_PAIRS 512
 #define DSTAGE_BYTES ((size_t)1 << 20) /* pinned landing buffer for downloads */
 
 typedef struct stall_pair {
@@ -57,6 +60,7 @@ struct moe_backend {
   cudaStream_t compute, copy;
   cudaStream_t host; /* host_run jobs (ABI 1.7): cudaLaunchHostFunc in issue order */
   cublasHandle_t blas;
+  void *blas_ws; /* cuBLAS's fixed workspace (both modes; outside the accounting) */
   void *ws; /* matmul workspace from the engine */
   size_t ws_bytes;
   size_t capacity;
@@ -207,10 +211,17 @@ typedef enum cu_flush_reason {
 
 /* MOE_CUDA_GRAPHS: unset, empty or 0 off, 1 on, anything else refused. */
 moe_status moe_cu_graph_env(bool *on, moe_error *err);
-/* Turns graph mode on when MOE_CUDA_GRAPHS=1 (cuBLAS gets its workspace);
- * stops it after the streams are drained, printing the closing line. */
-moe_status moe_cu_graph_start(moe_backend *be, int sm_major, moe_error *err);
+/* Turns graph mode on when MOE_CUDA_GRAPHS=1; stops it after the streams
+ * are drained, adding its counts to the process's totals. */
+moe_status moe_cu_graph_start(moe_backend *be, moe_error *err);
 void moe_cu_graph_stop(moe_backend *be);
+/* A signature tag: an op's kind and up to four shape fields, each folded
+ * in on its own. */
+uint64_t moe_cu_graph_tag(uint64_t kind, uint64_t a, uint64_t b, uint64_t c, uint64_t d);
+/* On the way out of a method that joins the capture: when st is a failure
+ * that invalidated the open capture, the capture is ended and dropped
+ * (its ops never run) so that the next call starts clean.  Returns st. */
+moe_status moe_cu_graph_fail(moe_backend *be, moe_status st);
 /* Before compute-stream work: opens a capture if none is open and folds
  * tag (the op and its shape) into its signature.  No-op when off. */
 moe_status moe_cu_graph_op(moe_backend *be, uint64_t tag, moe_error *err);

@@ -13,8 +13,8 @@
 /* A cuBLAS product's signature: its shape and dtype (cuBLAS may pick
  * another kernel, or a split, for another shape). */
 static uint64_t matmul_tag(size_t m, int n, int k, moe_dtype dt) {
-  return 0x6d6d000000000000ull ^ ((uint64_t)m << 40) ^ ((uint64_t)(unsigned)n << 20) ^
-         (uint64_t)(unsigned)k ^ ((uint64_t)dt << 60);
+  return moe_cu_graph_tag(0x6d6d, (uint64_t)m, (uint64_t)(unsigned)n, (uint64_t)(unsigned)k,
+                          (uint64_t)dt);
 }
 
 static moe_status cu_matmul(moe_backend *be, float *y, const float *x, size_t m,
@@ -58,7 +58,7 @@ static moe_status cu_matmul(moe_backend *be, float *y, const float *x, size_t m,
     KERNEL_CHECK(err);
   }
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_rmsnorm(moe_backend *be, float *y, const float *x, size_t m,
@@ -69,7 +69,7 @@ static moe_status cu_rmsnorm(moe_backend *be, float *y, const float *x, size_t m
   k_rmsnorm<<<(unsigned)m, kThreads, 0, be->compute>>>(y, x, g->data, (int)g->dtype, (int)g->cols, eps);
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_kv_store(moe_backend *be, float *kc, float *vc, const float *k, const float *v,
@@ -81,7 +81,7 @@ static moe_status cu_kv_store(moe_backend *be, float *kc, float *vc, const float
   k_kv_store<<<blocks_for(n), kThreads, 0, be->compute>>>(kc, vc, k, v, *s);
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_attention_ex(moe_backend *be, float *out, const float *q, const float *kc,
@@ -104,7 +104,7 @@ static moe_status cu_attention_ex(moe_backend *be, float *out, const float *q, c
   }
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_rope_ex(moe_backend *be, float *x, size_t m, const int32_t *pos,
@@ -122,7 +122,7 @@ static moe_status cu_rope_ex(moe_backend *be, float *x, size_t m, const int32_t 
   }
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_mla_attention(moe_backend *be, float *out, const float *q, float *ckv_cache,
@@ -149,7 +149,7 @@ static moe_status cu_mla_attention(moe_backend *be, float *out, const float *q, 
   }
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_unary(moe_backend *be, float *y, const float *x, size_t n, moe_unary_op op,
@@ -162,7 +162,7 @@ static moe_status cu_unary(moe_backend *be, float *y, const float *x, size_t n, 
   k_unary<<<blocks_for(n), kThreads, 0, be->compute>>>(y, x, n, (int)op, alpha);
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_router_topk_ex(moe_backend *be, int32_t *idx, float *wts, const float *logits,
@@ -183,7 +183,7 @@ static moe_status cu_router_topk_ex(moe_backend *be, int32_t *idx, float *wts, c
   }
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_swiglu(moe_backend *be, float *y, const float *g, const float *u, size_t n,
@@ -194,7 +194,7 @@ static moe_status cu_swiglu(moe_backend *be, float *y, const float *g, const flo
   k_swiglu<<<blocks_for(n), kThreads, 0, be->compute>>>(y, g, u, n);
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_add(moe_backend *be, float *y, const float *x, size_t n, moe_error *err) {
@@ -204,7 +204,7 @@ static moe_status cu_add(moe_backend *be, float *y, const float *x, size_t n, mo
   k_add<<<blocks_for(n), kThreads, 0, be->compute>>>(y, x, n);
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_embed(moe_backend *be, float *y, const moe_weight *t, const int32_t *ids,
@@ -216,7 +216,7 @@ static moe_status cu_embed(moe_backend *be, float *y, const moe_weight *t, const
                                                                   t->cols);
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_gather(moe_backend *be, float *dst, const float *src, const int32_t *rows,
@@ -227,7 +227,7 @@ static moe_status cu_gather(moe_backend *be, float *dst, const float *src, const
   k_gather<<<blocks_for(n * dim), kThreads, 0, be->compute>>>(dst, src, rows, n, dim);
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_scatter_add(moe_backend *be, float *dst, const float *src, const int32_t *rows,
@@ -240,7 +240,7 @@ static moe_status cu_scatter_add(moe_backend *be, float *dst, const float *src, 
                                                                     sig, n, dim);
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 static moe_status cu_argmax_rows(moe_backend *be, int32_t *idx, const float *x, size_t m, int n,
@@ -253,7 +253,7 @@ static moe_status cu_argmax_rows(moe_backend *be, int32_t *idx, const float *x, 
   k_argmax_rows<<<(unsigned)m, kThreads, 0, be->compute>>>(idx, x, n);
   KERNEL_CHECK(err);
 cleanup:
-  return st;
+  return moe_cu_graph_fail(be, st);
 }
 
 void moe_cu_math_ops(moe_backend_ops *o) {

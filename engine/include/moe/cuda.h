@@ -23,6 +23,13 @@ int moe_cuda_compiled(void);
  * MOE_ERR_UNSUPPORTED when the build has no CUDA. */
 moe_status moe_cuda_probe(char *desc, size_t cap, moe_error *err);
 
+/* Graph mode (MOE_CUDA_GRAPHS=1): what the cuda backend instances this
+ * process has destroyed did, as one line ("N launched (ops, per graph),
+ * instantiated, updated, refused, aborted; ended by: ..."), counted by the
+ * backend.  Returns the line's length: 0 (an empty line) when no graph
+ * ran, or in a build without CUDA.  The backend itself never prints. */
+size_t moe_cuda_graph_summary(char *buf, size_t cap);
+
 #ifdef __cplusplus
 }
 #endif
