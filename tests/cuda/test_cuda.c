@@ -267,18 +267,24 @@ START_TEST(fixture_models_match_cpu) {
 }
 END_TEST
 
-START_TEST(policies_bit_identical_on_gpu) {
-  moe_config c;
+/* The bit-identity cases' model, by loop index: 0 Mixtral; 1 Switch
+ * (encoder-decoder, both stacks offloaded); 2 DeepSeek-V3 (latent
+ * attention, grouped routing); bf16 synthetic weights. */
+static moe_model *loop_model(int i, moe_config *c) {
   moe_error err = {0};
-  /* loop 0: Mixtral; loop 1: Switch (encoder-decoder, both stacks
-   * offloaded); loop 2: DeepSeek-V3 (latent attention, grouped routing) */
   const char *cfgs[] = {MOE_SOURCE_DIR "/tests/fixtures/mixtral-tiny/config.json",
                         MOE_SOURCE_DIR "/tests/fixtures/switch-tiny/config.json",
                         MOE_SOURCE_DIR "/tests/fixtures/deepseekv3-tiny/config.json"};
-  ck_assert(moe_config_load(&c, cfgs[_i], &err) == MOE_OK);
+  ck_assert(moe_config_load(c, cfgs[i], &err) == MOE_OK);
   moe_model *m = NULL;
   moe_synth_options so = {MOE_BF16, 9, 0.5, true};
-  ck_assert(moe_model_synthetic(&m, &c, &so, &err) == MOE_OK);
+  ck_assert(moe_model_synthetic(&m, c, &so, &err) == MOE_OK);
+  return m;
+}
+
+START_TEST(policies_bit_identical_on_gpu) {
+  moe_config c;
+  moe_model *m = loop_model(_i, &c);
   const int B = 2, P = 8, N = 8, V = c.vocab;
   int32_t tref[16], t[16];
   float *lref = malloc((size_t)N * B * V * 4), *l = malloc((size_t)N * B * V * 4);
@@ -301,17 +307,11 @@ END_TEST
 /* Graph mode (MOE_CUDA_GRAPHS=1) runs the same kernels with the same
  * arguments: every policy's logits are the plain mode's bit for bit, with
  * copies in issue order and overtaking (MOE_CUDA_OVERTAKE=1).  Loop: the
- * three models of policies_bit_identical_on_gpu. */
+ * three models of loop_model. */
 START_TEST(graph_mode_bit_identical_on_gpu) {
   moe_config c;
   moe_error err = {0};
-  const char *cfgs[] = {MOE_SOURCE_DIR "/tests/fixtures/mixtral-tiny/config.json",
-                        MOE_SOURCE_DIR "/tests/fixtures/switch-tiny/config.json",
-                        MOE_SOURCE_DIR "/tests/fixtures/deepseekv3-tiny/config.json"};
-  ck_assert(moe_config_load(&c, cfgs[_i], &err) == MOE_OK);
-  moe_model *m = NULL;
-  moe_synth_options so = {MOE_BF16, 9, 0.5, true};
-  ck_assert(moe_model_synthetic(&m, &c, &so, &err) == MOE_OK);
+  moe_model *m = loop_model(_i, &c);
   const int B = 2, P = 8, N = 8, V = c.vocab;
   int32_t tref[16], t[16];
   float *lref = malloc((size_t)N * B * V * 4), *l = malloc((size_t)N * B * V * 4);
@@ -319,6 +319,9 @@ START_TEST(graph_mode_bit_identical_on_gpu) {
       NULL);
   const char *names[] = {"gpu-only", "ondemand", "prefetch-all", "pregated"};
   for (int overtake = 0; overtake < 2; overtake++) {
+    char line[600];
+    (void)moe_cuda_graph_summary(line, sizeof line);
+    const unsigned long before = strtoul(line, NULL, 10); /* launched so far ("" before any) */
     setenv("MOE_CUDA_GRAPHS", "1", 1);
     setenv("MOE_CUDA_OVERTAKE", overtake ? "1" : "0", 1);
     moe_device dev;
@@ -339,10 +342,9 @@ START_TEST(graph_mode_bit_identical_on_gpu) {
     moe_error serr = {0};
     ck_assert_msg(dev.ops->synchronize(dev.be, &serr) == MOE_OK, "%s", serr.msg);
     moe_device_close(&dev);
-    char line[600];
     ck_assert_uint_gt(moe_cuda_graph_summary(line, sizeof line), 0); /* graphs did run */
     printf("graph mode (overtake %d, totals so far): %s\n", overtake, line);
-    ck_assert_msg(strtoul(line, NULL, 10) > 0, "no graph launched: %s", line);
+    ck_assert_msg(strtoul(line, NULL, 10) > before, "no graph launched: %s", line);
   }
   free(lref);
   free(l);

@@ -234,7 +234,7 @@ static size_t cu_device_used(moe_backend *be) {
 
 static moe_status cu_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err) {
   *ptr = NULL;
-  const moe_status fst = moe_cu_graph_flush(be, CU_FLUSH_FREE, err); /* none while captured */
+  const moe_status fst = moe_cu_graph_flush(be, CU_FLUSH_ALLOC, err); /* none while captured */
   if (fst != MOE_OK) return fst;
   cudaError_t e = cudaMalloc(ptr, bytes);
   if (e == cudaSuccess) return MOE_OK;
@@ -257,7 +257,7 @@ static void cu_free(moe_backend *be, void *ptr) {
 
 static moe_status cu_host_alloc(moe_backend *be, size_t bytes, void **ptr, moe_error *err) {
   moe_status st = MOE_OK;
-  MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_FREE, err)); /* no allocation while captured */
+  MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_ALLOC, err)); /* no allocation while captured */
   CUDA_TRY(cudaHostAlloc(ptr, bytes ? bytes : 1, cudaHostAllocDefault), err);
 cleanup:
   return st;
@@ -286,7 +286,7 @@ static size_t g_n_pins, g_cap_pins;
 static moe_status cu_host_register(moe_backend *be, void *ptr, size_t bytes, moe_error *err) {
   moe_status st = MOE_OK;
   if (bytes == 0 || ptr == NULL) return MOE_OK;
-  if ((st = moe_cu_graph_flush(be, CU_FLUSH_FREE, err)) != MOE_OK) return st; /* none while captured */
+  if ((st = moe_cu_graph_flush(be, CU_FLUSH_ALLOC, err)) != MOE_OK) return st; /* none while captured */
   pthread_mutex_lock(&g_pin_mu);
   for (size_t i = 0; i < g_n_pins; i++)
     if (g_pins[i].ptr == ptr) {
@@ -354,12 +354,13 @@ cleanup:
  * the runtime releases it once that work completes (the contract). */
 static void cu_event_destroy(moe_backend *be, moe_event *ev) {
   if (ev == NULL) return;
-  if (moe_gate_flush_for_destroy(&be->gate, &ev->mark)) {
-    /* a node of the graph just launched refers to it: let the graph run
+  if (be->graphs && (ev->mark.rec > be->graph_done || ev->mark.wait > be->graph_done)) {
+    /* a node of a graph not known to have run refers to it: let it run
      * first (cudaEventDestroy's deferred release is promised for stream
      * records only; rare: engines destroy their events when they close) */
     graph_flush_noted(be, CU_FLUSH_DESTROY);
     NOTE(be, cudaStreamSynchronize(be->compute));
+    be->graph_done = be->gate.last;
   }
   if (moe_cu_feed_holds(be, ev)) return; /* the feeder frees it after its copies */
   NOTE(be, cudaEventDestroy(ev->ev));
@@ -550,6 +551,7 @@ static moe_status cu_download_many(moe_backend *be, const moe_xfer *x, int n, mo
   if (!any) return MOE_OK;
   MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_DOWNLOAD, err));
   CUDA_TRY(cudaStreamSynchronize(be->compute), err);
+  be->graph_done = be->gate.last; /* every graph so far has run */
   off = 0;
   for (int i = 0; i < n; i++) {
     if (x[i].bytes == 0) continue;
@@ -600,24 +602,28 @@ cleanup:
   return st;
 }
 
+/* Every step runs whatever failed before it (the contract: the host
+ * blocks until every stream is idle); the first failure is returned. */
 static moe_status cu_sync(moe_backend *be, moe_error *err) {
   moe_status st = MOE_OK;
-  /* a failed flush is returned after the streams are drained all the same */
-  moe_error flush_err;
-  const moe_status fst = moe_cu_graph_flush(be, CU_FLUSH_SYNC, &flush_err);
-  MOE_TRY(moe_cu_feed_settle(be, NULL, err));
-  CUDA_TRY(cudaStreamSynchronize(be->host), err);
-  CUDA_TRY(cudaStreamSynchronize(be->copy), err);
-  CUDA_TRY(cudaStreamSynchronize(be->compute), err);
-  if (fst != MOE_OK) {
-    if (err) *err = flush_err;
-    return fst;
+  moe_error e1;
+  const cudaStream_t streams[3] = {be->host, be->copy, be->compute};
+  st = moe_cu_graph_flush(be, CU_FLUSH_SYNC, err);
+  if (moe_cu_feed_settle(be, NULL, st == MOE_OK ? err : &e1) != MOE_OK && st == MOE_OK)
+    st = MOE_ERR_DEVICE;
+  for (int i = 0; i < 3; i++) {
+    const cudaError_t e = cudaStreamSynchronize(streams[i]);
+    if (e == cudaSuccess) continue;
+    (void)cudaGetLastError();
+    if (st == MOE_OK)
+      st = MOE_FAIL(err, MOE_ERR_DEVICE, "cudaStreamSynchronize (%s stream) failed: %s",
+                    i == 0 ? "host" : i == 1 ? "copy" : "compute", cudaGetErrorString(e));
   }
+  if (st == MOE_OK) be->graph_done = be->gate.last; /* every graph so far has run */
   if (be->deferred[0]) {
-    st = MOE_FAIL(err, MOE_ERR_DEVICE, "an earlier call failed: %s", be->deferred);
+    if (st == MOE_OK) st = MOE_FAIL(err, MOE_ERR_DEVICE, "an earlier call failed: %s", be->deferred);
     be->deferred[0] = '\0';
   }
-cleanup:
   return st;
 }
 

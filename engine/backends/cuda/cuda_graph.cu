@@ -73,7 +73,7 @@ static cu_graph_counts g_totals;
 
 static const char *const kFlushNames[CU_FLUSH_N] = {
     "download", "synchronize", "event use", "event record", "event destroy",
-    "staging", "scratch", "free", "stall timing", "large upload"};
+    "staging", "scratch", "free", "stall timing", "large upload", "allocation"};
 
 /* ------------------------------------------------------------ lifecycle */
 
@@ -87,11 +87,33 @@ moe_status moe_cu_graph_env(bool *on, moe_error *err) {
   return MOE_OK;
 }
 
+/* Under lazy module loading (CUDA's default) a kernel is loaded at its
+ * first launch, which graph mode would put inside a capture: ours are
+ * loaded here (cudaFuncGetAttributes loads a function).  cuBLAS's own
+ * kernels still load at their first use (the GPU check retries a failure
+ * with CUDA_MODULE_LOADING=EAGER to tell). */
+static moe_status load_kernels(moe_error *err) {
+  moe_status st = MOE_OK;
+  cudaFuncAttributes a;
+  const void *const fns[] = {
+      (const void *)k_rmsnorm,     (const void *)k_kv_store,   (const void *)k_attention_ex,
+      (const void *)k_rope_ex,     (const void *)k_mla_store,  (const void *)k_mla_attention,
+      (const void *)k_unary,       (const void *)k_router_topk_ex, (const void *)k_swiglu,
+      (const void *)k_add,         (const void *)k_add_bias,   (const void *)k_embed,
+      (const void *)k_gather,      (const void *)k_scatter_add, (const void *)k_to_half,
+      (const void *)k_to_bf16,     (const void *)k_argmax_rows};
+  for (size_t i = 0; i < sizeof fns / sizeof *fns; i++)
+    CUDA_TRY(cudaFuncGetAttributes(&a, fns[i]), err);
+cleanup:
+  return st;
+}
+
 moe_status moe_cu_graph_start(moe_backend *be, moe_error *err) {
   moe_status st = MOE_OK;
   bool on = false;
   MOE_TRY(moe_cu_graph_env(&on, err));
   if (!on) return MOE_OK;
+  MOE_TRY(load_kernels(err));
   be->graphs = (cu_graphs *)calloc(1, sizeof *be->graphs);
   MOE_CHECK_ALLOC(be->graphs, err, sizeof *be->graphs);
 cleanup:
@@ -205,7 +227,9 @@ static moe_status launch(moe_backend *be, cudaGraph_t graph, moe_error *err) {
       (void)cudaGraphExecDestroy(e->exec);
       e->exec = NULL;
     } else {
-      CUDA_TRY(u, err);
+      (void)cudaGetLastError();
+      st = MOE_FAIL(err, MOE_ERR_DEVICE, "cudaGraphExecUpdate failed: %s", cudaGetErrorString(u));
+      goto cleanup;
     }
   }
   if (e->exec == NULL) {
@@ -221,11 +245,20 @@ cleanup:
   return st;
 }
 
+/* A capture whose ops will never run: timing pairs recorded in it are
+ * not pending any more (their events keep older records). */
+static void dropped(moe_backend *be, uint64_t id) {
+  be->graphs->n.aborted++;
+  for (int i = 0; i < STALL_PAIRS; i++)
+    if (be->pairs[i].pending && be->pairs[i].mark.rec == id) be->pairs[i].pending = 0;
+}
+
 moe_status moe_cu_graph_flush(moe_backend *be, cu_flush_reason why, moe_error *err) {
   moe_status st = MOE_OK;
   cudaGraph_t graph = NULL;
   size_t nodes = 0;
   if (be->graphs == NULL || be->gate.open == 0) return MOE_OK;
+  const uint64_t id = be->gate.open;
   moe_gate_end(&be->gate);
   be->graphs->n.flushes[why]++;
   CUDA_TRY(cudaStreamEndCapture(be->compute, &graph), err);
@@ -235,6 +268,7 @@ moe_status moe_cu_graph_flush(moe_backend *be, cu_flush_reason why, moe_error *e
   else
     MOE_TRY(launch(be, graph, err));
 cleanup:
+  if (st != MOE_OK) dropped(be, id);
   if (graph) (void)cudaGraphDestroy(graph);
   return st;
 }
@@ -250,9 +284,7 @@ moe_status moe_cu_graph_fail(moe_backend *be, moe_status st) {
   if (graph) (void)cudaGraphDestroy(graph);
   (void)cudaGetLastError();
   moe_gate_end(&be->gate);
-  be->graphs->n.aborted++;
-  for (int i = 0; i < STALL_PAIRS; i++) /* pairs that will never be recorded */
-    if (be->pairs[i].pending && be->pairs[i].mark.rec == id) be->pairs[i].pending = 0;
+  dropped(be, id);
   return st;
 }
 

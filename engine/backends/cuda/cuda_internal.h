@@ -96,6 +96,7 @@ struct moe_backend {
    * gate then never opens) */
   struct cu_graphs *graphs;
   moe_capture_gate gate;
+  uint64_t graph_done; /* every capture up to this id is known to have run */
   char desc[400];
   char name[256];
 };
@@ -206,6 +207,7 @@ typedef enum cu_flush_reason {
   CU_FLUSH_FREE,
   CU_FLUSH_STALL,
   CU_FLUSH_LARGE_UPLOAD,
+  CU_FLUSH_ALLOC,
   CU_FLUSH_N
 } cu_flush_reason;
 
