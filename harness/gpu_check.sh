@@ -1275,13 +1275,16 @@ step_p_graphs() {
   # what the graphs held: the backend's counts, which run prints
   out="$W/logs/p-run.log"
   if tmo_libs env MOE_CUDA_GRAPHS=1 "$MB" run --backend cuda --preset switch-base-8 --policy pregated \
-       --prompt-len 16 --gen-len 16 >"$out" 2>&1; then
+       --prompt-len 16 --gen-len 16 --trace "$W/p-trace.json" >"$out" 2>&1; then
     v="$(grep -m1 '^cuda graphs:' "$out")"
     [ -n "$v" ] || { fail "run with MOE_CUDA_GRAPHS=1 printed no 'cuda graphs:' line: graph mode did not run"; return; }
-    detail "pregated, switch-base-8, 16+16 tokens: $v"
+    detail "pregated, switch-base-8, 16+16 tokens (traced): $v"
+    # beside it, what the gate's model predicts from the same calls
+    detail "$(grep -m1 "^graph mode's model" "$out" || echo "no model line")"
   else
     fail "the pregated run with MOE_CUDA_GRAPHS=1 failed: $(tail -1 "$out" | cut -c1-200)"; return
   fi
+  rm -f "$W/p-trace.json" # the figures are in the log
   switch_turns MOE_CUDA_GRAPHS
 }
 

@@ -310,8 +310,15 @@ static int run_one(run_opts *o) {
   res_table t;
   res_table_init(&t);
   res_row *row = res_table_add(&t);
-  run_row(&rc, row, NULL, NULL, false);
+  run_result kept = {0};
+  run_row(&rc, row, NULL, &kept, false);
   run_print(row);
+  if (kept.has_counts && kept.counts.graphs > 0)
+    printf("graph mode's model on these calls (MOE_CUDA_GRAPHS=1 would capture them so; "
+           "engine/src/capture_gate.h's rules, counted by the trace): %.6g graphs per decode step "
+           "(median), %.1f calls per graph\n",
+           kept.counts.graphs_per_step, kept.counts.ops_per_graph);
+  run_result_free(&kept);
   char graphs[600]; /* the cuda backend's graph mode (MOE_CUDA_GRAPHS=1), if it ran */
   if (moe_cuda_graph_summary(graphs, sizeof graphs) > 0)
     printf("cuda graphs: %s (counted by the backend)\n", graphs);

@@ -348,6 +348,13 @@ START_TEST(routing_downloads_wait_once_per_block) {
   ck_assert_double_eq(plain.syncs_per_step, 2 * blocks + 1);
   ck_assert_double_eq(many.syncs_per_step, blocks + 1);
   ck_assert_double_eq(plain.calls_per_step, many.calls_per_step + blocks);
+  /* graph mode's model (capture_gate.h on these calls): one graph per
+   * stretch between host waits; with two routing downloads a block, the
+   * second is a graph of its own (its copy) */
+  ck_assert_double_eq(many.graphs_per_step, blocks + 1);
+  ck_assert_double_eq(plain.graphs_per_step, 2 * blocks + 1);
+  ck_assert_double_gt(many.ops_per_graph, 2.0);
+  ck_assert_uint_gt(many.graphs, (unsigned long)(blocks + 1));
   ck_assert_uint_gt(plain.calls, plain.host_syncs);
   ck_assert_mem_eq(tok_plain, tok_many, sizeof tok_plain);
 }

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "capture_gate.h"
 #include "moe/clock.h"
 #include "moe/cost.h"
 #include "moe/dtype.h"
@@ -34,6 +35,13 @@ struct moe_trace {
   unsigned long *step_calls, *step_syncs;
   size_t n_steps, cap_steps;
   bool marked;
+  /* the captures the cuda backend's graph mode would make of these calls
+   * (capture_gate.h's rules; its own flushes for its staging and timing
+   * rings are not modelled): graphs with at least one op, their ops, and
+   * per forward pass */
+  moe_capture_gate gate;
+  unsigned long cap_ops, graphs, graph_ops, graphs_mark;
+  unsigned long *step_graphs;
 };
 
 moe_status moe_trace_open(moe_trace **out, const char *path, moe_error *err) {
@@ -68,6 +76,7 @@ moe_status moe_trace_close(moe_trace *t, moe_error *err) {
   pthread_mutex_destroy(&t->mu);
   free(t->step_calls);
   free(t->step_syncs);
+  free(t->step_graphs);
   free(t);
   return st;
 }
@@ -88,11 +97,14 @@ static void close_step(moe_trace *t) {
     if (a) t->step_calls = a;
     unsigned long *b = a ? realloc(t->step_syncs, cap * sizeof *b) : NULL;
     if (b) t->step_syncs = b;
-    if (a == NULL || b == NULL) return; /* out of memory: the step is not counted */
+    unsigned long *g = b ? realloc(t->step_graphs, cap * sizeof *g) : NULL;
+    if (g) t->step_graphs = g;
+    if (a == NULL || b == NULL || g == NULL) return; /* out of memory: the step is not counted */
     t->cap_steps = cap;
   }
   t->step_calls[t->n_steps] = t->calls - t->calls_mark;
   t->step_syncs[t->n_steps] = t->syncs - t->syncs_mark;
+  t->step_graphs[t->n_steps] = t->graphs - t->graphs_mark;
   t->n_steps++;
 }
 
@@ -128,10 +140,14 @@ void moe_trace_get_counts(moe_trace *t, moe_trace_counts *out) {
   if (all > 1) {
     out->calls_per_step = median_ulong(t->step_calls + 1, all - 1);
     out->syncs_per_step = median_ulong(t->step_syncs + 1, all - 1);
+    out->graphs_per_step = median_ulong(t->step_graphs + 1, all - 1);
   } else if (all == 1) {
     out->calls_per_step = (double)t->step_calls[0];
     out->syncs_per_step = (double)t->step_syncs[0];
+    out->graphs_per_step = (double)t->step_graphs[0];
   }
+  out->graphs = t->graphs;
+  out->ops_per_graph = t->graphs ? (double)t->graph_ops / (double)t->graphs : 0.0;
   pthread_mutex_unlock(&t->mu);
 }
 
@@ -197,6 +213,7 @@ void moe_trace_mark(moe_trace *t, const char *name) {
     close_step(t);
     t->calls_mark = t->calls;
     t->syncs_mark = t->syncs;
+    t->graphs_mark = t->graphs;
     t->marked = true;
   }
   pthread_mutex_unlock(&t->mu);
@@ -217,6 +234,7 @@ typedef struct traced {
 typedef struct traced_event {
   moe_event *real;
   unsigned long id;
+  moe_capture_mark mark; /* graph mode's model (capture_gate.h) */
 } traced_event;
 
 #define EV(ev) ((ev) ? ((traced_event *)(void *)(ev))->real : NULL)
@@ -225,6 +243,64 @@ typedef struct traced_event {
 #define T(be) ((traced *)(void *)(be))
 #define REAL(be) T(be)->ops
 #define INNER(be) T(be)->be
+
+/* ---- graph mode's model: the captures the cuda backend would make of
+ * these calls with MOE_CUDA_GRAPHS=1 (cuda_graph.cu), by capture_gate.h's
+ * rules: each compute-stream call joins the open capture (opening one),
+ * host waits end it, and event uses and records end it where the gate
+ * says.  A capture with no call is not a graph. */
+#define MARK(ev) ((ev) ? &((traced_event *)(void *)(ev))->mark : NULL)
+
+enum { G_OP, G_FLUSH, G_DOWNLOAD, G_USE, G_RECORD, G_FOREIGN, G_WAIT, G_DESTROY };
+
+static void g_flush(moe_trace *t) { /* t->mu held */
+  if (t->gate.open == 0) return;
+  moe_gate_end(&t->gate);
+  if (t->cap_ops) {
+    t->graphs++;
+    t->graph_ops += t->cap_ops;
+  }
+  t->cap_ops = 0;
+}
+
+static void g_op(moe_trace *t) { /* t->mu held */
+  if (t->gate.open == 0) moe_gate_begin(&t->gate);
+  t->cap_ops++;
+}
+
+/* One call of kind (G_*) on ev (NULL: none). */
+static void gate(moe_trace *t, int kind, moe_event *ev) {
+  moe_capture_mark *m = MARK(ev);
+  pthread_mutex_lock(&t->mu);
+  switch (kind) {
+  case G_OP: g_op(t); break;
+  case G_FLUSH: g_flush(t); break;
+  case G_DOWNLOAD: g_op(t), g_flush(t); break; /* the copies join, then the host waits */
+  case G_USE:
+    if (m && moe_gate_flush_for_use(&t->gate, m)) g_flush(t);
+    break;
+  case G_RECORD:
+    if (m && moe_gate_flush_for_record(&t->gate, m, 1)) g_flush(t);
+    g_op(t);
+    if (m) moe_gate_recorded(&t->gate, m, 1);
+    break;
+  case G_FOREIGN:
+    if (m && moe_gate_flush_for_record(&t->gate, m, 0)) g_flush(t);
+    if (m) moe_gate_recorded(&t->gate, m, 0);
+    break;
+  case G_WAIT: /* dropped when the open capture recorded ev (the stream orders it) */
+    if (m && !(t->gate.open && m->rec == t->gate.open)) {
+      g_op(t);
+      (void)moe_gate_wait(&t->gate, m);
+    }
+    break;
+  default: /* G_DESTROY */
+    if (m && moe_gate_flush_for_destroy(&t->gate, m)) g_flush(t);
+    break;
+  }
+  pthread_mutex_unlock(&t->mu);
+}
+#define GATE(be, kind, ev) gate(T(be)->t, (kind), (ev))
 
 static void on_copy(void *ctx, size_t bytes, double t0, double t1) {
   moe_trace_op(ctx, MOE_TRACE_COPY, "copy h2d", t0, t1, 0, (double)bytes);
@@ -235,14 +311,18 @@ static double clock_of(moe_backend *be) {
   return REAL(be)->modeled_seconds ? REAL(be)->modeled_seconds(INNER(be)) : moe_clock_s();
 }
 
-/* Times a compute-stream call and records it. */
-#define TIMED_EX(be, name, flops, bytes, ev, mm, call)                       \
+/* Times a compute-stream call and records it; gkind and gev are what the
+ * graph-mode model makes of it. */
+#define TIMED_G(be, gkind, gev, name, flops, bytes, ev, mm, call)            \
   do {                                                                       \
+    GATE(be, (gkind), (gev));                                                \
     const double t0_ = clock_of(be);                                         \
     moe_status st_ = (call);                                                 \
     emit(T(be)->t, MOE_TRACE_COMPUTE, name, false, t0_, clock_of(be), (flops), (bytes), (ev), (mm)); \
     return st_;                                                              \
   } while (0)
+#define TIMED_EX(be, name, flops, bytes, ev, mm, call) \
+  TIMED_G(be, G_OP, NULL, name, flops, bytes, ev, mm, call)
 #define TIMED(be, name, flops, bytes, call) TIMED_EX(be, name, flops, bytes, 0, NULL, call)
 
 /* An instant on the compute track: what the host issued that orders the
@@ -266,14 +346,23 @@ static void tr_destroy(moe_backend *be) {
 
 static const char *tr_describe(moe_backend *be) { return REAL(be)->describe(INNER(be)); }
 static size_t tr_capacity(moe_backend *be) { return REAL(be)->device_capacity(INNER(be)); }
+/* memory calls end a capture (the cuda backend's graph mode flushes) */
 static moe_status tr_alloc(moe_backend *be, size_t n, void **p, moe_error *e) {
+  GATE(be, G_FLUSH, NULL);
   return REAL(be)->device_alloc(INNER(be), n, p, e);
 }
-static void tr_free(moe_backend *be, void *p) { REAL(be)->device_free(INNER(be), p); }
+static void tr_free(moe_backend *be, void *p) {
+  GATE(be, G_FLUSH, NULL);
+  REAL(be)->device_free(INNER(be), p);
+}
 static moe_status tr_halloc(moe_backend *be, size_t n, void **p, moe_error *e) {
+  GATE(be, G_FLUSH, NULL);
   return REAL(be)->host_alloc(INNER(be), n, p, e);
 }
-static void tr_hfree(moe_backend *be, void *p) { REAL(be)->host_free(INNER(be), p); }
+static void tr_hfree(moe_backend *be, void *p) {
+  GATE(be, G_FLUSH, NULL);
+  REAL(be)->host_free(INNER(be), p);
+}
 static moe_status tr_ev_create(moe_backend *be, moe_event **ev, moe_error *e) {
   *ev = NULL;
   traced_event *w = calloc(1, sizeof *w);
@@ -286,11 +375,13 @@ static moe_status tr_ev_create(moe_backend *be, moe_event **ev, moe_error *e) {
 }
 static void tr_ev_destroy(moe_backend *be, moe_event *ev) {
   if (ev == NULL) return;
+  GATE(be, G_DESTROY, ev);
   REAL(be)->event_destroy(INNER(be), EV(ev));
   free(ev);
 }
 static moe_status tr_copy(moe_backend *be, void *d, const void *s, size_t n, moe_event *ev, moe_error *e) {
   mark(be, "copy issue", EVID(ev), (double)n);
+  GATE(be, G_FOREIGN, ev);
   return REAL(be)->copy_h2d_async(INNER(be), d, s, n, EV(ev), e);
 }
 /* Overtakable copies (ABI 1.8): a normal one is marked as a copy_wait
@@ -301,6 +392,8 @@ static moe_status tr_copy_ex(moe_backend *be, void *d, const void *s, size_t n, 
                              moe_event *ev, int urgent, moe_error *e) {
   if (wait_ev) mark(be, "copy waits", EVID(wait_ev), 0);
   mark(be, urgent ? "urgent copy issue" : "copy issue", EVID(ev), (double)n);
+  GATE(be, G_USE, wait_ev);
+  GATE(be, G_FOREIGN, ev);
   return REAL(be)->copy_h2d_ex(INNER(be), d, s, n, EV(wait_ev), EV(ev), urgent, e);
 }
 static int tr_copy_cancel(moe_backend *be, moe_event *ev) {
@@ -315,21 +408,25 @@ static int tr_copy_urge(moe_backend *be, moe_event *ev) {
   return r;
 }
 static moe_status tr_cwait(moe_backend *be, moe_event *ev, moe_error *e) {
-  TIMED_EX(be, "wait for copy", 0, 0, EVID(ev), NULL, REAL(be)->compute_wait(INNER(be), EV(ev), e));
+  TIMED_G(be, G_WAIT, ev, "wait for copy", 0, 0, EVID(ev), NULL,
+          REAL(be)->compute_wait(INNER(be), EV(ev), e));
 }
 static moe_status tr_esync(moe_backend *be, moe_event *ev, moe_error *e) {
-  TIMED_EX(be, "host waits", 0, 0, EVID(ev), NULL, REAL(be)->event_sync(INNER(be), EV(ev), e));
+  TIMED_G(be, G_USE, ev, "host waits", 0, 0, EVID(ev), NULL,
+          REAL(be)->event_sync(INNER(be), EV(ev), e));
 }
 static moe_status tr_upload(moe_backend *be, void *d, const void *s, size_t n, moe_error *e) {
   TIMED(be, "upload", 0, (double)n, REAL(be)->upload(INNER(be), d, s, n, e));
 }
 static moe_status tr_download(moe_backend *be, void *d, const void *s, size_t n, moe_error *e) {
-  TIMED(be, "download", 0, (double)n, REAL(be)->download(INNER(be), d, s, n, e));
+  TIMED_G(be, G_DOWNLOAD, NULL, "download", 0, (double)n, 0, NULL,
+          REAL(be)->download(INNER(be), d, s, n, e));
 }
 static moe_status tr_download_many(moe_backend *be, const moe_xfer *x, int n, moe_error *e) {
   double bytes = 0;
   for (int i = 0; i < n; i++) bytes += (double)x[i].bytes;
-  TIMED(be, "download many", 0, bytes, REAL(be)->download_many(INNER(be), x, n, e));
+  TIMED_G(be, G_DOWNLOAD, NULL, "download many", 0, bytes, 0, NULL,
+          REAL(be)->download_many(INNER(be), x, n, e));
 }
 static moe_status tr_argmax(moe_backend *be, int32_t *idx, const float *x, size_t m, int n,
                             moe_error *e) {
@@ -337,14 +434,16 @@ static moe_status tr_argmax(moe_backend *be, int32_t *idx, const float *x, size_
         REAL(be)->argmax_rows(INNER(be), idx, x, m, n, e));
 }
 static moe_status tr_sync(moe_backend *be, moe_error *e) {
-  TIMED(be, "synchronize", 0, 0, REAL(be)->synchronize(INNER(be), e));
+  TIMED_G(be, G_FLUSH, NULL, "synchronize", 0, 0, 0, NULL, REAL(be)->synchronize(INNER(be), e));
 }
 static moe_status tr_crecord(moe_backend *be, moe_event *ev, moe_error *e) {
   mark(be, "record", EVID(ev), 0);
+  GATE(be, G_RECORD, ev);
   return REAL(be)->compute_record(INNER(be), EV(ev), e);
 }
 static moe_status tr_copy_wait(moe_backend *be, moe_event *ev, moe_error *e) {
   mark(be, "copy waits", EVID(ev), 0);
+  GATE(be, G_USE, ev);
   return REAL(be)->copy_wait(INNER(be), EV(ev), e);
 }
 /* A host job: an instant at its issue (the job itself runs on the host
@@ -355,6 +454,8 @@ static moe_status tr_host_run(moe_backend *be, void (*fn)(void *), void *ctx,
   const double now = clock_of(be);
   emit(T(be)->t, MOE_TRACE_COMPUTE, "host job", true, now, now, w ? w->flops : 0,
        w ? w->bytes : 0, EVID(done_ev), NULL);
+  GATE(be, G_USE, wait_ev);
+  GATE(be, G_FOREIGN, done_ev);
   return REAL(be)->host_run(INNER(be), fn, ctx, w, EV(wait_ev), EV(done_ev), e);
 }
 static int tr_done(moe_backend *be, moe_event *ev) {
@@ -362,6 +463,7 @@ static int tr_done(moe_backend *be, moe_event *ev) {
   pthread_mutex_lock(&t->mu);
   t->calls++; /* a query (cudaEventQuery): a call, not recorded as an event */
   pthread_mutex_unlock(&t->mu);
+  gate(t, G_USE, ev);
   return REAL(be)->event_done(INNER(be), EV(ev));
 }
 
@@ -462,9 +564,13 @@ static size_t tr_ws_bytes(moe_backend *be, size_t r, size_t c) {
 }
 static void tr_set_ws(moe_backend *be, void *p, size_t n) { REAL(be)->set_workspace(INNER(be), p, n); }
 static moe_status tr_hreg(moe_backend *be, void *p, size_t n, moe_error *e) {
+  GATE(be, G_FLUSH, NULL);
   return REAL(be)->host_register(INNER(be), p, n, e);
 }
-static void tr_hunreg(moe_backend *be, void *p) { REAL(be)->host_unregister(INNER(be), p); }
+static void tr_hunreg(moe_backend *be, void *p) {
+  GATE(be, G_FLUSH, NULL);
+  REAL(be)->host_unregister(INNER(be), p);
+}
 static size_t tr_used(moe_backend *be) { return REAL(be)->device_used(INNER(be)); }
 static const char *tr_name(moe_backend *be) { return moe_backend_device_name(REAL(be), INNER(be)); }
 static double tr_stall(moe_backend *be) { return REAL(be)->stall_seconds(INNER(be)); }

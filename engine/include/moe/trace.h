@@ -52,6 +52,13 @@ typedef struct moe_trace_counts {
   unsigned long calls, host_syncs;
   int forward_passes;
   double calls_per_step, syncs_per_step;
+  /* Graph mode's model: the captures the cuda backend would make of these
+   * calls with MOE_CUDA_GRAPHS=1 (engine/src/capture_gate.h's rules; its
+   * flushes for its own staging and timing rings are not modelled):
+   * graphs (captures holding at least one call), the median per decode
+   * step, and the calls per graph (mean).  Counted, on any backend. */
+  unsigned long graphs;
+  double graphs_per_step, ops_per_graph;
 } moe_trace_counts;
 void moe_trace_get_counts(moe_trace *t, moe_trace_counts *out);
 
