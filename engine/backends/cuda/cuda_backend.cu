@@ -135,18 +135,26 @@ static void cu_destroy(moe_backend *be) {
   free(be);
 }
 
-static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, moe_error *err) {
+/* The switches (MOE_CUBLAS_MATH, MOE_CUDA_OVERTAKE, MOE_CUDA_GRAPHS),
+ * checked before the device: a wrong value is the user's to fix, device
+ * or not. */
+static moe_status check_switches(moe_error *err) {
   moe_status st = MOE_OK;
-  *out = NULL;
-  int count = 0;
   bool graphs = false;
-  /* the switches first: a wrong value is the user's to fix, device or not */
   const char *math = getenv("MOE_CUBLAS_MATH");
   if (math && *math && strcmp(math, "default") != 0 && strcmp(math, "pedantic") != 0)
     return MOE_FAIL(err, MOE_ERR_INVALID,
                     "MOE_CUBLAS_MATH='%.40s': expected 'default' or 'pedantic'", math);
-  if ((st = moe_cu_feed_env(err)) != MOE_OK || (st = moe_cu_graph_env(&graphs, err)) != MOE_OK)
-    return st;
+  if ((st = moe_cu_feed_env(err)) != MOE_OK) return st;
+  return moe_cu_graph_env(&graphs, err);
+}
+
+static moe_status cu_create(const moe_backend_options *opt, moe_backend **out, moe_error *err) {
+  moe_status st = MOE_OK;
+  *out = NULL;
+  int count = 0;
+  if ((st = check_switches(err)) != MOE_OK) return st;
+  const char *math = getenv("MOE_CUBLAS_MATH");
   cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess || count == 0) {
     (void)cudaGetLastError();
