@@ -17,12 +17,16 @@
 #      the bundle only, and the proof of it (link lines, compiler dependency
 #      files, ldd)
 #   d  a tiny generate on cuda (stop here if it fails)
-#   e  ctest: cuda and the conformance suites (backend_conformance, _math, _table,
-#      _host_stream, _urgent)
+#   e  ctest: cuda, cuda_switches and the conformance suites
+#      (backend_conformance, _math, _table, _host_stream, _urgent)
 #   o  overtakable copies (MOE_CUDA_OVERTAKE=1, off by default until this
 #      step has measured them): the conformance, host-stream and urgent-copy
 #      suites' cuda cases with them, then pregated and pregated-spec on
 #      Switch-Base-8 with copies in issue order and overtaking, in turns
+#   p  CUDA graph mode (MOE_CUDA_GRAPHS=1, off by default until this step
+#      has measured it): the same suites' cuda cases captured, the same
+#      tokens with it off and on, its counts beside the gate's model, and
+#      the same turns as o with it off and on
 #   f  compute-sanitizer memcheck and racecheck on the conformance suites
 #   g  moebench calibrate on cuda: a measured H200 profile, side by side with
 #      workloads/hardware/h200.json
@@ -32,7 +36,7 @@
 #   j  Switch-Base-64, then Switch-Base-128 (the paper's workload, short)
 #   k  the rest of the paper's models, while time remains
 # Required: a, c, d, e, g, i (the exit status is 1 when one of them failed
-# or could not run); wanted: b, h, o, j; optional: f, k.
+# or could not run); wanted: b, h, o, p, j; optional: f, k.
 #
 # Writes $OUT/summary.txt (a header, then `PASS|FAIL|SKIP <step> <seconds>s
 # <figures>` per step) and $OUT/gpu-check.tar.gz (every log, CSV, JSON and
