@@ -316,7 +316,7 @@ static int run_one(run_opts *o) {
   if (kept.has_counts && kept.counts.graphs > 0)
     printf("graph mode's model on these calls (MOE_CUDA_GRAPHS=1 would capture them so; "
            "engine/src/capture_gate.h's rules, counted by the trace): %.6g graphs per decode step "
-           "(median), %.1f calls per graph\n",
+           "(median), %.1f calls per graph (mean over the run, prefill included)\n",
            kept.counts.graphs_per_step, kept.counts.ops_per_graph);
   run_result_free(&kept);
   char graphs[600]; /* the cuda backend's graph mode (MOE_CUDA_GRAPHS=1), if it ran */

@@ -72,10 +72,16 @@ static inline void moe_gate_recorded(const moe_capture_gate *g, moe_capture_mark
   m->rec = in_capture ? g->open : 0;
 }
 
+/* 1 when the open capture recorded the event: a wait by the captured
+ * stream is then ordered by the stream already (and dropped). */
+static inline int moe_gate_ordered(const moe_capture_gate *g, const moe_capture_mark *m) {
+  return g->open != 0 && m->rec == g->open;
+}
+
 /* A wait by the captured stream: 1 to capture it (an external wait node),
  * 0 when the capture itself recorded the event (the stream orders it). */
 static inline int moe_gate_wait(const moe_capture_gate *g, moe_capture_mark *m) {
-  if (g->open != 0 && m->rec == g->open) return 0;
+  if (moe_gate_ordered(g, m)) return 0;
   m->wait = g->open;
   return 1;
 }

@@ -289,7 +289,7 @@ static void gate(moe_trace *t, int kind, moe_event *ev) {
     if (m) moe_gate_recorded(&t->gate, m, 0);
     break;
   case G_WAIT: /* dropped when the open capture recorded ev (the stream orders it) */
-    if (m && !(t->gate.open && m->rec == t->gate.open)) {
+    if (m && !moe_gate_ordered(&t->gate, m)) {
       g_op(t);
       (void)moe_gate_wait(&t->gate, m);
     }

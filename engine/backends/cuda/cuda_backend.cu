@@ -416,10 +416,9 @@ static moe_status cu_compute_wait(moe_backend *be, moe_event *ev, moe_error *err
   moe_status st = MOE_OK;
   if (ev == NULL) return MOE_OK;
   stall_pair *p = &be->pairs[be->pair_next];
-  bool waited = false;
   MOE_TRY(moe_cu_feed_settle(be, ev, err));
   /* graph mode: the open capture recorded ev, so the stream orders it */
-  if (be->gate.open && ev->mark.rec == be->gate.open) return MOE_OK;
+  if (moe_gate_ordered(&be->gate, &ev->mark)) return MOE_OK;
   if (p->pending && moe_gate_flush_for_use(&be->gate, &p->mark))
     MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_STALL, err)); /* the ring came round in one capture */
   if (p->pending) harvest_stalls(be, false);
@@ -429,7 +428,7 @@ static moe_status cu_compute_wait(moe_backend *be, moe_event *ev, moe_error *err
   }
   be->pair_next = (be->pair_next + 1) % STALL_PAIRS;
   MOE_TRY(moe_cu_graph_record(be, p->before, &p->mark, err));
-  MOE_TRY(moe_cu_graph_wait(be, ev, &waited, err));
+  MOE_TRY(moe_cu_graph_wait(be, ev, err));
   MOE_TRY(moe_cu_graph_record(be, p->after, &p->mark, err));
   p->pending = 1;
 cleanup:
@@ -613,10 +612,9 @@ cleanup:
 /* Every step runs whatever failed before it (the contract: the host
  * blocks until every stream is idle); the first failure is returned. */
 static moe_status cu_sync(moe_backend *be, moe_error *err) {
-  moe_status st = MOE_OK;
   moe_error e1;
   const cudaStream_t streams[3] = {be->host, be->copy, be->compute};
-  st = moe_cu_graph_flush(be, CU_FLUSH_SYNC, err);
+  moe_status st = moe_cu_graph_flush(be, CU_FLUSH_SYNC, err);
   if (moe_cu_feed_settle(be, NULL, st == MOE_OK ? err : &e1) != MOE_OK && st == MOE_OK)
     st = MOE_ERR_DEVICE;
   for (int i = 0; i < 3; i++) {

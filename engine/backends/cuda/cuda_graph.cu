@@ -308,7 +308,7 @@ cleanup:
 moe_status moe_cu_graph_record(moe_backend *be, cudaEvent_t ev, moe_capture_mark *mark,
                                moe_error *err) {
   moe_status st = MOE_OK;
-  if (be->graphs && moe_gate_flush_for_record(&be->gate, mark, 1))
+  if (moe_gate_flush_for_record(&be->gate, mark, 1)) /* never open without graph mode */
     MOE_TRY(moe_cu_graph_flush(be, CU_FLUSH_RECORD, err));
   MOE_TRY(moe_cu_graph_op(be, 0x7265636f7264ull /* "record" */, err));
   if (be->gate.open) {
@@ -321,14 +321,12 @@ cleanup:
   return st;
 }
 
-moe_status moe_cu_graph_wait(moe_backend *be, moe_event *ev, bool *waited, moe_error *err) {
+moe_status moe_cu_graph_wait(moe_backend *be, moe_event *ev, moe_error *err) {
   moe_status st = MOE_OK;
-  *waited = false;
   MOE_TRY(moe_cu_graph_op(be, 0x77616974ull /* "wait" */, err));
   if (!moe_gate_wait(&be->gate, &ev->mark)) return MOE_OK; /* the stream orders it */
   CUDA_TRY(cudaStreamWaitEvent(be->compute, ev->ev, be->gate.open ? cudaEventWaitExternal : 0),
            err);
-  *waited = true;
 cleanup:
   return st;
 }

@@ -237,9 +237,9 @@ moe_status moe_cu_graph_foreign_record(moe_backend *be, moe_event *ev, moe_error
  * captured). */
 moe_status moe_cu_graph_record(moe_backend *be, cudaEvent_t ev, moe_capture_mark *mark,
                                moe_error *err);
-/* The compute stream waits on ev (an external wait node when captured);
- * *waited is false when the open capture recorded ev itself. */
-moe_status moe_cu_graph_wait(moe_backend *be, moe_event *ev, bool *waited, moe_error *err);
+/* The compute stream waits on ev (an external wait node when captured;
+ * nothing when the open capture recorded ev itself). */
+moe_status moe_cu_graph_wait(moe_backend *be, moe_event *ev, moe_error *err);
 
 /* ------------------------------------------------------------ math ops (cuda_ops.cu) */
 
